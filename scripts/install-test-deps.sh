@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything the test suite and the benchmarks need on a Debian 12 machine:
+# the real clients (libiscsi's tools, QEMU's block tools, sg3_utils), tgt as the comparison
+# peer, and the Python packages. Idempotent: a second run installs nothing new.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEB_PACKAGES=(libiscsi-bin libiscsi-dev sg3-utils tgt qemu-utils qemu-block-extra pkg-config)
+
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# tgt's package starts tgtd as a system service on 0.0.0.0:3260; the project starts its own
+# tgtd on loopback when a benchmark needs it, so the packaged one is not left running.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet tgt 2>/dev/null; then
+    systemctl stop tgt || true
+fi
+
+PY=${PYTHON:-python3}
+$PY -m pip install -q --disable-pip-version-check -e '.[test]'
+# cython-iscsi 1.0 must be built against Cython < 3, or pyscsi fails at import.
+if ! $PY -c "import iscsi; iscsi.ISCSI_SESSION_NORMAL" 2>/dev/null; then
+    $PY -m pip install -q --disable-pip-version-check 'Cython<3' pkgconfig 'setuptools_scm[toml]' wheel
+    $PY -m pip install -q --disable-pip-version-check --no-build-isolation cython-iscsi==1.0
+fi

@@ -1,0 +1,140 @@
+"""The logical unit: identity, per-nexus unit attentions, and dispatch through a table.
+
+Device types (block, tape) subclass :class:`LogicalUnit` and give it their opcode table.
+Cross-cutting checks (unknown opcode, unit attention, reservation conflict) happen here
+once, before the table's handler runs, so handlers only do their command's own work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from scsi.command import Nexus, ScsiCommand, ScsiResult, Status
+from scsi.opcodes import SERVICE_ACTION_OPCODES, OpcodeTable
+from scsi.sense import CheckCondition, FieldPointer, Reason, build_sense
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What INQUIRY and VPD 0x80/0x83 report. Stable for a given ``device_id``.
+
+    ``device_id`` is a string that names the LU durably (for example the target IQN and
+    the LUN's backing path); the NAA designator and serial number are derived from it, so
+    they survive restarts without a database.
+    """
+
+    device_id: str
+    vendor: str = "TARGETD"
+    product: str = "VIRTUAL-DISK"
+    revision: str = "0001"
+
+    @property
+    def naa(self) -> bytes:
+        """16-byte NAA IEEE Registered Extended (6h) designator."""
+        digest = hashlib.sha256(self.device_id.encode()).digest()
+        # NAA 6, then a fixed 24-bit company id, then 100 bits from the hash.
+        oui = 0x001405  # the company id Linux LIO uses for software targets
+        first = (0x6 << 60) | (oui << 36) | int.from_bytes(digest[:5], "big") >> 4
+        return first.to_bytes(8, "big") + digest[5:13]
+
+    @property
+    def serial(self) -> str:
+        return hashlib.sha256(b"serial:" + self.device_id.encode()).hexdigest()[:16]
+
+
+class LogicalUnit:
+    """Base of every device type. Subclasses set ``table`` and ``device_type``."""
+
+    table: OpcodeTable
+    device_type: int = 0x00
+    removable: bool = False
+
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+        self._unit_attentions: dict[Nexus, deque[Reason]] = {}
+        self._known_nexuses: set[Nexus] = set()
+        self.descriptor_sense = False  # control mode page D_SENSE
+
+    # -- unit attentions -------------------------------------------------------------
+    def nexus_established(self, nexus: Nexus) -> None:
+        """A new I_T nexus sees this LU: it gets POWER ON, RESET, OR BUS DEVICE RESET."""
+        if nexus not in self._known_nexuses:
+            self._known_nexuses.add(nexus)
+            self._unit_attentions[nexus] = deque([Reason.POWER_ON_RESET])
+
+    def nexus_lost(self, nexus: Nexus) -> None:
+        self._known_nexuses.discard(nexus)
+        self._unit_attentions.pop(nexus, None)
+
+    def raise_unit_attention(self, reason: Reason, *, except_nexus: Nexus | None = None) -> None:
+        """Queue ``reason`` for every known nexus (but ``except_nexus``)."""
+        for nexus in self._known_nexuses:
+            if nexus != except_nexus:
+                queue = self._unit_attentions.setdefault(nexus, deque())
+                if reason not in queue:
+                    queue.append(reason)
+
+    def pop_unit_attention(self, nexus: Nexus) -> Reason | None:
+        queue = self._unit_attentions.get(nexus)
+        return queue.popleft() if queue else None
+
+    # -- what device types add to the SPC pages --------------------------------------
+    def vpd_pages(self) -> dict[int, Callable[[], bytes]]:
+        """Device-specific VPD pages: page code to a builder of the whole page (header too).
+
+        SPC's own pages (00h, 80h, 83h ...) are built by scsi.spc; 00h lists these too.
+        """
+        return {}
+
+    def mode_pages(self) -> dict[int, Any]:
+        """Device-specific mode pages (page code to a scsi.mode page object)."""
+        return {}
+
+    def mode_device_specific(self) -> int:
+        """The DEVICE-SPECIFIC PARAMETER byte of the mode parameter header (WP for disks)."""
+        return 0
+
+    def block_descriptor(self) -> bytes | None:
+        """The 8-byte mode parameter block descriptor, or None if the type has none."""
+        return None
+
+    # -- reservations (overridden by the reservation mixin) ----------------------------
+    def reservation_conflict(self, cmd: ScsiCommand, spec_conflict_exempt: bool) -> bool:
+        return False
+
+    # -- dispatch ------------------------------------------------------------------
+    async def execute(self, cmd: ScsiCommand) -> ScsiResult:
+        cdb = cmd.cdb
+        spec = self.table.lookup(cdb)
+        try:
+            if spec is None:
+                if cdb[0] in SERVICE_ACTION_OPCODES and self.table.has_opcode(cdb[0]):
+                    raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(1, bit=4))
+                raise CheckCondition(Reason.INVALID_OPCODE, FieldPointer(0, bit=7))
+            if len(cdb) < spec.cdb_length:
+                raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(0))
+            if not spec.ua_exempt:
+                ua = self.pop_unit_attention(cmd.nexus)
+                if ua is not None:
+                    return self.check_condition(CheckCondition(ua))
+            if self.reservation_conflict(cmd, spec.conflict_exempt):
+                return ScsiResult(Status.RESERVATION_CONFLICT)
+            return await spec.handler(self, cmd)
+        except CheckCondition as cc:
+            return self.check_condition(cc)
+        except Exception:
+            log.exception("internal error executing %s on %s", cdb[:1].hex(), self.identity)
+            return ScsiResult(
+                Status.CHECK_CONDITION,
+                sense=build_sense(Reason.INTERNAL_TARGET_FAILURE),
+            )
+
+    def check_condition(self, cc: CheckCondition) -> ScsiResult:
+        return ScsiResult(Status.CHECK_CONDITION, sense=cc.sense(self.descriptor_sense))
