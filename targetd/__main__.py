@@ -1,0 +1,3 @@
+from targetd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,745 @@
+"""One iSCSI connection as a sans-I/O state machine: PDUs in, PDUs and events out.
+
+The driver (``targetd.server``) feeds received bytes through :attr:`Connection.receiver`,
+then drains :meth:`take_output` (buffers to write, in order) and :meth:`take_events`
+(SCSI commands to run, tasks to abort, a close). When a SCSI command finishes it calls
+:meth:`scsi_done`. Time comes in through :meth:`tick`, so keepalives test without sleeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum, auto
+from typing import TYPE_CHECKING, Any
+
+import crc32c
+
+from scsi.command import Nexus, ScsiCommand, ScsiResult, Status, TaskAttribute
+from scsi.target import decode_lun
+from targetd.iscsi import pdu as P
+from targetd.iscsi.login import LoginMachine
+from targetd.iscsi.pdu import Op, Pdu, RejectReason, put_u32
+from targetd.iscsi.receiver import IscsiProtocolError, PduReceiver
+from targetd.iscsi.text import TextMachine
+
+if TYPE_CHECKING:
+    from targetd.config import Config, Portal
+    from targetd.iscsi.login import LoginDone
+    from targetd.iscsi.session import Session, SessionTable
+
+# The largest write a single command may carry; beyond it the command is refused
+# without soliciting its data (Block Limits advertise far less).
+MAX_WRITE_BUFFER = 64 << 20
+
+NOP_INTERVAL = 30.0  # seconds of silence before we ping the initiator
+NOP_TIMEOUT = 30.0  # seconds the initiator has to answer the ping
+
+
+class Phase(Enum):
+    LOGIN = auto()
+    FULL_FEATURE = auto()
+    LOGGED_OUT = auto()
+    CLOSED = auto()
+
+
+class TmfFunction:
+    ABORT_TASK = 1
+    ABORT_TASK_SET = 2
+    CLEAR_ACA = 3
+    CLEAR_TASK_SET = 4
+    LOGICAL_UNIT_RESET = 5
+    TARGET_WARM_RESET = 6
+    TARGET_COLD_RESET = 7
+    TASK_REASSIGN = 8
+
+
+class TmfResponse:
+    COMPLETE = 0
+    NO_TASK = 1
+    NO_LUN = 2
+    NOT_SUPPORTED = 5
+    REJECTED = 255
+
+
+@dataclass(eq=False, slots=True)
+class Task:
+    """A SCSI command on this connection from arrival to its final status."""
+
+    itt: int
+    lun: int
+    lun_raw: bytes
+    cdb: bytes
+    cmdsn: int
+    edtl: int
+    read: bool
+    write: bool
+    attribute: TaskAttribute
+    buffer: bytearray | None = None
+    received: int = 0
+    # Data-Out sequences we still expect: TTT -> [next offset, end offset]
+    bursts: dict[int, list[int]] = field(default_factory=dict)
+    unsolicited_end: int = 0
+    next_r2t_offset: int = 0
+    r2tsn: int = 0
+    delivered: bool = False  # CmdSN order reached it
+    started: bool = False
+    aborted: bool = False
+    handle: Any = None  # the driver's handle on the running command
+
+
+# -- events for the driver ---------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ExecuteCommand:
+    task: Task
+    command: ScsiCommand
+
+
+@dataclass(frozen=True, slots=True)
+class AbortTasks:
+    """Cancel these commands; then call ``Connection.aborts_finished(token)``."""
+
+    tasks: tuple[Task, ...]
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResetRequested:
+    """A LUN or target reset: the driver aborts matching tasks on every session."""
+
+    lun: int | None
+    nexus: Nexus
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStarted:
+    session: Session
+
+
+@dataclass(frozen=True, slots=True)
+class CloseConnection:
+    reason: str
+
+
+Event = ExecuteCommand | AbortTasks | ResetRequested | SessionStarted | CloseConnection
+
+_DATA_IN_HDR = P.new_header(Op.DATA_IN, 0)
+_BAD_FIELD = RejectReason.INVALID_PDU_FIELD
+
+
+class Connection:
+    def __init__(self, config: Config, portal: Portal, sessions: SessionTable) -> None:
+        self.config = config
+        self.portal = portal
+        self.sessions = sessions
+        self.phase = Phase.LOGIN
+        self.receiver = PduReceiver(self._placement)
+        self.login = LoginMachine(config, portal, sessions)
+        self.session: Session | None = None
+        self.text: TextMachine | None = None
+        self.nexus: Nexus | None = None
+        self.cid = 0
+        self.stat_sn = 0
+        self.tasks: dict[int, Task] = {}
+        self._write_buffers: dict[int, bytearray] = {}
+        self._output: list[bytes | bytearray | memoryview] = []
+        self._events: list[Event] = []
+        self._next_ttt = 1
+        self._next_token = 1
+        self._pending_tmf: dict[int, tuple[Pdu, int]] = {}
+        self._pending_logout: Pdu | None = None
+        self.header_digest = False
+        self.data_digest = False
+        self.max_send_data = 8192
+        self.max_burst = 262144
+        self.first_burst = 65536
+        self.immediate_data = True
+        self.initial_r2t = True
+        self.max_outstanding_r2t = 1
+        self.last_heard = 0.0
+        self.now = 0.0
+        self._ping_sent_at: float | None = None
+        self._ping_ttt = 0
+
+    # -- driver API ----------------------------------------------------------------
+    def take_output(self) -> list[bytes | bytearray | memoryview]:
+        out, self._output = self._output, []
+        return out
+
+    def take_events(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+    def receive(self, items: list[Pdu | IscsiProtocolError]) -> None:
+        self.last_heard = self.now
+        self._ping_sent_at = None
+        for item in items:
+            if self.phase in (Phase.CLOSED, Phase.LOGGED_OUT):
+                return
+            if isinstance(item, IscsiProtocolError):
+                self._protocol_error(item)
+                continue
+            try:
+                self._dispatch(item)
+            except IscsiProtocolError as err:
+                self._protocol_error(err)
+
+    def data_received(self, nbytes: int) -> None:
+        """Convenience for drivers and tests: account bytes then process the PDUs."""
+        try:
+            items = self.receiver.buffer_updated(nbytes)
+        except IscsiProtocolError as err:
+            items = [err]
+        self.receive(items)
+
+    def tick(self, now: float) -> None:
+        """Keepalive: ping a silent initiator; drop one that does not answer."""
+        self.now = now
+        if self.phase is not Phase.FULL_FEATURE:
+            return
+        if self._ping_sent_at is not None:
+            if now - self._ping_sent_at > NOP_TIMEOUT:
+                self._close("initiator did not answer NOP-In")
+            return
+        if now - self.last_heard > NOP_INTERVAL and not self.tasks:
+            self._ping_ttt = self._new_ttt()
+            hdr = P.new_header(Op.NOP_IN, 0x80, lun=bytes(8))
+            put_u32(hdr, 20, self._ping_ttt)
+            self._send(hdr, advance_statsn=False)
+            self._ping_sent_at = now
+
+    def scsi_done(self, task: Task, result: ScsiResult) -> None:
+        """The SCSI layer finished ``task``: send its data and status."""
+        if self.tasks.get(task.itt) is not task or task.aborted:
+            return
+        del self.tasks[task.itt]
+        self._respond(task, result)
+        self._maybe_finish_logout()
+
+    def aborts_finished(self, token: int) -> None:
+        pending = self._pending_tmf.pop(token, None)
+        if pending is not None:
+            self._tmf_response(pending[0], pending[1])
+
+    def closed(self) -> list[Task]:
+        """The transport is gone: returns the commands still running, to cancel."""
+        self.phase = Phase.CLOSED
+        running = [t for t in self.tasks.values() if t.started]
+        for t in self.tasks.values():
+            t.aborted = True
+        self.tasks.clear()
+        self._write_buffers.clear()
+        return running
+
+    def abort_matching(self, lun: int | None) -> list[Task]:
+        """Abort this connection's commands for ``lun`` (None: all) without responses."""
+        victims = [t for t in self.tasks.values() if lun is None or t.lun == lun]
+        for t in victims:
+            t.aborted = True
+            del self.tasks[t.itt]
+            self._write_buffers.pop(t.itt, None)
+        return [t for t in victims if t.started]
+
+    # -- output helpers ----------------------------------------------------------------
+    def _send(
+        self,
+        hdr: bytearray,
+        data: bytes | bytearray | memoryview = b"",
+        *,
+        advance_statsn: bool = True,
+        stamp_statsn: bool = True,
+    ) -> None:
+        if stamp_statsn:
+            put_u32(hdr, 24, self.stat_sn)
+            if advance_statsn:
+                self.stat_sn = (self.stat_sn + 1) & 0xFFFFFFFF
+        if self.session is not None:
+            put_u32(hdr, 28, self.session.exp_cmdsn)
+            put_u32(hdr, 32, self.session.max_cmdsn)
+        self._emit(hdr, data)
+
+    def _emit(self, hdr: bytearray, data: bytes | bytearray | memoryview = b"") -> None:
+        out = self._output
+        out.append(hdr)
+        if self.header_digest:
+            out.append(crc32c.crc32c(hdr).to_bytes(4, "little"))
+        n = len(data)
+        if n:
+            out.append(data)
+            pad = -n & 3
+            if pad:
+                out.append(bytes(pad))
+            if self.data_digest:
+                crc = crc32c.crc32c(data)
+                if pad:
+                    crc = crc32c.crc32c(bytes(pad), crc)
+                out.append(crc.to_bytes(4, "little"))
+
+    def _new_ttt(self) -> int:
+        ttt = self._next_ttt
+        self._next_ttt = (self._next_ttt + 1) & 0x7FFFFFFF or 1
+        return ttt
+
+    def _close(self, reason: str) -> None:
+        if self.phase is not Phase.CLOSED:
+            self.phase = Phase.CLOSED
+            self._events.append(CloseConnection(reason))
+
+    def _reject(self, bhs: bytes, reason: RejectReason) -> None:
+        hdr = P.new_header(Op.REJECT, 0x80, data_length=P.BHS_LEN)
+        hdr[2] = reason
+        put_u32(hdr, 16, P.RESERVED_TAG)
+        self._send(hdr, bhs[: P.BHS_LEN].ljust(P.BHS_LEN, b"\0"))
+
+    def _protocol_error(self, err: IscsiProtocolError) -> None:
+        if err.bhs and self.phase is Phase.FULL_FEATURE:
+            self._reject(err.bhs, err.reason)
+        if err.fatal or self.phase is not Phase.FULL_FEATURE:
+            self._close(str(err))
+
+    # -- inbound dispatch ----------------------------------------------------------------
+    def _dispatch(self, pdu: Pdu) -> None:
+        if self.phase is Phase.LOGIN:
+            self._login(pdu)
+            return
+        handler = self._HANDLERS.get(pdu.opcode)
+        if handler is None:
+            raise IscsiProtocolError(
+                f"opcode {pdu.opcode:#x} not valid here",
+                RejectReason.COMMAND_NOT_SUPPORTED
+                if pdu.opcode not in P.INITIATOR_OPCODES
+                else RejectReason.PROTOCOL_ERROR,
+                bhs=pdu.bhs,
+            )
+        handler(self, pdu)
+
+    def _login(self, pdu: Pdu) -> None:
+        if pdu.opcode != Op.LOGIN_REQUEST:
+            # RFC 7143 6.2: anything but a Login Request before login completes is fatal.
+            self._close(f"opcode {pdu.opcode:#x} during login")
+            return
+        step = self.login.receive(pdu)
+        for reply in step.replies:
+            self._output.append(reply)
+        if step.close:
+            self._close("login refused")
+            return
+        if step.done is not None:
+            self._enter_full_feature(step.done)
+
+    def _enter_full_feature(self, done: LoginDone) -> None:
+        params = done.params
+        session = self.sessions.get(done.tsih)
+        if session is None:
+            self._close("session vanished during login")
+            return
+        session.params = params
+        session.target = done.target
+        if not session.connections:
+            session.exp_cmdsn = done.exp_cmdsn
+        session.connections.append(self)
+        self.session = session
+        self.cid = done.cid
+        self.stat_sn = done.stat_sn
+        self.header_digest = params.header_digest
+        self.data_digest = params.data_digest
+        self.receiver.header_digest = params.header_digest
+        self.receiver.data_digest = params.data_digest
+        self.receiver.max_data_length = params.target_max_recv_data_segment_length
+        self.max_send_data = params.initiator_max_recv_data_segment_length
+        self.max_burst = params.max_burst_length
+        self.first_burst = params.first_burst_length
+        self.immediate_data = params.immediate_data
+        self.initial_r2t = params.initial_r2t
+        self.max_outstanding_r2t = params.max_outstanding_r2t
+        self.text = TextMachine(self.config, self.portal, params, done.target)
+        if done.target is not None:
+            self.nexus = Nexus(
+                initiator_port=session.initiator_port,
+                target_port=f"{done.target.name},t,0x{self.portal.tpgt:04x}",
+                relative_target_port=self.portal.tpgt,
+                initiator_name=session.initiator_name,
+            )
+        self.phase = Phase.FULL_FEATURE
+        self._events.append(SessionStarted(session))
+
+    @property
+    def is_discovery(self) -> bool:
+        return self.nexus is None
+
+    # -- sequencing ----------------------------------------------------------------
+    def _sequence(self, pdu: Pdu, deliver: Callable[[], None]) -> None:
+        assert self.session is not None
+        if not self.session.sequence(pdu.cmdsn, pdu.immediate, deliver):
+            # RFC 7143 4.2.2.1: outside the window, silently ignored.
+            self._write_buffers.pop(pdu.itt, None)
+
+    # -- NOP -------------------------------------------------------------------------
+    def _on_nop_out(self, pdu: Pdu) -> None:
+        if pdu.itt == P.RESERVED_TAG:
+            if not pdu.immediate:
+                raise IscsiProtocolError("NOP-Out without ITT must be immediate", bhs=pdu.bhs)
+            return  # the answer to our ping; last_heard already updated
+        if pdu.ttt != P.RESERVED_TAG:
+            raise IscsiProtocolError("NOP-Out with both ITT and TTT", bhs=pdu.bhs)
+
+        def answer() -> None:
+            data = bytes(pdu.data[: self.max_send_data])
+            hdr = P.new_header(Op.NOP_IN, 0x80, itt=pdu.itt, lun=pdu.lun, data_length=len(data))
+            put_u32(hdr, 20, P.RESERVED_TAG)
+            self._send(hdr, data)
+
+        self._sequence(pdu, answer)
+
+    # -- SCSI command ------------------------------------------------------------
+    def _placement(self, bhs: bytes) -> memoryview | None:
+        """Where the data segment of the PDU with header ``bhs`` should land."""
+        op = bhs[0] & 0x3F
+        dlen = P.data_segment_length(bhs)
+        if op == Op.SCSI_COMMAND:
+            edtl = int.from_bytes(bhs[20:24], "big")
+            if not bhs[1] & P.FLAG_WRITE or dlen > edtl or edtl > MAX_WRITE_BUFFER:
+                return None
+            buf = bytearray(edtl)
+            self._write_buffers[int.from_bytes(bhs[16:20], "big")] = buf
+            return memoryview(buf)[:dlen]
+        if op == Op.DATA_OUT:
+            buf = self._write_buffers.get(int.from_bytes(bhs[16:20], "big"))
+            offset = int.from_bytes(bhs[40:44], "big")
+            if buf is None or offset + dlen > len(buf):
+                return None
+            return memoryview(buf)[offset : offset + dlen]
+        return None
+
+    def _on_scsi_command(self, pdu: Pdu) -> None:
+        if self.is_discovery:
+            raise IscsiProtocolError("SCSI command in a discovery session", bhs=pdu.bhs)
+        bhs = pdu.bhs
+        flags = bhs[1]
+        itt = pdu.itt
+        edtl = pdu.u32(20)
+        write = bool(flags & P.FLAG_WRITE)
+        read = bool(flags & P.FLAG_READ)
+        dlen = len(pdu.data)
+        if dlen and (
+            not write or dlen > edtl or not self.immediate_data or dlen > self.first_burst
+        ):
+            self._write_buffers.pop(itt, None)
+            raise IscsiProtocolError("bad immediate data", bhs=bhs)
+        if itt in self.tasks:
+            self._write_buffers.pop(itt, None)
+            raise IscsiProtocolError("ITT already in use", RejectReason.TASK_IN_PROGRESS, bhs=bhs)
+        cdb = bhs[32:48]
+        if pdu.ahs:
+            cdb += _extended_cdb(pdu.ahs)
+        task = Task(
+            itt=itt,
+            lun=decode_lun(pdu.lun),
+            lun_raw=pdu.lun,
+            cdb=cdb,
+            cmdsn=pdu.cmdsn,
+            edtl=edtl,
+            read=read,
+            write=write,
+            attribute=TaskAttribute(flags & P.ATTR_MASK)
+            if (flags & P.ATTR_MASK) <= 4
+            else TaskAttribute.SIMPLE,
+        )
+        if write and edtl:
+            task.buffer = self._write_buffers.pop(itt, None)
+            if task.buffer is None:
+                if edtl > MAX_WRITE_BUFFER:
+                    self._sequence(pdu, lambda: self._refuse_oversized(task))
+                    return
+                task.buffer = bytearray(edtl)
+                if dlen:
+                    task.buffer[:dlen] = pdu.data
+            task.received = dlen
+            # The unsolicited part: immediate data plus Data-Out with TTT 0xffffffff.
+            if not self.initial_r2t and not flags & P.FLAG_FINAL:
+                task.unsolicited_end = min(edtl, self.first_burst)
+                task.bursts[P.RESERVED_TAG] = [dlen, task.unsolicited_end]
+            else:
+                task.unsolicited_end = dlen
+            task.next_r2t_offset = task.unsolicited_end
+        self.tasks[itt] = task
+
+        def deliver() -> None:
+            task.delivered = True
+            if task.write:
+                self._solicit(task)
+            self._maybe_start(task)
+
+        if not self.session.sequence(task.cmdsn, pdu.immediate, deliver):  # type: ignore[union-attr]
+            del self.tasks[itt]
+
+    def _refuse_oversized(self, task: Task) -> None:
+        from scsi.sense import Reason, build_sense
+
+        self.tasks.pop(task.itt, None)
+        self._respond(
+            task,
+            ScsiResult(Status.CHECK_CONDITION, sense=build_sense(Reason.INVALID_FIELD_IN_CDB)),
+        )
+
+    def _solicit(self, task: Task) -> None:
+        """Send R2Ts for the solicited part, up to MaxOutstandingR2T at a time."""
+        while (
+            task.next_r2t_offset < task.edtl
+            and sum(1 for t in task.bursts if t != P.RESERVED_TAG) < self.max_outstanding_r2t
+        ):
+            offset = task.next_r2t_offset
+            length = min(self.max_burst, task.edtl - offset)
+            ttt = self._new_ttt()
+            task.bursts[ttt] = [offset, offset + length]
+            task.next_r2t_offset = offset + length
+            hdr = P.new_header(Op.R2T, 0x80, itt=task.itt, lun=task.lun_raw)
+            put_u32(hdr, 20, ttt)
+            put_u32(hdr, 36, task.r2tsn)
+            put_u32(hdr, 40, offset)
+            put_u32(hdr, 44, length)
+            task.r2tsn += 1
+            self._send(hdr, advance_statsn=False)
+
+    def _on_data_out(self, pdu: Pdu) -> None:
+        task = self.tasks.get(pdu.itt)
+        if task is None or not task.write or task.buffer is None:
+            raise IscsiProtocolError(
+                "Data-Out for no write command", RejectReason.INVALID_PDU_FIELD, bhs=pdu.bhs
+            )
+        ttt = pdu.ttt
+        offset = pdu.u32(40)
+        burst = task.bursts.get(ttt)
+        dlen = len(pdu.data)
+        if burst is None or offset != burst[0] or offset + dlen > burst[1]:
+            raise IscsiProtocolError(
+                "Data-Out outside its burst", RejectReason.INVALID_PDU_FIELD, bhs=pdu.bhs
+            )
+        if not isinstance(pdu.data, memoryview) or pdu.data.obj is not task.buffer:
+            task.buffer[offset : offset + dlen] = pdu.data
+        burst[0] += dlen
+        task.received += dlen
+        if burst[0] >= burst[1] or pdu.final:
+            del task.bursts[ttt]
+            if ttt != P.RESERVED_TAG and burst[0] < burst[1]:
+                raise IscsiProtocolError(
+                    "short Data-Out burst", RejectReason.PROTOCOL_ERROR, bhs=pdu.bhs
+                )
+            if task.delivered:
+                self._solicit(task)
+        self._maybe_start(task)
+
+    def _maybe_start(self, task: Task) -> None:
+        if task.started or not task.delivered:
+            return
+        if task.write and task.received < task.edtl:
+            return
+        task.started = True
+        data_out = memoryview(task.buffer) if task.buffer is not None else None
+        cmd = ScsiCommand(
+            cdb=task.cdb,
+            lun=task.lun,
+            nexus=self.nexus,  # type: ignore[arg-type]
+            data_out=data_out,
+            data_in_length=task.edtl if task.read else 0,
+            attribute=task.attribute,
+            tag=task.itt,
+        )
+        self._events.append(ExecuteCommand(task, cmd))
+
+    def _respond(self, task: Task, result: ScsiResult) -> None:
+        """Data-In (with status collapsed into the last one when it can) and status."""
+        data = result.data
+        flags = 0
+        residual = 0
+        if task.write:
+            used = result.data_out_used if result.data_out_used is not None else task.edtl
+            if used < task.edtl:
+                flags, residual = P.FLAG_UNDERFLOW, task.edtl - used
+            elif used > task.edtl:
+                flags, residual = P.FLAG_OVERFLOW, used - task.edtl
+        n = 0
+        if data is not None and (task.read or not task.write):
+            total = len(data)
+            n = min(total, task.edtl) if task.read else 0
+            if total < task.edtl and task.read:
+                flags, residual = P.FLAG_UNDERFLOW, task.edtl - total
+            elif total > task.edtl:
+                flags, residual = P.FLAG_OVERFLOW, total - task.edtl
+        elif task.read and task.edtl and result.status == Status.GOOD:
+            flags, residual = P.FLAG_UNDERFLOW, task.edtl
+        collapse = result.status == Status.GOOD and result.sense is None
+        if n:
+            self._send_data_in(task, memoryview(data)[:n], flags, residual, collapse, result.status)  # type: ignore[arg-type]
+            if collapse:
+                return
+        hdr = P.new_header(Op.SCSI_RESPONSE, 0x80 | flags, itt=task.itt)
+        hdr[3] = result.status
+        put_u32(hdr, 44, residual)
+        payload = b""
+        if result.sense:
+            payload = len(result.sense).to_bytes(2, "big") + result.sense
+            P.set_data_length(hdr, len(payload))
+        self._send(hdr, payload)
+
+    def _send_data_in(
+        self, task: Task, data: memoryview, flags: int, residual: int, collapse: bool, status: int
+    ) -> None:
+        n = len(data)
+        seg = self.max_send_data
+        burst = self.max_burst
+        datasn = 0
+        offset = 0
+        lun = task.lun_raw
+        itt = task.itt.to_bytes(4, "big")
+        while offset < n:
+            length = min(seg, n - offset, burst - offset % burst)
+            end = offset + length
+            hdr = bytearray(_DATA_IN_HDR)
+            hdr[5:8] = length.to_bytes(3, "big")
+            hdr[8:16] = lun
+            hdr[16:20] = itt
+            put_u32(hdr, 20, P.RESERVED_TAG)
+            put_u32(hdr, 36, datasn)
+            put_u32(hdr, 40, offset)
+            if end == n:
+                hdr[1] = 0x80
+                if collapse:
+                    hdr[1] |= P.DATAIN_STATUS | flags
+                    hdr[3] = status
+                    put_u32(hdr, 44, residual)
+                    self._send(hdr, data[offset:end])
+                    return
+            elif end % burst == 0:
+                hdr[1] = 0x80
+            self._send(hdr, data[offset:end], stamp_statsn=False)
+            datasn += 1
+            offset = end
+
+    # -- task management -------------------------------------------------------------
+    def _on_task_mgmt(self, pdu: Pdu) -> None:
+        def deliver() -> None:
+            self._task_mgmt(pdu)
+
+        self._sequence(pdu, deliver)
+
+    def _task_mgmt(self, pdu: Pdu) -> None:
+        function = pdu.flags & 0x7F
+        lun = decode_lun(pdu.lun)
+        token = self._next_token
+        self._next_token += 1
+        if function == TmfFunction.ABORT_TASK:
+            rtt = pdu.u32(20)
+            task = self.tasks.get(rtt)
+            if task is None or task.lun != lun:
+                ref = pdu.u32(32)
+                assert self.session is not None
+                found = self.session.is_stale(ref) or ref == pdu.cmdsn
+                self._tmf_response(pdu, TmfResponse.COMPLETE if found else TmfResponse.NO_TASK)
+                return
+            victims = self.abort_matching_task(task)
+            self._pending_tmf[token] = (pdu, TmfResponse.COMPLETE)
+            self._events.append(AbortTasks(tuple(victims), token))
+        elif function in (TmfFunction.ABORT_TASK_SET, TmfFunction.CLEAR_TASK_SET):
+            victims = [
+                t
+                for t in self.tasks.values()
+                if t.lun == lun and t.itt != pdu.itt and _older(t.cmdsn, pdu.cmdsn)
+            ]
+            for t in victims:
+                t.aborted = True
+                del self.tasks[t.itt]
+            self._pending_tmf[token] = (pdu, TmfResponse.COMPLETE)
+            self._events.append(AbortTasks(tuple(t for t in victims if t.started), token))
+        elif function in (TmfFunction.LOGICAL_UNIT_RESET, TmfFunction.TARGET_WARM_RESET):
+            if self.is_discovery:
+                self._tmf_response(pdu, TmfResponse.REJECTED)
+                return
+            target_lun = lun if function == TmfFunction.LOGICAL_UNIT_RESET else None
+            self._pending_tmf[token] = (pdu, TmfResponse.COMPLETE)
+            self._events.append(ResetRequested(target_lun, self.nexus, token))  # type: ignore[arg-type]
+        else:
+            self._tmf_response(pdu, TmfResponse.NOT_SUPPORTED)
+
+    def abort_matching_task(self, task: Task) -> list[Task]:
+        task.aborted = True
+        self.tasks.pop(task.itt, None)
+        self._write_buffers.pop(task.itt, None)
+        return [task] if task.started else []
+
+    def _tmf_response(self, pdu: Pdu, response: int) -> None:
+        hdr = P.new_header(Op.TASK_MGMT_RESPONSE, 0x80, itt=pdu.itt)
+        hdr[2] = response
+        self._send(hdr)
+        self._maybe_finish_logout()
+
+    # -- text and logout ---------------------------------------------------------------
+    def _on_text(self, pdu: Pdu) -> None:
+        assert self.text is not None
+
+        def deliver() -> None:
+            assert self.text is not None
+            for hdr, data in self.text.receive(pdu):
+                self._send(hdr, data)
+
+        self._sequence(pdu, deliver)
+
+    def _on_logout(self, pdu: Pdu) -> None:
+        def deliver() -> None:
+            self._pending_logout = pdu
+            self._maybe_finish_logout()
+
+        self._sequence(pdu, deliver)
+
+    def _maybe_finish_logout(self) -> None:
+        pdu = self._pending_logout
+        if pdu is None or self.tasks:
+            return
+        self._pending_logout = None
+        reason = pdu.flags & 0x7F
+        hdr = P.new_header(Op.LOGOUT_RESPONSE, 0x80, itt=pdu.itt)
+        if reason == 2:  # remove the connection for recovery: ERL 0 has none
+            hdr[2] = 2
+        else:
+            hdr[2] = 0
+        P.put_u16(hdr, 40, 0)  # Time2Wait
+        P.put_u16(hdr, 42, 0)  # Time2Retain
+        self._send(hdr)
+        self.phase = Phase.LOGGED_OUT
+        self._events.append(CloseConnection("logout"))
+
+    def _on_snack(self, pdu: Pdu) -> None:
+        # ErrorRecoveryLevel 0: SNACK is not supported (RFC 7143 11.16).
+        raise IscsiProtocolError(
+            "SNACK at ErrorRecoveryLevel 0", RejectReason.COMMAND_NOT_SUPPORTED, bhs=pdu.bhs
+        )
+
+    def _on_login_in_ffp(self, pdu: Pdu) -> None:
+        raise IscsiProtocolError("Login Request in full-feature phase", bhs=pdu.bhs)
+
+    _HANDLERS: dict[int, Callable[[Connection, Pdu], None]] = {
+        Op.NOP_OUT: _on_nop_out,
+        Op.SCSI_COMMAND: _on_scsi_command,
+        Op.TASK_MGMT_REQUEST: _on_task_mgmt,
+        Op.TEXT_REQUEST: _on_text,
+        Op.DATA_OUT: _on_data_out,
+        Op.LOGOUT_REQUEST: _on_logout,
+        Op.SNACK_REQUEST: _on_snack,
+        Op.LOGIN_REQUEST: _on_login_in_ffp,
+    }
+
+
+def _older(cmdsn: int, than: int) -> bool:
+    return P.serial_lt(cmdsn, than)
+
+
+def _extended_cdb(ahs: bytes) -> bytes:
+    """CDB bytes beyond 16 from an Extended CDB AHS (type 1), RFC 7143 11.3.1.2."""
+    pos = 0
+    while pos + 4 <= len(ahs):
+        length = int.from_bytes(ahs[pos : pos + 2], "big")
+        if ahs[pos + 2] == 1:
+            return bytes(ahs[pos + 4 : pos + 3 + length])
+        pos += 3 + length + (-(3 + length) % 4)
+    return b""

@@ -1,0 +1,38 @@
+"""Builds the SCSI targets and their logical units from the configuration."""
+
+from __future__ import annotations
+
+from scsi.block_device import BlockDevice
+
+from backing.sparse_file import SparseFile
+from scsi.logical_unit import Identity, LogicalUnit
+from scsi.target import ScsiTarget
+from targetd.config import Config, ConfigError, LunConfig, TargetConfig
+
+
+def build_lun(target: TargetConfig, lun: LunConfig, config: Config) -> LogicalUnit:
+    path = lun.path if lun.path.is_absolute() else config.state_dir / lun.path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The designator follows the LU's name, not its file, so moving the state dir keeps it.
+    identity = Identity(
+        device_id=f"{target.name}/lun{lun.lun}", product=lun.product or "VIRTUAL-DISK"
+    )
+    if lun.kind == "block":
+        store = SparseFile(path, lun.size, read_only=lun.read_only)
+        return BlockDevice(identity, store, block_size=lun.block_size, read_only=lun.read_only)
+    raise ConfigError(f"target {target.name} lun {lun.lun}", f"unsupported type {lun.kind!r}")
+
+
+def build_targets(config: Config) -> dict[str, ScsiTarget]:
+    return {
+        t.name: ScsiTarget({lun.lun: build_lun(t, lun, config) for lun in t.luns})
+        for t in config.targets
+    }
+
+
+def close_targets(targets: dict[str, ScsiTarget]) -> None:
+    for target in targets.values():
+        for lu in target.luns.values():
+            close = getattr(lu, "close", None)
+            if close is not None:
+                close()
