@@ -12,10 +12,13 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from scsi.command import Nexus, ScsiCommand, ScsiResult, Status
+from scsi.mode import ModePageSet, spc_pages
 from scsi.opcodes import SERVICE_ACTION_OPCODES, OpcodeTable
+from scsi.reservations import ReservationState
 from scsi.sense import CheckCondition, FieldPointer, Reason, build_sense
 
 log = logging.getLogger(__name__)
@@ -55,12 +58,17 @@ class LogicalUnit:
     table: OpcodeTable
     device_type: int = 0x00
     removable: bool = False
+    third_party_copy: bool = False  # INQUIRY 3PC: set by LUs that serve EXTENDED COPY
+    version_descriptors: tuple[int, ...] = ()  # claimed beyond SAM-5/iSCSI/SPC-4/type std
 
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
         self._unit_attentions: dict[Nexus, deque[Reason]] = {}
         self._known_nexuses: set[Nexus] = set()
         self.descriptor_sense = False  # control mode page D_SENSE
+        self.reservations = ReservationState()
+        # The LUNs REPORT LUNS lists; ScsiTarget replaces it with its own LUN map's.
+        self.report_luns: Callable[[], list[int]] = lambda: [0]
 
     # -- unit attentions -------------------------------------------------------------
     def nexus_established(self, nexus: Nexus) -> None:
@@ -72,6 +80,23 @@ class LogicalUnit:
     def nexus_lost(self, nexus: Nexus) -> None:
         self._known_nexuses.discard(nexus)
         self._unit_attentions.pop(nexus, None)
+        self.reservations.lose(nexus)
+
+    def reset(self, nexus: Nexus | None = None) -> None:
+        """LOGICAL UNIT RESET (from ``nexus``, or a target reset when None).
+
+        A RESERVE(6) reservation ends (persistent reservations survive, SPC-4 5.13.1)
+        and every other nexus gets BUS DEVICE RESET FUNCTION OCCURRED.
+        """
+        self.reservations.legacy = None
+        self.raise_unit_attention(Reason.BUS_DEVICE_RESET, except_nexus=nexus)
+
+    def queue_unit_attention(self, nexus: Nexus, reason: Reason) -> None:
+        """Queue ``reason`` for one nexus (if it currently sees this LU)."""
+        if nexus in self._known_nexuses:
+            queue = self._unit_attentions.setdefault(nexus, deque())
+            if reason not in queue:
+                queue.append(reason)
 
     def raise_unit_attention(self, reason: Reason, *, except_nexus: Nexus | None = None) -> None:
         """Queue ``reason`` for every known nexus (but ``except_nexus``)."""
@@ -105,9 +130,35 @@ class LogicalUnit:
         """The 8-byte mode parameter block descriptor, or None if the type has none."""
         return None
 
-    # -- reservations (overridden by the reservation mixin) ----------------------------
+    def long_block_descriptor(self) -> bytes | None:
+        """The 16-byte long LBA block descriptor (MODE SENSE(10) LLBAA), or None."""
+        return None
+
+    def select_block_descriptor(self, raw: bytes) -> None:
+        """MODE SELECT sent a block descriptor: accept it or raise CheckCondition.
+
+        By default only the current descriptor is accepted (NUMBER OF BLOCKS may be 0 or
+        the current value); a tape LU overrides this to switch block size.
+        """
+        current = self.block_descriptor()
+        if current is None or len(raw) != len(current):
+            raise CheckCondition(
+                Reason.INVALID_FIELD_IN_PARAMETER_LIST, FieldPointer(3, in_cdb=False)
+            )
+        if raw[4:] != current[4:] or raw[:4] not in (bytes(4), current[:4]):
+            raise CheckCondition(
+                Reason.INVALID_FIELD_IN_PARAMETER_LIST, FieldPointer(4, in_cdb=False)
+            )
+
+    @cached_property
+    def mode(self) -> ModePageSet:
+        """The LU's live mode pages: SPC's control and informational exceptions pages
+        plus ``mode_pages()``, built on first use."""
+        return ModePageSet([*spc_pages(self), *self.mode_pages().values()])
+
+    # -- reservations ------------------------------------------------------------------
     def reservation_conflict(self, cmd: ScsiCommand, spec_conflict_exempt: bool) -> bool:
-        return False
+        return self.reservations.conflict(cmd, spec_conflict_exempt)
 
     # -- dispatch ------------------------------------------------------------------
     async def execute(self, cmd: ScsiCommand) -> ScsiResult:

@@ -18,6 +18,11 @@ class ScsiTarget:
 
     def __init__(self, luns: dict[int, LogicalUnit]) -> None:
         self.luns = dict(luns)
+        for lu in self.luns.values():
+            lu.report_luns = self.lun_numbers
+
+    def lun_numbers(self) -> list[int]:
+        return sorted(self.luns)
 
     def nexus_established(self, nexus: Nexus) -> None:
         for lu in self.luns.values():
@@ -26,6 +31,12 @@ class ScsiTarget:
     def nexus_lost(self, nexus: Nexus) -> None:
         for lu in self.luns.values():
             lu.nexus_lost(nexus)
+
+    def reset(self, nexus: Nexus | None, lun: int | None = None) -> None:
+        """LOGICAL UNIT RESET of ``lun``, or TARGET (warm) RESET of every LU when None."""
+        for number, lu in self.luns.items():
+            if lun is None or number == lun:
+                lu.reset(nexus)
 
     async def execute(self, cmd: ScsiCommand) -> ScsiResult:
         lu = self.luns.get(cmd.lun)
