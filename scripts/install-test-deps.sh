@@ -5,7 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PACKAGES=(libiscsi-bin libiscsi-dev sg3-utils tgt qemu-utils qemu-block-extra pkg-config)
+PY=${PYTHON:-python3}
+# gcc and libc6-dev build cython-iscsi; --no-install-recommends would leave libc6-dev out.
+DEB_PACKAGES=(libiscsi-bin libiscsi-dev sg3-utils tgt qemu-utils qemu-block-extra pkg-config
+    gcc libc6-dev)
+# Debian's own Python needs its headers from a package; a pyenv or venv Python has them.
+if ! $PY -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+    DEB_PACKAGES+=(python3-dev)
+fi
 
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
@@ -22,7 +30,9 @@ if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet tgt 2>/de
     systemctl stop tgt || true
 fi
 
-PY=${PYTHON:-python3}
+# Debian 12's system Python is "externally managed" (PEP 668): pip refuses to install into it
+# unless told to. Harmless where Python is not externally managed (a venv, pyenv).
+export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore
 $PY -m pip install -q --disable-pip-version-check -e '.[test]'
 # cython-iscsi 1.0 must be built against Cython < 3, or pyscsi fails at import.
 if ! $PY -c "import iscsi; iscsi.ISCSI_SESSION_NORMAL" 2>/dev/null; then

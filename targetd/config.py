@@ -7,8 +7,12 @@ is what ``targetd serve`` runs with no file.
 
 from __future__ import annotations
 
+import re
+import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 DEFAULT_PORT = 3260
 DEFAULT_TARGET = "iqn.2026-11.org.targetd:default"
@@ -102,3 +106,321 @@ def default_config(state_dir: Path = Path("var/targetd")) -> Config:
         targets=(TargetConfig(DEFAULT_TARGET, alias="targetd", luns=luns),),
         state_dir=state_dir,
     )
+
+
+# -- loading ---------------------------------------------------------------------------------
+# RFC 3720 3.2.6.3 name forms. ``iqn.`` names are lowercase after stringprep (RFC 3722), so a
+# name with capitals would never match what an initiator sends: we refuse it here instead.
+_LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+_IQN = re.compile(rf"iqn\.\d{{4}}-(?:0[1-9]|1[0-2])\.{_LABEL}(?:\.{_LABEL})*(?::[^\sA-Z]*)?")
+_EUI = re.compile(r"eui\.[0-9A-Fa-f]{16}")
+_NAA = re.compile(r"naa\.(?:[0-9A-Fa-f]{16}|[0-9A-Fa-f]{32})")
+MAX_NAME_BYTES = 223  # RFC 3720 3.2.6.1
+
+# CHAP secrets: RFC 3720 8.2.1 wants at least 96 bits of secret, i.e. 12 octets; 255 is the
+# longest a CHAP key value may sensibly be. Windows initiators accept at most 16.
+MIN_CHAP_SECRET = 12
+MAX_CHAP_SECRET = 255
+
+BLOCK_SIZES = (512, 4096)
+LUN_KINDS = ("block", "tape")
+MAX_LUN = 16383  # flat space addressing, the widest single-level LUN we encode
+_SIZE = re.compile(r"\s*(\d+)\s*(B|KiB|MiB|GiB|TiB)?\s*")
+_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+# RFC 7143 13.12-13.14: the data-length keys range over 512..2**24-1.
+_LENGTH_RANGE = (512, (1 << 24) - 1)
+
+_T = TypeVar("_T")
+
+
+def is_valid_iscsi_name(name: str) -> bool:
+    """True for an RFC 3720 ``iqn.``, ``eui.`` or RFC 3980 ``naa.`` name."""
+    if len(name.encode()) > MAX_NAME_BYTES:
+        return False
+    return any(p.fullmatch(name) for p in (_IQN, _EUI, _NAA))
+
+
+def parse_size(value: object, key: str) -> int:
+    """A byte count: an integer, or a string such as ``"1GiB"``, ``"512MiB"``, ``"4096"``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and (m := _SIZE.fullmatch(value)):
+        number = int(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ConfigError(key, f"expected a size like 1GiB, 512MiB or a byte count, got {value!r}")
+    if number <= 0:
+        raise ConfigError(key, f"size must be positive, got {value!r}")
+    return number
+
+
+def parse_hostport(value: str, key: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT``, or a bare host (default port) -> (host, port)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(key, f"expected HOST:PORT, got {value!r}")
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ConfigError(key, f"expected [IPV6]:PORT, got {value!r}")
+        port_text = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif ":" in text:
+        raise ConfigError(key, f"an IPv6 address needs brackets: [{text}]:PORT")
+    else:
+        host, port_text = text, None
+    if not host or any(c.isspace() for c in host):
+        raise ConfigError(key, f"missing or malformed host in {value!r}")
+    if port_text is None:
+        return host, default_port
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(key, f"port must be 1..65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+class _Table:
+    """One TOML table being read: knows its key path and complains about leftovers."""
+
+    def __init__(self, data: object, path: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(path, f"expected a table, got {_type_name(data)}")
+        self.data = dict(data)
+        self.path = path
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def take(self, name: str, kind: type[_T], default: _T) -> _T:
+        if name not in self.data:
+            return default
+        value = self.data.pop(name)
+        # bool is an int in Python, never in a config file.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(
+                self.key(name), f"expected {kind.__name__}, got {_type_name(value)} {value!r}"
+            )
+        return value
+
+    def take_int(self, name: str, default: int, low: int, high: int) -> int:
+        value = self.take(name, int, default)
+        if not low <= value <= high:
+            raise ConfigError(self.key(name), f"must be {low}..{high}, got {value}")
+        return value
+
+    def take_raw(self, name: str) -> object:
+        return self.data.pop(name, None)
+
+    def take_list(self, name: str, item: Callable[[object, str], _T]) -> tuple[_T, ...]:
+        value = self.data.pop(name, [])
+        if not isinstance(value, list):
+            raise ConfigError(self.key(name), f"expected an array, got {_type_name(value)}")
+        return tuple(item(v, f"{self.key(name)}[{i}]") for i, v in enumerate(value))
+
+    def done(self) -> None:
+        if self.data:
+            unknown = sorted(self.data)[0]
+            raise ConfigError(self.key(unknown), "unknown key")
+
+
+def _type_name(value: object) -> str:
+    return {dict: "table", list: "array", str: "string", bool: "boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _name(value: object, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected an iSCSI name string, got {_type_name(value)}")
+    if not is_valid_iscsi_name(value):
+        raise ConfigError(
+            key,
+            f"{value!r} is not an iSCSI name (iqn.YYYY-MM.reversed.domain[:id] in lowercase,"
+            " eui.<16 hex>, or naa.<16 or 32 hex>)",
+        )
+    return value
+
+
+def _chap(value: object, key: str) -> ChapSecret | None:
+    if value is None:
+        return None
+    table = _Table(value, key)
+    user = table.take("user", str, "")
+    secret = table.take("secret", str, "")
+    table.done()
+    if not user or len(user.encode()) > 255 or any(c.isspace() for c in user):
+        raise ConfigError(table.key("user"), "must be 1..255 bytes without whitespace")
+    length = len(secret.encode())
+    if not MIN_CHAP_SECRET <= length <= MAX_CHAP_SECRET:
+        raise ConfigError(
+            table.key("secret"),
+            f"must be {MIN_CHAP_SECRET}..{MAX_CHAP_SECRET} bytes (RFC 3720 8.2.1), got {length}",
+        )
+    return ChapSecret(user, secret)
+
+
+def _mutual_pair(
+    table: _Table, chap_key: str, mutual_key: str
+) -> tuple[ChapSecret | None, ChapSecret | None]:
+    chap = _chap(table.take_raw(chap_key), table.key(chap_key))
+    mutual = _chap(table.take_raw(mutual_key), table.key(mutual_key))
+    if mutual is not None and chap is None:
+        raise ConfigError(table.key(mutual_key), f"needs {table.key(chap_key)} as well")
+    if chap is not None and mutual is not None and chap.secret == mutual.secret:
+        # RFC 3720 8.2.1: one secret MUST NOT serve both directions.
+        raise ConfigError(table.key(f"{mutual_key}.secret"), "must differ from the CHAP secret")
+    return chap, mutual
+
+
+def _portal(value: object, key: str) -> Portal:
+    table = _Table(value, key)
+    if "listen" not in table.data:
+        raise ConfigError(table.key("listen"), "missing (HOST:PORT to listen on)")
+    host, port = parse_hostport(table.take("listen", str, ""), table.key("listen"))
+    advertise = table.take("advertise", str, "") or None
+    if advertise is not None:
+        # Validate the form, keep the text: SendTargets sends it as written.
+        parse_hostport(advertise, table.key("advertise"))
+    tpgt = table.take_int("tpgt", 1, 1, 65535)
+    table.done()
+    return Portal(host, port, advertise, tpgt)
+
+
+def _lun(value: object, key: str, target_name: str, state_dir: Path) -> LunConfig:
+    table = _Table(value, key)
+    if "lun" not in table.data:
+        raise ConfigError(table.key("lun"), "missing (the LUN number)")
+    number = table.take_int("lun", 0, 0, MAX_LUN)
+    kind = table.take("kind", str, "block")
+    if kind not in LUN_KINDS:
+        raise ConfigError(table.key("kind"), f"must be one of {', '.join(LUN_KINDS)}")
+    block_size = table.take("block_size", int, 512)
+    if block_size not in BLOCK_SIZES:
+        raise ConfigError(table.key("block_size"), f"must be 512 or 4096, got {block_size}")
+    size = parse_size(table.data.pop("size", GiB), table.key("size"))
+    if kind == "block" and size % block_size:
+        raise ConfigError(table.key("size"), f"{size} is not a multiple of block_size")
+    default_path = f"{target_name.replace(':', '_')}/lun{number}.img"
+    path_text = table.take("path", str, default_path)
+    if not path_text.strip():
+        raise ConfigError(table.key("path"), "must not be empty")
+    path = Path(path_text)
+    read_only = table.take("read_only", bool, False)
+    product = table.take("product", str, "") or None
+    if product is not None and (len(product) > 16 or not product.isascii()):
+        raise ConfigError(table.key("product"), "INQUIRY product id is at most 16 ASCII chars")
+    table.done()
+    return LunConfig(number, kind, state_dir / path, size, block_size, read_only, product)
+
+
+def _target(value: object, key: str, state_dir: Path) -> TargetConfig:
+    table = _Table(value, key)
+    if "name" not in table.data:
+        raise ConfigError(table.key("name"), "missing (the target's iSCSI name)")
+    name = _name(table.take_raw("name"), table.key("name"))
+    alias = table.take("alias", str, "")
+    initiators = table.take_list("allowed_initiators", _name)
+    chap, mutual = _mutual_pair(table, "chap", "mutual_chap")
+    luns = table.take_list("lun", lambda v, k: _lun(v, k, name, state_dir))
+    table.done()
+    if not luns:
+        raise ConfigError(table.key("lun"), "a target needs at least one [[target.lun]]")
+    seen: dict[int, int] = {}
+    for i, lun in enumerate(luns):
+        if lun.lun in seen:
+            first = f"{key}.lun[{seen[lun.lun]}]"
+            raise ConfigError(f"{key}.lun[{i}].lun", f"LUN {lun.lun} already defined by {first}")
+        seen[lun.lun] = i
+    return TargetConfig(name, alias, luns, initiators, chap, mutual)
+
+
+def _limits(config: _Table) -> dict[str, int]:
+    if "limits" not in config.data:
+        return {}
+    table = _Table(config.take_raw("limits"), config.key("limits"))
+    low, high = _LENGTH_RANGE
+    out: dict[str, int] = {}
+    for name in ("max_recv_data_segment_length", "max_burst_length", "first_burst_length"):
+        if name in table.data:
+            out[name] = parse_size(table.take_raw(name), table.key(name))
+            if not low <= out[name] <= high:
+                raise ConfigError(table.key(name), f"must be {low}..{high} bytes (RFC 7143)")
+    for name, high_int in (
+        ("max_sessions", 65535),
+        ("max_connections_per_session", 65535),
+        ("max_outstanding_r2t", 65535),
+    ):
+        if name in table.data:
+            out[name] = table.take_int(name, 1, 1, high_int)
+    table.done()
+    first = out.get("first_burst_length", Config.first_burst_length)
+    most = out.get("max_burst_length", Config.max_burst_length)
+    if first > most:
+        raise ConfigError(table.key("first_burst_length"), "must not exceed max_burst_length")
+    return out
+
+
+def parse_config(data: dict[str, Any], *, base_dir: Path, state_dir: Path | None = None) -> Config:
+    """Validate a TOML document (already parsed) into a :class:`Config`.
+
+    ``state_dir`` overrides the file's ``state_dir``; a relative ``state_dir`` in the file is
+    taken relative to ``base_dir`` (the config file's directory), and relative LUN paths are
+    taken relative to the state dir.
+    """
+    root = _Table(data, "")
+    file_state_dir = root.take("state_dir", str, "")
+    if state_dir is None:
+        state_dir = base_dir / file_state_dir if file_state_dir else Path("var/targetd")
+    portals = root.take_list("portal", _portal) or (Portal(),)
+    endpoints = [(p.listen_host, p.listen_port) for p in portals]
+    for i, endpoint in enumerate(endpoints):
+        if endpoints.index(endpoint) != i:
+            raise ConfigError(f"portal[{i}].listen", "the same address is listed twice")
+    discovery_chap = discovery_mutual = None
+    if "discovery" in root.data:
+        discovery = _Table(root.take_raw("discovery"), "discovery")
+        discovery_chap, discovery_mutual = _mutual_pair(discovery, "chap", "mutual_chap")
+        discovery.done()
+    limits = _limits(root)
+    targets = root.take_list("target", lambda v, k: _target(v, k, state_dir))
+    root.done()
+    if not targets:
+        raise ConfigError("target", "at least one [[target]] is required")
+    _check_unique(targets)
+    return Config(
+        portals=portals,
+        targets=targets,
+        state_dir=state_dir,
+        discovery_chap=discovery_chap,
+        discovery_mutual_chap=discovery_mutual,
+        **limits,  # type: ignore[arg-type]
+    )
+
+
+def _check_unique(targets: tuple[TargetConfig, ...]) -> None:
+    names: dict[str, int] = {}
+    paths: dict[Path, str] = {}
+    for t, target in enumerate(targets):
+        if target.name in names:
+            first = f"target[{names[target.name]}]"
+            raise ConfigError(f"target[{t}].name", f"{target.name!r} already defined by {first}")
+        names[target.name] = t
+        for i, lun in enumerate(target.luns):
+            # Two LUNs on one file would corrupt each other silently.
+            where = f"target[{t}].lun[{i}].path"
+            resolved = Path(lun.path).resolve()
+            if resolved in paths:
+                raise ConfigError(where, f"{lun.path} is already used by {paths[resolved]}")
+            paths[resolved] = where
+
+
+def load_config(path: Path, *, state_dir: Path | None = None) -> Config:
+    """Read and validate a TOML configuration file; raises :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError("config", f"cannot read {path}: {e.strerror or e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("config", f"{path} is not valid TOML: {e}") from e
+    return parse_config(data, base_dir=path.parent, state_dir=state_dir)

@@ -1,0 +1,225 @@
+"""A sparse file as a block store: positional reads and writes, flush, holes, extent maps.
+
+This module knows nothing of SCSI. Offsets and lengths are in bytes.
+
+Where the work runs (measured on this machine: ext4, 2 cores, uvloop, warm page cache;
+µs per call)::
+
+    size      pwritev inline   pwritev in executor   preadv RWF_NOWAIT inline
+    4 KiB          2-6               93-117                  1.2-1.7
+    64 KiB        12-14             109-139                 11-13
+    256 KiB       52-56             168-231                 32-35
+    1 MiB        132-241            250-417                 60-104
+    1 MiB, first touch of a hole: inline 240-1530, executor 380-420
+
+A thread hop costs ~100 µs here, more than a cached copy of up to a few hundred KiB, so
+small writes run inline on the event loop. Large writes go to the executor: their cost
+varies (block allocation, dirty-page throttling can stall for milliseconds) and while a
+worker copies one, the loop keeps receiving the next. RWF_NOWAIT on buffered writes gives
+EOPNOTSUPP on ext4, hence the size threshold instead. Reads try ``preadv(RWF_NOWAIT)``
+inline, which either completes from the page cache or refuses at once, and only a page
+cache miss goes to the executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import errno
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+# Writes up to this size run inline on the event loop (see the table above).
+INLINE_WRITE_MAX = 128 * 1024
+# Zeroes written per call where the file system cannot punch or zero a range.
+_ZERO_CHUNK = 1 << 20
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_FALLOC_FL_ZERO_RANGE = 0x10
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_fallocate = _libc.fallocate
+_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_fallocate.restype = ctypes.c_int
+
+
+class Extent(NamedTuple):
+    """A run of bytes that is either mapped (holds data) or a hole."""
+
+    offset: int
+    length: int
+    mapped: bool
+
+
+def _fallocate_or_raise(fd: int, mode: int, offset: int, length: int) -> None:
+    if _fallocate(fd, mode, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int, flags: int = 0) -> None:
+    """pwritev until every byte is written (a regular file may still write short)."""
+    while data:
+        n = os.pwritev(fd, [data], offset, flags) if flags else os.pwritev(fd, [data], offset)
+        data = data[n:]
+        offset += n
+
+
+def _pread_all(fd: int, buf: memoryview, offset: int) -> None:
+    """preadv until ``buf`` is full; bytes past the end of the file read as zeros."""
+    while buf:
+        n = os.preadv(fd, [buf], offset)
+        if n == 0:
+            buf[:] = bytes(len(buf))
+            return
+        buf = buf[n:]
+        offset += n
+
+
+class SparseFile:
+    """A file of ``size`` bytes whose unwritten and punched ranges are holes reading as zeros.
+
+    The file is created (sparse, by ``ftruncate``) when absent and grown when shorter than
+    ``size``; an existing longer file is left as it is (``size`` stays what was asked for,
+    so no data past it is lost). One descriptor is kept open for the object's life; all
+    I/O is positional, so concurrent calls never share a file offset.
+    """
+
+    def __init__(self, path: Path, size: int, *, read_only: bool = False) -> None:
+        if size <= 0:
+            raise ValueError(f"size must be positive, not {size}")
+        self.path = Path(path)
+        self.size = size
+        self.read_only = read_only
+        flags = os.O_RDONLY if read_only else os.O_RDWR | os.O_CREAT
+        self._fd = os.open(self.path, flags | os.O_CLOEXEC, 0o600)
+        try:
+            if os.fstat(self._fd).st_size < size:
+                if read_only:
+                    raise ValueError(f"{self.path} is shorter than {size} bytes")
+                os.ftruncate(self._fd, size)
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    # -- data path -----------------------------------------------------------------
+    async def read_into(self, offset: int, buf: memoryview) -> None:
+        """Fill ``buf`` with the bytes at ``offset``; holes read as zeros."""
+        try:
+            n = os.preadv(self._fd, [buf], offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            n = 0
+        if n == len(buf):
+            return
+        rest = buf[n:]
+        await asyncio.get_running_loop().run_in_executor(
+            None, _pread_all, self._fd, rest, offset + n
+        )
+
+    async def write(self, offset: int, data: bytes | memoryview, *, fua: bool = False) -> None:
+        """Write ``data`` at ``offset``; with ``fua``, on stable storage before returning."""
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        flags = os.RWF_DSYNC if fua else 0
+        if len(view) <= INLINE_WRITE_MAX and not fua:
+            _pwrite_all(self._fd, view, offset)
+            return
+        await asyncio.get_running_loop().run_in_executor(
+            None, _pwrite_all, self._fd, view, offset, flags
+        )
+
+    async def flush(self) -> None:
+        """Everything written so far reaches stable storage."""
+        await asyncio.get_running_loop().run_in_executor(None, os.fdatasync, self._fd)
+
+    # -- thin provisioning -----------------------------------------------------------
+    async def punch_hole(self, offset: int, length: int) -> None:
+        """Deallocate ``[offset, offset+length)``; it reads as zeros afterwards.
+
+        The kernel zeroes partial blocks at unaligned edges itself; a file system that
+        cannot punch gets zeros written instead.
+        """
+        await asyncio.get_running_loop().run_in_executor(
+            None, self._deallocate, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length
+        )
+
+    async def write_zeroes(self, offset: int, length: int) -> None:
+        """Make ``[offset, offset+length)`` read as zeros, keeping it allocated if possible."""
+        await asyncio.get_running_loop().run_in_executor(
+            None, self._deallocate, _FALLOC_FL_ZERO_RANGE | _FALLOC_FL_KEEP_SIZE, offset, length
+        )
+
+    def _deallocate(self, mode: int, offset: int, length: int) -> None:
+        if length <= 0:
+            return
+        try:
+            _fallocate_or_raise(self._fd, mode, offset, length)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+        if mode & _FALLOC_FL_ZERO_RANGE:
+            try:
+                _fallocate_or_raise(
+                    self._fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length
+                )
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+        zeros = memoryview(bytes(min(length, _ZERO_CHUNK)))
+        end = offset + length
+        while offset < end:
+            chunk = zeros[: min(len(zeros), end - offset)]
+            _pwrite_all(self._fd, chunk, offset)
+            offset += len(chunk)
+
+    def extents(self, offset: int, length: int) -> list[Extent]:
+        """The mapped and unmapped runs covering ``[offset, offset+length)``, in order.
+
+        Built from SEEK_DATA/SEEK_HOLE, so the granularity is the file system's; a range
+        the file system cannot map (no SEEK_DATA support) is reported as one mapped run.
+        """
+        end = min(offset + length, max(self.size, offset))
+        result: list[Extent] = []
+        pos = offset
+        while pos < end:
+            try:
+                data = os.lseek(self._fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # only a hole from here to the end of file
+                    data = end
+                elif exc.errno == errno.EINVAL:
+                    return [Extent(offset, end - offset, True)]
+                else:
+                    raise
+            data = min(data, end)
+            if data > pos:
+                result.append(Extent(pos, data - pos, False))
+                pos = data
+                if pos >= end:
+                    break
+            hole = min(os.lseek(self._fd, pos, os.SEEK_HOLE), end)
+            result.append(Extent(pos, hole - pos, True))
+            pos = hole
+        return result
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> SparseFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SparseFile({str(self.path)!r}, size={self.size}, read_only={self.read_only})"

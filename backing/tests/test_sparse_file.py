@@ -1,0 +1,177 @@
+"""SparseFile: sparse creation, holes reading as zeros, punching, extent maps, FUA."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from backing import sparse_file
+from backing.sparse_file import INLINE_WRITE_MAX, Extent, SparseFile
+
+MiB = 1 << 20
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def read(f: SparseFile, offset: int, length: int) -> bytes:
+    buf = bytearray(length)
+    run(f.read_into(offset, memoryview(buf)))
+    return bytes(buf)
+
+
+def test_creates_sparse_file_of_the_asked_size(tmp_path: Path) -> None:
+    path = tmp_path / "lun.img"
+    with SparseFile(path, 64 * MiB) as f:
+        assert f.size == 64 * MiB
+        st = os.stat(path)
+        assert st.st_size == 64 * MiB
+        assert st.st_blocks == 0  # nothing allocated
+        assert f.extents(0, 64 * MiB) == [Extent(0, 64 * MiB, False)]
+
+
+def test_existing_longer_file_is_not_shrunk(tmp_path: Path) -> None:
+    path = tmp_path / "lun.img"
+    path.write_bytes(b"\x00" * 8192 + b"keep me")
+    with SparseFile(path, 4096) as f:
+        assert f.size == 4096
+    assert path.read_bytes().endswith(b"keep me")
+
+
+def test_existing_shorter_file_grows_and_keeps_data(tmp_path: Path) -> None:
+    path = tmp_path / "lun.img"
+    path.write_bytes(b"abc")
+    with SparseFile(path, MiB) as f:
+        assert read(f, 0, 4) == b"abc\0"
+    assert os.stat(path).st_size == MiB
+
+
+def test_read_only_rejects_a_short_file_and_cannot_write(tmp_path: Path) -> None:
+    path = tmp_path / "lun.img"
+    path.write_bytes(b"x" * 100)
+    with pytest.raises(ValueError):
+        SparseFile(path, MiB, read_only=True)
+    with SparseFile(path, 100, read_only=True) as f:
+        assert read(f, 0, 3) == b"xxx"
+        with pytest.raises(OSError):
+            run(f.write(0, b"y"))
+
+
+def test_holes_read_zero_and_writes_round_trip(tmp_path: Path) -> None:
+    with SparseFile(tmp_path / "lun.img", 8 * MiB) as f:
+        assert read(f, 12345, 1000) == bytes(1000)
+        small = os.urandom(4096)
+        big = os.urandom(INLINE_WRITE_MAX + 4096)  # takes the executor path
+        run(f.write(4096, small))
+        run(f.write(MiB, memoryview(big)))
+        assert read(f, 4096, 4096) == small
+        assert read(f, MiB, len(big)) == big
+        assert read(f, 0, 4096) == bytes(4096)
+
+
+def test_read_falls_back_to_executor_when_not_cached(tmp_path: Path) -> None:
+    with SparseFile(tmp_path / "lun.img", MiB) as f:
+        run(f.write(0, b"z" * 8192))
+        real = os.preadv
+        calls: list[int] = []
+
+        def nowait_refuses(fd, bufs, offset, flags=0):
+            calls.append(flags)
+            if flags & os.RWF_NOWAIT:
+                raise BlockingIOError
+            return real(fd, bufs, offset, flags)
+
+        with mock.patch.object(sparse_file.os, "preadv", nowait_refuses):
+            assert read(f, 0, 8192) == b"z" * 8192
+        assert calls[0] == os.RWF_NOWAIT and 0 in calls[1:]
+
+
+def test_short_nowait_read_is_completed(tmp_path: Path) -> None:
+    with SparseFile(tmp_path / "lun.img", MiB) as f:
+        data = os.urandom(8192)
+        run(f.write(0, data))
+        real = os.preadv
+
+        def half(fd, bufs, offset, flags=0):
+            if flags & os.RWF_NOWAIT:
+                return real(fd, [bufs[0][:4096]], offset)
+            return real(fd, bufs, offset)
+
+        with mock.patch.object(sparse_file.os, "preadv", half):
+            assert read(f, 0, 8192) == data
+
+
+def test_punch_hole_reads_zero_and_unmaps(tmp_path: Path) -> None:
+    with SparseFile(tmp_path / "lun.img", 4 * MiB) as f:
+        run(f.write(0, b"\xaa" * (2 * MiB)))
+        assert f.extents(0, 4 * MiB) == [Extent(0, 2 * MiB, True), Extent(2 * MiB, 2 * MiB, False)]
+        run(f.punch_hole(MiB, 512 * 1024))
+        assert read(f, MiB - 1, 3) == b"\xaa\0\0"
+        assert read(f, MiB + 512 * 1024 - 1, 2) == b"\0\xaa"
+        assert f.extents(0, 4 * MiB) == [
+            Extent(0, MiB, True),
+            Extent(MiB, 512 * 1024, False),
+            Extent(MiB + 512 * 1024, 512 * 1024, True),
+            Extent(2 * MiB, 2 * MiB, False),
+        ]
+
+
+def test_punch_unaligned_edges_are_zeroed(tmp_path: Path) -> None:
+    with SparseFile(tmp_path / "lun.img", MiB) as f:
+        run(f.write(0, b"\x11" * 65536))
+        run(f.punch_hole(100, 20000))
+        assert read(f, 0, 101) == b"\x11" * 100 + b"\0"
+        assert read(f, 100, 20000) == bytes(20000)
+        assert read(f, 20099, 2) == b"\0\x11"
+
+
+def test_punch_falls_back_to_writing_zeros(tmp_path: Path) -> None:
+    with SparseFile(tmp_path / "lun.img", MiB) as f:
+        run(f.write(0, b"\x22" * 8192))
+        with (
+            mock.patch.object(sparse_file, "_fallocate", lambda *a: -1),
+            mock.patch.object(sparse_file.ctypes, "get_errno", lambda: 95),
+        ):
+            run(f.punch_hole(1000, 5000))
+        assert read(f, 0, 8192) == b"\x22" * 1000 + bytes(5000) + b"\x22" * 2192
+
+
+def test_write_zeroes(tmp_path: Path) -> None:
+    with SparseFile(tmp_path / "lun.img", MiB) as f:
+        run(f.write(0, b"\x33" * 16384))
+        run(f.write_zeroes(4096, 8192))
+        assert read(f, 0, 16384) == b"\x33" * 4096 + bytes(8192) + b"\x33" * 4096
+
+
+def test_extents_of_a_sub_range(tmp_path: Path) -> None:
+    with SparseFile(tmp_path / "lun.img", 4 * MiB) as f:
+        run(f.write(MiB, b"d" * MiB))
+        assert f.extents(MiB // 2, MiB) == [
+            Extent(MiB // 2, MiB // 2, False),
+            Extent(MiB, MiB // 2, True),
+        ]
+        assert f.extents(3 * MiB, 4 * MiB) == [Extent(3 * MiB, MiB, False)]
+
+
+def test_fua_write_uses_dsync_and_flush_syncs(tmp_path: Path) -> None:
+    with SparseFile(tmp_path / "lun.img", MiB) as f:
+        real = os.pwritev
+        flags_seen: list[int] = []
+
+        def spy(fd, bufs, offset, flags=0):
+            flags_seen.append(flags)
+            return real(fd, bufs, offset, flags)
+
+        with mock.patch.object(sparse_file.os, "pwritev", spy):
+            run(f.write(0, b"f" * 512, fua=True))
+            run(f.write(512, b"g" * 512))
+        assert flags_seen == [os.RWF_DSYNC, 0]
+        with mock.patch.object(sparse_file.os, "fdatasync", wraps=os.fdatasync) as sync:
+            run(f.flush())
+        sync.assert_called_once_with(f.fd)
+        assert read(f, 0, 1024) == b"f" * 512 + b"g" * 512

@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Benchmark targetd against tgtd (STGT) side by side, in one run, with the same clients.
+
+Both targets run at once on their own loopback ports. For every repeat, each case runs on one
+target and then the other, the order flipping each repeat, so that noise from a shared machine
+falls on both alike. The table shows medians, the targetd/tgtd ratio with the goal the team must
+reach, and each target's CPU use during the case. See bench/README.md.
+
+    python3 bench/compare_tgtd.py [--quick] [--repeat N] [--cases a,b] [--size 1G] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from clients import CASES, Budget, ClientError, prefill, run_case, select_cases
+from cpu import tree_cpu_seconds
+from report import BASELINE, CANDIDATE, CaseResult, Run, format_table, save_json
+from targets import GiB, Target, TargetdTarget, TargetError, TgtdTarget
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = _SUFFIXES.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in _SUFFIXES else text
+    try:
+        size = int(float(number) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if size < (1 << 20) or size % (1 << 20):
+        raise argparse.ArgumentTypeError("size must be a whole number of MiB, at least 1M")
+    return size
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="short runs (about a second a case): a smoke test"
+    )
+    parser.add_argument("--repeat", type=int, help="runs per case and target (default 3; quick 1)")
+    parser.add_argument(
+        "--cases",
+        help="comma list of case names or substrings (default all): "
+        + ", ".join(c.name for c in CASES),
+    )
+    parser.add_argument(
+        "--size",
+        type=parse_size,
+        help="LUN region the clients touch and prefill, e.g. 256M (default 1G; quick 64M)",
+    )
+    parser.add_argument("--json", type=Path, help="also save every run and the medians here")
+    parser.add_argument(
+        "--targets",
+        default=f"{BASELINE},{CANDIDATE}",
+        help="which targets to run (default both; one alone is for trying the harness)",
+    )
+    parser.add_argument("--no-prefill", action="store_true", help="read cases may read holes")
+    args = parser.parse_args(argv)
+    args.repeat = args.repeat or (1 if args.quick else 3)
+    args.size = args.size or ((64 << 20) if args.quick else GiB)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    if args.size > GiB:
+        parser.error("--size is at most 1G: targetd's default LUN is 1 GiB")
+    try:
+        args.cases = select_cases(args.cases)
+    except ValueError as exc:
+        parser.error(str(exc))
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if not args.targets or set(args.targets) - {BASELINE, CANDIDATE}:
+        parser.error(f"--targets takes {BASELINE} and/or {CANDIDATE}")
+    return args
+
+
+def start_target(name: str, workdir: Path) -> Target:
+    if name == BASELINE:
+        return TgtdTarget.start(workdir, GiB)
+    return TargetdTarget.start(workdir, REPO_ROOT)
+
+
+def measure(case_result: CaseResult, target: Target, repeat: int, region: int, budget: Budget):
+    """One run of one case on one target, with the target's CPU use over the client's run."""
+    if not target.alive():
+        error = f"target exited ({target.proc.returncode}); log: {target.log_tail(5)}"
+        case_result.runs.append(Run(target.name, repeat, None, 0.0, 0.0, error))
+        return
+    cpu_before = tree_cpu_seconds(target.pid)
+    started = time.monotonic()
+    try:
+        sample = run_case(case_result.case, target, region, budget)
+        value, error = sample.value, None
+    except ClientError as exc:
+        value, error = None, str(exc)
+    wall = time.monotonic() - started
+    cpu = tree_cpu_seconds(target.pid) - cpu_before
+    case_result.runs.append(Run(target.name, repeat, value, cpu, wall, error))
+    shown = "FAIL" if value is None else f"{value:,.1f} {case_result.case.unit}"
+    print(
+        f"  [{repeat + 1}] {case_result.case.name:<18} {target.name:<8} {shown:>16}"
+        f"  cpu {100 * cpu / wall if wall else 0:4.0f}%",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[CaseResult]:
+    budget = Budget.quick() if args.quick else Budget.full()
+    targets: list[Target] = []
+    try:
+        for name in args.targets:
+            print(f"starting {name} ...", file=sys.stderr, flush=True)
+            targets.append(start_target(name, workdir))
+        if not args.no_prefill and any(not c.write for c in args.cases):
+            for target in targets:
+                print(f"prefilling {args.size >> 20} MiB on {target.name}", file=sys.stderr)
+                prefill(target, args.size, budget)
+        results = [CaseResult(case) for case in args.cases]
+        for repeat in range(args.repeat):
+            order = targets if repeat % 2 == 0 else targets[::-1]
+            for result in results:
+                for target in order:
+                    measure(result, target, repeat, args.size, budget)
+        return results
+    finally:
+        for target in targets:
+            target.stop()
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # A SIGTERM from a test runner or CI must still stop the targets (the finally blocks).
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    settings = {
+        "quick": args.quick,
+        "repeat": args.repeat,
+        "region_bytes": args.size,
+        "targets": args.targets,
+        "budget": asdict(Budget.quick() if args.quick else Budget.full()),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    try:
+        with tempfile.TemporaryDirectory(prefix="targetd-bench-") as tmp:
+            results = run_benchmark(args, Path(tmp))
+    except TargetError as exc:
+        print(f"error: a target failed to start: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; targets stopped", file=sys.stderr)
+        return 130
+    print(format_table(results))
+    if args.json:
+        save_json(args.json, results, settings)
+    failed = any(r.value is None for result in results for r in result.runs)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

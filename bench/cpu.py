@@ -1,0 +1,53 @@
+"""CPU time a server process has used, read from /proc (all its threads, and its children).
+
+A target that hands work to helper processes must not look cheaper than one that does it in
+threads, so live descendants are counted too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PROC = Path("/proc")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        text = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ")".
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields is not None and int(fields[1]) == pid:  # fields[1] is the parent PID
+            found.append(int(entry.name))
+    return found
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid``; 0.0 once it has gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return 0.0
+    # After the name: state, ppid, ... utime and stime are the 12th and 13th of these.
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` plus every live descendant."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        total += process_cpu_seconds(current)
+        pending += _children(current)
+    return total

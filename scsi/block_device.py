@@ -1,0 +1,300 @@
+"""The block logical unit (peripheral device type 0): a store, a block size, a WP flag.
+
+SBC command handlers live in scsi.sbc; this class holds the state they share, the SBC
+VPD pages (B0h Block Limits, B1h Block Device Characteristics, B2h Logical Block
+Provisioning), the caching mode page, and the write gate that makes COMPARE AND WRITE
+and ORWRITE atomic against other writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Protocol
+
+from construct import Int8ub, Int16ub, Int32ub, Int64ub, Padding, Struct
+
+from backing.sparse_file import Extent, SparseFile
+from scsi.logical_unit import Identity, LogicalUnit
+from scsi.mode import ModePage
+from scsi.sbc import SBC_TABLE
+
+MiB = 1 << 20
+# Block Limits, in bytes so both block sizes get the same byte limits.
+MAX_TRANSFER_BYTES = 8 * MiB
+OPTIMAL_TRANSFER_BYTES = 1 * MiB
+MAX_WRITE_SAME_BYTES = 1 << 30
+# Punching is cheap at any size: no limit on blocks, but a bounded descriptor list.
+MAX_UNMAP_BLOCKS = 0xFFFFFFFF
+MAX_UNMAP_DESCRIPTORS = 256
+MAX_COMPARE_AND_WRITE_BLOCKS = 255
+# The file system's allocation unit: what a punch can really deallocate.
+ALLOCATION_UNIT = 4096
+
+BLOCK_SIZES = (512, 1024, 2048, 4096)
+
+
+class BlockStore(Protocol):
+    """What a block LU needs from its storage (backing.SparseFile, or a pair's wrapper)."""
+
+    size: int
+
+    async def read_into(self, offset: int, buf: memoryview) -> None: ...
+    async def write(self, offset: int, data: bytes | memoryview, *, fua: bool = False) -> None: ...
+    async def flush(self) -> None: ...
+    async def punch_hole(self, offset: int, length: int) -> None: ...
+    async def write_zeroes(self, offset: int, length: int) -> None: ...
+    def extents(self, offset: int, length: int) -> list[Extent]: ...
+
+
+_BlockLimits = Struct(
+    "wsnz" / Int8ub,
+    "max_compare_and_write" / Int8ub,
+    "optimal_granularity" / Int16ub,
+    "max_transfer" / Int32ub,
+    "optimal_transfer" / Int32ub,
+    "max_prefetch" / Int32ub,
+    "max_unmap_lba_count" / Int32ub,
+    "max_unmap_descriptors" / Int32ub,
+    "optimal_unmap_granularity" / Int32ub,
+    "unmap_granularity_alignment" / Int32ub,  # bit 31: UGAVALID
+    "max_write_same" / Int64ub,
+    "max_atomic_transfer" / Int32ub,
+    "atomic_alignment" / Int32ub,
+    "atomic_granularity" / Int32ub,
+    "max_atomic_with_boundary" / Int32ub,
+    "max_atomic_boundary" / Int32ub,
+)
+
+_Characteristics = Struct(
+    "rotation_rate" / Int16ub,  # 0001h: non-rotating medium
+    "product_type" / Int8ub,
+    "form_factor" / Int8ub,  # WABEREQ, WACEREQ, NOMINAL FORM FACTOR (0: not reported)
+    "flags" / Int8ub,  # ZONED, FUAB, VBULS
+    Padding(55),
+)
+
+_Provisioning = Struct(
+    "threshold_exponent" / Int8ub,
+    "flags" / Int8ub,  # LBPU, LBPWS, LBPWS10, LBPRZ(3 bits), ANC_SUP, DP
+    "provisioning_type" / Int8ub,  # low 3 bits: 010b thin
+    "threshold_percentage" / Int8ub,
+)
+LBPU, LBPWS, LBPWS10, LBPRZ = 0x80, 0x40, 0x20, 0x04
+THIN_PROVISIONED = 0x02
+
+WCE = 0x04  # caching page byte 2
+
+
+class BlockDevice(LogicalUnit):
+    """A direct-access block device over a :class:`BlockStore`."""
+
+    table = SBC_TABLE
+    device_type = 0x00
+
+    def __init__(
+        self,
+        identity: Identity,
+        store: BlockStore,
+        *,
+        block_size: int = 512,
+        read_only: bool = False,
+    ) -> None:
+        if block_size not in BLOCK_SIZES:
+            raise ValueError(f"block size {block_size} is not one of {BLOCK_SIZES}")
+        if store.size < block_size:
+            raise ValueError("the store is smaller than one block")
+        super().__init__(identity)
+        self.store = store
+        self.block_size = block_size
+        self.read_only = read_only
+        self.num_blocks = store.size // block_size
+        self.max_transfer_blocks = MAX_TRANSFER_BYTES // block_size
+        self.max_write_same_blocks = MAX_WRITE_SAME_BYTES // block_size
+        self.max_compare_and_write_blocks = MAX_COMPARE_AND_WRITE_BLOCKS
+        self.max_unmap_blocks = MAX_UNMAP_BLOCKS
+        self.max_unmap_descriptors = MAX_UNMAP_DESCRIPTORS
+        # Caching page WCE: with the write cache off every write is forced to media.
+        self.write_cache = True
+        # The write gate: byte ranges held by atomic commands and ranges being written.
+        self._held: dict[int, tuple[int, int]] = {}
+        self._writing: dict[int, tuple[int, int]] = {}
+        self._gate_changed: asyncio.Event | None = None
+        self._next_key = 0
+
+    @classmethod
+    def from_file(
+        cls,
+        identity: Identity,
+        path: Path,
+        size: int,
+        *,
+        block_size: int = 512,
+        read_only: bool = False,
+    ) -> BlockDevice:
+        """A block LU over a sparse file, created on demand."""
+        return cls(
+            identity,
+            SparseFile(path, size, read_only=read_only),
+            block_size=block_size,
+            read_only=read_only,
+        )
+
+    # -- the write path ----------------------------------------------------------------
+    async def write_bytes(self, offset: int, data: memoryview | bytes, fua: bool) -> None:
+        """Write through the gate: wait while an atomic command holds the range."""
+        end = offset + len(data)
+        if self._held:
+            await self._wait_until_clear(offset, end, self._held)
+        key = self._next_key = self._next_key + 1
+        self._writing[key] = (offset, end)
+        try:
+            await self.store.write(offset, data, fua=fua or not self.write_cache)
+        finally:
+            del self._writing[key]
+            if self._gate_changed is not None:
+                self._open_gate()
+
+    async def deallocate(self, offset: int, length: int, *, punch: bool) -> None:
+        """Make a range read as zeros (punching a hole, or zeroing it), through the gate."""
+        end = offset + length
+        if self._held:
+            await self._wait_until_clear(offset, end, self._held)
+        key = self._next_key = self._next_key + 1
+        self._writing[key] = (offset, end)
+        try:
+            if punch:
+                await self.store.punch_hole(offset, length)
+            else:
+                await self.store.write_zeroes(offset, length)
+            if not self.write_cache:
+                await self.store.flush()
+        finally:
+            del self._writing[key]
+            if self._gate_changed is not None:
+                self._open_gate()
+
+    @asynccontextmanager
+    async def exclusive(self, offset: int, length: int) -> AsyncIterator[None]:
+        """Hold ``[offset, offset+length)``: no other write to it starts or is still running
+        inside the block. The holder writes with ``store.write`` directly."""
+        end = offset + length
+        while _overlaps(self._held, offset, end) or _overlaps(self._writing, offset, end):
+            await self._gate_event().wait()
+        key = self._next_key = self._next_key + 1
+        self._held[key] = (offset, end)
+        try:
+            yield
+        finally:
+            del self._held[key]
+            self._open_gate()
+
+    async def _wait_until_clear(
+        self, offset: int, end: int, ranges: dict[int, tuple[int, int]]
+    ) -> None:
+        while _overlaps(ranges, offset, end):
+            await self._gate_event().wait()
+
+    def _gate_event(self) -> asyncio.Event:
+        if self._gate_changed is None:
+            self._gate_changed = asyncio.Event()
+        return self._gate_changed
+
+    def _open_gate(self) -> None:
+        event, self._gate_changed = self._gate_changed, None
+        if event is not None:
+            event.set()
+
+    # -- VPD pages -----------------------------------------------------------------------
+    def vpd_pages(self) -> dict[int, Callable[[], bytes]]:
+        return {
+            0xB0: self.block_limits_page,
+            0xB1: self.characteristics_page,
+            0xB2: self.provisioning_page,
+        }
+
+    def _vpd(self, code: int, body: bytes) -> bytes:
+        return bytes([self.device_type, code]) + len(body).to_bytes(2, "big") + body
+
+    @property
+    def allocation_blocks(self) -> int:
+        """Logical blocks per file-system allocation unit: the useful unmap granularity."""
+        return max(1, ALLOCATION_UNIT // self.block_size)
+
+    def block_limits_page(self) -> bytes:
+        body = _BlockLimits.build(
+            {
+                "wsnz": 0,  # WRITE SAME with 0 blocks: to the end of the medium
+                "max_compare_and_write": self.max_compare_and_write_blocks,
+                "optimal_granularity": self.allocation_blocks,
+                "max_transfer": self.max_transfer_blocks,
+                "optimal_transfer": OPTIMAL_TRANSFER_BYTES // self.block_size,
+                "max_prefetch": self.max_transfer_blocks,
+                "max_unmap_lba_count": self.max_unmap_blocks,
+                "max_unmap_descriptors": self.max_unmap_descriptors,
+                "optimal_unmap_granularity": self.allocation_blocks,
+                "unmap_granularity_alignment": 0x80000000,  # UGAVALID, alignment 0
+                "max_write_same": self.max_write_same_blocks,
+                "max_atomic_transfer": 0,
+                "atomic_alignment": 0,
+                "atomic_granularity": 0,
+                "max_atomic_with_boundary": 0,
+                "max_atomic_boundary": 0,
+            }
+        )
+        return self._vpd(0xB0, body)
+
+    def characteristics_page(self) -> bytes:
+        body = _Characteristics.build(
+            {"rotation_rate": 0x0001, "product_type": 0, "form_factor": 0, "flags": 0}
+        )
+        return self._vpd(0xB1, body)
+
+    def provisioning_page(self) -> bytes:
+        body = _Provisioning.build(
+            {
+                "threshold_exponent": 0,
+                "flags": LBPU | LBPWS | LBPWS10 | LBPRZ,
+                "provisioning_type": THIN_PROVISIONED,
+                "threshold_percentage": 0,
+            }
+        )
+        return self._vpd(0xB2, body)
+
+    # -- mode parameters ------------------------------------------------------------------
+    def mode_pages(self) -> dict[int, ModePage]:
+        """The caching page 08h: WCE on (the page cache is a write-back cache that
+        SYNCHRONIZE CACHE and FUA flush) and changeable; turning it off forces every
+        write to stable storage."""
+        default = bytearray(20)
+        default[2] = WCE
+        changeable = bytearray(20)
+        changeable[2] = WCE
+
+        def follow_wce(page: ModePage) -> None:
+            self.write_cache = page.bit(2, WCE)
+
+        return {0x08: ModePage(0x08, bytes(default), bytes(changeable), on_change=follow_wce)}
+
+    def mode_device_specific(self) -> int:
+        return (0x80 if self.read_only else 0) | 0x10  # WP, DPOFUA
+
+    def block_descriptor(self) -> bytes:
+        """SBC short LBA descriptor: NUMBER OF LOGICAL BLOCKS (FFFFFFFFh when it does not
+        fit), a reserved byte, LOGICAL BLOCK LENGTH."""
+        blocks = min(self.num_blocks, 0xFFFFFFFF)
+        return blocks.to_bytes(4, "big") + b"\0" + self.block_size.to_bytes(3, "big")
+
+    def long_block_descriptor(self) -> bytes:
+        return self.num_blocks.to_bytes(8, "big") + bytes(4) + self.block_size.to_bytes(4, "big")
+
+    def close(self) -> None:
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            close()
+
+
+def _overlaps(ranges: dict[int, tuple[int, int]], start: int, end: int) -> bool:
+    return any(s < end and start < e for s, e in ranges.values())

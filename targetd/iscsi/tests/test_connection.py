@@ -1,0 +1,287 @@
+"""The full-feature connection machine, driven in memory: no sockets, no event loop."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from scsi.command import ScsiResult, Status
+from targetd.config import Config, Portal, default_config
+from targetd.iscsi.connection import (
+    AbortTasks,
+    CloseConnection,
+    Connection,
+    ExecuteCommand,
+    Phase,
+    ResetRequested,
+    SessionStarted,
+)
+from targetd.iscsi.pdu import BHS_LEN, Op, RejectReason, new_header, padded, put_u32
+from targetd.iscsi.session import SessionTable
+
+ISID = bytes([0x40, 0, 0, 0, 0, 1])
+
+
+def keys(**kv: str) -> bytes:
+    return b"".join(f"{k}={v}".encode() + b"\0" for k, v in kv.items())
+
+
+class Harness:
+    """One Connection plus the initiator's bookkeeping (CmdSN, ITTs)."""
+
+    def __init__(self, config: Config | None = None, *, mrdsl: int = 8192, **extra: str) -> None:
+        self.config = config or default_config()
+        self.sessions = SessionTable()
+        self.conn = Connection(self.config, Portal(), self.sessions)
+        self.cmdsn = 1
+        self.itt = 0
+        target = self.config.targets[0].name
+        login = keys(
+            InitiatorName="iqn.2026-11.test:ini",
+            TargetName=target,
+            MaxRecvDataSegmentLength=str(mrdsl),
+            ImmediateData="Yes",
+            InitialR2T="Yes",
+            MaxBurstLength="65536",
+            FirstBurstLength="16384",
+            **extra,
+        )
+        hdr = new_header(Op.LOGIN_REQUEST | 0x40, 0x87, itt=self.next_itt(), data_length=len(login))
+        hdr[8:14] = ISID
+        put_u32(hdr, 24, self.cmdsn)
+        out = self.feed(hdr, login)
+        assert out[0][0] & 0x3F == Op.LOGIN_RESPONSE and out[0][36] == 0, out[0][36:38].hex()
+        events = self.conn.take_events()
+        assert isinstance(events[0], SessionStarted)
+        assert self.conn.phase is Phase.FULL_FEATURE
+
+    def next_itt(self) -> int:
+        self.itt += 1
+        return self.itt
+
+    def feed(self, hdr: bytes | bytearray, data: bytes = b"") -> list[bytes]:
+        raw = bytes(hdr) + data + bytes(padded(len(data)) - len(data))
+        while raw:
+            buf = self.conn.receiver.get_buffer()
+            n = min(len(buf), len(raw))
+            buf[:n] = raw[:n]
+            raw = raw[n:]
+            self.conn.data_received(n)
+        return split_pdus(b"".join(bytes(b) for b in self.conn.take_output()))
+
+    def command(
+        self, cdb: bytes, *, read: int = 0, write: int = 0, data: bytes = b"", final: bool = True,
+        immediate: bool = False, cmdsn: int | None = None,
+    ) -> tuple[int, list[bytes]]:
+        itt = self.next_itt()
+        flags = (0x80 if final else 0) | (0x40 if read else 0) | (0x20 if write else 0) | 1
+        hdr = new_header(Op.SCSI_COMMAND | (0x40 if immediate else 0), flags, itt=itt,
+                         data_length=len(data))
+        put_u32(hdr, 20, read or write)
+        put_u32(hdr, 24, self.cmdsn if cmdsn is None else cmdsn)
+        hdr[32 : 32 + len(cdb)] = cdb
+        if cmdsn is None and not immediate:
+            self.cmdsn += 1
+        return itt, self.feed(hdr, data)
+
+
+def split_pdus(stream: bytes) -> list[bytes]:
+    out = []
+    while stream:
+        dlen = int.from_bytes(stream[5:8], "big")
+        total = BHS_LEN + padded(dlen)
+        out.append(stream[:total])
+        stream = stream[total:]
+    return out
+
+
+def data_of(pdu: bytes) -> bytes:
+    return pdu[BHS_LEN : BHS_LEN + int.from_bytes(pdu[5:8], "big")]
+
+
+def u32(pdu: bytes, off: int) -> int:
+    return struct.unpack_from(">I", pdu, off)[0]
+
+
+def executed(h: Harness) -> ExecuteCommand:
+    (event,) = [e for e in h.conn.take_events() if isinstance(e, ExecuteCommand)]
+    return event
+
+
+READ10 = bytes([0x28]) + bytes(9)
+
+
+def test_read_is_split_at_mrdsl_with_status_in_last_data_in() -> None:
+    h = Harness(mrdsl=8192)
+    itt, out = h.command(READ10, read=20000)
+    assert out == []
+    ev = executed(h)
+    assert ev.command.data_in_length == 20000
+    h.conn.scsi_done(ev.task, ScsiResult(data=bytes(range(256)) * 78 + bytes(32)))  # 20000
+    pdus = split_pdus(b"".join(bytes(b) for b in h.conn.take_output()))
+    assert [p[0] & 0x3F for p in pdus] == [Op.DATA_IN] * 3
+    assert [len(data_of(p)) for p in pdus] == [8192, 8192, 3616]
+    assert [u32(p, 40) for p in pdus] == [0, 8192, 16384]  # buffer offsets
+    assert [u32(p, 36) for p in pdus] == [0, 1, 2]  # DataSN
+    assert pdus[-1][1] & 0x81 == 0x81 and pdus[-1][3] == 0  # F, S, GOOD
+    assert not pdus[0][1] & 0x01
+
+
+def test_short_read_reports_underflow_residual() -> None:
+    h = Harness()
+    _, _ = h.command(bytes([0x12, 0, 0, 0, 255, 0]), read=255)
+    ev = executed(h)
+    h.conn.scsi_done(ev.task, ScsiResult(data=bytes(36)))
+    (pdu,) = split_pdus(b"".join(bytes(b) for b in h.conn.take_output()))
+    assert pdu[1] & 0x02  # U
+    assert u32(pdu, 44) == 219
+
+
+def test_long_result_reports_overflow_and_sends_only_edtl() -> None:
+    h = Harness()
+    h.command(READ10, read=100)
+    ev = executed(h)
+    h.conn.scsi_done(ev.task, ScsiResult(data=bytes(512)))
+    (pdu,) = split_pdus(b"".join(bytes(b) for b in h.conn.take_output()))
+    assert len(data_of(pdu)) == 100 and pdu[1] & 0x04 and u32(pdu, 44) == 412
+
+
+def test_check_condition_goes_in_scsi_response_with_sense() -> None:
+    h = Harness()
+    h.command(READ10, read=512)
+    ev = executed(h)
+    sense = bytes([0x70, 0, 5] + [0] * 4 + [10] + [0] * 4 + [0x21, 0] + [0] * 4)
+    h.conn.scsi_done(ev.task, ScsiResult(Status.CHECK_CONDITION, sense=sense))
+    (pdu,) = split_pdus(b"".join(bytes(b) for b in h.conn.take_output()))
+    assert pdu[0] & 0x3F == Op.SCSI_RESPONSE and pdu[3] == 0x02
+    assert data_of(pdu) == len(sense).to_bytes(2, "big") + sense
+
+
+def test_write_solicits_remaining_data_with_r2t_in_max_burst_pieces() -> None:
+    h = Harness()
+    size = 150000
+    payload = bytes(i % 241 for i in range(size))
+    itt, out = h.command(bytes([0x2A]) + bytes(9), write=size, data=payload[:16384])
+    r2ts = [p for p in out if p[0] & 0x3F == Op.R2T]
+    assert len(r2ts) == 1  # MaxOutstandingR2T defaults to 1
+    assert (u32(r2ts[0], 40), u32(r2ts[0], 44)) == (16384, 65536)
+    done = 16384
+    statsn_r2t = u32(r2ts[0], 24)
+    while r2ts:
+        r2t = r2ts.pop()
+        ttt, off, length = u32(r2t, 20), u32(r2t, 40), u32(r2t, 44)
+        for pos in range(off, off + length, 8192):
+            n = min(8192, off + length - pos)
+            d = new_header(Op.DATA_OUT, 0x80 if pos + n == off + length else 0, itt=itt,
+                           data_length=n)
+            put_u32(d, 20, ttt)
+            put_u32(d, 40, pos)
+            r2ts += [p for p in h.feed(d, payload[pos : pos + n]) if p[0] & 0x3F == Op.R2T]
+            done += n
+    assert done == size
+    assert u32(r2t, 24) == statsn_r2t  # R2Ts do not consume StatSN
+    ev = executed(h)
+    assert bytes(ev.command.data_out) == payload
+
+
+def test_data_out_with_unknown_ttt_is_rejected() -> None:
+    h = Harness()
+    itt, _ = h.command(bytes([0x2A]) + bytes(9), write=32768, data=bytes(16384))
+    d = new_header(Op.DATA_OUT, 0x80, itt=itt, data_length=512)
+    put_u32(d, 20, 0x7777)
+    put_u32(d, 40, 16384)
+    (rej,) = h.feed(d, bytes(512))
+    assert rej[0] & 0x3F == Op.REJECT and rej[2] == RejectReason.INVALID_PDU_FIELD
+
+
+def test_commands_wait_for_their_cmdsn_and_out_of_window_are_dropped() -> None:
+    h = Harness()
+    base = h.cmdsn
+    h.command(READ10, read=512, cmdsn=base + 1)
+    assert not [e for e in h.conn.take_events() if isinstance(e, ExecuteCommand)]
+    h.command(READ10, read=512, cmdsn=base)
+    assert len([e for e in h.conn.take_events() if isinstance(e, ExecuteCommand)]) == 2
+    h.command(READ10, read=512, cmdsn=base + 100000)
+    assert not h.conn.take_events()
+
+
+def test_nop_out_ping_is_echoed() -> None:
+    h = Harness()
+    hdr = new_header(Op.NOP_OUT | 0x40, 0x80, itt=h.next_itt(), data_length=5)
+    put_u32(hdr, 20, 0xFFFFFFFF)
+    put_u32(hdr, 24, h.cmdsn)
+    (pdu,) = h.feed(hdr, b"hello")
+    assert pdu[0] & 0x3F == Op.NOP_IN and data_of(pdu) == b"hello"
+    assert u32(pdu, 16) == h.itt and u32(pdu, 20) == 0xFFFFFFFF
+
+
+def test_keepalive_pings_then_drops_a_silent_initiator() -> None:
+    h = Harness()
+    h.conn.tick(100.0)
+    (ping,) = split_pdus(b"".join(bytes(b) for b in h.conn.take_output()))
+    assert ping[0] & 0x3F == Op.NOP_IN and u32(ping, 16) == 0xFFFFFFFF
+    assert u32(ping, 20) != 0xFFFFFFFF
+    h.conn.tick(200.0)
+    assert any(isinstance(e, CloseConnection) for e in h.conn.take_events())
+
+
+def test_abort_task_cancels_and_answers_after_abort_finishes() -> None:
+    h = Harness()
+    itt, _ = h.command(READ10, read=512)
+    ev = executed(h)
+    tmf = new_header(Op.TASK_MGMT_REQUEST | 0x40, 0x80 | 1, itt=h.next_itt())
+    put_u32(tmf, 20, itt)
+    put_u32(tmf, 24, h.cmdsn)
+    put_u32(tmf, 32, h.cmdsn - 1)
+    assert h.feed(tmf) == []
+    (abort,) = h.conn.take_events()
+    assert isinstance(abort, AbortTasks) and abort.tasks == (ev.task,)
+    h.conn.aborts_finished(abort.token)
+    (resp,) = split_pdus(b"".join(bytes(b) for b in h.conn.take_output()))
+    assert resp[0] & 0x3F == Op.TASK_MGMT_RESPONSE and resp[2] == 0
+    # The aborted command's late completion sends nothing.
+    h.conn.scsi_done(ev.task, ScsiResult(data=bytes(512)))
+    assert h.conn.take_output() == []
+
+
+def test_lun_reset_is_handed_to_the_driver() -> None:
+    h = Harness()
+    tmf = new_header(Op.TASK_MGMT_REQUEST | 0x40, 0x80 | 5, itt=h.next_itt())
+    put_u32(tmf, 24, h.cmdsn)
+    h.feed(tmf)
+    (reset,) = h.conn.take_events()
+    assert isinstance(reset, ResetRequested) and reset.lun == 0
+
+
+def test_logout_waits_for_running_commands() -> None:
+    h = Harness()
+    h.command(READ10, read=512)
+    ev = executed(h)
+    lo = new_header(Op.LOGOUT_REQUEST | 0x40, 0x80, itt=h.next_itt())
+    put_u32(lo, 24, h.cmdsn)
+    assert h.feed(lo) == []
+    h.conn.scsi_done(ev.task, ScsiResult(data=bytes(512)))
+    pdus = split_pdus(b"".join(bytes(b) for b in h.conn.take_output()))
+    assert [p[0] & 0x3F for p in pdus] == [Op.DATA_IN, Op.LOGOUT_RESPONSE]
+    assert any(isinstance(e, CloseConnection) for e in h.conn.take_events())
+
+
+def test_statsn_advances_by_one_per_status() -> None:
+    h = Harness()
+    sns = []
+    for _ in range(3):
+        h.command(READ10, read=512)
+        ev = executed(h)
+        h.conn.scsi_done(ev.task, ScsiResult(data=bytes(512)))
+        (pdu,) = split_pdus(b"".join(bytes(b) for b in h.conn.take_output()))
+        sns.append(u32(pdu, 24))
+        assert u32(pdu, 28) == h.cmdsn  # ExpCmdSN
+    assert sns == [sns[0], sns[0] + 1, sns[0] + 2]
+
+
+@pytest.mark.parametrize("digest", ["CRC32C"])
+def test_digests_after_login(digest: str) -> None:
+    h = Harness(HeaderDigest=digest, DataDigest=digest)
+    assert h.conn.header_digest and h.conn.data_digest
+    assert h.conn.receiver.header_digest

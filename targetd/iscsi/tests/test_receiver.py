@@ -1,0 +1,99 @@
+"""PduReceiver: framing, direct placement, digests, limits -- fed in arbitrary chunks."""
+
+from __future__ import annotations
+
+import crc32c
+import pytest
+
+from targetd.iscsi.pdu import BHS_LEN, Op, Pdu, RejectReason, new_header, padded, put_u32
+from targetd.iscsi.receiver import DIRECT_THRESHOLD, IscsiProtocolError, PduReceiver
+
+
+def make_pdu(opcode: int, data: bytes = b"", *, itt: int = 1, hd: bool = False, dd: bool = False,
+             offset: int = 0) -> bytes:
+    hdr = new_header(opcode, 0x80, itt=itt, data_length=len(data))
+    put_u32(hdr, 40, offset)
+    out = bytes(hdr)
+    if hd:
+        out += crc32c.crc32c(hdr).to_bytes(4, "little")
+    if data:
+        body = data + bytes(padded(len(data)) - len(data))
+        out += body
+        if dd:
+            out += crc32c.crc32c(body).to_bytes(4, "little")
+    return out
+
+
+def feed(rx: PduReceiver, stream: bytes, chunk: int) -> list:
+    got: list = []
+    pos = 0
+    while pos < len(stream):
+        buf = rx.get_buffer()
+        n = min(len(buf), chunk, len(stream) - pos)
+        buf[:n] = stream[pos : pos + n]
+        got += rx.buffer_updated(n)
+        pos += n
+    return got
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 48, 1000, 1 << 20])
+def test_frames_small_and_large_pdus_in_any_chunking(chunk: int) -> None:
+    small = bytes(range(5))
+    big = bytes(i % 251 for i in range(3 * DIRECT_THRESHOLD + 3))
+    stream = make_pdu(Op.NOP_OUT, small) + make_pdu(Op.DATA_OUT, big, itt=2) + make_pdu(Op.NOP_OUT)
+    rx = PduReceiver()
+    rx.max_data_length = 1 << 20
+    pdus = feed(rx, stream, chunk)
+    assert [p.opcode for p in pdus] == [Op.NOP_OUT, Op.DATA_OUT, Op.NOP_OUT]
+    assert bytes(pdus[0].data) == small
+    assert bytes(pdus[1].data) == big
+    assert pdus[2].data == b""
+
+
+@pytest.mark.parametrize("chunk", [5, 4096, 1 << 20])
+def test_data_lands_in_the_placement_buffer(chunk: int) -> None:
+    dest = bytearray(2 * DIRECT_THRESHOLD + 100)
+    offset = 100
+    data = bytes(i % 13 for i in range(2 * DIRECT_THRESHOLD))
+
+    def placement(bhs: bytes) -> memoryview:
+        off = int.from_bytes(bhs[40:44], "big")
+        return memoryview(dest)[off : off + int.from_bytes(bhs[5:8], "big")]
+
+    rx = PduReceiver(placement)
+    rx.max_data_length = 1 << 20
+    (pdu,) = feed(rx, make_pdu(Op.DATA_OUT, data, offset=offset), chunk)
+    assert isinstance(pdu.data, memoryview) and pdu.data.obj is dest
+    assert dest[offset:] == data
+
+
+@pytest.mark.parametrize("chunk", [3, 1 << 20])
+def test_digests_checked_and_bad_data_digest_reported_in_order(chunk: int) -> None:
+    good = make_pdu(Op.NOP_OUT, b"abc", hd=True, dd=True)
+    bad = bytearray(make_pdu(Op.NOP_OUT, b"xyz", itt=2, hd=True, dd=True))
+    bad[-1] ^= 0xFF
+    rx = PduReceiver()
+    rx.header_digest = rx.data_digest = True
+    items = feed(rx, good + bytes(bad) + good, chunk)
+    assert isinstance(items[0], Pdu) and bytes(items[0].data) == b"abc"
+    assert isinstance(items[1], IscsiProtocolError)
+    assert items[1].reason == RejectReason.DATA_DIGEST_ERROR and not items[1].fatal
+    assert isinstance(items[2], Pdu)
+
+
+def test_header_digest_error_is_fatal_and_stops_framing() -> None:
+    bad = bytearray(make_pdu(Op.NOP_OUT, hd=True))
+    bad[BHS_LEN] ^= 1
+    rx = PduReceiver()
+    rx.header_digest = True
+    items = feed(rx, bytes(bad) + make_pdu(Op.NOP_OUT, hd=True), 1 << 20)
+    assert len(items) == 1 and items[0].fatal
+
+
+def test_oversized_data_segment_refused_before_its_payload() -> None:
+    rx = PduReceiver()
+    rx.max_data_length = 8192
+    hdr = new_header(Op.SCSI_COMMAND, 0x80, data_length=8193)
+    items = feed(rx, bytes(hdr), 1 << 20)  # only the header arrived
+    assert len(items) == 1 and items[0].fatal
+    assert items[0].bhs == bytes(hdr)

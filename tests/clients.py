@@ -1,0 +1,48 @@
+"""Running the real initiator tools (libiscsi utilities, QEMU) from integration tests.
+
+A missing tool is a failure that says how to install it, never a skip: a skipped client
+test would read as a passed one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping
+
+import pytest
+
+TOOL_TIMEOUT = 60.0
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"{tool} is not installed: run scripts/install-test-deps.sh")
+    return path
+
+
+def run(
+    *argv: str,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    timeout: float = TOOL_TIMEOUT,
+) -> subprocess.CompletedProcess[str]:
+    """Run a client tool; with ``check`` a non-zero exit fails the test with its output."""
+    require(argv[0])
+    proc = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(
+            f"{' '.join(argv)} exited {proc.returncode}\n"
+            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
+    return proc

@@ -1,0 +1,147 @@
+"""Integration fixtures: a real ``targetd serve`` subprocess per test, on a free loopback port.
+
+Every daemon gets its own port and its own state directory, so tests share nothing and can
+run in any order. Teardown stops the daemon by PID: SIGTERM first, SIGKILL if it lingers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_IQN = "iqn.2026-11.org.targetd:default"
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the daemon binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    """A running ``targetd serve``; ``url(lun)`` gives the libiscsi URL of one of its LUNs."""
+
+    def __init__(
+        self, port: int, state_dir: Path, config: Path | None, iqn: str, log: Path
+    ) -> None:
+        self.port = port
+        self.state_dir = state_dir
+        self.config = config
+        self.iqn = iqn
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def portal(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def url(self, lun: int | None = 0, *, user: str = "", secret: str = "") -> str:
+        auth = f"{user}%{secret}@" if user else ""
+        base = f"iscsi://{auth}127.0.0.1:{self.port}"
+        return base if lun is None else f"{base}/{self.iqn}/{lun}"
+
+    @property
+    def stderr(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def command(self) -> list[str]:
+        argv = [sys.executable, "-m", "targetd", "serve", "--listen", self.portal]
+        argv += ["--state-dir", str(self.state_dir)]
+        if self.config is not None:
+            argv += ["--config", str(self.config)]
+        return argv
+
+    def start(self) -> Daemon:
+        assert self.proc is None or self.proc.poll() is not None, "daemon already running"
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(), cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(
+                    f"targetd exited with status {self.proc.returncode} before listening:\n"
+                    f"{self.stderr}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        pytest.fail(
+            f"targetd did not listen on {self.portal} within {START_TIMEOUT}s:\n{self.stderr}"
+        )
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after STOP_TIMEOUT; returns the exit status."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return proc.returncode
+
+    def restart(self) -> Daemon:
+        self.stop()
+        return self.start()
+
+
+DaemonFactory = Callable[..., Daemon]
+
+
+@pytest.fixture
+def targetd_factory(tmp_path: Path) -> Iterator[DaemonFactory]:
+    """``factory(config_toml=None, *, state_dir=None, start=True) -> Daemon``.
+
+    With ``config_toml`` (the text of a TOML file) the daemon runs that configuration and
+    ``.iqn`` is its first target's name; without, it serves the default configuration.
+    """
+    daemons: list[Daemon] = []
+
+    def factory(
+        config_toml: str | None = None, *, state_dir: Path | None = None, start: bool = True
+    ) -> Daemon:
+        n = len(daemons)
+        state = state_dir or tmp_path / f"state{n}"
+        state.mkdir(parents=True, exist_ok=True)
+        config = None
+        iqn = DEFAULT_IQN
+        if config_toml is not None:
+            config = tmp_path / f"targetd{n}.toml"
+            config.write_text(config_toml)
+            targets = tomllib.loads(config_toml).get("target", [])
+            if targets:
+                iqn = targets[0]["name"]
+        daemon = Daemon(free_port(), state, config, iqn, tmp_path / f"targetd{n}.log")
+        daemons.append(daemon)
+        return daemon.start() if start else daemon
+
+    yield factory
+    for daemon in daemons:
+        daemon.stop()
+
+
+@pytest.fixture
+def targetd(targetd_factory: DaemonFactory) -> Daemon:
+    """A daemon serving the default configuration (LUN 0 and LUN 1, 1 GiB each)."""
+    return targetd_factory()

@@ -1,0 +1,192 @@
+"""Bad input gets the protocol's own answer, and other sessions keep working.
+
+Each case sends something no well-behaved initiator sends, then checks the answer
+(Reject, login failure, CHECK CONDITION or a dropped connection) and that a second,
+healthy session on the same daemon still reads and writes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from scsi.sense import parse_sense
+from targetd.iscsi.pdu import Op, RejectReason, new_header, put_u32
+from conftest import Daemon
+from raw_initiator import RawInitiator
+
+READ10 = bytes([0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0])
+
+
+def write10(lba: int, blocks: int) -> bytes:
+    return bytes([0x2A, 0]) + lba.to_bytes(4, "big") + bytes([0]) + blocks.to_bytes(2, "big") + b"\0"
+
+
+def healthy(d: Daemon) -> RawInitiator:
+    ini = RawInitiator(d.port, name="iqn.2026-11.org.targetd.test:healthy")
+    resp = ini.login(d.iqn)
+    assert resp.opcode == Op.LOGIN_RESPONSE and resp.bhs[36] == 0, resp.bhs.hex()
+    return ini
+
+
+def still_serves(ini: RawInitiator) -> None:
+    payload = os.urandom(512)
+    status, _, sense = ini.command(write10(7, 1), data=payload)
+    assert status == 0, sense.hex()
+    status, data, _ = ini.command(bytes([0x28, 0, 0, 0, 0, 7, 0, 0, 1, 0]), read=512)
+    assert status == 0 and data == payload
+
+
+def logged_in(d: Daemon) -> RawInitiator:
+    ini = RawInitiator(d.port)
+    resp = ini.login(d.iqn)
+    assert resp.bhs[36] == 0
+    return ini
+
+
+def test_garbage_before_login_drops_only_that_connection(targetd: Daemon) -> None:
+    with healthy(targetd) as good:
+        s = socket.create_connection(("127.0.0.1", targetd.port), timeout=5)
+        s.sendall(os.urandom(48 * 3))
+        s.settimeout(5)
+        try:
+            while s.recv(4096):
+                pass
+        except (ConnectionError, TimeoutError):
+            pass
+        finally:
+            s.close()
+        still_serves(good)
+
+
+def test_truncated_pdu_then_disconnect_is_harmless(targetd: Daemon) -> None:
+    with healthy(targetd) as good:
+        with logged_in(targetd) as bad:
+            hdr = bad.scsi_header(write10(0, 8), write=4096, data_len=4096)
+            bad.sock.sendall(bytes(hdr) + b"\xaa" * 1000)  # 3 KiB short, then gone
+        still_serves(good)
+
+
+def test_unknown_opcode_gets_reject_and_session_lives(targetd: Daemon) -> None:
+    with logged_in(targetd) as ini:
+        hdr = new_header(0x1F, 0x80, itt=ini.next_itt())
+        put_u32(hdr, 24, ini.cmdsn)
+        ini.send(hdr)
+        resp = ini.recv()
+        assert resp.opcode == Op.REJECT
+        assert resp.bhs[2] == RejectReason.COMMAND_NOT_SUPPORTED
+        assert resp.data[:48] == bytes(hdr)
+        still_serves(ini)
+
+
+def test_snack_at_erl0_is_rejected(targetd: Daemon) -> None:
+    with logged_in(targetd) as ini:
+        hdr = new_header(Op.SNACK_REQUEST, 0x80, itt=ini.next_itt())
+        ini.send(hdr)
+        resp = ini.recv()
+        assert resp.opcode == Op.REJECT
+        still_serves(ini)
+
+
+def test_login_pdu_in_full_feature_phase_is_rejected(targetd: Daemon) -> None:
+    with logged_in(targetd) as ini:
+        hdr = new_header(Op.LOGIN_REQUEST | 0x40, 0x87, itt=ini.next_itt())
+        ini.send(hdr)
+        resp = ini.recv()
+        assert resp.opcode == Op.REJECT and resp.bhs[2] == RejectReason.PROTOCOL_ERROR
+        still_serves(ini)
+
+
+def test_oversized_data_segment_drops_connection_not_daemon(targetd: Daemon) -> None:
+    with healthy(targetd) as good:
+        with logged_in(targetd) as bad:
+            # Far beyond the MaxRecvDataSegmentLength we declared.
+            hdr = bad.scsi_header(write10(0, 1), write=512, data_len=0xFFFFF0)
+            bad.sock.sendall(bytes(hdr))
+            resp = bad.recv()
+            assert resp.opcode == Op.REJECT
+            assert bad.closed_by_target()
+        still_serves(good)
+
+
+def test_scsi_command_before_login_closes_connection(targetd: Daemon) -> None:
+    with RawInitiator(targetd.port) as ini:
+        ini.send(ini.scsi_header(READ10, read=512))
+        assert ini.closed_by_target()
+
+
+def test_login_with_bad_version_fails(targetd: Daemon) -> None:
+    with RawInitiator(targetd.port) as ini:
+        data = b"InitiatorName=iqn.2026-11.x:y\0TargetName=" + targetd.iqn.encode() + b"\0"
+        hdr = new_header(Op.LOGIN_REQUEST | 0x40, 0x87, itt=1, data_length=len(data))
+        hdr[2] = hdr[3] = 0x05  # version 5: nobody speaks it
+        ini.send(hdr, data)
+        resp = ini.recv()
+        assert resp.opcode == Op.LOGIN_RESPONSE
+        assert resp.bhs[36] == 0x02 and resp.bhs[37] == 0x05
+
+
+def test_invalid_cdb_gets_check_condition(targetd: Daemon) -> None:
+    with logged_in(targetd) as ini:
+        status, _, sense = ini.command(bytes([0xC7]) + bytes(15))
+        assert status == 0x02
+        assert parse_sense(sense) == (0x5, 0x20, 0x00)
+        status, _, sense = ini.command(bytes([0x28, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 1, 0]),
+                                       read=512)
+        assert status == 0x02 and parse_sense(sense) == (0x5, 0x21, 0x00)
+        still_serves(ini)
+
+
+def test_command_for_absent_lun(targetd: Daemon) -> None:
+    with logged_in(targetd) as ini:
+        status, _, sense = ini.command(READ10, lun=9, read=512)
+        assert status == 0x02 and parse_sense(sense) == (0x5, 0x25, 0x00)
+
+
+def test_cmdsn_outside_window_is_ignored(targetd: Daemon) -> None:
+    with logged_in(targetd) as ini:
+        saved = ini.cmdsn
+        ini.cmdsn += 100000  # far beyond MaxCmdSN
+        ini.send(ini.scsi_header(READ10, read=512))
+        ini.cmdsn = saved
+        # The next in-window command is answered; the stray one never is.
+        status, data, _ = ini.command(READ10, read=512)
+        assert status == 0 and len(data) == 512
+
+
+@pytest.mark.parametrize("chunks", [1, 3])
+def test_write_with_r2t_round_trip(targetd: Daemon, chunks: int) -> None:
+    """A write larger than FirstBurstLength is completed through R2T and Data-Out."""
+    with logged_in(targetd) as ini:
+        size = 1 << 20
+        payload = os.urandom(size)
+        first = 65536
+        hdr = ini.scsi_header(write10(100, size // 512), write=size, data_len=first)
+        ini.send(hdr, payload[:first])
+        itt = int.from_bytes(hdr[16:20], "big")
+        received = first
+        while True:
+            resp = ini.recv()
+            if resp.opcode == Op.SCSI_RESPONSE:
+                assert resp.bhs[3] == 0
+                break
+            assert resp.opcode == Op.R2T
+            ttt, offset, length = resp.u32(20), resp.u32(40), resp.u32(44)
+            step = max(1, length // chunks)
+            datasn = 0
+            for off in range(offset, offset + length, step):
+                n = min(step, offset + length - off)
+                dout = new_header(Op.DATA_OUT, 0x80 if off + n == offset + length else 0,
+                                  itt=itt, data_length=n)
+                put_u32(dout, 20, ttt)
+                put_u32(dout, 28, ini.expstatsn)
+                put_u32(dout, 36, datasn)
+                put_u32(dout, 40, off)
+                ini.send(dout, payload[off : off + n])
+                datasn += 1
+                received += n
+        assert received == size
+        status, data, _ = ini.command(bytes([0x28, 0, 0, 0, 0, 100, 0, 0x08, 0, 0]), read=size)
+        assert status == 0 and data == payload
