@@ -76,10 +76,15 @@ class RawInitiator:
         dlen = int.from_bytes(bhs[5:8], "big")
         data = self.recv_exact(padded(dlen))[:dlen]
         op = bhs[0] & 0x3F
-        if op in (Op.SCSI_RESPONSE, Op.NOP_IN, Op.LOGIN_RESPONSE, Op.TEXT_RESPONSE,
-                  Op.TASK_MGMT_RESPONSE, Op.LOGOUT_RESPONSE, Op.REJECT) or (
-            op == Op.DATA_IN and bhs[1] & 0x01
-        ):
+        if op in (
+            Op.SCSI_RESPONSE,
+            Op.NOP_IN,
+            Op.LOGIN_RESPONSE,
+            Op.TEXT_RESPONSE,
+            Op.TASK_MGMT_RESPONSE,
+            Op.LOGOUT_RESPONSE,
+            Op.REJECT,
+        ) or (op == Op.DATA_IN and bhs[1] & 0x01):
             self.expstatsn = (struct.unpack_from(">I", bhs, 24)[0] + 1) & 0xFFFFFFFF
         return Response(bhs, data)
 
@@ -136,7 +141,13 @@ class RawInitiator:
 
     # -- full feature ----------------------------------------------------------------
     def scsi_header(
-        self, cdb: bytes, *, lun: int = 0, read: int = 0, write: int = 0, data_len: int = 0,
+        self,
+        cdb: bytes,
+        *,
+        lun: int = 0,
+        read: int = 0,
+        write: int = 0,
+        data_len: int = 0,
         immediate: bool = False,
     ) -> bytearray:
         flags = 0x80 | (0x40 if read else 0) | (0x20 if write else 0) | 0x01
@@ -151,15 +162,16 @@ class RawInitiator:
             self.cmdsn += 1
         return hdr
 
-    def command(self, cdb: bytes, *, lun: int = 0, read: int = 0, data: bytes = b"") -> tuple[
-        int, bytes, bytes
-    ]:
+    def command(
+        self, cdb: bytes, *, lun: int = 0, read: int = 0, data: bytes = b""
+    ) -> tuple[int, bytes, bytes]:
         """Run one command with immediate data (writes up to FirstBurstLength).
 
         Returns (status, data-in, sense).
         """
-        self.send(self.scsi_header(cdb, lun=lun, read=read, write=len(data), data_len=len(data)),
-                  data)
+        self.send(
+            self.scsi_header(cdb, lun=lun, read=read, write=len(data), data_len=len(data)), data
+        )
         data_in = bytearray()
         while True:
             resp = self.recv()
@@ -168,10 +180,20 @@ class RawInitiator:
                 if resp.bhs[1] & 0x01:
                     return resp.bhs[3], bytes(data_in), b""
             elif resp.opcode == Op.SCSI_RESPONSE:
-                sense = resp.data[2 : 2 + int.from_bytes(resp.data[:2], "big")] if resp.data else b""
+                sense = (
+                    resp.data[2 : 2 + int.from_bytes(resp.data[:2], "big")] if resp.data else b""
+                )
                 return resp.bhs[3], bytes(data_in), sense
             else:
                 raise AssertionError(f"unexpected opcode {resp.opcode:#x}")
+
+    def clear_unit_attentions(self, lun: int = 0) -> None:
+        """TEST UNIT READY until the power-on unit attention of a new nexus is consumed."""
+        for _ in range(5):
+            status, _, _ = self.command(bytes(6), lun=lun)
+            if status == 0:
+                return
+        raise AssertionError("unit attention does not clear")
 
     def nop(self, payload: bytes = b"") -> Response:
         hdr = new_header(Op.NOP_OUT | 0x40, 0x80, itt=self.next_itt(), data_length=len(payload))

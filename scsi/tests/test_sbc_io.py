@@ -106,7 +106,7 @@ def test_read_only_lu_refuses_every_write(tmp_path: Path) -> None:
         (cdb16(0x8A, 0, 1), block),
         (cdb10(0x2E, 0, 1, 0x02), block),
         (cdb16(0x8B, 0, 1), block),
-        (cdb16(0x89, 0, 0) [:13] + b"\x01\x00\x00", block * 2),
+        (cdb16(0x89, 0, 0)[:13] + b"\x01\x00\x00", block * 2),
         (cdb10(0x41, 0, 1, 0x08), block),
         (bytes([0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0]), bytes(24)),
     ]:
@@ -231,9 +231,7 @@ def test_compare_and_write_excludes_concurrent_writes(tmp_path: Path) -> None:
                 lu.execute(ScsiCommand(caw(0, 1), 0, NEXUS, memoryview(b"A" * 512 + b"B" * 512)))
             )
             await asyncio.sleep(0)
-            write = await lu.execute(
-                ScsiCommand(write10(0, 1), 0, NEXUS, memoryview(b"W" * 512))
-            )
+            write = await lu.execute(ScsiCommand(write10(0, 1), 0, NEXUS, memoryview(b"W" * 512)))
             order.append("write-done")
             assert (await caw_task).status == Status.GOOD
             assert write.status == Status.GOOD

@@ -682,6 +682,9 @@ class Connection:
             assert self.text is not None
             for hdr, data in self.text.receive(pdu):
                 self._send(hdr, data)
+            # A Text exchange may re-declare MaxRecvDataSegmentLength (RFC 7143 13.12).
+            if self.session is not None and self.session.params is not None:
+                self.max_send_data = self.session.params.initiator_max_recv_data_segment_length
 
         self._sequence(pdu, deliver)
 

@@ -100,7 +100,7 @@ KEYS: dict[str, KeySpec] = {
         KeySpec("InitiatorAlias", Rule.DECLARE, "initiator_alias", leading_only=False, in_ffp=True),
         KeySpec("TargetAddress", Rule.DECLARE, initiator_sends=False, leading_only=False),
         KeySpec("TargetPortalGroupTag", Rule.DECLARE, initiator_sends=False),
-        KeySpec("InitialR2T", Rule.OR, "initial_r2t", ours="Yes", in_discovery=False),
+        KeySpec("InitialR2T", Rule.OR, "initial_r2t", ours="No", in_discovery=False),
         KeySpec("ImmediateData", Rule.AND, "immediate_data", ours="Yes", in_discovery=False),
         _num(
             "MaxRecvDataSegmentLength",

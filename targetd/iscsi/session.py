@@ -132,7 +132,7 @@ class SessionTable:
                 raise LoginRefusedError(0x02, 0x0A, "session does not exist")
             live = [c for c in session.connections if getattr(c, "cid", None) != cid]
             if len(live) >= min(self.max_connections, _max_conns(session)):
-                raise LoginRefusedError(0x02, 0x07, "too many connections")
+                raise LoginRefusedError(0x02, 0x06, "too many connections")
             return tsih
         old = self.find(initiator_name, isid, target_name)
         if old is not None:

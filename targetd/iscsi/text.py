@@ -49,7 +49,8 @@ class TextMachine:
     def receive(self, pdu: Pdu) -> list[Response]:
         if pdu.opcode != Op.TEXT_REQUEST:
             raise IscsiProtocolError(
-                f"opcode {pdu.opcode:#x} is no Text Request", RejectReason.PROTOCOL_ERROR,
+                f"opcode {pdu.opcode:#x} is no Text Request",
+                RejectReason.PROTOCOL_ERROR,
                 bhs=bytes(pdu.bhs),
             )
         final, more = pdu.final, bool(pdu.flags & FLAG_CONTINUE)
@@ -92,7 +93,8 @@ class TextMachine:
         if pdu.ttt != self._ttt or pdu.itt != self._itt:
             self._reset()
             raise IscsiProtocolError(
-                f"unexpected Target Transfer Tag {pdu.ttt:#x}", RejectReason.INVALID_PDU_FIELD,
+                f"unexpected Target Transfer Tag {pdu.ttt:#x}",
+                RejectReason.INVALID_PDU_FIELD,
                 bhs=bytes(pdu.bhs),
             )
 

@@ -94,9 +94,13 @@ def list_tests() -> list[str]:
     return names
 
 
-def _run_tool(url: str, pattern: str, stall: float, workdir: Path) -> tuple[str, str]:
+def _run_tool(
+    url: str, pattern: str, stall: float, workdir: Path, multipath: bool
+) -> tuple[str, str]:
     """Runs the tool once; returns (transcript, why it ended early or "")."""
     cmd = [TOOL, *BASE_ARGS, "-t", pattern, url]
+    if multipath:  # a second session to the same LU: the MultipathIO suite runs
+        cmd.append(url)
     proc = subprocess.Popen(
         cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
     )
@@ -122,18 +126,28 @@ def _run_tool(url: str, pattern: str, stall: float, workdir: Path) -> tuple[str,
 
 
 def run_suite(
-    target: Target, tests: list[str] | None = None, stall: float = 60, log: Path | None = None
+    target: Target,
+    tests: list[str] | None = None,
+    stall: float = 60,
+    log: Path | None = None,
+    multipath: bool = False,
 ) -> Report:
-    """Runs every test (or ``tests``) against a started target."""
+    """Runs every test (or ``tests``) against a started target.
+
+    ``multipath`` hands the tool the URL twice; the tgt baseline was measured without it, so
+    the MultipathIO suite skips there.
+    """
     names = tests if tests is not None else list_tests()
     report = Report(target.name, target.url)
     report.command = f"{TOOL} {' '.join(BASE_ARGS)} -t ALL {target.url}"
+    if multipath:
+        report.command += f" {target.url}"
     pending = list(names)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="cu-run-") as tmp:
         pattern = "ALL" if tests is None else ",".join(f"ALL.{n}" for n in names)
         while pending:
-            text, why = _run_tool(target.url, pattern, stall, Path(tmp))
+            text, why = _run_tool(target.url, pattern, stall, Path(tmp), multipath)
             if log is not None:
                 with open(log, "a") as f:
                     f.write(text)
@@ -190,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the per-test report here")
     ap.add_argument("--markdown", type=Path, help="write a markdown summary here")
     ap.add_argument("--log", type=Path, help="append the tool's transcript here")
+    ap.add_argument("--multipath", action="store_true", help="give the URL twice (MultipathIO)")
     args = ap.parse_args(argv)
     tests = args.tests.split(",") if args.tests else None
 
@@ -197,10 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         target: Target = Target()
         target.name, target.url = "external", args.url
         target.alive = lambda: True  # type: ignore[method-assign]
-        report = run_suite(target, tests, args.stall, args.log)
+        report = run_suite(target, tests, args.stall, args.log, args.multipath)
     else:
         with make_target(args.target, args.config) as target:
-            report = run_suite(target, tests, args.stall, args.log)
+            report = run_suite(target, tests, args.stall, args.log, args.multipath)
             if isinstance(target, TgtdTarget):
                 report.version = TgtdTarget.version()
     if args.json:

@@ -34,8 +34,11 @@ def start_chap(secret: str = "initiator-secret", mutual: str | None = None, **co
     assert (reply.status, reply.transit, reply.csg) == (0, False, 0)
     assert reply.keys["AuthMethod"] == "CHAP"
     reply = only(login.receive(login_request(text(CHAP_A="7,5"), transit=False)).replies)
-    assert reply.pairs == [("CHAP_A", "5"), ("CHAP_I", str(OUR_ID)),
-                           ("CHAP_C", "0x" + OUR_CHALLENGE.hex())]
+    assert reply.pairs == [
+        ("CHAP_A", "5"),
+        ("CHAP_I", str(OUR_ID)),
+        ("CHAP_C", "0x" + OUR_CHALLENGE.hex()),
+    ]
     return login, binder
 
 
@@ -56,7 +59,9 @@ def test_chap_response_in_base64() -> None:
     assert only(step.replies).status == 0 and not step.close
 
 
-@pytest.mark.parametrize("name,secret", [("alice", "wrong-secret"), ("mallory", "initiator-secret")])
+@pytest.mark.parametrize(
+    "name,secret", [("alice", "wrong-secret"), ("mallory", "initiator-secret")]
+)
 def test_chap_wrong_secret_or_name_fails_authentication(name: str, secret: str) -> None:
     login, binder = start_chap()
     response = md5(OUR_ID, secret, OUR_CHALLENGE)
@@ -99,9 +104,16 @@ def test_mutual_chap_answers_initiator_challenge() -> None:
     login, _ = start_chap(mutual="target-secret-1")
     ours = md5(OUR_ID, "initiator-secret", OUR_CHALLENGE)
     their_challenge = bytes(range(100, 116))
-    step = login.receive(login_request(text(
-        CHAP_N="alice", CHAP_R="0x" + ours.hex(), CHAP_I="77",
-        CHAP_C="0x" + their_challenge.hex())))
+    step = login.receive(
+        login_request(
+            text(
+                CHAP_N="alice",
+                CHAP_R="0x" + ours.hex(),
+                CHAP_I="77",
+                CHAP_C="0x" + their_challenge.hex(),
+            )
+        )
+    )
     reply = only(step.replies)
     assert reply.status == 0 and reply.transit
     expected = md5(77, "target-secret-1", their_challenge)
@@ -111,17 +123,27 @@ def test_mutual_chap_answers_initiator_challenge() -> None:
 def test_mutual_chap_refuses_reflected_challenge() -> None:
     login, _ = start_chap(mutual="target-secret-1")
     ours = md5(OUR_ID, "initiator-secret", OUR_CHALLENGE)
-    step = login.receive(login_request(text(
-        CHAP_N="alice", CHAP_R="0x" + ours.hex(), CHAP_I="1",
-        CHAP_C="0x" + OUR_CHALLENGE.hex())))
+    step = login.receive(
+        login_request(
+            text(
+                CHAP_N="alice",
+                CHAP_R="0x" + ours.hex(),
+                CHAP_I="1",
+                CHAP_C="0x" + OUR_CHALLENGE.hex(),
+            )
+        )
+    )
     assert step.close and only(step.replies).status == 0x0201
 
 
 def test_mutual_chap_without_mutual_secret_fails() -> None:
     login, _ = start_chap()
     ours = md5(OUR_ID, "initiator-secret", OUR_CHALLENGE)
-    step = login.receive(login_request(text(
-        CHAP_N="alice", CHAP_R="0x" + ours.hex(), CHAP_I="3", CHAP_C="0x0102030405")))
+    step = login.receive(
+        login_request(
+            text(CHAP_N="alice", CHAP_R="0x" + ours.hex(), CHAP_I="3", CHAP_C="0x0102030405")
+        )
+    )
     assert step.close and only(step.replies).status == 0x0201
 
 
@@ -132,8 +154,7 @@ def test_discovery_chap() -> None:
     assert only(login.receive(login_request(data)).replies).keys["AuthMethod"] == "CHAP"
     login.receive(login_request(text(CHAP_A="5"), transit=False))
     response = md5(OUR_ID, "discovery-secret", OUR_CHALLENGE)
-    step = login.receive(login_request(text(CHAP_N="disc", CHAP_R="0x" + response.hex()),
-                                       nsg=3))
+    step = login.receive(login_request(text(CHAP_N="disc", CHAP_R="0x" + response.hex()), nsg=3))
     assert step.done is not None and step.done.authenticated_user == "disc"
     assert step.done.target is None
 

@@ -38,14 +38,16 @@ class Harness:
         self.itt = 0
         target = self.config.targets[0].name
         login = keys(
-            InitiatorName="iqn.2026-11.test:ini",
-            TargetName=target,
-            MaxRecvDataSegmentLength=str(mrdsl),
-            ImmediateData="Yes",
-            InitialR2T="Yes",
-            MaxBurstLength="65536",
-            FirstBurstLength="16384",
-            **extra,
+            **{
+                "InitiatorName": "iqn.2026-11.test:ini",
+                "TargetName": target,
+                "MaxRecvDataSegmentLength": str(mrdsl),
+                "ImmediateData": "Yes",
+                "InitialR2T": "Yes",
+                "MaxBurstLength": "65536",
+                "FirstBurstLength": "16384",
+                **extra,
+            }
         )
         hdr = new_header(Op.LOGIN_REQUEST | 0x40, 0x87, itt=self.next_itt(), data_length=len(login))
         hdr[8:14] = ISID
@@ -71,13 +73,21 @@ class Harness:
         return split_pdus(b"".join(bytes(b) for b in self.conn.take_output()))
 
     def command(
-        self, cdb: bytes, *, read: int = 0, write: int = 0, data: bytes = b"", final: bool = True,
-        immediate: bool = False, cmdsn: int | None = None,
+        self,
+        cdb: bytes,
+        *,
+        read: int = 0,
+        write: int = 0,
+        data: bytes = b"",
+        final: bool = True,
+        immediate: bool = False,
+        cmdsn: int | None = None,
     ) -> tuple[int, list[bytes]]:
         itt = self.next_itt()
         flags = (0x80 if final else 0) | (0x40 if read else 0) | (0x20 if write else 0) | 1
-        hdr = new_header(Op.SCSI_COMMAND | (0x40 if immediate else 0), flags, itt=itt,
-                         data_length=len(data))
+        hdr = new_header(
+            Op.SCSI_COMMAND | (0x40 if immediate else 0), flags, itt=itt, data_length=len(data)
+        )
         put_u32(hdr, 20, read or write)
         put_u32(hdr, 24, self.cmdsn if cmdsn is None else cmdsn)
         hdr[32 : 32 + len(cdb)] = cdb
@@ -114,7 +124,7 @@ READ10 = bytes([0x28]) + bytes(9)
 
 def test_read_is_split_at_mrdsl_with_status_in_last_data_in() -> None:
     h = Harness(mrdsl=8192)
-    itt, out = h.command(READ10, read=20000)
+    _, out = h.command(READ10, read=20000)
     assert out == []
     ev = executed(h)
     assert ev.command.data_in_length == 20000
@@ -173,8 +183,9 @@ def test_write_solicits_remaining_data_with_r2t_in_max_burst_pieces() -> None:
         ttt, off, length = u32(r2t, 20), u32(r2t, 40), u32(r2t, 44)
         for pos in range(off, off + length, 8192):
             n = min(8192, off + length - pos)
-            d = new_header(Op.DATA_OUT, 0x80 if pos + n == off + length else 0, itt=itt,
-                           data_length=n)
+            d = new_header(
+                Op.DATA_OUT, 0x80 if pos + n == off + length else 0, itt=itt, data_length=n
+            )
             put_u32(d, 20, ttt)
             put_u32(d, 40, pos)
             r2ts += [p for p in h.feed(d, payload[pos : pos + n]) if p[0] & 0x3F == Op.R2T]
@@ -285,3 +296,24 @@ def test_digests_after_login(digest: str) -> None:
     h = Harness(HeaderDigest=digest, DataDigest=digest)
     assert h.conn.header_digest and h.conn.data_digest
     assert h.conn.receiver.header_digest
+
+
+def test_unsolicited_data_out_up_to_first_burst_then_r2t() -> None:
+    h = Harness(InitialR2T="No")
+    assert not h.conn.initial_r2t
+    size = 40000
+    payload = bytes(i % 199 for i in range(size))
+    itt, out = h.command(bytes([0x2A]) + bytes(9), write=size, data=payload[:4096], final=False)
+    r2ts = [p for p in out if p[0] & 0x3F == Op.R2T]
+    # FirstBurstLength is 16384: the initiator may send up to there unsolicited.
+    assert [(u32(p, 40), u32(p, 44)) for p in r2ts] == [(16384, size - 16384)]
+    for pos in range(4096, 16384, 4096):
+        d = new_header(Op.DATA_OUT, 0x80 if pos + 4096 == 16384 else 0, itt=itt, data_length=4096)
+        put_u32(d, 20, 0xFFFFFFFF)
+        put_u32(d, 40, pos)
+        assert h.feed(d, payload[pos : pos + 4096]) == []
+    d = new_header(Op.DATA_OUT, 0x80, itt=itt, data_length=size - 16384)
+    put_u32(d, 20, u32(r2ts[0], 20))
+    put_u32(d, 40, 16384)
+    h.feed(d, payload[16384:])
+    assert bytes(executed(h).command.data_out) == payload

@@ -19,20 +19,24 @@ from targetd.iscsi.params import SessionParams
 from targetd.iscsi.pdu import LoginStatus
 
 
-def negotiate(*pairs: tuple[str, str], config: Config | None = None,
-              params: SessionParams | None = None) -> tuple[list[tuple[str, str]], SessionParams]:
+def negotiate(
+    *pairs: tuple[str, str], config: Config | None = None, params: SessionParams | None = None
+) -> tuple[list[tuple[str, str]], SessionParams]:
     params = params or SessionParams()
     answers = Negotiator(config or Config(), params).negotiate(pairs, Stage.OPERATIONAL)
     return answers, params
 
 
-@pytest.mark.parametrize("offer,answer,value", [
-    ("CRC32C,None", "CRC32C", True),
-    ("None,CRC32C", "None", False),
-    ("None", "None", False),
-    ("MD5,CRC32C", "CRC32C", True),
-    ("MD5", "Reject", False),
-])
+@pytest.mark.parametrize(
+    "offer,answer,value",
+    [
+        ("CRC32C,None", "CRC32C", True),
+        ("None,CRC32C", "None", False),
+        ("None", "None", False),
+        ("MD5,CRC32C", "CRC32C", True),
+        ("MD5", "Reject", False),
+    ],
+)
 def test_digest_lists_take_first_supported(offer: str, answer: str, value: bool) -> None:
     answers, params = negotiate(("HeaderDigest", offer), ("DataDigest", offer))
     assert answers == [("HeaderDigest", answer), ("DataDigest", answer)]
@@ -41,12 +45,25 @@ def test_digest_lists_take_first_supported(offer: str, answer: str, value: bool)
 
 def test_numerical_min_against_config_limits() -> None:
     config = Config(max_burst_length=1 << 20, max_outstanding_r2t=4, max_connections_per_session=2)
-    answers, p = negotiate(("MaxBurstLength", "16776192"), ("MaxOutstandingR2T", "16"),
-                           ("MaxConnections", "8"), ("ErrorRecoveryLevel", "2"), config=config)
-    assert answers == [("MaxBurstLength", "1048576"), ("MaxOutstandingR2T", "4"),
-                       ("MaxConnections", "2"), ("ErrorRecoveryLevel", "0")]
-    assert (p.max_burst_length, p.max_outstanding_r2t, p.max_connections,
-            p.error_recovery_level) == (1 << 20, 4, 2, 0)
+    answers, p = negotiate(
+        ("MaxBurstLength", "16776192"),
+        ("MaxOutstandingR2T", "16"),
+        ("MaxConnections", "8"),
+        ("ErrorRecoveryLevel", "2"),
+        config=config,
+    )
+    assert answers == [
+        ("MaxBurstLength", "1048576"),
+        ("MaxOutstandingR2T", "4"),
+        ("MaxConnections", "2"),
+        ("ErrorRecoveryLevel", "0"),
+    ]
+    assert (
+        p.max_burst_length,
+        p.max_outstanding_r2t,
+        p.max_connections,
+        p.error_recovery_level,
+    ) == (1 << 20, 4, 2, 0)
     answers, p = negotiate(("MaxBurstLength", "0x1000"), config=config)
     assert answers == [("MaxBurstLength", "4096")] and p.max_burst_length == 4096
 
@@ -59,11 +76,14 @@ def test_time2wait_max_and_time2retain_min() -> None:
     assert (p.default_time2wait, p.default_time2retain) == (10, 20)
 
 
-@pytest.mark.parametrize("offer,immediate,initial_r2t", [("Yes", "Yes", "Yes"), ("No", "No", "Yes")])
+@pytest.mark.parametrize(
+    "offer,immediate,initial_r2t", [("Yes", "Yes", "Yes"), ("No", "No", "No")]
+)
 def test_immediate_data_and_initial_r2t(offer: str, immediate: str, initial_r2t: str) -> None:
     answers, p = negotiate(("ImmediateData", offer), ("InitialR2T", offer))
     assert answers == [("ImmediateData", immediate), ("InitialR2T", initial_r2t)]
-    assert p.immediate_data is (immediate == "Yes") and p.initial_r2t is True
+    assert p.immediate_data is (immediate == "Yes")
+    assert p.initial_r2t is (initial_r2t == "Yes")
 
 
 def test_in_order_keys_always_yes() -> None:
@@ -86,11 +106,19 @@ def test_first_burst_min_with_config() -> None:
     assert answers == [("FirstBurstLength", "8192")] and p.first_burst_length == 8192
 
 
-@pytest.mark.parametrize("key,value", [
-    ("MaxBurstLength", "100"), ("MaxBurstLength", "16777216"), ("MaxBurstLength", "lots"),
-    ("ErrorRecoveryLevel", "3"), ("ImmediateData", "yes"), ("InitialR2T", "1"),
-    ("MaxConnections", "0"), ("DefaultTime2Wait", "3601"),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("MaxBurstLength", "100"),
+        ("MaxBurstLength", "16777216"),
+        ("MaxBurstLength", "lots"),
+        ("ErrorRecoveryLevel", "3"),
+        ("ImmediateData", "yes"),
+        ("InitialR2T", "1"),
+        ("MaxConnections", "0"),
+        ("DefaultTime2Wait", "3601"),
+    ],
+)
 def test_bad_values_are_rejected(key: str, value: str) -> None:
     before = SessionParams()
     answers, params = negotiate((key, value))
@@ -98,17 +126,26 @@ def test_bad_values_are_rejected(key: str, value: str) -> None:
 
 
 def test_unknown_and_extension_keys_not_understood() -> None:
-    answers, _ = negotiate(("FavouriteColour", "blue"), ("X-com.example.thing", "1"),
-                           ("X#vendor", "2"))
-    assert answers == [("FavouriteColour", "NotUnderstood"), ("X-com.example.thing", "NotUnderstood"),
-                       ("X#vendor", "NotUnderstood")]
+    answers, _ = negotiate(
+        ("FavouriteColour", "blue"), ("X-com.example.thing", "1"), ("X#vendor", "2")
+    )
+    assert answers == [
+        ("FavouriteColour", "NotUnderstood"),
+        ("X-com.example.thing", "NotUnderstood"),
+        ("X#vendor", "NotUnderstood"),
+    ]
 
 
 def test_obsolete_marker_keys() -> None:
-    answers, _ = negotiate(("IFMarker", "Yes"), ("OFMarker", "No"), ("OFMarkInt", "1~65535"),
-                           ("IFMarkInt", "2048"))
-    assert answers == [("IFMarker", "No"), ("OFMarker", "No"), ("OFMarkInt", "Reject"),
-                       ("IFMarkInt", "Reject")]
+    answers, _ = negotiate(
+        ("IFMarker", "Yes"), ("OFMarker", "No"), ("OFMarkInt", "1~65535"), ("IFMarkInt", "2048")
+    )
+    assert answers == [
+        ("IFMarker", "No"),
+        ("OFMarker", "No"),
+        ("OFMarkInt", "Reject"),
+        ("IFMarkInt", "Reject"),
+    ]
 
 
 def test_target_only_keys_from_initiator_are_irrelevant() -> None:
@@ -131,8 +168,10 @@ def test_bad_declaration_fails_login() -> None:
 def test_full_feature_phase_rejects_login_only_keys() -> None:
     params = SessionParams()
     negotiator = Negotiator(Config(), params)
-    answers = negotiator.negotiate([("MaxBurstLength", "4096"), ("MaxRecvDataSegmentLength", "16384"),
-                                    ("Bogus", "1")], Stage.FULL_FEATURE)
+    answers = negotiator.negotiate(
+        [("MaxBurstLength", "4096"), ("MaxRecvDataSegmentLength", "16384"), ("Bogus", "1")],
+        Stage.FULL_FEATURE,
+    )
     assert answers == [("MaxBurstLength", "Reject"), ("Bogus", "NotUnderstood")]
     assert params.max_burst_length == 262144
     assert params.initiator_max_recv_data_segment_length == 16384
@@ -140,21 +179,39 @@ def test_full_feature_phase_rejects_login_only_keys() -> None:
 
 def test_negotiation_through_login() -> None:
     login, _ = machine(make_config(max_burst_length=1 << 20))
-    data = normal_keys(HeaderDigest="CRC32C,None", DataDigest="None", MaxBurstLength=16776192,
-                       FirstBurstLength=2 << 20, ImmediateData="Yes", InitialR2T="No",
-                       MaxOutstandingR2T=1, Unknown="1")
+    data = normal_keys(
+        HeaderDigest="CRC32C,None",
+        DataDigest="None",
+        MaxBurstLength=16776192,
+        FirstBurstLength=2 << 20,
+        ImmediateData="Yes",
+        InitialR2T="No",
+        MaxOutstandingR2T=1,
+        Unknown="1",
+    )
     step = login.receive(login_request(data, csg=1, nsg=3))
     reply = only(step.replies)
     assert reply.pairs == [
-        ("HeaderDigest", "CRC32C"), ("DataDigest", "None"), ("MaxBurstLength", "1048576"),
-        ("FirstBurstLength", "262144"), ("ImmediateData", "Yes"), ("InitialR2T", "Yes"),
-        ("MaxOutstandingR2T", "1"), ("Unknown", "NotUnderstood"), ("TargetPortalGroupTag", "1"),
-        ("TargetAlias", "disk"), ("MaxRecvDataSegmentLength", "262144"),
+        ("HeaderDigest", "CRC32C"),
+        ("DataDigest", "None"),
+        ("MaxBurstLength", "1048576"),
+        ("FirstBurstLength", "262144"),
+        ("ImmediateData", "Yes"),
+        ("InitialR2T", "No"),
+        ("MaxOutstandingR2T", "1"),
+        ("Unknown", "NotUnderstood"),
+        ("TargetPortalGroupTag", "1"),
+        ("TargetAlias", "disk"),
+        ("MaxRecvDataSegmentLength", "262144"),
     ]
     assert step.done is not None
     p = step.done.params
     assert (p.header_digest, p.data_digest, p.max_burst_length, p.first_burst_length) == (
-        True, False, 1 << 20, 262144)
+        True,
+        False,
+        1 << 20,
+        262144,
+    )
 
 
 def test_parse_and_encode_pairs() -> None:

@@ -39,9 +39,20 @@ def pairs_text(pairs: list[tuple[str, str]]) -> bytes:
 
 
 def login_request(
-    data: bytes = b"", *, csg: int = 0, nsg: int = 1, transit: bool = True, more: bool = False,
-    isid: bytes = ISID, tsih: int = 0, itt: int = 0x1000, cid: int = 1, cmdsn: int = 7,
-    exp_statsn: int = 0, version_max: int = 0, version_min: int = 0,
+    data: bytes = b"",
+    *,
+    csg: int = 0,
+    nsg: int = 1,
+    transit: bool = True,
+    more: bool = False,
+    isid: bytes = ISID,
+    tsih: int = 0,
+    itt: int = 0x1000,
+    cid: int = 1,
+    cmdsn: int = 7,
+    exp_statsn: int = 0,
+    version_max: int = 0,
+    version_min: int = 0,
     opcode: int = Op.LOGIN_REQUEST,
 ) -> Pdu:
     flags = (0x80 if transit else 0) | (0x40 if more else 0) | csg << 2 | (nsg if transit else 0)
@@ -56,8 +67,13 @@ def login_request(
 
 
 def text_request(
-    data: bytes = b"", *, final: bool = True, more: bool = False, itt: int = 0x2000,
-    ttt: int = RESERVED_TAG, cmdsn: int = 7,
+    data: bytes = b"",
+    *,
+    final: bool = True,
+    more: bool = False,
+    itt: int = 0x2000,
+    ttt: int = RESERVED_TAG,
+    cmdsn: int = 7,
 ) -> Pdu:
     flags = (0x80 if final else 0) | (0x40 if more else 0)
     hdr = new_header(Op.TEXT_REQUEST, flags, itt=itt, data_length=len(data))
@@ -104,12 +120,23 @@ def parse_response(raw: bytes, data: bytes | None = None) -> Response:
     stat_sn, exp_cmdsn, max_cmdsn = struct.unpack_from(">III", bhs, 24)
     items = [item for item in data.decode().split("\0") if item]
     return Response(
-        opcode=bhs[0] & 0x3F, transit=bool(bhs[1] & 0x80), more=bool(bhs[1] & 0x40),
-        csg=(bhs[1] >> 2) & 3, nsg=bhs[1] & 3, version_max=bhs[2], version_active=bhs[3],
-        data_length=length, isid=bytes(bhs[8:14]), tsih=struct.unpack_from(">H", bhs, 14)[0],
-        itt=struct.unpack_from(">I", bhs, 16)[0], ttt=struct.unpack_from(">I", bhs, 20)[0],
-        stat_sn=stat_sn, exp_cmdsn=exp_cmdsn, max_cmdsn=max_cmdsn,
-        status=bhs[36] << 8 | bhs[37], data=bytes(data),
+        opcode=bhs[0] & 0x3F,
+        transit=bool(bhs[1] & 0x80),
+        more=bool(bhs[1] & 0x40),
+        csg=(bhs[1] >> 2) & 3,
+        nsg=bhs[1] & 3,
+        version_max=bhs[2],
+        version_active=bhs[3],
+        data_length=length,
+        isid=bytes(bhs[8:14]),
+        tsih=struct.unpack_from(">H", bhs, 14)[0],
+        itt=struct.unpack_from(">I", bhs, 16)[0],
+        ttt=struct.unpack_from(">I", bhs, 20)[0],
+        stat_sn=stat_sn,
+        exp_cmdsn=exp_cmdsn,
+        max_cmdsn=max_cmdsn,
+        status=bhs[36] << 8 | bhs[37],
+        data=bytes(data),
         pairs=[tuple(item.split("=", 1)) for item in items],  # type: ignore[misc]
     )
 
@@ -129,8 +156,9 @@ class FakeBinder:
         return self.tsih
 
 
-def machine(config: Config | None = None, binder: FakeBinder | None = None,
-            random: bytes | None = None) -> tuple[LoginMachine, FakeBinder]:
+def machine(
+    config: Config | None = None, binder: FakeBinder | None = None, random: bytes | None = None
+) -> tuple[LoginMachine, FakeBinder]:
     binder = binder or FakeBinder()
     source = iter(random if random is not None else bytes(range(1, 200)))
 

@@ -28,15 +28,25 @@ def test_security_then_operational_then_full_feature() -> None:
     first = only(step.replies)
     assert step.done is None and not step.close
     assert (first.opcode, first.status, first.version_max, first.version_active) == (
-        Op.LOGIN_RESPONSE, 0, 0, 0)
+        Op.LOGIN_RESPONSE,
+        0,
+        0,
+        0,
+    )
     assert (first.transit, first.more, first.csg, first.nsg) == (True, False, 0, 1)
     assert (first.isid, first.tsih, first.itt) == (ISID, 0, 0x1000)
     assert (first.stat_sn, first.exp_cmdsn, first.max_cmdsn) == (5, 7, 7 + 127)
     assert first.pairs == [
-        ("AuthMethod", "None"), ("TargetPortalGroupTag", "1"), ("TargetAlias", "disk")]
+        ("AuthMethod", "None"),
+        ("TargetPortalGroupTag", "1"),
+        ("TargetAlias", "disk"),
+    ]
 
-    step = login.receive(login_request(
-        text(HeaderDigest="None", MaxRecvDataSegmentLength=65536), csg=1, nsg=3, exp_statsn=6))
+    step = login.receive(
+        login_request(
+            text(HeaderDigest="None", MaxRecvDataSegmentLength=65536), csg=1, nsg=3, exp_statsn=6
+        )
+    )
     final = only(step.replies)
     assert (final.transit, final.csg, final.nsg, final.status) == (True, 1, 3, 0)
     assert final.tsih == 0x77 and final.stat_sn == 6
@@ -50,8 +60,16 @@ def test_security_then_operational_then_full_feature() -> None:
     assert (p.initiator_name, p.target_name, p.session_type) == (INITIATOR, TARGET, "Normal")
     assert p.initiator_max_recv_data_segment_length == 65536
     assert p.target_max_recv_data_segment_length == 262144
-    assert binder.calls == [dict(initiator_name=INITIATOR, isid=ISID, tsih=0,
-                                 target_name=TARGET, session_type="Normal", cid=1)]
+    assert binder.calls == [
+        dict(
+            initiator_name=INITIATOR,
+            isid=ISID,
+            tsih=0,
+            target_name=TARGET,
+            session_type="Normal",
+            cid=1,
+        )
+    ]
 
 
 def test_skip_security_stage_when_no_auth_needed() -> None:
@@ -77,7 +95,9 @@ def test_security_straight_to_full_feature_declares_nothing_operational() -> Non
 def test_operational_stage_without_transit_stays() -> None:
     login, _ = machine()
     login.receive(login_request(normal_keys(AuthMethod="None")))
-    reply = only(login.receive(login_request(text(ImmediateData="No"), csg=1, transit=False)).replies)
+    reply = only(
+        login.receive(login_request(text(ImmediateData="No"), csg=1, transit=False)).replies
+    )
     assert (reply.transit, reply.csg, reply.nsg) == (False, 1, 0)
     assert reply.pairs == [("ImmediateData", "No"), ("MaxRecvDataSegmentLength", "262144")]
     reply = only(login.receive(login_request(b"", csg=1, nsg=3)).replies)
@@ -137,8 +157,14 @@ def test_other_opcode_during_login_is_invalid() -> None:
 
 
 def test_key_sent_twice_is_initiator_error() -> None:
-    data = pairs_text([("InitiatorName", INITIATOR), ("TargetName", TARGET),
-                       ("MaxBurstLength", "4096"), ("MaxBurstLength", "8192")])
+    data = pairs_text(
+        [
+            ("InitiatorName", INITIATOR),
+            ("TargetName", TARGET),
+            ("MaxBurstLength", "4096"),
+            ("MaxBurstLength", "8192"),
+        ]
+    )
     assert refusal(login_request(data, csg=1, nsg=3))[0] == 0x0200
 
 
@@ -175,8 +201,9 @@ def test_request_continued_over_several_pdus() -> None:
     data = normal_keys(AuthMethod="None", InitiatorAlias="host one")
     cut1, cut2 = 10, 50  # split inside a key and inside a value
     replies = []
-    for i, (piece, more) in enumerate(((data[:cut1], True), (data[cut1:cut2], True),
-                                       (data[cut2:], False))):
+    for i, (piece, more) in enumerate(
+        ((data[:cut1], True), (data[cut1:cut2], True), (data[cut2:], False))
+    ):
         step = login.receive(login_request(piece, more=more, transit=not more, exp_statsn=i))
         replies.append(only(step.replies))
     assert [(r.transit, r.more, r.data) for r in replies[:2]] == [(False, False, b"")] * 2
@@ -201,8 +228,11 @@ def test_long_response_split_with_continuation() -> None:
     assert parts[-1].transit and parts[-1].tsih == 0x77 and not parts[-1].more
     whole = parse_response(bytes(48), b"".join(p.data for p in parts))
     assert whole.pairs[:400] == [(k, "NotUnderstood") for k, _ in unknown]
-    assert whole.pairs[400:] == [("TargetPortalGroupTag", "1"), ("TargetAlias", "disk"),
-                                 ("MaxRecvDataSegmentLength", "262144")]
+    assert whole.pairs[400:] == [
+        ("TargetPortalGroupTag", "1"),
+        ("TargetAlias", "disk"),
+        ("MaxRecvDataSegmentLength", "262144"),
+    ]
     assert step.done is not None and len(binder.calls) == 1
 
 
@@ -220,8 +250,7 @@ def test_discovery_login_has_no_target() -> None:
     data = text(InitiatorName=INITIATOR, SessionType="Discovery", MaxBurstLength=4096)
     step = login.receive(login_request(data, csg=1, nsg=3))
     reply = only(step.replies)
-    assert reply.pairs == [("MaxBurstLength", "Irrelevant"),
-                           ("MaxRecvDataSegmentLength", "262144")]
+    assert reply.pairs == [("MaxBurstLength", "Irrelevant"), ("MaxRecvDataSegmentLength", "262144")]
     assert step.done is not None and step.done.target is None
     assert step.done.params.session_type == "Discovery"
     assert binder.calls[0]["target_name"] is None
@@ -230,8 +259,13 @@ def test_discovery_login_has_no_target() -> None:
 
 def test_leading_only_key_on_added_connection_is_irrelevant() -> None:
     login, binder = machine()
-    step = login.receive(login_request(normal_keys(MaxBurstLength=4096, HeaderDigest="None"),
-                                       csg=1, nsg=3, tsih=0x77))
-    assert only(step.replies).pairs[:2] == [("MaxBurstLength", "Irrelevant"),
-                                            ("HeaderDigest", "None")]
+    step = login.receive(
+        login_request(
+            normal_keys(MaxBurstLength=4096, HeaderDigest="None"), csg=1, nsg=3, tsih=0x77
+        )
+    )
+    assert only(step.replies).pairs[:2] == [
+        ("MaxBurstLength", "Irrelevant"),
+        ("HeaderDigest", "None"),
+    ]
     assert binder.calls[0]["tsih"] == 0x77

@@ -9,8 +9,15 @@ from targetd.iscsi.pdu import BHS_LEN, Op, Pdu, RejectReason, new_header, padded
 from targetd.iscsi.receiver import DIRECT_THRESHOLD, IscsiProtocolError, PduReceiver
 
 
-def make_pdu(opcode: int, data: bytes = b"", *, itt: int = 1, hd: bool = False, dd: bool = False,
-             offset: int = 0) -> bytes:
+def make_pdu(
+    opcode: int,
+    data: bytes = b"",
+    *,
+    itt: int = 1,
+    hd: bool = False,
+    dd: bool = False,
+    offset: int = 0,
+) -> bytes:
     hdr = new_header(opcode, 0x80, itt=itt, data_length=len(data))
     put_u32(hdr, 40, offset)
     out = bytes(hdr)

@@ -24,8 +24,12 @@ from targetd.iscsi.text import TextMachine
 SECOND = Portal("10.0.0.5", 3261, advertise="storage.example:3261", tpgt=2)
 
 
-def discovery(config: Config, initiator: str = INITIATOR) -> TextMachine:
-    params = SessionParams(initiator_name=initiator, session_type="Discovery")
+def discovery(config: Config, segment: int = 8192) -> TextMachine:
+    params = SessionParams(
+        initiator_name=INITIATOR,
+        session_type="Discovery",
+        initiator_max_recv_data_segment_length=segment,
+    )
     return TextMachine(config, PORTAL, params, None)
 
 
@@ -53,16 +57,20 @@ def test_discovery_login_then_send_targets_all_respects_acls() -> None:
     reply, pairs = answer(texts.receive(text_request(text(SendTargets="All"), itt=0x55)))
     assert (reply.transit, reply.more, reply.itt, reply.ttt) == (True, False, 0x55, RESERVED_TAG)
     assert pairs == [
-        ("TargetName", TARGET), ("TargetAddress", "127.0.0.1:3260,1"),
+        ("TargetName", TARGET),
+        ("TargetAddress", "127.0.0.1:3260,1"),
         ("TargetAddress", "storage.example:3261,2"),
-        ("TargetName", "iqn.2026-11.org.targetd:shared"), ("TargetAddress", "127.0.0.1:3260,1"),
+        ("TargetName", "iqn.2026-11.org.targetd:shared"),
+        ("TargetAddress", "127.0.0.1:3260,1"),
         ("TargetAddress", "storage.example:3261,2"),
     ]
 
 
 def test_send_targets_by_name_and_hidden_names() -> None:
-    targets = (TargetConfig(TARGET),
-               TargetConfig("iqn.x:private", allowed_initiators=("iqn.x:other",)))
+    targets = (
+        TargetConfig(TARGET),
+        TargetConfig("iqn.x:private", allowed_initiators=("iqn.x:other",)),
+    )
     texts = discovery(make_config(targets=targets))
     _, pairs = answer(texts.receive(text_request(text(SendTargets=TARGET))))
     assert pairs == [("TargetName", TARGET), ("TargetAddress", "127.0.0.1:3260,1")]
@@ -83,8 +91,7 @@ def test_normal_session_sees_its_own_target() -> None:
 def test_long_send_targets_split_and_fetched_with_ttt() -> None:
     targets = tuple(TargetConfig(f"iqn.2026-11.org.targetd:lun{i:03d}") for i in range(100))
     config = make_config(targets=targets)
-    texts = discovery(config)
-    texts._params.initiator_max_recv_data_segment_length = 1024
+    texts = discovery(config, segment=1024)
     responses = texts.receive(text_request(text(SendTargets="All"), itt=9))
     parts = []
     while True:
@@ -110,8 +117,7 @@ def test_unexpected_ttt_is_a_protocol_error() -> None:
 
 def test_new_untagged_request_abandons_a_long_answer() -> None:
     targets = tuple(TargetConfig(f"iqn.2026-11.org.targetd:t{i:03d}") for i in range(40))
-    texts = discovery(make_config(targets=targets))
-    texts._params.initiator_max_recv_data_segment_length = 512
+    texts = discovery(make_config(targets=targets), segment=512)
     first, _ = answer(texts.receive(text_request(text(SendTargets="All"), itt=1)))
     assert first.more
     reply, pairs = answer(texts.receive(text_request(text(SendTargets=targets[0].name), itt=2)))
@@ -121,14 +127,17 @@ def test_new_untagged_request_abandons_a_long_answer() -> None:
 
 
 def test_request_continued_with_c_bit() -> None:
-    texts = discovery(make_config())
+    params = SessionParams(initiator_name=INITIATOR, session_type="Discovery")
+    texts = TextMachine(make_config(), PORTAL, params, None)
     data = text(InitiatorAlias="somebody", SendTargets="All")
     reply, pairs = answer(texts.receive(text_request(data[:12], final=False, more=True, itt=4)))
     assert pairs == [] and not reply.transit and not reply.more and reply.ttt != RESERVED_TAG
     reply, pairs = answer(texts.receive(text_request(data[12:], itt=4, ttt=reply.ttt)))
-    assert reply.transit and pairs == [("TargetName", TARGET),
-                                       ("TargetAddress", "127.0.0.1:3260,1")]
-    assert texts._params.initiator_alias == "somebody"
+    assert reply.transit and pairs == [
+        ("TargetName", TARGET),
+        ("TargetAddress", "127.0.0.1:3260,1"),
+    ]
+    assert params.initiator_alias == "somebody"
 
 
 def test_other_keys_in_full_feature_phase() -> None:
@@ -145,13 +154,15 @@ def test_open_negotiation_keeps_a_tag() -> None:
     texts = discovery(make_config())
     reply, _ = answer(texts.receive(text_request(text(Bogus="1"), final=False, itt=6)))
     assert not reply.transit and reply.ttt != RESERVED_TAG
-    reply, pairs = answer(texts.receive(text_request(text(SendTargets=TARGET), itt=6,
-                                                     ttt=reply.ttt)))
+    reply, pairs = answer(
+        texts.receive(text_request(text(SendTargets=TARGET), itt=6, ttt=reply.ttt))
+    )
     assert reply.transit and reply.ttt == RESERVED_TAG and pairs[0] == ("TargetName", TARGET)
 
 
-@pytest.mark.parametrize("data,flags", [(b"junk-without-equals\0", {}),
-                                        (b"", {"final": True, "more": True})])
+@pytest.mark.parametrize(
+    "data,flags", [(b"junk-without-equals\0", {}), (b"", {"final": True, "more": True})]
+)
 def test_malformed_requests(data: bytes, flags: dict) -> None:
     texts = discovery(make_config())
     with pytest.raises(IscsiProtocolError) as err:

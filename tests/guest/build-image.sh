@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Builds the guest tier's Linux image: a Debian cloud kernel and an initramfs holding busybox,
+# dash, open-iscsi, sg3_utils, mt-st and e2fsprogs, copied from the host's installed packages
+# (scripts/install-test-deps.sh installs them) together with the shared libraries they load.
+#
+#   tests/guest/build-image.sh [OUT_DIR]     (default: .cache/guest)
+#
+# Writes OUT_DIR/vmlinuz and OUT_DIR/initramfs.cpio.gz and prints OUT_DIR. The result is cached:
+# a second run with the same inputs (this script, init, the kernel and tool versions) only
+# checks a stamp. The kernel package is fetched with `apt-get download` and unpacked, never
+# installed, so the host's /boot and module tree are left alone.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+OUT=$(mkdir -p "${1:-$HERE/../../.cache/guest}" && cd "${1:-$HERE/../../.cache/guest}" && pwd)
+
+KERNEL_META=linux-image-cloud-amd64
+# The guest kernel's SCSI and iSCSI stack and its network card are modules; ext4 and crc32c
+# are built in. Dependencies are added from each module's own depends= field.
+MODULES=(scsi_transport_iscsi libiscsi libiscsi_tcp iscsi_tcp sd_mod sg st virtio_pci virtio_net)
+# Real tools that must win over busybox applets of the same name.
+TOOLS=(/sbin/iscsid /sbin/iscsiadm /sbin/iscsistart /bin/mt-st /sbin/mke2fs /sbin/e2fsck
+    /sbin/tune2fs /sbin/dumpe2fs)
+SG_TOOLS=(/usr/bin/sg_* /usr/bin/sginfo)
+
+for tool in busybox dash cpio gzip; do
+    command -v "$tool" >/dev/null || { echo "build-image: $tool is missing;" \
+        "run scripts/install-test-deps.sh" >&2; exit 1; }
+done
+# busybox must be the static one: the initramfs has no library for it to load.
+BUSYBOX=/bin/busybox
+ldd "$BUSYBOX" >/dev/null 2>&1 && { echo "build-image: $BUSYBOX is not static;" \
+    "install busybox-static" >&2; exit 1; }
+
+kernel_pkg=$(apt-cache depends "$KERNEL_META" 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}')
+if [[ -z $kernel_pkg ]]; then
+    echo "build-image: apt-cache knows no $KERNEL_META; run apt-get update" >&2
+    exit 1
+fi
+kernel_version=$(apt-cache show "$kernel_pkg" | awk '/^Version:/{print $2; exit}')
+
+# Everything that changes the image goes into the stamp.
+stamp=$({
+    cat "$0" "$HERE/init"
+    echo "$kernel_pkg $kernel_version"
+    dpkg-query -W busybox-static dash open-iscsi sg3-utils mt-st e2fsprogs
+} | sha256sum | cut -d' ' -f1)
+if [[ -f $OUT/stamp && $(cat "$OUT/stamp") == "$stamp" && -f $OUT/vmlinuz &&
+    -f $OUT/initramfs.cpio.gz ]]; then
+    echo "$OUT"
+    exit 0
+fi
+
+mkdir -p "$OUT/deb"
+deb=$(ls "$OUT/deb/${kernel_pkg}_"*.deb 2>/dev/null | head -n1 || true)
+if [[ -z $deb ]]; then
+    rm -f "$OUT/deb/"*.deb
+    # apt drops privileges to _apt for downloads; a root-owned cache dir would only earn a warning.
+    (cd "$OUT/deb" && apt-get download -q "$kernel_pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2 || true)
+    deb=$(ls "$OUT/deb/${kernel_pkg}_"*.deb 2>/dev/null | head -n1 || true)
+    [[ -n $deb ]] || { echo "build-image: apt-get download $kernel_pkg failed" >&2; exit 1; }
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+kernel=$work/kernel
+root=$work/root
+dpkg-deb -x "$deb" "$kernel"
+kver=$(ls "$kernel/lib/modules")
+cp "$kernel/boot/vmlinuz-$kver" "$work/vmlinuz"
+
+mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc/iscsi,proc,sys,dev,tmp,mnt,run/lock,var/lock,lib/modules}
+mkdir -p "$root"/var/lib/iscsi "$root"/etc/iscsi/{nodes,send_targets,ifaces}
+
+# Modules in load order: dependencies first.
+declare -A loaded=()
+order=()
+add_module() {
+    local name=$1 file deps dep
+    [[ -n ${loaded[$name]:-} ]] && return
+    loaded[$name]=1
+    file=$(find "$kernel/lib/modules/$kver" -name "$name.ko" -print -quit)
+    [[ -n $file ]] || { echo "build-image: module $name not in $kernel_pkg" >&2; exit 1; }
+    deps=$(grep -a -o 'depends=[a-z0-9_,-]*' "$file" | head -n1 | cut -d= -f2)
+    for dep in ${deps//,/ }; do add_module "$dep"; done
+    cp "$file" "$root/lib/modules/"
+    order+=("$name")
+}
+for m in "${MODULES[@]}"; do add_module "$m"; done
+printf '%s\n' "${order[@]}" >"$root/lib/modules/load-order"
+
+# Busybox applets go in /bin and /sbin; the real tools go in /usr/bin and /usr/sbin, which come
+# first in PATH. /bin/sh is dash: busybox's shell would run its own mt or mkfs applets even
+# when PATH names the real ones.
+cp "$BUSYBOX" "$root/bin/busybox"
+for applet in $("$BUSYBOX" --list); do
+    [[ $applet == busybox || $applet == sh ]] && continue
+    ln -sf busybox "$root/bin/$applet"
+done
+
+copy_with_libs() {
+    local bin=$1 dest=$2 lib
+    cp -L "$bin" "$dest"
+    # ldd prints "name => /path (addr)" and the loader as "/lib64/ld-linux-x86-64.so.2 (addr)".
+    for lib in $(ldd "$bin" 2>/dev/null | grep -o '/[^ ]*'); do
+        [[ -e $root$lib ]] && continue
+        mkdir -p "$root$(dirname "$lib")"
+        cp -L "$lib" "$root$lib"
+    done
+}
+copy_with_libs /bin/dash "$root/bin/sh"
+for tool in "${TOOLS[@]}"; do
+    case $tool in
+        /sbin/*) copy_with_libs "$tool" "$root/usr/sbin/" ;;
+        *) copy_with_libs "$tool" "$root/usr/bin/" ;;
+    esac
+done
+for tool in "${SG_TOOLS[@]}"; do copy_with_libs "$tool" "$root/usr/bin/"; done
+ln -s mt-st "$root/usr/bin/mt"
+for fs in ext2 ext3 ext4; do ln -s mke2fs "$root/usr/sbin/mkfs.$fs"; done
+ln -s e2fsck "$root/usr/sbin/fsck.ext4"
+cp /etc/mke2fs.conf "$root/etc/"
+
+# open-iscsi: the host's defaults, made quicker to give up on a dead target so a failing test
+# ends in seconds instead of minutes. A restarted target is waited for (replacement_timeout).
+sed -e 's/^node.startup = .*/node.startup = manual/' \
+    -e 's/^node.conn\[0\].timeo.login_timeout = .*/node.conn[0].timeo.login_timeout = 5/' \
+    -e 's/^node.session.initial_login_retry_max = .*/node.session.initial_login_retry_max = 2/' \
+    -e 's/^node.session.timeo.replacement_timeout = .*/node.session.timeo.replacement_timeout = 60/' \
+    /etc/iscsi/iscsid.conf >"$root/etc/iscsi/iscsid.conf"
+echo "InitiatorName=iqn.2026-11.org.targetd:guest" >"$root/etc/iscsi/initiatorname.iscsi"
+echo "root:x:0:0:root:/:/bin/sh" >"$root/etc/passwd"
+echo "root:x:0:" >"$root/etc/group"
+
+cp "$HERE/init" "$root/init"
+chmod 755 "$root/init"
+
+(cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -1 >"$work/initramfs.cpio.gz"
+mv "$work/vmlinuz" "$OUT/vmlinuz"
+mv "$work/initramfs.cpio.gz" "$OUT/initramfs.cpio.gz"
+echo "$stamp" >"$OUT/stamp"
+echo "$OUT"
