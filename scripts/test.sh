@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
 
 PY=${PYTHON:-python3}
+# Lint findings fail the run, but pytest still runs so one CI pass reports both.
 echo "== ruff check" >&2
-$PY -m ruff check .
+lint=0
+$PY -m ruff check . || lint=$?
 
 echo "== pytest" >&2
 # A later -m on the command line replaces this default selection.
@@ -18,6 +20,10 @@ $PY -m pytest -m "not slow and not conformance" "$@" || status=$?
 if ((status == 5)); then
     # Exit code 5 is "no tests collected": a suite that runs nothing must not pass.
     echo "test.sh: pytest collected no tests" >&2
-    exit 1
+    status=1
+fi
+if ((lint != 0 && status == 0)); then
+    echo "test.sh: tests passed but ruff check failed" >&2
+    status=1
 fi
 exit "$status"

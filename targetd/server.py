@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from scsi.command import ScsiResult, Status
 from scsi.sense import Reason, build_sense
 from scsi.target import ScsiTarget
+from targetd import eager
 from targetd.config import Config, Portal
 from targetd.iscsi.connection import (
     AbortTasks,
@@ -54,6 +55,7 @@ class IscsiConnection(asyncio.BufferedProtocol):
         self.runtime: TargetRuntime | None = None
         self._running: dict[Task, asyncio.Task[None]] = {}
         self._closing = False
+        self._flush_scheduled = False
         self._waiters: set[asyncio.Future[None]] = set()
 
     # -- asyncio protocol ------------------------------------------------------------
@@ -115,8 +117,9 @@ class IscsiConnection(asyncio.BufferedProtocol):
         runtime = self.runtime
         if runtime is None:
             return
-        handle = asyncio.ensure_future(self._execute(runtime.scsi, event))
-        self._running[event.task] = handle
+        handle = eager.start(self._execute(runtime.scsi, event))
+        if not isinstance(handle, eager.Done):
+            self._running[event.task] = handle
 
     async def _execute(self, scsi: ScsiTarget, event: ExecuteCommand) -> None:
         try:
@@ -131,6 +134,16 @@ class IscsiConnection(asyncio.BufferedProtocol):
             )
         self._running.pop(event.task, None)
         self.conn.scsi_done(event.task, result)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        """Write once per loop iteration, however many commands completed in it."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
         self._pump()
 
     def _on_abort(self, event: AbortTasks) -> None:

@@ -35,6 +35,7 @@ def run(
         argv,
         capture_output=True,
         text=True,
+        errors="replace",  # iscsi-inq prints binary designators raw
         stdin=subprocess.DEVNULL,
         timeout=timeout,
         env=None if env is None else {**os.environ, **env},

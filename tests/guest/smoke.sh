@@ -70,6 +70,11 @@ wait_for 10 sh -c '! ls /sys/class/scsi_device/*/device/block >/dev/null 2>&1' |
     fail "LUN devices still present after logout: $(ls /sys/class/scsi_device)"
 
 step "second login, across a target restart"
+# Quick NOP-Outs, so the lost connection below is noticed in seconds.
+for setting in noop_out_interval=1 noop_out_timeout=2; do
+    run iscsiadm -m node -T "$TARGET_IQN" -p "$TARGET_PORTAL" -o update \
+        -n "node.conn[0].timeo.${setting%=*}" -v "${setting#*=}"
+done
 iscsi_login
 sdb=$(block_dev 1)
 run mount -t ext4 "$sdb" /mnt/lun1
@@ -81,6 +86,20 @@ dd if="$sdb" of=/dev/null bs=4k count=16 iflag=direct 2>/dev/null || fail "LUN 1
 echo 3 >/proc/sys/vm/drop_caches
 run mount -t ext4 "$sdb" /mnt/lun1
 [ "$(md5sum </mnt/lun1/random.bin)" = "$sum" ] || fail "random.bin changed across a target restart"
+run umount /mnt/lun1
+
+step "session reinstatement after a lost connection"
+# With the guest's link down the initiator gives up on the connection, while QEMU keeps the
+# host side open, so targetd still holds the old session when the initiator logs in again with
+# the same ISID: the target must reinstate it.
+run ip link set eth0 down
+wait_for 20 sh -c 'iscsiadm -m session -P 1 | grep -q "Connection State: TRANSPORT WAIT"' ||
+    fail "the initiator did not notice the lost connection: $(iscsiadm -m session -P 1)"
+run ip link set eth0 up
+echo 3 >/proc/sys/vm/drop_caches
+dd if="$sdb" of=/dev/null bs=4k count=16 iflag=direct 2>/dev/null || fail "LUN 1 unreadable after reconnecting"
+run mount -t ext4 "$sdb" /mnt/lun1
+[ "$(md5sum </mnt/lun1/random.bin)" = "$sum" ] || fail "random.bin changed across a reconnection"
 run umount /mnt/lun1
 run iscsiadm -m session -P 1
 out=$(iscsi_logout)
