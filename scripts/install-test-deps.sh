@@ -9,6 +9,9 @@ PY=${PYTHON:-python3}
 # gcc and libc6-dev build cython-iscsi; --no-install-recommends would leave libc6-dev out.
 DEB_PACKAGES=(libiscsi-bin libiscsi-dev sg3-utils tgt qemu-utils qemu-block-extra pkg-config
     gcc libc6-dev)
+# The guest tier (tests/guest/): QEMU, and the packages whose binaries build-image.sh copies
+# into the guest's initramfs. The guest's kernel is fetched there with apt-get download.
+DEB_PACKAGES+=(qemu-system-x86 busybox-static dash open-iscsi sg3-utils mt-st e2fsprogs cpio)
 # Debian's own Python needs its headers from a package; a pyenv or venv Python has them.
 if ! $PY -c 'import os, sys, sysconfig
 sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
@@ -28,6 +31,15 @@ fi
 # tgtd on loopback when a benchmark needs it, so the packaged one is not left running.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet tgt 2>/dev/null; then
     systemctl stop tgt || true
+fi
+# open-iscsi's package starts iscsid (and a boot-time login service); only the guest runs an
+# initiator, so the host's is stopped too.
+if command -v systemctl >/dev/null 2>&1; then
+    for unit in iscsid.socket iscsid open-iscsi; do
+        if systemctl is-active --quiet "$unit" 2>/dev/null; then
+            systemctl stop "$unit" || true
+        fi
+    done
 fi
 
 # Debian 12's system Python is "externally managed" (PEP 668): pip refuses to install into it

@@ -121,7 +121,7 @@ class FieldPointer:
         return bytes([b0]) + (self.byte & 0xFFFF).to_bytes(2, "big")
 
 
-class CheckCondition(Exception):  # noqa: N818 - named for the SCSI status it becomes
+class CheckCondition(Exception):  # named for the SCSI status it becomes
     """Raised by a handler: the command ends with CHECK CONDITION and this sense."""
 
     def __init__(

@@ -10,22 +10,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from targetd.config import Config, ConfigError, Portal, default_config
+from targetd.config import Config, ConfigError, Portal, default_config, parse_hostport
 from targetd.luns import build_targets, close_targets
 from targetd.server import TargetServer
 
 log = logging.getLogger("targetd")
 
 EXIT_CONFIG = 2
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """HOST:PORT, [V6]:PORT or :PORT (loopback)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError("--listen", f"expected HOST:PORT, got {value!r}")
-    host = host.strip("[]") or "127.0.0.1"
-    return host, int(port)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -36,8 +27,10 @@ def _load(args: argparse.Namespace) -> Config:
         config = load_config(Path(args.config), state_dir=state_dir)
     else:
         config = default_config(state_dir or Path("var/targetd"))
-    if args.listen:
-        host, port = parse_listen(args.listen)
+    if args.listen is not None:
+        if ":" not in args.listen:
+            raise ConfigError("--listen", f"expected HOST:PORT, got {args.listen!r}")
+        host, port = parse_hostport(args.listen, "--listen")
         first = config.portals[0] if config.portals else Portal()
         config = replace(config, portals=(replace(first, listen_host=host, listen_port=port),))
     return config

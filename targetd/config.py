@@ -87,7 +87,7 @@ class Config:
     max_connections_per_session: int = 1
     # Limits we declare at login and enforce on the wire.
     max_recv_data_segment_length: int = 262144
-    max_burst_length: int = 16 * 1024 * 1024
+    max_burst_length: int = 16776192  # RFC 7143 caps it at 2**24 - 1; keep it 512-aligned
     first_burst_length: int = 262144
     max_outstanding_r2t: int = 8
     extras: dict[str, object] = field(default_factory=dict)

@@ -31,11 +31,16 @@ BUSYBOX=/bin/busybox
 ldd "$BUSYBOX" >/dev/null 2>&1 && { echo "build-image: $BUSYBOX is not static;" \
     "install busybox-static" >&2; exit 1; }
 
-kernel_pkg=$(apt-cache depends "$KERNEL_META" 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}')
+kernel_package() {
+    apt-cache depends "$KERNEL_META" 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}'
+}
+kernel_pkg=$(kernel_package)
 if [[ -z $kernel_pkg ]]; then
-    echo "build-image: apt-cache knows no $KERNEL_META; run apt-get update" >&2
-    exit 1
+    # A machine whose package lists were never fetched (or were cleaned) knows no kernel yet.
+    apt-get update -qq >&2
+    kernel_pkg=$(kernel_package)
 fi
+[[ -n $kernel_pkg ]] || { echo "build-image: apt knows no $KERNEL_META" >&2; exit 1; }
 kernel_version=$(apt-cache show "$kernel_pkg" | awk '/^Version:/{print $2; exit}')
 
 # Everything that changes the image goes into the stamp.
@@ -52,7 +57,7 @@ fi
 
 mkdir -p "$OUT/deb"
 deb=$(ls "$OUT/deb/${kernel_pkg}_"*.deb 2>/dev/null | head -n1 || true)
-if [[ -z $deb ]]; then
+if [[ -z $deb || $(dpkg-deb -f "$deb" Version 2>/dev/null) != "$kernel_version" ]]; then
     rm -f "$OUT/deb/"*.deb
     # apt drops privileges to _apt for downloads; a root-owned cache dir would only earn a warning.
     (cd "$OUT/deb" && apt-get download -q "$kernel_pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2 || true)

@@ -13,12 +13,14 @@ harness runs ``actions[ACTION]()`` and answers the guest when it is done.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import queue
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -208,14 +210,13 @@ def _boot(
                 proc.stdin.write(reply.encode() + b"\n")
                 proc.stdin.flush()
     finally:
-        if proc.poll() is None:
-            # The guest reboots (and so QEMU exits, -no-reboot) right after the exit line;
-            # a hung guest is killed.
-            try:
+        if proc.poll() is None and status is not None:
+            # The guest reboots right after its exit line, and -no-reboot makes QEMU exit.
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, 9)
-                proc.wait()
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
         reader.join(5)
     output = "\n".join(lines)
     elapsed = time.monotonic() - started
@@ -227,8 +228,7 @@ def _boot(
     tail = "\n".join(lines[-FAILURE_TAIL_LINES:])
     pytest.fail(
         f"{problem} after {elapsed:.1f}s; guest console (last {FAILURE_TAIL_LINES} lines):\n"
-        f"{tail}\n--- targetd log (last 40 lines):\n"
-        + "\n".join(daemon.stderr.splitlines()[-40:]),
+        f"{tail}\n--- targetd log (last 40 lines):\n" + "\n".join(daemon.stderr.splitlines()[-40:]),
         pytrace=False,
     )
 
@@ -239,7 +239,7 @@ def _host_action(actions: Mapping[str, Callable[[], object]], name: str) -> str:
         return f"error no host action {name!r}"
     try:
         action()
-    except BaseException as err:  # noqa: BLE001 - the guest must hear of it and stop
+    except BaseException as err:
         if isinstance(err, KeyboardInterrupt):
             raise
         return f"error {type(err).__name__}: {err}".replace("\n", " ")
