@@ -65,7 +65,11 @@ class CaseResult:
         return "PASS" if ratio >= self.case.goal else "MISS"
 
 
-def _number(value: float | None, unit: str) -> str:
+def _number(result: CaseResult, target: str) -> str:
+    """The median; "-" for a target that was not run, FAIL for one whose every run failed."""
+    if not any(r.target == target for r in result.runs):
+        return "-"
+    value, unit = result.median(target), result.case.unit
     if value is None:
         return "FAIL"
     return f"{value:,.0f}" if unit == "IOPS" else f"{value:,.1f}"
@@ -97,8 +101,8 @@ def table_rows(results: list[CaseResult]) -> list[tuple[str, ...]]:
             (
                 result.case.name,
                 unit,
-                _number(result.median(BASELINE), unit),
-                _number(result.median(CANDIDATE), unit),
+                _number(result, BASELINE),
+                _number(result, CANDIDATE),
                 "-" if ratio is None else f"{ratio:.2f}x",
                 f">={result.case.goal:.1f}x",
                 result.verdict(),

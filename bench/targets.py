@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,6 +23,7 @@ TGTD_IQN = "iqn.2026-11.org.targetd.bench:tgtd"
 TARGETD_IQN = "iqn.2026-11.org.targetd:default"
 # Where tgtd keeps its management sockets, one pair per control port.
 TGTD_SOCKET_DIR = Path("/var/run/tgtd")
+TGTD_MAX_CONTROL_PORT = 32767
 
 
 class TargetError(RuntimeError):
@@ -179,9 +181,13 @@ def _with_log(exc: BaseException, target: Target) -> BaseException:
 
 
 def _free_control_port() -> int:
-    """A control port whose management socket no other tgtd (ours or the system's) holds."""
+    """A control port whose management socket no other tgtd (ours or the system's) holds.
+
+    It names a Unix socket, not a TCP port, and tgtd accepts only 0..32767; low numbers are
+    left to hand-started instances and the system's (0).
+    """
     while True:
-        port = free_port()
+        port = random.randint(10_000, TGTD_MAX_CONTROL_PORT)
         if not (TGTD_SOCKET_DIR / f"socket.{port}").exists():
             return port
 

@@ -25,7 +25,7 @@ MiB = 1 << 20
 # Block Limits, in bytes so both block sizes get the same byte limits.
 MAX_TRANSFER_BYTES = 8 * MiB
 OPTIMAL_TRANSFER_BYTES = 1 * MiB
-MAX_WRITE_SAME_BYTES = 1 << 30
+MAX_WRITE_SAME_BYTES = 16 * MiB
 # Punching is cheap at any size: no limit on blocks, but a bounded descriptor list.
 MAX_UNMAP_BLOCKS = 0xFFFFFFFF
 MAX_UNMAP_DESCRIPTORS = 256

@@ -101,7 +101,11 @@ async def _write(
     data = cmd.data_out
     delivered = 0 if data is None else len(data)
     if delivered < needed:
-        return data_out_mismatch(lu, needed)
+        whole = delivered - delivered % lu.block_size
+        if whole:
+            assert data is not None
+            await lu.write_bytes(lba * lu.block_size, data[:whole], fua)
+        return ScsiResult(data_out_used=needed)
     if needed:
         await lu.write_bytes(
             lba * lu.block_size, data if delivered == needed else data[:needed], fua
@@ -262,6 +266,8 @@ async def compare_and_write(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
     half = blocks * size
     needed = 2 * half
     delivered = data_out_length(cmd)
+    if not blocks and delivered:
+        raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(13))
     if delivered != needed:  # both halves must be there, and nothing else
         return data_out_mismatch(lu, needed)
     if not blocks:

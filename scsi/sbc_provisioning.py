@@ -113,7 +113,7 @@ async def _write_same(
     offset, length = lba * size, blocks * size
     if not length:
         return ScsiResult()
-    if block is None or not any(block):
+    if block is None or not any(block) or flags & 0x08:
         # Zeros are what a hole reads: punch when UNMAP allows it, else zero in place.
         await lu.deallocate(offset, length, punch=bool(flags & 0x08))
         return ScsiResult()

@@ -95,6 +95,8 @@ class IscsiConnection(asyncio.BufferedProtocol):
                 session.connections.remove(self.conn)
             if not session.connections and not session.closed:
                 self.server.end_session(session)
+                if self.runtime is not None and self.conn.nexus is not None:
+                    self.runtime.scsi.nexus_lost(self.conn.nexus)
         log.info("connection from %s closed%s", self.peer, f": {exc}" if exc else "")
 
     def pause_writing(self) -> None:
@@ -165,6 +167,17 @@ class IscsiConnection(asyncio.BufferedProtocol):
                         reset(event.nexus)
                     else:
                         lu.raise_unit_attention(Reason.BUS_DEVICE_RESET, except_nexus=None)
+        if event.cold and runtime is not None:
+            victims = list(runtime.connections)
+
+            def respond_then_drop() -> None:
+                self.conn.aborts_finished(event.token)
+                self._pump()
+                for c in victims:
+                    c.close()
+
+            self._after(handles, respond_then_drop)
+            return
         self._after(handles, lambda: self.conn.aborts_finished(event.token))
 
     def _cancel(self, tasks: Iterable[Task]) -> list[asyncio.Task[None]]:

@@ -70,7 +70,7 @@ def test_block_limits_page(tmp_path: Path, block_size: int) -> None:
     assert (max_unmap, max_descriptors) == (0xFFFFFFFF, 256)
     assert unmap_granularity == 4096 // block_size
     assert alignment == 0x80000000
-    assert struct.unpack(">Q", page[36:44])[0] == (1 << 30) // block_size
+    assert struct.unpack(">Q", page[36:44])[0] == (16 << 20) // block_size
     assert lu.max_transfer_blocks == max_xfer
 
 

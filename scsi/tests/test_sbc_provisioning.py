@@ -123,9 +123,10 @@ def test_write_same(tmp_path: Path, block_size: int) -> None:
     assert lba_status(lu, 8 * per_page)[0] == (8 * per_page, 8 * per_page, 1)
     assert run(lu, cdb10(0x41, 20 * per_page, per_page), zero).status == Status.GOOD
     assert read_blocks(lu, 20 * per_page, per_page) == bytes(4096)
-    # UNMAP with a non-zero block writes the block
+    # UNMAP deallocates whatever the block holds (libiscsi WriteSame10.UnmapUntilEnd, LIO)
+    run(lu, cdb10(0x41, 40 * per_page, 2), block)
     assert run(lu, cdb10(0x41, 40 * per_page, 2, 0x08), block).status == Status.GOOD
-    assert read_blocks(lu, 40 * per_page, 2) == block * 2
+    assert read_blocks(lu, 40 * per_page, 2) == bytes(2 * block_size)
     # NDOB: no Data-Out, zeros
     assert run(lu, cdb16(0x93, 0, per_page, 0x09)).status == Status.GOOD
     assert read_blocks(lu, 0, per_page) == bytes(4096)

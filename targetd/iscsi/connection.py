@@ -77,7 +77,7 @@ class Task:
     attribute: TaskAttribute
     buffer: bytearray | None = None
     received: int = 0
-    # Data-Out sequences we still expect: TTT -> [next offset, end offset]
+    # Data-Out sequences we still expect: TTT -> [next offset, end offset, next DataSN]
     bursts: dict[int, list[int]] = field(default_factory=dict)
     unsolicited_end: int = 0
     next_r2t_offset: int = 0
@@ -110,6 +110,8 @@ class ResetRequested:
     lun: int | None
     nexus: Nexus
     token: int
+    # RFC 7143 11.5.1: after a cold reset the target closes every connection.
+    cold: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,11 @@ Event = ExecuteCommand | AbortTasks | ResetRequested | SessionStarted | CloseCon
 
 _DATA_IN_HDR = P.new_header(Op.DATA_IN, 0)
 _BAD_FIELD = RejectReason.INVALID_PDU_FIELD
+_RESETS = (
+    TmfFunction.LOGICAL_UNIT_RESET,
+    TmfFunction.TARGET_WARM_RESET,
+    TmfFunction.TARGET_COLD_RESET,
+)
 
 
 class Connection:
@@ -459,7 +466,7 @@ class Connection:
             # The unsolicited part: immediate data plus Data-Out with TTT 0xffffffff.
             if not self.initial_r2t and not flags & P.FLAG_FINAL:
                 task.unsolicited_end = min(edtl, self.first_burst)
-                task.bursts[P.RESERVED_TAG] = [dlen, task.unsolicited_end]
+                task.bursts[P.RESERVED_TAG] = [dlen, task.unsolicited_end, 0]
             else:
                 task.unsolicited_end = dlen
             task.next_r2t_offset = task.unsolicited_end
@@ -492,7 +499,7 @@ class Connection:
             offset = task.next_r2t_offset
             length = min(self.max_burst, task.edtl - offset)
             ttt = self._new_ttt()
-            task.bursts[ttt] = [offset, offset + length]
+            task.bursts[ttt] = [offset, offset + length, 0]
             task.next_r2t_offset = offset + length
             hdr = P.new_header(Op.R2T, 0x80, itt=task.itt, lun=task.lun_raw)
             put_u32(hdr, 20, ttt)
@@ -505,17 +512,17 @@ class Connection:
     def _on_data_out(self, pdu: Pdu) -> None:
         task = self.tasks.get(pdu.itt)
         if task is None or not task.write or task.buffer is None:
-            raise IscsiProtocolError(
-                "Data-Out for no write command", RejectReason.INVALID_PDU_FIELD, bhs=pdu.bhs
-            )
+            raise IscsiProtocolError("Data-Out for no write command", _BAD_FIELD, bhs=pdu.bhs)
         ttt = pdu.ttt
         offset = pdu.u32(40)
         burst = task.bursts.get(ttt)
         dlen = len(pdu.data)
         if burst is None or offset != burst[0] or offset + dlen > burst[1]:
-            raise IscsiProtocolError(
-                "Data-Out outside its burst", RejectReason.INVALID_PDU_FIELD, bhs=pdu.bhs
-            )
+            raise IscsiProtocolError("Data-Out outside its burst", _BAD_FIELD, bhs=pdu.bhs)
+        if pdu.u32(36) != burst[2]:
+            # RFC 7143 7.1: at ErrorRecoveryLevel 0 a sequence error ends the connection.
+            raise IscsiProtocolError("Data-Out DataSN out of order", bhs=pdu.bhs, fatal=True)
+        burst[2] += 1
         if not isinstance(pdu.data, memoryview) or pdu.data.obj is not task.buffer:
             task.buffer[offset : offset + dlen] = pdu.data
         burst[0] += dlen
@@ -652,13 +659,14 @@ class Connection:
                 del self.tasks[t.itt]
             self._pending_tmf[token] = (pdu, TmfResponse.COMPLETE)
             self._events.append(AbortTasks(tuple(t for t in victims if t.started), token))
-        elif function in (TmfFunction.LOGICAL_UNIT_RESET, TmfFunction.TARGET_WARM_RESET):
+        elif function in _RESETS:
             if self.is_discovery:
                 self._tmf_response(pdu, TmfResponse.REJECTED)
                 return
             target_lun = lun if function == TmfFunction.LOGICAL_UNIT_RESET else None
             self._pending_tmf[token] = (pdu, TmfResponse.COMPLETE)
-            self._events.append(ResetRequested(target_lun, self.nexus, token))  # type: ignore[arg-type]
+            cold = function == TmfFunction.TARGET_COLD_RESET
+            self._events.append(ResetRequested(target_lun, self.nexus, token, cold))  # type: ignore[arg-type]
         else:
             self._tmf_response(pdu, TmfResponse.NOT_SUPPORTED)
 

@@ -43,6 +43,10 @@ fi
 [[ -n $kernel_pkg ]] || { echo "build-image: apt knows no $KERNEL_META" >&2; exit 1; }
 kernel_version=$(apt-cache show "$kernel_pkg" | awk '/^Version:/{print $2; exit}')
 
+# Two test runs in one tree (two engineers, or a loop) build one at a time.
+exec 9>"$OUT/.lock"
+flock 9
+
 # Everything that changes the image goes into the stamp.
 stamp=$({
     cat "$0" "$HERE/init"

@@ -83,7 +83,7 @@ def guest_image() -> tuple[Path, Path]:
         ["bash", str(GUEST_DIR / "build-image.sh"), str(CACHE)],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=240,
     )
     if proc.returncode != 0:
         pytest.fail(f"building the guest image failed:\n{proc.stdout}\n{proc.stderr}")

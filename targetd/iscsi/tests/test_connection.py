@@ -181,12 +181,13 @@ def test_write_solicits_remaining_data_with_r2t_in_max_burst_pieces() -> None:
     while r2ts:
         r2t = r2ts.pop()
         ttt, off, length = u32(r2t, 20), u32(r2t, 40), u32(r2t, 44)
-        for pos in range(off, off + length, 8192):
+        for datasn, pos in enumerate(range(off, off + length, 8192)):
             n = min(8192, off + length - pos)
             d = new_header(
                 Op.DATA_OUT, 0x80 if pos + n == off + length else 0, itt=itt, data_length=n
             )
             put_u32(d, 20, ttt)
+            put_u32(d, 36, datasn)
             put_u32(d, 40, pos)
             r2ts += [p for p in h.feed(d, payload[pos : pos + n]) if p[0] & 0x3F == Op.R2T]
             done += n
@@ -307,9 +308,10 @@ def test_unsolicited_data_out_up_to_first_burst_then_r2t() -> None:
     r2ts = [p for p in out if p[0] & 0x3F == Op.R2T]
     # FirstBurstLength is 16384: the initiator may send up to there unsolicited.
     assert [(u32(p, 40), u32(p, 44)) for p in r2ts] == [(16384, size - 16384)]
-    for pos in range(4096, 16384, 4096):
+    for datasn, pos in enumerate(range(4096, 16384, 4096)):
         d = new_header(Op.DATA_OUT, 0x80 if pos + 4096 == 16384 else 0, itt=itt, data_length=4096)
         put_u32(d, 20, 0xFFFFFFFF)
+        put_u32(d, 36, datasn)
         put_u32(d, 40, pos)
         assert h.feed(d, payload[pos : pos + 4096]) == []
     d = new_header(Op.DATA_OUT, 0x80, itt=itt, data_length=size - 16384)
@@ -317,3 +319,24 @@ def test_unsolicited_data_out_up_to_first_burst_then_r2t() -> None:
     put_u32(d, 40, 16384)
     h.feed(d, payload[16384:])
     assert bytes(executed(h).command.data_out) == payload
+
+
+@pytest.mark.parametrize("datasns", [(0, 0), (1, 0), (27,)])
+def test_data_out_datasn_out_of_order_drops_the_connection(datasns: tuple[int, ...]) -> None:
+    h = Harness()
+    itt, out = h.command(bytes([0x2A]) + bytes(9), write=1024)
+    (r2t,) = out
+    replies: list[bytes] = []
+    for i, datasn in enumerate(datasns):
+        d = new_header(
+            Op.DATA_OUT,
+            0x80 if i == len(datasns) - 1 else 0,
+            itt=itt,
+            data_length=1024 // len(datasns),
+        )
+        put_u32(d, 20, u32(r2t, 20))
+        put_u32(d, 36, datasn)
+        put_u32(d, 40, i * 1024 // len(datasns))
+        replies += h.feed(d, bytes(1024 // len(datasns)))
+    assert [p[0] & 0x3F for p in replies] == [Op.REJECT]
+    assert any(isinstance(e, CloseConnection) for e in h.conn.take_events())
