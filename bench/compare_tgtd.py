@@ -112,13 +112,17 @@ def measure(case_result: CaseResult, target: Target, repeat: int, region: int, b
     )
 
 
-def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[CaseResult]:
+def run_benchmark(
+    args: argparse.Namespace, workdir: Path, pids: dict[str, int]
+) -> list[CaseResult]:
+    """Every case on every target; ``pids`` learns each server's PID (kept in the JSON)."""
     budget = Budget.quick() if args.quick else Budget.full()
     targets: list[Target] = []
     try:
         for name in args.targets:
             print(f"starting {name} ...", file=sys.stderr, flush=True)
             targets.append(start_target(name, workdir))
+            pids[name] = targets[-1].pid
         if not args.no_prefill and any(not c.write for c in args.cases):
             for target in targets:
                 print(f"prefilling {args.size >> 20} MiB on {target.name}", file=sys.stderr)
@@ -143,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # A SIGTERM from a test runner or CI must still stop the targets (the finally blocks).
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    pids: dict[str, int] = {}
     settings = {
+        "server_pids": pids,
         "quick": args.quick,
         "repeat": args.repeat,
         "region_bytes": args.size,
@@ -153,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         with tempfile.TemporaryDirectory(prefix="targetd-bench-") as tmp:
-            results = run_benchmark(args, Path(tmp))
+            results = run_benchmark(args, Path(tmp), pids)
     except TargetError as exc:
         print(f"error: a target failed to start: {exc}", file=sys.stderr)
         return 2

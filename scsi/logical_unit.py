@@ -86,10 +86,11 @@ class LogicalUnit:
         """LOGICAL UNIT RESET (from ``nexus``, or a target reset when None).
 
         A RESERVE(6) reservation ends (persistent reservations survive, SPC-4 5.13.1)
-        and every other nexus gets BUS DEVICE RESET FUNCTION OCCURRED.
+        and every nexus, the one that asked included (SAM-5 6.3.3; libiscsi's
+        MultipathIO.Reset checks it), gets BUS DEVICE RESET FUNCTION OCCURRED.
         """
         self.reservations.legacy = None
-        self.raise_unit_attention(Reason.BUS_DEVICE_RESET, except_nexus=nexus)
+        self.raise_unit_attention(Reason.BUS_DEVICE_RESET)
 
     def queue_unit_attention(self, nexus: Nexus, reason: Reason) -> None:
         """Queue ``reason`` for one nexus (if it currently sees this LU)."""

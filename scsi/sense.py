@@ -81,6 +81,13 @@ class Reason(Enum):
     UNRECOVERED_READ_ERROR = (_K.MEDIUM_ERROR, 0x11, 0x00)
     WRITE_ERROR = (_K.MEDIUM_ERROR, 0x0C, 0x00)
     INTERNAL_TARGET_FAILURE = (_K.HARDWARE_ERROR, 0x44, 0x00)
+    # Sequential-access conditions (SSC): position events reported with NO SENSE, and
+    # the sense keys tape reads and writes end with at end of data and end of medium.
+    FILEMARK_DETECTED = (_K.NO_SENSE, 0x00, 0x01)
+    END_OF_PARTITION_MEDIUM_DETECTED = (_K.NO_SENSE, 0x00, 0x02)
+    BEGINNING_OF_PARTITION_MEDIUM_DETECTED = (_K.NO_SENSE, 0x00, 0x04)
+    END_OF_DATA_DETECTED = (_K.BLANK_CHECK, 0x00, 0x05)
+    VOLUME_OVERFLOW = (_K.VOLUME_OVERFLOW, 0x00, 0x02)
     # MISCOMPARE
     MISCOMPARE_DURING_VERIFY = (_K.MISCOMPARE, 0x1D, 0x00)
     # ABORTED COMMAND

@@ -7,16 +7,21 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from targetd import logs
 from targetd.config import Config, ConfigError, Portal, default_config, parse_hostport
 from targetd.luns import build_targets, close_targets
+from targetd.operations import Operations
 from targetd.server import TargetServer
 
 log = logging.getLogger("targetd")
 
 EXIT_CONFIG = 2
+# SIGTERM: how long commands in flight may take to finish (systemd's TimeoutStopSec is longer).
+DRAIN_SECONDS = 10.0
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -33,30 +38,40 @@ def _load(args: argparse.Namespace) -> Config:
         host, port = parse_hostport(args.listen, "--listen")
         first = config.portals[0] if config.portals else Portal()
         config = replace(config, portals=(replace(first, listen_host=host, listen_port=port),))
+    if getattr(args, "metrics", None):
+        config = replace(config, metrics_listen=parse_hostport(args.metrics, "--metrics"))
     return config
 
 
-async def serve(config: Config) -> int:
+async def serve(config: Config, *, loader: Callable[[], Config] | None = None) -> int:
     config.state_dir.mkdir(parents=True, exist_ok=True)
     targets = build_targets(config)
     server = TargetServer(config, targets)
+    ops = Operations(server, loader=loader, metrics_listen=config.metrics_listen)
     try:
         await server.start()
+        await ops.start()
     except OSError as err:
-        log.error("cannot listen: %s", err)
+        log.error("cannot listen: %s", err, extra=logs.fields(error=str(err)))
+        await ops.shutdown(0)
         close_targets(targets)
         return 1
     for target in config.targets:
         for host, port in server.bound:
-            log.info("serving %s on %s:%d", target.name, host, port)
+            log.info(
+                "serving %s on %s:%d" % (target.name, host, port),
+                extra=logs.fields(target=target.name, portal=f"{host}:{port}"),
+            )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, ops.reload)
     await stop.wait()
     log.info("stopping")
-    await server.stop()
+    await ops.shutdown(DRAIN_SECONDS)
     close_targets(targets)
+    log.info("stopped")
     return 0
 
 
@@ -68,12 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:3260)")
     p_serve.add_argument("--state-dir", help="directory for LUN files and state")
     p_serve.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    p_serve.add_argument(
+        "--log-format", choices=sorted(logs.FORMATS), default="kv", help="one event per line"
     )
+    p_serve.add_argument(
+        "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here (default: off)"
+    )
+    args = parser.parse_args(argv)
+    logs.setup(args.log_level, args.log_format, sys.stderr)
     try:
         config = _load(args)
     except ConfigError as err:
@@ -85,4 +102,4 @@ def main(argv: list[str] | None = None) -> int:
         runner = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a declared dependency
         runner = asyncio.run
-    return runner(serve(config))
+    return runner(serve(config, loader=lambda: _load(args)))

@@ -36,3 +36,12 @@ def close_targets(targets: dict[str, ScsiTarget]) -> None:
             close = getattr(lu, "close", None)
             if close is not None:
                 close()
+
+
+async def flush_targets(targets: dict[str, ScsiTarget]) -> None:
+    """fdatasync every LUN's backing store (SIGTERM, before the state is persisted)."""
+    for target in targets.values():
+        for lu in target.luns.values():
+            flush = getattr(lu, "flush", None) or getattr(getattr(lu, "store", None), "flush", None)
+            if flush is not None:
+                await flush()

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from scsi.command import ScsiResult, Status
+from scsi.logical_unit import LogicalUnit
 from scsi.sense import Reason, build_sense
 from scsi.target import ScsiTarget
 from targetd import eager
@@ -30,8 +31,11 @@ from targetd.iscsi.connection import (
     Task,
 )
 from targetd.iscsi.session import Session, SessionTable
+from targetd.logs import fields
+from targetd.metrics import LunStats, transferred
 
 log = logging.getLogger("targetd")
+_clock = time.perf_counter_ns
 
 TICK_SECONDS = 5.0
 
@@ -43,6 +47,24 @@ class TargetRuntime:
     name: str
     scsi: ScsiTarget
     connections: set[IscsiConnection] = field(default_factory=set)
+    # Per-LUN counters, filled in by the shell as commands complete (see targetd.metrics).
+    stats: dict[int, LunStats] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for lun in self.scsi.luns:
+            self.stats.setdefault(lun, LunStats())
+
+    def add_lun(self, number: int, lu: LogicalUnit) -> None:
+        """A LUN added while sessions run (SIGHUP): it learns their nexuses, and they get
+        REPORTED LUNS DATA HAS CHANGED from the LUNs they already see."""
+        for other in self.scsi.luns.values():
+            other.raise_unit_attention(Reason.REPORTED_LUNS_DATA_CHANGED)
+        lu.report_luns = self.scsi.lun_numbers
+        self.scsi.luns[number] = lu
+        self.stats[number] = LunStats()
+        for c in self.connections:
+            if c.conn.nexus is not None:
+                lu.nexus_established(c.conn.nexus)
 
 
 class IscsiConnection(asyncio.BufferedProtocol):
@@ -83,13 +105,13 @@ class IscsiConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        session = self.conn.session
         for task in self.conn.closed():
             handle = self._running.pop(task, None)
             if handle is not None:
                 handle.cancel()
         if self.runtime is not None:
             self.runtime.connections.discard(self)
-        session = self.conn.session
         if session is not None:
             if self.conn in session.connections:
                 session.connections.remove(self.conn)
@@ -97,7 +119,21 @@ class IscsiConnection(asyncio.BufferedProtocol):
                 self.server.end_session(session)
                 if self.runtime is not None and self.conn.nexus is not None:
                     self.runtime.scsi.nexus_lost(self.conn.nexus)
-        log.info("connection from %s closed%s", self.peer, f": {exc}" if exc else "")
+        log.info("connection closed", extra=self.context(error=str(exc) if exc else None))
+
+    def context(self, **more: object) -> dict[str, dict[str, object]]:
+        """Log fields naming this connection's session."""
+        session = self.conn.session
+        if session is None:
+            return fields(peer=self.peer, **more)
+        return fields(
+            peer=self.peer,
+            initiator=session.initiator_name,
+            isid=session.isid.hex(),
+            tsih=session.tsih,
+            cid=self.conn.cid,
+            **more,
+        )
 
     def pause_writing(self) -> None:
         if self.transport is not None:
@@ -119,21 +155,35 @@ class IscsiConnection(asyncio.BufferedProtocol):
         runtime = self.runtime
         if runtime is None:
             return
-        handle = eager.start(self._execute(runtime.scsi, event))
+        handle = eager.start(self._execute(runtime.scsi, event, runtime.stats))
         if not isinstance(handle, eager.Done):
             self._running[event.task] = handle
 
-    async def _execute(self, scsi: ScsiTarget, event: ExecuteCommand) -> None:
+    async def _execute(
+        self, scsi: ScsiTarget, event: ExecuteCommand, stats: dict[int, LunStats]
+    ) -> None:
+        command = event.command
+        started = _clock()
         try:
-            result = await scsi.execute(event.command)
+            result = await scsi.execute(command)
         except asyncio.CancelledError:
             self._running.pop(event.task, None)
             raise
         except Exception:
-            log.exception("command %s failed", event.command.cdb[:1].hex())
+            log.exception(
+                "command failed", extra=self.context(lun=command.lun, cdb=command.cdb.hex())
+            )
             result = ScsiResult(
                 Status.CHECK_CONDITION, sense=build_sense(Reason.INTERNAL_TARGET_FAILURE)
             )
+        lun_stats = stats.get(command.lun)
+        if lun_stats is not None:
+            opcode = command.cdb[0]
+            data, out = result.data, command.data_out
+            nbytes = transferred(
+                opcode, len(out) if out is not None else 0, len(data) if data is not None else 0
+            )
+            lun_stats.record(opcode, nbytes, _clock() - started, result.status != Status.GOOD)
         self._running.pop(event.task, None)
         self.conn.scsi_done(event.task, result)
         self._schedule_flush()
@@ -208,13 +258,10 @@ class IscsiConnection(asyncio.BufferedProtocol):
         session = event.session
         target = session.target
         log.info(
-            "login from %s: %s session of %s isid %s tsih %d%s",
-            self.peer,
-            session.session_type.lower(),
-            session.initiator_name,
-            session.isid.hex(),
-            session.tsih,
-            f" to {target.name}" if target else "",
+            "login",
+            extra=self.context(
+                type=session.session_type.lower(), target=target.name if target else None
+            ),
         )
         if target is not None and self.conn.nexus is not None:
             self.runtime = self.server.targets[target.name]
@@ -223,8 +270,13 @@ class IscsiConnection(asyncio.BufferedProtocol):
 
     def _on_close(self, event: CloseConnection) -> None:
         if event.reason not in ("logout",):
-            log.info("closing connection from %s: %s", self.peer, event.reason)
+            log.info("closing connection", extra=self.context(reason=event.reason))
         self.close()
+
+    def stop_reading(self) -> None:
+        self._closing = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
 
     def close(self) -> None:
         self._closing = True
@@ -278,7 +330,10 @@ class TargetServer:
                 c._pump()
 
     def _reinstate(self, old: Session) -> None:
-        log.info("reinstating session tsih %d of %s", old.tsih, old.initiator_name)
+        log.info(
+            "reinstating session",
+            extra=fields(initiator=old.initiator_name, isid=old.isid.hex(), tsih=old.tsih),
+        )
         for c in list(self.connections):
             if c.conn.session is old:
                 c.close()
@@ -286,16 +341,35 @@ class TargetServer:
     def end_session(self, session: Session) -> None:
         self.sessions.remove(session)
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Stop accepting, let commands in flight finish (bounded), close connections."""
+    def scsi_targets(self) -> dict[str, ScsiTarget]:
+        return {name: runtime.scsi for name, runtime in self.targets.items()}
+
+    async def stop(self, grace: float = 5.0) -> int:
+        """Stop accepting, let commands in flight finish (bounded), close connections.
+
+        Connections stop reading first, so no new command starts; the commands already
+        running get ``grace`` seconds, and their responses are written before each socket
+        closes. Returns how many commands were still running when the grace ran out.
+        """
         for server in self._servers:
             server.close()
         if self._ticker is not None:
             self._ticker.cancel()
+        for c in self.connections:
+            c.stop_reading()
         running = [h for c in self.connections for h in c._running.values()]
+        pending: set[asyncio.Task[None]] = set()
         if running:
-            await asyncio.wait(running, timeout=grace)
+            _, pending = await asyncio.wait(running, timeout=grace)
         for c in list(self.connections):
+            c._pump()  # responses of the commands that just finished, before the close
             c.close()
+        deadline = time.monotonic() + grace
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for c in list(self.connections):
+            if c.transport is not None:
+                c.transport.abort()
         for server in self._servers:
             await server.wait_closed()
+        return len(pending)

@@ -264,6 +264,8 @@ def test_reserve6_conflict_and_release() -> None:
     lu.reset(A)
     assert status(run(lu, C, reserve6)) != Status.RESERVATION_CONFLICT
     lu.nexus_lost(C)
+    # Every nexus, the resetting one too, first hears of the reset.
+    assert ua(lu, A) == (6, 0x29, 0x03)
     assert status(run(lu, A, reserve6)) == Status.GOOD
     assert ua(lu, B) == (6, 0x29, 0x03)
 

@@ -46,6 +46,10 @@ def compare(report: Report, fail: dict[str, str], skip: dict[str, str]) -> list[
             problems.append(f"expected.toml [fail] names {name}, which the tool does not list")
         elif got.verdict is not Verdict.FAIL:
             problems.append(f"{name} now {got.verdict.value}: remove it from expected.toml [fail]")
+    for name in skip:
+        got = report.outcomes.get(name)
+        if got is not None and got.verdict is Verdict.PASS:
+            problems.append(f"{name} now PASS: remove it from expected.toml [skip]")
     for name, outcome in report.outcomes.items():
         if outcome.verdict is Verdict.SKIP and name not in skip:
             problems.append(f"new skip {name}: {outcome.detail} (list it in [skip] with why)")
@@ -55,7 +59,7 @@ def compare(report: Report, fail: dict[str, str], skip: dict[str, str]) -> list[
 def test_iscsi_test_cu_against_targetd(tmp_path: Path) -> None:
     fail, skip = load_expected()
     with TargetdTarget(config=HERE / "targetd-conformance.toml", workdir=tmp_path) as target:
-        report = run_suite(target, log=tmp_path / "iscsi-test-cu.log")
+        report = run_suite(target, log=tmp_path / "iscsi-test-cu.log", multipath=True)
     (tmp_path / "report.json").write_text(json.dumps(report.to_json(), indent=1))
     print(to_markdown(report))
     c = report.counts()

@@ -1,0 +1,138 @@
+"""Pair states as the patent names them, and the transitions between them, as data.
+
+A pair has one *phase*; each phase shows a state for the source volume and one for the
+target volume (the patent's "pair state information (source volume) 516 / (target volume)
+517"). The source of a split pair is SPLIT at once while its target is SPLIT-PENDING until
+the split-instant differential is reflected. Anything not in :data:`TRANSITIONS` is an
+illegal request and raises :class:`PairError` with code ``WRONG_STATE``.
+"""
+
+from __future__ import annotations
+
+from enum import Enum, IntEnum
+
+
+class VolumeState(IntEnum):
+    """One volume's state; the value is its code in the vendor status data."""
+
+    SIMPLEX = 0x00
+    DUPLEX_PENDING = 0x01  # creation copy (or update copies after create) running
+    DUPLEX = 0x02
+    SPLIT_PENDING = 0x03
+    SPLIT = 0x04
+    SUSPENDED = 0x05
+    RESYNC = 0x06
+    DELETE = 0x07
+
+    @property
+    def label(self) -> str:
+        return self.name.replace("_", "-")
+
+
+class Phase(Enum):
+    """The pair's phase: (source state, target state)."""
+
+    DUPLEX_PENDING = (VolumeState.DUPLEX_PENDING, VolumeState.DUPLEX_PENDING)
+    DUPLEX = (VolumeState.DUPLEX, VolumeState.DUPLEX)
+    SPLIT_PENDING = (VolumeState.SPLIT, VolumeState.SPLIT_PENDING)
+    SPLIT = (VolumeState.SPLIT, VolumeState.SPLIT)
+    SUSPENDED = (VolumeState.SUSPENDED, VolumeState.SUSPENDED)
+    RESYNC = (VolumeState.RESYNC, VolumeState.RESYNC)
+    DELETE = (VolumeState.DELETE, VolumeState.DELETE)
+
+    @property
+    def source(self) -> VolumeState:
+        return self.value[0]
+
+    @property
+    def target(self) -> VolumeState:
+        return self.value[1]
+
+    @property
+    def mirroring(self) -> bool:
+        """Host writes to the source are mirrored (tracked in the copy set)."""
+        return self in MIRRORING
+
+    @property
+    def target_writable(self) -> bool:
+        """Hosts may write the target volume (it is a point-in-time copy, not a mirror)."""
+        return self in (Phase.SPLIT_PENDING, Phase.SPLIT, Phase.SUSPENDED)
+
+
+MIRRORING = frozenset({Phase.DUPLEX_PENDING, Phase.DUPLEX, Phase.RESYNC})
+
+
+class Event(Enum):
+    COPY_DONE = "copy-done"  # the copy set became empty
+    SPLIT = "split"
+    REFLECTED = "reflected"  # the split-instant set is on the target
+    RESYNC = "resync"
+    FAIL = "fail"  # a copy failed: SUSPENDED with a reason
+    DELETE = "delete"
+
+
+# (phase, event) -> next phase. Creation (SIMPLEX -> DUPLEX-PENDING) and the end of DELETE
+# (-> SIMPLEX) create and remove the pair itself, so they are not rows here.
+TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
+    (Phase.DUPLEX_PENDING, Event.COPY_DONE): Phase.DUPLEX,
+    (Phase.RESYNC, Event.COPY_DONE): Phase.DUPLEX,
+    (Phase.DUPLEX, Event.COPY_DONE): Phase.DUPLEX,
+    # A split of a pair still copying is a "quick split": the split set is simply larger.
+    (Phase.DUPLEX_PENDING, Event.SPLIT): Phase.SPLIT_PENDING,
+    (Phase.DUPLEX, Event.SPLIT): Phase.SPLIT_PENDING,
+    (Phase.RESYNC, Event.SPLIT): Phase.SPLIT_PENDING,
+    (Phase.SPLIT_PENDING, Event.REFLECTED): Phase.SPLIT,
+    (Phase.SPLIT_PENDING, Event.RESYNC): Phase.RESYNC,
+    (Phase.SPLIT, Event.RESYNC): Phase.RESYNC,
+    (Phase.SUSPENDED, Event.RESYNC): Phase.RESYNC,
+    (Phase.DUPLEX_PENDING, Event.FAIL): Phase.SUSPENDED,
+    (Phase.DUPLEX, Event.FAIL): Phase.SUSPENDED,
+    (Phase.RESYNC, Event.FAIL): Phase.SUSPENDED,
+    (Phase.SPLIT_PENDING, Event.FAIL): Phase.SUSPENDED,
+    (Phase.SUSPENDED, Event.FAIL): Phase.SUSPENDED,
+    **{(phase, Event.DELETE): Phase.DELETE for phase in Phase if phase is not Phase.DELETE},
+}
+
+
+class ErrorCode(Enum):
+    """Why a pair operation was refused; the SCSI layer maps each to its sense."""
+
+    UNKNOWN_PAIR = "unknown-pair"
+    UNKNOWN_VOLUME = "unknown-volume"
+    WRONG_STATE = "wrong-state"
+    SIZE_MISMATCH = "size-mismatch"
+    VOLUME_IN_PAIR = "volume-in-pair"
+    SAME_VOLUME = "same-volume"
+    NAME_IN_USE = "name-in-use"
+    BAD_NAME = "bad-name"
+    READ_ONLY_VOLUME = "read-only-volume"
+
+
+class PairError(Exception):
+    """A refused pair operation, with its :class:`ErrorCode`."""
+
+    def __init__(self, code: ErrorCode, message: str, *, phase: Phase | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.phase = phase
+
+
+class SuspendReason(IntEnum):
+    """Why a pair is SUSPENDED (reported in the status data)."""
+
+    NONE = 0x00
+    SOURCE_READ_ERROR = 0x01
+    TARGET_WRITE_ERROR = 0x02
+    OPERATOR = 0x03
+
+
+def next_phase(phase: Phase, event: Event) -> Phase:
+    """The phase after ``event``, or :class:`PairError` (``WRONG_STATE``) if illegal."""
+    try:
+        return TRANSITIONS[(phase, event)]
+    except KeyError:
+        raise PairError(
+            ErrorCode.WRONG_STATE,
+            f"cannot {event.value} a pair that is {phase.source.label}/{phase.target.label}",
+            phase=phase,
+        ) from None

@@ -1,0 +1,339 @@
+"""The virtual tape image: an append-only file of records and file marks.
+
+This module knows nothing of SCSI. A tape is a sequence of *objects* (records of data, and
+file marks) numbered from 0; the position after the last object is end of data (EOD).
+
+Layout::
+
+    header   64 bytes: magic, version, capacity, early-warning size, CRC32C of the rest
+    entry    16-byte entry header (magic, kind, length, payload CRC32C, header CRC32C)
+             followed by ``length`` payload bytes (records) or nothing (file marks)
+    entry    ...
+
+Why this shape: a tape is only ever written at its end (writing anywhere else cuts the
+tape there first, as a real drive makes that point the new EOD), so an append-only file
+with a checksum per entry is enough to survive a crash: a torn write can only damage the
+tail, and opening the image cuts it back to the last whole entry. An index of entry
+offsets is kept in memory (built by one scan of the entry headers on open), so spacing
+and locating are array lookups rather than file walks.
+
+``capacity`` counts entry bytes (headers included) the medium holds; the last
+``early_warning`` bytes of it are the early-warning zone where a drive reports
+end-of-medium but still writes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import struct
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+from crc32c import crc32c
+
+MAGIC = b"TDTAPE\r\n"
+VERSION = 1
+HEADER = struct.Struct(">8sHHIQQ28sI")  # 64 bytes; the CRC covers the first 60
+ENTRY = struct.Struct(">HBBIII")  # 16 bytes; the header CRC covers the first 12
+ENTRY_MAGIC = 0x5452  # "TR"
+HEADER_SIZE = HEADER.size
+ENTRY_SIZE = ENTRY.size
+MIN_CAPACITY = 64 * 1024
+# Early-warning zone when the creator does not choose one: 1/32 of the medium, at most
+# 64 MiB, so even a small test tape has room for a few records past early warning.
+MAX_DEFAULT_EARLY_WARNING = 64 << 20
+
+
+class Kind(IntEnum):
+    RECORD = 1
+    FILEMARK = 2
+
+
+class TapeImageError(Exception):
+    """The file is not a tape image (bad magic, version or header checksum)."""
+
+
+class MediumFull(Exception):
+    """The entry does not fit before the end of the medium; nothing was written."""
+
+
+class CorruptRecord(Exception):
+    """A record's payload does not match its checksum (or is missing)."""
+
+
+def default_early_warning(capacity: int) -> int:
+    return min(capacity // 32, MAX_DEFAULT_EARLY_WARNING)
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What opening found: entries kept, and torn-tail bytes cut off."""
+
+    entries: int
+    cut_bytes: int
+
+
+def create(path: Path, capacity: int, *, early_warning: int | None = None) -> None:
+    """Write a blank image (header only) at ``path``; refuses to overwrite an existing file."""
+    if capacity < MIN_CAPACITY:
+        raise ValueError(f"capacity must be at least {MIN_CAPACITY} bytes, not {capacity}")
+    ew = default_early_warning(capacity) if early_warning is None else early_warning
+    if not 0 <= ew < capacity:
+        raise ValueError(f"early warning {ew} must be below the capacity {capacity}")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, _encode_header(capacity, ew))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _encode_header(capacity: int, early_warning: int) -> bytes:
+    body = HEADER.pack(MAGIC, VERSION, HEADER_SIZE, 0, capacity, early_warning, bytes(28), 0)
+    return body[:-4] + crc32c(body[:-4]).to_bytes(4, "big")
+
+
+def _entry_header(kind: Kind, payload: bytes | memoryview) -> bytes:
+    head = ENTRY.pack(ENTRY_MAGIC, kind, 0, len(payload), crc32c(payload), 0)
+    return head[:12] + crc32c(head[:12]).to_bytes(4, "big")
+
+
+class TapeImage:
+    """An open tape image: the object index, reads, and appends at end of data.
+
+    Object ``i`` is a record when ``length(i) >= 0`` and a file mark when it is ``None``.
+    All I/O is synchronous and positional; the caller serialises commands (a tape drive
+    runs one at a time).
+    """
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        flags = os.O_RDONLY if read_only else os.O_RDWR
+        self._fd = os.open(self.path, flags | os.O_CLOEXEC)
+        try:
+            self.capacity, self.early_warning = self._read_header()
+            # Index: offset of each entry's header, payload length (-1 for a file mark),
+            # and the object numbers of the file marks, sorted.
+            self._offsets = array("Q")
+            self._lengths = array("q")
+            self._filemarks = array("Q")
+            self.recovery = self._scan()
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    @classmethod
+    def open_or_create(
+        cls, path: Path, capacity: int, *, read_only: bool = False
+    ) -> TapeImage:
+        """Open ``path``, writing a blank image of ``capacity`` first if it does not exist.
+        An existing image keeps the capacity it was made with."""
+        if not Path(path).exists():
+            create(path, capacity)
+        return cls(path, read_only=read_only)
+
+    # -- opening ------------------------------------------------------------------------
+    def _read_header(self) -> tuple[int, int]:
+        raw = os.pread(self._fd, HEADER_SIZE, 0)
+        if len(raw) < HEADER_SIZE:
+            raise TapeImageError(f"{self.path}: too short for a tape image header")
+        magic, version, size, _flags, capacity, ew, _, crc = HEADER.unpack(raw)
+        if magic != MAGIC:
+            raise TapeImageError(f"{self.path}: not a targetd tape image")
+        if crc != crc32c(raw[:-4]):
+            raise TapeImageError(f"{self.path}: header checksum mismatch")
+        if version != VERSION or size != HEADER_SIZE:
+            raise TapeImageError(f"{self.path}: unsupported image version {version}")
+        return capacity, ew
+
+    def _scan(self) -> Recovery:
+        """Index every whole entry; cut a torn or garbled tail back to the last good one.
+
+        Headers are checked everywhere; the payload checksum only of the last record,
+        since an append-only file can only be torn at its end (reads check the rest).
+        """
+        file_size = os.fstat(self._fd).st_size
+        offset = HEADER_SIZE
+        last_record: int | None = None
+        while offset + ENTRY_SIZE <= file_size:
+            head = os.pread(self._fd, ENTRY_SIZE, offset)
+            magic, kind, _flags, length, _crc, head_crc = ENTRY.unpack(head)
+            if magic != ENTRY_MAGIC or head_crc != crc32c(head[:12]) or kind not in (1, 2):
+                break
+            if kind == Kind.FILEMARK and length:
+                break
+            if offset + ENTRY_SIZE + length > file_size:
+                break
+            self._append_index(offset, Kind(kind), length)
+            if kind == Kind.RECORD:
+                last_record = len(self._offsets) - 1
+            offset += ENTRY_SIZE + length
+        if last_record is not None and last_record == len(self._offsets) - 1:
+            try:
+                self.read(last_record)
+            except CorruptRecord:
+                offset = self._offsets[last_record]
+                self._drop_index(last_record)
+        cut = file_size - offset
+        if cut and not self.read_only:
+            os.ftruncate(self._fd, offset)
+            os.fsync(self._fd)
+        self._end = offset
+        return Recovery(len(self._offsets), cut)
+
+    def _append_index(self, offset: int, kind: Kind, length: int) -> None:
+        if kind == Kind.FILEMARK:
+            self._filemarks.append(len(self._offsets))
+            length = -1
+        self._offsets.append(offset)
+        self._lengths.append(length)
+
+    def _drop_index(self, start: int) -> None:
+        del self._offsets[start:]
+        del self._lengths[start:]
+        del self._filemarks[bisect.bisect_left(self._filemarks, start) :]
+
+    # -- what is on the tape ------------------------------------------------------------------
+    def __len__(self) -> int:
+        """Number of objects; also the object number of end of data."""
+        return len(self._offsets)
+
+    @property
+    def used(self) -> int:
+        """Bytes of the medium holding entries."""
+        return self._end - HEADER_SIZE
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.used
+
+    def used_at(self, position: int) -> int:
+        """Bytes of the medium before object ``position``."""
+        end = self._offsets[position] if position < len(self) else self._end
+        return end - HEADER_SIZE
+
+    def in_early_warning(self, position: int | None = None) -> bool:
+        """True when ``position`` (default: end of data) lies in the early-warning zone."""
+        used = self.used if position is None else self.used_at(position)
+        return used >= self.capacity - self.early_warning
+
+    def length(self, index: int) -> int | None:
+        """Payload length of record ``index``, or None for a file mark."""
+        n = self._lengths[index]
+        return None if n < 0 else n
+
+    def is_filemark(self, index: int) -> bool:
+        return self._lengths[index] < 0
+
+    def filemarks_before(self, position: int) -> int:
+        """File marks among objects ``0 .. position-1``: the file number at ``position``."""
+        return bisect.bisect_left(self._filemarks, position)
+
+    def filemark_count(self) -> int:
+        return len(self._filemarks)
+
+    def filemark_index(self, n: int) -> int:
+        """Object number of the ``n``-th file mark (0-based)."""
+        return self._filemarks[n]
+
+    def next_filemark(self, position: int) -> int | None:
+        """Object number of the first file mark at or after ``position``, or None."""
+        n = bisect.bisect_left(self._filemarks, position)
+        return self._filemarks[n] if n < len(self._filemarks) else None
+
+    def previous_filemark(self, position: int) -> int | None:
+        """Object number of the last file mark before ``position``, or None."""
+        n = bisect.bisect_left(self._filemarks, position)
+        return self._filemarks[n - 1] if n else None
+
+    def read(self, index: int) -> bytes:
+        """The payload of record ``index``, checked against its checksum."""
+        length = self._lengths[index]
+        if length < 0:
+            raise ValueError(f"object {index} is a file mark")
+        offset = self._offsets[index]
+        raw = os.pread(self._fd, ENTRY_SIZE + length, offset)
+        if len(raw) != ENTRY_SIZE + length:
+            raise CorruptRecord(f"record {index} is short")
+        payload_crc = ENTRY.unpack_from(raw)[4]
+        payload = raw[ENTRY_SIZE:]
+        if crc32c(payload) != payload_crc:
+            raise CorruptRecord(f"record {index} fails its checksum")
+        return payload
+
+    def records(self, start: int, stop: int) -> Iterator[bytes]:
+        for i in range(start, stop):
+            if not self.is_filemark(i):
+                yield self.read(i)
+
+    # -- writing ---------------------------------------------------------------------------
+    def truncate(self, position: int) -> None:
+        """Make ``position`` the end of data: every object from it on is gone."""
+        if position >= len(self):
+            return
+        self._check_writable()
+        end = self._offsets[position]
+        self._drop_index(position)
+        os.ftruncate(self._fd, end)
+        self._end = end
+
+    def fits(self, payload_length: int) -> bool:
+        return ENTRY_SIZE + payload_length <= self.free
+
+    def append_record(self, payload: bytes | memoryview) -> None:
+        """Write one record at end of data; :class:`MediumFull` (nothing written) if the
+        medium has no room for it."""
+        self._check_writable()
+        if not self.fits(len(payload)):
+            raise MediumFull(f"{len(payload)}-byte record does not fit in {self.free} bytes")
+        head = _entry_header(Kind.RECORD, payload)
+        self._write(self._end, [head, payload])
+        self._append_index(self._end, Kind.RECORD, len(payload))
+        self._end += ENTRY_SIZE + len(payload)
+
+    def append_filemarks(self, count: int) -> int:
+        """Write up to ``count`` file marks at end of data; returns how many fitted."""
+        self._check_writable()
+        room = min(count, max(0, self.free // ENTRY_SIZE))
+        if room:
+            head = _entry_header(Kind.FILEMARK, b"")
+            self._write(self._end, [head] * room)
+            for _ in range(room):
+                self._append_index(self._end, Kind.FILEMARK, 0)
+                self._end += ENTRY_SIZE
+        return room
+
+    def _write(self, offset: int, parts: list[bytes | memoryview]) -> None:
+        total = sum(len(p) for p in parts)
+        done = os.pwritev(self._fd, parts, offset)
+        if done != total:  # a regular file may write short; finish from one buffer
+            rest = memoryview(b"".join(bytes(p) for p in parts))[done:]
+            while rest:
+                n = os.pwrite(self._fd, rest, offset + done)
+                rest, done = rest[n:], done + n
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise PermissionError(f"{self.path} is open read-only")
+
+    def flush(self) -> None:
+        """Make everything written so far durable (a drive's synchronize-at-file-mark)."""
+        if not self.read_only:
+            os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self.flush()
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> TapeImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,198 @@
+"""The tape image format: records, file marks, EOD, capacity, torn-tail recovery."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from backing.tape_image import (
+    ENTRY_SIZE,
+    HEADER_SIZE,
+    CorruptRecord,
+    MediumFull,
+    TapeImage,
+    TapeImageError,
+    create,
+)
+
+CAP = 1 << 20
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> TapeImage:
+    path = tmp_path / "t.img"
+    create(path, CAP, early_warning=64 * 1024)
+    return TapeImage(path)
+
+
+def test_blank_image_is_header_only(tmp_path: Path) -> None:
+    path = tmp_path / "t.img"
+    create(path, CAP)
+    assert path.stat().st_size == HEADER_SIZE
+    with TapeImage(path) as img:
+        assert len(img) == 0
+        assert img.capacity == CAP
+        assert img.early_warning == CAP // 32
+        assert img.used == 0
+        assert img.recovery.cut_bytes == 0
+
+
+def test_create_refuses_to_overwrite(tmp_path: Path) -> None:
+    path = tmp_path / "t.img"
+    create(path, CAP)
+    with pytest.raises(FileExistsError):
+        create(path, CAP)
+
+
+def test_records_and_filemarks_round_trip(image: TapeImage) -> None:
+    image.append_record(b"abc")
+    image.append_record(b"")
+    assert image.append_filemarks(2) == 2
+    image.append_record(b"x" * 1001)
+    image.close()
+    img = TapeImage(image.path)
+    assert len(img) == 5
+    assert [img.length(i) for i in range(5)] == [3, 0, None, None, 1001]
+    assert img.read(0) == b"abc"
+    assert img.read(4) == b"x" * 1001
+    assert img.filemark_count() == 2
+    assert img.filemarks_before(4) == 2
+    assert img.filemarks_before(3) == 1
+    assert img.filemark_index(1) == 3
+    assert img.used == 5 * ENTRY_SIZE + 3 + 1001
+    assert img.recovery.cut_bytes == 0
+
+
+def test_truncate_makes_a_new_end_of_data(image: TapeImage) -> None:
+    for i in range(4):
+        image.append_record(bytes([i]) * 10)
+    image.append_filemarks(1)
+    image.truncate(2)
+    assert len(image) == 2 and image.filemark_count() == 0
+    image.append_record(b"new")
+    image.close()
+    img = TapeImage(image.path)
+    assert [img.read(i) for i in range(3)] == [b"\0" * 10, b"\1" * 10, b"new"]
+    assert img.path.stat().st_size == HEADER_SIZE + 3 * ENTRY_SIZE + 23
+
+
+@pytest.mark.parametrize("keep", [0, 1, 5, ENTRY_SIZE - 1, ENTRY_SIZE, ENTRY_SIZE + 99])
+def test_torn_tail_is_cut_back_to_the_last_whole_record(tmp_path: Path, keep: int) -> None:
+    path = tmp_path / "t.img"
+    create(path, CAP)
+    with TapeImage(path) as img:
+        img.append_record(b"first")
+        img.append_filemarks(1)
+        good_end = HEADER_SIZE + img.used
+        img.append_record(b"y" * 100)
+    os.truncate(path, good_end + keep)
+    with TapeImage(path) as img:
+        assert len(img) == 2
+        assert img.recovery.cut_bytes == keep
+        assert img.read(0) == b"first"
+        assert img.is_filemark(1)
+    assert path.stat().st_size == good_end
+
+
+def test_garbled_last_payload_is_cut(tmp_path: Path) -> None:
+    """The header made it to disk but the payload did not (page cache reordering)."""
+    path = tmp_path / "t.img"
+    create(path, CAP)
+    with TapeImage(path) as img:
+        img.append_record(b"keep me")
+        end = HEADER_SIZE + img.used
+        img.append_record(b"z" * 64)
+    with path.open("r+b") as f:
+        f.seek(end + ENTRY_SIZE)
+        f.write(bytes(64))
+    with TapeImage(path) as img:
+        assert len(img) == 1 and img.read(0) == b"keep me"
+        assert img.recovery.cut_bytes == ENTRY_SIZE + 64
+
+
+def test_garbled_header_in_the_tail_is_cut(tmp_path: Path) -> None:
+    path = tmp_path / "t.img"
+    create(path, CAP)
+    with TapeImage(path) as img:
+        img.append_record(b"a")
+        end = HEADER_SIZE + img.used
+        img.append_record(b"b")
+    with path.open("r+b") as f:
+        f.seek(end + 4)
+        f.write(b"\xff")  # the length field
+    with TapeImage(path) as img:
+        assert len(img) == 1
+
+
+def test_corrupt_record_in_the_middle_is_reported_on_read(tmp_path: Path) -> None:
+    path = tmp_path / "t.img"
+    create(path, CAP)
+    with TapeImage(path) as img:
+        img.append_record(b"a" * 50)
+        img.append_record(b"b" * 50)
+    with path.open("r+b") as f:
+        f.seek(HEADER_SIZE + ENTRY_SIZE + 10)
+        f.write(b"!")
+    with TapeImage(path) as img:
+        assert len(img) == 2
+        with pytest.raises(CorruptRecord):
+            img.read(0)
+        assert img.read(1) == b"b" * 50
+
+
+def test_full_medium_refuses_and_keeps_the_image(tmp_path: Path) -> None:
+    path = tmp_path / "t.img"
+    create(path, 64 * 1024, early_warning=8 * 1024)
+    with TapeImage(path) as img:
+        record = b"r" * (4096 - ENTRY_SIZE)
+        for _ in range(13):
+            img.append_record(record)
+        assert not img.in_early_warning()
+        img.append_record(record)
+        assert img.in_early_warning()  # 14 of 16 slots: the last 8 KiB are the zone
+        img.append_record(record)
+        img.append_record(record)
+        assert img.free == 0
+        with pytest.raises(MediumFull):
+            img.append_record(b"1")
+        assert img.append_filemarks(3) == 0
+        size = path.stat().st_size
+    assert size == HEADER_SIZE + 64 * 1024
+    with TapeImage(path) as img:
+        assert len(img) == 16 and img.recovery.cut_bytes == 0
+
+
+def test_filemarks_partially_fit(tmp_path: Path) -> None:
+    path = tmp_path / "t.img"
+    create(path, 64 * 1024, early_warning=1024)
+    with TapeImage(path) as img:
+        img.append_record(b"q" * (64 * 1024 - 3 * ENTRY_SIZE))
+        assert img.append_filemarks(5) == 2
+        assert img.free == 0
+
+
+def test_not_an_image(tmp_path: Path) -> None:
+    path = tmp_path / "junk"
+    path.write_bytes(b"hello" * 100)
+    with pytest.raises(TapeImageError):
+        TapeImage(path)
+    path.write_bytes(b"")
+    with pytest.raises(TapeImageError):
+        TapeImage(path)
+
+
+def test_read_only_open_does_not_cut(tmp_path: Path) -> None:
+    path = tmp_path / "t.img"
+    create(path, CAP)
+    with TapeImage(path) as img:
+        img.append_record(b"a")
+    with path.open("ab") as f:
+        f.write(b"torn")
+    size = path.stat().st_size
+    with TapeImage(path, read_only=True) as img:
+        assert len(img) == 1 and img.recovery.cut_bytes == 4
+        with pytest.raises(PermissionError):
+            img.append_record(b"b")
+    assert path.stat().st_size == size

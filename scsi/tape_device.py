@@ -1,0 +1,117 @@
+"""The sequential-access logical unit (peripheral device type 1): a tape image and a head.
+
+SSC command handlers live in scsi.ssc; this class holds what they share: the image, the
+logical position (an object number: records and file marks count alike, as SSC's logical
+object identifiers do), the block size (0: variable-length mode), the medium's loaded
+and prevent-removal state, the mode block descriptor and the device configuration page.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backing.tape_image import CorruptRecord, TapeImage
+from scsi.logical_unit import Identity, LogicalUnit
+from scsi.mode import ModePage
+from scsi.sense import CheckCondition, FieldPointer, Reason
+from scsi.ssc import SSC_TABLE
+
+# The longest record READ BLOCK LIMITS admits: what one WRITE(6) may carry, kept well
+# below the 16 MiB - 1 the CDB field allows so one command's buffer stays bounded.
+MAX_BLOCK_LENGTH = 8 << 20
+MIN_BLOCK_LENGTH = 1
+# A vendor-specific density code (80h..FFh): the image format has no real-world density.
+DENSITY_CODE = 0x80
+DENSITY_NAME = "TDTAPE01"
+
+WP = 0x80
+BUFFERED_MODE = 0x10  # writes reach the page cache; durable at file marks and rewind
+
+
+class TapeDevice(LogicalUnit):
+    """A tape drive with its cartridge (the image) always in it, unless unloaded."""
+
+    table = SSC_TABLE
+    device_type = 0x01
+    removable = True
+
+    def __init__(self, identity: Identity, image: TapeImage, *, read_only: bool = False) -> None:
+        super().__init__(identity)
+        self.image = image
+        self.read_only = read_only or image.read_only
+        self.position = 0
+        self.block_size = 0
+        self.density = DENSITY_CODE
+        self.loaded = True
+        self.removal_prevented = False
+
+    @classmethod
+    def from_file(
+        cls, identity: Identity, path: Path, capacity: int, *, read_only: bool = False
+    ) -> TapeDevice:
+        """A tape LU over ``path``, a blank image of ``capacity`` made if it is absent."""
+        return cls(
+            identity,
+            TapeImage.open_or_create(path, capacity, read_only=read_only),
+            read_only=read_only,
+        )
+
+    # -- checks the handlers share ----------------------------------------------------
+    def require_medium(self) -> None:
+        if not self.loaded:
+            raise CheckCondition(Reason.MEDIUM_NOT_PRESENT)
+
+    def require_writable(self) -> None:
+        self.require_medium()
+        if self.read_only:
+            raise CheckCondition(Reason.WRITE_PROTECTED)
+
+    def read_record(self, index: int) -> bytes:
+        try:
+            return self.image.read(index)
+        except CorruptRecord as err:
+            raise CheckCondition(Reason.UNRECOVERED_READ_ERROR, message=str(err)) from err
+
+    def begin_write(self) -> None:
+        """Writing here makes this the end of data, as a drive overwrites what follows."""
+        self.image.truncate(self.position)
+
+    @property
+    def at_early_warning(self) -> bool:
+        return self.image.in_early_warning(self.position)
+
+    # -- mode parameters ----------------------------------------------------------------
+    def mode_pages(self) -> dict[int, ModePage]:
+        """Device configuration page 10h: EOD generation and sync at early warning on;
+        nothing changeable, since the image already behaves that way."""
+        default = bytearray(16)
+        default[10] = 0x10 | 0x08  # EEG, SEW
+        return {0x10: ModePage(0x10, bytes(default), bytes(16))}
+
+    def mode_device_specific(self) -> int:
+        return (WP if self.read_only else 0) | BUFFERED_MODE
+
+    def block_descriptor(self) -> bytes:
+        """DENSITY CODE, NUMBER OF BLOCKS (0: the rest of the medium), BLOCK LENGTH (0:
+        variable)."""
+        return bytes([self.density, 0, 0, 0, 0]) + self.block_size.to_bytes(3, "big")
+
+    def select_block_descriptor(self, raw: bytes) -> None:
+        """MODE SELECT's descriptor switches fixed/variable mode through BLOCK LENGTH."""
+        if len(raw) != 8:
+            raise CheckCondition(
+                Reason.INVALID_FIELD_IN_PARAMETER_LIST, FieldPointer(3, in_cdb=False)
+            )
+        if raw[0] not in (0, self.density):
+            raise CheckCondition(
+                Reason.INVALID_FIELD_IN_PARAMETER_LIST, FieldPointer(4, in_cdb=False)
+            )
+        length = int.from_bytes(raw[5:8], "big")
+        if length > MAX_BLOCK_LENGTH:
+            raise CheckCondition(
+                Reason.INVALID_FIELD_IN_PARAMETER_LIST, FieldPointer(9, in_cdb=False)
+            )
+        self.block_size = length
+
+    def close(self) -> None:
+        self.image.close()

@@ -1,0 +1,147 @@
+"""The admin endpoint: a unix socket in the state directory, mode 0600, for ``targetctl``.
+
+Protocol: one JSON object per line each way. A request is
+``{"id": 1, "method": "status", "params": {}}``; the answer carries the same ``id`` and
+either ``"result"`` or ``"error": {"code": ..., "message": ...}``. A connection may send
+several requests; answers come in order.
+
+Subsystems add methods with one call, ``admin.register("pair.split", handler)``: the
+handler takes the params dict and returns something JSON can encode (or an awaitable of
+it); raising :class:`AdminError` answers with that error. A unix socket is never
+reachable from the network, and file mode 0600 limits it to the daemon's user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+import socket
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from targetd.logs import fields
+
+log = logging.getLogger("targetd.admin")
+
+SOCKET_NAME = "admin.sock"
+MAX_REQUEST = 1 << 20
+Handler = Callable[[dict[str, Any]], Any | Awaitable[Any]]
+
+
+class AdminError(Exception):
+    """A request that cannot be served; ``code`` is a short machine-readable word."""
+
+    def __init__(self, message: str, code: str = "failed") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Admin:
+    """The method table and the socket that serves it."""
+
+    def __init__(self) -> None:
+        self._methods: dict[str, Handler] = {}
+        self._server: asyncio.base_events.Server | None = None
+        self.path: Path | None = None
+        self.register("methods", lambda params: sorted(self._methods))
+
+    def register(self, method: str, handler: Handler) -> None:
+        if method in self._methods:
+            raise ValueError(f"admin method {method!r} is already registered")
+        self._methods[method] = handler
+
+    async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        handler = self._methods.get(method)
+        if handler is None:
+            raise AdminError(f"no such method {method!r}", "unknown_method")
+        result = handler(params or {})
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def answer(self, line: bytes) -> dict[str, Any]:
+        """The response object for one request line."""
+        try:
+            request = json.loads(line)
+        except ValueError as err:
+            return {"id": None, "error": {"code": "bad_request", "message": f"not JSON: {err}"}}
+        if not isinstance(request, dict) or not isinstance(request.get("method"), str):
+            return {"id": None, "error": {"code": "bad_request", "message": "need a method"}}
+        rid = request.get("id")
+        params = request.get("params") or {}
+        if not isinstance(params, dict):
+            return {"id": rid, "error": {"code": "bad_request", "message": "params: an object"}}
+        try:
+            return {"id": rid, "result": await self.call(request["method"], params)}
+        except AdminError as err:
+            return {"id": rid, "error": {"code": err.code, "message": str(err)}}
+        except Exception as err:
+            log.exception("admin method failed", extra=fields(method=request["method"]))
+            return {"id": rid, "error": {"code": "internal", "message": repr(err)}}
+
+    # -- the socket ------------------------------------------------------------------------
+    async def start(self, path: Path) -> None:
+        path = Path(path)
+        if path.exists() or path.is_symlink():
+            if not stat.S_ISSOCK(path.lstat().st_mode):
+                raise OSError(f"{path} exists and is not a socket")
+            path.unlink()  # left by a daemon that was killed
+        # The umask makes the socket 0600 from the moment it exists: no window for others.
+        old = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._client, path=str(path), limit=MAX_REQUEST
+            )
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        self.path = path
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            self.path = None
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                if not line.strip():
+                    continue
+                response = await self.answer(line)
+                writer.write(json.dumps(response, default=str).encode() + b"\n")
+                await writer.drain()
+        except (ValueError, ConnectionError) as err:  # oversized line, client gone
+            log.info("admin client dropped", extra=fields(reason=str(err)))
+        finally:
+            writer.close()
+
+
+def request(
+    path: Path, method: str, params: dict[str, Any] | None = None, *, timeout: float = 30.0
+) -> Any:
+    """Client side (blocking): send one request to the daemon at ``path``, return the result.
+
+    Raises :class:`AdminError` with the daemon's error, or OSError when nobody listens.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(json.dumps({"id": 1, "method": method, "params": params or {}}).encode())
+        sock.sendall(b"\n")
+        with sock.makefile("rb") as stream:
+            line = stream.readline(MAX_REQUEST * 64)
+    if not line:
+        raise AdminError("the daemon closed the connection without answering", "no_answer")
+    response = json.loads(line)
+    if "error" in response:
+        error = response["error"]
+        raise AdminError(error.get("message", "failed"), error.get("code", "failed"))
+    return response.get("result")

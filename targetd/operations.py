@@ -1,0 +1,162 @@
+"""Everything around the data path that an operator sees: the admin socket, metrics,
+systemd readiness and watchdog, SIGHUP reload, and the ordered shutdown.
+
+``targetd serve`` builds one :class:`Operations` and hands it to subsystems, which hook in
+with one call each::
+
+    ops.admin.register("pair.split", engine.split)       # a targetctl method
+    ops.provide_status("pairs", engine.status_list)      # a section of `targetctl status`
+    ops.metrics.add_collector(engine.metric_families)    # Prometheus families
+    ops.on_shutdown(engine.persist)                      # run at SIGTERM after the drain
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from scsi.sense import Reason
+from targetd import logs, reload, sdnotify, status
+from targetd.admin import SOCKET_NAME, Admin
+from targetd.config import Config, ConfigError
+from targetd.luns import build_lun, flush_targets
+from targetd.metrics import Family, Metrics, lun_families
+from targetd.server import TargetRuntime, TargetServer
+
+log = logging.getLogger("targetd")
+ShutdownHook = Callable[[], Any | Awaitable[Any]]
+
+
+class Operations:
+    def __init__(
+        self,
+        server: TargetServer,
+        *,
+        loader: Callable[[], Config] | None = None,
+        metrics_listen: tuple[str, int] | None = None,
+    ) -> None:
+        self.server = server
+        self.loader = loader
+        self.metrics_listen = metrics_listen
+        self.admin = Admin()
+        self.metrics = Metrics()
+        self.status_providers: dict[str, status.Provider] = {}
+        self._shutdown_hooks: list[ShutdownHook] = []
+        self._watchdog: asyncio.Task[None] | None = None
+        self.admin.register("status", lambda params: self.status())
+        self.admin.register("reload", lambda params: self.reload())
+        self.metrics.add_collector(self._core_families)
+        logs.scrubber.set_secrets(logs.config_secrets(server.config))
+
+    # -- hooks for other subsystems ------------------------------------------------------
+    def provide_status(self, section: str, provider: status.Provider) -> None:
+        self.status_providers[section] = provider
+
+    def on_shutdown(self, hook: ShutdownHook) -> None:
+        self._shutdown_hooks.append(hook)
+
+    # -- life cycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """After the portals listen: admin socket, metrics, then tell systemd we are ready."""
+        await self.admin.start(self.server.config.state_dir / SOCKET_NAME)
+        if self.metrics_listen is not None:
+            await self.metrics.start(*self.metrics_listen)
+            host, port = self.metrics.bound  # type: ignore[misc]
+            log.info("metrics", extra=logs.fields(listen=f"{host}:{port}"))
+        interval = sdnotify.watchdog_interval()
+        if interval is not None:
+            self._watchdog = asyncio.ensure_future(self._ping(interval))
+        sdnotify.notify("READY=1\nSTATUS=serving")
+
+    async def _ping(self, interval: float) -> None:
+        # Pings come from the event loop itself: a loop stuck for WatchdogSec gets restarted.
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    async def shutdown(self, grace: float) -> None:
+        """SIGTERM: drain, flush every LUN, run the shutdown hooks, close the endpoints."""
+        sdnotify.notify("STOPPING=1\nSTATUS=draining")
+        drained = await self.server.stop(grace)
+        log.info("drained", extra=logs.fields(abandoned_commands=drained))
+        await flush_targets(self.server.scsi_targets())
+        for hook in self._shutdown_hooks:
+            try:
+                result = hook()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("shutdown hook failed", extra=logs.fields(hook=repr(hook)))
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        await self.metrics.stop()
+        await self.admin.stop()
+
+    # -- admin methods ---------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return status.snapshot(self.server, self.status_providers)
+
+    def reload(self) -> dict[str, list[str]]:
+        """SIGHUP (or ``targetctl reload``): apply what is safe, say what is not."""
+        if self.loader is None:
+            return {"applied": [], "refused": ["no configuration file to reload"]}
+        sdnotify.notify("RELOADING=1")
+        try:
+            new = self.loader()
+        except ConfigError as err:
+            log.error("reload refused", extra=logs.fields(error=str(err)))
+            sdnotify.notify("READY=1")
+            return {"applied": [], "refused": [f"bad configuration: {err}"]}
+        result = reload.plan(self.server.config, new)
+        # Secrets are known to the scrubber before anything could log them.
+        logs.scrubber.set_secrets(logs.config_secrets(result.config))
+        try:
+            self._build(result)
+        except (ConfigError, OSError, ValueError) as err:
+            log.error("reload failed", extra=logs.fields(error=str(err)))
+            sdnotify.notify("READY=1")
+            return {"applied": [], "refused": [f"cannot build new LUNs: {err}"]}
+        self.server.config = result.config
+        for change in result.applied:
+            log.info("reload applied", extra=logs.fields(change=change))
+        for change in result.refused:
+            log.warning("reload not applied", extra=logs.fields(change=change))
+        sdnotify.notify("READY=1")
+        return {"applied": result.applied, "refused": result.refused}
+
+    def _build(self, plan: reload.ReloadPlan) -> None:
+        from scsi.target import ScsiTarget
+
+        config = plan.config
+        built = [(t.name, ScsiTarget({lun.lun: build_lun(t, lun, config) for lun in t.luns}))
+                 for t in plan.new_targets]  # fmt: skip
+        extra = [(name, lun, build_lun(config.target(name), lun, config))  # type: ignore[arg-type]
+                 for name, lun in plan.new_luns]  # fmt: skip
+        for name, scsi in built:
+            self.server.targets[name] = TargetRuntime(name, scsi)
+        for name, lun, lu in extra:
+            runtime = self.server.targets[name]
+            runtime.add_lun(lun.lun, lu)
+            for other in runtime.scsi.luns.values():
+                other.raise_unit_attention(Reason.REPORTED_LUNS_DATA_CHANGED)
+
+    # -- metrics -----------------------------------------------------------------------------
+    def _core_families(self) -> list[Family]:
+        server = self.server
+        triples = [(name, lun, stats) for name, rt in server.targets.items()
+                   for lun, stats in sorted(rt.stats.items())]  # fmt: skip
+        families = lun_families(triples)
+        sessions = Family("targetd_sessions", "gauge", "iSCSI sessions logged in")
+        by_type: dict[str, int] = {"normal": 0, "discovery": 0}
+        for s in server.sessions:
+            by_type[s.session_type.lower()] = by_type.get(s.session_type.lower(), 0) + 1
+        for kind, count in by_type.items():
+            sessions.add(count, {"type": kind})
+        conns = Family("targetd_connections", "gauge", "TCP connections open on the portals")
+        conns.add(len(server.connections))
+        inflight = Family("targetd_commands_in_flight", "gauge", "SCSI commands not yet answered")
+        inflight.add(sum(len(c.conn.tasks) for c in server.connections))
+        return [*families, sessions, conns, inflight]

@@ -1,0 +1,94 @@
+"""SIGHUP: which parts of a changed configuration can be applied to a running daemon.
+
+:func:`plan` is pure: given the running and the newly read configuration it returns the
+configuration to run from now on, the targets and LUNs to build, and what it applied and
+refused, in words for the log. Safe changes are the ones new logins pick up by themselves
+(ACLs, CHAP secrets, aliases) and additions (new targets, new LUNs). Anything that would
+pull storage or a portal from under a live session (removals, resizing, moving a LUN's
+file, portals, state_dir, limits) is refused and keeps its running value until restart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from targetd.config import Config, LunConfig, TargetConfig
+
+# Running values that only a restart changes.
+_RESTART_ONLY = (
+    "portals",
+    "state_dir",
+    "max_sessions",
+    "max_connections_per_session",
+    "max_recv_data_segment_length",
+    "max_burst_length",
+    "first_burst_length",
+    "max_outstanding_r2t",
+)
+
+
+@dataclass
+class ReloadPlan:
+    config: Config
+    new_targets: list[TargetConfig] = field(default_factory=list)
+    new_luns: list[tuple[str, LunConfig]] = field(default_factory=list)
+    applied: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+
+def plan(old: Config, new: Config) -> ReloadPlan:
+    result = ReloadPlan(old)
+    keep = {}
+    for name in _RESTART_ONLY:
+        if getattr(old, name) != getattr(new, name):
+            result.refused.append(f"{name} changed: needs a restart")
+            keep[name] = getattr(old, name)
+    if (old.discovery_chap, old.discovery_mutual_chap) != (
+        new.discovery_chap,
+        new.discovery_mutual_chap,
+    ):
+        result.applied.append("discovery CHAP updated")
+    targets: list[TargetConfig] = []
+    for target in new.targets:
+        running = old.target(target.name)
+        if running is None:
+            result.new_targets.append(target)
+            result.applied.append(f"target {target.name} added")
+            targets.append(target)
+        else:
+            targets.append(_merge_target(running, target, result))
+    for target in old.targets:
+        if new.target(target.name) is None:
+            result.refused.append(f"target {target.name} removed: still served until restart")
+            targets.append(target)
+    result.config = replace(new, targets=tuple(targets), **keep)  # type: ignore[arg-type]
+    return result
+
+
+def _merge_target(old: TargetConfig, new: TargetConfig, result: ReloadPlan) -> TargetConfig:
+    name = old.name
+    if old.allowed_initiators != new.allowed_initiators:
+        result.applied.append(f"target {name}: allowed_initiators updated")
+    if (old.chap, old.mutual_chap) != (new.chap, new.mutual_chap):
+        result.applied.append(f"target {name}: CHAP updated")
+    if old.alias != new.alias:
+        result.applied.append(f"target {name}: alias updated")
+    old_luns = {lun.lun: lun for lun in old.luns}
+    new_luns = {lun.lun: lun for lun in new.luns}
+    luns: list[LunConfig] = []
+    for number, lun in new_luns.items():
+        running = old_luns.get(number)
+        if running is None:
+            result.new_luns.append((name, lun))
+            result.applied.append(f"target {name}: lun {number} added")
+            luns.append(lun)
+        elif running != lun:
+            result.refused.append(f"target {name}: lun {number} changed: needs a restart")
+            luns.append(running)
+        else:
+            luns.append(running)
+    for number, lun in old_luns.items():
+        if number not in new_luns:
+            result.refused.append(f"target {name}: lun {number} removed: still served")
+            luns.append(lun)
+    return replace(new, luns=tuple(sorted(luns, key=lambda lun: lun.lun)))
