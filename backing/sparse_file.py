@@ -130,8 +130,10 @@ class SparseFile:
         if len(view) <= INLINE_WRITE_MAX and not fua:
             _pwrite_all(self._fd, view, offset)
             return
-        await asyncio.get_running_loop().run_in_executor(
-            None, _pwrite_all, self._fd, view, offset, flags
+        await _finish(
+            asyncio.get_running_loop().run_in_executor(
+                None, _pwrite_all, self._fd, view, offset, flags
+            )
         )
 
     async def flush(self) -> None:
@@ -145,14 +147,18 @@ class SparseFile:
         The kernel zeroes partial blocks at unaligned edges itself; a file system that
         cannot punch gets zeros written instead.
         """
-        await asyncio.get_running_loop().run_in_executor(
-            None, self._deallocate, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length
+        await _finish(
+            asyncio.get_running_loop().run_in_executor(
+                None, self._deallocate, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length
+            )
         )
 
     async def write_zeroes(self, offset: int, length: int) -> None:
         """Make ``[offset, offset+length)`` read as zeros, keeping it allocated if possible."""
-        await asyncio.get_running_loop().run_in_executor(
-            None, self._deallocate, _FALLOC_FL_ZERO_RANGE | _FALLOC_FL_KEEP_SIZE, offset, length
+        await _finish(
+            asyncio.get_running_loop().run_in_executor(
+                None, self._deallocate, _FALLOC_FL_ZERO_RANGE | _FALLOC_FL_KEEP_SIZE, offset, length
+            )
         )
 
     def _deallocate(self, mode: int, offset: int, length: int) -> None:
@@ -223,3 +229,17 @@ class SparseFile:
 
     def __repr__(self) -> str:
         return f"SparseFile({str(self.path)!r}, size={self.size}, read_only={self.read_only})"
+
+
+async def _finish(change: asyncio.Future[None]) -> None:
+    """Wait for a change to the file even if the waiting task is cancelled meanwhile.
+
+    A thread cannot be stopped half way through a pwrite; an aborted command must not be
+    reported gone while its write can still land (after, say, a newer write to the same
+    blocks). So cancellation waits for the thread, then propagates.
+    """
+    try:
+        await asyncio.shield(change)
+    except asyncio.CancelledError:
+        await change
+        raise

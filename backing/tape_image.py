@@ -128,9 +128,7 @@ class TapeImage:
             raise
 
     @classmethod
-    def open_or_create(
-        cls, path: Path, capacity: int, *, read_only: bool = False
-    ) -> TapeImage:
+    def open_or_create(cls, path: Path, capacity: int, *, read_only: bool = False) -> TapeImage:
         """Open ``path``, writing a blank image of ``capacity`` first if it does not exist.
         An existing image keeps the capacity it was made with."""
         if not Path(path).exists():

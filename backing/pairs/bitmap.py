@@ -71,8 +71,15 @@ class ChunkBitmap:
 
     # -- ranges and sets ---------------------------------------------------------------
     def set_range(self, start: int, stop: int) -> None:
-        for bit in range(start, min(stop, self.nbits)):
-            self.set(bit)
+        """Set bits ``start .. stop-1``, a page at a time (extent scans set long runs)."""
+        stop = min(stop, self.nbits)
+        while start < stop:
+            p = start // PAGE_BITS
+            lo = start - p * PAGE_BITS
+            hi = min(stop - p * PAGE_BITS, PAGE_BITS)
+            mask = ((1 << (hi - lo)) - 1) << lo
+            self._or_page(p, mask)
+            start = p * PAGE_BITS + hi
 
     def set_all(self) -> None:
         for p in range(self.npages):
@@ -93,10 +100,13 @@ class ChunkBitmap:
 
     def update(self, other: ChunkBitmap) -> None:
         """``self |= other``."""
-        for p, theirs in other._pages.items():
-            mine = self._pages.get(p)
-            merged = theirs if mine is None else bytes(a | b for a, b in zip(mine, theirs))
-            self._load_page(p, bytearray(merged))
+        for p, theirs in list(other._pages.items()):
+            self._or_page(p, int.from_bytes(theirs, "little"))
+
+    def _or_page(self, p: int, mask: int) -> None:
+        mine = self._pages.get(p)
+        value = mask | (int.from_bytes(mine, "little") if mine is not None else 0)
+        self._load_page(p, bytearray(value.to_bytes(PAGE_BYTES, "little")))
 
     def __iter__(self) -> Iterator[int]:
         """Set bits in ascending order."""

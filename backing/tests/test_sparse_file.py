@@ -175,3 +175,34 @@ def test_fua_write_uses_dsync_and_flush_syncs(tmp_path: Path) -> None:
             run(f.flush())
         sync.assert_called_once_with(f.fd)
         assert read(f, 0, 1024) == b"f" * 512 + b"g" * 512
+
+
+def test_cancelled_threaded_write_still_finishes_before_the_task_ends(tmp_path: Path) -> None:
+    """An aborted command's write must have landed (or not started) when abort completes."""
+    import threading
+
+    store = SparseFile(tmp_path / "c.img", 1 << 22)
+    release = threading.Event()
+    real = sparse_file._pwrite_all
+    landed: list[bool] = []
+
+    def slow_pwrite(*args: object) -> None:
+        release.wait(5)
+        real(*args)  # type: ignore[arg-type]
+        landed.append(True)
+
+    async def main() -> None:
+        sparse_file._pwrite_all = slow_pwrite  # type: ignore[assignment]
+        try:
+            task = asyncio.ensure_future(store.write(0, b"x" * (1 << 20), fua=True))
+            await asyncio.sleep(0.05)
+            task.cancel()
+            asyncio.get_running_loop().call_later(0.1, release.set)
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert landed == [True]
+        finally:
+            sparse_file._pwrite_all = real
+
+    asyncio.run(main())
+    store.close()

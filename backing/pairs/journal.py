@@ -1,0 +1,230 @@
+"""The pair file: the pair's definition and phase, and its bitmaps as a write-intent log.
+
+Layout (one file per pair, ``<state_dir>/pairs/<name>.pair``)::
+
+    0     header slot 0 (2 KiB)  \\  the valid slot with the higher sequence wins, so a
+    2048  header slot 1 (2 KiB)  /   torn header write leaves the previous one in force
+    4096  region 0: the copy set (dirty chunks; after a split, the split-instant set)
+    ...   region 1: source chunks written since the split
+    ...   region 2: target chunks written since the split
+
+Each region is ``npages`` pages of 4 KiB at a fixed offset; untouched pages are holes.
+A slot is ``magic, seq u64, length u32, crc32 u32, JSON``.
+
+Durability rule (as Linux md's write-intent bitmap): a bit is on disk before the host
+write it covers is acknowledged; cleared bits reach the disk lazily, and only after the
+target's data they vouch for has been synced. :class:`WriteIntentLog` batches concurrent
+requests into one ``fdatasync`` (group commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import struct
+import zlib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from backing.pairs.bitmap import PAGE_BYTES, ChunkBitmap
+
+MAGIC = b"TDPAIR01"
+SLOT_BYTES = 2048
+HEADER_BYTES = 2 * SLOT_BYTES
+_SLOT_HEAD = struct.Struct(">8sQII")
+REGIONS = 3  # copy set, source changed, target changed
+
+
+class PairFileError(Exception):
+    """The pair file is unreadable (no valid header slot)."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PairFile:
+    """Positional access to one pair file. Blocking calls; callers use an executor."""
+
+    def __init__(self, path: Path, fd: int, npages: int, seq: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.npages = npages
+        self.seq = seq
+
+    @classmethod
+    def create(cls, path: Path, meta: dict[str, Any], npages: int) -> PairFile:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".new")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        os.ftruncate(fd, HEADER_BYTES + REGIONS * npages * PAGE_BYTES)
+        pf = cls(path, fd, npages, 0)
+        pf.write_header(meta)
+        os.rename(tmp, path)
+        _fsync_dir(path.parent)
+        return pf
+
+    @classmethod
+    def open(cls, path: Path) -> tuple[PairFile, dict[str, Any], list[ChunkBitmap]]:
+        """Open an existing pair file: its header and its three bitmaps."""
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            best: tuple[int, dict[str, Any]] | None = None
+            for slot in range(2):
+                raw = os.pread(fd, SLOT_BYTES, slot * SLOT_BYTES)
+                found = _decode_slot(raw)
+                if found is not None and (best is None or found[0] > best[0]):
+                    best = found
+            if best is None:
+                raise PairFileError(f"{path}: no valid header")
+            seq, meta = best
+            nbits = int(meta["chunks"])
+            pf = cls(path, fd, int(meta["npages"]), seq)
+            bitmaps = [ChunkBitmap(nbits) for _ in range(REGIONS)]
+            for region, bitmap in enumerate(bitmaps):
+                for p in pf._mapped_pages(region):
+                    bitmap.load_page(p, os.pread(fd, PAGE_BYTES, pf.page_offset(region, p)))
+            return pf, meta, bitmaps
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def page_offset(self, region: int, page: int) -> int:
+        return HEADER_BYTES + (region * self.npages + page) * PAGE_BYTES
+
+    def _mapped_pages(self, region: int) -> list[int]:
+        """Pages of ``region`` that hold data (holes are all-zero pages)."""
+        start = self.page_offset(region, 0)
+        end = self.page_offset(region, self.npages)
+        pages: list[int] = []
+        pos = start
+        while pos < end:
+            try:
+                data = os.lseek(self.fd, pos, os.SEEK_DATA)
+            except OSError:
+                break
+            if data >= end:
+                break
+            hole = min(os.lseek(self.fd, data, os.SEEK_HOLE), end)
+            first = (data - start) // PAGE_BYTES
+            last = (hole - start + PAGE_BYTES - 1) // PAGE_BYTES
+            pages.extend(range(first, min(last, self.npages)))
+            pos = hole
+        return pages
+
+    def write_header(self, meta: dict[str, Any]) -> None:
+        """Write the next header slot and make it durable."""
+        self.seq += 1
+        body = json.dumps(meta, sort_keys=True).encode()
+        if len(body) > SLOT_BYTES - _SLOT_HEAD.size:
+            raise ValueError("pair header too large")
+        slot = _SLOT_HEAD.pack(MAGIC, self.seq, len(body), zlib.crc32(body)) + body
+        os.pwrite(self.fd, slot.ljust(SLOT_BYTES, b"\0"), (self.seq % 2) * SLOT_BYTES)
+        os.fdatasync(self.fd)
+
+    def write_pages(self, pages: list[tuple[int, int, bytes]]) -> None:
+        """Write ``(region, page, bytes)`` and make them durable."""
+        for region, page, data in pages:
+            os.pwrite(self.fd, data, self.page_offset(region, page))
+        os.fdatasync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def remove(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+        _fsync_dir(self.path.parent)
+
+
+def _decode_slot(raw: bytes) -> tuple[int, dict[str, Any]] | None:
+    if len(raw) < _SLOT_HEAD.size:
+        return None
+    magic, seq, length, crc = _SLOT_HEAD.unpack_from(raw)
+    body = raw[_SLOT_HEAD.size : _SLOT_HEAD.size + length]
+    if magic != MAGIC or len(body) != length or zlib.crc32(body) != crc:
+        return None
+    try:
+        return seq, json.loads(body)
+    except ValueError:
+        return None
+
+
+class WriteIntentLog:
+    """Group commit of bitmap pages: every caller of :meth:`commit` shares one sync.
+
+    ``before_write`` runs after the pages are snapshotted and before they are written:
+    the pair syncs the target there when the snapshot contains cleared bits.
+    """
+
+    def __init__(
+        self,
+        pair_file: PairFile,
+        bitmaps: list[ChunkBitmap],
+        before_write: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.file = pair_file
+        self.bitmaps = bitmaps
+        self.before_write = before_write
+        # Bits set in memory and not yet on disk, per region (the fast path's question).
+        self._unsynced: list[set[int]] = [set() for _ in bitmaps]
+        self._committing: list[set[int]] = [set() for _ in bitmaps]
+        self._next: asyncio.Future[None] | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self.commits = 0
+        self.closed = False
+
+    def mark(self, region: int, bit: int) -> bool:
+        """Set ``bit``; True if the caller must await :meth:`commit` before its write."""
+        if self.bitmaps[region].set(bit):
+            self._unsynced[region].add(bit)
+            return True
+        return bit in self._unsynced[region] or bit in self._committing[region]
+
+    def pending(self) -> bool:
+        return any(b.changed for b in self.bitmaps)
+
+    async def commit(self) -> None:
+        """Return once every bit set before the call is durable."""
+        if self.closed:
+            raise RuntimeError("write-intent log closed")
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        future = self._next
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.ensure_future(self._run())
+        await asyncio.shield(future)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._next is not None:
+            future, self._next = self._next, None
+            try:
+                pages = [
+                    (region, p, data)
+                    for region, bitmap in enumerate(self.bitmaps)
+                    for p, data in bitmap.take_changed_pages().items()
+                ]
+                self._committing = self._unsynced
+                self._unsynced = [set() for _ in self.bitmaps]
+                await self.before_write()
+                await loop.run_in_executor(None, self.file.write_pages, pages)
+                self.commits += 1
+                self._committing = [set() for _ in self.bitmaps]
+            except Exception as exc:  # every waiter learns of it; the pair suspends
+                for region, bits in enumerate(self._committing):
+                    self._unsynced[region] |= bits
+                    for bit in bits:
+                        self.bitmaps[region].changed.add(bit // (PAGE_BYTES * 8))
+                future.set_exception(exc)
+                future.exception()  # no "never retrieved" warning if nobody waits
+                continue
+            future.set_result(None)
