@@ -412,7 +412,10 @@ class Connection:
             self._write_buffers[int.from_bytes(bhs[16:20], "big")] = buf
             return memoryview(buf)[:dlen]
         if op == Op.DATA_OUT:
-            buf = self._write_buffers.get(int.from_bytes(bhs[16:20], "big"))
+            itt = int.from_bytes(bhs[16:20], "big")
+            task = self.tasks.get(itt)
+            # The command may still be in this same batch of PDUs, not yet processed.
+            buf = task.buffer if task is not None else self._write_buffers.get(itt)
             offset = int.from_bytes(bhs[40:44], "big")
             if buf is None or offset + dlen > len(buf):
                 return None

@@ -340,3 +340,24 @@ def test_data_out_datasn_out_of_order_drops_the_connection(datasns: tuple[int, .
         replies += h.feed(d, bytes(1024 // len(datasns)))
     assert [p[0] & 0x3F for p in replies] == [Op.REJECT]
     assert any(isinstance(e, CloseConnection) for e in h.conn.take_events())
+
+
+def test_solicited_data_out_lands_in_the_command_buffer_without_a_copy() -> None:
+    h = Harness()
+    size = 65536
+    itt, out = h.command(bytes([0x2A]) + bytes(9), write=size)
+    (r2t,) = out
+    d = new_header(Op.DATA_OUT, 0x80, itt=itt, data_length=size)
+    put_u32(d, 20, u32(r2t, 20))
+    seen: list[object] = []
+    real = h.conn.receive
+
+    def spy(items: list) -> None:
+        seen.extend(item.data for item in items)
+        real(items)
+
+    h.conn.receive = spy  # type: ignore[method-assign]
+    h.feed(d, bytes(range(256)) * (size // 256))
+    ev = executed(h)
+    (data,) = seen
+    assert isinstance(data, memoryview) and data.obj is ev.command.data_out.obj
