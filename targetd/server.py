@@ -32,12 +32,13 @@ from targetd.iscsi.connection import (
 )
 from targetd.iscsi.session import Session, SessionTable
 from targetd.logs import fields
-from targetd.metrics import LunStats, transferred
+from targetd.metrics import LunStats
 
 log = logging.getLogger("targetd")
 _clock = time.perf_counter_ns
 
 TICK_SECONDS = 5.0
+WRITE_BUFFER_HIGH = 16 << 20
 
 
 @dataclass
@@ -78,11 +79,17 @@ class IscsiConnection(asyncio.BufferedProtocol):
         self._running: dict[Task, asyncio.Task[None]] = {}
         self._closing = False
         self._flush_scheduled = False
+        self._close_requested = False
         self._waiters: set[asyncio.Future[None]] = set()
 
     # -- asyncio protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # uvloop's default 64 KiB high-water mark would pause reading after every 1 MiB
+        # Data-In; allow a queue's worth of large reads before pushing back.
+        transport.set_write_buffer_limits(  # type: ignore[attr-defined]
+            high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_HIGH // 4
+        )
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -145,11 +152,25 @@ class IscsiConnection(asyncio.BufferedProtocol):
 
     # -- driving the state machine -------------------------------------------------
     def _pump(self) -> None:
-        out = self.conn.take_output()
-        if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(out)
-        for event in self.conn.take_events():
-            self._EVENT_HANDLERS[type(event)](self, event)
+        """Act on the machine's events, then write everything they produced at once.
+
+        Commands run eagerly inside the event loop below, so the replies of a whole batch
+        of received PDUs go out in one vectored write; a close waits for that write.
+        """
+        conn = self.conn
+        events = conn.take_events()
+        while events:
+            for event in events:
+                self._EVENT_HANDLERS[type(event)](self, event)
+            events = conn.take_events()
+        out = conn.take_output()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if out:
+            transport.writelines(out)
+        if self._close_requested:
+            transport.close()
 
     def _on_execute(self, event: ExecuteCommand) -> None:
         runtime = self.runtime
@@ -178,12 +199,9 @@ class IscsiConnection(asyncio.BufferedProtocol):
             )
         lun_stats = stats.get(command.lun)
         if lun_stats is not None:
-            opcode = command.cdb[0]
-            data, out = result.data, command.data_out
-            nbytes = transferred(
-                opcode, len(out) if out is not None else 0, len(data) if data is not None else 0
+            lun_stats.record(
+                command.cdb[0], command.data_out, result.data, _clock() - started, result.status
             )
-            lun_stats.record(opcode, nbytes, _clock() - started, result.status != Status.GOOD)
         self._running.pop(event.task, None)
         self.conn.scsi_done(event.task, result)
         self._schedule_flush()
@@ -279,9 +297,10 @@ class IscsiConnection(asyncio.BufferedProtocol):
             self.transport.pause_reading()
 
     def close(self) -> None:
+        """Close once the output already produced has been written (see ``_pump``)."""
         self._closing = True
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        self._close_requested = True
+        self._schedule_flush()
 
     _EVENT_HANDLERS = {
         ExecuteCommand: _on_execute,
