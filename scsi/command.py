@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scsi.buffers import BufferPool
 
 
 class Status(IntEnum):
@@ -70,6 +74,9 @@ class ScsiCommand:
     data_in_length: int = 0
     attribute: TaskAttribute = TaskAttribute.SIMPLE
     tag: int = 0
+    # Where large Data-In buffers come from (the transport takes them back once sent).
+    # ``data_out`` is only valid until the command completes: it is recycled then too.
+    buffers: BufferPool | None = None
 
     @property
     def opcode(self) -> int:
@@ -90,7 +97,6 @@ class ScsiResult:
     data: bytes | bytearray | memoryview | None = None
     sense: bytes | None = None
     data_out_used: int | None = None
-
 
 
 __all__ = ["Nexus", "ScsiCommand", "ScsiResult", "Status", "TaskAttribute"]

@@ -50,12 +50,16 @@ _SA16 = struct.Struct(">2xQI").unpack_from  # LBA, allocation length of SERVICE 
 
 
 # -- READ -----------------------------------------------------------------------------
-async def _read(lu: BlockDevice, lba: int, blocks: int, cdb_length: int) -> ScsiResult:
+async def _read(
+    lu: BlockDevice, cmd: ScsiCommand, lba: int, blocks: int, cdb_length: int
+) -> ScsiResult:
     check_transfer(lu, lba, blocks, cdb_length)
     if not blocks:
         return ScsiResult()
     size = lu.block_size
-    buf = bytearray(blocks * size)
+    pool = cmd.buffers
+    # read_into fills every byte (holes read as zeros), so a recycled buffer is safe.
+    buf = pool.take(blocks * size) if pool is not None else bytearray(blocks * size)
     await lu.store.read_into(lba * size, memoryview(buf))
     return ScsiResult(data=buf)
 
@@ -63,7 +67,7 @@ async def _read(lu: BlockDevice, lba: int, blocks: int, cdb_length: int) -> Scsi
 @_cmd(0x08, "READ(6)", bytes([0x08, 0x1F, 0xFF, 0xFF, 0xFF, 0x07]))
 async def read6(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
     lba, blocks = lba6(cmd.cdb)
-    return await _read(lu, lba, blocks, 6)
+    return await _read(lu, cmd, lba, blocks, 6)
 
 
 @_cmd(0x28, "READ(10)", bytes([0x28, 0xFE, *_FF4, 0x1F, 0xFF, 0xFF, 0x07]))
@@ -71,7 +75,7 @@ async def read10(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
     flags, lba, blocks = LBA10(cmd.cdb)
     if flags & 0xE0:
         reject_protection(flags)
-    return await _read(lu, lba, blocks, 10)
+    return await _read(lu, cmd, lba, blocks, 10)
 
 
 @_cmd(0xA8, "READ(12)", bytes([0xA8, 0xFE, *_FF4, *_FF4, 0x1F, 0x07]))
@@ -79,7 +83,7 @@ async def read12(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
     flags, lba, blocks = LBA12(cmd.cdb)
     if flags & 0xE0:
         reject_protection(flags)
-    return await _read(lu, lba, blocks, 12)
+    return await _read(lu, cmd, lba, blocks, 12)
 
 
 @_cmd(0x88, "READ(16)", bytes([0x88, 0xFE, *_FF8, *_FF4, 0x1F, 0x07]))
@@ -87,7 +91,7 @@ async def read16(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
     flags, lba, blocks = LBA16(cmd.cdb)
     if flags & 0xE0:
         reject_protection(flags)
-    return await _read(lu, lba, blocks, 16)
+    return await _read(lu, cmd, lba, blocks, 16)
 
 
 # -- WRITE ----------------------------------------------------------------------------

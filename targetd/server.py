@@ -80,6 +80,7 @@ class IscsiConnection(asyncio.BufferedProtocol):
         self._closing = False
         self._flush_scheduled = False
         self._close_requested = False
+        self._unsent: list[object] = []
         self._waiters: set[asyncio.Future[None]] = set()
 
     # -- asyncio protocol ------------------------------------------------------------
@@ -149,6 +150,7 @@ class IscsiConnection(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         if self.transport is not None and not self._closing:
             self.transport.resume_reading()
+            self._schedule_flush()  # releases the buffers that have now been sent
 
     # -- driving the state machine -------------------------------------------------
     def _pump(self) -> None:
@@ -169,6 +171,12 @@ class IscsiConnection(asyncio.BufferedProtocol):
             return
         if out:
             transport.writelines(out)
+        if self._unsent and not transport.get_write_buffer_size():
+            # The socket has every byte: the Data-In buffers can be lent again.
+            give = conn.buffers.give
+            for buf in self._unsent:
+                give(buf)
+            self._unsent.clear()
         if self._close_requested:
             transport.close()
 
@@ -204,6 +212,11 @@ class IscsiConnection(asyncio.BufferedProtocol):
             )
         self._running.pop(event.task, None)
         self.conn.scsi_done(event.task, result)
+        data_out = event.command.data_out
+        if data_out is not None:
+            self.conn.buffers.give(data_out.obj)
+        if result.data is not None:
+            self._unsent.append(result.data)
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import crc32c
 
+from scsi.buffers import BufferPool
 from scsi.command import Nexus, ScsiCommand, ScsiResult, Status, TaskAttribute
 from scsi.target import decode_lun
 from targetd.iscsi import pdu as P
@@ -142,6 +143,8 @@ class Connection:
         self.sessions = sessions
         self.phase = Phase.LOGIN
         self.receiver = PduReceiver(self._placement)
+        # Write buffers come from here; the driver returns them (and Data-In buffers).
+        self.buffers = BufferPool()
         self.login = LoginMachine(config, portal, sessions)
         self.session: Session | None = None
         self.text: TextMachine | None = None
@@ -408,7 +411,7 @@ class Connection:
             edtl = int.from_bytes(bhs[20:24], "big")
             if not bhs[1] & P.FLAG_WRITE or dlen > edtl or edtl > MAX_WRITE_BUFFER:
                 return None
-            buf = bytearray(edtl)
+            buf = self.buffers.take(edtl)
             self._write_buffers[int.from_bytes(bhs[16:20], "big")] = buf
             return memoryview(buf)[:dlen]
         if op == Op.DATA_OUT:
@@ -462,7 +465,7 @@ class Connection:
                 if edtl > MAX_WRITE_BUFFER:
                     self._sequence(pdu, lambda: self._refuse_oversized(task))
                     return
-                task.buffer = bytearray(edtl)
+                task.buffer = self.buffers.take(edtl)
                 if dlen:
                     task.buffer[:dlen] = pdu.data
             task.received = dlen
@@ -555,6 +558,7 @@ class Connection:
             data_in_length=task.edtl if task.read else 0,
             attribute=task.attribute,
             tag=task.itt,
+            buffers=self.buffers,
         )
         self._events.append(ExecuteCommand(task, cmd))
 
