@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,6 +59,19 @@ class CaseResult:
             return None
         return cand / base
 
+    def paired_ratios(self) -> list[float]:
+        """targetd/tgtd per repeat: the two runs of a repeat were back to back, so a burst of
+        load from elsewhere on the machine tends to hit both; their spread shows the noise."""
+        by_repeat: dict[int, dict[str, float]] = {}
+        for r in self.runs:
+            if r.value is not None:
+                by_repeat.setdefault(r.repeat, {})[r.target] = r.value
+        return [
+            pair[CANDIDATE] / pair[BASELINE]
+            for pair in by_repeat.values()
+            if pair.get(BASELINE) and CANDIDATE in pair
+        ]
+
     def verdict(self) -> str:
         ratio = self.ratio()
         if ratio is None:
@@ -79,12 +93,22 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}%"
 
 
+def _floor2(ratio: float) -> float:
+    """Cut to two decimals, never round up: 0.795 shows as 0.79x next to a MISS of 0.8x."""
+    return math.floor(ratio * 100) / 100
+
+
+def _range(ratios: list[float]) -> str:
+    return f"{_floor2(min(ratios)):.2f}-{_floor2(max(ratios)):.2f}" if len(ratios) > 1 else "-"
+
+
 HEADERS = (
     "case",
     "unit",
     BASELINE,
     CANDIDATE,
     f"ratio {CANDIDATE}/{BASELINE}",
+    "per-repeat range",
     "goal",
     "verdict",
     f"{BASELINE} CPU",
@@ -103,7 +127,8 @@ def table_rows(results: list[CaseResult]) -> list[tuple[str, ...]]:
                 unit,
                 _number(result, BASELINE),
                 _number(result, CANDIDATE),
-                "-" if ratio is None else f"{ratio:.2f}x",
+                "-" if ratio is None else f"{_floor2(ratio):.2f}x",
+                _range(result.paired_ratios()),
                 f">={result.case.goal:.1f}x",
                 result.verdict(),
                 _percent(result.cpu_median(BASELINE)),
@@ -117,7 +142,7 @@ def format_table(results: list[CaseResult]) -> str:
     rows = [HEADERS, *table_rows(results)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADERS))]
     # Names left-aligned, numbers right-aligned, as a reader scans them.
-    left = {0, 1, 6}
+    left = {0, 1, 7}
 
     def line(row: tuple[str, ...]) -> str:
         cells = (
@@ -146,6 +171,7 @@ def to_json(results: list[CaseResult], settings: dict[str, object]) -> dict[str,
                 "median": {t: result.median(t) for t in (BASELINE, CANDIDATE)},
                 "cpu_percent_median": {t: result.cpu_median(t) for t in (BASELINE, CANDIDATE)},
                 "ratio": result.ratio(),
+                "paired_ratios": result.paired_ratios(),
                 "verdict": result.verdict(),
                 "runs": [asdict(r) | {"cpu_percent": r.cpu_percent} for r in result.runs],
             }

@@ -12,6 +12,10 @@ DEB_PACKAGES=(libiscsi-bin libiscsi-dev sg3-utils tgt qemu-utils qemu-block-extr
 # The guest tier (tests/guest/): QEMU, and the packages whose binaries build-image.sh copies
 # into the guest's initramfs. The guest's kernel is fetched there with apt-get download.
 DEB_PACKAGES+=(qemu-system-x86 busybox-static dash open-iscsi sg3-utils mt-st e2fsprogs cpio)
+# The container tier (tests/container/) builds the Dockerfile with podman (runc, since crun
+# fails on this kernel's hybrid cgroups) on a debootstrap-made base; systemd-analyze checks
+# the unit file.
+DEB_PACKAGES+=(podman runc debootstrap systemd)
 # Debian's own Python needs its headers from a package; a pyenv or venv Python has them.
 if ! $PY -c 'import os, sys, sysconfig
 sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: install what the tests need, lint, then run pytest over the default tiers
-# (unit tests, integration tests, the libiscsi conformance tier, the QEMU guest tier). The slow
+# (unit tests, integration tests, the libiscsi conformance tier, the QEMU guest tier, the
+# container tier that builds and runs the Dockerfile with podman). The slow
 # tier is opt-in: scripts/test.sh -m slow. Other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."

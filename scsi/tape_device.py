@@ -14,15 +14,7 @@ from backing.tape_image import CorruptRecord, TapeImage
 from scsi.logical_unit import Identity, LogicalUnit
 from scsi.mode import ModePage
 from scsi.sense import CheckCondition, FieldPointer, Reason
-from scsi.ssc import SSC_TABLE
-
-# The longest record READ BLOCK LIMITS admits: what one WRITE(6) may carry, kept well
-# below the 16 MiB - 1 the CDB field allows so one command's buffer stays bounded.
-MAX_BLOCK_LENGTH = 8 << 20
-MIN_BLOCK_LENGTH = 1
-# A vendor-specific density code (80h..FFh): the image format has no real-world density.
-DENSITY_CODE = 0x80
-DENSITY_NAME = "TDTAPE01"
+from scsi.ssc import DENSITY_CODE, MAX_BLOCK_LENGTH, SSC_TABLE
 
 WP = 0x80
 BUFFERED_MODE = 0x10  # writes reach the page cache; durable at file marks and rewind
@@ -83,10 +75,15 @@ class TapeDevice(LogicalUnit):
     # -- mode parameters ----------------------------------------------------------------
     def mode_pages(self) -> dict[int, ModePage]:
         """Device configuration page 10h: EOD generation and sync at early warning on;
-        nothing changeable, since the image already behaves that way."""
+        nothing changeable, since the image already behaves that way. And page 0."""
         default = bytearray(16)
         default[10] = 0x10 | 0x08  # EEG, SEW
-        return {0x10: ModePage(0x10, bytes(default), bytes(16))}
+        return {
+            # st asks MODE SENSE for page 0 just to get the header and block descriptor
+            # (density, block size, write protect); an empty vendor page 0 answers it.
+            0x00: ModePage(0x00, bytes(2), bytes(2)),
+            0x10: ModePage(0x10, bytes(default), bytes(16)),
+        }
 
     def mode_device_specific(self) -> int:
         return (WP if self.read_only else 0) | BUFFERED_MODE

@@ -20,7 +20,8 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +95,10 @@ class Admin:
         # The umask makes the socket 0600 from the moment it exists: no window for others.
         old = os.umask(0o177)
         try:
-            self._server = await asyncio.start_unix_server(
-                self._client, path=str(path), limit=MAX_REQUEST
-            )
+            with _bindable(path) as where:
+                self._server = await asyncio.start_unix_server(
+                    self._client, path=where, limit=MAX_REQUEST
+                )
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
@@ -124,6 +126,20 @@ class Admin:
             writer.close()
 
 
+@contextmanager
+def _bindable(path: Path) -> Iterator[str]:
+    """``path`` as a unix socket address. sun_path holds 107 bytes; a longer path (a deep
+    state directory) is reached through an open descriptor of its directory instead."""
+    if len(os.fsencode(path)) < 100:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
 def request(
     path: Path, method: str, params: dict[str, Any] | None = None, *, timeout: float = 30.0
 ) -> Any:
@@ -133,7 +149,8 @@ def request(
     """
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
-        sock.connect(str(path))
+        with _bindable(Path(path)) as where:
+            sock.connect(where)
         sock.sendall(json.dumps({"id": 1, "method": method, "params": params or {}}).encode())
         sock.sendall(b"\n")
         with sock.makefile("rb") as stream:

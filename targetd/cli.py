@@ -39,6 +39,8 @@ def _load(args: argparse.Namespace) -> Config:
         first = config.portals[0] if config.portals else Portal()
         config = replace(config, portals=(replace(first, listen_host=host, listen_port=port),))
     if getattr(args, "metrics", None):
+        if ":" not in args.metrics:
+            raise ConfigError("--metrics", f"expected HOST:PORT, got {args.metrics!r}")
         config = replace(config, metrics_listen=parse_hostport(args.metrics, "--metrics"))
     return config
 
@@ -58,10 +60,7 @@ async def serve(config: Config, *, loader: Callable[[], Config] | None = None) -
         return 1
     for target in config.targets:
         for host, port in server.bound:
-            log.info(
-                "serving %s on %s:%d" % (target.name, host, port),
-                extra=logs.fields(target=target.name, portal=f"{host}:{port}"),
-            )
+            log.info("serving", extra=logs.fields(target=target.name, portal=f"{host}:{port}"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

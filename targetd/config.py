@@ -17,6 +17,9 @@ from typing import Any, TypeVar
 DEFAULT_PORT = 3260
 DEFAULT_TARGET = "iqn.2026-11.org.targetd:default"
 GiB = 1 << 30
+# A tape image only grows as it is written, so its capacity costs nothing up front.
+DEFAULT_TAPE_CAPACITY = 8 * GiB
+MIN_TAPE_CAPACITY = 64 << 10  # backing.tape_image.MIN_CAPACITY (config may not import backing)
 
 
 class ConfigError(Exception):
@@ -91,16 +94,22 @@ class Config:
     first_burst_length: int = 262144
     max_outstanding_r2t: int = 8
     extras: dict[str, object] = field(default_factory=dict)
+    # Prometheus metrics endpoint (HOST, PORT); None: off.
+    metrics_listen: tuple[str, int] | None = None
 
     def target(self, name: str) -> TargetConfig | None:
         return next((t for t in self.targets if t.name == name), None)
 
 
 def default_config(state_dir: Path = Path("var/targetd")) -> Config:
-    """One target: LUN 0 and LUN 1 are 1 GiB sparse block LUNs (a future pair)."""
+    """One target: LUN 0 and LUN 1 are 1 GiB sparse block LUNs (a future pair), LUN 2 a
+    virtual tape of DEFAULT_TAPE_CAPACITY (the backup destination)."""
     luns = (
         LunConfig(0, "block", state_dir / "lun0.img", GiB),
         LunConfig(1, "block", state_dir / "lun1.img", GiB),
+        LunConfig(
+            2, "tape", state_dir / "tape0.img", DEFAULT_TAPE_CAPACITY, product="VIRTUAL-TAPE"
+        ),
     )
     return Config(
         targets=(TargetConfig(DEFAULT_TARGET, alias="targetd", luns=luns),),
@@ -296,7 +305,15 @@ def _lun(value: object, key: str, target_name: str, state_dir: Path) -> LunConfi
     block_size = table.take("block_size", int, 512)
     if block_size not in BLOCK_SIZES:
         raise ConfigError(table.key("block_size"), f"must be 512 or 4096, got {block_size}")
-    size = parse_size(table.data.pop("size", GiB), table.key("size"))
+    if kind == "tape" and "capacity" in table.data:
+        # A tape's size is its capacity; either key names it, not both.
+        if "size" in table.data:
+            raise ConfigError(table.key("capacity"), "give either size or capacity, not both")
+        table.data["size"] = table.data.pop("capacity")
+    default_size = DEFAULT_TAPE_CAPACITY if kind == "tape" else GiB
+    size = parse_size(table.data.pop("size", default_size), table.key("size"))
+    if kind == "tape" and size < MIN_TAPE_CAPACITY:
+        raise ConfigError(table.key("size"), f"a tape holds at least {MIN_TAPE_CAPACITY} bytes")
     if kind == "block" and size % block_size:
         raise ConfigError(table.key("size"), f"{size} is not a multiple of block_size")
     default_path = f"{target_name.replace(':', '_')}/lun{number}.img"
@@ -352,8 +369,10 @@ def _limits(config: _Table) -> dict[str, int]:
         if name in table.data:
             out[name] = table.take_int(name, 1, 1, high_int)
     table.done()
-    first = out.get("first_burst_length", Config.first_burst_length)
-    most = out.get("max_burst_length", Config.max_burst_length)
+    # Config has slots: its class attributes are descriptors, the defaults live in the fields.
+    defaults = Config.__dataclass_fields__
+    first = out.get("first_burst_length", defaults["first_burst_length"].default)
+    most = out.get("max_burst_length", defaults["max_burst_length"].default)
     if first > most:
         raise ConfigError(table.key("first_burst_length"), "must not exceed max_burst_length")
     return out
@@ -381,6 +400,7 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, state_dir: Path | None
         discovery_chap, discovery_mutual = _mutual_pair(discovery, "chap", "mutual_chap")
         discovery.done()
     limits = _limits(root)
+    metrics_listen = _metrics(root)
     targets = root.take_list("target", lambda v, k: _target(v, k, state_dir))
     root.done()
     if not targets:
@@ -392,8 +412,22 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, state_dir: Path | None
         state_dir=state_dir,
         discovery_chap=discovery_chap,
         discovery_mutual_chap=discovery_mutual,
+        metrics_listen=metrics_listen,
         **limits,  # type: ignore[arg-type]
     )
+
+
+def _metrics(config: _Table) -> tuple[str, int] | None:
+    if "metrics" not in config.data:
+        return None
+    table = _Table(config.take_raw("metrics"), config.key("metrics"))
+    listen = table.take("listen", str, "")
+    table.done()
+    if not listen:
+        raise ConfigError(table.key("listen"), "missing (HOST:PORT, e.g. 127.0.0.1:9363)")
+    if ":" not in listen:
+        raise ConfigError(table.key("listen"), f"expected HOST:PORT, got {listen!r}")
+    return parse_hostport(listen, table.key("listen"))
 
 
 def _check_unique(targets: tuple[TargetConfig, ...]) -> None:

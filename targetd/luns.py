@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from scsi.block_device import BlockDevice
+from dataclasses import replace
 
 from backing.sparse_file import SparseFile
+from scsi.block_device import BlockDevice
 from scsi.logical_unit import Identity, LogicalUnit
+from scsi.tape_device import TapeDevice
 from scsi.target import ScsiTarget
 from targetd.config import Config, ConfigError, LunConfig, TargetConfig
 
@@ -20,6 +22,14 @@ def build_lun(target: TargetConfig, lun: LunConfig, config: Config) -> LogicalUn
     if lun.kind == "block":
         store = SparseFile(path, lun.size, read_only=lun.read_only)
         return BlockDevice(identity, store, block_size=lun.block_size, read_only=lun.read_only)
+    if lun.kind == "tape":
+        # The image keeps the capacity it was made with; ``size`` only sizes a new one.
+        return TapeDevice.from_file(
+            replace(identity, product=lun.product or "VIRTUAL-TAPE"),
+            path,
+            lun.size,
+            read_only=lun.read_only,
+        )
     raise ConfigError(f"target {target.name} lun {lun.lun}", f"unsupported type {lun.kind!r}")
 
 

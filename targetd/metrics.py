@@ -27,7 +27,9 @@ KIND_NAMES = ("other", "read", "write")
 # READ/WRITE (6, 10, 12, 16) and WRITE AND VERIFY; tape READ(6)/WRITE(6) share the codes.
 _READS = (0x08, 0x28, 0xA8, 0x88)
 _WRITES = (0x0A, 0x2A, 0xAA, 0x8A, 0x2E, 0xAE, 0x8E)
-OPCODE_KIND = bytes(READ if op in _READS else WRITE if op in _WRITES else OTHER for op in range(256))
+OPCODE_KIND = bytes(
+    READ if op in _READS else WRITE if op in _WRITES else OTHER for op in range(256)
+)
 
 # Latency bucket upper bounds. A 4 KiB read from the page cache takes tens of microseconds.
 LATENCY_BOUNDS_SECONDS = (
@@ -51,13 +53,26 @@ class LunStats:
         # One row per kind; the last bucket is +Inf.
         self.buckets = [[0] * (len(_BOUNDS_NS) + 1) for _ in KIND_NAMES]
 
-    def record(self, opcode: int, nbytes: int, elapsed_ns: int, failed: bool) -> None:
+    def record(
+        self,
+        opcode: int,
+        data_out: memoryview | None,
+        data_in: bytes | bytearray | memoryview | None,
+        elapsed_ns: int,
+        status: int,
+    ) -> None:
+        """One completed command. Bytes count the payload of READs (Data-In) and WRITEs
+        (Data-Out) only: INQUIRY pages and mode pages are not traffic."""
         kind = OPCODE_KIND[opcode]
         self.ops[kind] += 1
-        self.bytes[kind] += nbytes
+        if kind == READ:
+            if data_in is not None:
+                self.bytes[READ] += len(data_in)
+        elif kind == WRITE and data_out is not None:
+            self.bytes[WRITE] += len(data_out)
         self.latency_ns[kind] += elapsed_ns
         self.buckets[kind][bisect_left(_BOUNDS_NS, elapsed_ns)] += 1
-        if failed:
+        if status:
             self.errors += 1
 
     def as_dict(self) -> dict[str, int]:
@@ -69,17 +84,6 @@ class LunStats:
             "other_ops": self.ops[OTHER],
             "errors": self.errors,
         }
-
-
-def transferred(opcode: int, data_out_len: int, data_in_len: int) -> int:
-    """The payload bytes a command moved, for the byte counters: Data-Out for writes,
-    Data-In for reads, nothing for the rest (INQUIRY pages are not traffic)."""
-    kind = OPCODE_KIND[opcode]
-    if kind == WRITE:
-        return data_out_len
-    if kind == READ:
-        return data_in_len
-    return 0
 
 
 # -- exposition ------------------------------------------------------------------------------

@@ -106,7 +106,7 @@ class Operations:
         sdnotify.notify("RELOADING=1")
         try:
             new = self.loader()
-        except ConfigError as err:
+        except (ConfigError, OSError, ValueError, TypeError) as err:
             log.error("reload refused", extra=logs.fields(error=str(err)))
             sdnotify.notify("READY=1")
             return {"applied": [], "refused": [f"bad configuration: {err}"]}

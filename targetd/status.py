@@ -110,9 +110,11 @@ def render(status: dict[str, Any]) -> str:
               for p in status["portals"]]  # fmt: skip
     lines.append(f"Sessions: {len(status['sessions'])}")
     for s in status["sessions"]:
+        target = s["target"] or "(discovery)"
         lines.append(
-            f"  tsih {s['tsih']} {s['initiator']} isid {s['isid']} -> {s['target'] or '(discovery)'}"
-            f", {len(s['connections'])} connection(s), {s['commands_in_flight']} command(s) in flight"
+            f"  tsih {s['tsih']} {s['initiator']} isid {s['isid']} -> {target},"
+            f" {len(s['connections'])} connection(s),"
+            f" {s['commands_in_flight']} command(s) in flight"
         )
         lines += [f"    cid {c['cid']} from {c['peer']}: {c['commands_in_flight']} in flight"
                   for c in s["connections"]]  # fmt: skip

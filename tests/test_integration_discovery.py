@@ -14,7 +14,11 @@ def test_iscsi_ls_lists_target_and_luns(targetd: Daemon) -> None:
     out = run("iscsi-ls", "-s", targetd.url(None)).stdout
     assert f"Target:{targetd.iqn} Portal:127.0.0.1:{targetd.port},1" in out
     luns = re.findall(r"^Lun:(\d+)\s+Type:(\S+)", out, re.MULTILINE)
-    assert luns == [("0", "DIRECT_ACCESS"), ("1", "DIRECT_ACCESS")], out
+    assert luns == [
+        ("0", "DIRECT_ACCESS"),
+        ("1", "DIRECT_ACCESS"),
+        ("2", "SEQUENTIAL_ACCESS"),  # the default tape LUN
+    ], out
 
 
 def test_iscsi_ls_url_form(targetd: Daemon) -> None:

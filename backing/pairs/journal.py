@@ -222,8 +222,8 @@ class WriteIntentLog:
             except Exception as exc:  # every waiter learns of it; the pair suspends
                 for region, bits in enumerate(self._committing):
                     self._unsynced[region] |= bits
-                    for bit in bits:
-                        self.bitmaps[region].changed.add(bit // (PAGE_BYTES * 8))
+                for region, p, _ in pages:
+                    self.bitmaps[region].changed.add(p)
                 future.set_exception(exc)
                 future.exception()  # no "never retrieved" warning if nobody waits
                 continue

@@ -160,7 +160,9 @@ def test_default_config_matches_the_readme(tmp_path: Path) -> None:
     assert [(lun.lun, lun.size, lun.path) for lun in target.luns] == [
         (0, GiB, tmp_path / "lun0.img"),
         (1, GiB, tmp_path / "lun1.img"),
+        (2, 8 * GiB, tmp_path / "tape0.img"),
     ]
+    assert [lun.kind for lun in target.luns] == ["block", "block", "tape"]
     assert config.portals[0].advertised == "127.0.0.1:3260"
 
 

@@ -53,5 +53,6 @@ if ! podman image exists "$CI_BASE"; then
     rm -rf "$ctx"
 fi
 
-podman build --network=host --build-arg "BASE=$CI_BASE" -t "$IMAGE" . >&2
+# Docker format: OCI images drop HEALTHCHECK.
+podman build --network=host --format docker --build-arg "BASE=$CI_BASE" -t "$IMAGE" . >&2
 echo "$IMAGE"

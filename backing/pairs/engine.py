@@ -1,0 +1,539 @@
+"""One pair's engine: bitmaps, copy workers, the split, copy-before-write, resync.
+
+Three chunk bitmaps, one bit per chunk (see :mod:`backing.pairs.journal` for the file):
+
+``copy_set``     chunks the target does not have yet. While mirroring, host writes to the
+                 source set bits here; at a split it *is* the split-instant set and only
+                 shrinks until the target side is SPLIT.
+``src_changed``  source chunks written since the split (for RESYNC).
+``tgt_changed``  target chunks written since the split (for RESYNC).
+
+Concurrency, per chunk: a copy holds a *ticket* (one copy of a chunk at a time); a host
+write counts itself in ``_writers``. While mirroring, host writes never wait for a copy:
+a writer that runs at any moment during a copy *spoils* it and the bit stays set for a
+later copy. After the split, a host write to a chunk still in the split set first copies
+that chunk (copy-before-write), and split-mode copies wait for writers that started
+before the split; so a chunk's split-instant content is the only thing ever copied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from backing.pairs.bitmap import ChunkBitmap
+from backing.pairs.journal import PairFile, WriteIntentLog
+from backing.pairs.states import (
+    ErrorCode,
+    Event,
+    PairError,
+    Phase,
+    SuspendReason,
+    next_phase,
+)
+from backing.pairs.volume import PairVolume, Role, VolumeWriteProtected
+
+log = logging.getLogger(__name__)
+
+COPY_SET, SRC_CHANGED, TGT_CHANGED = 0, 1, 2
+KiB = 1 << 10
+MiB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class PairSettings:
+    """Engine knobs. ``chunk_size``: bytes per bitmap bit (see docs/pairs.md for the
+    measurement); ``copy_workers``: concurrent chunk copies; ``copy_rate``: bytes per
+    second for background copies (0: as fast as the disks go); ``lazy_commit``: seconds
+    between writes of cleared bits."""
+
+    chunk_size: int = 256 * KiB
+    copy_workers: int = 2
+    copy_rate: int = 0
+    lazy_commit: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class PairStatus:
+    name: str
+    source: str
+    target: str
+    phase: Phase
+    reason: SuspendReason
+    size: int
+    chunk_size: int
+    chunks: int
+    dirty_chunks: int  # not yet on the target (after a split: of the split-instant set)
+    changed_chunks: int  # written on either side since the split
+    percent_in_sync: float
+    copy_rate: float  # bytes per second, over the last few seconds
+    copied_bytes: int
+    split_time: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "target": self.target,
+            "source_state": self.phase.source.label,
+            "target_state": self.phase.target.label,
+            "reason": self.reason.name,
+            "size": self.size,
+            "chunk_size": self.chunk_size,
+            "chunks": self.chunks,
+            "dirty_chunks": self.dirty_chunks,
+            "changed_chunks": self.changed_chunks,
+            "percent_in_sync": self.percent_in_sync,
+            "copy_rate": self.copy_rate,
+            "copied_bytes": self.copied_bytes,
+            "split_time": self.split_time,
+        }
+
+
+class _Ticket:
+    """A copy (or a split-image read) of one chunk in progress."""
+
+    __slots__ = ("done", "spoiled")
+
+    def __init__(self, spoiled: bool) -> None:
+        self.spoiled = spoiled
+        self.done = asyncio.Event()
+
+
+class _Pacer:
+    """A token bucket over bytes; rate 0 lets everything through."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._allowance = 0.0
+        self._last = time.monotonic()
+
+    async def take(self, nbytes: int) -> None:
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        self._allowance = min(self.rate, self._allowance + (now - self._last) * self.rate)
+        self._last = now
+        self._allowance -= nbytes
+        if self._allowance < 0:
+            await asyncio.sleep(-self._allowance / self.rate)
+
+
+class Pair:
+    """A source volume mirrored onto a target volume."""
+
+    def __init__(
+        self,
+        meta: dict[str, Any],
+        source: PairVolume,
+        target: PairVolume,
+        pair_file: PairFile,
+        bitmaps: list[ChunkBitmap],
+        settings: PairSettings,
+    ) -> None:
+        self.name: str = meta["name"]
+        self.source = source
+        self.target = target
+        self.size: int = meta["size"]
+        self.chunk_size: int = meta["chunk_size"]
+        self.chunks: int = meta["chunks"]
+        self.phase = Phase[meta["phase"]]
+        self.reason = SuspendReason[meta.get("reason", "NONE")]
+        self.split_time: float | None = meta.get("split_time")
+        self.initializing: bool = meta.get("initializing", False)
+        self.settings = settings
+        self.file = pair_file
+        self.copy_set, self.src_changed, self.tgt_changed = bitmaps
+        self.journal = WriteIntentLog(pair_file, bitmaps, self._sync_target_for_clears)
+        self._clears_unsynced = False
+        self._writers: dict[int, int] = {}
+        self._writer_waits: dict[int, asyncio.Event] = {}
+        self._tickets: dict[int, _Ticket] = {}
+        self._work = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._header_lock = asyncio.Lock()
+        self._cursor = 0
+        self._finishing = False
+        self._pacer = _Pacer(settings.copy_rate)
+        self.copied_bytes = 0
+        self._samples: deque[tuple[float, int]] = deque()
+        self._recover()
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source.volume_id,
+            "target": self.target.volume_id,
+            "size": self.size,
+            "chunk_size": self.chunk_size,
+            "chunks": self.chunks,
+            "npages": self.file.npages,
+            "phase": self.phase.name,
+            "reason": self.reason.name,
+            "split_time": self.split_time,
+            "initializing": self.initializing,
+        }
+
+    def _recover(self) -> None:
+        """Make the bitmaps read back from disk mean what the phase says."""
+        if self.phase.mirroring:
+            # RESYNC merges lazily on disk: whatever either side changed still needs copying.
+            self.copy_set.update(self.src_changed)
+            self.copy_set.update(self.tgt_changed)
+            self.src_changed.clear_all()
+            self.tgt_changed.clear_all()
+        elif self.phase is Phase.SPLIT and self.copy_set.count:
+            self.phase = Phase.SPLIT_PENDING  # cannot happen (SPLIT is written after a sync)
+
+    def attach(self) -> None:
+        self.source.attach(self, Role.SOURCE)
+        self.target.attach(self, Role.TARGET)
+
+    async def start(self) -> None:
+        """Initialise (creation copy set) if needed, then run the copy workers."""
+        if self.initializing:
+            await self._initialize()
+        self._tasks = [
+            asyncio.ensure_future(self._worker()) for _ in range(self.settings.copy_workers)
+        ]
+        self._tasks.append(asyncio.ensure_future(self._lazy_committer()))
+        self._work.set()
+
+    async def _initialize(self) -> None:
+        """The creation copy set: the source's allocated chunks. The target is punched
+        whole first, so source holes need no copying. Redone if a crash interrupts it."""
+        await self.source.drain()
+        await self.target.drain()
+        await self.target.base.punch_hole(0, self.size)
+        cs = self.chunk_size
+        for extent in self.source.base.extents(0, self.size):
+            if extent.mapped:
+                first = extent.offset // cs
+                last = (extent.offset + extent.length + cs - 1) // cs
+                self.copy_set.set_range(first, last)
+        await self.journal.commit()
+        self.initializing = False
+        await self._write_header()
+
+    async def stop(self) -> None:
+        """Stop the workers and write out every cleared bit (clean shutdown)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self.journal.pending() and self.file.fd >= 0:
+            with contextlib.suppress(Exception):
+                await self.journal.commit()
+        self.journal.closed = True
+
+    async def _write_header(self) -> None:
+        async with self._header_lock:
+            meta = self.meta()
+            await asyncio.get_running_loop().run_in_executor(None, self.file.write_header, meta)
+
+    def _set_phase(self, phase: Phase) -> None:
+        self.phase = phase
+        self._changed.set()
+        self._changed = asyncio.Event()
+        self._work.set()
+        self.source.changed()
+        self.target.changed()
+
+    # -- operations ---------------------------------------------------------------------
+    async def split(self) -> None:
+        """Answered at once: the copy set becomes the split-instant set, durably."""
+        phase = next_phase(self.phase, Event.SPLIT)
+        self.split_time = time.time()
+        self._set_phase(phase)
+        await self._write_header()
+
+    async def resync(self) -> None:
+        """Back towards DUPLEX, copying what changed on either side since the split."""
+        phase = next_phase(self.phase, Event.RESYNC)
+        self.copy_set.update(self.src_changed)
+        self.copy_set.update(self.tgt_changed)
+        self.src_changed.clear_all()
+        self.tgt_changed.clear_all()
+        self.reason = SuspendReason.NONE
+        self.split_time = None
+        self._set_phase(phase)
+        await self._write_header()
+
+    async def delete(self) -> None:
+        next_phase(self.phase, Event.DELETE)
+        self._set_phase(Phase.DELETE)
+        await self._write_header()
+        await self.stop()
+        self.source.detach()
+        self.target.detach()
+        self.file.remove()
+
+    async def suspend(self, reason: SuspendReason) -> None:
+        phase = next_phase(self.phase, Event.FAIL)
+        self.reason = reason
+        self._set_phase(phase)
+        await self._write_header()
+
+    async def wait_until(self, done: Callable[[Pair], bool]) -> None:
+        while not done(self):
+            await self._changed.wait()
+
+    def status(self) -> PairStatus:
+        dirty = self.copy_set.count
+        changed = self.src_changed.count + self.tgt_changed.count
+        behind = dirty if self.phase.mirroring else dirty + changed
+        percent = 100.0 * (self.chunks - min(behind, self.chunks)) / self.chunks
+        return PairStatus(
+            self.name,
+            self.source.volume_id,
+            self.target.volume_id,
+            self.phase,
+            self.reason,
+            self.size,
+            self.chunk_size,
+            self.chunks,
+            dirty,
+            changed,
+            round(percent, 2),
+            self.copy_rate(),
+            self.copied_bytes,
+            self.split_time,
+        )
+
+    def copy_rate(self) -> float:
+        now = time.monotonic()
+        samples = self._samples
+        while samples and now - samples[0][0] > 5.0:
+            samples.popleft()
+        if not samples:
+            return 0.0
+        span = max(now - samples[0][0], 1.0)
+        return sum(n for _, n in samples) / span
+
+    # -- the host path --------------------------------------------------------------------
+    def _chunk_range(self, offset: int, length: int) -> range:
+        cs = self.chunk_size
+        return range(offset // cs, (offset + max(length, 1) - 1) // cs + 1)
+
+    async def host_write(
+        self, role: Role, offset: int, length: int, op: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Run a host write (or deallocation) ``op`` on one of the pair's volumes."""
+        chunks = self._chunk_range(offset, length)
+        while True:
+            phase = self.phase
+            if phase is Phase.DELETE:  # the pair is going away: nothing left to track
+                await op()
+                return
+            if role is Role.TARGET and not phase.target_writable:
+                raise VolumeWriteProtected(self.target.volume_id)
+            if phase is Phase.SPLIT_PENDING:
+                pending = [c for c in chunks if c in self.copy_set]
+                if pending:  # copy-before-write, then look at the phase again
+                    await self._reflect_chunks(pending)
+                    continue
+            break
+        if phase.mirroring:
+            region = COPY_SET
+        else:
+            region = SRC_CHANGED if role is Role.SOURCE else TGT_CHANGED
+        must_commit = False
+        writers = self._writers
+        for c in chunks:
+            writers[c] = writers.get(c, 0) + 1
+            ticket = self._tickets.get(c)
+            if ticket is not None:
+                ticket.spoiled = True
+            must_commit |= self.journal.mark(region, c)
+        if region == COPY_SET:
+            self._work.set()
+        try:
+            if must_commit:
+                await self.journal.commit()
+            await op()
+        finally:
+            for c in chunks:
+                left = writers[c] - 1
+                if left:
+                    writers[c] = left
+                    continue
+                del writers[c]
+                wait = self._writer_waits.pop(c, None)
+                if wait is not None:
+                    wait.set()
+                if c in self.copy_set:  # workers skip chunks being written while mirroring
+                    self._work.set()
+
+    async def read_target(self, offset: int, buf: memoryview) -> None:
+        """A host read of the target: during SPLIT-PENDING, chunks of the split set are
+        read from the source, where their split-instant content still is."""
+        if self.phase is not Phase.SPLIT_PENDING or not any(
+            c in self.copy_set for c in self._chunk_range(offset, len(buf))
+        ):
+            await self.target.base.read_into(offset, buf)
+            return
+        await self._merged_read(offset, buf)
+
+    async def _merged_read(self, offset: int, buf: memoryview) -> None:
+        cs = self.chunk_size
+        pos = 0
+        while pos < len(buf):
+            at = offset + pos
+            piece = buf[pos : pos + min(cs - at % cs, len(buf) - pos)]
+            c = at // cs
+            if c in self.copy_set:
+                async with self._hold(c, wait_writers=True):
+                    if c in self.copy_set:
+                        await self.source.base.read_into(at, piece)
+                    else:
+                        await self.target.base.read_into(at, piece)
+            else:
+                await self.target.base.read_into(at, piece)
+            pos += len(piece)
+
+    # -- for EXTENDED COPY ------------------------------------------------------------------
+    async def reflect_range(self, offset: int, length: int) -> None:
+        """Copy the split-set chunks of ``[offset, offset+length)`` to the target now,
+        ahead of the background work (the patent's first embodiment)."""
+        if length <= 0:
+            return
+        pending = [c for c in self._chunk_range(offset, length) if c in self.copy_set]
+        await self._reflect_chunks(pending)
+
+    async def read_split_image(self, offset: int, length: int) -> bytes:
+        """The target volume's bytes as they will be once the split set is reflected:
+        split-set chunks from the source, the rest from the target (the patent's third
+        embodiment). Only for a split pair."""
+        if self.phase not in (Phase.SPLIT_PENDING, Phase.SPLIT):
+            raise PairError(
+                ErrorCode.WRONG_STATE, f"pair {self.name} is not split", phase=self.phase
+            )
+        buf = bytearray(length)
+        await self._merged_read(offset, memoryview(buf))
+        return bytes(buf)
+
+    # -- copying --------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _hold(self, c: int, *, wait_writers: bool) -> AsyncIterator[_Ticket]:
+        """Be the only copy of chunk ``c``; with ``wait_writers``, also wait until no host
+        write to it is running (after a split, only pre-split writers can be)."""
+        while True:
+            other = self._tickets.get(c)
+            if other is not None:
+                await other.done.wait()
+                continue
+            if wait_writers and self._writers.get(c):
+                wait = self._writer_waits.setdefault(c, asyncio.Event())
+                await wait.wait()
+                continue
+            break
+        ticket = self._tickets[c] = _Ticket(spoiled=bool(self._writers.get(c)))
+        try:
+            yield ticket
+        finally:
+            del self._tickets[c]
+            ticket.done.set()
+
+    async def _copy_chunk(self, c: int) -> None:
+        split_mode = self.phase is Phase.SPLIT_PENDING
+        async with self._hold(c, wait_writers=split_mode) as ticket:
+            if c not in self.copy_set:
+                return
+            cs = self.chunk_size
+            offset = c * cs
+            length = min(cs, self.size - offset)
+            try:
+                extents = self.source.base.extents(offset, length)
+                if not any(e.mapped for e in extents):
+                    await self.target.base.punch_hole(offset, length)
+                else:
+                    buf = memoryview(bytearray(length))
+                    await self.source.base.read_into(offset, buf)
+                    await self.target.base.write(offset, buf)
+            except OSError:
+                log.exception("pair %s: copying chunk %d failed", self.name, c)
+                raise
+            if not ticket.spoiled:
+                self.copy_set.clear(c)
+                self._clears_unsynced = True
+            self.copied_bytes += length
+            self._samples.append((time.monotonic(), length))
+
+    async def _reflect_chunks(self, chunks: list[int]) -> None:
+        for c in chunks:
+            # A copy spoiled by a concurrent writer (only while mirroring) leaves the bit.
+            while c in self.copy_set and self.phase is Phase.SPLIT_PENDING:
+                await self._copy_chunk(c)
+            if self.phase is not Phase.SPLIT_PENDING:
+                return
+
+    def _next_chunk(self) -> int | None:
+        split_mode = self.phase is Phase.SPLIT_PENDING
+        for start in (self._cursor, 0):
+            for c in self.copy_set.iter_from(start):
+                if c in self._tickets or (not split_mode and c in self._writers):
+                    continue
+                self._cursor = c + 1
+                return c
+        return None
+
+    async def _worker(self) -> None:
+        while True:
+            # Cleared before looking, so a wake-up during the awaits below is not lost.
+            self._work.clear()
+            if self.phase.mirroring or self.phase is Phase.SPLIT_PENDING:
+                c = self._next_chunk()
+                if c is not None:
+                    await self._pacer.take(self.chunk_size)
+                    try:
+                        await self._copy_chunk(c)
+                    except OSError:
+                        if self.phase is not Phase.SUSPENDED:
+                            await self.suspend(SuspendReason.TARGET_WRITE_ERROR)
+                    continue
+                before = self.phase
+                await self._maybe_finish()
+                if self.phase is not before:  # changed while finishing: look again
+                    continue
+            await self._work.wait()
+
+    async def _maybe_finish(self) -> None:
+        if self.copy_set.count or self._tickets or self._finishing:
+            return
+        phase = self.phase
+        if phase is Phase.SPLIT_PENDING:
+            self._finishing = True
+            try:
+                # SPLIT promises an empty split set on disk: clear bits and target first.
+                await self.journal.commit()
+                if self.phase is phase and not self.copy_set.count:
+                    self._set_phase(next_phase(phase, Event.REFLECTED))
+                    await self._write_header()
+            finally:
+                self._finishing = False
+        elif phase in (Phase.DUPLEX_PENDING, Phase.RESYNC):
+            self._set_phase(next_phase(phase, Event.COPY_DONE))
+            await self._write_header()
+
+    async def _sync_target_for_clears(self) -> None:
+        """Before cleared bits reach the disk, the target data they vouch for must."""
+        if self._clears_unsynced:
+            self._clears_unsynced = False
+            await self.target.base.flush()
+
+    async def _lazy_committer(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lazy_commit)
+            if self.journal.pending():
+                try:
+                    await self.journal.commit()
+                except OSError:
+                    log.exception("pair %s: writing the bitmap failed", self.name)

@@ -1,0 +1,173 @@
+"""The pair manager: the one API that the vendor SCSI commands and the admin socket call.
+
+It knows the volumes (every block LUN's :class:`PairVolume`, by volume id), keeps the
+pairs under ``<state_dir>/pairs/``, resumes them at start and stops them cleanly.
+Operations raise :class:`PairError` with an :class:`ErrorCode` when refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from pathlib import Path
+
+from backing.pairs.bitmap import PAGE_BITS, ChunkBitmap
+from backing.pairs.engine import Pair, PairSettings, PairStatus
+from backing.pairs.journal import REGIONS, PairFile, PairFileError
+from backing.pairs.states import ErrorCode, PairError, Phase, SuspendReason, VolumeState
+from backing.pairs.volume import PairVolume
+
+log = logging.getLogger(__name__)
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+
+
+class PairManager:
+    def __init__(self, state_dir: Path, settings: PairSettings | None = None) -> None:
+        self.dir = Path(state_dir) / "pairs"
+        self.settings = settings or PairSettings()
+        self.volumes: dict[str, PairVolume] = {}
+        self.pairs: dict[str, Pair] = {}
+        self._lock = asyncio.Lock()  # one create/delete at a time: they check then act
+
+    def register_volume(self, volume: PairVolume) -> None:
+        self.volumes[volume.volume_id] = volume
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load every pair file and resume its copying (after a restart or a kill -9)."""
+        if not self.dir.is_dir():
+            return
+        for path in sorted(self.dir.glob("*.pair")):
+            try:
+                pair_file, meta, bitmaps = PairFile.open(path)
+            except (OSError, PairFileError, ValueError, KeyError) as err:
+                log.error("pair file %s unreadable, ignored: %s", path, err)
+                continue
+            if meta.get("phase") == Phase.DELETE.name:
+                pair_file.remove()
+                continue
+            source = self.volumes.get(meta["source"])
+            target = self.volumes.get(meta["target"])
+            if source is None or target is None or source.size != meta["size"]:
+                log.error("pair %s: its volumes are not configured; left as is", meta["name"])
+                pair_file.close()
+                continue
+            pair = Pair(meta, source, target, pair_file, bitmaps, self.settings)
+            pair.attach()
+            self.pairs[pair.name] = pair
+            await pair.start()
+            status = pair.status()
+            log.info(
+                "pair %s resumed: %s/%s, %d chunks to copy",
+                pair.name,
+                status.phase.source.label,
+                status.phase.target.label,
+                status.dirty_chunks,
+            )
+
+    async def stop(self) -> None:
+        for pair in self.pairs.values():
+            await pair.stop()
+            pair.file.close()
+
+    # -- the API ------------------------------------------------------------------------
+    def get(self, name: str) -> Pair:
+        pair = self.pairs.get(name)
+        if pair is None:
+            raise PairError(ErrorCode.UNKNOWN_PAIR, f"no pair named {name!r}")
+        return pair
+
+    def pair_of(self, volume_id: str) -> Pair | None:
+        """The pair ``volume_id`` belongs to (as source or target), if any."""
+        volume = self.volumes.get(volume_id)
+        return None if volume is None else volume.pair
+
+    async def create(self, name: str, source_id: str, target_id: str) -> PairStatus:
+        async with self._lock:
+            if not NAME.fullmatch(name):
+                raise PairError(ErrorCode.BAD_NAME, f"bad pair name {name!r}")
+            if name in self.pairs:
+                raise PairError(ErrorCode.NAME_IN_USE, f"pair {name!r} exists")
+            source = self._volume(source_id)
+            target = self._volume(target_id)
+            if source is target:
+                raise PairError(ErrorCode.SAME_VOLUME, "source and target are one volume")
+            for volume in (source, target):
+                if volume.pair is not None:
+                    raise PairError(
+                        ErrorCode.VOLUME_IN_PAIR,
+                        f"{volume.volume_id} is in pair {volume.pair.name}",
+                    )
+            if source.size != target.size:
+                raise PairError(
+                    ErrorCode.SIZE_MISMATCH, f"sizes differ: {source.size} != {target.size}"
+                )
+            if target.read_only:
+                raise PairError(ErrorCode.READ_ONLY_VOLUME, f"{target_id} is read-only")
+            chunk = self.settings.chunk_size
+            chunks = (source.size + chunk - 1) // chunk
+            npages = (chunks + PAGE_BITS - 1) // PAGE_BITS
+            meta = {
+                "name": name,
+                "source": source_id,
+                "target": target_id,
+                "size": source.size,
+                "chunk_size": chunk,
+                "chunks": chunks,
+                "npages": npages,
+                "phase": Phase.DUPLEX_PENDING.name,
+                "reason": SuspendReason.NONE.name,
+                "split_time": None,
+                "initializing": True,
+            }
+            loop = asyncio.get_running_loop()
+            path = self.dir / f"{name}.pair"
+            pair_file = await loop.run_in_executor(None, PairFile.create, path, meta, npages)
+            bitmaps = [ChunkBitmap(chunks) for _ in range(REGIONS)]
+            pair = Pair(meta, source, target, pair_file, bitmaps, self.settings)
+            pair.attach()
+            self.pairs[name] = pair
+            await pair.start()
+            return pair.status()
+
+    async def split(self, name: str) -> PairStatus:
+        pair = self.get(name)
+        await pair.split()
+        return pair.status()
+
+    async def resync(self, name: str) -> PairStatus:
+        pair = self.get(name)
+        await pair.resync()
+        return pair.status()
+
+    async def delete(self, name: str) -> None:
+        async with self._lock:
+            pair = self.get(name)
+            await pair.delete()
+            del self.pairs[name]
+
+    def status(self, name: str) -> PairStatus:
+        return self.get(name).status()
+
+    def list(self) -> list[PairStatus]:
+        return [self.pairs[name].status() for name in sorted(self.pairs)]
+
+    async def wait(
+        self, name: str, state: VolumeState, timeout: float | None = None
+    ) -> PairStatus:
+        """Return once both volumes of the pair are in ``state`` (like pairevtwait).
+        ``asyncio.TimeoutError`` after ``timeout`` seconds."""
+        pair = self.get(name)
+        await asyncio.wait_for(
+            pair.wait_until(lambda p: p.phase.source == state and p.phase.target == state),
+            timeout,
+        )
+        return pair.status()
+
+    def _volume(self, volume_id: str) -> PairVolume:
+        volume = self.volumes.get(volume_id)
+        if volume is None:
+            raise PairError(ErrorCode.UNKNOWN_VOLUME, f"no volume {volume_id!r}")
+        return volume

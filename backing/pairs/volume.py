@@ -1,0 +1,130 @@
+"""A volume: a block store that a pair can attach to, as source or as target.
+
+Every block LUN's store is wrapped in a :class:`PairVolume` when the daemon starts, so a
+pair can be created, split and deleted while hosts keep writing: writes and deallocations
+go through the attached pair (which marks chunks and copies before writing), reads of a
+split-pending target merge in the chunks still on the source. Unpaired, every call goes
+straight to the store underneath.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from enum import Enum
+from typing import TYPE_CHECKING, Protocol
+
+from backing.sparse_file import Extent
+
+if TYPE_CHECKING:
+    from backing.pairs.engine import Pair
+
+
+class Store(Protocol):
+    """The block store a volume wraps (backing.SparseFile; scsi's BlockStore)."""
+
+    size: int
+
+    async def read_into(self, offset: int, buf: memoryview) -> None: ...
+    async def write(self, offset: int, data: bytes | memoryview, *, fua: bool = False) -> None: ...
+    async def flush(self) -> None: ...
+    async def punch_hole(self, offset: int, length: int) -> None: ...
+    async def write_zeroes(self, offset: int, length: int) -> None: ...
+    def extents(self, offset: int, length: int) -> list[Extent]: ...
+
+
+class Role(Enum):
+    SOURCE = "source"
+    TARGET = "target"
+
+
+class VolumeWriteProtected(Exception):
+    """A host write reached the target of a mirroring pair (the LU normally refuses it
+    earlier, as WRITE PROTECTED, through ``on_change``)."""
+
+
+class PairVolume:
+    """A :class:`Store` that routes host I/O through the pair it belongs to, if any."""
+
+    def __init__(self, volume_id: str, base: Store, *, read_only: bool = False) -> None:
+        self.volume_id = volume_id
+        self.base = base
+        self.size = base.size
+        self.read_only = read_only
+        self.pair: Pair | None = None
+        self.role: Role | None = None
+        # Called after the pair's phase changes (the daemon updates the LU's WP flag).
+        self.on_change: Callable[[], None] | None = None
+        self._unpaired_in_flight = 0
+        self._drained: asyncio.Event | None = None
+
+    @property
+    def write_protected(self) -> bool:
+        pair = self.pair
+        return pair is not None and self.role is Role.TARGET and not pair.phase.target_writable
+
+    def changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    # -- the store interface ------------------------------------------------------------
+    async def read_into(self, offset: int, buf: memoryview) -> None:
+        pair = self.pair
+        if pair is not None and self.role is Role.TARGET:
+            await pair.read_target(offset, buf)
+        else:
+            await self.base.read_into(offset, buf)
+
+    async def write(self, offset: int, data: bytes | memoryview, *, fua: bool = False) -> None:
+        await self._host_write(offset, len(data), lambda: self.base.write(offset, data, fua=fua))
+
+    async def punch_hole(self, offset: int, length: int) -> None:
+        await self._host_write(offset, length, lambda: self.base.punch_hole(offset, length))
+
+    async def write_zeroes(self, offset: int, length: int) -> None:
+        await self._host_write(offset, length, lambda: self.base.write_zeroes(offset, length))
+
+    async def flush(self) -> None:
+        await self.base.flush()
+
+    def extents(self, offset: int, length: int) -> list[Extent]:
+        return self.base.extents(offset, length)
+
+    def close(self) -> None:
+        close = getattr(self.base, "close", None)
+        if close is not None:
+            close()
+
+    # -- attaching ----------------------------------------------------------------------
+    async def _host_write(
+        self, offset: int, length: int, op: Callable[[], Awaitable[None]]
+    ) -> None:
+        pair = self.pair
+        if pair is not None:
+            assert self.role is not None
+            await pair.host_write(self.role, offset, length, op)
+            return
+        self._unpaired_in_flight += 1
+        try:
+            await op()
+        finally:
+            self._unpaired_in_flight -= 1
+            if not self._unpaired_in_flight and self._drained is not None:
+                self._drained.set()
+
+    async def drain(self) -> None:
+        """Wait until no write that started unpaired is still running."""
+        while self._unpaired_in_flight:
+            self._drained = asyncio.Event()
+            await self._drained.wait()
+        self._drained = None
+
+    def attach(self, pair: Pair, role: Role) -> None:
+        self.pair = pair
+        self.role = role
+        self.changed()
+
+    def detach(self) -> None:
+        self.pair = None
+        self.role = None
+        self.changed()

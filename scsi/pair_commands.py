@@ -1,0 +1,225 @@
+"""The vendor-specific volume pair commands: PAIR OUT (C4h) and PAIR IN (C5h).
+
+Every block LU answers them (see docs/pairs.md for why no separate command device): the
+CDB names the pair by a LUN of it, FFFFh meaning the LU the command was sent to. The
+service action in byte 1 picks the operation from :data:`PAIR_OUT_ACTIONS` or
+:data:`PAIR_IN_ACTIONS`. The engine's refusals (:class:`backing.pairs.PairError`) become
+CHECK CONDITION through :data:`REFUSALS`; the layouts below are the documented ones.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
+
+from construct import Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Padding, Struct
+
+from backing.pairs import ErrorCode, PairError, PairStatus
+from scsi.command import ScsiCommand, ScsiResult
+from scsi.sbc import SBC_TABLE
+from scsi.sense import CheckCondition, FieldPointer, Reason
+
+if TYPE_CHECKING:
+    from scsi.block_device import BlockDevice
+
+PAIR_OUT = 0xC4
+PAIR_IN = 0xC5
+ADDRESSED_LUN = 0xFFFF
+MAX_NAME = 32
+_NAME = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+
+
+class PairControl(Protocol):
+    """What the commands need from the daemon: pair operations by LUN of this target."""
+
+    def has_lun(self, lun: int) -> bool: ...
+    async def create(self, name: str, source_lun: int, target_lun: int) -> None: ...
+    async def split(self, lun: int) -> None: ...
+    async def resync(self, lun: int) -> None: ...
+    async def delete(self, lun: int) -> None: ...
+    def status(self, lun: int) -> tuple[PairStatus, int, int] | None:
+        """(status, source LUN, target LUN) of the pair ``lun`` is in, or None."""
+        ...
+
+
+REFUSALS: dict[ErrorCode, Reason] = {
+    ErrorCode.UNKNOWN_PAIR: Reason.PAIR_NOT_FOUND,
+    ErrorCode.WRONG_STATE: Reason.PAIR_WRONG_STATE,
+    ErrorCode.SIZE_MISMATCH: Reason.PAIR_SIZE_MISMATCH,
+    ErrorCode.VOLUME_IN_PAIR: Reason.PAIR_LUN_ALREADY_PAIRED,
+    ErrorCode.NAME_IN_USE: Reason.PAIR_NAME_IN_USE,
+    ErrorCode.SAME_VOLUME: Reason.PAIR_SAME_LUN,
+    ErrorCode.READ_ONLY_VOLUME: Reason.PAIR_LUN_READ_ONLY,
+    ErrorCode.UNKNOWN_VOLUME: Reason.INVALID_FIELD_IN_CDB,
+    ErrorCode.BAD_NAME: Reason.INVALID_FIELD_IN_PARAMETER_LIST,
+}
+
+# PAIR IN / REPORT PAIR STATUS data (96 bytes).
+PAIR_STATUS = Struct(
+    "status_data_length" / Int16ub,  # bytes after this field: 94
+    "source_state" / Int8ub,
+    "target_state" / Int8ub,
+    "suspend_reason" / Int8ub,
+    "percent_in_sync" / Int8ub,
+    "source_lun" / Int16ub,
+    "target_lun" / Int16ub,
+    Padding(2),
+    "chunk_size" / Int32ub,
+    "total_chunks" / Int64ub,
+    "dirty_chunks" / Int64ub,
+    "changed_chunks" / Int64ub,
+    "copy_rate" / Int64ub,  # bytes per second
+    "copied_bytes" / Int64ub,
+    "split_time_ms" / Int64ub,  # Unix time of the split in ms, 0 if not split
+    "name" / Bytes(MAX_NAME),  # ASCII, NUL-padded
+)
+STATUS_LENGTH = PAIR_STATUS.sizeof()
+
+_PAIR_OUT_USAGE = bytes([PAIR_OUT, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0])
+_PAIR_OUT_USAGE += bytes([0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07])
+_PAIR_IN_USAGE = bytes([PAIR_IN, 0x1F, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0])
+_PAIR_IN_USAGE += bytes([0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07])
+
+
+def _control(lu: BlockDevice) -> PairControl:
+    control = lu.pair_control
+    if control is None:  # a block LU built without a pair manager (tests, tools)
+        raise CheckCondition(Reason.INVALID_OPCODE, FieldPointer(0, bit=7))
+    return control
+
+
+def _lun_field(lu: BlockDevice, cmd: ScsiCommand, byte: int) -> int:
+    lun = int.from_bytes(cmd.cdb[byte : byte + 2], "big")
+    if lun == ADDRESSED_LUN:
+        return cmd.lun
+    if not _control(lu).has_lun(lun):
+        raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(byte))
+    return lun
+
+
+def _reserved_zero(cmd: ScsiCommand, *spans: tuple[int, int]) -> None:
+    for start, stop in spans:
+        for i in range(start, stop):
+            if cmd.cdb[i]:
+                raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(i))
+
+
+async def _refusing(call: Awaitable[None]) -> None:
+    try:
+        await call
+    except PairError as err:
+        info = None
+        if err.phase is not None:
+            info = (err.phase.source << 8) | err.phase.target
+        raise CheckCondition(REFUSALS[err.code], information=info, message=str(err)) from err
+
+
+# -- PAIR OUT ---------------------------------------------------------------------------
+async def _create(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
+    _reserved_zero(cmd, (6, 10), (14, 15))
+    source = _lun_field(lu, cmd, 2)
+    target = _lun_field(lu, cmd, 4)
+    length = int.from_bytes(cmd.cdb[10:14], "big")
+    if length > MAX_NAME:
+        raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(10))
+    data = bytes(cmd.data_out or b"")
+    if len(data) < length:
+        raise CheckCondition(Reason.PARAMETER_LIST_LENGTH_ERROR, FieldPointer(10))
+    raw = data[:length].rstrip(b"\0")
+    if length and not _NAME.fullmatch(raw):
+        raise CheckCondition(
+            Reason.INVALID_FIELD_IN_PARAMETER_LIST, FieldPointer(0, in_cdb=False)
+        )
+    name = raw.decode() if raw else f"lun{source}-lun{target}"
+    await _refusing(_control(lu).create(name, source, target))
+    return ScsiResult(data_out_used=length if len(data) != length else None)
+
+
+def _on_pair(
+    operation: Callable[[PairControl, int], Awaitable[None]],
+) -> Callable[[BlockDevice, ScsiCommand], Awaitable[ScsiResult]]:
+    async def handler(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
+        _reserved_zero(cmd, (4, 15))
+        lun = _lun_field(lu, cmd, 2)
+        await _refusing(operation(_control(lu), lun))
+        return ScsiResult()
+
+    return handler
+
+
+PAIR_OUT_ACTIONS: dict[int, Callable[[BlockDevice, ScsiCommand], Awaitable[ScsiResult]]] = {
+    0x01: _create,
+    0x02: _on_pair(lambda control, lun: control.split(lun)),
+    0x03: _on_pair(lambda control, lun: control.resync(lun)),
+    0x04: _on_pair(lambda control, lun: control.delete(lun)),
+}
+
+
+# -- PAIR IN ----------------------------------------------------------------------------
+async def _report_status(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
+    _reserved_zero(cmd, (4, 10), (14, 15))
+    lun = _lun_field(lu, cmd, 2)
+    allocation = int.from_bytes(cmd.cdb[10:14], "big")
+    found = _control(lu).status(lun)
+    fields = {
+        "status_data_length": STATUS_LENGTH - 2,
+        "source_state": 0,
+        "target_state": 0,
+        "suspend_reason": 0,
+        "percent_in_sync": 0,
+        "source_lun": lun,
+        "target_lun": lun,
+        "chunk_size": 0,
+        "total_chunks": 0,
+        "dirty_chunks": 0,
+        "changed_chunks": 0,
+        "copy_rate": 0,
+        "copied_bytes": 0,
+        "split_time_ms": 0,
+        "name": bytes(MAX_NAME),
+    }
+    if found is not None:
+        status, source, target = found
+        fields.update(
+            source_state=int(status.phase.source),
+            target_state=int(status.phase.target),
+            suspend_reason=int(status.reason),
+            percent_in_sync=int(status.percent_in_sync),
+            source_lun=source,
+            target_lun=target,
+            chunk_size=status.chunk_size,
+            total_chunks=status.chunks,
+            dirty_chunks=status.dirty_chunks,
+            changed_chunks=status.changed_chunks,
+            copy_rate=int(status.copy_rate),
+            copied_bytes=status.copied_bytes,
+            split_time_ms=int((status.split_time or 0) * 1000),
+            name=status.name.encode().ljust(MAX_NAME, b"\0"),
+        )
+    return ScsiResult(data=PAIR_STATUS.build(fields)[:allocation])
+
+
+PAIR_IN_ACTIONS: dict[int, Callable[[BlockDevice, ScsiCommand], Awaitable[ScsiResult]]] = {
+    0x00: _report_status,
+}
+
+
+def _dispatch(
+    actions: dict[int, Callable[[BlockDevice, ScsiCommand], Awaitable[ScsiResult]]],
+) -> Callable[[BlockDevice, ScsiCommand], Awaitable[ScsiResult]]:
+    async def handler(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
+        action = actions.get(cmd.cdb[1] & 0x1F)
+        if action is None or cmd.cdb[1] & 0xE0:
+            raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(1, bit=4))
+        return await action(lu, cmd)
+
+    return handler
+
+
+SBC_TABLE.command(PAIR_OUT, "PAIR OUT", _PAIR_OUT_USAGE)(_dispatch(PAIR_OUT_ACTIONS))
+SBC_TABLE.command(PAIR_IN, "PAIR IN", _PAIR_IN_USAGE, conflict_exempt=True)(
+    _dispatch(PAIR_IN_ACTIONS)
+)
+
+__all__ = ["PAIR_IN", "PAIR_OUT", "PAIR_STATUS", "REFUSALS", "PairControl"]

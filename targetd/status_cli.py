@@ -1,0 +1,82 @@
+"""``targetctl status`` and ``targetctl reload``: ask the running daemon over its admin socket."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from targetd import status
+from targetd.admin import SOCKET_NAME, AdminError, request
+
+# Where the daemon keeps its state when systemd runs it (StateDirectory=targetd), and when
+# `targetd serve` runs from a checkout with no --state-dir.
+SYSTEM_STATE_DIR = Path("/var/lib/targetd")
+LOCAL_STATE_DIR = Path("var/targetd")
+
+
+def socket_path(args: argparse.Namespace) -> Path:
+    if getattr(args, "socket", None):
+        return Path(args.socket)
+    if getattr(args, "state_dir", None):
+        return Path(args.state_dir) / SOCKET_NAME
+    if env := os.environ.get("TARGETD_STATE_DIR"):
+        return Path(env) / SOCKET_NAME
+    local = LOCAL_STATE_DIR / SOCKET_NAME
+    return local if local.exists() else SYSTEM_STATE_DIR / SOCKET_NAME
+
+
+def add_socket_options(parser: argparse.ArgumentParser) -> None:
+    """--state-dir/--socket: every targetctl subcommand that talks to the daemon takes them."""
+    parser.add_argument("--state-dir", help="the daemon's state directory (holds admin.sock)")
+    parser.add_argument("--socket", help="the admin socket itself")
+
+
+def call(args: argparse.Namespace, method: str, params: dict[str, Any] | None = None) -> Any:
+    """One admin request; prints why and exits 1 when the daemon cannot answer."""
+    path = socket_path(args)
+    try:
+        return request(path, method, params)
+    except (FileNotFoundError, ConnectionRefusedError):
+        sys.exit(f"targetctl: no daemon listening on {path} (is targetd running? --state-dir?)")
+    except PermissionError:
+        sys.exit(f"targetctl: {path}: permission denied (the socket is for the daemon's user)")
+    except AdminError as err:
+        sys.exit(f"targetctl: {method}: {err}")
+
+
+def _status(args: argparse.Namespace) -> int:
+    result = call(args, "status")
+    if args.json:
+        json.dump(result, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(status.render(result))
+    return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    result = call(args, "reload")
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    for change in result["applied"]:
+        print(f"applied: {change}")
+    for change in result["refused"]:
+        print(f"not applied: {change}")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("status", help="portals, sessions, LUNs, pairs and copy operations")
+    add_socket_options(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=_status)
+    p = sub.add_parser("reload", help="re-read the configuration (as SIGHUP does)")
+    add_socket_options(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=_reload)

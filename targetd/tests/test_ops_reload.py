@@ -1,0 +1,63 @@
+"""SIGHUP planning: what a changed configuration may change in a running daemon."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from targetd.config import ChapSecret, Config, LunConfig, Portal, TargetConfig
+from targetd.reload import plan
+
+A = "iqn.2026-11.org.x:a"
+B = "iqn.2026-11.org.x:b"
+
+
+def config(*targets: TargetConfig, **kw: object) -> Config:
+    return Config(targets=targets, state_dir=Path("/s"), **kw)  # type: ignore[arg-type]
+
+
+def target(name: str, *luns: int, **kw: object) -> TargetConfig:
+    return TargetConfig(name, luns=tuple(LunConfig(n, path=Path(f"/s/{n}")) for n in luns), **kw)  # type: ignore[arg-type]
+
+
+def test_acl_chap_and_additions_apply() -> None:
+    old = config(target(A, 0))
+    new = config(
+        target(
+            A, 0, 1, allowed_initiators=("iqn.2026-11.org.x:h",), chap=ChapSecret("u", "s" * 12)
+        ),
+        target(B, 0),
+    )
+    result = plan(old, new)
+    assert result.applied == [
+        f"target {A}: allowed_initiators updated",
+        f"target {A}: CHAP updated",
+        f"target {A}: lun 1 added",
+        f"target {B} added",
+    ]
+    assert result.refused == []
+    assert [t.name for t in result.new_targets] == [B]
+    assert [(name, lun.lun) for name, lun in result.new_luns] == [(A, 1)]
+    assert result.config == new
+
+
+def test_unsafe_changes_keep_running_values() -> None:
+    old = config(target(A, 0, 1), target(B, 0))
+    resized = replace(old.targets[0].luns[0], size=2 << 30)
+    new = config(
+        replace(old.targets[0], luns=(resized,)),
+        portals=(Portal("127.0.0.1", 3261),),
+        max_sessions=4,
+    )
+    result = plan(old, new)
+    assert result.refused == [
+        "portals changed: needs a restart",
+        "max_sessions changed: needs a restart",
+        f"target {A}: lun 0 changed: needs a restart",
+        f"target {A}: lun 1 removed: still served",
+        f"target {B} removed: still served until restart",
+    ]
+    assert result.applied == []
+    assert result.config.portals == old.portals
+    assert result.config.max_sessions == old.max_sessions
+    assert result.config.targets == old.targets

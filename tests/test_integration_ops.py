@@ -1,0 +1,280 @@
+"""What an operator relies on: clean SIGTERM, SIGHUP reload, the admin socket, metrics,
+systemd readiness, and logs that never carry a CHAP secret."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from clients import run
+from conftest import REPO, Daemon, DaemonFactory, free_port
+from raw_initiator import ISID, RawInitiator
+
+from targetd.iscsi.pdu import Op
+
+IQN = "iqn.2026-11.org.targetd.test:ops"
+WRITE_BYTES = 256 * 1024  # one command's immediate data: FirstBurstLength of RawInitiator
+LUN_CONFIG = f"""
+[[target]]
+name = "{IQN}"
+[[target.lun]]
+lun = 0
+size = "64MiB"
+"""
+
+
+def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "targetd.ctl", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=30,
+        check=False,
+    )
+
+
+def logged_in(daemon: Daemon, name: str = "iqn.2026-11.org.targetd.test:ops-host") -> RawInitiator:
+    ini = RawInitiator(daemon.port, name=name)
+    resp = ini.login(daemon.iqn)
+    assert resp.bhs[36:38] == b"\0\0", resp.bhs.hex()
+    ini.clear_unit_attentions()
+    return ini
+
+
+# -- SIGTERM -----------------------------------------------------------------------------------
+def test_sigterm_with_writes_in_flight_keeps_every_acknowledged_write(
+    targetd_factory: DaemonFactory,
+) -> None:
+    daemon = targetd_factory(LUN_CONFIG)
+    ini = logged_in(daemon)
+    count = 100  # inside the CmdSN window, so the target takes them all
+    payloads = {}
+    headers = []
+    for i in range(count):
+        lba = i * (WRITE_BYTES // 512)
+        cdb = bytes([0x2A, 0x08]) + lba.to_bytes(4, "big") + bytes([0]) + (512).to_bytes(2, "big")
+        cdb += bytes(1)  # WRITE(10), FUA: each write goes through the executor, so it waits
+        hdr = ini.scsi_header(cdb, write=WRITE_BYTES, data_len=WRITE_BYTES)
+        itt = struct.unpack_from(">I", hdr, 16)[0]
+        payloads[itt] = (lba, os.urandom(16) * (WRITE_BYTES // 16))
+        headers.append((hdr, payloads[itt][1]))
+
+    def sender() -> None:
+        try:
+            for hdr, data in headers:
+                ini.send(hdr, data)
+        except OSError:
+            pass  # the target stopped reading and closed: the rest were never acknowledged
+
+    thread = threading.Thread(target=sender, daemon=True)
+    thread.start()
+    acknowledged: list[int] = []
+    after_signal = 0
+    signalled = False
+    ini.sock.settimeout(20)
+    try:
+        while True:
+            resp = ini.recv()
+            assert resp.opcode == Op.SCSI_RESPONSE, hex(resp.opcode)
+            assert resp.bhs[3] == 0, f"status {resp.bhs[3]:#x}"
+            acknowledged.append(resp.u32(16))
+            after_signal += signalled
+            if len(acknowledged) == 10:
+                os.kill(daemon.proc.pid, signal.SIGTERM)  # type: ignore[union-attr]
+                signalled = True
+    except ConnectionError:
+        pass
+    thread.join(10)
+    assert daemon.proc.wait(20) == 0, daemon.stderr  # type: ignore[union-attr]
+    assert len(acknowledged) >= 10
+    # The drain answered commands that were running when the signal came.
+    assert after_signal >= 1, daemon.stderr
+    assert "event=drained abandoned_commands=0" in daemon.stderr, daemon.stderr
+    image = daemon.state_dir / f"{IQN.replace(':', '_')}/lun0.img"
+    with image.open("rb") as f:
+        for itt in acknowledged:
+            lba, data = payloads[itt]
+            f.seek(lba * 512)
+            assert f.read(WRITE_BYTES) == data, f"acknowledged write itt {itt:#x} lost"
+
+
+# -- admin socket -------------------------------------------------------------------------------
+def test_targetctl_status_json_against_a_running_daemon(targetd_factory: DaemonFactory) -> None:
+    daemon = targetd_factory(LUN_CONFIG)
+    sock = daemon.state_dir / "admin.sock"
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+    with logged_in(daemon) as ini:
+        proc = ctl("status", "--state-dir", str(daemon.state_dir), "--json")
+        assert proc.returncode == 0, proc.stderr
+        status = json.loads(proc.stdout)
+        text = ctl("status", "--state-dir", str(daemon.state_dir))
+        ini.logout()
+    assert status["listening"] == [daemon.portal]
+    (session,) = status["sessions"]
+    assert session["initiator"] == ini.name
+    assert session["isid"] == ISID.hex()
+    assert session["target"] == IQN
+    assert session["tsih"] >= 1
+    assert [c["commands_in_flight"] for c in session["connections"]] == [0]
+    assert session["connections"][0]["peer"].startswith("127.0.0.1:")
+    (lun,) = status["luns"]
+    assert lun["type"] == "block" and lun["size"] == 64 << 20 and lun["block_size"] == 512
+    assert lun["path"].endswith("lun0.img")
+    assert lun["stats"]["other_ops"] >= 1  # the TEST UNIT READYs
+    assert status["pairs"] == [] and status["copy_operations"] == []
+    assert text.returncode == 0, text.stderr
+    assert f"tsih {session['tsih']} {ini.name}" in text.stdout, text.stdout
+
+
+def test_targetctl_without_a_daemon_says_so(tmp_path: Path) -> None:
+    proc = ctl("status", "--state-dir", str(tmp_path))
+    assert proc.returncode == 1
+    assert "no daemon listening" in proc.stderr
+
+
+# -- metrics -----------------------------------------------------------------------------------
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        return resp.read().decode()
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    match = re.search(rf"^{re.escape(name)}{{{re.escape(want)}}} (\S+)$", text, re.M)
+    assert match, f"{name}{{{want}}} not in:\n{text}"
+    return float(match.group(1))
+
+
+def test_metrics_endpoint_reports_the_bytes_a_client_wrote(
+    targetd_factory: DaemonFactory,
+) -> None:
+    port = free_port()
+    daemon = targetd_factory(LUN_CONFIG + f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    run("qemu-io", "-f", "raw", "-c", "write -P 0x11 0 3M", "-c", "read 0 1M", daemon.url(0))
+    text = scrape(port)
+    lun = {"target": IQN, "lun": "0"}
+    assert sample(text, "targetd_lun_bytes_total", **lun, op="write") == 3 << 20
+    assert sample(text, "targetd_lun_bytes_total", **lun, op="read") >= 1 << 20
+    writes = sample(text, "targetd_lun_operations_total", **lun, op="write")
+    assert writes >= 1
+    assert sample(text, "targetd_lun_latency_seconds_count", **lun, op="write") == writes
+    assert (
+        sample(text, "targetd_lun_latency_seconds_bucket", **lun, op="write", le="+Inf") == writes
+    )
+    assert sample(text, "targetd_sessions", type="normal") == 0  # qemu-io logged out
+
+
+def test_metrics_are_off_by_default(targetd: Daemon) -> None:
+    assert "metrics" not in targetd.stderr.replace("targetd.metrics", "")
+
+
+# -- SIGHUP ------------------------------------------------------------------------------------
+def test_sighup_adds_a_lun_and_reports_what_it_cannot_apply(
+    targetd_factory: DaemonFactory,
+) -> None:
+    daemon = targetd_factory(LUN_CONFIG)
+    assert daemon.config is not None
+    daemon.config.write_text(
+        LUN_CONFIG + '[[target.lun]]\nlun = 1\nsize = "8MiB"\n' + "[limits]\nmax_sessions = 8\n"
+    )
+    os.kill(daemon.proc.pid, signal.SIGHUP)  # type: ignore[union-attr]
+    deadline = time.monotonic() + 10
+    while "reload not applied" not in daemon.stderr and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = daemon.stderr
+    assert f'event="reload applied" change="target {IQN}: lun 1 added"' in log, log
+    assert 'event="reload not applied" change="max_sessions changed: needs a restart"' in log, log
+    out = run("iscsi-inq", daemon.url(1)).stdout
+    assert "Peripheral Device Type:DIRECT_ACCESS" in out
+    status = json.loads(ctl("status", "--state-dir", str(daemon.state_dir), "--json").stdout)
+    assert [(lun["lun"], lun["size"]) for lun in status["luns"]] == [(0, 64 << 20), (1, 8 << 20)]
+    # The portal the daemon listens on did not move.
+    assert status["listening"] == [daemon.portal]
+
+
+# -- logs --------------------------------------------------------------------------------------
+USER, SECRET = "ops-user", "ops-secret-never-logged"
+NEW_SECRET = "ops-rotated-secret-2"
+
+
+def test_chap_secrets_never_appear_in_the_logs(targetd_factory: DaemonFactory) -> None:
+    chap = f'chap = {{ user = "{USER}", secret = "{SECRET}" }}\n'
+    text = LUN_CONFIG.replace("[[target.lun]]", chap + "[[target.lun]]")
+    daemon = targetd_factory(text)
+    good = run("iscsi-inq", daemon.url(0, user=USER, secret=SECRET), check=False)
+    assert good.returncode == 0, good.stdout + good.stderr
+    bad = run("iscsi-inq", daemon.url(0, user=USER, secret="wrong-secret-xyz"), check=False)
+    assert bad.returncode != 0
+    assert daemon.config is not None
+    daemon.config.write_text(text.replace(SECRET, NEW_SECRET))
+    os.kill(daemon.proc.pid, signal.SIGHUP)  # type: ignore[union-attr]
+    deadline = time.monotonic() + 10
+    while "CHAP updated" not in daemon.stderr and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rotated = run("iscsi-inq", daemon.url(0, user=USER, secret=NEW_SECRET), check=False)
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    assert daemon.stop() == 0
+    log = daemon.stderr
+    assert "CHAP updated" in log and "event=login" in log, log
+    for secret in (SECRET, NEW_SECRET, "wrong-secret-xyz"):
+        assert secret not in log
+    # One event per line, each a key=value record.
+    for line in log.splitlines():
+        assert line.startswith("ts="), line
+
+
+# -- systemd -----------------------------------------------------------------------------------
+def test_ready_watchdog_and_stopping_reach_notify_socket(
+    targetd_factory: DaemonFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(path))
+        notify.settimeout(10)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        monkeypatch.setenv("WATCHDOG_USEC", "200000")
+        daemon = targetd_factory(LUN_CONFIG)
+        messages = [notify.recv(4096).decode() for _ in range(3)]
+        assert messages[0] == "WATCHDOG=1" or messages[0].startswith("READY=1")
+        assert any(m.startswith("READY=1") for m in messages), messages
+        assert messages.count("WATCHDOG=1") >= 1, messages
+        assert daemon.stop() == 0
+        rest = []
+        while not any(m.startswith("STOPPING=1") for m in rest):
+            rest.append(notify.recv(4096).decode())
+
+
+def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze is not installed: run scripts/install-test-deps.sh")
+    unit = (REPO / "systemd/targetd.service").read_text()
+    assert "Type=notify" in unit and "WatchdogSec=" in unit and "Restart=on-failure" in unit
+    assert "CapabilityBoundingSet=CAP_NET_BIND_SERVICE" in unit
+    # verify checks that ExecStart's program exists: point it at this machine's targetd.
+    installed = shutil.which("targetd")
+    assert installed is not None, "targetd is not installed: run scripts/install-test-deps.sh"
+    copy = tmp_path / "targetd.service"
+    copy.write_text(unit.replace("/usr/local/bin/targetd", installed))
+    proc = subprocess.run(
+        [analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60, check=False
+    )
+    # verify exits 0 even for unknown keys; every complaint names the file, so none may.
+    complaints = [line for line in proc.stderr.splitlines() if str(copy) in line]
+    assert proc.returncode == 0 and not complaints, proc.stderr
