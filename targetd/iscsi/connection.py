@@ -9,9 +9,8 @@ then drains :meth:`take_output` (buffers to write, in order) and :meth:`take_eve
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import Enum, auto
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import crc32c
 
@@ -19,6 +18,17 @@ from scsi.buffers import BufferPool
 from scsi.command import Nexus, ScsiCommand, ScsiResult, Status, TaskAttribute
 from scsi.target import decode_lun
 from targetd.iscsi import pdu as P
+from targetd.iscsi.events import (
+    AbortTasks,
+    CloseConnection,
+    Event,
+    ExecuteCommand,
+    ResetRequested,
+    SessionStarted,
+    Task,
+    TmfFunction,
+    TmfResponse,
+)
 from targetd.iscsi.login import LoginMachine
 from targetd.iscsi.pdu import Op, Pdu, RejectReason, put_u32
 from targetd.iscsi.receiver import IscsiProtocolError, PduReceiver
@@ -28,6 +38,18 @@ if TYPE_CHECKING:
     from targetd.config import Config, Portal
     from targetd.iscsi.login import LoginDone
     from targetd.iscsi.session import Session, SessionTable
+
+__all__ = [
+    "AbortTasks",
+    "CloseConnection",
+    "Connection",
+    "Event",
+    "ExecuteCommand",
+    "Phase",
+    "ResetRequested",
+    "SessionStarted",
+    "Task",
+]
 
 # The largest write a single command may carry; beyond it the command is refused
 # without soliciting its data (Block Limits advertise far less).
@@ -43,89 +65,6 @@ class Phase(Enum):
     LOGGED_OUT = auto()
     CLOSED = auto()
 
-
-class TmfFunction:
-    ABORT_TASK = 1
-    ABORT_TASK_SET = 2
-    CLEAR_ACA = 3
-    CLEAR_TASK_SET = 4
-    LOGICAL_UNIT_RESET = 5
-    TARGET_WARM_RESET = 6
-    TARGET_COLD_RESET = 7
-    TASK_REASSIGN = 8
-
-
-class TmfResponse:
-    COMPLETE = 0
-    NO_TASK = 1
-    NO_LUN = 2
-    NOT_SUPPORTED = 5
-    REJECTED = 255
-
-
-@dataclass(eq=False, slots=True)
-class Task:
-    """A SCSI command on this connection from arrival to its final status."""
-
-    itt: int
-    lun: int
-    lun_raw: bytes
-    cdb: bytes
-    cmdsn: int
-    edtl: int
-    read: bool
-    write: bool
-    attribute: TaskAttribute
-    buffer: bytearray | None = None
-    received: int = 0
-    # Data-Out sequences we still expect: TTT -> [next offset, end offset, next DataSN]
-    bursts: dict[int, list[int]] = field(default_factory=dict)
-    unsolicited_end: int = 0
-    next_r2t_offset: int = 0
-    r2tsn: int = 0
-    delivered: bool = False  # CmdSN order reached it
-    started: bool = False
-    aborted: bool = False
-    handle: Any = None  # the driver's handle on the running command
-
-
-# -- events for the driver ---------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class ExecuteCommand:
-    task: Task
-    command: ScsiCommand
-
-
-@dataclass(frozen=True, slots=True)
-class AbortTasks:
-    """Cancel these commands; then call ``Connection.aborts_finished(token)``."""
-
-    tasks: tuple[Task, ...]
-    token: int
-
-
-@dataclass(frozen=True, slots=True)
-class ResetRequested:
-    """A LUN or target reset: the driver aborts matching tasks on every session."""
-
-    lun: int | None
-    nexus: Nexus
-    token: int
-    # RFC 7143 11.5.1: after a cold reset the target closes every connection.
-    cold: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class SessionStarted:
-    session: Session
-
-
-@dataclass(frozen=True, slots=True)
-class CloseConnection:
-    reason: str
-
-
-Event = ExecuteCommand | AbortTasks | ResetRequested | SessionStarted | CloseConnection
 
 _DATA_IN_HDR = P.new_header(Op.DATA_IN, 0)
 _BAD_FIELD = RejectReason.INVALID_PDU_FIELD
