@@ -39,6 +39,9 @@ _clock = time.perf_counter_ns
 
 TICK_SECONDS = 5.0
 WRITE_BUFFER_HIGH = 16 << 20
+# At shutdown: the time initiators are given to log out, and how long we wait for them.
+LOGOUT_WITHIN = 2
+LOGOUT_WAIT = 2.0
 
 
 @dataclass
@@ -376,6 +379,15 @@ class TargetServer:
     def scsi_targets(self) -> dict[str, ScsiTarget]:
         return {name: runtime.scsi for name, runtime in self.targets.items()}
 
+    async def _ask_initiators_to_log_out(self) -> None:
+        """Async Message "target requests logout" to every session; wait briefly for them."""
+        asked = [c for c in list(self.connections) if c.conn.request_logout(LOGOUT_WITHIN)]
+        for c in asked:
+            c._pump()
+        deadline = time.monotonic() + LOGOUT_WAIT
+        while any(c in self.connections for c in asked) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
     async def stop(self, grace: float = 5.0) -> int:
         """Stop accepting, let commands in flight finish (bounded), close connections.
 
@@ -387,6 +399,7 @@ class TargetServer:
             server.close()
         if self._ticker is not None:
             self._ticker.cancel()
+        await self._ask_initiators_to_log_out()
         for c in self.connections:
             c.stop_reading()
         running = [h for c in self.connections for h in c._running.values()]

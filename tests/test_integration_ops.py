@@ -90,6 +90,9 @@ def test_sigterm_with_writes_in_flight_keeps_every_acknowledged_write(
     try:
         while True:
             resp = ini.recv()
+            if resp.opcode == Op.ASYNC_MESSAGE:  # the shutdown's logout request
+                assert signalled and resp.bhs[36] == 1
+                continue
             assert resp.opcode == Op.SCSI_RESPONSE, hex(resp.opcode)
             assert resp.bhs[3] == 0, f"status {resp.bhs[3]:#x}"
             acknowledged.append(resp.u32(16))

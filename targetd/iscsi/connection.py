@@ -158,6 +158,20 @@ class Connection:
             self._send(hdr, advance_statsn=False)
             self._ping_sent_at = now
 
+    def request_logout(self, within: int) -> bool:
+        """Ask the initiator to log out within ``within`` seconds (Async Message, event 1).
+
+        RFC 7143 11.9.1: sent before a planned shutdown, so initiators log out cleanly
+        instead of finding the connection reset. False if this connection cannot be asked.
+        """
+        if self.phase is not Phase.FULL_FEATURE or self._pending_logout is not None:
+            return False
+        hdr = P.new_header(Op.ASYNC_MESSAGE, 0x80, lun=bytes(8))
+        hdr[36] = 1  # AsyncEvent: target requests logout
+        P.put_u16(hdr, 42, within)  # Parameter3: seconds to log out in
+        self._send(hdr)
+        return True
+
     def scsi_done(self, task: Task, result: ScsiResult) -> None:
         """The SCSI layer finished ``task``: send its data and status."""
         if self.tasks.get(task.itt) is not task or task.aborted:
