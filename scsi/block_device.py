@@ -19,6 +19,7 @@ from construct import Int8ub, Int16ub, Int32ub, Int64ub, Padding, Struct
 from backing.sparse_file import Extent, SparseFile
 from scsi.logical_unit import Identity, LogicalUnit
 from scsi.mode import ModePage
+from scsi.pair_commands import PairControl  # also registers PAIR IN/OUT in SBC_TABLE
 from scsi.sbc import SBC_TABLE
 
 MiB = 1 << 20
@@ -93,6 +94,8 @@ class BlockDevice(LogicalUnit):
 
     table = SBC_TABLE
     device_type = 0x00
+    # The daemon's volume pairs, for the vendor pair commands (None: not offered).
+    pair_control: PairControl | None = None
 
     def __init__(
         self,

@@ -59,6 +59,10 @@ class LogicalUnit:
     device_type: int = 0x00
     removable: bool = False
     third_party_copy: bool = False  # INQUIRY 3PC: set by LUs that serve EXTENDED COPY
+    # The LUN map of the target this LU belongs to (ScsiTarget sets it): the LUs an
+    # initiator that sees this one may also see, so EXTENDED COPY may reach.
+    lun_map: dict[int, LogicalUnit] | None = None
+    copy_manager: Any = None  # xcopy.CopyManager (scsi/ does not import xcopy/)
     version_descriptors: tuple[int, ...] = ()  # claimed beyond SAM-5/iSCSI/SPC-4/type std
 
     def __init__(self, identity: Identity) -> None:

@@ -128,9 +128,7 @@ async def _create(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
         raise CheckCondition(Reason.PARAMETER_LIST_LENGTH_ERROR, FieldPointer(10))
     raw = data[:length].rstrip(b"\0")
     if length and not _NAME.fullmatch(raw):
-        raise CheckCondition(
-            Reason.INVALID_FIELD_IN_PARAMETER_LIST, FieldPointer(0, in_cdb=False)
-        )
+        raise CheckCondition(Reason.INVALID_FIELD_IN_PARAMETER_LIST, FieldPointer(0, in_cdb=False))
     name = raw.decode() if raw else f"lun{source}-lun{target}"
     await _refusing(_control(lu).create(name, source, target))
     return ScsiResult(data_out_used=length if len(data) != length else None)

@@ -20,6 +20,7 @@ class ScsiTarget:
         self.luns = dict(luns)
         for lu in self.luns.values():
             lu.report_luns = self.lun_numbers
+            lu.lun_map = self.luns  # what EXTENDED COPY may reach from this LU
 
     def lun_numbers(self) -> list[int]:
         return sorted(self.luns)

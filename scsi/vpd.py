@@ -107,7 +107,8 @@ def _page(lu: LogicalUnit, code: int, body: bytes) -> bytes:
 
 
 def supported_pages(lu: LogicalUnit, nexus: Nexus) -> bytes:
-    codes = sorted(set(SPC_PAGES) | set(lu.vpd_pages()))
+    extra = {code for code, build in EXTRA_PAGES.items() if build(lu, nexus) is not None}
+    codes = sorted(set(SPC_PAGES) | set(lu.vpd_pages()) | extra)
     return _page(lu, 0x00, bytes(codes))
 
 
@@ -160,10 +161,18 @@ SPC_PAGES: dict[int, Callable[[LogicalUnit, Nexus], bytes]] = {
     0x86: extended_inquiry,
 }
 
+# Pages that packages built on scsi/ offer (xcopy's third-party copy page 8Fh): page code
+# to a builder that returns the whole page, or None when the LU does not have it.
+EXTRA_PAGES: dict[int, Callable[[LogicalUnit, Nexus], bytes | None]] = {}
+
 
 def vpd_page(lu: LogicalUnit, code: int, nexus: Nexus) -> bytes | None:
     """The whole VPD page ``code`` for ``lu``, or None if the LU has no such page."""
     if code in SPC_PAGES:
         return SPC_PAGES[code](lu, nexus)
+    if code in EXTRA_PAGES:
+        page = EXTRA_PAGES[code](lu, nexus)
+        if page is not None:
+            return page
     builder = lu.vpd_pages().get(code)
     return builder() if builder is not None else None

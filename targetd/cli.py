@@ -11,10 +11,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from backing.pairs import PairManager
 from targetd import logs
 from targetd.config import Config, ConfigError, Portal, default_config, parse_hostport
 from targetd.luns import build_targets, close_targets
 from targetd.operations import Operations
+from targetd.pairs import pair_settings
 from targetd.server import TargetServer
 
 log = logging.getLogger("targetd")
@@ -47,9 +49,14 @@ def _load(args: argparse.Namespace) -> Config:
 
 async def serve(config: Config, *, loader: Callable[[], Config] | None = None) -> int:
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    targets = build_targets(config)
+    pairs = PairManager(config.state_dir, pair_settings(config))
+    targets = build_targets(config, pairs)
+    # Pairs resume before the first login, so no host write escapes their bitmaps.
+    await pairs.start()
     server = TargetServer(config, targets)
     ops = Operations(server, loader=loader, metrics_listen=config.metrics_listen)
+    ops.on_shutdown(pairs.stop)  # after the drain: the last cleared bits are written
+    ops.provide_status("pairs", lambda: [s.as_dict() for s in pairs.list()])
     try:
         await server.start()
         await ops.start()

@@ -80,6 +80,18 @@ class TargetConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PairConfig:
+    """The volume pair engine's settings (docs/pairs.md)."""
+
+    chunk_size: int = 256 * 1024  # bytes per differential bit; a power of two
+    copy_workers: int = 2
+    copy_rate: int = 0  # background copy bytes per second; 0: unlimited
+
+
+PAIR_CHUNK_RANGE = (64 * 1024, 1 << 20)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     portals: tuple[Portal, ...] = (Portal(),)
     targets: tuple[TargetConfig, ...] = ()
@@ -96,6 +108,7 @@ class Config:
     extras: dict[str, object] = field(default_factory=dict)
     # Prometheus metrics endpoint (HOST, PORT); None: off.
     metrics_listen: tuple[str, int] | None = None
+    pairs: PairConfig = field(default_factory=lambda: PairConfig())
 
     def target(self, name: str) -> TargetConfig | None:
         return next((t for t in self.targets if t.name == name), None)
@@ -401,6 +414,7 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, state_dir: Path | None
         discovery.done()
     limits = _limits(root)
     metrics_listen = _metrics(root)
+    pairs = _pairs(root)
     targets = root.take_list("target", lambda v, k: _target(v, k, state_dir))
     root.done()
     if not targets:
@@ -413,8 +427,29 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, state_dir: Path | None
         discovery_chap=discovery_chap,
         discovery_mutual_chap=discovery_mutual,
         metrics_listen=metrics_listen,
+        pairs=pairs,
         **limits,  # type: ignore[arg-type]
     )
+
+
+def _pairs(config: _Table) -> PairConfig:
+    if "pairs" not in config.data:
+        return PairConfig()
+    table = _Table(config.take_raw("pairs"), config.key("pairs"))
+    default = PairConfig()
+    chunk = default.chunk_size
+    if "chunk_size" in table.data:
+        chunk = parse_size(table.take_raw("chunk_size"), table.key("chunk_size"))
+        low, high = PAIR_CHUNK_RANGE
+        if not low <= chunk <= high or chunk & (chunk - 1):
+            raise ConfigError(table.key("chunk_size"), "must be a power of two, 64KiB..1MiB")
+    workers = table.take_int("copy_workers", default.copy_workers, 1, 64)
+    rate = 0
+    if "copy_rate" in table.data:
+        raw = table.take_raw("copy_rate")
+        rate = 0 if raw in (0, "0") else parse_size(raw, table.key("copy_rate"))
+    table.done()
+    return PairConfig(chunk, workers, rate)
 
 
 def _metrics(config: _Table) -> tuple[str, int] | None:

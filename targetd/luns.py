@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from backing.pairs import PairManager, PairVolume
 from backing.sparse_file import SparseFile
 from scsi.block_device import BlockDevice
 from scsi.logical_unit import Identity, LogicalUnit
 from scsi.tape_device import TapeDevice
 from scsi.target import ScsiTarget
 from targetd.config import Config, ConfigError, LunConfig, TargetConfig
+from targetd.pairs import TargetPairs, volume_id
+from xcopy import attach as attach_copy_manager
 
 
-def build_lun(target: TargetConfig, lun: LunConfig, config: Config) -> LogicalUnit:
+def build_lun(
+    target: TargetConfig, lun: LunConfig, config: Config, pairs: PairManager | None = None
+) -> LogicalUnit:
     path = lun.path if lun.path.is_absolute() else config.state_dir / lun.path
     path.parent.mkdir(parents=True, exist_ok=True)
     # The designator follows the LU's name, not its file, so moving the state dir keeps it.
@@ -21,7 +26,18 @@ def build_lun(target: TargetConfig, lun: LunConfig, config: Config) -> LogicalUn
     )
     if lun.kind == "block":
         store = SparseFile(path, lun.size, read_only=lun.read_only)
-        return BlockDevice(identity, store, block_size=lun.block_size, read_only=lun.read_only)
+        if pairs is None:
+            return BlockDevice(identity, store, block_size=lun.block_size, read_only=lun.read_only)
+        # Every block LUN can join a pair: its store goes through a PairVolume.
+        volume = PairVolume(volume_id(target.name, lun.lun), store, read_only=lun.read_only)
+        lu = BlockDevice(identity, volume, block_size=lun.block_size, read_only=lun.read_only)
+
+        def follow_pair() -> None:  # a mirrored target volume is write-protected
+            lu.read_only = lun.read_only or volume.write_protected
+
+        volume.on_change = follow_pair
+        pairs.register_volume(volume)
+        return lu
     if lun.kind == "tape":
         # The image keeps the capacity it was made with; ``size`` only sizes a new one.
         return TapeDevice.from_file(
@@ -33,11 +49,19 @@ def build_lun(target: TargetConfig, lun: LunConfig, config: Config) -> LogicalUn
     raise ConfigError(f"target {target.name} lun {lun.lun}", f"unsupported type {lun.kind!r}")
 
 
-def build_targets(config: Config) -> dict[str, ScsiTarget]:
-    return {
-        t.name: ScsiTarget({lun.lun: build_lun(t, lun, config) for lun in t.luns})
-        for t in config.targets
-    }
+def build_targets(config: Config, pairs: PairManager | None = None) -> dict[str, ScsiTarget]:
+    targets = {}
+    for t in config.targets:
+        luns = {lun.lun: build_lun(t, lun, config, pairs) for lun in t.luns}
+        if pairs is not None:
+            block = {n for n, lu in luns.items() if isinstance(lu, BlockDevice)}
+            control = TargetPairs(pairs, t.name, block)
+            for n in block:
+                luns[n].pair_control = control  # type: ignore[attr-defined]
+        target = ScsiTarget(luns)
+        attach_copy_manager(target)  # EXTENDED COPY among the LUs this target shows
+        targets[t.name] = target
+    return targets
 
 
 def close_targets(targets: dict[str, ScsiTarget]) -> None:

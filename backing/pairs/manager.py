@@ -154,9 +154,7 @@ class PairManager:
     def list(self) -> list[PairStatus]:
         return [self.pairs[name].status() for name in sorted(self.pairs)]
 
-    async def wait(
-        self, name: str, state: VolumeState, timeout: float | None = None
-    ) -> PairStatus:
+    async def wait(self, name: str, state: VolumeState, timeout: float | None = None) -> PairStatus:
         """Return once both volumes of the pair are in ``state`` (like pairevtwait).
         ``asyncio.TimeoutError`` after ``timeout`` seconds."""
         pair = self.get(name)

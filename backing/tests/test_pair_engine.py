@@ -149,7 +149,9 @@ async def scenario(
     await manager.stop()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     seed=st.integers(0, 2**32),
     before=writes,
@@ -213,7 +215,7 @@ def test_target_is_write_protected_while_mirroring(tmp_path: Path) -> None:
 
 def test_refusals_carry_their_codes(tmp_path: Path) -> None:
     async def go() -> None:
-        manager, src, tgt = make(tmp_path, 3)
+        manager, _src, _tgt = make(tmp_path, 3)
         other = PairVolume("t/lun2", MemoryStore(SIZE // 2, random.Random(0)))
         third = PairVolume("t/lun3", MemoryStore(SIZE, random.Random(0)))
         manager.register_volume(other)

@@ -1,0 +1,138 @@
+"""Helpers for the pair integration tests: the vendor pair CDBs and a small block client
+over :class:`RawInitiator` (one session, LUN-addressed reads and writes)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from raw_initiator import RawInitiator
+
+from scsi.sense import parse_sense
+
+BLOCK = 512
+ADDRESSED = 0xFFFF
+CREATE, SPLIT, RESYNC, DELETE = 0x01, 0x02, 0x03, 0x04
+STATES = {
+    0: "SIMPLEX",
+    1: "DUPLEX-PENDING",
+    2: "DUPLEX",
+    3: "SPLIT-PENDING",
+    4: "SPLIT",
+    5: "SUSPENDED",
+    6: "RESYNC",
+    7: "DELETE",
+}
+
+
+def pair_out(action: int, lun: int = ADDRESSED, other: int = 0, length: int = 0) -> bytes:
+    return (
+        bytes([0xC4, action])
+        + lun.to_bytes(2, "big")
+        + other.to_bytes(2, "big")
+        + bytes(4)
+        + length.to_bytes(4, "big")
+        + bytes(2)
+    )
+
+
+def pair_in(lun: int = ADDRESSED, allocation: int = 96) -> bytes:
+    return (
+        bytes([0xC5, 0x00]) + lun.to_bytes(2, "big") + bytes(6) + allocation.to_bytes(4, "big")
+    ) + bytes(2)
+
+
+@dataclass
+class Status:
+    source: str
+    target: str
+    reason: int
+    percent: int
+    source_lun: int
+    target_lun: int
+    chunk_size: int
+    chunks: int
+    dirty: int
+    changed: int
+    rate: int
+    copied: int
+    split_ms: int
+    name: str
+
+    @classmethod
+    def parse(cls, d: bytes) -> Status:
+        u = lambda a, b: int.from_bytes(d[a:b], "big")  # noqa: E731
+        assert u(0, 2) == 94 and len(d) == 96
+        return cls(
+            STATES[d[2]],
+            STATES[d[3]],
+            d[4],
+            d[5],
+            u(6, 8),
+            u(8, 10),
+            u(12, 16),
+            u(16, 24),
+            u(24, 32),
+            u(32, 40),
+            u(40, 48),
+            u(48, 56),
+            u(56, 64),
+            d[64:96].rstrip(b"\0").decode(),
+        )
+
+
+class BlockClient:
+    """One logged-in session; raises AssertionError with the sense on CHECK CONDITION."""
+
+    def __init__(self, port: int, iqn: str, luns: tuple[int, ...] = (0, 1)) -> None:
+        self.ini = RawInitiator(port)
+        resp = self.ini.login(iqn)
+        assert resp.bhs[36] == 0, resp.bhs.hex()
+        for lun in luns:
+            self.ini.clear_unit_attentions(lun)
+
+    def close(self) -> None:
+        self.ini.close()
+
+    def run(
+        self, cdb: bytes, *, lun: int = 0, read: int = 0, data: bytes = b""
+    ) -> tuple[int, bytes, tuple[int, int, int] | None]:
+        status, data_in, sense = self.ini.command(cdb, lun=lun, read=read, data=data)
+        return status, data_in, parse_sense(sense) if sense else None
+
+    def ok(self, cdb: bytes, *, lun: int = 0, read: int = 0, data: bytes = b"") -> bytes:
+        status, data_in, sense = self.run(cdb, lun=lun, read=read, data=data)
+        assert status == 0, f"status {status:#x} sense {sense}"
+        return data_in
+
+    def write(self, lun: int, offset: int, data: bytes) -> None:
+        for pos in range(0, len(data), 256 * 1024):
+            piece = data[pos : pos + 256 * 1024]
+            lba = (offset + pos) // BLOCK
+            cdb = bytes([0x8A, 0]) + lba.to_bytes(8, "big")
+            cdb += (len(piece) // BLOCK).to_bytes(4, "big") + bytes(2)
+            self.ok(cdb, lun=lun, data=piece)
+
+    def read(self, lun: int, offset: int, length: int) -> bytes:
+        out = bytearray()
+        for pos in range(0, length, 1 << 20):
+            n = min(1 << 20, length - pos)
+            lba = (offset + pos) // BLOCK
+            cdb = bytes([0x88, 0]) + lba.to_bytes(8, "big") + (n // BLOCK).to_bytes(4, "big")
+            out += self.ok(cdb + bytes(2), lun=lun, read=n)
+        return bytes(out)
+
+    def create(self, source: int, target: int, name: bytes = b"") -> None:
+        self.ok(pair_out(CREATE, source, target, len(name)), data=name)
+
+    def status(self, lun: int = ADDRESSED, *, via: int = 0) -> Status:
+        return Status.parse(self.ok(pair_in(lun), lun=via, read=96))
+
+    def wait(self, state: str, timeout: float = 30.0, lun: int = 0) -> Status:
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.status(lun)
+            if st.source == state and st.target == state:
+                return st
+            assert time.monotonic() < deadline, f"still {st}"
+            time.sleep(0.05)

@@ -1,0 +1,46 @@
+"""EXTENDED COPY and RECEIVE COPY RESULTS: the copy manager of a SCSI target.
+
+``attach(target)`` gives every LU of a :class:`scsi.target.ScsiTarget` one shared
+:class:`CopyManager` over the target's LUN map (the LUs its sessions may see), sets the
+INQUIRY 3PC bit and offers VPD page 8Fh; importing ``xcopy.commands`` (done here) puts the
+commands in the SBC and SSC opcode tables.
+"""
+
+from __future__ import annotations
+
+from scsi.target import ScsiTarget
+from scsi.vpd import EXTRA_PAGES
+from xcopy import commands
+from xcopy.manager import CopyManager, Operation, State
+from xcopy.readers import DirectReader, ReaderFactory, SourceReader, direct_reader
+from xcopy.results import third_party_copy_page
+
+
+def _tpc_page(lu, nexus):  # type: ignore[no-untyped-def]
+    if not getattr(lu, "third_party_copy", False):
+        return None
+    return third_party_copy_page(lu.device_type)
+
+
+EXTRA_PAGES[0x8F] = _tpc_page
+
+
+def attach(target: ScsiTarget, reader_factory: ReaderFactory = direct_reader) -> CopyManager:
+    manager = CopyManager(target.luns, reader_factory)
+    for lu in target.luns.values():
+        lu.copy_manager = manager  # type: ignore[attr-defined]
+        lu.third_party_copy = True
+    return manager
+
+
+__all__ = [
+    "CopyManager",
+    "DirectReader",
+    "Operation",
+    "ReaderFactory",
+    "SourceReader",
+    "State",
+    "attach",
+    "commands",
+    "direct_reader",
+]

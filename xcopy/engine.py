@@ -1,0 +1,409 @@
+"""Runs planned steps: data moves between LUs through their device objects, in chunks.
+
+A block source is read through its :class:`~xcopy.readers.SourceReader` (the pair-policy
+seam) one chunk at a time, at most ``limits.QUEUE_DEPTH`` chunks ahead of the writer, so
+a copy holds a few MiB whatever its length. Holes of a block source (SEEK_DATA/SEEK_HOLE
+via the reader's extent map) are punched on a block destination rather than written;
+all-zero chunks restored from a stream are punched too. A stream destination (the tape
+LU) gets records of the length the stream CSCD asks for, at its current position.
+
+Any failure of a copy target becomes :class:`~xcopy.errors.CopyAborted` naming the
+segment, the residue and (appended) the target's own sense.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from scsi.block_device import ALLOCATION_UNIT, BlockDevice
+from scsi.command import Nexus, ScsiCommand
+from scsi.logical_unit import LogicalUnit
+from scsi.sense import CheckCondition, Reason, build_sense
+from scsi.tape_device import TapeDevice
+from xcopy import limits
+from xcopy.errors import CopyAborted
+from xcopy.params import (
+    BLOCK_TO_BLOCK,
+    BLOCK_TO_STREAM,
+    BYTES_BLOCK_TO_BLOCK,
+    INLINE_TO_STREAM,
+    LOCATE,
+    SPACE,
+    STREAM_TO_BLOCK,
+    WRITE_FILEMARKS,
+    CopyList,
+)
+from xcopy.plan import Step
+from xcopy.readers import ReaderFactory, SourceReader, SourceUnavailable
+
+
+class Progress(Protocol):
+    segments_processed: int
+    bytes_done: int
+
+
+@dataclass
+class _Segment:
+    """Bytes of the running segment done so far, for its residue if it fails."""
+
+    step: Step
+    done: int = 0
+
+
+class _ZeroReader:
+    """A NUL block source: zeros, one hole."""
+
+    async def prepare(self, offset: int, length: int) -> None:
+        return None
+
+    async def read_into(self, offset: int, buf: memoryview) -> None:
+        buf[:] = bytes(len(buf))
+
+    def extents(self, offset: int, length: int) -> list:  # type: ignore[type-arg]
+        from backing.sparse_file import Extent
+
+        return [Extent(offset, length, False)]
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass
+class CopyRun:
+    """One copy list's execution: its readers, progress, and the segment being run."""
+
+    copy_list: CopyList
+    steps: list[Step]
+    reader_factory: ReaderFactory
+    nexus: Nexus
+    progress: Progress
+    _readers: dict[int, SourceReader] = field(default_factory=dict)
+
+    async def run(self) -> None:
+        try:
+            for step in self.steps:
+                current = _Segment(step)
+                try:
+                    await _HANDLERS[step.segment.type_code](self, current)
+                except CopyAborted:
+                    raise
+                except CheckCondition as cc:
+                    raise self._aborted(
+                        current, Reason.COPY_ABORTED_NO_ADDITIONAL_SENSE, cc
+                    ) from None
+                except SourceUnavailable as err:
+                    raise self._aborted(
+                        current, Reason.THIRD_PARTY_DEVICE_FAILURE, message=str(err)
+                    ) from err
+                except OSError as err:
+                    raise self._aborted(
+                        current, Reason.THIRD_PARTY_DEVICE_FAILURE, message=str(err)
+                    ) from err
+                self.progress.segments_processed += 1
+        finally:
+            for reader in self._readers.values():
+                with contextlib.suppress(Exception):
+                    await reader.close()
+
+    def _aborted(
+        self,
+        current: _Segment,
+        reason: Reason,
+        cc: CheckCondition | None = None,
+        *,
+        message: str = "",
+    ) -> CopyAborted:
+        step = current.step
+        remaining = max(0, step.length - current.done)
+        return CopyAborted(
+            reason,
+            step.segment.index,
+            residue=-(-remaining // step.unit),
+            target_sense=cc.sense() if cc is not None else None,
+            message=message or (str(cc) if cc else reason.name),
+        )
+
+    async def reader(self, step: Step) -> SourceReader:
+        source = step.source
+        assert source is not None
+        if source.lu is None:
+            return _ZeroReader()
+        key = id(source.lu)
+        if key not in self._readers:
+            assert isinstance(source.lu, BlockDevice)
+            self._readers[key] = await self.reader_factory(source.lu, self.copy_list)
+        return self._readers[key]
+
+
+# -- moving bytes ---------------------------------------------------------------------
+Sink = Callable[[int, memoryview], Awaitable[None]]
+
+
+async def _pump(
+    reader: SourceReader, offset: int, length: int, chunk: int, sink: Sink, current: _Segment
+) -> None:
+    """Read ``[offset, offset+length)`` in chunks and hand each to ``sink(position, data)``
+    in order, reading at most QUEUE_DEPTH chunks ahead of it."""
+    queue: asyncio.Queue[tuple[int, bytearray] | BaseException | None] = asyncio.Queue(
+        maxsize=limits.QUEUE_DEPTH
+    )
+
+    async def produce() -> None:
+        try:
+            pos = 0
+            while pos < length:
+                n = min(chunk, length - pos)
+                buf = bytearray(n)
+                await reader.read_into(offset + pos, memoryview(buf))
+                await queue.put((pos, buf))
+                pos += n
+            await queue.put(None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as err:  # handed to the consumer, which raises it
+            await queue.put(err)
+
+    producer = asyncio.create_task(produce())
+    try:
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            pos, buf = item
+            await sink(pos, memoryview(buf))
+            current.done += len(buf)
+    finally:
+        if not producer.done():
+            producer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await producer
+
+
+def _chunks(offset: int, length: int, chunk: int, backwards: bool) -> list[tuple[int, int]]:
+    runs = [
+        (pos, min(chunk, offset + length - pos)) for pos in range(offset, offset + length, chunk)
+    ]
+    return runs[::-1] if backwards else runs
+
+
+async def _block_to_block(run: CopyRun, current: _Segment) -> None:
+    step = current.step
+    dst = step.destination.lu
+    if not step.length:
+        return
+    reader = await run.reader(step)
+    await reader.prepare(step.source_offset, step.length)
+    progress = run.progress
+    if dst is None:  # NUL destination: the data goes nowhere
+        current.done = step.length
+        progress.bytes_done += step.length
+        return
+    assert isinstance(dst, BlockDevice)
+    delta = step.destination_offset - step.source_offset
+    same = step.source is not None and step.source.lu is dst
+    if same and abs(delta) < step.length:
+        # Overlapping ranges of one LU: copy in the direction that reads before it writes.
+        for pos, n in _chunks(step.source_offset, step.length, limits.CHUNK, delta > 0):
+            buf = bytearray(n)
+            await reader.read_into(pos, memoryview(buf))
+            await dst.write_bytes(pos + delta, memoryview(buf), False)
+            current.done += n
+            progress.bytes_done += n
+        return
+
+    async def write(pos: int, data: memoryview) -> None:
+        await dst.write_bytes(step.destination_offset + pos, data, False)
+        progress.bytes_done += len(data)
+
+    base = step.source_offset
+    for extent in reader.extents(base, step.length):
+        rel = extent.offset - base
+        if not extent.mapped:
+            await dst.deallocate(step.destination_offset + rel, extent.length, punch=True)
+            current.done += extent.length
+            progress.bytes_done += extent.length
+            continue
+
+        async def write_at(pos: int, data: memoryview, rel: int = rel) -> None:
+            await write(rel + pos, data)
+
+        await _pump(reader, extent.offset, extent.length, limits.CHUNK, write_at, current)
+
+
+def _tape(step: Step, *, write: bool) -> TapeDevice:
+    tape = step.destination.lu if write else step.source.lu if step.source else None
+    assert isinstance(tape, TapeDevice)
+    if write:
+        tape.require_writable()
+    else:
+        tape.require_medium()
+    return tape
+
+
+def _append_records(tape: TapeDevice, data: memoryview, record: int) -> int:
+    """Write ``data`` as records of ``record`` bytes; returns how many."""
+    image = tape.image
+    count = 0
+    for start in range(0, len(data), record):
+        payload = data[start : start + record]
+        if not image.fits(len(payload)):
+            raise CheckCondition(Reason.VOLUME_OVERFLOW, information=1, eom=True)
+        image.append_record(payload)
+        tape.position += 1
+        count += 1
+    return count
+
+
+async def _block_to_stream(run: CopyRun, current: _Segment) -> None:
+    step = current.step
+    if step.destination.lu is None:  # NUL stream destination
+        current.done = step.length
+        return
+    tape = _tape(step, write=True)
+    if not step.records:
+        return
+    tape.begin_write()
+    record = step.record_length
+    chunk = record * max(1, limits.CHUNK // record)
+    written = 0
+    progress = run.progress
+
+    async def sink(pos: int, data: memoryview) -> None:
+        nonlocal written
+        if len(data) % record:  # the tail of the data: pad the last record with zeros
+            data = memoryview(bytes(data) + bytes(record - len(data) % record))
+        written += _append_records(tape, data, record)
+        progress.bytes_done += len(data)
+
+    if step.length:
+        reader = await run.reader(step)
+        await reader.prepare(step.source_offset, step.length)
+        await _pump(reader, step.source_offset, step.length, chunk, sink, current)
+    zero = memoryview(bytes(record))
+    while written < step.records:  # padding beyond the data: whole zero records
+        written += _append_records(tape, zero, record)
+        progress.bytes_done += record
+
+
+def _read_record(tape: TapeDevice, expected: int) -> bytes:
+    image, pos = tape.image, tape.position
+    if pos >= len(image):
+        raise CheckCondition(Reason.END_OF_DATA_DETECTED, information=expected)
+    if image.is_filemark(pos):
+        tape.position = pos + 1
+        raise CheckCondition(Reason.FILEMARK_DETECTED, information=expected, filemark=True)
+    record = tape.read_record(pos)
+    tape.position = pos + 1
+    if len(record) != expected:
+        raise CheckCondition(Reason.NO_SENSE, information=expected - len(record), ili=True)
+    return record
+
+
+async def _stream_to_block(run: CopyRun, current: _Segment) -> None:
+    step = current.step
+    dst = step.destination.lu
+    src_null = step.source is None or step.source.lu is None
+    tape = None if src_null else _tape(step, write=False)
+    record = step.record_length
+    per_chunk = max(1, limits.CHUNK // record) if record else 1
+    pos = 0
+    remaining_records = step.records
+    progress = run.progress
+    while remaining_records:
+        n = min(per_chunk, remaining_records)
+        if tape is None:
+            data = bytes(record * n)
+        else:
+            try:
+                data = b"".join(_read_record(tape, record) for _ in range(n))
+            except CheckCondition as cc:
+                reason = (
+                    Reason.COPY_TARGET_DEVICE_DATA_OVERRUN
+                    if cc.ili and (cc.information or 0) < 0
+                    else Reason.COPY_TARGET_DEVICE_DATA_UNDERRUN
+                )
+                aborted = run._aborted(current, reason, cc)
+                aborted.from_destination = False
+                raise aborted from None
+        remaining_records -= n
+        useful = data[: max(0, step.length - pos)]  # padding past the block range is dropped
+        if useful and dst is not None:
+            assert isinstance(dst, BlockDevice)
+            await _write_or_punch(dst, step.destination_offset + pos, memoryview(useful))
+        pos += len(useful)
+        current.done += len(useful)
+        progress.bytes_done += len(useful)
+
+
+async def _write_or_punch(dst: BlockDevice, offset: int, data: memoryview) -> None:
+    """All-zero allocation units become holes; the rest is written."""
+    if len(data) >= ALLOCATION_UNIT and offset % ALLOCATION_UNIT == 0 and data == bytes(len(data)):
+        await dst.deallocate(offset, len(data), punch=True)
+        return
+    await dst.write_bytes(offset, data, False)
+
+
+async def _inline_to_stream(run: CopyRun, current: _Segment) -> None:
+    step = current.step
+    if step.destination.lu is None:
+        return
+    tape = _tape(step, write=True)
+    if not step.records:
+        return
+    tape.begin_write()
+    data = step.inline + bytes(step.pad)
+    _append_records(tape, memoryview(data), step.record_length)
+    current.done = step.length
+    run.progress.bytes_done += step.length
+
+
+async def _tape_command(run: CopyRun, current: _Segment, cdb: bytes) -> None:
+    """A tape operation runs the tape LU's own SSC handler (not over iSCSI): the same
+    positioning semantics and sense as the command would have, minus unit attentions."""
+    tape = current.step.destination.lu
+    if tape is None:
+        return
+    assert isinstance(tape, LogicalUnit)
+    spec = tape.table.lookup(cdb)
+    assert spec is not None
+    result = await spec.handler(tape, ScsiCommand(cdb, 0, run.nexus))
+    if result.status:
+        raise CopyAborted(
+            Reason.COPY_ABORTED_NO_ADDITIONAL_SENSE,
+            current.step.segment.index,
+            target_sense=result.sense or build_sense(Reason.NO_SENSE),
+        )
+
+
+async def _write_filemarks(run: CopyRun, current: _Segment) -> None:
+    count = current.step.segment.count
+    await _tape_command(run, current, bytes([0x10, 0]) + count.to_bytes(3, "big") + b"\0")
+
+
+async def _space(run: CopyRun, current: _Segment) -> None:
+    seg = current.step.segment
+    count = seg.count.to_bytes(3, "big", signed=True)
+    await _tape_command(run, current, bytes([0x11, seg.space_code]) + count + b"\0")
+
+
+async def _locate(run: CopyRun, current: _Segment) -> None:
+    target = current.step.segment.locate_to.to_bytes(4, "big")
+    await _tape_command(run, current, bytes([0x2B, 0, 0]) + target + bytes([0, 0, 0]))
+
+
+_HANDLERS: dict[int, Callable[[CopyRun, _Segment], Awaitable[None]]] = {
+    BLOCK_TO_BLOCK: _block_to_block,
+    BYTES_BLOCK_TO_BLOCK: _block_to_block,
+    BLOCK_TO_STREAM: _block_to_stream,
+    STREAM_TO_BLOCK: _stream_to_block,
+    INLINE_TO_STREAM: _inline_to_stream,
+    WRITE_FILEMARKS: _write_filemarks,
+    SPACE: _space,
+    LOCATE: _locate,
+}

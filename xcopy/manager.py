@@ -1,0 +1,219 @@
+"""The copy manager: copy operations by I_T nexus and list identifier, their progress and
+their results, for one SCSI target (the LUN map its sessions see).
+
+An operation is registered under (initiator port, list identifier) unless its LIST ID
+USAGE is 11b. A second EXTENDED COPY with the list identifier of a live operation gets
+OPERATION IN PROGRESS (00/16); one whose earlier namesake has finished replaces it.
+Results stay until RECEIVE COPY RESULTS has reported the end of the operation (and, for
+a failure, its FAILED SEGMENT DETAILS), or until ``MAX_RETAINED_RESULTS`` newer ones
+push them out. At most ``MAX_CONCURRENT_COPIES`` run at once (INSUFFICIENT RESOURCES,
+55/03, past that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from scsi.command import Nexus
+from scsi.logical_unit import LogicalUnit
+from scsi.sense import CheckCondition, Reason, build_sense
+from xcopy import limits
+from xcopy.engine import CopyRun
+from xcopy.errors import CopyAborted
+from xcopy.params import CopyList
+from xcopy.plan import plan
+from xcopy.readers import ReaderFactory, direct_reader
+
+log = logging.getLogger(__name__)
+
+
+class State(enum.Enum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+@dataclass
+class Operation:
+    """One EXTENDED COPY, live or finished."""
+
+    initiator: str
+    copy_list: CopyList
+    lun: int
+    state: State = State.RUNNING
+    segments_processed: int = 0
+    bytes_done: int = 0
+    bytes_total: int = 0
+    sense: bytes | None = None  # how it failed (COPY ABORTED ...), fixed format
+    failed_segment: int | None = None
+    started: float = field(default_factory=time.monotonic)
+    ended: float | None = None
+    status_reported: int = 0  # operation counter for RECEIVE COPY STATUS(LID4)
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+    done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def list_id(self) -> int:
+        return self.copy_list.list_id
+
+    @property
+    def finished(self) -> bool:
+        return self.state is not State.RUNNING
+
+
+@dataclass
+class Counters:
+    started: int = 0
+    completed: int = 0
+    failed: int = 0
+    aborted: int = 0
+    bytes: int = 0
+
+
+class CopyManager:
+    def __init__(
+        self,
+        luns: dict[int, LogicalUnit],
+        reader_factory: ReaderFactory = direct_reader,
+        *,
+        max_concurrent: int = limits.MAX_CONCURRENT_COPIES,
+    ) -> None:
+        self.luns = luns  # the target's own dict: LUNs added later are seen too
+        self.reader_factory = reader_factory
+        self.max_concurrent = max_concurrent
+        self.operations: dict[str, OrderedDict[int, Operation]] = {}
+        self.counters = Counters()
+        self._tape_locks: dict[int, asyncio.Lock] = {}
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    def running(self) -> list[Operation]:
+        return [op for ops in self.operations.values() for op in ops.values() if not op.finished]
+
+    def find(self, nexus: Nexus, list_id: int) -> Operation | None:
+        return self.operations.get(nexus.initiator_port, OrderedDict()).get(list_id)
+
+    def forget(self, op: Operation) -> None:
+        ops = self.operations.get(op.initiator)
+        if ops is not None and ops.get(op.list_id) is op:
+            del ops[op.list_id]
+
+    def _register(self, op: Operation) -> None:
+        ops = self.operations.setdefault(op.initiator, OrderedDict())
+        ops.pop(op.list_id, None)
+        ops[op.list_id] = op
+        finished = [k for k, o in ops.items() if o.finished]
+        for key in finished[: max(0, len(ops) - limits.MAX_RETAINED_RESULTS)]:
+            del ops[key]
+
+    # -- starting ------------------------------------------------------------------------
+    def start(self, copy_list: CopyList, lu: LogicalUnit, lun: int, nexus: Nexus) -> Operation:
+        """Check and plan ``copy_list``, then run it in the background.
+
+        Raises CheckCondition for a refused list; a planning failure (COPY ABORTED) is
+        raised too, and recorded as the operation's result.
+        """
+        if copy_list.keeps_results:
+            live = self.find(nexus, copy_list.list_id)
+            if live is not None and not live.finished:
+                raise CheckCondition(Reason.OPERATION_IN_PROGRESS)
+        if len(self.running()) >= self.max_concurrent:
+            raise CheckCondition(Reason.INSUFFICIENT_RESOURCES)
+        op = Operation(nexus.initiator_port, copy_list, lun)
+        try:
+            steps = plan(copy_list, self.luns, lu, nexus)
+        except CopyAborted as err:
+            self._finish(op, err)
+            if copy_list.keeps_results:
+                self._register(op)
+            raise
+        op.bytes_total = sum(s.length for s in steps)
+        if copy_list.keeps_results:
+            self._register(op)
+        self.counters.started += 1
+        log.debug(
+            "EXTENDED COPY %s list %d from %s: %d segments, %d bytes",
+            "LID1" if copy_list.service_action == 0 else "LID4",
+            copy_list.list_id,
+            nexus.initiator_port,
+            len(steps),
+            op.bytes_total,
+        )
+        run = CopyRun(copy_list, steps, self.reader_factory, nexus, op)
+        tapes = {
+            id(end.lu)
+            for step in steps
+            for end in (step.source, step.destination)
+            if end is not None and getattr(end.lu, "device_type", 0) == 0x01
+        }
+        # Taken in one order by every copy, so two copies to two tapes cannot deadlock.
+        locks = [self._tape_locks.setdefault(key, asyncio.Lock()) for key in sorted(tapes)]
+        op.task = asyncio.get_running_loop().create_task(self._run(op, run, locks))
+        return op
+
+    async def _run(self, op: Operation, run: CopyRun, locks: list[asyncio.Lock]) -> None:
+        error: CopyAborted | None = None
+        held: list[asyncio.Lock] = []
+        try:
+            for lock in locks:  # one copy at a time per tape: records must not interleave
+                await lock.acquire()
+                held.append(lock)
+            await run.run()
+        except CopyAborted as err:
+            error = err
+        except asyncio.CancelledError:
+            op.state = State.ABORTED
+        except Exception as err:  # a bug must still end the operation, visibly
+            log.exception("copy list %d failed", op.list_id)
+            error = CopyAborted(Reason.THIRD_PARTY_DEVICE_FAILURE, op.segments_processed)
+            error.__cause__ = err
+        finally:
+            for lock in held:
+                lock.release()
+            self._finish(op, error)
+
+    def _finish(self, op: Operation, error: CopyAborted | None) -> None:
+        if op.ended is not None:
+            return
+        op.ended = time.monotonic()
+        self.counters.bytes += op.bytes_done
+        if op.state is State.ABORTED:
+            op.sense = build_sense(Reason.COMMAND_ABORTED)
+            self.counters.aborted += 1
+        elif error is not None:
+            op.state = State.FAILED
+            op.sense = error.sense()
+            op.failed_segment = error.segment
+            self.counters.failed += 1
+            log.info("copy list %d aborted at segment %d: %s", op.list_id, error.segment, error)
+        else:
+            op.state = State.COMPLETED
+            self.counters.completed += 1
+        op.done.set()
+
+    def abort(self, op: Operation) -> None:
+        """COPY OPERATION ABORT (or the EXTENDED COPY's own task was aborted)."""
+        if op.task is not None and not op.task.done():
+            op.task.cancel()
+
+    async def wait(self, op: Operation) -> None:
+        """Until ``op`` ends; if the waiter is cancelled (ABORT TASK), so is the copy."""
+        try:
+            await op.done.wait()
+        except asyncio.CancelledError:
+            self.abort(op)
+            raise
+
+    async def close(self) -> None:
+        """Daemon shutdown: abort what runs and wait for it to stop."""
+        running = self.running()
+        for op in running:
+            self.abort(op)
+        for op in running:
+            if op.task is not None:
+                await asyncio.gather(op.task, return_exceptions=True)

@@ -1,0 +1,66 @@
+"""The one seam every block source read goes through.
+
+A copy asks its :class:`ReaderFactory` once for a :class:`SourceReader` per source LU;
+the reader decides where the bytes come from. :class:`DirectReader` reads the LU's store
+as it is now. The pair-aware backup policies (reflect-first, wait, merge,
+split-and-backup) are readers too: a source that is the target volume of a pair still
+SPLIT-PENDING gets a reader whose ``prepare`` reflects the range first (or waits for
+SPLIT), or whose ``read_into`` merges chunks read as of the split instant, so the bytes
+that reach the destination equal the volume at the split instant whatever the policy.
+A reader that cannot promise that raises :class:`SourceUnavailable` and the copy ends
+with COPY ABORTED saying why, never with silently wrong data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
+
+from backing.sparse_file import Extent
+
+if TYPE_CHECKING:
+    from scsi.block_device import BlockDevice
+    from xcopy.params import CopyList
+
+
+class SourceUnavailable(Exception):
+    """The source cannot deliver the range as the copy needs it (why: the message)."""
+
+
+class SourceReader(Protocol):
+    async def prepare(self, offset: int, length: int) -> None:
+        """Called once per segment before its range is read (reflect first, or wait)."""
+
+    async def read_into(self, offset: int, buf: memoryview) -> None: ...
+
+    def extents(self, offset: int, length: int) -> list[Extent]:
+        """Mapped and hole runs of the range as the reader will deliver it."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+ReaderFactory = Callable[["BlockDevice", "CopyList"], Awaitable[SourceReader]]
+
+
+class DirectReader:
+    """The LU's store as it is: what a READ would return."""
+
+    def __init__(self, lu: BlockDevice) -> None:
+        self.lu = lu
+
+    async def prepare(self, offset: int, length: int) -> None:
+        return None
+
+    async def read_into(self, offset: int, buf: memoryview) -> None:
+        await self.lu.store.read_into(offset, buf)
+
+    def extents(self, offset: int, length: int) -> list[Extent]:
+        return self.lu.store.extents(offset, length)
+
+    async def close(self) -> None:
+        return None
+
+
+async def direct_reader(lu: BlockDevice, copy_list: CopyList) -> SourceReader:
+    return DirectReader(lu)
