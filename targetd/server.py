@@ -75,7 +75,7 @@ class IscsiConnection(asyncio.BufferedProtocol):
     def __init__(self, server: TargetServer, portal: Portal) -> None:
         self.server = server
         self.portal = portal
-        self.conn = Connection(server.config, portal, server.sessions)
+        self.conn = Connection(server.config, portal, server.sessions, time.monotonic())
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.runtime: TargetRuntime | None = None
@@ -101,6 +101,15 @@ class IscsiConnection(asyncio.BufferedProtocol):
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.conn.now = time.monotonic()
         self.conn.last_heard = self.conn.now
+        if len(self.server.connections) >= self.server.max_connections:
+            # Connections that never log in must not exhaust the daemon's descriptors.
+            log.warning(
+                "refusing connection from %s: %d connections open",
+                self.peer,
+                len(self.server.connections),
+            )
+            transport.abort()
+            return
         self.server.connections.add(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -336,6 +345,8 @@ class TargetServer:
         self.sessions = SessionTable(config.max_sessions, config.max_connections_per_session)
         self.sessions.on_reinstate = self._reinstate
         self.connections: set[IscsiConnection] = set()
+        # Logged-in sessions are capped by max_sessions; this caps sockets before login.
+        self.max_connections = 2 * config.max_sessions + 16
         self._servers: list[asyncio.base_events.Server] = []
         self._ticker: asyncio.Task[None] | None = None
         self.now = time.monotonic()

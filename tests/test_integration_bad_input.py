@@ -11,7 +11,7 @@ import os
 import socket
 
 import pytest
-from conftest import Daemon
+from conftest import DEFAULT_IQN, Daemon
 from raw_initiator import RawInitiator
 
 from scsi.sense import parse_sense
@@ -193,3 +193,30 @@ def test_write_with_r2t_round_trip(targetd: Daemon, step: int) -> None:
         assert received == size
         status, data, _ = ini.command(bytes([0x28, 0, 0, 0, 0, 100, 0, 0x08, 0, 0]), read=size)
         assert status == 0 and data == payload
+
+
+def test_connections_beyond_the_cap_are_refused_and_logged_in_sessions_keep_working(
+    targetd_factory,
+) -> None:
+    cap_config = f"""
+[[target]]
+name = "{DEFAULT_IQN}"
+[[target.lun]]
+lun = 0
+size = "16MiB"
+[limits]
+max_sessions = 1
+"""
+    d = targetd_factory(cap_config)
+    with healthy(d) as good:
+        # 2 * max_sessions + 16 sockets may be open at once; the rest are dropped.
+        idle = [socket.create_connection(("127.0.0.1", d.port), timeout=5) for _ in range(17)]
+        try:
+            extra = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+            extra.settimeout(5)
+            assert extra.recv(1) == b""  # closed without a word
+            extra.close()
+            still_serves(good)
+        finally:
+            for s in idle:
+                s.close()

@@ -57,6 +57,8 @@ MAX_WRITE_BUFFER = 64 << 20
 
 NOP_INTERVAL = 30.0  # seconds of silence before we ping the initiator
 NOP_TIMEOUT = 30.0  # seconds the initiator has to answer the ping
+# A connection that is not logged in by then is dropped: it holds a socket and a slot.
+LOGIN_TIMEOUT = 30.0
 
 
 class Phase(Enum):
@@ -76,7 +78,9 @@ _RESETS = (
 
 
 class Connection:
-    def __init__(self, config: Config, portal: Portal, sessions: SessionTable) -> None:
+    def __init__(
+        self, config: Config, portal: Portal, sessions: SessionTable, now: float = 0.0
+    ) -> None:
         self.config = config
         self.portal = portal
         self.sessions = sessions
@@ -106,8 +110,9 @@ class Connection:
         self.immediate_data = True
         self.initial_r2t = True
         self.max_outstanding_r2t = 1
-        self.last_heard = 0.0
-        self.now = 0.0
+        self.opened_at = now
+        self.last_heard = now
+        self.now = now
         self._ping_sent_at: float | None = None
         self._ping_ttt = 0
 
@@ -143,8 +148,12 @@ class Connection:
         self.receive(items)
 
     def tick(self, now: float) -> None:
-        """Keepalive: ping a silent initiator; drop one that does not answer."""
+        """Keepalive: ping a silent initiator; drop one that does not answer, and a
+        connection that has not finished logging in within LOGIN_TIMEOUT."""
         self.now = now
+        if self.phase is Phase.LOGIN and now - self.opened_at > LOGIN_TIMEOUT:
+            self._close("login not completed in time")
+            return
         if self.phase is not Phase.FULL_FEATURE:
             return
         if self._ping_sent_at is not None:

@@ -361,3 +361,11 @@ def test_solicited_data_out_lands_in_the_command_buffer_without_a_copy() -> None
     ev = executed(h)
     (data,) = seen
     assert isinstance(data, memoryview) and data.obj is ev.command.data_out.obj
+
+
+def test_a_connection_that_never_logs_in_is_dropped() -> None:
+    conn = Connection(default_config(), Portal(), SessionTable(), now=100.0)
+    conn.tick(110.0)
+    assert conn.take_events() == []
+    conn.tick(100.0 + 31)
+    assert [type(e) for e in conn.take_events()] == [CloseConnection]
