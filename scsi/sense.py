@@ -114,6 +114,13 @@ class Reason(Enum):
     COPY_TARGET_DEVICE_DATA_OVERRUN = (_K.COPY_ABORTED, 0x0D, 0x05)
     UNREACHABLE_COPY_TARGET = (_K.COPY_ABORTED, 0x08, 0x04)
     COPY_ABORTED_UNEXPECTED_INEXACT_SEGMENT = (_K.COPY_ABORTED, 0x26, 0x0A)
+    # A backup of a pair volume (vendor ASC 80h under COPY ABORTED; docs/xcopy.md): the
+    # source is the target volume of a pair that is not split, or the split image is gone
+    # (the pair was resynchronized, suspended or deleted while the copy read it).
+    COPY_SOURCE_PAIR_NOT_SPLIT = (_K.COPY_ABORTED, 0x80, 0x02)
+    COPY_SPLIT_IMAGE_LOST = (_K.COPY_ABORTED, 0x80, 0x10)
+    # The daemon stopped (or was killed) while the copy ran: reported after the restart.
+    COPY_ABORTED_BY_RESTART = (_K.COPY_ABORTED, 0x29, 0x00)
     # EXTENDED COPY parameter lists and copy resources (ILLEGAL REQUEST, xcopy/)
     UNEXPECTED_INEXACT_SEGMENT = (_K.ILLEGAL_REQUEST, 0x26, 0x0A)
     INVALID_OPERATION_FOR_COPY_SOURCE_OR_DESTINATION = (_K.ILLEGAL_REQUEST, 0x26, 0x0C)

@@ -16,6 +16,7 @@ from targetd import logs
 from targetd.config import Config, ConfigError, Portal, default_config, parse_hostport
 from targetd.luns import build_targets, close_targets
 from targetd.operations import Operations
+from targetd.pair_admin import PairAdmin
 from targetd.pairs import pair_settings
 from targetd.server import TargetServer
 
@@ -57,6 +58,9 @@ async def serve(config: Config, *, loader: Callable[[], Config] | None = None) -
     ops = Operations(server, loader=loader, metrics_listen=config.metrics_listen)
     ops.on_shutdown(pairs.stop)  # after the drain: the last cleared bits are written
     ops.provide_status("pairs", lambda: [s.as_dict() for s in pairs.list()])
+    pair_admin = PairAdmin(pairs, config)
+    pair_admin.register(ops.admin)  # targetctl pair ...
+    ops.metrics.add_collector(pair_admin.metric_families)
     try:
         await server.start()
         await ops.start()

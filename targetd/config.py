@@ -60,7 +60,7 @@ class Portal:
 @dataclass(frozen=True, slots=True)
 class LunConfig:
     lun: int
-    kind: str = "block"  # "block" | "tape"
+    kind: str = "block"  # "block" | "tape" | "filesink"
     path: Path = Path("lun.img")
     size: int = GiB
     block_size: int = 512
@@ -86,9 +86,14 @@ class PairConfig:
     chunk_size: int = 256 * 1024  # bytes per differential bit; a power of two
     copy_workers: int = 2
     copy_rate: int = 0  # background copy bytes per second; 0: unlimited
+    # How EXTENDED COPY backs up a split-pending pair's target (docs/xcopy.md): the default,
+    # and per pair name.
+    backup_policy: str = "reflect-first"
+    backup_policies: tuple[tuple[str, str], ...] = ()
 
 
 PAIR_CHUNK_RANGE = (64 * 1024, 1 << 20)
+BACKUP_POLICIES = ("reflect-first", "wait", "merge")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +150,7 @@ MIN_CHAP_SECRET = 12
 MAX_CHAP_SECRET = 255
 
 BLOCK_SIZES = (512, 4096)
-LUN_KINDS = ("block", "tape")
+LUN_KINDS = ("block", "tape", "filesink")
 MAX_LUN = 16383  # flat space addressing, the widest single-level LUN we encode
 _SIZE = re.compile(r"\s*(\d+)\s*(B|KiB|MiB|GiB|TiB)?\s*")
 _UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
@@ -318,18 +323,21 @@ def _lun(value: object, key: str, target_name: str, state_dir: Path) -> LunConfi
     block_size = table.take("block_size", int, 512)
     if block_size not in BLOCK_SIZES:
         raise ConfigError(table.key("block_size"), f"must be 512 or 4096, got {block_size}")
-    if kind == "tape" and "capacity" in table.data:
+    if kind in ("tape", "filesink") and "capacity" in table.data:
         # A tape's size is its capacity; either key names it, not both.
         if "size" in table.data:
             raise ConfigError(table.key("capacity"), "give either size or capacity, not both")
         table.data["size"] = table.data.pop("capacity")
-    default_size = DEFAULT_TAPE_CAPACITY if kind == "tape" else GiB
+    # A file sink's size is its capacity too: the bytes its directory may hold.
+    default_size = DEFAULT_TAPE_CAPACITY if kind in ("tape", "filesink") else GiB
     size = parse_size(table.data.pop("size", default_size), table.key("size"))
     if kind == "tape" and size < MIN_TAPE_CAPACITY:
         raise ConfigError(table.key("size"), f"a tape holds at least {MIN_TAPE_CAPACITY} bytes")
     if kind == "block" and size % block_size:
         raise ConfigError(table.key("size"), f"{size} is not a multiple of block_size")
     default_path = f"{target_name.replace(':', '_')}/lun{number}.img"
+    if kind == "filesink":  # a directory: one plain file per backup (tape file)
+        default_path = f"{target_name.replace(':', '_')}/lun{number}-sink"
     path_text = table.take("path", str, default_path)
     if not path_text.strip():
         raise ConfigError(table.key("path"), "must not be empty")
@@ -448,8 +456,23 @@ def _pairs(config: _Table) -> PairConfig:
     if "copy_rate" in table.data:
         raw = table.take_raw("copy_rate")
         rate = 0 if raw in (0, "0") else parse_size(raw, table.key("copy_rate"))
+    policy = _backup_policy(table.take("backup_policy", str, default.backup_policy), table, "")
+    per_pair: list[tuple[str, str]] = []
+    if "backup_policies" in table.data:
+        named = _Table(table.take_raw("backup_policies"), table.key("backup_policies"))
+        for name in sorted(named.data):
+            value = named.take(name, str, "")
+            per_pair.append((name, _backup_policy(value, named, name)))
+        named.done()
     table.done()
-    return PairConfig(chunk, workers, rate)
+    return PairConfig(chunk, workers, rate, policy, tuple(per_pair))
+
+
+def _backup_policy(value: str, table: _Table, name: str) -> str:
+    if value not in BACKUP_POLICIES:
+        key = table.key(name or "backup_policy")
+        raise ConfigError(key, f"must be one of {', '.join(BACKUP_POLICIES)}, got {value!r}")
+    return value
 
 
 def _metrics(config: _Table) -> tuple[str, int] | None:

@@ -10,6 +10,8 @@ import importlib
 COMMAND_MODULES = (
     "targetd.status_cli",
     "targetd.tape_cli",
+    "targetd.filesink_cli",
+    "targetd.pair_cli",
 )
 
 

@@ -7,11 +7,13 @@ from dataclasses import replace
 from backing.pairs import PairManager, PairVolume
 from backing.sparse_file import SparseFile
 from scsi.block_device import BlockDevice
+from scsi.file_sink import FileSinkDevice
 from scsi.logical_unit import Identity, LogicalUnit
 from scsi.tape_device import TapeDevice
 from scsi.target import ScsiTarget
 from targetd.config import Config, ConfigError, LunConfig, TargetConfig
 from targetd.pairs import TargetPairs, volume_id
+from xcopy import Policy, PolicyLookup
 from xcopy import attach as attach_copy_manager
 
 
@@ -46,6 +48,14 @@ def build_lun(
             lun.size,
             read_only=lun.read_only,
         )
+    if lun.kind == "filesink":
+        # A directory of plain files, one per backup: EXTENDED COPY's file destination.
+        return FileSinkDevice.from_directory(
+            replace(identity, product=lun.product or "FILE-SINK"),
+            path,
+            lun.size,
+            read_only=lun.read_only,
+        )
     raise ConfigError(f"target {target.name} lun {lun.lun}", f"unsupported type {lun.kind!r}")
 
 
@@ -59,7 +69,9 @@ def build_targets(config: Config, pairs: PairManager | None = None) -> dict[str,
             for n in block:
                 luns[n].pair_control = control  # type: ignore[attr-defined]
         target = ScsiTarget(luns)
-        attach_copy_manager(target)  # EXTENDED COPY among the LUs this target shows
+        # EXTENDED COPY among the LUs this target shows; results survive a restart.
+        copies = config.state_dir / "xcopy" / t.name.replace(":", "_")
+        attach_copy_manager(target, backup_policy_lookup(config), state_dir=copies)
         targets[t.name] = target
     return targets
 
@@ -79,3 +91,15 @@ async def flush_targets(targets: dict[str, ScsiTarget]) -> None:
             flush = getattr(lu, "flush", None) or getattr(getattr(lu, "store", None), "flush", None)
             if flush is not None:
                 await flush()
+
+
+def backup_policy_lookup(config: Config) -> PolicyLookup:
+    """The backup policy of a pair (by name) from the ``[pairs]`` table."""
+    names = {
+        "reflect-first": Policy.REFLECT_FIRST,
+        "wait": Policy.WAIT,
+        "merge": Policy.MERGE,
+    }
+    default = names[config.pairs.backup_policy]
+    per_pair = {name: names[value] for name, value in config.pairs.backup_policies}
+    return lambda pair: per_pair.get(pair.name, default)

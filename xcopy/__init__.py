@@ -8,10 +8,14 @@ commands in the SBC and SSC opcode tables.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from scsi.target import ScsiTarget
 from scsi.vpd import EXTRA_PAGES
 from xcopy import commands
+from xcopy.journal import CopyJournal
 from xcopy.manager import CopyManager, Operation, State
+from xcopy.policies import Policy, PolicyLookup, default_policy, pair_aware_readers
 from xcopy.readers import DirectReader, ReaderFactory, SourceReader, direct_reader
 from xcopy.results import third_party_copy_page
 
@@ -25,8 +29,17 @@ def _tpc_page(lu, nexus):  # type: ignore[no-untyped-def]
 EXTRA_PAGES[0x8F] = _tpc_page
 
 
-def attach(target: ScsiTarget, reader_factory: ReaderFactory = direct_reader) -> CopyManager:
-    manager = CopyManager(target.luns, reader_factory)
+def attach(
+    target: ScsiTarget,
+    policy_for: PolicyLookup = default_policy,
+    *,
+    state_dir: Path | None = None,
+) -> CopyManager:
+    """One copy manager for ``target``; a copy from a pair's target volume follows the
+    backup policy ``policy_for(pair)`` unless its SPLIT PAIR segment names one. With
+    ``state_dir`` copy results survive a restart (an interrupted copy reads as failed)."""
+    journal = CopyJournal(state_dir) if state_dir is not None else None
+    manager = CopyManager(target.luns, pair_aware_readers(policy_for), journal=journal)
     for lu in target.luns.values():
         lu.copy_manager = manager  # type: ignore[attr-defined]
         lu.third_party_copy = True
@@ -37,6 +50,8 @@ __all__ = [
     "CopyManager",
     "DirectReader",
     "Operation",
+    "Policy",
+    "PolicyLookup",
     "ReaderFactory",
     "SourceReader",
     "State",

@@ -1,5 +1,5 @@
 """EXTENDED COPY (83h: LID1, LID4, COPY OPERATION ABORT) and RECEIVE COPY RESULTS (84h)
-in the SBC and SSC opcode tables.
+in the SBC and SSC opcode tables (and the file sink's).
 
 scsi/ does not import xcopy/ (xcopy is built on scsi), so importing this module is what
 puts the rows in the tables; ``xcopy.attach`` (called by targetd.luns) imports it and
@@ -9,6 +9,7 @@ gives each LU of a target the target's :class:`~xcopy.manager.CopyManager`.
 from __future__ import annotations
 
 from scsi.command import ScsiCommand, ScsiResult, Status
+from scsi.file_sink import FILE_SINK_TABLE
 from scsi.logical_unit import LogicalUnit
 from scsi.opcodes import OpcodeTable
 from scsi.sbc import SBC_TABLE
@@ -60,8 +61,11 @@ async def extended_copy(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
         op = manager.start(copy_list, lu, _lun_of(lu, manager), cmd.nexus)
     except CopyAborted as err:
         return _copy_aborted(lu, err)
-    if copy_list.immed:
-        return ScsiResult()
+    if copy_list.immed:  # answered once the split (if any) is taken and the sources pass
+        await op.answered.wait()
+        if op.state in (State.RUNNING, State.COMPLETED):
+            return ScsiResult()
+        return ScsiResult(Status.CHECK_CONDITION, sense=op.sense)
     await manager.wait(op)
     if op.state is State.COMPLETED:
         return ScsiResult()
@@ -172,3 +176,4 @@ def register(table: OpcodeTable) -> None:
 
 register(SBC_TABLE)
 register(SSC_TABLE)
+register(FILE_SINK_TABLE)

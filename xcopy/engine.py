@@ -19,11 +19,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from backing.pairs.states import PairError, Phase
+from backing.pairs.volume import PairVolume
 from scsi.block_device import ALLOCATION_UNIT, BlockDevice
 from scsi.command import Nexus, ScsiCommand
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import CheckCondition, Reason, build_sense
-from scsi.tape_device import TapeDevice
 from xcopy import limits
 from xcopy.errors import CopyAborted
 from xcopy.params import (
@@ -33,12 +34,17 @@ from xcopy.params import (
     INLINE_TO_STREAM,
     LOCATE,
     SPACE,
+    SPLIT_PAIR,
     STREAM_TO_BLOCK,
     WRITE_FILEMARKS,
     CopyList,
 )
 from xcopy.plan import Step
 from xcopy.readers import ReaderFactory, SourceReader, SourceUnavailable
+from xcopy.streams import SinkMedium, StreamMedium, medium_of
+
+# Bytes per copy_file_range call: a few ms of kernel copying between two looks at the loop.
+KERNEL_CHUNK = 8 * 1024 * 1024
 
 
 class Progress(Protocol):
@@ -83,31 +89,51 @@ class CopyRun:
     progress: Progress
     _readers: dict[int, SourceReader] = field(default_factory=dict)
 
-    async def run(self) -> None:
+    async def run(self, answer: asyncio.Event | None = None) -> None:
+        """Run every step; ``answer`` is set once the copy may be reported as started
+        (IMMED): after the leading SPLIT PAIR segments and the source checks."""
         try:
-            for step in self.steps:
-                current = _Segment(step)
-                try:
-                    await _HANDLERS[step.segment.type_code](self, current)
-                except CopyAborted:
-                    raise
-                except CheckCondition as cc:
-                    raise self._aborted(
-                        current, Reason.COPY_ABORTED_NO_ADDITIONAL_SENSE, cc
-                    ) from None
-                except SourceUnavailable as err:
-                    raise self._aborted(
-                        current, Reason.THIRD_PARTY_DEVICE_FAILURE, message=str(err)
-                    ) from err
-                except OSError as err:
-                    raise self._aborted(
-                        current, Reason.THIRD_PARTY_DEVICE_FAILURE, message=str(err)
-                    ) from err
-                self.progress.segments_processed += 1
+            steps = self.steps
+            leading = 0
+            while leading < len(steps) and steps[leading].segment.type_code == SPLIT_PAIR:
+                await self._run_step(steps[leading])
+                leading += 1
+            for step in steps[leading:]:  # every source is checked before a byte moves
+                if step.source is not None and step.source.device_type == 0x00:
+                    await self._guarded(_Segment(step), self.reader(step))
+            if answer is not None:
+                answer.set()
+            for step in steps[leading:]:
+                await self._run_step(step)
         finally:
             for reader in self._readers.values():
                 with contextlib.suppress(Exception):
                     await reader.close()
+
+    async def _run_step(self, step: Step) -> None:
+        current = _Segment(step)
+        await self._guarded(current, _HANDLERS[step.segment.type_code](self, current))
+        self.progress.segments_processed += 1
+
+    async def _guarded(self, current: _Segment, work: Awaitable[object]) -> None:
+        """Await ``work``; whatever a copy target raises becomes COPY ABORTED."""
+        try:
+            await work
+        except CopyAborted:
+            raise
+        except CheckCondition as cc:
+            raise self._aborted(current, Reason.COPY_ABORTED_NO_ADDITIONAL_SENSE, cc) from None
+        except SourceUnavailable as err:
+            raise self._aborted(current, err.reason, message=str(err)) from err
+        except PairError as err:
+            sense = build_sense(Reason.PAIR_WRONG_STATE)
+            aborted = self._aborted(current, Reason.COPY_SOURCE_PAIR_NOT_SPLIT, message=str(err))
+            aborted.target_sense = sense
+            raise aborted from err
+        except OSError as err:
+            raise self._aborted(
+                current, Reason.THIRD_PARTY_DEVICE_FAILURE, message=str(err)
+            ) from err
 
     def _aborted(
         self,
@@ -236,26 +262,17 @@ async def _block_to_block(run: CopyRun, current: _Segment) -> None:
         await _pump(reader, extent.offset, extent.length, limits.CHUNK, write_at, current)
 
 
-def _tape(step: Step, *, write: bool) -> TapeDevice:
-    tape = step.destination.lu if write else step.source.lu if step.source else None
-    assert isinstance(tape, TapeDevice)
-    if write:
-        tape.require_writable()
-    else:
-        tape.require_medium()
-    return tape
+def _medium(step: Step, *, write: bool) -> StreamMedium:
+    end = step.destination if write else step.source
+    assert end is not None and end.lu is not None
+    return medium_of(end.lu)
 
 
-def _append_records(tape: TapeDevice, data: memoryview, record: int) -> int:
+def _append_records(medium: StreamMedium, data: memoryview, record: int) -> int:
     """Write ``data`` as records of ``record`` bytes; returns how many."""
-    image = tape.image
     count = 0
     for start in range(0, len(data), record):
-        payload = data[start : start + record]
-        if not image.fits(len(payload)):
-            raise CheckCondition(Reason.VOLUME_OVERFLOW, information=1, eom=True)
-        image.append_record(payload)
-        tape.position += 1
+        medium.append(data[start : start + record])
         count += 1
     return count
 
@@ -265,10 +282,10 @@ async def _block_to_stream(run: CopyRun, current: _Segment) -> None:
     if step.destination.lu is None:  # NUL stream destination
         current.done = step.length
         return
-    tape = _tape(step, write=True)
+    medium = _medium(step, write=True)
     if not step.records:
         return
-    tape.begin_write()
+    medium.begin_write()
     record = step.record_length
     chunk = record * max(1, limits.CHUNK // record)
     written = 0
@@ -278,38 +295,36 @@ async def _block_to_stream(run: CopyRun, current: _Segment) -> None:
         nonlocal written
         if len(data) % record:  # the tail of the data: pad the last record with zeros
             data = memoryview(bytes(data) + bytes(record - len(data) % record))
-        written += _append_records(tape, data, record)
+        written += _append_records(medium, data, record)
         progress.bytes_done += len(data)
 
     if step.length:
         reader = await run.reader(step)
         await reader.prepare(step.source_offset, step.length)
-        await _pump(reader, step.source_offset, step.length, chunk, sink, current)
+        fd = getattr(reader, "kernel_source", lambda: None)()
+        if fd is not None and isinstance(medium, SinkMedium):
+            # A plain file into a plain file: the kernel copies it (copy_file_range).
+            for pos, n in _chunks(step.source_offset, step.length, KERNEL_CHUNK, False):
+                medium.copy_from(fd, pos, n)
+                current.done += n
+                progress.bytes_done += n
+                await asyncio.sleep(0)  # let other commands run between chunks
+            if step.pad:
+                medium.append(memoryview(bytes(step.pad)))
+            written = step.records
+        else:
+            await _pump(reader, step.source_offset, step.length, chunk, sink, current)
     zero = memoryview(bytes(record))
     while written < step.records:  # padding beyond the data: whole zero records
-        written += _append_records(tape, zero, record)
+        written += _append_records(medium, zero, record)
         progress.bytes_done += record
-
-
-def _read_record(tape: TapeDevice, expected: int) -> bytes:
-    image, pos = tape.image, tape.position
-    if pos >= len(image):
-        raise CheckCondition(Reason.END_OF_DATA_DETECTED, information=expected)
-    if image.is_filemark(pos):
-        tape.position = pos + 1
-        raise CheckCondition(Reason.FILEMARK_DETECTED, information=expected, filemark=True)
-    record = tape.read_record(pos)
-    tape.position = pos + 1
-    if len(record) != expected:
-        raise CheckCondition(Reason.NO_SENSE, information=expected - len(record), ili=True)
-    return record
 
 
 async def _stream_to_block(run: CopyRun, current: _Segment) -> None:
     step = current.step
     dst = step.destination.lu
     src_null = step.source is None or step.source.lu is None
-    tape = None if src_null else _tape(step, write=False)
+    medium = None if src_null else _medium(step, write=False)
     record = step.record_length
     per_chunk = max(1, limits.CHUNK // record) if record else 1
     pos = 0
@@ -317,11 +332,11 @@ async def _stream_to_block(run: CopyRun, current: _Segment) -> None:
     progress = run.progress
     while remaining_records:
         n = min(per_chunk, remaining_records)
-        if tape is None:
+        if medium is None:
             data = bytes(record * n)
         else:
             try:
-                data = b"".join(_read_record(tape, record) for _ in range(n))
+                data = b"".join(medium.read_record(record) for _ in range(n))
             except CheckCondition as cc:
                 reason = (
                     Reason.COPY_TARGET_DEVICE_DATA_OVERRUN
@@ -353,12 +368,12 @@ async def _inline_to_stream(run: CopyRun, current: _Segment) -> None:
     step = current.step
     if step.destination.lu is None:
         return
-    tape = _tape(step, write=True)
+    medium = _medium(step, write=True)
     if not step.records:
         return
-    tape.begin_write()
+    medium.begin_write()
     data = step.inline + bytes(step.pad)
-    _append_records(tape, memoryview(data), step.record_length)
+    _append_records(medium, memoryview(data), step.record_length)
     current.done = step.length
     run.progress.bytes_done += step.length
 
@@ -371,7 +386,8 @@ async def _tape_command(run: CopyRun, current: _Segment, cdb: bytes) -> None:
         return
     assert isinstance(tape, LogicalUnit)
     spec = tape.table.lookup(cdb)
-    assert spec is not None
+    if spec is None:  # a file sink cannot SPACE or LOCATE
+        raise CheckCondition(Reason.INVALID_OPCODE)
     result = await spec.handler(tape, ScsiCommand(cdb, 0, run.nexus))
     if result.status:
         raise CopyAborted(
@@ -397,6 +413,16 @@ async def _locate(run: CopyRun, current: _Segment) -> None:
     await _tape_command(run, current, bytes([0x2B, 0, 0]) + target + bytes([0, 0, 0]))
 
 
+async def _split_pair(run: CopyRun, current: _Segment) -> None:
+    """Split the pair of the destination CSCD's volume (split-and-backup). A pair that
+    is split already keeps its split instant."""
+    lu = current.step.destination.lu
+    store = getattr(lu, "store", None)
+    assert isinstance(store, PairVolume) and store.pair is not None
+    if store.pair.phase not in (Phase.SPLIT_PENDING, Phase.SPLIT):
+        await store.pair.split()
+
+
 _HANDLERS: dict[int, Callable[[CopyRun, _Segment], Awaitable[None]]] = {
     BLOCK_TO_BLOCK: _block_to_block,
     BYTES_BLOCK_TO_BLOCK: _block_to_block,
@@ -406,4 +432,5 @@ _HANDLERS: dict[int, Callable[[CopyRun, _Segment], Awaitable[None]]] = {
     WRITE_FILEMARKS: _write_filemarks,
     SPACE: _space,
     LOCATE: _locate,
+    SPLIT_PAIR: _split_pair,
 }

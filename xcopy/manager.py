@@ -25,6 +25,7 @@ from scsi.sense import CheckCondition, Reason, build_sense
 from xcopy import limits
 from xcopy.engine import CopyRun
 from xcopy.errors import CopyAborted
+from xcopy.journal import CopyJournal
 from xcopy.params import CopyList
 from xcopy.plan import plan
 from xcopy.readers import ReaderFactory, direct_reader
@@ -57,6 +58,8 @@ class Operation:
     status_reported: int = 0  # operation counter for RECEIVE COPY STATUS(LID4)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    # Set once an IMMED copy may be answered: its split (if any) taken, its sources checked.
+    answered: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
     def list_id(self) -> int:
@@ -83,6 +86,7 @@ class CopyManager:
         reader_factory: ReaderFactory = direct_reader,
         *,
         max_concurrent: int = limits.MAX_CONCURRENT_COPIES,
+        journal: CopyJournal | None = None,
     ) -> None:
         self.luns = luns  # the target's own dict: LUNs added later are seen too
         self.reader_factory = reader_factory
@@ -90,6 +94,54 @@ class CopyManager:
         self.operations: dict[str, OrderedDict[int, Operation]] = {}
         self.counters = Counters()
         self._tape_locks: dict[int, asyncio.Lock] = {}
+        self.journal = journal
+        if journal is not None:
+            self._recover(journal)
+
+    # -- persistence ---------------------------------------------------------------------
+    def _save(self, op: Operation) -> None:
+        if self.journal is None or not op.copy_list.keeps_results:
+            return
+        cl = op.copy_list
+        self.journal.save(
+            {
+                "initiator": op.initiator,
+                "list_id": cl.list_id,
+                "service_action": cl.service_action,
+                "list_id_usage": cl.list_id_usage,
+                "immed": cl.immed,
+                "g_sense": cl.g_sense,
+                "lun": op.lun,
+                "state": op.state.value,
+                "segments_processed": op.segments_processed,
+                "bytes_done": op.bytes_done,
+                "sense": op.sense.hex() if op.sense else None,
+            }
+        )
+
+    def _recover(self, journal: CopyJournal) -> None:
+        for r in journal.load():
+            copy_list = CopyList(
+                r["service_action"], r["list_id"], r["list_id_usage"], 0, r["immed"], r["g_sense"]
+            )
+            op = Operation(r["initiator"], copy_list, r["lun"], State(r["state"]))
+            op.segments_processed = r["segments_processed"]
+            op.bytes_done = r["bytes_done"]
+            op.sense = bytes.fromhex(r["sense"]) if r["sense"] else None
+            op.ended = time.monotonic()
+            if op.state is State.RUNNING:  # the daemon died under it
+                op.state = State.FAILED
+                op.sense = CopyAborted(
+                    Reason.COPY_ABORTED_BY_RESTART, op.segments_processed
+                ).sense()
+                op.failed_segment = op.segments_processed
+                log.warning(
+                    "copy list %d of %s was interrupted by a restart", op.list_id, op.initiator
+                )
+                self._save(op)
+            op.answered.set()
+            op.done.set()
+            self.operations.setdefault(op.initiator, OrderedDict())[op.list_id] = op
 
     # -- bookkeeping ---------------------------------------------------------------------
     def running(self) -> list[Operation]:
@@ -102,14 +154,17 @@ class CopyManager:
         ops = self.operations.get(op.initiator)
         if ops is not None and ops.get(op.list_id) is op:
             del ops[op.list_id]
+            if self.journal is not None:
+                self.journal.remove(op.initiator, op.list_id)
 
     def _register(self, op: Operation) -> None:
         ops = self.operations.setdefault(op.initiator, OrderedDict())
         ops.pop(op.list_id, None)
         ops[op.list_id] = op
+        self._save(op)
         finished = [k for k, o in ops.items() if o.finished]
         for key in finished[: max(0, len(ops) - limits.MAX_RETAINED_RESULTS)]:
-            del ops[key]
+            self.forget(ops[key])
 
     # -- starting ------------------------------------------------------------------------
     def start(self, copy_list: CopyList, lu: LogicalUnit, lun: int, nexus: Nexus) -> Operation:
@@ -163,7 +218,7 @@ class CopyManager:
             for lock in locks:  # one copy at a time per tape: records must not interleave
                 await lock.acquire()
                 held.append(lock)
-            await run.run()
+            await run.run(op.answered)
         except CopyAborted as err:
             error = err
         except asyncio.CancelledError:
@@ -194,7 +249,13 @@ class CopyManager:
         else:
             op.state = State.COMPLETED
             self.counters.completed += 1
+        if self.find_op(op) is op:
+            self._save(op)
+        op.answered.set()
         op.done.set()
+
+    def find_op(self, op: Operation) -> Operation | None:
+        return self.operations.get(op.initiator, OrderedDict()).get(op.list_id)
 
     def abort(self, op: Operation) -> None:
         """COPY OPERATION ABORT (or the EXTENDED COPY's own task was aborted)."""

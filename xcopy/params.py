@@ -38,6 +38,9 @@ BYTES_BLOCK_TO_BLOCK = 0x0A
 WRITE_FILEMARKS = 0x10
 SPACE = 0x11
 LOCATE = 0x12
+# Vendor-specific (C0h-DFh): split the pair whose volume the destination CSCD names, then
+# go on with the following segments (the backup). docs/xcopy.md, "split-and-backup".
+SPLIT_PAIR = 0xC0
 SEGMENT_LENGTHS = {
     BLOCK_TO_STREAM: 0x14,
     STREAM_TO_BLOCK: 0x14,
@@ -47,6 +50,7 @@ SEGMENT_LENGTHS = {
     WRITE_FILEMARKS: 0x08,
     SPACE: 0x08,
     LOCATE: 0x08,
+    SPLIT_PAIR: 0x08,
 }
 SUPPORTED_DESCRIPTORS = (*sorted(SEGMENT_LENGTHS), IDENTIFICATION_CSCD)
 
@@ -96,6 +100,7 @@ class Segment:
     count: int = 0  # file marks to write, or SPACE count (signed)
     space_code: int = 0
     locate_to: int = 0
+    policy: int = 0  # SPLIT PAIR: the backup policy for this copy (0: the pair's own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +298,10 @@ def _segment(data: bytes, index: int, offset: int) -> Segment:
         if raw[8] & 0x02:  # WSMK: setmarks are not served
             raise _invalid(offset + 8, 1)
         return Segment(**base, destination=destination, count=int.from_bytes(raw[9:12], "big"))
+    if type_code == SPLIT_PAIR:
+        if raw[8] > 3:
+            raise _invalid(offset + 8)
+        return Segment(**base, destination=destination, policy=raw[8])
     if type_code == SPACE:
         code = raw[8] & 0x07
         if code not in (0, 1, 3):  # blocks, file marks, end of data

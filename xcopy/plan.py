@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from backing.pairs.volume import PairVolume
 from scsi.command import Nexus
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import CheckCondition, FieldPointer, Reason, build_sense
@@ -24,6 +25,7 @@ from xcopy.params import (
     INLINE_TO_STREAM,
     LOCATE,
     SPACE,
+    SPLIT_PAIR,
     STREAM_TO_BLOCK,
     WRITE_FILEMARKS,
     CopyList,
@@ -45,6 +47,7 @@ _DESTINATION_TYPE = {
     WRITE_FILEMARKS: STREAM,
     SPACE: STREAM,
     LOCATE: STREAM,
+    SPLIT_PAIR: BLOCK,
 }
 
 
@@ -81,7 +84,14 @@ class Step:
 def plan(
     copy_list: CopyList, luns: dict[int, LogicalUnit], this_lu: LogicalUnit, nexus: Nexus
 ) -> list[Step]:
-    return [_step(copy_list, s, luns, this_lu, nexus) for s in copy_list.segments]
+    steps = [_step(copy_list, s, luns, this_lu, nexus) for s in copy_list.segments]
+    leading = True
+    for step in steps:  # a split comes first: the backup after it reads its image
+        is_split = step.segment.type_code == SPLIT_PAIR
+        if is_split and not leading:
+            raise _illegal(Reason.INVALID_FIELD_IN_PARAMETER_LIST, step.segment, 0)
+        leading = leading and is_split
+    return steps
 
 
 def _resolve(
@@ -160,6 +170,11 @@ def _step(
     destination = _resolve(
         copy_list, seg, seg.destination, _DESTINATION_TYPE[code], luns, this_lu, nexus, 6
     )
+    if code == SPLIT_PAIR:
+        store = getattr(destination.lu, "store", None)
+        if not isinstance(store, PairVolume) or store.pair is None:
+            raise _illegal(Reason.PAIR_NOT_FOUND, seg, 6)
+        return Step(seg, None, destination)
     if code not in (SPACE, LOCATE):  # everything else writes its destination
         _check_writable(destination, seg)
     if code in (WRITE_FILEMARKS, SPACE, LOCATE):

@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
-from backing.sparse_file import Extent
+from backing.sparse_file import Extent, SparseFile
+from scsi.sense import Reason
 
 if TYPE_CHECKING:
     from scsi.block_device import BlockDevice
@@ -24,7 +25,12 @@ if TYPE_CHECKING:
 
 
 class SourceUnavailable(Exception):
-    """The source cannot deliver the range as the copy needs it (why: the message)."""
+    """The source cannot deliver the range as the copy needs it: ``reason`` is the
+    COPY ABORTED sense the copy ends with, the message says why."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class SourceReader(Protocol):
@@ -57,6 +63,22 @@ class DirectReader:
 
     def extents(self, offset: int, length: int) -> list[Extent]:
         return self.lu.store.extents(offset, length)
+
+    def kernel_source(self) -> int | None:
+        """A file descriptor whose bytes, at the same offsets, are what ``read_into``
+        returns, so the kernel can copy them (copy_file_range) without a trip through
+        user space; None when reads are not plain file reads."""
+        store = self.lu.store
+        if isinstance(store, SparseFile):
+            return store.fd
+        base = getattr(store, "base", None)
+        role = getattr(store, "role", None)
+        # A pair volume reads its base file directly unless it is a pair's target.
+        if isinstance(base, SparseFile) and (
+            getattr(store, "pair", None) is None or (role is not None and role.name == "SOURCE")
+        ):
+            return base.fd
+        return None
 
     async def close(self) -> None:
         return None

@@ -150,6 +150,13 @@ class ChunkBitmap:
         page = self._pages.get(p)
         return _ZERO_PAGE if page is None else bytes(page)
 
+    def page_numbers(self) -> list[int]:
+        """The pages that hold a set bit."""
+        return list(self._pages)
+
+    def has_page(self, p: int) -> bool:
+        return p in self._pages
+
     def take_changed_pages(self) -> dict[int, bytes]:
         """The pages changed since the last call, as they are now."""
         changed, self.changed = self.changed, set()

@@ -51,12 +51,15 @@ class PairSettings:
     """Engine knobs. ``chunk_size``: bytes per bitmap bit (see docs/pairs.md for the
     measurement); ``copy_workers``: concurrent chunk copies; ``copy_rate``: bytes per
     second for background copies (0: as fast as the disks go); ``lazy_commit``: seconds
-    between writes of cleared bits."""
+    between writes of cleared bits; ``clear_delay``: while mirroring, a copied chunk's bit
+    stays set on disk for one to two of these periods, so a new write to it needs no
+    write-intent sync (md's bitmap daemon_sleep, 5 s there too)."""
 
     chunk_size: int = 256 * KiB
     copy_workers: int = 2
     copy_rate: int = 0
     lazy_commit: float = 1.0
+    clear_delay: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,7 @@ class Pair:
         self.copied_bytes = 0
         self._samples: deque[tuple[float, int]] = deque()
         self._recover()
+        self.journal.set_hold(self.phase.mirroring)
 
     # -- lifecycle ----------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
@@ -229,6 +233,7 @@ class Pair:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        self.journal.set_hold(False)  # a clean restart recopies nothing
         if self.journal.pending() and self.file.fd >= 0:
             with contextlib.suppress(Exception):
                 await self.journal.commit()
@@ -241,6 +246,8 @@ class Pair:
 
     def _set_phase(self, phase: Phase) -> None:
         self.phase = phase
+        # Cleared bits may linger on disk only while a stale one costs just a recopy.
+        self.journal.set_hold(phase.mirroring)
         self._changed.set()
         self._changed = asyncio.Event()
         self._work.set()
@@ -462,7 +469,7 @@ class Pair:
                 log.exception("pair %s: copying chunk %d failed", self.name, c)
                 raise
             if not ticket.spoiled:
-                self.copy_set.clear(c)
+                self.journal.clear(COPY_SET, c)
                 self._clears_unsynced = True
             self.copied_bytes += length
             self._samples.append((time.monotonic(), length))
@@ -530,8 +537,12 @@ class Pair:
             await self.target.base.flush()
 
     async def _lazy_committer(self) -> None:
+        aged = time.monotonic()
         while True:
             await asyncio.sleep(self.settings.lazy_commit)
+            if time.monotonic() - aged >= self.settings.clear_delay:
+                aged = time.monotonic()
+                self.journal.age()
             if self.journal.pending():
                 try:
                     await self.journal.commit()

@@ -158,11 +158,22 @@ def _decode_slot(raw: bytes) -> tuple[int, dict[str, Any]] | None:
         return None
 
 
+HOLD_REGION = 0  # the copy set: the one region whose bits the copy workers clear
+
+
 class WriteIntentLog:
     """Group commit of bitmap pages: every caller of :meth:`commit` shares one sync.
 
     ``before_write`` runs after the pages are snapshotted and before they are written:
     the pair syncs the target there when the snapshot contains cleared bits.
+
+    Lazy clearing, as Linux md does it: while :attr:`hold` is on (the pair is mirroring,
+    where a stale dirty bit only costs a recopy), a copy-set bit that a copy clears in
+    memory stays set *on disk*: every snapshot of its page ORs it back in. Setting it again
+    then needs no sync, since the disk still says dirty. :meth:`age` (called every
+    ``clear_delay`` seconds) lets bits held for a full period reach the disk as cleared,
+    so a bit stays set on disk between one and two periods after its chunk was copied.
+    Invariant: a held bit is set in the last written and in any in-flight snapshot.
     """
 
     def __init__(
@@ -181,13 +192,62 @@ class WriteIntentLog:
         self._runner: asyncio.Task[None] | None = None
         self.commits = 0
         self.closed = False
+        self.hold = False
+        nbits = bitmaps[HOLD_REGION].nbits
+        # Copy-set bits clear in memory and still set on disk: cleared this period, and
+        # in the period before (released at the next :meth:`age`).
+        self._held_new = ChunkBitmap(nbits)
+        self._held_old = ChunkBitmap(nbits)
+        self.resets_without_sync = 0
 
     def mark(self, region: int, bit: int) -> bool:
         """Set ``bit``; True if the caller must await :meth:`commit` before its write."""
         if self.bitmaps[region].set(bit):
+            if region == HOLD_REGION and (self._held_new.clear(bit) | self._held_old.clear(bit)):
+                self.resets_without_sync += 1
+                return False  # the disk still says dirty; the page is written with it set
             self._unsynced[region].add(bit)
             return True
         return bit in self._unsynced[region] or bit in self._committing[region]
+
+    def clear(self, region: int, bit: int) -> bool:
+        """Clear ``bit`` in memory (a copy reached the target); True if it was set. While
+        holding, a copy-set bit that is durably set stays set on disk for a while."""
+        if not self.bitmaps[region].clear(bit):
+            return False
+        durable = bit not in self._unsynced[region] and bit not in self._committing[region]
+        if region == HOLD_REGION and self.hold and durable:
+            self._held_new.set(bit)
+        return True
+
+    def set_hold(self, hold: bool) -> None:
+        """Hold cleared copy-set bits on disk (mirroring) or not; turning it off releases
+        every held bit: the next commit writes them cleared."""
+        self.hold = hold
+        if not hold:
+            self.age()
+            self.age()
+
+    def age(self) -> None:
+        """One ``clear_delay`` period passed: bits held since before the last call go to
+        disk as cleared with the next commit."""
+        released, self._held_old = self._held_old, self._held_new
+        self._held_new = ChunkBitmap(released.nbits)
+        self.bitmaps[HOLD_REGION].changed.update(released.page_numbers())
+
+    @property
+    def held(self) -> int:
+        return self._held_new.count + self._held_old.count
+
+    def _snapshot(self, region: int, p: int, data: bytes) -> bytes:
+        """A page as it goes to disk: held bits stay set."""
+        if region != HOLD_REGION:
+            return data
+        value = int.from_bytes(data, "little")
+        for held in (self._held_new, self._held_old):
+            if held.has_page(p):
+                value |= int.from_bytes(held.page_bytes(p), "little")
+        return value.to_bytes(len(data), "little")
 
     def pending(self) -> bool:
         return any(b.changed for b in self.bitmaps)
@@ -209,7 +269,7 @@ class WriteIntentLog:
             future, self._next = self._next, None
             try:
                 pages = [
-                    (region, p, data)
+                    (region, p, self._snapshot(region, p, data))
                     for region, bitmap in enumerate(self.bitmaps)
                     for p, data in bitmap.take_changed_pages().items()
                 ]

@@ -135,7 +135,9 @@ def test_results_status_details_and_operating_parameters(tmp_path: Path) -> None
         assert int.from_bytes(p[10:12], "big") == limits.MAX_SEGMENT_DESCRIPTORS
         assert int.from_bytes(p[12:16], "big") == limits.MAX_DESCRIPTOR_LIST_LENGTH
         assert p[37] == limits.DATA_SEGMENT_GRANULARITY
-        assert p[44 : 44 + p[43]] == bytes([0x00, 0x01, 0x02, 0x04, 0x0A, 0x10, 0x11, 0x12, 0xE4])
+        assert p[44 : 44 + p[43]] == bytes(
+            [0x00, 0x01, 0x02, 0x04, 0x0A, 0x10, 0x11, 0x12, 0xC0, 0xE4]
+        )
 
     run(main())
 
@@ -303,5 +305,85 @@ def test_inquiry_3pc_vpd_8f_and_rsoc(tmp_path: Path) -> None:
         assert bytes(r.data)[:4] == bytes([0, 0x03, 0, 16])
         r = await send(t, bytes([0xA3, 0x0C, 0x02, 0x83, 0x00, 0x01, 0, 0, 1, 0, 0, 0]), lun=2)
         assert bytes(r.data)[1] & 0x07 == 0x03  # the tape LU serves it too
+
+    run(main())
+
+
+def test_backup_to_a_file_sink_holds_exactly_the_bytes(tmp_path: Path) -> None:
+    from scsi.file_sink import FileSinkDevice
+
+    async def main() -> None:
+        luns = {
+            0: BlockDevice.from_file(Identity("t/lun0"), tmp_path / "a.img", 4 * MiB),
+            1: BlockDevice.from_file(Identity("t/lun1"), tmp_path / "b.img", 4 * MiB),
+            3: FileSinkDevice.from_directory(Identity("t/lun3"), tmp_path / "sink", 64 * MiB),
+        }
+        t = ScsiTarget(luns)
+        import xcopy
+
+        xcopy.attach(t)
+        ready(t)
+        a, b, sink = luns[0], luns[1], luns[3]
+        image = bytes(i % 253 for i in range(MiB))
+        await a.store.write(0, image)
+        stream = cscd(sink, device_type=1, block_length=0)
+        backup = [seg_b2s(0, 1, 256 * 1024, 512, lba) for lba in range(0, 2048, 512)]
+        r = await extended_copy(t, lid1([cscd(a), stream], [*backup, seg_filemarks(1, 1)]))
+        assert (r.status, r.sense) == (GOOD, None)
+        assert (tmp_path / "sink" / "file-0000.bin").read_bytes() == image
+        # And back: REWIND through the sink's own command, then segment 01h.
+        assert (await send(t, bytes([0x01, 0, 0, 0, 0, 0]), lun=3)).status == GOOD
+        restore = [seg_s2b(0, 1, 256 * 1024, 512, lba) for lba in range(0, 2048, 512)]
+        r = await extended_copy(t, lid1([stream, cscd(b)], restore, list_id=2))
+        assert (r.status, r.sense) == (GOOD, None)
+        assert await read(b, 0, MiB) == image
+        # SPACE means nothing to a file sink: COPY ABORTED with its INVALID OPCODE sense.
+        r = await extended_copy(t, lid1([stream], [seg_locate(0, 0)], list_id=3))
+        assert parse_sense(r.sense) == (0x0A, 0x00, 0x00)
+        assert parse_sense(r.sense[r.sense[9] :]) == (0x05, 0x20, 0x00)
+        r = await send(t, bytes([0x12, 0, 0, 0, 96, 0]), lun=3)
+        assert r.data[0] == 0x01 and r.data[5] & 0x08
+
+    run(main())
+
+
+def test_results_survive_a_restart_and_a_running_copy_reads_as_failed(tmp_path: Path) -> None:
+    from xcopy.journal import CopyJournal
+
+    async def main() -> None:
+        t = make_target(tmp_path, blocks=16384)
+        ready(t)
+        journal = CopyJournal(tmp_path / "copies")
+        readers: list[GatedReader] = []
+
+        async def factory(lu, copy_list):  # type: ignore[no-untyped-def]
+            readers.append(GatedReader(lu))
+            return readers[-1]
+
+        manager = CopyManager(t.luns, factory, journal=journal)
+        for lu in t.luns.values():
+            lu.copy_manager = manager
+        a, b = t.luns[0], t.luns[1]
+        done = lid1([cscd(a), cscd(b)], [seg_b2b(0, 1, 8, 0, 0)], list_id=3)
+        running = lid4([cscd(a), cscd(b)], [seg_b2b(0, 1, 64, 0, 0)], list_id=4, immed=True)
+        task = asyncio.create_task(extended_copy(t, done))
+        while not readers:
+            await asyncio.sleep(0.001)
+        readers[0].gate.set()
+        assert (await task).status == GOOD
+        assert (await extended_copy(t, running, sa=1)).status == GOOD
+        # "Restart": a new manager over the same records; the running copy died with it.
+        for op in manager.running():
+            op.task.cancel()
+        reborn = CopyManager(t.luns, journal=CopyJournal(tmp_path / "copies"))
+        for lu in t.luns.values():
+            lu.copy_manager = reborn
+        r = await send(t, rcr_cdb(0x00, 3))
+        assert bytes(r.data)[4] == 0x01  # completed, as before the restart
+        r = await send(t, rcr_cdb(0x05, 4))
+        status = bytes(r.data)
+        assert status[5] == 0x02 and status[12] == 0x02  # failed, CHECK CONDITION
+        assert parse_sense(status[32:]) == (0x0A, 0x29, 0x00)
+        assert not list((tmp_path / "copies").glob("*.json"))  # both reported: gone
 
     run(main())

@@ -1,0 +1,140 @@
+"""The file sink LU: a sequential-access device (type 1) whose medium is a directory of
+plain files (backing.file_sink), one per tape file, holding exactly the bytes written.
+
+It is an EXTENDED COPY destination first (block to stream, then a file mark: one plain
+file per backup that an operator can ``cmp`` against the volume), and answers the few SSC
+commands a host needs to write or read it directly, beside SPC's: READ BLOCK LIMITS,
+READ(6), WRITE(6), WRITE FILEMARKS(6), REWIND. Record boundaries are not kept: a READ(6)
+returns the next bytes of the current file (fewer only at its end, with ILI).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backing.file_sink import FileSink, SinkFull
+from scsi.cdb import data_out_mismatch
+from scsi.command import ScsiCommand, ScsiResult, Status
+from scsi.logical_unit import Identity, LogicalUnit
+from scsi.mode import ModePage
+from scsi.opcodes import OpcodeTable
+from scsi.sense import CheckCondition, FieldPointer, Reason
+from scsi.spc import SPC_TABLE
+from scsi.ssc import MAX_BLOCK_LENGTH, MAX_FIXED_TRANSFER, MIN_BLOCK_LENGTH
+
+FILE_SINK_TABLE = OpcodeTable("file-sink", SPC_TABLE)
+_cmd = FILE_SINK_TABLE.command
+FIXED, SILI = 0x01, 0x02
+
+
+def _invalid(byte: int, bit: int | None = None) -> CheckCondition:
+    return CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(byte, bit=bit))
+
+
+class FileSinkDevice(LogicalUnit):
+    table = FILE_SINK_TABLE
+    device_type = 0x01
+    removable = True
+
+    def __init__(self, identity: Identity, sink: FileSink, *, read_only: bool = False) -> None:
+        super().__init__(identity)
+        self.sink = sink
+        self.read_only = read_only or sink.read_only
+        self.block_size = 0
+
+    @classmethod
+    def from_directory(
+        cls, identity: Identity, directory: Path, capacity: int, *, read_only: bool = False
+    ) -> FileSinkDevice:
+        return cls(
+            identity, FileSink(directory, capacity, read_only=read_only), read_only=read_only
+        )
+
+    def require_writable(self) -> None:
+        if self.read_only:
+            raise CheckCondition(Reason.WRITE_PROTECTED)
+
+    def mode_pages(self) -> dict[int, ModePage]:
+        return {0x00: ModePage(0x00, bytes(2), bytes(2))}
+
+    def mode_device_specific(self) -> int:
+        return 0x80 if self.read_only else 0
+
+    def block_descriptor(self) -> bytes:
+        return bytes(5) + self.block_size.to_bytes(3, "big")
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+@_cmd(0x05, "READ BLOCK LIMITS", bytes([0x05, 0, 0, 0, 0, 0x07]))
+async def read_block_limits(lu: FileSinkDevice, cmd: ScsiCommand) -> ScsiResult:
+    data = bytes([0]) + MAX_BLOCK_LENGTH.to_bytes(3, "big") + MIN_BLOCK_LENGTH.to_bytes(2, "big")
+    return ScsiResult(data=data)
+
+
+def _transfer(lu: FileSinkDevice, cdb: bytes) -> tuple[int, bool]:
+    flags, length = cdb[1], int.from_bytes(cdb[2:5], "big")
+    fixed = bool(flags & FIXED)
+    if fixed and not lu.block_size:
+        raise _invalid(1, 0)
+    size = length * lu.block_size if fixed else length
+    if size > MAX_FIXED_TRANSFER or (not fixed and size > MAX_BLOCK_LENGTH):
+        raise _invalid(2)
+    return size, fixed
+
+
+@_cmd(0x0A, "WRITE(6)", bytes([0x0A, 0x01, 0xFF, 0xFF, 0xFF, 0x07]))
+async def write6(lu: FileSinkDevice, cmd: ScsiCommand) -> ScsiResult:
+    if cmd.cdb[1] & 0xFE:
+        raise _invalid(1)
+    size, _ = _transfer(lu, cmd.cdb)
+    lu.require_writable()
+    data = cmd.data_out
+    delivered = 0 if data is None else len(data)
+    if delivered < size:
+        return data_out_mismatch(lu, size)  # type: ignore[arg-type]
+    if size:
+        assert data is not None
+        try:
+            lu.sink.write(data[:size])
+        except SinkFull:
+            raise CheckCondition(Reason.VOLUME_OVERFLOW, information=size, eom=True) from None
+    return ScsiResult() if delivered == size else ScsiResult(data_out_used=size)
+
+
+@_cmd(0x08, "READ(6)", bytes([0x08, 0x03, 0xFF, 0xFF, 0xFF, 0x07]))
+async def read6(lu: FileSinkDevice, cmd: ScsiCommand) -> ScsiResult:
+    flags = cmd.cdb[1]
+    if flags & 0xFC or (flags & FIXED and flags & SILI):
+        raise _invalid(1)
+    size, fixed = _transfer(lu, cmd.cdb)
+    if not size:
+        return ScsiResult()
+    sink = lu.sink
+    data = sink.read(size)
+    if data is None:
+        if sink.at_end_of_data:
+            raise CheckCondition(Reason.END_OF_DATA_DETECTED, information=size)
+        raise CheckCondition(Reason.FILEMARK_DETECTED, information=size, filemark=True)
+    if len(data) == size or (flags & SILI and not fixed):
+        return ScsiResult(data=data)
+    cc = CheckCondition(Reason.NO_SENSE, information=size - len(data), ili=True)
+    return ScsiResult(Status.CHECK_CONDITION, data=data, sense=cc.sense(lu.descriptor_sense))
+
+
+@_cmd(0x10, "WRITE FILEMARKS(6)", bytes([0x10, 0x01, 0xFF, 0xFF, 0xFF, 0x07]))
+async def write_filemarks6(lu: FileSinkDevice, cmd: ScsiCommand) -> ScsiResult:
+    if cmd.cdb[1] & 0xFE:
+        raise _invalid(1, 1)
+    lu.require_writable()
+    lu.sink.write_filemarks(int.from_bytes(cmd.cdb[2:5], "big"))
+    return ScsiResult()
+
+
+@_cmd(0x01, "REWIND", bytes([0x01, 0x01, 0, 0, 0, 0x07]))
+async def rewind(lu: FileSinkDevice, cmd: ScsiCommand) -> ScsiResult:
+    if cmd.cdb[1] & 0xFE:
+        raise _invalid(1)
+    lu.sink.rewind()
+    return ScsiResult()

@@ -1,0 +1,199 @@
+"""Volume pairs on the admin socket (``targetctl pair ...``) and in the Prometheus metrics.
+
+Methods, each taking a params object and answering JSON (docs/pairs.md, "targetctl"):
+
+``pair.create``  {name, source_lun, target_lun, target?} -> a pair status object
+``pair.split`` / ``pair.resync`` {name} -> a pair status object
+``pair.delete``  {name} -> {"deleted": name}
+``pair.status``  {name?} -> one pair status object, or a list of them without a name
+``pair.list``    {} -> a list of pair status objects
+``pair.wait``    {name, state, timeout} -> {"reached": bool, "status": object | null}
+
+``pair.wait`` returns at once when both volumes are in ``state``, when the pair is
+SUSPENDED (a wait that can only end by a resync), or after ``timeout`` seconds (at most
+:data:`MAX_WAIT`, so one answer never outlives the client's socket timeout); a client that
+waits longer asks again. Refusals answer with the :class:`ErrorCode` value as the error
+code (``unknown-pair``, ``wrong-state``, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from backing.pairs import PairError, PairManager, PairStatus, Phase, VolumeState
+from targetd.admin import Admin, AdminError
+from targetd.config import Config
+from targetd.metrics import Family
+from targetd.pairs import volume_id
+
+MAX_WAIT = 10.0
+Params = dict[str, Any]
+
+
+def lun_of(volume: str) -> int | None:
+    """The LUN number in a volume id ``<iqn>/lun<N>``."""
+    _, _, tail = volume.rpartition("/lun")
+    return int(tail) if tail.isdigit() else None
+
+
+def pair_dict(status: PairStatus) -> dict[str, Any]:
+    """A pair's status as JSON: :meth:`PairStatus.as_dict` plus the LUN numbers."""
+    out = status.as_dict()
+    out["source_lun"] = lun_of(status.source)
+    out["target_lun"] = lun_of(status.target)
+    return out
+
+
+def parse_state(text: str) -> VolumeState:
+    """``split-pending``, ``SPLIT_PENDING``, ``Split-Pending``: one VolumeState."""
+    try:
+        return VolumeState[text.strip().upper().replace("-", "_")]
+    except KeyError:
+        names = ", ".join(s.label for s in VolumeState)
+        raise ValueError(f"unknown state {text!r} (one of {names})") from None
+
+
+def _str(params: Params, key: str) -> str:
+    value = params.get(key)
+    if not isinstance(value, str) or not value:
+        raise AdminError(f"{key}: a non-empty string is required", "bad_request")
+    return value
+
+
+def _lun(params: Params, key: str) -> int:
+    value = params.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 0x4000:
+        raise AdminError(f"{key}: a LUN number 0..16383 is required", "bad_request")
+    return value
+
+
+class PairAdmin:
+    """The admin methods over one :class:`PairManager`."""
+
+    def __init__(self, manager: PairManager, config: Config) -> None:
+        self.manager = manager
+        self.config = config
+
+    def register(self, admin: Admin) -> None:
+        methods: dict[str, Callable[[Params], Awaitable[Any] | Any]] = {
+            "pair.create": self.create,
+            "pair.split": self.split,
+            "pair.resync": self.resync,
+            "pair.delete": self.delete,
+            "pair.status": self.status,
+            "pair.list": self.list,
+            "pair.wait": self.wait,
+        }
+        for method, handler in methods.items():
+            admin.register(method, handler)
+
+    def _target(self, params: Params) -> str:
+        name = params.get("target")
+        if name is not None:
+            if not isinstance(name, str) or self.config.target(name) is None:
+                raise AdminError(f"no target named {name!r}", "unknown-target")
+            return name
+        if len(self.config.targets) != 1:
+            names = ", ".join(t.name for t in self.config.targets) or "none"
+            raise AdminError(f"several targets ({names}): name one with --target", "bad_request")
+        return self.config.targets[0].name
+
+    async def create(self, params: Params) -> dict[str, Any]:
+        name = _str(params, "name")
+        target = self._target(params)
+        source_lun, target_lun = _lun(params, "source_lun"), _lun(params, "target_lun")
+        with _refusals():
+            status = await self.manager.create(
+                name, volume_id(target, source_lun), volume_id(target, target_lun)
+            )
+        return pair_dict(status)
+
+    async def split(self, params: Params) -> dict[str, Any]:
+        with _refusals():
+            return pair_dict(await self.manager.split(_str(params, "name")))
+
+    async def resync(self, params: Params) -> dict[str, Any]:
+        with _refusals():
+            return pair_dict(await self.manager.resync(_str(params, "name")))
+
+    async def delete(self, params: Params) -> dict[str, Any]:
+        name = _str(params, "name")
+        with _refusals():
+            await self.manager.delete(name)
+        return {"deleted": name}
+
+    def status(self, params: Params) -> dict[str, Any] | list[dict[str, Any]]:
+        if params.get("name") is None:
+            return self.list(params)
+        with _refusals():
+            return pair_dict(self.manager.status(_str(params, "name")))
+
+    def list(self, params: Params) -> list[dict[str, Any]]:
+        return [pair_dict(s) for s in self.manager.list()]
+
+    async def wait(self, params: Params) -> dict[str, Any]:
+        name = _str(params, "name")
+        try:
+            state = parse_state(_str(params, "state"))
+        except ValueError as err:
+            raise AdminError(str(err), "bad_request") from None
+        timeout = params.get("timeout", MAX_WAIT)
+        if not isinstance(timeout, int | float) or timeout < 0:
+            raise AdminError("timeout: seconds, >= 0", "bad_request")
+        pair = self.manager.pairs.get(name)
+        if pair is None:
+            if state is VolumeState.SIMPLEX:  # no pair: both volumes are SIMPLEX
+                return {"reached": True, "status": None}
+            raise AdminError(f"no pair named {name!r}", "unknown-pair")
+
+        def settled(p: Any) -> bool:
+            phase = p.phase
+            return (phase.source == state and phase.target == state) or phase in (
+                Phase.SUSPENDED,
+                Phase.DELETE,
+            )
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pair.wait_until(settled), min(float(timeout), MAX_WAIT))
+        status = pair.status()
+        reached = status.phase.source == state and status.phase.target == state
+        return {"reached": reached, "status": pair_dict(status)}
+
+    # -- metrics --------------------------------------------------------------------------
+    def metric_families(self) -> list[Family]:
+        state = Family(
+            "targetd_pair_state",
+            "gauge",
+            "1 for each pair volume's current state (side=source|target)",
+        )
+        dirty = Family("targetd_pair_dirty_chunks", "gauge", "chunks the target does not have yet")
+        changed = Family("targetd_pair_changed_chunks", "gauge", "chunks written since the split")
+        backlog = Family("targetd_pair_backlog_bytes", "gauge", "bytes still to copy to the target")
+        in_sync = Family("targetd_pair_in_sync_ratio", "gauge", "fraction of chunks in sync")
+        rate = Family("targetd_pair_copy_rate_bytes_per_second", "gauge", "copy rate, last 5 s")
+        copied = Family(
+            "targetd_pair_copied_bytes_total", "counter", "bytes copied since the daemon started"
+        )
+        for s in self.manager.list():
+            labels = {"pair": s.name}
+            for side, current in (("source", s.phase.source), ("target", s.phase.target)):
+                state.add(1, {**labels, "side": side, "state": current.label})
+            dirty.add(s.dirty_chunks, labels)
+            changed.add(s.changed_chunks, labels)
+            backlog.add(min(s.dirty_chunks * s.chunk_size, s.size), labels)
+            in_sync.add(s.percent_in_sync / 100, labels)
+            rate.add(float(s.copy_rate), labels)
+            copied.add(s.copied_bytes, labels)
+        return [state, dirty, changed, backlog, in_sync, rate, copied]
+
+
+@contextlib.contextmanager
+def _refusals() -> Any:
+    """A :class:`PairError` answers with its code (``unknown-pair``, ``wrong-state``...)."""
+    try:
+        yield
+    except PairError as err:
+        raise AdminError(str(err), err.code.value) from None

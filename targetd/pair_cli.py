@@ -1,0 +1,214 @@
+"""``targetctl pair create|split|resync|delete|status|wait``: volume pairs, over the admin socket.
+
+``pair wait`` is HORCM's pairevtwait: it returns when both volumes of the pair are in the
+state asked for, drawing a progress bar on stderr (when it is a terminal) while the pair
+copies. Exit status: 0 done, 1 refused or no daemon, 2 usage, 3 timed out, 4 the pair is
+SUSPENDED (a copy failed; waiting longer cannot help).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import IO, Any
+
+from targetd.pair_admin import MAX_WAIT, parse_state
+from targetd.status_cli import add_socket_options, call
+
+EXIT_TIMEOUT = 3
+EXIT_SUSPENDED = 4
+BAR_WIDTH = 30
+TTY_POLL = 0.5  # seconds between progress redraws
+MiB = 1 << 20
+
+
+def add_commands(sub: Any) -> None:
+    pair = sub.add_parser("pair", help="create, split, resync, delete and watch volume pairs")
+    pair_sub = pair.add_subparsers(dest="pair_command", required=True)
+
+    p = pair_sub.add_parser("create", help="pair two block LUNs; the creation copy starts")
+    p.add_argument("name", help="pair name: [A-Za-z0-9][A-Za-z0-9._-], up to 32")
+    p.add_argument("source_lun", type=int)
+    p.add_argument("target_lun", type=int)
+    p.add_argument("--target", help="the iSCSI target (IQN) of both LUNs; needed if several")
+    _common(p, _create)
+
+    for action, text in (
+        ("split", "split at once: the target keeps the image of this instant"),
+        ("resync", "back to DUPLEX, copying only what changed since the split"),
+        ("delete", "end the pair (both volumes SIMPLEX; the data stays)"),
+    ):
+        p = pair_sub.add_parser(action, help=text)
+        p.add_argument("name")
+        _common(p, _action)
+
+    p = pair_sub.add_parser("status", help="one pair, or every pair")
+    p.add_argument("name", nargs="?")
+    _common(p, _status)
+
+    p = pair_sub.add_parser("wait", help="wait until both volumes are in STATE (pairevtwait)")
+    p.add_argument("name")
+    p.add_argument("--state", required=True, help="e.g. DUPLEX, SPLIT, SIMPLEX")
+    p.add_argument("--timeout", type=float, help="seconds (default: no limit)")
+    _common(p, _wait)
+
+
+def _common(p: argparse.ArgumentParser, run: Any) -> None:
+    add_socket_options(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=run)
+
+
+def _dump(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def _states(p: dict[str, Any]) -> str:
+    return f"{p['source_state']}/{p['target_state']}"
+
+
+def _create(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {
+        "name": args.name,
+        "source_lun": args.source_lun,
+        "target_lun": args.target_lun,
+    }
+    if args.target:
+        params["target"] = args.target
+    p = call(args, "pair.create", params)
+    if args.json:
+        _dump(p)
+    else:
+        print(
+            f"pair {p['name']}: LUN {p['source_lun']} -> LUN {p['target_lun']}, {_states(p)},"
+            f" {p['dirty_chunks']} of {p['chunks']} chunks to copy"
+        )
+    return 0
+
+
+def _action(args: argparse.Namespace) -> int:
+    action = args.pair_command
+    result = call(args, f"pair.{action}", {"name": args.name})
+    if args.json:
+        _dump(result)
+    elif action == "delete":
+        print(f"pair {args.name} deleted")
+    elif action == "split":
+        print(
+            f"pair {args.name} split: source {result['source_state']},"
+            f" target {result['target_state']} ({result['dirty_chunks']} chunks to reflect)"
+        )
+    else:
+        print(f"pair {args.name}: {_states(result)}, {result['dirty_chunks']} chunks to copy")
+    return 0
+
+
+def render(pairs: list[dict[str, Any]]) -> str:
+    """The status table."""
+    if not pairs:
+        return "no pairs\n"
+    head = (
+        f"{'NAME':<16} {'SRC':>4} {'TGT':>4} {'SOURCE':<15} {'TARGET':<15}"
+        f" {'SYNC%':>7} {'DIRTY':>8} {'CHANGED':>8} {'MiB/s':>8}  REASON"
+    )
+    lines = [head]
+    for p in pairs:
+        reason = "" if p["reason"] == "NONE" else p["reason"]
+        lines.append(
+            f"{p['name']:<16} {_lun(p['source_lun']):>4} {_lun(p['target_lun']):>4}"
+            f" {p['source_state']:<15} {p['target_state']:<15}"
+            f" {p['percent_in_sync']:>7.2f} {p['dirty_chunks']:>8} {p['changed_chunks']:>8}"
+            f" {p['copy_rate'] / MiB:>8.1f}  {reason}".rstrip()
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _lun(n: int | None) -> str:
+    return "?" if n is None else str(n)
+
+
+def _status(args: argparse.Namespace) -> int:
+    params = {"name": args.name} if args.name else {}
+    result = call(args, "pair.status", params)
+    if args.json:
+        _dump(result)
+    else:
+        sys.stdout.write(render([result] if isinstance(result, dict) else result))
+    return 0
+
+
+class WaitProgress:
+    """One redrawn line on a terminal while the pair copies; nothing otherwise."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.drawn = False
+
+    def show(self, p: dict[str, Any] | None) -> None:
+        if not self.enabled or p is None or p["dirty_chunks"] == 0:
+            return
+        frac = p["percent_in_sync"] / 100
+        filled = int(frac * BAR_WIDTH)
+        bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+        self.stream.write(
+            f"\r{p['name']} {_states(p)} [{bar}] {frac:6.1%}"
+            f" {p['dirty_chunks']} chunks left {p['copy_rate'] / MiB:7.1f} MiB/s\033[K"
+        )
+        self.stream.flush()
+        self.drawn = True
+
+    def finish(self) -> None:
+        if self.drawn:
+            self.drawn = False
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _wait(args: argparse.Namespace) -> int:
+    try:
+        state = parse_state(args.state)
+    except ValueError as err:
+        sys.exit(f"targetctl pair wait: {err}")
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    progress = WaitProgress(sys.stderr)
+    # A terminal gets a redraw every TTY_POLL seconds; otherwise one long wait per request.
+    step = TTY_POLL if progress.enabled else MAX_WAIT
+    try:
+        while True:
+            left = step if deadline is None else max(0.0, min(step, deadline - time.monotonic()))
+            params = {"name": args.name, "state": state.name, "timeout": left}
+            result = call(args, "pair.wait", params)
+            p = result["status"]
+            if result["reached"]:
+                return _waited(args, p, 0)
+            progress.show(p)
+            if p is not None and p["source_state"] == "SUSPENDED":
+                progress.finish()
+                print(
+                    f"targetctl pair wait: pair {args.name} is SUSPENDED ({p['reason']})",
+                    file=sys.stderr,
+                )
+                return _waited(args, p, EXIT_SUSPENDED)
+            if deadline is not None and time.monotonic() >= deadline:
+                progress.finish()
+                now = "gone" if p is None else _states(p)
+                print(
+                    f"targetctl pair wait: timed out after {args.timeout:g} s;"
+                    f" pair {args.name} is {now}",
+                    file=sys.stderr,
+                )
+                return _waited(args, p, EXIT_TIMEOUT)
+    finally:
+        progress.finish()
+
+
+def _waited(args: argparse.Namespace, p: dict[str, Any] | None, code: int) -> int:
+    if args.json:
+        _dump({"reached": code == 0, "status": p})
+    elif code == 0:
+        print(f"pair {args.name}: {'SIMPLEX/SIMPLEX' if p is None else _states(p)}")
+    return code

@@ -1,0 +1,143 @@
+"""Backups of a pair's target volume that equal the source at the split instant.
+
+When the source of a copy is the *target* volume of a volume pair, the reader factory
+here hands the copy a :class:`SplitImageReader`. What it may read depends on the pair:
+
+- SPLIT: the target holds the split image; it is read as it is.
+- SPLIT-PENDING: part of the split image is still on the source (the chunks of the
+  split-instant set). The backup policy says what to do, per copy:
+
+  1. REFLECT_FIRST: each range is reflected to the target (``Pair.reflect_range``)
+     just before it is read, ahead of the background copy, then read from the target.
+  2. WAIT: the copy waits until the pair is SPLIT, then reads the target.
+  3. MERGE: pending chunks are read from wherever their split-instant content is (the
+     source, under the engine's copy-before-write protection) and merged into the
+     stream, without writing the target first (``PairVolume.read_into`` does this for a
+     SPLIT-PENDING target).
+- DUPLEX, DUPLEX-PENDING, RESYNC, SUSPENDED: there is no split image; the copy is
+  refused (COPY ABORTED, 80h/02h) unless an earlier SPLIT PAIR segment of the same copy
+  list split the pair (split-and-backup).
+
+The pair must stay split while the copy reads: if it leaves SPLIT/SPLIT-PENDING (resync,
+delete, a copy error), the image the backup started from is gone and the copy ends with
+COPY ABORTED, 80h/10h, never with a mix of two images. The extent map a reader reports
+counts a pending chunk as data even where the target still has a hole, so a sparse-aware
+block destination does not punch what the source still has to deliver.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+
+from backing.pairs.engine import Pair
+from backing.pairs.states import Phase
+from backing.pairs.volume import PairVolume, Role
+from backing.sparse_file import Extent
+from scsi.block_device import BlockDevice
+from scsi.sense import Reason
+from xcopy.params import SPLIT_PAIR, CopyList
+from xcopy.readers import DirectReader, ReaderFactory, SourceReader, SourceUnavailable
+
+
+class Policy(enum.IntEnum):
+    """Values of the SPLIT PAIR segment's policy byte (0: the pair's own policy)."""
+
+    REFLECT_FIRST = 1
+    WAIT = 2
+    MERGE = 3
+
+
+PolicyLookup = Callable[[Pair], Policy]
+SPLIT_PHASES = (Phase.SPLIT_PENDING, Phase.SPLIT)
+
+
+def default_policy(pair: Pair) -> Policy:
+    return Policy.REFLECT_FIRST
+
+
+class SplitImageReader:
+    """Reads a pair's target volume as it was at the split instant (see the module doc)."""
+
+    def __init__(self, volume: PairVolume, pair: Pair, policy: Policy) -> None:
+        self.volume = volume
+        self.pair = pair
+        self.policy = policy
+
+    def check(self) -> None:
+        if self.volume.pair is not self.pair or self.pair.phase not in SPLIT_PHASES:
+            raise SourceUnavailable(
+                Reason.COPY_SPLIT_IMAGE_LOST,
+                f"pair {self.pair.name} left the split state ({self.pair.phase.name}):"
+                " the split-instant image is gone",
+            )
+
+    async def prepare(self, offset: int, length: int) -> None:
+        self.check()
+        if self.policy is Policy.WAIT and self.pair.phase is Phase.SPLIT_PENDING:
+            await self.pair.wait_until(lambda p: p.phase is not Phase.SPLIT_PENDING)
+            self.check()
+
+    async def read_into(self, offset: int, buf: memoryview) -> None:
+        self.check()
+        if self.policy is Policy.REFLECT_FIRST and self.pair.phase is Phase.SPLIT_PENDING:
+            await self.pair.reflect_range(offset, len(buf))
+        await self.volume.read_into(offset, buf)  # merged while chunks are still pending
+        self.check()  # a read that overlapped a resync may mix two images
+
+    def extents(self, offset: int, length: int) -> list[Extent]:
+        extents = self.volume.extents(offset, length)
+        if self.pair.phase is not Phase.SPLIT_PENDING:
+            return extents
+        cs = self.pair.chunk_size
+        pending = self.pair.copy_set
+        out: list[Extent] = []
+        for ext in extents:
+            if ext.mapped:
+                out.append(ext)
+                continue
+            # A hole on the target may hide split-instant data still on the source.
+            pos, end = ext.offset, ext.offset + ext.length
+            while pos < end:
+                stop = min(end, (pos // cs + 1) * cs)
+                mapped = pos // cs in pending
+                if out and out[-1].mapped == mapped and out[-1].offset + out[-1].length == pos:
+                    last = out.pop()
+                    out.append(Extent(last.offset, stop - last.offset, mapped))
+                else:
+                    out.append(Extent(pos, stop - pos, mapped))
+                pos = stop
+        return out
+
+    async def close(self) -> None:
+        return None
+
+
+def split_policy(copy_list: CopyList) -> Policy | None:
+    """The policy a SPLIT PAIR segment of the list asks for, if any."""
+    for seg in copy_list.segments:
+        if seg.type_code == SPLIT_PAIR and seg.policy:
+            return Policy(seg.policy)
+    return None
+
+
+def pair_aware_readers(policy_for: PolicyLookup = default_policy) -> ReaderFactory:
+    """The reader factory the daemon uses: split-image readers for pair target volumes,
+    direct readers for everything else."""
+
+    async def factory(lu: BlockDevice, copy_list: CopyList) -> SourceReader:
+        store = lu.store
+        if not isinstance(store, PairVolume) or store.role is not Role.TARGET:
+            return DirectReader(lu)
+        pair = store.pair
+        assert pair is not None
+        if pair.phase not in SPLIT_PHASES:
+            raise SourceUnavailable(
+                Reason.COPY_SOURCE_PAIR_NOT_SPLIT,
+                f"{store.volume_id} is the target of pair {pair.name}, which is "
+                f"{pair.phase.name}: split it first, or use a SPLIT PAIR segment",
+            )
+        policy = split_policy(copy_list) or policy_for(pair)
+        return SplitImageReader(store, pair, policy)
+
+    return factory
