@@ -25,6 +25,27 @@ STATES = {
 }
 
 
+def pair_config(iqn: str, rate: str) -> str:
+    """A target with two 8 MiB LUNs (a pair) and a 4 MiB one, copying at ``rate``."""
+    return f"""
+[pairs]
+chunk_size = "64KiB"
+copy_rate = "{rate}"
+
+[[target]]
+name = "{iqn}"
+[[target.lun]]
+lun = 0
+size = "8MiB"
+[[target.lun]]
+lun = 1
+size = "8MiB"
+[[target.lun]]
+lun = 2
+size = "4MiB"
+"""
+
+
 def pair_out(action: int, lun: int = ADDRESSED, other: int = 0, length: int = 0) -> bytes:
     return (
         bytes([0xC4, action])

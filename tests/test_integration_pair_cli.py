@@ -11,27 +11,10 @@ import urllib.request
 from typing import Any
 
 from conftest import REPO, Daemon, DaemonFactory, free_port
-from pair_scsi import BlockClient
+from pair_scsi import BlockClient, pair_config
 
 MiB = 1 << 20
 IQN = "iqn.2026-11.org.targetd:paircli"
-CONFIG = f"""
-[pairs]
-chunk_size = "64KiB"
-copy_rate = "{{rate}}"
-
-[[target]]
-name = "{IQN}"
-[[target.lun]]
-lun = 0
-size = "8MiB"
-[[target.lun]]
-lun = 1
-size = "8MiB"
-[[target.lun]]
-lun = 2
-size = "4MiB"
-"""
 STATUS_KEYS = {
     "name", "source", "target", "source_lun", "target_lun", "source_state", "target_state",
     "reason", "size", "chunk_size", "chunks", "dirty_chunks", "changed_chunks",
@@ -56,7 +39,7 @@ def ok_json(daemon: Daemon, *args: str) -> Any:
 
 
 def start(factory: DaemonFactory, rate: str) -> Daemon:
-    return factory(CONFIG.replace("{rate}", rate))
+    return factory(pair_config(IQN, rate))
 
 
 def test_pair_life_cycle_through_targetctl(targetd_factory: DaemonFactory) -> None:
@@ -181,7 +164,7 @@ def test_no_daemon_says_where_it_looked(tmp_path: Any) -> None:
 def test_pair_metrics_follow_the_pair(targetd_factory: DaemonFactory) -> None:
     port = free_port()
     daemon = targetd_factory(
-        CONFIG.replace("{rate}", "256KiB") + f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+        pair_config(IQN, "256KiB") + f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
     )
     client = BlockClient(daemon.port, IQN)
     client.write(0, 0, b"\x07" * (4 * MiB))

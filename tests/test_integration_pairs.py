@@ -17,6 +17,7 @@ from pair_scsi import (
     RESYNC,
     SPLIT,
     BlockClient,
+    pair_config,
     pair_in,
     pair_out,
 )
@@ -24,28 +25,11 @@ from pair_scsi import (
 MiB = 1 << 20
 SIZE = 8 * MiB
 IQN = "iqn.2026-11.org.targetd:pairs"
-CONFIG = f"""
-[pairs]
-chunk_size = "64KiB"
-copy_rate = "{{rate}}"
-
-[[target]]
-name = "{IQN}"
-[[target.lun]]
-lun = 0
-size = "8MiB"
-[[target.lun]]
-lun = 1
-size = "8MiB"
-[[target.lun]]
-lun = 2
-size = "4MiB"
-"""
 ILLEGAL = 0x5
 
 
 def start(factory: DaemonFactory, rate: str = "1MiB") -> Daemon:
-    return factory(CONFIG.replace("{rate}", rate))
+    return factory(pair_config(IQN, rate))
 
 
 def random_writes(
