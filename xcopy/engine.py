@@ -41,7 +41,7 @@ from xcopy.params import (
 )
 from xcopy.plan import Step
 from xcopy.readers import ReaderFactory, SourceReader, SourceUnavailable
-from xcopy.streams import SinkMedium, StreamMedium, medium_of
+from xcopy.streams import SinkMedium, StreamMedium, TapeMedium, medium_of
 
 # Bytes per copy_file_range call: a few ms of kernel copying between two looks at the loop.
 KERNEL_CHUNK = 8 * 1024 * 1024
@@ -302,6 +302,14 @@ async def _block_to_stream(run: CopyRun, current: _Segment) -> None:
         reader = await run.reader(step)
         await reader.prepare(step.source_offset, step.length)
         fd = getattr(reader, "kernel_source", lambda: None)()
+        if fd is not None and isinstance(medium, TapeMedium) and not step.pad:
+            # Each record's payload copied by the kernel into the tape image.
+            for pos, n in _chunks(step.source_offset, step.length, record, False):
+                medium.copy_record_from(fd, pos, n)
+                current.done += n
+                progress.bytes_done += n
+                await asyncio.sleep(0)
+            return
         if fd is not None and isinstance(medium, SinkMedium):
             # A plain file into a plain file: the kernel copies it (copy_file_range).
             for pos, n in _chunks(step.source_offset, step.length, KERNEL_CHUNK, False):

@@ -41,6 +41,14 @@ class TapeMedium:
         tape.image.append_record(payload)
         tape.position += 1
 
+    def copy_record_from(self, fd: int, offset: int, length: int) -> None:
+        """One record whose payload the kernel copies from another file."""
+        tape = self.tape
+        if not tape.image.fits(length):
+            raise CheckCondition(Reason.VOLUME_OVERFLOW, information=1, eom=True)
+        tape.image.append_record_from(fd, offset, length)
+        tape.position += 1
+
     def read_record(self, expected: int) -> bytes:
         tape = self.tape
         tape.require_medium()
