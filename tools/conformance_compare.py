@@ -70,16 +70,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", type=Path, default=CONFIG, help="targetd config file")
     ap.add_argument("--markdown", type=Path, help="write the tables here")
     ap.add_argument("--json", type=Path, help="write targetd's per-test report here")
+    ap.add_argument(
+        "--multipath", action="store_true", help="give both targets a second path (MultipathIO)"
+    )
     args = ap.parse_args(argv)
 
     if args.tgt_baseline:
         tgt = Report.from_json(json.loads(BASELINE.read_text()))
     else:
         with TgtdTarget() as peer:
-            tgt = run_suite(peer)
+            tgt = run_suite(peer, multipath=args.multipath)
             tgt.version = TgtdTarget.version()
     with TargetdTarget(config=args.config) as ours:
-        targetd = run_suite(ours)
+        targetd = run_suite(ours, multipath=args.multipath)
     if args.json:
         args.json.write_text(json.dumps(targetd.to_json(), indent=1) + "\n")
 
