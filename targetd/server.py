@@ -1,9 +1,10 @@
 """The asyncio shell around the sans-I/O connection: sockets in, SCSI execution, bytes out.
 
 Received bytes land where :class:`PduReceiver` says (a ``BufferedProtocol``: no copies
-for large Data-Out); each SCSI command runs as its own asyncio task so that task
-management can cancel it; output is written with ``writelines`` so header and data go out
-in one vectored write. Reading pauses while the socket's write buffer is full.
+for large Data-Out); each SCSI command runs eagerly (``targetd.eager``) and becomes an
+asyncio task only if it has to wait, so that task management can cancel it; the replies of
+a batch are written with one ``writelines``. Reading pauses while the socket's write
+buffer is above its high-water mark.
 """
 
 from __future__ import annotations
@@ -65,6 +66,16 @@ class TargetRuntime:
             other.raise_unit_attention(Reason.REPORTED_LUNS_DATA_CHANGED)
         lu.report_luns = self.scsi.lun_numbers
         self.scsi.luns[number] = lu
+        # EXTENDED COPY: the new LU sees the target's LUN map and serves the commands
+        # with the target's one copy manager, which reaches it through the same map.
+        lu.lun_map = self.scsi.luns
+        manager = next(
+            (m for o in self.scsi.luns.values() if (m := getattr(o, "copy_manager", None))),
+            None,
+        )
+        if manager is not None:
+            lu.copy_manager = manager  # type: ignore[attr-defined]
+            lu.third_party_copy = True
         self.stats[number] = LunStats()
         for c in self.connections:
             if c.conn.nexus is not None:
@@ -251,15 +262,7 @@ class IscsiConnection(asyncio.BufferedProtocol):
         if runtime is not None:
             for other in list(runtime.connections):
                 handles += other._cancel(other.conn.abort_matching(event.lun))
-            luns = [event.lun] if event.lun is not None else list(runtime.scsi.luns)
-            for lun in luns:
-                lu = runtime.scsi.luns.get(lun)
-                if lu is not None:
-                    reset = getattr(lu, "reset", None)
-                    if reset is not None:
-                        reset(event.nexus)
-                    else:
-                        lu.raise_unit_attention(Reason.BUS_DEVICE_RESET, except_nexus=None)
+            runtime.scsi.reset(event.nexus, event.lun)
         if event.cold and runtime is not None:
             victims = list(runtime.connections)
 
