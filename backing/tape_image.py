@@ -43,6 +43,7 @@ ENTRY_MAGIC = 0x5452  # "TR"
 HEADER_SIZE = HEADER.size
 ENTRY_SIZE = ENTRY.size
 MIN_CAPACITY = 64 * 1024
+_FILEMARK_BATCH = 4096  # file marks written per pwrite by append_filemarks
 # Early-warning zone when the creator does not choose one: 1/32 of the medium, at most
 # 64 MiB, so even a small test tape has room for a few records past early warning.
 MAX_DEFAULT_EARLY_WARNING = 64 << 20
@@ -327,10 +328,13 @@ class TapeImage:
         """Write up to ``count`` file marks at end of data; returns how many fitted."""
         self._check_writable()
         room = min(count, max(0, self.free // ENTRY_SIZE))
-        if room:
-            head = _entry_header(Kind.FILEMARK, b"")
-            self._write(self._end, [head] * room)
-            for _ in range(room):
+        head = _entry_header(Kind.FILEMARK, b"")
+        # One buffer per batch: a vector of ``room`` parts would pass IOV_MAX (1024) and
+        # pwritev fails with EINVAL when an initiator asks for thousands of marks at once.
+        for start in range(0, room, _FILEMARK_BATCH):
+            batch = min(_FILEMARK_BATCH, room - start)
+            self._write(self._end, [head * batch])
+            for _ in range(batch):
                 self._append_index(self._end, Kind.FILEMARK, 0)
                 self._end += ENTRY_SIZE
         return room

@@ -13,9 +13,9 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
-from construct import Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Padding, Struct
+from construct import Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Struct
 
-from backing.pairs import ErrorCode, PairError, PairStatus
+from backing.pairs import BackupPolicy, ErrorCode, PairError, PairStatus
 from scsi.command import ScsiCommand, ScsiResult
 from scsi.sbc import SBC_TABLE
 from scsi.sense import CheckCondition, FieldPointer, Reason
@@ -34,7 +34,10 @@ class PairControl(Protocol):
     """What the commands need from the daemon: pair operations by LUN of this target."""
 
     def has_lun(self, lun: int) -> bool: ...
-    async def create(self, name: str, source_lun: int, target_lun: int) -> None: ...
+    async def create(
+        self, name: str, source_lun: int, target_lun: int, policy: BackupPolicy | None = None
+    ) -> None: ...
+    async def set_backup_policy(self, lun: int, policy: BackupPolicy | None) -> None: ...
     async def split(self, lun: int) -> None: ...
     async def resync(self, lun: int) -> None: ...
     async def delete(self, lun: int) -> None: ...
@@ -53,6 +56,7 @@ REFUSALS: dict[ErrorCode, Reason] = {
     ErrorCode.READ_ONLY_VOLUME: Reason.PAIR_LUN_READ_ONLY,
     ErrorCode.UNKNOWN_VOLUME: Reason.INVALID_FIELD_IN_CDB,
     ErrorCode.BAD_NAME: Reason.INVALID_FIELD_IN_PARAMETER_LIST,
+    ErrorCode.BAD_POLICY: Reason.INVALID_FIELD_IN_CDB,
 }
 
 # PAIR IN / REPORT PAIR STATUS data (96 bytes).
@@ -64,7 +68,8 @@ PAIR_STATUS = Struct(
     "percent_in_sync" / Int8ub,
     "source_lun" / Int16ub,
     "target_lun" / Int16ub,
-    Padding(2),
+    "backup_policy" / Int8ub,  # the policy a backup follows (BackupPolicy); 0 for no pair
+    "policy_flags" / Int8ub,  # bit 0: set on the pair (SET BACKUP POLICY), else configured
     "chunk_size" / Int32ub,
     "total_chunks" / Int64ub,
     "dirty_chunks" / Int64ub,
@@ -76,7 +81,7 @@ PAIR_STATUS = Struct(
 )
 STATUS_LENGTH = PAIR_STATUS.sizeof()
 
-_PAIR_OUT_USAGE = bytes([PAIR_OUT, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0])
+_PAIR_OUT_USAGE = bytes([PAIR_OUT, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0x07, 0, 0, 0])
 _PAIR_OUT_USAGE += bytes([0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07])
 _PAIR_IN_USAGE = bytes([PAIR_IN, 0x1F, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0])
 _PAIR_IN_USAGE += bytes([0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07])
@@ -116,8 +121,19 @@ async def _refusing(call: Awaitable[None]) -> None:
 
 
 # -- PAIR OUT ---------------------------------------------------------------------------
+def _policy_field(cmd: ScsiCommand, byte: int) -> BackupPolicy | None:
+    """A BACKUP POLICY byte: 00h none (the configured one), 01h..04h a policy."""
+    value = cmd.cdb[byte]
+    if not value:
+        return None
+    if value not in BackupPolicy._value2member_map_:
+        raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(byte))
+    return BackupPolicy(value)
+
+
 async def _create(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
-    _reserved_zero(cmd, (6, 10), (14, 15))
+    _reserved_zero(cmd, (7, 10), (14, 15))
+    policy = _policy_field(cmd, 6)
     source = _lun_field(lu, cmd, 2)
     target = _lun_field(lu, cmd, 4)
     length = int.from_bytes(cmd.cdb[10:14], "big")
@@ -130,7 +146,7 @@ async def _create(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
     if length and not _NAME.fullmatch(raw):
         raise CheckCondition(Reason.INVALID_FIELD_IN_PARAMETER_LIST, FieldPointer(0, in_cdb=False))
     name = raw.decode() if raw else f"lun{source}-lun{target}"
-    await _refusing(_control(lu).create(name, source, target))
+    await _refusing(_control(lu).create(name, source, target, policy))
     return ScsiResult(data_out_used=length if len(data) != length else None)
 
 
@@ -146,11 +162,20 @@ def _on_pair(
     return handler
 
 
+async def _set_backup_policy(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
+    _reserved_zero(cmd, (5, 15))
+    policy = _policy_field(cmd, 4)
+    lun = _lun_field(lu, cmd, 2)
+    await _refusing(_control(lu).set_backup_policy(lun, policy))
+    return ScsiResult()
+
+
 PAIR_OUT_ACTIONS: dict[int, Callable[[BlockDevice, ScsiCommand], Awaitable[ScsiResult]]] = {
     0x01: _create,
     0x02: _on_pair(lambda control, lun: control.split(lun)),
     0x03: _on_pair(lambda control, lun: control.resync(lun)),
     0x04: _on_pair(lambda control, lun: control.delete(lun)),
+    0x05: _set_backup_policy,
 }
 
 
@@ -168,6 +193,8 @@ async def _report_status(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
         "percent_in_sync": 0,
         "source_lun": lun,
         "target_lun": lun,
+        "backup_policy": 0,
+        "policy_flags": 0,
         "chunk_size": 0,
         "total_chunks": 0,
         "dirty_chunks": 0,
@@ -186,6 +213,8 @@ async def _report_status(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
             percent_in_sync=int(status.percent_in_sync),
             source_lun=source,
             target_lun=target,
+            backup_policy=int(status.backup_policy),
+            policy_flags=int(status.backup_policy_set),
             chunk_size=status.chunk_size,
             total_chunks=status.chunks,
             dirty_chunks=status.dirty_chunks,

@@ -14,6 +14,7 @@ from pathlib import Path
 from backing.pairs import PairManager
 from targetd import logs
 from targetd.config import Config, ConfigError, Portal, default_config, parse_hostport
+from targetd.copy_ops import CopyOperations
 from targetd.luns import build_targets, close_targets
 from targetd.operations import Operations
 from targetd.pair_admin import PairAdmin
@@ -61,6 +62,9 @@ async def serve(config: Config, *, loader: Callable[[], Config] | None = None) -
     pair_admin = PairAdmin(pairs, config)
     pair_admin.register(ops.admin)  # targetctl pair ...
     ops.metrics.add_collector(pair_admin.metric_families)
+    copies = CopyOperations(server)  # EXTENDED COPY: `targetctl status` and metrics
+    ops.provide_status("copy_operations", copies.status)
+    ops.metrics.add_collector(copies.metric_families)
     try:
         await server.start()
         await ops.start()

@@ -93,7 +93,7 @@ class PairConfig:
 
 
 PAIR_CHUNK_RANGE = (64 * 1024, 1 << 20)
-BACKUP_POLICIES = ("reflect-first", "wait", "merge")
+BACKUP_POLICIES = ("reflect-first", "wait", "merge", "split-and-backup")
 
 
 @dataclass(frozen=True, slots=True)

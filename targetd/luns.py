@@ -94,12 +94,8 @@ async def flush_targets(targets: dict[str, ScsiTarget]) -> None:
 
 
 def backup_policy_lookup(config: Config) -> PolicyLookup:
-    """The backup policy of a pair (by name) from the ``[pairs]`` table."""
-    names = {
-        "reflect-first": Policy.REFLECT_FIRST,
-        "wait": Policy.WAIT,
-        "merge": Policy.MERGE,
-    }
-    default = names[config.pairs.backup_policy]
-    per_pair = {name: names[value] for name, value in config.pairs.backup_policies}
+    """The backup policy of a pair (by name) from the ``[pairs]`` table; a policy set on
+    the pair itself (PAIR OUT, targetctl) comes before it."""
+    default = Policy.parse(config.pairs.backup_policy)
+    per_pair = {name: Policy.parse(value) for name, value in config.pairs.backup_policies}
     return lambda pair: per_pair.get(pair.name, default)

@@ -22,9 +22,10 @@ from scsi.sense import Reason
 from targetd import logs, reload, sdnotify, status
 from targetd.admin import SOCKET_NAME, Admin
 from targetd.config import Config, ConfigError
-from targetd.luns import build_lun, flush_targets
+from targetd.luns import backup_policy_lookup, build_lun, flush_targets
 from targetd.metrics import Family, Metrics, lun_families
 from targetd.server import TargetRuntime, TargetServer
+from xcopy import attach as attach_copy_manager
 
 log = logging.getLogger("targetd")
 ShutdownHook = Callable[[], Any | Awaitable[Any]]
@@ -136,6 +137,9 @@ class Operations:
         extra = [(name, lun, build_lun(config.target(name), lun, config))  # type: ignore[arg-type]
                  for name, lun in plan.new_luns]  # fmt: skip
         for name, scsi in built:
+            # EXTENDED COPY among the new target's LUs, results kept as at startup.
+            copies = config.state_dir / "xcopy" / name.replace(":", "_")
+            attach_copy_manager(scsi, backup_policy_lookup(config), state_dir=copies)
             self.server.targets[name] = TargetRuntime(name, scsi)
         for name, lun, lu in extra:
             runtime = self.server.targets[name]

@@ -8,6 +8,8 @@ Methods, each taking a params object and answering JSON (docs/pairs.md, "targetc
 ``pair.status``  {name?} -> one pair status object, or a list of them without a name
 ``pair.list``    {} -> a list of pair status objects
 ``pair.wait``    {name, state, timeout} -> {"reached": bool, "status": object | null}
+``pair.policy``  {name, policy} -> a pair status object (``policy``: reflect-first, wait,
+                 merge, split-and-backup, or ``default`` for the configured one)
 
 ``pair.wait`` returns at once when both volumes are in ``state``, when the pair is
 SUSPENDED (a wait that can only end by a resync), or after ``timeout`` seconds (at most
@@ -23,7 +25,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from backing.pairs import PairError, PairManager, PairStatus, Phase, VolumeState
+from backing.pairs import BackupPolicy, PairError, PairManager, PairStatus, Phase, VolumeState
 from targetd.admin import Admin, AdminError
 from targetd.config import Config
 from targetd.metrics import Family
@@ -70,6 +72,23 @@ def _lun(params: Params, key: str) -> int:
     return value
 
 
+DEFAULT_POLICY = "default"  # the pair follows the configured policy again
+
+
+def parse_policy(text: str) -> BackupPolicy | None:
+    """A backup policy name (or number); ``default`` is None: the configured policy."""
+    if text.strip().lower() == DEFAULT_POLICY:
+        return None
+    return BackupPolicy.parse(text)
+
+
+def _policy(params: Params) -> BackupPolicy | None:
+    try:
+        return parse_policy(_str(params, "policy"))
+    except ValueError as err:
+        raise AdminError(str(err), "bad-policy") from None
+
+
 class PairAdmin:
     """The admin methods over one :class:`PairManager`."""
 
@@ -86,6 +105,7 @@ class PairAdmin:
             "pair.status": self.status,
             "pair.list": self.list,
             "pair.wait": self.wait,
+            "pair.policy": self.policy,
         }
         for method, handler in methods.items():
             admin.register(method, handler)
@@ -105,9 +125,10 @@ class PairAdmin:
         name = _str(params, "name")
         target = self._target(params)
         source_lun, target_lun = _lun(params, "source_lun"), _lun(params, "target_lun")
+        policy = _policy(params) if params.get("policy") is not None else None
         with _refusals():
             status = await self.manager.create(
-                name, volume_id(target, source_lun), volume_id(target, target_lun)
+                name, volume_id(target, source_lun), volume_id(target, target_lun), policy
             )
         return pair_dict(status)
 
@@ -118,6 +139,12 @@ class PairAdmin:
     async def resync(self, params: Params) -> dict[str, Any]:
         with _refusals():
             return pair_dict(await self.manager.resync(_str(params, "name")))
+
+    async def policy(self, params: Params) -> dict[str, Any]:
+        name = _str(params, "name")
+        policy = _policy(params)
+        with _refusals():
+            return pair_dict(await self.manager.set_backup_policy(name, policy))
 
     async def delete(self, params: Params) -> dict[str, Any]:
         name = _str(params, "name")

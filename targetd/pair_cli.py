@@ -1,4 +1,5 @@
-"""``targetctl pair create|split|resync|delete|status|wait``: volume pairs, over the admin socket.
+"""``targetctl pair create|split|resync|delete|status|wait|policy``: volume pairs, over the
+admin socket.
 
 ``pair wait`` is HORCM's pairevtwait: it returns when both volumes of the pair are in the
 state asked for, drawing a progress bar on stderr (when it is a terminal) while the pair
@@ -14,6 +15,7 @@ import sys
 import time
 from typing import IO, Any
 
+from backing.pairs import BackupPolicy
 from targetd.pair_admin import MAX_WAIT, parse_state
 from targetd.status_cli import add_socket_options, call
 
@@ -22,6 +24,7 @@ EXIT_SUSPENDED = 4
 BAR_WIDTH = 30
 TTY_POLL = 0.5  # seconds between progress redraws
 MiB = 1 << 20
+POLICY_NAMES = ", ".join(p.label for p in BackupPolicy)
 
 
 def add_commands(sub: Any) -> None:
@@ -33,7 +36,13 @@ def add_commands(sub: Any) -> None:
     p.add_argument("source_lun", type=int)
     p.add_argument("target_lun", type=int)
     p.add_argument("--target", help="the iSCSI target (IQN) of both LUNs; needed if several")
+    p.add_argument("--policy", help=f"backup policy of the pair ({POLICY_NAMES})")
     _common(p, _create)
+
+    p = pair_sub.add_parser("policy", help="set the pair's backup policy (kept with the pair)")
+    p.add_argument("name")
+    p.add_argument("policy", help=f"{POLICY_NAMES}, or default (the configured one)")
+    _common(p, _policy)
 
     for action, text in (
         ("split", "split at once: the target keeps the image of this instant"),
@@ -78,6 +87,8 @@ def _create(args: argparse.Namespace) -> int:
     }
     if args.target:
         params["target"] = args.target
+    if args.policy:
+        params["policy"] = args.policy
     p = call(args, "pair.create", params)
     if args.json:
         _dump(p)
@@ -106,22 +117,37 @@ def _action(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy(args: argparse.Namespace) -> int:
+    p = call(args, "pair.policy", {"name": args.name, "policy": args.policy})
+    if args.json:
+        _dump(p)
+    else:
+        print(f"pair {p['name']}: backup policy {_policy_label(p)}")
+    return 0
+
+
+def _policy_label(p: dict[str, Any]) -> str:
+    """``merge`` when set on the pair, ``merge*`` when it comes from the configuration."""
+    policy = p.get("backup_policy", "?")
+    return policy if p.get("backup_policy_set", True) else f"{policy}*"
+
+
 def render(pairs: list[dict[str, Any]]) -> str:
     """The status table."""
     if not pairs:
         return "no pairs\n"
     head = (
         f"{'NAME':<16} {'SRC':>4} {'TGT':>4} {'SOURCE':<15} {'TARGET':<15}"
-        f" {'SYNC%':>7} {'DIRTY':>8} {'CHANGED':>8} {'MiB/s':>8}  REASON"
+        f" {'SYNC%':>7} {'DIRTY':>8} {'CHANGED':>8} {'MiB/s':>8}  {'POLICY':<17} REASON"
     )
-    lines = [head]
+    lines = [head]  # POLICY: a trailing * means the configured one, not set on the pair
     for p in pairs:
         reason = "" if p["reason"] == "NONE" else p["reason"]
         lines.append(
             f"{p['name']:<16} {_lun(p['source_lun']):>4} {_lun(p['target_lun']):>4}"
             f" {p['source_state']:<15} {p['target_state']:<15}"
             f" {p['percent_in_sync']:>7.2f} {p['dirty_chunks']:>8} {p['changed_chunks']:>8}"
-            f" {p['copy_rate'] / MiB:>8.1f}  {reason}".rstrip()
+            f" {p['copy_rate'] / MiB:>8.1f}  {_policy_label(p):<17} {reason}".rstrip()
         )
     return "\n".join(lines) + "\n"
 

@@ -8,6 +8,7 @@ commands of one target its LUN-numbered view of the :class:`PairManager`.
 from __future__ import annotations
 
 from backing.pairs import (
+    BackupPolicy,
     ErrorCode,
     PairError,
     PairManager,
@@ -39,10 +40,15 @@ class TargetPairs:
             raise PairError(ErrorCode.UNKNOWN_PAIR, f"LUN {lun} is not in a pair")
         return pair.name
 
-    async def create(self, name: str, source_lun: int, target_lun: int) -> None:
+    async def create(
+        self, name: str, source_lun: int, target_lun: int, policy: BackupPolicy | None = None
+    ) -> None:
         await self.manager.create(
-            name, volume_id(self.target, source_lun), volume_id(self.target, target_lun)
+            name, volume_id(self.target, source_lun), volume_id(self.target, target_lun), policy
         )
+
+    async def set_backup_policy(self, lun: int, policy: BackupPolicy | None) -> None:
+        await self.manager.set_backup_policy(self._pair_name(lun), policy)
 
     async def split(self, lun: int) -> None:
         await self.manager.split(self._pair_name(lun))
@@ -69,4 +75,10 @@ def pair_settings(config: Config) -> PairSettings:
     """The engine's settings from the ``[pairs]`` table (chunk size applies to new pairs;
     an existing pair keeps the chunk size its file records)."""
     p = config.pairs
-    return PairSettings(chunk_size=p.chunk_size, copy_workers=p.copy_workers, copy_rate=p.copy_rate)
+    return PairSettings(
+        chunk_size=p.chunk_size,
+        copy_workers=p.copy_workers,
+        copy_rate=p.copy_rate,
+        backup_policy=BackupPolicy.parse(p.backup_policy),
+        backup_policies=tuple((name, BackupPolicy.parse(v)) for name, v in p.backup_policies),
+    )

@@ -18,7 +18,8 @@ IQN = "iqn.2026-11.org.targetd:paircli"
 STATUS_KEYS = {
     "name", "source", "target", "source_lun", "target_lun", "source_state", "target_state",
     "reason", "size", "chunk_size", "chunks", "dirty_chunks", "changed_chunks",
-    "percent_in_sync", "copy_rate", "copied_bytes", "split_time",
+    "percent_in_sync", "copy_rate", "copied_bytes", "split_time", "backup_policy",
+    "backup_policy_set",
 }  # fmt: skip
 
 
@@ -83,7 +84,8 @@ def test_pair_life_cycle_through_targetctl(targetd_factory: DaemonFactory) -> No
     table = targetctl(daemon, "pair", "status")
     lines = table.stdout.splitlines()
     assert lines[0].split() == [
-        "NAME", "SRC", "TGT", "SOURCE", "TARGET", "SYNC%", "DIRTY", "CHANGED", "MiB/s", "REASON",
+        "NAME", "SRC", "TGT", "SOURCE", "TARGET", "SYNC%", "DIRTY", "CHANGED", "MiB/s", "POLICY",
+        "REASON",
     ]  # fmt: skip
     assert lines[1].split()[:8] == ["db", "0", "1", "SPLIT", "SPLIT", "99.22", "0", "1"]
 

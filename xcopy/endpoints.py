@@ -86,8 +86,11 @@ def resolve(
     luns: dict[int, LogicalUnit],
     this_lu: LogicalUnit,
     nexus: Nexus,
+    memo: dict[int, LogicalUnit | None] | None = None,
 ) -> Endpoint:
-    """The endpoint a segment's CSCD ID names; :class:`Unresolved` if there is none."""
+    """The endpoint a segment's CSCD ID names; :class:`Unresolved` if there is none.
+    ``memo`` keeps each CSCD's LU for the other segments of the same list (matching
+    builds every LU's VPD 83h designators: 256 segments took ~50 ms before IMMED)."""
     if cscd_id == THIS_LU:
         kind = device_type_of(this_lu)
         if kind is None:
@@ -98,7 +101,12 @@ def resolve(
     cscd = cscds[cscd_id]
     if cscd.nul:  # obsolete in SPC-4 but harmless: reads zeros, discards writes
         return Endpoint(cscd, None, cscd.device_type, cscd.block_length or 512, cscd.pad)
-    lu = find_lu(cscd, luns, nexus)
+    if memo is None:
+        lu = find_lu(cscd, luns, nexus)
+    elif cscd_id in memo:
+        lu = memo[cscd_id]
+    else:
+        lu = memo[cscd_id] = find_lu(cscd, luns, nexus)
     if lu is None:
         raise Unresolved()
     kind = device_type_of(lu)

@@ -241,11 +241,14 @@ def _cscd(data: bytes, index: int, offset: int) -> Cscd:
 
 
 def _segment(data: bytes, index: int, offset: int) -> Segment:
-    type_code, flags, length, source, destination = _SEG_HEAD.unpack_from(data, offset)
+    # Type and length first, from the 4 bytes _segment_bounds vouched for: a descriptor
+    # of DESCRIPTOR LENGTH 0 at the end of the list has no 8-byte head to unpack.
+    type_code = data[offset]
     if type_code not in SEGMENT_LENGTHS:
         raise _bad(Reason.UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE, offset)
-    if length != SEGMENT_LENGTHS[type_code]:
+    if int.from_bytes(data[offset + 2 : offset + 4], "big") != SEGMENT_LENGTHS[type_code]:
         raise _invalid(offset + 2)
+    _, flags, length, source, destination = _SEG_HEAD.unpack_from(data, offset)
     raw = data[offset : offset + 4 + length]
     base = {
         "index": index,

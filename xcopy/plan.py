@@ -84,7 +84,8 @@ class Step:
 def plan(
     copy_list: CopyList, luns: dict[int, LogicalUnit], this_lu: LogicalUnit, nexus: Nexus
 ) -> list[Step]:
-    steps = [_step(copy_list, s, luns, this_lu, nexus) for s in copy_list.segments]
+    memo: dict[int, LogicalUnit | None] = {}  # each CSCD matched once per list
+    steps = [_step(copy_list, s, luns, this_lu, nexus, memo) for s in copy_list.segments]
     leading = True
     for step in steps:  # a split comes first: the backup after it reads its image
         is_split = step.segment.type_code == SPLIT_PAIR
@@ -103,9 +104,10 @@ def _resolve(
     this_lu: LogicalUnit,
     nexus: Nexus,
     field: int,
+    memo: dict[int, LogicalUnit | None] | None = None,
 ) -> Endpoint:
     try:
-        end = resolve(cscd_id, copy_list.cscds, luns, this_lu, nexus)
+        end = resolve(cscd_id, copy_list.cscds, luns, this_lu, nexus, memo)
     except Unresolved as err:
         reason = (
             Reason.INCORRECT_COPY_TARGET_DEVICE_TYPE
@@ -162,13 +164,16 @@ def _step(
     luns: dict[int, LogicalUnit],
     this_lu: LogicalUnit,
     nexus: Nexus,
+    memo: dict[int, LogicalUnit | None] | None = None,
 ) -> Step:
     code = seg.type_code
     source = None
     if code in _SOURCE_TYPE:
-        source = _resolve(copy_list, seg, seg.source, _SOURCE_TYPE[code], luns, this_lu, nexus, 4)
+        source = _resolve(
+            copy_list, seg, seg.source, _SOURCE_TYPE[code], luns, this_lu, nexus, 4, memo
+        )
     destination = _resolve(
-        copy_list, seg, seg.destination, _DESTINATION_TYPE[code], luns, this_lu, nexus, 6
+        copy_list, seg, seg.destination, _DESTINATION_TYPE[code], luns, this_lu, nexus, 6, memo
     )
     if code == SPLIT_PAIR:
         store = getattr(destination.lu, "store", None)

@@ -16,7 +16,12 @@ here hands the copy a :class:`SplitImageReader`. What it may read depends on the
      SPLIT-PENDING target).
 - DUPLEX, DUPLEX-PENDING, RESYNC, SUSPENDED: there is no split image; the copy is
   refused (COPY ABORTED, 80h/02h) unless an earlier SPLIT PAIR segment of the same copy
-  list split the pair (split-and-backup).
+  list split the pair, or the pair's policy is 4. SPLIT_AND_BACKUP: a mirroring pair
+  (not a SUSPENDED one) is split by the copy itself before its IMMED answer, then read
+  reflect-first. A pair already split keeps its split instant.
+
+The policy of a copy: its SPLIT PAIR segment's, else the pair's own (PAIR OUT SET BACKUP
+POLICY, ``targetctl pair policy``; kept in the pair file), else the configured one.
 
 The pair must stay split while the copy reads: if it leaves SPLIT/SPLIT-PENDING (resync,
 delete, a copy error), the image the backup started from is gone and the copy ends with
@@ -27,11 +32,10 @@ block destination does not punch what the source still has to deliver.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 
 from backing.pairs.engine import Pair
-from backing.pairs.states import Phase
+from backing.pairs.states import BackupPolicy, Phase
 from backing.pairs.volume import PairVolume, Role
 from backing.sparse_file import Extent
 from scsi.block_device import BlockDevice
@@ -39,13 +43,9 @@ from scsi.sense import Reason
 from xcopy.params import SPLIT_PAIR, CopyList
 from xcopy.readers import DirectReader, ReaderFactory, SourceReader, SourceUnavailable
 
-
-class Policy(enum.IntEnum):
-    """Values of the SPLIT PAIR segment's policy byte (0: the pair's own policy)."""
-
-    REFLECT_FIRST = 1
-    WAIT = 2
-    MERGE = 3
+# Values of the SPLIT PAIR segment's policy byte (0: the pair's own policy), of PAIR OUT
+# SET BACKUP POLICY and of the PAIR IN status data: one enum, kept with the pair.
+Policy = BackupPolicy
 
 
 PolicyLookup = Callable[[Pair], Policy]
@@ -131,13 +131,17 @@ def pair_aware_readers(policy_for: PolicyLookup = default_policy) -> ReaderFacto
             return DirectReader(lu)
         pair = store.pair
         assert pair is not None
+        policy = split_policy(copy_list) or pair.backup_policy or policy_for(pair)
+        if policy is Policy.SPLIT_AND_BACKUP:
+            if pair.phase.mirroring:  # the backup takes its own split (before IMMED answers)
+                await pair.split()
+            policy = Policy.REFLECT_FIRST
         if pair.phase not in SPLIT_PHASES:
             raise SourceUnavailable(
                 Reason.COPY_SOURCE_PAIR_NOT_SPLIT,
                 f"{store.volume_id} is the target of pair {pair.name}, which is "
                 f"{pair.phase.name}: split it first, or use a SPLIT PAIR segment",
             )
-        policy = split_policy(copy_list) or policy_for(pair)
         return SplitImageReader(store, pair, policy)
 
     return factory

@@ -5,10 +5,18 @@
 
 from backing.pairs.engine import Pair, PairSettings, PairStatus
 from backing.pairs.manager import PairManager
-from backing.pairs.states import ErrorCode, PairError, Phase, SuspendReason, VolumeState
+from backing.pairs.states import (
+    BackupPolicy,
+    ErrorCode,
+    PairError,
+    Phase,
+    SuspendReason,
+    VolumeState,
+)
 from backing.pairs.volume import PairVolume, Role, VolumeWriteProtected
 
 __all__ = [
+    "BackupPolicy",
     "ErrorCode",
     "Pair",
     "PairError",

@@ -30,6 +30,7 @@ from typing import Any
 from backing.pairs.bitmap import ChunkBitmap
 from backing.pairs.journal import PairFile, WriteIntentLog
 from backing.pairs.states import (
+    BackupPolicy,
     ErrorCode,
     Event,
     PairError,
@@ -60,6 +61,9 @@ class PairSettings:
     copy_rate: int = 0
     lazy_commit: float = 1.0
     clear_delay: float = 5.0
+    # The backup policy of a pair that was given none of its own: per pair name, else all.
+    backup_policy: BackupPolicy = BackupPolicy.REFLECT_FIRST
+    backup_policies: tuple[tuple[str, BackupPolicy], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,8 @@ class PairStatus:
     copy_rate: float  # bytes per second, over the last few seconds
     copied_bytes: int
     split_time: float | None
+    backup_policy: BackupPolicy = BackupPolicy.REFLECT_FIRST  # the one a backup follows
+    backup_policy_set: bool = False  # set on the pair (vendor command, targetctl)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +102,8 @@ class PairStatus:
             "copy_rate": self.copy_rate,
             "copied_bytes": self.copied_bytes,
             "split_time": self.split_time,
+            "backup_policy": self.backup_policy.label,
+            "backup_policy_set": self.backup_policy_set,
         }
 
 
@@ -150,6 +158,9 @@ class Pair:
         self.reason = SuspendReason[meta.get("reason", "NONE")]
         self.split_time: float | None = meta.get("split_time")
         self.initializing: bool = meta.get("initializing", False)
+        policy = meta.get("backup_policy")
+        # Set with PAIR OUT SET BACKUP POLICY or targetctl; None follows the settings.
+        self.backup_policy: BackupPolicy | None = None if policy is None else BackupPolicy(policy)
         self.settings = settings
         self.file = pair_file
         self.copy_set, self.src_changed, self.tgt_changed = bitmaps
@@ -184,6 +195,7 @@ class Pair:
             "reason": self.reason.name,
             "split_time": self.split_time,
             "initializing": self.initializing,
+            "backup_policy": None if self.backup_policy is None else int(self.backup_policy),
         }
 
     def _recover(self) -> None:
@@ -289,6 +301,18 @@ class Pair:
         self._set_phase(phase)
         await self._write_header()
 
+    async def set_backup_policy(self, policy: BackupPolicy | None) -> None:
+        """Keep ``policy`` with the pair (durably: it survives a restart); None goes back
+        to the daemon's configured policy."""
+        self.backup_policy = policy
+        await self._write_header()
+
+    @property
+    def effective_backup_policy(self) -> BackupPolicy:
+        if self.backup_policy is not None:
+            return self.backup_policy
+        return dict(self.settings.backup_policies).get(self.name, self.settings.backup_policy)
+
     async def wait_until(self, done: Callable[[Pair], bool]) -> None:
         while not done(self):
             await self._changed.wait()
@@ -313,6 +337,8 @@ class Pair:
             self.copy_rate(),
             self.copied_bytes,
             self.split_time,
+            self.effective_backup_policy,
+            self.backup_policy is not None,
         )
 
     def copy_rate(self) -> float:

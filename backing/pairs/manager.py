@@ -15,7 +15,14 @@ from pathlib import Path
 from backing.pairs.bitmap import PAGE_BITS, ChunkBitmap
 from backing.pairs.engine import Pair, PairSettings, PairStatus
 from backing.pairs.journal import REGIONS, PairFile, PairFileError
-from backing.pairs.states import ErrorCode, PairError, Phase, SuspendReason, VolumeState
+from backing.pairs.states import (
+    BackupPolicy,
+    ErrorCode,
+    PairError,
+    Phase,
+    SuspendReason,
+    VolumeState,
+)
 from backing.pairs.volume import PairVolume
 
 log = logging.getLogger(__name__)
@@ -84,7 +91,13 @@ class PairManager:
         volume = self.volumes.get(volume_id)
         return None if volume is None else volume.pair
 
-    async def create(self, name: str, source_id: str, target_id: str) -> PairStatus:
+    async def create(
+        self,
+        name: str,
+        source_id: str,
+        target_id: str,
+        backup_policy: BackupPolicy | None = None,
+    ) -> PairStatus:
         async with self._lock:
             if not NAME.fullmatch(name):
                 raise PairError(ErrorCode.BAD_NAME, f"bad pair name {name!r}")
@@ -121,6 +134,7 @@ class PairManager:
                 "reason": SuspendReason.NONE.name,
                 "split_time": None,
                 "initializing": True,
+                "backup_policy": None if backup_policy is None else int(backup_policy),
             }
             loop = asyncio.get_running_loop()
             path = self.dir / f"{name}.pair"
@@ -140,6 +154,12 @@ class PairManager:
     async def resync(self, name: str) -> PairStatus:
         pair = self.get(name)
         await pair.resync()
+        return pair.status()
+
+    async def set_backup_policy(self, name: str, policy: BackupPolicy | None) -> PairStatus:
+        """The pair's own backup policy, kept in its file; None: the configured one."""
+        pair = self.get(name)
+        await pair.set_backup_policy(policy)
         return pair.status()
 
     async def delete(self, name: str) -> None:

@@ -106,6 +106,7 @@ class ErrorCode(Enum):
     NAME_IN_USE = "name-in-use"
     BAD_NAME = "bad-name"
     READ_ONLY_VOLUME = "read-only-volume"
+    BAD_POLICY = "bad-policy"
 
 
 class PairError(Exception):
@@ -115,6 +116,34 @@ class PairError(Exception):
         super().__init__(message)
         self.code = code
         self.phase = phase
+
+
+class BackupPolicy(IntEnum):
+    """How an EXTENDED COPY backs up the target volume of this pair while the split-instant
+    image is not all on it yet (docs/xcopy.md). The value is its code in PAIR OUT SET
+    BACKUP POLICY, the PAIR IN status data and the SPLIT PAIR segment. The engine only
+    keeps it (with the pair, across restarts); the copy manager acts on it."""
+
+    REFLECT_FIRST = 0x01  # reflect the range's pending chunks first, then read the target
+    WAIT = 0x02  # wait until the pair is SPLIT
+    MERGE = 0x03  # read pending chunks from the source, merged into the stream
+    SPLIT_AND_BACKUP = 0x04  # a backup of a mirroring pair splits it first (then reflect-first)
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+    @classmethod
+    def parse(cls, text: str) -> BackupPolicy:
+        """``reflect-first``, ``REFLECT_FIRST``, ``1``: one policy; ValueError otherwise."""
+        key = text.strip().upper().replace("-", "_")
+        if key.isdigit() and int(key) in cls._value2member_map_:
+            return cls(int(key))
+        try:
+            return cls[key]
+        except KeyError:
+            names = ", ".join(p.label for p in cls)
+            raise ValueError(f"unknown backup policy {text!r} (one of {names})") from None
 
 
 class SuspendReason(IntEnum):

@@ -1,0 +1,148 @@
+"""A pair's backup policy through iSCSI and targetctl: PAIR OUT CREATE's BACKUP POLICY byte
+and SET BACKUP POLICY (05h), bytes 10-11 of PAIR IN, ``targetctl pair policy``, the
+policy kept in the pair file across a restart, and policy 4 (split-and-backup) taking
+the split itself when a plain EXTENDED COPY reads the target of a mirroring pair."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from typing import Any
+
+from conftest import REPO, Daemon, DaemonFactory
+from pair_scsi import ADDRESSED, CREATE, BlockClient, pair_in, pair_out
+from test_integration_xcopy import cscd, naa_of, stream_segment
+
+MiB = 1 << 20
+IQN = "iqn.2026-11.org.targetd:policy"
+SET_POLICY = 0x05
+TAPE = 2
+CONFIG = f"""
+[pairs]
+chunk_size = "64KiB"
+copy_rate = "2MiB"
+backup_policy = "merge"
+
+[[target]]
+name = "{IQN}"
+[[target.lun]]
+lun = 0
+size = "4MiB"
+[[target.lun]]
+lun = 1
+size = "4MiB"
+[[target.lun]]
+lun = 2
+kind = "tape"
+path = "tape.img"
+size = "32MiB"
+"""
+
+
+def set_policy(policy: int, lun: int = ADDRESSED, reserved: int = 0) -> bytes:
+    cdb = bytearray(pair_out(SET_POLICY, lun))
+    cdb[4] = policy
+    cdb[9] = reserved
+    return bytes(cdb)
+
+
+def policy_bytes(client: BlockClient, lun: int = 0) -> tuple[int, int]:
+    status, data, sense = client.run(pair_in(), lun=lun, read=96)
+    assert status == 0, sense
+    return data[10], data[11]
+
+
+def targetctl(daemon: Daemon, *args: str) -> Any:
+    done = subprocess.run(
+        [sys.executable, "-m", "targetd.ctl", *args, "--state-dir", str(daemon.state_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return done
+
+
+def test_policy_by_vendor_command_and_targetctl_survives_restart(
+    targetd_factory: DaemonFactory,
+) -> None:
+    daemon = targetd_factory(CONFIG)
+    client = BlockClient(daemon.port, IQN)
+    assert policy_bytes(client) == (0, 0)  # no pair: no policy
+    cdb = bytearray(pair_out(CREATE, 0, 1))
+    cdb[6] = 0x02  # BACKUP POLICY: wait
+    client.ok(bytes(cdb))
+    assert policy_bytes(client) == (0x02, 0x01)
+    assert policy_bytes(client, 1) == (0x02, 0x01)  # either LUN of the pair
+    client.ok(set_policy(0x01, 1))  # reflect-first, by the target's LUN
+    assert policy_bytes(client) == (0x01, 0x01)
+    client.ok(set_policy(0x00))  # back to the configured policy: merge, not set on the pair
+    assert policy_bytes(client) == (0x03, 0x00)
+    # Refusals: an unknown policy, a reserved byte, a LUN in no pair.
+    assert client.run(set_policy(0x05))[2] == (0x05, 0x24, 0x00)
+    assert client.run(set_policy(0x01, reserved=1))[2] == (0x05, 0x24, 0x00)
+    client.ok(pair_out(0x04))  # delete
+    assert client.run(set_policy(0x01))[2] == (0x05, 0x80, 0x01)
+    client.ok(pair_out(CREATE, 0, 1))
+    assert policy_bytes(client) == (0x03, 0x00)
+
+    done = targetctl(daemon, "pair", "policy", "lun0-lun1", "split-and-backup", "--json")
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert (shown["backup_policy"], shown["backup_policy_set"]) == ("split-and-backup", True)
+    assert policy_bytes(client) == (0x04, 0x01)
+    table = targetctl(daemon, "pair", "status").stdout.splitlines()
+    assert table[0].split()[-2:] == ["POLICY", "REASON"]
+    assert "split-and-backup" in table[1].split()
+    bad = targetctl(daemon, "pair", "policy", "lun0-lun1", "fastest")
+    assert bad.returncode == 1 and "unknown backup policy" in bad.stderr
+    client.close()
+
+    daemon.restart()  # the policy is kept in the pair file
+    client = BlockClient(daemon.port, IQN)
+    assert policy_bytes(client) == (0x04, 0x01)
+    done = targetctl(daemon, "pair", "policy", "lun0-lun1", "default")
+    assert done.returncode == 0, done.stderr
+    assert "merge*" in done.stdout  # the configured one
+    client.close()
+
+
+def test_split_and_backup_policy_splits_on_a_plain_extended_copy(
+    targetd_factory: DaemonFactory,
+) -> None:
+    """Policy 4 set on the pair: a LID1 EXTENDED COPY of the DUPLEX pair's target volume
+    splits the pair itself and backs up the split-instant image, later writes excluded."""
+    daemon = targetd_factory(CONFIG)
+    client = BlockClient(daemon.port, IQN, (0, 1, TAPE))
+    image = bytes(range(256)) * (4 * MiB // 256)
+    client.write(0, 0, image)
+    cdb = bytearray(pair_out(CREATE, 0, 1))
+    cdb[6] = 0x04
+    client.ok(bytes(cdb))
+    client.wait("DUPLEX")
+    fresh = b"\x5a" * MiB  # a backlog: mirrored, not yet all on the target
+    client.write(0, MiB, fresh)
+    image = image[:MiB] + fresh + image[2 * MiB :]
+    ini = client.ini
+    target, tape = naa_of(ini, 1), naa_of(ini, TAPE)
+    segments = b"".join(stream_segment(0x00, 256 * 1024, 512, lba) for lba in range(0, 8192, 512))
+    filemark = struct.pack(">BBH2xHx3s", 0x10, 0, 0x08, 1, (1).to_bytes(3, "big"))
+    cscds = cscd(target, 0x00, block_length=512) + cscd(tape, 0x01)
+    params = struct.pack(">BBH4xII", 7, 0, len(cscds), len(segments + filemark), 0)
+    params += cscds + segments + filemark
+    xcopy = bytes([0x83, 0]) + bytes(8) + len(params).to_bytes(4, "big") + bytes(2)
+    status, _, sense = ini.command(xcopy, lun=1, data=params)
+    assert (status, sense) == (0, b"")
+    st = client.status()
+    assert (st.source, st.target in ("SPLIT-PENDING", "SPLIT")) == ("SPLIT", True)
+    client.write(0, 0, b"\xff" * MiB)  # after the split: not in the backup
+    assert ini.command(bytes([0x01, 0, 0, 0, 0, 0]), lun=TAPE)[0] == 0  # REWIND
+    back = b""
+    for _ in range(16):
+        status, record, _ = ini.command(bytes([0x08, 0, 0x04, 0, 0, 0]), lun=TAPE, read=256 * 1024)
+        assert status == 0
+        back += record
+    assert back == image
+    client.close()
