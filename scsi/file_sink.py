@@ -15,12 +15,13 @@ from pathlib import Path
 from backing.file_sink import FileSink, SinkFull
 from scsi.cdb import data_out_mismatch
 from scsi.command import ScsiCommand, ScsiResult, Status
-from scsi.logical_unit import Identity, LogicalUnit
+from scsi.logical_unit import Identity
 from scsi.mode import ModePage
 from scsi.opcodes import OpcodeTable
 from scsi.sense import CheckCondition, FieldPointer, Reason
 from scsi.spc import SPC_TABLE
 from scsi.ssc import MAX_BLOCK_LENGTH, MAX_FIXED_TRANSFER, MIN_BLOCK_LENGTH
+from scsi.stream_device import SerializedMedium
 
 FILE_SINK_TABLE = OpcodeTable("file-sink", SPC_TABLE)
 _cmd = FILE_SINK_TABLE.command
@@ -31,7 +32,7 @@ def _invalid(byte: int, bit: int | None = None) -> CheckCondition:
     return CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(byte, bit=bit))
 
 
-class FileSinkDevice(LogicalUnit):
+class FileSinkDevice(SerializedMedium):
     table = FILE_SINK_TABLE
     device_type = 0x01
     removable = True

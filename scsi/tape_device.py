@@ -11,16 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from backing.tape_image import CorruptRecord, TapeImage
-from scsi.logical_unit import Identity, LogicalUnit
+from scsi.logical_unit import Identity
 from scsi.mode import ModePage
 from scsi.sense import CheckCondition, FieldPointer, Reason
 from scsi.ssc import DENSITY_CODE, MAX_BLOCK_LENGTH, SSC_TABLE
+from scsi.stream_device import SerializedMedium
 
 WP = 0x80
 BUFFERED_MODE = 0x10  # writes reach the page cache; durable at file marks and rewind
 
 
-class TapeDevice(LogicalUnit):
+class TapeDevice(SerializedMedium):
     """A tape drive with its cartridge (the image) always in it, unless unloaded."""
 
     table = SSC_TABLE

@@ -308,14 +308,16 @@ async def _block_to_stream(run: CopyRun, current: _Segment) -> None:
         if fd is not None and isinstance(medium, TapeMedium) and not step.pad:
             # Each record's payload copied by the kernel into the tape image.
             for pos, n in _chunks(step.source_offset, step.length, record, False):
-                await loop.run_in_executor(None, medium.copy_record_from, fd, pos, n)
+                async with medium.lock:  # host commands wait for the record
+                    await loop.run_in_executor(None, medium.copy_record_from, fd, pos, n)
                 current.done += n
                 progress.bytes_done += n
             return
         if fd is not None and isinstance(medium, SinkMedium):
             # A plain file into a plain file: the kernel copies it (copy_file_range).
             for pos, n in _chunks(step.source_offset, step.length, KERNEL_CHUNK, False):
-                await loop.run_in_executor(None, medium.copy_from, fd, pos, n)
+                async with medium.lock:
+                    await loop.run_in_executor(None, medium.copy_from, fd, pos, n)
                 current.done += n
                 progress.bytes_done += n
             if step.pad:

@@ -29,6 +29,7 @@ class StreamMedium(Protocol):
 class TapeMedium:
     def __init__(self, tape: TapeDevice) -> None:
         self.tape = tape
+        self.lock = tape.medium_lock
 
     def begin_write(self) -> None:
         self.tape.require_writable()
@@ -68,6 +69,7 @@ class TapeMedium:
 class SinkMedium:
     def __init__(self, lu: FileSinkDevice) -> None:
         self.lu = lu
+        self.lock = lu.medium_lock
 
     def begin_write(self) -> None:
         self.lu.require_writable()
