@@ -26,6 +26,9 @@ from scsi.stream_device import SerializedMedium
 FILE_SINK_TABLE = OpcodeTable("file-sink", SPC_TABLE)
 _cmd = FILE_SINK_TABLE.command
 FIXED, SILI = 0x01, 0x02
+# Every file mark leaves a file in the sink directory (fsynced, on the event loop): one
+# WRITE FILEMARKS of 2**24 - 1 marks would create millions of files and stall the daemon.
+MAX_SINK_FILES = 10_000
 
 
 def _invalid(byte: int, bit: int | None = None) -> CheckCondition:
@@ -129,7 +132,11 @@ async def write_filemarks6(lu: FileSinkDevice, cmd: ScsiCommand) -> ScsiResult:
     if cmd.cdb[1] & 0xFE:
         raise _invalid(1, 1)
     lu.require_writable()
-    lu.sink.write_filemarks(int.from_bytes(cmd.cdb[2:5], "big"))
+    count = int.from_bytes(cmd.cdb[2:5], "big")
+    if lu.sink.file + count > MAX_SINK_FILES:
+        # The medium ends here: the marks do not fit, and none is written.
+        raise CheckCondition(Reason.VOLUME_OVERFLOW, information=count, eom=True)
+    lu.sink.write_filemarks(count)
     return ScsiResult()
 
 

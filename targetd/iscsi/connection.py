@@ -377,14 +377,18 @@ class Connection:
             self._write_buffers[int.from_bytes(bhs[16:20], "big")] = buf
             return memoryview(buf)[:dlen]
         if op == Op.DATA_OUT:
-            itt = int.from_bytes(bhs[16:20], "big")
-            task = self.tasks.get(itt)
-            # The command may still be in this same batch of PDUs, not yet processed.
-            buf = task.buffer if task is not None else self._write_buffers.get(itt)
-            offset = int.from_bytes(bhs[40:44], "big")
-            if buf is None or offset + dlen > len(buf):
+            # Only a Data-Out that continues its burst exactly may land in the command's
+            # buffer: a stray one must be refused without having overwritten data already
+            # received. (A command still in this same batch of PDUs is not known yet: its
+            # Data-Out takes the copying path and is checked in _on_data_out.)
+            task = self.tasks.get(int.from_bytes(bhs[16:20], "big"))
+            if task is None or task.buffer is None:
                 return None
-            return memoryview(buf)[offset : offset + dlen]
+            burst = task.bursts.get(int.from_bytes(bhs[20:24], "big"))
+            offset = int.from_bytes(bhs[40:44], "big")
+            if burst is None or offset != burst[0] or offset + dlen > burst[1]:
+                return None
+            return memoryview(task.buffer)[offset : offset + dlen]
         return None
 
     def _on_scsi_command(self, pdu: Pdu) -> None:

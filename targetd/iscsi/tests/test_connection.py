@@ -369,3 +369,27 @@ def test_a_connection_that_never_logs_in_is_dropped() -> None:
     assert conn.take_events() == []
     conn.tick(100.0 + 31)
     assert [type(e) for e in conn.take_events()] == [CloseConnection]
+
+
+def test_a_stray_data_out_does_not_overwrite_data_already_received() -> None:
+    h = Harness()
+    size = 65536
+    payload = bytes(range(256)) * (size // 256)
+    itt, out = h.command(bytes([0x2A]) + bytes(9), write=size)
+    (r2t,) = out
+    ttt = u32(r2t, 20)
+    half = size // 2
+    first = new_header(Op.DATA_OUT, 0, itt=itt, data_length=half)
+    put_u32(first, 20, ttt)
+    assert h.feed(first, payload[:half]) == []
+    stray = new_header(Op.DATA_OUT, 0, itt=itt, data_length=half)  # offset 0 again
+    put_u32(stray, 20, ttt)
+    put_u32(stray, 36, 1)
+    (rej,) = h.feed(stray, b"\xee" * half)
+    assert rej[0] & 0x3F == Op.REJECT
+    last = new_header(Op.DATA_OUT, 0x80, itt=itt, data_length=half)
+    put_u32(last, 20, ttt)
+    put_u32(last, 36, 1)
+    put_u32(last, 40, half)
+    h.feed(last, payload[half:])
+    assert bytes(executed(h).command.data_out) == payload
