@@ -168,9 +168,13 @@ class LogicalUnit:
     # -- dispatch ------------------------------------------------------------------
     async def execute(self, cmd: ScsiCommand) -> ScsiResult:
         cdb = cmd.cdb
-        spec = self.table.lookup(cdb)
         try:
+            # An empty CDB cannot come over iSCSI (16 bytes at least), but other callers
+            # (the copy manager, tests) must get an answer too, not an IndexError.
+            spec = self.table.lookup(cdb) if cdb else None
             if spec is None:
+                if not cdb:
+                    raise CheckCondition(Reason.INVALID_OPCODE, FieldPointer(0, bit=7))
                 if cdb[0] in SERVICE_ACTION_OPCODES and self.table.has_opcode(cdb[0]):
                     raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(1, bit=4))
                 raise CheckCondition(Reason.INVALID_OPCODE, FieldPointer(0, bit=7))

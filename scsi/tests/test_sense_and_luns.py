@@ -39,3 +39,18 @@ def test_lun_encoding_round_trips_both_addressing_methods() -> None:
     assert decode_lun(bytes([0xC0, 1, 0, 0, 0, 0, 0, 0])) == 0xFFFF  # unsupported method
     data = encode_report_luns([0, 2])
     assert data[:4] == (16).to_bytes(4, "big") and data[8:24] == encode_lun(0) + encode_lun(2)
+
+
+def test_an_empty_cdb_gets_invalid_opcode() -> None:
+    import asyncio
+
+    from scsi.command import Nexus, ScsiCommand, Status
+    from scsi.logical_unit import Identity, LogicalUnit
+    from scsi.spc import SPC_TABLE
+
+    class Unit(LogicalUnit):
+        table = SPC_TABLE
+
+    result = asyncio.run(Unit(Identity("x")).execute(ScsiCommand(b"", 0, Nexus("i"))))
+    assert result.status == Status.CHECK_CONDITION
+    assert result.sense is not None and parse_sense(result.sense) == (5, 0x20, 0)
