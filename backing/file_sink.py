@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,9 +106,18 @@ class FileSink:
             self.offset += n
         self.sizes[self.file] = self.offset
 
-    def copy_in(self, source_fd: int, source_offset: int, length: int) -> None:
+    def copy_in(
+        self,
+        source_fd: int,
+        source_offset: int,
+        length: int,
+        *,
+        step: int = 0,
+        between: Callable[[], None] | None = None,
+    ) -> None:
         """Append ``length`` bytes of another file, copied by the kernel (no trip through
-        user space: copy_file_range), as ``write`` would append them."""
+        user space: copy_file_range), as ``write`` would append them. With ``step``, at
+        most that many bytes per call, and ``between()`` after each."""
         if self.used - self._tail() + length > self.capacity:
             raise SinkFull(f"{length} bytes do not fit in {self.capacity - self.used}")
         if self._fd is None or self._fd_file != self.file:
@@ -116,14 +126,15 @@ class FileSink:
         assert self._fd is not None
         done = 0
         while done < length:
-            n = os.copy_file_range(
-                source_fd, self._fd, length - done, source_offset + done, self.offset
-            )
+            want = min(step, length - done) if step > 0 else length - done
+            n = os.copy_file_range(source_fd, self._fd, want, source_offset + done, self.offset)
             if n == 0:  # past the end of the source file (a sparse tail): zeros
                 zeros = bytes(min(1 << 20, length - done))
                 n = os.pwrite(self._fd, zeros, self.offset)
             done += n
             self.offset += n
+            if between is not None and done < length:
+                between()
         self.sizes[self.file] = self.offset
 
     def _tail(self) -> int:

@@ -28,7 +28,7 @@ import bisect
 import os
 import struct
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -297,11 +297,21 @@ class TapeImage:
         self._append_index(self._end, Kind.RECORD, len(payload))
         self._end += ENTRY_SIZE + len(payload)
 
-    def append_record_from(self, fd: int, offset: int, length: int) -> None:
+    def append_record_from(
+        self,
+        fd: int,
+        offset: int,
+        length: int,
+        *,
+        step: int = 0,
+        between: Callable[[], None] | None = None,
+    ) -> None:
         """Like :meth:`append_record`, with the payload copied by the kernel from ``fd`` at
         ``offset`` (copy_file_range: no trip through user space). The checksum is taken
         from the bytes as they landed in the image, and the entry header is written after
-        them, so a crash mid-way leaves a tail that opening cuts off."""
+        them, so a crash mid-way leaves a tail that opening cuts off. With ``step``, the
+        kernel copies at most that many bytes per call and ``between()`` runs after each
+        (a copy that gives way to other I/O)."""
         self._check_writable()
         if not self.fits(length):
             raise MediumFull(f"{length}-byte record does not fit in {self.free} bytes")
@@ -309,10 +319,13 @@ class TapeImage:
         done = 0
         try:
             while done < length:
-                n = os.copy_file_range(fd, self._fd, length - done, offset + done, at + done)
+                want = min(step, length - done) if step > 0 else length - done
+                n = os.copy_file_range(fd, self._fd, want, offset + done, at + done)
                 if n == 0:
                     raise OSError(f"source ended {length - done} bytes short of the record")
                 done += n
+                if between is not None and done < length:
+                    between()
         except OSError:
             os.ftruncate(self._fd, self._end)  # no half record past end of data
             raise

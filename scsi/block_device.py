@@ -9,7 +9,7 @@ and ORWRITE atomic against other writes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Protocol
@@ -155,6 +155,24 @@ class BlockDevice(LogicalUnit):
         self._writing[key] = (offset, end)
         try:
             await self.store.write(offset, data, fua=fua or not self.write_cache)
+        finally:
+            del self._writing[key]
+            if self._gate_changed is not None:
+                self._open_gate()
+
+    async def write_with(self, offset: int, length: int, op: Callable[[], Awaitable[None]]) -> None:
+        """Like :meth:`write_bytes` for a write that ``op`` makes by other means (a kernel
+        copy into the store's file): through the gate, and on stable storage before
+        returning when the write cache is off."""
+        end = offset + length
+        if self._held:
+            await self._wait_until_clear(offset, end, self._held)
+        key = self._next_key = self._next_key + 1
+        self._writing[key] = (offset, end)
+        try:
+            await op()
+            if not self.write_cache:
+                await self.store.flush()
         finally:
             del self._writing[key]
             if self._gate_changed is not None:

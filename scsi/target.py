@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from scsi.activity import COMMANDS
 from scsi.command import Nexus, ScsiCommand, ScsiResult, Status
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import CheckCondition, Reason, build_sense
@@ -40,6 +41,7 @@ class ScsiTarget:
                 lu.reset(nexus)
 
     async def execute(self, cmd: ScsiCommand) -> ScsiResult:
+        COMMANDS.started += 1  # background copies give way while this moves
         lu = self.luns.get(cmd.lun)
         if lu is not None:
             return await lu.execute(cmd)
@@ -75,9 +77,7 @@ def absent_lun(cmd: ScsiCommand, report_luns: Callable[[], bytes]) -> ScsiResult
     if opcode == INQUIRY:
         alloc = int.from_bytes(cmd.cdb[3:5], "big")
         if cmd.cdb[1] & 0x01:  # EVPD for an absent LU
-            return ScsiResult(
-                Status.CHECK_CONDITION, sense=build_sense(Reason.LUN_NOT_SUPPORTED)
-            )
+            return ScsiResult(Status.CHECK_CONDITION, sense=build_sense(Reason.LUN_NOT_SUPPORTED))
         data = bytearray(36)
         data[0] = 0x7F  # qualifier 011b, device type 1Fh: no LU here
         data[2] = 0x06

@@ -21,12 +21,14 @@ from typing import Protocol
 
 from backing.pairs.states import PairError, Phase
 from backing.pairs.volume import PairVolume
+from backing.sparse_file import Extent, SparseFile
 from scsi.block_device import ALLOCATION_UNIT, BlockDevice
 from scsi.command import Nexus, ScsiCommand
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import CheckCondition, Reason, build_sense
 from xcopy import limits
 from xcopy.errors import CopyAborted
+from xcopy.pacing import GiveWay, copy_executor, copy_range
 from xcopy.params import (
     BLOCK_TO_BLOCK,
     BLOCK_TO_STREAM,
@@ -69,9 +71,7 @@ class _ZeroReader:
     async def read_into(self, offset: int, buf: memoryview) -> None:
         buf[:] = bytes(len(buf))
 
-    def extents(self, offset: int, length: int) -> list:  # type: ignore[type-arg]
-        from backing.sparse_file import Extent
-
+    def extents(self, offset: int, length: int) -> list[Extent]:
         return [Extent(offset, length, False)]
 
     async def close(self) -> None:
@@ -247,6 +247,8 @@ async def _block_to_block(run: CopyRun, current: _Segment) -> None:
         await dst.write_bytes(step.destination_offset + pos, data, False)
         progress.bytes_done += len(data)
 
+    src_fd = getattr(reader, "kernel_source", lambda: None)()
+    kernel = _kernel_destination(dst) if src_fd is not None else None
     base = step.source_offset
     for extent in reader.extents(base, step.length):
         rel = extent.offset - base
@@ -255,11 +257,65 @@ async def _block_to_block(run: CopyRun, current: _Segment) -> None:
             current.done += extent.length
             progress.bytes_done += extent.length
             continue
+        if kernel is not None:
+            assert src_fd is not None
+            await _kernel_block_copy(
+                reader, src_fd, dst, kernel, extent, rel, step, current, progress
+            )
+            continue
 
         async def write_at(pos: int, data: memoryview, rel: int = rel) -> None:
             await write(rel + pos, data)
 
         await _pump(reader, extent.offset, extent.length, limits.CHUNK, write_at, current)
+
+
+WriteHook = Callable[[int, int, Callable[[], Awaitable[None]]], Awaitable[None]]
+
+
+async def _plain_write(offset: int, length: int, op: Callable[[], Awaitable[None]]) -> None:
+    await op()
+
+
+def _kernel_destination(dst: BlockDevice) -> tuple[int, WriteHook] | None:
+    """The file a block destination's writes land in, and the hook a write by other means
+    must go through (a pair volume's: the pair marks and copies before), if it has one."""
+    store = dst.store
+    if isinstance(store, SparseFile):
+        return store.fd, _plain_write
+    if isinstance(store, PairVolume) and isinstance(store.base, SparseFile):
+        return store.base.fd, store.write_by
+    return None
+
+
+async def _kernel_block_copy(
+    reader: SourceReader,
+    src_fd: int,
+    dst: BlockDevice,
+    kernel: tuple[int, WriteHook],
+    extent: Extent,
+    rel: int,
+    step: Step,
+    current: _Segment,
+    progress: Progress,
+) -> None:
+    """A mapped extent of a plain-file source copied by the kernel into the destination's
+    file, KERNEL_CHUNK at a time, each through the destination's gate and write hook."""
+    dst_fd, hook = kernel
+    loop = asyncio.get_running_loop()
+    pool = copy_executor()
+    pace = GiveWay()
+    verify = getattr(reader, "check", lambda: None)
+    for pos, n in _chunks(extent.offset, extent.length, KERNEL_CHUNK, False):
+        at = step.destination_offset + rel + (pos - extent.offset)
+
+        async def op(pos: int = pos, at: int = at, n: int = n) -> None:
+            await loop.run_in_executor(pool, copy_range, src_fd, dst_fd, pos, at, n, pace)
+
+        await dst.write_with(at, n, lambda at=at, n=n, op=op: hook(at, n, op))
+        verify()
+        current.done += n
+        progress.bytes_done += n
 
 
 def _medium(step: Step, *, write: bool) -> StreamMedium:
@@ -302,14 +358,20 @@ async def _block_to_stream(run: CopyRun, current: _Segment) -> None:
         reader = await run.reader(step)
         await reader.prepare(step.source_offset, step.length)
         fd = getattr(reader, "kernel_source", lambda: None)()
-        # Kernel copies run in a worker thread: a multi-MiB copy_file_range on the event
-        # loop stalls every host command for its duration (p99 of host writes 50-100x).
+        # After each kernel copy: did the source stay what it was (a split pair's image)?
+        verify = getattr(reader, "check", lambda: None)
+        # Kernel copies run on the copy threads, in slices that give way to host commands
+        # (xcopy.pacing): on the event loop, a multi-MiB copy_file_range stalls every host
+        # command for its duration (p99 of host writes 50-100x idle).
         loop = asyncio.get_running_loop()
+        pool = copy_executor()
+        pace = GiveWay()
         if fd is not None and isinstance(medium, TapeMedium) and not step.pad:
             # Each record's payload copied by the kernel into the tape image.
             for pos, n in _chunks(step.source_offset, step.length, record, False):
                 async with medium.lock:  # host commands wait for the record
-                    await loop.run_in_executor(None, medium.copy_record_from, fd, pos, n)
+                    await loop.run_in_executor(pool, medium.copy_record_from, fd, pos, n, pace)
+                verify()
                 current.done += n
                 progress.bytes_done += n
             return
@@ -317,7 +379,8 @@ async def _block_to_stream(run: CopyRun, current: _Segment) -> None:
             # A plain file into a plain file: the kernel copies it (copy_file_range).
             for pos, n in _chunks(step.source_offset, step.length, KERNEL_CHUNK, False):
                 async with medium.lock:
-                    await loop.run_in_executor(None, medium.copy_from, fd, pos, n)
+                    await loop.run_in_executor(pool, medium.copy_from, fd, pos, n, pace)
+                verify()
                 current.done += n
                 progress.bytes_done += n
             if step.pad:

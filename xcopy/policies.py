@@ -37,7 +37,7 @@ from collections.abc import Callable
 from backing.pairs.engine import Pair
 from backing.pairs.states import BackupPolicy, Phase
 from backing.pairs.volume import PairVolume, Role
-from backing.sparse_file import Extent
+from backing.sparse_file import Extent, SparseFile
 from scsi.block_device import BlockDevice
 from scsi.sense import Reason
 from xcopy.params import SPLIT_PAIR, CopyList
@@ -84,6 +84,15 @@ class SplitImageReader:
             await self.pair.reflect_range(offset, len(buf))
         await self.volume.read_into(offset, buf)  # merged while chunks are still pending
         self.check()  # a read that overlapped a resync may mix two images
+
+    def kernel_source(self) -> int | None:
+        """Once the pair is SPLIT no chunk is pending: the volume reads as its plain file,
+        which the kernel may copy from. The engine calls :meth:`check` after every kernel
+        copy, as after every read, so a resync that overlapped one aborts the copy."""
+        base = self.volume.base
+        if self.pair.phase is not Phase.SPLIT or not isinstance(base, SparseFile):
+            return None
+        return base.fd
 
     def extents(self, offset: int, length: int) -> list[Extent]:
         extents = self.volume.extents(offset, length)

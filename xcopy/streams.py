@@ -4,6 +4,7 @@ plain bytes (a record is just the next bytes of the current file)."""
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 from backing.file_sink import SinkFull
@@ -11,6 +12,7 @@ from scsi.file_sink import FileSinkDevice
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import CheckCondition, Reason
 from scsi.tape_device import TapeDevice
+from xcopy.pacing import SLICE, GiveWay
 
 
 class StreamMedium(Protocol):
@@ -42,12 +44,14 @@ class TapeMedium:
         tape.image.append_record(payload)
         tape.position += 1
 
-    def copy_record_from(self, fd: int, offset: int, length: int) -> None:
-        """One record whose payload the kernel copies from another file."""
+    def copy_record_from(self, fd: int, offset: int, length: int, pace: GiveWay) -> None:
+        """One record whose payload the kernel copies from another file, in slices that
+        give way to host I/O."""
         tape = self.tape
         if not tape.image.fits(length):
             raise CheckCondition(Reason.VOLUME_OVERFLOW, information=1, eom=True)
-        tape.image.append_record_from(fd, offset, length)
+        pace.mark = time.monotonic()
+        tape.image.append_record_from(fd, offset, length, step=SLICE, between=pace)
         tape.position += 1
 
     def read_record(self, expected: int) -> bytes:
@@ -80,10 +84,12 @@ class SinkMedium:
         except SinkFull:
             raise CheckCondition(Reason.VOLUME_OVERFLOW, information=1, eom=True) from None
 
-    def copy_from(self, fd: int, offset: int, length: int) -> None:
-        """Bytes of another file straight into the sink (no record boundaries to keep)."""
+    def copy_from(self, fd: int, offset: int, length: int, pace: GiveWay) -> None:
+        """Bytes of another file straight into the sink (no record boundaries to keep),
+        in slices that give way to host I/O."""
+        pace.mark = time.monotonic()
         try:
-            self.lu.sink.copy_in(fd, offset, length)
+            self.lu.sink.copy_in(fd, offset, length, step=SLICE, between=pace)
         except SinkFull:
             raise CheckCondition(Reason.VOLUME_OVERFLOW, information=1, eom=True) from None
 

@@ -84,6 +84,12 @@ class PairVolume:
     async def write_zeroes(self, offset: int, length: int) -> None:
         await self._host_write(offset, length, lambda: self.base.write_zeroes(offset, length))
 
+    async def write_by(self, offset: int, length: int, op: Callable[[], Awaitable[None]]) -> None:
+        """Run ``op``, which writes ``[offset, offset+length)`` of the base store by other
+        means (a kernel copy into its file), as a host write: the pair marks its bitmaps
+        and copies before writing exactly as for :meth:`write`."""
+        await self._host_write(offset, length, op)
+
     async def flush(self) -> None:
         await self.base.flush()
 

@@ -1,0 +1,114 @@
+"""Kernel copies that give way to host I/O.
+
+A backup's copy_file_range calls (block to tape image, block to file sink) move hundreds
+of MiB per second of page-cache memcpy on one core; on a 2-core machine that competes
+with the event loop that answers host commands. Three things keep host latency close to
+idle while a backup runs (docs/xcopy.md, "Measured"):
+
+- the kernel copies run on threads of their own (:func:`copy_executor`), never queued
+  with, or queueing, the default executor's host I/O (large writes, cache-miss reads);
+- those threads run at the lowest CPU priority (nice 19: nice 10 left host write p99 at
+  2-3x idle) and the lowest best-effort I/O priority (not the idle class, which a disk
+  kept busy by hosts would starve), so the scheduler hands a waking event loop the core
+  first. The price: a backup racing a host that writes without pause, on a machine
+  whose cores are busy, runs at a fraction of its speed (docs/xcopy.md, "Measured");
+- the copies go in slices of :data:`SLICE` bytes; between two, :class:`GiveWay` looks at
+  the count of SCSI commands started (:data:`scsi.activity.COMMANDS`) and, if hosts sent
+  any meanwhile, sleeps as long as the slice took (half the copy rate while hosts are
+  busy, the full rate when they are quiet).
+
+Pacing changes when bytes move, never which bytes: every slice is copied whole, in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from scsi.activity import COMMANDS
+
+MiB = 1 << 20
+# Bytes per copy_file_range call: ~0.5-1 ms of kernel copying between looks at the hosts.
+SLICE = 1 * MiB
+# While hosts are active: sleep this many times as long as the last slice took, at most
+# MAX_PAUSE seconds (so a slow disk does not stall the copy for long).
+DUTY = 1.0
+MAX_PAUSE = 0.005
+# Copy threads: two, so a tape backup and a file sink backup can run at once.
+WORKERS = 2
+NICE = 19
+
+_IOPRIO_WHO_PROCESS = 1
+_IOPRIO_CLASS_BE = 2
+_IOPRIO_LOWEST = 7
+_IOPRIO_CLASS_SHIFT = 13
+_SYS_IOPRIO_SET = {"x86_64": 251, "aarch64": 30, "i686": 289, "ppc64le": 273, "s390x": 282}
+
+_executor: ThreadPoolExecutor | None = None
+_lock = threading.Lock()
+
+
+def _background_priority() -> None:
+    """Lower the calling thread (Linux: nice and I/O priority are per thread)."""
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):  # not permitted: the copy merely runs at nice 0
+        os.setpriority(os.PRIO_PROCESS, tid, NICE)
+    number = _SYS_IOPRIO_SET.get(platform.machine())
+    if number is None:
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    ioprio = _IOPRIO_CLASS_BE << _IOPRIO_CLASS_SHIFT | _IOPRIO_LOWEST
+    libc.syscall(number, _IOPRIO_WHO_PROCESS, tid, ioprio)
+
+
+def copy_executor() -> ThreadPoolExecutor:
+    """The copy threads (created on first use, kept for the process's life)."""
+    global _executor
+    with _lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(
+                WORKERS, thread_name_prefix="xcopy-kcopy", initializer=_background_priority
+            )
+        return _executor
+
+
+class GiveWay:
+    """Called between two slices of a kernel copy, on the copy thread: sleeps while hosts
+    are sending commands. ``activity`` returns a number that moves when they do."""
+
+    def __init__(self, activity: Callable[[], int] | None = None) -> None:
+        self.activity = activity or (lambda: COMMANDS.started)
+        self.seen = self.activity()
+        self.mark = time.monotonic()
+        self.pauses = 0
+
+    def __call__(self) -> None:
+        now = self.activity()
+        if now != self.seen:
+            self.seen = now
+            self.pauses += 1
+            time.sleep(min(MAX_PAUSE, (time.monotonic() - self.mark) * DUTY))
+        self.mark = time.monotonic()
+
+
+def copy_range(
+    src: int, dst: int, src_offset: int, dst_offset: int, length: int, pace: GiveWay
+) -> None:
+    """File to file by the kernel, in slices that give way to hosts (on a copy thread)."""
+    pace.mark = time.monotonic()
+    done = 0
+    while done < length:
+        want = min(SLICE, length - done)
+        n = os.copy_file_range(src, dst, want, src_offset + done, dst_offset + done)
+        if n == 0:
+            raise OSError(f"source file ended {length - done} bytes short of the copy")
+        done += n
+        if done < length:
+            pace()
