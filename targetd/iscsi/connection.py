@@ -16,6 +16,7 @@ import crc32c
 
 from scsi.buffers import BufferPool
 from scsi.command import Nexus, ScsiCommand, ScsiResult, Status, TaskAttribute
+from scsi.sense import Reason, build_sense
 from scsi.target import decode_lun
 from targetd.iscsi import pdu as P
 from targetd.iscsi.events import (
@@ -96,6 +97,8 @@ class Connection:
         self.stat_sn = 0
         self.tasks: dict[int, Task] = {}
         self._write_buffers: dict[int, bytearray] = {}
+        # Commands failed before their data was all in: their late Data-Out is dropped.
+        self._failed_itts: set[int] = set()
         self._output: list[bytes | bytearray | memoryview] = []
         self._events: list[Event] = []
         self._next_ttt = 1
@@ -406,6 +409,7 @@ class Connection:
         ):
             self._write_buffers.pop(itt, None)
             raise IscsiProtocolError("bad immediate data", bhs=bhs)
+        self._failed_itts.discard(itt)
         if itt in self.tasks:
             self._write_buffers.pop(itt, None)
             raise IscsiProtocolError("ITT already in use", RejectReason.TASK_IN_PROGRESS, bhs=bhs)
@@ -446,6 +450,8 @@ class Connection:
 
         def deliver() -> None:
             task.delivered = True
+            if task.aborted:  # failed while it waited for its CmdSN
+                return
             if task.write:
                 self._solicit(task)
             self._maybe_start(task)
@@ -453,9 +459,16 @@ class Connection:
         if not self.session.sequence(task.cmdsn, pdu.immediate, deliver):  # type: ignore[union-attr]
             del self.tasks[itt]
 
-    def _refuse_oversized(self, task: Task) -> None:
-        from scsi.sense import Reason, build_sense
+    def _fail_task(self, task: Task, reason: Reason) -> None:
+        """End a command that has not started with CHECK CONDITION; drop its data."""
+        if len(self._failed_itts) > 1024:
+            self._failed_itts.clear()
+        self._failed_itts.add(task.itt)
+        task.aborted = True
+        self.tasks.pop(task.itt, None)
+        self._respond(task, ScsiResult(Status.CHECK_CONDITION, sense=build_sense(reason)))
 
+    def _refuse_oversized(self, task: Task) -> None:
         self.tasks.pop(task.itt, None)
         self._respond(
             task,
@@ -483,6 +496,8 @@ class Connection:
 
     def _on_data_out(self, pdu: Pdu) -> None:
         task = self.tasks.get(pdu.itt)
+        if task is None and pdu.itt in self._failed_itts:
+            return  # the rest of a command already ended with CHECK CONDITION
         if task is None or not task.write or task.buffer is None:
             raise IscsiProtocolError("Data-Out for no write command", _BAD_FIELD, bhs=pdu.bhs)
         ttt = pdu.ttt
@@ -492,8 +507,13 @@ class Connection:
         if burst is None or offset != burst[0] or offset + dlen > burst[1]:
             raise IscsiProtocolError("Data-Out outside its burst", _BAD_FIELD, bhs=pdu.bhs)
         if pdu.u32(36) != burst[2]:
-            # RFC 7143 7.1: at ErrorRecoveryLevel 0 a sequence error ends the connection.
-            raise IscsiProtocolError("Data-Out DataSN out of order", bhs=pdu.bhs, fatal=True)
+            # A Data-Out sequence error: with ErrorRecoveryLevel 0 there is no recovering the
+            # data, but the connection and the other commands on it need not die with it
+            # (as dropping the connection would make them). The command ends with ABORTED
+            # COMMAND / DATA PHASE ERROR and the initiator retries; its Data-Out still in
+            # flight is discarded quietly (a Reject makes libiscsi drop the session).
+            self._fail_task(task, Reason.DATA_PHASE_ERROR)
+            return
         burst[2] += 1
         if not isinstance(pdu.data, memoryview) or pdu.data.obj is not task.buffer:
             task.buffer[offset : offset + dlen] = pdu.data
