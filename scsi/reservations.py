@@ -68,6 +68,8 @@ READ_OPCODES = frozenset(
         0x8F,  # VERIFY (10/12/16)
         0x1A,
         0x5A,  # MODE SENSE (6/10)
+        0x37,
+        0xB7,  # READ DEFECT DATA (10/12)
         0x4D,  # LOG SENSE
         0x3C,  # READ BUFFER
         0x1C,  # RECEIVE DIAGNOSTIC RESULTS

@@ -353,6 +353,22 @@ async def read_capacity16(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
     return ScsiResult(data=bytes(data[:allocation]))
 
 
+# -- READ DEFECT DATA: a file has no grown or primary defects --------------------------
+@_cmd(0x37, "READ DEFECT DATA(10)", bytes([0x37, 0x00, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0x07]))
+async def read_defect_data10(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
+    """An empty list in the format asked for, both lists marked valid if requested."""
+    allocation = int.from_bytes(cmd.cdb[7:9], "big")
+    header = bytes([0, cmd.cdb[2] & 0x1F, 0, 0])
+    return ScsiResult(data=header[:allocation])
+
+
+@_cmd(0xB7, "READ DEFECT DATA(12)", bytes([0xB7, 0x1F, 0, 0, 0, 0, *_FF4, 0, 0x07]))
+async def read_defect_data12(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
+    allocation = int.from_bytes(cmd.cdb[6:10], "big")
+    header = bytes([0, cmd.cdb[1] & 0x1F, 0, 0, 0, 0, 0, 0])
+    return ScsiResult(data=header[:allocation])
+
+
 @_cmd(0x1B, "START STOP UNIT", bytes([0x1B, 0x01, 0x00, 0x0F, 0xF7, 0x07]))
 async def start_stop_unit(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
     """Accepted whatever it asks: there is no medium to spin or eject. Stopping writes the

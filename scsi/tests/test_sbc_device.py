@@ -143,3 +143,13 @@ def test_table_serves_what_it_reports() -> None:
         assert spec.usage[0] == spec.opcode
         if spec.opcode in (0x28, 0x2A, 0xA8, 0xAA, 0x88, 0x8A, 0x89):
             assert spec.usage[1] & 0x18 == 0x18  # DPO and FUA are served
+
+
+@pytest.mark.parametrize("block_size", [512])
+def test_read_defect_data_reports_empty_lists(tmp_path: Path, block_size: int) -> None:
+    lu = make_lu(tmp_path, block_size=block_size)
+    r10 = run(lu, bytes([0x37, 0, 0x18 | 0x05, 0, 0, 0, 0, 0, 32, 0]))
+    assert r10.status == Status.GOOD and bytes(r10.data) == bytes([0, 0x1D, 0, 0])
+    r12 = run(lu, bytes([0xB7, 0x08 | 0x04, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0]))
+    assert r12.status == Status.GOOD and bytes(r12.data) == bytes([0, 0x0C, 0, 0, 0, 0, 0, 0])
+    assert bytes(run(lu, bytes([0x37, 0, 0, 0, 0, 0, 0, 0, 2, 0])).data) == bytes(2)
