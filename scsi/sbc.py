@@ -12,6 +12,7 @@ transport's Data-Out memoryview straight to the store.
 from __future__ import annotations
 
 import struct
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from scsi.cdb import (
@@ -158,22 +159,36 @@ async def _write_and_verify(
     return await _write(lu, cmd, lba, blocks, False, cdb_length)
 
 
-@_cmd(0x2E, "WRITE AND VERIFY(10)", bytes([0x2E, 0xF6, *_FF4, 0x1F, 0xFF, 0xFF, 0x07]))
-async def write_and_verify10(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
-    flags, lba, blocks = LBA10(cmd.cdb)
-    return await _write_and_verify(lu, cmd, flags, lba, blocks, 10)
+_LBA_DECODERS = {10: LBA10, 12: LBA12, 16: LBA16}
 
 
-@_cmd(0xAE, "WRITE AND VERIFY(12)", bytes([0xAE, 0xF6, *_FF4, *_FF4, 0x1F, 0x07]))
-async def write_and_verify12(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
-    flags, lba, blocks = LBA12(cmd.cdb)
-    return await _write_and_verify(lu, cmd, flags, lba, blocks, 12)
+def _register_lba_family(
+    body: Callable[..., Awaitable[ScsiResult]], name: str, rows: tuple[tuple[int, bytes], ...]
+) -> None:
+    """Register the 10/12/16-byte variants of a command whose CDBs differ only in where
+    LBA and length sit: one decoder per length, one body for all."""
+    for opcode, usage in rows:
+        length = len(usage)
+        decode = _LBA_DECODERS[length]
+
+        async def handler(
+            lu: BlockDevice, cmd: ScsiCommand, decode: Callable = decode, length: int = length
+        ) -> ScsiResult:
+            flags, lba, blocks = decode(cmd.cdb)
+            return await body(lu, cmd, flags, lba, blocks, length)
+
+        _cmd(opcode, f"{name}({length})", usage)(handler)
 
 
-@_cmd(0x8E, "WRITE AND VERIFY(16)", bytes([0x8E, 0xF6, *_FF8, *_FF4, 0x1F, 0x07]))
-async def write_and_verify16(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
-    flags, lba, blocks = LBA16(cmd.cdb)
-    return await _write_and_verify(lu, cmd, flags, lba, blocks, 16)
+_register_lba_family(
+    _write_and_verify,
+    "WRITE AND VERIFY",
+    (
+        (0x2E, bytes([0x2E, 0xF6, *_FF4, 0x1F, 0xFF, 0xFF, 0x07])),
+        (0xAE, bytes([0xAE, 0xF6, *_FF4, *_FF4, 0x1F, 0x07])),
+        (0x8E, bytes([0x8E, 0xF6, *_FF8, *_FF4, 0x1F, 0x07])),
+    ),
+)
 
 
 # -- VERIFY -----------------------------------------------------------------------------
@@ -207,22 +222,15 @@ async def _verify(
     return good(delivered, needed)
 
 
-@_cmd(0x2F, "VERIFY(10)", bytes([0x2F, 0xF6, *_FF4, 0x1F, 0xFF, 0xFF, 0x07]))
-async def verify10(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
-    flags, lba, blocks = LBA10(cmd.cdb)
-    return await _verify(lu, cmd, flags, lba, blocks, 10)
-
-
-@_cmd(0xAF, "VERIFY(12)", bytes([0xAF, 0xF6, *_FF4, *_FF4, 0x1F, 0x07]))
-async def verify12(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
-    flags, lba, blocks = LBA12(cmd.cdb)
-    return await _verify(lu, cmd, flags, lba, blocks, 12)
-
-
-@_cmd(0x8F, "VERIFY(16)", bytes([0x8F, 0xF6, *_FF8, *_FF4, 0x1F, 0x07]))
-async def verify16(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
-    flags, lba, blocks = LBA16(cmd.cdb)
-    return await _verify(lu, cmd, flags, lba, blocks, 16)
+_register_lba_family(
+    _verify,
+    "VERIFY",
+    (
+        (0x2F, bytes([0x2F, 0xF6, *_FF4, 0x1F, 0xFF, 0xFF, 0x07])),
+        (0xAF, bytes([0xAF, 0xF6, *_FF4, *_FF4, 0x1F, 0x07])),
+        (0x8F, bytes([0x8F, 0xF6, *_FF8, *_FF4, 0x1F, 0x07])),
+    ),
+)
 
 
 # -- read-modify-write commands, atomic against other writes to their range ------------
