@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: install what the tests need, lint, then run pytest over the default tiers
+# The test command: install what the tests need, lint and type-check, then run pytest over the default tiers
 # (unit tests, integration tests, the libiscsi conformance tier, the QEMU guest tier, the
 # container tier that builds and runs the Dockerfile with podman). The slow
 # tier is opt-in: scripts/test.sh -m slow. Other arguments go to pytest.
@@ -14,6 +14,10 @@ echo "== ruff check" >&2
 lint=0
 $PY -m ruff check . || lint=$?
 
+echo "== mypy" >&2
+types=0
+$PY -m mypy || types=$?
+
 echo "== pytest" >&2
 # A later -m on the command line replaces this default selection.
 status=0
@@ -25,6 +29,10 @@ if ((status == 5)); then
 fi
 if ((lint != 0 && status == 0)); then
     echo "test.sh: tests passed but ruff check failed" >&2
+    status=1
+fi
+if ((types != 0 && status == 0)); then
+    echo "test.sh: tests passed but mypy failed" >&2
     status=1
 fi
 exit "$status"

@@ -112,6 +112,7 @@ async def _write(
             await lu.write_bytes(lba * lu.block_size, data[:whole], fua)
         return ScsiResult(data_out_used=needed)
     if needed:
+        assert data is not None
         await lu.write_bytes(
             lba * lu.block_size, data if delivered == needed else data[:needed], fua
         )

@@ -112,8 +112,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     try:
         import uvloop
-
-        runner = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a declared dependency
-        runner = asyncio.run
-    return runner(serve(config, loader=lambda: _load(args)))
+        return asyncio.run(serve(config, loader=lambda: _load(args)))
+    return uvloop.run(serve(config, loader=lambda: _load(args)))

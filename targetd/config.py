@@ -22,6 +22,11 @@ DEFAULT_TAPE_CAPACITY = 8 * GiB
 MIN_TAPE_CAPACITY = 64 << 10  # backing.tape_image.MIN_CAPACITY (config may not import backing)
 
 
+# RFC 7143 caps MaxBurstLength at 2**24 - 1; the default keeps it 512-aligned under that.
+DEFAULT_MAX_BURST_LENGTH = 16776192
+DEFAULT_FIRST_BURST_LENGTH = 262144
+
+
 class ConfigError(Exception):
     """A bad configuration: names the key and the problem (``targetd serve`` exits 2)."""
 
@@ -107,8 +112,8 @@ class Config:
     max_connections_per_session: int = 1
     # Limits we declare at login and enforce on the wire.
     max_recv_data_segment_length: int = 262144
-    max_burst_length: int = 16776192  # RFC 7143 caps it at 2**24 - 1; keep it 512-aligned
-    first_burst_length: int = 262144
+    max_burst_length: int = DEFAULT_MAX_BURST_LENGTH
+    first_burst_length: int = DEFAULT_FIRST_BURST_LENGTH
     max_outstanding_r2t: int = 8
     extras: dict[str, object] = field(default_factory=dict)
     # Prometheus metrics endpoint (HOST, PORT); None: off.
@@ -390,10 +395,8 @@ def _limits(config: _Table) -> dict[str, int]:
         if name in table.data:
             out[name] = table.take_int(name, 1, 1, high_int)
     table.done()
-    # Config has slots: its class attributes are descriptors, the defaults live in the fields.
-    defaults = Config.__dataclass_fields__
-    first = out.get("first_burst_length", defaults["first_burst_length"].default)
-    most = out.get("max_burst_length", defaults["max_burst_length"].default)
+    first = out.get("first_burst_length", DEFAULT_FIRST_BURST_LENGTH)
+    most = out.get("max_burst_length", DEFAULT_MAX_BURST_LENGTH)
     if first > most:
         raise ConfigError(table.key("first_burst_length"), "must not exceed max_burst_length")
     return out

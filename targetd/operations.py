@@ -24,6 +24,7 @@ from targetd.admin import SOCKET_NAME, Admin
 from targetd.config import Config, ConfigError
 from targetd.luns import backup_policy_lookup, build_lun, flush_targets
 from targetd.metrics import Family, Metrics, lun_families
+from targetd.reload import ReloadPlan
 from targetd.server import TargetRuntime, TargetServer
 from xcopy import attach as attach_copy_manager
 
@@ -128,7 +129,7 @@ class Operations:
         sdnotify.notify("READY=1")
         return {"applied": result.applied, "refused": result.refused}
 
-    def _build(self, plan: reload.ReloadPlan) -> None:
+    def _build(self, plan: ReloadPlan) -> None:
         from scsi.target import ScsiTarget
 
         config = plan.config

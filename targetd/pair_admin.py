@@ -103,7 +103,7 @@ class PairAdmin:
             "pair.resync": self.resync,
             "pair.delete": self.delete,
             "pair.status": self.status,
-            "pair.list": self.list,
+            "pair.list": self.list_pairs,
             "pair.wait": self.wait,
             "pair.policy": self.policy,
         }
@@ -154,11 +154,11 @@ class PairAdmin:
 
     def status(self, params: Params) -> dict[str, Any] | list[dict[str, Any]]:
         if params.get("name") is None:
-            return self.list(params)
+            return self.list_pairs(params)
         with _refusals():
             return pair_dict(self.manager.status(_str(params, "name")))
 
-    def list(self, params: Params) -> list[dict[str, Any]]:
+    def list_pairs(self, params: Params) -> list[dict[str, Any]]:
         return [pair_dict(s) for s in self.manager.list()]
 
     async def wait(self, params: Params) -> dict[str, Any]:

@@ -61,7 +61,7 @@ def plan(old: Config, new: Config) -> ReloadPlan:
         if new.target(target.name) is None:
             result.refused.append(f"target {target.name} removed: still served until restart")
             targets.append(target)
-    result.config = replace(new, targets=tuple(targets), **keep)  # type: ignore[arg-type]
+    result.config = replace(new, targets=tuple(targets), **keep)
     return result
 
 

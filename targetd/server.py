@@ -13,8 +13,9 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, ClassVar, cast
 
 from scsi.command import ScsiResult, Status
 from scsi.logical_unit import LogicalUnit
@@ -74,7 +75,7 @@ class TargetRuntime:
             None,
         )
         if manager is not None:
-            lu.copy_manager = manager  # type: ignore[attr-defined]
+            lu.copy_manager = manager
             lu.third_party_copy = True
         self.stats[number] = LunStats()
         for c in self.connections:
@@ -99,10 +100,11 @@ class IscsiConnection(asyncio.BufferedProtocol):
 
     # -- asyncio protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
         # uvloop's default 64 KiB high-water mark would pause reading after every 1 MiB
         # Data-In; allow a queue's worth of large reads before pushing back.
-        transport.set_write_buffer_limits(  # type: ignore[attr-defined]
+        transport.set_write_buffer_limits(
             high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_HIGH // 4
         )
         sock = transport.get_extra_info("socket")
@@ -330,7 +332,7 @@ class IscsiConnection(asyncio.BufferedProtocol):
         self._close_requested = True
         self._schedule_flush()
 
-    _EVENT_HANDLERS = {
+    _EVENT_HANDLERS: ClassVar[dict[type, Callable[[IscsiConnection, Any], None]]] = {
         ExecuteCommand: _on_execute,
         AbortTasks: _on_abort,
         ResetRequested: _on_reset,
@@ -358,8 +360,11 @@ class TargetServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for portal in self.config.portals:
+            def accept(p: Portal = portal) -> IscsiConnection:
+                return IscsiConnection(self, p)
+
             server = await loop.create_server(
-                lambda p=portal: IscsiConnection(self, p),
+                accept,
                 portal.listen_host,
                 portal.listen_port,
                 reuse_address=True,

@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scsi" / "tests"))
-
 from test_fuzz_cdb import (
     BLOCK,
     BLOCK_4K,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from scsi.command import Nexus
+from scsi.logical_unit import LogicalUnit
 from scsi.target import ScsiTarget
 from scsi.vpd import EXTRA_PAGES
 from xcopy import commands
@@ -20,7 +22,7 @@ from xcopy.readers import DirectReader, ReaderFactory, SourceReader, direct_read
 from xcopy.results import third_party_copy_page
 
 
-def _tpc_page(lu, nexus):  # type: ignore[no-untyped-def]
+def _tpc_page(lu: LogicalUnit, nexus: Nexus) -> bytes | None:
     if not getattr(lu, "third_party_copy", False):
         return None
     return third_party_copy_page(lu.device_type)
@@ -41,7 +43,7 @@ def attach(
     journal = CopyJournal(state_dir) if state_dir is not None else None
     manager = CopyManager(target.luns, pair_aware_readers(policy_for), journal=journal)
     for lu in target.luns.values():
-        lu.copy_manager = manager  # type: ignore[attr-defined]
+        lu.copy_manager = manager
         lu.third_party_copy = True
     return manager
 

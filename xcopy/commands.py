@@ -31,7 +31,7 @@ def manager_of(lu: LogicalUnit) -> CopyManager:
         manager = CopyManager(luns)
         for other in luns.values():
             if getattr(other, "copy_manager", None) is None:
-                other.copy_manager = manager  # type: ignore[attr-defined]
+                other.copy_manager = manager
     return manager
 
 

@@ -312,7 +312,12 @@ async def _kernel_block_copy(
         async def op(pos: int = pos, at: int = at, n: int = n) -> None:
             await loop.run_in_executor(pool, copy_range, src_fd, dst_fd, pos, at, n, pace)
 
-        await dst.write_with(at, n, lambda at=at, n=n, op=op: hook(at, n, op))
+        def write(
+            at: int = at, n: int = n, op: Callable[[], Awaitable[None]] = op
+        ) -> Awaitable[None]:
+            return hook(at, n, op)
+
+        await dst.write_with(at, n, write)
         verify()
         current.done += n
         progress.bytes_done += n

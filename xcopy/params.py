@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 from scsi.sense import CheckCondition, FieldPointer, Reason
 from xcopy import limits
@@ -250,7 +251,7 @@ def _segment(data: bytes, index: int, offset: int) -> Segment:
         raise _invalid(offset + 2)
     _, flags, length, source, destination = _SEG_HEAD.unpack_from(data, offset)
     raw = data[offset : offset + 4 + length]
-    base = {
+    base: dict[str, Any] = {
         "index": index,
         "offset": offset,
         "type_code": type_code,

@@ -78,10 +78,10 @@ def copy_status_lid4(op: Operation) -> bytes:
         if op.state is State.COMPLETED and op.copy_list.g_sense:
             # G_SENSE: GOOD with sense data. NO SENSE, COMMAND-SPECIFIC INFORMATION = the
             # segments processed, so the good ending is reported like a failure would be.
-            sense = bytearray(18)
-            sense[0], sense[7] = 0x70, 10
-            sense[8:12] = op.segments_processed.to_bytes(4, "big")
-            sense = bytes(sense)
+            good = bytearray(18)
+            good[0], good[7] = 0x70, 10
+            good[8:12] = op.segments_processed.to_bytes(4, "big")
+            sense = bytes(good)
     op.status_reported = (op.status_reported + 1) & 0xFFFF
     head = struct.pack(
         ">BBHIBBBBQH6x",

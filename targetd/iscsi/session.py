@@ -9,7 +9,7 @@ TSIH does this login get -- and handles reinstatement of a session with the same
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -98,7 +98,7 @@ class SessionTable:
         # Called with a session that a new login with the same ISID replaces.
         self.on_reinstate: Callable[[Session], None] = lambda s: None
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Session]:
         return iter(list(self._by_tsih.values()))
 
     def __len__(self) -> int:

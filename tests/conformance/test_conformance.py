@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
 from cu_output import Verdict  # noqa: E402
 from cu_runner import Report, run_suite, to_markdown  # noqa: E402

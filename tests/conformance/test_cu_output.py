@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from cu_output import Verdict, parse, parse_listing
 
 # Shapes taken from a real run against tgt 1.0.85.

@@ -9,13 +9,6 @@ from __future__ import annotations
 
 import os
 import struct
-import sys
-from pathlib import Path
-
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers_xcopy import (
     cscd,
@@ -28,6 +21,8 @@ from helpers_xcopy import (
     seg_s2b,
     seg_space,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from scsi.sense import CheckCondition, SenseKey, parse_sense
 from xcopy.params import LID1, LID4, SEGMENT_LENGTHS, CopyList, decode

@@ -4,10 +4,7 @@ results, limits, aborts and the sense of every failure."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers_xcopy import (
     NEXUS,

@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from helpers_xcopy import cscd, extended_copy, lid1, seg_b2b
 from test_xcopy_policies import BLOCKS, SIZE, backup_list, build, host_writes, tape_bytes
 

@@ -6,15 +6,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from helpers_xcopy import NEXUS, cscd, extended_copy, lid1, make_target, seg_b2s, seg_filemarks
 
 import xcopy.engine

@@ -3,13 +3,7 @@ into the parameter list."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from helpers_xcopy import cscd, lid1, lid4, seg_b2b, seg_b2s, seg_filemarks
 
 from scsi.sense import CheckCondition, Reason

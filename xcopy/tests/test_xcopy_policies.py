@@ -6,13 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from helpers_xcopy import NEXUS, cscd, extended_copy, lid1, lid4, seg_b2b, seg_b2s
 
 import xcopy
