@@ -1,4 +1,4 @@
-"""Over-the-wire bad input under load (DESIGN.md section 5), bounded in count and time.
+"""Over-the-wire bad input under load (docs/design.md, the promises), bounded in count and time.
 
 Several raw connections send random garbage, random login requests and random malformed
 PDUs after logging in, while one healthy session keeps writing and reading back verified

@@ -1,4 +1,4 @@
-"""The layering rules of DESIGN.md section 3, checked on every module's imports.
+"""The layering rules of docs/design.md, checked on every module's imports.
 
 - targetd/iscsi/ is a sans-I/O protocol core: no asyncio, socket or selectors.
 - scsi/ knows nothing of iSCSI or the daemon: no targetd.

@@ -435,7 +435,7 @@ class Pair:
     # -- for EXTENDED COPY ------------------------------------------------------------------
     async def reflect_range(self, offset: int, length: int) -> None:
         """Copy the split-set chunks of ``[offset, offset+length)`` to the target now,
-        ahead of the background work (the patent's first embodiment)."""
+        ahead of the background work (the reflect-first backup policy)."""
         if length <= 0:
             return
         pending = [c for c in self._chunk_range(offset, length) if c in self.copy_set]
@@ -443,8 +443,8 @@ class Pair:
 
     async def read_split_image(self, offset: int, length: int) -> bytes:
         """The target volume's bytes as they will be once the split set is reflected:
-        split-set chunks from the source, the rest from the target (the patent's third
-        embodiment). Only for a split pair."""
+        split-set chunks from the source, the rest from the target (the merge backup
+        policy). Only for a split pair."""
         if self.phase not in (Phase.SPLIT_PENDING, Phase.SPLIT):
             raise PairError(
                 ErrorCode.WRONG_STATE, f"pair {self.name} is not split", phase=self.phase

@@ -1,9 +1,9 @@
-"""Pair states as the patent names them, and the transitions between them, as data.
+"""Pair states as split-mirror arrays name them, and the transitions between them, as data.
 
 A pair has one *phase*; each phase shows a state for the source volume and one for the
-target volume (the patent's "pair state information (source volume) 516 / (target volume)
-517"). The source of a split pair is SPLIT at once while its target is SPLIT-PENDING until
-the split-instant differential is reflected. Anything not in :data:`TRANSITIONS` is an
+target volume, kept apart because the two sides leave a split at different moments: the
+source of a split pair is SPLIT at once while its target is SPLIT-PENDING until the
+split-instant differential is reflected. Anything not in :data:`TRANSITIONS` is an
 illegal request and raises :class:`PairError` with code ``WRONG_STATE``.
 """
 

@@ -1,4 +1,4 @@
-"""Property-based bad CDBs and Data-Out against real LUs (DESIGN.md section 5).
+"""Property-based bad CDBs and Data-Out against real LUs (docs/design.md, the promises).
 
 Every opcode of every device table (block, tape, file sink)
 gets random CDB bytes, lengths and Data-Out buffers. The answer is always a ScsiResult

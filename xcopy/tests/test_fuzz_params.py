@@ -1,4 +1,4 @@
-"""Property-based bad EXTENDED COPY parameter lists (DESIGN.md section 5).
+"""Property-based bad EXTENDED COPY parameter lists (docs/design.md, the promises).
 
 Valid LID1 and LID4 lists are flipped, extended, truncated and re-lengthed; random bytes
 come too. The decoder returns a CopyList (or None for an empty list) or raises

@@ -1,4 +1,4 @@
-"""Property-based bad input for the sans-I/O iSCSI machines (DESIGN.md section 5).
+"""Property-based bad input for the sans-I/O iSCSI machines (docs/design.md, the promises).
 
 Arbitrary bytes and structurally valid but wrong PDUs go through a logged-in
 :class:`Connection`'s receiver in random chunkings; random login requests go through
