@@ -135,3 +135,14 @@ def test_discovery_chap(targetd_factory: DaemonFactory) -> None:
     # discovery credentials are not target credentials: the target itself has no CHAP
     status, out = inq(daemon.url(0))
     assert status == 0, out
+
+
+def test_credentials_in_the_url_log_in_to_a_target_without_chap(
+    targetd_factory: DaemonFactory,
+) -> None:
+    # libiscsi then offers CHAP,None and repeats InitiatorName and TargetName in the
+    # operational stage; the repeated keys carry the same values and are accepted.
+    d = targetd_factory(config())
+    status, out = inq(d.url(0, user=USER, secret=SECRET))
+    assert status == 0, out
+    assert "Peripheral Device Type:DIRECT_ACCESS" in out

@@ -97,8 +97,9 @@ class Connection:
         self.stat_sn = 0
         self.tasks: dict[int, Task] = {}
         self._write_buffers: dict[int, bytearray] = {}
-        # Commands failed before their data was all in: their late Data-Out is dropped.
-        self._failed_itts: set[int] = set()
+        # Commands failed or aborted before their data was all in: their late Data-Out is
+        # dropped quietly (oldest forgotten first; the dict keeps insertion order).
+        self._failed_itts: dict[int, None] = {}
         self._output: list[bytes | bytearray | memoryview] = []
         self._events: list[Event] = []
         self._next_ttt = 1
@@ -211,9 +212,8 @@ class Connection:
         """Abort this connection's commands for ``lun`` (None: all) without responses."""
         victims = [t for t in self.tasks.values() if lun is None or t.lun == lun]
         for t in victims:
-            t.aborted = True
+            self._forget(t)
             del self.tasks[t.itt]
-            self._write_buffers.pop(t.itt, None)
         return [t for t in victims if t.started]
 
     # -- output helpers ----------------------------------------------------------------
@@ -409,7 +409,7 @@ class Connection:
         ):
             self._write_buffers.pop(itt, None)
             raise IscsiProtocolError("bad immediate data", bhs=bhs)
-        self._failed_itts.discard(itt)
+        self._failed_itts.pop(itt, None)
         if itt in self.tasks:
             self._write_buffers.pop(itt, None)
             raise IscsiProtocolError("ITT already in use", RejectReason.TASK_IN_PROGRESS, bhs=bhs)
@@ -459,12 +459,19 @@ class Connection:
         if not self.session.sequence(task.cmdsn, pdu.immediate, deliver):  # type: ignore[union-attr]
             del self.tasks[itt]
 
+    def _forget(self, task: Task) -> None:
+        """``task`` ends before all its data came: Data-Out still in flight for it is
+        dropped without a Reject (libiscsi drops the whole session on one)."""
+        task.aborted = True
+        self._write_buffers.pop(task.itt, None)
+        if task.write and task.received < task.edtl:
+            if len(self._failed_itts) >= 1024:
+                del self._failed_itts[next(iter(self._failed_itts))]
+            self._failed_itts[task.itt] = None
+
     def _fail_task(self, task: Task, reason: Reason) -> None:
         """End a command that has not started with CHECK CONDITION; drop its data."""
-        if len(self._failed_itts) > 1024:
-            self._failed_itts.clear()
-        self._failed_itts.add(task.itt)
-        task.aborted = True
+        self._forget(task)
         self.tasks.pop(task.itt, None)
         self._respond(task, ScsiResult(Status.CHECK_CONDITION, sense=build_sense(reason)))
 
@@ -648,7 +655,7 @@ class Connection:
                 if t.lun == lun and t.itt != pdu.itt and _older(t.cmdsn, pdu.cmdsn)
             ]
             for t in victims:
-                t.aborted = True
+                self._forget(t)
                 del self.tasks[t.itt]
             self._pending_tmf[token] = (pdu, TmfResponse.COMPLETE)
             self._events.append(AbortTasks(tuple(t for t in victims if t.started), token))
@@ -664,9 +671,8 @@ class Connection:
             self._tmf_response(pdu, TmfResponse.NOT_SUPPORTED)
 
     def abort_matching_task(self, task: Task) -> list[Task]:
-        task.aborted = True
+        self._forget(task)
         self.tasks.pop(task.itt, None)
-        self._write_buffers.pop(task.itt, None)
         return [task] if task.started else []
 
     def _tmf_response(self, pdu: Pdu, response: int) -> None:

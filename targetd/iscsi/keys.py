@@ -238,13 +238,13 @@ class Negotiator:
         self._config = config
         self._params = params
         self._leading = leading
-        self._seen: set[str] = set()
+        self._seen: dict[str, str] = {}
 
     def negotiate(self, pairs: Iterable[tuple[str, str]], stage: Stage) -> list[tuple[str, str]]:
         """Apply the initiator's pairs; return our answers in the order of the offers.
 
-        Raises :class:`NegotiationError` (login only) for a key offered twice, a bad
-        declaration, or a key that has no place in the login phase.
+        Raises :class:`NegotiationError` (login only) for a key offered again with another
+        value, a bad declaration, or a key that has no place in the login phase.
         """
         answers: list[tuple[str, str]] = []
         first_burst_answered = False
@@ -262,9 +262,11 @@ class Negotiator:
             return NOT_UNDERSTOOD  # includes the X- and X# extension keys we do not use
         login = stage is not Stage.FULL_FEATURE
         if login:
-            if key in self._seen:
+            # RFC 7143 6.2 lets a target refuse any repeated key; libiscsi repeats
+            # InitiatorName and TargetName in every stage, so a repeat with the same value
+            # is taken as harmless (as LIO and tgt do) and only a changed value refused.
+            if self._seen.setdefault(key, value) != value:
                 raise NegotiationError(LoginStatus.INITIATOR_ERROR, f"{key} sent twice")
-            self._seen.add(key)
             if not spec.in_login:
                 raise NegotiationError(LoginStatus.INVALID_DURING_LOGIN, f"{key} during login")
             if spec.rule is Rule.SECURITY and stage is not Stage.SECURITY:

@@ -405,3 +405,26 @@ def test_a_stray_data_out_does_not_overwrite_data_already_received() -> None:
     put_u32(last, 40, half)
     h.feed(last, payload[half:])
     assert bytes(executed(h).command.data_out) == payload
+
+
+@pytest.mark.parametrize("function", [1, 2])  # ABORT TASK, ABORT TASK SET
+def test_late_data_out_of_an_aborted_write_is_dropped_quietly(function: int) -> None:
+    h = Harness()
+    itt, (r2t,) = h.command(bytes([0x2A]) + bytes(9), write=4096)
+    tmf = new_header(Op.TASK_MGMT_REQUEST | 0x40, 0x80 | function, itt=h.next_itt())
+    put_u32(tmf, 20, itt)
+    put_u32(tmf, 24, h.cmdsn)
+    put_u32(tmf, 32, h.cmdsn - 1)
+    h.feed(tmf)
+    (abort,) = h.conn.take_events()
+    h.conn.aborts_finished(abort.token)
+    (resp,) = split_pdus(b"".join(bytes(b) for b in h.conn.take_output()))
+    assert resp[0] & 0x3F == Op.TASK_MGMT_RESPONSE and resp[2] == 0
+    # The initiator's Data-Out already in flight arrives after the abort: no Reject (libiscsi
+    # drops the whole session on one), nothing executed.
+    d = new_header(Op.DATA_OUT, 0x80, itt=itt, data_length=4096)
+    put_u32(d, 20, u32(r2t, 20))
+    assert h.feed(d, bytes(4096)) == []
+    assert h.conn.take_events() == []
+    h.command(READ10, read=512)
+    assert executed(h)

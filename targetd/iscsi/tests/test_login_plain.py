@@ -168,10 +168,10 @@ def test_key_sent_twice_is_initiator_error() -> None:
     assert refusal(login_request(data, csg=1, nsg=3))[0] == 0x0200
 
 
-def test_key_sent_again_in_a_later_request_is_initiator_error() -> None:
+def test_key_sent_again_with_another_value_in_a_later_request_is_initiator_error() -> None:
     login, _ = machine()
     login.receive(login_request(normal_keys(MaxBurstLength=4096), csg=1, transit=False))
-    step = login.receive(login_request(text(MaxBurstLength=4096), csg=1, nsg=3))
+    step = login.receive(login_request(text(MaxBurstLength=8192), csg=1, nsg=3))
     assert step.close and only(step.replies).status == 0x0200
 
 
@@ -269,3 +269,23 @@ def test_leading_only_key_on_added_connection_is_irrelevant() -> None:
         ("HeaderDigest", "None"),
     ]
     assert binder.calls[0]["tsih"] == 0x77
+
+
+def test_a_declaration_repeated_with_the_same_value_is_accepted() -> None:
+    # libiscsi with CHAP credentials, against a target without CHAP, repeats InitiatorName
+    # and TargetName in the operational stage; LIO and tgt accept that.
+    login, _ = machine()
+    step = login.receive(login_request(normal_keys(AuthMethod="CHAP,None"), transit=True))
+    assert only(step.replies).status == 0 and not step.close
+    step = login.receive(login_request(normal_keys(MaxBurstLength=4096), csg=1, nsg=3))
+    reply = only(step.replies)
+    assert reply.status == 0 and reply.transit and step.done is not None
+    assert ("MaxBurstLength", "4096") in reply.pairs
+
+
+def test_a_repeated_key_that_changes_its_value_is_refused() -> None:
+    login, _ = machine()
+    login.receive(login_request(normal_keys(AuthMethod="None"), transit=True))
+    data = text(InitiatorName="iqn.2026-11.org.example:someone-else", TargetName=TARGET)
+    step = login.receive(login_request(data, csg=1, nsg=3))
+    assert step.close and only(step.replies).status == 0x0200
