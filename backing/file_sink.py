@@ -53,8 +53,8 @@ def list_files(directory: Path) -> list[SinkFile]:
 
 
 class FileSink:
-    """An open sink directory. All I/O is synchronous and positional; the caller runs one
-    command at a time, as for a tape."""
+    """An open sink directory. All I/O is synchronous and positional and may wait on the
+    disk: the caller runs it off the event loop, one command at a time, as for a tape."""
 
     def __init__(self, directory: Path, capacity: int, *, read_only: bool = False) -> None:
         self.directory = Path(directory)
@@ -168,6 +168,11 @@ class FileSink:
             self._open_current()
             self.close_file()
             self.file += 1
+
+    def flush(self) -> None:
+        """Make the bytes written to the current file durable; the file stays open."""
+        if self._fd is not None:
+            os.fsync(self._fd)
 
     def close_file(self) -> None:
         if self._fd is not None:

@@ -43,7 +43,8 @@ ENTRY_MAGIC = 0x5452  # "TR"
 HEADER_SIZE = HEADER.size
 ENTRY_SIZE = ENTRY.size
 MIN_CAPACITY = 64 * 1024
-_FILEMARK_BATCH = 4096  # file marks written per pwrite by append_filemarks
+_FILEMARK_BATCH = 65536  # file marks (1 MiB) written per pwrite by append_filemarks
+_SCAN_CHUNK = 1 << 20  # bytes of entry headers read at a time when opening
 # Early-warning zone when the creator does not choose one: 1/32 of the medium, at most
 # 64 MiB, so even a small test tape has room for a few records past early warning.
 MAX_DEFAULT_EARLY_WARNING = 64 << 20
@@ -105,12 +106,34 @@ def _entry_header(kind: Kind, payload: bytes | memoryview) -> bytes:
     return head[:12] + crc32c(head[:12]).to_bytes(4, "big")
 
 
+# Every file mark's entry is these same 16 bytes, so a run of marks is one repeated
+# pattern: written a MiB at a time, and recognised on opening without a loop per mark.
+_FILEMARK = _entry_header(Kind.FILEMARK, b"")
+_FILEMARKS = _FILEMARK * _FILEMARK_BATCH
+
+
+def _filemark_run(buf: bytes, start: int) -> int:
+    """How many whole file-mark entries ``buf`` holds from ``start`` on, one after another."""
+    if buf[start : start + ENTRY_SIZE] != _FILEMARK:
+        return 0
+    most = min((len(buf) - start) // ENTRY_SIZE, _FILEMARK_BATCH)
+    marks = memoryview(_FILEMARKS)
+    lo, hi = 1, most  # the first lo entries are marks; more than hi are not
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if buf.startswith(marks[: mid * ENTRY_SIZE], start):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 class TapeImage:
     """An open tape image: the object index, reads, and appends at end of data.
 
     Object ``i`` is a record when ``length(i) >= 0`` and a file mark when it is ``None``.
-    All I/O is synchronous and positional; the caller serialises commands (a tape drive
-    runs one at a time).
+    All I/O is synchronous and positional and may wait on the disk: the caller runs it
+    off the event loop and serialises commands (a tape drive runs one at a time).
     """
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
@@ -125,6 +148,7 @@ class TapeImage:
             self._offsets = array("Q")
             self._lengths = array("q")
             self._filemarks = array("Q")
+            self._dirty = False  # written since the last flush
             self.recovery = self._scan()
         except BaseException:
             os.close(self._fd)
@@ -161,8 +185,17 @@ class TapeImage:
         file_size = os.fstat(self._fd).st_size
         offset = HEADER_SIZE
         last_record: int | None = None
+        buf, buf_at = b"", offset  # file bytes [buf_at, buf_at + len(buf)) read ahead
         while offset + ENTRY_SIZE <= file_size:
-            head = os.pread(self._fd, ENTRY_SIZE, offset)
+            rel = offset - buf_at
+            if rel + ENTRY_SIZE > len(buf):
+                buf, buf_at, rel = os.pread(self._fd, _SCAN_CHUNK, offset), offset, 0
+            marks = _filemark_run(buf, rel)
+            if marks:  # a run of file marks, indexed at once
+                self._append_filemarks_index(offset, marks)
+                offset += marks * ENTRY_SIZE
+                continue
+            head = buf[rel : rel + ENTRY_SIZE]
             magic, kind, _flags, length, _crc, head_crc = ENTRY.unpack(head)
             if magic != ENTRY_MAGIC or head_crc != crc32c(head[:12]) or kind not in (1, 2):
                 break
@@ -193,6 +226,14 @@ class TapeImage:
             length = -1
         self._offsets.append(offset)
         self._lengths.append(length)
+
+    def _append_filemarks_index(self, offset: int, count: int) -> None:
+        """``count`` file marks one after another from ``offset``: array extends in C, not
+        a Python loop per mark (millions of marks in one WRITE FILEMARKS)."""
+        first = len(self._offsets)
+        self._offsets.extend(range(offset, offset + count * ENTRY_SIZE, ENTRY_SIZE))
+        self._lengths.extend(array("q", [-1]) * count)
+        self._filemarks.extend(range(first, first + count))
 
     def _drop_index(self, start: int) -> None:
         del self._offsets[start:]
@@ -282,6 +323,7 @@ class TapeImage:
         self._drop_index(position)
         os.ftruncate(self._fd, end)
         self._end = end
+        self._dirty = True
 
     def fits(self, payload_length: int) -> bool:
         return ENTRY_SIZE + payload_length <= self.free
@@ -327,6 +369,7 @@ class TapeImage:
                 if between is not None and done < length:
                     between()
         except OSError:
+            self._dirty = True
             os.ftruncate(self._fd, self._end)  # no half record past end of data
             raise
         crc = 0
@@ -341,18 +384,18 @@ class TapeImage:
         """Write up to ``count`` file marks at end of data; returns how many fitted."""
         self._check_writable()
         room = min(count, max(0, self.free // ENTRY_SIZE))
-        head = _entry_header(Kind.FILEMARK, b"")
+        marks = memoryview(_FILEMARKS)
         # One buffer per batch: a vector of ``room`` parts would pass IOV_MAX (1024) and
         # pwritev fails with EINVAL when an initiator asks for thousands of marks at once.
         for start in range(0, room, _FILEMARK_BATCH):
             batch = min(_FILEMARK_BATCH, room - start)
-            self._write(self._end, [head * batch])
-            for _ in range(batch):
-                self._append_index(self._end, Kind.FILEMARK, 0)
-                self._end += ENTRY_SIZE
+            self._write(self._end, [marks[: batch * ENTRY_SIZE]])
+            self._append_filemarks_index(self._end, batch)
+            self._end += batch * ENTRY_SIZE
         return room
 
     def _write(self, offset: int, parts: list[bytes | memoryview]) -> None:
+        self._dirty = True
         total = sum(len(p) for p in parts)
         done = os.pwritev(self._fd, parts, offset)
         if done != total:  # a regular file may write short; finish from one buffer
@@ -367,8 +410,9 @@ class TapeImage:
 
     def flush(self) -> None:
         """Make everything written so far durable (a drive's synchronize-at-file-mark)."""
-        if not self.read_only:
+        if self._dirty and not self.read_only:
             os.fdatasync(self._fd)
+            self._dirty = False
 
     def close(self) -> None:
         if self._fd >= 0:

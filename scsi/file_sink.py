@@ -6,6 +6,9 @@ file per backup that an operator can ``cmp`` against the volume), and answers th
 commands a host needs to write or read it directly, beside SPC's: READ BLOCK LIMITS,
 READ(6), WRITE(6), WRITE FILEMARKS(6), REWIND. Record boundaries are not kept: a READ(6)
 returns the next bytes of the current file (fewer only at its end, with ILI).
+
+Whatever touches the directory (writes, reads, the fsync and new file of a file mark)
+runs on the LU's I/O thread, in command order (scsi.stream_device).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from scsi.stream_device import SerializedMedium
 FILE_SINK_TABLE = OpcodeTable("file-sink", SPC_TABLE)
 _cmd = FILE_SINK_TABLE.command
 FIXED, SILI = 0x01, 0x02
-# Every file mark leaves a file in the sink directory (fsynced, on the event loop): one
-# WRITE FILEMARKS of 2**24 - 1 marks would create millions of files and stall the daemon.
+# Every file mark leaves a file in the sink directory (fsynced, one after another on the
+# LU's I/O thread): one WRITE FILEMARKS of 2**24 - 1 marks would create millions of files
+# and hold the LU for minutes.
 MAX_SINK_FILES = 10_000
 
 
@@ -67,7 +71,11 @@ class FileSinkDevice(SerializedMedium):
     def block_descriptor(self) -> bytes:
         return bytes(5) + self.block_size.to_bytes(3, "big")
 
+    def sync_medium(self) -> None:
+        self.sink.flush()
+
     def close(self) -> None:
+        self.stop_io()
         self.sink.close()
 
 
@@ -101,7 +109,7 @@ async def write6(lu: FileSinkDevice, cmd: ScsiCommand) -> ScsiResult:
     if size:
         assert data is not None
         try:
-            lu.sink.write(data[:size])
+            await lu.io(lu.sink.write, data[:size])
         except SinkFull:
             raise CheckCondition(Reason.VOLUME_OVERFLOW, information=size, eom=True) from None
     return ScsiResult() if delivered == size else ScsiResult(data_out_used=size)
@@ -116,7 +124,7 @@ async def read6(lu: FileSinkDevice, cmd: ScsiCommand) -> ScsiResult:
     if not size:
         return ScsiResult()
     sink = lu.sink
-    data = sink.read(size)
+    data = await lu.io(sink.read, size)
     if data is None:
         if sink.at_end_of_data:
             raise CheckCondition(Reason.END_OF_DATA_DETECTED, information=size)
@@ -136,7 +144,7 @@ async def write_filemarks6(lu: FileSinkDevice, cmd: ScsiCommand) -> ScsiResult:
     if lu.sink.file + count > MAX_SINK_FILES:
         # The medium ends here: the marks do not fit, and none is written.
         raise CheckCondition(Reason.VOLUME_OVERFLOW, information=count, eom=True)
-    lu.sink.write_filemarks(count)
+    await lu.io(lu.sink.write_filemarks, count)
     return ScsiResult()
 
 
@@ -144,5 +152,5 @@ async def write_filemarks6(lu: FileSinkDevice, cmd: ScsiCommand) -> ScsiResult:
 async def rewind(lu: FileSinkDevice, cmd: ScsiCommand) -> ScsiResult:
     if cmd.cdb[1] & 0xFE:
         raise _invalid(1)
-    lu.sink.rewind()
+    await lu.io(lu.sink.rewind)
     return ScsiResult()

@@ -10,6 +10,10 @@ with NO SENSE, FILEMARK and the residue in INFORMATION; end of data is BLANK CHE
 record of the wrong length sets ILI with INFORMATION = requested - actual (negative when
 the record was longer); writing in the early-warning zone succeeds with NO SENSE and EOM;
 a write that no longer fits is VOLUME OVERFLOW with EOM and nothing written.
+
+What touches the image file (records, file marks, the sync at a file mark, REWIND, LOCATE
+and UNLOAD, the cut at the head) runs on the LU's I/O thread (``lu.io``, in command order);
+the index lookups of SPACE, READ POSITION and the like answer from memory on the loop.
 """
 
 from __future__ import annotations
@@ -121,8 +125,8 @@ async def read6(lu: TapeDevice, cmd: ScsiCommand) -> ScsiResult:
     if not length:
         return ScsiResult()
     if fixed:
-        return _read_fixed(lu, length)
-    return _read_variable(lu, length, bool(flags & SILI))
+        return await lu.io(_read_fixed, lu, length)
+    return await lu.io(_read_variable, lu, length, bool(flags & SILI))
 
 
 def _stop_at_mark_or_eod(lu: TapeDevice, residue: int) -> CheckCondition | None:
@@ -200,6 +204,13 @@ async def write6(lu: TapeDevice, cmd: ScsiCommand) -> ScsiResult:
     if not length:
         return result
     assert data is not None
+    return await lu.io(_write_records, lu, data, length, fixed, result)
+
+
+def _write_records(
+    lu: TapeDevice, data: memoryview, length: int, fixed: bool, result: ScsiResult
+) -> ScsiResult:
+    """Blocking (the LU's I/O thread): WRITE(6)'s records at the head."""
     lu.begin_write()
     image = lu.image
     try:
@@ -230,6 +241,12 @@ async def write_filemarks6(lu: TapeDevice, cmd: ScsiCommand) -> ScsiResult:
         raise _invalid(1, 1)
     count = _length24(cdb)
     lu.require_writable()
+    await lu.io(_write_filemarks, lu, count)
+    return ScsiResult()
+
+
+def _write_filemarks(lu: TapeDevice, count: int) -> None:
+    """Blocking (the LU's I/O thread): ``count`` marks at the head, then the sync."""
     if count:
         lu.begin_write()
         written = lu.image.append_filemarks(count)
@@ -240,7 +257,6 @@ async def write_filemarks6(lu: TapeDevice, cmd: ScsiCommand) -> ScsiResult:
     # command return first; this one returns after).
     lu.image.flush()
     _early_warning(lu)
-    return ScsiResult()
 
 
 @_cmd(0x19, "ERASE(6)", bytes([0x19, 0x03, 0, 0, 0, 0x07]))
@@ -249,9 +265,13 @@ async def erase6(lu: TapeDevice, cmd: ScsiCommand) -> ScsiResult:
     if cmd.cdb[1] & 0xFC:
         raise _invalid(1)
     lu.require_writable()
+    await lu.io(_erase, lu)
+    return ScsiResult()
+
+
+def _erase(lu: TapeDevice) -> None:
     lu.begin_write()
     lu.image.flush()
-    return ScsiResult()
 
 
 # -- positioning -------------------------------------------------------------------------------
@@ -260,7 +280,7 @@ async def rewind(lu: TapeDevice, cmd: ScsiCommand) -> ScsiResult:
     if cmd.cdb[1] & 0xFE:
         raise _invalid(1)
     lu.require_medium()
-    lu.image.flush()
+    await lu.io(lu.image.flush)
     lu.position = 0
     return ScsiResult()
 
@@ -337,9 +357,9 @@ def _space_marks_back(lu: TapeDevice, count: int) -> None:
     raise _at_beginning(lu, count - before)
 
 
-def _locate(lu: TapeDevice, target: int) -> ScsiResult:
+async def _locate(lu: TapeDevice, target: int) -> ScsiResult:
     lu.require_medium()
-    lu.image.flush()
+    await lu.io(lu.image.flush)
     if target > len(lu.image):
         lu.position = len(lu.image)
         raise CheckCondition(Reason.END_OF_DATA_DETECTED)
@@ -354,7 +374,7 @@ async def locate10(lu: TapeDevice, cmd: ScsiCommand) -> ScsiResult:
         raise _invalid(1)
     if cdb[1] & 0x02 and cdb[8]:  # CP: only partition 0 exists
         raise _invalid(8)
-    return _locate(lu, int.from_bytes(cdb[3:7], "big"))
+    return await _locate(lu, int.from_bytes(cdb[3:7], "big"))
 
 
 LOCATE_OBJECT, LOCATE_FILE, LOCATE_END_OF_DATA = 0, 1, 3
@@ -376,7 +396,7 @@ async def locate16(lu: TapeDevice, cmd: ScsiCommand) -> ScsiResult:
         # File N starts just past file mark N-1; a file past the last mark is past EOD.
         marks = image.filemark_count()
         target = image.filemark_index(target - 1) + 1 if target <= marks else len(image) + 1
-    return _locate(lu, target)
+    return await _locate(lu, target)
 
 
 _SHORT_POSITION = struct.Struct(">BBxxIIxBBBI")  # 20 bytes
@@ -417,7 +437,7 @@ async def load_unload(lu: TapeDevice, cmd: ScsiCommand) -> ScsiResult:
         if lu.removal_prevented:
             raise CheckCondition(Reason.MEDIUM_REMOVAL_PREVENTED)
         lu.loaded = False
-    lu.image.flush()
+    await lu.io(lu.image.flush)
     lu.position = 0
     return ScsiResult()
 

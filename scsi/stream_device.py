@@ -1,28 +1,75 @@
-"""Stream devices (the tape, the file sink): one thing at a time touches the medium.
+"""Stream devices (the tape, the file sink): one thing at a time touches the medium, and
+never on the event loop.
 
-A copy manager writes records with the kernel's copy in a worker thread; a host command
-arriving meanwhile must wait for that record rather than interleave with it and tear the
-image. Copy commands themselves are exempt: the EXTENDED COPY that drives the copy may be
-addressed to this very device and waits for the copy to finish.
+Commands run one at a time (``medium_lock``): a copy manager writes records with the
+kernel's copy in a worker thread; a host command arriving meanwhile must wait for that
+record rather than interleave with it and tear the image. Copy commands themselves are
+exempt: the EXTENDED COPY that drives the copy may be addressed to this very device and
+waits for the copy to finish.
+
+Every call that may wait on the disk (a record written or read, a file mark, the
+``fdatasync`` a file mark or REWIND asks for, a cut at the head) runs on the LU's own
+thread through :meth:`SerializedMedium.io`: one thread per LU, so the medium sees its
+calls in the order the commands made them, and the loop keeps serving other sessions
+while a multi-MiB record or a sync of a large image waits on the disk.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from scsi.command import ScsiCommand, ScsiResult
 from scsi.logical_unit import Identity, LogicalUnit
 
 _COPY_OPCODES = frozenset({0x83, 0x84})  # EXTENDED COPY, RECEIVE COPY RESULTS
+T = TypeVar("T")
 
 
 class SerializedMedium(LogicalUnit):
     def __init__(self, identity: Identity) -> None:
         super().__init__(identity)
         self.medium_lock = asyncio.Lock()
+        self._io: ThreadPoolExecutor | None = None
 
     async def execute(self, cmd: ScsiCommand) -> ScsiResult:
         if cmd.cdb[0] in _COPY_OPCODES:
             return await super().execute(cmd)
         async with self.medium_lock:
             return await super().execute(cmd)
+
+    async def io(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` on the LU's I/O thread, in order with every earlier call.
+
+        A caller cancelled meanwhile (an aborted task, a dropped connection) still waits
+        for the call to end before it lets go of the medium: the thread cannot be stopped,
+        and the next command must see the medium as this call left it."""
+        if self._io is None:
+            name = f"medium-{self.identity.device_id}"[:40]
+            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        future = asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+        cancelled = False
+        while not future.done():
+            try:
+                await asyncio.wait((future,))
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+        return future.result()
+
+    async def flush(self) -> None:
+        """Everything written so far made durable (SIGTERM, before the daemon exits)."""
+        async with self.medium_lock:
+            await self.io(self.sync_medium)
+
+    def sync_medium(self) -> None:
+        """Blocking: make the medium durable. Device types override it."""
+
+    def stop_io(self) -> None:
+        """Let the I/O thread go (after the last command)."""
+        if self._io is not None:
+            self._io.shutdown(wait=True)
+            self._io = None

@@ -1,6 +1,7 @@
 """The sequential-access logical unit (peripheral device type 1): a tape image and a head.
 
-SSC command handlers live in scsi.ssc; this class holds what they share: the image, the
+SSC command handlers live in scsi.ssc; this class holds what they share (the handlers run
+the image's blocking calls on the LU's I/O thread, see scsi.stream_device): the image, the
 logical position (an object number: records and file marks count alike, as SSC's logical
 object identifiers do), the block size (0: variable-length mode), the medium's loaded
 and prevent-removal state, the mode block descriptor and the device configuration page.
@@ -111,5 +112,9 @@ class TapeDevice(SerializedMedium):
             )
         self.block_size = length
 
+    def sync_medium(self) -> None:
+        self.image.flush()
+
     def close(self) -> None:
+        self.stop_io()
         self.image.close()

@@ -196,3 +196,57 @@ def test_read_only_open_does_not_cut(tmp_path: Path) -> None:
         with pytest.raises(PermissionError):
             img.append_record(b"b")
     assert path.stat().st_size == size
+
+
+def test_runs_of_filemarks_are_indexed_on_opening(tmp_path: Path) -> None:
+    """Opening recognises runs of marks in bulk (longer than one read-ahead of the scan,
+    and cut by records), with the same index a mark-by-mark walk would build."""
+    path = tmp_path / "t.img"
+    create(path, 8 << 20)
+    runs = [1, 3, 70_000, 2, 65_536]
+    with TapeImage(path) as img:
+        for n, marks in enumerate(runs):
+            img.append_record(bytes([n]) * (n + 1))
+            assert img.append_filemarks(marks) == marks
+        img.append_record(b"last")
+        expected = [img.length(i) for i in range(len(img))]
+    with TapeImage(path) as img:
+        assert img.recovery.cut_bytes == 0
+        assert [img.length(i) for i in range(len(img))] == expected
+        assert img.filemark_count() == sum(runs)
+        assert img.filemark_index(3) == 5  # record, mark, record, 3 marks: the 4th mark
+        assert img.read(len(img) - 1) == b"last"
+        assert img.used == len(img) * ENTRY_SIZE + sum(n + 1 for n in range(len(runs))) + 4
+
+
+@pytest.mark.parametrize("keep", [1, ENTRY_SIZE - 1])
+def test_torn_mark_at_the_end_of_a_run_is_cut(tmp_path: Path, keep: int) -> None:
+    path = tmp_path / "t.img"
+    create(path, CAP)
+    with TapeImage(path) as img:
+        img.append_record(b"data")
+        img.append_filemarks(1000)
+        good_end = HEADER_SIZE + img.used
+        img.append_filemarks(1)
+    os.truncate(path, good_end + keep)
+    with TapeImage(path) as img:
+        assert len(img) == 1001 and img.filemark_count() == 1000
+        assert img.recovery.cut_bytes == keep
+    assert path.stat().st_size == good_end
+
+
+def test_flush_syncs_only_what_was_written(
+    image: TapeImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A REWIND or LOCATE on an unchanged tape costs no fdatasync (a sync of a large image
+    under write-back can take most of a second)."""
+    syncs: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (syncs.append(fd), real(fd))[1])
+    image.append_record(b"x")
+    image.flush()
+    image.flush()
+    assert len(syncs) == 1
+    image.append_filemarks(2)
+    image.flush()
+    assert len(syncs) == 2
