@@ -18,7 +18,12 @@ varies (block allocation, dirty-page throttling can stall for milliseconds) and 
 worker copies one, the loop keeps receiving the next. RWF_NOWAIT on buffered writes gives
 EOPNOTSUPP on ext4, hence the size threshold instead. Reads try ``preadv(RWF_NOWAIT)``
 inline, which either completes from the page cache or refuses at once, and only a page
-cache miss goes to the executor.
+cache miss goes to the executor. File systems without non-blocking reads (tmpfs, FUSE, some
+overlayfs) refuse RWF_NOWAIT with EOPNOTSUPP: on tmpfs, whose pages are memory, reads then
+run inline without the flag; elsewhere they go to the executor.
+
+Failures the host must be told about apart (a full file system, EIO) are raised as the typed
+errors of :mod:`backing.errors`, naming the file, the operation and the byte range.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import errno
 import os
 from pathlib import Path
 from typing import NamedTuple
+
+from backing.errors import classify
 
 # Writes up to this size run inline on the event loop (see the table above).
 INLINE_WRITE_MAX = 128 * 1024
@@ -44,6 +51,23 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 _fallocate = _libc.fallocate
 _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 _fallocate.restype = ctypes.c_int
+_statfs = _libc.statfs
+_statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+_statfs.restype = ctypes.c_int
+
+TMPFS_MAGIC = 0x01021994
+# How read_into reads: try RWF_NOWAIT inline, read inline (memory-backed file systems), or
+# always hand the read to a worker thread.
+_NOWAIT, _INLINE, _THREAD = "nowait", "inline", "thread"
+
+
+def file_system_type(path: Path) -> int:
+    """``f_type`` of statfs(2) for ``path`` (0 when it cannot be had)."""
+    # struct statfs starts with a word-sized f_type on every Linux ABI Python runs on.
+    buf = ctypes.create_string_buffer(256)
+    if _statfs(os.fsencode(path), buf) != 0:
+        return 0
+    return int.from_bytes(buf.raw[: ctypes.sizeof(ctypes.c_long)], "little")
 
 
 class Extent(NamedTuple):
@@ -104,6 +128,7 @@ class SparseFile:
         except BaseException:
             os.close(self._fd)
             raise
+        self._read_mode = _NOWAIT
 
     @property
     def fd(self) -> int:
@@ -112,33 +137,57 @@ class SparseFile:
     # -- data path -----------------------------------------------------------------
     async def read_into(self, offset: int, buf: memoryview) -> None:
         """Fill ``buf`` with the bytes at ``offset``; holes read as zeros."""
+        n = 0
         try:
-            n = os.preadv(self._fd, [buf], offset, os.RWF_NOWAIT)
+            if self._read_mode == _NOWAIT:
+                n = self._read_nowait(offset, buf)
+            elif self._read_mode == _INLINE:
+                _pread_all(self._fd, buf, offset)
+                return
+            if n == len(buf):
+                return
+            await asyncio.get_running_loop().run_in_executor(
+                None, _pread_all, self._fd, buf[n:], offset + n
+            )
+        except OSError as exc:
+            raise classify(exc, str(self.path), "read", offset, len(buf)) from exc
+
+    def _read_nowait(self, offset: int, buf: memoryview) -> int:
+        """Bytes read from the page cache without blocking (0 on a miss)."""
+        try:
+            return os.preadv(self._fd, [buf], offset, os.RWF_NOWAIT)
         except BlockingIOError:
-            n = 0
-        if n == len(buf):
-            return
-        rest = buf[n:]
-        await asyncio.get_running_loop().run_in_executor(
-            None, _pread_all, self._fd, rest, offset + n
-        )
+            return 0
+        except OSError as exc:
+            if exc.errno != errno.EOPNOTSUPP:
+                raise
+        # Decided once per file: this file system has no non-blocking buffered reads.
+        memory = file_system_type(self.path) == TMPFS_MAGIC
+        self._read_mode = _INLINE if memory else _THREAD
+        return 0
 
     async def write(self, offset: int, data: bytes | memoryview, *, fua: bool = False) -> None:
         """Write ``data`` at ``offset``; with ``fua``, on stable storage before returning."""
         view = data if isinstance(data, memoryview) else memoryview(data)
         flags = os.RWF_DSYNC if fua else 0
-        if len(view) <= INLINE_WRITE_MAX and not fua:
-            _pwrite_all(self._fd, view, offset)
-            return
-        await _finish(
-            asyncio.get_running_loop().run_in_executor(
-                None, _pwrite_all, self._fd, view, offset, flags
+        try:
+            if len(view) <= INLINE_WRITE_MAX and not fua:
+                _pwrite_all(self._fd, view, offset)
+                return
+            await _finish(
+                asyncio.get_running_loop().run_in_executor(
+                    None, _pwrite_all, self._fd, view, offset, flags
+                )
             )
-        )
+        except OSError as exc:
+            raise classify(exc, str(self.path), "write", offset, len(view)) from exc
 
     async def flush(self) -> None:
         """Everything written so far reaches stable storage."""
-        await asyncio.get_running_loop().run_in_executor(None, os.fdatasync, self._fd)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, os.fdatasync, self._fd)
+        except OSError as exc:
+            raise classify(exc, str(self.path), "flush") from exc
 
     # -- thin provisioning -----------------------------------------------------------
     async def punch_hole(self, offset: int, length: int) -> None:
@@ -164,6 +213,12 @@ class SparseFile:
     def _deallocate(self, mode: int, offset: int, length: int) -> None:
         if length <= 0:
             return
+        try:
+            self._deallocate_range(mode, offset, length)
+        except OSError as exc:
+            raise classify(exc, str(self.path), "write", offset, length) from exc
+
+    def _deallocate_range(self, mode: int, offset: int, length: int) -> None:
         try:
             _fallocate_or_raise(self._fd, mode, offset, length)
             return

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from backing.errors import StoreError
 from scsi.command import Nexus, ScsiCommand, ScsiResult, Status
 from scsi.mode import ModePageSet, spc_pages
 from scsi.opcodes import SERVICE_ACTION_OPCODES, OpcodeTable
 from scsi.reservations import ReservationState
 from scsi.sense import CheckCondition, FieldPointer, Reason, build_sense
+from scsi.store_errors import StoreErrors
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,8 @@ class LogicalUnit:
         self.reservations = ReservationState()
         # The LUNs REPORT LUNS lists; ScsiTarget replaces it with its own LUN map's.
         self.report_luns: Callable[[], list[int]] = lambda: [0]
+        # Failures of the backing store: their sense, counts and rate-limited log lines.
+        self.store_errors = StoreErrors(identity.device_id)
 
     # -- unit attentions -------------------------------------------------------------
     def nexus_established(self, nexus: Nexus) -> None:
@@ -189,6 +193,8 @@ class LogicalUnit:
             return await spec.handler(self, cmd)
         except CheckCondition as cc:
             return self.check_condition(cc)
+        except StoreError as exc:  # a full or failing disk: its own sense, no traceback
+            return self.check_condition(self.store_errors.answer(exc))
         except Exception:
             log.exception("internal error executing %s on %s", cdb[:1].hex(), self.identity)
             return ScsiResult(

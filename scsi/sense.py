@@ -77,6 +77,9 @@ class Reason(Enum):
     MEDIUM_NOT_PRESENT = (_K.NOT_READY, 0x3A, 0x00)
     # DATA PROTECT
     WRITE_PROTECTED = (_K.DATA_PROTECT, 0x27, 0x00)
+    # A thin-provisioned LU found no room for a write (SBC-3 4.7.3.6: the file system under
+    # the LUN file is full).
+    SPACE_ALLOCATION_FAILED_WRITE_PROTECT = (_K.DATA_PROTECT, 0x27, 0x07)
     # MEDIUM / HARDWARE
     UNRECOVERED_READ_ERROR = (_K.MEDIUM_ERROR, 0x11, 0x00)
     WRITE_ERROR = (_K.MEDIUM_ERROR, 0x0C, 0x00)

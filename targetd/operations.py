@@ -164,4 +164,13 @@ class Operations:
         conns.add(len(server.connections))
         inflight = Family("targetd_commands_in_flight", "gauge", "SCSI commands not yet answered")
         inflight.add(sum(len(c.conn.tasks) for c in server.connections))
-        return [*families, sessions, conns, inflight]
+        store = Family(
+            "targetd_lun_store_errors_total",
+            "counter",
+            "Backing store failures answered to hosts (space_exhausted, read_error, write_error)",
+        )
+        for name, rt in server.targets.items():
+            for lun, lu in sorted(rt.scsi.luns.items()):
+                for kind, count in lu.store_errors.counts.items():
+                    store.add(count, {"target": name, "lun": str(lun), "kind": kind})
+        return [*families, sessions, conns, inflight, store]

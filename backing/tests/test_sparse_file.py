@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from pathlib import Path
 from unittest import mock
@@ -10,6 +11,7 @@ from unittest import mock
 import pytest
 
 from backing import sparse_file
+from backing.errors import MediumReadError, MediumWriteError, SpaceExhausted, classify
 from backing.sparse_file import INLINE_WRITE_MAX, Extent, SparseFile
 
 MiB = 1 << 20
@@ -206,3 +208,41 @@ def test_cancelled_threaded_write_still_finishes_before_the_task_ends(tmp_path: 
 
     asyncio.run(main())
     store.close()
+
+
+# -- file systems without non-blocking reads, and failures of the file system -------------
+def test_reads_and_writes_on_tmpfs(tmpfs) -> None:
+    """tmpfs refuses preadv(RWF_NOWAIT) with EOPNOTSUPP: reads must still succeed."""
+    where = tmpfs("16m")
+    with SparseFile(where / "lun.img", 8 * MiB) as f:
+        run(f.write(4096, b"tmpfs!" * 100))
+        run(f.write(MiB, b"x" * (2 * INLINE_WRITE_MAX), fua=True))
+        assert read(f, 4096, 600) == b"tmpfs!" * 100
+        assert read(f, MiB, 2 * INLINE_WRITE_MAX) == b"x" * (2 * INLINE_WRITE_MAX)
+        assert read(f, 0, 4096) == bytes(4096)
+        run(f.flush())
+    assert sparse_file.file_system_type(where) == sparse_file.TMPFS_MAGIC
+
+
+def test_full_file_system_raises_space_exhausted(tmpfs) -> None:
+    where = tmpfs("1m")
+    with SparseFile(where / "lun.img", 64 * MiB) as f:
+        with pytest.raises(SpaceExhausted) as info:
+            run(f.write(8 * MiB, b"y" * (2 * MiB)))
+        err = info.value
+        assert err.errno == errno.ENOSPC
+        assert (err.op, err.offset, err.length) == ("write", 8 * MiB, 2 * MiB)
+        assert str(where / "lun.img") in str(err)
+        # A small inline write that finds no room either is typed the same way.
+        with pytest.raises(SpaceExhausted):
+            for block in range(64):
+                run(f.write(block * 65536, b"z" * 4096))
+
+
+def test_classify_keeps_other_errors_as_they_are() -> None:
+    assert type(classify(OSError(errno.EIO, "x"), "p", "read", 0, 1)) is MediumReadError
+    assert type(classify(OSError(errno.EIO, "x"), "p", "write", 0, 1)) is MediumWriteError
+    assert type(classify(OSError(errno.EIO, "x"), "p", "flush")) is MediumWriteError
+    assert type(classify(OSError(errno.EDQUOT, "x"), "p", "write", 0, 1)) is SpaceExhausted
+    other = OSError(errno.EBADF, "x")
+    assert classify(other, "p", "write", 0, 1) is other
