@@ -2,7 +2,8 @@
 
 Counting happens on the hot path, once per SCSI command, so :class:`LunStats` is plain
 integers in preallocated lists: a table lookup for the opcode's kind, a few adds and a
-bisect into fixed latency bounds, no allocation. Everything else (names, labels, text) is
+bisect into fixed latency bounds, no allocation. :class:`LoopLag` probes the event
+loop's own lag while the endpoint serves. Everything else (names, labels, text) is
 built only when someone scrapes. Other subsystems add their own families (pair states and
 backlog, copy-engine rates) with :meth:`Metrics.add_collector`.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -84,6 +86,69 @@ class LunStats:
             "other_ops": self.ops[OTHER],
             "errors": self.errors,
         }
+
+
+# How late the event loop runs a timer. A healthy loop answers within a millisecond; a
+# blocking call on it (a sync of a large file, a long copy) shows as the seconds it took.
+LOOP_LAG_BOUNDS_SECONDS = (
+    1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+LOOP_LAG_INTERVAL = 0.02  # seconds between probes: 50 wake-ups a second
+
+
+class LoopLag:
+    """The event loop's own lag: a probe sleeps ``interval`` and records how much later
+    than asked it woke. Anything that holds the loop (a blocking call, a long stretch of
+    Python between awaits) delays the probe by as much, so a stall shows here even when no
+    command was in flight to see it."""
+
+    def __init__(self, interval: float = LOOP_LAG_INTERVAL) -> None:
+        self.interval = interval
+        self.buckets = [0] * (len(LOOP_LAG_BOUNDS_SECONDS) + 1)  # the last one is +Inf
+        self.total = 0.0
+        self.count = 0
+        self.max = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def record(self, lag: float) -> None:
+        self.buckets[bisect_left(LOOP_LAG_BOUNDS_SECONDS, lag)] += 1
+        self.total += lag
+        self.count += 1
+        self.max = max(self.max, lag)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._probe())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _probe(self) -> None:
+        while True:
+            asked = time.perf_counter()
+            await asyncio.sleep(self.interval)
+            self.record(max(0.0, time.perf_counter() - asked - self.interval))
+
+    def families(self) -> list[Family]:
+        hist = Family(
+            "targetd_event_loop_lag_seconds",
+            "histogram",
+            f"How late the event loop ran a {self.interval * 1e3:g} ms timer",
+        )
+        cumulative = 0
+        for bound, count in zip((*LOOP_LAG_BOUNDS_SECONDS, math.inf), self.buckets, strict=True):
+            cumulative += count
+            hist.add(cumulative, {"le": "+Inf" if math.isinf(bound) else repr(bound)}, "_bucket")
+        hist.add(self.total, None, "_sum")
+        hist.add(self.count, None, "_count")
+        worst = Family(
+            "targetd_event_loop_lag_max_seconds", "gauge", "The longest event loop lag seen"
+        )
+        worst.add(self.max)
+        return [hist, worst]
 
 
 # -- exposition ------------------------------------------------------------------------------
@@ -171,6 +236,8 @@ class Metrics:
         self._collectors: list[Collector] = []
         self._server: asyncio.base_events.Server | None = None
         self.bound: tuple[str, int] | None = None
+        self.loop_lag = LoopLag()
+        self.add_collector(self.loop_lag.families)
 
     def add_collector(self, collector: Collector) -> None:
         """Register ``collector``: called at each scrape, on the event loop, it returns the
@@ -190,8 +257,10 @@ class Metrics:
     async def start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._client, host, port, reuse_address=True)
         self.bound = self._server.sockets[0].getsockname()[:2]
+        self.loop_lag.start()
 
     async def stop(self) -> None:
+        await self.loop_lag.stop()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

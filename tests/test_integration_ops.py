@@ -181,6 +181,10 @@ def test_metrics_endpoint_reports_the_bytes_a_client_wrote(
         sample(text, "targetd_lun_latency_seconds_bucket", **lun, op="write", le="+Inf") == writes
     )
     assert sample(text, "targetd_sessions", type="normal") == 0  # qemu-io logged out
+    # The event loop's own lag, probed while the endpoint serves.
+    probes = float(re.search(r"^targetd_event_loop_lag_seconds_count (\S+)$", text, re.M)[1])
+    assert probes >= 1
+    assert sample(text, "targetd_event_loop_lag_seconds_bucket", le="+Inf") == probes
 
 
 def test_metrics_are_off_by_default(targetd: Daemon) -> None:

@@ -1,8 +1,11 @@
-"""Per-LUN counters and the Prometheus text they render to."""
+"""Per-LUN counters, the event loop's lag, and the Prometheus text they render to."""
 
 from __future__ import annotations
 
-from targetd.metrics import Family, LunStats, lun_families, render
+import asyncio
+import time
+
+from targetd.metrics import Family, LoopLag, LunStats, Metrics, lun_families, render
 
 
 def test_counts_payload_of_reads_and_writes_only() -> None:
@@ -48,3 +51,48 @@ def test_render_escapes_label_values() -> None:
         'targetd_pair_state{pair="a\\"b\\\\c\\nd"} 1\n'
         "targetd_pair_state 2.5\n"
     )
+
+
+def _lines(text: str) -> dict[str, float]:
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if not line.startswith("#")
+    }
+
+
+def test_loop_lag_histogram_shows_a_stall_of_the_event_loop() -> None:
+    """A blocking call of 150 ms on the loop lands in the 250 ms bucket, not below."""
+    lag = LoopLag(interval=0.01)
+
+    async def main() -> None:
+        lag.start()
+        await asyncio.sleep(0.1)  # a quiet loop: the probe runs on time
+        time.sleep(0.15)  # what an fdatasync on the loop would do
+        await asyncio.sleep(0.05)
+        await lag.stop()
+
+    asyncio.run(main())
+    lines = _lines(render(lag.families()))
+    count = lines["targetd_event_loop_lag_seconds_count"]
+    assert count >= 5
+    assert lines['targetd_event_loop_lag_seconds_bucket{le="0.1"}'] == count - 1
+    assert lines['targetd_event_loop_lag_seconds_bucket{le="0.25"}'] == count
+    assert lines['targetd_event_loop_lag_seconds_bucket{le="+Inf"}'] == count
+    assert 0.13 <= lines["targetd_event_loop_lag_max_seconds"] < 0.25
+    assert lines["targetd_event_loop_lag_seconds_sum"] >= 0.13
+
+
+def test_metrics_endpoint_runs_the_loop_lag_probe_while_it_serves() -> None:
+    async def main() -> str:
+        metrics = Metrics()
+        await metrics.start("127.0.0.1", 0)
+        await asyncio.sleep(0.1)
+        text = metrics.render()
+        await metrics.stop()
+        assert metrics.loop_lag._task is None
+        return text
+
+    lines = _lines(asyncio.run(main()))
+    assert lines["targetd_event_loop_lag_seconds_count"] >= 2
+    assert "# TYPE targetd_event_loop_lag_seconds histogram" in Metrics().render()
