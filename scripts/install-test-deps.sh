@@ -2,10 +2,17 @@
 # Installs everything the test suite and the benchmarks need on a Debian 12 machine:
 # the real clients (libiscsi's tools, QEMU's block tools, sg3_utils), tgt as the comparison
 # peer, and the Python packages. Idempotent: a second run installs nothing new.
+#
+# The Python packages go into a virtual environment, .venv/ in the repository, made from
+# Debian's own /usr/bin/python3 with --system-site-packages: Ceph's Python bindings (python3-rbd,
+# python3-rados) exist only as Debian packages built for that interpreter, with no PyPI wheel,
+# so neither a pyenv Python nor an isolated venv can import them. PYTHON=/path/to/python uses
+# that interpreter instead of the venv (it then needs rbd and rados importable for the Ceph
+# tier).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PY=${PYTHON:-python3}
+VENV=.venv
 # gcc and libc6-dev build cython-iscsi; --no-install-recommends would leave libc6-dev out.
 DEB_PACKAGES=(libiscsi-bin libiscsi-dev sg3-utils tgt qemu-utils qemu-block-extra pkg-config
     gcc libc6-dev)
@@ -16,11 +23,12 @@ DEB_PACKAGES+=(qemu-system-x86 busybox-static dash open-iscsi sg3-utils mt-st e2
 # fails on this kernel's hybrid cgroups) on a debootstrap-made base; systemd-analyze checks
 # the unit file.
 DEB_PACKAGES+=(podman runc debootstrap systemd)
-# Debian's own Python needs its headers from a package; a pyenv or venv Python has them.
-if ! $PY -c 'import os, sys, sysconfig
-sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
-    DEB_PACKAGES+=(python3-dev)
-fi
+# The venv (python3-venv) and cython-iscsi's build against Debian's Python (python3-dev).
+DEB_PACKAGES+=(python3-venv python3-dev)
+# The Ceph tier (tests/ceph/, docs/rbd.md): a one-monitor, one-OSD cluster the fixture starts
+# on loopback, the rbd/ceph command-line tools, librbd's Python bindings, and tgt's bs_rbd
+# (tgt-rbd) as the benchmark peer in bench/compare_rbd.py.
+DEB_PACKAGES+=(ceph-mon ceph-osd ceph-common python3-rbd python3-rados tgt-rbd)
 
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
@@ -44,6 +52,20 @@ if command -v systemctl >/dev/null 2>&1; then
             systemctl stop "$unit" || true
         fi
     done
+fi
+
+if [[ -n ${PYTHON:-} ]]; then
+    PY=$PYTHON
+else
+    # A venv made without system site packages (or from another interpreter) cannot see rbd:
+    # it is made again.
+    if [[ -x $VENV/bin/python ]] && ! $VENV/bin/python -c 'import rbd, rados' 2>/dev/null; then
+        rm -rf "$VENV"
+    fi
+    if [[ ! -x $VENV/bin/python ]]; then
+        /usr/bin/python3 -m venv --system-site-packages "$VENV"
+    fi
+    PY=$VENV/bin/python
 fi
 
 # Debian 12's system Python is "externally managed" (PEP 668): pip refuses to install into it

@@ -3,12 +3,22 @@
 # (unit tests, integration tests, the libiscsi conformance tier, the QEMU guest tier, the
 # container tier that builds and runs the Dockerfile with podman). The slow
 # tier is opt-in: scripts/test.sh -m slow. Other arguments go to pytest.
+# Python runs from .venv/ (Debian's /usr/bin/python3 with system site packages, made by
+# install-test-deps.sh, so Ceph's rbd and rados bindings import); PYTHON=... overrides it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-test-deps.sh
 
-PY=${PYTHON:-python3}
+if [[ -n ${PYTHON:-} ]]; then
+    PY=$PYTHON
+else
+    PY=$PWD/.venv/bin/python
+    # Tools and daemons the tests start by name (targetd, targetctl) come from the venv too.
+    export VIRTUAL_ENV=$PWD/.venv PATH=$PWD/.venv/bin:$PATH
+fi
+# The Ceph tier fails, rather than skips, when its cluster cannot be made in this run.
+export TARGETD_REQUIRE_CEPH=${TARGETD_REQUIRE_CEPH:-1}
 # Lint findings fail the run, but pytest still runs so one CI pass reports both.
 echo "== ruff check" >&2
 lint=0
