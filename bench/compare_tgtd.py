@@ -4,14 +4,18 @@
 Both targets run at once on their own loopback ports. For every repeat, each case runs on one
 target and then the other, the order flipping each repeat, so that noise from a shared machine
 falls on both alike. The table shows medians, the targetd/tgtd ratio with the goal the team must
-reach, and each target's CPU use during the case. See bench/README.md.
+reach, and each target's CPU use during the case (share of a core, and CPU-seconds per 1,000
+requests). ``--noisy`` measures both with a CPU hog pinned to one core. See bench/README.md.
 
-    python3 bench/compare_tgtd.py [--quick] [--repeat N] [--cases a,b] [--size 1G] [--json F]
+    python3 bench/compare_tgtd.py [--quick] [--repeat N] [--cases a,b] [--size 1G] [--noisy]
+                                  [--json F]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import sys
 import tempfile
@@ -21,6 +25,7 @@ from pathlib import Path
 
 from clients import CASES, Budget, ClientError, prefill, run_case, select_cases
 from cpu import tree_cpu_seconds
+from noise import Neighbour
 from report import BASELINE, CANDIDATE, CaseResult, Run, format_table, save_json
 from targets import GiB, Target, TargetdTarget, TargetError, TgtdTarget
 
@@ -46,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="short runs (about a second a case): a smoke test"
     )
-    parser.add_argument("--repeat", type=int, help="runs per case and target (default 3; quick 1)")
+    parser.add_argument("--repeat", type=int, help="runs per case and target (default 5; quick 1)")
     parser.add_argument(
         "--cases",
         help="comma list of case names or substrings (default all): "
@@ -64,11 +69,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="which targets to run (default both; one alone is for trying the harness)",
     )
     parser.add_argument("--no-prefill", action="store_true", help="read cases may read holes")
+    parser.add_argument(
+        "--noisy",
+        action="store_true",
+        help="measure with a noisy neighbour: a CPU hog pinned to one core (--noisy-core)",
+    )
+    parser.add_argument(
+        "--noisy-core", type=int, default=0, help="the core the hog spins on (default 0)"
+    )
     args = parser.parse_args(argv)
-    args.repeat = args.repeat or (1 if args.quick else 3)
+    args.repeat = args.repeat or (1 if args.quick else 5)
     args.size = args.size or ((64 << 20) if args.quick else GiB)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.noisy and args.noisy_core not in os.sched_getaffinity(0):
+        parser.error(f"--noisy-core {args.noisy_core} is not a core this process may use")
     if args.size > GiB:
         parser.error("--size is at most 1G: targetd's default LUN is 1 GiB")
     try:
@@ -95,27 +110,32 @@ def measure(case_result: CaseResult, target: Target, repeat: int, region: int, b
         return
     cpu_before = tree_cpu_seconds(target.pid)
     started = time.monotonic()
+    ops = 0
     try:
         sample = run_case(case_result.case, target, region, budget)
-        value, error = sample.value, None
+        value, error, ops = sample.value, None, sample.ops
     except ClientError as exc:
         value, error = None, str(exc)
     wall = time.monotonic() - started
     cpu = tree_cpu_seconds(target.pid) - cpu_before
-    case_result.runs.append(Run(target.name, repeat, value, cpu, wall, error))
+    run = Run(target.name, repeat, value, cpu, wall, error, ops)
+    case_result.runs.append(run)
     shown = "FAIL" if value is None else f"{value:,.1f} {case_result.case.unit}"
+    cost = run.cpu_per_kilo_io
     print(
         f"  [{repeat + 1}] {case_result.case.name:<18} {target.name:<8} {shown:>16}"
-        f"  cpu {100 * cpu / wall if wall else 0:4.0f}%",
+        f"  cpu {100 * cpu / wall if wall else 0:4.0f}%"
+        + ("" if cost is None else f"  {cost:.4f} s/kIO"),
         file=sys.stderr,
         flush=True,
     )
 
 
 def run_benchmark(
-    args: argparse.Namespace, workdir: Path, pids: dict[str, int]
+    args: argparse.Namespace, workdir: Path, pids: dict[str, int], settings: dict[str, object]
 ) -> list[CaseResult]:
-    """Every case on every target; ``pids`` learns each server's PID (kept in the JSON)."""
+    """Every case on every target; ``pids`` learns each server's PID and ``settings`` the
+    neighbour's (both kept in the JSON)."""
     budget = Budget.quick() if args.quick else Budget.full()
     targets: list[Target] = []
     try:
@@ -128,11 +148,16 @@ def run_benchmark(
                 print(f"prefilling {args.size >> 20} MiB on {target.name}", file=sys.stderr)
                 prefill(target, args.size, budget)
         results = [CaseResult(case) for case in args.cases]
-        for repeat in range(args.repeat):
-            order = targets if repeat % 2 == 0 else targets[::-1]
-            for result in results:
-                for target in order:
-                    measure(result, target, repeat, args.size, budget)
+        neighbour = Neighbour(args.noisy_core) if args.noisy else contextlib.nullcontext()
+        with neighbour as hog:
+            if isinstance(hog, Neighbour):
+                settings["neighbour_pid"] = hog.pid
+                print(f"noisy neighbour: a CPU hog on core {args.noisy_core}", file=sys.stderr)
+            for repeat in range(args.repeat):
+                order = targets if repeat % 2 == 0 else targets[::-1]
+                for result in results:
+                    for target in order:
+                        measure(result, target, repeat, args.size, budget)
         return results
     finally:
         for target in targets:
@@ -155,20 +180,26 @@ def main(argv: list[str] | None = None) -> int:
         "region_bytes": args.size,
         "targets": args.targets,
         "budget": asdict(Budget.quick() if args.quick else Budget.full()),
+        "noisy_core": args.noisy_core if args.noisy else None,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "load_average_before": os.getloadavg(),
     }
     try:
         with tempfile.TemporaryDirectory(prefix="targetd-bench-") as tmp:
-            results = run_benchmark(args, Path(tmp), pids)
+            results = run_benchmark(args, Path(tmp), pids, settings)
     except TargetError as exc:
         print(f"error: a target failed to start: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; targets stopped", file=sys.stderr)
         return 130
-    print(format_table(results))
+    settings["load_average_after"] = os.getloadavg()
+    print(format_table(results, args.noisy))
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    mode = f"noisy neighbour on core {args.noisy_core}" if args.noisy else "no added load"
+    print(f"{mode}; load average {load}; {args.repeat} repeat(s)", file=sys.stderr)
     if args.json:
-        save_json(args.json, results, settings)
+        save_json(args.json, results, settings, args.noisy)
     failed = any(r.value is None for result in results for r in result.runs)
     return 1 if failed else 0
 

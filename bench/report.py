@@ -22,6 +22,14 @@ class Run:
     cpu_seconds: float
     wall_seconds: float
     error: str | None = None
+    ops: int = 0  # requests completed in the run
+
+    @property
+    def cpu_per_kilo_io(self) -> float | None:
+        """The target's CPU-seconds per 1,000 requests."""
+        if self.value is None or self.ops <= 0:
+            return None
+        return 1000.0 * self.cpu_seconds / self.ops
 
     @property
     def cpu_percent(self) -> float | None:
@@ -50,6 +58,14 @@ class CaseResult:
         ]
         return statistics.median(cpus) if cpus else None
 
+    def cpu_per_kilo_io_median(self, target: str) -> float | None:
+        costs = [
+            cost
+            for r in self.runs
+            if r.target == target and (cost := r.cpu_per_kilo_io) is not None
+        ]
+        return statistics.median(costs) if costs else None
+
     def errors(self, target: str) -> list[str]:
         return [r.error for r in self.runs if r.target == target and r.error]
 
@@ -72,11 +88,13 @@ class CaseResult:
             if pair.get(BASELINE) and CANDIDATE in pair
         ]
 
-    def verdict(self) -> str:
+    def verdict(self, noisy: bool = False) -> str:
         ratio = self.ratio()
         if ratio is None:
             return "n/a"
-        return "PASS" if ratio >= self.case.goal else "MISS"
+        goal = self.case.goal(noisy)
+        met = ratio <= goal if self.case.lower_is_better else ratio >= goal
+        return "PASS" if met else "MISS"
 
 
 def _number(result: CaseResult, target: str) -> str:
@@ -86,16 +104,29 @@ def _number(result: CaseResult, target: str) -> str:
     value, unit = result.median(target), result.case.unit
     if value is None:
         return "FAIL"
-    return f"{value:,.0f}" if unit == "IOPS" else f"{value:,.1f}"
+    return f"{value:,.1f}" if unit == "MB/s" else f"{value:,.0f}"
 
 
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}%"
 
 
+def _cost(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def _floor2(ratio: float) -> float:
     """Cut to two decimals, never round up: 0.795 shows as 0.79x next to a MISS of 0.8x."""
     return math.floor(ratio * 100) / 100
+
+
+def _ceil2(ratio: float) -> float:
+    """Latency ratios (lower is better) round up: 1.005 shows as 1.01x next to a MISS."""
+    return math.ceil(ratio * 100) / 100
+
+
+def _goal(case: Case, noisy: bool) -> str:
+    return f"{'<=' if case.lower_is_better else '>='}{case.goal(noisy):.1f}x"
 
 
 def _range(ratios: list[float]) -> str:
@@ -113,33 +144,38 @@ HEADERS = (
     "verdict",
     f"{BASELINE} CPU",
     f"{CANDIDATE} CPU",
+    f"{BASELINE} CPU s/kIO",
+    f"{CANDIDATE} CPU s/kIO",
 )
 
 
-def table_rows(results: list[CaseResult]) -> list[tuple[str, ...]]:
+def table_rows(results: list[CaseResult], noisy: bool = False) -> list[tuple[str, ...]]:
     rows = []
     for result in results:
         unit = result.case.unit
         ratio = result.ratio()
+        cut = _ceil2 if result.case.lower_is_better else _floor2
         rows.append(
             (
                 result.case.name,
                 unit,
                 _number(result, BASELINE),
                 _number(result, CANDIDATE),
-                "-" if ratio is None else f"{_floor2(ratio):.2f}x",
+                "-" if ratio is None else f"{cut(ratio):.2f}x",
                 _range(result.paired_ratios()),
-                f">={result.case.goal:.1f}x",
-                result.verdict(),
+                _goal(result.case, noisy),
+                result.verdict(noisy),
                 _percent(result.cpu_median(BASELINE)),
                 _percent(result.cpu_median(CANDIDATE)),
+                _cost(result.cpu_per_kilo_io_median(BASELINE)),
+                _cost(result.cpu_per_kilo_io_median(CANDIDATE)),
             )
         )
     return rows
 
 
-def format_table(results: list[CaseResult]) -> str:
-    rows = [HEADERS, *table_rows(results)]
+def format_table(results: list[CaseResult], noisy: bool = False) -> str:
+    rows = [HEADERS, *table_rows(results, noisy)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADERS))]
     # Names left-aligned, numbers right-aligned, as a reader scans them.
     left = {0, 1, 7}
@@ -160,25 +196,36 @@ def format_table(results: list[CaseResult]) -> str:
     return "\n".join(lines)
 
 
-def to_json(results: list[CaseResult], settings: dict[str, object]) -> dict[str, object]:
+def to_json(
+    results: list[CaseResult], settings: dict[str, object], noisy: bool = False
+) -> dict[str, object]:
     return {
         "settings": settings,
         "cases": [
             {
                 "case": asdict(result.case),
                 "unit": result.case.unit,
-                "goal": result.case.goal,
+                "goal": result.case.goal(noisy),
+                "lower_is_better": result.case.lower_is_better,
                 "median": {t: result.median(t) for t in (BASELINE, CANDIDATE)},
                 "cpu_percent_median": {t: result.cpu_median(t) for t in (BASELINE, CANDIDATE)},
+                "cpu_seconds_per_1000_io_median": {
+                    t: result.cpu_per_kilo_io_median(t) for t in (BASELINE, CANDIDATE)
+                },
                 "ratio": result.ratio(),
                 "paired_ratios": result.paired_ratios(),
-                "verdict": result.verdict(),
-                "runs": [asdict(r) | {"cpu_percent": r.cpu_percent} for r in result.runs],
+                "verdict": result.verdict(noisy),
+                "runs": [
+                    asdict(r) | {"cpu_percent": r.cpu_percent, "cpu_per_1000_io": r.cpu_per_kilo_io}
+                    for r in result.runs
+                ],
             }
             for result in results
         ],
     }
 
 
-def save_json(path: Path, results: list[CaseResult], settings: dict[str, object]) -> None:
-    path.write_text(json.dumps(to_json(results, settings), indent=2) + "\n")
+def save_json(
+    path: Path, results: list[CaseResult], settings: dict[str, object], noisy: bool = False
+) -> None:
+    path.write_text(json.dumps(to_json(results, settings, noisy), indent=2) + "\n")

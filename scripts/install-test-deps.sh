@@ -71,7 +71,7 @@ fi
 # Debian 12's system Python is "externally managed" (PEP 668): pip refuses to install into it
 # unless told to. Harmless where Python is not externally managed (a venv, pyenv).
 export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore
-$PY -m pip install -q --disable-pip-version-check -e '.[test]'
+$PY -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 # cython-iscsi 1.0 must be built against Cython < 3, or pyscsi fails at import.
 if ! $PY -c "import iscsi; iscsi.ISCSI_SESSION_NORMAL" 2>/dev/null; then
     $PY -m pip install -q --disable-pip-version-check 'Cython<3' pkgconfig 'setuptools_scm[toml]' wheel

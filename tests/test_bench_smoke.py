@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,13 @@ CASES = (
     "qemu-seq-read-4K",
     "perf-seq-read-1M",
     "perf-rand-read-4K",
+    "agg8-rand-read-4K",
+    "agg8-rand-write-4K",
+    "qd1-read-4K-p50",
+    "qd1-read-4K-p99",
 )
-TOOLS = ("tgtd", "tgtadm", "qemu-img", "iscsi-perf", "iscsi-ls")
+UNITS = {"1M": "MB/s", "4K": "IOPS", "p50": "us", "p99": "us"}
+TOOLS = ("tgtd", "tgtadm", "qemu-img", "qemu-io", "iscsi-perf", "iscsi-ls")
 
 pytestmark = pytest.mark.skipif(
     any(shutil.which(tool) is None for tool in TOOLS),
@@ -63,7 +69,14 @@ def test_quick_benchmark_prints_both_columns(tmp_path: Path) -> None:
     lines = stdout.splitlines()
     header = [cell.strip() for cell in lines[0].split("|")]
     assert header[:5] == ["case", "unit", "tgtd", "targetd", "ratio targetd/tgtd"]
-    assert {"goal", "verdict", "tgtd CPU", "targetd CPU"} <= set(header)
+    assert {
+        "goal",
+        "verdict",
+        "tgtd CPU",
+        "targetd CPU",
+        "tgtd CPU s/kIO",
+        "targetd CPU s/kIO",
+    } <= set(header)
     rows = {row[0]: row for row in ([c.strip() for c in line.split("|")] for line in lines[2:])}
     assert set(CASES) <= set(rows)
     for case in CASES:
@@ -73,7 +86,12 @@ def test_quick_benchmark_prints_both_columns(tmp_path: Path) -> None:
         float(row["targetd"].replace(",", ""))
         assert row["ratio targetd/tgtd"].endswith("x")
         assert row["verdict"] in {"PASS", "MISS"}
-        assert row["unit"] == ("MB/s" if case.endswith("1M") else "IOPS")
+        assert row["unit"] == UNITS[case.rsplit("-", 1)[1]]
+        goal = "<=1.0x" if row["unit"] == "us" else ">=2.0x" if "1M" in case else ">=1.3x"
+        assert row["goal"] == goal
+        # CPU per 1,000 requests is measured for both targets.
+        float(row["tgtd CPU s/kIO"])
+        float(row["targetd CPU s/kIO"])
 
     saved = json.loads(json_path.read_text())
     assert [c["case"]["name"] for c in saved["cases"]] == list(CASES)
@@ -84,3 +102,44 @@ def test_quick_benchmark_prints_both_columns(tmp_path: Path) -> None:
     pids = saved["settings"]["server_pids"]
     assert set(pids) == {"tgtd", "targetd"}
     assert [pid for pid in pids.values() if _running(pid)] == []
+
+
+@pytest.mark.timeout(120)
+def test_noisy_neighbour_runs_pinned_and_is_stopped(tmp_path: Path) -> None:
+    json_path = tmp_path / "bench.json"
+    argv = [sys.executable, str(SCRIPT), "--quick", "--noisy", "--cases", "qd1-read-4K-p50"]
+    done = subprocess.run(
+        [*argv, "--json", str(json_path)],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert "noisy neighbour: a CPU hog on core 0" in done.stderr
+    saved = json.loads(json_path.read_text())
+    assert saved["settings"]["noisy_core"] == 0
+    # Under a neighbour every row's goal is parity; latency stays "at most tgtd's".
+    assert saved["cases"][0]["goal"] == 1.0
+    hog = saved["settings"]["neighbour_pid"]
+    assert isinstance(hog, int) and not _running(hog)
+
+
+def test_neighbour_spins_on_its_core_until_stopped() -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from noise import Neighbour
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    with Neighbour(core=0, limit=30) as hog:
+        assert hog.pid is not None
+        deadline = time.monotonic() + 10
+        status = ""
+        while time.monotonic() < deadline:
+            status = Path(f"/proc/{hog.pid}/status").read_text()
+            if "Cpus_allowed_list:\t0\n" in status:
+                break
+            time.sleep(0.05)
+        assert "Cpus_allowed_list:\t0\n" in status
+    assert not _running(hog.pid)
