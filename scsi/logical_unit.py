@@ -169,8 +169,28 @@ class LogicalUnit:
     def reservation_conflict(self, cmd: ScsiCommand, spec_conflict_exempt: bool) -> bool:
         return self.reservations.conflict(cmd, spec_conflict_exempt)
 
+    def admit(self, nexus: Nexus, opcode: int) -> ScsiResult | None:
+        """The reservation check :meth:`execute` makes before a handler, for work a copy
+        manager does on ``nexus``'s behalf by other means than a command (a kernel copy
+        into the LU's file): RESERVATION CONFLICT, or None when ``opcode`` may run."""
+        probe = ScsiCommand(bytes([opcode]), 0, nexus)
+        if self.reservation_conflict(probe, False):
+            return ScsiResult(Status.RESERVATION_CONFLICT)
+        return None
+
     # -- dispatch ------------------------------------------------------------------
     async def execute(self, cmd: ScsiCommand) -> ScsiResult:
+        """A command from an initiator."""
+        return await self._dispatch(cmd, unit_attentions=True)
+
+    async def execute_for(self, cmd: ScsiCommand) -> ScsiResult:
+        """A command a copy manager sends on behalf of ``cmd.nexus`` (the I_T nexus that
+        sent the EXTENDED COPY): the same lookup, reservation check and handler as
+        :meth:`execute`, but the nexus's unit attentions are left for its own commands
+        (the copy manager is not the initiator they are meant for)."""
+        return await self._dispatch(cmd, unit_attentions=False)
+
+    async def _dispatch(self, cmd: ScsiCommand, *, unit_attentions: bool) -> ScsiResult:
         cdb = cmd.cdb
         try:
             # An empty CDB cannot come over iSCSI (16 bytes at least), but other callers
@@ -184,7 +204,7 @@ class LogicalUnit:
                 raise CheckCondition(Reason.INVALID_OPCODE, FieldPointer(0, bit=7))
             if len(cdb) < spec.cdb_length:
                 raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(0))
-            if not spec.ua_exempt:
+            if unit_attentions and not spec.ua_exempt:
                 ua = self.pop_unit_attention(cmd.nexus)
                 if ua is not None:
                     return self.check_condition(CheckCondition(ua))

@@ -40,6 +40,11 @@ class SerializedMedium(LogicalUnit):
         async with self.medium_lock:
             return await super().execute(cmd)
 
+    async def execute_for(self, cmd: ScsiCommand) -> ScsiResult:
+        """A copy manager's command waits for the medium like a host's."""
+        async with self.medium_lock:
+            return await super().execute_for(cmd)
+
     async def io(self, fn: Callable[..., T], *args: object) -> T:
         """``fn(*args)`` on the LU's I/O thread, in order with every earlier call.
 

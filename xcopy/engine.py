@@ -7,6 +7,10 @@ via the reader's extent map) are punched on a block destination rather than writ
 all-zero chunks restored from a stream are punched too. A stream destination (the tape
 LU) gets records of the length the stream CSCD asks for, at its current position.
 
+The copy is one more initiator of each LU (:mod:`xcopy.access`): every chunk, record
+and kernel copy is admitted by the LU under the reservations of the I_T nexus that sent
+the EXTENDED COPY, and tape commands run through the LU's own command path.
+
 Any failure of a copy target becomes :class:`~xcopy.errors.CopyAborted` naming the
 segment, the residue and (appended) the target's own sense.
 """
@@ -23,10 +27,11 @@ from backing.pairs.states import PairError, Phase
 from backing.pairs.volume import PairVolume
 from backing.sparse_file import Extent, SparseFile
 from scsi.block_device import ALLOCATION_UNIT, BlockDevice
-from scsi.command import Nexus, ScsiCommand
+from scsi.command import Nexus
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import CheckCondition, Reason, build_sense
-from xcopy import limits
+from xcopy import access, limits
+from xcopy.access import Refused
 from xcopy.errors import CopyAborted
 from xcopy.pacing import GiveWay, copy_executor, copy_range
 from xcopy.params import (
@@ -121,6 +126,8 @@ class CopyRun:
             await work
         except CopyAborted:
             raise
+        except Refused as err:
+            raise self._refused(current, err) from None
         except CheckCondition as cc:
             raise self._aborted(current, Reason.COPY_ABORTED_NO_ADDITIONAL_SENSE, cc) from None
         except SourceUnavailable as err:
@@ -134,6 +141,15 @@ class CopyRun:
             raise self._aborted(
                 current, Reason.THIRD_PARTY_DEVICE_FAILURE, message=str(err)
             ) from err
+
+    def _refused(self, current: _Segment, err: Refused) -> CopyAborted:
+        """A copy target's refusal (RESERVATION CONFLICT, a CHECK CONDITION) forwarded."""
+        step = current.step
+        aborted = self._aborted(current, Reason.COPY_ABORTED_NO_ADDITIONAL_SENSE, message=str(err))
+        aborted.target_status = int(err.result.status)
+        aborted.target_sense = err.result.sense
+        aborted.from_destination = err.lu is step.destination.lu
+        return aborted
 
     def _aborted(
         self,
@@ -161,8 +177,40 @@ class CopyRun:
         key = id(source.lu)
         if key not in self._readers:
             assert isinstance(source.lu, BlockDevice)
-            self._readers[key] = await self.reader_factory(source.lu, self.copy_list)
+            access.may_read(source.lu, self.nexus)
+            reader = await self.reader_factory(source.lu, self.copy_list)
+            self._readers[key] = _AdmittedReader(reader, source.lu, self.nexus)
         return self._readers[key]
+
+
+class _AdmittedReader:
+    """A source reader whose every read is admitted by the LU first (READ(16) on behalf
+    of the copy's nexus): a reservation taken mid-copy stops it at the next chunk."""
+
+    def __init__(self, reader: SourceReader, lu: LogicalUnit, nexus: Nexus) -> None:
+        self.reader = reader
+        self.lu = lu
+        self.nexus = nexus
+
+    async def prepare(self, offset: int, length: int) -> None:
+        access.may_read(self.lu, self.nexus)
+        await self.reader.prepare(offset, length)
+
+    async def read_into(self, offset: int, buf: memoryview) -> None:
+        access.may_read(self.lu, self.nexus)
+        await self.reader.read_into(offset, buf)
+
+    def extents(self, offset: int, length: int) -> list[Extent]:
+        return self.reader.extents(offset, length)
+
+    def kernel_source(self) -> int | None:
+        return getattr(self.reader, "kernel_source", lambda: None)()
+
+    def check(self) -> None:
+        getattr(self.reader, "check", lambda: None)()
+
+    async def close(self) -> None:
+        await self.reader.close()
 
 
 # -- moving bytes ---------------------------------------------------------------------
@@ -238,12 +286,14 @@ async def _block_to_block(run: CopyRun, current: _Segment) -> None:
         for pos, n in _chunks(step.source_offset, step.length, limits.CHUNK, delta > 0):
             buf = bytearray(n)
             await reader.read_into(pos, memoryview(buf))
+            access.may_write(dst, run.nexus)
             await dst.write_bytes(pos + delta, memoryview(buf), False)
             current.done += n
             progress.bytes_done += n
         return
 
     async def write(pos: int, data: memoryview) -> None:
+        access.may_write(dst, run.nexus)
         await dst.write_bytes(step.destination_offset + pos, data, False)
         progress.bytes_done += len(data)
 
@@ -253,6 +303,7 @@ async def _block_to_block(run: CopyRun, current: _Segment) -> None:
     for extent in reader.extents(base, step.length):
         rel = extent.offset - base
         if not extent.mapped:
+            access.may_write(dst, run.nexus)
             await dst.deallocate(step.destination_offset + rel, extent.length, punch=True)
             current.done += extent.length
             progress.bytes_done += extent.length
@@ -260,7 +311,7 @@ async def _block_to_block(run: CopyRun, current: _Segment) -> None:
         if kernel is not None:
             assert src_fd is not None
             await _kernel_block_copy(
-                reader, src_fd, dst, kernel, extent, rel, step, current, progress
+                run, reader, src_fd, dst, kernel, extent, rel, step, current, progress
             )
             continue
 
@@ -289,6 +340,7 @@ def _kernel_destination(dst: BlockDevice) -> tuple[int, WriteHook] | None:
 
 
 async def _kernel_block_copy(
+    run: CopyRun,
     reader: SourceReader,
     src_fd: int,
     dst: BlockDevice,
@@ -317,6 +369,8 @@ async def _kernel_block_copy(
         ) -> Awaitable[None]:
             return hook(at, n, op)
 
+        access.may_read(step.source.lu if step.source else None, run.nexus)
+        access.may_write(dst, run.nexus)
         await dst.write_with(at, n, write)
         verify()
         current.done += n
@@ -346,17 +400,24 @@ async def _block_to_stream(run: CopyRun, current: _Segment) -> None:
     medium = _medium(step, write=True)
     if not step.records:
         return
-    medium.begin_write()
+    stream = step.destination.lu
+    async with medium.lock:
+        access.may_write(stream, run.nexus)
+        medium.begin_write()
     record = step.record_length
     chunk = record * max(1, limits.CHUNK // record)
     written = 0
     progress = run.progress
 
+    stream = step.destination.lu
+
     async def sink(pos: int, data: memoryview) -> None:
         nonlocal written
         if len(data) % record:  # the tail of the data: pad the last record with zeros
             data = memoryview(bytes(data) + bytes(record - len(data) % record))
-        written += _append_records(medium, data, record)
+        async with medium.lock:  # records of a host's WRITE never land between ours
+            access.may_write(stream, run.nexus)
+            written += _append_records(medium, data, record)
         progress.bytes_done += len(data)
 
     if step.length:
@@ -375,6 +436,8 @@ async def _block_to_stream(run: CopyRun, current: _Segment) -> None:
             # Each record's payload copied by the kernel into the tape image.
             for pos, n in _chunks(step.source_offset, step.length, record, False):
                 async with medium.lock:  # host commands wait for the record
+                    access.may_read(step.source.lu if step.source else None, run.nexus)
+                    access.may_write(stream, run.nexus)
                     await loop.run_in_executor(pool, medium.copy_record_from, fd, pos, n, pace)
                 verify()
                 current.done += n
@@ -384,18 +447,24 @@ async def _block_to_stream(run: CopyRun, current: _Segment) -> None:
             # A plain file into a plain file: the kernel copies it (copy_file_range).
             for pos, n in _chunks(step.source_offset, step.length, KERNEL_CHUNK, False):
                 async with medium.lock:
+                    access.may_read(step.source.lu if step.source else None, run.nexus)
+                    access.may_write(stream, run.nexus)
                     await loop.run_in_executor(pool, medium.copy_from, fd, pos, n, pace)
                 verify()
                 current.done += n
                 progress.bytes_done += n
             if step.pad:
-                medium.append(memoryview(bytes(step.pad)))
+                async with medium.lock:
+                    access.may_write(stream, run.nexus)
+                    medium.append(memoryview(bytes(step.pad)))
             written = step.records
         else:
             await _pump(reader, step.source_offset, step.length, chunk, sink, current)
     zero = memoryview(bytes(record))
     while written < step.records:  # padding beyond the data: whole zero records
-        written += _append_records(medium, zero, record)
+        async with medium.lock:
+            access.may_write(stream, run.nexus)
+            written += _append_records(medium, zero, record)
         progress.bytes_done += record
 
 
@@ -415,7 +484,9 @@ async def _stream_to_block(run: CopyRun, current: _Segment) -> None:
             data = bytes(record * n)
         else:
             try:
-                data = b"".join(medium.read_record(record) for _ in range(n))
+                async with medium.lock:
+                    access.may_read(step.source.lu if step.source else None, run.nexus)
+                    data = b"".join(medium.read_record(record) for _ in range(n))
             except CheckCondition as cc:
                 reason = (
                     Reason.COPY_TARGET_DEVICE_DATA_OVERRUN
@@ -429,6 +500,7 @@ async def _stream_to_block(run: CopyRun, current: _Segment) -> None:
         useful = data[: max(0, step.length - pos)]  # padding past the block range is dropped
         if useful and dst is not None:
             assert isinstance(dst, BlockDevice)
+            access.may_write(dst, run.nexus)
             await _write_or_punch(dst, step.destination_offset + pos, memoryview(useful))
         pos += len(useful)
         current.done += len(useful)
@@ -450,9 +522,11 @@ async def _inline_to_stream(run: CopyRun, current: _Segment) -> None:
     medium = _medium(step, write=True)
     if not step.records:
         return
-    medium.begin_write()
     data = step.inline + bytes(step.pad)
-    _append_records(medium, memoryview(data), step.record_length)
+    async with medium.lock:
+        access.may_write(step.destination.lu, run.nexus)
+        medium.begin_write()
+        _append_records(medium, memoryview(data), step.record_length)
     current.done = step.length
     run.progress.bytes_done += step.length
 
@@ -464,16 +538,9 @@ async def _tape_command(run: CopyRun, current: _Segment, cdb: bytes) -> None:
     if tape is None:
         return
     assert isinstance(tape, LogicalUnit)
-    spec = tape.table.lookup(cdb)
-    if spec is None:  # a file sink cannot SPACE or LOCATE
+    if tape.table.lookup(cdb) is None:  # a file sink cannot SPACE or LOCATE
         raise CheckCondition(Reason.INVALID_OPCODE)
-    result = await spec.handler(tape, ScsiCommand(cdb, 0, run.nexus))
-    if result.status:
-        raise CopyAborted(
-            Reason.COPY_ABORTED_NO_ADDITIONAL_SENSE,
-            current.step.segment.index,
-            target_sense=result.sense or build_sense(Reason.NO_SENSE),
-        )
+    await access.command(tape, run.nexus, cdb)
 
 
 async def _write_filemarks(run: CopyRun, current: _Segment) -> None:

@@ -5,7 +5,10 @@ segment (blocks for block segments, bytes otherwise); byte 8 and 9 of COMMAND-SP
 INFORMATION give the offsets of the source's and destination's own sense data when it is
 appended (we append the copy target's sense when the failure came from one); bytes 10-11
 are the index of the failed segment; the sense-key-specific field is a segment pointer
-(SD set: the field pointer is a byte of that segment descriptor).
+(SD set: the field pointer is a byte of that segment descriptor). In descriptor format
+the copy target's answer travels in a forwarded sense data descriptor (0Ch): whether
+the copy source or destination gave it, its status (RESERVATION CONFLICT, CHECK
+CONDITION) and its sense data.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ class CopyAborted(Exception):
         field: int = 0,
         target_sense: bytes | None = None,
         from_destination: bool = True,
+        target_status: int | None = None,
         message: str = "",
     ) -> None:
         super().__init__(message or reason.name)
@@ -34,6 +38,8 @@ class CopyAborted(Exception):
         self.field = field
         self.target_sense = target_sense
         self.from_destination = from_destination
+        # The status the copy target answered with, when it refused (None: no answer).
+        self.target_status = target_status
 
     def sense(self, descriptor_format: bool = False) -> bytes:
         segment_pointer = bytes([0x80 | 0x20]) + (self.field & 0xFFFF).to_bytes(2, "big")
@@ -47,9 +53,9 @@ class CopyAborted(Exception):
                 )
             )
             command = bytes([0x01, 0x0A, 0, 0]) + bytes(6) + self.segment.to_bytes(2, "big")
-            sense += command
-            sense[7] += len(command)
-            return bytes(sense)
+            sense += command + self._forwarded()
+            sense[7] = min(0xFF, len(sense) - 8)
+            return bytes(sense[: 8 + sense[7]])
         sense = bytearray(
             build_sense(self.reason, information=self.residue & 0xFFFFFFFF, sks=segment_pointer)
         )
@@ -60,6 +66,17 @@ class CopyAborted(Exception):
             sense += appended
             sense[7] = len(sense) - 8
         return bytes(sense)
+
+
+    def _forwarded(self) -> bytes:
+        """SPC-4 forwarded sense data descriptor: SENSE DATA SOURCE 1 (copy source) or
+        2 (copy destination), FORWARDED STATUS, then the copy target's sense."""
+        if self.target_status is None and not self.target_sense:
+            return b""
+        status = self.target_status if self.target_status is not None else 0x02
+        forwarded = (self.target_sense or b"")[:200]
+        source = 2 if self.from_destination else 1
+        return bytes([0x0C, 2 + len(forwarded), source, status]) + forwarded
 
 
 def lba_out_of_range_sense() -> bytes:

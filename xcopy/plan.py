@@ -16,6 +16,7 @@ from scsi.command import Nexus
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import CheckCondition, FieldPointer, Reason, build_sense
 from xcopy import limits
+from xcopy.access import read_opcode, write_opcode
 from xcopy.endpoints import BLOCK, STREAM, Endpoint, Unresolved, resolve
 from xcopy.errors import CopyAborted, lba_out_of_range_sense
 from xcopy.params import (
@@ -86,6 +87,8 @@ def plan(
 ) -> list[Step]:
     memo: dict[int, LogicalUnit | None] = {}  # each CSCD matched once per list
     steps = [_step(copy_list, s, luns, this_lu, nexus, memo) for s in copy_list.segments]
+    for step in steps:  # reservations, before a byte moves (the run checks every chunk too)
+        _check_access(step, nexus)
     leading = True
     for step in steps:  # a split comes first: the backup after it reads its image
         is_split = step.segment.type_code == SPLIT_PAIR
@@ -152,6 +155,40 @@ def _check_writable(end: Endpoint, seg: Segment) -> None:
             field=6,
             target_sense=build_sense(Reason.WRITE_PROTECTED),
         )
+
+
+# What a segment does to its destination, as the command a host would send for it.
+_DESTINATION_OPCODE = {WRITE_FILEMARKS: 0x10, SPACE: 0x11, LOCATE: 0x2B}
+
+
+def _check_access(step: Step, nexus: Nexus) -> None:
+    """The copy acts for ``nexus``: an LU that would refuse that nexus's own READ or WRITE
+    (a reservation another nexus holds) refuses the copy (COPY ABORTED, the LU's status
+    forwarded) before any byte moves."""
+    code = step.segment.type_code
+    if code == SPLIT_PAIR:  # a pair operation: the pair's own entry point decides
+        return
+    checks: list[tuple[LogicalUnit | None, int, bool]] = []
+    if step.source is not None:
+        src = step.source.lu
+        checks.append((src, read_opcode(src) if src is not None else 0, False))
+    dst = step.destination.lu
+    if dst is not None:
+        checks.append((dst, _DESTINATION_OPCODE.get(code) or write_opcode(dst), True))
+    for lu, opcode, is_destination in checks:
+        if lu is None:
+            continue
+        refused = lu.admit(nexus, opcode)
+        if refused is not None:
+            raise CopyAborted(
+                Reason.COPY_ABORTED_NO_ADDITIONAL_SENSE,
+                step.segment.index,
+                residue=-(-step.length // step.unit),
+                field=6 if is_destination else 4,
+                from_destination=is_destination,
+                target_status=int(refused.status),
+                message=f"{lu.identity.device_id}: {refused.status.name}",
+            )
 
 
 def _illegal(reason: Reason, seg: Segment, field: int) -> CheckCondition:

@@ -4,6 +4,7 @@ plain bytes (a record is just the next bytes of the current file)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Protocol
 
@@ -16,6 +17,8 @@ from xcopy.pacing import SLICE, GiveWay
 
 
 class StreamMedium(Protocol):
+    lock: asyncio.Lock  # the LU's medium lock: one thing at a time touches the medium
+
     def begin_write(self) -> None:
         """Before the first record: the medium must be writable; the position becomes
         the end of data (what follows it is cut, as a drive does)."""

@@ -1,0 +1,210 @@
+"""EXTENDED COPY honours the reservations of the LUs it reads and writes, over the wire.
+
+The copy acts on behalf of the I_T nexus that sent it (docs/xcopy.md, "Reservations"):
+initiator H reserves an LU; initiator I, through another LUN of the same target, asks
+the copy manager to write (or, under Exclusive Access, to read) that LU. The copy ends
+with COPY ABORTED before a byte moves, and the reserved LU is unchanged. Before the fix
+the reservation check looked only at the LUN the EXTENDED COPY was addressed to, and
+the copy overwrote the reserved LU with GOOD.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from conftest import DaemonFactory
+from raw_initiator import RawInitiator
+
+CONFIG = """
+[[target]]
+name = "iqn.2026-11.org.targetd:res"
+[[target.lun]]
+lun = 0
+path = "a.img"
+size = "4MiB"
+[[target.lun]]
+lun = 1
+path = "b.img"
+size = "4MiB"
+[[target.lun]]
+lun = 2
+kind = "tape"
+path = "tape.img"
+size = "16MiB"
+"""
+GOOD, CHECK, CONFLICT = 0x00, 0x02, 0x18
+COPY_ABORTED = 0x0A
+WRITE_EXCLUSIVE, EXCLUSIVE_ACCESS = 1, 3
+TAPE = 2
+KEY_H, KEY_I = 0xAB, 0xCD
+BLOCKS = 64  # 32 KiB: one immediate-data write
+
+
+def login(port: int, iqn: str, name: str) -> RawInitiator:
+    ini = RawInitiator(port, name=name)
+    assert ini.login(iqn).bhs[36] == 0
+    for lun in (0, 1, TAPE):
+        ini.clear_unit_attentions(lun)
+    return ini
+
+
+def prout(ini: RawInitiator, lun: int, action: int, key: int, sa_key: int, kind: int = 0) -> int:
+    params = key.to_bytes(8, "big") + sa_key.to_bytes(8, "big") + bytes(8)
+    cdb = bytes([0x5F, action, kind, 0, 0, 0, 0, 0, 24, 0])
+    return ini.command(cdb, lun=lun, data=params)[0]
+
+
+def reserve_pr(ini: RawInitiator, lun: int, key: int, kind: int) -> None:
+    assert prout(ini, lun, 0x00, 0, key) == GOOD  # REGISTER
+    assert prout(ini, lun, 0x01, key, 0, kind) == GOOD  # RESERVE
+
+
+def naa_of(ini: RawInitiator, lun: int) -> bytes:
+    status, page, _ = ini.command(bytes([0x12, 1, 0x83, 0, 255, 0]), lun=lun, read=255)
+    assert status == GOOD
+    offset = 4
+    while offset < len(page):
+        if page[offset + 1] & 0x3F == 0x03:  # LU association, NAA
+            return page[offset : offset + 4 + page[offset + 3]]
+        offset += 4 + page[offset + 3]
+    raise AssertionError("no NAA designator")
+
+
+def cscd(designator: bytes, device_type: int, block_length: int = 0) -> bytes:
+    d = bytearray(32)
+    d[0], d[1] = 0xE4, device_type
+    d[4 : 4 + len(designator)] = designator
+    d[29:32] = block_length.to_bytes(3, "big")
+    return bytes(d)
+
+
+def block_copy(ini: RawInitiator, via: int, src: int, dst: int) -> tuple[int, bytes]:
+    """LID1, segment 02h: BLOCKS blocks from LUN ``src`` to LUN ``dst``, both named by
+    NAA, the command addressed to LUN ``via``."""
+    cscds = cscd(naa_of(ini, src), 0x00, 512) + cscd(naa_of(ini, dst), 0x00, 512)
+    segment = struct.pack(">BBHHH2xHQQ", 0x02, 0, 0x18, 0, 1, BLOCKS, 0, 0)
+    params = struct.pack(">BBH4xII", 7, 0, len(cscds), len(segment), 0) + cscds + segment
+    cdb = bytes([0x83, 0]) + bytes(8) + len(params).to_bytes(4, "big") + bytes(2)
+    status, _, sense = ini.command(cdb, lun=via, data=params)
+    return status, sense
+
+
+def write10(ini: RawInitiator, lun: int, data: bytes) -> int:
+    cdb = struct.pack(">BBIBHB", 0x2A, 0, 0, 0, len(data) // 512, 0)
+    return ini.command(cdb, lun=lun, data=data)[0]
+
+
+def read10(ini: RawInitiator, lun: int) -> bytes:
+    cdb = struct.pack(">BBIBHB", 0x28, 0, 0, 0, BLOCKS, 0)
+    status, data, _ = ini.command(cdb, lun=lun, read=BLOCKS * 512)
+    assert status == GOOD
+    return data
+
+
+SOURCE = bytes([0x5A]) * (BLOCKS * 512)
+KEPT = bytes([0xC3]) * (BLOCKS * 512)
+
+
+def copy_aborted_before_any_byte(status: int, sense: bytes) -> None:
+    assert status == CHECK, (status, sense.hex())
+    # COPY ABORTED, 00/00: a copy target refused; segment 0, the whole segment left.
+    assert (sense[2] & 0x0F, sense[12], sense[13]) == (COPY_ABORTED, 0x00, 0x00), sense.hex()
+    assert sense[0] & 0x80 and int.from_bytes(sense[3:7], "big") == BLOCKS
+    assert sense[10:12] == b"\0\0"
+
+
+@pytest.mark.parametrize(
+    ("reserved", "kind", "via"),
+    [
+        (1, WRITE_EXCLUSIVE, 0),  # the destination, Write Exclusive
+        (1, EXCLUSIVE_ACCESS, 0),  # the destination, Exclusive Access
+        (0, EXCLUSIVE_ACCESS, 1),  # the source, Exclusive Access: not even a read
+    ],
+    ids=["destination-write-exclusive", "destination-exclusive-access", "source-exclusive"],
+)
+def test_a_persistent_reservation_of_another_initiator_stops_the_copy(
+    targetd_factory: DaemonFactory, reserved: int, kind: int, via: int
+) -> None:
+    daemon = targetd_factory(CONFIG)
+    with (
+        login(daemon.port, daemon.iqn, "iqn.2026-11.org.test:h") as h,
+        login(daemon.port, daemon.iqn, "iqn.2026-11.org.test:i") as i,
+    ):
+        assert write10(i, 0, SOURCE) == GOOD
+        assert write10(i, 1, KEPT) == GOOD
+        reserve_pr(h, reserved, KEY_H, kind)
+        if reserved == 1:  # I's own WRITE is refused: so must its copy be
+            assert write10(i, 1, SOURCE) == CONFLICT
+        copy_aborted_before_any_byte(*block_copy(i, via=via, src=0, dst=1))
+        assert read10(h, 1) == KEPT  # not one byte written
+        # The holder's own copy runs: it acts for the nexus that holds the reservation.
+        assert block_copy(h, via=via, src=0, dst=1) == (GOOD, b"")
+        assert read10(h, 1) == SOURCE
+
+
+def test_a_write_exclusive_source_may_still_be_read(targetd_factory: DaemonFactory) -> None:
+    """Write Exclusive lets every initiator read: a copy from the reserved LU runs."""
+    daemon = targetd_factory(CONFIG)
+    with (
+        login(daemon.port, daemon.iqn, "iqn.2026-11.org.test:h") as h,
+        login(daemon.port, daemon.iqn, "iqn.2026-11.org.test:i") as i,
+    ):
+        assert write10(i, 0, SOURCE) == GOOD
+        reserve_pr(h, 0, KEY_H, WRITE_EXCLUSIVE)
+        assert block_copy(i, via=1, src=0, dst=1) == (GOOD, b"")
+        assert read10(i, 1) == SOURCE
+
+
+def test_a_registrant_passes_a_registrants_only_reservation(
+    targetd_factory: DaemonFactory,
+) -> None:
+    daemon = targetd_factory(CONFIG)
+    with (
+        login(daemon.port, daemon.iqn, "iqn.2026-11.org.test:h") as h,
+        login(daemon.port, daemon.iqn, "iqn.2026-11.org.test:i") as i,
+    ):
+        assert write10(i, 0, SOURCE) == GOOD
+        reserve_pr(h, 1, KEY_H, 5)  # Write Exclusive, Registrants Only
+        copy_aborted_before_any_byte(*block_copy(i, via=0, src=0, dst=1))
+        assert prout(i, 1, 0x00, 0, KEY_I) == GOOD  # I registers: it may write now
+        assert block_copy(i, via=0, src=0, dst=1) == (GOOD, b"")
+        assert read10(i, 1) == SOURCE
+
+
+def test_reserve6_of_another_initiator_stops_the_copy(targetd_factory: DaemonFactory) -> None:
+    daemon = targetd_factory(CONFIG)
+    with (
+        login(daemon.port, daemon.iqn, "iqn.2026-11.org.test:h") as h,
+        login(daemon.port, daemon.iqn, "iqn.2026-11.org.test:i") as i,
+    ):
+        assert write10(i, 0, SOURCE) == GOOD
+        assert write10(i, 1, KEPT) == GOOD
+        assert h.command(bytes([0x16, 0, 0, 0, 0, 0]), lun=1)[0] == GOOD  # RESERVE(6)
+        copy_aborted_before_any_byte(*block_copy(i, via=0, src=0, dst=1))
+        assert read10(h, 1) == KEPT
+        assert h.command(bytes([0x17, 0, 0, 0, 0, 0]), lun=1)[0] == GOOD  # RELEASE(6)
+        assert block_copy(i, via=0, src=0, dst=1) == (GOOD, b"")
+        assert read10(h, 1) == SOURCE
+
+
+def test_a_backup_to_a_reserved_tape_writes_no_record(targetd_factory: DaemonFactory) -> None:
+    daemon = targetd_factory(CONFIG)
+    with (
+        login(daemon.port, daemon.iqn, "iqn.2026-11.org.test:h") as h,
+        login(daemon.port, daemon.iqn, "iqn.2026-11.org.test:i") as i,
+    ):
+        assert write10(i, 0, SOURCE) == GOOD
+        reserve_pr(h, TAPE, KEY_H, WRITE_EXCLUSIVE)
+        cscds = cscd(naa_of(i, 0), 0x00, 512) + cscd(naa_of(i, TAPE), 0x01)
+        length = (BLOCKS * 512).to_bytes(3, "big")
+        segment = struct.pack(">BBHHHx3s2xHQ", 0x00, 0, 0x14, 0, 1, length, BLOCKS, 0)
+        params = struct.pack(">BBH4xII", 9, 0, len(cscds), len(segment), 0) + cscds + segment
+        cdb = bytes([0x83, 0]) + bytes(8) + len(params).to_bytes(4, "big") + bytes(2)
+        status, _, sense = i.command(cdb, lun=0, data=params)
+        copy_aborted_before_any_byte(status, sense)
+        # READ POSITION: the tape is still at its beginning, with no record on it.
+        status, position, _ = h.command(bytes([0x34, 0, 0, 0, 0, 0, 0, 0, 0, 0]), lun=TAPE, read=20)
+        assert status == GOOD and position[0] & 0x80 and position[4:8] == bytes(4)
+        status, _, sense = h.command(bytes([0x08, 0, 0, 0x02, 0, 0]), lun=TAPE, read=512)
+        assert status == CHECK and (sense[2] & 0x0F, sense[12], sense[13]) == (0x08, 0x00, 0x05)

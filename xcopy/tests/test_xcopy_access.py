@@ -1,0 +1,67 @@
+"""The copy manager as an initiator: a reservation taken while a copy runs stops it at
+the next chunk, and the refusal is forwarded in the sense data."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers_xcopy import NEXUS, OTHER, cscd, lid4, make_target, rcr_cdb, seg_b2b, send
+
+from scsi.block_device import BlockDevice
+from scsi.reservations import PrType, Reservation
+from scsi.sense import Reason
+from xcopy.errors import CopyAborted
+
+MiB = 1 << 20
+
+
+def test_a_reservation_taken_mid_copy_stops_it_at_the_next_chunk(tmp_path: Path) -> None:
+    async def main() -> None:
+        t = make_target(tmp_path, blocks=16 * 2048)  # 16 MiB LUs: 16 chunks of 1 MiB
+        for nexus in (NEXUS, OTHER):
+            t.nexus_established(nexus)
+            for lu in t.luns.values():
+                lu.pop_unit_attention(nexus)
+        src, dst = t.luns[0], t.luns[1]
+        assert isinstance(src, BlockDevice) and isinstance(dst, BlockDevice)
+        await src.store.write(0, b"\x5a" * (16 * MiB))
+        params = lid4(
+            [cscd(src), cscd(dst)], [seg_b2b(0, 1, 16 * 2048, 0, 0)], list_id=5, immed=True
+        )
+        result = await send(t, bytes([0x83, 0x01]) + bytes(8) + len(params).to_bytes(4, "big")
+                            + bytes(2), params)  # fmt: skip
+        assert result.status == 0
+        # Another initiator reserves the destination while the copy runs.
+        dst.reservations.reservation = Reservation(OTHER, PrType.WRITE_EXCLUSIVE)
+        manager = dst.copy_manager
+        op = manager.find(NEXUS, 5)
+        await op.done.wait()
+        assert op.state.value == "failed"
+        assert op.bytes_done < 16 * MiB  # stopped before the end
+        status = await send(t, rcr_cdb(0x05, 5, 96), None)
+        data = bytes(status.data or b"")
+        sense = data[32:]
+        assert (sense[2] & 0x0F, sense[12], sense[13]) == (0x0A, 0x00, 0x00)
+
+    asyncio.run(main())
+
+
+def test_the_refusal_is_forwarded_in_descriptor_sense() -> None:
+    err = CopyAborted(
+        Reason.COPY_ABORTED_NO_ADDITIONAL_SENSE, 3, residue=8, field=6, target_status=0x18
+    )
+    sense = err.sense(descriptor_format=True)
+    assert sense[0] == 0x72 and (sense[1], sense[2], sense[3]) == (0x0A, 0x00, 0x00)
+    body = sense[8 : 8 + sense[7]]
+    kinds = {}
+    at = 0
+    while at < len(body):
+        kinds[body[at]] = body[at : at + 2 + body[at + 1]]
+        at += 2 + body[at + 1]
+    # Forwarded sense data: from the copy destination (2), status RESERVATION CONFLICT.
+    assert kinds[0x0C] == bytes([0x0C, 2, 2, 0x18])
+    assert kinds[0x01][10:12] == (3).to_bytes(2, "big")  # the failed segment
