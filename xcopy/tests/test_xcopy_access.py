@@ -4,10 +4,7 @@ the next chunk, and the refusal is forwarded in the sense data."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers_xcopy import NEXUS, OTHER, cscd, lid4, make_target, rcr_cdb, seg_b2b, send
 
