@@ -8,6 +8,7 @@ import hashlib
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from clients import run
@@ -270,6 +271,11 @@ def test_kill_9_during_a_backup_reads_as_failed_after_restart(
         cdb = bytes([0x83, 0x01]) + bytes(8) + len(params).to_bytes(4, "big") + bytes(2)
         status, _, sense = ini.command(cdb, lun=TAPE, data=params)
         assert (status, sense) == (GOOD, b"")  # IMMED: the backup runs on
+        # Killed in the middle: once a few records are on the tape, well before the end.
+        deadline = time.monotonic() + 60
+        while int.from_bytes(copy_status_lid4(ini, TAPE, 77)[16:24], "big") < 24 * MiB:
+            assert time.monotonic() < deadline, "the backup does not progress"
+            time.sleep(0.01)
         daemon.proc.kill()
         daemon.proc.wait()
     daemon.start()
@@ -277,6 +283,18 @@ def test_kill_9_during_a_backup_reads_as_failed_after_restart(
         data = copy_status_lid4(ini, TAPE, 77)
         assert data[5] == 0x02, data.hex()  # failed, and why: a restart aborted it
         assert (data[32 + 2] & 0x0F, data[32 + 12], data[32 + 13]) == (0x0A, 0x29, 0x00)
+        # What landed is reported: whole 8 MiB records, one per segment, as many as the
+        # tape holds (one fewer if the kill fell between a record and its record-keeping).
+        reported = int.from_bytes(data[16:24], "big")
+        landed = int.from_bytes(data[24:26], "big")  # segments processed
+        assert ini.command(bytes([0x01, 0, 0, 0, 0, 0]), lun=TAPE)[0] == GOOD  # REWIND
+        space_to_eod = bytes([0x11, 0x03, 0, 0, 0, 0])
+        assert ini.command(space_to_eod, lun=TAPE)[0] == GOOD
+        status, position, _ = ini.command(bytes([0x34]) + bytes(9), lun=TAPE, read=20)
+        assert status == GOOD
+        on_tape = int.from_bytes(position[4:8], "big")  # records before end of data
+        assert 3 <= landed < 32 and reported == landed * 8 * MiB, (landed, reported)
+        assert on_tape - 1 <= landed <= on_tape, (landed, on_tape)
         # The tape lost its torn tail; a new backup of the same list succeeds.
         assert ini.command(bytes([0x01, 0, 0, 0, 0, 0]), lun=TAPE)[0] == GOOD
         params = lid4_backup(78, cscd(disk, 0x00, block_length=512) + cscd(tape, 0x01), segments)

@@ -92,6 +92,8 @@ class CopyRun:
     reader_factory: ReaderFactory
     nexus: Nexus
     progress: Progress
+    # Called after each segment: the manager records progress that survives a restart.
+    segment_done: Callable[[], None] = lambda: None
     _readers: dict[int, SourceReader] = field(default_factory=dict)
 
     async def run(self, answer: asyncio.Event | None = None) -> None:
@@ -119,6 +121,7 @@ class CopyRun:
         current = _Segment(step)
         await self._guarded(current, _HANDLERS[step.segment.type_code](self, current))
         self.progress.segments_processed += 1
+        self.segment_done()
 
     async def _guarded(self, current: _Segment, work: Awaitable[object]) -> None:
         """Await ``work``; whatever a copy target raises becomes COPY ABORTED."""

@@ -1,11 +1,12 @@
 """Copy results that survive a restart: one small JSON file per kept operation.
 
-A copy whose results are kept (LIST ID USAGE 00b/10b) is recorded when it starts and when
-it ends, and the record goes when RECEIVE COPY RESULTS has reported it. A record still
-saying "running" when the daemon starts belongs to a copy the daemon died under (kill -9,
-power cut): it is reported as failed, COPY ABORTED 29h/00h, with the segments and bytes it
-had done when last recorded, so the backup server learns the backup did not finish rather
-than hearing nothing about its list identifier.
+A copy whose results are kept (LIST ID USAGE 00b/10b) is recorded when it starts, after
+each segment, every 0.2 s while a long segment runs, and when it ends; the record goes
+when RECEIVE COPY RESULTS has reported it. A record still saying "running" when the
+daemon starts belongs to a copy the daemon died under (kill -9, power cut): it is
+reported as failed, COPY ABORTED 29h/00h, with the segments and bytes it had done when
+last recorded (counted only once written: whole records on a tape), so the backup server
+learns how far the backup got and that it did not finish.
 
 Records are written with rename (a reader never sees half a record) but not fsynced: a
 killed process loses nothing the kernel holds; after a power cut the record may be older.

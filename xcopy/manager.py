@@ -32,6 +32,9 @@ from xcopy.readers import ReaderFactory, direct_reader
 
 log = logging.getLogger(__name__)
 
+# How often a running copy's progress is recorded between segment ends (seconds).
+CHECKPOINT_INTERVAL = 0.2
+
 
 class State(enum.Enum):
     RUNNING = "running"
@@ -56,6 +59,7 @@ class Operation:
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
     status_reported: int = 0  # operation counter for RECEIVE COPY STATUS(LID4)
+    saved: tuple[int, int] = (0, 0)  # (segments, bytes) last recorded in the journal
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     # Set once an IMMED copy may be answered: its split (if any) taken, its sources checked.
@@ -136,7 +140,11 @@ class CopyManager:
                 ).sense()
                 op.failed_segment = op.segments_processed
                 log.warning(
-                    "copy list %d of %s was interrupted by a restart", op.list_id, op.initiator
+                    "copy list %d of %s was interrupted by a restart after %d segments, %d bytes",
+                    op.list_id,
+                    op.initiator,
+                    op.segments_processed,
+                    op.bytes_done,
                 )
                 self._save(op)
             op.answered.set()
@@ -199,7 +207,9 @@ class CopyManager:
             len(steps),
             op.bytes_total,
         )
-        run = CopyRun(copy_list, steps, self.reader_factory, nexus, op)
+        run = CopyRun(
+            copy_list, steps, self.reader_factory, nexus, op, lambda: self._checkpoint(op)
+        )
         tapes = {
             id(end.lu)
             for step in steps
@@ -211,9 +221,32 @@ class CopyManager:
         op.task = asyncio.get_running_loop().create_task(self._run(op, run, locks))
         return op
 
+    def _checkpoint(self, op: Operation) -> None:
+        """Record a running copy's progress (segments processed, bytes moved), so that
+        after a crash RECEIVE COPY RESULTS reports what landed, not zero. Counters move
+        only once their bytes are written, so a record never claims more than landed."""
+        if self.journal is None or op.finished:
+            return
+        mark = (op.segments_processed, op.bytes_done)
+        if mark != op.saved:
+            op.saved = mark
+            self._save(op)
+
+    async def _checkpoints(self, op: Operation) -> None:
+        """Between segment ends (a long segment), progress is recorded every
+        CHECKPOINT_INTERVAL seconds."""
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL)
+            self._checkpoint(op)
+
     async def _run(self, op: Operation, run: CopyRun, locks: list[asyncio.Lock]) -> None:
         error: CopyAborted | None = None
         held: list[asyncio.Lock] = []
+        checkpoints = (
+            asyncio.create_task(self._checkpoints(op))
+            if self.journal is not None and op.copy_list.keeps_results
+            else None
+        )
         try:
             for lock in locks:  # one copy at a time per tape: records must not interleave
                 await lock.acquire()
@@ -228,6 +261,8 @@ class CopyManager:
             error = CopyAborted(Reason.THIRD_PARTY_DEVICE_FAILURE, op.segments_processed)
             error.__cause__ = err
         finally:
+            if checkpoints is not None:
+                checkpoints.cancel()
             for lock in held:
                 lock.release()
             self._finish(op, error)
