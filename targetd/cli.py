@@ -13,7 +13,15 @@ from pathlib import Path
 
 from backing.pairs import PairManager
 from targetd import logs
-from targetd.config import Config, ConfigError, Portal, default_config, parse_hostport
+from targetd.config import (
+    DEFAULT_STATE_DIR,
+    Config,
+    ConfigError,
+    Portal,
+    check_images,
+    default_config,
+    parse_hostport,
+)
 from targetd.copy_ops import CopyOperations
 from targetd.luns import build_targets, close_targets
 from targetd.operations import Operations
@@ -35,13 +43,14 @@ def _load(args: argparse.Namespace) -> Config:
 
         config = load_config(Path(args.config), state_dir=state_dir)
     else:
-        config = default_config(state_dir or Path("var/targetd"))
+        config = default_config(state_dir or DEFAULT_STATE_DIR)
     if args.listen is not None:
         if ":" not in args.listen:
             raise ConfigError("--listen", f"expected HOST:PORT, got {args.listen!r}")
         host, port = parse_hostport(args.listen, "--listen")
         first = config.portals[0] if config.portals else Portal()
         config = replace(config, portals=(replace(first, listen_host=host, listen_port=port),))
+    check_images(config)
     if getattr(args, "metrics", None):
         if ":" not in args.metrics:
             raise ConfigError("--metrics", f"expected HOST:PORT, got {args.metrics!r}")

@@ -124,9 +124,13 @@ class Config:
         return next((t for t in self.targets if t.name == name), None)
 
 
-def default_config(state_dir: Path = Path("var/targetd")) -> Config:
+DEFAULT_STATE_DIR = Path("var/targetd")
+
+
+def default_config(state_dir: Path = DEFAULT_STATE_DIR) -> Config:
     """One target: LUN 0 and LUN 1 are 1 GiB sparse block LUNs (a future pair), LUN 2 a
     virtual tape of DEFAULT_TAPE_CAPACITY (the backup destination)."""
+    state_dir = Path(state_dir).absolute()
     luns = (
         LunConfig(0, "block", state_dir / "lun0.img", GiB),
         LunConfig(1, "block", state_dir / "lun1.img", GiB),
@@ -407,12 +411,15 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, state_dir: Path | None
 
     ``state_dir`` overrides the file's ``state_dir``; a relative ``state_dir`` in the file is
     taken relative to ``base_dir`` (the config file's directory), and relative LUN paths are
-    taken relative to the state dir.
+    taken relative to the state dir. The state dir and every LUN path come out absolute
+    (a relative one against the working directory now), so nothing joins them twice and
+    what ``targetctl status`` shows is where the files are.
     """
     root = _Table(data, "")
     file_state_dir = root.take("state_dir", str, "")
     if state_dir is None:
-        state_dir = base_dir / file_state_dir if file_state_dir else Path("var/targetd")
+        state_dir = base_dir / file_state_dir if file_state_dir else DEFAULT_STATE_DIR
+    state_dir = Path(state_dir).absolute()
     portals = root.take_list("portal", _portal) or (Portal(),)
     endpoints = [(p.listen_host, p.listen_port) for p in portals]
     for i, endpoint in enumerate(endpoints):
@@ -506,6 +513,17 @@ def _check_unique(targets: tuple[TargetConfig, ...]) -> None:
             if resolved in paths:
                 raise ConfigError(where, f"{lun.path} is already used by {paths[resolved]}")
             paths[resolved] = where
+
+
+def check_images(config: Config) -> None:
+    """Before serving: a writable LUN's file is made when missing, but a read-only LUN
+    whose image is missing has nothing to serve. Raises :class:`ConfigError` naming it."""
+    for t, target in enumerate(config.targets):
+        for n, lun in enumerate(target.luns):
+            if lun.read_only and not lun.path.exists():
+                raise ConfigError(
+                    f"target[{t}].lun[{n}].path", f"read-only LUN image {lun.path} does not exist"
+                )
 
 
 def load_config(path: Path, *, state_dir: Path | None = None) -> Config:

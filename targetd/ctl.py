@@ -1,6 +1,11 @@
 """``targetctl``: the operator's command line. Each subcommand family lives in its own
 module with an ``add_commands(subparsers)`` that sets ``run`` on its parsers; list new
-modules in ``COMMAND_MODULES``."""
+modules in ``COMMAND_MODULES``.
+
+The global options (``--state-dir``, ``--socket``, ``--json``) go before the subcommand or
+after it, as with git and kubectl: ``targetctl --state-dir D pair status`` and
+``targetctl pair status --state-dir D`` are the same command.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +19,40 @@ COMMAND_MODULES = (
     "targetd.pair_cli",
 )
 
+# (option, dest): given before the subcommand they fill the subcommand's own option.
+GLOBAL_OPTIONS = (("--state-dir", "state_dir"), ("--socket", "socket"), ("--json", "json"))
+_GLOBAL = "global_"
 
-def main(argv: list[str] | None = None) -> int:
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="targetctl", description="control a running targetd")
+    parser.add_argument(
+        "--state-dir", dest=_GLOBAL + "state_dir", metavar="DIR", help="the daemon's state directory"
+    )
+    parser.add_argument(
+        "--socket", dest=_GLOBAL + "socket", metavar="PATH", help="the admin socket itself"
+    )
+    parser.add_argument(
+        "--json", dest=_GLOBAL + "json", action="store_true", help="machine-readable output"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
+    for option, dest in GLOBAL_OPTIONS:
+        given = getattr(args, _GLOBAL + dest)
+        delattr(args, _GLOBAL + dest)
+        if given in (None, False):
+            continue
+        if not hasattr(args, dest):  # e.g. `tape new` reads a file and talks to no daemon
+            parser.error(f"{option} does not apply to this command")
+        if getattr(args, dest) in (None, False):
+            setattr(args, dest, given)
     return int(args.run(args) or 0)
 
 

@@ -12,6 +12,7 @@ from targetd.config import (
     ConfigError,
     GiB,
     Portal,
+    check_images,
     default_config,
     is_valid_iscsi_name,
     load_config,
@@ -374,3 +375,36 @@ def test_bad_hostport(text: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_hostport(text, "--listen")
     assert info.value.key == "--listen"
+
+
+def test_relative_state_dirs_are_made_absolute_once(tmp_path: Path, monkeypatch) -> None:
+    """The default configuration used to name var/targetd/var/targetd/lun0.img, and a
+    relative --state-dir was applied twice (st/st/a.img)."""
+    monkeypatch.chdir(tmp_path)
+    config = default_config(Path("var/targetd"))
+    assert config.state_dir == tmp_path / "var/targetd"
+    assert [lun.path for lun in config.targets[0].luns] == [
+        tmp_path / "var/targetd/lun0.img",
+        tmp_path / "var/targetd/lun1.img",
+        tmp_path / "var/targetd/tape0.img",
+    ]
+    (tmp_path / "etc").mkdir()
+    text = TARGET + 'path = "a.img"\n'
+    config = load(tmp_path / "etc", text, state_dir=Path("st"))
+    assert config.state_dir == tmp_path / "st"
+    assert config.targets[0].luns[0].path == tmp_path / "st/a.img"
+    # In the file, a relative state_dir is the config file's directory's.
+    config = load(tmp_path / "etc", 'state_dir = "s"\n' + text)
+    assert config.targets[0].luns[0].path == tmp_path / "etc/s/a.img"
+
+
+def test_read_only_lun_whose_image_is_missing_names_the_key(tmp_path: Path) -> None:
+    text = TARGET + 'read_only = true\npath = "gone.img"\n'
+    config = load(tmp_path, TARGET + "[[target.lun]]\nlun = 1\n" + text.split("lun = 0\n")[1])
+    with pytest.raises(ConfigError) as info:
+        check_images(config)
+    assert info.value.key == "target[0].lun[1].path"
+    assert "gone.img" in info.value.problem and "does not exist" in info.value.problem
+    config.targets[0].luns[1].path.parent.mkdir(parents=True)
+    config.targets[0].luns[1].path.write_bytes(bytes(1024))
+    check_images(config)
