@@ -27,7 +27,10 @@ _GLOBAL = "global_"
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="targetctl", description="control a running targetd")
     parser.add_argument(
-        "--state-dir", dest=_GLOBAL + "state_dir", metavar="DIR", help="the daemon's state directory"
+        "--state-dir",
+        dest=_GLOBAL + "state_dir",
+        metavar="DIR",
+        help="the daemon's state directory",
     )
     parser.add_argument(
         "--socket", dest=_GLOBAL + "socket", metavar="PATH", help="the admin socket itself"
