@@ -400,7 +400,8 @@ def test_relative_state_dirs_are_made_absolute_once(tmp_path: Path, monkeypatch)
 
 def test_read_only_lun_whose_image_is_missing_names_the_key(tmp_path: Path) -> None:
     text = TARGET + 'read_only = true\npath = "gone.img"\n'
-    config = load(tmp_path, TARGET + "[[target.lun]]\nlun = 1\n" + text.split("lun = 0\n")[1])
+    text = TARGET + "[[target.lun]]\nlun = 1\n" + text.split("lun = 0\n")[1]
+    config = load(tmp_path, text, state_dir=tmp_path / "s")
     with pytest.raises(ConfigError) as info:
         check_images(config)
     assert info.value.key == "target[0].lun[1].path"
