@@ -94,6 +94,7 @@ class BlockDevice(LogicalUnit):
 
     table = SBC_TABLE
     device_type = 0x00
+    supports_software_write_protect = True
     # The daemon's volume pairs, for the vendor pair commands (None: not offered).
     pair_control: PairControl | None = None
 
@@ -112,7 +113,7 @@ class BlockDevice(LogicalUnit):
         super().__init__(identity)
         self.store = store
         self.block_size = block_size
-        self.read_only = read_only
+        self._read_only = read_only
         self.num_blocks = store.size // block_size
         self.max_transfer_blocks = MAX_TRANSFER_BYTES // block_size
         self.max_write_same_blocks = MAX_WRITE_SAME_BYTES // block_size
@@ -126,6 +127,21 @@ class BlockDevice(LogicalUnit):
         self._writing: dict[int, tuple[int, int]] = {}
         self._gate_changed: asyncio.Event | None = None
         self._next_key = 0
+
+    @property
+    def read_only(self) -> bool:
+        """Writes are refused: configured read-only, a mirrored pair target, or software
+        write protect (control mode page SWP) set by an initiator."""
+        return self._read_only or self.software_write_protect
+
+    @read_only.setter
+    def read_only(self, value: bool) -> None:
+        self._read_only = value
+
+    @property
+    def hardware_read_only(self) -> bool:
+        """Read-only whatever an initiator sets (configuration or pair state)."""
+        return self._read_only
 
     @classmethod
     def from_file(

@@ -51,7 +51,9 @@ def reject_protection(flags: int) -> None:
 
 def check_writable(lu: BlockDevice) -> None:
     if lu.read_only:
-        raise CheckCondition(Reason.WRITE_PROTECTED)
+        # SWP set by an initiator says so (SPC-4 control page); otherwise the LU is.
+        soft = lu.software_write_protect and not lu.hardware_read_only
+        raise CheckCondition(Reason.SOFTWARE_WRITE_PROTECTED if soft else Reason.WRITE_PROTECTED)
 
 
 def data_out_length(cmd: ScsiCommand) -> int:

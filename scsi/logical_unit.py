@@ -61,6 +61,8 @@ class LogicalUnit:
     device_type: int = 0x00
     removable: bool = False
     third_party_copy: bool = False  # INQUIRY 3PC: set by LUs that serve EXTENDED COPY
+    # Control mode page SWP is changeable only where every writing command honours it.
+    supports_software_write_protect: bool = False
     # The LUN map of the target this LU belongs to (ScsiTarget sets it): the LUs an
     # initiator that sees this one may also see, so EXTENDED COPY may reach.
     lun_map: dict[int, LogicalUnit] | None = None
@@ -72,6 +74,7 @@ class LogicalUnit:
         self._unit_attentions: dict[Nexus, deque[Reason]] = {}
         self._known_nexuses: set[Nexus] = set()
         self.descriptor_sense = False  # control mode page D_SENSE
+        self.software_write_protect = False  # control mode page SWP
         self.reservations = ReservationState()
         # The LUNs REPORT LUNS lists; ScsiTarget replaces it with its own LUN map's.
         self.report_luns: Callable[[], list[int]] = lambda: [0]

@@ -137,19 +137,28 @@ class ModePageSet:
         return [found] if found is not None else []
 
 
+SWP = 0x08  # control page byte 4: software write protect
+
+
 def control_page(lu: LogicalUnit) -> ModePage:
-    """Control mode page 0Ah: D_SENSE is the one changeable bit; it picks the sense format."""
+    """Control mode page 0Ah: D_SENSE picks the sense format; SWP (block LUs) makes the
+    medium write-protected until cleared, as an administrator would with a switch."""
     default = bytearray(12)
     default[2] = 0x04 if lu.descriptor_sense else 0
     default[3] = 0x10  # QUEUE ALGORITHM MODIFIER 1: unrestricted reordering
     default[8:10] = b"\xff\xff"  # BUSY TIMEOUT PERIOD: unlimited
     changeable = bytearray(12)
     changeable[2] = 0x04
+    swp = lu.supports_software_write_protect
+    if swp:
+        changeable[4] = SWP
 
-    def switch_sense_format(page: ModePage) -> None:
+    def follow(page: ModePage) -> None:
         lu.descriptor_sense = page.bit(2, 0x04)
+        if swp:
+            lu.software_write_protect = page.bit(4, SWP)
 
-    return ModePage(0x0A, bytes(default), bytes(changeable), on_change=switch_sense_format)
+    return ModePage(0x0A, bytes(default), bytes(changeable), on_change=follow)
 
 
 def informational_exceptions_page() -> ModePage:

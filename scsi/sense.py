@@ -77,6 +77,7 @@ class Reason(Enum):
     MEDIUM_NOT_PRESENT = (_K.NOT_READY, 0x3A, 0x00)
     # DATA PROTECT
     WRITE_PROTECTED = (_K.DATA_PROTECT, 0x27, 0x00)
+    SOFTWARE_WRITE_PROTECTED = (_K.DATA_PROTECT, 0x27, 0x02)  # control mode page SWP
     # A thin-provisioned LU found no room for a write (SBC-3 4.7.3.6: the file system under
     # the LUN file is full).
     SPACE_ALLOCATION_FAILED_WRITE_PROTECT = (_K.DATA_PROTECT, 0x27, 0x07)
