@@ -1,4 +1,9 @@
-# targetd as a container: `podman run -d --network=host -v targetd-state:/var/lib/targetd IMAGE`
+# targetd as a container:
+#   podman run -d --network=host -v targetd-state:/var/lib/targetd \
+#       -e TARGETD_CHAP_USER=host -e TARGETD_CHAP_SECRET=... IMAGE
+# The image serves writable LUNs on every interface, so it refuses to start without CHAP
+# credentials (TARGETD_CHAP_USER/TARGETD_CHAP_SECRET, or a secret file mounted at
+# /run/secrets/targetd-chap holding USER:SECRET) unless TARGETD_ALLOW_NO_CHAP=1 says otherwise.
 # Mount a configuration over /etc/targetd/targetd.toml; arguments after the image name
 # replace the default ones (CMD), e.g. `--config /etc/targetd/targetd.toml --listen HOST:PORT`.
 ARG BASE=python:3.12-slim-bookworm
@@ -22,5 +27,6 @@ EXPOSE 3260
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["targetctl", "status", "--state-dir", "/var/lib/targetd"]
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["targetd", "serve"]
+# --require-chap is in the entry point, so replacing CMD cannot drop it by accident.
+ENTRYPOINT ["targetd", "serve", "--require-chap"]
 CMD ["--config", "/etc/targetd/targetd.toml", "--state-dir", "/var/lib/targetd"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from backing.pairs import PairManager
-from targetd import logs
+from targetd import chap_env, logs
 from targetd.config import (
     DEFAULT_STATE_DIR,
     Config,
@@ -51,6 +52,7 @@ def _load(args: argparse.Namespace) -> Config:
         first = config.portals[0] if config.portals else Portal()
         config = replace(config, portals=(replace(first, listen_host=host, listen_port=port),))
     check_images(config)
+    config = chap_env.apply(config, os.environ, require=getattr(args, "require_chap", False))
     if getattr(args, "metrics", None):
         if ":" not in args.metrics:
             raise ConfigError("--metrics", f"expected HOST:PORT, got {args.metrics!r}")
@@ -105,6 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--config", help="TOML configuration file (default: built-in)")
     p_serve.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:3260)")
     p_serve.add_argument("--state-dir", help="directory for LUN files and state")
+    p_serve.add_argument(
+        "--require-chap",
+        action="store_true",
+        help="refuse to serve a target without CHAP (credentials may come from "
+        f"{chap_env.USER}/{chap_env.SECRET} or {chap_env.FILE}; opt out: "
+        f"{chap_env.OPT_OUT}=1)",
+    )
     p_serve.add_argument("--log-level", default="INFO")
     p_serve.add_argument(
         "--log-format", choices=sorted(logs.FORMATS), default="kv", help="one event per line"

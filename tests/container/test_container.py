@@ -27,6 +27,8 @@ pytestmark = pytest.mark.container
 
 HERE = Path(__file__).resolve().parent
 ENV = {**os.environ, "CONTAINERS_CONF": str(HERE / "containers.conf")}
+# The image refuses to serve without CHAP: the tests give it credentials as a user would.
+CHAP_USER, CHAP_SECRET = "container-host", "container-secret-1"
 
 
 def podman(
@@ -62,18 +64,26 @@ def image() -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
+def run_argv(name: str, image: str, state: Path, port: int, env: dict[str, str]) -> list[str]:
+    argv = ["run", "--name", name, "--network=host"]
+    for key, value in env.items():
+        argv += ["-e", f"{key}={value}"]
+    argv += ["-v", f"{state}:/var/lib/targetd", image]
+    argv += ["--config", "/etc/targetd/targetd.toml", "--state-dir", "/var/lib/targetd"]
+    return [*argv, "--listen", f"127.0.0.1:{port}"]
+
+
 class Container:
     def __init__(self, image: str, state: Path, port: int) -> None:
         self.name = f"targetd-test-{uuid.uuid4().hex[:10]}"
         self.port = port
-        argv = ["run", "-d", "--name", self.name, "--network=host"]
-        argv += ["-v", f"{state}:/var/lib/targetd", image]
-        argv += ["--config", "/etc/targetd/targetd.toml", "--state-dir", "/var/lib/targetd"]
-        argv += ["--listen", f"127.0.0.1:{port}"]
-        podman(*argv)
+        env = {"TARGETD_CHAP_USER": CHAP_USER, "TARGETD_CHAP_SECRET": CHAP_SECRET}
+        argv = run_argv(self.name, image, state, port, env)
+        podman(argv[0], "-d", *argv[1:])
 
-    def url(self, lun: int = 0) -> str:
-        return f"iscsi://127.0.0.1:{self.port}/{DEFAULT_IQN}/{lun}"
+    def url(self, lun: int = 0, *, auth: bool = True) -> str:
+        creds = f"{CHAP_USER}%{CHAP_SECRET}@" if auth else ""
+        return f"iscsi://{creds}127.0.0.1:{self.port}/{DEFAULT_IQN}/{lun}"
 
     def logs(self) -> str:
         proc = podman("logs", self.name, check=False)
@@ -111,6 +121,9 @@ def qemu_io(url: str, command: str) -> str:
 def test_data_survives_a_container_restart(container: Container) -> None:
     inq = run("iscsi-inq", container.url(0)).stdout
     assert "Peripheral Device Type:DIRECT_ACCESS" in inq
+    # Without the credentials the login is refused.
+    refused = run("iscsi-inq", container.url(0, auth=False), check=False)
+    assert refused.returncode != 0, refused.stdout
     out = qemu_io(container.url(0), "write -P 0x5c 1M 1M")
     assert "wrote 1048576/1048576 bytes at offset 1048576" in out
 
@@ -135,9 +148,22 @@ def test_healthcheck_and_targetctl_in_the_container(container: Container) -> Non
     assert [lun["lun"] for lun in status["luns"]] == [0, 1]
     inspect = json.loads(podman("image", "inspect", container_image(container)).stdout)[0]
     config = inspect["Config"]
-    assert config["Entrypoint"] == ["targetd", "serve"]
+    assert config["Entrypoint"] == ["targetd", "serve", "--require-chap"]
     assert "3260/tcp" in config["ExposedPorts"]
     assert "/var/lib/targetd" in config["Volumes"]
+
+
+def test_image_refuses_to_serve_without_chap(image: str, tmp_path: Path) -> None:
+    """With no credentials and no opt-out, the container exits 2 and says what to set."""
+    name = f"targetd-test-{uuid.uuid4().hex[:10]}"
+    try:
+        proc = podman(*run_argv(name, image, tmp_path, free_port(), {}), check=False, timeout=60)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        out = proc.stdout + proc.stderr
+        assert "target[0].chap" in out and "TARGETD_CHAP_SECRET" in out, out
+        assert "TARGETD_ALLOW_NO_CHAP" in out, out
+    finally:
+        podman("rm", "-f", name, check=False)
 
 
 def container_image(container: Container) -> str:
