@@ -115,6 +115,13 @@ async def write6(lu: FileSinkDevice, cmd: ScsiCommand) -> ScsiResult:
     return ScsiResult() if delivered == size else ScsiResult(data_out_used=size)
 
 
+def _read_unless_at_end(sink: FileSink, size: int) -> tuple[bool, bytes | None]:
+    """(at end of data, what ``sink.read`` returned), in one call on the I/O thread."""
+    if sink.at_end_of_data:
+        return True, None
+    return False, sink.read(size)
+
+
 @_cmd(0x08, "READ(6)", bytes([0x08, 0x03, 0xFF, 0xFF, 0xFF, 0x07]))
 async def read6(lu: FileSinkDevice, cmd: ScsiCommand) -> ScsiResult:
     flags = cmd.cdb[1]
@@ -124,10 +131,12 @@ async def read6(lu: FileSinkDevice, cmd: ScsiCommand) -> ScsiResult:
     if not size:
         return ScsiResult()
     sink = lu.sink
-    data = await lu.io(sink.read, size)
+    # End of data is where the position was before the read: a read that ends the last
+    # file passes that file's mark, and says so, as it does for every other file.
+    at_end, data = await lu.io(_read_unless_at_end, sink, size)
+    if at_end:
+        raise CheckCondition(Reason.END_OF_DATA_DETECTED, information=size)
     if data is None:
-        if sink.at_end_of_data:
-            raise CheckCondition(Reason.END_OF_DATA_DETECTED, information=size)
         raise CheckCondition(Reason.FILEMARK_DETECTED, information=size, filemark=True)
     if len(data) == size or (flags & SILI and not fixed):
         return ScsiResult(data=data)

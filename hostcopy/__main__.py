@@ -1,0 +1,5 @@
+import sys
+
+from hostcopy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,464 @@
+"""``targetd-copy``: server-free backup, restore and verify with a targetd copy manager,
+and the pair commands a backup needs. Run ``targetd-copy --help``; docs/backup.md is the
+guide."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+from hostcopy import commands as c
+from hostcopy import ops
+from hostcopy.device import Device, ScsiError, TransportError, open_device, run
+from hostcopy.label import Label
+from hostcopy.lists import (
+    DEFAULT_RECORD,
+    Layout,
+    backup_lists,
+    record_size,
+    restore_lists,
+    sg_raw_line,
+)
+from hostcopy.progress import Progress
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30,
+          "gib": 1 << 30}  # fmt: skip
+
+
+class Failure(Exception):
+    """Ends the command with exit status 1 and this message."""
+
+
+def size(text: str) -> int:
+    t = text.strip().lower()
+    digits = t.rstrip("abcdefghijklmnopqrstuvwxyz")
+    try:
+        return int(digits) * _UNITS[t[len(digits) :]]
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (say 1MiB, 512k, 4096)") from None
+
+
+@contextmanager
+def opened(spec: str) -> Iterator[Device]:
+    device = open_device(spec)
+    try:
+        ops.clear_unit_attentions(device)
+        yield device
+    finally:
+        device.close()
+
+
+def _utc(ms: int | None = None) -> str:
+    when = datetime.now(UTC) if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _pair_of(device: Device) -> c.PairStatus | None:
+    result = device.execute(c.pair_in(), read=96)
+    if result.status != 0 or len(result.data) < 96:
+        return None
+    status = c.pair_status(result.data)
+    return None if status.target_state == "SIMPLEX" else status
+
+
+def _list_id(args: argparse.Namespace) -> int:
+    if args.list_id is not None:
+        return args.list_id
+    # A fresh identifier per run, so two tools on one session never collide; lists of one
+    # run count up from it.
+    return int.from_bytes(os.urandom(4), "big") & 0x7FFF_FF00 | 0x100
+
+
+# -- backup -----------------------------------------------------------------------------------
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    with opened(args.source) as src, opened(args.dest) as dst:
+        s, d = ops.info(src), ops.info(dst)
+        if s.device_type != c.BLOCK or s.capacity is None:
+            raise Failure(f"{args.source} is not a block device (type {s.device_type:#x})")
+        if d.device_type != c.STREAM:
+            raise Failure(f"{args.dest} is not a tape or file sink (type {d.device_type:#x})")
+        limits = ops.limits(dst)
+        record = record_size(limits, s.capacity.block_size, args.record_size)
+        layout = Layout(s.capacity.bytes, s.capacity.block_size, record)
+        pair = _pair_of(src)
+        label = Label(
+            source=str(s.designator),
+            source_designator=s.designator.value.hex(),
+            length=layout.length,
+            block_size=layout.block_size,
+            record=record,
+            created=_utc(),
+            pair=pair.name if pair else "",
+            split_time=_utc(pair.split_ms) if pair and pair.split_ms else "",
+            policy=c.POLICIES.get(pair.policy, "") if pair else "",
+            device=args.source,
+        )
+        first = _list_id(args)
+        lists = backup_lists(
+            first_list_id=first,
+            source=s.designator,
+            destination=d.designator,
+            layout=layout,
+            limits=limits,
+            label=label.encode(),
+        )
+        if args.dry_run:
+            return _dry_run(args, lists, first)
+        if args.position == "end":
+            ops.to_end_of_data(dst)
+        elif args.position == "start":
+            ops.rewind(dst)
+        print(
+            f"backup of {args.source} ({s.designator}, {layout.length} bytes) to {args.dest}: "
+            f"{layout.records} records of {record} bytes in {len(lists)} list(s)",
+            file=sys.stderr,
+        )
+        _send_all(dst, lists, first, layout.length, "backup")
+    return EXIT_OK
+
+
+def _send_all(device: Device, lists: list[bytes], first: int, total: int, what: str) -> None:
+    bar = Progress(total, what)
+    done_before = 0
+    try:
+        for n, params in enumerate(lists):
+            status = ops.send_list(
+                device, params, first + n, lambda done, b=done_before: bar.update(b + done)
+            )
+            done_before += status.transferred
+            bar.update(min(done_before, total))
+    except ops.CopyFailed:
+        bar.finish(ok=False)
+        raise
+    bar.finish()
+
+
+def _dry_run(args: argparse.Namespace, lists: list[bytes], first: int) -> int:
+    directory = args.list_dir or "."
+    os.makedirs(directory, exist_ok=True)
+    print(f"# {len(lists)} EXTENDED COPY(LID4) list(s), IMMED: send each, then poll it with")
+    print("# sg_copy_results --status --list_id=ID until it reports completed.")
+    device = args.dest if args.command == "backup" else args.lun
+    for n, params in enumerate(lists):
+        path = os.path.join(directory, f"{args.command}-list-{first + n}.bin")
+        with open(path, "wb") as f:
+            f.write(params)
+        print(sg_raw_line(device, path, len(params)))
+        print(f"sg_copy_results --status --list_id={first + n} {device}")
+    return EXIT_OK
+
+
+# -- restore, verify, list --------------------------------------------------------------------
+
+
+def _open_backup(tape: Device, number: int) -> Label:
+    ops.to_file(tape, number)
+    label, event = ops.read_label(tape)
+    if label is None:
+        what = {"end": "no backup there (end of data)", "filemark": "an empty file"}.get(
+            event or "", "no targetd-copy label"
+        )
+        raise Failure(f"{tape.name} file {number}: {what}")
+    return label
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    with opened(args.backup) as tape, opened(args.lun) as lun:
+        t, b = ops.info(tape), ops.info(lun)
+        if b.device_type != c.BLOCK or b.capacity is None:
+            raise Failure(f"{args.lun} is not a block device")
+        label = _open_backup(tape, args.file)
+        if b.capacity.bytes < label.length:
+            raise Failure(
+                f"{args.lun} holds {b.capacity.bytes} bytes, the backup {label.length}: "
+                "restore refused"
+            )
+        if b.capacity.block_size != label.block_size:
+            raise Failure(
+                f"{args.lun} has {b.capacity.block_size}-byte blocks, the backup "
+                f"{label.block_size}-byte ones: restore refused"
+            )
+        limits = ops.limits(lun)
+        layout = Layout(label.length, label.block_size, label.record)
+        first = _list_id(args)
+        lists = restore_lists(
+            first_list_id=first,
+            source=t.designator,
+            destination=b.designator,
+            layout=layout,
+            limits=limits,
+        )
+        if args.dry_run:
+            return _dry_run(args, lists, first)
+        print(
+            f"restore of file {args.file} of {args.backup} ({label.source}, {label.length} "
+            f"bytes, made {label.created}) onto {args.lun}",
+            file=sys.stderr,
+        )
+        _send_all(lun, lists, first, layout.length, "restore")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    with opened(args.backup) as tape:
+        label = _open_backup(tape, args.file)
+        layout = Layout(label.length, label.block_size, label.record)
+        lun = open_device(args.lun) if args.lun else None
+        try:
+            if lun is not None:
+                ops.clear_unit_attentions(lun)
+                cap = ops.info(lun).capacity
+                if cap is None or cap.bytes < label.length:
+                    raise Failure(f"{args.lun} is smaller than the backup ({label.length} bytes)")
+            digest = hashlib.sha256()
+            bar = Progress(layout.length, "verify")
+            for offset, length in layout.extents():
+                data, event = ops.read_record(tape, length)
+                if event is not None or len(data) != length:
+                    bar.finish(ok=False)
+                    raise Failure(
+                        f"the backup's record at byte {offset} is not {length} bytes "
+                        f"({event or len(data)}): the backup is damaged or not this one"
+                    )
+                digest.update(data)
+                if lun is not None:
+                    want = ops.read_blocks(lun, offset // label.block_size, length,
+                                           label.block_size)  # fmt: skip
+                    if want != data:
+                        at = offset + _first_difference(data, want)
+                        bar.finish(ok=False)
+                        raise Failure(f"MISMATCH at byte {at}: the backup differs from {args.lun}")
+                bar.update(offset + length)
+            _data, event = ops.read_record(tape, 512)
+            bar.finish()
+            if event != "filemark":
+                raise Failure("the backup does not end with a file mark where its label says")
+        finally:
+            if lun is not None:
+                lun.close()
+    target = f" and equals {args.lun}" if args.lun else ""
+    print(f"verified: {layout.length} bytes{target}; sha256 {digest.hexdigest()}")
+    return EXIT_OK
+
+
+def _first_difference(a: bytes, b: bytes) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(a))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with opened(args.backup) as tape:
+        ops.rewind(tape)
+        found = []
+        number = 0
+        while True:
+            label, event = ops.read_label(tape)
+            if event == "end":
+                break
+            found.append((number, label))
+            if event != "filemark":
+                ops.skip_file(tape)
+            number += 1
+    if args.json:
+        print(json.dumps([{"file": n, **(asdict(lb) if lb else {})} for n, lb in found]))
+        return EXIT_OK
+    print(f"{'file':>4}  {'created':24}  {'bytes':>12}  {'pair':12}  {'split':24}  source")
+    for n, lb in found:
+        if lb is None:
+            print(f"{n:>4}  (no targetd-copy label)")
+        else:
+            print(
+                f"{n:>4}  {lb.created:24}  {lb.length:>12}  {lb.pair or '-':12}  "
+                f"{lb.split_time or '-':24}  {lb.source}"
+            )
+    return EXIT_OK
+
+
+# -- pairs ------------------------------------------------------------------------------------
+
+
+def _print_status(st: c.PairStatus, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(asdict(st)))
+        return
+    split = _utc(st.split_ms) if st.split_ms else "-"
+    print(
+        f"pair {st.name or '-'}: LUN {st.source_lun} {st.source_state} -> LUN {st.target_lun} "
+        f"{st.target_state}, {st.percent}% in sync, {st.dirty} of {st.chunks} chunks to copy, "
+        f"{st.changed} changed since the split, split at {split}, "
+        f"backup policy {c.POLICIES.get(st.policy, st.policy)}"
+    )
+
+
+def _status(device: Device) -> c.PairStatus:
+    return c.pair_status(run(device, "PAIR IN", c.pair_in(), read=96))
+
+
+def _wait_for(device: Device, state: str, timeout: float) -> c.PairStatus:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        st = _status(device)
+        if st.source_state == state and st.target_state == state:
+            return st
+        if "SUSPENDED" in (st.source_state, st.target_state):
+            raise Failure(f"the pair is SUSPENDED (reason {st.suspend_reason})")
+        if time.monotonic() > deadline:
+            raise Failure(f"still {st.source_state}/{st.target_state} after {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def cmd_pair(args: argparse.Namespace) -> int:
+    action = {"split": c.PAIR_SPLIT, "resync": c.PAIR_RESYNC}[args.command]
+    with opened(args.device) as dev:
+        run(dev, f"PAIR OUT {args.command.upper()}", c.pair_out(action))
+        st = _status(dev)
+        if args.wait:
+            st = _wait_for(dev, "SPLIT" if action == c.PAIR_SPLIT else "DUPLEX", args.timeout)
+        _print_status(st, args.json)
+    return EXIT_OK
+
+
+def lun_of(spec: str) -> int:
+    """The LUN number of a device: the last part of an iscsi:// URL, or the L of the
+    H:C:T:L the kernel gives a /dev/sgN or /dev/sdX node."""
+    if spec.startswith("iscsi://"):
+        return int(spec.rstrip("/").rsplit("/", 1)[1])
+    name = os.path.basename(os.path.realpath(spec))
+    for cls in ("scsi_generic", "block"):
+        link = f"/sys/class/{cls}/{name}/device"
+        if os.path.exists(link):
+            return int(os.path.basename(os.path.realpath(link)).rsplit(":", 1)[1])
+    raise Failure(f"{spec}: cannot tell its LUN (not an iscsi:// URL, no SCSI device in /sys)")
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    name = args.name.encode()
+    target = lun_of(args.target)
+    with opened(args.source) as dev:
+        cdb = bytearray(c.pair_out(c.PAIR_CREATE))
+        cdb[4:6] = target.to_bytes(2, "big")
+        cdb[6] = args.policy
+        cdb[10:14] = len(name).to_bytes(4, "big")
+        run(dev, "PAIR OUT CREATE", bytes(cdb), data_out=name)
+        st = _status(dev)
+        if args.wait:
+            st = _wait_for(dev, "DUPLEX", args.timeout)
+        _print_status(st, args.json)
+    return EXIT_OK
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with opened(args.device) as dev:
+        run(dev, "PAIR OUT DELETE", c.pair_out(c.PAIR_DELETE))
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with opened(args.device) as dev:
+        _print_status(_status(dev), args.json)
+    return EXIT_OK
+
+
+# -- entry point ------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="targetd-copy",
+        description="Server-free backup, restore and verify with a targetd copy manager. "
+        "DEVICE is /dev/sgN, /dev/sdX or iscsi://HOST[:PORT]/IQN/LUN.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("backup", help="copy a volume to a tape or file sink (server-free)")
+    b.add_argument("source", help="the volume: a block LU (a split pair's target volume)")
+    b.add_argument("dest", help="the tape or file sink LU, of the same target")
+    b.add_argument("--record-size", type=size, default=DEFAULT_RECORD,
+                   help="record length on the medium (default 1MiB; capped by the copy "
+                   "manager's stream transfer limit)")  # fmt: skip
+    b.add_argument("--position", choices=("end", "start", "current"), default="end",
+                   help="where the backup goes: after the last one (default), at the "
+                   "start (overwriting everything), or at the current position")  # fmt: skip
+
+    r = sub.add_parser("restore", help="copy a backup back onto a volume (server-free)")
+    r.add_argument("backup", help="the tape or file sink LU")
+    r.add_argument("lun", help="the block LU to restore onto")
+    for q in (b, r):
+        q.add_argument("--dry-run", action="store_true",
+                       help="write the parameter lists to files and print the sg_raw lines "
+                       "that send them; send nothing")  # fmt: skip
+        q.add_argument("--list-dir", help="where --dry-run writes the lists (default: .)")
+        q.add_argument("--list-id", type=int, help="first list identifier (default: random)")
+
+    v = sub.add_parser("verify", help="read a backup and compare it with a volume")
+    v.add_argument("backup", help="the tape or file sink LU")
+    v.add_argument("lun", nargs="?", help="the volume to compare with (optional)")
+    for q in (r, v):
+        q.add_argument("--file", type=int, default=0, help="which backup: 0 is the first")
+
+    ls = sub.add_parser("list", help="the backups a tape or file sink holds")
+    ls.add_argument("backup")
+
+    for name, text in (
+        ("split", "split the pair a volume belongs to"),
+        ("resync", "resynchronize the pair a volume belongs to"),
+    ):
+        q = sub.add_parser(name, help=text)
+        q.add_argument("device", help="either volume of the pair")
+        q.add_argument(
+            "--wait",
+            action="store_true",
+            help="return once both sides are SPLIT (split) or DUPLEX (resync)",
+        )
+        q.add_argument("--timeout", type=float, default=600.0)
+    cr = sub.add_parser("create", help="pair two volumes: TARGET becomes a mirror of SOURCE")
+    cr.add_argument("source")
+    cr.add_argument("target", help="the mirror volume (the one backups are taken from)")
+    cr.add_argument("--name", default="", help="the pair's name (default lunS-lunT)")
+    cr.add_argument("--policy", type=int, choices=range(5), default=0,
+                    help="backup policy of its own: 1 reflect-first, 2 wait, 3 merge, "
+                    "4 split-and-backup (default 0: the configuration's)")  # fmt: skip
+    cr.add_argument("--wait", action="store_true", help="return once the pair is DUPLEX")
+    cr.add_argument("--timeout", type=float, default=600.0)
+    de = sub.add_parser("delete", help="dissolve the pair a volume belongs to")
+    de.add_argument("device")
+    st = sub.add_parser("status", help="the state of the pair a volume belongs to")
+    st.add_argument("device")
+    for q in (ls, st, cr, *[sub.choices[n] for n in ("split", "resync")]):
+        q.add_argument("--json", action="store_true")
+    return p
+
+
+COMMANDS = {
+    "backup": cmd_backup,
+    "restore": cmd_restore,
+    "verify": cmd_verify,
+    "list": cmd_list,
+    "split": cmd_pair,
+    "resync": cmd_pair,
+    "status": cmd_status,
+    "create": cmd_create,
+    "delete": cmd_delete,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (Failure, ops.CopyFailed, ScsiError, TransportError, ValueError) as e:
+        print(f"targetd-copy {args.command}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130

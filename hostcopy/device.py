@@ -1,0 +1,69 @@
+"""One device abstraction over two transports: a CDB in, status, data and sense out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from hostcopy.sense import describe
+
+GOOD, CHECK_CONDITION = 0x00, 0x02
+# Long enough for the slowest command the tool sends synchronously (an EXTENDED COPY of a
+# wait-policy backup without IMMED waits for a whole split); IMMED lists answer at once.
+DEFAULT_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    status: int
+    data: bytes = b""
+    # Raw sense bytes where the transport hands them over (SG_IO); libiscsi 1.19 keeps only
+    # the decoded key/ASC/ASCQ, so its sense is rebuilt as fixed format from those.
+    sense: bytes = b""
+
+
+class ScsiError(Exception):
+    """A command ended with a status other than GOOD; ``str()`` says it in words."""
+
+    def __init__(self, what: str, result: Result) -> None:
+        self.what = what
+        self.result = result
+        if result.status == CHECK_CONDITION and result.sense:
+            text = describe(result.sense)
+        else:
+            text = f"SCSI status {result.status:#04x}"
+        super().__init__(f"{what}: {text}")
+
+
+class TransportError(Exception):
+    """The device could not be opened, or the transport failed (not a SCSI status)."""
+
+
+class Device(Protocol):
+    name: str
+
+    def execute(
+        self, cdb: bytes, *, data_out: bytes = b"", read: int = 0, timeout: int = ...
+    ) -> Result: ...
+
+    def close(self) -> None: ...
+
+
+def run(device: Device, what: str, cdb: bytes, *, data_out: bytes = b"", read: int = 0) -> bytes:
+    """``device.execute``, raising :class:`ScsiError` unless the status is GOOD."""
+    result = device.execute(cdb, data_out=data_out, read=read)
+    if result.status != GOOD:
+        raise ScsiError(what, result)
+    return result.data
+
+
+def open_device(spec: str) -> Device:
+    """``iscsi://[user%secret@]HOST[:PORT]/IQN/LUN`` through libiscsi, anything else as a
+    SCSI generic or block device node through SG_IO."""
+    if spec.startswith("iscsi://"):
+        from hostcopy.libiscsi import IscsiDevice
+
+        return IscsiDevice(spec)
+    from hostcopy.sgio import SgDevice
+
+    return SgDevice(spec)

@@ -1,0 +1,203 @@
+"""EXTENDED COPY(LID4) parameter lists for a backup or a restore, cut to the copy
+manager's limits: any volume is a sequence of lists, each within the segment count, the
+descriptor list length and the segment length the copy manager reported, sent in turn.
+
+A backup is, on the stream device, at its current position: one label record (inline
+data, segment 04h; see hostcopy.label), the volume in records of ``record`` bytes (segment
+00h; the last may be shorter), and a file mark (segment 10h). A restore reads the records
+back onto a block device (segment 01h) once the label has been read by the host.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from hostcopy.commands import BLOCK, STREAM, CopyLimits, Designator
+
+CSCD_LENGTH = 32
+LID4_HEADER = 48
+BLOCK_TO_STREAM, STREAM_TO_BLOCK, INLINE_TO_STREAM, WRITE_FILEMARKS = 0x00, 0x01, 0x04, 0x10
+STREAM_SEGMENT = 24  # 00h and 01h: 4 + DESCRIPTOR LENGTH 0014h
+INLINE_SEGMENT = 16
+FILEMARK_SEGMENT = 12
+LIST_ID_USAGE_HOLD = 0x00  # results kept until reported
+IMMED = 0x01
+MiB = 1 << 20
+DEFAULT_RECORD = 1 * MiB
+
+
+def cscd(designator: Designator, device_type: int, block_length: int) -> bytes:
+    """An identification descriptor (E4h) naming an LU by its VPD 83h designator.
+
+    Byte 28 holds the device type's parameters: PAD and FIXED for a stream device (both
+    0: variable records, no padding), PAD for a block device; bytes 29-31 the block length
+    (0 for a variable-record stream device)."""
+    value = designator.value
+    head = bytes(
+        [
+            0xE4,
+            device_type & 0x1F,
+            0,
+            0,  # RELATIVE INITIATOR PORT IDENTIFIER
+            (designator.protocol << 4) | designator.code_set,
+            (designator.association << 4) | designator.designator_type,
+            0,
+            len(value),
+        ]
+    )
+    out = head + value.ljust(20, b"\0") + bytes([0]) + block_length.to_bytes(3, "big")
+    assert len(out) == CSCD_LENGTH
+    return out
+
+
+def block_to_stream(src: int, dst: int, length: int, block_size: int, lba: int) -> bytes:
+    """00h: ``length`` bytes from ``lba`` as one variable-length record."""
+    return struct.pack(
+        ">BBHHHx3s2xHQ",
+        BLOCK_TO_STREAM, 0, STREAM_SEGMENT - 4, src, dst,
+        length.to_bytes(3, "big"), length // block_size, lba,
+    )  # fmt: skip
+
+
+def stream_to_block(src: int, dst: int, length: int, block_size: int, lba: int) -> bytes:
+    """01h: one record of ``length`` bytes onto ``lba``."""
+    return struct.pack(
+        ">BBHHHx3s2xHQ",
+        STREAM_TO_BLOCK, 0, STREAM_SEGMENT - 4, src, dst,
+        length.to_bytes(3, "big"), length // block_size, lba,
+    )  # fmt: skip
+
+
+def inline_to_stream(dst: int, offset: int, length: int) -> bytes:
+    return struct.pack(">BBHHHII", INLINE_TO_STREAM, 0, INLINE_SEGMENT - 4, 0, dst, offset, length)
+
+
+def write_filemarks(dst: int, count: int = 1) -> bytes:
+    return struct.pack(">BBHHHx3s", WRITE_FILEMARKS, 0, FILEMARK_SEGMENT - 4, 0, dst,
+                       count.to_bytes(3, "big"))  # fmt: skip
+
+
+def lid4(list_id: int, cscds: bytes, segments: bytes, inline: bytes = b"") -> bytes:
+    """The 48-byte LID4 header (IMMED, LIST ID USAGE 00b) and the descriptors."""
+    header = bytearray(LID4_HEADER)
+    header[0] = 0x01  # LIST FORMAT
+    header[1] = LIST_ID_USAGE_HOLD << 3
+    header[15] = IMMED
+    header[20:24] = list_id.to_bytes(4, "big")
+    header[42:44] = len(cscds).to_bytes(2, "big")
+    header[44:46] = len(segments).to_bytes(2, "big")
+    header[46:48] = len(inline).to_bytes(2, "big")
+    return bytes(header) + cscds + segments + inline
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """How a volume of ``length`` bytes lies on the stream device."""
+
+    length: int
+    block_size: int
+    record: int
+
+    @property
+    def records(self) -> int:
+        return -(-self.length // self.record)
+
+    def extents(self) -> Iterator[tuple[int, int]]:
+        """(byte offset, length) of each record."""
+        for offset in range(0, self.length, self.record):
+            yield offset, min(self.record, self.length - offset)
+
+
+def record_size(limits: CopyLimits, block_size: int, wanted: int = DEFAULT_RECORD) -> int:
+    """The record length: what was asked, within the stream transfer and segment limits,
+    a multiple of the block size and of the data segment granularity, and small enough
+    that its block count fits the segment's 16-bit field."""
+    unit = max(block_size, limits.data_granularity)
+    ceiling = min(wanted, limits.max_stream_transfer, limits.max_segment_length,
+                  0xFFFF * block_size, 0xFFFFFF)  # fmt: skip
+    size = ceiling - ceiling % unit
+    if size <= 0:
+        raise ValueError(
+            f"no record length fits: block size {block_size}, stream transfer limit "
+            f"{limits.max_stream_transfer}, segment length limit {limits.max_segment_length}"
+        )
+    return size
+
+
+def segments_per_list(limits: CopyLimits, extra: int, extra_bytes: int) -> int:
+    """Data segments that fit one list beside two CSCDs and ``extra`` other segments of
+    ``extra_bytes`` in all (label, file mark)."""
+    by_length = (limits.max_descriptor_list - 2 * CSCD_LENGTH - extra_bytes) // STREAM_SEGMENT
+    n = min(limits.max_segments - extra, by_length)
+    if n < 1:
+        raise ValueError("the copy manager's limits leave no room for a data segment")
+    return n
+
+
+def backup_lists(
+    *,
+    first_list_id: int,
+    source: Designator,
+    destination: Designator,
+    layout: Layout,
+    limits: CopyLimits,
+    label: bytes,
+) -> list[bytes]:
+    """The lists of a backup, to be sent in turn: the first carries the label, the last
+    the file mark."""
+    cscds = cscd(source, BLOCK, layout.block_size) + cscd(destination, STREAM, 0)
+    if len(label) % limits.inline_granularity or len(label) > limits.max_inline:
+        raise ValueError(f"a {len(label)}-byte label does not fit the inline data limits")
+    # The label and the file mark could share a list with data; room is kept for both
+    # in every list so the cut does not depend on where they fall.
+    per_list = segments_per_list(limits, 2, INLINE_SEGMENT + FILEMARK_SEGMENT)
+    extents = list(layout.extents())
+    chunks = [extents[i : i + per_list] for i in range(0, len(extents), per_list)] or [[]]
+    lists = []
+    for n, chunk in enumerate(chunks):
+        segs = b""
+        inline = b""
+        if n == 0:
+            segs += inline_to_stream(1, 0, len(label))
+            inline = label
+        segs += b"".join(
+            block_to_stream(0, 1, size, layout.block_size, offset // layout.block_size)
+            for offset, size in chunk
+        )
+        if n == len(chunks) - 1:
+            segs += write_filemarks(1)
+        lists.append(lid4(first_list_id + n, cscds, segs, inline))
+    return lists
+
+
+def restore_lists(
+    *,
+    first_list_id: int,
+    source: Designator,
+    destination: Designator,
+    layout: Layout,
+    limits: CopyLimits,
+    destination_lba: int = 0,
+) -> list[bytes]:
+    """The lists of a restore: the stream device positioned after the label, each record
+    onto the block device from ``destination_lba``."""
+    cscds = cscd(source, STREAM, 0) + cscd(destination, BLOCK, layout.block_size)
+    per_list = segments_per_list(limits, 0, 0)
+    extents = list(layout.extents())
+    lists = []
+    for n, start in enumerate(range(0, len(extents), per_list)):
+        segs = b"".join(
+            stream_to_block(0, 1, size, layout.block_size,
+                            destination_lba + offset // layout.block_size)
+            for offset, size in extents[start : start + per_list]
+        )  # fmt: skip
+        lists.append(lid4(first_list_id + n, cscds, segs))
+    return lists
+
+
+def sg_raw_line(device: str, list_file: str, length: int) -> str:
+    """The sg_raw command that sends one parameter list as EXTENDED COPY(LID4)."""
+    cdb = bytes([0x83, 0x01]) + bytes(8) + length.to_bytes(4, "big") + bytes(2)
+    return f"sg_raw -s {length} -i {list_file} {device} " + " ".join(f"{b:02x}" for b in cdb)
