@@ -191,7 +191,7 @@ class IscsiDevice:
             if t.datain.size > 0 and t.datain.data:
                 data = ctypes.string_at(t.datain.data, t.datain.size)
             sense = b""
-            if t.status == 0x02 and len(data) >= 2 and 0 < int.from_bytes(data[:2], "big"):
+            if t.status == 0x02 and len(data) >= 2 and int.from_bytes(data[:2], "big") > 0:
                 # On CHECK CONDITION libiscsi leaves the SCSI Response's data segment in
                 # datain: SenseLength (2 bytes) and the sense data as the target sent it.
                 sense = data[2 : 2 + int.from_bytes(data[:2], "big")]

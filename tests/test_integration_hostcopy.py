@@ -1,0 +1,207 @@
+"""targetd-copy (hostcopy/) against a real daemon through iscsi:// URLs (libiscsi): split,
+backup, list, verify, restore, the refusals, a failed copy's sense in words, --dry-run.
+The tool runs as a subprocess, as a backup engineer runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from conftest import REPO, Daemon, DaemonFactory
+from pair_scsi import BlockClient
+
+from xcopy import params
+
+MiB = 1 << 20
+IQN = "iqn.2026-11.org.targetd:hostcopy"
+SIZE = 8 * MiB
+CONFIG = f"""
+[pairs]
+chunk_size = "64KiB"
+copy_rate = "64MiB"
+
+[[target]]
+name = "{IQN}"
+[[target.lun]]
+lun = 0
+size = "8MiB"
+[[target.lun]]
+lun = 1
+size = "8MiB"
+[[target.lun]]
+lun = 2
+kind = "tape"
+path = "tape.img"
+size = "128MiB"
+[[target.lun]]
+lun = 3
+kind = "filesink"
+path = "sink"
+capacity = "128MiB"
+[[target.lun]]
+lun = 4
+size = "4MiB"
+[[target.lun]]
+lun = 5
+size = "8MiB"
+"""
+SOURCE, MIRROR, TAPE, SINK, SMALL, FRESH = 0, 1, 2, 3, 4, 5
+
+
+def tool(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "hostcopy", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if check:
+        assert proc.returncode == 0, f"{args}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def start(factory: DaemonFactory) -> tuple[Daemon, BlockClient]:
+    daemon = factory(CONFIG)
+    return daemon, BlockClient(daemon.port, daemon.iqn, (SOURCE, MIRROR, FRESH))
+
+
+def split_pair(daemon: Daemon, client: BlockClient) -> bytes:
+    """LUN 0 paired with LUN 1, random data written, split; returns the split image."""
+    image = os.urandom(SIZE)
+    client.write(SOURCE, 0, image)
+    tool("create", daemon.url(SOURCE), daemon.url(MIRROR), "--name", "db", "--wait")
+    out = tool("split", daemon.url(MIRROR), "--json").stdout
+    assert '"name": "db"' in out
+    return image
+
+
+def test_backup_list_verify_restore_through_iscsi_urls(targetd_factory: DaemonFactory) -> None:
+    daemon, client = start(targetd_factory)
+    try:
+        image = split_pair(daemon, client)
+        client.write(SOURCE, 0, b"\xee" * 65536)  # after the split: not in the backup
+        # 32 KiB records: 256 data segments, more than one list holds beside label and mark
+        out = tool("backup", daemon.url(MIRROR), daemon.url(TAPE), "--record-size", "32k")
+        assert "256 records of 32768 bytes in 2 list(s)" in out.stderr
+        assert "backup: done, 8.0 MiB" in out.stderr
+
+        listing = tool("list", daemon.url(TAPE)).stdout.splitlines()
+        assert len(listing) == 2, listing
+        assert listing[1].split()[:4] == ["0", listing[1].split()[1], str(SIZE), "db"]
+
+        verified = tool("verify", daemon.url(TAPE), daemon.url(MIRROR)).stdout
+        assert f"verified: {SIZE} bytes and equals" in verified
+        bad = tool("verify", daemon.url(TAPE), daemon.url(SOURCE), check=False)
+        assert bad.returncode == 1
+        assert "MISMATCH at byte 0" in bad.stderr
+
+        tool("restore", daemon.url(TAPE), daemon.url(FRESH))
+        assert client.read(FRESH, 0, SIZE) == image
+
+        small = tool("restore", daemon.url(TAPE), daemon.url(SMALL), check=False)
+        assert small.returncode == 1
+        assert f"holds {4 * MiB} bytes, the backup {SIZE}: restore refused" in small.stderr
+
+        # A second backup goes after the first; restore --file 1 takes it.
+        tool("resync", daemon.url(MIRROR), "--wait")
+        tool("split", daemon.url(MIRROR), "--wait")
+        tool("backup", daemon.url(MIRROR), daemon.url(TAPE))
+        assert len(tool("list", daemon.url(TAPE), "--json").stdout.split('"file"')) == 3
+        client.write(FRESH, 0, bytes(SIZE))
+        tool("restore", daemon.url(TAPE), daemon.url(FRESH), "--file", "1")
+        second = client.read(FRESH, 0, SIZE)
+        assert second[:65536] == b"\xee" * 65536 and second[65536:] == image[65536:]
+        missing = tool("restore", daemon.url(TAPE), daemon.url(FRESH), "--file", "5", check=False)
+        assert missing.returncode == 1 and "fewer than 5 backups" in missing.stderr
+    finally:
+        client.close()
+
+
+def test_a_file_sink_holds_one_file_per_backup(targetd_factory: DaemonFactory) -> None:
+    """Backups to a file sink, which cannot SPACE: the tool reads past earlier files.
+    Each file is the label and the volume; a flipped byte makes verify fail."""
+    daemon, client = start(targetd_factory)
+    try:
+        image = split_pair(daemon, client)
+        tool("backup", daemon.url(MIRROR), daemon.url(SINK))
+        tool("backup", daemon.url(MIRROR), daemon.url(SINK))
+        lines = tool("list", daemon.url(SINK)).stdout.splitlines()
+        assert [line.split()[0] for line in lines[1:]] == ["0", "1"]
+        sink = daemon.state_dir / "sink"
+        files = sorted(p.name for p in sink.iterdir())
+        assert files == ["file-0000.bin", "file-0001.bin"]
+        body = (sink / "file-0001.bin").read_bytes()
+        assert body[:20] == b"TARGETD-COPY LABEL 1" and body[512:] == image
+        tool("verify", daemon.url(SINK), daemon.url(MIRROR), "--file", "1")
+
+        flipped = bytearray(body)
+        flipped[512 + 4096] ^= 0x01
+        (sink / "file-0001.bin").write_bytes(flipped)
+        bad = tool("verify", daemon.url(SINK), daemon.url(MIRROR), "--file", "1", check=False)
+        assert bad.returncode == 1
+        assert "MISMATCH at byte 4096" in bad.stderr
+    finally:
+        client.close()
+
+
+def test_a_copy_the_target_refuses_exits_1_with_the_sense_in_words(
+    targetd_factory: DaemonFactory,
+) -> None:
+    daemon, client = start(targetd_factory)
+    try:
+        client.write(SOURCE, 0, os.urandom(SIZE))
+        tool("create", daemon.url(SOURCE), daemon.url(MIRROR), "--name", "db", "--wait")
+        # The mirror of a DUPLEX pair is not a split image: refused, nothing written.
+        proc = tool("backup", daemon.url(MIRROR), daemon.url(TAPE), check=False)
+        assert proc.returncode == 1
+        assert "COPY ABORTED, COPY SOURCE PAIR NOT SPLIT (0A/80/02)" in proc.stderr
+        assert "the source is the target volume of a pair that is not split" in proc.stderr
+        assert tool("list", daemon.url(TAPE)).stdout.splitlines()[1:] == []
+        # A pair command in the wrong state: ILLEGAL REQUEST 80h/02h, in words.
+        proc = tool("resync", daemon.url(MIRROR), check=False)
+        assert proc.returncode == 1
+        assert "PAIR OUT RESYNC: ILLEGAL REQUEST, PAIR WRONG STATE (05/80/02)" in proc.stderr
+        # A volume that is not a tape as the destination: the tool says so before sending.
+        proc = tool("backup", daemon.url(MIRROR), daemon.url(FRESH), check=False)
+        assert proc.returncode == 1 and "is not a tape or file sink" in proc.stderr
+        proc = tool("status", "iscsi://127.0.0.1:1/iqn.x/0", check=False)
+        assert proc.returncode == 1 and "login failed" in proc.stderr
+    finally:
+        client.close()
+
+
+def test_dry_run_writes_the_lists_and_the_sg_raw_lines(
+    targetd_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    daemon, client = start(targetd_factory)
+    try:
+        split_pair(daemon, client)
+        out = tool(
+            "backup", daemon.url(MIRROR), daemon.url(TAPE), "--dry-run", "--list-id", "40",
+            "--record-size", "2MiB", "--list-dir", str(tmp_path),
+        ).stdout  # fmt: skip
+        path = tmp_path / "backup-list-40.bin"
+        data = path.read_bytes()
+        cdb_length = " ".join(f"{b:02x}" for b in len(data).to_bytes(4, "big"))
+        assert (
+            f"sg_raw -s {len(data)} -i {path} {daemon.url(TAPE)} 83 01 00 00 00 00 00 00 00 00 "
+            f"{cdb_length} 00 00"
+        ) in out
+        assert f"sg_copy_results --status --list_id=40 {daemon.url(TAPE)}" in out
+        decoded = params.decode(params.LID4, data)
+        assert decoded.list_id == 40 and decoded.immed
+        kinds = [s.type_code for s in decoded.segments]
+        assert kinds == [params.INLINE_TO_STREAM] + [params.BLOCK_TO_STREAM] * 4 + [
+            params.WRITE_FILEMARKS
+        ]
+        # Nothing was sent: the tape is still blank.
+        assert tool("list", daemon.url(TAPE)).stdout.splitlines()[1:] == []
+    finally:
+        client.close()
+
+
+def test_the_package_installs_targetd_copy() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["targetd-copy"] == "hostcopy.cli:main"
+    assert "hostcopy*" in project["tool"]["setuptools"]["packages"]["find"]["include"]
