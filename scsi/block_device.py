@@ -17,7 +17,7 @@ from typing import Protocol
 from construct import Int8ub, Int16ub, Int32ub, Int64ub, Padding, Struct
 
 from backing.sparse_file import Extent, SparseFile
-from scsi.logical_unit import Identity, LogicalUnit
+from scsi.logical_unit import NO_SERVICES, Identity, LogicalUnit, Services
 from scsi.mode import ModePage
 from scsi.pair_commands import PairControl  # also registers PAIR IN/OUT in SBC_TABLE
 from scsi.sbc import SBC_TABLE
@@ -105,12 +105,13 @@ class BlockDevice(LogicalUnit):
         *,
         block_size: int = 512,
         read_only: bool = False,
+        services: Services = NO_SERVICES,
     ) -> None:
         if block_size not in BLOCK_SIZES:
             raise ValueError(f"block size {block_size} is not one of {BLOCK_SIZES}")
         if store.size < block_size:
             raise ValueError("the store is smaller than one block")
-        super().__init__(identity)
+        super().__init__(identity, services)
         self.store = store
         self.block_size = block_size
         self._read_only = read_only
@@ -152,6 +153,7 @@ class BlockDevice(LogicalUnit):
         *,
         block_size: int = 512,
         read_only: bool = False,
+        services: Services = NO_SERVICES,
     ) -> BlockDevice:
         """A block LU over a sparse file, created on demand."""
         return cls(
@@ -159,6 +161,7 @@ class BlockDevice(LogicalUnit):
             SparseFile(path, size, read_only=read_only),
             block_size=block_size,
             read_only=read_only,
+            services=services,
         )
 
     # -- the write path ----------------------------------------------------------------

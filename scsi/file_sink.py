@@ -18,7 +18,7 @@ from pathlib import Path
 from backing.file_sink import FileSink, SinkFull
 from scsi.cdb import data_out_mismatch
 from scsi.command import ScsiCommand, ScsiResult, Status
-from scsi.logical_unit import Identity
+from scsi.logical_unit import NO_SERVICES, Identity, Services
 from scsi.mode import ModePage
 from scsi.opcodes import OpcodeTable
 from scsi.sense import CheckCondition, FieldPointer, Reason
@@ -44,19 +44,31 @@ class FileSinkDevice(SerializedMedium):
     device_type = 0x01
     removable = True
 
-    def __init__(self, identity: Identity, sink: FileSink, *, read_only: bool = False) -> None:
-        super().__init__(identity)
+    def __init__(
+        self,
+        identity: Identity,
+        sink: FileSink,
+        *,
+        read_only: bool = False,
+        services: Services = NO_SERVICES,
+    ) -> None:
+        super().__init__(identity, services)
         self.sink = sink
         self.read_only = read_only or sink.read_only
         self.block_size = 0
 
     @classmethod
     def from_directory(
-        cls, identity: Identity, directory: Path, capacity: int, *, read_only: bool = False
+        cls,
+        identity: Identity,
+        directory: Path,
+        capacity: int,
+        *,
+        read_only: bool = False,
+        services: Services = NO_SERVICES,
     ) -> FileSinkDevice:
-        return cls(
-            identity, FileSink(directory, capacity, read_only=read_only), read_only=read_only
-        )
+        sink = FileSink(directory, capacity, read_only=read_only)
+        return cls(identity, sink, read_only=read_only, services=services)
 
     def require_writable(self) -> None:
         if self.read_only:

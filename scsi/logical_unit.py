@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -54,23 +54,41 @@ class Identity:
         return hashlib.sha256(b"serial:" + self.device_id.encode()).hexdigest()[:16]
 
 
+VpdBuilder = Callable[["LogicalUnit", Nexus], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What a LU is given when it is built, by packages scsi/ does not import (xcopy/
+    gives each LU of a target the target's copy manager): the commands they serve on the
+    LU besides its device type's table, the VPD pages they add, and the copy manager."""
+
+    commands: OpcodeTable | None = None
+    vpd_pages: Mapping[int, VpdBuilder] = field(default_factory=dict)
+    copy_manager: object | None = None  # an xcopy.CopyManager
+
+
+NO_SERVICES = Services()
+
+
 class LogicalUnit:
     """Base of every device type. Subclasses set ``table`` and ``device_type``."""
 
     table: OpcodeTable
     device_type: int = 0x00
     removable: bool = False
-    third_party_copy: bool = False  # INQUIRY 3PC: set by LUs that serve EXTENDED COPY
     # Control mode page SWP is changeable only where every writing command honours it.
     supports_software_write_protect: bool = False
     # The LUN map of the target this LU belongs to (ScsiTarget sets it): the LUs an
     # initiator that sees this one may also see, so EXTENDED COPY may reach.
     lun_map: dict[int, LogicalUnit] | None = None
-    copy_manager: Any = None  # xcopy.CopyManager (scsi/ does not import xcopy/)
     version_descriptors: tuple[int, ...] = ()  # claimed beyond SAM-5/iSCSI/SPC-4/type std
 
-    def __init__(self, identity: Identity) -> None:
+    def __init__(self, identity: Identity, services: Services = NO_SERVICES) -> None:
         self.identity = identity
+        self.services = services
+        if services.commands is not None:  # this LU's own table: its type's rows and these
+            self.table = OpcodeTable(f"{self.table.name}+", self.table, services.commands)
         self._unit_attentions: dict[Nexus, deque[Reason]] = {}
         self._known_nexuses: set[Nexus] = set()
         self.descriptor_sense = False  # control mode page D_SENSE
@@ -80,6 +98,11 @@ class LogicalUnit:
         self.report_luns: Callable[[], list[int]] = lambda: [0]
         # Failures of the backing store: their sense, counts and rate-limited log lines.
         self.store_errors = StoreErrors(identity.device_id)
+
+    @property
+    def third_party_copy(self) -> bool:
+        """INQUIRY 3PC: the LU was given a copy manager (it serves EXTENDED COPY)."""
+        return self.services.copy_manager is not None
 
     # -- unit attentions -------------------------------------------------------------
     def nexus_established(self, nexus: Nexus) -> None:

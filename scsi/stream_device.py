@@ -22,15 +22,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from scsi.command import ScsiCommand, ScsiResult
-from scsi.logical_unit import Identity, LogicalUnit
+from scsi.logical_unit import NO_SERVICES, Identity, LogicalUnit, Services
 
 _COPY_OPCODES = frozenset({0x83, 0x84})  # EXTENDED COPY, RECEIVE COPY RESULTS
 T = TypeVar("T")
 
 
 class SerializedMedium(LogicalUnit):
-    def __init__(self, identity: Identity) -> None:
-        super().__init__(identity)
+    def __init__(self, identity: Identity, services: Services = NO_SERVICES) -> None:
+        super().__init__(identity, services)
         self.medium_lock = asyncio.Lock()
         self._io: ThreadPoolExecutor | None = None
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from backing.tape_image import CorruptRecord, TapeImage
-from scsi.logical_unit import Identity
+from scsi.logical_unit import NO_SERVICES, Identity, Services
 from scsi.mode import ModePage
 from scsi.sense import CheckCondition, FieldPointer, Reason
 from scsi.ssc import DENSITY_CODE, MAX_BLOCK_LENGTH, SSC_TABLE
@@ -29,8 +29,15 @@ class TapeDevice(SerializedMedium):
     device_type = 0x01
     removable = True
 
-    def __init__(self, identity: Identity, image: TapeImage, *, read_only: bool = False) -> None:
-        super().__init__(identity)
+    def __init__(
+        self,
+        identity: Identity,
+        image: TapeImage,
+        *,
+        read_only: bool = False,
+        services: Services = NO_SERVICES,
+    ) -> None:
+        super().__init__(identity, services)
         self.image = image
         self.read_only = read_only or image.read_only
         self.position = 0
@@ -41,13 +48,20 @@ class TapeDevice(SerializedMedium):
 
     @classmethod
     def from_file(
-        cls, identity: Identity, path: Path, capacity: int, *, read_only: bool = False
+        cls,
+        identity: Identity,
+        path: Path,
+        capacity: int,
+        *,
+        read_only: bool = False,
+        services: Services = NO_SERVICES,
     ) -> TapeDevice:
         """A tape LU over ``path``, a blank image of ``capacity`` made if it is absent."""
         return cls(
             identity,
             TapeImage.open_or_create(path, capacity, read_only=read_only),
             read_only=read_only,
+            services=services,
         )
 
     # -- checks the handlers share ----------------------------------------------------

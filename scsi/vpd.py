@@ -1,7 +1,8 @@
 """Standard INQUIRY data and the SPC vital product data pages (00h, 80h, 83h, 86h).
 
 A device type adds its own pages through ``LogicalUnit.vpd_pages()`` (page code to a
-builder of the whole page, header included); 00h lists them beside SPC's.
+builder of the whole page, header included), and the services a LU was built with add
+theirs (``Services.vpd_pages``: xcopy's third-party copy page 8Fh); 00h lists them all.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def standard_inquiry(lu: LogicalUnit) -> bytes:
     data[2] = 0x06  # SPC-4
     data[3] = 0x10 | 0x02  # HiSup, response data format 2
     data[4] = len(data) - 5
-    data[5] = 0x08 if getattr(lu, "third_party_copy", False) else 0  # 3PC
+    data[5] = 0x08 if lu.third_party_copy else 0  # 3PC
     data[7] = 0x02  # CmdQue
     ident = lu.identity
     data[8:16] = _ascii(ident.vendor, 8)
@@ -107,8 +108,7 @@ def _page(lu: LogicalUnit, code: int, body: bytes) -> bytes:
 
 
 def supported_pages(lu: LogicalUnit, nexus: Nexus) -> bytes:
-    extra = {code for code, build in EXTRA_PAGES.items() if build(lu, nexus) is not None}
-    codes = sorted(set(SPC_PAGES) | set(lu.vpd_pages()) | extra)
+    codes = sorted(set(SPC_PAGES) | set(lu.vpd_pages()) | set(lu.services.vpd_pages))
     return _page(lu, 0x00, bytes(codes))
 
 
@@ -161,18 +161,13 @@ SPC_PAGES: dict[int, Callable[[LogicalUnit, Nexus], bytes]] = {
     0x86: extended_inquiry,
 }
 
-# Pages that packages built on scsi/ offer (xcopy's third-party copy page 8Fh): page code
-# to a builder that returns the whole page, or None when the LU does not have it.
-EXTRA_PAGES: dict[int, Callable[[LogicalUnit, Nexus], bytes | None]] = {}
-
 
 def vpd_page(lu: LogicalUnit, code: int, nexus: Nexus) -> bytes | None:
     """The whole VPD page ``code`` for ``lu``, or None if the LU has no such page."""
     if code in SPC_PAGES:
         return SPC_PAGES[code](lu, nexus)
-    if code in EXTRA_PAGES:
-        page = EXTRA_PAGES[code](lu, nexus)
-        if page is not None:
-            return page
+    service = lu.services.vpd_pages.get(code)
+    if service is not None:
+        return service(lu, nexus)
     builder = lu.vpd_pages().get(code)
     return builder() if builder is not None else None

@@ -55,7 +55,7 @@ class CopyOperations:
     def managers(self) -> Iterator[tuple[str, CopyManager]]:
         for name, runtime in sorted(self.server.targets.items()):
             for lu in runtime.scsi.luns.values():
-                manager = getattr(lu, "copy_manager", None)
+                manager = lu.services.copy_manager
                 if isinstance(manager, CopyManager):
                     yield name, manager
                     break

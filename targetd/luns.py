@@ -4,21 +4,32 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import xcopy
 from backing.pairs import PairManager, PairVolume
 from backing.sparse_file import SparseFile
 from scsi.block_device import BlockDevice
 from scsi.file_sink import FileSinkDevice
-from scsi.logical_unit import Identity, LogicalUnit
+from scsi.logical_unit import NO_SERVICES, Identity, LogicalUnit, Services
 from scsi.tape_device import TapeDevice
 from scsi.target import ScsiTarget
 from targetd.config import Config, ConfigError, LunConfig, TargetConfig
 from targetd.pairs import TargetPairs, volume_id
 from xcopy import Policy, PolicyLookup
-from xcopy import attach as attach_copy_manager
+
+
+def copy_services(config: Config, target: str) -> Services:
+    """The copy services (EXTENDED COPY) of one target, given to each of its LUs as it is
+    built; copy results are kept under the state dir and survive a restart."""
+    copies = config.state_dir / "xcopy" / target.replace(":", "_")
+    return xcopy.services(backup_policy_lookup(config), state_dir=copies)
 
 
 def build_lun(
-    target: TargetConfig, lun: LunConfig, config: Config, pairs: PairManager | None = None
+    target: TargetConfig,
+    lun: LunConfig,
+    config: Config,
+    pairs: PairManager | None = None,
+    services: Services = NO_SERVICES,
 ) -> LogicalUnit:
     path = lun.path if lun.path.is_absolute() else config.state_dir / lun.path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,10 +40,22 @@ def build_lun(
     if lun.kind == "block":
         store = SparseFile(path, lun.size, read_only=lun.read_only)
         if pairs is None:
-            return BlockDevice(identity, store, block_size=lun.block_size, read_only=lun.read_only)
+            return BlockDevice(
+                identity,
+                store,
+                block_size=lun.block_size,
+                read_only=lun.read_only,
+                services=services,
+            )
         # Every block LUN can join a pair: its store goes through a PairVolume.
         volume = PairVolume(volume_id(target.name, lun.lun), store, read_only=lun.read_only)
-        lu = BlockDevice(identity, volume, block_size=lun.block_size, read_only=lun.read_only)
+        lu = BlockDevice(
+            identity,
+            volume,
+            block_size=lun.block_size,
+            read_only=lun.read_only,
+            services=services,
+        )
 
         def follow_pair() -> None:  # a mirrored target volume is write-protected
             lu.read_only = lun.read_only or volume.write_protected
@@ -47,6 +70,7 @@ def build_lun(
             path,
             lun.size,
             read_only=lun.read_only,
+            services=services,
         )
     if lun.kind == "filesink":
         # A directory of plain files, one per backup: EXTENDED COPY's file destination.
@@ -55,6 +79,7 @@ def build_lun(
             path,
             lun.size,
             read_only=lun.read_only,
+            services=services,
         )
     raise ConfigError(f"target {target.name} lun {lun.lun}", f"unsupported type {lun.kind!r}")
 
@@ -62,17 +87,15 @@ def build_lun(
 def build_targets(config: Config, pairs: PairManager | None = None) -> dict[str, ScsiTarget]:
     targets = {}
     for t in config.targets:
-        luns = {lun.lun: build_lun(t, lun, config, pairs) for lun in t.luns}
+        # EXTENDED COPY among the LUs this target shows: one copy manager per target.
+        services = copy_services(config, t.name)
+        luns = {lun.lun: build_lun(t, lun, config, pairs, services) for lun in t.luns}
         if pairs is not None:
             block = {n for n, lu in luns.items() if isinstance(lu, BlockDevice)}
             control = TargetPairs(pairs, t.name, block)
             for n in block:
                 luns[n].pair_control = control  # type: ignore[attr-defined]
-        target = ScsiTarget(luns)
-        # EXTENDED COPY among the LUs this target shows; results survive a restart.
-        copies = config.state_dir / "xcopy" / t.name.replace(":", "_")
-        attach_copy_manager(target, backup_policy_lookup(config), state_dir=copies)
-        targets[t.name] = target
+        targets[t.name] = ScsiTarget(luns)
     return targets
 
 

@@ -22,11 +22,10 @@ from scsi.sense import Reason
 from targetd import logs, reload, sdnotify, status
 from targetd.admin import SOCKET_NAME, Admin
 from targetd.config import Config, ConfigError
-from targetd.luns import backup_policy_lookup, build_lun, flush_targets
+from targetd.luns import build_lun, copy_services, flush_targets
 from targetd.metrics import Family, Metrics, lun_families
 from targetd.reload import ReloadPlan
 from targetd.server import TargetRuntime, TargetServer
-from xcopy import attach as attach_copy_manager
 
 log = logging.getLogger("targetd")
 ShutdownHook = Callable[[], Any | Awaitable[Any]]
@@ -133,14 +132,21 @@ class Operations:
         from scsi.target import ScsiTarget
 
         config = plan.config
-        built = [(t.name, ScsiTarget({lun.lun: build_lun(t, lun, config) for lun in t.luns}))
-                 for t in plan.new_targets]  # fmt: skip
-        extra = [(name, lun, build_lun(config.target(name), lun, config))  # type: ignore[arg-type]
-                 for name, lun in plan.new_luns]  # fmt: skip
+        # A new target gets copy services of its own (results kept as at startup); a LUN
+        # added to a running target gets that target's, so its one copy manager serves it.
+        built = []
+        for t in plan.new_targets:
+            services = copy_services(config, t.name)
+            luns = {lun.lun: build_lun(t, lun, config, services=services) for lun in t.luns}
+            built.append((t.name, ScsiTarget(luns)))
+        extra = []
+        for name, lun in plan.new_luns:
+            running = self.server.targets[name].scsi.luns.values()
+            services = next((lu.services for lu in running), None) or copy_services(config, name)
+            target = config.target(name)
+            assert target is not None
+            extra.append((name, lun, build_lun(target, lun, config, services=services)))
         for name, scsi in built:
-            # EXTENDED COPY among the new target's LUs, results kept as at startup.
-            copies = config.state_dir / "xcopy" / name.replace(":", "_")
-            attach_copy_manager(scsi, backup_policy_lookup(config), state_dir=copies)
             self.server.targets[name] = TargetRuntime(name, scsi)
         for name, lun, lu in extra:
             runtime = self.server.targets[name]

@@ -67,16 +67,9 @@ class TargetRuntime:
             other.raise_unit_attention(Reason.REPORTED_LUNS_DATA_CHANGED)
         lu.report_luns = self.scsi.lun_numbers
         self.scsi.luns[number] = lu
-        # EXTENDED COPY: the new LU sees the target's LUN map and serves the commands
-        # with the target's one copy manager, which reaches it through the same map.
+        # EXTENDED COPY: the new LU sees the target's LUN map (it was built with the
+        # target's copy services), and the target's copy manager reaches it through it.
         lu.lun_map = self.scsi.luns
-        manager = next(
-            (m for o in self.scsi.luns.values() if (m := getattr(o, "copy_manager", None))),
-            None,
-        )
-        if manager is not None:
-            lu.copy_manager = manager
-            lu.third_party_copy = True
         self.stats[number] = LunStats()
         for c in self.connections:
             if c.conn.nexus is not None:

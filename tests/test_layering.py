@@ -3,8 +3,11 @@
 - targetd/iscsi/ is a sans-I/O protocol core: no asyncio, socket or selectors.
 - scsi/ knows nothing of iSCSI or the daemon: no targetd.
 - backing/ knows nothing of SCSI: no scsi, no targetd.
-- xcopy/ is built on scsi/ (it registers its commands in scsi's tables), so scsi/ never
-  imports xcopy/; xcopy/ knows nothing of the daemon: no targetd.
+- xcopy/ is built on scsi/ (a LU is given xcopy's commands, VPD page and copy manager
+  when it is built), so scsi/ never imports xcopy/; xcopy/ knows nothing of the daemon:
+  no targetd.
+- Explicit wiring: importing xcopy changes no table of scsi/, and no module patches a
+  copy manager onto a LU after it is built.
 - hostcopy/ (targetd-copy) runs on an initiator host with no daemon: nothing of targetd,
   xcopy or backing, and of scsi only the pure sense table (its tests may use the daemon's
   decoders as an oracle).
@@ -105,3 +108,69 @@ def test_layers_exist() -> None:
     # A renamed package would make the rules above pass vacuously.
     for package in ("targetd/iscsi", "scsi", "xcopy", "hostcopy"):
         assert any((REPO / package).glob("*.py")), package
+
+
+# -- explicit wiring ---------------------------------------------------------------------
+PATCHED_SERVICES = frozenset({"copy_manager", "third_party_copy"})
+
+
+def attribute_assignments(path: Path, names: frozenset[str]) -> list[str]:
+    """``x.name = ...`` (or ``setattr(x, "name", ...)``) for the given names."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    where = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    found = []
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        for target in targets:
+            if isinstance(target, ast.Attribute) and target.attr in names:
+                found.append(f"{where}:{node.lineno} sets .{target.attr}")
+        if (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", "") == "setattr"
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and node.args[1].value in names
+        ):
+            found.append(f"{where}:{node.lineno} setattr {node.args[1].value}")
+    return found
+
+
+def test_no_module_patches_copy_services_onto_a_lu() -> None:
+    found = [
+        hit
+        for package in ("targetd", "scsi", "xcopy", "backing")
+        for path in sorted((REPO / package).rglob("*.py"))
+        for hit in attribute_assignments(path, PATCHED_SERVICES)
+    ]
+    assert found == []
+
+
+def test_the_patch_finder_sees_patches(tmp_path: Path) -> None:
+    module = tmp_path / "bad.py"
+    module.write_text("lu.copy_manager = m\nsetattr(lu, 'third_party_copy', True)\n")
+    assert len(attribute_assignments(module, PATCHED_SERVICES)) == 2
+
+
+def test_importing_xcopy_registers_nothing() -> None:
+    """scsi's tables and VPD pages are what scsi/ defines, with or without xcopy imported:
+    a LU serves EXTENDED COPY only when it was built with xcopy's services."""
+    code = (
+        "import scsi.block_device, scsi.tape_device, scsi.file_sink, scsi.target;"
+        "from scsi.sbc import SBC_TABLE; from scsi.ssc import SSC_TABLE;"
+        "from scsi.file_sink import FILE_SINK_TABLE; import scsi.vpd as vpd;"
+        "before = [len(t) for t in (SBC_TABLE, SSC_TABLE, FILE_SINK_TABLE)];"
+        "pages = dict(vars(vpd));"
+        "import xcopy, targetd.luns;"
+        "after = [len(t) for t in (SBC_TABLE, SSC_TABLE, FILE_SINK_TABLE)];"
+        "assert before == after, (before, after);"
+        "assert SBC_TABLE.get(0x83, 0) is None and SSC_TABLE.get(0x84, 3) is None;"
+        "assert not hasattr(vpd, 'EXTRA_PAGES')"
+    )
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)

@@ -1,20 +1,16 @@
-"""EXTENDED COPY (83h: LID1, LID4, COPY OPERATION ABORT) and RECEIVE COPY RESULTS (84h)
-in the SBC and SSC opcode tables (and the file sink's).
-
-scsi/ does not import xcopy/ (xcopy is built on scsi), so importing this module is what
-puts the rows in the tables; ``xcopy.attach`` (called by targetd.luns) imports it and
-gives each LU of a target the target's :class:`~xcopy.manager.CopyManager`.
+"""EXTENDED COPY (83h: LID1, LID4, COPY OPERATION ABORT) and RECEIVE COPY RESULTS (84h):
+the table of :data:`COPY_COMMANDS`, which ``xcopy.services`` gives each LU of a target
+(with the target's :class:`~xcopy.manager.CopyManager`) when the LU is built. The LU
+layers it over its device type's table (SBC, SSC, file sink), so REPORT SUPPORTED
+OPERATION CODES lists the rows of the LUs that serve them and no others.
 """
 
 from __future__ import annotations
 
 from scsi.command import ScsiCommand, ScsiResult, Status
-from scsi.file_sink import FILE_SINK_TABLE
 from scsi.logical_unit import LogicalUnit
 from scsi.opcodes import OpcodeTable
-from scsi.sbc import SBC_TABLE
 from scsi.sense import CheckCondition, FieldPointer, Reason
-from scsi.ssc import SSC_TABLE
 from xcopy import params, results
 from xcopy.errors import CopyAborted
 from xcopy.manager import CopyManager, Operation, State
@@ -23,20 +19,15 @@ _FF4 = (0xFF, 0xFF, 0xFF, 0xFF)
 
 
 def manager_of(lu: LogicalUnit) -> CopyManager:
-    """The LU's copy manager; an LU built without ``xcopy.attach`` (unit tests) gets one
-    over its target's LUN map on first use."""
-    manager = getattr(lu, "copy_manager", None)
-    if manager is None:
-        luns = getattr(lu, "lun_map", None) or {0: lu}
-        manager = CopyManager(luns)
-        for other in luns.values():
-            if getattr(other, "copy_manager", None) is None:
-                other.copy_manager = manager
+    """The copy manager the LU was built with (only LUs built with ``xcopy.services``
+    have these commands in their table)."""
+    manager = lu.services.copy_manager
+    assert isinstance(manager, CopyManager)
     return manager
 
 
-def _lun_of(lu: LogicalUnit, manager: CopyManager) -> int:
-    return next((n for n, other in manager.luns.items() if other is lu), 0)
+def _lun_of(lu: LogicalUnit) -> int:
+    return next((n for n, other in (lu.lun_map or {}).items() if other is lu), 0)
 
 
 def _parameter_list(cmd: ScsiCommand) -> bytes:
@@ -58,7 +49,7 @@ async def extended_copy(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
         return ScsiResult()
     manager = manager_of(lu)
     try:
-        op = manager.start(copy_list, lu, _lun_of(lu, manager), cmd.nexus)
+        op = manager.start(copy_list, lu, _lun_of(lu), cmd.nexus)
     except CopyAborted as err:
         return _copy_aborted(lu, err)
     if copy_list.immed:  # answered once the split (if any) is taken and the sources pass
@@ -164,7 +155,8 @@ _ROWS = (
 )
 
 
-def register(table: OpcodeTable) -> None:
+def _table() -> OpcodeTable:
+    table = OpcodeTable("third-party copy")
     for opcode, service_action, name, handler, list_id in _ROWS:
         table.command(
             opcode,
@@ -172,8 +164,7 @@ def register(table: OpcodeTable) -> None:
             _usage(opcode, service_action, list_id),
             service_action=service_action,
         )(handler)
+    return table
 
 
-register(SBC_TABLE)
-register(SSC_TABLE)
-register(FILE_SINK_TABLE)
+COPY_COMMANDS = _table()

@@ -86,13 +86,11 @@ class Counters:
 class CopyManager:
     def __init__(
         self,
-        luns: dict[int, LogicalUnit],
         reader_factory: ReaderFactory = direct_reader,
         *,
         max_concurrent: int = limits.MAX_CONCURRENT_COPIES,
         journal: CopyJournal | None = None,
     ) -> None:
-        self.luns = luns  # the target's own dict: LUNs added later are seen too
         self.reader_factory = reader_factory
         self.max_concurrent = max_concurrent
         self.operations: dict[str, OrderedDict[int, Operation]] = {}
@@ -189,7 +187,8 @@ class CopyManager:
             raise CheckCondition(Reason.INSUFFICIENT_RESOURCES)
         op = Operation(nexus.initiator_port, copy_list, lun)
         try:
-            steps = plan(copy_list, self.luns, lu, nexus)
+            # The LUs of the target the command came through (LUNs added later too).
+            steps = plan(copy_list, lu.lun_map or {lun: lu}, lu, nexus)
         except CopyAborted as err:
             self._finish(op, err)
             if copy_list.keeps_results:

@@ -6,33 +6,53 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import xcopy
 from scsi.block_device import BlockDevice
 from scsi.command import Nexus, ScsiCommand, ScsiResult
 from scsi.logical_unit import Identity, LogicalUnit
 from scsi.tape_device import TapeDevice
 from scsi.target import ScsiTarget
+from xcopy.manager import CopyManager
 
 NEXUS = Nexus("iqn.2026-11.org.test:ini,i,0x400000001234", "iqn.2026-11.org.test:tgt,t,0x1")
 OTHER = Nexus("iqn.2026-11.org.test:other,i,0x400000005678", "iqn.2026-11.org.test:tgt,t,0x1")
 
 
-def make_target(tmp: Path, *, blocks: int = 2048, block_size: int = 512) -> ScsiTarget:
-    import xcopy
-
+def make_target(
+    tmp: Path,
+    *,
+    blocks: int = 2048,
+    block_size: int = 512,
+    manager: CopyManager | None = None,
+) -> ScsiTarget:
+    """LUNs 0 and 1 (block) and 2 (tape), built with one target's copy services."""
+    services = xcopy.services(manager=manager)
     luns: dict[int, LogicalUnit] = {
         0: BlockDevice.from_file(
-            Identity("t/lun0"), tmp / "a.img", blocks * block_size, block_size=block_size
+            Identity("t/lun0"),
+            tmp / "a.img",
+            blocks * block_size,
+            block_size=block_size,
+            services=services,
         ),
         1: BlockDevice.from_file(
-            Identity("t/lun1"), tmp / "b.img", blocks * block_size, block_size=block_size
+            Identity("t/lun1"),
+            tmp / "b.img",
+            blocks * block_size,
+            block_size=block_size,
+            services=services,
         ),
         2: TapeDevice.from_file(
-            Identity("t/lun2", product="VIRTUAL-TAPE"), tmp / "t.img", 64 << 20
+            Identity("t/lun2", product="VIRTUAL-TAPE"), tmp / "t.img", 64 << 20, services=services
         ),
     }
-    target = ScsiTarget(luns)
-    xcopy.attach(target)
-    return target
+    return ScsiTarget(luns)
+
+
+def manager_of(target: ScsiTarget) -> CopyManager:
+    manager = target.luns[0].services.copy_manager
+    assert isinstance(manager, CopyManager)
+    return manager
 
 
 def naa(lu: LogicalUnit) -> bytes:

@@ -6,7 +6,17 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from helpers_xcopy import NEXUS, OTHER, cscd, lid4, make_target, rcr_cdb, seg_b2b, send
+from helpers_xcopy import (
+    NEXUS,
+    OTHER,
+    cscd,
+    lid4,
+    make_target,
+    manager_of,
+    rcr_cdb,
+    seg_b2b,
+    send,
+)
 
 from scsi.block_device import BlockDevice
 from scsi.reservations import PrType, Reservation
@@ -34,7 +44,7 @@ def test_a_reservation_taken_mid_copy_stops_it_at_the_next_chunk(tmp_path: Path)
         assert result.status == 0
         # Another initiator reserves the destination while the copy runs.
         dst.reservations.reservation = Reservation(OTHER, PrType.WRITE_EXCLUSIVE)
-        manager = dst.copy_manager
+        manager = manager_of(t)
         op = manager.find(NEXUS, 5)
         await op.done.wait()
         assert op.state.value == "failed"

@@ -167,7 +167,8 @@ class GatedReader:
         return None
 
 
-def _gated(t: ScsiTarget) -> list[GatedReader]:
+def _gated() -> tuple[CopyManager, list[GatedReader]]:
+    """A copy manager whose readers wait at a gate (and only two copies at once)."""
     readers: list[GatedReader] = []
 
     async def factory(lu, copy_list):  # type: ignore[no-untyped-def]
@@ -175,17 +176,14 @@ def _gated(t: ScsiTarget) -> list[GatedReader]:
         readers.append(reader)
         return reader
 
-    manager = CopyManager(t.luns, factory, max_concurrent=2)
-    for lu in t.luns.values():
-        lu.copy_manager = manager
-    return readers
+    return CopyManager(factory, max_concurrent=2), readers
 
 
 def test_immed_progress_duplicate_id_abort_and_limit(tmp_path: Path) -> None:
     async def main() -> None:
-        t = make_target(tmp_path, blocks=16384)
+        manager, readers = _gated()
+        t = make_target(tmp_path, blocks=16384, manager=manager)
         ready(t)
-        readers = _gated(t)
         a, b = t.luns[0], t.luns[1]
         params = lid4([cscd(a), cscd(b)], [seg_b2b(0, 1, 8192, 0, 8192)], list_id=42, immed=True)
         r = await extended_copy(t, params, sa=1)
@@ -310,15 +308,21 @@ def test_backup_to_a_file_sink_holds_exactly_the_bytes(tmp_path: Path) -> None:
     from scsi.file_sink import FileSinkDevice
 
     async def main() -> None:
-        luns = {
-            0: BlockDevice.from_file(Identity("t/lun0"), tmp_path / "a.img", 4 * MiB),
-            1: BlockDevice.from_file(Identity("t/lun1"), tmp_path / "b.img", 4 * MiB),
-            3: FileSinkDevice.from_directory(Identity("t/lun3"), tmp_path / "sink", 64 * MiB),
-        }
-        t = ScsiTarget(luns)
         import xcopy
 
-        xcopy.attach(t)
+        services = xcopy.services()
+        luns = {
+            0: BlockDevice.from_file(
+                Identity("t/lun0"), tmp_path / "a.img", 4 * MiB, services=services
+            ),
+            1: BlockDevice.from_file(
+                Identity("t/lun1"), tmp_path / "b.img", 4 * MiB, services=services
+            ),
+            3: FileSinkDevice.from_directory(
+                Identity("t/lun3"), tmp_path / "sink", 64 * MiB, services=services
+            ),
+        }
+        t = ScsiTarget(luns)
         ready(t)
         a, b, sink = luns[0], luns[1], luns[3]
         image = bytes(i % 253 for i in range(MiB))
@@ -348,8 +352,6 @@ def test_results_survive_a_restart_and_a_running_copy_reads_as_failed(tmp_path: 
     from xcopy.journal import CopyJournal
 
     async def main() -> None:
-        t = make_target(tmp_path, blocks=16384)
-        ready(t)
         journal = CopyJournal(tmp_path / "copies")
         readers: list[GatedReader] = []
 
@@ -357,9 +359,9 @@ def test_results_survive_a_restart_and_a_running_copy_reads_as_failed(tmp_path: 
             readers.append(GatedReader(lu))
             return readers[-1]
 
-        manager = CopyManager(t.luns, factory, journal=journal)
-        for lu in t.luns.values():
-            lu.copy_manager = manager
+        manager = CopyManager(factory, journal=journal)
+        t = make_target(tmp_path, blocks=16384, manager=manager)
+        ready(t)
         a, b = t.luns[0], t.luns[1]
         done = lid1([cscd(a), cscd(b)], [seg_b2b(0, 1, 8, 0, 0)], list_id=3)
         running = lid4([cscd(a), cscd(b)], [seg_b2b(0, 1, 64, 0, 0)], list_id=4, immed=True)
@@ -372,9 +374,11 @@ def test_results_survive_a_restart_and_a_running_copy_reads_as_failed(tmp_path: 
         # "Restart": a new manager over the same records; the running copy died with it.
         for op in manager.running():
             op.task.cancel()
-        reborn = CopyManager(t.luns, journal=CopyJournal(tmp_path / "copies"))
         for lu in t.luns.values():
-            lu.copy_manager = reborn
+            lu.close()
+        reborn = CopyManager(journal=CopyJournal(tmp_path / "copies"))
+        t = make_target(tmp_path, blocks=16384, manager=reborn)
+        ready(t)
         r = await send(t, rcr_cdb(0x00, 3))
         assert bytes(r.data)[4] == 0x01  # completed, as before the restart
         r = await send(t, rcr_cdb(0x05, 4))

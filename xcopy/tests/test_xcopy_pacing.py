@@ -87,12 +87,9 @@ def test_paced_backup_lands_the_same_bytes(
         target = make_target(tmp_path)
         if sink:
             target.luns[2] = FileSinkDevice.from_directory(
-                Identity("t/sink"), tmp_path / "sink", 64 * MiB
+                Identity("t/sink"), tmp_path / "sink", 64 * MiB, services=target.luns[0].services
             )
             target = ScsiTarget(target.luns)
-            import xcopy
-
-            xcopy.attach(target)
         target.nexus_established(NEXUS)
         for lu in target.luns.values():
             lu.pop_unit_attention(NEXUS)

@@ -9,7 +9,7 @@ import random
 from pathlib import Path
 
 import pytest
-from helpers_xcopy import NEXUS, cscd, extended_copy, lid1, lid4, seg_b2b, seg_b2s
+from helpers_xcopy import NEXUS, cscd, extended_copy, lid1, lid4, manager_of, seg_b2b, seg_b2s
 
 import xcopy
 from backing.pairs import PairManager, PairSettings, PairVolume, Phase
@@ -32,20 +32,22 @@ async def build(tmp: Path, policy: Policy) -> tuple[ScsiTarget, PairManager]:
         tmp / "state", PairSettings(chunk_size=64 * KiB, copy_rate=2 * MiB, lazy_commit=0.01)
     )
     luns: dict[int, LogicalUnit] = {}
+    services = xcopy.services(lambda pair: policy)
     for n in (0, 1):
         volume = PairVolume(f"t/lun{n}", SparseFile(tmp / f"v{n}.img", SIZE))
         manager.register_volume(volume)
-        lu = BlockDevice(Identity(f"t/lun{n}"), volume)
+        lu = BlockDevice(Identity(f"t/lun{n}"), volume, services=services)
 
         def follow(lu: BlockDevice = lu, volume: PairVolume = volume) -> None:
             lu.read_only = volume.write_protected
 
         volume.on_change = follow
         luns[n] = lu
-    luns[2] = TapeDevice.from_file(Identity("t/lun2"), tmp / "tape.img", 64 * MiB)
-    luns[3] = BlockDevice.from_file(Identity("t/lun3"), tmp / "copy.img", SIZE)
+    luns[2] = TapeDevice.from_file(
+        Identity("t/lun2"), tmp / "tape.img", 64 * MiB, services=services
+    )
+    luns[3] = BlockDevice.from_file(Identity("t/lun3"), tmp / "copy.img", SIZE, services=services)
     target = ScsiTarget(luns)
-    xcopy.attach(target, lambda pair: policy)
     target.nexus_established(NEXUS)
     for lu in luns.values():
         lu.pop_unit_attention(NEXUS)
@@ -109,7 +111,7 @@ async def scenario(tmp: Path, seed: int, policy: Policy, split_and_backup: bool)
         assert pair.phase is Phase.SPLIT_PENDING and pair.status().dirty_chunks > 8
         if split_and_backup:
             writes = asyncio.create_task(host_writes(source, None, rng, 60))
-            op = target.luns[0].copy_manager.find(NEXUS, 9)
+            op = manager_of(target).find(NEXUS, 9)
             await asyncio.wait_for(op.done.wait(), 30)
             await writes
             assert op.sense is None, parse_sense(op.sense)
