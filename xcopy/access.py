@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from scsi.command import Nexus, ScsiCommand, ScsiResult, Status
 from scsi.logical_unit import LogicalUnit
+from scsi.sense import CheckCondition, Reason
 
 READ_BLOCKS = 0x88  # READ(16)
 WRITE_BLOCKS = 0x8A  # WRITE(16)
@@ -61,8 +62,25 @@ def may_read(lu: LogicalUnit | None, nexus: Nexus) -> None:
 
 
 def may_write(lu: LogicalUnit | None, nexus: Nexus) -> None:
-    if lu is not None:
-        admit(lu, nexus, write_opcode(lu))
+    """Reservations, then write protection (configured, a mirrored pair target, or the
+    control mode page's SWP), as the LU's WRITE would check them."""
+    if lu is None:
+        return
+    admit(lu, nexus, write_opcode(lu))
+    protected = write_protection(lu)
+    if protected is not None:
+        sense = CheckCondition(protected).sense(lu.descriptor_sense)
+        raise Refused(lu, ScsiResult(Status.CHECK_CONDITION, sense=sense))
+
+
+def write_protection(lu: LogicalUnit) -> Reason | None:
+    """Why a write to ``lu`` is refused now, if it is."""
+    if not getattr(lu, "read_only", False):
+        return None
+    soft = getattr(lu, "software_write_protect", False)
+    if soft and not getattr(lu, "hardware_read_only", True):
+        return Reason.SOFTWARE_WRITE_PROTECTED
+    return Reason.WRITE_PROTECTED
 
 
 async def command(lu: LogicalUnit, nexus: Nexus, cdb: bytes) -> ScsiResult:

@@ -16,7 +16,7 @@ from scsi.command import Nexus
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import CheckCondition, FieldPointer, Reason, build_sense
 from xcopy import limits
-from xcopy.access import read_opcode, write_opcode
+from xcopy.access import read_opcode, write_opcode, write_protection
 from xcopy.endpoints import BLOCK, STREAM, Endpoint, Unresolved, resolve
 from xcopy.errors import CopyAborted, lba_out_of_range_sense
 from xcopy.params import (
@@ -148,12 +148,13 @@ def _check_range(end: Endpoint, seg: Segment, offset: int, length: int, field: i
 
 def _check_writable(end: Endpoint, seg: Segment) -> None:
     lu = end.lu
-    if lu is not None and getattr(lu, "read_only", False):
+    protected = write_protection(lu) if lu is not None else None
+    if protected is not None:
         raise CopyAborted(
             Reason.COPY_ABORTED_NO_ADDITIONAL_SENSE,
             seg.index,
             field=6,
-            target_sense=build_sense(Reason.WRITE_PROTECTED),
+            target_sense=build_sense(protected),
         )
 
 

@@ -72,3 +72,29 @@ def test_the_refusal_is_forwarded_in_descriptor_sense() -> None:
     # Forwarded sense data: from the copy destination (2), status RESERVATION CONFLICT.
     assert kinds[0x0C] == bytes([0x0C, 2, 2, 0x18])
     assert kinds[0x01][10:12] == (3).to_bytes(2, "big")  # the failed segment
+
+
+def test_software_write_protect_refuses_the_copy(tmp_path: Path) -> None:
+    """SWP set through the control mode page protects the LU from copies too."""
+
+    async def main() -> None:
+        t = make_target(tmp_path)
+        t.nexus_established(NEXUS)
+        for lu in t.luns.values():
+            lu.pop_unit_attention(NEXUS)
+        src, dst = t.luns[0], t.luns[1]
+        assert isinstance(src, BlockDevice) and isinstance(dst, BlockDevice)
+        await src.store.write(0, b"\x5a" * 4096)
+        dst.software_write_protect = True
+        params = lid4([cscd(src), cscd(dst)], [seg_b2b(0, 1, 8, 0, 0)], list_id=6)
+        cdb = bytes([0x83, 0x01]) + bytes(8) + len(params).to_bytes(4, "big") + bytes(2)
+        result = await send(t, cdb, params)
+        sense = result.sense or b""
+        assert (sense[2] & 0x0F, sense[12], sense[13]) == (0x0A, 0x00, 0x00)
+        appended = sense[sense[9] :]
+        assert (appended[2] & 0x0F, appended[12], appended[13]) == (0x07, 0x27, 0x02)
+        buf = bytearray(4096)
+        await dst.store.read_into(0, memoryview(buf))
+        assert buf == bytes(4096)
+
+    asyncio.run(main())
