@@ -32,11 +32,6 @@ DEB_PACKAGES+=(ceph-mon ceph-osd ceph-common python3-rbd python3-rados tgt-rbd)
 # systemd-analyze verify checks that the unit's ExecReload binary (/bin/kill) exists; a minimal
 # Debian has no procps.
 DEB_PACKAGES+=(procps)
-# Debian's own Python needs its headers from a package; a pyenv or venv Python has them.
-if ! $PY -c 'import os, sys, sysconfig
-sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
-    DEB_PACKAGES+=(python3-dev)
-fi
 
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
