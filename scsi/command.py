@@ -12,7 +12,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from scsi.buffers import BufferPool
+    from scsi.buffers import Allocator
 
 
 class Status(IntEnum):
@@ -76,7 +76,7 @@ class ScsiCommand:
     tag: int = 0
     # Where large Data-In buffers come from (the transport takes them back once sent).
     # ``data_out`` is only valid until the command completes: it is recycled then too.
-    buffers: BufferPool | None = None
+    buffers: Allocator | None = None
 
     @property
     def opcode(self) -> int:

@@ -25,6 +25,8 @@ MIN_TAPE_CAPACITY = 64 << 10  # backing.tape_image.MIN_CAPACITY (config may not 
 # RFC 7143 caps MaxBurstLength at 2**24 - 1; the default keeps it 512-aligned under that.
 DEFAULT_MAX_BURST_LENGTH = 16776192
 DEFAULT_FIRST_BURST_LENGTH = 262144
+DEFAULT_BUFFERS_TOTAL = 1 << 30
+DEFAULT_BUFFERS_PER_SESSION = 64 << 20
 
 
 class ConfigError(Exception):
@@ -115,6 +117,11 @@ class Config:
     max_burst_length: int = DEFAULT_MAX_BURST_LENGTH
     first_burst_length: int = DEFAULT_FIRST_BURST_LENGTH
     max_outstanding_r2t: int = 8
+    # Memory for command data (docs/iscsi.md, "Memory"): all sessions together, one
+    # session, and the free buffers kept for reuse.
+    buffers_total: int = DEFAULT_BUFFERS_TOTAL
+    buffers_per_session: int = DEFAULT_BUFFERS_PER_SESSION
+    buffer_pool: int = 64 << 20
     extras: dict[str, object] = field(default_factory=dict)
     # Prometheus metrics endpoint (HOST, PORT); None: off.
     metrics_listen: tuple[str, int] | None = None
@@ -380,6 +387,14 @@ def _target(value: object, key: str, state_dir: Path) -> TargetConfig:
     return TargetConfig(name, alias, luns, initiators, chap, mutual)
 
 
+# The per-session floor lets the largest command (a 64 MiB write) run alone.
+_MEMORY_RANGES = {
+    "buffers_total": (64 << 20, 1 << 40),
+    "buffers_per_session": (64 << 20, 1 << 40),
+    "buffer_pool": (0, 1 << 40),
+}
+
+
 def _limits(config: _Table) -> dict[str, int]:
     if "limits" not in config.data:
         return {}
@@ -391,6 +406,11 @@ def _limits(config: _Table) -> dict[str, int]:
             out[name] = parse_size(table.take_raw(name), table.key(name))
             if not low <= out[name] <= high:
                 raise ConfigError(table.key(name), f"must be {low}..{high} bytes (RFC 7143)")
+    for name, (low_size, high_size) in _MEMORY_RANGES.items():
+        if name in table.data:
+            out[name] = parse_size(table.take_raw(name), table.key(name))
+            if not low_size <= out[name] <= high_size:
+                raise ConfigError(table.key(name), f"must be {low_size}..{high_size} bytes")
     for name, high_int in (
         ("max_sessions", 65535),
         ("max_connections_per_session", 65535),
@@ -403,6 +423,10 @@ def _limits(config: _Table) -> dict[str, int]:
     most = out.get("max_burst_length", DEFAULT_MAX_BURST_LENGTH)
     if first > most:
         raise ConfigError(table.key("first_burst_length"), "must not exceed max_burst_length")
+    total = out.get("buffers_total", DEFAULT_BUFFERS_TOTAL)
+    session = out.get("buffers_per_session", DEFAULT_BUFFERS_PER_SESSION)
+    if session > total:
+        raise ConfigError(table.key("buffers_per_session"), "must not exceed buffers_total")
     return out
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
+from scsi.buffers import BufferPool, MemoryBudget
 from scsi.command import ScsiResult, Status
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import Reason, build_sense
@@ -80,7 +81,15 @@ class IscsiConnection(asyncio.BufferedProtocol):
     def __init__(self, server: TargetServer, portal: Portal) -> None:
         self.server = server
         self.portal = portal
-        self.conn = Connection(server.config, portal, server.sessions, time.monotonic())
+        self.conn = Connection(
+            server.config,
+            portal,
+            server.sessions,
+            time.monotonic(),
+            pool=server.pool,
+            budget=server.budget,
+        )
+        self.conn.wake = self._schedule_flush
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.runtime: TargetRuntime | None = None
@@ -88,18 +97,18 @@ class IscsiConnection(asyncio.BufferedProtocol):
         self._closing = False
         self._flush_scheduled = False
         self._close_requested = False
-        self._unsent: list[object] = []
+        # Reading paused because our replies pile up unsent (see _pump).
+        self._backpressure = False
         self._waiters: set[asyncio.Future[None]] = set()
 
     # -- asyncio protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
-        # uvloop's default 64 KiB high-water mark would pause reading after every 1 MiB
-        # Data-In; allow a queue's worth of large reads before pushing back.
-        transport.set_write_buffer_limits(
-            high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_HIGH // 4
-        )
+        # Marks of 0: resume_writing tells us each time the write buffer is empty, which
+        # is when the buffers of the replies in it can be lent again. Pushing back on the
+        # client (pause_reading) is done by _pump, at WRITE_BUFFER_HIGH.
+        transport.set_write_buffer_limits(high=0, low=0)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -162,13 +171,15 @@ class IscsiConnection(asyncio.BufferedProtocol):
         )
 
     def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
+        pass  # the write buffer is not empty; _pump decides whether to push back
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self._closing:
-            self.transport.resume_reading()
-            self._schedule_flush()  # releases the buffers that have now been sent
+        self.conn.output_sent()  # every byte written: the buffers come back
+        transport = self.transport
+        if self._backpressure and transport is not None and not self._closing:
+            self._backpressure = False
+            transport.resume_reading()
+        self._schedule_flush()
 
     # -- driving the state machine -------------------------------------------------
     def _pump(self) -> None:
@@ -189,12 +200,15 @@ class IscsiConnection(asyncio.BufferedProtocol):
             return
         if out:
             transport.writelines(out)
-        if self._unsent and not transport.get_write_buffer_size():
+        unsent = transport.get_write_buffer_size()
+        if not unsent:
             # The socket has every byte: the Data-In buffers can be lent again.
-            give = conn.buffers.give
-            for buf in self._unsent:
-                give(buf)
-            self._unsent.clear()
+            conn.output_sent()
+        elif unsent > WRITE_BUFFER_HIGH and not self._backpressure:
+            # The client does not read as fast as it asks: stop reading its commands
+            # until it has (resume_writing, once the buffer is empty).
+            self._backpressure = True
+            transport.pause_reading()
         if self._close_requested:
             transport.close()
 
@@ -230,11 +244,6 @@ class IscsiConnection(asyncio.BufferedProtocol):
             )
         self._running.pop(event.task, None)
         self.conn.scsi_done(event.task, result)
-        data_out = event.command.data_out
-        if data_out is not None:
-            self.conn.buffers.give(data_out.obj)
-        if result.data is not None:
-            self._unsent.append(result.data)
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -343,6 +352,13 @@ class TargetServer:
         self.sessions = SessionTable(config.max_sessions, config.max_connections_per_session)
         self.sessions.on_reinstate = self._reinstate
         self.connections: set[IscsiConnection] = set()
+        # Buffers: one pool and one memory budget for the whole daemon (docs/iscsi.md).
+        self.pool = BufferPool(config.buffer_pool)
+        self.budget = MemoryBudget(
+            config.buffers_total,
+            config.max_sessions * config.max_connections_per_session,
+            config.buffers_per_session,
+        )
         # Logged-in sessions are capped by max_sessions; this caps sockets before login.
         self.max_connections = 2 * config.max_sessions + 16
         self._servers: list[asyncio.base_events.Server] = []

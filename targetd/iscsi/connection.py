@@ -8,13 +8,14 @@ then drains :meth:`take_output` (buffers to write, in order) and :meth:`take_eve
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from enum import Enum, auto
 from typing import TYPE_CHECKING
 
 import crc32c
 
-from scsi.buffers import BufferPool
+from scsi.buffers import POOL_MIN_SIZE, BufferPool, Leases, MemoryBudget
 from scsi.command import Nexus, ScsiCommand, ScsiResult, Status, TaskAttribute
 from scsi.sense import Reason, build_sense
 from scsi.target import decode_lun
@@ -80,15 +81,35 @@ _RESETS = (
 
 class Connection:
     def __init__(
-        self, config: Config, portal: Portal, sessions: SessionTable, now: float = 0.0
+        self,
+        config: Config,
+        portal: Portal,
+        sessions: SessionTable,
+        now: float = 0.0,
+        *,
+        pool: BufferPool | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.config = config
         self.portal = portal
         self.sessions = sessions
         self.phase = Phase.LOGIN
         self.receiver = PduReceiver(self._placement)
-        # Write buffers come from here; the driver returns them (and Data-In buffers).
-        self.buffers = BufferPool()
+        # Large buffers come from the daemon's pool, charged to this connection's account;
+        # a command that does not fit waits in _starved (FIFO) until buffers come back.
+        self.pool = pool if pool is not None else BufferPool()
+        if budget is None:
+            budget = MemoryBudget(1 << 30, 1, 64 << 20)
+        self.account = budget.account(self._on_room)
+        self._max_command = min(MAX_WRITE_BUFFER, budget.account_limit)
+        self._starved: deque[Task] = deque()
+        self._room = False
+        # Called when buffers came back and waiting commands may proceed: the driver
+        # then drains take_events()/take_output() again.
+        self.wake: Callable[[], None] = lambda: None
+        # Leases of replies handed to the driver, and of those it is still writing.
+        self._sending: list[Leases] = []
+        self._in_transport: list[Leases] = []
         self.login = LoginMachine(config, portal, sessions)
         self.session: Session | None = None
         self.text: TextMachine | None = None
@@ -96,7 +117,8 @@ class Connection:
         self.cid = 0
         self.stat_sn = 0
         self.tasks: dict[int, Task] = {}
-        self._write_buffers: dict[int, bytearray] = {}
+        # Write buffers placed for immediate data before their command is parsed.
+        self._write_buffers: dict[int, tuple[bytearray, Leases | None]] = {}
         # Commands failed or aborted before their data was all in: their late Data-Out is
         # dropped quietly (oldest forgotten first; the dict keeps insertion order).
         self._failed_itts: dict[int, None] = {}
@@ -122,12 +144,33 @@ class Connection:
 
     # -- driver API ----------------------------------------------------------------
     def take_output(self) -> list[bytes | bytearray | memoryview]:
+        """What to write, in order. The buffers behind it stay lent until the driver
+        calls :meth:`output_sent`."""
+        if self._sending:
+            self._in_transport += self._sending
+            self._sending = []
         out, self._output = self._output, []
         return out
 
     def take_events(self) -> list[Event]:
+        if self._room:
+            self._room = False
+            self._retry()
         events, self._events = self._events, []
         return events
+
+    def output_sent(self) -> None:
+        """Everything taken with :meth:`take_output` has left: its buffers come back."""
+        if self._in_transport:
+            done, self._in_transport = self._in_transport, []
+            for leases in done:
+                leases.release()
+
+    @property
+    def starved(self) -> bool:
+        """Commands wait for buffers to come back (the driver should report output
+        sent as soon as it is)."""
+        return bool(self._starved)
 
     def receive(self, items: list[Pdu | IscsiProtocolError]) -> None:
         self.last_heard = self.now
@@ -187,10 +230,19 @@ class Connection:
 
     def scsi_done(self, task: Task, result: ScsiResult) -> None:
         """The SCSI layer finished ``task``: send its data and status."""
+        leases = task.leases
         if self.tasks.get(task.itt) is not task or task.aborted:
+            if leases is not None:
+                leases.release(reuse=False)
             return
-        del self.tasks[task.itt]
+        self._end(task)
         self._respond(task, result)
+        if leases is not None:
+            leases.settle()
+            if result.data is not None and leases.held:
+                self._sending.append(leases)  # given back once the driver has sent it
+            else:
+                leases.release()
         self._maybe_finish_logout()
 
     def aborts_finished(self, token: int) -> None:
@@ -202,10 +254,17 @@ class Connection:
         """The transport is gone: returns the commands still running, to cancel."""
         self.phase = Phase.CLOSED
         running = [t for t in self.tasks.values() if t.started]
-        for t in self.tasks.values():
-            t.aborted = True
+        for t in list(self.tasks.values()):
+            self._forget(t)
         self.tasks.clear()
-        self._write_buffers.clear()
+        self._starved.clear()
+        for itt in list(self._write_buffers):
+            self._drop_staged(itt)
+        # The transport may still hold references to these: never lend them again.
+        for leases in self._sending + self._in_transport:
+            leases.release(reuse=False)
+        self._sending.clear()
+        self._in_transport.clear()
         return running
 
     def abort_matching(self, lun: int | None) -> list[Task]:
@@ -213,7 +272,6 @@ class Connection:
         victims = [t for t in self.tasks.values() if lun is None or t.lun == lun]
         for t in victims:
             self._forget(t)
-            del self.tasks[t.itt]
         return [t for t in victims if t.started]
 
     # -- output helpers ----------------------------------------------------------------
@@ -348,7 +406,13 @@ class Connection:
         assert self.session is not None
         if not self.session.sequence(pdu.cmdsn, pdu.immediate, deliver):
             # RFC 7143 4.2.2.1: outside the window, silently ignored.
-            self._write_buffers.pop(pdu.itt, None)
+            self._drop_staged(pdu.itt)
+
+    def _drop_staged(self, itt: int) -> None:
+        staged = self._write_buffers.pop(itt, None)
+        if staged is not None and staged[1] is not None:
+            # The receiver may still be filling it: never lend it again.
+            staged[1].release(reuse=False)
 
     # -- NOP -------------------------------------------------------------------------
     def _on_nop_out(self, pdu: Pdu) -> None:
@@ -374,11 +438,15 @@ class Connection:
         dlen = P.data_segment_length(bhs)
         if op == Op.SCSI_COMMAND:
             edtl = int.from_bytes(bhs[20:24], "big")
-            if not bhs[1] & P.FLAG_WRITE or dlen > edtl or edtl > MAX_WRITE_BUFFER:
+            if not bhs[1] & P.FLAG_WRITE or dlen > edtl or edtl > self._max_command:
                 return None
-            buf = self.buffers.take(edtl)
-            self._write_buffers[int.from_bytes(bhs[16:20], "big")] = buf
-            return memoryview(buf)[:dlen]
+            itt = int.from_bytes(bhs[16:20], "big")
+            self._drop_staged(itt)
+            staged = self._write_buffer(edtl)
+            if staged is None:
+                return None  # no room: the immediate data is copied, the rest waits
+            self._write_buffers[itt] = staged
+            return memoryview(staged[0])[:dlen]
         if op == Op.DATA_OUT:
             # Only a Data-Out that continues its burst exactly may land in the command's
             # buffer: a stray one must be refused without having overwritten data already
@@ -396,6 +464,7 @@ class Connection:
 
     def _on_scsi_command(self, pdu: Pdu) -> None:
         if self.is_discovery:
+            self._drop_staged(pdu.itt)
             raise IscsiProtocolError("SCSI command in a discovery session", bhs=pdu.bhs)
         bhs = pdu.bhs
         flags = bhs[1]
@@ -407,11 +476,11 @@ class Connection:
         if dlen and (
             not write or dlen > edtl or not self.immediate_data or dlen > self.first_burst
         ):
-            self._write_buffers.pop(itt, None)
+            self._drop_staged(itt)
             raise IscsiProtocolError("bad immediate data", bhs=bhs)
         self._failed_itts.pop(itt, None)
         if itt in self.tasks:
-            self._write_buffers.pop(itt, None)
+            self._drop_staged(itt)
             raise IscsiProtocolError("ITT already in use", RejectReason.TASK_IN_PROGRESS, bhs=bhs)
         cdb = bhs[32:48]
         if pdu.ahs:
@@ -430,15 +499,6 @@ class Connection:
             else TaskAttribute.SIMPLE,
         )
         if write and edtl:
-            task.buffer = self._write_buffers.pop(itt, None)
-            if task.buffer is None:
-                if edtl > MAX_WRITE_BUFFER:
-                    self._sequence(pdu, lambda: self._refuse_oversized(task))
-                    return
-                task.buffer = self.buffers.take(edtl)
-                if dlen:
-                    task.buffer[:dlen] = pdu.data
-            task.received = dlen
             # The unsolicited part: immediate data plus Data-Out with TTT 0xffffffff.
             if not self.initial_r2t and not flags & P.FLAG_FINAL:
                 task.unsolicited_end = min(edtl, self.first_burst)
@@ -446,37 +506,126 @@ class Connection:
             else:
                 task.unsolicited_end = dlen
             task.next_r2t_offset = task.unsolicited_end
+            staged = self._write_buffers.pop(itt, None)
+            if staged is None:
+                if edtl > self._max_command:
+                    self._sequence(pdu, lambda: self._refuse_oversized(task))
+                    return
+                staged = self._write_buffer(edtl) if not self._starved else None
+                if staged is None and task.unsolicited_end:
+                    # No room for the whole write yet: the unsolicited part (at most
+                    # FirstBurstLength, and the command window bounds how many) is
+                    # kept apart until it has; nothing beyond it is solicited before.
+                    staged = (bytearray(task.unsolicited_end), None)
+            if staged is not None:
+                task.buffer, task.leases = staged
+                if dlen and not (isinstance(pdu.data, memoryview) and pdu.data.obj is task.buffer):
+                    task.buffer[:dlen] = pdu.data
+            task.received = dlen
         self.tasks[itt] = task
+        immediate = pdu.immediate
+        session = self.session
+        assert session is not None
 
         def deliver() -> None:
             task.delivered = True
             if task.aborted:  # failed while it waited for its CmdSN
                 return
-            if task.write:
-                self._solicit(task)
-            self._maybe_start(task)
+            if not immediate:
+                # The window follows the commands in flight: MaxCmdSN moves on as they end.
+                task.windowed = True
+                session.in_flight += 1
+            if self._starved or not self._admit(task):
+                self._starved.append(task)
+                return
+            self._proceed(task)
 
-        if not self.session.sequence(task.cmdsn, pdu.immediate, deliver):  # type: ignore[union-attr]
+        if not session.sequence(task.cmdsn, immediate, deliver):
             del self.tasks[itt]
+            if task.leases is not None:
+                task.leases.release(reuse=False)
 
     def _forget(self, task: Task) -> None:
         """``task`` ends before all its data came: Data-Out still in flight for it is
         dropped without a Reject (libiscsi drops the whole session on one)."""
         task.aborted = True
-        self._write_buffers.pop(task.itt, None)
+        self._end(task)
+        self._drop_staged(task.itt)
+        if task.leases is not None:
+            # A thread may still fill or read it, or the receiver fill it: not lent again.
+            task.leases.release(reuse=False)
         if task.write and task.received < task.edtl:
             if len(self._failed_itts) >= 1024:
                 del self._failed_itts[next(iter(self._failed_itts))]
             self._failed_itts[task.itt] = None
 
+    def _write_buffer(self, size: int) -> tuple[bytearray, Leases | None] | None:
+        """A write buffer of ``size`` bytes if the account has room, else None."""
+        if size < POOL_MIN_SIZE:
+            # Small writes are not counted: the command window bounds them.
+            return bytearray(size), None
+        if not self.account.fits(size):
+            return None
+        leases = Leases(self.pool, self.account)
+        return leases.take(size), leases
+
+    def _admit(self, task: Task) -> bool:
+        """Give ``task`` the memory it needs to go on, or False if the account has none."""
+        if task.write:
+            if not task.edtl or (task.buffer is not None and len(task.buffer) == task.edtl):
+                return True
+            staged = self._write_buffer(task.edtl)
+            if staged is None:
+                return False
+            buf, leases = staged
+            if task.buffer is not None:  # the unsolicited part received so far
+                buf[: len(task.buffer)] = task.buffer
+            task.buffer, task.leases = buf, leases
+            return True
+        if task.read and task.edtl >= POOL_MIN_SIZE:
+            need = min(task.edtl, self._max_command)
+            if not self.account.fits(need):
+                return False
+            task.leases = Leases(self.pool, self.account, need)
+        return True
+
+    def _proceed(self, task: Task) -> None:
+        if task.write:
+            self._solicit(task)
+        self._maybe_start(task)
+
+    def _on_room(self) -> None:
+        self._room = True
+        self.wake()
+
+    def _retry(self) -> None:
+        """Commands waiting for memory go on, in order, while there is room."""
+        starved = self._starved
+        while starved:
+            task = starved[0]
+            if task.aborted or self.tasks.get(task.itt) is not task:
+                starved.popleft()
+                continue
+            if not self._admit(task):
+                return
+            starved.popleft()
+            self._proceed(task)
+
+    def _end(self, task: Task) -> None:
+        """``task`` leaves the connection's books: its CmdSN slot opens again."""
+        self.tasks.pop(task.itt, None)
+        if task.windowed:
+            task.windowed = False
+            if self.session is not None:
+                self.session.in_flight -= 1
+
     def _fail_task(self, task: Task, reason: Reason) -> None:
         """End a command that has not started with CHECK CONDITION; drop its data."""
         self._forget(task)
-        self.tasks.pop(task.itt, None)
         self._respond(task, ScsiResult(Status.CHECK_CONDITION, sense=build_sense(reason)))
 
     def _refuse_oversized(self, task: Task) -> None:
-        self.tasks.pop(task.itt, None)
+        self._end(task)
         self._respond(
             task,
             ScsiResult(Status.CHECK_CONDITION, sense=build_sense(Reason.INVALID_FIELD_IN_CDB)),
@@ -484,6 +633,8 @@ class Connection:
 
     def _solicit(self, task: Task) -> None:
         """Send R2Ts for the solicited part, up to MaxOutstandingR2T at a time."""
+        if task.buffer is None or len(task.buffer) < task.edtl:
+            return  # waits in _starved for its buffer
         while (
             task.next_r2t_offset < task.edtl
             and sum(1 for t in task.bursts if t != P.RESERVED_TAG) < self.max_outstanding_r2t
@@ -539,7 +690,9 @@ class Connection:
     def _maybe_start(self, task: Task) -> None:
         if task.started or not task.delivered:
             return
-        if task.write and task.received < task.edtl:
+        if task.write and (
+            task.received < task.edtl or (task.buffer is not None and len(task.buffer) < task.edtl)
+        ):
             return
         task.started = True
         data_out = memoryview(task.buffer) if task.buffer is not None else None
@@ -551,7 +704,7 @@ class Connection:
             data_in_length=task.edtl if task.read else 0,
             attribute=task.attribute,
             tag=task.itt,
-            buffers=self.buffers,
+            buffers=task.leases,
         )
         self._events.append(ExecuteCommand(task, cmd))
 
@@ -656,7 +809,6 @@ class Connection:
             ]
             for t in victims:
                 self._forget(t)
-                del self.tasks[t.itt]
             self._pending_tmf[token] = (pdu, TmfResponse.COMPLETE)
             self._events.append(AbortTasks(tuple(t for t in victims if t.started), token))
         elif function in _RESETS:
@@ -672,7 +824,6 @@ class Connection:
 
     def abort_matching_task(self, task: Task) -> list[Task]:
         self._forget(task)
-        self.tasks.pop(task.itt, None)
         return [task] if task.started else []
 
     def _tmf_response(self, pdu: Pdu, response: int) -> None:

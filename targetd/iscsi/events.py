@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from scsi.command import Nexus, ScsiCommand, TaskAttribute
 
 if TYPE_CHECKING:
+    from scsi.buffers import Leases
     from targetd.iscsi.session import Session
 
 
@@ -48,6 +49,8 @@ class Task:
     write: bool
     attribute: TaskAttribute
     buffer: bytearray | None = None
+    # The buffers it holds (its write buffer, its Data-In), charged to the connection.
+    leases: Leases | None = None
     received: int = 0
     # Data-Out sequences we still expect: TTT -> [next offset, end offset, next DataSN]
     bursts: dict[int, list[int]] = field(default_factory=dict)
@@ -55,6 +58,7 @@ class Task:
     next_r2t_offset: int = 0
     r2tsn: int = 0
     delivered: bool = False  # CmdSN order reached it
+    windowed: bool = False  # counted in the session's commands in flight
     started: bool = False
     aborted: bool = False
 

@@ -43,6 +43,9 @@ class Session:
     target: TargetConfig | None = None
     exp_cmdsn: int = 0
     window: int = COMMAND_WINDOW
+    # Commands delivered and not yet ended: each holds a CmdSN slot of the window, so a
+    # client cannot queue more than the window however fast it sends.
+    in_flight: int = 0
     connections: list[Any] = field(default_factory=list)
     # Non-immediate commands that arrived ahead of ExpCmdSN (only with several
     # connections can that happen): CmdSN -> deliver callback.
@@ -51,7 +54,8 @@ class Session:
 
     @property
     def max_cmdsn(self) -> int:
-        return (self.exp_cmdsn + self.window - 1) & 0xFFFFFFFF
+        # Never below ExpCmdSN - 1 (RFC 7143 4.2.2.1: an empty window, not a negative one).
+        return (self.exp_cmdsn + max(self.window - self.in_flight, 0) - 1) & 0xFFFFFFFF
 
     @property
     def initiator_port(self) -> str:

@@ -56,6 +56,9 @@ max_recv_data_segment_length = "64KiB"
 max_burst_length = "1MiB"
 first_burst_length = 65536
 max_outstanding_r2t = 4
+buffers_total = "2GiB"
+buffers_per_session = "128MiB"
+buffer_pool = "32MiB"
 
 [[target]]
 name = "iqn.2026-11.org.example:db"
@@ -114,6 +117,11 @@ def test_full_example(tmp_path: Path) -> None:
     assert config.max_burst_length == MiB
     assert config.first_burst_length == 65536
     assert config.max_outstanding_r2t == 4
+    assert (config.buffers_total, config.buffers_per_session, config.buffer_pool) == (
+        2 << 30,
+        128 << 20,
+        32 << 20,
+    )
     db, tape = config.targets
     assert db.name == "iqn.2026-11.org.example:db"
     assert db.alias == "database"
@@ -245,6 +253,12 @@ def test_docs_example_loads(tmp_path: Path) -> None:
         ),
         ("[limits]\nmax_outstanding_r2t = 0\n" + TARGET, "limits.max_outstanding_r2t", "1..65535"),
         ("limits = 5\n" + TARGET, "limits", "expected a table"),
+        ('[limits]\nbuffers_total = "1MiB"\n' + TARGET, "limits.buffers_total", "67108864.."),
+        (
+            '[limits]\nbuffers_total = "256MiB"\nbuffers_per_session = "512MiB"\n' + TARGET,
+            "limits.buffers_per_session",
+            "must not exceed buffers_total",
+        ),
         ('[discovery]\nchap = "x"\n' + TARGET, "discovery.chap", "expected a table"),
         (
             '[discovery]\nchap = { user = "a", secret = "short" }\n' + TARGET,

@@ -6,6 +6,7 @@ import struct
 
 import pytest
 
+from scsi.buffers import MemoryBudget
 from scsi.command import ScsiResult, Status
 from targetd.config import Config, Portal, default_config
 from targetd.iscsi.connection import (
@@ -30,10 +31,17 @@ def keys(**kv: str) -> bytes:
 class Harness:
     """One Connection plus the initiator's bookkeeping (CmdSN, ITTs)."""
 
-    def __init__(self, config: Config | None = None, *, mrdsl: int = 8192, **extra: str) -> None:
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        mrdsl: int = 8192,
+        budget: MemoryBudget | None = None,
+        **extra: str,
+    ) -> None:
         self.config = config or default_config()
         self.sessions = SessionTable()
-        self.conn = Connection(self.config, Portal(), self.sessions)
+        self.conn = Connection(self.config, Portal(), self.sessions, budget=budget)
         self.cmdsn = 1
         self.itt = 0
         target = self.config.targets[0].name
@@ -428,3 +436,53 @@ def test_late_data_out_of_an_aborted_write_is_dropped_quietly(function: int) -> 
     assert h.conn.take_events() == []
     h.command(READ10, read=512)
     assert executed(h)
+
+
+def test_the_command_window_closes_while_commands_are_in_flight() -> None:
+    h = Harness()
+    for _ in range(3):
+        h.command(READ10, read=512)
+    events = [e for e in h.conn.take_events() if isinstance(e, ExecuteCommand)]
+    session = h.conn.session
+    assert session is not None
+    assert session.max_cmdsn == session.exp_cmdsn + 128 - 3 - 1
+    h.conn.scsi_done(events[0].task, ScsiResult(data=bytes(512)))
+    (resp,) = split_pdus(b"".join(bytes(b) for b in h.conn.take_output()))
+    assert u32(resp, 32) == session.exp_cmdsn + 128 - 2 - 1  # MaxCmdSN moved on by one
+
+
+def test_a_write_that_does_not_fit_is_solicited_only_when_buffers_come_back() -> None:
+    budget = MemoryBudget(64 << 20, accounts=1, account_limit=64 << 20)
+    h = Harness(budget=budget, MaxBurstLength="262144")
+    size = 48 << 20
+    write16 = bytes([0x8A]) + bytes(15)
+    first, (r2t,) = h.command(write16, write=size)
+    assert r2t[0] & 0x3F == Op.R2T and u32(r2t, 44) == 262144
+    second, out = h.command(write16, write=size)
+    assert out == []  # no room for a second 48 MiB buffer: nothing solicited
+    assert h.conn.account.used == size
+    # The first write gets its data and completes: its buffer comes back and the second
+    # write is solicited.
+    offset = 0
+    while offset < size:
+        out = []
+        for _ in range(8):  # MaxOutstandingR2T bursts
+            if offset >= size:
+                break
+            d = new_header(Op.DATA_OUT, 0x80, itt=first, data_length=262144)
+            put_u32(d, 20, u32(r2t, 20))
+            put_u32(d, 40, offset)
+            out += h.feed(d, bytes(262144))
+            offset += 262144
+            r2ts = [p for p in out if p[0] & 0x3F == Op.R2T]
+            if r2ts:
+                r2t = r2ts[0]
+                out = out[1:]
+    ev = executed(h)
+    assert ev.task.itt == first
+    h.conn.scsi_done(ev.task, ScsiResult())
+    h.conn.take_output()
+    assert h.conn.take_events() == []
+    (r2t2,) = split_pdus(b"".join(bytes(b) for b in h.conn.take_output()))
+    assert r2t2[0] & 0x3F == Op.R2T and u32(r2t2, 16) == second
+    assert h.conn.account.used == size
