@@ -112,6 +112,8 @@ class Config:
     discovery_mutual_chap: ChapSecret | None = None
     max_sessions: int = 64
     max_connections_per_session: int = 1
+    # Connections not logged in yet; beyond this the oldest of the busiest address goes.
+    max_pending_logins: int = 32
     # Limits we declare at login and enforce on the wire.
     max_recv_data_segment_length: int = 262144
     max_burst_length: int = DEFAULT_MAX_BURST_LENGTH
@@ -414,6 +416,7 @@ def _limits(config: _Table) -> dict[str, int]:
     for name, high_int in (
         ("max_sessions", 65535),
         ("max_connections_per_session", 65535),
+        ("max_pending_logins", 65535),
         ("max_outstanding_r2t", 65535),
     ):
         if name in table.data:

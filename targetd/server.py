@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
@@ -40,7 +42,7 @@ from targetd.metrics import LunStats
 log = logging.getLogger("targetd")
 _clock = time.perf_counter_ns
 
-TICK_SECONDS = 5.0
+TICK_SECONDS = 1.0
 WRITE_BUFFER_HIGH = 16 << 20
 # At shutdown: the time initiators are given to log out, and how long we wait for them.
 LOGOUT_WITHIN = 2
@@ -92,6 +94,7 @@ class IscsiConnection(asyncio.BufferedProtocol):
         self.conn.wake = self._schedule_flush
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.host = "?"
         self.runtime: TargetRuntime | None = None
         self._running: dict[Task, asyncio.Task[None]] = {}
         self._closing = False
@@ -116,16 +119,8 @@ class IscsiConnection(asyncio.BufferedProtocol):
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.conn.now = time.monotonic()
         self.conn.last_heard = self.conn.now
-        if len(self.server.connections) >= self.server.max_connections:
-            # Connections that never log in must not exhaust the daemon's descriptors.
-            log.warning(
-                "refusing connection from %s: %d connections open",
-                self.peer,
-                len(self.server.connections),
-            )
-            transport.abort()
-            return
-        self.server.connections.add(self)
+        self.host = peer[0] if peer else "?"
+        self.server.admit(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.conn.receiver.get_buffer()
@@ -140,6 +135,7 @@ class IscsiConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        self.server.logging_in.pop(self, None)
         session = self.conn.session
         for task in self.conn.closed():
             handle = self._running.pop(task, None)
@@ -313,6 +309,7 @@ class IscsiConnection(asyncio.BufferedProtocol):
                 type=session.session_type.lower(), target=target.name if target else None
             ),
         )
+        self.server.logging_in.pop(self, None)
         if target is not None and self.conn.nexus is not None:
             self.runtime = self.server.targets[target.name]
             self.runtime.connections.add(self)
@@ -343,6 +340,17 @@ class IscsiConnection(asyncio.BufferedProtocol):
     }
 
 
+def raise_fd_limit(connections: int) -> None:
+    """Let the daemon hold ``connections`` sockets besides its files: raise the soft
+    RLIMIT_NOFILE toward the hard one if it is too low (the hard limit is the operator's)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if new > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+
+
 class TargetServer:
     """Listens on the configured portals and owns the sessions and SCSI targets."""
 
@@ -359,14 +367,46 @@ class TargetServer:
             config.max_sessions * config.max_connections_per_session,
             config.buffers_per_session,
         )
-        # Logged-in sessions are capped by max_sessions; this caps sockets before login.
-        self.max_connections = 2 * config.max_sessions + 16
+        # Logged-in sessions are capped by max_sessions; connections still logging in
+        # by max_pending_logins, oldest first out (see admit).
+        self.logging_in: dict[IscsiConnection, None] = {}
+        self._evicted = 0
+        self._evicted_logged_at = -10.0
         self._servers: list[asyncio.base_events.Server] = []
         self._ticker: asyncio.Task[None] | None = None
         self.now = time.monotonic()
         self.bound: list[tuple[str, int]] = []
 
+    def admit(self, c: IscsiConnection) -> None:
+        """A new connection. Connections that have not logged in have their own budget:
+        beyond it, the oldest one from the address with the most of them is closed, so
+        idle sockets can neither lock out logins nor touch a logged-in session."""
+        self.connections.add(c)
+        self.logging_in[c] = None
+        if len(self.logging_in) <= self.config.max_pending_logins:
+            return
+        busiest = Counter(p.host for p in self.logging_in).most_common(1)[0][0]
+        victim = next(p for p in self.logging_in if p.host == busiest)
+        del self.logging_in[victim]
+        self._evicted += 1
+        now = time.monotonic()
+        if now - self._evicted_logged_at >= 10.0:  # an attacker must not flood the log
+            log.warning(
+                "closed %d connections that had not logged in (max_pending_logins %d)",
+                self._evicted,
+                self.config.max_pending_logins,
+                extra=victim.context(),
+            )
+            self._evicted, self._evicted_logged_at = 0, now
+        if victim.transport is not None:
+            victim.transport.abort()
+
     async def start(self) -> None:
+        raise_fd_limit(
+            len(self.config.portals)
+            + self.config.max_sessions * self.config.max_connections_per_session
+            + 2 * self.config.max_pending_logins
+        )
         loop = asyncio.get_running_loop()
         for portal in self.config.portals:
             def accept(p: Portal = portal) -> IscsiConnection:

@@ -8,7 +8,9 @@ healthy session on the same daemon still reads and writes.
 from __future__ import annotations
 
 import os
+import resource
 import socket
+import time
 
 import pytest
 from conftest import DEFAULT_IQN, Daemon
@@ -195,9 +197,35 @@ def test_write_with_r2t_round_trip(targetd: Daemon, step: int) -> None:
         assert status == 0 and data == payload
 
 
-def test_connections_beyond_the_cap_are_refused_and_logged_in_sessions_keep_working(
-    targetd_factory,
+def open_idle(port: int, count: int) -> list[socket.socket]:
+    """``count`` TCP connections that never send a byte."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < count + 256:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 1024), hard))
+    return [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)]
+
+
+def test_a_login_succeeds_within_a_second_while_1000_idle_connections_are_open(
+    targetd: Daemon,
 ) -> None:
+    with healthy(targetd) as good:
+        idle = open_idle(targetd.port, 1000)
+        try:
+            start = time.monotonic()
+            ini = RawInitiator(targetd.port, name="iqn.2026-11.org.targetd.test:late")
+            ini.sock.settimeout(1.0)
+            resp = ini.login(targetd.iqn)
+            assert resp.opcode == Op.LOGIN_RESPONSE and resp.bhs[36] == 0, resp.bhs.hex()
+            assert time.monotonic() - start < 1.0
+            ini.close()
+            # Sessions already logged in are never dropped to make room.
+            still_serves(good)
+        finally:
+            for s in idle:
+                s.close()
+
+
+def test_connections_still_logging_in_give_way_to_new_ones(targetd_factory) -> None:
     cap_config = f"""
 [[target]]
 name = "{DEFAULT_IQN}"
@@ -205,17 +233,21 @@ name = "{DEFAULT_IQN}"
 lun = 0
 size = "16MiB"
 [limits]
-max_sessions = 1
+max_sessions = 4
+max_pending_logins = 8
 """
     d = targetd_factory(cap_config)
     with healthy(d) as good:
-        # 2 * max_sessions + 16 sockets may be open at once; the rest are dropped.
-        idle = [socket.create_connection(("127.0.0.1", d.port), timeout=5) for _ in range(17)]
+        idle = open_idle(d.port, 8)
         try:
-            extra = socket.create_connection(("127.0.0.1", d.port), timeout=5)
-            extra.settimeout(5)
-            assert extra.recv(1) == b""  # closed without a word
-            extra.close()
+            # A ninth connection that has not logged in yet: the oldest idle one is closed.
+            with RawInitiator(d.port, name="iqn.2026-11.org.targetd.test:ninth") as ini:
+                assert ini.login(d.iqn).bhs[36] == 0
+                idle[0].settimeout(5)
+                assert idle[0].recv(1) == b""  # closed without a word
+                idle[1].setblocking(False)
+                with pytest.raises(BlockingIOError):
+                    idle[1].recv(1)  # the others stay
             still_serves(good)
         finally:
             for s in idle:

@@ -60,7 +60,9 @@ MAX_WRITE_BUFFER = 64 << 20
 NOP_INTERVAL = 30.0  # seconds of silence before we ping the initiator
 NOP_TIMEOUT = 30.0  # seconds the initiator has to answer the ping
 # A connection that is not logged in by then is dropped: it holds a socket and a slot.
-LOGIN_TIMEOUT = 30.0
+LOGIN_TIMEOUT = 15.0
+# ... and one that lets this long pass without a login request (each stage's request).
+LOGIN_STEP_TIMEOUT = 5.0
 
 
 class Phase(Enum):
@@ -196,9 +198,12 @@ class Connection:
 
     def tick(self, now: float) -> None:
         """Keepalive: ping a silent initiator; drop one that does not answer, and a
-        connection that has not finished logging in within LOGIN_TIMEOUT."""
+        connection that has not finished logging in within LOGIN_TIMEOUT, or has sent
+        nothing for LOGIN_STEP_TIMEOUT during login."""
         self.now = now
-        if self.phase is Phase.LOGIN and now - self.opened_at > LOGIN_TIMEOUT:
+        if self.phase is Phase.LOGIN and (
+            now - self.opened_at > LOGIN_TIMEOUT or now - self.last_heard > LOGIN_STEP_TIMEOUT
+        ):
             self._close("login not completed in time")
             return
         if self.phase is not Phase.FULL_FEATURE:

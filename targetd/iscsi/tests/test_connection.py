@@ -385,9 +385,20 @@ def test_solicited_data_out_lands_in_the_command_buffer_without_a_copy() -> None
 
 def test_a_connection_that_never_logs_in_is_dropped() -> None:
     conn = Connection(default_config(), Portal(), SessionTable(), now=100.0)
-    conn.tick(110.0)
+    conn.tick(104.0)
     assert conn.take_events() == []
-    conn.tick(100.0 + 31)
+    conn.tick(100.0 + 5.5)  # no login request within the step deadline
+    assert [type(e) for e in conn.take_events()] == [CloseConnection]
+
+
+def test_a_login_that_drags_on_is_dropped_even_if_it_keeps_talking() -> None:
+    conn = Connection(default_config(), Portal(), SessionTable(), now=100.0)
+    for t in range(101, 115, 4):
+        conn.now = float(t)
+        conn.receive([])  # something heard
+        conn.tick(float(t))
+        assert conn.take_events() == []
+    conn.tick(100.0 + 15.5)
     assert [type(e) for e in conn.take_events()] == [CloseConnection]
 
 
