@@ -253,8 +253,7 @@ class Pair:
 
     async def _write_header(self) -> None:
         async with self._header_lock:
-            meta = self.meta()
-            await asyncio.get_running_loop().run_in_executor(None, self.file.write_header, meta)
+            await self.file.commit_header(self.meta())
 
     def _set_phase(self, phase: Phase) -> None:
         self.phase = phase
@@ -293,7 +292,7 @@ class Pair:
         await self.stop()
         self.source.detach()
         self.target.detach()
-        self.file.remove()
+        await self.file.discard()
 
     async def suspend(self, reason: SuspendReason) -> None:
         phase = next_phase(self.phase, Event.FAIL)

@@ -15,6 +15,11 @@ Durability rule (as Linux md's write-intent bitmap): a bit is on disk before the
 write it covers is acknowledged; cleared bits reach the disk lazily, and only after the
 target's data they vouch for has been synced. :class:`WriteIntentLog` batches concurrent
 requests into one ``fdatasync`` (group commit).
+
+Every write and sync of a pair file runs on the file's own two threads (one for the
+header, one for the bitmap pages), never on the event loop and never queued behind data
+I/O on the loop's shared executor (chunk copies, a target's flush, a hole punched through
+a whole volume): a SPLIT waits for one header sync and nothing else.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ import os
 import struct
 import zlib
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from backing.pairs.bitmap import PAGE_BYTES, ChunkBitmap
 
@@ -35,6 +41,7 @@ SLOT_BYTES = 2048
 HEADER_BYTES = 2 * SLOT_BYTES
 _SLOT_HEAD = struct.Struct(">8sQII")
 REGIONS = 3  # copy set, source changed, target changed
+T = TypeVar("T")
 
 
 class PairFileError(Exception):
@@ -49,14 +56,62 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+async def _finish(future: asyncio.Future[T]) -> T:
+    """The result of a call on a thread. A caller cancelled meanwhile still waits for the
+    call to end (a thread cannot be stopped): the next header write must not run beside
+    this one, and a bitmap page is on disk or known not to be."""
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.wait((future,))
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return future.result()
+
+
 class PairFile:
-    """Positional access to one pair file. Blocking calls; callers use an executor."""
+    """Positional access to one pair file. The blocking calls run on the file's own
+    threads through :meth:`commit_header` and :meth:`commit_pages`."""
 
     def __init__(self, path: Path, fd: int, npages: int, seq: int) -> None:
         self.path = path
         self.fd = fd
         self.npages = npages
         self.seq = seq
+        # Two lanes: a header sync (SPLIT) never waits behind a bitmap sync, or the reverse.
+        # Each lane's callers take turns already (the pair's header lock, the log's runner).
+        self._header_lane: ThreadPoolExecutor | None = None
+        self._pages_lane: ThreadPoolExecutor | None = None
+
+    async def commit_header(self, meta: dict[str, Any]) -> None:
+        """:meth:`write_header` on the header lane."""
+        if self._header_lane is None:
+            self._header_lane = ThreadPoolExecutor(1, thread_name_prefix="pair-header")
+        loop = asyncio.get_running_loop()
+        await _finish(loop.run_in_executor(self._header_lane, self.write_header, meta))
+
+    async def commit_pages(self, pages: list[tuple[int, int, bytes]]) -> None:
+        """:meth:`write_pages` on the bitmap lane."""
+        if self._pages_lane is None:
+            self._pages_lane = ThreadPoolExecutor(1, thread_name_prefix="pair-bitmap")
+        loop = asyncio.get_running_loop()
+        await _finish(loop.run_in_executor(self._pages_lane, self.write_pages, pages))
+
+    async def discard(self) -> None:
+        """:meth:`remove` (unlink, directory sync) on the header lane, then the lanes go."""
+        if self._header_lane is None:
+            self._header_lane = ThreadPoolExecutor(1, thread_name_prefix="pair-header")
+        loop = asyncio.get_running_loop()
+        await _finish(loop.run_in_executor(self._header_lane, self.remove))
+        self._stop_lanes()
+
+    def _stop_lanes(self) -> None:
+        for lane in (self._header_lane, self._pages_lane):
+            if lane is not None:
+                lane.shutdown(wait=False)
+        self._header_lane = self._pages_lane = None
 
     @classmethod
     def create(cls, path: Path, meta: dict[str, Any], npages: int) -> PairFile:
@@ -135,6 +190,7 @@ class PairFile:
         os.fdatasync(self.fd)
 
     def close(self) -> None:
+        self._stop_lanes()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -264,7 +320,6 @@ class WriteIntentLog:
         await asyncio.shield(future)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._next is not None:
             future, self._next = self._next, None
             try:
@@ -276,7 +331,7 @@ class WriteIntentLog:
                 self._committing = self._unsynced
                 self._unsynced = [set() for _ in self.bitmaps]
                 await self.before_write()
-                await loop.run_in_executor(None, self.file.write_pages, pages)
+                await self.file.commit_pages(pages)
                 self.commits += 1
                 self._committing = [set() for _ in self.bitmaps]
             except Exception as exc:  # every waiter learns of it; the pair suspends
