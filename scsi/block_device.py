@@ -95,8 +95,6 @@ class BlockDevice(LogicalUnit):
     table = SBC_TABLE
     device_type = 0x00
     supports_software_write_protect = True
-    # The daemon's volume pairs, for the vendor pair commands (None: not offered).
-    pair_control: PairControl | None = None
 
     def __init__(
         self,
@@ -106,6 +104,7 @@ class BlockDevice(LogicalUnit):
         block_size: int = 512,
         read_only: bool = False,
         services: Services = NO_SERVICES,
+        pair_control: PairControl | None = None,
     ) -> None:
         if block_size not in BLOCK_SIZES:
             raise ValueError(f"block size {block_size} is not one of {BLOCK_SIZES}")
@@ -113,6 +112,8 @@ class BlockDevice(LogicalUnit):
             raise ValueError("the store is smaller than one block")
         super().__init__(identity, services)
         self.store = store
+        # The daemon's volume pairs, for the vendor pair commands (None: not offered).
+        self.pair_control = pair_control
         self.block_size = block_size
         self._read_only = read_only
         self.num_blocks = store.size // block_size

@@ -10,13 +10,14 @@ CHECK CONDITION through :data:`REFUSALS`; the layouts below are the documented o
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from construct import Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Struct
 
-from backing.pairs import BackupPolicy, ErrorCode, PairError, PairStatus
-from scsi.command import ScsiCommand, ScsiResult
+from backing.pairs import BackupPolicy, ErrorCode, PairError, PairService
+from scsi.command import Nexus, ScsiCommand, ScsiResult, Status
+from scsi.logical_unit import LogicalUnit
 from scsi.sbc import SBC_TABLE
 from scsi.sense import CheckCondition, FieldPointer, Reason
 
@@ -31,19 +32,55 @@ _NAME = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 
 
 class PairControl(Protocol):
-    """What the commands need from the daemon: pair operations by LUN of this target."""
+    """A target's view of the daemon's pairs: its :class:`PairService` and which of its
+    LUNs are which volumes. A block LU receives it when it is built."""
 
-    def has_lun(self, lun: int) -> bool: ...
-    async def create(
-        self, name: str, source_lun: int, target_lun: int, policy: BackupPolicy | None = None
-    ) -> None: ...
-    async def set_backup_policy(self, lun: int, policy: BackupPolicy | None) -> None: ...
-    async def split(self, lun: int) -> None: ...
-    async def resync(self, lun: int) -> None: ...
-    async def delete(self, lun: int) -> None: ...
-    def status(self, lun: int) -> tuple[PairStatus, int, int] | None:
-        """(status, source LUN, target LUN) of the pair ``lun`` is in, or None."""
+    service: PairService
+
+    def volume_of(self, lun: int) -> str | None:
+        """The volume id of block LUN ``lun`` of this target; None if there is none."""
         ...
+
+    def lun_of(self, volume_id: str) -> int | None:
+        """The LUN of this target that is volume ``volume_id``; None if none is."""
+        ...
+
+
+# A synthetic command of each kind, to ask a LU's reservations whether a nexus may read
+# or write it (the same rule as the nexus' own READ/WRITE to that LU would meet).
+_PROBE_READ = bytes([0x28]) + bytes(9)
+_PROBE_WRITE = bytes([0x2A]) + bytes(9)
+
+
+class NexusAccess:
+    """The :class:`backing.pairs.Access` of one command: ``nexus`` may read or write a
+    volume only if its own READ or WRITE to that LU would not meet a reservation.
+
+    Every LU the operation touches is checked, not only the one addressed: a CREATE sent
+    to LUN 0 whose copy would overwrite LUN 1, held by another nexus under a Write
+    Exclusive reservation, gets RESERVATION CONFLICT and nothing is written.
+    """
+
+    def __init__(
+        self, nexus: Nexus, control: PairControl, lun_map: Mapping[int, LogicalUnit]
+    ) -> None:
+        self.nexus = nexus
+        self.control = control
+        self.lun_map = lun_map
+
+    def check(self, reads: Sequence[str], writes: Sequence[str]) -> None:
+        for volumes, probe in ((reads, _PROBE_READ), (writes, _PROBE_WRITE)):
+            for volume in volumes:
+                lun = self.control.lun_of(volume)
+                lu = None if lun is None else self.lun_map.get(lun)
+                if lu is None or lun is None:  # not this target's: never reachable
+                    raise PairError(ErrorCode.RESERVATION_CONFLICT, f"{volume} not reachable")
+                probe_cmd = ScsiCommand(probe, lun, self.nexus)
+                if lu.reservation_conflict(probe_cmd, False):
+                    raise PairError(
+                        ErrorCode.RESERVATION_CONFLICT,
+                        f"LUN {lun} is reserved by another initiator",
+                    )
 
 
 REFUSALS: dict[ErrorCode, Reason] = {
@@ -57,6 +94,9 @@ REFUSALS: dict[ErrorCode, Reason] = {
     ErrorCode.UNKNOWN_VOLUME: Reason.INVALID_FIELD_IN_CDB,
     ErrorCode.BAD_NAME: Reason.INVALID_FIELD_IN_PARAMETER_LIST,
     ErrorCode.BAD_POLICY: Reason.INVALID_FIELD_IN_CDB,
+    # Cannot happen here: a target's pairs are found by LUN, never by a bare name.
+    ErrorCode.AMBIGUOUS_NAME: Reason.INVALID_FIELD_IN_CDB,
+    ErrorCode.RESERVATION_CONFLICT: Reason.INVALID_FIELD_IN_CDB,  # answered as a status
 }
 
 # PAIR IN / REPORT PAIR STATUS data (96 bytes).
@@ -94,13 +134,19 @@ def _control(lu: BlockDevice) -> PairControl:
     return control
 
 
-def _lun_field(lu: BlockDevice, cmd: ScsiCommand, byte: int) -> int:
+def _lun_field(lu: BlockDevice, cmd: ScsiCommand, byte: int) -> tuple[int, str]:
+    """The LUN a CDB field names and its volume id."""
     lun = int.from_bytes(cmd.cdb[byte : byte + 2], "big")
     if lun == ADDRESSED_LUN:
-        return cmd.lun
-    if not _control(lu).has_lun(lun):
+        lun = cmd.lun
+    volume = _control(lu).volume_of(lun)
+    if volume is None:
         raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(byte))
-    return lun
+    return lun, volume
+
+
+def _access(lu: BlockDevice, cmd: ScsiCommand) -> NexusAccess:
+    return NexusAccess(cmd.nexus, _control(lu), lu.lun_map or {})
 
 
 def _reserved_zero(cmd: ScsiCommand, *spans: tuple[int, int]) -> None:
@@ -110,10 +156,16 @@ def _reserved_zero(cmd: ScsiCommand, *spans: tuple[int, int]) -> None:
                 raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(i))
 
 
-async def _refusing(call: Awaitable[None]) -> None:
+class _Conflict(Exception):
+    """A volume the operation touches is reserved by another nexus."""
+
+
+async def _refusing(call: Awaitable[object]) -> None:
     try:
         await call
     except PairError as err:
+        if err.code is ErrorCode.RESERVATION_CONFLICT:
+            raise _Conflict(str(err)) from err
         info = None
         if err.phase is not None:
             info = (err.phase.source << 8) | err.phase.target
@@ -134,8 +186,8 @@ def _policy_field(cmd: ScsiCommand, byte: int) -> BackupPolicy | None:
 async def _create(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
     _reserved_zero(cmd, (7, 10), (14, 15))
     policy = _policy_field(cmd, 6)
-    source = _lun_field(lu, cmd, 2)
-    target = _lun_field(lu, cmd, 4)
+    source, source_volume = _lun_field(lu, cmd, 2)
+    target, target_volume = _lun_field(lu, cmd, 4)
     length = int.from_bytes(cmd.cdb[10:14], "big")
     if length > MAX_NAME:
         raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(10))
@@ -146,17 +198,22 @@ async def _create(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
     if length and not _NAME.fullmatch(raw):
         raise CheckCondition(Reason.INVALID_FIELD_IN_PARAMETER_LIST, FieldPointer(0, in_cdb=False))
     name = raw.decode() if raw else f"lun{source}-lun{target}"
-    await _refusing(_control(lu).create(name, source, target, policy))
+    service = _control(lu).service
+    await _refusing(
+        service.create(name, source_volume, target_volume, policy, access=_access(lu, cmd))
+    )
     return ScsiResult(data_out_used=length if len(data) != length else None)
 
 
-def _on_pair(
-    operation: Callable[[PairControl, int], Awaitable[None]],
-) -> Callable[[BlockDevice, ScsiCommand], Awaitable[ScsiResult]]:
+PairOperation = Callable[[PairService, str, NexusAccess], Awaitable[object]]
+Handler = Callable[["BlockDevice", ScsiCommand], Awaitable[ScsiResult]]
+
+
+def _on_pair(operation: PairOperation) -> Handler:
     async def handler(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
         _reserved_zero(cmd, (4, 15))
-        lun = _lun_field(lu, cmd, 2)
-        await _refusing(operation(_control(lu), lun))
+        _, volume = _lun_field(lu, cmd, 2)
+        await _refusing(operation(_control(lu).service, volume, _access(lu, cmd)))
         return ScsiResult()
 
     return handler
@@ -165,16 +222,17 @@ def _on_pair(
 async def _set_backup_policy(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
     _reserved_zero(cmd, (5, 15))
     policy = _policy_field(cmd, 4)
-    lun = _lun_field(lu, cmd, 2)
-    await _refusing(_control(lu).set_backup_policy(lun, policy))
+    _, volume = _lun_field(lu, cmd, 2)
+    service = _control(lu).service
+    await _refusing(service.set_backup_policy(policy, access=_access(lu, cmd), volume=volume))
     return ScsiResult()
 
 
 PAIR_OUT_ACTIONS: dict[int, Callable[[BlockDevice, ScsiCommand], Awaitable[ScsiResult]]] = {
     0x01: _create,
-    0x02: _on_pair(lambda control, lun: control.split(lun)),
-    0x03: _on_pair(lambda control, lun: control.resync(lun)),
-    0x04: _on_pair(lambda control, lun: control.delete(lun)),
+    0x02: _on_pair(lambda pairs, volume, access: pairs.split(access=access, volume=volume)),
+    0x03: _on_pair(lambda pairs, volume, access: pairs.resync(access=access, volume=volume)),
+    0x04: _on_pair(lambda pairs, volume, access: pairs.delete(access=access, volume=volume)),
     0x05: _set_backup_policy,
 }
 
@@ -182,9 +240,10 @@ PAIR_OUT_ACTIONS: dict[int, Callable[[BlockDevice, ScsiCommand], Awaitable[ScsiR
 # -- PAIR IN ----------------------------------------------------------------------------
 async def _report_status(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
     _reserved_zero(cmd, (4, 10), (14, 15))
-    lun = _lun_field(lu, cmd, 2)
+    lun, volume = _lun_field(lu, cmd, 2)
     allocation = int.from_bytes(cmd.cdb[10:14], "big")
-    found = _control(lu).status(lun)
+    control = _control(lu)
+    status = control.service.status_of(volume)
     fields = {
         "status_data_length": STATUS_LENGTH - 2,
         "source_state": 0,
@@ -204,15 +263,16 @@ async def _report_status(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
         "split_time_ms": 0,
         "name": bytes(MAX_NAME),
     }
-    if found is not None:
-        status, source, target = found
+    if status is not None:
+        source = control.lun_of(status.source)
+        target = control.lun_of(status.target)
         fields.update(
             source_state=int(status.phase.source),
             target_state=int(status.phase.target),
             suspend_reason=int(status.reason),
             percent_in_sync=int(status.percent_in_sync),
-            source_lun=source,
-            target_lun=target,
+            source_lun=ADDRESSED_LUN if source is None else source,
+            target_lun=ADDRESSED_LUN if target is None else target,
             backup_policy=int(status.backup_policy),
             policy_flags=int(status.backup_policy_set),
             chunk_size=status.chunk_size,
@@ -239,7 +299,10 @@ def _dispatch(
         action = actions.get(cmd.cdb[1] & 0x1F)
         if action is None or cmd.cdb[1] & 0xE0:
             raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(1, bit=4))
-        return await action(lu, cmd)
+        try:
+            return await action(lu, cmd)
+        except _Conflict:
+            return ScsiResult(Status.RESERVATION_CONFLICT)
 
     return handler
 
@@ -249,4 +312,4 @@ SBC_TABLE.command(PAIR_IN, "PAIR IN", _PAIR_IN_USAGE, conflict_exempt=True)(
     _dispatch(PAIR_IN_ACTIONS)
 )
 
-__all__ = ["PAIR_IN", "PAIR_OUT", "PAIR_STATUS", "REFUSALS", "PairControl"]
+__all__ = ["PAIR_IN", "PAIR_OUT", "PAIR_STATUS", "REFUSALS", "NexusAccess", "PairControl"]

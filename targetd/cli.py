@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from backing.pairs import PairManager
+from backing.pairs import PairManager, PairService
 from targetd import chap_env, logs
 from targetd.config import (
     DEFAULT_STATE_DIR,
@@ -24,7 +24,7 @@ from targetd.config import (
     parse_hostport,
 )
 from targetd.copy_ops import CopyOperations
-from targetd.luns import build_targets, close_targets
+from targetd.luns import Builder, close_targets
 from targetd.operations import Operations
 from targetd.pair_admin import PairAdmin
 from targetd.pairs import pair_settings
@@ -62,15 +62,20 @@ def _load(args: argparse.Namespace) -> Config:
 
 async def serve(config: Config, *, loader: Callable[[], Config] | None = None) -> int:
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    pairs = PairManager(config.state_dir, pair_settings(config))
-    targets = build_targets(config, pairs)
+    pairs = PairService(PairManager(config.state_dir, pair_settings(config)))
+    builder = Builder(config, pairs)
+    targets = builder.targets()
     # Pairs resume before the first login, so no host write escapes their bitmaps.
     await pairs.start()
     server = TargetServer(config, targets)
-    ops = Operations(server, loader=loader, metrics_listen=config.metrics_listen)
+    ops = Operations(
+        server, builder=builder, loader=loader, metrics_listen=config.metrics_listen
+    )
     ops.on_shutdown(pairs.stop)  # after the drain: the last cleared bits are written
     ops.provide_status("pairs", lambda: [s.as_dict() for s in pairs.list()])
-    pair_admin = PairAdmin(pairs, config)
+    pair_admin = PairAdmin(
+        pairs, lambda: server.config, builder.controls, lambda t: server.targets[t].scsi.luns
+    )
     pair_admin.register(ops.admin)  # targetctl pair ...
     ops.metrics.add_collector(pair_admin.metric_families)
     copies = CopyOperations(server)  # EXTENDED COPY: `targetctl status` and metrics
@@ -82,7 +87,7 @@ async def serve(config: Config, *, loader: Callable[[], Config] | None = None) -
     except OSError as err:
         log.error("cannot listen: %s", err, extra=logs.fields(error=str(err)))
         await ops.shutdown(0)
-        close_targets(targets)
+        close_targets(server.scsi_targets())
         return 1
     for target in config.targets:
         for host, port in server.bound:
@@ -95,7 +100,7 @@ async def serve(config: Config, *, loader: Callable[[], Config] | None = None) -
     await stop.wait()
     log.info("stopping")
     await ops.shutdown(DRAIN_SECONDS)
-    close_targets(targets)
+    close_targets(server.scsi_targets())
     log.info("stopped")
     return 0
 

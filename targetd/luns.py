@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import xcopy
-from backing.pairs import PairManager, PairVolume
+from backing.pairs import PairService, PairVolume
 from backing.sparse_file import SparseFile
 from scsi.block_device import BlockDevice
 from scsi.file_sink import FileSinkDevice
-from scsi.logical_unit import NO_SERVICES, Identity, LogicalUnit, Services
+from scsi.logical_unit import Identity, LogicalUnit, Services
 from scsi.tape_device import TapeDevice
 from scsi.target import ScsiTarget
 from targetd.config import Config, ConfigError, LunConfig, TargetConfig
@@ -24,22 +25,77 @@ def copy_services(config: Config, target: str) -> Services:
     return xcopy.services(backup_policy_lookup(config), state_dir=copies)
 
 
-def build_lun(
-    target: TargetConfig,
-    lun: LunConfig,
-    config: Config,
-    pairs: PairManager | None = None,
-    services: Services = NO_SERVICES,
-) -> LogicalUnit:
-    path = lun.path if lun.path.is_absolute() else config.state_dir / lun.path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The designator follows the LU's name, not its file, so moving the state dir keeps it.
-    identity = Identity(
-        device_id=f"{target.name}/lun{lun.lun}", product=lun.product or "VIRTUAL-DISK"
-    )
-    if lun.kind == "block":
+class Builder:
+    """The one build path for LUs and targets, at start and at SIGHUP reload.
+
+    A LU receives its services when it is built: its target's copy services (one copy
+    manager per target), and for a block LU its target's :class:`TargetPairs` (the vendor
+    pair commands), its store registered with the :class:`PairService`; so a LUN added by
+    a reload is served and can be paired like any other.
+    """
+
+    def __init__(self, config: Config, pairs: PairService | None = None) -> None:
+        self.config = config
+        self.pairs = pairs
+        self.controls: dict[str, TargetPairs] = {}  # per target name
+        self.copies: dict[str, Services] = {}  # per target name
+
+    def _services(self, target: str) -> Services:
+        services = self.copies.get(target)
+        if services is None:
+            services = self.copies[target] = copy_services(self.config, target)
+        return services
+
+    def _control(self, target: str) -> TargetPairs | None:
+        if self.pairs is None:
+            return None
+        control = self.controls.get(target)
+        if control is None:
+            control = self.controls[target] = TargetPairs(self.pairs, target)
+        return control
+
+    def lun(self, target: TargetConfig, lun: LunConfig) -> LogicalUnit:
+        config = self.config
+        path = lun.path if lun.path.is_absolute() else config.state_dir / lun.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The designator follows the LU's name, not its file: moving the state dir keeps it.
+        identity = Identity(
+            device_id=f"{target.name}/lun{lun.lun}", product=lun.product or "VIRTUAL-DISK"
+        )
+        services = self._services(target.name)
+        if lun.kind == "block":
+            return self._block(target, lun, identity, path, services)
+        if lun.kind == "tape":
+            # The image keeps the capacity it was made with; ``size`` only sizes a new one.
+            return TapeDevice.from_file(
+                replace(identity, product=lun.product or "VIRTUAL-TAPE"),
+                path,
+                lun.size,
+                read_only=lun.read_only,
+                services=services,
+            )
+        if lun.kind == "filesink":
+            # A directory of plain files, one per backup: EXTENDED COPY's file destination.
+            return FileSinkDevice.from_directory(
+                replace(identity, product=lun.product or "FILE-SINK"),
+                path,
+                lun.size,
+                read_only=lun.read_only,
+                services=services,
+            )
+        raise ConfigError(f"target {target.name} lun {lun.lun}", f"unsupported type {lun.kind!r}")
+
+    def _block(
+        self,
+        target: TargetConfig,
+        lun: LunConfig,
+        identity: Identity,
+        path: Path,
+        services: Services,
+    ) -> BlockDevice:
         store = SparseFile(path, lun.size, read_only=lun.read_only)
-        if pairs is None:
+        control = self._control(target.name)
+        if control is None or self.pairs is None:
             return BlockDevice(
                 identity,
                 store,
@@ -55,48 +111,42 @@ def build_lun(
             block_size=lun.block_size,
             read_only=lun.read_only,
             services=services,
+            pair_control=control,
         )
 
         def follow_pair() -> None:  # a mirrored target volume is write-protected
             lu.read_only = lun.read_only or volume.write_protected
 
         volume.on_change = follow_pair
-        pairs.register_volume(volume)
+        self.pairs.register_volume(volume)
+        control.luns.add(lun.lun)
         return lu
-    if lun.kind == "tape":
-        # The image keeps the capacity it was made with; ``size`` only sizes a new one.
-        return TapeDevice.from_file(
-            replace(identity, product=lun.product or "VIRTUAL-TAPE"),
-            path,
-            lun.size,
-            read_only=lun.read_only,
-            services=services,
-        )
-    if lun.kind == "filesink":
-        # A directory of plain files, one per backup: EXTENDED COPY's file destination.
-        return FileSinkDevice.from_directory(
-            replace(identity, product=lun.product or "FILE-SINK"),
-            path,
-            lun.size,
-            read_only=lun.read_only,
-            services=services,
-        )
-    raise ConfigError(f"target {target.name} lun {lun.lun}", f"unsupported type {lun.kind!r}")
+
+    def target(self, target: TargetConfig) -> ScsiTarget:
+        return ScsiTarget({lun.lun: self.lun(target, lun) for lun in target.luns})
+
+    def targets(self) -> dict[str, ScsiTarget]:
+        return {t.name: self.target(t) for t in self.config.targets}
+
+    def forget_lun(self, target: str, lun: int, lu: LogicalUnit) -> None:
+        """A LUN removed by a reload: it leaves its target's pair view and the service.
+        Raises PairError (VOLUME_IN_PAIR) while it is in a pair; nothing changes then."""
+        control = self.controls.get(target)
+        if control is not None and self.pairs is not None and isinstance(lu, BlockDevice):
+            self.pairs.unregister_volume(volume_id(target, lun))
+            control.luns.discard(lun)
 
 
-def build_targets(config: Config, pairs: PairManager | None = None) -> dict[str, ScsiTarget]:
-    targets = {}
-    for t in config.targets:
-        # EXTENDED COPY among the LUs this target shows: one copy manager per target.
-        services = copy_services(config, t.name)
-        luns = {lun.lun: build_lun(t, lun, config, pairs, services) for lun in t.luns}
-        if pairs is not None:
-            block = {n for n, lu in luns.items() if isinstance(lu, BlockDevice)}
-            control = TargetPairs(pairs, t.name, block)
-            for n in block:
-                luns[n].pair_control = control  # type: ignore[attr-defined]
-        targets[t.name] = ScsiTarget(luns)
-    return targets
+def paired_volume(lu: LogicalUnit) -> str | None:
+    """The name of the pair a LU's volume is in, if any."""
+    store = getattr(lu, "store", None)
+    if isinstance(store, PairVolume) and store.pair is not None:
+        return store.pair.name
+    return None
+
+
+def build_targets(config: Config, pairs: PairService | None = None) -> dict[str, ScsiTarget]:
+    return Builder(config, pairs).targets()
 
 
 def close_targets(targets: dict[str, ScsiTarget]) -> None:

@@ -22,7 +22,7 @@ from scsi.sense import Reason
 from targetd import logs, reload, sdnotify, status
 from targetd.admin import SOCKET_NAME, Admin
 from targetd.config import Config, ConfigError
-from targetd.luns import build_lun, copy_services, flush_targets
+from targetd.luns import Builder, flush_targets
 from targetd.metrics import Family, Metrics, lun_families
 from targetd.reload import ReloadPlan
 from targetd.server import TargetRuntime, TargetServer
@@ -36,10 +36,13 @@ class Operations:
         self,
         server: TargetServer,
         *,
+        builder: Builder | None = None,
         loader: Callable[[], Config] | None = None,
         metrics_listen: tuple[str, int] | None = None,
     ) -> None:
         self.server = server
+        # The one build path, shared with the start: what a reload adds is built alike.
+        self.builder = builder or Builder(server.config)
         self.loader = loader
         self.metrics_listen = metrics_listen
         self.admin = Admin()
@@ -129,23 +132,17 @@ class Operations:
         return {"applied": result.applied, "refused": result.refused}
 
     def _build(self, plan: ReloadPlan) -> None:
-        from scsi.target import ScsiTarget
-
         config = plan.config
-        # A new target gets copy services of its own (results kept as at startup); a LUN
-        # added to a running target gets that target's, so its one copy manager serves it.
-        built = []
-        for t in plan.new_targets:
-            services = copy_services(config, t.name)
-            luns = {lun.lun: build_lun(t, lun, config, services=services) for lun in t.luns}
-            built.append((t.name, ScsiTarget(luns)))
-        extra = []
-        for name, lun in plan.new_luns:
-            running = self.server.targets[name].scsi.luns.values()
-            services = next((lu.services for lu in running), None) or copy_services(config, name)
-            target = config.target(name)
-            assert target is not None
-            extra.append((name, lun, build_lun(target, lun, config, services=services)))
+        self.builder.config = config
+        for name, _ in plan.new_luns:
+            # A LUN added to a running target gets that target's copy services, so its one
+            # copy manager serves it too.
+            running = next(iter(self.server.targets[name].scsi.luns.values()), None)
+            if running is not None:
+                self.builder.copies.setdefault(name, running.services)
+        built = [(t.name, self.builder.target(t)) for t in plan.new_targets]
+        extra = [(name, lun, self.builder.lun(config.target(name), lun))  # type: ignore[arg-type]
+                 for name, lun in plan.new_luns]  # fmt: skip
         for name, scsi in built:
             self.server.targets[name] = TargetRuntime(name, scsi)
         for name, lun, lu in extra:

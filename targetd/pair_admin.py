@@ -2,14 +2,20 @@
 
 Methods, each taking a params object and answering JSON (docs/pairs.md, "targetctl"):
 
-``pair.create``  {name, source_lun, target_lun, target?} -> a pair status object
-``pair.split`` / ``pair.resync`` {name} -> a pair status object
-``pair.delete``  {name} -> {"deleted": name}
-``pair.status``  {name?} -> one pair status object, or a list of them without a name
-``pair.list``    {} -> a list of pair status objects
-``pair.wait``    {name, state, timeout} -> {"reached": bool, "status": object | null}
-``pair.policy``  {name, policy} -> a pair status object (``policy``: reflect-first, wait,
-                 merge, split-and-backup, or ``default`` for the configured one)
+``pair.create``  {name, source_lun, target_lun, target?, force?} -> a pair status object
+``pair.split`` / ``pair.resync`` {name, target?, force?} -> a pair status object
+``pair.delete``  {name, target?} -> {"deleted": name}
+``pair.status``  {name?, target?} -> one pair status object, or a list of them without a name
+``pair.list``    {target?} -> a list of pair status objects
+``pair.wait``    {name, state, timeout, target?} -> {"reached": bool, "status": object | null}
+``pair.policy``  {name, policy, target?} -> a pair status object (``policy``: reflect-first,
+                 wait, merge, split-and-backup, or ``default`` for the configured one)
+
+Pair names are per target: ``target`` names it where a name alone is ambiguous
+(``ambiguous-name``). Every method goes through the daemon's one
+:class:`backing.pairs.PairService`. The admin socket is an initiator that holds no
+reservation: create, split and resync onto a LU that another initiator has reserved are
+refused (``reservation-conflict``) unless ``force`` is true.
 
 ``pair.wait`` returns at once when both volumes are in ``state``, when the pair is
 SUSPENDED (a wait that can only end by a resync), or after ``timeout`` seconds (at most
@@ -20,16 +26,22 @@ code (``unknown-pair``, ``wrong-state``, ...).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from backing.pairs import BackupPolicy, PairError, PairManager, PairStatus, Phase, VolumeState
+from backing.pairs import BackupPolicy, PairError, PairService, PairStatus, VolumeState
+from backing.pairs.manager import scope_of
+from scsi.command import Nexus
+from scsi.logical_unit import LogicalUnit
+from scsi.pair_commands import NexusAccess
 from targetd.admin import Admin, AdminError
 from targetd.config import Config
 from targetd.metrics import Family
-from targetd.pairs import volume_id
+from targetd.pairs import TargetPairs, volume_id
+
+# The admin socket as the reservations see it: a nexus no initiator can be.
+ADMIN_NEXUS = Nexus("targetctl (admin socket)")
 
 MAX_WAIT = 10.0
 Params = dict[str, Any]
@@ -89,12 +101,76 @@ def _policy(params: Params) -> BackupPolicy | None:
         raise AdminError(str(err), "bad-policy") from None
 
 
-class PairAdmin:
-    """The admin methods over one :class:`PairManager`."""
+class AdminAccess:
+    """The admin socket's :class:`backing.pairs.Access`: an initiator with no reservation
+    and no registration (:data:`ADMIN_NEXUS`), unless ``force`` overrides reservations."""
 
-    def __init__(self, manager: PairManager, config: Config) -> None:
-        self.manager = manager
-        self.config = config
+    def __init__(
+        self,
+        controls: Mapping[str, TargetPairs],
+        lun_map: Callable[[str], Mapping[int, LogicalUnit]],
+        *,
+        force: bool,
+    ) -> None:
+        self.controls = controls
+        self.lun_map = lun_map
+        self.force = force
+
+    def check(self, reads: Sequence[str], writes: Sequence[str]) -> None:
+        if self.force:
+            return
+        for volume in (*reads, *writes):
+            target = scope_of(volume)
+            control = self.controls.get(target)
+            if control is None:
+                continue  # not a LUN of a served target: the service refuses it itself
+            access = NexusAccess(ADMIN_NEXUS, control, self.lun_map(target))
+            try:
+                if volume in reads:
+                    access.check((volume,), ())
+                if volume in writes:
+                    access.check((), (volume,))
+            except PairError as err:
+                raise PairError(err.code, f"{err} (--force overrides)") from None
+
+
+class PairAdmin:
+    """The admin methods over the daemon's :class:`PairService`.
+
+    ``config`` is asked for the running configuration at each call (a reload may add
+    targets); ``controls`` and ``lun_map`` give each target's LUs, for reservations.
+    """
+
+    def __init__(
+        self,
+        service: PairService,
+        config: Callable[[], Config],
+        controls: Mapping[str, TargetPairs],
+        lun_map: Callable[[str], Mapping[int, LogicalUnit]],
+    ) -> None:
+        self.service = service
+        self._config = config
+        self.controls = controls
+        self.lun_map = lun_map
+
+    @property
+    def config(self) -> Config:
+        return self._config()
+
+    def _access(self, params: Params) -> AdminAccess:
+        force = params.get("force", False)
+        if not isinstance(force, bool):
+            raise AdminError("force: true or false", "bad_request")
+        return AdminAccess(self.controls, self.lun_map, force=force)
+
+    def _scope(self, params: Params) -> str | None:
+        """The target a pair name is looked up in (None: any, if unambiguous)."""
+        name = params.get("target")
+        if name is None:
+            return None
+        if not isinstance(name, str) or self.config.target(name) is None:
+            raise AdminError(f"no target named {name!r}", "unknown-target")
+        return name
 
     def register(self, admin: Admin) -> None:
         methods: dict[str, Callable[[Params], Awaitable[Any] | Any]] = {
@@ -126,40 +202,51 @@ class PairAdmin:
         target = self._target(params)
         source_lun, target_lun = _lun(params, "source_lun"), _lun(params, "target_lun")
         policy = _policy(params) if params.get("policy") is not None else None
+        access = self._access(params)
         with _refusals():
-            status = await self.manager.create(
-                name, volume_id(target, source_lun), volume_id(target, target_lun), policy
+            status = await self.service.create(
+                name,
+                volume_id(target, source_lun),
+                volume_id(target, target_lun),
+                policy,
+                access=access,
             )
         return pair_dict(status)
 
     async def split(self, params: Params) -> dict[str, Any]:
+        name, scope, access = _str(params, "name"), self._scope(params), self._access(params)
         with _refusals():
-            return pair_dict(await self.manager.split(_str(params, "name")))
+            return pair_dict(await self.service.split(access=access, name=name, scope=scope))
 
     async def resync(self, params: Params) -> dict[str, Any]:
+        name, scope, access = _str(params, "name"), self._scope(params), self._access(params)
         with _refusals():
-            return pair_dict(await self.manager.resync(_str(params, "name")))
+            return pair_dict(await self.service.resync(access=access, name=name, scope=scope))
 
     async def policy(self, params: Params) -> dict[str, Any]:
-        name = _str(params, "name")
+        name, scope, access = _str(params, "name"), self._scope(params), self._access(params)
         policy = _policy(params)
         with _refusals():
-            return pair_dict(await self.manager.set_backup_policy(name, policy))
+            status = await self.service.set_backup_policy(
+                policy, access=access, name=name, scope=scope
+            )
+        return pair_dict(status)
 
     async def delete(self, params: Params) -> dict[str, Any]:
-        name = _str(params, "name")
+        name, scope, access = _str(params, "name"), self._scope(params), self._access(params)
         with _refusals():
-            await self.manager.delete(name)
+            await self.service.delete(access=access, name=name, scope=scope)
         return {"deleted": name}
 
     def status(self, params: Params) -> dict[str, Any] | list[dict[str, Any]]:
         if params.get("name") is None:
             return self.list_pairs(params)
+        name, scope = _str(params, "name"), self._scope(params)
         with _refusals():
-            return pair_dict(self.manager.status(_str(params, "name")))
+            return pair_dict(self.service.status(name=name, scope=scope))
 
     def list_pairs(self, params: Params) -> list[dict[str, Any]]:
-        return [pair_dict(s) for s in self.manager.list()]
+        return [pair_dict(s) for s in self.service.list(self._scope(params))]
 
     async def wait(self, params: Params) -> dict[str, Any]:
         name = _str(params, "name")
@@ -170,24 +257,12 @@ class PairAdmin:
         timeout = params.get("timeout", MAX_WAIT)
         if not isinstance(timeout, int | float) or timeout < 0:
             raise AdminError("timeout: seconds, >= 0", "bad_request")
-        pair = self.manager.pairs.get(name)
-        if pair is None:
-            if state is VolumeState.SIMPLEX:  # no pair: both volumes are SIMPLEX
-                return {"reached": True, "status": None}
-            raise AdminError(f"no pair named {name!r}", "unknown-pair")
-
-        def settled(p: Any) -> bool:
-            phase = p.phase
-            return (phase.source == state and phase.target == state) or phase in (
-                Phase.SUSPENDED,
-                Phase.DELETE,
+        scope = self._scope(params)
+        with _refusals():
+            reached, status = await self.service.wait(
+                state, min(float(timeout), MAX_WAIT), name=name, scope=scope
             )
-
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(pair.wait_until(settled), min(float(timeout), MAX_WAIT))
-        status = pair.status()
-        reached = status.phase.source == state and status.phase.target == state
-        return {"reached": reached, "status": pair_dict(status)}
+        return {"reached": reached, "status": None if status is None else pair_dict(status)}
 
     # -- metrics --------------------------------------------------------------------------
     def metric_families(self) -> list[Family]:
@@ -204,8 +279,8 @@ class PairAdmin:
         copied = Family(
             "targetd_pair_copied_bytes_total", "counter", "bytes copied since the daemon started"
         )
-        for s in self.manager.list():
-            labels = {"pair": s.name}
+        for s in self.service.list():
+            labels = {"pair": s.name, "target": scope_of(s.source)}
             for side, current in (("source", s.phase.source), ("target", s.phase.target)):
                 state.add(1, {**labels, "side": side, "state": current.label})
             dirty.add(s.dirty_chunks, labels)

@@ -37,11 +37,13 @@ def add_commands(sub: Any) -> None:
     p.add_argument("target_lun", type=int)
     p.add_argument("--target", help="the iSCSI target (IQN) of both LUNs; needed if several")
     p.add_argument("--policy", help=f"backup policy of the pair ({POLICY_NAMES})")
+    _force(p)
     _common(p, _create)
 
     p = pair_sub.add_parser("policy", help="set the pair's backup policy (kept with the pair)")
     p.add_argument("name")
     p.add_argument("policy", help=f"{POLICY_NAMES}, or default (the configured one)")
+    _scope(p)
     _common(p, _policy)
 
     for action, text in (
@@ -51,17 +53,45 @@ def add_commands(sub: Any) -> None:
     ):
         p = pair_sub.add_parser(action, help=text)
         p.add_argument("name")
+        _scope(p)
+        if action != "delete":
+            _force(p)
         _common(p, _action)
 
     p = pair_sub.add_parser("status", help="one pair, or every pair")
     p.add_argument("name", nargs="?")
+    _scope(p)
     _common(p, _status)
 
     p = pair_sub.add_parser("wait", help="wait until both volumes are in STATE (pairevtwait)")
     p.add_argument("name")
     p.add_argument("--state", required=True, help="e.g. DUPLEX, SPLIT, SIMPLEX")
     p.add_argument("--timeout", type=float, help="seconds (default: no limit)")
+    _scope(p)
     _common(p, _wait)
+
+
+def _scope(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--target", help="the iSCSI target (IQN) the pair is on; needed if the name is on several"
+    )
+
+
+def _force(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="go ahead although another initiator has reserved a LUN the copy writes",
+    )
+
+
+def _params(args: argparse.Namespace, **params: Any) -> dict[str, Any]:
+    """``params`` plus --target and --force, when given."""
+    if getattr(args, "target", None):
+        params["target"] = args.target
+    if getattr(args, "force", False):
+        params["force"] = True
+    return params
 
 
 def _common(p: argparse.ArgumentParser, run: Any) -> None:
@@ -80,13 +110,7 @@ def _states(p: dict[str, Any]) -> str:
 
 
 def _create(args: argparse.Namespace) -> int:
-    params: dict[str, Any] = {
-        "name": args.name,
-        "source_lun": args.source_lun,
-        "target_lun": args.target_lun,
-    }
-    if args.target:
-        params["target"] = args.target
+    params = _params(args, name=args.name, source_lun=args.source_lun, target_lun=args.target_lun)
     if args.policy:
         params["policy"] = args.policy
     p = call(args, "pair.create", params)
@@ -102,7 +126,7 @@ def _create(args: argparse.Namespace) -> int:
 
 def _action(args: argparse.Namespace) -> int:
     action = args.pair_command
-    result = call(args, f"pair.{action}", {"name": args.name})
+    result = call(args, f"pair.{action}", _params(args, name=args.name))
     if args.json:
         _dump(result)
     elif action == "delete":
@@ -118,7 +142,7 @@ def _action(args: argparse.Namespace) -> int:
 
 
 def _policy(args: argparse.Namespace) -> int:
-    p = call(args, "pair.policy", {"name": args.name, "policy": args.policy})
+    p = call(args, "pair.policy", _params(args, name=args.name, policy=args.policy))
     if args.json:
         _dump(p)
     else:
@@ -157,7 +181,7 @@ def _lun(n: int | None) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    params = {"name": args.name} if args.name else {}
+    params = _params(args, name=args.name) if args.name else _params(args)
     result = call(args, "pair.status", params)
     if args.json:
         _dump(result)
@@ -206,7 +230,7 @@ def _wait(args: argparse.Namespace) -> int:
     try:
         while True:
             left = step if deadline is None else max(0.0, min(step, deadline - time.monotonic()))
-            params = {"name": args.name, "state": state.name, "timeout": left}
+            params = _params(args, name=args.name, state=state.name, timeout=left)
             result = call(args, "pair.wait", params)
             p = result["status"]
             if result["reached"]:

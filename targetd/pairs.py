@@ -1,21 +1,14 @@
 """The daemon's side of volume pairs: volume ids for LUNs, and the vendor commands' view.
 
 A block LUN's volume id is its LU's device id (``<target iqn>/lun<N>``), so a pair file
-names its volumes the same way across restarts. :class:`TargetPairs` gives the SCSI pair
-commands of one target its LUN-numbered view of the :class:`PairManager`.
+names its volumes the same way across restarts, and the target's name is the scope of its
+pair names (a name taken on one target is free on another). :class:`TargetPairs` gives
+the SCSI pair commands of one target its LUN-numbered view of the :class:`PairService`.
 """
 
 from __future__ import annotations
 
-from backing.pairs import (
-    BackupPolicy,
-    ErrorCode,
-    PairError,
-    PairManager,
-    PairSettings,
-    PairStatus,
-    PairVolume,
-)
+from backing.pairs import BackupPolicy, PairService, PairSettings
 from targetd.config import Config
 
 
@@ -24,51 +17,22 @@ def volume_id(target: str, lun: int) -> str:
 
 
 class TargetPairs:
-    """``scsi.pair_commands.PairControl`` for one target's LUNs."""
+    """``scsi.pair_commands.PairControl`` for one target: its block LUNs' volume ids."""
 
-    def __init__(self, manager: PairManager, target: str, luns: set[int]) -> None:
-        self.manager = manager
+    def __init__(self, service: PairService, target: str) -> None:
+        self.service = service
         self.target = target
-        self.luns = luns  # the target's block LUNs
+        self.luns: set[int] = set()  # the target's block LUNs (a reload may add some)
 
-    def has_lun(self, lun: int) -> bool:
-        return lun in self.luns
+    def volume_of(self, lun: int) -> str | None:
+        return volume_id(self.target, lun) if lun in self.luns else None
 
-    def _pair_name(self, lun: int) -> str:
-        pair = self.manager.pair_of(volume_id(self.target, lun))
-        if pair is None:
-            raise PairError(ErrorCode.UNKNOWN_PAIR, f"LUN {lun} is not in a pair")
-        return pair.name
-
-    async def create(
-        self, name: str, source_lun: int, target_lun: int, policy: BackupPolicy | None = None
-    ) -> None:
-        await self.manager.create(
-            name, volume_id(self.target, source_lun), volume_id(self.target, target_lun), policy
-        )
-
-    async def set_backup_policy(self, lun: int, policy: BackupPolicy | None) -> None:
-        await self.manager.set_backup_policy(self._pair_name(lun), policy)
-
-    async def split(self, lun: int) -> None:
-        await self.manager.split(self._pair_name(lun))
-
-    async def resync(self, lun: int) -> None:
-        await self.manager.resync(self._pair_name(lun))
-
-    async def delete(self, lun: int) -> None:
-        await self.manager.delete(self._pair_name(lun))
-
-    def status(self, lun: int) -> tuple[PairStatus, int, int] | None:
-        pair = self.manager.pair_of(volume_id(self.target, lun))
-        if pair is None:
-            return None
-        return pair.status(), self._lun_of(pair.source), self._lun_of(pair.target)
-
-    def _lun_of(self, volume: PairVolume) -> int:
+    def lun_of(self, volume: str) -> int | None:
         prefix = f"{self.target}/lun"
-        vid = volume.volume_id
-        return int(vid[len(prefix) :]) if vid.startswith(prefix) else 0xFFFF
+        tail = volume[len(prefix) :]
+        if not volume.startswith(prefix) or not tail.isdigit() or int(tail) not in self.luns:
+            return None
+        return int(tail)
 
 
 def pair_settings(config: Config) -> PairSettings:

@@ -105,8 +105,10 @@ class Status:
 class BlockClient:
     """One logged-in session; raises AssertionError with the sense on CHECK CONDITION."""
 
-    def __init__(self, port: int, iqn: str, luns: tuple[int, ...] = (0, 1)) -> None:
-        self.ini = RawInitiator(port)
+    def __init__(
+        self, port: int, iqn: str, luns: tuple[int, ...] = (0, 1), *, name: str | None = None
+    ) -> None:
+        self.ini = RawInitiator(port) if name is None else RawInitiator(port, name=name)
         resp = self.ini.login(iqn)
         assert resp.bhs[36] == 0, resp.bhs.hex()
         for lun in luns:

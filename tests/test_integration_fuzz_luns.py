@@ -33,7 +33,7 @@ from test_fuzz_cdb import (
     test_tape_lu_cdbs,
 )
 
-from backing.pairs import PairManager
+from backing.pairs import PairManager, PairService
 from scsi.buffers import BufferPool
 from targetd.config import Config, LunConfig, TargetConfig
 from targetd.luns import build_targets, close_targets
@@ -62,7 +62,7 @@ def world() -> Iterator[World]:
     )
     config = Config(targets=(TargetConfig(IQN, luns=luns),), state_dir=state)
     loop = asyncio.new_event_loop()
-    pairs = PairManager(state)
+    pairs = PairService(PairManager(state))
     targets = build_targets(config, pairs)
     loop.run_until_complete(pairs.start())
     target = targets[IQN]

@@ -177,10 +177,11 @@ def test_pair_metrics_follow_the_pair(targetd_factory: DaemonFactory) -> None:
     sample = dict(
         line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("targetd_pair_")
     )
-    state = 'targetd_pair_state{pair="m",side="%s",state="DUPLEX-PENDING"}'
-    assert sample[state % "source"] == sample[state % "target"] == "1"
-    dirty = int(sample['targetd_pair_dirty_chunks{pair="m"}'])
+    pair = f'pair="m",target="{IQN}"'
+    state = "targetd_pair_state{%s,side=\"%s\",state=\"DUPLEX-PENDING\"}"
+    assert sample[state % (pair, "source")] == sample[state % (pair, "target")] == "1"
+    dirty = int(sample[f"targetd_pair_dirty_chunks{{{pair}}}"])
     assert 0 < dirty <= 64  # 4 MiB of data in 64 KiB chunks, copying at 256 KiB/s
-    assert int(sample['targetd_pair_backlog_bytes{pair="m"}']) == dirty * 65536
-    assert sample['targetd_pair_changed_chunks{pair="m"}'] == "0"
+    assert int(sample[f"targetd_pair_backlog_bytes{{{pair}}}"]) == dirty * 65536
+    assert sample[f"targetd_pair_changed_chunks{{{pair}}}"] == "0"
     assert "# TYPE targetd_pair_copied_bytes_total counter" in text

@@ -1,10 +1,12 @@
 """Volume pairs: a source volume mirrored onto a target volume, split at once on request.
 
-:class:`PairManager` is the API; see docs/pairs.md for the design and the SCSI commands.
+:class:`PairService` (``backing.pairs.service``) is THE entry point for every caller: the
+vendor SCSI commands, targetctl and EXTENDED COPY. See docs/pairs.md for the design.
 """
 
 from backing.pairs.engine import Pair, PairSettings, PairStatus
 from backing.pairs.manager import PairManager
+from backing.pairs.service import UNCHECKED, Access, PairService
 from backing.pairs.states import (
     BackupPolicy,
     ErrorCode,
@@ -16,11 +18,14 @@ from backing.pairs.states import (
 from backing.pairs.volume import PairVolume, Role, VolumeWriteProtected
 
 __all__ = [
+    "UNCHECKED",
+    "Access",
     "BackupPolicy",
     "ErrorCode",
     "Pair",
     "PairError",
     "PairManager",
+    "PairService",
     "PairSettings",
     "PairStatus",
     "PairVolume",

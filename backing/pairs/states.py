@@ -107,6 +107,8 @@ class ErrorCode(Enum):
     BAD_NAME = "bad-name"
     READ_ONLY_VOLUME = "read-only-volume"
     BAD_POLICY = "bad-policy"
+    AMBIGUOUS_NAME = "ambiguous-name"  # one name in several scopes: say which
+    RESERVATION_CONFLICT = "reservation-conflict"  # a volume it touches is reserved
 
 
 class PairError(Exception):

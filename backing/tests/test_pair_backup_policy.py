@@ -49,7 +49,7 @@ def test_policy_is_kept_in_the_pair_file(tmp_path: Path) -> None:
         )
         status = await manager.set_backup_policy("db", BackupPolicy.REFLECT_FIRST)
         assert status.as_dict()["backup_policy"] == "reflect-first"
-        _, meta, _ = PairFile.open(tmp_path / "pairs" / "db.pair")
+        _, meta, _ = PairFile.open(tmp_path / "pairs" / "t" / "db.pair")
         assert meta["backup_policy"] == 1  # durable before the call returned
         await manager.stop()
 

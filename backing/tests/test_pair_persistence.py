@@ -108,7 +108,7 @@ def test_clean_restart_keeps_phase_and_bitmaps(tmp_path: Path) -> None:
         assert status.changed_chunks == changed == 1
         assert dirty - 2 <= status.dirty_chunks <= dirty
         await manager.delete("p")
-        assert not list((tmp_path / "pairs").glob("*.pair"))
+        assert not list((tmp_path / "pairs").rglob("*.pair"))
         await manager.stop()
         src.close()
         tgt.close()

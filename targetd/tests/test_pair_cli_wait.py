@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from backing.pairs import PairManager, PairSettings, PairVolume, SuspendReason
+from backing.pairs import PairManager, PairService, PairSettings, PairVolume, SuspendReason
 from backing.sparse_file import SparseFile
 from targetd import pair_cli
 from targetd.admin import Admin
@@ -117,7 +117,8 @@ def test_daemon_wait_returns_at_suspended_and_at_its_timeout(tmp_path: Path) -> 
         manager.register_volume(tgt)
         await src.write(0, b"x" * MiB)
         admin = Admin()
-        pairs = PairAdmin(manager, default_config(tmp_path))
+        config = default_config(tmp_path)
+        pairs = PairAdmin(PairService(manager), lambda: config, {}, lambda target: {})
         pairs.register(admin)
         await manager.create("db", "t/lun0", "t/lun1")
         r = await admin.call("pair.wait", {"name": "db", "state": "DUPLEX", "timeout": 0.05})
@@ -136,9 +137,10 @@ def test_daemon_wait_returns_at_suspended_and_at_its_timeout(tmp_path: Path) -> 
             for f in pairs.metric_families()
             for _, labels, value in f.samples
         )
-        assert "targetd_pair_state {'pair': 'db', 'side': 'source', 'state': 'SUSPENDED'} 1" in text
-        assert "targetd_pair_dirty_chunks {'pair': 'db'} 16" in text
-        assert "targetd_pair_backlog_bytes {'pair': 'db'} 1048576" in text
+        state = "{'pair': 'db', 'target': 't', 'side': 'source', 'state': 'SUSPENDED'}"
+        assert f"targetd_pair_state {state} 1" in text
+        assert "targetd_pair_dirty_chunks {'pair': 'db', 'target': 't'} 16" in text
+        assert "targetd_pair_backlog_bytes {'pair': 'db', 'target': 't'} 1048576" in text
         await manager.stop()
 
     asyncio.run(go())

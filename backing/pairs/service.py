@@ -1,0 +1,230 @@
+"""PairService: THE one entry point for volume-pair operations.
+
+Every caller goes through one :class:`PairService` and nothing else of ``backing.pairs``'
+insides: the vendor PAIR IN/OUT commands (``scsi/pair_commands.py``), ``targetctl pair``
+over the admin socket (``targetd/pair_admin.py``) and EXTENDED COPY (``xcopy/``: the SPLIT
+PAIR segment and backups of a pair's target volume). Callers name volumes by id and pairs
+by name (within a scope, see :mod:`backing.pairs.manager`) or by one of their volumes.
+
+Each operation that moves data asks the caller's :class:`Access` first, for EVERY volume
+it reads or writes, not just the one the caller addressed: a split or resync addressed
+through the source also writes the target. What each operation touches:
+
+=============  ===========  ============
+operation      reads        writes
+=============  ===========  ============
+create         source       target (the creation copy overwrites it)
+split          source       target (the split-instant set is reflected onto it)
+resync         source       target (the target's own changes are copied over)
+delete         --           --
+backup policy  --           --
+=============  ===========  ============
+
+The :class:`Access` raises :class:`PairError` with ``RESERVATION_CONFLICT`` to refuse;
+the SCSI layer answers RESERVATION CONFLICT, the admin socket ``reservation-conflict``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Protocol
+
+from backing.pairs.engine import Pair, PairStatus
+from backing.pairs.manager import PairManager, scope_of
+from backing.pairs.states import BackupPolicy, ErrorCode, PairError, Phase, VolumeState
+from backing.pairs.volume import PairVolume, Role
+
+SPLIT_PHASES = (Phase.SPLIT_PENDING, Phase.SPLIT)
+
+
+class Access(Protocol):
+    """Who asks: may it read ``reads`` and write ``writes`` (volume ids)? Raises
+    :class:`PairError` (``RESERVATION_CONFLICT``) if not; returns None if it may."""
+
+    def check(self, reads: Sequence[str], writes: Sequence[str]) -> None: ...
+
+
+class Unchecked:
+    """An :class:`Access` that allows everything: in-process tools and unit tests only."""
+
+    def check(self, reads: Sequence[str], writes: Sequence[str]) -> None:
+        return None
+
+
+UNCHECKED = Unchecked()
+
+
+class PairService:
+    """Pair operations, checked against the caller's access, over one :class:`PairManager`.
+
+    Pairs are named by ``name`` (with ``scope``: the target's name in the daemon; without
+    it the one pair of that name) or by ``volume``: the id of either of its volumes.
+    """
+
+    def __init__(self, manager: PairManager) -> None:
+        self.manager = manager
+
+    # -- volumes and life cycle (the daemon's wiring) ---------------------------------------
+    def register_volume(self, volume: PairVolume) -> None:
+        self.manager.register_volume(volume)
+
+    def unregister_volume(self, volume_id: str) -> None:
+        """Raises PairError (VOLUME_IN_PAIR) while the volume is in a pair."""
+        self.manager.unregister_volume(volume_id)
+
+    def has_volume(self, volume_id: str) -> bool:
+        return volume_id in self.manager.volumes
+
+    async def start(self) -> None:
+        await self.manager.start()
+
+    async def stop(self) -> None:
+        await self.manager.stop()
+
+    # -- finding pairs ------------------------------------------------------------------------
+    def find(
+        self, *, name: str | None = None, scope: str | None = None, volume: str | None = None
+    ) -> Pair:
+        """The pair named ``name`` (in ``scope``), or the one ``volume`` is in."""
+        if volume is not None:
+            pair = self.manager.pair_of(volume)
+            if pair is None:
+                raise PairError(ErrorCode.UNKNOWN_PAIR, f"{volume} is not in a pair")
+            return pair
+        if name is None:
+            raise PairError(ErrorCode.UNKNOWN_PAIR, "no pair named")
+        return self.manager.get(name, scope)
+
+    def pair_of(self, volume_id: str) -> Pair | None:
+        """The pair ``volume_id`` is in, for reading (status, a backup's split image):
+        never change a pair through it, use the operations below."""
+        return self.manager.pair_of(volume_id)
+
+    def status_of(self, volume_id: str) -> PairStatus | None:
+        pair = self.manager.pair_of(volume_id)
+        return None if pair is None else pair.status()
+
+    def status(self, *, name: str | None = None, scope: str | None = None) -> PairStatus:
+        return self.find(name=name, scope=scope).status()
+
+    def list(self, scope: str | None = None) -> list[PairStatus]:
+        return [s for s in self.manager.list() if scope is None or scope_of(s.source) == scope]
+
+    # -- operations ---------------------------------------------------------------------------
+    async def create(
+        self,
+        name: str,
+        source: str,
+        target: str,
+        policy: BackupPolicy | None = None,
+        *,
+        access: Access,
+    ) -> PairStatus:
+        """A new pair ``name`` mirroring ``source`` onto ``target`` (volume ids). The pair
+        is in the scope of its volumes: a name used in another scope is no obstacle."""
+        for volume in (source, target):
+            if not self.has_volume(volume):
+                raise PairError(ErrorCode.UNKNOWN_VOLUME, f"no volume {volume!r}")
+        access.check((source,), (target,))
+        return await self.manager.create(name, source, target, policy)
+
+    async def split(
+        self,
+        *,
+        access: Access,
+        name: str | None = None,
+        scope: str | None = None,
+        volume: str | None = None,
+    ) -> PairStatus:
+        pair = self.find(name=name, scope=scope, volume=volume)
+        access.check((pair.source.volume_id,), (pair.target.volume_id,))
+        await pair.split()
+        return pair.status()
+
+    async def resync(
+        self,
+        *,
+        access: Access,
+        name: str | None = None,
+        scope: str | None = None,
+        volume: str | None = None,
+    ) -> PairStatus:
+        pair = self.find(name=name, scope=scope, volume=volume)
+        access.check((pair.source.volume_id,), (pair.target.volume_id,))
+        await pair.resync()
+        return pair.status()
+
+    async def delete(
+        self,
+        *,
+        access: Access,
+        name: str | None = None,
+        scope: str | None = None,
+        volume: str | None = None,
+    ) -> str:
+        """Delete the pair (no data moves: ``access`` is asked about no volume). Returns
+        its name."""
+        pair = self.find(name=name, scope=scope, volume=volume)
+        access.check((), ())
+        await self.manager.delete(pair.name, scope_of(pair.source.volume_id))
+        return pair.name
+
+    async def set_backup_policy(
+        self,
+        policy: BackupPolicy | None,
+        *,
+        access: Access,
+        name: str | None = None,
+        scope: str | None = None,
+        volume: str | None = None,
+    ) -> PairStatus:
+        """Keep ``policy`` with the pair (None: the configured one again)."""
+        pair = self.find(name=name, scope=scope, volume=volume)
+        access.check((), ())
+        await pair.set_backup_policy(policy)
+        return pair.status()
+
+    async def wait(
+        self,
+        state: VolumeState,
+        timeout: float,
+        *,
+        name: str,
+        scope: str | None = None,
+    ) -> tuple[bool, PairStatus | None]:
+        """Wait (at most ``timeout`` s) until both volumes are in ``state``; an end sooner
+        when the pair is SUSPENDED or being deleted. (reached, status); a pair that does
+        not exist has reached SIMPLEX."""
+        try:
+            pair = self.find(name=name, scope=scope)
+        except PairError as err:
+            if err.code is ErrorCode.UNKNOWN_PAIR and state is VolumeState.SIMPLEX:
+                return True, None
+            raise
+
+        def settled(p: Pair) -> bool:
+            phase = p.phase
+            reached = phase.source == state and phase.target == state
+            return reached or phase in (Phase.SUSPENDED, Phase.DELETE)
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pair.wait_until(settled), timeout)
+        status = pair.status()
+        return status.phase.source == state and status.phase.target == state, status
+
+    # -- for EXTENDED COPY ----------------------------------------------------------------------
+    async def split_for_backup(self, volume: str, *, access: Access) -> PairStatus:
+        """A backup of the target volume ``volume`` takes its own split: a mirroring pair
+        is split now, a pair already split keeps its split instant."""
+        pair = self.find(volume=volume)
+        if pair.target.volume_id != volume or pair.target.role is not Role.TARGET:
+            raise PairError(ErrorCode.WRONG_STATE, f"{volume} is not a pair's target volume")
+        if pair.phase not in SPLIT_PHASES:
+            access.check((pair.source.volume_id,), (pair.target.volume_id,))
+            await pair.split()
+        return pair.status()
+
+
+__all__ = ["UNCHECKED", "Access", "PairService", "Unchecked"]
