@@ -68,11 +68,9 @@ async def serve(config: Config, *, loader: Callable[[], Config] | None = None) -
     # Pairs resume before the first login, so no host write escapes their bitmaps.
     await pairs.start()
     server = TargetServer(config, targets)
-    ops = Operations(
-        server, builder=builder, loader=loader, metrics_listen=config.metrics_listen
-    )
+    ops = Operations(server, builder=builder, loader=loader, metrics_listen=config.metrics_listen)
     ops.on_shutdown(pairs.stop)  # after the drain: the last cleared bits are written
-    ops.provide_status("pairs", lambda: [s.as_dict() for s in pairs.list()])
+    ops.provide_status("pairs", lambda: [s.as_dict() for s in pairs.list_pairs()])
     pair_admin = PairAdmin(
         pairs, lambda: server.config, builder.controls, lambda t: server.targets[t].scsi.luns
     )

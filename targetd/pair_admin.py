@@ -246,7 +246,7 @@ class PairAdmin:
             return pair_dict(self.service.status(name=name, scope=scope))
 
     def list_pairs(self, params: Params) -> list[dict[str, Any]]:
-        return [pair_dict(s) for s in self.service.list(self._scope(params))]
+        return [pair_dict(s) for s in self.service.list_pairs(self._scope(params))]
 
     async def wait(self, params: Params) -> dict[str, Any]:
         name = _str(params, "name")
@@ -279,7 +279,7 @@ class PairAdmin:
         copied = Family(
             "targetd_pair_copied_bytes_total", "counter", "bytes copied since the daemon started"
         )
-        for s in self.service.list():
+        for s in self.service.list_pairs():
             labels = {"pair": s.name, "target": scope_of(s.source)}
             for side, current in (("source", s.phase.source), ("target", s.phase.target)):
                 state.add(1, {**labels, "side": side, "state": current.label})

@@ -178,7 +178,7 @@ def test_pair_metrics_follow_the_pair(targetd_factory: DaemonFactory) -> None:
         line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("targetd_pair_")
     )
     pair = f'pair="m",target="{IQN}"'
-    state = "targetd_pair_state{%s,side=\"%s\",state=\"DUPLEX-PENDING\"}"
+    state = 'targetd_pair_state{%s,side="%s",state="DUPLEX-PENDING"}'
     assert sample[state % (pair, "source")] == sample[state % (pair, "target")] == "1"
     dirty = int(sample[f"targetd_pair_dirty_chunks{{{pair}}}"])
     assert 0 < dirty <= 64  # 4 MiB of data in 64 KiB chunks, copying at 256 KiB/s

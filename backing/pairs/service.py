@@ -109,7 +109,7 @@ class PairService:
     def status(self, *, name: str | None = None, scope: str | None = None) -> PairStatus:
         return self.find(name=name, scope=scope).status()
 
-    def list(self, scope: str | None = None) -> list[PairStatus]:
+    def list_pairs(self, scope: str | None = None) -> list[PairStatus]:
         return [s for s in self.manager.list() if scope is None or scope_of(s.source) == scope]
 
     # -- operations ---------------------------------------------------------------------------
