@@ -306,6 +306,7 @@ def main() -> int:
                 time.sleep(0.1)
         writer = session(port, "writer")
         backup_ini = session(port, "backup")
+        backup_ini.sock.settimeout(3600)  # one EXTENDED COPY of the whole volume per command
         write_4k(writer, SCRATCH, SCRATCH_SIZE, lambda: True, 500, random.Random(1))  # warm up
         for rep in range(repeats):
             order = chosen[rep % len(chosen) :] + chosen[: rep % len(chosen)]

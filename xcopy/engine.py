@@ -387,12 +387,18 @@ def _medium(step: Step, *, write: bool) -> StreamMedium:
 
 
 def _append_records(medium: StreamMedium, data: memoryview, record: int) -> int:
-    """Write ``data`` as records of ``record`` bytes; returns how many."""
+    """Write ``data`` as records of ``record`` bytes; returns how many. Blocking: through
+    ``medium.io``."""
     count = 0
     for start in range(0, len(data), record):
         medium.append(data[start : start + record])
         count += 1
     return count
+
+
+def _read_records(medium: StreamMedium, record: int, count: int) -> bytes:
+    """``count`` records of ``record`` bytes, joined. Blocking: through ``medium.io``."""
+    return b"".join(medium.read_record(record) for _ in range(count))
 
 
 async def _block_to_stream(run: CopyRun, current: _Segment) -> None:
@@ -406,7 +412,7 @@ async def _block_to_stream(run: CopyRun, current: _Segment) -> None:
     stream = step.destination.lu
     async with medium.lock:
         access.may_write(stream, run.nexus)
-        medium.begin_write()
+        await medium.io(medium.begin_write)
     record = step.record_length
     chunk = record * max(1, limits.CHUNK // record)
     written = 0
@@ -420,7 +426,7 @@ async def _block_to_stream(run: CopyRun, current: _Segment) -> None:
             data = memoryview(bytes(data) + bytes(record - len(data) % record))
         async with medium.lock:  # records of a host's WRITE never land between ours
             access.may_write(stream, run.nexus)
-            written += _append_records(medium, data, record)
+            written += await medium.io(_append_records, medium, data, record)
         progress.bytes_done += len(data)
 
     if step.length:
@@ -459,7 +465,7 @@ async def _block_to_stream(run: CopyRun, current: _Segment) -> None:
             if step.pad:
                 async with medium.lock:
                     access.may_write(stream, run.nexus)
-                    medium.append(memoryview(bytes(step.pad)))
+                    await medium.io(medium.append, memoryview(bytes(step.pad)))
             written = step.records
         else:
             await _pump(reader, step.source_offset, step.length, chunk, sink, current)
@@ -467,7 +473,7 @@ async def _block_to_stream(run: CopyRun, current: _Segment) -> None:
     while written < step.records:  # padding beyond the data: whole zero records
         async with medium.lock:
             access.may_write(stream, run.nexus)
-            written += _append_records(medium, zero, record)
+            written += await medium.io(_append_records, medium, zero, record)
         progress.bytes_done += record
 
 
@@ -489,7 +495,7 @@ async def _stream_to_block(run: CopyRun, current: _Segment) -> None:
             try:
                 async with medium.lock:
                     access.may_read(step.source.lu if step.source else None, run.nexus)
-                    data = b"".join(medium.read_record(record) for _ in range(n))
+                    data = await medium.io(_read_records, medium, record, n)
             except CheckCondition as cc:
                 reason = (
                     Reason.COPY_TARGET_DEVICE_DATA_OVERRUN
@@ -528,8 +534,8 @@ async def _inline_to_stream(run: CopyRun, current: _Segment) -> None:
     data = step.inline + bytes(step.pad)
     async with medium.lock:
         access.may_write(step.destination.lu, run.nexus)
-        medium.begin_write()
-        _append_records(medium, memoryview(data), step.record_length)
+        await medium.io(medium.begin_write)
+        await medium.io(_append_records, medium, memoryview(data), step.record_length)
     current.done = step.length
     run.progress.bytes_done += step.length
 

@@ -1,12 +1,16 @@
 """Stream devices as the copy engine sees them: records appended at the position, records
 read from it. The tape LU keeps records and file marks in its image; the file sink keeps
-plain bytes (a record is just the next bytes of the current file)."""
+plain bytes (a record is just the next bytes of the current file).
+
+The methods block on the disk: the copy engine calls them through ``io``, the LU's own I/O
+thread (scsi.stream_device), in order with the LU's other commands and off the event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from backing.file_sink import SinkFull
 from scsi.file_sink import FileSinkDevice
@@ -18,6 +22,7 @@ from xcopy.pacing import SLICE, GiveWay
 
 class StreamMedium(Protocol):
     lock: asyncio.Lock  # the LU's medium lock: one thing at a time touches the medium
+    io: Callable[..., Awaitable[Any]]  # the LU's I/O thread: ``await io(fn, *args)``
 
     def begin_write(self) -> None:
         """Before the first record: the medium must be writable; the position becomes
@@ -35,6 +40,7 @@ class TapeMedium:
     def __init__(self, tape: TapeDevice) -> None:
         self.tape = tape
         self.lock = tape.medium_lock
+        self.io = tape.io
 
     def begin_write(self) -> None:
         self.tape.require_writable()
@@ -77,6 +83,7 @@ class SinkMedium:
     def __init__(self, lu: FileSinkDevice) -> None:
         self.lu = lu
         self.lock = lu.medium_lock
+        self.io = lu.io
 
     def begin_write(self) -> None:
         self.lu.require_writable()
