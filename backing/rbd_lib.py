@@ -1,0 +1,129 @@
+"""librados and librbd through ctypes: the C calls the RBD store needs, with their types.
+
+Debian's Python binding (python3-rbd, Pacific) lacks ``compare_and_write``, copies every
+buffer into and out of ``bytes``, and exists only for Debian's own interpreter. The C
+libraries have all of it, read into and write from the caller's buffer, and load from any
+Python, so the daemon uses them directly and needs only the ``librbd1`` package.
+
+Every call here that can wait on the network (connect, open, close, diff_iterate, lock)
+is made at startup or in a worker thread; the data path uses only the ``rbd_aio_*`` calls,
+which queue the request and return.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from ctypes import (
+    CFUNCTYPE,
+    POINTER,
+    c_char_p,
+    c_int,
+    c_size_t,
+    c_ssize_t,
+    c_uint8,
+    c_uint64,
+    c_void_p,
+)
+
+# rbd/librbd.h
+EVENT_TYPE_EVENTFD = 2
+RBD_LOCK_MODE_EXCLUSIVE = 0
+RBD_FEATURE_FAST_DIFF = 1 << 4
+RBD_FEATURE_OBJECT_MAP = 1 << 3
+RBD_FEATURE_EXCLUSIVE_LOCK = 1 << 2
+# librados.h: fadvise hints for rbd_aio_write2/read2.
+LIBRADOS_OP_FLAG_FADVISE_DONTNEED = 0x20
+
+# int (*cb)(uint64_t offset, size_t len, int exists, void *arg)
+DIFF_CALLBACK = CFUNCTYPE(c_int, c_uint64, c_size_t, c_int, c_void_p)
+
+_SIGNATURES: dict[str, tuple[object, list[object]]] = {
+    # librados
+    "rados_create2": (c_int, [POINTER(c_void_p), c_char_p, c_char_p, c_uint64]),
+    "rados_conf_read_file": (c_int, [c_void_p, c_char_p]),
+    "rados_conf_set": (c_int, [c_void_p, c_char_p, c_char_p]),
+    "rados_connect": (c_int, [c_void_p]),
+    "rados_shutdown": (None, [c_void_p]),
+    "rados_ioctx_create": (c_int, [c_void_p, c_char_p, POINTER(c_void_p)]),
+    "rados_ioctx_set_namespace": (None, [c_void_p, c_char_p]),
+    "rados_ioctx_destroy": (None, [c_void_p]),
+    # librbd: images
+    "rbd_create": (c_int, [c_void_p, c_char_p, c_uint64, POINTER(c_int)]),
+    "rbd_open": (c_int, [c_void_p, c_char_p, POINTER(c_void_p), c_char_p]),
+    "rbd_close": (c_int, [c_void_p]),
+    "rbd_get_size": (c_int, [c_void_p, POINTER(c_uint64)]),
+    "rbd_get_features": (c_int, [c_void_p, POINTER(c_uint64)]),
+    "rbd_diff_iterate2": (
+        c_int,
+        [c_void_p, c_char_p, c_uint64, c_uint64, c_uint8, c_uint8, DIFF_CALLBACK, c_void_p],
+    ),
+    "rbd_lock_acquire": (c_int, [c_void_p, c_int]),
+    "rbd_lock_release": (c_int, [c_void_p]),
+    "rbd_is_exclusive_lock_owner": (c_int, [c_void_p, POINTER(c_int)]),
+    # librbd: completions delivered through an eventfd
+    "rbd_set_image_notification": (c_int, [c_void_p, c_int, c_int]),
+    "rbd_poll_io_events": (c_int, [c_void_p, POINTER(c_void_p), c_int]),
+    "rbd_aio_create_completion": (c_int, [c_void_p, c_void_p, POINTER(c_void_p)]),
+    "rbd_aio_get_arg": (c_void_p, [c_void_p]),
+    "rbd_aio_get_return_value": (c_ssize_t, [c_void_p]),
+    "rbd_aio_release": (None, [c_void_p]),
+    # librbd: asynchronous I/O
+    "rbd_aio_read": (c_int, [c_void_p, c_uint64, c_size_t, c_void_p, c_void_p]),
+    "rbd_aio_write": (c_int, [c_void_p, c_uint64, c_size_t, c_void_p, c_void_p]),
+    "rbd_aio_discard": (c_int, [c_void_p, c_uint64, c_uint64, c_void_p]),
+    "rbd_aio_write_zeroes": (c_int, [c_void_p, c_uint64, c_size_t, c_void_p, c_int, c_int]),
+    "rbd_aio_flush": (c_int, [c_void_p, c_void_p]),
+    "rbd_aio_compare_and_write": (
+        c_int,
+        [c_void_p, c_uint64, c_size_t, c_void_p, c_void_p, c_void_p, POINTER(c_uint64), c_int],
+    ),
+}
+
+
+class RbdUnavailable(RuntimeError):
+    """librados/librbd cannot be loaded (the librbd1 package is not installed)."""
+
+
+class Lib:
+    """The two shared libraries with typed functions as attributes (``lib.rbd_open``)."""
+
+    def __init__(self) -> None:
+        try:
+            rados = ctypes.CDLL("librados.so.2", use_errno=True)
+            rbd = ctypes.CDLL("librbd.so.1", use_errno=True)
+        except OSError as exc:
+            raise RbdUnavailable(f"librbd is not installed (Debian: librbd1): {exc}") from exc
+        for name, (restype, argtypes) in _SIGNATURES.items():
+            fn = getattr(rados if name.startswith("rados_") else rbd, name)
+            fn.restype = restype
+            fn.argtypes = argtypes
+            setattr(self, name, fn)
+
+    def __getattr__(self, name: str) -> ctypes._CFuncPtr:  # typed for callers
+        raise AttributeError(name)
+
+
+@functools.cache
+def lib() -> Lib:
+    return Lib()
+
+
+def check(ret: int, what: str) -> int:
+    """``ret`` if it is not a negative errno, else an OSError naming ``what``."""
+    if ret < 0:
+        raise OSError(-ret, f"{what}: {os.strerror(-ret)}")
+    return ret
+
+
+__all__ = [
+    "DIFF_CALLBACK",
+    "EVENT_TYPE_EVENTFD",
+    "RBD_FEATURE_FAST_DIFF",
+    "RBD_LOCK_MODE_EXCLUSIVE",
+    "Lib",
+    "RbdUnavailable",
+    "check",
+    "lib",
+]
