@@ -102,6 +102,10 @@ class _Cluster:
                 "rados_mon_op_timeout": f"{spec.connect_timeout:g}",
                 "rados_osd_op_timeout": f"{spec.osd_op_timeout:g}",
                 "rbd_cache": "true" if spec.cache == "writeback" else "false",
+                # Pacific's default policy is writearound; writeback is what was asked, from
+                # the first write on (the initiator sees a volatile cache, WCE = 1).
+                "rbd_cache_policy": "writeback" if spec.cache == "writeback" else "writethrough",
+                "rbd_cache_writethrough_until_flush": "false",
                 # A discard must zero exactly what it covers (thin provisioning reports
                 # LBPRZ): librbd would otherwise skip the parts of objects it cannot free.
                 "rbd_skip_partial_discard": "false",
@@ -166,8 +170,8 @@ def _buffer_address(data: bytes | bytearray | memoryview) -> tuple[int, object]:
     """The address of ``data``'s bytes and the object that keeps them alive, without a
     copy where the buffer allows it."""
     if isinstance(data, bytes):
-        keep: object = ctypes.c_char_p(data)
-        return ctypes.cast(keep, c_void_p).value or 0, (keep, data)
+        pointer = ctypes.c_char_p(data)
+        return ctypes.cast(pointer, c_void_p).value or 0, (pointer, data)
     view = data if isinstance(data, memoryview) else memoryview(data)
     n = view.nbytes
     try:
@@ -405,7 +409,7 @@ class RbdImage:
         written, else the offset (from ``offset``) of the first byte that differed.
 
         librbd serves this only within one object; a range that crosses an object
-        boundary raises ``ValueError`` for the caller to handle.
+        boundary raises ``NotImplementedError``, for the caller to compare by other means.
         """
         n = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
         cmp_addr, cmp_keep = _buffer_address(expected)
@@ -427,7 +431,7 @@ class RbdImage:
             if exc.errno == errno.EILSEQ:
                 return mismatch.value
             if exc.errno == errno.EINVAL:
-                raise ValueError("compare and write across an object boundary") from exc
+                raise NotImplementedError("compare and write across an object boundary") from exc
             raise
         self.allocation.add(offset, offset + n)
         if fua and self.spec.cache != "none":

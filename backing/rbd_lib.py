@@ -26,6 +26,7 @@ from ctypes import (
     c_uint64,
     c_void_p,
 )
+from typing import Any
 
 # rbd/librbd.h
 EVENT_TYPE_EVENTFD = 2
@@ -101,7 +102,7 @@ class Lib:
             fn.argtypes = argtypes
             setattr(self, name, fn)
 
-    def __getattr__(self, name: str) -> ctypes._CFuncPtr:  # typed for callers
+    def __getattr__(self, name: str) -> Any:  # the functions are set in __init__
         raise AttributeError(name)
 
 

@@ -287,15 +287,28 @@ async def compare_and_write(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
         return ScsiResult()
     assert cmd.data_out is not None
     offset = lba * size
+    fua = bool(flags & FUA) or not lu.write_cache
     async with lu.exclusive(offset, half):
+        # A store shared with other clients (an RBD image) compares and writes in one
+        # operation where the data lives, so the command is atomic beyond this daemon too.
+        atomic = getattr(lu.store, "compare_and_write", None)
+        if atomic is not None:
+            try:
+                mismatch = await atomic(
+                    offset, cmd.data_out[:half], cmd.data_out[half:needed], fua=fua
+                )
+            except NotImplementedError:  # not for this range: compared here instead
+                pass
+            else:
+                if mismatch is not None:
+                    raise miscompare(mismatch)
+                return ScsiResult()
         buf = bytearray(half)
         await lu.store.read_into(offset, memoryview(buf))
         mismatch = first_difference(buf, cmd.data_out[:half])
         if mismatch is not None:
             raise miscompare(mismatch)
-        await lu.store.write(
-            offset, cmd.data_out[half:needed], fua=bool(flags & FUA) or not lu.write_cache
-        )
+        await lu.store.write(offset, cmd.data_out[half:needed], fua=fua)
     return ScsiResult()
 
 

@@ -64,7 +64,11 @@ async def serve(config: Config, *, loader: Callable[[], Config] | None = None) -
     config.state_dir.mkdir(parents=True, exist_ok=True)
     pairs = PairService(PairManager(config.state_dir, pair_settings(config)))
     builder = Builder(config, pairs)
-    targets = builder.targets()
+    try:
+        targets = builder.targets()
+    except ConfigError as err:  # a LUN's store cannot be opened (an unreachable cluster)
+        print(f"targetd: cannot open a LUN: {err}", file=sys.stderr)
+        return EXIT_CONFIG
     # Pairs resume before the first login, so no host write escapes their bitmaps.
     await pairs.start()
     server = TargetServer(config, targets)

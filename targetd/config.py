@@ -67,12 +67,32 @@ class Portal:
 @dataclass(frozen=True, slots=True)
 class LunConfig:
     lun: int
-    kind: str = "block"  # "block" | "tape" | "filesink"
+    kind: str = "block"  # "block" | "tape" | "filesink" | "rbd"
     path: Path = Path("lun.img")
     size: int = GiB
     block_size: int = 512
     read_only: bool = False
     product: str | None = None
+    rbd: RbdConfig | None = None  # kind = "rbd": the image (docs/rbd.md)
+
+
+RBD_CACHE_MODES = ("none", "writeback")
+
+
+@dataclass(frozen=True, slots=True)
+class RbdConfig:
+    """Where a ``kind = "rbd"`` LUN's image lives and how to reach it (docs/rbd.md)."""
+
+    pool: str
+    image: str
+    namespace: str = ""
+    ceph_conf: str = "/etc/ceph/ceph.conf"
+    client: str = "admin"
+    keyring: str = ""
+    create: bool = False  # make the image with the LUN's ``size`` when it does not exist
+    cache: str = "none"  # librbd's cache: "none" or "writeback"
+    osd_op_timeout: int = 30  # seconds
+    connect_timeout: int = 30  # seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +188,7 @@ MIN_CHAP_SECRET = 12
 MAX_CHAP_SECRET = 255
 
 BLOCK_SIZES = (512, 4096)
-LUN_KINDS = ("block", "tape", "filesink")
+LUN_KINDS = ("block", "tape", "filesink", "rbd")
 MAX_LUN = 16383  # flat space addressing, the widest single-level LUN we encode
 _SIZE = re.compile(r"\s*(\d+)\s*(B|KiB|MiB|GiB|TiB)?\s*")
 _UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
@@ -348,11 +368,19 @@ def _lun(value: object, key: str, target_name: str, state_dir: Path) -> LunConfi
         table.data["size"] = table.data.pop("capacity")
     # A file sink's size is its capacity too: the bytes its directory may hold.
     default_size = DEFAULT_TAPE_CAPACITY if kind in ("tape", "filesink") else GiB
+    size_given = "size" in table.data
     size = parse_size(table.data.pop("size", default_size), table.key("size"))
     if kind == "tape" and size < MIN_TAPE_CAPACITY:
         raise ConfigError(table.key("size"), f"a tape holds at least {MIN_TAPE_CAPACITY} bytes")
-    if kind == "block" and size % block_size:
+    if kind in ("block", "rbd") and size % block_size:
         raise ConfigError(table.key("size"), f"{size} is not a multiple of block_size")
+    rbd = _rbd(table) if kind == "rbd" else None
+    if rbd is not None and size_given != rbd.create:
+        raise ConfigError(
+            table.key("size"),
+            "give size with create = true (it sizes the new image; an existing image keeps its"
+            " own size)" if size_given else "create = true needs the size of the image to make",
+        )
     default_path = f"{target_name.replace(':', '_')}/lun{number}.img"
     if kind == "filesink":  # a directory: one plain file per backup (tape file)
         default_path = f"{target_name.replace(':', '_')}/lun{number}-sink"
@@ -365,7 +393,37 @@ def _lun(value: object, key: str, target_name: str, state_dir: Path) -> LunConfi
     if product is not None and (len(product) > 16 or not product.isascii()):
         raise ConfigError(table.key("product"), "INQUIRY product id is at most 16 ASCII chars")
     table.done()
-    return LunConfig(number, kind, state_dir / path, size, block_size, read_only, product)
+    return LunConfig(number, kind, state_dir / path, size, block_size, read_only, product, rbd)
+
+
+def _rbd(table: _Table) -> RbdConfig:
+    """The keys of an RBD LUN: the image lives in Ceph, not under ``path``."""
+    for name in ("pool", "image"):
+        if name not in table.data:
+            raise ConfigError(table.key(name), "missing (an rbd LUN names its pool and image)")
+    if "path" in table.data:
+        raise ConfigError(table.key("path"), "an rbd LUN has no path (its image is in Ceph)")
+    texts = {}
+    for name in ("pool", "image", "namespace", "ceph_conf", "client", "keyring"):
+        texts[name] = table.take(name, str, "").strip()
+    for name in ("pool", "image"):
+        if not texts[name] or "/" in texts[name] or "@" in texts[name]:
+            raise ConfigError(table.key(name), f"must be a plain name, got {texts[name]!r}")
+    cache = table.take("cache", str, "none")
+    if cache not in RBD_CACHE_MODES:
+        raise ConfigError(table.key("cache"), f"must be one of {', '.join(RBD_CACHE_MODES)}")
+    return RbdConfig(
+        pool=texts["pool"],
+        image=texts["image"],
+        namespace=texts["namespace"],
+        ceph_conf=texts["ceph_conf"] or "/etc/ceph/ceph.conf",
+        client=texts["client"] or "admin",
+        keyring=texts["keyring"],
+        create=table.take("create", bool, False),
+        cache=cache,
+        osd_op_timeout=table.take_int("osd_op_timeout", 30, 0, 3600),
+        connect_timeout=table.take_int("connect_timeout", 30, 1, 3600),
+    )
 
 
 def _target(value: object, key: str, state_dir: Path) -> TargetConfig:
@@ -537,8 +595,15 @@ def _check_unique(targets: tuple[TargetConfig, ...]) -> None:
             # Two LUNs on one file would corrupt each other silently.
             where = f"target[{t}].lun[{i}].path"
             resolved = Path(lun.path).resolve()
+            label = str(lun.path)
+            if lun.rbd is not None:  # one Ceph image, one LUN, too
+                r = lun.rbd
+                where = f"target[{t}].lun[{i}].image"
+                label = f"rbd image {r.pool}/{r.namespace + '/' if r.namespace else ''}{r.image}"
+                resolved = Path("/rbd:", r.ceph_conf.replace("/", "_"), r.pool, r.namespace or "-")
+                resolved /= r.image
             if resolved in paths:
-                raise ConfigError(where, f"{lun.path} is already used by {paths[resolved]}")
+                raise ConfigError(where, f"{label} is already used by {paths[resolved]}")
             paths[resolved] = where
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import xcopy
 from backing.pairs import PairService, PairVolume
 from backing.sparse_file import SparseFile
-from scsi.block_device import BlockDevice
+from scsi.block_device import BlockDevice, BlockStore
 from scsi.file_sink import FileSinkDevice
 from scsi.logical_unit import Identity, LogicalUnit, Services
 from scsi.tape_device import TapeDevice
@@ -63,7 +63,7 @@ class Builder:
             device_id=f"{target.name}/lun{lun.lun}", product=lun.product or "VIRTUAL-DISK"
         )
         services = self._services(target.name)
-        if lun.kind == "block":
+        if lun.kind in ("block", "rbd"):
             return self._block(target, lun, identity, path, services)
         if lun.kind == "tape":
             # The image keeps the capacity it was made with; ``size`` only sizes a new one.
@@ -93,7 +93,7 @@ class Builder:
         path: Path,
         services: Services,
     ) -> BlockDevice:
-        store = SparseFile(path, lun.size, read_only=lun.read_only)
+        store = _block_store(target, lun, path)
         control = self._control(target.name)
         if control is None or self.pairs is None:
             return BlockDevice(
@@ -135,6 +135,39 @@ class Builder:
         if control is not None and self.pairs is not None and isinstance(lu, BlockDevice):
             self.pairs.unregister_volume(volume_id(target, lun))
             control.luns.discard(lun)
+
+
+def _block_store(target: TargetConfig, lun: LunConfig, path: Path) -> BlockStore:
+    """A block LUN's store: a sparse file, or an RBD image (docs/rbd.md)."""
+    if lun.rbd is None:
+        return SparseFile(path, lun.size, read_only=lun.read_only)
+    # librbd is loaded only when a LUN is on Ceph.
+    from backing.rbd_image import RbdImage, RbdSpec
+    from backing.rbd_lib import RbdUnavailable
+
+    r = lun.rbd
+    spec = RbdSpec(
+        pool=r.pool,
+        image=r.image,
+        namespace=r.namespace,
+        ceph_conf=r.ceph_conf,
+        client=r.client,
+        keyring=r.keyring,
+        create_size=lun.size if r.create else None,
+        cache=r.cache,
+        osd_op_timeout=r.osd_op_timeout,
+        connect_timeout=r.connect_timeout,
+    )
+    try:
+        image = RbdImage(spec, read_only=lun.read_only)
+    except (OSError, RbdUnavailable) as exc:
+        raise ConfigError(f"target {target.name} lun {lun.lun}", str(exc)) from exc
+    if image.size < lun.block_size:
+        image.close()
+        raise ConfigError(
+            f"target {target.name} lun {lun.lun}", f"rbd image {spec.name} is smaller than a block"
+        )
+    return image
 
 
 def paired_volume(lu: LogicalUnit) -> str | None:

@@ -90,6 +90,24 @@ class PairVolume:
         and copies before writing exactly as for :meth:`write`."""
         await self._host_write(offset, length, op)
 
+    async def compare_and_write(
+        self, offset: int, expected: bytes | memoryview, data: bytes | memoryview,
+        *, fua: bool = False,
+    ) -> int | None:  # fmt: skip
+        """The base store's atomic compare and write (an RBD image), as a host write.
+        NotImplementedError where it cannot serve: the base has none, or this volume is a
+        pair's target, whose reads may merge in chunks still on the source."""
+        atomic = getattr(self.base, "compare_and_write", None)
+        if atomic is None or (self.pair is not None and self.role is Role.TARGET):
+            raise NotImplementedError("no atomic compare and write here")
+        result: list[int | None] = []
+
+        async def op() -> None:
+            result.append(await atomic(offset, expected, data, fua=fua))
+
+        await self._host_write(offset, len(data), op)
+        return result[0]
+
     async def flush(self) -> None:
         await self.base.flush()
 

@@ -12,6 +12,7 @@ written, so keep images small) or ``bluestore`` on a sparse file (about 9 s; for
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -29,6 +30,16 @@ TOOLS = ("ceph-mon", "ceph-osd", "ceph", "rbd", "monmaptool", "ceph-authtool")
 
 class ClusterError(RuntimeError):
     pass
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it if the process that started it dies, so a
+    killed test run leaves no Ceph daemon behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def missing_tools() -> list[str]:
@@ -104,6 +115,9 @@ bluestore_cache_size = 134217728
 rados_osd_op_timeout = 30
 osd_heartbeat_grace = 20
 mon_osd_down_out_interval = 0
+# A client killed with SIGKILL keeps its watch (and so RBD's exclusive lock) this long;
+# the default 30 s would stall every test that restarts a daemon after kill -9.
+osd_client_watch_timeout = 5
 """,
             encoding="ascii",
         )
@@ -134,7 +148,12 @@ mon_osd_down_out_interval = 0
     def _spawn(self, name: str, argv: list[str]) -> None:
         with (self.directory / "log" / f"{name}.stderr").open("ab") as out:
             self.procs[name] = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
 
     def start(self) -> CephCluster:
