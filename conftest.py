@@ -1,5 +1,10 @@
-"""Fixtures for the backing tests: small tmpfs mounts, so tmpfs behaviour (no RWF_NOWAIT
-reads) and a full file system are tested on the real kernel, not imitated."""
+"""Fixtures for every test folder: small tmpfs mounts, so tmpfs behaviour (no RWF_NOWAIT
+reads) and a full file system are tested on the real kernel, not imitated.
+
+This is the only conftest.py besides tests/conftest.py: integration tests import helpers
+from that one by the name ``conftest``, and pytest keeps one module of that name, the last
+conftest it loaded. A conftest.py in another tests/ folder would take the name over.
+"""
 
 from __future__ import annotations
 
