@@ -24,7 +24,7 @@ from scsi.command import ScsiResult, Status
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import Reason, build_sense
 from scsi.target import ScsiTarget
-from targetd import eager
+from targetd import eager, iscsi_settings
 from targetd.config import Config, Portal
 from targetd.iscsi.connection import (
     AbortTasks,
@@ -84,8 +84,8 @@ class IscsiConnection(asyncio.BufferedProtocol):
         self.server = server
         self.portal = portal
         self.conn = Connection(
-            server.config,
-            portal,
+            server.iscsi,
+            iscsi_settings.portal_settings(portal),
             server.sessions,
             time.monotonic(),
             pool=server.pool,
@@ -355,7 +355,7 @@ class TargetServer:
     """Listens on the configured portals and owns the sessions and SCSI targets."""
 
     def __init__(self, config: Config, targets: dict[str, ScsiTarget]) -> None:
-        self.config = config
+        self.config = config  # the setter also tells the iSCSI core (self.iscsi)
         self.targets = {name: TargetRuntime(name, scsi) for name, scsi in targets.items()}
         self.sessions = SessionTable(config.max_sessions, config.max_connections_per_session)
         self.sessions.on_reinstate = self._reinstate
@@ -376,6 +376,16 @@ class TargetServer:
         self._ticker: asyncio.Task[None] | None = None
         self.now = time.monotonic()
         self.bound: list[tuple[str, int]] = []
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        """A new configuration (start, reload): the iSCSI core's settings follow it."""
+        self._config = config
+        self.iscsi = iscsi_settings.build(config)
 
     def admit(self, c: IscsiConnection) -> None:
         """A new connection. Connections that have not logged in have their own budget:

@@ -104,6 +104,49 @@ def test_hostcopy_takes_only_the_sense_table_from_scsi() -> None:
     assert found == []
 
 
+def daemon_imports(path: Path) -> list[str]:
+    """Modules of targetd outside targetd.iscsi that ``path`` imports (TYPE_CHECKING too)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+            if node.module == "targetd":
+                names += [f"targetd.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Call) and _is_dynamic_import(node):
+            names.append(node.args[0].value)  # type: ignore[attr-defined]
+    return [
+        n
+        for n in names
+        if n.startswith("targetd.") and not (n == "targetd.iscsi" or n.startswith("targetd.iscsi."))
+    ]
+
+
+def test_iscsi_core_knows_nothing_of_the_daemon() -> None:
+    """The sans-I/O core has its own interface (targetd.iscsi.settings): it never reads the
+    daemon's config, nor anything else of the daemon. Its tests build Settings too."""
+    found = [
+        f"{path.relative_to(REPO)} imports {name}"
+        for path in sorted((REPO / "targetd/iscsi").rglob("*.py"))
+        for name in daemon_imports(path)
+    ]
+    assert found == []
+
+
+def test_daemon_import_checker_sees_type_checking_imports(tmp_path: Path) -> None:
+    module = tmp_path / "bad.py"
+    module.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "from targetd import config\n"
+        "from targetd.iscsi.pdu import Op\n"
+        "if TYPE_CHECKING:\n"
+        "    from targetd.config import Config\n"
+    )
+    assert daemon_imports(module) == ["targetd.config", "targetd.config"]
+
+
 def test_layers_exist() -> None:
     # A renamed package would make the rules above pass vacuously.
     for package in ("targetd/iscsi", "scsi", "xcopy", "hostcopy"):

@@ -14,7 +14,7 @@ import hmac
 from collections.abc import Callable
 from enum import Enum, auto
 
-from targetd.config import ChapSecret
+from targetd.iscsi.settings import Secret
 
 CHAP_MD5 = 5
 CHALLENGE_LEN = 16
@@ -71,8 +71,8 @@ class ChapAuthenticator:
 
     def __init__(
         self,
-        secret: ChapSecret,
-        mutual: ChapSecret | None,
+        secret: Secret,
+        mutual: Secret | None,
         random_bytes: Callable[[int], bytes],
     ) -> None:
         self._secret = secret

@@ -37,9 +37,9 @@ from targetd.iscsi.receiver import IscsiProtocolError, PduReceiver
 from targetd.iscsi.text import TextMachine
 
 if TYPE_CHECKING:
-    from targetd.config import Config, Portal
     from targetd.iscsi.login import LoginDone
     from targetd.iscsi.session import Session, SessionTable
+    from targetd.iscsi.settings import PortalSettings, Settings
 
 __all__ = [
     "AbortTasks",
@@ -56,13 +56,6 @@ __all__ = [
 # The largest write a single command may carry; beyond it the command is refused
 # without soliciting its data (Block Limits advertise far less).
 MAX_WRITE_BUFFER = 64 << 20
-
-NOP_INTERVAL = 30.0  # seconds of silence before we ping the initiator
-NOP_TIMEOUT = 30.0  # seconds the initiator has to answer the ping
-# A connection that is not logged in by then is dropped: it holds a socket and a slot.
-LOGIN_TIMEOUT = 15.0
-# ... and one that lets this long pass without a login request (each stage's request).
-LOGIN_STEP_TIMEOUT = 5.0
 
 
 class Phase(Enum):
@@ -84,15 +77,15 @@ _RESETS = (
 class Connection:
     def __init__(
         self,
-        config: Config,
-        portal: Portal,
+        settings: Settings,
+        portal: PortalSettings,
         sessions: SessionTable,
         now: float = 0.0,
         *,
         pool: BufferPool | None = None,
         budget: MemoryBudget | None = None,
     ) -> None:
-        self.config = config
+        self.settings = settings
         self.portal = portal
         self.sessions = sessions
         self.phase = Phase.LOGIN
@@ -112,7 +105,7 @@ class Connection:
         # Leases of replies handed to the driver, and of those it is still writing.
         self._sending: list[Leases] = []
         self._in_transport: list[Leases] = []
-        self.login = LoginMachine(config, portal, sessions)
+        self.login = LoginMachine(settings, portal, sessions)
         self.session: Session | None = None
         self.text: TextMachine | None = None
         self.nexus: Nexus | None = None
@@ -198,21 +191,26 @@ class Connection:
 
     def tick(self, now: float) -> None:
         """Keepalive: ping a silent initiator; drop one that does not answer, and a
-        connection that has not finished logging in within LOGIN_TIMEOUT, or has sent
-        nothing for LOGIN_STEP_TIMEOUT during login."""
+        connection that has not finished logging in within ``login_timeout``, or has sent
+        nothing for ``login_step_timeout`` during login (the timers of :class:`Settings`).
+
+        A connection that is not logged in holds a socket and a slot, so it gets little time.
+        """
         self.now = now
+        settings = self.settings
         if self.phase is Phase.LOGIN and (
-            now - self.opened_at > LOGIN_TIMEOUT or now - self.last_heard > LOGIN_STEP_TIMEOUT
+            now - self.opened_at > settings.login_timeout
+            or now - self.last_heard > settings.login_step_timeout
         ):
             self._close("login not completed in time")
             return
         if self.phase is not Phase.FULL_FEATURE:
             return
         if self._ping_sent_at is not None:
-            if now - self._ping_sent_at > NOP_TIMEOUT:
+            if now - self._ping_sent_at > settings.nop_timeout:
                 self._close("initiator did not answer NOP-In")
             return
-        if now - self.last_heard > NOP_INTERVAL and not self.tasks:
+        if now - self.last_heard > settings.nop_interval and not self.tasks:
             self._ping_ttt = self._new_ttt()
             hdr = P.new_header(Op.NOP_IN, 0x80, lun=bytes(8))
             put_u32(hdr, 20, self._ping_ttt)
@@ -391,7 +389,7 @@ class Connection:
         self.immediate_data = params.immediate_data
         self.initial_r2t = params.initial_r2t
         self.max_outstanding_r2t = params.max_outstanding_r2t
-        self.text = TextMachine(self.config, self.portal, params, done.target)
+        self.text = TextMachine(self.settings, self.portal, params, done.target)
         if done.target is not None:
             self.nexus = Nexus(
                 initiator_port=session.initiator_port,

@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum, auto
 
-from targetd.config import Config
 from targetd.iscsi.params import SessionParams
 from targetd.iscsi.pdu import LoginStatus
+from targetd.iscsi.settings import Settings
 
 NOT_UNDERSTOOD = "NotUnderstood"
 IRRELEVANT = "Irrelevant"
@@ -54,7 +54,7 @@ class KeySpec:
     high: int = 0
     values: tuple[str, ...] = ()  # LIST: what we support; FIXED: (answer,)
     ours: str = ""  # our side of AND/OR/MIN/MAX
-    limit: str | None = None  # the Config attribute that is our side instead
+    limit: str | None = None  # the Settings attribute that is our side instead
     leading_only: bool = True  # LO in RFC 7143: only on the session's first connection
     initiator_sends: bool = True  # False: a target declaration the initiator must not send
     in_login: bool = True
@@ -234,7 +234,7 @@ class Negotiator:
     are then Irrelevant, since the session already settled them.
     """
 
-    def __init__(self, config: Config, params: SessionParams, *, leading: bool = True) -> None:
+    def __init__(self, config: Settings, params: SessionParams, *, leading: bool = True) -> None:
         self._config = config
         self._params = params
         self._leading = leading

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from targetd.config import ChapSecret, Config, Portal, TargetConfig
 from targetd.iscsi.chap import ChapAuthenticator, ChapError
 from targetd.iscsi.keys import (
     KEYS,
@@ -31,6 +30,7 @@ from targetd.iscsi.keys import (
 from targetd.iscsi.params import SessionParams
 from targetd.iscsi.pdu import LoginStatus, Op, Pdu, new_header, padded, put_u16, put_u32
 from targetd.iscsi.session import COMMAND_WINDOW, LoginRefusedError
+from targetd.iscsi.settings import PortalSettings, Secret, Settings, TargetSettings
 
 # One exception type for "refuse this login with this status", shared with the session
 # table that raises it from bind().
@@ -75,7 +75,7 @@ class LoginDone:
     isid: bytes
     tsih: int
     cid: int
-    target: TargetConfig | None  # None for discovery
+    target: TargetSettings | None  # None for discovery
     exp_cmdsn: int  # the ExpCmdSN to continue with in full-feature phase
     stat_sn: int  # the next StatSN to use in full-feature phase
     authenticated_user: str | None
@@ -127,8 +127,8 @@ class _Request:
 class LoginMachine:
     def __init__(
         self,
-        config: Config,
-        portal: Portal,
+        config: Settings,
+        portal: PortalSettings,
         binder: SessionBinder,
         *,
         random_bytes: Callable[[int], bytes] = os.urandom,
@@ -145,8 +145,8 @@ class LoginMachine:
         self._exp_cmdsn = 0
         self._incoming = bytearray()  # request text continued with the C bit
         self._outgoing: list[tuple[bytes, int]] = []  # queued (text, flags) response parts
-        self._target: TargetConfig | None = None
-        self._secret: ChapSecret | None = None
+        self._target: TargetSettings | None = None
+        self._secret: Secret | None = None
         self._chap: ChapAuthenticator | None = None
         self._authenticated = False
         self._method_chosen = False

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from targetd.iscsi.pdu import serial_le, serial_lt
 
 if TYPE_CHECKING:
-    from targetd.config import TargetConfig
     from targetd.iscsi.params import SessionParams
+    from targetd.iscsi.settings import TargetSettings
 
 # Commands the target accepts ahead of ExpCmdSN; MaxCmdSN = ExpCmdSN + window - 1.
 COMMAND_WINDOW = 128
@@ -40,7 +40,7 @@ class Session:
     target_name: str | None
     session_type: str
     params: SessionParams | None = None
-    target: TargetConfig | None = None
+    target: TargetSettings | None = None
     exp_cmdsn: int = 0
     window: int = COMMAND_WINDOW
     # Commands delivered and not yet ended: each holds a CmdSN slot of the window, so a

@@ -9,7 +9,6 @@ request carrying that tag. A request continued with the C bit is gathered first.
 
 from __future__ import annotations
 
-from targetd.config import Config, Portal, TargetConfig
 from targetd.iscsi.keys import (
     Negotiator,
     Stage,
@@ -20,6 +19,7 @@ from targetd.iscsi.keys import (
 from targetd.iscsi.params import SessionParams
 from targetd.iscsi.pdu import RESERVED_TAG, Op, Pdu, RejectReason, new_header, put_u32
 from targetd.iscsi.receiver import IscsiProtocolError
+from targetd.iscsi.settings import PortalSettings, Settings, TargetSettings
 
 FLAG_FINAL = 0x80
 FLAG_CONTINUE = 0x40
@@ -31,7 +31,11 @@ Response = tuple[bytearray, bytes]
 
 class TextMachine:
     def __init__(
-        self, config: Config, portal: Portal, params: SessionParams, target: TargetConfig | None
+        self,
+        config: Settings,
+        portal: PortalSettings,
+        params: SessionParams,
+        target: TargetSettings | None,
     ) -> None:
         self._config = config
         self._portal = portal
@@ -140,7 +144,7 @@ class TextMachine:
             ]
         return pairs
 
-    def _visible(self, target: TargetConfig) -> bool:
+    def _visible(self, target: TargetSettings) -> bool:
         allowed = target.allowed_initiators
         return not allowed or self._params.initiator_name in allowed
 

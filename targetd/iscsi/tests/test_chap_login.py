@@ -17,8 +17,8 @@ from test_login_helpers import (
     text,
 )
 
-from targetd.config import ChapSecret
 from targetd.iscsi.chap import ChapError, decode_binary
+from targetd.iscsi.settings import Secret
 
 OUR_ID = 1  # the helper's random source yields 1, 2, 3 ...
 OUR_CHALLENGE = bytes(range(2, 18))
@@ -148,7 +148,7 @@ def test_mutual_chap_without_mutual_secret_fails() -> None:
 
 
 def test_discovery_chap() -> None:
-    config = make_config(discovery_chap=ChapSecret("disc", "discovery-secret"))
+    config = make_config(discovery_chap=Secret("disc", "discovery-secret"))
     login, _ = machine(config)
     data = text(InitiatorName=INITIATOR, SessionType="Discovery", AuthMethod="None,CHAP")
     assert only(login.receive(login_request(data)).replies).keys["AuthMethod"] == "CHAP"

@@ -8,7 +8,6 @@ import pytest
 
 from scsi.buffers import MemoryBudget
 from scsi.command import ScsiResult, Status
-from targetd.config import Config, Portal, default_config
 from targetd.iscsi.connection import (
     AbortTasks,
     CloseConnection,
@@ -20,8 +19,11 @@ from targetd.iscsi.connection import (
 )
 from targetd.iscsi.pdu import BHS_LEN, Op, RejectReason, new_header, padded, put_u32
 from targetd.iscsi.session import SessionTable
+from targetd.iscsi.settings import PortalSettings, Settings, TargetSettings
 
 ISID = bytes([0x40, 0, 0, 0, 0, 1])
+
+DEFAULT_SETTINGS = Settings(targets=(TargetSettings("iqn.2026-11.org.targetd:default"),))
 
 
 def keys(**kv: str) -> bytes:
@@ -33,15 +35,15 @@ class Harness:
 
     def __init__(
         self,
-        config: Config | None = None,
+        config: Settings | None = None,
         *,
         mrdsl: int = 8192,
         budget: MemoryBudget | None = None,
         **extra: str,
     ) -> None:
-        self.config = config or default_config()
+        self.config = config or DEFAULT_SETTINGS
         self.sessions = SessionTable()
-        self.conn = Connection(self.config, Portal(), self.sessions, budget=budget)
+        self.conn = Connection(self.config, PortalSettings(), self.sessions, budget=budget)
         self.cmdsn = 1
         self.itt = 0
         target = self.config.targets[0].name
@@ -384,7 +386,7 @@ def test_solicited_data_out_lands_in_the_command_buffer_without_a_copy() -> None
 
 
 def test_a_connection_that_never_logs_in_is_dropped() -> None:
-    conn = Connection(default_config(), Portal(), SessionTable(), now=100.0)
+    conn = Connection(DEFAULT_SETTINGS, PortalSettings(), SessionTable(), now=100.0)
     conn.tick(104.0)
     assert conn.take_events() == []
     conn.tick(100.0 + 5.5)  # no login request within the step deadline
@@ -392,7 +394,7 @@ def test_a_connection_that_never_logs_in_is_dropped() -> None:
 
 
 def test_a_login_that_drags_on_is_dropped_even_if_it_keeps_talking() -> None:
-    conn = Connection(default_config(), Portal(), SessionTable(), now=100.0)
+    conn = Connection(DEFAULT_SETTINGS, PortalSettings(), SessionTable(), now=100.0)
     for t in range(101, 115, 4):
         conn.now = float(t)
         conn.receive([])  # something heard

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 
 from scsi.command import ScsiResult, Status
 from scsi.sense import Reason, build_sense
-from targetd.config import ChapSecret, Config, Portal, TargetConfig, default_config
 from targetd.iscsi.chap import chap_response
 from targetd.iscsi.connection import (
     AbortTasks,
@@ -33,6 +32,7 @@ from targetd.iscsi.keys import KEYS
 from targetd.iscsi.login import LoginMachine
 from targetd.iscsi.pdu import BHS_LEN, Op, Pdu, new_header, padded, put_u32
 from targetd.iscsi.session import SessionTable
+from targetd.iscsi.settings import PortalSettings, Secret, Settings, TargetSettings
 
 # TARGETD_FUZZ_EXAMPLES=2000 digs deeper than the default run (about a second per test).
 settings.register_profile(
@@ -60,6 +60,8 @@ TARGET_OPCODES = {
 READ10 = bytes([0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0])
 WRITE10 = bytes([0x2A, 0, 0, 0, 0, 0, 0, 0, 8, 0])
 CDBS = (READ10, WRITE10, bytes(6), bytes([0x12, 0, 0, 0, 96, 0]), bytes([0xA0]) + bytes(11))
+
+DEFAULT_SETTINGS = Settings(targets=(TargetSettings("iqn.2026-11.org.targetd:default"),))
 
 
 def keys(**kv: str) -> bytes:
@@ -100,10 +102,10 @@ class Driver:
     result_seed: int = 0
 
     @classmethod
-    def logged_in(cls, config: Config | None = None, **extra: str) -> Driver:
-        config = config or default_config()
+    def logged_in(cls, config: Settings | None = None, **extra: str) -> Driver:
+        config = config or DEFAULT_SETTINGS
         sessions = SessionTable()
-        d = cls(Connection(config, Portal(), sessions), sessions)
+        d = cls(Connection(config, PortalSettings(), sessions), sessions)
         login = keys(
             InitiatorName="iqn.2026-11.test:fuzz",
             TargetName=config.targets[0].name,
@@ -436,26 +438,25 @@ def test_text_requests(data: st.DataObject) -> None:
 
 
 # -- login phase ----------------------------------------------------------------------------
-CHAP_SECRET = ChapSecret("fuzzuser", "fuzz-secret-123")
-MUTUAL = ChapSecret("fuzztarget", "target-secret-456")
+CHAP_SECRET = Secret("fuzzuser", "fuzz-secret-123")
+MUTUAL = Secret("fuzztarget", "target-secret-456")
 
 
-def chap_config(mutual: bool) -> Config:
-    base = default_config()
-    target = TargetConfig(
+def chap_config(mutual: bool) -> Settings:
+    base = DEFAULT_SETTINGS
+    target = TargetSettings(
         base.targets[0].name,
-        luns=base.targets[0].luns,
         chap=CHAP_SECRET,
         mutual_chap=MUTUAL if mutual else None,
     )
-    return Config(targets=(target,), state_dir=base.state_dir)
+    return Settings(targets=(target,))
 
 
 login_keys = st.fixed_dictionaries(
     {},
     optional={
         "InitiatorName": st.one_of(st.just("iqn.2026-11.test:fuzz"), key_values),
-        "TargetName": st.one_of(st.just(default_config().targets[0].name), key_values),
+        "TargetName": st.one_of(st.just(DEFAULT_SETTINGS.targets[0].name), key_values),
         "SessionType": st.sampled_from(["Normal", "Discovery", "Bogus", ""]),
         "AuthMethod": st.sampled_from(["None", "CHAP", "CHAP,None", "SRP", "", "KRB5,CHAP"]),
         "CHAP_A": st.sampled_from(["5", "7,5", "7", "", "x"]),
@@ -509,10 +510,10 @@ def _assert_login_response(reply: bytes) -> None:
 @given(st.data())
 def test_login_machine_answers_every_request(data: st.DataObject) -> None:
     chap = data.draw(st.sampled_from([None, False, True]))
-    config = default_config() if chap is None else chap_config(chap)
+    config = DEFAULT_SETTINGS if chap is None else chap_config(chap)
     sessions = SessionTable()
     machine = LoginMachine(
-        config, Portal(), sessions, random_bytes=lambda n: bytes(range(1, n + 1))
+        config, PortalSettings(), sessions, random_bytes=lambda n: bytes(range(1, n + 1))
     )
     for step in range(data.draw(st.integers(1, 6))):
         _, pdu = data.draw(login_requests(step))
@@ -539,9 +540,9 @@ def test_login_machine_answers_every_request(data: st.DataObject) -> None:
 @given(st.data())
 def test_login_bytes_through_the_connection(data: st.DataObject) -> None:
     """Before login: only Login Responses come back; a failure status closes."""
-    config = default_config()
+    config = DEFAULT_SETTINGS
     sessions = SessionTable()
-    d = Driver(Connection(config, Portal(), sessions), sessions)
+    d = Driver(Connection(config, PortalSettings(), sessions), sessions)
     chunks = data.draw(chunkings)
     for step in range(data.draw(st.integers(1, 4))):
         if data.draw(st.integers(0, 5)) == 0:

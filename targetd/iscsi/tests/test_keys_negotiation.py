@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from test_login_helpers import login_request, machine, make_config, normal_keys, only, text
 
-from targetd.config import Config
 from targetd.iscsi.keys import (
     NegotiationError,
     Negotiator,
@@ -17,13 +16,14 @@ from targetd.iscsi.keys import (
 )
 from targetd.iscsi.params import SessionParams
 from targetd.iscsi.pdu import LoginStatus
+from targetd.iscsi.settings import Settings
 
 
 def negotiate(
-    *pairs: tuple[str, str], config: Config | None = None, params: SessionParams | None = None
+    *pairs: tuple[str, str], config: Settings | None = None, params: SessionParams | None = None
 ) -> tuple[list[tuple[str, str]], SessionParams]:
     params = params or SessionParams()
-    answers = Negotiator(config or Config(), params).negotiate(pairs, Stage.OPERATIONAL)
+    answers = Negotiator(config or Settings(), params).negotiate(pairs, Stage.OPERATIONAL)
     return answers, params
 
 
@@ -44,7 +44,9 @@ def test_digest_lists_take_first_supported(offer: str, answer: str, value: bool)
 
 
 def test_numerical_min_against_config_limits() -> None:
-    config = Config(max_burst_length=1 << 20, max_outstanding_r2t=4, max_connections_per_session=2)
+    config = Settings(
+        max_burst_length=1 << 20, max_outstanding_r2t=4, max_connections_per_session=2
+    )
     answers, p = negotiate(
         ("MaxBurstLength", "16776192"),
         ("MaxOutstandingR2T", "16"),
@@ -76,9 +78,7 @@ def test_time2wait_max_and_time2retain_min() -> None:
     assert (p.default_time2wait, p.default_time2retain) == (10, 20)
 
 
-@pytest.mark.parametrize(
-    "offer,immediate,initial_r2t", [("Yes", "Yes", "Yes"), ("No", "No", "No")]
-)
+@pytest.mark.parametrize("offer,immediate,initial_r2t", [("Yes", "Yes", "Yes"), ("No", "No", "No")])
 def test_immediate_data_and_initial_r2t(offer: str, immediate: str, initial_r2t: str) -> None:
     answers, p = negotiate(("ImmediateData", offer), ("InitialR2T", offer))
     assert answers == [("ImmediateData", immediate), ("InitialR2T", initial_r2t)]
@@ -102,7 +102,9 @@ def test_first_burst_clamped_to_max_burst() -> None:
 
 
 def test_first_burst_min_with_config() -> None:
-    answers, p = negotiate(("FirstBurstLength", "16777215"), config=Config(first_burst_length=8192))
+    answers, p = negotiate(
+        ("FirstBurstLength", "16777215"), config=Settings(first_burst_length=8192)
+    )
     assert answers == [("FirstBurstLength", "8192")] and p.first_burst_length == 8192
 
 
@@ -167,7 +169,7 @@ def test_bad_declaration_fails_login() -> None:
 
 def test_full_feature_phase_rejects_login_only_keys() -> None:
     params = SessionParams()
-    negotiator = Negotiator(Config(), params)
+    negotiator = Negotiator(Settings(), params)
     answers = negotiator.negotiate(
         [("MaxBurstLength", "4096"), ("MaxRecvDataSegmentLength", "16384"), ("Bogus", "1")],
         Stage.FULL_FEATURE,

@@ -5,28 +5,28 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from targetd.config import ChapSecret, Config, LunConfig, Portal, TargetConfig
 from targetd.iscsi.login import LoginMachine, LoginRefused
 from targetd.iscsi.pdu import RESERVED_TAG, Op, Pdu, new_header, put_u16, put_u32
+from targetd.iscsi.settings import PortalSettings, Secret, Settings, TargetSettings
 
 ISID = bytes.fromhex("400001370000")
 INITIATOR = "iqn.1994-05.com.example:host1"
 TARGET = "iqn.2026-11.org.targetd:disk"
-PORTAL = Portal("127.0.0.1", 3260, tpgt=1)
+PORTAL = PortalSettings(tpgt=1, advertised="127.0.0.1:3260")
 
 
-def make_config(**changes: object) -> Config:
-    target = TargetConfig(TARGET, alias="disk", luns=(LunConfig(0),))
+def make_config(**changes: object) -> Settings:
+    target = TargetSettings(TARGET, alias="disk")
     values: dict[str, object] = {"portals": (PORTAL,), "targets": (target,)}
     values.update(changes)
-    return Config(**values)  # type: ignore[arg-type]
+    return Settings(**values)  # type: ignore[arg-type]
 
 
-def chap_target(secret: str = "initiator-secret", mutual: str | None = None) -> TargetConfig:
-    return TargetConfig(
+def chap_target(secret: str = "initiator-secret", mutual: str | None = None) -> TargetSettings:
+    return TargetSettings(
         TARGET,
-        chap=ChapSecret("alice", secret),
-        mutual_chap=ChapSecret("target-user", mutual) if mutual else None,
+        chap=Secret("alice", secret),
+        mutual_chap=Secret("target-user", mutual) if mutual else None,
     )
 
 
@@ -157,7 +157,7 @@ class FakeBinder:
 
 
 def machine(
-    config: Config | None = None, binder: FakeBinder | None = None, random: bytes | None = None
+    config: Settings | None = None, binder: FakeBinder | None = None, random: bytes | None = None
 ) -> tuple[LoginMachine, FakeBinder]:
     binder = binder or FakeBinder()
     source = iter(random if random is not None else bytes(range(1, 200)))

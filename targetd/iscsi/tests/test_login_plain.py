@@ -17,9 +17,9 @@ from test_login_helpers import (
     text,
 )
 
-from targetd.config import TargetConfig
 from targetd.iscsi.login import LoginRefused
 from targetd.iscsi.pdu import Op, Pdu, new_header
+from targetd.iscsi.settings import TargetSettings
 
 
 def test_security_then_operational_then_full_feature() -> None:
@@ -124,12 +124,12 @@ def test_unknown_target_not_found() -> None:
 
 
 def test_acl_refuses_unlisted_initiator() -> None:
-    config = make_config(targets=(TargetConfig(TARGET, allowed_initiators=("iqn.x:other",)),))
+    config = make_config(targets=(TargetSettings(TARGET, allowed_initiators=("iqn.x:other",)),))
     assert refusal(login_request(normal_keys()), config)[0] == 0x0202
 
 
 def test_acl_admits_listed_initiator() -> None:
-    config = make_config(targets=(TargetConfig(TARGET, allowed_initiators=(INITIATOR,)),))
+    config = make_config(targets=(TargetSettings(TARGET, allowed_initiators=(INITIATOR,)),))
     login, _ = machine(config)
     assert only(login.receive(login_request(normal_keys(AuthMethod="None"))).replies).status == 0
 

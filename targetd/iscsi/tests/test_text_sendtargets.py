@@ -15,16 +15,16 @@ from test_login_helpers import (
     text_request,
 )
 
-from targetd.config import Config, Portal, TargetConfig
 from targetd.iscsi.params import SessionParams
 from targetd.iscsi.pdu import RESERVED_TAG, Op, RejectReason
 from targetd.iscsi.receiver import IscsiProtocolError
+from targetd.iscsi.settings import PortalSettings, Settings, TargetSettings
 from targetd.iscsi.text import TextMachine
 
-SECOND = Portal("10.0.0.5", 3261, advertise="storage.example:3261", tpgt=2)
+SECOND = PortalSettings(tpgt=2, advertised="storage.example:3261")
 
 
-def discovery(config: Config, segment: int = 8192) -> TextMachine:
+def discovery(config: Settings, segment: int = 8192) -> TextMachine:
     params = SessionParams(
         initiator_name=INITIATOR,
         session_type="Discovery",
@@ -44,9 +44,9 @@ def answer(responses: list) -> tuple[object, list[tuple[str, str]]]:
 
 def test_discovery_login_then_send_targets_all_respects_acls() -> None:
     targets = (
-        TargetConfig(TARGET),
-        TargetConfig("iqn.2026-11.org.targetd:private", allowed_initiators=("iqn.x:other",)),
-        TargetConfig("iqn.2026-11.org.targetd:shared", allowed_initiators=(INITIATOR,)),
+        TargetSettings(TARGET),
+        TargetSettings("iqn.2026-11.org.targetd:private", allowed_initiators=("iqn.x:other",)),
+        TargetSettings("iqn.2026-11.org.targetd:shared", allowed_initiators=(INITIATOR,)),
     )
     config = make_config(targets=targets, portals=(PORTAL, SECOND))
     login, _ = machine(config)
@@ -68,8 +68,8 @@ def test_discovery_login_then_send_targets_all_respects_acls() -> None:
 
 def test_send_targets_by_name_and_hidden_names() -> None:
     targets = (
-        TargetConfig(TARGET),
-        TargetConfig("iqn.x:private", allowed_initiators=("iqn.x:other",)),
+        TargetSettings(TARGET),
+        TargetSettings("iqn.x:private", allowed_initiators=("iqn.x:other",)),
     )
     texts = discovery(make_config(targets=targets))
     _, pairs = answer(texts.receive(text_request(text(SendTargets=TARGET))))
@@ -80,7 +80,7 @@ def test_send_targets_by_name_and_hidden_names() -> None:
 
 
 def test_normal_session_sees_its_own_target() -> None:
-    config = make_config(targets=(TargetConfig(TARGET), TargetConfig("iqn.x:other")))
+    config = make_config(targets=(TargetSettings(TARGET), TargetSettings("iqn.x:other")))
     params = SessionParams(initiator_name=INITIATOR, target_name=TARGET)
     texts = TextMachine(config, PORTAL, params, config.targets[0])
     for value in ("All", ""):
@@ -89,7 +89,7 @@ def test_normal_session_sees_its_own_target() -> None:
 
 
 def test_long_send_targets_split_and_fetched_with_ttt() -> None:
-    targets = tuple(TargetConfig(f"iqn.2026-11.org.targetd:lun{i:03d}") for i in range(100))
+    targets = tuple(TargetSettings(f"iqn.2026-11.org.targetd:lun{i:03d}") for i in range(100))
     config = make_config(targets=targets)
     texts = discovery(config, segment=1024)
     responses = texts.receive(text_request(text(SendTargets="All"), itt=9))
@@ -116,7 +116,7 @@ def test_unexpected_ttt_is_a_protocol_error() -> None:
 
 
 def test_new_untagged_request_abandons_a_long_answer() -> None:
-    targets = tuple(TargetConfig(f"iqn.2026-11.org.targetd:t{i:03d}") for i in range(40))
+    targets = tuple(TargetSettings(f"iqn.2026-11.org.targetd:t{i:03d}") for i in range(40))
     texts = discovery(make_config(targets=targets), segment=512)
     first, _ = answer(texts.receive(text_request(text(SendTargets="All"), itt=1)))
     assert first.more

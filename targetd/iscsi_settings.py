@@ -1,0 +1,38 @@
+"""The daemon's configuration, told to the iSCSI core in its own terms (targetd.iscsi.settings)."""
+
+from __future__ import annotations
+
+from targetd.config import ChapSecret, Config, Portal, TargetConfig
+from targetd.iscsi.settings import PortalSettings, Secret, Settings, TargetSettings
+
+
+def secret(chap: ChapSecret | None) -> Secret | None:
+    return None if chap is None else Secret(chap.user, chap.secret)
+
+
+def portal_settings(portal: Portal) -> PortalSettings:
+    return PortalSettings(tpgt=portal.tpgt, advertised=portal.advertised)
+
+
+def target_settings(target: TargetConfig) -> TargetSettings:
+    return TargetSettings(
+        name=target.name,
+        alias=target.alias,
+        allowed_initiators=target.allowed_initiators,
+        chap=secret(target.chap),
+        mutual_chap=secret(target.mutual_chap),
+    )
+
+
+def build(config: Config) -> Settings:
+    return Settings(
+        targets=tuple(target_settings(t) for t in config.targets),
+        portals=tuple(portal_settings(p) for p in config.portals),
+        discovery_chap=secret(config.discovery_chap),
+        discovery_mutual_chap=secret(config.discovery_mutual_chap),
+        max_recv_data_segment_length=config.max_recv_data_segment_length,
+        max_burst_length=config.max_burst_length,
+        first_burst_length=config.first_burst_length,
+        max_outstanding_r2t=config.max_outstanding_r2t,
+        max_connections_per_session=config.max_connections_per_session,
+    )
