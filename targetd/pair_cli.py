@@ -167,6 +167,8 @@ def render(pairs: list[dict[str, Any]]) -> str:
     lines = [head]  # POLICY: a trailing * means the configured one, not set on the pair
     for p in pairs:
         reason = "" if p["reason"] == "NONE" else p["reason"]
+        if p.get("error"):
+            reason += f": {p['error']}"
         lines.append(
             f"{p['name']:<16} {_lun(p['source_lun']):>4} {_lun(p['target_lun']):>4}"
             f" {p['source_state']:<15} {p['target_state']:<15}"

@@ -43,6 +43,14 @@ from backing.pairs.volume import PairVolume, Role, VolumeWriteProtected
 log = logging.getLogger(__name__)
 
 COPY_SET, SRC_CHANGED, TGT_CHANGED = 0, 1, 2
+FAILED_LOOP_PAUSE = 1.0  # seconds a background loop waits after a failure before it resumes
+
+
+def _reason_of(err: BaseException, os_reason: SuspendReason) -> SuspendReason:
+    """An OSError is a disk's (``os_reason``); anything else is a bug: INTERNAL_ERROR."""
+    return os_reason if isinstance(err, OSError) else SuspendReason.INTERNAL_ERROR
+
+
 KiB = 1 << 10
 MiB = 1 << 20
 
@@ -84,6 +92,7 @@ class PairStatus:
     split_time: float | None
     backup_policy: BackupPolicy = BackupPolicy.REFLECT_FIRST  # the one a backup follows
     backup_policy_set: bool = False  # set on the pair (vendor command, targetctl)
+    error: str | None = None  # what made the pair SUSPENDED (with ``reason``), if it failed
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +113,7 @@ class PairStatus:
             "split_time": self.split_time,
             "backup_policy": self.backup_policy.label,
             "backup_policy_set": self.backup_policy_set,
+            "error": self.error,
         }
 
 
@@ -156,6 +166,7 @@ class Pair:
         self.chunks: int = meta["chunks"]
         self.phase = Phase[meta["phase"]]
         self.reason = SuspendReason[meta.get("reason", "NONE")]
+        self.error: str | None = meta.get("error")
         self.split_time: float | None = meta.get("split_time")
         self.initializing: bool = meta.get("initializing", False)
         policy = meta.get("backup_policy")
@@ -193,6 +204,7 @@ class Pair:
             "npages": self.file.npages,
             "phase": self.phase.name,
             "reason": self.reason.name,
+            "error": self.error,
             "split_time": self.split_time,
             "initializing": self.initializing,
             "backup_policy": None if self.backup_policy is None else int(self.backup_policy),
@@ -214,14 +226,56 @@ class Pair:
         self.target.attach(self, Role.TARGET)
 
     async def start(self) -> None:
-        """Initialise (creation copy set) if needed, then run the copy workers."""
+        """Initialise (creation copy set) if needed, then run the copy workers. A failed
+        initialisation leaves the pair SUSPENDED (a resync redoes it), never stalled."""
         if self.initializing:
-            await self._initialize()
+            try:
+                await self._initialize()
+            except Exception as err:
+                await self._fail(_reason_of(err, SuspendReason.TARGET_WRITE_ERROR), err)
         self._tasks = [
-            asyncio.ensure_future(self._worker()) for _ in range(self.settings.copy_workers)
+            asyncio.ensure_future(self._guarded(self._worker, "copy worker"))
+            for _ in range(self.settings.copy_workers)
         ]
-        self._tasks.append(asyncio.ensure_future(self._lazy_committer()))
+        self._tasks.append(
+            asyncio.ensure_future(self._guarded(self._lazy_committer, "bitmap writer"))
+        )
         self._work.set()
+
+    async def _guarded(
+        self,
+        body: Callable[[], Awaitable[None]],
+        what: str,
+        os_reason: SuspendReason = SuspendReason.PAIR_FILE_ERROR,
+    ) -> None:
+        """Run a background loop for the pair's life: whatever it raises is logged and
+        the pair goes SUSPENDED with the reason, and the loop runs again (it must be there
+        for a resync). Never a silent stall."""
+        while True:
+            try:
+                await body()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                log.exception("pair %s: %s failed", self.name, what)
+                await self._fail(_reason_of(err, os_reason), err)
+                await asyncio.sleep(FAILED_LOOP_PAUSE)  # a fault that repeats cannot spin
+
+    async def _fail(self, reason: SuspendReason, err: BaseException) -> None:
+        """The pair goes SUSPENDED because of ``err``, shown in its status. If even the
+        header cannot be written, it is SUSPENDED in memory (and logged)."""
+        if self.phase in (Phase.SUSPENDED, Phase.DELETE):
+            return
+        self.error = f"{type(err).__name__}: {err}"
+        log.error("pair %s: SUSPENDED (%s): %s", self.name, reason.name, self.error)
+        try:
+            await self.suspend(reason)
+        except Exception:
+            log.exception("pair %s: recording the suspension in its file failed", self.name)
+            if self.phase is not Phase.SUSPENDED:
+                self.reason = reason
+                self._set_phase(Phase.SUSPENDED)
 
     async def _initialize(self) -> None:
         """The creation copy set: the source's allocated chunks. The target is punched
@@ -247,8 +301,11 @@ class Pair:
         self._tasks = []
         self.journal.set_hold(False)  # a clean restart recopies nothing
         if self.journal.pending() and self.file.fd >= 0:
-            with contextlib.suppress(Exception):
+            try:
                 await self.journal.commit()
+            except Exception:
+                # Only cleared bits are lost: the next start copies those chunks again.
+                log.exception("pair %s: writing the last cleared bits failed", self.name)
         self.journal.closed = True
 
     async def _write_header(self) -> None:
@@ -276,11 +333,14 @@ class Pair:
     async def resync(self) -> None:
         """Back towards DUPLEX, copying what changed on either side since the split."""
         phase = next_phase(self.phase, Event.RESYNC)
+        if self.initializing:  # the creation copy set was never made: make it now
+            await self._initialize()
         self.copy_set.update(self.src_changed)
         self.copy_set.update(self.tgt_changed)
         self.src_changed.clear_all()
         self.tgt_changed.clear_all()
         self.reason = SuspendReason.NONE
+        self.error = None
         self.split_time = None
         self._set_phase(phase)
         await self._write_header()
@@ -338,6 +398,7 @@ class Pair:
             self.split_time,
             self.effective_backup_policy,
             self.backup_policy is not None,
+            self.error,
         )
 
     def copy_rate(self) -> float:
@@ -482,16 +543,23 @@ class Pair:
             cs = self.chunk_size
             offset = c * cs
             length = min(cs, self.size - offset)
+            side = SuspendReason.SOURCE_READ_ERROR
             try:
                 extents = self.source.base.extents(offset, length)
                 if not any(e.mapped for e in extents):
+                    side = SuspendReason.TARGET_WRITE_ERROR
                     await self.target.base.punch_hole(offset, length)
                 else:
                     buf = memoryview(bytearray(length))
                     await self.source.base.read_into(offset, buf)
+                    side = SuspendReason.TARGET_WRITE_ERROR
                     await self.target.base.write(offset, buf)
-            except OSError:
+            except Exception as err:
+                # Whoever asked for the copy (a worker, a host write's copy-before-write, a
+                # backup's reflect-first) gets the error; the pair stops copying either way.
                 log.exception("pair %s: copying chunk %d failed", self.name, c)
+                reason = side if isinstance(err, OSError) else SuspendReason.INTERNAL_ERROR
+                await self._fail(reason, err)
                 raise
             if not ticket.spoiled:
                 self.journal.clear(COPY_SET, c)
@@ -527,9 +595,9 @@ class Pair:
                     await self._pacer.take(self.chunk_size)
                     try:
                         await self._copy_chunk(c)
-                    except OSError:
-                        if self.phase is not Phase.SUSPENDED:
-                            await self.suspend(SuspendReason.TARGET_WRITE_ERROR)
+                    except Exception as err:
+                        # Logged, and the pair SUSPENDED, by _copy_chunk: nothing copies now.
+                        log.debug("pair %s: worker idle after %r", self.name, err)
                     continue
                 before = self.phase
                 await self._maybe_finish()
@@ -569,7 +637,5 @@ class Pair:
                 aged = time.monotonic()
                 self.journal.age()
             if self.journal.pending():
-                try:
-                    await self.journal.commit()
-                except OSError:
-                    log.exception("pair %s: writing the bitmap failed", self.name)
+                # A failure here is the pair file's: _guarded logs it and suspends the pair.
+                await self.journal.commit()

@@ -89,6 +89,8 @@ TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
     (Phase.DUPLEX, Event.FAIL): Phase.SUSPENDED,
     (Phase.RESYNC, Event.FAIL): Phase.SUSPENDED,
     (Phase.SPLIT_PENDING, Event.FAIL): Phase.SUSPENDED,
+    # Nothing copies in SPLIT, but its changed-chunk bitmaps can still fail to be written.
+    (Phase.SPLIT, Event.FAIL): Phase.SUSPENDED,
     (Phase.SUSPENDED, Event.FAIL): Phase.SUSPENDED,
     **{(phase, Event.DELETE): Phase.DELETE for phase in Phase if phase is not Phase.DELETE},
 }
@@ -155,6 +157,8 @@ class SuspendReason(IntEnum):
     SOURCE_READ_ERROR = 0x01
     TARGET_WRITE_ERROR = 0x02
     OPERATOR = 0x03
+    PAIR_FILE_ERROR = 0x04  # the pair's own file (bitmaps, header) could not be written
+    INTERNAL_ERROR = 0x05  # anything else a copy worker met (a bug): see the log
 
 
 def next_phase(phase: Phase, event: Event) -> Phase:
