@@ -68,6 +68,7 @@ class FileSink:
         # The file being written stays open between writes; None when no write is pending.
         self._fd: int | None = None
         self._fd_file = -1
+        self._new_names = False  # files made since the directory was last synced
 
     # -- what is there --------------------------------------------------------------------
     @property
@@ -149,11 +150,13 @@ class FileSink:
             self.sizes.append(0)
             self.offset = 0
         flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+        self._new_names |= not self.path(self.file).exists()
         self._fd = os.open(self.path(self.file), flags, 0o644)
         self._fd_file = self.file
 
     def write_filemarks(self, count: int) -> None:
-        """Close the current file; each further mark leaves an empty file."""
+        """Close the current file; each further mark leaves an empty file. Empty files need
+        no sync of their own: one sync of the directory at the end makes them all durable."""
         self._check_writable()
         if not count:
             return
@@ -161,25 +164,44 @@ class FileSink:
             self._cut_here()
             if self.file >= len(self.sizes):  # a mark with no data before it: an empty file
                 self._open_current()
-        self.close_file()
+        self._close_fd()
         self.file += 1
         self.offset = 0
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         for _ in range(count - 1):
-            self._open_current()
-            self.close_file()
+            os.close(os.open(self.path(self.file), flags, 0o644))
+            self._new_names = True
+            self.sizes.append(0)
             self.file += 1
+        self._sync_directory()
 
     def flush(self) -> None:
         """Make the bytes written to the current file durable; the file stays open."""
         if self._fd is not None:
             os.fsync(self._fd)
+        self._sync_directory()
 
     def close_file(self) -> None:
+        self._close_fd()
+        self._sync_directory()
+
+    def _close_fd(self) -> None:
         if self._fd is not None:
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
             self._fd_file = -1
+
+    def _sync_directory(self) -> None:
+        """A new file's name is durable once its directory is synced (its data is not
+        enough)."""
+        if self._new_names:
+            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._new_names = False
 
     # -- reading and positioning --------------------------------------------------------------
     def read(self, length: int) -> bytes | None:

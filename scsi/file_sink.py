@@ -29,9 +29,8 @@ from scsi.stream_device import SerializedMedium
 FILE_SINK_TABLE = OpcodeTable("file-sink", SPC_TABLE)
 _cmd = FILE_SINK_TABLE.command
 FIXED, SILI = 0x01, 0x02
-# Every file mark leaves a file in the sink directory (fsynced, one after another on the
-# LU's I/O thread): one WRITE FILEMARKS of 2**24 - 1 marks would create millions of files
-# and hold the LU for minutes.
+# Every file mark leaves a file in the sink directory: one WRITE FILEMARKS of 2**24 - 1
+# marks would fill the directory with millions of empty files.
 MAX_SINK_FILES = 10_000
 
 

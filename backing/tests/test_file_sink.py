@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,26 @@ def test_capacity(tmp_path: Path) -> None:
         sink.write(b"abc")
     sink.write(b"90")
     assert sink.used == 10
+
+
+def test_many_marks_cost_one_directory_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The data file is synced, then the empty files of the further marks are made and the
+    directory is synced once for all their names (not one fsync per mark)."""
+    synced: list[str] = []
+    real = os.fsync
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd))[1]
+    )
+    sink = FileSink(tmp_path / "s", 1 << 20)
+    sink.write(b"data")
+    sink.write_filemarks(1000)
+    assert synced == [str(tmp_path / "s" / "file-0000.bin"), str(tmp_path / "s")]
+    assert sink.file == 1000 and sink.sizes == [4] + [0] * 999
+    assert FileSink(tmp_path / "s", 1 << 20).sizes == [4] + [0] * 999
+    synced.clear()
+    sink.write(b"more")  # a new file: its name is synced with it
+    sink.write_filemarks(1)
+    assert synced == [str(tmp_path / "s" / "file-1000.bin"), str(tmp_path / "s")]
+    sink.close()
