@@ -5,7 +5,8 @@ random data, LUN 1 its pair target, LUN 2 a tape, LUN 3 a file sink, LUN 4 a scr
 and its metrics endpoint. Measured, in a rotating order over ``--repeats`` so that no case
 always runs first on a noisy machine:
 
-- ``idle``: host 4 KiB random writes at queue depth 1 to the scratch LUN, nothing else;
+- ``idle``: host 4 KiB random writes at queue depth 1 to the scratch LUN for 20 s (3 s
+  with ``--quick``), nothing else;
 - ``tape``: the same writes while one EXTENDED COPY backs LUN 0 up to the tape (8 MiB
   records, then a file mark), from another session;
 - ``sink``: the same while it backs LUN 0 up to the file sink.
@@ -128,14 +129,18 @@ def write_4k(ini: RawInitiator, lun: int, span: int, stop: Callable[[], bool], l
     return out
 
 
-def run_case(name: str, port: int, metrics_port: int, size: int, writes: int, rep: int,
-             writer: RawInitiator, backup_ini: RawInitiator, case: Case) -> None:  # fmt: skip
+def run_case(name: str, port: int, metrics_port: int, size: int, idle_seconds: float, rep: int,
+             writer: RawInitiator, case: Case) -> None:  # fmt: skip
     rng = random.Random(rep * 10 + CASES.index(name))
     before = lag_buckets(metrics_port)
-    if name == "idle":
-        lat = write_4k(writer, SCRATCH, SCRATCH_SIZE, lambda: True, writes, rng)
+    if name == "idle":  # for a while, not a count: a short window would miss the noise
+        until = time.perf_counter() + idle_seconds
+        lat = write_4k(writer, SCRATCH, SCRATCH_SIZE, lambda: time.perf_counter() > until, 50, rng)
     else:
         destination = TAPE if name == "tape" else SINK
+        # A session of its own per backup: one left idle for 30 s would get a NOP-In ping.
+        backup_ini = session(port, f"backup-{name}-{rep}")
+        backup_ini.sock.settimeout(3600)  # one EXTENDED COPY of the whole volume
         ok(backup_ini, REWIND, destination)
         params = backup_list(size, SOURCE, destination, list_id=700 + rep * 10 + destination)
         done = threading.Event()
@@ -154,6 +159,7 @@ def run_case(name: str, port: int, metrics_port: int, size: int, writes: int, re
         thread.start()
         lat = write_4k(writer, SCRATCH, SCRATCH_SIZE, done.is_set, 50, rng)
         thread.join()
+        backup_ini.close()
         if failed:
             raise failed[0]
         case.rates.append(size / (time.perf_counter() - began) / MiB)
@@ -276,7 +282,7 @@ def main() -> int:
     size = parse_size(args.size or ("64MiB" if args.quick else "1GiB"), "--size")
     repeats = args.repeats or (1 if args.quick else 3)
     splits = args.splits or (40 if args.quick else 300)
-    idle_writes = 300 if args.quick else 3000
+    idle_seconds = 3.0 if args.quick else 20.0
     work = Path(tempfile.mkdtemp(prefix="backup-latency-", dir=os.environ.get("BENCH_DIR")))
     state = work / "state"
     state.mkdir()
@@ -305,19 +311,15 @@ def main() -> int:
             except OSError:
                 time.sleep(0.1)
         writer = session(port, "writer")
-        backup_ini = session(port, "backup")
-        backup_ini.sock.settimeout(3600)  # one EXTENDED COPY of the whole volume per command
         write_4k(writer, SCRATCH, SCRATCH_SIZE, lambda: True, 500, random.Random(1))  # warm up
         for rep in range(repeats):
             order = chosen[rep % len(chosen) :] + chosen[: rep % len(chosen)]
             for name in order:
                 os.sync()  # no case pays for the previous one's write-back
-                run_case(name, port, metrics_port, size, idle_writes, rep, writer, backup_ini,
-                         cases[name])  # fmt: skip
+                run_case(name, port, metrics_port, size, idle_seconds, rep, writer, cases[name])
             line = ", ".join(f"{n} p99 {ms(cases[n].runs_p99[-1])}" for n in chosen)
             print(f"repeat {rep + 1}: {line}", flush=True)
         writer.close()
-        backup_ini.close()
         backlog = 0
         if "split" in cases:
             backlog = split_case(port, metrics_port, size, splits, cases["split"],
