@@ -332,12 +332,22 @@ class RbdImage:
             del self._pending[key]
             rbd.rbd_aio_release(comp)
         else:
-            try:
-                ret = await asyncio.shield(done)
-            except asyncio.CancelledError:
-                # librbd still holds the buffer and may still change the image: wait.
-                await done
-                raise
+            cancelled = False
+            while True:
+                try:
+                    ret = await done
+                    break
+                except asyncio.CancelledError:
+                    # librbd still holds the buffer and may still change the image: the
+                    # waiter stays until it is done (a fresh future, as this one is spent).
+                    cancelled = True
+                    if key not in self._pending:
+                        ret = 0
+                        break
+                    done = loop.create_future()
+                    self._pending[key] = (done, keep)
+            if cancelled:
+                raise asyncio.CancelledError
         if ret < 0:
             raise _store_error(-ret, self.path, op, offset, length)
         return ret

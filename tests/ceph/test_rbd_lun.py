@@ -4,6 +4,7 @@ WRITE SAME, GET LBA STATUS), COMPARE AND WRITE, and errors that name the LUN."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from cluster import CephCluster
 from conftest import REPO, DaemonFactory
 from pair_scsi import BLOCK, BlockClient
 
-from backing.rbd_image import RbdSpec
+from backing.rbd_image import RbdImage, RbdSpec
 
 IQN = "iqn.2026-11.org.targetd:rbd"
 MiB = 1 << 20
@@ -229,3 +230,30 @@ def test_missing_image_and_unreachable_cluster_name_the_lun(
     assert done.returncode == 2
     assert f"target {IQN} lun 0" in done.stderr
     assert "monitors" in done.stderr
+
+
+def test_a_cancelled_write_has_landed_when_its_waiter_ends(
+    ceph_cluster: CephCluster, new_image: ImageFactory
+) -> None:
+    """An aborted command must not be reported gone while librbd still writes its buffer:
+    the waiter of a cancelled write ends only once the write is done."""
+    spec = RbdSpec(ceph_cluster.pool, new_image("8M"), ceph_conf=str(ceph_cluster.conf))
+    data = os.urandom(4 * MiB)
+
+    async def scenario() -> bytes:
+        img = RbdImage(spec)
+        try:
+            task = asyncio.ensure_future(img.write(0, data))
+            await asyncio.sleep(0)  # queued in librbd
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            assert task.cancelled()
+            assert not img._pending  # nothing in flight once the waiter has gone
+            back = bytearray(len(data))
+            await img.read_into(0, memoryview(back))
+            return bytes(back)
+        finally:
+            img.close()
+
+    assert asyncio.run(scenario()) == data

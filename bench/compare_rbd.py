@@ -1,0 +1,334 @@
+#!/usr/bin/env python3
+"""Benchmark RBD gateways side by side on one image: targetd, tgtd with bs_rbd, native librbd.
+
+One run starts a one-monitor, one-OSD Ceph cluster on loopback (tests/ceph/cluster.py;
+BlueStore on a sparse file by default), makes one image, and serves that same image from:
+
+- targetd, an RBD LUN (``kind = "rbd"``, docs/rbd.md);
+- tgtd with ``--bstype rbd`` (Debian's tgt-rbd);
+- and measures ``rbd bench`` on it: native librbd in one process, the ceiling.
+
+The iSCSI targets are driven by the same client (``qemu-img bench``, libiscsi); each case
+runs on each of the three in turn, the order rotating every repeat, so noise from a shared
+machine falls on all alike. Printed: medians, targetd/tgt-rbd and targetd/native ratios
+with their goals, and each target's CPU-seconds per 1,000 requests (for ``rbd bench``, its
+own CPU, the cost of librbd itself).
+
+    python3 bench/compare_rbd.py [--quick] [--repeat N] [--size 256M] [--objectstore memstore]
+                                 [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from clients import MB, ClientError, MiB, parse_qemu_seconds, qemu_bench_argv
+from cpu import tree_cpu_seconds
+from targets import (
+    LOOPBACK,
+    Target,
+    TargetError,
+    TgtdTarget,
+    _free_control_port,
+    _with_log,
+    check_login,
+    free_port,
+    wait_for_port,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "tests" / "ceph"))
+from cluster import CephCluster, ClusterError  # noqa: E402
+
+KiB = 1 << 10
+IQN = "iqn.2026-11.org.targetd.bench:rbd"
+POOL, IMAGE = "rbd", "bench"
+TARGETD, TGT, NATIVE = "targetd", "tgt-rbd", "native"
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    name: str
+    write: bool
+    block_size: int
+    depth: int
+
+    @property
+    def unit(self) -> str:
+        return "MB/s" if self.block_size >= MiB else "IOPS"
+
+    @property
+    def goal_vs_tgt(self) -> float:
+        return 1.5 if self.block_size >= MiB else 1.0
+
+    @property
+    def goal_vs_native(self) -> float | None:
+        return 0.7 if self.block_size >= MiB else None
+
+
+CASES = (
+    Case("write-1M-qd16", True, MiB, 16),
+    Case("read-1M-qd16", False, MiB, 16),
+    Case("write-4K-qd32", True, 4 * KiB, 32),
+    Case("read-4K-qd32", False, 4 * KiB, 32),
+)
+
+
+@dataclass
+class Run:
+    who: str
+    value: float | None
+    cpu_seconds: float
+    ops: int
+    error: str | None = None
+
+    @property
+    def cpu_per_kilo_io(self) -> float | None:
+        return None if self.value is None or not self.ops else 1000 * self.cpu_seconds / self.ops
+
+
+@dataclass
+class Result:
+    case: Case
+    runs: list[Run] = field(default_factory=list)
+
+    def median(self, who: str) -> float | None:
+        values = [r.value for r in self.runs if r.who == who and r.value is not None]
+        return statistics.median(values) if values else None
+
+    def cpu(self, who: str) -> float | None:
+        costs = [c for r in self.runs if r.who == who and (c := r.cpu_per_kilo_io) is not None]
+        return statistics.median(costs) if costs else None
+
+
+def parse_size(text: str) -> int:
+    units = {"K": KiB, "M": MiB, "G": 1 << 30}
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    size = int(text[:-1]) * units[text[-1]] if text[-1:] in units else int(text)
+    if size < 16 * MiB or size % MiB:
+        raise argparse.ArgumentTypeError("size must be whole MiB, at least 16M")
+    return size
+
+
+# -- the three ---------------------------------------------------------------------------
+def start_targetd(workdir: Path, cluster: CephCluster) -> Target:
+    port = free_port()
+    config = workdir / "targetd.toml"
+    config.write_text(
+        f'[[target]]\nname = "{IQN}"\n[[target.lun]]\nlun = 0\nkind = "rbd"\n'
+        f'pool = "{POOL}"\nimage = "{IMAGE}"\nceph_conf = "{cluster.conf}"\n'
+    )
+    log_path = workdir / "targetd.log"
+    argv = [sys.executable, "-m", "targetd", "serve", "--listen", f"{LOOPBACK}:{port}"]
+    argv += ["--config", str(config), "--state-dir", str(workdir / "targetd-state")]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+    target = Target(TARGETD, IQN, 0, port, proc, log_path)
+    try:
+        wait_for_port(port, proc, timeout=60)
+        check_login(target.portal)
+    except BaseException as exc:
+        target.stop()
+        raise _with_log(exc, target) from exc
+    return target
+
+
+def start_tgt_rbd(workdir: Path, cluster: CephCluster) -> Target:
+    port = free_port()
+    control_port = _free_control_port()
+    log_path = workdir / "tgtd.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            ["tgtd", "-f", "-C", str(control_port), "--iscsi", f"portal={LOOPBACK}:{port}"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    target = TgtdTarget(TGT, "iqn.2026-11.org.targetd.bench:tgt-rbd", 1, port, proc, log_path,
+                        control_port)  # fmt: skip
+    try:
+        wait_for_port(port, proc, timeout=15)
+        target._admin("--op new --mode target --tid 1 -T", target.iqn)
+        target._admin(
+            f"--op new --mode logicalunit --tid 1 --lun 1 --bstype rbd --bsopts conf={cluster.conf}"
+            " -b", f"{POOL}/{IMAGE}",
+        )  # fmt: skip
+        target._admin("--op bind --mode target --tid 1 -I ALL")
+        check_login(target.portal)
+    except BaseException as exc:
+        target.stop()
+        raise _with_log(exc, target) from exc
+    return target
+
+
+_RBD_BENCH = re.compile(r"elapsed:\s*([0-9.]+)\s+ops:\s*(\d+)\s+ops/sec:\s*([0-9.]+)")
+
+
+def run_native(cluster: CephCluster, case: Case, count: int, timeout: float) -> Run:
+    """``rbd bench`` in its own process; its CPU is taken from its rusage."""
+    argv = ["rbd", "-c", str(cluster.conf), "bench", "--io-type", "write" if case.write else "read",
+            "--io-size", str(case.block_size), "--io-threads", str(case.depth),
+            "--io-total", str(count * case.block_size), "--io-pattern", "seq",
+            f"{POOL}/{IMAGE}"]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return Run(NATIVE, None, 0.0, 0, f"rbd bench timed out after {timeout:.0f}s")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    match = _RBD_BENCH.search(done.stdout)
+    if done.returncode != 0 or not match:
+        return Run(NATIVE, None, cpu, 0, f"rbd bench: {(done.stdout + done.stderr)[-300:]}")
+    seconds, ops = float(match.group(1)), int(match.group(2))
+    per_second = float(match.group(3))
+    value = per_second * case.block_size / MB if case.unit == "MB/s" else per_second
+    return Run(NATIVE, value if seconds >= 0 else None, cpu, ops)
+
+
+def run_iscsi(target: Target, case: Case, region: int, count: int, timeout: float) -> Run:
+    if not target.alive():
+        return Run(target.name, None, 0.0, 0, f"exited; log: {target.log_tail(5)}")
+    argv = qemu_bench_argv(target, region, write=case.write, size=case.block_size,
+                           depth=case.depth, count=count)  # fmt: skip
+    cpu_before = tree_cpu_seconds(target.pid)
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        output = done.stdout + done.stderr
+        if done.returncode != 0:
+            raise ClientError(f"qemu-img exited {done.returncode}: {output[-300:]}")
+        seconds = parse_qemu_seconds(output)
+    except (ClientError, subprocess.TimeoutExpired) as exc:
+        return Run(target.name, None, tree_cpu_seconds(target.pid) - cpu_before, 0, str(exc))
+    cpu = tree_cpu_seconds(target.pid) - cpu_before
+    return Run(target.name, _value(case, count, seconds), cpu, count)
+
+
+def _value(case: Case, ops: int, seconds: float) -> float:
+    per_second = ops / seconds if seconds > 0 else 0.0
+    return per_second * case.block_size / MB if case.unit == "MB/s" else per_second
+
+
+# -- the table ---------------------------------------------------------------------------
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def format_table(results: list[Result]) -> str:
+    head = (
+        f"{'case':<15} {'unit':<5} {'targetd':>10} {'tgt-rbd':>10} {'native':>10} "
+        f"{'vs tgt':>7} {'goal':>5} {'vs native':>9} {'goal':>5} "
+        f"{'cpu s/kIO targetd':>18} {'tgt-rbd':>8} {'native':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        t, g, n = r.median(TARGETD), r.median(TGT), r.median(NATIVE)
+        vs_tgt = t / g if t and g else None
+        vs_native = t / n if t and n else None
+        goal_native = r.case.goal_vs_native
+        lines.append(
+            f"{r.case.name:<15} {r.case.unit:<5} {_fmt(t):>10} {_fmt(g):>10} {_fmt(n):>10} "
+            f"{_fmt(vs_tgt, 2):>7} {r.case.goal_vs_tgt:>5.1f} {_fmt(vs_native, 2):>9} "
+            f"{'-' if goal_native is None else f'{goal_native:.1f}':>5} "
+            f"{_fmt(r.cpu(TARGETD), 4):>18} {_fmt(r.cpu(TGT), 4):>8} {_fmt(r.cpu(NATIVE), 4):>8}"
+        )
+    return "\n".join(lines)
+
+
+# -- the run -----------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short runs: a smoke test")
+    parser.add_argument("--repeat", type=int, help="runs per case and contender (default 3)")
+    parser.add_argument("--size", type=parse_size, help="the image (default 256M; quick 32M)")
+    parser.add_argument("--objectstore", choices=("bluestore", "memstore"), default="bluestore")
+    parser.add_argument("--json", type=Path, help="also save every run and the medians here")
+    args = parser.parse_args(argv)
+    args.repeat = args.repeat or (1 if args.quick else 3)
+    args.size = args.size or ((32 if args.quick else 256) * MiB)
+    return args
+
+
+def run(args: argparse.Namespace, workdir: Path) -> list[Result]:
+    big, small = (64, 2000) if args.quick else (768, 30_000)
+    timeout = 120.0 if args.quick else 600.0
+    print(f"starting a {args.objectstore} cluster ...", file=sys.stderr, flush=True)
+    with CephCluster(workdir / "ceph", objectstore=args.objectstore) as cluster:
+        cluster.rbd("create", "--size", f"{args.size >> 20}M", f"{POOL}/{IMAGE}")
+        # Every read reads data: the whole image is written once first.
+        cluster.rbd("bench", "--io-type", "write", "--io-size", "1M", "--io-threads", "16",
+                    "--io-total", str(args.size), "--io-pattern", "seq", f"{POOL}/{IMAGE}",
+                    timeout=timeout)  # fmt: skip
+        targets: list[Target] = []
+        try:
+            targets.append(start_targetd(workdir, cluster))
+            targets.append(start_tgt_rbd(workdir, cluster))
+            # A first pass over the image through each gateway (connections, the lock, the
+            # OSD's caches) is not measured.
+            for target in targets:
+                argv = qemu_bench_argv(target, args.size, write=False, size=MiB, depth=16,
+                                       count=args.size // MiB)  # fmt: skip
+                subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+            results = [Result(case) for case in CASES]
+            contenders: list[str] = [TARGETD, TGT, NATIVE]
+            for repeat in range(args.repeat):
+                shift = repeat % len(contenders)
+                order = contenders[shift:] + contenders[:shift]
+                for result in results:
+                    count = big if result.case.block_size >= MiB else small
+                    for who in order:
+                        if who == NATIVE:
+                            one = run_native(cluster, result.case, count, timeout)
+                        else:
+                            target = next(t for t in targets if t.name == who)
+                            one = run_iscsi(target, result.case, args.size, count, timeout)
+                        result.runs.append(one)
+                        shown = "FAIL " + (one.error or "") if one.value is None else (
+                            f"{one.value:,.1f} {result.case.unit}"
+                        )  # fmt: skip
+                        print(f"  [{repeat + 1}] {result.case.name:<14} {who:<8} {shown}",
+                              file=sys.stderr, flush=True)  # fmt: skip
+            return results
+        finally:
+            for target in targets:
+                target.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        with tempfile.TemporaryDirectory(prefix="targetd-bench-rbd-") as tmp:
+            results = run(args, Path(tmp))
+    except (TargetError, ClusterError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; targets and cluster stopped", file=sys.stderr)
+        return 130
+    print(format_table(results))
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"{args.objectstore}; image {args.size >> 20} MiB; {args.repeat} repeat(s); "
+          f"load average {load}", file=sys.stderr)  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(
+            {"settings": {"objectstore": args.objectstore, "size": args.size,
+                          "repeat": args.repeat, "quick": args.quick},
+             "results": [{"case": asdict(r.case), "runs": [asdict(x) for x in r.runs],
+                          "median": {w: r.median(w) for w in (TARGETD, TGT, NATIVE)}}
+                         for r in results]}, indent=2))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
