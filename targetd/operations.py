@@ -18,17 +18,19 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from scsi.logical_unit import LogicalUnit
 from scsi.sense import Reason
 from targetd import logs, reload, sdnotify, status
 from targetd.admin import SOCKET_NAME, Admin
 from targetd.config import Config, ConfigError
-from targetd.luns import Builder, flush_targets
+from targetd.luns import Builder, flush_targets, paired_volume
 from targetd.metrics import Family, Metrics, lun_families
 from targetd.reload import ReloadPlan
 from targetd.server import TargetRuntime, TargetServer
 
 log = logging.getLogger("targetd")
 ShutdownHook = Callable[[], Any | Awaitable[Any]]
+CLOSE_WAIT = 30.0  # seconds a removed LU waits for the commands running on it
 
 
 class Operations:
@@ -50,6 +52,7 @@ class Operations:
         self.status_providers: dict[str, status.Provider] = {}
         self._shutdown_hooks: list[ShutdownHook] = []
         self._watchdog: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()  # LUs removed, closed when idle
         self.admin.register("status", lambda params: self.status())
         self.admin.register("reload", lambda params: self.reload())
         self.metrics.add_collector(self._core_families)
@@ -114,16 +117,20 @@ class Operations:
             log.error("reload refused", extra=logs.fields(error=str(err)))
             sdnotify.notify("READY=1")
             return {"applied": [], "refused": [f"bad configuration: {err}"]}
-        result = reload.plan(self.server.config, new)
+        result = reload.plan(self.server.config, new, self._paired)
         # Secrets are known to the scrubber before anything could log them.
         logs.scrubber.set_secrets(logs.config_secrets(result.config))
+        running = self.builder.config
         try:
             self._build(result)
         except (ConfigError, OSError, ValueError) as err:
+            self.builder.config = running
             log.error("reload failed", extra=logs.fields(error=str(err)))
             sdnotify.notify("READY=1")
             return {"applied": [], "refused": [f"cannot build new LUNs: {err}"]}
         self.server.config = result.config
+        self._remove(result)
+        self._enforce_acls(result)
         for change in result.applied:
             log.info("reload applied", extra=logs.fields(change=change))
         for change in result.refused:
@@ -150,6 +157,65 @@ class Operations:
             runtime.add_lun(lun.lun, lu)
             for other in runtime.scsi.luns.values():
                 other.raise_unit_attention(Reason.REPORTED_LUNS_DATA_CHANGED)
+
+    def _paired(self, target: str, lun: int) -> str | None:
+        runtime = self.server.targets.get(target)
+        lu = None if runtime is None else runtime.scsi.luns.get(lun)
+        return None if lu is None else paired_volume(lu)
+
+    def _remove(self, plan: ReloadPlan) -> None:
+        """Targets and LUNs the new configuration no longer has. A removed target's
+        sessions lose their access at once (see IscsiConnection.revoke); a removed LUN
+        answers LOGICAL UNIT NOT SUPPORTED and its target's sessions are asked to log out
+        (they see the new LUN list when they log in again). Each LU is closed once the
+        commands that were running on it have ended."""
+        server = self.server
+        for name in plan.removed_targets:
+            runtime = server.targets.pop(name)
+            for c in list(runtime.connections):
+                c.revoke(f"target {name} removed by a reload")
+            for number, lu in runtime.scsi.luns.items():
+                self.builder.forget_lun(name, number, lu)
+            self.builder.controls.pop(name, None)
+            self.builder.copies.pop(name, None)
+            self._close_later(runtime, list(runtime.scsi.luns.values()))
+        for name, number in plan.removed_luns:
+            runtime = server.targets[name]
+            lu = runtime.scsi.luns.pop(number)
+            runtime.stats.pop(number, None)
+            self.builder.forget_lun(name, number, lu)
+            for other in runtime.scsi.luns.values():
+                other.raise_unit_attention(Reason.REPORTED_LUNS_DATA_CHANGED)
+            for c in list(runtime.connections):
+                c.ask_to_log_out()
+            self._close_later(runtime, [lu])
+
+    def _enforce_acls(self, plan: ReloadPlan) -> None:
+        """An initiator taken off a target's ACL loses its live sessions too."""
+        for name in plan.acl_changed:
+            target = plan.config.target(name)
+            runtime = self.server.targets.get(name)
+            if target is None or runtime is None or not target.allowed_initiators:
+                continue
+            for c in list(runtime.connections):
+                session = c.conn.session
+                if session is not None and session.initiator_name not in target.allowed_initiators:
+                    c.revoke(f"initiator removed from the ACL of {name} by a reload")
+
+    def _close_later(self, runtime: TargetRuntime, lus: list[LogicalUnit]) -> None:
+        running = [h for c in runtime.connections for h in c._running.values()]
+
+        async def close() -> None:
+            if running:
+                await asyncio.wait(running, timeout=CLOSE_WAIT)
+            for lu in lus:
+                closer = getattr(lu, "close", None)
+                if closer is not None:
+                    closer()
+
+        task = asyncio.ensure_future(close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     # -- metrics -----------------------------------------------------------------------------
     def _core_families(self) -> list[Family]:

@@ -1,15 +1,18 @@
 """SIGHUP: which parts of a changed configuration can be applied to a running daemon.
 
-:func:`plan` is pure: given the running and the newly read configuration it returns the
-configuration to run from now on, the targets and LUNs to build, and what it applied and
-refused, in words for the log. Safe changes are the ones new logins pick up by themselves
-(ACLs, CHAP secrets, aliases) and additions (new targets, new LUNs). Anything that would
-pull storage or a portal from under a live session (removals, resizing, moving a LUN's
-file, portals, state_dir, limits) is refused and keeps its running value until restart.
+:func:`plan` is pure: given the running and the newly read configuration (and which LUNs
+are in a pair) it returns the configuration to run from now on, the targets and LUNs to
+build and to remove, the targets whose ACL changed, and what it applied and refused, in
+words for the log. Applied: ACLs, CHAP secrets, aliases, new targets and LUNs, and removed
+targets and LUNs (their sessions are asked to log out; docs/operations.md). A LUN in a
+pair is not removed, nor the target that holds it: the pair must be deleted first.
+Anything that would change storage or a portal under a live session (resizing, moving a
+LUN's file, portals, state_dir, limits) is refused and keeps its running value.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from targetd.config import Config, LunConfig, TargetConfig
@@ -32,11 +35,18 @@ class ReloadPlan:
     config: Config
     new_targets: list[TargetConfig] = field(default_factory=list)
     new_luns: list[tuple[str, LunConfig]] = field(default_factory=list)
+    removed_targets: list[str] = field(default_factory=list)
+    removed_luns: list[tuple[str, int]] = field(default_factory=list)
+    acl_changed: list[str] = field(default_factory=list)  # targets whose ACL changed
     applied: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
 
 
-def plan(old: Config, new: Config) -> ReloadPlan:
+# The name of the pair a LUN (target, lun) is in, or None.
+PairedLun = Callable[[str, int], str | None]
+
+
+def plan(old: Config, new: Config, paired: PairedLun = lambda target, lun: None) -> ReloadPlan:
     result = ReloadPlan(old)
     keep = {}
     for name in _RESTART_ONLY:
@@ -56,19 +66,31 @@ def plan(old: Config, new: Config) -> ReloadPlan:
             result.applied.append(f"target {target.name} added")
             targets.append(target)
         else:
-            targets.append(_merge_target(running, target, result))
+            targets.append(_merge_target(running, target, result, paired))
     for target in old.targets:
         if new.target(target.name) is None:
-            result.refused.append(f"target {target.name} removed: still served until restart")
-            targets.append(target)
+            pairs = [(lun.lun, p) for lun in target.luns if (p := paired(target.name, lun.lun))]
+            if pairs:
+                lun, pair = pairs[0]
+                result.refused.append(
+                    f"target {target.name} removed: its lun {lun} is in pair {pair}"
+                    " (delete the pair first): still served"
+                )
+                targets.append(target)
+            else:
+                result.removed_targets.append(target.name)
+                result.applied.append(f"target {target.name} removed: its sessions are logged out")
     result.config = replace(new, targets=tuple(targets), **keep)
     return result
 
 
-def _merge_target(old: TargetConfig, new: TargetConfig, result: ReloadPlan) -> TargetConfig:
+def _merge_target(
+    old: TargetConfig, new: TargetConfig, result: ReloadPlan, paired: PairedLun
+) -> TargetConfig:
     name = old.name
     if old.allowed_initiators != new.allowed_initiators:
         result.applied.append(f"target {name}: allowed_initiators updated")
+        result.acl_changed.append(name)
     if (old.chap, old.mutual_chap) != (new.chap, new.mutual_chap):
         result.applied.append(f"target {name}: CHAP updated")
     if old.alias != new.alias:
@@ -89,6 +111,16 @@ def _merge_target(old: TargetConfig, new: TargetConfig, result: ReloadPlan) -> T
             luns.append(running)
     for number, lun in old_luns.items():
         if number not in new_luns:
-            result.refused.append(f"target {name}: lun {number} removed: still served")
-            luns.append(lun)
+            pair = paired(name, number)
+            if pair is not None:
+                result.refused.append(
+                    f"target {name}: lun {number} removed: it is in pair {pair}"
+                    " (delete the pair first): still served"
+                )
+                luns.append(lun)
+            else:
+                result.removed_luns.append((name, number))
+                result.applied.append(
+                    f"target {name}: lun {number} removed: its sessions are asked to log out"
+                )
     return replace(new, luns=tuple(sorted(luns, key=lambda lun: lun.lun)))

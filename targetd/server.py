@@ -47,6 +47,7 @@ WRITE_BUFFER_HIGH = 16 << 20
 # At shutdown: the time initiators are given to log out, and how long we wait for them.
 LOGOUT_WITHIN = 2
 LOGOUT_WAIT = 2.0
+NO_LUNS = ScsiTarget({})  # what a session whose access was revoked sees
 
 
 @dataclass
@@ -96,6 +97,8 @@ class IscsiConnection(asyncio.BufferedProtocol):
         self.peer = "?"
         self.host = "?"
         self.runtime: TargetRuntime | None = None
+        # Why this session lost its access (a reload), if it did: see revoke().
+        self.revoked: str | None = None
         self._running: dict[Task, asyncio.Task[None]] = {}
         self._closing = False
         self._flush_scheduled = False
@@ -212,7 +215,10 @@ class IscsiConnection(asyncio.BufferedProtocol):
         runtime = self.runtime
         if runtime is None:
             return
-        handle = eager.start(self._execute(runtime.scsi, event, runtime.stats))
+        if self.revoked is not None:  # as if the target had no LUN left
+            handle = eager.start(self._execute(NO_LUNS, event, {}))
+        else:
+            handle = eager.start(self._execute(runtime.scsi, event, runtime.stats))
         if not isinstance(handle, eager.Done):
             self._running[event.task] = handle
 
@@ -320,6 +326,29 @@ class IscsiConnection(asyncio.BufferedProtocol):
             log.info("closing connection", extra=self.context(reason=event.reason))
         self.close()
 
+    def ask_to_log_out(self) -> None:
+        """Async Message "target requests logout" (a reload changed what this session
+        sees); the session keeps working until the initiator logs out."""
+        if self.conn.request_logout(LOGOUT_WITHIN):
+            self._pump()
+
+    def revoke(self, reason: str) -> None:
+        """The session lost its access (a reload removed its target, or its initiator from
+        the target's ACL). From now on every command it sends is answered as for a target
+        with no LUN (LOGICAL UNIT NOT SUPPORTED); it is asked to log out, and closed if it
+        has not within LOGOUT_WITHIN + LOGOUT_WAIT seconds."""
+        if self.revoked is not None:
+            return
+        self.revoked = reason
+        log.info("access revoked", extra=self.context(reason=reason))
+        self.ask_to_log_out()
+        asyncio.get_running_loop().call_later(LOGOUT_WITHIN + LOGOUT_WAIT, self._drop_revoked)
+
+    def _drop_revoked(self) -> None:
+        if self in self.server.connections:
+            log.info("closing connection", extra=self.context(reason="revoked, no logout"))
+            self.close()
+
     def stop_reading(self) -> None:
         self._closing = True
         if self.transport is not None and not self.transport.is_closing():
@@ -419,6 +448,7 @@ class TargetServer:
         )
         loop = asyncio.get_running_loop()
         for portal in self.config.portals:
+
             def accept(p: Portal = portal) -> IscsiConnection:
                 return IscsiConnection(self, p)
 

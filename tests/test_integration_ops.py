@@ -215,6 +215,138 @@ def test_sighup_adds_a_lun_and_reports_what_it_cannot_apply(
     assert status["listening"] == [daemon.portal]
 
 
+def reload_with(daemon: Daemon, text: str, marker: str) -> str:
+    """Write the new configuration, SIGHUP, and return the log once ``marker`` is in it."""
+    assert daemon.config is not None and daemon.proc is not None
+    daemon.config.write_text(text)
+    os.kill(daemon.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while marker not in daemon.stderr and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker in daemon.stderr, daemon.stderr
+    return daemon.stderr
+
+
+def lun(n: int, size: str = "8MiB") -> str:
+    return f'[[target.lun]]\nlun = {n}\nsize = "{size}"\n'
+
+
+def target(name: str, *luns: int, acl: tuple[str, ...] = ()) -> str:
+    allowed = f"allowed_initiators = {json.dumps(list(acl))}\n" if acl else ""
+    return f'[[target]]\nname = "{name}"\n{allowed}' + "".join(lun(n) for n in luns)
+
+
+def async_logout_request(ini: RawInitiator) -> None:
+    """The next PDU is an Async Message asking the initiator to log out (AsyncEvent 1)."""
+    ini.sock.settimeout(5)
+    resp = ini.recv()
+    assert (resp.opcode, resp.bhs[36]) == (Op.ASYNC_MESSAGE, 1), resp.bhs.hex()
+
+
+TUR = bytes(6)
+READ10 = bytes([0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0])
+LUN_NOT_SUPPORTED = (0x5, 0x25, 0x00)
+
+
+def sense_of(result: tuple[int, bytes, bytes]) -> tuple[int, tuple[int, int, int] | None]:
+    status, _, sense = result
+    return status, (sense[2] & 0xF, sense[12], sense[13]) if sense else None
+
+
+def test_a_lun_added_by_sighup_can_be_paired(targetd_factory: DaemonFactory) -> None:
+    daemon = targetd_factory(target(IQN, 0))
+    ini = logged_in(daemon)
+    ini.command(bytes([0x2A, 0, 0, 0, 0, 0, 0, 0, 8, 0]), data=b"\x5a" * 4096)
+    reload_with(daemon, target(IQN, 0, 1), f"target {IQN}: lun 1 added")
+    assert sense_of(ini.command(TUR)) == (0x02, (0x6, 0x3F, 0x0E))  # REPORTED LUNS CHANGED
+    # PAIR OUT CREATE, source LUN 0, target LUN 1 (added by the reload), sent to LUN 0.
+    create = bytes([0xC4, 0x01, 0, 0, 0, 1]) + bytes(10)
+    assert sense_of(ini.command(create)) == (0, None)
+    state = ctl("pair", "wait", "lun0-lun1", "--state", "DUPLEX", "--timeout", "20",
+                "--state-dir", str(daemon.state_dir))  # fmt: skip
+    assert state.returncode == 0, state.stderr
+    ini.clear_unit_attentions(1)
+    status, data, _ = ini.command(bytes([0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0]), lun=1, read=4096)
+    assert (status, data) == (0, b"\x5a" * 4096)
+
+
+def test_a_lun_removed_by_sighup_is_gone_and_its_sessions_asked_to_log_out(
+    targetd_factory: DaemonFactory,
+) -> None:
+    daemon = targetd_factory(target(IQN, 0, 1))
+    ini = logged_in(daemon)
+    ini.clear_unit_attentions(1)
+    log = reload_with(
+        daemon, target(IQN, 0), f"target {IQN}: lun 1 removed: its sessions are asked to log out"
+    )
+    assert 'event="reload applied"' in log
+    async_logout_request(ini)
+    assert sense_of(ini.command(READ10, lun=1, read=512)) == (0x02, LUN_NOT_SUPPORTED)
+    # LUN 0 still serves this session until it logs out (after a unit attention).
+    assert sense_of(ini.command(TUR)) == (0x02, (0x6, 0x3F, 0x0E))
+    assert sense_of(ini.command(TUR)) == (0, None)
+    again = logged_in(daemon, "iqn.2026-11.org.targetd.test:other")
+    status, data, _ = again.command(bytes([0xA0]) + bytes(5) + (64).to_bytes(4, "big") + bytes(2),
+                                    read=64)  # fmt: skip
+    assert status == 0 and data[:4] == (8).to_bytes(4, "big")  # one LUN left
+    status = json.loads(ctl("status", "--state-dir", str(daemon.state_dir), "--json").stdout)
+    assert [entry["lun"] for entry in status["luns"]] == [0]
+
+
+def test_a_paired_lun_is_not_removed_by_sighup(targetd_factory: DaemonFactory) -> None:
+    daemon = targetd_factory(target(IQN, 0, 1))
+    created = ctl("pair", "create", "db", "0", "1", "--state-dir", str(daemon.state_dir))
+    assert created.returncode == 0, created.stderr
+    ini = logged_in(daemon)
+    ini.clear_unit_attentions(1)
+    log = reload_with(daemon, target(IQN, 0), "reload not applied")
+    message = f"target {IQN}: lun 1 removed: it is in pair db (delete the pair first): still served"
+    assert f'event="reload not applied" change="{message}"' in log
+    assert sense_of(ini.command(READ10, lun=1, read=512)) == (0, None)
+    # Once the pair is deleted, the same reload removes it.
+    assert ctl("pair", "delete", "db", "--state-dir", str(daemon.state_dir)).returncode == 0
+    reload_with(daemon, target(IQN, 0), f"target {IQN}: lun 1 removed")
+    async_logout_request(ini)
+    assert sense_of(ini.command(READ10, lun=1, read=512)) == (0x02, LUN_NOT_SUPPORTED)
+
+
+OTHER = "iqn.2026-11.org.targetd.test:ops-other"
+
+
+def test_a_target_removed_by_sighup_logs_its_sessions_out(targetd_factory: DaemonFactory) -> None:
+    daemon = targetd_factory(target(IQN, 0) + target(OTHER, 0))
+    gone = RawInitiator(daemon.port)
+    assert gone.login(OTHER).bhs[36] == 0
+    gone.clear_unit_attentions()
+    stays = logged_in(daemon)
+    reload_with(daemon, target(IQN, 0), f"target {OTHER} removed: its sessions are logged out")
+    async_logout_request(gone)
+    # From the reload on, the session reaches no LU; it is closed if it does not log out.
+    assert sense_of(gone.command(READ10, read=512)) == (0x02, LUN_NOT_SUPPORTED)
+    assert gone.closed_by_target(timeout=8)
+    again = RawInitiator(daemon.port)
+    assert again.login(OTHER).bhs[36:38] == b"\x02\x03"  # NOT FOUND
+    assert sense_of(stays.command(READ10, read=512)) == (0, None)
+
+
+def test_an_initiator_removed_from_the_acl_by_sighup_loses_its_session(
+    targetd_factory: DaemonFactory,
+) -> None:
+    host, keeper = "iqn.2026-11.org.test:host", "iqn.2026-11.org.test:keeper"
+    daemon = targetd_factory(target(IQN, 0, acl=(host, keeper)))
+    dropped, kept = logged_in(daemon, host), logged_in(daemon, keeper)
+    reload_with(daemon, target(IQN, 0, acl=(keeper,)), f"target {IQN}: allowed_initiators updated")
+    async_logout_request(dropped)
+    assert sense_of(dropped.command(READ10, read=512)) == (0x02, LUN_NOT_SUPPORTED)
+    write = bytes([0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0])
+    assert sense_of(dropped.command(write, data=bytes(512))) == (0x02, LUN_NOT_SUPPORTED)
+    assert sense_of(kept.command(READ10, read=512)) == (0, None)
+    assert dropped.closed_by_target(timeout=8)
+    assert RawInitiator(daemon.port, name=host).login(IQN).bhs[36:38] == b"\x02\x02"
+    assert sense_of(kept.command(READ10, read=512)) == (0, None)
+    assert "access revoked" in daemon.stderr
+
+
 # -- logs --------------------------------------------------------------------------------------
 USER, SECRET = "ops-user", "ops-secret-never-logged"
 NEW_SECRET = "ops-rotated-secret-2"

@@ -54,10 +54,29 @@ def test_unsafe_changes_keep_running_values() -> None:
         "portals changed: needs a restart",
         "max_sessions changed: needs a restart",
         f"target {A}: lun 0 changed: needs a restart",
-        f"target {A}: lun 1 removed: still served",
-        f"target {B} removed: still served until restart",
     ]
-    assert result.applied == []
+    assert result.applied == [
+        f"target {A}: lun 1 removed: its sessions are asked to log out",
+        f"target {B} removed: its sessions are logged out",
+    ]
+    assert (result.removed_luns, result.removed_targets) == ([(A, 1)], [B])
     assert result.config.portals == old.portals
     assert result.config.max_sessions == old.max_sessions
-    assert result.config.targets == old.targets
+    assert result.config.targets == (replace(old.targets[0], luns=old.targets[0].luns[:1]),)
+
+
+def test_a_paired_lun_and_its_target_stay() -> None:
+    old = config(target(A, 0, 1, 2), target(B, 0, 1))
+    new = config(target(A, 0))
+    in_pair = {(A, 1): "db", (B, 0): "logs"}
+    result = plan(old, new, lambda t, lun: in_pair.get((t, lun)))
+    assert result.refused == [
+        f"target {A}: lun 1 removed: it is in pair db (delete the pair first): still served",
+        f"target {B} removed: its lun 0 is in pair logs (delete the pair first): still served",
+    ]
+    assert result.applied == [f"target {A}: lun 2 removed: its sessions are asked to log out"]
+    assert (result.removed_luns, result.removed_targets) == ([(A, 2)], [])
+    assert [(t.name, [lun.lun for lun in t.luns]) for t in result.config.targets] == [
+        (A, [0, 1]),
+        (B, [0, 1]),
+    ]
