@@ -16,7 +16,10 @@ from typing import Protocol
 
 from construct import Int8ub, Int16ub, Int32ub, Int64ub, Padding, Struct
 
+from backing.pairs.states import Phase
+from backing.pairs.volume import PairVolume, Role
 from backing.sparse_file import Extent, SparseFile
+from scsi.kernel_file import KernelFile
 from scsi.logical_unit import NO_SERVICES, Identity, LogicalUnit, Services
 from scsi.mode import ModePage
 from scsi.pair_commands import PairControl  # also registers PAIR IN/OUT in SBC_TABLE
@@ -198,6 +201,57 @@ class BlockDevice(LogicalUnit):
             if self._gate_changed is not None:
                 self._open_gate()
 
+    # -- kernel copies (EXTENDED COPY) ---------------------------------------------------
+    def kernel_readable(self) -> KernelFile | None:
+        """The plain file whose bytes, at the same offsets, are what READ returns now, for
+        the kernel to copy from; None when reads are not plain file reads (a pair's target
+        volume before its split image is complete, a store of another kind)."""
+        store = self.store
+        if isinstance(store, SparseFile):
+            return KernelFile(store.fd)
+        if isinstance(store, PairVolume) and isinstance(store.base, SparseFile):
+            pair = store.pair
+            if pair is None or store.role is Role.SOURCE or pair.phase is Phase.SPLIT:
+                return KernelFile(store.base.fd)
+        return None
+
+    def kernel_writable(self) -> bool:
+        """Whether :meth:`write_from_file` can take a kernel copy into this LU."""
+        return self._kernel_target() is not None
+
+    def _kernel_target(
+        self,
+    ) -> (
+        tuple[KernelFile, Callable[[int, int, Callable[[], Awaitable[None]]], Awaitable[None]]]
+        | None
+    ):
+        store = self.store
+        if isinstance(store, SparseFile):
+            return KernelFile(store.fd), _plain_write
+        if isinstance(store, PairVolume) and isinstance(store.base, SparseFile):
+            return KernelFile(store.base.fd), store.write_by
+        return None
+
+    async def write_from_file(
+        self, offset: int, length: int, copy: Callable[[KernelFile], Awaitable[None]]
+    ) -> None:
+        """Write ``[offset, offset+length)`` with bytes the kernel copies into this LU's
+        file (``copy(file)``), as a WRITE would: through the write gate, through the
+        store's write hook (a pair volume marks its bitmaps and copies before), and on
+        stable storage before returning when the write cache is off."""
+        target = self._kernel_target()
+        if target is None:
+            raise ValueError(f"{self.identity.device_id} takes no kernel copies")
+        file, hook = target
+
+        async def op() -> None:
+            await copy(file)
+
+        def hooked() -> Awaitable[None]:
+            return hook(offset, length, op)
+
+        await self.write_with(offset, length, hooked)
+
     async def deallocate(self, offset: int, length: int, *, punch: bool) -> None:
         """Make a range read as zeros (punching a hole, or zeroing it), through the gate."""
         end = offset + length
@@ -335,6 +389,10 @@ class BlockDevice(LogicalUnit):
         close = getattr(self.store, "close", None)
         if close is not None:
             close()
+
+
+async def _plain_write(offset: int, length: int, op: Callable[[], Awaitable[None]]) -> None:
+    await op()
 
 
 def _overlaps(ranges: dict[int, tuple[int, int]], start: int, end: int) -> bool:

@@ -13,11 +13,13 @@ runs on the LU's I/O thread, in command order (scsi.stream_device).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from backing.file_sink import FileSink, SinkFull
 from scsi.cdb import data_out_mismatch
 from scsi.command import ScsiCommand, ScsiResult, Status
+from scsi.kernel_file import KernelFile
 from scsi.logical_unit import NO_SERVICES, Identity, Services
 from scsi.mode import ModePage
 from scsi.opcodes import OpcodeTable
@@ -84,6 +86,42 @@ class FileSinkDevice(SerializedMedium):
 
     def sync_medium(self) -> None:
         self.sink.flush()
+
+    # -- bytes for a copy manager (blocking: on the LU's I/O thread or a copy thread) ----
+    def append_bytes(self, payload: bytes | memoryview) -> None:
+        """Bytes at the end of the current file (a file sink keeps no record boundaries)."""
+        try:
+            self.sink.write(payload)
+        except SinkFull:
+            raise CheckCondition(Reason.VOLUME_OVERFLOW, information=1, eom=True) from None
+
+    def append_from(
+        self,
+        source: KernelFile,
+        offset: int,
+        length: int,
+        *,
+        step: int = 0,
+        between: Callable[[], None] | None = None,
+    ) -> None:
+        """Bytes the kernel copies from ``source`` at ``offset`` to the current file."""
+        try:
+            self.sink.copy_in(source.fd, offset, length, step=step, between=between)
+        except SinkFull:
+            raise CheckCondition(Reason.VOLUME_OVERFLOW, information=1, eom=True) from None
+
+    def next_bytes(self, expected: int) -> bytes:
+        """The next ``expected`` bytes of the current file: CheckCondition with FILEMARK
+        or END OF DATA at its end, ILI if fewer remain."""
+        sink = self.sink
+        data = sink.read(expected)
+        if data is None:
+            if sink.at_end_of_data:
+                raise CheckCondition(Reason.END_OF_DATA_DETECTED, information=expected)
+            raise CheckCondition(Reason.FILEMARK_DETECTED, information=expected, filemark=True)
+        if len(data) != expected:
+            raise CheckCondition(Reason.NO_SENSE, information=expected - len(data), ili=True)
+        return data
 
     def close(self) -> None:
         self.stop_io()

@@ -9,9 +9,11 @@ and prevent-removal state, the mode block descriptor and the device configuratio
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from backing.tape_image import CorruptRecord, TapeImage
+from scsi.kernel_file import KernelFile
 from scsi.logical_unit import NO_SERVICES, Identity, Services
 from scsi.mode import ModePage
 from scsi.sense import CheckCondition, FieldPointer, Reason
@@ -79,6 +81,45 @@ class TapeDevice(SerializedMedium):
             return self.image.read(index)
         except CorruptRecord as err:
             raise CheckCondition(Reason.UNRECOVERED_READ_ERROR, message=str(err)) from err
+
+    # -- records for a copy manager (blocking: on the LU's I/O thread or a copy thread) --
+    def append_record(self, payload: bytes | memoryview) -> None:
+        """One record at the head, as a variable-length WRITE(6) writes it."""
+        if not self.image.fits(len(payload)):
+            raise CheckCondition(Reason.VOLUME_OVERFLOW, information=1, eom=True)
+        self.image.append_record(payload)
+        self.position += 1
+
+    def append_record_from(
+        self,
+        source: KernelFile,
+        offset: int,
+        length: int,
+        *,
+        step: int = 0,
+        between: Callable[[], None] | None = None,
+    ) -> None:
+        """One record whose payload the kernel copies from ``source`` at ``offset``."""
+        if not self.image.fits(length):
+            raise CheckCondition(Reason.VOLUME_OVERFLOW, information=1, eom=True)
+        self.image.append_record_from(source.fd, offset, length, step=step, between=between)
+        self.position += 1
+
+    def next_record(self, expected: int) -> bytes:
+        """The record at the head, which must be ``expected`` bytes long: CheckCondition
+        with FILEMARK, END OF DATA or ILI otherwise, as a READ(6) would report."""
+        self.require_medium()
+        pos = self.position
+        if pos >= len(self.image):
+            raise CheckCondition(Reason.END_OF_DATA_DETECTED, information=expected)
+        if self.image.is_filemark(pos):
+            self.position = pos + 1
+            raise CheckCondition(Reason.FILEMARK_DETECTED, information=expected, filemark=True)
+        record = self.read_record(pos)
+        self.position = pos + 1
+        if len(record) != expected:
+            raise CheckCondition(Reason.NO_SENSE, information=expected - len(record), ili=True)
+        return record
 
     def begin_write(self) -> None:
         """Writing here makes this the end of data, as a drive overwrites what follows."""

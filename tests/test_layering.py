@@ -217,3 +217,50 @@ def test_importing_xcopy_registers_nothing() -> None:
     import sys
 
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+
+
+# -- xcopy/ goes through the LU, never around it ---------------------------------------------
+# A backing store's file descriptor, a pair volume's base store, the tape image or sink
+# directory behind a stream LU, and anything private: the LU offers services instead
+# (BlockDevice.kernel_readable / write_from_file, TapeDevice.append_record ..., docs/xcopy.md).
+STORE_INTERNALS = frozenset({"fd", "_fd", "fileno", "base", "image", "sink"})
+
+
+def reaches_around(path: Path) -> list[str]:
+    """Attribute reads of store internals (``x.fd``, ``volume.base``, ``lu._held`` ...) and
+    direct kernel copies (``os.copy_file_range``), outside ``self``."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    where = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        owner = node.value
+        if isinstance(owner, ast.Name) and owner.id == "self":
+            continue  # an object's own attributes are its business
+        private = node.attr.startswith("_") and not node.attr.startswith("__")
+        if node.attr in STORE_INTERNALS or private or node.attr == "copy_file_range":
+            found.append(f"{where}:{node.lineno} .{node.attr}")
+    return found
+
+
+def test_xcopy_never_reaches_into_a_store() -> None:
+    found = [
+        hit
+        for path in sorted((REPO / "xcopy").glob("*.py"))  # the package, not its tests
+        for hit in reaches_around(path)
+    ]
+    assert found == []
+
+
+def test_the_reach_finder_sees_reaches(tmp_path: Path) -> None:
+    module = tmp_path / "bad.py"
+    module.write_text(
+        "fd = lu.store.fd\n"
+        "base = lu.store.base.fd\n"
+        "lu._held.clear()\n"
+        "os.copy_file_range(a, b, n)\n"
+        "self.fd = 3\n"
+        "x.__class__\n"
+    )
+    assert len(reaches_around(module)) == 5

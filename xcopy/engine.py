@@ -19,21 +19,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from backing.pairs.states import PairError, Phase
 from backing.pairs.volume import PairVolume
-from backing.sparse_file import Extent, SparseFile
+from backing.sparse_file import Extent
 from scsi.block_device import ALLOCATION_UNIT, BlockDevice
 from scsi.command import Nexus
+from scsi.kernel_file import KernelFile
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import CheckCondition, Reason, build_sense
 from xcopy import access, limits
 from xcopy.access import Refused
 from xcopy.errors import CopyAborted
-from xcopy.pacing import GiveWay, copy_executor, copy_range
+from xcopy.pacing import SLICE, GiveWay, copy_executor
 from xcopy.params import (
     BLOCK_TO_BLOCK,
     BLOCK_TO_STREAM,
@@ -132,29 +134,29 @@ class CopyRun:
         except Refused as err:
             raise self._refused(current, err) from None
         except CheckCondition as cc:
-            raise self._aborted(current, Reason.COPY_ABORTED_NO_ADDITIONAL_SENSE, cc) from None
+            raise self.aborted(current, Reason.COPY_ABORTED_NO_ADDITIONAL_SENSE, cc) from None
         except SourceUnavailable as err:
-            raise self._aborted(current, err.reason, message=str(err)) from err
+            raise self.aborted(current, err.reason, message=str(err)) from err
         except PairError as err:
             sense = build_sense(Reason.PAIR_WRONG_STATE)
-            aborted = self._aborted(current, Reason.COPY_SOURCE_PAIR_NOT_SPLIT, message=str(err))
+            aborted = self.aborted(current, Reason.COPY_SOURCE_PAIR_NOT_SPLIT, message=str(err))
             aborted.target_sense = sense
             raise aborted from err
         except OSError as err:
-            raise self._aborted(
+            raise self.aborted(
                 current, Reason.THIRD_PARTY_DEVICE_FAILURE, message=str(err)
             ) from err
 
     def _refused(self, current: _Segment, err: Refused) -> CopyAborted:
         """A copy target's refusal (RESERVATION CONFLICT, a CHECK CONDITION) forwarded."""
         step = current.step
-        aborted = self._aborted(current, Reason.COPY_ABORTED_NO_ADDITIONAL_SENSE, message=str(err))
+        aborted = self.aborted(current, Reason.COPY_ABORTED_NO_ADDITIONAL_SENSE, message=str(err))
         aborted.target_status = int(err.result.status)
         aborted.target_sense = err.result.sense
         aborted.from_destination = err.lu is step.destination.lu
         return aborted
 
-    def _aborted(
+    def aborted(
         self,
         current: _Segment,
         reason: Reason,
@@ -300,8 +302,8 @@ async def _block_to_block(run: CopyRun, current: _Segment) -> None:
         await dst.write_bytes(step.destination_offset + pos, data, False)
         progress.bytes_done += len(data)
 
-    src_fd = getattr(reader, "kernel_source", lambda: None)()
-    kernel = _kernel_destination(dst) if src_fd is not None else None
+    src_file = _kernel_source(reader)
+    kernel = src_file is not None and dst.kernel_writable()
     base = step.source_offset
     for extent in reader.extents(base, step.length):
         rel = extent.offset - base
@@ -311,11 +313,9 @@ async def _block_to_block(run: CopyRun, current: _Segment) -> None:
             current.done += extent.length
             progress.bytes_done += extent.length
             continue
-        if kernel is not None:
-            assert src_fd is not None
-            await _kernel_block_copy(
-                run, reader, src_fd, dst, kernel, extent, rel, step, current, progress
-            )
+        if kernel:
+            assert src_file is not None
+            await _kernel_block_copy(run, reader, src_file, dst, extent, rel, step, current)
             continue
 
         async def write_at(pos: int, data: memoryview, rel: int = rel) -> None:
@@ -324,57 +324,42 @@ async def _block_to_block(run: CopyRun, current: _Segment) -> None:
         await _pump(reader, extent.offset, extent.length, limits.CHUNK, write_at, current)
 
 
-WriteHook = Callable[[int, int, Callable[[], Awaitable[None]]], Awaitable[None]]
-
-
-async def _plain_write(offset: int, length: int, op: Callable[[], Awaitable[None]]) -> None:
-    await op()
-
-
-def _kernel_destination(dst: BlockDevice) -> tuple[int, WriteHook] | None:
-    """The file a block destination's writes land in, and the hook a write by other means
-    must go through (a pair volume's: the pair marks and copies before), if it has one."""
-    store = dst.store
-    if isinstance(store, SparseFile):
-        return store.fd, _plain_write
-    if isinstance(store, PairVolume) and isinstance(store.base, SparseFile):
-        return store.base.fd, store.write_by
-    return None
+def _kernel_source(reader: SourceReader) -> KernelFile | None:
+    """The file the source LU says holds what the reader delivers (None: read it)."""
+    source: KernelFile | None = getattr(reader, "kernel_source", lambda: None)()
+    return source
 
 
 async def _kernel_block_copy(
     run: CopyRun,
     reader: SourceReader,
-    src_fd: int,
+    source: KernelFile,
     dst: BlockDevice,
-    kernel: tuple[int, WriteHook],
     extent: Extent,
     rel: int,
     step: Step,
     current: _Segment,
-    progress: Progress,
 ) -> None:
-    """A mapped extent of a plain-file source copied by the kernel into the destination's
-    file, KERNEL_CHUNK at a time, each through the destination's gate and write hook."""
-    dst_fd, hook = kernel
+    """A mapped extent copied by the kernel into the destination LU, KERNEL_CHUNK at a
+    time, each one a write the LU makes through its gate and write hook."""
     loop = asyncio.get_running_loop()
     pool = copy_executor()
     pace = GiveWay()
     verify = getattr(reader, "check", lambda: None)
+    progress = run.progress
     for pos, n in _chunks(extent.offset, extent.length, KERNEL_CHUNK, False):
         at = step.destination_offset + rel + (pos - extent.offset)
 
-        async def op(pos: int = pos, at: int = at, n: int = n) -> None:
-            await loop.run_in_executor(pool, copy_range, src_fd, dst_fd, pos, at, n, pace)
+        async def copy(file: KernelFile, pos: int = pos, at: int = at, n: int = n) -> None:
+            def blocking() -> None:
+                pace.mark = time.monotonic()
+                source.copy_to(file, pos, at, n, step=SLICE, between=pace)
 
-        def write(
-            at: int = at, n: int = n, op: Callable[[], Awaitable[None]] = op
-        ) -> Awaitable[None]:
-            return hook(at, n, op)
+            await loop.run_in_executor(pool, blocking)
 
         access.may_read(step.source.lu if step.source else None, run.nexus)
         access.may_write(dst, run.nexus)
-        await dst.write_with(at, n, write)
+        await dst.write_from_file(at, n, copy)
         verify()
         current.done += n
         progress.bytes_done += n
@@ -384,21 +369,6 @@ def _medium(step: Step, *, write: bool) -> StreamMedium:
     end = step.destination if write else step.source
     assert end is not None and end.lu is not None
     return medium_of(end.lu)
-
-
-def _append_records(medium: StreamMedium, data: memoryview, record: int) -> int:
-    """Write ``data`` as records of ``record`` bytes; returns how many. Blocking: through
-    ``medium.io``."""
-    count = 0
-    for start in range(0, len(data), record):
-        medium.append(data[start : start + record])
-        count += 1
-    return count
-
-
-def _read_records(medium: StreamMedium, record: int, count: int) -> bytes:
-    """``count`` records of ``record`` bytes, joined. Blocking: through ``medium.io``."""
-    return b"".join(medium.read_record(record) for _ in range(count))
 
 
 async def _block_to_stream(run: CopyRun, current: _Segment) -> None:
@@ -412,7 +382,7 @@ async def _block_to_stream(run: CopyRun, current: _Segment) -> None:
     stream = step.destination.lu
     async with medium.lock:
         access.may_write(stream, run.nexus)
-        await medium.io(medium.begin_write)
+        await medium.begin_write()
     record = step.record_length
     chunk = record * max(1, limits.CHUNK // record)
     written = 0
@@ -426,46 +396,44 @@ async def _block_to_stream(run: CopyRun, current: _Segment) -> None:
             data = memoryview(bytes(data) + bytes(record - len(data) % record))
         async with medium.lock:  # records of a host's WRITE never land between ours
             access.may_write(stream, run.nexus)
-            written += await medium.io(_append_records, medium, data, record)
+            written += await medium.append_records(data, record)
         progress.bytes_done += len(data)
 
     if step.length:
         reader = await run.reader(step)
         await reader.prepare(step.source_offset, step.length)
-        fd = getattr(reader, "kernel_source", lambda: None)()
+        source = _kernel_source(reader)
         # After each kernel copy: did the source stay what it was (a split pair's image)?
         verify = getattr(reader, "check", lambda: None)
         # Kernel copies run on the copy threads, in slices that give way to host commands
         # (xcopy.pacing): on the event loop, a multi-MiB copy_file_range stalls every host
         # command for its duration (p99 of host writes 50-100x idle).
-        loop = asyncio.get_running_loop()
-        pool = copy_executor()
         pace = GiveWay()
-        if fd is not None and isinstance(medium, TapeMedium) and not step.pad:
+        if source is not None and isinstance(medium, TapeMedium) and not step.pad:
             # Each record's payload copied by the kernel into the tape image.
             for pos, n in _chunks(step.source_offset, step.length, record, False):
                 async with medium.lock:  # host commands wait for the record
                     access.may_read(step.source.lu if step.source else None, run.nexus)
                     access.may_write(stream, run.nexus)
-                    await loop.run_in_executor(pool, medium.copy_record_from, fd, pos, n, pace)
+                    await medium.append_from(source, pos, n, pace)
                 verify()
                 current.done += n
                 progress.bytes_done += n
             return
-        if fd is not None and isinstance(medium, SinkMedium):
+        if source is not None and isinstance(medium, SinkMedium):
             # A plain file into a plain file: the kernel copies it (copy_file_range).
             for pos, n in _chunks(step.source_offset, step.length, KERNEL_CHUNK, False):
                 async with medium.lock:
                     access.may_read(step.source.lu if step.source else None, run.nexus)
                     access.may_write(stream, run.nexus)
-                    await loop.run_in_executor(pool, medium.copy_from, fd, pos, n, pace)
+                    await medium.append_from(source, pos, n, pace)
                 verify()
                 current.done += n
                 progress.bytes_done += n
             if step.pad:
                 async with medium.lock:
                     access.may_write(stream, run.nexus)
-                    await medium.io(medium.append, memoryview(bytes(step.pad)))
+                    await medium.append_records(memoryview(bytes(step.pad)), step.pad)
             written = step.records
         else:
             await _pump(reader, step.source_offset, step.length, chunk, sink, current)
@@ -473,7 +441,7 @@ async def _block_to_stream(run: CopyRun, current: _Segment) -> None:
     while written < step.records:  # padding beyond the data: whole zero records
         async with medium.lock:
             access.may_write(stream, run.nexus)
-            written += await medium.io(_append_records, medium, zero, record)
+            written += await medium.append_records(zero, record)
         progress.bytes_done += record
 
 
@@ -495,14 +463,14 @@ async def _stream_to_block(run: CopyRun, current: _Segment) -> None:
             try:
                 async with medium.lock:
                     access.may_read(step.source.lu if step.source else None, run.nexus)
-                    data = await medium.io(_read_records, medium, record, n)
+                    data = await medium.read_records(record, n)
             except CheckCondition as cc:
                 reason = (
                     Reason.COPY_TARGET_DEVICE_DATA_OVERRUN
                     if cc.ili and (cc.information or 0) < 0
                     else Reason.COPY_TARGET_DEVICE_DATA_UNDERRUN
                 )
-                aborted = run._aborted(current, reason, cc)
+                aborted = run.aborted(current, reason, cc)
                 aborted.from_destination = False
                 raise aborted from None
         remaining_records -= n
@@ -534,8 +502,8 @@ async def _inline_to_stream(run: CopyRun, current: _Segment) -> None:
     data = step.inline + bytes(step.pad)
     async with medium.lock:
         access.may_write(step.destination.lu, run.nexus)
-        await medium.io(medium.begin_write)
-        await medium.io(_append_records, medium, memoryview(data), step.record_length)
+        await medium.begin_write()
+        await medium.append_records(memoryview(data), step.record_length)
     current.done = step.length
     run.progress.bytes_done += step.length
 

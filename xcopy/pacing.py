@@ -96,19 +96,3 @@ class GiveWay:
             self.pauses += 1
             time.sleep(min(MAX_PAUSE, (time.monotonic() - self.mark) * DUTY))
         self.mark = time.monotonic()
-
-
-def copy_range(
-    src: int, dst: int, src_offset: int, dst_offset: int, length: int, pace: GiveWay
-) -> None:
-    """File to file by the kernel, in slices that give way to hosts (on a copy thread)."""
-    pace.mark = time.monotonic()
-    done = 0
-    while done < length:
-        want = min(SLICE, length - done)
-        n = os.copy_file_range(src, dst, want, src_offset + done, dst_offset + done)
-        if n == 0:
-            raise OSError(f"source file ended {length - done} bytes short of the copy")
-        done += n
-        if done < length:
-            pace()

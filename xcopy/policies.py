@@ -37,8 +37,9 @@ from collections.abc import Callable
 from backing.pairs.engine import Pair
 from backing.pairs.states import BackupPolicy, Phase
 from backing.pairs.volume import PairVolume, Role
-from backing.sparse_file import Extent, SparseFile
+from backing.sparse_file import Extent
 from scsi.block_device import BlockDevice
+from scsi.kernel_file import KernelFile
 from scsi.sense import Reason
 from xcopy.params import SPLIT_PAIR, CopyList
 from xcopy.readers import DirectReader, ReaderFactory, SourceReader, SourceUnavailable
@@ -59,7 +60,8 @@ def default_policy(pair: Pair) -> Policy:
 class SplitImageReader:
     """Reads a pair's target volume as it was at the split instant (see the module doc)."""
 
-    def __init__(self, volume: PairVolume, pair: Pair, policy: Policy) -> None:
+    def __init__(self, lu: BlockDevice, volume: PairVolume, pair: Pair, policy: Policy) -> None:
+        self.lu = lu
         self.volume = volume
         self.pair = pair
         self.policy = policy
@@ -85,14 +87,14 @@ class SplitImageReader:
         await self.volume.read_into(offset, buf)  # merged while chunks are still pending
         self.check()  # a read that overlapped a resync may mix two images
 
-    def kernel_source(self) -> int | None:
-        """Once the pair is SPLIT no chunk is pending: the volume reads as its plain file,
-        which the kernel may copy from. The engine calls :meth:`check` after every kernel
-        copy, as after every read, so a resync that overlapped one aborts the copy."""
-        base = self.volume.base
-        if self.pair.phase is not Phase.SPLIT or not isinstance(base, SparseFile):
+    def kernel_source(self) -> KernelFile | None:
+        """Once the pair is SPLIT no chunk is pending: the LU reads as a plain file, which
+        the kernel may copy from (the LU says which). The engine calls :meth:`check` after
+        every kernel copy, as after every read, so a resync that overlapped one aborts
+        the copy."""
+        if self.pair.phase is not Phase.SPLIT:
             return None
-        return base.fd
+        return self.lu.kernel_readable()
 
     def extents(self, offset: int, length: int) -> list[Extent]:
         extents = self.volume.extents(offset, length)
@@ -151,6 +153,6 @@ def pair_aware_readers(policy_for: PolicyLookup = default_policy) -> ReaderFacto
                 f"{store.volume_id} is the target of pair {pair.name}, which is "
                 f"{pair.phase.name}: split it first, or use a SPLIT PAIR segment",
             )
-        return SplitImageReader(store, pair, policy)
+        return SplitImageReader(lu, store, pair, policy)
 
     return factory

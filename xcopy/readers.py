@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
-from backing.sparse_file import Extent, SparseFile
+from backing.sparse_file import Extent
+from scsi.kernel_file import KernelFile
 from scsi.sense import Reason
 
 if TYPE_CHECKING:
@@ -64,21 +65,11 @@ class DirectReader:
     def extents(self, offset: int, length: int) -> list[Extent]:
         return self.lu.store.extents(offset, length)
 
-    def kernel_source(self) -> int | None:
-        """A file descriptor whose bytes, at the same offsets, are what ``read_into``
-        returns, so the kernel can copy them (copy_file_range) without a trip through
-        user space; None when reads are not plain file reads."""
-        store = self.lu.store
-        if isinstance(store, SparseFile):
-            return store.fd
-        base = getattr(store, "base", None)
-        role = getattr(store, "role", None)
-        # A pair volume reads its base file directly unless it is a pair's target.
-        if isinstance(base, SparseFile) and (
-            getattr(store, "pair", None) is None or (role is not None and role.name == "SOURCE")
-        ):
-            return base.fd
-        return None
+    def kernel_source(self) -> KernelFile | None:
+        """The file the LU says holds, at the same offsets, what ``read_into`` returns, so
+        the kernel can copy it (copy_file_range) without a trip through user space; None
+        when reads are not plain file reads."""
+        return self.lu.kernel_readable()
 
     async def close(self) -> None:
         return None

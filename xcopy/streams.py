@@ -2,117 +2,123 @@
 read from it. The tape LU keeps records and file marks in its image; the file sink keeps
 plain bytes (a record is just the next bytes of the current file).
 
-The methods block on the disk: the copy engine calls them through ``io``, the LU's own I/O
-thread (scsi.stream_device), in order with the LU's other commands and off the event loop."""
+Every call goes to the device's own operations (``TapeDevice.append_record``,
+``FileSinkDevice.append_bytes`` ...), never to its image or directory: the blocking ones
+on the LU's own I/O thread (``SerializedMedium.io``), in order with its host commands;
+kernel copies on the copy threads (:mod:`xcopy.pacing`), with the LU's medium lock held
+by the engine. The engine holds ``lock`` around each call, so a host command's records
+never land between a copy's.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
-from backing.file_sink import SinkFull
 from scsi.file_sink import FileSinkDevice
+from scsi.kernel_file import KernelFile
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import CheckCondition, Reason
 from scsi.tape_device import TapeDevice
-from xcopy.pacing import SLICE, GiveWay
+from xcopy.pacing import SLICE, GiveWay, copy_executor
 
 
 class StreamMedium(Protocol):
     lock: asyncio.Lock  # the LU's medium lock: one thing at a time touches the medium
-    io: Callable[..., Awaitable[Any]]  # the LU's I/O thread: ``await io(fn, *args)``
 
-    def begin_write(self) -> None:
+    async def begin_write(self) -> None:
         """Before the first record: the medium must be writable; the position becomes
         the end of data (what follows it is cut, as a drive does)."""
 
-    def append(self, payload: memoryview) -> None:
-        """One record; CheckCondition VOLUME OVERFLOW if it does not fit."""
+    async def append_records(self, data: memoryview, record: int) -> int:
+        """``data`` as records of ``record`` bytes, in one trip to the LU's I/O thread;
+        returns how many. CheckCondition VOLUME OVERFLOW when one does not fit."""
 
-    def read_record(self, expected: int) -> bytes:
-        """The next record, which must be ``expected`` bytes long (CheckCondition with
-        FILEMARK, END OF DATA or ILI otherwise, as a READ would report)."""
+    async def append_from(
+        self, source: KernelFile, offset: int, length: int, pace: GiveWay
+    ) -> None:
+        """One record (a tape) or bytes (a sink) the kernel copies from ``source``."""
+
+    async def read_records(self, expected: int, count: int) -> bytes:
+        """The next ``count`` records, each of which must be ``expected`` bytes long
+        (CheckCondition with FILEMARK, END OF DATA or ILI otherwise, as a READ would
+        report), joined, in one trip to the LU's I/O thread."""
+
+
+async def _on_copy_thread(fn: Callable[[], None]) -> None:
+    await asyncio.get_running_loop().run_in_executor(copy_executor(), fn)
 
 
 class TapeMedium:
     def __init__(self, tape: TapeDevice) -> None:
         self.tape = tape
         self.lock = tape.medium_lock
-        self.io = tape.io
 
-    def begin_write(self) -> None:
+    async def begin_write(self) -> None:
         self.tape.require_writable()
-        self.tape.begin_write()
+        await self.tape.io(self.tape.begin_write)
 
-    def append(self, payload: memoryview) -> None:
+    async def append_records(self, data: memoryview, record: int) -> int:
         tape = self.tape
-        if not tape.image.fits(len(payload)):
-            raise CheckCondition(Reason.VOLUME_OVERFLOW, information=1, eom=True)
-        tape.image.append_record(payload)
-        tape.position += 1
+        return await tape.io(_in_records, tape.append_record, data, record)
 
-    def copy_record_from(self, fd: int, offset: int, length: int, pace: GiveWay) -> None:
-        """One record whose payload the kernel copies from another file, in slices that
-        give way to host I/O."""
-        tape = self.tape
-        if not tape.image.fits(length):
-            raise CheckCondition(Reason.VOLUME_OVERFLOW, information=1, eom=True)
+    async def append_from(
+        self, source: KernelFile, offset: int, length: int, pace: GiveWay
+    ) -> None:
+        """One record whose payload the kernel copies, in slices that give way to hosts."""
         pace.mark = time.monotonic()
-        tape.image.append_record_from(fd, offset, length, step=SLICE, between=pace)
-        tape.position += 1
-
-    def read_record(self, expected: int) -> bytes:
         tape = self.tape
-        tape.require_medium()
-        image, pos = tape.image, tape.position
-        if pos >= len(image):
-            raise CheckCondition(Reason.END_OF_DATA_DETECTED, information=expected)
-        if image.is_filemark(pos):
-            tape.position = pos + 1
-            raise CheckCondition(Reason.FILEMARK_DETECTED, information=expected, filemark=True)
-        record = tape.read_record(pos)
-        tape.position = pos + 1
-        if len(record) != expected:
-            raise CheckCondition(Reason.NO_SENSE, information=expected - len(record), ili=True)
-        return record
+        await _on_copy_thread(
+            lambda: tape.append_record_from(source, offset, length, step=SLICE, between=pace)
+        )
+
+    async def read_records(self, expected: int, count: int) -> bytes:
+        tape = self.tape
+        return await tape.io(_joined, tape.next_record, expected, count)
 
 
 class SinkMedium:
     def __init__(self, lu: FileSinkDevice) -> None:
         self.lu = lu
         self.lock = lu.medium_lock
-        self.io = lu.io
 
-    def begin_write(self) -> None:
+    async def begin_write(self) -> None:
         self.lu.require_writable()
 
-    def append(self, payload: memoryview) -> None:
-        try:
-            self.lu.sink.write(payload)
-        except SinkFull:
-            raise CheckCondition(Reason.VOLUME_OVERFLOW, information=1, eom=True) from None
+    async def append_records(self, data: memoryview, record: int) -> int:
+        lu = self.lu
+        return await lu.io(_in_records, lu.append_bytes, data, record)
 
-    def copy_from(self, fd: int, offset: int, length: int, pace: GiveWay) -> None:
+    async def append_from(
+        self, source: KernelFile, offset: int, length: int, pace: GiveWay
+    ) -> None:
         """Bytes of another file straight into the sink (no record boundaries to keep),
         in slices that give way to host I/O."""
         pace.mark = time.monotonic()
-        try:
-            self.lu.sink.copy_in(fd, offset, length, step=SLICE, between=pace)
-        except SinkFull:
-            raise CheckCondition(Reason.VOLUME_OVERFLOW, information=1, eom=True) from None
+        lu = self.lu
+        await _on_copy_thread(
+            lambda: lu.append_from(source, offset, length, step=SLICE, between=pace)
+        )
 
-    def read_record(self, expected: int) -> bytes:
-        sink = self.lu.sink
-        data = sink.read(expected)
-        if data is None:
-            if sink.at_end_of_data:
-                raise CheckCondition(Reason.END_OF_DATA_DETECTED, information=expected)
-            raise CheckCondition(Reason.FILEMARK_DETECTED, information=expected, filemark=True)
-        if len(data) != expected:
-            raise CheckCondition(Reason.NO_SENSE, information=expected - len(data), ili=True)
-        return data
+    async def read_records(self, expected: int, count: int) -> bytes:
+        lu = self.lu
+        return await lu.io(_joined, lu.next_bytes, expected, count)
+
+
+def _in_records(append: Callable[[memoryview], None], data: memoryview, record: int) -> int:
+    """Blocking: ``data`` appended as records of ``record`` bytes; how many."""
+    count = 0
+    for start in range(0, len(data), record):
+        append(data[start : start + record])
+        count += 1
+    return count
+
+
+def _joined(read: Callable[[int], bytes], expected: int, count: int) -> bytes:
+    """Blocking: ``count`` records of ``expected`` bytes, joined."""
+    return b"".join(read(expected) for _ in range(count))
 
 
 def medium_of(lu: LogicalUnit) -> StreamMedium:

@@ -203,7 +203,9 @@ def test_immed_progress_duplicate_id_abort_and_limit(tmp_path: Path) -> None:
         r = await extended_copy(t, third, sa=1)
         assert parse_sense(r.sense) == (0x05, 0x55, 0x03)  # two copies at most
         readers[0].gate.set()
-        await asyncio.sleep(0.05)
+        op = manager.find(NEXUS, 42)
+        assert op is not None
+        await asyncio.wait_for(op.done.wait(), 30)  # a loaded machine takes its time
         r = await send(t, rcr_cdb(0x05, 42))
         status = bytes(r.data)
         assert status[5] == 0x01 and int.from_bytes(status[16:24], "big") == 8192 * 512

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from pathlib import Path
 
 import pytest
 from helpers_xcopy import cscd, extended_copy, lid1, seg_b2b
 from test_xcopy_policies import BLOCKS, SIZE, backup_list, build, host_writes, tape_bytes
 
-import xcopy.engine
 from backing.pairs import Phase
 from scsi.block_device import BlockDevice
+from scsi.kernel_file import KernelFile
 from scsi.sense import parse_sense
 from xcopy.policies import Policy
 from xcopy.streams import TapeMedium
@@ -30,14 +29,14 @@ async def read_all(lu: BlockDevice) -> bytes:
 def spy_kernel_records(monkeypatch: pytest.MonkeyPatch, delay: float = 0.0) -> list[int]:
     """Counts (and optionally slows) the records the kernel copies into the tape."""
     calls: list[int] = []
-    original = TapeMedium.copy_record_from
+    original = TapeMedium.append_from
 
-    def spy(self, fd, offset, length, pace):  # type: ignore[no-untyped-def]
+    async def spy(self, source, offset, length, pace):  # type: ignore[no-untyped-def]
         calls.append(offset)
-        time.sleep(delay)
-        original(self, fd, offset, length, pace)
+        await asyncio.sleep(delay)
+        await original(self, source, offset, length, pace)
 
-    monkeypatch.setattr(TapeMedium, "copy_record_from", spy)
+    monkeypatch.setattr(TapeMedium, "append_from", spy)
     return calls
 
 
@@ -100,13 +99,13 @@ def test_block_copy_onto_a_paired_source_reaches_its_target(
     """LUN 3 (unpaired) copied block to block by the kernel onto LUN 0, the source of a
     pair: after a split, and after a resync, the pair's target holds the copied bytes."""
     kernel_copies: list[int] = []
-    original = xcopy.engine.copy_range
+    original = KernelFile.copy_to
 
-    def spy(src, dst, src_offset, dst_offset, length, pace):  # type: ignore[no-untyped-def]
+    def spy(self, dst, src_offset, dst_offset, length, **kwargs):  # type: ignore[no-untyped-def]
         kernel_copies.append(length)
-        original(src, dst, src_offset, dst_offset, length, pace)
+        original(self, dst, src_offset, dst_offset, length, **kwargs)
 
-    monkeypatch.setattr(xcopy.engine, "copy_range", spy)
+    monkeypatch.setattr(KernelFile, "copy_to", spy)
 
     async def main() -> None:
         target, manager = await build(tmp_path, Policy.REFLECT_FIRST)
