@@ -226,6 +226,8 @@ class CopyManager:
         only once their bytes are written, so a record never claims more than landed."""
         if self.journal is None or op.finished:
             return
+        if op.segments_processed >= len(op.copy_list.segments):
+            return  # the end is recorded next, when the copy finishes
         mark = (op.segments_processed, op.bytes_done)
         if mark != op.saved:
             op.saved = mark
