@@ -6,7 +6,7 @@ vendor SCSI commands, targetctl and EXTENDED COPY. See docs/pairs.md for the des
 
 from backing.pairs.engine import Pair, PairSettings, PairStatus
 from backing.pairs.manager import PairManager
-from backing.pairs.service import UNCHECKED, Access, PairService
+from backing.pairs.service import UNCHECKED, Access, PairService, SplitImage
 from backing.pairs.states import (
     BackupPolicy,
     ErrorCode,
@@ -31,6 +31,7 @@ __all__ = [
     "PairVolume",
     "Phase",
     "Role",
+    "SplitImage",
     "SuspendReason",
     "VolumeState",
     "VolumeWriteProtected",

@@ -215,6 +215,36 @@ class PairService:
         return status.phase.source == state and status.phase.target == state, status
 
     # -- for EXTENDED COPY ----------------------------------------------------------------------
+    def is_pair_target(self, volume: str) -> bool:
+        """Whether ``volume`` is the target volume of a pair (a backup reads its split image)."""
+        pair = self.manager.pair_of(volume)
+        return pair is not None and pair.target.volume_id == volume
+
+    async def split_image(
+        self, volume: str, policy: BackupPolicy | None = None, *, access: Access
+    ) -> SplitImage:
+        """The split image of the pair whose target is ``volume``, for a backup that
+        follows ``policy`` (None: the pair's own, else the configured one). With
+        SPLIT_AND_BACKUP a mirroring pair is split now (then reflect-first); otherwise the
+        pair must already be split (PairError WRONG_STATE)."""
+        pair = self.find(volume=volume)
+        if pair.target.volume_id != volume:
+            raise PairError(ErrorCode.WRONG_STATE, f"{volume} is not a pair's target volume")
+        chosen = policy or pair.effective_backup_policy
+        if chosen is BackupPolicy.SPLIT_AND_BACKUP:
+            if pair.phase.mirroring:  # the backup takes its own split
+                access.check((pair.source.volume_id,), (pair.target.volume_id,))
+                await pair.split()
+            chosen = BackupPolicy.REFLECT_FIRST
+        if pair.phase not in SPLIT_PHASES:
+            raise PairError(
+                ErrorCode.WRONG_STATE,
+                f"{volume} is the target of pair {pair.name}, which is {pair.phase.name}:"
+                " split it first, or use a SPLIT PAIR segment",
+                phase=pair.phase,
+            )
+        return SplitImage(pair, volume, chosen)
+
     async def split_for_backup(self, volume: str, *, access: Access) -> PairStatus:
         """A backup of the target volume ``volume`` takes its own split: a mirroring pair
         is split now, a pair already split keeps its split instant."""
@@ -227,4 +257,55 @@ class PairService:
         return pair.status()
 
 
-__all__ = ["UNCHECKED", "Access", "PairService", "Unchecked"]
+class SplitImage:
+    """A backup's view of one split pair's target volume (EXTENDED COPY reads it), from
+    :meth:`PairService.split_image`. The target LU reads as the split image at all times
+    (chunks still pending come from the source); this says how far the pair is and makes
+    the chunks of a range reach the target first, as the backup ``policy`` asks."""
+
+    def __init__(self, pair: Pair, volume: str, policy: BackupPolicy) -> None:
+        self._pair = pair
+        self._volume = volume
+        self.policy = policy
+        self.name = pair.name
+        self.chunk_size = pair.chunk_size
+
+    @property
+    def phase(self) -> Phase:
+        return self._pair.phase
+
+    def intact(self) -> bool:
+        """The pair is still split (SPLIT-PENDING or SPLIT) and still this volume's: the
+        image read so far is the split-instant one."""
+        pair = self._pair
+        return (
+            pair.target.volume_id == self._volume
+            and pair.target.pair is pair
+            and (pair.phase in SPLIT_PHASES)
+        )
+
+    @property
+    def reflected(self) -> bool:
+        """Every chunk of the split image is on the target (SPLIT)."""
+        return self._pair.phase is Phase.SPLIT
+
+    async def wait_reflected(self) -> None:
+        """Until the pair is no longer SPLIT-PENDING (SPLIT, or it left the split state)."""
+        await self._pair.wait_until(lambda p: p.phase is not Phase.SPLIT_PENDING)
+
+    async def reflect(self, offset: int, length: int) -> None:
+        """Copy the pending chunks of ``[offset, offset + length)`` to the target now."""
+        await self._pair.reflect_range(offset, length)
+
+    def pending(self, offset: int, length: int) -> list[int]:
+        """The chunk numbers of ``[offset, offset + length)`` whose split-instant content is
+        still only on the source (none once SPLIT)."""
+        pair = self._pair
+        if pair.phase is not Phase.SPLIT_PENDING or length <= 0:
+            return []
+        cs = pair.chunk_size
+        return [c for c in range(offset // cs, (offset + length - 1) // cs + 1)
+                if c in pair.copy_set]  # fmt: skip
+
+
+__all__ = ["UNCHECKED", "Access", "PairService", "SplitImage", "Unchecked"]
