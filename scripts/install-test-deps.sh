@@ -32,6 +32,10 @@ DEB_PACKAGES+=(ceph-mon ceph-osd ceph-common python3-rbd python3-rados tgt-rbd)
 # systemd-analyze verify checks that the unit's ExecReload binary (/bin/kill) exists; a minimal
 # Debian has no procps.
 DEB_PACKAGES+=(procps)
+# The power-cut and fault-injection tier (tests/powercut/) mounts a FUSE file system written
+# with pyfuse3: fuse3 gives fusermount3, python3-pyfuse3 the binding for Debian's Python (the
+# venv sees it); another interpreter gets it from PyPI, built against libfuse3-dev.
+DEB_PACKAGES+=(fuse3 python3-pyfuse3 libfuse3-dev)
 
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
@@ -79,4 +83,8 @@ $PY -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 if ! $PY -c "import iscsi; iscsi.ISCSI_SESSION_NORMAL" 2>/dev/null; then
     $PY -m pip install -q --disable-pip-version-check 'Cython<3' pkgconfig 'setuptools_scm[toml]' wheel
     $PY -m pip install -q --disable-pip-version-check --no-build-isolation cython-iscsi==1.0
+fi
+# pyfuse3 for an interpreter that cannot see Debian's python3-pyfuse3 (PYTHON=...).
+if ! $PY -c "import pyfuse3" 2>/dev/null; then
+    $PY -m pip install -q --disable-pip-version-check pyfuse3
 fi
