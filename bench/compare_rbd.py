@@ -122,12 +122,12 @@ def parse_size(text: str) -> int:
 
 
 # -- the three ---------------------------------------------------------------------------
-def start_targetd(workdir: Path, cluster: CephCluster) -> Target:
+def start_targetd(workdir: Path, cluster: CephCluster, cache: str = "none") -> Target:
     port = free_port()
     config = workdir / "targetd.toml"
     config.write_text(
         f'[[target]]\nname = "{IQN}"\n[[target.lun]]\nlun = 0\nkind = "rbd"\n'
-        f'pool = "{POOL}"\nimage = "{IMAGE}"\nceph_conf = "{cluster.conf}"\n'
+        f'pool = "{POOL}"\nimage = "{IMAGE}"\nceph_conf = "{cluster.conf}"\ncache = "{cache}"\n'
     )
     log_path = workdir / "targetd.log"
     argv = [sys.executable, "-m", "targetd", "serve", "--listen", f"{LOOPBACK}:{port}"]
@@ -252,6 +252,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, help="runs per case and contender (default 3)")
     parser.add_argument("--size", type=parse_size, help="the image (default 256M; quick 32M)")
     parser.add_argument("--objectstore", choices=("bluestore", "memstore"), default="bluestore")
+    parser.add_argument(
+        "--cache",
+        choices=("none", "writeback"),
+        default="none",
+        help="targetd's librbd cache (docs/rbd.md); tgtd and rbd bench keep librbd's defaults",
+    )
     parser.add_argument("--json", type=Path, help="also save every run and the medians here")
     args = parser.parse_args(argv)
     args.repeat = args.repeat or (1 if args.quick else 3)
@@ -271,7 +277,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Result]:
                     timeout=timeout)  # fmt: skip
         targets: list[Target] = []
         try:
-            targets.append(start_targetd(workdir, cluster))
+            targets.append(start_targetd(workdir, cluster, args.cache))
             targets.append(start_tgt_rbd(workdir, cluster))
             # A first pass over the image through each gateway (connections, the lock, the
             # OSD's caches) is not measured.
@@ -318,8 +324,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(format_table(results))
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"{args.objectstore}; image {args.size >> 20} MiB; {args.repeat} repeat(s); "
-          f"load average {load}", file=sys.stderr)  # fmt: skip
+    print(
+        f"{args.objectstore}; targetd cache {args.cache}; image {args.size >> 20} MiB; "
+        f"{args.repeat} repeat(s); load average {load}",
+        file=sys.stderr,
+    )
     if args.json:
         args.json.write_text(json.dumps(
             {"settings": {"objectstore": args.objectstore, "size": args.size,

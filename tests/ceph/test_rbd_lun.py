@@ -257,3 +257,41 @@ def test_a_cancelled_write_has_landed_when_its_waiter_ends(
             img.close()
 
     assert asyncio.run(scenario()) == data
+
+
+def test_requests_beyond_the_in_flight_budget_wait_instead_of_blocking_the_loop(
+    ceph_cluster: CephCluster, new_image: ImageFactory
+) -> None:
+    """librbd dispatches in the caller's thread here, where the objecter's throttle would
+    block the event loop; the store keeps requests in flight under its own budget."""
+    from backing import rbd_image
+
+    spec = RbdSpec(ceph_cluster.pool, new_image("16M"), ceph_conf=str(ceph_cluster.conf))
+    data = os.urandom(MiB)
+
+    async def scenario() -> tuple[int, int]:
+        img = RbdImage(spec)
+        try:
+            cluster = img._cluster
+            peak = [0, 0]
+
+            async def write(i: int) -> None:
+                await img.write((i % 16) * MiB, data)
+
+            def watch() -> None:
+                peak[0] = max(peak[0], cluster.in_flight_bytes)
+                peak[1] = max(peak[1], cluster.in_flight_ops)
+
+            tasks = [asyncio.ensure_future(write(i)) for i in range(96)]
+            while not all(t.done() for t in tasks):
+                watch()
+                await asyncio.sleep(0)
+            await asyncio.gather(*tasks)
+            assert (cluster.in_flight_bytes, cluster.in_flight_ops) == (0, 0)
+            return peak[0], peak[1]
+        finally:
+            img.close()
+
+    peak_bytes, peak_ops = asyncio.run(scenario())
+    assert peak_bytes == rbd_image.MAX_IN_FLIGHT_BYTES  # the budget filled, and no more
+    assert peak_ops <= rbd_image.MAX_IN_FLIGHT_OPS
