@@ -24,11 +24,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from backing.pairs.states import PairError, Phase
-from backing.pairs.volume import PairVolume
+from backing.pairs.states import ErrorCode, PairError
 from backing.sparse_file import Extent
 from scsi.block_device import ALLOCATION_UNIT, BlockDevice
-from scsi.command import Nexus
+from scsi.command import Nexus, Status
 from scsi.kernel_file import KernelFile
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import CheckCondition, Reason, build_sense
@@ -49,6 +48,7 @@ from xcopy.params import (
     CopyList,
 )
 from xcopy.plan import Step
+from xcopy.policies import split_for_copy
 from xcopy.readers import ReaderFactory, SourceReader, SourceUnavailable
 from xcopy.streams import SinkMedium, StreamMedium, TapeMedium, medium_of
 
@@ -138,6 +138,14 @@ class CopyRun:
         except SourceUnavailable as err:
             raise self.aborted(current, err.reason, message=str(err)) from err
         except PairError as err:
+            if err.code is ErrorCode.RESERVATION_CONFLICT:  # a pair volume is reserved
+                aborted = self.aborted(
+                    current, Reason.COPY_ABORTED_NO_ADDITIONAL_SENSE, message=str(err)
+                )
+                aborted.target_status = int(Status.RESERVATION_CONFLICT)
+                aborted.from_destination = current.step.segment.type_code == SPLIT_PAIR
+                aborted.field = 6 if aborted.from_destination else 4
+                raise aborted from err
             sense = build_sense(Reason.PAIR_WRONG_STATE)
             aborted = self.aborted(current, Reason.COPY_SOURCE_PAIR_NOT_SPLIT, message=str(err))
             aborted.target_sense = sense
@@ -183,7 +191,7 @@ class CopyRun:
         if key not in self._readers:
             assert isinstance(source.lu, BlockDevice)
             access.may_read(source.lu, self.nexus)
-            reader = await self.reader_factory(source.lu, self.copy_list)
+            reader = await self.reader_factory(source.lu, self.copy_list, self.nexus)
             self._readers[key] = _AdmittedReader(reader, source.lu, self.nexus)
         return self._readers[key]
 
@@ -540,10 +548,8 @@ async def _split_pair(run: CopyRun, current: _Segment) -> None:
     """Split the pair of the destination CSCD's volume (split-and-backup). A pair that
     is split already keeps its split instant."""
     lu = current.step.destination.lu
-    store = getattr(lu, "store", None)
-    assert isinstance(store, PairVolume) and store.pair is not None
-    if store.pair.phase not in (Phase.SPLIT_PENDING, Phase.SPLIT):
-        await store.pair.split()
+    assert isinstance(lu, BlockDevice)
+    await split_for_copy(lu, run.nexus, backup=False)
 
 
 _HANDLERS: dict[int, Callable[[CopyRun, _Segment], Awaitable[None]]] = {

@@ -35,11 +35,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from backing.pairs.engine import Pair
-from backing.pairs.states import BackupPolicy, Phase
+from backing.pairs.states import BackupPolicy, ErrorCode, PairError, Phase
 from backing.pairs.volume import PairVolume, Role
 from backing.sparse_file import Extent
 from scsi.block_device import BlockDevice
+from scsi.command import Nexus
 from scsi.kernel_file import KernelFile
+from scsi.pair_commands import NexusAccess
 from scsi.sense import Reason
 from xcopy.params import SPLIT_PAIR, CopyList
 from xcopy.readers import DirectReader, ReaderFactory, SourceReader, SourceUnavailable
@@ -132,11 +134,31 @@ def split_policy(copy_list: CopyList) -> Policy | None:
     return None
 
 
+async def split_for_copy(lu: BlockDevice, nexus: Nexus, *, backup: bool) -> None:
+    """Split the pair of ``lu``'s volume for a copy sent by ``nexus``, through the pair
+    service (the one entry point of pair operations) with that nexus's access: a split
+    writes the pair's target volume (the split-instant set is reflected onto it), so a
+    reservation another nexus holds on either volume refuses it (PairError
+    RESERVATION_CONFLICT) and nothing changes. A pair already split keeps its split
+    instant. ``backup``: ``lu`` must be the pair's target volume."""
+    store = lu.store
+    control = lu.pair_control
+    if not isinstance(store, PairVolume) or control is None or lu.lun_map is None:
+        raise PairError(ErrorCode.UNKNOWN_VOLUME, f"{lu.identity.device_id} is in no pair")
+    access = NexusAccess(nexus, control, lu.lun_map)
+    if backup:
+        await control.service.split_for_backup(store.volume_id, access=access)
+        return
+    status = control.service.status_of(store.volume_id)
+    if status is not None and status.phase not in SPLIT_PHASES:
+        await control.service.split(volume=store.volume_id, access=access)
+
+
 def pair_aware_readers(policy_for: PolicyLookup = default_policy) -> ReaderFactory:
     """The reader factory the daemon uses: split-image readers for pair target volumes,
     direct readers for everything else."""
 
-    async def factory(lu: BlockDevice, copy_list: CopyList) -> SourceReader:
+    async def factory(lu: BlockDevice, copy_list: CopyList, nexus: Nexus) -> SourceReader:
         store = lu.store
         if not isinstance(store, PairVolume) or store.role is not Role.TARGET:
             return DirectReader(lu)
@@ -145,7 +167,7 @@ def pair_aware_readers(policy_for: PolicyLookup = default_policy) -> ReaderFacto
         policy = split_policy(copy_list) or pair.backup_policy or policy_for(pair)
         if policy is Policy.SPLIT_AND_BACKUP:
             if pair.phase.mirroring:  # the backup takes its own split (before IMMED answers)
-                await pair.split()
+                await split_for_copy(lu, nexus, backup=True)
             policy = Policy.REFLECT_FIRST
         if pair.phase not in SPLIT_PHASES:
             raise SourceUnavailable(

@@ -22,6 +22,7 @@ from scsi.sense import Reason
 
 if TYPE_CHECKING:
     from scsi.block_device import BlockDevice
+    from scsi.command import Nexus
     from xcopy.params import CopyList
 
 
@@ -47,7 +48,8 @@ class SourceReader(Protocol):
     async def close(self) -> None: ...
 
 
-ReaderFactory = Callable[["BlockDevice", "CopyList"], Awaitable[SourceReader]]
+# (the source LU, the copy list, the I_T nexus the copy acts for) -> its reader
+ReaderFactory = Callable[["BlockDevice", "CopyList", "Nexus"], Awaitable[SourceReader]]
 
 
 class DirectReader:
@@ -75,5 +77,5 @@ class DirectReader:
         return None
 
 
-async def direct_reader(lu: BlockDevice, copy_list: CopyList) -> SourceReader:
+async def direct_reader(lu: BlockDevice, copy_list: CopyList, nexus: Nexus) -> SourceReader:
     return DirectReader(lu)

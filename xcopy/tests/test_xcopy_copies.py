@@ -171,7 +171,7 @@ def _gated() -> tuple[CopyManager, list[GatedReader]]:
     """A copy manager whose readers wait at a gate (and only two copies at once)."""
     readers: list[GatedReader] = []
 
-    async def factory(lu, copy_list):  # type: ignore[no-untyped-def]
+    async def factory(lu, copy_list, nexus):  # type: ignore[no-untyped-def]
         reader = GatedReader(lu)
         readers.append(reader)
         return reader
@@ -357,7 +357,7 @@ def test_results_survive_a_restart_and_a_running_copy_reads_as_failed(tmp_path: 
         journal = CopyJournal(tmp_path / "copies")
         readers: list[GatedReader] = []
 
-        async def factory(lu, copy_list):  # type: ignore[no-untyped-def]
+        async def factory(lu, copy_list, nexus):  # type: ignore[no-untyped-def]
             readers.append(GatedReader(lu))
             return readers[-1]
 

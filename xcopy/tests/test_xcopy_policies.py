@@ -12,7 +12,7 @@ import pytest
 from helpers_xcopy import NEXUS, cscd, extended_copy, lid1, lid4, manager_of, seg_b2b, seg_b2s
 
 import xcopy
-from backing.pairs import PairManager, PairSettings, PairVolume, Phase
+from backing.pairs import PairManager, PairService, PairSettings, PairVolume, Phase
 from backing.sparse_file import SparseFile
 from scsi.block_device import BlockDevice
 from scsi.logical_unit import Identity, LogicalUnit
@@ -27,16 +27,31 @@ BLOCKS = SIZE // 512
 RECORD = 128 * KiB
 
 
+class Control:
+    """The target's view of its pairs (``scsi.pair_commands.PairControl``): LUNs 0 and 1
+    are volumes ``t/lun0`` and ``t/lun1``."""
+
+    def __init__(self, service: PairService) -> None:
+        self.service = service
+
+    def volume_of(self, lun: int) -> str | None:
+        return f"t/lun{lun}" if lun in (0, 1) else None
+
+    def lun_of(self, volume_id: str) -> int | None:
+        return {"t/lun0": 0, "t/lun1": 1}.get(volume_id)
+
+
 async def build(tmp: Path, policy: Policy) -> tuple[ScsiTarget, PairManager]:
     manager = PairManager(
         tmp / "state", PairSettings(chunk_size=64 * KiB, copy_rate=2 * MiB, lazy_commit=0.01)
     )
+    control = Control(PairService(manager))
     luns: dict[int, LogicalUnit] = {}
     services = xcopy.services(lambda pair: policy)
     for n in (0, 1):
         volume = PairVolume(f"t/lun{n}", SparseFile(tmp / f"v{n}.img", SIZE))
         manager.register_volume(volume)
-        lu = BlockDevice(Identity(f"t/lun{n}"), volume, services=services)
+        lu = BlockDevice(Identity(f"t/lun{n}"), volume, services=services, pair_control=control)
 
         def follow(lu: BlockDevice = lu, volume: PairVolume = volume) -> None:
             lu.read_only = volume.write_protected
@@ -166,5 +181,36 @@ def test_resync_during_a_backup_aborts_it(tmp_path: Path) -> None:
             assert parse_sense(r.sense) == (0x0A, 0x80, 0x10)
         finally:
             await manager.stop()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("via_segment", [True, False], ids=["split-pair-segment", "policy-4"])
+def test_a_split_for_a_backup_honours_reservations(tmp_path: Path, via_segment: bool) -> None:
+    """A copy's split goes through the pair service with the copy's nexus: the split
+    writes the target volume, so another initiator's reservation of it refuses the
+    split (COPY ABORTED, RESERVATION CONFLICT forwarded) and the pair keeps mirroring."""
+    from helpers_xcopy import OTHER
+
+    from scsi.reservations import PrType, Reservation
+
+    async def main() -> None:
+        policy = Policy.REFLECT_FIRST if via_segment else Policy.SPLIT_AND_BACKUP
+        target, manager = await build(tmp_path, policy)
+        try:
+            await manager.create("p", "t/lun0", "t/lun1")
+            pair = manager.get("p")
+            await asyncio.wait_for(pair.wait_until(lambda p: p.phase is Phase.DUPLEX), 30)
+            target.luns[1].reservations.reservation = Reservation(OTHER, PrType.WRITE_EXCLUSIVE)
+            params = backup_list(target, split=1) if via_segment else backup_list(target)
+            r = await extended_copy(target, params, sa=1 if via_segment else 0)
+            sense = r.sense or b""
+            assert (sense[2] & 0x0F, sense[12], sense[13]) == (0x0A, 0x00, 0x00), sense.hex()
+            assert pair.phase is Phase.DUPLEX  # not split
+            assert len(target.luns[2].image) == 0  # no record on the tape
+        finally:
+            await manager.stop()
+            for lu in target.luns.values():
+                lu.close()
 
     asyncio.run(main())
