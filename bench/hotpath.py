@@ -147,6 +147,13 @@ def batch(write: bool, first_cmdsn: int, first_itt: int, blocks: list[int]) -> b
     return bytes(out)
 
 
+async def _fill(protocol: IscsiConnection, picks: list[int]) -> None:
+    """Write every block the reads will touch (CmdSN and ITT from 1 and 2, untimed)."""
+    for i in range(0, len(picks), BATCH):
+        feed(protocol, batch(True, 1 + i, 2 + i, picks[i : i + BATCH]))
+        await asyncio.sleep(0)
+
+
 class Stages:
     """Per-stage time, taken by wrapping the functions that begin and end each stage."""
 
@@ -207,6 +214,13 @@ async def run(args: argparse.Namespace, state_dir: Path) -> dict[str, float]:
     cmdsn, itt = 1, 2
     for phase in ("write", "read"):
         write = phase == "write"
+        if phase == "read" and args.only == "write":
+            break
+        if args.only == "read" and write:
+            # The reads still need the data the writes put there, just not timed.
+            await _fill(protocol, picks)
+            cmdsn, itt = cmdsn + len(picks), itt + len(picks)
+            continue
         batches = [batch(write, 0, 0, picks[i : i + BATCH]) for i in range(0, len(picks), BATCH)]
         rounds = max(1, args.commands // BATCH)
         timings: list[float] = []
@@ -252,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commands", type=int, default=100_000, help="per round")
     parser.add_argument("--repeat", type=int, default=3, help="timed rounds (median)")
     parser.add_argument("--stages", action="store_true")
+    parser.add_argument("--only", choices=("read", "write"), help="measure one direction")
     parser.add_argument("--profile", help="cProfile output prefix (.write/.read appended)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="targetd-hotpath-") as tmp:
