@@ -7,6 +7,7 @@ and the JSON come out, nothing is left running); it asserts nothing about speed.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -143,3 +144,40 @@ def test_neighbour_spins_on_its_core_until_stopped() -> None:
             time.sleep(0.05)
         assert "Cpus_allowed_list:\t0\n" in status
     assert not _running(hog.pid)
+
+
+def test_hotpath_runs_reads_and_writes_that_succeed() -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "hotpath.py"), "--commands", "2000", "--repeat", "1"],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = dict(line.split(" | ") for line in done.stdout.splitlines()[2:])
+    assert float(rows["read total"]) > 0 and float(rows["write total"]) > 0
+    # Every write answered by a 48-byte SCSI Response, every read by one Data-In PDU of
+    # 48 + 4096 bytes (the login reply adds a fraction of a byte): a CHECK CONDITION or a
+    # split would change the mean.
+    assert float(rows["bytes written per command"]) == pytest.approx(2096.0, abs=1.0)
+
+
+@pytest.mark.timeout(200)
+def test_scaling_prints_a_row_per_core_count() -> None:
+    argv = [sys.executable, str(REPO / "bench" / "scaling.py"), "--quick", "--repeat", "1"]
+    done = subprocess.run(
+        [*argv, "--cases", "qd1-read-4K-p50"],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if "qd1-read-4K-p50" in line]
+    cores = len(os.sched_getaffinity(0))
+    assert sorted((int(r[0]), r[2]) for r in rows) == sorted(
+        (k, t) for k in range(1, cores + 1) for t in ("targetd", "tgtd")
+    )
