@@ -370,6 +370,43 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- devices --------------------------------------------------------------------------------
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    import time
+
+    from hostcopy.sysfs import scsi_nodes
+
+    deadline = time.monotonic() + args.wait
+    while True:
+        nodes = [
+            n
+            for n in scsi_nodes()
+            if (args.lun is None or n.lun == args.lun)
+            and (args.target is None or n.target == args.target)
+        ]
+        node_paths = [getattr(n, args.node) for n in nodes] if args.node else []
+        ready = all(node_paths) and len(node_paths) == 1 if args.node else bool(nodes)
+        if ready or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    if args.node:
+        if len(nodes) != 1 or not node_paths[0]:
+            which = f"LUN {args.lun}" if args.lun is not None else "a device"
+            found = f"{len(nodes)} matching devices" if len(nodes) != 1 else "no such node"
+            raise Failure(f"{which}{' of ' + args.target if args.target else ''}: {found}")
+        print(node_paths[0])
+        return EXIT_OK
+    print(f"{'H:C:T:L':10}  {'lun':>3}  {'type':5}  {'sg':10}  {'block':10}  {'tape':10}  target")
+    for n in nodes:
+        print(
+            f"{n.hctl:10}  {n.lun:>3}  {n.kind:5}  {n.sg or '-':10}  {n.block or '-':10}  "
+            f"{n.tape or '-':10}  {n.target or '-'}"
+        )
+    return EXIT_OK if nodes else EXIT_FAILED
+
+
 # -- entry point ------------------------------------------------------------------------------
 
 
@@ -422,6 +459,13 @@ def parser() -> argparse.ArgumentParser:
             help="return once both sides are SPLIT (split) or DUPLEX (resync)",
         )
         q.add_argument("--timeout", type=float, default=600.0)
+    dv = sub.add_parser("devices", help="which /dev node is which LUN (from /sys)")
+    dv.add_argument("--target", help="only this iSCSI target's LUNs")
+    dv.add_argument("--lun", type=int, help="only this LUN")
+    dv.add_argument("--node", choices=("sg", "block", "tape"),
+                    help="print only this node of the one matching device")  # fmt: skip
+    dv.add_argument("--wait", type=float, default=0.0,
+                    help="wait this many seconds for the device to appear")  # fmt: skip
     cr = sub.add_parser("create", help="pair two volumes: TARGET becomes a mirror of SOURCE")
     cr.add_argument("source")
     cr.add_argument("target", help="the mirror volume (the one backups are taken from)")
@@ -450,6 +494,7 @@ COMMANDS = {
     "status": cmd_status,
     "create": cmd_create,
     "delete": cmd_delete,
+    "devices": cmd_devices,
 }
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the guest tier's Linux image: a Debian cloud kernel and an initramfs holding busybox,
 # dash, open-iscsi, sg3_utils, mt-st and e2fsprogs, copied from the host's installed packages
-# (scripts/install-test-deps.sh installs them) together with the shared libraries they load.
+# (scripts/install-test-deps.sh installs them) together with the shared libraries they load;
+# and targetd-copy (hostcopy/) with Debian's python3 and the part of its standard library
+# the tool loads.
 #
 #   tests/guest/build-image.sh [OUT_DIR]     (default: .cache/guest)
 #
@@ -11,6 +13,7 @@
 # installed, so the host's /boot and module tree are left alone.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
 OUT=$(mkdir -p "${1:-$HERE/../../.cache/guest}" && cd "${1:-$HERE/../../.cache/guest}" && pwd)
 
 KERNEL_META=linux-image-cloud-amd64
@@ -21,8 +24,12 @@ MODULES=(scsi_transport_iscsi libiscsi libiscsi_tcp iscsi_tcp sd_mod sg st virti
 TOOLS=(/sbin/iscsid /sbin/iscsiadm /sbin/iscsistart /bin/mt-st /sbin/mke2fs /sbin/e2fsck
     /sbin/tune2fs /sbin/dumpe2fs)
 SG_TOOLS=(/usr/bin/sg_* /usr/bin/sginfo)
+# targetd-copy runs on Debian's Python (not whatever python3 runs the tests): its binary, and
+# of its standard library only the modules the tool loads (found by loading it, below).
+GUEST_PYTHON=/usr/bin/python3.11
+TOOL_FILES=("$REPO"/hostcopy/*.py "$REPO"/scsi/__init__.py "$REPO"/scsi/sense.py)
 
-for tool in busybox dash cpio gzip; do
+for tool in busybox dash cpio gzip "$GUEST_PYTHON"; do
     command -v "$tool" >/dev/null || { echo "build-image: $tool is missing;" \
         "run scripts/install-test-deps.sh" >&2; exit 1; }
 done
@@ -51,7 +58,9 @@ flock 9
 stamp=$({
     cat "$0" "$HERE/init"
     echo "$kernel_pkg $kernel_version"
-    dpkg-query -W busybox-static dash open-iscsi sg3-utils mt-st e2fsprogs
+    dpkg-query -W busybox-static dash open-iscsi sg3-utils mt-st e2fsprogs python3.11-minimal \
+        libpython3.11-stdlib
+    cat "${TOOL_FILES[@]}"
 } | sha256sum | cut -d' ' -f1)
 if [[ -f $OUT/stamp && $(cat "$OUT/stamp") == "$stamp" && -f $OUT/vmlinuz &&
     -f $OUT/initramfs.cpio.gz ]]; then
@@ -139,6 +148,50 @@ sed -e 's/^node.startup = .*/node.startup = manual/' \
 echo "InitiatorName=iqn.2026-11.org.targetd:guest" >"$root/etc/iscsi/initiatorname.iscsi"
 echo "root:x:0:0:root:/:/bin/sh" >"$root/etc/passwd"
 echo "root:x:0:" >"$root/etc/group"
+
+# targetd-copy: the package and the one module of scsi/ it imports (tests/test_layering.py
+# keeps it that way), under /usr/lib/targetd-copy, and a wrapper on PATH.
+pylib=$("$GUEST_PYTHON" -S -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
+copy_with_libs "$GUEST_PYTHON" "$root/usr/bin/"
+tooldir=$root/usr/lib/targetd-copy
+mkdir -p "$tooldir/hostcopy" "$tooldir/scsi"
+cp "$REPO"/hostcopy/*.py "$tooldir/hostcopy/"
+cp "$REPO"/scsi/__init__.py "$REPO"/scsi/sense.py "$tooldir/scsi/"
+# The standard library files the tool loads: every module in sys.modules once the tool has
+# been imported and has printed its help (argparse's formatter imports more on use), plus
+# os.py, the landmark by which Python finds its library.
+stdlib_files=$(cd "$tooldir" && "$GUEST_PYTHON" -S -E -c '
+import contextlib, io, sys
+sys.path.insert(0, ".")
+import hostcopy.cli, hostcopy.sgio, hostcopy.sysfs
+for argv in (["--help"], ["backup", "--help"], ["nonsense"]):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.suppress(SystemExit):
+            hostcopy.cli.main(argv)
+for m in list(sys.modules.values()):
+    f = getattr(m, "__file__", None)
+    if f and f.startswith(sys.argv[1] + "/"):
+        print(f)
+' "$pylib")
+for f in $stdlib_files "$pylib/os.py"; do
+    mkdir -p "$root$(dirname "$f")"
+    case $f in
+        *.so) copy_with_libs "$f" "$root$(dirname "$f")/" ;;
+        *) cp "$f" "$root$f" ;;
+    esac
+done
+# Bytecode for all of it: under TCG, compiling argparse, dataclasses and the rest from
+# source takes the guest seconds per run. Unchecked-hash .pyc files hold whatever mtime the
+# initramfs gives the sources.
+"$GUEST_PYTHON" -S -m compileall -q -j 0 --invalidation-mode unchecked-hash -s "$root" -p / \
+    "$root$pylib" "$tooldir" >/dev/null
+cat >"$root/usr/bin/targetd-copy" <<WRAPPER
+#!/bin/sh
+exec ${GUEST_PYTHON} -S -E -c 'import sys; sys.path[:0] = ["/usr/lib/targetd-copy"]
+from hostcopy.cli import main
+sys.exit(main())' "\$@"
+WRAPPER
+chmod 755 "$root/usr/bin/targetd-copy"
 
 cp "$HERE/init" "$root/init"
 chmod 755 "$root/init"
