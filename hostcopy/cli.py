@@ -25,6 +25,7 @@ from hostcopy.lists import (
     record_size,
     restore_lists,
     sg_raw_line,
+    sg_raw_status_line,
 )
 from hostcopy.progress import Progress
 
@@ -72,6 +73,8 @@ def _pair_of(device: Device) -> c.PairStatus | None:
 def _list_id(args: argparse.Namespace) -> int:
     if args.list_id is not None:
         return args.list_id
+    if args.dry_run:
+        return 1  # lists to be sent by hand: small identifiers read better
     # A fresh identifier per run, so two tools on one session never collide; lists of one
     # run count up from it.
     return int.from_bytes(os.urandom(4), "big") & 0x7FFF_FF00 | 0x100
@@ -146,15 +149,16 @@ def _send_all(device: Device, lists: list[bytes], first: int, total: int, what: 
 def _dry_run(args: argparse.Namespace, lists: list[bytes], first: int) -> int:
     directory = args.list_dir or "."
     os.makedirs(directory, exist_ok=True)
-    print(f"# {len(lists)} EXTENDED COPY(LID4) list(s), IMMED: send each, then poll it with")
-    print("# sg_copy_results --status --list_id=ID until it reports completed.")
+    print(f"# {len(lists)} EXTENDED COPY(LID4) list(s) with IMMED, to send in turn: each")
+    print("# answers at once; repeat the RECEIVE COPY STATUS(LID4) line after it until byte 5")
+    print("# of its answer is 01 (completed; 11 or 12: running, 02: failed, its sense from byte 32)")
     device = args.dest if args.command == "backup" else args.lun
     for n, params in enumerate(lists):
         path = os.path.join(directory, f"{args.command}-list-{first + n}.bin")
         with open(path, "wb") as f:
             f.write(params)
         print(sg_raw_line(device, path, len(params)))
-        print(f"sg_copy_results --status --list_id={first + n} {device}")
+        print(sg_raw_status_line(device, first + n))
     return EXIT_OK
 
 

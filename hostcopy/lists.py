@@ -201,3 +201,11 @@ def sg_raw_line(device: str, list_file: str, length: int) -> str:
     """The sg_raw command that sends one parameter list as EXTENDED COPY(LID4)."""
     cdb = bytes([0x83, 0x01]) + bytes(8) + length.to_bytes(4, "big") + bytes(2)
     return f"sg_raw -s {length} -i {list_file} {device} " + " ".join(f"{b:02x}" for b in cdb)
+
+
+def sg_raw_status_line(device: str, list_id: int, allocation: int = 1024) -> str:
+    """The sg_raw command for RECEIVE COPY STATUS(LID4) of ``list_id`` (sg_copy_results
+    --status sends the LID1 form, whose one-byte list identifier cannot name most lists)."""
+    cdb = bytes([0x84, 0x05]) + list_id.to_bytes(4, "big") + bytes(4)
+    cdb += allocation.to_bytes(4, "big") + bytes(2)
+    return f"sg_raw -r {allocation} {device} " + " ".join(f"{b:02x}" for b in cdb)

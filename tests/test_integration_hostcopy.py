@@ -188,7 +188,9 @@ def test_dry_run_writes_the_lists_and_the_sg_raw_lines(
             f"sg_raw -s {len(data)} -i {path} {daemon.url(TAPE)} 83 01 00 00 00 00 00 00 00 00 "
             f"{cdb_length} 00 00"
         ) in out
-        assert f"sg_copy_results --status --list_id=40 {daemon.url(TAPE)}" in out
+        assert (
+            f"sg_raw -r 1024 {daemon.url(TAPE)} 84 05 00 00 00 28 00 00 00 00 00 00 04 00 00 00"
+        ) in out
         decoded = params.decode(params.LID4, data)
         assert decoded.list_id == 40 and decoded.immed
         kinds = [s.type_code for s in decoded.segments]
