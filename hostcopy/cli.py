@@ -151,7 +151,7 @@ def _dry_run(args: argparse.Namespace, lists: list[bytes], first: int) -> int:
     os.makedirs(directory, exist_ok=True)
     print(f"# {len(lists)} EXTENDED COPY(LID4) list(s) with IMMED, to send in turn: each")
     print("# answers at once; repeat the RECEIVE COPY STATUS(LID4) line after it until byte 5")
-    print("# of its answer is 01 (completed; 11 or 12: running, 02: failed, its sense from byte 32)")
+    print("# of its answer is 01 (completed; 11 or 12: running; 02: failed, sense from byte 32)")
     device = args.dest if args.command == "backup" else args.lun
     for n, params in enumerate(lists):
         path = os.path.join(directory, f"{args.command}-list-{first + n}.bin")
