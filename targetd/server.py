@@ -33,7 +33,7 @@ from targetd.iscsi.connection import (
     ExecuteCommand,
     ResetRequested,
     SessionStarted,
-    Task,
+    TaskHandle,
 )
 from targetd.iscsi.session import Session, SessionTable
 from targetd.logs import fields
@@ -99,7 +99,7 @@ class IscsiConnection(asyncio.BufferedProtocol):
         self.runtime: TargetRuntime | None = None
         # Why this session lost its access (a reload), if it did: see revoke().
         self.revoked: str | None = None
-        self._running: dict[Task, asyncio.Task[None]] = {}
+        self._running: dict[TaskHandle, asyncio.Task[None]] = {}
         self._closing = False
         self._flush_scheduled = False
         self._close_requested = False
@@ -282,7 +282,7 @@ class IscsiConnection(asyncio.BufferedProtocol):
             return
         self._after(handles, lambda: self.conn.aborts_finished(event.token))
 
-    def _cancel(self, tasks: Iterable[Task]) -> list[asyncio.Task[None]]:
+    def _cancel(self, tasks: Iterable[TaskHandle]) -> list[asyncio.Task[None]]:
         handles = []
         for task in tasks:
             handle = self._running.pop(task, None)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import Enum, auto
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import crc32c
 
@@ -19,7 +20,9 @@ from scsi.buffers import POOL_MIN_SIZE, BufferPool, Leases, MemoryBudget
 from scsi.command import Nexus, ScsiCommand, ScsiResult, Status, TaskAttribute
 from scsi.sense import Reason, build_sense
 from scsi.target import decode_lun
+from targetd.iscsi import datapath
 from targetd.iscsi import pdu as P
+from targetd.iscsi.datapath import Burst
 from targetd.iscsi.events import (
     AbortTasks,
     CloseConnection,
@@ -27,7 +30,7 @@ from targetd.iscsi.events import (
     ExecuteCommand,
     ResetRequested,
     SessionStarted,
-    Task,
+    TaskHandle,
     TmfFunction,
     TmfResponse,
 )
@@ -50,12 +53,40 @@ __all__ = [
     "Phase",
     "ResetRequested",
     "SessionStarted",
-    "Task",
+    "TaskHandle",
 ]
 
 # The largest write a single command may carry; beyond it the command is refused
 # without soliciting its data (Block Limits advertise far less).
 MAX_WRITE_BUFFER = 64 << 20
+
+
+@dataclass(eq=False, slots=True)
+class Task:
+    """A SCSI command on this connection from arrival to its final status."""
+
+    itt: int
+    lun: int
+    lun_raw: bytes
+    cdb: bytes
+    cmdsn: int
+    edtl: int
+    read: bool
+    write: bool
+    attribute: TaskAttribute
+    buffer: bytearray | None = None
+    # The buffers it holds (its write buffer, its Data-In), charged to the connection.
+    leases: Leases | None = None
+    received: int = 0
+    # Data-Out sequences we still expect, by TTT
+    bursts: dict[int, Burst] = field(default_factory=dict)
+    unsolicited_end: int = 0
+    next_r2t_offset: int = 0
+    r2tsn: int = 0
+    delivered: bool = False  # CmdSN order reached it
+    windowed: bool = False  # counted in the session's commands in flight
+    started: bool = False
+    aborted: bool = False
 
 
 class Phase(Enum):
@@ -65,7 +96,6 @@ class Phase(Enum):
     CLOSED = auto()
 
 
-_DATA_IN_HDR = P.new_header(Op.DATA_IN, 0)
 _BAD_FIELD = RejectReason.INVALID_PDU_FIELD
 _RESETS = (
     TmfFunction.LOGICAL_UNIT_RESET,
@@ -231,8 +261,9 @@ class Connection:
         self._send(hdr)
         return True
 
-    def scsi_done(self, task: Task, result: ScsiResult) -> None:
-        """The SCSI layer finished ``task``: send its data and status."""
+    def scsi_done(self, handle: TaskHandle, result: ScsiResult) -> None:
+        """The SCSI layer finished the command ``handle``: send its data and status."""
+        task = cast(Task, handle)
         leases = task.leases
         if self.tasks.get(task.itt) is not task or task.aborted:
             if leases is not None:
@@ -253,10 +284,10 @@ class Connection:
         if pending is not None:
             self._tmf_response(pending[0], pending[1])
 
-    def closed(self) -> list[Task]:
+    def closed(self) -> list[TaskHandle]:
         """The transport is gone: returns the commands still running, to cancel."""
         self.phase = Phase.CLOSED
-        running = [t for t in self.tasks.values() if t.started]
+        running: list[TaskHandle] = [t for t in self.tasks.values() if t.started]
         for t in list(self.tasks.values()):
             self._forget(t)
         self.tasks.clear()
@@ -270,7 +301,7 @@ class Connection:
         self._in_transport.clear()
         return running
 
-    def abort_matching(self, lun: int | None) -> list[Task]:
+    def abort_matching(self, lun: int | None) -> list[TaskHandle]:
         """Abort this connection's commands for ``lun`` (None: all) without responses."""
         victims = [t for t in self.tasks.values() if lun is None or t.lun == lun]
         for t in victims:
@@ -460,7 +491,7 @@ class Connection:
                 return None
             burst = task.bursts.get(int.from_bytes(bhs[20:24], "big"))
             offset = int.from_bytes(bhs[40:44], "big")
-            if burst is None or offset != burst[0] or offset + dlen > burst[1]:
+            if burst is None or not burst.takes(offset, dlen):
                 return None
             return memoryview(task.buffer)[offset : offset + dlen]
         return None
@@ -505,7 +536,7 @@ class Connection:
             # The unsolicited part: immediate data plus Data-Out with TTT 0xffffffff.
             if not self.initial_r2t and not flags & P.FLAG_FINAL:
                 task.unsolicited_end = min(edtl, self.first_burst)
-                task.bursts[P.RESERVED_TAG] = [dlen, task.unsolicited_end, 0]
+                task.bursts[P.RESERVED_TAG] = Burst(dlen, task.unsolicited_end)
             else:
                 task.unsolicited_end = dlen
             task.next_r2t_offset = task.unsolicited_end
@@ -645,7 +676,7 @@ class Connection:
             offset = task.next_r2t_offset
             length = min(self.max_burst, task.edtl - offset)
             ttt = self._new_ttt()
-            task.bursts[ttt] = [offset, offset + length, 0]
+            task.bursts[ttt] = Burst(offset, offset + length)
             task.next_r2t_offset = offset + length
             hdr = P.new_header(Op.R2T, 0x80, itt=task.itt, lun=task.lun_raw)
             put_u32(hdr, 20, ttt)
@@ -665,9 +696,9 @@ class Connection:
         offset = pdu.u32(40)
         burst = task.bursts.get(ttt)
         dlen = len(pdu.data)
-        if burst is None or offset != burst[0] or offset + dlen > burst[1]:
+        if burst is None or not burst.takes(offset, dlen):
             raise IscsiProtocolError("Data-Out outside its burst", _BAD_FIELD, bhs=pdu.bhs)
-        if pdu.u32(36) != burst[2]:
+        if pdu.u32(36) != burst.datasn:
             # A Data-Out sequence error: with ErrorRecoveryLevel 0 there is no recovering the
             # data, but the connection and the other commands on it need not die with it
             # (as dropping the connection would make them). The command ends with ABORTED
@@ -675,14 +706,14 @@ class Connection:
             # flight is discarded quietly (a Reject makes libiscsi drop the session).
             self._fail_task(task, Reason.DATA_PHASE_ERROR)
             return
-        burst[2] += 1
+        burst.datasn += 1
         if not isinstance(pdu.data, memoryview) or pdu.data.obj is not task.buffer:
             task.buffer[offset : offset + dlen] = pdu.data
-        burst[0] += dlen
+        burst.offset += dlen
         task.received += dlen
-        if burst[0] >= burst[1] or pdu.final:
+        if burst.done or pdu.final:
             del task.bursts[ttt]
-            if ttt != P.RESERVED_TAG and burst[0] < burst[1]:
+            if ttt != P.RESERVED_TAG and not burst.done:
                 raise IscsiProtocolError(
                     "short Data-Out burst", RejectReason.PROTOCOL_ERROR, bhs=pdu.bhs
                 )
@@ -714,29 +745,31 @@ class Connection:
     def _respond(self, task: Task, result: ScsiResult) -> None:
         """Data-In (with status collapsed into the last one when it can) and status."""
         data = result.data
-        flags = 0
-        residual = 0
-        if task.write:
-            used = result.data_out_used if result.data_out_used is not None else task.edtl
-            if used < task.edtl:
-                flags, residual = P.FLAG_UNDERFLOW, task.edtl - used
-            elif used > task.edtl:
-                flags, residual = P.FLAG_OVERFLOW, used - task.edtl
-        n = 0
-        if data is not None and (task.read or not task.write):
-            total = len(data)
-            n = min(total, task.edtl) if task.read else 0
-            if total < task.edtl and task.read:
-                flags, residual = P.FLAG_UNDERFLOW, task.edtl - total
-            elif total > task.edtl:
-                flags, residual = P.FLAG_OVERFLOW, total - task.edtl
-        elif task.read and task.edtl and result.status == Status.GOOD:
-            flags, residual = P.FLAG_UNDERFLOW, task.edtl
+        flags, residual, n = datapath.residual(
+            read=task.read,
+            write=task.write,
+            edtl=task.edtl,
+            data_in=None if data is None else len(data),
+            data_out_used=result.data_out_used,
+            good=result.status == Status.GOOD,
+        )
         collapse = result.status == Status.GOOD and result.sense is None
         if n:
-            self._send_data_in(task, memoryview(data)[:n], flags, residual, collapse, result.status)  # type: ignore[arg-type]
-            if collapse:
-                return
+            pdus = datapath.data_in_pdus(
+                memoryview(data)[:n],  # type: ignore[arg-type]
+                lun=task.lun_raw,
+                itt=task.itt,
+                max_segment=self.max_send_data,
+                max_burst=self.max_burst,
+            )
+            for hdr, segment, last in pdus:
+                if last and collapse:
+                    hdr[1] |= P.DATAIN_STATUS | flags
+                    hdr[3] = result.status
+                    put_u32(hdr, 44, residual)
+                    self._send(hdr, segment)
+                    return
+                self._send(hdr, segment, stamp_statsn=False)
         hdr = P.new_header(Op.SCSI_RESPONSE, 0x80 | flags, itt=task.itt)
         hdr[3] = result.status
         put_u32(hdr, 44, residual)
@@ -745,40 +778,6 @@ class Connection:
             payload = len(result.sense).to_bytes(2, "big") + result.sense
             P.set_data_length(hdr, len(payload))
         self._send(hdr, payload)
-
-    def _send_data_in(
-        self, task: Task, data: memoryview, flags: int, residual: int, collapse: bool, status: int
-    ) -> None:
-        n = len(data)
-        seg = self.max_send_data
-        burst = self.max_burst
-        datasn = 0
-        offset = 0
-        lun = task.lun_raw
-        itt = task.itt.to_bytes(4, "big")
-        while offset < n:
-            length = min(seg, n - offset, burst - offset % burst)
-            end = offset + length
-            hdr = bytearray(_DATA_IN_HDR)
-            hdr[5:8] = length.to_bytes(3, "big")
-            hdr[8:16] = lun
-            hdr[16:20] = itt
-            put_u32(hdr, 20, P.RESERVED_TAG)
-            put_u32(hdr, 36, datasn)
-            put_u32(hdr, 40, offset)
-            if end == n:
-                hdr[1] = 0x80
-                if collapse:
-                    hdr[1] |= P.DATAIN_STATUS | flags
-                    hdr[3] = status
-                    put_u32(hdr, 44, residual)
-                    self._send(hdr, data[offset:end])
-                    return
-            elif end % burst == 0:
-                hdr[1] = 0x80
-            self._send(hdr, data[offset:end], stamp_statsn=False)
-            datasn += 1
-            offset = end
 
     # -- task management -------------------------------------------------------------
     def _on_task_mgmt(self, pdu: Pdu) -> None:
@@ -801,7 +800,7 @@ class Connection:
                 found = self.session.is_stale(ref) or ref == pdu.cmdsn
                 self._tmf_response(pdu, TmfResponse.COMPLETE if found else TmfResponse.NO_TASK)
                 return
-            victims = self.abort_matching_task(task)
+            victims = self._abort_task(task)
             self._pending_tmf[token] = (pdu, TmfResponse.COMPLETE)
             self._events.append(AbortTasks(tuple(victims), token))
         elif function in (TmfFunction.ABORT_TASK_SET, TmfFunction.CLEAR_TASK_SET):
@@ -825,7 +824,7 @@ class Connection:
         else:
             self._tmf_response(pdu, TmfResponse.NOT_SUPPORTED)
 
-    def abort_matching_task(self, task: Task) -> list[Task]:
+    def _abort_task(self, task: Task) -> list[Task]:
         self._forget(task)
         return [task] if task.started else []
 

@@ -1,4 +1,4 @@
-"""What the connection machine tells its driver, and the task records it keeps.
+"""What the connection machine tells its driver.
 
 The events are facts (frozen dataclasses) the driver acts on: run this command, cancel
 these, reset that LUN everywhere, a session started, close the connection.
@@ -6,13 +6,12 @@ these, reset that LUN everywhere, a session started, close the connection.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
-from scsi.command import Nexus, ScsiCommand, TaskAttribute
+from scsi.command import Nexus, ScsiCommand
 
 if TYPE_CHECKING:
-    from scsi.buffers import Leases
     from targetd.iscsi.session import Session
 
 
@@ -35,38 +34,15 @@ class TmfResponse:
     REJECTED = 255
 
 
-@dataclass(eq=False, slots=True)
-class Task:
-    """A SCSI command on this connection from arrival to its final status."""
-
-    itt: int
-    lun: int
-    lun_raw: bytes
-    cdb: bytes
-    cmdsn: int
-    edtl: int
-    read: bool
-    write: bool
-    attribute: TaskAttribute
-    buffer: bytearray | None = None
-    # The buffers it holds (its write buffer, its Data-In), charged to the connection.
-    leases: Leases | None = None
-    received: int = 0
-    # Data-Out sequences we still expect: TTT -> [next offset, end offset, next DataSN]
-    bursts: dict[int, list[int]] = field(default_factory=dict)
-    unsolicited_end: int = 0
-    next_r2t_offset: int = 0
-    r2tsn: int = 0
-    delivered: bool = False  # CmdSN order reached it
-    windowed: bool = False  # counted in the session's commands in flight
-    started: bool = False
-    aborted: bool = False
+class TaskHandle(Protocol):
+    """A command of a connection, opaque to the driver: a key for its own bookkeeping
+    (which asyncio task runs it), handed back to ``Connection.scsi_done``."""
 
 
 # -- events for the driver ---------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class ExecuteCommand:
-    task: Task
+    task: TaskHandle
     command: ScsiCommand
 
 
@@ -74,7 +50,7 @@ class ExecuteCommand:
 class AbortTasks:
     """Cancel these commands; then call ``Connection.aborts_finished(token)``."""
 
-    tasks: tuple[Task, ...]
+    tasks: tuple[TaskHandle, ...]
     token: int
 
 

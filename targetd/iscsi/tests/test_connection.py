@@ -492,7 +492,7 @@ def test_a_write_that_does_not_fit_is_solicited_only_when_buffers_come_back() ->
                 r2t = r2ts[0]
                 out = out[1:]
     ev = executed(h)
-    assert ev.task.itt == first
+    assert ev.command.tag == first
     h.conn.scsi_done(ev.task, ScsiResult())
     h.conn.take_output()
     assert h.conn.take_events() == []
