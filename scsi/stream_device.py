@@ -52,7 +52,7 @@ class SerializedMedium(LogicalUnit):
         for the call to end before it lets go of the medium: the thread cannot be stopped,
         and the next command must see the medium as this call left it."""
         if self._io is None:
-            name = f"medium-{self.identity.device_id}"[:40]
+            name = f"medium:{self.identity.device_id[-32:]}"  # the LUN's end of the id
             self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         future = asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
         cancelled = False
