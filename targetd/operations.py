@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from scsi.logical_unit import LogicalUnit
@@ -26,7 +26,8 @@ from targetd.config import Config, ConfigError
 from targetd.luns import Builder, flush_targets, paired_volume
 from targetd.metrics import Family, Metrics, lun_families
 from targetd.reload import ReloadPlan
-from targetd.server import TargetRuntime, TargetServer
+from targetd.server import IscsiConnection, TargetRuntime, TargetServer
+from xcopy.manager import CopyManager
 
 log = logging.getLogger("targetd")
 ShutdownHook = Callable[[], Any | Awaitable[Any]]
@@ -174,6 +175,7 @@ class Operations:
             runtime = server.targets.pop(name)
             for c in list(runtime.connections):
                 c.revoke(f"target {name} removed by a reload")
+                _abort_copies(runtime, c)
             for number, lu in runtime.scsi.luns.items():
                 self.builder.forget_lun(name, number, lu)
             self.builder.controls.pop(name, None)
@@ -201,6 +203,7 @@ class Operations:
                 session = c.conn.session
                 if session is not None and session.initiator_name not in target.allowed_initiators:
                     c.revoke(f"initiator removed from the ACL of {name} by a reload")
+                    _abort_copies(runtime, c)
 
     def _close_later(self, runtime: TargetRuntime, lus: list[LogicalUnit]) -> None:
         running = [h for c in runtime.connections for h in c._running.values()]
@@ -208,6 +211,10 @@ class Operations:
         async def close() -> None:
             if running:
                 await asyncio.wait(running, timeout=CLOSE_WAIT)
+            # Copies running in the background (IMMED) that read or write these LUs stop
+            # first: a copy must not outlive the files it copies between.
+            for manager in _copy_managers([*lus, *runtime.scsi.luns.values()]):
+                await manager.stop_touching(lus)
             for lu in lus:
                 closer = getattr(lu, "close", None)
                 if closer is not None:
@@ -243,3 +250,21 @@ class Operations:
                 for kind, count in lu.store_errors.counts.items():
                     store.add(count, {"target": name, "lun": str(lun), "kind": kind})
         return [*families, sessions, conns, inflight, store]
+
+
+def _copy_managers(lus: Iterable[LogicalUnit]) -> list[CopyManager]:
+    """The copy managers of these LUs (one per target)."""
+    found: dict[int, CopyManager] = {}
+    for lu in lus:
+        manager = lu.services.copy_manager
+        if isinstance(manager, CopyManager):
+            found[id(manager)] = manager
+    return list(found.values())
+
+
+def _abort_copies(runtime: TargetRuntime, connection: IscsiConnection) -> None:
+    """A session lost its access: the copies it started stop too."""
+    nexus = connection.conn.nexus
+    if nexus is not None:
+        for manager in _copy_managers(runtime.scsi.luns.values()):
+            manager.abort_from(nexus.initiator_port)

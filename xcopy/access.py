@@ -51,6 +51,11 @@ def admit(lu: LogicalUnit | None, nexus: Nexus, opcode: int) -> None:
     """Raise :class:`Refused` unless ``nexus`` may run ``opcode`` on ``lu`` now."""
     if lu is None:  # a NUL descriptor: nothing to reserve
         return
+    luns = lu.lun_map
+    if luns is not None and not any(other is lu for other in luns.values()):
+        # Removed from its target (a reload) while the copy ran: it is going away.
+        sense = CheckCondition(Reason.LUN_NOT_SUPPORTED).sense(lu.descriptor_sense)
+        raise Refused(lu, ScsiResult(Status.CHECK_CONDITION, sense=sense))
     result = lu.admit(nexus, opcode)
     if result is not None:
         raise Refused(lu, result)

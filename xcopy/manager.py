@@ -61,6 +61,7 @@ class Operation:
     status_reported: int = 0  # operation counter for RECEIVE COPY STATUS(LID4)
     saved: tuple[int, int] = (0, 0)  # (segments, bytes) last recorded in the journal
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    touches: frozenset[int] = frozenset()  # id() of every LU its segments name
     done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     # Set once an IMMED copy may be answered: its split (if any) taken, its sources checked.
     answered: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -195,6 +196,12 @@ class CopyManager:
                 self._register(op)
             raise
         op.bytes_total = sum(s.length for s in steps)
+        op.touches = frozenset(
+            id(end.lu)
+            for s in steps
+            for end in (s.source, s.destination)
+            if end is not None and end.lu is not None
+        )
         if copy_list.keeps_results:
             self._register(op)
         self.counters.started += 1
@@ -305,6 +312,24 @@ class CopyManager:
         except asyncio.CancelledError:
             self.abort(op)
             raise
+
+    def abort_from(self, initiator_port: str) -> None:
+        """The I_T nexus lost its access (a reload took its initiator off the ACL, or its
+        target away): its running copies stop at their next chunk, as its commands do."""
+        for op in self.running():
+            if op.initiator == initiator_port:
+                self.abort(op)
+
+    async def stop_touching(self, lus: list[LogicalUnit]) -> None:
+        """Abort every running copy that names one of ``lus`` and wait for it to end
+        (before those LUs are closed: a copy must not outlive its files)."""
+        ids = {id(lu) for lu in lus}
+        stopping = [op for op in self.running() if op.touches & ids]
+        for op in stopping:
+            self.abort(op)
+        for op in stopping:
+            if op.task is not None:
+                await asyncio.gather(op.task, return_exceptions=True)
 
     async def close(self) -> None:
         """Daemon shutdown: abort what runs and wait for it to stop."""

@@ -98,3 +98,58 @@ def test_software_write_protect_refuses_the_copy(tmp_path: Path) -> None:
         assert buf == bytes(4096)
 
     asyncio.run(main())
+
+
+async def _running_copy(tmp_path: Path, list_id: int):  # type: ignore[no-untyped-def]
+    """A 16 MiB IMMED block copy LUN 0 -> LUN 1, answered and running."""
+    t = make_target(tmp_path, blocks=16 * 2048)
+    for nexus in (NEXUS, OTHER):
+        t.nexus_established(nexus)
+        for lu in t.luns.values():
+            lu.pop_unit_attention(nexus)
+    src, dst = t.luns[0], t.luns[1]
+    assert isinstance(src, BlockDevice)
+    await src.store.write(0, b"\x5a" * (16 * MiB))
+    params = lid4(
+        [cscd(src), cscd(dst)], [seg_b2b(0, 1, 16 * 2048, 0, 0)], list_id=list_id, immed=True
+    )
+    cdb = bytes([0x83, 0x01]) + bytes(8) + len(params).to_bytes(4, "big") + bytes(2)
+    assert (await send(t, cdb, params)).status == 0
+    op = manager_of(t).find(NEXUS, list_id)
+    assert op is not None
+    return t, op
+
+
+def test_a_lun_removed_mid_copy_stops_it(tmp_path: Path) -> None:
+    async def main() -> None:
+        t, op = await _running_copy(tmp_path, 7)
+        t.luns.pop(1)  # a reload removed LUN 1 from the target
+        await op.done.wait()
+        assert op.state.value == "failed" and op.bytes_done < 16 * MiB
+        sense = op.sense or b""
+        appended = sense[sense[9] :]
+        assert (appended[2] & 0x0F, appended[12], appended[13]) == (0x05, 0x25, 0x00)
+
+    asyncio.run(main())
+
+
+def test_copies_of_a_revoked_initiator_stop(tmp_path: Path) -> None:
+    async def main() -> None:
+        t, op = await _running_copy(tmp_path, 8)
+        manager_of(t).abort_from(OTHER.initiator_port)  # someone else's: no effect
+        manager_of(t).abort_from(NEXUS.initiator_port)
+        await op.done.wait()
+        assert op.state.value == "aborted" and op.bytes_done < 16 * MiB
+
+    asyncio.run(main())
+
+
+def test_luns_are_closed_only_after_the_copies_touching_them(tmp_path: Path) -> None:
+    async def main() -> None:
+        t, op = await _running_copy(tmp_path, 9)
+        await manager_of(t).stop_touching([t.luns[2]])  # the tape: not in this copy
+        assert not op.finished
+        await manager_of(t).stop_touching([t.luns[1]])
+        assert op.finished and op.state.value == "aborted"
+
+    asyncio.run(main())
