@@ -104,7 +104,7 @@ async def serve(config: Config, *, loader: Callable[[], Config] | None = None) -
     await ops.shutdown(DRAIN_SECONDS)
     close_targets(server.scsi_targets())
     log.info("stopped")
-    return 0
+    return 1 if ops.flush_failures else 0
 
 
 def main(argv: list[str] | None = None) -> int:

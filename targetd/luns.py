@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,9 +14,12 @@ from scsi.file_sink import FileSinkDevice
 from scsi.logical_unit import Identity, LogicalUnit, Services
 from scsi.tape_device import TapeDevice
 from scsi.target import ScsiTarget
+from targetd import logs
 from targetd.config import Config, ConfigError, LunConfig, TargetConfig
 from targetd.pairs import TargetPairs, volume_id
 from xcopy import Policy, PolicyLookup
+
+log = logging.getLogger("targetd")
 
 
 def copy_services(config: Config, target: str) -> Services:
@@ -190,13 +194,24 @@ def close_targets(targets: dict[str, ScsiTarget]) -> None:
                 close()
 
 
-async def flush_targets(targets: dict[str, ScsiTarget]) -> None:
-    """fdatasync every LUN's backing store (SIGTERM, before the state is persisted)."""
+async def flush_targets(targets: dict[str, ScsiTarget]) -> int:
+    """fdatasync every LUN's backing store (SIGTERM, before the state is persisted). A LUN
+    whose flush fails is logged and the others are still flushed; returns how many failed."""
+    failed = 0
     for target in targets.values():
         for lu in target.luns.values():
             flush = getattr(lu, "flush", None) or getattr(getattr(lu, "store", None), "flush", None)
-            if flush is not None:
+            if flush is None:
+                continue
+            try:
                 await flush()
+            except OSError as err:
+                failed += 1
+                log.error(
+                    "flush failed at shutdown",
+                    extra=logs.fields(lu=lu.identity.device_id, error=str(err)),
+                )
+    return failed
 
 
 def backup_policy_lookup(config: Config) -> PolicyLookup:

@@ -54,6 +54,7 @@ class Operations:
         self._shutdown_hooks: list[ShutdownHook] = []
         self._watchdog: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()  # LUs removed, closed when idle
+        self.flush_failures = 0  # LUNs whose flush failed at shutdown (exit status 1)
         self.admin.register("status", lambda params: self.status())
         self.admin.register("reload", lambda params: self.reload())
         self.metrics.add_collector(self._core_families)
@@ -90,7 +91,8 @@ class Operations:
         sdnotify.notify("STOPPING=1\nSTATUS=draining")
         drained = await self.server.stop(grace)
         log.info("drained", extra=logs.fields(abandoned_commands=drained))
-        await flush_targets(self.server.scsi_targets())
+        # A LUN that cannot be flushed is logged; the pairs' state is still written below.
+        self.flush_failures = await flush_targets(self.server.scsi_targets())
         for hook in self._shutdown_hooks:
             try:
                 result = hook()

@@ -1,0 +1,90 @@
+"""A pair whose copy meets a failing disk goes SUSPENDED with the reason, and says so: a
+real daemon over faultfs (tests/powercut), EIO injected on the target volume's file. The
+daemon keeps serving, the operator sees the reason and the error, and a resync after the
+fault is gone brings the pair back to DUPLEX with the source's bytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import REPO, Daemon, DaemonFactory
+from pair_scsi import BlockClient
+from powercut.harness import FaultFS, mounted
+
+MiB = 1 << 20
+IQN = "iqn.2026-11.org.targetd.test:pair-faults"
+CONFIG = (
+    '[pairs]\nchunk_size = "64KiB"\ncopy_rate = "1MiB"\n'
+    f'[[target]]\nname = "{IQN}"\n'
+    '[[target.lun]]\nlun = 0\npath = "lun0.img"\nsize = "8MiB"\n'
+    '[[target.lun]]\nlun = 1\npath = "lun1.img"\nsize = "8MiB"\n'
+)
+
+
+@pytest.fixture
+def faultfs(tmp_path: Path) -> Iterator[FaultFS]:
+    with mounted(tmp_path / "faultfs") as fs:
+        yield fs
+
+
+def targetctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "targetd.ctl", *args, "--state-dir", str(daemon.state_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("when", ["set-up", "copy"])
+def test_eio_on_the_target_suspends_the_pair_with_its_reason(
+    targetd_factory: DaemonFactory, faultfs: FaultFS, when: str
+) -> None:
+    daemon = targetd_factory(CONFIG, state_dir=faultfs.mountpoint)
+    client = BlockClient(daemon.port, IQN)
+    client.write(0, 0, os.urandom(2 * MiB))
+    client.close()  # a session left idle through the waits below would get NOP-Ins
+    if when == "set-up":  # the creation's deallocation of the whole target fails
+        faultfs.fault("write", "lun1.img", MiB, 2 * MiB)
+    assert targetctl(daemon, "pair", "create", "db", "0", "1").returncode == 0
+    if when == "copy":  # copying at 1 MiB/s, writes to the target fail from 1 MiB on
+        faultfs.fault("write", "lun1.img", MiB, 8 * MiB)
+    waited = targetctl(daemon, "pair", "wait", "db", "--state", "DUPLEX", "--timeout", "30")
+    assert waited.returncode == 4, waited.stderr  # SUSPENDED: waiting longer cannot help
+    assert "pair db is SUSPENDED (TARGET_WRITE_ERROR)" in waited.stderr
+    status = json.loads(targetctl(daemon, "pair", "status", "db", "--json").stdout)
+    assert (status["source_state"], status["reason"]) == ("SUSPENDED", "TARGET_WRITE_ERROR")
+    assert status["error"].startswith("MediumWriteError: [Errno 5] write of ")
+    assert "lun1.img" in status["error"] and status["error"].endswith("failed: EIO")
+    table = targetctl(daemon, "pair", "status").stdout
+    assert "TARGET_WRITE_ERROR: MediumWriteError" in table
+    log = daemon.stderr
+    assert "pair db: SUSPENDED (TARGET_WRITE_ERROR): MediumWriteError" in log
+    if when == "copy":
+        failed = re.search(r"pair db: copying chunk (\d+) failed", log)
+        assert failed is not None and int(failed.group(1)) >= 16, log
+        assert "Traceback" in log
+    # The daemon keeps serving both LUNs (the suspended target is writable, as after a split).
+    client = BlockClient(daemon.port, IQN)
+    client.write(0, 4 * MiB, b"\x01" * 4096)
+    client.write(1, MiB // 2, b"\x02" * 4096)  # outside the failing range
+    assert client.read(1, MiB // 2, 4096) == b"\x02" * 4096
+    client.close()
+    # The disk is back: a resync copies what the target lacks, and its own changes.
+    faultfs.clear_faults()
+    assert targetctl(daemon, "pair", "resync", "db").returncode == 0
+    waited = targetctl(daemon, "pair", "wait", "db", "--state", "DUPLEX", "--timeout", "90")
+    assert waited.returncode == 0, waited.stderr
+    client = BlockClient(daemon.port, IQN)
+    assert client.read(1, 0, 8 * MiB) == client.read(0, 0, 8 * MiB)
+    assert json.loads(targetctl(daemon, "pair", "status", "db", "--json").stdout)["error"] is None
+    client.close()
+    assert daemon.stop() == 0  # before faultfs goes away
