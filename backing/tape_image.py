@@ -44,7 +44,10 @@ HEADER_SIZE = HEADER.size
 ENTRY_SIZE = ENTRY.size
 MIN_CAPACITY = 64 * 1024
 _FILEMARK_BATCH = 65536  # file marks (1 MiB) written per pwrite by append_filemarks
-_SCAN_CHUNK = 1 << 20  # bytes of entry headers read at a time when opening
+# Bytes read at a time when opening: a page after a record (the next header is all that is
+# needed), a MiB within a run of file marks.
+_SCAN_HEAD = 4096
+_SCAN_CHUNK = 1 << 20
 # Early-warning zone when the creator does not choose one: 1/32 of the medium, at most
 # 64 MiB, so even a small test tape has room for a few records past early warning.
 MAX_DEFAULT_EARLY_WARNING = 64 << 20
@@ -186,15 +189,18 @@ class TapeImage:
         offset = HEADER_SIZE
         last_record: int | None = None
         buf, buf_at = b"", offset  # file bytes [buf_at, buf_at + len(buf)) read ahead
+        ahead = _SCAN_HEAD
         while offset + ENTRY_SIZE <= file_size:
             rel = offset - buf_at
             if rel + ENTRY_SIZE > len(buf):
-                buf, buf_at, rel = os.pread(self._fd, _SCAN_CHUNK, offset), offset, 0
+                buf, buf_at, rel = os.pread(self._fd, ahead, offset), offset, 0
             marks = _filemark_run(buf, rel)
             if marks:  # a run of file marks, indexed at once
                 self._append_filemarks_index(offset, marks)
                 offset += marks * ENTRY_SIZE
+                ahead = _SCAN_CHUNK
                 continue
+            ahead = _SCAN_HEAD
             head = buf[rel : rel + ENTRY_SIZE]
             magic, kind, _flags, length, _crc, head_crc = ENTRY.unpack(head)
             if magic != ENTRY_MAGIC or head_crc != crc32c(head[:12]) or kind not in (1, 2):

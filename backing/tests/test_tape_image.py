@@ -250,3 +250,21 @@ def test_flush_syncs_only_what_was_written(
     image.append_filemarks(2)
     image.flush()
     assert len(syncs) == 2
+
+
+def test_opening_reads_headers_not_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening reads each record's header (and the last record, for its checksum), not the
+    records between: a tape of large records opens without reading the tape."""
+    path = tmp_path / "t.img"
+    create(path, 64 << 20)
+    with TapeImage(path) as img:
+        for n in range(10):
+            img.append_record(bytes([n]) * (4 << 20))
+        img.append_filemarks(1)
+        img.append_record(b"last")
+    read: list[int] = []
+    real = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, off: (read.append(n), real(fd, n, off))[1])
+    with TapeImage(path) as img:
+        assert len(img) == 12 and img.length(3) == 4 << 20
+    assert sum(read) < 256 << 10
