@@ -23,10 +23,15 @@ _RESTART_ONLY = (
     "state_dir",
     "max_sessions",
     "max_connections_per_session",
+    "max_pending_logins",
     "max_recv_data_segment_length",
     "max_burst_length",
     "first_burst_length",
     "max_outstanding_r2t",
+    # The daemon's buffer pool and memory budget are built once, at start.
+    "buffers_total",
+    "buffers_per_session",
+    "buffer_pool",
 )
 
 

@@ -197,6 +197,34 @@ def test_write_with_r2t_round_trip(targetd: Daemon, step: int) -> None:
         assert status == 0 and data == payload
 
 
+def test_late_data_out_of_an_aborted_write_is_dropped_and_the_session_lives(
+    targetd: Daemon,
+) -> None:
+    with logged_in(targetd) as ini:
+        size = 1 << 20
+        hdr = ini.scsi_header(write10(300, size // 512), write=size)  # F set: all solicited
+        ini.send(hdr)
+        itt = int.from_bytes(hdr[16:20], "big")
+        r2t = ini.recv()
+        assert r2t.opcode == Op.R2T
+        tmf = new_header(Op.TASK_MGMT_REQUEST | 0x40, 0x80 | 1, itt=ini.next_itt())
+        put_u32(tmf, 20, itt)
+        put_u32(tmf, 24, ini.cmdsn)
+        put_u32(tmf, 28, ini.expstatsn)
+        put_u32(tmf, 32, ini.cmdsn - 1)
+        ini.send(tmf)
+        resp = ini.recv()
+        assert resp.opcode == Op.TASK_MGMT_RESPONSE and resp.bhs[2] == 0
+        # The Data-Out the initiator had in flight when it aborted.
+        dout = new_header(Op.DATA_OUT, 0x80, itt=itt, data_length=65536)
+        put_u32(dout, 20, r2t.u32(20))
+        put_u32(dout, 28, ini.expstatsn)
+        ini.send(dout, bytes(65536))
+        # The next answer is the NOP-In for our ping, not a Reject.
+        assert ini.nop(b"ping").opcode == Op.NOP_IN
+        still_serves(ini)
+
+
 def open_idle(port: int, count: int) -> list[socket.socket]:
     """``count`` TCP connections that never send a byte."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

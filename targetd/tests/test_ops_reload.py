@@ -48,11 +48,13 @@ def test_unsafe_changes_keep_running_values() -> None:
         replace(old.targets[0], luns=(resized,)),
         portals=(Portal("127.0.0.1", 3261),),
         max_sessions=4,
+        buffers_per_session=128 << 20,
     )
     result = plan(old, new)
     assert result.refused == [
         "portals changed: needs a restart",
         "max_sessions changed: needs a restart",
+        "buffers_per_session changed: needs a restart",
         f"target {A}: lun 0 changed: needs a restart",
     ]
     assert result.applied == [
