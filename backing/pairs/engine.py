@@ -258,8 +258,12 @@ class Pair:
             except asyncio.CancelledError:
                 raise
             except Exception as err:
-                log.exception("pair %s: %s failed", self.name, what)
-                await self._fail(_reason_of(err, os_reason), err)
+                if self.phase in (Phase.SUSPENDED, Phase.DELETE):
+                    # Already reported: a fault that persists is not logged every second.
+                    log.debug("pair %s: %s failed again: %r", self.name, what, err)
+                else:
+                    log.exception("pair %s: %s failed", self.name, what)
+                    await self._fail(_reason_of(err, os_reason), err)
                 await asyncio.sleep(FAILED_LOOP_PAUSE)  # a fault that repeats cannot spin
 
     async def _fail(self, reason: SuspendReason, err: BaseException) -> None:
