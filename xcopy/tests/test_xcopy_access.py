@@ -4,6 +4,7 @@ the next chunk, and the refusal is forwarded in the sense data."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 
 from helpers_xcopy import (
@@ -15,12 +16,14 @@ from helpers_xcopy import (
     manager_of,
     rcr_cdb,
     seg_b2b,
+    seg_b2s,
     send,
 )
 
 from scsi.block_device import BlockDevice
 from scsi.reservations import PrType, Reservation
 from scsi.sense import Reason
+from scsi.tape_device import TapeDevice
 from xcopy.errors import CopyAborted
 
 MiB = 1 << 20
@@ -151,5 +154,42 @@ def test_luns_are_closed_only_after_the_copies_touching_them(tmp_path: Path) -> 
         assert not op.finished
         await manager_of(t).stop_touching([t.luns[1]])
         assert op.finished and op.state.value == "aborted"
+
+    asyncio.run(main())
+
+
+def test_two_copies_to_one_tape_never_interleave(tmp_path: Path) -> None:
+    """Two initiators back up two volumes to the same tape at once: the tape holds all the
+    records of one copy, then all of the other's, never a mix."""
+
+    async def main() -> None:
+        t = make_target(tmp_path, blocks=8 * 2048)  # 8 MiB volumes
+        for nexus in (NEXUS, OTHER):
+            t.nexus_established(nexus)
+            for lu in t.luns.values():
+                lu.pop_unit_attention(nexus)
+        a, b, tape = t.luns[0], t.luns[1], t.luns[2]
+        assert isinstance(a, BlockDevice) and isinstance(b, BlockDevice)
+        await a.store.write(0, b"\xaa" * (8 * MiB))
+        await b.store.write(0, b"\xbb" * (8 * MiB))
+        record = 64 * 1024
+        stream = cscd(tape, device_type=1, block_length=0)
+
+        def backup(source: BlockDevice, list_id: int) -> bytes:
+            segments = [seg_b2s(0, 1, record, record // 512, lba) for lba in range(0, 16384, 128)]
+            return lid4([cscd(source), stream], segments, list_id=list_id)
+
+        cdb = bytes([0x83, 0x01]) + bytes(8)
+        first, second = backup(a, 1), backup(b, 2)
+        results = await asyncio.gather(
+            send(t, cdb + len(first).to_bytes(4, "big") + bytes(2), first, lun=2),
+            send(t, cdb + len(second).to_bytes(4, "big") + bytes(2), second, lun=2, nexus=OTHER),
+        )
+        assert [r.status for r in results] == [0, 0]
+        assert isinstance(tape, TapeDevice)
+        owners = [tape.image.read(i)[0] for i in range(len(tape.image))]
+        assert len(owners) == 256
+        runs = [owners[0]] + [o for prev, o in itertools.pairwise(owners) if o != prev]
+        assert sorted(runs) == [0xAA, 0xBB], runs  # one run each: no interleaving
 
     asyncio.run(main())
