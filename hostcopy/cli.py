@@ -5,7 +5,6 @@ guide."""
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -224,6 +223,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 cap = ops.info(lun).capacity
                 if cap is None or cap.bytes < label.length:
                     raise Failure(f"{args.lun} is smaller than the backup ({label.length} bytes)")
+            import hashlib  # here: loading OpenSSL costs every other command start-up time
+
             digest = hashlib.sha256()
             bar = Progress(layout.length, "verify")
             for offset, length in layout.extents():
