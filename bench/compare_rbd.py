@@ -145,7 +145,7 @@ def start_targetd(workdir: Path, cluster: CephCluster, cache: str = "none") -> T
     return target
 
 
-def start_tgt_rbd(workdir: Path, cluster: CephCluster) -> Target:
+def start_tgt_rbd(workdir: Path, cluster: CephCluster, conf: Path) -> Target:
     port = free_port()
     control_port = _free_control_port()
     log_path = workdir / "tgtd.log"
@@ -160,7 +160,7 @@ def start_tgt_rbd(workdir: Path, cluster: CephCluster) -> Target:
         wait_for_port(port, proc, timeout=15)
         target._admin("--op new --mode target --tid 1 -T", target.iqn)
         target._admin(
-            f"--op new --mode logicalunit --tid 1 --lun 1 --bstype rbd --bsopts conf={cluster.conf}"
+            f"--op new --mode logicalunit --tid 1 --lun 1 --bstype rbd --bsopts conf={conf}"
             " -b", f"{POOL}/{IMAGE}",
         )  # fmt: skip
         target._admin("--op bind --mode target --tid 1 -I ALL")
@@ -174,9 +174,9 @@ def start_tgt_rbd(workdir: Path, cluster: CephCluster) -> Target:
 _RBD_BENCH = re.compile(r"elapsed:\s*([0-9.]+)\s+ops:\s*(\d+)\s+ops/sec:\s*([0-9.]+)")
 
 
-def run_native(cluster: CephCluster, case: Case, count: int, timeout: float) -> Run:
+def run_native(conf: Path, case: Case, count: int, timeout: float) -> Run:
     """``rbd bench`` in its own process; its CPU is taken from its rusage."""
-    argv = ["rbd", "-c", str(cluster.conf), "bench", "--io-type", "write" if case.write else "read",
+    argv = ["rbd", "-c", str(conf), "bench", "--io-type", "write" if case.write else "read",
             "--io-size", str(case.block_size), "--io-threads", str(case.depth),
             "--io-total", str(count * case.block_size), "--io-pattern", "seq",
             f"{POOL}/{IMAGE}"]  # fmt: skip
@@ -258,6 +258,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="none",
         help="targetd's librbd cache (docs/rbd.md); tgtd and rbd bench keep librbd's defaults",
     )
+    parser.add_argument(
+        "--peers-cache",
+        choices=("default", "none"),
+        default="default",
+        help="tgtd's and rbd bench's librbd cache: librbd's defaults, or off (like targetd's)",
+    )
     parser.add_argument("--json", type=Path, help="also save every run and the medians here")
     args = parser.parse_args(argv)
     args.repeat = args.repeat or (1 if args.quick else 3)
@@ -275,10 +281,15 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Result]:
         cluster.rbd("bench", "--io-type", "write", "--io-size", "1M", "--io-threads", "16",
                     "--io-total", str(args.size), "--io-pattern", "seq", f"{POOL}/{IMAGE}",
                     timeout=timeout)  # fmt: skip
+        # tgtd and rbd bench read the cluster's ceph.conf: librbd's defaults, or no cache.
+        peers_conf = cluster.conf
+        if args.peers_cache == "none":
+            peers_conf = workdir / "peers.conf"
+            peers_conf.write_text(cluster.conf.read_text() + "\n[client]\nrbd_cache = false\n")
         targets: list[Target] = []
         try:
             targets.append(start_targetd(workdir, cluster, args.cache))
-            targets.append(start_tgt_rbd(workdir, cluster))
+            targets.append(start_tgt_rbd(workdir, cluster, peers_conf))
             # A first pass over the image through each gateway (connections, the lock, the
             # OSD's caches) is not measured.
             for target in targets:
@@ -294,7 +305,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Result]:
                     count = big if result.case.block_size >= MiB else small
                     for who in order:
                         if who == NATIVE:
-                            one = run_native(cluster, result.case, count, timeout)
+                            one = run_native(peers_conf, result.case, count, timeout)
                         else:
                             target = next(t for t in targets if t.name == who)
                             one = run_iscsi(target, result.case, args.size, count, timeout)
@@ -325,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(results))
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
-        f"{args.objectstore}; targetd cache {args.cache}; image {args.size >> 20} MiB; "
+        f"{args.objectstore}; targetd cache {args.cache}; peers' cache {args.peers_cache}; "
+        f"image {args.size >> 20} MiB; "
         f"{args.repeat} repeat(s); load average {load}",
         file=sys.stderr,
     )

@@ -1,0 +1,79 @@
+"""Faults on RBD LUNs: the OSD stops mid-I/O and comes back.
+
+This module runs its own cluster with a BlueStore OSD (its data survives an OSD restart,
+unlike memstore's), and LUNs with a short ``osd_op_timeout`` so a command fails within a
+bounded time instead of hanging.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ceph_fixtures import rbd_lun_toml, target_toml
+from cluster import CephCluster, ClusterError
+from conftest import DaemonFactory
+from pair_scsi import BLOCK, BlockClient
+
+IQN = "iqn.2026-11.org.targetd:rbd"
+OP_TIMEOUT = 4
+MEDIUM_ERROR = 0x03
+
+
+@pytest.fixture(scope="module")
+def bluestore_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephCluster]:
+    try:
+        cluster = CephCluster(
+            tmp_path_factory.mktemp("ceph-bluestore"), objectstore="bluestore", store_bytes=1 << 30
+        ).start()
+    except ClusterError as exc:
+        pytest.fail(f"cannot start the test cluster: {exc}", pytrace=False)
+    yield cluster
+    cluster.stop()
+
+
+def write16(lba: int, blocks: int) -> bytes:
+    return bytes([0x8A, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + bytes(2)
+
+
+def read16(lba: int, blocks: int) -> bytes:
+    return bytes([0x88, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + bytes(2)
+
+
+def test_osd_down_fails_commands_in_bounded_time_and_service_returns(
+    bluestore_cluster: CephCluster, targetd_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    cluster = bluestore_cluster
+    lun = rbd_lun_toml(cluster, "faults", create_size="8MiB").replace(
+        'cache = "none"', f'cache = "none"\nosd_op_timeout = {OP_TIMEOUT}'
+    )
+    daemon = targetd_factory(target_toml(lun))
+    client = BlockClient(daemon.port, IQN, luns=(0,))
+    client.ini.sock.settimeout(60)
+    before = bytes(range(256)) * 16  # 4 KiB
+    client.ok(write16(0, 8), data=before)
+
+    cluster.kill_osd()
+    started = time.monotonic()
+    status, _, sense = client.run(write16(8, 8), data=b"\x55" * 4096)
+    elapsed = time.monotonic() - started
+    assert status == 0x02 and sense == (MEDIUM_ERROR, 0x0C, 0x00), (status, sense)  # WRITE ERROR
+    assert elapsed < OP_TIMEOUT + 10, elapsed
+    status, _, sense = client.run(read16(0, 8), read=4096)
+    assert status == 0x02 and sense == (MEDIUM_ERROR, 0x11, 0x00), (status, sense)
+
+    cluster.restart_osd()
+    deadline = time.monotonic() + 60
+    while True:  # the daemon is not restarted: librbd reconnects by itself
+        status, data, sense = client.run(read16(0, 8), read=4096)
+        if status == 0:
+            break
+        assert time.monotonic() < deadline, f"still failing after the OSD returned: {sense}"
+        time.sleep(1)
+    assert data == before
+    client.ok(write16(8, 8), data=b"\x66" * 4096)
+    assert client.ok(read16(8, 8), read=4096) == b"\x66" * 4096
+    client.close()
+    assert daemon.proc is not None and daemon.proc.poll() is None
