@@ -123,8 +123,7 @@ class FileSinkDevice(SerializedMedium):
             raise CheckCondition(Reason.NO_SENSE, information=expected - len(data), ili=True)
         return data
 
-    def close(self) -> None:
-        self.stop_io()
+    def close_medium(self) -> None:
         self.sink.close()
 
 

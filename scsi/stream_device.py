@@ -73,8 +73,23 @@ class SerializedMedium(LogicalUnit):
     def sync_medium(self) -> None:
         """Blocking: make the medium durable. Device types override it."""
 
-    def stop_io(self) -> None:
-        """Let the I/O thread go (after the last command)."""
-        if self._io is not None:
-            self._io.shutdown(wait=True)
-            self._io = None
+    def close_medium(self) -> None:
+        """Blocking: sync and close the medium. Device types override it."""
+
+    def close(self) -> None:
+        """Let go of the medium after the last command. Called on a running event loop (a
+        reload that removed the LU), the sync and close run on the I/O thread after
+        whatever it still has queued, and this returns at once; elsewhere, here and now."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            if self._io is not None:
+                self._io.shutdown(wait=True)
+                self._io = None
+            self.close_medium()
+            return
+        if self._io is None:
+            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medium-close")
+        self._io.submit(self.close_medium)
+        self._io.shutdown(wait=False)  # the thread ends after the close
+        self._io = None

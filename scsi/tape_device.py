@@ -170,6 +170,5 @@ class TapeDevice(SerializedMedium):
     def sync_medium(self) -> None:
         self.image.flush()
 
-    def close(self) -> None:
-        self.stop_io()
+    def close_medium(self) -> None:
         self.image.close()

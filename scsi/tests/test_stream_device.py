@@ -153,3 +153,35 @@ def test_sigterm_flush_syncs_the_tape(tmp_path: Path, monkeypatch: pytest.Monkey
     asyncio.run(tape.flush())
     assert [name for name, _ in calls] == ["fdatasync"]
     tape.close()
+
+
+def test_close_on_a_running_loop_syncs_on_the_io_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload that removes a tape LU closes it from the event loop: the sync of what it
+    wrote happens on the LU's thread, and close() does not wait for it."""
+    tape = TapeDevice.from_file(Identity("t"), tmp_path / "t.img", 1 << 20)
+    _run_all(tape, [(_cdb6(0x0A, 0, 10), b"0123456789")])
+    calls = _spy_on_disk_calls(monkeypatch, ("fdatasync",))
+    image = tape.image
+
+    async def main() -> int:
+        tape.close()
+        for _ in range(500):  # the I/O thread closes the image shortly after
+            if image._fd < 0:
+                break
+            await asyncio.sleep(0.01)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert image._fd < 0
+    assert [name for name, _ in calls] == ["fdatasync"]
+    assert [name for name, thread in calls if thread == loop_thread] == []
+
+
+def test_close_outside_a_loop_is_done_when_it_returns(tmp_path: Path) -> None:
+    sink = FileSinkDevice.from_directory(Identity("s"), tmp_path / "sink", 1 << 20)
+    _run_all(sink, [(_cdb6(0x0A, 0, 3), b"abc")])
+    sink.close()
+    assert sink.sink._fd is None
+    assert (tmp_path / "sink" / "file-0000.bin").read_bytes() == b"abc"
