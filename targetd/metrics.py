@@ -94,6 +94,10 @@ LOOP_LAG_BOUNDS_SECONDS = (
     1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 LOOP_LAG_INTERVAL = 0.02  # seconds between probes: 50 wake-ups a second
+# A lag this long is logged too (at most once a minute), so a stall shows in the journal
+# of a daemon nobody scrapes.
+LOOP_STALL_LOG_SECONDS = 1.0
+LOOP_STALL_LOG_EVERY = 60.0
 
 
 class LoopLag:
@@ -109,12 +113,18 @@ class LoopLag:
         self.count = 0
         self.max = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._logged = -math.inf  # when a stall was last logged (time.monotonic)
 
     def record(self, lag: float) -> None:
         self.buckets[bisect_left(LOOP_LAG_BOUNDS_SECONDS, lag)] += 1
         self.total += lag
         self.count += 1
         self.max = max(self.max, lag)
+        if lag >= LOOP_STALL_LOG_SECONDS:
+            now = time.monotonic()
+            if now - self._logged >= LOOP_STALL_LOG_EVERY:
+                self._logged = now
+                log.warning("event loop stalled for %.2f s: every session waited that long", lag)
 
     def start(self) -> None:
         if self._task is None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+
+import pytest
 
 from targetd.metrics import Family, LoopLag, LunStats, Metrics, lun_families, render
 
@@ -96,3 +99,14 @@ def test_metrics_endpoint_runs_the_loop_lag_probe_while_it_serves() -> None:
     lines = _lines(asyncio.run(main()))
     assert lines["targetd_event_loop_lag_seconds_count"] >= 2
     assert "# TYPE targetd_event_loop_lag_seconds histogram" in Metrics().render()
+
+
+def test_a_stall_of_a_second_is_logged_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    lag = LoopLag()
+    with caplog.at_level(logging.WARNING, logger="targetd.metrics"):
+        lag.record(0.5)  # long, but under the threshold: the histogram has it
+        lag.record(1.25)
+        lag.record(3.0)  # within the minute: counted, not logged again
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["event loop stalled for 1.25 s: every session waited that long"]
+    assert lag.count == 3 and lag.max == 3.0
