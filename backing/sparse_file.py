@@ -18,8 +18,8 @@ varies (block allocation, dirty-page throttling can stall for milliseconds) and 
 worker copies one, the loop keeps receiving the next. RWF_NOWAIT on buffered writes gives
 EOPNOTSUPP on ext4, hence the size threshold instead. Reads try ``preadv(RWF_NOWAIT)``
 inline, which either completes from the page cache or refuses at once, and only a page
-cache miss goes to the executor. File systems without non-blocking reads (tmpfs, FUSE, some
-overlayfs) refuse RWF_NOWAIT with EOPNOTSUPP: on tmpfs, whose pages are memory, reads then
+cache miss goes to the executor. File systems without non-blocking reads (tmpfs, FUSE, and
+overlayfs here) refuse RWF_NOWAIT with EOPNOTSUPP: on tmpfs, whose pages are memory, reads then
 run inline without the flag; elsewhere they go to the executor.
 
 Failures the host must be told about apart (a full file system, EIO) are raised as the typed

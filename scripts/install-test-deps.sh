@@ -36,6 +36,8 @@ DEB_PACKAGES+=(procps)
 # with pyfuse3: fuse3 gives fusermount3, python3-pyfuse3 the binding for Debian's Python (the
 # venv sees it); another interpreter gets it from PyPI, built against libfuse3-dev.
 DEB_PACKAGES+=(fuse3 python3-pyfuse3 libfuse3-dev)
+# LUN files are tested on xfs and btrfs too (loop-mounted images; ext4 comes with e2fsprogs).
+DEB_PACKAGES+=(xfsprogs btrfs-progs)
 
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
