@@ -49,7 +49,8 @@ def lun_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
     try:
         yield where
     finally:
-        subprocess.run(["umount", str(where)], check=False)
+        # Lazy: a daemon that a failed test left running must not keep the mount.
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def qemu_io(url: str, *commands: str) -> str:
