@@ -220,10 +220,11 @@ def test_importing_xcopy_registers_nothing() -> None:
 
 
 # -- xcopy/ goes through the LU, never around it ---------------------------------------------
-# A backing store's file descriptor, a pair volume's base store, the tape image or sink
+# A backing store's file descriptor, a pair volume's base store or its pair and role (pairs
+# are found through the LU's pair control, the pair service), the tape image or sink
 # directory behind a stream LU, and anything private: the LU offers services instead
 # (BlockDevice.kernel_readable / write_from_file, TapeDevice.append_record ..., docs/xcopy.md).
-STORE_INTERNALS = frozenset({"fd", "_fd", "fileno", "base", "image", "sink"})
+STORE_INTERNALS = frozenset({"fd", "_fd", "fileno", "base", "image", "sink", "pair", "role"})
 
 
 def reaches_around(path: Path) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backing.pairs.volume import PairVolume
+from scsi.block_device import BlockDevice
 from scsi.command import Nexus
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import CheckCondition, FieldPointer, Reason, build_sense
@@ -32,6 +32,7 @@ from xcopy.params import (
     CopyList,
     Segment,
 )
+from xcopy.policies import pair_of
 
 _SOURCE_TYPE = {
     BLOCK_TO_BLOCK: BLOCK,
@@ -214,8 +215,8 @@ def _step(
         copy_list, seg, seg.destination, _DESTINATION_TYPE[code], luns, this_lu, nexus, 6, memo
     )
     if code == SPLIT_PAIR:
-        store = getattr(destination.lu, "store", None)
-        if not isinstance(store, PairVolume) or store.pair is None:
+        lu = destination.lu
+        if not isinstance(lu, BlockDevice) or pair_of(lu) is None:
             raise _illegal(Reason.PAIR_NOT_FOUND, seg, 6)
         return Step(seg, None, destination)
     if code not in (SPACE, LOCATE):  # everything else writes its destination

@@ -35,8 +35,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from backing.pairs.engine import Pair
+from backing.pairs.service import PairService
 from backing.pairs.states import BackupPolicy, ErrorCode, PairError, Phase
-from backing.pairs.volume import PairVolume, Role
+from backing.pairs.volume import PairVolume
 from backing.sparse_file import Extent
 from scsi.block_device import BlockDevice
 from scsi.command import Nexus
@@ -59,17 +60,33 @@ def default_policy(pair: Pair) -> Policy:
     return Policy.REFLECT_FIRST
 
 
+def pair_of(lu: BlockDevice) -> tuple[PairService, str, Pair] | None:
+    """The pair service, volume id and pair of ``lu``'s volume, found through the LU's
+    pair control (the one entry point of pair operations); None if it is in no pair."""
+    store = lu.store
+    control = lu.pair_control
+    if not isinstance(store, PairVolume) or control is None:
+        return None
+    pair = control.service.pair_of(store.volume_id)
+    return None if pair is None else (control.service, store.volume_id, pair)
+
+
 class SplitImageReader:
     """Reads a pair's target volume as it was at the split instant (see the module doc)."""
 
-    def __init__(self, lu: BlockDevice, volume: PairVolume, pair: Pair, policy: Policy) -> None:
+    def __init__(
+        self, lu: BlockDevice, service: PairService, volume_id: str, pair: Pair, policy: Policy
+    ) -> None:
         self.lu = lu
-        self.volume = volume
+        self.volume = lu.store  # what READ reads: merged while chunks are still pending
+        self.service = service
+        self.volume_id = volume_id
         self.pair = pair
         self.policy = policy
 
     def check(self) -> None:
-        if self.volume.pair is not self.pair or self.pair.phase not in SPLIT_PHASES:
+        gone = self.service.pair_of(self.volume_id) is not self.pair
+        if gone or self.pair.phase not in SPLIT_PHASES:
             raise SourceUnavailable(
                 Reason.COPY_SPLIT_IMAGE_LOST,
                 f"pair {self.pair.name} left the split state ({self.pair.phase.name}):"
@@ -159,11 +176,13 @@ def pair_aware_readers(policy_for: PolicyLookup = default_policy) -> ReaderFacto
     direct readers for everything else."""
 
     async def factory(lu: BlockDevice, copy_list: CopyList, nexus: Nexus) -> SourceReader:
-        store = lu.store
-        if not isinstance(store, PairVolume) or store.role is not Role.TARGET:
+        found = pair_of(lu)
+        if found is None:
             return DirectReader(lu)
-        pair = store.pair
-        assert pair is not None
+        service, volume_id, pair = found
+        status = service.status_of(volume_id)
+        if status is None or status.target != volume_id:  # a pair's source reads as it is
+            return DirectReader(lu)
         policy = split_policy(copy_list) or pair.backup_policy or policy_for(pair)
         if policy is Policy.SPLIT_AND_BACKUP:
             if pair.phase.mirroring:  # the backup takes its own split (before IMMED answers)
@@ -172,9 +191,9 @@ def pair_aware_readers(policy_for: PolicyLookup = default_policy) -> ReaderFacto
         if pair.phase not in SPLIT_PHASES:
             raise SourceUnavailable(
                 Reason.COPY_SOURCE_PAIR_NOT_SPLIT,
-                f"{store.volume_id} is the target of pair {pair.name}, which is "
+                f"{volume_id} is the target of pair {pair.name}, which is "
                 f"{pair.phase.name}: split it first, or use a SPLIT PAIR segment",
             )
-        return SplitImageReader(lu, store, pair, policy)
+        return SplitImageReader(lu, service, volume_id, pair, policy)
 
     return factory
