@@ -64,8 +64,22 @@ def _lines(text: str) -> dict[str, float]:
     }
 
 
+def test_loop_lag_histogram_puts_a_stall_in_its_bucket() -> None:
+    """A lag of 150 ms lands in the 250 ms bucket, not below; short ones stay below."""
+    lag = LoopLag(interval=0.01)
+    for _ in range(4):
+        lag.record(0.001)
+    lag.record(0.15)
+    lines = _lines(render(lag.families()))
+    assert lines["targetd_event_loop_lag_seconds_count"] == 5
+    assert lines['targetd_event_loop_lag_seconds_bucket{le="0.1"}'] == 4
+    assert lines['targetd_event_loop_lag_seconds_bucket{le="0.25"}'] == 5
+    assert lines["targetd_event_loop_lag_max_seconds"] == 0.15
+
+
 def test_loop_lag_histogram_shows_a_stall_of_the_event_loop() -> None:
-    """A blocking call of 150 ms on the loop lands in the 250 ms bucket, not below."""
+    """A blocking call of 150 ms on the loop is seen by the live probe. (A busy machine
+    may delay other probes too, so only the stall's own mark is asserted.)"""
     lag = LoopLag(interval=0.01)
 
     async def main() -> None:
@@ -79,10 +93,9 @@ def test_loop_lag_histogram_shows_a_stall_of_the_event_loop() -> None:
     lines = _lines(render(lag.families()))
     count = lines["targetd_event_loop_lag_seconds_count"]
     assert count >= 5
-    assert lines['targetd_event_loop_lag_seconds_bucket{le="0.1"}'] == count - 1
-    assert lines['targetd_event_loop_lag_seconds_bucket{le="0.25"}'] == count
+    assert lines['targetd_event_loop_lag_seconds_bucket{le="0.1"}'] <= count - 1
     assert lines['targetd_event_loop_lag_seconds_bucket{le="+Inf"}'] == count
-    assert 0.13 <= lines["targetd_event_loop_lag_max_seconds"] < 0.25
+    assert lines["targetd_event_loop_lag_max_seconds"] >= 0.13
     assert lines["targetd_event_loop_lag_seconds_sum"] >= 0.13
 
 

@@ -179,6 +179,11 @@ def _gated() -> tuple[CopyManager, list[GatedReader]]:
     return CopyManager(factory, max_concurrent=2), readers
 
 
+async def _first_read(readers: list[GatedReader]) -> None:
+    while not (readers and readers[0].reads):
+        await asyncio.sleep(0.005)
+
+
 def test_immed_progress_duplicate_id_abort_and_limit(tmp_path: Path) -> None:
     async def main() -> None:
         manager, readers = _gated()
@@ -188,7 +193,10 @@ def test_immed_progress_duplicate_id_abort_and_limit(tmp_path: Path) -> None:
         params = lid4([cscd(a), cscd(b)], [seg_b2b(0, 1, 8192, 0, 8192)], list_id=42, immed=True)
         r = await extended_copy(t, params, sa=1)
         assert (r.status, r.sense) == (GOOD, None)  # IMMED: answered before the copy ends
-        await asyncio.sleep(0.01)
+        # The copy starts in the background: wait (on a loaded machine, a while) for its
+        # first read, which stops at the gate.
+        await asyncio.wait_for(_first_read(readers), 30)
+        await asyncio.sleep(0.05)
         r = await send(t, rcr_cdb(0x05, 42))
         status = bytes(r.data)
         assert status[5] == 0x12 and int.from_bytes(status[16:24], "big") == 0
