@@ -10,10 +10,17 @@ the copy overwrote the reserved LU with GOOD.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import struct
+import subprocess
+import sys
+import time
+from typing import Any
 
 import pytest
-from conftest import DaemonFactory
+from conftest import REPO, Daemon, DaemonFactory
 from raw_initiator import RawInitiator
 
 CONFIG = """
@@ -208,3 +215,87 @@ def test_a_backup_to_a_reserved_tape_writes_no_record(targetd_factory: DaemonFac
         assert status == GOOD and position[0] & 0x80 and position[4:8] == bytes(4)
         status, _, sense = h.command(bytes([0x08, 0, 0, 0x02, 0, 0]), lun=TAPE, read=512)
         assert status == CHECK and (sense[2] & 0x0F, sense[12], sense[13]) == (0x08, 0x00, 0x05)
+
+
+# -- access revoked by a reload ----------------------------------------------------------------
+HOST, KEEPER = "iqn.2026-11.org.test:host", "iqn.2026-11.org.test:keeper"
+
+
+def acl_config(*allowed: str) -> str:
+    return f"""
+[[target]]
+name = "iqn.2026-11.org.targetd:res"
+allowed_initiators = {json.dumps(list(allowed))}
+[[target.lun]]
+lun = 0
+path = "a.img"
+size = "32MiB"
+[[target.lun]]
+lun = 1
+path = "b.img"
+size = "1MiB"
+[[target.lun]]
+lun = 2
+kind = "tape"
+path = "tape.img"
+size = "128MiB"
+"""
+
+
+def copy_operations(daemon: Daemon) -> list[dict[str, Any]]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "targetd.ctl", "status", "--json",
+         "--state-dir", str(daemon.state_dir)],
+        cwd=REPO, capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    operations: list[dict[str, Any]] = json.loads(proc.stdout)["copy_operations"]
+    return operations
+
+
+def test_a_copy_stops_when_a_reload_revokes_its_initiator(
+    targetd_factory: DaemonFactory,
+) -> None:
+    """The initiator a backup runs for is taken off the ACL by SIGHUP: its commands fail
+    from then on, and so does its copy, at its next record."""
+    daemon = targetd_factory(acl_config(HOST, KEEPER))
+    assert daemon.config is not None and daemon.proc is not None
+    host = login(daemon.port, daemon.iqn, HOST)
+    # 32 MiB as 65536 fixed 512-byte records: a copy of many small steps, still running
+    # when the reload lands.
+    fixed = bytearray(cscd(naa_of(host, TAPE), 0x01, 512))
+    fixed[28] = 0x01  # FIXED
+    cscds = cscd(naa_of(host, 0), 0x00, 512) + bytes(fixed)
+    segments = b"".join(
+        struct.pack(">BBHHHx3s2xHQ", 0x00, 0, 0x14, 0, 1, (8192).to_bytes(3, "big"), 8192, lba)
+        for lba in range(0, 65536, 8192)
+    )
+    head = bytearray(48)
+    head[0], head[15] = 0x01, 0x01  # LID4, IMMED
+    head[20:24] = (5).to_bytes(4, "big")
+    head[42:44] = len(cscds).to_bytes(2, "big")
+    head[44:46] = len(segments).to_bytes(2, "big")
+    params = bytes(head) + cscds + segments
+    cdb = bytes([0x83, 0x01]) + bytes(8) + len(params).to_bytes(4, "big") + bytes(2)
+    assert host.command(cdb, lun=0, data=params)[0] == GOOD
+    deadline = time.monotonic() + 30
+    while not any(op["bytes_done"] for op in copy_operations(daemon)):
+        assert time.monotonic() < deadline, "the backup does not start"
+        time.sleep(0.02)
+    daemon.config.write_text(acl_config(KEEPER))
+    os.kill(daemon.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while "access revoked" not in daemon.stderr:
+        assert time.monotonic() < deadline, daemon.stderr
+        time.sleep(0.05)
+    while True:
+        (op,) = copy_operations(daemon)
+        if op["state"] != "running" or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert op["state"] == "aborted", op
+    assert op["bytes_done"] < op["bytes_total"], op
+    moved = op["bytes_done"]
+    time.sleep(0.5)  # and nothing moves any more
+    (op,) = copy_operations(daemon)
+    assert op["bytes_done"] == moved
+    host.close()
