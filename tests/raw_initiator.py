@@ -184,6 +184,8 @@ class RawInitiator:
                     resp.data[2 : 2 + int.from_bytes(resp.data[:2], "big")] if resp.data else b""
                 )
                 return resp.bhs[3], bytes(data_in), sense
+            elif resp.opcode == Op.NOP_IN and resp.u32(20) != 0xFFFFFFFF:
+                self.answer_ping(resp)  # a keepalive of a session left idle a while
             else:
                 raise AssertionError(f"unexpected opcode {resp.opcode:#x}")
 
@@ -194,6 +196,14 @@ class RawInitiator:
             if status == 0:
                 return
         raise AssertionError("unit attention does not clear")
+
+    def answer_ping(self, ping: Response) -> None:
+        """Answer the target's NOP-In ping (RFC 7143 11.18.2: ITT reserved, its TTT echoed)."""
+        hdr = new_header(Op.NOP_OUT | 0x40, 0x80, itt=0xFFFFFFFF, data_length=len(ping.data))
+        put_u32(hdr, 20, ping.u32(20))
+        put_u32(hdr, 24, self.cmdsn)
+        put_u32(hdr, 28, self.expstatsn)
+        self.send(hdr, ping.data)
 
     def nop(self, payload: bytes = b"") -> Response:
         hdr = new_header(Op.NOP_OUT | 0x40, 0x80, itt=self.next_itt(), data_length=len(payload))
