@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from hostcopy import commands as c
 from hostcopy import ops
-from hostcopy.device import Device, ScsiError, TransportError, open_device, run
+from hostcopy.device import Device, ScsiError, TransportError, execute, open_device, run
 from hostcopy.label import Label
 from hostcopy.lists import (
     DEFAULT_RECORD,
@@ -62,7 +62,7 @@ def _utc(ms: int | None = None) -> str:
 
 
 def _pair_of(device: Device) -> c.PairStatus | None:
-    result = device.execute(c.pair_in(), read=96)
+    result = execute(device, c.pair_in(), read=96)
     if result.status != 0 or len(result.data) < 96:
         return None
     status = c.pair_status(result.data)
@@ -125,22 +125,49 @@ def cmd_backup(args: argparse.Namespace) -> int:
             f"{layout.records} records of {record} bytes in {len(lists)} list(s)",
             file=sys.stderr,
         )
-        _send_all(dst, lists, first, layout.length, "backup")
+        try:
+            _send_all(dst, lists, first, layout.length, "backup")
+        except (ops.CopyFailed, KeyboardInterrupt) as e:
+            if not (isinstance(e, ops.CopyFailed) and e.refused and e.list_index == 0):
+                _close_partial(dst)
+            raise
     return EXIT_OK
+
+
+def _close_partial(dst: Device) -> None:
+    """A backup that stopped after writing something (its label at least) is closed with
+    a file mark, so the next backup starts a tape file of its own instead of running on
+    into this one; `verify` of it then fails, as it should."""
+    try:
+        ops.write_filemark(dst)
+    except (ScsiError, TransportError) as e:
+        print(f"could not close the partial backup with a file mark: {e}", file=sys.stderr)
+    else:
+        print("the partial backup was closed with a file mark: do not restore it",
+              file=sys.stderr)  # fmt: skip
 
 
 def _send_all(device: Device, lists: list[bytes], first: int, total: int, what: str) -> None:
     bar = Progress(total, what)
     done_before = 0
+    list_id = first
     try:
         for n, params in enumerate(lists):
+            list_id = first + n
             status = ops.send_list(
-                device, params, first + n, lambda done, b=done_before: bar.update(b + done)
+                device, params, list_id, lambda done, b=done_before: bar.update(b + done)
             )
             done_before += status.transferred
             bar.update(min(done_before, total))
-    except ops.CopyFailed:
+    except ops.CopyFailed as e:
         bar.finish(ok=False)
+        e.list_index = list_id - first
+        raise
+    except KeyboardInterrupt:
+        # An IMMED copy goes on without us: stop it rather than leave it running.
+        bar.finish(ok=False)
+        ops.abort(device, list_id)
+        print(f"interrupted: {what} list {list_id} aborted (COPY OPERATION ABORT)", file=sys.stderr)
         raise
     bar.finish()
 

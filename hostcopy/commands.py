@@ -35,6 +35,10 @@ def extended_copy_lid4(length: int) -> bytes:
     return bytes([EXTENDED_COPY, LID4]) + bytes(8) + length.to_bytes(4, "big") + bytes(2)
 
 
+def copy_operation_abort(list_id: int) -> bytes:
+    return bytes([EXTENDED_COPY, 0x1C]) + list_id.to_bytes(4, "big") + bytes(10)
+
+
 def receive_copy_results(action: int, list_id: int = 0, allocation: int = 1024) -> bytes:
     return (
         bytes([RECEIVE_COPY_RESULTS, action])
@@ -47,6 +51,10 @@ def receive_copy_results(action: int, list_id: int = 0, allocation: int = 1024) 
 
 def rewind() -> bytes:
     return bytes([REWIND, 0, 0, 0, 0, 0])
+
+
+def write_filemarks6(count: int) -> bytes:
+    return bytes([0x10, 0]) + count.to_bytes(3, "big") + b"\0"
 
 
 def space6(code: int, count: int) -> bytes:

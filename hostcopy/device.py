@@ -49,9 +49,33 @@ class Device(Protocol):
     def close(self) -> None: ...
 
 
+UNIT_ATTENTION = 0x6
+# A unit attention reports an event (a reset, a reservation or capacity change, a target
+# restart) and means the command was not run: sending it again is safe, as the kernel's sd
+# driver does. More than a few in a row is not an event but a loop.
+UA_RETRIES = 3
+
+
+def _unit_attention(result: Result) -> bool:
+    s = result.sense
+    if result.status != CHECK_CONDITION or len(s) < 3:
+        return False
+    key = s[1] & 0x0F if s[0] & 0x7F in (0x72, 0x73) else s[2] & 0x0F
+    return key == UNIT_ATTENTION
+
+
+def execute(device: Device, cdb: bytes, *, data_out: bytes = b"", read: int = 0) -> Result:
+    """``device.execute``, sent again after a unit attention."""
+    for _ in range(UA_RETRIES):
+        result = device.execute(cdb, data_out=data_out, read=read)
+        if not _unit_attention(result):
+            return result
+    return result
+
+
 def run(device: Device, what: str, cdb: bytes, *, data_out: bytes = b"", read: int = 0) -> bytes:
-    """``device.execute``, raising :class:`ScsiError` unless the status is GOOD."""
-    result = device.execute(cdb, data_out=data_out, read=read)
+    """:func:`execute`, raising :class:`ScsiError` unless the status is GOOD."""
+    result = execute(device, cdb, data_out=data_out, read=read)
     if result.status != GOOD:
         raise ScsiError(what, result)
     return result.data

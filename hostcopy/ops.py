@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hostcopy import commands as c
-from hostcopy.device import CHECK_CONDITION, GOOD, Device, Result, ScsiError, run
+from hostcopy.device import CHECK_CONDITION, GOOD, Device, Result, ScsiError, execute, run
 from hostcopy.label import LABEL_SIZE, Label, decode
 from hostcopy.sense import describe, parse
 
@@ -18,7 +18,14 @@ READ_THROUGH = 8 << 20  # bytes per READ(6) when a device cannot SPACE
 
 
 class CopyFailed(Exception):
-    """A copy ended other than completed; ``str()`` has the sense in words."""
+    """A copy ended other than completed; ``str()`` has the sense in words. ``refused``:
+    the EXTENDED COPY itself was refused, so the target moved nothing (it checks every
+    segment before any byte moves)."""
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+        self.list_index = 0  # which of a run's lists (set by the caller that sent several)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +61,7 @@ def limits(device: Device) -> c.CopyLimits:
         read=1024,
     )
     found = c.operating_parameters(data)
-    vpd = device.execute(c.inquiry(0x8F), read=0xFFFF)
+    vpd = execute(device, c.inquiry(0x8F), read=0xFFFF)
     if vpd.status == GOOD:
         found = c.narrow_by_vpd8f(found, vpd.data)
     return found
@@ -70,6 +77,11 @@ def copy_status(device: Device, list_id: int) -> c.CopyStatus:
     return c.copy_status_lid4(data)
 
 
+def abort(device: Device, list_id: int) -> None:
+    """COPY OPERATION ABORT (83h/1Ch): the target stops the copy between chunks."""
+    execute(device, c.copy_operation_abort(list_id))
+
+
 def send_list(
     device: Device,
     params: bytes,
@@ -77,9 +89,9 @@ def send_list(
     on_progress: Callable[[int], None] = lambda _done: None,
 ) -> c.CopyStatus:
     """EXTENDED COPY(LID4) with IMMED, then RECEIVE COPY STATUS until it ends."""
-    result = device.execute(c.extended_copy_lid4(len(params)), data_out=params)
+    result = execute(device, c.extended_copy_lid4(len(params)), data_out=params)
     if result.status != GOOD:
-        raise CopyFailed(f"EXTENDED COPY refused: {_words(result)}")
+        raise CopyFailed(f"EXTENDED COPY refused: {_words(result)}", refused=True)
     while True:
         status = copy_status(device, list_id)
         on_progress(status.transferred)
@@ -105,7 +117,7 @@ FILEMARK_OR_END = "filemark-or-end"
 
 def _read6(device: Device, length: int, *, sili: bool) -> tuple[bytes, str | None]:
     """(data, event): event is None, "filemark", "end" (end of data) or "short"."""
-    result = device.execute(c.read6_variable(length, sili), read=length)
+    result = execute(device, c.read6_variable(length, sili), read=length)
     if result.status == GOOD:
         return result.data, None
     sense = parse(result.sense) if result.status == CHECK_CONDITION else None
@@ -139,7 +151,7 @@ def _skip_by_reading(device: Device, files: int | None) -> None:
 
 def _space(device: Device, code: int, count: int) -> bool:
     """SPACE(6); False when the device does not have the command (INVALID OPCODE)."""
-    result = device.execute(c.space6(code, count))
+    result = execute(device, c.space6(code, count))
     if result.status == GOOD:
         return True
     sense = parse(result.sense) if result.status == CHECK_CONDITION else None
@@ -156,6 +168,10 @@ def _space(device: Device, code: int, count: int) -> bool:
     ):
         raise CopyFailed(f"{device.name} holds fewer than {count} backups")
     raise ScsiError("SPACE(6)", result)
+
+
+def write_filemark(device: Device) -> None:
+    run(device, "WRITE FILEMARKS(6)", c.write_filemarks6(1))
 
 
 def rewind(device: Device) -> None:

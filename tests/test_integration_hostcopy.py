@@ -4,9 +4,12 @@ The tool runs as a subprocess, as a backup engineer runs it."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -207,3 +210,43 @@ def test_the_package_installs_targetd_copy() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert project["project"]["scripts"]["targetd-copy"] == "hostcopy.cli:main"
     assert "hostcopy*" in project["tool"]["setuptools"]["packages"]["find"]["include"]
+
+
+SLOW_CONFIG = CONFIG.replace('copy_rate = "64MiB"', 'copy_rate = "2MiB"')
+
+
+def test_an_interrupted_backup_is_aborted_and_closed_with_a_file_mark(
+    targetd_factory: DaemonFactory,
+) -> None:
+    """Ctrl-C while an IMMED copy runs: the tool sends COPY OPERATION ABORT and closes the
+    partial backup with a file mark, so the next backup is a tape file of its own."""
+    daemon = targetd_factory(SLOW_CONFIG)
+    client = BlockClient(daemon.port, daemon.iqn, (SOURCE, MIRROR))
+    try:
+        image = os.urandom(SIZE)
+        client.write(SOURCE, 0, image)
+        # Policy 2 (wait): the backup waits for the paced copy (about 4 s) to finish.
+        tool("create", daemon.url(SOURCE), daemon.url(MIRROR), "--name", "db", "--policy", "2")
+        tool("split", daemon.url(MIRROR))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hostcopy", "backup", daemon.url(MIRROR), daemon.url(TAPE)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert proc.stderr is not None
+        assert "backup of" in proc.stderr.readline()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert "aborted (COPY OPERATION ABORT)" in err
+        assert "closed with a file mark" in err
+        client.wait("SPLIT", lun=MIRROR)
+        time.sleep(0.5)
+        tool("backup", daemon.url(MIRROR), daemon.url(TAPE))
+        listing = json.loads(tool("list", daemon.url(TAPE), "--json").stdout)
+        assert [entry["file"] for entry in listing] == [0, 1]
+        broken = tool("verify", daemon.url(TAPE), "--file", "0", check=False)
+        assert broken.returncode == 1 and "is not 1048576 bytes" in broken.stderr
+        tool("verify", daemon.url(TAPE), daemon.url(MIRROR), "--file", "1")
+    finally:
+        client.close()
