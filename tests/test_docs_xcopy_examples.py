@@ -105,3 +105,77 @@ def test_the_lid1_and_lid4_examples_run_as_written(targetd_factory: DaemonFactor
         assert read_tape(client, 8, 128 * 1024) == image
     finally:
         client.close()
+
+
+DEVICES = {"/dev/sdb": 0, "/dev/sg2": 0, "/dev/sdc": 1, "/dev/sg3": 1, "/dev/sg4": TAPE}
+
+
+def policy_examples() -> list[tuple[str, list[str]]]:
+    """(title, command lines) of each numbered example of "A worked example per policy"."""
+    text = DOC.read_text()
+    section = text[text.index("### A worked example per policy") :]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block is not None
+    examples: list[tuple[str, list[str]]] = []
+    for line in block[1].splitlines():
+        if m := re.match(r"# (\d'?)\. ", line):
+            examples.append((m[1], []))
+        elif examples and line.startswith(("sg_raw", "sg_copy_results")):
+            examples[-1][1].append(line.split("#")[0].strip())
+    return examples
+
+
+def run_line(client: BlockClient, line: str, files: dict[str, bytes]) -> None:
+    words = shlex.split(line)
+    if words[0] == "sg_copy_results":  # --status --list_id=N DEV: COPY STATUS (LID1)
+        list_id = int(words[2].split("=")[1])
+        cdb = bytes([0x84, 0x00, list_id]) + bytes(7) + (12).to_bytes(4, "big") + bytes(2)
+        deadline = time.monotonic() + 30
+        while (state := client.ok(cdb, lun=DEVICES[words[3]], read=12)[4] & 0x7F) == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert state == 0x01, f"{line}: copy status {state:#x}"
+        return
+    data = b""
+    if words[1] == "-s":
+        data = files[words[4]]
+        assert len(data) == int(words[2]), line
+        words = [words[0], *words[5:]]
+    cdb = bytes(int(w, 16) for w in words[2:])
+    assert len(cdb) == 16, line
+    if data:
+        assert int.from_bytes(cdb[10:14], "big") == len(data), line
+    client.ok(cdb, lun=DEVICES[words[1]], data=data)
+
+
+def test_every_policy_example_backs_up_the_split_image(targetd_factory: DaemonFactory) -> None:
+    daemon = targetd_factory(CONFIG)
+    client = BlockClient(daemon.port, daemon.iqn, (0, 1, TAPE))
+    try:
+        naa = {
+            f"NAA{tag}": lu_designator(client.ok(inquiry(0x83, 255), lun=lun, read=255)).value
+            for tag, lun in (("0", 0), ("1", 1), ("T", TAPE))
+        }
+        backup, lid4 = hex_blocks()
+        files = {
+            # "backup.bin is the list above with CSCD 0 naming LUN 1"
+            "backup.bin": assemble(backup, {**naa, "NAA0": naa["NAA1"]}),
+            "backup-lid4.bin": assemble(lid4, {**naa, "PP": b"\x00"}),
+        }
+        client.write(0, 0, os.urandom(8 * MiB))
+        client.create(0, 1, b"db")
+        client.wait("DUPLEX")
+        examples = policy_examples()
+        assert [title for title, _ in examples] == ["1", "2", "3", "4", "4'"]
+        for title, lines in examples:
+            image = client.read(0, 0, MiB)
+            client.ok(bytes([0x01, 0, 0, 0, 0, 0]), lun=TAPE)  # mt rewind
+            for line in lines:
+                run_line(client, line, files)
+            client.write(0, 0, os.urandom(MiB))  # after the split: not on the tape
+            assert read_tape(client, 8, 128 * 1024) == image, f"example {title}"
+            client.wait("SPLIT")
+            client.ok(bytes([0xC4, 0x03, 0xFF, 0xFF]) + bytes(12))  # RESYNC
+            client.wait("DUPLEX")
+    finally:
+        client.close()
