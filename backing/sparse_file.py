@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from backing.errors import classify
+from backing.threads import outlast
 
 # Writes up to this size run inline on the event loop (see the table above).
 INLINE_WRITE_MAX = 128 * 1024
@@ -174,7 +175,7 @@ class SparseFile:
             if len(view) <= INLINE_WRITE_MAX and not fua:
                 _pwrite_all(self._fd, view, offset)
                 return
-            await _finish(
+            await outlast(
                 asyncio.get_running_loop().run_in_executor(
                     None, _pwrite_all, self._fd, view, offset, flags
                 )
@@ -196,7 +197,7 @@ class SparseFile:
         The kernel zeroes partial blocks at unaligned edges itself; a file system that
         cannot punch gets zeros written instead.
         """
-        await _finish(
+        await outlast(
             asyncio.get_running_loop().run_in_executor(
                 None, self._deallocate, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length
             )
@@ -204,7 +205,7 @@ class SparseFile:
 
     async def write_zeroes(self, offset: int, length: int) -> None:
         """Make ``[offset, offset+length)`` read as zeros, keeping it allocated if possible."""
-        await _finish(
+        await outlast(
             asyncio.get_running_loop().run_in_executor(
                 None, self._deallocate, _FALLOC_FL_ZERO_RANGE | _FALLOC_FL_KEEP_SIZE, offset, length
             )
@@ -284,17 +285,3 @@ class SparseFile:
 
     def __repr__(self) -> str:
         return f"SparseFile({str(self.path)!r}, size={self.size}, read_only={self.read_only})"
-
-
-async def _finish(change: asyncio.Future[None]) -> None:
-    """Wait for a change to the file even if the waiting task is cancelled meanwhile.
-
-    A thread cannot be stopped half way through a pwrite; an aborted command must not be
-    reported gone while its write can still land (after, say, a newer write to the same
-    blocks). So cancellation waits for the thread, then propagates.
-    """
-    try:
-        await asyncio.shield(change)
-    except asyncio.CancelledError:
-        await change
-        raise

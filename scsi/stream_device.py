@@ -21,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from backing.threads import outlast
 from scsi.command import ScsiCommand, ScsiResult
 from scsi.logical_unit import NO_SERVICES, Identity, LogicalUnit, Services
 
@@ -54,16 +55,7 @@ class SerializedMedium(LogicalUnit):
         if self._io is None:
             name = f"medium:{self.identity.device_id[-32:]}"  # the LUN's end of the id
             self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        future = asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
-        cancelled = False
-        while not future.done():
-            try:
-                await asyncio.wait((future,))
-            except asyncio.CancelledError:
-                cancelled = True
-        if cancelled:
-            raise asyncio.CancelledError
-        return future.result()
+        return await outlast(asyncio.get_running_loop().run_in_executor(self._io, fn, *args))
 
     async def flush(self) -> None:
         """Everything written so far made durable (SIGTERM, before the daemon exits)."""

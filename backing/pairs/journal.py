@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from backing.pairs.bitmap import PAGE_BYTES, ChunkBitmap
+from backing.threads import outlast
 
 MAGIC = b"TDPAIR01"
 SLOT_BYTES = 2048
@@ -56,21 +57,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-async def _finish(future: asyncio.Future[T]) -> T:
-    """The result of a call on a thread. A caller cancelled meanwhile still waits for the
-    call to end (a thread cannot be stopped): the next header write must not run beside
-    this one, and a bitmap page is on disk or known not to be."""
-    cancelled = False
-    while not future.done():
-        try:
-            await asyncio.wait((future,))
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    return future.result()
-
-
 class PairFile:
     """Positional access to one pair file. The blocking calls run on the file's own
     threads through :meth:`commit_header` and :meth:`commit_pages`."""
@@ -90,21 +76,21 @@ class PairFile:
         if self._header_lane is None:
             self._header_lane = ThreadPoolExecutor(1, thread_name_prefix="pair-header")
         loop = asyncio.get_running_loop()
-        await _finish(loop.run_in_executor(self._header_lane, self.write_header, meta))
+        await outlast(loop.run_in_executor(self._header_lane, self.write_header, meta))
 
     async def commit_pages(self, pages: list[tuple[int, int, bytes]]) -> None:
         """:meth:`write_pages` on the bitmap lane."""
         if self._pages_lane is None:
             self._pages_lane = ThreadPoolExecutor(1, thread_name_prefix="pair-bitmap")
         loop = asyncio.get_running_loop()
-        await _finish(loop.run_in_executor(self._pages_lane, self.write_pages, pages))
+        await outlast(loop.run_in_executor(self._pages_lane, self.write_pages, pages))
 
     async def discard(self) -> None:
         """:meth:`remove` (unlink, directory sync) on the header lane, then the lanes go."""
         if self._header_lane is None:
             self._header_lane = ThreadPoolExecutor(1, thread_name_prefix="pair-header")
         loop = asyncio.get_running_loop()
-        await _finish(loop.run_in_executor(self._header_lane, self.remove))
+        await outlast(loop.run_in_executor(self._header_lane, self.remove))
         self._stop_lanes()
 
     def _stop_lanes(self) -> None:
