@@ -96,6 +96,8 @@ class Phase(Enum):
     CLOSED = auto()
 
 
+# Task attributes 5-7 are reserved: served as SIMPLE. A table, not an Enum call per command.
+_ATTRIBUTES = tuple(TaskAttribute(a) if a <= 4 else TaskAttribute.SIMPLE for a in range(8))
 _BAD_FIELD = RejectReason.INVALID_PDU_FIELD
 _RESETS = (
     TmfFunction.LOGICAL_UNIT_RESET,
@@ -528,9 +530,7 @@ class Connection:
             edtl=edtl,
             read=read,
             write=write,
-            attribute=TaskAttribute(flags & P.ATTR_MASK)
-            if (flags & P.ATTR_MASK) <= 4
-            else TaskAttribute.SIMPLE,
+            attribute=_ATTRIBUTES[flags & P.ATTR_MASK],
         )
         if write and edtl:
             # The unsolicited part: immediate data plus Data-Out with TTT 0xffffffff.
@@ -754,7 +754,23 @@ class Connection:
             good=result.status == Status.GOOD,
         )
         collapse = result.status == Status.GOOD and result.sense is None
-        if n:
+        if n and n <= self.max_send_data and n <= self.max_burst:
+            view = memoryview(data)[:n]  # type: ignore[arg-type]
+            if collapse:
+                flags |= 0x80 | P.DATAIN_STATUS
+                hdr = datapath.single_data_in(
+                    n,
+                    lun=task.lun_raw,
+                    itt=task.itt,
+                    flags=flags,
+                    status=result.status,
+                    residual=residual,
+                )
+                self._send(hdr, view)
+                return
+            hdr = datapath.single_data_in(n, lun=task.lun_raw, itt=task.itt)
+            self._send(hdr, view, stamp_statsn=False)
+        elif n:
             pdus = datapath.data_in_pdus(
                 memoryview(data)[:n],  # type: ignore[arg-type]
                 lun=task.lun_raw,

@@ -6,6 +6,7 @@ sections 11.7 (Data-Out/Data-In) and 11.4.5 (residuals) read in one place and te
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -13,6 +14,9 @@ from targetd.iscsi import pdu as P
 from targetd.iscsi.pdu import Op, put_u32
 
 _DATA_IN_HDR = P.new_header(Op.DATA_IN, 0)
+# Opcode, flags, status, TotalAHSLength 0 + DataSegmentLength, LUN, ITT, TTT, (StatSN,
+# ExpCmdSN, MaxCmdSN left for the sender), DataSN, buffer offset, residual count.
+_ONE_DATA_IN = struct.Struct(">BBxBI8sII12xIII")
 
 
 @dataclass(slots=True)
@@ -65,6 +69,19 @@ def residual(
     elif read and edtl and good:
         flags, residual_count = P.FLAG_UNDERFLOW, edtl
     return flags, residual_count, send
+
+
+def single_data_in(
+    length: int, *, lun: bytes, itt: int, flags: int = 0x80, status: int = 0, residual: int = 0
+) -> bytearray:
+    """The header of a Data-In that carries a whole read (DataSN 0, offset 0) in one pack:
+    what :func:`data_in_pdus` yields for data within one segment and one burst, for the
+    common small read, without a generator and a dozen field writes."""
+    hdr = bytearray(P.BHS_LEN)
+    _ONE_DATA_IN.pack_into(
+        hdr, 0, Op.DATA_IN, flags, status, length, lun, itt, P.RESERVED_TAG, 0, 0, residual
+    )
+    return hdr
 
 
 def data_in_pdus(

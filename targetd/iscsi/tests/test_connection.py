@@ -148,6 +148,40 @@ def test_read_is_split_at_mrdsl_with_status_in_last_data_in() -> None:
     assert not pdus[0][1] & 0x01
 
 
+def test_read_in_one_data_in_has_every_header_field() -> None:
+    h = Harness(mrdsl=8192)
+    itt, _ = h.command(READ10, read=4096)
+    ev = executed(h)
+    h.conn.scsi_done(ev.task, ScsiResult(data=bytes(4096)))
+    (pdu,) = split_pdus(b"".join(bytes(b) for b in h.conn.take_output()))
+    header = pdu[:BHS_LEN]
+    # Opcode, F+S, status GOOD, no AHS, 4096 bytes, LUN 0, the ITT, TTT ffffffff.
+    assert header[:24] == bytes([0x25, 0x81, 0, 0, 0, 0, 0x10, 0]) + bytes(8) + struct.pack(
+        ">II", itt, 0xFFFFFFFF
+    )
+    statsn = u32(header, 24)
+    assert (u32(header, 28), u32(header, 32)) == (h.cmdsn, h.cmdsn + 127)  # ExpCmdSN, Max
+    assert header[36:] == bytes(12)  # DataSN 0, offset 0, residual 0
+    # The status went out with the data: the next response carries the next StatSN.
+    h.command(bytes([0]) * 6)  # TEST UNIT READY
+    h.conn.scsi_done(executed(h).task, ScsiResult())
+    (response,) = split_pdus(b"".join(bytes(b) for b in h.conn.take_output()))
+    assert u32(response, 24) == statsn + 1
+
+
+def test_read_with_sense_sends_data_then_status_apart() -> None:
+    h = Harness(mrdsl=8192)
+    itt, _ = h.command(READ10, read=4096)
+    ev = executed(h)
+    h.conn.scsi_done(ev.task, ScsiResult(data=bytes(4096), sense=bytes(18)))
+    data_in, response = split_pdus(b"".join(bytes(b) for b in h.conn.take_output()))
+    # F without S; StatSN is not stamped on a Data-In that carries no status.
+    assert data_in[:8] == bytes([0x25, 0x80, 0, 0, 0, 0, 0x10, 0])
+    assert u32(data_in, 16) == itt and u32(data_in, 24) == 0
+    assert data_in[36:48] == bytes(12)
+    assert response[0] & 0x3F == Op.SCSI_RESPONSE and u32(response, 16) == itt
+
+
 def test_short_read_reports_underflow_residual() -> None:
     h = Harness()
     _, _ = h.command(bytes([0x12, 0, 0, 0, 255, 0]), read=255)

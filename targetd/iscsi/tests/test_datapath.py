@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from targetd.iscsi.datapath import Burst, data_in_pdus, residual
+from targetd.iscsi.datapath import Burst, data_in_pdus, residual, single_data_in
 from targetd.iscsi.pdu import FLAG_OVERFLOW, FLAG_UNDERFLOW
 
 
@@ -48,3 +48,19 @@ def test_a_burst_takes_only_the_data_that_continues_it() -> None:
     assert burst.takes(0, 4096) and not burst.takes(512, 512) and not burst.takes(0, 8193)
     burst.offset = 8192
     assert burst.done
+
+
+@pytest.mark.parametrize("length", [1, 512, 4096, 8192])
+def test_single_data_in_is_the_one_pdu_data_in_pdus_gives(length: int) -> None:
+    data = memoryview(bytes(length))
+    lun = bytes([0, 3]) + bytes(6)
+    ((expected, segment, last),) = data_in_pdus(
+        data, lun=lun, itt=0x1234, max_segment=8192, max_burst=65536
+    )
+    assert last and len(segment) == length
+    assert single_data_in(length, lun=lun, itt=0x1234) == expected
+    # With the status collapsed in: S, U, GOOD and the residual count, nothing else changes.
+    collapsed = single_data_in(length, lun=lun, itt=0x1234, flags=0x83, status=0, residual=7)
+    expected[1] |= 0x03
+    expected[44:48] = (7).to_bytes(4, "big")
+    assert collapsed == expected
