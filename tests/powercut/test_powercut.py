@@ -376,7 +376,18 @@ def run_pairs(factory: DaemonFactory, fs: FaultFS, rounds: int, rng: random.Rand
         tally.checked += 1
         diff = matches(got, source, 0)
         if diff is not None:
-            tally.lost.append(f"{phase}: source lost a FUA write at byte {diff}")
+            c = diff // CHUNK
+            what = got[c * CHUNK : (c + 1) * CHUNK]
+            like = (
+                "the split image"
+                if target is not None and what == target[c * CHUNK : (c + 1) * CHUNK]
+                else "neither the model nor the split image"
+            )
+            tally.lost.append(
+                f"{phase}: source lost a FUA write at byte {diff} (state {st.source}/"
+                f"{st.target}, {'torn' if tally.last_torn else 'dropped'}); chunk {c} reads "
+                f"as {like}"
+            )  # fmt: skip
             source[:] = got
         if split and target is not None:
             state = wait_state(client, {"SPLIT", "SUSPENDED"})
