@@ -82,7 +82,33 @@ def _list_id(args: argparse.Namespace) -> int:
 # -- backup -----------------------------------------------------------------------------------
 
 
+def target_of(spec: str) -> str | None:
+    """The name of the iSCSI target a device belongs to (from the URL, or the session of
+    a /dev node), or None when that cannot be told. Names, not portals: one target may be
+    reached at several addresses."""
+    if spec.startswith("iscsi://"):
+        parts = spec[len("iscsi://") :].rsplit("@", 1)[-1].split("/")
+        return parts[1] if len(parts) >= 3 else None
+    from hostcopy.sysfs import scsi_nodes
+
+    real = os.path.realpath(spec)
+    for node in scsi_nodes():
+        if real in (node.sg, node.block, node.tape) and node.target:
+            return node.target
+    return None
+
+
+def same_target(first: str, second: str) -> None:
+    """The copy manager moves data between LUs of the target the command goes to: two
+    devices of different targets would only earn COPY TARGET DEVICE NOT REACHABLE."""
+    a, b = target_of(first), target_of(second)
+    if a is not None and b is not None and a != b:
+        raise Failure(f"{first} and {second} are LUNs of different targets ({a}, {b}): "
+                      "a backup or restore copies between LUNs of one target")  # fmt: skip
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
+    same_target(args.source, args.dest)
     with opened(args.source) as src, opened(args.dest) as dst:
         s, d = ops.info(src), ops.info(dst)
         if s.device_type != c.BLOCK or s.capacity is None:
@@ -203,6 +229,7 @@ def _open_backup(tape: Device, number: int) -> Label:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    same_target(args.backup, args.lun)
     with opened(args.backup) as tape, opened(args.lun) as lun:
         t, b = ops.info(tape), ops.info(lun)
         if b.device_type != c.BLOCK or b.capacity is None:

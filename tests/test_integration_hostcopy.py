@@ -250,3 +250,18 @@ def test_an_interrupted_backup_is_aborted_and_closed_with_a_file_mark(
         tool("verify", daemon.url(TAPE), daemon.url(MIRROR), "--file", "1")
     finally:
         client.close()
+
+
+def test_devices_of_two_targets_are_refused_before_anything_is_sent(
+    targetd_factory: DaemonFactory,
+) -> None:
+    other = CONFIG + '\n[[target]]\nname = "iqn.2026-11.org.targetd:other"\n'
+    other += '[[target.lun]]\nlun = 0\nkind = "tape"\npath = "other.img"\nsize = "64MiB"\n'
+    daemon = targetd_factory(other)
+    foreign_tape = daemon.url(None) + "/iqn.2026-11.org.targetd:other/0"
+    proc = tool("backup", daemon.url(MIRROR), foreign_tape, check=False)
+    assert proc.returncode == 1
+    assert "are LUNs of different targets" in proc.stderr
+    assert f"({IQN}, iqn.2026-11.org.targetd:other)" in proc.stderr
+    proc = tool("restore", foreign_tape, daemon.url(FRESH), check=False)
+    assert proc.returncode == 1 and "different targets" in proc.stderr
