@@ -1,8 +1,9 @@
 """The logical unit: identity, per-nexus unit attentions, and dispatch through a table.
 
 Device types (block, tape) subclass :class:`LogicalUnit` and give it their opcode table.
-Cross-cutting checks (unknown opcode, unit attention, reservation conflict) happen here
-once, before the table's handler runs, so handlers only do their command's own work.
+Cross-cutting checks (unknown opcode, unit attention, the ALUA state of the target port,
+reservation conflict) happen here once, before the table's handler runs, so handlers only
+do their command's own work.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from functools import cached_property
 from typing import Any
 
 from backing.errors import StoreError
+from scsi.alua import PortGroups
 from scsi.command import Nexus, ScsiCommand, ScsiResult, Status
 from scsi.mode import ModePageSet, spc_pages
 from scsi.opcodes import SERVICE_ACTION_OPCODES, OpcodeTable
@@ -94,6 +96,9 @@ class LogicalUnit:
         self.descriptor_sense = False  # control mode page D_SENSE
         self.software_write_protect = False  # control mode page SWP
         self.reservations = ReservationState()
+        # The target port groups and their ALUA states; the daemon's builder shares one
+        # table among all its LUs (scsi/alua.py).
+        self.port_groups = PortGroups()
         # The LUNs REPORT LUNS lists; ScsiTarget replaces it with its own LUN map's.
         self.report_luns: Callable[[], list[int]] = lambda: [0]
         # Failures of the backing store: their sense, counts and rate-limited log lines.
@@ -196,10 +201,14 @@ class LogicalUnit:
         return self.reservations.conflict(cmd, spec_conflict_exempt)
 
     def admit(self, nexus: Nexus, opcode: int) -> ScsiResult | None:
-        """The reservation check :meth:`execute` makes before a handler, for work a copy
-        manager does on ``nexus``'s behalf by other means than a command (a kernel copy
-        into the LU's file): RESERVATION CONFLICT, or None when ``opcode`` may run."""
+        """The ALUA and reservation checks :meth:`execute` makes before a handler, for work
+        a copy manager does on ``nexus``'s behalf by other means than a command (a kernel
+        copy into the LU's file): NOT READY or RESERVATION CONFLICT, or None when
+        ``opcode`` may run."""
         probe = ScsiCommand(bytes([opcode]), 0, nexus)
+        refusal = self.port_groups.refusal(nexus.relative_target_port, probe.cdb)
+        if refusal is not None:
+            return self.check_condition(CheckCondition(refusal))
         if self.reservation_conflict(probe, False):
             return ScsiResult(Status.RESERVATION_CONFLICT)
         return None
@@ -234,6 +243,9 @@ class LogicalUnit:
                 ua = self.pop_unit_attention(cmd.nexus)
                 if ua is not None:
                     return self.check_condition(CheckCondition(ua))
+            refusal = self.port_groups.refusal(cmd.nexus.relative_target_port, cdb)
+            if refusal is not None:
+                raise CheckCondition(refusal)
             if self.reservation_conflict(cmd, spec.conflict_exempt):
                 return ScsiResult(Status.RESERVATION_CONFLICT)
             return await spec.handler(self, cmd)

@@ -139,6 +139,22 @@ _cmd(0x56, "RESERVE(10)", _usage(0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0x07))(reservatio
 _cmd(0x57, "RELEASE(10)", _usage(0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0x07))(reservations.release_legacy)
 
 
+# -- ALUA: REPORT TARGET PORT GROUPS (scsi/alua.py holds the groups and their states) --------
+@_cmd(
+    0xA3,
+    "REPORT TARGET PORT GROUPS",
+    _usage(0xA3, 0xEA, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07),
+    service_action=0x0A,
+    conflict_exempt=True,
+)
+async def report_target_port_groups(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
+    data_format = cmd.cdb[1] >> 5  # 000b: length-only header, 001b: extended header
+    if data_format > 1:
+        raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(1, bit=7))
+    data = lu.port_groups.report(extended=data_format == 1)
+    return ScsiResult(data=data[: int.from_bytes(cmd.cdb[6:10], "big")])
+
+
 # -- REPORT SUPPORTED OPERATION CODES / TASK MANAGEMENT FUNCTIONS -------------------------
 NOMINAL_TIMEOUT = 0  # seconds; 0: not specified
 RECOMMENDED_TIMEOUT = 30

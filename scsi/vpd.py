@@ -30,7 +30,7 @@ PROTOCOL_ISCSI = 0x5
 # Designator types and code sets of the Device Identification page (SPC-4 7.8.6).
 CODE_SET_BINARY, CODE_SET_ASCII, CODE_SET_UTF8 = 1, 2, 3
 ASSOC_LU, ASSOC_TARGET_PORT, ASSOC_TARGET_DEVICE = 0, 1, 2
-TYPE_T10, TYPE_NAA, TYPE_RELATIVE_PORT, TYPE_SCSI_NAME = 1, 3, 4, 8
+TYPE_T10, TYPE_NAA, TYPE_RELATIVE_PORT, TYPE_PORT_GROUP, TYPE_SCSI_NAME = 1, 3, 4, 5, 8
 
 Designator = Struct(
     "head"
@@ -85,7 +85,9 @@ def standard_inquiry(lu: LogicalUnit) -> bytes:
     data[2] = 0x06  # SPC-4
     data[3] = 0x10 | 0x02  # HiSup, response data format 2
     data[4] = len(data) - 5
-    data[5] = 0x08 if lu.third_party_copy else 0  # 3PC
+    # TPGS 01b: implicit ALUA only (states change by configuration, not by SET TARGET
+    # PORT GROUPS); 3PC when the LU serves EXTENDED COPY.
+    data[5] = 0x10 | (0x08 if lu.third_party_copy else 0)
     data[7] = 0x02  # CmdQue
     ident = lu.identity
     data[8:16] = _ascii(ident.vendor, 8)
@@ -117,7 +119,8 @@ def unit_serial_number(lu: LogicalUnit, nexus: Nexus) -> bytes:
 
 
 def device_identification(lu: LogicalUnit, nexus: Nexus) -> bytes:
-    """NAA and T10 vendor-id designators of the LU, then the target port's designators.
+    """NAA and T10 vendor-id designators of the LU, then the target port's: relative
+    target port, SCSI name (when known) and target port group (ALUA).
 
     EXTENDED COPY (sg_xcopy) names its source and destination by the NAA designator, so
     it stays the first descriptor and is derived from the LU's durable identity.
@@ -144,6 +147,16 @@ def device_identification(lu: LogicalUnit, nexus: Nexus) -> bytes:
                 CODE_SET_UTF8, ASSOC_TARGET_PORT, TYPE_SCSI_NAME, name, protocol=PROTOCOL_ISCSI
             )
         )
+    group = lu.port_groups.group_of(nexus.relative_target_port)
+    descs.append(
+        designator(
+            CODE_SET_BINARY,
+            ASSOC_TARGET_PORT,
+            TYPE_PORT_GROUP,
+            bytes(2) + Int16ub.build(group.id),
+            protocol=PROTOCOL_ISCSI,
+        )
+    )
     return _page(lu, 0x83, b"".join(descs))
 
 

@@ -55,6 +55,7 @@ class Portal:
     listen_port: int = DEFAULT_PORT
     advertise: str | None = None  # "HOST:PORT" initiators should dial; None = the listen address
     tpgt: int = 1
+    port_group: int = 1  # the ALUA target port group its target port belongs to
 
     @property
     def advertised(self) -> str:
@@ -62,6 +63,24 @@ class Portal:
             return self.advertise
         host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
         return f"{host}:{self.listen_port}"
+
+
+ALUA_STATES = (
+    "active/optimized",
+    "active/non-optimized",
+    "standby",
+    "unavailable",
+    "transitioning",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PortGroupConfig:
+    """An ALUA target port group's declared state (docs/alua.md)."""
+
+    id: int
+    state: str = "active/optimized"
+    preferred: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +145,9 @@ BACKUP_POLICIES = ("reflect-first", "wait", "merge", "split-and-backup")
 @dataclass(frozen=True, slots=True)
 class Config:
     portals: tuple[Portal, ...] = (Portal(),)
+    # ALUA states of the target port groups the portals name (reloadable); a group not
+    # declared here is active/optimized.
+    port_groups: tuple[PortGroupConfig, ...] = ()
     targets: tuple[TargetConfig, ...] = ()
     state_dir: Path = Path("var/targetd")
     discovery_chap: ChapSecret | None = None
@@ -346,8 +368,37 @@ def _portal(value: object, key: str) -> Portal:
         # Validate the form, keep the text: SendTargets sends it as written.
         parse_hostport(advertise, table.key("advertise"))
     tpgt = table.take_int("tpgt", 1, 1, 65535)
+    port_group = table.take_int("port_group", 1, 1, 65535)
     table.done()
-    return Portal(host, port, advertise, tpgt)
+    return Portal(host, port, advertise, tpgt, port_group)
+
+
+def _port_group(value: object, key: str) -> PortGroupConfig:
+    table = _Table(value, key)
+    if "id" not in table.data:
+        raise ConfigError(table.key("id"), "missing (the target port group number)")
+    number = table.take_int("id", 1, 1, 65535)
+    state = table.take("state", str, "active/optimized")
+    if state not in ALUA_STATES:
+        raise ConfigError(table.key("state"), f"must be one of {', '.join(ALUA_STATES)}")
+    preferred = table.take("preferred", bool, False)
+    table.done()
+    return PortGroupConfig(number, state, preferred)
+
+
+def _check_port_groups(portals: tuple[Portal, ...], groups: tuple[PortGroupConfig, ...]) -> None:
+    ids = [g.id for g in groups]
+    for i, number in enumerate(ids):
+        if ids.index(number) != i:
+            raise ConfigError(f"port_group[{i}].id", f"group {number} is declared twice")
+    # Portals with one TPGT are one iSCSI target port: it is in one group only.
+    group_of: dict[int, int] = {}
+    for i, portal in enumerate(portals):
+        if group_of.setdefault(portal.tpgt, portal.port_group) != portal.port_group:
+            raise ConfigError(
+                f"portal[{i}].port_group",
+                f"tpgt {portal.tpgt} is already in port group {group_of[portal.tpgt]}",
+            )
 
 
 def _lun(value: object, key: str, target_name: str, state_dir: Path) -> LunConfig:
@@ -510,6 +561,8 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, state_dir: Path | None
     for i, endpoint in enumerate(endpoints):
         if endpoints.index(endpoint) != i:
             raise ConfigError(f"portal[{i}].listen", "the same address is listed twice")
+    port_groups = root.take_list("port_group", _port_group)
+    _check_port_groups(portals, port_groups)
     discovery_chap = discovery_mutual = None
     if "discovery" in root.data:
         discovery = _Table(root.take_raw("discovery"), "discovery")
@@ -525,6 +578,7 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, state_dir: Path | None
     _check_unique(targets)
     return Config(
         portals=portals,
+        port_groups=port_groups,
         targets=targets,
         state_dir=state_dir,
         discovery_chap=discovery_chap,

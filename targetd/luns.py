@@ -9,6 +9,7 @@ from pathlib import Path
 import xcopy
 from backing.pairs import PairService, PairVolume
 from backing.sparse_file import SparseFile
+from scsi.alua import STATE_NAMES, PortGroup, PortGroups
 from scsi.block_device import BlockDevice, BlockStore
 from scsi.file_sink import FileSinkDevice
 from scsi.logical_unit import Identity, LogicalUnit, Services
@@ -29,6 +30,20 @@ def copy_services(config: Config, target: str) -> Services:
     return xcopy.services(backup_policy_lookup(config), state_dir=copies)
 
 
+def alua_groups(config: Config) -> list[PortGroup]:
+    """The ALUA target port groups of the configuration: every group a portal names or
+    ``[[port_group]]`` declares, with its state and the target ports (TPGTs) in it."""
+    declared = {g.id: g for g in config.port_groups}
+    ids = sorted(set(declared) | {p.port_group for p in config.portals})
+    groups = []
+    for number in ids:
+        ports = sorted({p.tpgt for p in config.portals if p.port_group == number})
+        spec = declared.get(number)
+        state = STATE_NAMES[spec.state] if spec else STATE_NAMES["active/optimized"]
+        groups.append(PortGroup(number, state, tuple(ports), bool(spec and spec.preferred)))
+    return groups
+
+
 class Builder:
     """The one build path for LUs and targets, at start and at SIGHUP reload.
 
@@ -43,6 +58,8 @@ class Builder:
         self.pairs = pairs
         self.controls: dict[str, TargetPairs] = {}  # per target name
         self.copies: dict[str, Services] = {}  # per target name
+        # One ALUA table for every LU: a reload's new states reach them all at once.
+        self.port_groups = PortGroups(alua_groups(config))
 
     def _services(self, target: str) -> Services:
         services = self.copies.get(target)
@@ -66,7 +83,18 @@ class Builder:
         identity = Identity(
             device_id=f"{target.name}/lun{lun.lun}", product=lun.product or "VIRTUAL-DISK"
         )
-        services = self._services(target.name)
+        lu = self._build(target, lun, identity, path, self._services(target.name))
+        lu.port_groups = self.port_groups
+        return lu
+
+    def _build(
+        self,
+        target: TargetConfig,
+        lun: LunConfig,
+        identity: Identity,
+        path: Path,
+        services: Services,
+    ) -> LogicalUnit:
         if lun.kind in ("block", "rbd"):
             return self._block(target, lun, identity, path, services)
         if lun.kind == "tape":

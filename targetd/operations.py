@@ -23,7 +23,7 @@ from scsi.sense import Reason
 from targetd import logs, reload, sdnotify, status
 from targetd.admin import SOCKET_NAME, Admin
 from targetd.config import Config, ConfigError
-from targetd.luns import Builder, flush_targets, paired_volume
+from targetd.luns import Builder, alua_groups, flush_targets, paired_volume
 from targetd.metrics import Family, Metrics, lun_families
 from targetd.reload import ReloadPlan
 from targetd.server import IscsiConnection, TargetRuntime, TargetServer
@@ -132,6 +132,7 @@ class Operations:
             sdnotify.notify("READY=1")
             return {"applied": [], "refused": [f"cannot build new LUNs: {err}"]}
         self.server.config = result.config
+        self._apply_alua(result.config)
         self._remove(result)
         self._enforce_acls(result)
         for change in result.applied:
@@ -160,6 +161,14 @@ class Operations:
             runtime.add_lun(lun.lun, lu)
             for other in runtime.scsi.luns.values():
                 other.raise_unit_attention(Reason.REPORTED_LUNS_DATA_CHANGED)
+
+    def _apply_alua(self, config: Config) -> None:
+        """New port group states: every nexus of every LU learns of the change (SPC-4
+        5.15.2.5: ASYMMETRIC ACCESS STATE CHANGED), so multipath asks RTPG again."""
+        if self.builder.port_groups.update(alua_groups(config)):
+            for runtime in self.server.targets.values():
+                for lu in runtime.scsi.luns.values():
+                    lu.raise_unit_attention(Reason.ASYMMETRIC_ACCESS_STATE_CHANGED)
 
     def _paired(self, target: str, lun: int) -> str | None:
         runtime = self.server.targets.get(target)

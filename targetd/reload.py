@@ -3,7 +3,8 @@
 :func:`plan` is pure: given the running and the newly read configuration (and which LUNs
 are in a pair) it returns the configuration to run from now on, the targets and LUNs to
 build and to remove, the targets whose ACL changed, and what it applied and refused, in
-words for the log. Applied: ACLs, CHAP secrets, aliases, new targets and LUNs, and removed
+words for the log. Applied: ACLs, CHAP secrets, aliases, ALUA port group states, new
+targets and LUNs, and removed
 targets and LUNs (their sessions are asked to log out; docs/operations.md). A LUN in a
 pair is not removed, nor the target that holds it: the pair must be deleted first.
 Anything that would change storage or a portal under a live session (resizing, moving a
@@ -58,6 +59,8 @@ def plan(old: Config, new: Config, paired: PairedLun = lambda target, lun: None)
         if getattr(old, name) != getattr(new, name):
             result.refused.append(f"{name} changed: needs a restart")
             keep[name] = getattr(old, name)
+    if old.port_groups != new.port_groups:
+        result.applied.append("ALUA port group states updated")
     if (old.discovery_chap, old.discovery_mutual_chap) != (
         new.discovery_chap,
         new.discovery_mutual_chap,

@@ -41,7 +41,7 @@ def inquiry(evpd: int, page: int, alloc: int) -> bytes:
 def test_standard_inquiry_layout() -> None:
     data = bytes(run(make_lu(), inquiry(0, 0, 255)).data)
     assert len(data) == 96
-    assert data[0:8] == bytes([0x00, 0x00, 0x06, 0x12, 91, 0x00, 0x00, 0x02])
+    assert data[0:8] == bytes([0x00, 0x00, 0x06, 0x12, 91, 0x10, 0x00, 0x02])  # TPGS 01b
     assert data[8:16] == b"TARGETD "
     assert data[16:32] == b"VIRTUAL-DISK    "
     assert data[32:36] == b"0001"
@@ -95,12 +95,14 @@ def test_vpd_device_identification_designators() -> None:
     name = b"iqn.2024-01.org.example:tgt,t,0x1\0"
     name += bytes(-len(name) % 4)
     assert data[60:64] == bytes([0x53, 0x98, 0x00, len(name)])
-    assert data[64:] == name
+    assert data[64 : 64 + len(name)] == name
+    # Target port group designator (type 5h, target port, PIV): port 3 is in group 1.
+    assert data[64 + len(name) :] == bytes([0x51, 0x95, 0x00, 0x04, 0, 0, 0, 1])
 
 
 def test_vpd_truncated_to_allocation_length() -> None:
     data = bytes(run(make_lu(), inquiry(1, 0x83, 10)).data)
-    assert data == bytes([0, 0x83, 0, 96, 0x01, 0x03, 0x00, 0x10]) + make_lu().identity.naa[:2]
+    assert data == bytes([0, 0x83, 0, 104, 0x01, 0x03, 0x00, 0x10]) + make_lu().identity.naa[:2]
 
 
 def test_unit_attention_then_request_sense() -> None:

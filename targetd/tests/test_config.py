@@ -423,3 +423,65 @@ def test_read_only_lun_whose_image_is_missing_names_the_key(tmp_path: Path) -> N
     config.targets[0].luns[1].path.parent.mkdir(parents=True)
     config.targets[0].luns[1].path.write_bytes(bytes(1024))
     check_images(config)
+
+
+ALUA = """
+[[portal]]
+listen = "127.0.0.1:3260"
+[[portal]]
+listen = "127.0.0.1:3261"
+tpgt = 2
+port_group = 2
+[[portal]]
+listen = "127.0.0.2:3261"
+tpgt = 2
+port_group = 2
+[[port_group]]
+id = 2
+state = "standby"
+preferred = true
+[[port_group]]
+id = 9
+state = "unavailable"
+""" + TARGET
+
+
+def test_port_groups_and_the_alua_table_built_from_them(tmp_path: Path) -> None:
+    from scsi.alua import AccessState, PortGroup
+    from targetd.config import PortGroupConfig
+    from targetd.luns import alua_groups
+
+    config = load(tmp_path, ALUA)
+    assert [p.port_group for p in config.portals] == [1, 2, 2]
+    assert config.port_groups == (
+        PortGroupConfig(2, "standby", True),
+        PortGroupConfig(9, "unavailable", False),
+    )
+    # Group 1 is named by a portal only: active/optimized. Group 9 has no port yet.
+    assert alua_groups(config) == [
+        PortGroup(1, AccessState.ACTIVE_OPTIMIZED, (1,)),
+        PortGroup(2, AccessState.STANDBY, (2,), preferred=True),
+        PortGroup(9, AccessState.UNAVAILABLE, ()),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ('[[port_group]]\nid = 1\nstate = "asleep"\n' + TARGET, "port_group[0].state", "one of"),
+        ('[[port_group]]\nstate = "standby"\n' + TARGET, "port_group[0].id", "missing"),
+        ("[[port_group]]\nid = 3\n[[port_group]]\nid = 3\n" + TARGET, "port_group[1].id", "twice"),
+        (
+            '[[portal]]\nlisten = "127.0.0.1:1"\n[[portal]]\nlisten = "127.0.0.1:2"\n'
+            "port_group = 2\n" + TARGET,
+            "portal[1].port_group",
+            "tpgt 1 is already in port group 1",
+        ),
+        ('[[portal]]\nlisten = "127.0.0.1:1"\nport_group = 0\n' + TARGET, "portal[0].port_group",
+         ""),
+    ],
+)  # fmt: skip
+def test_port_group_errors_name_the_key(tmp_path: Path, text: str, key: str, problem: str) -> None:
+    err = error(tmp_path, text)
+    assert err.key == key, err
+    assert problem in err.problem, err
