@@ -5,21 +5,30 @@ the conflict question that ``LogicalUnit.execute`` asks before every handler
 (SPC-4 5.13.1 and its table of commands allowed under each reservation type).
 The handler functions at the bottom are registered in ``scsi.spc.SPC_TABLE``.
 
-Not supported (and so reported as such in REPORT CAPABILITIES): SPEC_I_PT, ALL_TG_PT,
-APTPL (reservations do not persist across power loss) and REGISTER AND MOVE.
+APTPL is served when the LU was given a file for it (``ReservationState.file``, set by the
+daemon's builder: scsi/pr_file.py); every state-changing PERSISTENT RESERVE OUT then writes
+the state durably before it is acknowledged. Not supported (and so reported as such in
+REPORT CAPABILITIES): SPEC_I_PT, ALL_TG_PT and REGISTER AND MOVE.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from scsi.command import Nexus, ScsiCommand, ScsiResult, Status
 from scsi.sense import CheckCondition, FieldPointer, Reason
 
 if TYPE_CHECKING:
     from scsi.logical_unit import LogicalUnit
+    from scsi.pr_file import PrFile
+
+log = logging.getLogger(__name__)
 
 
 class PrType(IntEnum):
@@ -100,6 +109,17 @@ class ReservationState:
     reservation: Reservation | None = None
     generation: int = 0
     legacy: Nexus | None = None
+    # APTPL of the most recent REGISTER; the file keeps the state while it is on.
+    aptpl: bool = False
+    file: PrFile | None = None
+    # PERSISTENT RESERVE OUT commands of one LU run one at a time: a change and its write.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def snapshot(self) -> tuple[dict[Nexus, int], Reservation | None, int, bool]:
+        return dict(self.keys), self.reservation, self.generation, self.aptpl
+
+    def restore(self, snap: tuple[dict[Nexus, int], Reservation | None, int, bool]) -> None:
+        self.keys, self.reservation, self.generation, self.aptpl = snap
 
     def is_holder(self, nexus: Nexus) -> bool:
         res = self.reservation
@@ -184,8 +204,11 @@ async def read_reservation(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
 async def report_capabilities(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     data = bytearray(8)
     data[1] = 8
-    data[2] = 0x10  # CRH: RESERVE(6) meets a persistent reservation with a conflict
-    data[3] = 0x80  # TMV: the type mask is valid; ALLOW COMMANDS 000b
+    state = lu.reservations
+    # CRH: RESERVE(6) meets a persistent reservation with a conflict; PTPL_C: APTPL served.
+    data[2] = 0x10 | (0x01 if state.file is not None else 0)
+    # TMV: the type mask is valid; ALLOW COMMANDS 000b; PTPL_A: APTPL is on.
+    data[3] = 0x80 | (0x01 if state.aptpl else 0)
     data[4] = 0x80 | 0x40 | 0x20 | 0x08 | 0x02  # WR_EX_AR, EX_AC_RO, WR_EX_RO, EX_AC, WR_EX
     data[5] = 0x01  # EX_AC_AR
     return ScsiResult(data=bytes(data)[: _allocation(cmd)])
@@ -211,13 +234,42 @@ async def read_full_status(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
 
 
 # -- PERSISTENT RESERVE OUT ------------------------------------------------------------------
+ProutHandler = Callable[["LogicalUnit", ScsiCommand], Coroutine[Any, Any, ScsiResult]]
+
+
+def durable(handler: ProutHandler) -> ProutHandler:
+    """One PROUT at a time per LU; a change it made is on disk (APTPL) before the command
+    is acknowledged, or undone and the command fails when the write fails."""
+
+    @functools.wraps(handler)
+    async def run(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
+        state = lu.reservations
+        async with state.lock:
+            before = state.snapshot()
+            result = await handler(lu, cmd)
+            if state.file is None or state.snapshot() == before:
+                return result
+            if not (state.aptpl or before[3]):  # APTPL off before and after: no file
+                return result
+            try:
+                await state.file.save(state)
+            except OSError as err:
+                log.error("persistent reservations not saved to %s: %s", state.file.path, err)
+                state.restore(before)
+                raise CheckCondition(Reason.INSUFFICIENT_REGISTRATION_RESOURCES) from None
+            return result
+
+    return run
+
+
 @dataclass(frozen=True, slots=True)
 class ProutParameters:
     key: int
     sa_key: int
+    aptpl: bool = False
 
 
-def _parameters(cmd: ScsiCommand) -> ProutParameters:
+def _parameters(lu: LogicalUnit, cmd: ScsiCommand) -> ProutParameters:
     length = int.from_bytes(cmd.cdb[5:9], "big")
     data = bytes(cmd.data_out or b"")[:length]
     if length != 24 or len(data) < 24:
@@ -230,11 +282,14 @@ def _parameters(cmd: ScsiCommand) -> ProutParameters:
         raise CheckCondition(
             Reason.INVALID_FIELD_IN_PARAMETER_LIST, FieldPointer(20, bit=2, in_cdb=False)
         )
-    if data[20] & 0x01:
+    aptpl = bool(data[20] & 0x01)
+    if aptpl and lu.reservations.file is None:  # PTPL_C 0: the LU cannot keep them
         raise CheckCondition(
             Reason.INVALID_FIELD_IN_PARAMETER_LIST, FieldPointer(20, bit=0, in_cdb=False)
         )
-    return ProutParameters(int.from_bytes(data[0:8], "big"), int.from_bytes(data[8:16], "big"))
+    return ProutParameters(
+        int.from_bytes(data[0:8], "big"), int.from_bytes(data[8:16], "big"), aptpl
+    )
 
 
 def _type(cmd: ScsiCommand) -> PrType:
@@ -250,7 +305,7 @@ CONFLICT = ScsiResult(Status.RESERVATION_CONFLICT)
 
 
 def _register(lu: LogicalUnit, cmd: ScsiCommand, ignore_existing: bool) -> ScsiResult:
-    params = _parameters(cmd)
+    params = _parameters(lu, cmd)
     state, nexus = lu.reservations, cmd.nexus
     current = state.keys.get(nexus)
     if not ignore_existing and params.key != (current or 0):
@@ -264,6 +319,7 @@ def _register(lu: LogicalUnit, cmd: ScsiCommand, ignore_existing: bool) -> ScsiR
     else:
         state.keys[nexus] = params.sa_key
     state.generation += 1
+    state.aptpl = params.aptpl  # the most recent REGISTER decides (SPC-4 5.13.5)
     return ScsiResult()
 
 
@@ -271,16 +327,19 @@ def _registered(lu: LogicalUnit, cmd: ScsiCommand, params: ProutParameters) -> b
     return lu.reservations.keys.get(cmd.nexus) == params.key
 
 
+@durable
 async def register(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     return _register(lu, cmd, ignore_existing=False)
 
 
+@durable
 async def register_and_ignore(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     return _register(lu, cmd, ignore_existing=True)
 
 
+@durable
 async def reserve(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
-    params, pr_type = _parameters(cmd), _type(cmd)
+    params, pr_type = _parameters(lu, cmd), _type(cmd)
     state = lu.reservations
     if not _registered(lu, cmd, params):
         return CONFLICT
@@ -292,8 +351,9 @@ async def reserve(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     return CONFLICT
 
 
+@durable
 async def release(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
-    params = _parameters(cmd)
+    params = _parameters(lu, cmd)
     state = lu.reservations
     if not _registered(lu, cmd, params):
         return CONFLICT
@@ -308,8 +368,9 @@ async def release(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     return ScsiResult()
 
 
+@durable
 async def clear(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
-    params = _parameters(cmd)
+    params = _parameters(lu, cmd)
     state = lu.reservations
     if not _registered(lu, cmd, params):
         return CONFLICT
@@ -329,9 +390,10 @@ def _remove_registrations(lu: LogicalUnit, cmd: ScsiCommand, key: int) -> bool:
     return bool(victims) or state.keys.get(cmd.nexus) == key
 
 
+@durable
 async def preempt(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     """PREEMPT and PREEMPT AND ABORT (tasks end as they complete: none are queued here)."""
-    params, pr_type = _parameters(cmd), _type(cmd)
+    params, pr_type = _parameters(lu, cmd), _type(cmd)
     state = lu.reservations
     if not _registered(lu, cmd, params):
         return CONFLICT

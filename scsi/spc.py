@@ -120,7 +120,7 @@ for _sa, _name, _handler in (
     )
 
 # PROUT is exempt from the generic check: each service action applies SPC-4 5.13 itself.
-for _sa, _name, _handler in (
+for _sa, _name, _out in (
     (0x00, "PERSISTENT RESERVE OUT / REGISTER", reservations.register),
     (0x01, "PERSISTENT RESERVE OUT / RESERVE", reservations.reserve),
     (0x02, "PERSISTENT RESERVE OUT / RELEASE", reservations.release),
@@ -130,7 +130,7 @@ for _sa, _name, _handler in (
     (0x06, "PERSISTENT RESERVE OUT / REGISTER AND IGNORE", reservations.register_and_ignore),
 ):
     _cmd(0x5F, _name, _sa_usage(_PROUT_USAGE, _sa), service_action=_sa, conflict_exempt=True)(
-        _handler
+        _out
     )
 
 _cmd(0x16, "RESERVE(6)", _usage(0x16, 0, 0, 0, 0, 0x07))(reservations.reserve_legacy)

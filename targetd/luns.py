@@ -13,6 +13,7 @@ from scsi.alua import STATE_NAMES, PortGroup, PortGroups
 from scsi.block_device import BlockDevice, BlockStore
 from scsi.file_sink import FileSinkDevice
 from scsi.logical_unit import Identity, LogicalUnit, Services
+from scsi.pr_file import PrFile
 from scsi.tape_device import TapeDevice
 from scsi.target import ScsiTarget
 from targetd import logs
@@ -28,6 +29,11 @@ def copy_services(config: Config, target: str) -> Services:
     built; copy results are kept under the state dir and survive a restart."""
     copies = config.state_dir / "xcopy" / target.replace(":", "_")
     return xcopy.services(backup_policy_lookup(config), state_dir=copies)
+
+
+def reservations_path(config: Config, target: str, lun: int) -> Path:
+    """Where a LUN's persistent reservations are kept while APTPL is on."""
+    return config.state_dir / "reservations" / f"{target.replace(':', '_')}-lun{lun}.json"
 
 
 def alua_groups(config: Config) -> list[PortGroup]:
@@ -85,6 +91,15 @@ class Builder:
         )
         lu = self._build(target, lun, identity, path, self._services(target.name))
         lu.port_groups = self.port_groups
+        if lun.kind != "rbd":
+            # APTPL on LUNs whose data is local: the reservations' file sits in the state
+            # dir beside them. An RBD LUN's reservations belong in the cluster (not yet).
+            lu.reservations.file = PrFile(reservations_path(config, target.name, lun.lun))
+            if lu.reservations.file.load_into(lu.reservations):
+                log.info(
+                    "persistent reservations restored",
+                    extra=logs.fields(target=target.name, lun=lun.lun),
+                )
         return lu
 
     def _build(

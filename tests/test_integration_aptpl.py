@@ -1,0 +1,83 @@
+"""APTPL against a real daemon: a registration and reservation taken with APTPL hold after
+a clean restart and after kill -9 (written before the PROUT was acknowledged); without
+APTPL a restart forgets them (docs/operations.md, "Persistent reservations")."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from conftest import Daemon, DaemonFactory
+from raw_initiator import RawInitiator
+
+IQN = "iqn.2026-11.org.targetd.test:aptpl"
+CONFIG = f'[[target]]\nname = "{IQN}"\n[[target.lun]]\nlun = 0\nsize = "8MiB"\n'
+HOLDER = "iqn.2026-11.org.test:holder"
+OTHER = "iqn.2026-11.org.test:other"
+WRITE10 = bytes([0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0])
+READ_KEYS = bytes([0x5E, 0x00, 0, 0, 0, 0, 0, 1, 0, 0])
+READ_RESERVATION = bytes([0x5E, 0x01, 0, 0, 0, 0, 0, 1, 0, 0])
+GOOD, RESERVATION_CONFLICT = 0x00, 0x18
+WRITE_EXCLUSIVE = 0x1
+KEY = 0x1234_5678_9ABC_DEF0
+
+
+def prout(ini: RawInitiator, action: int, key: int, sa_key: int, type_: int = 0,
+          aptpl: bool = False) -> int:  # fmt: skip
+    cdb = bytes([0x5F, action, type_, 0, 0]) + (24).to_bytes(4, "big") + bytes(1)
+    params = (
+        key.to_bytes(8, "big") + sa_key.to_bytes(8, "big") + bytes([0, 0, 0, 0, aptpl, 0, 0, 0])
+    )
+    return ini.command(cdb, data=params)[0]
+
+
+def session(daemon: Daemon, name: str) -> RawInitiator:
+    ini = RawInitiator(daemon.port, name=name)
+    assert ini.login(IQN).bhs[36:38] == b"\0\0"
+    ini.clear_unit_attentions()
+    return ini
+
+
+def assert_reserved_by_holder(daemon: Daemon) -> None:
+    holder, other = session(daemon, HOLDER), session(daemon, OTHER)
+    status, keys, _ = holder.command(READ_KEYS, read=256)
+    assert (
+        status == GOOD
+        and keys[4:8] == (8).to_bytes(4, "big")
+        and keys[8:16] == KEY.to_bytes(8, "big")
+    )
+    status, res, _ = other.command(READ_RESERVATION, read=256)
+    assert status == GOOD and res[8:16] == KEY.to_bytes(8, "big") and res[21] == WRITE_EXCLUSIVE
+    assert other.command(WRITE10, data=bytes(512))[0] == RESERVATION_CONFLICT
+    assert holder.command(WRITE10, data=bytes(512))[0] == GOOD
+    holder.close()
+    other.close()
+
+
+def test_aptpl_reservation_survives_restart_and_kill_9(targetd_factory: DaemonFactory) -> None:
+    daemon = targetd_factory(CONFIG)
+    holder = session(daemon, HOLDER)
+    assert prout(holder, 0x00, 0, KEY, aptpl=True) == GOOD  # REGISTER, APTPL
+    assert prout(holder, 0x01, KEY, 0, WRITE_EXCLUSIVE) == GOOD  # RESERVE
+    # kill -9 right after the acknowledgement: nothing later had a chance to write it.
+    assert daemon.proc is not None
+    os.kill(daemon.proc.pid, signal.SIGKILL)
+    daemon.proc.wait()
+    daemon.start()
+    assert "persistent reservations restored" in daemon.stderr
+    assert_reserved_by_holder(daemon)
+    daemon.restart()  # SIGTERM and start again
+    assert_reserved_by_holder(daemon)
+
+
+def test_without_aptpl_a_restart_forgets(targetd_factory: DaemonFactory) -> None:
+    daemon = targetd_factory(CONFIG)
+    holder = session(daemon, HOLDER)
+    assert prout(holder, 0x00, 0, KEY) == GOOD
+    assert prout(holder, 0x01, KEY, 0, WRITE_EXCLUSIVE) == GOOD
+    holder.close()
+    daemon.restart()
+    other = session(daemon, OTHER)
+    status, keys, _ = other.command(READ_KEYS, read=256)
+    assert status == GOOD and keys[4:8] == bytes(4)
+    assert other.command(WRITE10, data=bytes(512))[0] == GOOD
