@@ -157,13 +157,24 @@ tooldir=$root/usr/lib/targetd-copy
 mkdir -p "$tooldir/hostcopy" "$tooldir/scsi"
 cp "$REPO"/hostcopy/*.py "$tooldir/hostcopy/"
 cp "$REPO"/scsi/__init__.py "$REPO"/scsi/sense.py "$tooldir/scsi/"
-# The standard library files the tool loads: every module in sys.modules once the tool has
-# been imported and has printed its help (argparse's formatter imports more on use), plus
-# os.py, the landmark by which Python finds its library.
+# The standard library files the tool loads: every module in sys.modules once every module
+# the tool names in an import statement (a function's own imports too: verify loads hashlib
+# only when it runs) is imported and the tool has printed its help (argparse's formatter
+# imports more on use), plus os.py, the landmark by which Python finds its library.
 stdlib_files=$(cd "$tooldir" && "$GUEST_PYTHON" -S -E -c '
-import contextlib, io, sys
+import ast, contextlib, importlib, io, pathlib, sys
 sys.path.insert(0, ".")
-import hostcopy.cli, hostcopy.sgio, hostcopy.sysfs
+for source in sorted(pathlib.Path("hostcopy").glob("*.py")):
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            importlib.import_module(name)
+import hostcopy.cli
 for argv in (["--help"], ["backup", "--help"], ["nonsense"]):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         with contextlib.suppress(SystemExit):
