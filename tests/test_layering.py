@@ -8,6 +8,8 @@
   no targetd.
 - Explicit wiring: importing xcopy changes no table of scsi/, and no module patches a
   copy manager onto a LU after it is built.
+- xcopy/ goes through the LU, never around it: no store's file descriptor or base, and a
+  pair only through the pair service (PairService, SplitImage), never the Pair itself.
 - hostcopy/ (targetd-copy) runs on an initiator host with no daemon: nothing of targetd,
   xcopy or backing, and of scsi only the pure sense table (its tests may use the daemon's
   decoders as an oracle).
@@ -265,3 +267,85 @@ def test_the_reach_finder_sees_reaches(tmp_path: Path) -> None:
         "x.__class__\n"
     )
     assert len(reaches_around(module)) == 5
+
+
+# -- xcopy/ sees a pair only through the pair service -----------------------------------------
+# PairService (backing/pairs/service.py) is the one entry point of pair operations, and a
+# backup reads a split pair's target through its SplitImage (intact, reflected, reflect,
+# wait_reflected, extents). The Pair object, its manager, engine, bitmap and journal, and what
+# only a pair has (its pending-chunk sets, phase, reflect and wait calls) are off limits.
+PAIR_MODULES = frozenset(
+    f"backing.pairs.{name}" for name in ("engine", "manager", "bitmap", "journal")
+)
+PAIR_CLASSES = frozenset({"Pair", "PairManager", "PairSettings"})
+PAIR_INTERNALS = frozenset(
+    {
+        "copy_set",
+        "src_changed",
+        "tgt_changed",
+        "initializing",
+        "phase",
+        "effective_backup_policy",
+        "wait_until",
+        "host_write",
+        "read_target",
+        "reflect_range",
+        "read_split_image",
+        "suspend",
+        "pair_of",  # PairService.pair_of hands out the Pair itself
+    }
+)
+
+
+def pair_reaches(path: Path) -> list[str]:
+    """Imports of the pair engine's modules or classes, and attribute reads of a pair's
+    internals (outside ``self``)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    where = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    found = []
+    for node in ast.walk(tree):
+        modules: list[str] = []
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            found += [f"{where}:{node.lineno} imports {alias.name}"
+                      for alias in node.names if alias.name in PAIR_CLASSES]  # fmt: skip
+        elif isinstance(node, ast.Call) and _is_dynamic_import(node):
+            modules = [node.args[0].value]  # type: ignore[attr-defined]
+        elif isinstance(node, ast.Attribute):
+            owner = node.value
+            if isinstance(owner, ast.Name) and owner.id == "self":
+                continue
+            if node.attr in PAIR_INTERNALS or node.attr in PAIR_CLASSES:
+                found.append(f"{where}:{node.lineno} .{node.attr}")
+        found += [f"{where}:{node.lineno} imports {m}" for m in modules if m in PAIR_MODULES]
+    return found
+
+
+def test_xcopy_never_reaches_into_a_pair() -> None:
+    found = [
+        hit
+        for path in sorted((REPO / "xcopy").glob("*.py"))  # the package, not its tests
+        for hit in pair_reaches(path)
+    ]
+    assert found == []
+
+
+def test_the_pair_reach_finder_sees_reaches(tmp_path: Path) -> None:
+    module = tmp_path / "bad.py"
+    module.write_text(
+        "from backing.pairs.engine import PairStatus\n"
+        "from backing.pairs import Pair, PairService\n"
+        "from backing.pairs import manager\n"
+        "import backing.pairs.bitmap\n"
+        "importlib.import_module('backing.pairs.journal')\n"
+        "pending = image._pair.copy_set\n"
+        "await pair.reflect_range(0, 1)\n"
+        "await self.pair.wait_until(done)\n"
+        "if status.phase is Phase.SPLIT: pass\n"
+        "pair = service.pair_of(volume)\n"
+        "x = backing.pairs.Pair\n"
+        "self.phase = 1\n"
+    )
+    assert len(pair_reaches(module)) == 11

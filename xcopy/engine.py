@@ -549,7 +549,7 @@ async def _split_pair(run: CopyRun, current: _Segment) -> None:
     is split already keeps its split instant."""
     lu = current.step.destination.lu
     assert isinstance(lu, BlockDevice)
-    await split_for_copy(lu, run.nexus, backup=False)
+    await split_for_copy(lu, run.nexus)
 
 
 _HANDLERS: dict[int, Callable[[CopyRun, _Segment], Awaitable[None]]] = {

@@ -32,7 +32,7 @@ from xcopy.params import (
     CopyList,
     Segment,
 )
-from xcopy.policies import pair_of
+from xcopy.policies import in_pair
 
 _SOURCE_TYPE = {
     BLOCK_TO_BLOCK: BLOCK,
@@ -216,7 +216,7 @@ def _step(
     )
     if code == SPLIT_PAIR:
         lu = destination.lu
-        if not isinstance(lu, BlockDevice) or pair_of(lu) is None:
+        if not isinstance(lu, BlockDevice) or not in_pair(lu):
             raise _illegal(Reason.PAIR_NOT_FOUND, seg, 6)
         return Step(seg, None, destination)
     if code not in (SPACE, LOCATE):  # everything else writes its destination

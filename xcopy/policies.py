@@ -1,13 +1,15 @@
 """Backups of a pair's target volume that equal the source at the split instant.
 
 When the source of a copy is the *target* volume of a volume pair, the reader factory
-here hands the copy a :class:`SplitImageReader`. What it may read depends on the pair:
+here hands the copy a :class:`SplitImageReader`, which sees the pair only through the
+pair service's :class:`~backing.pairs.SplitImage` (never the pair's insides). What it may
+read depends on the pair:
 
 - SPLIT: the target holds the split image; it is read as it is.
 - SPLIT-PENDING: part of the split image is still on the source (the chunks of the
   split-instant set). The backup policy says what to do, per copy:
 
-  1. REFLECT_FIRST: each range is reflected to the target (``Pair.reflect_range``)
+  1. REFLECT_FIRST: each range is reflected to the target (``SplitImage.reflect``)
      just before it is read, ahead of the background copy, then read from the target.
   2. WAIT: the copy waits until the pair is SPLIT, then reads the target.
   3. MERGE: pending chunks are read from wherever their split-instant content is (the
@@ -33,10 +35,10 @@ block destination does not punch what the source still has to deliver.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
-from backing.pairs.engine import Pair
-from backing.pairs.service import PairService
-from backing.pairs.states import BackupPolicy, ErrorCode, PairError, Phase
+from backing.pairs.service import PairService, SplitImage
+from backing.pairs.states import BackupPolicy, ErrorCode, PairError
 from backing.pairs.volume import PairVolume
 from backing.sparse_file import Extent
 from scsi.block_device import BlockDevice
@@ -52,57 +54,64 @@ from xcopy.readers import DirectReader, ReaderFactory, SourceReader, SourceUnava
 Policy = BackupPolicy
 
 
-PolicyLookup = Callable[[Pair], Policy]
-SPLIT_PHASES = (Phase.SPLIT_PENDING, Phase.SPLIT)
+class Named(Protocol):
+    """What a policy lookup is told of a pair (its :class:`backing.pairs.PairStatus`)."""
+
+    @property
+    def name(self) -> str: ...
 
 
-def default_policy(pair: Pair) -> Policy:
+PolicyLookup = Callable[[Named], Policy]
+
+
+def default_policy(pair: Named) -> Policy:
     return Policy.REFLECT_FIRST
 
 
-def pair_of(lu: BlockDevice) -> tuple[PairService, str, Pair] | None:
-    """The pair service, volume id and pair of ``lu``'s volume, found through the LU's
-    pair control (the one entry point of pair operations); None if it is in no pair."""
+def volume_of(lu: BlockDevice) -> tuple[PairService, str] | None:
+    """The pair service (the one entry point of pair operations, found through the LU's
+    pair control) and the volume id of ``lu``; None if the LU is no pair volume."""
     store = lu.store
     control = lu.pair_control
     if not isinstance(store, PairVolume) or control is None:
         return None
-    pair = control.service.pair_of(store.volume_id)
-    return None if pair is None else (control.service, store.volume_id, pair)
+    return control.service, store.volume_id
+
+
+def in_pair(lu: BlockDevice) -> bool:
+    found = volume_of(lu)
+    return found is not None and found[0].status_of(found[1]) is not None
 
 
 class SplitImageReader:
-    """Reads a pair's target volume as it was at the split instant (see the module doc)."""
+    """Reads a pair's target volume as it was at the split instant (see the module doc),
+    through the pair service's :class:`SplitImage` and the LU's own store."""
 
-    def __init__(
-        self, lu: BlockDevice, service: PairService, volume_id: str, pair: Pair, policy: Policy
-    ) -> None:
+    def __init__(self, lu: BlockDevice, image: SplitImage) -> None:
         self.lu = lu
         self.volume = lu.store  # what READ reads: merged while chunks are still pending
-        self.service = service
-        self.volume_id = volume_id
-        self.pair = pair
-        self.policy = policy
+        self.image = image
+        self.policy = image.policy
 
     def check(self) -> None:
-        gone = self.service.pair_of(self.volume_id) is not self.pair
-        if gone or self.pair.phase not in SPLIT_PHASES:
+        image = self.image
+        if not image.intact():
             raise SourceUnavailable(
                 Reason.COPY_SPLIT_IMAGE_LOST,
-                f"pair {self.pair.name} left the split state ({self.pair.phase.name}):"
+                f"pair {image.name} left the split state ({image.state}):"
                 " the split-instant image is gone",
             )
 
     async def prepare(self, offset: int, length: int) -> None:
         self.check()
-        if self.policy is Policy.WAIT and self.pair.phase is Phase.SPLIT_PENDING:
-            await self.pair.wait_until(lambda p: p.phase is not Phase.SPLIT_PENDING)
+        if self.policy is Policy.WAIT and not self.image.reflected:
+            await self.image.wait_reflected()
             self.check()
 
     async def read_into(self, offset: int, buf: memoryview) -> None:
         self.check()
-        if self.policy is Policy.REFLECT_FIRST and self.pair.phase is Phase.SPLIT_PENDING:
-            await self.pair.reflect_range(offset, len(buf))
+        if self.policy is Policy.REFLECT_FIRST and not self.image.reflected:
+            await self.image.reflect(offset, len(buf))
         await self.volume.read_into(offset, buf)  # merged while chunks are still pending
         self.check()  # a read that overlapped a resync may mix two images
 
@@ -111,33 +120,12 @@ class SplitImageReader:
         the kernel may copy from (the LU says which). The engine calls :meth:`check` after
         every kernel copy, as after every read, so a resync that overlapped one aborts
         the copy."""
-        if self.pair.phase is not Phase.SPLIT:
+        if not self.image.reflected:
             return None
         return self.lu.kernel_readable()
 
     def extents(self, offset: int, length: int) -> list[Extent]:
-        extents = self.volume.extents(offset, length)
-        if self.pair.phase is not Phase.SPLIT_PENDING:
-            return extents
-        cs = self.pair.chunk_size
-        pending = self.pair.copy_set
-        out: list[Extent] = []
-        for ext in extents:
-            if ext.mapped:
-                out.append(ext)
-                continue
-            # A hole on the target may hide split-instant data still on the source.
-            pos, end = ext.offset, ext.offset + ext.length
-            while pos < end:
-                stop = min(end, (pos // cs + 1) * cs)
-                mapped = pos // cs in pending
-                if out and out[-1].mapped == mapped and out[-1].offset + out[-1].length == pos:
-                    last = out.pop()
-                    out.append(Extent(last.offset, stop - last.offset, mapped))
-                else:
-                    out.append(Extent(pos, stop - pos, mapped))
-                pos = stop
-        return out
+        return self.image.extents(offset, length)
 
     async def close(self) -> None:
         return None
@@ -151,24 +139,19 @@ def split_policy(copy_list: CopyList) -> Policy | None:
     return None
 
 
-async def split_for_copy(lu: BlockDevice, nexus: Nexus, *, backup: bool) -> None:
-    """Split the pair of ``lu``'s volume for a copy sent by ``nexus``, through the pair
-    service (the one entry point of pair operations) with that nexus's access: a split
-    writes the pair's target volume (the split-instant set is reflected onto it), so a
-    reservation another nexus holds on either volume refuses it (PairError
-    RESERVATION_CONFLICT) and nothing changes. A pair already split keeps its split
-    instant. ``backup``: ``lu`` must be the pair's target volume."""
+async def split_for_copy(lu: BlockDevice, nexus: Nexus) -> None:
+    """Split the pair of ``lu``'s volume for a copy sent by ``nexus`` (its SPLIT PAIR
+    segment), through the pair service (the one entry point of pair operations) with that
+    nexus's access: a split writes the pair's target volume (the split-instant set is
+    reflected onto it), so a reservation another nexus holds on either volume refuses it
+    (PairError RESERVATION_CONFLICT) and nothing changes. A pair already split keeps its
+    split instant."""
     store = lu.store
     control = lu.pair_control
     if not isinstance(store, PairVolume) or control is None or lu.lun_map is None:
         raise PairError(ErrorCode.UNKNOWN_VOLUME, f"{lu.identity.device_id} is in no pair")
     access = NexusAccess(nexus, control, lu.lun_map)
-    if backup:
-        await control.service.split_for_backup(store.volume_id, access=access)
-        return
-    status = control.service.status_of(store.volume_id)
-    if status is not None and status.phase not in SPLIT_PHASES:
-        await control.service.split(volume=store.volume_id, access=access)
+    await control.service.split(volume=store.volume_id, access=access, keep_split=True)
 
 
 def pair_aware_readers(policy_for: PolicyLookup = default_policy) -> ReaderFactory:
@@ -176,24 +159,28 @@ def pair_aware_readers(policy_for: PolicyLookup = default_policy) -> ReaderFacto
     direct readers for everything else."""
 
     async def factory(lu: BlockDevice, copy_list: CopyList, nexus: Nexus) -> SourceReader:
-        found = pair_of(lu)
+        found = volume_of(lu)
         if found is None:
             return DirectReader(lu)
-        service, volume_id, pair = found
+        service, volume_id = found
         status = service.status_of(volume_id)
         if status is None or status.target != volume_id:  # a pair's source reads as it is
             return DirectReader(lu)
-        policy = split_policy(copy_list) or pair.backup_policy or policy_for(pair)
-        if policy is Policy.SPLIT_AND_BACKUP:
-            if pair.phase.mirroring:  # the backup takes its own split (before IMMED answers)
-                await split_for_copy(lu, nexus, backup=True)
-            policy = Policy.REFLECT_FIRST
-        if pair.phase not in SPLIT_PHASES:
-            raise SourceUnavailable(
-                Reason.COPY_SOURCE_PAIR_NOT_SPLIT,
-                f"{volume_id} is the target of pair {pair.name}, which is "
-                f"{pair.phase.name}: split it first, or use a SPLIT PAIR segment",
-            )
-        return SplitImageReader(lu, service, volume_id, pair, policy)
+        policy = split_policy(copy_list)
+        if policy is None:
+            policy = status.backup_policy if status.backup_policy_set else policy_for(status)
+        control = lu.pair_control
+        if control is None or lu.lun_map is None:
+            raise PairError(ErrorCode.UNKNOWN_VOLUME, f"{lu.identity.device_id} is in no pair")
+        # SPLIT_AND_BACKUP splits a mirroring pair now (before IMMED answers), as this
+        # nexus: the split writes the target, so another nexus's reservation refuses it.
+        access = NexusAccess(nexus, control, lu.lun_map)
+        try:
+            image = await service.split_image(volume_id, policy, access=access)
+        except PairError as err:
+            if err.code is not ErrorCode.WRONG_STATE:
+                raise
+            raise SourceUnavailable(Reason.COPY_SOURCE_PAIR_NOT_SPLIT, str(err)) from err
+        return SplitImageReader(lu, image)
 
     return factory

@@ -34,7 +34,8 @@ from typing import Protocol
 from backing.pairs.engine import Pair, PairStatus
 from backing.pairs.manager import PairManager, scope_of
 from backing.pairs.states import BackupPolicy, ErrorCode, PairError, Phase, VolumeState
-from backing.pairs.volume import PairVolume, Role
+from backing.pairs.volume import PairVolume
+from backing.sparse_file import Extent
 
 SPLIT_PHASES = (Phase.SPLIT_PENDING, Phase.SPLIT)
 
@@ -137,8 +138,13 @@ class PairService:
         name: str | None = None,
         scope: str | None = None,
         volume: str | None = None,
+        keep_split: bool = False,
     ) -> PairStatus:
+        """Split the pair now. ``keep_split``: a pair already split (SPLIT-PENDING or SPLIT)
+        keeps its split instant and nothing is done (EXTENDED COPY's SPLIT PAIR segment)."""
         pair = self.find(name=name, scope=scope, volume=volume)
+        if keep_split and pair.phase in SPLIT_PHASES:
+            return pair.status()
         access.check((pair.source.volume_id,), (pair.target.volume_id,))
         await pair.split()
         return pair.status()
@@ -245,17 +251,6 @@ class PairService:
             )
         return SplitImage(pair, volume, chosen)
 
-    async def split_for_backup(self, volume: str, *, access: Access) -> PairStatus:
-        """A backup of the target volume ``volume`` takes its own split: a mirroring pair
-        is split now, a pair already split keeps its split instant."""
-        pair = self.find(volume=volume)
-        if pair.target.volume_id != volume or pair.target.role is not Role.TARGET:
-            raise PairError(ErrorCode.WRONG_STATE, f"{volume} is not a pair's target volume")
-        if pair.phase not in SPLIT_PHASES:
-            access.check((pair.source.volume_id,), (pair.target.volume_id,))
-            await pair.split()
-        return pair.status()
-
 
 class SplitImage:
     """A backup's view of one split pair's target volume (EXTENDED COPY reads it), from
@@ -273,6 +268,11 @@ class SplitImage:
     @property
     def phase(self) -> Phase:
         return self._pair.phase
+
+    @property
+    def state(self) -> str:
+        """The pair's phase by name, for messages."""
+        return self._pair.phase.name
 
     def intact(self) -> bool:
         """The pair is still split (SPLIT-PENDING or SPLIT) and still this volume's: the
@@ -296,6 +296,33 @@ class SplitImage:
     async def reflect(self, offset: int, length: int) -> None:
         """Copy the pending chunks of ``[offset, offset + length)`` to the target now."""
         await self._pair.reflect_range(offset, length)
+
+    def extents(self, offset: int, length: int) -> list[Extent]:
+        """Mapped and hole runs of ``[offset, offset + length)`` of the split image: the
+        target's own, except that a pending chunk counts as data even where the target
+        still has a hole (its split-instant content is still on the source), so a
+        sparse-aware destination never punches what the source has yet to deliver."""
+        pair = self._pair
+        extents = pair.target.extents(offset, length)
+        if pair.phase is not Phase.SPLIT_PENDING:
+            return extents
+        cs = pair.chunk_size
+        out: list[Extent] = []
+        for ext in extents:
+            if ext.mapped:
+                out.append(ext)
+                continue
+            pos, end = ext.offset, ext.offset + ext.length
+            while pos < end:
+                stop = min(end, (pos // cs + 1) * cs)
+                mapped = pos // cs in pair.copy_set
+                if out and out[-1].mapped == mapped and out[-1].offset + out[-1].length == pos:
+                    last = out.pop()
+                    out.append(Extent(last.offset, stop - last.offset, mapped))
+                else:
+                    out.append(Extent(pos, stop - pos, mapped))
+                pos = stop
+        return out
 
     def pending(self, offset: int, length: int) -> list[int]:
         """The chunk numbers of ``[offset, offset + length)`` whose split-instant content is

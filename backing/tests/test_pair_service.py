@@ -21,7 +21,7 @@ from backing.pairs import (
     PairVolume,
     Phase,
 )
-from backing.sparse_file import SparseFile
+from backing.sparse_file import Extent, SparseFile
 
 CHUNK = 64 << 10
 SIZE = 1 << 20
@@ -133,6 +133,57 @@ def test_split_image_for_a_backup(tmp_path: Path) -> None:
         assert buf == b"\x01" * len(buf)
         await service.resync(access=UNCHECKED, name="p")
         assert not image.intact()
+        await service.stop()
+
+    asyncio.run(run())
+
+
+def test_split_image_extents_count_pending_chunks_as_data(tmp_path: Path) -> None:
+    """A pending chunk reads as data where the target still has a hole (its split-instant
+    content is on the source), so a sparse-aware backup does not skip it; once reflected
+    the target's own map says the same."""
+
+    async def run() -> None:
+        service = boot(tmp_path, copy_rate=CHUNK)  # slow: the split leaves chunk 2 pending
+        await service.start()
+        source = service.manager.volumes["a/lun0"]
+        await source.write(2 * CHUNK, b"\x02" * CHUNK)
+        await service.create("p", "a/lun0", "a/lun1", access=UNCHECKED)
+        await service.split(access=UNCHECKED, name="p")
+        image = await service.split_image("a/lun1", BackupPolicy.MERGE, access=UNCHECKED)
+        assert image.pending(0, SIZE) == [2]
+        target = service.manager.volumes["a/lun1"]
+        assert target.extents(0, 4 * CHUNK) == [Extent(0, 4 * CHUNK, False)]
+        expected = [
+            Extent(0, 2 * CHUNK, False),
+            Extent(2 * CHUNK, CHUNK, True),
+            Extent(3 * CHUNK, CHUNK, False),
+        ]
+        assert image.extents(0, 4 * CHUNK) == expected
+        await image.reflect(0, 4 * CHUNK)
+        assert target.extents(0, 4 * CHUNK) == expected == image.extents(0, 4 * CHUNK)
+        await service.stop()
+
+    asyncio.run(run())
+
+
+def test_split_keeping_the_split_instant(tmp_path: Path) -> None:
+    """``keep_split`` (a SPLIT PAIR segment): a pair already split is left as it is, its
+    split instant kept and no access asked; a mirroring pair is split, access asked."""
+
+    async def run() -> None:
+        service = boot(tmp_path)
+        await service.start()
+        await service.create("p", "a/lun0", "a/lun1", access=UNCHECKED)
+        await settle(service, Phase.DUPLEX)
+        first = Recorder()
+        status = await service.split(access=first, name="p", keep_split=True)
+        assert status.phase is Phase.SPLIT_PENDING or status.phase is Phase.SPLIT
+        assert first.asked == [(("a/lun0",), ("a/lun1",))]
+        instant = status.split_time
+        again = Recorder(reserved="a/lun1")  # would refuse a split: none is taken
+        status = await service.split(access=again, name="p", keep_split=True)
+        assert (status.split_time, again.asked) == (instant, [])
         await service.stop()
 
     asyncio.run(run())
