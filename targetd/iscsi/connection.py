@@ -8,6 +8,7 @@ then drains :meth:`take_output` (buffers to write, in order) and :meth:`take_eve
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -98,6 +99,7 @@ class Phase(Enum):
 
 # Task attributes 5-7 are reserved: served as SIMPLE. A table, not an Enum call per command.
 _ATTRIBUTES = tuple(TaskAttribute(a) if a <= 4 else TaskAttribute.SIMPLE for a in range(8))
+_SEQUENCE_NUMBERS = struct.Struct(">III")
 _BAD_FIELD = RejectReason.INVALID_PDU_FIELD
 _RESETS = (
     TmfFunction.LOGICAL_UNIT_RESET,
@@ -319,13 +321,21 @@ class Connection:
         advance_statsn: bool = True,
         stamp_statsn: bool = True,
     ) -> None:
+        session = self.session
         if stamp_statsn:
-            put_u32(hdr, 24, self.stat_sn)
+            stat_sn = self.stat_sn
             if advance_statsn:
-                self.stat_sn = (self.stat_sn + 1) & 0xFFFFFFFF
-        if self.session is not None:
-            put_u32(hdr, 28, self.session.exp_cmdsn)
-            put_u32(hdr, 32, self.session.max_cmdsn)
+                self.stat_sn = (stat_sn + 1) & 0xFFFFFFFF
+            if session is not None:  # StatSN, ExpCmdSN, MaxCmdSN: one pack, not three
+                _SEQUENCE_NUMBERS.pack_into(
+                    hdr, 24, stat_sn, session.exp_cmdsn & 0xFFFFFFFF, session.max_cmdsn & 0xFFFFFFFF
+                )
+                self._emit(hdr, data)
+                return
+            put_u32(hdr, 24, stat_sn)
+        if session is not None:
+            put_u32(hdr, 28, session.exp_cmdsn)
+            put_u32(hdr, 32, session.max_cmdsn)
         self._emit(hdr, data)
 
     def _emit(self, hdr: bytearray, data: bytes | bytearray | memoryview = b"") -> None:
@@ -745,6 +755,17 @@ class Connection:
     def _respond(self, task: Task, result: ScsiResult) -> None:
         """Data-In (with status collapsed into the last one when it can) and status."""
         data = result.data
+        if (
+            task.write
+            and not task.read
+            and data is None
+            and result.status == Status.GOOD
+            and result.sense is None
+            and result.data_out_used in (None, task.edtl)
+        ):
+            # The common write: all its data used, nothing to report in residuals.
+            self._send(P.new_header(Op.SCSI_RESPONSE, 0x80, itt=task.itt))
+            return
         flags, residual, n = datapath.residual(
             read=task.read,
             write=task.write,

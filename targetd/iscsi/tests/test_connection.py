@@ -241,6 +241,31 @@ def test_write_solicits_remaining_data_with_r2t_in_max_burst_pieces() -> None:
     assert bytes(ev.command.data_out) == payload
 
 
+@pytest.mark.parametrize("used", [None, 4096])
+def test_a_write_that_used_all_its_data_gets_a_bare_response(used: int | None) -> None:
+    h = Harness()
+    itt, _ = h.command(bytes([0x2A]) + bytes(9), write=4096, data=bytes(4096))
+    ev = executed(h)
+    h.conn.scsi_done(ev.task, ScsiResult(data_out_used=used))
+    (pdu,) = split_pdus(b"".join(bytes(b) for b in h.conn.take_output()))
+    # SCSI Response, F, response 0, status GOOD, no data, the ITT, no residual.
+    assert pdu[:8] == bytes([0x21, 0x80, 0, 0, 0, 0, 0, 0])
+    assert u32(pdu, 16) == itt and pdu[44:48] == bytes(4)
+    assert (u32(pdu, 28), u32(pdu, 32)) == (h.cmdsn, h.cmdsn + 127)
+    h.command(bytes(6))  # TEST UNIT READY: the next StatSN
+    h.conn.scsi_done(executed(h).task, ScsiResult())
+    (response,) = split_pdus(b"".join(bytes(b) for b in h.conn.take_output()))
+    assert u32(response, 24) == u32(pdu, 24) + 1
+
+
+def test_a_write_that_used_less_reports_the_underflow() -> None:
+    h = Harness()
+    h.command(bytes([0x2A]) + bytes(9), write=4096, data=bytes(4096))
+    h.conn.scsi_done(executed(h).task, ScsiResult(data_out_used=1024))
+    (pdu,) = split_pdus(b"".join(bytes(b) for b in h.conn.take_output()))
+    assert pdu[1] == 0x80 | 0x02 and u32(pdu, 44) == 3072
+
+
 def test_data_out_with_unknown_ttt_is_rejected() -> None:
     h = Harness()
     itt, _ = h.command(bytes([0x2A]) + bytes(9), write=32768, data=bytes(16384))
