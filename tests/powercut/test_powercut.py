@@ -378,11 +378,20 @@ def run_pairs(factory: DaemonFactory, fs: FaultFS, rounds: int, rng: random.Rand
         if diff is not None:
             c = diff // CHUNK
             what = got[c * CHUNK : (c + 1) * CHUNK]
-            like = (
-                "the split image"
-                if target is not None and what == target[c * CHUNK : (c + 1) * CHUNK]
-                else "neither the model nor the split image"
-            )
+            on_target = client.read(1, c * CHUNK, CHUNK)
+            sectors = [
+                i
+                for i in range(CHUNK // BLOCK)
+                if what[i * BLOCK : (i + 1) * BLOCK]
+                != source[c * CHUNK + i * BLOCK : c * CHUNK + (i + 1) * BLOCK]
+            ]
+            if target is not None and what == target[c * CHUNK : (c + 1) * CHUNK]:
+                like = "the split image"
+            elif what == on_target:
+                like = "what the target volume holds"
+            else:
+                like = "neither the model, the split image nor the target"
+            like += f"; sectors {sectors} differ"
             tally.lost.append(
                 f"{phase}: source lost a FUA write at byte {diff} (state {st.source}/"
                 f"{st.target}, {'torn' if tally.last_torn else 'dropped'}); chunk {c} reads "
