@@ -389,6 +389,7 @@ async def locate16(lu: TapeDevice, cmd: ScsiCommand) -> ScsiResult:
     if cdb[1] & 0x02 and cdb[3]:
         raise _invalid(3)
     target = int.from_bytes(cdb[4:12], "big")
+    lu.require_medium()
     image = lu.image
     if dest == LOCATE_END_OF_DATA:
         target = len(image)
@@ -432,6 +433,8 @@ async def load_unload(lu: TapeDevice, cmd: ScsiCommand) -> ScsiResult:
     if cdb[4] & 0x08:  # HOLD: keep the medium in the drive, position at BOP either way
         lu.require_medium()
     elif cdb[4] & 0x01:
+        if not lu.has_cartridge:  # an empty library drive: nothing to load
+            raise CheckCondition(Reason.MEDIUM_NOT_PRESENT)
         lu.loaded = True
     else:
         if lu.removal_prevented:
@@ -461,6 +464,7 @@ async def report_density_support(lu: TapeDevice, cmd: ScsiCommand) -> ScsiResult
     if cdb[1] & 0xFC:
         raise _invalid(1)
     allocation = int.from_bytes(cdb[7:9], "big")
+    lu.require_medium()
     if cdb[1] & 0x02:  # MEDIUM TYPE: there are no medium type descriptors to give
         body = b""
     else:

@@ -5,6 +5,10 @@ the image's blocking calls on the LU's I/O thread, see scsi.stream_device): the 
 logical position (an object number: records and file marks count alike, as SSC's logical
 object identifiers do), the block size (0: variable-length mode), the medium's loaded
 and prevent-removal state, the mode block descriptor and the device configuration page.
+
+A drive of a tape library (scsi.changer_device) starts without a cartridge: the media
+changer inserts and ejects images, and every medium command of an empty drive answers
+NOT READY, MEDIUM NOT PRESENT.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ BUFFERED_MODE = 0x10  # writes reach the page cache; durable at file marks and r
 
 
 class TapeDevice(SerializedMedium):
-    """A tape drive with its cartridge (the image) always in it, unless unloaded."""
+    """A tape drive with its cartridge (the image) in it, unless unloaded; a library
+    drive (``image`` None at construction) until the changer inserts one."""
 
     table = SSC_TABLE
     device_type = 0x01
@@ -34,19 +39,55 @@ class TapeDevice(SerializedMedium):
     def __init__(
         self,
         identity: Identity,
-        image: TapeImage,
+        image: TapeImage | None,
         *,
         read_only: bool = False,
         services: Services = NO_SERVICES,
     ) -> None:
         super().__init__(identity, services)
-        self.image = image
-        self.read_only = read_only or image.read_only
+        self._image = image
+        self.configured_read_only = read_only
+        self.read_only = read_only or (image is not None and image.read_only)
         self.position = 0
         self.block_size = 0
         self.density = DENSITY_CODE
-        self.loaded = True
+        self.loaded = image is not None
         self.removal_prevented = False
+        self.barcode: str | None = None  # the cartridge's, in a library drive
+
+    @property
+    def image(self) -> TapeImage:
+        """The cartridge in the drive; NOT READY, MEDIUM NOT PRESENT when there is none."""
+        if self._image is None:
+            raise CheckCondition(Reason.MEDIUM_NOT_PRESENT)
+        return self._image
+
+    @property
+    def has_cartridge(self) -> bool:
+        return self._image is not None
+
+    # -- the changer's side (blocking: on this drive's I/O thread, under medium_lock) ----
+    def insert(self, image: TapeImage, barcode: str | None = None) -> None:
+        """A cartridge the changer put in: loaded, head at the beginning, mode kept."""
+        if self._image is not None:
+            raise ValueError("the drive already holds a cartridge")
+        self._image = image
+        self.barcode = barcode
+        self.read_only = self.configured_read_only or image.read_only
+        self.loaded = True
+        self.position = 0
+        # Every initiator learns that the medium changed before its next command.
+        self.raise_unit_attention(Reason.MEDIUM_MAY_HAVE_CHANGED)
+
+    def eject(self) -> TapeImage | None:
+        """The cartridge taken out by the changer, written out and closed."""
+        image, self._image = self._image, None
+        self.barcode = None
+        self.loaded = False
+        self.position = 0
+        if image is not None:
+            image.close()
+        return image
 
     @classmethod
     def from_file(
@@ -68,7 +109,7 @@ class TapeDevice(SerializedMedium):
 
     # -- checks the handlers share ----------------------------------------------------
     def require_medium(self) -> None:
-        if not self.loaded:
+        if not self.loaded or self._image is None:
             raise CheckCondition(Reason.MEDIUM_NOT_PRESENT)
 
     def require_writable(self) -> None:
@@ -132,13 +173,16 @@ class TapeDevice(SerializedMedium):
     # -- mode parameters ----------------------------------------------------------------
     def mode_pages(self) -> dict[int, ModePage]:
         """Device configuration page 10h: EOD generation and sync at early warning on;
-        nothing changeable, since the image already behaves that way. And page 0."""
+        nothing changeable, since the image already behaves that way. Data compression
+        page 0Fh: the drive does not compress (DCC 0, DCE 0, DDE 0; tapeinfo and backup
+        software read it to learn so). And page 0."""
         default = bytearray(16)
         default[10] = 0x10 | 0x08  # EEG, SEW
         return {
             # st asks MODE SENSE for page 0 just to get the header and block descriptor
             # (density, block size, write protect); an empty vendor page 0 answers it.
             0x00: ModePage(0x00, bytes(2), bytes(2)),
+            0x0F: ModePage(0x0F, bytes(16), bytes(16)),
             0x10: ModePage(0x10, bytes(default), bytes(16)),
         }
 
@@ -168,7 +212,9 @@ class TapeDevice(SerializedMedium):
         self.block_size = length
 
     def sync_medium(self) -> None:
-        self.image.flush()
+        if self._image is not None:
+            self._image.flush()
 
     def close_medium(self) -> None:
-        self.image.close()
+        if self._image is not None:
+            self._image.close()

@@ -86,13 +86,25 @@ class PortGroupConfig:
 @dataclass(frozen=True, slots=True)
 class LunConfig:
     lun: int
-    kind: str = "block"  # "block" | "tape" | "filesink" | "rbd"
+    kind: str = "block"  # "block" | "tape" | "filesink" | "rbd" | "changer"
     path: Path = Path("lun.img")
-    size: int = GiB
+    size: int = GiB  # a changer's: the capacity of the blank cartridges it makes
     block_size: int = 512
     read_only: bool = False
     product: str | None = None
     rbd: RbdConfig | None = None  # kind = "rbd": the image (docs/rbd.md)
+    library: LibraryConfig | None = None  # kind = "changer": its slots (docs/tape.md)
+    changer: int | None = None  # a tape drive of a library: the changer's LUN
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryConfig:
+    """A ``kind = "changer"`` LUN's library: its cartridges live in ``path`` (a
+    directory, one image per barcode); the drives are the LUNs that name this changer."""
+
+    slots: int = 20
+    mail_slots: int = 1
+    tapes: tuple[str, ...] = ()  # barcodes of blank cartridges made at the first start
 
 
 RBD_CACHE_MODES = ("none", "writeback")
@@ -210,7 +222,12 @@ MIN_CHAP_SECRET = 12
 MAX_CHAP_SECRET = 255
 
 BLOCK_SIZES = (512, 4096)
-LUN_KINDS = ("block", "tape", "filesink", "rbd")
+LUN_KINDS = ("block", "tape", "filesink", "rbd", "changer")
+# A library's element address ranges (scsi.smc_elements; config does not import scsi).
+MAX_LIBRARY_SLOTS = 0xFC00
+MAX_MAIL_SLOTS = 0x200
+MAX_LIBRARY_DRIVES = 0x100
+_BARCODE = re.compile(r"[!-~]{1,32}")
 MAX_LUN = 16383  # flat space addressing, the widest single-level LUN we encode
 _SIZE = re.compile(r"\s*(\d+)\s*(B|KiB|MiB|GiB|TiB)?\s*")
 _UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
@@ -412,16 +429,23 @@ def _lun(value: object, key: str, target_name: str, state_dir: Path) -> LunConfi
     block_size = table.take("block_size", int, 512)
     if block_size not in BLOCK_SIZES:
         raise ConfigError(table.key("block_size"), f"must be 512 or 4096, got {block_size}")
-    if kind in ("tape", "filesink") and "capacity" in table.data:
+    if kind in ("tape", "filesink", "changer") and "capacity" in table.data:
         # A tape's size is its capacity; either key names it, not both.
         if "size" in table.data:
             raise ConfigError(table.key("capacity"), "give either size or capacity, not both")
         table.data["size"] = table.data.pop("capacity")
     # A file sink's size is its capacity too: the bytes its directory may hold.
-    default_size = DEFAULT_TAPE_CAPACITY if kind in ("tape", "filesink") else GiB
+    default_size = DEFAULT_TAPE_CAPACITY if kind in ("tape", "filesink", "changer") else GiB
+    changer = None
+    if kind == "tape" and "changer" in table.data:
+        # A library drive: its cartridges come from the changer, so it has no file.
+        changer = table.take_int("changer", 0, 0, MAX_LUN)
+        for name in ("path", "size"):
+            if name in table.data:
+                raise ConfigError(table.key(name), "a library drive has none (see changer)")
     size_given = "size" in table.data
     size = parse_size(table.data.pop("size", default_size), table.key("size"))
-    if kind == "tape" and size < MIN_TAPE_CAPACITY:
+    if kind in ("tape", "changer") and size < MIN_TAPE_CAPACITY:
         raise ConfigError(table.key("size"), f"a tape holds at least {MIN_TAPE_CAPACITY} bytes")
     if kind in ("block", "rbd") and size % block_size:
         raise ConfigError(table.key("size"), f"{size} is not a multiple of block_size")
@@ -435,6 +459,9 @@ def _lun(value: object, key: str, target_name: str, state_dir: Path) -> LunConfi
     default_path = f"{target_name.replace(':', '_')}/lun{number}.img"
     if kind == "filesink":  # a directory: one plain file per backup (tape file)
         default_path = f"{target_name.replace(':', '_')}/lun{number}-sink"
+    if kind == "changer":  # a directory: one tape image per cartridge
+        default_path = f"{target_name.replace(':', '_')}/lun{number}-library"
+    library = _library(table) if kind == "changer" else None
     path_text = table.take("path", str, default_path)
     if not path_text.strip():
         raise ConfigError(table.key("path"), "must not be empty")
@@ -444,7 +471,26 @@ def _lun(value: object, key: str, target_name: str, state_dir: Path) -> LunConfi
     if product is not None and (len(product) > 16 or not product.isascii()):
         raise ConfigError(table.key("product"), "INQUIRY product id is at most 16 ASCII chars")
     table.done()
-    return LunConfig(number, kind, state_dir / path, size, block_size, read_only, product, rbd)
+    return LunConfig(
+        number, kind, state_dir / path, size, block_size, read_only, product, rbd, library, changer
+    )
+
+
+def _library(table: _Table) -> LibraryConfig:
+    slots = table.take_int("slots", 20, 1, MAX_LIBRARY_SLOTS)
+    mail_slots = table.take_int("mail_slots", 1, 0, MAX_MAIL_SLOTS)
+
+    def barcode(value: object, key: str) -> str:
+        if not isinstance(value, str) or not _BARCODE.fullmatch(value) or "/" in value:
+            raise ConfigError(key, f"a barcode is 1-32 printable ASCII characters, got {value!r}")
+        return value
+
+    tapes = table.take_list("tapes", barcode)
+    if len(set(tapes)) != len(tapes):
+        raise ConfigError(table.key("tapes"), "a barcode is listed twice")
+    if len(tapes) > slots:
+        raise ConfigError(table.key("tapes"), f"{len(tapes)} tapes do not fit {slots} slots")
+    return LibraryConfig(slots, mail_slots, tapes)
 
 
 def _rbd(table: _Table) -> RbdConfig:
@@ -495,7 +541,24 @@ def _target(value: object, key: str, state_dir: Path) -> TargetConfig:
             first = f"{key}.lun[{seen[lun.lun]}]"
             raise ConfigError(f"{key}.lun[{i}].lun", f"LUN {lun.lun} already defined by {first}")
         seen[lun.lun] = i
+    _check_libraries(luns, key)
     return TargetConfig(name, alias, luns, initiators, chap, mutual)
+
+
+def _check_libraries(luns: tuple[LunConfig, ...], key: str) -> None:
+    """Every library drive names a changer LUN of its own target."""
+    changers = {lun.lun for lun in luns if lun.kind == "changer"}
+    drives: dict[int, int] = {}
+    for i, lun in enumerate(luns):
+        if lun.changer is None:
+            continue
+        if lun.changer not in changers:
+            raise ConfigError(
+                f"{key}.lun[{i}].changer", f"LUN {lun.changer} is not a changer of this target"
+            )
+        drives[lun.changer] = drives.get(lun.changer, 0) + 1
+        if drives[lun.changer] > MAX_LIBRARY_DRIVES:
+            raise ConfigError(f"{key}.lun[{i}].changer", "too many drives in one library")
 
 
 # The per-session floor lets the largest command (a 64 MiB write) run alone.
@@ -666,7 +729,7 @@ def check_images(config: Config) -> None:
     whose image is missing has nothing to serve. Raises :class:`ConfigError` naming it."""
     for t, target in enumerate(config.targets):
         for n, lun in enumerate(target.luns):
-            if lun.read_only and not lun.path.exists():
+            if lun.read_only and lun.changer is None and not lun.path.exists():
                 raise ConfigError(
                     f"target[{t}].lun[{n}].path", f"read-only LUN image {lun.path} does not exist"
                 )

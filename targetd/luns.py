@@ -9,8 +9,10 @@ from pathlib import Path
 import xcopy
 from backing.pairs import PairService, PairVolume
 from backing.sparse_file import SparseFile
+from backing.tape_library import LibraryError, TapeDirectory
 from scsi.alua import STATE_NAMES, PortGroup, PortGroups
 from scsi.block_device import BlockDevice, BlockStore
+from scsi.changer_device import MediaChanger, TapeLibrary
 from scsi.file_sink import FileSinkDevice
 from scsi.logical_unit import Identity, LogicalUnit, Services
 from scsi.pr_file import PrFile
@@ -66,6 +68,8 @@ class Builder:
         self.copies: dict[str, Services] = {}  # per target name
         # One ALUA table for every LU: a reload's new states reach them all at once.
         self.port_groups = PortGroups(alua_groups(config))
+        # Tape libraries, per (target name, changer LUN): the changer and its drives share one.
+        self.libraries: dict[tuple[str, int], TapeLibrary] = {}
 
     def _services(self, target: str) -> Services:
         services = self.copies.get(target)
@@ -112,6 +116,16 @@ class Builder:
     ) -> LogicalUnit:
         if lun.kind in ("block", "rbd"):
             return self._block(target, lun, identity, path, services)
+        if lun.kind == "changer":
+            return MediaChanger(
+                replace(identity, product=lun.product or "VIRTUAL-CHANGER"),
+                self._library(target, lun.lun),
+                services=services,
+            )
+        if lun.kind == "tape" and lun.changer is not None:
+            return self._drive(
+                target, lun, replace(identity, product=lun.product or "VIRTUAL-TAPE"), services
+            )
         if lun.kind == "tape":
             # The image keeps the capacity it was made with; ``size`` only sizes a new one.
             return TapeDevice.from_file(
@@ -131,6 +145,47 @@ class Builder:
                 services=services,
             )
         raise ConfigError(f"target {target.name} lun {lun.lun}", f"unsupported type {lun.kind!r}")
+
+    def _library(self, target: TargetConfig, changer: int) -> TapeLibrary:
+        """The library of ``target``'s changer LUN, made when its first LU is built."""
+        library = self.libraries.get((target.name, changer))
+        if library is not None:
+            return library
+        config = next(lun for lun in target.luns if lun.lun == changer)
+        assert config.library is not None
+        drives = [lun.lun for lun in target.luns if lun.changer == changer]
+        path = config.path if config.path.is_absolute() else self.config.state_dir / config.path
+        try:
+            library = TapeLibrary(
+                TapeDirectory(path, config.size),
+                slots=config.library.slots,
+                mail_slots=config.library.mail_slots,
+                drives=len(drives),
+                tapes=config.library.tapes,
+            )
+        except (OSError, LibraryError, ValueError) as err:
+            raise ConfigError(f"target {target.name} lun {changer}", str(err)) from err
+        self.libraries[(target.name, changer)] = library
+        return library
+
+    def _drive(
+        self, target: TargetConfig, lun: LunConfig, identity: Identity, services: Services
+    ) -> TapeDevice:
+        """A library drive: empty until the changer (or the inventory) puts a cartridge in."""
+        assert lun.changer is not None
+        library = self._library(target, lun.changer)
+        drives = [n.lun for n in target.luns if n.changer == lun.changer]
+        index = drives.index(lun.lun)
+        if index >= len(library.drives) or library.drives[index] is not None:
+            raise ConfigError(
+                f"target {target.name} lun {lun.lun}", "a library's drives change only at a restart"
+            )
+        drive = TapeDevice(identity, None, read_only=lun.read_only, services=services)
+        try:
+            library.attach_drive(index, drive)
+        except (OSError, LibraryError) as err:
+            raise ConfigError(f"target {target.name} lun {lun.lun}", str(err)) from err
+        return drive
 
     def _block(
         self,
@@ -178,6 +233,8 @@ class Builder:
     def forget_lun(self, target: str, lun: int, lu: LogicalUnit) -> None:
         """A LUN removed by a reload: it leaves its target's pair view and the service.
         Raises PairError (VOLUME_IN_PAIR) while it is in a pair; nothing changes then."""
+        if isinstance(lu, MediaChanger):
+            self.libraries.pop((target, lun), None)
         control = self.controls.get(target)
         if control is not None and self.pairs is not None and isinstance(lu, BlockDevice):
             self.pairs.unregister_volume(volume_id(target, lun))

@@ -296,6 +296,27 @@ def test_erase_and_mode_pages(tmp_path: Path) -> None:
     assert density[4] == 0x80 and density[6] == 0xA0
 
 
+def test_data_compression_page_says_no_compression(tmp_path: Path) -> None:
+    """tapeinfo reads page 0Fh for its compression lines, then the header for buffered
+    mode and the block descriptor for the block size."""
+    lu = make_tape(tmp_path)
+    data = good(run(lu, bytes([0x1A, 0, 0x0F, 0, 255, 0]))).data
+    assert data is not None and data[2] == 0x10 and data[3] == 8
+    assert bytes(data[4:12]) == bytes([0x80, 0, 0, 0, 0, 0, 0, 0])  # density, variable
+    assert bytes(data[12:28]) == bytes([0x0F, 0x0E]) + bytes(14)  # DCE, DCC, DDE all 0
+    changeable = good(run(lu, bytes([0x1A, 0x08, 0x4F, 0, 255, 0]))).data
+    assert changeable is not None and bytes(changeable[4:20]) == bytes([0x0F, 0x0E]) + bytes(14)
+    # mt compression 0 (what st sends) is accepted; turning compression on is refused
+    select = bytes([0, 0, 0x10, 0]) + bytes([0x0F, 0x0E]) + bytes(14)
+    good(run(lu, bytes([0x15, 0x10, 0, 0, len(select), 0]), select))
+    on = bytearray(select)
+    on[6] = 0x80
+    result = run(lu, bytes([0x15, 0x10, 0, 0, len(on), 0]), bytes(on))
+    assert key_asc(result) == (ILLEGAL_REQUEST, 0x26)
+    every = good(run(lu, bytes([0x1A, 0x08, 0x3F, 0, 255, 0]))).data
+    assert every is not None and b"\x0f\x0e" in bytes(every) and b"\x10\x0e" in bytes(every)
+
+
 def test_unload_prevented_then_not_ready_until_load(tmp_path: Path) -> None:
     lu = make_tape(tmp_path)
     good(run(lu, bytes([0x1E, 0, 0, 0, 1, 0])))

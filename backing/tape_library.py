@@ -1,0 +1,101 @@
+"""A tape library's cartridges in a local directory: one tape image per cartridge, named
+by its barcode (``BARCODE.img``), and the inventory (which element holds which
+cartridge) in ``inventory.json`` beside them.
+
+This module knows nothing of SCSI: the inventory is an opaque mapping the changer makes
+and takes back. It is replaced whole (written to a temporary file, synced, renamed over
+the old one, the directory synced), so a crash leaves the old inventory or the new one,
+never half of one. Cartridges exported through the mail slot leave the library: their
+image moves to ``exported/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from backing.tape_image import TapeImage, create
+
+SUFFIX = ".img"
+INVENTORY = "inventory.json"
+EXPORTED = "exported"
+
+
+class LibraryError(Exception):
+    """A cartridge that cannot be made or found, or an unreadable inventory."""
+
+
+class TapeDirectory:
+    def __init__(self, path: Path, capacity: int) -> None:
+        self.path = Path(path)
+        self.capacity = capacity  # of new blank cartridges
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def image_path(self, barcode: str) -> Path:
+        return self.path / f"{barcode}{SUFFIX}"
+
+    def barcodes(self) -> list[str]:
+        """Every cartridge in the directory, sorted."""
+        return sorted(p.name[: -len(SUFFIX)] for p in self.path.glob(f"*{SUFFIX}") if p.is_file())
+
+    def exists(self, barcode: str) -> bool:
+        return self.image_path(barcode).is_file()
+
+    def create(self, barcode: str, capacity: int | None = None) -> None:
+        """A blank cartridge; refused when one of that barcode exists."""
+        path = self.image_path(barcode)
+        if path.exists():
+            raise LibraryError(f"cartridge {barcode} exists")
+        create(path, capacity or self.capacity)
+        _sync_dir(self.path)
+
+    def open(self, barcode: str, *, read_only: bool = False) -> TapeImage:
+        """The cartridge's image, opened (a torn tail is cut back, as for any tape)."""
+        path = self.image_path(barcode)
+        if not path.is_file():
+            raise LibraryError(f"cartridge {barcode} has no image in {self.path}")
+        return TapeImage(path, read_only=read_only)
+
+    def export(self, barcode: str) -> Path:
+        """The cartridge leaves the library: its image moves to ``exported/``."""
+        out = self.path / EXPORTED
+        out.mkdir(exist_ok=True)
+        target = out / self.image_path(barcode).name
+        if target.exists():
+            raise LibraryError(f"{target} exists")
+        os.rename(self.image_path(barcode), target)
+        _sync_dir(self.path)
+        return target
+
+    # -- the inventory --------------------------------------------------------------
+    def load_inventory(self) -> dict[str, Any] | None:
+        path = self.path / INVENTORY
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            raise LibraryError(f"{path}: unreadable inventory: {err}") from err
+        if not isinstance(data, dict):
+            raise LibraryError(f"{path}: the inventory is not an object")
+        return data
+
+    def save_inventory(self, inventory: dict[str, Any]) -> None:
+        path = self.path / INVENTORY
+        temporary = path.with_suffix(".json.tmp")
+        with open(temporary, "w") as f:
+            json.dump(inventory, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+        _sync_dir(self.path)
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
