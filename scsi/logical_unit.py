@@ -116,6 +116,10 @@ class LogicalUnit:
             self._known_nexuses.add(nexus)
             self._unit_attentions[nexus] = deque([Reason.POWER_ON_RESET])
 
+    def known_nexuses(self) -> frozenset[Nexus]:
+        """The I_T nexuses that currently see this LU (logged in)."""
+        return frozenset(self._known_nexuses)
+
     def nexus_lost(self, nexus: Nexus) -> None:
         self._known_nexuses.discard(nexus)
         self._unit_attentions.pop(nexus, None)

@@ -8,7 +8,7 @@ The handler functions at the bottom are registered in ``scsi.spc.SPC_TABLE``.
 APTPL is served when the LU was given a file for it (``ReservationState.file``, set by the
 daemon's builder: scsi/pr_file.py); every state-changing PERSISTENT RESERVE OUT then writes
 the state durably before it is acknowledged. Not supported (and so reported as such in
-REPORT CAPABILITIES): SPEC_I_PT, ALL_TG_PT and REGISTER AND MOVE.
+REPORT CAPABILITIES): SPEC_I_PT and ALL_TG_PT.
 """
 
 from __future__ import annotations
@@ -416,6 +416,80 @@ async def preempt(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
             )
         if not _remove_registrations(lu, cmd, params.sa_key):
             return CONFLICT
+    state.generation += 1
+    return ScsiResult()
+
+
+# -- REGISTER AND MOVE ------------------------------------------------------------------------
+def _invalid_parameter(byte: int, bit: int | None = None) -> CheckCondition:
+    return CheckCondition(
+        Reason.INVALID_FIELD_IN_PARAMETER_LIST, FieldPointer(byte, bit=bit, in_cdb=False)
+    )
+
+
+def _move_destination(lu: LogicalUnit, sender: Nexus, data: bytes) -> Nexus:
+    """The I_T nexus REGISTER AND MOVE names: an iSCSI TransportID (SPC-4 7.6.4.6) and a
+    relative target port. Format 01b (name and ISID) names one initiator port; format 00b
+    (name only) names the one logged-in port of that initiator through that target port."""
+    port = int.from_bytes(data[18:20], "big")
+    length = int.from_bytes(data[20:24], "big")
+    tid = data[24 : 24 + length]
+    if len(tid) < 4 or len(tid) != length or tid[0] & 0x0F != 0x05:
+        raise _invalid_parameter(24)
+    text = (
+        tid[4 : 4 + int.from_bytes(tid[2:4], "big")].split(b"\0", 1)[0].decode("utf-8", "replace")
+    )
+    target_name, _, _ = sender.target_port.partition(",t,0x")
+    target_port = f"{target_name},t,0x{port:04x}"
+    if tid[0] >> 6 == 0b01:  # "iqn...,i,0x<ISID>"
+        name, sep, isid = text.partition(",i,0x")
+        if not sep or not isid:
+            raise _invalid_parameter(24)
+        destination = Nexus(f"{name},i,0x{isid.lower()}", target_port, port, name)
+        known = [n for n in lu.known_nexuses() | set(lu.reservations.keys)
+                 if n.initiator_port.lower() == destination.initiator_port
+                 and n.relative_target_port == port]  # fmt: skip
+        return known[0] if known else destination
+    if tid[0] >> 6 != 0:
+        raise _invalid_parameter(24, 7)
+    matches = [n for n in lu.known_nexuses() | set(lu.reservations.keys)
+               if (n.initiator_name or n.initiator_port.split(",")[0]) == text
+               and n.relative_target_port == port]  # fmt: skip
+    if len(matches) != 1:  # no such port logged in, or several: name one with its ISID
+        raise _invalid_parameter(24)
+    return matches[0]
+
+
+@durable
+async def register_and_move(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
+    """SPC-4 5.13.8: the holder moves its reservation to another I_T nexus, registering
+    that nexus with the service action key, and (UNREG) drops its own registration."""
+    if cmd.cdb[2] & 0xF0:  # scope other than LU_SCOPE
+        raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(2, bit=7))
+    length = int.from_bytes(cmd.cdb[5:9], "big")
+    data = bytes(cmd.data_out or b"")[:length]
+    if length < 24 or len(data) < length:
+        raise CheckCondition(Reason.PARAMETER_LIST_LENGTH_ERROR)
+    key, sa_key = int.from_bytes(data[0:8], "big"), int.from_bytes(data[8:16], "big")
+    unreg, aptpl = bool(data[17] & 0x02), bool(data[17] & 0x01)
+    state, sender = lu.reservations, cmd.nexus
+    if state.keys.get(sender) != key:
+        return CONFLICT
+    res = state.reservation
+    if res is None or res.type.all_registrants or res.holder != sender:
+        return CONFLICT
+    if aptpl and state.file is None:
+        raise _invalid_parameter(17, 0)
+    if sa_key == 0:
+        raise _invalid_parameter(8)
+    destination = _move_destination(lu, sender, data)
+    if destination == sender:
+        raise _invalid_parameter(18)
+    state.keys[destination] = sa_key
+    state.reservation = Reservation(destination, res.type)
+    if unreg:
+        del state.keys[sender]
+    state.aptpl = aptpl
     state.generation += 1
     return ScsiResult()
 

@@ -128,6 +128,7 @@ for _sa, _name, _out in (
     (0x04, "PERSISTENT RESERVE OUT / PREEMPT", reservations.preempt),
     (0x05, "PERSISTENT RESERVE OUT / PREEMPT AND ABORT", reservations.preempt),
     (0x06, "PERSISTENT RESERVE OUT / REGISTER AND IGNORE", reservations.register_and_ignore),
+    (0x07, "PERSISTENT RESERVE OUT / REGISTER AND MOVE", reservations.register_and_move),
 ):
     _cmd(0x5F, _name, _sa_usage(_PROUT_USAGE, _sa), service_action=_sa, conflict_exempt=True)(
         _out

@@ -81,3 +81,36 @@ def test_without_aptpl_a_restart_forgets(targetd_factory: DaemonFactory) -> None
     status, keys, _ = other.command(READ_KEYS, read=256)
     assert status == GOOD and keys[4:8] == bytes(4)
     assert other.command(WRITE10, data=bytes(512))[0] == GOOD
+
+
+def register_and_move(ini: RawInitiator, key: int, sa_key: int, name: str, aptpl: bool) -> int:
+    tid = name.encode() + b"\0"
+    tid += bytes(-len(tid) % 4)
+    tid = bytes([0x05, 0]) + len(tid).to_bytes(2, "big") + tid
+    params = key.to_bytes(8, "big") + sa_key.to_bytes(8, "big") + bytes([0, int(aptpl)])
+    params += (1).to_bytes(2, "big") + len(tid).to_bytes(4, "big") + tid
+    cdb = bytes([0x5F, 0x07, WRITE_EXCLUSIVE, 0, 0]) + len(params).to_bytes(4, "big") + bytes(1)
+    return ini.command(cdb, data=params)[0]
+
+
+def test_register_and_move_hands_the_reservation_over_and_it_persists(
+    targetd_factory: DaemonFactory,
+) -> None:
+    daemon = targetd_factory(CONFIG)
+    other = session(daemon, OTHER)
+    holder = session(daemon, HOLDER)
+    assert prout(holder, 0x00, 0, 0xAAAA) == GOOD
+    assert prout(holder, 0x01, 0xAAAA, 0, WRITE_EXCLUSIVE) == GOOD
+    assert other.command(WRITE10, data=bytes(512))[0] == RESERVATION_CONFLICT
+    # The holder moves the reservation to OTHER (registering it with KEY), with APTPL.
+    assert register_and_move(holder, 0xAAAA, KEY, OTHER, aptpl=True) == GOOD
+    assert other.command(WRITE10, data=bytes(512))[0] == GOOD
+    assert holder.command(WRITE10, data=bytes(512))[0] == RESERVATION_CONFLICT
+    holder.close()
+    other.close()
+    daemon.restart()
+    other, holder = session(daemon, OTHER), session(daemon, HOLDER)
+    status, res, _ = holder.command(READ_RESERVATION, read=256)
+    assert status == GOOD and res[8:16] == KEY.to_bytes(8, "big") and res[21] == WRITE_EXCLUSIVE
+    assert other.command(WRITE10, data=bytes(512))[0] == GOOD
+    assert holder.command(WRITE10, data=bytes(512))[0] == RESERVATION_CONFLICT
