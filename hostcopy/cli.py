@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 
@@ -20,6 +20,7 @@ from hostcopy.label import Label
 from hostcopy.lists import (
     DEFAULT_RECORD,
     Layout,
+    Volume,
     backup_lists,
     record_size,
     restore_lists,
@@ -107,52 +108,64 @@ def same_target(first: str, second: str) -> None:
                       "a backup or restore copies between LUNs of one target")  # fmt: skip
 
 
+def _volume(spec: str, device: Device, limits: c.CopyLimits, record: int) -> Volume:
+    info = ops.info(device)
+    if info.device_type != c.BLOCK or info.capacity is None:
+        raise Failure(f"{spec} is not a block device (type {info.device_type:#x})")
+    size = record_size(limits, info.capacity.block_size, record)
+    layout = Layout(info.capacity.bytes, info.capacity.block_size, size)
+    pair = _pair_of(device)
+    label = Label(
+        source=str(info.designator),
+        source_designator=info.designator.value.hex(),
+        length=layout.length,
+        block_size=layout.block_size,
+        record=size,
+        created=_utc(),
+        pair=pair.name if pair else "",
+        split_time=_utc(pair.split_ms) if pair and pair.split_ms else "",
+        policy=c.POLICIES.get(pair.policy, "") if pair else "",
+        device=spec,
+    )
+    return Volume(info.designator, layout, label.encode())
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
-    same_target(args.source, args.dest)
-    with opened(args.source) as src, opened(args.dest) as dst:
-        s, d = ops.info(src), ops.info(dst)
-        if s.device_type != c.BLOCK or s.capacity is None:
-            raise Failure(f"{args.source} is not a block device (type {s.device_type:#x})")
+    *sources, dest = args.volumes
+    if not sources:
+        raise Failure("name at least one volume and the tape or file sink")
+    for source in sources:
+        same_target(source, dest)
+    with ExitStack() as stack:
+        dst = stack.enter_context(opened(dest))
+        d = ops.info(dst)
         if d.device_type != c.STREAM:
-            raise Failure(f"{args.dest} is not a tape or file sink (type {d.device_type:#x})")
+            raise Failure(f"{dest} is not a tape or file sink (type {d.device_type:#x})")
         limits = ops.limits(dst)
-        record = record_size(limits, s.capacity.block_size, args.record_size)
-        layout = Layout(s.capacity.bytes, s.capacity.block_size, record)
-        pair = _pair_of(src)
-        label = Label(
-            source=str(s.designator),
-            source_designator=s.designator.value.hex(),
-            length=layout.length,
-            block_size=layout.block_size,
-            record=record,
-            created=_utc(),
-            pair=pair.name if pair else "",
-            split_time=_utc(pair.split_ms) if pair and pair.split_ms else "",
-            policy=c.POLICIES.get(pair.policy, "") if pair else "",
-            device=args.source,
-        )
+        volumes = [
+            _volume(spec, stack.enter_context(opened(spec)), limits, args.record_size)
+            for spec in sources
+        ]
         first = _list_id(args)
         lists = backup_lists(
-            first_list_id=first,
-            source=s.designator,
-            destination=d.designator,
-            layout=layout,
-            limits=limits,
-            label=label.encode(),
+            first_list_id=first, destination=d.designator, volumes=volumes, limits=limits
         )
         if args.dry_run:
-            return _dry_run(args, lists, first)
+            return _dry_run(args, lists, first, dest)
         if args.position == "end":
             ops.to_end_of_data(dst)
         elif args.position == "start":
             ops.rewind(dst)
-        print(
-            f"backup of {args.source} ({s.designator}, {layout.length} bytes) to {args.dest}: "
-            f"{layout.records} records of {record} bytes in {len(lists)} list(s)",
-            file=sys.stderr,
-        )
+        total = sum(v.layout.length for v in volumes)
+        for spec, v in zip(sources, volumes, strict=True):
+            print(
+                f"backup of {spec} ({v.designator}, {v.layout.length} bytes) to {dest}: "
+                f"{v.layout.records} records of {v.layout.record} bytes",
+                file=sys.stderr,
+            )
+        print(f"{len(lists)} list(s), {len(volumes)} tape file(s)", file=sys.stderr)
         try:
-            _send_all(dst, lists, first, layout.length, "backup")
+            _send_all(dst, lists, first, total, "backup")
         except (ops.CopyFailed, KeyboardInterrupt) as e:
             if not (isinstance(e, ops.CopyFailed) and e.refused and e.list_index == 0):
                 _close_partial(dst)
@@ -198,13 +211,12 @@ def _send_all(device: Device, lists: list[bytes], first: int, total: int, what: 
     bar.finish()
 
 
-def _dry_run(args: argparse.Namespace, lists: list[bytes], first: int) -> int:
+def _dry_run(args: argparse.Namespace, lists: list[bytes], first: int, device: str) -> int:
     directory = args.list_dir or "."
     os.makedirs(directory, exist_ok=True)
     print(f"# {len(lists)} EXTENDED COPY(LID4) list(s) with IMMED, to send in turn: each")
     print("# answers at once; repeat the RECEIVE COPY STATUS(LID4) line after it until byte 5")
     print("# of its answer is 01 (completed; 11 or 12: running; 02: failed, sense from byte 32)")
-    device = args.dest if args.command == "backup" else args.lun
     for n, params in enumerate(lists):
         path = os.path.join(directory, f"{args.command}-list-{first + n}.bin")
         with open(path, "wb") as f:
@@ -256,7 +268,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             limits=limits,
         )
         if args.dry_run:
-            return _dry_run(args, lists, first)
+            return _dry_run(args, lists, first, args.lun)
         print(
             f"restore of file {args.file} of {args.backup} ({label.source}, {label.length} "
             f"bytes, made {label.created}) onto {args.lun}",
@@ -477,9 +489,14 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    b = sub.add_parser("backup", help="copy a volume to a tape or file sink (server-free)")
-    b.add_argument("source", help="the volume: a block LU (a split pair's target volume)")
-    b.add_argument("dest", help="the tape or file sink LU, of the same target")
+    b = sub.add_parser(
+        "backup", help="copy volumes to a tape or file sink (server-free)",
+        usage="%(prog)s [options] SOURCE [SOURCE ...] DEST",
+    )  # fmt: skip
+    b.add_argument("volumes", nargs="+", metavar="SOURCE ... DEST",
+                   help="the volumes (block LUs: split pairs' target volumes), one tape "
+                   "file each, in one EXTENDED COPY where the limits allow; then the tape "
+                   "or file sink LU, of the same target")  # fmt: skip
     b.add_argument("--record-size", type=size, default=DEFAULT_RECORD,
                    help="record length on the medium (default 1MiB; capped by the copy "
                    "manager's stream transfer limit)")  # fmt: skip

@@ -136,39 +136,64 @@ def segments_per_list(limits: CopyLimits, extra: int, extra_bytes: int) -> int:
     return n
 
 
+@dataclass(frozen=True, slots=True)
+class Volume:
+    """One volume of a backup: its designator, how it lies on the medium, its label."""
+
+    designator: Designator
+    layout: Layout
+    label: bytes
+
+
 def backup_lists(
     *,
     first_list_id: int,
-    source: Designator,
     destination: Designator,
-    layout: Layout,
+    volumes: list[Volume],
     limits: CopyLimits,
-    label: bytes,
 ) -> list[bytes]:
-    """The lists of a backup, to be sent in turn: the first carries the label, the last
-    the file mark."""
-    cscds = cscd(source, BLOCK, layout.block_size) + cscd(destination, STREAM, 0)
-    if len(label) % limits.inline_granularity or len(label) > limits.max_inline:
-        raise ValueError(f"a {len(label)}-byte label does not fit the inline data limits")
-    # The label and the file mark could share a list with data; room is kept for both
-    # in every list so the cut does not depend on where they fall.
-    per_list = segments_per_list(limits, 2, INLINE_SEGMENT + FILEMARK_SEGMENT)
-    extents = list(layout.extents())
-    chunks = [extents[i : i + per_list] for i in range(0, len(extents), per_list)] or [[]]
-    lists = []
-    for n, chunk in enumerate(chunks):
-        segs = b""
-        inline = b""
-        if n == 0:
-            segs += inline_to_stream(1, 0, len(label))
-            inline = label
-        segs += b"".join(
-            block_to_stream(0, 1, size, layout.block_size, offset // layout.block_size)
-            for offset, size in chunk
+    """The lists of a backup of one or more volumes, to be sent in turn. Each volume
+    becomes one tape file: its label (inline data), its records, a file mark. Segments
+    are packed into as few lists as the limits allow, so a group's volumes can go in one
+    EXTENDED COPY; the CSCDs are the volumes (0..n-1) and the destination (n)."""
+    n = len(volumes)
+    if not 1 <= n <= limits.max_cscds - 1:
+        raise ValueError(
+            f"{n} volumes: one list names at most {limits.max_cscds - 1} beside the destination"
         )
-        if n == len(chunks) - 1:
-            segs += write_filemarks(1)
-        lists.append(lid4(first_list_id + n, cscds, segs, inline))
+    cscds = b"".join(cscd(v.designator, BLOCK, v.layout.block_size) for v in volumes)
+    cscds += cscd(destination, STREAM, 0)
+    room = limits.max_descriptor_list - len(cscds)
+    # (segment bytes, inline bytes it carries): an inline segment's offset is fixed when
+    # its list is assembled.
+    items: list[tuple[bytes, bytes]] = []
+    for index, v in enumerate(volumes):
+        label = v.label
+        if len(label) % limits.inline_granularity or len(label) > limits.max_inline:
+            raise ValueError(f"a {len(label)}-byte label does not fit the inline data limits")
+        items.append((b"", label))
+        bs = v.layout.block_size
+        items += [
+            (block_to_stream(index, n, size, bs, offset // bs), b"")
+            for offset, size in v.layout.extents()
+        ]
+        items.append((write_filemarks(n), b""))
+    lists: list[bytes] = []
+    segs, inline, count = b"", b"", 0
+    for seg, data in items:
+        size = INLINE_SEGMENT if data else len(seg)
+        full = count + 1 > limits.max_segments or len(segs) + size > room
+        if full or (data and len(inline) + len(data) > limits.max_inline):
+            if not count:
+                raise ValueError("the copy manager's limits leave no room for a segment")
+            lists.append(lid4(first_list_id + len(lists), cscds, segs, inline))
+            segs, inline, count = b"", b"", 0
+        if data:
+            seg = inline_to_stream(n, len(inline), len(data))
+            inline += data
+        segs += seg
+        count += 1
+    lists.append(lid4(first_list_id + len(lists), cscds, segs, inline))
     return lists
 
 

@@ -86,7 +86,8 @@ def test_backup_list_verify_restore_through_iscsi_urls(targetd_factory: DaemonFa
         client.write(SOURCE, 0, b"\xee" * 65536)  # after the split: not in the backup
         # 32 KiB records: 256 data segments, more than one list holds beside label and mark
         out = tool("backup", daemon.url(MIRROR), daemon.url(TAPE), "--record-size", "32k")
-        assert "256 records of 32768 bytes in 2 list(s)" in out.stderr
+        assert "256 records of 32768 bytes" in out.stderr
+        assert "2 list(s), 1 tape file(s)" in out.stderr
         assert "backup: done, 8.0 MiB" in out.stderr
 
         listing = tool("list", daemon.url(TAPE)).stdout.splitlines()
@@ -265,3 +266,32 @@ def test_devices_of_two_targets_are_refused_before_anything_is_sent(
     assert f"({IQN}, iqn.2026-11.org.targetd:other)" in proc.stderr
     proc = tool("restore", foreign_tape, daemon.url(FRESH), check=False)
     assert proc.returncode == 1 and "different targets" in proc.stderr
+
+
+def test_two_volumes_in_one_extended_copy_are_two_tape_files(
+    targetd_factory: DaemonFactory,
+) -> None:
+    """A database's data and log mirrors backed up by one command, one list: file 0 and
+    file 1 of the tape, each restorable on its own."""
+    daemon, client = start(targetd_factory)
+    try:
+        image = split_pair(daemon, client)
+        log = os.urandom(SIZE)
+        client.write(FRESH, 0, log)  # LUN 5 stands in for the log volume here
+        out = tool("backup", daemon.url(MIRROR), daemon.url(FRESH), daemon.url(TAPE)).stderr
+        assert "1 list(s), 2 tape file(s)" in out
+        assert "backup: done, 16.0 MiB" in out
+        listing = json.loads(tool("list", daemon.url(TAPE), "--json").stdout)
+        assert [(e["file"], e["pair"], e["length"]) for e in listing] == [
+            (0, "db", SIZE),
+            (1, "", SIZE),
+        ]
+        tool("verify", daemon.url(TAPE), daemon.url(MIRROR), "--file", "0")
+        tool("verify", daemon.url(TAPE), daemon.url(FRESH), "--file", "1")
+        client.write(FRESH, 0, bytes(SIZE))
+        tool("restore", daemon.url(TAPE), daemon.url(FRESH), "--file", "1")
+        assert client.read(FRESH, 0, SIZE) == log
+        tool("restore", daemon.url(TAPE), daemon.url(FRESH), "--file", "0")
+        assert client.read(FRESH, 0, SIZE) == image
+    finally:
+        client.close()

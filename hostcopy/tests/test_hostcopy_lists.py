@@ -11,6 +11,7 @@ from hostcopy import commands as c
 from hostcopy.label import LABEL_SIZE, Label, decode
 from hostcopy.lists import (
     Layout,
+    Volume,
     backup_lists,
     record_size,
     restore_lists,
@@ -58,8 +59,8 @@ def test_512_mib_in_2_mib_records_is_two_lists_within_the_segment_limit() -> Non
     lim = daemon_limits()
     layout = Layout(512 * MiB, 512, record_size(lim, 512, 2 * MiB))
     lists = backup_lists(
-        first_list_id=10, source=NAA_SRC, destination=NAA_TAPE, layout=layout, limits=lim,
-        label=LABEL,
+        first_list_id=10, destination=NAA_TAPE, volumes=[Volume(NAA_SRC, layout, LABEL)],
+        limits=lim,
     )  # fmt: skip
     decoded = [params.decode(params.LID4, p) for p in lists]
     assert len(decoded) == 2
@@ -102,8 +103,8 @@ def test_any_volume_cuts_into_lists_the_daemon_accepts(
     for build in ("backup", "restore"):
         if build == "backup":
             lists = backup_lists(
-                first_list_id=1, source=NAA_SRC, destination=NAA_TAPE, layout=layout,
-                limits=lim, label=LABEL,
+                first_list_id=1, destination=NAA_TAPE, volumes=[Volume(NAA_SRC, layout, LABEL)],
+                limits=lim,
             )  # fmt: skip
             code, lba = params.BLOCK_TO_STREAM, "source_lba"
         else:
@@ -128,8 +129,8 @@ def test_any_volume_cuts_into_lists_the_daemon_accepts(
 
 def test_cscd_names_the_lu_as_the_daemon_matches_it() -> None:
     lists = backup_lists(
-        first_list_id=1, source=NAA_SRC, destination=NAA_TAPE,
-        layout=Layout(MiB, 512, MiB), limits=daemon_limits(), label=LABEL,
+        first_list_id=1, destination=NAA_TAPE,
+        volumes=[Volume(NAA_SRC, Layout(MiB, 512, MiB), LABEL)], limits=daemon_limits(),
     )  # fmt: skip
     src, dst = params.decode(params.LID4, lists[0]).cscds
     assert (src.device_type, src.block_length, src.designator) == (0, 512, NAA_SRC.value)
@@ -191,3 +192,68 @@ def test_copy_status_decodes_a_failed_copy_with_its_sense() -> None:
     assert (got.state, got.transferred, got.segments, got.running) == (2, 3 * MiB, 7, False)
     assert got.sense == sense
     assert got.words == "failed"
+
+
+NAA_LOG = c.Designator(0, 1, 0, 3, bytes.fromhex("60014050000000000000000000000003"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 3000), min_size=1, max_size=15),
+    max_segments=st.integers(3, 256),
+    max_list=st.integers(16 * 32 + 3 * 24, xl.MAX_DESCRIPTOR_LIST_LENGTH),
+    max_inline=st.sampled_from([512, 1024, 4096, 65536]),
+)
+def test_several_volumes_pack_into_lists_one_tape_file_each(
+    sizes: list[int], max_segments: int, max_list: int, max_inline: int
+) -> None:
+    """A group's volumes in as few lists as the limits allow: each volume is, in order, its
+    label, its records from LBA 0 to its end, and a file mark; no list breaks a limit."""
+    base = daemon_limits()
+    lim = c.CopyLimits(
+        base.max_cscds, max_segments, max_list, base.max_segment_length, max_inline,
+        base.max_stream_transfer, base.data_granularity, base.inline_granularity,
+        base.descriptor_codes,
+    )  # fmt: skip
+    names = [c.Designator(0, 1, 0, 3, bytes([i]) * 16) for i in range(len(sizes))]
+    volumes = [
+        Volume(d, Layout(n * 64 * 1024, 512, 64 * 1024), f"label {i}".encode().ljust(512))
+        for i, (d, n) in enumerate(zip(names, sizes, strict=True))
+    ]
+    lists = backup_lists(first_list_id=7, destination=NAA_TAPE, volumes=volumes, limits=lim)
+    stream: list[tuple[str, int, int]] = []  # what reaches the tape, in order
+    for p in lists:
+        d = params.decode(params.LID4, p)
+        n = len(volumes)
+        assert [x.designator for x in d.cscds] == [v.designator.value for v in volumes] + [
+            NAA_TAPE.value
+        ]
+        assert len(d.segments) <= lim.max_segments
+        assert len(p) - 48 - len(d.inline_data) <= lim.max_descriptor_list
+        assert len(d.inline_data) <= lim.max_inline
+        for s in d.segments:
+            if s.type_code == params.INLINE_TO_STREAM:
+                label = d.inline_data[s.source_offset : s.source_offset + s.byte_count]
+                stream.append(("label", int(label.split()[1]), s.destination))
+            elif s.type_code == params.BLOCK_TO_STREAM:
+                assert s.destination == n
+                stream.append(("data", s.source, s.source_lba))
+            else:
+                assert s.type_code == params.WRITE_FILEMARKS and s.destination == n
+                stream.append(("mark", 0, 0))
+    expected: list[tuple[str, int, int]] = []
+    for i, v in enumerate(volumes):
+        expected.append(("label", i, len(volumes)))
+        expected += [("data", i, off // 512) for off, _ in v.layout.extents()]
+        expected.append(("mark", 0, 0))
+    assert stream == expected
+    assert [params.decode(params.LID4, p).list_id for p in lists] == list(range(7, 7 + len(lists)))
+
+
+def test_sixteen_volumes_do_not_fit_one_lists_cscds() -> None:
+    layout = Layout(MiB, 512, MiB)
+    with pytest.raises(ValueError, match="at most 15"):
+        backup_lists(
+            first_list_id=1, destination=NAA_TAPE, limits=daemon_limits(),
+            volumes=[Volume(NAA_LOG, layout, LABEL)] * 16,
+        )  # fmt: skip
