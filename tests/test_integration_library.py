@@ -1,0 +1,109 @@
+"""A tape library over iSCSI with a real daemon: the changer's element status with
+barcodes, MOVE MEDIUM into a drive that then reads and writes like any tape, the
+refusals that move nothing, and the inventory (with a loaded drive) across a restart."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import DaemonFactory
+from pyscsi.pyscsi.scsi_cdb_readelementstatus import ReadElementStatus
+from raw_initiator import RawInitiator
+
+IQN = "iqn.2026-11.org.targetd.test:vtl"
+CONFIG = f"""
+[[target]]
+name = "{IQN}"
+[[target.lun]]
+lun = 0
+kind = "changer"
+path = "vtl"
+slots = 4
+mail_slots = 1
+capacity = "4MiB"
+tapes = ["TD0001L6", "TD0002L6"]
+[[target.lun]]
+lun = 1
+kind = "tape"
+changer = 0
+[[target.lun]]
+lun = 2
+kind = "tape"
+changer = 0
+"""
+CHANGER, DRIVE_LUN = 0, 1
+ROBOT, DRIVE0, MAIL0, SLOT0 = 0x0001, 0x0100, 0x0200, 0x0400
+GOOD, CHECK_CONDITION = 0x00, 0x02
+
+
+def session(port: int) -> RawInitiator:
+    ini = RawInitiator(port)
+    assert ini.login(IQN).bhs[36] == 0, "login failed"
+    ini.clear_unit_attentions(CHANGER)
+    for lun in (1, 2):  # TEST UNIT READY of a drive may stay NOT READY: no clearing loop
+        assert sense_of(ini.command(bytes(6), lun=lun)) == (0x6, 0x29, 0x00)
+    return ini
+
+
+def move(ini: RawInitiator, src: int, dst: int) -> tuple[int, bytes, bytes]:
+    addresses = b"".join(a.to_bytes(2, "big") for a in (ROBOT, src, dst))
+    return ini.command(bytes([0xA5, 0]) + addresses + bytes(4), lun=CHANGER)
+
+
+def inventory(ini: RawInitiator) -> dict[int, str]:
+    cdb = bytes([0xB8, 0x10, 0, 0, 0xFF, 0xFF, 0, 0, 0x40, 0, 0, 0])
+    status, data, _ = ini.command(cdb, lun=CHANGER, read=0x4000)
+    assert status == GOOD
+    out = {}
+    for page in ReadElementStatus.unmarshall_datain(data)["element_status_pages"]:
+        for d in page["element_descriptors"]:
+            if d["full"]:
+                out[d["element_address"]] = bytes(d["primary_volume_tag"][:32]).decode().strip()
+    return out
+
+
+def sense_of(result: tuple[int, bytes, bytes]) -> tuple[int, int, int]:
+    status, _, sense = result
+    assert status == CHECK_CONDITION
+    return sense[2] & 0x0F, sense[12], sense[13]
+
+
+def test_library_over_iscsi_moves_loads_refuses_and_restarts(
+    targetd_factory: DaemonFactory,
+) -> None:
+    daemon = targetd_factory(CONFIG)
+    with session(daemon.port) as ini:
+        status, inquiry, _ = ini.command(bytes([0x12, 0, 0, 0, 96, 0]), lun=CHANGER, read=96)
+        assert status == GOOD and inquiry[0] == 0x08
+        assert inquiry[16:32] == b"VIRTUAL-CHANGER "
+        status, page, _ = ini.command(bytes([0x1A, 0x08, 0x1D, 0, 255, 0]), lun=CHANGER, read=255)
+        assert status == GOOD and page[4:8] == b"\x1d\x12\x00\x01"
+        assert inventory(ini) == {SLOT0: "TD0001L6", SLOT0 + 1: "TD0002L6"}
+        tur = bytes(6)
+        assert sense_of(ini.command(tur, lun=DRIVE_LUN)) == (0x2, 0x3A, 0x00)
+        assert move(ini, SLOT0 + 1, DRIVE0)[0] == GOOD
+        assert sense_of(ini.command(tur, lun=DRIVE_LUN)) == (0x6, 0x28, 0x00)
+        assert ini.command(tur, lun=DRIVE_LUN)[0] == GOOD
+        record = b"backup" * 1000
+        write = bytes([0x0A, 0]) + len(record).to_bytes(3, "big") + b"\0"
+        assert ini.command(write, lun=DRIVE_LUN, data=record)[0] == GOOD
+        assert ini.command(bytes([0x10, 0, 0, 0, 1, 0]), lun=DRIVE_LUN)[0] == GOOD
+        # refusals: a full destination, an empty source, a locked drive; nothing moves
+        assert sense_of(move(ini, SLOT0, DRIVE0)) == (0x5, 0x3B, 0x0D)
+        assert sense_of(move(ini, SLOT0 + 2, SLOT0 + 3)) == (0x5, 0x3B, 0x0E)
+        assert ini.command(bytes([0x1E, 0, 0, 0, 1, 0]), lun=DRIVE_LUN)[0] == GOOD
+        assert sense_of(move(ini, DRIVE0, SLOT0 + 3)) == (0x5, 0x53, 0x02)
+        assert inventory(ini) == {DRIVE0: "TD0002L6", SLOT0: "TD0001L6"}
+        assert ini.command(tur, lun=DRIVE_LUN)[0] == GOOD
+        assert ini.command(bytes([0x1E, 0, 0, 0, 0, 0]), lun=DRIVE_LUN)[0] == GOOD
+    inv = json.loads((daemon.state_dir / "vtl" / "inventory.json").read_text())
+    assert inv["elements"]["0100"] == {"barcode": "TD0002L6", "source": SLOT0 + 1}
+    daemon.restart()
+    with session(daemon.port) as ini:
+        assert ini.command(bytes(6), lun=DRIVE_LUN)[0] == GOOD  # loaded again
+        assert inventory(ini) == {DRIVE0: "TD0002L6", SLOT0: "TD0001L6"}
+        read = bytes([0x08, 0]) + len(record).to_bytes(3, "big") + b"\0"
+        assert ini.command(read, lun=DRIVE_LUN, read=len(record)) == (GOOD, record, b"")
+        assert move(ini, DRIVE0, MAIL0)[0] == GOOD  # out through the mail slot
+        assert sense_of(ini.command(bytes(6), lun=DRIVE_LUN)) == (0x2, 0x3A, 0x00)
+        assert inventory(ini) == {MAIL0: "TD0002L6", SLOT0: "TD0001L6"}
