@@ -24,6 +24,7 @@ from targetd.config import (
     parse_hostport,
 )
 from targetd.copy_ops import CopyOperations
+from targetd.library_admin import LibraryAdmin
 from targetd.luns import Builder, close_targets
 from targetd.operations import Operations
 from targetd.pair_admin import PairAdmin
@@ -79,6 +80,9 @@ async def serve(config: Config, *, loader: Callable[[], Config] | None = None) -
         pairs, lambda: server.config, builder.controls, lambda t: server.targets[t].scsi.luns
     )
     pair_admin.register(ops.admin)  # targetctl pair ...
+    LibraryAdmin(  # targetctl library ...
+        lambda: {name: runtime.scsi.luns for name, runtime in server.targets.items()}
+    ).register(ops.admin)
     ops.metrics.add_collector(pair_admin.metric_families)
     copies = CopyOperations(server)  # EXTENDED COPY: `targetctl status` and metrics
     ops.provide_status("copy_operations", copies.status)

@@ -15,6 +15,7 @@ import importlib
 COMMAND_MODULES = (
     "targetd.status_cli",
     "targetd.tape_cli",
+    "targetd.library_cli",
     "targetd.filesink_cli",
     "targetd.pair_cli",
 )

@@ -5,8 +5,10 @@ refusals that move nothing, and the inventory (with a loaded drive) across a res
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
-from conftest import DaemonFactory
+from conftest import REPO, Daemon, DaemonFactory
 from pyscsi.pyscsi.scsi_cdb_readelementstatus import ReadElementStatus
 from raw_initiator import RawInitiator
 
@@ -107,3 +109,50 @@ def test_library_over_iscsi_moves_loads_refuses_and_restarts(
         assert move(ini, DRIVE0, MAIL0)[0] == GOOD  # out through the mail slot
         assert sense_of(ini.command(bytes(6), lun=DRIVE_LUN)) == (0x2, 0x3A, 0x00)
         assert inventory(ini) == {MAIL0: "TD0002L6", SLOT0: "TD0001L6"}
+
+
+def targetctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "targetd.ctl",
+            "library",
+            *args,
+            "--state-dir",
+            str(daemon.state_dir),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_targetctl_library_lists_imports_and_exports(targetd_factory: DaemonFactory) -> None:
+    daemon = targetd_factory(CONFIG)
+    with session(daemon.port) as ini:
+        listing = targetctl(daemon, "list")
+        assert listing.returncode == 0, listing.stderr
+        lines = listing.stdout.splitlines()
+        assert lines[0] == f"library {IQN} lun 0"
+        assert any(line.split()[:3] == ["0x400", "storage", "TD0001L6"] for line in lines)
+        made = targetctl(daemon, "import", "NEW001L6")
+        assert made.returncode == 0, made.stderr
+        assert made.stdout.strip() == "NEW001L6: in mail slot 0x200"
+        assert (daemon.state_dir / "vtl" / "NEW001L6.img").is_file()
+        # the initiator learns of it, then sees the cartridge in the mail slot
+        assert sense_of(ini.command(bytes(6), lun=CHANGER)) == (0x6, 0x28, 0x01)
+        assert inventory(ini)[MAIL0] == "NEW001L6"
+        full = targetctl(daemon, "import", "NEW002L6")
+        assert full.returncode == 1 and "every mail slot is full" in full.stderr
+        # the initiator locks the door: the operator can take nothing out
+        assert ini.command(bytes([0x1E, 0, 0, 0, 1, 0]), lun=CHANGER)[0] == GOOD
+        locked = targetctl(daemon, "export", "NEW001L6")
+        assert locked.returncode == 1 and "locked" in locked.stderr
+        assert ini.command(bytes([0x1E, 0, 0, 0, 0, 0]), lun=CHANGER)[0] == GOOD
+        out = targetctl(daemon, "export", "NEW001L6", "--json")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["image"].endswith("vtl/exported/NEW001L6.img")
+        assert sense_of(ini.command(bytes(6), lun=CHANGER)) == (0x6, 0x28, 0x01)
+        assert MAIL0 not in inventory(ini)

@@ -1,0 +1,82 @@
+"""Tape libraries on the admin socket (``targetctl library ...``, docs/tape.md).
+
+``library.list``   {target?, lun?} -> {target, lun, elements: [{address, type, barcode,
+                   used?, capacity?}]}
+``library.import`` {barcode, target?, lun?, create?} -> {barcode, element}: the cartridge
+                   (a blank one made unless it exists; ``create`` false refuses to make
+                   one) put in a free mail slot
+``library.export`` {barcode, target?, lun?} -> {barcode, image}: a cartridge in a mail
+                   slot leaves the library (its image moves to ``exported/``)
+
+``target`` and ``lun`` name the changer where the daemon serves more than one
+(``ambiguous-library``). Refusals: ``no-library``, ``library`` (a full mail slot, a
+locked door, an unknown cartridge ...), ``bad_request``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from backing.tape_library import LibraryError
+from scsi.changer_device import MediaChanger
+from scsi.logical_unit import LogicalUnit
+from targetd.admin import Admin, AdminError
+
+Params = dict[str, Any]
+LunMaps = Callable[[], Mapping[str, Mapping[int, LogicalUnit]]]
+
+
+class LibraryAdmin:
+    def __init__(self, lun_maps: LunMaps) -> None:
+        self.lun_maps = lun_maps
+
+    def register(self, admin: Admin) -> None:
+        admin.register("library.list", self.list_elements)
+        admin.register("library.import", self.import_cartridge)
+        admin.register("library.export", self.export_cartridge)
+
+    def _changer(self, params: Params) -> tuple[str, int, MediaChanger]:
+        target, lun = params.get("target"), params.get("lun")
+        found = [
+            (name, number, lu)
+            for name, luns in self.lun_maps().items()
+            for number, lu in luns.items()
+            if isinstance(lu, MediaChanger)
+            and target in (None, name)
+            and lun in (None, number)
+        ]
+        if not found:
+            raise AdminError("no such tape library (a LUN of kind changer)", "no-library")
+        if len(found) > 1:
+            raise AdminError("several libraries: give target and lun", "ambiguous-library")
+        return found[0]
+
+    @staticmethod
+    def _barcode(params: Params) -> str:
+        barcode = params.get("barcode")
+        if not isinstance(barcode, str) or not barcode:
+            raise AdminError("barcode: a non-empty string is required", "bad_request")
+        return barcode
+
+    def list_elements(self, params: Params) -> dict[str, Any]:
+        target, lun, changer = self._changer(params)
+        return {"target": target, "lun": lun, "elements": changer.inventory()}
+
+    async def import_cartridge(self, params: Params) -> dict[str, Any]:
+        _, _, changer = self._changer(params)
+        barcode = self._barcode(params)
+        try:
+            element = await changer.import_cartridge(barcode, create=params.get("create", True))
+        except LibraryError as err:
+            raise AdminError(str(err), "library") from None
+        return {"barcode": barcode, "element": element}
+
+    async def export_cartridge(self, params: Params) -> dict[str, Any]:
+        _, _, changer = self._changer(params)
+        barcode = self._barcode(params)
+        try:
+            image = await changer.export_cartridge(barcode)
+        except LibraryError as err:
+            raise AdminError(str(err), "library") from None
+        return {"barcode": barcode, "image": image}

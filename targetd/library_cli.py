@@ -1,0 +1,85 @@
+"""``targetctl library list|import|export``: a running daemon's tape library, through the
+admin socket (targetd.library_admin; docs/tape.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from targetd.status_cli import add_socket_options, call
+
+
+def add_commands(sub: Any) -> None:
+    library = sub.add_parser("library", help="a tape library's cartridges and mail slots")
+    library_sub = library.add_subparsers(dest="library_command", required=True)
+    listing = library_sub.add_parser("list", help="every slot, mail slot and drive")
+    _common(listing, _list)
+    imported = library_sub.add_parser(
+        "import", help="put a cartridge in a free mail slot (a blank one when it is new)"
+    )
+    imported.add_argument("barcode")
+    imported.add_argument(
+        "--existing", action="store_true", help="refuse to make a blank cartridge"
+    )
+    _common(imported, _import)
+    exported = library_sub.add_parser("export", help="take a cartridge out of a mail slot")
+    exported.add_argument("barcode")
+    _common(exported, _export)
+
+
+def _common(p: argparse.ArgumentParser, run: Any) -> None:
+    add_socket_options(p)
+    p.add_argument("--target", help="the target of the changer (several libraries)")
+    p.add_argument("--lun", type=int, help="the changer's LUN (several libraries)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=run)
+
+
+def _params(args: argparse.Namespace, **params: Any) -> dict[str, Any]:
+    if args.target:
+        params["target"] = args.target
+    if args.lun is not None:
+        params["lun"] = args.lun
+    return params
+
+
+def _dump(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def _list(args: argparse.Namespace) -> int:
+    result = call(args, "library.list", _params(args))
+    if args.json:
+        _dump(result)
+        return 0
+    print(f"library {result['target']} lun {result['lun']}")
+    print(f"{'element':>7}  {'type':<13} {'barcode':<32} used")
+    for e in result["elements"]:
+        used = ""
+        if "used" in e:
+            used = f"{e['used']} of {e['capacity']} bytes ({100 * e['used'] / e['capacity']:.1f}%)"
+        barcode = e["barcode"] or "-"
+        print(f"{e['address']:>#7x}  {e['type']:<13} {barcode:<32} {used}".rstrip())
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    params = _params(args, barcode=args.barcode, create=not args.existing)
+    result = call(args, "library.import", params)
+    if args.json:
+        _dump(result)
+    else:
+        print(f"{result['barcode']}: in mail slot {result['element']:#x}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    result = call(args, "library.export", _params(args, barcode=args.barcode))
+    if args.json:
+        _dump(result)
+    else:
+        print(f"{result['barcode']}: out of the library, image at {result['image']}")
+    return 0
