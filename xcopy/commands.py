@@ -54,10 +54,12 @@ async def extended_copy(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
         return _copy_aborted(lu, err)
     if copy_list.immed:  # answered once the split (if any) is taken and the sources pass
         await op.answered.wait()
+        await manager.durable(op)
         if op.state in (State.RUNNING, State.COMPLETED):
             return ScsiResult()
         return ScsiResult(Status.CHECK_CONDITION, sense=op.sense)
     await manager.wait(op)
+    await manager.durable(op)
     if op.state is State.COMPLETED:
         return ScsiResult()
     if not copy_list.keeps_results:

@@ -13,12 +13,15 @@ push them out. At most ``MAX_CONCURRENT_COPIES`` run at once (INSUFFICIENT RESOU
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
+from backing.threads import outlast
 from scsi.command import Nexus
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import CheckCondition, Reason, build_sense
@@ -60,6 +63,8 @@ class Operation:
     ended: float | None = None
     status_reported: int = 0  # operation counter for RECEIVE COPY STATUS(LID4)
     saved: tuple[int, int] = (0, 0)  # (segments, bytes) last recorded in the journal
+    # The journal write of the latest record (None: none pending, or no journal).
+    recorded: asyncio.Future[None] | None = field(default=None, repr=False)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     touches: frozenset[int] = frozenset()  # id() of every LU its segments name
     done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -102,25 +107,31 @@ class CopyManager:
             self._recover(journal)
 
     # -- persistence ---------------------------------------------------------------------
-    def _save(self, op: Operation) -> None:
+    def _save(self, op: Operation, *, progress_only: bool = False) -> None:
         if self.journal is None or not op.copy_list.keeps_results:
             return
+        record = self._record(op)
+        if progress_only:
+            self.journal.progress(record)
+        else:
+            op.recorded = self.journal.save(record)
+
+    @staticmethod
+    def _record(op: Operation) -> dict[str, Any]:
         cl = op.copy_list
-        self.journal.save(
-            {
-                "initiator": op.initiator,
-                "list_id": cl.list_id,
-                "service_action": cl.service_action,
-                "list_id_usage": cl.list_id_usage,
-                "immed": cl.immed,
-                "g_sense": cl.g_sense,
-                "lun": op.lun,
-                "state": op.state.value,
-                "segments_processed": op.segments_processed,
-                "bytes_done": op.bytes_done,
-                "sense": op.sense.hex() if op.sense else None,
-            }
-        )
+        return {
+            "initiator": op.initiator,
+            "list_id": cl.list_id,
+            "service_action": cl.service_action,
+            "list_id_usage": cl.list_id_usage,
+            "immed": cl.immed,
+            "g_sense": cl.g_sense,
+            "lun": op.lun,
+            "state": op.state.value,
+            "segments_processed": op.segments_processed,
+            "bytes_done": op.bytes_done,
+            "sense": op.sense.hex() if op.sense else None,
+        }
 
     def _recover(self, journal: CopyJournal) -> None:
         for r in journal.load():
@@ -156,6 +167,14 @@ class CopyManager:
 
     def find(self, nexus: Nexus, list_id: int) -> Operation | None:
         return self.operations.get(nexus.initiator_port, OrderedDict()).get(list_id)
+
+    async def durable(self, op: Operation) -> None:
+        """The latest record of ``op`` is on stable storage: an EXTENDED COPY is answered
+        only once the copy is known to the journal, so a power cut cannot make the target
+        forget a copy it acknowledged."""
+        if op.recorded is not None:
+            with contextlib.suppress(OSError):  # logged by the journal; the copy goes on
+                await outlast(op.recorded)
 
     def forget(self, op: Operation) -> None:
         ops = self.operations.get(op.initiator)
@@ -238,7 +257,7 @@ class CopyManager:
         mark = (op.segments_processed, op.bytes_done)
         if mark != op.saved:
             op.saved = mark
-            self._save(op)
+            self._save(op, progress_only=True)
 
     async def _checkpoints(self, op: Operation) -> None:
         """Between segment ends (a long segment), progress is recorded every

@@ -46,11 +46,6 @@ GOOD = 0
 # Durability bugs this campaign found in other parts of the daemon, still open. A run where
 # only these show is reported as xfailed with what happened; remove an entry with its fix.
 KNOWN_BUGS = {
-    # xcopy/journal.py writes each copy record with rename but no fsync: after a power cut
-    # the renamed file can be empty, the record is dropped as unreadable, and RECEIVE COPY
-    # RESULTS no longer knows an EXTENDED COPY it acknowledged (instead of reporting it
-    # failed).
-    "copy-record-not-durable",
     # backing/tape_image.py checks on open only the last record's payload checksum, but a
     # power cut can tear any record written since the last sync, not only the last one: an
     # earlier torn record stays indexed and reads back as MEDIUM ERROR instead of the tape

@@ -395,6 +395,7 @@ def test_results_survive_a_restart_and_a_running_copy_reads_as_failed(tmp_path: 
         status = bytes(r.data)
         assert status[5] == 0x02 and status[12] == 0x02  # failed, CHECK CONDITION
         assert parse_sense(status[32:]) == (0x0A, 0x29, 0x00)
+        await reborn.journal.settled()
         assert not list((tmp_path / "copies").glob("*.json"))  # both reported: gone
 
     run(main())
