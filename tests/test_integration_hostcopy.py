@@ -234,8 +234,10 @@ def test_an_interrupted_backup_is_aborted_and_closed_with_a_file_mark(
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert proc.stderr is not None
-        assert "backup of" in proc.stderr.readline()
-        time.sleep(0.5)
+        # The first progress line comes after the first RECEIVE COPY STATUS: the list is in.
+        while not (line := proc.stderr.readline()).startswith("backup: "):
+            assert line, "the tool ended before its copy started"
+        time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err
