@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from clients import CASES, Budget, ClientError, prefill, run_case, select_cases
-from cpu import tree_cpu_seconds
+from cpu import tree_cpu_seconds, tree_wait_seconds
 from noise import Neighbour
 from report import BASELINE, CANDIDATE, CaseResult, Run, format_table, save_json
 from targets import GiB, Target, TargetdTarget, TargetError, TgtdTarget
@@ -109,6 +109,7 @@ def measure(case_result: CaseResult, target: Target, repeat: int, region: int, b
         case_result.runs.append(Run(target.name, repeat, None, 0.0, 0.0, error))
         return
     cpu_before = tree_cpu_seconds(target.pid)
+    wait_before = tree_wait_seconds(target.pid)
     started = time.monotonic()
     ops = 0
     try:
@@ -118,13 +119,14 @@ def measure(case_result: CaseResult, target: Target, repeat: int, region: int, b
         value, error = None, str(exc)
     wall = time.monotonic() - started
     cpu = tree_cpu_seconds(target.pid) - cpu_before
-    run = Run(target.name, repeat, value, cpu, wall, error, ops)
+    waited = tree_wait_seconds(target.pid) - wait_before
+    run = Run(target.name, repeat, value, cpu, wall, error, ops, waited)
     case_result.runs.append(run)
     shown = "FAIL" if value is None else f"{value:,.1f} {case_result.case.unit}"
     cost = run.cpu_per_kilo_io
     print(
         f"  [{repeat + 1}] {case_result.case.name:<18} {target.name:<8} {shown:>16}"
-        f"  cpu {100 * cpu / wall if wall else 0:4.0f}%"
+        f"  cpu {run.cpu_percent or 0:4.0f}%  wait {run.wait_percent or 0:4.0f}%"
         + ("" if cost is None else f"  {cost:.4f} s/kIO"),
         file=sys.stderr,
         flush=True,

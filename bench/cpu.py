@@ -1,4 +1,5 @@
-"""CPU time a server process has used, read from /proc (all its threads, and its children).
+"""CPU time a server process has used, and the time it waited for a CPU, read from /proc (all
+its threads, and its children).
 
 A target that hands work to helper processes must not look cheaper than one that does it in
 threads, so live descendants are counted too.
@@ -49,5 +50,32 @@ def tree_cpu_seconds(pid: int) -> float:
     while pending:
         current = pending.pop()
         total += process_cpu_seconds(current)
+        pending += _children(current)
+    return total
+
+
+def _threads_wait_seconds(pid: int) -> float:
+    """Seconds the threads of ``pid`` have spent runnable but waiting for a CPU (schedstat)."""
+    total = 0
+    try:
+        tasks = list((_PROC / str(pid) / "task").iterdir())
+    except OSError:
+        return 0.0
+    for task in tasks:
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
+def tree_wait_seconds(pid: int) -> float:
+    """Run-queue wait of ``pid`` and every live descendant, all threads: the time the target
+    could have worked and the scheduler gave the CPU to someone else."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        total += _threads_wait_seconds(current)
         pending += _children(current)
     return total

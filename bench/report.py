@@ -23,6 +23,13 @@ class Run:
     wall_seconds: float
     error: str | None = None
     ops: int = 0  # requests completed in the run
+    wait_seconds: float = 0.0  # runnable but not running (all threads), over the run
+
+    @property
+    def wait_percent(self) -> float | None:
+        if self.wall_seconds <= 0:
+            return None
+        return 100.0 * self.wait_seconds / self.wall_seconds
 
     @property
     def cpu_per_kilo_io(self) -> float | None:
@@ -57,6 +64,14 @@ class CaseResult:
             if r.target == target and r.value is not None and r.cpu_percent is not None
         ]
         return statistics.median(cpus) if cpus else None
+
+    def wait_median(self, target: str) -> float | None:
+        waits = [
+            r.wait_percent
+            for r in self.runs
+            if r.target == target and r.value is not None and r.wait_percent is not None
+        ]
+        return statistics.median(waits) if waits else None
 
     def cpu_per_kilo_io_median(self, target: str) -> float | None:
         costs = [
@@ -146,6 +161,8 @@ HEADERS = (
     f"{CANDIDATE} CPU",
     f"{BASELINE} CPU s/kIO",
     f"{CANDIDATE} CPU s/kIO",
+    f"{BASELINE} wait",
+    f"{CANDIDATE} wait",
 )
 
 
@@ -169,6 +186,8 @@ def table_rows(results: list[CaseResult], noisy: bool = False) -> list[tuple[str
                 _percent(result.cpu_median(CANDIDATE)),
                 _cost(result.cpu_per_kilo_io_median(BASELINE)),
                 _cost(result.cpu_per_kilo_io_median(CANDIDATE)),
+                _percent(result.wait_median(BASELINE)),
+                _percent(result.wait_median(CANDIDATE)),
             )
         )
     return rows
@@ -209,6 +228,7 @@ def to_json(
                 "lower_is_better": result.case.lower_is_better,
                 "median": {t: result.median(t) for t in (BASELINE, CANDIDATE)},
                 "cpu_percent_median": {t: result.cpu_median(t) for t in (BASELINE, CANDIDATE)},
+                "wait_percent_median": {t: result.wait_median(t) for t in (BASELINE, CANDIDATE)},
                 "cpu_seconds_per_1000_io_median": {
                     t: result.cpu_per_kilo_io_median(t) for t in (BASELINE, CANDIDATE)
                 },
@@ -216,7 +236,12 @@ def to_json(
                 "paired_ratios": result.paired_ratios(),
                 "verdict": result.verdict(noisy),
                 "runs": [
-                    asdict(r) | {"cpu_percent": r.cpu_percent, "cpu_per_1000_io": r.cpu_per_kilo_io}
+                    asdict(r)
+                    | {
+                        "cpu_percent": r.cpu_percent,
+                        "cpu_per_1000_io": r.cpu_per_kilo_io,
+                        "wait_percent": r.wait_percent,
+                    }
                     for r in result.runs
                 ],
             }

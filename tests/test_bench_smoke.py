@@ -77,6 +77,8 @@ def test_quick_benchmark_prints_both_columns(tmp_path: Path) -> None:
         "targetd CPU",
         "tgtd CPU s/kIO",
         "targetd CPU s/kIO",
+        "tgtd wait",
+        "targetd wait",
     } <= set(header)
     rows = {row[0]: row for row in ([c.strip() for c in line.split("|")] for line in lines[2:])}
     assert set(CASES) <= set(rows)
@@ -93,6 +95,8 @@ def test_quick_benchmark_prints_both_columns(tmp_path: Path) -> None:
         # CPU per 1,000 requests is measured for both targets.
         float(row["tgtd CPU s/kIO"])
         float(row["targetd CPU s/kIO"])
+        # Run-queue wait is read for both (a share of the run's wall time).
+        assert row["tgtd wait"].endswith("%") and row["targetd wait"].endswith("%")
 
     saved = json.loads(json_path.read_text())
     assert [c["case"]["name"] for c in saved["cases"]] == list(CASES)
