@@ -5,15 +5,21 @@ file marks) numbered from 0; the position after the last object is end of data (
 
 Layout::
 
-    header   64 bytes: magic, version, capacity, early-warning size, CRC32C of the rest
+    header   64 bytes: magic, version, capacity, early-warning size, the durable-up-to
+             marker (an offset and its own CRC32C), CRC32C of the rest (marker as zeros)
     entry    16-byte entry header (magic, kind, length, payload CRC32C, header CRC32C)
              followed by ``length`` payload bytes (records) or nothing (file marks)
     entry    ...
 
 Why this shape: a tape is only ever written at its end (writing anywhere else cuts the
 tape there first, as a real drive makes that point the new EOD), so an append-only file
-with a checksum per entry is enough to survive a crash: a torn write can only damage the
-tail, and opening the image cuts it back to the last whole entry. An index of entry
+with a checksum per entry is enough to survive a crash: a power cut can only damage what
+was written since the last sync, and opening the image cuts the tape back to the first
+entry there that is not whole. The header's *durable-up-to* marker says where that region
+starts: it is written after each ``fdatasync`` of the data (with no sync of its own: a
+stale marker only makes opening check more), lowered and synced before a cut below it, and
+opening checks every record's payload from it on. An image without a marker (made before
+it existed) is checked from its first record. An index of entry
 offsets is kept in memory (built by one scan of the entry headers on open), so spacing
 and locating are array lookups rather than file walks.
 
@@ -38,6 +44,12 @@ from crc32c import crc32c
 MAGIC = b"TDTAPE\r\n"
 VERSION = 1
 HEADER = struct.Struct(">8sHHIQQ28sI")  # 64 bytes; the CRC covers the first 60
+# The durable-up-to marker, in the header's reserved bytes: an offset and the CRC32C of its
+# 8 bytes. The header CRC takes these 12 bytes as zeros, so moving the marker never
+# rewrites it; all zeros (an image from before the marker) fails the marker's own CRC.
+MARKER = struct.Struct(">QI")
+_MARKER_AT = 32
+_MARKER_END = _MARKER_AT + MARKER.size
 ENTRY = struct.Struct(">HBBIII")  # 16 bytes; the header CRC covers the first 12
 ENTRY_MAGIC = 0x5452  # "TR"
 HEADER_SIZE = HEADER.size
@@ -145,7 +157,7 @@ class TapeImage:
         flags = os.O_RDONLY if read_only else os.O_RDWR
         self._fd = os.open(self.path, flags | os.O_CLOEXEC)
         try:
-            self.capacity, self.early_warning = self._read_header()
+            self.capacity, self.early_warning, self._durable = self._read_header()
             # Index: offset of each entry's header, payload length (-1 for a file mark),
             # and the object numbers of the file marks, sorted.
             self._offsets = array("Q")
@@ -166,28 +178,37 @@ class TapeImage:
         return cls(path, read_only=read_only)
 
     # -- opening ------------------------------------------------------------------------
-    def _read_header(self) -> tuple[int, int]:
+    def _read_header(self) -> tuple[int, int, int]:
+        """Capacity, early-warning size, and the durable-up-to offset (the header's size
+        when the image has no valid marker: everything is checked)."""
         raw = os.pread(self._fd, HEADER_SIZE, 0)
         if len(raw) < HEADER_SIZE:
             raise TapeImageError(f"{self.path}: too short for a tape image header")
         magic, version, size, _flags, capacity, ew, _, crc = HEADER.unpack(raw)
         if magic != MAGIC:
             raise TapeImageError(f"{self.path}: not a targetd tape image")
-        if crc != crc32c(raw[:-4]):
+        if crc != crc32c(raw[:_MARKER_AT] + bytes(MARKER.size) + raw[_MARKER_END:-4]):
             raise TapeImageError(f"{self.path}: header checksum mismatch")
         if version != VERSION or size != HEADER_SIZE:
             raise TapeImageError(f"{self.path}: unsupported image version {version}")
-        return capacity, ew
+        durable, marker_crc = MARKER.unpack_from(raw, _MARKER_AT)
+        if marker_crc != crc32c(raw[_MARKER_AT : _MARKER_AT + 8]) or durable < HEADER_SIZE:
+            durable = HEADER_SIZE
+        return capacity, ew, durable
 
     def _scan(self) -> Recovery:
-        """Index every whole entry; cut a torn or garbled tail back to the last good one.
+        """Index every whole entry; cut the tape back at the first torn or garbled one.
 
-        Headers are checked everywhere; the payload checksum only of the last record,
-        since an append-only file can only be torn at its end (reads check the rest).
+        Headers are checked everywhere; payload checksums of every record past the
+        durable-up-to marker (a power cut may have torn any of them, not only the last)
+        and of the last record. Records before the marker were synced: reads check them.
         """
         file_size = os.fstat(self._fd).st_size
+        if self._durable > file_size:  # cut short by something else: trust nothing
+            self._durable = HEADER_SIZE
         offset = HEADER_SIZE
         last_record: int | None = None
+        checked: int | None = None  # the last record whose payload was checked
         buf, buf_at = b"", offset  # file bytes [buf_at, buf_at + len(buf)) read ahead
         ahead = _SCAN_HEAD
         while offset + ENTRY_SIZE <= file_size:
@@ -202,29 +223,59 @@ class TapeImage:
                 continue
             ahead = _SCAN_HEAD
             head = buf[rel : rel + ENTRY_SIZE]
-            magic, kind, _flags, length, _crc, head_crc = ENTRY.unpack(head)
+            magic, kind, _flags, length, payload_crc, head_crc = ENTRY.unpack(head)
             if magic != ENTRY_MAGIC or head_crc != crc32c(head[:12]) or kind not in (1, 2):
                 break
             if kind == Kind.FILEMARK and length:
                 break
             if offset + ENTRY_SIZE + length > file_size:
                 break
+            if kind == Kind.RECORD and offset + ENTRY_SIZE + length > self._durable:
+                if not self._payload_ok(offset + ENTRY_SIZE, length, payload_crc):
+                    break
+                checked = len(self._offsets)
             self._append_index(offset, Kind(kind), length)
             if kind == Kind.RECORD:
                 last_record = len(self._offsets) - 1
             offset += ENTRY_SIZE + length
-        if last_record is not None and last_record == len(self._offsets) - 1:
+        last = len(self._offsets) - 1
+        if last_record is not None and last_record == last and checked != last:
             try:
                 self.read(last_record)
             except CorruptRecord:
                 offset = self._offsets[last_record]
                 self._drop_index(last_record)
         cut = file_size - offset
-        if cut and not self.read_only:
-            os.ftruncate(self._fd, offset)
-            os.fsync(self._fd)
         self._end = offset
+        if not self.read_only and (cut or self._durable != offset):
+            if cut:
+                os.ftruncate(self._fd, offset)
+            if offset < self._durable:  # the cut went below the marker: lower it first
+                self._set_durable(offset)
+            # What was checked is made durable, so the next opening need not check it
+            # again (a daemon killed without a power cut left it in the page cache).
+            os.fsync(self._fd)
+            self._set_durable(offset)
         return Recovery(len(self._offsets), cut)
+
+    def _payload_ok(self, at: int, length: int, crc: int) -> bool:
+        got = 0
+        for start in range(0, length, _CRC_CHUNK):
+            chunk = os.pread(self._fd, min(_CRC_CHUNK, length - start), at + start)
+            if len(chunk) != min(_CRC_CHUNK, length - start):
+                return False
+            got = crc32c(chunk, got)
+        return got == crc
+
+    def _set_durable(self, offset: int) -> None:
+        """Write the durable-up-to marker. Raising it needs no sync of its own: a marker
+        lost to a power cut leaves an older, lower one, and opening checks more. Lowering
+        it must reach the disk before anything is written past the new value (the caller
+        syncs)."""
+        if offset != self._durable:
+            self._durable = offset
+            os.pwrite(self._fd, MARKER.pack(offset, crc32c(offset.to_bytes(8, "big"))),
+                      _MARKER_AT)  # fmt: skip
 
     def _append_index(self, offset: int, kind: Kind, length: int) -> None:
         if kind == Kind.FILEMARK:
@@ -330,6 +381,11 @@ class TapeImage:
         os.ftruncate(self._fd, end)
         self._end = end
         self._dirty = True
+        if end < self._durable:
+            # Records written from here on overwrite bytes the marker calls durable: it
+            # comes down first, on disk, or a cut could leave them torn and unchecked.
+            self._set_durable(end)
+            os.fdatasync(self._fd)
 
     def fits(self, payload_length: int) -> bool:
         return ENTRY_SIZE + payload_length <= self.free
@@ -419,6 +475,7 @@ class TapeImage:
         if self._dirty and not self.read_only:
             os.fdatasync(self._fd)
             self._dirty = False
+            self._set_durable(self._end)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -268,3 +268,98 @@ def test_opening_reads_headers_not_records(tmp_path: Path, monkeypatch: pytest.M
     with TapeImage(path) as img:
         assert len(img) == 12 and img.length(3) == 4 << 20
     assert sum(read) < 256 << 10
+
+
+def _crashed_copy(img: TapeImage, to: Path, *, garble: int | None = None) -> Path:
+    """What a power cut leaves of an image still open (no close, so no last sync), with
+    the payload of record ``garble`` torn."""
+    data = bytearray(img.path.read_bytes())
+    if garble is not None:
+        at = img._offsets[garble] + ENTRY_SIZE
+        data[at : at + 7] = b"\xde\xad\xbe\xef\xde\xad\xbe"
+    to.write_bytes(data)
+    return to
+
+
+def test_torn_earlier_unsynced_record_cuts_the_tape_there(tmp_path: Path) -> None:
+    """A power cut tears any record written since the last sync, not only the last: the
+    tape ends before the first torn one, and nothing after it is kept."""
+    path = tmp_path / "t.img"
+    create(path, CAP)
+    with TapeImage(path) as img:
+        img.append_record(b"a" * 300)
+        img.append_filemarks(1)
+        img.flush()  # durable up to here
+        synced = HEADER_SIZE + img.used
+        for fill in b"bcd":
+            img.append_record(bytes([fill]) * 300)
+        crashed = _crashed_copy(img, tmp_path / "crashed.img", garble=2)  # "b", not "d"
+    with TapeImage(crashed) as img:
+        assert len(img) == 2 and img.is_filemark(1)
+        assert img.read(0) == b"a" * 300
+        assert img.recovery.cut_bytes == 3 * (ENTRY_SIZE + 300)
+    assert crashed.stat().st_size == synced
+
+
+def test_overwriting_below_the_marker_lowers_it_first(tmp_path: Path) -> None:
+    """Records written over a synced part of the tape (rewind, write) are checked on
+    opening too: the marker came down, on disk, before they were written."""
+    path = tmp_path / "t.img"
+    create(path, CAP)
+    with TapeImage(path) as img:
+        for fill in b"abc":
+            img.append_record(bytes([fill]) * 300)
+        img.flush()
+        img.truncate(1)
+        img.append_record(b"x" * 300)
+        img.append_record(b"y" * 300)
+        crashed = _crashed_copy(img, tmp_path / "crashed.img", garble=1)  # "x"
+    with TapeImage(crashed) as img:
+        assert len(img) == 1 and img.read(0) == b"a" * 300
+
+
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    read: list[int] = []
+    real = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, off: (read.append(n), real(fd, n, off))[1])
+    return read
+
+
+def test_image_without_a_marker_is_checked_whole_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image from before the marker (its bytes zero) has no known durable point: every
+    record is checked, the tape ends before a torn one, and the marker then written saves
+    the next opening the check."""
+    path = tmp_path / "t.img"
+    create(path, 64 << 20)
+    with TapeImage(path) as img:
+        for n in range(4):
+            img.append_record(bytes([n]) * (1 << 20))
+        second = img._offsets[1]
+    with path.open("r+b") as f:
+        f.seek(32)
+        f.write(bytes(12))  # no marker, as an older targetd wrote it
+        f.seek(second + ENTRY_SIZE + 5)
+        f.write(b"!")
+    read = _count_reads(monkeypatch)
+    with TapeImage(path) as img:
+        assert len(img) == 1 and img.read(0) == bytes(1 << 20)
+    assert sum(read) > 2 << 20  # records 0 and 1 were read whole
+    read.clear()
+    with TapeImage(path) as img:
+        assert len(img) == 1
+    assert sum(read) < 64 << 10 + (1 << 20)  # headers, and the last record only
+
+
+def test_a_torn_marker_only_makes_opening_check_more(tmp_path: Path) -> None:
+    path = tmp_path / "t.img"
+    create(path, CAP)
+    with TapeImage(path) as img:
+        img.append_record(b"a" * 100)
+        img.append_record(b"b" * 100)
+    with path.open("r+b") as f:
+        f.seek(34)
+        f.write(b"\xff")  # the marker's offset, not its checksum
+    with TapeImage(path, read_only=True) as img:
+        assert len(img) == 2 and img.read(1) == b"b" * 100
