@@ -45,13 +45,7 @@ LONG = {"writes": 100, "pairs": 60, "tape": 50}
 GOOD = 0
 # Durability bugs this campaign found in other parts of the daemon, still open. A run where
 # only these show is reported as xfailed with what happened; remove an entry with its fix.
-KNOWN_BUGS = {
-    # backing/tape_image.py checks on open only the last record's payload checksum, but a
-    # power cut can tear any record written since the last sync, not only the last one: an
-    # earlier torn record stays indexed and reads back as MEDIUM ERROR instead of the tape
-    # ending before it.
-    "tape-torn-record-kept",
-}
+KNOWN_BUGS: set[str] = set()
 
 
 @dataclass
