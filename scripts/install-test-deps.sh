@@ -18,7 +18,7 @@ DEB_PACKAGES=(libiscsi-bin libiscsi-dev sg3-utils tgt qemu-utils qemu-block-extr
     gcc libc6-dev)
 # The guest tier (tests/guest/): QEMU, and the packages whose binaries build-image.sh copies
 # into the guest's initramfs. The guest's kernel is fetched there with apt-get download.
-DEB_PACKAGES+=(qemu-system-x86 busybox-static dash open-iscsi sg3-utils mt-st e2fsprogs cpio)
+DEB_PACKAGES+=(qemu-system-x86 busybox-static dash open-iscsi sg3-utils mt-st mtx e2fsprogs cpio)
 # The container tier (tests/container/) builds the Dockerfile with podman (runc, since crun
 # fails on this kernel's hybrid cgroups) on a debootstrap-made base; systemd-analyze checks
 # the unit file.

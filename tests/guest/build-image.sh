@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the guest tier's Linux image: a Debian cloud kernel and an initramfs holding busybox,
-# dash, open-iscsi, sg3_utils, mt-st and e2fsprogs, copied from the host's installed packages
+# dash, open-iscsi, sg3_utils, mt-st, mtx and e2fsprogs, copied from the host's installed packages
 # (scripts/install-test-deps.sh installs them) together with the shared libraries they load;
 # and targetd-copy (hostcopy/) with Debian's python3 and the part of its standard library
 # the tool loads.
@@ -22,7 +22,7 @@ KERNEL_META=linux-image-cloud-amd64
 MODULES=(scsi_transport_iscsi libiscsi libiscsi_tcp iscsi_tcp sd_mod sg st virtio_pci virtio_net)
 # Real tools that must win over busybox applets of the same name.
 TOOLS=(/sbin/iscsid /sbin/iscsiadm /sbin/iscsistart /bin/mt-st /sbin/mke2fs /sbin/e2fsck
-    /sbin/tune2fs /sbin/dumpe2fs)
+    /sbin/tune2fs /sbin/dumpe2fs /usr/sbin/mtx /usr/sbin/tapeinfo)
 SG_TOOLS=(/usr/bin/sg_* /usr/bin/sginfo)
 # targetd-copy runs on Debian's Python (not whatever python3 runs the tests): its binary, and
 # of its standard library only the modules the tool loads (found by loading it, below).
@@ -58,7 +58,7 @@ flock 9
 stamp=$({
     cat "$0" "$HERE/init"
     echo "$kernel_pkg $kernel_version"
-    dpkg-query -W busybox-static dash open-iscsi sg3-utils mt-st e2fsprogs python3.11-minimal \
+    dpkg-query -W busybox-static dash open-iscsi sg3-utils mt-st mtx e2fsprogs python3.11-minimal \
         libpython3.11-stdlib
     cat "${TOOL_FILES[@]}"
 } | sha256sum | cut -d' ' -f1)
@@ -128,7 +128,7 @@ copy_with_libs() {
 copy_with_libs /bin/dash "$root/bin/sh"
 for tool in "${TOOLS[@]}"; do
     case $tool in
-        /sbin/*) copy_with_libs "$tool" "$root/usr/sbin/" ;;
+        /sbin/* | /usr/sbin/*) copy_with_libs "$tool" "$root/usr/sbin/" ;;
         *) copy_with_libs "$tool" "$root/usr/bin/" ;;
     esac
 done

@@ -1,0 +1,34 @@
+"""A tape library under Linux in a QEMU guest: mtx on the changer; tapeinfo, mt and dd on a
+drive."""
+
+from __future__ import annotations
+
+from conftest import DaemonFactory
+from guest_vm import GUEST_DIR, run_guest, start_for_guest
+
+LIBRARY_TARGETS = """\
+[[target]]
+name = "iqn.2026-11.org.targetd:default"
+[[target.lun]]
+lun = 0
+kind = "changer"
+path = "vtl"
+slots = 4
+mail_slots = 1
+capacity = "64MiB"
+tapes = ["TD0001L6", "TD0002L6"]
+[[target.lun]]
+lun = 1
+kind = "tape"
+changer = 0
+[[target.lun]]
+lun = 2
+kind = "tape"
+changer = 0
+"""
+
+
+def test_guest_library_with_mtx(targetd_factory: DaemonFactory) -> None:
+    daemon = start_for_guest(targetd_factory, LIBRARY_TARGETS)
+    out = run_guest(GUEST_DIR / "library.sh", daemon, timeout=200)
+    assert "library: all steps passed" in out
