@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -101,6 +101,9 @@ class LogicalUnit:
         self.port_groups = PortGroups()
         # The LUNs REPORT LUNS lists; ScsiTarget replaces it with its own LUN map's.
         self.report_luns: Callable[[], list[int]] = lambda: [0]
+        # Set by the transport: end the commands these I_T nexuses have on this LU (PREEMPT
+        # AND ABORT); None where nothing runs commands concurrently (tests).
+        self.abort_tasks: Callable[[frozenset[Nexus]], Awaitable[None]] | None = None
         # Failures of the backing store: their sense, counts and rate-limited log lines.
         self.store_errors = StoreErrors(identity.device_id)
 

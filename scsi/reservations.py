@@ -381,31 +381,38 @@ async def clear(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     return ScsiResult()
 
 
-def _remove_registrations(lu: LogicalUnit, cmd: ScsiCommand, key: int) -> bool:
+def _remove_registrations(lu: LogicalUnit, cmd: ScsiCommand, key: int) -> list[Nexus]:
+    """Unregister every other nexus registered with ``key``: the ones removed."""
     state = lu.reservations
     victims = [n for n, k in state.keys.items() if k == key and n != cmd.nexus]
     for nexus in victims:
         del state.keys[nexus]
         lu.queue_unit_attention(nexus, Reason.REGISTRATIONS_PREEMPTED)
-    return bool(victims) or state.keys.get(cmd.nexus) == key
+    return victims
+
+
+PREEMPT_AND_ABORT = 0x05
 
 
 @durable
 async def preempt(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
-    """PREEMPT and PREEMPT AND ABORT (tasks end as they complete: none are queued here)."""
+    """PREEMPT, and PREEMPT AND ABORT: the latter also ends the commands the preempted
+    nexuses have on this LU, before it completes (SPC-4 5.13.11.2.6)."""
     params, pr_type = _parameters(lu, cmd), _type(cmd)
     state = lu.reservations
     if not _registered(lu, cmd, params):
         return CONFLICT
     res = state.reservation
     holder_key = None if res is None or res.type.all_registrants else state.keys.get(res.holder)
+    victims: list[Nexus] = []
     if res is not None and res.type.all_registrants and params.sa_key == 0:
-        for nexus in [n for n in state.keys if n != cmd.nexus]:
+        victims = [n for n in state.keys if n != cmd.nexus]
+        for nexus in victims:
             del state.keys[nexus]
             lu.queue_unit_attention(nexus, Reason.REGISTRATIONS_PREEMPTED)
         state.reservation = Reservation(cmd.nexus, pr_type)
     elif res is not None and holder_key == params.sa_key:
-        _remove_registrations(lu, cmd, params.sa_key)
+        victims = _remove_registrations(lu, cmd, params.sa_key)
         state.reservation = Reservation(cmd.nexus, pr_type)
         if res.type != pr_type:
             state.notify(lu, Reason.RESERVATIONS_RELEASED, except_nexus=cmd.nexus)
@@ -414,9 +421,12 @@ async def preempt(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
             raise CheckCondition(
                 Reason.INVALID_FIELD_IN_PARAMETER_LIST, FieldPointer(8, in_cdb=False)
             )
-        if not _remove_registrations(lu, cmd, params.sa_key):
+        victims = _remove_registrations(lu, cmd, params.sa_key)
+        if not victims and state.keys.get(cmd.nexus) != params.sa_key:
             return CONFLICT
     state.generation += 1
+    if cmd.cdb[1] & 0x1F == PREEMPT_AND_ABORT and victims and lu.abort_tasks is not None:
+        await lu.abort_tasks(frozenset(victims))
     return ScsiResult()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import logging
 import resource
 import socket
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
 from scsi.buffers import BufferPool, MemoryBudget
-from scsi.command import ScsiResult, Status
+from scsi.command import Nexus, ScsiResult, Status
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import Reason, build_sense
 from scsi.target import ScsiTarget
@@ -63,8 +64,17 @@ class TargetRuntime:
     stats: dict[int, LunStats] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for lun in self.scsi.luns:
+        for lun, lu in self.scsi.luns.items():
             self.stats.setdefault(lun, LunStats())
+            lu.abort_tasks = functools.partial(self.abort_tasks, lun)
+
+    async def abort_tasks(self, lun: int, nexuses: frozenset[Nexus]) -> None:
+        """PREEMPT AND ABORT: the commands these I_T nexuses have on ``lun`` end without a
+        response (as ABORT TASK SET would end them); returns once they have stopped."""
+        handles = [h for c in list(self.connections) if c.conn.nexus in nexuses
+                   for h in c.abort_lun(lun)]  # fmt: skip
+        if handles:
+            await asyncio.gather(*handles, return_exceptions=True)
 
     def add_lun(self, number: int, lu: LogicalUnit) -> None:
         """A LUN added while sessions run (SIGHUP): it learns their nexuses, and they get
@@ -72,6 +82,7 @@ class TargetRuntime:
         for other in self.scsi.luns.values():
             other.raise_unit_attention(Reason.REPORTED_LUNS_DATA_CHANGED)
         lu.report_luns = self.scsi.lun_numbers
+        lu.abort_tasks = functools.partial(self.abort_tasks, number)
         self.scsi.luns[number] = lu
         # EXTENDED COPY: the new LU sees the target's LUN map (it was built with the
         # target's copy services), and the target's copy manager reaches it through it.
@@ -283,6 +294,11 @@ class IscsiConnection(asyncio.BufferedProtocol):
             self._after(handles, respond_then_drop)
             return
         self._after(handles, lambda: self.conn.aborts_finished(event.token))
+
+    def abort_lun(self, lun: int) -> list[asyncio.Task[None]]:
+        """End this connection's commands for ``lun`` without responses; the running ones
+        are cancelled (returned, to wait for)."""
+        return self._cancel(self.conn.abort_matching(lun))
 
     def _cancel(self, tasks: Iterable[TaskHandle]) -> list[asyncio.Task[None]]:
         handles = []

@@ -1,6 +1,7 @@
-"""APTPL against a real daemon: a registration and reservation taken with APTPL hold after
-a clean restart and after kill -9 (written before the PROUT was acknowledged); without
-APTPL a restart forgets them (docs/operations.md, "Persistent reservations")."""
+"""Persistent reservations against a real daemon (docs/operations.md, "Persistent
+reservations"): a registration and reservation taken with APTPL hold after a clean restart
+and after kill -9 (written before the PROUT was acknowledged), without APTPL a restart
+forgets them; REGISTER AND MOVE; PREEMPT AND ABORT ends the preempted initiator's write."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import signal
 
 from conftest import Daemon, DaemonFactory
 from raw_initiator import RawInitiator
+
+from scsi.sense import parse_sense
+from targetd.iscsi.pdu import Op, new_header, put_u32
 
 IQN = "iqn.2026-11.org.targetd.test:aptpl"
 CONFIG = f'[[target]]\nname = "{IQN}"\n[[target.lun]]\nlun = 0\nsize = "8MiB"\n'
@@ -114,3 +118,39 @@ def test_register_and_move_hands_the_reservation_over_and_it_persists(
     assert status == GOOD and res[8:16] == KEY.to_bytes(8, "big") and res[21] == WRITE_EXCLUSIVE
     assert other.command(WRITE10, data=bytes(512))[0] == GOOD
     assert holder.command(WRITE10, data=bytes(512))[0] == RESERVATION_CONFLICT
+
+
+def test_preempt_and_abort_ends_the_preempted_initiator_s_write(
+    targetd_factory: DaemonFactory,
+) -> None:
+    """OTHER's WRITE waits for its last Data-Out when HOLDER preempts it with PREEMPT AND
+    ABORT: the write ends without a response and writes nothing; OTHER's next command
+    gets REGISTRATIONS PREEMPTED. (Without the abort it would run once its data came and
+    answer RESERVATION CONFLICT.)"""
+    daemon = targetd_factory(CONFIG)
+    holder, other = session(daemon, HOLDER), session(daemon, OTHER)
+    assert prout(other, 0x00, 0, 0xBBBB) == GOOD
+    assert prout(holder, 0x00, 0, 0xAAAA) == GOOD
+    assert prout(holder, 0x01, 0xAAAA, 0, 0x5) == GOOD  # WRITE EXCLUSIVE REGISTRANTS ONLY
+    payload = bytes([0x5A]) * 4096
+    write = bytes([0x2A, 0, 0, 0, 0, 0, 0, 0, 8, 0])
+    hdr = other.scsi_header(write, write=4096, data_len=2048)
+    other.send(hdr, payload[:2048])
+    itt = int.from_bytes(hdr[16:20], "big")
+    r2t = other.recv()  # the target has the first half and asks for the rest
+    assert r2t.opcode == Op.R2T and (r2t.u32(40), r2t.u32(44)) == (2048, 2048)
+    assert prout(holder, 0x05, 0xAAAA, 0xBBBB, WRITE_EXCLUSIVE) == GOOD  # PREEMPT AND ABORT
+    dout = new_header(Op.DATA_OUT, 0x80, itt=itt, data_length=2048)
+    put_u32(dout, 20, r2t.u32(20))
+    put_u32(dout, 28, other.expstatsn)
+    put_u32(dout, 40, 2048)
+    other.send(dout, payload[2048:])
+    tur = other.scsi_header(bytes(6))
+    other.send(tur)
+    resp = other.recv()
+    assert resp.opcode == Op.SCSI_RESPONSE
+    assert resp.bhs[16:20] == tur[16:20], "the aborted write was answered"
+    sense = resp.data[2 : 2 + int.from_bytes(resp.data[:2], "big")]
+    assert resp.bhs[3] == 0x02 and parse_sense(sense) == (6, 0x2A, 0x05)
+    status, data, _ = holder.command(bytes([0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0]), read=4096)
+    assert status == GOOD and data == bytes(4096)

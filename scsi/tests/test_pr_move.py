@@ -1,4 +1,4 @@
-"""PERSISTENT RESERVE OUT / REGISTER AND MOVE (SPC-4 5.13.8)."""
+"""PERSISTENT RESERVE OUT / REGISTER AND MOVE (SPC-4 5.13.8) and PREEMPT AND ABORT."""
 
 from __future__ import annotations
 
@@ -89,3 +89,19 @@ def test_bad_parameters_point_at_their_field() -> None:
     assert sense(move(lu, A, 0xA, 0xB, tid("iqn.b"), port=9)) == (5, 0x26, 0, bytes([0x80, 0, 24]))
     # Nothing moved.
     assert prin(lu, A, 1)[8:16] == (0xA).to_bytes(8, "big")
+
+
+def test_preempt_and_abort_ends_the_preempted_nexuses_commands() -> None:
+    aborted: list[frozenset[Nexus]] = []
+
+    async def abort_tasks(nexuses: frozenset[Nexus]) -> None:
+        aborted.append(nexuses)
+
+    for action, expected in ((0x04, []), (0x05, [frozenset({B})])):
+        lu = holder_lu()
+        lu.abort_tasks = abort_tasks
+        assert prout(lu, B, REGISTER, sa_key=0xB).status == Status.GOOD
+        aborted.clear()
+        assert prout(lu, A, action, key=0xA, sa_key=0xB, pr_type=WE).status == Status.GOOD
+        assert aborted == expected
+        assert prin(lu, A, 0)[8:] == (0xA).to_bytes(8, "big")
