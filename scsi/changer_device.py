@@ -174,16 +174,14 @@ class MediaChanger(SerializedMedium):
 
     async def _insert(self, drive: TapeDevice, barcode: str) -> None:
         directory = self.library.directory
-
-        def load() -> None:
-            drive.insert(directory.open(barcode), barcode)
-
         async with drive.medium_lock:
-            try:
-                await drive.io(load)
+            try:  # opening reads the image's index: on the drive's thread
+                image = await drive.io(directory.open, barcode)
             except (OSError, LibraryError, TapeImageError) as err:
                 log.error("cartridge %s does not load: %s", barcode, err)
                 raise CheckCondition(Reason.MEDIUM_LOAD_OR_EJECT_FAILED, message=str(err)) from err
+            # On the loop: the unit attentions it raises share state with logins.
+            drive.insert(image, barcode)
 
     # -- the operator's side (targetctl library) -------------------------------------------
     async def import_cartridge(self, barcode: str, *, create: bool = True) -> int:

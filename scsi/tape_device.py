@@ -66,7 +66,7 @@ class TapeDevice(SerializedMedium):
     def has_cartridge(self) -> bool:
         return self._image is not None
 
-    # -- the changer's side (blocking: on this drive's I/O thread, under medium_lock) ----
+    # -- the changer's side (under medium_lock; eject blocks: on the drive's I/O thread) --
     def insert(self, image: TapeImage, barcode: str | None = None) -> None:
         """A cartridge the changer put in: loaded, head at the beginning, mode kept."""
         if self._image is not None:
