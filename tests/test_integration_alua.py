@@ -120,6 +120,18 @@ def test_standby_path_is_not_ready_for_media_access(
     assert sense_of(one.command(READ10, read=512)) == (0, None)
 
 
+def reload_states(daemon: Daemon, p1: int, p2: int, state1: str, state2: str, count: int) -> None:
+    """Write new states, SIGHUP, wait for the ``count``-th "updated" line in the log."""
+    assert daemon.config is not None and daemon.proc is not None
+    daemon.config.write_text(config(p1, p2, state1, state2))
+    os.kill(daemon.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    marker = "ALUA port group states updated"
+    while daemon.stderr.count(marker) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert daemon.stderr.count(marker) == count, daemon.stderr
+
+
 def test_sighup_flips_states_with_a_unit_attention_on_every_path(
     paths: tuple[TwoPortalDaemon, int, int],
 ) -> None:
@@ -130,14 +142,7 @@ def test_sighup_flips_states_with_a_unit_attention_on_every_path(
     assert daemon.config is not None and daemon.proc is not None
 
     def reload(state1: str, state2: str, count: int) -> None:
-        assert daemon.config is not None and daemon.proc is not None
-        daemon.config.write_text(config(p1, p2, state1, state2))
-        os.kill(daemon.proc.pid, signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        marker = "ALUA port group states updated"
-        while daemon.stderr.count(marker) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert daemon.stderr.count(marker) == count, daemon.stderr
+        reload_states(daemon, p1, p2, state1, state2, count)
 
     reload("standby", "active/optimized", 1)
     changed = (2, (6, 0x2A, 0x06))
@@ -181,3 +186,24 @@ def test_libiscsi_tools_see_tpgs_and_are_refused_on_the_standby_path(
     assert refused.returncode != 0
     assert "NOT READY(2)" in refused.stderr + refused.stdout
     assert "0x040b" in refused.stderr + refused.stdout
+
+
+def test_libiscsi_multipath_suite_over_the_two_ports(
+    paths: tuple[TwoPortalDaemon, int, int],
+) -> None:
+    """libiscsi's MultipathIO suite (writes through one path read through the other, LU
+    reset seen on both, COMPARE AND WRITE from both) with the second port's group made
+    active/non-optimized: iscsi-test-cu first checks both paths name one LU in VPD 83h."""
+    daemon, p1, p2 = paths
+    reload_states(daemon, p1, p2, "active/optimized", "active/non-optimized", 1)
+    urls = [f"iscsi://127.0.0.1:{port}/{IQN}/0" for port in (p1, p2)]
+    run = subprocess.run(
+        ["iscsi-test-cu", "--dataloss", "--test=ALL.MultipathIO",
+         "-i", "iqn.2026-11.org.targetd.test:mpio", *urls],
+        capture_output=True, text=True, errors="replace", timeout=300, check=False,
+    )  # fmt: skip
+    out = run.stdout + run.stderr
+    assert "found matching LU device identifier for all (2) paths" in out, out
+    for name in ("Simple", "Reset", "CompareAndWrite", "CompareAndWriteAsync"):
+        assert f"Test: {name} ...passed" in out, out
+    assert run.returncode == 0, out
