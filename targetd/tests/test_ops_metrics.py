@@ -103,7 +103,11 @@ def test_metrics_endpoint_runs_the_loop_lag_probe_while_it_serves() -> None:
     async def main() -> str:
         metrics = Metrics()
         await metrics.start("127.0.0.1", 0)
-        await asyncio.sleep(0.1)
+        # Two probes at least; a busy machine may take longer than their 20 ms interval.
+        for _ in range(500):
+            await asyncio.sleep(0.02)
+            if _lines(metrics.render())["targetd_event_loop_lag_seconds_count"] >= 2:
+                break
         text = metrics.render()
         await metrics.stop()
         assert metrics.loop_lag._task is None
