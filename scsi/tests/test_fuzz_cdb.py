@@ -25,8 +25,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backing.tape_image import TapeImage, create
+from backing.tape_library import TapeDirectory
 from scsi.block_device import BlockDevice
 from scsi.buffers import BufferPool
+from scsi.changer_device import MediaChanger, TapeLibrary
 from scsi.command import Nexus, ScsiCommand, ScsiResult, Status
 from scsi.file_sink import FileSinkDevice
 from scsi.logical_unit import Identity, LogicalUnit
@@ -57,6 +59,7 @@ ALLOWED = {Status.GOOD, Status.CHECK_CONDITION, Status.CONDITION_MET, Status.RES
 # fuzzed ones should wait this long.
 COMMAND_TIMEOUT = 10.0
 BLOCK, BLOCK_4K, TAPE, SINK = 0, 1, 2, 3
+CHANGER, DRIVE, EMPTY_DRIVE = 5, 6, 7
 
 
 @dataclass
@@ -75,7 +78,19 @@ def scsi_only_luns(state: Path) -> dict[int, LogicalUnit]:
     """The device types as scsi/ builds them (the daemon's own, with pairs and EXTENDED
     COPY, are fuzzed the same way by tests/test_integration_fuzz_luns.py)."""
     create(state / "tape.img", MiB)
+    library = TapeLibrary(
+        TapeDirectory(state / "vtl", MiB), slots=3, mail_slots=1, drives=2, tapes=("F1", "F2")
+    )
+    drives = [TapeDevice(Identity(f"fuzz/drive{i}"), None) for i in range(2)]
+    for i, drive in enumerate(drives):
+        library.attach_drive(i, drive)
+    # The changer's moves are fuzzed too: a cartridge may come and go under DRIVE's feet.
+    library.elements.move(library.elements.get(0x400), library.elements.get(0x100))
+    drives[0].insert(library.directory.open("F1"), "F1")
     return {
+        CHANGER: MediaChanger(Identity("fuzz/changer"), library),
+        DRIVE: drives[0],
+        EMPTY_DRIVE: drives[1],
         BLOCK: BlockDevice.from_file(Identity("fuzz/lun0"), state / "lun0.img", 4 * MiB),
         BLOCK_4K: BlockDevice.from_file(
             Identity("fuzz/lun1"), state / "lun1.img", 4 * MiB, block_size=4096
@@ -200,7 +215,13 @@ def test_block_lu_cdbs(world: World, data: st.DataObject, errors: ErrorLog) -> N
 @FUZZ
 @given(data=st.data())
 def test_tape_lu_cdbs(world: World, data: st.DataObject, errors: ErrorLog) -> None:
-    _fuzz_lu(world, TAPE, data, errors)
+    _fuzz_lu(world, data.draw(st.sampled_from([TAPE, DRIVE, EMPTY_DRIVE])), data, errors)
+
+
+@FUZZ
+@given(data=st.data())
+def test_changer_cdbs(world: World, data: st.DataObject, errors: ErrorLog) -> None:
+    _fuzz_lu(world, CHANGER, data, errors)
 
 
 @FUZZ
@@ -214,7 +235,7 @@ def test_file_sink_cdbs(world: World, data: st.DataObject, errors: ErrorLog) -> 
     opcode=st.integers(0, 255),
     rest=st.binary(min_size=0, max_size=31),
     out=data_outs,
-    lun=st.sampled_from([BLOCK, TAPE, SINK]),
+    lun=st.sampled_from([BLOCK, TAPE, SINK, CHANGER, EMPTY_DRIVE]),
 )
 def test_any_opcode(world: World, opcode: int, rest: bytes, out: bytes | None, lun: int) -> None:
     """Opcodes outside the tables and service actions nobody registered."""
@@ -240,7 +261,7 @@ def test_any_opcode(world: World, opcode: int, rest: bytes, out: bytes | None, l
 
 @FUZZ
 @given(
-    lun=st.one_of(st.integers(5, 0x3FFF), st.just(0xFFFF)),
+    lun=st.one_of(st.integers(EMPTY_DRIVE + 1, 0x3FFF), st.just(0xFFFF)),
     cdb=st.binary(min_size=1, max_size=16),
     opcode=st.sampled_from([0x00, 0x03, 0x12, 0x28, 0xA0, 0x2A]),
 )
