@@ -6,7 +6,7 @@ file marks) numbered from 0; the position after the last object is end of data (
 Layout::
 
     header   64 bytes: magic, version, capacity, early-warning size, the durable-up-to
-             marker (an offset and its own CRC32C), CRC32C of the rest (marker as zeros)
+             marker (an offset, its CRC32C, CRC32C of the fields before it), CRC32C
     entry    16-byte entry header (magic, kind, length, payload CRC32C, header CRC32C)
              followed by ``length`` payload bytes (records) or nothing (file marks)
     entry    ...
@@ -44,10 +44,12 @@ from crc32c import crc32c
 MAGIC = b"TDTAPE\r\n"
 VERSION = 1
 HEADER = struct.Struct(">8sHHIQQ28sI")  # 64 bytes; the CRC covers the first 60
-# The durable-up-to marker, in the header's reserved bytes: an offset and the CRC32C of its
-# 8 bytes. The header CRC takes these 12 bytes as zeros, so moving the marker never
-# rewrites it; all zeros (an image from before the marker) fails the marker's own CRC.
-MARKER = struct.Struct(">QI")
+# The durable-up-to marker, in the header's reserved bytes: an offset, the CRC32C of its 8
+# bytes, and the CRC32C of the header's fixed fields (its first 32 bytes). Moving the marker
+# rewrites the header's last 32 bytes, header CRC included (one sector: an older targetd
+# still reads the image); the fixed fields' CRC keeps the header valid should that write be
+# torn anyway. All zeros (an image from before the marker) fails the marker's own CRC.
+MARKER = struct.Struct(">QII")
 _MARKER_AT = 32
 _MARKER_END = _MARKER_AT + MARKER.size
 ENTRY = struct.Struct(">HBBIII")  # 16 bytes; the header CRC covers the first 12
@@ -187,11 +189,18 @@ class TapeImage:
         magic, version, size, _flags, capacity, ew, _, crc = HEADER.unpack(raw)
         if magic != MAGIC:
             raise TapeImageError(f"{self.path}: not a targetd tape image")
-        if crc != crc32c(raw[:_MARKER_AT] + bytes(MARKER.size) + raw[_MARKER_END:-4]):
+        fixed = raw[:_MARKER_AT]
+        durable, marker_crc, fixed_crc = MARKER.unpack_from(raw, _MARKER_AT)
+        if not (
+            crc == crc32c(raw[:-4])  # written whole, marker and all
+            or fixed_crc == crc32c(fixed)  # the fixed fields, when a marker write tore
+            # the first marker images: the header CRC took the marker's 12 bytes as zeros
+            or crc == crc32c(fixed + bytes(12) + raw[_MARKER_AT + 12 : -4])
+        ):
             raise TapeImageError(f"{self.path}: header checksum mismatch")
         if version != VERSION or size != HEADER_SIZE:
             raise TapeImageError(f"{self.path}: unsupported image version {version}")
-        durable, marker_crc = MARKER.unpack_from(raw, _MARKER_AT)
+        self._fixed = fixed
         if marker_crc != crc32c(raw[_MARKER_AT : _MARKER_AT + 8]) or durable < HEADER_SIZE:
             durable = HEADER_SIZE
         return capacity, ew, durable
@@ -274,8 +283,10 @@ class TapeImage:
         syncs)."""
         if offset != self._durable:
             self._durable = offset
-            os.pwrite(self._fd, MARKER.pack(offset, crc32c(offset.to_bytes(8, "big"))),
-                      _MARKER_AT)  # fmt: skip
+            marker = MARKER.pack(offset, crc32c(offset.to_bytes(8, "big")), crc32c(self._fixed))
+            rest = marker + bytes(HEADER_SIZE - 4 - _MARKER_END)
+            crc = crc32c(self._fixed + rest).to_bytes(4, "big")
+            os.pwrite(self._fd, rest + crc, _MARKER_AT)
 
     def _append_index(self, offset: int, kind: Kind, length: int) -> None:
         if kind == Kind.FILEMARK:

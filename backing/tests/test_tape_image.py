@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from crc32c import crc32c
 
 from backing.tape_image import (
     ENTRY_SIZE,
@@ -338,8 +339,8 @@ def test_image_without_a_marker_is_checked_whole_once(
             img.append_record(bytes([n]) * (1 << 20))
         second = img._offsets[1]
     with path.open("r+b") as f:
-        f.seek(32)
-        f.write(bytes(12))  # no marker, as an older targetd wrote it
+        head = path.read_bytes()[:32] + bytes(28)  # no marker, as an older targetd wrote it
+        f.write(head + crc32c(head).to_bytes(4, "big"))
         f.seek(second + ENTRY_SIZE + 5)
         f.write(b"!")
     read = _count_reads(monkeypatch)
@@ -352,14 +353,49 @@ def test_image_without_a_marker_is_checked_whole_once(
     assert sum(read) < 64 << 10 + (1 << 20)  # headers, and the last record only
 
 
-def test_a_torn_marker_only_makes_opening_check_more(tmp_path: Path) -> None:
+def test_an_older_targetd_still_reads_the_header(tmp_path: Path) -> None:
+    """Moving the marker rewrites the header's CRC: the check an older targetd makes (a
+    CRC32C of the first 60 bytes) still holds."""
+    path = tmp_path / "t.img"
+    create(path, CAP)
+    with TapeImage(path) as img:
+        img.append_record(b"a" * 100)
+        img.flush()
+        head = path.read_bytes()[:HEADER_SIZE]
+        assert head[32:40] == (HEADER_SIZE + img.used).to_bytes(8, "big")
+        assert head[60:] == crc32c(head[:60]).to_bytes(4, "big")
+
+
+@pytest.mark.parametrize("at", [34, 41, 62])  # the offset, its CRC, the header CRC
+def test_a_torn_marker_only_makes_opening_check_more(tmp_path: Path, at: int) -> None:
     path = tmp_path / "t.img"
     create(path, CAP)
     with TapeImage(path) as img:
         img.append_record(b"a" * 100)
         img.append_record(b"b" * 100)
     with path.open("r+b") as f:
-        f.seek(34)
-        f.write(b"\xff")  # the marker's offset, not its checksum
+        f.seek(at)
+        f.write(b"\xff")
     with TapeImage(path, read_only=True) as img:
         assert len(img) == 2 and img.read(1) == b"b" * 100
+
+
+def test_a_marker_outside_the_header_crc_is_read(tmp_path: Path) -> None:
+    """The first images with a marker kept it out of the header CRC (taken as zeros)."""
+    path = tmp_path / "t.img"
+    create(path, CAP)
+    with TapeImage(path) as img:
+        img.append_record(b"a" * 100)
+        img.append_record(b"b" * 100)
+        end = HEADER_SIZE + img.used
+    head = bytearray(path.read_bytes()[:HEADER_SIZE])
+    head[32:64] = end.to_bytes(8, "big") + crc32c(end.to_bytes(8, "big")).to_bytes(4, "big")
+    head[44:] = bytes(16) + crc32c(bytes(head[:32]) + bytes(28)).to_bytes(4, "big")
+    with path.open("r+b") as f:
+        f.write(head)
+        f.seek(HEADER_SIZE + ENTRY_SIZE + 3)
+        f.write(b"!")  # before the marker: not checked on opening, only on reading
+    with TapeImage(path, read_only=True) as img:
+        assert len(img) == 2 and img.read(1) == b"b" * 100
+        with pytest.raises(CorruptRecord):
+            img.read(0)
