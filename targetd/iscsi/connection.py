@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, auto
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import crc32c
 
@@ -267,13 +267,16 @@ class Connection:
 
     def scsi_done(self, handle: TaskHandle, result: ScsiResult) -> None:
         """The SCSI layer finished the command ``handle``: send its data and status."""
-        task = cast(Task, handle)
+        task: Task = handle  # type: ignore[assignment]
         leases = task.leases
         if self.tasks.get(task.itt) is not task or task.aborted:
             if leases is not None:
                 leases.release(reuse=False)
             return
-        self._end(task)
+        del self.tasks[task.itt]
+        if task.windowed:  # as _end, inline: this is the path of every command
+            task.windowed = False
+            self.session.in_flight -= 1  # type: ignore[union-attr]
         self._respond(task, result)
         if leases is not None:
             leases.settle()
@@ -487,7 +490,12 @@ class Connection:
             if not bhs[1] & P.FLAG_WRITE or dlen > edtl or edtl > self._max_command:
                 return None
             itt = int.from_bytes(bhs[16:20], "big")
-            self._drop_staged(itt)
+            if itt in self._write_buffers:
+                self._drop_staged(itt)
+            if edtl < POOL_MIN_SIZE:  # small: not counted (the hot path of 4 KiB writes)
+                buf = bytearray(edtl)
+                self._write_buffers[itt] = (buf, None)
+                return memoryview(buf)[:dlen]
             staged = self._write_buffer(edtl)
             if staged is None:
                 return None  # no room: the immediate data is copied, the rest waits
@@ -582,7 +590,9 @@ class Connection:
             if self._starved or not self._admit(task):
                 self._starved.append(task)
                 return
-            self._proceed(task)
+            if task.write:
+                self._solicit(task)
+            self._maybe_start(task)
 
         if not session.sequence(task.cmdsn, immediate, deliver):
             del self.tasks[itt]
@@ -616,7 +626,8 @@ class Connection:
     def _admit(self, task: Task) -> bool:
         """Give ``task`` the memory it needs to go on, or False if the account has none."""
         if task.write:
-            if not task.edtl or (task.buffer is not None and len(task.buffer) == task.edtl):
+            buffer = task.buffer
+            if (buffer is not None and len(buffer) == task.edtl) or not task.edtl:
                 return True
             staged = self._write_buffer(task.edtl)
             if staged is None:
@@ -734,9 +745,8 @@ class Connection:
     def _maybe_start(self, task: Task) -> None:
         if task.started or not task.delivered:
             return
-        if task.write and (
-            task.received < task.edtl or (task.buffer is not None and len(task.buffer) < task.edtl)
-        ):
+        # A write starts with all its data in (so in a buffer of its full length).
+        if task.write and task.received < task.edtl:
             return
         task.started = True
         data_out = memoryview(task.buffer) if task.buffer is not None else None
@@ -766,14 +776,18 @@ class Connection:
             # The common write: all its data used, nothing to report in residuals.
             self._send(P.new_header(Op.SCSI_RESPONSE, 0x80, itt=task.itt))
             return
-        flags, residual, n = datapath.residual(
-            read=task.read,
-            write=task.write,
-            edtl=task.edtl,
-            data_in=None if data is None else len(data),
-            data_out_used=result.data_out_used,
-            good=result.status == Status.GOOD,
-        )
+        if data is not None and task.read and not task.write and len(data) == task.edtl:
+            flags = residual = 0  # the common read: what was expected, no residual
+            n = task.edtl
+        else:
+            flags, residual, n = datapath.residual(
+                task.read,
+                task.write,
+                task.edtl,
+                None if data is None else len(data),
+                result.data_out_used,
+                result.status == Status.GOOD,
+            )
         collapse = result.status == Status.GOOD and result.sense is None
         if n and n <= self.max_send_data and n <= self.max_burst:
             view = memoryview(data)[:n]  # type: ignore[arg-type]

@@ -37,7 +37,6 @@ class Burst:
 
 
 def residual(
-    *,
     read: bool,
     write: bool,
     edtl: int,

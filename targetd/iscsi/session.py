@@ -55,7 +55,8 @@ class Session:
     @property
     def max_cmdsn(self) -> int:
         # Never below ExpCmdSN - 1 (RFC 7143 4.2.2.1: an empty window, not a negative one).
-        return (self.exp_cmdsn + max(self.window - self.in_flight, 0) - 1) & 0xFFFFFFFF
+        room = self.window - self.in_flight
+        return (self.exp_cmdsn + (room if room > 0 else 0) - 1) & 0xFFFFFFFF
 
     @property
     def initiator_port(self) -> str:
