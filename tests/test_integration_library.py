@@ -5,8 +5,11 @@ refusals that move nothing, and the inventory (with a loaded drive) across a res
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 from conftest import REPO, Daemon, DaemonFactory
 from pyscsi.pyscsi.scsi_cdb_readelementstatus import ReadElementStatus
@@ -156,3 +159,22 @@ def test_targetctl_library_lists_imports_and_exports(targetd_factory: DaemonFact
         assert json.loads(out.stdout)["image"].endswith("vtl/exported/NEW001L6.img")
         assert sense_of(ini.command(bytes(6), lun=CHANGER)) == (0x6, 0x28, 0x01)
         assert MAIL0 not in inventory(ini)
+
+
+def test_a_library_added_by_sighup_is_served(targetd_factory: DaemonFactory) -> None:
+    disk = '[[target.lun]]\nlun = 9\nsize = "8MiB"\n'
+    daemon = targetd_factory(f'[[target]]\nname = "{IQN}"\n' + disk)
+    assert daemon.config is not None and daemon.proc is not None
+    daemon.config.write_text(CONFIG + disk)
+    os.kill(daemon.proc.pid, signal.SIGHUP)
+    marker = f'change="target {IQN}: lun 2 added"'
+    deadline = time.monotonic() + 10
+    while marker not in daemon.stderr and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker in daemon.stderr, daemon.stderr
+    assert "reload not applied" not in daemon.stderr
+    with session(daemon.port) as ini:
+        assert inventory(ini) == {SLOT0: "TD0001L6", SLOT0 + 1: "TD0002L6"}
+        assert move(ini, SLOT0, DRIVE0)[0] == GOOD
+        assert sense_of(ini.command(bytes(6), lun=DRIVE_LUN)) == (0x6, 0x28, 0x00)
+        assert ini.command(bytes(6), lun=DRIVE_LUN)[0] == GOOD
