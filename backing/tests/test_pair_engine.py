@@ -124,7 +124,9 @@ async def scenario(
     await apply(src, model, before)
     await manager.create("p", "t/lun0", "t/lun1")
     await apply(src, model, during)
-    assert manager.status("p").dirty_chunks > 0 or not (before or during)
+    # Whether a backlog is left at the split depends on how fast the copy ran meanwhile;
+    # the model must hold either way (test_split_is_answered_at_once_with_a_backlog makes
+    # sure of a backlog).
     split_image = bytearray(model)
     await manager.split("p")
     status = manager.status("p")
