@@ -23,7 +23,11 @@ disk that ignores flushes, for checking that the campaign notices), ``{"cmd": "e
 The kernel's page cache stays on (direct_io would stop it sending the fsync that an
 RWF_DSYNC write needs): files are opened without keep_cache, so the cache is dropped when the
 restarted daemon opens them, and attributes are never cached. A read fault therefore fires
-for data the kernel does not hold yet.
+for data the kernel does not hold yet. keep_cache must be turned off by hand (pyfuse3's
+FileInfo turns it on): a cut that only drops pages changes no size or mtime, so the kernel
+would go on serving the dropped data to the restarted daemon, until a later change of mtime
+(a tear writes the medium) made it drop the cache, and a write the campaign had already
+seen "land" would vanish. A cut expects the writer dead (kill -9 first), as the campaign does.
 """
 
 from __future__ import annotations
@@ -300,7 +304,7 @@ class FaultFS(pyfuse3.Operations):
         if flags & os.O_TRUNC:
             node.pages.clear()
             node.size = node.durable_size = 0
-        return pyfuse3.FileInfo(fh=node.inode), self.attrs(node)
+        return pyfuse3.FileInfo(fh=node.inode, keep_cache=False), self.attrs(node)
 
     async def open(self, inode, flags, ctx):
         node = self.nodes[inode]
@@ -308,7 +312,7 @@ class FaultFS(pyfuse3.Operations):
             os.ftruncate(node.fd, 0)
             node.pages.clear()
             node.size = node.durable_size = 0
-        return pyfuse3.FileInfo(fh=inode)
+        return pyfuse3.FileInfo(fh=inode, keep_cache=False)
 
     async def read(self, fh, off, size):
         node = self.nodes[fh]
