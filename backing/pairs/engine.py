@@ -189,6 +189,7 @@ class Pair:
         self._pacer = _Pacer(settings.copy_rate)
         self.copied_bytes = 0
         self._samples: deque[tuple[float, int]] = deque()
+        self._merge_unsettled = False
         self._recover()
         self.journal.set_hold(self.phase.mirroring)
 
@@ -214,10 +215,10 @@ class Pair:
         """Make the bitmaps read back from disk mean what the phase says."""
         if self.phase.mirroring:
             # RESYNC merges lazily on disk: whatever either side changed still needs copying.
+            # The changed regions are cleared by start(), once the merge is on disk.
             self.copy_set.update(self.src_changed)
             self.copy_set.update(self.tgt_changed)
-            self.src_changed.clear_all()
-            self.tgt_changed.clear_all()
+            self._merge_unsettled = bool(self.src_changed.count or self.tgt_changed.count)
         elif self.phase is Phase.SPLIT and self.copy_set.count:
             self.phase = Phase.SPLIT_PENDING  # cannot happen (SPLIT is written after a sync)
 
@@ -233,6 +234,11 @@ class Pair:
                 await self._initialize()
             except Exception as err:
                 await self._fail(_reason_of(err, SuspendReason.TARGET_WRITE_ERROR), err)
+        if self._merge_unsettled:
+            try:
+                await self._settle_merge()
+            except Exception as err:  # the changed bits stay on disk: merged again next time
+                await self._fail(_reason_of(err, SuspendReason.PAIR_FILE_ERROR), err)
         self._tasks = [
             asyncio.ensure_future(self._guarded(self._worker, "copy worker"))
             for _ in range(self.settings.copy_workers)
@@ -341,13 +347,22 @@ class Pair:
             await self._initialize()
         self.copy_set.update(self.src_changed)
         self.copy_set.update(self.tgt_changed)
-        self.src_changed.clear_all()
-        self.tgt_changed.clear_all()
         self.reason = SuspendReason.NONE
         self.error = None
         self.split_time = None
         self._set_phase(phase)
         await self._write_header()
+        await self._settle_merge()
+
+    async def _settle_merge(self) -> None:
+        """Clear the changed regions, already merged into the copy set in memory, only once
+        that merge is on disk. In one batch of pages, a power cut before its sync could
+        keep the cleared changed bits and lose the copy-set bits that took them over: those
+        chunks would never be copied. (While mirroring, new writes mark the copy set.)"""
+        await self.journal.commit()
+        self.src_changed.clear_all()
+        self.tgt_changed.clear_all()
+        self._merge_unsettled = False
 
     async def delete(self) -> None:
         next_phase(self.phase, Event.DELETE)

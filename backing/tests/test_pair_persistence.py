@@ -4,12 +4,17 @@ pair file, copying resumes, and the split image and the resync still come out ri
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import random
 from pathlib import Path
 
+import pytest
+
 from backing.pairs import PairManager, PairSettings, PairVolume, Phase, VolumeState
 from backing.pairs.bitmap import ChunkBitmap
+from backing.pairs.engine import COPY_SET
 from backing.pairs.journal import PairFile
 from backing.sparse_file import SparseFile
 
@@ -127,3 +132,42 @@ def test_header_survives_a_torn_slot(tmp_path: Path) -> None:
     assert meta2["phase"] == "DUPLEX"
     assert all(isinstance(b, ChunkBitmap) and b.count == 0 for b in bitmaps)
     pf2.close()
+
+
+def test_a_torn_bitmap_write_after_a_resync_loses_no_changed_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resync moves the changed bits into the copy set. The power may fail while one
+    batch of bitmap pages is written: any of its sectors may land and others not. Then the
+    chunks changed since the split must still be marked somewhere on disk (a restart, or the
+    next resync, merges all three regions), never cleared from the changed regions while
+    the copy set that took them never got there."""
+
+    def torn(self: PairFile, pages: list[tuple[int, int, bytes]]) -> None:
+        for region, page, data in pages:
+            if region != COPY_SET:  # the copy-set page never reached the disk
+                os.pwrite(self.fd, data, self.page_offset(region, page))
+        raise OSError(errno.EIO, "the power failed before the bitmap sync")
+
+    async def run() -> None:
+        manager, src, tgt = boot(tmp_path)
+        await manager.create("p", "t/lun0", "t/lun1")
+        await manager.wait("p", VolumeState.DUPLEX, timeout=20)
+        await manager.split("p")
+        await manager.wait("p", VolumeState.SPLIT, timeout=20)
+        await src.write(3 * CHUNK, b"s" * 512)  # its changed bit is durable when acknowledged
+        await tgt.write(5 * CHUNK, b"t" * 512)
+        pair = manager.get("p")
+        monkeypatch.setattr(PairFile, "write_pages", torn)
+        with contextlib.suppress(OSError):
+            await manager.resync("p")
+            await pair.journal.commit()
+        await crash(manager, src, tgt)
+
+    asyncio.run(run())
+    (path,) = (tmp_path / "pairs").rglob("*.pair")
+    _, _, bitmaps = PairFile.open(path)
+    marked = ChunkBitmap(SIZE // CHUNK)
+    for bitmap in bitmaps:
+        marked.update(bitmap)
+    assert 3 in marked and 5 in marked, sorted(marked)
