@@ -190,6 +190,7 @@ class Pair:
         self.copied_bytes = 0
         self._samples: deque[tuple[float, int]] = deque()
         self._merge_unsettled = False
+        self._splits = 0  # splits so far in this life (a resync's clearing must not outlive one)
         self._recover()
         self.journal.set_hold(self.phase.mirroring)
 
@@ -336,6 +337,7 @@ class Pair:
     async def split(self) -> None:
         """Answered at once: the copy set becomes the split-instant set, durably."""
         phase = next_phase(self.phase, Event.SPLIT)
+        self._splits += 1
         self.split_time = time.time()
         self._set_phase(phase)
         await self._write_header()
@@ -359,7 +361,10 @@ class Pair:
         that merge is on disk. In one batch of pages, a power cut before its sync could
         keep the cleared changed bits and lose the copy-set bits that took them over: those
         chunks would never be copied. (While mirroring, new writes mark the copy set.)"""
+        splits = self._splits
         await self.journal.commit()
+        if self._splits != splits:  # split again meanwhile: its changed bits are new ones
+            return  # (the old ones left set cost a recopy at the next resync, nothing more)
         self.src_changed.clear_all()
         self.tgt_changed.clear_all()
         self._merge_unsettled = False

@@ -8,13 +8,14 @@ import contextlib
 import errno
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
 
 from backing.pairs import PairManager, PairSettings, PairVolume, Phase, VolumeState
 from backing.pairs.bitmap import ChunkBitmap
-from backing.pairs.engine import COPY_SET
+from backing.pairs.engine import COPY_SET, SRC_CHANGED
 from backing.pairs.journal import PairFile
 from backing.sparse_file import SparseFile
 
@@ -171,3 +172,42 @@ def test_a_torn_bitmap_write_after_a_resync_loses_no_changed_chunk(
     for bitmap in bitmaps:
         marked.update(bitmap)
     assert 3 in marked and 5 in marked, sorted(marked)
+
+
+def test_a_split_while_a_resync_syncs_its_merge_keeps_the_new_changed_bits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resync clears the changed regions after its merge is synced; a split answered
+    in the meantime starts a new changed set, which that clearing must leave alone."""
+    gate = threading.Event()
+    real_write_pages = PairFile.write_pages
+
+    def slow(self: PairFile, pages: list[tuple[int, int, bytes]]) -> None:
+        gate.wait(10)
+        real_write_pages(self, pages)
+
+    async def run() -> None:
+        manager, src, tgt = boot(tmp_path)
+        await manager.create("p", "t/lun0", "t/lun1")
+        await manager.wait("p", VolumeState.DUPLEX, timeout=20)
+        await manager.split("p")
+        await manager.wait("p", VolumeState.SPLIT, timeout=20)
+        await src.write(3 * CHUNK, b"s" * 512)
+        monkeypatch.setattr(PairFile, "write_pages", slow)
+        resync = asyncio.ensure_future(manager.resync("p"))
+        await asyncio.sleep(0.1)  # the resync waits for its bitmap sync
+        await manager.split("p")
+        write = asyncio.ensure_future(src.write(7 * CHUNK, b"n" * 512))
+        await asyncio.sleep(0.1)  # the write marked chunk 7 changed and waits for the sync
+        gate.set()
+        await resync
+        await write
+        assert 7 in manager.get("p").src_changed
+        await manager.stop()
+        src.close()
+        tgt.close()
+
+    asyncio.run(run())
+    (path,) = (tmp_path / "pairs").rglob("*.pair")
+    _, _, bitmaps = PairFile.open(path)
+    assert 7 in bitmaps[SRC_CHANGED]
