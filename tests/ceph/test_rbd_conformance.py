@@ -14,9 +14,6 @@ from pathlib import Path
 import pytest
 from ceph_fixtures import ImageFactory, ceph_cluster, new_image, rbd_lun_toml, target_toml
 from cluster import CephCluster
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "conformance"))
-
 from cu_runner import run_suite, to_markdown
 from cu_targets import TARGETD_IQN, TargetdTarget
 from test_conformance import compare, load_expected
