@@ -17,6 +17,9 @@ import pytest
 from test_fuzz_cdb import (
     BLOCK,
     BLOCK_4K,
+    CHANGER,
+    DRIVE,
+    EMPTY_DRIVE,
     NEXUS,
     OTHER,
     SINK,
@@ -28,6 +31,7 @@ from test_fuzz_cdb import (
     test_absent_luns,
     test_any_opcode,
     test_block_lu_cdbs,
+    test_changer_cdbs,
     test_file_sink_cdbs,
     test_parameter_lists,
     test_tape_lu_cdbs,
@@ -35,7 +39,8 @@ from test_fuzz_cdb import (
 
 from backing.pairs import PairManager, PairService
 from scsi.buffers import BufferPool
-from targetd.config import Config, LunConfig, TargetConfig
+from scsi.changer_device import MediaChanger
+from targetd.config import Config, LibraryConfig, LunConfig, TargetConfig
 from targetd.luns import build_targets, close_targets
 
 IQN = "iqn.2026-11.org.targetd:fuzz"
@@ -44,6 +49,7 @@ __all__ = [
     "test_absent_luns",
     "test_any_opcode",
     "test_block_lu_cdbs",
+    "test_changer_cdbs",
     "test_file_sink_cdbs",
     "test_parameter_lists",
     "test_tape_lu_cdbs",
@@ -59,6 +65,16 @@ def world() -> Iterator[World]:
         LunConfig(TAPE, "tape", state / "tape.img", MiB),
         LunConfig(SINK, "filesink", state / "sink", 4 * MiB),
         LunConfig(4, "block", state / "lun4.img", 4 * MiB),
+        # A tape library as the daemon builds it: the changer and two drives, one loaded.
+        LunConfig(
+            CHANGER,
+            "changer",
+            state / "vtl",
+            MiB,
+            library=LibraryConfig(slots=3, mail_slots=1, tapes=("F1", "F2")),
+        ),
+        LunConfig(DRIVE, "tape", state / "drive0.img", MiB, changer=CHANGER),
+        LunConfig(EMPTY_DRIVE, "tape", state / "drive1.img", MiB, changer=CHANGER),
     )
     config = Config(targets=(TargetConfig(IQN, luns=luns),), state_dir=state)
     loop = asyncio.new_event_loop()
@@ -66,6 +82,9 @@ def world() -> Iterator[World]:
     targets = build_targets(config, pairs)
     loop.run_until_complete(pairs.start())
     target = targets[IQN]
+    changer = target.luns[CHANGER]
+    assert isinstance(changer, MediaChanger)
+    loop.run_until_complete(changer.move(0x0001, 0x0400, 0x0100))  # F1 into DRIVE
     for nexus in (NEXUS, OTHER):
         target.nexus_established(nexus)
     try:
