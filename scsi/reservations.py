@@ -5,10 +5,21 @@ the conflict question that ``LogicalUnit.execute`` asks before every handler
 (SPC-4 5.13.1 and its table of commands allowed under each reservation type).
 The handler functions at the bottom are registered in ``scsi.spc.SPC_TABLE``.
 
+A registration belongs to a *registrant*: normally one I_T nexus, but REGISTER with
+ALL_TG_PT registers an initiator port through every target port, and SPEC_I_PT may name an
+initiator device (a TransportID without ISID), so a registrant is a :class:`Nexus` whose
+target port (``""``, relative port 0) or ISID (``initiator_port`` = the bare name) is left
+open. :meth:`ReservationState.registrant` finds the one that covers a nexus; the
+reservation's holder is a registrant, so a reservation taken by an ALL_TG_PT registration
+is held through each of its target ports.
+
+A PERSISTENT RESERVE OUT does not queue unit attentions itself: it owes them
+(:meth:`ReservationState.owe`) and they are delivered to the nexuses a registrant covers
+once the change is kept, so a change that could not be kept raises none.
+
 APTPL is served when the LU was given a file for it (``ReservationState.file``, set by the
 daemon's builder: scsi/pr_file.py); every state-changing PERSISTENT RESERVE OUT then writes
-the state durably before it is acknowledged. Not supported (and so reported as such in
-REPORT CAPABILITIES): SPEC_I_PT and ALL_TG_PT.
+the state durably before it is acknowledged.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from scsi.command import Nexus, ScsiCommand, ScsiResult, Status
 from scsi.sense import CheckCondition, FieldPointer, Reason
+from scsi.transport_id import TransportId, parse_list
 
 if TYPE_CHECKING:
     from scsi.logical_unit import LogicalUnit
@@ -97,15 +109,47 @@ LEGACY_ALLOWED = frozenset({0x12, 0xA0, 0x03, RELEASE_6, RELEASE_10, PERSISTENT_
 
 @dataclass(slots=True)
 class Reservation:
-    holder: Nexus
+    holder: Nexus  # a registrant (see the module's doc)
     type: PrType
+
+
+def initiator_name(nexus: Nexus) -> str:
+    return nexus.initiator_name or nexus.initiator_port.split(",", 1)[0]
+
+
+def registrant_for(nexus: Nexus, *, all_target_ports: bool = False, device: bool = False) -> Nexus:
+    """The registrant a registration through ``nexus`` (or naming it) is kept under."""
+    if not (all_target_ports or device):
+        return nexus
+    name = initiator_name(nexus)
+    port = name if device else nexus.initiator_port
+    if all_target_ports:
+        return Nexus(port, "", 0, name)
+    return Nexus(port, nexus.target_port, nexus.relative_target_port, name)
+
+
+def all_target_ports(registrant: Nexus) -> bool:
+    return registrant.target_port == "" and registrant.relative_target_port == 0
+
+
+def has_isid(registrant: Nexus) -> bool:
+    return "," in registrant.initiator_port
+
+
+@dataclass(frozen=True, slots=True)
+class Owed:
+    """A unit attention a change owes every nexus ``registrant`` covers (but ``sender``)."""
+
+    registrant: Nexus
+    reason: Reason
+    sender: Nexus | None = None
 
 
 @dataclass(slots=True)
 class ReservationState:
     """Registrations, the persistent reservation and the RESERVE(6) reservation of one LU."""
 
-    keys: dict[Nexus, int] = field(default_factory=dict)
+    keys: dict[Nexus, int] = field(default_factory=dict)  # registrant -> reservation key
     reservation: Reservation | None = None
     generation: int = 0
     legacy: Nexus | None = None
@@ -114,6 +158,8 @@ class ReservationState:
     file: PrFile | None = None
     # PERSISTENT RESERVE OUT commands of one LU run one at a time: a change and its write.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The unit attentions the PROUT being served owes, delivered once its change is kept.
+    owed: list[Owed] = field(default_factory=list)
 
     def snapshot(self) -> tuple[dict[Nexus, int], Reservation | None, int, bool]:
         return dict(self.keys), self.reservation, self.generation, self.aptpl
@@ -121,13 +167,50 @@ class ReservationState:
     def restore(self, snap: tuple[dict[Nexus, int], Reservation | None, int, bool]) -> None:
         self.keys, self.reservation, self.generation, self.aptpl = snap
 
+    def registrant(self, nexus: Nexus) -> Nexus | None:
+        """The registrant whose registration covers ``nexus``, if any."""
+        keys = self.keys
+        if nexus in keys:
+            return nexus
+        if not keys:
+            return None
+        name = initiator_name(nexus)
+        port = nexus.initiator_port
+        for candidate in (
+            Nexus(port, nexus.target_port, nexus.relative_target_port, name),
+            Nexus(port, "", 0, name),
+            Nexus(name, nexus.target_port, nexus.relative_target_port, name),
+            Nexus(name, "", 0, name),
+        ):
+            if candidate in keys:
+                return candidate
+        return None
+
+    def key_of(self, nexus: Nexus) -> int | None:
+        registrant = self.registrant(nexus)
+        return None if registrant is None else self.keys[registrant]
+
+    @staticmethod
+    def covers(registrant: Nexus, nexus: Nexus) -> bool:
+        if registrant == nexus:
+            return True
+        if not all_target_ports(registrant) and (
+            registrant.target_port != nexus.target_port
+            or registrant.relative_target_port != nexus.relative_target_port
+        ):
+            return False
+        if has_isid(registrant):
+            return registrant.initiator_port == nexus.initiator_port
+        return registrant.initiator_port == initiator_name(nexus)
+
     def is_holder(self, nexus: Nexus) -> bool:
         res = self.reservation
         if res is None:
             return False
+        registrant = self.registrant(nexus)
         if res.type.all_registrants:
-            return nexus in self.keys
-        return res.holder == nexus
+            return registrant is not None
+        return registrant is not None and registrant == res.holder
 
     def conflict(self, cmd: ScsiCommand, exempt: bool) -> bool:
         """Whether ``cmd`` from its nexus meets RESERVATION CONFLICT."""
@@ -139,8 +222,7 @@ class ReservationState:
             return False
         if opcode in (RESERVE_6, RELEASE_6, RESERVE_10, RELEASE_10):
             return True
-        registered = nexus in self.keys
-        if registered and (res.type.registrants_only or res.type.all_registrants):
+        if (res.type.registrants_only or res.type.all_registrants) and self.registrant(nexus):
             return False
         return not (res.type.write_exclusive and opcode in READ_OPCODES)
 
@@ -152,25 +234,41 @@ class ReservationState:
     def release(self) -> None:
         self.reservation = None
 
-    def unregister(self, lu: LogicalUnit, nexus: Nexus) -> None:
-        """Drop ``nexus``'s registration; a reservation it alone held goes with it."""
-        del self.keys[nexus]
+    def unregister(self, registrant: Nexus, sender: Nexus) -> None:
+        """Drop ``registrant``'s registration; a reservation it alone held goes with it."""
+        del self.keys[registrant]
         res = self.reservation
         if res is None:
             return
         if res.type.all_registrants:
             if not self.keys:
                 self.release()
-        elif res.holder == nexus:
+        elif res.holder == registrant:
             self.release()
             if res.type.registrants_only:
-                self.notify(lu, Reason.RESERVATIONS_RELEASED, except_nexus=nexus)
+                self.notify(Reason.RESERVATIONS_RELEASED, sender=sender)
 
-    def notify(self, lu: LogicalUnit, reason: Reason, *, except_nexus: Nexus | None) -> None:
-        """A unit attention for every registered nexus but one."""
-        for nexus in list(self.keys):
-            if nexus != except_nexus:
-                lu.queue_unit_attention(nexus, reason)
+    def owe(self, registrant: Nexus, reason: Reason, sender: Nexus | None = None) -> None:
+        self.owed.append(Owed(registrant, reason, sender))
+
+    def notify(self, reason: Reason, *, sender: Nexus | None) -> None:
+        """A unit attention for every registered nexus but the sender."""
+        for registrant in self.keys:
+            self.owe(registrant, reason, sender)
+
+    def deliver(self, lu: LogicalUnit, owed: list[Owed]) -> None:
+        """Queue the unit attentions ``owed`` on the nexuses that see this LU now."""
+        if not owed:
+            return
+        known = lu.known_nexuses()
+        for debt in owed:
+            for nexus in known:
+                if nexus != debt.sender and self.covers(debt.registrant, nexus):
+                    lu.queue_unit_attention(nexus, debt.reason)
+
+    def nexuses_of(self, lu: LogicalUnit, registrants: list[Nexus]) -> frozenset[Nexus]:
+        """The nexuses seeing ``lu`` now that ``registrants`` cover."""
+        return frozenset(n for n in lu.known_nexuses() for r in registrants if self.covers(r, n))
 
 
 # -- PERSISTENT RESERVE IN -------------------------------------------------------------------
@@ -205,8 +303,9 @@ async def report_capabilities(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     data = bytearray(8)
     data[1] = 8
     state = lu.reservations
-    # CRH: RESERVE(6) meets a persistent reservation with a conflict; PTPL_C: APTPL served.
-    data[2] = 0x10 | (0x01 if state.file is not None else 0)
+    # CRH: RESERVE(6) meets a persistent reservation with a conflict; SIP_C: SPEC_I_PT;
+    # ATP_C: ALL_TG_PT; PTPL_C: APTPL served.
+    data[2] = 0x10 | 0x08 | 0x04 | (0x01 if state.file is not None else 0)
     # TMV: the type mask is valid; ALLOW COMMANDS 000b; PTPL_A: APTPL is on.
     data[3] = 0x80 | (0x01 if state.aptpl else 0)
     data[4] = 0x80 | 0x40 | 0x20 | 0x08 | 0x02  # WR_EX_AR, EX_AC_RO, WR_EX_RO, EX_AC, WR_EX
@@ -214,19 +313,30 @@ async def report_capabilities(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     return ScsiResult(data=bytes(data)[: _allocation(cmd)])
 
 
+def _transport_id(registrant: Nexus) -> bytes:
+    name = initiator_name(registrant)
+    isid = registrant.initiator_port.partition(",i,0x")[2] if has_isid(registrant) else None
+    return TransportId(name, isid).encode()
+
+
 async def read_full_status(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
+    """One descriptor per registration: its key, R_HOLDER with the type, ALL_TG_PT or the
+    relative target port, and the TransportID (format 01b with the ISID it was made with,
+    00b for a registration of a whole initiator device)."""
     state = lu.reservations
     res = state.reservation
     descriptors = []
-    for nexus, key in state.keys.items():
-        holder = state.is_holder(nexus)
-        tid = nexus.transport_id
+    for registrant, key in state.keys.items():
+        holder = res is not None and (res.type.all_registrants or res.holder == registrant)
+        every_port = all_target_ports(registrant)
+        tid = _transport_id(registrant)
         descriptors.append(
             key.to_bytes(8, "big")
             + bytes(4)
-            + bytes([0x01 if holder else 0, res.type if holder and res else 0])
+            + bytes([(0x02 if every_port else 0) | (0x01 if holder else 0)])
+            + bytes([res.type if holder and res else 0])
             + bytes(4)
-            + nexus.relative_target_port.to_bytes(2, "big")
+            + (0 if every_port else registrant.relative_target_port).to_bytes(2, "big")
             + len(tid).to_bytes(4, "big")
             + tid
         )
@@ -239,17 +349,22 @@ ProutHandler = Callable[["LogicalUnit", ScsiCommand], Coroutine[Any, Any, ScsiRe
 
 def durable(handler: ProutHandler) -> ProutHandler:
     """One PROUT at a time per LU; a change it made is on disk (APTPL) before the command
-    is acknowledged, or undone and the command fails when the write fails."""
+    is acknowledged, or undone and the command fails when the write fails. The unit
+    attentions it owes are raised only once the change is kept."""
 
     @functools.wraps(handler)
     async def run(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
         state = lu.reservations
         async with state.lock:
+            state.owed = []
             before = state.snapshot()
             result = await handler(lu, cmd)
+            owed, state.owed = state.owed, []
             if state.file is None or state.snapshot() == before:
+                state.deliver(lu, owed)
                 return result
             if not (state.aptpl or before[3]):  # APTPL off before and after: no file
+                state.deliver(lu, owed)
                 return result
             try:
                 await state.file.save(state)
@@ -257,9 +372,14 @@ def durable(handler: ProutHandler) -> ProutHandler:
                 log.error("persistent reservations not saved to %s: %s", state.file.path, err)
                 state.restore(before)
                 raise CheckCondition(Reason.INSUFFICIENT_REGISTRATION_RESOURCES) from None
+            state.deliver(lu, owed)
             return result
 
     return run
+
+
+SPEC_I_PT, ALL_TG_PT, APTPL = 0x08, 0x04, 0x01
+BASIC_LENGTH = 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,28 +387,40 @@ class ProutParameters:
     key: int
     sa_key: int
     aptpl: bool = False
+    all_tg_pt: bool = False
+    transport_ids: tuple[TransportId, ...] | None = None  # SPEC_I_PT set: the list
 
 
-def _parameters(lu: LogicalUnit, cmd: ScsiCommand) -> ProutParameters:
+def _parameters(lu: LogicalUnit, cmd: ScsiCommand, *, spec_i_pt: bool = False) -> ProutParameters:
+    """The basic parameter list (SPC-4 6.16.3); ``spec_i_pt``: the service action takes
+    SPEC_I_PT (REGISTER), so a list of TransportIDs may follow. ALL_TG_PT is read for
+    every service action and ignored but by the REGISTERs, as SPC-4 says."""
     length = int.from_bytes(cmd.cdb[5:9], "big")
     data = bytes(cmd.data_out or b"")[:length]
-    if length != 24 or len(data) < 24:
+    if length < BASIC_LENGTH or len(data) < BASIC_LENGTH:
         raise CheckCondition(Reason.PARAMETER_LIST_LENGTH_ERROR)
-    if data[20] & 0x08:
-        raise CheckCondition(
-            Reason.INVALID_FIELD_IN_PARAMETER_LIST, FieldPointer(20, bit=3, in_cdb=False)
-        )
-    if data[20] & 0x04:
-        raise CheckCondition(
-            Reason.INVALID_FIELD_IN_PARAMETER_LIST, FieldPointer(20, bit=2, in_cdb=False)
-        )
-    aptpl = bool(data[20] & 0x01)
+    flags = data[20]
+    if flags & SPEC_I_PT and not spec_i_pt:
+        raise _invalid_parameter(20, 3)
+    tids: tuple[TransportId, ...] | None = None
+    if flags & SPEC_I_PT:
+        if length < BASIC_LENGTH + 4 or len(data) < length:
+            raise CheckCondition(Reason.PARAMETER_LIST_LENGTH_ERROR)
+        tpdl = int.from_bytes(data[24:28], "big")
+        if BASIC_LENGTH + 4 + tpdl != length:
+            raise _invalid_parameter(24)
+        tids = tuple(parse_list(data, BASIC_LENGTH + 4, length))
+    elif length != BASIC_LENGTH:
+        raise CheckCondition(Reason.PARAMETER_LIST_LENGTH_ERROR)
+    aptpl = bool(flags & APTPL)
     if aptpl and lu.reservations.file is None:  # PTPL_C 0: the LU cannot keep them
-        raise CheckCondition(
-            Reason.INVALID_FIELD_IN_PARAMETER_LIST, FieldPointer(20, bit=0, in_cdb=False)
-        )
+        raise _invalid_parameter(20, 0)
     return ProutParameters(
-        int.from_bytes(data[0:8], "big"), int.from_bytes(data[8:16], "big"), aptpl
+        int.from_bytes(data[0:8], "big"),
+        int.from_bytes(data[8:16], "big"),
+        aptpl,
+        bool(flags & ALL_TG_PT),
+        tids,
     )
 
 
@@ -304,27 +436,46 @@ def _type(cmd: ScsiCommand) -> PrType:
 CONFLICT = ScsiResult(Status.RESERVATION_CONFLICT)
 
 
+def _named(tid: TransportId, sender: Nexus, all_tg_pt: bool) -> Nexus:
+    """The registrant a SPEC_I_PT TransportID names: that initiator port (or, without an
+    ISID, every port of that initiator) through the sender's target port, or all of them."""
+    port = tid.port
+    if all_tg_pt:
+        return Nexus(port, "", 0, tid.name)
+    return Nexus(port, sender.target_port, sender.relative_target_port, tid.name)
+
+
 def _register(lu: LogicalUnit, cmd: ScsiCommand, ignore_existing: bool) -> ScsiResult:
-    params = _parameters(lu, cmd)
+    params = _parameters(lu, cmd, spec_i_pt=not ignore_existing)
     state, nexus = lu.reservations, cmd.nexus
-    current = state.keys.get(nexus)
+    registrant = state.registrant(nexus)
+    current = None if registrant is None else state.keys[registrant]
     if not ignore_existing and params.key != (current or 0):
         return CONFLICT
-    if current is None:
+    if registrant is None:
         if params.sa_key == 0:
             return ScsiResult()
-        state.keys[nexus] = params.sa_key
+        mine = registrant_for(nexus, all_target_ports=params.all_tg_pt)
+        added = {mine: params.sa_key}
+        for tid in params.transport_ids or ():
+            named = _named(tid, nexus, params.all_tg_pt)
+            # A port already registered keeps its registration (and key).
+            if state.registrant(named) is None and not any(state.covers(r, named) for r in added):
+                added[named] = params.sa_key
+        state.keys.update(added)
+    elif params.transport_ids is not None:
+        raise _invalid_parameter(20, 3)  # SPEC_I_PT from a registered I_T nexus
     elif params.sa_key == 0:
-        state.unregister(lu, nexus)
+        state.unregister(registrant, nexus)
     else:
-        state.keys[nexus] = params.sa_key
+        state.keys[registrant] = params.sa_key
     state.generation += 1
     state.aptpl = params.aptpl  # the most recent REGISTER decides (SPC-4 5.13.5)
     return ScsiResult()
 
 
 def _registered(lu: LogicalUnit, cmd: ScsiCommand, params: ProutParameters) -> bool:
-    return lu.reservations.keys.get(cmd.nexus) == params.key
+    return lu.reservations.key_of(cmd.nexus) == params.key
 
 
 @durable
@@ -344,7 +495,9 @@ async def reserve(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     if not _registered(lu, cmd, params):
         return CONFLICT
     if state.reservation is None:
-        state.reservation = Reservation(cmd.nexus, pr_type)
+        registrant = state.registrant(cmd.nexus)
+        assert registrant is not None
+        state.reservation = Reservation(registrant, pr_type)
         return ScsiResult()
     if state.is_holder(cmd.nexus) and state.reservation.type == pr_type:
         return ScsiResult()
@@ -364,7 +517,7 @@ async def release(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
         raise CheckCondition(Reason.INVALID_RELEASE_OF_PERSISTENT_RESERVATION)
     state.release()
     if res.type.registrants_only or res.type.all_registrants:
-        state.notify(lu, Reason.RESERVATIONS_RELEASED, except_nexus=cmd.nexus)
+        state.notify(Reason.RESERVATIONS_RELEASED, sender=cmd.nexus)
     return ScsiResult()
 
 
@@ -374,21 +527,17 @@ async def clear(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     state = lu.reservations
     if not _registered(lu, cmd, params):
         return CONFLICT
-    state.notify(lu, Reason.RESERVATIONS_PREEMPTED, except_nexus=cmd.nexus)
+    state.notify(Reason.RESERVATIONS_PREEMPTED, sender=cmd.nexus)
     state.keys.clear()
     state.release()
     state.generation += 1
     return ScsiResult()
 
 
-def _remove_registrations(lu: LogicalUnit, cmd: ScsiCommand, key: int) -> list[Nexus]:
-    """Unregister every other nexus registered with ``key``: the ones removed."""
-    state = lu.reservations
-    victims = [n for n, k in state.keys.items() if k == key and n != cmd.nexus]
-    for nexus in victims:
-        del state.keys[nexus]
-        lu.queue_unit_attention(nexus, Reason.REGISTRATIONS_PREEMPTED)
-    return victims
+def _remove_registrations(state: ReservationState, sender: Nexus, victims: list[Nexus]) -> None:
+    for registrant in victims:
+        del state.keys[registrant]
+        state.owe(registrant, Reason.REGISTRATIONS_PREEMPTED, sender)
 
 
 PREEMPT_AND_ABORT = 0x05
@@ -402,31 +551,31 @@ async def preempt(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     state = lu.reservations
     if not _registered(lu, cmd, params):
         return CONFLICT
+    mine = state.registrant(cmd.nexus)
+    assert mine is not None
     res = state.reservation
     holder_key = None if res is None or res.type.all_registrants else state.keys.get(res.holder)
     victims: list[Nexus] = []
     if res is not None and res.type.all_registrants and params.sa_key == 0:
-        victims = [n for n in state.keys if n != cmd.nexus]
-        for nexus in victims:
-            del state.keys[nexus]
-            lu.queue_unit_attention(nexus, Reason.REGISTRATIONS_PREEMPTED)
-        state.reservation = Reservation(cmd.nexus, pr_type)
+        victims = [r for r in state.keys if r != mine]
+        _remove_registrations(state, cmd.nexus, victims)
+        state.reservation = Reservation(mine, pr_type)
     elif res is not None and holder_key == params.sa_key:
-        victims = _remove_registrations(lu, cmd, params.sa_key)
-        state.reservation = Reservation(cmd.nexus, pr_type)
+        victims = [r for r, k in state.keys.items() if k == params.sa_key and r != mine]
+        _remove_registrations(state, cmd.nexus, victims)
+        state.reservation = Reservation(mine, pr_type)
         if res.type != pr_type:
-            state.notify(lu, Reason.RESERVATIONS_RELEASED, except_nexus=cmd.nexus)
+            state.notify(Reason.RESERVATIONS_RELEASED, sender=cmd.nexus)
     else:
         if params.sa_key == 0:
-            raise CheckCondition(
-                Reason.INVALID_FIELD_IN_PARAMETER_LIST, FieldPointer(8, in_cdb=False)
-            )
-        victims = _remove_registrations(lu, cmd, params.sa_key)
-        if not victims and state.keys.get(cmd.nexus) != params.sa_key:
+            raise _invalid_parameter(8)
+        victims = [r for r, k in state.keys.items() if k == params.sa_key and r != mine]
+        _remove_registrations(state, cmd.nexus, victims)
+        if not victims and state.keys.get(mine) != params.sa_key:
             return CONFLICT
     state.generation += 1
     if cmd.cdb[1] & 0x1F == PREEMPT_AND_ABORT and victims and lu.abort_tasks is not None:
-        await lu.abort_tasks(frozenset(victims))
+        await lu.abort_tasks(state.nexuses_of(lu, victims))
     return ScsiResult()
 
 
@@ -483,22 +632,25 @@ async def register_and_move(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     key, sa_key = int.from_bytes(data[0:8], "big"), int.from_bytes(data[8:16], "big")
     unreg, aptpl = bool(data[17] & 0x02), bool(data[17] & 0x01)
     state, sender = lu.reservations, cmd.nexus
-    if state.keys.get(sender) != key:
+    mine = state.registrant(sender)
+    if mine is None or state.keys[mine] != key:
         return CONFLICT
     res = state.reservation
-    if res is None or res.type.all_registrants or res.holder != sender:
+    if res is None or res.type.all_registrants or res.holder != mine:
         return CONFLICT
     if aptpl and state.file is None:
         raise _invalid_parameter(17, 0)
     if sa_key == 0:
         raise _invalid_parameter(8)
     destination = _move_destination(lu, sender, data)
-    if destination == sender:
+    # A destination already registered keeps its registrant, with the new key.
+    destination = state.registrant(destination) or destination
+    if destination == mine:
         raise _invalid_parameter(18)
     state.keys[destination] = sa_key
     state.reservation = Reservation(destination, res.type)
     if unreg:
-        del state.keys[sender]
+        del state.keys[mine]
     state.aptpl = aptpl
     state.generation += 1
     return ScsiResult()

@@ -12,6 +12,7 @@ from scsi.opcodes import OpcodeTable
 from scsi.reservations import PrType
 from scsi.sense import parse_sense
 from scsi.spc import SPC_TABLE
+from scsi.transport_id import TransportId
 
 TABLE = OpcodeTable("test", SPC_TABLE)
 
@@ -94,10 +95,12 @@ def test_prout_parameter_checks() -> None:
     lu = make_lu()
     result = prout(lu, A, REGISTER, sa_key=1, length=20)
     assert parse_sense(result.sense) == (5, 0x1A, 0)
-    for flags, bit in ((0x08, 3), (0x04, 2), (0x01, 0)):
-        result = prout(lu, A, REGISTER, sa_key=1, flags=flags)
-        assert parse_sense(result.sense) == (5, 0x26, 0)
-        assert result.sense[15:18] == bytes([0x88 | bit, 0, 20])
+    # SPEC_I_PT needs the TransportID list's length after the 24 bytes.
+    assert parse_sense(prout(lu, A, REGISTER, sa_key=1, flags=0x08).sense) == (5, 0x1A, 0)
+    # APTPL on a LU that cannot keep it.
+    result = prout(lu, A, REGISTER, sa_key=1, flags=0x01)
+    assert parse_sense(result.sense) == (5, 0x26, 0)
+    assert result.sense[15:18] == bytes([0x88, 0, 20])
     prout(lu, A, REGISTER, sa_key=1)
     result = prout(lu, A, RESERVE, key=1, pr_type=2)
     assert parse_sense(result.sense) == (5, 0x24, 0)
@@ -120,7 +123,7 @@ def test_reserve_read_reservation_and_release() -> None:
 
 
 def test_report_capabilities() -> None:
-    assert prin(make_lu(), A, 2) == bytes([0, 8, 0x10, 0x80, 0xEA, 0x01, 0, 0])
+    assert prin(make_lu(), A, 2) == bytes([0, 8, 0x1C, 0x80, 0xEA, 0x01, 0, 0])
 
 
 def test_read_full_status() -> None:
@@ -128,7 +131,7 @@ def test_read_full_status() -> None:
     prout(lu, C, REGISTER, sa_key=0xC)
     prout(lu, C, RESERVE, key=0xC, pr_type=1)
     data = prin(lu, A, 3)
-    tid = C.transport_id
+    tid = TransportId("iqn.c", "1").encode()  # format 01b: the port registered
     descriptor = (
         (0xC).to_bytes(8, "big")
         + bytes(4)
