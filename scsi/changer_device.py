@@ -138,8 +138,9 @@ class MediaChanger(SerializedMedium):
         capabilities = bytearray(20)
         # Storage: slots, mail slots and drives hold cartridges; the transport does not.
         capabilities[2] = 0x0E
-        # MOVE MEDIUM from MT/ST/IE/DT to ST, IE or DT; no EXCHANGE MEDIUM.
+        # MOVE MEDIUM and EXCHANGE MEDIUM between any two of ST, IE and DT.
         capabilities[4:8] = bytes([0x00, 0x0E, 0x0E, 0x0E])
+        capabilities[12:16] = bytes([0x00, 0x0E, 0x0E, 0x0E])
         return {
             0x1D: ModePage(0x1D, bytes(assignment), bytes(20)),
             0x1E: ModePage(0x1E, geometry, bytes(4)),
@@ -150,27 +151,60 @@ class MediaChanger(SerializedMedium):
     async def move(self, transport: int, source: int, destination: int) -> None:
         """MOVE MEDIUM (the caller holds ``medium_lock``): SMC sense and nothing moved,
         or the cartridge in its new element and the inventory on disk."""
-        library = self.library
         src, dst = self.elements.check_move(transport, source, destination)
         if src is dst:
             return
-        barcode = src.barcode
-        assert barcode is not None
-        if src.type == ElementType.DATA_TRANSFER:
-            drive = library.drive_at(src)
-            async with drive.medium_lock:
-                if drive.removal_prevented:
-                    raise CheckCondition(Reason.MEDIUM_REMOVAL_PREVENTED)
-                await drive.io(drive.eject)
-        if dst.type == ElementType.DATA_TRANSFER:
-            try:
-                await self._insert(library.drive_at(dst), barcode)
-            except CheckCondition:
-                if src.type == ElementType.DATA_TRANSFER:  # back where it was
-                    await self._insert(library.drive_at(src), barcode)
-                raise
+        assert src.barcode is not None
+        await self._take_out(src)
+        try:
+            await self._put_in(dst, src.barcode)
+        except CheckCondition:
+            await self._put_in(src, src.barcode)  # back where it was
+            raise
         self.elements.move(src, dst)
-        await self.io(library.save)
+        await self.io(self.library.save)
+
+    async def exchange(self, transport: int, source: int, first: int, second: int) -> None:
+        """EXCHANGE MEDIUM (the caller holds ``medium_lock``): the source's cartridge to
+        the first destination, the first destination's to the second; SMC sense and
+        nothing moved, or both moved and the inventory on disk."""
+        src, dst1, dst2 = self.elements.check_exchange(transport, source, first, second)
+        a, b = src.barcode, dst1.barcode
+        assert a is not None and b is not None
+        await self._take_out(src)
+        try:
+            await self._take_out(dst1)
+        except CheckCondition:
+            await self._put_in(src, a)
+            raise
+        done: list[Element] = []
+        try:
+            for element, barcode in ((dst1, a), (dst2, b)):
+                await self._put_in(element, barcode)
+                done.append(element)
+        except CheckCondition:  # each cartridge back where it was
+            for element in done:
+                await self._take_out(element, force=True)
+            await self._put_in(src, a)
+            await self._put_in(dst1, b)
+            raise
+        self.elements.exchange(src, dst1, dst2)
+        await self.io(self.library.save)
+
+    async def _take_out(self, element: Element, *, force: bool = False) -> None:
+        """A drive's cartridge written out and closed, unless an initiator of the drive
+        prevents its removal; nothing to do for a slot."""
+        if element.type != ElementType.DATA_TRANSFER:
+            return
+        drive = self.library.drive_at(element)
+        async with drive.medium_lock:
+            if drive.removal_prevented and not force:
+                raise CheckCondition(Reason.MEDIUM_REMOVAL_PREVENTED)
+            await drive.io(drive.eject)
+
+    async def _put_in(self, element: Element, barcode: str) -> None:
+        if element.type == ElementType.DATA_TRANSFER:
+            await self._insert(self.library.drive_at(element), barcode)
 
     async def _insert(self, drive: TapeDevice, barcode: str) -> None:
         directory = self.library.directory

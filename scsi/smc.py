@@ -1,5 +1,6 @@
-"""SMC-3 commands of the media changer LU: READ ELEMENT STATUS, MOVE MEDIUM, INITIALIZE
-ELEMENT STATUS (and WITH RANGE), POSITION TO ELEMENT, PREVENT ALLOW MEDIUM REMOVAL.
+"""SMC-3 commands of the media changer LU: READ ELEMENT STATUS, MOVE MEDIUM, EXCHANGE
+MEDIUM, INITIALIZE ELEMENT STATUS (and WITH RANGE), POSITION TO ELEMENT, PREVENT ALLOW
+MEDIUM REMOVAL.
 
 ``SMC_TABLE`` is SPC's table with these layered on (INQUIRY, VPD, MODE SENSE/SELECT with
 the changer's pages 1Dh-1Fh, TEST UNIT READY, REQUEST SENSE and REPORT LUNS come from SPC).
@@ -153,6 +154,21 @@ async def move_medium(lu: MediaChanger, cmd: ScsiCommand) -> ScsiResult:
     if cdb[10] & 0x01:  # INVERT: the transport cannot rotate a cartridge
         raise _invalid(10, 0)
     await lu.move(_u16(cdb[2:4]), _u16(cdb[4:6]), _u16(cdb[6:8]))
+    return ScsiResult()
+
+
+@_cmd(
+    0xA6,
+    "EXCHANGE MEDIUM",
+    bytes([0xA6, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x03, 0x07]),
+)
+async def exchange_medium(lu: MediaChanger, cmd: ScsiCommand) -> ScsiResult:
+    cdb = cmd.cdb
+    if cdb[1]:
+        raise _invalid(1)
+    if cdb[10] & 0x03:  # INV1, INV2: the transport cannot rotate a cartridge
+        raise _invalid(10, 1 if cdb[10] & 0x02 else 0)
+    await lu.exchange(_u16(cdb[2:4]), _u16(cdb[4:6]), _u16(cdb[6:8]), _u16(cdb[8:10]))
     return ScsiResult()
 
 

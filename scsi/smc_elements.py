@@ -138,8 +138,36 @@ class Elements:
         if src is dst:
             return
         dst.barcode, src.barcode = src.barcode, None
-        came_from = src.source if src.type == ElementType.DATA_TRANSFER else src.address
-        dst.source, src.source = came_from, None
+        dst.source, src.source = self._home(src), None
+
+    def check_exchange(
+        self, transport: int, source: int, first: int, second: int
+    ) -> tuple[Element, Element, Element]:
+        """The elements of an EXCHANGE MEDIUM, or its SMC sense: the source and the first
+        destination both hold a cartridge (the first destination's goes on to the second
+        destination), and the second destination is empty unless it is the source."""
+        if transport and self.get(transport).type != ElementType.TRANSPORT:
+            raise CheckCondition(Reason.INVALID_ELEMENT_ADDRESS)
+        src, dst1, dst2 = self.get(source), self.get(first), self.get(second)
+        if ElementType.TRANSPORT in (src.type, dst1.type, dst2.type) or dst1 in (src, dst2):
+            raise CheckCondition(Reason.INVALID_ELEMENT_ADDRESS)
+        if not src.full or not dst1.full:
+            raise CheckCondition(Reason.MEDIUM_SOURCE_ELEMENT_EMPTY)
+        if dst2.full and dst2 is not src:
+            raise CheckCondition(Reason.MEDIUM_DESTINATION_ELEMENT_FULL)
+        return src, dst1, dst2
+
+    def exchange(self, src: Element, dst1: Element, dst2: Element) -> None:
+        """The source's cartridge goes to the first destination, the first destination's
+        to the second; each remembers the slot it came from."""
+        moving = [(src.barcode, self._home(src)), (dst1.barcode, self._home(dst1))]
+        for element in (src, dst1, dst2):
+            element.barcode, element.source = None, None
+        (dst1.barcode, dst1.source), (dst2.barcode, dst2.source) = moving
+
+    @staticmethod
+    def _home(element: Element) -> int | None:
+        return element.source if element.type == ElementType.DATA_TRANSFER else element.address
 
     def place(self, barcode: str, kind: ElementType) -> Element | None:
         """A cartridge the library did not hold goes to the first free element of

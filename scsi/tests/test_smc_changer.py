@@ -122,7 +122,8 @@ def test_inquiry_and_mode_pages_describe_the_library(tmp_path: Path) -> None:
     assert bytes(page[4:24]) == bytes.fromhex("1d12 0001 0001 0400 0004 0200 0001 0100 0002 0000")
     caps = good(run(changer, bytes([0x1A, 0x08, 0x1F, 0, 255, 0]))).data
     assert caps is not None and caps[4:6] == b"\x1f\x12" and caps[6] == 0x0E
-    assert bytes(caps[8:12]) == bytes([0, 0x0E, 0x0E, 0x0E])
+    assert bytes(caps[8:12]) == bytes([0, 0x0E, 0x0E, 0x0E])  # MOVE MEDIUM
+    assert bytes(caps[16:20]) == bytes([0, 0x0E, 0x0E, 0x0E])  # EXCHANGE MEDIUM
     geometry = good(run(changer, bytes([0x1A, 0x08, 0x1E, 0, 255, 0]))).data
     assert geometry is not None and bytes(geometry[4:8]) == b"\x1e\x02\x00\x00"
 
@@ -187,6 +188,75 @@ def test_refused_moves_move_nothing(tmp_path: Path) -> None:
         0x24,
         0x00,
     )  # INVERT
+
+
+def exchange(
+    lu: MediaChanger, src: int, first: int, second: int, transport: int = ROBOT, flags: int = 0
+) -> ScsiResult:
+    addresses = b"".join(a.to_bytes(2, "big") for a in (transport, src, first, second))
+    return run(lu, bytes([0xA6, 0]) + addresses + bytes([flags, 0]))
+
+
+def test_exchange_medium_swaps_and_rotates_cartridges(tmp_path: Path) -> None:
+    changer, (drive, _) = build(tmp_path, ("A00001L6", "A00002L6", "A00003L6"))
+    good(move(changer, SLOT0, DRIVE0))
+    good(run(drive, bytes([0x0A, 0, 0, 0, 3, 0]), b"one"))
+    # a swap (mtx exchange): the second destination is the source
+    good(exchange(changer, SLOT0 + 1, SLOT0 + 2, SLOT0 + 1))
+    assert barcodes(res(changer)) == {
+        DRIVE0: "A00001L6",
+        SLOT0 + 1: "A00003L6",
+        SLOT0 + 2: "A00002L6",
+    }
+    # the cartridge in the drive out to its home slot's neighbour, a slot's in: the drive
+    # now holds the other tape, and the first one kept its record
+    good(exchange(changer, SLOT0 + 1, DRIVE0, SLOT0 + 3))
+    assert barcodes(res(changer)) == {
+        DRIVE0: "A00003L6",
+        SLOT0 + 2: "A00002L6",
+        SLOT0 + 3: "A00001L6",
+    }
+    assert drive.barcode == "A00003L6"
+    inventory = json.loads((tmp_path / "lib" / "inventory.json").read_text())["elements"]
+    assert inventory["0403"] == {"barcode": "A00001L6", "source": SLOT0}
+    assert inventory["0100"] == {"barcode": "A00003L6", "source": SLOT0 + 1}
+    good(move(changer, DRIVE0, SLOT0))
+    good(move(changer, SLOT0 + 3, DRIVE0))
+    assert drive.image.read(0) == b"one"
+
+
+def test_refused_exchanges_move_nothing(tmp_path: Path) -> None:
+    changer, (drive, _) = build(tmp_path, ("A00001L6", "A00002L6", "A00003L6"))
+    good(move(changer, SLOT0, DRIVE0))
+    before = barcodes(res(changer))
+    for args, expected in (
+        ((SLOT0 + 3, SLOT0 + 1, SLOT0 + 3), (ILLEGAL_REQUEST, 0x3B, 0x0E)),  # empty source
+        ((SLOT0 + 1, SLOT0 + 3, SLOT0 + 1), (ILLEGAL_REQUEST, 0x3B, 0x0E)),  # empty first
+        ((SLOT0 + 1, DRIVE0, SLOT0 + 2), (ILLEGAL_REQUEST, 0x3B, 0x0D)),  # full second
+        ((SLOT0 + 1, SLOT0 + 1, SLOT0 + 2), (ILLEGAL_REQUEST, 0x21, 0x01)),  # first = source
+        ((SLOT0 + 1, 0x0777, SLOT0 + 3), (ILLEGAL_REQUEST, 0x21, 0x01)),
+        ((ROBOT, SLOT0 + 1, SLOT0 + 3), (ILLEGAL_REQUEST, 0x21, 0x01)),
+    ):
+        assert sense(exchange(changer, *args)) == expected, args
+    assert sense(exchange(changer, SLOT0 + 1, DRIVE0, SLOT0 + 3, flags=0x02)) == (
+        ILLEGAL_REQUEST,
+        0x24,
+        0x00,
+    )  # INV1
+    good(run(drive, bytes([0x1E, 0, 0, 0, 1, 0])))  # the drive's tape is locked
+    assert sense(exchange(changer, SLOT0 + 1, DRIVE0, SLOT0 + 3)) == (ILLEGAL_REQUEST, 0x53, 0x02)
+    assert sense(exchange(changer, DRIVE0, SLOT0 + 1, DRIVE0)) == (ILLEGAL_REQUEST, 0x53, 0x02)
+    assert barcodes(res(changer)) == before
+    assert drive.has_cartridge and drive.barcode == "A00001L6"
+
+
+def test_move_into_a_drive_holding_a_locked_tape_is_refused(tmp_path: Path) -> None:
+    changer, (drive, _) = build(tmp_path)
+    good(move(changer, SLOT0, DRIVE0))
+    good(run(drive, bytes([0x1E, 0, 0, 0, 1, 0])))
+    before = barcodes(res(changer))
+    assert sense(move(changer, SLOT0 + 1, DRIVE0)) == (ILLEGAL_REQUEST, 0x3B, 0x0D)
+    assert barcodes(res(changer)) == before and drive.barcode == "A00001L6"
 
 
 def test_initialize_and_position_check_their_addresses(tmp_path: Path) -> None:
