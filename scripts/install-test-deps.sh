@@ -19,6 +19,9 @@ DEB_PACKAGES=(libiscsi-bin libiscsi-dev sg3-utils tgt qemu-utils qemu-block-extr
 # The guest tier (tests/guest/): QEMU, and the packages whose binaries build-image.sh copies
 # into the guest's initramfs. The guest's kernel is fetched there with apt-get download.
 DEB_PACKAGES+=(qemu-system-x86 busybox-static dash open-iscsi sg3-utils mt-st mtx e2fsprogs cpio)
+# Bacula's storage daemon package: its btape and mtx-changer run in the guest against the
+# tape library (tests/guest/library.sh); the daemon itself is never run here.
+DEB_PACKAGES+=(bacula-sd)
 # The container tier (tests/container/) builds the Dockerfile with podman (runc, since crun
 # fails on this kernel's hybrid cgroups) on a debootstrap-made base; systemd-analyze checks
 # the unit file.
@@ -50,9 +53,12 @@ if ((${#missing[@]})); then
 fi
 # tgt's package starts tgtd as a system service on 0.0.0.0:3260; the project starts its own
 # tgtd on loopback when a benchmark needs it, so the packaged one is not left running.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet tgt 2>/dev/null; then
-    systemctl stop tgt || true
-fi
+# bacula-sd's package does the same with its storage daemon (port 9103).
+for unit in tgt bacula-sd; do
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$unit" 2>/dev/null; then
+        systemctl stop "$unit" || true
+    fi
+done
 # open-iscsi's package starts iscsid (and a boot-time login service); only the guest runs an
 # initiator, so the host's is stopped too.
 if command -v systemctl >/dev/null 2>&1; then

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds the guest tier's Linux image: a Debian cloud kernel and an initramfs holding busybox,
-# dash, open-iscsi, sg3_utils, mt-st, mtx and e2fsprogs, copied from the host's installed packages
-# (scripts/install-test-deps.sh installs them) together with the shared libraries they load;
-# and targetd-copy (hostcopy/) with Debian's python3 and the part of its standard library
-# the tool loads.
+# dash, open-iscsi, sg3_utils, mt-st, mtx, e2fsprogs and Bacula's btape and mtx-changer, copied
+# from the host's installed packages (scripts/install-test-deps.sh installs them) together
+# with the shared libraries they load; and targetd-copy (hostcopy/) with Debian's python3 and
+# the part of its standard library the tool loads.
 #
 #   tests/guest/build-image.sh [OUT_DIR]     (default: .cache/guest)
 #
@@ -22,7 +22,10 @@ KERNEL_META=linux-image-cloud-amd64
 MODULES=(scsi_transport_iscsi libiscsi libiscsi_tcp iscsi_tcp sd_mod sg st virtio_pci virtio_net)
 # Real tools that must win over busybox applets of the same name.
 TOOLS=(/sbin/iscsid /sbin/iscsiadm /sbin/iscsistart /bin/mt-st /sbin/mke2fs /sbin/e2fsck
-    /sbin/tune2fs /sbin/dumpe2fs /usr/sbin/mtx /usr/sbin/tapeinfo)
+    /sbin/tune2fs /sbin/dumpe2fs /usr/sbin/mtx /usr/sbin/tapeinfo /usr/sbin/btape)
+# Bacula's changer script (a /bin/sh script run by btape; busybox gives it awk, sed, grep)
+# and its settings, at the paths the script and btape expect.
+BACULA_FILES=(/etc/bacula/scripts/mtx-changer /etc/bacula/scripts/mtx-changer.conf)
 SG_TOOLS=(/usr/bin/sg_* /usr/bin/sginfo)
 # targetd-copy runs on Debian's Python (not whatever python3 runs the tests): its binary, and
 # of its standard library only the modules the tool loads (found by loading it, below).
@@ -59,7 +62,7 @@ stamp=$({
     cat "$0" "$HERE/init"
     echo "$kernel_pkg $kernel_version"
     dpkg-query -W busybox-static dash open-iscsi sg3-utils mt-st mtx e2fsprogs python3.11-minimal \
-        libpython3.11-stdlib
+        libpython3.11-stdlib bacula-sd bacula-common
     cat "${TOOL_FILES[@]}"
 } | sha256sum | cut -d' ' -f1)
 if [[ -f $OUT/stamp && $(cat "$OUT/stamp") == "$stamp" && -f $OUT/vmlinuz &&
@@ -133,6 +136,10 @@ for tool in "${TOOLS[@]}"; do
     esac
 done
 for tool in "${SG_TOOLS[@]}"; do copy_with_libs "$tool" "$root/usr/bin/"; done
+# btape finds its own libraries (/usr/lib/bacula) by its RUNPATH: copy_with_libs put them
+# there. mtx-changer keeps its temporary files in /var/lib/bacula.
+mkdir -p "$root/etc/bacula/scripts" "$root/var/lib/bacula" "$root/run/bacula"
+for f in "${BACULA_FILES[@]}"; do cp "$f" "$root$f"; done
 ln -s mt-st "$root/usr/bin/mt"
 for fs in ext2 ext3 ext4; do ln -s mke2fs "$root/usr/sbin/mkfs.$fs"; done
 ln -s e2fsck "$root/usr/sbin/fsck.ext4"

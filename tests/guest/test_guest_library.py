@@ -1,7 +1,9 @@
-"""A tape library under Linux in a QEMU guest: mtx on the changer; tapeinfo, mt and dd on a
-drive."""
+"""A tape library under Linux in a QEMU guest: mtx on the changer; tapeinfo, mt, dd and tar
+on a drive; Bacula's mtx-changer and btape's test and autochanger runs."""
 
 from __future__ import annotations
+
+import re
 
 from conftest import DaemonFactory
 from guest_vm import GUEST_DIR, run_guest, start_for_guest
@@ -27,8 +29,18 @@ kind = "tape"
 changer = 0
 """
 
+CHECKS = (
+    "identification status inventory load tapeinfo mt_dd tar unload transfer refusals "
+    "exchange mail_slot mtx_changer btape_test btape_autochanger"
+).split()
 
-def test_guest_library_with_mtx(targetd_factory: DaemonFactory) -> None:
+
+def verdicts(console: str) -> dict[str, str]:
+    return dict(re.findall(r"^@@verdict (\w+) (pass|fail)\s*$", console, re.MULTILINE))
+
+
+def test_guest_library_with_mtx_and_btape(targetd_factory: DaemonFactory) -> None:
     daemon = start_for_guest(targetd_factory, LIBRARY_TARGETS)
-    out = run_guest(GUEST_DIR / "library.sh", daemon, timeout=200)
+    out = run_guest(GUEST_DIR / "library.sh", daemon, timeout=600)
+    assert verdicts(out) == dict.fromkeys(CHECKS, "pass")
     assert "library: all steps passed" in out
