@@ -29,10 +29,11 @@ kind = "tape"
 changer = 0
 """
 
-CHECKS = (
-    "identification status inventory load tapeinfo mt_dd tar unload transfer refusals "
-    "exchange mail_slot mtx_changer btape_test btape_autochanger"
-).split()
+CHECKS = [
+    "identification", "status", "inventory", "load", "tapeinfo", "mt_dd", "tar", "unload",
+    "transfer", "refusals", "exchange", "mail_slot", "mtx_changer", "btape_test",
+    "btape_autochanger",
+]  # fmt: skip
 
 
 def verdicts(console: str) -> dict[str, str]:
