@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from backing.tape_image import TapeImage, create
+from backing.tape_image import HEADER, HEADER_SIZE, MAGIC, TapeImage, create
 
 SUFFIX = ".img"
 INVENTORY = "inventory.json"
@@ -42,6 +42,21 @@ class TapeDirectory:
 
     def exists(self, barcode: str) -> bool:
         return self.image_path(barcode).is_file()
+
+    def exported(self, barcode: str) -> bool:
+        """The cartridge left the library through the mail slot (and is not made again)."""
+        return (self.path / EXPORTED / self.image_path(barcode).name).exists()
+
+    def usage(self, barcode: str) -> tuple[int, int]:
+        """Blocking: (bytes used, capacity) of a cartridge, from its header and size (a
+        torn tail an opening would cut counts as used until then)."""
+        path = self.image_path(barcode)
+        with open(path, "rb") as f:
+            raw = f.read(HEADER_SIZE)
+            size = os.fstat(f.fileno()).st_size
+        if len(raw) < HEADER_SIZE or raw[:8] != MAGIC:
+            raise LibraryError(f"{path}: not a tape image")
+        return max(0, size - HEADER_SIZE), HEADER.unpack(raw)[4]
 
     def create(self, barcode: str, capacity: int | None = None) -> None:
         """A blank cartridge; refused when one of that barcode exists."""

@@ -50,10 +50,7 @@ class TapeLibrary:
         self.drives: list[TapeDevice | None] = [None] * drives
         self.changer: MediaChanger | None = None
         for barcode in tapes:  # the configuration's cartridges, made blank when absent
-            if (
-                not directory.exists(barcode)
-                and not (directory.path / "exported").joinpath(f"{barcode}.img").exists()
-            ):
+            if not directory.exists(barcode) and not directory.exported(barcode):
                 directory.create(barcode)
         present = directory.barcodes()
         saved = (directory.load_inventory() or {}).get("elements", {})
@@ -258,8 +255,9 @@ class MediaChanger(SerializedMedium):
         if self.removal_prevented:
             raise LibraryError("the mail slots are locked: an initiator prevents medium removal")
 
-    def inventory(self) -> list[dict[str, object]]:
-        """Every element, for ``targetctl library list``."""
+    async def inventory(self) -> list[dict[str, object]]:
+        """Every element, for ``targetctl library list``, with each cartridge's usage (a
+        cartridge out of a drive is looked up in its store, on the changer's thread)."""
         rows: list[dict[str, object]] = []
         for element in self.elements.of_type(ElementType.ALL):
             if element.type == ElementType.TRANSPORT:
@@ -274,5 +272,12 @@ class MediaChanger(SerializedMedium):
                 if drive is not None and drive.has_cartridge:
                     row["used"] = drive.image.used
                     row["capacity"] = drive.image.capacity
+            if element.barcode is not None and "used" not in row:
+                try:
+                    used, capacity = await self.io(self.library.directory.usage, element.barcode)
+                except (OSError, LibraryError, ValueError) as err:
+                    row["error"] = str(err)
+                else:
+                    row["used"], row["capacity"] = used, capacity
             rows.append(row)
         return rows

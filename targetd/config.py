@@ -105,6 +105,11 @@ class LibraryConfig:
     slots: int = 20
     mail_slots: int = 1
     tapes: tuple[str, ...] = ()  # barcodes of blank cartridges made at the first start
+    # Where the cartridges live: None for ``path`` (one image file each), or an
+    # ``s3://bucket/prefix`` address; ``path`` then holds the inventory and the spool.
+    store: str | None = None
+    s3_endpoint: str | None = None  # e.g. http://127.0.0.1:8333; None: AWS by region
+    s3_region: str | None = None
 
 
 RBD_CACHE_MODES = ("none", "writeback")
@@ -222,6 +227,8 @@ MIN_CHAP_SECRET = 12
 MAX_CHAP_SECRET = 255
 
 BLOCK_SIZES = (512, 4096)
+# A bucket name (S3's rules: 3-63 lower-case letters, digits, dots, hyphens), then a prefix.
+_S3_STORE = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?")
 LUN_KINDS = ("block", "tape", "filesink", "rbd", "changer")
 # A library's element address ranges (scsi.smc_elements; config does not import scsi).
 MAX_LIBRARY_SLOTS = 0xFC00
@@ -490,7 +497,16 @@ def _library(table: _Table) -> LibraryConfig:
         raise ConfigError(table.key("tapes"), "a barcode is listed twice")
     if len(tapes) > slots:
         raise ConfigError(table.key("tapes"), f"{len(tapes)} tapes do not fit {slots} slots")
-    return LibraryConfig(slots, mail_slots, tapes)
+    store = table.take("store", str, "") or None
+    if store is not None and not _S3_STORE.fullmatch(store):
+        raise ConfigError(table.key("store"), f"an s3://bucket/prefix address, got {store!r}")
+    endpoint = table.take("s3_endpoint", str, "") or None
+    region = table.take("s3_region", str, "") or None
+    if store is None and (endpoint or region):
+        raise ConfigError(table.key("s3_endpoint" if endpoint else "s3_region"), "needs store")
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(table.key("s3_endpoint"), f"an http(s):// URL, got {endpoint!r}")
+    return LibraryConfig(slots, mail_slots, tapes, store, endpoint, region)
 
 
 def _rbd(table: _Table) -> RbdConfig:

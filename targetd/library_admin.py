@@ -1,7 +1,8 @@
 """Tape libraries on the admin socket (``targetctl library ...``, docs/tape.md).
 
 ``library.list``   {target?, lun?} -> {target, lun, elements: [{address, type, barcode,
-                   used?, capacity?}]}
+                   used?, capacity?, error?}]}: every cartridge's usage (bytes on it and
+                   its capacity), from its drive or its store
 ``library.import`` {barcode, target?, lun?, create?} -> {barcode, element}: the cartridge
                    (a blank one made unless it exists; ``create`` false refuses to make
                    one) put in a free mail slot
@@ -59,9 +60,9 @@ class LibraryAdmin:
             raise AdminError("barcode: a non-empty string is required", "bad_request")
         return barcode
 
-    def list_elements(self, params: Params) -> dict[str, Any]:
+    async def list_elements(self, params: Params) -> dict[str, Any]:
         target, lun, changer = self._changer(params)
-        return {"target": target, "lun": lun, "elements": changer.inventory()}
+        return {"target": target, "lun": lun, "elements": await changer.inventory()}
 
     async def import_cartridge(self, params: Params) -> dict[str, Any]:
         _, _, changer = self._changer(params)

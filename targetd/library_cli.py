@@ -61,6 +61,8 @@ def _list(args: argparse.Namespace) -> int:
         used = ""
         if "used" in e:
             used = f"{e['used']} of {e['capacity']} bytes ({100 * e['used'] / e['capacity']:.1f}%)"
+        elif "error" in e:
+            used = f"? ({e['error']})"
         barcode = e["barcode"] or "-"
         print(f"{e['address']:>#7x}  {e['type']:<13} {barcode:<32} {used}".rstrip())
     return 0

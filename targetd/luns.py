@@ -10,6 +10,8 @@ import xcopy
 from backing.pairs import PairService, PairVolume
 from backing.sparse_file import SparseFile
 from backing.tape_library import LibraryError, TapeDirectory
+from backing.tape_s3 import S3Location
+from backing.tape_s3_store import S3TapeStore
 from scsi.alua import STATE_NAMES, PortGroup, PortGroups
 from scsi.block_device import BlockDevice, BlockStore
 from scsi.changer_device import MediaChanger, TapeLibrary
@@ -19,7 +21,7 @@ from scsi.pr_file import PrFile
 from scsi.tape_device import TapeDevice
 from scsi.target import ScsiTarget
 from targetd import logs
-from targetd.config import Config, ConfigError, LunConfig, TargetConfig
+from targetd.config import Config, ConfigError, LibraryConfig, LunConfig, TargetConfig
 from targetd.pairs import TargetPairs, volume_id
 from xcopy import Policy, PolicyLookup
 
@@ -157,7 +159,7 @@ class Builder:
         path = config.path if config.path.is_absolute() else self.config.state_dir / config.path
         try:
             library = TapeLibrary(
-                TapeDirectory(path, config.size),
+                _tape_store(path, config.size, config.library),
                 slots=config.library.slots,
                 mail_slots=config.library.mail_slots,
                 drives=len(drives),
@@ -280,6 +282,15 @@ def paired_volume(lu: LogicalUnit) -> str | None:
     if isinstance(store, PairVolume) and store.pair is not None:
         return store.pair.name
     return None
+
+
+def _tape_store(path: Path, capacity: int, library: LibraryConfig) -> TapeDirectory:
+    """Where a library's cartridges live: image files in ``path``, or objects in a bucket
+    (``path`` then keeps the inventory and the spool of the tapes being written)."""
+    if library.store is None:
+        return TapeDirectory(path, capacity)
+    location = S3Location.parse(library.store, library.s3_endpoint, library.s3_region)
+    return S3TapeStore(path, capacity, location)
 
 
 def build_targets(config: Config, pairs: PairService | None = None) -> dict[str, ScsiTarget]:

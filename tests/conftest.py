@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from s3_server import ENV as S3_ENV
+from s3_server import S3Server
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_IQN = "iqn.2026-11.org.targetd:default"
@@ -139,6 +141,26 @@ def targetd_factory(tmp_path: Path) -> Iterator[DaemonFactory]:
     yield factory
     for daemon in daemons:
         daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS ``weed mini``, tests/s3_server.py) with the bucket
+    ``tapes``, for the session. Its dummy credentials go into the environment, where
+    boto3 and every daemon started after find them, as an operator's would be."""
+    saved = {k: os.environ.get(k) for k in (*S3_ENV, "AWS_EC2_METADATA_DISABLED")}
+    os.environ.update(S3_ENV, AWS_EC2_METADATA_DISABLED="true")
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture

@@ -1,0 +1,794 @@
+"""A virtual tape kept in an S3 bucket: records stream to the bucket as multipart uploads,
+come back with ranged GETs, and a tape torn by a crash mid-write is mended on opening.
+
+This module knows nothing of SCSI. It offers what :class:`backing.tape_image.TapeImage`
+offers (the object index, reads, appends at end of data, ``flush``), so a drive holds
+either.
+
+Layout, under ``PREFIX BARCODE/`` in the bucket::
+
+    tape.json             capacity and early-warning size (written once, at creation)
+    seg-00000001          a segment: entries one after another, in the image's entry
+                          format (16-byte header with the payload's CRC32C, then payload)
+    seg-00000001.idx      its index: the entry lengths (-1 for a file mark); the commit
+                          point: a segment is on the tape when its index is
+    seg-00000002 ...
+
+S3 objects are written whole and never change, so a tape is a run of segments. A segment
+is open from the first record written after a *sync point* to the next sync point (a
+file mark, REWIND, LOCATE, a read of what was just written, unload, shutdown): meanwhile
+its bytes go up as the parts of a multipart upload, each part as soon as the records
+fill it; at the sync point the last part goes up, the upload is completed and the
+index is written. Part sizes grow with the segment (:func:`part_target`), so 10,000
+parts hold far more than any tape.
+
+What a WRITE's GOOD means (buffered mode, as the drive's mode header says): the record is
+in the *spool*, a local file per tape that holds the bytes of the open segment not yet
+uploaded, and its length is in the local *journal* of the open segment's entries. Both
+are written (to the page cache, with no sync) before the command ends, so a daemon killed
+with SIGKILL loses no acknowledged record: on the next opening the journal says what the
+open segment held, the parts already in the bucket give its first bytes, the spool the
+rest, and the upload is completed with them. A power cut can lose the spool (it is not
+synced, as a local image is not synced before its sync point): whatever the journal
+lists and neither the bucket nor the spool still holds is reported (``Recovery.lost``)
+and logged, never silently dropped. Everything before a sync point is in the bucket.
+
+Any other multipart upload under the tape's prefix is one no journal claims (a crash of
+another host, a lost state directory): it is aborted on opening and reported.
+
+Calls block on the network: the drive runs them on its I/O thread (scsi.stream_device).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import os
+import struct
+import sys
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from crc32c import crc32c
+
+from backing.errors import MediumReadError, MediumWriteError
+from backing.tape_image import (
+    ENTRY,
+    ENTRY_SIZE,
+    MIN_CAPACITY,
+    CorruptRecord,
+    Kind,
+    MediumFull,
+    TapeImageError,
+    default_early_warning,
+)
+
+log = logging.getLogger(__name__)
+
+META = "tape.json"
+SEGMENT = "seg-{:08d}"
+INDEX_SUFFIX = ".idx"
+INDEX_MAGIC = b"TDSEGIX1"
+SPOOL_MAGIC = b"TDSPOOL1"
+JOURNAL_MAGIC = b"TDJRNL01"
+SPOOL_HEAD = struct.Struct(">8sQQ")  # magic, segment, base: the segment offset of byte 0
+JOURNAL_HEAD = struct.Struct(">8sQ")  # magic, segment; then one >q length per entry
+MIN_PART = 5 << 20  # S3's smallest part but the last
+FIRST_PART = 8 << 20
+MAX_PART = 4 << 30  # below S3's 5 GiB
+PARTS_PER_STEP = 1000
+READ_AHEAD = 8 << 20
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def part_target(part_number: int, first: int = FIRST_PART) -> int:
+    """The size a segment's part ``part_number`` (1-based) is uploaded at: doubling every
+    thousand parts, so 10,000 parts of a segment hold ``first`` x 1,023,000 bytes (8 TB
+    from 8 MiB) and S3's limit is never met before a tape's capacity is."""
+    return min(MAX_PART, max(MIN_PART, first) << ((part_number - 1) // PARTS_PER_STEP))
+
+
+def _entry_header(kind: Kind, payload: bytes | memoryview) -> bytes:
+    head = ENTRY.pack(0x5452, kind, 0, len(payload), crc32c(payload), 0)
+    return head[:12] + crc32c(head[:12]).to_bytes(4, "big")
+
+
+_FILEMARK = _entry_header(Kind.FILEMARK, b"")
+
+
+def _lengths_bytes(lengths: array) -> bytes:
+    out = array("q", lengths)
+    if not _BIG_ENDIAN:
+        out.byteswap()
+    return out.tobytes()
+
+
+def _lengths_from(raw: bytes) -> array:
+    out = array("q")
+    out.frombytes(raw[: len(raw) // 8 * 8])
+    if not _BIG_ENDIAN:
+        out.byteswap()
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class S3Location:
+    """Where a library's cartridges live: ``s3://bucket/prefix`` at ``endpoint`` (None:
+    AWS's own, by region). Credentials are never here: boto3 takes them from the usual
+    AWS variables, the shared credentials file or an instance role."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint: str | None = None
+    region: str | None = None
+
+    @classmethod
+    def parse(cls, url: str, endpoint: str | None = None, region: str | None = None) -> S3Location:
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise ValueError(f"{url!r} is not an s3://bucket/prefix address")
+        prefix = parts.path.lstrip("/")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        return cls(parts.netloc, prefix, endpoint, region)
+
+    def client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        config = Config(
+            retries={"max_attempts": 5, "mode": "standard"},
+            max_pool_connections=4,
+            s3={"addressing_style": "path"},
+        )
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, region_name=self.region or "us-east-1", config=config
+        )
+
+
+@dataclass(slots=True)
+class Recovery:
+    """What opening found: entries on the tape, bytes of a torn tail dropped, records the
+    journal listed that could not be recovered (lost), uploads aborted, and notes."""
+
+    entries: int = 0
+    cut_bytes: int = 0
+    lost: int = 0
+    recovered: int = 0  # entries of the open segment mended from the bucket and spool
+    aborted_uploads: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Segment:
+    number: int
+    first: int  # object number of its first entry
+    start: int  # tape byte offset of its first entry
+    size: int  # bytes of its entries (the data object may hold more past them)
+
+
+def _s3_errors(op: str, key: str) -> Callable[[BaseException], OSError]:
+    import errno
+
+    def wrap(err: BaseException) -> OSError:
+        cls = MediumReadError if op == "read" else MediumWriteError
+        out = cls(errno.EIO, f"s3 object {key}", op)
+        out.__cause__ = err
+        return out
+
+    return wrap
+
+
+class S3Tape:
+    """An open tape in a bucket (see the module's text). Same interface as TapeImage."""
+
+    def __init__(
+        self,
+        client: Any,
+        location: S3Location,
+        barcode: str,
+        spool_dir: Path,
+        *,
+        read_only: bool = False,
+        first_part: int = FIRST_PART,
+    ) -> None:
+        self.client = client
+        self.bucket = location.bucket
+        self.barcode = barcode
+        self.key = f"{location.prefix}{barcode}/"
+        self.path = f"s3://{self.bucket}/{self.key}"
+        self.read_only = read_only
+        self.first_part = first_part
+        self.spool_dir = Path(spool_dir)
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self._spool_path = self.spool_dir / f"{barcode}.spool"
+        self._journal_path = self.spool_dir / f"{barcode}.journal"
+        meta = self._get_meta()
+        self.capacity = int(meta["capacity"])
+        self.early_warning = int(meta["early_warning"])
+        self._segments: list[_Segment] = []
+        self._firsts: list[int] = []  # the segments' first object numbers, for bisect
+        self._lengths = array("q")
+        self._offsets = array("Q")  # tape byte offset of each entry
+        self._filemarks = array("Q")
+        self._end = 0
+        self._next_segment = 1
+        # The open segment: its number, object/byte start, upload and spool.
+        self._open: _Segment | None = None
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._landed = 0  # segment bytes in uploaded parts
+        self._buffer = bytearray()  # segment bytes from _landed on (the spool's data)
+        self._spool_fd = -1
+        self._journal_fd = -1
+        self._journal_at = 0
+        self._cache: tuple[int, int, bytes] | None = None  # segment, offset, bytes
+        self.recovery = self._load()
+
+    # -- S3 helpers -------------------------------------------------------------------
+    def _call(self, op: str, key: str, fn: Callable[..., Any], **kw: Any) -> Any:
+        try:
+            return fn(Bucket=self.bucket, Key=key, **kw)
+        except Exception as err:
+            if _not_found(err):
+                raise
+            raise _s3_errors(op, key)(err) from err
+
+    def _get_meta(self) -> dict[str, Any]:
+        try:
+            body = self._call("read", self.key + META, self.client.get_object)["Body"].read()
+        except Exception as err:
+            if _not_found(err):
+                raise TapeImageError(f"{self.path}: no tape (no {META})") from err
+            raise
+        try:
+            meta = json.loads(body)
+            int(meta["capacity"]), int(meta["early_warning"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise TapeImageError(f"{self.path}{META}: not a tape description") from err
+        return meta
+
+    def _list(self, prefix: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        pages = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in pages.paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", ()):
+                    out[obj["Key"]] = obj["Size"]
+        except Exception as err:
+            raise _s3_errors("read", prefix)(err) from err
+        return out
+
+    def _uploads(self) -> list[tuple[str, str]]:
+        """(key, upload id) of every multipart upload in progress under the tape."""
+        out: list[tuple[str, str]] = []
+        pages = self.client.get_paginator("list_multipart_uploads")
+        try:
+            for page in pages.paginate(Bucket=self.bucket, Prefix=self.key):
+                out += [(u["Key"], u["UploadId"]) for u in page.get("Uploads", ())]
+        except Exception as err:
+            raise _s3_errors("read", self.key)(err) from err
+        return out
+
+    def _segment_key(self, number: int) -> str:
+        return self.key + SEGMENT.format(number)
+
+    # -- opening ----------------------------------------------------------------------
+    def _load(self) -> Recovery:
+        recovery = Recovery()
+        objects = self._list(self.key + "seg-")
+        journal = self._read_journal()
+        claimed: str | None = None
+        if journal is not None:
+            number, lengths = journal
+            claimed = self._segment_key(number)
+            if claimed + INDEX_SUFFIX not in objects:
+                self._mend(number, lengths, objects, recovery)
+                objects = self._list(self.key + "seg-")
+            self._drop_journal()
+        for key, upload_id in self._uploads():
+            # Only the mend above completes an upload; any left is no journal's.
+            self._abort(key, upload_id)
+            recovery.aborted_uploads += 1
+            recovery.notes.append(f"aborted an abandoned upload of {key}")
+        indexed = sorted(
+            int(k[len(self.key) + 4 : -len(INDEX_SUFFIX)])
+            for k in objects
+            if k.endswith(INDEX_SUFFIX)
+        )
+        for number in indexed:
+            raw = self._call("read", self._index_key(number), self.client.get_object)
+            self._add_segment(number, self._parse_index(number, raw["Body"].read()))
+        numbers = [int(k[len(self.key) + 4 :].split(".")[0]) for k in objects]
+        self._next_segment = max(numbers, default=0) + 1
+        for key in objects:
+            number = int(key[len(self.key) + 4 :].split(".")[0])
+            if not key.endswith(INDEX_SUFFIX) and number not in indexed:
+                recovery.notes.append(f"{key} has no index: not on the tape")
+        recovery.entries = len(self._lengths)
+        for note in recovery.notes:
+            log.warning("tape %s: %s", self.barcode, note)
+        if recovery.lost:
+            log.error(
+                "tape %s: %d acknowledged record(s) or file mark(s) could not be recovered",
+                self.barcode,
+                recovery.lost,
+            )
+        return recovery
+
+    def _index_key(self, number: int) -> str:
+        return self._segment_key(number) + INDEX_SUFFIX
+
+    def _parse_index(self, number: int, raw: bytes) -> array:
+        if raw[:8] != INDEX_MAGIC or len(raw) < 16:
+            raise TapeImageError(f"{self._index_key(number)}: not a segment index")
+        count = int.from_bytes(raw[8:16], "big")
+        lengths = _lengths_from(raw[16:])
+        if len(lengths) != count:
+            raise TapeImageError(f"{self._index_key(number)}: index holds {len(lengths)}")
+        return lengths
+
+    def _add_segment(self, number: int, lengths: array) -> None:
+        segment = _Segment(number, len(self._lengths), self._end, 0)
+        offset = self._end
+        first = len(self._lengths)
+        for i, n in enumerate(lengths):
+            self._offsets.append(offset)
+            if n < 0:
+                self._filemarks.append(first + i)
+            offset += ENTRY_SIZE + max(n, 0)
+        self._lengths.extend(lengths)
+        segment.size = offset - self._end
+        self._end = offset
+        self._segments.append(segment)
+        self._firsts.append(segment.first)
+
+    def _read_journal(self) -> tuple[int, array] | None:
+        try:
+            raw = self._journal_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if len(raw) < JOURNAL_HEAD.size or raw[:8] != JOURNAL_MAGIC:
+            return None
+        _, number = JOURNAL_HEAD.unpack_from(raw)
+        return number, _lengths_from(raw[JOURNAL_HEAD.size :])
+
+    def _read_spool(self, number: int) -> tuple[int, bytes]:
+        """(base, bytes) of the spool of segment ``number``; (0, b"") when it is another's
+        or missing."""
+        try:
+            raw = self._spool_path.read_bytes()
+        except FileNotFoundError:
+            return 0, b""
+        if len(raw) < SPOOL_HEAD.size:
+            return 0, b""
+        magic, spooled, base = SPOOL_HEAD.unpack_from(raw)
+        if magic != SPOOL_MAGIC or spooled != number:
+            return 0, b""
+        return base, raw[SPOOL_HEAD.size :]
+
+    def _mend(
+        self, number: int, lengths: array, objects: dict[str, int], recovery: Recovery
+    ) -> None:
+        """The open segment a crash left: its bytes from the uploaded parts and the spool,
+        cut after the last whole entry, completed and indexed."""
+        key = self._segment_key(number)
+        base, spool = self._read_spool(number)
+        upload_id: str | None = None
+        parts: list[dict[str, Any]] = []
+        landed = 0
+        if key in objects:  # completed before the crash, the index not yet written
+            landed = objects[key]
+            base, spool = 0, b""
+        else:
+            for upload_key, uid in self._uploads():
+                if upload_key == key and upload_id is None:
+                    upload_id = uid
+                    parts = self._list_parts(key, uid)
+                    landed = sum(p["Size"] for p in parts)
+        # Segment bytes held: [0, landed) in the bucket, [base, base+len) in the spool.
+        held = landed if base > landed else max(landed, base + len(spool))
+        kept = array("q")
+        end = 0
+        for n in lengths:
+            size = ENTRY_SIZE + max(n, 0)
+            if end + size > held:
+                break
+            if end >= base and end + size <= base + len(spool) and end >= landed:
+                head = spool[end - base : end - base + ENTRY_SIZE]
+                payload = spool[end - base + ENTRY_SIZE : end - base + size]
+                if not _entry_ok(head, payload, n):
+                    recovery.notes.append(f"{key}: entry {len(kept)} torn in the spool")
+                    break
+            kept.append(n)
+            end += size
+        recovery.lost += len(lengths) - len(kept)
+        recovery.cut_bytes += held - end
+        recovery.recovered += len(kept)
+        if not kept:
+            if upload_id is not None:
+                self._abort(key, upload_id)
+            return
+        if key not in objects:
+            tail = spool[max(0, landed - base) : end - base] if end > landed else b""
+            if upload_id is None:
+                self._call("write", key, self.client.put_object, Body=tail)
+            else:
+                if tail:
+                    parts.append(self._upload_part(key, upload_id, len(parts) + 1, tail))
+                self._complete(key, upload_id, parts)
+        self._put_index(number, kept)
+        recovery.notes.append(
+            f"{key}: mended after a crash, {len(kept)} of {len(lengths)} entries kept"
+        )
+
+    def _list_parts(self, key: str, upload_id: str) -> list[dict[str, Any]]:
+        """The parts of ``upload_id`` from 1 on with no gap, as completing wants them."""
+        found: list[dict[str, Any]] = []
+        pages = self.client.get_paginator("list_parts")
+        try:
+            for page in pages.paginate(Bucket=self.bucket, Key=key, UploadId=upload_id):
+                found += page.get("Parts", ())
+        except Exception as err:
+            raise _s3_errors("read", key)(err) from err
+        found.sort(key=lambda p: p["PartNumber"])
+        parts = []
+        for want, part in enumerate(found, start=1):
+            if part["PartNumber"] != want:
+                break
+            parts.append({"PartNumber": want, "ETag": part["ETag"], "Size": part["Size"]})
+        return parts
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        self._call("write", key, self.client.abort_multipart_upload, UploadId=upload_id)
+
+    def _complete(self, key: str, upload_id: str, parts: list[dict[str, Any]]) -> None:
+        done = [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in parts]
+        self._call(
+            "write",
+            key,
+            self.client.complete_multipart_upload,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": done},
+        )
+
+    def _upload_part(self, key: str, upload_id: str, number: int, body: bytes) -> dict[str, Any]:
+        answer = self._call(
+            "write",
+            key,
+            self.client.upload_part,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=body,
+        )
+        return {"PartNumber": number, "ETag": answer["ETag"], "Size": len(body)}
+
+    def _put_index(self, number: int, lengths: array) -> None:
+        body = INDEX_MAGIC + len(lengths).to_bytes(8, "big") + _lengths_bytes(lengths)
+        self._call("write", self._index_key(number), self.client.put_object, Body=body)
+
+    def _drop_journal(self) -> None:
+        for fd_name in ("_spool_fd", "_journal_fd"):
+            fd = getattr(self, fd_name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, fd_name, -1)
+        self._journal_path.unlink(missing_ok=True)
+        self._spool_path.unlink(missing_ok=True)
+
+    # -- what is on the tape ----------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    @property
+    def used(self) -> int:
+        return self._end
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self._end
+
+    def used_at(self, position: int) -> int:
+        return self._offsets[position] if position < len(self) else self._end
+
+    def in_early_warning(self, position: int | None = None) -> bool:
+        used = self.used if position is None else self.used_at(position)
+        return used >= self.capacity - self.early_warning
+
+    def length(self, index: int) -> int | None:
+        n = self._lengths[index]
+        return None if n < 0 else n
+
+    def is_filemark(self, index: int) -> bool:
+        return self._lengths[index] < 0
+
+    def filemarks_before(self, position: int) -> int:
+        return bisect.bisect_left(self._filemarks, position)
+
+    def filemark_count(self) -> int:
+        return len(self._filemarks)
+
+    def filemark_index(self, n: int) -> int:
+        return self._filemarks[n]
+
+    def next_filemark(self, position: int) -> int | None:
+        n = bisect.bisect_left(self._filemarks, position)
+        return self._filemarks[n] if n < len(self._filemarks) else None
+
+    def previous_filemark(self, position: int) -> int | None:
+        n = bisect.bisect_left(self._filemarks, position)
+        return self._filemarks[n - 1] if n else None
+
+    @property
+    def buffered(self) -> tuple[int, int]:
+        """(entries, bytes) written since the last sync point: in the spool or uploaded
+        parts of an upload not yet completed."""
+        if self._open is None:
+            return 0, 0
+        return len(self) - self._open.first, self._end - self._open.start
+
+    def read(self, index: int) -> bytes:
+        """The payload of record ``index``, checked against its checksum. A record of the
+        open segment makes a sync point first (its bytes are not readable until then)."""
+        length = self._lengths[index]
+        if length < 0:
+            raise ValueError(f"object {index} is a file mark")
+        if self._open is not None and index >= self._open.first:
+            self.flush()
+        segment = self._segments[bisect.bisect_right(self._firsts, index) - 1]
+        at = self._offsets[index] - segment.start
+        want = ENTRY_SIZE + length
+        raw = self._cached(segment.number, at, want)
+        if raw is None:
+            span = min(max(want, READ_AHEAD), segment.size - at)
+            raw = self._get_range(segment.number, at, span)
+            self._cache = (segment.number, at, raw)
+            raw = raw[:want]
+        if len(raw) != want:
+            raise CorruptRecord(f"record {index} is short")
+        if not _entry_ok(raw[:ENTRY_SIZE], raw[ENTRY_SIZE:], length):
+            raise CorruptRecord(f"record {index} fails its checksum")
+        return raw[ENTRY_SIZE:]
+
+    def _cached(self, number: int, at: int, want: int) -> bytes | None:
+        if self._cache is None:
+            return None
+        seg, start, data = self._cache
+        if seg != number or at < start or at + want > start + len(data):
+            return None
+        return data[at - start : at - start + want]
+
+    def _get_range(self, number: int, at: int, length: int) -> bytes:
+        key = self._segment_key(number)
+        answer = self._call(
+            "read", key, self.client.get_object, Range=f"bytes={at}-{at + length - 1}"
+        )
+        try:
+            return answer["Body"].read()
+        except Exception as err:
+            raise _s3_errors("read", key)(err) from err
+
+    def records(self, start: int, stop: int) -> Iterator[bytes]:
+        for i in range(start, stop):
+            if not self.is_filemark(i):
+                yield self.read(i)
+
+    # -- writing ----------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise PermissionError(f"{self.path} is open read-only")
+
+    def fits(self, payload_length: int) -> bool:
+        return ENTRY_SIZE + payload_length <= self.free
+
+    def truncate(self, position: int) -> None:
+        """Make ``position`` the end of data. The segments after it go (last first, so a
+        crash leaves a shorter tape's worth of them, never a gap), then the segment
+        holding it gets a shorter index (its data object keeps bytes no index names)."""
+        if position >= len(self):
+            return
+        self._check_writable()
+        self.flush()
+        self._cache = None
+        s = bisect.bisect_right(self._firsts, position) - 1
+        for segment in reversed(self._segments[s + 1 :]):
+            self._delete_segment(segment.number)
+        segment = self._segments[s]
+        if position == segment.first:
+            self._delete_segment(segment.number)
+            del self._segments[s:]
+            del self._firsts[s:]
+        else:
+            self._put_index(segment.number, self._lengths[segment.first : position])
+            del self._segments[s + 1 :]
+            del self._firsts[s + 1 :]
+            segment.size = self._offsets[position] - segment.start
+        self._end = self._offsets[position]
+        del self._lengths[position:]
+        del self._offsets[position:]
+        del self._filemarks[bisect.bisect_left(self._filemarks, position) :]
+
+    def _delete_segment(self, number: int) -> None:
+        self._call("write", self._index_key(number), self.client.delete_object)
+        self._call("write", self._segment_key(number), self.client.delete_object)
+
+    def append_record(self, payload: bytes | memoryview) -> None:
+        self._check_writable()
+        if not self.fits(len(payload)):
+            raise MediumFull(f"{len(payload)}-byte record does not fit in {self.free} bytes")
+        self._append([_entry_header(Kind.RECORD, payload), payload], array("q", [len(payload)]))
+
+    def append_record_from(
+        self,
+        fd: int,
+        offset: int,
+        length: int,
+        *,
+        step: int = 0,
+        between: Callable[[], None] | None = None,
+    ) -> None:
+        """A record whose payload is read from ``fd`` at ``offset`` (a copy manager's
+        source), in slices of ``step`` with ``between()`` after each."""
+        self._check_writable()
+        if not self.fits(length):
+            raise MediumFull(f"{length}-byte record does not fit in {self.free} bytes")
+        payload = bytearray()
+        step = step or length
+        while len(payload) < length:
+            chunk = os.pread(fd, min(step, length - len(payload)), offset + len(payload))
+            if not chunk:
+                raise OSError(f"source ended {length - len(payload)} bytes short of the record")
+            payload += chunk
+            if between is not None and len(payload) < length:
+                between()
+        self.append_record(payload)
+
+    def append_filemarks(self, count: int) -> int:
+        self._check_writable()
+        room = min(count, max(0, self.free // ENTRY_SIZE))
+        if room:
+            self._append([_FILEMARK * room], array("q", [-1]) * room)
+        return room
+
+    def _append(self, parts: list[bytes | memoryview], lengths: array) -> None:
+        """Entries at end of data: into the spool, then their lengths into the journal
+        (an entry the journal lists is whole in the spool), then up when a part is full."""
+        if self._open is None:
+            self._begin_segment()
+        assert self._open is not None
+        data = b"".join(parts) if len(parts) > 1 else bytes(parts[0])
+        _pwrite_all(self._spool_fd, data, SPOOL_HEAD.size + len(self._buffer))
+        self._buffer += data
+        _pwrite_all(self._journal_fd, _lengths_bytes(lengths), self._journal_at)
+        self._journal_at += 8 * len(lengths)
+        first = len(self._lengths)
+        offset = self._end
+        for i, n in enumerate(lengths):
+            self._offsets.append(offset)
+            if n < 0:
+                self._filemarks.append(first + i)
+            offset += ENTRY_SIZE + max(n, 0)
+        self._lengths.extend(lengths)
+        self._end = offset
+        self._open.size = self._end - self._open.start
+        if len(self._buffer) >= part_target(len(self._parts) + 1, self.first_part):
+            self._upload_buffer()
+
+    def _begin_segment(self) -> None:
+        number = self._next_segment
+        self._next_segment += 1
+        self._open = _Segment(number, len(self), self._end, 0)
+        self._upload_id, self._parts, self._landed = None, [], 0
+        self._buffer = bytearray()
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        self._spool_fd = os.open(self._spool_path, flags, 0o600)
+        _pwrite_all(self._spool_fd, SPOOL_HEAD.pack(SPOOL_MAGIC, number, 0), 0)
+        self._journal_fd = os.open(self._journal_path, flags, 0o600)
+        _pwrite_all(self._journal_fd, JOURNAL_HEAD.pack(JOURNAL_MAGIC, number), 0)
+        self._journal_at = JOURNAL_HEAD.size
+
+    def _upload_buffer(self) -> None:
+        """The spool's bytes up as the next part; the spool then starts after them."""
+        assert self._open is not None
+        key = self._segment_key(self._open.number)
+        if self._upload_id is None:
+            answer = self._call("write", key, self.client.create_multipart_upload)
+            self._upload_id = answer["UploadId"]
+        body = bytes(self._buffer)
+        self._parts.append(self._upload_part(key, self._upload_id, len(self._parts) + 1, body))
+        self._landed += len(body)
+        self._buffer = bytearray()
+        # Emptied before the new base is written: a crash between leaves the old base and
+        # no bytes, which the landed parts cover.
+        os.ftruncate(self._spool_fd, SPOOL_HEAD.size)
+        head = SPOOL_HEAD.pack(SPOOL_MAGIC, self._open.number, self._landed)
+        _pwrite_all(self._spool_fd, head, 0)
+
+    def flush(self) -> None:
+        """A sync point: the open segment completed and indexed in the bucket."""
+        segment = self._open
+        if segment is None or self.read_only:
+            return
+        key = self._segment_key(segment.number)
+        if self._upload_id is None:
+            self._call("write", key, self.client.put_object, Body=bytes(self._buffer))
+        else:
+            if self._buffer:
+                self._parts.append(
+                    self._upload_part(
+                        key, self._upload_id, len(self._parts) + 1, bytes(self._buffer)
+                    )
+                )
+            self._complete(key, self._upload_id, self._parts)
+        self._put_index(segment.number, self._lengths[segment.first :])
+        self._segments.append(segment)
+        self._firsts.append(segment.first)
+        self._open = None
+        self._upload_id, self._parts, self._landed = None, [], 0
+        self._buffer = bytearray()
+        self._drop_journal()
+
+    def close(self) -> None:
+        self.flush()
+        self._drop_journal_fds()
+
+    def _drop_journal_fds(self) -> None:
+        for fd_name in ("_spool_fd", "_journal_fd"):
+            fd = getattr(self, fd_name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, fd_name, -1)
+
+    def __enter__(self) -> S3Tape:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _entry_ok(head: bytes, payload: bytes, length: int) -> bool:
+    if len(head) != ENTRY_SIZE:
+        return False
+    magic, kind, _flags, n, payload_crc, head_crc = ENTRY.unpack(head)
+    if magic != 0x5452 or head_crc != crc32c(head[:12]):
+        return False
+    if length < 0:
+        return kind == Kind.FILEMARK and n == 0
+    return kind == Kind.RECORD and n == length == len(payload) and crc32c(payload) == payload_crc
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _not_found(err: BaseException) -> bool:
+    response = getattr(err, "response", None)
+    if not isinstance(response, dict):
+        return False
+    code = str(response.get("Error", {}).get("Code", ""))
+    return code in ("404", "NoSuchKey", "NotFound")
+
+
+def create_tape(client: Any, location: S3Location, barcode: str, capacity: int) -> None:
+    """A blank tape: its ``tape.json``. Refused when the barcode has one."""
+    if capacity < MIN_CAPACITY:
+        raise ValueError(f"capacity must be at least {MIN_CAPACITY} bytes, not {capacity}")
+    key = f"{location.prefix}{barcode}/{META}"
+    body = json.dumps(
+        {"capacity": capacity, "early_warning": default_early_warning(capacity), "version": 1}
+    ).encode()
+    try:
+        client.put_object(Bucket=location.bucket, Key=key, Body=body, IfNoneMatch="*")
+    except Exception as err:
+        code = str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
+        if code in ("PreconditionFailed", "412"):
+            raise FileExistsError(f"s3://{location.bucket}/{key} exists") from err
+        raise _s3_errors("write", key)(err) from err

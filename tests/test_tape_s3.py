@@ -1,0 +1,206 @@
+"""Tapes in an S3 bucket (backing.tape_s3) against a real S3 server (SeaweedFS, started by
+the ``s3_server`` fixture): records and file marks round-trip, parts go up while records
+stream, a crash mid-write is mended on opening, abandoned uploads go, a cut keeps the
+right records."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+from pathlib import Path
+
+import pytest
+from s3_server import S3Server
+
+from backing.tape_image import ENTRY_SIZE, MediumFull, TapeImageError
+from backing.tape_s3 import (
+    MIN_PART,
+    PARTS_PER_STEP,
+    S3Location,
+    S3Tape,
+    create_tape,
+    part_target,
+)
+from backing.tape_s3_store import S3TapeStore
+
+_names = itertools.count()
+
+
+def record(i: int, size: int) -> bytes:
+    return (i.to_bytes(4, "big") + random.Random(i).randbytes(60)) * (size // 64) + bytes(
+        size % 64
+    )
+
+
+@pytest.fixture
+def location(s3_server: S3Server) -> S3Location:
+    return S3Location("tapes", f"t{os.getpid()}-{next(_names)}/", s3_server.endpoint)
+
+
+@pytest.fixture
+def client(location: S3Location):  # type: ignore[no-untyped-def]
+    return location.client()
+
+
+def new_tape(client, location: S3Location, spool: Path, capacity: int = 1 << 30, **kw) -> S3Tape:  # type: ignore[no-untyped-def]
+    create_tape(client, location, "T1", capacity)
+    return S3Tape(client, location, "T1", spool, **kw)
+
+
+def crash(tape: S3Tape) -> None:
+    """The process dies: nothing is flushed; what reached the spool stays."""
+    tape._drop_journal_fds()
+
+
+def uploads(client, location: S3Location) -> list[str]:  # type: ignore[no-untyped-def]
+    answer = client.list_multipart_uploads(Bucket="tapes", Prefix=location.prefix)
+    return [u["Key"] for u in answer.get("Uploads", ())]
+
+
+def test_part_sizes_grow_so_ten_thousand_parts_outlast_any_tape() -> None:
+    assert part_target(1) == 8 << 20
+    assert part_target(PARTS_PER_STEP) == 8 << 20
+    assert part_target(PARTS_PER_STEP + 1) == 16 << 20
+    assert part_target(1, first=1 << 20) == MIN_PART  # never below S3's smallest part
+    total = sum(part_target(n) for n in range(1, 10_001))
+    assert total > 8 * 10**12
+
+
+def test_records_and_filemarks_round_trip(client, location, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    tape = new_tape(client, location, tmp_path)
+    records = [record(i, 1000 + i) for i in range(5)]
+    for r in records[:3]:
+        tape.append_record(r)
+    assert tape.append_filemarks(2) == 2
+    for r in records[3:]:
+        tape.append_record(r)
+    tape.flush()
+    tape.append_filemarks(1)
+    tape.close()
+    again = S3Tape(client, location, "T1", tmp_path)
+    assert len(again) == 8
+    assert [again.filemark_index(n) for n in range(again.filemark_count())] == [3, 4, 7]
+    assert again.next_filemark(5) == 7 and again.previous_filemark(5) == 4
+    assert [again.read(i) for i in (0, 1, 2, 5, 6)] == records
+    assert again.used == sum(ENTRY_SIZE + len(r) for r in records) + 3 * ENTRY_SIZE
+    assert again.recovery.lost == 0 and again.recovery.aborted_uploads == 0
+    assert uploads(client, location) == []
+    assert not list(tmp_path.iterdir())  # nothing spooled once everything is in the bucket
+
+
+def test_parts_go_up_while_records_stream(client, location, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    tape = new_tape(client, location, tmp_path, first_part=MIN_PART)
+    for i in range(12):
+        tape.append_record(record(i, 1 << 20))
+    # Two parts of at least 5 MiB are in the bucket before any sync point.
+    assert uploads(client, location) == [f"{location.prefix}T1/seg-00000001"]
+    assert tape._landed >= 10 << 20
+    assert tape.buffered == (12, 12 * (ENTRY_SIZE + (1 << 20)))
+    tape.close()
+    assert uploads(client, location) == []
+    again = S3Tape(client, location, "T1", tmp_path)
+    assert [again.read(i) for i in range(12)] == [record(i, 1 << 20) for i in range(12)]
+
+
+def test_a_crash_mid_write_keeps_every_acknowledged_record(client, location, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    tape = new_tape(client, location, tmp_path, first_part=MIN_PART)
+    tape.append_record(record(0, 100))
+    tape.append_filemarks(1)
+    tape.flush()
+    for i in range(1, 14):  # two parts up, the rest in the spool
+        tape.append_record(record(i, 1 << 20))
+    crash(tape)
+    again = S3Tape(client, location, "T1", tmp_path)
+    assert len(again) == 15
+    assert again.recovery.recovered == 13 and again.recovery.lost == 0
+    assert again.read(0) == record(0, 100)
+    assert [again.read(i) for i in range(2, 15)] == [record(i, 1 << 20) for i in range(1, 14)]
+    assert uploads(client, location) == []
+    again.append_record(b"after")  # appending goes on after the mended segment
+    again.close()
+    third = S3Tape(client, location, "T1", tmp_path)
+    assert len(third) == 16 and third.read(15) == b"after"
+
+
+def test_a_torn_spool_loses_only_the_torn_record_and_says_so(client, location, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    tape = new_tape(client, location, tmp_path)
+    for i in range(4):
+        tape.append_record(record(i, 4096))
+    crash(tape)
+    spool = tmp_path / "T1.spool"
+    with open(spool, "r+b") as f:  # the last record's bytes garbled (a power cut)
+        f.seek(os.path.getsize(spool) - 100)
+        f.write(b"\xff" * 50)
+    again = S3Tape(client, location, "T1", tmp_path)
+    assert len(again) == 3
+    assert again.recovery.lost == 1
+    assert again.recovery.cut_bytes == ENTRY_SIZE + 4096
+    assert [again.read(i) for i in range(3)] == [record(i, 4096) for i in range(3)]
+
+
+def test_a_crash_before_the_first_part_keeps_the_spooled_records(client, location, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    tape = new_tape(client, location, tmp_path)
+    tape.append_record(b"only in the spool")
+    tape.append_filemarks(1)
+    crash(tape)
+    again = S3Tape(client, location, "T1", tmp_path)
+    assert len(again) == 2 and again.read(0) == b"only in the spool"
+    assert again.is_filemark(1)
+
+
+def test_an_abandoned_upload_is_aborted_on_opening(client, location, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    create_tape(client, location, "T1", 1 << 30)
+    key = f"{location.prefix}T1/seg-00000007"
+    upload = client.create_multipart_upload(Bucket="tapes", Key=key)
+    client.upload_part(
+        Bucket="tapes", Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 100
+    )
+    assert uploads(client, location) == [key]
+    tape = S3Tape(client, location, "T1", tmp_path)
+    assert tape.recovery.aborted_uploads == 1
+    assert uploads(client, location) == []
+    assert len(tape) == 0
+
+
+def test_a_cut_keeps_what_comes_before_it(client, location, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    tape = new_tape(client, location, tmp_path)
+    for segment in range(3):
+        for i in range(3):
+            tape.append_record(record(10 * segment + i, 500))
+        tape.append_filemarks(1)
+        tape.flush()
+    assert len(tape) == 12
+    tape.truncate(6)  # in the middle of the second segment
+    tape.append_record(b"new")
+    tape.close()
+    again = S3Tape(client, location, "T1", tmp_path)
+    assert len(again) == 7
+    assert again.filemark_count() == 1
+    assert again.read(5) == record(11, 500) and again.read(6) == b"new"
+    again.truncate(4)  # at a segment's start: that segment goes whole
+    again.close()
+    assert len(S3Tape(client, location, "T1", tmp_path)) == 4
+
+
+def test_a_full_tape_refuses_the_record(client, location, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    tape = new_tape(client, location, tmp_path, capacity=64 << 10)
+    tape.append_record(bytes(40 << 10))
+    with pytest.raises(MediumFull):
+        tape.append_record(bytes(40 << 10))
+    assert len(tape) == 1
+
+
+def test_the_store_makes_lists_and_exports_cartridges(location, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = S3TapeStore(tmp_path / "lib", 1 << 20, location)
+    store.create("A1")
+    store.create("B2", 2 << 20)
+    assert store.barcodes() == ["A1", "B2"]
+    with store.open("A1") as tape:
+        tape.append_record(bytes(1000))
+    assert store.usage("A1") == (ENTRY_SIZE + 1000, 1 << 20)
+    assert store.usage("B2") == (0, 2 << 20)
+    assert store.export("A1").endswith("exported/A1/")
+    assert store.barcodes() == ["B2"] and store.exported("A1") and not store.exists("A1")
+    with pytest.raises(TapeImageError):
+        store.open("A1")
