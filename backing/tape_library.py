@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from backing.tape_image import HEADER, HEADER_SIZE, MAGIC, TapeImage, create
+from backing.tape_s3 import S3Tape
+
+# A cartridge as a drive holds it: an image file, or a tape in a bucket (same interface).
+Tape = TapeImage | S3Tape
 
 SUFFIX = ".img"
 INVENTORY = "inventory.json"
@@ -66,14 +70,14 @@ class TapeDirectory:
         create(path, capacity or self.capacity)
         _sync_dir(self.path)
 
-    def open(self, barcode: str, *, read_only: bool = False) -> TapeImage:
+    def open(self, barcode: str, *, read_only: bool = False) -> Tape:
         """The cartridge's image, opened (a torn tail is cut back, as for any tape)."""
         path = self.image_path(barcode)
         if not path.is_file():
             raise LibraryError(f"cartridge {barcode} has no image in {self.path}")
         return TapeImage(path, read_only=read_only)
 
-    def export(self, barcode: str) -> Path:
+    def export(self, barcode: str) -> Path | str:
         """The cartridge leaves the library: its image moves to ``exported/``."""
         out = self.path / EXPORTED
         out.mkdir(exist_ok=True)

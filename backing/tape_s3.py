@@ -93,7 +93,7 @@ def part_target(part_number: int, first: int = FIRST_PART) -> int:
     return min(MAX_PART, max(MIN_PART, first) << ((part_number - 1) // PARTS_PER_STEP))
 
 
-def _entry_header(kind: Kind, payload: bytes | memoryview) -> bytes:
+def _entry_header(kind: Kind, payload: bytes | bytearray | memoryview) -> bytes:
     head = ENTRY.pack(0x5452, kind, 0, len(payload), crc32c(payload), 0)
     return head[:12] + crc32c(head[:12]).to_bytes(4, "big")
 
@@ -617,7 +617,7 @@ class S3Tape:
         self._call("write", self._index_key(number), self.client.delete_object)
         self._call("write", self._segment_key(number), self.client.delete_object)
 
-    def append_record(self, payload: bytes | memoryview) -> None:
+    def append_record(self, payload: bytes | bytearray | memoryview) -> None:
         self._check_writable()
         if not self.fits(len(payload)):
             raise MediumFull(f"{len(payload)}-byte record does not fit in {self.free} bytes")
@@ -655,7 +655,7 @@ class S3Tape:
             self._append([_FILEMARK * room], array("q", [-1]) * room)
         return room
 
-    def _append(self, parts: list[bytes | memoryview], lengths: array) -> None:
+    def _append(self, parts: list[bytes | bytearray | memoryview], lengths: array) -> None:
         """Entries at end of data: into the spool, then their lengths into the journal
         (an entry the journal lists is whole in the spool), then up when a part is full."""
         if self._open is None:

@@ -86,7 +86,7 @@ class S3TapeStore(TapeDirectory):
         except FileExistsError as err:
             raise LibraryError(f"cartridge {barcode} exists") from err
 
-    def open(self, barcode: str, *, read_only: bool = False) -> S3Tape:  # type: ignore[override]
+    def open(self, barcode: str, *, read_only: bool = False) -> S3Tape:
         return S3Tape(self.client, self.location, barcode, self.spool_dir, read_only=read_only)
 
     def usage(self, barcode: str) -> tuple[int, int]:
@@ -109,7 +109,7 @@ class S3TapeStore(TapeDirectory):
         meta = json.loads(self.client.get_object(Bucket=bucket, Key=prefix + META)["Body"].read())
         return used, int(meta["capacity"])
 
-    def export(self, barcode: str) -> str:  # type: ignore[override]
+    def export(self, barcode: str) -> str:
         """The cartridge's objects move under ``exported/`` (copy, then delete)."""
         bucket = self.location.bucket
         src = f"{self.location.prefix}{barcode}/"

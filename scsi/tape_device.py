@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from backing.tape_image import CorruptRecord, TapeImage
+from backing.tape_library import Tape
 from scsi.kernel_file import KernelFile
 from scsi.logical_unit import NO_SERVICES, Identity, Services
 from scsi.mode import ModePage
@@ -39,7 +40,7 @@ class TapeDevice(SerializedMedium):
     def __init__(
         self,
         identity: Identity,
-        image: TapeImage | None,
+        image: Tape | None,
         *,
         read_only: bool = False,
         services: Services = NO_SERVICES,
@@ -56,7 +57,7 @@ class TapeDevice(SerializedMedium):
         self.barcode: str | None = None  # the cartridge's, in a library drive
 
     @property
-    def image(self) -> TapeImage:
+    def image(self) -> Tape:
         """The cartridge in the drive; NOT READY, MEDIUM NOT PRESENT when there is none."""
         if self._image is None:
             raise CheckCondition(Reason.MEDIUM_NOT_PRESENT)
@@ -67,7 +68,7 @@ class TapeDevice(SerializedMedium):
         return self._image is not None
 
     # -- the changer's side (under medium_lock; eject blocks: on the drive's I/O thread) --
-    def insert(self, image: TapeImage, barcode: str | None = None) -> None:
+    def insert(self, image: Tape, barcode: str | None = None) -> None:
         """A cartridge the changer put in: loaded, head at the beginning, mode kept."""
         if self._image is not None:
             raise ValueError("the drive already holds a cartridge")
@@ -79,7 +80,7 @@ class TapeDevice(SerializedMedium):
         # Every initiator learns that the medium changed before its next command.
         self.raise_unit_attention(Reason.MEDIUM_MAY_HAVE_CHANGED)
 
-    def eject(self) -> TapeImage | None:
+    def eject(self) -> Tape | None:
         """The cartridge taken out by the changer, written out and closed."""
         image, self._image = self._image, None
         self.barcode = None

@@ -28,9 +28,7 @@ _names = itertools.count()
 
 
 def record(i: int, size: int) -> bytes:
-    return (i.to_bytes(4, "big") + random.Random(i).randbytes(60)) * (size // 64) + bytes(
-        size % 64
-    )
+    return (i.to_bytes(4, "big") + random.Random(i).randbytes(60)) * (size // 64) + bytes(size % 64)
 
 
 @pytest.fixture
@@ -39,11 +37,11 @@ def location(s3_server: S3Server) -> S3Location:
 
 
 @pytest.fixture
-def client(location: S3Location):  # type: ignore[no-untyped-def]
+def client(location: S3Location):
     return location.client()
 
 
-def new_tape(client, location: S3Location, spool: Path, capacity: int = 1 << 30, **kw) -> S3Tape:  # type: ignore[no-untyped-def]
+def new_tape(client, location: S3Location, spool: Path, capacity: int = 1 << 30, **kw) -> S3Tape:
     create_tape(client, location, "T1", capacity)
     return S3Tape(client, location, "T1", spool, **kw)
 
@@ -53,7 +51,7 @@ def crash(tape: S3Tape) -> None:
     tape._drop_journal_fds()
 
 
-def uploads(client, location: S3Location) -> list[str]:  # type: ignore[no-untyped-def]
+def uploads(client, location: S3Location) -> list[str]:
     answer = client.list_multipart_uploads(Bucket="tapes", Prefix=location.prefix)
     return [u["Key"] for u in answer.get("Uploads", ())]
 
@@ -67,7 +65,7 @@ def test_part_sizes_grow_so_ten_thousand_parts_outlast_any_tape() -> None:
     assert total > 8 * 10**12
 
 
-def test_records_and_filemarks_round_trip(client, location, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_records_and_filemarks_round_trip(client, location, tmp_path) -> None:
     tape = new_tape(client, location, tmp_path)
     records = [record(i, 1000 + i) for i in range(5)]
     for r in records[:3]:
@@ -89,7 +87,7 @@ def test_records_and_filemarks_round_trip(client, location, tmp_path) -> None:  
     assert not list(tmp_path.iterdir())  # nothing spooled once everything is in the bucket
 
 
-def test_parts_go_up_while_records_stream(client, location, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_parts_go_up_while_records_stream(client, location, tmp_path) -> None:
     tape = new_tape(client, location, tmp_path, first_part=MIN_PART)
     for i in range(12):
         tape.append_record(record(i, 1 << 20))
@@ -103,7 +101,7 @@ def test_parts_go_up_while_records_stream(client, location, tmp_path) -> None:  
     assert [again.read(i) for i in range(12)] == [record(i, 1 << 20) for i in range(12)]
 
 
-def test_a_crash_mid_write_keeps_every_acknowledged_record(client, location, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_crash_mid_write_keeps_every_acknowledged_record(client, location, tmp_path) -> None:
     tape = new_tape(client, location, tmp_path, first_part=MIN_PART)
     tape.append_record(record(0, 100))
     tape.append_filemarks(1)
@@ -123,7 +121,7 @@ def test_a_crash_mid_write_keeps_every_acknowledged_record(client, location, tmp
     assert len(third) == 16 and third.read(15) == b"after"
 
 
-def test_a_torn_spool_loses_only_the_torn_record_and_says_so(client, location, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_torn_spool_loses_only_the_torn_record_and_says_so(client, location, tmp_path) -> None:
     tape = new_tape(client, location, tmp_path)
     for i in range(4):
         tape.append_record(record(i, 4096))
@@ -139,7 +137,7 @@ def test_a_torn_spool_loses_only_the_torn_record_and_says_so(client, location, t
     assert [again.read(i) for i in range(3)] == [record(i, 4096) for i in range(3)]
 
 
-def test_a_crash_before_the_first_part_keeps_the_spooled_records(client, location, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_crash_before_the_first_part_keeps_what_was_spooled(client, location, tmp_path) -> None:
     tape = new_tape(client, location, tmp_path)
     tape.append_record(b"only in the spool")
     tape.append_filemarks(1)
@@ -149,7 +147,7 @@ def test_a_crash_before_the_first_part_keeps_the_spooled_records(client, locatio
     assert again.is_filemark(1)
 
 
-def test_an_abandoned_upload_is_aborted_on_opening(client, location, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_an_abandoned_upload_is_aborted_on_opening(client, location, tmp_path) -> None:
     create_tape(client, location, "T1", 1 << 30)
     key = f"{location.prefix}T1/seg-00000007"
     upload = client.create_multipart_upload(Bucket="tapes", Key=key)
@@ -163,7 +161,7 @@ def test_an_abandoned_upload_is_aborted_on_opening(client, location, tmp_path) -
     assert len(tape) == 0
 
 
-def test_a_cut_keeps_what_comes_before_it(client, location, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_cut_keeps_what_comes_before_it(client, location, tmp_path) -> None:
     tape = new_tape(client, location, tmp_path)
     for segment in range(3):
         for i in range(3):
@@ -183,7 +181,7 @@ def test_a_cut_keeps_what_comes_before_it(client, location, tmp_path) -> None:  
     assert len(S3Tape(client, location, "T1", tmp_path)) == 4
 
 
-def test_a_full_tape_refuses_the_record(client, location, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_full_tape_refuses_the_record(client, location, tmp_path) -> None:
     tape = new_tape(client, location, tmp_path, capacity=64 << 10)
     tape.append_record(bytes(40 << 10))
     with pytest.raises(MediumFull):
@@ -191,7 +189,7 @@ def test_a_full_tape_refuses_the_record(client, location, tmp_path) -> None:  # 
     assert len(tape) == 1
 
 
-def test_the_store_makes_lists_and_exports_cartridges(location, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_store_makes_lists_and_exports_cartridges(location, tmp_path) -> None:
     store = S3TapeStore(tmp_path / "lib", 1 << 20, location)
     store.create("A1")
     store.create("B2", 2 << 20)

@@ -1,0 +1,267 @@
+"""A tape library whose cartridges live in an S3 bucket, through a real daemon and a real
+S3 server (SeaweedFS, the ``s3_server`` fixture): a drive writes, spaces, locates and
+reads back an S3 tape; a kill -9 mid-write loses no acknowledged record and the tape
+goes on; an abandoned upload is cleaned up; EXTENDED COPY backs a LUN up to an S3 tape
+and restores it byte for byte; ``targetctl library`` makes cartridges in the bucket and
+lists their usage."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import signal
+import struct
+import threading
+
+from conftest import DaemonFactory
+from raw_initiator import RawInitiator
+from s3_server import S3Server
+from test_integration_library import move, sense_of, targetctl
+from test_integration_xcopy import cscd, extended_copy, lid1, naa_of, read10, stream_segment
+
+IQN = "iqn.2026-11.org.targetd.test:vtl"
+CHANGER, DRIVE = 0, 1
+DRIVE0, MAIL0, SLOT0 = 0x0100, 0x0200, 0x0400
+GOOD, CHECK_CONDITION = 0x00, 0x02
+MiB = 1 << 20
+CHUNK = 256 << 10  # the most data one raw initiator PDU carries here
+_prefixes = itertools.count()
+
+
+def config(s3: S3Server, prefix: str, disk: bool = False) -> str:
+    text = f"""
+[[target]]
+name = "{IQN}"
+[[target.lun]]
+lun = 0
+kind = "changer"
+path = "vtl"
+slots = 4
+mail_slots = 1
+capacity = "1GiB"
+tapes = ["S30001L6", "S30002L6"]
+store = "s3://{s3.bucket}/{prefix}"
+s3_endpoint = "{s3.endpoint}"
+[[target.lun]]
+lun = 1
+kind = "tape"
+changer = 0
+"""
+    if disk:
+        text += '[[target.lun]]\nlun = 2\npath = "disk.img"\nsize = "16MiB"\n'
+    return text
+
+
+def new_prefix() -> str:
+    return f"it{os.getpid()}-{next(_prefixes)}/"
+
+
+def session(port: int) -> RawInitiator:
+    ini = RawInitiator(port)
+    assert ini.login(IQN).bhs[36] == 0, "login failed"
+    ini.clear_unit_attentions(CHANGER)
+    return ini
+
+
+def load(ini: RawInitiator, slot: int = SLOT0) -> None:
+    assert move(ini, slot, DRIVE0)[0] == GOOD
+    ini.clear_unit_attentions(DRIVE)
+
+
+def write(ini: RawInitiator, record: bytes) -> int:
+    cdb = bytes([0x0A, 0]) + len(record).to_bytes(3, "big") + b"\0"
+    return ini.command(cdb, lun=DRIVE, data=record)[0]
+
+
+def read(ini: RawInitiator, length: int) -> tuple[int, bytes, bytes]:
+    cdb = bytes([0x08, 0]) + length.to_bytes(3, "big") + b"\0"
+    return ini.command(cdb, lun=DRIVE, read=length)
+
+
+def filemarks(ini: RawInitiator, count: int) -> int:
+    return ini.command(bytes([0x10, 0]) + count.to_bytes(3, "big") + b"\0", lun=DRIVE)[0]
+
+
+def rewind(ini: RawInitiator) -> int:
+    return ini.command(bytes([0x01, 0, 0, 0, 0, 0]), lun=DRIVE)[0]
+
+
+def space(ini: RawInitiator, code: int, count: int) -> tuple[int, bytes, bytes]:
+    cdb = bytes([0x11, code]) + count.to_bytes(3, "big", signed=True) + b"\0"
+    return ini.command(cdb, lun=DRIVE)
+
+
+def locate(ini: RawInitiator, block: int) -> int:
+    cdb = bytes([0x2B, 0, 0]) + block.to_bytes(4, "big") + bytes(3)
+    return ini.command(cdb, lun=DRIVE)[0]
+
+
+def position(ini: RawInitiator) -> int:
+    status, data, _ = ini.command(bytes([0x34, 0]) + bytes(8), lun=DRIVE, read=20)
+    assert status == GOOD
+    return int.from_bytes(data[4:8], "big")
+
+
+def record(i: int, size: int) -> bytes:
+    return random.Random(i).randbytes(size)
+
+
+def uploads(s3: S3Server, prefix: str) -> list[str]:
+    answer = s3.client().list_multipart_uploads(Bucket=s3.bucket, Prefix=prefix)
+    return [u["Key"] for u in answer.get("Uploads", ())]
+
+
+def test_an_s3_tape_writes_spaces_locates_and_reads(
+    targetd_factory: DaemonFactory, s3_server: S3Server
+) -> None:
+    prefix = new_prefix()
+    # An upload some crashed host left under a cartridge: gone once the tape is loaded.
+    client = s3_server.client()
+    stale = f"{prefix}S30001L6/seg-00000099"
+    upload = client.create_multipart_upload(Bucket=s3_server.bucket, Key=stale)
+    client.upload_part(
+        Bucket=s3_server.bucket, Key=stale, UploadId=upload["UploadId"], PartNumber=1, Body=b"x"
+    )
+    daemon = targetd_factory(config(s3_server, prefix))
+    # The configuration's cartridges were made in the bucket, not as files.
+    assert client.head_object(Bucket=s3_server.bucket, Key=f"{prefix}S30002L6/tape.json")
+    assert not list((daemon.state_dir / "vtl").glob("*.img"))
+    files = [[record(10 * f + i, 3000 + 1000 * i) for i in range(3)] for f in range(3)]
+    with session(daemon.port) as ini:
+        load(ini)
+        assert uploads(s3_server, prefix) == []
+        for f in files:
+            for r in f:
+                assert write(ini, r) == GOOD
+            assert filemarks(ini, 1) == GOOD
+        assert position(ini) == 12
+        # SPACE back two file marks (to the near side of the second: object 7), over it,
+        # then one record forward: the second record of the third file.
+        assert space(ini, 1, -2)[0] == GOOD and position(ini) == 7
+        assert space(ini, 1, 1)[0] == GOOD and position(ini) == 8
+        assert space(ini, 0, 1)[0] == GOOD
+        assert read(ini, len(files[2][1])) == (GOOD, files[2][1], b"")
+        assert locate(ini, 4) == GOOD
+        assert read(ini, len(files[1][0])) == (GOOD, files[1][0], b"")
+        # SPACE to end of data, then READ: BLANK CHECK, END-OF-DATA DETECTED.
+        assert space(ini, 3, 0)[0] == GOOD and position(ini) == 12
+        assert sense_of(read(ini, 10)) == (0x8, 0x00, 0x05)
+        assert rewind(ini) == GOOD
+        back = []
+        for f in files:
+            for r in f:
+                back.append(read(ini, len(r)))
+            status, _, sense = read(ini, 10)
+            assert status == CHECK_CONDITION and sense[2] & 0x80  # the file mark
+        assert back == [(GOOD, r, b"") for f in files for r in f]
+    listing = targetctl(daemon, "list", "--json")
+    assert listing.returncode == 0, listing.stderr
+    rows = {e["barcode"]: e for e in json.loads(listing.stdout)["elements"] if e["barcode"]}
+    used = sum(16 + len(r) for f in files for r in f) + 3 * 16
+    assert (rows["S30001L6"]["used"], rows["S30001L6"]["capacity"]) == (used, 1 << 30)
+    assert (rows["S30002L6"]["used"], rows["S30002L6"]["capacity"]) == (0, 1 << 30)
+    made = targetctl(daemon, "import", "S30003L6")
+    assert made.returncode == 0, made.stderr
+    assert client.head_object(Bucket=s3_server.bucket, Key=f"{prefix}S30003L6/tape.json")
+    out = targetctl(daemon, "export", "S30003L6", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["image"] == f"s3://{s3_server.bucket}/{prefix}exported/S30003L6/"
+
+
+def writer(ini: RawInitiator, acked: list[int], stop: threading.Event) -> None:
+    """Writes 256 KiB records until the daemon dies; ``acked`` gets each one's number as
+    its GOOD arrives."""
+    i = 0
+    try:
+        while not stop.is_set():
+            if write(ini, record(i, CHUNK)) != GOOD:
+                return
+            acked.append(i)
+            i += 1
+    except Exception:  # the connection died with the daemon
+        return
+
+
+def test_kill_9_mid_write_keeps_every_acknowledged_record(
+    targetd_factory: DaemonFactory, s3_server: S3Server
+) -> None:
+    prefix = new_prefix()
+    daemon = targetd_factory(config(s3_server, prefix))
+    acked: list[int] = []
+    stop = threading.Event()
+    ini = session(daemon.port)
+    load(ini)
+    thread = threading.Thread(target=writer, args=(ini, acked, stop))
+    thread.start()
+    try:
+        # Killed mid-stream, with several parts in the bucket and records in the spool.
+        while len(acked) < 80 and thread.is_alive():
+            thread.join(0.01)
+        assert daemon.proc is not None
+        os.kill(daemon.proc.pid, signal.SIGKILL)
+        daemon.proc.wait()
+        thread.join(30)
+    finally:
+        stop.set()
+        ini.close()
+    assert not thread.is_alive()
+    assert len(acked) >= 80, daemon.stderr
+    assert uploads(s3_server, prefix) == [f"{prefix}S30001L6/seg-00000001"]
+    daemon.start()
+    assert uploads(s3_server, prefix) == []  # completed with what had landed
+    with session(daemon.port) as ini:
+        ini.clear_unit_attentions(DRIVE)
+        for i in acked:
+            assert read(ini, CHUNK) == (GOOD, record(i, CHUNK), b""), f"record {i}"
+        # At most the one record in flight at the kill landed too; then end of data.
+        status, data, sense = read(ini, CHUNK)
+        if status == GOOD:
+            assert data == record(len(acked), CHUNK)
+            status, data, sense = read(ini, CHUNK)
+        assert sense_of((status, data, sense)) == (0x8, 0x00, 0x05)
+        end = position(ini)
+        # Appending goes on from the end of data; everything reads back after a REWIND.
+        assert write(ini, b"after the crash") == GOOD
+        assert filemarks(ini, 1) == GOOD
+        assert locate(ini, end) == GOOD
+        assert read(ini, 15) == (GOOD, b"after the crash", b"")
+        status, _, sense = read(ini, 10)
+        assert status == CHECK_CONDITION and sense[2] & 0x80  # the file mark
+        assert rewind(ini) == GOOD
+        assert read(ini, CHUNK) == (GOOD, record(0, CHUNK), b"")
+    assert "mended after a crash" in daemon.stderr
+
+
+def test_extended_copy_backs_up_to_an_s3_tape_and_restores(
+    targetd_factory: DaemonFactory, s3_server: S3Server
+) -> None:
+    daemon = targetd_factory(config(s3_server, new_prefix(), disk=True))
+    image = random.Random(7).randbytes(12 * MiB)
+    with session(daemon.port) as ini:
+        ini.clear_unit_attentions(2)
+        for n in range(0, len(image), CHUNK):
+            cdb = struct.pack(">BBIBHB", 0x2A, 0, n // 512, 0, CHUNK // 512, 0)
+            assert ini.command(cdb, lun=2, data=image[n : n + CHUNK])[0] == GOOD
+        load(ini)
+        disk, tape = naa_of(ini, 2), naa_of(ini, DRIVE)
+        # Backup: the 12 MiB as 1 MiB records, then a file mark; no host in the path.
+        segments = b"".join(
+            stream_segment(0x00, MiB, MiB // 512, lba) for lba in range(0, 12 * MiB // 512, 2048)
+        )
+        mark = struct.pack(">BBH2xHx3s", 0x10, 0, 0x08, 1, (1).to_bytes(3, "big"))
+        params = lid1(1, cscd(disk, 0x00, block_length=512) + cscd(tape, 0x01), segments + mark)
+        assert extended_copy(ini, DRIVE, params) == (GOOD, b"")
+        # Wipe the disk, then restore it from the tape.
+        for n in range(0, len(image), CHUNK):
+            cdb = struct.pack(">BBIBHB", 0x2A, 0, n // 512, 0, CHUNK // 512, 0)
+            assert ini.command(cdb, lun=2, data=bytes(CHUNK))[0] == GOOD
+        assert rewind(ini) == GOOD
+        segments = b"".join(
+            stream_segment(0x01, MiB, MiB // 512, lba) for lba in range(0, 12 * MiB // 512, 2048)
+        )
+        params = lid1(2, cscd(tape, 0x01) + cscd(disk, 0x00, block_length=512), segments)
+        assert extended_copy(ini, 2, params) == (GOOD, b"")
+        restored = b"".join(read10(ini, 2, lba, 512) for lba in range(0, 12 * MiB // 512, 512))
+        assert restored == image
