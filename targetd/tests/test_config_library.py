@@ -50,6 +50,19 @@ def test_changer_and_drives_build_one_library(tmp_path: Path) -> None:
         builder.lun(config.targets[0], config.targets[0].luns[1])
 
 
+def test_an_s3_store_is_an_address_and_an_endpoint(tmp_path: Path) -> None:
+    text = LIBRARY.replace(
+        'slots = 6', 'slots = 6\nstore = "s3://tapes/site-a"\ns3_endpoint = "http://127.0.0.1:9"'
+    )
+    library = load(tmp_path, text).targets[0].luns[0].library
+    assert library is not None
+    assert (library.store, library.s3_endpoint, library.s3_region) == (
+        "s3://tapes/site-a",
+        "http://127.0.0.1:9",
+        None,
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "key", "problem"),
     [
@@ -65,6 +78,16 @@ def test_changer_and_drives_build_one_library(tmp_path: Path) -> None:
          "target[0].lun[0].tapes[0]", "barcode"),
         (HEAD + '[[target.lun]]\nlun = 0\nkind = "changer"\nslots = 1\ntapes = ["A", "B"]\n',
          "target[0].lun[0].tapes", "do not fit"),
+        (HEAD + '[[target.lun]]\nlun = 0\nkind = "changer"\nstore = "/srv/tapes"\n',
+         "target[0].lun[0].store", "s3://bucket/prefix"),
+        (HEAD + '[[target.lun]]\nlun = 0\nkind = "changer"\nstore = "s3://A_B/x"\n',
+         "target[0].lun[0].store", "s3://bucket/prefix"),
+        (HEAD + '[[target.lun]]\nlun = 0\nkind = "changer"\ns3_endpoint = "http://h:1"\n',
+         "target[0].lun[0].s3_endpoint", "needs store"),
+        (HEAD + '[[target.lun]]\nlun = 0\nkind = "changer"\nstore = "s3://bk1/x"\n'
+         's3_endpoint = "127.0.0.1:8333"\n', "target[0].lun[0].s3_endpoint", "http(s)://"),
+        (HEAD + '[[target.lun]]\nlun = 0\nkind = "tape"\nstore = "s3://bk1/x"\n',
+         "target[0].lun[0].store", "unknown"),
     ],
 )  # fmt: skip
 def test_bad_library_keys(tmp_path: Path, text: str, key: str, problem: str) -> None:
