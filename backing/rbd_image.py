@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import json
 import logging
 import os
 import threading
@@ -75,6 +76,9 @@ class RbdSpec:
     cache: str = "none"
     osd_op_timeout: float = 30.0  # seconds before an OSD operation fails (0: never)
     connect_timeout: float = 30.0  # seconds to reach the monitors at start
+    # A rados client of its own, not shared with other images: a gateway's image can be
+    # fenced (its client blocklisted) and reopened without touching any other image.
+    private_client: bool = False
 
     @property
     def name(self) -> str:
@@ -132,9 +136,29 @@ class _Cluster:
             for name, value in options.items():
                 check(lib().rados_conf_set(handle, name.encode(), value.encode()), name)
             check(lib().rados_connect(handle), "connecting to the monitors")
+            addrs = ctypes.c_char_p()
+            check(lib().rados_getaddrs(handle, byref(addrs)), "rados_getaddrs")
+            self.address = (addrs.value or b"").decode()
         except BaseException:
             lib().rados_shutdown(handle)
             raise
+
+    def mon_command(self, command: dict[str, object]) -> str:
+        """One monitor command (blocking); its status text."""
+        text = json.dumps(command).encode()
+        argv = (ctypes.c_char_p * 1)(text)
+        out, outs = c_void_p(), c_void_p()
+        out_len, outs_len = ctypes.c_size_t(), ctypes.c_size_t()
+        ret = lib().rados_mon_command(
+            self.handle, argv, 1, b"", 0, byref(out), byref(out_len), byref(outs),
+            byref(outs_len),
+        )  # fmt: skip
+        status = ctypes.string_at(outs, outs_len.value).decode() if outs else ""
+        for buf in (out, outs):
+            if buf:
+                lib().rados_buffer_free(buf)
+        check(ret, f"{command['prefix']}: {status}")
+        return status
 
     async def admit(self, data_bytes: int) -> None:
         """Wait until one more request of ``data_bytes`` fits the budget."""
@@ -166,7 +190,7 @@ _clusters_lock = threading.Lock()
 
 
 def _acquire_cluster(spec: RbdSpec) -> _Cluster:
-    key = (
+    key: tuple[object, ...] = (
         spec.ceph_conf,
         spec.client_name,
         spec.keyring,
@@ -174,6 +198,8 @@ def _acquire_cluster(spec: RbdSpec) -> _Cluster:
         spec.osd_op_timeout,
         spec.connect_timeout,
     )
+    if spec.private_client:
+        key = (*key, object())  # never found again: a client of its own
     with _clusters_lock:
         cluster = _clusters.get(key)
         if cluster is None:
@@ -227,10 +253,25 @@ class RbdImage:
         self.spec = spec
         self.read_only = read_only
         self.path = f"rbd:{spec.name}"  # how errors name the store
-        self._cluster = _acquire_cluster(spec)
+        self._cluster: _Cluster | None = None
         self._ioctx = c_void_p()
         self._image = c_void_p()
         self._efd = -1
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._open()
+        self._pending: dict[int, tuple[asyncio.Future[int], object]] = {}
+        self._next_key = 0
+        self._polled = (c_void_p * _POLL_BATCH)()
+        # librbd (16.2) leaves compare-and-write out of the eventfd notification: that one
+        # completion calls back on librbd's thread, which queues it here and signals the fd.
+        self._called_back: deque[int] = deque()
+        self._callback = _COMPLETION_CALLBACK(self._completed_on_librbd_thread)
+        self._callback_ptr = ctypes.cast(self._callback, c_void_p)
+
+    def _open(self) -> None:
+        """Connect (or share a connection), open the image, read its allocation."""
+        spec = self.spec
+        self._cluster = _acquire_cluster(spec)
         try:
             check(
                 lib().rados_ioctx_create(
@@ -260,15 +301,22 @@ class RbdImage:
         except BaseException:
             self._teardown()
             raise
-        self._pending: dict[int, tuple[asyncio.Future[int], object]] = {}
-        self._next_key = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._polled = (c_void_p * _POLL_BATCH)()
-        # librbd (16.2) leaves compare-and-write out of the eventfd notification: that one
-        # completion calls back on librbd's thread, which queues it here and signals the fd.
-        self._called_back: deque[int] = deque()
-        self._callback = _COMPLETION_CALLBACK(self._completed_on_librbd_thread)
-        self._callback_ptr = ctypes.cast(self._callback, c_void_p)
+
+    async def reopen(self) -> None:
+        """Close the image and open it again as a new client of the cluster (after this
+        client was blocklisted: every call of the old one fails with ESHUTDOWN). Requests
+        still in flight on the old image fail first (librbd ends them when it closes)."""
+        loop = asyncio.get_running_loop()
+        if self._efd >= 0 and self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._efd)
+        self._loop = None
+        await loop.run_in_executor(None, self._teardown)
+        for done, _ in self._pending.values():
+            if not done.done():
+                done.set_result(-errno.ESHUTDOWN)
+        self._pending.clear()
+        self._called_back.clear()
+        await loop.run_in_executor(None, self._open)
 
     def _open_or_create(self) -> None:
         spec = self.spec
@@ -356,6 +404,8 @@ class RbdImage:
     ) -> int:
         """Queue one request (``submit(completion) -> int``) and wait for its result."""
         cluster = self._cluster
+        if cluster is None or not self._image:  # closed, or being reopened after a fence
+            raise _store_error(errno.ESHUTDOWN, self.path, op, offset, length)
         if (
             cluster.in_flight_ops >= MAX_IN_FLIGHT_OPS
             or cluster.in_flight_bytes + data_bytes > MAX_IN_FLIGHT_BYTES
@@ -543,6 +593,59 @@ class RbdImage:
             None, lambda: check(lib().rbd_lock_release(image), "rbd_lock_release")
         )
 
+    async def lock_owners(self) -> list[str]:
+        """The clients holding the exclusive lock, by address (empty: nobody)."""
+
+        def owners() -> list[str]:
+            mode = c_int(0)
+            table = (ctypes.c_char_p * 4)()
+            count = ctypes.c_size_t(4)
+            ret = lib().rbd_lock_get_owners(self._image, byref(mode), table, byref(count))
+            if ret == -errno.ENOENT:
+                return []
+            check(ret, "rbd_lock_get_owners")
+            found = [(table[i] or b"").decode() for i in range(count.value)]
+            lib().rbd_lock_get_owners_cleanup(table, count.value)
+            return found
+
+        return await asyncio.get_running_loop().run_in_executor(None, owners)
+
+    async def break_lock(self, owner: str) -> None:
+        """Take the lock away from ``owner``: the cluster blocklists that client first,
+        so nothing it still sends reaches the image."""
+        image = self._image
+        await asyncio.get_running_loop().run_in_executor(
+            None,
+            lambda: check(
+                lib().rbd_lock_break(image, RBD_LOCK_MODE_EXCLUSIVE, owner.encode()),
+                "rbd_lock_break",
+            ),
+        )
+
+    @property
+    def address(self) -> str:
+        """This client's address, as lock owners and the blocklist name it."""
+        assert self._cluster is not None
+        return self._cluster.address
+
+    @property
+    def image_id(self) -> str:
+        buf = ctypes.create_string_buffer(64)
+        check(lib().rbd_get_id(self._image, buf, 64), "rbd_get_id")
+        return buf.value.decode()
+
+    @property
+    def ioctx(self) -> c_void_p:
+        return self._ioctx
+
+    def unblocklist(self, address: str) -> None:
+        """Remove ``address`` (an old client of ours, shut down) from the blocklist
+        (blocking: a monitor command)."""
+        assert self._cluster is not None
+        self._cluster.mon_command(
+            {"prefix": "osd blocklist", "blocklistop": "rm", "addr": address}
+        )
+
     def is_lock_owner(self) -> bool:
         owner = c_int(0)
         check(lib().rbd_is_exclusive_lock_owner(self._image, byref(owner)), "lock owner")
@@ -571,7 +674,7 @@ class RbdImage:
             self._ioctx = c_void_p()
         if self._cluster is not None:
             _release_cluster(self._cluster)
-            self._cluster = None  # type: ignore[assignment]
+            self._cluster = None
 
     def __repr__(self) -> str:
         return f"RbdImage({self.spec.name!r}, size={self.size})"

@@ -23,6 +23,7 @@ from ctypes import (
     c_size_t,
     c_ssize_t,
     c_uint8,
+    c_uint32,
     c_uint64,
     c_void_p,
 )
@@ -39,6 +40,11 @@ LIBRADOS_OP_FLAG_FADVISE_DONTNEED = 0x20
 
 # int (*cb)(uint64_t offset, size_t len, int exists, void *arg)
 DIFF_CALLBACK = CFUNCTYPE(c_int, c_uint64, c_size_t, c_int, c_void_p)
+# void (*rados_watchcb2_t)(void *arg, uint64_t notify_id, uint64_t handle,
+#                          uint64_t notifier_id, void *data, size_t data_len)
+WATCH_CALLBACK = CFUNCTYPE(None, c_void_p, c_uint64, c_uint64, c_uint64, c_void_p, c_size_t)
+# void (*rados_watcherrcb_t)(void *pre, uint64_t cookie, int err)
+WATCH_ERROR_CALLBACK = CFUNCTYPE(None, c_void_p, c_uint64, c_int)
 
 _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     # librados
@@ -50,6 +56,41 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "rados_ioctx_create": (c_int, [c_void_p, c_char_p, POINTER(c_void_p)]),
     "rados_ioctx_set_namespace": (None, [c_void_p, c_char_p]),
     "rados_ioctx_destroy": (None, [c_void_p]),
+    "rados_getaddrs": (c_int, [c_void_p, POINTER(c_char_p)]),
+    "rados_write_full": (c_int, [c_void_p, c_char_p, c_char_p, c_size_t]),
+    "rados_watch3": (
+        c_int,
+        [
+            c_void_p,
+            c_char_p,
+            POINTER(c_uint64),
+            WATCH_CALLBACK,
+            WATCH_ERROR_CALLBACK,
+            c_uint32,
+            c_void_p,
+        ],
+    ),
+    "rados_unwatch2": (c_int, [c_void_p, c_uint64]),
+    "rados_notify2": (
+        c_int,
+        [c_void_p, c_char_p, c_char_p, c_int, c_uint64, POINTER(c_void_p), POINTER(c_size_t)],
+    ),
+    "rados_notify_ack": (c_int, [c_void_p, c_char_p, c_uint64, c_uint64, c_char_p, c_int]),
+    "rados_buffer_free": (None, [c_void_p]),
+    "rados_mon_command": (
+        c_int,
+        [
+            c_void_p,
+            POINTER(c_char_p),
+            c_size_t,
+            c_char_p,
+            c_size_t,
+            POINTER(c_void_p),
+            POINTER(c_size_t),
+            POINTER(c_void_p),
+            POINTER(c_size_t),
+        ],
+    ),
     # librbd: images
     "rbd_create": (c_int, [c_void_p, c_char_p, c_uint64, POINTER(c_int)]),
     "rbd_open": (c_int, [c_void_p, c_char_p, POINTER(c_void_p), c_char_p]),
@@ -63,6 +104,13 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "rbd_lock_acquire": (c_int, [c_void_p, c_int]),
     "rbd_lock_release": (c_int, [c_void_p]),
     "rbd_is_exclusive_lock_owner": (c_int, [c_void_p, POINTER(c_int)]),
+    "rbd_lock_get_owners": (
+        c_int,
+        [c_void_p, POINTER(c_int), POINTER(c_char_p), POINTER(c_size_t)],
+    ),
+    "rbd_lock_get_owners_cleanup": (None, [POINTER(c_char_p), c_size_t]),
+    "rbd_lock_break": (c_int, [c_void_p, c_int, c_char_p]),
+    "rbd_get_id": (c_int, [c_void_p, c_char_p, c_size_t]),
     # librbd: completions delivered through an eventfd
     "rbd_set_image_notification": (c_int, [c_void_p, c_int, c_int]),
     "rbd_poll_io_events": (c_int, [c_void_p, POINTER(c_void_p), c_int]),
@@ -123,6 +171,8 @@ __all__ = [
     "EVENT_TYPE_EVENTFD",
     "RBD_FEATURE_FAST_DIFF",
     "RBD_LOCK_MODE_EXCLUSIVE",
+    "WATCH_CALLBACK",
+    "WATCH_ERROR_CALLBACK",
     "Lib",
     "RbdUnavailable",
     "check",

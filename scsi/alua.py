@@ -15,7 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Protocol
 
+from backing.errors import StoreError
+from scsi.command import Nexus
 from scsi.opcodes import SERVICE_ACTION_OPCODES
 from scsi.sense import Reason
 
@@ -88,6 +91,49 @@ REFUSAL: dict[AccessState, Reason] = {
     AccessState.UNAVAILABLE: Reason.LU_NOT_ACCESSIBLE_UNAVAILABLE,
     AccessState.TRANSITIONING: Reason.LU_NOT_ACCESSIBLE_TRANSITIONING,
 }
+
+
+# Commands that change the medium, or answer from state only the writer keeps (GET LBA
+# STATUS: the allocation the holder tracks). On a LU two gateways serve, these need the
+# holder of the image's lock; everything else (reads included) is served through any path.
+_OWNERSHIP: frozenset[Key] = frozenset(
+    {
+        (0x04, None),  # FORMAT UNIT
+        (0x0A, None),  # WRITE(6)
+        (0x2A, None),  # WRITE(10)
+        (0xAA, None),  # WRITE(12)
+        (0x8A, None),  # WRITE(16)
+        (0x2E, None),  # WRITE AND VERIFY(10)
+        (0xAE, None),  # WRITE AND VERIFY(12)
+        (0x8E, None),  # WRITE AND VERIFY(16)
+        (0x41, None),  # WRITE SAME(10)
+        (0x93, None),  # WRITE SAME(16)
+        (0x42, None),  # UNMAP
+        (0x89, None),  # COMPARE AND WRITE
+        (0x8B, None),  # ORWRITE(16)
+        (0x48, None),  # SANITIZE
+        (0x9E, 0x12),  # GET LBA STATUS
+    }
+)
+
+
+def needs_ownership(cdb: bytes) -> bool:
+    """Whether ``cdb`` needs the gateway that runs it to hold the image's lock."""
+    return _key(cdb) in _OWNERSHIP
+
+
+class AccessGate(Protocol):
+    """What a LU served by several gateways asks before and after a command's handler
+    (targetd/gateway.py: the holder of RBD's exclusive lock). ``enter`` raises
+    CheckCondition (NOT READY, transitioning) when the command cannot run through this
+    gateway now; ``fenced`` tells whether a store failure means this gateway was fenced
+    (blocklisted), which the initiator sees as a transition, not a medium error."""
+
+    async def enter(self, nexus: Nexus, cdb: bytes) -> bool: ...
+
+    def leave(self, entered: bool) -> None: ...
+
+    def fenced(self, error: StoreError) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from functools import cached_property
 from typing import Any
 
 from backing.errors import StoreError
-from scsi.alua import PortGroups
+from scsi.alua import AccessGate, PortGroups
 from scsi.command import Nexus, ScsiCommand, ScsiResult, Status
 from scsi.mode import ModePageSet, spc_pages
 from scsi.opcodes import SERVICE_ACTION_OPCODES, OpcodeTable
@@ -99,6 +99,10 @@ class LogicalUnit:
         # The target port groups and their ALUA states; the daemon's builder shares one
         # table among all its LUs (scsi/alua.py).
         self.port_groups = PortGroups()
+        # Set on a LU that several gateways serve (targetd/gateway.py): the lock its
+        # writes need, and the other gateways' unit attentions after a LOGICAL UNIT RESET.
+        self.access_gate: AccessGate | None = None
+        self.after_reset: Callable[[], Awaitable[None]] | None = None
         # The LUNs REPORT LUNS lists; ScsiTarget replaces it with its own LUN map's.
         self.report_luns: Callable[[], list[int]] = lambda: [0]
         # Set by the transport: end the commands these I_T nexuses have on this LU (PREEMPT
@@ -255,7 +259,18 @@ class LogicalUnit:
                 raise CheckCondition(refusal)
             if self.reservation_conflict(cmd, spec.conflict_exempt):
                 return ScsiResult(Status.RESERVATION_CONFLICT)
-            return await spec.handler(self, cmd)
+            gate = self.access_gate
+            if gate is None:
+                return await spec.handler(self, cmd)
+            entered = await gate.enter(cmd.nexus, cdb)
+            try:
+                return await spec.handler(self, cmd)
+            except StoreError as exc:
+                if gate.fenced(exc):
+                    raise CheckCondition(Reason.LU_NOT_ACCESSIBLE_TRANSITIONING) from exc
+                raise
+            finally:
+                gate.leave(entered)
         except CheckCondition as cc:
             return self.check_condition(cc)
         except StoreError as exc:  # a full or failing disk: its own sense, no traceback

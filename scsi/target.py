@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from scsi.activity import COMMANDS
 from scsi.command import Nexus, ScsiCommand, ScsiResult, Status
@@ -34,11 +34,17 @@ class ScsiTarget:
         for lu in self.luns.values():
             lu.nexus_lost(nexus)
 
-    def reset(self, nexus: Nexus | None, lun: int | None = None) -> None:
-        """LOGICAL UNIT RESET of ``lun``, or TARGET (warm) RESET of every LU when None."""
+    def reset(self, nexus: Nexus | None, lun: int | None = None) -> list[Awaitable[None]]:
+        """LOGICAL UNIT RESET of ``lun``, or TARGET (warm) RESET of every LU when None.
+        Returns what must finish before the reset is answered: a LU other gateways serve
+        too tells them, so their nexuses get the unit attention as well."""
+        pending = []
         for number, lu in self.luns.items():
             if lun is None or number == lun:
                 lu.reset(nexus)
+                if lu.after_reset is not None:
+                    pending.append(lu.after_reset())
+        return pending
 
     async def execute(self, cmd: ScsiCommand) -> ScsiResult:
         COMMANDS.started += 1  # background copies give way while this moves

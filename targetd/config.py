@@ -84,6 +84,31 @@ class PortGroupConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerPortal:
+    """A portal of the other gateway that serves the same RBD images (docs/rbd.md)."""
+
+    address: str  # "HOST:PORT", as SendTargets advertises it
+    tpgt: int
+    port_group: int
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """Two gateways, one image: this one's peer and how the lock moves between them."""
+
+    peers: tuple[PeerPortal, ...]
+    hold_ms: int = 1000  # the holder keeps the lock while it saw I/O this recently
+    takeover_ms: int = 3000  # a holder silent this long is fenced and its lock taken
+    # ASYMMETRIC ACCESS STATE CHANGED when the lock moves (SPC-4); off for hosts that do
+    # not retry a unit attention (libiscsi's test suite).
+    unit_attention: bool = True
+
+    @property
+    def peer_group(self) -> int:
+        return self.peers[0].port_group
+
+
+@dataclass(frozen=True, slots=True)
 class LunConfig:
     lun: int
     kind: str = "block"  # "block" | "tape" | "filesink" | "rbd" | "changer"
@@ -165,6 +190,8 @@ class Config:
     # ALUA states of the target port groups the portals name (reloadable); a group not
     # declared here is active/optimized.
     port_groups: tuple[PortGroupConfig, ...] = ()
+    # One of two gateways serving the same RBD images (None: a lone daemon).
+    gateway: GatewayConfig | None = None
     targets: tuple[TargetConfig, ...] = ()
     state_dir: Path = Path("var/targetd")
     discovery_chap: ChapSecret | None = None
@@ -425,6 +452,82 @@ def _check_port_groups(portals: tuple[Portal, ...], groups: tuple[PortGroupConfi
             )
 
 
+def _peer(value: object, key: str) -> PeerPortal:
+    table = _Table(value, key)
+    for name in ("portal", "tpgt", "port_group"):
+        if name not in table.data:
+            raise ConfigError(table.key(name), "missing (a peer portal names its address, tpgt"
+                              " and port_group)")  # fmt: skip
+    address = table.take("portal", str, "")
+    parse_hostport(address, table.key("portal"))
+    tpgt = table.take_int("tpgt", 1, 1, 65535)
+    port_group = table.take_int("port_group", 1, 1, 65535)
+    table.done()
+    return PeerPortal(address.strip(), tpgt, port_group)
+
+
+def _gateway(
+    value: object,
+    portals: tuple[Portal, ...],
+    groups: tuple[PortGroupConfig, ...],
+    targets: tuple[TargetConfig, ...],
+) -> GatewayConfig | None:
+    """``[gateway]``: this daemon and one peer export the same RBD images; the holder of
+    an image's exclusive lock is active/optimized (docs/alua.md)."""
+    if value is None:
+        return None
+    table = _Table(value, "gateway")
+    hold_ms = table.take_int("hold_ms", 1000, 0, 60000)
+    takeover_ms = table.take_int("takeover_ms", 3000, 500, 60000)
+    unit_attention = table.take("unit_attention", bool, True)
+    peers = table.take_list("peer", _peer)
+    table.done()
+    if not peers:
+        raise ConfigError("gateway.peer", "missing: declare the other gateway's portals")
+    own_groups = {p.port_group for p in portals}
+    if len(own_groups) != 1:
+        raise ConfigError(
+            "portal", "a gateway's portals are one target port group: give them one port_group"
+        )
+    own_group = own_groups.pop()
+    own_tpgts = {p.tpgt for p in portals}
+    peer_group = peers[0].port_group
+    for i, peer in enumerate(peers):
+        key = f"gateway.peer[{i}]"
+        if peer.port_group != peer_group:
+            raise ConfigError(
+                f"{key}.port_group", "the peer's portals are one port group (two gateways)"
+            )
+        if peer.port_group == own_group:
+            raise ConfigError(
+                f"{key}.port_group", f"group {own_group} is this gateway's own (its portals')"
+            )
+        if peer.tpgt in own_tpgts:
+            raise ConfigError(
+                f"{key}.tpgt",
+                f"tpgt {peer.tpgt} is this gateway's: relative target port ids must differ",
+            )
+    for i, group in enumerate(groups):
+        if group.id in (own_group, peer_group) and group.state != "active/optimized":
+            raise ConfigError(
+                f"port_group[{i}].state",
+                "a gateway's groups follow the image's lock; their state is not configured",
+            )
+    for t, target in enumerate(targets):
+        for n, lun in enumerate(target.luns):
+            key = f"target[{t}].lun[{n}]"
+            if lun.rbd is None:
+                raise ConfigError(
+                    f"{key}.kind", f"a gateway serves rbd LUNs only (lun {lun.lun} is {lun.kind})"
+                )
+            if lun.rbd.cache != "none":
+                raise ConfigError(
+                    f"{key}.cache",
+                    'a gateway needs cache = "none": the other gateway reads the cluster directly',
+                )
+    return GatewayConfig(peers, hold_ms, takeover_ms, unit_attention)
+
+
 def _lun(value: object, key: str, target_name: str, state_dir: Path) -> LunConfig:
     table = _Table(value, key)
     if "lun" not in table.data:
@@ -648,6 +751,7 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, state_dir: Path | None
         discovery_chap, discovery_mutual = _mutual_pair(discovery, "chap", "mutual_chap")
         discovery.done()
     limits = _limits(root)
+    gateway_table = root.take_raw("gateway")
     metrics_listen = _metrics(root)
     pairs = _pairs(root)
     targets = root.take_list("target", lambda v, k: _target(v, k, state_dir))
@@ -655,9 +759,11 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, state_dir: Path | None
     if not targets:
         raise ConfigError("target", "at least one [[target]] is required")
     _check_unique(targets)
+    gateway = _gateway(gateway_table, portals, port_groups, targets)
     return Config(
         portals=portals,
         port_groups=port_groups,
+        gateway=gateway,
         targets=targets,
         state_dir=state_dir,
         discovery_chap=discovery_chap,

@@ -27,7 +27,13 @@ def target_settings(target: TargetConfig) -> TargetSettings:
 def build(config: Config) -> Settings:
     return Settings(
         targets=tuple(target_settings(t) for t in config.targets),
-        portals=tuple(portal_settings(p) for p in config.portals),
+        # A gateway advertises its peer's portals too: discovery through either finds
+        # both paths to every LU.
+        portals=tuple(portal_settings(p) for p in config.portals)
+        + tuple(
+            PortalSettings(tpgt=peer.tpgt, advertised=peer.address)
+            for peer in (config.gateway.peers if config.gateway else ())
+        ),
         discovery_chap=secret(config.discovery_chap),
         discovery_mutual_chap=secret(config.discovery_mutual_chap),
         max_recv_data_segment_length=config.max_recv_data_segment_length,

@@ -97,6 +97,8 @@ class Builder:
         )
         lu = self._build(target, lun, identity, path, self._services(target.name))
         lu.port_groups = self.port_groups
+        if config.gateway is not None:
+            _gate(lu, config, f"{target.name}/lun{lun.lun}")
         if lun.kind != "rbd":
             # APTPL on LUNs whose data is local: the reservations' file sits in the state
             # dir beside them. An RBD LUN's reservations belong in the cluster (not yet).
@@ -197,7 +199,7 @@ class Builder:
         path: Path,
         services: Services,
     ) -> BlockDevice:
-        store = _block_store(target, lun, path)
+        store = _block_store(target, lun, path, private_client=self.config.gateway is not None)
         control = self._control(target.name)
         if control is None or self.pairs is None:
             return BlockDevice(
@@ -243,7 +245,32 @@ class Builder:
             control.luns.discard(lun)
 
 
-def _block_store(target: TargetConfig, lun: LunConfig, path: Path) -> BlockStore:
+def _gate(lu: LogicalUnit, config: Config, name: str) -> None:
+    """One of two gateways: the LU's ALUA states follow its image's lock (docs/rbd.md)."""
+    from backing.rbd_image import RbdImage
+    from targetd.gateway import Layout, LockGate
+
+    store = getattr(lu, "store", None)
+    image = getattr(store, "base", store)
+    assert isinstance(image, RbdImage) and config.gateway is not None
+    try:
+        LockGate(
+            lu,
+            image,
+            Layout.of(config),
+            hold_ms=config.gateway.hold_ms,
+            takeover_ms=config.gateway.takeover_ms,
+            unit_attention=config.gateway.unit_attention,
+            name=name,
+        )
+    except OSError as exc:
+        image.close()
+        raise ConfigError(name, f"cannot watch the gateway object: {exc}") from exc
+
+
+def _block_store(
+    target: TargetConfig, lun: LunConfig, path: Path, *, private_client: bool = False
+) -> BlockStore:
     """A block LUN's store: a sparse file, or an RBD image (docs/rbd.md)."""
     if lun.rbd is None:
         return SparseFile(path, lun.size, read_only=lun.read_only)
@@ -263,6 +290,7 @@ def _block_store(target: TargetConfig, lun: LunConfig, path: Path) -> BlockStore
         cache=r.cache,
         osd_op_timeout=r.osd_op_timeout,
         connect_timeout=r.connect_timeout,
+        private_client=private_client,
     )
     try:
         image = RbdImage(spec, read_only=lun.read_only)
@@ -300,6 +328,9 @@ def build_targets(config: Config, pairs: PairService | None = None) -> dict[str,
 def close_targets(targets: dict[str, ScsiTarget]) -> None:
     for target in targets.values():
         for lu in target.luns.values():
+            gate = getattr(lu.access_gate, "close", None)
+            if gate is not None:  # stop watching before the image closes
+                gate()
             close = getattr(lu, "close", None)
             if close is not None:
                 close()

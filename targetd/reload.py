@@ -21,6 +21,7 @@ from targetd.config import Config, LunConfig, TargetConfig
 # Running values that only a restart changes.
 _RESTART_ONLY = (
     "portals",
+    "gateway",  # the peer and the lock policy of two gateways (docs/rbd.md)
     "state_dir",
     "max_sessions",
     "max_connections_per_session",

@@ -281,7 +281,8 @@ class IscsiConnection(asyncio.BufferedProtocol):
         if runtime is not None:
             for other in list(runtime.connections):
                 handles += other._cancel(other.conn.abort_matching(event.lun))
-            runtime.scsi.reset(event.nexus, event.lun)
+            for pending in runtime.scsi.reset(event.nexus, event.lun):
+                handles.append(asyncio.ensure_future(pending))
         if event.cold and runtime is not None:
             victims = list(runtime.connections)
 

@@ -485,3 +485,69 @@ def test_port_group_errors_name_the_key(tmp_path: Path, text: str, key: str, pro
     err = error(tmp_path, text)
     assert err.key == key, err
     assert problem in err.problem, err
+
+
+RBD_TARGET = """
+[[target]]
+name = "iqn.2026-11.org.example:gw"
+[[target.lun]]
+lun = 0
+kind = "rbd"
+pool = "rbd"
+image = "vol"
+"""
+GATEWAY = """
+[[portal]]
+listen = "127.0.0.1:3260"
+tpgt = 1
+port_group = 1
+[gateway]
+hold_ms = 250
+[[gateway.peer]]
+portal = "127.0.0.2:3260"
+tpgt = 2
+port_group = 2
+"""
+
+
+def test_gateway_table_and_the_peer_portals_sendtargets_advertises(tmp_path: Path) -> None:
+    from targetd.config import GatewayConfig, PeerPortal
+    from targetd.iscsi_settings import build
+
+    config = load(tmp_path, GATEWAY + RBD_TARGET)
+    assert config.gateway == GatewayConfig((PeerPortal("127.0.0.2:3260", 2, 2),), 250, 3000)
+    assert [(p.advertised, p.tpgt) for p in build(config).portals] == [
+        ("127.0.0.1:3260", 1),
+        ("127.0.0.2:3260", 2),
+    ]
+
+
+PEER = '[[gateway.peer]]\nportal = "127.0.0.2:3260"\ntpgt = 2\nport_group = 2\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ("[gateway]\n" + RBD_TARGET, "gateway.peer", "missing"),
+        ('[gateway]\n[[gateway.peer]]\nportal = "127.0.0.2:3260"\ntpgt = 2\n' + RBD_TARGET,
+         "gateway.peer[0].port_group", "missing"),
+        ('[gateway]\n[[gateway.peer]]\nportal = "127.0.0.2:3260"\ntpgt = 1\nport_group = 2\n'
+         + RBD_TARGET, "gateway.peer[0].tpgt", "relative target port ids must differ"),
+        ('[gateway]\n[[gateway.peer]]\nportal = "127.0.0.2:3260"\ntpgt = 2\nport_group = 1\n'
+         + RBD_TARGET, "gateway.peer[0].port_group", "this gateway's own"),
+        ("[gateway]\n" + PEER + '[[gateway.peer]]\nportal = "127.0.0.3:3260"\ntpgt = 3\n'
+         "port_group = 3\n" + RBD_TARGET, "gateway.peer[1].port_group", "two gateways"),
+        ('[[port_group]]\nid = 2\nstate = "standby"\n[gateway]\n' + PEER + RBD_TARGET,
+         "port_group[0].state", "follow the image's lock"),
+        ("[gateway]\n" + PEER + TARGET, "target[0].lun[0].kind", "rbd LUNs only"),
+        ("[gateway]\n" + PEER + RBD_TARGET + 'cache = "writeback"\n', "target[0].lun[0].cache",
+         'cache = "none"'),
+        ('[[portal]]\nlisten = "127.0.0.1:1"\n[[portal]]\nlisten = "127.0.0.1:2"\ntpgt = 3\n'
+         "port_group = 3\n[gateway]\n" + PEER + RBD_TARGET, "portal", "one port_group"),
+        ("[gateway]\nhold_ms = -1\n" + PEER + RBD_TARGET, "gateway.hold_ms", "0..60000"),
+    ],
+)  # fmt: skip
+def test_gateway_errors_name_the_key(tmp_path: Path, text: str, key: str, problem: str) -> None:
+    err = error(tmp_path, text)
+    assert err.key == key, err
+    assert problem in err.problem, err

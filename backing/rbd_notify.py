@@ -1,0 +1,171 @@
+"""Messages between the gateways of one RBD image: RADOS watch/notify on an object of its own.
+
+Every gateway that serves an image watches ``targetd.gateway.<image id>`` in the image's
+pool (and namespace). A notify reaches every watcher, and returns when all have acknowledged
+it or ``timeout`` has passed; each acknowledgement carries a reply. That round trip is the
+gateways' liveness signal: a live gateway answers in milliseconds, a dead or frozen one
+(kill -9, SIGSTOP, a lost network) does not answer at all, long before the OSDs expire its
+watch (``osd_client_watch_timeout``, 30 s by default).
+
+Messages and replies are small JSON objects. librados calls the watch callback on its own
+thread; the message is handed to the event loop, which answers it (``reply``) when it has
+decided, from the loop. Nothing here knows what the messages mean (targetd/gateway.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import logging
+import struct
+from collections.abc import Callable
+from ctypes import byref, c_size_t, c_uint64, c_void_p
+from dataclasses import dataclass, field
+from typing import Any
+
+from backing.rbd_image import RbdImage
+from backing.rbd_lib import WATCH_CALLBACK, WATCH_ERROR_CALLBACK, check, lib
+
+log = logging.getLogger("targetd.rbd")
+
+Message = dict[str, Any]
+Reply = Callable[[Message], None]
+# (message, reply): the receiver must call reply exactly once.
+OnMessage = Callable[[Message, Reply], None]
+OnError = Callable[[int], None]
+
+
+@dataclass
+class NotifyResult:
+    """What a notify brought back: the replies of the watchers that answered (each a
+    message) and how many watchers did not answer in time."""
+
+    replies: list[Message] = field(default_factory=list)
+    timed_out: int = 0
+
+
+def decode_notify_reply(raw: bytes) -> NotifyResult:
+    """librados's notify reply: ``map<(gid, cookie), bufferlist>`` of acknowledgements then
+    ``set<(gid, cookie)>`` of watchers that timed out, little-endian Ceph encoding."""
+    result = NotifyResult()
+    (count,) = struct.unpack_from("<I", raw, 0)
+    pos = 4
+    for _ in range(count):
+        _gid, _cookie, length = struct.unpack_from("<QQI", raw, pos)
+        pos += 20
+        payload = raw[pos : pos + length]
+        pos += length
+        if payload:
+            try:
+                message = json.loads(payload)
+            except ValueError:
+                continue  # not one of ours
+            if isinstance(message, dict):
+                result.replies.append(message)
+    if pos + 4 <= len(raw):
+        (result.timed_out,) = struct.unpack_from("<I", raw, pos)
+    return result
+
+
+class GatewayChannel:
+    """One gateway's end of an image's message object."""
+
+    def __init__(self, image: RbdImage, on_message: OnMessage, on_error: OnError) -> None:
+        self.image = image
+        self.on_message = on_message
+        self.on_error = on_error
+        self.oid = b""
+        self._cookie = c_uint64(0)
+        self._ioctx = c_void_p()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watch_cb = WATCH_CALLBACK(self._on_notify)
+        self._error_cb = WATCH_ERROR_CALLBACK(self._on_watch_error)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Create the object if needed and watch it (blocking)."""
+        self._loop = loop
+        self._ioctx = self.image.ioctx
+        self.oid = f"targetd.gateway.{self.image.image_id}".encode()
+        # A notify needs the object to exist; an empty write_full creates it, harmlessly
+        # again when another gateway already did.
+        check(lib().rados_write_full(self._ioctx, self.oid, b"", 0), "creating the gateway object")
+        check(
+            lib().rados_watch3(
+                self._ioctx, self.oid, byref(self._cookie), self._watch_cb, self._error_cb, 0, None
+            ),
+            "watching the gateway object",
+        )
+
+    def stop(self) -> None:
+        """Stop watching (blocking); a fenced client's unwatch fails, which is fine."""
+        if self._cookie.value:
+            lib().rados_unwatch2(self._ioctx, self._cookie)
+            self._cookie = c_uint64(0)
+
+    async def notify(self, message: Message, timeout: float) -> NotifyResult:
+        """Send ``message`` to every gateway (this one too: it answers with nothing) and
+        collect their replies; watchers silent for ``timeout`` seconds are counted."""
+        data = json.dumps(message).encode()
+        ioctx, oid = self._ioctx, self.oid
+
+        def send() -> NotifyResult:
+            reply = c_void_p()
+            length = c_size_t()
+            ret = lib().rados_notify2(
+                ioctx, oid, data, len(data), int(timeout * 1000), byref(reply), byref(length)
+            )
+            try:
+                raw = ctypes.string_at(reply, length.value) if reply else b""
+            finally:
+                if reply:
+                    lib().rados_buffer_free(reply)
+            if ret < 0 and not raw:  # ETIMEDOUT still brings the replies that came
+                check(ret, "rados_notify2")
+            return decode_notify_reply(raw) if raw else NotifyResult()
+
+        return await asyncio.get_running_loop().run_in_executor(None, send)
+
+    # -- librados's threads ------------------------------------------------------------
+    def _on_notify(
+        self, _arg: int | None, notify_id: int, cookie: int, _notifier: int, data: int | None,
+        length: int,
+    ) -> None:  # fmt: skip
+        raw = ctypes.string_at(data, length) if data and length else b""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._ack(notify_id, cookie, {})
+            return
+        loop.call_soon_threadsafe(self._deliver, notify_id, cookie, raw)
+
+    def _on_watch_error(self, _arg: int | None, _cookie: int, err: int) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.on_error, err)
+
+    # -- the event loop ----------------------------------------------------------------
+    def _deliver(self, notify_id: int, cookie: int, raw: bytes) -> None:
+        try:
+            message = json.loads(raw) if raw else {}
+        except ValueError:
+            message = {}
+        if not isinstance(message, dict) or message.get("from") == self.image.address:
+            self._ack(notify_id, cookie, {})
+            return
+        answered = False
+
+        def reply(answer: Message) -> None:
+            nonlocal answered
+            if not answered:
+                answered = True
+                self._ack(notify_id, cookie, answer)
+
+        try:
+            self.on_message(message, reply)
+        except Exception:
+            log.exception("gateway message %r", message)
+            reply({})
+
+    def _ack(self, notify_id: int, cookie: int, answer: Message) -> None:
+        data = json.dumps(answer).encode() if answer else b""
+        lib().rados_notify_ack(self._ioctx, self.oid, notify_id, cookie, data, len(data))

@@ -1,0 +1,394 @@
+"""Two gateways, one RBD image: ALUA states that follow RBD's exclusive lock (docs/rbd.md).
+
+Each LU of a gateway has a :class:`LockGate`. The gateway that holds the image's lock is
+active/optimized, the other active/non-optimized; both serve reads (the cluster has every
+acknowledged write: librbd's cache is off on gateways) and only the holder writes.
+
+A command that needs the lock (``scsi.alua.needs_ownership``) arriving at the gateway
+that does not hold it asks the holder over the image's message object
+(backing/rbd_notify.py):
+
+- the holder gives the lock up when it has seen no I/O for ``hold_ms`` (and nothing is in
+  flight), and otherwise answers "busy, ask again in N ms", so a path that flaps between
+  gateways moves the lock at most once per hold time, not on every command;
+- a holder that does not answer within ``takeover_ms`` is dead or frozen: the asker breaks
+  its lock (``rbd_lock_break`` blocklists it in the cluster first) and takes it;
+- when the lock is not had in time the command gets NOT READY, ASYMMETRIC ACCESS STATE
+  TRANSITION (04h/0Ah), which initiators retry.
+
+Taking the lock rereads the image's allocation (the other gateway wrote) and raises
+ASYMMETRIC ACCESS STATE CHANGED (2Ah/06h) on the LU's nexuses; so does giving it up.
+A gateway whose writes fail with ESHUTDOWN was blocklisted: it answers transitioning,
+reopens the image as a new client, removes its old address from the blocklist and comes
+back as the non-optimized path.
+
+The policy (:class:`HoldPolicy`, :func:`states`) is plain functions of time and counters;
+:class:`LockGate` is the asyncio shell around librbd and the message object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from backing.errors import StoreError
+from backing.rbd_image import RbdImage
+from backing.rbd_notify import GatewayChannel, Message, Reply
+from scsi.alua import AccessState, PortGroup, PortGroups, needs_ownership
+from scsi.command import Nexus
+from scsi.logical_unit import LogicalUnit
+from scsi.sense import CheckCondition, Reason
+from targetd import logs
+from targetd.config import Config
+
+log = logging.getLogger("targetd.gateway")
+
+# The shortest "ask again" a holder gives: a lock request is a few ms of cluster round trips.
+MIN_WAIT = 0.005
+# How long a broadcast (acquired, released, reset) waits for the other gateway.
+BROADCAST_TIMEOUT = 1.0
+# Errors of a client the cluster blocklisted (EBLOCKLISTED is ESHUTDOWN), or whose watch
+# it dropped for that reason.
+FENCED_ERRNOS = frozenset({errno.ESHUTDOWN})
+
+
+@dataclass(frozen=True, slots=True)
+class HoldPolicy:
+    """When the holder gives the lock to the gateway that asks for it."""
+
+    hold: float  # seconds
+
+    def answer(self, now: float, last_io: float, in_flight: int) -> float:
+        """0 to give the lock up now, else how long the asker should wait first."""
+        if in_flight:
+            return max(self.hold, MIN_WAIT)
+        idle = now - last_io
+        if idle >= self.hold:
+            return 0.0
+        return max(self.hold - idle, MIN_WAIT)
+
+
+def states(*, holding: bool, peer_holds: bool, fenced: bool) -> tuple[AccessState, AccessState]:
+    """(this gateway's group, the peer's group). Standby is never used: the Linux initiator
+    and libiscsi's tools fail on a standby path's TEST UNIT READY instead of using it."""
+    if fenced:
+        own = AccessState.TRANSITIONING
+    else:
+        own = AccessState.ACTIVE_OPTIMIZED if holding else AccessState.ACTIVE_NON_OPTIMIZED
+    peer = (
+        AccessState.ACTIVE_OPTIMIZED
+        if peer_holds and not holding
+        else AccessState.ACTIVE_NON_OPTIMIZED
+    )
+    return own, peer
+
+
+class NotAvailable(Exception):
+    """The lock could not be had in time: the command is answered transitioning."""
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The two groups' ids and relative target ports, from the configuration."""
+
+    own_group: int
+    own_ports: tuple[int, ...]
+    peer_group: int
+    peer_ports: tuple[int, ...]
+
+    @classmethod
+    def of(cls, config: Config) -> Layout:
+        assert config.gateway is not None
+        return cls(
+            own_group=config.portals[0].port_group,
+            own_ports=tuple(sorted({p.tpgt for p in config.portals})),
+            peer_group=config.gateway.peer_group,
+            peer_ports=tuple(sorted({p.tpgt for p in config.gateway.peers})),
+        )
+
+
+class LockGate:
+    """One LU's side of the lock: admits its commands, answers the peer, follows fencing."""
+
+    def __init__(
+        self,
+        lu: LogicalUnit,
+        image: RbdImage,
+        layout: Layout,
+        *,
+        hold_ms: int,
+        takeover_ms: int,
+        unit_attention: bool = True,
+        name: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.lu = lu
+        self.image = image
+        self.layout = layout
+        self.policy = HoldPolicy(hold_ms / 1000)
+        self.takeover = takeover_ms / 1000
+        self.unit_attention = unit_attention
+        self.name = name
+        self.clock = clock
+        self.holding = False
+        self.peer_holds = False
+        self.is_fenced = False
+        self.last_io = float("-inf")
+        self.in_flight = 0
+        self.acquisitions = 0  # lock moves to this gateway (metrics, tests)
+        self.breaks = 0  # takeovers from a silent holder
+        self._transition: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.groups = PortGroups(self._groups())
+        lu.port_groups = self.groups
+        lu.access_gate = self
+        lu.after_reset = self.reset_peers
+        self.channel = GatewayChannel(image, self._on_message, self._on_watch_error)
+        self._loop = asyncio.get_running_loop()
+        self.channel.start(self._loop)
+        self._spawn(self._learn_owner())
+
+    # -- ALUA ------------------------------------------------------------------------
+    def _groups(self) -> list[PortGroup]:
+        own, peer = states(holding=self.holding, peer_holds=self.peer_holds, fenced=self.is_fenced)
+        layout = self.layout
+        groups = [
+            PortGroup(layout.own_group, own, layout.own_ports),
+            PortGroup(layout.peer_group, peer, layout.peer_ports),
+        ]
+        return sorted(groups, key=lambda g: g.id)
+
+    def _update(self) -> None:
+        if self.groups.update(self._groups()) and (self.unit_attention or self.is_fenced):
+            self.lu.raise_unit_attention(Reason.ASYMMETRIC_ACCESS_STATE_CHANGED)
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _learn_owner(self) -> None:
+        try:
+            owners = await self.image.lock_owners()
+        except OSError:
+            return
+        self.holding = bool(owners) and owners[0] == self.image.address
+        self.peer_holds = bool(owners) and not self.holding
+        self._update()
+
+    # -- the LU's commands (scsi.alua.AccessGate) --------------------------------------
+    async def enter(self, nexus: Nexus, cdb: bytes) -> bool:
+        if self.is_fenced:
+            raise CheckCondition(Reason.LU_NOT_ACCESSIBLE_TRANSITIONING)
+        if not needs_ownership(cdb):
+            if self.holding:
+                self.last_io = self.clock()
+            return False
+        # A silent holder is fenced after takeover_ms; a live, busy one keeps the lock and
+        # the command is refused (transitioning) for the initiator to retry.
+        deadline = self.clock() + self.takeover + 1.0
+        while not (self.holding and self._transition is None):
+            if self.is_fenced:
+                raise CheckCondition(Reason.LU_NOT_ACCESSIBLE_TRANSITIONING)
+            if self._transition is None:
+                self._transition = self._loop.create_task(self._acquire(deadline))
+                self._transition.add_done_callback(self._transition_done)
+            try:
+                await asyncio.shield(self._transition)
+            except (NotAvailable, OSError) as exc:
+                if isinstance(exc, OSError):
+                    log.warning(
+                        "lock not taken", extra=logs.fields(lu=self.name, error=str(exc))
+                    )
+                raise CheckCondition(Reason.LU_NOT_ACCESSIBLE_TRANSITIONING) from exc
+            if self.clock() > deadline and not self.holding:
+                raise CheckCondition(Reason.LU_NOT_ACCESSIBLE_TRANSITIONING)
+        self.in_flight += 1
+        self.last_io = self.clock()
+        return True
+
+    def leave(self, entered: bool) -> None:
+        if entered:
+            self.in_flight -= 1
+            self.last_io = self.clock()
+
+    def fenced(self, error: StoreError) -> bool:
+        if error.errno in FENCED_ERRNOS:
+            self._fence("a write failed: this gateway's client is blocklisted")
+            return True
+        return False
+
+    def _transition_done(self, task: asyncio.Task[None]) -> None:
+        if self._transition is task:
+            self._transition = None
+        if not task.cancelled():
+            task.exception()  # retrieved: the waiters saw it
+
+    # -- taking the lock ---------------------------------------------------------------
+    async def _acquire(self, deadline: float) -> None:
+        image = self.image
+        while True:
+            owners = await image.lock_owners()
+            if not owners:
+                try:
+                    await image.acquire_lock()
+                except OSError as exc:
+                    if exc.errno in FENCED_ERRNOS:
+                        self._fence("taking the lock failed: blocklisted")
+                        raise NotAvailable from exc
+                    if exc.errno not in (errno.EROFS, errno.EBUSY, errno.EAGAIN):
+                        raise
+                    await self._wait(0.01, deadline)  # the peer took it first
+                    continue
+                await self._became_holder()
+                return
+            holder = owners[0]
+            if holder == image.address:
+                await self._became_holder()
+                return
+            result = await self.channel.notify(
+                {"op": "request", "from": image.address, "holder": holder}, self.takeover
+            )
+            answer = next((r for r in result.replies if r.get("addr") == holder), None)
+            if answer is None:
+                log.warning(
+                    "lock holder silent: breaking its lock (the cluster blocklists it)",
+                    extra=logs.fields(lu=self.name, holder=holder, waited=self.takeover),
+                )
+                try:
+                    await image.break_lock(holder)
+                except OSError as exc:  # it went away meanwhile: look again
+                    if exc.errno in FENCED_ERRNOS:
+                        self._fence("breaking the lock failed: blocklisted")
+                        raise NotAvailable from exc
+                self.breaks += 1
+                continue
+            if answer.get("answer") == "released":
+                continue
+            await self._wait(float(answer.get("wait", MIN_WAIT)), deadline)
+
+    async def _wait(self, seconds: float, deadline: float) -> None:
+        if self.clock() + seconds > deadline:
+            raise NotAvailable
+        await asyncio.sleep(seconds)
+
+    async def _became_holder(self) -> None:
+        # The other gateway wrote: what this one knows of the allocation is stale.
+        await self.image.reload_allocation()
+        self.holding = True
+        self.peer_holds = False
+        self.last_io = self.clock()
+        self.acquisitions += 1
+        log.info("lock taken", extra=logs.fields(lu=self.name, moves=self.acquisitions))
+        self._update()
+        self._spawn(self._broadcast({"op": "acquired"}))
+
+    async def _broadcast(self, message: Message) -> None:
+        try:
+            await self.channel.notify({**message, "from": self.image.address}, BROADCAST_TIMEOUT)
+        except OSError as exc:
+            log.debug("broadcast failed: %s", exc)
+
+    async def reset_peers(self) -> None:
+        """A LOGICAL UNIT RESET here: the other gateway's nexuses get the unit attention
+        too, before the reset is answered."""
+        await self._broadcast({"op": "reset"})
+
+    # -- the other gateway's messages --------------------------------------------------
+    def _on_message(self, message: Message, reply: Reply) -> None:
+        op = message.get("op")
+        me = self.image.address
+        if op == "request":
+            if not self.holding or self._transition is not None or self.is_fenced:
+                reply({"addr": me, "answer": "busy", "wait": MIN_WAIT})
+                return
+            wait = self.policy.answer(self.clock(), self.last_io, self.in_flight)
+            if wait:
+                reply({"addr": me, "answer": "busy", "wait": wait})
+                return
+            self._transition = self._loop.create_task(self._release(reply))
+            self._transition.add_done_callback(self._transition_done)
+            return
+        if op == "acquired" and not self.holding:
+            self.peer_holds = True
+            self._update()
+        elif op == "reset":
+            self.lu.reset(None)
+        reply({})
+
+    async def _release(self, reply: Reply) -> None:
+        me = self.image.address
+        try:
+            await self.image.release_lock()
+        except OSError as exc:
+            if exc.errno in FENCED_ERRNOS:
+                self._fence("releasing the lock failed: blocklisted")
+            reply({"addr": me, "answer": "busy", "wait": MIN_WAIT})
+            return
+        self.holding = False
+        self.peer_holds = True
+        log.info("lock given up", extra=logs.fields(lu=self.name))
+        self._update()
+        reply({"addr": me, "answer": "released"})
+
+    # -- fencing -----------------------------------------------------------------------
+    def _on_watch_error(self, err: int) -> None:
+        if not self.is_fenced:
+            self._spawn(self._rewatch(err))
+
+    async def _rewatch(self, err: int) -> None:
+        loop = self._loop
+        log.warning("gateway watch lost", extra=logs.fields(lu=self.name, error=err))
+        await loop.run_in_executor(None, self.channel.stop)
+        try:
+            await loop.run_in_executor(None, self.channel.start, loop)
+        except OSError as exc:
+            if exc.errno in FENCED_ERRNOS:
+                self._fence("the cluster blocklisted this gateway")
+            else:
+                await asyncio.sleep(1.0)
+                self._on_watch_error(-(exc.errno or errno.EIO))
+
+    def _fence(self, why: str) -> None:
+        if self.is_fenced:
+            return
+        log.warning("fenced", extra=logs.fields(lu=self.name, reason=why))
+        self.is_fenced = True
+        self.holding = False
+        self.peer_holds = True
+        self._update()
+        self._spawn(self._recover())
+
+    async def _recover(self) -> None:
+        """Reopen the image as a new client and come back as the non-optimized path."""
+        loop = self._loop
+        old = self.image.address
+        while self.in_flight:  # a blocklisted client's requests fail at once
+            await asyncio.sleep(0.01)
+        await loop.run_in_executor(None, self.channel.stop)
+        while True:
+            try:
+                await self.image.reopen()
+                await loop.run_in_executor(None, self.channel.start, loop)
+                break
+            except OSError as exc:
+                log.warning("reopen failed", extra=logs.fields(lu=self.name, error=str(exc)))
+                await asyncio.sleep(1.0)
+        try:  # the old client is shut down: its entry only piles up in the osdmap
+            await loop.run_in_executor(None, self.image.unblocklist, old)
+        except OSError as exc:
+            log.info("blocklist entry kept", extra=logs.fields(addr=old, error=str(exc)))
+        self.is_fenced = False
+        log.info("rejoined", extra=logs.fields(lu=self.name, client=self.image.address))
+        await self._learn_owner()
+        self._update()
+
+    def close(self) -> None:
+        """Stop watching (blocking; before the image closes)."""
+        for task in list(self._tasks):
+            task.cancel()
+        self.channel.stop()

@@ -1,0 +1,244 @@
+"""Two gateways on one RBD image (docs/rbd.md, "Two gateways"): ALUA states that follow the
+image's exclusive lock, data through both paths, no ping-pong, and takeover with blocklist
+fencing after kill -9 and SIGSTOP. Everything against the real cluster and real daemons."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from ceph_fixtures import ImageFactory, ceph_cluster, export_image, new_image
+from cluster import CephCluster
+from gateways import IQN, PairFactory, gateway_pair
+from raw_initiator import RawInitiator
+
+from scsi.sense import parse_sense
+
+BLOCK = 512
+RTPG = bytes([0xA3, 0x0A, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0])
+TRANSITIONING = (2, (2, 0x04, 0x0A))
+STATE_CHANGED = (2, (6, 0x2A, 0x06))
+AO, ANO = 0x0, 0x1
+
+
+def write10(lba: int, blocks: int) -> bytes:
+    return bytes([0x2A, 0]) + lba.to_bytes(4, "big") + bytes([0, blocks >> 8, blocks & 255, 0])
+
+
+def read10(lba: int, blocks: int) -> bytes:
+    return bytes([0x28, 0]) + lba.to_bytes(4, "big") + bytes([0, blocks >> 8, blocks & 255, 0])
+
+
+def login(port: int, host: str) -> RawInitiator:
+    ini = RawInitiator(port, name=f"iqn.2026-11.org.targetd.test:{host}")
+    assert ini.login(IQN).bhs[36:38] == b"\0\0"
+    ini.clear_unit_attentions()
+    return ini
+
+
+def answer(ini: RawInitiator, cdb: bytes, **kw: object) -> tuple[int, tuple[int, int, int] | None]:
+    status, _, sense = ini.command(cdb, **kw)  # type: ignore[arg-type]
+    return status, (parse_sense(sense) if sense else None)
+
+
+def states(ini: RawInitiator) -> dict[int, int]:
+    """Port group id -> asymmetric access state, from REPORT TARGET PORT GROUPS (any UA
+    first is consumed)."""
+    for _ in range(3):
+        status, data, _ = ini.command(RTPG, read=256)
+        if status == 0:
+            break
+    assert status == 0
+    out, pos = {}, 4
+    while pos < len(data):
+        out[int.from_bytes(data[pos + 2 : pos + 4], "big")] = data[pos] & 0x0F
+        pos += 8 + 4 * data[pos + 7]
+    return out
+
+
+def write_ok(ini: RawInitiator, lba: int, data: bytes, timeout: float = 15.0) -> float:
+    """WRITE(10) until GOOD, retrying what an initiator retries (unit attention, NOT READY
+    transitioning); returns when it completed (time.monotonic())."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = answer(ini, write10(lba, len(data) // BLOCK), data=data)
+        if result == (0, None):
+            return time.monotonic()
+        assert result in (TRANSITIONING, STATE_CHANGED), result
+        assert time.monotonic() < deadline, result
+        time.sleep(0.02)
+
+
+def read_ok(ini: RawInitiator, lba: int, blocks: int) -> bytes:
+    for _ in range(3):
+        status, data, sense = ini.command(read10(lba, blocks), read=blocks * BLOCK)
+        if status == 0:
+            return data
+    raise AssertionError(parse_sense(sense))
+
+
+def block(tag: int) -> bytes:
+    return hashlib.sha256(str(tag).encode()).digest() * (BLOCK // 32)
+
+
+def test_both_paths_serve_the_image_and_rtpg_follows_the_lock(
+    ceph_cluster: CephCluster, new_image: ImageFactory, gateway_pair: PairFactory, tmp_path: Path
+) -> None:
+    image = new_image("16M")
+    pair = gateway_pair(image)
+    a, b = login(pair.a.port, "a"), login(pair.b.port, "b")
+    # Nobody holds the lock yet: both groups non-optimized through both paths.
+    assert states(a) == states(b) == {1: ANO, 2: ANO}
+    assert answer(a, write10(0, 1), data=block(1)) == (0, None)  # A takes the lock
+    assert answer(a, RTPG, read=256) == STATE_CHANGED
+    assert states(a) == {1: AO, 2: ANO}
+    assert read_ok(b, 0, 1) == block(1)  # B reads the cluster, no lock needed
+    assert states(b) == {1: AO, 2: ANO}  # told by A's "acquired"
+    # A write through B: A has been idle past hold_ms? Not yet: B waits, then takes it.
+    time.sleep(1.1)
+    assert answer(b, write10(1, 1), data=block(2)) == (0, None)
+    assert states(b) == {1: ANO, 2: AO}
+    assert states(a) == {1: ANO, 2: AO}
+    assert read_ok(a, 0, 2) == block(1) + block(2)
+    data = export_image(ceph_cluster, image, tmp_path / "export")
+    assert data[: 2 * BLOCK] == block(1) + block(2)
+
+
+def test_no_ping_pong_when_both_paths_write(
+    new_image: ImageFactory, gateway_pair: PairFactory
+) -> None:
+    """Each path writes as fast as its writes complete, at the same time, for 3 s: the
+    holder keeps the lock while it sees I/O (hold_ms), so the lock moves once or twice,
+    not on every command; the other path's writes wait, then are refused transitioning."""
+    pair = gateway_pair(new_image("16M"), hold_ms=500)
+    paths = {"a": login(pair.a.port, "a"), "b": login(pair.b.port, "b")}
+    counts = {name: {"good": 0, "refused": 0} for name in paths}
+    end = time.monotonic() + 3.0
+
+    def writer(name: str) -> None:
+        ini, tag = paths[name], 0
+        while time.monotonic() < end:
+            tag += 1
+            base = 0 if name == "a" else 64
+            result = answer(ini, write10(base + tag % 64, 1), data=block(tag))
+            assert result in ((0, None), TRANSITIONING, STATE_CHANGED), result
+            counts[name]["good"] += result == (0, None)
+            counts[name]["refused"] += result == TRANSITIONING
+
+    threads = [threading.Thread(target=writer, args=(name,)) for name in paths]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    moves = pair.lock_moves(pair.a) + pair.lock_moves(pair.b)
+    good = sorted(c["good"] for c in counts.values())
+    assert good[1] > 100, counts  # the holder's path runs at full speed
+    assert 1 <= moves <= 2, (moves, counts)
+
+
+def test_alternating_writes_move_the_lock_at_most_once_per_hold_time(
+    new_image: ImageFactory, gateway_pair: PairFactory
+) -> None:
+    """One initiator alternating its writes between the paths: every write through the
+    non-holder waits for the holder's hold time, so the lock moves about once per
+    hold_ms (here 300 ms over 3 s), not once per command."""
+    pair = gateway_pair(new_image("16M"), hold_ms=300)
+    a, b = login(pair.a.port, "a"), login(pair.b.port, "b")
+    commands, tag, end = 0, 0, time.monotonic() + 3.0
+    while time.monotonic() < end:
+        for ini in (a, b):
+            tag += 1
+            write_ok(ini, tag % 64, block(tag))
+            commands += 1
+    moves = pair.lock_moves(pair.a) + pair.lock_moves(pair.b)
+    assert moves <= 3.0 / 0.3 + 2, (moves, commands)
+    assert moves >= commands - 2  # strictly alternating: each write through the other path
+
+
+def test_kill9_takeover_keeps_every_acknowledged_write(
+    ceph_cluster: CephCluster, new_image: ImageFactory, gateway_pair: PairFactory, tmp_path: Path
+) -> None:
+    image = new_image("16M")
+    pair = gateway_pair(image, takeover_ms=2000)
+    a, b = login(pair.a.port, "a"), login(pair.b.port, "b")
+    acked: dict[int, bytes] = {}
+    for lba in range(32):
+        write_ok(a, lba, block(lba))
+        acked[lba] = block(lba)
+    assert states(b) == {1: AO, 2: ANO}
+    pair.kill(pair.a)
+    killed = time.monotonic()
+    resumed = write_ok(b, 40, block(40), timeout=20)
+    acked[40] = block(40)
+    assert resumed - killed < 10.0
+    assert states(b) == {1: ANO, 2: AO}
+    for lba, data in acked.items():
+        assert read_ok(b, lba, 1) == data
+    exported = export_image(ceph_cluster, image, tmp_path / "export")
+    for lba, data in acked.items():
+        assert exported[lba * BLOCK : (lba + 1) * BLOCK] == data
+    assert "breaking its lock" in pair.b.stderr
+
+
+def test_sigstopped_holder_is_fenced_and_never_writes_again(
+    ceph_cluster: CephCluster, new_image: ImageFactory, gateway_pair: PairFactory, tmp_path: Path
+) -> None:
+    """A holds the lock and is frozen (SIGSTOP); B takes over (A silent for takeover_ms:
+    its lock is broken and A blocklisted). Writes sent to A while it sleeps are served when
+    it wakes: each fails NOT READY, transitioning, and not a byte of the image changes;
+    A then reopens the image as a new client and comes back as the non-optimized path."""
+    image = new_image("16M")
+    # B holds on to the lock once it has it (hold_ms): A's writes after it rejoins wait,
+    # then are refused too, so every write sent through A must fail.
+    pair = gateway_pair(image, takeover_ms=2000, hold_ms=60000)
+    a, b = login(pair.a.port, "a"), login(pair.b.port, "b")
+    write_ok(a, 0, block(0))
+    pair.kill(pair.a, signal.SIGSTOP)
+    write_ok(b, 1, block(1), timeout=20)  # B breaks A's lock: A is blocklisted
+    assert "breaking its lock" in pair.b.stderr
+    before = hashlib.sha256(export_image(ceph_cluster, image, tmp_path / "before")).digest()
+    # Queued in A's socket while it is stopped: A still believes it holds the lock.
+    a.send(a.scsi_header(write10(8, 1), write=BLOCK, data_len=BLOCK), block(99))
+    pair.kill(pair.a, signal.SIGCONT)
+    resp = a.recv()
+    sense = resp.data[2 : 2 + int.from_bytes(resp.data[:2], "big")]
+    # The write failed in librbd (ESHUTDOWN), or A learned it was fenced just before.
+    answers = [(resp.bhs[3], parse_sense(sense))]
+    answers += [answer(a, write10(9 + i, 1), data=block(99)) for i in range(3)]
+    assert set(answers) <= {TRANSITIONING, STATE_CHANGED} and TRANSITIONING in answers, answers
+    pair.wait_log(pair.a, "rejoined")
+    after = hashlib.sha256(export_image(ceph_cluster, image, tmp_path / "after")).digest()
+    assert after == before
+    assert "lock taken" not in pair.a.stderr.split("fenced", 1)[1]
+    # Back as the non-optimized path, reading what B wrote; its old address is no longer
+    # in the blocklist (the new client has another).
+    assert states(a) == {1: ANO, 2: AO}
+    assert read_ok(a, 0, 2) == block(0) + block(1)
+    fenced = re.search(r"breaking its lock.* holder=(\S+)", pair.b.stderr)
+    assert fenced is not None
+    assert fenced.group(1) not in ceph_cluster.ceph("osd", "blocklist", "ls")
+
+
+def test_libiscsi_multipath_suite_over_two_gateways(
+    new_image: ImageFactory, gateway_pair: PairFactory, tmp_path: Path
+) -> None:
+    """libiscsi's MultipathIO suite with one path through each gateway: writes through one
+    read through the other, LU reset seen on both, COMPARE AND WRITE alternating between
+    them (hold_ms = 0: the lock follows every write, as the suite alternates on purpose;
+    unit_attention = false: the suite does not retry one)."""
+    pair = gateway_pair(new_image("16M"), hold_ms=0, unit_attention=False)
+    run = subprocess.run(
+        ["iscsi-test-cu", "--dataloss", "--test=ALL.MultipathIO",
+         "-i", "iqn.2026-11.org.targetd.test:mpio", pair.url(pair.a), pair.url(pair.b)],
+        capture_output=True, text=True, errors="replace", timeout=300, check=False,
+    )  # fmt: skip
+    out = run.stdout + run.stderr
+    assert "found matching LU device identifier for all (2) paths" in out, out
+    for name in ("Simple", "Reset", "CompareAndWrite", "CompareAndWriteAsync"):
+        assert f"Test: {name} ...passed" in out, out
+    assert run.returncode == 0, out
