@@ -11,7 +11,7 @@
 #
 # Each check runs as its own `sh -e ./test.sh NAME` and prints "@@verdict NAME pass|fail", so
 # a peer's failed check does not hide how it does on the next ones; the harness reads the
-# verdicts. The script fails when any check failed.
+# verdicts. The script fails when any check failed, unless VERDICTS_ONLY is set (a peer's run).
 . ./lib.sh
 CHANGER_LUN=${CHANGER_LUN:-0}
 DRIVE_LUN=${DRIVE_LUN:-1}
@@ -133,21 +133,25 @@ check_refusals() {
 }
 
 check_exchange() {
-    # EXCHANGE MEDIUM: the two cartridges trade places in one command
+    # EXCHANGE MEDIUM: the two cartridges trade places in one command, and back
     run mtx -f "$CHANGER" exchange 1 3
     out=$(status)
     expect "$out" "Storage Element 1:Full :VolumeTag=TD0002L6" \
         "Storage Element 3:Full :VolumeTag=TD0001L6"
+    run mtx -f "$CHANGER" exchange 1 3
+    out=$(status)
+    expect "$out" "Storage Element 1:Full :VolumeTag=TD0001L6" \
+        "Storage Element 3:Full :VolumeTag=TD0002L6"
 }
 
 check_mail_slot() {
     run mtx -f "$CHANGER" transfer 3 5
     out=$(status)
-    expect "$out" "Storage Element 5 IMPORT/EXPORT:Full :VolumeTag=TD0001L6" \
+    expect "$out" "Storage Element 5 IMPORT/EXPORT:Full :VolumeTag=TD0002L6" \
         "Storage Element 3:Empty"
     run mtx -f "$CHANGER" transfer 5 4
     out=$(status)
-    expect "$out" "Storage Element 5 IMPORT/EXPORT:Empty" "Storage Element 4:Full :VolumeTag=TD0001L6"
+    expect "$out" "Storage Element 5 IMPORT/EXPORT:Empty" "Storage Element 4:Full :VolumeTag=TD0002L6"
 }
 
 # Bacula's changer script, as its storage daemon calls it (%c %o %S %a %d)
@@ -164,7 +168,7 @@ check_mtx_changer() {
     [ "$out" = 5 ] || fail "mtx-changer slots said '$out'"
     out=$(chg list 0)
     echo "$out"
-    [ "$(printf '%s\n' "$out" | sort | tr '\n' ' ')" = "1:TD0002L6 4:TD0001L6 " ] ||
+    [ "$(printf '%s\n' "$out" | sort | tr '\n' ' ')" = "1:TD0001L6 4:TD0002L6 " ] ||
         fail "mtx-changer list said '$out'"
     out=$(chg loaded 0)
     [ "$out" = 0 ] || fail "mtx-changer loaded said '$out' for the empty drive"
@@ -253,14 +257,18 @@ y"
 }
 
 check_btape_autochanger() {
+    # after `test`, slot 1's cartridge is in the drive (another, should `test` have failed)
+    slot=$(chg loaded 0)
+    [ "$slot" != 0 ] || fail "the drive is empty before btape autochanger"
     btape_run autochanger "autochanger
 y"
-    btape_expect autochanger "Slot 1 loaded. I am going to unload it." "unload status=OK 0" \
+    btape_expect autochanger "Slot $slot loaded. I am going to unload it." \
+        "3302 Issuing autochanger \"unload $slot 0\" command." "unload status=OK 0" \
         "3303 Autochanger \"load 1 0\" status is OK." "The test autochanger worked!!"
     chg unload 1
     out=$(status)
-    expect "$out" "Data Transfer Element 0:Empty" "Storage Element 1:Full :VolumeTag=TD0002L6" \
-        "Storage Element 4:Full :VolumeTag=TD0001L6"
+    expect "$out" "Data Transfer Element 0:Empty" "Storage Element 1:Full :VolumeTag=TD0001L6" \
+        "Storage Element 4:Full :VolumeTag=TD0002L6"
 }
 
 if [ -n "${1:-}" ]; then
@@ -298,5 +306,10 @@ done
 step "logout"
 out=$(iscsi_logout)
 expect "$out" "successful"
-[ -z "$failed" ] || fail "checks failed:$failed"
-echo "library: all steps passed"
+if [ -n "$failed" ]; then
+    # a peer's run (VERDICTS_ONLY) only reports them
+    [ -n "${VERDICTS_ONLY:-}" ] || fail "checks failed:$failed"
+    echo "library: checks failed:$failed"
+else
+    echo "library: all steps passed"
+fi

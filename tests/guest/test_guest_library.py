@@ -4,9 +4,14 @@ on a drive; Bacula's mtx-changer and btape's test and autochanger runs."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+from pathlib import Path
 
+import pytest
 from conftest import DaemonFactory
-from guest_vm import GUEST_DIR, run_guest, start_for_guest
+from guest_vm import GUEST_DIR, HOST_FROM_GUEST, run_guest, start_for_guest
+from test_guest_tape import TgtTape
 
 LIBRARY_TARGETS = """\
 [[target]]
@@ -36,6 +41,12 @@ CHECKS = [
 ]  # fmt: skip
 
 
+# What tgt's VTL does with each check (recorded in docs/tape.md): it has no EXCHANGE MEDIUM
+# (INVALID COMMAND OPERATION CODE), and btape's append test finds the drive one file past
+# where it should be after going to end of data (MTEOM fails with an I/O error).
+TGT_VERDICTS = dict.fromkeys(CHECKS, "pass") | {"exchange": "fail", "btape_test": "fail"}
+
+
 def verdicts(console: str) -> dict[str, str]:
     return dict(re.findall(r"^@@verdict (\w+) (pass|fail)\s*$", console, re.MULTILINE))
 
@@ -45,3 +56,74 @@ def test_guest_library_with_mtx_and_btape(targetd_factory: DaemonFactory) -> Non
     out = run_guest(GUEST_DIR / "library.sh", daemon, timeout=600)
     assert verdicts(out) == dict.fromkeys(CHECKS, "pass")
     assert "library: all steps passed" in out
+
+
+TGT_VTL_IQN = "iqn.2026-11.org.targetd.anchor:tgt-vtl"
+
+
+class TgtLibrary(TgtTape):
+    """tgt's virtual tape library (README.vtl), laid out as the targetd library above:
+    drives at LUN 1 and 2 (tgt keeps LUN 0 for its controller), the changer at LUN 3, 4
+    slots holding TD0001L6 and TD0002L6, 1 mail slot."""
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.iqn = TGT_VTL_IQN
+
+    def start(self) -> TgtLibrary:
+        media = self.workdir / "vtl"
+        media.mkdir()
+        for barcode in ("TD0001L6", "TD0002L6", "DRIVE1", "DRIVE2"):
+            subprocess.run(
+                ["tgtimg", "--op", "new", "--device-type", "tape", "--barcode", barcode,
+                 "--size", "64", "--type", "data", f"--file={media / barcode}"],
+                check=True, capture_output=True, timeout=30,
+            )  # fmt: skip
+        (media / "smc").write_bytes(bytes(1024))
+        self.start_daemon()
+        self.adm("--op", "new", "--mode", "target", "--tid", "1", "-T", self.iqn)
+        lu = ("--mode", "logicalunit", "--tid", "1")
+        for drive in (1, 2):  # a drive is made with a tape, then taken offline (empty)
+            self.adm("--op", "new", *lu, "--lun", str(drive), "--device-type", "tape",
+                     "--bstype", "ssc", "-b", str(media / f"DRIVE{drive}"))  # fmt: skip
+            self.adm("--op", "update", *lu, "--lun", str(drive), "--params", "online=0")
+        self.adm("--op", "new", *lu, "--lun", "3", "--device-type", "changer",
+                 "-b", str(media / "smc"))  # fmt: skip
+        for params in (
+            f"media_home={media}",
+            "element_type=4,start_address=1,quantity=2",
+            "element_type=4,address=1,tid=1,lun=1",
+            "element_type=4,address=2,tid=1,lun=2",
+            "element_type=1,start_address=3,quantity=1",
+            "element_type=2,start_address=4,quantity=4",
+            "element_type=3,start_address=8,quantity=1",
+            "element_type=2,address=4,barcode=TD0001L6,sides=1",
+            "element_type=2,address=5,barcode=TD0002L6,sides=1",
+        ):
+            self.adm("--op", "update", *lu, "--lun", "3", "--params", params)
+        self.adm("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
+        return self
+
+
+def test_guest_library_tgt_anchor(tmp_path: Path) -> None:
+    """The anchor: tgt's VTL through the same checks in the same guest; its verdicts are
+    the ones docs/tape.md records."""
+    if shutil.which("tgtd") is None or shutil.which("tgtimg") is None:
+        pytest.fail("tgt is missing: run scripts/install-test-deps.sh")
+    tgt = TgtLibrary(tmp_path).start()
+    try:
+        out = run_guest(
+            GUEST_DIR / "library.sh",
+            tgt,  # type: ignore[arg-type]
+            env={
+                "CHANGER_LUN": "3",
+                "DRIVE_LUN": "1",
+                "LOGIN": "direct",
+                "TARGET_PORTAL": f"{HOST_FROM_GUEST}:{tgt.port}",
+                "VERDICTS_ONLY": "1",
+            },
+            timeout=600,
+        )
+    finally:
+        tgt.stop()
+    assert verdicts(out) == TGT_VERDICTS, out

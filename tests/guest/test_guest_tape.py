@@ -73,6 +73,15 @@ class TgtTape:
              "--size", "64", "--type", "data", f"--file={image}"],
             check=True, capture_output=True, timeout=30,
         )  # fmt: skip
+        self.start_daemon()
+        self.adm("--op", "new", "--mode", "target", "--tid", "1", "-T", self.iqn)
+        self.adm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1",
+                 "--device-type", "tape", "--bstype", "ssc", "-b", str(image))  # fmt: skip
+        self.adm("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
+        return self
+
+    def start_daemon(self) -> None:
+        """tgtd, listening, with no target yet."""
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 ["tgtd", "-f", "-C", str(self.control), "--iscsi", f"portal=127.0.0.1:{self.port}"],
@@ -89,11 +98,6 @@ class TgtTape:
                     self.stop()
                     pytest.fail(f"tgtd did not listen:\n{self.stderr}")
                 time.sleep(0.1)
-        self.adm("--op", "new", "--mode", "target", "--tid", "1", "-T", self.iqn)
-        self.adm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1",
-                 "--device-type", "tape", "--bstype", "ssc", "-b", str(image))  # fmt: skip
-        self.adm("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
-        return self
 
     def restart(self) -> None:
         raise RuntimeError("the tgt anchor does not restart")
