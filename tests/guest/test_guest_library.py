@@ -42,8 +42,8 @@ CHECKS = [
 
 
 # What tgt's VTL does with each check (recorded in docs/tape.md): it has no EXCHANGE MEDIUM
-# (INVALID COMMAND OPERATION CODE), and btape's append test finds the drive one file past
-# where it should be after going to end of data (MTEOM fails with an I/O error).
+# (INVALID COMMAND OPERATION CODE), and btape's append test fails: after MTEOM st knows no
+# file number, and with btape's fallbacks the tape holds 5 files where 4 were written.
 TGT_VERDICTS = dict.fromkeys(CHECKS, "pass") | {"exchange": "fail", "btape_test": "fail"}
 
 
