@@ -35,6 +35,7 @@ from ctypes import CFUNCTYPE, byref, c_int, c_uint64, c_void_p
 from dataclasses import dataclass
 
 from backing.errors import MediumReadError, MediumWriteError, SpaceExhausted, StoreError
+from backing.malloc_threshold import LIBRBD_THRESHOLD, fix_mmap_threshold
 from backing.rbd_allocation import Allocation
 from backing.rbd_lib import (
     DIFF_CALLBACK,
@@ -139,6 +140,8 @@ class _Cluster:
             addrs = ctypes.c_char_p()
             check(lib().rados_getaddrs(handle, byref(addrs)), "rados_getaddrs")
             self.address = (addrs.value or b"").decode()
+            # librbd allocates a buffer per request: from the heap, not mapped apart each time.
+            fix_mmap_threshold(LIBRBD_THRESHOLD)
         except BaseException:
             lib().rados_shutdown(handle)
             raise

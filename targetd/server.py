@@ -10,7 +10,6 @@ buffer is above its high-water mark.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import functools
 import logging
 import resource
@@ -21,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
+from backing.malloc_threshold import fix_mmap_threshold
 from scsi.buffers import BufferPool, MemoryBudget
 from scsi.command import Nexus, ScsiResult, Status
 from scsi.logical_unit import LogicalUnit
@@ -45,7 +45,6 @@ log = logging.getLogger("targetd")
 _clock = time.perf_counter_ns
 
 TICK_SECONDS = 1.0
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 WRITE_BUFFER_HIGH = 16 << 20
 # At shutdown: the time initiators are given to log out, and how long we wait for them.
 LOGOUT_WITHIN = 2
@@ -386,21 +385,6 @@ class IscsiConnection(asyncio.BufferedProtocol):
         SessionStarted: _on_session_started,
         CloseConnection: _on_close,
     }
-
-
-def fix_mmap_threshold() -> None:
-    """Keep glibc from raising its mmap threshold as buffers are freed (its default).
-
-    Buffers of 128 KiB and more are then always mapped apart and unmapped when freed, so
-    memory the buffer pool lets go of really goes back to the system, and the bounds of
-    docs/iscsi.md ("Memory") hold for the resident set too, not only for live buffers.
-    """
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc: nothing to fix
-        return
-    mallopt(M_MMAP_THRESHOLD, 128 * 1024)
 
 
 def raise_fd_limit(connections: int) -> None:
