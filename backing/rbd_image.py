@@ -16,8 +16,9 @@ request's waiter never leaves before librbd is done with it, even when cancelled
 
 Caching (docs/rbd.md): with ``cache = "none"`` (the default) librbd's cache is off and a
 write completes only when the OSDs hold it, so FUA costs nothing extra and SYNCHRONIZE
-CACHE is cheap. With ``cache = "writeback"`` librbd acknowledges writes from its cache;
-FUA then adds a flush after the write, and SYNCHRONIZE CACHE flushes.
+CACHE is cheap. With ``cache = "writearound"`` librbd acknowledges writes once sent to the
+OSDs, and with ``cache = "writeback"`` from its cache; FUA then adds a flush after the
+write, and SYNCHRONIZE CACHE flushes.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from backing.sparse_file import Extent
 
 log = logging.getLogger("targetd.rbd")
 
-CACHE_MODES = ("none", "writeback")
+CACHE_MODES = ("none", "writearound", "writeback")
 # Above this size the allocation is read per object from the object map (fast-diff), not
 # per byte range: exact ranges would mean asking every object, slow for a large image.
 WHOLE_OBJECT_ABOVE = 16 << 30
@@ -59,6 +60,7 @@ _POLL_BATCH = 64
 # that spans several objects: over those, librbd would block the event loop.
 MAX_IN_FLIGHT_OPS = 256
 MAX_IN_FLIGHT_BYTES = 64 << 20
+WRITEAROUND_INFLIGHT_OPS = 65536
 # void (*rbd_callback_t)(rbd_completion_t cb, void *arg)
 _COMPLETION_CALLBACK = CFUNCTYPE(None, c_void_p, c_void_p)
 
@@ -116,10 +118,10 @@ class _Cluster:
                 "client_mount_timeout": f"{spec.connect_timeout:g}",
                 "rados_mon_op_timeout": f"{spec.connect_timeout:g}",
                 "rados_osd_op_timeout": f"{spec.osd_op_timeout:g}",
-                "rbd_cache": "true" if spec.cache == "writeback" else "false",
-                # Pacific's default policy is writearound; writeback is what was asked, from
-                # the first write on (the initiator sees a volatile cache, WCE = 1).
-                "rbd_cache_policy": "writeback" if spec.cache == "writeback" else "writethrough",
+                "rbd_cache": "false" if spec.cache == "none" else "true",
+                # Pacific's default policy is writearound: only what was asked, from the
+                # first write on (the initiator sees a volatile cache, WCE = 1).
+                "rbd_cache_policy": "writethrough" if spec.cache == "none" else spec.cache,
                 "rbd_cache_writethrough_until_flush": "false",
                 # A discard must zero exactly what it covers (thin provisioning reports
                 # LBPRZ): librbd would otherwise skip the parts of objects it cannot free.
@@ -132,6 +134,11 @@ class _Cluster:
                 "log_to_stderr": "false",
                 "err_to_stderr": "false",
             }
+            if spec.cache == "writearound":
+                # Writes complete once sent, so up to rbd_cache_max_dirty (24 MiB) of them
+                # may be in flight beyond ``admit``'s budget: even in 512-byte writes they
+                # must not reach the objecter's op throttle, which would block the loop.
+                options["objecter_inflight_ops"] = str(WRITEAROUND_INFLIGHT_OPS)
             if spec.keyring:
                 options["keyring"] = spec.keyring
             for name, value in options.items():

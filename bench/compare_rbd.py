@@ -254,7 +254,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--objectstore", choices=("bluestore", "memstore"), default="bluestore")
     parser.add_argument(
         "--cache",
-        choices=("none", "writeback"),
+        choices=("none", "writearound", "writeback"),
         default="none",
         help="targetd's librbd cache (docs/rbd.md); tgtd and rbd bench keep librbd's defaults",
     )

@@ -74,9 +74,10 @@ def native_run(
     cluster: CephCluster, write: bool, bs: int, depth: int, count: int, cache: bool = True
 ) -> float:
     extra = () if cache else ("--rbd-cache=false",)
-    out = cluster.rbd(*extra, "bench", "--io-type", "write" if write else "read", "--io-size", str(bs),
-                      "--io-threads", str(depth), "--io-total", str(count * bs),
-                      "--io-pattern", "seq", "rbd/bench", timeout=600)  # fmt: skip
+    out = cluster.rbd(*extra, "bench", "--io-type", "write" if write else "read",
+                      "--io-size", str(bs), "--io-threads", str(depth),
+                      "--io-total", str(count * bs), "--io-pattern", "seq", "rbd/bench",
+                      timeout=600)  # fmt: skip
     for line in out.splitlines():
         if line.startswith("elapsed:"):
             return float(line.split("ops/sec:")[1].split()[0])
@@ -93,45 +94,47 @@ def main() -> int:
     parser.add_argument("--cache", choices=("none", "writeback"), default="none",
                         help="the store's librbd cache (docs/rbd.md)")  # fmt: skip
     parser.add_argument("--native-cache", choices=("default", "none"), default="default",
-                        help="rbd bench: librbd's default cache (writearound), or none")  # fmt: skip
+                        help="rbd bench: librbd's default (writearound), or none")  # fmt: skip
     args = parser.parse_args()
     import uvloop
 
     size = args.size * MiB
-    with tempfile.TemporaryDirectory(prefix="targetd-rbd-store-") as tmp:
-        with CephCluster(Path(tmp) / "ceph", objectstore=args.objectstore) as cluster:
-            cluster.rbd("create", "--size", f"{args.size}M", "rbd/bench")
-            native_run(cluster, True, MiB, 16, size // MiB)
-            spec = RbdSpec(pool="rbd", image="bench", ceph_conf=str(cluster.conf),
-                           cache=args.cache)  # fmt: skip
-            image = RbdImage(spec)
-            profiler = cProfile.Profile() if args.profile else None
-            rows = []
-            try:
-                for name in args.cases.split(","):
-                    write, bs, depth = CASES[name]
-                    count = 768 if bs >= MiB else 30_000
-                    ours: list[float] = []
-                    cpus: list[float] = []
-                    native: list[float] = []
-                    for _ in range(args.repeat):
-                        if profiler:
-                            profiler.enable()
-                        iops, cpu = uvloop.run(store_run(image, write, bs, depth, count, size))
-                        if profiler:
-                            profiler.disable()
-                        ours.append(iops)
-                        cpus.append(cpu)
-                        native.append(native_run(cluster, write, bs, depth, count,
-                                                 args.native_cache == "default"))  # fmt: skip
-                        print(f"  {name:<9} store {iops:>10,.0f}/s  native {native[-1]:>10,.0f}/s"
-                              f"  cpu {cpu:.4f} s/kIO", file=sys.stderr, flush=True)  # fmt: skip
-                    rows.append((name, bs, statistics.median(ours), statistics.median(native),
-                                 statistics.median(cpus)))  # fmt: skip
-            finally:
-                image.close()
-            if profiler:
-                profiler.dump_stats(args.profile)
+    with (
+        tempfile.TemporaryDirectory(prefix="targetd-rbd-store-") as tmp,
+        CephCluster(Path(tmp) / "ceph", objectstore=args.objectstore) as cluster,
+    ):
+        cluster.rbd("create", "--size", f"{args.size}M", "rbd/bench")
+        native_run(cluster, True, MiB, 16, size // MiB)
+        spec = RbdSpec(pool="rbd", image="bench", ceph_conf=str(cluster.conf),
+                       cache=args.cache)  # fmt: skip
+        image = RbdImage(spec)
+        profiler = cProfile.Profile() if args.profile else None
+        rows = []
+        try:
+            for name in args.cases.split(","):
+                write, bs, depth = CASES[name]
+                count = 768 if bs >= MiB else 30_000
+                ours: list[float] = []
+                cpus: list[float] = []
+                native: list[float] = []
+                for _ in range(args.repeat):
+                    if profiler:
+                        profiler.enable()
+                    iops, cpu = uvloop.run(store_run(image, write, bs, depth, count, size))
+                    if profiler:
+                        profiler.disable()
+                    ours.append(iops)
+                    cpus.append(cpu)
+                    native.append(native_run(cluster, write, bs, depth, count,
+                                             args.native_cache == "default"))  # fmt: skip
+                    print(f"  {name:<9} store {iops:>10,.0f}/s  native {native[-1]:>10,.0f}/s"
+                          f"  cpu {cpu:.4f} s/kIO", file=sys.stderr, flush=True)  # fmt: skip
+                rows.append((name, bs, statistics.median(ours), statistics.median(native),
+                             statistics.median(cpus)))  # fmt: skip
+        finally:
+            image.close()
+        if profiler:
+            profiler.dump_stats(args.profile)
     print(f"{'case':<9} {'unit':<5} {'store':>10} {'native':>10} {'ratio':>6} {'cpu s/kIO':>10}")
     for name, bs, ours_m, native_m, cpu_m in rows:
         scale = bs / 1e6 if bs >= MiB else 1

@@ -137,7 +137,7 @@ class LibraryConfig:
     s3_region: str | None = None
 
 
-RBD_CACHE_MODES = ("none", "writeback")
+RBD_CACHE_MODES = ("none", "writearound", "writeback")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +151,7 @@ class RbdConfig:
     client: str = "admin"
     keyring: str = ""
     create: bool = False  # make the image with the LUN's ``size`` when it does not exist
-    cache: str = "none"  # librbd's cache: "none" or "writeback"
+    cache: str = "none"  # librbd's cache: "none", "writearound" or "writeback"
     osd_op_timeout: int = 30  # seconds
     connect_timeout: int = 30  # seconds
 

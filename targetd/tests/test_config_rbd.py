@@ -33,6 +33,12 @@ def test_defaults_and_every_key(tmp_path: Path) -> None:
                                 "writeback", 40, 5)  # fmt: skip
 
 
+@pytest.mark.parametrize("cache", ["none", "writearound", "writeback"])
+def test_the_cache_modes(tmp_path: Path, cache: str) -> None:
+    lun = load(tmp_path, LUN.format(n=0) + f'image = "a"\ncache = "{cache}"\n').targets[0].luns[0]
+    assert lun.rbd is not None and lun.rbd.cache == cache
+
+
 @pytest.mark.parametrize(
     ("extra", "key", "problem"),
     [

@@ -4,8 +4,9 @@ One initiator writes generation-stamped blocks, some with FUA, with a SYNCHRONIZ
 and then, and the daemon is killed with SIGKILL at a random point. Afterwards the image, as
 the cluster holds it, must have in every block a generation no older than the last one that
 was made durable (acknowledged with FUA, or acknowledged before an acknowledged
-SYNCHRONIZE CACHE), and one that was really written there. With librbd's write-back cache,
-a FUA that did not flush would lose its write on the kill and fail this test.
+SYNCHRONIZE CACHE), and one that was really written there. With librbd's write-back or
+write-around cache, a FUA that did not flush would lose its write on the kill and fail
+this test.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def read_stamp(data: bytes, slot: int) -> int:
     return gen
 
 
-@pytest.mark.parametrize("cache", ["none", "writeback"])
+@pytest.mark.parametrize("cache", ["none", "writearound", "writeback"])
 def test_acknowledged_fua_and_flushed_writes_survive_kill9(
     ceph_cluster: CephCluster,
     new_image: ImageFactory,
