@@ -389,6 +389,8 @@ class BlockDevice(LogicalUnit):
         close = getattr(self.store, "close", None)
         if close is not None:
             close()
+        if self.reservations.store is not None:
+            self.reservations.store.close()
 
 
 async def _plain_write(offset: int, length: int, op: Callable[[], Awaitable[None]]) -> None:

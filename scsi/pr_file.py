@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scsi.command import Nexus
+from scsi.sense import CheckCondition, Reason
 
 if TYPE_CHECKING:
-    from scsi.reservations import ReservationState
+    from scsi.logical_unit import LogicalUnit
+    from scsi.reservations import Owed, ReservationState
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +35,15 @@ def encode(state: ReservationState) -> dict[str, Any]:
         "version": VERSION,
         "generation": state.generation,
         "registrations": [
-            {"nexus": _nexus(nexus), "key": key} for nexus, key in state.keys.items()
+            {"nexus": nexus_record(nexus), "key": key} for nexus, key in state.keys.items()
         ],
-        "reservation": None if res is None else {"holder": _nexus(res.holder), "type": res.type},
+        "reservation": None
+        if res is None
+        else {"holder": nexus_record(res.holder), "type": res.type},
     }
 
 
-def _nexus(nexus: Nexus) -> dict[str, Any]:
+def nexus_record(nexus: Nexus) -> dict[str, Any]:
     return {
         "initiator_port": nexus.initiator_port,
         "target_port": nexus.target_port,
@@ -70,10 +74,33 @@ def decode_into(state: ReservationState, record: dict[str, Any]) -> None:
 
 
 class PrFile:
-    """Where one LU's APTPL state lives."""
+    """Where one LU's APTPL state lives (a :class:`scsi.reservations.PrStore`)."""
+
+    persistent = True
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+
+    async def refresh(self, lu: LogicalUnit) -> None:
+        """Nothing: no one else changes this LU's state."""
+
+    async def commit(
+        self, lu: LogicalUnit, aptpl_before: bool, owed: list[Owed], aborts: list[Nexus]
+    ) -> bool:
+        """Write the state while APTPL is (or was until this change) on; a write that
+        fails fails the command with INSUFFICIENT REGISTRATION RESOURCES."""
+        state = lu.reservations
+        if not (state.aptpl or aptpl_before):
+            return True
+        try:
+            await self.save(state)
+        except OSError as err:
+            log.error("persistent reservations not saved to %s: %s", self.path, err)
+            raise CheckCondition(Reason.INSUFFICIENT_REGISTRATION_RESOURCES) from None
+        return True
+
+    def close(self) -> None:
+        """Nothing to release."""
 
     def load_into(self, state: ReservationState) -> bool:
         """Restore the state kept by an earlier run, if any; True if there was one. An

@@ -17,9 +17,12 @@ A PERSISTENT RESERVE OUT does not queue unit attentions itself: it owes them
 (:meth:`ReservationState.owe`) and they are delivered to the nexuses a registrant covers
 once the change is kept, so a change that could not be kept raises none.
 
-APTPL is served when the LU was given a file for it (``ReservationState.file``, set by the
-daemon's builder: scsi/pr_file.py); every state-changing PERSISTENT RESERVE OUT then writes
-the state durably before it is acknowledged.
+Where the state is kept beyond this process is the LU's :class:`PrStore`
+(``ReservationState.store``, set by the daemon's builder): a file in the state directory
+for APTPL (scsi/pr_file.py), or an object in the Ceph cluster that every gateway of an RBD
+LU shares (scsi/pr_cluster.py). A state-changing PERSISTENT RESERVE OUT is kept there
+before it is acknowledged; with a shared store each one first reads the latest state and
+is decided again if another gateway changed it meanwhile.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from scsi.command import Nexus, ScsiCommand, ScsiResult, Status
 from scsi.sense import CheckCondition, FieldPointer, Reason
@@ -38,7 +41,6 @@ from scsi.transport_id import TransportId, parse_list
 
 if TYPE_CHECKING:
     from scsi.logical_unit import LogicalUnit
-    from scsi.pr_file import PrFile
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,26 @@ PERSISTENT_RESERVE_IN, PERSISTENT_RESERVE_OUT = 0x5E, 0x5F
 LEGACY_ALLOWED = frozenset({0x12, 0xA0, 0x03, RELEASE_6, RELEASE_10, PERSISTENT_RESERVE_IN})
 
 
+class PrStore(Protocol):
+    """Where a LU's reservation state is kept beyond this process."""
+
+    # PTPL_C: the store keeps the state through a power loss when APTPL asks for it.
+    persistent: bool
+
+    async def refresh(self, lu: LogicalUnit) -> None:
+        """Bring ``lu.reservations`` up to date with the store (others may change it);
+        CheckCondition if it cannot be reached."""
+
+    async def commit(
+        self, lu: LogicalUnit, aptpl_before: bool, owed: list[Owed], aborts: list[Nexus]
+    ) -> bool:
+        """Keep the changed state (a PROUT's, with the unit attentions and aborts it owes
+        to nexuses elsewhere); False if another writer changed the store since the last
+        refresh (the PROUT is decided again), CheckCondition if it cannot be kept."""
+
+    def close(self) -> None: ...
+
+
 @dataclass(slots=True)
 class Reservation:
     holder: Nexus  # a registrant (see the module's doc)
@@ -153,13 +175,19 @@ class ReservationState:
     reservation: Reservation | None = None
     generation: int = 0
     legacy: Nexus | None = None
-    # APTPL of the most recent REGISTER; the file keeps the state while it is on.
+    # APTPL of the most recent REGISTER; the store keeps the state while it is on.
     aptpl: bool = False
-    file: PrFile | None = None
+    store: PrStore | None = None
     # PERSISTENT RESERVE OUT commands of one LU run one at a time: a change and its write.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # The unit attentions the PROUT being served owes, delivered once its change is kept.
+    # The unit attentions the PROUT being served owes, delivered once its change is kept,
+    # and the registrants whose commands it aborts then (PREEMPT AND ABORT).
     owed: list[Owed] = field(default_factory=list)
+    aborts: list[Nexus] = field(default_factory=list)
+
+    @property
+    def persistent(self) -> bool:
+        return self.store is not None and self.store.persistent
 
     def snapshot(self) -> tuple[dict[Nexus, int], Reservation | None, int, bool]:
         return dict(self.keys), self.reservation, self.generation, self.aptpl
@@ -271,109 +299,65 @@ class ReservationState:
         return frozenset(n for n in lu.known_nexuses() for r in registrants if self.covers(r, n))
 
 
-# -- PERSISTENT RESERVE IN -------------------------------------------------------------------
-def _allocation(cmd: ScsiCommand) -> int:
-    return int.from_bytes(cmd.cdb[7:9], "big")
-
-
-def _header(state: ReservationState, body: bytes) -> bytes:
-    return state.generation.to_bytes(4, "big") + len(body).to_bytes(4, "big") + body
-
-
-async def read_keys(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
-    state = lu.reservations
-    body = b"".join(key.to_bytes(8, "big") for key in state.keys.values())
-    return ScsiResult(data=_header(state, body)[: _allocation(cmd)])
-
-
-def _reservation_key(state: ReservationState, res: Reservation) -> int:
-    return 0 if res.type.all_registrants else state.keys.get(res.holder, 0)
-
-
-async def read_reservation(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
-    state = lu.reservations
-    res = state.reservation
-    body = b""
-    if res is not None:
-        body = _reservation_key(state, res).to_bytes(8, "big") + bytes([0] * 5 + [res.type, 0, 0])
-    return ScsiResult(data=_header(state, body)[: _allocation(cmd)])
-
-
-async def report_capabilities(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
-    data = bytearray(8)
-    data[1] = 8
-    state = lu.reservations
-    # CRH: RESERVE(6) meets a persistent reservation with a conflict; SIP_C: SPEC_I_PT;
-    # ATP_C: ALL_TG_PT; PTPL_C: APTPL served.
-    data[2] = 0x10 | 0x08 | 0x04 | (0x01 if state.file is not None else 0)
-    # TMV: the type mask is valid; ALLOW COMMANDS 000b; PTPL_A: APTPL is on.
-    data[3] = 0x80 | (0x01 if state.aptpl else 0)
-    data[4] = 0x80 | 0x40 | 0x20 | 0x08 | 0x02  # WR_EX_AR, EX_AC_RO, WR_EX_RO, EX_AC, WR_EX
-    data[5] = 0x01  # EX_AC_AR
-    return ScsiResult(data=bytes(data)[: _allocation(cmd)])
-
-
-def _transport_id(registrant: Nexus) -> bytes:
-    name = initiator_name(registrant)
-    isid = registrant.initiator_port.partition(",i,0x")[2] if has_isid(registrant) else None
-    return TransportId(name, isid).encode()
-
-
-async def read_full_status(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
-    """One descriptor per registration: its key, R_HOLDER with the type, ALL_TG_PT or the
-    relative target port, and the TransportID (format 01b with the ISID it was made with,
-    00b for a registration of a whole initiator device)."""
-    state = lu.reservations
-    res = state.reservation
-    descriptors = []
-    for registrant, key in state.keys.items():
-        holder = res is not None and (res.type.all_registrants or res.holder == registrant)
-        every_port = all_target_ports(registrant)
-        tid = _transport_id(registrant)
-        descriptors.append(
-            key.to_bytes(8, "big")
-            + bytes(4)
-            + bytes([(0x02 if every_port else 0) | (0x01 if holder else 0)])
-            + bytes([res.type if holder and res else 0])
-            + bytes(4)
-            + (0 if every_port else registrant.relative_target_port).to_bytes(2, "big")
-            + len(tid).to_bytes(4, "big")
-            + tid
-        )
-    return ScsiResult(data=_header(state, b"".join(descriptors))[: _allocation(cmd)])
-
-
 # -- PERSISTENT RESERVE OUT ------------------------------------------------------------------
 ProutHandler = Callable[["LogicalUnit", ScsiCommand], Coroutine[Any, Any, ScsiResult]]
 
 
+PROUT_ATTEMPTS = 8  # decided again at most this often when other gateways keep winning
+
+
 def durable(handler: ProutHandler) -> ProutHandler:
-    """One PROUT at a time per LU; a change it made is on disk (APTPL) before the command
-    is acknowledged, or undone and the command fails when the write fails. The unit
-    attentions it owes are raised only once the change is kept."""
+    """One PROUT at a time per LU, decided on the store's latest state; a change it made is
+    kept in the store before the command is acknowledged, or undone and the command fails
+    when it cannot be kept. The unit attentions and aborts it owes happen only then."""
 
     @functools.wraps(handler)
     async def run(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
         state = lu.reservations
         async with state.lock:
-            state.owed = []
-            before = state.snapshot()
-            result = await handler(lu, cmd)
-            owed, state.owed = state.owed, []
-            if state.file is None or state.snapshot() == before:
+            for _ in range(PROUT_ATTEMPTS):
+                if state.store is not None:
+                    await state.store.refresh(lu)
+                state.owed, state.aborts = [], []
+                before = state.snapshot()
+                try:
+                    result = await handler(lu, cmd)
+                except CheckCondition:
+                    state.restore(before)
+                    raise
+                owed, state.owed = state.owed, []
+                aborts, state.aborts = state.aborts, []
+                changed = state.snapshot() != before
+                if changed and state.store is not None:
+                    try:
+                        kept = await state.store.commit(lu, before[3], owed, aborts)
+                    except BaseException:
+                        state.restore(before)
+                        raise
+                    if not kept:  # another gateway changed it first: decide again
+                        state.restore(before)
+                        continue
                 state.deliver(lu, owed)
+                if aborts and lu.abort_tasks is not None:
+                    await lu.abort_tasks(state.nexuses_of(lu, aborts))
                 return result
-            if not (state.aptpl or before[3]):  # APTPL off before and after: no file
-                state.deliver(lu, owed)
-                return result
-            try:
-                await state.file.save(state)
-            except OSError as err:
-                log.error("persistent reservations not saved to %s: %s", state.file.path, err)
-                state.restore(before)
-                raise CheckCondition(Reason.INSUFFICIENT_REGISTRATION_RESOURCES) from None
-            state.deliver(lu, owed)
-            return result
+            log.error("%s: PERSISTENT RESERVE OUT kept losing to other gateways", lu.identity)
+            raise CheckCondition(Reason.LOGICAL_UNIT_COMMUNICATION_FAILURE)
+
+    return run
+
+
+def current(handler: ProutHandler) -> ProutHandler:
+    """A PERSISTENT RESERVE IN answers from the store's latest state."""
+
+    @functools.wraps(handler)
+    async def run(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
+        state = lu.reservations
+        if state.store is None:
+            return await handler(lu, cmd)
+        async with state.lock:
+            await state.store.refresh(lu)
+            return await handler(lu, cmd)
 
     return run
 
@@ -413,7 +397,7 @@ def _parameters(lu: LogicalUnit, cmd: ScsiCommand, *, spec_i_pt: bool = False) -
     elif length != BASIC_LENGTH:
         raise CheckCondition(Reason.PARAMETER_LIST_LENGTH_ERROR)
     aptpl = bool(flags & APTPL)
-    if aptpl and lu.reservations.file is None:  # PTPL_C 0: the LU cannot keep them
+    if aptpl and not lu.reservations.persistent:  # PTPL_C 0: the LU cannot keep them
         raise _invalid_parameter(20, 0)
     return ProutParameters(
         int.from_bytes(data[0:8], "big"),
@@ -574,8 +558,8 @@ async def preempt(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
         if not victims and state.keys.get(mine) != params.sa_key:
             return CONFLICT
     state.generation += 1
-    if cmd.cdb[1] & 0x1F == PREEMPT_AND_ABORT and victims and lu.abort_tasks is not None:
-        await lu.abort_tasks(state.nexuses_of(lu, victims))
+    if cmd.cdb[1] & 0x1F == PREEMPT_AND_ABORT:
+        state.aborts.extend(victims)
     return ScsiResult()
 
 
@@ -638,7 +622,7 @@ async def register_and_move(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     res = state.reservation
     if res is None or res.type.all_registrants or res.holder != mine:
         return CONFLICT
-    if aptpl and state.file is None:
+    if aptpl and not state.persistent:
         raise _invalid_parameter(17, 0)
     if sa_key == 0:
         raise _invalid_parameter(8)

@@ -95,6 +95,8 @@ class Reason(Enum):
     UNRECOVERED_READ_ERROR = (_K.MEDIUM_ERROR, 0x11, 0x00)
     WRITE_ERROR = (_K.MEDIUM_ERROR, 0x0C, 0x00)
     INTERNAL_TARGET_FAILURE = (_K.HARDWARE_ERROR, 0x44, 0x00)
+    LOGICAL_UNIT_COMMUNICATION_FAILURE = (_K.HARDWARE_ERROR, 0x08, 0x00)
+    LOGICAL_UNIT_COMMUNICATION_TIMEOUT = (_K.HARDWARE_ERROR, 0x08, 0x01)
     MEDIUM_LOAD_OR_EJECT_FAILED = (_K.HARDWARE_ERROR, 0x53, 0x00)  # a cartridge's image
     # Sequential-access conditions (SSC): position events reported with NO SENSE, and
     # the sense keys tape reads and writes end with at end of data and end of medium.

@@ -10,7 +10,7 @@ only puts their handlers in the table.
 
 from __future__ import annotations
 
-from scsi import mode, reservations
+from scsi import mode, pr_in, reservations
 from scsi.command import ScsiCommand, ScsiResult
 from scsi.logical_unit import LogicalUnit
 from scsi.opcodes import SERVICE_ACTION_OPCODES, CommandSpec, OpcodeTable
@@ -110,10 +110,10 @@ def _sa_usage(template: tuple[int | None, ...], service_action: int) -> bytes:
 
 
 for _sa, _name, _handler in (
-    (0x00, "PERSISTENT RESERVE IN / READ KEYS", reservations.read_keys),
-    (0x01, "PERSISTENT RESERVE IN / READ RESERVATION", reservations.read_reservation),
-    (0x02, "PERSISTENT RESERVE IN / REPORT CAPABILITIES", reservations.report_capabilities),
-    (0x03, "PERSISTENT RESERVE IN / READ FULL STATUS", reservations.read_full_status),
+    (0x00, "PERSISTENT RESERVE IN / READ KEYS", pr_in.read_keys),
+    (0x01, "PERSISTENT RESERVE IN / READ RESERVATION", pr_in.read_reservation),
+    (0x02, "PERSISTENT RESERVE IN / REPORT CAPABILITIES", pr_in.report_capabilities),
+    (0x03, "PERSISTENT RESERVE IN / READ FULL STATUS", pr_in.read_full_status),
 ):
     _cmd(0x5E, _name, _sa_usage(_PRIN_USAGE, _sa), service_action=_sa, conflict_exempt=True)(
         _handler

@@ -17,6 +17,7 @@ from scsi.block_device import BlockDevice, BlockStore
 from scsi.changer_device import MediaChanger, TapeLibrary
 from scsi.file_sink import FileSinkDevice
 from scsi.logical_unit import Identity, LogicalUnit, Services
+from scsi.pr_cluster import ClusterPrStore
 from scsi.pr_file import PrFile
 from scsi.tape_device import TapeDevice
 from scsi.target import ScsiTarget
@@ -33,6 +34,16 @@ def copy_services(config: Config, target: str) -> Services:
     built; copy results are kept under the state dir and survive a restart."""
     copies = config.state_dir / "xcopy" / target.replace(":", "_")
     return xcopy.services(backup_policy_lookup(config), state_dir=copies)
+
+
+# How long a PERSISTENT RESERVE command waits on the cluster before it fails (docs/rbd.md).
+RESERVATIONS_TIMEOUT = 10.0
+
+
+def reservations_object(image: str) -> str:
+    """The RADOS object, beside the image (same pool and namespace), that holds an RBD
+    LUN's persistent reservations."""
+    return f"targetd.pr.{image}"
 
 
 def reservations_path(config: Config, target: str, lun: int) -> Path:
@@ -99,16 +110,59 @@ class Builder:
         lu.port_groups = self.port_groups
         if config.gateway is not None:
             _gate(lu, config, f"{target.name}/lun{lun.lun}")
-        if lun.kind != "rbd":
+        if lun.kind == "rbd":
+            # An RBD LUN's reservations live in the cluster, shared by every gateway.
+            lu.reservations.store = self._cluster_reservations(target, lun, lu)
+        else:
             # APTPL on LUNs whose data is local: the reservations' file sits in the state
-            # dir beside them. An RBD LUN's reservations belong in the cluster (not yet).
-            lu.reservations.file = PrFile(reservations_path(config, target.name, lun.lun))
-            if lu.reservations.file.load_into(lu.reservations):
+            # dir beside them.
+            store = PrFile(reservations_path(config, target.name, lun.lun))
+            lu.reservations.store = store
+            if store.load_into(lu.reservations):
                 log.info(
                     "persistent reservations restored",
                     extra=logs.fields(target=target.name, lun=lun.lun),
                 )
         return lu
+
+    def _cluster_reservations(
+        self, target: TargetConfig, lun: LunConfig, lu: LogicalUnit
+    ) -> ClusterPrStore:
+        from backing.rados_object import RadosObject
+
+        r = lun.rbd
+        assert r is not None
+        where = f"target {target.name} lun {lun.lun}"
+        try:
+            obj = RadosObject(
+                ceph_conf=r.ceph_conf,
+                client=r.client if "." in r.client else f"client.{r.client}",
+                keyring=r.keyring,
+                pool=r.pool,
+                namespace=r.namespace,
+                oid=reservations_object(r.image),
+                timeout=RESERVATIONS_TIMEOUT,
+            )
+        except OSError as exc:
+            close = getattr(lu, "close", None)
+            if close is not None:
+                close()
+            raise ConfigError(where, f"persistent reservations: {exc}") from exc
+        store = ClusterPrStore(obj)
+        try:
+            restored = store.open(lu)
+        except (OSError, ValueError) as exc:
+            obj.close()
+            close = getattr(lu, "close", None)
+            if close is not None:
+                close()
+            raise ConfigError(where, f"persistent reservations in {obj.name}: {exc}") from exc
+        if restored:
+            log.info(
+                "persistent reservations restored",
+                extra=logs.fields(target=target.name, lun=lun.lun, object=obj.name),
+            )
+        return store
 
     def _build(
         self,

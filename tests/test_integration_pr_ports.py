@@ -62,7 +62,8 @@ def login(port: int, name: str) -> RawInitiator:
 
 def prout(ini: RawInitiator, action: int, key: int, sa_key: int, *, type_: int = 0,
           flags: int = 0, tids: bytes = b"") -> tuple[int, bytes]:  # fmt: skip
-    params = key.to_bytes(8, "big") + sa_key.to_bytes(8, "big") + bytes([0, 0, 0, 0, flags, 0, 0, 0])
+    params = key.to_bytes(8, "big") + sa_key.to_bytes(8, "big")
+    params += bytes([0, 0, 0, 0, flags, 0, 0, 0])
     if flags & SPEC_I_PT:
         params += len(tids).to_bytes(4, "big") + tids
     cdb = bytes([0x5F, action, type_, 0, 0]) + len(params).to_bytes(4, "big") + bytes(1)

@@ -18,7 +18,7 @@ REGISTER, RESERVE = 0x00, 0x01
 
 def with_file(path: Path):
     lu = make_lu()
-    lu.reservations.file = PrFile(path)
+    lu.reservations.store = PrFile(path)
     return lu
 
 
@@ -35,8 +35,8 @@ def test_aptpl_register_and_reserve_survive_a_new_lu(tmp_path: Path) -> None:
     keys_before, reservation_before = prin(lu, A, 0), prin(lu, A, 1)
 
     again = with_file(path)
-    assert again.reservations.file is not None
-    assert again.reservations.file.load_into(again.reservations)
+    assert again.reservations.store is not None
+    assert again.reservations.store.load_into(again.reservations)
     assert prin(again, A, 0) == keys_before
     assert prin(again, A, 1) == reservation_before
     assert run(again, B, WRITE).status == Status.RESERVATION_CONFLICT
@@ -61,8 +61,8 @@ def test_register_without_aptpl_removes_the_file(tmp_path: Path) -> None:
     prout(lu, A, REGISTER, key=1, sa_key=2)
     assert not path.exists()
     fresh = with_file(path)
-    assert fresh.reservations.file is not None
-    assert not fresh.reservations.file.load_into(fresh.reservations)
+    assert fresh.reservations.store is not None
+    assert not fresh.reservations.store.load_into(fresh.reservations)
     assert prin(fresh, A, 0)[4:8] == bytes(4)
 
 
@@ -80,6 +80,6 @@ def test_an_unreadable_file_is_kept_aside(tmp_path: Path) -> None:
     path = tmp_path / "lun0.json"
     path.write_text("{not json")
     lu = with_file(path)
-    assert lu.reservations.file is not None
-    assert not lu.reservations.file.load_into(lu.reservations)
+    assert lu.reservations.store is not None
+    assert not lu.reservations.store.load_into(lu.reservations)
     assert (tmp_path / "lun0.bad").read_text() == "{not json"

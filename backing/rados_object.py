@@ -1,0 +1,272 @@
+"""One small RADOS object with a version, changed only by compare-and-swap, and watched.
+
+It knows nothing of what it holds. The body is replaced whole; the version lives in the
+xattr ``targetd.version`` (ASCII decimal). :meth:`RadosObject.replace` writes the new body
+and version in one RADOS write operation guarded by ``cmpxattr(version == expected)`` (or,
+for the first one, an exclusive create), so of two writers that read the same version
+exactly one succeeds and the other learns it lost. :meth:`notify` tells every watcher
+(``rados_notify2``) and waits, up to a timeout, until each has acknowledged; a watcher's
+callback runs on a librados thread and returns its reply there.
+
+Every call that waits on the cluster blocks: the caller runs it in a worker thread (the
+event loop never calls these). The object has its own rados client, with its own
+operation timeouts, so a call against an unreachable cluster ends with ETIMEDOUT after
+``timeout`` seconds instead of hanging, without touching the data path's settings.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import logging
+import struct
+import threading
+from collections.abc import Callable
+from ctypes import CFUNCTYPE, POINTER, byref, c_char_p, c_int, c_size_t, c_uint64, c_void_p
+from typing import Any
+
+from backing.rbd_lib import check, lib
+
+log = logging.getLogger("targetd.rados")
+
+VERSION_XATTR = b"targetd.version"
+CMPXATTR_OP_EQ = 1  # librados.h LIBRADOS_CMPXATTR_OP_EQ
+CREATE_EXCLUSIVE = 1
+MAX_BODY = 1 << 20
+
+# void (*rados_watchcb2_t)(void *arg, uint64_t notify_id, uint64_t handle,
+#                          uint64_t notifier_id, void *data, size_t data_len)
+WATCH_CALLBACK = CFUNCTYPE(None, c_void_p, c_uint64, c_uint64, c_uint64, c_void_p, c_size_t)
+# void (*rados_watcherrcb_t)(void *pre, uint64_t cookie, int err)
+WATCH_ERROR_CALLBACK = CFUNCTYPE(None, c_void_p, c_uint64, c_int)
+
+_SIGNATURES: dict[str, tuple[object, list[object]]] = {
+    "rados_get_instance_id": (c_uint64, [c_void_p]),
+    "rados_read": (c_int, [c_void_p, c_char_p, c_void_p, c_size_t, c_uint64]),
+    "rados_getxattr": (c_int, [c_void_p, c_char_p, c_char_p, c_void_p, c_size_t]),
+    "rados_create_write_op": (c_void_p, []),
+    "rados_release_write_op": (None, [c_void_p]),
+    "rados_write_op_create": (None, [c_void_p, c_int, c_char_p]),
+    "rados_write_op_cmpxattr": (None, [c_void_p, c_char_p, ctypes.c_uint8, c_char_p, c_size_t]),
+    "rados_write_op_setxattr": (None, [c_void_p, c_char_p, c_char_p, c_size_t]),
+    "rados_write_op_write_full": (None, [c_void_p, c_char_p, c_size_t]),
+    "rados_write_op_remove": (None, [c_void_p]),
+    "rados_write_op_operate": (c_int, [c_void_p, c_void_p, c_char_p, c_void_p, c_int]),
+    "rados_watch2": (
+        c_int,
+        [c_void_p, c_char_p, POINTER(c_uint64), WATCH_CALLBACK, WATCH_ERROR_CALLBACK, c_void_p],
+    ),
+    "rados_unwatch2": (c_int, [c_void_p, c_uint64]),
+    "rados_watch_flush": (c_int, [c_void_p]),
+    "rados_notify2": (
+        c_int,
+        [c_void_p, c_char_p, c_char_p, c_int, c_uint64, POINTER(c_void_p), POINTER(c_size_t)],
+    ),
+    "rados_notify_ack": (c_int, [c_void_p, c_char_p, c_uint64, c_uint64, c_char_p, c_int]),
+    "rados_buffer_free": (None, [c_void_p]),
+}
+
+
+class _Rados:
+    """The librados calls this module adds to rbd_lib's, typed (``_rados().rados_read``)."""
+
+    def __init__(self) -> None:
+        dll = ctypes.CDLL("librados.so.2", use_errno=True)
+        for name, (restype, argtypes) in _SIGNATURES.items():
+            fn = getattr(dll, name)
+            fn.restype = restype
+            fn.argtypes = argtypes
+            setattr(self, name, fn)
+
+    def __getattr__(self, name: str) -> Any:  # the functions are set in __init__
+        raise AttributeError(name)
+
+
+@functools.cache
+def _rados() -> _Rados:
+    return _Rados()
+
+
+def decode_notify_reply(reply: bytes) -> tuple[int, int]:
+    """(watchers that acknowledged, watchers that timed out) from ``rados_notify2``'s
+    reply: le32 count of acks, each (le64 gid, le64 cookie, le32 length, payload), then
+    le32 count of timeouts, each (le64 gid, le64 cookie)."""
+    if len(reply) < 4:
+        return 0, 0
+    (acks,) = struct.unpack_from("<I", reply, 0)
+    at = 4
+    for _ in range(acks):
+        (length,) = struct.unpack_from("<I", reply, at + 16)
+        at += 20 + length
+    (timeouts,) = struct.unpack_from("<I", reply, at) if at + 4 <= len(reply) else (0,)
+    return acks, timeouts
+
+
+class RadosObject:
+    """``oid`` in ``pool`` (and ``namespace``), reached as ``client`` through ``ceph_conf``."""
+
+    def __init__(
+        self,
+        *,
+        ceph_conf: str,
+        client: str,
+        keyring: str,
+        pool: str,
+        namespace: str,
+        oid: str,
+        timeout: float,
+    ) -> None:
+        self.name = f"{pool}/{namespace + '/' if namespace else ''}{oid}"
+        self.oid = oid.encode()
+        self.timeout = timeout
+        self._handle = c_void_p()
+        self._ioctx = c_void_p()
+        self._cookie: int | None = None
+        self._callbacks: tuple[object, object] | None = None
+        rados = lib()
+        check(rados.rados_create2(byref(self._handle), b"ceph", client.encode(), 0), "rados")
+        try:
+            check(rados.rados_conf_read_file(self._handle, ceph_conf.encode()), ceph_conf)
+            options = {
+                "client_mount_timeout": f"{timeout:g}",
+                "rados_mon_op_timeout": f"{timeout:g}",
+                "rados_osd_op_timeout": f"{timeout:g}",
+                "log_to_stderr": "false",
+                "err_to_stderr": "false",
+            }
+            if keyring:
+                options["keyring"] = keyring
+            for key, value in options.items():
+                check(rados.rados_conf_set(self._handle, key.encode(), value.encode()), key)
+            check(rados.rados_connect(self._handle), "connecting to the monitors")
+            check(
+                rados.rados_ioctx_create(self._handle, pool.encode(), byref(self._ioctx)),
+                f"pool {pool!r}",
+            )
+            if namespace:
+                rados.rados_ioctx_set_namespace(self._ioctx, namespace.encode())
+        except BaseException:
+            self.close()
+            raise
+        self.instance_id = int(_rados().rados_get_instance_id(self._handle))
+
+    # -- blocking calls (worker threads) ------------------------------------------------
+    def read(self) -> tuple[int, bytes]:
+        """(version, body); (0, b"") while the object does not exist."""
+        buf = ctypes.create_string_buffer(32)
+        n = _rados().rados_getxattr(self._ioctx, self.oid, VERSION_XATTR, buf, 32)
+        if n in (-errno.ENOENT, -errno.ENODATA):
+            return 0, b""
+        check(n, f"reading {self.name}")
+        version = int(buf.raw[:n])
+        body = ctypes.create_string_buffer(MAX_BODY)
+        got = check(_rados().rados_read(self._ioctx, self.oid, body, MAX_BODY, 0), self.name)
+        return version, body.raw[:got]
+
+    def replace(self, expected: int, version: int, body: bytes) -> bool:
+        """Write ``body`` as ``version`` if the object is still at ``expected`` (0: absent):
+        False if another writer came first, OSError if the cluster said no."""
+        op = _rados().rados_create_write_op()
+        try:
+            if expected == 0:
+                _rados().rados_write_op_create(op, CREATE_EXCLUSIVE, None)
+            else:
+                old = str(expected).encode()
+                _rados().rados_write_op_cmpxattr(op, VERSION_XATTR, CMPXATTR_OP_EQ, old, len(old))
+            new = str(version).encode()
+            _rados().rados_write_op_setxattr(op, VERSION_XATTR, new, len(new))
+            _rados().rados_write_op_write_full(op, body, len(body))
+            ret = _rados().rados_write_op_operate(op, self._ioctx, self.oid, None, 0)
+        finally:
+            _rados().rados_release_write_op(op)
+        if ret in (-errno.ECANCELED, -errno.EEXIST, -errno.ENODATA):
+            return False
+        check(ret, f"writing {self.name}")
+        return True
+
+    def remove(self) -> None:
+        op = _rados().rados_create_write_op()
+        try:
+            _rados().rados_write_op_remove(op)
+            ret = _rados().rados_write_op_operate(op, self._ioctx, self.oid, None, 0)
+        finally:
+            _rados().rados_release_write_op(op)
+        if ret != -errno.ENOENT:
+            check(ret, f"removing {self.name}")
+
+    def notify(self, payload: bytes, timeout: float) -> tuple[int, int]:
+        """Tell every watcher (this client's own watch included); (acks, timeouts)."""
+        reply = c_void_p()
+        length = c_size_t()
+        ret = _rados().rados_notify2(
+            self._ioctx,
+            self.oid,
+            payload,
+            len(payload),
+            int(timeout * 1000),
+            byref(reply),
+            byref(length),
+        )
+        try:
+            data = ctypes.string_at(reply, length.value) if reply.value else b""
+        finally:
+            if reply.value:
+                _rados().rados_buffer_free(reply)
+        if ret == -errno.ETIMEDOUT:  # some watcher did not answer in time: still told
+            return decode_notify_reply(data)
+        check(ret, f"notifying the watchers of {self.name}")
+        return decode_notify_reply(data)
+
+    def watch(
+        self,
+        on_notify: Callable[[int, bytes], bytes],
+        on_error: Callable[[int], None],
+    ) -> None:
+        """Call ``on_notify(notifier_id, payload) -> reply`` on a librados thread for every
+        notification (its reply acknowledges it), ``on_error(errno)`` if the watch is lost."""
+
+        def notified(_arg: object, notify_id: int, handle: int, notifier: int,
+                     data: int | None, length: int) -> None:  # fmt: skip
+            payload = ctypes.string_at(data, length) if data else b""
+            try:
+                reply = on_notify(notifier, payload)
+            except Exception:  # never let an exception unwind into librados
+                log.exception("%s: notification handler failed", self.name)
+                reply = b""
+            _rados().rados_notify_ack(self._ioctx, self.oid, notify_id, handle, reply, len(reply))
+
+        def failed(_arg: object, _cookie: int, err: int) -> None:
+            try:
+                on_error(-err)
+            except Exception:
+                log.exception("%s: watch error handler failed", self.name)
+
+        callbacks = (WATCH_CALLBACK(notified), WATCH_ERROR_CALLBACK(failed))
+        cookie = c_uint64()
+        check(
+            _rados().rados_watch2(self._ioctx, self.oid, byref(cookie), *callbacks, None),
+            f"watching {self.name}",
+        )
+        self._callbacks = callbacks  # kept alive while librados may call them
+        self._cookie = cookie.value
+
+    def unwatch(self) -> None:
+        if self._cookie is not None:
+            _rados().rados_unwatch2(self._ioctx, self._cookie)
+            _rados().rados_watch_flush(self._handle)
+            self._cookie = None
+
+    def close(self) -> None:
+        """Stop watching and disconnect (blocking)."""
+        with _close_lock:
+            if self._ioctx:
+                self.unwatch()
+                lib().rados_ioctx_destroy(self._ioctx)
+                self._ioctx = c_void_p()
+            if self._handle:
+                lib().rados_shutdown(self._handle)
+                self._handle = c_void_p()
+
+
+_close_lock = threading.Lock()

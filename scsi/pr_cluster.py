@@ -1,0 +1,282 @@
+"""An RBD LU's persistent reservations, kept in the Ceph cluster and shared by every gateway
+that exports the image (docs/rbd.md, "Persistent reservations").
+
+The whole state (registrations, reservation, PRgeneration, APTPL) is one JSON record in
+one RADOS object beside the image, with a sequence number. A gateway decides each
+PERSISTENT RESERVE OUT on the latest record (read first), writes the new record only if
+the object still holds the sequence it read (compare-and-swap; if another gateway came
+first, the command is decided again on the newer record), and then notifies the other
+gateways' watches with the new record, the unit attentions the change owes and the
+registrants whose commands PREEMPT AND ABORT ends. Each watcher applies that to its own
+copy (the one the I/O path checks, with no round-trip per command) and raises the unit
+attentions for its own nexuses before it acknowledges, so a reservation acknowledged
+through one gateway is already enforced through the others. A PERSISTENT RESERVE IN reads
+the latest record too.
+
+What "power loss" means here: the LU loses power when no gateway serves it. A gateway that
+starts while another still serves the image (its watch answers) takes the state as it is;
+one that starts alone treats it as a power cycle: without APTPL the registrations and the
+reservation are cleared (SPC-4 5.13.5), with APTPL they are kept.
+
+The object is anything with :class:`VersionedObject`'s blocking calls (backing's
+``RadosObject``); they run in worker threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import threading
+from typing import TYPE_CHECKING, Any, Protocol
+
+from scsi.command import Nexus
+from scsi.pr_file import decode_into, encode, nexus_record
+from scsi.reservations import Owed
+from scsi.sense import CheckCondition, Reason
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from scsi.logical_unit import LogicalUnit
+
+log = logging.getLogger("targetd.reservations")
+
+FORMAT = "targetd-persistent-reservations"
+PROBE = b'{"probe": true}'
+# How long a writer waits for the other gateways to apply a change before it answers.
+NOTIFY_TIMEOUT = 5.0
+# How long a starting gateway waits for others to answer "are you serving this LU?".
+PROBE_TIMEOUT = 2.0
+
+
+class VersionedObject(Protocol):
+    name: str
+    instance_id: int
+
+    def read(self) -> tuple[int, bytes]: ...
+    def replace(self, expected: int, version: int, body: bytes) -> bool: ...
+    def notify(self, payload: bytes, timeout: float) -> tuple[int, int]: ...
+    def watch(
+        self, on_notify: Callable[[int, bytes], bytes], on_error: Callable[[int], None]
+    ) -> None: ...
+    def unwatch(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def unreachable(err: OSError) -> CheckCondition:
+    """The sense a PERSISTENT RESERVE command gets when the cluster cannot be reached:
+    HARDWARE ERROR, LOGICAL UNIT COMMUNICATION TIME-OUT (08h/01h) after the store's timeout,
+    LOGICAL UNIT COMMUNICATION FAILURE (08h/00h) for any other refusal."""
+    if err.errno == errno.ETIMEDOUT:
+        return CheckCondition(Reason.LOGICAL_UNIT_COMMUNICATION_TIMEOUT)
+    return CheckCondition(Reason.LOGICAL_UNIT_COMMUNICATION_FAILURE)
+
+
+def record_of(lu: LogicalUnit, seq: int, owed: list[Owed], aborts: list[Nexus]) -> bytes:
+    record = encode(lu.reservations)
+    record.update(
+        format=FORMAT,
+        seq=seq,
+        aptpl=lu.reservations.aptpl,
+        change={
+            "owed": [
+                {
+                    "registrant": nexus_record(o.registrant),
+                    "reason": o.reason.name,
+                    "sender": None if o.sender is None else nexus_record(o.sender),
+                }
+                for o in owed
+            ],
+            "abort": [nexus_record(n) for n in aborts],
+        },
+    )
+    return json.dumps(record, sort_keys=True).encode()
+
+
+def parse(body: bytes) -> dict[str, Any] | None:
+    """The record in ``body`` (None for an empty object); ValueError if it is not one."""
+    if not body:
+        return None
+    record = json.loads(body)
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ValueError("not a targetd reservation record")
+    return record
+
+
+def change_of(record: dict[str, Any]) -> tuple[list[Owed], list[Nexus]]:
+    change = record.get("change") or {}
+    owed = [
+        Owed(
+            Nexus(**o["registrant"]),
+            Reason[o["reason"]],
+            None if o["sender"] is None else Nexus(**o["sender"]),
+        )
+        for o in change.get("owed", [])
+    ]
+    return owed, [Nexus(**n) for n in change.get("abort", [])]
+
+
+class ClusterPrStore:
+    """A :class:`scsi.reservations.PrStore` in a RADOS object, for one LU."""
+
+    persistent = True
+
+    def __init__(self, obj: VersionedObject) -> None:
+        self.obj = obj
+        self.seq = 0
+        self.lu: LogicalUnit | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._rewatch: asyncio.Task[None] | None = None
+
+    # -- at start (blocking, like opening the image) ---------------------------------
+    def open(self, lu: LogicalUnit) -> bool:
+        """Load the state into ``lu`` and watch for changes; True if a state was kept.
+        Without APTPL, a state no other gateway serves is a power-cycled LU's: cleared."""
+        self.lu = lu
+        try:
+            self.loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
+        seq, body = self.obj.read()
+        if seq == 0:  # the first gateway to serve the image: the object a watch needs
+            if self.obj.replace(0, 1, record_of(lu, 1, [], [])):
+                seq, body = 1, record_of(lu, 1, [], [])
+            else:  # another gateway made it meanwhile
+                seq, body = self.obj.read()
+        record = parse(body)
+        if record is not None and not record.get("aptpl"):
+            acks, timeouts = self.obj.notify(PROBE, PROBE_TIMEOUT)
+            if acks + timeouts == 0 and (record["registrations"] or record["reservation"]):
+                log.info("%s: no gateway serves the LU and APTPL is off: reservations "
+                         "cleared", self.obj.name)  # fmt: skip
+                cleared = dict(record, registrations=[], reservation=None, change={})
+                cleared["generation"] = record["generation"] + 1
+                cleared["seq"] = seq + 1
+                if self.obj.replace(seq, seq + 1, json.dumps(cleared, sort_keys=True).encode()):
+                    seq, record = seq + 1, cleared
+                else:  # another gateway started meanwhile: take what it wrote
+                    seq, body = self.obj.read()
+                    record = parse(body)
+        self.seq = seq
+        if record is not None:
+            self._load(record)
+        self.obj.watch(self._notified, self._lost)
+        return record is not None and bool(record["registrations"] or record["reservation"])
+
+    def _load(self, record: dict[str, Any]) -> None:
+        assert self.lu is not None
+        state = self.lu.reservations
+        decode_into(state, record)
+        state.aptpl = bool(record.get("aptpl"))
+
+    # -- PrStore ------------------------------------------------------------------------
+    async def refresh(self, lu: LogicalUnit) -> None:
+        self.loop = asyncio.get_running_loop()
+        try:
+            seq, body = await asyncio.to_thread(self.obj.read)
+            record = parse(body)
+        except OSError as err:
+            log.error("%s: reservations not read: %s", self.obj.name, err)
+            raise unreachable(err) from None
+        except ValueError as err:
+            log.error("%s: reservations unreadable: %s", self.obj.name, err)
+            raise CheckCondition(Reason.LOGICAL_UNIT_COMMUNICATION_FAILURE) from None
+        if seq != self.seq and record is not None:
+            missed_one = seq == self.seq + 1
+            self.seq = seq
+            self._load(record)
+            if missed_one:  # its notification is late or lost: owe what it owed here
+                owed, aborts = change_of(record)
+                lu.reservations.deliver(lu, owed)
+                if aborts and lu.abort_tasks is not None:
+                    await lu.abort_tasks(lu.reservations.nexuses_of(lu, aborts))
+
+    async def commit(
+        self, lu: LogicalUnit, aptpl_before: bool, owed: list[Owed], aborts: list[Nexus]
+    ) -> bool:
+        seq = self.seq + 1
+        body = record_of(lu, seq, owed, aborts)
+        try:
+            if not await asyncio.to_thread(self.obj.replace, self.seq, seq, body):
+                return False
+        except OSError as err:
+            log.error("%s: reservations not written: %s", self.obj.name, err)
+            raise unreachable(err) from None
+        self.seq = seq
+        try:
+            _, timeouts = await asyncio.to_thread(self.obj.notify, body, NOTIFY_TIMEOUT)
+        except OSError as err:  # kept all the same: the others read it before deciding
+            log.warning("%s: other gateways not told of a change: %s", self.obj.name, err)
+        else:
+            if timeouts:
+                log.warning("%s: %d gateway(s) did not confirm a change in %gs",
+                            self.obj.name, timeouts, NOTIFY_TIMEOUT)  # fmt: skip
+        return True
+
+    def close(self) -> None:
+        if self._rewatch is not None:
+            self._rewatch.cancel()
+        self.obj.close()
+
+    # -- notifications (on a librados thread) --------------------------------------------
+    def _notified(self, notifier: int, payload: bytes) -> bytes:
+        if notifier == self.obj.instance_id or payload == PROBE or self.loop is None:
+            return b""
+        applied = threading.Event()
+        try:
+            self.loop.call_soon_threadsafe(self._start_apply, payload, applied)
+        except RuntimeError:  # the loop has closed: the daemon is stopping
+            return b""
+        applied.wait(NOTIFY_TIMEOUT)
+        return b""
+
+    def _start_apply(self, payload: bytes, applied: threading.Event) -> None:
+        task = asyncio.ensure_future(self._apply(payload))
+        task.add_done_callback(lambda _t: applied.set())
+
+    async def _apply(self, payload: bytes) -> None:
+        lu = self.lu
+        if lu is None:
+            return
+        try:
+            record = parse(payload)
+        except ValueError as err:
+            log.error("%s: notification unreadable: %s", self.obj.name, err)
+            return
+        if record is None or record["seq"] <= self.seq:
+            return
+        self.seq = record["seq"]
+        self._load(record)
+        owed, aborts = change_of(record)
+        lu.reservations.deliver(lu, owed)
+        if aborts and lu.abort_tasks is not None:
+            await lu.abort_tasks(lu.reservations.nexuses_of(lu, aborts))
+
+    def _lost(self, err: int) -> None:
+        """The watch broke (the cluster was out of reach): watch again, then re-read."""
+        log.warning(
+            "%s: watch lost (%s); re-establishing", self.obj.name, errno.errorcode.get(err, err)
+        )
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._start_rewatch)
+
+    def _start_rewatch(self) -> None:
+        if self._rewatch is None or self._rewatch.done():
+            self._rewatch = asyncio.ensure_future(self._watch_again())
+
+    async def _watch_again(self) -> None:
+        lu = self.lu
+        assert lu is not None
+        while True:
+            try:
+                await asyncio.to_thread(self.obj.unwatch)
+                await asyncio.to_thread(self.obj.watch, self._notified, self._lost)
+                async with lu.reservations.lock:
+                    await self.refresh(lu)
+                log.info("%s: watching again", self.obj.name)
+                return
+            except (OSError, CheckCondition) as err:
+                log.warning("%s: still out of reach: %s", self.obj.name, err)
+                await asyncio.sleep(1.0)

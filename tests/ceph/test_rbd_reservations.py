@@ -1,0 +1,217 @@
+"""Persistent reservations of an RBD LUN, shared by two gateways (two `targetd serve`
+processes, one target IQN, one image, TPGT 1 and 2): taken through gateway A, they are
+seen (READ KEYS, READ RESERVATION, READ FULL STATUS) and enforced (RESERVATION CONFLICT)
+through gateway B; a PREEMPT through B raises REGISTRATIONS PREEMPTED on A's nexus; with
+APTPL they survive a restart of both gateways, without it only a restart of one
+(docs/rbd.md, "Persistent reservations")."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ceph_fixtures import ImageFactory, ceph_cluster, new_image, rbd_lun_toml
+from cluster import CephCluster
+from conftest import Daemon, free_port
+from raw_initiator import RawInitiator
+
+from scsi.sense import parse_sense
+from scsi.transport_id import TransportId
+
+IQN = "iqn.2026-11.org.targetd:rbd-pr"
+HOLDER = "iqn.2026-11.org.test:holder"
+OTHER = "iqn.2026-11.org.test:other"
+STRANGER = "iqn.2026-11.org.test:stranger"
+ISID = "400000001234"  # raw_initiator's
+GOOD, CHECK_CONDITION, RESERVATION_CONFLICT = 0x00, 0x02, 0x18
+WE, EA, WERO = 0x1, 0x3, 0x5
+REGISTER, RESERVE, RELEASE, PREEMPT = 0x00, 0x01, 0x02, 0x04
+K_HOLDER, K_OTHER = 0xAAAA_0000_0000_0001, 0xBBBB_0000_0000_0002
+WRITE10 = bytes([0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0])
+READ10 = bytes([0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0])
+READ_KEYS = bytes([0x5E, 0x00, 0, 0, 0, 0, 0, 4, 0, 0])
+READ_RESERVATION = bytes([0x5E, 0x01, 0, 0, 0, 0, 0, 1, 0, 0])
+REPORT_CAPABILITIES = bytes([0x5E, 0x02, 0, 0, 0, 0, 0, 0, 8, 0])
+READ_FULL_STATUS = bytes([0x5E, 0x03, 0, 0, 0, 0, 0, 4, 0, 0])
+TUR = bytes(6)
+
+
+class Gateway(Daemon):
+    """One gateway: listens on the portal its configuration names (TPGT 1 or 2)."""
+
+    def command(self) -> list[str]:
+        return [*super().command()[:4], "--state-dir", str(self.state_dir),
+                "--config", str(self.config)]  # fmt: skip
+
+
+def gateway_toml(cluster: CephCluster, image: str, port: int, tpgt: int) -> str:
+    return (
+        f'[[portal]]\nlisten = "127.0.0.1:{port}"\ntpgt = {tpgt}\n\n'
+        f'[[target]]\nname = "{IQN}"\n\n' + rbd_lun_toml(cluster, image)
+    )
+
+
+@pytest.fixture
+def gateways(
+    ceph_cluster: CephCluster, new_image: ImageFactory, tmp_path: Path
+) -> Iterator[tuple[Gateway, Gateway]]:
+    image = new_image("16M")
+    pair = []
+    for tpgt, name in ((1, "a"), (2, "b")):
+        port = free_port()
+        config = tmp_path / f"gateway-{name}.toml"
+        config.write_text(gateway_toml(ceph_cluster, image, port, tpgt))
+        gateway = Gateway(port, tmp_path / f"state-{name}", config, IQN, tmp_path / f"{name}.log")
+        pair.append(gateway.start())
+    yield pair[0], pair[1]
+    for gateway in pair:
+        gateway.stop()
+
+
+def login(gateway: Gateway, name: str) -> RawInitiator:
+    ini = RawInitiator(gateway.port, name=name)
+    assert ini.login(IQN).bhs[36:38] == b"\0\0"
+    ini.clear_unit_attentions()
+    return ini
+
+
+def prout(ini: RawInitiator, action: int, key: int, sa_key: int = 0, type_: int = 0,
+          aptpl: bool = False) -> tuple[int, tuple[int, int, int] | None]:  # fmt: skip
+    cdb = bytes([0x5F, action, type_, 0, 0]) + (24).to_bytes(4, "big") + bytes(1)
+    params = (
+        key.to_bytes(8, "big") + sa_key.to_bytes(8, "big") + bytes([0, 0, 0, 0, aptpl, 0, 0, 0])
+    )
+    status, _, sense = ini.command(cdb, data=params)
+    return status, parse_sense(sense) if status == CHECK_CONDITION else None
+
+
+def read_keys(ini: RawInitiator) -> tuple[int, list[int]]:
+    status, data, _ = ini.command(READ_KEYS, read=1024)
+    assert status == GOOD
+    length = int.from_bytes(data[4:8], "big")
+    keys = [int.from_bytes(data[8 + i : 16 + i], "big") for i in range(0, length, 8)]
+    return int.from_bytes(data[:4], "big"), keys
+
+
+def read_reservation(ini: RawInitiator) -> tuple[int, int] | None:
+    status, data, _ = ini.command(READ_RESERVATION, read=256)
+    assert status == GOOD
+    if int.from_bytes(data[4:8], "big") == 0:
+        return None
+    return int.from_bytes(data[8:16], "big"), data[21] & 0x0F
+
+
+def full_status(ini: RawInitiator) -> dict[bytes, tuple[int, int, int]]:
+    """TransportID -> (key, flags byte: R_HOLDER/ALL_TG_PT, relative target port)."""
+    status, data, _ = ini.command(READ_FULL_STATUS, read=1024)
+    assert status == GOOD
+    out, at = {}, 8
+    while at < 8 + int.from_bytes(data[4:8], "big"):
+        length = int.from_bytes(data[at + 20 : at + 24], "big")
+        tid = bytes(data[at + 24 : at + 24 + length])
+        out[tid] = (int.from_bytes(data[at : at + 8], "big"), data[at + 12],
+                    int.from_bytes(data[at + 18 : at + 20], "big"))  # fmt: skip
+        at += 24 + length
+    return out
+
+
+def sense_of(ini: RawInitiator, cdb: bytes) -> tuple[int, int, int] | None:
+    status, _, sense = ini.command(cdb)
+    return parse_sense(sense) if status == CHECK_CONDITION else None
+
+
+# (type, OTHER registered through B may write, STRANGER through B may read)
+TYPES = [(WE, False, True), (EA, False, False), (WERO, True, True)]
+
+
+@pytest.mark.parametrize(("pr_type", "registrant_writes", "stranger_reads"), TYPES)
+def test_a_reservation_taken_through_a_is_seen_and_enforced_through_b(
+    gateways: tuple[Gateway, Gateway], pr_type: int, registrant_writes: bool,
+    stranger_reads: bool,
+) -> None:  # fmt: skip
+    a, b = gateways
+    holder = login(a, HOLDER)
+    other, stranger = login(b, OTHER), login(b, STRANGER)
+    assert prout(holder, REGISTER, 0, K_HOLDER) == (GOOD, None)
+    assert prout(other, REGISTER, 0, K_OTHER) == (GOOD, None)
+    assert prout(holder, RESERVE, K_HOLDER, type_=pr_type) == (GOOD, None)
+    # Seen through B.
+    assert read_keys(stranger) == (2, [K_HOLDER, K_OTHER])
+    assert read_reservation(stranger) == (K_HOLDER, pr_type)
+    assert full_status(stranger) == {
+        TransportId(HOLDER, ISID).encode(): (K_HOLDER, 0x01, 1),  # R_HOLDER, through TPGT 1
+        TransportId(OTHER, ISID).encode(): (K_OTHER, 0x00, 2),
+    }
+    caps = stranger.command(REPORT_CAPABILITIES, read=8)[1]
+    assert caps[2] & 0x01 and caps[3] & 0x01 == 0  # PTPL_C: APTPL can be kept; not on now
+    # Enforced through B.
+    assert stranger.command(WRITE10, data=bytes(512))[0] == RESERVATION_CONFLICT
+    assert stranger.command(READ10, read=512)[0] == (GOOD if stranger_reads
+                                                     else RESERVATION_CONFLICT)  # fmt: skip
+    assert other.command(WRITE10, data=bytes(512))[0] == (GOOD if registrant_writes
+                                                          else RESERVATION_CONFLICT)  # fmt: skip
+    # A RESERVE through B by a registrant that does not hold it: RESERVATION CONFLICT.
+    assert prout(other, RESERVE, K_OTHER, type_=pr_type)[0] == RESERVATION_CONFLICT
+    # Released through A: a registrants-only release tells B's registrant.
+    assert prout(holder, RELEASE, K_HOLDER, type_=pr_type) == (GOOD, None)
+    if pr_type == WERO:
+        assert sense_of(other, TUR) == (6, 0x2A, 0x04)  # RESERVATIONS RELEASED
+    assert sense_of(other, TUR) is None
+    assert stranger.command(WRITE10, data=bytes(512))[0] == GOOD
+    for ini in (holder, other, stranger):
+        ini.close()
+
+
+def test_a_preempt_through_b_reaches_the_holder_on_a(gateways: tuple[Gateway, Gateway]) -> None:
+    a, b = gateways
+    holder, other = login(a, HOLDER), login(b, OTHER)
+    assert prout(holder, REGISTER, 0, K_HOLDER) == (GOOD, None)
+    assert prout(holder, RESERVE, K_HOLDER, type_=WE) == (GOOD, None)
+    assert prout(other, REGISTER, 0, K_OTHER) == (GOOD, None)
+    assert prout(other, PREEMPT, K_OTHER, K_HOLDER, type_=EA) == (GOOD, None)
+    # A's nexus learns it lost its registration before anything else, and is now shut out.
+    assert sense_of(holder, TUR) == (6, 0x2A, 0x05)  # REGISTRATIONS PREEMPTED
+    assert holder.command(READ10, read=512)[0] == RESERVATION_CONFLICT
+    assert read_reservation(other) == (K_OTHER, EA)
+    assert read_keys(other) == (3, [K_OTHER])
+    # Through A, too, once it asks.
+    assert prout(holder, REGISTER, K_HOLDER, 0)[0] == RESERVATION_CONFLICT
+    assert other.command(WRITE10, data=bytes(512))[0] == GOOD
+    holder.close()
+    other.close()
+
+
+def test_aptpl_survives_a_restart_of_both_gateways_and_without_it_only_of_one(
+    gateways: tuple[Gateway, Gateway],
+) -> None:
+    a, b = gateways
+    holder = login(a, HOLDER)
+    assert prout(holder, REGISTER, 0, K_HOLDER, aptpl=True) == (GOOD, None)
+    assert prout(holder, RESERVE, K_HOLDER, type_=WE) == (GOOD, None)
+    holder.close()
+    a.stop()
+    b.stop()
+    b.start()
+    a.start()
+    other = login(b, OTHER)
+    assert read_reservation(other) == (K_HOLDER, WE)
+    assert other.command(REPORT_CAPABILITIES, read=8)[1][3] & 0x01  # PTPL_A
+    assert other.command(WRITE10, data=bytes(512))[0] == RESERVATION_CONFLICT
+    # APTPL off (the holder registers again without it): a restart of one gateway while
+    # the other serves the LU keeps the reservation ...
+    holder = login(a, HOLDER)
+    assert prout(holder, REGISTER, K_HOLDER, K_HOLDER) == (GOOD, None)
+    holder.close()
+    a.restart()
+    assert read_reservation(other) == (K_HOLDER, WE)
+    other.close()
+    # ... but when neither serves it, the LU lost power: the reservation is gone.
+    a.stop()
+    b.stop()
+    a.start()
+    b.start()
+    other = login(b, OTHER)
+    assert read_keys(other)[1] == [] and read_reservation(other) is None
+    assert other.command(WRITE10, data=bytes(512))[0] == GOOD
+    other.close()
