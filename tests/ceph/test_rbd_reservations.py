@@ -1,9 +1,10 @@
-"""Persistent reservations of an RBD LUN, shared by two gateways (two `targetd serve`
-processes, one target IQN, one image, TPGT 1 and 2): taken through gateway A, they are
-seen (READ KEYS, READ RESERVATION, READ FULL STATUS) and enforced (RESERVATION CONFLICT)
-through gateway B; a PREEMPT through B raises REGISTRATIONS PREEMPTED on A's nexus; with
-APTPL they survive a restart of both gateways, without it only a restart of one
-(docs/rbd.md, "Persistent reservations")."""
+"""Persistent reservations of an RBD LUN, shared by two gateways (tests/ceph/gateways.py:
+two `targetd serve` processes, one target IQN, one image, TPGT 1 and 2): taken through
+gateway A, they are seen (READ KEYS, READ RESERVATION, READ FULL STATUS) and enforced
+(RESERVATION CONFLICT, the lock moving for the write) through gateway B; a PREEMPT
+through B raises REGISTRATIONS PREEMPTED on A's nexus; with APTPL they survive a restart
+of both gateways, without it only a restart of one (docs/rbd.md, "Persistent
+reservations")."""
 
 from __future__ import annotations
 
@@ -11,15 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ceph_fixtures import ImageFactory, ceph_cluster, new_image, rbd_lun_toml
-from cluster import CephCluster
-from conftest import Daemon, free_port
+from ceph_fixtures import ImageFactory, ceph_cluster, new_image
+from gateways import IQN, PairFactory, gateway_pair
+from gateways import ConfigDaemon as Gateway
 from raw_initiator import RawInitiator
 
 from scsi.sense import parse_sense
 from scsi.transport_id import TransportId
 
-IQN = "iqn.2026-11.org.targetd:rbd-pr"
 HOLDER = "iqn.2026-11.org.test:holder"
 OTHER = "iqn.2026-11.org.test:other"
 STRANGER = "iqn.2026-11.org.test:stranger"
@@ -37,36 +37,14 @@ READ_FULL_STATUS = bytes([0x5E, 0x03, 0, 0, 0, 0, 0, 4, 0, 0])
 TUR = bytes(6)
 
 
-class Gateway(Daemon):
-    """One gateway: listens on the portal its configuration names (TPGT 1 or 2)."""
-
-    def command(self) -> list[str]:
-        return [*super().command()[:4], "--state-dir", str(self.state_dir),
-                "--config", str(self.config)]  # fmt: skip
-
-
-def gateway_toml(cluster: CephCluster, image: str, port: int, tpgt: int) -> str:
-    return (
-        f'[[portal]]\nlisten = "127.0.0.1:{port}"\ntpgt = {tpgt}\n\n'
-        f'[[target]]\nname = "{IQN}"\n\n' + rbd_lun_toml(cluster, image)
-    )
-
-
 @pytest.fixture
 def gateways(
-    ceph_cluster: CephCluster, new_image: ImageFactory, tmp_path: Path
+    gateway_pair: PairFactory, new_image: ImageFactory
 ) -> Iterator[tuple[Gateway, Gateway]]:
-    image = new_image("16M")
-    pair = []
-    for tpgt, name in ((1, "a"), (2, "b")):
-        port = free_port()
-        config = tmp_path / f"gateway-{name}.toml"
-        config.write_text(gateway_toml(ceph_cluster, image, port, tpgt))
-        gateway = Gateway(port, tmp_path / f"state-{name}", config, IQN, tmp_path / f"{name}.log")
-        pair.append(gateway.start())
-    yield pair[0], pair[1]
-    for gateway in pair:
-        gateway.stop()
+    """A and B (TPGT 1 and 2) with the lock following the writes (hold 0) and no unit
+    attention of their own when it moves, so each sense checked here is the reservations'."""
+    pair = gateway_pair(new_image("16M"), hold_ms=0, unit_attention=False)
+    yield pair.a, pair.b
 
 
 def login(gateway: Gateway, name: str) -> RawInitiator:
