@@ -11,7 +11,7 @@ I/O (real preadv/pwritev on a sparse file), reply build, and the shell's send pa
 from py-spy on a real run). CPU time, not wall time, so a busy machine disturbs it far less
 than an end-to-end benchmark: the tool for keeping or dropping a hot-path change.
 
-    python3 bench/hotpath.py [--commands 200000] [--stages] [--profile FILE]
+    python3 bench/hotpath.py [--commands 200000] [--batch 32] [--stages] [--profile FILE]
 
 ``--stages`` times each stage with wrappers (adding ~1 us per command, shown apart);
 ``--profile FILE`` writes a cProfile of the run.
@@ -129,7 +129,7 @@ def login(protocol: IscsiConnection, transport: CountingTransport, target: str) 
 
 
 def batch(write: bool, first_cmdsn: int, first_itt: int, blocks: list[int]) -> bytes:
-    """BATCH SCSI Command PDUs (READ(16) or WRITE(16) of 4 KiB, LUN 0)."""
+    """One SCSI Command PDU per block (READ(16) or WRITE(16) of 4 KiB, LUN 0)."""
     out = bytearray()
     payload = b"\xa5" * BLOCK
     for i, lba in enumerate(blocks):
@@ -221,8 +221,9 @@ async def run(args: argparse.Namespace, state_dir: Path) -> dict[str, float]:
             await _fill(protocol, picks)
             cmdsn, itt = cmdsn + len(picks), itt + len(picks)
             continue
-        batches = [batch(write, 0, 0, picks[i : i + BATCH]) for i in range(0, len(picks), BATCH)]
-        rounds = max(1, args.commands // BATCH)
+        size = args.batch
+        batches = [batch(write, 0, 0, picks[i : i + size]) for i in range(0, len(picks), size)]
+        rounds = max(1, args.commands // size)
         timings: list[float] = []
         stages = Stages() if args.stages else None
         profiler = cProfile.Profile() if args.profile else None
@@ -236,11 +237,11 @@ async def run(args: argparse.Namespace, state_dir: Path) -> dict[str, float]:
                 raw = bytearray(batches[r % len(batches)])
                 # Stamp CmdSN and ITT the way an initiator numbers them.
                 step = 48 + (BLOCK if write else 0)
-                for i in range(BATCH):
+                for i in range(size):
                     struct.pack_into(">I", raw, i * step + 16, itt + i)
                     struct.pack_into(">I", raw, i * step + 24, cmdsn + i)
-                cmdsn += BATCH
-                itt += BATCH
+                cmdsn += size
+                itt += size
                 feed(protocol, bytes(raw))
                 await asyncio.sleep(0)  # the loop runs the flush, as after a socket read
             elapsed = time.process_time() - started
@@ -249,11 +250,11 @@ async def run(args: argparse.Namespace, state_dir: Path) -> dict[str, float]:
                 profiler.dump_stats(f"{args.profile}.{phase}")
             if stages is not None and repeat == args.repeat:
                 stages.remove()
-                for name, us in stages.per_command(rounds * BATCH).items():
+                for name, us in stages.per_command(rounds * size).items():
                     results[f"{phase} {name}"] = us
-                results[f"{phase} total, timed"] = 1e6 * elapsed / (rounds * BATCH)
+                results[f"{phase} total, timed"] = 1e6 * elapsed / (rounds * size)
             elif repeat:
-                timings.append(1e6 * elapsed / (rounds * BATCH))
+                timings.append(1e6 * elapsed / (rounds * size))
         results[f"{phase} total"] = statistics.median(timings)
     results["bytes written per command"] = transport.bytes / (cmdsn - 1)
     await pairs.stop()
@@ -266,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commands", type=int, default=100_000, help="per round")
     parser.add_argument("--repeat", type=int, default=3, help="timed rounds (median)")
     parser.add_argument("--stages", action="store_true")
+    parser.add_argument(
+        "--batch", type=int, default=BATCH, help="PDUs per socket read (1: a client at QD1)"
+    )
     parser.add_argument("--only", choices=("read", "write"), help="measure one direction")
     parser.add_argument("--profile", help="cProfile output prefix (.write/.read appended)")
     args = parser.parse_args(argv)

@@ -114,6 +114,10 @@ class IscsiConnection(asyncio.BufferedProtocol):
         self._running: dict[TaskHandle, asyncio.Task[None]] = {}
         self._closing = False
         self._flush_scheduled = False
+        # True while _pump handles events: whatever they produce is written by that same
+        # _pump, so no flush needs scheduling (one loop callback per command saved).
+        self._pumping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._close_requested = False
         # Reading paused because our replies pile up unsent (see _pump).
         self._backpressure = False
@@ -123,6 +127,8 @@ class IscsiConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
+        # Kept: CPython 3.11's get_running_loop() makes a getpid() system call each time.
+        self._loop = asyncio.get_running_loop()
         # Marks of 0: resume_writing tells us each time the write buffer is empty, which
         # is when the buffers of the replies in it can be lent again. Pushing back on the
         # client (pause_reading) is done by _pump, at WRITE_BUFFER_HIGH.
@@ -201,10 +207,15 @@ class IscsiConnection(asyncio.BufferedProtocol):
         """
         conn = self.conn
         events = conn.take_events()
-        while events:
-            for event in events:
-                self._EVENT_HANDLERS[type(event)](self, event)
-            events = conn.take_events()
+        if events:
+            outer, self._pumping = self._pumping, True  # a handler may _pump too
+            try:
+                while events:
+                    for event in events:
+                        self._EVENT_HANDLERS[type(event)](self, event)
+                    events = conn.take_events()
+            finally:
+                self._pumping = outer
         out = conn.take_output()
         transport = self.transport
         if transport is None or transport.is_closing():
@@ -262,9 +273,12 @@ class IscsiConnection(asyncio.BufferedProtocol):
 
     def _schedule_flush(self) -> None:
         """Write once per loop iteration, however many commands completed in it."""
-        if not self._flush_scheduled:
+        if not self._flush_scheduled and not self._pumping:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False

@@ -6,7 +6,12 @@ import crc32c
 import pytest
 
 from targetd.iscsi.pdu import BHS_LEN, Op, Pdu, RejectReason, new_header, padded, put_u32
-from targetd.iscsi.receiver import DIRECT_THRESHOLD, IscsiProtocolError, PduReceiver
+from targetd.iscsi.receiver import (
+    DIRECT_THRESHOLD,
+    STAGING_SIZE,
+    IscsiProtocolError,
+    PduReceiver,
+)
 
 
 def make_pdu(
@@ -104,3 +109,42 @@ def test_oversized_data_segment_refused_before_its_payload() -> None:
     items = feed(rx, bytes(hdr), 1 << 20)  # only the header arrived
     assert len(items) == 1 and items[0].fatal
     assert items[0].bhs == bytes(hdr)
+
+
+def test_after_a_large_segment_the_next_one_is_received_without_a_copy() -> None:
+    """With a placement, only what came in with the first header goes through staging:
+    after that, the receiver asks for one header at a time, so the next large segment
+    lands straight in its own buffer even when the socket has all of it ready."""
+    size = STAGING_SIZE + 4096
+    dests = [bytearray(size), bytearray(size)]
+    data = [bytes([i + 1]) * size for i in range(2)]
+
+    def placement(bhs: bytes) -> memoryview:
+        return memoryview(dests[int.from_bytes(bhs[16:20], "big") - 1])
+
+    rx = PduReceiver(placement)
+    rx.max_data_length = 1 << 20
+    stream = make_pdu(Op.DATA_OUT, data[0], itt=1) + make_pdu(Op.DATA_OUT, data[1], itt=2)
+    staged = pos = 0
+    got: list = []
+    while pos < len(stream):
+        buf = rx.get_buffer()  # a socket with everything ready fills what it is given
+        n = min(len(buf), len(stream) - pos)
+        buf[:n] = stream[pos : pos + n]
+        if not any(buf.obj is d for d in dests):
+            staged += n
+        got += rx.buffer_updated(n)
+        pos += n
+    assert [bytes(p.data) for p in got] == data
+    assert staged == STAGING_SIZE + BHS_LEN
+
+
+def test_header_only_reads_end_with_the_first_small_pdu() -> None:
+    """After a small PDU the receiver offers its whole staging buffer again (a stream of
+    small commands is read in large gulps, not one header per system call)."""
+    rx = PduReceiver(lambda bhs: None)
+    rx.max_data_length = 1 << 20
+    big = bytes(STAGING_SIZE + 4096)  # too large for staging: received out of line
+    stream = make_pdu(Op.DATA_OUT, big) + make_pdu(Op.NOP_OUT, b"abc", itt=2)
+    assert len(feed(rx, stream, 1 << 20)) == 2
+    assert len(rx.get_buffer()) == STAGING_SIZE
