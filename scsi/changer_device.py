@@ -53,7 +53,8 @@ class TapeLibrary:
             if not directory.exists(barcode) and not directory.exported(barcode):
                 directory.create(barcode)
         present = directory.barcodes()
-        saved = (directory.load_inventory() or {}).get("elements", {})
+        inventory = directory.load_inventory() or {}
+        saved = inventory.get("elements", {})
         try:
             dropped = self.elements.restore(saved, present)
         except ElementError as err:
@@ -64,11 +65,20 @@ class TapeLibrary:
             missing = self.elements.where(barcode) is None
             if missing and self.elements.place(barcode, ElementType.STORAGE) is None:
                 log.warning("no free slot for cartridge %s: not in the library", barcode)
+        tags = inventory.get("alternate_tags", {})
+        if isinstance(tags, dict):
+            self.elements.alternates = {
+                barcode: tag
+                for barcode, tag in tags.items()
+                if isinstance(tag, str) and valid_barcode(tag) and self.elements.where(barcode)
+            }
         self.save()
 
     def save(self) -> None:
         """Blocking: the inventory, replaced whole on disk."""
-        self.directory.save_inventory({"elements": self.elements.snapshot()})
+        self.directory.save_inventory(
+            {"elements": self.elements.snapshot(), "alternate_tags": self.elements.alternates}
+        )
 
     def attach_drive(self, index: int, drive: TapeDevice) -> None:
         """Drive ``index`` (its LU just built): the cartridge the inventory puts in it
@@ -247,9 +257,24 @@ class MediaChanger(SerializedMedium):
                 raise LibraryError(f"cartridge {barcode} is not in a mail slot")
             target = await self.io(self.library.directory.export, barcode)
             element.barcode, element.source = None, None
+            self.elements.alternates.pop(barcode, None)
             await self.io(self.library.save)
             self.raise_unit_attention(Reason.IMPORT_OR_EXPORT_ELEMENT_ACCESSED)
             return str(target)
+
+    async def tag_cartridge(self, barcode: str, alternate: str | None) -> None:
+        """Give a cartridge in the library an alternate volume tag (READ ELEMENT STATUS
+        reports it beside the barcode), or take it away (None)."""
+        if alternate is not None and not valid_barcode(alternate):
+            raise LibraryError(f"{alternate!r} is not a volume tag (1-32 printable characters)")
+        async with self.medium_lock:
+            if self.elements.where(barcode) is None:
+                raise LibraryError(f"cartridge {barcode} is not in the library")
+            if alternate is None:
+                self.elements.alternates.pop(barcode, None)
+            else:
+                self.elements.alternates[barcode] = alternate
+            await self.io(self.library.save)
 
     def _check_door(self) -> None:
         if self.removal_prevented:
@@ -267,6 +292,9 @@ class MediaChanger(SerializedMedium):
                 "type": element.type.name.lower(),
                 "barcode": element.barcode,
             }
+            alternate = self.elements.alternate(element)
+            if alternate is not None:
+                row["alternate"] = alternate
             if element.type == ElementType.DATA_TRANSFER:
                 drive = self.library.drives[self.elements.drive_index(element)]
                 if drive is not None and drive.has_cartridge:

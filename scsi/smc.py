@@ -42,8 +42,8 @@ def _u16(raw: bytes) -> int:
 
 # -- READ ELEMENT STATUS ---------------------------------------------------------------------
 def _volume_tag(barcode: str | None) -> bytes:
-    """Primary volume tag: the barcode space-padded to 32 bytes, 2 reserved, sequence 0;
-    all zero for an empty element."""
+    """A volume tag (primary or alternate): the label space-padded to 32 bytes, 2
+    reserved, sequence 0; all zero for an empty element or a missing tag."""
     if barcode is None:
         return bytes(36)
     return barcode.encode("ascii").ljust(BARCODE_LENGTH, b" ") + bytes(4)
@@ -67,7 +67,9 @@ def _identifier(lu: MediaChanger, element: Element, dvcid: bool) -> bytes:
     return bytes([0x02, 0x01, 0, len(text)]) + text  # ASCII, T10 vendor id
 
 
-def _descriptor(lu: MediaChanger, element: Element, voltag: bool, dvcid: bool) -> bytes:
+def _descriptor(
+    lu: MediaChanger, element: Element, voltag: bool, avoltag: bool, dvcid: bool
+) -> bytes:
     flags = FULL if element.full else 0
     if element.type != ElementType.TRANSPORT:
         flags |= ACCESS
@@ -83,18 +85,23 @@ def _descriptor(lu: MediaChanger, element: Element, voltag: bool, dvcid: bool) -
     if element.source is not None:
         head[10:12] = element.source.to_bytes(2, "big")
     tag = _volume_tag(element.barcode) if voltag else b""
+    if avoltag:
+        tag += _volume_tag(lu.elements.alternate(element))
     return bytes(head) + tag + _identifier(lu, element, dvcid)
 
 
 def _page(
     lu: MediaChanger, kind: ElementType, run: list[Element], voltag: bool, dvcid: bool
 ) -> bytes:
-    descriptors = [_descriptor(lu, e, voltag, dvcid) for e in run]
+    # Alternate volume tags are in a page (every descriptor of it) when one of its
+    # cartridges has one, so a library without them reads as before.
+    avoltag = voltag and any(lu.elements.alternate(e) is not None for e in run)
+    descriptors = [_descriptor(lu, e, voltag, avoltag, dvcid) for e in run]
     length = max(len(d) for d in descriptors)
     # One page, one descriptor length: a shorter identifier is padded.
     body = b"".join(d.ljust(length, b"\0") for d in descriptors)
     header = (
-        bytes([kind, PVOLTAG if voltag else 0])
+        bytes([kind, (PVOLTAG if voltag else 0) | (AVOLTAG if avoltag else 0)])
         + length.to_bytes(2, "big")
         + b"\0"
         + len(body).to_bytes(3, "big")

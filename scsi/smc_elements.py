@@ -84,6 +84,9 @@ class Elements:
             for kind, count in counts.items()
         }
         self.by_address = {e.address: e for lst in self.lists.values() for e in lst}
+        # A cartridge's alternate volume tag (a second label the operator gave it), by
+        # barcode: it goes wherever the cartridge goes.
+        self.alternates: dict[str, str] = {}
 
     # -- lookups ----------------------------------------------------------------------
     def of_type(self, kind: ElementType) -> list[Element]:
@@ -176,6 +179,9 @@ class Elements:
         if element is not None:
             element.barcode, element.source = barcode, None
         return element
+
+    def alternate(self, element: Element) -> str | None:
+        return None if element.barcode is None else self.alternates.get(element.barcode)
 
     # -- the inventory as data (what the library keeps on disk) ------------------------
     def snapshot(self) -> dict[str, dict[str, object]]:

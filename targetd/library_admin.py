@@ -8,6 +8,8 @@
                    one) put in a free mail slot
 ``library.export`` {barcode, target?, lun?} -> {barcode, image}: a cartridge in a mail
                    slot leaves the library (its image moves to ``exported/``)
+``library.tag``    {barcode, alternate, target?, lun?} -> {barcode, alternate}: the
+                   cartridge's alternate volume tag set (a string) or removed (null)
 
 ``target`` and ``lun`` name the changer where the daemon serves more than one
 (``ambiguous-library``). Refusals: ``no-library``, ``library`` (a full mail slot, a
@@ -36,6 +38,7 @@ class LibraryAdmin:
         admin.register("library.list", self.list_elements)
         admin.register("library.import", self.import_cartridge)
         admin.register("library.export", self.export_cartridge)
+        admin.register("library.tag", self.tag_cartridge)
 
     def _changer(self, params: Params) -> tuple[str, int, MediaChanger]:
         target, lun = params.get("target"), params.get("lun")
@@ -81,3 +84,15 @@ class LibraryAdmin:
         except LibraryError as err:
             raise AdminError(str(err), "library") from None
         return {"barcode": barcode, "image": image}
+
+    async def tag_cartridge(self, params: Params) -> dict[str, Any]:
+        _, _, changer = self._changer(params)
+        barcode = self._barcode(params)
+        alternate = params.get("alternate")
+        if alternate is not None and not isinstance(alternate, str):
+            raise AdminError("alternate: a string or null is required", "bad_request")
+        try:
+            await changer.tag_cartridge(barcode, alternate)
+        except LibraryError as err:
+            raise AdminError(str(err), "library") from None
+        return {"barcode": barcode, "alternate": alternate}

@@ -1,4 +1,4 @@
-"""``targetctl library list|import|export``: a running daemon's tape library, through the
+"""``targetctl library list|import|export|tag``: a running daemon's tape library, through the
 admin socket (targetd.library_admin; docs/tape.md)."""
 
 from __future__ import annotations
@@ -27,6 +27,14 @@ def add_commands(sub: Any) -> None:
     exported = library_sub.add_parser("export", help="take a cartridge out of a mail slot")
     exported.add_argument("barcode")
     _common(exported, _export)
+    tagged = library_sub.add_parser(
+        "tag", help="give a cartridge an alternate volume tag, or take it away"
+    )
+    tagged.add_argument("barcode")
+    which = tagged.add_mutually_exclusive_group(required=True)
+    which.add_argument("--alternate", metavar="TAG", help="the alternate volume tag")
+    which.add_argument("--clear", action="store_true", help="remove the alternate volume tag")
+    _common(tagged, _tag)
 
 
 def _common(p: argparse.ArgumentParser, run: Any) -> None:
@@ -64,6 +72,8 @@ def _list(args: argparse.Namespace) -> int:
         elif "error" in e:
             used = f"? ({e['error']})"
         barcode = e["barcode"] or "-"
+        if "alternate" in e:
+            used = f"{used}  alternate {e['alternate']}".lstrip()
         print(f"{e['address']:>#7x}  {e['type']:<13} {barcode:<32} {used}".rstrip())
     return 0
 
@@ -84,4 +94,16 @@ def _export(args: argparse.Namespace) -> int:
         _dump(result)
     else:
         print(f"{result['barcode']}: out of the library, image at {result['image']}")
+    return 0
+
+
+def _tag(args: argparse.Namespace) -> int:
+    params = _params(args, barcode=args.barcode, alternate=None if args.clear else args.alternate)
+    result = call(args, "library.tag", params)
+    if args.json:
+        _dump(result)
+    elif result["alternate"] is None:
+        print(f"{result['barcode']}: no alternate volume tag")
+    else:
+        print(f"{result['barcode']}: alternate volume tag {result['alternate']}")
     return 0

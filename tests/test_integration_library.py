@@ -161,6 +161,35 @@ def test_targetctl_library_lists_imports_and_exports(targetd_factory: DaemonFact
         assert MAIL0 not in inventory(ini)
 
 
+def test_targetctl_library_tag_gives_an_alternate_volume_tag(
+    targetd_factory: DaemonFactory,
+) -> None:
+    daemon = targetd_factory(CONFIG)
+    with session(daemon.port) as ini:
+        tagged = targetctl(daemon, "tag", "TD0001L6", "--alternate", "TD0001-B")
+        assert tagged.returncode == 0, tagged.stderr
+        assert tagged.stdout.strip() == "TD0001L6: alternate volume tag TD0001-B"
+        cdb = bytes([0xB8, 0x12, 0, 0, 0, 2, 0, 0, 0x40, 0, 0, 0])  # two slots, VOLTAG
+        status, data, _ = ini.command(cdb, lun=CHANGER, read=0x4000)
+        assert status == GOOD
+        (page,) = ReadElementStatus.unmarshall_datain(data)["element_status_pages"]
+        assert page["pvoltag"] and page["avoltag"]
+        first, second = page["element_descriptors"]
+        assert bytes(first["alternate_volume_tag"][:32]).decode().strip() == "TD0001-B"
+        assert bytes(second["alternate_volume_tag"]) == bytes(36)
+        listing = targetctl(daemon, "list")
+        (row,) = [line for line in listing.stdout.splitlines() if "TD0001L6" in line]
+        assert row.split()[:3] == ["0x400", "storage", "TD0001L6"]
+        assert row.endswith("alternate TD0001-B")
+        unknown = targetctl(daemon, "tag", "NOPE01L6", "--alternate", "X")
+        assert unknown.returncode == 1 and "not in the library" in unknown.stderr
+        cleared = targetctl(daemon, "tag", "TD0001L6", "--clear", "--json")
+        assert json.loads(cleared.stdout) == {"alternate": None, "barcode": "TD0001L6"}
+        status, data, _ = ini.command(cdb, lun=CHANGER, read=0x4000)
+        (page,) = ReadElementStatus.unmarshall_datain(data)["element_status_pages"]
+        assert not page["avoltag"]
+
+
 def test_a_library_added_by_sighup_is_served(targetd_factory: DaemonFactory) -> None:
     disk = '[[target.lun]]\nlun = 9\nsize = "8MiB"\n'
     daemon = targetd_factory(f'[[target]]\nname = "{IQN}"\n' + disk)

@@ -342,3 +342,38 @@ def test_a_cartridge_that_does_not_open_stays_in_its_slot(tmp_path: Path) -> Non
     (tmp_path / "lib" / "A00001L6.img").write_bytes(b"not a tape")
     assert sense(move(changer, SLOT0, DRIVE0)) == (HARDWARE_ERROR, 0x53, 0x00)
     assert barcodes(res(changer))[SLOT0] == "A00001L6" and not drive.has_cartridge
+
+
+def test_alternate_volume_tags_travel_with_their_cartridge(tmp_path: Path) -> None:
+    changer, _ = build(tmp_path)
+    with pytest.raises(LibraryError, match="not in the library"):
+        asyncio.run(changer.tag_cartridge("NOPE01L6", "X"))
+    with pytest.raises(LibraryError, match="not a volume tag"):
+        asyncio.run(changer.tag_cartridge("A00002L6", "has space"))
+    # without alternate tags the pages carry primary tags only (36 bytes after 12)
+    plain = bytes(good(run(changer, bytes([0xB8, 0x12, 0, 0, 0, 9, 0, 0, 0xFF, 0xFF, 0, 0]))).data)
+    assert plain[9] == 0x80 and int.from_bytes(plain[10:12], "big") == 12 + 36 + 4
+    asyncio.run(changer.tag_cartridge("A00002L6", "SIDE-B"))
+    good(move(changer, SLOT0 + 1, DRIVE1))
+    status = res(changer)
+    tags = {
+        d["element_address"]: bytes(d["alternate_volume_tag"])
+        for p in status["element_status_pages"]
+        if p["avoltag"]
+        for d in p["element_descriptors"]
+    }
+    # only the drives' page has one: every descriptor of it carries the field
+    assert [p["element_type"] for p in status["element_status_pages"] if p["avoltag"]] == [4]
+    assert tags == {DRIVE0: bytes(36), DRIVE1: b"SIDE-B".ljust(32) + bytes(4)}
+    drives = bytes(good(run(changer, bytes([0xB8, 0x14, 1, 0, 0, 2, 0, 0, 0xFF, 0xFF, 0, 0]))).data)
+    assert drives[9] == 0xC0 and int.from_bytes(drives[10:12], "big") == 12 + 36 + 36 + 4
+    assert asyncio.run(changer.inventory())[1]["alternate"] == "SIDE-B"
+    changer.close()
+    changer, _ = build(tmp_path)  # kept in the inventory across a restart
+    assert changer.elements.alternates == {"A00002L6": "SIDE-B"}
+    asyncio.run(changer.tag_cartridge("A00002L6", None))
+    assert not res(changer)["element_status_pages"][1]["avoltag"]
+    asyncio.run(changer.tag_cartridge("A00001L6", "OTHER"))
+    good(move(changer, SLOT0, MAIL0))
+    asyncio.run(changer.export_cartridge("A00001L6"))
+    assert changer.elements.alternates == {}
