@@ -49,6 +49,7 @@ import struct
 import sys
 from array import array
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,7 +207,9 @@ class S3Tape:
         self.first_part = first_part
         self.spool_dir = Path(spool_dir)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        self._spool_path = self.spool_dir / f"{barcode}.spool"
+        # Two spool files: the one being filled, and the one whose bytes are going up as
+        # the part in flight (kept until that part is in the bucket).
+        self._spool_paths = [self.spool_dir / f"{barcode}.spool.{n}" for n in (0, 1)]
         self._journal_path = self.spool_dir / f"{barcode}.journal"
         meta = self._get_meta()
         self.capacity = int(meta["capacity"])
@@ -223,8 +226,13 @@ class S3Tape:
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
         self._landed = 0  # segment bytes in uploaded parts
-        self._buffer = bytearray()  # segment bytes from _landed on (the spool's data)
-        self._spool_fd = -1
+        self._sent = 0  # ... and in the part in flight
+        self._buffer = bytearray()  # segment bytes from _sent on (the current spool's)
+        self._spool_fds = [-1, -1]
+        self._current = 0  # the spool being filled
+        self._inflight: Future[dict[str, Any]] | None = None
+        self._inflight_body: bytes | bytearray = b""  # what it sends, again if it fails
+        self._uploader: ThreadPoolExecutor | None = None
         self._journal_fd = -1
         self._journal_at = 0
         self._cache: tuple[int, int, bytes] | None = None  # segment, offset, bytes
@@ -358,19 +366,26 @@ class S3Tape:
         _, number = JOURNAL_HEAD.unpack_from(raw)
         return number, _lengths_from(raw[JOURNAL_HEAD.size :])
 
-    def _read_spool(self, number: int) -> tuple[int, bytes]:
-        """(base, bytes) of the spool of segment ``number``; (0, b"") when it is another's
-        or missing."""
-        try:
-            raw = self._spool_path.read_bytes()
-        except FileNotFoundError:
-            return 0, b""
-        if len(raw) < SPOOL_HEAD.size:
-            return 0, b""
-        magic, spooled, base = SPOOL_HEAD.unpack_from(raw)
-        if magic != SPOOL_MAGIC or spooled != number:
-            return 0, b""
-        return base, raw[SPOOL_HEAD.size :]
+    def _spooled(self, number: int, landed: int) -> bytes:
+        """The segment's bytes from ``landed`` on, as far as the spool files of segment
+        ``number`` hold them without a gap."""
+        ranges: list[tuple[int, bytes]] = []
+        for path in self._spool_paths:
+            try:
+                raw = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            if len(raw) < SPOOL_HEAD.size:
+                continue
+            magic, spooled, base = SPOOL_HEAD.unpack_from(raw)
+            if magic == SPOOL_MAGIC and spooled == number:
+                ranges.append((base, raw[SPOOL_HEAD.size :]))
+        out = bytearray()
+        for base, data in sorted(ranges, key=lambda r: r[0]):
+            at = landed + len(out)
+            if base <= at < base + len(data):
+                out += data[at - base :]
+        return bytes(out)
 
     def _mend(
         self, number: int, lengths: array, objects: dict[str, int], recovery: Recovery
@@ -378,30 +393,30 @@ class S3Tape:
         """The open segment a crash left: its bytes from the uploaded parts and the spool,
         cut after the last whole entry, completed and indexed."""
         key = self._segment_key(number)
-        base, spool = self._read_spool(number)
         upload_id: str | None = None
         parts: list[dict[str, Any]] = []
         landed = 0
         if key in objects:  # completed before the crash, the index not yet written
             landed = objects[key]
-            base, spool = 0, b""
+            spool = b""
         else:
             for upload_key, uid in self._uploads():
                 if upload_key == key and upload_id is None:
                     upload_id = uid
                     parts = self._list_parts(key, uid)
                     landed = sum(p["Size"] for p in parts)
-        # Segment bytes held: [0, landed) in the bucket, [base, base+len) in the spool.
-        held = landed if base > landed else max(landed, base + len(spool))
+            spool = self._spooled(number, landed)
+        # Segment bytes held: [0, landed) in the bucket, then [landed, held) spooled.
+        held = landed + len(spool)
         kept = array("q")
         end = 0
         for n in lengths:
             size = ENTRY_SIZE + max(n, 0)
             if end + size > held:
                 break
-            if end >= base and end + size <= base + len(spool) and end >= landed:
-                head = spool[end - base : end - base + ENTRY_SIZE]
-                payload = spool[end - base + ENTRY_SIZE : end - base + size]
+            if end >= landed:  # wholly in the spool: checked (a power cut may tear it)
+                head = spool[end - landed : end - landed + ENTRY_SIZE]
+                payload = spool[end - landed + ENTRY_SIZE : end - landed + size]
                 if not _entry_ok(head, payload, n):
                     recovery.notes.append(f"{key}: entry {len(kept)} torn in the spool")
                     break
@@ -415,7 +430,7 @@ class S3Tape:
                 self._abort(key, upload_id)
             return
         if key not in objects:
-            tail = spool[max(0, landed - base) : end - base] if end > landed else b""
+            tail = spool[: end - landed] if end > landed else b""
             if upload_id is None:
                 self._call("write", key, self.client.put_object, Body=tail)
             else:
@@ -457,7 +472,9 @@ class S3Tape:
             MultipartUpload={"Parts": done},
         )
 
-    def _upload_part(self, key: str, upload_id: str, number: int, body: bytes) -> dict[str, Any]:
+    def _upload_part(
+        self, key: str, upload_id: str, number: int, body: bytes | bytearray
+    ) -> dict[str, Any]:
         answer = self._call(
             "write",
             key,
@@ -473,13 +490,10 @@ class S3Tape:
         self._call("write", self._index_key(number), self.client.put_object, Body=body)
 
     def _drop_journal(self) -> None:
-        for fd_name in ("_spool_fd", "_journal_fd"):
-            fd = getattr(self, fd_name)
-            if fd >= 0:
-                os.close(fd)
-                setattr(self, fd_name, -1)
+        self._drop_journal_fds()
         self._journal_path.unlink(missing_ok=True)
-        self._spool_path.unlink(missing_ok=True)
+        for path in self._spool_paths:
+            path.unlink(missing_ok=True)
 
     # -- what is on the tape ----------------------------------------------------------
     def __len__(self) -> int:
@@ -661,9 +675,11 @@ class S3Tape:
         if self._open is None:
             self._begin_segment()
         assert self._open is not None
-        data = b"".join(parts) if len(parts) > 1 else bytes(parts[0])
-        _pwrite_all(self._spool_fd, data, SPOOL_HEAD.size + len(self._buffer))
-        self._buffer += data
+        at = SPOOL_HEAD.size + len(self._buffer)
+        for part in parts:  # no joined copy of a multi-MiB record
+            _pwrite_all(self._spool_fds[self._current], part, at)
+            at += len(part)
+            self._buffer += part
         _pwrite_all(self._journal_fd, _lengths_bytes(lengths), self._journal_at)
         self._journal_at += 8 * len(lengths)
         first = len(self._lengths)
@@ -676,52 +692,83 @@ class S3Tape:
         self._lengths.extend(lengths)
         self._end = offset
         self._open.size = self._end - self._open.start
-        if len(self._buffer) >= part_target(len(self._parts) + 1, self.first_part):
+        number = len(self._parts) + 1 + (self._inflight is not None)
+        if len(self._buffer) >= part_target(number, self.first_part):
             self._upload_buffer()
 
     def _begin_segment(self) -> None:
         number = self._next_segment
         self._next_segment += 1
         self._open = _Segment(number, len(self), self._end, 0)
-        self._upload_id, self._parts, self._landed = None, [], 0
+        self._upload_id, self._parts, self._landed, self._sent = None, [], 0, 0
         self._buffer = bytearray()
         flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-        self._spool_fd = os.open(self._spool_path, flags, 0o600)
-        _pwrite_all(self._spool_fd, SPOOL_HEAD.pack(SPOOL_MAGIC, number, 0), 0)
+        for n, path in enumerate(self._spool_paths):
+            self._spool_fds[n] = os.open(path, flags, 0o600)
+            _pwrite_all(self._spool_fds[n], SPOOL_HEAD.pack(SPOOL_MAGIC, number, 0), 0)
+        self._current = 0
         self._journal_fd = os.open(self._journal_path, flags, 0o600)
         _pwrite_all(self._journal_fd, JOURNAL_HEAD.pack(JOURNAL_MAGIC, number), 0)
         self._journal_at = JOURNAL_HEAD.size
 
     def _upload_buffer(self) -> None:
-        """The spool's bytes up as the next part; the spool then starts after them."""
+        """The current spool's bytes go up as the next part, on the uploader thread, while
+        records go on into the other spool (emptied once its own part is in the bucket).
+        One part in flight at most: parts land in order, and a WRITE waits only when the
+        bucket is slower than the records for a whole part."""
         assert self._open is not None
+        self._settle()
         key = self._segment_key(self._open.number)
         if self._upload_id is None:
             answer = self._call("write", key, self.client.create_multipart_upload)
             self._upload_id = answer["UploadId"]
-        body = bytes(self._buffer)
-        self._parts.append(self._upload_part(key, self._upload_id, len(self._parts) + 1, body))
-        self._landed += len(body)
-        self._buffer = bytearray()
-        # Emptied before the new base is written: a crash between leaves the old base and
-        # no bytes, which the landed parts cover.
-        os.ftruncate(self._spool_fd, SPOOL_HEAD.size)
-        head = SPOOL_HEAD.pack(SPOOL_MAGIC, self._open.number, self._landed)
-        _pwrite_all(self._spool_fd, head, 0)
+        if self._uploader is None:
+            self._uploader = ThreadPoolExecutor(1, thread_name_prefix=f"s3-{self.barcode}")
+        body, self._buffer = self._buffer, bytearray()  # handed over, not copied
+        self._inflight = self._uploader.submit(
+            self._upload_part, key, self._upload_id, len(self._parts) + 1, body
+        )
+        self._inflight_body = body
+        self._sent += len(body)
+        # The other spool's part is in the bucket (settled above). Emptied before its new
+        # base is written: a crash between leaves the old base and no bytes.
+        self._current ^= 1
+        fd = self._spool_fds[self._current]
+        os.ftruncate(fd, SPOOL_HEAD.size)
+        _pwrite_all(fd, SPOOL_HEAD.pack(SPOOL_MAGIC, self._open.number, self._sent), 0)
+
+    def _settle(self) -> None:
+        """Wait for the part in flight. One that failed is sent again here; failing again
+        is this call's failure (WRITE ERROR), and the part stays pending for the next
+        call, so the segment's parts never skip or reorder while the bucket is away."""
+        inflight = self._inflight
+        if inflight is None:
+            return
+        if inflight.exception() is None:
+            part = inflight.result()
+        else:
+            assert self._open is not None and self._upload_id is not None
+            key = self._segment_key(self._open.number)
+            number = len(self._parts) + 1
+            part = self._upload_part(key, self._upload_id, number, self._inflight_body)
+        self._inflight, self._inflight_body = None, b""
+        self._parts.append(part)
+        self._landed += part["Size"]
 
     def flush(self) -> None:
         """A sync point: the open segment completed and indexed in the bucket."""
         segment = self._open
         if segment is None or self.read_only:
             return
+        self._settle()
         key = self._segment_key(segment.number)
         if self._upload_id is None:
-            self._call("write", key, self.client.put_object, Body=bytes(self._buffer))
+            self._call("write", key, self.client.put_object, Body=self._buffer)
         else:
             if self._buffer:
                 self._parts.append(
                     self._upload_part(
-                        key, self._upload_id, len(self._parts) + 1, bytes(self._buffer)
+                        key, self._upload_id, len(self._parts) + 1, self._buffer
                     )
                 )
             self._complete(key, self._upload_id, self._parts)
@@ -729,20 +776,27 @@ class S3Tape:
         self._segments.append(segment)
         self._firsts.append(segment.first)
         self._open = None
-        self._upload_id, self._parts, self._landed = None, [], 0
+        self._upload_id, self._parts, self._landed, self._sent = None, [], 0, 0
         self._buffer = bytearray()
         self._drop_journal()
 
     def close(self) -> None:
-        self.flush()
-        self._drop_journal_fds()
+        try:
+            self.flush()
+        finally:
+            self._drop_journal_fds()
+            if self._uploader is not None:
+                self._uploader.shutdown(wait=True)
+                self._uploader = None
 
     def _drop_journal_fds(self) -> None:
-        for fd_name in ("_spool_fd", "_journal_fd"):
-            fd = getattr(self, fd_name)
+        for n, fd in enumerate(self._spool_fds):
             if fd >= 0:
                 os.close(fd)
-                setattr(self, fd_name, -1)
+                self._spool_fds[n] = -1
+        if self._journal_fd >= 0:
+            os.close(self._journal_fd)
+            self._journal_fd = -1
 
     def __enter__(self) -> S3Tape:
         return self
@@ -762,7 +816,7 @@ def _entry_ok(head: bytes, payload: bytes, length: int) -> bool:
     return kind == Kind.RECORD and n == length == len(payload) and crc32c(payload) == payload_crc
 
 
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)

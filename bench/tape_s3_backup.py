@@ -16,7 +16,12 @@ its drive. Then, ``--repeats`` times in alternating order:
   reads its description and lists the bucket), then to the WRITE FILEMARKS that makes it
   durable; the cartridge goes back to its slot after.
 
-The table gives medians, the runs, and S3 / local ratios.
+- **raw S3**: the same number of bytes uploaded by boto3 from this process as one
+  multipart upload of 8 MiB parts, one at a time, to the same server: the ceiling the
+  S3 server sets on this machine (the tape's uploads can go no faster).
+
+The table gives medians, the runs, and S3 / local ratios; the S3 rows also against the
+raw S3 upload.
 
     python3 bench/tape_s3_backup.py                    # 512 MiB, 3 repeats
     python3 bench/tape_s3_backup.py --size 128MiB --repeats 1
@@ -142,12 +147,13 @@ def main() -> int:
                 time.sleep(0.1)
         ini = RawInitiator(port, name="iqn.2026-11.org.targetd.bench:s3")
         ini.login(IQN)
+        ini.sock.settimeout(600)  # a whole backup to a slow bucket is one command
         for lun in (SOURCE, *(changer for changer, _ in STORES.values())):
             ini.clear_unit_attentions(lun)  # a drive stays NOT READY until it is loaded
         for changer, drive in STORES.values():
             move(ini, changer, SLOT0, DRIVE0)
             ini.clear_unit_attentions(drive)
-        results = run(ini, size, args.repeats)
+        results = run(ini, server, size, args.repeats)
         ini.close()
     finally:
         daemon.terminate()
@@ -162,11 +168,33 @@ def main() -> int:
 Results = dict[str, dict[str, list[float]]]
 
 
-def run(ini: RawInitiator, size: int, repeats: int) -> Results:
+def raw_upload(server: S3Server, size: int, n: int) -> float:
+    """Seconds to upload ``size`` bytes as one multipart upload of 8 MiB parts."""
+    client = server.client()
+    body = os.urandom(8 * MiB)
+    key = f"raw/{n}"
+    start = time.perf_counter()
+    upload = client.create_multipart_upload(Bucket=server.bucket, Key=key)["UploadId"]
+    parts = []
+    for number in range(1, max(1, size // (8 * MiB)) + 1):
+        answer = client.upload_part(
+            Bucket=server.bucket, Key=key, UploadId=upload, PartNumber=number, Body=body
+        )
+        parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+    client.complete_multipart_upload(
+        Bucket=server.bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}
+    )
+    seconds = time.perf_counter() - start
+    client.delete_object(Bucket=server.bucket, Key=key)
+    return seconds
+
+
+def run(ini: RawInitiator, server: S3Server, size: int, repeats: int) -> Results:
     chunk = os.urandom(CHUNK)
     results: Results = {
         kind: {s: [] for s in STORES} for kind in ("backup", "host", "first", "durable")
     }
+    results["raw"] = {"s3": []}
     list_id = [0]
     spare = {store: SLOT0 + 1 for store in STORES}
 
@@ -191,6 +219,7 @@ def run(ini: RawInitiator, size: int, repeats: int) -> Results:
 
     for r in range(repeats):
         order = list(STORES) if r % 2 == 0 else list(reversed(STORES))
+        results["raw"]["s3"].append(raw_upload(server, size, r))
         for store in order:
             results["backup"][store].append(timed(lambda s=store: backup(s)))
             results["host"][store].append(timed(lambda s=store: host(s)))
@@ -212,14 +241,16 @@ def run(ini: RawInitiator, size: int, repeats: int) -> Results:
             f"{size / results['host'][store][-1] / MiB:.0f}"
             for store in STORES
         )
-        print(f"repeat {r + 1}: MiB/s (backup/host) {line}", flush=True)
+        raw = size / results["raw"]["s3"][-1] / MiB
+        print(f"repeat {r + 1}: MiB/s (backup/host) {line}  raw S3 {raw:.0f}", flush=True)
     return results
 
 
 def table(size: int, results: Results) -> str:
+    raw = statistics.median(size / t / MiB for t in results["raw"]["s3"])
     lines = [
-        "| measure | local tape | S3 tape | S3 / local | runs local | runs S3 |",
-        "| --- | ---: | ---: | ---: | --- | --- |",
+        "| measure | local tape | S3 tape | S3 / local | S3 / raw S3 | runs local | runs S3 |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for kind, label in (
         ("backup", "EXTENDED COPY backup, MiB/s"),
@@ -229,6 +260,7 @@ def table(size: int, results: Results) -> str:
         med = {s: statistics.median(v) for s, v in rate.items()}
         lines.append(
             f"| {label} | {med['local']:.0f} | {med['s3']:.0f} | {med['s3'] / med['local']:.2f}"
+            f" | {med['s3'] / raw:.2f}"
             f" | {', '.join(f'{v:.0f}' for v in rate['local'])}"
             f" | {', '.join(f'{v:.0f}' for v in rate['s3'])} |"
         )
@@ -240,9 +272,13 @@ def table(size: int, results: Results) -> str:
         med = {s: statistics.median(v) for s, v in ms.items()}
         lines.append(
             f"| {label} | {med['local']:.1f} | {med['s3']:.1f} | {med['s3'] / med['local']:.2f}"
+            " | "
             f" | {', '.join(f'{v:.1f}' for v in ms['local'])}"
             f" | {', '.join(f'{v:.1f}' for v in ms['s3'])} |"
         )
+    runs = ", ".join(f"{size / t / MiB:.0f}" for t in results["raw"]["s3"])
+    lines.append(f"| raw S3 multipart upload (boto3, 8 MiB parts), MiB/s | | {raw:.0f} | | 1.00"
+                 f" | | {runs} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -120,6 +120,7 @@ class LunConfig:
     rbd: RbdConfig | None = None  # kind = "rbd": the image (docs/rbd.md)
     library: LibraryConfig | None = None  # kind = "changer": its slots (docs/tape.md)
     changer: int | None = None  # a tape drive of a library: the changer's LUN
+    store: TapeStoreConfig | None = None  # a changer's cartridges or a tape: in S3
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,11 +131,18 @@ class LibraryConfig:
     slots: int = 20
     mail_slots: int = 1
     tapes: tuple[str, ...] = ()  # barcodes of blank cartridges made at the first start
-    # Where the cartridges live: None for ``path`` (one image file each), or an
-    # ``s3://bucket/prefix`` address; ``path`` then holds the inventory and the spool.
-    store: str | None = None
-    s3_endpoint: str | None = None  # e.g. http://127.0.0.1:8333; None: AWS by region
-    s3_region: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TapeStoreConfig:
+    """Tapes in an S3 bucket instead of image files (docs/tape.md): a changer's
+    cartridges under ``url`` (``s3://bucket/prefix``), or a tape LUN's one tape at
+    ``url`` (``s3://bucket/prefix/NAME``); ``path`` then keeps the local spool (and a
+    changer's inventory). Credentials are never here: the usual AWS variables or file."""
+
+    url: str
+    endpoint: str | None = None  # e.g. http://127.0.0.1:8333; None: AWS by region
+    region: str | None = None
 
 
 RBD_CACHE_MODES = ("none", "writearound", "writeback")
@@ -564,7 +572,9 @@ def _lun(value: object, key: str, target_name: str, state_dir: Path) -> LunConfi
         raise ConfigError(
             table.key("size"),
             "give size with create = true (it sizes the new image; an existing image keeps its"
-            " own size)" if size_given else "create = true needs the size of the image to make",
+            " own size)"
+            if size_given
+            else "create = true needs the size of the image to make",
         )
     default_path = f"{target_name.replace(':', '_')}/lun{number}.img"
     if kind == "filesink":  # a directory: one plain file per backup (tape file)
@@ -572,6 +582,11 @@ def _lun(value: object, key: str, target_name: str, state_dir: Path) -> LunConfi
     if kind == "changer":  # a directory: one tape image per cartridge
         default_path = f"{target_name.replace(':', '_')}/lun{number}-library"
     library = _library(table) if kind == "changer" else None
+    store = None
+    if kind == "changer" or (kind == "tape" and changer is None):
+        store = _tape_store(table, named=kind == "tape")
+    if kind == "tape" and store is not None:  # a directory: the tape's local spool
+        default_path = f"{target_name.replace(':', '_')}/lun{number}-spool"
     path_text = table.take("path", str, default_path)
     if not path_text.strip():
         raise ConfigError(table.key("path"), "must not be empty")
@@ -582,7 +597,17 @@ def _lun(value: object, key: str, target_name: str, state_dir: Path) -> LunConfi
         raise ConfigError(table.key("product"), "INQUIRY product id is at most 16 ASCII chars")
     table.done()
     return LunConfig(
-        number, kind, state_dir / path, size, block_size, read_only, product, rbd, library, changer
+        number,
+        kind,
+        state_dir / path,
+        size,
+        block_size,
+        read_only,
+        product,
+        rbd,
+        library,
+        changer,
+        store,
     )
 
 
@@ -600,16 +625,24 @@ def _library(table: _Table) -> LibraryConfig:
         raise ConfigError(table.key("tapes"), "a barcode is listed twice")
     if len(tapes) > slots:
         raise ConfigError(table.key("tapes"), f"{len(tapes)} tapes do not fit {slots} slots")
+    return LibraryConfig(slots, mail_slots, tapes)
+
+
+def _tape_store(table: _Table, *, named: bool) -> TapeStoreConfig | None:
+    """``store`` (with ``s3_endpoint``, ``s3_region``) of a changer or a tape LUN; a
+    tape's address names the tape itself, so it has a name after the bucket."""
     store = table.take("store", str, "") or None
     if store is not None and not _S3_STORE.fullmatch(store):
         raise ConfigError(table.key("store"), f"an s3://bucket/prefix address, got {store!r}")
+    if store is not None and named and not store[len("s3://") :].rstrip("/").count("/"):
+        raise ConfigError(table.key("store"), f"s3://bucket/NAME names the tape, got {store!r}")
     endpoint = table.take("s3_endpoint", str, "") or None
     region = table.take("s3_region", str, "") or None
     if store is None and (endpoint or region):
         raise ConfigError(table.key("s3_endpoint" if endpoint else "s3_region"), "needs store")
     if endpoint is not None and not endpoint.startswith(("http://", "https://")):
         raise ConfigError(table.key("s3_endpoint"), f"an http(s):// URL, got {endpoint!r}")
-    return LibraryConfig(slots, mail_slots, tapes, store, endpoint, region)
+    return None if store is None else TapeStoreConfig(store, endpoint, region)
 
 
 def _rbd(table: _Table) -> RbdConfig:

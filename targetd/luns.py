@@ -9,8 +9,9 @@ from pathlib import Path
 import xcopy
 from backing.pairs import PairService, PairVolume
 from backing.sparse_file import SparseFile
+from backing.tape_image import TapeImageError
 from backing.tape_library import LibraryError, TapeDirectory
-from backing.tape_s3 import S3Location
+from backing.tape_s3 import S3Location, S3Tape
 from backing.tape_s3_store import S3TapeStore
 from scsi.alua import STATE_NAMES, PortGroup, PortGroups
 from scsi.block_device import BlockDevice, BlockStore
@@ -22,7 +23,7 @@ from scsi.pr_file import PrFile
 from scsi.tape_device import TapeDevice
 from scsi.target import ScsiTarget
 from targetd import logs
-from targetd.config import Config, ConfigError, LibraryConfig, LunConfig, TargetConfig
+from targetd.config import Config, ConfigError, LunConfig, TapeStoreConfig, TargetConfig
 from targetd.pairs import TargetPairs, volume_id
 from xcopy import Policy, PolicyLookup
 
@@ -184,6 +185,17 @@ class Builder:
             return self._drive(
                 target, lun, replace(identity, product=lun.product or "VIRTUAL-TAPE"), services
             )
+        if lun.kind == "tape" and lun.store is not None:
+            try:
+                tape = _s3_tape(path, lun.size, lun.store, lun.read_only)
+            except (OSError, LibraryError, TapeImageError, ValueError) as err:
+                raise ConfigError(f"target {target.name} lun {lun.lun}", str(err)) from err
+            return TapeDevice(
+                replace(identity, product=lun.product or "VIRTUAL-TAPE"),
+                tape,
+                read_only=lun.read_only,
+                services=services,
+            )
         if lun.kind == "tape":
             # The image keeps the capacity it was made with; ``size`` only sizes a new one.
             return TapeDevice.from_file(
@@ -215,7 +227,7 @@ class Builder:
         path = config.path if config.path.is_absolute() else self.config.state_dir / config.path
         try:
             library = TapeLibrary(
-                _tape_store(path, config.size, config.library),
+                _tape_store(path, config.size, config.store),
                 slots=config.library.slots,
                 mail_slots=config.library.mail_slots,
                 drives=len(drives),
@@ -366,13 +378,22 @@ def paired_volume(lu: LogicalUnit) -> str | None:
     return None
 
 
-def _tape_store(path: Path, capacity: int, library: LibraryConfig) -> TapeDirectory:
+def _tape_store(path: Path, capacity: int, store: TapeStoreConfig | None) -> TapeDirectory:
     """Where a library's cartridges live: image files in ``path``, or objects in a bucket
     (``path`` then keeps the inventory and the spool of the tapes being written)."""
-    if library.store is None:
+    if store is None:
         return TapeDirectory(path, capacity)
-    location = S3Location.parse(library.store, library.s3_endpoint, library.s3_region)
-    return S3TapeStore(path, capacity, location)
+    return S3TapeStore(path, capacity, S3Location.parse(store.url, store.endpoint, store.region))
+
+
+def _s3_tape(path: Path, capacity: int, store: TapeStoreConfig, read_only: bool) -> S3Tape:
+    """A tape LUN's one tape in a bucket: ``s3://bucket/prefix/NAME`` is the cartridge
+    NAME of a store at ``s3://bucket/prefix``, made blank when it does not exist."""
+    prefix, _, name = store.url.rstrip("/").rpartition("/")
+    tapes = S3TapeStore(path, capacity, S3Location.parse(prefix, store.endpoint, store.region))
+    if not tapes.exists(name):
+        tapes.create(name)
+    return tapes.open(name, read_only=read_only)
 
 
 def build_targets(config: Config, pairs: PairService | None = None) -> dict[str, ScsiTarget]:

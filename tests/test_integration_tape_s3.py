@@ -265,3 +265,32 @@ def test_extended_copy_backs_up_to_an_s3_tape_and_restores(
         assert extended_copy(ini, 2, params) == (GOOD, b"")
         restored = b"".join(read10(ini, 2, lba, 512) for lba in range(0, 12 * MiB // 512, 512))
         assert restored == image
+
+
+def test_a_tape_lun_on_s3_keeps_its_records_across_a_restart(
+    targetd_factory: DaemonFactory, s3_server: S3Server
+) -> None:
+    prefix = new_prefix()
+    daemon = targetd_factory(
+        f'[[target]]\nname = "{IQN}"\n[[target.lun]]\nlun = 1\nkind = "tape"\n'
+        f'capacity = "64MiB"\nstore = "s3://{s3_server.bucket}/{prefix}LUNTAPE"\n'
+        f's3_endpoint = "{s3_server.endpoint}"\n'
+    )
+    client = s3_server.client()
+    assert client.head_object(Bucket=s3_server.bucket, Key=f"{prefix}LUNTAPE/tape.json")
+    records = [record(100 + i, 70000) for i in range(4)]
+    ini = RawInitiator(daemon.port)
+    assert ini.login(IQN).bhs[36] == 0
+    with ini:
+        ini.clear_unit_attentions(DRIVE)
+        for r in records:
+            assert write(ini, r) == GOOD  # no sync point: SIGTERM writes them out
+    daemon.restart()
+    ini = RawInitiator(daemon.port)
+    assert ini.login(IQN).bhs[36] == 0
+    with ini:
+        ini.clear_unit_attentions(DRIVE)
+        assert [read(ini, len(r)) for r in records] == [(GOOD, r, b"") for r in records]
+        assert sense_of(read(ini, 10)) == (0x8, 0x00, 0x05)
+    spool = daemon.state_dir / "iqn.2026-11.org.targetd.test_vtl" / "lun1-spool"
+    assert spool.is_dir() and not list(spool.iterdir())  # all in the bucket after SIGTERM

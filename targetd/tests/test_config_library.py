@@ -9,13 +9,12 @@ import pytest
 
 from scsi.changer_device import MediaChanger
 from scsi.tape_device import TapeDevice
-from targetd.config import ConfigError, LibraryConfig, load_config
+from targetd.config import ConfigError, LibraryConfig, TapeStoreConfig, load_config
 from targetd.luns import Builder
 
 HEAD = '[[target]]\nname = "iqn.2026-11.org.example:t"\n'
 LIBRARY = (
-    HEAD
-    + '[[target.lun]]\nlun = 0\nkind = "changer"\npath = "vtl"\nslots = 6\nmail_slots = 2\n'
+    HEAD + '[[target.lun]]\nlun = 0\nkind = "changer"\npath = "vtl"\nslots = 6\nmail_slots = 2\n'
     'capacity = "1MiB"\ntapes = ["A00001L6", "A00002L6"]\n'
     '[[target.lun]]\nlun = 1\nkind = "tape"\nchanger = 0\n'
     '[[target.lun]]\nlun = 2\nkind = "tape"\nchanger = 0\n'
@@ -52,15 +51,20 @@ def test_changer_and_drives_build_one_library(tmp_path: Path) -> None:
 
 def test_an_s3_store_is_an_address_and_an_endpoint(tmp_path: Path) -> None:
     text = LIBRARY.replace(
-        'slots = 6', 'slots = 6\nstore = "s3://tapes/site-a"\ns3_endpoint = "http://127.0.0.1:9"'
+        "slots = 6", 'slots = 6\nstore = "s3://tapes/site-a"\ns3_endpoint = "http://127.0.0.1:9"'
     )
-    library = load(tmp_path, text).targets[0].luns[0].library
-    assert library is not None
-    assert (library.store, library.s3_endpoint, library.s3_region) == (
-        "s3://tapes/site-a",
-        "http://127.0.0.1:9",
-        None,
+    changer = load(tmp_path, text).targets[0].luns[0]
+    assert changer.store == TapeStoreConfig("s3://tapes/site-a", "http://127.0.0.1:9")
+
+
+def test_a_tape_lun_on_s3_names_its_tape_and_spools_in_a_directory(tmp_path: Path) -> None:
+    text = HEAD + (
+        '[[target.lun]]\nlun = 4\nkind = "tape"\nstore = "s3://tapes/site-a/T4"\n'
+        's3_region = "eu-west-1"\n'
     )
+    tape = load(tmp_path, text).targets[0].luns[0]
+    assert tape.store == TapeStoreConfig("s3://tapes/site-a/T4", None, "eu-west-1")
+    assert tape.path == tmp_path / "state" / "iqn.2026-11.org.example_t" / "lun4-spool"
 
 
 @pytest.mark.parametrize(
@@ -86,7 +90,11 @@ def test_an_s3_store_is_an_address_and_an_endpoint(tmp_path: Path) -> None:
          "target[0].lun[0].s3_endpoint", "needs store"),
         (HEAD + '[[target.lun]]\nlun = 0\nkind = "changer"\nstore = "s3://bk1/x"\n'
          's3_endpoint = "127.0.0.1:8333"\n', "target[0].lun[0].s3_endpoint", "http(s)://"),
-        (HEAD + '[[target.lun]]\nlun = 0\nkind = "tape"\nstore = "s3://bk1/x"\n',
+        (HEAD + '[[target.lun]]\nlun = 0\nkind = "tape"\nstore = "s3://bk1"\n',
+         "target[0].lun[0].store", "names the tape"),
+        (HEAD + '[[target.lun]]\nlun = 0\nkind = "tape"\nchanger = 1\nstore = "s3://bk1/x"\n',
+         "target[0].lun[0].store", "unknown"),
+        (HEAD + '[[target.lun]]\nlun = 0\nkind = "filesink"\nstore = "s3://bk1/x"\n',
          "target[0].lun[0].store", "unknown"),
     ],
 )  # fmt: skip
