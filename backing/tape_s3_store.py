@@ -23,13 +23,19 @@ EXPORTED_PREFIX = "exported/"
 
 class S3TapeStore(TapeDirectory):
     def __init__(
-        self, path: Path, capacity: int, location: S3Location, *, client: Any = None
+        self,
+        path: Path,
+        capacity: int,
+        location: S3Location,
+        *,
+        client: Any = None,
+        spool_dir: Path | None = None,
     ) -> None:
         super().__init__(path, capacity)
         self.location = location
         self._client = client
         self._lock = threading.Lock()
-        self.spool_dir = self.path / "spool"
+        self.spool_dir = self.path / "spool" if spool_dir is None else Path(spool_dir)
 
     @property
     def client(self) -> Any:

@@ -390,7 +390,8 @@ def _s3_tape(path: Path, capacity: int, store: TapeStoreConfig, read_only: bool)
     """A tape LUN's one tape in a bucket: ``s3://bucket/prefix/NAME`` is the cartridge
     NAME of a store at ``s3://bucket/prefix``, made blank when it does not exist."""
     prefix, _, name = store.url.rstrip("/").rpartition("/")
-    tapes = S3TapeStore(path, capacity, S3Location.parse(prefix, store.endpoint, store.region))
+    location = S3Location.parse(prefix, store.endpoint, store.region)
+    tapes = S3TapeStore(path, capacity, location, spool_dir=path)
     if not tapes.exists(name):
         tapes.create(name)
     return tapes.open(name, read_only=read_only)
