@@ -1,0 +1,218 @@
+"""The cluster reservation store's logic (scsi/pr_cluster.py) on an in-memory object with
+the RADOS object's semantics: compare-and-swap by version, notifications delivered on
+another thread and acknowledged once handled. Two LUs with a store each are two gateways.
+The real object against a real cluster: tests/ceph/test_rbd_reservations.py."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import threading
+import time
+from collections.abc import Callable
+
+from scsi.command import Nexus, ScsiCommand, ScsiResult, Status
+from scsi.logical_unit import Identity
+from scsi.pr_cluster import ClusterPrStore, parse, record_of
+from scsi.sense import parse_sense
+from scsi.tests.test_spc_reservations import TUR, WRITE, Unit
+
+_ids = itertools.count(100)
+REGISTER, RESERVE, PREEMPT = 0x00, 0x01, 0x04
+WE, EA = 0x1, 0x3
+# The same two initiators, one through each gateway's target port.
+HA = Nexus("iqn.h,i,0x1", "iqn.t,t,0x0001", 1, "iqn.h")
+OB = Nexus("iqn.o,i,0x1", "iqn.t,t,0x0002", 2, "iqn.o")
+SB = Nexus("iqn.s,i,0x1", "iqn.t,t,0x0002", 2, "iqn.s")
+
+
+class Cluster:
+    """The object as the OSDs keep it, with its watchers."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.body = b""
+        self.watchers: dict[int, Callable[[int, bytes], bytes]] = {}
+        self.lock = threading.Lock()
+        self.read_delay = 0.0
+        self.down = False
+
+
+class MemoryObject:
+    """One gateway's handle on the object (a rados client of its own)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.instance_id = next(_ids)
+        self.name = f"mem/{self.instance_id}"
+
+    def _reach(self) -> None:
+        if self.cluster.down:
+            raise OSError(errno.ETIMEDOUT, "timed out")
+
+    def read(self) -> tuple[int, bytes]:
+        self._reach()
+        with self.cluster.lock:
+            got = self.cluster.version, self.cluster.body
+        time.sleep(self.cluster.read_delay)
+        return got
+
+    def replace(self, expected: int, version: int, body: bytes) -> bool:
+        self._reach()
+        with self.cluster.lock:
+            if self.cluster.version != expected:
+                return False
+            self.cluster.version, self.cluster.body = version, body
+            return True
+
+    def notify(self, payload: bytes, timeout: float) -> tuple[int, int]:
+        self._reach()
+        watchers = list(self.cluster.watchers.values())
+        for on_notify in watchers:  # librados: on its own thread, acked on return
+            worker = threading.Thread(target=on_notify, args=(self.instance_id, payload))
+            worker.start()
+            worker.join(timeout)
+        return len(watchers), 0
+
+    def watch(self, on_notify: Callable[[int, bytes], bytes], on_error: object) -> None:
+        self._reach()
+        self.cluster.watchers[self.instance_id] = on_notify
+
+    def unwatch(self) -> None:
+        self.cluster.watchers.pop(self.instance_id, None)
+
+    def close(self) -> None:
+        self.unwatch()
+
+
+def gateway(cluster: Cluster, *nexuses: Nexus) -> Unit:
+    lu = Unit(Identity("pr"))
+    for nexus in nexuses:
+        lu.nexus_established(nexus)
+        lu.pop_unit_attention(nexus)
+    store = ClusterPrStore(MemoryObject(cluster))
+    store.open(lu)
+    lu.reservations.store = store
+    return lu
+
+
+def cmd(lu: Unit, nexus: Nexus, cdb: bytes, data: bytes | None = None):
+    out = memoryview(data) if data is not None else None
+    return lu.execute(ScsiCommand(cdb, 0, nexus, data_out=out))
+
+
+def prout(lu, nexus, sa, key=0, sa_key=0, pr_type=0, aptpl=False):
+    params = (
+        key.to_bytes(8, "big") + sa_key.to_bytes(8, "big") + bytes([0, 0, 0, 0, aptpl, 0, 0, 0])
+    )
+    return cmd(lu, nexus, bytes([0x5F, sa, pr_type, 0, 0, 0, 0, 0, 24, 0]), params)
+
+
+def keys_of(lu) -> list[int]:
+    return list(lu.reservations.keys.values())
+
+
+def sense(result: ScsiResult):
+    return parse_sense(result.sense) if result.status == Status.CHECK_CONDITION else None
+
+
+def test_a_change_through_one_gateway_is_enforced_on_the_other_before_it_is_answered() -> None:
+    cluster = Cluster()
+
+    async def scenario() -> None:
+        a, b = gateway(cluster, HA), gateway(cluster, OB, SB)
+        assert (await prout(a, HA, REGISTER, sa_key=0xA)).status == Status.GOOD
+        assert (await prout(a, HA, RESERVE, key=0xA, pr_type=WE)).status == Status.GOOD
+        # No command reached B: its copy was updated by the notification alone.
+        assert b.reservations.reservation is not None and keys_of(b) == [0xA]
+        assert (await cmd(b, SB, WRITE)).status == Status.RESERVATION_CONFLICT
+        # A PREEMPT through B: A's nexus owes REGISTRATIONS PREEMPTED, raised on A.
+        assert (await prout(b, OB, REGISTER, sa_key=0xB)).status == Status.GOOD
+        assert (await prout(b, OB, PREEMPT, key=0xB, sa_key=0xA, pr_type=EA)).status == 0
+        assert sense(await cmd(a, HA, TUR)) == (6, 0x2A, 0x05)
+        assert (await cmd(a, HA, WRITE)).status == Status.RESERVATION_CONFLICT
+        assert a.reservations.generation == b.reservations.generation == 3
+
+    asyncio.run(scenario())
+
+
+def test_two_gateways_reserving_at_once_one_wins_the_other_conflicts() -> None:
+    cluster = Cluster()
+
+    async def scenario() -> None:
+        a, b = gateway(cluster, HA), gateway(cluster, OB)
+        assert (await prout(a, HA, REGISTER, sa_key=0xA)).status == Status.GOOD
+        assert (await prout(b, OB, REGISTER, sa_key=0xB)).status == Status.GOOD
+        cluster.read_delay = 0.05  # both read the same version before either writes
+        results = await asyncio.gather(
+            prout(a, HA, RESERVE, key=0xA, pr_type=WE), prout(b, OB, RESERVE, key=0xB, pr_type=EA)
+        )
+        assert sorted(r.status for r in results) == [Status.GOOD, Status.RESERVATION_CONFLICT]
+        record = parse(cluster.body)
+        assert record is not None and record["seq"] == cluster.version == 4  # created, 3 changes
+        assert a.reservations.reservation == b.reservations.reservation
+
+    asyncio.run(scenario())
+
+
+def test_the_cluster_out_of_reach_fails_the_command_and_changes_nothing() -> None:
+    cluster = Cluster()
+
+    async def scenario() -> None:
+        a = gateway(cluster, HA)
+        assert (await prout(a, HA, REGISTER, sa_key=0xA)).status == Status.GOOD
+        cluster.down = True
+        result = await prout(a, HA, RESERVE, key=0xA, pr_type=WE)
+        assert sense(result) == (4, 0x08, 0x01)  # LOGICAL UNIT COMMUNICATION TIME-OUT
+        assert a.reservations.reservation is None
+        read_keys = bytes([0x5E, 0, 0, 0, 0, 0, 0, 1, 0, 0])
+        assert sense(await cmd(a, HA, read_keys)) == (4, 0x08, 0x01)
+        cluster.down = False
+        assert (await prout(a, HA, RESERVE, key=0xA, pr_type=WE)).status == Status.GOOD
+
+    asyncio.run(scenario())
+
+
+def test_power_loss_is_no_gateway_serving_the_lu() -> None:
+    async def scenario(aptpl: bool, other_serves: bool) -> list[int]:
+        cluster = Cluster()
+        a = gateway(cluster, HA)
+        assert (await prout(a, HA, REGISTER, sa_key=0xA, aptpl=aptpl)).status == Status.GOOD
+        if not other_serves:
+            a.reservations.store.close()  # type: ignore[union-attr]
+        return keys_of(gateway(cluster, OB))
+
+    assert asyncio.run(scenario(aptpl=False, other_serves=True)) == [0xA]
+    assert asyncio.run(scenario(aptpl=False, other_serves=False)) == []
+    assert asyncio.run(scenario(aptpl=True, other_serves=False)) == [0xA]
+
+
+def test_a_lost_notification_is_made_up_by_the_next_read() -> None:
+    cluster = Cluster()
+
+    async def scenario() -> None:
+        a, b = gateway(cluster, HA), gateway(cluster, OB)
+        assert (await prout(a, HA, REGISTER, sa_key=0xA)).status == Status.GOOD
+        assert (await prout(b, OB, REGISTER, sa_key=0xB)).status == Status.GOOD
+        b.reservations.store.obj.unwatch()  # type: ignore[union-attr]
+        assert (await prout(a, HA, PREEMPT, key=0xA, sa_key=0xB, pr_type=WE)).status == 0
+        assert keys_of(b) == [0xA, 0xB]  # B missed it ...
+        read_keys = bytes([0x5E, 0, 0, 0, 0, 0, 0, 1, 0, 0])
+        answer = await cmd(b, OB, read_keys)  # ... until it reads the record
+        assert answer.status == Status.GOOD and bytes(answer.data or b"")[8:] == bytes(7) + b"\x0a"
+        assert sense(await cmd(b, OB, TUR)) == (6, 0x2A, 0x05)
+
+    asyncio.run(scenario())
+
+
+def test_the_record_carries_the_state_and_what_the_change_owes() -> None:
+    cluster = Cluster()
+    lu = gateway(cluster, HA)
+    record = parse(record_of(lu, 9, [], [HA]))
+    assert record is not None and record["seq"] == 9 and not record["aptpl"]
+    assert record["format"] == "targetd-persistent-reservations" and record["version"] == 1
+    assert record["change"]["abort"] == [
+        {"initiator_port": "iqn.h,i,0x1", "target_port": "iqn.t,t,0x0001",
+         "relative_target_port": 1, "initiator_name": "iqn.h"}
+    ]  # fmt: skip
