@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from ceph_fixtures import ImageFactory, ceph_cluster, new_image, rbd_lun_toml, target_toml
 from cluster import CephCluster
-from cu_runner import run_suite, to_markdown
+from cu_runner import list_tests, run_suite, to_markdown
 from cu_targets import TARGETD_IQN, TargetdTarget
+from raw_initiator import RawInitiator
 from test_conformance import compare, load_expected
 
 pytestmark = [
@@ -40,3 +41,50 @@ def test_iscsi_test_cu_against_an_rbd_lun(
     print(f"targetd on RBD: {c['PASS']} passed, {c['FAIL']} failed, {c['SKIP']} skipped")
     problems = compare(report, fail, skip)
     assert not problems, "\n".join(problems)
+
+
+PR_SUITES = ("PrinReadKeys", "PrinServiceactionRange", "PrinReportCapabilities",
+             "ProutRegister", "ProutReserve", "ProutClear", "ProutPreempt")  # fmt: skip
+WITNESS = "iqn.2026-11.org.targetd.test:aptpl-witness"
+WITNESS_KEY = 0x5EED_0000_0000_0001
+
+
+def _witness(port: int, register: bool) -> list[int]:
+    """The keys registered (read by a third initiator), after it registered its own with
+    APTPL if ``register``."""
+    ini = RawInitiator(port, name=WITNESS)
+    assert ini.login(TARGETD_IQN).bhs[36:38] == b"\0\0"
+    ini.clear_unit_attentions()
+    if register:
+        params = bytes(8) + WITNESS_KEY.to_bytes(8, "big") + bytes([0, 0, 0, 0, 1, 0, 0, 0])
+        assert ini.command(bytes([0x5F, 0, 0, 0, 0, 0, 0, 0, 24, 0]), data=params)[0] == 0
+    status, data, _ = ini.command(bytes([0x5E, 0, 0, 0, 0, 0, 0, 1, 0, 0]), read=256)
+    ini.close()
+    assert status == 0
+    return [int.from_bytes(data[i : i + 8], "big") for i in range(8, len(data), 8)]
+
+
+def test_persistent_reservation_suites_on_an_rbd_lun_across_a_restart_with_aptpl(
+    ceph_cluster: CephCluster, new_image: ImageFactory, tmp_path: Path
+) -> None:
+    """libiscsi's persistent reservation suites against an RBD LUN (reservations in the
+    cluster), then an APTPL registration, a restart of the gateway (alone: a power cycle
+    of the LU), and the suites again: every test passes both times, as on a file LUN."""
+    fail, skip = load_expected()
+    names = [n for n in list_tests() if n.split(".")[0] in PR_SUITES]
+    assert len(names) >= 20
+    config = tmp_path / "rbd-pr.toml"
+    lun = rbd_lun_toml(ceph_cluster, new_image(create=False), create_size="64MiB")
+    config.write_text(target_toml(lun, iqn=TARGETD_IQN))
+    with TargetdTarget(config=config, workdir=tmp_path) as target:
+        for run in ("before", "after"):
+            report = run_suite(target, tests=names, log=tmp_path / f"cu-{run}.log")
+            c = report.counts()
+            print(f"{run} the restart: {c['PASS']} passed, {c['FAIL']} failed of {c['total']}")
+            problems = compare(report, fail, skip)
+            assert not problems, "\n".join(problems)
+            assert c["PASS"] == len(names)
+            if run == "before":
+                assert _witness(target.port, register=True) == [WITNESS_KEY]
+                target.restart()
+                assert _witness(target.port, register=False) == [WITNESS_KEY]
