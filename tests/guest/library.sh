@@ -2,7 +2,8 @@
 # load, unload, transfer, exchange, out through the mail slot and back), tapeinfo, mt, dd and
 # tar on the drive holding the loaded cartridge, Bacula's mtx-changer script, and Bacula's
 # own tests of a drive and an autochanger: btape `test` (which ends with its autochanger
-# test) and btape `autochanger`.
+# test) and btape `autochanger`; last, the operator's import through the mail slot and an
+# alternate volume tag, which the host does (host actions import-NEW001L6, tag-NEW001L6).
 #
 # The library: 2 drives, 4 slots and 1 mail slot, cartridges TD0001L6 and TD0002L6 in slots
 # 1 and 2. CHANGER_LUN and DRIVE_LUN (defaults 0 and 1) say where the changer and its first
@@ -271,6 +272,25 @@ y"
         "Storage Element 4:Full :VolumeTag=TD0002L6"
 }
 
+# The operator puts a new cartridge in the mail slot (host action import-NEW001L6): the
+# changer's next command meets UNIT ATTENTION, IMPORT OR EXPORT ELEMENT ACCESSED, which mtx
+# has to get past; the cartridge then goes to a slot.
+check_operator_import() {
+    host import-NEW001L6
+    out=$(status)
+    expect "$out" "Storage Element 5 IMPORT/EXPORT:Full :VolumeTag=NEW001L6"
+    run mtx -f "$CHANGER" transfer 5 3
+    out=$(status)
+    expect "$out" "Storage Element 3:Full :VolumeTag=NEW001L6" "Storage Element 5 IMPORT/EXPORT:Empty"
+}
+
+# The operator gives the cartridge an alternate volume tag (host action tag-NEW001L6)
+check_alternate_tag() {
+    host tag-NEW001L6
+    out=$(status)
+    expect "$out" "Storage Element 3:Full :VolumeTag=NEW001L6" "AlternateVolumeTag=NEW001-B"
+}
+
 if [ -n "${1:-}" ]; then
     "check_$1"
     exit 0
@@ -293,7 +313,8 @@ export CHANGER TAPE DRIVE_SG
 
 failed=
 for check in ${CHECKS:-identification status inventory load tapeinfo mt_dd tar unload transfer \
-    refusals exchange mail_slot mtx_changer btape_test btape_autochanger}; do
+    refusals exchange mail_slot mtx_changer btape_test btape_autochanger operator_import \
+    alternate_tag}; do
     step "$check"
     if sh -e ./test.sh "$check"; then
         echo "@@verdict $check pass"

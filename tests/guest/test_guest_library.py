@@ -6,10 +6,11 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import DaemonFactory
+from conftest import REPO, Daemon, DaemonFactory
 from guest_vm import GUEST_DIR, HOST_FROM_GUEST, run_guest, start_for_guest
 from test_guest_tape import TgtTape
 
@@ -37,23 +38,42 @@ changer = 0
 CHECKS = [
     "identification", "status", "inventory", "load", "tapeinfo", "mt_dd", "tar", "unload",
     "transfer", "refusals", "exchange", "mail_slot", "mtx_changer", "btape_test",
-    "btape_autochanger",
+    "btape_autochanger", "operator_import", "alternate_tag",
 ]  # fmt: skip
 
 
 # What tgt's VTL does with each check (recorded in docs/tape.md): it has no EXCHANGE MEDIUM
 # (INVALID COMMAND OPERATION CODE), and btape's append test fails: after MTEOM st knows no
-# file number, and with btape's fallbacks the tape holds 5 files where 4 were written.
-TGT_VERDICTS = dict.fromkeys(CHECKS, "pass") | {"exchange": "fail", "btape_test": "fail"}
+# file number, and with btape's fallbacks the tape holds 5 files where 4 were written; it
+# has no alternate volume tags.
+TGT_VERDICTS = dict.fromkeys(CHECKS, "pass") | {
+    "exchange": "fail",
+    "btape_test": "fail",
+    "alternate_tag": "fail",
+}
 
 
 def verdicts(console: str) -> dict[str, str]:
     return dict(re.findall(r"^@@verdict (\w+) (pass|fail)\s*$", console, re.MULTILINE))
 
 
+def targetctl_library(daemon: Daemon, *args: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "targetd.ctl", "library", *args, "--state-dir",
+         str(daemon.state_dir)],
+        cwd=REPO, check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+
+
 def test_guest_library_with_mtx_and_btape(targetd_factory: DaemonFactory) -> None:
     daemon = start_for_guest(targetd_factory, LIBRARY_TARGETS)
-    out = run_guest(GUEST_DIR / "library.sh", daemon, timeout=600)
+    actions = {
+        "import-NEW001L6": lambda: targetctl_library(daemon, "import", "NEW001L6"),
+        "tag-NEW001L6": lambda: targetctl_library(
+            daemon, "tag", "NEW001L6", "--alternate", "NEW001-B"
+        ),
+    }
+    out = run_guest(GUEST_DIR / "library.sh", daemon, actions=actions, timeout=600)
     assert verdicts(out) == dict.fromkeys(CHECKS, "pass")
     assert "library: all steps passed" in out
 
@@ -104,6 +124,20 @@ class TgtLibrary(TgtTape):
         self.adm("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
         return self
 
+    def import_cartridge(self, barcode: str) -> None:
+        """The operator's import: a new tape in the mail slot (element 8)."""
+        subprocess.run(
+            ["tgtimg", "--op", "new", "--device-type", "tape", "--barcode", barcode,
+             "--size", "64", "--type", "data", f"--file={self.workdir / 'vtl' / barcode}"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        self.adm("--op", "update", "--mode", "logicalunit", "--tid", "1", "--lun", "3",
+                 "--params", f"element_type=3,address=8,barcode={barcode},sides=1")  # fmt: skip
+
+
+def tgt_has_no_alternate_tags() -> None:
+    raise RuntimeError("tgt's changer has no alternate volume tags")
+
 
 def test_guest_library_tgt_anchor(tmp_path: Path) -> None:
     """The anchor: tgt's VTL through the same checks in the same guest; its verdicts are
@@ -121,6 +155,10 @@ def test_guest_library_tgt_anchor(tmp_path: Path) -> None:
                 "LOGIN": "direct",
                 "TARGET_PORTAL": f"{HOST_FROM_GUEST}:{tgt.port}",
                 "VERDICTS_ONLY": "1",
+            },
+            actions={
+                "import-NEW001L6": lambda: tgt.import_cartridge("NEW001L6"),
+                "tag-NEW001L6": tgt_has_no_alternate_tags,
             },
             timeout=600,
         )
