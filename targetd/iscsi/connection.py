@@ -100,6 +100,9 @@ class Phase(Enum):
 # Task attributes 5-7 are reserved: served as SIMPLE. A table, not an Enum call per command.
 _ATTRIBUTES = tuple(TaskAttribute(a) if a <= 4 else TaskAttribute.SIMPLE for a in range(8))
 _SEQUENCE_NUMBERS = struct.Struct(">III")
+# A SCSI Command's header fields, in one unpack: opcode byte, flags, LUN, ITT, expected
+# data transfer length, CmdSN.
+_SCSI_COMMAND = struct.Struct(">BB6x8sIII").unpack_from
 _BAD_FIELD = RejectReason.INVALID_PDU_FIELD
 _RESETS = (
     TmfFunction.LOGICAL_UNIT_RESET,
@@ -284,7 +287,8 @@ class Connection:
                 self._sending.append(leases)  # given back once the driver has sent it
             else:
                 leases.release()
-        self._maybe_finish_logout()
+        if self._pending_logout is not None:
+            self._maybe_finish_logout()
 
     def aborts_finished(self, token: int) -> None:
         pending = self._pending_tmf.pop(token, None)
@@ -521,9 +525,7 @@ class Connection:
             self._drop_staged(pdu.itt)
             raise IscsiProtocolError("SCSI command in a discovery session", bhs=pdu.bhs)
         bhs = pdu.bhs
-        flags = bhs[1]
-        itt = pdu.itt
-        edtl = pdu.u32(20)
+        op, flags, lun_raw, itt, edtl, cmdsn = _SCSI_COMMAND(bhs)
         write = bool(flags & P.FLAG_WRITE)
         read = bool(flags & P.FLAG_READ)
         dlen = len(pdu.data)
@@ -541,10 +543,10 @@ class Connection:
             cdb += _extended_cdb(pdu.ahs)
         task = Task(
             itt=itt,
-            lun=decode_lun(pdu.lun),
-            lun_raw=pdu.lun,
+            lun=decode_lun(lun_raw),
+            lun_raw=lun_raw,
             cdb=cdb,
-            cmdsn=pdu.cmdsn,
+            cmdsn=cmdsn,
             edtl=edtl,
             read=read,
             write=write,
@@ -575,7 +577,7 @@ class Connection:
                     task.buffer[:dlen] = pdu.data
             task.received = dlen
         self.tasks[itt] = task
-        immediate = pdu.immediate
+        immediate = bool(op & 0x40)
         session = self.session
         assert session is not None
 
@@ -594,7 +596,7 @@ class Connection:
                 self._solicit(task)
             self._maybe_start(task)
 
-        if not session.sequence(task.cmdsn, immediate, deliver):
+        if not session.sequence(cmdsn, immediate, deliver):
             del self.tasks[itt]
             if task.leases is not None:
                 task.leases.release(reuse=False)
@@ -774,7 +776,7 @@ class Connection:
             and result.data_out_used in (None, task.edtl)
         ):
             # The common write: all its data used, nothing to report in residuals.
-            self._send(P.new_header(Op.SCSI_RESPONSE, 0x80, itt=task.itt))
+            self._send(_good_response(task.itt))
             return
         if data is not None and task.read and not task.write and len(data) == task.edtl:
             flags = residual = 0  # the common read: what was expected, no residual
@@ -942,6 +944,17 @@ class Connection:
         Op.SNACK_REQUEST: _on_snack,
         Op.LOGIN_REQUEST: _on_login_in_ffp,
     }
+
+
+_GOOD_RESPONSE = struct.Struct(">BB14xI").pack_into
+
+
+def _good_response(itt: int) -> bytearray:
+    """A SCSI Response with GOOD status, no residual and no data: what
+    ``P.new_header(Op.SCSI_RESPONSE, 0x80, itt=itt)`` builds, in one pack."""
+    hdr = bytearray(P.BHS_LEN)
+    _GOOD_RESPONSE(hdr, 0, Op.SCSI_RESPONSE, 0x80, itt)
+    return hdr
 
 
 def _older(cmdsn: int, than: int) -> bool:
