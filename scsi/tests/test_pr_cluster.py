@@ -19,7 +19,7 @@ from scsi.sense import parse_sense
 from scsi.tests.test_spc_reservations import TUR, WRITE, Unit
 
 _ids = itertools.count(100)
-REGISTER, RESERVE, PREEMPT = 0x00, 0x01, 0x04
+REGISTER, RESERVE, PREEMPT, PREEMPT_AND_ABORT = 0x00, 0x01, 0x04, 0x05
 WE, EA = 0x1, 0x3
 # The same two initiators, one through each gateway's target port.
 HA = Nexus("iqn.h,i,0x1", "iqn.t,t,0x0001", 1, "iqn.h")
@@ -216,3 +216,26 @@ def test_the_record_carries_the_state_and_what_the_change_owes() -> None:
         {"initiator_port": "iqn.h,i,0x1", "target_port": "iqn.t,t,0x0001",
          "relative_target_port": 1, "initiator_name": "iqn.h"}
     ]  # fmt: skip
+
+
+def test_preempt_and_abort_ends_the_victim_s_commands_on_the_other_gateway_first() -> None:
+    cluster = Cluster()
+
+    async def scenario() -> None:
+        a, b = gateway(cluster, HA), gateway(cluster, OB)
+        aborted: list[frozenset[Nexus]] = []
+
+        async def abort(nexuses: frozenset[Nexus]) -> None:
+            await asyncio.sleep(0.05)  # the victim's commands take a moment to stop
+            aborted.append(nexuses)
+
+        b.abort_tasks = abort
+        assert (await prout(b, OB, REGISTER, sa_key=0xB)).status == Status.GOOD
+        assert (await prout(b, OB, RESERVE, key=0xB, pr_type=WE)).status == Status.GOOD
+        assert (await prout(a, HA, REGISTER, sa_key=0xA)).status == Status.GOOD
+        result = await prout(a, HA, PREEMPT_AND_ABORT, key=0xA, sa_key=0xB, pr_type=WE)
+        assert result.status == Status.GOOD
+        assert aborted == [frozenset({OB})]  # done before A answered
+        assert sense(await cmd(b, OB, TUR)) == (6, 0x2A, 0x05)
+
+    asyncio.run(scenario())

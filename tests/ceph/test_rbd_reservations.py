@@ -225,3 +225,30 @@ def test_the_cluster_out_of_reach_fails_a_prout_in_bounded_time_and_changes_noth
     assert prout(ini, REGISTER, 0, K_HOLDER) == (GOOD, None)
     assert read_keys(ini)[1] == [K_HOLDER]
     ini.close()
+
+
+def test_all_tg_pt_and_spec_i_pt_registrations_hold_through_the_other_gateway(
+    gateways: tuple[Gateway, Gateway],
+) -> None:
+    """What a host with a path to each gateway does (Windows failover clustering registers
+    with ALL_TG_PT): one registration through A covers its port through B too, and a
+    TransportID registers another host that has logged in nowhere yet."""
+    a, b = gateways
+    holder_a = login(a, HOLDER)
+    tid = TransportId(OTHER).encode()
+    cdb = bytes([0x5F, REGISTER, 0, 0, 0]) + (28 + len(tid)).to_bytes(4, "big") + bytes(1)
+    params = bytes(8) + K_HOLDER.to_bytes(8, "big") + bytes([0, 0, 0, 0, 0x0C, 0, 0, 0])
+    params += len(tid).to_bytes(4, "big") + tid  # SPEC_I_PT | ALL_TG_PT
+    assert holder_a.command(cdb, data=params)[0] == GOOD
+    assert prout(holder_a, RESERVE, K_HOLDER, type_=WE) == (GOOD, None)
+    holder_b, other_b, stranger_b = login(b, HOLDER), login(b, OTHER), login(b, STRANGER)
+    assert full_status(stranger_b) == {
+        TransportId(HOLDER, ISID).encode(): (K_HOLDER, 0x03, 0),  # ALL_TG_PT, R_HOLDER
+        TransportId(OTHER).encode(): (K_HOLDER, 0x02, 0),  # ALL_TG_PT, the whole initiator
+    }
+    assert holder_b.command(WRITE10, data=bytes(512))[0] == GOOD  # the holder, through B
+    assert other_b.command(WRITE10, data=bytes(512))[0] == RESERVATION_CONFLICT
+    assert prout(other_b, PREEMPT, K_HOLDER, K_HOLDER, type_=EA) == (GOOD, None)
+    assert read_reservation(stranger_b) == (K_HOLDER, EA)  # OTHER's registration holds it
+    for ini in (holder_a, holder_b, other_b, stranger_b):
+        ini.close()
