@@ -101,6 +101,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
         c_int,
         [c_void_p, c_char_p, c_uint64, c_uint64, c_uint8, c_uint8, DIFF_CALLBACK, c_void_p],
     ),
+    "rbd_snap_create": (c_int, [c_void_p, c_char_p]),
+    "rbd_snap_remove": (c_int, [c_void_p, c_char_p]),
     "rbd_lock_acquire": (c_int, [c_void_p, c_int]),
     "rbd_lock_release": (c_int, [c_void_p]),
     "rbd_is_exclusive_lock_owner": (c_int, [c_void_p, POINTER(c_int)]),
