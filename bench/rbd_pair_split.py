@@ -12,14 +12,18 @@ run on one cluster, for host 4 KiB writes at queue depth 1 to random chunks of t
 - ``unpaired``: the image alone (the floor);
 - ``generic split``: the pair split with the whole volume as split set (the background copy
   held to a crawl), so every write to a chunk not yet copied pays copy-before-write;
-- ``after snapshot``: the same writes to the image just after ``rbd_snap_create``, the
-  cost a snapshot-based split would leave on the host path;
+- ``during rbd_snap_create``: writes while the snapshot of an in-sync pair's source is
+  being taken (librbd holds writes back until it exists);
+- ``after snapshot``: the same writes once that pair is split after the snapshot: the
+  changed-chunk bits marked as in any split, the write straight to the image (where the
+  OSD clones an object on its first write), no copy-before-write: the host path a
+  snapshot-based split would leave;
 
 and the split's own cost: the generic split's acknowledgement, and ``rbd_snap_create`` /
 ``rbd_snap_remove`` (a snapshot-based split pays the first before the copy can skip the
 copy-before-write, and the second when the pair is split).
 
-    python3 bench/rbd_pair_split.py [--size 256] [--writes 300] [--repeat 3]
+    python3 bench/rbd_pair_split.py [--size 256] [--writes 200] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "tests" / "ceph"))
 from cluster import CephCluster  # noqa: E402
 
-from backing.pairs import PairManager, PairSettings, PairVolume  # noqa: E402
+from backing.pairs import PairManager, PairSettings, PairVolume, VolumeState  # noqa: E402
 from backing.rbd_image import RbdImage, RbdSpec  # noqa: E402
 from backing.rbd_lib import check, lib  # noqa: E402
 
@@ -80,7 +84,7 @@ async def one_round(cluster: CephCluster, tmp: Path, size: int, n: int, seed: in
     src = RbdImage(RbdSpec(pool="rbd", image=src_name, ceph_conf=conf))
     tgt = RbdImage(RbdSpec(pool="rbd", image=tgt_name, ceph_conf=conf))
     block = rng.randbytes(4096)
-    chunks = rng.sample(range(size // CHUNK), 3 * n)
+    chunks = rng.sample(range(size // CHUNK), 4 * n)
 
     def offsets(part: int) -> list[int]:
         picked = chunks[part * n : (part + 1) * n]
@@ -103,11 +107,31 @@ async def one_round(cluster: CephCluster, tmp: Path, size: int, n: int, seed: in
         out["generic split"] = await writes_at(lambda off: vsrc.write(off, block), offsets(1))
         await manager.delete("p")
         await manager.stop()
-        # A snapshot-based split: the snapshot, then writes straight to the image.
+        # A snapshot-based split: an in-sync pair (its copy done), the snapshot taken, then
+        # the split, whose split set the snapshot would serve: host writes go to the image
+        # and mark the changed bits as in any split, with no copy-before-write.
+        manager = PairManager(tmp / f"pairs{seed}b", PairSettings())
+        vsrc, vtgt = PairVolume("b/src", src), PairVolume("b/tgt", tgt)
+        manager.register_volume(vsrc)
+        manager.register_volume(vtgt)
+        await manager.create("q", "b/src", "b/tgt")
+        await manager.wait("q", VolumeState.DUPLEX, timeout=600)
         image = src._image  # a bench: the handle a snapshot-based split would use
-        out["rbd_snap_create"] = [await blocking(
-            lambda: lib().rbd_snap_create(image, b"split"), "rbd_snap_create")]  # fmt: skip
-        out["after snapshot"] = await writes_at(lambda off: src.write(off, block), offsets(2))
+        # Host writes while the snapshot is taken: librbd holds every write to the image
+        # back until the snapshot exists.
+        during: list[float] = []
+        creating = asyncio.ensure_future(blocking(
+            lambda: lib().rbd_snap_create(image, b"split"), "rbd_snap_create"))  # fmt: skip
+        for off in offsets(3):
+            if creating.done():
+                break
+            during += await writes_at(lambda at: vsrc.write(at, block), [off])
+        out["rbd_snap_create"] = [await creating]
+        out["during rbd_snap_create"] = during
+        await manager.split("q")
+        out["after snapshot"] = await writes_at(lambda off: vsrc.write(off, block), offsets(2))
+        await manager.delete("q")
+        await manager.stop()
         out["rbd_snap_remove"] = [await blocking(
             lambda: lib().rbd_snap_remove(image, b"split"), "rbd_snap_remove")]  # fmt: skip
     finally:
@@ -119,15 +143,15 @@ async def one_round(cluster: CephCluster, tmp: Path, size: int, n: int, seed: in
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=256, help="MiB per image")
-    parser.add_argument("--writes", type=int, default=300, help="host writes per case")
+    parser.add_argument("--writes", type=int, default=200, help="host writes per case")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--objectstore", default="bluestore")
     args = parser.parse_args()
     import uvloop
 
     size = args.size * MiB
-    if 3 * args.writes > size // CHUNK:
-        parser.error("--writes is more than a third of the chunks: make --size larger")
+    if 4 * args.writes > size // CHUNK:
+        parser.error("--writes is more than a quarter of the chunks: make --size larger")
     merged: dict[str, list[float]] = {}
     with (
         tempfile.TemporaryDirectory(prefix="targetd-rbd-split-") as tmp,
@@ -143,7 +167,7 @@ def main() -> int:
     print(f"{'host 4 KiB write, QD1':<24} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
           f"{'p50 / unpaired':>15}")  # fmt: skip
     floor = pct(merged["unpaired"], 0.5)
-    for name in ("unpaired", "generic split", "after snapshot"):
+    for name in ("unpaired", "generic split", "during rbd_snap_create", "after snapshot"):
         v = merged[name]
         print(f"{name:<24} {pct(v, 0.5):>8.2f} {pct(v, 0.99):>8.2f} {max(v) * 1e3:>8.2f} "
               f"{pct(v, 0.5) / floor:>15.2f}")  # fmt: skip
