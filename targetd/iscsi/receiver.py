@@ -213,9 +213,11 @@ class PduReceiver:
         if self._dest_filled < len(self._dest) or self._trailer_filled < self._trailer_len:
             return
         self._state = _State.HEADER
-        self._header_only = True
         dest = self._dest
         dlen = len(dest)
+        # A small segment goes out of line too when it arrived in pieces (a 4 KiB write's
+        # immediate data): a stream of those must still be read many PDUs per recv.
+        self._header_only = dlen >= DIRECT_THRESHOLD
         if self.data_digest:
             pad = padded(dlen) - dlen
             crc = crc32c.crc32c(dest)

@@ -148,3 +148,21 @@ def test_header_only_reads_end_with_the_first_small_pdu() -> None:
     stream = make_pdu(Op.DATA_OUT, big) + make_pdu(Op.NOP_OUT, b"abc", itt=2)
     assert len(feed(rx, stream, 1 << 20)) == 2
     assert len(rx.get_buffer()) == STAGING_SIZE
+
+
+def test_a_small_segment_received_in_pieces_keeps_the_whole_staging_buffer() -> None:
+    """A 4 KiB write whose data arrives after its header lands in its placement, and the
+    receiver then still offers its whole staging buffer: a stream of small writes is read
+    many PDUs per recv, not one header and one segment per system call."""
+    dest = bytearray(4096)
+    rx = PduReceiver(lambda bhs: memoryview(dest))
+    stream = make_pdu(Op.SCSI_COMMAND, b"\x5a" * 4096)
+    buf = rx.get_buffer()
+    buf[: BHS_LEN + 100] = stream[: BHS_LEN + 100]  # the header and part of the data
+    assert rx.buffer_updated(BHS_LEN + 100) == []
+    rest = rx.get_buffer()
+    assert rest.obj is dest
+    rest[: len(stream) - BHS_LEN - 100] = stream[BHS_LEN + 100 :]
+    (pdu,) = rx.buffer_updated(len(stream) - BHS_LEN - 100)
+    assert bytes(pdu.data) == b"\x5a" * 4096
+    assert len(rx.get_buffer()) == STAGING_SIZE
