@@ -97,11 +97,14 @@ REFUSALS: dict[ErrorCode, Reason] = {
     # Cannot happen here: a target's pairs are found by LUN, never by a bare name.
     ErrorCode.AMBIGUOUS_NAME: Reason.INVALID_FIELD_IN_CDB,
     ErrorCode.RESERVATION_CONFLICT: Reason.INVALID_FIELD_IN_CDB,  # answered as a status
+    # A split or resync of a pair in a group acts on the group: a member that is missing.
+    ErrorCode.UNKNOWN_GROUP: Reason.PAIR_NOT_FOUND,
+    ErrorCode.IN_GROUP: Reason.PAIR_WRONG_STATE,  # cannot happen here: no group changes
 }
 
-# PAIR IN / REPORT PAIR STATUS data (96 bytes).
+# PAIR IN / REPORT PAIR STATUS data (128 bytes; the first 96 are the original layout).
 PAIR_STATUS = Struct(
-    "status_data_length" / Int16ub,  # bytes after this field: 94
+    "status_data_length" / Int16ub,  # bytes after this field: 126
     "source_state" / Int8ub,
     "target_state" / Int8ub,
     "suspend_reason" / Int8ub,
@@ -118,6 +121,7 @@ PAIR_STATUS = Struct(
     "copied_bytes" / Int64ub,
     "split_time_ms" / Int64ub,  # Unix time of the split in ms, 0 if not split
     "name" / Bytes(MAX_NAME),  # ASCII, NUL-padded
+    "group" / Bytes(MAX_NAME),  # the consistency group's name, NUL-padded; empty for none
 )
 STATUS_LENGTH = PAIR_STATUS.sizeof()
 
@@ -262,6 +266,7 @@ async def _report_status(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
         "copied_bytes": 0,
         "split_time_ms": 0,
         "name": bytes(MAX_NAME),
+        "group": bytes(MAX_NAME),
     }
     if status is not None:
         source = control.lun_of(status.source)
@@ -283,6 +288,7 @@ async def _report_status(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
             copied_bytes=status.copied_bytes,
             split_time_ms=int((status.split_time or 0) * 1000),
             name=status.name.encode().ljust(MAX_NAME, b"\0"),
+            group=(status.group or "").encode().ljust(MAX_NAME, b"\0"),
         )
     return ScsiResult(data=PAIR_STATUS.build(fields)[:allocation])
 

@@ -79,11 +79,12 @@ class Status:
     copied: int
     split_ms: int
     name: str
+    group: str = ""
 
     @classmethod
     def parse(cls, d: bytes) -> Status:
         u = lambda a, b: int.from_bytes(d[a:b], "big")  # noqa: E731
-        assert u(0, 2) == 94 and len(d) == 96
+        assert u(0, 2) == 126 and len(d) in (96, 128)
         return cls(
             STATES[d[2]],
             STATES[d[3]],
@@ -99,6 +100,7 @@ class Status:
             u(48, 56),
             u(56, 64),
             d[64:96].rstrip(b"\0").decode(),
+            d[96:128].rstrip(b"\0").decode(),
         )
 
 

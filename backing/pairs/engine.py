@@ -93,6 +93,7 @@ class PairStatus:
     backup_policy: BackupPolicy = BackupPolicy.REFLECT_FIRST  # the one a backup follows
     backup_policy_set: bool = False  # set on the pair (vendor command, targetctl)
     error: str | None = None  # what made the pair SUSPENDED (with ``reason``), if it failed
+    group: str | None = None  # the consistency group the pair is in, if any
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -114,6 +115,7 @@ class PairStatus:
             "backup_policy": self.backup_policy.label,
             "backup_policy_set": self.backup_policy_set,
             "error": self.error,
+            "group": self.group,
         }
 
 
@@ -168,6 +170,10 @@ class Pair:
         self.reason = SuspendReason[meta.get("reason", "NONE")]
         self.error: str | None = meta.get("error")
         self.split_time: float | None = meta.get("split_time")
+        # The id of the group split that split this pair (None: split alone, or mirroring):
+        # a restart finds a group split that did not reach every member's header by it.
+        self.group_split: str | None = meta.get("group_split")
+        self.group: str | None = None  # kept by the manager (the group file), not the header
         self.initializing: bool = meta.get("initializing", False)
         policy = meta.get("backup_policy")
         # Set with PAIR OUT SET BACKUP POLICY or targetctl; None follows the settings.
@@ -208,6 +214,7 @@ class Pair:
             "reason": self.reason.name,
             "error": self.error,
             "split_time": self.split_time,
+            "group_split": self.group_split,
             "initializing": self.initializing,
             "backup_policy": None if self.backup_policy is None else int(self.backup_policy),
         }
@@ -336,10 +343,22 @@ class Pair:
     # -- operations ---------------------------------------------------------------------
     async def split(self) -> None:
         """Answered at once: the copy set becomes the split-instant set, durably."""
+        self.split_now(time.time(), None)
+        await self._write_header()
+
+    def split_now(self, when: float, group_split: str | None) -> None:
+        """The split instant itself, in memory and without awaiting anything: every host
+        write that reaches :meth:`host_write` from now on is a post-split write. A group
+        splits all its pairs in one such step (one instant for all), then writes the
+        headers. Raises PairError (WRONG_STATE) and changes nothing if it may not split."""
         phase = next_phase(self.phase, Event.SPLIT)
         self._splits += 1
-        self.split_time = time.time()
+        self.split_time = when
+        self.group_split = group_split
         self._set_phase(phase)
+
+    async def write_header(self) -> None:
+        """Make the pair's phase durable (after :meth:`split_now`)."""
         await self._write_header()
 
     async def resync(self) -> None:
@@ -352,6 +371,7 @@ class Pair:
         self.reason = SuspendReason.NONE
         self.error = None
         self.split_time = None
+        self.group_split = None
         self._set_phase(phase)
         await self._write_header()
         await self._settle_merge()
@@ -423,6 +443,7 @@ class Pair:
             self.effective_backup_policy,
             self.backup_policy is not None,
             self.error,
+            self.group,
         )
 
     def copy_rate(self) -> float:

@@ -18,25 +18,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
+import uuid
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
+from backing.pairs import groups as group_file
 from backing.pairs.bitmap import PAGE_BITS, ChunkBitmap
 from backing.pairs.engine import Pair, PairSettings, PairStatus
+from backing.pairs.groups import GROUPS_FILE, GroupStatus
 from backing.pairs.journal import REGIONS, PairFile, PairFileError
 from backing.pairs.states import (
     BackupPolicy,
     ErrorCode,
+    Event,
     PairError,
     Phase,
     SuspendReason,
     VolumeState,
+    next_phase,
 )
 from backing.pairs.volume import PairVolume
 
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+SPLIT_PHASES = (Phase.SPLIT_PENDING, Phase.SPLIT)
+# A pair may join a group in these phases only: a split one carries another split instant.
+JOINABLE = frozenset({Phase.DUPLEX_PENDING, Phase.DUPLEX, Phase.RESYNC, Phase.SUSPENDED})
 
 
 def scope_of(volume_id: str) -> str:
@@ -50,7 +59,11 @@ class PairManager:
         self.settings = settings or PairSettings()
         self.volumes: dict[str, PairVolume] = {}
         self.pairs: dict[tuple[str, str], Pair] = {}  # by (scope, name)
+        # Consistency groups by (scope, name): their members' pair names, in order.
+        self.groups: dict[tuple[str, str], list[str]] = {}
         self._lock = asyncio.Lock()  # one create/delete at a time: they check then act
+        self._loaded: set[Path] = set()  # pair files resumed (start() may run again)
+        self._groups_loaded: set[str] = set()  # scopes whose groups file was read
 
     def register_volume(self, volume: PairVolume) -> None:
         self.volumes[volume.volume_id] = volume
@@ -64,10 +77,14 @@ class PairManager:
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
-        """Load every pair file and resume its copying (after a restart or a kill -9)."""
+        """Load every pair file and resume its copying (after a restart or a kill -9), then
+        the groups. Runs again after a reload added volumes: pair files whose volumes
+        were missing before are resumed then; those already running are left alone."""
         if not self.dir.is_dir():
             return
         for path in sorted([*self.dir.glob("*.pair"), *self.dir.glob("*/*.pair")]):
+            if path in self._loaded:
+                continue
             try:
                 pair_file, meta, bitmaps = PairFile.open(path)
             except (OSError, PairFileError, ValueError, KeyError) as err:
@@ -82,6 +99,11 @@ class PairManager:
                 log.error("pair %s: its volumes are not configured; left as is", meta["name"])
                 pair_file.close()
                 continue
+            if source.pair is not None or target.pair is not None:
+                log.error("pair %s: a volume of it is in another pair; left as is", meta["name"])
+                pair_file.close()
+                continue
+            self._loaded.add(path)
             pair = Pair(meta, source, target, pair_file, bitmaps, self.settings)
             pair.attach()
             self.pairs[(scope_of(pair.source.volume_id), pair.name)] = pair
@@ -94,6 +116,51 @@ class PairManager:
                 status.phase.target.label,
                 status.dirty_chunks,
             )
+        await self._load_groups()
+
+    async def _load_groups(self) -> None:
+        """Read each scope's groups file (once), then finish what a crash interrupted: a
+        group split that reached some members' headers and not others was never answered,
+        so the members it split go back to mirroring (a resync)."""
+        paths = [self.dir / GROUPS_FILE, *self.dir.glob(f"*/{GROUPS_FILE}")]
+        new: list[tuple[str, str]] = []
+        for path in paths:
+            scope = "" if path.parent == self.dir else unquote(path.parent.name)
+            if scope in self._groups_loaded or not path.is_file():
+                continue
+            try:
+                found = group_file.load(path)
+            except (OSError, ValueError) as err:
+                log.error("groups file %s unreadable, ignored: %s", path, err)
+                continue
+            self._groups_loaded.add(scope)
+            for name, members in found.items():
+                self.groups[(scope, name)] = members
+                new.append((scope, name))
+        for (scope, name), members in self.groups.items():
+            for m in members:
+                if (scope, m) in self.pairs:
+                    self.pairs[(scope, m)].group = name
+        for scope, name in new:
+            await self._finish_group_split(scope, name)
+
+    async def _finish_group_split(self, scope: str, name: str) -> None:
+        members = self.groups[(scope, name)]
+        pairs = [self.pairs[(scope, m)] for m in members if (scope, m) in self.pairs]
+        if not any(p.group_split for p in pairs) or not any(p.phase.mirroring for p in pairs):
+            return
+        for pair in pairs:
+            if pair.group_split and pair.phase in (*SPLIT_PHASES, Phase.SUSPENDED):
+                log.warning(
+                    "group %s: its last split did not reach every pair before a crash"
+                    " (it was never answered); pair %s goes back to mirroring",
+                    name,
+                    pair.name,
+                )
+                try:
+                    await pair.resync()
+                except Exception:
+                    log.exception("group %s: resync of pair %s failed", name, pair.name)
 
     async def stop(self) -> None:
         for pair in self.pairs.values():
@@ -202,6 +269,11 @@ class PairManager:
     async def delete(self, name: str, scope: str | None = None) -> None:
         async with self._lock:
             pair = self.get(name, scope)
+            if pair.group is not None:  # a deleted pair leaves its group first
+                scope = scope_of(pair.source.volume_id)
+                rest = [m for m in self._members(scope, pair.group) if m != pair.name]
+                await self._set_members(scope, pair.group, rest)
+                pair.group = None
             await pair.delete()
             del self.pairs[(scope_of(pair.source.volume_id), pair.name)]
 
@@ -222,6 +294,182 @@ class PairManager:
             timeout,
         )
         return pair.status()
+
+    # -- consistency groups ---------------------------------------------------------------
+    def _members(self, scope: str, name: str) -> list[str]:
+        members = self.groups.get((scope, name))
+        if members is None:
+            raise PairError(ErrorCode.UNKNOWN_GROUP, f"no group named {name!r}")
+        return members
+
+    def group_scope(self, name: str, scope: str | None = None) -> str:
+        """The scope of group ``name``: ``scope`` if given, else the one group so named."""
+        if scope is not None:
+            self._members(scope, name)
+            return scope
+        found = sorted(s for s, n in self.groups if n == name)
+        if not found:
+            raise PairError(ErrorCode.UNKNOWN_GROUP, f"no group named {name!r}")
+        if len(found) > 1:
+            raise PairError(
+                ErrorCode.AMBIGUOUS_NAME,
+                f"group {name!r} exists in {', '.join(found)}: name the target",
+            )
+        return found[0]
+
+    def group_pairs(self, name: str, scope: str) -> list[Pair]:
+        """The group's pairs; PairError (UNKNOWN_PAIR) if one of them is not loaded."""
+        out = []
+        for member in self._members(scope, name):
+            pair = self.pairs.get((scope, member))
+            if pair is None:
+                raise PairError(
+                    ErrorCode.UNKNOWN_PAIR,
+                    f"pair {member!r} of group {name!r} does not exist (not loaded)",
+                )
+            out.append(pair)
+        return out
+
+    def group_status(self, name: str, scope: str | None = None) -> GroupStatus:
+        scope = self.group_scope(name, scope)
+        members = [self.pairs[(scope, m)] for m in self._members(scope, name)
+                   if (scope, m) in self.pairs]  # fmt: skip
+        return GroupStatus(name, scope, tuple(p.status() for p in members))
+
+    def list_groups(self) -> list[GroupStatus]:
+        return [self.group_status(n, s) for s, n in sorted(self.groups, key=lambda k: (k[1], k[0]))]
+
+    async def _set_members(self, scope: str, name: str, members: list[str] | None) -> None:
+        """Write the scope's groups with ``name`` having ``members`` (None: no group),
+        durably, then take it in memory."""
+        groups = {n: list(m) for (s, n), m in self.groups.items() if s == scope}
+        if members is None:
+            groups.pop(name, None)
+        else:
+            groups[name] = members
+        path = (self.dir / quote(scope, safe="") if scope else self.dir) / GROUPS_FILE
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, group_file.save, path, groups)
+        self._groups_loaded.add(scope)
+        if members is None:
+            self.groups.pop((scope, name), None)
+        else:
+            self.groups[(scope, name)] = members
+
+    def _check_joinable(self, scope: str, group: str, names: list[str]) -> list[Pair]:
+        pairs = []
+        for member in names:
+            pair = self.pairs.get((scope, member))
+            if pair is None:
+                raise PairError(ErrorCode.UNKNOWN_PAIR, f"no pair named {member!r}")
+            if pair.group is not None and pair.group != group:
+                raise PairError(ErrorCode.IN_GROUP, f"pair {member!r} is in group {pair.group!r}")
+            if pair.phase not in JOINABLE or pair.group_split is not None:
+                raise PairError(
+                    ErrorCode.WRONG_STATE,
+                    f"pair {member!r} is {pair.phase.target.label}: a pair joins a group"
+                    " while mirroring (or suspended), never split",
+                    phase=pair.phase,
+                )
+            pairs.append(pair)
+        if len(set(names)) != len(names):
+            raise PairError(ErrorCode.BAD_NAME, "a pair is named twice")
+        current = self.groups.get((scope, group), [])
+        for member in current:
+            pair = self.pairs.get((scope, member))
+            if pair is not None and pair.group_split is not None:
+                raise PairError(
+                    ErrorCode.WRONG_STATE,
+                    f"group {group!r} is split: resync it before adding pairs",
+                    phase=pair.phase,
+                )
+        return pairs
+
+    async def create_group(self, name: str, scope: str, members: list[str]) -> GroupStatus:
+        async with self._lock:
+            if not NAME.fullmatch(name):
+                raise PairError(ErrorCode.BAD_NAME, f"bad group name {name!r}")
+            if (scope, name) in self.groups:
+                raise PairError(ErrorCode.NAME_IN_USE, f"group {name!r} exists")
+            pairs = self._check_joinable(scope, name, members)
+            await self._set_members(scope, name, list(members))
+            for pair in pairs:
+                pair.group = name
+        return self.group_status(name, scope)
+
+    async def add_to_group(self, name: str, scope: str, members: list[str]) -> GroupStatus:
+        async with self._lock:
+            current = self._members(scope, name)
+            new = [m for m in members if m not in current]
+            pairs = self._check_joinable(scope, name, new)
+            await self._set_members(scope, name, [*current, *new])
+            for pair in pairs:
+                pair.group = name
+        return self.group_status(name, scope)
+
+    async def remove_from_group(self, name: str, scope: str, members: list[str]) -> GroupStatus:
+        async with self._lock:
+            current = self._members(scope, name)
+            for member in members:
+                if member not in current:
+                    raise PairError(
+                        ErrorCode.UNKNOWN_PAIR, f"pair {member!r} is not in group {name!r}"
+                    )
+            await self._set_members(scope, name, [m for m in current if m not in members])
+            for member in members:
+                pair = self.pairs.get((scope, member))
+                if pair is not None:
+                    pair.group = None
+        return self.group_status(name, scope)
+
+    async def delete_group(self, name: str, scope: str) -> None:
+        """Forget the group; its pairs stay as they are."""
+        async with self._lock:
+            members = self._members(scope, name)
+            await self._set_members(scope, name, None)
+            for member in members:
+                pair = self.pairs.get((scope, member))
+                if pair is not None and pair.group == name:
+                    pair.group = None
+
+    async def split_group(self, name: str, scope: str) -> list[Pair]:
+        """Split every pair of the group at one instant. Every member is checked first:
+        one that may not split (SUSPENDED, already split...) refuses the whole split
+        (PairError WRONG_STATE naming it) and nothing changes. The instant is one step of
+        the event loop, with no await inside: a host write that reached a member before
+        it is in every image, one that comes after is in none. Then the headers are
+        written concurrently; answered once all are durable."""
+        pairs = self.group_pairs(name, scope)
+        for pair in pairs:
+            try:
+                next_phase(pair.phase, Event.SPLIT)
+            except PairError as err:
+                raise PairError(
+                    ErrorCode.WRONG_STATE,
+                    f"group {name!r} not split: pair {pair.name!r}: {err}",
+                    phase=err.phase,
+                ) from None
+        when = time.time()
+        token = uuid.uuid4().hex
+        for pair in pairs:
+            pair.split_now(when, token)
+        await asyncio.gather(*(pair.write_header() for pair in pairs))
+        return pairs
+
+    async def resync_group(self, name: str, scope: str) -> list[Pair]:
+        """Every member that is split or SUSPENDED resyncs; members already mirroring are
+        left as they are (so a resync interrupted by a crash can be asked again)."""
+        pairs = self.group_pairs(name, scope)
+        for pair in pairs:
+            if pair.phase is Phase.DELETE:
+                raise PairError(
+                    ErrorCode.WRONG_STATE,
+                    f"group {name!r} not resynced: pair {pair.name!r} is being deleted",
+                    phase=pair.phase,
+                )
+        todo = [p for p in pairs if not p.phase.mirroring]
+        await asyncio.gather(*(pair.resync() for pair in todo))
+        return pairs
 
     def _volume(self, volume_id: str) -> PairVolume:
         volume = self.volumes.get(volume_id)

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from backing.pairs.engine import Pair, PairStatus
+from backing.pairs.groups import GroupStatus
 from backing.pairs.manager import PairManager, scope_of
 from backing.pairs.states import BackupPolicy, ErrorCode, PairError, Phase, VolumeState
 from backing.pairs.volume import PairVolume
@@ -140,10 +141,15 @@ class PairService:
         volume: str | None = None,
         keep_split: bool = False,
     ) -> PairStatus:
-        """Split the pair now. ``keep_split``: a pair already split (SPLIT-PENDING or SPLIT)
-        keeps its split instant and nothing is done (EXTENDED COPY's SPLIT PAIR segment)."""
+        """Split the pair now; a pair in a consistency group splits with its whole group
+        (one instant for all of them). ``keep_split``: a pair already split (SPLIT-PENDING
+        or SPLIT) keeps its split instant and nothing is done (EXTENDED COPY's SPLIT PAIR
+        segment)."""
         pair = self.find(name=name, scope=scope, volume=volume)
         if keep_split and pair.phase in SPLIT_PHASES:
+            return pair.status()
+        if pair.group is not None:
+            await self.split_group(pair.group, scope_of(pair.source.volume_id), access=access)
             return pair.status()
         access.check((pair.source.volume_id,), (pair.target.volume_id,))
         await pair.split()
@@ -157,7 +163,11 @@ class PairService:
         scope: str | None = None,
         volume: str | None = None,
     ) -> PairStatus:
+        """Resync the pair; a pair in a consistency group resyncs with its whole group."""
         pair = self.find(name=name, scope=scope, volume=volume)
+        if pair.group is not None:
+            await self.resync_group(pair.group, scope_of(pair.source.volume_id), access=access)
+            return pair.status()
         access.check((pair.source.volume_id,), (pair.target.volume_id,))
         await pair.resync()
         return pair.status()
@@ -176,6 +186,64 @@ class PairService:
         access.check((), ())
         await self.manager.delete(pair.name, scope_of(pair.source.volume_id))
         return pair.name
+
+    # -- consistency groups ------------------------------------------------------------------
+    def group_status(self, name: str, scope: str | None = None) -> GroupStatus:
+        return self.manager.group_status(name, scope)
+
+    def list_groups(self, scope: str | None = None) -> list[GroupStatus]:
+        return [g for g in self.manager.list_groups() if scope is None or g.scope == scope]
+
+    async def create_group(
+        self, name: str, scope: str, pairs: Sequence[str], *, access: Access
+    ) -> GroupStatus:
+        """A consistency group ``name`` of the pairs named (in ``scope``). Each must be
+        mirroring (or SUSPENDED) and in no other group. Kept across restarts."""
+        access.check((), ())
+        return await self.manager.create_group(name, scope, list(pairs))
+
+    async def add_to_group(
+        self, name: str, pairs: Sequence[str], *, access: Access, scope: str | None = None
+    ) -> GroupStatus:
+        scope = self.manager.group_scope(name, scope)
+        access.check((), ())
+        return await self.manager.add_to_group(name, scope, list(pairs))
+
+    async def remove_from_group(
+        self, name: str, pairs: Sequence[str], *, access: Access, scope: str | None = None
+    ) -> GroupStatus:
+        scope = self.manager.group_scope(name, scope)
+        access.check((), ())
+        return await self.manager.remove_from_group(name, scope, list(pairs))
+
+    async def delete_group(self, name: str, *, access: Access, scope: str | None = None) -> str:
+        """Forget the group (its pairs stay as they are). Returns its name."""
+        scope = self.manager.group_scope(name, scope)
+        access.check((), ())
+        await self.manager.delete_group(name, scope)
+        return name
+
+    async def split_group(
+        self, name: str, scope: str | None = None, *, access: Access
+    ) -> GroupStatus:
+        """Split every pair of the group at one instant (docs/pairs.md, "Consistency
+        groups"). All or nothing: ``access`` is asked about every member's volumes and
+        every member's state is checked before any pair changes."""
+        scope = self.manager.group_scope(name, scope)
+        pairs = self.manager.group_pairs(name, scope)
+        access.check([p.source.volume_id for p in pairs], [p.target.volume_id for p in pairs])
+        await self.manager.split_group(name, scope)
+        return self.manager.group_status(name, scope)
+
+    async def resync_group(
+        self, name: str, scope: str | None = None, *, access: Access
+    ) -> GroupStatus:
+        """Resync every split or SUSPENDED pair of the group (those mirroring stay)."""
+        scope = self.manager.group_scope(name, scope)
+        pairs = self.manager.group_pairs(name, scope)
+        access.check([p.source.volume_id for p in pairs], [p.target.volume_id for p in pairs])
+        await self.manager.resync_group(name, scope)
+        return self.manager.group_status(name, scope)
 
     async def set_backup_policy(
         self,
@@ -238,9 +306,8 @@ class PairService:
             raise PairError(ErrorCode.WRONG_STATE, f"{volume} is not a pair's target volume")
         chosen = policy or pair.effective_backup_policy
         if chosen is BackupPolicy.SPLIT_AND_BACKUP:
-            if pair.phase.mirroring:  # the backup takes its own split
-                access.check((pair.source.volume_id,), (pair.target.volume_id,))
-                await pair.split()
+            if pair.phase.mirroring:  # the backup takes its own split (its group's)
+                await self.split(access=access, volume=pair.target.volume_id)
             chosen = BackupPolicy.REFLECT_FIRST
         if pair.phase not in SPLIT_PHASES:
             raise PairError(

@@ -111,6 +111,8 @@ class ErrorCode(Enum):
     BAD_POLICY = "bad-policy"
     AMBIGUOUS_NAME = "ambiguous-name"  # one name in several scopes: say which
     RESERVATION_CONFLICT = "reservation-conflict"  # a volume it touches is reserved
+    UNKNOWN_GROUP = "unknown-group"
+    IN_GROUP = "in-group"  # the pair is in another consistency group
 
 
 class PairError(Exception):

@@ -1,0 +1,99 @@
+"""Consistency groups: named sets of pairs (in one scope) that split at one instant.
+
+Membership lives in one small JSON file per scope, ``<pairs dir>/<scope>/groups.json``,
+replaced atomically (written to a temporary file, ``fsync``ed, renamed, the directory
+``fsync``ed): after a crash it holds either the old membership or the new one.
+
+A group's *state* is its pairs' states, kept in each pair's own file. A group split sets
+every member's phase in one step of the event loop (the split instant), then writes the
+members' headers concurrently, each carrying the split's id (``group_split``); the split is
+answered once all are durable. A crash before that leaves some members split by that id
+and others still mirroring: the manager's start rolls those back (a resync), since the
+split was never answered. See docs/pairs.md, "Consistency groups".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backing.pairs.journal import _fsync_dir
+
+GROUPS_FILE = "groups.json"
+VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStatus:
+    """A group and its members' states (:class:`backing.pairs.PairStatus`)."""
+
+    name: str
+    scope: str
+    members: tuple[Any, ...]  # PairStatus, in the group's order
+
+    @property
+    def state(self) -> str:
+        """The members' common state (``SPLIT``, ``DUPLEX``, ``SPLIT-PENDING`` when any
+        target is still pending after a split...), ``MIXED`` when they differ, ``EMPTY``."""
+        if not self.members:
+            return "EMPTY"
+        phases = {m.phase for m in self.members}
+        if len(phases) == 1:
+            return next(iter(phases)).target.label
+        return "MIXED"
+
+    @property
+    def split_time(self) -> float | None:
+        times = {m.split_time for m in self.members}
+        return times.pop() if len(times) == 1 else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "scope": self.scope,
+            "state": self.state,
+            "split_time": self.split_time,
+            "pairs": [m.name for m in self.members],
+            "members": [m.as_dict() for m in self.members],
+        }
+
+
+def load(path: Path) -> dict[str, list[str]]:
+    """The groups of one scope: name -> member pair names. A missing file: none."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    data = json.loads(raw)
+    if not isinstance(data, dict) or data.get("version") != VERSION:
+        raise ValueError(f"{path}: not a groups file of version {VERSION}")
+    groups = data.get("groups", {})
+    return {str(name): [str(m) for m in members] for name, members in groups.items()}
+
+
+def save(path: Path, groups: dict[str, list[str]]) -> None:
+    """Replace the scope's groups file atomically (blocking: run it in an executor)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not groups:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        _fsync_dir(path.parent)
+        return
+    tmp = path.with_suffix(".tmp")
+    body = json.dumps({"version": VERSION, "groups": groups}, indent=1, sort_keys=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, body.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+__all__ = ["GROUPS_FILE", "GroupStatus", "load", "save"]
