@@ -55,9 +55,7 @@ def image_of(initial: list[bytes], writes: list[Write], blocks: set[tuple[int, i
     return out
 
 
-def prefix_on(
-    initial: list[bytes], secondaries: list[bytes], writes: list[Write]
-) -> int | None:
+def prefix_on(initial: list[bytes], secondaries: list[bytes], writes: list[Write]) -> int | None:
     """The k such that the session's blocks on the secondaries are the image of its first
     k writes; None if no prefix gives them (an image no rule allows)."""
     blocks = {(w.lun, w.block) for w in writes}

@@ -78,9 +78,7 @@ class MemoryStore:
 
 def volumes(rng: random.Random, initial: list[bytes]) -> tuple[list[PairVolume], list[PairVolume]]:
     sources = [PairVolume(f"t/lun{i}", MemoryStore(initial[i], rng)) for i in range(LUNS)]
-    targets = [
-        PairVolume(f"t/lun{LUNS + i}", MemoryStore(bytes(SIZE), rng)) for i in range(LUNS)
-    ]
+    targets = [PairVolume(f"t/lun{LUNS + i}", MemoryStore(bytes(SIZE), rng)) for i in range(LUNS)]
     return sources, targets
 
 
