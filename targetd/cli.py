@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from backing.pairs import PairManager, PairService
-from targetd import chap_env, logs
+from targetd import chap_env, logs, pair_config
 from targetd.config import (
     DEFAULT_STATE_DIR,
     Config,
@@ -24,6 +24,7 @@ from targetd.config import (
     parse_hostport,
 )
 from targetd.copy_ops import CopyOperations
+from targetd.group_admin import GroupAdmin
 from targetd.library_admin import LibraryAdmin
 from targetd.luns import Builder, close_targets
 from targetd.operations import Operations
@@ -70,16 +71,25 @@ async def serve(config: Config, *, loader: Callable[[], Config] | None = None) -
     except ConfigError as err:  # a LUN's store cannot be opened (an unreachable cluster)
         print(f"targetd: cannot open a LUN: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    # Pairs resume before the first login, so no host write escapes their bitmaps.
+    # Pairs resume before the first login, so no host write escapes their bitmaps; then
+    # the pairs and groups the configuration declares are made if absent.
     await pairs.start()
+    await pair_config.apply(pairs, config)
     server = TargetServer(config, targets)
     ops = Operations(server, builder=builder, loader=loader, metrics_listen=config.metrics_listen)
     ops.on_shutdown(pairs.stop)  # after the drain: the last cleared bits are written
+
+    async def after_reload(old: Config, new: Config) -> None:
+        await pairs.start()  # pair files of LUNs the reload added resume now
+        await pair_config.apply(pairs, new, old)
+
+    ops.on_reload(after_reload)
     ops.provide_status("pairs", lambda: [s.as_dict() for s in pairs.list_pairs()])
     pair_admin = PairAdmin(
         pairs, lambda: server.config, builder.controls, lambda t: server.targets[t].scsi.luns
     )
     pair_admin.register(ops.admin)  # targetctl pair ...
+    GroupAdmin(pair_admin).register(ops.admin)  # targetctl group ...
     LibraryAdmin(  # targetctl library ...
         lambda: {name: runtime.scsi.luns for name, runtime in server.targets.items()}
     ).register(ops.admin)

@@ -188,6 +188,28 @@ class PairConfig:
     backup_policies: tuple[tuple[str, str], ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class PairDecl:
+    """A ``[[pair]]`` of the configuration: created at start (and reload) if absent."""
+
+    name: str
+    target: str  # the target's name (IQN)
+    source_lun: int
+    target_lun: int
+    backup_policy: str | None = None
+    key: str = "pair"  # where it is in the file, for messages
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDecl:
+    """A ``[[group]]`` of the configuration: its pairs are ``[[pair]]`` names."""
+
+    name: str
+    target: str
+    pairs: tuple[str, ...]
+    key: str = "group"
+
+
 PAIR_CHUNK_RANGE = (64 * 1024, 1 << 20)
 BACKUP_POLICIES = ("reflect-first", "wait", "merge", "split-and-backup")
 
@@ -222,6 +244,9 @@ class Config:
     # Prometheus metrics endpoint (HOST, PORT); None: off.
     metrics_listen: tuple[str, int] | None = None
     pairs: PairConfig = field(default_factory=lambda: PairConfig())
+    # Pairs and consistency groups declared in the file (targetd/pair_config.py).
+    declared_pairs: tuple[PairDecl, ...] = ()
+    declared_groups: tuple[GroupDecl, ...] = ()
 
     def target(self, name: str) -> TargetConfig | None:
         return next((t for t in self.targets if t.name == name), None)
@@ -788,11 +813,15 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, state_dir: Path | None
     metrics_listen = _metrics(root)
     pairs = _pairs(root)
     targets = root.take_list("target", lambda v, k: _target(v, k, state_dir))
+    raw_pairs, raw_groups = root.data.pop("pair", []), root.data.pop("group", [])
     root.done()
     if not targets:
         raise ConfigError("target", "at least one [[target]] is required")
     _check_unique(targets)
     gateway = _gateway(gateway_table, portals, port_groups, targets)
+    from targetd.pair_config import parse_declarations  # it builds on this module
+
+    declared_pairs, declared_groups = parse_declarations(raw_pairs, raw_groups, targets)
     return Config(
         portals=portals,
         port_groups=port_groups,
@@ -803,6 +832,8 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, state_dir: Path | None
         discovery_mutual_chap=discovery_mutual,
         metrics_listen=metrics_listen,
         pairs=pairs,
+        declared_pairs=declared_pairs,
+        declared_groups=declared_groups,
         **limits,  # type: ignore[arg-type]
     )
 

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "targetd.library_cli",
     "targetd.filesink_cli",
     "targetd.pair_cli",
+    "targetd.group_cli",
 )
 
 # (option, dest): given before the subcommand they fill the subcommand's own option.

@@ -52,6 +52,9 @@ class Operations:
         self.metrics = Metrics()
         self.status_providers: dict[str, status.Provider] = {}
         self._shutdown_hooks: list[ShutdownHook] = []
+        # Run after a reload is applied, with (old, new) configuration: declared pairs.
+        self._reload_hooks: list[Callable[[Config, Config], Awaitable[Any]]] = []
+        self._after_reload: set[asyncio.Future[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()  # LUs removed, closed when idle
         self.flush_failures = 0  # LUNs whose flush failed at shutdown (exit status 1)
@@ -66,6 +69,10 @@ class Operations:
 
     def on_shutdown(self, hook: ShutdownHook) -> None:
         self._shutdown_hooks.append(hook)
+
+    def on_reload(self, hook: Callable[[Config, Config], Awaitable[Any]]) -> None:
+        """``hook(old, new)`` runs (as a task) after each reload that was applied."""
+        self._reload_hooks.append(hook)
 
     # -- life cycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -131,7 +138,12 @@ class Operations:
             log.error("reload failed", extra=logs.fields(error=str(err)))
             sdnotify.notify("READY=1")
             return {"applied": [], "refused": [f"cannot build new LUNs: {err}"]}
+        previous = self.server.config
         self.server.config = result.config
+        for hook in self._reload_hooks:
+            task = asyncio.ensure_future(hook(previous, result.config))
+            self._after_reload.add(task)
+            task.add_done_callback(self._after_reload.discard)
         self._apply_alua(result.config)
         self._remove(result)
         self._enforce_acls(result)

@@ -19,7 +19,7 @@ STATUS_KEYS = {
     "name", "source", "target", "source_lun", "target_lun", "source_state", "target_state",
     "reason", "size", "chunk_size", "chunks", "dirty_chunks", "changed_chunks",
     "percent_in_sync", "copy_rate", "copied_bytes", "split_time", "backup_policy",
-    "backup_policy_set", "error",
+    "backup_policy_set", "error", "group",
 }  # fmt: skip
 
 

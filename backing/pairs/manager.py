@@ -16,6 +16,7 @@ without a scope keep theirs in ``pairs/`` itself.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import re
 import time
@@ -296,7 +297,7 @@ class PairManager:
         return pair.status()
 
     # -- consistency groups ---------------------------------------------------------------
-    def _members(self, scope: str, name: str) -> list[str]:
+    def _members(self, scope: str, name: str) -> builtins.list[str]:
         members = self.groups.get((scope, name))
         if members is None:
             raise PairError(ErrorCode.UNKNOWN_GROUP, f"no group named {name!r}")
@@ -317,7 +318,7 @@ class PairManager:
             )
         return found[0]
 
-    def group_pairs(self, name: str, scope: str) -> list[Pair]:
+    def group_pairs(self, name: str, scope: str) -> builtins.list[Pair]:
         """The group's pairs; PairError (UNKNOWN_PAIR) if one of them is not loaded."""
         out = []
         for member in self._members(scope, name):
@@ -336,10 +337,10 @@ class PairManager:
                    if (scope, m) in self.pairs]  # fmt: skip
         return GroupStatus(name, scope, tuple(p.status() for p in members))
 
-    def list_groups(self) -> list[GroupStatus]:
+    def list_groups(self) -> builtins.list[GroupStatus]:
         return [self.group_status(n, s) for s, n in sorted(self.groups, key=lambda k: (k[1], k[0]))]
 
-    async def _set_members(self, scope: str, name: str, members: list[str] | None) -> None:
+    async def _set_members(self, scope: str, name: str, members: builtins.list[str] | None) -> None:
         """Write the scope's groups with ``name`` having ``members`` (None: no group),
         durably, then take it in memory."""
         groups = {n: list(m) for (s, n), m in self.groups.items() if s == scope}
@@ -356,7 +357,7 @@ class PairManager:
         else:
             self.groups[(scope, name)] = members
 
-    def _check_joinable(self, scope: str, group: str, names: list[str]) -> list[Pair]:
+    def _check_joinable(self, scope: str, group: str, names: builtins.list[str]) -> builtins.list[Pair]:
         pairs = []
         for member in names:
             pair = self.pairs.get((scope, member))
@@ -385,7 +386,7 @@ class PairManager:
                 )
         return pairs
 
-    async def create_group(self, name: str, scope: str, members: list[str]) -> GroupStatus:
+    async def create_group(self, name: str, scope: str, members: builtins.list[str]) -> GroupStatus:
         async with self._lock:
             if not NAME.fullmatch(name):
                 raise PairError(ErrorCode.BAD_NAME, f"bad group name {name!r}")
@@ -397,7 +398,7 @@ class PairManager:
                 pair.group = name
         return self.group_status(name, scope)
 
-    async def add_to_group(self, name: str, scope: str, members: list[str]) -> GroupStatus:
+    async def add_to_group(self, name: str, scope: str, members: builtins.list[str]) -> GroupStatus:
         async with self._lock:
             current = self._members(scope, name)
             new = [m for m in members if m not in current]
@@ -407,7 +408,7 @@ class PairManager:
                 pair.group = name
         return self.group_status(name, scope)
 
-    async def remove_from_group(self, name: str, scope: str, members: list[str]) -> GroupStatus:
+    async def remove_from_group(self, name: str, scope: str, members: builtins.list[str]) -> GroupStatus:
         async with self._lock:
             current = self._members(scope, name)
             for member in members:
@@ -432,7 +433,7 @@ class PairManager:
                 if pair is not None and pair.group == name:
                     pair.group = None
 
-    async def split_group(self, name: str, scope: str) -> list[Pair]:
+    async def split_group(self, name: str, scope: str) -> builtins.list[Pair]:
         """Split every pair of the group at one instant. Every member is checked first:
         one that may not split (SUSPENDED, already split...) refuses the whole split
         (PairError WRONG_STATE naming it) and nothing changes. The instant is one step of
@@ -456,7 +457,7 @@ class PairManager:
         await asyncio.gather(*(pair.write_header() for pair in pairs))
         return pairs
 
-    async def resync_group(self, name: str, scope: str) -> list[Pair]:
+    async def resync_group(self, name: str, scope: str) -> builtins.list[Pair]:
         """Every member that is split or SUSPENDED resyncs; members already mirroring are
         left as they are (so a resync interrupted by a crash can be asked again)."""
         pairs = self.group_pairs(name, scope)
