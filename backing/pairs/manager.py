@@ -357,7 +357,9 @@ class PairManager:
         else:
             self.groups[(scope, name)] = members
 
-    def _check_joinable(self, scope: str, group: str, names: builtins.list[str]) -> builtins.list[Pair]:
+    def _check_joinable(
+        self, scope: str, group: str, names: builtins.list[str]
+    ) -> builtins.list[Pair]:
         pairs = []
         for member in names:
             pair = self.pairs.get((scope, member))
@@ -408,7 +410,9 @@ class PairManager:
                 pair.group = name
         return self.group_status(name, scope)
 
-    async def remove_from_group(self, name: str, scope: str, members: builtins.list[str]) -> GroupStatus:
+    async def remove_from_group(
+        self, name: str, scope: str, members: builtins.list[str]
+    ) -> GroupStatus:
         async with self._lock:
             current = self._members(scope, name)
             for member in members:
