@@ -1,46 +1,94 @@
-"""The ``[pairs]`` table: defaults, sizes, and refusals that name the key."""
+"""``[[pair]]`` and ``[[group]]``: each bad declaration is an error naming the entry."""
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from targetd.config import ConfigError, PairConfig, parse_config
-from targetd.pairs import pair_settings
+from targetd.config import ConfigError, GroupDecl, PairDecl, parse_config
 
-TARGET = {"target": [{"name": "iqn.2026-11.org.targetd:t", "lun": [{"lun": 0}]}]}
+IQN = "iqn.2026-11.org.targetd:cfg"
+TARGET = f"""
+[[target]]
+name = "{IQN}"
+[[target.lun]]
+lun = 0
+size = "8MiB"
+[[target.lun]]
+lun = 1
+size = "8MiB"
+[[target.lun]]
+lun = 2
+size = "8MiB"
+[[target.lun]]
+lun = 3
+size = "4MiB"
+[[target.lun]]
+lun = 4
+kind = "tape"
+"""
 
 
-def load(pairs: object) -> PairConfig:
-    return parse_config({**TARGET, "pairs": pairs}, base_dir=Path("/tmp")).pairs
+def parse(text: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    return parse_config(tomllib.loads(TARGET + text), base_dir=tmp_path, state_dir=tmp_path)
 
 
-def test_defaults_without_the_table() -> None:
-    config = parse_config(dict(TARGET), base_dir=Path("/tmp"))
-    assert config.pairs == PairConfig(262144, 2, 0)
-    settings = pair_settings(config)
-    assert (settings.chunk_size, settings.copy_workers, settings.copy_rate) == (262144, 2, 0)
-
-
-def test_values_are_read() -> None:
-    got = load({"chunk_size": "1MiB", "copy_workers": 4, "copy_rate": "50MiB"})
-    assert got == PairConfig(1 << 20, 4, 50 << 20)
-    assert load({"copy_rate": 0}).copy_rate == 0
+def test_pairs_and_groups_are_read(tmp_path: Path) -> None:
+    config = parse(
+        """
+[[pair]]
+name = "data"
+source_lun = 0
+target_lun = 1
+backup_policy = "merge"
+[[group]]
+name = "db"
+pairs = ["data"]
+""",
+        tmp_path,
+    )
+    assert config.declared_pairs == (PairDecl("data", IQN, 0, 1, "merge", "pair[0]"),)
+    assert config.declared_groups == (GroupDecl("db", IQN, ("data",), "group[0]"),)
 
 
 @pytest.mark.parametrize(
-    ("pairs", "key"),
+    ("text", "key", "problem"),
     [
-        ({"chunk_size": "32KiB"}, "pairs.chunk_size"),
-        ({"chunk_size": "96KiB"}, "pairs.chunk_size"),
-        ({"chunk_size": "2MiB"}, "pairs.chunk_size"),
-        ({"copy_workers": 0}, "pairs.copy_workers"),
-        ({"copy_rate": "fast"}, "pairs.copy_rate"),
-        ({"pace": 3}, "pairs.pace"),
+        ('[[pair]]\nname = "a b"\nsource_lun = 0\ntarget_lun = 1\n', "pair[0].name", "pair name"),
+        ('[[pair]]\nname = "a"\ntarget_lun = 1\n', "pair[0].source_lun", "missing"),
+        ('[[pair]]\nname = "a"\nsource_lun = 0\ntarget_lun = 9\n', "pair[0].target_lun",
+         "LUN 9 is no block LUN"),
+        ('[[pair]]\nname = "a"\nsource_lun = 0\ntarget_lun = 4\n', "pair[0].target_lun",
+         "LUN 4 is no block LUN"),
+        ('[[pair]]\nname = "a"\nsource_lun = 0\ntarget_lun = 0\n', "pair[0].target_lun",
+         "the same LUN"),
+        ('[[pair]]\nname = "a"\nsource_lun = 0\ntarget_lun = 3\n', "pair[0].target_lun",
+         "sizes differ"),
+        ('[[pair]]\nname = "a"\nsource_lun = 0\ntarget_lun = 1\ntarget = "iqn.2026-11.x:y"\n',
+         "pair[0].target", "no [[target]] named"),
+        ('[[pair]]\nname = "a"\nsource_lun = 0\ntarget_lun = 1\nbackup_policy = "fast"\n',
+         "pair[0].backup_policy", "must be one of"),
+        ('[[pair]]\nname = "a"\nsource_lun = 0\ntarget_lun = 1\ncolour = 1\n', "pair[0].colour",
+         "unknown key"),
+        ('[[pair]]\nname = "a"\nsource_lun = 0\ntarget_lun = 1\n'
+         '[[pair]]\nname = "a"\nsource_lun = 2\ntarget_lun = 0\n', "pair[1].name",
+         "already declared by pair[0]"),
+        ('[[pair]]\nname = "a"\nsource_lun = 0\ntarget_lun = 1\n'
+         '[[pair]]\nname = "b"\nsource_lun = 2\ntarget_lun = 1\n', "pair[1].target_lun",
+         "LUN 1 is already in pair[0]"),
+        ('[[group]]\nname = "g"\npairs = ["x"]\n', "group[0].pairs", "'x' is no [[pair]]"),
+        ('[[group]]\nname = "g"\npairs = []\n', "group[0].pairs", "non-empty"),
+        ('[[pair]]\nname = "a"\nsource_lun = 0\ntarget_lun = 1\n'
+         '[[group]]\nname = "g"\npairs = ["a"]\n[[group]]\nname = "h"\npairs = ["a"]\n',
+         "group[1].pairs", "pair 'a' is already in group[0]"),
     ],
-)
-def test_bad_values_name_their_key(pairs: dict[str, object], key: str) -> None:
+)  # fmt: skip
+def test_a_bad_declaration_names_its_entry(
+    tmp_path: Path, text: str, key: str, problem: str
+) -> None:
     with pytest.raises(ConfigError) as err:
-        load(pairs)
+        parse(text, tmp_path)
     assert err.value.key == key
+    assert problem in err.value.problem
