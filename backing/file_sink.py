@@ -115,10 +115,12 @@ class FileSink:
         *,
         step: int = 0,
         between: Callable[[], None] | None = None,
+        observe: Callable[[int, int, int], None] | None = None,
     ) -> None:
         """Append ``length`` bytes of another file, copied by the kernel (no trip through
         user space: copy_file_range), as ``write`` would append them. With ``step``, at
-        most that many bytes per call, and ``between()`` after each."""
+        most that many bytes per call, and ``between()`` after each. ``observe(fd,
+        offset, length)`` is told where each slice landed, once it has."""
         if self.used - self._tail() + length > self.capacity:
             raise SinkFull(f"{length} bytes do not fit in {self.capacity - self.used}")
         if self._fd is None or self._fd_file != self.file:
@@ -133,6 +135,8 @@ class FileSink:
                 zeros = bytes(min(1 << 20, length - done))
                 n = os.pwrite(self._fd, zeros, self.offset)
             done += n
+            if observe is not None:
+                observe(self._fd, self.offset, n)
             self.offset += n
             if between is not None and done < length:
                 between()
@@ -149,7 +153,7 @@ class FileSink:
         if self.file >= len(self.sizes):
             self.sizes.append(0)
             self.offset = 0
-        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC  # readable: a backup reads back its digest
         self._new_names |= not self.path(self.file).exists()
         self._fd = os.open(self.path(self.file), flags, 0o644)
         self._fd_file = self.file

@@ -420,13 +420,15 @@ class TapeImage:
         *,
         step: int = 0,
         between: Callable[[], None] | None = None,
+        observe: Callable[[bytes], None] | None = None,
     ) -> None:
         """Like :meth:`append_record`, with the payload copied by the kernel from ``fd`` at
         ``offset`` (copy_file_range: no trip through user space). The checksum is taken
         from the bytes as they landed in the image, and the entry header is written after
         them, so a crash mid-way leaves a tail that opening cuts off. With ``step``, the
         kernel copies at most that many bytes per call and ``between()`` runs after each
-        (a copy that gives way to other I/O)."""
+        (a copy that gives way to other I/O). ``observe`` is handed the payload as it is
+        read back for the checksum (a copy manager hashing its backup, at no extra read)."""
         self._check_writable()
         if not self.fits(length):
             raise MediumFull(f"{length}-byte record does not fit in {self.free} bytes")
@@ -447,7 +449,10 @@ class TapeImage:
             raise
         crc = 0
         for start in range(0, length, _CRC_CHUNK):
-            crc = crc32c(os.pread(self._fd, min(_CRC_CHUNK, length - start), at + start), crc)
+            landed = os.pread(self._fd, min(_CRC_CHUNK, length - start), at + start)
+            crc = crc32c(landed, crc)
+            if observe is not None:
+                observe(landed)
         head = ENTRY.pack(ENTRY_MAGIC, Kind.RECORD, 0, length, crc, 0)
         self._write(self._end, [head[:12] + crc32c(head[:12]).to_bytes(4, "big")])
         self._append_index(self._end, Kind.RECORD, length)

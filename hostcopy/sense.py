@@ -22,6 +22,9 @@ _VENDOR_COPY_HINTS = {
     (0x0A, 0x80, 0x02): "the source is the target volume of a pair that is not split",
     (0x0A, 0x80, 0x10): "the pair left the split state while the copy read it",
     (0x0A, 0x29, 0x00): "the daemon restarted while the copy ran",
+    (0x0A, 0x1D, 0x00): "the data on the medium does not hash to the SHA-256 its label records",
+    (0x0A, 0x80, 0x20): "no digest was running for this backup (a copy that fed it failed)",
+    (0x0A, 0x80, 0x21): "the backup has no end label: it is partial",
 }
 
 

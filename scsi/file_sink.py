@@ -19,7 +19,7 @@ from pathlib import Path
 from backing.file_sink import FileSink, SinkFull
 from scsi.cdb import data_out_mismatch
 from scsi.command import ScsiCommand, ScsiResult, Status
-from scsi.kernel_file import KernelFile
+from scsi.kernel_file import KernelFile, Readback
 from scsi.logical_unit import NO_SERVICES, Identity, Services
 from scsi.mode import ModePage
 from scsi.opcodes import OpcodeTable
@@ -34,6 +34,13 @@ FIXED, SILI = 0x01, 0x02
 # Every file mark leaves a file in the sink directory: one WRITE FILEMARKS of 2**24 - 1
 # marks would fill the directory with millions of empty files.
 MAX_SINK_FILES = 10_000
+
+
+def _readbacks(observe: Callable[[Readback], None]) -> Callable[[int, int, int], None]:
+    def landed(fd: int, at: int, n: int) -> None:
+        observe(Readback(fd, at, n))
+
+    return landed
 
 
 def _invalid(byte: int, bit: int | None = None) -> CheckCondition:
@@ -103,10 +110,14 @@ class FileSinkDevice(SerializedMedium):
         *,
         step: int = 0,
         between: Callable[[], None] | None = None,
+        observe: Callable[[Readback], None] | None = None,
     ) -> None:
-        """Bytes the kernel copies from ``source`` at ``offset`` to the current file."""
+        """Bytes the kernel copies from ``source`` at ``offset`` to the current file.
+        ``observe`` gets a :class:`Readback` of each slice as it lands (read later, on
+        another thread, so the copy does not wait for it)."""
+        landed = _readbacks(observe) if observe is not None else None
         try:
-            self.sink.copy_in(source.fd, offset, length, step=step, between=between)
+            self.sink.copy_in(source.fd, offset, length, step=step, between=between, observe=landed)
         except SinkFull:
             raise CheckCondition(Reason.VOLUME_OVERFLOW, information=1, eom=True) from None
 

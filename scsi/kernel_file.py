@@ -41,3 +41,36 @@ class KernelFile:
             done += n
             if done < length:
                 between()
+
+
+class Readback:
+    """Bytes a device just wrote to one of its files, to be read back later, on another
+    thread (a copy manager hashing what a backup wrote: docs/xcopy.md). It holds a
+    duplicate of the file descriptor, so the device may close its own meanwhile; it must
+    be closed (``read`` does not close it)."""
+
+    __slots__ = ("_fd", "length", "offset")
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        self._fd = os.dup(fd)
+        self.offset = offset
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self) -> bytes:
+        parts = []
+        done = 0
+        while done < self.length:
+            data = os.pread(self._fd, self.length - done, self.offset + done)
+            if not data:
+                raise OSError(f"{self.length - done} bytes written are gone from the file")
+            parts.append(data)
+            done += len(data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -136,6 +136,12 @@ class Reason(Enum):
     # (the pair was resynchronized, suspended or deleted while the copy read it).
     COPY_SOURCE_PAIR_NOT_SPLIT = (_K.COPY_ABORTED, 0x80, 0x02)
     COPY_SPLIT_IMAGE_LOST = (_K.COPY_ABORTED, 0x80, 0x10)
+    # Self-describing backups (docs/xcopy.md): the data read back does not hash to what its
+    # end label says; no digest is open for the stream (no START DIGEST, or a copy that fed
+    # it failed); where the end label should be, there is none (a partial backup).
+    COPY_LABEL_MISCOMPARE = (_K.COPY_ABORTED, 0x1D, 0x00)
+    COPY_NO_DIGEST = (_K.COPY_ABORTED, 0x80, 0x20)
+    COPY_NO_END_LABEL = (_K.COPY_ABORTED, 0x80, 0x21)
     # The daemon stopped (or was killed) while the copy ran: reported after the restart.
     COPY_ABORTED_BY_RESTART = (_K.COPY_ABORTED, 0x29, 0x00)
     # EXTENDED COPY parameter lists and copy resources (ILLEGAL REQUEST, xcopy/)

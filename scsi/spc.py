@@ -130,9 +130,7 @@ for _sa, _name, _out in (
     (0x06, "PERSISTENT RESERVE OUT / REGISTER AND IGNORE", reservations.register_and_ignore),
     (0x07, "PERSISTENT RESERVE OUT / REGISTER AND MOVE", reservations.register_and_move),
 ):
-    _cmd(0x5F, _name, _sa_usage(_PROUT_USAGE, _sa), service_action=_sa, conflict_exempt=True)(
-        _out
-    )
+    _cmd(0x5F, _name, _sa_usage(_PROUT_USAGE, _sa), service_action=_sa, conflict_exempt=True)(_out)
 
 _cmd(0x16, "RESERVE(6)", _usage(0x16, 0, 0, 0, 0, 0x07))(reservations.reserve_legacy)
 _cmd(0x17, "RELEASE(6)", _usage(0x17, 0, 0, 0, 0, 0x07))(reservations.release_legacy)

@@ -140,11 +140,15 @@ class TapeDevice(SerializedMedium):
         *,
         step: int = 0,
         between: Callable[[], None] | None = None,
+        observe: Callable[[bytes], None] | None = None,
     ) -> None:
-        """One record whose payload the kernel copies from ``source`` at ``offset``."""
+        """One record whose payload the kernel copies from ``source`` at ``offset``;
+        ``observe`` gets the payload as the image reads it back for its checksum."""
         if not self.image.fits(length):
             raise CheckCondition(Reason.VOLUME_OVERFLOW, information=1, eom=True)
-        self.image.append_record_from(source.fd, offset, length, step=step, between=between)
+        self.image.append_record_from(
+            source.fd, offset, length, step=step, between=between, observe=observe
+        )
         self.position += 1
 
     def next_record(self, expected: int) -> bytes:

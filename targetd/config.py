@@ -597,7 +597,9 @@ def _lun(value: object, key: str, target_name: str, state_dir: Path) -> LunConfi
         raise ConfigError(
             table.key("size"),
             "give size with create = true (it sizes the new image; an existing image keeps its"
-            " own size)" if size_given else "create = true needs the size of the image to make",
+            " own size)"
+            if size_given
+            else "create = true needs the size of the image to make",
         )
     default_path = f"{target_name.replace(':', '_')}/lun{number}.img"
     if kind == "filesink":  # a directory: one plain file per backup (tape file)

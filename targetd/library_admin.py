@@ -46,9 +46,7 @@ class LibraryAdmin:
             (name, number, lu)
             for name, luns in self.lun_maps().items()
             for number, lu in luns.items()
-            if isinstance(lu, MediaChanger)
-            and target in (None, name)
-            and lun in (None, number)
+            if isinstance(lu, MediaChanger) and target in (None, name) and lun in (None, number)
         ]
         if not found:
             raise AdminError("no such tape library (a LUN of kind changer)", "no-library")

@@ -99,8 +99,7 @@ def test_writes_announced_and_never_sent_hold_one_sessions_buffers(daemon: Daemo
     attacker = session(daemon, "attacker")
     # 240 WRITE(16) of 64 MiB each (10x the reported attack), not one byte of data.
     burst = b"".join(
-        bytes(attacker.scsi_header(write16(0, 64 * MiB // 512), write=64 * MiB))
-        for _ in range(240)
+        bytes(attacker.scsi_header(write16(0, 64 * MiB // 512), write=64 * MiB)) for _ in range(240)
     )
     attacker.sock.sendall(burst)
     during = small_reads(good)

@@ -31,20 +31,24 @@ from scsi.command import Nexus, Status
 from scsi.kernel_file import KernelFile
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import CheckCondition, Reason, build_sense
-from xcopy import access, limits
+from xcopy import access, labels, limits
 from xcopy.access import Refused
+from xcopy.digests import Digests, Observer, StreamDigest
 from xcopy.errors import CopyAborted
 from xcopy.pacing import SLICE, GiveWay, copy_executor
 from xcopy.params import (
     BLOCK_TO_BLOCK,
     BLOCK_TO_STREAM,
     BYTES_BLOCK_TO_BLOCK,
+    CHECK_LABEL,
     INLINE_TO_STREAM,
     LOCATE,
     SPACE,
     SPLIT_PAIR,
+    START_DIGEST,
     STREAM_TO_BLOCK,
     WRITE_FILEMARKS,
+    WRITE_LABEL,
     CopyList,
 )
 from xcopy.plan import Step
@@ -96,11 +100,35 @@ class CopyRun:
     progress: Progress
     # Called after each segment: the manager records progress that survives a restart.
     segment_done: Callable[[], None] = lambda: None
+    # The copy manager's open backup digests (START DIGEST ... WRITE LABEL, across lists).
+    digests: Digests = field(default_factory=Digests)
     _readers: dict[int, SourceReader] = field(default_factory=dict)
+    _fed: dict[int, LogicalUnit] = field(default_factory=dict)  # streams whose digest we fed
+
+    def digest(self, lu: LogicalUnit) -> StreamDigest | None:
+        """The open digest of ``lu`` for this copy's nexus, if any."""
+        found = self.digests.get(self.nexus.initiator_port, lu)
+        if found is not None:
+            self._fed[id(lu)] = lu
+        return found
+
+    def observer(self, lu: LogicalUnit | None) -> Observer | None:
+        found = self.digest(lu) if lu is not None else None
+        return found.feed if found is not None else None
 
     async def run(self, answer: asyncio.Event | None = None) -> None:
         """Run every step; ``answer`` is set once the copy may be reported as started
-        (IMMED): after the leading SPLIT PAIR segments and the source checks."""
+        (IMMED): after the leading SPLIT PAIR segments and the source checks. A copy that
+        does not end well drops the digests it fed: what they hashed is not what a
+        complete backup holds, so no end label may carry them."""
+        try:
+            await self._run_all(answer)
+        except BaseException:
+            for lu in self._fed.values():
+                self.digests.discard(self.nexus.initiator_port, lu)
+            raise
+
+    async def _run_all(self, answer: asyncio.Event | None) -> None:
         try:
             steps = self.steps
             leading = 0
@@ -398,13 +426,18 @@ async def _block_to_stream(run: CopyRun, current: _Segment) -> None:
 
     stream = step.destination.lu
 
+    observe = run.observer(stream)
+    digest = run.digest(stream) if stream is not None else None
+    if digest is not None:
+        digest.records += step.records
+
     async def sink(pos: int, data: memoryview) -> None:
         nonlocal written
         if len(data) % record:  # the tail of the data: pad the last record with zeros
             data = memoryview(bytes(data) + bytes(record - len(data) % record))
         async with medium.lock:  # records of a host's WRITE never land between ours
             access.may_write(stream, run.nexus)
-            written += await medium.append_records(data, record)
+            written += await medium.append_records(data, record, observe)
         progress.bytes_done += len(data)
 
     if step.length:
@@ -423,7 +456,7 @@ async def _block_to_stream(run: CopyRun, current: _Segment) -> None:
                 async with medium.lock:  # host commands wait for the record
                     access.may_read(step.source.lu if step.source else None, run.nexus)
                     access.may_write(stream, run.nexus)
-                    await medium.append_from(source, pos, n, pace)
+                    await medium.append_from(source, pos, n, pace, observe)
                 verify()
                 current.done += n
                 progress.bytes_done += n
@@ -434,14 +467,14 @@ async def _block_to_stream(run: CopyRun, current: _Segment) -> None:
                 async with medium.lock:
                     access.may_read(step.source.lu if step.source else None, run.nexus)
                     access.may_write(stream, run.nexus)
-                    await medium.append_from(source, pos, n, pace)
+                    await medium.append_from(source, pos, n, pace, observe)
                 verify()
                 current.done += n
                 progress.bytes_done += n
             if step.pad:
                 async with medium.lock:
                     access.may_write(stream, run.nexus)
-                    await medium.append_records(memoryview(bytes(step.pad)), step.pad)
+                    await medium.append_records(memoryview(bytes(step.pad)), step.pad, observe)
             written = step.records
         else:
             await _pump(reader, step.source_offset, step.length, chunk, sink, current)
@@ -449,7 +482,7 @@ async def _block_to_stream(run: CopyRun, current: _Segment) -> None:
     while written < step.records:  # padding beyond the data: whole zero records
         async with medium.lock:
             access.may_write(stream, run.nexus)
-            written += await medium.append_records(zero, record)
+            written += await medium.append_records(zero, record, observe)
         progress.bytes_done += record
 
 
@@ -463,6 +496,12 @@ async def _stream_to_block(run: CopyRun, current: _Segment) -> None:
     pos = 0
     remaining_records = step.records
     progress = run.progress
+    observe = None
+    if step.source is not None and step.source.lu is not None:
+        observe = run.observer(step.source.lu)
+        digest = run.digest(step.source.lu)
+        if digest is not None:
+            digest.records += step.records
     while remaining_records:
         n = min(per_chunk, remaining_records)
         if medium is None:
@@ -471,7 +510,7 @@ async def _stream_to_block(run: CopyRun, current: _Segment) -> None:
             try:
                 async with medium.lock:
                     access.may_read(step.source.lu if step.source else None, run.nexus)
-                    data = await medium.read_records(record, n)
+                    data = await medium.read_records(record, n, observe)
             except CheckCondition as cc:
                 reason = (
                     Reason.COPY_TARGET_DEVICE_DATA_OVERRUN
@@ -508,10 +547,14 @@ async def _inline_to_stream(run: CopyRun, current: _Segment) -> None:
     if not step.records:
         return
     data = step.inline + bytes(step.pad)
+    observe = run.observer(step.destination.lu)
+    digest = run.digest(step.destination.lu)
+    if digest is not None:
+        digest.records += step.records
     async with medium.lock:
         access.may_write(step.destination.lu, run.nexus)
         await medium.begin_write()
-        await medium.append_records(memoryview(data), step.record_length)
+        await medium.append_records(memoryview(data), step.record_length, observe)
     current.done = step.length
     run.progress.bytes_done += step.length
 
@@ -552,6 +595,77 @@ async def _split_pair(run: CopyRun, current: _Segment) -> None:
     await split_for_copy(lu, run.nexus)
 
 
+async def _start_digest(run: CopyRun, current: _Segment) -> None:
+    """From here on, what this nexus's copies stream to or from the LU is hashed."""
+    lu = current.step.destination.lu
+    if lu is not None:
+        run.digests.start(run.nexus.initiator_port, lu)
+        run.digest(lu)
+
+
+def _open_digest(run: CopyRun, current: _Segment, lu: LogicalUnit) -> StreamDigest:
+    digest = run.digests.take(run.nexus.initiator_port, lu)
+    if digest is None:
+        raise run.aborted(
+            current,
+            Reason.COPY_NO_DIGEST,
+            message="no START DIGEST for this stream, or a copy that fed it failed",
+        )
+    return digest
+
+
+async def _write_label(run: CopyRun, current: _Segment) -> None:
+    """The end label: the digest of everything hashed since START DIGEST, written as one
+    record once the digest has caught up with the last byte."""
+    step = current.step
+    lu = step.destination.lu
+    if lu is None:
+        return
+    digest = _open_digest(run, current, lu)
+    result = await digest.result()
+    label = labels.EndLabel(
+        id=step.inline.decode("ascii"),
+        sha256=result.sha256,
+        length=result.bytes,
+        records=result.records,
+        sealed=labels.utc_now(),
+    )
+    medium = _medium(step, write=True)
+    async with medium.lock:
+        access.may_write(lu, run.nexus)
+        await medium.begin_write()
+        await medium.append_records(memoryview(label.encode()), labels.SIZE)
+
+
+async def _check_label(run: CopyRun, current: _Segment) -> None:
+    """The next record must be an end label whose digest and length equal what was
+    hashed since START DIGEST (the data read back, not what any label claims)."""
+    step = current.step
+    lu = step.destination.lu
+    if lu is None:
+        return
+    digest = _open_digest(run, current, lu)
+    result = await digest.result()
+    medium = _medium(step, write=True)
+    try:
+        async with medium.lock:
+            access.may_read(lu, run.nexus)
+            record = await medium.read_records(labels.SIZE, 1)
+    except CheckCondition as cc:  # a file mark, end of data, a data record: no label
+        aborted = run.aborted(current, Reason.COPY_NO_END_LABEL, cc)
+        raise aborted from None
+    found = labels.decode(record)
+    if found is None or not found.complete:
+        raise run.aborted(current, Reason.COPY_NO_END_LABEL, message="no end label")
+    if (found.sha256, found.length) != (result.sha256, result.bytes):
+        raise run.aborted(
+            current,
+            Reason.COPY_LABEL_MISCOMPARE,
+            message=f"read back {result.bytes} bytes, sha256 {result.sha256}; the label "
+            f"says {found.length} bytes, sha256 {found.sha256}",
+        )
+
+
 _HANDLERS: dict[int, Callable[[CopyRun, _Segment], Awaitable[None]]] = {
     BLOCK_TO_BLOCK: _block_to_block,
     BYTES_BLOCK_TO_BLOCK: _block_to_block,
@@ -562,4 +676,7 @@ _HANDLERS: dict[int, Callable[[CopyRun, _Segment], Awaitable[None]]] = {
     SPACE: _space,
     LOCATE: _locate,
     SPLIT_PAIR: _split_pair,
+    START_DIGEST: _start_digest,
+    WRITE_LABEL: _write_label,
+    CHECK_LABEL: _check_label,
 }

@@ -67,7 +67,6 @@ class CopyAborted(Exception):
             sense[7] = len(sense) - 8
         return bytes(sense)
 
-
     def _forwarded(self) -> bytes:
         """SPC-4 forwarded sense data descriptor: SENSE DATA SOURCE 1 (copy source) or
         2 (copy destination), FORWARDED STATUS, then the copy target's sense."""

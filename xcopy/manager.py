@@ -26,6 +26,7 @@ from scsi.command import Nexus
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import CheckCondition, Reason, build_sense
 from xcopy import limits
+from xcopy.digests import Digests
 from xcopy.engine import CopyRun
 from xcopy.errors import CopyAborted
 from xcopy.journal import CopyJournal
@@ -102,6 +103,7 @@ class CopyManager:
         self.operations: dict[str, OrderedDict[int, Operation]] = {}
         self.counters = Counters()
         self._tape_locks: dict[int, asyncio.Lock] = {}
+        self.digests = Digests()  # backups' running SHA-256, across their lists
         self.journal = journal
         if journal is not None:
             self._recover(journal)
@@ -233,7 +235,13 @@ class CopyManager:
             op.bytes_total,
         )
         run = CopyRun(
-            copy_list, steps, self.reader_factory, nexus, op, lambda: self._checkpoint(op)
+            copy_list,
+            steps,
+            self.reader_factory,
+            nexus,
+            op,
+            lambda: self._checkpoint(op),
+            digests=self.digests,
         )
         tapes = {
             id(end.lu)

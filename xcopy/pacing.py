@@ -55,7 +55,7 @@ _executor: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
 
 
-def _background_priority() -> None:
+def background_priority() -> None:
     """Lower the calling thread (Linux: nice and I/O priority are per thread)."""
     tid = threading.get_native_id()
     with contextlib.suppress(OSError):  # not permitted: the copy merely runs at nice 0
@@ -74,7 +74,7 @@ def copy_executor() -> ThreadPoolExecutor:
     with _lock:
         if _executor is None:
             _executor = ThreadPoolExecutor(
-                WORKERS, thread_name_prefix="xcopy-kcopy", initializer=_background_priority
+                WORKERS, thread_name_prefix="xcopy-kcopy", initializer=background_priority
             )
         return _executor
 

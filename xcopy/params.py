@@ -42,6 +42,13 @@ LOCATE = 0x12
 # Vendor-specific (C0h-DFh): split the pair whose volume the destination CSCD names, then
 # go on with the following segments (the backup). docs/xcopy.md, "split-and-backup".
 SPLIT_PAIR = 0xC0
+# Vendor-specific: self-describing backups (docs/xcopy.md). START DIGEST: hash what the
+# following segments (of this and later lists of the same I_T nexus) write to or read from
+# the stream CSCD; WRITE LABEL: write the end label carrying that digest (inline data: the
+# backup's identifier); CHECK LABEL: read the end label there and compare.
+START_DIGEST = 0xC1
+WRITE_LABEL = 0xC2
+CHECK_LABEL = 0xC3
 SEGMENT_LENGTHS = {
     BLOCK_TO_STREAM: 0x14,
     STREAM_TO_BLOCK: 0x14,
@@ -52,6 +59,9 @@ SEGMENT_LENGTHS = {
     SPACE: 0x08,
     LOCATE: 0x08,
     SPLIT_PAIR: 0x08,
+    START_DIGEST: 0x08,
+    WRITE_LABEL: 0x0C,
+    CHECK_LABEL: 0x08,
 }
 SUPPORTED_DESCRIPTORS = (*sorted(SEGMENT_LENGTHS), IDENTIFICATION_CSCD)
 
@@ -290,7 +300,7 @@ def _segment(data: bytes, index: int, offset: int) -> Segment:
             source_offset=int.from_bytes(raw[28:30], "big"),
             destination_offset=int.from_bytes(raw[30:32], "big"),
         )
-    if type_code == INLINE_TO_STREAM:
+    if type_code in (INLINE_TO_STREAM, WRITE_LABEL):
         return Segment(
             **base,
             destination=destination,
@@ -302,6 +312,8 @@ def _segment(data: bytes, index: int, offset: int) -> Segment:
         if raw[8] & 0x02:  # WSMK: setmarks are not served
             raise _invalid(offset + 8, 1)
         return Segment(**base, destination=destination, count=int.from_bytes(raw[9:12], "big"))
+    if type_code in (START_DIGEST, CHECK_LABEL):
+        return Segment(**base, destination=destination)
     if type_code == SPLIT_PAIR:
         if raw[8] > 3:
             raise _invalid(offset + 8)

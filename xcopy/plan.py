@@ -15,7 +15,7 @@ from scsi.block_device import BlockDevice
 from scsi.command import Nexus
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import CheckCondition, FieldPointer, Reason, build_sense
-from xcopy import limits
+from xcopy import labels, limits
 from xcopy.access import read_opcode, write_opcode, write_protection
 from xcopy.endpoints import BLOCK, STREAM, Endpoint, Unresolved, resolve
 from xcopy.errors import CopyAborted, lba_out_of_range_sense
@@ -23,12 +23,15 @@ from xcopy.params import (
     BLOCK_TO_BLOCK,
     BLOCK_TO_STREAM,
     BYTES_BLOCK_TO_BLOCK,
+    CHECK_LABEL,
     INLINE_TO_STREAM,
     LOCATE,
     SPACE,
     SPLIT_PAIR,
+    START_DIGEST,
     STREAM_TO_BLOCK,
     WRITE_FILEMARKS,
+    WRITE_LABEL,
     CopyList,
     Segment,
 )
@@ -50,6 +53,9 @@ _DESTINATION_TYPE = {
     SPACE: STREAM,
     LOCATE: STREAM,
     SPLIT_PAIR: BLOCK,
+    START_DIGEST: STREAM,
+    WRITE_LABEL: STREAM,
+    CHECK_LABEL: STREAM,
 }
 
 
@@ -160,7 +166,9 @@ def _check_writable(end: Endpoint, seg: Segment) -> None:
 
 
 # What a segment does to its destination, as the command a host would send for it.
-_DESTINATION_OPCODE = {WRITE_FILEMARKS: 0x10, SPACE: 0x11, LOCATE: 0x2B}
+_DESTINATION_OPCODE = {WRITE_FILEMARKS: 0x10, SPACE: 0x11, LOCATE: 0x2B, CHECK_LABEL: 0x08}
+# Segments that neither write their stream CSCD nor move its position.
+_NO_WRITE = (SPACE, LOCATE, START_DIGEST, CHECK_LABEL)
 
 
 def _check_access(step: Step, nexus: Nexus) -> None:
@@ -168,7 +176,7 @@ def _check_access(step: Step, nexus: Nexus) -> None:
     (a reservation another nexus holds) refuses the copy (COPY ABORTED, the LU's status
     forwarded) before any byte moves."""
     code = step.segment.type_code
-    if code == SPLIT_PAIR:  # a pair operation: the pair's own entry point decides
+    if code in (SPLIT_PAIR, START_DIGEST):  # a pair operation; nothing done to the LU
         return
     checks: list[tuple[LogicalUnit | None, int, bool]] = []
     if step.source is not None:
@@ -219,10 +227,12 @@ def _step(
         if not isinstance(lu, BlockDevice) or not in_pair(lu):
             raise _illegal(Reason.PAIR_NOT_FOUND, seg, 6)
         return Step(seg, None, destination)
-    if code not in (SPACE, LOCATE):  # everything else writes its destination
+    if code not in _NO_WRITE:  # everything else writes its destination
         _check_writable(destination, seg)
     if code in (WRITE_FILEMARKS, SPACE, LOCATE):
         return Step(seg, None, destination)
+    if code in (START_DIGEST, WRITE_LABEL, CHECK_LABEL):
+        return _label_step(copy_list, seg, destination)
     if code == BLOCK_TO_BLOCK:
         assert source is not None
         unit = destination.block_size if seg.dc else source.block_size
@@ -292,6 +302,27 @@ def _step(
     return Step(
         seg, source, destination, 0, dst_off, length, record, records, stream_bytes - length
     )
+
+
+def _label_step(copy_list: CopyList, seg: Segment, stream: Endpoint) -> Step:
+    """START DIGEST, WRITE LABEL, CHECK LABEL: the end label is one variable-length record
+    of 512 bytes, so the stream CSCD must be in variable mode."""
+    if stream.fixed and stream.cscd is not None:
+        raise CheckCondition(
+            Reason.INVALID_FIELD_IN_PARAMETER_LIST,
+            FieldPointer(stream.cscd.offset + 28, bit=0, in_cdb=False),
+        )
+    if seg.type_code != WRITE_LABEL:
+        return Step(seg, None, stream)
+    if seg.source_offset % (1 << limits.INLINE_DATA_GRANULARITY):
+        raise _illegal(Reason.COPY_SEGMENT_GRANULARITY_VIOLATION, seg, 8)
+    end = seg.source_offset + seg.byte_count
+    if end > len(copy_list.inline_data):
+        raise _illegal(Reason.INLINE_DATA_LENGTH_EXCEEDED, seg, 12)
+    backup_id = copy_list.inline_data[seg.source_offset : end]
+    if not labels.valid_id(backup_id):  # 1-64 of A-Z a-z 0-9 . _ : -
+        raise _illegal(Reason.INVALID_FIELD_IN_PARAMETER_LIST, seg, 12)
+    return Step(seg, None, stream, record_length=labels.SIZE, records=1, inline=backup_id)
 
 
 def _stream_records(stream: Endpoint, seg: Segment) -> tuple[int, int]:

@@ -22,6 +22,7 @@ from scsi.kernel_file import KernelFile
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import CheckCondition, Reason
 from scsi.tape_device import TapeDevice
+from xcopy.digests import Observer
 from xcopy.pacing import SLICE, GiveWay, copy_executor
 
 
@@ -32,19 +33,30 @@ class StreamMedium(Protocol):
         """Before the first record: the medium must be writable; the position becomes
         the end of data (what follows it is cut, as a drive does)."""
 
-    async def append_records(self, data: memoryview, record: int) -> int:
+    async def append_records(
+        self, data: memoryview, record: int, observe: Observer | None = None
+    ) -> int:
         """``data`` as records of ``record`` bytes, in one trip to the LU's I/O thread;
-        returns how many. CheckCondition VOLUME OVERFLOW when one does not fit."""
+        returns how many. CheckCondition VOLUME OVERFLOW when one does not fit.
+        ``observe`` (a backup's digest) is handed each record once it is written."""
 
     async def append_from(
-        self, source: KernelFile, offset: int, length: int, pace: GiveWay
+        self,
+        source: KernelFile,
+        offset: int,
+        length: int,
+        pace: GiveWay,
+        observe: Observer | None = None,
     ) -> None:
-        """One record (a tape) or bytes (a sink) the kernel copies from ``source``."""
+        """One record (a tape) or bytes (a sink) the kernel copies from ``source``;
+        ``observe`` is handed what landed (the bytes, or a read-back of them)."""
 
-    async def read_records(self, expected: int, count: int) -> bytes:
+    async def read_records(
+        self, expected: int, count: int, observe: Observer | None = None
+    ) -> bytes:
         """The next ``count`` records, each of which must be ``expected`` bytes long
         (CheckCondition with FILEMARK, END OF DATA or ILI otherwise, as a READ would
-        report), joined, in one trip to the LU's I/O thread."""
+        report), joined, in one trip to the LU's I/O thread; ``observe`` is handed each."""
 
 
 async def _on_copy_thread(fn: Callable[[], None]) -> None:
@@ -60,23 +72,34 @@ class TapeMedium:
         self.tape.require_writable()
         await self.tape.io(self.tape.begin_write)
 
-    async def append_records(self, data: memoryview, record: int) -> int:
+    async def append_records(
+        self, data: memoryview, record: int, observe: Observer | None = None
+    ) -> int:
         tape = self.tape
-        return await tape.io(_in_records, tape.append_record, data, record)
+        return await tape.io(_in_records, tape.append_record, data, record, observe)
 
     async def append_from(
-        self, source: KernelFile, offset: int, length: int, pace: GiveWay
+        self,
+        source: KernelFile,
+        offset: int,
+        length: int,
+        pace: GiveWay,
+        observe: Observer | None = None,
     ) -> None:
         """One record whose payload the kernel copies, in slices that give way to hosts."""
         pace.mark = time.monotonic()
         tape = self.tape
         await _on_copy_thread(
-            lambda: tape.append_record_from(source, offset, length, step=SLICE, between=pace)
+            lambda: tape.append_record_from(
+                source, offset, length, step=SLICE, between=pace, observe=observe
+            )
         )
 
-    async def read_records(self, expected: int, count: int) -> bytes:
+    async def read_records(
+        self, expected: int, count: int, observe: Observer | None = None
+    ) -> bytes:
         tape = self.tape
-        return await tape.io(_joined, tape.next_record, expected, count)
+        return await tape.io(_joined, tape.next_record, expected, count, observe)
 
 
 class SinkMedium:
@@ -87,38 +110,63 @@ class SinkMedium:
     async def begin_write(self) -> None:
         self.lu.require_writable()
 
-    async def append_records(self, data: memoryview, record: int) -> int:
+    async def append_records(
+        self, data: memoryview, record: int, observe: Observer | None = None
+    ) -> int:
         lu = self.lu
-        return await lu.io(_in_records, lu.append_bytes, data, record)
+        return await lu.io(_in_records, lu.append_bytes, data, record, observe)
 
     async def append_from(
-        self, source: KernelFile, offset: int, length: int, pace: GiveWay
+        self,
+        source: KernelFile,
+        offset: int,
+        length: int,
+        pace: GiveWay,
+        observe: Observer | None = None,
     ) -> None:
         """Bytes of another file straight into the sink (no record boundaries to keep),
         in slices that give way to host I/O."""
         pace.mark = time.monotonic()
         lu = self.lu
         await _on_copy_thread(
-            lambda: lu.append_from(source, offset, length, step=SLICE, between=pace)
+            lambda: lu.append_from(
+                source, offset, length, step=SLICE, between=pace, observe=observe
+            )
         )
 
-    async def read_records(self, expected: int, count: int) -> bytes:
+    async def read_records(
+        self, expected: int, count: int, observe: Observer | None = None
+    ) -> bytes:
         lu = self.lu
-        return await lu.io(_joined, lu.next_bytes, expected, count)
+        return await lu.io(_joined, lu.next_bytes, expected, count, observe)
 
 
-def _in_records(append: Callable[[memoryview], None], data: memoryview, record: int) -> int:
+def _in_records(
+    append: Callable[[memoryview], None],
+    data: memoryview,
+    record: int,
+    observe: Observer | None = None,
+) -> int:
     """Blocking: ``data`` appended as records of ``record`` bytes; how many."""
     count = 0
     for start in range(0, len(data), record):
         append(data[start : start + record])
+        if observe is not None:
+            observe(data[start : start + record])
         count += 1
     return count
 
 
-def _joined(read: Callable[[int], bytes], expected: int, count: int) -> bytes:
+def _joined(
+    read: Callable[[int], bytes], expected: int, count: int, observe: Observer | None = None
+) -> bytes:
     """Blocking: ``count`` records of ``expected`` bytes, joined."""
-    return b"".join(read(expected) for _ in range(count))
+    records = []
+    for _ in range(count):
+        records.append(read(expected))
+        if observe is not None:
+            observe(records[-1])
+    return b"".join(records)
 
 
 def medium_of(lu: LogicalUnit) -> StreamMedium:

@@ -41,8 +41,16 @@ class Op(IntEnum):
 
 
 INITIATOR_OPCODES = frozenset(
-    {Op.NOP_OUT, Op.SCSI_COMMAND, Op.TASK_MGMT_REQUEST, Op.LOGIN_REQUEST, Op.TEXT_REQUEST,
-     Op.DATA_OUT, Op.LOGOUT_REQUEST, Op.SNACK_REQUEST}
+    {
+        Op.NOP_OUT,
+        Op.SCSI_COMMAND,
+        Op.TASK_MGMT_REQUEST,
+        Op.LOGIN_REQUEST,
+        Op.TEXT_REQUEST,
+        Op.DATA_OUT,
+        Op.LOGOUT_REQUEST,
+        Op.SNACK_REQUEST,
+    }
 )
 
 
@@ -137,7 +145,11 @@ def padded(length: int) -> int:
 
 
 def new_header(
-    opcode: int, flags: int = 0x80, *, itt: int = RESERVED_TAG, lun: bytes = bytes(8),
+    opcode: int,
+    flags: int = 0x80,
+    *,
+    itt: int = RESERVED_TAG,
+    lun: bytes = bytes(8),
     data_length: int = 0,
 ) -> bytearray:
     """A zeroed BHS with opcode, flags, LUN, ITT and DataSegmentLength filled in."""

@@ -425,7 +425,8 @@ def test_read_only_lun_whose_image_is_missing_names_the_key(tmp_path: Path) -> N
     check_images(config)
 
 
-ALUA = """
+ALUA = (
+    """
 [[portal]]
 listen = "127.0.0.1:3260"
 [[portal]]
@@ -443,7 +444,9 @@ preferred = true
 [[port_group]]
 id = 9
 state = "unavailable"
-""" + TARGET
+"""
+    + TARGET
+)
 
 
 def test_port_groups_and_the_alua_table_built_from_them(tmp_path: Path) -> None:

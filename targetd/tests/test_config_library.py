@@ -14,8 +14,7 @@ from targetd.luns import Builder
 
 HEAD = '[[target]]\nname = "iqn.2026-11.org.example:t"\n'
 LIBRARY = (
-    HEAD
-    + '[[target.lun]]\nlun = 0\nkind = "changer"\npath = "vtl"\nslots = 6\nmail_slots = 2\n'
+    HEAD + '[[target.lun]]\nlun = 0\nkind = "changer"\npath = "vtl"\nslots = 6\nmail_slots = 2\n'
     'capacity = "1MiB"\ntapes = ["A00001L6", "A00002L6"]\n'
     '[[target.lun]]\nlun = 1\nkind = "tape"\nchanger = 0\n'
     '[[target.lun]]\nlun = 2\nkind = "tape"\nchanger = 0\n'

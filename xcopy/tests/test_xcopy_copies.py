@@ -133,7 +133,7 @@ def test_results_status_details_and_operating_parameters(tmp_path: Path) -> None
         assert int.from_bytes(p[12:16], "big") == limits.MAX_DESCRIPTOR_LIST_LENGTH
         assert p[37] == limits.DATA_SEGMENT_GRANULARITY
         assert p[44 : 44 + p[43]] == bytes(
-            [0x00, 0x01, 0x02, 0x04, 0x0A, 0x10, 0x11, 0x12, 0xC0, 0xE4]
+            [0x00, 0x01, 0x02, 0x04, 0x0A, 0x10, 0x11, 0x12, 0xC0, 0xC1, 0xC2, 0xC3, 0xE4]
         )
 
     run(main())

@@ -31,10 +31,10 @@ def spy_kernel_records(monkeypatch: pytest.MonkeyPatch, delay: float = 0.0) -> l
     calls: list[int] = []
     original = TapeMedium.append_from
 
-    async def spy(self, source, offset, length, pace):  # type: ignore[no-untyped-def]
+    async def spy(self, source, offset, length, pace, *rest):  # type: ignore[no-untyped-def]
         calls.append(offset)
         await asyncio.sleep(delay)
-        await original(self, source, offset, length, pace)
+        await original(self, source, offset, length, pace, *rest)
 
     monkeypatch.setattr(TapeMedium, "append_from", spy)
     return calls
