@@ -9,7 +9,12 @@ rotating order so that no method always runs first or last on a noisy machine:
   writes cross the network twice);
 - ``tape`` / ``sink``: one EXTENDED COPY block to the tape LU (8 MiB variable records,
   then a file mark) / to a file sink LU;
-- ``offload``: block to block, ``qemu-img convert -n -C`` (an EXTENDED COPY per chunk).
+- ``offload``: block to block, ``qemu-img convert -n -C`` (an EXTENDED COPY per chunk);
+- ``tape-sha256`` / ``sink-sha256``: the tape and sink backups as self-describing backups
+  (START DIGEST first, WRITE LABEL before the file mark: the target hashes every byte it
+  writes and puts the SHA-256 in the end label), beside the same backup without.
+
+``--methods`` picks some (``cp`` is always run: the ratios are to it).
 
 Each copy starts after ``sync``, so none pays for the previous one's write-back; none waits
 for its own (cp does not either). The table gives medians and the ratios the issue asks
@@ -61,8 +66,10 @@ IQN = "iqn.2026-11.org.targetd:bench"
 RECORD = 8 * MiB
 FIRST_RECORD = 1 * MiB  # records of the time-to-first-byte backups
 SOURCE, TARGET, TAPE, SINK, SCRATCH = 0, 1, 2, 3, 4
-METHODS = ("cp", "host", "tape", "sink", "offload")
+METHODS = ("cp", "host", "tape", "sink", "offload", "tape-sha256", "sink-sha256")
 LABELS = {
+    "tape-sha256": "EXTENDED COPY block to tape, SHA-256 end label",
+    "sink-sha256": "EXTENDED COPY block to file sink, SHA-256 end label",
     "cp": "cp on the host (the ceiling)",
     "host": "qemu-img convert -n (host-mediated)",
     "tape": "EXTENDED COPY block to tape",
@@ -126,12 +133,17 @@ def backup_list(
     record: int = RECORD,
     immed: bool = False,
     split_first: bool = False,
+    digest: bool = False,
 ) -> bytes:
     """LID4: ``size`` bytes of ``source`` to a stream LU in ``record``-byte records and a
-    file mark; with ``split_first`` a SPLIT PAIR segment (the pair's own policy) first."""
+    file mark; with ``split_first`` a SPLIT PAIR segment (the pair's own policy) first;
+    with ``digest`` START DIGEST before the data and WRITE LABEL after it."""
     segments = b""
+    inline = b""
     if split_first:
         segments += struct.pack(">BBH2xHB3x", 0xC0, 0, 0x08, 0, 0)
+    if digest:
+        segments += struct.pack(">BBH2xH4x", 0xC1, 0, 0x08, 1)
     pos = 0
     while pos < size:  # small records for the first 64 MiB, 8 MiB ones after (256 segments)
         n = min(record if pos < 64 * MiB else RECORD, size - pos)
@@ -139,6 +151,9 @@ def backup_list(
             ">BBHHHx3s2xHQ", 0, 0, 0x14, 0, 1, n.to_bytes(3, "big"), n // 512, pos // 512
         )
         pos += n
+    if digest:
+        inline = b"bench"
+        segments += struct.pack(">BBH2xHII", 0xC2, 0, 0x0C, 1, 0, len(inline))
     segments += struct.pack(">BBH2xHx3s", 0x10, 0, 0x08, 1, (1).to_bytes(3, "big"))
     cscds = cscd(source, 0, 512) + cscd(destination, 1, 0)
     head = bytearray(48)
@@ -147,7 +162,8 @@ def backup_list(
     head[20:24] = list_id.to_bytes(4, "big")
     head[42:44] = len(cscds).to_bytes(2, "big")
     head[44:46] = len(segments).to_bytes(2, "big")
-    return bytes(head) + cscds + segments
+    head[46:48] = len(inline).to_bytes(2, "big")
+    return bytes(head) + cscds + segments + inline
 
 
 def xcopy_cdb(params: bytes) -> bytes:
@@ -188,17 +204,17 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def throughput(
-    port: int, size: int, image: Path, work: Path, repeats: int
+    port: int, size: int, image: Path, work: Path, repeats: int, methods: tuple[str, ...]
 ) -> dict[str, list[float]]:
     url = f"iscsi://127.0.0.1:{port}/{IQN}"
     qemu = ["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw"]
     ini = session(port, "throughput")
     list_id = [100]
 
-    def backup(destination: int) -> None:
+    def backup(destination: int, digest: bool = False) -> None:
         ok(ini, REWIND, destination)
         list_id[0] += 1
-        params = backup_list(size, SOURCE, destination, list_id=list_id[0])
+        params = backup_list(size, SOURCE, destination, list_id=list_id[0], digest=digest)
         ok(ini, xcopy_cdb(params), SOURCE, params)
 
     runs: dict[str, Callable[[], object]] = {
@@ -206,17 +222,19 @@ def throughput(
         "host": lambda: subprocess.run([*qemu, f"{url}/{SOURCE}", f"{url}/{TARGET}"], check=True),
         "tape": lambda: backup(TAPE),
         "sink": lambda: backup(SINK),
+        "tape-sha256": lambda: backup(TAPE, True),
+        "sink-sha256": lambda: backup(SINK, True),
         "offload": lambda: subprocess.run(
             [*qemu, "-C", f"{url}/{SOURCE}", f"{url}/{TARGET}"], check=True
         ),
     }
-    seconds: dict[str, list[float]] = {m: [] for m in METHODS}
+    seconds: dict[str, list[float]] = {m: [] for m in methods}
     for r in range(repeats):
-        order = METHODS[r % len(METHODS) :] + METHODS[: r % len(METHODS)]
+        order = methods[r % len(methods) :] + methods[: r % len(methods)]
         for method in order:
             seconds[method].append(timed(runs[method]))
             (work / "cp.img").unlink(missing_ok=True)
-        line = "  ".join(f"{m} {size / seconds[m][-1] / MiB:.0f}" for m in METHODS)
+        line = "  ".join(f"{m} {size / seconds[m][-1] / MiB:.0f}" for m in methods)
         print(f"repeat {r + 1}: MiB/s {line}", flush=True)
     ini.close()
     return seconds
@@ -224,16 +242,21 @@ def throughput(
 
 def throughput_table(size: int, seconds: dict[str, list[float]]) -> str:
     rate = {m: size / statistics.median(s) / MiB for m, s in seconds.items()}
+    host = rate.get("host")
     lines = [
         "| copy of the same bytes | median MiB/s | runs (MiB/s) | x cp | x host-mediated |",
         "| --- | ---: | --- | ---: | ---: |",
     ]
-    for m in METHODS:
+    for m in seconds:
         runs = ", ".join(f"{size / s / MiB:.0f}" for s in seconds[m])
+        versus_host = f"{rate[m] / host:.2f}" if host else "-"
         lines.append(
-            f"| {LABELS[m]} | {rate[m]:.0f} | {runs} | {rate[m] / rate['cp']:.2f} |"
-            f" {rate[m] / rate['host']:.2f} |"
+            f"| {LABELS[m]} | {rate[m]:.0f} | {runs} | {rate[m] / rate['cp']:.2f} | {versus_host} |"
         )
+    for m in ("tape", "sink"):  # the digest's price, from this run's medians
+        if m in rate and f"{m}-sha256" in rate:
+            lines.append(f"\n{m} with / without the SHA-256 end label: "
+                         f"{rate[f'{m}-sha256'] / rate[m]:.2f}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -365,6 +388,11 @@ def main() -> int:
     ap.add_argument(
         "--backlog-rate", default="64MiB", help="pair copy rate while measuring first records"
     )
+    ap.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"throughput methods, comma-separated (of {', '.join(METHODS)})",
+    )
     args = ap.parse_args()
     size = parse_size(args.size, "--size")
     work = Path(tempfile.mkdtemp(prefix="xcopy-bench-"))
@@ -390,10 +418,12 @@ def main() -> int:
             except OSError:
                 time.sleep(0.1)
         if not args.no_throughput:
-            seconds = throughput(port, size, image, work, args.repeats)
+            methods = ("cp", *[m for m in args.methods.split(",") if m in METHODS and m != "cp"])
+            seconds = throughput(port, size, image, work, args.repeats, methods)
             sink_file = state / "sink" / "file-0000.bin"
-            same = sink_file.read_bytes() == image.read_bytes()
-            print(f"\nfile sink equals LUN 0: {same}\n")
+            if sink_file.exists():
+                same = sink_file.read_bytes()[:size] == image.read_bytes()
+                print(f"\nfile sink equals LUN 0: {same}\n")
             print(throughput_table(size, seconds))
         if not args.no_latency and not args.no_first_record:
             print("\n| policy | backlog at the copy | IMMED answer | first record on tape |")

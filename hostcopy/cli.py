@@ -14,9 +14,10 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 
 from hostcopy import commands as c
+from hostcopy import label as labels
 from hostcopy import ops
 from hostcopy.device import Device, ScsiError, TransportError, execute, open_device, run
-from hostcopy.label import Label
+from hostcopy.label import EndLabel, Label
 from hostcopy.lists import (
     DEFAULT_RECORD,
     Layout,
@@ -26,6 +27,7 @@ from hostcopy.lists import (
     restore_lists,
     sg_raw_line,
     sg_raw_status_line,
+    verify_lists,
 )
 from hostcopy.progress import Progress
 
@@ -115,6 +117,7 @@ def _volume(spec: str, device: Device, limits: c.CopyLimits, record: int) -> Vol
     size = record_size(limits, info.capacity.block_size, record)
     layout = Layout(info.capacity.bytes, info.capacity.block_size, size)
     pair = _pair_of(device)
+    backup_id = os.urandom(16).hex()
     label = Label(
         source=str(info.designator),
         source_designator=info.designator.value.hex(),
@@ -126,8 +129,9 @@ def _volume(spec: str, device: Device, limits: c.CopyLimits, record: int) -> Vol
         split_time=_utc(pair.split_ms) if pair and pair.split_ms else "",
         policy=c.POLICIES.get(pair.policy, "") if pair else "",
         device=spec,
+        id=backup_id,
     )
-    return Volume(info.designator, layout, label.encode())
+    return Volume(info.designator, layout, label.encode(), backup_id)
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -154,6 +158,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
             return _dry_run(args, lists, first, dest)
         if args.position == "end":
             ops.to_end_of_data(dst)
+            if ops.close_open_file(dst):
+                print("the tape ended inside a backup that was cut off (its daemon stopped): "
+                      "closed it with a file mark; `list` shows it as partial",
+                      file=sys.stderr)  # fmt: skip
         elif args.position == "start":
             ops.rewind(dst)
         total = sum(v.layout.length for v in volumes)
@@ -176,7 +184,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
 def _close_partial(dst: Device) -> None:
     """A backup that stopped after writing something (its label at least) is closed with
     a file mark, so the next backup starts a tape file of its own instead of running on
-    into this one; `verify` of it then fails, as it should."""
+    into this one. It has no end label (the target writes that last): `list` shows it as
+    partial and `verify` fails on it."""
     try:
         ops.write_filemark(dst)
     except (ScsiError, TransportError) as e:
@@ -240,6 +249,37 @@ def _open_backup(tape: Device, number: int) -> Label:
     return label
 
 
+# What the target's answer to a verify or a checked restore means (COPY ABORTED ASC/ASCQ).
+_CHECK_FAILURES = {
+    (0x1D, 0x00): "DAMAGED: the data on the medium does not hash to the SHA-256 in its end "
+    "label (a changed byte, or a label that lies)",
+    (0x80, 0x21): "PARTIAL: the backup has no end label; it was cut off before it completed",
+    (0x0D, 0x04): "PARTIAL: the backup ends before the length its head label gives",
+    (0x0D, 0x05): "DAMAGED: a record is longer than its head label says",
+}
+
+
+def _check_failure(e: ops.CopyFailed, what: str) -> Failure:
+    code = (e.asc, e.ascq) if e.asc is not None else None
+    meaning = _CHECK_FAILURES.get(code) if code else None
+    return Failure(f"{what}: {meaning}\n  ({e})" if meaning else f"{what}: {e}")
+
+
+def _verify_on_target(tape: Device, number: int, label: Label, first: int) -> None:
+    """The target reads the backup's records into a NUL device, hashes them and compares
+    the end label (C1h ... C3h): nothing crosses the network. Raises Failure when the
+    backup is partial or damaged."""
+    layout = Layout(label.length, label.block_size, label.record)
+    lists = verify_lists(
+        first_list_id=first, source=ops.info(tape).designator, layout=layout,
+        limits=ops.limits(tape),
+    )  # fmt: skip
+    try:
+        _send_all(tape, lists, first, layout.length, "verify")
+    except ops.CopyFailed as e:
+        raise _check_failure(e, f"file {number}") from None
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     same_target(args.backup, args.lun)
     with opened(args.backup) as tape, opened(args.lun) as lun:
@@ -247,25 +287,49 @@ def cmd_restore(args: argparse.Namespace) -> int:
         if b.device_type != c.BLOCK or b.capacity is None:
             raise Failure(f"{args.lun} is not a block device")
         label = _open_backup(tape, args.file)
+        layout = Layout(label.length, label.block_size, label.record)
+        records = None
         if b.capacity.bytes < label.length:
-            raise Failure(
-                f"{args.lun} holds {b.capacity.bytes} bytes, the backup {label.length}: "
-                "restore refused"
-            )
+            if not args.force:
+                raise Failure(
+                    f"{args.lun} holds {b.capacity.bytes} bytes, the backup {label.length}: "
+                    "restore refused (--force restores the records that fit)"
+                )
+            records = b.capacity.bytes // label.record
+            print(f"--force: {args.lun} holds {b.capacity.bytes} bytes, the backup "
+                  f"{label.length}: restoring the first {records} records only",
+                  file=sys.stderr)  # fmt: skip
         if b.capacity.block_size != label.block_size:
             raise Failure(
                 f"{args.lun} has {b.capacity.block_size}-byte blocks, the backup "
                 f"{label.block_size}-byte ones: restore refused"
             )
-        limits = ops.limits(lun)
-        layout = Layout(label.length, label.block_size, label.record)
         first = _list_id(args)
+        check = bool(label.id) and not args.force
+        if check and not args.dry_run:
+            # Refused before a byte is written: the target reads the backup and compares
+            # its end label first.
+            print(f"checking file {args.file} against its end label first", file=sys.stderr)
+            try:
+                _verify_on_target(tape, args.file, label, first)
+            except Failure as e:
+                raise Failure(f"{e}\nrestore refused (--force restores it anyway)") from None
+            first += 1 << 16
+            _open_backup(tape, args.file)
+        elif not label.id:
+            print(f"file {args.file} was made before backups carried a digest: restoring it "
+                  "unchecked", file=sys.stderr)  # fmt: skip
+        elif args.force:
+            print("--force: restoring without checking the data against its end label",
+                  file=sys.stderr)  # fmt: skip
         lists = restore_lists(
             first_list_id=first,
             source=t.designator,
             destination=b.designator,
             layout=layout,
-            limits=limits,
+            limits=ops.limits(lun),
+            check=check,
+            records=records,
         )
         if args.dry_run:
             return _dry_run(args, lists, first, args.lun)
@@ -274,51 +338,83 @@ def cmd_restore(args: argparse.Namespace) -> int:
             f"bytes, made {label.created}) onto {args.lun}",
             file=sys.stderr,
         )
-        _send_all(lun, lists, first, layout.length, "restore")
+        total = layout.length if records is None else records * layout.record
+        try:
+            _send_all(lun, lists, first, total, "restore")
+        except ops.CopyFailed as e:
+            raise _check_failure(e, f"restore of file {args.file}") from None
     return EXIT_OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     with opened(args.backup) as tape:
         label = _open_backup(tape, args.file)
-        layout = Layout(label.length, label.block_size, label.record)
-        lun = open_device(args.lun) if args.lun else None
-        try:
-            if lun is not None:
-                ops.clear_unit_attentions(lun)
-                cap = ops.info(lun).capacity
-                if cap is None or cap.bytes < label.length:
-                    raise Failure(f"{args.lun} is smaller than the backup ({label.length} bytes)")
-            import hashlib  # here: loading OpenSSL costs every other command start-up time
+        if args.lun is None and not args.host and label.id:
+            _verify_on_target(tape, args.file, label, _list_id(args))
+            end = ops.end_label_behind(tape)
+            digest = f"; sha256 {end.sha256}" if end is not None else ""
+            print(f"verified by the target: {label.length} bytes read back hash to the "
+                  f"SHA-256 of the end label{digest}")  # fmt: skip
+            return EXIT_OK
+        return _verify_on_host(args, tape, label)
 
-            digest = hashlib.sha256()
-            bar = Progress(layout.length, "verify")
-            for offset, length in layout.extents():
-                data, event = ops.read_record(tape, length)
-                if event is not None or len(data) != length:
-                    bar.finish(ok=False)
-                    raise Failure(
-                        f"the backup's record at byte {offset} is not {length} bytes "
-                        f"({event or len(data)}): the backup is damaged or not this one"
-                    )
-                digest.update(data)
-                if lun is not None:
-                    want = ops.read_blocks(lun, offset // label.block_size, length,
-                                           label.block_size)  # fmt: skip
-                    if want != data:
-                        at = offset + _first_difference(data, want)
-                        bar.finish(ok=False)
-                        raise Failure(f"MISMATCH at byte {at}: the backup differs from {args.lun}")
-                bar.update(offset + length)
-            _data, event = ops.read_record(tape, 512)
-            bar.finish()
-            if event != "filemark":
-                raise Failure("the backup does not end with a file mark where its label says")
-        finally:
+
+def _verify_on_host(args: argparse.Namespace, tape: Device, label: Label) -> int:
+    """The host reads every record (READ), hashes it and, with a LUN, compares it; then
+    the end label, whose digest must equal the one computed here."""
+    layout = Layout(label.length, label.block_size, label.record)
+    lun = open_device(args.lun) if args.lun else None
+    try:
+        if lun is not None:
+            ops.clear_unit_attentions(lun)
+            cap = ops.info(lun).capacity
+            if cap is None or cap.bytes < label.length:
+                raise Failure(f"{args.lun} is smaller than the backup ({label.length} bytes)")
+        import hashlib  # here: loading OpenSSL costs every other command start-up time
+
+        digest = hashlib.sha256()
+        bar = Progress(layout.length, "verify")
+        for offset, length in layout.extents():
+            data, event = ops.read_record(tape, length)
+            if event is not None or len(data) != length:
+                bar.finish(ok=False)
+                raise Failure(
+                    f"PARTIAL or DAMAGED: the backup's record at byte {offset} is not "
+                    f"{length} bytes ({event or len(data)}): the backup is cut off or not "
+                    "this one"
+                )
+            digest.update(data)
             if lun is not None:
-                lun.close()
+                want = ops.read_blocks(lun, offset // label.block_size, length,
+                                       label.block_size)  # fmt: skip
+                if want != data:
+                    at = offset + _first_difference(data, want)
+                    bar.finish(ok=False)
+                    raise Failure(f"MISMATCH at byte {at}: the backup differs from {args.lun}")
+            bar.update(offset + length)
+        bar.finish()
+        end = None
+        if label.id:
+            data, event = ops.read_record(tape, labels.LABEL_SIZE)
+            end = labels.decode_end(data) if event is None else None
+            if labels.state(label, end) != labels.COMPLETE:
+                raise Failure("PARTIAL: the backup has no end label; it was cut off before "
+                              "it completed")  # fmt: skip
+            assert end is not None
+            if (end.sha256, end.bytes) != (digest.hexdigest(), layout.length):
+                raise Failure(
+                    f"DAMAGED: the data read back hashes to {digest.hexdigest()}, its end "
+                    f"label says {end.sha256} ({end.bytes} bytes)"
+                )
+        _data, event = ops.read_record(tape, 512)
+        if event != "filemark":
+            raise Failure("the backup does not end with a file mark where its label says")
+    finally:
+        if lun is not None:
+            lun.close()
     target = f" and equals {args.lun}" if args.lun else ""
-    print(f"verified: {layout.length} bytes{target}; sha256 {digest.hexdigest()}")
+    matches = "; matches its end label" if end is not None else "; no end label to check"
+    print(f"verified: {layout.length} bytes{target}; sha256 {digest.hexdigest()}{matches}")
     return EXIT_OK
 
 
@@ -329,27 +425,39 @@ def _first_difference(a: bytes, b: bytes) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     with opened(args.backup) as tape:
         ops.rewind(tape)
-        found = []
+        found: list[tuple[int, Label | None, EndLabel | None]] = []
         number = 0
         while True:
             label, event = ops.read_label(tape)
             if event == "end":
                 break
-            found.append((number, label))
+            end = None
             if event != "filemark":
-                ops.skip_file(tape)
+                end = ops.read_end_label(tape)
+            found.append((number, label, end))
             number += 1
     if args.json:
-        print(json.dumps([{"file": n, **(asdict(lb) if lb else {})} for n, lb in found]))
+        out = []
+        for n, lb, end in found:
+            entry: dict[str, object] = {"file": n}
+            if lb is not None:
+                entry.update(asdict(lb))
+                entry["state"] = labels.state(lb, end)
+                entry["sha256"] = end.sha256 if end is not None else ""
+                entry["sealed"] = end.sealed if end is not None else ""
+            out.append(entry)
+        print(json.dumps(out))
         return EXIT_OK
-    print(f"{'file':>4}  {'created':24}  {'bytes':>12}  {'pair':12}  {'split':24}  source")
-    for n, lb in found:
+    print(f"{'file':>4}  {'state':9}  {'created':24}  {'bytes':>12}  {'pair':12}  "
+          f"{'split':24}  {'sha256':16}  source")  # fmt: skip
+    for n, lb, end in found:
         if lb is None:
             print(f"{n:>4}  (no targetd-copy label)")
         else:
+            sha = end.sha256[:16] if end is not None and end.id == lb.id else "-"
             print(
-                f"{n:>4}  {lb.created:24}  {lb.length:>12}  {lb.pair or '-':12}  "
-                f"{lb.split_time or '-':24}  {lb.source}"
+                f"{n:>4}  {labels.state(lb, end):9}  {lb.created:24}  {lb.length:>12}  "
+                f"{lb.pair or '-':12}  {lb.split_time or '-':24}  {sha:16}  {lb.source}"
             )
     return EXIT_OK
 
@@ -514,9 +622,20 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--list-dir", help="where --dry-run writes the lists (default: .)")
         q.add_argument("--list-id", type=int, help="first list identifier (default: random)")
 
-    v = sub.add_parser("verify", help="read a backup and compare it with a volume")
+    r.add_argument("--force", action="store_true",
+                   help="restore even a backup whose data does not match its end label, a "
+                   "partial one, or onto a smaller volume (the records that fit)")  # fmt: skip
+    v = sub.add_parser(
+        "verify", help="check a backup against its end label's SHA-256, or against a volume"
+    )
     v.add_argument("backup", help="the tape or file sink LU")
-    v.add_argument("lun", nargs="?", help="the volume to compare with (optional)")
+    v.add_argument("lun", nargs="?", help="the volume to compare with (optional: read "
+                   "through the host)")  # fmt: skip
+    v.add_argument("--host", action="store_true",
+                   help="read the backup through the host and hash it here, rather than "
+                   "have the target read it back")  # fmt: skip
+    v.add_argument("--list-id", type=int, help="first list identifier (default: random)")
+    v.set_defaults(dry_run=False)
     for q in (r, v):
         q.add_argument("--file", type=int, default=0, help="which backup: 0 is the first")
 

@@ -1,8 +1,14 @@
-"""The label record at the head of every backup the tool writes: what was backed up, how
-it lies on the medium, and when. 512 bytes: a magic line, then JSON, NUL-padded.
+"""The labels of a backup on the medium (docs/backup.md, "The backup on the medium").
 
-The data never passes through the host, so the label says nothing about the bytes
-themselves; `verify` compares them with the volume."""
+The head label, the first record, is the host's: what was backed up, how it lies on the
+medium, when, and the backup's identifier. 512 bytes: a magic line, then JSON,
+NUL-padded. The data never passes through the host, so the head label says nothing of
+the bytes and does not make the backup complete.
+
+The end label, the last record before the file mark, is the target's (WRITE LABEL,
+vendor segment C2h): the SHA-256 and length of every byte the target wrote after the head
+label, and the same identifier. It is written only once all of them are on the medium: a
+backup without it is partial, whatever else it holds."""
 
 from __future__ import annotations
 
@@ -10,7 +16,9 @@ import json
 from dataclasses import asdict, dataclass
 
 MAGIC = b"TARGETD-COPY LABEL 1\n"
+END_MAGIC = b"TARGETD LABEL END 1\n"
 LABEL_SIZE = 512
+COMPLETE, PARTIAL, UNSEALED = "complete", "partial", "no-digest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +33,7 @@ class Label:
     split_time: str = ""  # ISO 8601 UTC of the pair's split, "" when not from a pair
     policy: str = ""
     device: str = ""  # what the host called the source
+    id: str = ""  # matches the end label's; "" in backups made before end labels existed
 
     def encode(self) -> bytes:
         body = MAGIC + json.dumps(asdict(self), separators=(",", ":")).encode() + b"\n"
@@ -43,3 +52,35 @@ def decode(record: bytes) -> Label | None:
         return Label(**{k: fields[k] for k in Label.__dataclass_fields__ if k in fields})
     except (ValueError, TypeError):
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class EndLabel:
+    id: str
+    sha256: str
+    bytes: int
+    records: int
+    sealed: str  # ISO 8601 UTC, when the target wrote it
+    complete: bool
+
+
+def decode_end(record: bytes) -> EndLabel | None:
+    """The end label in a record, or None when the record is not one."""
+    if len(record) != LABEL_SIZE or not record.startswith(END_MAGIC):
+        return None
+    try:
+        f = json.loads(record[len(END_MAGIC) :].split(b"\0", 1)[0])
+        return EndLabel(str(f["id"]), str(f["sha256"]), int(f["bytes"]), int(f["records"]),
+                        str(f["sealed"]), f["complete"] is True)  # fmt: skip
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def state(head: Label, end: EndLabel | None) -> str:
+    """complete: an end label of this backup; partial: none (or another's); no-digest: a
+    backup made before end labels existed."""
+    if not head.id:
+        return UNSEALED
+    if end is not None and end.id == head.id and end.complete:
+        return COMPLETE
+    return PARTIAL

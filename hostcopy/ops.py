@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from hostcopy import commands as c
 from hostcopy.device import CHECK_CONDITION, GOOD, Device, Result, ScsiError, execute, run
-from hostcopy.label import LABEL_SIZE, Label, decode
+from hostcopy.label import LABEL_SIZE, EndLabel, Label, decode, decode_end
 from hostcopy.sense import describe, parse
 
 POLL_INTERVAL = 0.1
@@ -22,10 +22,15 @@ class CopyFailed(Exception):
     the EXTENDED COPY itself was refused, so the target moved nothing (it checks every
     segment before any byte moves)."""
 
-    def __init__(self, message: str, *, refused: bool = False) -> None:
+    def __init__(self, message: str, *, refused: bool = False, sense: bytes = b"") -> None:
         super().__init__(message)
         self.refused = refused
         self.list_index = 0  # which of a run's lists (set by the caller that sent several)
+        parsed = parse(sense) if sense else None
+        # The ASC/ASCQ of a copy that ended COPY ABORTED (what went wrong, for the caller).
+        aborted = parsed is not None and parsed.key == 0x0A
+        self.asc = parsed.asc if aborted and parsed else None
+        self.ascq = parsed.ascq if aborted and parsed else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +96,9 @@ def send_list(
     """EXTENDED COPY(LID4) with IMMED, then RECEIVE COPY STATUS until it ends."""
     result = execute(device, c.extended_copy_lid4(len(params)), data_out=params)
     if result.status != GOOD:
-        raise CopyFailed(f"EXTENDED COPY refused: {_words(result)}", refused=True)
+        raise CopyFailed(
+            f"EXTENDED COPY refused: {_words(result)}", refused=True, sense=result.sense or b""
+        )
     while True:
         status = copy_status(device, list_id)
         on_progress(status.transferred)
@@ -100,7 +107,7 @@ def send_list(
         time.sleep(POLL_INTERVAL)
     if status.state != 0x01:
         why = describe(status.sense) if status.sense else "no sense data"
-        raise CopyFailed(f"the copy {status.words}: {why}")
+        raise CopyFailed(f"the copy {status.words}: {why}", sense=status.sense)
     return status
 
 
@@ -168,6 +175,73 @@ def _space(device: Device, code: int, count: int) -> bool:
     ):
         raise CopyFailed(f"{device.name} holds fewer than {count} backups")
     raise ScsiError("SPACE(6)", result)
+
+
+def _space_sense(device: Device, code: int, count: int) -> tuple[int, int, int] | None:
+    """SPACE(6) whose stop (a file mark, the beginning, end of data) is an answer, not a
+    failure: None when it moved all the way, else (key, ASC, ASCQ), or (5, 0x20, 0) when
+    the device has no SPACE."""
+    result = execute(device, c.space6(code, count))
+    if result.status == GOOD:
+        return None
+    sense = parse(result.sense) if result.status == CHECK_CONDITION else None
+    if sense is None:
+        raise ScsiError("SPACE(6)", result)
+    if sense.filemark:
+        return (0x00, 0x00, 0x01)
+    return (sense.key, sense.asc, sense.ascq)
+
+
+def can_space(device: Device) -> bool:
+    return _space_sense(device, c.SPACE_BLOCKS, 0) != (0x05, 0x20, 0x00)
+
+
+def close_open_file(device: Device) -> bool:
+    """At the end of data of a tape: when the last object is a record, not a file mark (a
+    backup the target stopped writing when its daemon died), write a file mark so what
+    comes next is a tape file of its own. True when it did. A file sink ends every file."""
+    back = _space_sense(device, c.SPACE_BLOCKS, -1)
+    if back == (0x05, 0x20, 0x00):
+        return False
+    _space(device, c.SPACE_END_OF_DATA, 0)
+    if back is not None:  # stopped at a file mark or the beginning: nothing is open
+        return False
+    write_filemark(device)
+    return True
+
+
+def read_end_label(device: Device) -> EndLabel | None:
+    """From just past a backup's head label: its end label (the last record before the
+    file mark), or None when it has none. Leaves the position past that file mark, or at
+    end of data when the file has no mark (a backup cut off). A tape spaces to it; a file
+    sink, which cannot, is read through (those bytes cross the network)."""
+    if not can_space(device):
+        tail = b""
+        while True:
+            data, event = _read6(device, READ_THROUGH, sili=True)
+            tail = (tail + data)[-LABEL_SIZE:]
+            if event == "filemark":
+                return decode_end(tail)
+            if event == "end":
+                return None
+    if _space_sense(device, c.SPACE_FILEMARKS, 1) is not None:
+        return None  # end of data before a file mark: the file was never closed
+    _space(device, c.SPACE_FILEMARKS, -1)
+    if _space_sense(device, c.SPACE_BLOCKS, -1) is not None:
+        _space(device, c.SPACE_FILEMARKS, 1)
+        return None  # an empty file
+    data, _event = _read6(device, LABEL_SIZE, sili=True)
+    _space(device, c.SPACE_FILEMARKS, 1)
+    return decode_end(data)
+
+
+def end_label_behind(device: Device) -> EndLabel | None:
+    """The end label just behind the position (after the target checked it), read again
+    to print it; None on a device that cannot space back (a file sink)."""
+    if _space_sense(device, c.SPACE_BLOCKS, -1) is not None:
+        return None
+    data, _event = _read6(device, LABEL_SIZE, sili=True)
+    return decode_end(data)
 
 
 def write_filemark(device: Device) -> None:

@@ -4,6 +4,7 @@ The tool runs as a subprocess, as a backup engineer runs it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -66,7 +67,7 @@ def tool(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def start(factory: DaemonFactory) -> tuple[Daemon, BlockClient]:
     daemon = factory(CONFIG)
-    return daemon, BlockClient(daemon.port, daemon.iqn, (SOURCE, MIRROR, FRESH))
+    return daemon, BlockClient(daemon.port, daemon.iqn, (SOURCE, MIRROR, FRESH, SMALL))
 
 
 def split_pair(daemon: Daemon, client: BlockClient) -> bytes:
@@ -92,10 +93,16 @@ def test_backup_list_verify_restore_through_iscsi_urls(targetd_factory: DaemonFa
 
         listing = tool("list", daemon.url(TAPE)).stdout.splitlines()
         assert len(listing) == 2, listing
-        assert listing[1].split()[:4] == ["0", listing[1].split()[1], str(SIZE), "db"]
+        assert listing[1].split()[:5] == ["0", "complete", listing[1].split()[2], str(SIZE), "db"]
+        digest = hashlib.sha256(image).hexdigest()
+        assert listing[1].split()[6] == digest[:16]
 
         verified = tool("verify", daemon.url(TAPE), daemon.url(MIRROR)).stdout
         assert f"verified: {SIZE} bytes and equals" in verified
+        assert f"sha256 {digest}; matches its end label" in verified
+        by_target = tool("verify", daemon.url(TAPE)).stdout
+        assert f"verified by the target: {SIZE} bytes read back hash to the SHA-256 of the " \
+            f"end label; sha256 {digest}" in by_target  # fmt: skip
         bad = tool("verify", daemon.url(TAPE), daemon.url(SOURCE), check=False)
         assert bad.returncode == 1
         assert "MISMATCH at byte 0" in bad.stderr
@@ -106,6 +113,10 @@ def test_backup_list_verify_restore_through_iscsi_urls(targetd_factory: DaemonFa
         small = tool("restore", daemon.url(TAPE), daemon.url(SMALL), check=False)
         assert small.returncode == 1
         assert f"holds {4 * MiB} bytes, the backup {SIZE}: restore refused" in small.stderr
+        assert client.read(SMALL, 0, 65536) == bytes(65536)  # nothing written
+        # --force restores the records that fit.
+        tool("restore", daemon.url(TAPE), daemon.url(SMALL), "--force")
+        assert client.read(SMALL, 0, 4 * MiB) == image[: 4 * MiB]
 
         # A second backup goes after the first; restore --file 1 takes it.
         tool("resync", daemon.url(MIRROR), "--wait")
@@ -131,13 +142,20 @@ def test_a_file_sink_holds_one_file_per_backup(targetd_factory: DaemonFactory) -
         tool("backup", daemon.url(MIRROR), daemon.url(SINK))
         tool("backup", daemon.url(MIRROR), daemon.url(SINK))
         lines = tool("list", daemon.url(SINK)).stdout.splitlines()
-        assert [line.split()[0] for line in lines[1:]] == ["0", "1"]
+        assert [line.split()[:2] for line in lines[1:]] == [["0", "complete"], ["1", "complete"]]
         sink = daemon.state_dir / "sink"
         files = sorted(p.name for p in sink.iterdir())
         assert files == ["file-0000.bin", "file-0001.bin"]
         body = (sink / "file-0001.bin").read_bytes()
-        assert body[:20] == b"TARGETD-COPY LABEL 1" and body[512:] == image
+        assert body[:20] == b"TARGETD-COPY LABEL 1" and body[512 : 512 + SIZE] == image
+        # The end label the target wrote: the SHA-256 of exactly the volume's bytes.
+        end = body[512 + SIZE :]
+        assert len(end) == 512 and end.startswith(b"TARGETD LABEL END 1\n")
+        fields = json.loads(end[20:].rstrip(b"\0"))
+        assert fields["sha256"] == hashlib.sha256(image).hexdigest()
+        assert (fields["bytes"], fields["complete"]) == (SIZE, True)
         tool("verify", daemon.url(SINK), daemon.url(MIRROR), "--file", "1")
+        tool("verify", daemon.url(SINK), "--file", "1")
 
         flipped = bytearray(body)
         flipped[512 + 4096] ^= 0x01
@@ -145,6 +163,20 @@ def test_a_file_sink_holds_one_file_per_backup(targetd_factory: DaemonFactory) -
         bad = tool("verify", daemon.url(SINK), daemon.url(MIRROR), "--file", "1", check=False)
         assert bad.returncode == 1
         assert "MISMATCH at byte 4096" in bad.stderr
+        # Without a volume to compare with, the target reads it back and finds it damaged.
+        bad = tool("verify", daemon.url(SINK), "--file", "1", check=False)
+        assert bad.returncode == 1
+        assert "file 1: DAMAGED: the data on the medium does not hash to the SHA-256" in bad.stderr
+        bad = tool("verify", daemon.url(SINK), "--file", "1", "--host", check=False)
+        assert bad.returncode == 1 and "DAMAGED: the data read back hashes to" in bad.stderr
+        # ... and a restore of it is refused before a byte is written, unless forced.
+        client.write(FRESH, 0, bytes(SIZE))
+        bad = tool("restore", daemon.url(SINK), daemon.url(FRESH), "--file", "1", check=False)
+        assert bad.returncode == 1
+        assert "DAMAGED" in bad.stderr and "restore refused (--force" in bad.stderr
+        assert client.read(FRESH, 0, SIZE) == bytes(SIZE)
+        tool("restore", daemon.url(SINK), daemon.url(FRESH), "--file", "1", "--force")
+        assert client.read(FRESH, 0, SIZE) == bytes(flipped[512 : 512 + SIZE])
     finally:
         client.close()
 
@@ -198,9 +230,17 @@ def test_dry_run_writes_the_lists_and_the_sg_raw_lines(
         decoded = params.decode(params.LID4, data)
         assert decoded.list_id == 40 and decoded.immed
         kinds = [s.type_code for s in decoded.segments]
-        assert kinds == [params.INLINE_TO_STREAM] + [params.BLOCK_TO_STREAM] * 4 + [
-            params.WRITE_FILEMARKS
+        assert kinds == [
+            params.INLINE_TO_STREAM,
+            params.START_DIGEST,
+            *[params.BLOCK_TO_STREAM] * 4,
+            params.WRITE_LABEL,
+            params.WRITE_FILEMARKS,
         ]
+        label = decoded.segments[6]
+        backup_id = decoded.inline_data[label.source_offset : label.source_offset + 32]
+        head = json.loads(decoded.inline_data[21:512].rstrip(b"\0"))
+        assert backup_id.decode() == head["id"] and len(head["id"]) == 32
         # Nothing was sent: the tape is still blank.
         assert tool("list", daemon.url(TAPE)).stdout.splitlines()[1:] == []
     finally:
@@ -247,10 +287,18 @@ def test_an_interrupted_backup_is_aborted_and_closed_with_a_file_mark(
         time.sleep(0.5)
         tool("backup", daemon.url(MIRROR), daemon.url(TAPE))
         listing = json.loads(tool("list", daemon.url(TAPE), "--json").stdout)
-        assert [entry["file"] for entry in listing] == [0, 1]
+        assert [(e["file"], e["state"]) for e in listing] == [(0, "partial"), (1, "complete")]
+        assert (
+            listing[0]["sha256"] == "" and listing[1]["sha256"] == hashlib.sha256(image).hexdigest()
+        )
         broken = tool("verify", daemon.url(TAPE), "--file", "0", check=False)
-        assert broken.returncode == 1 and "is not 1048576 bytes" in broken.stderr
+        assert broken.returncode == 1 and "file 0: PARTIAL" in broken.stderr
+        broken = tool("verify", daemon.url(TAPE), "--file", "0", "--host", check=False)
+        assert broken.returncode == 1 and "PARTIAL" in broken.stderr
+        refused = tool("restore", daemon.url(TAPE), daemon.url(FRESH), "--file", "0", check=False)
+        assert refused.returncode == 1 and "PARTIAL" in refused.stderr
         tool("verify", daemon.url(TAPE), daemon.url(MIRROR), "--file", "1")
+        tool("verify", daemon.url(TAPE), "--file", "1")
     finally:
         client.close()
 
@@ -284,9 +332,9 @@ def test_two_volumes_in_one_extended_copy_are_two_tape_files(
         assert "1 list(s), 2 tape file(s)" in out
         assert "backup: done, 16.0 MiB" in out
         listing = json.loads(tool("list", daemon.url(TAPE), "--json").stdout)
-        assert [(e["file"], e["pair"], e["length"]) for e in listing] == [
-            (0, "db", SIZE),
-            (1, "", SIZE),
+        assert [(e["file"], e["pair"], e["length"], e["state"], e["sha256"]) for e in listing] == [
+            (0, "db", SIZE, "complete", hashlib.sha256(image).hexdigest()),
+            (1, "", SIZE, "complete", hashlib.sha256(log).hexdigest()),
         ]
         tool("verify", daemon.url(TAPE), daemon.url(MIRROR), "--file", "0")
         tool("verify", daemon.url(TAPE), daemon.url(FRESH), "--file", "1")
