@@ -16,6 +16,7 @@ from hostcopy.lists import (
     record_size,
     restore_lists,
     sg_raw_line,
+    verify_lists,
 )
 from scsi.sense import Reason, build_sense
 from xcopy import limits as xl
@@ -100,8 +101,14 @@ def test_any_volume_cuts_into_lists_the_daemon_accepts(
         return
     layout = Layout(blocks * block_size, block_size, size)
     assume(layout.records <= 3000)  # keeps an example quick; the cut does not depend on it
-    for build in ("backup", "restore"):
-        if build == "backup":
+    for build in ("backup", "restore", "verify"):
+        if build == "verify":
+            lists = verify_lists(first_list_id=1, source=NAA_TAPE, layout=layout, limits=lim)
+            code, lba = params.STREAM_TO_BLOCK, "destination_lba"
+            first, *_, last = [s for p in lists for s in params.decode(params.LID4, p).segments]
+            assert (first.type_code, last.type_code) == (params.START_DIGEST, params.CHECK_LABEL)
+            assert params.decode(params.LID4, lists[0]).cscds[1].nul
+        elif build == "backup":
             lists = backup_lists(
                 first_list_id=1, destination=NAA_TAPE, volumes=[Volume(NAA_SRC, layout, LABEL)],
                 limits=lim,
@@ -120,7 +127,10 @@ def test_any_volume_cuts_into_lists_the_daemon_accepts(
             assert len(d.segments) <= lim.max_segments
             assert len(p) - 48 - len(d.inline_data) <= lim.max_descriptor_list
             for s in d.segments:
-                if s.type_code == code:
+                if s.type_code == code and build == "verify":
+                    assert s.stream_length == s.blocks * block_size <= size
+                    covered += s.stream_length
+                elif s.type_code == code:
                     assert getattr(s, lba) * block_size == covered
                     assert s.stream_length == s.blocks * block_size <= size
                     covered += s.stream_length
@@ -216,8 +226,13 @@ def test_several_volumes_pack_into_lists_one_tape_file_each(
         base.descriptor_codes,
     )  # fmt: skip
     names = [c.Designator(0, 1, 0, 3, bytes([i]) * 16) for i in range(len(sizes))]
-    volumes = [
-        Volume(d, Layout(n * 64 * 1024, 512, 64 * 1024), f"label {i}".encode().ljust(512))
+    volumes = [  # identifiers of 5-8 bytes: the inline data after each stays aligned
+        Volume(
+            d,
+            Layout(n * 64 * 1024, 512, 64 * 1024),
+            f"label {i}".encode().ljust(512),
+            f"id-{i}" + "x" * (i % 4),
+        )
         for i, (d, n) in enumerate(zip(names, sizes, strict=True))
     ]
     lists = backup_lists(first_list_id=7, destination=NAA_TAPE, volumes=volumes, limits=lim)
@@ -232,9 +247,15 @@ def test_several_volumes_pack_into_lists_one_tape_file_each(
         assert len(p) - 48 - len(d.inline_data) <= lim.max_descriptor_list
         assert len(d.inline_data) <= lim.max_inline
         for s in d.segments:
+            if s.type_code in (params.INLINE_TO_STREAM, params.WRITE_LABEL):
+                assert s.source_offset % lim.inline_granularity == 0
+                inline = d.inline_data[s.source_offset : s.source_offset + s.byte_count]
             if s.type_code == params.INLINE_TO_STREAM:
-                label = d.inline_data[s.source_offset : s.source_offset + s.byte_count]
-                stream.append(("label", int(label.split()[1]), s.destination))
+                stream.append(("label", int(inline.split()[1]), s.destination))
+            elif s.type_code == params.START_DIGEST:
+                stream.append(("start", 0, s.destination))
+            elif s.type_code == params.WRITE_LABEL:
+                stream.append(("end", int(inline.split(b"-")[1].rstrip(b"x")), s.destination))
             elif s.type_code == params.BLOCK_TO_STREAM:
                 assert s.destination == n
                 stream.append(("data", s.source, s.source_lba))
@@ -243,9 +264,9 @@ def test_several_volumes_pack_into_lists_one_tape_file_each(
                 stream.append(("mark", 0, 0))
     expected: list[tuple[str, int, int]] = []
     for i, v in enumerate(volumes):
-        expected.append(("label", i, len(volumes)))
+        expected += [("label", i, len(volumes)), ("start", 0, len(volumes))]
         expected += [("data", i, off // 512) for off, _ in v.layout.extents()]
-        expected.append(("mark", 0, 0))
+        expected += [("end", i, len(volumes)), ("mark", 0, 0)]
     assert stream == expected
     assert [params.decode(params.LID4, p).list_id for p in lists] == list(range(7, 7 + len(lists)))
 
