@@ -645,9 +645,11 @@ class S3Tape:
         *,
         step: int = 0,
         between: Callable[[], None] | None = None,
+        observe: Callable[[bytes], None] | None = None,
     ) -> None:
         """A record whose payload is read from ``fd`` at ``offset`` (a copy manager's
-        source), in slices of ``step`` with ``between()`` after each."""
+        source), in slices of ``step`` with ``between()`` after each; ``observe`` gets the
+        payload once it is appended (a copy manager hashing its backup)."""
         self._check_writable()
         if not self.fits(length):
             raise MediumFull(f"{length}-byte record does not fit in {self.free} bytes")
@@ -661,6 +663,8 @@ class S3Tape:
             if between is not None and len(payload) < length:
                 between()
         self.append_record(payload)
+        if observe is not None:
+            observe(bytes(payload))
 
     def append_filemarks(self, count: int) -> int:
         self._check_writable()

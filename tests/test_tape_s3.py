@@ -253,3 +253,21 @@ def test_the_store_makes_lists_and_exports_cartridges(location, tmp_path) -> Non
     assert store.barcodes() == ["B2"] and store.exported("A1") and not store.exists("A1")
     with pytest.raises(TapeImageError):
         store.open("A1")
+
+
+def test_a_record_copied_in_from_a_file_is_shown_to_the_copy_managers_digest(
+    client, location, tmp_path
+) -> None:
+    """A backup's digest (xcopy.digests) is fed what was appended, in order."""
+    tape = new_tape(client, location, tmp_path / "spool")
+    source = tmp_path / "volume"
+    payload = record(7, 3 << 20)
+    source.write_bytes(bytes(100) + payload)
+    seen: list[bytes] = []
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        tape.append_record_from(fd, 100, len(payload), step=1 << 20, observe=seen.append)
+    finally:
+        os.close(fd)
+    assert seen == [payload] and tape.read(0) == payload
+    tape.close()
