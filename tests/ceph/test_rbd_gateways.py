@@ -8,6 +8,7 @@ import hashlib
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -242,3 +243,17 @@ def test_libiscsi_multipath_suite_over_two_gateways(
     for name in ("Simple", "Reset", "CompareAndWrite", "CompareAndWriteAsync"):
         assert f"Test: {name} ...passed" in out, out
     assert run.returncode == 0, out
+
+
+def test_failover_bench_runs_on_the_shared_cluster(ceph_cluster: CephCluster) -> None:
+    """bench/failover.py end to end (one run, on this cluster): it prints its table. Its
+    figure is a benchmark's, not asserted here beyond the goal the script itself checks
+    (exit status 0: median within 10 s)."""
+    script = Path(__file__).resolve().parents[2] / "bench" / "failover.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--repeat", "1", "--ceph-conf", str(ceph_cluster.conf)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "kill -9 -> write on peer" in run.stdout
+    assert "vs ceph-iscsi" in run.stdout
