@@ -268,6 +268,8 @@ class RbdImage:
         self._image = c_void_p()
         self._efd = -1
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The allocation this client keeps is exact while it is the image's only writer.
+        self.allocation_known = True
         self._open()
         self._pending: dict[int, tuple[asyncio.Future[int], object]] = {}
         self._next_key = 0
@@ -583,7 +585,12 @@ class RbdImage:
         return None
 
     def extents(self, offset: int, length: int) -> list[Extent]:
-        """The mapped and unmapped runs covering ``[offset, offset+length)``, in order."""
+        """The mapped and unmapped runs covering ``[offset, offset+length)``, in order.
+        While another client may be writing (``allocation_known`` false: a gateway that
+        does not hold the lock), every byte counts as mapped, so nothing that reads the
+        image by its extents (EXTENDED COPY) skips what the other client wrote."""
+        if not self.allocation_known:
+            return [Extent(offset, length, True)] if length > 0 else []
         return self.allocation.extents(offset, length)
 
     # -- the exclusive lock (two gateways, one image) ------------------------------------
@@ -655,6 +662,10 @@ class RbdImage:
         self._cluster.mon_command(
             {"prefix": "osd blocklist", "blocklistop": "rm", "addr": address}
         )
+
+    def release_lock_now(self) -> None:
+        """``release_lock``, blocking (at shutdown)."""
+        check(lib().rbd_lock_release(self._image), "rbd_lock_release")
 
     def is_lock_owner(self) -> bool:
         owner = c_int(0)

@@ -138,13 +138,21 @@ class GatewayChannel:
             return
         loop.call_soon_threadsafe(self._deliver, notify_id, cookie, raw)
 
-    def _on_watch_error(self, _arg: int | None, _cookie: int, err: int) -> None:
+    def _on_watch_error(self, _arg: int | None, cookie: int, err: int) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self.on_error, err)
+            loop.call_soon_threadsafe(self._error, cookie, err)
 
     # -- the event loop ----------------------------------------------------------------
+    # A message or error of a watch that has since been stopped is dropped: its io context
+    # may be gone (the image was reopened), and nobody waits for its answer any more.
+    def _error(self, cookie: int, err: int) -> None:
+        if cookie == self._cookie.value:
+            self.on_error(err)
+
     def _deliver(self, notify_id: int, cookie: int, raw: bytes) -> None:
+        if cookie != self._cookie.value:
+            return
         try:
             message = json.loads(raw) if raw else {}
         except ValueError:
@@ -167,5 +175,7 @@ class GatewayChannel:
             reply({})
 
     def _ack(self, notify_id: int, cookie: int, answer: Message) -> None:
+        if cookie != self._cookie.value:
+            return
         data = json.dumps(answer).encode() if answer else b""
         lib().rados_notify_ack(self._ioctx, self.oid, notify_id, cookie, data, len(data))

@@ -143,7 +143,10 @@ class LockGate:
         self.breaks = 0  # takeovers from a silent holder
         self._transition: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # One change of the watch or the image at a time (they share the io context).
+        self._channel_lock = asyncio.Lock()
         self.groups = PortGroups(self._groups())
+        image.allocation_known = False  # until this gateway holds the lock
         lu.port_groups = self.groups
         lu.access_gate = self
         lu.after_reset = self.reset_peers
@@ -163,6 +166,7 @@ class LockGate:
         return sorted(groups, key=lambda g: g.id)
 
     def _update(self) -> None:
+        self.image.allocation_known = self.holding
         if self.groups.update(self._groups()) and (self.unit_attention or self.is_fenced):
             self.lu.raise_unit_attention(Reason.ASYMMETRIC_ACCESS_STATE_CHANGED)
 
@@ -187,7 +191,8 @@ class LockGate:
         if not needs_ownership(cdb):
             if self.holding:
                 self.last_io = self.clock()
-            return False
+            self.in_flight += 1  # counted too: a reopen waits for every request to end
+            return True
         # A silent holder is fenced after takeover_ms; a live, busy one keeps the lock and
         # the command is refused (transitioning) for the initiator to retry.
         deadline = self.clock() + self.takeover + 1.0
@@ -343,15 +348,21 @@ class LockGate:
     async def _rewatch(self, err: int) -> None:
         loop = self._loop
         log.warning("gateway watch lost", extra=logs.fields(lu=self.name, error=err))
-        await loop.run_in_executor(None, self.channel.stop)
-        try:
-            await loop.run_in_executor(None, self.channel.start, loop)
-        except OSError as exc:
-            if exc.errno in FENCED_ERRNOS:
-                self._fence("the cluster blocklisted this gateway")
-            else:
-                await asyncio.sleep(1.0)
-                self._on_watch_error(-(exc.errno or errno.EIO))
+        retry = False
+        async with self._channel_lock:
+            if self.is_fenced:  # the recovery watches again
+                return
+            await loop.run_in_executor(None, self.channel.stop)
+            try:
+                await loop.run_in_executor(None, self.channel.start, loop)
+            except OSError as exc:
+                if exc.errno in FENCED_ERRNOS:
+                    self._fence("the cluster blocklisted this gateway")
+                else:
+                    retry = True
+        if retry:
+            await asyncio.sleep(1.0)
+            self._on_watch_error(-errno.ENOTCONN)
 
     def _fence(self, why: str) -> None:
         if self.is_fenced:
@@ -369,15 +380,22 @@ class LockGate:
         old = self.image.address
         while self.in_flight:  # a blocklisted client's requests fail at once
             await asyncio.sleep(0.01)
-        await loop.run_in_executor(None, self.channel.stop)
-        while True:
-            try:
-                await self.image.reopen()
-                await loop.run_in_executor(None, self.channel.start, loop)
-                break
-            except OSError as exc:
-                log.warning("reopen failed", extra=logs.fields(lu=self.name, error=str(exc)))
-                await asyncio.sleep(1.0)
+        # Nothing else may be using the image or its io context when they are replaced.
+        busy = {t for t in self._tasks if t is not asyncio.current_task()}
+        if self._transition is not None:
+            busy.add(self._transition)
+        if busy:
+            await asyncio.wait(busy, timeout=self.takeover + BROADCAST_TIMEOUT + 1.0)
+        async with self._channel_lock:
+            await loop.run_in_executor(None, self.channel.stop)
+            while True:
+                try:
+                    await self.image.reopen()
+                    await loop.run_in_executor(None, self.channel.start, loop)
+                    break
+                except OSError as exc:
+                    log.warning("reopen failed", extra=logs.fields(lu=self.name, error=str(exc)))
+                    await asyncio.sleep(1.0)
         try:  # the old client is shut down: its entry only piles up in the osdmap
             await loop.run_in_executor(None, self.image.unblocklist, old)
         except OSError as exc:
@@ -388,7 +406,15 @@ class LockGate:
         self._update()
 
     def close(self) -> None:
-        """Stop watching (blocking; before the image closes)."""
+        """Give the lock up, then stop watching (blocking; before the image closes): the
+        other gateway, asking meanwhile, finds the lock free rather than a silent holder
+        to fence."""
         for task in list(self._tasks):
             task.cancel()
+        if self.holding and not self.is_fenced:
+            try:
+                self.image.release_lock_now()
+            except OSError as exc:
+                log.info("lock not released at close", extra=logs.fields(error=str(exc)))
+            self.holding = False
         self.channel.stop()

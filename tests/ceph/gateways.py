@@ -108,7 +108,7 @@ PairFactory = Callable[..., GatewayPair]
 @pytest.fixture
 def gateway_pair(ceph_cluster: CephCluster, tmp_path: Path) -> Iterator[PairFactory]:
     """``gateway_pair(image, *, hold_ms=1000, takeover_ms=3000, unit_attention=True,
-    start=True)``."""
+    more_images=(), start=True)``: LUN 0 is ``image``, LUN 1, 2... ``more_images``."""
     made: list[GatewayPair] = []
 
     def make(
@@ -117,6 +117,7 @@ def gateway_pair(ceph_cluster: CephCluster, tmp_path: Path) -> Iterator[PairFact
         hold_ms: int = 1000,
         takeover_ms: int = 3000,
         unit_attention: bool = True,
+        more_images: tuple[str, ...] = (),
         start: bool = True,
     ) -> GatewayPair:
         n = len(made)
@@ -132,6 +133,10 @@ def gateway_pair(ceph_cluster: CephCluster, tmp_path: Path) -> Iterator[PairFact
                     ceph_cluster, image, port=port, tpgt=tpgt, peer_port=peer_port,
                     peer_tpgt=peer_tpgt, hold_ms=hold_ms, takeover_ms=takeover_ms,
                     unit_attention=unit_attention,
+                    extra_luns="".join(
+                        rbd_lun_toml(ceph_cluster, extra, lun=n)
+                        for n, extra in enumerate(more_images, start=1)
+                    ),
                 )
             )  # fmt: skip
             state = tmp_path / f"gw{n}{name}-state"

@@ -5,8 +5,10 @@ fencing after kill -9 and SIGSTOP. Everything against the real cluster and real 
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -17,6 +19,7 @@ from ceph_fixtures import ImageFactory, ceph_cluster, export_image, new_image
 from cluster import CephCluster
 from gateways import IQN, PairFactory, gateway_pair
 from raw_initiator import RawInitiator
+from test_integration_xcopy import GOOD, cscd, extended_copy, lid1, naa_of, session
 
 from scsi.sense import parse_sense
 
@@ -161,6 +164,31 @@ def test_alternating_writes_move_the_lock_at_most_once_per_hold_time(
     assert moves >= commands - 2  # strictly alternating: each write through the other path
 
 
+def test_extended_copy_through_the_other_gateway_copies_what_the_holder_wrote(
+    ceph_cluster: CephCluster, new_image: ImageFactory, gateway_pair: PairFactory, tmp_path: Path
+) -> None:
+    """B opened LUN 0's image before A wrote it: B's own idea of its allocation says
+    "all holes". An EXTENDED COPY through B (LUN 0 to LUN 1) must copy A's data all the
+    same: a gateway that does not hold the lock does not trust its allocation."""
+    source, dest = new_image("16M"), new_image("16M")
+    pair = gateway_pair(source, more_images=(dest,))
+    data = random.Random(13).randbytes(256 * 1024)
+    with session(pair.a.port, IQN, (0,)) as ini_a:
+        for n in range(0, len(data), 64 * 1024):
+            write_ok(ini_a, n // BLOCK, data[n : n + 64 * 1024])
+    with session(pair.b.port, IQN, (0, 1)) as ini_b:
+        src, dst = naa_of(ini_b, 0), naa_of(ini_b, 1)
+        b2b = struct.pack(">BBHHH2xHQQ", 0x02, 0, 0x18, 0, 1, len(data) // BLOCK, 0, 2048)
+        params = lid1(1, cscd(src, 0x00, block_length=BLOCK) + cscd(dst, 0x00), b2b)
+        for _ in range(3):  # the first may meet LUN 1's lock-taking unit attention
+            result = extended_copy(ini_b, 1, params)
+            if result == (GOOD, b""):
+                break
+        assert result == (GOOD, b"")
+    exported = export_image(ceph_cluster, dest, tmp_path / "dest")
+    assert exported[2048 * BLOCK : 2048 * BLOCK + len(data)] == data
+
+
 def test_kill9_takeover_keeps_every_acknowledged_write(
     ceph_cluster: CephCluster, new_image: ImageFactory, gateway_pair: PairFactory, tmp_path: Path
 ) -> None:
@@ -220,6 +248,7 @@ def test_sigstopped_holder_is_fenced_and_never_writes_again(
     # in the blocklist (the new client has another).
     assert states(a) == {1: ANO, 2: AO}
     assert read_ok(a, 0, 2) == block(0) + block(1)
+    assert pair.a.proc is not None and pair.a.proc.poll() is None  # alive, serving
     fenced = re.search(r"breaking its lock.* holder=(\S+)", pair.b.stderr)
     assert fenced is not None
     assert fenced.group(1) not in ceph_cluster.ceph("osd", "blocklist", "ls")
