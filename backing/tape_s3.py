@@ -197,6 +197,7 @@ class S3Tape:
         *,
         read_only: bool = False,
         first_part: int = FIRST_PART,
+        read_ahead: int = READ_AHEAD,
     ) -> None:
         self.client = client
         self.bucket = location.bucket
@@ -236,6 +237,10 @@ class S3Tape:
         self._journal_fd = -1
         self._journal_at = 0
         self._cache: tuple[int, int, bytes] | None = None  # segment, offset, bytes
+        # The window after the cached one, being read: segment, offset, length, its GET.
+        self._ahead: tuple[int, int, int, Future[bytes]] | None = None
+        self._reader: ThreadPoolExecutor | None = None
+        self.read_ahead = read_ahead
         self.recovery = self._load()
 
     # -- S3 helpers -------------------------------------------------------------------
@@ -559,15 +564,47 @@ class S3Tape:
         want = ENTRY_SIZE + length
         raw = self._cached(segment.number, at, want)
         if raw is None:
-            span = min(max(want, READ_AHEAD), segment.size - at)
-            raw = self._get_range(segment.number, at, span)
-            self._cache = (segment.number, at, raw)
-            raw = raw[:want]
+            start, data = self._window(segment, at, want)
+            self._cache = (segment.number, start, data)
+            raw = data[at - start : at - start + want]
+            self._read_on(segment, start + len(data))
         if len(raw) != want:
             raise CorruptRecord(f"record {index} is short")
         if not _entry_ok(raw[:ENTRY_SIZE], raw[ENTRY_SIZE:], length):
             raise CorruptRecord(f"record {index} fails its checksum")
         return raw[ENTRY_SIZE:]
+
+    def _window(self, segment: _Segment, at: int, want: int) -> tuple[int, bytes]:
+        """(start, bytes) of a stretch of ``segment`` holding ``[at, at + want)``: the
+        window read ahead when it holds it, else a GET of the record and what follows."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            number, start, length, future = ahead
+            if number == segment.number and start <= at and at + want <= start + length:
+                try:
+                    data = future.result()
+                except OSError:  # read again below, where its failure is the command's
+                    data = b""
+                if len(data) == length:
+                    return start, data
+        span = min(max(want, self.read_ahead), segment.size - at)
+        return at, self._get_range(segment.number, at, span)
+
+    def _read_on(self, segment: _Segment, end: int) -> None:
+        """The window after ``end`` of ``segment`` (or the next segment's first), read in
+        the background while the host takes the records before it."""
+        if end >= segment.size:
+            n = bisect.bisect_right(self._firsts, segment.first)
+            if n >= len(self._segments):
+                return
+            segment, end = self._segments[n], 0
+        length = min(self.read_ahead, segment.size - end)
+        if length <= 0:
+            return
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"s3r-{self.barcode}")
+        future = self._reader.submit(self._get_range, segment.number, end, length)
+        self._ahead = (segment.number, end, length, future)
 
     def _cached(self, number: int, at: int, want: int) -> bytes | None:
         if self._cache is None:
@@ -608,7 +645,7 @@ class S3Tape:
             return
         self._check_writable()
         self.flush()
-        self._cache = None
+        self._cache = self._ahead = None
         s = bisect.bisect_right(self._firsts, position) - 1
         for segment in reversed(self._segments[s + 1 :]):
             self._delete_segment(segment.number)
@@ -771,9 +808,7 @@ class S3Tape:
         else:
             if self._buffer:
                 self._parts.append(
-                    self._upload_part(
-                        key, self._upload_id, len(self._parts) + 1, self._buffer
-                    )
+                    self._upload_part(key, self._upload_id, len(self._parts) + 1, self._buffer)
                 )
             self._complete(key, self._upload_id, self._parts)
         self._put_index(segment.number, self._lengths[segment.first :])
@@ -789,9 +824,11 @@ class S3Tape:
             self.flush()
         finally:
             self._drop_journal_fds()
-            if self._uploader is not None:
-                self._uploader.shutdown(wait=True)
-                self._uploader = None
+            for pool in (self._uploader, self._reader):
+                if pool is not None:
+                    pool.shutdown(wait=True)
+            self._uploader = self._reader = None
+            self._ahead = None
 
     def _drop_journal_fds(self) -> None:
         for n, fd in enumerate(self._spool_fds):

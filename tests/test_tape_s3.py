@@ -271,3 +271,39 @@ def test_a_record_copied_in_from_a_file_is_shown_to_the_copy_managers_digest(
         os.close(fd)
     assert seen == [payload] and tape.read(0) == payload
     tape.close()
+
+
+class CountsGets:
+    """The real client, counting ranged GETs."""
+
+    def __init__(self, client) -> None:
+        self.client, self.gets = client, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.client, name)
+
+    def get_object(self, **kw):
+        if "Range" in kw:
+            self.gets.append(kw["Range"])
+        return self.client.get_object(**kw)
+
+
+def test_reads_come_a_window_at_a_time_and_the_next_is_read_ahead(
+    client, location, tmp_path
+) -> None:
+    tape = new_tape(client, location, tmp_path)
+    sizes = [100_000] * 30 + [3 << 20] + [100_000] * 10  # one record bigger than a window
+    for i, size in enumerate(sizes):
+        tape.append_record(record(i, size))
+        if i == 20:
+            tape.append_filemarks(1)  # a second segment from here
+            tape.flush()
+    tape.close()
+    counting = CountsGets(client)
+    again = S3Tape(counting, location, "T1", tmp_path, read_ahead=1 << 20)
+    objects = [i for i in range(len(again)) if not again.is_filemark(i)]
+    assert [again.read(i) for i in objects] == [record(i, n) for i, n in enumerate(sizes)]
+    # About one GET per MiB of records (ten records a window), the big record in its own,
+    # a window at each segment's end cut short: not one GET per record.
+    assert len(counting.gets) <= 14, counting.gets
+    assert again._reader is not None  # the windows after the first were read ahead
