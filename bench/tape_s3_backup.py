@@ -9,6 +9,8 @@ its drive. Then, ``--repeats`` times in alternating order:
 - **backup**: REWIND, one EXTENDED COPY(LID4) of the whole LUN to the drive in 8 MiB
   records and a file mark (for the S3 tape the file mark is the sync point: the copy
   ends once the multipart upload is completed and indexed);
+- **restore**: REWIND, one EXTENDED COPY(LID4) of the backup back to the LUN (the reads
+  of the S3 tape are ranged GETs with the next window read ahead);
 - **host writes**: REWIND, WRITE(6) of 256 KiB records from the initiator for the whole
   size, then WRITE FILEMARKS (what Bacula or tar through st send);
 - **first record**: MOVE MEDIUM of a blank cartridge into the drive, and time to the
@@ -34,6 +36,7 @@ import os
 import shutil
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -48,7 +51,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from raw_initiator import RawInitiator  # noqa: E402
 from s3_server import ENV, S3Server  # noqa: E402
-from xcopy_backup import IQN, REWIND, backup_list, ok, xcopy_cdb  # noqa: E402
+from xcopy_backup import IQN, RECORD, REWIND, backup_list, cscd, ok, xcopy_cdb  # noqa: E402
 
 from targetd.config import parse_size  # noqa: E402
 
@@ -168,6 +171,23 @@ def main() -> int:
 Results = dict[str, dict[str, list[float]]]
 
 
+def restore_list(size: int, tape: int, destination: int, *, list_id: int) -> bytes:
+    """LID4: the 8 MiB records of a backup read back onto ``destination`` from LBA 0."""
+    segments = b""
+    for pos in range(0, size, RECORD):
+        n = min(RECORD, size - pos)
+        segments += struct.pack(
+            ">BBHHHx3s2xHQ", 0x01, 0, 0x14, 0, 1, n.to_bytes(3, "big"), n // 512, pos // 512
+        )
+    cscds = cscd(tape, 1, 0) + cscd(destination, 0, 512)
+    head = bytearray(48)
+    head[0] = 0x01
+    head[20:24] = list_id.to_bytes(4, "big")
+    head[42:44] = len(cscds).to_bytes(2, "big")
+    head[44:46] = len(segments).to_bytes(2, "big")
+    return bytes(head) + cscds + segments
+
+
 def raw_upload(server: S3Server, size: int, n: int) -> float:
     """Seconds to upload ``size`` bytes as one multipart upload of 8 MiB parts."""
     client = server.client()
@@ -192,7 +212,7 @@ def raw_upload(server: S3Server, size: int, n: int) -> float:
 def run(ini: RawInitiator, server: S3Server, size: int, repeats: int) -> Results:
     chunk = os.urandom(CHUNK)
     results: Results = {
-        kind: {s: [] for s in STORES} for kind in ("backup", "host", "first", "durable")
+        kind: {s: [] for s in STORES} for kind in ("backup", "restore", "host", "first", "durable")
     }
     results["raw"] = {"s3": []}
     list_id = [0]
@@ -203,6 +223,13 @@ def run(ini: RawInitiator, server: S3Server, size: int, repeats: int) -> Results
         ok(ini, REWIND, drive)
         list_id[0] += 1
         params = backup_list(size, SOURCE, drive, list_id=list_id[0])
+        ok(ini, xcopy_cdb(params), SOURCE, params)
+
+    def restore(store: str) -> None:
+        _, drive = STORES[store]
+        ok(ini, REWIND, drive)
+        list_id[0] += 1
+        params = restore_list(size, drive, SOURCE, list_id=list_id[0])
         ok(ini, xcopy_cdb(params), SOURCE, params)
 
     def host(store: str) -> None:
@@ -222,6 +249,7 @@ def run(ini: RawInitiator, server: S3Server, size: int, repeats: int) -> Results
         results["raw"]["s3"].append(raw_upload(server, size, r))
         for store in order:
             results["backup"][store].append(timed(lambda s=store: backup(s)))
+            results["restore"][store].append(timed(lambda s=store: restore(s)))
             results["host"][store].append(timed(lambda s=store: host(s)))
             changer, drive = STORES[store]
             move(ini, changer, DRIVE0, SLOT0)  # the backup cartridge out, a blank one in
@@ -243,6 +271,10 @@ def run(ini: RawInitiator, server: S3Server, size: int, repeats: int) -> Results
         )
         raw = size / results["raw"]["s3"][-1] / MiB
         print(f"repeat {r + 1}: MiB/s (backup/host) {line}  raw S3 {raw:.0f}", flush=True)
+        restored = "  ".join(
+            f"{store} {size / results['restore'][store][-1] / MiB:.0f}" for store in STORES
+        )
+        print(f"          restore MiB/s {restored}", flush=True)
     return results
 
 
@@ -254,13 +286,15 @@ def table(size: int, results: Results) -> str:
     ]
     for kind, label in (
         ("backup", "EXTENDED COPY backup, MiB/s"),
+        ("restore", "EXTENDED COPY restore, MiB/s"),
         ("host", "host WRITE(6) 256 KiB + file mark, MiB/s"),
     ):
         rate = {s: [size / t / MiB for t in results[kind][s]] for s in STORES}
         med = {s: statistics.median(v) for s, v in rate.items()}
+        against_raw = "" if kind == "restore" else f"{med['s3'] / raw:.2f}"  # raw is uploads
         lines.append(
             f"| {label} | {med['local']:.0f} | {med['s3']:.0f} | {med['s3'] / med['local']:.2f}"
-            f" | {med['s3'] / raw:.2f}"
+            f" | {against_raw}"
             f" | {', '.join(f'{v:.0f}' for v in rate['local'])}"
             f" | {', '.join(f'{v:.0f}' for v in rate['s3'])} |"
         )
