@@ -218,7 +218,8 @@ EOF
 btape_run() {
     write_sd_conf
     echo "+ btape: $2"
-    printf '%s\nquit\n' "$2" | btape -c /tmp/bacula-sd.conf Drive-0 >/tmp/btape-"$1".out 2>&1 ||
+    printf '%s\nquit\n' "$2" | timeout "${BTAPE_TIMEOUT:-500}" btape -c /tmp/bacula-sd.conf \
+        Drive-0 >/tmp/btape-"$1".out 2>&1 ||
         { tail -n 60 /tmp/btape-"$1".out; fail "btape $1 exited non-zero"; }
     grep -E '===|correct|OK|autochanger|Autochanger|[Ff]ail|ERR|status' /tmp/btape-"$1".out || true
 }
