@@ -475,11 +475,12 @@ def _print_status(st: c.PairStatus, as_json: bool) -> None:
         f"{st.target_state}, {st.percent}% in sync, {st.dirty} of {st.chunks} chunks to copy, "
         f"{st.changed} changed since the split, split at {split}, "
         f"backup policy {c.POLICIES.get(st.policy, st.policy)}"
+        + (f", group {st.group}" if st.group else "")
     )
 
 
 def _status(device: Device) -> c.PairStatus:
-    return c.pair_status(run(device, "PAIR IN", c.pair_in(), read=96))
+    return c.pair_status(run(device, "PAIR IN", c.pair_in(allocation=128), read=128))
 
 
 def _wait_for(device: Device, state: str, timeout: float) -> c.PairStatus:
@@ -643,7 +644,7 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("backup")
 
     for name, text in (
-        ("split", "split the pair a volume belongs to"),
+        ("split", "split the pair a volume belongs to (with its whole consistency group)"),
         ("resync", "resynchronize the pair a volume belongs to"),
     ):
         q = sub.add_parser(name, help=text)

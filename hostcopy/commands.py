@@ -268,6 +268,7 @@ class PairStatus:
     copied: int
     split_ms: int
     name: str
+    group: str = ""  # the consistency group (PAIR IN bytes 96-127; older targets: none)
 
 
 def pair_status(d: bytes) -> PairStatus:
@@ -289,4 +290,5 @@ def pair_status(d: bytes) -> PairStatus:
         u[13],
         u[14],
         bytes(d[64:96]).rstrip(b"\0").decode(errors="replace"),
+        bytes(d[96:128]).rstrip(b"\0").decode(errors="replace"),
     )

@@ -139,8 +139,15 @@ def test_declared_group_splits_as_one_cut_of_three_sessions(
     resynced = ok_json(daemon, "group", "resync", "db")
     assert {m["source_state"] for m in resynced["members"]} <= {"RESYNC", "DUPLEX"}
     wait_group(daemon, "DUPLEX")
-    ok_json(daemon, "pair", "split", "p2")  # a member split splits the group: all SPLIT
-    wait_group(daemon, "SPLIT")
+    # The host tool's split, sent to one member's secondary, splits the group.
+    done = subprocess.run(
+        [sys.executable, "-m", "hostcopy", "split", daemon.url(5), "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["group"] == "db"
+    split = wait_group(daemon, "SPLIT")
+    assert len({m["split_time"] for m in split["members"]}) == 1
     refused = targetctl(daemon, "group", "split", "db")
     assert refused.returncode == 1
     assert "group 'db' not split: pair 'p0': cannot split a pair that is SPLIT/SPLIT" in (

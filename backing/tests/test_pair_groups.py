@@ -19,6 +19,7 @@ from group_model import BLOCK, History, Write, check
 
 from backing.pairs import (
     UNCHECKED,
+    BackupPolicy,
     ErrorCode,
     PairError,
     PairManager,
@@ -328,3 +329,30 @@ def test_a_group_split_cut_short_by_a_crash_is_rolled_back(tmp_path: Path) -> No
 
     asyncio.run(first())
     asyncio.run(second())
+
+
+def test_split_and_backup_and_the_split_pair_segment_split_the_whole_group(
+    tmp_path: Path,
+) -> None:
+    """EXTENDED COPY's entry points: a backup of one member's secondary under the
+    split-and-backup policy splits the group; a SPLIT PAIR segment for the next member
+    (keep_split) keeps that one instant."""
+
+    async def go() -> None:
+        service, vols = boot(tmp_path)
+        await service.start()
+        await service.create("a", "t/lun0", "t/lun1", access=UNCHECKED)
+        await service.create("b", "t/lun2", "t/lun3", access=UNCHECKED)
+        await service.create_group("db", "t", ["a", "b"], access=UNCHECKED)
+        image = await service.split_image("t/lun1", BackupPolicy.SPLIT_AND_BACKUP, access=UNCHECKED)
+        assert image.intact()
+        a, b = service.status(name="a"), service.status(name="b")
+        assert b.phase in (Phase.SPLIT_PENDING, Phase.SPLIT)
+        assert a.split_time == b.split_time is not None
+        await service.split(volume="t/lun3", access=UNCHECKED, keep_split=True)
+        assert service.status(name="b").split_time == b.split_time
+        await service.stop()
+        for v in vols:
+            v.close()
+
+    asyncio.run(go())
