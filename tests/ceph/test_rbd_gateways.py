@@ -192,26 +192,59 @@ def test_extended_copy_through_the_other_gateway_copies_what_the_holder_wrote(
 def test_kill9_takeover_keeps_every_acknowledged_write(
     ceph_cluster: CephCluster, new_image: ImageFactory, gateway_pair: PairFactory, tmp_path: Path
 ) -> None:
+    """A writer streams through A (the holder), each write a new generation of its block;
+    A is killed with SIGKILL mid-stream. B takes over within 10 s and every write A
+    acknowledged is in the image (through B, and in ``rbd export``), or the one write that
+    was in flight at the kill and overwrote it; so is what B wrote after. A, restarted,
+    comes back as the non-optimized path and reads the same data."""
     image = new_image("16M")
     pair = gateway_pair(image, takeover_ms=2000)
     a, b = login(pair.a.port, "a"), login(pair.b.port, "b")
     acked: dict[int, bytes] = {}
-    for lba in range(32):
-        write_ok(a, lba, block(lba))
-        acked[lba] = block(lba)
-    assert states(b) == {1: AO, 2: ANO}
+    write_ok(a, 0, block(0))
+    acked[0] = block(0)
+    in_flight: dict[int, bytes] = {}  # the one write sent and not answered
+    stop = threading.Event()
+
+    def stream() -> None:
+        tag = 0
+        while not stop.is_set():
+            tag += 1
+            lba, data = tag % 32, block(1000 + tag)
+            in_flight.clear()
+            in_flight[lba] = data
+            try:
+                result = answer(a, write10(lba, 1), data=data)
+            except OSError:
+                return  # A died: this write was never acknowledged (it may have landed)
+            if result == (0, None):
+                acked[lba] = data
+
+    writer = threading.Thread(target=stream)
+    writer.start()
+    time.sleep(0.5)
     pair.kill(pair.a)
     killed = time.monotonic()
+    stop.set()
+    writer.join()
+    assert len(acked) > 10
+    assert states(b) == {1: AO, 2: ANO}
     resumed = write_ok(b, 40, block(40), timeout=20)
     acked[40] = block(40)
     assert resumed - killed < 10.0
     assert states(b) == {1: ANO, 2: AO}
-    for lba, data in acked.items():
-        assert read_ok(b, lba, 1) == data
+    def allowed(lba: int) -> set[bytes]:
+        return {acked[lba], *([in_flight[lba]] if lba in in_flight else [])}
+
+    image_now = {lba: read_ok(b, lba, 1) for lba in acked}
+    assert all(image_now[lba] in allowed(lba) for lba in acked), image_now
     exported = export_image(ceph_cluster, image, tmp_path / "export")
-    for lba, data in acked.items():
-        assert exported[lba * BLOCK : (lba + 1) * BLOCK] == data
+    assert {lba: exported[lba * BLOCK : (lba + 1) * BLOCK] for lba in acked} == image_now
     assert "breaking its lock" in pair.b.stderr
+    pair.a.start()
+    again = login(pair.a.port, "a2")
+    assert states(again) == {1: ANO, 2: AO}
+    assert {lba: read_ok(again, lba, 1) for lba in acked} == image_now
 
 
 def test_sigstopped_holder_is_fenced_and_never_writes_again(
