@@ -94,6 +94,11 @@ async def serve(config: Config, *, loader: Callable[[], Config] | None = None) -
         lambda: {name: runtime.scsi.luns for name, runtime in server.targets.items()}
     ).register(ops.admin)
     ops.metrics.add_collector(pair_admin.metric_families)
+    if config.gateway is not None:  # two gateways: who holds each LU's lock
+        from targetd.gateway import metric_families
+
+        ops.provide_status("gateway", lambda: [gate.status() for gate in builder.gates])
+        ops.metrics.add_collector(lambda: metric_families(builder.gates))
     copies = CopyOperations(server)  # EXTENDED COPY: `targetctl status` and metrics
     ops.provide_status("copy_operations", copies.status)
     ops.metrics.add_collector(copies.metric_families)

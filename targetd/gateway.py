@@ -38,15 +38,17 @@ from dataclasses import dataclass
 from backing.errors import StoreError
 from backing.rbd_image import RbdImage
 from backing.rbd_notify import GatewayChannel, Message, Reply
-from scsi.alua import AccessState, PortGroup, PortGroups, needs_ownership
+from scsi.alua import STATE_NAMES, AccessState, PortGroup, PortGroups, needs_ownership
 from scsi.command import Nexus
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import CheckCondition, Reason
 from targetd import logs
 from targetd.config import Config
+from targetd.metrics import Family
 
 log = logging.getLogger("targetd.gateway")
 
+_STATE_NAMES = {state: name for name, state in STATE_NAMES.items()}
 # The shortest "ask again" a holder gives: a lock request is a few ms of cluster round trips.
 MIN_WAIT = 0.005
 # How long a broadcast (acquired, released, reset) waits for the other gateway.
@@ -405,6 +407,21 @@ class LockGate:
         await self._learn_owner()
         self._update()
 
+    def status(self) -> dict[str, object]:
+        """What ``targetctl status`` shows of this LU's lock."""
+        own, peer = states(holding=self.holding, peer_holds=self.peer_holds,
+                           fenced=self.is_fenced)  # fmt: skip
+        return {
+            "lu": self.name,
+            "holder": self.holding,
+            "fenced": self.is_fenced,
+            "own_group": f"{self.layout.own_group} {_STATE_NAMES[own]}",
+            "peer_group": f"{self.layout.peer_group} {_STATE_NAMES[peer]}",
+            "lock_taken": self.acquisitions,
+            "locks_broken": self.breaks,
+            "client": self.image.address if not self.is_fenced else "",
+        }
+
     def close(self) -> None:
         """Give the lock up, then stop watching (blocking; before the image closes): the
         other gateway, asking meanwhile, finds the lock free rather than a silent holder
@@ -418,3 +435,26 @@ class LockGate:
                 log.info("lock not released at close", extra=logs.fields(error=str(exc)))
             self.holding = False
         self.channel.stop()
+
+
+def metric_families(gates: list[LockGate]) -> list[Family]:
+    """Prometheus families of the gateways' locks (docs/rbd.md)."""
+    holder = Family(
+        "targetd_gateway_lock_holder", "gauge", "1 while this gateway holds the LU's image lock"
+    )
+    fenced = Family("targetd_gateway_fenced", "gauge", "1 while this gateway is fenced")
+    taken = Family(
+        "targetd_gateway_lock_taken_total", "counter", "times this gateway took the LU's lock"
+    )
+    broken = Family(
+        "targetd_gateway_lock_broken_total",
+        "counter",
+        "locks taken from a silent holder (which the cluster blocklisted)",
+    )
+    for gate in gates:
+        labels = {"lu": gate.name}
+        holder.add(int(gate.holding), labels)
+        fenced.add(int(gate.is_fenced), labels)
+        taken.add(gate.acquisitions, labels)
+        broken.add(gate.breaks, labels)
+    return [holder, fenced, taken, broken]

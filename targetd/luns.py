@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import xcopy
 from backing.pairs import PairService, PairVolume
@@ -26,6 +27,9 @@ from targetd import logs
 from targetd.config import Config, ConfigError, LunConfig, TapeStoreConfig, TargetConfig
 from targetd.pairs import TargetPairs, volume_id
 from xcopy import Policy, PolicyLookup
+
+if TYPE_CHECKING:
+    from targetd.gateway import LockGate
 
 log = logging.getLogger("targetd")
 
@@ -82,6 +86,8 @@ class Builder:
         self.copies: dict[str, Services] = {}  # per target name
         # One ALUA table for every LU: a reload's new states reach them all at once.
         self.port_groups = PortGroups(alua_groups(config))
+        # Gateways: each LU's side of its image's lock (targetd/gateway.py).
+        self.gates: list[LockGate] = []
         # Tape libraries, per (target name, changer LUN): the changer and its drives share one.
         self.libraries: dict[tuple[str, int], TapeLibrary] = {}
 
@@ -110,7 +116,7 @@ class Builder:
         lu = self._build(target, lun, identity, path, self._services(target.name))
         lu.port_groups = self.port_groups
         if config.gateway is not None:
-            _gate(lu, config, f"{target.name}/lun{lun.lun}")
+            self.gates.append(_gate(lu, config, f"{target.name}/lun{lun.lun}"))
         if lun.kind == "rbd":
             # An RBD LUN's reservations live in the cluster, shared by every gateway.
             lu.reservations.store = self._cluster_reservations(target, lun, lu)
@@ -305,13 +311,14 @@ class Builder:
         Raises PairError (VOLUME_IN_PAIR) while it is in a pair; nothing changes then."""
         if isinstance(lu, MediaChanger):
             self.libraries.pop((target, lun), None)
+        self.gates = [gate for gate in self.gates if gate.lu is not lu]
         control = self.controls.get(target)
         if control is not None and self.pairs is not None and isinstance(lu, BlockDevice):
             self.pairs.unregister_volume(volume_id(target, lun))
             control.luns.discard(lun)
 
 
-def _gate(lu: LogicalUnit, config: Config, name: str) -> None:
+def _gate(lu: LogicalUnit, config: Config, name: str) -> LockGate:
     """One of two gateways: the LU's ALUA states follow its image's lock (docs/rbd.md)."""
     from backing.rbd_image import RbdImage
     from targetd.gateway import Layout, LockGate
@@ -320,7 +327,7 @@ def _gate(lu: LogicalUnit, config: Config, name: str) -> None:
     image = getattr(store, "base", store)
     assert isinstance(image, RbdImage) and config.gateway is not None
     try:
-        LockGate(
+        return LockGate(
             lu,
             image,
             Layout.of(config),

@@ -131,7 +131,10 @@ def render(status: dict[str, Any]) -> str:
                 f"    read {st['read_ops']} ops {_size(st['read_bytes'])},"
                 f" written {st['write_ops']} ops {_size(st['write_bytes'])}, errors {st['errors']}"
             )
-    for section, title in (("pairs", "Pairs"), ("copy_operations", "Copy operations")):
+    sections = [("pairs", "Pairs"), ("copy_operations", "Copy operations")]
+    if "gateway" in status:  # one of two gateways (docs/rbd.md)
+        sections.append(("gateway", "Gateway locks"))
+    for section, title in sections:
         items = status.get(section) or []
         lines.append(f"{title}: {len(items) if items else 'none'}")
         for item in items:

@@ -44,8 +44,10 @@ def gateway_toml(
     takeover_ms: int,
     unit_attention: bool = True,
     extra_luns: str = "",
+    metrics_port: int = 0,
 ) -> str:
-    return f"""
+    metrics = f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n' if metrics_port else ""
+    return f"""{metrics}
 [[portal]]
 listen = "127.0.0.1:{port}"
 tpgt = {tpgt}
@@ -77,6 +79,7 @@ class GatewayPair:
     a: ConfigDaemon
     b: ConfigDaemon
     daemons: list[ConfigDaemon] = field(default_factory=list)
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # "a"/"b": the endpoint
 
     @property
     def gateways(self) -> tuple[ConfigDaemon, ConfigDaemon]:
@@ -108,7 +111,8 @@ PairFactory = Callable[..., GatewayPair]
 @pytest.fixture
 def gateway_pair(ceph_cluster: CephCluster, tmp_path: Path) -> Iterator[PairFactory]:
     """``gateway_pair(image, *, hold_ms=1000, takeover_ms=3000, unit_attention=True,
-    more_images=(), start=True)``: LUN 0 is ``image``, LUN 1, 2... ``more_images``."""
+    more_images=(), metrics=False, start=True)``: LUN 0 is ``image``, LUN 1, 2...
+    ``more_images``; with ``metrics``, each serves Prometheus metrics (``metrics_ports``)."""
     made: list[GatewayPair] = []
 
     def make(
@@ -118,11 +122,13 @@ def gateway_pair(ceph_cluster: CephCluster, tmp_path: Path) -> Iterator[PairFact
         takeover_ms: int = 3000,
         unit_attention: bool = True,
         more_images: tuple[str, ...] = (),
+        metrics: bool = False,
         start: bool = True,
     ) -> GatewayPair:
         n = len(made)
         port_a, port_b = free_port(), free_port()
         daemons = []
+        metrics_ports = {"a": free_port(), "b": free_port()} if metrics else {}
         for name, port, tpgt, peer_port, peer_tpgt in (
             ("a", port_a, 1, port_b, 2),
             ("b", port_b, 2, port_a, 1),
@@ -137,13 +143,14 @@ def gateway_pair(ceph_cluster: CephCluster, tmp_path: Path) -> Iterator[PairFact
                         rbd_lun_toml(ceph_cluster, extra, lun=n)
                         for n, extra in enumerate(more_images, start=1)
                     ),
+                    metrics_port=metrics_ports.get(name, 0),
                 )
             )  # fmt: skip
             state = tmp_path / f"gw{n}{name}-state"
             state.mkdir()
             log = tmp_path / f"gw{n}{name}.log"
             daemons.append(ConfigDaemon(port, state, config, IQN, log))
-        pair = GatewayPair(ceph_cluster, image, daemons[0], daemons[1], daemons)
+        pair = GatewayPair(ceph_cluster, image, daemons[0], daemons[1], daemons, metrics_ports)
         made.append(pair)
         if start:
             for daemon in daemons:

@@ -5,6 +5,7 @@ fencing after kill -9 and SIGSTOP. Everything against the real cluster and real 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from ceph_fixtures import ImageFactory, ceph_cluster, export_image, new_image
@@ -94,7 +96,7 @@ def test_both_paths_serve_the_image_and_rtpg_follows_the_lock(
     ceph_cluster: CephCluster, new_image: ImageFactory, gateway_pair: PairFactory, tmp_path: Path
 ) -> None:
     image = new_image("16M")
-    pair = gateway_pair(image)
+    pair = gateway_pair(image, metrics=True)
     a, b = login(pair.a.port, "a"), login(pair.b.port, "b")
     # Nobody holds the lock yet: both groups non-optimized through both paths.
     assert states(a) == states(b) == {1: ANO, 2: ANO}
@@ -111,6 +113,25 @@ def test_both_paths_serve_the_image_and_rtpg_follows_the_lock(
     assert read_ok(a, 0, 2) == block(1) + block(2)
     data = export_image(ceph_cluster, image, tmp_path / "export")
     assert data[: 2 * BLOCK] == block(1) + block(2)
+    # targetctl status tells who holds the lock, and how it got there.
+    for gateway, holder, taken in ((pair.a, False, 1), (pair.b, True, 1)):
+        run = subprocess.run(
+            [sys.executable, "-m", "targetd.ctl", "status", "--json",
+             "--state-dir", str(gateway.state_dir)],
+            capture_output=True, text=True, timeout=30, check=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )  # fmt: skip
+        (lock,) = json.loads(run.stdout)["gateway"]
+        assert (lock["holder"], lock["lock_taken"], lock["locks_broken"]) == (holder, taken, 0)
+        assert lock["own_group"].endswith("active/optimized" if holder else "non-optimized")
+    for name, holder in (("a", 0), ("b", 1)):
+        url = f"http://127.0.0.1:{pair.metrics_ports[name]}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read().decode()
+        lu = f'{{lu="{IQN}/lun0"}}'
+        assert f"targetd_gateway_lock_holder{lu} {holder}" in text, text
+        assert f"targetd_gateway_lock_taken_total{lu} 1" in text, text
+        assert f"targetd_gateway_lock_broken_total{lu} 0" in text, text
 
 
 def test_no_ping_pong_when_both_paths_write(
