@@ -223,6 +223,17 @@ def test_exchange_medium_swaps_and_rotates_cartridges(tmp_path: Path) -> None:
     good(move(changer, DRIVE0, SLOT0))
     good(move(changer, SLOT0 + 3, DRIVE0))
     assert drive.image.read(0) == b"one"
+    # a swap between the drive and a slot: the drive gets the slot's cartridge at once
+    good(exchange(changer, DRIVE0, SLOT0 + 2, DRIVE0))
+    assert barcodes(res(changer)) == {
+        DRIVE0: "A00002L6",
+        SLOT0: "A00003L6",
+        SLOT0 + 2: "A00001L6",
+    }
+    assert drive.barcode == "A00002L6"
+    good(move(changer, SLOT0 + 2, DRIVE1))
+    _, other = changer.library.drives
+    assert other is not None and other.image.read(0) == b"one"
 
 
 def test_refused_exchanges_move_nothing(tmp_path: Path) -> None:
@@ -377,3 +388,17 @@ def test_alternate_volume_tags_travel_with_their_cartridge(tmp_path: Path) -> No
     good(move(changer, SLOT0, MAIL0))
     asyncio.run(changer.export_cartridge("A00001L6"))
     assert changer.elements.alternates == {}
+
+
+def test_read_element_status_curdata_and_reserved_bits(tmp_path: Path) -> None:
+    changer, _ = build(tmp_path)
+    cdb = bytearray([0xB8, 0x14, 0, 0, 0, 2, 0x01, 0, 0x10, 0, 0, 0])  # drives, VOLTAG, DVCID
+    plain = good(run(changer, bytes(cdb))).data
+    cdb[6] = 0x03  # CURDATA too: the status is always current, so the same answer
+    assert good(run(changer, bytes(cdb))).data == plain
+    cdb[6] = 0x04  # a reserved bit
+    result = run(changer, bytes(cdb))
+    assert sense(result) == (ILLEGAL_REQUEST, 0x24, 0x00)
+    assert result.sense is not None and result.sense[15:18] == bytes([0xC0, 0, 6])
+    cdb[6], cdb[1] = 0x01, 0x17  # element type 7 is none of SMC's
+    assert sense(run(changer, bytes(cdb))) == (ILLEGAL_REQUEST, 0x24, 0x00)
