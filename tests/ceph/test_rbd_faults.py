@@ -16,6 +16,9 @@ from ceph_fixtures import rbd_lun_toml, target_toml
 from cluster import CephCluster, ClusterError
 from conftest import DaemonFactory
 from pair_scsi import BLOCK, BlockClient
+from raw_initiator import RawInitiator
+
+from scsi.sense import parse_sense
 
 IQN = "iqn.2026-11.org.targetd:rbd"
 OP_TIMEOUT = 4
@@ -148,3 +151,42 @@ def test_no_acknowledged_write_is_lost_when_the_osd_and_the_daemon_are_killed(
         assert got >= acked[slot], f"slot {slot} lost acknowledged generation {acked[slot]}"
         assert got in attempted[slot], f"slot {slot} holds generation {got}, never written"
     client.close()
+
+
+def test_a_prout_with_the_osd_down_fails_in_bounded_time_and_changes_nothing(
+    bluestore_cluster: CephCluster, targetd_factory: DaemonFactory
+) -> None:
+    """An RBD LUN's reservations live in the cluster (docs/rbd.md): with the OSD down, a
+    PERSISTENT RESERVE OUT gets HARDWARE ERROR, LOGICAL UNIT COMMUNICATION TIME-OUT after
+    the reservation store's 10 s, not a hang, and changes nothing; once the OSD is back the
+    same command succeeds."""
+    cluster = bluestore_cluster
+    daemon = targetd_factory(target_toml(rbd_lun_toml(cluster, "pr-faults", create_size="8MiB")))
+    ini = RawInitiator(daemon.port, name="iqn.2026-11.org.test:holder")
+    assert ini.login(IQN).bhs[36:38] == b"\0\0"
+    ini.clear_unit_attentions()
+    ini.sock.settimeout(60)
+    key = 0x1234_5678_9ABC_DEF0
+    register = bytes([0x5F, 0x06, 0, 0, 0, 0, 0, 0, 24, 0])  # REGISTER AND IGNORE EXISTING KEY
+    params = bytes(8) + key.to_bytes(8, "big") + bytes(8)
+    read_keys = bytes([0x5E, 0, 0, 0, 0, 0, 0, 1, 0, 0])
+
+    cluster.kill_osd()
+    started = time.monotonic()
+    status, _, sense = ini.command(register, data=params)
+    elapsed = time.monotonic() - started
+    assert status == 0x02 and parse_sense(sense) == (0x04, 0x08, 0x01), (status, sense)
+    assert elapsed < 20, elapsed
+    cluster.restart_osd()
+    deadline = time.monotonic() + 60
+    while True:
+        status, data, sense = ini.command(read_keys, read=256)
+        if status == 0:
+            break
+        assert time.monotonic() < deadline, f"still failing after the OSD returned: {sense}"
+        time.sleep(1)
+    assert data[4:8] == bytes(4)  # the failed REGISTER left nothing
+    assert ini.command(register, data=params)[0] == 0
+    status, data, _ = ini.command(read_keys, read=256)
+    assert status == 0 and data[8:16] == key.to_bytes(8, "big")
+    ini.close()

@@ -200,33 +200,6 @@ def test_aptpl_survives_a_restart_of_both_gateways_and_without_it_only_of_one(
     other.close()
 
 
-def test_the_cluster_out_of_reach_fails_a_prout_in_bounded_time_and_changes_nothing(
-    ceph_cluster: CephCluster, new_image: ImageFactory, targetd_factory: DaemonFactory
-) -> None:
-    """The OSD frozen (SIGSTOP: it keeps its data, unlike a memstore restart): a PERSISTENT
-    RESERVE OUT gets HARDWARE ERROR, LOGICAL UNIT COMMUNICATION TIME-OUT after the store's
-    10 s, not a hang; once the OSD runs again the same command succeeds."""
-    daemon = targetd_factory(target_toml(rbd_lun_toml(ceph_cluster, new_image("16M"))))
-    ini = RawInitiator(daemon.port, name=HOLDER)
-    assert ini.login(daemon.iqn).bhs[36:38] == b"\0\0"
-    ini.clear_unit_attentions()
-    ini.sock.settimeout(60)
-    osd = ceph_cluster.procs["osd.0"]
-    os.kill(osd.pid, signal.SIGSTOP)
-    try:
-        started = time.monotonic()
-        answer = prout(ini, REGISTER, 0, K_HOLDER)
-        elapsed = time.monotonic() - started
-    finally:
-        os.kill(osd.pid, signal.SIGCONT)
-    assert answer == (CHECK_CONDITION, (4, 0x08, 0x01))
-    assert 9 < elapsed < 20
-    assert read_keys(ini)[1] == []
-    assert prout(ini, REGISTER, 0, K_HOLDER) == (GOOD, None)
-    assert read_keys(ini)[1] == [K_HOLDER]
-    ini.close()
-
-
 def test_all_tg_pt_and_spec_i_pt_registrations_hold_through_the_other_gateway(
     gateways: tuple[Gateway, Gateway],
 ) -> None:
