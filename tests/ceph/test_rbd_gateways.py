@@ -105,7 +105,7 @@ def test_both_paths_serve_the_image_and_rtpg_follows_the_lock(
     assert states(a) == {1: AO, 2: ANO}
     assert read_ok(b, 0, 1) == block(1)  # B reads the cluster, no lock needed
     assert states(b) == {1: AO, 2: ANO}  # told by A's "acquired"
-    # A write through B: A has been idle past hold_ms? Not yet: B waits, then takes it.
+    # A write through B once A has been idle for its hold time (1 s): A gives the lock up.
     time.sleep(1.1)
     assert answer(b, write10(1, 1), data=block(2)) == (0, None)
     assert states(b) == {1: ANO, 2: AO}
@@ -137,13 +137,13 @@ def test_both_paths_serve_the_image_and_rtpg_follows_the_lock(
 def test_no_ping_pong_when_both_paths_write(
     new_image: ImageFactory, gateway_pair: PairFactory
 ) -> None:
-    """Each path writes as fast as its writes complete, at the same time, for 3 s: the
+    """Each path writes as fast as its writes complete, at the same time, for 2 s: the
     holder keeps the lock while it sees I/O (hold_ms), so the lock moves once or twice,
     not on every command; the other path's writes wait, then are refused transitioning."""
     pair = gateway_pair(new_image("16M"), hold_ms=500)
     paths = {"a": login(pair.a.port, "a"), "b": login(pair.b.port, "b")}
     counts = {name: {"good": 0, "refused": 0} for name in paths}
-    end = time.monotonic() + 3.0
+    end = time.monotonic() + 2.0
 
     def writer(name: str) -> None:
         ini, tag = paths[name], 0
@@ -162,7 +162,7 @@ def test_no_ping_pong_when_both_paths_write(
         t.join()
     moves = pair.lock_moves(pair.a) + pair.lock_moves(pair.b)
     good = sorted(c["good"] for c in counts.values())
-    assert good[1] > 100, counts  # the holder's path runs at full speed
+    assert good[1] > 50, counts  # the holder's path runs at full speed
     assert 1 <= moves <= 2, (moves, counts)
 
 
@@ -171,17 +171,17 @@ def test_alternating_writes_move_the_lock_at_most_once_per_hold_time(
 ) -> None:
     """One initiator alternating its writes between the paths: every write through the
     non-holder waits for the holder's hold time, so the lock moves about once per
-    hold_ms (here 300 ms over 3 s), not once per command."""
+    hold_ms (here 300 ms over 2 s), not once per command."""
     pair = gateway_pair(new_image("16M"), hold_ms=300)
     a, b = login(pair.a.port, "a"), login(pair.b.port, "b")
-    commands, tag, end = 0, 0, time.monotonic() + 3.0
+    commands, tag, end = 0, 0, time.monotonic() + 2.0
     while time.monotonic() < end:
         for ini in (a, b):
             tag += 1
             write_ok(ini, tag % 64, block(tag))
             commands += 1
     moves = pair.lock_moves(pair.a) + pair.lock_moves(pair.b)
-    assert moves <= 3.0 / 0.3 + 2, (moves, commands)
+    assert moves <= 2.0 / 0.3 + 2, (moves, commands)
     assert moves >= commands - 2  # strictly alternating: each write through the other path
 
 
