@@ -8,6 +8,11 @@ exactly one succeeds and the other learns it lost. :meth:`notify` tells every wa
 (``rados_notify2``) and waits, up to a timeout, until each has acknowledged; a watcher's
 callback runs on a librados thread and returns its reply there.
 
+Through librados's C API with ctypes, as backing/rbd_lib.py does for librbd: Debian's
+Python binding (python3-rados) would be one more package, for Debian's interpreter only,
+and the calls needed here (a compound write operation with cmpxattr, watch2/notify2 with
+acknowledgement payloads) are all in the C library the daemon already loads.
+
 Every call that waits on the cluster blocks: the caller runs it in a worker thread (the
 event loop never calls these). The object has its own rados client, with its own
 operation timeouts, so a call against an unreachable cluster ends with ETIMEDOUT after
