@@ -23,8 +23,9 @@ index is written. Part sizes grow with the segment (:func:`part_target`), so 10,
 parts hold far more than any tape.
 
 What a WRITE's GOOD means (buffered mode, as the drive's mode header says): the record is
-in the *spool*, a local file per tape that holds the bytes of the open segment not yet
-uploaded, and its length is in the local *journal* of the open segment's entries. Both
+in the *spool* (backing.tape_s3_spool), local files per tape that hold the bytes of the
+open segment not yet uploaded, and its length is in the local *journal* of the open
+segment's entries. Both
 are written (to the page cache, with no sync) before the command ends, so a daemon killed
 with SIGKILL loses no acknowledged record: on the next opening the journal says what the
 open segment held, the parts already in the bucket give its first bytes, the spool the
@@ -45,19 +46,16 @@ import bisect
 import json
 import logging
 import os
-import struct
-import sys
 from array import array
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from crc32c import crc32c
 
-from backing.errors import MediumReadError, MediumWriteError
+from backing.s3_client import S3Location, not_found, s3_error
 from backing.tape_image import (
     ENTRY,
     ENTRY_SIZE,
@@ -68,6 +66,7 @@ from backing.tape_image import (
     TapeImageError,
     default_early_warning,
 )
+from backing.tape_s3_spool import Spool, lengths_bytes, lengths_from
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +74,11 @@ META = "tape.json"
 SEGMENT = "seg-{:08d}"
 INDEX_SUFFIX = ".idx"
 INDEX_MAGIC = b"TDSEGIX1"
-SPOOL_MAGIC = b"TDSPOOL1"
-JOURNAL_MAGIC = b"TDJRNL01"
-SPOOL_HEAD = struct.Struct(">8sQQ")  # magic, segment, base: the segment offset of byte 0
-JOURNAL_HEAD = struct.Struct(">8sQ")  # magic, segment; then one >q length per entry
 MIN_PART = 5 << 20  # S3's smallest part but the last
 FIRST_PART = 8 << 20
 MAX_PART = 4 << 30  # below S3's 5 GiB
 PARTS_PER_STEP = 1000
 READ_AHEAD = 8 << 20
-_BIG_ENDIAN = sys.byteorder == "big"
 
 
 def part_target(part_number: int, first: int = FIRST_PART) -> int:
@@ -100,56 +94,6 @@ def _entry_header(kind: Kind, payload: bytes | bytearray | memoryview) -> bytes:
 
 
 _FILEMARK = _entry_header(Kind.FILEMARK, b"")
-
-
-def _lengths_bytes(lengths: array) -> bytes:
-    out = array("q", lengths)
-    if not _BIG_ENDIAN:
-        out.byteswap()
-    return out.tobytes()
-
-
-def _lengths_from(raw: bytes) -> array:
-    out = array("q")
-    out.frombytes(raw[: len(raw) // 8 * 8])
-    if not _BIG_ENDIAN:
-        out.byteswap()
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class S3Location:
-    """Where a library's cartridges live: ``s3://bucket/prefix`` at ``endpoint`` (None:
-    AWS's own, by region). Credentials are never here: boto3 takes them from the usual
-    AWS variables, the shared credentials file or an instance role."""
-
-    bucket: str
-    prefix: str = ""
-    endpoint: str | None = None
-    region: str | None = None
-
-    @classmethod
-    def parse(cls, url: str, endpoint: str | None = None, region: str | None = None) -> S3Location:
-        parts = urlsplit(url)
-        if parts.scheme != "s3" or not parts.netloc:
-            raise ValueError(f"{url!r} is not an s3://bucket/prefix address")
-        prefix = parts.path.lstrip("/")
-        if prefix and not prefix.endswith("/"):
-            prefix += "/"
-        return cls(parts.netloc, prefix, endpoint, region)
-
-    def client(self) -> Any:
-        import boto3
-        from botocore.config import Config
-
-        config = Config(
-            retries={"max_attempts": 5, "mode": "standard"},
-            max_pool_connections=4,
-            s3={"addressing_style": "path"},
-        )
-        return boto3.client(
-            "s3", endpoint_url=self.endpoint, region_name=self.region or "us-east-1", config=config
-        )
 
 
 @dataclass(slots=True)
@@ -173,18 +117,6 @@ class _Segment:
     size: int  # bytes of its entries (the data object may hold more past them)
 
 
-def _s3_errors(op: str, key: str) -> Callable[[BaseException], OSError]:
-    import errno
-
-    def wrap(err: BaseException) -> OSError:
-        cls = MediumReadError if op == "read" else MediumWriteError
-        out = cls(errno.EIO, f"s3 object {key}", op)
-        out.__cause__ = err
-        return out
-
-    return wrap
-
-
 class S3Tape:
     """An open tape in a bucket (see the module's text). Same interface as TapeImage."""
 
@@ -206,12 +138,7 @@ class S3Tape:
         self.path = f"s3://{self.bucket}/{self.key}"
         self.read_only = read_only
         self.first_part = first_part
-        self.spool_dir = Path(spool_dir)
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
-        # Two spool files: the one being filled, and the one whose bytes are going up as
-        # the part in flight (kept until that part is in the bucket).
-        self._spool_paths = [self.spool_dir / f"{barcode}.spool.{n}" for n in (0, 1)]
-        self._journal_path = self.spool_dir / f"{barcode}.journal"
+        self._spool = Spool(spool_dir, barcode)
         meta = self._get_meta()
         self.capacity = int(meta["capacity"])
         self.early_warning = int(meta["early_warning"])
@@ -229,13 +156,9 @@ class S3Tape:
         self._landed = 0  # segment bytes in uploaded parts
         self._sent = 0  # ... and in the part in flight
         self._buffer = bytearray()  # segment bytes from _sent on (the current spool's)
-        self._spool_fds = [-1, -1]
-        self._current = 0  # the spool being filled
         self._inflight: Future[dict[str, Any]] | None = None
         self._inflight_body: bytes | bytearray = b""  # what it sends, again if it fails
         self._uploader: ThreadPoolExecutor | None = None
-        self._journal_fd = -1
-        self._journal_at = 0
         self._cache: tuple[int, int, bytes] | None = None  # segment, offset, bytes
         # The window after the cached one, being read: segment, offset, length, its GET.
         self._ahead: tuple[int, int, int, Future[bytes]] | None = None
@@ -248,15 +171,15 @@ class S3Tape:
         try:
             return fn(Bucket=self.bucket, Key=key, **kw)
         except Exception as err:
-            if _not_found(err):
+            if not_found(err):
                 raise
-            raise _s3_errors(op, key)(err) from err
+            raise s3_error(op, key)(err) from err
 
     def _get_meta(self) -> dict[str, Any]:
         try:
             body = self._call("read", self.key + META, self.client.get_object)["Body"].read()
         except Exception as err:
-            if _not_found(err):
+            if not_found(err):
                 raise TapeImageError(f"{self.path}: no tape (no {META})") from err
             raise
         try:
@@ -274,7 +197,7 @@ class S3Tape:
                 for obj in page.get("Contents", ()):
                     out[obj["Key"]] = obj["Size"]
         except Exception as err:
-            raise _s3_errors("read", prefix)(err) from err
+            raise s3_error("read", prefix)(err) from err
         return out
 
     def _uploads(self) -> list[tuple[str, str]]:
@@ -285,7 +208,7 @@ class S3Tape:
             for page in pages.paginate(Bucket=self.bucket, Prefix=self.key):
                 out += [(u["Key"], u["UploadId"]) for u in page.get("Uploads", ())]
         except Exception as err:
-            raise _s3_errors("read", self.key)(err) from err
+            raise s3_error("read", self.key)(err) from err
         return out
 
     def _segment_key(self, number: int) -> str:
@@ -295,7 +218,7 @@ class S3Tape:
     def _load(self) -> Recovery:
         recovery = Recovery()
         objects = self._list(self.key + "seg-")
-        journal = self._read_journal()
+        journal = self._spool.read_journal()
         claimed: str | None = None
         if journal is not None:
             number, lengths = journal
@@ -303,7 +226,7 @@ class S3Tape:
             if claimed + INDEX_SUFFIX not in objects:
                 self._mend(number, lengths, objects, recovery)
                 objects = self._list(self.key + "seg-")
-            self._drop_journal()
+            self._spool.drop()
         for key, upload_id in self._uploads():
             # Only the mend above completes an upload; any left is no journal's.
             self._abort(key, upload_id)
@@ -341,7 +264,7 @@ class S3Tape:
         if raw[:8] != INDEX_MAGIC or len(raw) < 16:
             raise TapeImageError(f"{self._index_key(number)}: not a segment index")
         count = int.from_bytes(raw[8:16], "big")
-        lengths = _lengths_from(raw[16:])
+        lengths = lengths_from(raw[16:])
         if len(lengths) != count:
             raise TapeImageError(f"{self._index_key(number)}: index holds {len(lengths)}")
         return lengths
@@ -361,37 +284,6 @@ class S3Tape:
         self._segments.append(segment)
         self._firsts.append(segment.first)
 
-    def _read_journal(self) -> tuple[int, array] | None:
-        try:
-            raw = self._journal_path.read_bytes()
-        except FileNotFoundError:
-            return None
-        if len(raw) < JOURNAL_HEAD.size or raw[:8] != JOURNAL_MAGIC:
-            return None
-        _, number = JOURNAL_HEAD.unpack_from(raw)
-        return number, _lengths_from(raw[JOURNAL_HEAD.size :])
-
-    def _spooled(self, number: int, landed: int) -> bytes:
-        """The segment's bytes from ``landed`` on, as far as the spool files of segment
-        ``number`` hold them without a gap."""
-        ranges: list[tuple[int, bytes]] = []
-        for path in self._spool_paths:
-            try:
-                raw = path.read_bytes()
-            except FileNotFoundError:
-                continue
-            if len(raw) < SPOOL_HEAD.size:
-                continue
-            magic, spooled, base = SPOOL_HEAD.unpack_from(raw)
-            if magic == SPOOL_MAGIC and spooled == number:
-                ranges.append((base, raw[SPOOL_HEAD.size :]))
-        out = bytearray()
-        for base, data in sorted(ranges, key=lambda r: r[0]):
-            at = landed + len(out)
-            if base <= at < base + len(data):
-                out += data[at - base :]
-        return bytes(out)
-
     def _mend(
         self, number: int, lengths: array, objects: dict[str, int], recovery: Recovery
     ) -> None:
@@ -410,7 +302,7 @@ class S3Tape:
                     upload_id = uid
                     parts = self._list_parts(key, uid)
                     landed = sum(p["Size"] for p in parts)
-            spool = self._spooled(number, landed)
+            spool = self._spool.spooled(number, landed)
         # Segment bytes held: [0, landed) in the bucket, then [landed, held) spooled.
         held = landed + len(spool)
         kept = array("q")
@@ -455,7 +347,7 @@ class S3Tape:
             for page in pages.paginate(Bucket=self.bucket, Key=key, UploadId=upload_id):
                 found += page.get("Parts", ())
         except Exception as err:
-            raise _s3_errors("read", key)(err) from err
+            raise s3_error("read", key)(err) from err
         found.sort(key=lambda p: p["PartNumber"])
         parts = []
         for want, part in enumerate(found, start=1):
@@ -491,14 +383,8 @@ class S3Tape:
         return {"PartNumber": number, "ETag": answer["ETag"], "Size": len(body)}
 
     def _put_index(self, number: int, lengths: array) -> None:
-        body = INDEX_MAGIC + len(lengths).to_bytes(8, "big") + _lengths_bytes(lengths)
+        body = INDEX_MAGIC + len(lengths).to_bytes(8, "big") + lengths_bytes(lengths)
         self._call("write", self._index_key(number), self.client.put_object, Body=body)
-
-    def _drop_journal(self) -> None:
-        self._drop_journal_fds()
-        self._journal_path.unlink(missing_ok=True)
-        for path in self._spool_paths:
-            path.unlink(missing_ok=True)
 
     # -- what is on the tape ----------------------------------------------------------
     def __len__(self) -> int:
@@ -622,7 +508,7 @@ class S3Tape:
         try:
             return answer["Body"].read()
         except Exception as err:
-            raise _s3_errors("read", key)(err) from err
+            raise s3_error("read", key)(err) from err
 
     def records(self, start: int, stop: int) -> Iterator[bytes]:
         for i in range(start, stop):
@@ -716,13 +602,10 @@ class S3Tape:
         if self._open is None:
             self._begin_segment()
         assert self._open is not None
-        at = SPOOL_HEAD.size + len(self._buffer)
         for part in parts:  # no joined copy of a multi-MiB record
-            _pwrite_all(self._spool_fds[self._current], part, at)
-            at += len(part)
+            self._spool.write(part, len(self._buffer))
             self._buffer += part
-        _pwrite_all(self._journal_fd, _lengths_bytes(lengths), self._journal_at)
-        self._journal_at += 8 * len(lengths)
+        self._spool.journal(lengths)
         first = len(self._lengths)
         offset = self._end
         for i, n in enumerate(lengths):
@@ -743,14 +626,7 @@ class S3Tape:
         self._open = _Segment(number, len(self), self._end, 0)
         self._upload_id, self._parts, self._landed, self._sent = None, [], 0, 0
         self._buffer = bytearray()
-        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-        for n, path in enumerate(self._spool_paths):
-            self._spool_fds[n] = os.open(path, flags, 0o600)
-            _pwrite_all(self._spool_fds[n], SPOOL_HEAD.pack(SPOOL_MAGIC, number, 0), 0)
-        self._current = 0
-        self._journal_fd = os.open(self._journal_path, flags, 0o600)
-        _pwrite_all(self._journal_fd, JOURNAL_HEAD.pack(JOURNAL_MAGIC, number), 0)
-        self._journal_at = JOURNAL_HEAD.size
+        self._spool.begin(number)
 
     def _upload_buffer(self) -> None:
         """The current spool's bytes go up as the next part, on the uploader thread, while
@@ -771,12 +647,7 @@ class S3Tape:
         )
         self._inflight_body = body
         self._sent += len(body)
-        # The other spool's part is in the bucket (settled above). Emptied before its new
-        # base is written: a crash between leaves the old base and no bytes.
-        self._current ^= 1
-        fd = self._spool_fds[self._current]
-        os.ftruncate(fd, SPOOL_HEAD.size)
-        _pwrite_all(fd, SPOOL_HEAD.pack(SPOOL_MAGIC, self._open.number, self._sent), 0)
+        self._spool.switch(self._open.number, self._sent)  # the other's part is in (settled)
 
     def _settle(self) -> None:
         """Wait for the part in flight. One that failed is sent again here; failing again
@@ -817,27 +688,18 @@ class S3Tape:
         self._open = None
         self._upload_id, self._parts, self._landed, self._sent = None, [], 0, 0
         self._buffer = bytearray()
-        self._drop_journal()
+        self._spool.drop()
 
     def close(self) -> None:
         try:
             self.flush()
         finally:
-            self._drop_journal_fds()
+            self._spool.close()
             for pool in (self._uploader, self._reader):
                 if pool is not None:
                     pool.shutdown(wait=True)
             self._uploader = self._reader = None
             self._ahead = None
-
-    def _drop_journal_fds(self) -> None:
-        for n, fd in enumerate(self._spool_fds):
-            if fd >= 0:
-                os.close(fd)
-                self._spool_fds[n] = -1
-        if self._journal_fd >= 0:
-            os.close(self._journal_fd)
-            self._journal_fd = -1
 
     def __enter__(self) -> S3Tape:
         return self
@@ -857,21 +719,6 @@ def _entry_ok(head: bytes, payload: bytes, length: int) -> bool:
     return kind == Kind.RECORD and n == length == len(payload) and crc32c(payload) == payload_crc
 
 
-def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
-
-
-def _not_found(err: BaseException) -> bool:
-    response = getattr(err, "response", None)
-    if not isinstance(response, dict):
-        return False
-    code = str(response.get("Error", {}).get("Code", ""))
-    return code in ("404", "NoSuchKey", "NotFound")
-
-
 def create_tape(client: Any, location: S3Location, barcode: str, capacity: int) -> None:
     """A blank tape: its ``tape.json``. Refused when the barcode has one."""
     if capacity < MIN_CAPACITY:
@@ -886,4 +733,4 @@ def create_tape(client: Any, location: S3Location, barcode: str, capacity: int) 
         code = str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
         if code in ("PreconditionFailed", "412"):
             raise FileExistsError(f"s3://{location.bucket}/{key} exists") from err
-        raise _s3_errors("write", key)(err) from err
+        raise s3_error("write", key)(err) from err

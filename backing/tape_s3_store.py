@@ -15,8 +15,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from backing.s3_client import S3Location
 from backing.tape_library import LibraryError, TapeDirectory
-from backing.tape_s3 import INDEX_SUFFIX, META, S3Location, S3Tape, create_tape
+from backing.tape_s3 import INDEX_SUFFIX, META, S3Tape, create_tape
 
 EXPORTED_PREFIX = "exported/"
 

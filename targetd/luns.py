@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING
 
 import xcopy
 from backing.pairs import PairService, PairVolume
+from backing.s3_client import S3Location
 from backing.sparse_file import SparseFile
 from backing.tape_image import TapeImageError
 from backing.tape_library import LibraryError, TapeDirectory
-from backing.tape_s3 import S3Location, S3Tape
+from backing.tape_s3 import S3Tape
 from backing.tape_s3_store import S3TapeStore
 from scsi.alua import STATE_NAMES, PortGroup, PortGroups
 from scsi.block_device import BlockDevice, BlockStore

@@ -14,11 +14,11 @@ import pytest
 from s3_server import S3Server
 
 from backing.errors import MediumWriteError
+from backing.s3_client import S3Location
 from backing.tape_image import ENTRY_SIZE, MediumFull, TapeImageError
 from backing.tape_s3 import (
     MIN_PART,
     PARTS_PER_STEP,
-    S3Location,
     S3Tape,
     create_tape,
     part_target,
@@ -52,7 +52,7 @@ def crash(tape: S3Tape) -> None:
     flight lands first, so that the test knows what is in the bucket)."""
     if tape._inflight is not None:
         tape._inflight.exception()
-    tape._drop_journal_fds()
+    tape._spool.close()
 
 
 def uploads(client, location: S3Location) -> list[str]:
