@@ -47,6 +47,11 @@ class TapeDirectory:
     def exists(self, barcode: str) -> bool:
         return self.image_path(barcode).is_file()
 
+    def sweep(self) -> list[str]:
+        """Blocking: clean up what crashed writers left in the store; what went. An image
+        file mends itself when it is opened: nothing to do here."""
+        return []
+
     def exported(self, barcode: str) -> bool:
         """The cartridge left the library through the mail slot (and is not made again)."""
         return (self.path / EXPORTED / self.image_path(barcode).name).exists()

@@ -25,9 +25,9 @@ parts hold far more than any tape.
 What a WRITE's GOOD means (buffered mode, as the drive's mode header says): the record is
 in the *spool* (backing.tape_s3_spool), local files per tape that hold the bytes of the
 open segment not yet uploaded, and its length is in the local *journal* of the open
-segment's entries. Both
-are written (to the page cache, with no sync) before the command ends, so a daemon killed
-with SIGKILL loses no acknowledged record: on the next opening the journal says what the
+segment's entries. Both are written (to the page cache, with no sync) before the command
+ends, so a daemon killed with SIGKILL loses no acknowledged record: on the next opening
+the journal says what the
 open segment held, the parts already in the bucket give its first bytes, the spool the
 rest, and the upload is completed with them. A power cut can lose the spool (it is not
 synced, as a local image is not synced before its sync point): whatever the journal

@@ -77,6 +77,28 @@ class S3TapeStore(TapeDirectory):
             raise LibraryError(f"{self.describe()}: {key}: {err}") from err
         return True
 
+    def sweep(self) -> list[str]:
+        """Abort every multipart upload under the library's prefix that no local journal
+        claims (a crash of another host, a lost state directory, a hand-made upload): a
+        cartridge whose journal is here is mended when it is opened. Returns the keys."""
+        bucket, prefix = self.location.bucket, self.location.prefix
+        aborted: list[str] = []
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads")
+            for page in pages.paginate(Bucket=bucket, Prefix=prefix):
+                for upload in page.get("Uploads", ()):
+                    key = upload["Key"]
+                    barcode = key[len(prefix) :].split("/", 1)[0]
+                    if (self.spool_dir / f"{barcode}.journal").exists():
+                        continue
+                    self.client.abort_multipart_upload(
+                        Bucket=bucket, Key=key, UploadId=upload["UploadId"]
+                    )
+                    aborted.append(key)
+        except Exception as err:
+            raise LibraryError(f"{self.describe()}: cannot clean up uploads: {err}") from err
+        return aborted
+
     def exists(self, barcode: str) -> bool:
         if barcode == EXPORTED_PREFIX.rstrip("/"):
             return False

@@ -52,6 +52,8 @@ class TapeLibrary:
         for barcode in tapes:  # the configuration's cartridges, made blank when absent
             if not directory.exists(barcode) and not directory.exported(barcode):
                 directory.create(barcode)
+        for key in directory.sweep():  # uploads no crashed writer of ours will mend
+            log.warning("abandoned upload aborted", extra={"key": key})
         present = directory.barcodes()
         inventory = directory.load_inventory() or {}
         saved = inventory.get("elements", {})

@@ -117,21 +117,24 @@ def test_an_s3_tape_writes_spaces_locates_and_reads(
     targetd_factory: DaemonFactory, s3_server: S3Server
 ) -> None:
     prefix = new_prefix()
-    # An upload some crashed host left under a cartridge: gone once the tape is loaded.
+    # Uploads some crashed host left under the cartridges: gone once the library starts.
     client = s3_server.client()
-    stale = f"{prefix}S30001L6/seg-00000099"
-    upload = client.create_multipart_upload(Bucket=s3_server.bucket, Key=stale)
-    client.upload_part(
-        Bucket=s3_server.bucket, Key=stale, UploadId=upload["UploadId"], PartNumber=1, Body=b"x"
-    )
+    for barcode in ("S30001L6", "S30002L6"):
+        stale = f"{prefix}{barcode}/seg-00000099"
+        upload = client.create_multipart_upload(Bucket=s3_server.bucket, Key=stale)
+        client.upload_part(
+            Bucket=s3_server.bucket, Key=stale, UploadId=upload["UploadId"], PartNumber=1, Body=b"x"
+        )
+    assert len(uploads(s3_server, prefix)) == 2
     daemon = targetd_factory(config(s3_server, prefix))
+    assert uploads(s3_server, prefix) == []
+    assert daemon.stderr.count('event="abandoned upload aborted"') == 2, daemon.stderr
     # The configuration's cartridges were made in the bucket, not as files.
     assert client.head_object(Bucket=s3_server.bucket, Key=f"{prefix}S30002L6/tape.json")
     assert not list((daemon.state_dir / "vtl").glob("*.img"))
     files = [[record(10 * f + i, 3000 + 1000 * i) for i in range(3)] for f in range(3)]
     with session(daemon.port) as ini:
         load(ini)
-        assert uploads(s3_server, prefix) == []
         for f in files:
             for r in f:
                 assert write(ini, r) == GOOD

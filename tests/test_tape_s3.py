@@ -307,3 +307,21 @@ def test_reads_come_a_window_at_a_time_and_the_next_is_read_ahead(
     # a window at each segment's end cut short: not one GET per record.
     assert len(counting.gets) <= 14, counting.gets
     assert again._reader is not None  # the windows after the first were read ahead
+
+
+def test_the_store_sweeps_uploads_no_journal_claims(client, location, tmp_path) -> None:
+    store = S3TapeStore(tmp_path / "lib", 1 << 30, location)
+    store.create("A1")
+    store.create("B2")
+    tape = store.open("A1")  # a writer of ours that crashed: its journal is here
+    tape.first_part = MIN_PART
+    for i in range(3):
+        tape.append_record(record(i, 3 << 20))
+    crash(tape)
+    stale = f"{location.prefix}B2/seg-00000004"
+    client.create_multipart_upload(Bucket="tapes", Key=stale)
+    assert sorted(uploads(client, location)) == [f"{location.prefix}A1/seg-00000001", stale]
+    assert store.sweep() == [stale]
+    assert uploads(client, location) == [f"{location.prefix}A1/seg-00000001"]
+    with store.open("A1") as again:  # mended on opening, as before the sweep
+        assert [again.read(i) for i in range(3)] == [record(i, 3 << 20) for i in range(3)]
