@@ -659,7 +659,9 @@ class RbdImage:
         """Remove ``address`` (an old client of ours, shut down) from the blocklist
         (blocking: a monitor command)."""
         assert self._cluster is not None
-        self._cluster.mon_command({"prefix": "osd blocklist", "blocklistop": "rm", "addr": address})
+        self._cluster.mon_command(
+            {"prefix": "osd blocklist", "blocklistop": "rm", "addr": address}
+        )
 
     def release_lock_now(self) -> None:
         """``release_lock``, blocking (at shutdown)."""
