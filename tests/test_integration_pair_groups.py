@@ -216,3 +216,33 @@ def test_reload_adds_declared_pairs_and_reports_mismatches(
     daemon.restart()
     group = ok_json(daemon, "group", "status", "db")
     assert group["pairs"] == ["p0", "p1", "p2"]
+
+
+def test_a_reload_resumes_the_pair_file_of_luns_it_adds(targetd_factory: DaemonFactory) -> None:
+    """A pair whose LUN was left out of the file at a restart is not lost: the reload
+    that brings the LUN back resumes the pair from its file (not a new one)."""
+    two = f'[[target]]\nname = "{IQN}"\n' + "".join(
+        f'[[target.lun]]\nlun = {n}\nsize = "4MiB"\n' for n in range(2)
+    )
+    daemon = targetd_factory(two)
+    created = ok_json(daemon, "pair", "create", "keep", "0", "1")
+    assert created["target_lun"] == 1
+    ok_json(daemon, "pair", "split", "keep")
+    split_time = ok_json(daemon, "pair", "status", "keep")["split_time"]
+    daemon.stop()
+    assert daemon.config is not None
+    daemon.config.write_text(two.split("[[target.lun]]\nlun = 1")[0])
+    daemon.start()
+    assert "pair keep: its volumes are not configured; left as is" in daemon.stderr
+    assert ok_json(daemon, "pair", "status") == []
+    daemon.config.write_text(two)
+    os.kill(daemon.proc.pid, signal.SIGHUP)  # type: ignore[union-attr]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pairs = ok_json(daemon, "pair", "status")
+        if pairs:
+            break
+        time.sleep(0.1)
+    assert [(p["name"], p["source_state"], p["split_time"]) for p in pairs] == [
+        ("keep", "SPLIT", split_time)
+    ]

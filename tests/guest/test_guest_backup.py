@@ -1,7 +1,8 @@
 """docs/backup.md, run as written in a QEMU guest: the page's ``toml`` block is the daemon's
 configuration and its ``sh`` blocks, in order, are the script, with targetd-copy (from the
 guest image, on Debian's Python) on /dev/sgN. Two ext4 volumes with files written before the
-split are paired, split, backed up to the tape LUN, listed, verified, resynchronized,
+split, paired with their mirrors by the configuration in one consistency group, are split
+with one command, backed up to the tape LUN, listed, verified, resynchronized,
 restored onto spare LUNs, and mounted: ``sha256sum -c`` and ``diff`` in the page itself
 fail the script unless they hold exactly the pre-split files."""
 
@@ -36,4 +37,5 @@ def test_the_guide_runs_as_written(targetd_factory: DaemonFactory) -> None:
     assert re.search(r"^\s+0 .* 8388608\s+db-data\s", out, re.M), out
     assert re.search(r"^\s+1 .* 8388608\s+db-log\s", out, re.M), out
     assert out.count("verified: 8388608 bytes and equals") == 2
+    assert out.count(", group db") >= 2, out  # status names the group of each pair
     assert "table1: OK" in out and "redo.log: OK" in out
