@@ -57,6 +57,12 @@ check_inventory() {
     check_status
 }
 
+# POSITION TO ELEMENT: the robot to slot 2 (nothing moves)
+check_position() {
+    run mtx -f "$CHANGER" position 2
+    check_status
+}
+
 check_load() {
     run mtx -f "$CHANGER" load 2 0
     out=$(status)
@@ -313,7 +319,7 @@ echo "changer: $CHANGER drive 0: $TAPE ($DRIVE_SG)"
 export CHANGER TAPE DRIVE_SG
 
 failed=
-for check in ${CHECKS:-identification status inventory load tapeinfo mt_dd tar unload transfer \
+for check in ${CHECKS:-identification status inventory position load tapeinfo mt_dd tar unload transfer \
     refusals exchange mail_slot mtx_changer btape_test btape_autochanger operator_import \
     alternate_tag}; do
     step "$check"

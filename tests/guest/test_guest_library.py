@@ -36,17 +36,18 @@ changer = 0
 """
 
 CHECKS = [
-    "identification", "status", "inventory", "load", "tapeinfo", "mt_dd", "tar", "unload",
-    "transfer", "refusals", "exchange", "mail_slot", "mtx_changer", "btape_test",
+    "identification", "status", "inventory", "position", "load", "tapeinfo", "mt_dd", "tar",
+    "unload", "transfer", "refusals", "exchange", "mail_slot", "mtx_changer", "btape_test",
     "btape_autochanger", "operator_import", "alternate_tag",
 ]  # fmt: skip
 
 
-# What tgt's VTL does with each check (recorded in docs/tape.md): it has no EXCHANGE MEDIUM
-# (INVALID COMMAND OPERATION CODE), and btape's append test fails: after MTEOM st knows no
-# file number, and with btape's fallbacks the tape holds 5 files where 4 were written; it
-# has no alternate volume tags.
+# What tgt's VTL does with each check (recorded in docs/tape.md): it has no POSITION TO
+# ELEMENT and no EXCHANGE MEDIUM (INVALID COMMAND OPERATION CODE), and btape's append test
+# fails: after MTEOM st knows no file number, and with btape's fallbacks the tape holds 5
+# files where 4 were written; it has no alternate volume tags.
 TGT_VERDICTS = dict.fromkeys(CHECKS, "pass") | {
+    "position": "fail",
     "exchange": "fail",
     "btape_test": "fail",
     "alternate_tag": "fail",
