@@ -32,19 +32,26 @@ echo unreachable
     assert "unreachable" not in message
 
 
-DEADLINE = 20
+DEADLINES = (20, 60)
 
 
 def test_guest_that_hangs_is_killed_at_the_deadline(targetd_factory: DaemonFactory) -> None:
     daemon = targetd_factory(start=False)
-    started = time.monotonic()
-    # The deadline leaves a guest under software emulation on a busy machine time to boot and
-    # print its line (a 10 s deadline was seen to pass before the console said anything).
-    with pytest.raises(pytest.fail.Exception) as failure:
-        run_guest("echo hanging-now\nsleep 600\n", daemon, timeout=DEADLINE)
-    elapsed = time.monotonic() - started
-    message = str(failure.value)
-    assert f"the guest did not finish within {DEADLINE}s" in message
+    # A guest under software emulation on a busy machine can take longer than the first
+    # deadline just to boot (20 s was seen to pass at load 15 before the console said
+    # anything); then the same check runs once more with a longer deadline. Either way the
+    # guest must be killed at the deadline and its console must reach the report.
+    for deadline in DEADLINES:
+        started = time.monotonic()
+        with pytest.raises(pytest.fail.Exception) as failure:
+            run_guest("echo hanging-now\nsleep 600\n", daemon, timeout=deadline)
+        elapsed = time.monotonic() - started
+        message = str(failure.value)
+        assert f"the guest did not finish within {deadline}s" in message
+        # QEMU is killed at the deadline, not waited for (the guest would sleep 600 s); the
+        # margin covers building the initrd, which the deadline does not count and which took
+        # 8 s on a machine at load 15.
+        assert elapsed < deadline + 20
+        if "hanging-now" in message:
+            break
     assert "hanging-now" in message
-    # QEMU is killed at the deadline, not waited for.
-    assert elapsed < DEADLINE + 3

@@ -382,6 +382,11 @@ def test_results_survive_a_restart_and_a_running_copy_reads_as_failed(tmp_path: 
         assert (await task).status == GOOD
         assert (await extended_copy(t, running, sa=1)).status == GOOD
         # "Restart": a new manager over the same records; the running copy died with it.
+        # A dead process writes nothing more: the old manager's journal is settled and then
+        # detached before its copy is cancelled (else the cancelled copy's own final record
+        # can land after the reborn manager has reported and removed it).
+        await journal.settled()
+        manager.journal = None
         for op in manager.running():
             op.task.cancel()
         for lu in t.luns.values():
