@@ -65,7 +65,7 @@ def _utc(ms: int | None = None) -> str:
 
 
 def _pair_of(device: Device) -> c.PairStatus | None:
-    result = execute(device, c.pair_in(), read=96)
+    result = execute(device, c.pair_in(), read=128)
     if result.status != 0 or len(result.data) < 96:
         return None
     status = c.pair_status(result.data)
@@ -130,12 +130,45 @@ def _volume(spec: str, device: Device, limits: c.CopyLimits, record: int) -> Vol
         policy=c.POLICIES.get(pair.policy, "") if pair else "",
         device=spec,
         id=backup_id,
+        group=pair.group if pair else "",
     )
     return Volume(info.designator, layout, label.encode(), backup_id)
 
 
+def group_members(dest: str, device: Device, group: str) -> list[str]:
+    """The target volumes (secondaries) of the pairs of ``group``, as devices of the same
+    target as ``dest``: every LUN of that target is asked PAIR IN (the LUNs of an iscsi://
+    URL's target by REPORT LUNS, of a /dev node's by its iSCSI session in /sys)."""
+    if dest.startswith("iscsi://"):
+        base = dest.rstrip("/").rsplit("/", 1)[0]
+        data = run(device, "REPORT LUNS", c.report_luns(), read=8 + 8 * 256)
+        candidates = [(lun, f"{base}/{lun}") for lun in c.luns_reported(data)]
+    else:
+        from hostcopy.sysfs import scsi_nodes
+
+        target = target_of(dest)
+        if target is None:
+            raise Failure(f"{dest}: cannot tell its iSCSI target, so not the group's LUNs")
+        candidates = [(n.lun, n.sg) for n in scsi_nodes() if n.target == target and n.sg]
+    members = []
+    for lun, spec in sorted(candidates):
+        with opened(spec) as dev:
+            status = _pair_of(dev)
+        if status is not None and status.group == group and status.target_lun == lun:
+            members.append(spec)
+    if not members:
+        raise Failure(f"no pair of group {group!r} has its target volume on this target")
+    return members
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
     *sources, dest = args.volumes
+    if args.group:
+        if sources:
+            raise Failure("--group names the volumes: give only the tape or file sink")
+        with opened(dest) as dst:
+            sources = group_members(dest, dst, args.group)
+        print(f"group {args.group}: {' '.join(sources)}", file=sys.stderr)
     if not sources:
         raise Failure("name at least one volume and the tape or file sink")
     for source in sources:
@@ -609,6 +642,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--record-size", type=size, default=DEFAULT_RECORD,
                    help="record length on the medium (default 1MiB; capped by the copy "
                    "manager's stream transfer limit)")  # fmt: skip
+    b.add_argument("--group", metavar="NAME",
+                   help="back up the target volume of every pair of this consistency group, "
+                   "in one EXTENDED COPY (one tape file each); give only DEST")  # fmt: skip
     b.add_argument("--position", choices=("end", "start", "current"), default="end",
                    help="where the backup goes: after the last one (default), at the "
                    "start (overwriting everything), or at the current position")  # fmt: skip

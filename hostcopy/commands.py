@@ -69,7 +69,17 @@ def pair_out(action: int, lun: int = ADDRESSED_LUN, byte4: int = 0) -> bytes:
     return bytes([PAIR_OUT, action]) + lun.to_bytes(2, "big") + bytes([byte4]) + bytes(11)
 
 
-def pair_in(lun: int = ADDRESSED_LUN, allocation: int = 96) -> bytes:
+def report_luns(allocation: int = 8 + 8 * 256) -> bytes:
+    return bytes([0xA0, 0, 0, 0, 0, 0]) + allocation.to_bytes(4, "big") + bytes(2)
+
+
+def luns_reported(data: bytes) -> list[int]:
+    """The LUN numbers of a REPORT LUNS answer (peripheral and flat addressing)."""
+    end = min(len(data), 8 + int.from_bytes(data[:4], "big"))
+    return [((data[i] & 0x3F) << 8) | data[i + 1] for i in range(8, end - 7, 8)]
+
+
+def pair_in(lun: int = ADDRESSED_LUN, allocation: int = 128) -> bytes:
     return bytes([PAIR_IN, 0]) + lun.to_bytes(2, "big") + bytes(6) + allocation.to_bytes(4, "big")
 
 

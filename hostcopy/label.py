@@ -34,6 +34,7 @@ class Label:
     policy: str = ""
     device: str = ""  # what the host called the source
     id: str = ""  # matches the end label's; "" in backups made before end labels existed
+    group: str = ""  # the pair's consistency group, "" for none
 
     def encode(self) -> bytes:
         body = MAGIC + json.dumps(asdict(self), separators=(",", ":")).encode() + b"\n"

@@ -187,3 +187,74 @@ def test_a_backup_cut_off_by_a_killed_daemon_is_partial(targetd_factory: DaemonF
         tool("verify", daemon.url(TAPE), "--file", "1")
     finally:
         client.close()
+
+
+GROUP_CONFIG = f"""
+[pairs]
+chunk_size = "64KiB"
+
+[[target]]
+name = "{IQN}"
+[[target.lun]]
+lun = 0
+size = "4MiB"
+[[target.lun]]
+lun = 1
+size = "4MiB"
+[[target.lun]]
+lun = 2
+size = "2MiB"
+[[target.lun]]
+lun = 3
+size = "2MiB"
+[[target.lun]]
+lun = 4
+kind = "tape"
+path = "tape.img"
+size = "64MiB"
+[[pair]]
+name = "data"
+source_lun = 0
+target_lun = 1
+[[pair]]
+name = "log"
+source_lun = 2
+target_lun = 3
+[[group]]
+name = "db"
+pairs = ["data", "log"]
+"""
+
+
+def test_one_extended_copy_backs_up_every_secondary_of_a_group(
+    targetd_factory: DaemonFactory,
+) -> None:
+    """`backup --group db`: the tool finds the group's target volumes (PAIR IN of every
+    LUN), and one list writes one tape file per volume, each with its own labels and the
+    SHA-256 of that volume at the group's split instant."""
+    daemon = targetd_factory(GROUP_CONFIG)
+    client = BlockClient(daemon.port, daemon.iqn, (0, 1, 2, 3))
+    try:
+        data, log = os.urandom(4 * MiB), os.urandom(2 * MiB)
+        client.write(0, 0, data)
+        client.write(2, 0, log)
+        for lun in (1, 3):
+            client.wait("DUPLEX", lun=lun)
+        tool("split", daemon.url(1), "--wait")  # a member's split splits its group
+        client.write(2, 0, b"\x55" * 65536)  # after the split: in neither backup
+        out = tool("backup", "--group", "db", daemon.url(4))
+        assert f"group db: {daemon.url(1)} {daemon.url(3)}" in out.stderr
+        assert "1 list(s), 2 tape file(s)" in out.stderr
+        listing = json.loads(tool("list", daemon.url(4), "--json").stdout)
+        assert [(e["file"], e["pair"], e["group"], e["state"], e["sha256"]) for e in listing] == [
+            (0, "data", "db", "complete", hashlib.sha256(data).hexdigest()),
+            (1, "log", "db", "complete", hashlib.sha256(log).hexdigest()),
+        ]
+        assert listing[0]["split_time"] == listing[1]["split_time"] != ""
+        assert listing[0]["id"] != listing[1]["id"]
+        tool("verify", daemon.url(4), "--file", "0")
+        tool("verify", daemon.url(4), "--file", "1")
+        none = tool("backup", "--group", "nosuch", daemon.url(4), check=False)
+        assert none.returncode == 1 and "no pair of group 'nosuch'" in none.stderr
+    finally:
+        client.close()
