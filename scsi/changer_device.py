@@ -302,6 +302,10 @@ class MediaChanger(SerializedMedium):
                 if drive is not None and drive.has_cartridge:
                     row["used"] = drive.image.used
                     row["capacity"] = drive.image.capacity
+                    # Records a crash took that opening could not bring back (S3 tapes).
+                    lost = getattr(drive.image.recovery, "lost", 0)
+                    if lost:
+                        row["lost"] = lost
             if element.barcode is not None and "used" not in row:
                 try:
                     used, capacity = await self.io(self.library.directory.usage, element.barcode)

@@ -1,8 +1,10 @@
 """Tape libraries on the admin socket (``targetctl library ...``, docs/tape.md).
 
 ``library.list``   {target?, lun?} -> {target, lun, elements: [{address, type, barcode,
-                   used?, capacity?, error?}]}: every cartridge's usage (bytes on it and
-                   its capacity), from its drive or its store
+                   used?, capacity?, error?, lost?}]}: every cartridge's usage (bytes on
+                   it and its capacity), from its drive or its store; ``lost``: records
+                   and file marks a crash took that the drive's opening could not bring
+                   back (an S3 tape whose spool was lost or torn)
 ``library.import`` {barcode, target?, lun?, create?} -> {barcode, element}: the cartridge
                    (a blank one made unless it exists; ``create`` false refuses to make
                    one) put in a free mail slot

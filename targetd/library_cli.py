@@ -71,6 +71,8 @@ def _list(args: argparse.Namespace) -> int:
             used = f"{e['used']} of {e['capacity']} bytes ({100 * e['used'] / e['capacity']:.1f}%)"
         elif "error" in e:
             used = f"? ({e['error']})"
+        if "lost" in e:
+            used += f"; {e['lost']} record(s) lost in a crash"
         barcode = e["barcode"] or "-"
         if "alternate" in e:
             used = f"{used}  alternate {e['alternate']}".lstrip()

@@ -297,3 +297,34 @@ def test_a_tape_lun_on_s3_keeps_its_records_across_a_restart(
         assert sense_of(read(ini, 10)) == (0x8, 0x00, 0x05)
     spool = daemon.state_dir / "iqn.2026-11.org.targetd.test_vtl" / "lun1-spool"
     assert spool.is_dir() and not list(spool.iterdir())  # all in the bucket after SIGTERM
+
+
+def test_records_a_power_cut_took_are_reported_by_targetctl(
+    targetd_factory: DaemonFactory, s3_server: S3Server
+) -> None:
+    daemon = targetd_factory(config(s3_server, new_prefix()))
+    records = [record(200 + i, 4096) for i in range(3)]
+    with session(daemon.port) as ini:
+        load(ini)
+        for r in records:
+            assert write(ini, r) == GOOD
+        assert daemon.proc is not None
+        os.kill(daemon.proc.pid, signal.SIGKILL)
+        daemon.proc.wait()
+    # What a power cut does to an unsynced spool: the last record's bytes garbled.
+    spool = daemon.state_dir / "vtl" / "spool" / "S30001L6.spool.0"
+    with open(spool, "r+b") as f:
+        f.seek(spool.stat().st_size - 1000)
+        f.write(b"\xa5" * 100)
+    daemon.start()
+    assert "1 acknowledged record(s) or file mark(s) could not be recovered" in daemon.stderr
+    listing = targetctl(daemon, "list", "--json")
+    assert listing.returncode == 0, listing.stderr
+    drive = next(e for e in json.loads(listing.stdout)["elements"] if e["address"] == DRIVE0)
+    assert (drive["barcode"], drive["lost"]) == ("S30001L6", 1)
+    text = targetctl(daemon, "list")
+    assert "1 record(s) lost in a crash" in text.stdout
+    with session(daemon.port) as ini:
+        ini.clear_unit_attentions(DRIVE)
+        assert [read(ini, 4096) for _ in range(2)] == [(GOOD, r, b"") for r in records[:2]]
+        assert sense_of(read(ini, 4096)) == (0x8, 0x00, 0x05)
