@@ -1,5 +1,5 @@
 # A tape library under Linux, in one boot: mtx on the changer's /dev/sgN (status, inventory,
-# load, unload, transfer, exchange, out through the mail slot and back), tapeinfo, mt, dd and
+# position, load, unload, transfer, exchange, out through the mail slot and back), tapeinfo, mt, dd and
 # tar on the drive holding the loaded cartridge, Bacula's mtx-changer script, and Bacula's
 # own tests of a drive and an autochanger: btape `test` (which ends with its autochanger
 # test) and btape `autochanger`; last, the operator's import through the mail slot and an
@@ -8,7 +8,8 @@
 # The library: 2 drives, 4 slots and 1 mail slot, cartridges TD0001L6 and TD0002L6 in slots
 # 1 and 2. CHANGER_LUN and DRIVE_LUN (defaults 0 and 1) say where the changer and its first
 # drive are; CHANGER_PRODUCT and DRIVE_PRODUCT the INQUIRY products expected; LOGIN=direct
-# logs in without discovery (a target that advertises another address).
+# logs in without discovery (a target that advertises another address); CHECKS runs only
+# the checks it names (by hand: most depend on the ones before).
 #
 # Each check runs as its own `sh -e ./test.sh NAME` and prints "@@verdict NAME pass|fail", so
 # a peer's failed check does not hide how it does on the next ones; the harness reads the
@@ -319,9 +320,9 @@ echo "changer: $CHANGER drive 0: $TAPE ($DRIVE_SG)"
 export CHANGER TAPE DRIVE_SG
 
 failed=
-for check in ${CHECKS:-identification status inventory position load tapeinfo mt_dd tar unload transfer \
-    refusals exchange mail_slot mtx_changer btape_test btape_autochanger operator_import \
-    alternate_tag}; do
+for check in ${CHECKS:-identification status inventory position load tapeinfo mt_dd tar \
+    unload transfer refusals exchange mail_slot mtx_changer btape_test btape_autochanger \
+    operator_import alternate_tag}; do
     step "$check"
     if sh -e ./test.sh "$check"; then
         echo "@@verdict $check pass"
