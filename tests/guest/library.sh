@@ -1,8 +1,8 @@
 # A tape library under Linux, in one boot: mtx on the changer's /dev/sgN (status, inventory,
-# position, load, unload, transfer, exchange, out through the mail slot and back), tapeinfo, mt, dd and
-# tar on the drive holding the loaded cartridge, Bacula's mtx-changer script, and Bacula's
-# own tests of a drive and an autochanger: btape `test` (which ends with its autochanger
-# test) and btape `autochanger`; last, the operator's import through the mail slot and an
+# position, load, unload, transfer, exchange, out through the mail slot and back); tapeinfo,
+# mt, dd and tar on the drive holding the loaded cartridge; Bacula's mtx-changer script; and
+# Bacula's own tests of a drive and an autochanger: btape `test` (which ends with its
+# autochanger test) and btape `autochanger`; last, the operator's import through the mail slot and an
 # alternate volume tag, which the host does (host actions import-NEW001L6, tag-NEW001L6).
 #
 # The library: 2 drives, 4 slots and 1 mail slot, cartridges TD0001L6 and TD0002L6 in slots
@@ -159,7 +159,8 @@ check_mail_slot() {
         "Storage Element 3:Empty"
     run mtx -f "$CHANGER" transfer 5 4
     out=$(status)
-    expect "$out" "Storage Element 5 IMPORT/EXPORT:Empty" "Storage Element 4:Full :VolumeTag=TD0002L6"
+    expect "$out" "Storage Element 5 IMPORT/EXPORT:Empty" \
+        "Storage Element 4:Full :VolumeTag=TD0002L6"
 }
 
 # Bacula's changer script, as its storage daemon calls it (%c %o %S %a %d)
@@ -289,7 +290,8 @@ check_operator_import() {
     expect "$out" "Storage Element 5 IMPORT/EXPORT:Full :VolumeTag=NEW001L6"
     run mtx -f "$CHANGER" transfer 5 3
     out=$(status)
-    expect "$out" "Storage Element 3:Full :VolumeTag=NEW001L6" "Storage Element 5 IMPORT/EXPORT:Empty"
+    expect "$out" "Storage Element 3:Full :VolumeTag=NEW001L6" \
+        "Storage Element 5 IMPORT/EXPORT:Empty"
 }
 
 # The operator gives the cartridge an alternate volume tag (host action tag-NEW001L6)
