@@ -33,7 +33,7 @@ import os
 import threading
 from collections import deque
 from ctypes import CFUNCTYPE, byref, c_int, c_uint64, c_void_p
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from backing.errors import MediumReadError, MediumWriteError, SpaceExhausted, StoreError
 from backing.malloc_threshold import LIBRBD_THRESHOLD, fix_mmap_threshold
@@ -79,6 +79,7 @@ class RbdSpec:
     cache: str = "none"
     osd_op_timeout: float = 30.0  # seconds before an OSD operation fails (0: never)
     connect_timeout: float = 30.0  # seconds to reach the monitors at start
+    snapshot: str = ""  # open the image as it is in this snapshot (read-only)
     # A rados client of its own, not shared with other images: a gateway's image can be
     # fenced (its client blocklisted) and reopened without touching any other image.
     private_client: bool = False
@@ -333,7 +334,11 @@ class RbdImage:
     def _open_or_create(self) -> None:
         spec = self.spec
         name = spec.image.encode()
-        ret = lib().rbd_open(self._ioctx, name, byref(self._image), None)
+        snap = spec.snapshot.encode() or None
+        ret = lib().rbd_open(self._ioctx, name, byref(self._image), snap)
+        if snap is not None:
+            check(ret, f"opening snapshot {spec.snapshot!r}")
+            return
         if ret == -errno.ENOENT and spec.create_size is not None and not self.read_only:
             order = c_int(0)
             check(
@@ -592,6 +597,38 @@ class RbdImage:
         if not self.allocation_known:
             return [Extent(offset, length, True)] if length > 0 else []
         return self.allocation.extents(offset, length)
+
+    # -- snapshots: a pair's split-instant image (backing/pairs/engine.py) ---------------
+    async def freeze(self, name: str) -> RbdImage:
+        """Take snapshot ``name`` of the image and open it: the image as it is now, read
+        only, whatever is written afterwards. librbd holds writes back while it takes it."""
+        image = self._image
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            None, lambda: check(lib().rbd_snap_create(image, name.encode()), "rbd_snap_create")
+        )
+        try:
+            return await self.open_frozen(name)
+        except BaseException:
+            await self.thaw(None, name)
+            raise
+
+    async def open_frozen(self, name: str) -> RbdImage:
+        """Open snapshot ``name``, taken by :meth:`freeze` (after a restart)."""
+        spec = replace(self.spec, snapshot=name, create_size=None)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: RbdImage(spec, read_only=True)
+        )
+
+    async def thaw(self, frozen: RbdImage | None, name: str) -> None:
+        """Close ``frozen`` (if open) and remove snapshot ``name`` (gone already: fine)."""
+        loop = asyncio.get_running_loop()
+        if frozen is not None:
+            await loop.run_in_executor(None, frozen.close)
+        image = self._image
+        ret = await loop.run_in_executor(None, lambda: lib().rbd_snap_remove(image, name.encode()))
+        if ret != -errno.ENOENT:
+            check(ret, "rbd_snap_remove")
 
     # -- the exclusive lock (two gateways, one image) ------------------------------------
     async def acquire_lock(self) -> None:

@@ -72,6 +72,9 @@ class PairSettings:
     # The backup policy of a pair that was given none of its own: per pair name, else all.
     backup_policy: BackupPolicy = BackupPolicy.REFLECT_FIRST
     backup_policies: tuple[tuple[str, BackupPolicy], ...] = ()
+    # A split of a source that can snapshot itself (an RBD image) reads the split set from
+    # a snapshot, and host writes to the source skip copy-before-write (docs/rbd.md).
+    snapshot_split: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +125,11 @@ class PairStatus:
 class _Ticket:
     """A copy (or a split-image read) of one chunk in progress."""
 
-    __slots__ = ("done", "spoiled")
+    __slots__ = ("done", "from_head", "spoiled")
 
     def __init__(self, spoiled: bool) -> None:
         self.spoiled = spoiled
+        self.from_head = False  # reads the source image itself, not its split snapshot
         self.done = asyncio.Event()
 
 
@@ -197,6 +201,13 @@ class Pair:
         self._samples: deque[tuple[float, int]] = deque()
         self._merge_unsettled = False
         self._splits = 0  # splits so far in this life (a resync's clearing must not outlive one)
+        # The source's split-instant snapshot (an RBD source): its name, kept in the header
+        # while it exists, and the open view once host writes may skip copy-before-write.
+        self.split_snapshot: str | None = meta.get("split_snapshot")
+        self._frozen: Any = None
+        self._snapshot_tasks: set[asyncio.Task[None]] = set()
+        self._entered: dict[int, int] = {}  # host writes in flight, by the split they began in
+        self._entered_changed = asyncio.Event()
         self._recover()
         self.journal.set_hold(self.phase.mirroring)
 
@@ -217,6 +228,7 @@ class Pair:
             "group_split": self.group_split,
             "initializing": self.initializing,
             "backup_policy": None if self.backup_policy is None else int(self.backup_policy),
+            "split_snapshot": self.split_snapshot,
         }
 
     def _recover(self) -> None:
@@ -242,6 +254,8 @@ class Pair:
                 await self._initialize()
             except Exception as err:
                 await self._fail(_reason_of(err, SuspendReason.TARGET_WRITE_ERROR), err)
+        if self.split_snapshot is not None:
+            await self._resume_snapshot()
         if self._merge_unsettled:
             try:
                 await self._settle_merge()
@@ -313,10 +327,14 @@ class Pair:
 
     async def stop(self) -> None:
         """Stop the workers and write out every cleared bit (clean shutdown)."""
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._snapshot_tasks]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
+        if self._frozen is not None:  # the snapshot stays (named in the header) for a restart
+            frozen, self._frozen = self._frozen, None
+            await asyncio.get_running_loop().run_in_executor(None, frozen.close)
         self.journal.set_hold(False)  # a clean restart recopies nothing
         if self.journal.pending() and self.file.fd >= 0:
             try:
@@ -332,6 +350,10 @@ class Pair:
 
     def _set_phase(self, phase: Phase) -> None:
         self.phase = phase
+        if phase is not Phase.SPLIT_PENDING and (
+            self._frozen is not None or self.split_snapshot is not None
+        ):
+            self._in_background(self._drop_snapshot())
         # Cleared bits may linger on disk only while a stale one costs just a recopy.
         self.journal.set_hold(phase.mirroring)
         self._changed.set()
@@ -360,6 +382,12 @@ class Pair:
     async def write_header(self) -> None:
         """Make the pair's phase durable (after :meth:`split_now`)."""
         await self._write_header()
+        if (
+            self.settings.snapshot_split
+            and self.copy_set.count
+            and getattr(self.source.base, "freeze", None) is not None
+        ):
+            self._in_background(self._freeze_source(self._splits))
 
     async def resync(self) -> None:
         """Back towards DUPLEX, copying what changed on either side since the split."""
@@ -465,7 +493,21 @@ class Pair:
         self, role: Role, offset: int, length: int, op: Callable[[], Awaitable[None]]
     ) -> None:
         """Run a host write (or deallocation) ``op`` on one of the pair's volumes."""
-        chunks = self._chunk_range(offset, length)
+        began = self._splits
+        self._entered[began] = self._entered.get(began, 0) + 1
+        try:
+            await self._host_write(role, chunks=self._chunk_range(offset, length), op=op)
+        finally:
+            left = self._entered[began] - 1
+            if left:
+                self._entered[began] = left
+            else:
+                del self._entered[began]
+                self._entered_changed.set()
+
+    async def _host_write(
+        self, role: Role, *, chunks: range, op: Callable[[], Awaitable[None]]
+    ) -> None:
         while True:
             phase = self.phase
             if phase is Phase.DELETE:  # the pair is going away: nothing left to track
@@ -474,6 +516,14 @@ class Pair:
             if role is Role.TARGET and not phase.target_writable:
                 raise VolumeWriteProtected(self.target.volume_id)
             if phase is Phase.SPLIT_PENDING:
+                if role is Role.SOURCE and self._frozen is not None:
+                    # The split set is read from the snapshot: no copy-before-write, only
+                    # no overwriting a chunk still being copied from the image itself.
+                    busy = [t for c in chunks if (t := self._tickets.get(c)) and t.from_head]
+                    if busy:
+                        await busy[0].done.wait()
+                        continue
+                    break
                 pending = [c for c in chunks if c in self.copy_set]
                 if pending:  # copy-before-write, then look at the phase again
                     await self._reflect_chunks(pending)
@@ -528,9 +578,11 @@ class Pair:
             piece = buf[pos : pos + min(cs - at % cs, len(buf) - pos)]
             c = at // cs
             if c in self.copy_set:
-                async with self._hold(c, wait_writers=True):
+                async with self._hold(c, wait_writers=True) as ticket:
                     if c in self.copy_set:
-                        await self.source.base.read_into(at, piece)
+                        source = self._split_source()
+                        ticket.from_head = source is self.source.base
+                        await source.read_into(at, piece)
                     else:
                         await self.target.base.read_into(at, piece)
             else:
@@ -557,6 +609,84 @@ class Pair:
         buf = bytearray(length)
         await self._merged_read(offset, memoryview(buf))
         return bytes(buf)
+
+    # -- the split snapshot (a source that can snapshot itself) ---------------------------
+    def _split_source(self) -> Any:
+        """Where the split set's split-instant content is: the snapshot once it is open,
+        else the source image (kept so by copy-before-write)."""
+        return self._frozen if self._frozen is not None else self.source.base
+
+    def _in_background(self, body: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(body)
+        self._snapshot_tasks.add(task)
+        task.add_done_callback(self._snapshot_tasks.discard)
+
+    async def _freeze_source(self, splits: int) -> None:
+        """Snapshot the source for split number ``splits``, once every host write that
+        began before it has finished (the split image holds them, as copies wait for them).
+        Until the snapshot is open, copy-before-write keeps the split set on the image;
+        the snapshot's name is durable before any write relies on it."""
+        while any(began < splits for began in self._entered):
+            self._entered_changed.clear()
+            await self._entered_changed.wait()
+        if self._splits != splits or self.phase is not Phase.SPLIT_PENDING:
+            return
+        name = f"targetd-split-{time.time_ns():x}"
+        base: Any = self.source.base
+        try:
+            frozen = await base.freeze(name)
+        except Exception:
+            log.exception("pair %s: no split snapshot; copy-before-write instead", self.name)
+            return
+        if self._splits != splits or self.phase is not Phase.SPLIT_PENDING:
+            await base.thaw(frozen, name)
+            return
+        self.split_snapshot = name
+        try:
+            await self._write_header()
+        except Exception as err:
+            self.split_snapshot = None
+            await self._fail(SuspendReason.PAIR_FILE_ERROR, err)
+            await base.thaw(frozen, name)
+            return
+        if self.phase is Phase.SPLIT_PENDING and self.split_snapshot == name:
+            self._frozen = frozen
+        log.info("pair %s: split set read from snapshot %s", self.name, name)
+
+    async def _drop_snapshot(self) -> None:
+        """The split set is reflected (or abandoned): remove the snapshot, then forget it."""
+        frozen, self._frozen = self._frozen, None
+        name = self.split_snapshot
+        base: Any = self.source.base
+        if name is None:
+            if frozen is not None:
+                await asyncio.get_running_loop().run_in_executor(None, frozen.close)
+            return
+        try:
+            await base.thaw(frozen, name)
+        except Exception:  # named in the header still: removed at the next start
+            log.exception("pair %s: removing snapshot %s failed", self.name, name)
+            return
+        if self.split_snapshot == name and self.phase is not Phase.SPLIT_PENDING:
+            self.split_snapshot = None
+            if self.phase is not Phase.DELETE:
+                await self._write_header()
+
+    async def _resume_snapshot(self) -> None:
+        """After a restart: reopen the snapshot of a split still reflecting (host writes
+        may have skipped copy-before-write, so only the snapshot holds the split image),
+        or remove one left by a split that finished."""
+        name = self.split_snapshot
+        assert name is not None
+        base: Any = self.source.base
+        if self.phase is not Phase.SPLIT_PENDING:
+            if getattr(base, "thaw", None) is not None:
+                self._in_background(self._drop_snapshot())
+            return
+        try:
+            self._frozen = await base.open_frozen(name)
+        except Exception as err:
+            await self._fail(SuspendReason.SOURCE_READ_ERROR, err)
 
     # -- copying --------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -589,14 +719,16 @@ class Pair:
             offset = c * cs
             length = min(cs, self.size - offset)
             side = SuspendReason.SOURCE_READ_ERROR
+            source = self._split_source() if split_mode else self.source.base
+            ticket.from_head = source is self.source.base
             try:
-                extents = self.source.base.extents(offset, length)
+                extents = source.extents(offset, length)
                 if not any(e.mapped for e in extents):
                     side = SuspendReason.TARGET_WRITE_ERROR
                     await self.target.base.punch_hole(offset, length)
                 else:
                     buf = memoryview(bytearray(length))
-                    await self.source.base.read_into(offset, buf)
+                    await source.read_into(offset, buf)
                     side = SuspendReason.TARGET_WRITE_ERROR
                     await self.target.base.write(offset, buf)
             except Exception as err:
