@@ -208,6 +208,7 @@ class Pair:
         self._snapshot_tasks: set[asyncio.Task[None]] = set()
         self._entered: dict[int, int] = {}  # host writes in flight, by the split they began in
         self._entered_changed = asyncio.Event()
+        self._freezing_for = 0  # the split whose snapshot is being taken (0: none yet)
         self._recover()
         self.journal.set_hold(self.phase.mirroring)
 
@@ -366,7 +367,7 @@ class Pair:
     async def split(self) -> None:
         """Answered at once: the copy set becomes the split-instant set, durably."""
         self.split_now(time.time(), None)
-        await self._write_header()
+        await self.write_header()
 
     def split_now(self, when: float, group_split: str | None) -> None:
         """The split instant itself, in memory and without awaiting anything: every host
@@ -383,10 +384,13 @@ class Pair:
         """Make the pair's phase durable (after :meth:`split_now`)."""
         await self._write_header()
         if (
-            self.settings.snapshot_split
+            self.phase is Phase.SPLIT_PENDING
+            and self.settings.snapshot_split
             and self.copy_set.count
+            and self._freezing_for != self._splits
             and getattr(self.source.base, "freeze", None) is not None
         ):
+            self._freezing_for = self._splits
             self._in_background(self._freeze_source(self._splits))
 
     async def resync(self) -> None:
