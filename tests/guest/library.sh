@@ -2,8 +2,9 @@
 # position, load, unload, transfer, exchange, out through the mail slot and back); tapeinfo,
 # mt, dd and tar on the drive holding the loaded cartridge; Bacula's mtx-changer script; and
 # Bacula's own tests of a drive and an autochanger: btape `test` (which ends with its
-# autochanger test) and btape `autochanger`; last, the operator's import through the mail slot and an
-# alternate volume tag, which the host does (host actions import-NEW001L6, tag-NEW001L6).
+# autochanger test) and btape `autochanger`; last, the operator's import through the mail
+# slot and an alternate volume tag, which the host does (host actions import-NEW001L6,
+# tag-NEW001L6).
 #
 # The library: 2 drives, 4 slots and 1 mail slot, cartridges TD0001L6 and TD0002L6 in slots
 # 1 and 2. CHANGER_LUN and DRIVE_LUN (defaults 0 and 1) say where the changer and its first
