@@ -182,5 +182,10 @@ class Digests:
         if digest is not None:
             digest.discard()
 
+    def drop_lu(self, lu: object) -> None:
+        """The LU goes away (a reload removed it): its open digests go with it."""
+        for key in [k for k in self._open if k[1] == id(lu)]:
+            self._open.pop(key).discard()
+
     def __len__(self) -> int:
         return len(self._open)

@@ -351,6 +351,8 @@ class CopyManager:
         """Abort every running copy that names one of ``lus`` and wait for it to end
         (before those LUs are closed: a copy must not outlive its files)."""
         ids = {id(lu) for lu in lus}
+        for lu in lus:  # an id() may be reused by the next LU: no digest may outlive its LU
+            self.digests.drop_lu(lu)
         stopping = [op for op in self.running() if op.touches & ids]
         for op in stopping:
             self.abort(op)

@@ -290,3 +290,18 @@ def test_write_label_refuses_a_bad_identifier_and_a_fixed_stream(tmp_path: Path)
         assert len(tape.image) == 0
 
     run(main())
+
+
+def test_a_removed_lu_takes_its_open_digests_with_it(tmp_path: Path) -> None:
+    async def main() -> None:
+        t = make_target(tmp_path)
+        ready(t)
+        tape = t.luns[2]
+        stream = cscd(tape, device_type=1, block_length=0)
+        assert (await extended_copy(t, lid4([stream], [seg_start(0)]), sa=1)).status == GOOD
+        manager = tape.services.copy_manager
+        assert len(manager.digests) == 1
+        await manager.stop_touching([tape])
+        assert len(manager.digests) == 0
+
+    run(main())
