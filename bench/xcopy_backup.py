@@ -209,6 +209,9 @@ def throughput(
     url = f"iscsi://127.0.0.1:{port}/{IQN}"
     qemu = ["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw"]
     ini = session(port, "throughput")
+    # One EXTENDED COPY is the whole backup: on a busy machine it can outlast the 10 s the
+    # initiator waits for an answer by default.
+    ini.sock.settimeout(600)
     list_id = [100]
 
     def backup(destination: int, digest: bool = False) -> None:
