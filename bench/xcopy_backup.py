@@ -203,8 +203,23 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+DAEMON_CPU: dict[str, list[float]] = {}  # method: the daemon's CPU seconds per run
+
+
 def throughput(
-    port: int, size: int, image: Path, work: Path, repeats: int, methods: tuple[str, ...]
+    port: int,
+    size: int,
+    image: Path,
+    work: Path,
+    repeats: int,
+    methods: tuple[str, ...],
+    daemon_pid: int = 0,
 ) -> dict[str, list[float]]:
     url = f"iscsi://127.0.0.1:{port}/{IQN}"
     qemu = ["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw"]
@@ -235,7 +250,10 @@ def throughput(
     for r in range(repeats):
         order = methods[r % len(methods) :] + methods[: r % len(methods)]
         for method in order:
+            before = cpu_seconds(daemon_pid) if daemon_pid else 0.0
             seconds[method].append(timed(runs[method]))
+            if daemon_pid:
+                DAEMON_CPU.setdefault(method, []).append(cpu_seconds(daemon_pid) - before)
             (work / "cp.img").unlink(missing_ok=True)
         line = "  ".join(f"{m} {size / seconds[m][-1] / MiB:.0f}" for m in methods)
         print(f"repeat {r + 1}: MiB/s {line}", flush=True)
@@ -256,10 +274,22 @@ def throughput_table(size: int, seconds: dict[str, list[float]]) -> str:
         lines.append(
             f"| {LABELS[m]} | {rate[m]:.0f} | {runs} | {rate[m] / rate['cp']:.2f} | {versus_host} |"
         )
+    if DAEMON_CPU:
+        lines.append("\n| copy | daemon CPU s per backup (median) | runs |")
+        lines.append("| --- | ---: | --- |")
+        for m, cpu in DAEMON_CPU.items():
+            runs = ", ".join(f"{c:.2f}" for c in cpu)
+            lines.append(f"| {LABELS[m]} | {statistics.median(cpu):.2f} | {runs} |")
     for m in ("tape", "sink"):  # the digest's price, from this run's medians
         if m in rate and f"{m}-sha256" in rate:
             lines.append(f"\n{m} with / without the SHA-256 end label: "
-                         f"{rate[f'{m}-sha256'] / rate[m]:.2f}")  # fmt: skip
+                         f"{rate[f'{m}-sha256'] / rate[m]:.2f}x the speed")  # fmt: skip
+            if m in DAEMON_CPU and f"{m}-sha256" in DAEMON_CPU:
+                extra = statistics.median(DAEMON_CPU[f"{m}-sha256"]) - statistics.median(
+                    DAEMON_CPU[m]
+                )
+                lines.append(f"  daemon CPU per backup: {extra:+.2f} s "
+                             f"({extra / (size / MiB) * 1e3:+.2f} ms per MiB)")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -422,7 +452,7 @@ def main() -> int:
                 time.sleep(0.1)
         if not args.no_throughput:
             methods = ("cp", *[m for m in args.methods.split(",") if m in METHODS and m != "cp"])
-            seconds = throughput(port, size, image, work, args.repeats, methods)
+            seconds = throughput(port, size, image, work, args.repeats, methods, daemon.pid)
             sink_file = state / "sink" / "file-0000.bin"
             if sink_file.exists():
                 same = sink_file.read_bytes()[:size] == image.read_bytes()
