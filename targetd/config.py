@@ -186,6 +186,8 @@ class PairConfig:
     # and per pair name.
     backup_policy: str = "reflect-first"
     backup_policies: tuple[tuple[str, str], ...] = ()
+    # A split of an RBD source reads the split set from an RBD snapshot (docs/rbd.md).
+    rbd_snapshot_split: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -862,8 +864,11 @@ def _pairs(config: _Table) -> PairConfig:
             value = named.take(name, str, "")
             per_pair.append((name, _backup_policy(value, named, name)))
         named.done()
+    snapshot_split = table.take("rbd_snapshot_split", bool, default.rbd_snapshot_split)
     table.done()
-    return PairConfig(chunk, workers, rate, policy, tuple(per_pair))
+    return PairConfig(
+        chunk, workers, rate, policy, tuple(per_pair), rbd_snapshot_split=snapshot_split
+    )
 
 
 def _backup_policy(value: str, table: _Table, name: str) -> str:

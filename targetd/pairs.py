@@ -45,4 +45,5 @@ def pair_settings(config: Config) -> PairSettings:
         copy_rate=p.copy_rate,
         backup_policy=BackupPolicy.parse(p.backup_policy),
         backup_policies=tuple((name, BackupPolicy.parse(v)) for name, v in p.backup_policies),
+        snapshot_split=p.rbd_snapshot_split,
     )

@@ -425,6 +425,9 @@ class Pair:
         next_phase(self.phase, Event.DELETE)
         self._set_phase(Phase.DELETE)
         await self._write_header()
+        # The split snapshot goes with the pair (stop() would cancel its removal, and the
+        # pair file that names it is about to go).
+        await asyncio.gather(*self._snapshot_tasks, return_exceptions=True)
         await self.stop()
         self.source.detach()
         self.target.detach()

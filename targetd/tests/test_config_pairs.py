@@ -92,3 +92,20 @@ def test_a_bad_declaration_names_its_entry(
         parse(text, tmp_path)
     assert err.value.key == key
     assert problem in err.value.problem
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("", True), ("rbd_snapshot_split = false\n", False)]
+)
+def test_rbd_snapshot_split_reaches_the_engine(tmp_path: Path, text: str, expected: bool) -> None:
+    from targetd.pairs import pair_settings
+
+    config = parse("[pairs]\n" + text, tmp_path)
+    assert config.pairs.rbd_snapshot_split is expected
+    assert pair_settings(config).snapshot_split is expected
+
+
+def test_rbd_snapshot_split_must_be_a_boolean(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse('[pairs]\nrbd_snapshot_split = "yes"\n', tmp_path)
+    assert err.value.key == "pairs.rbd_snapshot_split"

@@ -98,3 +98,36 @@ def test_split_set_from_a_snapshot_is_exact_across_a_restart(
     assert export_image(ceph_cluster, tgt_name, tmp_path / "tgt.img") == at_split
     assert export_image(ceph_cluster, src_name, tmp_path / "src.img") == after
     assert snapshots(ceph_cluster, src_name) == []
+
+
+def test_deleting_a_split_pending_pair_removes_its_snapshot(
+    ceph_cluster: CephCluster, new_image: ImageFactory, tmp_path: Path
+) -> None:
+    src_name, tgt_name = new_image("8M"), new_image("8M")
+    conf = str(ceph_cluster.conf)
+
+    async def scenario() -> str | None:
+        src = RbdImage(RbdSpec(pool=ceph_cluster.pool, image=src_name, ceph_conf=conf))
+        tgt = RbdImage(RbdSpec(pool=ceph_cluster.pool, image=tgt_name, ceph_conf=conf))
+        manager = PairManager(tmp_path, PairSettings(chunk_size=CHUNK, copy_rate=1))
+        manager.register_volume(PairVolume("b/src", src))
+        manager.register_volume(PairVolume("b/tgt", tgt))
+        try:
+            await manager.volumes["b/src"].write(0, bytes(range(256)) * 4096)
+            await manager.create("p", "b/src", "b/tgt")
+            await manager.split("p")
+            pair = manager.get("p")
+            for _ in range(200):
+                if pair._frozen is not None:
+                    break
+                await asyncio.sleep(0.05)
+            name = pair.split_snapshot
+            await manager.delete("p")
+            return name
+        finally:
+            await manager.stop()
+            src.close()
+            tgt.close()
+
+    assert asyncio.run(scenario()) is not None
+    assert snapshots(ceph_cluster, src_name) == []
