@@ -158,6 +158,9 @@ class S3Tape:
         self._buffer = bytearray()  # segment bytes from _sent on (the current spool's)
         self._inflight: Future[dict[str, Any]] | None = None
         self._inflight_body: bytes | bytearray = b""  # what it sends, again if it fails
+        # How far a sync point that failed part way got: "" (not begun), "last part" (no
+        # record may join the segment), "completed" (only the index is left).
+        self._sealed = ""
         self._uploader: ThreadPoolExecutor | None = None
         self._cache: tuple[int, int, bytes] | None = None  # segment, offset, bytes
         # The window after the cached one, being read: segment, offset, length, its GET.
@@ -599,6 +602,8 @@ class S3Tape:
     def _append(self, parts: list[bytes | bytearray | memoryview], lengths: array) -> None:
         """Entries at end of data: into the spool, then their lengths into the journal
         (an entry the journal lists is whole in the spool), then up when a part is full."""
+        if self._sealed:  # a sync point that failed after the last part: finish it first
+            self.flush()
         if self._open is None:
             self._begin_segment()
         assert self._open is not None
@@ -668,26 +673,38 @@ class S3Tape:
         self._landed += part["Size"]
 
     def flush(self) -> None:
-        """A sync point: the open segment completed and indexed in the bucket."""
+        """A sync point: the open segment completed and indexed in the bucket. One that
+        fails part way is tried again by the next call (or before the next record): what
+        it already did (the last part up, the upload completed) is not done twice, and no
+        record joins the segment after its last part (it may be below S3's smallest)."""
         segment = self._open
         if segment is None or self.read_only:
             return
         self._settle()
         key = self._segment_key(segment.number)
-        if self._upload_id is None:
+        if self._sealed == "completed":
+            pass
+        elif self._upload_id is None:
+            self._sealed = "last part"  # nothing may join the object once it is written
             self._call("write", key, self.client.put_object, Body=self._buffer)
+            self._sealed = "completed"
         else:
-            if self._buffer:
-                self._parts.append(
-                    self._upload_part(key, self._upload_id, len(self._parts) + 1, self._buffer)
-                )
+            if self._buffer:  # the last part, accounted for at once
+                part = self._upload_part(key, self._upload_id, len(self._parts) + 1, self._buffer)
+                self._parts.append(part)
+                self._landed = self._sent = self._sent + part["Size"]
+                self._buffer = bytearray()
+                self._spool.switch(segment.number, self._sent)
+            self._sealed = "last part"
             self._complete(key, self._upload_id, self._parts)
+            self._sealed = "completed"
         self._put_index(segment.number, self._lengths[segment.first :])
         self._segments.append(segment)
         self._firsts.append(segment.first)
         self._open = None
         self._upload_id, self._parts, self._landed, self._sent = None, [], 0, 0
         self._buffer = bytearray()
+        self._sealed = ""
         self._spool.drop()
 
     def close(self) -> None:

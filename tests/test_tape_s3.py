@@ -325,3 +325,40 @@ def test_the_store_sweeps_uploads_no_journal_claims(client, location, tmp_path) 
     assert uploads(client, location) == [f"{location.prefix}A1/seg-00000001"]
     with store.open("A1") as again:  # mended on opening, as before the sweep
         assert [again.read(i) for i in range(3)] == [record(i, 3 << 20) for i in range(3)]
+
+
+class FailsOnce:
+    """The real client, but one call of ``name`` fails (the bucket away for a moment)."""
+
+    def __init__(self, client, name: str) -> None:
+        self.client, self.name, self.failed = client, name, False
+
+    def __getattr__(self, name: str):
+        call = getattr(self.client, name)
+        if name != self.name or self.failed:
+            return call
+
+        def fail(**kw):
+            self.failed = True
+            raise ConnectionError("the bucket is away")
+
+        return fail
+
+
+@pytest.mark.parametrize("failing", ["complete_multipart_upload", "put_object"])
+def test_a_sync_point_that_fails_can_be_tried_again(
+    client, location, tmp_path, failing: str
+) -> None:
+    create_tape(client, location, "T1", 1 << 30)
+    flaky = FailsOnce(client, failing)  # completing the upload, or writing the index
+    tape = S3Tape(flaky, location, "T1", tmp_path, first_part=MIN_PART)
+    for i in range(3):
+        tape.append_record(record(i, 3 << 20))
+    with pytest.raises(MediumWriteError):
+        tape.flush()  # the last part went up; completing or indexing failed
+    tape.append_record(record(3, 3 << 20))  # the host writes on after the error
+    tape.flush()
+    tape.close()
+    again = S3Tape(client, location, "T1", tmp_path)
+    assert [again.read(i) for i in range(4)] == [record(i, 3 << 20) for i in range(4)]
+    assert again.used == 4 * (ENTRY_SIZE + (3 << 20))
