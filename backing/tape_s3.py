@@ -222,11 +222,9 @@ class S3Tape:
         recovery = Recovery()
         objects = self._list(self.key + "seg-")
         journal = self._spool.read_journal()
-        claimed: str | None = None
         if journal is not None:
             number, lengths = journal
-            claimed = self._segment_key(number)
-            if claimed + INDEX_SUFFIX not in objects:
+            if self._index_key(number) not in objects:
                 self._mend(number, lengths, objects, recovery)
                 objects = self._list(self.key + "seg-")
             self._spool.drop()
