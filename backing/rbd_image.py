@@ -624,7 +624,7 @@ class RbdImage:
         """Close ``frozen`` (if open) and remove snapshot ``name`` (gone already: fine)."""
         loop = asyncio.get_running_loop()
         if frozen is not None:
-            await loop.run_in_executor(None, frozen.close)
+            await frozen.aclose()
         image = self._image
         ret = await loop.run_in_executor(None, lambda: lib().rbd_snap_remove(image, name.encode()))
         if ret != -errno.ENOENT:
@@ -710,6 +710,14 @@ class RbdImage:
         return bool(owner.value)
 
     # -- life cycle ---------------------------------------------------------------------
+    async def aclose(self) -> None:
+        """:meth:`close` from the event loop: its reader leaves the loop here, and the
+        blocking close runs in a worker thread."""
+        if self._efd >= 0 and self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._efd)
+        self._loop = None
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
+
     def close(self) -> None:
         """Close the image (blocking: librbd flushes and releases its lock)."""
         if self._pending:

@@ -335,7 +335,7 @@ class Pair:
         self._tasks = []
         if self._frozen is not None:  # the snapshot stays (named in the header) for a restart
             frozen, self._frozen = self._frozen, None
-            await asyncio.get_running_loop().run_in_executor(None, frozen.close)
+            await frozen.aclose()
         self.journal.set_hold(False)  # a clean restart recopies nothing
         if self.journal.pending() and self.file.fd >= 0:
             try:
@@ -632,7 +632,12 @@ class Pair:
         """Snapshot the source for split number ``splits``, once every host write that
         began before it has finished (the split image holds them, as copies wait for them).
         Until the snapshot is open, copy-before-write keeps the split set on the image;
-        the snapshot's name is durable before any write relies on it."""
+        the snapshot's name is durable before any write relies on it.
+
+        The seam, on the source's store (``RbdImage``): ``freeze(name)`` takes the snapshot
+        and returns a read-only view of it (``read_into``, ``extents``, ``aclose``);
+        ``open_frozen(name)`` opens it again after a restart; ``thaw(view, name)`` closes
+        the view and removes the snapshot."""
         while any(began < splits for began in self._entered):
             self._entered_changed.clear()
             await self._entered_changed.wait()
@@ -667,7 +672,7 @@ class Pair:
         base: Any = self.source.base
         if name is None:
             if frozen is not None:
-                await asyncio.get_running_loop().run_in_executor(None, frozen.close)
+                await frozen.aclose()
             return
         try:
             await base.thaw(frozen, name)
