@@ -1,21 +1,35 @@
 """A pair split whose source is an RBD image reads the split set from an RBD snapshot, and
 host writes to the source skip copy-before-write: the split image is still exact, across
-a restart in the middle of the reflection, and the snapshot goes once the pair is SPLIT."""
+a restart (or a kill -9 of the daemon) in the middle of the reflection, and the snapshot
+goes once the pair is SPLIT or deleted."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
+import time
 from pathlib import Path
 
-from ceph_fixtures import ImageFactory, ceph_cluster, export_image, new_image
+from ceph_fixtures import (
+    ImageFactory,
+    ceph_cluster,
+    export_image,
+    new_image,
+    rbd_lun_toml,
+    target_toml,
+)
 from cluster import CephCluster
+from conftest import DaemonFactory
+from pair_scsi import DELETE, SPLIT, BlockClient, pair_out
 
 from backing.pairs import PairManager, PairSettings, PairVolume, VolumeState
 from backing.rbd_image import RbdImage, RbdSpec
 
 __all__ = ["ceph_cluster", "new_image"]
 
+IQN = "iqn.2026-11.org.targetd:rbd"
 MiB = 1 << 20
 SIZE = 8 * MiB
 CHUNK = 64 * 1024
@@ -131,3 +145,49 @@ def test_deleting_a_split_pending_pair_removes_its_snapshot(
 
     assert asyncio.run(scenario()) is not None
     assert snapshots(ceph_cluster, src_name) == []
+
+
+def test_kill9_while_the_split_set_is_read_from_the_snapshot(
+    ceph_cluster: CephCluster,
+    new_image: ImageFactory,
+    targetd_factory: DaemonFactory,
+) -> None:
+    rng = random.Random(11)
+    image_a, image_b = new_image(create=False), new_image(create=False)
+    # The background copy crawls (64 KiB/s over 8 MiB): the split stays SPLIT-PENDING.
+    toml = '[pairs]\nchunk_size = "64KiB"\ncopy_rate = "64KiB"\n\n' + target_toml(
+        rbd_lun_toml(ceph_cluster, image_a, lun=0, create_size="8MiB"),
+        rbd_lun_toml(ceph_cluster, image_b, lun=1, create_size="8MiB"),
+        iqn=IQN,
+    )
+    daemon = targetd_factory(toml)
+    client = BlockClient(daemon.port, IQN, luns=(0, 1))
+    model = bytearray(rng.randbytes(SIZE))
+    client.write(0, 0, bytes(model))
+    client.create(0, 1, b"vol")
+    split_image = bytes(model)
+    client.ok(pair_out(SPLIT, 1), lun=0)
+    for _ in range(100):  # the snapshot is taken just after the split
+        if snapshots(ceph_cluster, image_a):
+            break
+        time.sleep(0.1)
+    assert len(snapshots(ceph_cluster, image_a)) == 1
+    time.sleep(0.5)  # its name in the pair file, its view open: writes skip the copy
+    for _ in range(30):
+        blocks = rng.randrange(1, 65)
+        off = rng.randrange(SIZE // 512 - blocks) * 512
+        data = rng.randbytes(blocks * 512)
+        client.write(0, off, data)
+        model[off : off + len(data)] = data
+    assert client.status(lun=0).target == "SPLIT-PENDING"
+    client.close()
+    os.kill(daemon.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+    daemon.proc.wait()  # type: ignore[union-attr]
+    daemon.start()
+    client = BlockClient(daemon.port, IQN, luns=(0, 1))
+    assert client.status(lun=0).target == "SPLIT-PENDING"
+    assert client.read(1, 0, SIZE) == split_image  # from the snapshot, reopened
+    assert client.read(0, 0, SIZE) == bytes(model)
+    client.ok(pair_out(DELETE), lun=0)
+    client.close()
+    assert snapshots(ceph_cluster, image_a) == []
