@@ -22,6 +22,10 @@ DEB_PACKAGES+=(qemu-system-x86 busybox-static dash open-iscsi sg3-utils mt-st mt
 # Bacula's storage daemon package: its btape and mtx-changer run in the guest against the
 # tape library (tests/guest/library.sh); the daemon itself is never run here.
 DEB_PACKAGES+=(bacula-sd)
+# dm-multipath's tools (multipath, multipathd, their checker and prioritizer plugins) and
+# dmsetup run in the guest over two gateways (tests/ceph/test_rbd_guest_multipath.py), with
+# udev's daemon and rules, which multipath-tools relies on.
+DEB_PACKAGES+=(multipath-tools dmsetup udev)
 # The container tier (tests/container/) builds the Dockerfile with podman (runc, since crun
 # fails on this kernel's hybrid cgroups) on a debootstrap-made base; systemd-analyze checks
 # the unit file.
@@ -60,9 +64,9 @@ for unit in tgt bacula-sd; do
     fi
 done
 # open-iscsi's package starts iscsid (and a boot-time login service); only the guest runs an
-# initiator, so the host's is stopped too.
+# initiator, so the host's is stopped too; so is multipathd, which multipath-tools starts.
 if command -v systemctl >/dev/null 2>&1; then
-    for unit in iscsid.socket iscsid open-iscsi; do
+    for unit in iscsid.socket iscsid open-iscsi multipathd.socket multipathd; do
         if systemctl is-active --quiet "$unit" 2>/dev/null; then
             systemctl stop "$unit" || true
         fi

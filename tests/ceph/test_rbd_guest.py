@@ -54,7 +54,9 @@ iscsi_login
 a=$(block_dev 0)
 run iscsiadm -m node -o new -T "$TARGET_IQN" -p "$PORTAL_B"
 run iscsiadm -m node -T "$TARGET_IQN" -p "$PORTAL_B" --login
-wait_for 15 sh -c '[ $(ls /sys/class/scsi_device | wc -l) -eq 2 ]' || fail "no second path"
+# Both disks attached (the second SCSI device comes a moment before its sdX).
+wait_for 15 sh -c '[ $(ls -d /sys/class/scsi_device/*/device/block/* | wc -l) -eq 2 ]' ||
+    fail "no second path"
 b=""
 for d in /sys/class/scsi_device/*/device/block/*; do
     [ "/dev/${d##*/}" = "$a" ] || b="/dev/${d##*/}"

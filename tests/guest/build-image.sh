@@ -20,9 +20,23 @@ KERNEL_META=linux-image-cloud-amd64
 # The guest kernel's SCSI and iSCSI stack and its network card are modules; ext4 and crc32c
 # are built in. Dependencies are added from each module's own depends= field.
 MODULES=(scsi_transport_iscsi libiscsi libiscsi_tcp iscsi_tcp sd_mod sg st virtio_pci virtio_net)
+# dm-multipath over two gateways, with multipath-tools' default path selector. The cloud
+# kernel is built without SCSI device handlers (CONFIG_SCSI_DH), so there is no scsi_dh_alua.
+MODULES+=(dm-mod dm-multipath dm-service-time)
 # Real tools that must win over busybox applets of the same name.
 TOOLS=(/sbin/iscsid /sbin/iscsiadm /sbin/iscsistart /bin/mt-st /sbin/mke2fs /sbin/e2fsck
     /sbin/tune2fs /sbin/dumpe2fs /usr/sbin/mtx /usr/sbin/tapeinfo /usr/sbin/btape)
+# multipath-tools and dmsetup, and the plugins multipath.conf names (path checker tur,
+# prioritizer alua) from /lib/multipath, where libmultipath loads them.
+# multipath-tools only sees paths udev has initialized, and waits for udev to confirm each
+# map it loads: udevd (udevadm under that name) runs in the guest with the rules that
+# name a SCSI disk (scsi_id) and a multipath map, and answer device-mapper's cookies.
+TOOLS+=(/sbin/multipath /sbin/multipathd /sbin/dmsetup /bin/udevadm)
+MULTIPATH_PLUGINS=(/lib/multipath/libchecktur.so /lib/multipath/libprioalua.so
+    /lib/multipath/libprioconst.so)
+UDEV_FILES=(/lib/udev/scsi_id /lib/udev/rules.d/55-dm.rules /lib/udev/rules.d/56-dm-mpath.rules
+    /lib/udev/rules.d/60-multipath.rules /lib/udev/rules.d/60-persistent-storage.rules
+    /lib/udev/rules.d/95-dm-notify.rules)
 # Bacula's changer script (a /bin/sh script run by btape; busybox gives it awk, sed, grep)
 # and its settings, at the paths the script and btape expect.
 BACULA_FILES=(/etc/bacula/scripts/mtx-changer /etc/bacula/scripts/mtx-changer.conf)
@@ -62,7 +76,7 @@ stamp=$({
     cat "$0" "$HERE/init"
     echo "$kernel_pkg $kernel_version"
     dpkg-query -W busybox-static dash open-iscsi sg3-utils mt-st mtx e2fsprogs python3.11-minimal \
-        libpython3.11-stdlib bacula-sd bacula-common
+        libpython3.11-stdlib bacula-sd bacula-common multipath-tools dmsetup udev
     cat "${TOOL_FILES[@]}"
 } | sha256sum | cut -d' ' -f1)
 if [[ -f $OUT/stamp && $(cat "$OUT/stamp") == "$stamp" && -f $OUT/vmlinuz &&
@@ -136,6 +150,13 @@ for tool in "${TOOLS[@]}"; do
     esac
 done
 for tool in "${SG_TOOLS[@]}"; do copy_with_libs "$tool" "$root/usr/bin/"; done
+mkdir -p "$root/lib/multipath" "$root/etc/multipath"
+for plugin in "${MULTIPATH_PLUGINS[@]}"; do copy_with_libs "$plugin" "$root/lib/multipath/"; done
+# The udev rules run them as /sbin/NAME.
+for tool in multipath multipathd dmsetup; do ln -sf "/usr/sbin/$tool" "$root/sbin/$tool"; done
+mkdir -p "$root/lib/udev/rules.d" "$root/lib/systemd"
+for f in "${UDEV_FILES[@]}"; do copy_with_libs "$f" "$root$f"; done
+ln -s /usr/bin/udevadm "$root/lib/systemd/systemd-udevd"
 # btape finds its own libraries (/usr/lib/bacula) by its RUNPATH: copy_with_libs put them
 # there. mtx-changer keeps its temporary files in /var/lib/bacula.
 mkdir -p "$root/etc/bacula/scripts" "$root/var/lib/bacula" "$root/run/bacula"
