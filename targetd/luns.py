@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -391,12 +392,21 @@ def _tape_store(path: Path, capacity: int, store: TapeStoreConfig | None) -> Tap
     (``path`` then keeps the inventory and the spool of the tapes being written)."""
     if store is None:
         return TapeDirectory(path, capacity)
+    _need_boto3()
     return S3TapeStore(path, capacity, S3Location.parse(store.url, store.endpoint, store.region))
+
+
+def _need_boto3() -> None:
+    """S3 stores need boto3, an optional dependency: a configuration that names one on a
+    host without it is refused with the way to get it, not a traceback."""
+    if importlib.util.find_spec("boto3") is None:
+        raise LibraryError("an S3 store needs boto3: pip install 'targetd[s3]'")
 
 
 def _s3_tape(path: Path, capacity: int, store: TapeStoreConfig, read_only: bool) -> S3Tape:
     """A tape LUN's one tape in a bucket: ``s3://bucket/prefix/NAME`` is the cartridge
     NAME of a store at ``s3://bucket/prefix``, made blank when it does not exist."""
+    _need_boto3()
     prefix, _, name = store.url.rstrip("/").rpartition("/")
     location = S3Location.parse(prefix, store.endpoint, store.region)
     tapes = S3TapeStore(path, capacity, location, spool_dir=path)

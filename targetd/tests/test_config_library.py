@@ -3,6 +3,7 @@ Builder that makes them share one library."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,26 @@ def test_a_tape_lun_on_s3_names_its_tape_and_spools_in_a_directory(tmp_path: Pat
     tape = load(tmp_path, text).targets[0].luns[0]
     assert tape.store == TapeStoreConfig("s3://tapes/site-a/T4", None, "eu-west-1")
     assert tape.path == tmp_path / "state" / "iqn.2026-11.org.example_t" / "lun4-spool"
+
+
+@pytest.mark.parametrize("lun", ["changer", "tape"])
+def test_an_s3_store_without_boto3_is_refused_with_the_way_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lun: str
+) -> None:
+    store = "s3://tapes/site-a" + ("/T1" if lun == "tape" else "")
+    # A loopback endpoint nothing listens on: a builder that tried to connect gets no
+    # further than this machine.
+    text = HEAD + (
+        f'[[target.lun]]\nlun = 0\nkind = "{lun}"\nstore = "{store}"\n'
+        's3_endpoint = "http://127.0.0.1:9"\n'
+    )
+    config = load(tmp_path, text)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "boto3" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"needs boto3: pip install 'targetd\[s3\]'"):
+        Builder(config).target(config.targets[0])
 
 
 @pytest.mark.parametrize(
