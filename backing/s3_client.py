@@ -43,6 +43,10 @@ class S3Location:
 
         config = Config(
             retries={"max_attempts": 5, "mode": "standard"},
+            # An unreachable endpoint fails a command (or the start) in about a minute,
+            # not botocore's default of minutes per call.
+            connect_timeout=10,
+            read_timeout=120,
             max_pool_connections=4,
             s3={"addressing_style": "path"},
         )
