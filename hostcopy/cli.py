@@ -533,8 +533,11 @@ def _wait_for(device: Device, state: str, timeout: float) -> c.PairStatus:
 
 def cmd_pair(args: argparse.Namespace) -> int:
     action = {"split": c.PAIR_SPLIT, "resync": c.PAIR_RESYNC}[args.command]
+    label = args.command.upper()
+    if getattr(args, "reverse", False):
+        action, label = c.PAIR_REVERSE_RESYNC, "REVERSE RESYNC"
     with opened(args.device) as dev:
-        run(dev, f"PAIR OUT {args.command.upper()}", c.pair_out(action))
+        run(dev, f"PAIR OUT {label}", c.pair_out(action))
         st = _status(dev)
         if args.wait:
             st = _wait_for(dev, "SPLIT" if action == c.PAIR_SPLIT else "DUPLEX", args.timeout)
@@ -681,7 +684,7 @@ def parser() -> argparse.ArgumentParser:
 
     for name, text in (
         ("split", "split the pair a volume belongs to (with its whole consistency group)"),
-        ("resync", "resynchronize the pair a volume belongs to"),
+        ("resync", "resynchronize the pair a volume belongs to (--reverse: restore the source)"),
     ):
         q = sub.add_parser(name, help=text)
         q.add_argument("device", help="either volume of the pair")
@@ -691,6 +694,13 @@ def parser() -> argparse.ArgumentParser:
             help="return once both sides are SPLIT (split) or DUPLEX (resync)",
         )
         q.add_argument("--timeout", type=float, default=600.0)
+        if name == "resync":
+            q.add_argument(
+                "--reverse",
+                action="store_true",
+                help="copy the mirror back onto the source (a SPLIT pair; hosts fenced"
+                " from the source until DUPLEX)",
+            )
     dv = sub.add_parser("devices", help="which /dev node is which LUN (from /sys)")
     dv.add_argument("--target", help="only this iSCSI target's LUNs")
     dv.add_argument("--lun", type=int, help="only this LUN")

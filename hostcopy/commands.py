@@ -13,6 +13,7 @@ REWIND, READ_6, SPACE_6, TEST_UNIT_READY = 0x01, 0x08, 0x11, 0x00
 READ_16 = 0x88
 PAIR_OUT, PAIR_IN = 0xC4, 0xC5
 PAIR_CREATE, PAIR_SPLIT, PAIR_RESYNC, PAIR_DELETE, PAIR_SET_POLICY = 1, 2, 3, 4, 5
+PAIR_REVERSE_RESYNC = 6  # restore the source from the target
 ADDRESSED_LUN = 0xFFFF
 BLOCK, STREAM = 0x00, 0x01  # peripheral device types
 SPACE_BLOCKS, SPACE_FILEMARKS, SPACE_END_OF_DATA = 0x00, 0x01, 0x03
@@ -256,6 +257,7 @@ PAIR_STATES = {
     5: "SUSPENDED",
     6: "RESYNC",
     7: "DELETE",
+    8: "REVERSE-COPY",
 }
 POLICIES = {0: "none", 1: "reflect-first", 2: "wait", 3: "merge", 4: "split-and-backup"}
 

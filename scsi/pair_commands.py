@@ -238,6 +238,9 @@ PAIR_OUT_ACTIONS: dict[int, Callable[[BlockDevice, ScsiCommand], Awaitable[ScsiR
     0x03: _on_pair(lambda pairs, volume, access: pairs.resync(access=access, volume=volume)),
     0x04: _on_pair(lambda pairs, volume, access: pairs.delete(access=access, volume=volume)),
     0x05: _set_backup_policy,
+    0x06: _on_pair(
+        lambda pairs, volume, access: pairs.reverse_resync(access=access, volume=volume)
+    ),
 }
 
 

@@ -52,6 +52,7 @@ class GroupAdmin:
             "group.delete": self.delete,
             "group.split": self.split,
             "group.resync": self.resync,
+            "group.restore": self.restore,
             "group.status": self.status,
         }
         for method, handler in methods.items():
@@ -96,6 +97,13 @@ class GroupAdmin:
         access = self.pairs._access(params)
         with _refusals():
             return group_dict(await self.service.resync_group(name, scope, access=access))
+
+    async def restore(self, params: Params) -> dict[str, Any]:
+        name, scope = _str(params, "name"), self.pairs._scope(params)
+        access = self.pairs._access(params)
+        with _refusals():
+            status = await self.service.reverse_resync_group(name, scope, access=access)
+        return group_dict(status)
 
     def status(self, params: Params) -> dict[str, Any] | list[dict[str, Any]]:
         scope = self.pairs._scope(params)

@@ -51,6 +51,7 @@ def add_commands(sub: Any) -> None:
     for action, text in (
         ("split", "split every pair of the group at one instant (all or nothing)"),
         ("resync", "resync every split or suspended pair of the group"),
+        ("restore", "reverse resync: restore every source from its target (all SPLIT)"),
         ("delete", "forget the group; its pairs stay as they are"),
     ):
         p = group_sub.add_parser(action, help=text)

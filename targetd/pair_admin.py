@@ -177,6 +177,7 @@ class PairAdmin:
             "pair.create": self.create,
             "pair.split": self.split,
             "pair.resync": self.resync,
+            "pair.restore": self.restore,
             "pair.delete": self.delete,
             "pair.status": self.status,
             "pair.list": self.list_pairs,
@@ -222,6 +223,12 @@ class PairAdmin:
         name, scope, access = _str(params, "name"), self._scope(params), self._access(params)
         with _refusals():
             return pair_dict(await self.service.resync(access=access, name=name, scope=scope))
+
+    async def restore(self, params: Params) -> dict[str, Any]:
+        name, scope, access = _str(params, "name"), self._scope(params), self._access(params)
+        with _refusals():
+            status = await self.service.reverse_resync(access=access, name=name, scope=scope)
+        return pair_dict(status)
 
     async def policy(self, params: Params) -> dict[str, Any]:
         name, scope, access = _str(params, "name"), self._scope(params), self._access(params)

@@ -49,6 +49,7 @@ def add_commands(sub: Any) -> None:
     for action, text in (
         ("split", "split at once: the target keeps the image of this instant"),
         ("resync", "back to DUPLEX, copying only what changed since the split"),
+        ("restore", "reverse resync: restore the source from the target (hosts fenced)"),
         ("delete", "end the pair (both volumes SIMPLEX; the data stays)"),
     ):
         p = pair_sub.add_parser(action, help=text)

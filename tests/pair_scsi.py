@@ -22,6 +22,7 @@ STATES = {
     5: "SUSPENDED",
     6: "RESYNC",
     7: "DELETE",
+    8: "REVERSE-COPY",
 }
 
 

@@ -246,3 +246,56 @@ def test_a_reload_resumes_the_pair_file_of_luns_it_adds(targetd_factory: DaemonF
     assert [(p["name"], p["source_state"], p["split_time"]) for p in pairs] == [
         ("keep", "SPLIT", split_time)
     ]
+
+
+def test_reverse_resync_of_a_group_restores_every_source(
+    targetd_factory: DaemonFactory,
+) -> None:
+    """PAIR OUT REVERSE RESYNC (06h) sent to one member's LUN restores every source of the
+    group from its mirror; the sources refuse writes (DATA PROTECT) until DUPLEX and read
+    the restored image at once; then the host tool and targetctl restore too."""
+    daemon = targetd_factory(config("256KiB"))
+    wait_group(daemon, "DUPLEX")
+    client = BlockClient(daemon.port, IQN, (0, 1, 2, 3, 4, 5))
+    for lun in range(3):
+        client.write(lun, 0, bytes([lun + 1]) * MiB)
+    wait_group(daemon, "DUPLEX")
+    ok_json(daemon, "group", "split", "db")
+    split = wait_group(daemon, "SPLIT")
+    assert {m["target_state"] for m in split["members"]} == {"SPLIT"}
+    for lun in range(3):  # the database goes wrong after the split
+        client.write(lun, 0, b"\xee" * MiB)
+    client.ok(pair_out(6), lun=0)  # REVERSE RESYNC of the group, through LUN 0
+    st = Status.parse(client.ok(pair_in(0, 128), lun=0, read=128))
+    assert (st.source, st.target, st.group) == ("REVERSE-COPY", "REVERSE-COPY", "db")
+    # Fenced: a write to a source is refused with DATA PROTECT / WRITE PROTECTED.
+    status, _, sense = client.run(
+        bytes([0x8A, 0]) + (0).to_bytes(8, "big") + (8).to_bytes(4, "big") + bytes(2),
+        lun=1,
+        data=bytes(4096),
+    )
+    assert (status, sense) == (2, (0x7, 0x27, 0x00))
+    assert client.read(1, 0, MiB) == bytes([2]) * MiB  # the restored image already
+    wait_group(daemon, "DUPLEX")
+    for lun in range(3):
+        assert client.read(lun, 0, MiB) == bytes([lun + 1]) * MiB
+    # A second time, by the host tool, then by targetctl.
+    ok_json(daemon, "group", "split", "db")
+    wait_group(daemon, "SPLIT")
+    client.write(2, 0, b"\xdd" * 65536)
+    done = subprocess.run(
+        [sys.executable, "-m", "hostcopy", "resync", "--reverse", daemon.url(5), "--wait"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert client.read(2, 0, 65536) == bytes([3]) * 65536
+    wait_group(daemon, "DUPLEX")
+    refused = targetctl(daemon, "group", "restore", "db")  # DUPLEX: nothing to restore from
+    assert refused.returncode == 1 and "not restored" in refused.stderr
+    ok_json(daemon, "group", "split", "db")
+    wait_group(daemon, "SPLIT")
+    restored = ok_json(daemon, "pair", "restore", "p0")  # a member: the whole group
+    assert restored["group"] == "db"
+    assert restored["source_state"] in ("REVERSE-COPY", "DUPLEX")
+    wait_group(daemon, "DUPLEX")
+    client.close()

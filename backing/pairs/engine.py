@@ -234,7 +234,7 @@ class Pair:
 
     def _recover(self) -> None:
         """Make the bitmaps read back from disk mean what the phase says."""
-        if self.phase.mirroring:
+        if self.phase.mirroring or self.phase is Phase.REVERSE_COPY:
             # RESYNC merges lazily on disk: whatever either side changed still needs copying.
             # The changed regions are cleared by start(), once the merge is on disk.
             self.copy_set.update(self.src_changed)
@@ -408,6 +408,24 @@ class Pair:
         await self._write_header()
         await self._settle_merge()
 
+    async def reverse_resync(self) -> None:
+        """Restore the source from the target (a SPLIT pair): copy back every chunk either
+        side changed since the split, then DUPLEX. Hosts are fenced from the source while
+        it runs (writes: WRITE PROTECTED; reads see the restored image at once). The new
+        phase is durable before any chunk moves: a crash before it leaves the pair SPLIT
+        with the source untouched."""
+        phase = next_phase(self.phase, Event.REVERSE)
+        async with self._header_lock:
+            await self.file.commit_header({**self.meta(), "phase": phase.name})
+        next_phase(self.phase, Event.REVERSE)  # unchanged meanwhile (one op at a time)
+        self.copy_set.update(self.src_changed)
+        self.copy_set.update(self.tgt_changed)
+        self.split_time = None
+        self.group_split = None
+        self._set_phase(phase)
+        await self._write_header()
+        await self._settle_merge()
+
     async def _settle_merge(self) -> None:
         """Clear the changed regions, already merged into the copy set in memory, only once
         that merge is on disk. In one batch of pages, a power cut before its sync could
@@ -522,6 +540,8 @@ class Pair:
                 return
             if role is Role.TARGET and not phase.target_writable:
                 raise VolumeWriteProtected(self.target.volume_id)
+            if role is Role.SOURCE and phase.source_fenced:
+                raise VolumeWriteProtected(self.source.volume_id)
             if phase is Phase.SPLIT_PENDING:
                 if role is Role.SOURCE and self._frozen is not None:
                     # The split set is read from the snapshot: no copy-before-write, only
@@ -577,7 +597,22 @@ class Pair:
             return
         await self._merged_read(offset, buf)
 
+    async def read_source(self, offset: int, buf: memoryview) -> None:
+        """A host read of the source during a reverse resync: chunks still to restore are
+        read from the target, so the source reads as the restored image from the start."""
+        if self.phase is not Phase.REVERSE_COPY or not any(
+            c in self.copy_set for c in self._chunk_range(offset, len(buf))
+        ):
+            await self.source.base.read_into(offset, buf)
+            return
+        await self._merged_read(offset, buf)
+
     async def _merged_read(self, offset: int, buf: memoryview) -> None:
+        """Chunks of the copy set from where their content is (the source after a split,
+        the target during a reverse resync), the rest from the other side."""
+        pending_from, settled_from = self.source.base, self.target.base
+        if self.phase is Phase.REVERSE_COPY:
+            pending_from, settled_from = settled_from, pending_from
         cs = self.chunk_size
         pos = 0
         while pos < len(buf):
@@ -587,13 +622,16 @@ class Pair:
             if c in self.copy_set:
                 async with self._hold(c, wait_writers=True) as ticket:
                     if c in self.copy_set:
-                        source = self._split_source()
-                        ticket.from_head = source is self.source.base
-                        await source.read_into(at, piece)
+                        if self.phase is Phase.REVERSE_COPY:
+                            await pending_from.read_into(at, piece)
+                        else:
+                            source = self._split_source()
+                            ticket.from_head = source is self.source.base
+                            await source.read_into(at, piece)
                     else:
-                        await self.target.base.read_into(at, piece)
+                        await settled_from.read_into(at, piece)
             else:
-                await self.target.base.read_into(at, piece)
+                await settled_from.read_into(at, piece)
             pos += len(piece)
 
     # -- for EXTENDED COPY ------------------------------------------------------------------
@@ -723,26 +761,36 @@ class Pair:
             ticket.done.set()
 
     async def _copy_chunk(self, c: int) -> None:
-        split_mode = self.phase is Phase.SPLIT_PENDING
+        reverse = self.phase is Phase.REVERSE_COPY
+        split_mode = self.phase is Phase.SPLIT_PENDING or reverse
+        to = self.source if reverse else self.target
         async with self._hold(c, wait_writers=split_mode) as ticket:
             if c not in self.copy_set:
                 return
             cs = self.chunk_size
             offset = c * cs
             length = min(cs, self.size - offset)
-            side = SuspendReason.SOURCE_READ_ERROR
-            source = self._split_source() if split_mode else self.source.base
+            # The reason names the volume that failed (reverse: reading the target, writing
+            # the source).
+            read_fault = SuspendReason.SOURCE_READ_ERROR
+            write_fault = SuspendReason.TARGET_WRITE_ERROR
+            if reverse:
+                read_fault, write_fault = write_fault, read_fault
+                source = self.target.base
+            else:
+                source = self._split_source() if split_mode else self.source.base
+            side = read_fault
             ticket.from_head = source is self.source.base
             try:
                 extents = source.extents(offset, length)
                 if not any(e.mapped for e in extents):
-                    side = SuspendReason.TARGET_WRITE_ERROR
-                    await self.target.base.punch_hole(offset, length)
+                    side = write_fault
+                    await to.base.punch_hole(offset, length)
                 else:
                     buf = memoryview(bytearray(length))
                     await source.read_into(offset, buf)
-                    side = SuspendReason.TARGET_WRITE_ERROR
-                    await self.target.base.write(offset, buf)
+                    side = write_fault
+                    await to.base.write(offset, buf)
             except Exception as err:
                 # Whoever asked for the copy (a worker, a host write's copy-before-write, a
                 # backup's reflect-first) gets the error; the pair stops copying either way.
@@ -765,7 +813,7 @@ class Pair:
                 return
 
     def _next_chunk(self) -> int | None:
-        split_mode = self.phase is Phase.SPLIT_PENDING
+        split_mode = self.phase in (Phase.SPLIT_PENDING, Phase.REVERSE_COPY)
         for start in (self._cursor, 0):
             for c in self.copy_set.iter_from(start):
                 if c in self._tickets or (not split_mode and c in self._writers):
@@ -778,7 +826,7 @@ class Pair:
         while True:
             # Cleared before looking, so a wake-up during the awaits below is not lost.
             self._work.clear()
-            if self.phase.mirroring or self.phase is Phase.SPLIT_PENDING:
+            if self.phase.mirroring or self.phase in (Phase.SPLIT_PENDING, Phase.REVERSE_COPY):
                 c = self._next_chunk()
                 if c is not None:
                     await self._pacer.take(self.chunk_size)
@@ -811,12 +859,24 @@ class Pair:
         elif phase in (Phase.DUPLEX_PENDING, Phase.RESYNC):
             self._set_phase(next_phase(phase, Event.COPY_DONE))
             await self._write_header()
+        elif phase is Phase.REVERSE_COPY:
+            self._finishing = True
+            try:  # DUPLEX promises the restored source on disk with an empty copy set
+                self._clears_unsynced = True
+                await self.journal.commit()
+                if self.phase is phase and not self.copy_set.count:
+                    self._set_phase(next_phase(phase, Event.COPY_DONE))
+                    await self._write_header()
+            finally:
+                self._finishing = False
 
     async def _sync_target_for_clears(self) -> None:
         """Before cleared bits reach the disk, the target data they vouch for must."""
         if self._clears_unsynced:
             self._clears_unsynced = False
             await self.target.base.flush()
+            if self.phase is Phase.REVERSE_COPY:
+                await self.source.base.flush()  # the reverse copies' destination
 
     async def _lazy_committer(self) -> None:
         aged = time.monotonic()

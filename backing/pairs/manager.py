@@ -476,6 +476,22 @@ class PairManager:
         await asyncio.gather(*(pair.resync() for pair in todo))
         return pairs
 
+    async def reverse_resync_group(self, name: str, scope: str) -> builtins.list[Pair]:
+        """Restore every member's source from its target, all or nothing: each member must
+        be SPLIT (checked before any changes)."""
+        pairs = self.group_pairs(name, scope)
+        for pair in pairs:
+            try:
+                next_phase(pair.phase, Event.REVERSE)
+            except PairError as err:
+                raise PairError(
+                    ErrorCode.WRONG_STATE,
+                    f"group {name!r} not restored: pair {pair.name!r}: {err}",
+                    phase=err.phase,
+                ) from None
+        await asyncio.gather(*(pair.reverse_resync() for pair in pairs))
+        return pairs
+
     def _volume(self, volume_id: str) -> PairVolume:
         volume = self.volumes.get(volume_id)
         if volume is None:

@@ -172,6 +172,37 @@ class PairService:
         await pair.resync()
         return pair.status()
 
+    async def reverse_resync(
+        self,
+        *,
+        access: Access,
+        name: str | None = None,
+        scope: str | None = None,
+        volume: str | None = None,
+    ) -> PairStatus:
+        """Restore the source from the target of a SPLIT pair, copying only the chunks
+        either side changed since the split; hosts are fenced from the source until it is
+        DUPLEX again. A pair in a group restores with its whole group."""
+        pair = self.find(name=name, scope=scope, volume=volume)
+        if pair.group is not None:
+            await self.reverse_resync_group(
+                pair.group, scope_of(pair.source.volume_id), access=access
+            )
+            return pair.status()
+        access.check((pair.target.volume_id,), (pair.source.volume_id,))
+        await pair.reverse_resync()
+        return pair.status()
+
+    async def reverse_resync_group(
+        self, name: str, scope: str | None = None, *, access: Access
+    ) -> GroupStatus:
+        """Restore every member's source from its target (each must be SPLIT)."""
+        scope = self.manager.group_scope(name, scope)
+        pairs = self.manager.group_pairs(name, scope)
+        access.check([p.target.volume_id for p in pairs], [p.source.volume_id for p in pairs])
+        await self.manager.reverse_resync_group(name, scope)
+        return self.manager.group_status(name, scope)
+
     async def delete(
         self,
         *,

@@ -23,6 +23,7 @@ class VolumeState(IntEnum):
     SUSPENDED = 0x05
     RESYNC = 0x06
     DELETE = 0x07
+    REVERSE_COPY = 0x08  # reverse resync: the source is being restored from the target
 
     @property
     def label(self) -> str:
@@ -39,6 +40,7 @@ class Phase(Enum):
     SUSPENDED = (VolumeState.SUSPENDED, VolumeState.SUSPENDED)
     RESYNC = (VolumeState.RESYNC, VolumeState.RESYNC)
     DELETE = (VolumeState.DELETE, VolumeState.DELETE)
+    REVERSE_COPY = (VolumeState.REVERSE_COPY, VolumeState.REVERSE_COPY)
 
     @property
     def source(self) -> VolumeState:
@@ -58,6 +60,11 @@ class Phase(Enum):
         """Hosts may write the target volume (it is a point-in-time copy, not a mirror)."""
         return self in (Phase.SPLIT_PENDING, Phase.SPLIT, Phase.SUSPENDED)
 
+    @property
+    def source_fenced(self) -> bool:
+        """Hosts may not write the source: a reverse resync is restoring it."""
+        return self is Phase.REVERSE_COPY
+
 
 MIRRORING = frozenset({Phase.DUPLEX_PENDING, Phase.DUPLEX, Phase.RESYNC})
 
@@ -69,6 +76,7 @@ class Event(Enum):
     RESYNC = "resync"
     FAIL = "fail"  # a copy failed: SUSPENDED with a reason
     DELETE = "delete"
+    REVERSE = "reverse-resync"  # restore the source from the target
 
 
 # (phase, event) -> next phase. Creation (SIMPLEX -> DUPLEX-PENDING) and the end of DELETE
@@ -77,6 +85,10 @@ TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
     (Phase.DUPLEX_PENDING, Event.COPY_DONE): Phase.DUPLEX,
     (Phase.RESYNC, Event.COPY_DONE): Phase.DUPLEX,
     (Phase.DUPLEX, Event.COPY_DONE): Phase.DUPLEX,
+    # Reverse resync: only a SPLIT target holds a whole image to restore the source from.
+    (Phase.SPLIT, Event.REVERSE): Phase.REVERSE_COPY,
+    (Phase.REVERSE_COPY, Event.COPY_DONE): Phase.DUPLEX,
+    (Phase.REVERSE_COPY, Event.FAIL): Phase.SUSPENDED,
     # A split of a pair still copying is a "quick split": the split set is simply larger.
     (Phase.DUPLEX_PENDING, Event.SPLIT): Phase.SPLIT_PENDING,
     (Phase.DUPLEX, Event.SPLIT): Phase.SPLIT_PENDING,

@@ -61,7 +61,11 @@ class PairVolume:
     @property
     def write_protected(self) -> bool:
         pair = self.pair
-        return pair is not None and self.role is Role.TARGET and not pair.phase.target_writable
+        if pair is None:
+            return False
+        if self.role is Role.SOURCE:
+            return pair.phase.source_fenced
+        return not pair.phase.target_writable
 
     def changed(self) -> None:
         if self.on_change is not None:
@@ -72,6 +76,8 @@ class PairVolume:
         pair = self.pair
         if pair is not None and self.role is Role.TARGET:
             await pair.read_target(offset, buf)
+        elif pair is not None and pair.phase.source_fenced:
+            await pair.read_source(offset, buf)
         else:
             await self.base.read_into(offset, buf)
 
