@@ -16,7 +16,8 @@ ENV PATH=/opt/targetd/bin:$PATH \
     PYTHONUNBUFFERED=1
 
 COPY . /src
-RUN pip install --no-cache-dir /src \
+# The s3 extra (boto3) lets a tape library keep its cartridges in an S3 bucket.
+RUN pip install --no-cache-dir "/src[s3]" \
     && rm -rf /src \
     && mkdir -p /var/lib/targetd /etc/targetd
 COPY docker/targetd.toml /etc/targetd/targetd.toml

@@ -146,6 +146,9 @@ def test_healthcheck_and_targetctl_in_the_container(container: Container) -> Non
     status = json.loads(proc.stdout)
     assert status["listening"] == [f"127.0.0.1:{container.port}"]
     assert [lun["lun"] for lun in status["luns"]] == [0, 1]
+    # The image carries the s3 extra, so a tape library on S3 works in it.
+    boto = podman("exec", container.name, "python3", "-c", "import boto3; print('ok')")
+    assert boto.stdout.strip() == "ok", boto.stdout + boto.stderr
     inspect = json.loads(podman("image", "inspect", container_image(container)).stdout)[0]
     config = inspect["Config"]
     assert config["Entrypoint"] == ["targetd", "serve", "--require-chap"]
