@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from backing.tape_s3 import S3Tape
 
 # A cartridge as a drive holds it: an image file, or a tape in a bucket (same interface).
 Tape = TapeImage | S3Tape
+
+# How far a long move (an export) has got: (bytes done, bytes in all), from its thread.
+MoveProgress = Callable[[int, int], None]
 
 SUFFIX = ".img"
 INVENTORY = "inventory.json"
@@ -82,15 +86,19 @@ class TapeDirectory:
             raise LibraryError(f"cartridge {barcode} has no image in {self.path}")
         return TapeImage(path, read_only=read_only)
 
-    def export(self, barcode: str) -> Path | str:
-        """The cartridge leaves the library: its image moves to ``exported/``."""
+    def export(self, barcode: str, progress: MoveProgress | None = None) -> Path | str:
+        """The cartridge leaves the library: its image moves to ``exported/`` (a rename:
+        one progress report, all of it at once)."""
         out = self.path / EXPORTED
         out.mkdir(exist_ok=True)
         target = out / self.image_path(barcode).name
         if target.exists():
             raise LibraryError(f"{target} exists")
+        size = self.image_path(barcode).stat().st_size
         os.rename(self.image_path(barcode), target)
         _sync_dir(self.path)
+        if progress is not None:
+            progress(size, size)
         return target
 
     # -- the inventory --------------------------------------------------------------

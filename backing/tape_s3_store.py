@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from backing.s3_client import S3Location
-from backing.tape_library import LibraryError, TapeDirectory
+from backing.tape_library import LibraryError, MoveProgress, TapeDirectory
 from backing.tape_s3 import INDEX_SUFFIX, META, S3Tape, create_tape
 
 EXPORTED_PREFIX = "exported/"
@@ -138,22 +138,41 @@ class S3TapeStore(TapeDirectory):
         meta = json.loads(self.client.get_object(Bucket=bucket, Key=prefix + META)["Body"].read())
         return used, int(meta["capacity"])
 
-    def export(self, barcode: str) -> str:
-        """The cartridge's objects move under ``exported/`` (copy, then delete)."""
+    def export(self, barcode: str, progress: MoveProgress | None = None) -> str:
+        """The cartridge's objects move under ``exported/`` (copy, then delete);
+        ``progress(done, total)`` follows the bytes copied, as the copies go."""
         bucket = self.location.bucket
         src = f"{self.location.prefix}{barcode}/"
         dst = f"{self.location.prefix}{EXPORTED_PREFIX}{barcode}/"
         if self.exported(barcode):
             raise LibraryError(f"s3://{bucket}/{dst} exists")
-        keys: list[str] = []
+        sizes: dict[str, int] = {}
         pages = self.client.get_paginator("list_objects_v2")
         for page in pages.paginate(Bucket=bucket, Prefix=src):
-            keys += [o["Key"] for o in page.get("Contents", ())]
+            sizes.update((o["Key"], o["Size"]) for o in page.get("Contents", ()))
         # tape.json last: until it is there the exported copy is not a tape, and until it
         # goes from the library the cartridge is still whole there.
-        keys.sort(key=lambda k: k.endswith(META))
+        keys = sorted(sizes, key=lambda k: k.endswith(META))
+        total, done = sum(sizes.values()), 0
+        report = progress or (lambda done, total: None)
+        report(0, total)
+
+        def copied(n: int) -> None:  # boto3's transfer threads, part by part
+            nonlocal done
+            with lock:
+                done += n
+                now = done
+            report(min(now, total), total)
+
+        lock = threading.Lock()
         for key in keys:
-            self.client.copy({"Bucket": bucket, "Key": key}, bucket, dst + key[len(src) :])
+            before = done
+            self.client.copy(
+                {"Bucket": bucket, "Key": key}, bucket, dst + key[len(src) :], Callback=copied
+            )
+            with lock:  # a copy too small for the callback to be called still counts
+                done = before + sizes[key]
+        report(total, total)
         for key in reversed(keys):
             self.client.delete_object(Bucket=bucket, Key=key)
         return f"s3://{bucket}/{dst}"

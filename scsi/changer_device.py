@@ -20,7 +20,7 @@ import logging
 from collections.abc import Iterable
 
 from backing.tape_image import TapeImageError
-from backing.tape_library import LibraryError, TapeDirectory
+from backing.tape_library import LibraryError, MoveProgress, TapeDirectory
 from scsi.command import Nexus
 from scsi.logical_unit import NO_SERVICES, Identity, Services
 from scsi.mode import ModePage
@@ -249,15 +249,18 @@ class MediaChanger(SerializedMedium):
             self.raise_unit_attention(Reason.IMPORT_OR_EXPORT_ELEMENT_ACCESSED)
             return slot.address
 
-    async def export_cartridge(self, barcode: str) -> str:
+    async def export_cartridge(
+        self, barcode: str, progress: MoveProgress | None = None
+    ) -> str:
         """A cartridge in a mail slot taken out of the library (its image moves to
-        ``exported/``); returns where the image went."""
+        ``exported/``); returns where the image went. ``progress(done, total)``: bytes
+        moved so far, called from the changer's thread."""
         async with self.medium_lock:
             self._check_door()
             element = self.elements.where(barcode)
             if element is None or element.type != ElementType.IMPORT_EXPORT:
                 raise LibraryError(f"cartridge {barcode} is not in a mail slot")
-            target = await self.io(self.library.directory.export, barcode)
+            target = await self.io(self.library.directory.export, barcode, progress)
             element.barcode, element.source = None, None
             self.elements.alternates.pop(barcode, None)
             await self.io(self.library.save)

@@ -5,6 +5,11 @@ Protocol: one JSON object per line each way. A request is
 either ``"result"`` or ``"error": {"code": ..., "message": ...}``. A connection may send
 several requests; answers come in order.
 
+Long work reports progress: a request with ``"progress": true`` to a method registered
+with ``progress=True`` gets, before its answer, lines ``{"id": 1, "progress": {"done": N,
+"total": M}}`` (bytes; at most a few a second). Without the flag the method is served as
+any other, so older clients see one line per request as before.
+
 Subsystems add methods with one call, ``admin.register("pair.split", handler)``: the
 handler takes the params dict and returns something JSON can encode (or an awaitable of
 it); raising :class:`AdminError` answers with that error. A unix socket is never
@@ -20,6 +25,8 @@ import logging
 import os
 import socket
 import stat
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +38,14 @@ log = logging.getLogger("targetd.admin")
 
 SOCKET_NAME = "admin.sock"
 MAX_REQUEST = 1 << 20
-Handler = Callable[[dict[str, Any]], Any | Awaitable[Any]]
+Handler = Callable[..., Any | Awaitable[Any]]
+# done, total: callable from any thread (long work runs off the event loop).
+Report = Callable[[int, int], None]
+PROGRESS_EVERY = 0.25  # seconds between two progress lines of one request
+
+
+def _no_report(done: int, total: int) -> None:
+    pass
 
 
 class AdminError(Exception):
@@ -47,26 +61,39 @@ class Admin:
 
     def __init__(self) -> None:
         self._methods: dict[str, Handler] = {}
+        self._reporting: set[str] = set()  # methods that take (params, report)
         self._server: asyncio.base_events.Server | None = None
         self.path: Path | None = None
         self.register("methods", lambda params: sorted(self._methods))
 
-    def register(self, method: str, handler: Handler) -> None:
+    def register(self, method: str, handler: Handler, *, progress: bool = False) -> None:
+        """``progress``: the handler takes ``(params, report)`` and calls ``report(done,
+        total)`` as its work goes on (from any thread)."""
         if method in self._methods:
             raise ValueError(f"admin method {method!r} is already registered")
         self._methods[method] = handler
+        if progress:
+            self._reporting.add(method)
 
-    async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+    async def call(
+        self, method: str, params: dict[str, Any] | None = None, report: Report = _no_report
+    ) -> Any:
         handler = self._methods.get(method)
         if handler is None:
             raise AdminError(f"no such method {method!r}", "unknown_method")
-        result = handler(params or {})
+        if method in self._reporting:
+            result = handler(params or {}, report)
+        else:
+            result = handler(params or {})
         if inspect.isawaitable(result):
             result = await result
         return result
 
-    async def answer(self, line: bytes) -> dict[str, Any]:
-        """The response object for one request line."""
+    async def answer(
+        self, line: bytes, progress: Callable[[Any, int, int], None] | None = None
+    ) -> dict[str, Any]:
+        """The response object for one request line; ``progress(id, done, total)`` is
+        given the method's reports when the request asks for them."""
         try:
             request = json.loads(line)
         except ValueError as err:
@@ -77,8 +104,11 @@ class Admin:
         params = request.get("params") or {}
         if not isinstance(params, dict):
             return {"id": rid, "error": {"code": "bad_request", "message": "params: an object"}}
+        report: Report = _no_report
+        if progress is not None and request.get("progress") is True:
+            report = _throttled(lambda done, total: progress(rid, done, total))
         try:
-            return {"id": rid, "result": await self.call(request["method"], params)}
+            return {"id": rid, "result": await self.call(request["method"], params, report)}
         except AdminError as err:
             return {"id": rid, "error": {"code": err.code, "message": str(err)}}
         except Exception as err:
@@ -113,17 +143,50 @@ class Admin:
             self.path = None
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        loop_thread = threading.get_ident()
+
+        def send(rid: Any, done: int, total: int) -> None:  # any thread
+            line = json.dumps({"id": rid, "progress": {"done": done, "total": total}})
+            data = line.encode() + b"\n"
+            if threading.get_ident() == loop_thread:  # written before the answer, in order
+                _write_open(writer, data)
+            else:  # queued before the worker's result, so before the answer too
+                loop.call_soon_threadsafe(_write_open, writer, data)
+
         try:
             while line := await reader.readline():
                 if not line.strip():
                     continue
-                response = await self.answer(line)
+                response = await self.answer(line, send)
                 writer.write(json.dumps(response, default=str).encode() + b"\n")
                 await writer.drain()
         except (ValueError, ConnectionError) as err:  # oversized line, client gone
             log.info("admin client dropped", extra=fields(reason=str(err)))
         finally:
             writer.close()
+
+
+def _write_open(writer: asyncio.StreamWriter, data: bytes) -> None:
+    if not writer.is_closing():
+        writer.write(data)  # a few short lines: the answer's drain() flushes them
+
+
+def _throttled(report: Report) -> Report:
+    """``report`` at most every PROGRESS_EVERY seconds, and always at the end (done ==
+    total), so a copy of many small objects does not flood the socket."""
+    lock = threading.Lock()
+    last = [float("-inf")]
+
+    def throttled(done: int, total: int) -> None:
+        now = time.monotonic()
+        with lock:
+            if done < total and now - last[0] < PROGRESS_EVERY:
+                return
+            last[0] = now
+        report(done, total)
+
+    return throttled
 
 
 @contextmanager
@@ -141,23 +204,39 @@ def _bindable(path: Path) -> Iterator[str]:
 
 
 def request(
-    path: Path, method: str, params: dict[str, Any] | None = None, *, timeout: float = 30.0
+    path: Path,
+    method: str,
+    params: dict[str, Any] | None = None,
+    *,
+    timeout: float = 30.0,
+    progress: Report | None = None,
 ) -> Any:
     """Client side (blocking): send one request to the daemon at ``path``, return the result.
+    ``progress(done, total)`` asks for the method's progress lines and is given each one
+    (``timeout`` then bounds the wait for the next line, not for the whole work).
 
     Raises :class:`AdminError` with the daemon's error, or OSError when nobody listens.
     """
+    ask: dict[str, Any] = {"id": 1, "method": method, "params": params or {}}
+    if progress is not None:
+        ask["progress"] = True
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         with _bindable(Path(path)) as where:
             sock.connect(where)
-        sock.sendall(json.dumps({"id": 1, "method": method, "params": params or {}}).encode())
-        sock.sendall(b"\n")
+        sock.sendall(json.dumps(ask).encode() + b"\n")
         with sock.makefile("rb") as stream:
-            line = stream.readline(MAX_REQUEST * 64)
-    if not line:
-        raise AdminError("the daemon closed the connection without answering", "no_answer")
-    response = json.loads(line)
+            while True:
+                line = stream.readline(MAX_REQUEST * 64)
+                if not line:
+                    raise AdminError(
+                        "the daemon closed the connection without answering", "no_answer"
+                    )
+                response = json.loads(line)
+                if "progress" not in response:
+                    break
+                if progress is not None:
+                    progress(int(response["progress"]["done"]), int(response["progress"]["total"]))
     if "error" in response:
         error = response["error"]
         raise AdminError(error.get("message", "failed"), error.get("code", "failed"))

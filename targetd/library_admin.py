@@ -9,7 +9,8 @@
                    (a blank one made unless it exists; ``create`` false refuses to make
                    one) put in a free mail slot
 ``library.export`` {barcode, target?, lun?} -> {barcode, image}: a cartridge in a mail
-                   slot leaves the library (its image moves to ``exported/``)
+                   slot leaves the library (its image moves to ``exported/``); reports
+                   progress (bytes moved) to a request that asks for it (targetd.admin)
 ``library.tag``    {barcode, alternate, target?, lun?} -> {barcode, alternate}: the
                    cartridge's alternate volume tag set (a string) or removed (null)
 
@@ -26,7 +27,7 @@ from typing import Any
 from backing.tape_library import LibraryError
 from scsi.changer_device import MediaChanger
 from scsi.logical_unit import LogicalUnit
-from targetd.admin import Admin, AdminError
+from targetd.admin import Admin, AdminError, Report
 
 Params = dict[str, Any]
 LunMaps = Callable[[], Mapping[str, Mapping[int, LogicalUnit]]]
@@ -39,7 +40,7 @@ class LibraryAdmin:
     def register(self, admin: Admin) -> None:
         admin.register("library.list", self.list_elements)
         admin.register("library.import", self.import_cartridge)
-        admin.register("library.export", self.export_cartridge)
+        admin.register("library.export", self.export_cartridge, progress=True)
         admin.register("library.tag", self.tag_cartridge)
 
     def _changer(self, params: Params) -> tuple[str, int, MediaChanger]:
@@ -76,11 +77,11 @@ class LibraryAdmin:
             raise AdminError(str(err), "library") from None
         return {"barcode": barcode, "element": element}
 
-    async def export_cartridge(self, params: Params) -> dict[str, Any]:
+    async def export_cartridge(self, params: Params, report: Report) -> dict[str, Any]:
         _, _, changer = self._changer(params)
         barcode = self._barcode(params)
         try:
-            image = await changer.export_cartridge(barcode)
+            image = await changer.export_cartridge(barcode, progress=report)
         except LibraryError as err:
             raise AdminError(str(err), "library") from None
         return {"barcode": barcode, "image": image}

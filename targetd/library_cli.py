@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any
 
+from hostcopy.progress import Progress
 from targetd.status_cli import add_socket_options, call
 
 
@@ -91,7 +92,19 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    result = call(args, "library.export", _params(args, barcode=args.barcode))
+    # The move of a large cartridge (an S3 one is copied object by object) takes a while:
+    # a bar on a terminal, a line every few seconds otherwise, on stderr.
+    bar: Progress | None = None
+
+    def moved(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = Progress(total, f"export {args.barcode}")
+        bar.update(done)
+
+    result = call(args, "library.export", _params(args, barcode=args.barcode), progress=moved)
+    if bar is not None:
+        bar.finish()
     if args.json:
         _dump(result)
     else:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from targetd import status
-from targetd.admin import SOCKET_NAME, AdminError, request
+from targetd.admin import SOCKET_NAME, AdminError, Report, request
 
 # Where the daemon keeps its state when systemd runs it (StateDirectory=targetd), and when
 # `targetd serve` runs from a checkout with no --state-dir.
@@ -35,11 +35,18 @@ def add_socket_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--socket", help="the admin socket itself")
 
 
-def call(args: argparse.Namespace, method: str, params: dict[str, Any] | None = None) -> Any:
-    """One admin request; prints why and exits 1 when the daemon cannot answer."""
+def call(
+    args: argparse.Namespace,
+    method: str,
+    params: dict[str, Any] | None = None,
+    *,
+    progress: Report | None = None,
+) -> Any:
+    """One admin request; prints why and exits 1 when the daemon cannot answer.
+    ``progress(done, total)`` is given the method's progress reports (long work)."""
     path = socket_path(args)
     try:
-        return request(path, method, params)
+        return request(path, method, params, progress=progress)
     except (FileNotFoundError, ConnectionRefusedError):
         sys.exit(f"targetctl: no daemon listening on {path} (is targetd running? --state-dir?)")
     except PermissionError:

@@ -328,3 +328,41 @@ def test_records_a_power_cut_took_are_reported_by_targetctl(
         ini.clear_unit_attentions(DRIVE)
         assert [read(ini, 4096) for _ in range(2)] == [(GOOD, r, b"") for r in records[:2]]
         assert sense_of(read(ini, 4096)) == (0x8, 0x00, 0x05)
+
+
+def test_targetctl_export_of_an_s3_cartridge_reports_progress(
+    targetd_factory: DaemonFactory, s3_server: S3Server
+) -> None:
+    """The export (server-side copies of every object) shows its progress on stderr, a
+    plain line when stderr is not a terminal, and ends as before: all of the cartridge
+    under ``exported/``, nothing left in the library."""
+    prefix = new_prefix()
+    daemon = targetd_factory(config(s3_server, prefix))
+    records = [record(300 + i, CHUNK) for i in range(32)]  # 8 MiB
+    with session(daemon.port) as ini:
+        load(ini)
+        for r in records:
+            assert write(ini, r) == GOOD
+        assert filemarks(ini, 1) == GOOD
+        assert move(ini, DRIVE0, MAIL0)[0] == GOOD
+    client, bucket = s3_server.client(), s3_server.bucket
+
+    def objects(under: str) -> dict[str, int]:
+        listing = client.list_objects_v2(Bucket=bucket, Prefix=under)
+        return {o["Key"][len(under) :]: o["Size"] for o in listing.get("Contents", ())}
+
+    before = objects(f"{prefix}S30001L6/")
+    total = sum(before.values())
+    assert total > len(records) * CHUNK
+    out = targetctl(daemon, "export", "S30001L6")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == (
+        f"S30001L6: out of the library, image at s3://{bucket}/{prefix}exported/S30001L6/"
+    )
+    lines = out.stderr.splitlines()
+    # The first report (nothing copied yet) is printed at once; then the summary.
+    assert lines[0].startswith(f"export S30001L6:   0.0% 0.0/{total / MiB:.1f} MiB "), lines
+    assert lines[-1].startswith(f"export S30001L6: done, {total / MiB:.1f} MiB in "), lines
+    assert "\r" not in out.stderr and "\x1b" not in out.stderr  # no bar off a terminal
+    assert objects(f"{prefix}exported/S30001L6/") == before
+    assert objects(f"{prefix}S30001L6/") == {}

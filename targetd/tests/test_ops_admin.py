@@ -62,3 +62,41 @@ def test_register_twice_is_an_error() -> None:
     admin.register("x", lambda p: 1)
     with pytest.raises(ValueError, match="already registered"):
         admin.register("x", lambda p: 2)
+
+
+def test_progress_lines_come_before_the_answer_only_when_asked(tmp_path: Path) -> None:
+    """A method registered with progress reports from a worker thread; a request that
+    asks gets the reports (throttled, the last always) and then the answer on the same
+    connection; a request that does not ask gets the answer line alone."""
+
+    async def main() -> None:
+        admin = Admin()
+
+        async def move(params: dict, report) -> dict:  # type: ignore[no-untyped-def]
+            def work() -> int:
+                for done in range(0, 1001, 1):  # far more reports than lines sent
+                    report(done, 1000)
+                return 1000
+
+            return {"moved": await asyncio.get_running_loop().run_in_executor(None, work)}
+
+        admin.register("move", move, progress=True)
+        path = tmp_path / "admin.sock"
+        await admin.start(path)
+        loop = asyncio.get_running_loop()
+        seen: list[tuple[int, int]] = []
+
+        def ask() -> object:
+            return request(path, "move", progress=lambda d, t: seen.append((d, t)))
+
+        assert await loop.run_in_executor(None, ask) == {"moved": 1000}
+        assert seen[0] == (0, 1000) and seen[-1] == (1000, 1000)
+        assert len(seen) < 20, seen  # throttled, not one line per report
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        writer.write(b'{"id": 7, "method": "move"}\n{"id": 8, "method": "methods"}\n')
+        assert await reader.readline() == b'{"id": 7, "result": {"moved": 1000}}\n'
+        assert (await reader.readline()).startswith(b'{"id": 8, "result": ')
+        writer.close()
+        await admin.stop()
+
+    asyncio.run(main())
