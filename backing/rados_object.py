@@ -108,6 +108,20 @@ def decode_notify_reply(reply: bytes) -> tuple[int, int]:
     return acks, timeouts
 
 
+def notify_payloads(reply: bytes) -> list[bytes]:
+    """The acknowledgement payloads in ``rados_notify2``'s reply (see above)."""
+    payloads: list[bytes] = []
+    if len(reply) < 4:
+        return payloads
+    (acks,) = struct.unpack_from("<I", reply, 0)
+    at = 4
+    for _ in range(acks):
+        (length,) = struct.unpack_from("<I", reply, at + 16)
+        payloads.append(reply[at + 20 : at + 20 + length])
+        at += 20 + length
+    return payloads
+
+
 class RadosObject:
     """``oid`` in ``pool`` (and ``namespace``), reached as ``client`` through ``ceph_conf``."""
 
@@ -202,6 +216,13 @@ class RadosObject:
 
     def notify(self, payload: bytes, timeout: float) -> tuple[int, int]:
         """Tell every watcher (this client's own watch included); (acks, timeouts)."""
+        return decode_notify_reply(self._notify(payload, timeout))
+
+    def ask(self, payload: bytes, timeout: float) -> list[bytes]:
+        """Tell every watcher, as :meth:`notify`; the replies of those that answered in time."""
+        return notify_payloads(self._notify(payload, timeout))
+
+    def _notify(self, payload: bytes, timeout: float) -> bytes:
         reply = c_void_p()
         length = c_size_t()
         ret = _rados().rados_notify2(
@@ -219,9 +240,9 @@ class RadosObject:
             if reply.value:
                 _rados().rados_buffer_free(reply)
         if ret == -errno.ETIMEDOUT:  # some watcher did not answer in time: still told
-            return decode_notify_reply(data)
+            return data
         check(ret, f"notifying the watchers of {self.name}")
-        return decode_notify_reply(data)
+        return data
 
     def watch(
         self,

@@ -391,6 +391,9 @@ class BlockDevice(LogicalUnit):
             close()
         if self.reservations.store is not None:
             self.reservations.store.close()
+        records = getattr(self, "copy_records", None)
+        if records is not None:
+            records.close()
 
 
 async def _plain_write(offset: int, length: int, op: Callable[[], Awaitable[None]]) -> None:

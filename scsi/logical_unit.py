@@ -84,6 +84,8 @@ class LogicalUnit:
     # The LUN map of the target this LU belongs to (ScsiTarget sets it): the LUs an
     # initiator that sees this one may also see, so EXTENDED COPY may reach.
     lun_map: dict[int, LogicalUnit] | None = None
+    # An xcopy.shared.SharedCopies for LUs whose data several gateways serve (RBD).
+    copy_records: Any = None
     version_descriptors: tuple[int, ...] = ()  # claimed beyond SAM-5/iSCSI/SPC-4/type std
 
     def __init__(self, identity: Identity, services: Services = NO_SERVICES) -> None:

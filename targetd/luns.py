@@ -23,12 +23,14 @@ from scsi.file_sink import FileSinkDevice
 from scsi.logical_unit import Identity, LogicalUnit, Services
 from scsi.pr_cluster import ClusterPrStore
 from scsi.pr_file import PrFile
+from scsi.sense import Reason, build_sense
 from scsi.tape_device import TapeDevice
 from scsi.target import ScsiTarget
 from targetd import logs
 from targetd.config import Config, ConfigError, LunConfig, TapeStoreConfig, TargetConfig
 from targetd.pairs import TargetPairs, volume_id
 from xcopy import Policy, PolicyLookup
+from xcopy.shared import SharedCopies
 
 if TYPE_CHECKING:
     from targetd.gateway import LockGate
@@ -51,6 +53,12 @@ def reservations_object(image: str) -> str:
     """The RADOS object, beside the image (same pool and namespace), that holds an RBD
     LUN's persistent reservations."""
     return f"targetd.pr.{image}"
+
+
+def copies_object(image: str) -> str:
+    """The RADOS object beside the image with the records of the copies that name it, read
+    by every gateway that exports it (xcopy/shared.py)."""
+    return f"targetd.copies.{image}"
 
 
 def reservations_path(config: Config, target: str, lun: int) -> Path:
@@ -122,6 +130,8 @@ class Builder:
         if lun.kind == "rbd":
             # An RBD LUN's reservations live in the cluster, shared by every gateway.
             lu.reservations.store = self._cluster_reservations(target, lun, lu)
+            # So are the records of the copies that name it: any gateway reports them.
+            lu.copy_records = self._cluster_copies(target, lun, lu)
         else:
             # APTPL on LUNs whose data is local: the reservations' file sits in the state
             # dir beside them.
@@ -172,6 +182,31 @@ class Builder:
                 extra=logs.fields(target=target.name, lun=lun.lun, object=obj.name),
             )
         return store
+
+    def _cluster_copies(
+        self, target: TargetConfig, lun: LunConfig, lu: LogicalUnit
+    ) -> SharedCopies:
+        from backing.rados_object import RadosObject
+
+        r = lun.rbd
+        assert r is not None
+        try:
+            obj = RadosObject(
+                ceph_conf=r.ceph_conf,
+                client=r.client if "." in r.client else f"client.{r.client}",
+                keyring=r.keyring,
+                pool=r.pool,
+                namespace=r.namespace,
+                oid=copies_object(r.image),
+                timeout=RESERVATIONS_TIMEOUT,
+            )
+            return SharedCopies(obj, build_sense(Reason.COPY_TARGET_DEVICE_NOT_REACHABLE))
+        except OSError as exc:
+            close = getattr(lu, "close", None)
+            if close is not None:
+                close()
+            where = f"target {target.name} lun {lun.lun}"
+            raise ConfigError(where, f"copy records: {exc}") from exc
 
     def _build(
         self,

@@ -68,14 +68,22 @@ async def extended_copy(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
 
 
 async def copy_operation_abort(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
-    op = _operation(lu, cmd, int.from_bytes(cmd.cdb[2:6], "big"))
+    op = manager_of(lu).find(cmd.nexus, int.from_bytes(cmd.cdb[2:6], "big"))
+    if op is None or op.peer:  # only the gateway running a copy can stop it
+        raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(2))
     manager_of(lu).abort(op)
     await op.done.wait()
     return ScsiResult()
 
 
-def _operation(lu: LogicalUnit, cmd: ScsiCommand, list_id: int) -> Operation:
-    op = manager_of(lu).find(cmd.nexus, list_id)
+async def _operation(lu: LogicalUnit, cmd: ScsiCommand, list_id: int) -> Operation:
+    """The copy ``list_id`` of the command's initiator: run here, or (for copies naming
+    RBD LUs) by another gateway of the image, from the cluster's copy records."""
+    manager = manager_of(lu)
+    op = manager.find(cmd.nexus, list_id)
+    if op is None:
+        lus = [lu, *(lu.lun_map or {}).values()]
+        op = await manager.lookup_shared(lus, cmd.nexus, list_id)
     if op is None:
         raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(2))
     return op
@@ -86,7 +94,7 @@ def _allocation(cmd: ScsiCommand) -> int:
 
 
 async def receive_copy_status(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
-    op = _operation(lu, cmd, cmd.cdb[2])
+    op = await _operation(lu, cmd, cmd.cdb[2])
     data = results.copy_status(op)
     if op.state is State.COMPLETED:  # reported: the list identifier is free again
         manager_of(lu).forget(op)
@@ -94,7 +102,7 @@ async def receive_copy_status(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
 
 
 async def receive_data(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
-    op = _operation(lu, cmd, cmd.cdb[2])
+    op = await _operation(lu, cmd, cmd.cdb[2])
     return ScsiResult(data=results.receive_data(op)[: _allocation(cmd)])
 
 
@@ -103,7 +111,7 @@ async def operating_parameters(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
 
 
 async def failed_segment_details(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
-    op = _operation(lu, cmd, cmd.cdb[2])
+    op = await _operation(lu, cmd, cmd.cdb[2])
     data = results.failed_segment_details(op)
     if op.finished:
         manager_of(lu).forget(op)
@@ -111,7 +119,7 @@ async def failed_segment_details(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResul
 
 
 async def copy_status_lid4(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
-    op = _operation(lu, cmd, int.from_bytes(cmd.cdb[2:6], "big"))
+    op = await _operation(lu, cmd, int.from_bytes(cmd.cdb[2:6], "big"))
     data = results.copy_status_lid4(op)
     if op.finished:
         manager_of(lu).forget(op)
@@ -119,7 +127,7 @@ async def copy_status_lid4(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
 
 
 async def copy_data_lid4(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
-    op = _operation(lu, cmd, int.from_bytes(cmd.cdb[2:6], "big"))
+    op = await _operation(lu, cmd, int.from_bytes(cmd.cdb[2:6], "big"))
     return ScsiResult(data=results.receive_data(op)[: _allocation(cmd)])
 
 

@@ -33,11 +33,14 @@ from xcopy.journal import CopyJournal
 from xcopy.params import CopyList
 from xcopy.plan import plan
 from xcopy.readers import ReaderFactory, direct_reader
+from xcopy.shared import SharedCopies
 
 log = logging.getLogger(__name__)
 
 # How often a running copy's progress is recorded between segment ends (seconds).
 CHECKPOINT_INTERVAL = 0.2
+# How often, at most, a running copy's progress is written to the cluster's copy records.
+SHARED_PROGRESS_INTERVAL = 1.0
 
 
 class State(enum.Enum):
@@ -62,6 +65,7 @@ class Operation:
     failed_segment: int | None = None
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
+    lost: bool = False  # declared failed by a peer gateway (xcopy/shared.py)
     status_reported: int = 0  # operation counter for RECEIVE COPY STATUS(LID4)
     saved: tuple[int, int] = (0, 0)  # (segments, bytes) last recorded in the journal
     # The journal write of the latest record (None: none pending, or no journal).
@@ -71,6 +75,12 @@ class Operation:
     done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     # Set once an IMMED copy may be answered: its split (if any) taken, its sources checked.
     answered: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    # The cluster's copy records of the RBD LUs it names (xcopy/shared.py): every gateway
+    # exporting them can report it. ``peer``: a copy another gateway ran, read from them.
+    shared: tuple[SharedCopies, ...] = ()
+    peer: bool = False
+    shared_at: float = 0.0
+    published: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def list_id(self) -> int:
@@ -104,12 +114,20 @@ class CopyManager:
         self.counters = Counters()
         self._tape_locks: dict[int, asyncio.Lock] = {}
         self.digests = Digests()  # backups' running SHA-256, across their lists
+        self._removals: set[asyncio.Task[None]] = set()
         self.journal = journal
         if journal is not None:
             self._recover(journal)
 
     # -- persistence ---------------------------------------------------------------------
     def _save(self, op: Operation, *, progress_only: bool = False) -> None:
+        if op.shared and not op.peer and op.copy_list.keeps_results:
+            now = time.monotonic()
+            if not progress_only or now - op.shared_at >= SHARED_PROGRESS_INTERVAL:
+                op.shared_at = now
+                op.published = asyncio.get_running_loop().create_task(
+                    self._publish(op, self._record(op), op.published)
+                )
         if self.journal is None or not op.copy_list.keeps_results:
             return
         record = self._record(op)
@@ -117,6 +135,58 @@ class CopyManager:
             self.journal.progress(record)
         else:
             op.recorded = self.journal.save(record)
+
+    async def _publish(
+        self, op: Operation, record: dict[str, Any], after: asyncio.Task[None] | None
+    ) -> None:
+        """Write ``record`` to the cluster's copy records, after the one before it. If a
+        peer gateway declared the copy failed meanwhile, the copy stops here too."""
+        if after is not None:
+            await asyncio.gather(after, return_exceptions=True)
+        for shared in op.shared:
+            try:
+                ours = await shared.publish(record)
+            except (OSError, ValueError) as err:
+                log.error("copy list %d: record not kept in %s: %s", op.list_id,
+                          shared.obj.name, err)  # fmt: skip
+                continue
+            if not ours and not op.finished:
+                log.warning("copy list %d was declared failed by another gateway", op.list_id)
+                op.lost = True
+                self.abort(op)
+
+    async def lookup_shared(
+        self, lus: list[LogicalUnit], nexus: Nexus, list_id: int
+    ) -> Operation | None:
+        """A copy this gateway does not know, as another gateway recorded it in the cluster
+        (a finished one is kept here until reported; a running one is only a snapshot)."""
+        stores = {id(s): s for lu in lus if (s := getattr(lu, "copy_records", None)) is not None}
+        for store in stores.values():
+            try:
+                r = await store.lookup(nexus.initiator_port, list_id)
+            except (OSError, ValueError) as err:
+                log.error("copy records in %s unreadable: %s", store.obj.name, err)
+                continue
+            if r is None:
+                continue
+            copy_list = CopyList(
+                r["service_action"], r["list_id"], r["list_id_usage"], 0, r["immed"], r["g_sense"]
+            )
+            op = Operation(nexus.initiator_port, copy_list, r["lun"], State(r["state"]))
+            op.segments_processed = r["segments_processed"]
+            op.bytes_done = r["bytes_done"]
+            op.sense = bytes.fromhex(r["sense"]) if r["sense"] else None
+            op.shared, op.peer = (store,), True
+            if op.state is State.RUNNING:
+                return op
+            op.ended = time.monotonic()
+            if op.state is State.FAILED:
+                op.failed_segment = op.segments_processed
+            op.answered.set()
+            op.done.set()
+            self._register(op)
+            return op
+        return None
 
     @staticmethod
     def _record(op: Operation) -> dict[str, Any]:
@@ -177,6 +247,8 @@ class CopyManager:
         if op.recorded is not None:
             with contextlib.suppress(OSError):  # logged by the journal; the copy goes on
                 await outlast(op.recorded)
+        if op.published is not None:
+            await asyncio.gather(asyncio.shield(op.published), return_exceptions=True)
 
     def forget(self, op: Operation) -> None:
         ops = self.operations.get(op.initiator)
@@ -184,6 +256,12 @@ class CopyManager:
             del ops[op.list_id]
             if self.journal is not None:
                 self.journal.remove(op.initiator, op.list_id)
+            for shared in op.shared:
+                task = asyncio.get_running_loop().create_task(
+                    shared.remove(op.initiator, op.list_id)
+                )
+                self._removals.add(task)
+                task.add_done_callback(self._removals.discard)
 
     def _register(self, op: Operation) -> None:
         ops = self.operations.setdefault(op.initiator, OrderedDict())
@@ -217,11 +295,15 @@ class CopyManager:
                 self._register(op)
             raise
         op.bytes_total = sum(s.length for s in steps)
-        op.touches = frozenset(
-            id(end.lu)
+        named = {
+            id(end.lu): end.lu
             for s in steps
             for end in (s.source, s.destination)
             if end is not None and end.lu is not None
+        }
+        op.touches = frozenset(named)
+        op.shared = tuple(
+            {id(r): r for u in named.values() if (r := getattr(u, "copy_records", None))}.values()
         )
         if copy_list.keeps_results:
             self._register(op)
@@ -287,10 +369,20 @@ class CopyManager:
                 await lock.acquire()
                 held.append(lock)
             await run.run(op.answered)
+            if op.shared:  # still ours? (not declared failed by a peer while this one stalled)
+                op.published = asyncio.get_running_loop().create_task(
+                    self._publish(op, self._record(op), op.published)
+                )
+                await asyncio.shield(op.published)
+                if op.lost:
+                    raise asyncio.CancelledError
         except CopyAborted as err:
             error = err
         except asyncio.CancelledError:
-            op.state = State.ABORTED
+            if op.lost:  # a peer reported it failed: so does this gateway, the same way
+                error = CopyAborted(Reason.COPY_TARGET_DEVICE_NOT_REACHABLE, op.segments_processed)
+            else:
+                op.state = State.ABORTED
         except Exception as err:  # a bug must still end the operation, visibly
             log.exception("copy list %d failed", op.list_id)
             error = CopyAborted(Reason.THIRD_PARTY_DEVICE_FAILURE, op.segments_processed)

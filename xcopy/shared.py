@@ -1,0 +1,177 @@
+"""Copy records kept in the Ceph cluster, so that every gateway exporting an RBD image can
+answer RECEIVE COPY RESULTS for a copy another gateway ran (docs/xcopy.md, "Two
+gateways").
+
+One RADOS object beside the image holds a JSON map of records, one per copy that names the
+image, keyed by the initiator's name (not its port: through another gateway the same
+initiator has another I_T nexus, often another ISID) and the list identifier. The gateway
+running a copy writes its record when the copy starts, at its progress checkpoints and when
+it ends (compare-and-swap on the object's version, so records of copies run by two gateways
+never overwrite each other), and watches the object.
+
+A gateway asked about a list identifier it does not know reads the record. A finished
+record is reported as it stands. A running one is asked about over the watch: the gateway
+running it answers with its live record; if no gateway answers within
+:data:`ASK_TIMEOUT`, the copy's gateway died (or was cut off from the cluster) and the copy
+can never complete, so the record is rewritten as failed, with COPY ABORTED, COPY TARGET
+DEVICE NOT REACHABLE (0Dh/02h) and the progress last recorded. That verdict is final: a
+gateway that was only stalled and wakes up finds its record taken over, stops its copy and
+reports it failed with the same sense, so the two paths never disagree and a copy is never
+reported completed on one path after it was reported failed on the other.
+
+The object is anything with the blocking calls of backing's ``RadosObject`` (``read``,
+``replace``, ``ask``, ``watch``, ``close``); they run in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+FORMAT = "targetd-copies"
+# How long a gateway waits for the gateway running a copy to say it still runs it.
+ASK_TIMEOUT = 3.0
+# Set in a record another gateway declared failed (its runner did not answer).
+TAKEN_OVER = "taken_over"
+
+
+class RecordObject(Protocol):
+    name: str
+    instance_id: int
+
+    def read(self) -> tuple[int, bytes]: ...
+    def replace(self, expected: int, version: int, body: bytes) -> bool: ...
+    def ask(self, payload: bytes, timeout: float) -> list[bytes]: ...
+    def watch(
+        self, on_notify: Callable[[int, bytes], bytes], on_error: Callable[[int], None]
+    ) -> None: ...
+    def close(self) -> None: ...
+
+
+def key_of(initiator_port: str, list_id: int) -> str:
+    """The initiator's name (the port name without ``,i,0x<isid>``) and the list ID."""
+    return f"{initiator_port.split(',')[0]}|{list_id}"
+
+
+def _records(body: bytes) -> dict[str, dict[str, Any]]:
+    if not body:
+        return {}
+    data = json.loads(body)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError("not a targetd copy record object")
+    records = data.get("copies", {})
+    return records if isinstance(records, dict) else {}
+
+
+class SharedCopies:
+    """The copy records of one RBD LU, in ``obj``."""
+
+    def __init__(self, obj: RecordObject, lost_sense: bytes) -> None:
+        self.obj = obj
+        self.lost_sense = lost_sense  # what a copy whose gateway is gone reads as
+        self.live: dict[str, dict[str, Any]] = {}  # the copies this gateway runs, latest
+        self._live_lock = threading.Lock()
+        self._lane = ThreadPoolExecutor(1, thread_name_prefix="copy-records")
+        obj.watch(self._answer, self._lost_watch)
+
+    # -- the gateway running a copy -----------------------------------------------------
+    def _answer(self, _notifier: int, payload: bytes) -> bytes:
+        """On a librados thread: "do you run this copy?" answered with its live record."""
+        try:
+            key = json.loads(payload).get("key")
+        except ValueError:
+            return b""
+        with self._live_lock:
+            record = self.live.get(key)
+        return b"" if record is None else json.dumps(record).encode()
+
+    def _lost_watch(self, err: int) -> None:
+        log.warning("%s: watch lost (%d); peers may take this gateway's copies for failed",
+                    self.obj.name, err)  # fmt: skip
+
+    async def publish(self, record: dict[str, Any]) -> bool:
+        """Record a copy this gateway runs; False if another gateway has declared it failed
+        (this gateway stopped answering for a while): the copy must stop and fail."""
+        key = key_of(record["initiator"], record["list_id"])
+        with self._live_lock:
+            if record["state"] == "running":
+                self.live[key] = record
+            else:
+                self.live.pop(key, None)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._lane, self._write, key, record)
+
+    def _write(self, key: str, record: dict[str, Any] | None) -> bool:
+        while True:
+            version, body = self.obj.read()
+            records = _records(body)
+            stored = records.get(key)
+            if record is not None and stored is not None and stored.get(TAKEN_OVER):
+                return False  # a peer's verdict is final (it is removed once reported)
+            if record is None:
+                if key not in records:
+                    return True
+                records.pop(key)
+            else:
+                records[key] = {**record, "by": self.obj.instance_id}
+            new = json.dumps({"format": FORMAT, "copies": records}, sort_keys=True).encode()
+            if self.obj.replace(version, version + 1, new):
+                return True
+
+    async def remove(self, initiator_port: str, list_id: int) -> None:
+        """The copy's end was reported: its record goes."""
+        key = key_of(initiator_port, list_id)
+        with self._live_lock:
+            self.live.pop(key, None)
+        await asyncio.get_running_loop().run_in_executor(self._lane, self._write, key, None)
+
+    # -- a gateway asked about a copy it does not know ----------------------------------
+    async def lookup(self, initiator_port: str, list_id: int) -> dict[str, Any] | None:
+        """The copy's record as it stands now, None if the cluster has none."""
+        key = key_of(initiator_port, list_id)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._lookup, key)
+
+    def _lookup(self, key: str) -> dict[str, Any] | None:
+        _, body = self.obj.read()
+        record = _records(body).get(key)
+        if record is None or record["state"] != "running":
+            return record
+        for reply in self.obj.ask(json.dumps({"key": key}).encode(), ASK_TIMEOUT):
+            if reply:
+                live: dict[str, Any] = json.loads(reply)
+                return live
+        return self._declare_lost(key)
+
+    def _declare_lost(self, key: str) -> dict[str, Any] | None:
+        """No gateway runs the copy: it failed, at the progress last recorded."""
+        while True:
+            version, body = self.obj.read()
+            records = _records(body)
+            record = records.get(key)
+            if record is None or record["state"] != "running":
+                return record  # its gateway ended it (or another peer did) meanwhile
+            record.update(state="failed", sense=self.lost_sense.hex(), by=self.obj.instance_id)
+            record[TAKEN_OVER] = True
+            log.warning(
+                "copy list %s of %s: its gateway does not answer; reported failed after "
+                "%d segments, %d bytes",
+                record["list_id"],
+                record["initiator"],
+                record["segments_processed"],
+                record["bytes_done"],
+            )
+            new = json.dumps({"format": FORMAT, "copies": records}, sort_keys=True).encode()
+            if self.obj.replace(version, version + 1, new):
+                return record
+
+    def close(self) -> None:
+        self._lane.shutdown(wait=True)
+        self.obj.close()
