@@ -17,6 +17,7 @@ import contextlib
 import enum
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,7 @@ class Operation:
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
     lost: bool = False  # declared failed by a peer gateway (xcopy/shared.py)
+    copy_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # this run, everywhere
     status_reported: int = 0  # operation counter for RECEIVE COPY STATUS(LID4)
     saved: tuple[int, int] = (0, 0)  # (segments, bytes) last recorded in the journal
     # The journal write of the latest record (None: none pending, or no journal).
@@ -80,6 +82,7 @@ class Operation:
     shared: tuple[SharedCopies, ...] = ()
     peer: bool = False
     shared_at: float = 0.0
+    shared_segments: int = 0
     published: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -123,8 +126,13 @@ class CopyManager:
     def _save(self, op: Operation, *, progress_only: bool = False) -> None:
         if op.shared and not op.peer and op.copy_list.keeps_results:
             now = time.monotonic()
-            if not progress_only or now - op.shared_at >= SHARED_PROGRESS_INTERVAL:
-                op.shared_at = now
+            # Every segment end; within a long segment, once per SHARED_PROGRESS_INTERVAL.
+            if (
+                not progress_only
+                or op.segments_processed != op.shared_segments
+                or now - op.shared_at >= SHARED_PROGRESS_INTERVAL
+            ):
+                op.shared_at, op.shared_segments = now, op.segments_processed
                 op.published = asyncio.get_running_loop().create_task(
                     self._publish(op, self._record(op), op.published)
                 )
@@ -161,6 +169,8 @@ class CopyManager:
         """A copy this gateway does not know, as another gateway recorded it in the cluster
         (a finished one is kept here until reported; a running one is only a snapshot)."""
         stores = {id(s): s for lu in lus if (s := getattr(lu, "copy_records", None)) is not None}
+        if self._removals:  # a result reported just before is not found again
+            await asyncio.gather(*self._removals, return_exceptions=True)
         for store in stores.values():
             try:
                 r = await store.lookup(nexus.initiator_port, list_id)
@@ -176,7 +186,9 @@ class CopyManager:
             op.segments_processed = r["segments_processed"]
             op.bytes_done = r["bytes_done"]
             op.sense = bytes.fromhex(r["sense"]) if r["sense"] else None
-            op.shared, op.peer = (store,), True
+            # Removed, once reported, from every LU's records (a copy is kept in each RBD
+            # LU it names).
+            op.shared, op.peer = tuple(stores.values()), True
             if op.state is State.RUNNING:
                 return op
             op.ended = time.monotonic()
@@ -203,6 +215,7 @@ class CopyManager:
             "segments_processed": op.segments_processed,
             "bytes_done": op.bytes_done,
             "sense": op.sense.hex() if op.sense else None,
+            "copy": op.copy_id,
         }
 
     def _recover(self, journal: CopyJournal) -> None:

@@ -29,6 +29,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -52,6 +53,7 @@ class RecordObject(Protocol):
     def watch(
         self, on_notify: Callable[[int, bytes], bytes], on_error: Callable[[int], None]
     ) -> None: ...
+    def unwatch(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -78,8 +80,17 @@ class SharedCopies:
         self.lost_sense = lost_sense  # what a copy whose gateway is gone reads as
         self.live: dict[str, dict[str, Any]] = {}  # the copies this gateway runs, latest
         self._live_lock = threading.Lock()
+        self._closed = False
+        self._rewatching = False
+        self._rewatch: threading.Thread | None = None
+        try:
+            if obj.read()[0] == 0:  # a watch needs the object; a lost race made it too
+                obj.replace(0, 1, json.dumps({"format": FORMAT, "copies": {}}).encode())
+            obj.watch(self._answer, self._lost_watch)
+        except BaseException:
+            obj.close()
+            raise
         self._lane = ThreadPoolExecutor(1, thread_name_prefix="copy-records")
-        obj.watch(self._answer, self._lost_watch)
 
     # -- the gateway running a copy -----------------------------------------------------
     def _answer(self, _notifier: int, payload: bytes) -> bytes:
@@ -93,8 +104,33 @@ class SharedCopies:
         return b"" if record is None else json.dumps(record).encode()
 
     def _lost_watch(self, err: int) -> None:
-        log.warning("%s: watch lost (%d); peers may take this gateway's copies for failed",
-                    self.obj.name, err)  # fmt: skip
+        """The watch broke (the cluster was out of reach for a while): until it is back, a
+        peer asked about this gateway's copies gets no answer and reports them failed (and
+        they fail here too, at their next record). Watched again from a thread of its own:
+        librados's callback thread must not wait on librados."""
+        log.warning("%s: watch lost (%d); re-establishing", self.obj.name, err)
+        with self._live_lock:
+            if self._closed or self._rewatching:
+                return
+            self._rewatching = True
+            self._rewatch = threading.Thread(
+                target=self._watch_again, name="copy-records-rewatch", daemon=True
+            )
+            self._rewatch.start()
+
+    def _watch_again(self) -> None:
+        while not self._closed:
+            try:
+                self.obj.unwatch()
+                self.obj.watch(self._answer, self._lost_watch)
+            except OSError as err:
+                log.warning("%s: watching again failed: %s", self.obj.name, err)
+                time.sleep(0.5)
+                continue
+            log.info("%s: watching again", self.obj.name)
+            break
+        with self._live_lock:
+            self._rewatching = False
 
     async def publish(self, record: dict[str, Any]) -> bool:
         """Record a copy this gateway runs; False if another gateway has declared it failed
@@ -113,9 +149,15 @@ class SharedCopies:
             version, body = self.obj.read()
             records = _records(body)
             stored = records.get(key)
-            if record is not None and stored is not None and stored.get(TAKEN_OVER):
-                return False  # a peer's verdict is final (it is removed once reported)
-            if record is None:
+            taken = stored is not None and stored.get(TAKEN_OVER)
+            if record is not None and taken and stored.get("copy") == record.get("copy"):
+                return False  # a peer's verdict on this copy is final
+            if record is None and taken:
+                if stored.get("reported"):
+                    return True
+                # Kept, reported, so that the copy's gateway, if it wakes, still finds it.
+                records[key] = {**stored, "reported": True}
+            elif record is None:
                 if key not in records:
                     return True
                 records.pop(key)
@@ -142,7 +184,10 @@ class SharedCopies:
     def _lookup(self, key: str) -> dict[str, Any] | None:
         _, body = self.obj.read()
         record = _records(body).get(key)
-        if record is None or record["state"] != "running":
+        log.debug("copy record %s: %s", key, record)
+        if record is None or record.get("reported"):
+            return None
+        if record["state"] != "running":
             return record
         for reply in self.obj.ask(json.dumps({"key": key}).encode(), ASK_TIMEOUT):
             if reply:
@@ -156,7 +201,9 @@ class SharedCopies:
             version, body = self.obj.read()
             records = _records(body)
             record = records.get(key)
-            if record is None or record["state"] != "running":
+            if record is None or record.get("reported"):
+                return None
+            if record["state"] != "running":
                 return record  # its gateway ended it (or another peer did) meanwhile
             record.update(state="failed", sense=self.lost_sense.hex(), by=self.obj.instance_id)
             record[TAKEN_OVER] = True
@@ -173,5 +220,10 @@ class SharedCopies:
                 return record
 
     def close(self) -> None:
+        with self._live_lock:
+            self._closed = True
+            rewatch = self._rewatch
+        if rewatch is not None:
+            rewatch.join()  # it must not call librados on a closed object
         self._lane.shutdown(wait=True)
         self.obj.close()

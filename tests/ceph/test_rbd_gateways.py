@@ -21,7 +21,17 @@ from ceph_fixtures import ImageFactory, ceph_cluster, export_image, new_image
 from cluster import CephCluster
 from gateways import IQN, PairFactory, gateway_pair
 from raw_initiator import RawInitiator
-from test_integration_xcopy import GOOD, cscd, extended_copy, lid1, naa_of, session
+from test_integration_xcopy import (
+    GOOD,
+    copy_status_lid4,
+    cscd,
+    extended_copy,
+    lid1,
+    lid4_backup,
+    naa_of,
+    session,
+    stream_segment,
+)
 
 from scsi.sense import parse_sense
 
@@ -208,6 +218,84 @@ def test_extended_copy_through_the_other_gateway_copies_what_the_holder_wrote(
         assert result == (GOOD, b"")
     exported = export_image(ceph_cluster, dest, tmp_path / "dest")
     assert exported[2048 * BLOCK : 2048 * BLOCK + len(data)] == data
+
+
+MiB = 1 << 20
+
+
+def backup_through(ini: RawInitiator, list_id: int, segments: int) -> None:
+    """An IMMED LID4 copy of LUN 0's first ``segments`` x 8 MiB to LUN 1 (a gateway serves
+    RBD LUNs only: a backup's destination is another image), sent to LUN 0."""
+    src, dst = naa_of(ini, 0), naa_of(ini, 1)
+    b2b = b"".join(
+        struct.pack(">BBHHH2xHQQ", 0x02, 0, 0x18, 0, 1, 16384, n * 16384, n * 16384)
+        for n in range(segments)
+    )
+    params = lid4_backup(list_id, cscd(src, 0x00, block_length=BLOCK) + cscd(dst, 0x00), b2b)
+    cdb = bytes([0x83, 0x01]) + bytes(8) + len(params).to_bytes(4, "big") + bytes(2)
+    for _ in range(3):  # the first may meet LUN 1's lock-taking unit attention
+        status, _, sense = ini.command(cdb, lun=0, data=params)
+        if (status, sense) == (GOOD, b""):
+            return
+    raise AssertionError(parse_sense(sense))
+
+
+def copy_status(ini: RawInitiator, list_id: int) -> tuple[int, bytes, tuple[int, int, int] | None]:
+    """RECEIVE COPY STATUS(LID4) on LUN 0, past the unit attention a lock move raises."""
+    cdb = bytes([0x84, 0x05]) + list_id.to_bytes(4, "big") + bytes(4) + (96).to_bytes(4, "big")
+    for _ in range(3):
+        status, data, sense = ini.command(cdb + bytes(2), lun=0, read=96)
+        if (status, parse_sense(sense) if sense else None) != STATE_CHANGED:
+            break
+    return status, data, parse_sense(sense) if sense else None
+
+
+def test_a_backup_cut_by_a_failover_reads_as_failed_through_the_other_gateway(
+    ceph_cluster: CephCluster, new_image: ImageFactory, gateway_pair: PairFactory, tmp_path: Path
+) -> None:
+    """RECEIVE COPY RESULTS through B answers for copies sent through A (the records of
+    copies naming an RBD LU are in the cluster): a finished one as completed, once; one
+    running when A was killed with SIGKILL as failed (COPY ABORTED, 0Dh/02h), with progress
+    no further than what landed, never as completed nor as an unknown list."""
+    source, dest = new_image("128M"), new_image("128M")
+    ceph_cluster.rbd("bench", "--io-type", "write", "--io-size", "4M", "--io-total", "128M",
+                     "--io-pattern", "seq", f"{ceph_cluster.pool}/{source}")  # fmt: skip
+    pair = gateway_pair(source, more_images=(dest,))
+    with session(pair.a.port, IQN, (0, 1)) as ini_a:
+        backup_through(ini_a, 1, 1)
+        deadline = time.monotonic() + 60
+        with session(pair.b.port, IQN, (0,)) as ini_b:
+            while True:  # in progress (A answers B for it), then completed
+                status, done, sense = copy_status(ini_b, 1)
+                assert (status, sense) == (GOOD, None), sense
+                if done[5] != 0x12:
+                    break
+                assert time.monotonic() < deadline, "the small backup does not end"
+                time.sleep(0.05)
+            assert (done[5], int.from_bytes(done[16:24], "big")) == (0x01, 8 * MiB), done.hex()
+            # Reported: the list identifier is free, on B as in the cluster.
+            assert copy_status(ini_b, 1)[::2] == (2, (5, 0x24, 0x00))
+        # 128 MiB in 16 segments: A is killed once one has landed.
+        backup_through(ini_a, 2, 16)
+        while int.from_bytes(copy_status_lid4(ini_a, 0, 2)[16:24], "big") < 8 * MiB:
+            assert time.monotonic() < deadline, "the backup does not progress"
+            time.sleep(0.01)
+        running = copy_status_lid4(ini_a, 0, 2)
+        pair.kill(pair.a)
+    assert running[5] == 0x12, running.hex()  # in progress in the background when killed
+    with session(pair.b.port, IQN, (0,)) as ini_b:
+        status, data, sense = copy_status(ini_b, 2)
+        assert (status, sense) == (GOOD, None), sense
+        assert data[5] == 0x02, data.hex()  # failed
+        assert (data[32 + 2] & 0x0F, data[32 + 12], data[32 + 13]) == (0x0A, 0x0D, 0x02)
+        reported = int.from_bytes(data[16:24], "big")
+        segments = int.from_bytes(data[24:26], "big")
+        assert reported == segments * 8 * MiB and segments < 16, (segments, reported)
+        assert copy_status(ini_b, 2)[::2] == (2, (5, 0x24, 0x00))  # reported: freed
+    assert "its gateway does not answer" in pair.b.stderr
+    # Never more than landed: the destination holds at least what is reported.
+    copied = export_image(ceph_cluster, dest, tmp_path / "dest")[:reported]
+    assert copied == export_image(ceph_cluster, source, tmp_path / "source")[:reported]
 
 
 def test_kill9_takeover_keeps_every_acknowledged_write(
