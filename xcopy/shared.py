@@ -148,8 +148,8 @@ class SharedCopies:
         while True:
             version, body = self.obj.read()
             records = _records(body)
-            stored = records.get(key)
-            taken = stored is not None and stored.get(TAKEN_OVER)
+            stored = records.get(key) or {}
+            taken = bool(stored.get(TAKEN_OVER))
             if record is not None and taken and stored.get("copy") == record.get("copy"):
                 return False  # a peer's verdict on this copy is final
             if record is None and taken:
