@@ -111,10 +111,8 @@ PairFactory = Callable[..., GatewayPair]
 @pytest.fixture
 def gateway_pair(ceph_cluster: CephCluster, tmp_path: Path) -> Iterator[PairFactory]:
     """``gateway_pair(image, *, hold_ms=1000, takeover_ms=3000, unit_attention=True,
-    more_images=(), metrics=False, start=True, extra_luns="")``: LUN 0 is ``image``, LUN 1,
-    2... ``more_images``, then the ``[[target.lun]]`` tables of ``extra_luns`` (each gateway
-    its own, in its state dir); with ``metrics``, each serves Prometheus metrics
-    (``metrics_ports``)."""
+    more_images=(), metrics=False, start=True)``: LUN 0 is ``image``, LUN 1, 2...
+    ``more_images``; with ``metrics``, each serves Prometheus metrics (``metrics_ports``)."""
     made: list[GatewayPair] = []
 
     def make(
@@ -126,7 +124,6 @@ def gateway_pair(ceph_cluster: CephCluster, tmp_path: Path) -> Iterator[PairFact
         more_images: tuple[str, ...] = (),
         metrics: bool = False,
         start: bool = True,
-        extra_luns: str = "",
     ) -> GatewayPair:
         n = len(made)
         port_a, port_b = free_port(), free_port()
@@ -145,7 +142,7 @@ def gateway_pair(ceph_cluster: CephCluster, tmp_path: Path) -> Iterator[PairFact
                     extra_luns="".join(
                         rbd_lun_toml(ceph_cluster, extra, lun=n)
                         for n, extra in enumerate(more_images, start=1)
-                    ) + extra_luns,
+                    ),
                     metrics_port=metrics_ports.get(name, 0),
                 )
             )  # fmt: skip
