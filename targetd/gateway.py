@@ -53,6 +53,9 @@ _STATE_NAMES = {state: name for name, state in STATE_NAMES.items()}
 MIN_WAIT = 0.005
 # How long a broadcast (acquired, released, reset) waits for the other gateway.
 BROADCAST_TIMEOUT = 1.0
+# After giving the lock up on request, how long this gateway leaves a free lock to the
+# asker rather than racing it for the lock (its own commands then ask for it back).
+YIELD_GRACE = 0.5
 # Errors of a client the cluster blocklisted (EBLOCKLISTED is ESHUTDOWN), or whose watch
 # it dropped for that reason.
 FENCED_ERRNOS = frozenset({errno.ESHUTDOWN})
@@ -65,13 +68,47 @@ class HoldPolicy:
     hold: float  # seconds
 
     def answer(self, now: float, last_io: float, in_flight: int) -> float:
-        """0 to give the lock up now, else how long the asker should wait first."""
+        """0 to give the lock up now (after what is in flight has ended), else how long the
+        asker should wait first. With no hold time the lock follows every request: the
+        holder stops admitting commands and drains, or a path that always has a command in
+        flight would keep the lock for as long as its stream lasts."""
+        if not self.hold:
+            return 0.0
         if in_flight:
-            return max(self.hold, MIN_WAIT)
+            return self.hold
         idle = now - last_io
         if idle >= self.hold:
             return 0.0
         return max(self.hold - idle, MIN_WAIT)
+
+
+@dataclass(slots=True)
+class Silence:
+    """How long the lock holder has left this gateway's requests unanswered.
+
+    A notify comes back after ``takeover`` when the holder watches and does not answer, but
+    at once when it is not watching at all: a live holder whose watch the OSD dropped
+    (ENOTCONN: a ping late on a loaded host) is without one until it watches again, a few
+    ms later. Either way the holder is fenced only once it has been silent for the whole
+    takeover time, counted from the first request it left unanswered."""
+
+    takeover: float
+    holder: str = ""
+    since: float | None = None
+
+    def unanswered(self, holder: str, asked_at: float, now: float) -> bool:
+        """A request sent at ``asked_at`` got no answer from ``holder``: whether the
+        holder has now been silent long enough to be fenced."""
+        if self.since is None or holder != self.holder:
+            self.holder, self.since = holder, asked_at
+        return now - self.since >= self.takeover
+
+    def answered(self) -> None:
+        self.since = None
+
+
+# How long an asker waits before asking again a holder that was not watching.
+REASK = 0.05
 
 
 def states(*, holding: bool, peer_holds: bool, fenced: bool) -> tuple[AccessState, AccessState]:
@@ -133,6 +170,7 @@ class LockGate:
         self.layout = layout
         self.policy = HoldPolicy(hold_ms / 1000)
         self.takeover = takeover_ms / 1000
+        self.silence = Silence(self.takeover)
         self.unit_attention = unit_attention
         self.name = name
         self.clock = clock
@@ -141,6 +179,9 @@ class LockGate:
         self.is_fenced = False
         self.last_io = float("-inf")
         self.in_flight = 0
+        self._drained = asyncio.Event()  # set whenever nothing is in flight
+        self._drained.set()
+        self._yielded = float("-inf")  # when this gateway last gave the lock up on request
         self.acquisitions = 0  # lock moves to this gateway (metrics, tests)
         self.breaks = 0  # takeovers from a silent holder
         self._transition: asyncio.Task[None] | None = None
@@ -193,7 +234,7 @@ class LockGate:
         if not needs_ownership(cdb):
             if self.holding:
                 self.last_io = self.clock()
-            self.in_flight += 1  # counted too: a reopen waits for every request to end
+            self._admit()  # counted too: a reopen waits for every request to end
             return True
         # A silent holder is fenced after takeover_ms; a live, busy one keeps the lock and
         # the command is refused (transitioning) for the initiator to retry.
@@ -214,14 +255,20 @@ class LockGate:
                 raise CheckCondition(Reason.LU_NOT_ACCESSIBLE_TRANSITIONING) from exc
             if self.clock() > deadline and not self.holding:
                 raise CheckCondition(Reason.LU_NOT_ACCESSIBLE_TRANSITIONING)
-        self.in_flight += 1
+        self._admit()
         self.last_io = self.clock()
         return True
+
+    def _admit(self) -> None:
+        self.in_flight += 1
+        self._drained.clear()
 
     def leave(self, entered: bool) -> None:
         if entered:
             self.in_flight -= 1
             self.last_io = self.clock()
+            if not self.in_flight:
+                self._drained.set()
 
     def fenced(self, error: StoreError) -> bool:
         if error.errno in FENCED_ERRNOS:
@@ -240,6 +287,10 @@ class LockGate:
         image = self.image
         while True:
             owners = await image.lock_owners()
+            if not owners and self.clock() - self._yielded < YIELD_GRACE:
+                # Just given to the asker, which is taking it: ask it back once it has.
+                await self._wait(0.01, deadline)
+                continue
             if not owners:
                 try:
                     await image.acquire_lock()
@@ -257,11 +308,16 @@ class LockGate:
             if holder == image.address:
                 await self._became_holder()
                 return
+            asked_at = self.clock()
             result = await self.channel.notify(
                 {"op": "request", "from": image.address, "holder": holder}, self.takeover
             )
             answer = next((r for r in result.replies if r.get("addr") == holder), None)
+            if answer is None and not self.silence.unanswered(holder, asked_at, self.clock()):
+                await self._wait(REASK, deadline)  # not watching just now: ask again
+                continue
             if answer is None:
+                self.silence.answered()
                 log.warning(
                     "lock holder silent: breaking its lock (the cluster blocklists it)",
                     extra=logs.fields(lu=self.name, holder=holder, waited=self.takeover),
@@ -274,7 +330,11 @@ class LockGate:
                         raise NotAvailable from exc
                 self.breaks += 1
                 continue
+            self.silence.answered()
             if answer.get("answer") == "released":
+                continue
+            if answer.get("answer") == "releasing":  # the lock is free once it drained
+                await self._wait(MIN_WAIT, deadline)
                 continue
             await self._wait(float(answer.get("wait", MIN_WAIT)), deadline)
 
@@ -317,8 +377,12 @@ class LockGate:
             if wait:
                 reply({"addr": me, "answer": "busy", "wait": wait})
                 return
-            self._transition = self._loop.create_task(self._release(reply))
+            # Answered now, not once released: the answer is the asker's liveness signal,
+            # and draining and librbd's release can take longer than takeover_ms on a
+            # loaded host. A live holder must never look silent and be fenced.
+            self._transition = self._loop.create_task(self._release())
             self._transition.add_done_callback(self._transition_done)
+            reply({"addr": me, "answer": "releasing"})
             return
         if op == "acquired" and not self.holding:
             self.peer_holds = True
@@ -327,20 +391,22 @@ class LockGate:
             self.lu.reset(None)
         reply({})
 
-    async def _release(self, reply: Reply) -> None:
-        me = self.image.address
+    async def _release(self) -> None:
+        # New commands that need the lock wait for this transition; those in flight end.
+        await self._drained.wait()
         try:
             await self.image.release_lock()
         except OSError as exc:
             if exc.errno in FENCED_ERRNOS:
                 self._fence("releasing the lock failed: blocklisted")
-            reply({"addr": me, "answer": "busy", "wait": MIN_WAIT})
+            else:
+                log.warning("lock not given up", extra=logs.fields(lu=self.name, error=str(exc)))
             return
         self.holding = False
         self.peer_holds = True
+        self._yielded = self.clock()
         log.info("lock given up", extra=logs.fields(lu=self.name))
         self._update()
-        reply({"addr": me, "answer": "released"})
 
     # -- fencing -----------------------------------------------------------------------
     def _on_watch_error(self, err: int) -> None:
