@@ -118,6 +118,11 @@ mon_osd_down_out_interval = 0
 # A client killed with SIGKILL keeps its watch (and so RBD's exclusive lock) this long;
 # the default 30 s would stall every test that restarts a daemon after kill -9.
 osd_client_watch_timeout = 5
+# Clients ping their watches once per objecter tick (5 s by default): as long as the
+# timeout above, a ping late by a moment on a loaded host lost a live client its watch
+# (ENOTCONN, watched again a little later), and the peer gateway of a holder caught without
+# one took it for dead. Every second keeps live watches well inside the timeout.
+objecter_tick_interval = 1
 """,
             encoding="ascii",
         )

@@ -414,6 +414,10 @@ def test_libiscsi_multipath_suite_over_two_gateways(
     for name in ("Simple", "Reset", "CompareAndWrite", "CompareAndWriteAsync"):
         assert f"Test: {name} ...passed" in out, out
     assert run.returncode == 0, out
+    # Both gateways lived throughout: neither may have been taken for dead.
+    for gateway in pair.gateways:
+        assert "breaking its lock" not in gateway.stderr, gateway.stderr
+        assert "fenced" not in gateway.stderr, gateway.stderr
 
 
 def test_failover_bench_runs_on_the_shared_cluster(ceph_cluster: CephCluster) -> None:
