@@ -29,6 +29,7 @@ The policy (:class:`HoldPolicy`, :func:`states`) is plain functions of time and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import time
@@ -393,7 +394,10 @@ class LockGate:
 
     async def _release(self) -> None:
         # New commands that need the lock wait for this transition; those in flight end.
-        await self._drained.wait()
+        # Reads are still admitted meanwhile: past takeover_ms of them, release anyway
+        # (librbd lets the writes still in flight end before it lets go).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), self.takeover)
         try:
             await self.image.release_lock()
         except OSError as exc:
