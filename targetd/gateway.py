@@ -309,6 +309,7 @@ class LockGate:
             if holder == image.address:
                 await self._became_holder()
                 return
+            self._yielded = float("-inf")  # the asker has it: the grace is over
             asked_at = self.clock()
             result = await self.channel.notify(
                 {"op": "request", "from": image.address, "holder": holder}, self.takeover
