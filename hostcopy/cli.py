@@ -16,7 +16,15 @@ from datetime import UTC, datetime
 from hostcopy import commands as c
 from hostcopy import label as labels
 from hostcopy import ops
-from hostcopy.device import Device, ScsiError, TransportError, execute, open_device, run
+from hostcopy.device import (
+    DEFAULT_TIMEOUT_S,
+    Device,
+    ScsiError,
+    TransportError,
+    execute,
+    open_device,
+    run,
+)
 from hostcopy.label import EndLabel, Label
 from hostcopy.lists import (
     DEFAULT_RECORD,
@@ -32,6 +40,8 @@ from hostcopy.lists import (
 from hostcopy.progress import Progress
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# --command-timeout, set once by main() for every device the command opens.
+_command_timeout = DEFAULT_TIMEOUT_S
 _UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30,
           "gib": 1 << 30}  # fmt: skip
 
@@ -51,7 +61,7 @@ def size(text: str) -> int:
 
 @contextmanager
 def opened(spec: str) -> Iterator[Device]:
-    device = open_device(spec)
+    device = open_device(spec, _command_timeout)
     try:
         ops.clear_unit_attentions(device)
         yield device
@@ -396,7 +406,7 @@ def _verify_on_host(args: argparse.Namespace, tape: Device, label: Label) -> int
     """The host reads every record (READ), hashes it and, with a LUN, compares it; then
     the end label, whose digest must equal the one computed here."""
     layout = Layout(label.length, label.block_size, label.record)
-    lun = open_device(args.lun) if args.lun else None
+    lun = open_device(args.lun, _command_timeout) if args.lun else None
     try:
         if lun is not None:
             ops.clear_unit_attentions(lun)
@@ -723,6 +733,12 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("device")
     for q in (ls, st, cr, *[sub.choices[n] for n in ("split", "resync")]):
         q.add_argument("--json", action="store_true")
+    for q in sub.choices.values():
+        q.add_argument(
+            "--command-timeout", type=int, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+            help="give up on a target that leaves one command unanswered this long "
+            f"(default {DEFAULT_TIMEOUT_S})",
+        )  # fmt: skip
     return p
 
 
@@ -741,7 +757,9 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _command_timeout
     args = parser().parse_args(argv)
+    _command_timeout = args.command_timeout
     try:
         return COMMANDS[args.command](args)
     except (Failure, ops.CopyFailed, ScsiError, TransportError, ValueError) as e:

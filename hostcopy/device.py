@@ -8,9 +8,10 @@ from typing import Protocol
 from hostcopy.sense import describe
 
 GOOD, CHECK_CONDITION = 0x00, 0x02
-# Long enough for the slowest command the tool sends synchronously (an EXTENDED COPY of a
-# wait-policy backup without IMMED waits for a whole split); IMMED lists answer at once.
-DEFAULT_TIMEOUT_S = 600
+# How long one command may go unanswered before the tool gives up on the target. Every
+# command the tool sends answers at once (copies are IMMED lists, polled), so a minute
+# without an answer is a target that is gone or hung, not a slow one.
+DEFAULT_TIMEOUT_S = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,7 @@ class Device(Protocol):
     name: str
 
     def execute(
-        self, cdb: bytes, *, data_out: bytes = b"", read: int = 0, timeout: int = ...
+        self, cdb: bytes, *, data_out: bytes = b"", read: int = 0, timeout: int | None = None
     ) -> Result: ...
 
     def close(self) -> None: ...
@@ -81,13 +82,14 @@ def run(device: Device, what: str, cdb: bytes, *, data_out: bytes = b"", read: i
     return result.data
 
 
-def open_device(spec: str) -> Device:
+def open_device(spec: str, timeout: int = DEFAULT_TIMEOUT_S) -> Device:
     """``iscsi://[user%secret@]HOST[:PORT]/IQN/LUN`` through libiscsi, anything else as a
-    SCSI generic or block device node through SG_IO."""
+    SCSI generic or block device node through SG_IO. ``timeout``: seconds one command may
+    go unanswered before :class:`TransportError`."""
     if spec.startswith("iscsi://"):
         from hostcopy.libiscsi import IscsiDevice
 
-        return IscsiDevice(spec)
+        return IscsiDevice(spec, timeout=timeout)
     from hostcopy.sgio import SgDevice
 
-    return SgDevice(spec)
+    return SgDevice(spec, timeout=timeout)

@@ -23,6 +23,8 @@ XFER_NONE, XFER_READ, XFER_WRITE = 0, 1, 2
 SESSION_NORMAL = 2
 HEADER_DIGEST_NONE_CRC32C = 2
 DEFAULT_INITIATOR = "iqn.2026-11.org.targetd:targetd-copy"
+# libiscsi's own task statuses, beside the SCSI ones: the command never got an answer.
+STATUS_CANCELLED, STATUS_ERROR, STATUS_TIMEOUT = 0x0F000000, 0x0F000001, 0x0F000002
 
 
 class _Sense(ctypes.Structure):
@@ -111,6 +113,7 @@ def _library() -> ctypes.CDLL:
         "iscsi_set_session_type": (ctypes.c_int, [ctx, ctypes.c_int]),
         "iscsi_set_header_digest": (ctypes.c_int, [ctx, ctypes.c_int]),
         "iscsi_set_timeout": (ctypes.c_int, [ctx, ctypes.c_int]),
+        "iscsi_set_noautoreconnect": (None, [ctx, ctypes.c_int]),
         "iscsi_full_connect_sync": (ctypes.c_int, [ctx, ctypes.c_char_p, ctypes.c_int]),
         "iscsi_logout_sync": (ctypes.c_int, [ctx]),
         "iscsi_disconnect": (ctypes.c_int, [ctx]),
@@ -133,8 +136,11 @@ def _library() -> ctypes.CDLL:
 class IscsiDevice:
     """One iSCSI session to one LUN, logged in at construction."""
 
-    def __init__(self, url: str, initiator: str | None = None) -> None:
+    def __init__(
+        self, url: str, initiator: str | None = None, *, timeout: int = DEFAULT_TIMEOUT_S
+    ) -> None:
         self.name = url
+        self.timeout = timeout
         self._lib = lib = _library()
         name = initiator or os.environ.get("TARGETD_COPY_INITIATOR", DEFAULT_INITIATOR)
         self._ctx = lib.iscsi_create_context(name.encode())
@@ -151,22 +157,35 @@ class IscsiDevice:
             lib.iscsi_set_targetname(self._ctx, u.target)
             lib.iscsi_set_session_type(self._ctx, SESSION_NORMAL)
             lib.iscsi_set_header_digest(self._ctx, HEADER_DIGEST_NONE_CRC32C)
+            # libiscsi's default on a lost connection is to log in again and again, for
+            # ever, inside the sync call: a dead daemon would hang the tool. A backup's
+            # copy does not survive its session anyway, so a lost connection is an error.
+            lib.iscsi_set_noautoreconnect(self._ctx, 1)
+            lib.iscsi_set_timeout(self._ctx, timeout)
             if lib.iscsi_full_connect_sync(self._ctx, u.portal, u.lun) != 0:
                 err = self._error()
                 lib.iscsi_destroy_context(self._ctx)
                 raise TransportError(f"{url}: login failed: {err}")
         finally:
             lib.iscsi_destroy_url(parsed)
-        self._timeout = 0
+        self._timeout = timeout
+
+    def _lost(self, timeout: int, status: int | None) -> str:
+        if status == STATUS_TIMEOUT:
+            why = f"the target did not answer within {timeout} s (--command-timeout)"
+        else:
+            why = "lost the connection to the target"
+        return f"{self.name}: {why}: {self._error()}"
 
     def _error(self) -> str:
         msg = self._lib.iscsi_get_error(self._ctx)
         return msg.decode(errors="replace") if msg else "unknown libiscsi error"
 
     def execute(
-        self, cdb: bytes, *, data_out: bytes = b"", read: int = 0, timeout: int = DEFAULT_TIMEOUT_S
+        self, cdb: bytes, *, data_out: bytes = b"", read: int = 0, timeout: int | None = None
     ) -> Result:
         lib = self._lib
+        timeout = timeout or self.timeout
         if timeout != self._timeout:
             lib.iscsi_set_timeout(self._ctx, timeout)
             self._timeout = timeout
@@ -184,9 +203,9 @@ class IscsiDevice:
             payload = ctypes.pointer(_IscsiData(len(data_out), data_out))
         try:
             done = lib.iscsi_scsi_command_sync(self._ctx, self.lun, task, payload)
-            if not done:
-                raise TransportError(f"{self.name}: {self._error()}")
             t = task.contents
+            if not done or t.status >= STATUS_CANCELLED:
+                raise TransportError(self._lost(timeout, t.status if done else None))
             data = b""
             if t.datain.size > 0 and t.datain.data:
                 data = ctypes.string_at(t.datain.data, t.datain.size)

@@ -45,8 +45,9 @@ class _SgIoHdr(ctypes.Structure):
 
 
 class SgDevice:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, timeout: int = DEFAULT_TIMEOUT_S) -> None:
         self.name = path
+        self.timeout = timeout
         self._buffer: ctypes.Array[ctypes.c_char] | None = None
         self._reserved = 0
         try:
@@ -79,7 +80,7 @@ class SgDevice:
         return self._buffer
 
     def execute(
-        self, cdb: bytes, *, data_out: bytes = b"", read: int = 0, timeout: int = DEFAULT_TIMEOUT_S
+        self, cdb: bytes, *, data_out: bytes = b"", read: int = 0, timeout: int | None = None
     ) -> Result:
         self._reserve(max(len(data_out), read))
         cdb_buf = ctypes.create_string_buffer(bytes(cdb), len(cdb))
@@ -90,7 +91,7 @@ class SgDevice:
         hdr.cmdp = ctypes.addressof(cdb_buf)
         hdr.mx_sb_len = SENSE_MAX
         hdr.sbp = ctypes.addressof(sense_buf)
-        hdr.timeout = timeout * 1000
+        hdr.timeout = (timeout or self.timeout) * 1000
         if data_out:
             buf = ctypes.create_string_buffer(bytes(data_out), len(data_out))
             hdr.dxfer_direction, hdr.dxfer_len = SG_DXFER_TO_DEV, len(data_out)

@@ -14,6 +14,7 @@ import time
 import tomllib
 from pathlib import Path
 
+import pytest
 from conftest import REPO, Daemon, DaemonFactory
 from pair_scsi import BlockClient
 
@@ -345,3 +346,46 @@ def test_two_volumes_in_one_extended_copy_are_two_tape_files(
         assert client.read(FRESH, 0, SIZE) == image
     finally:
         client.close()
+
+
+# The tool's own bound on a silent target, short here so the test is quick either way.
+COMMAND_TIMEOUT = 5
+
+
+@pytest.mark.timeout(90)
+def test_a_daemon_killed_mid_copy_fails_the_backup_within_the_bound(
+    targetd_factory: DaemonFactory,
+) -> None:
+    """kill -9 of targetd while the tool polls RECEIVE COPY STATUS: the tool exits 1 naming
+    the lost connection within its command timeout, never waiting forever, never 'done'."""
+    daemon = targetd_factory(SLOW_CONFIG)
+    client = BlockClient(daemon.port, daemon.iqn, (SOURCE, MIRROR))
+    try:
+        client.write(SOURCE, 0, os.urandom(SIZE))
+        tool("create", daemon.url(SOURCE), daemon.url(MIRROR), "--name", "db", "--policy", "2")
+        tool("split", daemon.url(MIRROR))
+    finally:
+        client.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hostcopy", "backup", daemon.url(MIRROR), daemon.url(TAPE),
+         "--command-timeout", str(COMMAND_TIMEOUT)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        while not (line := proc.stderr.readline()).startswith("backup: "):
+            assert line, "the tool ended before its copy started"
+        assert daemon.proc is not None
+        os.kill(daemon.proc.pid, signal.SIGKILL)
+        daemon.proc.wait()
+        killed = time.monotonic()
+        _, err = proc.communicate(timeout=COMMAND_TIMEOUT * 3)
+        took = time.monotonic() - killed
+        assert proc.returncode == 1, err
+        assert "lost the connection to the target" in err, err
+        assert "backup: done" not in err
+        assert took < COMMAND_TIMEOUT * 2, took
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
