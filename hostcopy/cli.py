@@ -254,6 +254,11 @@ def _send_all(device: Device, lists: list[bytes], first: int, total: int, what: 
         bar.finish(ok=False)
         e.list_index = list_id - first
         raise
+    except TransportError:
+        # The target is gone: no abort or file mark can reach it. The copy may have run on
+        # (or not): the backup is not complete, and the next backup closes it as partial.
+        bar.finish(ok=False)
+        raise
     except KeyboardInterrupt:
         # An IMMED copy goes on without us: stop it rather than leave it running.
         bar.finish(ok=False)

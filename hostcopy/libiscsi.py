@@ -25,6 +25,9 @@ HEADER_DIGEST_NONE_CRC32C = 2
 DEFAULT_INITIATOR = "iqn.2026-11.org.targetd:targetd-copy"
 # libiscsi's own task statuses, beside the SCSI ones: the command never got an answer.
 STATUS_CANCELLED, STATUS_ERROR, STATUS_TIMEOUT = 0x0F000000, 0x0F000001, 0x0F000002
+# A logout is a courtesy (the target ends the session when the socket closes anyway): a
+# hung target must not cost every other open session another full command timeout.
+LOGOUT_TIMEOUT_S = 1
 
 
 class _Sense(ctypes.Structure):
@@ -169,6 +172,7 @@ class IscsiDevice:
         finally:
             lib.iscsi_destroy_url(parsed)
         self._timeout = timeout
+        self._lost_connection = False
 
     def _lost(self, timeout: int, status: int | None) -> str:
         if status == STATUS_TIMEOUT:
@@ -205,6 +209,7 @@ class IscsiDevice:
             done = lib.iscsi_scsi_command_sync(self._ctx, self.lun, task, payload)
             t = task.contents
             if not done or t.status >= STATUS_CANCELLED:
+                self._lost_connection = True
                 raise TransportError(self._lost(timeout, t.status if done else None))
             data = b""
             if t.datain.size > 0 and t.datain.data:
@@ -226,7 +231,9 @@ class IscsiDevice:
 
     def close(self) -> None:
         if self._ctx:
-            self._lib.iscsi_logout_sync(self._ctx)
+            if not self._lost_connection:
+                self._lib.iscsi_set_timeout(self._ctx, min(self.timeout, LOGOUT_TIMEOUT_S))
+                self._lib.iscsi_logout_sync(self._ctx)
             self._lib.iscsi_disconnect(self._ctx)
             self._lib.iscsi_destroy_context(self._ctx)
             self._ctx = None
