@@ -130,8 +130,12 @@ class Builder:
         if lun.kind == "rbd":
             # An RBD LUN's reservations live in the cluster, shared by every gateway.
             lu.reservations.store = self._cluster_reservations(target, lun, lu)
-            # So are the records of the copies that name it: any gateway reports them.
-            lu.copy_records = self._cluster_copies(target, lun, lu)
+            if config.gateway is not None:
+                # So are the records of the copies that name it, when there are gateways to
+                # share them: any gateway reports them. They are keyed by initiator name, not
+                # I_T nexus, so a lone daemon keeps copy results per I_T nexus (SPC-4) in its
+                # own journal instead, and opens no second RADOS client for them.
+                lu.copy_records = self._cluster_copies(target, lun, lu)
         else:
             # APTPL on LUNs whose data is local: the reservations' file sits in the state
             # dir beside them.
