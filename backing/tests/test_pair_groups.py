@@ -303,6 +303,16 @@ def test_a_group_split_cut_short_by_a_crash_is_rolled_back(tmp_path: Path) -> No
         await service.create("b", "t/lun2", "t/lun3", access=UNCHECKED)
         await service.create_group("db", "t", ["a", "b"], access=UNCHECKED)
         a, b = service.manager.get("a", "t"), service.manager.get("b", "t")
+        # b's header writes are still in flight when the crash comes, whoever starts them:
+        # b's copy worker, finding b's split set copied, writes SPLIT on its own, and on a
+        # loaded machine it could beat the crash (then the split is on every member's disk,
+        # complete, and rightly kept).
+        never = asyncio.Event()
+
+        async def stuck(meta: dict[str, object]) -> None:
+            await never.wait()
+
+        b.file.commit_header = stuck  # type: ignore[method-assign]
         a.split_now(1.0, "x")
         b.split_now(1.0, "x")
         await a.write_header()  # b's header never reaches the disk
