@@ -41,7 +41,25 @@ class Control:
         return {"t/lun0": 0, "t/lun1": 1}.get(volume_id)
 
 
-async def build(tmp: Path, policy: Policy) -> tuple[ScsiTarget, PairManager]:
+class HeldFile(SparseFile):
+    """A sparse file whose writes wait for ``opened``: as a pair's target volume, it holds
+    the background copy back (host writes reach only the source while mirroring)."""
+
+    opened: asyncio.Event
+
+    async def write(self, offset: int, data: bytes | memoryview, *, fua: bool = False) -> None:
+        await self.opened.wait()
+        await super().write(offset, data, fua=fua)
+
+    async def punch_hole(self, offset: int, length: int) -> None:
+        await self.opened.wait()
+        await super().punch_hole(offset, length)
+
+
+async def build(
+    tmp: Path, policy: Policy, *, copies: asyncio.Event | None = None
+) -> tuple[ScsiTarget, PairManager]:
+    """``copies``: the target volume's writes wait until it is set (none: no waiting)."""
     manager = PairManager(
         tmp / "state", PairSettings(chunk_size=64 * KiB, copy_rate=2 * MiB, lazy_commit=0.01)
     )
@@ -49,7 +67,12 @@ async def build(tmp: Path, policy: Policy) -> tuple[ScsiTarget, PairManager]:
     luns: dict[int, LogicalUnit] = {}
     services = xcopy.services(lambda pair: policy)
     for n in (0, 1):
-        volume = PairVolume(f"t/lun{n}", SparseFile(tmp / f"v{n}.img", SIZE))
+        if n == 1 and copies is not None:
+            held = HeldFile(tmp / f"v{n}.img", SIZE)
+            held.opened = copies
+            volume = PairVolume(f"t/lun{n}", held)
+        else:
+            volume = PairVolume(f"t/lun{n}", SparseFile(tmp / f"v{n}.img", SIZE))
         manager.register_volume(volume)
         lu = BlockDevice(Identity(f"t/lun{n}"), volume, services=services, pair_control=control)
 
@@ -106,11 +129,17 @@ def tape_bytes(tape: TapeDevice) -> bytes:
 
 async def scenario(tmp: Path, seed: int, policy: Policy, split_and_backup: bool) -> None:
     rng = random.Random(seed)
-    target, manager = await build(tmp, policy)
+    # From the pair's creation (which prepares the target volume) until the split is
+    # taken, the background copy waits: the split has a large backlog however slowly the
+    # host writes before it run (a loaded machine).
+    copies = asyncio.Event()
+    copies.set()
+    target, manager = await build(tmp, policy, copies=copies)
     source, backup_source = target.luns[0], target.luns[1]
     assert isinstance(source, BlockDevice) and isinstance(backup_source, BlockDevice)
     try:
         await manager.create("p", "t/lun0", "t/lun1")
+        copies.clear()
         model = bytearray(SIZE)
         await host_writes(source, model, rng, 60)
         # Mirroring: the target volume has no split image; a backup of it is refused.
@@ -124,6 +153,7 @@ async def scenario(tmp: Path, seed: int, policy: Policy, split_and_backup: bool)
             await manager.split("p")
         pair = manager.get("p")
         assert pair.phase is Phase.SPLIT_PENDING and pair.status().dirty_chunks > 8
+        copies.set()
         if split_and_backup:
             writes = asyncio.create_task(host_writes(source, None, rng, 60))
             op = manager_of(target).find(NEXUS, 9)
@@ -146,6 +176,7 @@ async def scenario(tmp: Path, seed: int, policy: Policy, split_and_backup: bool)
         await target.luns[3].store.read_into(0, memoryview(buf))
         assert bytes(buf) == split_image
     finally:
+        copies.set()
         await manager.stop()
         for lu in target.luns.values():
             close = getattr(lu, "close", None)
