@@ -125,7 +125,13 @@ class ClusterPrStore:
 
     def __init__(self, obj: VersionedObject) -> None:
         self.obj = obj
-        self.seq = 0
+        self.seq = 0  # the newest record this gateway has loaded (reads and notifications)
+        # The record a PROUT's decision rests on: its compare-and-swap expects exactly this
+        # one, whatever a notification applied meanwhile.
+        self.base = 0
+        # A refused compare-and-swap: the in-memory state was put back to what the decision
+        # started from, so the next refresh loads the record even at a seq already seen.
+        self.stale = False
         self.lu: LogicalUnit | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._rewatch: asyncio.Task[None] | None = None
@@ -159,7 +165,7 @@ class ClusterPrStore:
                 else:  # another gateway started meanwhile: take what it wrote
                     seq, body = self.obj.read()
                     record = parse(body)
-        self.seq = seq
+        self.seq = self.base = seq
         if record is not None:
             self._load(record)
         self.obj.watch(self._notified, self._lost)
@@ -183,28 +189,38 @@ class ClusterPrStore:
         except ValueError as err:
             log.error("%s: reservations unreadable: %s", self.obj.name, err)
             raise CheckCondition(Reason.LOGICAL_UNIT_COMMUNICATION_FAILURE) from None
-        if seq != self.seq and record is not None:
+        if (seq != self.seq or self.stale) and record is not None:
             missed_one = seq == self.seq + 1
             self.seq = seq
+            self.stale = False
             self._load(record)
             if missed_one:  # its notification is late or lost: owe what it owed here
                 owed, aborts = change_of(record)
                 lu.reservations.deliver(lu, owed)
                 if aborts and lu.abort_tasks is not None:
                     await lu.abort_tasks(lu.reservations.nexuses_of(lu, aborts))
+        self.base = seq
 
     async def commit(
         self, lu: LogicalUnit, aptpl_before: bool, owed: list[Owed], aborts: list[Nexus]
     ) -> bool:
-        seq = self.seq + 1
+        expected = self.base
+        seq = expected + 1
         body = record_of(lu, seq, owed, aborts)
         try:
-            if not await asyncio.to_thread(self.obj.replace, self.seq, seq, body):
-                return False
+            kept = await asyncio.to_thread(self.obj.replace, expected, seq, body)
         except OSError as err:
+            self.stale = True  # the caller puts the state back: reload it before deciding
             log.error("%s: reservations not written: %s", self.obj.name, err)
             raise unreachable(err) from None
-        self.seq = seq
+        if not kept:
+            # Another gateway wrote first. Its notification may already have been applied
+            # here, and the caller now restores the state this decision started from: the
+            # next refresh must load the record, not trust a seq it has seen.
+            self.stale = True
+            return False
+        # (A notification of a still newer record may have been applied meanwhile.)
+        self.seq, self.base = max(self.seq, seq), seq
         try:
             _, timeouts = await asyncio.to_thread(self.obj.notify, body, NOTIFY_TIMEOUT)
         except OSError as err:  # kept all the same: the others read it before deciding

@@ -36,6 +36,7 @@ class Cluster:
         self.watchers: dict[int, Callable[[int, bytes], bytes]] = {}
         self.lock = threading.Lock()
         self.read_delay = 0.0
+        self.refusal_delay = 0.0  # a refused compare-and-swap answers this much later
         self.down = False
 
 
@@ -61,10 +62,12 @@ class MemoryObject:
     def replace(self, expected: int, version: int, body: bytes) -> bool:
         self._reach()
         with self.cluster.lock:
-            if self.cluster.version != expected:
-                return False
-            self.cluster.version, self.cluster.body = version, body
-            return True
+            refused = self.cluster.version != expected
+            if not refused:
+                self.cluster.version, self.cluster.body = version, body
+                return True
+        time.sleep(self.cluster.refusal_delay)
+        return False
 
     def notify(self, payload: bytes, timeout: float) -> tuple[int, int]:
         self._reach()
@@ -145,6 +148,9 @@ def test_two_gateways_reserving_at_once_one_wins_the_other_conflicts() -> None:
         assert (await prout(a, HA, REGISTER, sa_key=0xA)).status == Status.GOOD
         assert (await prout(b, OB, REGISTER, sa_key=0xB)).status == Status.GOOD
         cluster.read_delay = 0.05  # both read the same version before either writes
+        # The loser's refusal comes back after the winner's notification has been applied
+        # on the loser's gateway: what the loser decides next must rest on the winner's state.
+        cluster.refusal_delay = 0.2
         results = await asyncio.gather(
             prout(a, HA, RESERVE, key=0xA, pr_type=WE), prout(b, OB, RESERVE, key=0xB, pr_type=EA)
         )
