@@ -41,6 +41,8 @@ from pathlib import Path
 
 from crc32c import crc32c
 
+from backing.tape_index import RecordIndex
+
 MAGIC = b"TDTAPE\r\n"
 VERSION = 1
 HEADER = struct.Struct(">8sHHIQQ28sI")  # 64 bytes; the CRC covers the first 60
@@ -145,7 +147,7 @@ def _filemark_run(buf: bytes, start: int) -> int:
     return lo
 
 
-class TapeImage:
+class TapeImage(RecordIndex):
     """An open tape image: the object index, reads, and appends at end of data.
 
     Object ``i`` is a record when ``length(i) >= 0`` and a file mark when it is ``None``.
@@ -326,40 +328,6 @@ class TapeImage:
         """Bytes of the medium before object ``position``."""
         end = self._offsets[position] if position < len(self) else self._end
         return end - HEADER_SIZE
-
-    def in_early_warning(self, position: int | None = None) -> bool:
-        """True when ``position`` (default: end of data) lies in the early-warning zone."""
-        used = self.used if position is None else self.used_at(position)
-        return used >= self.capacity - self.early_warning
-
-    def length(self, index: int) -> int | None:
-        """Payload length of record ``index``, or None for a file mark."""
-        n = self._lengths[index]
-        return None if n < 0 else n
-
-    def is_filemark(self, index: int) -> bool:
-        return self._lengths[index] < 0
-
-    def filemarks_before(self, position: int) -> int:
-        """File marks among objects ``0 .. position-1``: the file number at ``position``."""
-        return bisect.bisect_left(self._filemarks, position)
-
-    def filemark_count(self) -> int:
-        return len(self._filemarks)
-
-    def filemark_index(self, n: int) -> int:
-        """Object number of the ``n``-th file mark (0-based)."""
-        return self._filemarks[n]
-
-    def next_filemark(self, position: int) -> int | None:
-        """Object number of the first file mark at or after ``position``, or None."""
-        n = bisect.bisect_left(self._filemarks, position)
-        return self._filemarks[n] if n < len(self._filemarks) else None
-
-    def previous_filemark(self, position: int) -> int | None:
-        """Object number of the last file mark before ``position``, or None."""
-        n = bisect.bisect_left(self._filemarks, position)
-        return self._filemarks[n - 1] if n else None
 
     def read(self, index: int) -> bytes:
         """The payload of record ``index``, checked against its checksum."""

@@ -66,6 +66,7 @@ from backing.tape_image import (
     TapeImageError,
     default_early_warning,
 )
+from backing.tape_index import RecordIndex
 from backing.tape_s3_spool import Spool, lengths_bytes, lengths_from
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class _Segment:
     size: int  # bytes of its entries (the data object may hold more past them)
 
 
-class S3Tape:
+class S3Tape(RecordIndex):
     """An open tape in a bucket (see the module's text). Same interface as TapeImage."""
 
     def __init__(
@@ -401,34 +402,6 @@ class S3Tape:
 
     def used_at(self, position: int) -> int:
         return self._offsets[position] if position < len(self) else self._end
-
-    def in_early_warning(self, position: int | None = None) -> bool:
-        used = self.used if position is None else self.used_at(position)
-        return used >= self.capacity - self.early_warning
-
-    def length(self, index: int) -> int | None:
-        n = self._lengths[index]
-        return None if n < 0 else n
-
-    def is_filemark(self, index: int) -> bool:
-        return self._lengths[index] < 0
-
-    def filemarks_before(self, position: int) -> int:
-        return bisect.bisect_left(self._filemarks, position)
-
-    def filemark_count(self) -> int:
-        return len(self._filemarks)
-
-    def filemark_index(self, n: int) -> int:
-        return self._filemarks[n]
-
-    def next_filemark(self, position: int) -> int | None:
-        n = bisect.bisect_left(self._filemarks, position)
-        return self._filemarks[n] if n < len(self._filemarks) else None
-
-    def previous_filemark(self, position: int) -> int | None:
-        n = bisect.bisect_left(self._filemarks, position)
-        return self._filemarks[n - 1] if n else None
 
     @property
     def buffered(self) -> tuple[int, int]:
