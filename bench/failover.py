@@ -20,14 +20,13 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from targets import LOOPBACK, free_port, stop_pid, wait_for_port
+from targets import LOOPBACK, free_port, start_configured, stop_pid
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "tests" / "ceph"))
@@ -72,17 +71,6 @@ ceph_conf = "{conf}"
 """
 
 
-def start_gateway(workdir: Path, name: str, config: str, port: int) -> subprocess.Popen[bytes]:
-    path = workdir / f"{name}.toml"
-    path.write_text(config)
-    argv = [sys.executable, "-m", "targetd", "serve", "--config", str(path)]
-    argv += ["--state-dir", str(workdir / f"{name}-state")]
-    with (workdir / f"{name}.log").open("ab") as log:
-        proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT)  # fmt: skip
-    wait_for_port(port, proc, timeout=60)
-    return proc
-
 
 def write10(lba: int) -> bytes:
     return bytes([0x2A, 0]) + lba.to_bytes(4, "big") + bytes([0, 0, 1, 0])
@@ -111,9 +99,9 @@ def one_run(workdir: Path, cluster: CephCluster, takeover: int) -> float:
     image = f"failover-{uuid.uuid4().hex[:8]}"
     cluster.rbd("create", "--size", "64M", f"{cluster.pool}/{image}")
     port_a, port_b = free_port(), free_port()
-    a = start_gateway(workdir, f"a-{image}", gateway_config(
+    a = start_configured(workdir, f"a-{image}", gateway_config(
         cluster.conf, image, port_a, 1, port_b, takeover), port_a)  # fmt: skip
-    b = start_gateway(workdir, f"b-{image}", gateway_config(
+    b = start_configured(workdir, f"b-{image}", gateway_config(
         cluster.conf, image, port_b, 2, port_a, takeover), port_b)  # fmt: skip
     try:
         ini_a, ini_b = login(port_a, "a"), login(port_b, "b")

@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from targets import LOOPBACK, free_port, stop_pid, wait_for_port
+from targets import LOOPBACK, free_port, start_configured, stop_pid
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "tests" / "ceph"))
@@ -81,17 +80,6 @@ size = "64MiB"
 """
 
 
-def start(workdir: Path, name: str, config: str, port: int) -> subprocess.Popen[bytes]:
-    path = workdir / f"{name}.toml"
-    path.write_text(config)
-    argv = [sys.executable, "-m", "targetd", "serve", "--config", str(path)]
-    argv += ["--state-dir", str(workdir / f"{name}-state")]
-    with (workdir / f"{name}.log").open("ab") as log:
-        proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT)  # fmt: skip
-    wait_for_port(port, proc, timeout=60)
-    return proc
-
 
 def login(port: int, host: str) -> RawInitiator:
     ini = RawInitiator(port, name=f"iqn.2026-11.org.targetd.bench:{host}")
@@ -144,9 +132,9 @@ def run(workdir: Path, cluster: CephCluster, count: int) -> dict[str, list[float
     cluster.rbd("create", "--size", "64M", f"{cluster.pool}/{image}")
     pa, pb, pf = free_port(), free_port(), free_port()
     procs = [
-        start(workdir, "file", file_config(pf), pf),
-        start(workdir, "a", gateway_config(cluster.conf, image, pa, 1, pb), pa),
-        start(workdir, "b", gateway_config(cluster.conf, image, pb, 2, pa), pb),
+        start_configured(workdir, "file", file_config(pf), pf),
+        start_configured(workdir, "a", gateway_config(cluster.conf, image, pa, 1, pb), pa),
+        start_configured(workdir, "b", gateway_config(cluster.conf, image, pb, 2, pa), pb),
     ]
     try:
         results = cases(pf, "file LUN", count, reads=False)

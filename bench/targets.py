@@ -172,6 +172,23 @@ class TgtdTarget(Target):
             (TGTD_SOCKET_DIR / f"socket.{self.control_port}{suffix}").unlink(missing_ok=True)
 
 
+def start_configured(
+    workdir: Path, name: str, config: str, port: int
+) -> subprocess.Popen[bytes]:
+    """A targetd daemon on its own configuration file and state dir in ``workdir``, its log
+    in ``NAME.log``; returns once it accepts connections on ``port``."""
+    path = workdir / f"{name}.toml"
+    path.write_text(config)
+    argv = [sys.executable, "-m", "targetd", "serve", "--config", str(path)]
+    argv += ["--state-dir", str(workdir / f"{name}-state")]
+    with (workdir / f"{name}.log").open("ab") as log:
+        proc = subprocess.Popen(argv, cwd=Path(__file__).resolve().parent.parent,
+                                stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+    wait_for_port(port, proc, timeout=60)
+    return proc
+
+
 def _with_log(exc: BaseException, target: Target) -> BaseException:
     """A start failure worth reading: what went wrong plus the end of the server's log."""
     if isinstance(exc, TargetError | subprocess.TimeoutExpired):
