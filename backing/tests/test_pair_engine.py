@@ -37,6 +37,8 @@ class MemoryStore:
         self.data = bytearray(size)
         self.rng = rng
         self.flushes = 0
+        # While set and not yet released, writes wait: a test holds the background copy.
+        self.gate: asyncio.Event | None = None
 
     async def _yield(self) -> None:
         for _ in range(self.rng.randrange(3)):
@@ -51,6 +53,8 @@ class MemoryStore:
     async def write(self, offset: int, data: bytes | memoryview, *, fua: bool = False) -> None:
         data = bytes(data)
         half = len(data) // 2
+        if self.gate is not None:
+            await self.gate.wait()
         await self._yield()
         self.data[offset : offset + half] = data[:half]
         await self._yield()
@@ -175,17 +179,20 @@ def test_split_image_and_resync_match_the_model(
 
 def test_split_is_answered_at_once_with_a_backlog(tmp_path: Path) -> None:
     async def go() -> None:
-        # 4 chunks a second: the split's own durable header write may take a slow disk
-        # most of a second, and the backlog must still be there after it.
+        # The target's writes are held until the split is answered, so the backlog is still
+        # there however slowly a loaded machine writes the split's durable header; after
+        # that, 4 chunks a second leave copy-before-write the work.
         manager, src, tgt = make(tmp_path, 1, copy_rate=1 << 18)
         await manager.create("p", "t/lun0", "t/lun1")
+        gate = tgt.base.gate = asyncio.Event()  # type: ignore[attr-defined]
         await src.write(0, b"\x07" * SIZE)
         backlog = manager.status("p").dirty_chunks
         assert backlog == SIZE // CHUNK
-        await manager.split("p")
+        await asyncio.wait_for(manager.split("p"), timeout=5)
         status = manager.status("p")
         assert status.phase is Phase.SPLIT_PENDING
-        assert status.dirty_chunks >= backlog - 8
+        assert status.dirty_chunks >= backlog - 1
+        gate.set()
         # Copy-before-write: overwrite everything on the source at once.
         await src.write(0, b"\x09" * SIZE)
         assert manager.status("p").dirty_chunks == 0  # every chunk was moved first
