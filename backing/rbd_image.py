@@ -43,6 +43,7 @@ from backing.rbd_lib import (
     EVENT_TYPE_EVENTFD,
     RBD_FEATURE_FAST_DIFF,
     RBD_LOCK_MODE_EXCLUSIVE,
+    SnapInfo,
     check,
     lib,
 )
@@ -601,16 +602,27 @@ class RbdImage:
     # -- snapshots: a pair's split-instant image (backing/pairs/engine.py) ---------------
     async def freeze(self, name: str) -> RbdImage:
         """Take snapshot ``name`` of the image and open it: the image as it is now, read
-        only, whatever is written afterwards. librbd holds writes back while it takes it."""
+        only, whatever is written afterwards. librbd holds writes back while it takes it.
+
+        Cancelled (the pair stopping), it still waits for the worker thread, which a cancel
+        does not stop, and removes the snapshot it made: nothing names it yet."""
         image = self._image
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(
-            None, lambda: check(lib().rbd_snap_create(image, name.encode()), "rbd_snap_create")
-        )
+        spec = replace(self.spec, snapshot=name, create_size=None)
+
+        def take() -> RbdImage:
+            check(lib().rbd_snap_create(image, name.encode()), "rbd_snap_create")
+            try:
+                return RbdImage(spec, read_only=True)
+            except BaseException:
+                lib().rbd_snap_remove(image, name.encode())
+                raise
+
+        job = asyncio.get_running_loop().run_in_executor(None, take)
         try:
-            return await self.open_frozen(name)
-        except BaseException:
-            await self.thaw(None, name)
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await self.thaw(await job, name)
             raise
 
     async def open_frozen(self, name: str) -> RbdImage:
@@ -629,6 +641,24 @@ class RbdImage:
         ret = await loop.run_in_executor(None, lambda: lib().rbd_snap_remove(image, name.encode()))
         if ret != -errno.ENOENT:
             check(ret, "rbd_snap_remove")
+
+    async def snapshot_names(self) -> list[str]:
+        """The names of the image's snapshots."""
+        image = self._image
+
+        def names() -> list[str]:
+            count = c_int(16)
+            while True:
+                table = (SnapInfo * count.value)()
+                ret = lib().rbd_snap_list(image, table, byref(count))
+                if ret != -errno.ERANGE:
+                    break
+            check(ret, "rbd_snap_list")
+            found = [(table[i].name or b"").decode() for i in range(ret)]
+            lib().rbd_snap_list_end(table)
+            return found
+
+        return await asyncio.get_running_loop().run_in_executor(None, names)
 
     # -- the exclusive lock (two gateways, one image) ------------------------------------
     async def acquire_lock(self) -> None:

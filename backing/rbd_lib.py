@@ -103,6 +103,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     ),
     "rbd_snap_create": (c_int, [c_void_p, c_char_p]),
     "rbd_snap_remove": (c_int, [c_void_p, c_char_p]),
+    "rbd_snap_list": (c_int, [c_void_p, c_void_p, POINTER(c_int)]),
+    "rbd_snap_list_end": (None, [c_void_p]),
     "rbd_lock_acquire": (c_int, [c_void_p, c_int]),
     "rbd_lock_release": (c_int, [c_void_p]),
     "rbd_is_exclusive_lock_owner": (c_int, [c_void_p, POINTER(c_int)]),
@@ -131,6 +133,12 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
         [c_void_p, c_uint64, c_size_t, c_void_p, c_void_p, c_void_p, POINTER(c_uint64), c_int],
     ),
 }
+
+
+class SnapInfo(ctypes.Structure):
+    """rbd_snap_info_t"""
+
+    _fields_ = [("id", c_uint64), ("size", c_uint64), ("name", c_char_p)]
 
 
 class RbdUnavailable(RuntimeError):
@@ -177,6 +185,7 @@ __all__ = [
     "WATCH_ERROR_CALLBACK",
     "Lib",
     "RbdUnavailable",
+    "SnapInfo",
     "check",
     "lib",
 ]

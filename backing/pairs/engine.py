@@ -43,6 +43,8 @@ from backing.pairs.volume import PairVolume, Role, VolumeWriteProtected
 log = logging.getLogger(__name__)
 
 COPY_SET, SRC_CHANGED, TGT_CHANGED = 0, 1, 2
+# The names of a pair's split-instant snapshots of its source (an RBD image).
+SPLIT_SNAPSHOT_PREFIX = "targetd-split-"
 FAILED_LOOP_PAUSE = 1.0  # seconds a background loop waits after a failure before it resumes
 
 
@@ -209,6 +211,7 @@ class Pair:
         self._entered: dict[int, int] = {}  # host writes in flight, by the split they began in
         self._entered_changed = asyncio.Event()
         self._freezing_for = 0  # the split whose snapshot is being taken (0: none yet)
+        self._taking: str | None = None  # the name of the snapshot being taken
         self._recover()
         self.journal.set_hold(self.phase.mirroring)
 
@@ -257,6 +260,7 @@ class Pair:
                 await self._fail(_reason_of(err, SuspendReason.TARGET_WRITE_ERROR), err)
         if self.split_snapshot is not None:
             await self._resume_snapshot()
+        await self._remove_stray_snapshots()
         if self._merge_unsettled:
             try:
                 await self._settle_merge()
@@ -681,13 +685,16 @@ class Pair:
             await self._entered_changed.wait()
         if self._splits != splits or self.phase is not Phase.SPLIT_PENDING:
             return
-        name = f"targetd-split-{time.time_ns():x}"
+        name = f"{SPLIT_SNAPSHOT_PREFIX}{time.time_ns():x}"
         base: Any = self.source.base
+        self._taking = name
         try:
             frozen = await base.freeze(name)
         except Exception:
             log.exception("pair %s: no split snapshot; copy-before-write instead", self.name)
             return
+        finally:
+            self._taking = None
         if self._splits != splits or self.phase is not Phase.SPLIT_PENDING:
             await base.thaw(frozen, name)
             return
@@ -721,6 +728,32 @@ class Pair:
             self.split_snapshot = None
             if self.phase is not Phase.DELETE:
                 await self._write_header()
+
+    async def _remove_stray_snapshots(self) -> None:
+        """Remove the source's split snapshots that the pair file does not name: a kill -9
+        (or a failed header write) between taking one and recording it leaves it behind,
+        and no later split would ever remove it. The pair owns them: a volume is in one
+        pair at most."""
+        base: Any = self.source.base
+        if getattr(base, "snapshot_names", None) is None:
+            return
+        try:
+            names = await base.snapshot_names()
+        except Exception:
+            log.exception("pair %s: listing the source's snapshots failed", self.name)
+            return
+        for name in names:
+            if not name.startswith(SPLIT_SNAPSHOT_PREFIX) or name in (
+                self.split_snapshot,
+                self._taking,
+            ):
+                continue
+            try:
+                await base.thaw(None, name)
+            except Exception:
+                log.exception("pair %s: removing stray snapshot %s failed", self.name, name)
+            else:
+                log.info("pair %s: removed stray split snapshot %s", self.name, name)
 
     async def _resume_snapshot(self) -> None:
         """After a restart: reopen the snapshot of a split still reflecting (host writes
