@@ -95,17 +95,32 @@ def _rados() -> _Rados:
 
 def decode_notify_reply(reply: bytes) -> tuple[int, int]:
     """(watchers that acknowledged, watchers that timed out) from ``rados_notify2``'s
-    reply: le32 count of acks, each (le64 gid, le64 cookie, le32 length, payload), then
-    le32 count of timeouts, each (le64 gid, le64 cookie)."""
+    reply (see :func:`notify_watchers`)."""
+    acked, timed_out = notify_watchers(reply)
+    return len(acked), len(timed_out)
+
+
+def notify_watchers(reply: bytes) -> tuple[list[int], list[int]]:
+    """The client ids (gids) of the watchers that acknowledged and of those that timed out,
+    from ``rados_notify2``'s reply: le32 count of acks, each (le64 gid, le64 cookie, le32
+    length, payload), then le32 count of timeouts, each (le64 gid, le64 cookie)."""
+    acked: list[int] = []
+    timed_out: list[int] = []
     if len(reply) < 4:
-        return 0, 0
+        return acked, timed_out
     (acks,) = struct.unpack_from("<I", reply, 0)
     at = 4
     for _ in range(acks):
-        (length,) = struct.unpack_from("<I", reply, at + 16)
+        gid, _cookie, length = struct.unpack_from("<QQI", reply, at)
+        acked.append(gid)
         at += 20 + length
     (timeouts,) = struct.unpack_from("<I", reply, at) if at + 4 <= len(reply) else (0,)
-    return acks, timeouts
+    at += 4
+    for _ in range(timeouts):
+        gid, _cookie = struct.unpack_from("<QQ", reply, at)
+        timed_out.append(gid)
+        at += 16
+    return acked, timed_out
 
 
 def notify_payloads(reply: bytes) -> list[bytes]:
@@ -217,6 +232,11 @@ class RadosObject:
     def notify(self, payload: bytes, timeout: float) -> tuple[int, int]:
         """Tell every watcher (this client's own watch included); (acks, timeouts)."""
         return decode_notify_reply(self._notify(payload, timeout))
+
+    def probe(self, payload: bytes, timeout: float) -> tuple[list[int], list[int]]:
+        """Tell every watcher, as :meth:`notify`; the client ids of those that answered and
+        of those that did not (a watch whose client died lives on until the OSDs expire it)."""
+        return notify_watchers(self._notify(payload, timeout))
 
     def ask(self, payload: bytes, timeout: float) -> list[bytes]:
         """Tell every watcher, as :meth:`notify`; the replies of those that answered in time."""

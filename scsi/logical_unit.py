@@ -141,7 +141,7 @@ class LogicalUnit:
         and every nexus, the one that asked included (SAM-5 6.3.3; libiscsi's
         MultipathIO.Reset checks it), gets BUS DEVICE RESET FUNCTION OCCURRED.
         """
-        self.reservations.legacy = None
+        self.reservations.end_legacy()
         self.raise_unit_attention(Reason.BUS_DEVICE_RESET)
 
     def queue_unit_attention(self, nexus: Nexus, reason: Reason) -> None:

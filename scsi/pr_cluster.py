@@ -13,10 +13,21 @@ attentions for its own nexuses before it acknowledges, so a reservation acknowle
 through one gateway is already enforced through the others. A PERSISTENT RESERVE IN reads
 the latest record too.
 
+The record holds the RESERVE(6) reservation too (SPC-2 reservations are not persistent,
+but a host with a path through each gateway must meet it on both): RESERVE and RELEASE
+(6)/(10) are decided and kept like a PROUT, and one whose I_T nexus is lost, or that a
+reset ends, is removed from the record by the gateway that saw it go.
+
 What "power loss" means here: the LU loses power when no gateway serves it. A gateway that
 starts while another still serves the image (its watch answers) takes the state as it is;
 one that starts alone treats it as a power cycle: without APTPL the registrations and the
-reservation are cleared (SPC-4 5.13.5), with APTPL they are kept.
+reservation are cleared (SPC-4 5.13.5), with APTPL they are kept, and a RESERVE(6) is
+cleared either way. Each gateway writes the client id of its own watch into the record
+when it starts (``gateways``, by its relative target ports), so a gateway restarted after
+kill -9 knows its dead predecessor's watch, which the OSDs keep for up to
+``osd_client_watch_timeout``, and does not count it as a gateway serving the LU. A
+RESERVE(6) held through this gateway's own ports is cleared when it starts: those I_T
+nexuses are gone.
 
 The object is anything with :class:`VersionedObject`'s blocking calls (backing's
 ``RadosObject``); they run in worker threads, never on the event loop.
@@ -31,9 +42,9 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
-from scsi.command import Nexus
+from scsi.command import Nexus, ScsiResult
 from scsi.pr_file import decode_into, encode, nexus_record
-from scsi.reservations import Owed
+from scsi.reservations import PROUT_ATTEMPTS, Owed, keep
 from scsi.sense import CheckCondition, Reason
 
 if TYPE_CHECKING:
@@ -49,6 +60,8 @@ PROBE = b'{"probe": true}'
 NOTIFY_TIMEOUT = 5.0
 # How long a starting gateway waits for others to answer "are you serving this LU?".
 PROBE_TIMEOUT = 2.0
+# How often a lost nexus's RESERVE(6) is tried to be removed from an unreachable record.
+FORGET_ATTEMPTS = 10
 
 
 class VersionedObject(Protocol):
@@ -58,6 +71,7 @@ class VersionedObject(Protocol):
     def read(self) -> tuple[int, bytes]: ...
     def replace(self, expected: int, version: int, body: bytes) -> bool: ...
     def notify(self, payload: bytes, timeout: float) -> tuple[int, int]: ...
+    def probe(self, payload: bytes, timeout: float) -> tuple[list[int], list[int]]: ...
     def watch(
         self, on_notify: Callable[[int, bytes], bytes], on_error: Callable[[int], None]
     ) -> None: ...
@@ -74,12 +88,21 @@ def unreachable(err: OSError) -> CheckCondition:
     return CheckCondition(Reason.LOGICAL_UNIT_COMMUNICATION_FAILURE)
 
 
-def record_of(lu: LogicalUnit, seq: int, owed: list[Owed], aborts: list[Nexus]) -> bytes:
-    record = encode(lu.reservations)
+def record_of(
+    lu: LogicalUnit,
+    seq: int,
+    owed: list[Owed],
+    aborts: list[Nexus],
+    gateways: dict[str, int] | None = None,
+) -> bytes:
+    state = lu.reservations
+    record = encode(state)
     record.update(
         format=FORMAT,
         seq=seq,
-        aptpl=lu.reservations.aptpl,
+        aptpl=state.aptpl,
+        legacy=None if state.legacy is None else nexus_record(state.legacy),
+        gateways=gateways or {},
         change={
             "owed": [
                 {
@@ -92,6 +115,10 @@ def record_of(lu: LogicalUnit, seq: int, owed: list[Owed], aborts: list[Nexus]) 
             "abort": [nexus_record(n) for n in aborts],
         },
     )
+    return dump(record)
+
+
+def dump(record: dict[str, Any]) -> bytes:
     return json.dumps(record, sort_keys=True).encode()
 
 
@@ -119,12 +146,19 @@ def change_of(record: dict[str, Any]) -> tuple[list[Owed], list[Nexus]]:
 
 
 class ClusterPrStore:
-    """A :class:`scsi.reservations.PrStore` in a RADOS object, for one LU."""
+    """A :class:`scsi.reservations.PrStore` in a RADOS object, for one LU.
+
+    ``ports`` are this gateway's relative target ports: they name it in the record's
+    ``gateways`` (which client id its watch had) and tell its own RESERVE(6)s apart."""
 
     persistent = True
+    shared = True
 
-    def __init__(self, obj: VersionedObject) -> None:
+    def __init__(self, obj: VersionedObject, ports: frozenset[int] = frozenset()) -> None:
         self.obj = obj
+        self.ports = ports
+        self.me = ",".join(str(p) for p in sorted(ports))
+        self.gateways: dict[str, int] = {}  # gateway (its ports) -> its watch's client id
         self.seq = 0  # the newest record this gateway has loaded (reads and notifications)
         # The record a PROUT's decision rests on: its compare-and-swap expects exactly this
         # one, whatever a notification applied meanwhile.
@@ -135,6 +169,7 @@ class ClusterPrStore:
         self.lu: LogicalUnit | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._rewatch: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- at start (blocking, like opening the image) ---------------------------------
     def open(self, lu: LogicalUnit) -> bool:
@@ -145,37 +180,69 @@ class ClusterPrStore:
             self.loop = asyncio.get_running_loop()
         except RuntimeError:
             self.loop = None
-        seq, body = self.obj.read()
-        if seq == 0:  # the first gateway to serve the image: the object a watch needs
-            if self.obj.replace(0, 1, record_of(lu, 1, [], [])):
-                seq, body = 1, record_of(lu, 1, [], [])
-            else:  # another gateway made it meanwhile
-                seq, body = self.obj.read()
-        record = parse(body)
-        if record is not None and not record.get("aptpl"):
-            acks, timeouts = self.obj.notify(PROBE, PROBE_TIMEOUT)
-            if acks + timeouts == 0 and (record["registrations"] or record["reservation"]):
-                log.info("%s: no gateway serves the LU and APTPL is off: reservations "
-                         "cleared", self.obj.name)  # fmt: skip
-                cleared = dict(record, registrations=[], reservation=None, change={})
-                cleared["generation"] = record["generation"] + 1
-                cleared["seq"] = seq + 1
-                if self.obj.replace(seq, seq + 1, json.dumps(cleared, sort_keys=True).encode()):
-                    seq, record = seq + 1, cleared
-                else:  # another gateway started meanwhile: take what it wrote
-                    seq, body = self.obj.read()
-                    record = parse(body)
+        for _ in range(PROUT_ATTEMPTS):
+            seq, body = self.obj.read()
+            record = parse(body) or json.loads(record_of(lu, seq, [], []))
+            started, tell = self._started(record)
+            if seq and started is None:
+                break
+            started = dict(started or record, seq=seq + 1)
+            if self.obj.replace(seq, seq + 1, dump(started)):
+                seq, record = seq + 1, started
+                if tell:  # a gateway still serving holds the old record
+                    self.obj.notify(dump(started), PROBE_TIMEOUT)
+                break
+            # another gateway changed it meanwhile: decide again on its record
+        else:
+            raise OSError(errno.EAGAIN, f"{self.obj.name} kept changing while starting")
         self.seq = self.base = seq
-        if record is not None:
-            self._load(record)
+        self._load(record)
         self.obj.watch(self._notified, self._lost)
-        return record is not None and bool(record["registrations"] or record["reservation"])
+        return bool(record["registrations"] or record["reservation"])
+
+    def _started(self, record: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+        """The record as this gateway starting leaves it (None: as it is): its previous
+        run's RESERVE(6) gone, and, if no other gateway serves the LU (a power cycle), any
+        RESERVE(6) and the non-APTPL state; and whether a gateway still serving must be
+        told of the change."""
+        new = dict(record, change={})
+        legacy = record.get("legacy")
+        pr = bool(record["registrations"] or record["reservation"])
+        aptpl = bool(record.get("aptpl"))
+        mine = legacy is not None and legacy["relative_target_port"] in self.ports
+        serving = True  # unknown: as if another gateway served it
+        if (pr and not aptpl) or (legacy is not None and not mine):
+            # Is anyone serving it? Its watch answers. A watch that does not answer is a
+            # gateway that is stalled, or dead and not yet expired by the OSDs: it counts as
+            # serving, unless it is this gateway's own previous run (which is not running).
+            acked, silent = self.obj.probe(PROBE, PROBE_TIMEOUT)
+            previous = record.get("gateways", {}).get(self.me) if self.me else None
+            serving = bool(acked or [g for g in silent if g != previous])
+        if not serving and (legacy is not None or (pr and not aptpl)):
+            log.info("%s: no gateway serves the LU: RESERVE(6)%s cleared", self.obj.name,
+                     "" if aptpl else " and reservations")  # fmt: skip
+            new["legacy"] = None
+            if pr and not aptpl:
+                new.update(registrations=[], reservation=None)
+                new["generation"] = record["generation"] + 1
+        elif mine:
+            log.info("%s: the RESERVE(6) of this gateway's previous run cleared", self.obj.name)
+            new["legacy"] = None
+        if self.me and record.get("gateways", {}).get(self.me) != self.obj.instance_id:
+            new["gateways"] = {**record.get("gateways", {}), self.me: self.obj.instance_id}
+        changed = {k: v for k, v in new.items() if k != "change"} != {
+            k: v for k, v in record.items() if k != "change"
+        }
+        return (new if changed else None), serving and new.get("legacy") != legacy
 
     def _load(self, record: dict[str, Any]) -> None:
         assert self.lu is not None
         state = self.lu.reservations
         decode_into(state, record)
         state.aptpl = bool(record.get("aptpl"))
+        legacy = record.get("legacy")
+        state.legacy = None if legacy is None else Nexus(**legacy)
+        self.gateways = dict(record.get("gateways") or {})
 
     # -- PrStore ------------------------------------------------------------------------
     async def refresh(self, lu: LogicalUnit) -> None:
@@ -206,7 +273,7 @@ class ClusterPrStore:
     ) -> bool:
         expected = self.base
         seq = expected + 1
-        body = record_of(lu, seq, owed, aborts)
+        body = record_of(lu, seq, owed, aborts, self.gateways)
         try:
             kept = await asyncio.to_thread(self.obj.replace, expected, seq, body)
         except OSError as err:
@@ -231,10 +298,60 @@ class ClusterPrStore:
                             self.obj.name, timeouts, NOTIFY_TIMEOUT)  # fmt: skip
         return True
 
+    def forget(self, holder: Nexus) -> None:
+        """``holder``'s RESERVE(6) ended here (its nexus is gone, or a reset): remove it
+        from the record, in the background; the other gateways enforce it until then."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not serving (tests of the SCSI layer alone)
+            return
+        self.stale = True  # the record still has it: load it before deciding
+        task = loop.create_task(self._forget(holder))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _forget(self, holder: Nexus) -> None:
+        lu = self.lu
+        assert lu is not None
+
+        async def decide() -> ScsiResult:
+            if lu.reservations.legacy == holder:
+                lu.reservations.legacy = None
+            return ScsiResult()
+
+        for _ in range(FORGET_ATTEMPTS):
+            try:
+                await keep(lu, decide)
+                return
+            except CheckCondition:
+                await asyncio.sleep(1.0)
+        log.error("%s: a lost I_T nexus's RESERVE(6) is still in the record (a LOGICAL UNIT "
+                  "RESET or a restart of this gateway ends it)", self.obj.name)  # fmt: skip
+
     def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         if self._rewatch is not None:
             self._rewatch.cancel()
+        try:  # a RESERVE(6) through this gateway ends with its nexuses (blocking: at stop)
+            self._drop_own_legacy()
+        except (OSError, ValueError) as err:
+            log.warning("%s: RESERVE(6) of this gateway not cleared: %s", self.obj.name, err)
         self.obj.close()
+
+    def _drop_own_legacy(self) -> None:
+        if not self.ports:
+            return
+        for _ in range(PROUT_ATTEMPTS):
+            seq, body = self.obj.read()
+            record = parse(body)
+            legacy = None if record is None else record.get("legacy")
+            if record is None or legacy is None or legacy["relative_target_port"] not in self.ports:
+                return
+            new = dict(record, legacy=None, change={}, seq=seq + 1)
+            if self.obj.replace(seq, seq + 1, dump(new)):
+                self.obj.notify(dump(new), PROBE_TIMEOUT)
+                return
 
     # -- notifications (on a librados thread) --------------------------------------------
     def _notified(self, notifier: int, payload: bytes) -> bytes:

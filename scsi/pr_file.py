@@ -77,6 +77,7 @@ class PrFile:
     """Where one LU's APTPL state lives (a :class:`scsi.reservations.PrStore`)."""
 
     persistent = True
+    shared = False  # SPC-2 reservations stay in memory: no one else serves this LU
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -98,6 +99,9 @@ class PrFile:
             log.error("persistent reservations not saved to %s: %s", self.path, err)
             raise CheckCondition(Reason.INSUFFICIENT_REGISTRATION_RESOURCES) from None
         return True
+
+    def forget(self, holder: Nexus) -> None:
+        """Nothing: RESERVE(6) is not kept here."""
 
     def close(self) -> None:
         """Nothing to release."""

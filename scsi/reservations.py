@@ -114,6 +114,8 @@ class PrStore(Protocol):
 
     # PTPL_C: the store keeps the state through a power loss when APTPL asks for it.
     persistent: bool
+    # Other gateways share the state: a RESERVE(6) is kept there too, and enforced by all.
+    shared: bool
 
     async def refresh(self, lu: LogicalUnit) -> None:
         """Bring ``lu.reservations`` up to date with the store (others may change it);
@@ -125,6 +127,10 @@ class PrStore(Protocol):
         """Keep the changed state (a PROUT's, with the unit attentions and aborts it owes
         to nexuses elsewhere); False if another writer changed the store since the last
         refresh (the PROUT is decided again), CheckCondition if it cannot be kept."""
+
+    def forget(self, holder: Nexus) -> None:
+        """``holder``'s RESERVE(6) ended here (its nexus is gone, or a reset): end it in
+        the shared store too, in the background (only a shared store is told)."""
 
     def close(self) -> None: ...
 
@@ -158,6 +164,9 @@ def has_isid(registrant: Nexus) -> bool:
     return "," in registrant.initiator_port
 
 
+Snapshot = tuple[dict[Nexus, int], "Reservation | None", int, bool, "Nexus | None"]
+
+
 @dataclass(frozen=True, slots=True)
 class Owed:
     """A unit attention a change owes every nexus ``registrant`` covers (but ``sender``)."""
@@ -189,11 +198,16 @@ class ReservationState:
     def persistent(self) -> bool:
         return self.store is not None and self.store.persistent
 
-    def snapshot(self) -> tuple[dict[Nexus, int], Reservation | None, int, bool]:
-        return dict(self.keys), self.reservation, self.generation, self.aptpl
+    @property
+    def shared(self) -> bool:
+        """Other gateways share this state (a RESERVE(6) is kept with the PRs)."""
+        return self.store is not None and self.store.shared
 
-    def restore(self, snap: tuple[dict[Nexus, int], Reservation | None, int, bool]) -> None:
-        self.keys, self.reservation, self.generation, self.aptpl = snap
+    def snapshot(self) -> Snapshot:
+        return dict(self.keys), self.reservation, self.generation, self.aptpl, self.legacy
+
+    def restore(self, snap: Snapshot) -> None:
+        self.keys, self.reservation, self.generation, self.aptpl, self.legacy = snap
 
     def registrant(self, nexus: Nexus) -> Nexus | None:
         """The registrant whose registration covers ``nexus``, if any."""
@@ -255,9 +269,16 @@ class ReservationState:
         return not (res.type.write_exclusive and opcode in READ_OPCODES)
 
     def lose(self, nexus: Nexus) -> None:
-        """The nexus is gone (or reset): a RESERVE(6) it held ends; PRs survive (SPC-4)."""
+        """The nexus is gone: a RESERVE(6) it held ends; PRs survive (SPC-4)."""
         if self.legacy == nexus:
-            self.legacy = None
+            self.end_legacy()
+
+    def end_legacy(self) -> None:
+        """The RESERVE(6) ends (its nexus is gone, or a reset). Here at once; in a shared
+        store once the store has kept that (other gateways enforce it until then)."""
+        holder, self.legacy = self.legacy, None
+        if holder is not None and self.store is not None and self.store.shared:
+            self.store.forget(holder)
 
     def release(self) -> None:
         self.reservation = None
@@ -306,43 +327,60 @@ ProutHandler = Callable[["LogicalUnit", ScsiCommand], Coroutine[Any, Any, ScsiRe
 PROUT_ATTEMPTS = 8  # decided again at most this often when other gateways keep winning
 
 
+Decision = Callable[[], Coroutine[Any, Any, ScsiResult]]
+
+
+async def keep(lu: LogicalUnit, decide: Decision) -> ScsiResult:
+    """Run ``decide`` on the store's latest state (under the LU's PROUT lock) and keep what
+    it changed in the store before answering; undo it and fail when it cannot be kept, or
+    decide again when another gateway changed the store first. The unit attentions and
+    aborts it owes happen only once it is kept."""
+    state = lu.reservations
+    async with state.lock:
+        for _ in range(PROUT_ATTEMPTS):
+            if state.store is not None:
+                await state.store.refresh(lu)
+            state.owed, state.aborts = [], []
+            before = state.snapshot()
+            try:
+                result = await decide()
+            except CheckCondition:
+                state.restore(before)
+                raise
+            owed, state.owed = state.owed, []
+            aborts, state.aborts = state.aborts, []
+            changed = state.snapshot() != before
+            if changed and state.store is not None:
+                try:
+                    kept = await state.store.commit(lu, before[3], owed, aborts)
+                except BaseException:
+                    state.restore(before)
+                    raise
+                if not kept:  # another gateway changed it first: decide again
+                    state.restore(before)
+                    continue
+            state.deliver(lu, owed)
+            if aborts and lu.abort_tasks is not None:
+                await lu.abort_tasks(state.nexuses_of(lu, aborts))
+            return result
+        log.error("%s: PERSISTENT RESERVE OUT kept losing to other gateways", lu.identity)
+        raise CheckCondition(Reason.LOGICAL_UNIT_COMMUNICATION_FAILURE)
+
+
 def durable(handler: ProutHandler) -> ProutHandler:
-    """One PROUT at a time per LU, decided on the store's latest state; a change it made is
-    kept in the store before the command is acknowledged, or undone and the command fails
-    when it cannot be kept. The unit attentions and aborts it owes happen only then."""
+    """One PROUT at a time per LU, decided on the store's latest state and kept there
+    before it is acknowledged (:func:`keep`). A RESERVE(6) that another gateway's nexus
+    took meanwhile (the copy this gateway checked before was older) is still a conflict."""
 
     @functools.wraps(handler)
     async def run(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
-        state = lu.reservations
-        async with state.lock:
-            for _ in range(PROUT_ATTEMPTS):
-                if state.store is not None:
-                    await state.store.refresh(lu)
-                state.owed, state.aborts = [], []
-                before = state.snapshot()
-                try:
-                    result = await handler(lu, cmd)
-                except CheckCondition:
-                    state.restore(before)
-                    raise
-                owed, state.owed = state.owed, []
-                aborts, state.aborts = state.aborts, []
-                changed = state.snapshot() != before
-                if changed and state.store is not None:
-                    try:
-                        kept = await state.store.commit(lu, before[3], owed, aborts)
-                    except BaseException:
-                        state.restore(before)
-                        raise
-                    if not kept:  # another gateway changed it first: decide again
-                        state.restore(before)
-                        continue
-                state.deliver(lu, owed)
-                if aborts and lu.abort_tasks is not None:
-                    await lu.abort_tasks(state.nexuses_of(lu, aborts))
-                return result
-            log.error("%s: PERSISTENT RESERVE OUT kept losing to other gateways", lu.identity)
-            raise CheckCondition(Reason.LOGICAL_UNIT_COMMUNICATION_FAILURE)
+        async def decide() -> ScsiResult:
+            legacy = lu.reservations.legacy
+            if legacy is not None and legacy != cmd.nexus:
+                return CONFLICT
+            return await handler(lu, cmd)
+
+        return await keep(lu, decide)
 
     return run
 
@@ -641,21 +679,31 @@ async def register_and_move(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
 
 
 # -- RESERVE / RELEASE (6) and (10) ----------------------------------------------------------
+# SPC-2 reservations are not persistent, but with gateways sharing the LU they must hold
+# through every gateway: a shared store keeps them in its record, decided like a PROUT.
 async def reserve_legacy(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     if cmd.opcode == RESERVE_10 and cmd.cdb[1] & 0x03:  # 3RDPTY, LONGID: not supported
         raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(1))
     state = lu.reservations
-    if state.reservation is not None:
-        # CRH: a persistent reservation wins; its holder's RESERVE is a no-op.
-        return ScsiResult() if state.is_holder(cmd.nexus) else CONFLICT
-    if state.legacy not in (None, cmd.nexus):
-        return CONFLICT
-    state.legacy = cmd.nexus
-    return ScsiResult()
+
+    async def decide() -> ScsiResult:
+        if state.reservation is not None:
+            # CRH: a persistent reservation wins; its holder's RESERVE is a no-op.
+            return ScsiResult() if state.is_holder(cmd.nexus) else CONFLICT
+        if state.legacy not in (None, cmd.nexus):
+            return CONFLICT
+        state.legacy = cmd.nexus
+        return ScsiResult()
+
+    return await keep(lu, decide) if state.shared else await decide()
 
 
 async def release_legacy(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     state = lu.reservations
-    if state.legacy == cmd.nexus:
-        state.legacy = None
-    return ScsiResult()
+
+    async def decide() -> ScsiResult:
+        if state.legacy == cmd.nexus:
+            state.legacy = None
+        return ScsiResult()
+
+    return await keep(lu, decide) if state.shared else await decide()

@@ -171,7 +171,8 @@ class Builder:
             if close is not None:
                 close()
             raise ConfigError(where, f"persistent reservations: {exc}") from exc
-        store = ClusterPrStore(obj)
+        # This daemon's relative target ports name it in the record (docs/rbd.md).
+        store = ClusterPrStore(obj, frozenset(p.tpgt for p in self.config.portals))
         try:
             restored = store.open(lu)
         except (OSError, ValueError) as exc:

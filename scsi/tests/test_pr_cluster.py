@@ -38,6 +38,9 @@ class Cluster:
         self.read_delay = 0.0
         self.refusal_delay = 0.0  # a refused compare-and-swap answers this much later
         self.down = False
+        # Watches whose client died (kill -9): the OSDs keep them until they expire, and
+        # they never answer a notification.
+        self.dead: set[int] = set()
 
 
 class MemoryObject:
@@ -70,13 +73,26 @@ class MemoryObject:
         return False
 
     def notify(self, payload: bytes, timeout: float) -> tuple[int, int]:
+        acked, silent = self.probe(payload, timeout)
+        return len(acked), len(silent)
+
+    def probe(self, payload: bytes, timeout: float) -> tuple[list[int], list[int]]:
         self._reach()
-        watchers = list(self.cluster.watchers.values())
-        for on_notify in watchers:  # librados: on its own thread, acked on return
+        acked, silent = [], []
+        for gid, on_notify in list(self.cluster.watchers.items()):
+            if gid in self.cluster.dead:
+                silent.append(gid)
+                continue
+            # librados: on its own thread, acked on return
             worker = threading.Thread(target=on_notify, args=(self.instance_id, payload))
             worker.start()
             worker.join(timeout)
-        return len(watchers), 0
+            acked.append(gid)
+        return acked, silent
+
+    def die(self) -> None:
+        """kill -9: the watch stays (until the OSDs expire it) and never answers."""
+        self.cluster.dead.add(self.instance_id)
 
     def watch(self, on_notify: Callable[[int, bytes], bytes], on_error: object) -> None:
         self._reach()
@@ -89,12 +105,13 @@ class MemoryObject:
         self.unwatch()
 
 
-def gateway(cluster: Cluster, *nexuses: Nexus) -> Unit:
+def gateway(cluster: Cluster, *nexuses: Nexus, ports: frozenset[int] = frozenset()) -> Unit:
+    """A gateway serving ``nexuses``; ``ports``: its relative target ports (1 is A's)."""
     lu = Unit(Identity("pr"))
     for nexus in nexuses:
         lu.nexus_established(nexus)
         lu.pop_unit_attention(nexus)
-    store = ClusterPrStore(MemoryObject(cluster))
+    store = ClusterPrStore(MemoryObject(cluster), ports)
     store.open(lu)
     lu.reservations.store = store
     return lu
@@ -243,5 +260,107 @@ def test_preempt_and_abort_ends_the_victim_s_commands_on_the_other_gateway_first
         assert result.status == Status.GOOD
         assert aborted == [frozenset({OB})]  # done before A answered
         assert sense(await cmd(b, OB, TUR)) == (6, 0x2A, 0x05)
+
+    asyncio.run(scenario())
+
+
+RESERVE6, RELEASE6 = bytes([0x16, 0, 0, 0, 0, 0]), bytes([0x17, 0, 0, 0, 0, 0])
+A_PORTS, B_PORTS = frozenset({1}), frozenset({2})
+
+
+def test_a_reserve_6_through_one_gateway_is_enforced_on_the_other_before_it_is_answered() -> None:
+    cluster = Cluster()
+
+    async def scenario() -> None:
+        a, b = gateway(cluster, HA, ports=A_PORTS), gateway(cluster, OB, SB, ports=B_PORTS)
+        assert (await cmd(a, HA, RESERVE6)).status == Status.GOOD
+        assert b.reservations.legacy == HA  # by the notification alone
+        assert (await cmd(b, SB, WRITE)).status == Status.RESERVATION_CONFLICT
+        assert (await cmd(b, OB, RESERVE6)).status == Status.RESERVATION_CONFLICT
+        assert (await cmd(b, OB, RELEASE6)).status == Status.GOOD  # not its own: no effect
+        assert (await cmd(b, SB, WRITE)).status == Status.RESERVATION_CONFLICT
+        assert (await cmd(a, HA, RELEASE6)).status == Status.GOOD
+        assert b.reservations.legacy is None
+        assert (await cmd(b, OB, RESERVE6)).status == Status.GOOD
+        assert (await cmd(a, HA, WRITE)).status == Status.RESERVATION_CONFLICT
+        # A PROUT through A meets it too (SPC-2 reservations shut out PR commands).
+        assert (await prout(a, HA, REGISTER, sa_key=0xA)).status == Status.RESERVATION_CONFLICT
+
+    asyncio.run(scenario())
+
+
+def test_a_lost_nexus_or_a_reset_ends_a_reserve_6_on_every_gateway() -> None:
+    cluster = Cluster()
+
+    async def until(check: Callable[[], bool]) -> None:
+        for _ in range(100):
+            if check():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("not in time")
+
+    async def scenario() -> None:
+        a, b = gateway(cluster, HA, ports=A_PORTS), gateway(cluster, OB, SB, ports=B_PORTS)
+        assert (await cmd(a, HA, RESERVE6)).status == Status.GOOD
+        a.nexus_lost(HA)  # logged out: the reservation ends, on B once A has kept that
+        await until(lambda: b.reservations.legacy is None)
+        assert (await cmd(b, SB, WRITE)).status == Status.GOOD
+        assert (await cmd(b, OB, RESERVE6)).status == Status.GOOD
+        assert a.reservations.legacy == OB
+        a.reset(None)  # a LOGICAL UNIT RESET through A ends B's nexus's reservation
+        await until(lambda: b.reservations.legacy is None)
+        assert parse(cluster.body)["legacy"] is None  # type: ignore[index]
+
+    asyncio.run(scenario())
+
+
+def test_two_gateways_reserve_6_at_once_one_wins() -> None:
+    cluster = Cluster()
+
+    async def scenario() -> None:
+        a, b = gateway(cluster, HA, ports=A_PORTS), gateway(cluster, OB, ports=B_PORTS)
+        cluster.read_delay = 0.05  # both read the same version before either writes
+        cluster.refusal_delay = 0.2
+        results = await asyncio.gather(cmd(a, HA, RESERVE6), cmd(b, OB, RESERVE6))
+        assert sorted(r.status for r in results) == [Status.GOOD, Status.RESERVATION_CONFLICT]
+        assert a.reservations.legacy == b.reservations.legacy is not None
+
+    asyncio.run(scenario())
+
+
+def test_a_gateway_restarted_after_kill_9_is_no_gateway_serving_the_lu() -> None:
+    """Its dead predecessor's watch lives on (until the OSDs expire it) and never answers:
+    a restart with no other gateway serving is a power cycle all the same. A dead *other*
+    gateway is not known to be dead (it may be stalled) and still counts as serving."""
+
+    async def scenario(dead_ports: frozenset[int]) -> tuple[list[int], Nexus | None]:
+        cluster = Cluster()
+        nexus = HA if dead_ports == A_PORTS else OB
+        dead = gateway(cluster, nexus, ports=dead_ports)
+        assert (await prout(dead, nexus, REGISTER, sa_key=0xA)).status == Status.GOOD
+        assert (await cmd(dead, nexus, RESERVE6)).status == Status.GOOD
+        dead.reservations.store.obj.die()  # type: ignore[union-attr]
+        restarted = gateway(cluster, ports=A_PORTS)
+        return keys_of(restarted), restarted.reservations.legacy
+
+    assert asyncio.run(scenario(A_PORTS)) == ([], None)
+    # B died; A starts: B's silent watch may be a stalled B. Its RESERVE(6) holds.
+    assert asyncio.run(scenario(B_PORTS)) == ([0xA], OB)
+
+
+def test_a_restarted_gateway_drops_the_reserve_6_of_its_previous_run() -> None:
+    cluster = Cluster()
+
+    async def scenario() -> None:
+        a, b = gateway(cluster, HA, ports=A_PORTS), gateway(cluster, SB, ports=B_PORTS)
+        assert (await prout(a, HA, REGISTER, sa_key=0xA)).status == Status.GOOD
+        assert (await cmd(a, HA, RESERVE6)).status == Status.GOOD
+        a.reservations.store.obj.die()  # type: ignore[union-attr]
+        assert (await cmd(b, SB, WRITE)).status == Status.RESERVATION_CONFLICT
+        # A again (its own process: B's loop runs meanwhile): HA's I_T nexus is gone.
+        await asyncio.to_thread(gateway, cluster, ports=A_PORTS)
+        assert b.reservations.legacy is None  # told before A serves
+        assert keys_of(b) == [0xA]  # B serves: the PRs are kept
+        assert (await cmd(b, SB, WRITE)).status == Status.GOOD
 
     asyncio.run(scenario())

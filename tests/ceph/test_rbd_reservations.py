@@ -4,7 +4,9 @@ gateway A, they are seen (READ KEYS, READ RESERVATION, READ FULL STATUS) and enf
 (RESERVATION CONFLICT, the lock moving for the write) through gateway B; a PREEMPT
 through B raises REGISTRATIONS PREEMPTED on A's nexus; with APTPL they survive a restart
 of both gateways, without it only a restart of one (docs/rbd.md, "Persistent
-reservations")."""
+reservations"). RESERVE(6) is kept in the same record: taken through A, it is enforced
+through B. A gateway killed with SIGKILL and restarted while no other serves the LU forgets
+what a power loss forgets, although the cluster still keeps its dead predecessor's watch."""
 
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ READ_RESERVATION = bytes([0x5E, 0x01, 0, 0, 0, 0, 0, 1, 0, 0])
 REPORT_CAPABILITIES = bytes([0x5E, 0x02, 0, 0, 0, 0, 0, 0, 8, 0])
 READ_FULL_STATUS = bytes([0x5E, 0x03, 0, 0, 0, 0, 0, 4, 0, 0])
 TUR = bytes(6)
+RESERVE6, RELEASE6 = bytes([0x16, 0, 0, 0, 0, 0]), bytes([0x17, 0, 0, 0, 0, 0])
+INQUIRY = bytes([0x12, 0, 0, 0, 36, 0])
 
 
 @pytest.fixture
@@ -225,3 +229,71 @@ def test_all_tg_pt_and_spec_i_pt_registrations_hold_through_the_other_gateway(
     assert read_reservation(stranger_b) == (K_HOLDER, EA)  # OTHER's registration holds it
     for ini in (holder_a, holder_b, other_b, stranger_b):
         ini.close()
+
+
+def test_a_reserve_6_through_a_is_enforced_through_b(gateways: tuple[Gateway, Gateway]) -> None:
+    """SPC-2 reservations are per I_T nexus: a host holding one through gateway A shuts out
+    every other nexus, those through gateway B included, until it releases it or its
+    nexus goes."""
+    a, b = gateways
+    holder, other = login(a, HOLDER), login(b, OTHER)
+    assert holder.command(RESERVE6)[0] == GOOD
+    assert other.command(WRITE10, data=bytes(512))[0] == RESERVATION_CONFLICT
+    assert other.command(READ10, read=512)[0] == RESERVATION_CONFLICT
+    assert other.command(RESERVE6)[0] == RESERVATION_CONFLICT
+    assert prout(other, REGISTER, 0, K_OTHER)[0] == RESERVATION_CONFLICT
+    assert other.command(INQUIRY, read=36)[0] == GOOD
+    assert other.command(RELEASE6)[0] == GOOD  # not its reservation: nothing happens
+    assert other.command(WRITE10, data=bytes(512))[0] == RESERVATION_CONFLICT
+    assert holder.command(WRITE10, data=bytes(512))[0] == GOOD  # the holder, through A
+    assert holder.command(RELEASE6)[0] == GOOD
+    assert other.command(WRITE10, data=bytes(512))[0] == GOOD
+    # Taken through B; the holder's nexus logs out: released on A as well.
+    assert other.command(RESERVE6)[0] == GOOD
+    assert holder.command(READ10, read=512)[0] == RESERVATION_CONFLICT
+    other.close()
+    deadline = time.monotonic() + 5
+    while holder.command(READ10, read=512)[0] == RESERVATION_CONFLICT:
+        assert time.monotonic() < deadline, "the logged-out nexus's RESERVE(6) still holds"
+        time.sleep(0.05)
+    assert holder.command(RESERVE6)[0] == GOOD
+    holder.close()
+
+
+def test_a_gateway_killed_and_restarted_alone_forgets_what_a_power_loss_forgets(
+    gateways: tuple[Gateway, Gateway],
+) -> None:
+    """kill -9 leaves the gateway's watch in the cluster for osd_client_watch_timeout: the
+    restarted gateway must not take its dead predecessor for a gateway serving the LU."""
+    a, b = gateways
+    holder = login(a, HOLDER)
+    assert prout(holder, REGISTER, 0, K_HOLDER) == (GOOD, None)  # APTPL off
+    assert prout(holder, RESERVE, K_HOLDER, type_=WE) == (GOOD, None)
+    holder.close()
+    b.stop()  # cleanly: its watch is gone
+    os.kill(a.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+    a.proc.wait()  # type: ignore[union-attr]
+    a.start()  # at once: the dead one's watch is still there
+    other = login(a, OTHER)
+    assert read_keys(other)[1] == [] and read_reservation(other) is None
+    assert other.command(WRITE10, data=bytes(512))[0] == GOOD
+    other.close()
+
+
+def test_a_gateway_restarted_after_kill_9_drops_its_reserve_6_and_keeps_the_prs(
+    gateways: tuple[Gateway, Gateway],
+) -> None:
+    """While B serves, a kill -9 of A is no power loss: the PRs stay. The RESERVE(6) of an
+    I_T nexus through A is gone with it: B enforces it until A is back (or a LOGICAL UNIT
+    RESET through B ends it)."""
+    a, b = gateways
+    holder, other = login(a, HOLDER), login(b, OTHER)
+    assert prout(other, REGISTER, 0, K_OTHER) == (GOOD, None)
+    assert holder.command(RESERVE6)[0] == GOOD
+    os.kill(a.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+    a.proc.wait()  # type: ignore[union-attr]
+    assert other.command(WRITE10, data=bytes(512))[0] == RESERVATION_CONFLICT
+    a.start()
+    assert read_keys(other)[1] == [K_OTHER]
+    assert other.command(WRITE10, data=bytes(512))[0] == GOOD
+    other.close()
