@@ -10,8 +10,8 @@ def secret(chap: ChapSecret | None) -> Secret | None:
     return None if chap is None else Secret(chap.user, chap.secret)
 
 
-def portal_settings(portal: Portal) -> PortalSettings:
-    return PortalSettings(tpgt=portal.tpgt, advertised=portal.advertised)
+def portal_settings(portal: Portal, moved: tuple[tuple[str, int], ...] = ()) -> PortalSettings:
+    return PortalSettings(tpgt=portal.tpgt, advertised=portal.advertised, moved=moved)
 
 
 def target_settings(target: TargetConfig) -> TargetSettings:

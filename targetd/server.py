@@ -98,7 +98,7 @@ class IscsiConnection(asyncio.BufferedProtocol):
         self.portal = portal
         self.conn = Connection(
             server.iscsi,
-            iscsi_settings.portal_settings(portal),
+            iscsi_settings.portal_settings(portal, server.moved.get(portal, ())),
             server.sessions,
             time.monotonic(),
             pool=server.pool,
@@ -137,6 +137,9 @@ class IscsiConnection(asyncio.BufferedProtocol):
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        if local:
+            self.conn.login.local_host = local[0]
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.conn.now = time.monotonic()
         self.conn.last_heard = self.conn.now
@@ -437,6 +440,9 @@ class TargetServer:
         self._ticker: asyncio.Task[None] | None = None
         self.now = time.monotonic()
         self.bound: list[tuple[str, int]] = []
+        # Targets other processes serve (targetd.workers): per portal, (target, port) for
+        # the login redirect; empty for a daemon that serves its targets itself.
+        self.moved: dict[Portal, tuple[tuple[str, int], ...]] = {}
 
     @property
     def config(self) -> Config:

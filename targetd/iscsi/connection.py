@@ -409,7 +409,8 @@ class Connection:
         for reply in step.replies:
             self._output.append(reply)
         if step.close:
-            self._close("login refused")
+            redirected = step.redirected
+            self._close("login refused" if redirected is None else f"redirected to {redirected}")
             return
         if step.done is not None:
             self._enter_full_feature(step.done)

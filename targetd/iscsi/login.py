@@ -86,6 +86,7 @@ class LoginStep:
     replies: list[bytes]  # complete PDUs (BHS + padded data; no digests during login)
     done: LoginDone | None = None  # set when replies hold the final response
     close: bool = False  # login failed: send replies, then close the connection
+    redirected: str | None = None  # the login was sent to this TargetAddress instead
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +125,14 @@ class _Request:
         )
 
 
+class _Moved(Exception):
+    """The target is served at another address: answer "moved temporarily" with it."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(address)
+        self.address = address
+
+
 class LoginMachine:
     def __init__(
         self,
@@ -132,9 +141,14 @@ class LoginMachine:
         binder: SessionBinder,
         *,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        local_host: str = "",
     ) -> None:
         self._config = config
         self._portal = portal
+        # The address the initiator reached us at (the socket's own address): a redirect
+        # sends it to the same address, another port, so it works for whatever route the
+        # initiator took to get here. The shell sets it once the socket is connected.
+        self.local_host = local_host
         self._binder = binder
         self._random = random_bytes
         self._params = SessionParams()
@@ -165,6 +179,13 @@ class LoginMachine:
             self._closed = True
             status = (exc.status_class << 8) | exc.status_detail
             return LoginStep([self._reject(pdu, status)], close=True)
+        except _Moved as moved:
+            # RFC 7143 11.13.5: status 0101h with the TargetAddress to log in at instead;
+            # the initiator keeps using this portal for later logins ("temporarily").
+            self._closed = True
+            text = encode_pairs([("TargetAddress", moved.address)])
+            reply = self._reject(pdu, LoginStatus.TARGET_MOVED_TEMPORARILY, text)
+            return LoginStep([reply], close=True, redirected=moved.address)
 
     # -- request handling ------------------------------------------------------------
 
@@ -235,12 +256,26 @@ class LoginMachine:
                 raise refused(LoginStatus.NOT_FOUND, name)
             if target.allowed_initiators and initiator not in target.allowed_initiators:
                 raise refused(LoginStatus.AUTHORIZATION_FAILURE, f"{initiator} not allowed")
+            self._redirect(name)
             self._target = target
             self._secret = target.chap
         if self._secret is not None and req.csg != SECURITY:
             raise refused(LoginStatus.AUTHENTICATION_FAILURE, "skipped required security")
         self._authenticated = self._secret is None
         self._negotiator = Negotiator(self._config, self._params, leading=req.tsih == 0)
+
+    def _redirect(self, target: str) -> None:
+        """A target another process serves: send the initiator there, before any security
+        exchange (that process authenticates it, with the same secrets)."""
+        port = self._portal.moved_port(target)
+        if port is None:
+            return
+        if port == 0:
+            raise refused(LoginStatus.SERVICE_UNAVAILABLE, f"{target} is restarting")
+        host = self.local_host or self._portal.advertised.rsplit(":", 1)[0]
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 address (RFC 7143 13.8)
+        raise _Moved(f"{host}:{port},{self._portal.tpgt}")
 
     def _negotiate(
         self, req: _Request, pairs: list[tuple[str, str]], first_text: bool
@@ -387,14 +422,14 @@ class LoginMachine:
         self._stat_sn = (self._stat_sn + 1) & 0xFFFFFFFF
         return bytes(hdr) + text + bytes(padded(len(text)) - len(text))
 
-    def _reject(self, pdu: Pdu, status: int) -> bytes:
+    def _reject(self, pdu: Pdu, status: int, text: bytes = b"") -> bytes:
         if len(pdu.bhs) < 48 or pdu.opcode != Op.LOGIN_REQUEST:
             req = _Request(False, False, 0, 0, 0, 0, bytes(6), 0, pdu.itt, 0, 0, 0)
         else:
             req = _Request.parse(pdu)
         if self._first is None:
             self._stat_sn = req.exp_statsn
-        return self._response(req, b"", 0, status=status)
+        return self._response(req, text, 0, status=status)
 
 
 def _is_security(key: str) -> bool:

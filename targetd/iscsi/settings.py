@@ -28,6 +28,14 @@ class PortalSettings:
 
     tpgt: int = 1
     advertised: str = "127.0.0.1:3260"
+    # Targets served by another process (docs/workers.md): target name -> the port that
+    # process listens on at the address this portal was reached by. A normal-session login
+    # for one of them is redirected there (RFC 7143 11.13.5); port 0: that process is
+    # being restarted, and the login is answered "service unavailable".
+    moved: tuple[tuple[str, int], ...] = ()
+
+    def moved_port(self, target: str) -> int | None:
+        return next((port for name, port in self.moved if name == target), None)
 
 
 @dataclass(frozen=True, slots=True)
