@@ -64,6 +64,9 @@ class Admin:
         self._reporting: set[str] = set()  # methods that take (params, report)
         self._server: asyncio.base_events.Server | None = None
         self.path: Path | None = None
+        # Methods not registered here go to this one, if set: a portal hands them to the
+        # worker process that serves the target they name (targetd.workers).
+        self.fallback: Callable[[str, dict[str, Any]], Awaitable[Any]] | None = None
         self.register("methods", lambda params: sorted(self._methods))
 
     def register(self, method: str, handler: Handler, *, progress: bool = False) -> None:
@@ -79,6 +82,8 @@ class Admin:
         self, method: str, params: dict[str, Any] | None = None, report: Report = _no_report
     ) -> Any:
         handler = self._methods.get(method)
+        if handler is None and self.fallback is not None:
+            return await self.fallback(method, params or {})
         if handler is None:
             raise AdminError(f"no such method {method!r}", "unknown_method")
         if method in self._reporting:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from backing.pairs import PairManager, PairService
 from targetd import chap_env, logs, pair_config
@@ -22,6 +24,7 @@ from targetd.config import (
     check_images,
     default_config,
     parse_hostport,
+    resolve_workers,
 )
 from targetd.copy_ops import CopyOperations
 from targetd.group_admin import GroupAdmin
@@ -31,6 +34,7 @@ from targetd.operations import Operations
 from targetd.pair_admin import PairAdmin
 from targetd.pairs import pair_settings
 from targetd.server import TargetServer
+from targetd.workers import families_to_json, socket_name, worker_config
 
 log = logging.getLogger("targetd")
 
@@ -55,6 +59,11 @@ def _load(args: argparse.Namespace) -> Config:
         config = replace(config, portals=(replace(first, listen_host=host, listen_port=port),))
     check_images(config)
     config = chap_env.apply(config, os.environ, require=getattr(args, "require_chap", False))
+    if getattr(args, "workers", None):
+        workers = resolve_workers(args.workers, len(config.targets), "--workers")
+        if workers > 1 and config.gateway is not None:
+            raise ConfigError("--workers", "worker processes and [gateway] cannot be combined")
+        config = replace(config, workers=workers)
     if getattr(args, "metrics", None):
         if ":" not in args.metrics:
             raise ConfigError("--metrics", f"expected HOST:PORT, got {args.metrics!r}")
@@ -62,9 +71,30 @@ def _load(args: argparse.Namespace) -> Config:
     return config
 
 
-async def serve(config: Config, *, loader: Callable[[], Config] | None = None) -> int:
+@dataclass
+class WorkerRole:
+    """This process is worker ``index`` of a portal (targetd.workers), serving ``targets``."""
+
+    index: int
+    targets: list[str]
+
+
+async def serve(
+    config: Config,
+    *,
+    loader: Callable[[], Config] | None = None,
+    argv: list[str] | None = None,
+    worker: WorkerRole | None = None,
+) -> int:
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    pairs = PairService(PairManager(config.state_dir, pair_settings(config)))
+    if worker is None and config.workers > 1:
+        from targetd.portal import serve_portal
+
+        return await serve_portal(config, argv or [], loader, DRAIN_SECONDS)
+    scopes = None
+    if worker is not None:  # its own targets' pairs only (and the unscoped ones: worker 0)
+        scopes = frozenset([*worker.targets, *([""] if worker.index == 0 else [])])
+    pairs = PairService(PairManager(config.state_dir, pair_settings(config), scopes=scopes))
     builder = Builder(config, pairs)
     try:
         targets = builder.targets()
@@ -102,9 +132,14 @@ async def serve(config: Config, *, loader: Callable[[], Config] | None = None) -
     copies = CopyOperations(server)  # EXTENDED COPY: `targetctl status` and metrics
     ops.provide_status("copy_operations", copies.status)
     ops.metrics.add_collector(copies.metric_families)
+    if worker is not None:
+        _worker_methods(ops, worker)
     try:
         await server.start()
-        await ops.start()
+        if worker is None:
+            await ops.start()
+        else:
+            await ops.start(socket_name(worker.index), notify=False)
     except OSError as err:
         log.error("cannot listen: %s", err, extra=logs.fields(error=str(err)))
         await ops.shutdown(0)
@@ -117,13 +152,50 @@ async def serve(config: Config, *, loader: Callable[[], Config] | None = None) -
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, ops.reload)
+    if worker is None:
+        loop.add_signal_handler(signal.SIGHUP, ops.reload)
+    else:
+        await _tell_portal(server, stop)
     await stop.wait()
     log.info("stopping")
     await ops.shutdown(DRAIN_SECONDS)
     close_targets(server.scsi_targets())
     log.info("stopped")
     return 1 if ops.flush_failures else 0
+
+
+def _worker_methods(ops: Operations, worker: WorkerRole) -> None:
+    """What a portal asks of its worker: reload with these targets, and the metrics."""
+
+    def reload_with(params: dict[str, Any]) -> dict[str, Any]:
+        worker.targets[:] = [str(t) for t in params.get("targets", worker.targets)]
+        result: dict[str, Any] = dict(ops.reload())
+        result["targets"] = sorted(ops.server.targets)
+        return result
+
+    ops.admin.register("worker.reload", reload_with)
+    ops.admin.register("metrics.families", lambda params: families_to_json(ops.metrics.families()))
+
+
+async def _tell_portal(server: TargetServer, stop: asyncio.Event) -> None:
+    """One line on stdout says we serve and on which ports; stdin closing means the portal
+    is gone (even killed), and we stop."""
+    sys.stdout.write(json.dumps({"pid": os.getpid(), "ports": server.portal_ports}) + "\n")
+    sys.stdout.flush()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    async def watch() -> None:
+        while await reader.read(4096):
+            pass
+        stop.set()
+
+    task = asyncio.ensure_future(watch())
+    _keep.add(task)
+
+
+_keep: set[asyncio.Task[None]] = set()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,15 +219,36 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument(
         "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here (default: off)"
     )
+    p_serve.add_argument(
+        "--workers",
+        metavar="N|auto",
+        help="worker processes, one or more targets each (default: [server] workers, 1)",
+    )
+    p_serve.add_argument("--worker", help=argparse.SUPPRESS)  # set by the portal
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     logs.setup(args.log_level, args.log_format, sys.stderr)
-    try:
+    role = None
+    if args.worker:
+        spec = json.loads(args.worker)
+        role = WorkerRole(int(spec["index"]), [str(t) for t in spec["targets"]])
+        # The portal passes its own arguments on: a worker's are the same plus --worker.
+        argv = argv[: argv.index("--worker")]
+
+    def load() -> Config:
         config = _load(args)
+        if role is not None:
+            return worker_config(config, role.targets)
+        return config
+
+    try:
+        config = load()
     except ConfigError as err:
         print(f"targetd: bad configuration: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    run = serve(config, loader=load, argv=argv, worker=role)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a declared dependency
-        return asyncio.run(serve(config, loader=lambda: _load(args)))
-    return uvloop.run(serve(config, loader=lambda: _load(args)))
+        return asyncio.run(run)
+    return uvloop.run(run)

@@ -7,6 +7,7 @@ is what ``targetd serve`` runs with no file.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Callable
@@ -249,6 +250,9 @@ class Config:
     # Pairs and consistency groups declared in the file (targetd/pair_config.py).
     declared_pairs: tuple[PairDecl, ...] = ()
     declared_groups: tuple[GroupDecl, ...] = ()
+    # Worker processes (docs/workers.md): 1 serves every target in this process; more
+    # make this process a portal that redirects each login to the worker owning its target.
+    workers: int = 1
 
     def target(self, name: str) -> TargetConfig | None:
         return next((t for t in self.targets if t.name == name), None)
@@ -814,6 +818,7 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, state_dir: Path | None
     gateway_table = root.take_raw("gateway")
     metrics_listen = _metrics(root)
     pairs = _pairs(root)
+    workers_raw = _server(root)
     targets = root.take_list("target", lambda v, k: _target(v, k, state_dir))
     raw_pairs, raw_groups = root.data.pop("pair", []), root.data.pop("group", [])
     root.done()
@@ -824,7 +829,11 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, state_dir: Path | None
     from targetd.pair_config import parse_declarations  # it builds on this module
 
     declared_pairs, declared_groups = parse_declarations(raw_pairs, raw_groups, targets)
+    workers = resolve_workers(workers_raw, len(targets), "server.workers")
+    if workers > 1 and gateway is not None:
+        raise ConfigError("server.workers", "worker processes and [gateway] cannot be combined")
     return Config(
+        workers=workers,
         portals=portals,
         port_groups=port_groups,
         gateway=gateway,
@@ -838,6 +847,33 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, state_dir: Path | None
         declared_groups=declared_groups,
         **limits,  # type: ignore[arg-type]
     )
+
+
+MAX_WORKERS = 256
+
+
+def _server(config: _Table) -> object:
+    """``[server]``: ``workers``, a count or "auto" (resolved once the targets are known)."""
+    if "server" not in config.data:
+        return 1
+    table = _Table(config.take_raw("server"), config.key("server"))
+    workers = table.take_raw("workers") if "workers" in table.data else 1
+    table.done()
+    return workers
+
+
+def resolve_workers(value: object, targets: int, key: str) -> int:
+    """A worker count from the file or ``--workers``: 1..MAX_WORKERS, or "auto", one per
+    CPU this process may run on, but no more than there are targets to spread."""
+    if value == "auto":
+        return max(1, min(targets, len(os.sched_getaffinity(0))))
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f'expected a count or "auto", got {value!r}')
+    if not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(key, f"must be 1..{MAX_WORKERS}, got {value}")
+    return value
 
 
 def _pairs(config: _Table) -> PairConfig:

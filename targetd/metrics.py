@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 log = logging.getLogger("targetd.metrics")
@@ -244,6 +244,9 @@ class Metrics:
 
     def __init__(self) -> None:
         self._collectors: list[Collector] = []
+        # Families gathered from elsewhere at each scrape (a portal's worker processes):
+        # given this process's families, returns the whole exposition's.
+        self.gather: Callable[[list[Family]], Awaitable[list[Family]]] | None = None
         self._server: asyncio.base_events.Server | None = None
         self.bound: tuple[str, int] | None = None
         self.loop_lag = LoopLag()
@@ -255,13 +258,22 @@ class Metrics:
         ``targetd_copy_rate_bytes_per_second``). Names should start with ``targetd_``."""
         self._collectors.append(collector)
 
-    def render(self) -> str:
+    def families(self) -> list[Family]:
         families: list[Family] = []
         for collector in self._collectors:
             try:
                 families.extend(collector())
             except Exception:
                 log.exception("metrics collector %r failed", collector)
+        return families
+
+    def render(self) -> str:
+        return render(self.families())
+
+    async def render_all(self) -> str:
+        families = self.families()
+        if self.gather is not None:
+            families = await self.gather(families)
         return render(families)
 
     async def start(self, host: str, port: int) -> None:
@@ -285,7 +297,7 @@ class Metrics:
             if method not in (b"GET", b"HEAD"):
                 status, body, ctype = "405 Method Not Allowed", b"GET only\n", "text/plain"
             elif path in (b"/metrics", b"/"):
-                body = self.render().encode()
+                body = (await self.render_all()).encode()
                 status, ctype = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
             else:
                 status, body, ctype = "404 Not Found", b"try /metrics\n", "text/plain"

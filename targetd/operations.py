@@ -75,13 +75,16 @@ class Operations:
         self._reload_hooks.append(hook)
 
     # -- life cycle ----------------------------------------------------------------------
-    async def start(self) -> None:
-        """After the portals listen: admin socket, metrics, then tell systemd we are ready."""
-        await self.admin.start(self.server.config.state_dir / SOCKET_NAME)
+    async def start(self, socket_name: str = SOCKET_NAME, *, notify: bool = True) -> None:
+        """After the portals listen: admin socket, metrics, then tell systemd we are ready
+        (``notify``; a worker process leaves that to its portal)."""
+        await self.admin.start(self.server.config.state_dir / socket_name)
         if self.metrics_listen is not None:
             await self.metrics.start(*self.metrics_listen)
             host, port = self.metrics.bound  # type: ignore[misc]
             log.info("metrics", extra=logs.fields(listen=f"{host}:{port}"))
+        if not notify:
+            return
         interval = sdnotify.watchdog_interval()
         if interval is not None:
             self._watchdog = asyncio.ensure_future(self._ping(interval))

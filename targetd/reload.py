@@ -34,6 +34,7 @@ _RESTART_ONLY = (
     "buffers_total",
     "buffers_per_session",
     "buffer_pool",
+    "workers",  # the processes and which targets each serves (docs/workers.md)
 )
 
 

@@ -352,7 +352,11 @@ class IscsiConnection(asyncio.BufferedProtocol):
         )
         self.server.logging_in.pop(self, None)
         if target is not None and self.conn.nexus is not None:
-            self.runtime = self.server.targets[target.name]
+            runtime = self.server.targets.get(target.name)
+            if runtime is None:  # a portal's target, moved to a worker as we logged in
+                self.close()
+                return
+            self.runtime = runtime
             self.runtime.connections.add(self)
             self.runtime.scsi.nexus_established(self.conn.nexus)
 
@@ -440,6 +444,7 @@ class TargetServer:
         self._ticker: asyncio.Task[None] | None = None
         self.now = time.monotonic()
         self.bound: list[tuple[str, int]] = []
+        self.portal_ports: list[int] = []  # the port each portal got, in config order
         # Targets other processes serve (targetd.workers): per portal, (target, port) for
         # the login redirect; empty for a daemon that serves its targets itself.
         self.moved: dict[Portal, tuple[tuple[str, int], ...]] = {}
@@ -501,6 +506,7 @@ class TargetServer:
             self._servers.append(server)
             for sock in server.sockets:
                 self.bound.append(sock.getsockname()[:2])
+            self.portal_ports.append(server.sockets[0].getsockname()[1])
         self._ticker = asyncio.ensure_future(self._tick())
 
     async def _tick(self) -> None:

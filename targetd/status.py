@@ -108,11 +108,19 @@ def render(status: dict[str, Any]) -> str:
     lines.append("Portals:")
     lines += [f"  {p['listen']} (tpgt {p['tpgt']}, advertised {p['advertise']})"
               for p in status["portals"]]  # fmt: skip
+    if status.get("workers"):  # a portal and its worker processes
+        lines.append("Workers:")
+    for w in status.get("workers", []):
+        lines.append(
+            f"  worker {w['index']} pid {w['pid']} ({w['state']}, {w['restarts']} restarts):"
+            f" ports {','.join(map(str, w['ports'])) or '-'}, targets {', '.join(w['targets'])}"
+        )
     lines.append(f"Sessions: {len(status['sessions'])}")
     for s in status["sessions"]:
         target = s["target"] or "(discovery)"
+        where = f" (worker {s['worker']})" if "worker" in s else ""
         lines.append(
-            f"  tsih {s['tsih']} {s['initiator']} isid {s['isid']} -> {target},"
+            f"  tsih {s['tsih']} {s['initiator']} isid {s['isid']} -> {target}{where},"
             f" {len(s['connections'])} connection(s),"
             f" {s['commands_in_flight']} command(s) in flight"
         )

@@ -55,8 +55,17 @@ def scope_of(volume_id: str) -> str:
 
 
 class PairManager:
-    def __init__(self, state_dir: Path, settings: PairSettings | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        settings: PairSettings | None = None,
+        *,
+        scopes: frozenset[str] | None = None,
+    ) -> None:
         self.dir = Path(state_dir) / "pairs"
+        # The scopes this manager owns (None: all): processes sharing a state dir, each
+        # serving some targets, each resume only their own pairs and groups.
+        self.scopes = scopes
         self.settings = settings or PairSettings()
         self.volumes: dict[str, PairVolume] = {}
         self.pairs: dict[tuple[str, str], Pair] = {}  # by (scope, name)
@@ -84,7 +93,7 @@ class PairManager:
         if not self.dir.is_dir():
             return
         for path in sorted([*self.dir.glob("*.pair"), *self.dir.glob("*/*.pair")]):
-            if path in self._loaded:
+            if path in self._loaded or not self._owns(path.parent):
                 continue
             try:
                 pair_file, meta, bitmaps = PairFile.open(path)
@@ -119,6 +128,11 @@ class PairManager:
             )
         await self._load_groups()
 
+    def _owns(self, directory: Path) -> bool:
+        if self.scopes is None:
+            return True
+        return ("" if directory == self.dir else unquote(directory.name)) in self.scopes
+
     async def _load_groups(self) -> None:
         """Read each scope's groups file (once), then finish what a crash interrupted: a
         group split that reached some members' headers and not others was never answered,
@@ -127,7 +141,7 @@ class PairManager:
         new: list[tuple[str, str]] = []
         for path in paths:
             scope = "" if path.parent == self.dir else unquote(path.parent.name)
-            if scope in self._groups_loaded or not path.is_file():
+            if scope in self._groups_loaded or not path.is_file() or not self._owns(path.parent):
                 continue
             try:
                 found = group_file.load(path)

@@ -1,0 +1,192 @@
+"""``targetd serve`` with worker processes: the portal process (docs/workers.md).
+
+The portal listens on the configured portals with the ordinary connection shell, whose
+login machine redirects each normal-session login to the worker serving its target;
+discovery sessions are served here. It builds no LUN. Its admin socket is the one
+``targetctl`` finds: ``status`` gathers from every worker, ``reload`` re-reads the file and
+fans out to them, a method naming a target goes to that target's worker. Its metrics
+endpoint serves every worker's families, each sample labelled ``worker``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from targetd import logs, reload, sdnotify, status
+from targetd.admin import SOCKET_NAME, Admin, AdminError
+from targetd.config import Config, ConfigError
+from targetd.metrics import Family, Metrics
+from targetd.server import TargetServer
+from targetd.workers import Supervisor, merge_families, merge_status
+
+log = logging.getLogger("targetd")
+FORWARD_TIMEOUT = 3600.0  # a forwarded method may copy a cartridge
+
+
+class Portal:
+    def __init__(
+        self, config: Config, argv: list[str], loader: Callable[[], Config] | None
+    ) -> None:
+        self.server = TargetServer(config, {})
+        self.loader = loader
+        self.supervisor = Supervisor(argv, config, on_change=self._route)
+        self.admin = Admin()
+        self.admin.register("status", lambda params: self.status())
+        self.admin.register("reload", lambda params: self.reload())
+        self.admin.fallback = self.forward
+        self.metrics = Metrics()
+        self.metrics.gather = self._gather_metrics
+        self._reloading = asyncio.Lock()
+        logs.scrubber.set_secrets(logs.config_secrets(config))
+
+    def _route(self) -> None:
+        self.server.moved = self.supervisor.routes(self.server.config.portals)
+
+    async def start(self) -> None:
+        await self.supervisor.start()
+        self._route()
+        await self.server.start()
+        config = self.server.config
+        await self.admin.start(config.state_dir / SOCKET_NAME)
+        if config.metrics_listen is not None:
+            await self.metrics.start(*config.metrics_listen)
+            host, port = self.metrics.bound  # type: ignore[misc]
+            log.info("metrics", extra=logs.fields(listen=f"{host}:{port}"))
+
+    async def stop(self, grace: float) -> None:
+        await self.server.stop(grace)
+        await self.supervisor.stop()
+        await self.metrics.stop()
+        await self.admin.stop()
+
+    # -- admin ----------------------------------------------------------------------------
+    async def status(self) -> dict[str, Any]:
+        snapshot = status.snapshot(self.server, {})
+        workers = self.supervisor.workers
+        answers = await asyncio.gather(
+            *(self.supervisor.call(w, "status", {}) for w in workers), return_exceptions=True
+        )
+        merge_status(snapshot, workers, answers)
+        return snapshot
+
+    async def reload(self) -> dict[str, list[str]]:
+        """Re-read the file; the workers apply their share (one reload at a time)."""
+        if self.loader is None:
+            return {"applied": [], "refused": ["no configuration file to reload"]}
+        async with self._reloading:
+            sdnotify.notify("RELOADING=1")
+            try:
+                return await self._reload(self.loader)
+            finally:
+                sdnotify.notify("READY=1")
+
+    async def _reload(self, loader: Callable[[], Config]) -> dict[str, list[str]]:
+        try:
+            new = loader()
+        except (ConfigError, OSError, ValueError, TypeError) as err:
+            log.error("reload refused", extra=logs.fields(error=str(err)))
+            return {"applied": [], "refused": [f"bad configuration: {err}"]}
+        old = self.server.config
+        plan = reload.plan(old, new)  # what only a restart changes stays as it runs
+        logs.scrubber.set_secrets(logs.config_secrets(plan.config))
+        result = await self.supervisor.assign(plan.config)
+        served = set(result["targets"])
+        targets = [t for t in plan.config.targets if t.name in served]
+        targets += [t for t in old.targets if t.name in served and plan.config.target(t.name)
+                    is None]  # fmt: skip
+        self.server.config = replace(plan.config, targets=tuple(targets))
+        self.supervisor.config = self.server.config
+        self._route()
+        refused = [*plan.refused, *(r for r in result["refused"] if r not in plan.refused)]
+        for change in result["applied"]:
+            log.info("reload applied", extra=logs.fields(change=change))
+        for change in refused:
+            log.warning("reload not applied", extra=logs.fields(change=change))
+        return {"applied": result["applied"], "refused": refused}
+
+    async def forward(self, method: str, params: dict[str, Any]) -> Any:
+        """A method the portal does not serve itself: to the worker of the target it names;
+        naming none, to every worker, and their lists are joined."""
+        supervisor = self.supervisor
+        target = params.get("target")
+        if isinstance(target, str):
+            worker = supervisor.owner(target)
+            if worker is None:
+                raise AdminError(f"no target {target!r}", "not_found")
+            return await supervisor.call(worker, method, params, timeout=FORWARD_TIMEOUT)
+        answers = await asyncio.gather(
+            *(supervisor.call(w, method, params, timeout=FORWARD_TIMEOUT)
+              for w in supervisor.workers)
+        )  # fmt: skip
+        if all(isinstance(a, list) for a in answers):
+            return [item for answer in answers for item in answer]
+        raise AdminError(
+            f"{method}: name the target (--target), this daemon runs worker processes",
+            "needs_target",
+        )
+
+    async def _gather_metrics(self, own: list[Family]) -> list[Family]:
+        workers = self.supervisor.workers
+        answers = await asyncio.gather(
+            *(self.supervisor.call(w, "metrics.families", {}) for w in workers),
+            return_exceptions=True,
+        )
+        return merge_families(own, workers, answers)
+
+
+async def serve_portal(
+    config: Config, argv: list[str], loader: Callable[[], Config] | None, drain: float
+) -> int:
+    portal = Portal(config, argv, loader)
+    try:
+        await portal.start()
+    except (OSError, RuntimeError) as err:
+        log.error("cannot serve: %s", err, extra=logs.fields(error=str(err)))
+        await portal.stop(0)
+        return 1
+    for target in config.targets:
+        worker = portal.supervisor.owner(target.name)
+        for host, port in portal.server.bound:
+            log.info(
+                "serving",
+                extra=logs.fields(
+                    target=target.name, portal=f"{host}:{port}",
+                    worker=None if worker is None else worker.index,
+                ),
+            )  # fmt: skip
+    sdnotify.notify("READY=1\nSTATUS=serving")
+    watchdog = None
+    interval = sdnotify.watchdog_interval()
+    if interval is not None:
+        watchdog = asyncio.ensure_future(_ping(interval))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[Any]] = set()
+
+    def on_hup() -> None:
+        task = asyncio.ensure_future(portal.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    await stop.wait()
+    log.info("stopping")
+    sdnotify.notify("STOPPING=1\nSTATUS=draining")
+    if watchdog is not None:
+        watchdog.cancel()
+    await portal.stop(drain)
+    log.info("stopped")
+    return 0
+
+
+async def _ping(interval: float) -> None:
+    while True:
+        sdnotify.notify("WATCHDOG=1")
+        await asyncio.sleep(interval)

@@ -1,0 +1,123 @@
+"""Worker processes: the ``[server] workers`` setting, placement of targets, what a worker
+serves, and how the portal merges its workers' status and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from targetd.config import ConfigError, parse_config
+from targetd.metrics import Family
+from targetd.reload import plan
+from targetd.workers import Worker, merge_families, merge_status, place, worker_config
+
+A, B, C = (f"iqn.2026-11.org.targetd:{n}" for n in "abc")
+
+
+def config(workers: object = None, names: tuple[str, ...] = (A, B), **extra: Any):  # type: ignore[no-untyped-def]
+    data: dict[str, Any] = {"target": [{"name": n, "lun": [{"lun": 0}]} for n in names]}
+    if workers is not None:
+        data["server"] = {"workers": workers}
+    data.update(extra)
+    return parse_config(data, base_dir=Path("/cfg"), state_dir=Path("/s"))
+
+
+def test_workers_default_to_one_and_take_a_count_or_auto() -> None:
+    assert config().workers == 1
+    assert config(2).workers == 2
+    cpus = len(os.sched_getaffinity(0))
+    assert config("auto").workers == min(2, cpus)  # never more than there are targets
+    assert config("auto", names=(A,)).workers == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (0, "server.workers: must be 1..256, got 0"),
+        (257, "server.workers: must be 1..256, got 257"),
+        ("two", "server.workers: expected a count or \"auto\", got 'two'"),
+        (True, "server.workers: expected a count or \"auto\", got True"),
+    ],
+)
+def test_bad_worker_counts_name_the_key(value: object, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config(value)
+    assert str(err.value) == message
+
+
+def test_unknown_key_in_server_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"server\.threads"):
+        parse_config(
+            {"server": {"threads": 2}, "target": [{"name": A}]},
+            base_dir=Path("/cfg"),
+            state_dir=Path("/s"),
+        )
+
+
+def test_targets_spread_evenly_and_keep_their_worker_across_a_reload() -> None:
+    four = config(2, names=(A, B, C, "iqn.2026-11.org.targetd:d"))
+    assert list(place(four).values()) == [0, 1, 0, 1]
+    # B went away: C (new) takes the worker with fewer targets, A stays where it was.
+    placed = place(config(2, names=(A, C)), {A: 0, B: 1})
+    assert placed == {A: 0, C: 1}
+
+
+def test_a_worker_serves_its_targets_on_ports_the_kernel_picks() -> None:
+    full = config(2, portal=[{"listen": "127.0.0.1:3260"}, {"listen": "0.0.0.0:3270", "tpgt": 2}])
+    mine = worker_config(full, [B])
+    assert [t.name for t in mine.targets] == [B]
+    assert [(p.listen_host, p.listen_port, p.advertised, p.tpgt) for p in mine.portals] == [
+        ("127.0.0.1", 0, "127.0.0.1:3260", 1),
+        ("0.0.0.0", 0, "0.0.0.0:3270", 2),
+    ]
+    assert (mine.workers, mine.metrics_listen) == (1, None)
+
+
+def test_changing_the_worker_count_needs_a_restart() -> None:
+    result = plan(config(2), config(3))
+    assert result.refused == ["workers changed: needs a restart"]
+    assert result.config.workers == 2
+
+
+def test_status_and_metrics_of_the_workers_are_merged_and_labelled() -> None:
+    workers = [Worker(0, [A], ports=[4000]), Worker(1, [B])]
+    own: dict[str, Any] = {"sessions": [{"tsih": 1, "target": None}], "luns": [{"x": 1}]}
+    answers: list[Any] = [
+        {"sessions": [{"tsih": 1, "target": A}], "luns": [{"target": A}], "pairs": []},
+        TimeoutError("worker 1 is restarting"),
+    ]
+    merge_status(own, workers, answers)
+    assert own["sessions"] == [{"tsih": 1, "target": None}, {"tsih": 1, "target": A, "worker": 0}]
+    assert own["luns"] == [{"target": A, "worker": 0}]
+    assert [(w["index"], w["state"], w["ports"]) for w in own["workers"]] == [
+        (0, "serving", [4000]),
+        (1, "starting", []),
+    ]
+    lag = Family("targetd_event_loop_lag_seconds_count", "counter", "probes")
+    lag.add(3)
+    families = merge_families(
+        [lag],
+        workers,
+        [[["targetd_event_loop_lag_seconds_count", "counter", "probes", [["", {}, 5]]]], []],
+    )
+    assert families[0].samples == [("", {}, 3), ("", {"worker": "0"}, 5)]
+
+
+def test_a_workers_pair_manager_leaves_other_targets_pair_files_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from urllib.parse import quote
+
+    from backing.pairs import PairManager
+
+    for scope in (A, B):
+        folder = tmp_path / "pairs" / quote(scope, safe="")
+        folder.mkdir(parents=True)
+        (folder / "p.pair").write_bytes(b"not a pair file")
+    asyncio.run(PairManager(tmp_path, scopes=frozenset([A])).start())
+    unreadable = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(unreadable) == 1 and quote(A, safe="") in unreadable[0]

@@ -1,0 +1,327 @@
+"""Per-target worker processes behind login redirection (docs/workers.md).
+
+With ``[server] workers = N`` (N > 1) the process started by ``targetd serve`` becomes the
+*portal*: it listens on the configured portals, answers discovery (SendTargets) and
+redirects every normal-session login to the worker process that serves its target (RFC
+7143 login status 0101h, built by the login state machine). Each worker is ``targetd
+serve`` itself, given some targets: it builds only their LUNs, listens on each portal's
+host at a port of its own, and runs the ordinary serve loop. Every I_T nexus of a target is
+in one process, so reservations, unit attentions, ALUA state, the pairs' bitmaps and the
+copy manager have one owner each, as with a single process; nothing crosses processes per
+command.
+
+Placement: every piece of state that spans LUNs is scoped to one target here (pairs and
+groups name one target; EXTENDED COPY reaches the LUs of the session's target only; a
+tape library's changer and drives are LUNs of one target), so a target is the unit. The
+ALUA port group states come from the configuration, and a reload reaches every worker.
+
+The portal supervises: a worker that dies is started again (its targets answer "service
+unavailable" meanwhile), the workers stop when the portal stops, and a worker whose portal
+disappears (its stdin closes) stops by itself. ``targetctl status`` and ``reload`` reach
+the portal, which gathers from or fans out to the workers; a method that names a target
+is handed to that target's worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from targetd import logs
+from targetd.admin import AdminError, request
+from targetd.config import Config, Portal
+from targetd.metrics import Family
+
+log = logging.getLogger("targetd")
+
+READY_TIMEOUT = 120.0  # seconds a worker may take to open its LUNs and listen
+STOP_TIMEOUT = 30.0  # after SIGTERM, before SIGKILL (a worker drains for up to 10 s)
+RESTART_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)  # backoff of a worker that keeps dying
+STABLE_SECONDS = 30.0  # a worker up this long starts the backoff afresh
+# Left out of a worker's environment: the portal alone talks to systemd.
+_SYSTEMD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+def socket_name(index: int) -> str:
+    return f"worker{index}.sock"
+
+
+# -- placement ----------------------------------------------------------------------------
+def place(config: Config, previous: dict[str, int] | None = None) -> dict[str, int]:
+    """Target name -> worker index. Targets placed before keep their worker (their
+    sessions and state are there); new ones go to the worker with the fewest targets."""
+    placement: dict[str, int] = {}
+    load = [0] * config.workers
+    for target in config.targets:
+        index = (previous or {}).get(target.name)
+        if index is not None and index < config.workers:
+            placement[target.name] = index
+            load[index] += 1
+    for target in config.targets:
+        if target.name not in placement:
+            index = min(range(config.workers), key=lambda i: (load[i], i))
+            placement[target.name] = index
+            load[index] += 1
+    return placement
+
+
+def worker_config(config: Config, targets: Collection[str]) -> Config:
+    """What a worker serves: its targets and their declared pairs and groups, on each
+    portal's host at a port the kernel picks; SendTargets from its sessions still names
+    the portal's address. Metrics and further workers are the portal's."""
+    owned = set(targets)
+    return replace(
+        config,
+        targets=tuple(t for t in config.targets if t.name in owned),
+        declared_pairs=tuple(p for p in config.declared_pairs if p.target in owned),
+        declared_groups=tuple(g for g in config.declared_groups if g.target in owned),
+        portals=tuple(replace(p, listen_port=0, advertise=p.advertised) for p in config.portals),
+        metrics_listen=None,
+        workers=1,
+    )
+
+
+def worker_argv(argv: list[str], index: int, targets: Iterable[str]) -> list[str]:
+    spec = json.dumps({"index": index, "targets": list(targets)})
+    return [sys.executable, "-m", "targetd", *argv, "--worker", spec]
+
+
+# -- the portal's side --------------------------------------------------------------------
+@dataclass
+class Worker:
+    index: int
+    targets: list[str]
+    process: asyncio.subprocess.Process | None = None
+    ports: list[int] = field(default_factory=list)  # per portal, in config order; [] = down
+    restarts: int = 0
+    started_at: float = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "pid": self.pid,
+            "targets": list(self.targets),
+            "ports": list(self.ports),
+            "state": "serving" if self.ports else "starting",
+            "restarts": self.restarts,
+        }
+
+
+class Supervisor:
+    """Starts the workers, restarts one that dies, stops them all."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        config: Config,
+        *,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.argv = argv
+        self.config = config
+        self.placement = place(config)
+        self.workers = [
+            Worker(i, [n for n, w in self.placement.items() if w == i])
+            for i in range(config.workers)
+        ]
+        self.on_change = on_change
+        self._stopping = False
+        self._runners: list[asyncio.Task[None]] = []
+        self._ready: list[asyncio.Event] = [asyncio.Event() for _ in self.workers]
+
+    def routes(self, portals: tuple[Portal, ...]) -> dict[Portal, tuple[tuple[str, int], ...]]:
+        """Per portal: each configured target and its worker's port there (0 while that
+        worker is not serving: the login is answered "service unavailable")."""
+        out = {}
+        for i, portal in enumerate(portals):
+            moved = []
+            for target in self.config.targets:
+                worker = self.workers[self.placement.get(target.name, 0)]
+                moved.append((target.name, worker.ports[i] if len(worker.ports) > i else 0))
+            out[portal] = tuple(moved)
+        return out
+
+    async def start(self) -> None:
+        """Start every worker; returns once all serve. Raises RuntimeError if one cannot."""
+        self._runners = [asyncio.ensure_future(self._run(w)) for w in self.workers]
+        ready: asyncio.Future[Any] = asyncio.ensure_future(
+            asyncio.gather(*(e.wait() for e in self._ready))
+        )
+        waiting: list[asyncio.Future[Any]] = [ready, *self._runners]
+        await asyncio.wait(waiting, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():  # timed out, or a worker exited before serving
+            ready.cancel()
+            await self.stop()
+            raise RuntimeError("a worker process did not start (see its messages above)")
+
+    async def _run(self, worker: Worker) -> None:
+        failures = 0
+        while not self._stopping:
+            ok = await self._spawn(worker)
+            process = worker.process
+            if process is not None:
+                await process.wait()
+            went = worker.ports
+            worker.ports = []
+            if self._stopping:
+                return
+            code = None if process is None else process.returncode
+            if not ok and not self._ready[worker.index].is_set():
+                # Never served: a configuration the worker refuses; the portal gives up.
+                raise RuntimeError(f"worker {worker.index} exited with status {code}")
+            if went:
+                self.on_change()
+            up = time.monotonic() - worker.started_at
+            failures = 0 if up > STABLE_SECONDS else failures + 1
+            delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS) - 1)]
+            log.warning(
+                "worker exited; restarting",
+                extra=logs.fields(worker=worker.index, pid=worker.pid, status=code, delay=delay),
+            )
+            worker.restarts += 1
+            await asyncio.sleep(delay)
+
+    async def _spawn(self, worker: Worker) -> bool:
+        env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_ENV}
+        worker.started_at = time.monotonic()
+        worker.process = process = await asyncio.create_subprocess_exec(
+            *worker_argv(self.argv, worker.index, worker.targets),
+            stdin=asyncio.subprocess.PIPE,  # closed when we go: the worker stops too
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,  # a terminal's Ctrl-C reaches the portal only
+        )
+        assert process.stdout is not None
+        line = await process.stdout.readline()
+        try:
+            ready = json.loads(line)
+            ports = [int(p) for p in ready["ports"]]
+        except (ValueError, KeyError, TypeError):
+            return False  # it exited (or said nonsense) before serving
+        worker.ports = ports
+        log.info(
+            "worker serving",
+            extra=logs.fields(
+                worker=worker.index, pid=process.pid, targets=",".join(worker.targets),
+                ports=",".join(map(str, ports)),
+            ),
+        )  # fmt: skip
+        self._ready[worker.index].set()
+        self.on_change()
+        return True
+
+    def owner(self, target: str) -> Worker | None:
+        index = self.placement.get(target)
+        return None if index is None else self.workers[index]
+
+    async def call(
+        self, worker: Worker, method: str, params: dict[str, Any], *, timeout: float = 30.0
+    ) -> Any:
+        """An admin request to one worker, over its socket in the state dir."""
+        path = self.config.state_dir / socket_name(worker.index)
+        if not worker.ports:
+            raise AdminError(f"worker {worker.index} is restarting; try again", "unavailable")
+        return await asyncio.to_thread(request, path, method, params, timeout=timeout)
+
+    async def call_all(self, method: str, params: dict[str, Any] | None = None) -> list[Any]:
+        return list(
+            await asyncio.gather(*(self.call(w, method, params or {}) for w in self.workers))
+        )
+
+    async def assign(self, config: Config) -> dict[str, list[str]]:
+        """A reload: new targets are placed, and every worker reloads with its share."""
+        self.placement = place(config, self.placement)
+        for worker in self.workers:
+            worker.targets = [n for n, w in self.placement.items() if w == worker.index]
+        results = await asyncio.gather(
+            *(self.call(w, "worker.reload", {"targets": w.targets}) for w in self.workers),
+            return_exceptions=True,
+        )
+        applied: list[str] = []
+        refused: list[str] = []
+        served: list[str] = []
+        for worker, result in zip(self.workers, results, strict=True):
+            if isinstance(result, BaseException):
+                refused.append(f"worker {worker.index}: {result}")
+                served += worker.targets  # as they were: it keeps what it had
+                continue
+            applied += [a for a in result["applied"] if a not in applied]
+            refused += [r for r in result["refused"] if r not in refused]
+            served += result["targets"]
+        # A target a worker kept (a paired LUN) stays placed; one it dropped is gone.
+        self.placement = {n: w for n, w in self.placement.items() if n in served}
+        for worker in self.workers:
+            worker.targets = [n for n, w in self.placement.items() if w == worker.index]
+        return {"applied": applied, "refused": refused, "targets": served}
+
+    async def stop(self) -> None:
+        """SIGTERM to every worker (each drains its sessions), SIGKILL after STOP_TIMEOUT."""
+        self._stopping = True
+        running = [w.process for w in self.workers if w.process and w.process.returncode is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        if running:
+            waits = [asyncio.ensure_future(p.wait()) for p in running]
+            _, late = await asyncio.wait(waits, timeout=STOP_TIMEOUT)
+            for process in running:
+                if process.returncode is None:
+                    log.warning("worker did not stop; killed", extra=logs.fields(pid=process.pid))
+                    process.kill()
+            if late:
+                await asyncio.wait(late)
+        for runner in self._runners:
+            runner.cancel()
+        await asyncio.gather(*self._runners, return_exceptions=True)
+
+
+# -- gathering ------------------------------------------------------------------------------
+def merge_status(portal: dict[str, Any], workers: list[Worker], answers: list[Any]) -> None:
+    """The portal's own snapshot (its portals, discovery sessions) plus each worker's
+    sessions, LUNs, pairs and copies, each marked with the worker that has it."""
+    portal["workers"] = [w.status() for w in workers]
+    portal["luns"] = []
+    for worker, answer in zip(workers, answers, strict=True):
+        if isinstance(answer, BaseException):
+            continue
+        for section in ("sessions", "luns", "pairs", "copy_operations"):
+            for item in answer.get(section) or []:
+                portal.setdefault(section, []).append({**item, "worker": worker.index})
+
+
+def families_to_json(families: Iterable[Family]) -> list[list[Any]]:
+    return [[f.name, f.kind, f.help, [[s, dict(lb), v] for s, lb, v in f.samples]]
+            for f in families]  # fmt: skip
+
+
+def merge_families(own: list[Family], workers: list[Worker], answers: list[Any]) -> list[Family]:
+    """One exposition: the families of every worker, each sample labelled with its worker."""
+    by_name = {f.name: f for f in own}
+    out = list(own)
+    for worker, answer in zip(workers, answers, strict=True):
+        if isinstance(answer, BaseException):
+            continue
+        for name, kind, help_text, samples in answer:
+            family = by_name.get(name)
+            if family is None:
+                family = by_name[name] = Family(name, kind, help_text)
+                out.append(family)
+            for suffix, labels, value in samples:
+                family.add(value, {**labels, "worker": str(worker.index)}, suffix)
+    return out
+
+
+def state_dir_sockets(state_dir: Path, count: int) -> list[Path]:
+    return [state_dir / socket_name(i) for i in range(count)]

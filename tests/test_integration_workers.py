@@ -1,0 +1,224 @@
+"""Worker processes (docs/workers.md): a portal redirects each login to the process serving
+its target, with real clients (libiscsi's tools and QEMU follow the redirect)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from clients import run
+from conftest import REPO, Daemon, DaemonFactory, free_port
+from raw_initiator import RawInitiator, decode_keys
+
+A = "iqn.2026-11.org.targetd.test:wa"
+B = "iqn.2026-11.org.targetd.test:wb"
+C = "iqn.2026-11.org.targetd.test:wc"
+
+
+def target(name: str) -> str:
+    return f'[[target]]\nname = "{name}"\n[[target.lun]]\nlun = 0\nsize = "64MiB"\n'
+
+
+CONFIG = "[server]\nworkers = 2\n" + target(A) + target(B)
+
+
+def status(daemon: Daemon) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-m", "targetd.ctl", "status", "--json", "--state-dir",
+         str(daemon.state_dir)],
+        cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped has stopped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def redirect(daemon: Daemon, name: str) -> tuple[int, dict[str, str]]:
+    """A login at the portal: its status and keys."""
+    with RawInitiator(daemon.port) as ini:
+        resp = ini.login(name)
+        return int.from_bytes(resp.bhs[36:38], "big"), decode_keys(resp.data)
+
+
+def worker_port(daemon: Daemon, name: str) -> tuple[int, int]:
+    """(pid, port) of the worker serving ``name``, once it serves."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for w in status(daemon)["workers"]:
+            if name in w["targets"] and w["state"] == "serving":
+                return w["pid"], w["ports"][0]
+        time.sleep(0.1)
+    pytest.fail(f"no worker serves {name}:\n{daemon.stderr}")
+
+
+def session_on_worker(port: int, name: str, initiator: str) -> RawInitiator:
+    ini = RawInitiator(port, name=initiator)
+    resp = ini.login(name)
+    assert resp.bhs[36:38] == b"\0\0", resp.bhs.hex()
+    return ini
+
+
+def test_each_target_is_served_by_its_own_worker_process(targetd_factory: DaemonFactory) -> None:
+    daemon = targetd_factory(CONFIG)
+    assert daemon.proc is not None
+    workers = status(daemon)["workers"]
+    assert [w["targets"] for w in workers] == [[A], [B]]
+    pids = [w["pid"] for w in workers]
+    assert len(set(pids)) == 2 and daemon.proc.pid not in pids
+    assert [parent_of(pid) for pid in pids] == [daemon.proc.pid] * 2
+    # The portal redirects (RFC 7143 0101h) to the address the initiator dialled.
+    for name, worker in ((A, workers[0]), (B, workers[1])):
+        code, keys = redirect(daemon, name)
+        assert code == 0x0101
+        assert keys == {"TargetAddress": f"127.0.0.1:{worker['ports'][0]},1"}
+    # Real clients follow it: data written through the portal reads back, per target.
+    for name, pattern in ((A, "0x5a"), (B, "0xa5")):
+        url = f"iscsi://127.0.0.1:{daemon.port}/{name}/0"
+        run("qemu-io", "-f", "raw", "-c", f"write -P {pattern} 0 1M", url)
+    for name, pattern in ((A, "0x5a"), (B, "0xa5")):
+        url = f"iscsi://127.0.0.1:{daemon.port}/{name}/0"
+        out = run("qemu-io", "-f", "raw", "-c", f"read -P {pattern} 0 1M", url).stdout
+        assert "Pattern verification failed" not in out and "read 1048576/1048576" in out
+    listing = run("iscsi-ls", "-s", f"iscsi://127.0.0.1:{daemon.port}").stdout
+    assert f"Target:{A} Portal:127.0.0.1:{daemon.port},1" in listing  # discovery: the portal
+    assert listing.count("Lun:0    Type:DIRECT_ACCESS") == 2  # and a login to each worker
+    # A session lives in its target's worker, as `targetctl status` shows.
+    with session_on_worker(workers[0]["ports"][0], A, "iqn.2026-11.org.targetd.test:h1"):
+        sessions = status(daemon)["sessions"]
+        assert [(s["target"], s["worker"]) for s in sessions] == [(A, 0)]
+
+
+def test_unit_attentions_and_reservations_stay_exact_and_a_killed_worker_comes_back(
+    targetd_factory: DaemonFactory,
+) -> None:
+    daemon = targetd_factory(CONFIG)
+    pid_a, port_a = worker_port(daemon, A)
+    pid_b, port_b = worker_port(daemon, B)
+    h1, h2 = "iqn.2026-11.org.targetd.test:h1", "iqn.2026-11.org.targetd.test:h2"
+    one = session_on_worker(port_a, A, h1)
+    two = session_on_worker(port_a, A, h2)
+    other = session_on_worker(port_b, B, h1)
+    try:
+        # A new I_T nexus sees POWER ON OCCURRED (29h/00h) once, then nothing.
+        for ini in (one, two, other):
+            code, _, sense = ini.command(bytes(6))
+            assert (code, sense[2] & 0x0F, sense[12], sense[13]) == (2, 6, 0x29, 0x00)
+            assert ini.command(bytes(6))[0] == 0
+        # RESERVE(6) by h1 on A: h2 gets RESERVATION CONFLICT; h1's nexus to B is free.
+        assert one.command(bytes([0x16, 0, 0, 0, 0, 0]))[0] == 0
+        assert two.command(bytes(6))[0] == 0x18
+        assert other.command(bytes([0x16, 0, 0, 0, 0, 0]))[0] == 0  # B is another LU
+        # Worker B dies: A's sessions go on, B's login is "service unavailable" (0301h)
+        # until the portal has started B's worker again, then redirected to the new one.
+        os.kill(pid_b, signal.SIGKILL)
+        assert other.closed_by_target()
+        assert one.command(bytes(6))[0] == 0 and two.command(bytes(6))[0] == 0x18
+        new_pid, new_port = worker_port(daemon, B)
+        assert new_pid != pid_b and parent_of(new_pid) == daemon.proc.pid  # type: ignore[union-attr]
+        code, keys = redirect(daemon, B)
+        assert (code, keys) == (0x0101, {"TargetAddress": f"127.0.0.1:{new_port},1"})
+        # The new process is a power-on for B's LU: the reservation is gone, UA once.
+        with session_on_worker(new_port, B, h2) as again:
+            code, _, sense = again.command(bytes(6))
+            assert (code, sense[12], sense[13]) == (2, 0x29, 0x00)
+            assert again.command(bytes(6))[0] == 0
+        assert [w["restarts"] for w in status(daemon)["workers"]] == [0, 1]
+        assert alive(pid_a)
+    finally:
+        for ini in (one, two, other):
+            ini.close()
+
+
+def test_a_restarting_worker_answers_service_unavailable(targetd_factory: DaemonFactory) -> None:
+    daemon = targetd_factory(CONFIG)
+    pid_b, _ = worker_port(daemon, B)
+    os.kill(pid_b, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    seen = []
+    while time.monotonic() < deadline and 0x0101 not in seen[1:]:
+        code, _ = redirect(daemon, B)
+        if not seen or seen[-1] != code:
+            seen.append(code)
+    # Redirected before the kill was noticed, unavailable while a new process starts
+    # (it takes a Python start, far longer than a login), then redirected again.
+    assert seen in ([0x0101, 0x0301, 0x0101], [0x0301, 0x0101]), seen
+    assert redirect(daemon, A)[0] == 0x0101
+
+
+def test_sigterm_stops_every_worker_and_a_killed_portal_leaves_no_orphan(
+    targetd_factory: DaemonFactory,
+) -> None:
+    daemon = targetd_factory(CONFIG)
+    pids = [w["pid"] for w in status(daemon)["workers"]]
+    assert daemon.stop() == 0
+    assert not any(alive(pid) for pid in pids)
+    daemon.start()
+    pids = [w["pid"] for w in status(daemon)["workers"]]
+    assert daemon.proc is not None
+    os.kill(daemon.proc.pid, signal.SIGKILL)
+    daemon.proc.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in pids), "a worker outlived its portal"
+
+
+def test_reload_adds_and_removes_targets_across_workers(targetd_factory: DaemonFactory) -> None:
+    daemon = targetd_factory(CONFIG)
+    assert daemon.config is not None
+    daemon.config.write_text("[server]\nworkers = 2\n" + target(A) + target(C))
+    proc = subprocess.run(
+        [sys.executable, "-m", "targetd.ctl", "reload", "--json", "--state-dir",
+         str(daemon.state_dir)],
+        cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert f"target {C} added" in result["applied"]
+    assert f"target {B} removed: its sessions are logged out" in result["applied"]
+    assert result["refused"] == []
+    workers = status(daemon)["workers"]
+    assert [w["targets"] for w in workers] == [[A], [C]]  # C takes the worker B left
+    code, keys = redirect(daemon, C)
+    assert (code, keys) == (0x0101, {"TargetAddress": f"127.0.0.1:{workers[1]['ports'][0]},1"})
+    assert redirect(daemon, B)[0] == 0x0203  # not found, at the portal
+    run("iscsi-inq", f"iscsi://127.0.0.1:{daemon.port}/{C}/0")
+
+
+def test_metrics_gather_every_worker(targetd_factory: DaemonFactory) -> None:
+    port = free_port()
+    daemon = targetd_factory(CONFIG + f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    for name, size in ((A, "1M"), (B, "2M")):
+        run("qemu-io", "-f", "raw", "-c", f"write 0 {size}", f"iscsi://{daemon.portal}/{name}/0")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    for name, worker, size in ((A, "0", 1 << 20), (B, "1", 2 << 20)):
+        want = f'targetd_lun_bytes_total{{target="{name}",lun="0",op="write",worker="{worker}"}}'
+        assert f"{want} {size}\n" in text, text
+    assert text.count("# TYPE targetd_lun_bytes_total counter") == 1
+
+
+def test_workers_1_is_one_process(targetd_factory: DaemonFactory) -> None:
+    daemon = targetd_factory(target(A) + target(B))
+    snapshot = status(daemon)
+    assert "workers" not in snapshot
+    assert redirect(daemon, A)[0] == 0  # logs in right here
