@@ -562,7 +562,9 @@ def _gateway(
             if lun.rbd.cache != "none":
                 raise ConfigError(
                     f"{key}.cache",
-                    'a gateway needs cache = "none": the other gateway reads the cluster directly',
+                    f'a gateway needs cache = "none": with "{lun.rbd.cache}" librbd acknowledges '
+                    "writes before the OSDs have them, and a read through the other gateway, "
+                    "which reads the cluster, would miss them (docs/rbd.md)",
                 )
     return GatewayConfig(peers, hold_ms, takeover_ms, unit_attention)
 

@@ -545,6 +545,8 @@ PEER = '[[gateway.peer]]\nportal = "127.0.0.2:3260"\ntpgt = 2\nport_group = 2\n'
         ("[gateway]\n" + PEER + TARGET, "target[0].lun[0].kind", "rbd LUNs only"),
         ("[gateway]\n" + PEER + RBD_TARGET + 'cache = "writeback"\n', "target[0].lun[0].cache",
          'cache = "none"'),
+        ("[gateway]\n" + PEER + RBD_TARGET + 'cache = "writearound"\n',
+         "target[0].lun[0].cache", 'with "writearound" librbd acknowledges writes before'),
         ('[[portal]]\nlisten = "127.0.0.1:1"\n[[portal]]\nlisten = "127.0.0.1:2"\ntpgt = 3\n'
          "port_group = 3\n[gateway]\n" + PEER + RBD_TARGET, "portal", "one port_group"),
         ("[gateway]\nhold_ms = -1\n" + PEER + RBD_TARGET, "gateway.hold_ms", "0..60000"),
