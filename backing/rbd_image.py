@@ -62,6 +62,10 @@ _POLL_BATCH = 64
 MAX_IN_FLIGHT_OPS = 256
 MAX_IN_FLIGHT_BYTES = 64 << 20
 WRITEAROUND_INFLIGHT_OPS = 65536
+# Adjacent reads (or writes) asked for in one turn of the loop go to librbd as one vectored
+# request of at most this many pieces and bytes (``RbdImage._unplug``).
+MERGE_MAX_REQUESTS = 64
+MERGE_MAX_BYTES = 1 << 20
 # void (*rbd_callback_t)(rbd_completion_t cb, void *arg)
 _COMPLETION_CALLBACK = CFUNCTYPE(None, c_void_p, c_void_p)
 
@@ -229,6 +233,40 @@ def _release_cluster(cluster: _Cluster) -> None:
     lib().rados_shutdown(cluster.handle)
 
 
+class _IoVec(ctypes.Structure):
+    """struct iovec"""
+
+    _fields_ = [("base", c_void_p), ("length", ctypes.c_size_t)]
+
+
+class _Request:
+    """One read, write or other request of the store, waiting for librbd."""
+
+    __slots__ = ("addr", "done", "finished", "keep", "length", "offset", "write")
+
+    def __init__(
+        self,
+        done: asyncio.Future[int],
+        write: bool = False,
+        offset: int = 0,
+        length: int = 0,
+        addr: int = 0,
+        keep: object = None,
+    ) -> None:
+        self.done = done
+        self.write = write
+        self.offset = offset
+        self.length = length
+        self.addr = addr
+        self.keep = keep
+        self.finished = False
+
+    def finish(self, ret: int) -> None:
+        self.finished = True
+        if not self.done.done():
+            self.done.set_result(ret)
+
+
 class RbdError(OSError):
     """An image cannot be reached, opened or created (at start: names the image)."""
 
@@ -273,8 +311,11 @@ class RbdImage:
         # The allocation this client keeps is exact while it is the image's only writer.
         self.allocation_known = True
         self._open()
-        self._pending: dict[int, tuple[asyncio.Future[int], object]] = {}
-        self._next_key = 0
+        # Requests librbd holds, by completion: each a group of one or more (merged).
+        self._pending: dict[int, tuple[list[_Request], object]] = {}
+        # Reads and writes asked for in this turn of the loop, not yet given to librbd.
+        self._plug: list[_Request] = []
+        self.merged_requests = 0  # reads and writes that went to librbd merged with others
         self._polled = (c_void_p * _POLL_BATCH)()
         # librbd (16.2) leaves compare-and-write out of the eventfd notification: that one
         # completion calls back on librbd's thread, which queues it here and signals the fd.
@@ -325,9 +366,10 @@ class RbdImage:
             self._loop.remove_reader(self._efd)
         self._loop = None
         await loop.run_in_executor(None, self._teardown)
-        for done, _ in self._pending.values():
-            if not done.done():
-                done.set_result(-errno.ESHUTDOWN)
+        plug, self._plug = self._plug, []
+        for group in [plug, *(group for group, _ in self._pending.values())]:
+            for request in group:
+                request.finish(-errno.ESHUTDOWN)
         self._pending.clear()
         self._called_back.clear()
         await loop.run_in_executor(None, self._open)
@@ -402,12 +444,29 @@ class RbdImage:
 
     def _finish(self, comp: int | None) -> None:
         rbd = lib()
-        key = rbd.rbd_aio_get_arg(comp)
         ret = rbd.rbd_aio_get_return_value(comp)
         rbd.rbd_aio_release(comp)
-        entry = self._pending.pop(key, None)
-        if entry is not None and not entry[0].done():
-            entry[0].set_result(ret)
+        entry = self._pending.pop(comp or 0, None)
+        if entry is not None:
+            for request in entry[0]:
+                request.finish(ret)
+
+    async def _admit(
+        self, op: str, offset: int | None, length: int | None, data_bytes: int
+    ) -> _Cluster:
+        """Count one request in the client's budget (waiting while it is full)."""
+        cluster = self._cluster
+        if cluster is None or not self._image:  # closed, or being reopened after a fence
+            raise _store_error(errno.ESHUTDOWN, self.path, op, offset, length)
+        if (
+            cluster.in_flight_ops >= MAX_IN_FLIGHT_OPS
+            or cluster.in_flight_bytes + data_bytes > MAX_IN_FLIGHT_BYTES
+        ):
+            await cluster.admit(data_bytes)
+        else:
+            cluster.in_flight_ops += 1
+            cluster.in_flight_bytes += data_bytes
+        return cluster
 
     async def _run(
         self,
@@ -420,65 +479,121 @@ class RbdImage:
         callback: bool = False,
         data_bytes: int = 0,
     ) -> int:
-        """Queue one request (``submit(completion) -> int``) and wait for its result."""
-        cluster = self._cluster
-        if cluster is None or not self._image:  # closed, or being reopened after a fence
-            raise _store_error(errno.ESHUTDOWN, self.path, op, offset, length)
-        if (
-            cluster.in_flight_ops >= MAX_IN_FLIGHT_OPS
-            or cluster.in_flight_bytes + data_bytes > MAX_IN_FLIGHT_BYTES
-        ):
-            await cluster.admit(data_bytes)
-        else:
-            cluster.in_flight_ops += 1
-            cluster.in_flight_bytes += data_bytes
+        """Queue one request (``submit(completion) -> int``) and wait for its result.
+        Reads and writes asked for before it go to librbd first (submission order)."""
+        cluster = await self._admit(op, offset, length, data_bytes)
         try:
-            return await self._submit(op, offset, length, keep, submit, callback)
+            loop = self._attach()
+            if self._plug:
+                self._unplug()
+            request = _Request(loop.create_future())
+            comp = self._completion([request], keep, callback)
+            if comp is not None:
+                self._submitted(comp, submit(comp))  # type: ignore[operator]
+            return await self._wait(request, op, offset, length)
         finally:
             cluster.release(data_bytes)
 
-    async def _submit(
-        self,
-        op: str,
-        offset: int | None,
-        length: int | None,
-        keep: object,
-        submit: object,
-        callback: bool,
-    ) -> int:
-        loop = self._attach()
+    async def _io(self, write: bool, offset: int, n: int, addr: int, keep: object) -> None:
+        """A read or write, given to librbd at the end of this turn of the loop with those
+        asked for in the same turn, adjacent ones merged into one request (``_unplug``)."""
+        op = "write" if write else "read"
+        cluster = await self._admit(op, offset, n, n)
+        try:
+            loop = self._attach()
+            request = _Request(loop.create_future(), write, offset, n, addr, keep)
+            if not self._plug:
+                loop.call_soon(self._unplug)
+            self._plug.append(request)
+            await self._wait(request, op, offset, n)
+        finally:
+            cluster.release(n)
+
+    def _unplug(self) -> None:
+        """Give librbd the reads and writes asked for since the last time, in order; a run
+        of adjacent ones of the same kind (a sequential stream: one command per 4 KiB
+        block) goes as one vectored request: one OSD operation, one completion."""
+        plug, self._plug = self._plug, []
+        if not plug:
+            return
+        image = self._image
         rbd = lib()
-        key = self._next_key = self._next_key + 1
+        i, count = 0, len(plug)
+        while i < count:
+            first = plug[i]
+            end = first.offset + first.length
+            j = i + 1
+            while (
+                j < count
+                and j - i < MERGE_MAX_REQUESTS
+                and plug[j].write == first.write
+                and plug[j].offset == end
+                and end + plug[j].length - first.offset <= MERGE_MAX_BYTES
+            ):
+                end += plug[j].length
+                j += 1
+            if not image:
+                for request in plug[i:j]:
+                    request.finish(-errno.ESHUTDOWN)
+            elif j == i + 1:
+                comp = self._completion([first], first.keep, False)
+                if comp is not None:
+                    aio = rbd.rbd_aio_write if first.write else rbd.rbd_aio_read
+                    self._submitted(comp, aio(image, first.offset, first.length, first.addr, comp))
+            else:
+                group = plug[i:j]
+                self.merged_requests += len(group)
+                iov = (_IoVec * len(group))()
+                for k, request in enumerate(group):
+                    iov[k].base = request.addr
+                    iov[k].length = request.length
+                comp = self._completion(group, (iov, [r.keep for r in group]), False)
+                if comp is not None:
+                    aiov = rbd.rbd_aio_writev if first.write else rbd.rbd_aio_readv
+                    self._submitted(comp, aiov(image, iov, len(group), first.offset, comp))
+            i = j
+
+    def _completion(self, group: list[_Request], keep: object, callback: bool) -> c_void_p | None:
+        """A librbd completion for ``group`` (None: refused, and the group finished)."""
         comp = c_void_p()
-        check(
-            rbd.rbd_aio_create_completion(
-                c_void_p(key), self._callback_ptr if callback else None, byref(comp)
-            ),
-            "completion",
+        ret = lib().rbd_aio_create_completion(
+            None, self._callback_ptr if callback else None, byref(comp)
         )
-        done: asyncio.Future[int] = loop.create_future()
-        self._pending[key] = (done, keep)
-        ret = submit(comp)  # type: ignore[operator]
         if ret < 0:
-            del self._pending[key]
-            rbd.rbd_aio_release(comp)
-        else:
-            cancelled = False
-            while True:
-                try:
-                    ret = await done
+            for request in group:
+                request.finish(ret)
+            return None
+        self._pending[comp.value or 0] = (group, keep)
+        return comp
+
+    def _submitted(self, comp: c_void_p, ret: int) -> None:
+        """After the ``rbd_aio_*`` call: one that refused finishes its group now."""
+        if ret < 0:
+            group, _ = self._pending.pop(comp.value or 0)
+            lib().rbd_aio_release(comp)
+            for request in group:
+                request.finish(ret)
+
+    async def _wait(
+        self, request: _Request, op: str, offset: int | None, length: int | None
+    ) -> int:
+        """The result of ``request``. Cancelled, it still waits while librbd holds its
+        buffer and may still change the image, then raises CancelledError. (A plugged
+        request is always given to librbd first: ``_unplug`` was scheduled before any
+        cancellation could wake its waiter.)"""
+        cancelled = False
+        while True:
+            try:
+                ret = await request.done
+                break
+            except asyncio.CancelledError:
+                cancelled = True
+                if request.finished:
+                    ret = 0
                     break
-                except asyncio.CancelledError:
-                    # librbd still holds the buffer and may still change the image: the
-                    # waiter stays until it is done (a fresh future, as this one is spent).
-                    cancelled = True
-                    if key not in self._pending:
-                        ret = 0
-                        break
-                    done = loop.create_future()
-                    self._pending[key] = (done, keep)
-            if cancelled:
-                raise asyncio.CancelledError
+                request.done = asyncio.get_running_loop().create_future()
+        if cancelled:
+            raise asyncio.CancelledError
         if ret < 0:
             raise _store_error(-ret, self.path, op, offset, length)
         return ret
@@ -490,30 +605,14 @@ class RbdImage:
         if not n:
             return
         addr, keep = _buffer_address(buf)
-        image = self._image
-        await self._run(
-            "read",
-            offset,
-            n,
-            keep,
-            lambda c: lib().rbd_aio_read(image, offset, n, addr, c),
-            data_bytes=n,
-        )
+        await self._io(False, offset, n, addr, keep)
 
     async def write(self, offset: int, data: bytes | memoryview, *, fua: bool = False) -> None:
         """Write ``data`` at ``offset``; with ``fua``, held by the cluster before returning."""
         n = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
         if n:
             addr, keep = _buffer_address(data)
-            image = self._image
-            await self._run(
-                "write",
-                offset,
-                n,
-                keep,
-                lambda c: lib().rbd_aio_write(image, offset, n, addr, c),
-                data_bytes=n,
-            )
+            await self._io(True, offset, n, addr, keep)
             self.allocation.add(offset, offset + n)
         if fua and self.spec.cache != "none":
             await self.flush()
@@ -726,9 +825,7 @@ class RbdImage:
         """Remove ``address`` (an old client of ours, shut down) from the blocklist
         (blocking: a monitor command)."""
         assert self._cluster is not None
-        self._cluster.mon_command(
-            {"prefix": "osd blocklist", "blocklistop": "rm", "addr": address}
-        )
+        self._cluster.mon_command({"prefix": "osd blocklist", "blocklistop": "rm", "addr": address})
 
     def release_lock_now(self) -> None:
         """``release_lock``, blocking (at shutdown)."""
@@ -750,8 +847,9 @@ class RbdImage:
 
     def close(self) -> None:
         """Close the image (blocking: librbd flushes and releases its lock)."""
-        if self._pending:
-            log.warning("%s: closing with %d requests in flight", self.path, len(self._pending))
+        if self._pending or self._plug:
+            in_flight = len(self._plug) + sum(len(g) for g, _ in self._pending.values())
+            log.warning("%s: closing with %d requests in flight", self.path, in_flight)
         self._teardown()
 
     def _teardown(self) -> None:

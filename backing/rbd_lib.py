@@ -125,6 +125,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     # librbd: asynchronous I/O
     "rbd_aio_read": (c_int, [c_void_p, c_uint64, c_size_t, c_void_p, c_void_p]),
     "rbd_aio_write": (c_int, [c_void_p, c_uint64, c_size_t, c_void_p, c_void_p]),
+    "rbd_aio_readv": (c_int, [c_void_p, c_void_p, c_int, c_uint64, c_void_p]),
+    "rbd_aio_writev": (c_int, [c_void_p, c_void_p, c_int, c_uint64, c_void_p]),
     "rbd_aio_discard": (c_int, [c_void_p, c_uint64, c_uint64, c_void_p]),
     "rbd_aio_write_zeroes": (c_int, [c_void_p, c_uint64, c_size_t, c_void_p, c_int, c_int]),
     "rbd_aio_flush": (c_int, [c_void_p, c_void_p]),
