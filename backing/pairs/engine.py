@@ -179,6 +179,9 @@ class Pair:
         # The id of the group split that split this pair (None: split alone, or mirroring):
         # a restart finds a group split that did not reach every member's header by it.
         self.group_split: str | None = meta.get("group_split")
+        # The last group split this header has taken in (never cleared by a resync): a
+        # restart brings a header that predates its group's last split record up to date.
+        self.group_seen: str | None = meta.get("group_seen")
         self.group: str | None = None  # kept by the manager (the group file), not the header
         self.initializing: bool = meta.get("initializing", False)
         policy = meta.get("backup_policy")
@@ -230,6 +233,7 @@ class Pair:
             "error": self.error,
             "split_time": self.split_time,
             "group_split": self.group_split,
+            "group_seen": self.group_seen,
             "initializing": self.initializing,
             "backup_policy": None if self.backup_policy is None else int(self.backup_policy),
             "split_snapshot": self.split_snapshot,
@@ -298,6 +302,10 @@ class Pair:
                     log.exception("pair %s: %s failed", self.name, what)
                     await self._fail(_reason_of(err, os_reason), err)
                 await asyncio.sleep(FAILED_LOOP_PAUSE)  # a fault that repeats cannot spin
+
+    async def fail(self, reason: SuspendReason, err: BaseException) -> None:
+        """SUSPENDED because of ``err`` (a write of state the pair relies on failed)."""
+        await self._fail(reason, err)
 
     async def _fail(self, reason: SuspendReason, err: BaseException) -> None:
         """The pair goes SUSPENDED because of ``err``, shown in its status. If even the
@@ -382,6 +390,8 @@ class Pair:
         self._splits += 1
         self.split_time = when
         self.group_split = group_split
+        if group_split is not None:
+            self.group_seen = group_split
         self._set_phase(phase)
 
     async def write_header(self) -> None:

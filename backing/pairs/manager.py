@@ -22,11 +22,14 @@ import re
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote
 
 from backing.pairs import groups as group_file
 from backing.pairs.bitmap import PAGE_BITS, ChunkBitmap
 from backing.pairs.engine import Pair, PairSettings, PairStatus
+from backing.pairs.group_log import SUFFIX as GROUP_LOG_SUFFIX
+from backing.pairs.group_log import GroupLog, SplitRecord
 from backing.pairs.groups import GROUPS_FILE, GroupStatus
 from backing.pairs.journal import REGIONS, PairFile, PairFileError
 from backing.pairs.states import (
@@ -74,6 +77,17 @@ class PairManager:
         self._lock = asyncio.Lock()  # one create/delete at a time: they check then act
         self._loaded: set[Path] = set()  # pair files resumed (start() may run again)
         self._groups_loaded: set[str] = set()  # scopes whose groups file was read
+        # Each group's split record file (backing/pairs/group_log.py), by (scope, name).
+        self.group_logs: dict[tuple[str, str], GroupLog] = {}
+        # Members whose header may predate their group's last split, by (scope, pair):
+        # (group, record). A pair loaded by start() is brought up to date first.
+        self._behind: dict[tuple[str, str], tuple[str, SplitRecord]] = {}
+        # A group split's background header writes, by group: awaited before the group's
+        # record is written again or its membership changes.
+        self._settling: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # One split / resync / reverse resync of a group at a time: a split in the middle
+        # of a resync would take pairs whose resync is not yet on disk.
+        self._group_ops: dict[tuple[str, str], asyncio.Lock] = {}
 
     def register_volume(self, volume: PairVolume) -> None:
         self.volumes[volume.volume_id] = volume
@@ -92,6 +106,8 @@ class PairManager:
         were missing before are resumed then; those already running are left alone."""
         if not self.dir.is_dir():
             return
+        self._read_group_logs()
+        resumed: builtins.list[tuple[str, str]] = []
         for path in sorted([*self.dir.glob("*.pair"), *self.dir.glob("*/*.pair")]):
             if path in self._loaded or not self._owns(path.parent):
                 continue
@@ -99,6 +115,12 @@ class PairManager:
                 pair_file, meta, bitmaps = PairFile.open(path)
             except (OSError, PairFileError, ValueError, KeyError) as err:
                 log.error("pair file %s unreadable, ignored: %s", path, err)
+                continue
+            try:
+                meta = self._catch_up(pair_file, meta)
+            except OSError as err:
+                log.error("pair %s: its header cannot be written, left as is: %s", path, err)
+                pair_file.close()
                 continue
             if meta.get("phase") == Phase.DELETE.name:
                 pair_file.remove()
@@ -117,6 +139,7 @@ class PairManager:
             pair = Pair(meta, source, target, pair_file, bitmaps, self.settings)
             pair.attach()
             self.pairs[(scope_of(pair.source.volume_id), pair.name)] = pair
+            resumed.append((scope_of(pair.source.volume_id), pair.name))
             await pair.start()
             status = pair.status()
             log.info(
@@ -126,17 +149,87 @@ class PairManager:
                 status.phase.target.label,
                 status.dirty_chunks,
             )
-        await self._load_groups()
+        await self._load_groups(resumed)
+        await self._write_caught_up()
 
     def _owns(self, directory: Path) -> bool:
         if self.scopes is None:
             return True
         return ("" if directory == self.dir else unquote(directory.name)) in self.scopes
 
-    async def _load_groups(self) -> None:
+    def _read_group_logs(self) -> None:
+        """Open each group's split record file (once) and note the members whose headers
+        may not carry the group's last split yet."""
+        for path in [*self.dir.glob(f"*{GROUP_LOG_SUFFIX}"),
+                     *self.dir.glob(f"*/*{GROUP_LOG_SUFFIX}")]:  # fmt: skip
+            scope = "" if path.parent == self.dir else unquote(path.parent.name)
+            key = (scope, path.name.removesuffix(GROUP_LOG_SUFFIX))
+            if key in self.group_logs or not self._owns(path.parent):
+                continue
+            try:
+                glog = GroupLog.open(path)
+            except OSError as err:
+                log.error("group split record %s unreadable, ignored: %s", path, err)
+                continue
+            self.group_logs[key] = glog
+            if glog.record is not None:
+                for member in glog.record.pending:
+                    self._behind[(scope, member)] = (key[1], glog.record)
+
+    def _catch_up(self, pair_file: PairFile, meta: dict[str, Any]) -> dict[str, Any]:
+        """The header as of the group's last split record: a group split is answered once
+        its record is durable and the members' headers follow, so a crash in between
+        leaves headers that still say mirroring. Written back before the pair is built
+        (its bitmaps mean what the split phase says: the split set, then what changed)."""
+        scope = scope_of(str(meta["source"]))
+        key = (scope, str(meta["name"]))
+        found = self._behind.get(key)
+        if found is None:
+            return meta
+        group, record = found
+        phase = Phase[str(meta["phase"])]
+        if meta.get("group_seen") == record.token or phase is Phase.DELETE:
+            del self._behind[key]
+            return meta
+        if not phase.mirroring:  # cannot be: a member splits from mirroring only
+            log.error(
+                "group %s: pair %s is %s on disk, so the group's split of %s cannot be"
+                " brought to it; left as is",
+                group, meta["name"], phase.name, record.token,
+            )  # fmt: skip
+            del self._behind[key]
+            return meta
+        meta = {
+            **meta,
+            "phase": next_phase(phase, Event.SPLIT).name,
+            "split_time": record.split_time,
+            "group_split": record.token,
+            "group_seen": record.token,
+        }
+        pair_file.write_header(meta)
+        del self._behind[key]
+        log.warning(
+            "group %s: pair %s: the group's answered split had not reached its header"
+            " before the daemon stopped; it has now",
+            group, meta["name"],
+        )  # fmt: skip
+        return meta
+
+    async def _write_caught_up(self) -> None:
+        """Rewrite the record of each group whose members were all brought up to date."""
+        for key, glog in self.group_logs.items():
+            record = glog.record
+            if record is None or not record.pending:
+                continue
+            behind = tuple(m for m in record.pending if (key[0], m) in self._behind)
+            if behind != record.pending:
+                await glog.commit(SplitRecord(record.token, record.split_time, behind))
+
+    async def _load_groups(self, resumed: builtins.list[tuple[str, str]]) -> None:
         """Read each scope's groups file (once), then finish what a crash interrupted: a
         group split that reached some members' headers and not others was never answered,
-        so the members it split go back to mirroring (a resync)."""
+        so the members it split go back to mirroring (a resync). Checked for every group
+        loaded now and every group a pair ``resumed`` now (a reload's LUNs) belongs to."""
         paths = [self.dir / GROUPS_FILE, *self.dir.glob(f"*/{GROUPS_FILE}")]
         new: list[tuple[str, str]] = []
         for path in paths:
@@ -156,6 +249,8 @@ class PairManager:
             for m in members:
                 if (scope, m) in self.pairs:
                     self.pairs[(scope, m)].group = name
+                if (scope, m) in resumed and (scope, name) not in new:
+                    new.append((scope, name))
         for scope, name in new:
             await self._finish_group_split(scope, name)
 
@@ -178,9 +273,12 @@ class PairManager:
                     log.exception("group %s: resync of pair %s failed", name, pair.name)
 
     async def stop(self) -> None:
+        await asyncio.gather(*self._settling.values(), return_exceptions=True)
         for pair in self.pairs.values():
             await pair.stop()
             pair.file.close()
+        for glog in self.group_logs.values():
+            glog.close()
 
     # -- the API ------------------------------------------------------------------------
     def get(self, name: str, scope: str | None = None) -> Pair:
@@ -286,6 +384,7 @@ class PairManager:
             pair = self.get(name, scope)
             if pair.group is not None:  # a deleted pair leaves its group first
                 scope = scope_of(pair.source.volume_id)
+                await self._settled(scope, pair.group)
                 rest = [m for m in self._members(scope, pair.group) if m != pair.name]
                 await self._set_members(scope, pair.group, rest)
                 pair.group = None
@@ -362,14 +461,45 @@ class PairManager:
             groups.pop(name, None)
         else:
             groups[name] = members
-        path = (self.dir / quote(scope, safe="") if scope else self.dir) / GROUPS_FILE
+        path = self._scope_dir(scope) / GROUPS_FILE
         loop = asyncio.get_running_loop()
+        await self._settled(scope, name)
         await loop.run_in_executor(None, group_file.save, path, groups)
         self._groups_loaded.add(scope)
         if members is None:
             self.groups.pop((scope, name), None)
+            glog = self.group_logs.pop((scope, name), None)
+            if glog is not None:
+                await loop.run_in_executor(None, glog.remove)
         else:
             self.groups[(scope, name)] = members
+
+    def _scope_dir(self, scope: str) -> Path:
+        return self.dir / quote(scope, safe="") if scope else self.dir
+
+    async def _settled(self, scope: str, name: str) -> None:
+        """Once the group's last split is on every member's header and its record says so."""
+        task = self._settling.get((scope, name))
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _group_log(self, scope: str, name: str, *, fresh: bool = False) -> GroupLog:
+        """The group's split record file, opened (created) if need be; ``fresh``: a new
+        group's, whatever a group of that name left behind."""
+        key = (scope, name)
+        glog = self.group_logs.get(key)
+        loop = asyncio.get_running_loop()
+        if glog is not None and fresh:
+            del self.group_logs[key]
+            await loop.run_in_executor(None, glog.remove)
+            glog = None
+        if glog is None:
+            path = self._scope_dir(scope) / f"{name}{GROUP_LOG_SUFFIX}"
+            if fresh:
+                await loop.run_in_executor(None, lambda: path.unlink(missing_ok=True))
+            glog = await loop.run_in_executor(None, GroupLog.open, path)
+            self.group_logs[key] = glog
+        return glog
 
     def _check_joinable(
         self, scope: str, group: str, names: builtins.list[str]
@@ -409,6 +539,7 @@ class PairManager:
             if (scope, name) in self.groups:
                 raise PairError(ErrorCode.NAME_IN_USE, f"group {name!r} exists")
             pairs = self._check_joinable(scope, name, members)
+            await self._group_log(scope, name, fresh=True)
             await self._set_members(scope, name, list(members))
             for pair in pairs:
                 pair.group = name
@@ -456,28 +587,71 @@ class PairManager:
         one that may not split (SUSPENDED, already split...) refuses the whole split
         (PairError WRONG_STATE naming it) and nothing changes. The instant is one step of
         the event loop, with no await inside: a host write that reached a member before
-        it is in every image, one that comes after is in none. Then the headers are
-        written concurrently; answered once all are durable."""
-        pairs = self.group_pairs(name, scope)
-        for pair in pairs:
+        it is in every image, one that comes after is in none. Then one record of the
+        split is written (one sync, backing/pairs/group_log.py) and the split is
+        answered; the members' headers follow in the background."""
+        key = (scope, name)
+        async with self._group_ops.setdefault(key, asyncio.Lock()):
+            pairs = self.group_pairs(name, scope)
+            glog = await self._group_log(scope, name)
+            await self._settled(scope, name)  # the last split's record is written
+            for pair in pairs:
+                try:
+                    next_phase(pair.phase, Event.SPLIT)
+                except PairError as err:
+                    raise PairError(
+                        ErrorCode.WRONG_STATE,
+                        f"group {name!r} not split: pair {pair.name!r}: {err}",
+                        phase=err.phase,
+                    ) from None
+            when = time.time()
+            token = uuid.uuid4().hex
+            for pair in pairs:
+                pair.split_now(when, token)
+            record = SplitRecord(token, when, tuple(p.name for p in pairs))
             try:
-                next_phase(pair.phase, Event.SPLIT)
-            except PairError as err:
-                raise PairError(
-                    ErrorCode.WRONG_STATE,
-                    f"group {name!r} not split: pair {pair.name!r}: {err}",
-                    phase=err.phase,
-                ) from None
-        when = time.time()
-        token = uuid.uuid4().hex
-        for pair in pairs:
-            pair.split_now(when, token)
-        await asyncio.gather(*(pair.write_header() for pair in pairs))
-        return pairs
+                await glog.commit(record)
+            except Exception as err:
+                # Not durable: nothing says the split happened, so nothing may rely on it.
+                for pair in pairs:
+                    await pair.fail(SuspendReason.PAIR_FILE_ERROR, err)
+                raise
+            finally:
+                if glog.record is record:
+                    self._settling[key] = asyncio.ensure_future(
+                        self._settle_split(glog, record, pairs)
+                    )
+            return pairs
+
+    async def _settle_split(
+        self, glog: GroupLog, record: SplitRecord, pairs: builtins.list[Pair]
+    ) -> None:
+        """After the split is answered: every member's header, then the record again with
+        the members whose header is durable no longer pending."""
+        results = await asyncio.gather(
+            *(pair.write_header() for pair in pairs), return_exceptions=True
+        )
+        behind: builtins.list[str] = []
+        for pair, result in zip(pairs, results, strict=True):
+            if isinstance(result, BaseException):
+                # Still pending in the record: a restart brings the header up to date.
+                behind.append(pair.name)
+                log.error("pair %s: writing its group split failed: %r", pair.name, result)
+                if isinstance(result, Exception):
+                    await pair.fail(SuspendReason.PAIR_FILE_ERROR, result)
+        if glog.record is record and glog.fd >= 0:
+            try:
+                await glog.commit(SplitRecord(record.token, record.split_time, tuple(behind)))
+            except Exception:  # the record stays as it was: a restart finds the headers
+                log.exception("group split record %s: marking it settled failed", glog.path)
 
     async def resync_group(self, name: str, scope: str) -> builtins.list[Pair]:
         """Every member that is split or SUSPENDED resyncs; members already mirroring are
         left as they are (so a resync interrupted by a crash can be asked again)."""
+        async with self._group_ops.setdefault((scope, name), asyncio.Lock()):
+            return await self._resync_group(name, scope)
+
+    async def _resync_group(self, name: str, scope: str) -> builtins.list[Pair]:
         pairs = self.group_pairs(name, scope)
         for pair in pairs:
             if pair.phase is Phase.DELETE:
@@ -493,6 +667,10 @@ class PairManager:
     async def reverse_resync_group(self, name: str, scope: str) -> builtins.list[Pair]:
         """Restore every member's source from its target, all or nothing: each member must
         be SPLIT (checked before any changes)."""
+        async with self._group_ops.setdefault((scope, name), asyncio.Lock()):
+            return await self._reverse_resync_group(name, scope)
+
+    async def _reverse_resync_group(self, name: str, scope: str) -> builtins.list[Pair]:
         pairs = self.group_pairs(name, scope)
         for pair in pairs:
             try:
