@@ -445,7 +445,10 @@ def _verify_on_host(args: argparse.Namespace, tape: Device, label: Label) -> int
         if label.id:
             data, event = ops.read_record(tape, labels.LABEL_SIZE)
             end = labels.decode_end(data) if event is None else None
-            if labels.state(label, end) != labels.COMPLETE:
+            if labels.state(label, end) == labels.INCONSISTENT:
+                assert end is not None
+                raise Failure(f"INCONSISTENT: {labels.disagreement(label, end)}")
+            if labels.state(label, end) != labels.SEALED:
                 raise Failure("PARTIAL: the backup has no end label; it was cut off before "
                               "it completed")  # fmt: skip
             assert end is not None
@@ -491,23 +494,39 @@ def cmd_list(args: argparse.Namespace) -> int:
             if lb is not None:
                 entry.update(asdict(lb))
                 entry["state"] = labels.state(lb, end)
+                entry["verified"] = False  # list reads labels only
                 entry["sha256"] = end.sha256 if end is not None else ""
                 entry["sealed"] = end.sealed if end is not None else ""
             out.append(entry)
         print(json.dumps(out))
         return EXIT_OK
-    print(f"{'file':>4}  {'state':9}  {'created':24}  {'bytes':>12}  {'pair':12}  "
+    print(f"{'file':>4}  {'state':12}  {'created':24}  {'bytes':>12}  {'pair':12}  "
           f"{'split':24}  {'sha256':16}  source")  # fmt: skip
+    states = set()
     for n, lb, end in found:
         if lb is None:
             print(f"{n:>4}  (no targetd-copy label)")
         else:
             sha = end.sha256[:16] if end is not None and end.id == lb.id else "-"
+            state = labels.state(lb, end)
+            states.add(state)
             print(
-                f"{n:>4}  {labels.state(lb, end):9}  {lb.created:24}  {lb.length:>12}  "
+                f"{n:>4}  {state:12}  {lb.created:24}  {lb.length:>12}  "
                 f"{lb.pair or '-':12}  {lb.split_time or '-':24}  {sha:16}  {lb.source}"
             )
+    for state, words in LIST_LEGEND.items():
+        if state in states:
+            print(f"{state}: {words}")
     return EXIT_OK
+
+
+# What ``list`` can tell from the labels alone, said under the table for the states shown.
+LIST_LEGEND = {
+    labels.SEALED: "the target wrote the end label after the last record and it agrees"
+    " with the head label; the data was not read (verify BACKUP --file N reads it)",
+    labels.INCONSISTENT: "the end label disagrees with the head label (verify says how)",
+    labels.PARTIAL: "no end label: cut off before it completed",
+}
 
 
 # -- pairs ------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 MAGIC = b"TARGETD-COPY LABEL 1\n"
 END_MAGIC = b"TARGETD LABEL END 1\n"
 LABEL_SIZE = 512
-COMPLETE, PARTIAL, UNSEALED = "complete", "partial", "no-digest"
+# What the labels alone can say (``list``); only ``verify`` reads the data back.
+SEALED, PARTIAL, UNSEALED, INCONSISTENT = "sealed", "partial", "no-digest", "inconsistent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +79,28 @@ def decode_end(record: bytes) -> EndLabel | None:
 
 
 def state(head: Label, end: EndLabel | None) -> str:
-    """complete: an end label of this backup; partial: none (or another's); no-digest: a
-    backup made before end labels existed."""
+    """From the labels alone (no data read): sealed, an end label of this backup that
+    agrees with the head label (the target wrote it after the last record); partial, none
+    (or another's); inconsistent, one whose byte or record count is not what the head
+    label's length and record size give (a label lies); no-digest, a backup made before
+    end labels existed. Sealed is not verified: a flipped data byte shows only in
+    ``verify``."""
     if not head.id:
         return UNSEALED
-    if end is not None and end.id == head.id and end.complete:
-        return COMPLETE
-    return PARTIAL
+    if end is None or end.id != head.id or not end.complete:
+        return PARTIAL
+    if disagreement(head, end):
+        return INCONSISTENT
+    return SEALED
+
+
+def disagreement(head: Label, end: EndLabel) -> str:
+    """What the end label says against the head label, in words ("" when they agree):
+    the end label counts what the target wrote, the head label what the host asked."""
+    records = -(-head.length // head.record) if head.record > 0 else end.records
+    if end.bytes == head.length and end.records == records:
+        return ""
+    return (
+        f"the end label counts {end.bytes} bytes in {end.records} records; the head label"
+        f" gives {head.length} bytes in records of {head.record} ({records} records)"
+    )

@@ -93,8 +93,9 @@ def test_backup_list_verify_restore_through_iscsi_urls(targetd_factory: DaemonFa
         assert "backup: done, 8.0 MiB" in out.stderr
 
         listing = tool("list", daemon.url(TAPE)).stdout.splitlines()
-        assert len(listing) == 2, listing
-        assert listing[1].split()[:5] == ["0", "complete", listing[1].split()[2], str(SIZE), "db"]
+        assert len(listing) == 3, listing
+        assert listing[1].split()[:5] == ["0", "sealed", listing[1].split()[2], str(SIZE), "db"]
+        assert listing[2].startswith("sealed: ") and "the data was not read" in listing[2]
         digest = hashlib.sha256(image).hexdigest()
         assert listing[1].split()[6] == digest[:16]
 
@@ -143,7 +144,7 @@ def test_a_file_sink_holds_one_file_per_backup(targetd_factory: DaemonFactory) -
         tool("backup", daemon.url(MIRROR), daemon.url(SINK))
         tool("backup", daemon.url(MIRROR), daemon.url(SINK))
         lines = tool("list", daemon.url(SINK)).stdout.splitlines()
-        assert [line.split()[:2] for line in lines[1:]] == [["0", "complete"], ["1", "complete"]]
+        assert [line.split()[:2] for line in lines[1:3]] == [["0", "sealed"], ["1", "sealed"]]
         sink = daemon.state_dir / "sink"
         files = sorted(p.name for p in sink.iterdir())
         assert files == ["file-0000.bin", "file-0001.bin"]
@@ -178,6 +179,21 @@ def test_a_file_sink_holds_one_file_per_backup(targetd_factory: DaemonFactory) -
         assert client.read(FRESH, 0, SIZE) == bytes(SIZE)
         tool("restore", daemon.url(SINK), daemon.url(FRESH), "--file", "1", "--force")
         assert client.read(FRESH, 0, SIZE) == bytes(flipped[512 : 512 + SIZE])
+        # list reads labels only: a flipped data byte still shows as sealed, and the
+        # legend under the table says the data was not read.
+        listed = tool("list", daemon.url(SINK)).stdout.splitlines()
+        assert listed[2].split()[:2] == ["1", "sealed"]
+        assert "the data was not read" in listed[3]
+        # An end label that lies about the count it covers is caught from the labels.
+        lying = json.loads(end[20:].rstrip(b"\0"))
+        lying["bytes"] = SIZE - 512
+        lie = b"TARGETD LABEL END 1\n" + json.dumps(lying, separators=(",", ":")).encode()
+        (sink / "file-0001.bin").write_bytes(body[: 512 + SIZE] + lie.ljust(512, b"\0"))
+        listed = tool("list", daemon.url(SINK), "--json").stdout
+        assert [e["state"] for e in json.loads(listed)] == ["sealed", "inconsistent"]
+        bad = tool("verify", daemon.url(SINK), "--file", "1", "--host", check=False)
+        assert bad.returncode == 1
+        assert f"INCONSISTENT: the end label counts {SIZE - 512} bytes" in bad.stderr
     finally:
         client.close()
 
@@ -288,7 +304,7 @@ def test_an_interrupted_backup_is_aborted_and_closed_with_a_file_mark(
         time.sleep(0.5)
         tool("backup", daemon.url(MIRROR), daemon.url(TAPE))
         listing = json.loads(tool("list", daemon.url(TAPE), "--json").stdout)
-        assert [(e["file"], e["state"]) for e in listing] == [(0, "partial"), (1, "complete")]
+        assert [(e["file"], e["state"]) for e in listing] == [(0, "partial"), (1, "sealed")]
         assert (
             listing[0]["sha256"] == "" and listing[1]["sha256"] == hashlib.sha256(image).hexdigest()
         )
@@ -334,8 +350,8 @@ def test_two_volumes_in_one_extended_copy_are_two_tape_files(
         assert "backup: done, 16.0 MiB" in out
         listing = json.loads(tool("list", daemon.url(TAPE), "--json").stdout)
         assert [(e["file"], e["pair"], e["length"], e["state"], e["sha256"]) for e in listing] == [
-            (0, "db", SIZE, "complete", hashlib.sha256(image).hexdigest()),
-            (1, "", SIZE, "complete", hashlib.sha256(log).hexdigest()),
+            (0, "db", SIZE, "sealed", hashlib.sha256(image).hexdigest()),
+            (1, "", SIZE, "sealed", hashlib.sha256(log).hexdigest()),
         ]
         tool("verify", daemon.url(TAPE), daemon.url(MIRROR), "--file", "0")
         tool("verify", daemon.url(TAPE), daemon.url(FRESH), "--file", "1")

@@ -5,11 +5,12 @@ replaced atomically (written to a temporary file, ``fsync``ed, renamed, the dire
 ``fsync``ed): after a crash it holds either the old membership or the new one.
 
 A group's *state* is its pairs' states, kept in each pair's own file. A group split sets
-every member's phase in one step of the event loop (the split instant), then writes the
-members' headers concurrently, each carrying the split's id (``group_split``); the split is
-answered once all are durable. A crash before that leaves some members split by that id
-and others still mirroring: the manager's start rolls those back (a resync), since the
-split was never answered. See docs/pairs.md, "Consistency groups".
+every member's phase in one step of the event loop (the split instant), writes one record
+of it (``backing/pairs/group_log.py``, one sync) and is answered; the members' headers,
+each carrying the split's id (``group_split``), follow in the background, and a restart
+brings any that lag up to date from the record. A split that reached some members'
+headers and not the record was never answered: the manager's start rolls those back (a
+resync). See docs/pairs.md, "Consistency groups".
 """
 
 from __future__ import annotations
