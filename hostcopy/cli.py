@@ -601,6 +601,10 @@ def cmd_create(args: argparse.Namespace) -> int:
         cdb[6] = args.policy
         cdb[10:14] = len(name).to_bytes(4, "big")
         run(dev, "PAIR OUT CREATE", bytes(cdb), data_out=name)
+        if args.group:  # as paircreate -g: the new pair goes into the group at once
+            group = args.group.encode()
+            run(dev, "PAIR OUT GROUP JOIN", c.pair_out_named(c.PAIR_GROUP_JOIN, group, target),
+                data_out=group)  # fmt: skip
         st = _status(dev)
         if args.wait:
             st = _wait_for(dev, "DUPLEX", args.timeout)
@@ -611,6 +615,22 @@ def cmd_create(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     with opened(args.device) as dev:
         run(dev, "PAIR OUT DELETE", c.pair_out(c.PAIR_DELETE))
+    return EXIT_OK
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    group = args.group.encode()
+    with opened(args.device) as dev:
+        run(dev, "PAIR OUT GROUP JOIN", c.pair_out_named(c.PAIR_GROUP_JOIN, group),
+            data_out=group)  # fmt: skip
+        _print_status(_status(dev), args.json)
+    return EXIT_OK
+
+
+def cmd_leave(args: argparse.Namespace) -> int:
+    with opened(args.device) as dev:
+        run(dev, "PAIR OUT GROUP LEAVE", c.pair_out(c.PAIR_GROUP_LEAVE))
+        _print_status(_status(dev), args.json)
     return EXIT_OK
 
 
@@ -749,13 +769,22 @@ def parser() -> argparse.ArgumentParser:
     cr.add_argument("--policy", type=int, choices=range(5), default=0,
                     help="backup policy of its own: 1 reflect-first, 2 wait, 3 merge, "
                     "4 split-and-backup (default 0: the configuration's)")  # fmt: skip
+    cr.add_argument("--group", default="", help="and put it in this consistency group "
+                    "(made if absent), as paircreate -g does")  # fmt: skip
     cr.add_argument("--wait", action="store_true", help="return once the pair is DUPLEX")
     cr.add_argument("--timeout", type=float, default=600.0)
     de = sub.add_parser("delete", help="dissolve the pair a volume belongs to")
     de.add_argument("device")
+    jo = sub.add_parser("join", help="put the pair a volume belongs to in a consistency group "
+                        "(made if absent)")  # fmt: skip
+    jo.add_argument("device")
+    jo.add_argument("group")
+    le = sub.add_parser("leave", help="take the pair a volume belongs to out of its group "
+                        "(a group left empty goes)")  # fmt: skip
+    le.add_argument("device")
     st = sub.add_parser("status", help="the state of the pair a volume belongs to")
     st.add_argument("device")
-    for q in (ls, st, cr, *[sub.choices[n] for n in ("split", "resync")]):
+    for q in (ls, st, cr, jo, le, *[sub.choices[n] for n in ("split", "resync")]):
         q.add_argument("--json", action="store_true")
     for q in sub.choices.values():
         q.add_argument(
@@ -776,6 +805,8 @@ COMMANDS = {
     "status": cmd_status,
     "create": cmd_create,
     "delete": cmd_delete,
+    "join": cmd_join,
+    "leave": cmd_leave,
     "devices": cmd_devices,
 }
 

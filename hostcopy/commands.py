@@ -14,6 +14,7 @@ READ_16 = 0x88
 PAIR_OUT, PAIR_IN = 0xC4, 0xC5
 PAIR_CREATE, PAIR_SPLIT, PAIR_RESYNC, PAIR_DELETE, PAIR_SET_POLICY = 1, 2, 3, 4, 5
 PAIR_REVERSE_RESYNC = 6  # restore the source from the target
+PAIR_GROUP_JOIN, PAIR_GROUP_LEAVE = 7, 8  # consistency group membership (docs/pairs.md)
 ADDRESSED_LUN = 0xFFFF
 BLOCK, STREAM = 0x00, 0x01  # peripheral device types
 SPACE_BLOCKS, SPACE_FILEMARKS, SPACE_END_OF_DATA = 0x00, 0x01, 0x03
@@ -68,6 +69,13 @@ def read6_variable(length: int, sili: bool = False) -> bytes:
 
 def pair_out(action: int, lun: int = ADDRESSED_LUN, byte4: int = 0) -> bytes:
     return bytes([PAIR_OUT, action]) + lun.to_bytes(2, "big") + bytes([byte4]) + bytes(11)
+
+
+def pair_out_named(action: int, name: bytes, lun: int = ADDRESSED_LUN) -> bytes:
+    """PAIR OUT whose parameter data is a name (CREATE's pair name, GROUP JOIN's group)."""
+    cdb = bytearray(pair_out(action, lun))
+    cdb[10:14] = len(name).to_bytes(4, "big")
+    return bytes(cdb)
 
 
 def report_luns(allocation: int = 8 + 8 * 256) -> bytes:

@@ -99,7 +99,7 @@ REFUSALS: dict[ErrorCode, Reason] = {
     ErrorCode.RESERVATION_CONFLICT: Reason.INVALID_FIELD_IN_CDB,  # answered as a status
     # A split or resync of a pair in a group acts on the group: a member that is missing.
     ErrorCode.UNKNOWN_GROUP: Reason.PAIR_NOT_FOUND,
-    ErrorCode.IN_GROUP: Reason.PAIR_WRONG_STATE,  # cannot happen here: no group changes
+    ErrorCode.IN_GROUP: Reason.PAIR_IN_OTHER_GROUP,  # GROUP JOIN of a pair in another group
 }
 
 # PAIR IN / REPORT PAIR STATUS data (128 bytes; the first 96 are the original layout).
@@ -192,6 +192,18 @@ async def _create(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
     policy = _policy_field(cmd, 6)
     source, source_volume = _lun_field(lu, cmd, 2)
     target, target_volume = _lun_field(lu, cmd, 4)
+    raw, used = _name_parameter(cmd)
+    name = raw or f"lun{source}-lun{target}"
+    service = _control(lu).service
+    await _refusing(
+        service.create(name, source_volume, target_volume, policy, access=_access(lu, cmd))
+    )
+    return ScsiResult(data_out_used=used)
+
+
+def _name_parameter(cmd: ScsiCommand) -> tuple[str, int | None]:
+    """The name in the parameter data (PARAMETER LIST LENGTH in bytes 10-13, at most 32;
+    trailing NULs ignored): (name, data_out_used). "" for length 0."""
     length = int.from_bytes(cmd.cdb[10:14], "big")
     if length > MAX_NAME:
         raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(10))
@@ -201,12 +213,19 @@ async def _create(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
     raw = data[:length].rstrip(b"\0")
     if length and not _NAME.fullmatch(raw):
         raise CheckCondition(Reason.INVALID_FIELD_IN_PARAMETER_LIST, FieldPointer(0, in_cdb=False))
-    name = raw.decode() if raw else f"lun{source}-lun{target}"
+    return raw.decode(), length if len(data) != length else None
+
+
+async def _group_join(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
+    """The pair PAIR LUN is in joins the group the parameter data names (made if absent)."""
+    _reserved_zero(cmd, (4, 10), (14, 15))
+    _, volume = _lun_field(lu, cmd, 2)
+    name, used = _name_parameter(cmd)
+    if not name:  # a group has a name: there is no default one
+        raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(10))
     service = _control(lu).service
-    await _refusing(
-        service.create(name, source_volume, target_volume, policy, access=_access(lu, cmd))
-    )
-    return ScsiResult(data_out_used=length if len(data) != length else None)
+    await _refusing(service.join_group(name, access=_access(lu, cmd), volume=volume))
+    return ScsiResult(data_out_used=used)
 
 
 PairOperation = Callable[[PairService, str, NexusAccess], Awaitable[object]]
@@ -241,6 +260,8 @@ PAIR_OUT_ACTIONS: dict[int, Callable[[BlockDevice, ScsiCommand], Awaitable[ScsiR
     0x06: _on_pair(
         lambda pairs, volume, access: pairs.reverse_resync(access=access, volume=volume)
     ),
+    0x07: _group_join,
+    0x08: _on_pair(lambda pairs, volume, access: pairs.leave_group(access=access, volume=volume)),
 }
 
 

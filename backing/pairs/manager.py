@@ -480,7 +480,7 @@ class PairManager:
     async def _settled(self, scope: str, name: str) -> None:
         """Once the group's last split is on every member's header and its record says so."""
         task = self._settling.get((scope, name))
-        if task is not None:
+        if task is not None and not task.done():  # (done: no await, no turn of the loop)
             await asyncio.gather(task, return_exceptions=True)
 
     async def _group_log(self, scope: str, name: str, *, fresh: bool = False) -> GroupLog:

@@ -247,6 +247,34 @@ class PairService:
         access.check((), ())
         return await self.manager.remove_from_group(name, scope, list(pairs))
 
+    async def join_group(self, name: str, *, access: Access, volume: str) -> GroupStatus:
+        """The pair ``volume`` is in joins group ``name`` of its scope, which is made if it
+        does not exist (as an array's pair tooling does: ``paircreate -g``). Already a
+        member: nothing changes. The rules of :meth:`add_to_group` otherwise."""
+        pair = self.find(volume=volume)
+        scope = scope_of(pair.source.volume_id)
+        access.check((), ())
+        if (scope, name) not in self.manager.groups:
+            try:
+                return await self.manager.create_group(name, scope, [pair.name])
+            except PairError as err:  # made meanwhile by another JOIN: join it
+                if err.code is not ErrorCode.NAME_IN_USE:
+                    raise
+        return await self.manager.add_to_group(name, scope, [pair.name])
+
+    async def leave_group(self, *, access: Access, volume: str) -> GroupStatus | None:
+        """The pair ``volume`` is in leaves its group (it stays a pair); a group left with
+        no member goes too. None when the pair was in no group (nothing changes)."""
+        pair = self.find(volume=volume)
+        access.check((), ())
+        if pair.group is None:
+            return None
+        scope = scope_of(pair.source.volume_id)
+        status = await self.manager.remove_from_group(pair.group, scope, [pair.name])
+        if not self.manager.groups.get((scope, status.name)):
+            await self.manager.delete_group(status.name, scope)
+        return status
+
     async def delete_group(self, name: str, *, access: Access, scope: str | None = None) -> str:
         """Forget the group (its pairs stay as they are). Returns its name."""
         scope = self.manager.group_scope(name, scope)
