@@ -56,6 +56,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "rados_write_op_cmpxattr": (None, [c_void_p, c_char_p, ctypes.c_uint8, c_char_p, c_size_t]),
     "rados_write_op_setxattr": (None, [c_void_p, c_char_p, c_char_p, c_size_t]),
     "rados_write_op_write_full": (None, [c_void_p, c_char_p, c_size_t]),
+    "rados_write_op_write": (None, [c_void_p, c_char_p, c_size_t, c_uint64]),
+    "rados_stat": (c_int, [c_void_p, c_char_p, POINTER(c_uint64), c_void_p]),
     "rados_write_op_remove": (None, [c_void_p]),
     "rados_write_op_operate": (c_int, [c_void_p, c_void_p, c_char_p, c_void_p, c_int]),
     "rados_watch2": (
@@ -217,6 +219,81 @@ class RadosObject:
         if ret in (-errno.ECANCELED, -errno.EEXIST, -errno.ENODATA):
             return False
         check(ret, f"writing {self.name}")
+        return True
+
+    # -- a record in pieces (a pair's header and bitmap pages, backing/pairs/cluster.py) --
+    def xattr(self, name: bytes) -> bytes | None:
+        """The value of xattr ``name``; None while it (or the object) does not exist."""
+        buf = ctypes.create_string_buffer(256)
+        n = _rados().rados_getxattr(self._ioctx, self.oid, name, buf, 256)
+        if n in (-errno.ENOENT, -errno.ENODATA):
+            return None
+        check(n, f"reading {self.name}")
+        return buf.raw[:n]
+
+    def size(self) -> int | None:
+        """The object's size in bytes; None while it does not exist."""
+        size = c_uint64()
+        ret = _rados().rados_stat(self._ioctx, self.oid, byref(size), None)
+        if ret == -errno.ENOENT:
+            return None
+        check(ret, f"stat {self.name}")
+        return size.value
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` (fewer past the end)."""
+        buf = ctypes.create_string_buffer(length)
+        got = check(_rados().rados_read(self._ioctx, self.oid, buf, length, offset), self.name)
+        return buf.raw[:got]
+
+    def write_guarded(
+        self,
+        guard: tuple[bytes, bytes] | None,
+        writes: list[tuple[int, bytes]],
+        xattrs: dict[bytes, bytes] | None = None,
+        *,
+        create: bool = False,
+    ) -> bool:
+        """Write each ``(offset, bytes)`` and set ``xattrs`` in one RADOS operation (all or
+        nothing), only if xattr ``guard[0]`` still equals ``guard[1]`` (with ``create``:
+        only if the object does not exist yet). False if the guard failed."""
+        op = _rados().rados_create_write_op()
+        keep: list[bytes] = []
+        try:
+            if create:
+                _rados().rados_write_op_create(op, CREATE_EXCLUSIVE, None)
+            if guard is not None:
+                name, value = guard
+                _rados().rados_write_op_cmpxattr(op, name, CMPXATTR_OP_EQ, value, len(value))
+            for name, value in (xattrs or {}).items():
+                _rados().rados_write_op_setxattr(op, name, value, len(value))
+            for offset, data in writes:
+                keep.append(data)
+                _rados().rados_write_op_write(op, data, len(data), offset)
+            ret = _rados().rados_write_op_operate(op, self._ioctx, self.oid, None, 0)
+        finally:
+            _rados().rados_release_write_op(op)
+        if ret in (-errno.ECANCELED, -errno.EEXIST, -errno.ENODATA, -errno.ENOENT):
+            return False
+        check(ret, f"writing {self.name}")
+        return True
+
+    def remove_guarded(self, guard: tuple[bytes, bytes]) -> bool:
+        """Remove the object if xattr ``guard[0]`` equals ``guard[1]``; False otherwise
+        (True if it is gone already)."""
+        op = _rados().rados_create_write_op()
+        try:
+            name, value = guard
+            _rados().rados_write_op_cmpxattr(op, name, CMPXATTR_OP_EQ, value, len(value))
+            _rados().rados_write_op_remove(op)
+            ret = _rados().rados_write_op_operate(op, self._ioctx, self.oid, None, 0)
+        finally:
+            _rados().rados_release_write_op(op)
+        if ret == -errno.ENOENT:
+            return True
+        if ret in (-errno.ECANCELED, -errno.ENODATA):
+            return False
+        check(ret, f"removing {self.name}")
         return True
 
     def remove(self) -> None:

@@ -100,6 +100,8 @@ REFUSALS: dict[ErrorCode, Reason] = {
     # A split or resync of a pair in a group acts on the group: a member that is missing.
     ErrorCode.UNKNOWN_GROUP: Reason.PAIR_NOT_FOUND,
     ErrorCode.IN_GROUP: Reason.PAIR_IN_OTHER_GROUP,  # GROUP JOIN of a pair in another group
+    # Two gateways: the other one runs the pair and keeps its lock now; retried, as a write.
+    ErrorCode.ELSEWHERE: Reason.LU_NOT_ACCESSIBLE_TRANSITIONING,
 }
 
 # PAIR IN / REPORT PAIR STATUS data (128 bytes; the first 96 are the original layout).

@@ -189,6 +189,9 @@ class PairConfig:
     backup_policies: tuple[tuple[str, str], ...] = ()
     # A split of an RBD source reads the split set from an RBD snapshot (docs/rbd.md).
     rbd_snapshot_split: bool = True
+    # While mirroring, a copied chunk's bit stays set in the pair file (or record) for one
+    # to two of these periods (docs/pairs.md, "Lazy clearing").
+    clear_delay_ms: int = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -903,10 +906,12 @@ def _pairs(config: _Table) -> PairConfig:
             per_pair.append((name, _backup_policy(value, named, name)))
         named.done()
     snapshot_split = table.take("rbd_snapshot_split", bool, default.rbd_snapshot_split)
+    clear_delay = table.take_int("clear_delay_ms", default.clear_delay_ms, 100, 600_000)
     table.done()
     return PairConfig(
-        chunk, workers, rate, policy, tuple(per_pair), rbd_snapshot_split=snapshot_split
-    )
+        chunk, workers, rate, policy, tuple(per_pair), rbd_snapshot_split=snapshot_split,
+        clear_delay_ms=clear_delay,
+    )  # fmt: skip
 
 
 def _backup_policy(value: str, table: _Table, name: str) -> str:

@@ -33,7 +33,7 @@ import contextlib
 import errno
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from backing.errors import StoreError
@@ -110,6 +110,8 @@ class Silence:
 
 # How long an asker waits before asking again a holder that was not watching.
 REASK = 0.05
+# How long a gateway that runs a pair tells the other's pair to wait before asking again.
+PAIR_WAIT = 1.0
 
 
 def states(*, holding: bool, peer_holds: bool, fenced: bool) -> tuple[AccessState, AccessState]:
@@ -189,6 +191,14 @@ class LockGate:
         self._tasks: set[asyncio.Task[None]] = set()
         # One change of the watch or the image at a time (they share the io context).
         self._channel_lock = asyncio.Lock()
+        # Volume pairs (backing/pairs/shared.py): ``on_acquired`` runs the image's pairs
+        # here once the lock is taken, before a write is admitted; ``on_release`` stops them
+        # before it is given up (or once fenced); ``keeps(why)`` says no to the other
+        # gateway while a pair running here needs the lock (``why``: "pair" when the other
+        # gateway's pair asks, not a host write).
+        self.on_acquired: Callable[[], Awaitable[None]] | None = None
+        self.on_release: Callable[[], Awaitable[None]] | None = None
+        self.keeps: Callable[[str], bool] | None = None
         self.groups = PortGroups(self._groups())
         image.allocation_known = False  # until this gateway holds the lock
         lu.port_groups = self.groups
@@ -277,6 +287,22 @@ class LockGate:
             return True
         return False
 
+    async def take(self, why: str) -> bool:
+        """Take the lock here as a write would, with no command (a pair that runs where the
+        lock is: ``why`` goes to the holder); whether this gateway holds it now."""
+        deadline = self.clock() + self.takeover + 1.0
+        while not (self.holding and self._transition is None):
+            if self.is_fenced or self.clock() > deadline:
+                return False
+            if self._transition is None:
+                self._transition = self._loop.create_task(self._acquire(deadline, why))
+                self._transition.add_done_callback(self._transition_done)
+            try:
+                await asyncio.shield(self._transition)
+            except (NotAvailable, OSError):
+                return False
+        return True
+
     def _transition_done(self, task: asyncio.Task[None]) -> None:
         if self._transition is task:
             self._transition = None
@@ -284,7 +310,7 @@ class LockGate:
             task.exception()  # retrieved: the waiters saw it
 
     # -- taking the lock ---------------------------------------------------------------
-    async def _acquire(self, deadline: float) -> None:
+    async def _acquire(self, deadline: float, why: str = "") -> None:
         image = self.image
         while True:
             owners = await image.lock_owners()
@@ -312,7 +338,8 @@ class LockGate:
             self._yielded = float("-inf")  # the asker has it: the grace is over
             asked_at = self.clock()
             result = await self.channel.notify(
-                {"op": "request", "from": image.address, "holder": holder}, self.takeover
+                {"op": "request", "from": image.address, "holder": holder, "for": why},
+                self.takeover,
             )
             answer = next((r for r in result.replies if r.get("addr") == holder), None)
             if answer is None and not self.silence.unanswered(holder, asked_at, self.clock()):
@@ -333,6 +360,8 @@ class LockGate:
                 self.breaks += 1
                 continue
             self.silence.answered()
+            if why == "pair" and answer.get("keeps"):  # alive and running the pair: no more
+                raise NotAvailable
             if answer.get("answer") == "released":
                 continue
             if answer.get("answer") == "releasing":  # the lock is free once it drained
@@ -355,6 +384,11 @@ class LockGate:
         log.info("lock taken", extra=logs.fields(lu=self.name, moves=self.acquisitions))
         self._update()
         self._spawn(self._broadcast({"op": "acquired"}))
+        if self.on_acquired is not None:  # still in the transition: no write admitted yet
+            try:
+                await self.on_acquired()
+            except Exception:
+                log.exception("pairs not run here", extra=logs.fields(lu=self.name))
 
     async def _broadcast(self, message: Message) -> None:
         try:
@@ -374,6 +408,9 @@ class LockGate:
         if op == "request":
             if not self.holding or self._transition is not None or self.is_fenced:
                 reply({"addr": me, "answer": "busy", "wait": MIN_WAIT})
+                return
+            if self.keeps is not None and self.keeps(str(message.get("for", ""))):
+                reply({"addr": me, "answer": "busy", "wait": PAIR_WAIT, "keeps": True})
                 return
             wait = self.policy.answer(self.clock(), self.last_io, self.in_flight)
             if wait:
@@ -399,6 +436,7 @@ class LockGate:
         # (librbd lets the writes still in flight end before it lets go).
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained.wait(), self.takeover)
+        await self._hand_over()
         try:
             await self.image.release_lock()
         except OSError as exc:
@@ -445,7 +483,15 @@ class LockGate:
         self.holding = False
         self.peer_holds = True
         self._update()
+        self._spawn(self._hand_over())  # the recovery waits for it before it reopens
         self._spawn(self._recover())
+
+    async def _hand_over(self) -> None:
+        if self.on_release is not None:
+            try:
+                await self.on_release()
+            except Exception:
+                log.exception("pairs not handed over", extra=logs.fields(lu=self.name))
 
     async def _recover(self) -> None:
         """Reopen the image as a new client and come back as the non-optimized path."""

@@ -61,6 +61,12 @@ def copies_object(image: str) -> str:
     return f"targetd.copies.{image}"
 
 
+def pair_object(image: str) -> str:
+    """The RADOS object beside a pair's target image with the pair's record (state and
+    bitmaps), run by whichever gateway holds the source's lock (backing/pairs/shared.py)."""
+    return f"targetd.pair.{image}"
+
+
 def reservations_path(config: Config, target: str, lun: int) -> Path:
     """Where a LUN's persistent reservations are kept while APTPL is on."""
     return config.state_dir / "reservations" / f"{target.replace(':', '_')}-lun{lun}.json"
@@ -126,7 +132,9 @@ class Builder:
         lu = self._build(target, lun, identity, path, self._services(target.name))
         lu.port_groups = self.port_groups
         if config.gateway is not None:
-            self.gates.append(_gate(lu, config, f"{target.name}/lun{lun.lun}"))
+            gate = _gate(lu, config, f"{target.name}/lun{lun.lun}")
+            self.gates.append(gate)
+            self._share_pairs(lu, lun, gate)
         if lun.kind == "rbd":
             # An RBD LUN's reservations live in the cluster, shared by every gateway.
             lu.reservations.store = self._cluster_reservations(target, lun, lu)
@@ -147,6 +155,34 @@ class Builder:
                     extra=logs.fields(target=target.name, lun=lun.lun),
                 )
         return lu
+
+    def _share_pairs(self, lu: LogicalUnit, lun: LunConfig, gate: LockGate) -> None:
+        """Two gateways: a pair of this LU's image keeps its record in the cluster and
+        runs on the gateway holding its source's lock (docs/rbd.md)."""
+        volume = getattr(lu, "store", None)
+        if self.pairs is None or not isinstance(volume, PairVolume) or lun.rbd is None:
+            return
+        from backing.rados_object import RadosObject
+
+        r = lun.rbd
+        pairs, volume_id = self.pairs, volume.volume_id
+
+        def record_object() -> RadosObject:
+            return RadosObject(
+                ceph_conf=r.ceph_conf,
+                client=r.client if "." in r.client else f"client.{r.client}",
+                keyring=r.keyring,
+                pool=r.pool,
+                namespace=r.namespace,
+                oid=pair_object(r.image),
+                timeout=RESERVATIONS_TIMEOUT,
+            )
+
+        volume.record_object = record_object
+        volume.take_lock = gate.take
+        gate.on_acquired = lambda: pairs.run_here(volume_id)
+        gate.on_release = lambda: pairs.hand_over(volume_id)
+        gate.keeps = lambda why: pairs.holds(volume_id, why)
 
     def _cluster_reservations(
         self, target: TargetConfig, lun: LunConfig, lu: LogicalUnit

@@ -46,4 +46,5 @@ def pair_settings(config: Config) -> PairSettings:
         backup_policy=BackupPolicy.parse(p.backup_policy),
         backup_policies=tuple((name, BackupPolicy.parse(v)) for name, v in p.backup_policies),
         snapshot_split=p.rbd_snapshot_split,
+        clear_delay=p.clear_delay_ms / 1000,
     )

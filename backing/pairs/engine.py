@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backing.pairs.bitmap import ChunkBitmap
-from backing.pairs.journal import PairFile, WriteIntentLog
+from backing.pairs.journal import PairRecord, WriteIntentLog
 from backing.pairs.states import (
     BackupPolicy,
     ErrorCode,
@@ -162,7 +162,7 @@ class Pair:
         meta: dict[str, Any],
         source: PairVolume,
         target: PairVolume,
-        pair_file: PairFile,
+        pair_file: PairRecord,
         bitmaps: list[ChunkBitmap],
         settings: PairSettings,
     ) -> None:
@@ -349,7 +349,7 @@ class Pair:
             frozen, self._frozen = self._frozen, None
             await frozen.aclose()
         self.journal.set_hold(False)  # a clean restart recopies nothing
-        if self.journal.pending() and self.file.fd >= 0:
+        if self.journal.pending() and not self.file.closed:
             try:
                 await self.journal.commit()
             except Exception:

@@ -32,7 +32,7 @@ import zlib
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from backing.pairs.bitmap import PAGE_BYTES, ChunkBitmap
 from backing.threads import outlast
@@ -43,6 +43,20 @@ HEADER_BYTES = 2 * SLOT_BYTES
 _SLOT_HEAD = struct.Struct(">8sQII")
 REGIONS = 3  # copy set, source changed, target changed
 T = TypeVar("T")
+
+
+class PairRecord(Protocol):
+    """Where a pair's header and bitmaps are kept: a :class:`PairFile` in the state dir,
+    or a record in the cluster (:mod:`backing.pairs.cluster`, two gateways)."""
+
+    npages: int
+
+    @property
+    def closed(self) -> bool: ...
+    async def commit_header(self, meta: dict[str, Any]) -> None: ...
+    async def commit_pages(self, pages: list[tuple[int, int, bytes]]) -> None: ...
+    async def discard(self) -> None: ...
+    def close(self) -> None: ...
 
 
 class PairFileError(Exception):
@@ -70,6 +84,10 @@ class PairFile:
         # Each lane's callers take turns already (the pair's header lock, the log's runner).
         self._header_lane: ThreadPoolExecutor | None = None
         self._pages_lane: ThreadPoolExecutor | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.fd < 0
 
     async def commit_header(self, meta: dict[str, Any]) -> None:
         """:meth:`write_header` on the header lane."""
@@ -220,7 +238,7 @@ class WriteIntentLog:
 
     def __init__(
         self,
-        pair_file: PairFile,
+        pair_file: PairRecord,
         bitmaps: list[ChunkBitmap],
         before_write: Callable[[], Awaitable[None]],
     ) -> None:

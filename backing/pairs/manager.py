@@ -31,7 +31,8 @@ from backing.pairs.engine import Pair, PairSettings, PairStatus
 from backing.pairs.group_log import SUFFIX as GROUP_LOG_SUFFIX
 from backing.pairs.group_log import GroupLog, SplitRecord
 from backing.pairs.groups import GROUPS_FILE, GroupStatus
-from backing.pairs.journal import REGIONS, PairFile, PairFileError
+from backing.pairs.journal import REGIONS, PairFile, PairFileError, PairRecord
+from backing.pairs.shared import SharedPairs
 from backing.pairs.states import (
     BackupPolicy,
     ErrorCode,
@@ -88,6 +89,8 @@ class PairManager:
         # One split / resync / reverse resync of a group at a time: a split in the middle
         # of a resync would take pairs whose resync is not yet on disk.
         self._group_ops: dict[tuple[str, str], asyncio.Lock] = {}
+        # Pairs of volumes two gateways share: records in the cluster (backing/pairs/shared.py).
+        self.shared = SharedPairs(self)
 
     def register_volume(self, volume: PairVolume) -> None:
         self.volumes[volume.volume_id] = volume
@@ -103,7 +106,10 @@ class PairManager:
     async def start(self) -> None:
         """Load every pair file and resume its copying (after a restart or a kill -9), then
         the groups. Runs again after a reload added volumes: pair files whose volumes
-        were missing before are resumed then; those already running are left alone."""
+        were missing before are resumed then; those already running are left alone. The
+        pairs of shared volumes are shown from their records (run where the lock is)."""
+        await self.shared.scan()
+        self.shared.start()
         if not self.dir.is_dir():
             return
         self._read_group_logs()
@@ -274,8 +280,10 @@ class PairManager:
 
     async def stop(self) -> None:
         await asyncio.gather(*self._settling.values(), return_exceptions=True)
+        await self.shared.stop()
         for pair in self.pairs.values():
-            await pair.stop()
+            if not self.shared.shown(pair):  # a shown pair never ran here: nothing to write
+                await pair.stop()
             pair.file.close()
         for glog in self.group_logs.values():
             glog.close()
@@ -351,9 +359,20 @@ class PairManager:
                 "initializing": True,
                 "backup_policy": None if backup_policy is None else int(backup_policy),
             }
-            loop = asyncio.get_running_loop()
-            path = (self.dir / quote(scope, safe="") if scope else self.dir) / f"{name}.pair"
-            pair_file = await loop.run_in_executor(None, PairFile.create, path, meta, npages)
+            pair_file: PairRecord
+            if self.shared.is_shared(target):  # two gateways: the record is in the cluster
+                await self.shared.create_here(source, target)
+                for volume in (source, target):  # the other gateway's record, found meanwhile
+                    if volume.pair is not None:
+                        raise PairError(
+                            ErrorCode.VOLUME_IN_PAIR,
+                            f"{volume.volume_id} is in pair {volume.pair.name}",
+                        )
+                pair_file = await self.shared.new_record(target, meta, npages)
+            else:
+                loop = asyncio.get_running_loop()
+                path = (self.dir / quote(scope, safe="") if scope else self.dir) / f"{name}.pair"
+                pair_file = await loop.run_in_executor(None, PairFile.create, path, meta, npages)
             bitmaps = [ChunkBitmap(chunks) for _ in range(REGIONS)]
             pair = Pair(meta, source, target, pair_file, bitmaps, self.settings)
             pair.attach()
@@ -362,12 +381,12 @@ class PairManager:
             return pair.status()
 
     async def split(self, name: str, scope: str | None = None) -> PairStatus:
-        pair = self.get(name, scope)
+        pair = await self.shared.here(self.get(name, scope))
         await pair.split()
         return pair.status()
 
     async def resync(self, name: str, scope: str | None = None) -> PairStatus:
-        pair = self.get(name, scope)
+        pair = await self.shared.here(self.get(name, scope))
         await pair.resync()
         return pair.status()
 
@@ -375,13 +394,13 @@ class PairManager:
         self, name: str, policy: BackupPolicy | None, scope: str | None = None
     ) -> PairStatus:
         """The pair's own backup policy, kept in its file; None: the configured one."""
-        pair = self.get(name, scope)
+        pair = await self.shared.here(self.get(name, scope))
         await pair.set_backup_policy(policy)
         return pair.status()
 
     async def delete(self, name: str, scope: str | None = None) -> None:
         async with self._lock:
-            pair = self.get(name, scope)
+            pair = await self.shared.here(self.get(name, scope))
             if pair.group is not None:  # a deleted pair leaves its group first
                 scope = scope_of(pair.source.volume_id)
                 await self._settled(scope, pair.group)
@@ -389,6 +408,7 @@ class PairManager:
                 await self._set_members(scope, pair.group, rest)
                 pair.group = None
             await pair.delete()
+            self.shared.running.discard(pair.target.volume_id)
             del self.pairs[(scope_of(pair.source.volume_id), pair.name)]
 
     def status(self, name: str, scope: str | None = None) -> PairStatus:
@@ -592,7 +612,7 @@ class PairManager:
         answered; the members' headers follow in the background."""
         key = (scope, name)
         async with self._group_ops.setdefault(key, asyncio.Lock()):
-            pairs = self.group_pairs(name, scope)
+            pairs = [await self.shared.here(p) for p in self.group_pairs(name, scope)]
             glog = await self._group_log(scope, name)
             await self._settled(scope, name)  # the last split's record is written
             for pair in pairs:
@@ -652,7 +672,7 @@ class PairManager:
             return await self._resync_group(name, scope)
 
     async def _resync_group(self, name: str, scope: str) -> builtins.list[Pair]:
-        pairs = self.group_pairs(name, scope)
+        pairs = [await self.shared.here(p) for p in self.group_pairs(name, scope)]
         for pair in pairs:
             if pair.phase is Phase.DELETE:
                 raise PairError(
@@ -671,7 +691,7 @@ class PairManager:
             return await self._reverse_resync_group(name, scope)
 
     async def _reverse_resync_group(self, name: str, scope: str) -> builtins.list[Pair]:
-        pairs = self.group_pairs(name, scope)
+        pairs = [await self.shared.here(p) for p in self.group_pairs(name, scope)]
         for pair in pairs:
             try:
                 next_phase(pair.phase, Event.REVERSE)

@@ -85,6 +85,19 @@ class PairService:
     async def stop(self) -> None:
         await self.manager.stop()
 
+    # -- two gateways: pairs run where their source's lock is (backing/pairs/shared.py) --------
+    async def run_here(self, volume_id: str) -> None:
+        """This gateway took ``volume_id``'s lock: the pairs whose source it is run here."""
+        await self.manager.shared.run_here(volume_id)
+
+    async def hand_over(self, volume_id: str) -> None:
+        """This gateway gives ``volume_id``'s lock up (or lost it): its pairs stop here."""
+        await self.manager.shared.hand_over(volume_id)
+
+    def holds(self, volume_id: str, why: str) -> bool:
+        """Whether a pair running here keeps ``volume_id``'s lock against the other gateway."""
+        return self.manager.shared.holds(volume_id, why)
+
     # -- finding pairs ------------------------------------------------------------------------
     def find(
         self, *, name: str | None = None, scope: str | None = None, volume: str | None = None
@@ -145,7 +158,7 @@ class PairService:
         (one instant for all of them). ``keep_split``: a pair already split (SPLIT-PENDING
         or SPLIT) keeps its split instant and nothing is done (EXTENDED COPY's SPLIT PAIR
         segment)."""
-        pair = self.find(name=name, scope=scope, volume=volume)
+        pair = await self.manager.shared.here(self.find(name=name, scope=scope, volume=volume))
         if keep_split and pair.phase in SPLIT_PHASES:
             return pair.status()
         if pair.group is not None:
@@ -164,7 +177,7 @@ class PairService:
         volume: str | None = None,
     ) -> PairStatus:
         """Resync the pair; a pair in a consistency group resyncs with its whole group."""
-        pair = self.find(name=name, scope=scope, volume=volume)
+        pair = await self.manager.shared.here(self.find(name=name, scope=scope, volume=volume))
         if pair.group is not None:
             await self.resync_group(pair.group, scope_of(pair.source.volume_id), access=access)
             return pair.status()
@@ -183,7 +196,7 @@ class PairService:
         """Restore the source from the target of a SPLIT pair, copying only the chunks
         either side changed since the split; hosts are fenced from the source until it is
         DUPLEX again. A pair in a group restores with its whole group."""
-        pair = self.find(name=name, scope=scope, volume=volume)
+        pair = await self.manager.shared.here(self.find(name=name, scope=scope, volume=volume))
         if pair.group is not None:
             await self.reverse_resync_group(
                 pair.group, scope_of(pair.source.volume_id), access=access
@@ -363,6 +376,7 @@ class PairService:
         pair = self.find(volume=volume)
         if pair.target.volume_id != volume:
             raise PairError(ErrorCode.WRONG_STATE, f"{volume} is not a pair's target volume")
+        pair = await self.manager.shared.here(pair)  # a backup may copy split-set chunks
         chosen = policy or pair.effective_backup_policy
         if chosen is BackupPolicy.SPLIT_AND_BACKUP:
             if pair.phase.mirroring:  # the backup takes its own split (its group's)

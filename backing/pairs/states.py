@@ -125,6 +125,7 @@ class ErrorCode(Enum):
     RESERVATION_CONFLICT = "reservation-conflict"  # a volume it touches is reserved
     UNKNOWN_GROUP = "unknown-group"
     IN_GROUP = "in-group"  # the pair is in another consistency group
+    ELSEWHERE = "elsewhere"  # the other gateway runs the pair and keeps its volume's lock
 
 
 class PairError(Exception):

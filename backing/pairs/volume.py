@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from enum import Enum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from backing.sparse_file import Extent
 
@@ -55,6 +55,12 @@ class PairVolume:
         self.role: Role | None = None
         # Called after the pair's phase changes (the daemon updates the LU's WP flag).
         self.on_change: Callable[[], None] | None = None
+        # Two gateways on one image (docs/rbd.md): the RADOS object that keeps the record
+        # of a pair whose target this volume is (backing/pairs/cluster.py), and taking the
+        # image's lock here, so a pair whose source this is runs on this gateway (False if
+        # the other one keeps it). ``why`` is "pair" when no host write asks for it.
+        self.record_object: Callable[[], Any] | None = None
+        self.take_lock: Callable[[str], Awaitable[bool]] | None = None
         self._unpaired_in_flight = 0
         self._drained: asyncio.Event | None = None
 

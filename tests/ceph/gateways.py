@@ -45,9 +45,10 @@ def gateway_toml(
     unit_attention: bool = True,
     extra_luns: str = "",
     metrics_port: int = 0,
+    tables: str = "",
 ) -> str:
     metrics = f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n' if metrics_port else ""
-    return f"""{metrics}
+    return f"""{metrics}{tables}
 [[portal]]
 listen = "127.0.0.1:{port}"
 tpgt = {tpgt}
@@ -111,8 +112,9 @@ PairFactory = Callable[..., GatewayPair]
 @pytest.fixture
 def gateway_pair(ceph_cluster: CephCluster, tmp_path: Path) -> Iterator[PairFactory]:
     """``gateway_pair(image, *, hold_ms=1000, takeover_ms=3000, unit_attention=True,
-    more_images=(), metrics=False, start=True)``: LUN 0 is ``image``, LUN 1, 2...
-    ``more_images``; with ``metrics``, each serves Prometheus metrics (``metrics_ports``)."""
+    more_images=(), metrics=False, start=True, tables="")``: LUN 0 is ``image``, LUN 1,
+    2... ``more_images``; with ``metrics``, each serves Prometheus metrics
+    (``metrics_ports``); ``tables``: more TOML tables for both (``[pairs]``)."""
     made: list[GatewayPair] = []
 
     def make(
@@ -124,6 +126,7 @@ def gateway_pair(ceph_cluster: CephCluster, tmp_path: Path) -> Iterator[PairFact
         more_images: tuple[str, ...] = (),
         metrics: bool = False,
         start: bool = True,
+        tables: str = "",
     ) -> GatewayPair:
         n = len(made)
         port_a, port_b = free_port(), free_port()
@@ -143,7 +146,7 @@ def gateway_pair(ceph_cluster: CephCluster, tmp_path: Path) -> Iterator[PairFact
                         rbd_lun_toml(ceph_cluster, extra, lun=n)
                         for n, extra in enumerate(more_images, start=1)
                     ),
-                    metrics_port=metrics_ports.get(name, 0),
+                    metrics_port=metrics_ports.get(name, 0), tables=tables,
                 )
             )  # fmt: skip
             state = tmp_path / f"gw{n}{name}-state"

@@ -1,0 +1,316 @@
+"""Pairs shared by two gateways: the record in the cluster, run where the source's lock is.
+
+Under ``[gateway]`` (docs/rbd.md) every volume is an RBD image both gateways serve, and a
+volume the daemon made shared has ``record_object`` (where a pair whose target it is
+keeps its record, backing/pairs/cluster.py) and ``take_lock`` (take its image's lock
+here). Such a pair is on both gateways, in one of two ways:
+
+- **running** on the gateway that holds its source's lock: the engine (copy workers,
+  copy-before-write, bitmap commits) works as with a pair file, on the record it
+  claimed, so a write of the other gateway's is refused from then on;
+- **shown** on the other one: the record as last read (status, PAIR IN, the target's
+  write protection), not started, read again whenever its version changes.
+
+The gateway calls :meth:`run_here` once it took a source's lock (before any write is
+admitted) and :meth:`hand_over` before it gives the lock up or once it was fenced; the
+running one keeps the locks while its pair has copying to do (:meth:`holds`). A shown
+pair that has copying to do asks for its source's lock (``take_lock("pair")``) every
+:data:`REFRESH` seconds: a live holder says no, a dead one is fenced by the gateway's
+takeover, and the survivor resumes the copy from the record. Two gateways never copy one
+pair at once: only the lock holder runs it, and it takes the target's lock and claims the
+record before its first copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from backing.pairs.cluster import VERSION, ClusterPairFile
+from backing.pairs.engine import Pair
+from backing.pairs.states import ErrorCode, PairError, Phase
+
+if TYPE_CHECKING:
+    from backing.pairs.manager import PairManager
+    from backing.pairs.volume import PairVolume
+
+log = logging.getLogger(__name__)
+
+REFRESH = 1.0  # seconds between looks at the records of the pairs shown here
+COPYING = frozenset({Phase.DUPLEX_PENDING, Phase.RESYNC, Phase.SPLIT_PENDING, Phase.REVERSE_COPY})
+
+Found = tuple[ClusterPairFile, dict[str, Any], list[Any]]
+
+
+def has_copying(pair: Pair) -> bool:
+    """Whether the pair has chunks to copy (as its record says)."""
+    return (
+        pair.initializing
+        or pair.phase in COPYING
+        or (pair.phase.mirroring and pair.copy_set.count > 0)
+    )
+
+
+class SharedPairs:
+    def __init__(self, manager: PairManager) -> None:
+        self.manager = manager
+        self.running: set[str] = set()  # target volume ids of the pairs running here
+        self.runs = 0  # times a pair started running on this gateway
+        self._task: asyncio.Task[None] | None = None
+        self._asking: set[str] = set()
+        self._lock = asyncio.Lock()  # one change of who runs what at a time
+
+    # -- which pairs ------------------------------------------------------------------
+    @staticmethod
+    def is_shared(volume: PairVolume) -> bool:
+        return volume.record_object is not None
+
+    def _volumes(self) -> list[PairVolume]:
+        return [v for v in self.manager.volumes.values() if v.record_object is not None]
+
+    def shown(self, pair: Pair) -> bool:
+        """A shared pair this gateway shows but does not run."""
+        return self.is_shared(pair.target) and pair.target.volume_id not in self.running
+
+    def holds(self, volume_id: str, why: str) -> bool:
+        """Whether this gateway keeps ``volume_id``'s lock when the other asks for it:
+        the target of a pair running here always; its source against a pair's request
+        (a host write through the other gateway still moves the pair with the lock)."""
+        for target_id in self.running:
+            pair = self.manager.volumes[target_id].pair
+            if pair is None:
+                continue
+            if target_id == volume_id or (why == "pair" and pair.source.volume_id == volume_id):
+                return True
+        return False
+
+    # -- loading ----------------------------------------------------------------------
+    async def _load(self, target: PairVolume, *, claim: bool) -> Found | None:
+        make = target.record_object
+        assert make is not None
+
+        def load() -> Found | None:
+            obj = make()
+            try:
+                found = ClusterPairFile.load(obj, claim=claim)
+            except BaseException:
+                obj.close()
+                raise
+            if found is None:
+                obj.close()
+            return found
+
+        return await asyncio.get_running_loop().run_in_executor(None, load)
+
+    def _install(self, found: Found, target: PairVolume) -> Pair | None:
+        record, meta, bitmaps = found
+        source = self.manager.volumes.get(meta.get("source", ""))
+        if meta.get("target") != target.volume_id or source is None or source.size != meta["size"]:
+            log.error("pair record %s: its volumes are not configured here; ignored", record.path)
+            record.close()
+            return None
+        if source.pair is not None and source.pair.target is not target:
+            log.error("pair record %s: its source is in pair %s", record.path, source.pair.name)
+            record.close()
+            return None
+        from backing.pairs.manager import scope_of
+
+        old = target.pair
+        pair = Pair(meta, source, target, record, bitmaps, self.manager.settings)
+        pair.group = old.group if old is not None else None
+        if old is not None:
+            old.file.close()
+            self.manager.pairs.pop((scope_of(old.source.volume_id), old.name), None)
+        pair.attach()
+        self.manager.pairs[(scope_of(source.volume_id), pair.name)] = pair
+        return pair
+
+    def _forget(self, pair: Pair) -> None:
+        from backing.pairs.manager import scope_of
+
+        pair.file.close()
+        pair.source.detach()
+        pair.target.detach()
+        self.manager.pairs.pop((scope_of(pair.source.volume_id), pair.name), None)
+
+    async def show(self, target: PairVolume) -> Pair | None:
+        try:
+            found = await self._load(target, claim=False)
+        except (OSError, ValueError, KeyError) as err:
+            log.error("pair record of %s unreadable: %s", target.volume_id, err)
+            return None
+        return None if found is None else self._install(found, target)
+
+    async def scan(self) -> None:
+        """Show the pairs recorded for shared volumes that are in none here yet."""
+        for volume in self._volumes():
+            if volume.pair is None:
+                await self.show(volume)
+
+    # -- who runs what ------------------------------------------------------------------
+    async def run_here(self, source_id: str) -> None:
+        """This gateway holds ``source_id``'s lock: its pairs run here from now on. Each
+        takes its target's lock, claims its record (reading it whole) and resumes."""
+        source = self.manager.volumes.get(source_id)
+        if source is None or not self.is_shared(source):
+            return
+        if source.pair is not None and source.pair.source is not source:
+            return  # a pair's target (its lock is taken by the run below: no re-entry)
+        async with self._lock:
+            if source.pair is None:
+                await self.scan()
+            pair = source.pair
+            if pair is None or pair.source is not source:
+                return
+            target = pair.target
+            if target.volume_id in self.running:
+                return
+            if target.take_lock is not None and not await target.take_lock("pair"):
+                log.warning("pair %s: its target's lock not taken; not run here", pair.name)
+                return
+            try:
+                found = await self._load(target, claim=True)
+            except (OSError, ValueError, KeyError) as err:
+                log.error("pair %s: its record cannot be claimed: %s", pair.name, err)
+                return
+            if found is None:  # deleted meanwhile
+                self._forget(pair)
+                return
+            running = self._install(found, target)
+            if running is None:
+                return
+            self.running.add(target.volume_id)
+            self.runs += 1
+            await running.start()
+            status = running.status()
+            log.info(
+                "pair %s runs here: %s/%s, %d chunks to copy",
+                running.name,
+                status.phase.source.label,
+                status.phase.target.label,
+                status.dirty_chunks,
+            )
+
+    async def hand_over(self, source_id: str) -> None:
+        """This gateway gives ``source_id``'s lock up (or lost it): its pairs stop here
+        (their last cleared bits written, unless the record was claimed meanwhile) and
+        are only shown."""
+        async with self._lock:
+            for target_id in list(self.running):
+                pair = self.manager.volumes[target_id].pair
+                if pair is None or pair.source.volume_id != source_id:
+                    continue
+                self.running.discard(target_id)
+                await pair.stop()
+                log.info("pair %s handed over", pair.name)
+
+    async def here(self, pair: Pair, why: str = "operation") -> Pair:
+        """``pair``, running on this gateway (an operation on it is about to change it):
+        its source's lock is taken here first. PairError (ELSEWHERE) if the other
+        gateway keeps it."""
+        if not self.shown(pair):
+            return pair
+        take = pair.source.take_lock
+        if take is None or not await take(why):
+            raise PairError(
+                ErrorCode.ELSEWHERE, f"pair {pair.name} runs on the other gateway", phase=pair.phase
+            )
+        await self.run_here(pair.source.volume_id)
+        running = pair.target.pair
+        if running is None or self.shown(running):
+            raise PairError(
+                ErrorCode.ELSEWHERE, f"pair {pair.name} runs on the other gateway", phase=pair.phase
+            )
+        return running
+
+    async def create_here(self, source: PairVolume, target: PairVolume) -> None:
+        """Before a shared pair is made: both locks taken here (refused otherwise)."""
+        for volume in (source, target):
+            take = volume.take_lock
+            if take is not None and not await take("operation"):
+                raise PairError(
+                    ErrorCode.ELSEWHERE, f"{volume.volume_id}: the other gateway keeps its lock"
+                )
+
+    async def new_record(
+        self, target: PairVolume, meta: dict[str, Any], npages: int
+    ) -> ClusterPairFile:
+        make = target.record_object
+        assert make is not None
+
+        def create() -> ClusterPairFile:
+            obj = make()
+            try:
+                return ClusterPairFile.create(obj, meta, npages)
+            except BaseException:
+                obj.close()
+                raise
+
+        try:
+            record = await asyncio.get_running_loop().run_in_executor(None, create)
+        except FileExistsError as err:
+            raise PairError(ErrorCode.VOLUME_IN_PAIR, str(err)) from None
+        self.running.add(target.volume_id)
+        self.runs += 1
+        return record
+
+    # -- the shown pairs' refresher -------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None and self._volumes():
+            self._task = asyncio.ensure_future(self._refresh())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH)
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("pair records: refresh failed")
+
+    async def refresh(self) -> None:
+        """Read again the records that changed; a pair with copying to do asks for its
+        source's lock (resumed here if its gateway died)."""
+        loop = asyncio.get_running_loop()
+        await self.scan()
+        for volume in self._volumes():
+            pair = volume.pair
+            if pair is None or pair.target is not volume or not self.shown(pair):
+                continue
+            record = pair.file
+            assert isinstance(record, ClusterPairFile)
+            try:
+                version = await loop.run_in_executor(None, record.obj.xattr, VERSION)
+            except OSError as err:
+                log.debug("pair %s: record not read: %s", pair.name, err)
+                continue
+            if version is None:  # deleted by the gateway that ran it
+                self._forget(pair)
+                continue
+            if int(version) != record.version:
+                shown = await self.show(volume)
+                if shown is None:
+                    continue
+                pair = shown
+            source = pair.source
+            wanted = has_copying(pair) and source.take_lock is not None
+            if wanted and source.volume_id not in self._asking:
+                self._asking.add(source.volume_id)
+                asyncio.ensure_future(self._ask(source))
+
+    async def _ask(self, source: PairVolume) -> None:
+        take = source.take_lock
+        assert take is not None
+        try:
+            if await take("pair"):
+                await self.run_here(source.volume_id)
+        except Exception:
+            log.exception("pair of %s: taking its source's lock failed", source.volume_id)
+        finally:
+            self._asking.discard(source.volume_id)
