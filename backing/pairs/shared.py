@@ -59,6 +59,7 @@ class SharedPairs:
         self.runs = 0  # times a pair started running on this gateway
         self._task: asyncio.Task[None] | None = None
         self._asking: set[str] = set()
+        self._asks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()  # one change of who runs what at a time
 
     # -- which pairs ------------------------------------------------------------------
@@ -261,10 +262,11 @@ class SharedPairs:
             self._task = asyncio.ensure_future(self._refresh())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        tasks = [*self._asks, *([self._task] if self._task is not None else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
 
     async def _refresh(self) -> None:
         while True:
@@ -302,7 +304,9 @@ class SharedPairs:
             wanted = has_copying(pair) and source.take_lock is not None
             if wanted and source.volume_id not in self._asking:
                 self._asking.add(source.volume_id)
-                asyncio.ensure_future(self._ask(source))
+                task = asyncio.ensure_future(self._ask(source))
+                self._asks.add(task)
+                task.add_done_callback(self._asks.discard)
 
     async def _ask(self, source: PairVolume) -> None:
         take = source.take_lock
