@@ -23,10 +23,8 @@ SOURCE, TARGET = 0, 1
 
 
 def pairs_table(rate: str, clear_delay_ms: int = 5000) -> str:
-    return (
-        f'[pairs]\nchunk_size = "64KiB"\ncopy_rate = "{rate}"\n'
-        f"clear_delay_ms = {clear_delay_ms}\n\n"
-    )
+    delay = f"clear_delay_ms = {clear_delay_ms}\n" if clear_delay_ms != 5000 else ""
+    return f'[pairs]\nchunk_size = "64KiB"\ncopy_rate = "{rate}"\n{delay}\n'
 
 
 def client(gw: GatewayPair, which: str) -> BlockClient:
