@@ -281,6 +281,11 @@ class LockGate:
             if not self.in_flight:
                 self._drained.set()
 
+    @staticmethod
+    def is_fencing_error(error: BaseException) -> bool:
+        """Whether a store's ``error`` says this gateway's client was blocklisted."""
+        return isinstance(error, OSError) and error.errno in FENCED_ERRNOS
+
     def fenced(self, error: StoreError) -> bool:
         if error.errno in FENCED_ERRNOS:
             self._fence("a write failed: this gateway's client is blocklisted")

@@ -180,6 +180,7 @@ class Builder:
 
         volume.record_object = record_object
         volume.take_lock = gate.take
+        volume.lost = gate.is_fencing_error
         gate.on_acquired = lambda: pairs.run_here(volume_id)
         gate.on_release = lambda: pairs.hand_over(volume_id)
         gate.keeps = lambda why: pairs.holds(volume_id, why)

@@ -29,6 +29,7 @@ import json
 import struct
 import uuid
 import zlib
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -94,6 +95,10 @@ class ClusterPairFile:
         self.token = token
         self.version = version
         self.closed = False
+        # Set once a write was refused: the other gateway claimed the record. The pair
+        # that wrote it must stop here (``on_taken`` is told, on the event loop).
+        self.taken = False
+        self.on_taken: Callable[[], None] | None = None
         self._header_lane: ThreadPoolExecutor | None = None
         self._pages_lane: ThreadPoolExecutor | None = None
 
@@ -151,6 +156,7 @@ class ClusterPairFile:
             (OWNER, self.token), [(0, _encode_header(meta))], {VERSION: str(version).encode()}
         )
         if not ok:
+            self.taken = True
             raise RecordTaken(f"{self.obj.name}: another gateway runs this pair now")
         self.version = version
 
@@ -160,10 +166,12 @@ class ClusterPairFile:
             for region, p, data in pages
         ]
         if not self.obj.write_guarded((OWNER, self.token), writes):
+            self.taken = True
             raise RecordTaken(f"{self.obj.name}: another gateway runs this pair now")
 
     def remove(self) -> None:
         if not self.obj.remove_guarded((OWNER, self.token)):
+            self.taken = True
             raise RecordTaken(f"{self.obj.name}: another gateway runs this pair now")
         self.close()
 
@@ -178,13 +186,21 @@ class ClusterPairFile:
         if self._header_lane is None:
             self._header_lane = ThreadPoolExecutor(1, thread_name_prefix="pair-header")
         loop = asyncio.get_running_loop()
-        await outlast(loop.run_in_executor(self._header_lane, self.write_header, meta))
+        await self._told(outlast(loop.run_in_executor(self._header_lane, self.write_header, meta)))
 
     async def commit_pages(self, pages: list[tuple[int, int, bytes]]) -> None:
         if self._pages_lane is None:
             self._pages_lane = ThreadPoolExecutor(1, thread_name_prefix="pair-bitmap")
         loop = asyncio.get_running_loop()
-        await outlast(loop.run_in_executor(self._pages_lane, self.write_pages, pages))
+        await self._told(outlast(loop.run_in_executor(self._pages_lane, self.write_pages, pages)))
+
+    async def _told(self, call: Awaitable[None]) -> None:
+        try:
+            await call
+        except RecordTaken:
+            if self.on_taken is not None:
+                self.on_taken()
+            raise
 
     async def discard(self) -> None:
         if self._header_lane is None:

@@ -312,6 +312,11 @@ class Pair:
         header cannot be written, it is SUSPENDED in memory (and logged)."""
         if self.phase in (Phase.SUSPENDED, Phase.DELETE):
             return
+        if any(v.lost is not None and v.lost(err) for v in (self.source, self.target)):
+            # This gateway was fenced (two gateways, docs/rbd.md): the pair is not at fault
+            # and runs on the other one now; it stops here when the gateway hands it over.
+            log.warning("pair %s: not suspended: this gateway was fenced (%s)", self.name, err)
+            return
         self.error = f"{type(err).__name__}: {err}"
         log.error("pair %s: SUSPENDED (%s): %s", self.name, reason.name, self.error)
         try:
@@ -876,8 +881,11 @@ class Pair:
                     try:
                         await self._copy_chunk(c)
                     except Exception as err:
-                        # Logged, and the pair SUSPENDED, by _copy_chunk: nothing copies now.
+                        # Logged, and the pair SUSPENDED, by _copy_chunk: nothing copies now
+                        # (unless fenced: then it stops soon, and must not spin meanwhile).
                         log.debug("pair %s: worker idle after %r", self.name, err)
+                        if self.phase is not Phase.SUSPENDED:
+                            await asyncio.sleep(FAILED_LOOP_PAUSE)
                     continue
                 before = self.phase
                 await self._maybe_finish()

@@ -80,7 +80,7 @@ class SharedPairs:
         (a host write through the other gateway still moves the pair with the lock)."""
         for target_id in self.running:
             pair = self.manager.volumes[target_id].pair
-            if pair is None:
+            if pair is None or getattr(pair.file, "taken", False):
                 continue
             if target_id == volume_id or (why == "pair" and pair.source.volume_id == volume_id):
                 return True
@@ -167,9 +167,8 @@ class SharedPairs:
             target = pair.target
             if target.volume_id in self.running:
                 return
-            if target.take_lock is not None and not await target.take_lock("pair"):
-                log.warning("pair %s: its target's lock not taken; not run here", pair.name)
-                return
+            # The record first: from here on the other gateway's writes of it are refused
+            # (it may be frozen and wake up), and host writes here are tracked in it.
             try:
                 found = await self._load(target, claim=True)
             except (OSError, ValueError, KeyError) as err:
@@ -181,6 +180,13 @@ class SharedPairs:
             running = self._install(found, target)
             if running is None:
                 return
+            # Then the target's lock, which the other gateway keeps until it learns that
+            # its pair was taken over: until then the pair is tracked here, not copied
+            # (the refresher asks again).
+            if target.take_lock is not None and not await target.take_lock("pair"):
+                log.warning("pair %s: its target's lock not taken yet", running.name)
+                return
+            self._watch(running)
             self.running.add(target.volume_id)
             self.runs += 1
             await running.start()
@@ -192,6 +198,27 @@ class SharedPairs:
                 status.phase.target.label,
                 status.dirty_chunks,
             )
+
+    def _watch(self, pair: Pair) -> None:
+        record = pair.file
+        if isinstance(record, ClusterPairFile):
+            record.on_taken = lambda: self._spawn(self._taken(pair))
+
+    def _spawn(self, body: Any) -> None:
+        task = asyncio.ensure_future(body)
+        self._asks.add(task)
+        task.add_done_callback(self._asks.discard)
+
+    async def _taken(self, pair: Pair) -> None:
+        """The other gateway claimed the record of a pair running here (this one was
+        fenced, or frozen): it stops here, without writing anything more."""
+        async with self._lock:
+            target_id = pair.target.volume_id
+            if target_id not in self.running or self.manager.volumes[target_id].pair is not pair:
+                return
+            self.running.discard(target_id)
+            log.warning("pair %s: taken over by the other gateway; stopped here", pair.name)
+            await pair.stop()
 
     async def hand_over(self, source_id: str) -> None:
         """This gateway gives ``source_id``'s lock up (or lost it): its pairs stop here
@@ -253,8 +280,14 @@ class SharedPairs:
         except FileExistsError as err:
             raise PairError(ErrorCode.VOLUME_IN_PAIR, str(err)) from None
         self.running.add(target.volume_id)
+        record.on_taken = lambda: self._taken_record(target.volume_id)
         self.runs += 1
         return record
+
+    def _taken_record(self, target_id: str) -> None:
+        pair = self.manager.volumes[target_id].pair
+        if pair is not None:
+            self._spawn(self._taken(pair))
 
     # -- the shown pairs' refresher -------------------------------------------------------
     def start(self) -> None:

@@ -61,6 +61,9 @@ class PairVolume:
         # the other one keeps it). ``why`` is "pair" when no host write asks for it.
         self.record_object: Callable[[], Any] | None = None
         self.take_lock: Callable[[str], Awaitable[bool]] | None = None
+        # Whether an error of this volume's store means this gateway was fenced (its client
+        # blocklisted): a pair then stops here instead of going SUSPENDED.
+        self.lost: Callable[[BaseException], bool] | None = None
         self._unpaired_in_flight = 0
         self._drained: asyncio.Event | None = None
 

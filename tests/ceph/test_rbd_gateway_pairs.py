@@ -6,6 +6,7 @@ Real cluster, real daemons; the images compared with ``rbd export``."""
 from __future__ import annotations
 
 import random
+import signal
 import time
 from pathlib import Path
 
@@ -167,3 +168,39 @@ def test_two_gateways_never_copy_one_pair_at_once(
     b.close()
     assert export_image(ceph_cluster, target, tmp_path / "t") == bytes(model)
     assert (gw.a.stderr.count("handed over"), runs_here(gw.b)) == (1, 1)
+
+
+def test_split_snapshot_survives_fencing_of_its_gateway(
+    ceph_cluster: CephCluster, new_image: ImageFactory, gateway_pair: PairFactory, tmp_path: Path
+) -> None:
+    """A, reflecting a split from the source's snapshot, is frozen (SIGSTOP): B fences it,
+    claims the record and goes on from the snapshot. A, woken up, finds its image
+    blocklisted and its record claimed: it neither suspends the pair nor writes a byte."""
+    source, target = new_image("8M"), new_image("8M")
+    gw = gateway_pair(source, more_images=(target,), takeover_ms=2000, tables=pairs_table("512KiB"))
+    rng = random.Random(4)
+    model = bytearray(SIZE)
+    a = client(gw, "a")
+    fill(a, rng, model, list(range(0, 128, 4)))
+    retried(lambda: a.create(SOURCE, TARGET, b"fence"))
+    a.ok(pair_out(SPLIT))
+    split_image = bytes(model)
+    gw.wait_log(gw.a, "split set read from snapshot")
+    fill(a, rng, model, list(range(1, 128, 5)))  # after the split
+    a.close()
+    b = client(gw, "b")
+    wait_status(b, ("SPLIT", "SPLIT-PENDING"), timeout=10)
+    gw.kill(gw.a, signal.SIGSTOP)
+    gw.wait_log(gw.b, "runs here", timeout=30)
+    gw.kill(gw.a, signal.SIGCONT)
+    gw.wait_log(gw.a, "rejoined", timeout=30)
+    done = wait_status(b, ("SPLIT", "SPLIT"), timeout=60)
+    assert done.reason == 0
+    a = client(gw, "a")
+    wait_status(a, ("SPLIT", "SPLIT"), timeout=5)  # A shows the record again, read anew
+    a.close()
+    b.close()
+    assert "SUSPENDED" not in gw.a.stderr + gw.b.stderr
+    assert "not suspended: this gateway was fenced" in gw.a.stderr
+    assert export_image(ceph_cluster, target, tmp_path / "t") == split_image
+    assert export_image(ceph_cluster, source, tmp_path / "s") == bytes(model)

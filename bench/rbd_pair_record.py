@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""What a host write on a pair of RBD LUNs costs when the pair's record is in the cluster
+(two gateways, docs/rbd.md "Pairs with two gateways") beside a local pair file.
+
+A write to a chunk whose bit is not yet durable waits for the bit first (the write-intent
+rule, docs/pairs.md): with a pair file that is a ``pwrite`` + ``fdatasync`` of the state
+dir's disk; with the record in the cluster, one guarded RADOS write of the bitmap page.
+Measured in one run on one cluster, host 4 KiB writes at queue depth 1, each to a chunk
+written for the first time (every write pays the commit: the worst case), on:
+
+- ``unpaired``: the image alone (the floor);
+- ``duplex``: a DUPLEX pair (the background copy held to a crawl): the copy-set bit;
+- ``split``: a SPLIT pair: the source-changed bit;
+
+each with ``file`` (the record in a local pair file) and ``cluster`` (the record in a
+RADOS object); rounds alternate the order.
+
+    python3 bench/rbd_pair_record.py [--writes 200] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "tests" / "ceph"))
+from cluster import CephCluster  # noqa: E402
+
+from backing.pairs import PairManager, PairSettings, PairVolume, Phase  # noqa: E402
+from backing.rados_object import RadosObject  # noqa: E402
+from backing.rbd_image import RbdImage, RbdSpec  # noqa: E402
+
+MiB = 1 << 20
+CHUNK = PairSettings().chunk_size
+RECORDS = ("file", "cluster")
+STATES = ("duplex", "split")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
+
+
+async def one_round(cluster: CephCluster, tmp: Path, size: int, n: int, seed: int
+                    ) -> dict[str, list[float]]:  # fmt: skip
+    rng = random.Random(seed)
+    conf = str(cluster.conf)
+    block = rng.randbytes(4096)
+    out: dict[str, list[float]] = {}
+    src_name = f"src{seed}"
+    cluster.rbd("create", "--size", f"{size >> 20}M", f"rbd/{src_name}")
+    src = RbdImage(RbdSpec(pool="rbd", image=src_name, ceph_conf=conf))
+    try:
+        await src.write(0, block)  # the lock is taken by the first write, before
+        offsets = [c * CHUNK for c in rng.sample(range(1, size // CHUNK), n)]
+        out["unpaired"] = []
+        for off in offsets:
+            t = time.perf_counter()
+            await src.write(off, block)
+            out["unpaired"].append(time.perf_counter() - t)
+        cases = [(s, r) for s in STATES for r in RECORDS]
+        if seed % 2:
+            cases.reverse()
+        for n_case, (state, record) in enumerate(cases):
+            # Fresh images each case: every write is the first to its chunk.
+            s_name, t_name = f"s{seed}-{n_case}", f"t{seed}-{n_case}"
+            for name in (s_name, t_name):
+                cluster.rbd("create", "--size", f"{size >> 20}M", f"rbd/{name}")
+            s_img = RbdImage(RbdSpec(pool="rbd", image=s_name, ceph_conf=conf))
+            t_img = RbdImage(RbdSpec(pool="rbd", image=t_name, ceph_conf=conf))
+            manager = PairManager(tmp / f"p{seed}-{n_case}", PairSettings(copy_rate=1))
+            vsrc, vtgt = PairVolume("b/src", s_img), PairVolume("b/tgt", t_img)
+            if record == "cluster":
+                vtgt.record_object = lambda t_name=t_name: RadosObject(
+                    ceph_conf=conf, client="client.admin", keyring="", pool="rbd",
+                    namespace="", oid=f"targetd.pair.{t_name}", timeout=10.0,
+                )  # fmt: skip
+            manager.register_volume(vsrc)
+            manager.register_volume(vtgt)
+            try:
+                await s_img.write(0, block)
+                await manager.create("p", "b/src", "b/tgt")
+                pair = manager.get("p")
+                await pair.wait_until(lambda p: p.phase is Phase.DUPLEX)
+                if state == "split":
+                    await manager.split("p")
+                    await pair.wait_until(lambda p: p.phase is Phase.SPLIT)
+                times = []
+                for off in offsets:
+                    t = time.perf_counter()
+                    await vsrc.write(off, block)
+                    times.append(time.perf_counter() - t)
+                out[f"{state} {record}"] = times
+                await manager.delete("p")
+            finally:
+                await manager.stop()
+                s_img.close()
+                t_img.close()
+    finally:
+        src.close()
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=128, help="MiB per image")
+    parser.add_argument("--writes", type=int, default=200, help="host writes per case")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--objectstore", default="bluestore")
+    args = parser.parse_args()
+    import uvloop
+
+    size = args.size * MiB
+    if args.writes >= size // CHUNK:
+        parser.error("--writes is more than the chunks: make --size larger")
+    merged: dict[str, list[float]] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="targetd-pair-record-") as tmp,
+        CephCluster(Path(tmp) / "ceph", objectstore=args.objectstore) as cluster,
+    ):
+        for r in range(args.repeat):
+            got = uvloop.run(one_round(cluster, Path(tmp), size, args.writes, r))
+            for name, values in got.items():
+                merged.setdefault(name, []).extend(values)
+                print(f"  [{r + 1}] {name:<16} p50 {pct(values, 0.5):7.2f} ms",
+                      file=sys.stderr, flush=True)  # fmt: skip
+    floor = pct(merged["unpaired"], 0.5)
+    print(f"{'host 4 KiB write, QD1':<22} {'p50 ms':>8} {'p99 ms':>8} {'p50 / unpaired':>15}")
+    print(f"{'unpaired':<22} {floor:>8.2f} {pct(merged['unpaired'], 0.99):>8.2f} {1.0:>15.2f}")
+    for state in STATES:
+        for record in RECORDS:
+            v = merged[f"{state} {record}"]
+            print(f"{state + ', ' + record:<22} {pct(v, 0.5):>8.2f} {pct(v, 0.99):>8.2f} "
+                  f"{pct(v, 0.5) / floor:>15.2f}")  # fmt: skip
+    for state in STATES:
+        ratio = pct(merged[f"{state} cluster"], 0.5) / pct(merged[f"{state} file"], 0.5)
+        print(f"{state}: cluster / file p50 = {ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
