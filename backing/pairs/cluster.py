@@ -173,13 +173,12 @@ class ClusterPairFile:
         if not self.obj.remove_guarded((OWNER, self.token)):
             self.taken = True
             raise RecordTaken(f"{self.obj.name}: another gateway runs this pair now")
-        self.close()
+        self.closed = True
 
     def close(self) -> None:
+        """Stop writing (the object, and its client, belong to the caller)."""
         self._stop_lanes()
-        if not self.closed:
-            self.closed = True
-            self.obj.close()
+        self.closed = True
 
     # -- the pair engine's calls (journal.PairFile's) -------------------------------------
     async def commit_header(self, meta: dict[str, Any]) -> None:

@@ -287,6 +287,7 @@ class PairManager:
             pair.file.close()
         for glog in self.group_logs.values():
             glog.close()
+        await self.shared.close()
 
     # -- the API ------------------------------------------------------------------------
     def get(self, name: str, scope: str | None = None) -> Pair:

@@ -61,6 +61,8 @@ class SharedPairs:
         self._asking: set[str] = set()
         self._asks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()  # one change of who runs what at a time
+        # One record object (a RADOS client) per shared volume, for the daemon's life.
+        self._objects: dict[str, Any] = {}
 
     # -- which pairs ------------------------------------------------------------------
     @staticmethod
@@ -87,20 +89,18 @@ class SharedPairs:
         return False
 
     # -- loading ----------------------------------------------------------------------
-    async def _load(self, target: PairVolume, *, claim: bool) -> Found | None:
-        make = target.record_object
-        assert make is not None
+    def _object(self, volume: PairVolume) -> Any:
+        """The record object of pairs whose target ``volume`` is (blocking at first)."""
+        obj = self._objects.get(volume.volume_id)
+        if obj is None:
+            make = volume.record_object
+            assert make is not None
+            obj = self._objects[volume.volume_id] = make()
+        return obj
 
+    async def _load(self, target: PairVolume, *, claim: bool) -> Found | None:
         def load() -> Found | None:
-            obj = make()
-            try:
-                found = ClusterPairFile.load(obj, claim=claim)
-            except BaseException:
-                obj.close()
-                raise
-            if found is None:
-                obj.close()
-            return found
+            return ClusterPairFile.load(self._object(target), claim=claim)
 
         return await asyncio.get_running_loop().run_in_executor(None, load)
 
@@ -264,16 +264,8 @@ class SharedPairs:
     async def new_record(
         self, target: PairVolume, meta: dict[str, Any], npages: int
     ) -> ClusterPairFile:
-        make = target.record_object
-        assert make is not None
-
         def create() -> ClusterPairFile:
-            obj = make()
-            try:
-                return ClusterPairFile.create(obj, meta, npages)
-            except BaseException:
-                obj.close()
-                raise
+            return ClusterPairFile.create(self._object(target), meta, npages)
 
         try:
             record = await asyncio.get_running_loop().run_in_executor(None, create)
@@ -300,6 +292,13 @@ class SharedPairs:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._task = None
+
+    async def close(self) -> None:
+        """Disconnect the record objects (after the pairs stopped)."""
+        objects, self._objects = list(self._objects.values()), {}
+        loop = asyncio.get_running_loop()
+        for obj in objects:
+            await loop.run_in_executor(None, obj.close)
 
     async def _refresh(self) -> None:
         while True:
