@@ -74,7 +74,9 @@ async def one_round(cluster: CephCluster, tmp: Path, size: int, n: int, seed: in
                 cluster.rbd("create", "--size", f"{size >> 20}M", f"rbd/{name}")
             s_img = RbdImage(RbdSpec(pool="rbd", image=s_name, ceph_conf=conf))
             t_img = RbdImage(RbdSpec(pool="rbd", image=t_name, ceph_conf=conf))
-            manager = PairManager(tmp / f"p{seed}-{n_case}", PairSettings(copy_rate=1))
+            # DUPLEX: update copies held to a crawl, off the timed path.
+            rate = 1 if state == "duplex" else 0
+            manager = PairManager(tmp / f"p{seed}-{n_case}", PairSettings(copy_rate=rate))
             vsrc, vtgt = PairVolume("b/src", s_img), PairVolume("b/tgt", t_img)
             if record == "cluster":
                 vtgt.record_object = lambda t_name=t_name: RadosObject(
@@ -84,13 +86,14 @@ async def one_round(cluster: CephCluster, tmp: Path, size: int, n: int, seed: in
             manager.register_volume(vsrc)
             manager.register_volume(vtgt)
             try:
-                await s_img.write(0, block)
+                # An empty source: the creation copy has nothing to do.
                 await manager.create("p", "b/src", "b/tgt")
                 pair = manager.get("p")
                 await pair.wait_until(lambda p: p.phase is Phase.DUPLEX)
                 if state == "split":
                     await manager.split("p")
                     await pair.wait_until(lambda p: p.phase is Phase.SPLIT)
+                await vsrc.write(0, block)  # librbd takes the lock at the first write
                 times = []
                 for off in offsets:
                     t = time.perf_counter()

@@ -109,3 +109,17 @@ def test_rbd_snapshot_split_must_be_a_boolean(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         parse('[pairs]\nrbd_snapshot_split = "yes"\n', tmp_path)
     assert err.value.key == "pairs.rbd_snapshot_split"
+
+
+@pytest.mark.parametrize(("text", "expected"), [("", 5.0), ("clear_delay_ms = 200\n", 0.2)])
+def test_clear_delay_reaches_the_engine(tmp_path: Path, text: str, expected: float) -> None:
+    from targetd.pairs import pair_settings
+
+    assert pair_settings(parse("[pairs]\n" + text, tmp_path)).clear_delay == expected
+
+
+@pytest.mark.parametrize("value", ["99", "600001", '"5s"'])
+def test_clear_delay_out_of_range_names_the_key(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(f"[pairs]\nclear_delay_ms = {value}\n", tmp_path)
+    assert err.value.key == "pairs.clear_delay_ms"

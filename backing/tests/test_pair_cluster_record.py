@@ -1,0 +1,110 @@
+"""The pair record in the cluster (backing/pairs/cluster.py): header and bitmaps read back
+as written, and once another gateway claimed it, every write of the old one is refused and
+changes nothing. The object is a dictionary with the same guarded writes as RADOS's
+``cmpxattr`` operations (the Ceph tier runs the real one: tests/ceph/test_rbd_gateway_pairs.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from backing.pairs.bitmap import PAGE_BITS, PAGE_BYTES
+from backing.pairs.cluster import ClusterPairFile, RecordTaken
+
+
+class MemoryObject:
+    """One RADOS object: a body and xattrs, each operation all or nothing."""
+
+    name = "rbd/targetd.pair.t"
+
+    def __init__(self) -> None:
+        self.body: bytearray | None = None
+        self.xattrs: dict[bytes, bytes] = {}
+        self.closed = False
+
+    def xattr(self, name: bytes) -> bytes | None:
+        return None if self.body is None else self.xattrs.get(name)
+
+    def size(self) -> int | None:
+        return None if self.body is None else len(self.body)
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        assert self.body is not None
+        return bytes(self.body[offset : offset + length])
+
+    def write_guarded(self, guard, writes, xattrs=None, *, create=False):  # type: ignore[no-untyped-def]
+        if create and self.body is not None:
+            return False
+        if not create and self.body is None:
+            return False
+        if guard is not None and self.xattrs.get(guard[0]) != guard[1]:
+            return False
+        if self.body is None:
+            self.body = bytearray()
+        for offset, data in writes:
+            if len(self.body) < offset + len(data):
+                self.body.extend(bytes(offset + len(data) - len(self.body)))
+            self.body[offset : offset + len(data)] = data
+        self.xattrs.update(xattrs or {})
+        return True
+
+    def remove_guarded(self, guard):  # type: ignore[no-untyped-def]
+        if self.body is None:
+            return True
+        if self.xattrs.get(guard[0]) != guard[1]:
+            return False
+        self.body, self.xattrs = None, {}
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+META = {"name": "p", "source": "t/lun0", "target": "t/lun1", "size": 1 << 30,
+        "chunk_size": 1 << 16, "chunks": 2 * PAGE_BITS, "npages": 2, "phase": "DUPLEX"}  # fmt: skip
+
+
+def test_the_record_reads_back_as_written_and_a_claim_refuses_the_old_writer() -> None:
+    async def scenario() -> None:
+        obj = MemoryObject()
+        a = ClusterPairFile.create(obj, META, 2)
+        page = bytearray(PAGE_BYTES)
+        page[0] = 0b101
+        await a.commit_pages([(0, 1, bytes(page)), (2, 0, bytes(page))])
+        await a.commit_header({**META, "phase": "RESYNC"})
+        shown = ClusterPairFile.load(obj, claim=False)
+        assert shown is not None
+        _, meta, bitmaps = shown
+        assert meta["phase"] == "RESYNC"
+        assert list(bitmaps[0]) == [PAGE_BITS, PAGE_BITS + 2]
+        assert list(bitmaps[1]) == [] and list(bitmaps[2]) == [0, 2]
+        # B claims it: A's next writes are refused and change nothing.
+        claimed = ClusterPairFile.load(obj, claim=True)
+        assert claimed is not None
+        b = claimed[0]
+        told: list[str] = []
+        a.on_taken = lambda: told.append("taken")
+        before = bytes(obj.body or b"")
+        with pytest.raises(RecordTaken):
+            await a.commit_pages([(0, 0, bytes(page))])
+        with pytest.raises(RecordTaken):
+            await a.commit_header({**META, "phase": "SUSPENDED"})
+        assert bytes(obj.body or b"") == before and told == ["taken", "taken"] and a.taken
+        with pytest.raises(RecordTaken):
+            a.remove()
+        # B writes on, and deletes it.
+        await b.commit_header({**META, "phase": "DUPLEX"})
+        again = ClusterPairFile.load(obj, claim=False)
+        assert again is not None and again[1]["phase"] == "DUPLEX"
+        await b.discard()
+        assert ClusterPairFile.load(obj, claim=False) is None
+
+    asyncio.run(scenario())
+
+
+def test_a_second_record_is_refused() -> None:
+    obj = MemoryObject()
+    ClusterPairFile.create(obj, META, 2)
+    with pytest.raises(FileExistsError):
+        ClusterPairFile.create(obj, META, 2)
