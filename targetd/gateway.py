@@ -199,6 +199,8 @@ class LockGate:
         self.on_acquired: Callable[[], Awaitable[None]] | None = None
         self.on_release: Callable[[], Awaitable[None]] | None = None
         self.keeps: Callable[[str], bool] | None = None
+        # Before a write here takes the lock: a pair's target brings its pair here first.
+        self.before_acquire: Callable[[], Awaitable[None]] | None = None
         self.groups = PortGroups(self._groups())
         image.allocation_known = False  # until this gateway holds the lock
         lu.port_groups = self.groups
@@ -249,6 +251,8 @@ class LockGate:
             return True
         # A silent holder is fenced after takeover_ms; a live, busy one keeps the lock and
         # the command is refused (transitioning) for the initiator to retry.
+        if not self.holding and self.before_acquire is not None:
+            await self.before_acquire()
         deadline = self.clock() + self.takeover + 1.0
         while not (self.holding and self._transition is None):
             if self.is_fenced:

@@ -184,6 +184,7 @@ class Builder:
         gate.on_acquired = lambda: pairs.run_here(volume_id)
         gate.on_release = lambda: pairs.hand_over(volume_id)
         gate.keeps = lambda why: pairs.holds(volume_id, why)
+        gate.before_acquire = lambda: pairs.follow_target(volume_id)
 
     def _cluster_reservations(
         self, target: TargetConfig, lun: LunConfig, lu: LogicalUnit

@@ -94,6 +94,11 @@ class PairService:
         """This gateway gives ``volume_id``'s lock up (or lost it): its pairs stop here."""
         await self.manager.shared.hand_over(volume_id)
 
+    async def follow_target(self, volume_id: str) -> None:
+        """A host write here to the target of a pair the other gateway runs: the pair
+        comes here first."""
+        await self.manager.shared.follow_target(volume_id)
+
     def holds(self, volume_id: str, why: str) -> bool:
         """Whether a pair running here keeps ``volume_id``'s lock against the other gateway."""
         return self.manager.shared.holds(volume_id, why)

@@ -252,6 +252,18 @@ class SharedPairs:
             )
         return running
 
+    async def follow_target(self, volume_id: str) -> None:
+        """A host write to the target of a pair shown here (a split pair's target is
+        writable): the pair comes here first (its source's lock, as a write to the source
+        would take it), so the write is tracked in its record."""
+        volume = self.manager.volumes.get(volume_id)
+        pair = None if volume is None else volume.pair
+        if pair is None or pair.target is not volume or not self.shown(pair):
+            return
+        take = pair.source.take_lock
+        if take is not None:
+            await take("")
+
     async def create_here(self, source: PairVolume, target: PairVolume) -> None:
         """Before a shared pair is made: both locks taken here (refused otherwise)."""
         for volume in (source, target):

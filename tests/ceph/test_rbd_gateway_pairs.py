@@ -164,10 +164,21 @@ def test_two_gateways_never_copy_one_pair_at_once(
     a_log = gw.a.stderr
     assert a_log.index("handed over") < a_log.index("lock given up"), a_log
     wait_status(b, ("DUPLEX", "DUPLEX"), timeout=60)
-    a.close()
-    b.close()
     assert export_image(ceph_cluster, target, tmp_path / "t") == bytes(model)
     assert (gw.a.stderr.count("handed over"), runs_here(gw.b)) == (1, 1)
+    # Split through B; then a host write to the (writable) target through A brings the
+    # pair back to A first, so the target's change is tracked in the record.
+    b.ok(pair_out(SPLIT))
+    wait_status(b, ("SPLIT", "SPLIT"), timeout=10)
+    time.sleep(0.5)  # past B's hold time
+    data = rng.randbytes(CHUNK)
+    retried(lambda: a.write(TARGET, 5 * CHUNK, data))
+    assert runs_here(gw.a) == 1, gw.a.stderr
+    st = status(a)
+    assert (st.source, st.target, st.changed) == ("SPLIT", "SPLIT", 1), st  # chunk 5
+    assert retried(lambda: b.read(TARGET, 5 * CHUNK, CHUNK)) == data
+    a.close()
+    b.close()
 
 
 def test_split_snapshot_survives_fencing_of_its_gateway(
