@@ -312,9 +312,11 @@ class Pair:
         header cannot be written, it is SUSPENDED in memory (and logged)."""
         if self.phase in (Phase.SUSPENDED, Phase.DELETE):
             return
-        if any(v.lost is not None and v.lost(err) for v in (self.source, self.target)):
-            # This gateway was fenced (two gateways, docs/rbd.md): the pair is not at fault
-            # and runs on the other one now; it stops here when the gateway hands it over.
+        lost = any(v.lost is not None and v.lost(err) for v in (self.source, self.target))
+        if lost or getattr(self.file, "taken", False):
+            # This gateway was fenced, or the other claimed the pair's record (two gateways,
+            # docs/rbd.md): the pair is not at fault and runs on the other one now; it stops
+            # here when the gateway hands it over.
             log.warning("pair %s: not suspended: this gateway was fenced (%s)", self.name, err)
             return
         self.error = f"{type(err).__name__}: {err}"
