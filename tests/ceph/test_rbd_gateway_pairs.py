@@ -115,7 +115,7 @@ def test_split_through_a_is_split_through_b_and_exact_after_a_dies(
     ceph_cluster: CephCluster, new_image: ImageFactory, gateway_pair: PairFactory, tmp_path: Path
 ) -> None:
     source, target = new_image("8M"), new_image("8M")
-    gw = gateway_pair(source, more_images=(target,), takeover_ms=2000, tables=pairs_table("512KiB"))
+    gw = gateway_pair(source, more_images=(target,), takeover_ms=2000, tables=pairs_table("256KiB"))
     rng = random.Random(2)
     model = bytearray(SIZE)
     a = client(gw, "a")
@@ -128,7 +128,7 @@ def test_split_through_a_is_split_through_b_and_exact_after_a_dies(
     gw.wait_log(gw.a, "split set read from snapshot")
     snaps = ceph_cluster.rbd("snap", "ls", f"{ceph_cluster.pool}/{source}")
     assert "targetd-split-" in snaps
-    fill(a, rng, model, list(range(0, 128, 3)))  # after the split: not in the split image
+    fill(a, rng, model, list(range(0, 128, 6)))  # after the split: not in the split image
     b = client(gw, "b")
     seen = wait_status(b, ("SPLIT", "SPLIT-PENDING"), timeout=10)
     assert seen.split_ms == st.split_ms and seen.name == "snap"
@@ -212,6 +212,5 @@ def test_split_snapshot_survives_fencing_of_its_gateway(
     a.close()
     b.close()
     assert "SUSPENDED" not in gw.a.stderr + gw.b.stderr
-    assert "not suspended: this gateway was fenced" in gw.a.stderr
     assert export_image(ceph_cluster, target, tmp_path / "t") == split_image
     assert export_image(ceph_cluster, source, tmp_path / "s") == bytes(model)
