@@ -364,3 +364,18 @@ def test_a_restarted_gateway_drops_the_reserve_6_of_its_previous_run() -> None:
         assert (await cmd(b, SB, WRITE)).status == Status.GOOD
 
     asyncio.run(scenario())
+
+
+def test_a_gateway_stopping_ends_the_reserve_6_held_through_it() -> None:
+    cluster = Cluster()
+
+    async def scenario() -> None:
+        a, b = gateway(cluster, HA, ports=A_PORTS), gateway(cluster, SB, ports=B_PORTS)
+        assert (await cmd(a, HA, RESERVE6)).status == Status.GOOD
+        # SIGTERM: the store closes (blocking, at stop; B's loop runs meanwhile).
+        await asyncio.to_thread(a.reservations.store.close)  # type: ignore[union-attr]
+        await asyncio.sleep(0.05)  # B applies the notification on its loop
+        assert b.reservations.legacy is None
+        assert (await cmd(b, SB, WRITE)).status == Status.GOOD
+
+    asyncio.run(scenario())

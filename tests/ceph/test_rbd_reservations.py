@@ -233,10 +233,10 @@ def test_all_tg_pt_and_spec_i_pt_registrations_hold_through_the_other_gateway(
 
 def test_a_reserve_6_through_a_is_enforced_through_b(gateways: tuple[Gateway, Gateway]) -> None:
     """SPC-2 reservations are per I_T nexus: a host holding one through gateway A shuts out
-    every other nexus, those through gateway B included, until it releases it or its
-    nexus goes."""
+    every other nexus, those through gateway B included, until it releases it, its nexus
+    goes or its gateway stops."""
     a, b = gateways
-    holder, other = login(a, HOLDER), login(b, OTHER)
+    holder, other, stranger = login(a, HOLDER), login(b, OTHER), login(b, STRANGER)
     assert holder.command(RESERVE6)[0] == GOOD
     assert other.command(WRITE10, data=bytes(512))[0] == RESERVATION_CONFLICT
     assert other.command(READ10, read=512)[0] == RESERVATION_CONFLICT
@@ -257,7 +257,11 @@ def test_a_reserve_6_through_a_is_enforced_through_b(gateways: tuple[Gateway, Ga
         assert time.monotonic() < deadline, "the logged-out nexus's RESERVE(6) still holds"
         time.sleep(0.05)
     assert holder.command(RESERVE6)[0] == GOOD
-    holder.close()
+    # A gateway stopped cleanly (SIGTERM) ends the RESERVE(6)s held through it.
+    assert stranger.command(WRITE10, data=bytes(512))[0] == RESERVATION_CONFLICT
+    a.stop()
+    assert stranger.command(WRITE10, data=bytes(512))[0] == GOOD
+    stranger.close()
 
 
 def test_a_gateway_killed_and_restarted_alone_forgets_what_a_power_loss_forgets(
