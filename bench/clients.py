@@ -35,6 +35,7 @@ class Case:
     depth: int
     random: bool = False
     sessions: int = 1  # clients run at once, each with its own login
+    spread: int = 1  # the sessions go round this many targets (session i to target i mod N)
     percentile: int = 0  # latency cases: which percentile of the per-request times
 
     @property
@@ -71,6 +72,13 @@ CASES: tuple[Case, ...] = (
     Case("qd1-read-4K-p99", "qemu-io", False, 4 * KiB, 1, random=True, percentile=99),
 )
 
+# Not run by default: the same 8 sessions over two targets, what per-target worker
+# processes can spread over cores (bench/scaling.py --workers 1,2).
+SPREAD_CASES: tuple[Case, ...] = (
+    Case("agg8x2t-rand-read-4K", "iscsi-perf", False, 4 * KiB, 32, True, sessions=8, spread=2),
+    Case("agg8x2t-rand-write-4K", "qemu-img", True, 4 * KiB, 32, True, sessions=8, spread=2),
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Budget:
@@ -105,17 +113,19 @@ def select_cases(spec: str | None) -> tuple[Case, ...]:
     if not spec:
         return CASES
     chosen: list[Case] = []
+    every = CASES + SPREAD_CASES
     for item in (s.strip() for s in spec.split(",") if s.strip()):
-        matches = [c for c in CASES if item == c.name] or [c for c in CASES if item in c.name]
+        matches = [c for c in every if item == c.name] or [c for c in every if item in c.name]
         if not matches:
-            names = ", ".join(c.name for c in CASES)
+            names = ", ".join(c.name for c in every)
             raise ValueError(f"no case matches {item!r}; cases are: {names}")
         chosen += [c for c in matches if c not in chosen]
     return tuple(chosen)
 
 
-def qemu_image_opts(target: Target, region: int) -> str:
+def qemu_image_opts(target: Target, region: int, lun: tuple[str, int] | None = None) -> str:
     """A raw view of just the first ``region`` bytes, so sequential runs wrap inside it."""
+    iqn, number = lun or (target.iqn, target.lun)
     return ",".join(
         (
             "driver=raw",
@@ -123,28 +133,36 @@ def qemu_image_opts(target: Target, region: int) -> str:
             "file.driver=iscsi",
             "file.transport=tcp",
             f"file.portal={target.portal}",
-            f"file.target={target.iqn}",
-            f"file.lun={target.lun}",
+            f"file.target={iqn}",
+            f"file.lun={number}",
         )
     )
 
 
 def qemu_bench_argv(
-    target: Target, region: int, *, write: bool, size: int, depth: int, count: int
+    target: Target,
+    region: int,
+    *,
+    write: bool,
+    size: int,
+    depth: int,
+    count: int,
+    lun: tuple[str, int] | None = None,
 ) -> list[str]:
     argv = ["qemu-img", "bench", "--image-opts", "-t", "none", "-d", str(depth)]
     argv += ["-s", str(size), "-c", str(count)]
     if write:
         argv += ["-w", "--pattern=0xa5"]
-    return [*argv, qemu_image_opts(target, region)]
+    return [*argv, qemu_image_opts(target, region, lun)]
 
 
-def iscsi_perf_argv(target: Target, case: Case, seconds: int) -> list[str]:
+def iscsi_perf_argv(target: Target, case: Case, seconds: int, session: int = 0) -> list[str]:
     argv = ["iscsi-perf", "-t", str(seconds), "-b", str(case.block_size // 512)]
     argv += ["-m", str(case.depth)]
     if case.random:
         argv.append("-r")
-    return [*argv, target.url]
+    iqn, lun = target.lun_of(session, case.spread)
+    return [*argv, f"iscsi://{target.portal}/{iqn}/{lun}"]
 
 
 _QEMU_DONE = re.compile(r"Run completed in ([0-9.]+) seconds")
@@ -208,8 +226,9 @@ def _run_qemu_img(case: Case, target: Target, region: int, budget: Budget) -> Sa
 
     def argv(session: int) -> list[str]:
         args = qemu_bench_argv(
-            target, region, write=case.write, size=case.block_size, depth=case.depth, count=count
-        )
+            target, region, write=case.write, size=case.block_size, depth=case.depth,
+            count=count, lun=target.lun_of(session, case.spread),
+        )  # fmt: skip
         if case.random:
             # Each session starts at its own place in the region and strides through it.
             offset = (region // case.sessions * session) // case.block_size * case.block_size
@@ -227,7 +246,7 @@ def _run_qemu_img(case: Case, target: Target, region: int, budget: Budget) -> Sa
 
 def _run_iscsi_perf(case: Case, target: Target, region: int, budget: Budget) -> Sample:
     runs = _each_session(
-        case, lambda _: iscsi_perf_argv(target, case, budget.perf_seconds), budget.timeout
+        case, lambda i: iscsi_perf_argv(target, case, budget.perf_seconds, i), budget.timeout
     )
     # The sessions ran side by side for the same time: their rates add up.
     ops_per_second = sum(parse_perf_iops(output) for output, _ in runs)
@@ -299,5 +318,6 @@ def run_case(case: Case, target: Target, region: int, budget: Budget) -> Sample:
 def prefill(target: Target, region: int, budget: Budget) -> None:
     """Write the whole region once so that read cases read data, not holes."""
     count = max(1, region // MiB)
-    argv = qemu_bench_argv(target, region, write=True, size=MiB, depth=16, count=count)
-    _run(argv, max(budget.timeout, region / (20 * MB)))
+    for lun in target.luns or ((target.iqn, target.lun),):
+        argv = qemu_bench_argv(target, region, write=True, size=MiB, depth=16, count=count, lun=lun)
+        _run(argv, max(budget.timeout, region / (20 * MB)))

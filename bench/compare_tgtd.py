@@ -96,10 +96,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def start_target(name: str, workdir: Path) -> Target:
+def start_target(name: str, workdir: Path, spread: int = 1) -> Target:
+    """``spread``: as many targets as the cases spread their sessions over."""
     if name == BASELINE:
-        return TgtdTarget.start(workdir, GiB)
-    return TargetdTarget.start(workdir, REPO_ROOT)
+        return TgtdTarget.start(workdir, GiB, targets=spread)
+    return TargetdTarget.start(workdir, REPO_ROOT, targets=spread)
 
 
 def measure(case_result: CaseResult, target: Target, repeat: int, region: int, budget: Budget):
@@ -143,7 +144,7 @@ def run_benchmark(
     try:
         for name in args.targets:
             print(f"starting {name} ...", file=sys.stderr, flush=True)
-            targets.append(start_target(name, workdir))
+            targets.append(start_target(name, workdir, max(c.spread for c in args.cases)))
             pids[name] = targets[-1].pid
         if not args.no_prefill and any(not c.write for c in args.cases):
             for target in targets:

@@ -9,6 +9,7 @@ repeat. Prints the medians per core count, each target's ratio to tgtd, and its 
 1,000 requests. See docs/performance.md.
 
     python3 bench/scaling.py [--cases agg8-rand-read-4K,qemu-seq-read-4K] [--repeat 3] [--quick]
+    python3 bench/scaling.py --cases agg8x2t --workers 1,2   # two targets, one or two workers
 """
 
 from __future__ import annotations
@@ -32,10 +33,30 @@ DEFAULT_CASES = "agg8-rand-read-4K,agg8-rand-write-4K,perf-rand-read-4K,qemu-seq
 
 
 def pin(pid: int, cores: set[int]) -> None:
-    """Every thread of ``pid`` (threads started later inherit the mask of their creator)."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):  # a thread that has just ended
-            os.sched_setaffinity(int(task.name), cores)
+    """Every thread of ``pid`` and of its child processes (a portal's workers); threads
+    started later inherit the mask of their creator."""
+    for process in (pid, *descendants(pid)):
+        with contextlib.suppress(OSError):  # a process that has just ended
+            for task in Path(f"/proc/{process}/task").iterdir():
+                with contextlib.suppress(OSError):  # a thread that has just ended
+                    os.sched_setaffinity(int(task.name), cores)
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = (entry / "stat").read_text()
+                children.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(
+                    int(entry.name)
+                )
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,18 +71,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="NAME:VAR=VALUE, a targetd started with VAR=VALUE in its environment",
     )
     parser.add_argument("--no-tgtd", action="store_true")
+    parser.add_argument(
+        "--workers",
+        default="1",
+        help="comma list of targetd worker counts to run side by side (docs/workers.md);"
+        " N > 1 adds the target targetd-wN (default 1)",
+    )
     args = parser.parse_args(argv)
     args.cases = select_cases(args.cases)
+    args.workers = [int(n) for n in args.workers.split(",") if n.strip()]
+    args.spread = max(c.spread for c in args.cases)
     return args
 
 
 def start_targets(args: argparse.Namespace, workdir: Path) -> list[Target]:
     targets: list[Target] = []
     if not args.no_tgtd:
-        targets.append(TgtdTarget.start(workdir, GiB))
-    base = workdir / "targetd"
-    base.mkdir()
-    targets.append(TargetdTarget.start(base, REPO_ROOT))
+        targets.append(TgtdTarget.start(workdir, GiB, targets=args.spread))
+    for workers in args.workers:
+        name = "targetd" if workers == 1 else f"targetd-w{workers}"
+        base = workdir / name
+        base.mkdir()
+        target = TargetdTarget.start(base, REPO_ROOT, targets=args.spread, workers=workers)
+        target.name = name
+        targets.append(target)
     for spec in args.variant:
         name, _, assignment = spec.partition(":")
         var, _, value = assignment.partition("=")
@@ -106,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                             before = tree_cpu_seconds(target.pid)
                             try:
                                 sample = run_case(case, target, region, budget)
-                            except ClientError as exc:
+                            except (ClientError, TargetError) as exc:
                                 print(f"  {case.name} {target.name}: {exc}", file=sys.stderr)
                                 continue
                             cost = 1000 * (tree_cpu_seconds(target.pid) - before) / sample.ops

@@ -84,10 +84,19 @@ class Target:
     port: int
     proc: subprocess.Popen[bytes]
     log_path: Path
+    # Every (IQN, LUN) the clients may use, when there is more than one target; a case that
+    # spreads its sessions over N targets gives session i the (i mod N)-th.
+    luns: tuple[tuple[str, int], ...] = ()
 
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def lun_of(self, session: int, spread: int = 1) -> tuple[str, int]:
+        luns = self.luns or ((self.iqn, self.lun),)
+        if spread > len(luns):
+            raise TargetError(f"{self.name} serves {len(luns)} target(s), the case needs {spread}")
+        return luns[session % spread]
 
     @property
     def portal(self) -> str:
@@ -118,10 +127,13 @@ class TgtdTarget(Target):
     control_port: int = 0
 
     @classmethod
-    def start(cls, workdir: Path, lun_size: int = GiB) -> TgtdTarget:
-        lun_file = workdir / "tgtd-lun1.img"
-        with lun_file.open("wb") as f:
-            f.truncate(lun_size)
+    def start(cls, workdir: Path, lun_size: int = GiB, targets: int = 1) -> TgtdTarget:
+        """``targets`` targets (tid 1..N), each with LUN 1 on a sparse file of its own."""
+        files = [workdir / f"tgtd-t{tid}-lun1.img" for tid in range(1, targets + 1)]
+        for lun_file in files:
+            with lun_file.open("wb") as f:
+                f.truncate(lun_size)
+        iqns = [TGTD_IQN if tid == 1 else f"{TGTD_IQN}-{tid}" for tid in range(1, targets + 1)]
         port = free_port()
         control_port = _free_control_port()
         log_path = workdir / "tgtd.log"
@@ -132,12 +144,14 @@ class TgtdTarget(Target):
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        target = cls("tgtd", TGTD_IQN, 1, port, proc, log_path, control_port)
+        luns = tuple((iqn, 1) for iqn in iqns)
+        target = cls("tgtd", TGTD_IQN, 1, port, proc, log_path, luns, control_port)
         try:
             wait_for_port(port, proc, timeout=15)
-            target._admin("--op new --mode target --tid 1 -T", TGTD_IQN)
-            target._admin("--op new --mode logicalunit --tid 1 --lun 1 -b", str(lun_file))
-            target._admin("--op bind --mode target --tid 1 -I ALL")
+            for tid, (iqn, lun_file) in enumerate(zip(iqns, files, strict=True), start=1):
+                target._admin(f"--op new --mode target --tid {tid} -T", iqn)
+                target._admin(f"--op new --mode logicalunit --tid {tid} --lun 1 -b", str(lun_file))
+                target._admin(f"--op bind --mode target --tid {tid} -I ALL")
             check_login(target.portal)
         except BaseException as exc:
             target.stop()
@@ -157,8 +171,9 @@ class TgtdTarget(Target):
         # tgtd ignores SIGTERM; it exits on a system delete, which it refuses while a target
         # exists. Fall back to signals by PID if the control channel does not answer.
         if self.alive():
+            tids = range(1, max(1, len(self.luns)) + 1)
             for options in (
-                "--op delete --force --mode target --tid 1",
+                *(f"--op delete --force --mode target --tid {tid}" for tid in tids),
                 "--op delete --mode system",
             ):
                 try:
@@ -213,17 +228,37 @@ class TargetdTarget(Target):
     """targetd with its default configuration: LUN 0 of the default target, 1 GiB sparse."""
 
     @classmethod
-    def start(cls, workdir: Path, repo_root: Path, python: str = sys.executable) -> TargetdTarget:
+    def start(
+        cls,
+        workdir: Path,
+        repo_root: Path,
+        python: str = sys.executable,
+        *,
+        targets: int = 1,
+        workers: int = 1,
+        lun_size: int = GiB,
+    ) -> TargetdTarget:
+        """The default configuration; or ``targets`` targets of one LUN each, served by
+        ``workers`` worker processes (docs/workers.md)."""
         port = free_port()
         state_dir = workdir / "targetd-state"
         state_dir.mkdir()
+        iqns = [TARGETD_IQN if t == 1 else f"{TARGETD_IQN}-{t}" for t in range(1, targets + 1)]
         log_path = workdir / "targetd.log"
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(repo_root), env.get("PYTHONPATH", "")) if p
         )
         argv = [python, "-m", "targetd", "serve", "--listen", f"{LOOPBACK}:{port}"]
-        argv += ["--state-dir", str(state_dir)]
+        argv += ["--state-dir", str(state_dir), "--workers", str(workers)]
+        if targets > 1:
+            config = workdir / "targetd.toml"
+            config.write_text("".join(
+                f'[[target]]\nname = "{iqn}"\n[[target.lun]]\nlun = 0\n'
+                f'path = "t{t}-lun0.img"\nsize = {lun_size}\n'
+                for t, iqn in enumerate(iqns, start=1)
+            ))  # fmt: skip
+            argv += ["--config", str(config)]
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 argv,
@@ -233,9 +268,10 @@ class TargetdTarget(Target):
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        target = cls("targetd", TARGETD_IQN, 0, port, proc, log_path)
+        luns = tuple((iqn, 0) for iqn in iqns)
+        target = cls("targetd", TARGETD_IQN, 0, port, proc, log_path, luns)
         try:
-            wait_for_port(port, proc, timeout=30)
+            wait_for_port(port, proc, timeout=60)
             check_login(target.portal)
         except BaseException as exc:
             target.stop()

@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         spec = json.loads(args.worker)
         role = WorkerRole(int(spec["index"]), [str(t) for t in spec["targets"]])
+        logs.PROCESS_FIELDS["worker"] = role.index
         # The portal passes its own arguments on: a worker's are the same plus --worker.
         argv = argv[: argv.index("--worker")]
 

@@ -49,6 +49,11 @@ class SecretScrubber:
         return self._pattern.sub(HIDDEN, line) if self._pattern is not None else line
 
 
+# Fields on every line this process logs: a worker process names itself (targetd.workers),
+# since its lines share the portal's standard error.
+PROCESS_FIELDS: dict[str, Any] = {}
+
+
 class _Formatter(logging.Formatter):
     def __init__(self, scrub: SecretScrubber) -> None:
         super().__init__()
@@ -60,6 +65,7 @@ class _Formatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            **PROCESS_FIELDS,
             "event": record.getMessage(),
         }
         out.update(getattr(record, FIELDS, None) or {})

@@ -98,6 +98,11 @@ def test_each_target_is_served_by_its_own_worker_process(targetd_factory: Daemon
         url = f"iscsi://127.0.0.1:{daemon.port}/{name}/0"
         out = run("qemu-io", "-f", "raw", "-c", f"read -P {pattern} 0 1M", url).stdout
         assert "Pattern verification failed" not in out and "read 1048576/1048576" in out
+    # Each worker's log lines name it (they share the portal's standard error).
+    logins = [line for line in daemon.stderr.splitlines() if " event=login " in line]
+    assert any("worker=0 " in line and f"target={A}" in line for line in logins)
+    assert any("worker=1 " in line and f"target={B}" in line for line in logins)
+    assert not any("worker=0 " in line and f"target={B}" in line for line in logins)
     listing = run("iscsi-ls", "-s", f"iscsi://127.0.0.1:{daemon.port}").stdout
     assert f"Target:{A} Portal:127.0.0.1:{daemon.port},1" in listing  # discovery: the portal
     assert listing.count("Lun:0    Type:DIRECT_ACCESS") == 2  # and a login to each worker

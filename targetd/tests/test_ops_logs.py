@@ -59,3 +59,13 @@ def test_json_format() -> None:
         logging.getLogger().handlers.clear()
     record = json.loads(stream.getvalue())
     assert record["event"] == "serving" and record["portal"] == "127.0.0.1:3260"
+
+
+def test_a_worker_process_names_itself_on_every_line(
+    capture: tuple[logging.Logger, io.StringIO], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log, out = capture
+    monkeypatch.setitem(logs.PROCESS_FIELDS, "worker", 1)
+    log.info("login", extra=logs.fields(tsih=3))
+    line = out.getvalue().strip()
+    assert line.split(" ", 3)[3] == "worker=1 event=login tsih=3", line
