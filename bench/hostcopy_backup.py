@@ -14,7 +14,10 @@ lists once; then, ``--repeats`` times in alternating order:
 
 Times are the guest's (/proc/uptime, 10 ms) around each whole backup, so the tool's Python
 start-up and its device queries are in its figure; the copy itself is the target's in both.
-The tool's own clock (from the first list sent to the last completed) is shown beside.
+The tool's own clock (from the first list sent to the last completed) is shown beside, and
+what the rest of its time went to: its start-up alone (``targetd-copy --help``: the
+interpreter and the imports), and the remainder (the device queries, the rewind, the
+lists built).
 
     python3 bench/hostcopy_backup.py                  # 512 MiB, 3 repeats: a few minutes
     python3 bench/hostcopy_backup.py --size 128MiB --repeats 1
@@ -81,9 +84,16 @@ by_tool() {
     copy=$(sed -n 's/.*done, .* in \([0-9.]*\)s .*/\1/p' /tmp/tool.err)
     echo "@@bench targetd-copy $t0 $t1 $copy"
 }
+by_startup() {
+    t0=$(now)
+    targetd-copy --help >/dev/null
+    t1=$(now)
+    echo "@@bench startup $t0 $t1"
+}
 r=0
 while [ "$r" -lt "$REPEATS" ]; do
     if [ $((r % 2)) -eq 0 ]; then by_tool; by_sg_raw; else by_sg_raw; by_tool; fi
+    by_startup
     r=$((r + 1))
 done
 """
@@ -133,7 +143,7 @@ def main() -> int:
     finally:
         daemon.stop()
     print("\n".join(line for line in out.splitlines() if line.startswith("sg_raw -s")))
-    walls: dict[str, list[float]] = {"targetd-copy": [], "sg_raw": []}
+    walls: dict[str, list[float]] = {"targetd-copy": [], "sg_raw": [], "startup": []}
     copies: list[float] = []
     for line in out.splitlines():
         m = re.search(r"@@bench (\S+) ([\d.]+) ([\d.]+)(?: ([\d.]+))?", line)
@@ -141,7 +151,7 @@ def main() -> int:
             walls[m[1]].append(float(m[3]) - float(m[2]))
             if m[4]:
                 copies.append(float(m[4]))
-    rate = {k: [size / MiB / max(t, 0.01) for t in v] for k, v in walls.items()}
+    rate = {k: [size / MiB / max(t, 0.01) for t in v] for k, v in walls.items() if k != "startup"}
     med = {k: statistics.median(v) for k, v in rate.items()}
     print(f"\n{size / MiB:.0f} MiB, {args.record_size} records, {args.repeats} repeats, "
           f"alternating order, guest clock\n")  # fmt: skip
@@ -157,6 +167,14 @@ def main() -> int:
         own = statistics.median(size / MiB / max(c, 0.01) for c in copies)
         print(f"\ntargetd-copy's own clock (first list sent to last completed): median "
               f"{own:.0f} MiB/s")  # fmt: skip
+        wall, copy = statistics.median(walls["targetd-copy"]), statistics.median(copies)
+        start = statistics.median(walls["startup"]) if walls["startup"] else 0.0
+        by_sg_raw = statistics.median(walls["sg_raw"])
+        print(
+            f"targetd-copy's median {wall:.2f} s: the copy {copy:.2f} s, its start-up alone"
+            f" (--help) {start:.2f} s, the rest (queries, rewind, lists)"
+            f" {wall - copy - start:.2f} s; sg_raw's median {by_sg_raw:.2f} s"
+        )
     return 0
 
 

@@ -229,7 +229,10 @@ class PairManager:
                 continue
             behind = tuple(m for m in record.pending if (key[0], m) in self._behind)
             if behind != record.pending:
-                await glog.commit(SplitRecord(record.token, record.split_time, behind))
+                try:
+                    await glog.commit(SplitRecord(record.token, record.split_time, behind))
+                except OSError:  # the headers have it already: only a later start rereads
+                    log.exception("group split record %s: marking it settled failed", glog.path)
 
     async def _load_groups(self, resumed: builtins.list[tuple[str, str]]) -> None:
         """Read each scope's groups file (once), then finish what a crash interrupted: a
