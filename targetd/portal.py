@@ -26,6 +26,7 @@ from targetd.workers import Supervisor, merge_families, merge_status
 
 log = logging.getLogger("targetd")
 FORWARD_TIMEOUT = 3600.0  # a forwarded method may copy a cartridge
+QUERY_SUFFIXES = (".list", ".status")  # methods that only read
 
 
 class Portal:
@@ -110,24 +111,43 @@ class Portal:
         return {"applied": result["applied"], "refused": refused}
 
     async def forward(self, method: str, params: dict[str, Any]) -> Any:
-        """A method the portal does not serve itself: to the worker of the target it names;
-        naming none, to every worker, and their lists are joined."""
+        """A method the portal does not serve itself goes to the worker of the target it
+        names. Naming none: with one target, to its worker; else a query (``*.list``,
+        ``*.status``) goes to every worker (lists joined, or the one worker that knows the
+        name), and anything else must name its target, since each worker would take its own
+        target for the default and act."""
         supervisor = self.supervisor
         target = params.get("target")
+        targets = self.server.config.targets
+        if target is None and len(targets) == 1:
+            target = targets[0].name
         if isinstance(target, str):
             worker = supervisor.owner(target)
             if worker is None:
-                raise AdminError(f"no target {target!r}", "not_found")
+                raise AdminError(f"no target named {target!r}", "unknown-target")
             return await supervisor.call(worker, method, params, timeout=FORWARD_TIMEOUT)
+        if not method.endswith(QUERY_SUFFIXES):
+            raise AdminError(
+                f"{method}: several targets, served by worker processes: name one with --target",
+                "bad_request",
+            )
         answers = await asyncio.gather(
             *(supervisor.call(w, method, params, timeout=FORWARD_TIMEOUT)
-              for w in supervisor.workers)
+              for w in supervisor.workers),
+            return_exceptions=True,
         )  # fmt: skip
-        if all(isinstance(a, list) for a in answers):
-            return [item for answer in answers for item in answer]
+        found = [a for a in answers if not isinstance(a, BaseException)]
+        failed = [a for a in answers if isinstance(a, BaseException)]
+        if found and all(isinstance(a, list) for a in found):
+            if failed:  # a list missing one worker's items would mislead
+                raise failed[0]
+            return [item for answer in found for item in answer]
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise failed[0]
         raise AdminError(
-            f"{method}: name the target (--target), this daemon runs worker processes",
-            "needs_target",
+            f"{method}: found in several targets: name one with --target", "bad_request"
         )
 
     async def _gather_metrics(self, own: list[Family]) -> list[Family]:

@@ -17,6 +17,8 @@ from clients import run
 from conftest import REPO, Daemon, DaemonFactory, free_port
 from raw_initiator import RawInitiator, decode_keys
 
+from targetd.admin import AdminError, request
+
 A = "iqn.2026-11.org.targetd.test:wa"
 B = "iqn.2026-11.org.targetd.test:wb"
 C = "iqn.2026-11.org.targetd.test:wc"
@@ -220,6 +222,34 @@ def test_metrics_gather_every_worker(targetd_factory: DaemonFactory) -> None:
         want = f'targetd_lun_bytes_total{{target="{name}",lun="0",op="write",worker="{worker}"}}'
         assert f"{want} {size}\n" in text, text
     assert text.count("# TYPE targetd_lun_bytes_total counter") == 1
+
+
+def two_luns(name: str) -> str:
+    return target(name) + '[[target.lun]]\nlun = 1\nsize = "64MiB"\n'
+
+
+def test_pair_commands_reach_the_worker_of_their_target(targetd_factory: DaemonFactory) -> None:
+    daemon = targetd_factory("[server]\nworkers = 2\n" + two_luns(A) + two_luns(B))
+    sock = daemon.state_dir / "admin.sock"
+    for name in (A, B):
+        made = request(sock, "pair.create", {"name": "p", "target": name, "source_lun": 0,
+                                             "target_lun": 1})  # fmt: skip
+        assert made["name"] == "p"
+    # Without a target a query goes to every worker and their answers are joined...
+    listed = request(sock, "pair.list", {})
+    assert sorted(p["source"] for p in listed) == [f"{A}/lun0", f"{B}/lun0"]
+    # ...and a change is refused: each worker would take its own target and act.
+    with pytest.raises(AdminError) as err:
+        request(sock, "pair.split", {"name": "p"})
+    assert (err.value.code, str(err.value)) == (
+        "bad_request",
+        "pair.split: several targets, served by worker processes: name one with --target",
+    )
+    split = request(sock, "pair.split", {"name": "p", "target": B})
+    assert split["source"] == f"{B}/lun0" and split["split_time"] is not None
+    (kept,) = [p for p in request(sock, "pair.list", {}) if p["source"] == f"{A}/lun0"]
+    assert kept["split_time"] is None  # the other worker's pair of that name is untouched
+    assert [p["worker"] for p in status(daemon)["pairs"]] == [0, 1]
 
 
 def test_workers_1_is_one_process(targetd_factory: DaemonFactory) -> None:
