@@ -645,6 +645,11 @@ class PairManager:
                     self._settling[key] = asyncio.ensure_future(
                         self._settle_split(glog, record, pairs)
                     )
+            if any(self.shared.is_shared(p.target) for p in pairs):
+                # Two gateways: the other one (taking the pairs over) reads the members'
+                # records in the cluster, not this gateway's split record: answered once
+                # every member's record says it is split.
+                await self._settled(scope, name)
             return pairs
 
     async def _settle_split(

@@ -6,6 +6,7 @@ changes nothing. The object is a dictionary with the same guarded writes as RADO
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,35 @@ def test_a_second_record_is_refused() -> None:
     ClusterPairFile.create(obj, META, 2)
     with pytest.raises(FileExistsError):
         ClusterPairFile.create(obj, META, 2)
+
+
+def test_a_group_split_of_shared_pairs_is_answered_once_every_record_says_split(
+    tmp_path: Path,
+) -> None:
+    """With two gateways the other one reads the members' records, not this gateway's
+    split record: the group split waits for them (a gateway dying right after the
+    answer leaves every record split)."""
+    from backing.pairs import UNCHECKED, PairManager, PairService, PairSettings, PairVolume
+    from backing.pairs.cluster import _decode_header
+    from backing.sparse_file import SparseFile
+
+    size = 1 << 20
+
+    async def scenario() -> None:
+        service = PairService(PairManager(tmp_path, PairSettings(chunk_size=1 << 16)))
+        objects: dict[str, MemoryObject] = {}
+        for i in range(4):
+            volume = PairVolume(f"t/lun{i}", SparseFile(tmp_path / f"lun{i}.img", size))
+            objects[volume.volume_id] = MemoryObject()
+            volume.record_object = lambda o=objects[volume.volume_id]: o
+            service.register_volume(volume)
+        await service.create("a", "t/lun0", "t/lun1", access=UNCHECKED)
+        await service.create("b", "t/lun2", "t/lun3", access=UNCHECKED)
+        await service.create_group("db", "t", ["a", "b"], access=UNCHECKED)
+        await service.split(name="a", scope="t", access=UNCHECKED)
+        for target in ("t/lun1", "t/lun3"):
+            meta = _decode_header(objects[target].read_at(0, 4096), target)
+            assert meta["phase"] in ("SPLIT_PENDING", "SPLIT") and meta["group_split"], meta
+        await service.stop()
+
+    asyncio.run(scenario())
