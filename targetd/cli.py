@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from backing.pairs import PairManager, PairService
-from targetd import chap_env, logs, pair_config
+from targetd import chap_env, gc_tuning, logs, pair_config
 from targetd.config import (
     DEFAULT_STATE_DIR,
     Config,
@@ -156,6 +156,7 @@ async def serve(
         loop.add_signal_handler(signal.SIGHUP, ops.reload)
     else:
         await _tell_portal(server, stop)
+    gc_tuning.tune()  # after start-up: what it built is frozen out of every pass
     await stop.wait()
     log.info("stopping")
     await ops.shutdown(DRAIN_SECONDS)
