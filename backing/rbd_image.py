@@ -417,6 +417,11 @@ class RbdImage:
 
     # -- completions --------------------------------------------------------------------
     def _attach(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            # The loop of the last request, still running: this one's (one loop per
+            # thread). CPython 3.11's get_running_loop() costs a getpid() system call.
+            return loop
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             if self._loop is not None and not self._loop.is_closed():

@@ -242,9 +242,9 @@ class IscsiConnection(asyncio.BufferedProtocol):
         if runtime is None:
             return
         if self.revoked is not None:  # as if the target had no LUN left
-            handle = eager.start(self._execute(NO_LUNS, event, {}))
+            handle = eager.start(self._execute(NO_LUNS, event, {}), self._loop)
         else:
-            handle = eager.start(self._execute(runtime.scsi, event, runtime.stats))
+            handle = eager.start(self._execute(runtime.scsi, event, runtime.stats), self._loop)
         if not isinstance(handle, eager.Done):
             self._running[event.task] = handle
 

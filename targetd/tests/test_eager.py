@@ -67,3 +67,16 @@ def test_errors_before_first_wait_propagate() -> None:
 
     with pytest.raises(ValueError):
         eager.start(boom())
+
+
+def test_the_task_runs_on_the_loop_it_is_given() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        log: list[str] = []
+        fut = loop.create_future()
+        task = eager.start(waits(fut, log), loop)
+        assert isinstance(task, asyncio.Task) and task.get_loop() is loop
+        fut.set_result(1)
+        assert await task == 2
+
+    asyncio.run(main())
