@@ -85,7 +85,7 @@ class PairManager:
         self._behind: dict[tuple[str, str], tuple[str, SplitRecord]] = {}
         # A group split's background header writes, by group: awaited before the group's
         # record is written again or its membership changes.
-        self._settling: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._settling: dict[tuple[str, str], asyncio.Task[builtins.list[BaseException]]] = {}
         # One split / resync / reverse resync of a group at a time: a split in the middle
         # of a resync would take pairs whose resync is not yet on disk.
         self._group_ops: dict[tuple[str, str], asyncio.Lock] = {}
@@ -646,17 +646,20 @@ class PairManager:
                         self._settle_split(glog, record, pairs)
                     )
             if any(self.shared.is_shared(p.target) for p in pairs):
-                # Two gateways: the other one (taking the pairs over) reads the members'
-                # records in the cluster, not this gateway's split record: answered once
-                # every member's record says it is split.
-                await self._settled(scope, name)
+                # A pair whose record is in the cluster is resumed by the other gateway,
+                # which never sees this gateway's split record: its header must carry the
+                # split before the answer, as it did before the record existed.
+                failures = await asyncio.shield(self._settling[key])
+                if failures:
+                    raise failures[0]
             return pairs
 
     async def _settle_split(
         self, glog: GroupLog, record: SplitRecord, pairs: builtins.list[Pair]
-    ) -> None:
+    ) -> builtins.list[BaseException]:
         """After the split is answered: every member's header, then the record again with
-        the members whose header is durable no longer pending."""
+        the members whose header is durable no longer pending. Returns the header writes'
+        failures."""
         results = await asyncio.gather(
             *(pair.write_header() for pair in pairs), return_exceptions=True
         )
@@ -673,6 +676,7 @@ class PairManager:
                 await glog.commit(SplitRecord(record.token, record.split_time, tuple(behind)))
             except Exception:  # the record stays as it was: a restart finds the headers
                 log.exception("group split record %s: marking it settled failed", glog.path)
+        return [r for r in results if isinstance(r, BaseException)]
 
     async def resync_group(self, name: str, scope: str) -> builtins.list[Pair]:
         """Every member that is split or SUSPENDED resyncs; members already mirroring are

@@ -27,6 +27,7 @@ from backing.pairs import (
     Phase,
 )
 from backing.pairs.group_log import GroupLog
+from backing.pairs.shared import SharedPairs
 from backing.sparse_file import SparseFile
 
 KiB = 1 << 10
@@ -289,3 +290,39 @@ def test_a_member_a_reload_brings_back_mirroring_rolls_back_an_unanswered_split(
 
     asyncio.run(first())
     asyncio.run(second())
+
+
+def test_pairs_another_gateway_resumes_carry_the_split_before_the_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pairs whose records are in the cluster (two gateways, backing/pairs/shared.py) are
+    resumed by the other gateway, which never reads this one's split record: the split is
+    answered only once every member's header has it. (The pairs here are local ones the
+    manager is told are shared; the Ceph tier runs real ones.)"""
+
+    async def go() -> None:
+        service, vols = boot(tmp_path)
+        await two_pairs(service, vols)
+        monkeypatch.setattr(SharedPairs, "is_shared", staticmethod(lambda volume: True))
+        service.manager.shared.running.update({"t/lun1", "t/lun3"})  # both run here
+        b = service.manager.get("b", "t")
+        gate = asyncio.Event()
+        real = b.file.commit_header
+
+        async def held(meta: dict[str, object]) -> None:
+            await gate.wait()
+            await real(meta)
+
+        b.file.commit_header = held  # type: ignore[method-assign]
+        split = asyncio.ensure_future(service.split_group("db", access=UNCHECKED))
+        await asyncio.sleep(0.3)
+        assert not split.done()  # the record is durable; b's header is not yet
+        gate.set()
+        status = await asyncio.wait_for(split, 10)
+        assert status.state == "SPLIT-PENDING"
+        monkeypatch.undo()
+        await service.stop()
+        for v in vols:
+            v.close()
+
+    asyncio.run(go())
