@@ -11,7 +11,12 @@ def secret(chap: ChapSecret | None) -> Secret | None:
 
 
 def portal_settings(portal: Portal, moved: tuple[tuple[str, int], ...] = ()) -> PortalSettings:
-    return PortalSettings(tpgt=portal.tpgt, advertised=portal.advertised, moved=moved)
+    # An address initiators reach us by through a translation also names the host to
+    # redirect them to (targetd.workers); without one, the address they dialled does.
+    host = portal.advertise.rsplit(":", 1)[0] if portal.advertise else ""
+    return PortalSettings(
+        tpgt=portal.tpgt, advertised=portal.advertised, moved=moved, redirect_host=host
+    )
 
 
 def target_settings(target: TargetConfig) -> TargetSettings:

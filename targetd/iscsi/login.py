@@ -272,7 +272,11 @@ class LoginMachine:
             return
         if port == 0:
             raise refused(LoginStatus.SERVICE_UNAVAILABLE, f"{target} is restarting")
-        host = self.local_host or self._portal.advertised.rsplit(":", 1)[0]
+        host = (
+            self._portal.redirect_host
+            or self.local_host
+            or self._portal.advertised.rsplit(":", 1)[0]
+        )
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"  # an IPv6 address (RFC 7143 13.8)
         raise _Moved(f"{host}:{port},{self._portal.tpgt}")

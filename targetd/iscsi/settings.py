@@ -33,6 +33,10 @@ class PortalSettings:
     # for one of them is redirected there (RFC 7143 11.13.5); port 0: that process is
     # being restarted, and the login is answered "service unavailable".
     moved: tuple[tuple[str, int], ...] = ()
+    # The host a redirect names: the portal's configured ``advertise`` host (initiators
+    # reach us through an address translation: the same one reaches the other port), or
+    # "": the address the connection came in on.
+    redirect_host: str = ""
 
     def moved_port(self, target: str) -> int | None:
         return next((port for name, port in self.moved if name == target), None)

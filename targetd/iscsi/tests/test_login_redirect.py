@@ -49,6 +49,15 @@ def test_ipv6_address_is_bracketed() -> None:
     assert reply.pairs == [("TargetAddress", "[::1]:40123,3")]
 
 
+def test_an_advertised_host_is_the_host_of_the_redirect() -> None:
+    # Initiators behind an address translation (QEMU's user network, NAT) dial the
+    # advertised address; the same host reaches the worker's port.
+    portal = PortalSettings(tpgt=1, moved=((TARGET, 40123),), redirect_host="10.0.2.2")
+    login, _ = redirecting(portal)
+    reply = only(login.receive(login_request(normal_keys(AuthMethod="None"))).replies)
+    assert reply.pairs == [("TargetAddress", "10.0.2.2:40123,1")]
+
+
 def test_redirect_comes_before_chap_and_the_acl_still_applies_at_the_portal() -> None:
     target = TargetSettings(TARGET, chap=Secret("alice", "initiator-secret"))
     login, _ = redirecting(targets=(target,))
