@@ -38,7 +38,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REFRESH = 1.0  # seconds between looks at the records of the pairs shown here
-COPYING = frozenset({Phase.DUPLEX_PENDING, Phase.RESYNC, Phase.SPLIT_PENDING, Phase.REVERSE_COPY})
+# Phases with work for the gateway that runs the pair (DELETE: a deletion its gateway's
+# death cut short, finished by the other).
+COPYING = frozenset(
+    {Phase.DUPLEX_PENDING, Phase.RESYNC, Phase.SPLIT_PENDING, Phase.REVERSE_COPY, Phase.DELETE}
+)
 
 Found = tuple[ClusterPairFile, dict[str, Any], list[Any]]
 
@@ -180,6 +184,9 @@ class SharedPairs:
             running = self._install(found, target)
             if running is None:
                 return
+            if running.phase is Phase.DELETE:  # its gateway died deleting it: finish
+                await self._finish_delete(running)
+                return
             # Then the target's lock, which the other gateway keeps until it learns that
             # its pair was taken over: until then the pair is tracked here, not copied
             # (the refresher asks again).
@@ -219,6 +226,18 @@ class SharedPairs:
             self.running.discard(target_id)
             log.warning("pair %s: taken over by the other gateway; stopped here", pair.name)
             await pair.stop()
+
+    async def _finish_delete(self, pair: Pair) -> None:
+        base: Any = pair.source.base
+        if pair.split_snapshot is not None and getattr(base, "thaw", None) is not None:
+            try:
+                await base.thaw(None, pair.split_snapshot)
+            except OSError as err:
+                log.warning("pair %s: snapshot %s kept: %s", pair.name, pair.split_snapshot, err)
+        record = pair.file
+        self._forget(pair)
+        await record.discard()
+        log.info("pair %s: deleted (its deletion was cut short)", pair.name)
 
     async def hand_over(self, source_id: str) -> None:
         """This gateway gives ``source_id``'s lock up (or lost it): its pairs stop here

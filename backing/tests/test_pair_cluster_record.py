@@ -141,3 +141,30 @@ def test_a_group_split_of_shared_pairs_is_answered_once_every_record_says_split(
         await service.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_deletion_cut_short_is_finished_by_the_gateway_that_takes_the_pair(
+    tmp_path: Path,
+) -> None:
+    from backing.pairs import PairManager, PairSettings, PairVolume
+    from backing.sparse_file import SparseFile
+
+    async def scenario() -> None:
+        manager = PairManager(tmp_path, PairSettings(chunk_size=1 << 16))
+        obj = MemoryObject()
+        vols = [PairVolume(f"t/lun{i}", SparseFile(tmp_path / f"{i}.img", 1 << 20)) for i in (0, 1)]
+        other = MemoryObject()  # the source's own (a pair whose target it were)
+        vols[0].record_object = lambda: other
+        vols[1].record_object = lambda: obj
+        for volume in vols:
+            manager.register_volume(volume)
+        meta = {**META, "size": 1 << 20, "chunks": 16, "npages": 1, "phase": "DELETE"}
+        ClusterPairFile.create(obj, meta, 1)  # what the dead gateway left
+        await manager.start()
+        assert manager.get("p").phase.name == "DELETE"  # shown
+        await manager.shared.run_here("t/lun0")
+        assert obj.body is None and manager.pairs == {}
+        assert vols[0].pair is None and vols[1].pair is None
+        await manager.stop()
+
+    asyncio.run(scenario())
