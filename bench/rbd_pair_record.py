@@ -13,7 +13,7 @@ written for the first time (every write pays the commit: the worst case), on:
 - ``split``: a SPLIT pair: the source-changed bit;
 
 each with ``file`` (the record in a local pair file) and ``cluster`` (the record in a
-RADOS object); rounds alternate the order.
+RADOS object); the three cases of a state take turns write by write.
 
     python3 bench/rbd_pair_record.py [--writes 200] [--repeat 3]
 """
@@ -49,43 +49,40 @@ def pct(values: list[float], q: float) -> float:
 
 async def one_round(cluster: CephCluster, tmp: Path, size: int, n: int, seed: int
                     ) -> dict[str, list[float]]:  # fmt: skip
+    """Per state, an unpaired image and two pairs (record in a file, in the cluster) on
+    fresh images; the writes go to the three in turn (the order rotating), so load that
+    drifts during the run weighs on each case alike."""
     rng = random.Random(seed)
     conf = str(cluster.conf)
     block = rng.randbytes(4096)
     out: dict[str, list[float]] = {}
-    src_name = f"src{seed}"
-    cluster.rbd("create", "--size", f"{size >> 20}M", f"rbd/{src_name}")
-    src = RbdImage(RbdSpec(pool="rbd", image=src_name, ceph_conf=conf))
-    try:
-        await src.write(0, block)  # the lock is taken by the first write, before
-        offsets = [c * CHUNK for c in rng.sample(range(1, size // CHUNK), n)]
-        out["unpaired"] = []
-        for off in offsets:
-            t = time.perf_counter()
-            await src.write(off, block)
-            out["unpaired"].append(time.perf_counter() - t)
-        cases = [(s, r) for s in STATES for r in RECORDS]
-        if seed % 2:
-            cases.reverse()
-        for n_case, (state, record) in enumerate(cases):
-            # Fresh images each case: every write is the first to its chunk.
-            s_name, t_name = f"s{seed}-{n_case}", f"t{seed}-{n_case}"
-            for name in (s_name, t_name):
-                cluster.rbd("create", "--size", f"{size >> 20}M", f"rbd/{name}")
-            s_img = RbdImage(RbdSpec(pool="rbd", image=s_name, ceph_conf=conf))
-            t_img = RbdImage(RbdSpec(pool="rbd", image=t_name, ceph_conf=conf))
-            # DUPLEX: update copies held to a crawl, off the timed path.
-            rate = 1 if state == "duplex" else 0
-            manager = PairManager(tmp / f"p{seed}-{n_case}", PairSettings(copy_rate=rate))
-            vsrc, vtgt = PairVolume("b/src", s_img), PairVolume("b/tgt", t_img)
-            if record == "cluster":
-                vtgt.record_object = lambda t_name=t_name: RadosObject(
-                    ceph_conf=conf, client="client.admin", keyring="", pool="rbd",
-                    namespace="", oid=f"targetd.pair.{t_name}", timeout=10.0,
-                )  # fmt: skip
-            manager.register_volume(vsrc)
-            manager.register_volume(vtgt)
-            try:
+    offsets = [c * CHUNK for c in rng.sample(range(1, size // CHUNK), n)]
+    for state in STATES:
+        images: list[RbdImage] = []
+        managers: list[PairManager] = []
+
+        def image(name: str, images: list[RbdImage] = images) -> RbdImage:
+            cluster.rbd("create", "--size", f"{size >> 20}M", f"rbd/{name}")
+            images.append(RbdImage(RbdSpec(pool="rbd", image=name, ceph_conf=conf)))
+            return images[-1]
+
+        try:
+            writers = {"unpaired": image(f"u{seed}{state}").write}
+            for record in RECORDS:
+                s_img, t_img = image(f"s{seed}{state}{record}"), image(f"t{seed}{state}{record}")
+                # DUPLEX: update copies held to a crawl, off the timed path.
+                settings = PairSettings(copy_rate=1 if state == "duplex" else 0)
+                manager = PairManager(tmp / f"p{seed}{state}{record}", settings)
+                managers.append(manager)
+                vsrc, vtgt = PairVolume("b/src", s_img), PairVolume("b/tgt", t_img)
+                if record == "cluster":
+                    oid = f"targetd.pair.t{seed}{state}{record}"
+                    vtgt.record_object = lambda oid=oid: RadosObject(
+                        ceph_conf=conf, client="client.admin", keyring="", pool="rbd",
+                        namespace="", oid=oid, timeout=10.0,
+                    )  # fmt: skip
+                manager.register_volume(vsrc)
+                manager.register_volume(vtgt)
                 # An empty source: the creation copy has nothing to do.
                 await manager.create("p", "b/src", "b/tgt")
                 pair = manager.get("p")
@@ -93,20 +90,23 @@ async def one_round(cluster: CephCluster, tmp: Path, size: int, n: int, seed: in
                 if state == "split":
                     await manager.split("p")
                     await pair.wait_until(lambda p: p.phase is Phase.SPLIT)
-                await vsrc.write(0, block)  # librbd takes the lock at the first write
-                times = []
-                for off in offsets:
+                writers[f"{state} {record}"] = vsrc.write
+            names = list(writers)
+            for name in names:
+                await writers[name](0, block)  # librbd takes each lock at the first write
+                out.setdefault(name, [])
+            for i, off in enumerate(offsets):
+                for name in names[i % 3 :] + names[: i % 3]:
                     t = time.perf_counter()
-                    await vsrc.write(off, block)
-                    times.append(time.perf_counter() - t)
-                out[f"{state} {record}"] = times
+                    await writers[name](off, block)
+                    out[name].append(time.perf_counter() - t)
+            for manager in managers:
                 await manager.delete("p")
-            finally:
+        finally:
+            for manager in managers:
                 await manager.stop()
-                s_img.close()
-                t_img.close()
-    finally:
-        src.close()
+            for img in images:
+                img.close()
     return out
 
 
