@@ -32,6 +32,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import errno
+import mmap
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -55,6 +56,27 @@ _fallocate.restype = ctypes.c_int
 _statfs = _libc.statfs
 _statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
 _statfs.restype = ctypes.c_int
+
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+# cachestat(2) (Linux 6.5): how many pages of a range are in the page cache. The same number
+# on every architecture (the generic system call table).
+_SYS_CACHESTAT = 451
+
+
+class _CachestatRange(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+class _Cachestat(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in ("nr_cache", "nr_dirty", "nr_writeback", "nr_evicted", "nr_recently_evicted")
+    ]
+
+
+_PAGE = mmap.PAGESIZE
+_cachestat_works = True
 
 TMPFS_MAGIC = 0x01021994
 # How read_into reads: try RWF_NOWAIT inline, read inline (memory-backed file systems), or
@@ -166,6 +188,23 @@ class SparseFile:
         memory = file_system_type(self.path) == TMPFS_MAGIC
         self._read_mode = _INLINE if memory else _THREAD
         return 0
+
+    def cached(self, offset: int, length: int) -> bool:
+        """Whether every page of ``[offset, offset+length)`` is in the page cache, so that
+        sendfile(2) from it will not wait for the disk (cachestat(2); False where the kernel
+        has no cachestat)."""
+        global _cachestat_works
+        if not _cachestat_works or self._fd < 0:
+            return False
+        first = offset // _PAGE
+        pages = -(-(offset + length) // _PAGE) - first
+        rng = _CachestatRange(first * _PAGE, pages * _PAGE)
+        stat = _Cachestat()
+        if _syscall(_SYS_CACHESTAT, self._fd, ctypes.byref(rng), ctypes.byref(stat), 0) != 0:
+            if ctypes.get_errno() in (errno.ENOSYS, errno.EPERM):  # old kernel, seccomp
+                _cachestat_works = False
+            return False
+        return bool(stat.nr_cache >= pages)
 
     async def write(self, offset: int, data: bytes | memoryview, *, fua: bool = False) -> None:
         """Write ``data`` at ``offset``; with ``fua``, on stable storage before returning."""

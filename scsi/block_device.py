@@ -19,6 +19,7 @@ from construct import Int8ub, Int16ub, Int32ub, Int64ub, Padding, Struct
 from backing.pairs.states import Phase
 from backing.pairs.volume import PairVolume, Role
 from backing.sparse_file import Extent, SparseFile
+from scsi.command import FileRange
 from scsi.kernel_file import KernelFile
 from scsi.logical_unit import NO_SERVICES, Identity, LogicalUnit, Services
 from scsi.mode import ModePage
@@ -200,6 +201,32 @@ class BlockDevice(LogicalUnit):
             del self._writing[key]
             if self._gate_changed is not None:
                 self._open_gate()
+
+    # -- reads sent straight from the file (sendfile) -------------------------------------
+    def file_range(self, offset: int, length: int) -> FileRange | None:
+        """``[offset, offset+length)`` as a range of the plain file READ reads it from, for
+        the transport to send with sendfile(2); None when it must be read into a buffer.
+
+        Only where a READ is a plain read of the live volume's file: a sparse file, alone
+        or as a pair volume that is unpaired or a pair's source outside a reverse resync.
+        Never a pair's target: sendfile reads the pages when the socket takes them, later
+        than the READ ran, and the copy engine writes a target's file behind the host's
+        back (a resync, a merged read's chunks held only while they are read), so a split
+        image could show bytes written after it was taken. A source's reads race only the
+        host's own writes, which SCSI leaves unordered against a READ in flight; the copy
+        engine reads the source for copy-before-write with its own reads. And only when the
+        pages are all in the page cache, as the buffered path's RWF_NOWAIT read requires:
+        sendfile would block the event loop on the disk.
+        """
+        store = self.store
+        if isinstance(store, PairVolume):
+            pair = store.pair
+            if pair is not None and (store.role is not Role.SOURCE or pair.phase.source_fenced):
+                return None
+            store = store.base
+        if not isinstance(store, SparseFile) or not store.cached(offset, length):
+            return None
+        return FileRange(store, offset, length)
 
     # -- kernel copies (EXTENDED COPY) ---------------------------------------------------
     def kernel_readable(self) -> KernelFile | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from scsi.buffers import Allocator
@@ -56,6 +56,33 @@ class Nexus:
         return bytes([0x05, 0x00]) + len(name).to_bytes(2, "big") + name
 
 
+class OpenFile(Protocol):
+    """An open file whose descriptor may be closed under us (then ``fd`` is -1)."""
+
+    @property
+    def fd(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FileRange:
+    """Data-In the transport sends straight from a file with sendfile(2), instead of bytes:
+    ``length`` bytes of ``file`` at ``offset``. A READ answers with one only when the
+    transport asked for it (``ScsiCommand.file_data_in``). The file's descriptor is looked
+    up when the bytes are sent, so a file closed meanwhile is noticed, never a reused one.
+    """
+
+    file: OpenFile
+    offset: int
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, part: slice) -> FileRange:
+        start, stop, _ = part.indices(self.length)
+        return FileRange(self.file, self.offset + start, max(0, stop - start))
+
+
 @dataclass(slots=True)
 class ScsiCommand:
     """One SCSI command as the transport hands it over.
@@ -77,6 +104,9 @@ class ScsiCommand:
     # Where large Data-In buffers come from (the transport takes them back once sent).
     # ``data_out`` is only valid until the command completes: it is recycled then too.
     buffers: Allocator | None = None
+    # The transport can send a :class:`FileRange` as this command's Data-In (no data
+    # digest to compute over it): a large READ may answer with one.
+    file_data_in: bool = False
 
     @property
     def opcode(self) -> int:
@@ -94,9 +124,9 @@ class ScsiResult:
     """
 
     status: Status = Status.GOOD
-    data: bytes | bytearray | memoryview | None = None
+    data: bytes | bytearray | memoryview | FileRange | None = None
     sense: bytes | None = None
     data_out_used: int | None = None
 
 
-__all__ = ["Nexus", "ScsiCommand", "ScsiResult", "Status", "TaskAttribute"]
+__all__ = ["FileRange", "Nexus", "ScsiCommand", "ScsiResult", "Status", "TaskAttribute"]

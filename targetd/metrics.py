@@ -21,6 +21,10 @@ import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scsi.command import FileRange
 
 log = logging.getLogger("targetd.metrics")
 
@@ -59,7 +63,7 @@ class LunStats:
         self,
         opcode: int,
         data_out: memoryview | None,
-        data_in: bytes | bytearray | memoryview | None,
+        data_in: bytes | bytearray | memoryview | FileRange | None,
         elapsed_ns: int,
         status: int,
     ) -> None:

@@ -40,6 +40,7 @@ from targetd.iscsi.connection import (
 from targetd.iscsi.session import Session, SessionTable
 from targetd.logs import fields
 from targetd.metrics import LunStats
+from targetd.socket_output import SocketOutput
 
 log = logging.getLogger("targetd")
 _clock = time.perf_counter_ns
@@ -106,6 +107,9 @@ class IscsiConnection(asyncio.BufferedProtocol):
         )
         self.conn.wake = self._schedule_flush
         self.transport: asyncio.Transport | None = None
+        # Writes the output: bytes through the transport, large READs' file ranges with
+        # sendfile (targetd.socket_output).
+        self._output = SocketOutput()
         self.peer = "?"
         self.host = "?"
         self.runtime: TargetRuntime | None = None
@@ -133,6 +137,7 @@ class IscsiConnection(asyncio.BufferedProtocol):
         # is when the buffers of the replies in it can be lent again. Pushing back on the
         # client (pause_reading) is done by _pump, at WRITE_BUFFER_HIGH.
         transport.set_write_buffer_limits(high=0, low=0)
+        self.conn.sends_files = self._output.attach(transport, self._loop, self._output_progress)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -158,6 +163,7 @@ class IscsiConnection(asyncio.BufferedProtocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._output.close()
         self.server.connections.discard(self)
         self.server.logging_in.pop(self, None)
         session = self.conn.session
@@ -194,6 +200,21 @@ class IscsiConnection(asyncio.BufferedProtocol):
         pass  # the write buffer is not empty; _pump decides whether to push back
 
     def resume_writing(self) -> None:
+        output = self._output
+        if output.queued:  # the transport's buffer is empty: a file range may go now
+            output.drive()
+            transport = self.transport
+            if output.queued or (transport is not None and transport.get_write_buffer_size()):
+                return
+        self._drained()
+
+    def _output_progress(self) -> None:
+        """What waited behind a file range has been written (while the socket was watched)."""
+        transport = self.transport
+        if transport is not None and not transport.get_write_buffer_size():
+            self._drained()
+
+    def _drained(self) -> None:
         self.conn.output_sent()  # every byte written: the buffers come back
         transport = self.transport
         if self._backpressure and transport is not None and not self._closing:
@@ -223,9 +244,14 @@ class IscsiConnection(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        output = self._output
         if out:
-            transport.writelines(out)
-        unsent = transport.get_write_buffer_size()
+            if conn.file_output or output.queued:
+                conn.file_output = False
+                output.write(out)
+            else:  # bytes only: no FileRange without file_output
+                transport.writelines(out)  # type: ignore[arg-type]
+        unsent = transport.get_write_buffer_size() + output.queued
         if not unsent:
             # The socket has every byte: the Data-In buffers can be lent again.
             conn.output_sent()
@@ -234,7 +260,7 @@ class IscsiConnection(asyncio.BufferedProtocol):
             # until it has (resume_writing, once the buffer is empty).
             self._backpressure = True
             transport.pause_reading()
-        if self._close_requested:
+        if self._close_requested and not output.queued:
             transport.close()
 
     def _on_execute(self, event: ExecuteCommand) -> None:

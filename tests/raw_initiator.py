@@ -9,6 +9,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
+import crc32c
+
 from targetd.iscsi.pdu import BHS_LEN, Op, new_header, padded, put_u32
 
 ISID = bytes([0x40, 0, 0, 0, 0x12, 0x34])
@@ -25,6 +27,10 @@ class Response:
 
     def u32(self, offset: int) -> int:
         return struct.unpack_from(">I", self.bhs, offset)[0]
+
+
+def _digest(data: bytes | bytearray) -> bytes:
+    return crc32c.crc32c(data).to_bytes(4, "little")
 
 
 def encode_keys(keys: dict[str, str]) -> bytes:
@@ -48,6 +54,9 @@ class RawInitiator:
         self.expstatsn = 0
         self.itt = 0x100
         self.negotiated: dict[str, str] = {}
+        # CRC32C digests, once a login has negotiated them (RFC 7143 11.1.1).
+        self.header_digest = False
+        self.data_digest = False
 
     def close(self) -> None:
         self.sock.close()
@@ -60,7 +69,10 @@ class RawInitiator:
 
     # -- wire ----------------------------------------------------------------------
     def send(self, hdr: bytes | bytearray, data: bytes = b"") -> None:
-        self.sock.sendall(bytes(hdr) + data + bytes(padded(len(data)) - len(data)))
+        body = data + bytes(padded(len(data)) - len(data))
+        head = bytes(hdr) + (_digest(hdr) if self.header_digest else b"")
+        tail = _digest(body) if self.data_digest and data else b""
+        self.sock.sendall(head + body + tail)
 
     def recv_exact(self, n: int) -> bytes:
         buf = bytearray()
@@ -73,8 +85,13 @@ class RawInitiator:
 
     def recv(self) -> Response:
         bhs = self.recv_exact(BHS_LEN)
+        if self.header_digest:
+            assert self.recv_exact(4) == _digest(bhs), "bad header digest"
         dlen = int.from_bytes(bhs[5:8], "big")
-        data = self.recv_exact(padded(dlen))[:dlen]
+        body = self.recv_exact(padded(dlen))
+        if self.data_digest and dlen:
+            assert self.recv_exact(4) == _digest(body), "bad data digest"
+        data = body[:dlen]
         op = bhs[0] & 0x3F
         if op in (
             Op.SCSI_RESPONSE,
@@ -125,7 +142,11 @@ class RawInitiator:
         )
         keys.update(extra)
         # CSG=1 (operational), NSG=3 (full feature), T=1
-        return self.login_pdu(keys, flags=0x80 | (1 << 2) | 3)
+        resp = self.login_pdu(keys, flags=0x80 | (1 << 2) | 3)
+        if resp.bhs[1] & 0x80 and resp.bhs[36] == 0:  # in full feature phase now
+            self.header_digest = self.negotiated.get("HeaderDigest") == "CRC32C"
+            self.data_digest = self.negotiated.get("DataDigest") == "CRC32C"
+        return resp
 
     def login_pdu(self, keys: dict[str, str], *, flags: int, tsih: int = 0) -> Response:
         data = encode_keys(keys)

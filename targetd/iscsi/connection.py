@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import crc32c
 
 from scsi.buffers import POOL_MIN_SIZE, BufferPool, Leases, MemoryBudget
-from scsi.command import Nexus, ScsiCommand, ScsiResult, Status, TaskAttribute
+from scsi.command import FileRange, Nexus, ScsiCommand, ScsiResult, Status, TaskAttribute
 from scsi.sense import Reason, build_sense
 from scsi.target import decode_lun
 from targetd.iscsi import datapath
@@ -56,6 +56,9 @@ __all__ = [
     "SessionStarted",
     "TaskHandle",
 ]
+
+# What the connection hands its driver to write: bytes, or a range of a file to send.
+Output = bytes | bytearray | memoryview | FileRange
 
 # The largest write a single command may carry; beyond it the command is refused
 # without soliciting its data (Block Limits advertise far less).
@@ -154,7 +157,12 @@ class Connection:
         # Commands failed or aborted before their data was all in: their late Data-Out is
         # dropped quietly (oldest forgotten first; the dict keeps insertion order).
         self._failed_itts: dict[int, None] = {}
-        self._output: list[bytes | bytearray | memoryview] = []
+        self._output: list[Output] = []
+        # Set by the driver: it can write a FileRange (sendfile). Then large READs may
+        # answer with one, unless the Data-In needs a digest computed over its bytes.
+        self.sends_files = False
+        # A FileRange was put in the output since the driver last cleared this.
+        self.file_output = False
         self._events: list[Event] = []
         self._next_ttt = 1
         self._next_token = 1
@@ -175,9 +183,9 @@ class Connection:
         self._ping_ttt = 0
 
     # -- driver API ----------------------------------------------------------------
-    def take_output(self) -> list[bytes | bytearray | memoryview]:
-        """What to write, in order. The buffers behind it stay lent until the driver
-        calls :meth:`output_sent`."""
+    def take_output(self) -> list[Output]:
+        """What to write, in order: bytes, and FileRanges where :attr:`sends_files`. The
+        buffers behind it stay lent until the driver calls :meth:`output_sent`."""
         if self._sending:
             self._in_transport += self._sending
             self._sending = []
@@ -323,7 +331,7 @@ class Connection:
     def _send(
         self,
         hdr: bytearray,
-        data: bytes | bytearray | memoryview = b"",
+        data: Output = b"",
         *,
         advance_statsn: bool = True,
         stamp_statsn: bool = True,
@@ -345,7 +353,7 @@ class Connection:
             put_u32(hdr, 32, session.max_cmdsn)
         self._emit(hdr, data)
 
-    def _emit(self, hdr: bytearray, data: bytes | bytearray | memoryview = b"") -> None:
+    def _emit(self, hdr: bytearray, data: Output = b"") -> None:
         out = self._output
         out.append(hdr)
         if self.header_digest:
@@ -357,6 +365,7 @@ class Connection:
             if pad:
                 out.append(bytes(pad))
             if self.data_digest:
+                assert not isinstance(data, FileRange)  # never asked for (_maybe_start)
                 crc = crc32c.crc32c(data)
                 if pad:
                     crc = crc32c.crc32c(bytes(pad), crc)
@@ -762,6 +771,7 @@ class Connection:
             attribute=task.attribute,
             tag=task.itt,
             buffers=task.leases,
+            file_data_in=task.read and self.sends_files and not self.data_digest,
         )
         self._events.append(ExecuteCommand(task, cmd))
 
@@ -792,38 +802,44 @@ class Connection:
                 result.status == Status.GOOD,
             )
         collapse = result.status == Status.GOOD and result.sense is None
-        if n and n <= self.max_send_data and n <= self.max_burst:
-            view = memoryview(data)[:n]  # type: ignore[arg-type]
-            if collapse:
-                flags |= 0x80 | P.DATAIN_STATUS
-                hdr = datapath.single_data_in(
-                    n,
+        if n:
+            view: memoryview | FileRange
+            if type(data) is FileRange:
+                self.file_output = True
+                view = data[:n]
+            else:
+                view = memoryview(data)[:n]  # type: ignore[arg-type]
+            if n <= self.max_send_data and n <= self.max_burst:
+                if collapse:
+                    flags |= 0x80 | P.DATAIN_STATUS
+                    hdr = datapath.single_data_in(
+                        n,
+                        lun=task.lun_raw,
+                        itt=task.itt,
+                        flags=flags,
+                        status=result.status,
+                        residual=residual,
+                    )
+                    self._send(hdr, view)
+                    return
+                hdr = datapath.single_data_in(n, lun=task.lun_raw, itt=task.itt)
+                self._send(hdr, view, stamp_statsn=False)
+            else:
+                pdus = datapath.data_in_pdus(
+                    view,
                     lun=task.lun_raw,
                     itt=task.itt,
-                    flags=flags,
-                    status=result.status,
-                    residual=residual,
+                    max_segment=self.max_send_data,
+                    max_burst=self.max_burst,
                 )
-                self._send(hdr, view)
-                return
-            hdr = datapath.single_data_in(n, lun=task.lun_raw, itt=task.itt)
-            self._send(hdr, view, stamp_statsn=False)
-        elif n:
-            pdus = datapath.data_in_pdus(
-                memoryview(data)[:n],  # type: ignore[arg-type]
-                lun=task.lun_raw,
-                itt=task.itt,
-                max_segment=self.max_send_data,
-                max_burst=self.max_burst,
-            )
-            for hdr, segment, last in pdus:
-                if last and collapse:
-                    hdr[1] |= P.DATAIN_STATUS | flags
-                    hdr[3] = result.status
-                    put_u32(hdr, 44, residual)
-                    self._send(hdr, segment)
-                    return
-                self._send(hdr, segment, stamp_statsn=False)
+                for hdr, segment, last in pdus:
+                    if last and collapse:
+                        hdr[1] |= P.DATAIN_STATUS | flags
+                        hdr[3] = result.status
+                        put_u32(hdr, 44, residual)
+                        self._send(hdr, segment)
+                        return
+                    self._send(hdr, segment, stamp_statsn=False)
         hdr = P.new_header(Op.SCSI_RESPONSE, 0x80 | flags, itt=task.itt)
         hdr[3] = result.status
         put_u32(hdr, 44, residual)

@@ -10,6 +10,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from scsi.command import FileRange
 from targetd.iscsi import pdu as P
 from targetd.iscsi.pdu import Op, put_u32
 
@@ -84,8 +85,8 @@ def single_data_in(
 
 
 def data_in_pdus(
-    data: memoryview, *, lun: bytes, itt: int, max_segment: int, max_burst: int
-) -> Iterator[tuple[bytearray, memoryview, bool]]:
+    data: memoryview | FileRange, *, lun: bytes, itt: int, max_segment: int, max_burst: int
+) -> Iterator[tuple[bytearray, memoryview | FileRange, bool]]:
     """Split ``data`` into Data-In PDUs: (header, segment, is the last one).
 
     Each segment is at most the initiator's MaxRecvDataSegmentLength and none crosses a

@@ -1,0 +1,165 @@
+"""Large READs sent straight from the LU's file (sendfile, targetd/socket_output.py) against a
+real daemon: the bytes, the Data-In PDUs that carry them (split by the initiator's
+MaxRecvDataSegmentLength, with and without digests), the end of the LU, holes, and a WRITE
+sent while a READ of the same blocks is in flight."""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+
+import pytest
+from conftest import DEFAULT_IQN, Daemon
+from raw_initiator import RawInitiator
+
+from scsi.sense import parse_sense
+from targetd.iscsi.pdu import Op
+
+BLOCK = 512
+LUN_BYTES = 1 << 30  # the default configuration's LUN 0
+MiB = 1 << 20
+
+
+def pattern(offset: int, length: int) -> bytes:
+    """Bytes that differ at every 4-byte position of the LU, so a misplaced range shows."""
+    first = offset // 4
+    return b"".join(struct.pack(">I", (first + i) ^ 0x5A5A5A5A) for i in range(length // 4))
+
+
+def read16(lba: int, blocks: int) -> bytes:
+    return struct.pack(">BBQIBB", 0x88, 0, lba, blocks, 0, 0)
+
+
+def write16(lba: int, blocks: int) -> bytes:
+    return struct.pack(">BBQIBB", 0x8A, 0, lba, blocks, 0, 0)
+
+
+def read_pdus(ini: RawInitiator, offset: int, length: int) -> tuple[int, bytes, list[int]]:
+    """One READ(16): (status, data, segment lengths), checking every Data-In's DataSN and
+    buffer offset as an initiator would."""
+    ini.send(ini.scsi_header(read16(offset // BLOCK, length // BLOCK), read=length))
+    data = bytearray()
+    segments: list[int] = []
+    while True:
+        resp = ini.recv()
+        if resp.opcode == Op.SCSI_RESPONSE:
+            return resp.bhs[3], bytes(data), segments
+        assert resp.opcode == Op.DATA_IN, hex(resp.opcode)
+        assert resp.u32(36) == len(segments), "DataSN out of order"
+        assert resp.u32(40) == len(data), "buffer offset out of order"
+        data += resp.data
+        segments.append(len(resp.data))
+        if resp.bhs[1] & 0x01:
+            return resp.bhs[3], bytes(data), segments
+
+
+def lun_file(daemon: Daemon) -> str:
+    return str(daemon.state_dir / "lun0.img")
+
+
+def write_file(daemon: Daemon, offset: int, data: bytes) -> None:
+    fd = os.open(lun_file(daemon), os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def session(daemon: Daemon, **keys: str) -> RawInitiator:
+    ini = RawInitiator(daemon.port)
+    resp = ini.login(DEFAULT_IQN, **keys)
+    assert resp.bhs[36] == 0, f"login failed: {resp.bhs[36:38].hex()}"
+    ini.clear_unit_attentions()
+    return ini
+
+
+# (offset, length): a 1 MiB read, the smallest sent from the file (64 KiB) at an offset
+# that is not a page's, the last MiB of the LU, and a read ending at its last block.
+RANGES = [(0, MiB), (3 * MiB + 512, 64 * 1024), (LUN_BYTES - MiB, MiB),
+          (LUN_BYTES - 3 * 65536 - 1024, 3 * 65536 + 1024)]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "digests",
+    [("None", "None"), ("CRC32C", "CRC32C"), ("None", "CRC32C"), ("CRC32C", "None")],
+    ids=["no-digest", "both-digests", "data-digest", "header-digest"],
+)
+@pytest.mark.parametrize("mrdsl", [8192, 65536, 262144])
+def test_large_reads_carry_the_files_bytes(
+    targetd: Daemon, digests: tuple[str, str], mrdsl: int
+) -> None:
+    for offset, length in RANGES:
+        write_file(targetd, offset, pattern(offset, length))
+    header, data = digests
+    with session(
+        targetd, HeaderDigest=header, DataDigest=data, MaxRecvDataSegmentLength=str(mrdsl)
+    ) as ini:
+        assert ini.header_digest == (header == "CRC32C")
+        assert ini.data_digest == (data == "CRC32C")
+        for offset, length in RANGES:
+            status, got, segments = read_pdus(ini, offset, length)
+            assert status == 0
+            assert got == pattern(offset, length), f"READ at {offset} of {length}"
+            assert max(segments) <= mrdsl
+            assert len(segments) == -(-length // mrdsl)
+
+
+def test_holes_read_as_zeros_from_the_file_and_from_a_buffer(targetd: Daemon) -> None:
+    """The first READ of a hole finds no page cached (read into a buffer); the second is
+    sent from the file. Both are zeros."""
+    with session(targetd) as ini:
+        for _ in range(2):
+            status, got, _ = read_pdus(ini, 200 * MiB, MiB)
+            assert (status, got) == (0, bytes(MiB))
+
+
+def test_read_past_the_end_is_refused(targetd: Daemon) -> None:
+    with session(targetd) as ini:
+        status, data, sense = ini.command(
+            read16(LUN_BYTES // BLOCK - 1024, 2048), read=2048 * BLOCK
+        )
+    assert (status, data) == (0x02, b"")
+    assert parse_sense(sense) == (0x05, 0x21, 0x00)
+
+
+def test_write_sent_during_a_read_of_the_same_blocks(targetd: Daemon) -> None:
+    """A WRITE sent right behind a READ of the same blocks, before the READ's data is read:
+    both end GOOD; the READ gives each block's old or new bytes (SCSI leaves the two
+    unordered); a READ after the WRITE's status gives the new bytes."""
+    offset, length = 8 * MiB, MiB
+    old = pattern(offset, length)
+    write_file(targetd, offset, old)
+    new_at, new = offset + 256 * 1024, bytes([0xC3]) * (128 * 1024)
+    with session(targetd) as ini:
+        status, got, _ = read_pdus(ini, offset, length)  # the pages are cached now
+        assert (status, got) == (0, old)
+        ini.send(ini.scsi_header(read16(offset // BLOCK, length // BLOCK), read=length))
+        read_itt = ini.itt
+        ini.send(
+            ini.scsi_header(write16(new_at // BLOCK, len(new) // BLOCK), write=len(new),
+                            data_len=len(new), immediate=False),  # fmt: skip
+            new,
+        )
+        write_itt = ini.itt
+        time.sleep(0.2)  # the target runs both before we take any of the READ's bytes
+        data = bytearray()
+        statuses: dict[int, int] = {}
+        while len(statuses) < 2:
+            resp = ini.recv()
+            itt = resp.u32(16)
+            if resp.opcode == Op.DATA_IN:
+                assert itt == read_itt
+                data += resp.data
+                if resp.bhs[1] & 0x01:
+                    statuses[itt] = resp.bhs[3]
+            else:
+                assert resp.opcode == Op.SCSI_RESPONSE, hex(resp.opcode)
+                statuses[itt] = resp.bhs[3]
+        assert statuses == {read_itt: 0, write_itt: 0}
+        expected_new = old[: new_at - offset] + new + old[new_at - offset + len(new) :]
+        for b in range(0, length, BLOCK):
+            block = data[b : b + BLOCK]
+            assert block in (old[b : b + BLOCK], expected_new[b : b + BLOCK]), f"block {b}"
+        status, got, _ = read_pdus(ini, offset, length)
+        assert (status, got) == (0, expected_new)
