@@ -137,8 +137,12 @@ def test_write_sent_during_a_read_of_the_same_blocks(targetd: Daemon) -> None:
         ini.send(ini.scsi_header(read16(offset // BLOCK, length // BLOCK), read=length))
         read_itt = ini.itt
         ini.send(
-            ini.scsi_header(write16(new_at // BLOCK, len(new) // BLOCK), write=len(new),
-                            data_len=len(new), immediate=False),  # fmt: skip
+            ini.scsi_header(
+                write16(new_at // BLOCK, len(new) // BLOCK),
+                write=len(new),
+                data_len=len(new),
+                immediate=False,
+            ),
             new,
         )
         write_itt = ini.itt

@@ -1,0 +1,78 @@
+"""Which READs answer with a FileRange (sent from the file with sendfile) and which with
+bytes: only when the transport asks, from 64 KiB, with every page cached, and from a plain
+file or a pair's source outside a reverse resync, never from a pair's target."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from test_sbc_support import NEXUS, cdb16
+
+from backing.pairs.states import Phase
+from backing.pairs.volume import PairVolume, Role
+from backing.sparse_file import SparseFile
+from scsi.block_device import BlockDevice
+from scsi.command import FileRange, ScsiCommand, ScsiResult, Status
+from scsi.logical_unit import Identity
+
+MiB = 1 << 20
+
+
+def read(lu: BlockDevice, lba: int, blocks: int, *, file_data_in: bool = True) -> ScsiResult:
+    cmd = ScsiCommand(
+        cdb=cdb16(0x88, lba, blocks), lun=0, nexus=NEXUS, data_in_length=blocks * 512,
+        file_data_in=file_data_in,
+    )  # fmt: skip
+    return asyncio.run(lu.execute(cmd))
+
+
+def volume_lu(tmp_path: Path) -> tuple[BlockDevice, PairVolume, SparseFile]:
+    store = SparseFile(tmp_path / "v.img", 4 * MiB)
+    os.pwrite(store.fd, os.urandom(4 * MiB), 0)  # written through the page cache: cached
+    volume = PairVolume("v", store)
+    return BlockDevice(Identity("v"), volume), volume, store
+
+
+def test_a_cached_large_read_is_a_range_of_the_file(tmp_path: Path) -> None:
+    lu, _, store = volume_lu(tmp_path)
+    result = read(lu, 3, 2048)
+    assert result.status == Status.GOOD
+    assert result.data == FileRange(store, 3 * 512, MiB)
+    small = read(lu, 0, 127)  # under 64 KiB: bytes
+    assert isinstance(small.data, bytearray) and len(small.data) == 127 * 512
+    asked_not = read(lu, 0, 2048, file_data_in=False)
+    assert isinstance(asked_not.data, bytearray)
+    assert bytes(asked_not.data) == os.pread(store.fd, MiB, 0)
+
+
+def test_uncached_pages_are_read_into_a_buffer(tmp_path: Path) -> None:
+    store = SparseFile(tmp_path / "hole.img", 4 * MiB)  # a hole never read: nothing cached
+    lu = BlockDevice(Identity("h"), store)
+    first = read(lu, 0, 2048)
+    assert isinstance(first.data, bytearray) and first.data == bytes(MiB)
+    assert read(lu, 0, 2048).data == FileRange(store, 0, MiB)  # that read cached them
+
+
+@pytest.mark.parametrize(
+    ("role", "phase", "from_file"),
+    [
+        (Role.SOURCE, Phase.DUPLEX, True),
+        (Role.SOURCE, Phase.SPLIT_PENDING, True),
+        (Role.SOURCE, Phase.SPLIT, True),
+        (Role.SOURCE, Phase.REVERSE_COPY, False),
+        (Role.TARGET, Phase.SPLIT, False),
+        (Role.TARGET, Phase.SPLIT_PENDING, False),
+        (Role.TARGET, Phase.DUPLEX, False),
+    ],
+)
+def test_pair_volumes(tmp_path: Path, role: Role, phase: Phase, from_file: bool) -> None:
+    lu, volume, store = volume_lu(tmp_path)
+    volume.role = role
+    volume.pair = SimpleNamespace(phase=phase)  # type: ignore[assignment]
+    assert (lu.file_range(0, MiB) is not None) == from_file
+    if from_file:
+        assert read(lu, 0, 2048).data == FileRange(store, 0, MiB)
