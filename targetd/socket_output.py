@@ -24,6 +24,7 @@ import asyncio
 import errno
 import logging
 import os
+import socket
 from collections import deque
 from collections.abc import Callable
 from typing import cast
@@ -44,7 +45,9 @@ class SocketOutput:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._progress: Callable[[], None] = lambda: None
         self._sock = -1
-        self._watch = -1  # a duplicate of the socket's descriptor, to wait for writability
+        # A duplicate of the socket's descriptor: for headers sent with MSG_MORE, and to
+        # wait for writability on.
+        self._dup: socket.socket | None = None
         self._watching = False
         self._queue: deque[Output] = deque()
         self.queued = 0
@@ -68,16 +71,11 @@ class SocketOutput:
     def write(self, items: list[Output]) -> None:
         """Write ``items`` after everything written before."""
         transport = self._transport
-        assert transport is not None
-        if not self._queue:
-            # The bytes before the first range go to the transport now.
-            i = next((i for i, item in enumerate(items) if type(item) is FileRange), -1)
-            if i < 0:
-                transport.writelines(cast(list[bytes], items))
-                return
-            if i:
-                transport.writelines(cast(list[bytes], items[:i]))
-                items = items[i:]
+        if transport is None:  # closed (a failed range): the connection is going away
+            return
+        if not self._queue and not any(type(item) is FileRange for item in items):
+            transport.writelines(cast(list[bytes], items))
+            return
         self._queue.extend(items)
         self.queued += sum(map(len, items))
         self.drive()
@@ -87,38 +85,51 @@ class SocketOutput:
         transport = self._transport
         queue = self._queue
         while queue and transport is not None and not transport.is_closing():
-            if type(queue[0]) is not FileRange:
-                batch = []
-                while queue and type(queue[0]) is not FileRange:
-                    batch.append(queue.popleft())
-                self.queued -= sum(map(len, batch))
-                transport.writelines(cast(list[bytes], batch))
-                continue
             if transport.get_write_buffer_size():
                 self._unwatch()  # resume_writing comes when the transport's buffer is empty
                 return
-            rng = queue[0]
+            head = queue[0]
             try:
-                fd = rng.file.fd
-                if fd < 0:
-                    raise OSError(errno.EBADF, "the LU's file was closed")
-                sent = os.sendfile(self._sock, fd, rng.offset, rng.length)
+                if type(head) is FileRange:
+                    fd = head.file.fd
+                    if fd < 0:
+                        raise OSError(errno.EBADF, "the LU's file was closed")
+                    sent = os.sendfile(self._sock, fd, head.offset, head.length)
+                    if sent == 0:
+                        # The file ends before the LU does (truncated behind our back): the
+                        # rest reads as zeros, as on preadv's path.
+                        queue[0] = bytes(head.length)
+                        continue
+                else:
+                    batch: list[bytes] = []
+                    for item in queue:
+                        if type(item) is FileRange:
+                            break
+                        batch.append(item)  # type: ignore[arg-type]
+                    if len(batch) == len(queue):
+                        # Nothing to send from a file after these: the transport's job.
+                        queue.clear()
+                        self.queued = 0
+                        transport.writelines(batch)
+                        break
+                    # Headers before a range: MSG_MORE lets the kernel send them in the
+                    # range's first segment, not in a 48-byte packet of their own.
+                    sent = self._direct().sendmsg(batch, (), socket.MSG_MORE)
             except BlockingIOError:
                 self._watch_socket()
                 return
             except OSError as exc:
                 self._fail(exc)
                 return
-            if sent == 0:
-                # The file ends before the LU does (truncated behind our back): the rest
-                # reads as zeros, as preadv's path gives them.
-                queue[0] = bytes(rng.length)
-                continue
             self.queued -= sent
-            if sent < rng.length:
-                queue[0] = rng[sent:]
-            else:
+            while sent:  # what went: whole items off the queue, the last one cut
+                item = queue[0]
+                n = len(item)
+                if sent < n:
+                    queue[0] = item[sent:]
+                    break
                 queue.popleft()
+                sent -= n
         self._unwatch()
 
     def close(self) -> None:
@@ -126,22 +137,27 @@ class SocketOutput:
         self._unwatch()
         self._queue.clear()
         self.queued = 0
-        if self._watch >= 0:
-            os.close(self._watch)
-            self._watch = -1
+        if self._dup is not None:
+            self._dup.close()
+            self._dup = None
         self._transport = None
+
+    def _direct(self) -> socket.socket:
+        """The socket, beside the transport: a duplicate descriptor of it."""
+        if self._dup is None:
+            self._dup = socket.socket(fileno=os.dup(self._sock))
+            self._dup.setblocking(False)
+        return self._dup
 
     def _watch_socket(self) -> None:
         if self._watching or self._loop is None:
             return
-        if self._watch < 0:
-            self._watch = os.dup(self._sock)
-        self._loop.add_writer(self._watch, self._writable)
+        self._loop.add_writer(self._direct().fileno(), self._writable)
         self._watching = True
 
     def _unwatch(self) -> None:
-        if self._watching and self._loop is not None:
-            self._loop.remove_writer(self._watch)
+        if self._watching and self._loop is not None and self._dup is not None:
+            self._loop.remove_writer(self._dup.fileno())
         self._watching = False
 
     def _writable(self) -> None:
@@ -154,8 +170,6 @@ class SocketOutput:
         if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
             log.error("sending READ data from the LU's file failed, closing the connection: %s",
                       exc)  # fmt: skip
-        self._unwatch()
-        self._queue.clear()
-        self.queued = 0
+        self.close()  # our duplicate too, or the socket would stay open
         if transport is not None:
             transport.abort()
