@@ -224,6 +224,20 @@ def test_metrics_gather_every_worker(targetd_factory: DaemonFactory) -> None:
     assert text.count("# TYPE targetd_lun_bytes_total counter") == 1
 
 
+def test_chap_is_checked_by_the_worker_after_the_redirect(targetd_factory: DaemonFactory) -> None:
+    secret = 'chap = { user = "alice", secret = "a-secret-of-12+" }\n'
+    chap_b = target(B).replace("[[target.lun]]", secret + "[[target.lun]]", 1)
+    daemon = targetd_factory("[server]\nworkers = 2\n" + target(A) + chap_b)
+    right = f"iscsi://alice%a-secret-of-12+@{daemon.portal}/{B}/0"
+    assert "Peripheral Device Type:DIRECT_ACCESS" in run("iscsi-inq", right).stdout
+    wrong = run("iscsi-inq", f"iscsi://alice%not-the-secret@{daemon.portal}/{B}/0", check=False)
+    assert wrong.returncode != 0
+    assert "Authentication failure" in wrong.stdout + wrong.stderr
+    # Refused by B's worker, which logged it; the portal only redirected.
+    assert any("worker=1 " in line and 'reason="login refused"' in line
+               for line in daemon.stderr.splitlines()), daemon.stderr  # fmt: skip
+
+
 def two_luns(name: str) -> str:
     return target(name) + '[[target.lun]]\nlun = 1\nsize = "64MiB"\n'
 
