@@ -453,6 +453,8 @@ class LockGate:
                 self._fence("releasing the lock failed: blocklisted")
             else:
                 log.warning("lock not given up", extra=logs.fields(lu=self.name, error=str(exc)))
+                if self.on_acquired is not None:  # still the holder: its pairs run here again
+                    await self.on_acquired()
             return
         self.holding = False
         self.peer_holds = True
