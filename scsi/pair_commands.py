@@ -99,7 +99,7 @@ REFUSALS: dict[ErrorCode, Reason] = {
     ErrorCode.RESERVATION_CONFLICT: Reason.INVALID_FIELD_IN_CDB,  # answered as a status
     # A split or resync of a pair in a group acts on the group: a member that is missing.
     ErrorCode.UNKNOWN_GROUP: Reason.PAIR_NOT_FOUND,
-    ErrorCode.IN_GROUP: Reason.PAIR_IN_OTHER_GROUP,  # GROUP JOIN of a pair in another group
+    ErrorCode.IN_GROUP: Reason.PAIR_ALREADY_IN_GROUP,  # GROUP JOIN of a pair in another group
     # Two gateways: the other one runs the pair and keeps its lock now; retried, as a write.
     ErrorCode.ELSEWHERE: Reason.LU_NOT_ACCESSIBLE_TRANSITIONING,
 }

@@ -107,7 +107,7 @@ def test_targetd_copy_makes_and_leaves_groups(targetd_factory: DaemonFactory) ->
     assert json.loads(out)["group"] == "db"
     refused = tool("join", url(1), "other", check=False)
     assert refused.returncode == 1
-    assert "ILLEGAL REQUEST, PAIR IN OTHER GROUP (05/80/08)" in refused.stderr, refused.stderr
+    assert "ILLEGAL REQUEST, PAIR ALREADY IN GROUP (05/80/08)" in refused.stderr, refused.stderr
     tool("split", url(1))  # the group: both pairs, one instant
     st = [json.loads(tool("status", url(n), "--json").stdout) for n in (1, 3)]
     assert st[0]["split_ms"] == st[1]["split_ms"] != 0
