@@ -157,10 +157,10 @@ class MediaChanger(SerializedMedium):
         }
 
     # -- moves ------------------------------------------------------------------------
-    async def move(self, transport: int, source: int, destination: int) -> None:
-        """MOVE MEDIUM (the caller holds ``medium_lock``): SMC sense and nothing moved,
-        or the cartridge in its new element and the inventory on disk."""
-        src, dst = self.elements.check_move(transport, source, destination)
+    async def move(self, src: Element, dst: Element) -> None:
+        """MOVE MEDIUM between holders (the caller holds ``medium_lock``): SMC sense and
+        nothing moved, or the cartridge in its new element and the inventory on disk."""
+        self.elements.check_move(src, dst)
         if src is dst:
             return
         assert src.barcode is not None
@@ -173,11 +173,11 @@ class MediaChanger(SerializedMedium):
         self.elements.move(src, dst)
         await self.io(self.library.save)
 
-    async def exchange(self, transport: int, source: int, first: int, second: int) -> None:
-        """EXCHANGE MEDIUM (the caller holds ``medium_lock``): the source's cartridge to
-        the first destination, the first destination's to the second; SMC sense and
-        nothing moved, or both moved and the inventory on disk."""
-        src, dst1, dst2 = self.elements.check_exchange(transport, source, first, second)
+    async def exchange(self, src: Element, dst1: Element, dst2: Element) -> None:
+        """EXCHANGE MEDIUM between holders (the caller holds ``medium_lock``): the source's
+        cartridge to the first destination, the first destination's to the second; SMC
+        sense and nothing moved, or both moved and the inventory on disk."""
+        self.elements.check_exchange(src, dst1, dst2)
         a, b = src.barcode, dst1.barcode
         assert a is not None and b is not None
         await self._take_out(src)

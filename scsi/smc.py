@@ -10,12 +10,13 @@ POSITION TO ELEMENT has no robot to move.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 from scsi.command import ScsiCommand, ScsiResult
 from scsi.opcodes import OpcodeTable
 from scsi.sense import CheckCondition, FieldPointer, Reason
-from scsi.smc_elements import BARCODE_LENGTH, Element, ElementType
+from scsi.smc_elements import BARCODE_LENGTH, Element, ElementType, Names
 from scsi.spc import SPC_TABLE
 
 if TYPE_CHECKING:
@@ -149,18 +150,63 @@ async def read_element_status(lu: MediaChanger, cmd: ScsiCommand) -> ScsiResult:
 
 
 # -- moving and the rest ---------------------------------------------------------------------
+class _Refused(NamedTuple):
+    """Bits of a CDB byte this changer refuses: INVALID FIELD IN CDB, the field pointer naming
+    the highest bit set where each bit is a flag of its own."""
+
+    byte: int
+    mask: int = 0xFF
+    flags: bool = False
+
+
+@dataclass(frozen=True)
+class _Fields:
+    """What a command's CDB must hold before anything moves: no refused bit, then the
+    element addresses (2-byte fields from byte 2 on) naming what each must name."""
+
+    refused: tuple[_Refused, ...]
+    elements: tuple[Names, ...] = ()
+
+
+# INVERT, INV1 and INV2 are refused: the transport cannot rotate a cartridge.
+_FIELDS = {
+    0xA5: _Fields(
+        (_Refused(1), _Refused(10, 0x01, flags=True)),
+        (Names.TRANSPORT, Names.HOLDER, Names.HOLDER),
+    ),
+    0xA6: _Fields(
+        (_Refused(1), _Refused(10, 0x03, flags=True)),
+        (Names.TRANSPORT, Names.HOLDER, Names.HOLDER, Names.HOLDER),
+    ),
+    0x37: _Fields((_Refused(1, 0xFC),), (Names.ANY,)),  # the first element, with RANGE
+    0x2B: _Fields((_Refused(1), _Refused(8, 0x01, flags=True)), (Names.TRANSPORT, Names.ANY)),
+    0x1E: _Fields((_Refused(4, 0x02, flags=True),)),  # PREVENT is 0 or 1
+}
+
+
+def _checked(lu: MediaChanger, cdb: bytes, *, elements: bool = True) -> list[Element]:
+    """The elements the CDB names, once its fields pass the command's checks in
+    ``_FIELDS``; SMC sense for the first that fails."""
+    fields = _FIELDS[cdb[0]]
+    for byte, mask, flags in fields.refused:
+        if bits := cdb[byte] & mask:
+            raise _invalid(byte, bits.bit_length() - 1 if flags else None)
+    if not elements:
+        return []
+    return [
+        lu.elements.named(_u16(cdb[2 + 2 * i : 4 + 2 * i]), names)
+        for i, names in enumerate(fields.elements)
+    ]
+
+
 @_cmd(
     0xA5,
     "MOVE MEDIUM",
     bytes([0xA5, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x01, 0x07]),
 )
 async def move_medium(lu: MediaChanger, cmd: ScsiCommand) -> ScsiResult:
-    cdb = cmd.cdb
-    if cdb[1]:
-        raise _invalid(1)
-    if cdb[10] & 0x01:  # INVERT: the transport cannot rotate a cartridge
-        raise _invalid(10, 0)
-    await lu.move(_u16(cdb[2:4]), _u16(cdb[4:6]), _u16(cdb[6:8]))
+    _, src, dst = _checked(lu, cmd.cdb)  # one robot moves every cartridge
+    await lu.move(src, dst)
     return ScsiResult()
 
 
@@ -170,12 +216,8 @@ async def move_medium(lu: MediaChanger, cmd: ScsiCommand) -> ScsiResult:
     bytes([0xA6, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x03, 0x07]),
 )
 async def exchange_medium(lu: MediaChanger, cmd: ScsiCommand) -> ScsiResult:
-    cdb = cmd.cdb
-    if cdb[1]:
-        raise _invalid(1)
-    if cdb[10] & 0x03:  # INV1, INV2: the transport cannot rotate a cartridge
-        raise _invalid(10, 1 if cdb[10] & 0x02 else 0)
-    await lu.exchange(_u16(cdb[2:4]), _u16(cdb[4:6]), _u16(cdb[6:8]), _u16(cdb[8:10]))
+    _, src, dst1, dst2 = _checked(lu, cmd.cdb)
+    await lu.exchange(src, dst1, dst2)
     return ScsiResult()
 
 
@@ -190,11 +232,7 @@ async def initialize_element_status(lu: MediaChanger, cmd: ScsiCommand) -> ScsiR
     bytes([0x37, 0x03, 0xFF, 0xFF, 0, 0, 0xFF, 0xFF, 0, 0x07]),
 )
 async def initialize_element_status_with_range(lu: MediaChanger, cmd: ScsiCommand) -> ScsiResult:
-    cdb = cmd.cdb
-    if cdb[1] & 0xFC:
-        raise _invalid(1)
-    if cdb[1] & 0x01:  # RANGE: the first element must exist
-        lu.elements.get(_u16(cdb[2:4]))
+    _checked(lu, cmd.cdb, elements=bool(cmd.cdb[1] & 0x01))  # RANGE: the first must exist
     return ScsiResult()
 
 
@@ -204,15 +242,7 @@ async def initialize_element_status_with_range(lu: MediaChanger, cmd: ScsiComman
     bytes([0x2B, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x01, 0x07]),
 )
 async def position_to_element(lu: MediaChanger, cmd: ScsiCommand) -> ScsiResult:
-    cdb = cmd.cdb
-    if cdb[1]:
-        raise _invalid(1)
-    if cdb[8] & 0x01:
-        raise _invalid(8, 0)
-    transport = _u16(cdb[2:4])
-    if transport and lu.elements.get(transport).type != ElementType.TRANSPORT:
-        raise CheckCondition(Reason.INVALID_ELEMENT_ADDRESS)
-    lu.elements.get(_u16(cdb[4:6]))
+    _checked(lu, cmd.cdb)  # no robot to move: the elements need only exist
     return ScsiResult()
 
 
@@ -220,10 +250,8 @@ async def position_to_element(lu: MediaChanger, cmd: ScsiCommand) -> ScsiResult:
 async def prevent_allow_medium_removal(lu: MediaChanger, cmd: ScsiCommand) -> ScsiResult:
     """Locks the mail slots and the door against the operator (targetctl library
     import/export) while any I_T nexus prevents; MOVE MEDIUM is not affected."""
-    prevent = cmd.cdb[4] & 0x03
-    if prevent > 1:
-        raise _invalid(4, 1)
-    if prevent:
+    _checked(lu, cmd.cdb)
+    if cmd.cdb[4] & 0x01:
         lu.preventing.add(cmd.nexus)
     else:
         lu.preventing.discard(cmd.nexus)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import Enum, IntEnum
 
 from scsi.sense import CheckCondition, Reason
 
@@ -35,6 +35,15 @@ MAX_DRIVES = 0x100
 MAX_MAIL_SLOTS = 0x200
 MAX_SLOTS = 0xFFFF - 0x0400 + 1
 BARCODE_LENGTH = 32  # a primary volume tag's identifier field
+
+
+class Names(Enum):
+    """What an element address field of a CDB must name: any other address is INVALID
+    ELEMENT ADDRESS."""
+
+    TRANSPORT = "transport"  # the medium transport; 0 names the default one
+    HOLDER = "holder"  # an element that holds a cartridge: a slot, mail slot or drive
+    ANY = "any"  # any element of the library
 
 
 class ElementError(Exception):
@@ -122,19 +131,27 @@ class Elements:
         return next((e for e in self.lists[kind] if not e.full), None)
 
     # -- moves ------------------------------------------------------------------------
-    def check_move(self, transport: int, source: int, destination: int) -> tuple[Element, Element]:
-        """The elements of a MOVE MEDIUM, or its SMC sense: an unknown address or a
-        transport that is not one, an empty source, a full destination."""
-        if transport and self.get(transport).type != ElementType.TRANSPORT:
+    def named(self, address: int, names: Names) -> Element:
+        """The element a CDB's address field names, or INVALID ELEMENT ADDRESS: an unknown
+        address, a transport field naming no transport, or a holder field naming the
+        transport (the robot holds nothing)."""
+        if names is Names.TRANSPORT and address == 0:
+            return self.lists[ElementType.TRANSPORT][0]  # the default one: the only one
+        element = self.get(address)
+        if names is not Names.ANY and (element.type == ElementType.TRANSPORT) != (
+            names is Names.TRANSPORT
+        ):
             raise CheckCondition(Reason.INVALID_ELEMENT_ADDRESS)
-        src, dst = self.get(source), self.get(destination)
-        if ElementType.TRANSPORT in (src.type, dst.type):
-            raise CheckCondition(Reason.INVALID_ELEMENT_ADDRESS)  # the robot holds nothing
+        return element
+
+    @staticmethod
+    def check_move(src: Element, dst: Element) -> None:
+        """The SMC sense of a MOVE MEDIUM between holders: an empty source, a full
+        destination."""
         if not src.full:
             raise CheckCondition(Reason.MEDIUM_SOURCE_ELEMENT_EMPTY)
         if dst.full and dst is not src:
             raise CheckCondition(Reason.MEDIUM_DESTINATION_ELEMENT_FULL)
-        return src, dst
 
     def move(self, src: Element, dst: Element) -> None:
         """The cartridge goes; the destination remembers the slot it came from."""
@@ -143,22 +160,17 @@ class Elements:
         dst.barcode, src.barcode = src.barcode, None
         dst.source, src.source = self._home(src), None
 
-    def check_exchange(
-        self, transport: int, source: int, first: int, second: int
-    ) -> tuple[Element, Element, Element]:
-        """The elements of an EXCHANGE MEDIUM, or its SMC sense: the source and the first
+    @staticmethod
+    def check_exchange(src: Element, dst1: Element, dst2: Element) -> None:
+        """The SMC sense of an EXCHANGE MEDIUM between holders: the source and the first
         destination both hold a cartridge (the first destination's goes on to the second
         destination), and the second destination is empty unless it is the source."""
-        if transport and self.get(transport).type != ElementType.TRANSPORT:
-            raise CheckCondition(Reason.INVALID_ELEMENT_ADDRESS)
-        src, dst1, dst2 = self.get(source), self.get(first), self.get(second)
-        if ElementType.TRANSPORT in (src.type, dst1.type, dst2.type) or dst1 in (src, dst2):
+        if dst1 in (src, dst2):
             raise CheckCondition(Reason.INVALID_ELEMENT_ADDRESS)
         if not src.full or not dst1.full:
             raise CheckCondition(Reason.MEDIUM_SOURCE_ELEMENT_EMPTY)
         if dst2.full and dst2 is not src:
             raise CheckCondition(Reason.MEDIUM_DESTINATION_ELEMENT_FULL)
-        return src, dst1, dst2
 
     def exchange(self, src: Element, dst1: Element, dst2: Element) -> None:
         """The source's cartridge goes to the first destination, the first destination's

@@ -84,7 +84,8 @@ def world() -> Iterator[World]:
     target = targets[IQN]
     changer = target.luns[CHANGER]
     assert isinstance(changer, MediaChanger)
-    loop.run_until_complete(changer.move(0x0001, 0x0400, 0x0100))  # F1 into DRIVE
+    slot, drive = changer.elements.get(0x0400), changer.elements.get(0x0100)
+    loop.run_until_complete(changer.move(slot, drive))  # F1 into DRIVE
     for nexus in (NEXUS, OTHER):
         target.nexus_established(nexus)
     try:

@@ -15,7 +15,7 @@ from scsi.changer_device import MediaChanger, TapeLibrary
 from scsi.command import Nexus, ScsiCommand, ScsiResult, Status
 from scsi.logical_unit import Identity, LogicalUnit
 from scsi.sense import CheckCondition, Reason
-from scsi.smc_elements import Elements, ElementType
+from scsi.smc_elements import Elements, ElementType, Names
 from scsi.tape_device import TapeDevice
 
 NEXUS = Nexus("iqn.2026-11.org.test:i,i,0x1")
@@ -89,23 +89,29 @@ def test_elements_have_typed_addresses_and_moves_remember_their_slot() -> None:
     e = Elements(slots=3, mail_slots=1, drives=1)
     assert [x.address for x in e.of_type(ElementType.ALL)] == [1, 0x100, 0x200, 0x400, 0x401, 0x402]
     e.place("T1", ElementType.STORAGE)
-    src, dst = e.check_move(0, SLOT0, DRIVE0)
+    src, dst = e.named(SLOT0, Names.HOLDER), e.named(DRIVE0, Names.HOLDER)
+    e.check_move(src, dst)
     e.move(src, dst)
     assert e.get(DRIVE0).barcode == "T1" and e.get(DRIVE0).source == SLOT0
     e.move(e.get(DRIVE0), e.get(0x402))
     assert e.get(0x402).source == SLOT0 and not e.get(SLOT0).full  # back to its home slot
-    for args, reason in (
-        ((0, 0x401, DRIVE0), Reason.MEDIUM_SOURCE_ELEMENT_EMPTY),
-        ((0, 0x999, DRIVE0), Reason.INVALID_ELEMENT_ADDRESS),
-        ((0x400, 0x402, DRIVE0), Reason.INVALID_ELEMENT_ADDRESS),  # not a transport
-        ((0, 0x402, ROBOT), Reason.INVALID_ELEMENT_ADDRESS),
+    assert e.named(0, Names.TRANSPORT) is e.named(ROBOT, Names.TRANSPORT) is e.get(ROBOT)
+    assert e.named(ROBOT, Names.ANY) is e.get(ROBOT)
+    for address, names in (
+        (0x999, Names.HOLDER),
+        (0x999, Names.ANY),
+        (0x400, Names.TRANSPORT),  # not a transport
+        (ROBOT, Names.HOLDER),  # the robot holds nothing
     ):
         with pytest.raises(CheckCondition) as err:
-            e.check_move(*args)
-        assert err.value.reason is reason
+            e.named(address, names)
+        assert err.value.reason is Reason.INVALID_ELEMENT_ADDRESS
+    with pytest.raises(CheckCondition) as err:
+        e.check_move(e.get(0x401), e.get(DRIVE0))
+    assert err.value.reason is Reason.MEDIUM_SOURCE_ELEMENT_EMPTY
     e.place("T2", ElementType.STORAGE)
     with pytest.raises(CheckCondition) as err:
-        e.check_move(0, 0x402, SLOT0)
+        e.check_move(e.get(0x402), e.get(SLOT0))
     assert err.value.reason is Reason.MEDIUM_DESTINATION_ELEMENT_FULL
 
 
