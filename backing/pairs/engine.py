@@ -237,6 +237,9 @@ class Pair:
             "initializing": self.initializing,
             "backup_policy": None if self.backup_policy is None else int(self.backup_policy),
             "split_snapshot": self.split_snapshot,
+            # Kept by the manager's groups file; in a record two gateways share, the other
+            # gateway learns the pair's group from here (backing/pairs/shared.py).
+            "group": self.group,
         }
 
     def _recover(self) -> None:

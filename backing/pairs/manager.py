@@ -488,6 +488,9 @@ class PairManager:
         path = self._scope_dir(scope) / GROUPS_FILE
         loop = asyncio.get_running_loop()
         await self._settled(scope, name)
+        # Pairs two gateways share carry their group in their record: the other gateway
+        # reads it there (its own groups file is not told).
+        await self.shared.record_group(scope, name, self.groups.get((scope, name), []), members)
         await loop.run_in_executor(None, group_file.save, path, groups)
         self._groups_loaded.add(scope)
         if members is None:

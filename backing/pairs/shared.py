@@ -124,12 +124,51 @@ class SharedPairs:
         old = target.pair
         pair = Pair(meta, source, target, record, bitmaps, self.manager.settings)
         pair.group = old.group if old is not None else None
+        if "group" in meta:  # the record says (a change made through the other gateway)
+            self._regroup(scope_of(source.volume_id), pair.name, pair.group, meta["group"])
+            pair.group = meta["group"]
         if old is not None:
             old.file.close()
             self.manager.pairs.pop((scope_of(old.source.volume_id), old.name), None)
         pair.attach()
         self.manager.pairs[(scope_of(source.volume_id), pair.name)] = pair
         return pair
+
+    def _regroup(self, scope: str, name: str, old: str | None, new: str | None) -> None:
+        """Pair ``name`` moves from group ``old`` to ``new`` in the manager's memory."""
+        groups = self.manager.groups
+        if old is not None and old != new and (scope, old) in groups:
+            rest = [m for m in groups[(scope, old)] if m != name]
+            if rest:
+                groups[(scope, old)] = rest
+            else:
+                del groups[(scope, old)]
+        if new is not None:
+            members = groups.setdefault((scope, new), [])
+            if name not in members:
+                members.append(name)
+
+    async def record_group(
+        self, scope: str, group: str, before: list[str], after: list[str] | None
+    ) -> None:
+        """Group ``group`` goes from ``before`` to ``after`` (None: deleted): each shared
+        pair whose group changes has it written in its record (moved here first)."""
+        new = set(after or ())
+        for name in dict.fromkeys([*before, *new]):
+            pair = self.manager.pairs.get((scope, name))
+            if pair is None or not self.is_shared(pair.target):
+                continue
+            wanted = group if name in new else None
+            if pair.group == wanted:
+                continue
+            pair = await self.here(pair)
+            old = pair.group
+            pair.group = wanted
+            try:
+                await pair.write_header()
+            except BaseException:
+                pair.group = old
+                raise
 
     def _forget(self, pair: Pair) -> None:
         from backing.pairs.manager import scope_of

@@ -168,3 +168,41 @@ def test_a_deletion_cut_short_is_finished_by_the_gateway_that_takes_the_pair(
         await manager.stop()
 
     asyncio.run(scenario())
+
+
+def test_group_membership_reaches_the_other_gateway_through_the_records(
+    tmp_path: Path,
+) -> None:
+    """Two managers (two gateways) on the same records: a group made and changed through
+    A is seen by B, whose own groups file never heard of it."""
+    from backing.pairs import UNCHECKED, PairManager, PairService, PairSettings, PairVolume
+    from backing.sparse_file import SparseFile
+
+    objects = {f"t/lun{i}": MemoryObject() for i in range(4)}
+
+    def gateway(name: str) -> PairService:
+        service = PairService(PairManager(tmp_path / name, PairSettings(chunk_size=1 << 16)))
+        for i in range(4):
+            path = tmp_path / f"{name}{i}.img"
+            volume = PairVolume(f"t/lun{i}", SparseFile(path, 1 << 20))
+            volume.record_object = lambda o=objects[volume.volume_id]: o
+            service.register_volume(volume)
+        return service
+
+    async def scenario() -> None:
+        a, b = gateway("a"), gateway("b")
+        await a.start()
+        await a.create("p", "t/lun0", "t/lun1", access=UNCHECKED)
+        await a.create("q", "t/lun2", "t/lun3", access=UNCHECKED)
+        await a.create_group("db", "t", ["p", "q"], access=UNCHECKED)
+        await b.start()
+        assert b.group_status("db", "t").members[0].group == "db"
+        assert [s.name for s in b.group_status("db", "t").members] == ["p", "q"]
+        await a.remove_from_group("db", ["q"], access=UNCHECKED, scope="t")
+        await b.manager.shared.refresh()
+        assert [s.name for s in b.group_status("db", "t").members] == ["p"]
+        assert b.status(name="q", scope="t").group is None
+        await a.stop()
+        await b.stop()
+
+    asyncio.run(scenario())
