@@ -154,8 +154,9 @@ def start_tgt_rbd(workdir: Path, cluster: CephCluster, conf: Path) -> Target:
             ["tgtd", "-f", "-C", str(control_port), "--iscsi", f"portal={LOOPBACK}:{port}"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
-    target = TgtdTarget(TGT, "iqn.2026-11.org.targetd.bench:tgt-rbd", 1, port, proc, log_path,
-                        control_port)  # fmt: skip
+    iqn = "iqn.2026-11.org.targetd.bench:tgt-rbd"
+    target = TgtdTarget(TGT, iqn, 1, port, proc, log_path, luns=((iqn, 1),),
+                        control_port=control_port)  # fmt: skip
     try:
         wait_for_port(port, proc, timeout=15)
         target._admin("--op new --mode target --tid 1 -T", target.iqn)
