@@ -1,11 +1,11 @@
-"""The conformance subset that depends on one process owning a LU's state, run against a
-worker process behind the portal's login redirect (docs/workers.md): reservations (SPC-2
-and persistent), unit attentions, task management, multipath over two sessions, the copy
-manager. Every
-test must end as it does against a single process (expected.toml)."""
+"""libiscsi's whole iscsi-test-cu suite against a target served by a worker process behind
+the portal's login redirect (docs/workers.md): every test must end as it does against a
+single process (expected.toml): reservations, unit attentions, task management, multipath
+over two sessions, the copy manager, all in the worker that owns the LU."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -13,26 +13,16 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 
-from cu_runner import list_tests, run_suite, to_markdown  # noqa: E402
+from cu_runner import run_suite, to_markdown  # noqa: E402
 from cu_targets import TargetdTarget  # noqa: E402
 from test_conformance import compare, load_expected  # noqa: E402
 
 pytestmark = [
     pytest.mark.conformance,
-    pytest.mark.timeout(600),
+    pytest.mark.timeout(900),
     pytest.mark.skipif(shutil.which("iscsi-test-cu") is None, reason="libiscsi-bin not installed"),
 ]
 
-# Suites whose verdict rests on state a process owns.
-SUITES = (
-    "Prin", "Prout", "Reserve6", "TestUnitReady", "MultipathIO", "iSCSITMF", "Inquiry",
-    "ExtendedCopy", "ReceiveCopyResults", "CompareAndWrite",
-)  # fmt: skip
-# This test reconnects after its LUN reset; behind the portal's redirect libiscsi 1.19
-# then aborts inside iscsi-test-cu ("malloc(): smallbin double linked list corrupted"),
-# which also ends the tests after it. iscsi-perf's reconnect through the redirect works
-# (docs/workers.md, "Limits").
-LIBISCSI_RECONNECT = ("iSCSITMF.LUNResetSimpleAsync",)
 # Another target first: the conformance target is then served by worker 1, not worker 0.
 OTHER = """
 [server]
@@ -48,17 +38,17 @@ size = "16MiB"
 """
 
 
-def test_reservation_and_unit_attention_suites_against_a_worker(tmp_path: Path) -> None:
+def test_iscsi_test_cu_against_a_worker(tmp_path: Path) -> None:
     config = tmp_path / "workers.toml"
     config.write_text(OTHER + (HERE / "targetd-conformance.toml").read_text())
-    tests = [n for n in list_tests() if n.split(".")[0].startswith(SUITES)
-             and n not in LIBISCSI_RECONNECT]  # fmt: skip
-    assert len(tests) > 40, tests
     fail, skip = load_expected()
     with TargetdTarget(config=config, workdir=tmp_path) as target:
-        report = run_suite(target, tests, log=tmp_path / "iscsi-test-cu.log", multipath=True)
+        report = run_suite(target, log=tmp_path / "iscsi-test-cu.log", multipath=True)
+    (tmp_path / "report.json").write_text(json.dumps(report.to_json(), indent=1))
     print(to_markdown(report))
-    fail = {k: v for k, v in fail.items() if k in tests}
     problems = compare(report, fail, skip)
     assert not problems, "\n".join(problems)
-    assert "redirected to 127.0.0.1:" in target.log_path.read_text()
+    log = target.log_path.read_text()
+    assert 'reason="redirected to 127.0.0.1:' in log  # every login went through the portal
+    assert "worker=1 event=login" in log  # at the conformance target's worker
+    assert "worker=0 event=login" not in log  # and none at the other target's
