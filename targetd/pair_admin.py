@@ -286,6 +286,11 @@ class PairAdmin:
         copied = Family(
             "targetd_pair_copied_bytes_total", "counter", "bytes copied since the daemon started"
         )
+        runs = Family(
+            "targetd_pair_runs_here",
+            "gauge",
+            "two gateways: 1 while this gateway runs the pair, 0 while it only shows it",
+        )
         for s in self.service.list_pairs():
             labels = {"pair": s.name, "target": scope_of(s.source)}
             for side, current in (("source", s.phase.source), ("target", s.phase.target)):
@@ -296,7 +301,11 @@ class PairAdmin:
             in_sync.add(s.percent_in_sync / 100, labels)
             rate.add(float(s.copy_rate), labels)
             copied.add(s.copied_bytes, labels)
-        return [state, dirty, changed, backlog, in_sync, rate, copied]
+            here = self.service.runs_here(s.target)
+            if here is not None:
+                runs.add(int(here), labels)
+        shared = [runs] if runs.samples else []  # only where pairs are shared
+        return [state, dirty, changed, backlog, in_sync, rate, copied, *shared]
 
 
 @contextlib.contextmanager

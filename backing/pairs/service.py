@@ -99,6 +99,14 @@ class PairService:
         comes here first."""
         await self.manager.shared.follow_target(volume_id)
 
+    def runs_here(self, target: str) -> bool | None:
+        """Whether this gateway runs the pair whose target volume is ``target``; None for
+        a pair that is not shared by two gateways."""
+        volume = self.manager.volumes.get(target)
+        if volume is None or not self.manager.shared.is_shared(volume):
+            return None
+        return target in self.manager.shared.running
+
     def holds(self, volume_id: str, why: str) -> bool:
         """Whether a pair running here keeps ``volume_id``'s lock against the other gateway."""
         return self.manager.shared.holds(volume_id, why)

@@ -6,8 +6,10 @@ Real cluster, real daemons; the images compared with ``rbd export``."""
 from __future__ import annotations
 
 import random
+import re
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 from ceph_fixtures import ImageFactory, ceph_cluster, export_image, new_image
@@ -148,7 +150,9 @@ def test_two_gateways_never_copy_one_pair_at_once(
     ceph_cluster: CephCluster, new_image: ImageFactory, gateway_pair: PairFactory, tmp_path: Path
 ) -> None:
     source, target = new_image("8M"), new_image("8M")
-    gw = gateway_pair(source, more_images=(target,), tables=pairs_table("1MiB"), hold_ms=300)
+    gw = gateway_pair(
+        source, more_images=(target,), tables=pairs_table("1MiB"), hold_ms=300, metrics=True
+    )
     rng = random.Random(3)
     model = bytearray(SIZE)
     a, b = client(gw, "a"), client(gw, "b")
@@ -166,6 +170,10 @@ def test_two_gateways_never_copy_one_pair_at_once(
     wait_status(b, ("DUPLEX", "DUPLEX"), timeout=60)
     assert export_image(ceph_cluster, target, tmp_path / "t") == bytes(model)
     assert (gw.a.stderr.count("handed over"), runs_here(gw.b)) == (1, 1)
+    for name, expected in (("a", 0), ("b", 1)):
+        url = f"http://127.0.0.1:{gw.metrics_ports[name]}/metrics"
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        assert re.search(rf'^targetd_pair_runs_here{{pair="one",[^}}]*}} {expected}$', text, re.M)
     # Split through B; then a host write to the (writable) target through A brings the
     # pair back to A first, so the target's change is tracked in the record.
     b.ok(pair_out(SPLIT))
