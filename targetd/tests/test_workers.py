@@ -121,3 +121,28 @@ def test_a_workers_pair_manager_leaves_other_targets_pair_files_alone(
     asyncio.run(PairManager(tmp_path, scopes=frozenset([A])).start())
     unreadable = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
     assert len(unreadable) == 1 and quote(A, safe="") in unreadable[0]
+
+
+def test_workers_on_the_command_line_win_over_the_file(tmp_path: Path) -> None:
+    import argparse
+
+    from targetd.cli import _load
+
+    path = tmp_path / "t.toml"
+    path.write_text(
+        "[server]\nworkers = 2\n"
+        + "".join(f'[[target]]\nname = "{n}"\n[[target.lun]]\nlun = 0\n' for n in (A, B, C))
+    )
+
+    def load(workers: str | None) -> int:
+        args = argparse.Namespace(
+            config=str(path), state_dir=str(tmp_path), listen=None, workers=workers, metrics=None
+        )
+        return _load(args).workers
+
+    assert load(None) == 2
+    assert load("3") == 3
+    assert load("1") == 1
+    assert load("auto") == min(3, len(os.sched_getaffinity(0)))
+    with pytest.raises(ConfigError, match=r"--workers: must be 1\.\.256, got 0"):
+        load("0")
