@@ -6,14 +6,14 @@ the split itself when a plain EXTENDED COPY reads the target of a mirroring pair
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import sys
 from typing import Any
 
 from conftest import REPO, Daemon, DaemonFactory
 from pair_scsi import ADDRESSED, CREATE, BlockClient, pair_in, pair_out
-from test_integration_xcopy import cscd, naa_of, stream_segment
+from test_integration_xcopy import naa_of
+from xcopy_lists import cscd, lid1, seg_b2s, seg_filemarks, xcopy_cdb
 
 MiB = 1 << 20
 IQN = "iqn.2026-11.org.targetd:policy"
@@ -127,12 +127,11 @@ def test_split_and_backup_policy_splits_on_a_plain_extended_copy(
     image = image[:MiB] + fresh + image[2 * MiB :]
     ini = client.ini
     target, tape = naa_of(ini, 1), naa_of(ini, TAPE)
-    segments = b"".join(stream_segment(0x00, 256 * 1024, 512, lba) for lba in range(0, 8192, 512))
-    filemark = struct.pack(">BBH2xHx3s", 0x10, 0, 0x08, 1, (1).to_bytes(3, "big"))
+    segments = b"".join(seg_b2s(0, 1, 256 * 1024, 512, lba) for lba in range(0, 8192, 512))
+    filemark = seg_filemarks(1, 1)
     cscds = cscd(target, 0x00, block_length=512) + cscd(tape, 0x01)
-    params = struct.pack(">BBH4xII", 7, 0, len(cscds), len(segments + filemark), 0)
-    params += cscds + segments + filemark
-    xcopy = bytes([0x83, 0]) + bytes(8) + len(params).to_bytes(4, "big") + bytes(2)
+    params = lid1(cscds, segments + filemark, list_id=7)
+    xcopy = xcopy_cdb(len(params))
     status, _, sense = ini.command(xcopy, lun=1, data=params)
     assert (status, sense) == (0, b"")
     st = client.status()

@@ -19,7 +19,8 @@ from conftest import DaemonFactory
 from raw_initiator import RawInitiator
 from s3_server import S3Server
 from test_integration_library import move, sense_of, targetctl
-from test_integration_xcopy import cscd, extended_copy, lid1, naa_of, read10, stream_segment
+from test_integration_xcopy import extended_copy, naa_of, read10
+from xcopy_lists import cscd, lid1, seg_b2s, seg_filemarks, seg_s2b
 
 IQN = "iqn.2026-11.org.targetd.test:vtl"
 CHANGER, DRIVE = 0, 1
@@ -251,10 +252,12 @@ def test_extended_copy_backs_up_to_an_s3_tape_and_restores(
         disk, tape = naa_of(ini, 2), naa_of(ini, DRIVE)
         # Backup: the 12 MiB as 1 MiB records, then a file mark; no host in the path.
         segments = b"".join(
-            stream_segment(0x00, MiB, MiB // 512, lba) for lba in range(0, 12 * MiB // 512, 2048)
+            seg_b2s(0, 1, MiB, MiB // 512, lba) for lba in range(0, 12 * MiB // 512, 2048)
         )
-        mark = struct.pack(">BBH2xHx3s", 0x10, 0, 0x08, 1, (1).to_bytes(3, "big"))
-        params = lid1(1, cscd(disk, 0x00, block_length=512) + cscd(tape, 0x01), segments + mark)
+        mark = seg_filemarks(1, 1)
+        params = lid1(
+            cscd(disk, 0x00, block_length=512) + cscd(tape, 0x01), segments + mark, list_id=1
+        )
         assert extended_copy(ini, DRIVE, params) == (GOOD, b"")
         # Wipe the disk, then restore it from the tape.
         for n in range(0, len(image), CHUNK):
@@ -262,9 +265,9 @@ def test_extended_copy_backs_up_to_an_s3_tape_and_restores(
             assert ini.command(cdb, lun=2, data=bytes(CHUNK))[0] == GOOD
         assert rewind(ini) == GOOD
         segments = b"".join(
-            stream_segment(0x01, MiB, MiB // 512, lba) for lba in range(0, 12 * MiB // 512, 2048)
+            seg_s2b(0, 1, MiB, MiB // 512, lba) for lba in range(0, 12 * MiB // 512, 2048)
         )
-        params = lid1(2, cscd(tape, 0x01) + cscd(disk, 0x00, block_length=512), segments)
+        params = lid1(cscd(tape, 0x01) + cscd(disk, 0x00, block_length=512), segments, list_id=2)
         assert extended_copy(ini, 2, params) == (GOOD, b"")
         restored = b"".join(read10(ini, 2, lba, 512) for lba in range(0, 12 * MiB // 512, 512))
         assert restored == image

@@ -14,6 +14,17 @@ from pathlib import Path
 from clients import run
 from conftest import REPO, DaemonFactory
 from raw_initiator import RawInitiator
+from xcopy_lists import (
+    cscd,
+    lid1,
+    lid4,
+    rcr_cdb,
+    seg_b2b,
+    seg_b2s,
+    seg_filemarks,
+    seg_s2b,
+    xcopy_cdb,
+)
 
 MiB = 1 << 20
 CONFIG = """
@@ -87,26 +98,8 @@ def naa_of(ini: RawInitiator, lun: int) -> bytes:
     raise AssertionError("no NAA designator")
 
 
-def cscd(designator: bytes, device_type: int, flags: int = 0, block_length: int = 0) -> bytes:
-    d = bytearray(32)
-    d[0], d[1] = 0xE4, device_type
-    d[4 : 4 + len(designator)] = designator
-    d[28] = flags
-    d[29:32] = block_length.to_bytes(3, "big")
-    return bytes(d)
-
-
-def lid1(list_id: int, cscds: bytes, segments: bytes) -> bytes:
-    return struct.pack(">BBH4xII", list_id, 0, len(cscds), len(segments), 0) + cscds + segments
-
-
-def stream_segment(code: int, stream_length: int, blocks: int, lba: int) -> bytes:
-    length = stream_length.to_bytes(3, "big")
-    return struct.pack(">BBHHHx3s2xHQ", code, 0, 0x14, 0, 1, length, blocks, lba)
-
-
 def extended_copy(ini: RawInitiator, lun: int, params: bytes) -> tuple[int, bytes]:
-    cdb = bytes([0x83, 0]) + bytes(8) + len(params).to_bytes(4, "big") + bytes(2)
+    cdb = xcopy_cdb(len(params))
     status, _, sense = ini.command(cdb, lun=lun, data=params)
     return status, sense
 
@@ -132,11 +125,11 @@ def test_backup_to_tape_and_restore_with_raw_initiator(targetd_factory: DaemonFa
         disk, spare, tape = naa_of(ini, 0), naa_of(ini, 1), naa_of(ini, TAPE)
         # Backup: LUN 0 blocks 0-1023 as four 128 KiB variable-length records, sent to the
         # tape LU itself (any LU of the target can take the command).
-        segments = b"".join(
-            stream_segment(0x00, 128 * 1024, 256, lba) for lba in range(0, 1024, 256)
+        segments = b"".join(seg_b2s(0, 1, 128 * 1024, 256, lba) for lba in range(0, 1024, 256))
+        filemark = seg_filemarks(1, 1)
+        params = lid1(
+            cscd(disk, 0x00, block_length=512) + cscd(tape, 0x01), segments + filemark, list_id=1
         )
-        filemark = struct.pack(">BBH2xHx3s", 0x10, 0, 0x08, 1, (1).to_bytes(3, "big"))
-        params = lid1(1, cscd(disk, 0x00, block_length=512) + cscd(tape, 0x01), segments + filemark)
         status, sense = extended_copy(ini, TAPE, params)
         assert (status, sense) == (GOOD, b"")
         # Read it back as a host would: REWIND, four READ(6) of 128 KiB, then the file mark.
@@ -154,15 +147,15 @@ def test_backup_to_tape_and_restore_with_raw_initiator(targetd_factory: DaemonFa
         # Restore to LUN 1 at LBA 4096 with segment 01h, after REWIND.
         assert ini.command(bytes([0x01, 0, 0, 0, 0, 0]), lun=TAPE)[0] == GOOD
         segments = b"".join(
-            stream_segment(0x01, 128 * 1024, 256, 4096 + lba) for lba in range(0, 1024, 256)
+            seg_s2b(0, 1, 128 * 1024, 256, 4096 + lba) for lba in range(0, 1024, 256)
         )
-        params = lid1(2, cscd(tape, 0x01) + cscd(spare, 0x00, block_length=512), segments)
+        params = lid1(cscd(tape, 0x01) + cscd(spare, 0x00, block_length=512), segments, list_id=2)
         status, sense = extended_copy(ini, 1, params)
         assert (status, sense) == (GOOD, b"")
         restored = b"".join(read10(ini, 1, 4096 + n, 256) for n in range(0, 1024, 256))
         assert restored == image
         # RECEIVE COPY RESULTS over the wire: operating parameters name both stream segments.
-        cdb = bytes([0x84, 0x03]) + bytes(8) + (256).to_bytes(4, "big") + bytes(2)
+        cdb = rcr_cdb(0x03, allocation=256)
         status, params_in, _ = ini.command(cdb, lun=TAPE, read=256)
         assert status == GOOD and {0x00, 0x01} <= set(params_in[44 : 44 + params_in[43]])
 
@@ -186,8 +179,8 @@ size = "16MiB"
         private = naa_of(other, 0)
     with session(daemon.port, daemon.iqn) as ini:
         disk = naa_of(ini, 0)
-        b2b = struct.pack(">BBHHH2xHQQ", 0x02, 0, 0x18, 1, 0, 8, 0, 0)
-        params = lid1(3, cscd(disk, 0x00, block_length=512) + cscd(private, 0x00), b2b)
+        b2b = seg_b2b(1, 0, 8, 0, 0)
+        params = lid1(cscd(disk, 0x00, block_length=512) + cscd(private, 0x00), b2b, list_id=3)
         status, sense = extended_copy(ini, 0, params)
         assert status == CHECK and (sense[2] & 0x0F, sense[12], sense[13]) == (0x0A, 0x0D, 0x02)
 
@@ -203,11 +196,11 @@ def test_backup_to_a_file_sink_then_targetctl(
         for n in range(0, len(image), 128 * 1024):
             write10(ini, n // 512, image[n : n + 128 * 1024])
         disk, sink = naa_of(ini, 0), naa_of(ini, 3)
-        segments = b"".join(
-            stream_segment(0x00, 128 * 1024, 256, lba) for lba in range(0, 1024, 256)
+        segments = b"".join(seg_b2s(0, 1, 128 * 1024, 256, lba) for lba in range(0, 1024, 256))
+        filemark = seg_filemarks(1, 1)
+        params = lid1(
+            cscd(disk, 0x00, block_length=512) + cscd(sink, 0x01), segments + filemark, list_id=1
         )
-        filemark = struct.pack(">BBH2xHx3s", 0x10, 0, 0x08, 1, (1).to_bytes(3, "big"))
-        params = lid1(1, cscd(disk, 0x00, block_length=512) + cscd(sink, 0x01), segments + filemark)
         assert extended_copy(ini, 0, params) == (GOOD, b"")
     directory = daemon.state_dir / "sink"
     assert (directory / "file-0000.bin").read_bytes() == image
@@ -240,18 +233,8 @@ size = "1GiB"
 """
 
 
-def lid4_backup(list_id: int, cscds: bytes, segments: bytes) -> bytes:
-    head = bytearray(48)
-    head[0], head[15] = 0x01, 0x01  # LID4, IMMED
-    head[20:24] = list_id.to_bytes(4, "big")
-    head[42:44] = len(cscds).to_bytes(2, "big")
-    head[44:46] = len(segments).to_bytes(2, "big")
-    return bytes(head) + cscds + segments
-
-
 def copy_status_lid4(ini: RawInitiator, lun: int, list_id: int) -> bytes:
-    cdb = bytes([0x84, 0x05]) + list_id.to_bytes(4, "big") + bytes(4) + (96).to_bytes(4, "big")
-    status, data, _ = ini.command(cdb + bytes(2), lun=lun, read=96)
+    status, data, _ = ini.command(rcr_cdb(0x05, list_id, 96), lun=lun, read=96)
     assert status == GOOD
     return data
 
@@ -262,13 +245,13 @@ def test_kill_9_during_a_backup_reads_as_failed_after_restart(
     daemon = targetd_factory(CRASH_CONFIG)
     assert daemon.proc is not None
     # 256 MiB of LUN 0 as 32 records of 8 MiB: long enough to be killed in the middle.
-    segments = b"".join(
-        stream_segment(0x00, 8 * MiB, 16384, lba) for lba in range(0, 524288, 16384)
-    )
+    segments = b"".join(seg_b2s(0, 1, 8 * MiB, 16384, lba) for lba in range(0, 524288, 16384))
     with session(daemon.port, daemon.iqn, (0, TAPE)) as ini:
         disk, tape = naa_of(ini, 0), naa_of(ini, TAPE)
-        params = lid4_backup(77, cscd(disk, 0x00, block_length=512) + cscd(tape, 0x01), segments)
-        cdb = bytes([0x83, 0x01]) + bytes(8) + len(params).to_bytes(4, "big") + bytes(2)
+        params = lid4(
+            cscd(disk, 0x00, block_length=512) + cscd(tape, 0x01), segments, list_id=77, immed=True
+        )
+        cdb = xcopy_cdb(len(params), 0x01)
         status, _, sense = ini.command(cdb, lun=TAPE, data=params)
         assert (status, sense) == (GOOD, b"")  # IMMED: the backup runs on
         # Killed in the middle: once a few records are on the tape, well before the end.
@@ -297,7 +280,9 @@ def test_kill_9_during_a_backup_reads_as_failed_after_restart(
         assert on_tape - 1 <= landed <= on_tape, (landed, on_tape)
         # The tape lost its torn tail; a new backup of the same list succeeds.
         assert ini.command(bytes([0x01, 0, 0, 0, 0, 0]), lun=TAPE)[0] == GOOD
-        params = lid4_backup(78, cscd(disk, 0x00, block_length=512) + cscd(tape, 0x01), segments)
+        params = lid4(
+            cscd(disk, 0x00, block_length=512) + cscd(tape, 0x01), segments, list_id=78, immed=True
+        )
         params = params[:15] + b"\x00" + params[16:]  # without IMMED: wait for the end
         status, _, sense = ini.command(cdb, lun=TAPE, data=params)
         assert (status, sense) == (GOOD, b"")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -16,7 +15,8 @@ from typing import Any
 
 from conftest import REPO, Daemon, DaemonFactory, free_port
 from pair_scsi import CREATE, SPLIT, BlockClient, pair_out
-from test_integration_xcopy import cscd, lid1, naa_of, stream_segment
+from test_integration_xcopy import naa_of
+from xcopy_lists import cscd, lid1, lid4, seg_b2b, seg_b2s, xcopy_cdb
 
 MiB = 1 << 20
 IQN = "iqn.2026-11.org.targetd:xcopyops"
@@ -63,16 +63,6 @@ def copy_status(daemon: Daemon) -> list[dict[str, Any]]:
     return json.loads(done.stdout)["copy_operations"]  # type: ignore[no-any-return]
 
 
-def lid4_immed(list_id: int, cscds: bytes, segments: bytes) -> bytes:
-    head = bytearray(48)
-    head[0] = 0x01
-    head[15] = 0x01  # IMMED
-    head[20:24] = list_id.to_bytes(4, "big")
-    head[42:44] = len(cscds).to_bytes(2, "big")
-    head[44:46] = len(segments).to_bytes(2, "big")
-    return bytes(head) + cscds + segments
-
-
 def test_copy_operations_in_status_and_metrics(targetd_factory: DaemonFactory) -> None:
     port = free_port()
     daemon = targetd_factory(CONFIG + f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
@@ -84,9 +74,11 @@ def test_copy_operations_in_status_and_metrics(targetd_factory: DaemonFactory) -
     client.ok(pair_out(SPLIT))  # a quick split: the creation copy is the split set
     ini = client.ini
     target, tape = naa_of(ini, 1), naa_of(ini, TAPE)
-    segments = b"".join(stream_segment(0x00, 256 * 1024, 512, lba) for lba in range(0, 4096, 512))
-    params = lid4_immed(9, cscd(target, 0x00, block_length=512) + cscd(tape, 0x01), segments)
-    xcopy = bytes([0x83, 0x01]) + bytes(8) + len(params).to_bytes(4, "big") + bytes(2)
+    segments = b"".join(seg_b2s(0, 1, 256 * 1024, 512, lba) for lba in range(0, 4096, 512))
+    params = lid4(
+        cscd(target, 0x00, block_length=512) + cscd(tape, 0x01), segments, list_id=9, immed=True
+    )
+    xcopy = xcopy_cdb(len(params), 0x01)
     status, _, sense = ini.command(xcopy, lun=1, data=params)
     assert (status, sense) == (0, b"")
 
@@ -116,9 +108,9 @@ def test_copy_operations_in_status_and_metrics(targetd_factory: DaemonFactory) -
 
     # A copy that fails (a range past the end of LUN 0) counts as failed.
     disk = naa_of(ini, 0)
-    b2b = struct.pack(">BBHHH2xHQQ", 0x02, 0, 0x18, 0, 0, 8, 4096, 0)
-    params = lid1(3, cscd(disk, 0x00, block_length=512), b2b)
-    xcopy = bytes([0x83, 0]) + bytes(8) + len(params).to_bytes(4, "big") + bytes(2)
+    b2b = seg_b2b(0, 0, 8, 4096, 0)
+    params = lid1(cscd(disk, 0x00, block_length=512), b2b, list_id=3)
+    xcopy = xcopy_cdb(len(params))
     status, _, sense = ini.command(xcopy, lun=0, data=params)
     assert status == 0x02 and sense[2] & 0x0F == 0x0A
     sample = metrics(port)
@@ -146,9 +138,11 @@ def test_a_lun_added_by_sighup_takes_part_in_extended_copy(
     assert status == 0 and inquiry[5] & 0x08  # 3PC
     disk, new = naa_of(ini, 0), naa_of(ini, 3)
     # Block to block, LUN 0 -> the new LUN 3, sent to LUN 3 itself.
-    b2b = struct.pack(">BBHHH2xHQQ", 0x02, 0, 0x18, 0, 1, 2048, 0, 0)
-    params = lid1(4, cscd(disk, 0x00, block_length=512) + cscd(new, 0x00, block_length=512), b2b)
-    xcopy = bytes([0x83, 0]) + bytes(8) + len(params).to_bytes(4, "big") + bytes(2)
+    b2b = seg_b2b(0, 1, 2048, 0, 0)
+    params = lid1(
+        cscd(disk, 0x00, block_length=512) + cscd(new, 0x00, block_length=512), b2b, list_id=4
+    )
+    xcopy = xcopy_cdb(len(params))
     status, _, sense = ini.command(xcopy, lun=3, data=params)
     assert (status, sense) == (0, b"")
     assert client.read(3, 0, MiB) == image

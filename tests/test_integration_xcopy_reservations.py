@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 from conftest import REPO, Daemon, DaemonFactory
 from raw_initiator import RawInitiator
+from test_integration_xcopy import naa_of
+from xcopy_lists import cscd, lid1, lid4, seg_b2b, seg_b2s, xcopy_cdb
 
 CONFIG = """
 [[target]]
@@ -67,32 +69,13 @@ def reserve_pr(ini: RawInitiator, lun: int, key: int, kind: int) -> None:
     assert prout(ini, lun, 0x01, key, 0, kind) == GOOD  # RESERVE
 
 
-def naa_of(ini: RawInitiator, lun: int) -> bytes:
-    status, page, _ = ini.command(bytes([0x12, 1, 0x83, 0, 255, 0]), lun=lun, read=255)
-    assert status == GOOD
-    offset = 4
-    while offset < len(page):
-        if page[offset + 1] & 0x3F == 0x03:  # LU association, NAA
-            return page[offset : offset + 4 + page[offset + 3]]
-        offset += 4 + page[offset + 3]
-    raise AssertionError("no NAA designator")
-
-
-def cscd(designator: bytes, device_type: int, block_length: int = 0) -> bytes:
-    d = bytearray(32)
-    d[0], d[1] = 0xE4, device_type
-    d[4 : 4 + len(designator)] = designator
-    d[29:32] = block_length.to_bytes(3, "big")
-    return bytes(d)
-
-
 def block_copy(ini: RawInitiator, via: int, src: int, dst: int) -> tuple[int, bytes]:
     """LID1, segment 02h: BLOCKS blocks from LUN ``src`` to LUN ``dst``, both named by
     NAA, the command addressed to LUN ``via``."""
     cscds = cscd(naa_of(ini, src), 0x00, 512) + cscd(naa_of(ini, dst), 0x00, 512)
-    segment = struct.pack(">BBHHH2xHQQ", 0x02, 0, 0x18, 0, 1, BLOCKS, 0, 0)
-    params = struct.pack(">BBH4xII", 7, 0, len(cscds), len(segment), 0) + cscds + segment
-    cdb = bytes([0x83, 0]) + bytes(8) + len(params).to_bytes(4, "big") + bytes(2)
+    segment = seg_b2b(0, 1, BLOCKS, 0, 0)
+    params = lid1(cscds, segment, list_id=7)
+    cdb = xcopy_cdb(len(params))
     status, _, sense = ini.command(cdb, lun=via, data=params)
     return status, sense
 
@@ -204,10 +187,9 @@ def test_a_backup_to_a_reserved_tape_writes_no_record(targetd_factory: DaemonFac
         assert write10(i, 0, SOURCE) == GOOD
         reserve_pr(h, TAPE, KEY_H, WRITE_EXCLUSIVE)
         cscds = cscd(naa_of(i, 0), 0x00, 512) + cscd(naa_of(i, TAPE), 0x01)
-        length = (BLOCKS * 512).to_bytes(3, "big")
-        segment = struct.pack(">BBHHHx3s2xHQ", 0x00, 0, 0x14, 0, 1, length, BLOCKS, 0)
-        params = struct.pack(">BBH4xII", 9, 0, len(cscds), len(segment), 0) + cscds + segment
-        cdb = bytes([0x83, 0]) + bytes(8) + len(params).to_bytes(4, "big") + bytes(2)
+        segment = seg_b2s(0, 1, BLOCKS * 512, BLOCKS, 0)
+        params = lid1(cscds, segment, list_id=9)
+        cdb = xcopy_cdb(len(params))
         status, _, sense = i.command(cdb, lun=0, data=params)
         copy_aborted_before_any_byte(status, sense)
         # READ POSITION: the tape is still at its beginning, with no record on it.
@@ -262,20 +244,10 @@ def test_a_copy_stops_when_a_reload_revokes_its_initiator(
     host = login(daemon.port, daemon.iqn, HOST)
     # 32 MiB as 65536 fixed 512-byte records: a copy of many small steps, still running
     # when the reload lands.
-    fixed = bytearray(cscd(naa_of(host, TAPE), 0x01, 512))
-    fixed[28] = 0x01  # FIXED
-    cscds = cscd(naa_of(host, 0), 0x00, 512) + bytes(fixed)
-    segments = b"".join(
-        struct.pack(">BBHHHx3s2xHQ", 0x00, 0, 0x14, 0, 1, (8192).to_bytes(3, "big"), 8192, lba)
-        for lba in range(0, 65536, 8192)
-    )
-    head = bytearray(48)
-    head[0], head[15] = 0x01, 0x01  # LID4, IMMED
-    head[20:24] = (5).to_bytes(4, "big")
-    head[42:44] = len(cscds).to_bytes(2, "big")
-    head[44:46] = len(segments).to_bytes(2, "big")
-    params = bytes(head) + cscds + segments
-    cdb = bytes([0x83, 0x01]) + bytes(8) + len(params).to_bytes(4, "big") + bytes(2)
+    cscds = cscd(naa_of(host, 0), 0x00, 512) + cscd(naa_of(host, TAPE), 0x01, 512, fixed=True)
+    segments = [seg_b2s(0, 1, 8192, 8192, lba) for lba in range(0, 65536, 8192)]
+    params = lid4(cscds, segments, list_id=5, immed=True)
+    cdb = xcopy_cdb(len(params), 0x01)
     assert host.command(cdb, lun=0, data=params)[0] == GOOD
     deadline = time.monotonic() + 30
     while not any(op["bytes_done"] for op in copy_operations(daemon)):

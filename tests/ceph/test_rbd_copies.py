@@ -19,17 +19,8 @@ from ceph_fixtures import (
 from cluster import CephCluster
 from conftest import DaemonFactory
 from pair_scsi import DELETE, RESYNC, SPLIT, BlockClient, pair_out
-from test_integration_xcopy import (
-    GOOD,
-    cscd,
-    extended_copy,
-    lid1,
-    naa_of,
-    read10,
-    session,
-    stream_segment,
-    write10,
-)
+from test_integration_xcopy import GOOD, extended_copy, naa_of, read10, session, write10
+from xcopy_lists import cscd, lid1, seg_b2b, seg_b2s, seg_filemarks
 
 IQN = "iqn.2026-11.org.targetd:rbd"
 MiB = 1 << 20
@@ -108,12 +99,12 @@ def test_extended_copy_from_rbd_to_tape_file_sink_and_sparse_file(
             write10(ini, n // BLOCK, data[n : n + 128 * 1024])
         disk, other = naa_of(ini, RBD_A), naa_of(ini, RBD_B)
         file, tape, sink = naa_of(ini, FILE), naa_of(ini, TAPE), naa_of(ini, SINK)
-        segments = b"".join(
-            stream_segment(0x00, 128 * 1024, 256, lba) for lba in range(0, 1024, 256)
-        )
-        filemark = struct.pack(">BBH2xHx3s", 0x10, 0, 0x08, 1, (1).to_bytes(3, "big"))
+        segments = b"".join(seg_b2s(0, 1, 128 * 1024, 256, lba) for lba in range(0, 1024, 256))
+        filemark = seg_filemarks(1, 1)
         # RBD to tape, read back with READ(6) after REWIND.
-        params = lid1(1, cscd(disk, 0x00, block_length=512) + cscd(tape, 0x01), segments + filemark)
+        params = lid1(
+            cscd(disk, 0x00, block_length=512) + cscd(tape, 0x01), segments + filemark, list_id=1
+        )
         assert extended_copy(ini, TAPE, params) == (GOOD, b"")
         assert ini.command(bytes([0x01, 0, 0, 0, 0, 0]), lun=TAPE)[0] == GOOD
         back = b""
@@ -125,14 +116,16 @@ def test_extended_copy_from_rbd_to_tape_file_sink_and_sparse_file(
             back += record
         assert back == data
         # RBD to a file sink: one plain file holding exactly the bytes.
-        params = lid1(2, cscd(disk, 0x00, block_length=512) + cscd(sink, 0x01), segments + filemark)
+        params = lid1(
+            cscd(disk, 0x00, block_length=512) + cscd(sink, 0x01), segments + filemark, list_id=2
+        )
         assert extended_copy(ini, RBD_A, params) == (GOOD, b"")
         # Block to block (segment 02h): RBD to the sparse file, and the sparse file to RBD.
         for list_id, (src, src_lba, dst, dst_lun) in enumerate(
             [(disk, 0, file, FILE), (file, 2048, other, RBD_B)], start=3
         ):
-            b2b = struct.pack(">BBHHH2xHQQ", 0x02, 0, 0x18, 0, 1, 1024, src_lba, 2048)
-            params = lid1(list_id, cscd(src, 0x00, block_length=512) + cscd(dst, 0x00), b2b)
+            b2b = seg_b2b(0, 1, 1024, src_lba, 2048)
+            params = lid1(cscd(src, 0x00, block_length=512) + cscd(dst, 0x00), b2b, list_id=list_id)
             assert extended_copy(ini, dst_lun, params) == (GOOD, b"")
             assert b"".join(read10(ini, dst_lun, 2048 + n, 256) for n in range(0, 1024, 256)) == (
                 data

@@ -21,17 +21,8 @@ from ceph_fixtures import ImageFactory, ceph_cluster, export_image, new_image
 from cluster import CephCluster
 from gateways import IQN, PairFactory, gateway_pair
 from raw_initiator import RawInitiator
-from test_integration_xcopy import (
-    GOOD,
-    copy_status_lid4,
-    cscd,
-    extended_copy,
-    lid1,
-    lid4_backup,
-    naa_of,
-    session,
-    stream_segment,
-)
+from test_integration_xcopy import GOOD, copy_status_lid4, extended_copy, naa_of, session
+from xcopy_lists import cscd, lid1, lid4, rcr_cdb, seg_b2b, xcopy_cdb
 
 from scsi.sense import parse_sense
 
@@ -209,8 +200,8 @@ def test_extended_copy_through_the_other_gateway_copies_what_the_holder_wrote(
             write_ok(ini_a, n // BLOCK, data[n : n + 64 * 1024])
     with session(pair.b.port, IQN, (0, 1)) as ini_b:
         src, dst = naa_of(ini_b, 0), naa_of(ini_b, 1)
-        b2b = struct.pack(">BBHHH2xHQQ", 0x02, 0, 0x18, 0, 1, len(data) // BLOCK, 0, 2048)
-        params = lid1(1, cscd(src, 0x00, block_length=BLOCK) + cscd(dst, 0x00), b2b)
+        b2b = seg_b2b(0, 1, len(data) // BLOCK, 0, 2048)
+        params = lid1(cscd(src, 0x00, block_length=BLOCK) + cscd(dst, 0x00), b2b, list_id=1)
         for _ in range(3):  # the first may meet LUN 1's lock-taking unit attention
             result = extended_copy(ini_b, 1, params)
             if result == (GOOD, b""):
@@ -228,11 +219,12 @@ def backup_through(ini: RawInitiator, list_id: int, segments: int) -> None:
     RBD LUNs only: a backup's destination is another image), sent to LUN 0."""
     src, dst = naa_of(ini, 0), naa_of(ini, 1)
     b2b = b"".join(
-        struct.pack(">BBHHH2xHQQ", 0x02, 0, 0x18, 0, 1, 16384, n * 16384, n * 16384)
+        seg_b2b(0, 1, 16384, n * 16384, n * 16384)
         for n in range(segments)
     )
-    params = lid4_backup(list_id, cscd(src, 0x00, block_length=BLOCK) + cscd(dst, 0x00), b2b)
-    cdb = bytes([0x83, 0x01]) + bytes(8) + len(params).to_bytes(4, "big") + bytes(2)
+    cscds = cscd(src, 0x00, block_length=BLOCK) + cscd(dst, 0x00)
+    params = lid4(cscds, b2b, list_id=list_id, immed=True)
+    cdb = xcopy_cdb(len(params), 0x01)
     for _ in range(3):  # the first may meet LUN 1's lock-taking unit attention
         status, _, sense = ini.command(cdb, lun=0, data=params)
         if (status, sense) == (GOOD, b""):
@@ -242,9 +234,9 @@ def backup_through(ini: RawInitiator, list_id: int, segments: int) -> None:
 
 def copy_status(ini: RawInitiator, list_id: int) -> tuple[int, bytes, tuple[int, int, int] | None]:
     """RECEIVE COPY STATUS(LID4) on LUN 0, past the unit attention a lock move raises."""
-    cdb = bytes([0x84, 0x05]) + list_id.to_bytes(4, "big") + bytes(4) + (96).to_bytes(4, "big")
+    cdb = rcr_cdb(0x05, list_id, 96)
     for _ in range(3):
-        status, data, sense = ini.command(cdb + bytes(2), lun=0, read=96)
+        status, data, sense = ini.command(cdb, lun=0, read=96)
         if (status, parse_sense(sense) if sense else None) != STATE_CHANGED:
             break
     return status, data, parse_sense(sense) if sense else None

@@ -3,10 +3,9 @@ tape read back with dd from /dev/nstN, a restore with segment 01h, sg_copy_resul
 
 from __future__ import annotations
 
-import struct
-
 from conftest import DaemonFactory
 from guest_vm import GUEST_DIR, run_guest, start_for_guest
+from xcopy_lists import cscd, identification, lid1, seg_b2s, seg_filemarks, seg_s2b
 
 from scsi.logical_unit import Identity
 
@@ -28,19 +27,9 @@ capacity = "256MiB"
 RECORD_BLOCKS = 256  # 128 KiB records
 
 
-def cscd(lun: int, device_type: int, block_length: int) -> bytes:
-    naa = Identity(f"{IQN}/lun{lun}").naa  # what VPD 83h reports for the LUN
-    head = bytes([0xE4, device_type, 0, 0, 0x01, 0x03, 0, len(naa)])
-    return head + naa.ljust(20, b"\0") + bytes([0]) + block_length.to_bytes(3, "big")
-
-
-def lid1(list_id: int, cscds: bytes, segments: bytes) -> bytes:
-    return struct.pack(">BBH4xII", list_id, 0, len(cscds), len(segments), 0) + cscds + segments
-
-
-def stream(code: int, src: int, dst: int, blocks: int, lba: int) -> bytes:
-    length = (blocks * 512).to_bytes(3, "big")
-    return struct.pack(">BBHHHx3s2xHQ", code, 0, 0x14, src, dst, length, blocks, lba)
+def naa(lun: int) -> bytes:
+    """What VPD 83h reports for the LUN."""
+    return identification(Identity(f"{IQN}/lun{lun}").naa)
 
 
 def octal(data: bytes) -> str:
@@ -50,16 +39,16 @@ def octal(data: bytes) -> str:
 
 def test_guest_xcopy_with_sg3_utils(targetd_factory: DaemonFactory) -> None:
     lbas = range(0, 2048, RECORD_BLOCKS)
-    filemark = struct.pack(">BBH2xHx3s", 0x10, 0, 0x08, 1, (1).to_bytes(3, "big"))
+    record = RECORD_BLOCKS * 512
     backup = lid1(
-        1,
-        cscd(0, 0x00, 512) + cscd(2, 0x01, 0),
-        b"".join(stream(0x00, 0, 1, RECORD_BLOCKS, lba) for lba in lbas) + filemark,
+        [cscd(naa(0), 0x00, 512), cscd(naa(2), 0x01)],
+        [*(seg_b2s(0, 1, record, RECORD_BLOCKS, lba) for lba in lbas), seg_filemarks(1, 1)],
+        list_id=1,
     )
     restore = lid1(
-        5,
-        cscd(2, 0x01, 0) + cscd(1, 0x00, 512),
-        b"".join(stream(0x01, 0, 1, RECORD_BLOCKS, 4096 + lba) for lba in lbas),
+        [cscd(naa(2), 0x01), cscd(naa(1), 0x00, 512)],
+        [seg_s2b(0, 1, record, RECORD_BLOCKS, 4096 + lba) for lba in lbas],
+        list_id=5,
     )
     daemon = start_for_guest(targetd_factory, TARGETS)
     out = run_guest(

@@ -34,7 +34,8 @@ import pytest
 from conftest import Daemon, DaemonFactory
 from harness import FaultFS, mounted
 from pair_scsi import DELETE, RESYNC, SPLIT, BlockClient, pair_out
-from test_integration_xcopy import cscd, lid4_backup, naa_of, stream_segment
+from test_integration_xcopy import naa_of
+from xcopy_lists import cscd, lid4, rcr_cdb, seg_b2s, seg_filemarks, xcopy_cdb
 
 MiB = 1 << 20
 BLOCK = 512
@@ -435,16 +436,6 @@ TAPE = 2
 RECORDS, RECORD = 32, MiB
 
 
-def copy_status_cdb(list_id: int) -> bytes:
-    return (
-        bytes([0x84, 0x05])
-        + list_id.to_bytes(4, "big")
-        + bytes(4)
-        + (96).to_bytes(4, "big")
-        + bytes(2)
-    )
-
-
 def run_tape(factory: DaemonFactory, fs: FaultFS, rounds: int, rng: random.Random) -> Tally:
     tally = Tally("backup to tape")
     daemon = factory(TAPE_CONFIG, state_dir=fs.mountpoint)
@@ -455,24 +446,24 @@ def run_tape(factory: DaemonFactory, fs: FaultFS, rounds: int, rng: random.Rando
     # As a backup application writes it: the records, then a file mark (which, with
     # buffered mode, is what makes a tape's data durable).
     segments = b"".join(
-        stream_segment(0x00, RECORD, RECORD // BLOCK, n * RECORD // BLOCK) for n in range(RECORDS)
-    ) + struct.pack(">BBH2xHx3s", 0x10, 0, 0x08, 1, (1).to_bytes(3, "big"))
+        seg_b2s(0, 1, RECORD, RECORD // BLOCK, n * RECORD // BLOCK) for n in range(RECORDS)
+    ) + seg_filemarks(1, 1)
     for n in range(rounds):
         list_id = 1000 + n
         client = BlockClient(daemon.port, IQN, (0, TAPE))
         ini = client.ini
         disk, tape = naa_of(ini, 0), naa_of(ini, TAPE)
         assert ini.command(bytes([0x01, 0, 0, 0, 0, 0]), lun=TAPE)[0] == GOOD  # REWIND
-        params = lid4_backup(list_id, cscd(disk, 0x00, block_length=BLOCK) + cscd(tape, 0x01),
-                             segments)  # fmt: skip
-        cdb = bytes([0x83, 0x01]) + bytes(8) + len(params).to_bytes(4, "big") + bytes(2)
+        cscds = cscd(disk, 0x00, block_length=BLOCK) + cscd(tape, 0x01)
+        params = lid4(cscds, segments, list_id=list_id, immed=True)
+        cdb = xcopy_cdb(len(params), 0x01)
         status, _, sense = ini.command(cdb, lun=TAPE, data=params)
         assert (status, sense) == (GOOD, b"")
         completed = False
         timer = kill_later(daemon, rng.uniform(0.0, 0.5))
         try:
             while True:
-                status, results, sense = ini.command(copy_status_cdb(list_id), lun=TAPE, read=96)
+                status, results, sense = ini.command(rcr_cdb(0x05, list_id, 96), lun=TAPE, read=96)
                 assert status == GOOD, f"RECEIVE COPY RESULTS: {sense.hex()}"
                 if results[5] == 0x01:
                     # Reported once, then forgotten (SPC-4): wait for the kill.
@@ -492,7 +483,7 @@ def run_tape(factory: DaemonFactory, fs: FaultFS, rounds: int, rng: random.Rando
         ini = client.ini
         state = 0x01  # reported complete before the cut: the results were handed over
         if not completed:
-            status, results, sense = ini.command(copy_status_cdb(list_id), lun=TAPE, read=96)
+            status, results, sense = ini.command(rcr_cdb(0x05, list_id, 96), lun=TAPE, read=96)
             tally.checked += 1
             if status != GOOD:
                 tally.bug(

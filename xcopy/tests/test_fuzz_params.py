@@ -10,19 +10,10 @@ from __future__ import annotations
 import os
 import struct
 
-from helpers_xcopy import (
-    cscd,
-    lid1,
-    lid4,
-    seg_b2b,
-    seg_b2s,
-    seg_filemarks,
-    seg_locate,
-    seg_s2b,
-    seg_space,
-)
+from helpers_xcopy import cscd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from xcopy_lists import lid1, lid4, seg_b2b, seg_b2s, seg_filemarks, seg_locate, seg_s2b, seg_space
 
 from scsi.sense import CheckCondition, SenseKey, parse_sense
 from xcopy.params import LID1, LID4, SEGMENT_LENGTHS, CopyList, decode

@@ -7,18 +7,8 @@ import asyncio
 import itertools
 from pathlib import Path
 
-from helpers_xcopy import (
-    NEXUS,
-    OTHER,
-    cscd,
-    lid4,
-    make_target,
-    manager_of,
-    rcr_cdb,
-    seg_b2b,
-    seg_b2s,
-    send,
-)
+from helpers_xcopy import NEXUS, OTHER, cscd, make_target, manager_of, send
+from xcopy_lists import lid4, rcr_cdb, seg_b2b, seg_b2s
 
 from scsi.block_device import BlockDevice
 from scsi.reservations import PrType, Reservation

@@ -6,22 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from helpers_xcopy import (
-    NEXUS,
-    OTHER,
-    cscd,
-    extended_copy,
-    lid1,
-    lid4,
-    make_target,
-    rcr_cdb,
-    seg_b2b,
-    seg_b2s,
-    seg_filemarks,
-    seg_locate,
-    seg_s2b,
-    send,
-)
+from helpers_xcopy import NEXUS, OTHER, cscd, extended_copy, make_target, ready, send
+from xcopy_lists import lid1, lid4, rcr_cdb, seg_b2b, seg_b2s, seg_filemarks, seg_locate, seg_s2b
 
 from backing.sparse_file import Extent
 from scsi.block_device import BlockDevice
@@ -37,13 +23,6 @@ MiB = 1 << 20
 
 def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
-
-
-def ready(target: ScsiTarget) -> None:
-    for nexus in (NEXUS, OTHER):
-        target.nexus_established(nexus)
-        for lu in target.luns.values():
-            lu.pop_unit_attention(nexus)
 
 
 async def read(lu: BlockDevice, offset: int, length: int) -> bytes:

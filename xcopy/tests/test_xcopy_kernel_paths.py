@@ -9,8 +9,9 @@ import random
 from pathlib import Path
 
 import pytest
-from helpers_xcopy import cscd, extended_copy, lid1, seg_b2b
+from helpers_xcopy import cscd, extended_copy
 from test_xcopy_policies import BLOCKS, SIZE, backup_list, build, host_writes, tape_bytes
+from xcopy_lists import lid1, seg_b2b
 
 from backing.pairs import Phase
 from scsi.block_device import BlockDevice

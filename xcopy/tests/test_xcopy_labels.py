@@ -11,20 +11,8 @@ import json
 import struct
 from pathlib import Path
 
-from helpers_xcopy import (
-    NEXUS,
-    OTHER,
-    cscd,
-    extended_copy,
-    lid4,
-    make_target,
-    rcr_cdb,
-    seg_b2s,
-    seg_filemarks,
-    seg_locate,
-    seg_s2b,
-    send,
-)
+from helpers_xcopy import cscd, extended_copy, make_target, ready, send
+from xcopy_lists import lid4, rcr_cdb, seg_b2s, seg_filemarks, seg_locate, seg_s2b
 
 from scsi.block_device import BlockDevice
 from scsi.file_sink import FileSinkDevice
@@ -40,13 +28,6 @@ KiB = 1 << 10
 
 def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
-
-
-def ready(target: ScsiTarget) -> None:
-    for nexus in (NEXUS, OTHER):
-        target.nexus_established(nexus)
-        for lu in target.luns.values():
-            lu.pop_unit_attention(nexus)
 
 
 def seg_start(stream: int) -> bytes:

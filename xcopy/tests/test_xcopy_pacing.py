@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers_xcopy import NEXUS, cscd, extended_copy, lid1, make_target, seg_b2s, seg_filemarks
+from helpers_xcopy import NEXUS, cscd, extended_copy, make_target
+from xcopy_lists import lid1, seg_b2s, seg_filemarks
 
 import xcopy.engine
 import xcopy.pacing

@@ -4,7 +4,8 @@ into the parameter list."""
 from __future__ import annotations
 
 import pytest
-from helpers_xcopy import cscd, lid1, lid4, seg_b2b, seg_b2s, seg_filemarks
+from helpers_xcopy import cscd
+from xcopy_lists import lid1, lid4, seg_b2b, seg_b2s, seg_filemarks
 
 from scsi.sense import CheckCondition, Reason
 from xcopy import limits

@@ -9,7 +9,8 @@ import random
 from pathlib import Path
 
 import pytest
-from helpers_xcopy import NEXUS, cscd, extended_copy, lid1, lid4, manager_of, seg_b2b, seg_b2s
+from helpers_xcopy import NEXUS, cscd, extended_copy, manager_of
+from xcopy_lists import lid1, lid4, seg_b2b, seg_b2s
 
 import xcopy
 from backing.pairs import PairManager, PairService, PairSettings, PairVolume, Phase

@@ -11,17 +11,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from helpers_xcopy import (
-    NEXUS,
-    cscd,
-    extended_copy,
-    lid4,
-    make_target,
-    rcr_cdb,
-    seg_b2b,
-    seg_b2s,
-    send,
-)
+from helpers_xcopy import NEXUS, cscd, extended_copy, make_target, send
+from xcopy_lists import lid4, rcr_cdb, seg_b2b, seg_b2s
 
 from scsi.command import Nexus, Status
 from scsi.sense import Reason, build_sense, parse_sense

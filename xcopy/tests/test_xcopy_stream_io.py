@@ -10,18 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_xcopy import NEXUS, OTHER, cscd, extended_copy, lid1, make_target, seg_b2s, seg_s2b
-
-from scsi.target import ScsiTarget
+from helpers_xcopy import cscd, extended_copy, make_target, ready
+from xcopy_lists import lid1, seg_b2s, seg_s2b
 
 GOOD = 0
-
-
-def ready(target: ScsiTarget) -> None:
-    for nexus in (NEXUS, OTHER):
-        target.nexus_established(nexus)
-        for lu in target.luns.values():
-            lu.pop_unit_attention(nexus)
 
 
 def test_tape_records_of_a_copy_are_written_and_read_off_the_loop(
