@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -227,9 +227,9 @@ class LogicalUnit:
         return None
 
     # -- dispatch ------------------------------------------------------------------
-    async def execute(self, cmd: ScsiCommand) -> ScsiResult:
-        """A command from an initiator."""
-        return await self._dispatch(cmd, unit_attentions=True)
+    def execute(self, cmd: ScsiCommand) -> Coroutine[Any, Any, ScsiResult]:
+        """A command from an initiator (its coroutine: one frame less per command)."""
+        return self._dispatch(cmd, unit_attentions=True)
 
     async def execute_for(self, cmd: ScsiCommand) -> ScsiResult:
         """A command a copy manager sends on behalf of ``cmd.nexus`` (the I_T nexus that

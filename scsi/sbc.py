@@ -6,14 +6,15 @@ scsi.sbc_provisioning; both land in ``SBC_TABLE``, layered on SPC's.
 
 READ and WRITE are the product's hot path: one precompiled ``struct`` call decodes the
 CDB, a read allocates one bytearray that the store fills in place, and a write hands the
-transport's Data-Out memoryview straight to the store.
+transport's Data-Out memoryview straight to the store. Their handlers decode the CDB and
+return the coroutine that does the work, rather than awaiting it in one more frame.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from scsi.cdb import (
     LBA10,
@@ -73,33 +74,33 @@ async def _read(
 
 
 @_cmd(0x08, "READ(6)", bytes([0x08, 0x1F, 0xFF, 0xFF, 0xFF, 0x07]))
-async def read6(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
+def read6(lu: BlockDevice, cmd: ScsiCommand) -> Coroutine[Any, Any, ScsiResult]:
     lba, blocks = lba6(cmd.cdb)
-    return await _read(lu, cmd, lba, blocks, 6)
+    return _read(lu, cmd, lba, blocks, 6)
 
 
 @_cmd(0x28, "READ(10)", bytes([0x28, 0xFE, *_FF4, 0x1F, 0xFF, 0xFF, 0x07]))
-async def read10(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
+def read10(lu: BlockDevice, cmd: ScsiCommand) -> Coroutine[Any, Any, ScsiResult]:
     flags, lba, blocks = LBA10(cmd.cdb)
     if flags & 0xE0:
         reject_protection(flags)
-    return await _read(lu, cmd, lba, blocks, 10)
+    return _read(lu, cmd, lba, blocks, 10)
 
 
 @_cmd(0xA8, "READ(12)", bytes([0xA8, 0xFE, *_FF4, *_FF4, 0x1F, 0x07]))
-async def read12(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
+def read12(lu: BlockDevice, cmd: ScsiCommand) -> Coroutine[Any, Any, ScsiResult]:
     flags, lba, blocks = LBA12(cmd.cdb)
     if flags & 0xE0:
         reject_protection(flags)
-    return await _read(lu, cmd, lba, blocks, 12)
+    return _read(lu, cmd, lba, blocks, 12)
 
 
 @_cmd(0x88, "READ(16)", bytes([0x88, 0xFE, *_FF8, *_FF4, 0x1F, 0x07]))
-async def read16(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
+def read16(lu: BlockDevice, cmd: ScsiCommand) -> Coroutine[Any, Any, ScsiResult]:
     flags, lba, blocks = LBA16(cmd.cdb)
     if flags & 0xE0:
         reject_protection(flags)
-    return await _read(lu, cmd, lba, blocks, 16)
+    return _read(lu, cmd, lba, blocks, 16)
 
 
 # -- WRITE ----------------------------------------------------------------------------
@@ -127,33 +128,33 @@ async def _write(
 
 
 @_cmd(0x0A, "WRITE(6)", bytes([0x0A, 0x1F, 0xFF, 0xFF, 0xFF, 0x07]))
-async def write6(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
+def write6(lu: BlockDevice, cmd: ScsiCommand) -> Coroutine[Any, Any, ScsiResult]:
     lba, blocks = lba6(cmd.cdb)
-    return await _write(lu, cmd, lba, blocks, False, 6)
+    return _write(lu, cmd, lba, blocks, False, 6)
 
 
 @_cmd(0x2A, "WRITE(10)", bytes([0x2A, 0xFA, *_FF4, 0x1F, 0xFF, 0xFF, 0x07]))
-async def write10(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
+def write10(lu: BlockDevice, cmd: ScsiCommand) -> Coroutine[Any, Any, ScsiResult]:
     flags, lba, blocks = LBA10(cmd.cdb)
     if flags & 0xE0:
         reject_protection(flags)
-    return await _write(lu, cmd, lba, blocks, bool(flags & FUA), 10)
+    return _write(lu, cmd, lba, blocks, bool(flags & FUA), 10)
 
 
 @_cmd(0xAA, "WRITE(12)", bytes([0xAA, 0xFA, *_FF4, *_FF4, 0x1F, 0x07]))
-async def write12(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
+def write12(lu: BlockDevice, cmd: ScsiCommand) -> Coroutine[Any, Any, ScsiResult]:
     flags, lba, blocks = LBA12(cmd.cdb)
     if flags & 0xE0:
         reject_protection(flags)
-    return await _write(lu, cmd, lba, blocks, bool(flags & FUA), 12)
+    return _write(lu, cmd, lba, blocks, bool(flags & FUA), 12)
 
 
 @_cmd(0x8A, "WRITE(16)", bytes([0x8A, 0xFA, *_FF8, *_FF4, 0x1F, 0x07]))
-async def write16(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
+def write16(lu: BlockDevice, cmd: ScsiCommand) -> Coroutine[Any, Any, ScsiResult]:
     flags, lba, blocks = LBA16(cmd.cdb)
     if flags & 0xE0:
         reject_protection(flags)
-    return await _write(lu, cmd, lba, blocks, bool(flags & FUA), 16)
+    return _write(lu, cmd, lba, blocks, bool(flags & FUA), 16)
 
 
 # -- WRITE AND VERIFY -------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from scsi.activity import COMMANDS
 from scsi.command import Nexus, ScsiCommand, ScsiResult, Status
@@ -46,11 +47,15 @@ class ScsiTarget:
                     pending.append(lu.after_reset())
         return pending
 
-    async def execute(self, cmd: ScsiCommand) -> ScsiResult:
+    def execute(self, cmd: ScsiCommand) -> Coroutine[Any, Any, ScsiResult]:
+        """The command's coroutine (the LU's own: no frame of ours on every command)."""
         COMMANDS.started += 1  # background copies give way while this moves
         lu = self.luns.get(cmd.lun)
         if lu is not None:
-            return await lu.execute(cmd)
+            return lu.execute(cmd)
+        return self._absent(cmd)
+
+    async def _absent(self, cmd: ScsiCommand) -> ScsiResult:
         return absent_lun(cmd, self.report_luns_data)
 
     def report_luns_data(self) -> bytes:

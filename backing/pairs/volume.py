@@ -10,7 +10,7 @@ straight to the store underneath.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -81,14 +81,14 @@ class PairVolume:
             self.on_change()
 
     # -- the store interface ------------------------------------------------------------
-    async def read_into(self, offset: int, buf: memoryview) -> None:
+    def read_into(self, offset: int, buf: memoryview) -> Coroutine[Any, Any, None]:
+        """The read's coroutine, from the pair or the store (no frame of ours per read)."""
         pair = self.pair
         if pair is not None and self.role is Role.TARGET:
-            await pair.read_target(offset, buf)
-        elif pair is not None and pair.phase.source_fenced:
-            await pair.read_source(offset, buf)
-        else:
-            await self.base.read_into(offset, buf)
+            return pair.read_target(offset, buf)
+        if pair is not None and pair.phase.source_fenced:
+            return pair.read_source(offset, buf)
+        return self.base.read_into(offset, buf)
 
     async def write(self, offset: int, data: bytes | memoryview, *, fua: bool = False) -> None:
         await self._host_write(offset, len(data), lambda: self.base.write(offset, data, fua=fua))
