@@ -104,6 +104,28 @@ def extended_copy(ini: RawInitiator, lun: int, params: bytes) -> tuple[int, byte
     return status, sense
 
 
+def four_record_backup(disk: bytes, stream: bytes, list_id: int) -> bytes:
+    """LID1 of a backup: blocks 0-1023 of ``disk`` to the stream LU ``stream`` as four
+    128 KiB variable-length records, then a file mark."""
+    records = [seg_b2s(0, 1, 128 * 1024, 256, lba) for lba in range(0, 1024, 256)]
+    return lid1(
+        [cscd(disk, 0x00, block_length=512), cscd(stream, 0x01)],
+        [*records, seg_filemarks(1, 1)],
+        list_id=list_id,
+    )
+
+
+def four_records_back(ini: RawInitiator, tape: int) -> bytes:
+    """What a host reads after such a backup: REWIND, then four READ(6) of 128 KiB."""
+    assert ini.command(bytes([0x01, 0, 0, 0, 0, 0]), lun=tape)[0] == GOOD
+    back = b""
+    for _ in range(4):
+        status, record, _ = ini.command(bytes([0x08, 0, 0x02, 0, 0, 0]), lun=tape, read=128 * 1024)
+        assert status == GOOD
+        back += record
+    return back
+
+
 def write10(ini: RawInitiator, lba: int, data: bytes) -> None:
     cdb = struct.pack(">BBIBHB", 0x2A, 0, lba, 0, len(data) // 512, 0)
     assert ini.command(cdb, data=data)[0] == GOOD
@@ -125,23 +147,10 @@ def test_backup_to_tape_and_restore_with_raw_initiator(targetd_factory: DaemonFa
         disk, spare, tape = naa_of(ini, 0), naa_of(ini, 1), naa_of(ini, TAPE)
         # Backup: LUN 0 blocks 0-1023 as four 128 KiB variable-length records, sent to the
         # tape LU itself (any LU of the target can take the command).
-        segments = b"".join(seg_b2s(0, 1, 128 * 1024, 256, lba) for lba in range(0, 1024, 256))
-        filemark = seg_filemarks(1, 1)
-        params = lid1(
-            cscd(disk, 0x00, block_length=512) + cscd(tape, 0x01), segments + filemark, list_id=1
-        )
-        status, sense = extended_copy(ini, TAPE, params)
+        status, sense = extended_copy(ini, TAPE, four_record_backup(disk, tape, list_id=1))
         assert (status, sense) == (GOOD, b"")
         # Read it back as a host would: REWIND, four READ(6) of 128 KiB, then the file mark.
-        assert ini.command(bytes([0x01, 0, 0, 0, 0, 0]), lun=TAPE)[0] == GOOD
-        back = b""
-        for _ in range(4):
-            status, record, _ = ini.command(
-                bytes([0x08, 0, 0x02, 0, 0, 0]), lun=TAPE, read=128 * 1024
-            )
-            assert status == GOOD
-            back += record
-        assert back == image
+        assert four_records_back(ini, TAPE) == image
         status, _, sense = ini.command(bytes([0x08, 0, 0x02, 0, 0, 0]), lun=TAPE, read=128 * 1024)
         assert status == CHECK and sense[2] & 0x80  # FILEMARK
         # Restore to LUN 1 at LBA 4096 with segment 01h, after REWIND.
@@ -196,12 +205,7 @@ def test_backup_to_a_file_sink_then_targetctl(
         for n in range(0, len(image), 128 * 1024):
             write10(ini, n // 512, image[n : n + 128 * 1024])
         disk, sink = naa_of(ini, 0), naa_of(ini, 3)
-        segments = b"".join(seg_b2s(0, 1, 128 * 1024, 256, lba) for lba in range(0, 1024, 256))
-        filemark = seg_filemarks(1, 1)
-        params = lid1(
-            cscd(disk, 0x00, block_length=512) + cscd(sink, 0x01), segments + filemark, list_id=1
-        )
-        assert extended_copy(ini, 0, params) == (GOOD, b"")
+        assert extended_copy(ini, 0, four_record_backup(disk, sink, list_id=1)) == (GOOD, b"")
     directory = daemon.state_dir / "sink"
     assert (directory / "file-0000.bin").read_bytes() == image
 

@@ -19,7 +19,16 @@ from ceph_fixtures import (
 from cluster import CephCluster
 from conftest import DaemonFactory
 from pair_scsi import DELETE, RESYNC, SPLIT, BlockClient, pair_out
-from test_integration_xcopy import GOOD, extended_copy, naa_of, read10, session, write10
+from test_integration_xcopy import (
+    GOOD,
+    extended_copy,
+    four_record_backup,
+    four_records_back,
+    naa_of,
+    read10,
+    session,
+    write10,
+)
 from xcopy_lists import cscd, lid1, seg_b2b, seg_b2s, seg_filemarks
 
 IQN = "iqn.2026-11.org.targetd:rbd"
@@ -99,27 +108,11 @@ def test_extended_copy_from_rbd_to_tape_file_sink_and_sparse_file(
             write10(ini, n // BLOCK, data[n : n + 128 * 1024])
         disk, other = naa_of(ini, RBD_A), naa_of(ini, RBD_B)
         file, tape, sink = naa_of(ini, FILE), naa_of(ini, TAPE), naa_of(ini, SINK)
-        segments = b"".join(seg_b2s(0, 1, 128 * 1024, 256, lba) for lba in range(0, 1024, 256))
-        filemark = seg_filemarks(1, 1)
         # RBD to tape, read back with READ(6) after REWIND.
-        params = lid1(
-            cscd(disk, 0x00, block_length=512) + cscd(tape, 0x01), segments + filemark, list_id=1
-        )
-        assert extended_copy(ini, TAPE, params) == (GOOD, b"")
-        assert ini.command(bytes([0x01, 0, 0, 0, 0, 0]), lun=TAPE)[0] == GOOD
-        back = b""
-        for _ in range(4):
-            status, record, _ = ini.command(
-                bytes([0x08, 0, 0x02, 0, 0, 0]), lun=TAPE, read=128 * 1024
-            )
-            assert status == GOOD
-            back += record
-        assert back == data
+        assert extended_copy(ini, TAPE, four_record_backup(disk, tape, list_id=1)) == (GOOD, b"")
+        assert four_records_back(ini, TAPE) == data
         # RBD to a file sink: one plain file holding exactly the bytes.
-        params = lid1(
-            cscd(disk, 0x00, block_length=512) + cscd(sink, 0x01), segments + filemark, list_id=2
-        )
-        assert extended_copy(ini, RBD_A, params) == (GOOD, b"")
+        assert extended_copy(ini, RBD_A, four_record_backup(disk, sink, list_id=2)) == (GOOD, b"")
         # Block to block (segment 02h): RBD to the sparse file, and the sparse file to RBD.
         for list_id, (src, src_lba, dst, dst_lun) in enumerate(
             [(disk, 0, file, FILE), (file, 2048, other, RBD_B)], start=3
