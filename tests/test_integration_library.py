@@ -12,30 +12,12 @@ import sys
 import time
 
 from conftest import REPO, Daemon, DaemonFactory
+from library_targets import library_targets
 from pyscsi.pyscsi.scsi_cdb_readelementstatus import ReadElementStatus
 from raw_initiator import RawInitiator
 
 IQN = "iqn.2026-11.org.targetd.test:vtl"
-CONFIG = f"""
-[[target]]
-name = "{IQN}"
-[[target.lun]]
-lun = 0
-kind = "changer"
-path = "vtl"
-slots = 4
-mail_slots = 1
-capacity = "4MiB"
-tapes = ["TD0001L6", "TD0002L6"]
-[[target.lun]]
-lun = 1
-kind = "tape"
-changer = 0
-[[target.lun]]
-lun = 2
-kind = "tape"
-changer = 0
-"""
+CONFIG = library_targets(IQN, capacity="4MiB")
 CHANGER, DRIVE_LUN = 0, 1
 ROBOT, DRIVE0, MAIL0, SLOT0 = 0x0001, 0x0100, 0x0200, 0x0400
 GOOD, CHECK_CONDITION = 0x00, 0x02

@@ -16,6 +16,7 @@ import struct
 import threading
 
 from conftest import DaemonFactory
+from library_targets import library_targets
 from raw_initiator import RawInitiator
 from s3_server import S3Server
 from test_integration_library import move, sense_of, targetctl
@@ -32,24 +33,14 @@ _prefixes = itertools.count()
 
 
 def config(s3: S3Server, prefix: str, disk: bool = False) -> str:
-    text = f"""
-[[target]]
-name = "{IQN}"
-[[target.lun]]
-lun = 0
-kind = "changer"
-path = "vtl"
-slots = 4
-mail_slots = 1
-capacity = "1GiB"
-tapes = ["S30001L6", "S30002L6"]
-store = "s3://{s3.bucket}/{prefix}"
-s3_endpoint = "{s3.endpoint}"
-[[target.lun]]
-lun = 1
-kind = "tape"
-changer = 0
-"""
+    text = library_targets(
+        IQN,
+        capacity="1GiB",
+        tapes=("S30001L6", "S30002L6"),
+        drives=1,
+        store=f"s3://{s3.bucket}/{prefix}",
+        s3_endpoint=s3.endpoint,
+    )
     if disk:
         text += '[[target.lun]]\nlun = 2\npath = "disk.img"\nsize = "16MiB"\n'
     return text

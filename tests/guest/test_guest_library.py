@@ -4,7 +4,6 @@ on a drive; Bacula's mtx-changer and btape's test and autochanger runs."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,28 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO, Daemon, DaemonFactory
 from guest_vm import GUEST_DIR, HOST_FROM_GUEST, run_guest, start_for_guest
-from test_guest_tape import TgtTape
+from library_targets import library_targets
+from test_guest_tape import TgtTape, running
 
-LIBRARY_TARGETS = """\
-[[target]]
-name = "iqn.2026-11.org.targetd:default"
-[[target.lun]]
-lun = 0
-kind = "changer"
-path = "vtl"
-slots = 4
-mail_slots = 1
-capacity = "64MiB"
-tapes = ["TD0001L6", "TD0002L6"]
-[[target.lun]]
-lun = 1
-kind = "tape"
-changer = 0
-[[target.lun]]
-lun = 2
-kind = "tape"
-changer = 0
-"""
+LIBRARY_TARGETS = library_targets("iqn.2026-11.org.targetd:default", capacity="64MiB")
 
 CHECKS = [
     "identification", "status", "inventory", "position", "load", "tapeinfo", "mt_dd", "tar",
@@ -147,10 +128,7 @@ def tgt_has_no_alternate_tags() -> None:
 def test_guest_library_tgt_anchor(tmp_path: Path) -> None:
     """The anchor: tgt's VTL through the same checks in the same guest; its verdicts are
     the ones docs/tape.md records."""
-    if shutil.which("tgtd") is None or shutil.which("tgtimg") is None:
-        pytest.fail("tgt is missing: run scripts/install-test-deps.sh")
-    tgt = TgtLibrary(tmp_path).start()
-    try:
+    with running(TgtLibrary(tmp_path)) as tgt:
         out = run_guest(
             GUEST_DIR / "library.sh",
             tgt,  # type: ignore[arg-type]
@@ -167,6 +145,4 @@ def test_guest_library_tgt_anchor(tmp_path: Path) -> None:
             },
             timeout=800,
         )
-    finally:
-        tgt.stop()
     assert verdicts(out) == TGT_VERDICTS, out

@@ -9,7 +9,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from conftest import DaemonFactory, free_port
@@ -121,12 +123,25 @@ class TgtTape:
             self.proc.wait()
 
 
-def test_guest_tape_tgt_anchor(tmp_path: Path) -> None:
-    """The anchor: tgt's tape back end passes the same basic round trip in the same guest."""
+TgtTapeT = TypeVar("TgtTapeT", bound=TgtTape)
+
+
+@contextlib.contextmanager
+def running(tgt: TgtTapeT) -> Iterator[TgtTapeT]:
+    """A tgt anchor started for a test and stopped after it, even when it failed to start
+    whole (a test fails where tgt is not installed)."""
     if shutil.which("tgtd") is None or shutil.which("tgtimg") is None:
         pytest.fail("tgt is missing: run scripts/install-test-deps.sh")
-    tgt = TgtTape(tmp_path).start()
     try:
+        tgt.start()
+        yield tgt
+    finally:
+        tgt.stop()
+
+
+def test_guest_tape_tgt_anchor(tmp_path: Path) -> None:
+    """The anchor: tgt's tape back end passes the same basic round trip in the same guest."""
+    with running(TgtTape(tmp_path)) as tgt:
         out = run_guest(
             GUEST_DIR / "tape.sh",
             tgt,  # type: ignore[arg-type]
@@ -139,6 +154,4 @@ def test_guest_tape_tgt_anchor(tmp_path: Path) -> None:
             },
             timeout=150,
         )
-    finally:
-        tgt.stop()
     assert "tape: all steps passed" in out
