@@ -30,24 +30,18 @@ def make_target(
     """LUNs 0 and 1 (block) and 2 (tape), built with one target's copy services."""
     services = xcopy.services(manager=manager)
     luns: dict[int, LogicalUnit] = {
-        0: BlockDevice.from_file(
-            Identity("t/lun0"),
-            tmp / "a.img",
+        lun: BlockDevice.from_file(
+            Identity(f"t/lun{lun}"),
+            tmp / image,
             blocks * block_size,
             block_size=block_size,
             services=services,
-        ),
-        1: BlockDevice.from_file(
-            Identity("t/lun1"),
-            tmp / "b.img",
-            blocks * block_size,
-            block_size=block_size,
-            services=services,
-        ),
-        2: TapeDevice.from_file(
-            Identity("t/lun2", product="VIRTUAL-TAPE"), tmp / "t.img", 64 << 20, services=services
-        ),
+        )
+        for lun, image in ((0, "a.img"), (1, "b.img"))
     }
+    luns[2] = TapeDevice.from_file(
+        Identity("t/lun2", product="VIRTUAL-TAPE"), tmp / "t.img", 64 << 20, services=services
+    )
     return ScsiTarget(luns)
 
 
