@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -104,6 +105,19 @@ def copy_aborted_before_any_byte(status: int, sense: bytes) -> None:
     assert sense[10:12] == b"\0\0"
 
 
+@pytest.fixture
+def holder_and_other(targetd_factory: DaemonFactory) -> Iterator[tuple[RawInitiator, RawInitiator]]:
+    """H, who takes the reservations, and I, whose copies they must stop, logged in to one
+    daemon; LUN 0 holds SOURCE."""
+    daemon = targetd_factory(CONFIG)
+    with (
+        login(daemon.port, daemon.iqn, "iqn.2026-11.org.test:h") as h,
+        login(daemon.port, daemon.iqn, "iqn.2026-11.org.test:i") as i,
+    ):
+        assert write10(i, 0, SOURCE) == GOOD
+        yield h, i
+
+
 @pytest.mark.parametrize(
     ("reserved", "kind", "via"),
     [
@@ -114,89 +128,70 @@ def copy_aborted_before_any_byte(status: int, sense: bytes) -> None:
     ids=["destination-write-exclusive", "destination-exclusive-access", "source-exclusive"],
 )
 def test_a_persistent_reservation_of_another_initiator_stops_the_copy(
-    targetd_factory: DaemonFactory, reserved: int, kind: int, via: int
+    holder_and_other: tuple[RawInitiator, RawInitiator], reserved: int, kind: int, via: int
 ) -> None:
-    daemon = targetd_factory(CONFIG)
-    with (
-        login(daemon.port, daemon.iqn, "iqn.2026-11.org.test:h") as h,
-        login(daemon.port, daemon.iqn, "iqn.2026-11.org.test:i") as i,
-    ):
-        assert write10(i, 0, SOURCE) == GOOD
-        assert write10(i, 1, KEPT) == GOOD
-        reserve_pr(h, reserved, KEY_H, kind)
-        if reserved == 1:  # I's own WRITE is refused: so must its copy be
-            assert write10(i, 1, SOURCE) == CONFLICT
-        copy_aborted_before_any_byte(*block_copy(i, via=via, src=0, dst=1))
-        assert read10(h, 1) == KEPT  # not one byte written
-        # The holder's own copy runs: it acts for the nexus that holds the reservation.
-        assert block_copy(h, via=via, src=0, dst=1) == (GOOD, b"")
-        assert read10(h, 1) == SOURCE
+    h, i = holder_and_other
+    assert write10(i, 1, KEPT) == GOOD
+    reserve_pr(h, reserved, KEY_H, kind)
+    if reserved == 1:  # I's own WRITE is refused: so must its copy be
+        assert write10(i, 1, SOURCE) == CONFLICT
+    copy_aborted_before_any_byte(*block_copy(i, via=via, src=0, dst=1))
+    assert read10(h, 1) == KEPT  # not one byte written
+    # The holder's own copy runs: it acts for the nexus that holds the reservation.
+    assert block_copy(h, via=via, src=0, dst=1) == (GOOD, b"")
+    assert read10(h, 1) == SOURCE
 
 
-def test_a_write_exclusive_source_may_still_be_read(targetd_factory: DaemonFactory) -> None:
+def test_a_write_exclusive_source_may_still_be_read(
+    holder_and_other: tuple[RawInitiator, RawInitiator],
+) -> None:
     """Write Exclusive lets every initiator read: a copy from the reserved LU runs."""
-    daemon = targetd_factory(CONFIG)
-    with (
-        login(daemon.port, daemon.iqn, "iqn.2026-11.org.test:h") as h,
-        login(daemon.port, daemon.iqn, "iqn.2026-11.org.test:i") as i,
-    ):
-        assert write10(i, 0, SOURCE) == GOOD
-        reserve_pr(h, 0, KEY_H, WRITE_EXCLUSIVE)
-        assert block_copy(i, via=1, src=0, dst=1) == (GOOD, b"")
-        assert read10(i, 1) == SOURCE
+    h, i = holder_and_other
+    reserve_pr(h, 0, KEY_H, WRITE_EXCLUSIVE)
+    assert block_copy(i, via=1, src=0, dst=1) == (GOOD, b"")
+    assert read10(i, 1) == SOURCE
 
 
 def test_a_registrant_passes_a_registrants_only_reservation(
-    targetd_factory: DaemonFactory,
+    holder_and_other: tuple[RawInitiator, RawInitiator],
 ) -> None:
-    daemon = targetd_factory(CONFIG)
-    with (
-        login(daemon.port, daemon.iqn, "iqn.2026-11.org.test:h") as h,
-        login(daemon.port, daemon.iqn, "iqn.2026-11.org.test:i") as i,
-    ):
-        assert write10(i, 0, SOURCE) == GOOD
-        reserve_pr(h, 1, KEY_H, 5)  # Write Exclusive, Registrants Only
-        copy_aborted_before_any_byte(*block_copy(i, via=0, src=0, dst=1))
-        assert prout(i, 1, 0x00, 0, KEY_I) == GOOD  # I registers: it may write now
-        assert block_copy(i, via=0, src=0, dst=1) == (GOOD, b"")
-        assert read10(i, 1) == SOURCE
+    h, i = holder_and_other
+    reserve_pr(h, 1, KEY_H, 5)  # Write Exclusive, Registrants Only
+    copy_aborted_before_any_byte(*block_copy(i, via=0, src=0, dst=1))
+    assert prout(i, 1, 0x00, 0, KEY_I) == GOOD  # I registers: it may write now
+    assert block_copy(i, via=0, src=0, dst=1) == (GOOD, b"")
+    assert read10(i, 1) == SOURCE
 
 
-def test_reserve6_of_another_initiator_stops_the_copy(targetd_factory: DaemonFactory) -> None:
-    daemon = targetd_factory(CONFIG)
-    with (
-        login(daemon.port, daemon.iqn, "iqn.2026-11.org.test:h") as h,
-        login(daemon.port, daemon.iqn, "iqn.2026-11.org.test:i") as i,
-    ):
-        assert write10(i, 0, SOURCE) == GOOD
-        assert write10(i, 1, KEPT) == GOOD
-        assert h.command(bytes([0x16, 0, 0, 0, 0, 0]), lun=1)[0] == GOOD  # RESERVE(6)
-        copy_aborted_before_any_byte(*block_copy(i, via=0, src=0, dst=1))
-        assert read10(h, 1) == KEPT
-        assert h.command(bytes([0x17, 0, 0, 0, 0, 0]), lun=1)[0] == GOOD  # RELEASE(6)
-        assert block_copy(i, via=0, src=0, dst=1) == (GOOD, b"")
-        assert read10(h, 1) == SOURCE
+def test_reserve6_of_another_initiator_stops_the_copy(
+    holder_and_other: tuple[RawInitiator, RawInitiator],
+) -> None:
+    h, i = holder_and_other
+    assert write10(i, 1, KEPT) == GOOD
+    assert h.command(bytes([0x16, 0, 0, 0, 0, 0]), lun=1)[0] == GOOD  # RESERVE(6)
+    copy_aborted_before_any_byte(*block_copy(i, via=0, src=0, dst=1))
+    assert read10(h, 1) == KEPT
+    assert h.command(bytes([0x17, 0, 0, 0, 0, 0]), lun=1)[0] == GOOD  # RELEASE(6)
+    assert block_copy(i, via=0, src=0, dst=1) == (GOOD, b"")
+    assert read10(h, 1) == SOURCE
 
 
-def test_a_backup_to_a_reserved_tape_writes_no_record(targetd_factory: DaemonFactory) -> None:
-    daemon = targetd_factory(CONFIG)
-    with (
-        login(daemon.port, daemon.iqn, "iqn.2026-11.org.test:h") as h,
-        login(daemon.port, daemon.iqn, "iqn.2026-11.org.test:i") as i,
-    ):
-        assert write10(i, 0, SOURCE) == GOOD
-        reserve_pr(h, TAPE, KEY_H, WRITE_EXCLUSIVE)
-        cscds = cscd(naa_of(i, 0), 0x00, 512) + cscd(naa_of(i, TAPE), 0x01)
-        segment = seg_b2s(0, 1, BLOCKS * 512, BLOCKS, 0)
-        params = lid1(cscds, segment, list_id=9)
-        cdb = xcopy_cdb(len(params))
-        status, _, sense = i.command(cdb, lun=0, data=params)
-        copy_aborted_before_any_byte(status, sense)
-        # READ POSITION: the tape is still at its beginning, with no record on it.
-        status, position, _ = h.command(bytes([0x34, 0, 0, 0, 0, 0, 0, 0, 0, 0]), lun=TAPE, read=20)
-        assert status == GOOD and position[0] & 0x80 and position[4:8] == bytes(4)
-        status, _, sense = h.command(bytes([0x08, 0, 0, 0x02, 0, 0]), lun=TAPE, read=512)
-        assert status == CHECK and (sense[2] & 0x0F, sense[12], sense[13]) == (0x08, 0x00, 0x05)
+def test_a_backup_to_a_reserved_tape_writes_no_record(
+    holder_and_other: tuple[RawInitiator, RawInitiator],
+) -> None:
+    h, i = holder_and_other
+    reserve_pr(h, TAPE, KEY_H, WRITE_EXCLUSIVE)
+    cscds = cscd(naa_of(i, 0), 0x00, 512) + cscd(naa_of(i, TAPE), 0x01)
+    segment = seg_b2s(0, 1, BLOCKS * 512, BLOCKS, 0)
+    params = lid1(cscds, segment, list_id=9)
+    cdb = xcopy_cdb(len(params))
+    status, _, sense = i.command(cdb, lun=0, data=params)
+    copy_aborted_before_any_byte(status, sense)
+    # READ POSITION: the tape is still at its beginning, with no record on it.
+    status, position, _ = h.command(bytes([0x34, 0, 0, 0, 0, 0, 0, 0, 0, 0]), lun=TAPE, read=20)
+    assert status == GOOD and position[0] & 0x80 and position[4:8] == bytes(4)
+    status, _, sense = h.command(bytes([0x08, 0, 0, 0x02, 0, 0]), lun=TAPE, read=512)
+    assert status == CHECK and (sense[2] & 0x0F, sense[12], sense[13]) == (0x08, 0x00, 0x05)
 
 
 # -- access revoked by a reload ----------------------------------------------------------------
