@@ -865,9 +865,10 @@ class Connection:
             rtt = pdu.u32(20)
             task = self.tasks.get(rtt)
             if task is None or task.lun != lun:
-                ref = pdu.u32(32)
-                assert self.session is not None
-                found = self.session.is_stale(ref) or ref == pdu.cmdsn
+                # RFC 7143 11.5.1: a command that has not arrived yet is aborted ("Function
+                # complete"); one already answered (its CmdSN below ExpCmdSN, outside the
+                # window) or unknown: "Task does not exist".
+                found = pdu.u32(32) == pdu.cmdsn
                 self._tmf_response(pdu, TmfResponse.COMPLETE if found else TmfResponse.NO_TASK)
                 return
             victims = self._abort_task(task)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from targetd.iscsi.pdu import serial_le, serial_lt
+from targetd.iscsi.pdu import serial_le
 
 if TYPE_CHECKING:
     from targetd.iscsi.params import SessionParams
@@ -86,10 +86,6 @@ class Session:
             self._waiting[cmdsn] = deliver
             return True
         return False
-
-    def is_stale(self, cmdsn: int) -> bool:
-        """A CmdSN already consumed (below ExpCmdSN)."""
-        return serial_lt(cmdsn, self.exp_cmdsn)
 
 
 class SessionTable:

@@ -326,6 +326,24 @@ def test_abort_task_cancels_and_answers_after_abort_finishes() -> None:
     assert h.conn.take_output() == []
 
 
+def test_abort_of_a_command_already_answered_says_task_does_not_exist() -> None:
+    """RFC 7143 11.5.1 c): the command ended before the ABORT TASK came (its CmdSN is below
+    ExpCmdSN, outside the window): "Task does not exist", not "Function complete", which
+    would tell the initiator a command it saw answered GOOD was aborted (libiscsi's
+    iSCSITMF.AbortTaskSimpleAsync fails on exactly that when the write wins the race)."""
+    h = Harness()
+    itt, _ = h.command(READ10, read=512)
+    ev = executed(h)
+    h.conn.scsi_done(ev.task, ScsiResult(data=bytes(512)))
+    h.conn.take_output()
+    tmf = new_header(Op.TASK_MGMT_REQUEST | 0x40, 0x80 | 1, itt=h.next_itt())
+    put_u32(tmf, 20, itt)
+    put_u32(tmf, 24, h.cmdsn)
+    put_u32(tmf, 32, h.cmdsn - 1)
+    (resp,) = h.feed(tmf)
+    assert resp[0] & 0x3F == Op.TASK_MGMT_RESPONSE and resp[2] == 1
+
+
 def test_lun_reset_is_handed_to_the_driver() -> None:
     h = Harness()
     tmf = new_header(Op.TASK_MGMT_REQUEST | 0x40, 0x80 | 5, itt=h.next_itt())
