@@ -45,7 +45,19 @@ log = logging.getLogger(__name__)
 COPY_SET, SRC_CHANGED, TGT_CHANGED = 0, 1, 2
 # The names of a pair's split-instant snapshots of its source (an RBD image).
 SPLIT_SNAPSHOT_PREFIX = "targetd-split-"
+# The phases the other pairs of a primary must be in for one of them to reverse resync:
+# neither mirroring it (they would not see the restore) nor reflecting a split set from it.
+REVERSE_SIBLING_PHASES = frozenset({Phase.SPLIT, Phase.SUSPENDED})
 FAILED_LOOP_PAUSE = 1.0  # seconds a background loop waits after a failure before it resumes
+
+
+async def _read_chunk(source: Any, offset: int, length: int) -> bytearray | None:
+    """A chunk's bytes, or None where the store has a hole (the copy punches one)."""
+    if not any(e.mapped for e in source.extents(offset, length)):
+        return None
+    buf = bytearray(length)
+    await source.read_into(offset, memoryview(buf))
+    return buf
 
 
 def _reason_of(err: BaseException, os_reason: SuspendReason) -> SuspendReason:
@@ -420,6 +432,14 @@ class Pair:
     async def resync(self) -> None:
         """Back towards DUPLEX, copying what changed on either side since the split."""
         phase = next_phase(self.phase, Event.RESYNC)
+        restoring = next((p for p in self.siblings() if p.phase is Phase.REVERSE_COPY), None)
+        if restoring is not None:  # the primary is still being restored from its target
+            raise PairError(
+                ErrorCode.WRONG_STATE,
+                f"pair {self.name}: its primary is being restored from pair {restoring.name}"
+                " (reverse resync): resync once that pair is DUPLEX",
+                phase=self.phase,
+            )
         if self.initializing:  # the creation copy set was never made: make it now
             await self._initialize()
         self.copy_set.update(self.src_changed)
@@ -439,6 +459,23 @@ class Pair:
         phase is durable before any chunk moves: a crash before it leaves the pair SPLIT
         with the source untouched."""
         phase = next_phase(self.phase, Event.REVERSE)
+        siblings = self.siblings()
+        for sibling in siblings:
+            if sibling.phase not in REVERSE_SIBLING_PHASES:
+                raise PairError(
+                    ErrorCode.WRONG_STATE,
+                    f"pair {self.name}: its primary {self.source.volume_id} is also in pair"
+                    f" {sibling.name}, which is {sibling.phase.target.label}: a reverse resync"
+                    " needs every other pair of the primary SPLIT or SUSPENDED",
+                    phase=sibling.phase,
+                )
+        # Every chunk the restore may change on the primary counts as changed since the
+        # siblings' splits, durably before any chunk moves: their next resync copies it.
+        restore = ChunkBitmap(self.chunks)
+        for bitmap in (self.copy_set, self.src_changed, self.tgt_changed):
+            restore.update(bitmap)
+        await asyncio.gather(*(sibling.mark_source_changed(restore) for sibling in siblings))
+        next_phase(self.phase, Event.REVERSE)
         async with self._header_lock:
             await self.file.commit_header({**self.meta(), "phase": phase.name})
         next_phase(self.phase, Event.REVERSE)  # unchanged meanwhile (one op at a time)
@@ -449,6 +486,17 @@ class Pair:
         self._set_phase(phase)
         await self._write_header()
         await self._settle_merge()
+
+    def siblings(self) -> list[Pair]:
+        """The other pairs of this pair's primary (1:N)."""
+        return [p for p in self.source.pairs if p is not self]
+
+    async def mark_source_changed(self, chunks: ChunkBitmap) -> None:
+        """``chunks`` of the primary will change under this (split or suspended) pair:
+        durably marked as changed, so its next resync copies them."""
+        for c in chunks:
+            self.journal.mark(SRC_CHANGED, c)
+        await self.journal.commit()
 
     async def _settle_merge(self) -> None:
         """Clear the changed regions, already merged into the copy set in memory, only once
@@ -471,8 +519,8 @@ class Pair:
         # pair file that names it is about to go).
         await asyncio.gather(*self._snapshot_tasks, return_exceptions=True)
         await self.stop()
-        self.source.detach()
-        self.target.detach()
+        self.source.detach(self)
+        self.target.detach(self)
         await self.file.discard()
 
     async def suspend(self, reason: SuspendReason) -> None:
@@ -820,9 +868,7 @@ class Pair:
         async with self._hold(c, wait_writers=split_mode) as ticket:
             if c not in self.copy_set:
                 return
-            cs = self.chunk_size
-            offset = c * cs
-            length = min(cs, self.size - offset)
+            offset, length = self._chunk_span(c)
             # The reason names the volume that failed (reverse: reading the target, writing
             # the source).
             read_fault = SuspendReason.SOURCE_READ_ERROR
@@ -832,30 +878,85 @@ class Pair:
                 source = self.target.base
             else:
                 source = self._split_source() if split_mode else self.source.base
-            side = read_fault
             ticket.from_head = source is self.source.base
             try:
-                extents = source.extents(offset, length)
-                if not any(e.mapped for e in extents):
-                    side = write_fault
-                    await to.base.punch_hole(offset, length)
-                else:
-                    buf = memoryview(bytearray(length))
-                    await source.read_into(offset, buf)
-                    side = write_fault
-                    await to.base.write(offset, buf)
+                data = await _read_chunk(source, offset, length)
             except Exception as err:
-                # Whoever asked for the copy (a worker, a host write's copy-before-write, a
-                # backup's reflect-first) gets the error; the pair stops copying either way.
-                log.exception("pair %s: copying chunk %d failed", self.name, c)
-                reason = side if isinstance(err, OSError) else SuspendReason.INTERNAL_ERROR
-                await self._fail(reason, err)
+                await self.copy_failed(c, read_fault, err)
                 raise
-            if not ticket.spoiled:
-                self.journal.clear(COPY_SET, c)
-                self._clears_unsynced = True
-            self.copied_bytes += length
-            self._samples.append((time.monotonic(), length))
+            await self._store(c, ticket, to, data, write_fault)
+
+    def _chunk_span(self, c: int) -> tuple[int, int]:
+        offset = c * self.chunk_size
+        return offset, min(self.chunk_size, self.size - offset)
+
+    async def _store(
+        self,
+        c: int,
+        ticket: _Ticket,
+        to: PairVolume,
+        data: bytearray | None,
+        write_fault: SuspendReason,
+    ) -> None:
+        """Write a copied chunk (None: a hole) to ``to`` and clear its copy-set bit unless
+        a host write spoiled the copy meanwhile."""
+        offset, length = self._chunk_span(c)
+        try:
+            if data is None:
+                await to.base.punch_hole(offset, length)
+            else:
+                await to.base.write(offset, memoryview(data))
+        except Exception as err:
+            await self.copy_failed(c, write_fault, err)
+            raise
+        if not ticket.spoiled:
+            self.journal.clear(COPY_SET, c)
+            self._clears_unsynced = True
+        self.copied_bytes += length
+        self._samples.append((time.monotonic(), length))
+
+    async def copy_failed(self, c: int, side: SuspendReason, err: BaseException) -> None:
+        """Whoever asked for the copy (a worker, a host write's copy-before-write, a
+        backup's reflect-first) gets the error; the pair stops copying either way."""
+        log.error("pair %s: copying chunk %d failed", self.name, c, exc_info=err)
+        reason = side if isinstance(err, OSError) else SuspendReason.INTERNAL_ERROR
+        await self._fail(reason, err)
+
+    # -- a primary with several secondaries (backing.pairs.fanout) --------------------------
+    def chunk_range(self, offset: int, length: int) -> range:
+        return self._chunk_range(offset, length)
+
+    def check_source_writable(self) -> None:
+        if self.phase.source_fenced:
+            raise VolumeWriteProtected(self.source.volume_id)
+
+    async def source_write(
+        self, offset: int, length: int, op: Callable[[], Awaitable[None]]
+    ) -> None:
+        await self.host_write(Role.SOURCE, offset, length, op)
+
+    def cow_pending(self, c: int) -> bool:
+        """A host write to the primary's chunk ``c`` must first copy it to this target."""
+        return self.phase is Phase.SPLIT_PENDING and self._frozen is None and c in self.copy_set
+
+    def hold_chunk(self, c: int) -> contextlib.AbstractAsyncContextManager[_Ticket]:
+        """The chunk's copy ticket, once no host write to it runs (a split-mode copy)."""
+        return self._hold(c, wait_writers=True)
+
+    async def read_split_chunk(self, c: int) -> bytearray | None:
+        """Chunk ``c`` of the primary (None: a hole); a failure suspends the pair."""
+        offset, length = self._chunk_span(c)
+        try:
+            return await _read_chunk(self.source.base, offset, length)
+        except Exception as err:
+            await self.copy_failed(c, SuspendReason.SOURCE_READ_ERROR, err)
+            raise
+
+    async def deliver_chunk(self, c: int, ticket: _Ticket, data: bytearray | None) -> None:
+        """Chunk ``c``'s split-instant content, read once for several pairs of the
+        primary, written to this pair's target (under this pair's ``ticket``)."""
+        ticket.from_head = True
+        await self._store(c, ticket, self.target, data, SuspendReason.TARGET_WRITE_ERROR)
 
     async def _reflect_chunks(self, chunks: list[int]) -> None:
         for c in chunks:

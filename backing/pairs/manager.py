@@ -43,7 +43,7 @@ from backing.pairs.states import (
     VolumeState,
     next_phase,
 )
-from backing.pairs.volume import PairVolume
+from backing.pairs.volume import MAX_SECONDARIES, PairVolume, Role
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,35 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 SPLIT_PHASES = (Phase.SPLIT_PENDING, Phase.SPLIT)
 # A pair may join a group in these phases only: a split one carries another split instant.
 JOINABLE = frozenset({Phase.DUPLEX_PENDING, Phase.DUPLEX, Phase.RESYNC, Phase.SUSPENDED})
+
+
+def _attach_refusal(source: PairVolume, target: PairVolume) -> PairError | None:
+    """Why ``source`` may not get one more pair onto ``target``, if it may not: a
+    secondary is in no other pair, a primary is no secondary and has at most
+    MAX_SECONDARIES pairs, and none of them is restoring it (reverse resync)."""
+    if target.pairs:
+        return PairError(
+            ErrorCode.VOLUME_IN_PAIR, f"{target.volume_id} is in pair {target.pairs[0].name}"
+        )
+    if source.role is Role.TARGET:
+        return PairError(
+            ErrorCode.VOLUME_IN_PAIR, f"{source.volume_id} is in pair {source.pairs[0].name}"
+        )
+    if len(source.pairs) >= MAX_SECONDARIES:
+        names = ", ".join(p.name for p in source.pairs)
+        return PairError(
+            ErrorCode.TOO_MANY_SECONDARIES,
+            f"{source.volume_id} is the primary of {len(source.pairs)} pairs already ({names}):"
+            f" at most {MAX_SECONDARIES} secondaries per primary",
+        )
+    restoring = source.fenced_by()
+    if restoring is not None:
+        return PairError(
+            ErrorCode.WRONG_STATE,
+            f"{source.volume_id} is being restored from pair {restoring.name}",
+            phase=restoring.phase,
+        )
+    return None
 
 
 def scope_of(volume_id: str) -> str:
@@ -137,8 +166,9 @@ class PairManager:
                 log.error("pair %s: its volumes are not configured; left as is", meta["name"])
                 pair_file.close()
                 continue
-            if source.pair is not None or target.pair is not None:
-                log.error("pair %s: a volume of it is in another pair; left as is", meta["name"])
+            refusal = _attach_refusal(source, target)
+            if refusal is not None:
+                log.error("pair %s: %s; left as is", meta["name"], refusal.args[0])
                 pair_file.close()
                 continue
             self._loaded.add(path)
@@ -311,9 +341,16 @@ class PairManager:
         return found[0]
 
     def pair_of(self, volume_id: str) -> Pair | None:
-        """The pair ``volume_id`` belongs to (as source or target), if any."""
+        """The pair ``volume_id`` belongs to (as source or target), if any; of a primary
+        with several secondaries, the first (by name)."""
         volume = self.volumes.get(volume_id)
         return None if volume is None else volume.pair
+
+    def pairs_of(self, volume_id: str) -> builtins.list[Pair]:
+        """Every pair ``volume_id`` is in: its secondaries' pairs for a primary (by name),
+        its one pair for a secondary."""
+        volume = self.volumes.get(volume_id)
+        return [] if volume is None else builtins.list(volume.pairs)
 
     async def create(
         self,
@@ -334,12 +371,9 @@ class PairManager:
             target = self._volume(target_id)
             if source is target:
                 raise PairError(ErrorCode.SAME_VOLUME, "source and target are one volume")
-            for volume in (source, target):
-                if volume.pair is not None:
-                    raise PairError(
-                        ErrorCode.VOLUME_IN_PAIR,
-                        f"{volume.volume_id} is in pair {volume.pair.name}",
-                    )
+            refusal = _attach_refusal(source, target)
+            if refusal is not None:
+                raise refusal
             if source.size != target.size:
                 raise PairError(
                     ErrorCode.SIZE_MISMATCH, f"sizes differ: {source.size} != {target.size}"

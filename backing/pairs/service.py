@@ -117,10 +117,17 @@ class PairService:
     ) -> Pair:
         """The pair named ``name`` (in ``scope``), or the one ``volume`` is in."""
         if volume is not None:
-            pair = self.manager.pair_of(volume)
-            if pair is None:
+            pairs = self.manager.pairs_of(volume)
+            if not pairs:
                 raise PairError(ErrorCode.UNKNOWN_PAIR, f"{volume} is not in a pair")
-            return pair
+            if len(pairs) > 1:
+                names = ", ".join(f"{p.name} (secondary {p.target.volume_id})" for p in pairs)
+                raise PairError(
+                    ErrorCode.AMBIGUOUS_VOLUME,
+                    f"{volume} is the primary of {len(pairs)} pairs: {names}; name the pair"
+                    " or its secondary",
+                )
+            return pairs[0]
         if name is None:
             raise PairError(ErrorCode.UNKNOWN_PAIR, "no pair named")
         return self.manager.get(name, scope)
@@ -129,6 +136,10 @@ class PairService:
         """The pair ``volume_id`` is in, for reading (status, a backup's split image):
         never change a pair through it, use the operations below."""
         return self.manager.pair_of(volume_id)
+
+    def pairs_of(self, volume_id: str) -> list[PairStatus]:
+        """The status of every pair ``volume_id`` is in (a primary's: one per secondary)."""
+        return [p.status() for p in self.manager.pairs_of(volume_id)]
 
     def status_of(self, volume_id: str) -> PairStatus | None:
         pair = self.manager.pair_of(volume_id)

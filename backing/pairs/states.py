@@ -126,6 +126,8 @@ class ErrorCode(Enum):
     UNKNOWN_GROUP = "unknown-group"
     IN_GROUP = "in-group"  # the pair is in another consistency group
     ELSEWHERE = "elsewhere"  # the other gateway runs the pair and keeps its volume's lock
+    TOO_MANY_SECONDARIES = "too-many-secondaries"  # the primary has 3 pairs already
+    AMBIGUOUS_VOLUME = "ambiguous-volume"  # a primary of several pairs: name the secondary
 
 
 class PairError(Exception):

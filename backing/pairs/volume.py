@@ -5,6 +5,10 @@ pair can be created, split and deleted while hosts keep writing: writes and deal
 go through the attached pair (which marks chunks and copies before writing), reads of a
 split-pending target merge in the chunks still on the source. Unpaired, every call goes
 straight to the store underneath.
+
+A volume is the source (primary) of up to :data:`MAX_SECONDARIES` pairs, each with its
+own target (secondary), or the target of exactly one pair, never both. A host write to a
+primary goes through every one of its pairs (``backing.pairs.fanout``).
 """
 
 from __future__ import annotations
@@ -14,10 +18,14 @@ from collections.abc import Awaitable, Callable, Coroutine
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
+from backing.pairs.fanout import primary_write
 from backing.sparse_file import Extent
 
 if TYPE_CHECKING:
     from backing.pairs.engine import Pair
+
+# Secondaries per primary, as ShadowImage allows (mirror units 0..2).
+MAX_SECONDARIES = 3
 
 
 class Store(Protocol):
@@ -51,7 +59,9 @@ class PairVolume:
         self.base = base
         self.size = base.size
         self.read_only = read_only
-        self.pair: Pair | None = None
+        # As a source: its pairs, by name (the order a host write passes through them, the
+        # same for every write). As a target: its one pair.
+        self.pairs: list[Pair] = []
         self.role: Role | None = None
         # Called after the pair's phase changes (the daemon updates the LU's WP flag).
         self.on_change: Callable[[], None] | None = None
@@ -64,8 +74,23 @@ class PairVolume:
         # Whether an error of this volume's store means this gateway was fenced (its client
         # blocklisted): a pair then stops here instead of going SUSPENDED.
         self.lost: Callable[[BaseException], bool] | None = None
-        self._unpaired_in_flight = 0
+        # Host writes in flight, by the attach generation they began in: a pair attached
+        # later waits for those (drain) before it reads the source for its creation copy.
+        self._generation = 0
+        self._in_flight: dict[int, int] = {}
         self._drained: asyncio.Event | None = None
+
+    @property
+    def pair(self) -> Pair | None:
+        """The volume's pair (for a primary with several, the first by name; use
+        :attr:`pairs` where several can be)."""
+        return self.pairs[0] if self.pairs else None
+
+    def fenced_by(self) -> Pair | None:
+        """The pair whose reverse resync is restoring this primary, if any."""
+        if self.role is not Role.SOURCE:
+            return None
+        return next((p for p in self.pairs if p.phase.source_fenced), None)
 
     @property
     def write_protected(self) -> bool:
@@ -73,7 +98,7 @@ class PairVolume:
         if pair is None:
             return False
         if self.role is Role.SOURCE:
-            return pair.phase.source_fenced
+            return self.fenced_by() is not None
         return not pair.phase.target_writable
 
     def changed(self) -> None:
@@ -86,8 +111,8 @@ class PairVolume:
         pair = self.pair
         if pair is not None and self.role is Role.TARGET:
             return pair.read_target(offset, buf)
-        if pair is not None and pair.phase.source_fenced:
-            return pair.read_source(offset, buf)
+        if self.role is Role.SOURCE and (fenced := self.fenced_by()) is not None:
+            return fenced.read_source(offset, buf)
         return self.base.read_into(offset, buf)
 
     async def write(self, offset: int, data: bytes | memoryview, *, fua: bool = False) -> None:
@@ -138,32 +163,49 @@ class PairVolume:
     async def _host_write(
         self, offset: int, length: int, op: Callable[[], Awaitable[None]]
     ) -> None:
-        pair = self.pair
-        if pair is not None:
-            assert self.role is not None
-            await pair.host_write(self.role, offset, length, op)
-            return
-        self._unpaired_in_flight += 1
+        began = self._generation
+        self._in_flight[began] = self._in_flight.get(began, 0) + 1
         try:
-            await op()
+            pairs = self.pairs
+            if not pairs:
+                await op()
+            elif self.role is Role.TARGET:
+                await pairs[0].host_write(Role.TARGET, offset, length, op)
+            elif len(pairs) == 1:
+                await pairs[0].host_write(Role.SOURCE, offset, length, op)
+            else:
+                await primary_write(list(pairs), offset, length, op)
         finally:
-            self._unpaired_in_flight -= 1
-            if not self._unpaired_in_flight and self._drained is not None:
-                self._drained.set()
+            left = self._in_flight[began] - 1
+            if left:
+                self._in_flight[began] = left
+            else:
+                del self._in_flight[began]
+                if self._drained is not None:
+                    self._drained.set()
 
     async def drain(self) -> None:
-        """Wait until no write that started unpaired is still running."""
-        while self._unpaired_in_flight:
+        """Wait until no host write that began before the last attach is still running
+        (it did not go through the pair attached since)."""
+        now = self._generation
+        while any(began < now for began in self._in_flight):
             self._drained = asyncio.Event()
             await self._drained.wait()
         self._drained = None
 
     def attach(self, pair: Pair, role: Role) -> None:
-        self.pair = pair
+        if role is Role.TARGET or self.role is Role.TARGET:
+            assert not self.pairs, f"{self.volume_id} is in a pair already"
+        assert len(self.pairs) < MAX_SECONDARIES
+        # By name: the same order after a restart (PAIR IN reports the first one).
+        self.pairs = sorted([*self.pairs, pair], key=lambda p: p.name)
         self.role = role
+        self._generation += 1
         self.changed()
 
-    def detach(self) -> None:
-        self.pair = None
-        self.role = None
+    def detach(self, pair: Pair | None = None) -> None:
+        """Leave ``pair`` (None: every pair)."""
+        self.pairs = [p for p in self.pairs if pair is not None and p is not pair]
+        if not self.pairs:
+            self.role = None
         self.changed()
