@@ -800,8 +800,8 @@ class Pair:
     async def _remove_stray_snapshots(self) -> None:
         """Remove the source's split snapshots that the pair file does not name: a kill -9
         (or a failed header write) between taking one and recording it leaves it behind,
-        and no later split would ever remove it. The pair owns them: a volume is in one
-        pair at most."""
+        and no later split would ever remove it. Those another pair of the same primary
+        names are its own."""
         base: Any = self.source.base
         if getattr(base, "snapshot_names", None) is None:
             return
@@ -810,11 +810,10 @@ class Pair:
         except Exception:
             log.exception("pair %s: listing the source's snapshots failed", self.name)
             return
+        # Every pair of the source is attached before any starts (PairManager.start).
+        kept = {n for p in self.source.pairs for n in (p.split_snapshot, p._taking)}
         for name in names:
-            if not name.startswith(SPLIT_SNAPSHOT_PREFIX) or name in (
-                self.split_snapshot,
-                self._taking,
-            ):
+            if not name.startswith(SPLIT_SNAPSHOT_PREFIX) or name in kept:
                 continue
             try:
                 await base.thaw(None, name)

@@ -53,10 +53,12 @@ SPLIT_PHASES = (Phase.SPLIT_PENDING, Phase.SPLIT)
 JOINABLE = frozenset({Phase.DUPLEX_PENDING, Phase.DUPLEX, Phase.RESYNC, Phase.SUSPENDED})
 
 
-def _attach_refusal(source: PairVolume, target: PairVolume) -> PairError | None:
+def _attach_refusal(
+    source: PairVolume, target: PairVolume, *, creating: bool
+) -> PairError | None:
     """Why ``source`` may not get one more pair onto ``target``, if it may not: a
     secondary is in no other pair, a primary is no secondary and has at most
-    MAX_SECONDARIES pairs, and none of them is restoring it (reverse resync)."""
+    MAX_SECONDARIES pairs, and (``creating``) none of them is restoring it."""
     if target.pairs:
         return PairError(
             ErrorCode.VOLUME_IN_PAIR, f"{target.volume_id} is in pair {target.pairs[0].name}"
@@ -73,7 +75,7 @@ def _attach_refusal(source: PairVolume, target: PairVolume) -> PairError | None:
             f" at most {MAX_SECONDARIES} secondaries per primary",
         )
     restoring = source.fenced_by()
-    if restoring is not None:
+    if creating and restoring is not None:
         return PairError(
             ErrorCode.WRONG_STATE,
             f"{source.volume_id} is being restored from pair {restoring.name}",
@@ -143,6 +145,7 @@ class PairManager:
             return
         self._read_group_logs()
         resumed: builtins.list[tuple[str, str]] = []
+        to_start: builtins.list[Pair] = []
         for path in sorted([*self.dir.glob("*.pair"), *self.dir.glob("*/*.pair")]):
             if path in self._loaded or not self._owns(path.parent):
                 continue
@@ -166,7 +169,7 @@ class PairManager:
                 log.error("pair %s: its volumes are not configured; left as is", meta["name"])
                 pair_file.close()
                 continue
-            refusal = _attach_refusal(source, target)
+            refusal = _attach_refusal(source, target, creating=False)
             if refusal is not None:
                 log.error("pair %s: %s; left as is", meta["name"], refusal.args[0])
                 pair_file.close()
@@ -176,6 +179,10 @@ class PairManager:
             pair.attach()
             self.pairs[(scope_of(pair.source.volume_id), pair.name)] = pair
             resumed.append((scope_of(pair.source.volume_id), pair.name))
+            to_start.append(pair)
+        # Started once every pair is attached: a pair starting knows its primary's others
+        # (whose split snapshots are theirs, not strays).
+        for pair in to_start:
             await pair.start()
             status = pair.status()
             log.info(
@@ -371,7 +378,7 @@ class PairManager:
             target = self._volume(target_id)
             if source is target:
                 raise PairError(ErrorCode.SAME_VOLUME, "source and target are one volume")
-            refusal = _attach_refusal(source, target)
+            refusal = _attach_refusal(source, target, creating=True)
             if refusal is not None:
                 raise refusal
             if source.size != target.size:
