@@ -543,19 +543,34 @@ def _print_status(st: c.PairStatus, as_json: bool) -> None:
         f"{st.changed} changed since the split, split at {split}, "
         f"backup policy {c.POLICIES.get(st.policy, st.policy)}"
         + (f", group {st.group}" if st.group else "")
+        + (
+            f"; its primary's secondaries: LUN {', LUN '.join(map(str, st.secondary_luns))}"
+            if len(st.secondary_luns) > 1
+            else ""
+        )
     )
 
 
-def _status(device: Device) -> c.PairStatus:
-    return c.pair_status(run(device, "PAIR IN", c.pair_in(allocation=128), read=128))
+def _status(device: Device, lun: int = c.ADDRESSED_LUN) -> c.PairStatus:
+    length = c.PAIR_STATUS_LENGTH
+    return c.pair_status(run(device, "PAIR IN", c.pair_in(lun, length), read=length))
 
 
-def _wait_for(device: Device, state: str, timeout: float) -> c.PairStatus:
+def _pair_lun(args: argparse.Namespace) -> int:
+    """The PAIR LUN field: the secondary named with --secondary (one pair of a primary
+    with several), else the LUN the command is sent to."""
+    secondary = getattr(args, "secondary", None)
+    return c.ADDRESSED_LUN if secondary is None else lun_of(secondary)
+
+
+def _wait_for(
+    device: Device, state: str, timeout: float, lun: int = c.ADDRESSED_LUN
+) -> c.PairStatus:
     import time
 
     deadline = time.monotonic() + timeout
     while True:
-        st = _status(device)
+        st = _status(device, lun)
         if st.source_state == state and st.target_state == state:
             return st
         if "SUSPENDED" in (st.source_state, st.target_state):
@@ -570,11 +585,13 @@ def cmd_pair(args: argparse.Namespace) -> int:
     label = args.command.upper()
     if getattr(args, "reverse", False):
         action, label = c.PAIR_REVERSE_RESYNC, "REVERSE RESYNC"
+    lun = _pair_lun(args)
     with opened(args.device) as dev:
-        run(dev, f"PAIR OUT {label}", c.pair_out(action))
-        st = _status(dev)
+        run(dev, f"PAIR OUT {label}", c.pair_out(action, lun))
+        st = _status(dev, lun)
         if args.wait:
-            st = _wait_for(dev, "SPLIT" if action == c.PAIR_SPLIT else "DUPLEX", args.timeout)
+            want = "SPLIT" if action == c.PAIR_SPLIT else "DUPLEX"
+            st = _wait_for(dev, want, args.timeout, lun)
         _print_status(st, args.json)
     return EXIT_OK
 
@@ -605,38 +622,40 @@ def cmd_create(args: argparse.Namespace) -> int:
             group = args.group.encode()
             run(dev, "PAIR OUT GROUP JOIN", c.pair_out_named(c.PAIR_GROUP_JOIN, group, target),
                 data_out=group)  # fmt: skip
-        st = _status(dev)
+        st = _status(dev, target)  # the new pair (its primary may have others)
         if args.wait:
-            st = _wait_for(dev, "DUPLEX", args.timeout)
+            st = _wait_for(dev, "DUPLEX", args.timeout, target)
         _print_status(st, args.json)
     return EXIT_OK
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
     with opened(args.device) as dev:
-        run(dev, "PAIR OUT DELETE", c.pair_out(c.PAIR_DELETE))
+        run(dev, "PAIR OUT DELETE", c.pair_out(c.PAIR_DELETE, _pair_lun(args)))
     return EXIT_OK
 
 
 def cmd_join(args: argparse.Namespace) -> int:
     group = args.group.encode()
+    lun = _pair_lun(args)
     with opened(args.device) as dev:
-        run(dev, "PAIR OUT GROUP JOIN", c.pair_out_named(c.PAIR_GROUP_JOIN, group),
+        run(dev, "PAIR OUT GROUP JOIN", c.pair_out_named(c.PAIR_GROUP_JOIN, group, lun),
             data_out=group)  # fmt: skip
-        _print_status(_status(dev), args.json)
+        _print_status(_status(dev, lun), args.json)
     return EXIT_OK
 
 
 def cmd_leave(args: argparse.Namespace) -> int:
+    lun = _pair_lun(args)
     with opened(args.device) as dev:
-        run(dev, "PAIR OUT GROUP LEAVE", c.pair_out(c.PAIR_GROUP_LEAVE))
-        _print_status(_status(dev), args.json)
+        run(dev, "PAIR OUT GROUP LEAVE", c.pair_out(c.PAIR_GROUP_LEAVE, lun))
+        _print_status(_status(dev, lun), args.json)
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     with opened(args.device) as dev:
-        _print_status(_status(dev), args.json)
+        _print_status(_status(dev, _pair_lun(args)), args.json)
     return EXIT_OK
 
 
@@ -784,6 +803,12 @@ def parser() -> argparse.ArgumentParser:
     le.add_argument("device")
     st = sub.add_parser("status", help="the state of the pair a volume belongs to")
     st.add_argument("device")
+    for q in (st, de, jo, le, *[sub.choices[n] for n in ("split", "resync")]):
+        q.add_argument(
+            "--secondary", metavar="DEVICE",
+            help="the secondary (target volume) of the pair meant, when DEVICE is a primary"
+            " with several (up to 3); naming the secondary as DEVICE does the same",
+        )  # fmt: skip
     for q in (ls, st, cr, jo, le, *[sub.choices[n] for n in ("split", "resync")]):
         q.add_argument("--json", action="store_true")
     for q in sub.choices.values():

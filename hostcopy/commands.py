@@ -88,7 +88,10 @@ def luns_reported(data: bytes) -> list[int]:
     return [((data[i] & 0x3F) << 8) | data[i + 1] for i in range(8, end - 7, 8)]
 
 
-def pair_in(lun: int = ADDRESSED_LUN, allocation: int = 128) -> bytes:
+PAIR_STATUS_LENGTH = 136
+
+
+def pair_in(lun: int = ADDRESSED_LUN, allocation: int = PAIR_STATUS_LENGTH) -> bytes:
     return bytes([PAIR_IN, 0]) + lun.to_bytes(2, "big") + bytes(6) + allocation.to_bytes(4, "big")
 
 
@@ -289,6 +292,8 @@ class PairStatus:
     split_ms: int
     name: str
     group: str = ""  # the consistency group (PAIR IN bytes 96-127; older targets: none)
+    # The target LUN of every pair of this pair's primary (bytes 128-135; older: none).
+    secondary_luns: tuple[int, ...] = ()
 
 
 def pair_status(d: bytes) -> PairStatus:
@@ -311,4 +316,8 @@ def pair_status(d: bytes) -> PairStatus:
         u[14],
         bytes(d[64:96]).rstrip(b"\0").decode(errors="replace"),
         bytes(d[96:128]).rstrip(b"\0").decode(errors="replace"),
+        tuple(
+            int.from_bytes(d[130 + 2 * i : 132 + 2 * i], "big")
+            for i in range(min(d[128], 3) if len(d) >= 136 else 0)
+        ),
     )

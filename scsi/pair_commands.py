@@ -102,11 +102,17 @@ REFUSALS: dict[ErrorCode, Reason] = {
     ErrorCode.IN_GROUP: Reason.PAIR_ALREADY_IN_GROUP,  # GROUP JOIN of a pair in another group
     # Two gateways: the other one runs the pair and keeps its lock now; retried, as a write.
     ErrorCode.ELSEWHERE: Reason.LU_NOT_ACCESSIBLE_TRANSITIONING,
+    ErrorCode.TOO_MANY_SECONDARIES: Reason.PAIR_TOO_MANY_SECONDARIES,
+    # PAIR LUN names a primary with several secondaries: name the secondary's LUN.
+    ErrorCode.AMBIGUOUS_VOLUME: Reason.PAIR_LUN_AMBIGUOUS,
 }
 
-# PAIR IN / REPORT PAIR STATUS data (128 bytes; the first 96 are the original layout).
+MAX_SECONDARIES_REPORTED = 3
+NO_LUN = 0xFFFF
+# PAIR IN / REPORT PAIR STATUS data (136 bytes; the first 96 are the original layout, the
+# first 128 the layout before 1:N).
 PAIR_STATUS = Struct(
-    "status_data_length" / Int16ub,  # bytes after this field: 126
+    "status_data_length" / Int16ub,  # bytes after this field: 134
     "source_state" / Int8ub,
     "target_state" / Int8ub,
     "suspend_reason" / Int8ub,
@@ -124,6 +130,10 @@ PAIR_STATUS = Struct(
     "split_time_ms" / Int64ub,  # Unix time of the split in ms, 0 if not split
     "name" / Bytes(MAX_NAME),  # ASCII, NUL-padded
     "group" / Bytes(MAX_NAME),  # the consistency group's name, NUL-padded; empty for none
+    "secondaries" / Int8ub,  # pairs of this pair's primary (1..3); 0 for no pair
+    "reserved" / Int8ub,
+    # The target (secondary) LUN of each pair of the primary, by pair name; FFFFh unused.
+    "secondary_luns" / Int16ub[MAX_SECONDARIES_REPORTED],
 )
 STATUS_LENGTH = PAIR_STATUS.sizeof()
 
@@ -273,7 +283,12 @@ async def _report_status(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
     lun, volume = _lun_field(lu, cmd, 2)
     allocation = int.from_bytes(cmd.cdb[10:14], "big")
     control = _control(lu)
-    status = control.service.status_of(volume)
+    # A primary with several secondaries reports its first pair (by name); naming a
+    # secondary's LUN reports that pair. Bytes 128-135 list them all.
+    mine = control.service.pairs_of(volume)
+    status = mine[0] if mine else None
+    siblings = [] if status is None else control.service.pairs_of(status.source)
+    luns = [ADDRESSED_LUN if (n := control.lun_of(s.target)) is None else n for s in siblings]
     fields = {
         "status_data_length": STATUS_LENGTH - 2,
         "source_state": 0,
@@ -293,6 +308,9 @@ async def _report_status(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
         "split_time_ms": 0,
         "name": bytes(MAX_NAME),
         "group": bytes(MAX_NAME),
+        "secondaries": len(siblings),
+        "reserved": 0,
+        "secondary_luns": (luns + [NO_LUN] * MAX_SECONDARIES_REPORTED)[:MAX_SECONDARIES_REPORTED],
     }
     if status is not None:
         source = control.lun_of(status.source)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 
-from backing.pairs import UNCHECKED, BackupPolicy, PairError, PairService
+from backing.pairs import MAX_SECONDARIES, UNCHECKED, BackupPolicy, PairError, PairService
 from targetd import logs
 from targetd.config import (
     BACKUP_POLICIES,
@@ -103,7 +103,7 @@ def parse_declarations(
     raw_pairs: object, raw_groups: object, targets: tuple[TargetConfig, ...]
 ) -> tuple[tuple[PairDecl, ...], tuple[GroupDecl, ...]]:
     """The ``[[pair]]`` and ``[[group]]`` arrays, checked against the targets and each
-    other: a LUN in two pairs, a name twice on one target, a group naming a pair that is
+    other: a target LUN in two pairs, a fourth pair of one source LUN, a name twice on one target, a group naming a pair that is
     not declared (or one already in another group) are errors naming the entry."""
     for key, raw in (("pair", raw_pairs), ("group", raw_groups)):
         if not isinstance(raw, list):
@@ -113,19 +113,35 @@ def parse_declarations(
     assert isinstance(raw_pairs, list) and isinstance(raw_groups, list)
     pairs = tuple(_pair(v, f"pair[{i}]", targets) for i, v in enumerate(raw_pairs))
     names: dict[tuple[str, str], str] = {}
-    luns: dict[tuple[str, int], str] = {}
+    luns: dict[tuple[str, int], str] = {}  # target LUNs
+    primaries: dict[tuple[str, int], list[str]] = {}  # source LUNs: their pairs
     for p in pairs:
         if (p.target, p.name) in names:
             raise ConfigError(
                 f"{p.key}.name", f"{p.name!r} already declared by {names[(p.target, p.name)]}"
             )
         names[(p.target, p.name)] = p.key
-        for field, lun in (("source_lun", p.source_lun), ("target_lun", p.target_lun)):
-            if (p.target, lun) in luns:
-                raise ConfigError(
-                    f"{p.key}.{field}", f"LUN {lun} is already in {luns[(p.target, lun)]}"
-                )
-            luns[(p.target, lun)] = p.key
+        # A target LUN (secondary) is in one pair; a source LUN (primary) is the source of
+        # up to MAX_SECONDARIES pairs and no pair's target.
+        if (p.target, p.target_lun) in luns or (p.target, p.target_lun) in primaries:
+            other = luns.get((p.target, p.target_lun)) or primaries[(p.target, p.target_lun)][0]
+            raise ConfigError(
+                f"{p.key}.target_lun", f"LUN {p.target_lun} is already in {other}"
+            )
+        if (p.target, p.source_lun) in luns:
+            raise ConfigError(
+                f"{p.key}.source_lun",
+                f"LUN {p.source_lun} is already in {luns[(p.target, p.source_lun)]}",
+            )
+        mine = primaries.setdefault((p.target, p.source_lun), [])
+        if len(mine) >= MAX_SECONDARIES:
+            raise ConfigError(
+                f"{p.key}.source_lun",
+                f"LUN {p.source_lun} is the source of {len(mine)} pairs already"
+                f" ({', '.join(mine)}): at most {MAX_SECONDARIES} secondaries per primary",
+            )
+        mine.append(p.key)
+        luns[(p.target, p.target_lun)] = p.key
     groups = tuple(_group(v, f"group[{i}]", targets) for i, v in enumerate(raw_groups))
     group_names: dict[tuple[str, str], str] = {}
     member_of: dict[tuple[str, str], str] = {}
@@ -172,7 +188,13 @@ async def apply(service: PairService, config: Config, previous: Config | None = 
                     " left as it is (delete it to have the declared one)",
                 )
             continue
-        others = [(v, o) for v in (source, dest) if (o := service.pair_of(v)) is not None]
+        # A primary may have up to 3 secondaries (the 4th is refused by create, below);
+        # a volume that is a pair's secondary is in no other pair.
+        others = [
+            (v, o)
+            for v in (source, dest)
+            if (o := service.pair_of(v)) is not None and (v == dest or o.target.volume_id == v)
+        ]
         if others:
             volume, other = others[0]
             report(logging.ERROR, f"{where}: not created: {volume} is in pair {other.name!r}")

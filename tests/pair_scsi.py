@@ -81,11 +81,14 @@ class Status:
     split_ms: int
     name: str
     group: str = ""
+    secondaries: int = 0  # pairs of the primary (bytes 128-135; only read past 128)
+    secondary_luns: tuple[int, ...] = ()
 
     @classmethod
     def parse(cls, d: bytes) -> Status:
         u = lambda a, b: int.from_bytes(d[a:b], "big")  # noqa: E731
-        assert u(0, 2) == 126 and len(d) in (96, 128)
+        assert u(0, 2) == 134 and len(d) in (96, 128, 136)
+        count = d[128] if len(d) > 128 else 0
         return cls(
             STATES[d[2]],
             STATES[d[3]],
@@ -102,6 +105,8 @@ class Status:
             u(56, 64),
             d[64:96].rstrip(b"\0").decode(),
             d[96:128].rstrip(b"\0").decode(),
+            count,
+            tuple(u(130 + 2 * i, 132 + 2 * i) for i in range(count)),
         )
 
 

@@ -120,7 +120,7 @@ def test_refusals_get_their_documented_sense(targetd_factory: DaemonFactory) -> 
     c.wait("SPLIT")  # nothing to reflect, but SPLIT follows a bitmap sync
     # Short allocation length: the status is cut, not refused.
     status, data, _ = c.run(pair_in(ADDRESSED, 4), read=4)
-    assert status == 0 and data == bytes([0, 126, 4, 4])
+    assert status == 0 and data == bytes([0, 134, 4, 4])
     st = c.status(2, via=2)
     assert (st.source, st.target, st.source_lun) == ("SIMPLEX", "SIMPLEX", 2)
     # The data is untouched and the daemon still serves.

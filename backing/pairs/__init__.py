@@ -15,9 +15,10 @@ from backing.pairs.states import (
     SuspendReason,
     VolumeState,
 )
-from backing.pairs.volume import PairVolume, Role, VolumeWriteProtected
+from backing.pairs.volume import MAX_SECONDARIES, PairVolume, Role, VolumeWriteProtected
 
 __all__ = [
+    "MAX_SECONDARIES",
     "UNCHECKED",
     "Access",
     "BackupPolicy",

@@ -28,6 +28,12 @@ size = "4MiB"
 [[target.lun]]
 lun = 4
 kind = "tape"
+[[target.lun]]
+lun = 5
+size = "8MiB"
+[[target.lun]]
+lun = 6
+size = "8MiB"
 """
 
 
@@ -78,6 +84,18 @@ pairs = ["data"]
         ('[[pair]]\nname = "a"\nsource_lun = 0\ntarget_lun = 1\n'
          '[[pair]]\nname = "b"\nsource_lun = 2\ntarget_lun = 1\n', "pair[1].target_lun",
          "LUN 1 is already in pair[0]"),
+        ('[[pair]]\nname = "a"\nsource_lun = 0\ntarget_lun = 1\n'
+         '[[pair]]\nname = "b"\nsource_lun = 1\ntarget_lun = 2\n', "pair[1].source_lun",
+         "LUN 1 is already in pair[0]"),
+        ('[[pair]]\nname = "a"\nsource_lun = 0\ntarget_lun = 1\n'
+         '[[pair]]\nname = "b"\nsource_lun = 2\ntarget_lun = 0\n', "pair[1].target_lun",
+         "LUN 0 is already in pair[0]"),
+        ('[[pair]]\nname = "a"\nsource_lun = 0\ntarget_lun = 1\n'
+         '[[pair]]\nname = "b"\nsource_lun = 0\ntarget_lun = 2\n'
+         '[[pair]]\nname = "c"\nsource_lun = 0\ntarget_lun = 5\n'
+         '[[pair]]\nname = "d"\nsource_lun = 0\ntarget_lun = 6\n', "pair[3].source_lun",
+         "LUN 0 is the source of 3 pairs already (pair[0], pair[1], pair[2]):"
+         " at most 3 secondaries per primary"),
         ('[[group]]\nname = "g"\npairs = ["x"]\n', "group[0].pairs", "'x' is no [[pair]]"),
         ('[[group]]\nname = "g"\npairs = []\n', "group[0].pairs", "non-empty"),
         ('[[pair]]\nname = "a"\nsource_lun = 0\ntarget_lun = 1\n'
