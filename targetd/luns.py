@@ -458,10 +458,11 @@ def _block_store(
 
 
 def paired_volume(lu: LogicalUnit) -> str | None:
-    """The name of the pair a LU's volume is in, if any."""
+    """The name of the pair a LU's volume is in, if any (a primary's pairs: their names,
+    comma-separated)."""
     store = getattr(lu, "store", None)
-    if isinstance(store, PairVolume) and store.pair is not None:
-        return store.pair.name
+    if isinstance(store, PairVolume) and store.pairs:
+        return ", ".join(p.name for p in store.pairs)
     return None
 
 

@@ -103,8 +103,9 @@ def parse_declarations(
     raw_pairs: object, raw_groups: object, targets: tuple[TargetConfig, ...]
 ) -> tuple[tuple[PairDecl, ...], tuple[GroupDecl, ...]]:
     """The ``[[pair]]`` and ``[[group]]`` arrays, checked against the targets and each
-    other: a target LUN in two pairs, a fourth pair of one source LUN, a name twice on one target, a group naming a pair that is
-    not declared (or one already in another group) are errors naming the entry."""
+    other: a target LUN in two pairs, a fourth pair of one source LUN, a name twice on one
+    target, a group naming a pair that is not declared (or one already in another group)
+    are errors naming the entry."""
     for key, raw in (("pair", raw_pairs), ("group", raw_groups)):
         if not isinstance(raw, list):
             raise ConfigError(

@@ -174,7 +174,9 @@ class CopyRun:
                 aborted.from_destination = current.step.segment.type_code == SPLIT_PAIR
                 aborted.field = 6 if aborted.from_destination else 4
                 raise aborted from err
-            sense = build_sense(Reason.PAIR_WRONG_STATE)
+            # The segment named a volume that is the primary of several pairs: which one?
+            ambiguous = err.code is ErrorCode.AMBIGUOUS_VOLUME
+            sense = build_sense(Reason.PAIR_LUN_AMBIGUOUS if ambiguous else Reason.PAIR_WRONG_STATE)
             aborted = self.aborted(current, Reason.COPY_SOURCE_PAIR_NOT_SPLIT, message=str(err))
             aborted.target_sense = sense
             raise aborted from err
