@@ -89,8 +89,8 @@ def three_secondaries(factory: DaemonFactory) -> tuple[Daemon, BlockClient]:
 
 def test_three_secondaries_and_the_fourth_refused(targetd_factory: DaemonFactory) -> None:
     daemon, c = three_secondaries(targetd_factory)
-    # The fourth: PAIR TOO MANY SECONDARIES (80h/08h), and nothing is created.
-    assert sense_of(c, pair_out(CREATE, PRIMARY, EXTRA, 2), b"s3") == (ILLEGAL, 0x80, 0x08)
+    # The fourth: PAIR TOO MANY SECONDARIES (80h/09h), and nothing is created.
+    assert sense_of(c, pair_out(CREATE, PRIMARY, EXTRA, 2), b"s3") == (ILLEGAL, 0x80, 0x09)
     assert status(c, EXTRA).target == "SIMPLEX"
     refused = tool("create", daemon.url(PRIMARY), daemon.url(EXTRA), "--name", "s3", check=False)
     assert refused.returncode == 1
@@ -104,8 +104,8 @@ def test_three_secondaries_and_the_fourth_refused(targetd_factory: DaemonFactory
     assert old == c.ok(pair_in(S1, 136), read=136)[:128]
     assert status(c, PRIMARY).name == "s0"  # a primary alone: its first pair by name
     # A pair named by its primary alone is ambiguous: PAIR LUN must name the secondary.
-    assert sense_of(c, pair_out(SPLIT)) == (ILLEGAL, 0x80, 0x09)
-    assert sense_of(c, pair_out(SPLIT, PRIMARY)) == (ILLEGAL, 0x80, 0x09)
+    assert sense_of(c, pair_out(SPLIT)) == (ILLEGAL, 0x80, 0x0A)
+    assert sense_of(c, pair_out(SPLIT, PRIMARY)) == (ILLEGAL, 0x80, 0x0A)
     for lun in (S0, S1, S2):
         assert status(c, lun).target == "DUPLEX"
     c.close()
