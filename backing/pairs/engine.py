@@ -859,6 +859,9 @@ class Pair:
         finally:
             del self._tickets[c]
             ticket.done.set()
+            # A worker that found only this chunk (held) went to sleep: whether the copy
+            # cleared it (the set may be empty now: finish) or left it, it looks again.
+            self._work.set()
 
     async def _copy_chunk(self, c: int) -> None:
         reverse = self.phase is Phase.REVERSE_COPY

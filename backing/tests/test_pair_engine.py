@@ -268,3 +268,51 @@ def test_reflect_range_puts_the_split_image_on_the_target_first(tmp_path: Path) 
         await manager.stop()
 
     asyncio.run(go())
+
+
+class GatedStore(MemoryStore):
+    """A :class:`MemoryStore` whose writes wait at a gate while it is closed."""
+
+    def __init__(self, size: int, rng: random.Random) -> None:
+        super().__init__(size, rng)
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.waiting = 0
+
+    async def write(self, offset: int, data: bytes | memoryview, *, fua: bool = False) -> None:
+        if not self.gate.is_set():
+            self.waiting += 1
+            await self.gate.wait()
+        self.data[offset : offset + len(data)] = bytes(data)
+
+
+def test_a_split_whose_last_chunk_a_host_write_copies_still_ends_split(tmp_path: Path) -> None:
+    """The copy worker looks for work while a host write's copy-before-write holds the
+    last chunk of the split set; once that copy clears it, the worker must look again
+    (before, it slept until some other event and the pair stayed SPLIT-PENDING)."""
+
+    async def go() -> None:
+        manager = PairManager(tmp_path, PairSettings(chunk_size=CHUNK, copy_workers=1))
+        src = PairVolume("t/lun0", MemoryStore(SIZE, random.Random(1)))
+        store = GatedStore(SIZE, random.Random(2))
+        tgt = PairVolume("t/lun1", store)
+        manager.register_volume(src)
+        manager.register_volume(tgt)
+        await manager.create("p", "t/lun0", "t/lun1")
+        await manager.wait("p", VolumeState.DUPLEX, timeout=5)
+        store.gate.clear()
+        await src.write(0, b"\x01" * (2 * CHUNK))  # chunks 0 and 1 to copy
+        await manager.split("p")
+        while store.waiting < 1:  # the worker holds chunk 0, its write at the gate
+            await asyncio.sleep(0)
+        host = asyncio.ensure_future(src.write(CHUNK, b"\x02" * 512))  # cow of chunk 1
+        while store.waiting < 2:
+            await asyncio.sleep(0)
+        store.gate.set()
+        await host
+        await manager.wait("p", VolumeState.SPLIT, timeout=5)
+        assert data_of(tgt)[: 2 * CHUNK] == b"\x01" * (2 * CHUNK)
+        await manager.stop()
+
+    asyncio.run(go())
+
