@@ -128,6 +128,8 @@ class SharedPairs:
             self._regroup(scope_of(source.volume_id), pair.name, pair.group, meta["group"])
             pair.group = meta["group"]
         if old is not None:
+            old.source.detach(old)  # the record read again replaces it
+            old.target.detach(old)
             old.file.close()
             self.manager.pairs.pop((scope_of(old.source.volume_id), old.name), None)
         pair.attach()
@@ -174,8 +176,8 @@ class SharedPairs:
         from backing.pairs.manager import scope_of
 
         pair.file.close()
-        pair.source.detach()
-        pair.target.detach()
+        pair.source.detach(pair)
+        pair.target.detach(pair)
         self.manager.pairs.pop((scope_of(pair.source.volume_id), pair.name), None)
 
     async def show(self, target: PairVolume) -> Pair | None:
