@@ -220,8 +220,7 @@ class BlockDevice(LogicalUnit):
         """
         store = self.store
         if isinstance(store, PairVolume):
-            pair = store.pair
-            if pair is not None and (store.role is not Role.SOURCE or pair.phase.source_fenced):
+            if store.pairs and (store.role is not Role.SOURCE or store.fenced_by() is not None):
                 return None
             store = store.base
         if not isinstance(store, SparseFile) or not store.cached(offset, length):
@@ -238,7 +237,12 @@ class BlockDevice(LogicalUnit):
             return KernelFile(store.fd)
         if isinstance(store, PairVolume) and isinstance(store.base, SparseFile):
             pair = store.pair
-            if pair is None or store.role is Role.SOURCE or pair.phase is Phase.SPLIT:
+            if store.role is Role.SOURCE:
+                # A source being restored (reverse resync) reads chunks from its target.
+                plain = store.fenced_by() is None
+            else:
+                plain = pair is None or pair.phase is Phase.SPLIT
+            if plain:
                 return KernelFile(store.base.fd)
         return None
 

@@ -72,7 +72,25 @@ def test_uncached_pages_are_read_into_a_buffer(tmp_path: Path) -> None:
 def test_pair_volumes(tmp_path: Path, role: Role, phase: Phase, from_file: bool) -> None:
     lu, volume, store = volume_lu(tmp_path)
     volume.role = role
-    volume.pair = SimpleNamespace(phase=phase)  # type: ignore[assignment]
+    volume.pairs = [SimpleNamespace(phase=phase)]  # type: ignore[list-item]
     assert (lu.file_range(0, MiB) is not None) == from_file
     if from_file:
         assert read(lu, 0, 2048).data == FileRange(store, 0, MiB)
+
+
+@pytest.mark.parametrize(
+    ("role", "phase", "plain"),
+    [
+        (Role.SOURCE, Phase.DUPLEX, True),
+        (Role.SOURCE, Phase.REVERSE_COPY, False),  # chunks still to restore are the target's
+        (Role.TARGET, Phase.SPLIT, True),
+        (Role.TARGET, Phase.SPLIT_PENDING, False),
+    ],
+)
+def test_kernel_copies_read_a_pair_volume_file_only_when_it_is_the_image(
+    tmp_path: Path, role: Role, phase: Phase, plain: bool
+) -> None:
+    lu, volume, _ = volume_lu(tmp_path)
+    volume.role = role
+    volume.pairs = [SimpleNamespace(phase=phase)]  # type: ignore[list-item]
+    assert (lu.kernel_readable() is not None) == plain
