@@ -88,9 +88,11 @@ class PairVolume:
 
     def fenced_by(self) -> Pair | None:
         """The pair whose reverse resync is restoring this primary, if any."""
-        if self.role is not Role.SOURCE:
-            return None
-        return next((p for p in self.pairs if p.phase.source_fenced), None)
+        if self.role is Role.SOURCE:
+            for pair in self.pairs:  # on every read of a primary: a plain loop
+                if pair.phase.source_fenced:
+                    return pair
+        return None
 
     @property
     def write_protected(self) -> bool:
