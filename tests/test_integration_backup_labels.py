@@ -1,7 +1,7 @@
 """Self-describing backups against a real daemon, through targetd-copy (iscsi:// URLs): the
 end label the target writes carries the SHA-256 of the volume's bytes; a changed byte on
 the tape, or a label that lies, fails `verify` and is refused by `restore`; a backup cut
-off by a dead daemon is listed as partial, never complete. docs/backup.md."""
+off by a dead daemon is listed as partial, never sealed. docs/backup.md."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def test_the_end_label_holds_the_sha256_of_the_split_image(targetd_factory: Daem
         with mirror_file.open("rb") as f:
             expected = hashlib.file_digest(f, "sha256").hexdigest()
         listing = json.loads(tool("list", daemon.url(TAPE), "--json").stdout)
-        assert listing[0]["state"] == "complete" and listing[0]["sha256"] == expected
+        assert listing[0]["state"] == "sealed" and listing[0]["sha256"] == expected
         tape = daemon.state_dir / "tape.img"
         end = tape.read_bytes()[slice(*_span(records(tape)[-1]))]
         assert json.loads(end[20:].rstrip(b"\0"))["sha256"] == expected
@@ -182,7 +182,7 @@ def test_a_backup_cut_off_by_a_killed_daemon_is_partial(targetd_factory: DaemonF
         out = tool("backup", daemon.url(MIRROR), daemon.url(TAPE))
         assert "closed it with a file mark" in out.stderr
         listing = json.loads(tool("list", daemon.url(TAPE), "--json").stdout)
-        assert [(e["file"], e["state"]) for e in listing] == [(0, "partial"), (1, "complete")]
+        assert [(e["file"], e["state"]) for e in listing] == [(0, "partial"), (1, "sealed")]
         assert listing[1]["sha256"] == hashlib.sha256(image).hexdigest()
         tool("verify", daemon.url(TAPE), "--file", "1")
     finally:
@@ -247,8 +247,8 @@ def test_one_extended_copy_backs_up_every_secondary_of_a_group(
         assert "1 list(s), 2 tape file(s)" in out.stderr
         listing = json.loads(tool("list", daemon.url(4), "--json").stdout)
         assert [(e["file"], e["pair"], e["group"], e["state"], e["sha256"]) for e in listing] == [
-            (0, "data", "db", "complete", hashlib.sha256(data).hexdigest()),
-            (1, "log", "db", "complete", hashlib.sha256(log).hexdigest()),
+            (0, "data", "db", "sealed", hashlib.sha256(data).hexdigest()),
+            (1, "log", "db", "sealed", hashlib.sha256(log).hexdigest()),
         ]
         assert listing[0]["split_time"] == listing[1]["split_time"] != ""
         assert listing[0]["id"] != listing[1]["id"]
