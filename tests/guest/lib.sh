@@ -13,8 +13,9 @@ step() {
     echo "== $*"
 }
 
+# On stderr (the console too), so a helper failing inside $(...) still shows why.
 fail() {
-    echo "FAIL: $*"
+    echo "FAIL: $*" >&2
     exit 1
 }
 
@@ -49,6 +50,18 @@ iscsi_discover() {
 
 iscsi_login() {
     run iscsiadm -m node -T "$TARGET_IQN" -p "$TARGET_PORTAL" --login
+}
+
+# iscsi_connect [direct]: logs in to TARGET_IQN, found by discovery or, with "direct", at
+# TARGET_PORTAL alone (for a target that advertises another address).
+iscsi_connect() {
+    if [ "${1:-}" = direct ]; then
+        run iscsiadm -m node -o new -T "$TARGET_IQN" -p "$TARGET_PORTAL"
+    else
+        iscsi_discover >/dev/null
+    fi
+    _out=$(iscsi_login)
+    expect "$_out" "successful"
 }
 
 iscsi_logout() {
@@ -89,7 +102,18 @@ _sg_of_lun() {
     return 1
 }
 
-# block_dev LUN / sg_dev LUN: the /dev node of a LUN of the (only) session, waiting up to 15 s
+# The non-rewinding st node of a tape LUN.
+_tape_of_lun() {
+    _h=$(_scsi_device_of_lun "$1") || return 1
+    for _t in /sys/class/scsi_device/"$_h"/device/scsi_tape/nst*; do
+        _n=${_t##*/}
+        case $_n in nst*[alm]) continue ;; esac
+        [ -e "/dev/$_n" ] && echo "/dev/$_n" && return 0
+    done
+    return 1
+}
+
+# block_dev LUN / sg_dev LUN / tape_dev LUN: the /dev node of a LUN of the (only) session, waiting up to 15 s
 # for the kernel to scan it.
 block_dev() {
     wait_for 15 _block_of_lun "$1" || fail "LUN $1 has no /dev/sdX; SCSI devices: $(ls /sys/class/scsi_device)"
@@ -99,4 +123,9 @@ block_dev() {
 sg_dev() {
     wait_for 15 _sg_of_lun "$1" || fail "LUN $1 has no /dev/sgN; SCSI devices: $(ls /sys/class/scsi_device)"
     _sg_of_lun "$1"
+}
+
+tape_dev() {
+    wait_for 15 _tape_of_lun "$1" || fail "LUN $1 has no /dev/nstN; SCSI devices: $(ls /sys/class/scsi_device)"
+    _tape_of_lun "$1"
 }

@@ -21,16 +21,6 @@ DRIVE_LUN=${DRIVE_LUN:-1}
 CHANGER_PRODUCT=${CHANGER_PRODUCT:-VIRTUAL-CHANGER}
 DRIVE_PRODUCT=${DRIVE_PRODUCT:-VIRTUAL-TAPE}
 
-_tape_of_lun() {
-    _h=$(_scsi_device_of_lun "$1") || return 1
-    for _t in /sys/class/scsi_device/"$_h"/device/scsi_tape/nst*; do
-        _n=${_t##*/}
-        case $_n in nst*[alm]) continue ;; esac
-        [ -e "/dev/$_n" ] && echo "/dev/$_n" && return 0
-    done
-    return 1
-}
-
 status() {
     run mtx -f "$CHANGER" status | tee /tmp/status
 }
@@ -308,17 +298,10 @@ if [ -n "${1:-}" ]; then
 fi
 
 step "login"
-if [ "${LOGIN:-}" = direct ]; then
-    run iscsiadm -m node -o new -T "$TARGET_IQN" -p "$TARGET_PORTAL"
-else
-    iscsi_discover >/dev/null
-fi
-out=$(iscsi_login)
-expect "$out" "successful"
+iscsi_connect "${LOGIN:-}"
 CHANGER=$(sg_dev "$CHANGER_LUN")
 DRIVE_SG=$(sg_dev "$DRIVE_LUN")
-wait_for 15 _tape_of_lun "$DRIVE_LUN" || fail "drive LUN $DRIVE_LUN has no /dev/nstN"
-TAPE=$(_tape_of_lun "$DRIVE_LUN")
+TAPE=$(tape_dev "$DRIVE_LUN")
 echo "changer: $CHANGER drive 0: $TAPE ($DRIVE_SG)"
 export CHANGER TAPE DRIVE_SG
 

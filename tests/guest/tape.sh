@@ -9,27 +9,9 @@
 . ./lib.sh
 TAPE_PRODUCT=${TAPE_PRODUCT:-VIRTUAL-TAPE}
 
-# The non-rewinding st node of the tape LUN, waiting for the kernel to attach st.
-_tape_of_lun() {
-    _h=$(_scsi_device_of_lun "$TAPE_LUN") || return 1
-    for _t in /sys/class/scsi_device/"$_h"/device/scsi_tape/nst*; do
-        _n=${_t##*/}
-        case $_n in nst*[alm]) continue ;; esac
-        [ -e "/dev/$_n" ] && echo "/dev/$_n" && return 0
-    done
-    return 1
-}
-
 step "login"
-if [ "${TAPE_LOGIN:-}" = direct ]; then
-    run iscsiadm -m node -o new -T "$TARGET_IQN" -p "$TARGET_PORTAL"
-else
-    iscsi_discover >/dev/null
-fi
-out=$(iscsi_login)
-expect "$out" "successful"
-wait_for 15 _tape_of_lun || fail "LUN $TAPE_LUN has no /dev/nstN: $(ls /sys/class/scsi_device/*/device/)"
-TAPE=$(_tape_of_lun)
+iscsi_connect "${TAPE_LOGIN:-}"
+TAPE=$(tape_dev "$TAPE_LUN")
 echo "tape: $TAPE"
 
 step "identification"

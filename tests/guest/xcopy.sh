@@ -5,16 +5,6 @@
 # sg_copy_results reports the copy's status (list identifier 5).
 . ./lib.sh
 
-_tape_of_lun() {
-    _h=$(_scsi_device_of_lun 2) || return 1
-    for _t in /sys/class/scsi_device/"$_h"/device/scsi_tape/nst*; do
-        _n=${_t##*/}
-        case $_n in nst*[alm]) continue ;; esac
-        [ -e "/dev/$_n" ] && echo "/dev/$_n" && return 0
-    done
-    return 1
-}
-
 # cdb83 LENGTH: an EXTENDED COPY(LID1) CDB for sg_raw with that parameter list length.
 cdb83() {
     printf '83 00 00 00 00 00 00 00 00 00 %02x %02x %02x %02x 00 00' \
@@ -22,12 +12,9 @@ cdb83() {
 }
 
 step "login"
-iscsi_discover >/dev/null
-out=$(iscsi_login)
-expect "$out" "successful"
+iscsi_connect
 SD0=$(block_dev 0); SD1=$(block_dev 1); SG0=$(sg_dev 0); SG1=$(sg_dev 1); SGT=$(sg_dev 2)
-wait_for 15 _tape_of_lun || fail "LUN 2 has no /dev/nstN"
-TAPE=$(_tape_of_lun)
+TAPE=$(tape_dev 2)
 echo "disks $SD0 $SD1 ($SG0 $SG1), tape $TAPE ($SGT)"
 # sg_raw reports a pending unit attention as a failure: take them first.
 for sg in "$SG0" "$SG1" "$SGT"; do
