@@ -31,7 +31,7 @@ from collections.abc import Callable
 from ctypes import CFUNCTYPE, POINTER, byref, c_char_p, c_int, c_size_t, c_uint64, c_void_p
 from typing import Any
 
-from backing.rbd_lib import check, lib
+from backing.rbd_lib import check, client_address, lib, mon_command
 
 log = logging.getLogger("targetd.rados")
 
@@ -72,6 +72,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     ),
     "rados_notify_ack": (c_int, [c_void_p, c_char_p, c_uint64, c_uint64, c_char_p, c_int]),
     "rados_buffer_free": (None, [c_void_p]),
+    "rados_blocklist_add": (c_int, [c_void_p, c_char_p, ctypes.c_uint32]),
 }
 
 
@@ -186,6 +187,7 @@ class RadosObject:
             self.close()
             raise
         self.instance_id = int(_rados().rados_get_instance_id(self._handle))
+        self.address = client_address(self._handle)  # as the blocklist names this client
 
     # -- blocking calls (worker threads) ------------------------------------------------
     def read(self) -> tuple[int, bytes]:
@@ -373,6 +375,18 @@ class RadosObject:
         )
         self._callbacks = callbacks  # kept alive while librados may call them
         self._cookie = cookie.value
+
+    def blocklist(self, address: str) -> None:
+        """Blocklist the client at ``address`` in the cluster (for the OSDs' default time):
+        its watches end at once, a notification no longer waits for them, and nothing it
+        still sends is accepted."""
+        check(_rados().rados_blocklist_add(self._handle, address.encode(), 0),
+              f"blocklisting {address}")  # fmt: skip
+
+    def unblocklist(self, address: str) -> None:
+        """Remove ``address`` (an old client of this process, shut down) from the blocklist."""
+        mon_command(self._handle, {"prefix": "osd blocklist", "blocklistop": "rm",
+                                   "addr": address})  # fmt: skip
 
     def unwatch(self) -> None:
         if self._cookie is not None:

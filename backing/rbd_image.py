@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import ctypes
 import errno
-import json
 import logging
 import os
 import threading
@@ -45,7 +44,9 @@ from backing.rbd_lib import (
     RBD_LOCK_MODE_EXCLUSIVE,
     SnapInfo,
     check,
+    client_address,
     lib,
+    mon_command,
 )
 from backing.sparse_file import Extent
 
@@ -150,9 +151,7 @@ class _Cluster:
             for name, value in options.items():
                 check(lib().rados_conf_set(handle, name.encode(), value.encode()), name)
             check(lib().rados_connect(handle), "connecting to the monitors")
-            addrs = ctypes.c_char_p()
-            check(lib().rados_getaddrs(handle, byref(addrs)), "rados_getaddrs")
-            self.address = (addrs.value or b"").decode()
+            self.address = client_address(handle)
             # librbd allocates a buffer per request: from the heap, not mapped apart each time.
             fix_mmap_threshold(LIBRBD_THRESHOLD)
         except BaseException:
@@ -161,20 +160,7 @@ class _Cluster:
 
     def mon_command(self, command: dict[str, object]) -> str:
         """One monitor command (blocking); its status text."""
-        text = json.dumps(command).encode()
-        argv = (ctypes.c_char_p * 1)(text)
-        out, outs = c_void_p(), c_void_p()
-        out_len, outs_len = ctypes.c_size_t(), ctypes.c_size_t()
-        ret = lib().rados_mon_command(
-            self.handle, argv, 1, b"", 0, byref(out), byref(out_len), byref(outs),
-            byref(outs_len),
-        )  # fmt: skip
-        status = ctypes.string_at(outs, outs_len.value).decode() if outs else ""
-        for buf in (out, outs):
-            if buf:
-                lib().rados_buffer_free(buf)
-        check(ret, f"{command['prefix']}: {status}")
-        return status
+        return mon_command(self.handle, command)
 
     async def admit(self, data_bytes: int) -> None:
         """Wait until one more request of ``data_bytes`` fits the budget."""

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import os
 from ctypes import (
     CFUNCTYPE,
     POINTER,
+    byref,
     c_char_p,
     c_int,
     c_size_t,
@@ -178,6 +180,30 @@ def check(ret: int, what: str) -> int:
     return ret
 
 
+def mon_command(handle: c_void_p, command: dict[str, object]) -> str:
+    """One monitor command through the rados client ``handle`` (blocking); its status."""
+    text = json.dumps(command).encode()
+    argv = (ctypes.c_char_p * 1)(text)
+    out, outs = c_void_p(), c_void_p()
+    out_len, outs_len = ctypes.c_size_t(), ctypes.c_size_t()
+    ret = lib().rados_mon_command(
+        handle, argv, 1, b"", 0, byref(out), byref(out_len), byref(outs), byref(outs_len)
+    )
+    status = ctypes.string_at(outs, outs_len.value).decode() if outs else ""
+    for buf in (out, outs):
+        if buf:
+            lib().rados_buffer_free(buf)
+    check(ret, f"{command['prefix']}: {status}")
+    return status
+
+
+def client_address(handle: c_void_p) -> str:
+    """The address of the rados client ``handle``, as the blocklist names it."""
+    addrs = ctypes.c_char_p()
+    check(lib().rados_getaddrs(handle, byref(addrs)), "rados_getaddrs")
+    return (addrs.value or b"").decode()
+
+
 __all__ = [
     "DIFF_CALLBACK",
     "EVENT_TYPE_EVENTFD",
@@ -189,5 +215,7 @@ __all__ = [
     "RbdUnavailable",
     "SnapInfo",
     "check",
+    "client_address",
     "lib",
+    "mon_command",
 ]

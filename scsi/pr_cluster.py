@@ -60,6 +60,9 @@ PROBE = b'{"probe": true}'
 NOTIFY_TIMEOUT = 5.0
 # How long a starting gateway waits for others to answer "are you serving this LU?".
 PROBE_TIMEOUT = 2.0
+# How long a fenced gateway's watch may take to answer before it is taken for dead. A live
+# watch (a gateway restarted meanwhile) answers a probe in milliseconds.
+FENCE_PROBE_TIMEOUT = 1.0
 # How often a lost nexus's RESERVE(6) is tried to be removed from an unreachable record.
 FORGET_ATTEMPTS = 10
 
@@ -67,7 +70,10 @@ FORGET_ATTEMPTS = 10
 class VersionedObject(Protocol):
     name: str
     instance_id: int
+    address: str
 
+    def blocklist(self, address: str) -> None: ...
+    def unblocklist(self, address: str) -> None: ...
     def read(self) -> tuple[int, bytes]: ...
     def replace(self, expected: int, version: int, body: bytes) -> bool: ...
     def notify(self, payload: bytes, timeout: float) -> tuple[int, int]: ...
@@ -77,6 +83,11 @@ class VersionedObject(Protocol):
     ) -> None: ...
     def unwatch(self) -> None: ...
     def close(self) -> None: ...
+
+
+def gateway_key(ports: frozenset[int] | tuple[int, ...]) -> str:
+    """How the record names a gateway: its relative target ports."""
+    return ",".join(str(p) for p in sorted(ports))
 
 
 def unreachable(err: OSError) -> CheckCondition:
@@ -94,6 +105,7 @@ def record_of(
     owed: list[Owed],
     aborts: list[Nexus],
     gateways: dict[str, int] | None = None,
+    addresses: dict[str, str] | None = None,
 ) -> bytes:
     state = lu.reservations
     record = encode(state)
@@ -103,6 +115,7 @@ def record_of(
         aptpl=state.aptpl,
         legacy=None if state.legacy is None else nexus_record(state.legacy),
         gateways=gateways or {},
+        addresses=addresses or {},
         change={
             "owed": [
                 {
@@ -154,11 +167,20 @@ class ClusterPrStore:
     persistent = True
     shared = True
 
-    def __init__(self, obj: VersionedObject, ports: frozenset[int] = frozenset()) -> None:
+    def __init__(
+        self,
+        obj: VersionedObject,
+        ports: frozenset[int] = frozenset(),
+        reopen: Callable[[], VersionedObject] | None = None,
+    ) -> None:
         self.obj = obj
         self.ports = ports
-        self.me = ",".join(str(p) for p in sorted(ports))
+        self.me = gateway_key(ports)
+        # A new client for the object, once the cluster blocklisted this one (fenced).
+        self.reopen = reopen
         self.gateways: dict[str, int] = {}  # gateway (its ports) -> its watch's client id
+        self.addresses: dict[str, str] = {}  # gateway (its ports) -> that client's address
+        self.peers_fenced = 0  # dead peers' watches this gateway blocklisted (tests, logs)
         self.seq = 0  # the newest record this gateway has loaded (reads and notifications)
         # The record a PROUT's decision rests on: its compare-and-swap expects exactly this
         # one, whatever a notification applied meanwhile.
@@ -230,6 +252,8 @@ class ClusterPrStore:
             new["legacy"] = None
         if self.me and record.get("gateways", {}).get(self.me) != self.obj.instance_id:
             new["gateways"] = {**record.get("gateways", {}), self.me: self.obj.instance_id}
+        if self.me and record.get("addresses", {}).get(self.me) != self.obj.address:
+            new["addresses"] = {**record.get("addresses", {}), self.me: self.obj.address}
         changed = {k: v for k, v in new.items() if k != "change"} != {
             k: v for k, v in record.items() if k != "change"
         }
@@ -243,6 +267,7 @@ class ClusterPrStore:
         legacy = record.get("legacy")
         state.legacy = None if legacy is None else Nexus(**legacy)
         self.gateways = dict(record.get("gateways") or {})
+        self.addresses = dict(record.get("addresses") or {})
 
     # -- PrStore ------------------------------------------------------------------------
     async def refresh(self, lu: LogicalUnit) -> None:
@@ -252,6 +277,7 @@ class ClusterPrStore:
             record = parse(body)
         except OSError as err:
             log.error("%s: reservations not read: %s", self.obj.name, err)
+            self._check_fenced(err)
             raise unreachable(err) from None
         except ValueError as err:
             log.error("%s: reservations unreadable: %s", self.obj.name, err)
@@ -273,12 +299,13 @@ class ClusterPrStore:
     ) -> bool:
         expected = self.base
         seq = expected + 1
-        body = record_of(lu, seq, owed, aborts, self.gateways)
+        body = record_of(lu, seq, owed, aborts, self.gateways, self.addresses)
         try:
             kept = await asyncio.to_thread(self.obj.replace, expected, seq, body)
         except OSError as err:
             self.stale = True  # the caller puts the state back: reload it before deciding
             log.error("%s: reservations not written: %s", self.obj.name, err)
+            self._check_fenced(err)
             raise unreachable(err) from None
         if not kept:
             # Another gateway wrote first. Its notification may already have been applied
@@ -297,6 +324,34 @@ class ClusterPrStore:
                 log.warning("%s: %d gateway(s) did not confirm a change in %gs",
                             self.obj.name, timeouts, NOTIFY_TIMEOUT)  # fmt: skip
         return True
+
+    async def fence_peer(self, peer: str) -> None:
+        """The gateway ``peer`` (its ports) is fenced: the other gateway broke its image
+        lock after it had left requests unanswered for the whole takeover time, and the
+        cluster blocklisted its image client. Its client of this object has a watch of its
+        own, which the OSDs keep for ``osd_client_watch_timeout`` after a kill -9, and every
+        notification waits ``NOTIFY_TIMEOUT`` for it until then: blocklist that client too.
+        Only if its watch is silent now: one that answers is the gateway restarted
+        meanwhile, as a new client, and is left alone."""
+        try:
+            _, body = await asyncio.to_thread(self.obj.read)
+            record = parse(body)
+            if record is None:
+                return
+            client = record.get("gateways", {}).get(peer)
+            address = record.get("addresses", {}).get(peer)
+            if client is None or not address or client == self.obj.instance_id:
+                return
+            _, silent = await asyncio.to_thread(self.obj.probe, PROBE, FENCE_PROBE_TIMEOUT)
+            if client not in silent:  # answered, or its watch is gone already
+                return
+            await asyncio.to_thread(self.obj.blocklist, address)
+        except (OSError, ValueError) as err:
+            log.warning("%s: the fenced gateway's watch not blocklisted: %s", self.obj.name, err)
+            return
+        self.peers_fenced += 1
+        log.warning("%s: the fenced gateway %s's watch blocklisted (client %s, %s)",
+                    self.obj.name, peer, client, address)  # fmt: skip
 
     def forget(self, holder: Nexus) -> None:
         """``holder``'s RESERVE(6) ended here (its nexus is gone, or a reset): remove it
@@ -395,6 +450,11 @@ class ClusterPrStore:
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self._start_rewatch)
 
+    def _check_fenced(self, err: OSError) -> None:
+        """A call failed: if the cluster blocklisted this client, rejoin as a new one."""
+        if err.errno == errno.ESHUTDOWN and self.reopen is not None:
+            self._start_rewatch()
+
     def _start_rewatch(self) -> None:
         if self._rewatch is None or self._rewatch.done():
             self._rewatch = asyncio.ensure_future(self._watch_again())
@@ -402,14 +462,61 @@ class ClusterPrStore:
     async def _watch_again(self) -> None:
         lu = self.lu
         assert lu is not None
+        reopened = False
         while True:
             try:
                 await asyncio.to_thread(self.obj.unwatch)
                 await asyncio.to_thread(self.obj.watch, self._notified, self._lost)
+                if reopened:  # the record names this gateway's new client
+                    await asyncio.to_thread(self._record_client)
                 async with lu.reservations.lock:
                     await self.refresh(lu)
                 log.info("%s: watching again", self.obj.name)
                 return
-            except (OSError, CheckCondition) as err:
+            except OSError as err:
+                if err.errno == errno.ESHUTDOWN and self.reopen is not None:
+                    # Blocklisted: the other gateway fenced this one (docs/alua.md).
+                    reopened = await self._reconnect() or reopened
+                    continue
                 log.warning("%s: still out of reach: %s", self.obj.name, err)
                 await asyncio.sleep(1.0)
+            except CheckCondition as err:
+                log.warning("%s: still out of reach: %s", self.obj.name, err)
+                await asyncio.sleep(1.0)
+
+    async def _reconnect(self) -> bool:
+        """Replace this gateway's blocklisted client by a new one; whether it was."""
+        assert self.reopen is not None
+        old = self.obj
+        try:
+            new = await asyncio.to_thread(self.reopen)
+        except OSError as err:
+            log.warning("%s: no new client: %s", old.name, err)
+            await asyncio.sleep(1.0)
+            return False
+        self.obj = new
+        await asyncio.to_thread(old.close)
+        try:  # the old client is shut down: its entry only piles up in the osdmap
+            await asyncio.to_thread(new.unblocklist, old.address)
+        except OSError as err:
+            log.info("%s: blocklist entry %s kept: %s", new.name, old.address, err)
+        log.warning("%s: this gateway's client was blocklisted: rejoining as client %s",
+                    new.name, new.instance_id)  # fmt: skip
+        return True
+
+    def _record_client(self) -> None:
+        """Name this gateway's (new) client in the record (blocking)."""
+        if not self.me:
+            return
+        for _ in range(PROUT_ATTEMPTS):
+            seq, body = self.obj.read()
+            record = parse(body)
+            if record is None:
+                return
+            gateways = {**record.get("gateways", {}), self.me: self.obj.instance_id}
+            addresses = {**record.get("addresses", {}), self.me: self.obj.address}
+            if gateways == record.get("gateways") and addresses == record.get("addresses"):
+                return
+            new = dict(record, change={}, seq=seq + 1, gateways=gateways, addresses=addresses)
+            if self.obj.replace(seq, seq + 1, dump(new)):
+                return

@@ -201,6 +201,9 @@ class LockGate:
         self.keeps: Callable[[str], bool] | None = None
         # Before a write here takes the lock: a pair's target brings its pair here first.
         self.before_acquire: Callable[[], Awaitable[None]] | None = None
+        # After this gateway broke the other's lock (the cluster blocklisted its image
+        # client): fence the other's watch of the LU's reservation object as well.
+        self.on_peer_fenced: Callable[[], Awaitable[None]] | None = None
         self.groups = PortGroups(self._groups())
         image.allocation_known = False  # until this gateway holds the lock
         lu.port_groups = self.groups
@@ -366,6 +369,9 @@ class LockGate:
                     if exc.errno in FENCED_ERRNOS:
                         self._fence("breaking the lock failed: blocklisted")
                         raise NotAvailable from exc
+                else:
+                    if self.on_peer_fenced is not None:  # its other clients' watches too
+                        self._spawn(self.on_peer_fenced())
                 self.breaks += 1
                 continue
             self.silence.answered()

@@ -21,7 +21,7 @@ from scsi.block_device import BlockDevice, BlockStore
 from scsi.changer_device import MediaChanger, TapeLibrary
 from scsi.file_sink import FileSinkDevice
 from scsi.logical_unit import Identity, LogicalUnit, Services
-from scsi.pr_cluster import ClusterPrStore
+from scsi.pr_cluster import ClusterPrStore, gateway_key
 from scsi.pr_file import PrFile
 from scsi.sense import Reason, build_sense
 from scsi.tape_device import TapeDevice
@@ -137,8 +137,11 @@ class Builder:
             self._share_pairs(lu, lun, gate)
         if lun.kind == "rbd":
             # An RBD LUN's reservations live in the cluster, shared by every gateway.
-            lu.reservations.store = self._cluster_reservations(target, lun, lu)
+            shared = self._cluster_reservations(target, lun, lu)
+            lu.reservations.store = shared
             if config.gateway is not None:
+                peer = gateway_key(tuple(p.tpgt for p in config.gateway.peers))
+                gate.on_peer_fenced = lambda: shared.fence_peer(peer)
                 # So are the records of the copies that name it, when there are gateways to
                 # share them: any gateway reports them. They are keyed by initiator name, not
                 # I_T nexus, so a lone daemon keeps copy results per I_T nexus (SPC-4) in its
@@ -194,8 +197,9 @@ class Builder:
         r = lun.rbd
         assert r is not None
         where = f"target {target.name} lun {lun.lun}"
-        try:
-            obj = RadosObject(
+
+        def connect() -> RadosObject:
+            return RadosObject(
                 ceph_conf=r.ceph_conf,
                 client=r.client if "." in r.client else f"client.{r.client}",
                 keyring=r.keyring,
@@ -204,13 +208,16 @@ class Builder:
                 oid=reservations_object(r.image),
                 timeout=RESERVATIONS_TIMEOUT,
             )
+
+        try:
+            obj = connect()
         except OSError as exc:
             close = getattr(lu, "close", None)
             if close is not None:
                 close()
             raise ConfigError(where, f"persistent reservations: {exc}") from exc
         # This daemon's relative target ports name it in the record (docs/rbd.md).
-        store = ClusterPrStore(obj, frozenset(p.tpgt for p in self.config.portals))
+        store = ClusterPrStore(obj, frozenset(p.tpgt for p in self.config.portals), connect)
         try:
             restored = store.open(lu)
         except (OSError, ValueError) as exc:

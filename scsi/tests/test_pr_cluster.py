@@ -41,6 +41,8 @@ class Cluster:
         # Watches whose client died (kill -9): the OSDs keep them until they expire, and
         # they never answer a notification.
         self.dead: set[int] = set()
+        self.blocklist: set[str] = set()  # client addresses
+        self.on_error: dict[int, Callable[[int], None]] = {}
 
 
 class MemoryObject:
@@ -50,10 +52,27 @@ class MemoryObject:
         self.cluster = cluster
         self.instance_id = next(_ids)
         self.name = f"mem/{self.instance_id}"
+        self.address = f"127.0.0.1:0/{self.instance_id}"
 
     def _reach(self) -> None:
         if self.cluster.down:
             raise OSError(errno.ETIMEDOUT, "timed out")
+        if self.address in self.cluster.blocklist:
+            raise OSError(errno.ESHUTDOWN, "blocklisted")
+
+    def blocklist(self, address: str) -> None:
+        """The OSDs drop the client's watches (telling it, if it lives) and refuse it."""
+        self._reach()
+        self.cluster.blocklist.add(address)
+        gid = int(address.rsplit("/", 1)[1])
+        self.cluster.watchers.pop(gid, None)
+        on_error = self.cluster.on_error.pop(gid, None)
+        if on_error is not None and gid not in self.cluster.dead:
+            threading.Thread(target=on_error, args=(errno.ENOTCONN,)).start()
+
+    def unblocklist(self, address: str) -> None:
+        self._reach()
+        self.cluster.blocklist.discard(address)
 
     def read(self) -> tuple[int, bytes]:
         self._reach()
@@ -94,9 +113,12 @@ class MemoryObject:
         """kill -9: the watch stays (until the OSDs expire it) and never answers."""
         self.cluster.dead.add(self.instance_id)
 
-    def watch(self, on_notify: Callable[[int, bytes], bytes], on_error: object) -> None:
+    def watch(
+        self, on_notify: Callable[[int, bytes], bytes], on_error: Callable[[int], None]
+    ) -> None:
         self._reach()
         self.cluster.watchers[self.instance_id] = on_notify
+        self.cluster.on_error[self.instance_id] = on_error
 
     def unwatch(self) -> None:
         self.cluster.watchers.pop(self.instance_id, None)
@@ -111,7 +133,7 @@ def gateway(cluster: Cluster, *nexuses: Nexus, ports: frozenset[int] = frozenset
     for nexus in nexuses:
         lu.nexus_established(nexus)
         lu.pop_unit_attention(nexus)
-    store = ClusterPrStore(MemoryObject(cluster), ports)
+    store = ClusterPrStore(MemoryObject(cluster), ports, lambda: MemoryObject(cluster))
     store.open(lu)
     lu.reservations.store = store
     return lu
@@ -377,5 +399,73 @@ def test_a_gateway_stopping_ends_the_reserve_6_held_through_it() -> None:
         await asyncio.sleep(0.05)  # B applies the notification on its loop
         assert b.reservations.legacy is None
         assert (await cmd(b, SB, WRITE)).status == Status.GOOD
+
+    asyncio.run(scenario())
+
+
+def store_of(lu: Unit) -> ClusterPrStore:
+    store = lu.reservations.store
+    assert isinstance(store, ClusterPrStore)
+    return store
+
+
+def test_a_fenced_gateways_silent_watch_is_blocklisted_but_a_restarted_one_is_not() -> None:
+    """After B broke A's image lock (A was silent for the takeover time), B blocklists A's
+    watch of the reservation object, so no notification waits for the dead watch; a watch
+    that answers is A restarted as a new client, and stays."""
+    cluster = Cluster()
+
+    async def scenario() -> None:
+        a = gateway(cluster, HA, ports=frozenset({1}))
+        b = gateway(cluster, OB, ports=frozenset({2}))
+        dead = store_of(a).obj
+        assert isinstance(dead, MemoryObject)
+        dead.die()
+        await store_of(b).fence_peer("1")
+        assert cluster.blocklist == {dead.address}
+        assert dead.instance_id not in cluster.watchers
+        assert store_of(b).peers_fenced == 1
+        # A restarted (a new client, named in the record); B breaks the dead run's lock only
+        # now: the live watch answers and is kept.
+        again = gateway(cluster, HA, ports=frozenset({1}))
+        await store_of(b).fence_peer("1")
+        assert cluster.blocklist == {dead.address}
+        assert store_of(again).obj.instance_id in cluster.watchers
+        assert (await prout(again, HA, REGISTER, sa_key=0xA)).status == Status.GOOD
+        assert keys_of(b) == [0xA]
+
+    asyncio.run(scenario())
+
+
+def test_a_blocklisted_gateway_that_lives_rejoins_as_a_new_client() -> None:
+    """A gateway stalled long enough to be fenced wakes up blocklisted: it opens a new
+    client, names it in the record, drops its old blocklist entry and follows changes."""
+    cluster = Cluster()
+
+    async def scenario() -> None:
+        a = gateway(cluster, HA, ports=frozenset({1}))
+        b = gateway(cluster, OB, ports=frozenset({2}))
+        old = store_of(a).obj
+        cluster.dead.add(old.instance_id)  # stalled: its watch does not answer
+        await store_of(b).fence_peer("1")
+        assert cluster.blocklist == {old.address}
+        cluster.dead.discard(old.instance_id)  # it wakes up, fenced
+        result = await prout(a, HA, REGISTER, sa_key=0xA)
+        assert sense(result) == (4, 0x08, 0x00)  # LOGICAL UNIT COMMUNICATION FAILURE
+        deadline = time.monotonic() + 5
+        while store_of(a).obj is old or cluster.blocklist:
+            assert time.monotonic() < deadline, "not rejoined"
+            await asyncio.sleep(0.01)
+        new = store_of(a).obj
+        while new.instance_id not in cluster.watchers:
+            assert time.monotonic() < deadline, "not watching again"
+            await asyncio.sleep(0.01)
+        record = parse(cluster.body)
+        assert record is not None and record["gateways"]["1"] == new.instance_id
+        assert record["addresses"]["1"] == new.address
+        assert (await prout(b, OB, REGISTER, sa_key=0xB)).status == Status.GOOD
+        assert keys_of(a) == [0xB]  # told by B's notification
+        assert (await prout(a, HA, REGISTER, sa_key=0xA)).status == Status.GOOD
+        assert sorted(keys_of(b)) == [0xA, 0xB]
 
     asyncio.run(scenario())
