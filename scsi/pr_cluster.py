@@ -341,9 +341,12 @@ class ClusterPrStore:
             client = record.get("gateways", {}).get(peer)
             address = record.get("addresses", {}).get(peer)
             if client is None or not address or client == self.obj.instance_id:
+                log.info("%s: no client of gateway %s in the record", self.obj.name, peer)
                 return
-            _, silent = await asyncio.to_thread(self.obj.probe, PROBE, FENCE_PROBE_TIMEOUT)
-            if client not in silent:  # answered, or its watch is gone already
+            acked, silent = await asyncio.to_thread(self.obj.probe, PROBE, FENCE_PROBE_TIMEOUT)
+            if client not in silent:  # answered (restarted meanwhile), or its watch is gone
+                log.info("%s: gateway %s's client %s %s: not blocklisted", self.obj.name, peer,
+                         client, "answers" if client in acked else "watches no more")  # fmt: skip
                 return
             await asyncio.to_thread(self.obj.blocklist, address)
         except (OSError, ValueError) as err:

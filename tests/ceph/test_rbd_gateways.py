@@ -367,6 +367,9 @@ def test_sigstopped_holder_is_fenced_and_never_writes_again(
     before = hashlib.sha256(export_image(ceph_cluster, image, tmp_path / "before")).digest()
     # Queued in A's socket while it is stopped: A still believes it holds the lock.
     a.send(a.scsi_header(write10(8, 1), write=BLOCK, data_len=BLOCK), block(99))
+    # B blocklists A's watch of the reservation object too, silent while A sleeps (a watch
+    # that answers, A woken meanwhile, is left alone).
+    pair.wait_log(pair.b, "watch blocklisted")
     pair.kill(pair.a, signal.SIGCONT)
     resp = a.recv()
     sense = resp.data[2 : 2 + int.from_bytes(resp.data[:2], "big")]
@@ -386,6 +389,18 @@ def test_sigstopped_holder_is_fenced_and_never_writes_again(
     fenced = re.search(r"breaking its lock.* holder=(\S+)", pair.b.stderr)
     assert fenced is not None
     assert fenced.group(1) not in ceph_cluster.ceph("osd", "blocklist", "ls")
+    # A's client of the reservation object, blocklisted too, was replaced by a new one: a
+    # registration through A is kept, and seen through B.
+    pair.wait_log(pair.a, "rejoining as client")
+    register = bytes([0x5F, 0, 0, 0, 0, 0, 0, 0, 24, 0])
+    key = (0xA).to_bytes(8, "big")
+    for _ in range(3):  # the first may meet the old client (LOGICAL UNIT COMMUNICATION FAILURE)
+        if answer(a, register, data=bytes(8) + key + bytes(8)) == (0, None):
+            break
+        time.sleep(1.0)
+    b.clear_unit_attentions()  # the lock moved: 2Ah/06h
+    status, keys, _ = b.command(bytes([0x5E, 0, 0, 0, 0, 0, 0, 1, 0, 0]), read=256)
+    assert status == 0 and keys[8:16] == key
 
 
 def test_libiscsi_multipath_suite_over_two_gateways(

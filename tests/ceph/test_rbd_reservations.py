@@ -301,3 +301,45 @@ def test_a_gateway_restarted_after_kill_9_drops_its_reserve_6_and_keeps_the_prs(
     assert read_keys(other)[1] == [K_OTHER]
     assert other.command(WRITE10, data=bytes(512))[0] == GOOD
     other.close()
+
+
+def test_a_prout_after_a_takeover_waits_for_no_dead_gateways_watch(
+    ceph_cluster: CephCluster, gateway_pair: PairFactory, new_image: ImageFactory
+) -> None:
+    """A killed with kill -9 leaves its watch of the reservation object behind until the OSDs
+    expire it, and every PROUT through B waited NOTIFY_TIMEOUT (5 s) for it. B, taking A's
+    image lock over (the cluster blocklisted A's image client), blocklists A's watch too:
+    the next PROUT is answered at once. A restarted rejoins as a new client and sees it."""
+    # The default watch timeout (30 s) here, so that the dead watch outlives the test: the
+    # session's 5 s would let it expire on its own during the takeover.
+    # (ceph.conf sets it: only a runtime setting overrides that.)
+    ceph_cluster.ceph("tell", "osd.*", "config", "set", "osd_client_watch_timeout", "30")
+    try:
+        pair = gateway_pair(new_image("16M"), hold_ms=0, takeover_ms=1000, unit_attention=False)
+        a, b = pair.a, pair.b
+        holder, other = login(a, HOLDER), login(b, OTHER)
+        assert holder.command(WRITE10, data=bytes(512))[0] == GOOD  # A holds the lock
+        assert prout(other, REGISTER, 0, K_OTHER) == (GOOD, None)
+        pair.kill(a)
+        deadline = time.monotonic() + 15
+        while other.command(WRITE10, data=bytes(512))[0] != GOOD:  # B takes the lock over
+            assert time.monotonic() < deadline, "B did not take the lock over"
+        pair.wait_log(b, "watch blocklisted")
+        started = time.monotonic()
+        assert prout(other, RESERVE, K_OTHER, type_=WE) == (GOOD, None)
+        took = time.monotonic() - started
+        # Before: 5 s (the notification's timeout), the dead watch living 30 s.
+        assert took < 3.0, f"PROUT through B took {took:.1f}s"
+        a.start()
+        again = login(a, HOLDER)
+        assert read_keys(again)[1] == [K_OTHER]
+        assert read_reservation(again) == (K_OTHER, WE)
+        assert again.command(WRITE10, data=bytes(512))[0] == RESERVATION_CONFLICT
+        started = time.monotonic()
+        assert prout(again, REGISTER, 0, K_HOLDER) == (GOOD, None)  # B answers A's notify
+        assert time.monotonic() - started < 3.0
+        assert read_keys(other)[1] == [K_OTHER, K_HOLDER]
+        for ini in (other, again):
+            ini.close()
+    finally:
+        ceph_cluster.ceph("tell", "osd.*", "config", "set", "osd_client_watch_timeout", "5")
