@@ -29,6 +29,12 @@ kill -9 knows its dead predecessor's watch, which the OSDs keep for up to
 RESERVE(6) held through this gateway's own ports is cleared when it starts: those I_T
 nexuses are gone.
 
+A dead gateway's watch would hold every notification up for ``NOTIFY_TIMEOUT`` until the
+OSDs expire it: the gateway that takes its image lock over (which fences it) blocklists its
+client of this object too, if that watch is silent (:meth:`ClusterPrStore.fence_peer`, the
+``addresses`` of the record). A gateway blocklisted so and alive opens a new client and
+rejoins, as its image does.
+
 The object is anything with :class:`VersionedObject`'s blocking calls (backing's
 ``RadosObject``); they run in worker threads, never on the event loop.
 """
