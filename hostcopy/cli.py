@@ -1,6 +1,6 @@
-"""``targetd-copy``: server-free backup, restore and verify with a targetd copy manager,
-and the pair commands a backup needs. Run ``targetd-copy --help``; docs/backup.md is the
-guide."""
+"""``targetd-copy``: server-free backup, restore and verify with a targetd copy manager;
+its pair commands are in hostcopy/pair_commands.py. Run ``targetd-copy --help``;
+docs/backup.md is the guide."""
 
 from __future__ import annotations
 
@@ -8,14 +8,12 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict
-from datetime import UTC, datetime
 
 from hostcopy import commands as c
 from hostcopy import label as labels
-from hostcopy import ops
+from hostcopy import ops, pair_commands, runtime
 from hostcopy.device import (
     DEFAULT_TIMEOUT_S,
     Device,
@@ -38,16 +36,10 @@ from hostcopy.lists import (
     verify_lists,
 )
 from hostcopy.progress import Progress
+from hostcopy.runtime import EXIT_FAILED, EXIT_OK, Failure, opened, utc
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-# --command-timeout, set once by main() for every device the command opens.
-_command_timeout = DEFAULT_TIMEOUT_S
 _UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30,
           "gib": 1 << 30}  # fmt: skip
-
-
-class Failure(Exception):
-    """Ends the command with exit status 1 and this message."""
 
 
 def size(text: str) -> int:
@@ -57,21 +49,6 @@ def size(text: str) -> int:
         return int(digits) * _UNITS[t[len(digits) :]]
     except (KeyError, ValueError):
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (say 1MiB, 512k, 4096)") from None
-
-
-@contextmanager
-def opened(spec: str) -> Iterator[Device]:
-    device = open_device(spec, _command_timeout)
-    try:
-        ops.clear_unit_attentions(device)
-        yield device
-    finally:
-        device.close()
-
-
-def _utc(ms: int | None = None) -> str:
-    when = datetime.now(UTC) if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _pair_of(device: Device) -> c.PairStatus | None:
@@ -134,9 +111,9 @@ def _volume(spec: str, device: Device, limits: c.CopyLimits, record: int) -> Vol
         length=layout.length,
         block_size=layout.block_size,
         record=size,
-        created=_utc(),
+        created=utc(),
         pair=pair.name if pair else "",
-        split_time=_utc(pair.split_ms) if pair and pair.split_ms else "",
+        split_time=utc(pair.split_ms) if pair and pair.split_ms else "",
         policy=c.POLICIES.get(pair.policy, "") if pair else "",
         device=spec,
         id=backup_id,
@@ -411,7 +388,7 @@ def _verify_on_host(args: argparse.Namespace, tape: Device, label: Label) -> int
     """The host reads every record (READ), hashes it and, with a LUN, compares it; then
     the end label, whose digest must equal the one computed here."""
     layout = Layout(label.length, label.block_size, label.record)
-    lun = open_device(args.lun, _command_timeout) if args.lun else None
+    lun = open_device(args.lun, runtime.command_timeout) if args.lun else None
     try:
         if lun is not None:
             ops.clear_unit_attentions(lun)
@@ -529,136 +506,6 @@ LIST_LEGEND = {
 }
 
 
-# -- pairs ------------------------------------------------------------------------------------
-
-
-def _print_status(st: c.PairStatus, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(asdict(st)))
-        return
-    split = _utc(st.split_ms) if st.split_ms else "-"
-    print(
-        f"pair {st.name or '-'}: LUN {st.source_lun} {st.source_state} -> LUN {st.target_lun} "
-        f"{st.target_state}, {st.percent}% in sync, {st.dirty} of {st.chunks} chunks to copy, "
-        f"{st.changed} changed since the split, split at {split}, "
-        f"backup policy {c.POLICIES.get(st.policy, st.policy)}"
-        + (f", group {st.group}" if st.group else "")
-        + (
-            f"; its primary's secondaries: LUN {', LUN '.join(map(str, st.secondary_luns))}"
-            if len(st.secondary_luns) > 1
-            else ""
-        )
-    )
-
-
-def _status(device: Device, lun: int = c.ADDRESSED_LUN) -> c.PairStatus:
-    length = c.PAIR_STATUS_LENGTH
-    return c.pair_status(run(device, "PAIR IN", c.pair_in(lun, length), read=length))
-
-
-def _pair_lun(args: argparse.Namespace) -> int:
-    """The PAIR LUN field: the secondary named with --secondary (one pair of a primary
-    with several), else the LUN the command is sent to."""
-    secondary = getattr(args, "secondary", None)
-    return c.ADDRESSED_LUN if secondary is None else lun_of(secondary)
-
-
-def _wait_for(
-    device: Device, state: str, timeout: float, lun: int = c.ADDRESSED_LUN
-) -> c.PairStatus:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        st = _status(device, lun)
-        if st.source_state == state and st.target_state == state:
-            return st
-        if "SUSPENDED" in (st.source_state, st.target_state):
-            raise Failure(f"the pair is SUSPENDED (reason {st.suspend_reason})")
-        if time.monotonic() > deadline:
-            raise Failure(f"still {st.source_state}/{st.target_state} after {timeout:.0f}s")
-        time.sleep(0.2)
-
-
-def cmd_pair(args: argparse.Namespace) -> int:
-    action = {"split": c.PAIR_SPLIT, "resync": c.PAIR_RESYNC}[args.command]
-    label = args.command.upper()
-    if getattr(args, "reverse", False):
-        action, label = c.PAIR_REVERSE_RESYNC, "REVERSE RESYNC"
-    lun = _pair_lun(args)
-    with opened(args.device) as dev:
-        run(dev, f"PAIR OUT {label}", c.pair_out(action, lun))
-        st = _status(dev, lun)
-        if args.wait:
-            want = "SPLIT" if action == c.PAIR_SPLIT else "DUPLEX"
-            st = _wait_for(dev, want, args.timeout, lun)
-        _print_status(st, args.json)
-    return EXIT_OK
-
-
-def lun_of(spec: str) -> int:
-    """The LUN number of a device: the last part of an iscsi:// URL, or the L of the
-    H:C:T:L the kernel gives a /dev/sgN or /dev/sdX node."""
-    if spec.startswith("iscsi://"):
-        return int(spec.rstrip("/").rsplit("/", 1)[1])
-    name = os.path.basename(os.path.realpath(spec))
-    for cls in ("scsi_generic", "block"):
-        link = f"/sys/class/{cls}/{name}/device"
-        if os.path.exists(link):
-            return int(os.path.basename(os.path.realpath(link)).rsplit(":", 1)[1])
-    raise Failure(f"{spec}: cannot tell its LUN (not an iscsi:// URL, no SCSI device in /sys)")
-
-
-def cmd_create(args: argparse.Namespace) -> int:
-    name = args.name.encode()
-    target = lun_of(args.target)
-    with opened(args.source) as dev:
-        cdb = bytearray(c.pair_out(c.PAIR_CREATE))
-        cdb[4:6] = target.to_bytes(2, "big")
-        cdb[6] = args.policy
-        cdb[10:14] = len(name).to_bytes(4, "big")
-        run(dev, "PAIR OUT CREATE", bytes(cdb), data_out=name)
-        if args.group:  # as paircreate -g: the new pair goes into the group at once
-            group = args.group.encode()
-            run(dev, "PAIR OUT GROUP JOIN", c.pair_out_named(c.PAIR_GROUP_JOIN, group, target),
-                data_out=group)  # fmt: skip
-        st = _status(dev, target)  # the new pair (its primary may have others)
-        if args.wait:
-            st = _wait_for(dev, "DUPLEX", args.timeout, target)
-        _print_status(st, args.json)
-    return EXIT_OK
-
-
-def cmd_delete(args: argparse.Namespace) -> int:
-    with opened(args.device) as dev:
-        run(dev, "PAIR OUT DELETE", c.pair_out(c.PAIR_DELETE, _pair_lun(args)))
-    return EXIT_OK
-
-
-def cmd_join(args: argparse.Namespace) -> int:
-    group = args.group.encode()
-    lun = _pair_lun(args)
-    with opened(args.device) as dev:
-        run(dev, "PAIR OUT GROUP JOIN", c.pair_out_named(c.PAIR_GROUP_JOIN, group, lun),
-            data_out=group)  # fmt: skip
-        _print_status(_status(dev, lun), args.json)
-    return EXIT_OK
-
-
-def cmd_leave(args: argparse.Namespace) -> int:
-    lun = _pair_lun(args)
-    with opened(args.device) as dev:
-        run(dev, "PAIR OUT GROUP LEAVE", c.pair_out(c.PAIR_GROUP_LEAVE, lun))
-        _print_status(_status(dev, lun), args.json)
-    return EXIT_OK
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    with opened(args.device) as dev:
-        _print_status(_status(dev, _pair_lun(args)), args.json)
-    return EXIT_OK
-
-
 # -- devices --------------------------------------------------------------------------------
 
 
@@ -755,25 +602,6 @@ def parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="the backups a tape or file sink holds")
     ls.add_argument("backup")
 
-    for name, text in (
-        ("split", "split the pair a volume belongs to (with its whole consistency group)"),
-        ("resync", "resynchronize the pair a volume belongs to (--reverse: restore the source)"),
-    ):
-        q = sub.add_parser(name, help=text)
-        q.add_argument("device", help="either volume of the pair")
-        q.add_argument(
-            "--wait",
-            action="store_true",
-            help="return once both sides are SPLIT (split) or DUPLEX (resync)",
-        )
-        q.add_argument("--timeout", type=float, default=600.0)
-        if name == "resync":
-            q.add_argument(
-                "--reverse",
-                action="store_true",
-                help="copy the mirror back onto the source (a SPLIT pair; hosts fenced"
-                " from the source until DUPLEX)",
-            )
     dv = sub.add_parser("devices", help="which /dev node is which LUN (from /sys)")
     dv.add_argument("--target", help="only this iSCSI target's LUNs")
     dv.add_argument("--lun", type=int, help="only this LUN")
@@ -781,36 +609,8 @@ def parser() -> argparse.ArgumentParser:
                     help="print only this node of the one matching device")  # fmt: skip
     dv.add_argument("--wait", type=float, default=0.0,
                     help="wait this many seconds for the device to appear")  # fmt: skip
-    cr = sub.add_parser("create", help="pair two volumes: TARGET becomes a mirror of SOURCE")
-    cr.add_argument("source")
-    cr.add_argument("target", help="the mirror volume (the one backups are taken from)")
-    cr.add_argument("--name", default="", help="the pair's name (default lunS-lunT)")
-    cr.add_argument("--policy", type=int, choices=range(5), default=0,
-                    help="backup policy of its own: 1 reflect-first, 2 wait, 3 merge, "
-                    "4 split-and-backup (default 0: the configuration's)")  # fmt: skip
-    cr.add_argument("--group", default="", help="and put it in this consistency group "
-                    "(made if absent), as paircreate -g does")  # fmt: skip
-    cr.add_argument("--wait", action="store_true", help="return once the pair is DUPLEX")
-    cr.add_argument("--timeout", type=float, default=600.0)
-    de = sub.add_parser("delete", help="dissolve the pair a volume belongs to")
-    de.add_argument("device")
-    jo = sub.add_parser("join", help="put the pair a volume belongs to in a consistency group "
-                        "(made if absent)")  # fmt: skip
-    jo.add_argument("device")
-    jo.add_argument("group")
-    le = sub.add_parser("leave", help="take the pair a volume belongs to out of its group "
-                        "(a group left empty goes)")  # fmt: skip
-    le.add_argument("device")
-    st = sub.add_parser("status", help="the state of the pair a volume belongs to")
-    st.add_argument("device")
-    for q in (st, de, jo, le, *[sub.choices[n] for n in ("split", "resync")]):
-        q.add_argument(
-            "--secondary", metavar="DEVICE",
-            help="the secondary (target volume) of the pair meant, when DEVICE is a primary"
-            " with several (up to 3); naming the secondary as DEVICE does the same",
-        )  # fmt: skip
-    for q in (ls, st, cr, jo, le, *[sub.choices[n] for n in ("split", "resync")]):
-        q.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true")
+    pair_commands.add_parsers(sub)
     for q in sub.choices.values():
         q.add_argument(
             "--command-timeout", type=int, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
@@ -825,21 +625,14 @@ COMMANDS = {
     "restore": cmd_restore,
     "verify": cmd_verify,
     "list": cmd_list,
-    "split": cmd_pair,
-    "resync": cmd_pair,
-    "status": cmd_status,
-    "create": cmd_create,
-    "delete": cmd_delete,
-    "join": cmd_join,
-    "leave": cmd_leave,
     "devices": cmd_devices,
+    **pair_commands.COMMANDS,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    global _command_timeout
     args = parser().parse_args(argv)
-    _command_timeout = args.command_timeout
+    runtime.command_timeout = args.command_timeout
     try:
         return COMMANDS[args.command](args)
     except (Failure, ops.CopyFailed, ScsiError, TransportError, ValueError) as e:
