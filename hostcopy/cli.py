@@ -222,9 +222,10 @@ def _send_all(device: Device, lists: list[bytes], first: int, total: int, what: 
     try:
         for n, params in enumerate(lists):
             list_id = first + n
-            status = ops.send_list(
-                device, params, list_id, lambda done, b=done_before: bar.update(b + done)
-            )
+            def progress(done: int, before: int = done_before) -> None:
+                bar.update(before + done)
+
+            status = ops.send_list(device, params, list_id, progress)
             done_before += status.transferred
             bar.update(min(done_before, total))
     except ops.CopyFailed as e:
@@ -285,8 +286,9 @@ _CHECK_FAILURES = {
 
 
 def _check_failure(e: ops.CopyFailed, what: str) -> Failure:
-    code = (e.asc, e.ascq) if e.asc is not None else None
-    meaning = _CHECK_FAILURES.get(code) if code else None
+    meaning = None
+    if e.asc is not None and e.ascq is not None:
+        meaning = _CHECK_FAILURES.get((e.asc, e.ascq))
     return Failure(f"{what}: {meaning}\n  ({e})" if meaning else f"{what}: {e}")
 
 
