@@ -58,6 +58,8 @@ _statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
 _statfs.restype = ctypes.c_int
 
 _syscall = _libc.syscall
+# Declared, so that every argument goes as a full register (syscall(2) reads longs).
+_syscall.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_ulong]
 _syscall.restype = ctypes.c_long
 # cachestat(2) (Linux 6.5): how many pages of a range are in the page cache. The same number
 # on every architecture (the generic system call table).
