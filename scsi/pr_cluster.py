@@ -52,6 +52,7 @@ from scsi.command import Nexus, ScsiResult
 from scsi.pr_file import decode_into, encode, nexus_record
 from scsi.reservations import PROUT_ATTEMPTS, Owed, keep
 from scsi.sense import CheckCondition, Reason
+from scsi.watch_fence import PROBE, fence_watch, naming
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -61,14 +62,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("targetd.reservations")
 
 FORMAT = "targetd-persistent-reservations"
-PROBE = b'{"probe": true}'
 # How long a writer waits for the other gateways to apply a change before it answers.
 NOTIFY_TIMEOUT = 5.0
 # How long a starting gateway waits for others to answer "are you serving this LU?".
 PROBE_TIMEOUT = 2.0
-# How long a fenced gateway's watch may take to answer before it is taken for dead. A live
-# watch (a gateway restarted meanwhile) answers a probe in milliseconds.
-FENCE_PROBE_TIMEOUT = 1.0
 # How often a lost nexus's RESERVE(6) is tried to be removed from an unreachable record.
 FORGET_ATTEMPTS = 10
 
@@ -340,27 +337,11 @@ class ClusterPrStore:
         Only if its watch is silent now: one that answers is the gateway restarted
         meanwhile, as a new client, and is left alone."""
         try:
-            _, body = await asyncio.to_thread(self.obj.read)
-            record = parse(body)
-            if record is None:
-                return
-            client = record.get("gateways", {}).get(peer)
-            address = record.get("addresses", {}).get(peer)
-            if client is None or not address or client == self.obj.instance_id:
-                log.info("%s: no client of gateway %s in the record", self.obj.name, peer)
-                return
-            acked, silent = await asyncio.to_thread(self.obj.probe, PROBE, FENCE_PROBE_TIMEOUT)
-            if client not in silent:  # answered (restarted meanwhile), or its watch is gone
-                log.info("%s: gateway %s's client %s %s: not blocklisted", self.obj.name, peer,
-                         client, "answers" if client in acked else "watches no more")  # fmt: skip
-                return
-            await asyncio.to_thread(self.obj.blocklist, address)
+            fenced = await asyncio.to_thread(fence_watch, self.obj, peer, parse)
         except (OSError, ValueError) as err:
             log.warning("%s: the fenced gateway's watch not blocklisted: %s", self.obj.name, err)
             return
-        self.peers_fenced += 1
-        log.warning("%s: the fenced gateway %s's watch blocklisted (client %s, %s)",
-                    self.obj.name, peer, client, address)  # fmt: skip
+        self.peers_fenced += int(fenced)
 
     def forget(self, holder: Nexus) -> None:
         """``holder``'s RESERVE(6) ended here (its nexus is gone, or a reset): remove it
@@ -522,10 +503,9 @@ class ClusterPrStore:
             record = parse(body)
             if record is None:
                 return
-            gateways = {**record.get("gateways", {}), self.me: self.obj.instance_id}
-            addresses = {**record.get("addresses", {}), self.me: self.obj.address}
-            if gateways == record.get("gateways") and addresses == record.get("addresses"):
+            named = naming(record, self.me, self.obj.instance_id, self.obj.address)
+            if named is None:
                 return
-            new = dict(record, change={}, seq=seq + 1, gateways=gateways, addresses=addresses)
+            new = dict(named, change={}, seq=seq + 1)
             if self.obj.replace(seq, seq + 1, dump(new)):
                 return

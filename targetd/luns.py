@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 from dataclasses import replace
@@ -140,13 +141,17 @@ class Builder:
             shared = self._cluster_reservations(target, lun, lu)
             lu.reservations.store = shared
             if config.gateway is not None:
-                peer = gateway_key(tuple(p.tpgt for p in config.gateway.peers))
-                gate.on_peer_fenced = lambda: shared.fence_peer(peer)
                 # So are the records of the copies that name it, when there are gateways to
                 # share them: any gateway reports them. They are keyed by initiator name, not
                 # I_T nexus, so a lone daemon keeps copy results per I_T nexus (SPC-4) in its
                 # own journal instead, and opens no second RADOS client for them.
-                lu.copy_records = self._cluster_copies(target, lun, lu)
+                copies = lu.copy_records = self._cluster_copies(target, lun, lu)
+                peer = gateway_key(tuple(p.tpgt for p in config.gateway.peers))
+
+                async def fence_peer() -> None:  # both of its watches (scsi/watch_fence.py)
+                    await asyncio.gather(shared.fence_peer(peer), copies.fence_peer(peer))
+
+                gate.on_peer_fenced = fence_peer
         else:
             # APTPL on LUNs whose data is local: the reservations' file sits in the state
             # dir beside them.
@@ -240,8 +245,9 @@ class Builder:
 
         r = lun.rbd
         assert r is not None
-        try:
-            obj = RadosObject(
+
+        def connect() -> RadosObject:
+            return RadosObject(
                 ceph_conf=r.ceph_conf,
                 client=r.client if "." in r.client else f"client.{r.client}",
                 keyring=r.keyring,
@@ -250,7 +256,13 @@ class Builder:
                 oid=copies_object(r.image),
                 timeout=RESERVATIONS_TIMEOUT,
             )
-            return SharedCopies(obj, build_sense(Reason.COPY_TARGET_DEVICE_NOT_REACHABLE))
+
+        try:
+            # This daemon's relative target ports name it in the object, as in the
+            # reservations' record.
+            me = gateway_key(frozenset(p.tpgt for p in self.config.portals))
+            lost = build_sense(Reason.COPY_TARGET_DEVICE_NOT_REACHABLE)
+            return SharedCopies(connect(), lost, me, connect)
         except OSError as exc:
             close = getattr(lu, "close", None)
             if close is not None:

@@ -19,13 +19,21 @@ gateway that was only stalled and wakes up finds its record taken over, stops it
 reports it failed with the same sense, so the two paths never disagree and a copy is never
 reported completed on one path after it was reported failed on the other.
 
+The object also names each gateway's client of it (``gateways``, ``addresses``), so that a
+gateway that took a dead one's image lock over blocklists the dead one's watch
+(scsi/watch_fence.py): until the OSDs expired it, every question waited :data:`ASK_TIMEOUT`
+for it. A gateway whose own client was blocklisted (it was only stalled) rejoins with a new
+one.
+
 The object is anything with the blocking calls of backing's ``RadosObject`` (``read``,
-``replace``, ``ask``, ``watch``, ``close``); they run in worker threads.
+``replace``, ``ask``, ``probe``, ``blocklist``, ``watch``, ``close``); they run in worker
+threads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import threading
@@ -33,6 +41,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
+
+from scsi.watch_fence import fence_watch, naming
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +56,13 @@ TAKEN_OVER = "taken_over"
 class RecordObject(Protocol):
     name: str
     instance_id: int
+    address: str
 
     def read(self) -> tuple[int, bytes]: ...
     def replace(self, expected: int, version: int, body: bytes) -> bool: ...
     def ask(self, payload: bytes, timeout: float) -> list[bytes]: ...
+    def probe(self, payload: bytes, timeout: float) -> tuple[list[int], list[int]]: ...
+    def blocklist(self, address: str) -> None: ...
     def watch(
         self, on_notify: Callable[[int, bytes], bytes], on_error: Callable[[int], None]
     ) -> None: ...
@@ -62,22 +75,44 @@ def key_of(initiator_port: str, list_id: int) -> str:
     return f"{initiator_port.split(',')[0]}|{list_id}"
 
 
-def _records(body: bytes) -> dict[str, dict[str, Any]]:
+def _load(body: bytes) -> dict[str, Any]:
+    """The object's JSON: the records under ``copies``, the gateways' clients beside them."""
     if not body:
-        return {}
+        return {"format": FORMAT, "copies": {}}
     data = json.loads(body)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError("not a targetd copy record object")
-    records = data.get("copies", {})
-    return records if isinstance(records, dict) else {}
+    if not isinstance(data.get("copies"), dict):
+        data["copies"] = {}
+    return data
+
+
+def _records(body: bytes) -> dict[str, dict[str, Any]]:
+    records: dict[str, dict[str, Any]] = _load(body)["copies"]
+    return records
+
+
+def _dump(data: dict[str, Any], records: dict[str, dict[str, Any]]) -> bytes:
+    return json.dumps({**data, "copies": records}, sort_keys=True).encode()
 
 
 class SharedCopies:
     """The copy records of one RBD LU, in ``obj``."""
 
-    def __init__(self, obj: RecordObject, lost_sense: bytes) -> None:
+    def __init__(
+        self,
+        obj: RecordObject,
+        lost_sense: bytes,
+        me: str = "",
+        reopen: Callable[[], RecordObject] | None = None,
+    ) -> None:
         self.obj = obj
         self.lost_sense = lost_sense  # what a copy whose gateway is gone reads as
+        self.me = me  # this gateway in the object: its relative target ports
+        # A new client for the object, once the cluster blocklisted this one (fenced).
+        self.reopen = reopen
+        self._old: list[RecordObject] = []  # blocklisted clients, closed with this one
+        self.peers_fenced = 0  # dead peers' watches this gateway blocklisted (tests, logs)
         self.live: dict[str, dict[str, Any]] = {}  # the copies this gateway runs, latest
         self._live_lock = threading.Lock()
         self._closed = False
@@ -87,6 +122,7 @@ class SharedCopies:
             if obj.read()[0] == 0:  # a watch needs the object; a lost race made it too
                 obj.replace(0, 1, json.dumps({"format": FORMAT, "copies": {}}).encode())
             obj.watch(self._answer, self._lost_watch)
+            self._name_client()
         except BaseException:
             obj.close()
             raise
@@ -123,7 +159,11 @@ class SharedCopies:
             try:
                 self.obj.unwatch()
                 self.obj.watch(self._answer, self._lost_watch)
+                self._name_client()
             except OSError as err:
+                if err.errno == errno.ESHUTDOWN and self.reopen is not None:
+                    self._reconnect()  # blocklisted: the other gateway fenced this one
+                    continue
                 log.warning("%s: watching again failed: %s", self.obj.name, err)
                 time.sleep(0.5)
                 continue
@@ -131,6 +171,47 @@ class SharedCopies:
             break
         with self._live_lock:
             self._rewatching = False
+
+    def _reconnect(self) -> None:
+        """Replace this gateway's blocklisted client by a new one."""
+        assert self.reopen is not None
+        try:
+            new = self.reopen()
+        except OSError as err:
+            log.warning("%s: no new client: %s", self.obj.name, err)
+            time.sleep(0.5)
+            return
+        # The old one may still be in use by a worker thread (its calls fail): closed last.
+        self._old.append(self.obj)
+        self.obj = new
+        log.warning("%s: this gateway's client was blocklisted: rejoining as client %s",
+                    new.name, new.instance_id)  # fmt: skip
+
+    def _name_client(self) -> None:
+        """Name this gateway's client in the object, for a peer to fence (blocking)."""
+        if not self.me:
+            return
+        while True:
+            version, body = self.obj.read()
+            named = naming(_load(body), self.me, self.obj.instance_id, self.obj.address)
+            if named is None:
+                return
+            if self.obj.replace(version, version + 1, json.dumps(named, sort_keys=True).encode()):
+                return
+
+    async def fence_peer(self, peer: str) -> None:
+        """The gateway ``peer`` (its ports) is fenced (the cluster blocklisted its image
+        client when this gateway broke its lock): blocklist its client of the copy records
+        too, if its watch is silent, so that a question about its copies does not wait
+        :data:`ASK_TIMEOUT` for a dead watch (scsi/watch_fence.py)."""
+        try:
+            fenced = await asyncio.get_running_loop().run_in_executor(
+                None, fence_watch, self.obj, peer, _load
+            )
+        except (OSError, ValueError) as err:
+            log.warning("%s: the fenced gateway's watch not blocklisted: %s", self.obj.name, err)
+            return
+        self.peers_fenced += int(fenced)
 
     async def publish(self, record: dict[str, Any]) -> bool:
         """Record a copy this gateway runs; False if another gateway has declared it failed
@@ -147,7 +228,8 @@ class SharedCopies:
     def _write(self, key: str, record: dict[str, Any] | None) -> bool:
         while True:
             version, body = self.obj.read()
-            records = _records(body)
+            data = _load(body)
+            records = data["copies"]
             stored = records.get(key) or {}
             taken = bool(stored.get(TAKEN_OVER))
             if record is not None and taken and stored.get("copy") == record.get("copy"):
@@ -163,8 +245,7 @@ class SharedCopies:
                 records.pop(key)
             else:
                 records[key] = {**record, "by": self.obj.instance_id}
-            new = json.dumps({"format": FORMAT, "copies": records}, sort_keys=True).encode()
-            if self.obj.replace(version, version + 1, new):
+            if self.obj.replace(version, version + 1, _dump(data, records)):
                 return True
 
     async def remove(self, initiator_port: str, list_id: int) -> None:
@@ -199,7 +280,8 @@ class SharedCopies:
         """No gateway runs the copy: it failed, at the progress last recorded."""
         while True:
             version, body = self.obj.read()
-            records = _records(body)
+            data = _load(body)
+            records = data["copies"]
             record = records.get(key)
             if record is None or record.get("reported"):
                 return None
@@ -215,8 +297,7 @@ class SharedCopies:
                 record["segments_processed"],
                 record["bytes_done"],
             )
-            new = json.dumps({"format": FORMAT, "copies": records}, sort_keys=True).encode()
-            if self.obj.replace(version, version + 1, new):
+            if self.obj.replace(version, version + 1, _dump(data, records)):
                 return record
 
     def close(self) -> None:
@@ -227,3 +308,5 @@ class SharedCopies:
             rewatch.join()  # it must not call librados on a closed object
         self._lane.shutdown(wait=True)
         self.obj.close()
+        for old in self._old:
+            old.close()

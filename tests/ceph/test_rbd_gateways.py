@@ -290,6 +290,50 @@ def test_a_backup_cut_by_a_failover_reads_as_failed_through_the_other_gateway(
     assert copied == export_image(ceph_cluster, source, tmp_path / "source")[:reported]
 
 
+def test_copy_results_after_a_takeover_wait_for_no_dead_gateways_watch(
+    ceph_cluster: CephCluster, new_image: ImageFactory, gateway_pair: PairFactory
+) -> None:
+    """A killed with kill -9 during a copy leaves its watch of the copy records behind until
+    the OSDs expire it, and RECEIVE COPY RESULTS through B waited ASK_TIMEOUT (3 s) for it
+    before reporting the copy failed. B, taking A's lock of the image over, blocklists that
+    watch too: the copy is reported failed (COPY ABORTED, 0Dh/02h) at once."""
+    # The default watch timeout (30 s) here, so that the dead watch outlives the test: the
+    # session's 5 s would let it expire on its own during the takeover.
+    ceph_cluster.ceph("tell", "osd.*", "config", "set", "osd_client_watch_timeout", "30")
+    try:
+        source, dest = new_image("128M"), new_image("128M")
+        image = f"{ceph_cluster.pool}/{source}"
+        ceph_cluster.rbd("bench", "--io-type", "write", "--io-size", "4M", "--io-total",
+                         "128M", "--io-pattern", "seq", image)  # fmt: skip
+        pair = gateway_pair(source, more_images=(dest,), hold_ms=0, takeover_ms=1000)
+        with session(pair.a.port, IQN, (0, 1)) as ini_a:
+            write_ok(ini_a, 0, block(0))  # A holds the source's lock (a copy reads it only)
+            backup_through(ini_a, 2, 16)
+            deadline = time.monotonic() + 60
+            while int.from_bytes(copy_status_lid4(ini_a, 0, 2)[16:24], "big") < 8 * MiB:
+                assert time.monotonic() < deadline, "the backup does not progress"
+                time.sleep(0.01)
+            running = copy_status_lid4(ini_a, 0, 2)
+            pair.kill(pair.a)
+        assert running[5] == 0x12, running.hex()  # in progress when killed
+        ini_b = login(pair.b.port, "fence")
+        write_ok(ini_b, 0, block(1))  # B takes the source's lock over
+        ini_b.close()
+        pair.wait_log(pair.b, f"targetd.copies.{source}: the fenced gateway 1")
+        with session(pair.b.port, IQN, (0,)) as ini_b:
+            started = time.monotonic()
+            status, data, sense = copy_status(ini_b, 2)
+            took = time.monotonic() - started
+            assert (status, sense) == (GOOD, None), sense
+            assert data[5] == 0x02, data.hex()  # failed
+            assert (data[32 + 2] & 0x0F, data[32 + 12], data[32 + 13]) == (0x0A, 0x0D, 0x02)
+        # Before: 3 s (ASK_TIMEOUT), the dead watch living 30 s.
+        assert took < 1.5, f"RECEIVE COPY RESULTS through B took {took:.1f}s"
+        assert "its gateway does not answer" in pair.b.stderr
+    finally:
+        ceph_cluster.ceph("tell", "osd.*", "config", "set", "osd_client_watch_timeout", "5")
+
+
 def test_kill9_takeover_keeps_every_acknowledged_write(
     ceph_cluster: CephCluster, new_image: ImageFactory, gateway_pair: PairFactory, tmp_path: Path
 ) -> None:
