@@ -445,6 +445,10 @@ def test_sigstopped_holder_is_fenced_and_never_writes_again(
     b.clear_unit_attentions()  # the lock moved: 2Ah/06h
     status, keys, _ = b.command(bytes([0x5E, 0, 0, 0, 0, 0, 0, 1, 0, 0]), read=256)
     assert status == 0 and keys[8:16] == key
+    # So was its client of the copy records: it watches them again, as a new client.
+    copies = f"targetd.copies.{image}: this gateway's client was blocklisted: rejoining"
+    pair.wait_log(pair.a, copies)
+    pair.wait_log(pair.a, f"targetd.copies.{image}: watching again")
 
 
 def test_libiscsi_multipath_suite_over_two_gateways(
