@@ -4,10 +4,10 @@ Every gateway watches the objects it shares with the others (the reservations, t
 records) and names, in the object's JSON, its client of it under ``gateways`` (its client id)
 and ``addresses`` (that client's address, as the blocklist names it). A gateway killed with
 kill -9 leaves its watch behind until the OSDs expire it (``osd_client_watch_timeout``), and
-every notification waits for it until then. Once the other gateway broke its image lock (the
-cluster blocklisted its image client), it blocklists that watch's client too: only if the
-watch is silent now, since one that answers is the gateway restarted meanwhile, as a new
-client.
+every notification waits for it until then. Once the other gateway broke its lock of any
+LU's image (the cluster blocklisted its image client), it blocklists that watch's client of
+every LU's objects too: only if the watch is silent now, since one that answers is the
+gateway restarted meanwhile, as a new client.
 """
 
 from __future__ import annotations

@@ -202,7 +202,7 @@ class LockGate:
         # Before a write here takes the lock: a pair's target brings its pair here first.
         self.before_acquire: Callable[[], Awaitable[None]] | None = None
         # After this gateway broke the other's lock (the cluster blocklisted its image
-        # client): fence the other's watch of the LU's reservation object as well.
+        # client): fence the other's watches of the shared objects of every LU (luns.py).
         self.on_peer_fenced: Callable[[], Awaitable[None]] | None = None
         self.groups = PortGroups(self._groups())
         image.allocation_known = False  # until this gateway holds the lock

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -105,6 +106,8 @@ class Builder:
         self.port_groups = PortGroups(alua_groups(config))
         # Gateways: each LU's side of its image's lock (targetd/gateway.py).
         self.gates: list[LockGate] = []
+        # Each RBD LU's fencing of the other gateway's watches of its shared objects.
+        self.peer_fences: list[tuple[LogicalUnit, Callable[[], Awaitable[None]]]] = []
         # Tape libraries, per (target name, changer LUN): the changer and its drives share one.
         self.libraries: dict[tuple[str, int], TapeLibrary] = {}
 
@@ -151,7 +154,8 @@ class Builder:
                 async def fence_peer() -> None:  # both of its watches (scsi/watch_fence.py)
                     await asyncio.gather(shared.fence_peer(peer), copies.fence_peer(peer))
 
-                gate.on_peer_fenced = fence_peer
+                self.peer_fences.append((lu, fence_peer))
+                gate.on_peer_fenced = self.peer_fenced
         else:
             # APTPL on LUNs whose data is local: the reservations' file sits in the state
             # dir beside them.
@@ -163,6 +167,15 @@ class Builder:
                     extra=logs.fields(target=target.name, lun=lun.lun),
                 )
         return lu
+
+    async def peer_fenced(self) -> None:
+        """A gateway broke the other's lock of one LU's image: the cluster blocklisted the
+        other's image client, so it is dead (or stalled, and rejoins as new clients). Its
+        watches of every LU's shared objects are fenced, not that LU's only: a copy's records
+        live in the object of each LU it names, and a question through an LU whose lock
+        nobody took over would otherwise wait for the dead watch until the OSDs expire it.
+        Each fencing still probes first and leaves a watch that answers alone."""
+        await asyncio.gather(*(fence() for _, fence in self.peer_fences))
 
     def _share_pairs(self, lu: LogicalUnit, lun: LunConfig, gate: LockGate) -> None:
         """Two gateways: a pair of this LU's image keeps its record in the cluster and
@@ -411,6 +424,7 @@ class Builder:
         if isinstance(lu, MediaChanger):
             self.libraries.pop((target, lun), None)
         self.gates = [gate for gate in self.gates if gate.lu is not lu]
+        self.peer_fences = [(other, fence) for other, fence in self.peer_fences if other is not lu]
         control = self.controls.get(target)
         if control is not None and self.pairs is not None and isinstance(lu, BlockDevice):
             self.pairs.unregister_volume(volume_id(target, lun))

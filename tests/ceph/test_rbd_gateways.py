@@ -334,6 +334,42 @@ def test_copy_results_after_a_takeover_wait_for_no_dead_gateways_watch(
         ceph_cluster.ceph("tell", "osd.*", "config", "set", "osd_client_watch_timeout", "5")
 
 
+def test_a_takeover_fences_the_dead_gateways_watches_of_every_lu(
+    ceph_cluster: CephCluster, new_image: ImageFactory, gateway_pair: PairFactory
+) -> None:
+    """A held LUN 0's lock only and was killed with kill -9; B took LUN 0 over. A's
+    watch of LUN 1's reservation object, whose lock nobody took over, is fenced too (the
+    takeover proved A dead): a PROUT through B on LUN 1 no longer waits NOTIFY_TIMEOUT (5 s)
+    for it until the OSDs expire it (30 s)."""
+    # The default watch timeout (30 s) here, so that the dead watch outlives the test.
+    ceph_cluster.ceph("tell", "osd.*", "config", "set", "osd_client_watch_timeout", "30")
+    try:
+        first, second = new_image("16M"), new_image("16M")
+        pair = gateway_pair(first, more_images=(second,), hold_ms=0, takeover_ms=1000)
+        ini_a = login(pair.a.port, "a")
+        write_ok(ini_a, 0, block(0))  # A holds LUN 0's lock, none of LUN 1
+        pair.kill(pair.a)
+        ini_a.close()
+        ini_b = login(pair.b.port, "fence")
+        write_ok(ini_b, 0, block(1))  # B takes LUN 0's lock over: A is blocklisted
+        # LUN 0's watches fenced (the takeover's own); LUN 1's alongside, not waited for.
+        pair.wait_log(pair.b, f"targetd.pr.{first}: the fenced gateway 1")
+        register = bytes([0x5F, 0, 0, 0, 0, 0, 0, 0, 24, 0])
+        params = bytes(8) + (0xB).to_bytes(8, "big") + bytes(8)
+        ini_b.clear_unit_attentions(lun=1)
+        started = time.monotonic()
+        result = answer(ini_b, register, data=params, lun=1)
+        took = time.monotonic() - started
+        assert result == (0, None), result
+        ini_b.close()
+        # Before: 5 s (NOTIFY_TIMEOUT), A's watch of LUN 1's object living 30 s.
+        assert took < 1.5, f"PROUT through B on LUN 1 took {took:.1f}s"
+        pair.wait_log(pair.b, f"targetd.pr.{second}: the fenced gateway 1")
+        pair.wait_log(pair.b, f"targetd.copies.{second}: the fenced gateway 1")
+    finally:
+        ceph_cluster.ceph("tell", "osd.*", "config", "set", "osd_client_watch_timeout", "5")
+
+
 def test_kill9_takeover_keeps_every_acknowledged_write(
     ceph_cluster: CephCluster, new_image: ImageFactory, gateway_pair: PairFactory, tmp_path: Path
 ) -> None:
