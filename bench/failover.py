@@ -71,7 +71,6 @@ ceph_conf = "{conf}"
 """
 
 
-
 def write10(lba: int) -> bytes:
     return bytes([0x2A, 0]) + lba.to_bytes(4, "big") + bytes([0, 0, 1, 0])
 

@@ -80,7 +80,6 @@ size = "64MiB"
 """
 
 
-
 def login(port: int, host: str) -> RawInitiator:
     ini = RawInitiator(port, name=f"iqn.2026-11.org.targetd.bench:{host}")
     ini.login(IQN)

@@ -222,6 +222,7 @@ def _send_all(device: Device, lists: list[bytes], first: int, total: int, what: 
     try:
         for n, params in enumerate(lists):
             list_id = first + n
+
             def progress(done: int, before: int = done_before) -> None:
                 bar.update(before + done)
 

@@ -249,9 +249,7 @@ class MediaChanger(SerializedMedium):
             self.raise_unit_attention(Reason.IMPORT_OR_EXPORT_ELEMENT_ACCESSED)
             return slot.address
 
-    async def export_cartridge(
-        self, barcode: str, progress: MoveProgress | None = None
-    ) -> str:
+    async def export_cartridge(self, barcode: str, progress: MoveProgress | None = None) -> str:
         """A cartridge in a mail slot taken out of the library (its image moves to
         ``exported/``); returns where the image went. ``progress(done, total)``: bytes
         moved so far, called from the changer's thread."""

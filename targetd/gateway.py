@@ -267,9 +267,7 @@ class LockGate:
                 await asyncio.shield(self._transition)
             except (NotAvailable, OSError) as exc:
                 if isinstance(exc, OSError):
-                    log.warning(
-                        "lock not taken", extra=logs.fields(lu=self.name, error=str(exc))
-                    )
+                    log.warning("lock not taken", extra=logs.fields(lu=self.name, error=str(exc)))
                 raise CheckCondition(Reason.LU_NOT_ACCESSIBLE_TRANSITIONING) from exc
             if self.clock() > deadline and not self.holding:
                 raise CheckCondition(Reason.LU_NOT_ACCESSIBLE_TRANSITIONING)

@@ -126,9 +126,7 @@ def parse_declarations(
         # up to MAX_SECONDARIES pairs and no pair's target.
         if (p.target, p.target_lun) in luns or (p.target, p.target_lun) in primaries:
             other = luns.get((p.target, p.target_lun)) or primaries[(p.target, p.target_lun)][0]
-            raise ConfigError(
-                f"{p.key}.target_lun", f"LUN {p.target_lun} is already in {other}"
-            )
+            raise ConfigError(f"{p.key}.target_lun", f"LUN {p.target_lun} is already in {other}")
         if (p.target, p.source_lun) in luns:
             raise ConfigError(
                 f"{p.key}.source_lun",

@@ -53,9 +53,7 @@ SPLIT_PHASES = (Phase.SPLIT_PENDING, Phase.SPLIT)
 JOINABLE = frozenset({Phase.DUPLEX_PENDING, Phase.DUPLEX, Phase.RESYNC, Phase.SUSPENDED})
 
 
-def _attach_refusal(
-    source: PairVolume, target: PairVolume, *, creating: bool
-) -> PairError | None:
+def _attach_refusal(source: PairVolume, target: PairVolume, *, creating: bool) -> PairError | None:
     """Why ``source`` may not get one more pair onto ``target``, if it may not: a
     secondary is in no other pair, a primary is no secondary and has at most
     MAX_SECONDARIES pairs, and (``creating``) none of them is restoring it."""

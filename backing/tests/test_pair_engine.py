@@ -315,4 +315,3 @@ def test_a_split_whose_last_chunk_a_host_write_copies_still_ends_split(tmp_path:
         await manager.stop()
 
     asyncio.run(go())
-

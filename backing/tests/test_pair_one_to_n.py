@@ -236,6 +236,7 @@ def test_one_read_of_the_old_data_serves_every_split_sibling(
 ) -> None:
     async def go(shared: bool) -> int:
         if not shared:  # each pair copies for itself: the figure the sharing saves
+
             async def nothing(pairs: list, c: int) -> None:  # type: ignore[type-arg]
                 return None
 

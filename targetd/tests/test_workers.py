@@ -40,7 +40,7 @@ def test_workers_default_to_one_and_take_a_count_or_auto() -> None:
         (0, "server.workers: must be 1..256, got 0"),
         (257, "server.workers: must be 1..256, got 257"),
         ("two", "server.workers: expected a count or \"auto\", got 'two'"),
-        (True, "server.workers: expected a count or \"auto\", got True"),
+        (True, 'server.workers: expected a count or "auto", got True'),
     ],
 )
 def test_bad_worker_counts_name_the_key(value: object, message: str) -> None:

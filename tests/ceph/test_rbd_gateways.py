@@ -218,10 +218,7 @@ def backup_through(ini: RawInitiator, list_id: int, segments: int) -> None:
     """An IMMED LID4 copy of LUN 0's first ``segments`` x 8 MiB to LUN 1 (a gateway serves
     RBD LUNs only: a backup's destination is another image), sent to LUN 0."""
     src, dst = naa_of(ini, 0), naa_of(ini, 1)
-    b2b = b"".join(
-        seg_b2b(0, 1, 16384, n * 16384, n * 16384)
-        for n in range(segments)
-    )
+    b2b = b"".join(seg_b2b(0, 1, 16384, n * 16384, n * 16384) for n in range(segments))
     cscds = cscd(src, 0x00, block_length=BLOCK) + cscd(dst, 0x00)
     params = lid4(cscds, b2b, list_id=list_id, immed=True)
     cdb = xcopy_cdb(len(params), 0x01)
@@ -414,6 +411,7 @@ def test_kill9_takeover_keeps_every_acknowledged_write(
     acked[40] = block(40)
     assert resumed - killed < 10.0
     assert states(b) == {1: ANO, 2: AO}
+
     def allowed(lba: int) -> set[bytes]:
         return {acked[lba], *([in_flight[lba]] if lba in in_flight else [])}
 
