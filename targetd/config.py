@@ -34,6 +34,7 @@ from targetd.config_luns import (
 from targetd.config_model import (
     ALUA_STATES,
     BACKUP_POLICIES,
+    BACKUP_PRIORITIES,
     DEFAULT_BUFFERS_PER_SESSION,
     DEFAULT_BUFFERS_TOTAL,
     DEFAULT_FIRST_BURST_LENGTH,
@@ -91,6 +92,7 @@ _type_name = type_name
 __all__ = [
     "ALUA_STATES",
     "BACKUP_POLICIES",
+    "BACKUP_PRIORITIES",
     "BLOCK_SIZES",
     "DEFAULT_BUFFERS_PER_SESSION",
     "DEFAULT_BUFFERS_TOTAL",

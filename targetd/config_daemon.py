@@ -7,6 +7,7 @@ import os
 
 from targetd.config_model import (
     BACKUP_POLICIES,
+    BACKUP_PRIORITIES,
     PAIR_CHUNK_RANGE,
     GatewayConfig,
     PairConfig,
@@ -147,12 +148,18 @@ def read_pairs(config: Table) -> PairConfig:
             value = named.take(name, str, "")
             per_pair.append((name, _backup_policy(value, named, name)))
         named.done()
+    priority = table.take("backup_priority", str, default.backup_priority)
+    if priority not in BACKUP_PRIORITIES:
+        raise ConfigError(
+            table.key("backup_priority"),
+            f"must be one of {', '.join(BACKUP_PRIORITIES)}, got {priority!r}",
+        )
     snapshot_split = table.take("rbd_snapshot_split", bool, default.rbd_snapshot_split)
     clear_delay = table.take_int("clear_delay_ms", default.clear_delay_ms, 100, 600_000)
     table.done()
     return PairConfig(
-        chunk, workers, rate, policy, tuple(per_pair), rbd_snapshot_split=snapshot_split,
-        clear_delay_ms=clear_delay,
+        chunk, workers, rate, policy, tuple(per_pair), priority,
+        rbd_snapshot_split=snapshot_split, clear_delay_ms=clear_delay,
     )  # fmt: skip
 
 

@@ -169,6 +169,9 @@ class PairConfig:
     # and per pair name.
     backup_policy: str = "reflect-first"
     backup_policies: tuple[tuple[str, str], ...] = ()
+    # EXTENDED COPY's kernel copies and digests: "background" (nice 19, pausing while hosts
+    # send commands) or "normal" (the daemon's priority, no pauses) (docs/xcopy.md).
+    backup_priority: str = "background"
     # A split of an RBD source reads the split set from an RBD snapshot (docs/rbd.md).
     rbd_snapshot_split: bool = True
     # While mirroring, a copied chunk's bit stays set in the pair file (or record) for one
@@ -200,6 +203,7 @@ class GroupDecl:
 
 PAIR_CHUNK_RANGE = (64 * 1024, 1 << 20)
 BACKUP_POLICIES = ("reflect-first", "wait", "merge", "split-and-backup")
+BACKUP_PRIORITIES = ("background", "normal")
 
 
 @dataclass(frozen=True, slots=True)

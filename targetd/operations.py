@@ -27,6 +27,7 @@ from targetd.luns import Builder, alua_groups, flush_targets, paired_volume
 from targetd.metrics import Family, Metrics, lun_families
 from targetd.reload import ReloadPlan
 from targetd.server import IscsiConnection, TargetRuntime, TargetServer
+from xcopy import pacing
 from xcopy.manager import CopyManager
 
 log = logging.getLogger("targetd")
@@ -62,6 +63,7 @@ class Operations:
         self.admin.register("reload", lambda params: self.reload())
         self.metrics.add_collector(self._core_families)
         logs.scrubber.set_secrets(logs.config_secrets(server.config))
+        pacing.set_priority(server.config.pairs.backup_priority)  # type: ignore[arg-type]
 
     # -- hooks for other subsystems ------------------------------------------------------
     def provide_status(self, section: str, provider: status.Provider) -> None:
@@ -143,6 +145,8 @@ class Operations:
             return {"applied": [], "refused": [f"cannot build new LUNs: {err}"]}
         previous = self.server.config
         self.server.config = result.config
+        # The copy threads persist: each copy job from now on runs at the new priority.
+        pacing.set_priority(result.config.pairs.backup_priority)  # type: ignore[arg-type]
         for hook in self._reload_hooks:
             task = asyncio.ensure_future(hook(previous, result.config))
             self._after_reload.add(task)

@@ -68,6 +68,8 @@ def plan(old: Config, new: Config, paired: PairedLun = lambda target, lun: None)
         new.discovery_mutual_chap,
     ):
         result.applied.append("discovery CHAP updated")
+    if old.pairs.backup_priority != new.pairs.backup_priority:
+        result.applied.append(f"pairs.backup_priority: {new.pairs.backup_priority}")
     targets: list[TargetConfig] = []
     for target in new.targets:
         running = old.target(target.name)

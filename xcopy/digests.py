@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from scsi.kernel_file import Readback
-from xcopy.pacing import background_priority
+from xcopy.pacing import PacedExecutor
 
 MiB = 1 << 20
 # Bytes queued ahead of the hash before a feeder waits: a few records, so a copy never
@@ -44,9 +44,7 @@ def digest_executor() -> ThreadPoolExecutor:
     global _executor
     with _lock:
         if _executor is None:
-            _executor = ThreadPoolExecutor(
-                WORKERS, thread_name_prefix="xcopy-digest", initializer=background_priority
-            )
+            _executor = PacedExecutor(WORKERS, thread_name_prefix="xcopy-digest")
         return _executor
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+from collections.abc import Iterator
 import os
 import threading
 import time
@@ -23,7 +25,8 @@ from scsi.command import ScsiCommand
 from scsi.file_sink import FileSinkDevice
 from scsi.logical_unit import Identity
 from scsi.target import ScsiTarget
-from xcopy.pacing import GiveWay, copy_executor
+from xcopy.digests import digest_executor
+from xcopy.pacing import GiveWay, PacedExecutor, copy_executor, set_priority
 
 MiB = 1 << 20
 
@@ -63,6 +66,113 @@ def test_copy_threads_run_at_background_priority() -> None:
     assert name.startswith("xcopy-kcopy") and nice >= xcopy.pacing.NICE
     # Only the copy thread: the calling (event loop) thread keeps its priority.
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+
+@pytest.fixture
+def restore_priority() -> Iterator[None]:
+    yield
+    set_priority("background")
+
+
+def _probe() -> tuple[int, int]:
+    tid = threading.get_native_id()
+    return tid, os.getpriority(os.PRIO_PROCESS, tid)
+
+
+BASE = os.getpriority(os.PRIO_PROCESS, 0)
+
+
+@pytest.mark.usefixtures("restore_priority")
+def test_backup_priority_applies_per_job_on_the_same_thread() -> None:
+    one = PacedExecutor(1, thread_name_prefix="probe")
+    try:
+        seen = []
+        for mode in ("normal", "background", "normal", "background"):
+            set_priority(mode)  # type: ignore[arg-type]
+            seen.append(one.submit(_probe).result())
+        assert len({tid for tid, _ in seen}) == 1  # one thread, switched back and forth
+        assert [nice for _, nice in seen] == [BASE, xcopy.pacing.NICE] * 2
+    finally:
+        one.shutdown()
+    # The daemon's copy and digest threads alike.
+    for pool in (copy_executor(), digest_executor()):
+        set_priority("normal")
+        assert pool.submit(_probe).result()[1] == BASE
+        set_priority("background")
+        assert pool.submit(_probe).result()[1] == xcopy.pacing.NICE
+
+
+@pytest.mark.usefixtures("restore_priority")
+def test_priority_is_set_only_when_it_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = os.setpriority
+
+    def counting(which: int, who: int, prio: int) -> None:
+        calls.append(prio)
+        real(which, who, prio)
+
+    monkeypatch.setattr(os, "setpriority", counting)
+    one = PacedExecutor(1, thread_name_prefix="probe")
+    try:
+        for mode in ("normal", "normal", "normal", "background", "background"):
+            set_priority(mode)  # type: ignore[arg-type]
+            one.submit(_probe).result()
+    finally:
+        one.shutdown()
+    assert calls == [BASE, xcopy.pacing.NICE]
+
+
+@pytest.mark.usefixtures("restore_priority")
+def test_a_refused_raise_is_logged_once_and_the_copy_runs(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real = os.setpriority
+
+    def no_cap_sys_nice(which: int, who: int, prio: int) -> None:
+        if prio < os.getpriority(which, who):
+            raise PermissionError(1, "Operation not permitted")
+        real(which, who, prio)
+
+    monkeypatch.setattr(os, "setpriority", no_cap_sys_nice)
+    monkeypatch.setattr(xcopy.pacing, "_refused_logged", False)
+    pools = [PacedExecutor(1, thread_name_prefix="probe") for _ in range(2)]
+    try:
+        with caplog.at_level(logging.WARNING, "xcopy.pacing"):
+            for pool in pools:
+                set_priority("background")
+                pool.submit(_probe).result()
+                set_priority("normal")
+                assert pool.submit(lambda: 42).result() == 42  # the job runs, at nice 19
+                assert pool.submit(_probe).result()[1] == xcopy.pacing.NICE
+    finally:
+        for pool in pools:
+            pool.shutdown()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "xcopy.pacing"]
+    assert warnings == [
+        "backup_priority normal: the copy threads stay at nice 19: [Errno 1] Operation not"
+        " permitted"
+    ]
+
+
+@pytest.mark.usefixtures("restore_priority")
+def test_give_way_never_sleeps_in_normal_mode() -> None:
+    counter = itertools.count()
+    set_priority("normal")
+    pace = GiveWay(counter.__next__)  # hosts busy: a new command at every look
+    start = time.monotonic()
+    for _ in range(50):
+        pace.mark = time.monotonic() - 1.0  # a slow slice: background mode would sleep 5 ms
+        pace()
+    assert pace.pauses == 0 and time.monotonic() - start < 50 * xcopy.pacing.MAX_PAUSE / 2
+    set_priority("background")  # a reload back to background: the same copy pauses again
+    pace.mark = time.monotonic() - 1.0
+    pace()
+    assert pace.pauses == 1
+
+
+def test_an_unknown_priority_is_refused() -> None:
+    with pytest.raises(ValueError, match="must be one of background, normal, got 'fast'"):
+        set_priority("fast")  # type: ignore[arg-type]
 
 
 class _AlwaysBusy(GiveWay):
