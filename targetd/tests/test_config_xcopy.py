@@ -44,6 +44,26 @@ def test_bad_backup_policy_names_the_key(pairs: dict[str, object], key: str) -> 
     assert info.value.key == key
 
 
+def test_backup_priority_defaults_to_background() -> None:
+    assert parse().pairs.backup_priority == "background"  # type: ignore[attr-defined]
+    config = parse(pairs={"backup_priority": "normal"})
+    assert config.pairs.backup_priority == "normal"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("fast", "pairs.backup_priority: must be one of background, normal, got 'fast'"),
+        (0, "pairs.backup_priority: expected str, got int 0"),
+    ],
+)
+def test_bad_backup_priority_names_the_key(value: object, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(pairs={"backup_priority": value})
+    assert info.value.key == "pairs.backup_priority"
+    assert str(info.value) == message
+
+
 def test_file_sink_lun_is_a_directory_with_a_capacity() -> None:
     target = {
         "name": "iqn.2026-11.org.targetd:t",

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from targetd.config import ChapSecret, Config, LunConfig, Portal, TargetConfig
+import pytest
+
+from targetd.config import ChapSecret, Config, LunConfig, PairConfig, Portal, TargetConfig
+from targetd.operations import Operations
 from targetd.reload import plan
+from targetd.server import TargetServer
+from xcopy import pacing
 
 A = "iqn.2026-11.org.x:a"
 B = "iqn.2026-11.org.x:b"
@@ -81,4 +88,29 @@ def test_a_paired_lun_and_its_target_stay() -> None:
     assert [(t.name, [lun.lun for lun in t.luns]) for t in result.config.targets] == [
         (A, [0, 1]),
         (B, [0, 1]),
+    ]
+
+
+@pytest.fixture
+def restore_priority() -> Iterator[None]:
+    yield
+    pacing.set_priority("background")
+
+
+@pytest.mark.usefixtures("restore_priority")
+def test_backup_priority_applies_at_start_and_on_reload() -> None:
+    normal = config(pairs=PairConfig(backup_priority="normal"))
+    background = config()
+    loaded = [background]
+
+    async def run() -> list[tuple[dict[str, list[str]], str]]:
+        ops = Operations(TargetServer(normal, {}), loader=lambda: loaded[0])
+        assert pacing.priority() == "normal"  # at start
+        first = (ops.reload(), pacing.priority())
+        loaded[0] = normal
+        return [first, (ops.reload(), pacing.priority())]
+
+    assert asyncio.run(run()) == [
+        ({"applied": ["pairs.backup_priority: background"], "refused": []}, "background"),
+        ({"applied": ["pairs.backup_priority: normal"], "refused": []}, "normal"),
     ]
