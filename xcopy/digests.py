@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from scsi.kernel_file import Readback
-from xcopy.pacing import PacedExecutor
+from xcopy.pacing import PacedExecutor, apply_priority
 
 MiB = 1 << 20
 # Bytes queued ahead of the hash before a feeder waits: a few records, so a copy never
@@ -103,6 +103,7 @@ class StreamDigest:
                     self._wake()
                     return
                 item = self._queue.popleft()
+            apply_priority()  # one drain may last a whole backup: a reload applies here
             size = len(item)
             try:
                 if self.error is None:

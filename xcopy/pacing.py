@@ -28,6 +28,7 @@ last job.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -88,10 +89,8 @@ def priority() -> Priority:
 def background_priority() -> None:
     """Lower the calling thread (Linux: nice and I/O priority are per thread)."""
     tid = threading.get_native_id()
-    try:
+    with contextlib.suppress(OSError):  # not permitted (a sandbox): it runs where it is
         os.setpriority(os.PRIO_PROCESS, tid, NICE)
-    except OSError:  # not permitted (a sandbox): the copy merely runs where it is
-        pass
     _set_ioprio(tid, _IOPRIO_CLASS_BE << _IOPRIO_CLASS_SHIFT | _IOPRIO_LOWEST)
 
 
