@@ -79,10 +79,11 @@ LABELS = {
 POLICIES = {1: "reflect-first", 3: "merge", 4: "split-and-backup"}
 
 
-def config(size: int, backlog_rate: str) -> str:
+def config(size: int, backlog_rate: str, priority: str = "background") -> str:
     return f"""
 [pairs]
 copy_rate = "{backlog_rate}"
+backup_priority = "{priority}"
 
 [[target]]
 name = "{IQN}"
@@ -422,6 +423,12 @@ def main() -> int:
         "--backlog-rate", default="64MiB", help="pair copy rate while measuring first records"
     )
     ap.add_argument(
+        "--backup-priority",
+        default="background",
+        choices=("background", "normal"),
+        help="the daemon's [pairs] backup_priority",
+    )
+    ap.add_argument(
         "--methods",
         default=",".join(METHODS),
         help=f"throughput methods, comma-separated (of {', '.join(METHODS)})",
@@ -435,7 +442,7 @@ def main() -> int:
     with image.open("wb") as f:
         for _ in range(size // (64 * MiB)):
             f.write(os.urandom(64 * MiB))
-    (work / "t.toml").write_text(config(size, args.backlog_rate))
+    (work / "t.toml").write_text(config(size, args.backlog_rate, args.backup_priority))
     port = free_port()
     daemon = subprocess.Popen(
         [sys.executable, "-m", "targetd", "serve", "--listen", f"127.0.0.1:{port}",
