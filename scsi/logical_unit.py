@@ -24,6 +24,7 @@ from scsi.opcodes import SERVICE_ACTION_OPCODES, OpcodeTable
 from scsi.reservations import ReservationState
 from scsi.sense import CheckCondition, FieldPointer, Reason, build_sense
 from scsi.store_errors import StoreErrors
+from scsi.task_set import BARRIER_BITS, TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,8 @@ class LogicalUnit:
         self.abort_tasks: Callable[[frozenset[Nexus]], Awaitable[None]] | None = None
         # Failures of the backing store: their sense, counts and rate-limited log lines.
         self.store_errors = StoreErrors(identity.device_id)
+        # The task set (one per LU, TST 000b): ORDERED and HEAD OF QUEUE ordering.
+        self.task_set = TaskSet()
 
     @property
     def third_party_copy(self) -> bool:
@@ -240,49 +243,65 @@ class LogicalUnit:
 
     async def _dispatch(self, cmd: ScsiCommand, *, unit_attentions: bool) -> ScsiResult:
         cdb = cmd.cdb
+        # Initiators' commands go through the task set; a copy manager's run inside the
+        # EXTENDED COPY task that is already in it. A SIMPLE command with nothing ORDERED
+        # about only bumps the count (scsi/task_set.py).
+        task_set = self.task_set if unit_attentions else None
+        if task_set is not None:
+            if task_set.gated or cmd.attribute & BARRIER_BITS:
+                await task_set.enter(cmd.attribute)
+            else:
+                task_set.active += 1
         try:
-            # An empty CDB cannot come over iSCSI (16 bytes at least), but other callers
-            # (the copy manager, tests) must get an answer too, not an IndexError.
-            spec = self.table.lookup(cdb) if cdb else None
-            if spec is None:
-                if not cdb:
-                    raise CheckCondition(Reason.INVALID_OPCODE, FieldPointer(0, bit=7))
-                if cdb[0] in SERVICE_ACTION_OPCODES and self.table.has_opcode(cdb[0]):
-                    raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(1, bit=4))
-                raise CheckCondition(Reason.INVALID_OPCODE, FieldPointer(0, bit=7))
-            if len(cdb) < spec.cdb_length:
-                raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(0))
-            if unit_attentions and not spec.ua_exempt:
-                ua = self.pop_unit_attention(cmd.nexus)
-                if ua is not None:
-                    return self.check_condition(CheckCondition(ua))
-            refusal = self.port_groups.refusal(cmd.nexus.relative_target_port, cdb)
-            if refusal is not None:
-                raise CheckCondition(refusal)
-            if self.reservation_conflict(cmd, spec.conflict_exempt):
-                return ScsiResult(Status.RESERVATION_CONFLICT)
-            gate = self.access_gate
-            if gate is None:
-                return await spec.handler(self, cmd)
-            entered = await gate.enter(cmd.nexus, cdb)
             try:
-                return await spec.handler(self, cmd)
-            except StoreError as exc:
-                if gate.fenced(exc):
-                    raise CheckCondition(Reason.LU_NOT_ACCESSIBLE_TRANSITIONING) from exc
-                raise
-            finally:
-                gate.leave(entered)
-        except CheckCondition as cc:
-            return self.check_condition(cc)
-        except StoreError as exc:  # a full or failing disk: its own sense, no traceback
-            return self.check_condition(self.store_errors.answer(exc))
-        except Exception:
-            log.exception("internal error executing %s on %s", cdb[:1].hex(), self.identity)
-            return ScsiResult(
-                Status.CHECK_CONDITION,
-                sense=build_sense(Reason.INTERNAL_TARGET_FAILURE),
-            )
+                # An empty CDB cannot come over iSCSI (16 bytes at least), but other callers
+                # (the copy manager, tests) must get an answer too, not an IndexError.
+                spec = self.table.lookup(cdb) if cdb else None
+                if spec is None:
+                    if not cdb:
+                        raise CheckCondition(Reason.INVALID_OPCODE, FieldPointer(0, bit=7))
+                    if cdb[0] in SERVICE_ACTION_OPCODES and self.table.has_opcode(cdb[0]):
+                        raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(1, bit=4))
+                    raise CheckCondition(Reason.INVALID_OPCODE, FieldPointer(0, bit=7))
+                if len(cdb) < spec.cdb_length:
+                    raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(0))
+                if unit_attentions and not spec.ua_exempt:
+                    ua = self.pop_unit_attention(cmd.nexus)
+                    if ua is not None:
+                        return self.check_condition(CheckCondition(ua))
+                refusal = self.port_groups.refusal(cmd.nexus.relative_target_port, cdb)
+                if refusal is not None:
+                    raise CheckCondition(refusal)
+                if self.reservation_conflict(cmd, spec.conflict_exempt):
+                    return ScsiResult(Status.RESERVATION_CONFLICT)
+                gate = self.access_gate
+                if gate is None:
+                    return await spec.handler(self, cmd)
+                entered = await gate.enter(cmd.nexus, cdb)
+                try:
+                    return await spec.handler(self, cmd)
+                except StoreError as exc:
+                    if gate.fenced(exc):
+                        raise CheckCondition(Reason.LU_NOT_ACCESSIBLE_TRANSITIONING) from exc
+                    raise
+                finally:
+                    gate.leave(entered)
+            except CheckCondition as cc:
+                return self.check_condition(cc)
+            except StoreError as exc:  # a full or failing disk: its own sense, no traceback
+                return self.check_condition(self.store_errors.answer(exc))
+            except Exception:
+                log.exception("internal error executing %s on %s", cdb[:1].hex(), self.identity)
+                return ScsiResult(
+                    Status.CHECK_CONDITION,
+                    sense=build_sense(Reason.INTERNAL_TARGET_FAILURE),
+                )
+        finally:
+            if task_set is not None:
+                if task_set.gated or cmd.attribute & BARRIER_BITS:
+                    task_set.finished(cmd.attribute)
+                else:
+                    task_set.active -= 1
 
     def check_condition(self, cc: CheckCondition) -> ScsiResult:
         return ScsiResult(Status.CHECK_CONDITION, sense=cc.sense(self.descriptor_sense))

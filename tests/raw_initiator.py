@@ -170,8 +170,11 @@ class RawInitiator:
         write: int = 0,
         data_len: int = 0,
         immediate: bool = False,
+        attr: int = 1,
     ) -> bytearray:
-        flags = 0x80 | (0x40 if read else 0) | (0x20 if write else 0) | 0x01
+        """A SCSI Command header; ``attr`` is the task attribute (RFC 7143 11.3.1: 0
+        untagged, 1 simple, 2 ordered, 3 head of queue, 4 ACA)."""
+        flags = 0x80 | (0x40 if read else 0) | (0x20 if write else 0) | (attr & 0x07)
         op = Op.SCSI_COMMAND | (0x40 if immediate else 0)
         hdr = new_header(op, flags, itt=self.next_itt(), data_length=data_len)
         hdr[9] = lun
