@@ -8,7 +8,10 @@ BlueStore on a sparse file by default), makes one image, and serves that same im
 - tgtd with ``--bstype rbd`` (Debian's tgt-rbd);
 - and measures ``rbd bench`` on it: native librbd in one process, the ceiling.
 
-The iSCSI targets are driven by the same client (``qemu-img bench``, libiscsi); each case
+The iSCSI targets are driven by the same client (``qemu-img bench``, libiscsi): sequential
+cases, and random 4 KiB ones, where each request is a fixed stride of about 160 MiB from
+the last (qemu-img bench has no random mode; iscsi-perf reads only), so no two are adjacent
+and none merge; ``rbd bench --io-pattern rand`` for native. Each case
 runs on each of the three in turn, the order rotating every repeat, so noise from a shared
 machine falls on all alike. Printed: medians, targetd/tgt-rbd and targetd/native ratios
 with their goals, and each target's CPU-seconds per 1,000 requests (for ``rbd bench``, its
@@ -33,7 +36,14 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from clients import MB, ClientError, MiB, parse_qemu_seconds, qemu_bench_argv
+from clients import (
+    MB,
+    SCATTER_STRIDE_BLOCKS,
+    ClientError,
+    MiB,
+    parse_qemu_seconds,
+    qemu_bench_argv,
+)
 from cpu import tree_cpu_seconds
 from targets import (
     LOOPBACK,
@@ -63,6 +73,7 @@ class Case:
     write: bool
     block_size: int
     depth: int
+    random: bool = False
 
     @property
     def unit(self) -> str:
@@ -82,6 +93,8 @@ CASES = (
     Case("read-1M-qd16", False, MiB, 16),
     Case("write-4K-qd32", True, 4 * KiB, 32),
     Case("read-4K-qd32", False, 4 * KiB, 32),
+    Case("randwrite-4K-qd32", True, 4 * KiB, 32, random=True),
+    Case("randread-4K-qd32", False, 4 * KiB, 32, random=True),
 )
 
 
@@ -179,7 +192,8 @@ def run_native(conf: Path, case: Case, count: int, timeout: float) -> Run:
     """``rbd bench`` in its own process; its CPU is taken from its rusage."""
     argv = ["rbd", "-c", str(conf), "bench", "--io-type", "write" if case.write else "read",
             "--io-size", str(case.block_size), "--io-threads", str(case.depth),
-            "--io-total", str(count * case.block_size), "--io-pattern", "seq",
+            "--io-total", str(count * case.block_size),
+            "--io-pattern", "rand" if case.random else "seq",
             f"{POOL}/{IMAGE}"]  # fmt: skip
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
@@ -208,6 +222,10 @@ def run_iscsi(target: Target, case: Case, region: int, count: int, timeout: floa
         subprocess.run(warm, capture_output=True, timeout=timeout, check=False)
     argv = qemu_bench_argv(target, region, write=case.write, size=case.block_size,
                            depth=case.depth, count=count)  # fmt: skip
+    if case.random:
+        # Requests a stride apart: adjacent ones would merge into one librbd call in
+        # targetd, which a random stream never gives it.
+        argv[2:2] = ["-S", str(SCATTER_STRIDE_BLOCKS * case.block_size)]
     cpu_before = tree_cpu_seconds(target.pid)
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
@@ -233,7 +251,7 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 def format_table(results: list[Result]) -> str:
     head = (
-        f"{'case':<15} {'unit':<5} {'targetd':>10} {'tgt-rbd':>10} {'native':>10} "
+        f"{'case':<17} {'unit':<5} {'targetd':>10} {'tgt-rbd':>10} {'native':>10} "
         f"{'vs tgt':>7} {'goal':>5} {'vs native':>9} {'goal':>5} "
         f"{'cpu s/kIO targetd':>18} {'tgt-rbd':>8} {'native':>8}"
     )
@@ -244,7 +262,7 @@ def format_table(results: list[Result]) -> str:
         vs_native = t / n if t and n else None
         goal_native = r.case.goal_vs_native
         lines.append(
-            f"{r.case.name:<15} {r.case.unit:<5} {_fmt(t):>10} {_fmt(g):>10} {_fmt(n):>10} "
+            f"{r.case.name:<17} {r.case.unit:<5} {_fmt(t):>10} {_fmt(g):>10} {_fmt(n):>10} "
             f"{_fmt(vs_tgt, 2):>7} {r.case.goal_vs_tgt:>5.1f} {_fmt(vs_native, 2):>9} "
             f"{'-' if goal_native is None else f'{goal_native:.1f}':>5} "
             f"{_fmt(r.cpu(TARGETD), 4):>18} {_fmt(r.cpu(TGT), 4):>8} {_fmt(r.cpu(NATIVE), 4):>8}"
@@ -320,7 +338,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Result]:
                         shown = "FAIL " + (one.error or "") if one.value is None else (
                             f"{one.value:,.1f} {result.case.unit}"
                         )  # fmt: skip
-                        print(f"  [{repeat + 1}] {result.case.name:<14} {who:<8} {shown}",
+                        print(f"  [{repeat + 1}] {result.case.name:<17} {who:<8} {shown}",
                               file=sys.stderr, flush=True)  # fmt: skip
             return results
         finally:
