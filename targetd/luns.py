@@ -35,6 +35,8 @@ from xcopy import Policy, PolicyLookup
 from xcopy.shared import SharedCopies
 
 if TYPE_CHECKING:
+    from backing.rados_object import RadosObject
+    from targetd.config import RbdConfig
     from targetd.gateway import LockGate
 
 log = logging.getLogger("targetd")
@@ -67,6 +69,21 @@ def pair_object(image: str) -> str:
     """The RADOS object beside a pair's target image with the pair's record (state and
     bitmaps), run by whichever gateway holds the source's lock (backing/pairs/shared.py)."""
     return f"targetd.pair.{image}"
+
+
+def _rados_object(r: RbdConfig, oid: str) -> RadosObject:
+    """A small RADOS object beside an RBD LU's image, reached as that LU's client."""
+    from backing.rados_object import RadosObject
+
+    return RadosObject(
+        ceph_conf=r.ceph_conf,
+        client=r.client if "." in r.client else f"client.{r.client}",
+        keyring=r.keyring,
+        pool=r.pool,
+        namespace=r.namespace,
+        oid=oid,
+        timeout=RESERVATIONS_TIMEOUT,
+    )
 
 
 def reservations_path(config: Config, target: str, lun: int) -> Path:
@@ -183,21 +200,12 @@ class Builder:
         volume = getattr(lu, "store", None)
         if self.pairs is None or not isinstance(volume, PairVolume) or lun.rbd is None:
             return
-        from backing.rados_object import RadosObject
 
         r = lun.rbd
         pairs, volume_id = self.pairs, volume.volume_id
 
         def record_object() -> RadosObject:
-            return RadosObject(
-                ceph_conf=r.ceph_conf,
-                client=r.client if "." in r.client else f"client.{r.client}",
-                keyring=r.keyring,
-                pool=r.pool,
-                namespace=r.namespace,
-                oid=pair_object(r.image),
-                timeout=RESERVATIONS_TIMEOUT,
-            )
+            return _rados_object(r, pair_object(r.image))
 
         volume.record_object = record_object
         volume.take_lock = gate.take
@@ -210,22 +218,13 @@ class Builder:
     def _cluster_reservations(
         self, target: TargetConfig, lun: LunConfig, lu: LogicalUnit
     ) -> ClusterPrStore:
-        from backing.rados_object import RadosObject
 
         r = lun.rbd
         assert r is not None
         where = f"target {target.name} lun {lun.lun}"
 
         def connect() -> RadosObject:
-            return RadosObject(
-                ceph_conf=r.ceph_conf,
-                client=r.client if "." in r.client else f"client.{r.client}",
-                keyring=r.keyring,
-                pool=r.pool,
-                namespace=r.namespace,
-                oid=reservations_object(r.image),
-                timeout=RESERVATIONS_TIMEOUT,
-            )
+            return _rados_object(r, reservations_object(r.image))
 
         try:
             obj = connect()
@@ -254,21 +253,12 @@ class Builder:
     def _cluster_copies(
         self, target: TargetConfig, lun: LunConfig, lu: LogicalUnit
     ) -> SharedCopies:
-        from backing.rados_object import RadosObject
 
         r = lun.rbd
         assert r is not None
 
         def connect() -> RadosObject:
-            return RadosObject(
-                ceph_conf=r.ceph_conf,
-                client=r.client if "." in r.client else f"client.{r.client}",
-                keyring=r.keyring,
-                pool=r.pool,
-                namespace=r.namespace,
-                oid=copies_object(r.image),
-                timeout=RESERVATIONS_TIMEOUT,
-            )
+            return _rados_object(r, copies_object(r.image))
 
         try:
             # This daemon's relative target ports name it in the object, as in the
