@@ -74,7 +74,7 @@ for d in /sys/class/scsi_device/*/device/block/*; do
     [ "/dev/${d##*/}" = "$a" ] || b="/dev/${d##*/}"
 done
 [ -n "$b" ] || fail "no block device through B"
-wait_for 15 test -e "$b" || fail "$b did not appear"
+wait_for 15 sh -c "(: <$b) 2>/dev/null" || fail "$b did not appear (or does not open)"
 echo "through A: $a, through B: $b"
 run udevadm settle
 

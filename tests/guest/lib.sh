@@ -89,7 +89,10 @@ _scsi_device_of_lun() {
 _block_of_lun() {
     _h=$(_scsi_device_of_lun "$1") || return 1
     for _b in /sys/class/scsi_device/"$_h"/device/block/*; do
-        [ -e "/dev/${_b##*/}" ] && echo "/dev/${_b##*/}" && return 0
+        # The node appears when the disk is added, a moment before the disk is live: opening
+        # it in between fails with ENXIO, so wait until it opens.
+        [ -e "/dev/${_b##*/}" ] && (: <"/dev/${_b##*/}") 2>/dev/null &&
+            echo "/dev/${_b##*/}" && return 0
     done
     return 1
 }
