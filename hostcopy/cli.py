@@ -37,6 +37,7 @@ from hostcopy.lists import (
 )
 from hostcopy.progress import Progress
 from hostcopy.runtime import EXIT_FAILED, EXIT_OK, Failure, opened, utc
+from scsi.sense import Reason
 
 _UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30,
           "gib": 1 << 30}  # fmt: skip
@@ -277,12 +278,15 @@ def _open_backup(tape: Device, number: int) -> Label:
 
 
 # What the target's answer to a verify or a checked restore means (COPY ABORTED ASC/ASCQ).
-_CHECK_FAILURES = {
-    (0x1D, 0x00): "DAMAGED: the data on the medium does not hash to the SHA-256 in its end "
-    "label (a changed byte, or a label that lies)",
-    (0x80, 0x21): "PARTIAL: the backup has no end label; it was cut off before it completed",
-    (0x0D, 0x04): "PARTIAL: the backup ends before the length its head label gives",
-    (0x0D, 0x05): "DAMAGED: a record is longer than its head label says",
+_CHECK_FAILURES: dict[tuple[int, int], str] = {
+    Reason.COPY_LABEL_MISCOMPARE.value[1:]: "DAMAGED: the data on the medium does not hash to "
+    "the SHA-256 in its end label (a changed byte, or a label that lies)",
+    Reason.COPY_NO_END_LABEL.value[1:]: "PARTIAL: the backup has no end label; it was cut off "
+    "before it completed",
+    Reason.COPY_TARGET_DEVICE_DATA_UNDERRUN.value[1:]: "PARTIAL: the backup ends before the "
+    "length its head label gives",
+    Reason.COPY_TARGET_DEVICE_DATA_OVERRUN.value[1:]: "DAMAGED: a record is longer than its "
+    "head label says",
 }
 
 

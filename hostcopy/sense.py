@@ -18,13 +18,16 @@ _ASC_NAMES: dict[tuple[int, int], str] = {
     (0x0D, 0x00): "ERROR DETECTED BY THIRD PARTY TEMPORARY INITIATOR",
     (0x29, 0x00): "POWER ON, RESET, OR BUS DEVICE RESET OCCURRED",
 }
-_VENDOR_COPY_HINTS = {
-    (0x0A, 0x80, 0x02): "the source is the target volume of a pair that is not split",
-    (0x0A, 0x80, 0x10): "the pair left the split state while the copy read it",
-    (0x0A, 0x29, 0x00): "the daemon restarted while the copy ran",
-    (0x0A, 0x1D, 0x00): "the data on the medium does not hash to the SHA-256 its label records",
-    (0x0A, 0x80, 0x20): "no digest was running for this backup (a copy that fed it failed)",
-    (0x0A, 0x80, 0x21): "the backup has no end label: it is partial",
+_VENDOR_COPY_HINTS: dict[tuple[int, int, int], str] = {
+    Reason.COPY_SOURCE_PAIR_NOT_SPLIT.value: "the source is the target volume of a pair that "
+    "is not split",
+    Reason.COPY_SPLIT_IMAGE_LOST.value: "the pair left the split state while the copy read it",
+    Reason.COPY_ABORTED_BY_RESTART.value: "the daemon restarted while the copy ran",
+    Reason.COPY_LABEL_MISCOMPARE.value: "the data on the medium does not hash to the SHA-256 "
+    "its label records",
+    Reason.COPY_NO_DIGEST.value: "no digest was running for this backup (a copy that fed it "
+    "failed)",
+    Reason.COPY_NO_END_LABEL.value: "the backup has no end label: it is partial",
 }
 
 

@@ -30,6 +30,39 @@ class SenseKey(IntEnum):
 
 _K = SenseKey
 
+# Vendor-specific ASC 80h (SPC-4 reserves ASC 80h..FFh for vendors). Every ASCQ under it is
+# handed out here and nowhere else, so two conditions never meet on one value; a value once
+# shipped never changes (initiators' scripts and targetd-copy match on it). One ASCQ has one
+# meaning; the sense key says where it arose: ILLEGAL REQUEST for a pair command, COPY
+# ABORTED for an EXTENDED COPY. docs/pairs.md ("Vendor-specific sense codes") lists them all.
+VENDOR_ASC = 0x80
+
+
+class VendorAscq(IntEnum):
+    # Volume pairs (PAIR OUT, and the copies that read a pair)
+    PAIR_NOT_FOUND = 0x01
+    PAIR_WRONG_STATE = 0x02  # a copy's source: the target volume of a pair that is not split
+    PAIR_SIZE_MISMATCH = 0x03
+    PAIR_LUN_ALREADY_PAIRED = 0x04
+    PAIR_NAME_IN_USE = 0x05
+    PAIR_SAME_LUN = 0x06
+    PAIR_LUN_READ_ONLY = 0x07
+    PAIR_ALREADY_IN_GROUP = 0x08
+    PAIR_TOO_MANY_SECONDARIES = 0x09  # 3 per primary
+    PAIR_LUN_AMBIGUOUS = 0x0A  # a primary of several pairs
+    # A backup of a pair volume: the split image went away while the copy read it.
+    SPLIT_IMAGE_LOST = 0x10
+    # Self-describing backups: no digest open for the stream; no end label where one belongs.
+    NO_DIGEST = 0x20
+    NO_END_LABEL = 0x21
+
+
+def _vendor(key: SenseKey, ascq: VendorAscq) -> tuple[SenseKey, int, int]:
+    return (key, VENDOR_ASC, int(ascq))
+
+
+_V = VendorAscq
+
 
 class Reason(Enum):
     """Why a command failed, as (sense key, ASC, ASCQ)."""
@@ -113,17 +146,17 @@ class Reason(Enum):
     DATA_PHASE_ERROR = (_K.ABORTED_COMMAND, 0x4B, 0x00)
     INVALID_TARGET_PORT_TRANSFER_TAG = (_K.ABORTED_COMMAND, 0x4B, 0x01)
     PROTOCOL_SERVICE_CRC_ERROR = (_K.ABORTED_COMMAND, 0x47, 0x05)
-    # Volume pairs (vendor-specific ASC 80h, ILLEGAL REQUEST; docs/pairs.md)
-    PAIR_NOT_FOUND = (_K.ILLEGAL_REQUEST, 0x80, 0x01)
-    PAIR_WRONG_STATE = (_K.ILLEGAL_REQUEST, 0x80, 0x02)
-    PAIR_SIZE_MISMATCH = (_K.ILLEGAL_REQUEST, 0x80, 0x03)
-    PAIR_LUN_ALREADY_PAIRED = (_K.ILLEGAL_REQUEST, 0x80, 0x04)
-    PAIR_NAME_IN_USE = (_K.ILLEGAL_REQUEST, 0x80, 0x05)
-    PAIR_SAME_LUN = (_K.ILLEGAL_REQUEST, 0x80, 0x06)
-    PAIR_LUN_READ_ONLY = (_K.ILLEGAL_REQUEST, 0x80, 0x07)
-    PAIR_ALREADY_IN_GROUP = (_K.ILLEGAL_REQUEST, 0x80, 0x08)
-    PAIR_TOO_MANY_SECONDARIES = (_K.ILLEGAL_REQUEST, 0x80, 0x09)  # 3 per primary
-    PAIR_LUN_AMBIGUOUS = (_K.ILLEGAL_REQUEST, 0x80, 0x0A)  # a primary of several pairs
+    # Volume pairs: PAIR OUT refusals (vendor ASC 80h, VendorAscq; docs/pairs.md)
+    PAIR_NOT_FOUND = _vendor(_K.ILLEGAL_REQUEST, _V.PAIR_NOT_FOUND)
+    PAIR_WRONG_STATE = _vendor(_K.ILLEGAL_REQUEST, _V.PAIR_WRONG_STATE)
+    PAIR_SIZE_MISMATCH = _vendor(_K.ILLEGAL_REQUEST, _V.PAIR_SIZE_MISMATCH)
+    PAIR_LUN_ALREADY_PAIRED = _vendor(_K.ILLEGAL_REQUEST, _V.PAIR_LUN_ALREADY_PAIRED)
+    PAIR_NAME_IN_USE = _vendor(_K.ILLEGAL_REQUEST, _V.PAIR_NAME_IN_USE)
+    PAIR_SAME_LUN = _vendor(_K.ILLEGAL_REQUEST, _V.PAIR_SAME_LUN)
+    PAIR_LUN_READ_ONLY = _vendor(_K.ILLEGAL_REQUEST, _V.PAIR_LUN_READ_ONLY)
+    PAIR_ALREADY_IN_GROUP = _vendor(_K.ILLEGAL_REQUEST, _V.PAIR_ALREADY_IN_GROUP)
+    PAIR_TOO_MANY_SECONDARIES = _vendor(_K.ILLEGAL_REQUEST, _V.PAIR_TOO_MANY_SECONDARIES)
+    PAIR_LUN_AMBIGUOUS = _vendor(_K.ILLEGAL_REQUEST, _V.PAIR_LUN_AMBIGUOUS)
     # COPY ABORTED
     COPY_TARGET_DEVICE_NOT_REACHABLE = (_K.COPY_ABORTED, 0x0D, 0x02)
     COPY_ABORTED_UNREACHABLE = (_K.COPY_ABORTED, 0x08, 0x00)
@@ -137,14 +170,14 @@ class Reason(Enum):
     # A backup of a pair volume (vendor ASC 80h under COPY ABORTED; docs/xcopy.md): the
     # source is the target volume of a pair that is not split, or the split image is gone
     # (the pair was resynchronized, suspended or deleted while the copy read it).
-    COPY_SOURCE_PAIR_NOT_SPLIT = (_K.COPY_ABORTED, 0x80, 0x02)
-    COPY_SPLIT_IMAGE_LOST = (_K.COPY_ABORTED, 0x80, 0x10)
+    COPY_SOURCE_PAIR_NOT_SPLIT = _vendor(_K.COPY_ABORTED, _V.PAIR_WRONG_STATE)
+    COPY_SPLIT_IMAGE_LOST = _vendor(_K.COPY_ABORTED, _V.SPLIT_IMAGE_LOST)
     # Self-describing backups (docs/xcopy.md): the data read back does not hash to what its
     # end label says; no digest is open for the stream (no START DIGEST, or a copy that fed
     # it failed); where the end label should be, there is none (a partial backup).
     COPY_LABEL_MISCOMPARE = (_K.COPY_ABORTED, 0x1D, 0x00)
-    COPY_NO_DIGEST = (_K.COPY_ABORTED, 0x80, 0x20)
-    COPY_NO_END_LABEL = (_K.COPY_ABORTED, 0x80, 0x21)
+    COPY_NO_DIGEST = _vendor(_K.COPY_ABORTED, _V.NO_DIGEST)
+    COPY_NO_END_LABEL = _vendor(_K.COPY_ABORTED, _V.NO_END_LABEL)
     # The daemon stopped (or was killed) while the copy ran: reported after the restart.
     COPY_ABORTED_BY_RESTART = (_K.COPY_ABORTED, 0x29, 0x00)
     # EXTENDED COPY parameter lists and copy resources (ILLEGAL REQUEST, xcopy/)
