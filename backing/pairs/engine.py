@@ -210,6 +210,9 @@ class Pair:
         self._work = asyncio.Event()
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # Chunk copies the workers started: a cancelled worker's copy may be on a thread
+        # still, and stop() waits for it (nothing of the pair runs once stop returns).
+        self._jobs: set[asyncio.Future[None]] = set()
         self._header_lock = asyncio.Lock()
         self._cursor = 0
         self._finishing = False
@@ -361,12 +364,17 @@ class Pair:
         await self._write_header()
 
     async def stop(self) -> None:
-        """Stop the workers and write out every cleared bit (clean shutdown)."""
+        """Stop the workers and write out every cleared bit (clean shutdown). When it
+        returns, every bit and header the pair wrote is durable and none of its work runs
+        on a thread: the caller may close the pair file and the volumes' stores."""
         tasks = [*self._tasks, *self._snapshot_tasks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
+        # A copy whose worker was cancelled mid-chunk runs to its end (a read or write on a
+        # thread cannot be stopped half way; it may still suspend the pair, durably).
+        await asyncio.gather(*self._jobs, return_exceptions=True)
         if self._frozen is not None:  # the snapshot stays (named in the header) for a restart
             frozen, self._frozen = self._frozen, None
             await frozen.aclose()
@@ -377,7 +385,11 @@ class Pair:
             except Exception:
                 # Only cleared bits are lost: the next start copies those chunks again.
                 log.exception("pair %s: writing the last cleared bits failed", self.name)
-        self.journal.closed = True
+        # A commit already on the file's thread (a host write's marks, the bitmap writer's
+        # cancelled round) and a header write in flight end before the file may close.
+        await self.journal.drain()
+        async with self._header_lock:
+            self.journal.closed = True
 
     async def _write_header(self) -> None:
         async with self._header_lock:
@@ -986,8 +998,11 @@ class Pair:
                 c = self._next_chunk()
                 if c is not None:
                     await self._pacer.take(self.chunk_size)
+                    job = asyncio.ensure_future(self._copy_chunk(c))
+                    self._jobs.add(job)
+                    job.add_done_callback(self._jobs.discard)
                     try:
-                        await self._copy_chunk(c)
+                        await asyncio.shield(job)
                     except Exception as err:
                         # Logged, and the pair SUSPENDED, by _copy_chunk: nothing copies now
                         # (unless fenced: then it stops soon, and must not spin meanwhile).

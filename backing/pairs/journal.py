@@ -323,6 +323,12 @@ class WriteIntentLog:
             self._runner = asyncio.ensure_future(self._run())
         await asyncio.shield(future)
 
+    async def drain(self) -> None:
+        """Return once no commit is running or queued (whatever its outcome: a failed
+        one was reported to its waiters)."""
+        while self._runner is not None and not self._runner.done():
+            await asyncio.gather(self._runner, return_exceptions=True)
+
     async def _run(self) -> None:
         while self._next is not None:
             future, self._next = self._next, None
