@@ -41,6 +41,7 @@ MAX_REQUEST = 1 << 20
 Handler = Callable[..., Any | Awaitable[Any]]
 # done, total: callable from any thread (long work runs off the event loop).
 Report = Callable[[int, int], None]
+Fallback = Callable[[str, dict[str, Any], Report | None], Awaitable[Any]]
 PROGRESS_EVERY = 0.25  # seconds between two progress lines of one request
 
 
@@ -65,8 +66,9 @@ class Admin:
         self._server: asyncio.base_events.Server | None = None
         self.path: Path | None = None
         # Methods not registered here go to this one, if set: a portal hands them to the
-        # worker process that serves the target they name (targetd.workers).
-        self.fallback: Callable[[str, dict[str, Any]], Awaitable[Any]] | None = None
+        # worker process that serves the target they name (targetd.workers). Its third
+        # argument is the request's progress report, or None if it asked for none.
+        self.fallback: Fallback | None = None
         self.register("methods", lambda params: sorted(self._methods))
 
     def register(self, method: str, handler: Handler, *, progress: bool = False) -> None:
@@ -83,7 +85,8 @@ class Admin:
     ) -> Any:
         handler = self._methods.get(method)
         if handler is None and self.fallback is not None:
-            return await self.fallback(method, params or {})
+            asked = None if report is _no_report else report
+            return await self.fallback(method, params or {}, asked)
         if handler is None:
             raise AdminError(f"no such method {method!r}", "unknown_method")
         if method in self._reporting:

@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from targetd import logs, reload, sdnotify, status
-from targetd.admin import SOCKET_NAME, Admin, AdminError
+from targetd.admin import SOCKET_NAME, Admin, AdminError, Report
 from targetd.config import Config, ConfigError
 from targetd.metrics import Family, Metrics
 from targetd.server import TargetServer
@@ -110,12 +110,15 @@ class Portal:
             log.warning("reload not applied", extra=logs.fields(change=change))
         return {"applied": result["applied"], "refused": refused}
 
-    async def forward(self, method: str, params: dict[str, Any]) -> Any:
+    async def forward(
+        self, method: str, params: dict[str, Any], progress: Report | None = None
+    ) -> Any:
         """A method the portal does not serve itself goes to the worker of the target it
         names. Naming none: with one target, to its worker; else a query (``*.list``,
         ``*.status``) goes to every worker (lists joined, or the one worker that knows the
         name), and anything else must name its target, since each worker would take its own
-        target for the default and act."""
+        target for the default and act. A request that asked for progress lines gets the
+        worker's, each passed on as it comes."""
         supervisor = self.supervisor
         target = params.get("target")
         targets = self.server.config.targets
@@ -125,7 +128,9 @@ class Portal:
             worker = supervisor.owner(target)
             if worker is None:
                 raise AdminError(f"no target named {target!r}", "unknown-target")
-            return await supervisor.call(worker, method, params, timeout=FORWARD_TIMEOUT)
+            return await supervisor.call(
+                worker, method, params, timeout=FORWARD_TIMEOUT, progress=progress
+            )
         if not method.endswith(QUERY_SUFFIXES):
             raise AdminError(
                 f"{method}: several targets, served by worker processes: name one with --target",

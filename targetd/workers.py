@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from targetd import logs
-from targetd.admin import AdminError, request
+from targetd.admin import AdminError, Report, request
 from targetd.config import Config, Portal
 from targetd.metrics import Family
 
@@ -228,13 +228,22 @@ class Supervisor:
         return None if index is None else self.workers[index]
 
     async def call(
-        self, worker: Worker, method: str, params: dict[str, Any], *, timeout: float = 30.0
+        self,
+        worker: Worker,
+        method: str,
+        params: dict[str, Any],
+        *,
+        timeout: float = 30.0,
+        progress: Report | None = None,
     ) -> Any:
-        """An admin request to one worker, over its socket in the state dir."""
+        """An admin request to one worker, over its socket in the state dir. ``progress``
+        (callable from any thread) is given the worker's progress lines as they come."""
         path = self.config.state_dir / socket_name(worker.index)
         if not worker.ports:
             raise AdminError(f"worker {worker.index} is restarting; try again", "unavailable")
-        return await asyncio.to_thread(request, path, method, params, timeout=timeout)
+        return await asyncio.to_thread(
+            request, path, method, params, timeout=timeout, progress=progress
+        )
 
     async def call_all(self, method: str, params: dict[str, Any] | None = None) -> list[Any]:
         return list(

@@ -146,3 +146,60 @@ def test_workers_on_the_command_line_win_over_the_file(tmp_path: Path) -> None:
     assert load("auto") == min(3, len(os.sched_getaffinity(0)))
     with pytest.raises(ConfigError, match=r"--workers: must be 1\.\.256, got 0"):
         load("0")
+
+
+def test_progress_lines_of_a_forwarded_request_pass_through_as_they_come(tmp_path: Path) -> None:
+    """A long request the portal hands to a worker (an export with progress) streams its
+    progress lines to the client while the work goes on, not only with the answer."""
+    from targetd.admin import Admin, request
+    from targetd.portal import Portal
+
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def copy(params: dict[str, Any], report: Any) -> dict[str, Any]:
+            report(0, 10)
+            await release.wait()  # the work goes on until the client saw the first line
+            report(10, 10)
+            return {"copied": params["barcode"]}
+
+        worker = Admin()
+        worker.register("library.export", copy, progress=True)
+        await worker.start(tmp_path / "worker0.sock")
+        cfg = parse_config(
+            {"target": [{"name": A, "lun": [{"lun": 0}]}], "server": {"workers": 2}},
+            base_dir=tmp_path, state_dir=tmp_path,
+        )  # fmt: skip
+        portal = Portal(cfg, [], None)
+        portal.supervisor.workers[0].ports = [3261]  # serving (no process in this test)
+        await portal.admin.start(tmp_path / "admin.sock")
+        seen: list[tuple[int, int]] = []
+        first = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def progress(done: int, total: int) -> None:
+            seen.append((done, total))
+            loop.call_soon_threadsafe(first.set)
+
+        try:
+            answer = asyncio.ensure_future(
+                asyncio.to_thread(
+                    request, tmp_path / "admin.sock", "library.export", {"barcode": "X1"},
+                    timeout=10, progress=progress,
+                )
+            )  # fmt: skip
+            await asyncio.wait_for(first.wait(), 10)
+            assert seen == [(0, 10)] and not answer.done()
+            release.set()
+            assert await asyncio.wait_for(answer, 10) == {"copied": "X1"}
+            assert seen == [(0, 10), (10, 10)]
+            # Without the flag, the request is answered as before, with no progress line.
+            assert await asyncio.to_thread(
+                request, tmp_path / "admin.sock", "library.export", {"barcode": "X2"}
+            ) == {"copied": "X2"}
+        finally:
+            release.set()
+            await portal.admin.stop()
+            await worker.stop()
+
+    asyncio.run(scenario())
