@@ -18,12 +18,17 @@ with their goals, and each target's CPU-seconds per 1,000 requests (for ``rbd be
 own CPU, the cost of librbd itself).
 
     python3 bench/compare_rbd.py [--quick] [--repeat N] [--size 256M] [--objectstore memstore]
-                                 [--json F]
+                                 [--cases randread-4K-qd32,...] [--requests 4K,1M]
+                                 [--ceph-conf F [--image NAME]] [--json F]
+
+``--ceph-conf`` uses a running cluster instead of starting one (the test of this script
+runs it against the Ceph tier's cluster); the image is made there and removed afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -33,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -125,6 +131,25 @@ class Result:
         return statistics.median(costs) if costs else None
 
 
+def parse_cases(text: str) -> tuple[Case, ...]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    known = {c.name: c for c in CASES}
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"cases are among: {', '.join(known)}")
+    return tuple(known[n] for n in names)
+
+
+def parse_requests(text: str) -> tuple[int, int]:
+    try:
+        small, big = (int(n) for n in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("two counts: 4 KiB,1 MiB requests per run") from None
+    if small < 1 or big < 1:
+        raise argparse.ArgumentTypeError("counts are at least 1")
+    return small, big
+
+
 def parse_size(text: str) -> int:
     units = {"K": KiB, "M": MiB, "G": 1 << 30}
     text = text.strip().upper().removesuffix("IB").removesuffix("B")
@@ -135,12 +160,38 @@ def parse_size(text: str) -> int:
 
 
 # -- the three ---------------------------------------------------------------------------
-def start_targetd(workdir: Path, cluster: CephCluster, cache: str = "none") -> Target:
+class Cluster:
+    """A cluster the benchmark did not start: ``conf`` and ``rbd()`` as ``CephCluster``'s."""
+
+    def __init__(self, conf: Path) -> None:
+        self.conf = conf
+
+    def rbd(self, *args: str, timeout: float = 120.0) -> str:
+        argv = ["rbd", "-c", str(self.conf), *args]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        if done.returncode != 0:
+            raise ClusterError(f"{' '.join(argv)} failed: {done.stdout}{done.stderr}")
+        return done.stdout
+
+
+@contextlib.contextmanager
+def cluster_for(args: argparse.Namespace, workdir: Path) -> Iterator[CephCluster | Cluster]:
+    if args.ceph_conf is None:
+        print(f"starting a {args.objectstore} cluster ...", file=sys.stderr, flush=True)
+        with CephCluster(workdir / "ceph", objectstore=args.objectstore) as cluster:
+            yield cluster
+        return
+    yield Cluster(args.ceph_conf)
+
+
+def start_targetd(
+    workdir: Path, cluster: CephCluster | Cluster, image: str, cache: str = "none"
+) -> Target:
     port = free_port()
     config = workdir / "targetd.toml"
     config.write_text(
         f'[[target]]\nname = "{IQN}"\n[[target.lun]]\nlun = 0\nkind = "rbd"\n'
-        f'pool = "{POOL}"\nimage = "{IMAGE}"\nceph_conf = "{cluster.conf}"\ncache = "{cache}"\n'
+        f'pool = "{POOL}"\nimage = "{image}"\nceph_conf = "{cluster.conf}"\ncache = "{cache}"\n'
     )
     log_path = workdir / "targetd.log"
     argv = [sys.executable, "-m", "targetd", "serve", "--listen", f"{LOOPBACK}:{port}"]
@@ -158,7 +209,7 @@ def start_targetd(workdir: Path, cluster: CephCluster, cache: str = "none") -> T
     return target
 
 
-def start_tgt_rbd(workdir: Path, cluster: CephCluster, conf: Path) -> Target:
+def start_tgt_rbd(workdir: Path, image: str, conf: Path) -> Target:
     port = free_port()
     control_port = _free_control_port()
     log_path = workdir / "tgtd.log"
@@ -175,7 +226,7 @@ def start_tgt_rbd(workdir: Path, cluster: CephCluster, conf: Path) -> Target:
         target._admin("--op new --mode target --tid 1 -T", target.iqn)
         target._admin(
             f"--op new --mode logicalunit --tid 1 --lun 1 --bstype rbd --bsopts conf={conf}"
-            " -b", f"{POOL}/{IMAGE}",
+            " -b", f"{POOL}/{image}",
         )  # fmt: skip
         target._admin("--op bind --mode target --tid 1 -I ALL")
         check_login(target.portal)
@@ -188,13 +239,13 @@ def start_tgt_rbd(workdir: Path, cluster: CephCluster, conf: Path) -> Target:
 _RBD_BENCH = re.compile(r"elapsed:\s*([0-9.]+)\s+ops:\s*(\d+)\s+ops/sec:\s*([0-9.]+)")
 
 
-def run_native(conf: Path, case: Case, count: int, timeout: float) -> Run:
+def run_native(conf: Path, image: str, case: Case, count: int, timeout: float) -> Run:
     """``rbd bench`` in its own process; its CPU is taken from its rusage."""
     argv = ["rbd", "-c", str(conf), "bench", "--io-type", "write" if case.write else "read",
             "--io-size", str(case.block_size), "--io-threads", str(case.depth),
             "--io-total", str(count * case.block_size),
             "--io-pattern", "rand" if case.random else "seq",
-            f"{POOL}/{IMAGE}"]  # fmt: skip
+            f"{POOL}/{image}"]  # fmt: skip
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
@@ -289,61 +340,92 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="default",
         help="tgtd's and rbd bench's librbd cache: librbd's defaults, or off (like targetd's)",
     )
+    parser.add_argument(
+        "--cases", type=parse_cases, default=CASES, help="comma-separated cases (default: all)"
+    )
+    parser.add_argument(
+        "--requests",
+        type=parse_requests,
+        metavar="4K,1M",
+        help="requests per run: 4 KiB cases, 1 MiB cases (default 30000,768; quick 2000,64)",
+    )
+    parser.add_argument(
+        "--ceph-conf", type=Path, help="a running cluster's ceph.conf (default: start one)"
+    )
+    parser.add_argument("--image", default=IMAGE, help="the image's name in pool rbd")
     parser.add_argument("--json", type=Path, help="also save every run and the medians here")
     args = parser.parse_args(argv)
     args.repeat = args.repeat or (1 if args.quick else 3)
     args.size = args.size or ((32 if args.quick else 256) * MiB)
+    args.requests = args.requests or ((2000, 64) if args.quick else (30_000, 768))
     return args
 
 
 def run(args: argparse.Namespace, workdir: Path) -> list[Result]:
-    big, small = (64, 2000) if args.quick else (768, 30_000)
+    small, big = args.requests
     timeout = 120.0 if args.quick else 600.0
-    print(f"starting a {args.objectstore} cluster ...", file=sys.stderr, flush=True)
-    with CephCluster(workdir / "ceph", objectstore=args.objectstore) as cluster:
-        cluster.rbd("create", "--size", f"{args.size >> 20}M", f"{POOL}/{IMAGE}")
-        # Every read reads data: the whole image is written once first.
-        cluster.rbd("bench", "--io-type", "write", "--io-size", "1M", "--io-threads", "16",
-                    "--io-total", str(args.size), "--io-pattern", "seq", f"{POOL}/{IMAGE}",
-                    timeout=timeout)  # fmt: skip
-        # tgtd and rbd bench read the cluster's ceph.conf: librbd's defaults, or no cache.
-        peers_conf = cluster.conf
-        if args.peers_cache == "none":
-            peers_conf = workdir / "peers.conf"
-            peers_conf.write_text(cluster.conf.read_text() + "\n[client]\nrbd_cache = false\n")
-        targets: list[Target] = []
+    image = args.image
+    with cluster_for(args, workdir) as cluster:
+        cluster.rbd("create", "--size", f"{args.size >> 20}M", f"{POOL}/{image}")
         try:
-            targets.append(start_targetd(workdir, cluster, args.cache))
-            targets.append(start_tgt_rbd(workdir, cluster, peers_conf))
-            # A first pass over the image through each gateway (connections, the lock, the
-            # OSD's caches) is not measured.
-            for target in targets:
-                argv = qemu_bench_argv(target, args.size, write=False, size=MiB, depth=16,
-                                       count=args.size // MiB)  # fmt: skip
-                subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
-            results = [Result(case) for case in CASES]
-            contenders: list[str] = [TARGETD, TGT, NATIVE]
-            for repeat in range(args.repeat):
-                shift = repeat % len(contenders)
-                order = contenders[shift:] + contenders[:shift]
-                for result in results:
-                    count = big if result.case.block_size >= MiB else small
-                    for who in order:
-                        if who == NATIVE:
-                            one = run_native(peers_conf, result.case, count, timeout)
-                        else:
-                            target = next(t for t in targets if t.name == who)
-                            one = run_iscsi(target, result.case, args.size, count, timeout)
-                        result.runs.append(one)
-                        shown = "FAIL " + (one.error or "") if one.value is None else (
-                            f"{one.value:,.1f} {result.case.unit}"
-                        )  # fmt: skip
-                        print(f"  [{repeat + 1}] {result.case.name:<17} {who:<8} {shown}",
-                              file=sys.stderr, flush=True)  # fmt: skip
-            return results
+            return _run_on(args, workdir, cluster, image, small, big, timeout)
         finally:
-            for target in targets:
-                target.stop()
+            if args.ceph_conf is not None:
+                with contextlib.suppress(ClusterError, subprocess.TimeoutExpired):
+                    cluster.rbd("rm", "--no-progress", f"{POOL}/{image}", timeout=timeout)
+
+
+def _run_on(
+    args: argparse.Namespace,
+    workdir: Path,
+    cluster: CephCluster | Cluster,
+    image: str,
+    small: int,
+    big: int,
+    timeout: float,
+) -> list[Result]:
+    # Every read reads data: the whole image is written once first.
+    cluster.rbd("bench", "--io-type", "write", "--io-size", "1M", "--io-threads", "16",
+                "--io-total", str(args.size), "--io-pattern", "seq", f"{POOL}/{image}",
+                timeout=timeout)  # fmt: skip
+    # tgtd and rbd bench read the cluster's ceph.conf: librbd's defaults, or no cache.
+    peers_conf = cluster.conf
+    if args.peers_cache == "none":
+        peers_conf = workdir / "peers.conf"
+        peers_conf.write_text(cluster.conf.read_text() + "\n[client]\nrbd_cache = false\n")
+    targets: list[Target] = []
+    try:
+        targets.append(start_targetd(workdir, cluster, image, args.cache))
+        targets.append(start_tgt_rbd(workdir, image, peers_conf))
+        # A first pass over the image through each gateway (connections, the lock, the
+        # OSD's caches) is not measured.
+        for target in targets:
+            argv = qemu_bench_argv(target, args.size, write=False, size=MiB, depth=16,
+                                   count=args.size // MiB)  # fmt: skip
+            subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+        results = [Result(case) for case in args.cases]
+        contenders: list[str] = [TARGETD, TGT, NATIVE]
+        for repeat in range(args.repeat):
+            shift = repeat % len(contenders)
+            order = contenders[shift:] + contenders[:shift]
+            for result in results:
+                count = big if result.case.block_size >= MiB else small
+                for who in order:
+                    if who == NATIVE:
+                        one = run_native(peers_conf, image, result.case, count, timeout)
+                    else:
+                        target = next(t for t in targets if t.name == who)
+                        one = run_iscsi(target, result.case, args.size, count, timeout)
+                    result.runs.append(one)
+                    shown = "FAIL " + (one.error or "") if one.value is None else (
+                        f"{one.value:,.1f} {result.case.unit}"
+                    )  # fmt: skip
+                    print(f"  [{repeat + 1}] {result.case.name:<17} {who:<8} {shown}",
+                          file=sys.stderr, flush=True)  # fmt: skip
+        return results
+    finally:
+        for target in targets:
+            target.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,8 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(results))
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
-        f"{args.objectstore}; targetd cache {args.cache}; peers' cache {args.peers_cache}; "
-        f"image {args.size >> 20} MiB; "
+        f"{args.ceph_conf or args.objectstore}; targetd cache {args.cache}; "
+        f"peers' cache {args.peers_cache}; image {args.size >> 20} MiB; "
         f"{args.repeat} repeat(s); load average {load}",
         file=sys.stderr,
     )

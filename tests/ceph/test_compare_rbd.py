@@ -1,0 +1,76 @@
+"""bench/compare_rbd.py runs end to end against the tier's cluster (tiny sizes and counts).
+
+This proves the harness works: targetd and tgtd serve the image, every case runs on the
+three contenders, and the table has every row with figures and ratios; it asserts nothing
+about speed. The script was once broken on main for a while without anyone noticing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from ceph_fixtures import ceph_cluster
+from cluster import CephCluster
+
+__all__ = ["ceph_cluster"]
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "bench" / "compare_rbd.py"
+CASES = (
+    ("write-1M-qd16", "MB/s"),
+    ("read-1M-qd16", "MB/s"),
+    ("write-4K-qd32", "IOPS"),
+    ("read-4K-qd32", "IOPS"),
+    ("randwrite-4K-qd32", "IOPS"),
+    ("randread-4K-qd32", "IOPS"),
+)
+
+
+def _number(cell: str) -> float:
+    return float(cell.replace(",", ""))
+
+
+def test_compare_rbd_prints_every_row_with_figures_and_ratios(
+    ceph_cluster: CephCluster, tmp_path: Path
+) -> None:
+    image = f"bench-{uuid.uuid4().hex[:8]}"
+    json_path = tmp_path / "bench.json"
+    argv = [sys.executable, str(SCRIPT), "--ceph-conf", str(ceph_cluster.conf)]
+    argv += ["--image", image, "--size", "16M", "--requests", "200,8", "--repeat", "1"]
+    argv += ["--cache", "writearound", "--json", str(json_path)]
+    done = subprocess.run(
+        argv, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == [
+        "case", "unit", "targetd", "tgt-rbd", "native", "vs", "tgt", "goal", "vs", "native",
+        "goal", "cpu", "s/kIO", "targetd", "tgt-rbd", "native",
+    ]  # fmt: skip
+    rows = {cells[0]: cells for cells in (line.split() for line in lines[2:])}
+    assert list(rows) == [name for name, _ in CASES], done.stdout
+    for name, unit in CASES:
+        cells = rows[name]
+        assert len(cells) == 12, cells
+        assert cells[1] == unit
+        targetd, tgt, native = (_number(c) for c in cells[2:5])
+        assert min(targetd, tgt, native) > 0, cells
+        # The ratios are the medians' (one run each: the printed figures, rounded).
+        assert abs(_number(cells[5]) - targetd / tgt) <= 0.01 + 0.001 * targetd / tgt, cells
+        assert abs(_number(cells[7]) - targetd / native) <= 0.01 + 0.001 * targetd / native
+        assert _number(cells[6]) == (1.5 if unit == "MB/s" else 1.0)
+        assert cells[8] == ("0.7" if unit == "MB/s" else "-")
+        assert all(_number(c) >= 0 for c in cells[9:12]), cells
+
+    saved = json.loads(json_path.read_text())
+    assert [r["case"]["name"] for r in saved["results"]] == [name for name, _ in CASES]
+    for result in saved["results"]:
+        assert sorted(run["who"] for run in result["runs"]) == ["native", "targetd", "tgt-rbd"]
+        assert all(run["error"] is None and run["ops"] > 0 for run in result["runs"]), result
+    # The image the script made in the shared cluster is gone again.
+    assert image not in ceph_cluster.rbd("ls", ceph_cluster.pool).split()
