@@ -109,9 +109,10 @@ async def serve(
     ops = Operations(server, builder=builder, loader=loader, metrics_listen=config.metrics_listen)
     ops.on_shutdown(pairs.stop)  # after the drain: the last cleared bits are written
 
-    async def after_reload(old: Config, new: Config) -> None:
+    async def after_reload(old: Config, new: Config) -> dict[str, list[str]]:
+        pairs.apply_settings(pair_settings(new))  # [pairs]: what reload.plan applied
         await pairs.start()  # pair files of LUNs the reload added resume now
-        await pair_config.apply(pairs, new, old)
+        return await pair_config.apply(pairs, new, old)
 
     ops.on_reload(after_reload)
     ops.provide_status("pairs", lambda: [s.as_dict() for s in pairs.list_pairs()])

@@ -42,11 +42,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("targetd")
 
 
-def copy_services(config: Config, target: str) -> Services:
+def copy_services(
+    config: Config, target: str, current: Callable[[], Config] | None = None
+) -> Services:
     """The copy services (EXTENDED COPY) of one target, given to each of its LUs as it is
-    built; copy results are kept under the state dir and survive a restart."""
+    built; copy results are kept under the state dir and survive a restart. A backup's
+    configured policy is looked up in ``current()`` (the running configuration, which a
+    reload changes) when given, else in ``config``."""
     copies = config.state_dir / "xcopy" / target.replace(":", "_")
-    return xcopy.services(backup_policy_lookup(config), state_dir=copies)
+    if current is None:
+        return xcopy.services(backup_policy_lookup(config), state_dir=copies)
+    return xcopy.services(lambda pair: backup_policy_lookup(current())(pair), state_dir=copies)
 
 
 # How long a PERSISTENT RESERVE command waits on the cluster before it fails (docs/rbd.md).
@@ -131,7 +137,7 @@ class Builder:
     def _services(self, target: str) -> Services:
         services = self.copies.get(target)
         if services is None:
-            services = self.copies[target] = copy_services(self.config, target)
+            services = self.copies[target] = copy_services(self.config, target, lambda: self.config)
         return services
 
     def _control(self, target: str) -> TargetPairs | None:

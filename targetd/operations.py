@@ -56,11 +56,12 @@ class Operations:
         # Run after a reload is applied, with (old, new) configuration: declared pairs.
         self._reload_hooks: list[Callable[[Config, Config], Awaitable[Any]]] = []
         self._after_reload: set[asyncio.Future[Any]] = set()
+        self._last_reload: list[asyncio.Future[Any]] = []  # the hooks the last reload ran
         self._watchdog: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()  # LUs removed, closed when idle
         self.flush_failures = 0  # LUNs whose flush failed at shutdown (exit status 1)
         self.admin.register("status", lambda params: self.status())
-        self.admin.register("reload", lambda params: self.reload())
+        self.admin.register("reload", lambda params: self.reload_settled())
         self.metrics.add_collector(self._core_families)
         logs.scrubber.set_secrets(logs.config_secrets(server.config))
         pacing.set_priority(server.config.pairs.backup_priority)  # type: ignore[arg-type]
@@ -147,9 +148,11 @@ class Operations:
         self.server.config = result.config
         # The copy threads persist: each copy job from now on runs at the new priority.
         pacing.set_priority(result.config.pairs.backup_priority)  # type: ignore[arg-type]
+        self._last_reload = []
         for hook in self._reload_hooks:
             task = asyncio.ensure_future(hook(previous, result.config))
             self._after_reload.add(task)
+            self._last_reload.append(task)
             task.add_done_callback(self._after_reload.discard)
         self._apply_alua(result.config)
         self._remove(result)
@@ -160,6 +163,20 @@ class Operations:
             log.warning("reload not applied", extra=logs.fields(change=change))
         sdnotify.notify("READY=1")
         return {"applied": result.applied, "refused": result.refused}
+
+    async def reload_settled(self) -> dict[str, list[str]]:
+        """``targetctl reload``: :meth:`reload`, answered once the reload hooks have run,
+        with what they applied and refused too (the declared pairs and groups)."""
+        result = self.reload()
+        hooks = self._last_reload
+        self._last_reload = []
+        for outcome in await asyncio.gather(*hooks, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                result["refused"].append(f"after the reload: {type(outcome).__name__}: {outcome}")
+            elif isinstance(outcome, dict):
+                result["applied"].extend(outcome.get("applied", ()))
+                result["refused"].extend(outcome.get("refused", ()))
+        return result
 
     def _build(self, plan: ReloadPlan) -> None:
         config = plan.config

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 
 from backing.pairs import MAX_SECONDARIES, UNCHECKED, BackupPolicy, PairError, PairService
 from targetd import logs
@@ -162,18 +163,27 @@ def parse_declarations(
     return pairs, groups
 
 
-async def apply(service: PairService, config: Config, previous: Config | None = None) -> list[str]:
+def _policy(name: str | None) -> BackupPolicy | None:
+    return None if name is None else BackupPolicy.parse(name)
+
+
+async def apply(
+    service: PairService, config: Config, previous: Config | None = None
+) -> dict[str, list[str]]:
     """Create what the configuration declares and does not exist yet; report (log, and
-    return as messages) every declaration that does not match what exists, and every
-    pair or group a reload took out of the file. Never deletes, never changes an
-    existing pair or group."""
-    messages: list[str] = []
+    return as messages: ``applied`` and ``refused``, as a reload answers) every
+    declaration that does not match what exists, and every pair or group a reload took
+    out of the file. Never deletes; the one change made to an existing pair is a reload's
+    new ``backup_policy`` of its ``[[pair]]``, and only while the pair still has the
+    policy the file gave it before (one set since by targetctl or PAIR OUT wins)."""
+    messages: dict[str, list[str]] = {"applied": [], "refused": []}
 
     def report(level: int, message: str) -> None:
-        messages.append(message)
+        messages["applied" if level <= logging.INFO else "refused"].append(message)
         log.log(level, "declared pairs", extra=logs.fields(change=message))
 
     manager = service.manager
+    before = {} if previous is None else {(p.target, p.name): p for p in previous.declared_pairs}
     for p in config.declared_pairs:
         source, dest = volume_id(p.target, p.source_lun), volume_id(p.target, p.target_lun)
         existing = manager.pairs.get((p.target, p.name))
@@ -186,6 +196,10 @@ async def apply(service: PairService, config: Config, previous: Config | None = 
                     f" pair is {existing.source.volume_id} -> {existing.target.volume_id};"
                     " left as it is (delete it to have the declared one)",
                 )
+                continue
+            old = before.get((p.target, p.name))
+            if old is not None and old.backup_policy != p.backup_policy:
+                await _reload_policy(service, report, where, existing.backup_policy, old, p)
             continue
         # A primary may have up to 3 secondaries (the 4th is refused by create, below);
         # a volume that is a pair's secondary is in no other pair.
@@ -241,6 +255,35 @@ async def apply(service: PairService, config: Config, previous: Config | None = 
                     " (targetctl group delete ends it)",
                 )
     return messages
+
+
+async def _reload_policy(
+    service: PairService,
+    report: Callable[[int, str], None],
+    where: str,
+    current: BackupPolicy | None,
+    old: PairDecl,
+    new: PairDecl,
+) -> None:
+    """A reload changed a declared pair's ``backup_policy``: the pair takes it, unless its
+    policy was changed since the file last set it."""
+    shown = new.backup_policy or "none of its own (the [pairs] one)"
+    if current != _policy(old.backup_policy):
+        label = "none" if current is None else current.label
+        report(
+            logging.WARNING,
+            f"{where}: backup_policy {shown} not applied: the pair's policy was set to"
+            f" {label} since (targetctl pair policy changes it)",
+        )
+        return
+    try:
+        await service.set_backup_policy(
+            _policy(new.backup_policy), access=UNCHECKED, name=new.name, scope=new.target
+        )
+    except (PairError, OSError) as err:
+        report(logging.ERROR, f"{where}: backup_policy {shown} not applied: {err}")
+        return
+    report(logging.INFO, f"{where}: backup_policy {shown}")
 
 
 __all__ = ["apply", "parse_declarations"]

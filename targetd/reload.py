@@ -14,9 +14,9 @@ LUN's file, portals, state_dir, limits) is refused and keeps its running value.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
-from targetd.config import Config, LunConfig, TargetConfig
+from targetd.config import Config, LunConfig, PairConfig, TargetConfig
 
 # Running values that only a restart changes.
 _RESTART_ONLY = (
@@ -36,6 +36,20 @@ _RESTART_ONLY = (
     "buffer_pool",
     "workers",  # the processes and which targets each serves (docs/workers.md)
 )
+
+
+# Every [pairs] setting a reload applies, and what it then reaches (docs/config.md). A
+# setting missing here is reported as needing a restart, never dropped silently.
+_PAIR_SETTINGS = {
+    "chunk_size": "pairs created from now on; an existing pair keeps its own",
+    "copy_workers": "every pair's copy workers",
+    "copy_rate": "every pair's background copy",
+    "backup_policy": "backups of pairs with no backup policy of their own",
+    "backup_policies": "backups of pairs with no backup policy of their own",
+    "backup_priority": "each copy job from now on",
+    "rbd_snapshot_split": "splits from now on",
+    "clear_delay_ms": "every pair's lazy clearing",
+}
 
 
 @dataclass
@@ -68,8 +82,7 @@ def plan(old: Config, new: Config, paired: PairedLun = lambda target, lun: None)
         new.discovery_mutual_chap,
     ):
         result.applied.append("discovery CHAP updated")
-    if old.pairs.backup_priority != new.pairs.backup_priority:
-        result.applied.append(f"pairs.backup_priority: {new.pairs.backup_priority}")
+    pair_config = _pair_settings(old.pairs, new.pairs, result)
     targets: list[TargetConfig] = []
     for target in new.targets:
         running = old.target(target.name)
@@ -92,8 +105,31 @@ def plan(old: Config, new: Config, paired: PairedLun = lambda target, lun: None)
             else:
                 result.removed_targets.append(target.name)
                 result.applied.append(f"target {target.name} removed: its sessions are logged out")
-    result.config = replace(new, targets=tuple(targets), **keep)
+    result.config = replace(new, targets=tuple(targets), pairs=pair_config, **keep)
     return result
+
+
+def _pair_settings(old: PairConfig, new: PairConfig, result: ReloadPlan) -> PairConfig:
+    """The ``[pairs]`` table to run with: each changed setting applied (and said so, with
+    what it reaches), or kept at its running value if only a restart can change it."""
+    kept = {}
+    for f in fields(PairConfig):
+        before, after = getattr(old, f.name), getattr(new, f.name)
+        if before == after:
+            continue
+        reach = _PAIR_SETTINGS.get(f.name)
+        if reach is None:
+            result.refused.append(f"pairs.{f.name} changed: needs a restart")
+            kept[f.name] = before
+        else:
+            result.applied.append(f"pairs.{f.name}: {_shown(after)} ({reach})")
+    return replace(new, **kept)
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, tuple):  # backup_policies: (name, policy) pairs
+        return ", ".join(f"{k} = {v}" for k, v in value) or "none"
+    return str(value)
 
 
 def _merge_target(

@@ -145,3 +145,68 @@ def test_split_and_backup_policy_splits_on_a_plain_extended_copy(
         back += record
     assert back == image
     client.close()
+
+
+def reload_config(pairs: str, p0_policy: str) -> str:
+    text = f'[pairs]\nchunk_size = "64KiB"\n{pairs}\n[[target]]\nname = "{IQN}"\n'
+    for n in range(4):
+        text += f'[[target.lun]]\nlun = {n}\nsize = "4MiB"\n'
+    text += f'[[pair]]\nname = "p0"\nsource_lun = 0\ntarget_lun = 1\n{p0_policy}\n'
+    return text + '[[pair]]\nname = "p1"\nsource_lun = 2\ntarget_lun = 3\n'
+
+
+def test_a_reload_applies_the_pairs_settings_and_a_declared_pairs_policy(
+    targetd_factory: DaemonFactory,
+) -> None:
+    """[pairs] backup_policy (and copy_rate) and a [[pair]]'s backup_policy changed in
+    the file reach the running pairs at `targetctl reload`, and the answer says so; a
+    policy set on the pair since the file gave it is kept, and the answer says that."""
+    daemon = targetd_factory(
+        reload_config('backup_policy = "merge"\ncopy_rate = "1MiB"', 'backup_policy = "wait"')
+    )
+
+    def policy(name: str) -> tuple[str, bool]:
+        done = targetctl(daemon, "pair", "status", name, "--json")
+        assert done.returncode == 0, done.stderr
+        status = json.loads(done.stdout)
+        return status["backup_policy"], status["backup_policy_set"]
+
+    def reload(text: str) -> dict[str, list[str]]:
+        assert daemon.config is not None
+        daemon.config.write_text(text)
+        done = targetctl(daemon, "reload", "--json")
+        assert done.returncode == 0, done.stderr
+        answer: dict[str, list[str]] = json.loads(done.stdout)
+        return answer
+
+    assert (policy("p0"), policy("p1")) == (("wait", True), ("merge", False))
+    answer = reload(
+        reload_config(
+            'backup_policy = "reflect-first"\ncopy_rate = "2MiB"', 'backup_policy = "merge"'
+        )
+    )
+    assert answer == {
+        "applied": [
+            "pairs.copy_rate: 2097152 (every pair's background copy)",
+            "pairs.backup_policy: reflect-first"
+            " (backups of pairs with no backup policy of their own)",
+            "pair[0] 'p0': backup_policy merge",
+        ],
+        "refused": [],
+    }, answer
+    assert (policy("p0"), policy("p1")) == (("merge", True), ("reflect-first", False))
+    # Set on the pair since: the file's next change is reported and not applied.
+    assert targetctl(daemon, "pair", "policy", "p0", "split-and-backup").returncode == 0
+    answer = reload(reload_config('backup_policy = "reflect-first"\ncopy_rate = "2MiB"', ""))
+    assert answer == {
+        "applied": [],
+        "refused": [
+            "pair[0] 'p0': backup_policy none of its own (the [pairs] one) not applied:"
+            " the pair's policy was set to split-and-backup since"
+            " (targetctl pair policy changes it)"
+        ],
+    }, answer
+    assert policy("p0") == ("split-and-backup", True)
+    # The pair file keeps the applied policies; the configured one follows the file.
+    daemon.restart()
+    assert (policy("p0"), policy("p1")) == (("split-and-backup", True), ("reflect-first", False))

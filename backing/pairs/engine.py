@@ -210,6 +210,7 @@ class Pair:
         self._work = asyncio.Event()
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._workers: list[asyncio.Task[None]] = []
         # Chunk copies the workers started: a cancelled worker's copy may be on a thread
         # still, and stop() waits for it (nothing of the pair runs once stop returns).
         self._jobs: set[asyncio.Future[None]] = set()
@@ -288,13 +289,33 @@ class Pair:
                 await self._settle_merge()
             except Exception as err:  # the changed bits stay on disk: merged again next time
                 await self._fail(_reason_of(err, SuspendReason.PAIR_FILE_ERROR), err)
+        self._workers = [self._start_worker() for _ in range(self.settings.copy_workers)]
         self._tasks = [
-            asyncio.ensure_future(self._guarded(self._worker, "copy worker"))
-            for _ in range(self.settings.copy_workers)
+            *self._workers,
+            asyncio.ensure_future(self._guarded(self._lazy_committer, "bitmap writer")),
         ]
-        self._tasks.append(
-            asyncio.ensure_future(self._guarded(self._lazy_committer, "bitmap writer"))
-        )
+        self._work.set()
+
+    def _start_worker(self) -> asyncio.Task[None]:
+        return asyncio.ensure_future(self._guarded(self._worker, "copy worker"))
+
+    def retune(self, settings: PairSettings) -> None:
+        """The daemon's settings changed (a reload): the copy rate, the number of copy
+        workers, the lazy clearing period, the configured backup policy and the snapshot
+        split apply from now on. The chunk size is the pair's own (its file's)."""
+        self.settings = settings
+        self._pacer.rate = settings.copy_rate
+        if not self._tasks:  # not running here (not started, stopped, or only shown)
+            return
+        while len(self._workers) < settings.copy_workers:
+            worker = self._start_worker()
+            self._workers.append(worker)
+            self._tasks.append(worker)
+        while len(self._workers) > settings.copy_workers:
+            # Its chunk copy in flight runs to its end (stop() waits for such copies).
+            worker = self._workers.pop()
+            self._tasks.remove(worker)
+            worker.cancel()
         self._work.set()
 
     async def _guarded(
@@ -372,6 +393,7 @@ class Pair:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
+        self._workers = []
         # A copy whose worker was cancelled mid-chunk runs to its end (a read or write on a
         # thread cannot be stopped half way; it may still suspend the pair, durably).
         await asyncio.gather(*self._jobs, return_exceptions=True)

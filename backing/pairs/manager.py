@@ -316,6 +316,13 @@ class PairManager:
                 except Exception:
                     log.exception("group %s: resync of pair %s failed", name, pair.name)
 
+    def apply_settings(self, settings: PairSettings) -> None:
+        """New settings from a reload: every pair follows them from now on
+        (:meth:`Pair.retune`); pairs created from now on get the new chunk size."""
+        self.settings = settings
+        for pair in self.pairs.values():
+            pair.retune(settings)
+
     async def stop(self) -> None:
         await asyncio.gather(*self._settling.values(), return_exceptions=True)
         await self.shared.stop()

@@ -31,7 +31,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Protocol
 
-from backing.pairs.engine import Pair, PairStatus
+from backing.pairs.engine import Pair, PairSettings, PairStatus
 from backing.pairs.groups import GroupStatus
 from backing.pairs.manager import PairManager, scope_of
 from backing.pairs.states import BackupPolicy, ErrorCode, PairError, Phase, VolumeState
@@ -84,6 +84,10 @@ class PairService:
 
     async def stop(self) -> None:
         await self.manager.stop()
+
+    def apply_settings(self, settings: PairSettings) -> None:
+        """A reload's ``[pairs]`` settings: every pair follows them from now on."""
+        self.manager.apply_settings(settings)
 
     # -- two gateways: pairs run where their source's lock is (backing/pairs/shared.py) --------
     async def run_here(self, volume_id: str) -> None:

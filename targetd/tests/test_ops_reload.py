@@ -111,6 +111,45 @@ def test_backup_priority_applies_at_start_and_on_reload() -> None:
         return [first, (ops.reload(), pacing.priority())]
 
     assert asyncio.run(run()) == [
-        ({"applied": ["pairs.backup_priority: background"], "refused": []}, "background"),
-        ({"applied": ["pairs.backup_priority: normal"], "refused": []}, "normal"),
+        (
+            {
+                "applied": ["pairs.backup_priority: background (each copy job from now on)"],
+                "refused": [],
+            },
+            "background",
+        ),
+        (
+            {
+                "applied": ["pairs.backup_priority: normal (each copy job from now on)"],
+                "refused": [],
+            },
+            "normal",
+        ),
+    ]
+
+
+def test_every_pairs_setting_is_applied_by_a_reload_and_said_so() -> None:
+    old = config(pairs=PairConfig())
+    new = config(
+        pairs=PairConfig(
+            chunk_size=128 * 1024,
+            copy_workers=4,
+            copy_rate=1 << 20,
+            backup_policy="wait",
+            backup_policies=(("db", "merge"),),
+            rbd_snapshot_split=False,
+            clear_delay_ms=1000,
+        )
+    )
+    result = plan(old, new)
+    assert result.config.pairs == new.pairs
+    assert result.refused == []
+    assert result.applied == [
+        "pairs.chunk_size: 131072 (pairs created from now on; an existing pair keeps its own)",
+        "pairs.copy_workers: 4 (every pair's copy workers)",
+        "pairs.copy_rate: 1048576 (every pair's background copy)",
+        "pairs.backup_policy: wait (backups of pairs with no backup policy of their own)",
+        "pairs.backup_policies: db = merge (backups of pairs with no backup policy of their own)",
+        "pairs.rbd_snapshot_split: False (splits from now on)",
+        "pairs.clear_delay_ms: 1000 (every pair's lazy clearing)",
     ]
