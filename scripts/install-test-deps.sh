@@ -12,7 +12,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VENV=.venv
 # gcc and libc6-dev build cython-iscsi; --no-install-recommends would leave libc6-dev out.
 DEB_PACKAGES=(libiscsi-bin libiscsi-dev sg3-utils tgt qemu-utils qemu-block-extra pkg-config
     gcc libc6-dev)
@@ -73,24 +72,10 @@ if command -v systemctl >/dev/null 2>&1; then
     done
 fi
 
-if [[ -n ${PYTHON:-} ]]; then
-    PY=$PYTHON
-else
-    # A venv made without system site packages (or from another interpreter) cannot see rbd:
-    # it is made again.
-    if [[ -x $VENV/bin/python ]] && ! $VENV/bin/python -c 'import rbd, rados' 2>/dev/null; then
-        rm -rf "$VENV"
-    fi
-    if [[ ! -x $VENV/bin/python ]]; then
-        /usr/bin/python3 -m venv --system-site-packages "$VENV"
-    fi
-    PY=$VENV/bin/python
-fi
-
-# Debian 12's system Python is "externally managed" (PEP 668): pip refuses to install into it
-# unless told to. Harmless where Python is not externally managed (a venv, pyenv).
-export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore
-$PY -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+# The checkout's own venv (or PYTHON=...), with the checkout installed editable.
+source scripts/checkout-python.sh
+checkout_python
+install_checkout test,bench
 # cython-iscsi 1.0 must be built against Cython < 3, or pyscsi fails at import.
 if ! $PY -c "import iscsi; iscsi.ISCSI_SESSION_NORMAL" 2>/dev/null; then
     $PY -m pip install -q --disable-pip-version-check 'Cython<3' pkgconfig 'setuptools_scm[toml]' wheel
