@@ -20,7 +20,7 @@ export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_V
 # Prints where the interpreter $1's installed targetd was copied from ("" when none is, or
 # when it is an editable install).
 _installed_copy_of() {
-    "$1" - <<'EOF' 2>/dev/null || true
+    "$1" -I - <<'EOF' 2>/dev/null || true
 import json
 from importlib import metadata
 
@@ -77,8 +77,12 @@ checkout_python() {
 }
 
 # Installs the checkout editable into $PY, with the extras named ("test,bench"), if any.
+# editable_mode=compat puts the checkout itself on sys.path from a .pth file, so it comes
+# before the system's site-packages that the venv sees: a copy of targetd installed there
+# cannot shadow it (setuptools' default finder for an editable install is asked only after
+# every sys.path entry).
 install_checkout() {
     local spec=.
     [[ -z ${1:-} ]] || spec=".[$1]"
-    "$PY" -m pip install -q -e "$spec"
+    "$PY" -m pip install -q -e "$spec" --config-settings editable_mode=compat
 }
