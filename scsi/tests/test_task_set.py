@@ -6,8 +6,10 @@ when: a WRITE of the same blocks that ran beside it would show in its data."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from test_sbc_support import NEXUS, make_lu, read10, write10
 
 from scsi.block_device import BlockDevice
@@ -51,13 +53,32 @@ def start(lu: BlockDevice, cmd: ScsiCommand) -> asyncio.Task[ScsiResult]:
     return asyncio.ensure_future(lu.execute(cmd))
 
 
-def test_ordered_write_waits_for_an_older_read(tmp_path: Path) -> None:
-    lu = make_lu(tmp_path)
+async def held_read(
+    lu: BlockDevice, attribute: TaskAttribute = TaskAttribute.SIMPLE
+) -> tuple[asyncio.Event, asyncio.Task[ScsiResult]]:
+    """A READ of block 0, started and under way, whose backing read waits for the returned
+    event: the older task the others queue behind."""
+    release = slow_reads(lu)
+    read = start(lu, command(read10(0, 1), attribute))
+    await settle()
+    return release, read
+
+
+def assert_idle(lu: BlockDevice) -> None:
+    assert lu.task_set.active == 0 and not lu.task_set.gated
+
+
+@pytest.fixture
+def lu(tmp_path: Path) -> Iterator[BlockDevice]:
+    device = make_lu(tmp_path)
+    yield device
+    device.close()
+
+
+def test_ordered_write_waits_for_an_older_read(lu: BlockDevice) -> None:
 
     async def main() -> None:
-        release = slow_reads(lu)
-        read = start(lu, command(read10(0, 1), TaskAttribute.SIMPLE))
-        await settle()
+        release, read = await held_read(lu)
         write = start(lu, command(write10(0, 1), TaskAttribute.ORDERED, NEW))
         await settle()
         assert not write.done()  # the READ is older and still running
@@ -66,19 +87,15 @@ def test_ordered_write_waits_for_an_older_read(tmp_path: Path) -> None:
         assert result.status == Status.GOOD
         assert bytes(result.data or b"") == OLD  # the WRITE did not run beside it
         assert (await write).status == Status.GOOD
-        assert lu.task_set.active == 0 and not lu.task_set.gated
+        assert_idle(lu)
 
     asyncio.run(main())
-    lu.close()
 
 
-def test_simple_after_an_ordered_waits_for_it(tmp_path: Path) -> None:
-    lu = make_lu(tmp_path)
+def test_simple_after_an_ordered_waits_for_it(lu: BlockDevice) -> None:
 
     async def main() -> None:
-        release = slow_reads(lu)
-        read = start(lu, command(read10(0, 1), TaskAttribute.ORDERED))
-        await settle()
+        release, read = await held_read(lu, TaskAttribute.ORDERED)
         write = start(lu, command(write10(0, 1), TaskAttribute.SIMPLE, NEW))
         await settle()
         assert not write.done()
@@ -89,32 +106,24 @@ def test_simple_after_an_ordered_waits_for_it(tmp_path: Path) -> None:
         assert bytes(check.data or b"") == NEW
 
     asyncio.run(main())
-    lu.close()
 
 
-def test_simple_tasks_without_an_ordered_one_run_side_by_side(tmp_path: Path) -> None:
-    lu = make_lu(tmp_path)
+def test_simple_tasks_without_an_ordered_one_run_side_by_side(lu: BlockDevice) -> None:
 
     async def main() -> None:
-        release = slow_reads(lu)
-        read = start(lu, command(read10(0, 1), TaskAttribute.SIMPLE))
-        await settle()
+        release, read = await held_read(lu)
         write = await lu.execute(command(write10(0, 1), TaskAttribute.SIMPLE, NEW))
         assert write.status == Status.GOOD  # QAM 1: reordered freely
         release.set()
         assert bytes((await read).data or b"") == NEW
 
     asyncio.run(main())
-    lu.close()
 
 
-def test_head_of_queue_starts_ahead_of_a_waiting_ordered_task(tmp_path: Path) -> None:
-    lu = make_lu(tmp_path)
+def test_head_of_queue_starts_ahead_of_a_waiting_ordered_task(lu: BlockDevice) -> None:
 
     async def main() -> None:
-        release = slow_reads(lu)
-        read = start(lu, command(read10(0, 1), TaskAttribute.SIMPLE))
-        await settle()
+        release, read = await held_read(lu)
         ordered = start(lu, command(write10(0, 1), TaskAttribute.ORDERED, NEW))
         simple = start(lu, command(TEST_UNIT_READY, TaskAttribute.SIMPLE))
         await settle()
@@ -124,19 +133,15 @@ def test_head_of_queue_starts_ahead_of_a_waiting_ordered_task(tmp_path: Path) ->
         assert not ordered.done() and not simple.done()
         release.set()
         await asyncio.gather(read, ordered, simple)
-        assert lu.task_set.active == 0 and not lu.task_set.gated
+        assert_idle(lu)
 
     asyncio.run(main())
-    lu.close()
 
 
-def test_aborting_a_waiting_ordered_task_lets_those_behind_it_go(tmp_path: Path) -> None:
-    lu = make_lu(tmp_path)
+def test_aborting_a_waiting_ordered_task_lets_those_behind_it_go(lu: BlockDevice) -> None:
 
     async def main() -> None:
-        release = slow_reads(lu)
-        read = start(lu, command(read10(0, 1), TaskAttribute.SIMPLE))
-        await settle()
+        release, read = await held_read(lu)
         ordered = start(lu, command(write10(0, 1), TaskAttribute.ORDERED, NEW))
         behind = start(lu, command(write10(1, 1), TaskAttribute.SIMPLE, NEW))
         await settle()
@@ -147,25 +152,20 @@ def test_aborting_a_waiting_ordered_task_lets_those_behind_it_go(tmp_path: Path)
         assert behind.done() and behind.result().status == Status.GOOD
         release.set()
         assert bytes((await read).data or b"") == OLD  # the aborted WRITE never ran
-        assert lu.task_set.active == 0 and not lu.task_set.gated
+        assert_idle(lu)
 
     asyncio.run(main())
-    lu.close()
 
 
-def test_aborting_the_older_task_starts_the_ordered_one(tmp_path: Path) -> None:
-    lu = make_lu(tmp_path)
+def test_aborting_the_older_task_starts_the_ordered_one(lu: BlockDevice) -> None:
 
     async def main() -> None:
-        slow_reads(lu)
-        read = start(lu, command(read10(0, 1), TaskAttribute.SIMPLE))
-        await settle()
+        _release, read = await held_read(lu)
         ordered = start(lu, command(write10(0, 1), TaskAttribute.ORDERED, NEW))
         await settle()
         assert not ordered.done()
         read.cancel()  # LU reset or the nexus gone: the running READ ends
         assert (await ordered).status == Status.GOOD
-        assert lu.task_set.active == 0 and not lu.task_set.gated
+        assert_idle(lu)
 
     asyncio.run(main())
-    lu.close()
