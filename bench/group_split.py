@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from latency import pct
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import uuid
@@ -40,11 +42,6 @@ from backing.sparse_file import SparseFile
 
 MiB = 1 << 20
 PAIRS = 4
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
 
 
 async def fill(volume: PairVolume, nbytes: int) -> None:

@@ -25,17 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from latency import pct
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backing.pairs import PairManager, PairSettings, PairVolume, VolumeState
 from backing.sparse_file import SparseFile
 
 MiB = 1 << 20
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
 
 
 async def run(n: int, size: int, count: int, split: bool) -> list[float]:

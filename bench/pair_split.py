@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from latency import pct
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backing.pairs import PairManager, PairSettings, PairVolume, VolumeState
@@ -111,11 +113,6 @@ async def write_latency(size: int, count: int) -> dict[str, list[float]]:
         src.close()
         tgt.close()
     return out
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] * 1e3
 
 
 async def main() -> None:

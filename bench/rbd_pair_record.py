@@ -20,31 +20,22 @@ RADOS object); the three cases of a state take turns write by write.
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "tests" / "ceph"))
-from cluster import CephCluster  # noqa: E402
+from latency import pct
+from rbd_rounds import CephCluster, arguments, run_rounds  # first: it puts the repo on the path
 
-from backing.pairs import PairManager, PairSettings, PairVolume, Phase  # noqa: E402
-from backing.rados_object import RadosObject  # noqa: E402
-from backing.rbd_image import RbdImage, RbdSpec  # noqa: E402
+from backing.pairs import PairManager, PairSettings, PairVolume, Phase
+from backing.rados_object import RadosObject
+from backing.rbd_image import RbdImage, RbdSpec
 
 MiB = 1 << 20
 CHUNK = PairSettings().chunk_size
 RECORDS = ("file", "cluster")
 STATES = ("duplex", "split")
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
 
 
 async def one_round(cluster: CephCluster, tmp: Path, size: int, n: int, seed: int
@@ -111,28 +102,15 @@ async def one_round(cluster: CephCluster, tmp: Path, size: int, n: int, seed: in
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=128, help="MiB per image")
-    parser.add_argument("--writes", type=int, default=200, help="host writes per case")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--objectstore", default="bluestore")
+    parser = arguments(__doc__, size_mib=128)
     args = parser.parse_args()
-    import uvloop
-
     size = args.size * MiB
     if args.writes >= size // CHUNK:
         parser.error("--writes is more than the chunks: make --size larger")
-    merged: dict[str, list[float]] = {}
-    with (
-        tempfile.TemporaryDirectory(prefix="targetd-pair-record-") as tmp,
-        CephCluster(Path(tmp) / "ceph", objectstore=args.objectstore) as cluster,
-    ):
-        for r in range(args.repeat):
-            got = uvloop.run(one_round(cluster, Path(tmp), size, args.writes, r))
-            for name, values in got.items():
-                merged.setdefault(name, []).extend(values)
-                print(f"  [{r + 1}] {name:<16} p50 {pct(values, 0.5):7.2f} ms",
-                      file=sys.stderr, flush=True)  # fmt: skip
+    merged = run_rounds(
+        lambda cluster, tmp, r: one_round(cluster, tmp, size, args.writes, r),
+        prefix="targetd-pair-record-", repeat=args.repeat, objectstore=args.objectstore,
+    )  # fmt: skip
     floor = pct(merged["unpaired"], 0.5)
     print(f"{'host 4 KiB write, QD1':<22} {'p50 ms':>8} {'p99 ms':>8} {'p50 / unpaired':>15}")
     print(f"{'unpaired':<22} {floor:>8.2f} {pct(merged['unpaired'], 0.99):>8.2f} {1.0:>15.2f}")

@@ -21,41 +21,22 @@ held to a crawl so the whole volume stays the split set:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import random
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "tests" / "ceph"))
-from cluster import CephCluster  # noqa: E402
+from latency import pct, timed_writes
+from rbd_rounds import CephCluster, arguments, run_rounds  # first: it puts the repo on the path
 
-from backing.pairs import PairManager, PairSettings, PairVolume  # noqa: E402
-from backing.rbd_image import RbdImage, RbdSpec  # noqa: E402
+from backing.pairs import PairManager, PairSettings, PairVolume
+from backing.rbd_image import RbdImage, RbdSpec
 
 MiB = 1 << 20
 CHUNK = PairSettings().chunk_size
 KINDS = (("generic", False), ("snapshot", True))
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
-
-
-async def writes_at(write: Callable[[int], Awaitable[None]], offsets: list[int]) -> list[float]:
-    out = []
-    for off in offsets:
-        t = time.perf_counter()
-        await write(off)
-        out.append(time.perf_counter() - t)
-    return out
 
 
 async def one_round(cluster: CephCluster, tmp: Path, size: int, n: int, seed: int
@@ -80,7 +61,7 @@ async def one_round(cluster: CephCluster, tmp: Path, size: int, n: int, seed: in
     out: dict[str, list[float]] = {}
     try:
         await src.write(0, block)  # the lock is taken by the first write, before
-        out["unpaired"] = await writes_at(lambda off: src.write(off, block), offsets(0))
+        out["unpaired"] = await timed_writes(lambda off: src.write(off, block), offsets(0))
         kinds = KINDS if seed % 2 == 0 else KINDS[::-1]
         for part, (kind, snapshot) in enumerate(kinds, start=1):
             settings = PairSettings(copy_rate=1, snapshot_split=snapshot)
@@ -101,7 +82,7 @@ async def one_round(cluster: CephCluster, tmp: Path, size: int, n: int, seed: in
                 opened.append(time.perf_counter() - started)
 
             watcher = asyncio.ensure_future(watch(t, pair, opened))
-            out[kind] = await writes_at(
+            out[kind] = await timed_writes(
                 lambda off, volume=vsrc: volume.write(off, block), offsets(part)
             )
             if snapshot:
@@ -118,29 +99,15 @@ async def one_round(cluster: CephCluster, tmp: Path, size: int, n: int, seed: in
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=256, help="MiB per image")
-    parser.add_argument("--writes", type=int, default=200, help="host writes per case")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--objectstore", default="bluestore")
+    parser = arguments(__doc__, size_mib=256)
     args = parser.parse_args()
-    import uvloop
-
     size = args.size * MiB
     if 3 * args.writes > size // CHUNK:
         parser.error("--writes is more than a third of the chunks: make --size larger")
-    merged: dict[str, list[float]] = {}
-    with (
-        tempfile.TemporaryDirectory(prefix="targetd-rbd-split-") as tmp,
-        CephCluster(Path(tmp) / "ceph", objectstore=args.objectstore) as cluster,
-    ):
-        for r in range(args.repeat):
-            got = uvloop.run(one_round(cluster, Path(tmp), size, args.writes, r))
-            for name, values in got.items():
-                merged.setdefault(name, []).extend(values)
-                if len(values) > 1:
-                    print(f"  [{r + 1}] {name:<10} p50 {pct(values, 0.5):7.2f} ms",
-                          file=sys.stderr, flush=True)  # fmt: skip
+    merged = run_rounds(
+        lambda cluster, tmp, r: one_round(cluster, tmp, size, args.writes, r),
+        prefix="targetd-rbd-split-", repeat=args.repeat, objectstore=args.objectstore,
+    )  # fmt: skip
     floor = pct(merged["unpaired"], 0.5)
     print(f"{'host 4 KiB write, QD1':<24} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
           f"{'p50 / unpaired':>15}")  # fmt: skip
