@@ -301,6 +301,12 @@ class PairManager:
     async def _finish_group_split(self, scope: str, name: str) -> None:
         members = self.groups[(scope, name)]
         pairs = [self.pairs[(scope, m)] for m in members if (scope, m) in self.pairs]
+        await self._roll_back_unanswered(name, pairs)
+
+    async def _roll_back_unanswered(self, name: str, pairs: builtins.list[Pair]) -> None:
+        """A group split that reached some members and not others was never answered
+        (the answer waits for the record, or with shared pairs for every member's record):
+        the members carrying it go back to mirroring, so the host's retry splits all."""
         if not any(p.group_split for p in pairs) or not any(p.phase.mirroring for p in pairs):
             return
         for pair in pairs:
@@ -673,6 +679,11 @@ class PairManager:
         key = (scope, name)
         async with self._group_ops.setdefault(key, asyncio.Lock()):
             pairs = [await self.shared.here(p) for p in self.group_pairs(name, scope)]
+            if any(self.shared.is_shared(p.target) for p in pairs):
+                # The gateway that split the group may have died half way: its split
+                # record (which a restart of it would roll back from) is in its own state
+                # dir, out of reach here, so the members' records are the evidence.
+                await self._roll_back_unanswered(name, pairs)
             glog = await self._group_log(scope, name)
             await self._settled(scope, name)  # the last split's record is written
             for pair in pairs:

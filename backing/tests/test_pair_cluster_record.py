@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from backing.pairs import Phase
 from backing.pairs.bitmap import PAGE_BITS, PAGE_BYTES
 from backing.pairs.cluster import ClusterPairFile, RecordTaken
 
@@ -203,6 +204,66 @@ def test_group_membership_reaches_the_other_gateway_through_the_records(
         assert [s.name for s in b.group_status("db", "t").members] == ["p"]
         assert b.status(name="q", scope="t").group is None
         await a.stop()
+        await b.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_group_split_cut_short_by_its_gateways_death_is_retried_through_the_other(
+    tmp_path: Path,
+) -> None:
+    """Gateway A dies in the middle of a group split of shared pairs: p's record says
+    split, q's does not (the split was never answered, and A's local split record is out
+    of B's reach). B shows the group MIXED; the host's retried split through B rolls p
+    back and splits both at one instant, as a lone daemon's restart would."""
+    import time
+
+    from backing.pairs import UNCHECKED, PairManager, PairService, PairSettings, PairVolume
+    from backing.pairs.cluster import _decode_header
+    from backing.sparse_file import SparseFile
+
+    objects = {f"t/lun{i}": MemoryObject() for i in range(4)}
+
+    async def grant(why: str) -> bool:
+        return True
+
+    def gateway(name: str) -> PairService:
+        service = PairService(PairManager(tmp_path / name, PairSettings(chunk_size=1 << 16)))
+        for i in range(4):
+            path = tmp_path / f"{name}{i}.img"
+            volume = PairVolume(f"t/lun{i}", SparseFile(path, 1 << 20))
+            volume.record_object = lambda o=objects[volume.volume_id]: o
+            volume.take_lock = grant
+            service.register_volume(volume)
+        return service
+
+    def record(target: str) -> dict[str, object]:
+        return _decode_header(objects[target].read_at(0, 4096), target)
+
+    async def scenario() -> None:
+        a, b = gateway("a"), gateway("b")
+        await a.start()
+        await a.create("p", "t/lun0", "t/lun1", access=UNCHECKED)
+        await a.create("q", "t/lun2", "t/lun3", access=UNCHECKED)
+        await a.create_group("db", "t", ["p", "q"], access=UNCHECKED)
+        for name in ("p", "q"):
+            await a.wait(Phase.DUPLEX.target, 5, name=name, scope="t")
+        # A's group split reached p's record only, then A died.
+        p = a.manager.get("p", "t")
+        p.split_now(time.time(), "cut-short")
+        await p.write_header()
+        await a.stop()
+        assert record("t/lun1")["phase"] in ("SPLIT_PENDING", "SPLIT")
+        assert record("t/lun3")["phase"] == "DUPLEX"
+        await b.start()
+        assert b.group_status("db", "t").state == "MIXED"
+        await b.split_group("db", access=UNCHECKED, scope="t")
+        metas = [record("t/lun1"), record("t/lun3")]
+        assert [m["phase"] for m in metas] in (
+            [x, y] for x in ("SPLIT_PENDING", "SPLIT") for y in ("SPLIT_PENDING", "SPLIT")
+        ), metas
+        assert metas[0]["group_split"] == metas[1]["group_split"] != "cut-short"
+        assert metas[0]["split_time"] == metas[1]["split_time"]
         await b.stop()
 
     asyncio.run(scenario())
