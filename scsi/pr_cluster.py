@@ -50,7 +50,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from scsi.command import Nexus, ScsiResult
 from scsi.pr_file import decode_into, encode, nexus_record
-from scsi.reservations import PROUT_ATTEMPTS, Owed, keep
+from scsi.pr_keep import PROUT_ATTEMPTS, keep
+from scsi.reservations import Owed
 from scsi.sense import CheckCondition, Reason
 from scsi.watch_fence import PROBE, fence_watch, naming
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from scsi.command import Nexus, ScsiCommand, ScsiResult
+from scsi.pr_keep import current
 from scsi.reservations import (
     Reservation,
     ReservationState,
     all_target_ports,
-    current,
     has_isid,
     initiator_name,
 )

@@ -4,13 +4,13 @@
 REQUEST SENSE, REPORT LUNS, MODE SENSE/SELECT, REPORT SUPPORTED OPERATION CODES and TASK
 MANAGEMENT FUNCTIONS, PERSISTENT RESERVE IN/OUT, RESERVE/RELEASE). A device type layers
 its own table on it: ``SBC_TABLE = OpcodeTable("sbc", SPC_TABLE)``.
-The mode and reservation machinery live in scsi.mode and scsi.reservations; this module
+The mode and reservation machinery live in scsi.mode, scsi.pr_in and scsi.pr_out; this module
 only puts their handlers in the table.
 """
 
 from __future__ import annotations
 
-from scsi import mode, pr_in, reservations
+from scsi import mode, pr_in, pr_out
 from scsi.command import ScsiCommand, ScsiResult
 from scsi.logical_unit import LogicalUnit
 from scsi.opcodes import SERVICE_ACTION_OPCODES, CommandSpec, OpcodeTable
@@ -121,21 +121,21 @@ for _sa, _name, _handler in (
 
 # PROUT is exempt from the generic check: each service action applies SPC-4 5.13 itself.
 for _sa, _name, _out in (
-    (0x00, "PERSISTENT RESERVE OUT / REGISTER", reservations.register),
-    (0x01, "PERSISTENT RESERVE OUT / RESERVE", reservations.reserve),
-    (0x02, "PERSISTENT RESERVE OUT / RELEASE", reservations.release),
-    (0x03, "PERSISTENT RESERVE OUT / CLEAR", reservations.clear),
-    (0x04, "PERSISTENT RESERVE OUT / PREEMPT", reservations.preempt),
-    (0x05, "PERSISTENT RESERVE OUT / PREEMPT AND ABORT", reservations.preempt),
-    (0x06, "PERSISTENT RESERVE OUT / REGISTER AND IGNORE", reservations.register_and_ignore),
-    (0x07, "PERSISTENT RESERVE OUT / REGISTER AND MOVE", reservations.register_and_move),
+    (0x00, "PERSISTENT RESERVE OUT / REGISTER", pr_out.register),
+    (0x01, "PERSISTENT RESERVE OUT / RESERVE", pr_out.reserve),
+    (0x02, "PERSISTENT RESERVE OUT / RELEASE", pr_out.release),
+    (0x03, "PERSISTENT RESERVE OUT / CLEAR", pr_out.clear),
+    (0x04, "PERSISTENT RESERVE OUT / PREEMPT", pr_out.preempt),
+    (0x05, "PERSISTENT RESERVE OUT / PREEMPT AND ABORT", pr_out.preempt),
+    (0x06, "PERSISTENT RESERVE OUT / REGISTER AND IGNORE", pr_out.register_and_ignore),
+    (0x07, "PERSISTENT RESERVE OUT / REGISTER AND MOVE", pr_out.register_and_move),
 ):
     _cmd(0x5F, _name, _sa_usage(_PROUT_USAGE, _sa), service_action=_sa, conflict_exempt=True)(_out)
 
-_cmd(0x16, "RESERVE(6)", _usage(0x16, 0, 0, 0, 0, 0x07))(reservations.reserve_legacy)
-_cmd(0x17, "RELEASE(6)", _usage(0x17, 0, 0, 0, 0, 0x07))(reservations.release_legacy)
-_cmd(0x56, "RESERVE(10)", _usage(0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0x07))(reservations.reserve_legacy)
-_cmd(0x57, "RELEASE(10)", _usage(0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0x07))(reservations.release_legacy)
+_cmd(0x16, "RESERVE(6)", _usage(0x16, 0, 0, 0, 0, 0x07))(pr_out.reserve_legacy)
+_cmd(0x17, "RELEASE(6)", _usage(0x17, 0, 0, 0, 0, 0x07))(pr_out.release_legacy)
+_cmd(0x56, "RESERVE(10)", _usage(0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0x07))(pr_out.reserve_legacy)
+_cmd(0x57, "RELEASE(10)", _usage(0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0x07))(pr_out.release_legacy)
 
 
 # -- ALUA: REPORT TARGET PORT GROUPS (scsi/alua.py holds the groups and their states) --------
