@@ -5,7 +5,8 @@ This module knows nothing of SCSI. It offers what :class:`backing.tape_image.Tap
 offers (the object index, reads, appends at end of data, ``flush``), so a drive holds
 either.
 
-Layout, under ``PREFIX BARCODE/`` in the bucket::
+Layout, under ``PREFIX BARCODE/`` in the bucket (its names, formats and calls:
+backing.tape_s3_objects)::
 
     tape.json             capacity and early-warning size (written once, at creation)
     seg-00000001          a segment: entries one after another, in the image's entry
@@ -43,7 +44,6 @@ Calls block on the network: the drive runs them on its I/O thread (scsi.stream_d
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import os
 from array import array
@@ -53,48 +53,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crc32c import crc32c
-
-from backing.s3_client import S3Location, not_found, s3_error
-from backing.tape_image import (
-    ENTRY,
-    ENTRY_SIZE,
-    MIN_CAPACITY,
-    CorruptRecord,
-    Kind,
-    MediumFull,
-    TapeImageError,
-    default_early_warning,
-)
+from backing.s3_client import S3Location
+from backing.tape_image import ENTRY_SIZE, CorruptRecord, Kind, MediumFull
 from backing.tape_index import RecordIndex
-from backing.tape_s3_spool import Spool, lengths_bytes, lengths_from
+from backing.tape_s3_objects import (
+    FILEMARK_ENTRY,
+    FIRST_PART,
+    INDEX_SUFFIX,
+    TapeObjects,
+    entry_header,
+    entry_ok,
+    part_target,
+)
+from backing.tape_s3_spool import Spool
 
 log = logging.getLogger(__name__)
 
-META = "tape.json"
-SEGMENT = "seg-{:08d}"
-INDEX_SUFFIX = ".idx"
-INDEX_MAGIC = b"TDSEGIX1"
-MIN_PART = 5 << 20  # S3's smallest part but the last
-FIRST_PART = 8 << 20
-MAX_PART = 4 << 30  # below S3's 5 GiB
-PARTS_PER_STEP = 1000
 READ_AHEAD = 8 << 20
-
-
-def part_target(part_number: int, first: int = FIRST_PART) -> int:
-    """The size a segment's part ``part_number`` (1-based) is uploaded at: doubling every
-    thousand parts, so 10,000 parts of a segment hold ``first`` x 1,023,000 bytes (8 TB
-    from 8 MiB) and S3's limit is never met before a tape's capacity is."""
-    return min(MAX_PART, max(MIN_PART, first) << ((part_number - 1) // PARTS_PER_STEP))
-
-
-def _entry_header(kind: Kind, payload: bytes | bytearray | memoryview) -> bytes:
-    head = ENTRY.pack(0x5452, kind, 0, len(payload), crc32c(payload), 0)
-    return head[:12] + crc32c(head[:12]).to_bytes(4, "big")
-
-
-_FILEMARK = _entry_header(Kind.FILEMARK, b"")
 
 
 @dataclass(slots=True)
@@ -132,15 +107,16 @@ class S3Tape(RecordIndex):
         first_part: int = FIRST_PART,
         read_ahead: int = READ_AHEAD,
     ) -> None:
+        self._objects = TapeObjects(client, location, barcode)
         self.client = client
         self.bucket = location.bucket
         self.barcode = barcode
-        self.key = f"{location.prefix}{barcode}/"
-        self.path = f"s3://{self.bucket}/{self.key}"
+        self.key = self._objects.key
+        self.path = self._objects.path
         self.read_only = read_only
         self.first_part = first_part
         self._spool = Spool(spool_dir, barcode)
-        meta = self._get_meta()
+        meta = self._objects.get_meta()
         self.capacity = int(meta["capacity"])
         self.early_warning = int(meta["early_warning"])
         self._segments: list[_Segment] = []
@@ -170,68 +146,20 @@ class S3Tape(RecordIndex):
         self.read_ahead = read_ahead
         self.recovery = self._load()
 
-    # -- S3 helpers -------------------------------------------------------------------
-    def _call(self, op: str, key: str, fn: Callable[..., Any], **kw: Any) -> Any:
-        try:
-            return fn(Bucket=self.bucket, Key=key, **kw)
-        except Exception as err:
-            if not_found(err):
-                raise
-            raise s3_error(op, key)(err) from err
-
-    def _get_meta(self) -> dict[str, Any]:
-        try:
-            body = self._call("read", self.key + META, self.client.get_object)["Body"].read()
-        except Exception as err:
-            if not_found(err):
-                raise TapeImageError(f"{self.path}: no tape (no {META})") from err
-            raise
-        try:
-            meta = json.loads(body)
-            int(meta["capacity"]), int(meta["early_warning"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise TapeImageError(f"{self.path}{META}: not a tape description") from err
-        return meta
-
-    def _list(self, prefix: str) -> dict[str, int]:
-        out: dict[str, int] = {}
-        pages = self.client.get_paginator("list_objects_v2")
-        try:
-            for page in pages.paginate(Bucket=self.bucket, Prefix=prefix):
-                for obj in page.get("Contents", ()):
-                    out[obj["Key"]] = obj["Size"]
-        except Exception as err:
-            raise s3_error("read", prefix)(err) from err
-        return out
-
-    def _uploads(self) -> list[tuple[str, str]]:
-        """(key, upload id) of every multipart upload in progress under the tape."""
-        out: list[tuple[str, str]] = []
-        pages = self.client.get_paginator("list_multipart_uploads")
-        try:
-            for page in pages.paginate(Bucket=self.bucket, Prefix=self.key):
-                out += [(u["Key"], u["UploadId"]) for u in page.get("Uploads", ())]
-        except Exception as err:
-            raise s3_error("read", self.key)(err) from err
-        return out
-
-    def _segment_key(self, number: int) -> str:
-        return self.key + SEGMENT.format(number)
-
     # -- opening ----------------------------------------------------------------------
     def _load(self) -> Recovery:
         recovery = Recovery()
-        objects = self._list(self.key + "seg-")
+        objects = self._objects.listing(self.key + "seg-")
         journal = self._spool.read_journal()
         if journal is not None:
             number, lengths = journal
-            if self._index_key(number) not in objects:
+            if self._objects.index_key(number) not in objects:
                 self._mend(number, lengths, objects, recovery)
-                objects = self._list(self.key + "seg-")
+                objects = self._objects.listing(self.key + "seg-")
             self._spool.drop()
-        for key, upload_id in self._uploads():
+        for key, upload_id in self._objects.uploads():
             # Only the mend above completes an upload; any left is no journal's.
-            self._abort(key, upload_id)
+            self._objects.abort(key, upload_id)
             recovery.aborted_uploads += 1
             recovery.notes.append(f"aborted an abandoned upload of {key}")
         indexed = sorted(
@@ -240,8 +168,7 @@ class S3Tape(RecordIndex):
             if k.endswith(INDEX_SUFFIX)
         )
         for number in indexed:
-            raw = self._call("read", self._index_key(number), self.client.get_object)
-            self._add_segment(number, self._parse_index(number, raw["Body"].read()))
+            self._add_segment(number, self._objects.read_index(number))
         numbers = [int(k[len(self.key) + 4 :].split(".")[0]) for k in objects]
         self._next_segment = max(numbers, default=0) + 1
         for key in objects:
@@ -258,18 +185,6 @@ class S3Tape(RecordIndex):
                 recovery.lost,
             )
         return recovery
-
-    def _index_key(self, number: int) -> str:
-        return self._segment_key(number) + INDEX_SUFFIX
-
-    def _parse_index(self, number: int, raw: bytes) -> array:
-        if raw[:8] != INDEX_MAGIC or len(raw) < 16:
-            raise TapeImageError(f"{self._index_key(number)}: not a segment index")
-        count = int.from_bytes(raw[8:16], "big")
-        lengths = lengths_from(raw[16:])
-        if len(lengths) != count:
-            raise TapeImageError(f"{self._index_key(number)}: index holds {len(lengths)}")
-        return lengths
 
     def _add_segment(self, number: int, lengths: array) -> None:
         segment = _Segment(number, len(self._lengths), self._end, 0)
@@ -291,7 +206,7 @@ class S3Tape(RecordIndex):
     ) -> None:
         """The open segment a crash left: its bytes from the uploaded parts and the spool,
         cut after the last whole entry, completed and indexed."""
-        key = self._segment_key(number)
+        key = self._objects.segment_key(number)
         upload_id: str | None = None
         parts: list[dict[str, Any]] = []
         landed = 0
@@ -299,10 +214,10 @@ class S3Tape(RecordIndex):
             landed = objects[key]
             spool = b""
         else:
-            for upload_key, uid in self._uploads():
+            for upload_key, uid in self._objects.uploads():
                 if upload_key == key and upload_id is None:
                     upload_id = uid
-                    parts = self._list_parts(key, uid)
+                    parts = self._objects.list_parts(key, uid)
                     landed = sum(p["Size"] for p in parts)
             spool = self._spool.spooled(number, landed)
         # Segment bytes held: [0, landed) in the bucket, then [landed, held) spooled.
@@ -316,7 +231,7 @@ class S3Tape(RecordIndex):
             if end >= landed:  # wholly in the spool: checked (a power cut may tear it)
                 head = spool[end - landed : end - landed + ENTRY_SIZE]
                 payload = spool[end - landed + ENTRY_SIZE : end - landed + size]
-                if not _entry_ok(head, payload, n):
+                if not entry_ok(head, payload, n):
                     recovery.notes.append(f"{key}: entry {len(kept)} torn in the spool")
                     break
             kept.append(n)
@@ -326,67 +241,20 @@ class S3Tape(RecordIndex):
         recovery.recovered += len(kept)
         if not kept:
             if upload_id is not None:
-                self._abort(key, upload_id)
+                self._objects.abort(key, upload_id)
             return
         if key not in objects:
             tail = spool[: end - landed] if end > landed else b""
             if upload_id is None:
-                self._call("write", key, self.client.put_object, Body=tail)
+                self._objects.put(key, tail)
             else:
                 if tail:
-                    parts.append(self._upload_part(key, upload_id, len(parts) + 1, tail))
-                self._complete(key, upload_id, parts)
-        self._put_index(number, kept)
+                    parts.append(self._objects.upload_part(key, upload_id, len(parts) + 1, tail))
+                self._objects.complete(key, upload_id, parts)
+        self._objects.put_index(number, kept)
         recovery.notes.append(
             f"{key}: mended after a crash, {len(kept)} of {len(lengths)} entries kept"
         )
-
-    def _list_parts(self, key: str, upload_id: str) -> list[dict[str, Any]]:
-        """The parts of ``upload_id`` from 1 on with no gap, as completing wants them."""
-        found: list[dict[str, Any]] = []
-        pages = self.client.get_paginator("list_parts")
-        try:
-            for page in pages.paginate(Bucket=self.bucket, Key=key, UploadId=upload_id):
-                found += page.get("Parts", ())
-        except Exception as err:
-            raise s3_error("read", key)(err) from err
-        found.sort(key=lambda p: p["PartNumber"])
-        parts = []
-        for want, part in enumerate(found, start=1):
-            if part["PartNumber"] != want:
-                break
-            parts.append({"PartNumber": want, "ETag": part["ETag"], "Size": part["Size"]})
-        return parts
-
-    def _abort(self, key: str, upload_id: str) -> None:
-        self._call("write", key, self.client.abort_multipart_upload, UploadId=upload_id)
-
-    def _complete(self, key: str, upload_id: str, parts: list[dict[str, Any]]) -> None:
-        done = [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in parts]
-        self._call(
-            "write",
-            key,
-            self.client.complete_multipart_upload,
-            UploadId=upload_id,
-            MultipartUpload={"Parts": done},
-        )
-
-    def _upload_part(
-        self, key: str, upload_id: str, number: int, body: bytes | bytearray
-    ) -> dict[str, Any]:
-        answer = self._call(
-            "write",
-            key,
-            self.client.upload_part,
-            UploadId=upload_id,
-            PartNumber=number,
-            Body=body,
-        )
-        return {"PartNumber": number, "ETag": answer["ETag"], "Size": len(body)}
-
-    def _put_index(self, number: int, lengths: array) -> None:
-        body = INDEX_MAGIC + len(lengths).to_bytes(8, "big") + lengths_bytes(lengths)
-        self._call("write", self._index_key(number), self.client.put_object, Body=body)
 
     # -- what is on the tape ----------------------------------------------------------
     def __len__(self) -> int:
@@ -430,7 +298,7 @@ class S3Tape(RecordIndex):
             self._read_on(segment, start + len(data))
         if len(raw) != want:
             raise CorruptRecord(f"record {index} is short")
-        if not _entry_ok(raw[:ENTRY_SIZE], raw[ENTRY_SIZE:], length):
+        if not entry_ok(raw[:ENTRY_SIZE], raw[ENTRY_SIZE:], length):
             raise CorruptRecord(f"record {index} fails its checksum")
         return raw[ENTRY_SIZE:]
 
@@ -448,7 +316,7 @@ class S3Tape(RecordIndex):
                 if len(data) == length:
                     return start, data
         span = min(max(want, self.read_ahead), segment.size - at)
-        return at, self._get_range(segment.number, at, span)
+        return at, self._objects.get_range(segment.number, at, span)
 
     def _read_on(self, segment: _Segment, end: int) -> None:
         """The window after ``end`` of ``segment`` (or the next segment's first), read in
@@ -463,7 +331,7 @@ class S3Tape(RecordIndex):
             return
         if self._reader is None:
             self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"s3r-{self.barcode}")
-        future = self._reader.submit(self._get_range, segment.number, end, length)
+        future = self._reader.submit(self._objects.get_range, segment.number, end, length)
         self._ahead = (segment.number, end, length, future)
 
     def _cached(self, number: int, at: int, want: int) -> bytes | None:
@@ -473,16 +341,6 @@ class S3Tape(RecordIndex):
         if seg != number or at < start or at + want > start + len(data):
             return None
         return data[at - start : at - start + want]
-
-    def _get_range(self, number: int, at: int, length: int) -> bytes:
-        key = self._segment_key(number)
-        answer = self._call(
-            "read", key, self.client.get_object, Range=f"bytes={at}-{at + length - 1}"
-        )
-        try:
-            return answer["Body"].read()
-        except Exception as err:
-            raise s3_error("read", key)(err) from err
 
     def records(self, start: int, stop: int) -> Iterator[bytes]:
         for i in range(start, stop):
@@ -508,14 +366,14 @@ class S3Tape(RecordIndex):
         self._cache = self._ahead = None
         s = bisect.bisect_right(self._firsts, position) - 1
         for segment in reversed(self._segments[s + 1 :]):
-            self._delete_segment(segment.number)
+            self._objects.delete_segment(segment.number)
         segment = self._segments[s]
         if position == segment.first:
-            self._delete_segment(segment.number)
+            self._objects.delete_segment(segment.number)
             del self._segments[s:]
             del self._firsts[s:]
         else:
-            self._put_index(segment.number, self._lengths[segment.first : position])
+            self._objects.put_index(segment.number, self._lengths[segment.first : position])
             del self._segments[s + 1 :]
             del self._firsts[s + 1 :]
             segment.size = self._offsets[position] - segment.start
@@ -524,15 +382,11 @@ class S3Tape(RecordIndex):
         del self._offsets[position:]
         del self._filemarks[bisect.bisect_left(self._filemarks, position) :]
 
-    def _delete_segment(self, number: int) -> None:
-        self._call("write", self._index_key(number), self.client.delete_object)
-        self._call("write", self._segment_key(number), self.client.delete_object)
-
     def append_record(self, payload: bytes | bytearray | memoryview) -> None:
         self._check_writable()
         if not self.fits(len(payload)):
             raise MediumFull(f"{len(payload)}-byte record does not fit in {self.free} bytes")
-        self._append([_entry_header(Kind.RECORD, payload), payload], array("q", [len(payload)]))
+        self._append([entry_header(Kind.RECORD, payload), payload], array("q", [len(payload)]))
 
     def append_record_from(
         self,
@@ -567,7 +421,7 @@ class S3Tape(RecordIndex):
         self._check_writable()
         room = min(count, max(0, self.free // ENTRY_SIZE))
         if room:
-            self._append([_FILEMARK * room], array("q", [-1]) * room)
+            self._append([FILEMARK_ENTRY * room], array("q", [-1]) * room)
         return room
 
     def _append(self, parts: list[bytes | bytearray | memoryview], lengths: array) -> None:
@@ -611,15 +465,14 @@ class S3Tape(RecordIndex):
         bucket is slower than the records for a whole part."""
         assert self._open is not None
         self._settle()
-        key = self._segment_key(self._open.number)
+        key = self._objects.segment_key(self._open.number)
         if self._upload_id is None:
-            answer = self._call("write", key, self.client.create_multipart_upload)
-            self._upload_id = answer["UploadId"]
+            self._upload_id = self._objects.create_upload(key)
         if self._uploader is None:
             self._uploader = ThreadPoolExecutor(1, thread_name_prefix=f"s3-{self.barcode}")
         body, self._buffer = self._buffer, bytearray()  # handed over, not copied
         self._inflight = self._uploader.submit(
-            self._upload_part, key, self._upload_id, len(self._parts) + 1, body
+            self._objects.upload_part, key, self._upload_id, len(self._parts) + 1, body
         )
         self._inflight_body = body
         self._sent += len(body)
@@ -636,9 +489,9 @@ class S3Tape(RecordIndex):
             part = inflight.result()
         else:
             assert self._open is not None and self._upload_id is not None
-            key = self._segment_key(self._open.number)
+            key = self._objects.segment_key(self._open.number)
             number = len(self._parts) + 1
-            part = self._upload_part(key, self._upload_id, number, self._inflight_body)
+            part = self._objects.upload_part(key, self._upload_id, number, self._inflight_body)
         self._inflight, self._inflight_body = None, b""
         self._parts.append(part)
         self._landed += part["Size"]
@@ -652,24 +505,26 @@ class S3Tape(RecordIndex):
         if segment is None or self.read_only:
             return
         self._settle()
-        key = self._segment_key(segment.number)
+        key = self._objects.segment_key(segment.number)
         if self._sealed == "completed":
             pass
         elif self._upload_id is None:
             self._sealed = "last part"  # nothing may join the object once it is written
-            self._call("write", key, self.client.put_object, Body=self._buffer)
+            self._objects.put(key, self._buffer)
             self._sealed = "completed"
         else:
             if self._buffer:  # the last part, accounted for at once
-                part = self._upload_part(key, self._upload_id, len(self._parts) + 1, self._buffer)
+                part = self._objects.upload_part(
+                    key, self._upload_id, len(self._parts) + 1, self._buffer
+                )
                 self._parts.append(part)
                 self._landed = self._sent = self._sent + part["Size"]
                 self._buffer = bytearray()
                 self._spool.switch(segment.number, self._sent)
             self._sealed = "last part"
-            self._complete(key, self._upload_id, self._parts)
+            self._objects.complete(key, self._upload_id, self._parts)
             self._sealed = "completed"
-        self._put_index(segment.number, self._lengths[segment.first :])
+        self._objects.put_index(segment.number, self._lengths[segment.first :])
         self._segments.append(segment)
         self._firsts.append(segment.first)
         self._open = None
@@ -694,31 +549,3 @@ class S3Tape(RecordIndex):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _entry_ok(head: bytes, payload: bytes, length: int) -> bool:
-    if len(head) != ENTRY_SIZE:
-        return False
-    magic, kind, _flags, n, payload_crc, head_crc = ENTRY.unpack(head)
-    if magic != 0x5452 or head_crc != crc32c(head[:12]):
-        return False
-    if length < 0:
-        return kind == Kind.FILEMARK and n == 0
-    return kind == Kind.RECORD and n == length == len(payload) and crc32c(payload) == payload_crc
-
-
-def create_tape(client: Any, location: S3Location, barcode: str, capacity: int) -> None:
-    """A blank tape: its ``tape.json``. Refused when the barcode has one."""
-    if capacity < MIN_CAPACITY:
-        raise ValueError(f"capacity must be at least {MIN_CAPACITY} bytes, not {capacity}")
-    key = f"{location.prefix}{barcode}/{META}"
-    body = json.dumps(
-        {"capacity": capacity, "early_warning": default_early_warning(capacity), "version": 1}
-    ).encode()
-    try:
-        client.put_object(Bucket=location.bucket, Key=key, Body=body, IfNoneMatch="*")
-    except Exception as err:
-        code = str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
-        if code in ("PreconditionFailed", "412"):
-            raise FileExistsError(f"s3://{location.bucket}/{key} exists") from err
-        raise s3_error("write", key)(err) from err

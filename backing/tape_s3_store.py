@@ -17,7 +17,8 @@ from typing import Any
 
 from backing.s3_client import S3Location
 from backing.tape_library import LibraryError, MoveProgress, TapeDirectory
-from backing.tape_s3 import INDEX_SUFFIX, META, S3Tape, create_tape
+from backing.tape_s3 import S3Tape
+from backing.tape_s3_objects import INDEX_SUFFIX, META, create_tape
 
 EXPORTED_PREFIX = "exported/"
 

@@ -16,13 +16,8 @@ from s3_server import S3Server
 from backing.errors import MediumWriteError
 from backing.s3_client import S3Location
 from backing.tape_image import ENTRY_SIZE, MediumFull, TapeImageError
-from backing.tape_s3 import (
-    MIN_PART,
-    PARTS_PER_STEP,
-    S3Tape,
-    create_tape,
-    part_target,
-)
+from backing.tape_s3 import S3Tape
+from backing.tape_s3_objects import MIN_PART, PARTS_PER_STEP, create_tape, part_target
 from backing.tape_s3_store import S3TapeStore
 
 _names = itertools.count()
