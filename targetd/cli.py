@@ -98,7 +98,8 @@ async def serve(
     builder = Builder(config, pairs)
     try:
         targets = builder.targets()
-    except ConfigError as err:  # a LUN's store cannot be opened (an unreachable cluster)
+    except (ConfigError, OSError) as err:  # a LUN's store cannot be opened (an unreachable
+        # cluster, a file where its directory should be): a message, not a traceback
         print(f"targetd: cannot open a LUN: {err}", file=sys.stderr)
         return EXIT_CONFIG
     # Pairs resume before the first login, so no host write escapes their bitmaps; then

@@ -22,7 +22,7 @@ from targetd.admin import SOCKET_NAME, Admin, AdminError, Report
 from targetd.config import Config, ConfigError
 from targetd.metrics import Family, Metrics
 from targetd.server import TargetServer
-from targetd.workers import Supervisor, merge_families, merge_status
+from targetd.workers import Supervisor, merge_families, merge_status, worker_families
 
 log = logging.getLogger("targetd")
 FORWARD_TIMEOUT = 3600.0  # a forwarded method may copy a cartridge
@@ -42,6 +42,7 @@ class Portal:
         self.admin.fallback = self.forward
         self.metrics = Metrics()
         self.metrics.gather = self._gather_metrics
+        self.metrics.add_collector(lambda: worker_families(self.supervisor.workers))
         self._reloading = asyncio.Lock()
         logs.scrubber.set_secrets(logs.config_secrets(config))
 

@@ -115,6 +115,10 @@ def render(status: dict[str, Any]) -> str:
             f"  worker {w['index']} pid {w['pid']} ({w['state']}, {w['restarts']} restarts):"
             f" ports {','.join(map(str, w['ports'])) or '-'}, targets {', '.join(w['targets'])}"
         )
+        if w.get("error") and w["state"] != "serving":  # why it is down, and until when
+            retry = w.get("retry_in_seconds")
+            when = "" if retry is None else f"; next start in {retry:g}s"
+            lines.append(f"    down: {w['error']}{when}")
     lines.append(f"Sessions: {len(status['sessions'])}")
     for s in status["sessions"]:
         target = s["target"] or "(discovery)"

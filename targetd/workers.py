@@ -15,11 +15,12 @@ groups name one target; EXTENDED COPY reaches the LUs of the session's target on
 tape library's changer and drives are LUNs of one target), so a target is the unit. The
 ALUA port group states come from the configuration, and a reload reaches every worker.
 
-The portal supervises: a worker that dies is started again (its targets answer "service
-unavailable" meanwhile), the workers stop when the portal stops, and a worker whose portal
-disappears (its stdin closes) stops by itself. ``targetctl status`` and ``reload`` reach
-the portal, which gathers from or fans out to the workers; a method that names a target
-is handed to that target's worker.
+The portal supervises: a worker that dies, or cannot be started at all (a LUN it cannot
+open, a start that never reports serving), is started again with a backoff, its targets
+answering "service unavailable" meanwhile; the workers stop when the portal stops, and a
+worker whose portal disappears (its stdin closes) stops by itself. ``targetctl status``
+and ``reload`` reach the portal, which gathers from or fans out to the workers; a method
+that names a target is handed to that target's worker.
 """
 
 from __future__ import annotations
@@ -104,19 +105,33 @@ class Worker:
     ports: list[int] = field(default_factory=list)  # per portal, in config order; [] = down
     restarts: int = 0
     started_at: float = 0.0
+    # Between two starts: "restarting" after it served, "failed" after a start that never
+    # served; with why (``error``) and when the next start is (``retry_at``, monotonic).
+    waiting: str | None = None
+    error: str | None = None
+    retry_at: float | None = None
+    start_failures: int = 0  # starts that never served, in all
 
     @property
     def pid(self) -> int | None:
         return None if self.process is None else self.process.pid
 
+    @property
+    def state(self) -> str:
+        return "serving" if self.ports else self.waiting or "starting"
+
     def status(self) -> dict[str, Any]:
+        retry = None if self.retry_at is None else max(0.0, self.retry_at - time.monotonic())
         return {
             "index": self.index,
             "pid": self.pid,
             "targets": list(self.targets),
             "ports": list(self.ports),
-            "state": "serving" if self.ports else "starting",
+            "state": self.state,
             "restarts": self.restarts,
+            "start_failures": self.start_failures,
+            "error": self.error,
+            "retry_in_seconds": None if retry is None else round(retry, 1),
         }
 
 
@@ -140,7 +155,8 @@ class Supervisor:
         self.on_change = on_change
         self._stopping = False
         self._runners: list[asyncio.Task[None]] = []
-        self._ready: list[asyncio.Event] = [asyncio.Event() for _ in self.workers]
+        # Set once a worker's first start served or failed: the portal serves from then on.
+        self._settled: list[asyncio.Event] = [asyncio.Event() for _ in self.workers]
 
     def routes(self, portals: tuple[Portal, ...]) -> dict[Portal, tuple[tuple[str, int], ...]]:
         """Per portal: each configured target and its worker's port there (0 while that
@@ -155,46 +171,54 @@ class Supervisor:
         return out
 
     async def start(self) -> None:
-        """Start every worker; returns once all serve. Raises RuntimeError if one cannot."""
+        """Start every worker; returns once each has served or failed its first start. One
+        that failed is started again with a backoff, as one that exits is: its targets
+        answer "service unavailable" until it serves (a LUN it could not open may come)."""
         self._runners = [asyncio.ensure_future(self._run(w)) for w in self.workers]
-        ready: asyncio.Future[Any] = asyncio.ensure_future(
-            asyncio.gather(*(e.wait() for e in self._ready))
-        )
-        waiting: list[asyncio.Future[Any]] = [ready, *self._runners]
-        await asyncio.wait(waiting, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():  # timed out, or a worker exited before serving
-            ready.cancel()
+        settled = asyncio.ensure_future(asyncio.gather(*(e.wait() for e in self._settled)))
+        await asyncio.wait([settled, *self._runners], return_when=asyncio.FIRST_COMPLETED)
+        if not settled.done():  # a supervising task ended: a bug, said by its exception
+            settled.cancel()
             await self.stop()
-            raise RuntimeError("a worker process did not start (see its messages above)")
+            raise RuntimeError("a worker's supervision ended (see the messages above)")
 
     async def _run(self, worker: Worker) -> None:
         failures = 0
         while not self._stopping:
+            worker.waiting = None
             ok = await self._spawn(worker)
             process = worker.process
-            if process is not None:
+            if ok and process is not None:
                 await process.wait()
+                worker.error = f"exited with status {process.returncode}"
             went = worker.ports
             worker.ports = []
             if self._stopping:
                 return
-            code = None if process is None else process.returncode
-            if not ok and not self._ready[worker.index].is_set():
-                # Never served: a configuration the worker refuses; the portal gives up.
-                raise RuntimeError(f"worker {worker.index} exited with status {code}")
             if went:
                 self.on_change()
             up = time.monotonic() - worker.started_at
-            failures = 0 if up > STABLE_SECONDS else failures + 1
+            failures = 0 if ok and up > STABLE_SECONDS else failures + 1
             delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS) - 1)]
-            log.warning(
-                "worker exited; restarting",
-                extra=logs.fields(worker=worker.index, pid=worker.pid, status=code, delay=delay),
-            )
+            worker.waiting = "restarting" if ok else "failed"
+            worker.retry_at = time.monotonic() + delay
             worker.restarts += 1
+            if not ok:
+                worker.start_failures += 1
+            log.warning(
+                "worker exited; restarting" if ok else "worker did not start; trying again",
+                extra=logs.fields(
+                    worker=worker.index, pid=worker.pid, error=worker.error, delay=delay,
+                    targets=",".join(worker.targets),
+                ),
+            )  # fmt: skip
+            self._settled[worker.index].set()
             await asyncio.sleep(delay)
+            worker.retry_at = None
 
     async def _spawn(self, worker: Worker) -> bool:
+        """Start ``worker``'s process; True once it serves. False (``worker.error`` says
+        why) if it exits before, or does not serve within READY_TIMEOUT (then killed)."""
         env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_ENV}
         worker.started_at = time.monotonic()
         worker.process = process = await asyncio.create_subprocess_exec(
@@ -205,13 +229,26 @@ class Supervisor:
             start_new_session=True,  # a terminal's Ctrl-C reaches the portal only
         )
         assert process.stdout is not None
-        line = await process.stdout.readline()
+        try:
+            line = await asyncio.wait_for(process.stdout.readline(), READY_TIMEOUT)
+        except TimeoutError:
+            process.kill()  # hung in its start (a store that does not answer)
+            line = b""
         try:
             ready = json.loads(line)
             ports = [int(p) for p in ready["ports"]]
         except (ValueError, KeyError, TypeError):
-            return False  # it exited (or said nonsense) before serving
+            if process.returncode is None and line:
+                process.kill()  # said nonsense: not a worker we can route to
+            await process.wait()
+            code = process.returncode
+            worker.error = (
+                f"did not serve within {READY_TIMEOUT:g} s" if code == -signal.SIGKILL and not line
+                else f"exited with status {code} before serving"
+            )  # fmt: skip
+            return False
         worker.ports = ports
+        worker.error = None
         log.info(
             "worker serving",
             extra=logs.fields(
@@ -219,7 +256,7 @@ class Supervisor:
                 ports=",".join(map(str, ports)),
             ),
         )  # fmt: skip
-        self._ready[worker.index].set()
+        self._settled[worker.index].set()
         self.on_change()
         return True
 
@@ -240,7 +277,10 @@ class Supervisor:
         (callable from any thread) is given the worker's progress lines as they come."""
         path = self.config.state_dir / socket_name(worker.index)
         if not worker.ports:
-            raise AdminError(f"worker {worker.index} is restarting; try again", "unavailable")
+            why = f" (its last start: {worker.error})" if worker.waiting == "failed" else ""
+            raise AdminError(
+                f"worker {worker.index} is {worker.state}{why}; try again", "unavailable"
+            )
         return await asyncio.to_thread(
             request, path, method, params, timeout=timeout, progress=progress
         )
@@ -308,6 +348,25 @@ def merge_status(portal: dict[str, Any], workers: list[Worker], answers: list[An
         for section in ("sessions", "luns", "pairs", "copy_operations"):
             for item in answer.get(section) or []:
                 portal.setdefault(section, []).append({**item, "worker": worker.index})
+
+
+def worker_families(workers: Iterable[Worker]) -> list[Family]:
+    """The portal's own view of its workers: serving or not, and how often started again."""
+    up = Family("targetd_worker_up", "gauge", "1 while the worker process serves its targets")
+    restarts = Family(
+        "targetd_worker_restarts_total", "counter", "Starts of the worker after its first"
+    )
+    failed = Family(
+        "targetd_worker_start_failures_total",
+        "counter",
+        "Starts of the worker that exited or hung before serving",
+    )
+    for worker in workers:
+        labels = {"worker": str(worker.index)}
+        up.add(1 if worker.ports else 0, labels)
+        restarts.add(worker.restarts, labels)
+        failed.add(worker.start_failures, labels)
+    return [up, restarts, failed]
 
 
 def families_to_json(families: Iterable[Family]) -> list[list[Any]]:

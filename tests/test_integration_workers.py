@@ -171,6 +171,45 @@ def test_a_restarting_worker_answers_service_unavailable(targetd_factory: Daemon
     assert redirect(daemon, A)[0] == 0x0101
 
 
+def test_a_worker_that_cannot_start_is_tried_again_and_its_target_is_unavailable_meanwhile(
+    targetd_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "b-luns"
+    blocker.write_text("a file where the directory of B's LUN should be")
+    lun_b = target(B).replace('size = "64MiB"', f'size = "16MiB"\npath = "{blocker}/b.img"')
+    port = free_port()
+    daemon = targetd_factory(
+        "[server]\nworkers = 2\n" + target(A) + lun_b + f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    )  # the portal serves although worker 1 cannot open B's LUN
+    deadline = time.monotonic() + 30
+    while (worker := status(daemon)["workers"][1])["start_failures"] < 2:
+        assert time.monotonic() < deadline, worker  # it is started again, and again
+        time.sleep(0.2)
+    assert worker["ports"] == [] and worker["error"] == "exited with status 2 before serving"
+    assert worker["state"] in ("failed", "starting")  # waiting for the next start, or in it
+    # B's logins: "service unavailable" (0301h) at once, as long as it fails; A is served.
+    assert redirect(daemon, B) == (0x0301, {})
+    assert redirect(daemon, A)[0] == 0x0101
+    shown = subprocess.run(
+        [sys.executable, "-m", "targetd.ctl", "status", "--state-dir", str(daemon.state_dir)],
+        cwd=REPO, capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    assert "    down: exited with status 2 before serving" in shown, shown
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    assert 'targetd_worker_up{worker="0"} 1\n' in text
+    assert 'targetd_worker_up{worker="1"} 0\n' in text
+    assert 'targetd_worker_start_failures_total{worker="1"} ' in text, text
+    assert "cannot open a LUN: [Errno 17] File exists" in daemon.stderr
+    assert "Traceback" not in daemon.stderr
+    # Once the LUN can be opened, a later start serves it, and B is redirected there.
+    blocker.unlink()
+    _, port_b = worker_port(daemon, B)
+    assert redirect(daemon, B) == (0x0101, {"TargetAddress": f"127.0.0.1:{port_b},1"})
+    run("iscsi-inq", f"iscsi://127.0.0.1:{daemon.port}/{B}/0")
+    assert status(daemon)["workers"][1]["error"] is None
+
+
 def test_sigterm_stops_every_worker_and_a_killed_portal_leaves_no_orphan(
     targetd_factory: DaemonFactory,
 ) -> None:
