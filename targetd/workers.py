@@ -175,8 +175,11 @@ class Supervisor:
         that failed is started again with a backoff, as one that exits is: its targets
         answer "service unavailable" until it serves (a LUN it could not open may come)."""
         self._runners = [asyncio.ensure_future(self._run(w)) for w in self.workers]
-        settled = asyncio.ensure_future(asyncio.gather(*(e.wait() for e in self._settled)))
-        await asyncio.wait([settled, *self._runners], return_when=asyncio.FIRST_COMPLETED)
+        settled: asyncio.Future[Any] = asyncio.ensure_future(
+            asyncio.gather(*(e.wait() for e in self._settled))
+        )
+        waiting: list[asyncio.Future[Any]] = [settled, *self._runners]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if not settled.done():  # a supervising task ended: a bug, said by its exception
             settled.cancel()
             await self.stop()
