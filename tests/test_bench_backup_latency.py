@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from bench_runs import run_bench, running
 
-REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "bench" / "backup_latency.py"
 ROWS = (
     "host writes, idle",
     "host writes, backup to tape",
@@ -25,26 +22,12 @@ ROWS = (
 )
 
 
-def _running(pid: int) -> bool:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return text[text.rindex(")") + 2] != "Z"
-
-
 @pytest.mark.timeout(300)
 def test_quick_run_prints_every_case(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--size", "32MiB", "--splits", "10"],
-        cwd=REPO,
-        env={**os.environ, "BENCH_DIR": str(tmp_path)},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    proc = run_bench(
+        "backup_latency.py", "--quick", "--size", "32MiB", "--splits", "10",
+        env={**os.environ, "BENCH_DIR": str(tmp_path)}, timeout=280,
+    )  # fmt: skip
     lines = proc.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| case |"))
     header = [cell.strip() for cell in lines[start].strip("|").split("|")]
@@ -69,5 +52,5 @@ def test_quick_run_prints_every_case(tmp_path: Path) -> None:
     assert re.search(r"backup to sink under the host writes: median \d+ MiB/s", proc.stdout)
     # The daemon it started is gone, and so is its state directory.
     pid = int(re.search(r"daemon pid (\d+)", proc.stdout)[1])  # type: ignore[index]
-    assert not _running(pid)
+    assert not running(pid)
     assert list(tmp_path.iterdir()) == []

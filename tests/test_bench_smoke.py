@@ -9,15 +9,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from bench_runs import BENCH, run_bench, running
 
-REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "bench" / "compare_tgtd.py"
+SCRIPT = "compare_tgtd.py"
 CASES = (
     "qemu-seq-write-1M",
     "qemu-seq-read-1M",
@@ -39,34 +38,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _running(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return text[text.rindex(")") + 2] != "Z"
-
-
 @pytest.mark.timeout(240)
 def test_quick_benchmark_prints_both_columns(tmp_path: Path) -> None:
     json_path = tmp_path / "bench.json"
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--quick", "--json", str(json_path)],
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=200)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, f"stdout:\n{stdout}\nstderr:\n{stderr}"
-
+    stdout = run_bench(SCRIPT, "--quick", "--json", str(json_path), timeout=200).stdout
     lines = stdout.splitlines()
     header = [cell.strip() for cell in lines[0].split("|")]
     assert header[:5] == ["case", "unit", "tgtd", "targetd", "ratio targetd/tgtd"]
@@ -106,37 +81,29 @@ def test_quick_benchmark_prints_both_columns(tmp_path: Path) -> None:
     # The harness stopped both servers it started.
     pids = saved["settings"]["server_pids"]
     assert set(pids) == {"tgtd", "targetd"}
-    assert [pid for pid in pids.values() if _running(pid)] == []
+    assert [pid for pid in pids.values() if running(pid)] == []
 
 
 @pytest.mark.timeout(120)
 def test_noisy_neighbour_runs_pinned_and_is_stopped(tmp_path: Path) -> None:
     json_path = tmp_path / "bench.json"
-    argv = [sys.executable, str(SCRIPT), "--quick", "--noisy", "--cases", "qd1-read-4K-p50"]
-    done = subprocess.run(
-        [*argv, "--json", str(json_path)],
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
-    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    argv = ["--quick", "--noisy", "--cases", "qd1-read-4K-p50", "--json", str(json_path)]
+    done = run_bench(SCRIPT, *argv, timeout=100)
     assert "noisy neighbour: a CPU hog on core 0" in done.stderr
     saved = json.loads(json_path.read_text())
     assert saved["settings"]["noisy_core"] == 0
     # Under a neighbour every row's goal is parity; latency stays "at most tgtd's".
     assert saved["cases"][0]["goal"] == 1.0
     hog = saved["settings"]["neighbour_pid"]
-    assert isinstance(hog, int) and not _running(hog)
+    assert isinstance(hog, int) and not running(hog)
 
 
 def test_neighbour_spins_on_its_core_until_stopped() -> None:
-    sys.path.insert(0, str(REPO / "bench"))
+    sys.path.insert(0, str(BENCH))
     try:
         from noise import Neighbour
     finally:
-        sys.path.remove(str(REPO / "bench"))
+        sys.path.remove(str(BENCH))
     with Neighbour(core=0, limit=30) as hog:
         assert hog.pid is not None
         deadline = time.monotonic() + 10
@@ -147,19 +114,11 @@ def test_neighbour_spins_on_its_core_until_stopped() -> None:
                 break
             time.sleep(0.05)
         assert "Cpus_allowed_list:\t0\n" in status
-    assert not _running(hog.pid)
+    assert not running(hog.pid)
 
 
 def test_hotpath_runs_reads_and_writes_that_succeed() -> None:
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "hotpath.py"), "--commands", "2000", "--repeat", "1"],
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_bench("hotpath.py", "--commands", "2000", "--repeat", "1", timeout=120)
     rows = dict(line.split(" | ") for line in done.stdout.splitlines()[2:])
     assert float(rows["read total"]) > 0 and float(rows["write total"]) > 0
     # Every write answered by a 48-byte SCSI Response, every read by one Data-In PDU of
@@ -170,16 +129,8 @@ def test_hotpath_runs_reads_and_writes_that_succeed() -> None:
 
 @pytest.mark.timeout(200)
 def test_scaling_prints_a_row_per_core_count() -> None:
-    argv = [sys.executable, str(REPO / "bench" / "scaling.py"), "--quick", "--repeat", "1"]
-    done = subprocess.run(
-        [*argv, "--cases", "qd1-read-4K-p50"],
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stderr
+    argv = ["--quick", "--repeat", "1", "--cases", "qd1-read-4K-p50"]
+    done = run_bench("scaling.py", *argv, timeout=180)
     rows = [line.split(" | ") for line in done.stdout.splitlines() if "qd1-read-4K-p50" in line]
     cores = len(os.sched_getaffinity(0))
     assert sorted((int(r[0]), r[2]) for r in rows) == sorted(

@@ -7,14 +7,10 @@ both stores, the table comes out, nothing is left running); it asserts nothing a
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from bench_runs import run_bench, running
 
-REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "bench" / "tape_s3_backup.py"
 ROWS = (
     "EXTENDED COPY backup, MiB/s",
     "EXTENDED COPY restore, MiB/s",
@@ -25,25 +21,9 @@ ROWS = (
 )
 
 
-def _running(pid: int) -> bool:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return text[text.rindex(")") + 2] != "Z"
-
-
 @pytest.mark.timeout(300)
 def test_a_small_run_prints_every_row() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--size", "16MiB", "--repeats", "1"],
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    proc = run_bench("tape_s3_backup.py", "--size", "16MiB", "--repeats", "1", timeout=280)
     lines = proc.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| measure |"))
     rows = [line.strip("|").split("|")[0].strip() for line in lines[start + 2 :]]
@@ -53,4 +33,4 @@ def test_a_small_run_prints_every_row() -> None:
         assert float(cells[1]) > 0 and float(cells[2]) > 0, line
     pids = re.search(r"daemon pid (\d+), weed pid (\d+)", proc.stdout)
     assert pids is not None
-    assert not any(_running(int(pid)) for pid in pids.groups())
+    assert not any(running(int(pid)) for pid in pids.groups())
