@@ -26,49 +26,16 @@ import time
 import uuid
 from pathlib import Path
 
-from targets import LOOPBACK, free_port, start_configured, stop_pid
+from gateways import CephCluster, RawInitiator, gateway_config, login
+from targets import free_port, start_configured, stop_pid
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "tests" / "ceph"))
-sys.path.insert(0, str(REPO_ROOT / "tests"))
-sys.path.insert(0, str(REPO_ROOT))
-from cluster import CephCluster  # noqa: E402
-from raw_initiator import RawInitiator  # noqa: E402
-
-from scsi.sense import parse_sense  # noqa: E402
+from scsi.sense import parse_sense
 
 IQN = "iqn.2026-11.org.targetd.bench:failover"
 GOAL = 10.0  # seconds, issue 13
 CEPH_ISCSI = 25.0  # seconds: ceph-iscsi's default failover
 BLOCK = 512
 RETRIED = {(6, 0x29, 0x00), (6, 0x2A, 0x06), (2, 0x04, 0x0A)}
-
-
-def gateway_config(conf: Path, image: str, port: int, tpgt: int, peer: int, takeover: int) -> str:
-    peer_tpgt = 3 - tpgt
-    return f"""
-[[portal]]
-listen = "{LOOPBACK}:{port}"
-tpgt = {tpgt}
-port_group = {tpgt}
-
-[gateway]
-takeover_ms = {takeover}
-
-[[gateway.peer]]
-portal = "{LOOPBACK}:{peer}"
-tpgt = {peer_tpgt}
-port_group = {peer_tpgt}
-
-[[target]]
-name = "{IQN}"
-[[target.lun]]
-lun = 0
-kind = "rbd"
-pool = "rbd"
-image = "{image}"
-ceph_conf = "{conf}"
-"""
 
 
 def write10(lba: int) -> bytes:
@@ -87,23 +54,17 @@ def write_until_good(ini: RawInitiator, lba: int, timeout: float = 60.0) -> None
         time.sleep(0.01)
 
 
-def login(port: int, host: str) -> RawInitiator:
-    ini = RawInitiator(port, name=f"iqn.2026-11.org.targetd.bench:{host}")
-    ini.login(IQN)
-    ini.clear_unit_attentions()
-    return ini
-
-
 def one_run(workdir: Path, cluster: CephCluster, takeover: int) -> float:
     image = f"failover-{uuid.uuid4().hex[:8]}"
     cluster.rbd("create", "--size", "64M", f"{cluster.pool}/{image}")
     port_a, port_b = free_port(), free_port()
+    settings = f"takeover_ms = {takeover}"
     a = start_configured(workdir, f"a-{image}", gateway_config(
-        cluster.conf, image, port_a, 1, port_b, takeover), port_a)  # fmt: skip
+        IQN, cluster.conf, image, port_a, 1, port_b, settings), port_a)  # fmt: skip
     b = start_configured(workdir, f"b-{image}", gateway_config(
-        cluster.conf, image, port_b, 2, port_a, takeover), port_b)  # fmt: skip
+        IQN, cluster.conf, image, port_b, 2, port_a, settings), port_b)  # fmt: skip
     try:
-        ini_a, ini_b = login(port_a, "a"), login(port_b, "b")
+        ini_a, ini_b = login(port_a, "a", IQN), login(port_b, "b", IQN)
         for lba in range(16):
             write_until_good(ini_a, lba)  # A holds the lock
         os.kill(a.pid, signal.SIGKILL)

@@ -25,46 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from gateways import CephCluster, RawInitiator, gateway_config, login
 from targets import LOOPBACK, free_port, start_configured, stop_pid
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "tests" / "ceph"))
-sys.path.insert(0, str(REPO_ROOT / "tests"))
-sys.path.insert(0, str(REPO_ROOT))
-from cluster import CephCluster  # noqa: E402
-from raw_initiator import RawInitiator  # noqa: E402
 
 IQN = "iqn.2026-11.org.targetd.bench:pr"
 REGISTER_IGNORE = bytes([0x5F, 0x06, 0, 0, 0, 0, 0, 0, 24, 0])
 RESERVE_WE = bytes([0x5F, 0x01, 0x01, 0, 0, 0, 0, 0, 24, 0])
 READ_KEYS = bytes([0x5E, 0x00, 0, 0, 0, 0, 0, 1, 0, 0])
 READ10 = bytes([0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0])
-
-
-def gateway_config(conf: Path, image: str, port: int, tpgt: int, peer: int) -> str:
-    return f"""
-[[portal]]
-listen = "{LOOPBACK}:{port}"
-tpgt = {tpgt}
-port_group = {tpgt}
-
-[gateway]
-unit_attention = false
-
-[[gateway.peer]]
-portal = "{LOOPBACK}:{peer}"
-tpgt = {3 - tpgt}
-port_group = {3 - tpgt}
-
-[[target]]
-name = "{IQN}"
-[[target.lun]]
-lun = 0
-kind = "rbd"
-pool = "rbd"
-image = "{image}"
-ceph_conf = "{conf}"
-"""
 
 
 def file_config(port: int) -> str:
@@ -78,13 +46,6 @@ name = "{IQN}"
 lun = 0
 size = "64MiB"
 """
-
-
-def login(port: int, host: str) -> RawInitiator:
-    ini = RawInitiator(port, name=f"iqn.2026-11.org.targetd.bench:{host}")
-    ini.login(IQN)
-    ini.clear_unit_attentions()
-    return ini
 
 
 def timed(
@@ -107,14 +68,14 @@ def params(n: int) -> bytes:
 
 
 def cases(port: int, label: str, count: int, reads: bool) -> dict[str, list[float]]:
-    ini = login(port, "bench")
+    ini = login(port, "bench", IQN)
     got = {
         f"PROUT {label}": timed(ini, count, REGISTER_IGNORE, data=params),
         f"PRIN {label}": timed(ini, count, READ_KEYS, read=256),
     }
     if reads:
         got[f"READ(10) {label}, no reservation"] = timed(ini, count, READ10, read=512)
-        holder = login(port, "holder")
+        holder = login(port, "holder", IQN)
         key = 0x7777
         holder_key = bytes(8) + key.to_bytes(8, "big") + bytes(8)
         assert holder.command(REGISTER_IGNORE, data=holder_key)[0] == 0
@@ -130,11 +91,12 @@ def run(workdir: Path, cluster: CephCluster, count: int) -> dict[str, list[float
     image = "pr-latency"
     cluster.rbd("create", "--size", "64M", f"{cluster.pool}/{image}")
     pa, pb, pf = free_port(), free_port(), free_port()
-    procs = [
-        start_configured(workdir, "file", file_config(pf), pf),
-        start_configured(workdir, "a", gateway_config(cluster.conf, image, pa, 1, pb), pa),
-        start_configured(workdir, "b", gateway_config(cluster.conf, image, pb, 2, pa), pb),
-    ]
+    procs = [start_configured(workdir, "file", file_config(pf), pf)]
+    for name, port, tpgt, peer in (("a", pa, 1, pb), ("b", pb, 2, pa)):
+        config = gateway_config(
+            IQN, cluster.conf, image, port, tpgt, peer, "unit_attention = false"
+        )
+        procs.append(start_configured(workdir, name, config, port))
     try:
         results = cases(pf, "file LUN", count, reads=False)
         results |= cases(pa, "RBD via A", count, reads=True)
