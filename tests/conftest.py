@@ -6,6 +6,7 @@ run in any order. Teardown stops the daemon by PID: SIGTERM first, SIGKILL if it
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ import time
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from s3_server import ENV as S3_ENV
@@ -106,6 +108,22 @@ class Daemon:
     def restart(self) -> Daemon:
         self.stop()
         return self.start()
+
+    def targetctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """``targetctl ARGS`` over this daemon's admin socket (found in its state dir)."""
+        return subprocess.run(
+            [sys.executable, "-m", "targetd.ctl", *args, "--state-dir", str(self.state_dir)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def targetctl_json(self, *args: str) -> Any:
+        """The answer of ``targetctl ARGS --json``, which must succeed."""
+        done = self.targetctl(*args, "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
 
 
 DaemonFactory = Callable[..., Daemon]

@@ -23,22 +23,6 @@ STATUS_KEYS = {
 }  # fmt: skip
 
 
-def targetctl(daemon: Daemon, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "targetd.ctl", *args, "--state-dir", str(daemon.state_dir)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def ok_json(daemon: Daemon, *args: str) -> Any:
-    done = targetctl(daemon, *args, "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
 def start(factory: DaemonFactory, rate: str) -> Daemon:
     return factory(pair_config(IQN, rate))
 
@@ -48,14 +32,14 @@ def test_pair_life_cycle_through_targetctl(targetd_factory: DaemonFactory) -> No
     client = BlockClient(daemon.port, IQN)
     client.write(0, 0, b"\xa5" * MiB)
 
-    created = ok_json(daemon, "pair", "create", "db", "0", "1")
+    created = daemon.targetctl_json("pair", "create", "db", "0", "1")
     assert set(created) == STATUS_KEYS
     assert (created["name"], created["source_lun"], created["target_lun"]) == ("db", 0, 1)
     assert created["source"] == f"{IQN}/lun0" and created["target"] == f"{IQN}/lun1"
     assert (created["chunk_size"], created["chunks"], created["size"]) == (65536, 128, 8 * MiB)
     assert created["source_state"] in ("DUPLEX-PENDING", "DUPLEX")
 
-    waited = ok_json(daemon, "pair", "wait", "db", "--state", "duplex", "--timeout", "30")
+    waited = daemon.targetctl_json("pair", "wait", "db", "--state", "duplex", "--timeout", "30")
     assert waited["reached"] is True
     assert (waited["status"]["source_state"], waited["status"]["target_state"]) == (
         "DUPLEX",
@@ -63,14 +47,14 @@ def test_pair_life_cycle_through_targetctl(targetd_factory: DaemonFactory) -> No
     )
     assert waited["status"]["dirty_chunks"] == 0 and waited["status"]["percent_in_sync"] == 100
 
-    split = targetctl(daemon, "pair", "split", "db")
+    split = daemon.targetctl("pair", "split", "db")
     assert split.returncode == 0, split.stderr
     assert split.stdout.startswith("pair db split: source SPLIT, target SPLIT")
-    done = targetctl(daemon, "pair", "wait", "db", "--state", "SPLIT", "--timeout", "30")
+    done = daemon.targetctl("pair", "wait", "db", "--state", "SPLIT", "--timeout", "30")
     assert (done.returncode, done.stdout) == (0, "pair db: SPLIT/SPLIT\n")
     client.write(0, 0, b"\x5a" * 4096)  # a change since the split: the resync backlog
 
-    one = ok_json(daemon, "pair", "status", "db")
+    one = daemon.targetctl_json("pair", "status", "db")
     assert set(one) == STATUS_KEYS
     assert (one["source_state"], one["target_state"], one["changed_chunks"]) == (
         "SPLIT",
@@ -78,10 +62,10 @@ def test_pair_life_cycle_through_targetctl(targetd_factory: DaemonFactory) -> No
         1,
     )
     assert one["split_time"] > time.time() - 60
-    listing = ok_json(daemon, "pair", "status")
+    listing = daemon.targetctl_json("pair", "status")
     assert listing == [listing[0]] and listing[0]["name"] == "db"
 
-    table = targetctl(daemon, "pair", "status")
+    table = daemon.targetctl("pair", "status")
     lines = table.stdout.splitlines()
     assert lines[0].split() == [
         "NAME", "SRC", "TGT", "SOURCE", "TARGET", "SYNC%", "DIRTY", "CHANGED", "MiB/s", "POLICY",
@@ -89,16 +73,16 @@ def test_pair_life_cycle_through_targetctl(targetd_factory: DaemonFactory) -> No
     ]  # fmt: skip
     assert lines[1].split()[:8] == ["db", "0", "1", "SPLIT", "SPLIT", "99.22", "0", "1"]
 
-    resynced = ok_json(daemon, "pair", "resync", "db")
+    resynced = daemon.targetctl_json("pair", "resync", "db")
     assert resynced["source_state"] in ("RESYNC", "DUPLEX")
-    assert ok_json(daemon, "pair", "wait", "db", "--state", "DUPLEX")["reached"] is True
+    assert daemon.targetctl_json("pair", "wait", "db", "--state", "DUPLEX")["reached"] is True
     assert client.read(1, 0, MiB) == b"\x5a" * 4096 + b"\xa5" * (MiB - 4096)
 
-    assert ok_json(daemon, "pair", "delete", "db") == {"deleted": "db"}
-    assert ok_json(daemon, "pair", "status") == []
-    assert targetctl(daemon, "pair", "status").stdout == "no pairs\n"
+    assert daemon.targetctl_json("pair", "delete", "db") == {"deleted": "db"}
+    assert daemon.targetctl_json("pair", "status") == []
+    assert daemon.targetctl("pair", "status").stdout == "no pairs\n"
     # Both volumes of a deleted pair are SIMPLEX: waiting for that returns at once.
-    gone = ok_json(daemon, "pair", "wait", "db", "--state", "SIMPLEX", "--timeout", "1")
+    gone = daemon.targetctl_json("pair", "wait", "db", "--state", "SIMPLEX", "--timeout", "1")
     assert gone == {"reached": True, "status": None}
     client.close()
 
@@ -108,20 +92,20 @@ def test_wait_times_out_with_status_3(targetd_factory: DaemonFactory) -> None:
     client = BlockClient(daemon.port, IQN)
     client.write(0, 0, b"\x01" * (8 * MiB))
     client.close()
-    created = targetctl(daemon, "pair", "create", "slow", "0", "1")
+    created = daemon.targetctl("pair", "create", "slow", "0", "1")
     assert created.returncode == 0, created.stderr
     assert created.stdout == (
         "pair slow: LUN 0 -> LUN 1, DUPLEX-PENDING/DUPLEX-PENDING, 128 of 128 chunks to copy\n"
     )
     t = time.monotonic()
-    done = targetctl(daemon, "pair", "wait", "slow", "--state", "DUPLEX", "--timeout", "0.5")
+    done = daemon.targetctl("pair", "wait", "slow", "--state", "DUPLEX", "--timeout", "0.5")
     elapsed = time.monotonic() - t
     assert done.returncode == 3, done.stderr
     assert "timed out after 0.5 s; pair slow is DUPLEX-PENDING/DUPLEX-PENDING" in done.stderr
     assert done.stdout == ""  # not a terminal: no progress bar
     assert elapsed < 5
-    as_json = targetctl(
-        daemon, "pair", "wait", "slow", "--state", "SPLIT", "--timeout", "0.2", "--json"
+    as_json = daemon.targetctl(
+        "pair", "wait", "slow", "--state", "SPLIT", "--timeout", "0.2", "--json"
     )
     assert as_json.returncode == 3
     result = json.loads(as_json.stdout)
@@ -133,7 +117,7 @@ def test_refusals_exit_1_with_the_reason(targetd_factory: DaemonFactory) -> None
     daemon = start(targetd_factory, "0")
 
     def refused(*args: str) -> str:
-        done = targetctl(daemon, *args)
+        done = daemon.targetctl(*args)
         assert done.returncode == 1 and done.stdout == "", (done.stdout, done.stderr)
         return done.stderr
 
@@ -142,12 +126,12 @@ def test_refusals_exit_1_with_the_reason(targetd_factory: DaemonFactory) -> None
     assert "no volume" in refused("pair", "create", "p", "0", "7")
     assert "bad pair name" in refused("pair", "create", "a b", "0", "1")
     assert "no target named" in refused("pair", "create", "p", "0", "1", "--target", "iqn.x:y")
-    assert targetctl(daemon, "pair", "create", "p", "0", "1").returncode == 0
+    assert daemon.targetctl("pair", "create", "p", "0", "1").returncode == 0
     assert "is in pair p" in refused("pair", "create", "q", "2", "1")
     assert "cannot resync a pair that is" in refused("pair", "resync", "p")
-    bad_state = targetctl(daemon, "pair", "wait", "p", "--state", "MIRRORED")
+    bad_state = daemon.targetctl("pair", "wait", "p", "--state", "MIRRORED")
     assert bad_state.returncode == 1 and "unknown state 'MIRRORED'" in bad_state.stderr
-    usage = targetctl(daemon, "pair", "create", "p", "zero", "1")
+    usage = daemon.targetctl("pair", "create", "p", "zero", "1")
     assert usage.returncode == 2  # argparse: not a LUN number
 
 
@@ -171,7 +155,7 @@ def test_pair_metrics_follow_the_pair(targetd_factory: DaemonFactory) -> None:
     client = BlockClient(daemon.port, IQN)
     client.write(0, 0, b"\x07" * (4 * MiB))
     client.close()
-    assert targetctl(daemon, "pair", "create", "m", "0", "1").returncode == 0
+    assert daemon.targetctl("pair", "create", "m", "0", "1").returncode == 0
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
     sample = dict(

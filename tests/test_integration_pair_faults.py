@@ -8,13 +8,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Daemon, DaemonFactory
+from conftest import DaemonFactory
 from pair_scsi import BlockClient
 from powercut.harness import FaultFS, mounted
 
@@ -34,16 +32,6 @@ def faultfs(tmp_path: Path) -> Iterator[FaultFS]:
         yield fs
 
 
-def targetctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "targetd.ctl", *args, "--state-dir", str(daemon.state_dir)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 @pytest.mark.parametrize("when", ["set-up", "copy"])
 def test_eio_on_the_target_suspends_the_pair_with_its_reason(
     targetd_factory: DaemonFactory, faultfs: FaultFS, when: str
@@ -54,17 +42,17 @@ def test_eio_on_the_target_suspends_the_pair_with_its_reason(
     client.close()  # a session left idle through the waits below would get NOP-Ins
     if when == "set-up":  # the creation's deallocation of the whole target fails
         faultfs.fault("write", "lun1.img", MiB, 2 * MiB)
-    assert targetctl(daemon, "pair", "create", "db", "0", "1").returncode == 0
+    assert daemon.targetctl("pair", "create", "db", "0", "1").returncode == 0
     if when == "copy":  # copying at 1 MiB/s, writes to the target fail from 1 MiB on
         faultfs.fault("write", "lun1.img", MiB, 8 * MiB)
-    waited = targetctl(daemon, "pair", "wait", "db", "--state", "DUPLEX", "--timeout", "30")
+    waited = daemon.targetctl("pair", "wait", "db", "--state", "DUPLEX", "--timeout", "30")
     assert waited.returncode == 4, waited.stderr  # SUSPENDED: waiting longer cannot help
     assert "pair db is SUSPENDED (TARGET_WRITE_ERROR)" in waited.stderr
-    status = json.loads(targetctl(daemon, "pair", "status", "db", "--json").stdout)
+    status = json.loads(daemon.targetctl("pair", "status", "db", "--json").stdout)
     assert (status["source_state"], status["reason"]) == ("SUSPENDED", "TARGET_WRITE_ERROR")
     assert status["error"].startswith("MediumWriteError: [Errno 5] write of ")
     assert "lun1.img" in status["error"] and status["error"].endswith("failed: EIO")
-    table = targetctl(daemon, "pair", "status").stdout
+    table = daemon.targetctl("pair", "status").stdout
     assert "TARGET_WRITE_ERROR: MediumWriteError" in table
     log = daemon.stderr
     assert "pair db: SUSPENDED (TARGET_WRITE_ERROR): MediumWriteError" in log
@@ -80,11 +68,11 @@ def test_eio_on_the_target_suspends_the_pair_with_its_reason(
     client.close()
     # The disk is back: a resync copies what the target lacks, and its own changes.
     faultfs.clear_faults()
-    assert targetctl(daemon, "pair", "resync", "db").returncode == 0
-    waited = targetctl(daemon, "pair", "wait", "db", "--state", "DUPLEX", "--timeout", "90")
+    assert daemon.targetctl("pair", "resync", "db").returncode == 0
+    waited = daemon.targetctl("pair", "wait", "db", "--state", "DUPLEX", "--timeout", "90")
     assert waited.returncode == 0, waited.stderr
     client = BlockClient(daemon.port, IQN)
     assert client.read(1, 0, 8 * MiB) == client.read(0, 0, 8 * MiB)
-    assert json.loads(targetctl(daemon, "pair", "status", "db", "--json").stdout)["error"] is None
+    assert json.loads(daemon.targetctl("pair", "status", "db", "--json").stdout)["error"] is None
     client.close()
     assert daemon.stop() == 0  # before faultfs goes away

@@ -42,24 +42,8 @@ name = "{IQN}"
     return text + extra
 
 
-def targetctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "targetd.ctl", *args, "--state-dir", str(daemon.state_dir)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def ok_json(daemon: Daemon, *args: str) -> Any:
-    done = targetctl(daemon, *args, "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
 def wait_group(daemon: Daemon, state: str) -> dict[str, Any]:
-    done = targetctl(daemon, "group", "wait", "db", "--state", state, "--timeout", "60", "--json")
+    done = daemon.targetctl("group", "wait", "db", "--state", state, "--timeout", "60", "--json")
     assert done.returncode == 0, (done.stdout, done.stderr)
     return json.loads(done.stdout)["status"]
 
@@ -76,7 +60,7 @@ def test_declared_group_splits_as_one_cut_of_three_sessions(
     for i in range(3):
         (images / f"lun{i}.img").write_bytes(initial[i])
     daemon.start()
-    group = ok_json(daemon, "group", "status", "db")
+    group = daemon.targetctl_json("group", "status", "db")
     assert group["pairs"] == ["p0", "p1", "p2"] and group["target"] == IQN
     assert group["state"] == "DUPLEX-PENDING"
     assert [m["group"] for m in group["members"]] == ["db"] * 3
@@ -121,7 +105,7 @@ def test_declared_group_splits_as_one_cut_of_three_sessions(
         t.start()
     for t in threads:
         t.join()
-    status = ok_json(daemon, "group", "status", "db")
+    status = daemon.targetctl_json("group", "status", "db")
     assert len({m["split_time"] for m in status["members"]}) == 1
     assert sum(m["dirty_chunks"] for m in status["members"]) > 0 or status["state"] == "SPLIT"
     # Read through iSCSI while the reflection may still run: the split image already.
@@ -130,13 +114,13 @@ def test_declared_group_splits_as_one_cut_of_three_sessions(
     # PAIR IN names the group in bytes 96-127.
     st = Status.parse(controller.ok(pair_in(1, 128), lun=0, read=128))
     assert (st.name, st.group, st.source) == ("p1", "db", "SPLIT")
-    done = targetctl(daemon, "group", "status", "db")
+    done = daemon.targetctl("group", "status", "db")
     assert done.returncode == 0 and "group db:" in done.stdout and "p1" in done.stdout
     for c in (*clients, controller):
         c.close()
 
     # Resync by the group; then a member in the wrong state fails the whole split.
-    resynced = ok_json(daemon, "group", "resync", "db")
+    resynced = daemon.targetctl_json("group", "resync", "db")
     assert {m["source_state"] for m in resynced["members"]} <= {"RESYNC", "DUPLEX"}
     wait_group(daemon, "DUPLEX")
     # The host tool's split, sent to one member's secondary, splits the group.
@@ -148,7 +132,7 @@ def test_declared_group_splits_as_one_cut_of_three_sessions(
     assert json.loads(done.stdout)["group"] == "db"
     split = wait_group(daemon, "SPLIT")
     assert len({m["split_time"] for m in split["members"]}) == 1
-    refused = targetctl(daemon, "group", "split", "db")
+    refused = daemon.targetctl("group", "split", "db")
     assert refused.returncode == 1
     assert "group 'db' not split: pair 'p0': cannot split a pair that is SPLIT/SPLIT" in (
         refused.stderr
@@ -162,22 +146,22 @@ def test_a_split_group_refuses_another_split_and_nothing_changes(
     wait_group(daemon, "DUPLEX")
     # Membership: a pair taken out splits alone; a split pair cannot join a group.
     client = BlockClient(daemon.port, IQN, (0, 1, 2, 3, 4, 5))
-    ok_json(daemon, "group", "remove", "db", "p1")
-    ok_json(daemon, "pair", "split", "p1")  # alone: p1 is split, the others mirror
-    refused = targetctl(daemon, "group", "add", "db", "p1")
+    daemon.targetctl_json("group", "remove", "db", "p1")
+    daemon.targetctl_json("pair", "split", "p1")  # alone: p1 is split, the others mirror
+    refused = daemon.targetctl("group", "add", "db", "p1")
     assert refused.returncode == 1, refused.stderr  # split: it cannot join
     assert "pair 'p1' is SPLIT-PENDING" in refused.stderr or "is SPLIT:" in refused.stderr
-    ok_json(daemon, "pair", "resync", "p1")
-    ok_json(daemon, "group", "add", "db", "p1")
+    daemon.targetctl_json("pair", "resync", "p1")
+    daemon.targetctl_json("group", "add", "db", "p1")
     wait_group(daemon, "DUPLEX")
-    ok_json(daemon, "pair", "split", "p0")
+    daemon.targetctl_json("pair", "split", "p0")
     wait_group(daemon, "SPLIT")
-    before = ok_json(daemon, "group", "status", "db")
+    before = daemon.targetctl_json("group", "status", "db")
     # Every member is SPLIT: the vendor SPLIT is refused with the state of the pair, and
     # no member changed.
     status, _, sense = client.run(pair_out(SPLIT), lun=2)
     assert (status, sense) == (2, (0x5, 0x80, 0x02))
-    after = ok_json(daemon, "group", "status", "db")
+    after = daemon.targetctl_json("group", "status", "db")
     key = [(m["name"], m["source_state"], m["target_state"], m["split_time"])
            for m in before["members"]]  # fmt: skip
     assert key == [(m["name"], m["source_state"], m["target_state"], m["split_time"])
@@ -198,7 +182,7 @@ def test_reload_adds_declared_pairs_and_reports_mismatches(
     while "p3" not in daemon.stderr and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "pair[3] 'p3': created, LUN 6 -> LUN 7" in daemon.stderr, daemon.stderr
-    assert ok_json(daemon, "pair", "status", "p3")["target_lun"] == 7
+    assert daemon.targetctl_json("pair", "status", "p3")["target_lun"] == 7
     # p3 is taken out of the file, and p0 is declared onto other LUNs: both reported,
     # nothing changed.
     text = config("0", luns=8).replace("target_lun = 3", "target_lun = 7")
@@ -210,11 +194,11 @@ def test_reload_adds_declared_pairs_and_reports_mismatches(
     log = daemon.stderr
     assert "pair 'p3' is no longer declared: left as it is" in log, log
     assert "pair[0] 'p0': declared LUN 0 -> LUN 7, but the existing pair is" in log, log
-    assert ok_json(daemon, "pair", "status", "p0")["target_lun"] == 3
-    assert ok_json(daemon, "pair", "status", "p3")["target_lun"] == 7
+    assert daemon.targetctl_json("pair", "status", "p0")["target_lun"] == 3
+    assert daemon.targetctl_json("pair", "status", "p3")["target_lun"] == 7
     # After a restart the pairs and the group are back as they were (not created anew).
     daemon.restart()
-    group = ok_json(daemon, "group", "status", "db")
+    group = daemon.targetctl_json("group", "status", "db")
     assert group["pairs"] == ["p0", "p1", "p2"]
 
 
@@ -225,21 +209,21 @@ def test_a_reload_resumes_the_pair_file_of_luns_it_adds(targetd_factory: DaemonF
         f'[[target.lun]]\nlun = {n}\nsize = "4MiB"\n' for n in range(2)
     )
     daemon = targetd_factory(two)
-    created = ok_json(daemon, "pair", "create", "keep", "0", "1")
+    created = daemon.targetctl_json("pair", "create", "keep", "0", "1")
     assert created["target_lun"] == 1
-    ok_json(daemon, "pair", "split", "keep")
-    split_time = ok_json(daemon, "pair", "status", "keep")["split_time"]
+    daemon.targetctl_json("pair", "split", "keep")
+    split_time = daemon.targetctl_json("pair", "status", "keep")["split_time"]
     daemon.stop()
     assert daemon.config is not None
     daemon.config.write_text(two.split("[[target.lun]]\nlun = 1")[0])
     daemon.start()
     assert "pair keep: its volumes are not configured; left as is" in daemon.stderr
-    assert ok_json(daemon, "pair", "status") == []
+    assert daemon.targetctl_json("pair", "status") == []
     daemon.config.write_text(two)
     os.kill(daemon.proc.pid, signal.SIGHUP)  # type: ignore[union-attr]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        pairs = ok_json(daemon, "pair", "status")
+        pairs = daemon.targetctl_json("pair", "status")
         if pairs:
             break
         time.sleep(0.1)
@@ -260,7 +244,7 @@ def test_reverse_resync_of_a_group_restores_every_source(
     for lun in range(3):
         client.write(lun, 0, bytes([lun + 1]) * MiB)
     wait_group(daemon, "DUPLEX")
-    ok_json(daemon, "group", "split", "db")
+    daemon.targetctl_json("group", "split", "db")
     split = wait_group(daemon, "SPLIT")
     assert {m["target_state"] for m in split["members"]} == {"SPLIT"}
     for lun in range(3):  # the database goes wrong after the split
@@ -280,7 +264,7 @@ def test_reverse_resync_of_a_group_restores_every_source(
     for lun in range(3):
         assert client.read(lun, 0, MiB) == bytes([lun + 1]) * MiB
     # A second time, by the host tool, then by targetctl.
-    ok_json(daemon, "group", "split", "db")
+    daemon.targetctl_json("group", "split", "db")
     wait_group(daemon, "SPLIT")
     client.write(2, 0, b"\xdd" * 65536)
     done = subprocess.run(
@@ -290,11 +274,11 @@ def test_reverse_resync_of_a_group_restores_every_source(
     assert done.returncode == 0, done.stderr
     assert client.read(2, 0, 65536) == bytes([3]) * 65536
     wait_group(daemon, "DUPLEX")
-    refused = targetctl(daemon, "group", "restore", "db")  # DUPLEX: nothing to restore from
+    refused = daemon.targetctl("group", "restore", "db")  # DUPLEX: nothing to restore from
     assert refused.returncode == 1 and "not restored" in refused.stderr
-    ok_json(daemon, "group", "split", "db")
+    daemon.targetctl_json("group", "split", "db")
     wait_group(daemon, "SPLIT")
-    restored = ok_json(daemon, "pair", "restore", "p0")  # a member: the whole group
+    restored = daemon.targetctl_json("pair", "restore", "p0")  # a member: the whole group
     assert restored["group"] == "db"
     assert restored["source_state"] in ("REVERSE-COPY", "DUPLEX")
     wait_group(daemon, "DUPLEX")

@@ -6,11 +6,8 @@ the split itself when a plain EXTENDED COPY reads the target of a mirroring pair
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from typing import Any
 
-from conftest import REPO, Daemon, DaemonFactory
+from conftest import DaemonFactory
 from pair_scsi import ADDRESSED, CREATE, BlockClient, pair_in, pair_out
 from test_integration_xcopy import naa_of
 from xcopy_lists import cscd, lid1, seg_b2s, seg_filemarks, xcopy_cdb
@@ -54,17 +51,6 @@ def policy_bytes(client: BlockClient, lun: int = 0) -> tuple[int, int]:
     return data[10], data[11]
 
 
-def targetctl(daemon: Daemon, *args: str) -> Any:
-    done = subprocess.run(
-        [sys.executable, "-m", "targetd.ctl", *args, "--state-dir", str(daemon.state_dir)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return done
-
-
 def test_policy_by_vendor_command_and_targetctl_survives_restart(
     targetd_factory: DaemonFactory,
 ) -> None:
@@ -88,22 +74,22 @@ def test_policy_by_vendor_command_and_targetctl_survives_restart(
     client.ok(pair_out(CREATE, 0, 1))
     assert policy_bytes(client) == (0x03, 0x00)
 
-    done = targetctl(daemon, "pair", "policy", "lun0-lun1", "split-and-backup", "--json")
+    done = daemon.targetctl("pair", "policy", "lun0-lun1", "split-and-backup", "--json")
     assert done.returncode == 0, done.stderr
     shown = json.loads(done.stdout)
     assert (shown["backup_policy"], shown["backup_policy_set"]) == ("split-and-backup", True)
     assert policy_bytes(client) == (0x04, 0x01)
-    table = targetctl(daemon, "pair", "status").stdout.splitlines()
+    table = daemon.targetctl("pair", "status").stdout.splitlines()
     assert table[0].split()[-2:] == ["POLICY", "REASON"]
     assert "split-and-backup" in table[1].split()
-    bad = targetctl(daemon, "pair", "policy", "lun0-lun1", "fastest")
+    bad = daemon.targetctl("pair", "policy", "lun0-lun1", "fastest")
     assert bad.returncode == 1 and "unknown backup policy" in bad.stderr
     client.close()
 
     daemon.restart()  # the policy is kept in the pair file
     client = BlockClient(daemon.port, IQN)
     assert policy_bytes(client) == (0x04, 0x01)
-    done = targetctl(daemon, "pair", "policy", "lun0-lun1", "default")
+    done = daemon.targetctl("pair", "policy", "lun0-lun1", "default")
     assert done.returncode == 0, done.stderr
     assert "merge*" in done.stdout  # the configured one
     client.close()
@@ -166,7 +152,7 @@ def test_a_reload_applies_the_pairs_settings_and_a_declared_pairs_policy(
     )
 
     def policy(name: str) -> tuple[str, bool]:
-        done = targetctl(daemon, "pair", "status", name, "--json")
+        done = daemon.targetctl("pair", "status", name, "--json")
         assert done.returncode == 0, done.stderr
         status = json.loads(done.stdout)
         return status["backup_policy"], status["backup_policy_set"]
@@ -174,7 +160,7 @@ def test_a_reload_applies_the_pairs_settings_and_a_declared_pairs_policy(
     def reload(text: str) -> dict[str, list[str]]:
         assert daemon.config is not None
         daemon.config.write_text(text)
-        done = targetctl(daemon, "reload", "--json")
+        done = daemon.targetctl("reload", "--json")
         assert done.returncode == 0, done.stderr
         answer: dict[str, list[str]] = json.loads(done.stdout)
         return answer
@@ -196,7 +182,7 @@ def test_a_reload_applies_the_pairs_settings_and_a_declared_pairs_policy(
     }, answer
     assert (policy("p0"), policy("p1")) == (("merge", True), ("reflect-first", False))
     # Set on the pair since: the file's next change is reported and not applied.
-    assert targetctl(daemon, "pair", "policy", "p0", "split-and-backup").returncode == 0
+    assert daemon.targetctl("pair", "policy", "p0", "split-and-backup").returncode == 0
     answer = reload(reload_config('backup_policy = "reflect-first"\ncopy_rate = "2MiB"', ""))
     assert answer == {
         "applied": [],

@@ -6,11 +6,9 @@ pair operation sent to another LUN, and targetctl is refused the same unless --f
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
-from conftest import REPO, Daemon, DaemonFactory
+from conftest import Daemon, DaemonFactory
 from pair_scsi import CREATE, RESYNC, SPLIT, BlockClient, pair_config, pair_out
 
 MiB = 1 << 20
@@ -46,16 +44,6 @@ def two_initiators(factory: DaemonFactory) -> tuple[Daemon, BlockClient, BlockCl
     holder = BlockClient(daemon.port, IQN, (0, 1, 2), name=HOLDER)
     intruder = BlockClient(daemon.port, IQN, (0, 1, 2), name=INTRUDER)
     return daemon, holder, intruder
-
-
-def targetctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "targetd.ctl", *args, "--state-dir", str(daemon.state_dir)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_create_onto_a_write_exclusive_lun_is_a_reservation_conflict(
@@ -124,13 +112,13 @@ def test_targetctl_is_refused_by_a_reservation_unless_forced(
     daemon, holder, _ = two_initiators(targetd_factory)
     holder.write(1, 0, b"\x11" * MiB)
     reserve(holder, 1, WRITE_EXCLUSIVE)
-    done = targetctl(daemon, "pair", "create", "db", "0", "1")
+    done = daemon.targetctl("pair", "create", "db", "0", "1")
     assert done.returncode == 1
     assert done.stderr == (
         "targetctl: pair.create: LUN 1 is reserved by another initiator (--force overrides)\n"
     )
     assert holder.read(1, 0, MiB) == b"\x11" * MiB
-    done = targetctl(daemon, "pair", "create", "db", "0", "1", "--force", "--json")
+    done = daemon.targetctl("pair", "create", "db", "0", "1", "--force", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["target_lun"] == 1
     holder.wait("DUPLEX")

@@ -5,10 +5,8 @@ names are per target"). targetctl names the target when a name alone is ambiguou
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from conftest import REPO, Daemon, DaemonFactory
+from conftest import DaemonFactory
 from pair_scsi import CREATE, BlockClient, pair_out
 
 A = "iqn.2026-11.org.targetd:scope-a"
@@ -19,16 +17,6 @@ NAME_IN_USE = (0x5, 0x80, 0x05)
 def two_targets() -> str:
     luns = "".join(f'[[target.lun]]\nlun = {n}\nsize = "4MiB"\n' for n in (0, 1, 2, 3))
     return f'[[target]]\nname = "{A}"\n{luns}\n[[target]]\nname = "{B}"\n{luns}'
-
-
-def targetctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "targetd.ctl", *args, "--state-dir", str(daemon.state_dir)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_a_name_taken_on_another_target_is_answered_as_a_free_one(
@@ -49,13 +37,13 @@ def test_a_name_taken_on_another_target_is_answered_as_a_free_one(
     assert a.status(0).name == "db"
 
     # targetctl: the name alone is ambiguous; --target says which.
-    done = targetctl(daemon, "pair", "status", "db")
+    done = daemon.targetctl("pair", "status", "db")
     assert done.returncode == 1
     assert f"pair 'db' exists in {A}, {B}: name the target" in done.stderr
-    done = targetctl(daemon, "pair", "status", "db", "--target", B, "--json")
+    done = daemon.targetctl("pair", "status", "db", "--target", B, "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["source"] == f"{B}/lun0"
-    listing = json.loads(targetctl(daemon, "pair", "status", "--json", "--target", A).stdout)
+    listing = json.loads(daemon.targetctl("pair", "status", "--json", "--target", A).stdout)
     assert sorted(p["name"] for p in listing) == ["db", "free"]
     assert all(p["source"].startswith(A) for p in listing)
 
@@ -65,7 +53,7 @@ def test_a_name_taken_on_another_target_is_answered_as_a_free_one(
     daemon.restart()
     names = sorted(
         (p["source"], p["name"])
-        for p in json.loads(targetctl(daemon, "pair", "status", "--json").stdout)
+        for p in json.loads(daemon.targetctl("pair", "status", "--json").stdout)
     )
     assert names == [(f"{A}/lun0", "db"), (f"{A}/lun2", "free"),
                      (f"{B}/lun0", "db"), (f"{B}/lun2", "free")]  # fmt: skip
