@@ -7,11 +7,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
-from conftest import REPO, Daemon, DaemonFactory
+from conftest import DaemonFactory
 from library_targets import library_targets
 from pyscsi.pyscsi.scsi_cdb_readelementstatus import ReadElementStatus
 from raw_initiator import RawInitiator
@@ -96,47 +94,29 @@ def test_library_over_iscsi_moves_loads_refuses_and_restarts(
         assert inventory(ini) == {MAIL0: "TD0002L6", SLOT0: "TD0001L6"}
 
 
-def targetctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "targetd.ctl",
-            "library",
-            *args,
-            "--state-dir",
-            str(daemon.state_dir),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_targetctl_library_lists_imports_and_exports(targetd_factory: DaemonFactory) -> None:
     daemon = targetd_factory(CONFIG)
     with session(daemon.port) as ini:
-        listing = targetctl(daemon, "list")
+        listing = daemon.targetctl("library", "list")
         assert listing.returncode == 0, listing.stderr
         lines = listing.stdout.splitlines()
         assert lines[0] == f"library {IQN} lun 0"
         assert any(line.split()[:3] == ["0x400", "storage", "TD0001L6"] for line in lines)
-        made = targetctl(daemon, "import", "NEW001L6")
+        made = daemon.targetctl("library", "import", "NEW001L6")
         assert made.returncode == 0, made.stderr
         assert made.stdout.strip() == "NEW001L6: in mail slot 0x200"
         assert (daemon.state_dir / "vtl" / "NEW001L6.img").is_file()
         # the initiator learns of it, then sees the cartridge in the mail slot
         assert sense_of(ini.command(bytes(6), lun=CHANGER)) == (0x6, 0x28, 0x01)
         assert inventory(ini)[MAIL0] == "NEW001L6"
-        full = targetctl(daemon, "import", "NEW002L6")
+        full = daemon.targetctl("library", "import", "NEW002L6")
         assert full.returncode == 1 and "every mail slot is full" in full.stderr
         # the initiator locks the door: the operator can take nothing out
         assert ini.command(bytes([0x1E, 0, 0, 0, 1, 0]), lun=CHANGER)[0] == GOOD
-        locked = targetctl(daemon, "export", "NEW001L6")
+        locked = daemon.targetctl("library", "export", "NEW001L6")
         assert locked.returncode == 1 and "locked" in locked.stderr
         assert ini.command(bytes([0x1E, 0, 0, 0, 0, 0]), lun=CHANGER)[0] == GOOD
-        out = targetctl(daemon, "export", "NEW001L6", "--json")
+        out = daemon.targetctl("library", "export", "NEW001L6", "--json")
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["image"].endswith("vtl/exported/NEW001L6.img")
         assert sense_of(ini.command(bytes(6), lun=CHANGER)) == (0x6, 0x28, 0x01)
@@ -148,7 +128,7 @@ def test_targetctl_library_tag_gives_an_alternate_volume_tag(
 ) -> None:
     daemon = targetd_factory(CONFIG)
     with session(daemon.port) as ini:
-        tagged = targetctl(daemon, "tag", "TD0001L6", "--alternate", "TD0001-B")
+        tagged = daemon.targetctl("library", "tag", "TD0001L6", "--alternate", "TD0001-B")
         assert tagged.returncode == 0, tagged.stderr
         assert tagged.stdout.strip() == "TD0001L6: alternate volume tag TD0001-B"
         cdb = bytes([0xB8, 0x12, 0, 0, 0, 2, 0, 0, 0x40, 0, 0, 0])  # two slots, VOLTAG
@@ -159,13 +139,13 @@ def test_targetctl_library_tag_gives_an_alternate_volume_tag(
         first, second = page["element_descriptors"]
         assert bytes(first["alternate_volume_tag"][:32]).decode().strip() == "TD0001-B"
         assert bytes(second["alternate_volume_tag"]) == bytes(36)
-        listing = targetctl(daemon, "list")
+        listing = daemon.targetctl("library", "list")
         (row,) = [line for line in listing.stdout.splitlines() if "TD0001L6" in line]
         assert row.split()[:3] == ["0x400", "storage", "TD0001L6"]
         assert row.endswith("alternate TD0001-B")
-        unknown = targetctl(daemon, "tag", "NOPE01L6", "--alternate", "X")
+        unknown = daemon.targetctl("library", "tag", "NOPE01L6", "--alternate", "X")
         assert unknown.returncode == 1 and "not in the library" in unknown.stderr
-        cleared = targetctl(daemon, "tag", "TD0001L6", "--clear", "--json")
+        cleared = daemon.targetctl("library", "tag", "TD0001L6", "--clear", "--json")
         assert json.loads(cleared.stdout) == {"alternate": None, "barcode": "TD0001L6"}
         status, data, _ = ini.command(cdb, lun=CHANGER, read=0x4000)
         (page,) = ReadElementStatus.unmarshall_datain(data)["element_status_pages"]

@@ -4,16 +4,13 @@ that EXTENDED COPY can reach (and send) at once."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from typing import Any
 
-from conftest import REPO, Daemon, DaemonFactory, free_port
+from conftest import Daemon, DaemonFactory, free_port
 from pair_scsi import CREATE, SPLIT, BlockClient, pair_out
 from test_integration_xcopy import naa_of
 from xcopy_lists import cscd, lid1, lid4, seg_b2b, seg_b2s, xcopy_cdb
@@ -52,15 +49,7 @@ def metrics(port: int) -> dict[str, str]:
 
 
 def copy_status(daemon: Daemon) -> list[dict[str, Any]]:
-    done = subprocess.run(
-        [sys.executable, "-m", "targetd.ctl", "status", "--json", "--state-dir", daemon.state_dir],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)["copy_operations"]  # type: ignore[no-any-return]
+    return daemon.targetctl_json("status")["copy_operations"]  # type: ignore[no-any-return]
 
 
 def test_copy_operations_in_status_and_metrics(targetd_factory: DaemonFactory) -> None:

@@ -14,14 +14,12 @@ import json
 import os
 import signal
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import REPO, Daemon, DaemonFactory
+from conftest import Daemon, DaemonFactory
 from raw_initiator import RawInitiator
 from test_integration_xcopy import naa_of
 from xcopy_lists import cscd, lid1, lid4, seg_b2b, seg_b2s, xcopy_cdb
@@ -220,12 +218,7 @@ size = "128MiB"
 
 
 def copy_operations(daemon: Daemon) -> list[dict[str, Any]]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "targetd.ctl", "status", "--json",
-         "--state-dir", str(daemon.state_dir)],
-        cwd=REPO, capture_output=True, text=True, timeout=30, check=True,
-    )  # fmt: skip
-    operations: list[dict[str, Any]] = json.loads(proc.stdout)["copy_operations"]
+    operations: list[dict[str, Any]] = daemon.targetctl_json("status")["copy_operations"]
     return operations
 
 
