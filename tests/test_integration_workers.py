@@ -210,6 +210,40 @@ def test_a_worker_that_cannot_start_is_tried_again_and_its_target_is_unavailable
     assert status(daemon)["workers"][1]["error"] is None
 
 
+def test_the_redirect_a_reconnecting_initiator_gets_is_an_rfc_7143_login_response(
+    targetd_factory: DaemonFactory,
+) -> None:
+    """What libiscsi 1.19 is answered when it reconnects after a worker restart (see "libiscsi
+    before 1.20.1" in docs/workers.md): one Login Response, field by field as RFC 7143 11.13
+    wants it for a failed login of a new session, then the target closes the connection."""
+    daemon = targetd_factory(CONFIG)
+    old_pid, _ = worker_port(daemon, B)
+    os.kill(old_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while (worker := worker_port(daemon, B))[0] == old_pid:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    with RawInitiator(daemon.port) as ini:
+        resp = ini.login(B)
+        bhs = resp.bhs
+        assert bhs[0] == 0x23  # Login Response
+        assert bhs[1] == 0x00  # T=0, C=0: no stage is left, nothing continues
+        assert (bhs[2], bhs[3]) == (0, 0)  # Version-max, Version-active
+        assert bhs[4] == 0 and int.from_bytes(bhs[5:8], "big") == len(resp.data)
+        assert bhs[8:14] == bytes([0x40, 0, 0, 0, 0x12, 0x34])  # the ISID, echoed
+        assert bhs[14:16] == b"\0\0"  # TSIH: a new session gets one only on success
+        assert resp.u32(16) == ini.itt  # the ITT of the request
+        assert resp.u32(28) == ini.cmdsn  # ExpCmdSN: the request's CmdSN
+        assert resp.u32(32) >= resp.u32(28) - 1  # MaxCmdSN: a window, not a closed one
+        assert (bhs[36], bhs[37]) == (0x01, 0x01)  # target moved temporarily
+        # The one key, TargetAddress=domainname[:port][,portal-group-tag] (13.8), NUL-ended.
+        assert resp.data == f"TargetAddress=127.0.0.1:{worker[1]},1\0".encode()
+        assert ini.closed_by_target()  # Status-Class not 0: the connection is closed
+    with RawInitiator(worker[1]) as ini:  # and the address given is where B is served
+        resp = ini.login(B)
+        assert (resp.bhs[36], resp.bhs[37]) == (0, 0) and resp.bhs[14:16] != b"\0\0"
+
+
 def test_sigterm_stops_every_worker_and_a_killed_portal_leaves_no_orphan(
     targetd_factory: DaemonFactory,
 ) -> None:
