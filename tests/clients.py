@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 
 TOOL_TIMEOUT = 60.0
+REPO = Path(__file__).resolve().parent.parent
 
 
 def require(tool: str) -> str:
@@ -46,4 +49,16 @@ def run(
             f"{' '.join(argv)} exited {proc.returncode}\n"
             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         )
+    return proc
+
+
+def targetd_copy(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The host tool, ``targetd-copy ARGS``, from the checkout; with ``check`` it must exit
+    0 (the failure shows its output)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "hostcopy", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if check:
+        assert proc.returncode == 0, f"{args}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from clients import targetd_copy as tool
 from conftest import REPO, DaemonFactory
 from crc32c import crc32c
 from pair_scsi import BlockClient
@@ -26,7 +27,6 @@ from test_integration_hostcopy import (
     TAPE,
     split_pair,
     start,
-    tool,
 )
 
 from backing.tape_image import ENTRY, ENTRY_SIZE, HEADER_SIZE

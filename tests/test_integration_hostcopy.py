@@ -15,6 +15,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from clients import targetd_copy as tool
 from conftest import REPO, Daemon, DaemonFactory
 from pair_scsi import BlockClient
 
@@ -54,16 +55,6 @@ lun = 5
 size = "8MiB"
 """
 SOURCE, MIRROR, TAPE, SINK, SMALL, FRESH = 0, 1, 2, 3, 4, 5
-
-
-def tool(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "hostcopy", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    if check:
-        assert proc.returncode == 0, f"{args}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 def start(factory: DaemonFactory) -> tuple[Daemon, BlockClient]:

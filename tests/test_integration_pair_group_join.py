@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+from clients import targetd_copy as tool
 from conftest import REPO, DaemonFactory
 from pair_scsi import SPLIT, BlockClient, pair_in, pair_out
 
@@ -35,16 +36,6 @@ def group_of(client: BlockClient, lun: int) -> str:
 def join(client: BlockClient, name: bytes, lun: int = 0xFFFF, *, via: int = 0) -> tuple:
     status, _, sense = client.run(pair_out(JOIN, lun, 0, len(name)), lun=via, data=name)
     return status, sense
-
-
-def tool(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "hostcopy", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    if check:
-        assert proc.returncode == 0, f"{args}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 def test_group_join_and_leave_by_vendor_command(targetd_factory: DaemonFactory) -> None:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 
-from conftest import REPO, Daemon, DaemonFactory
+from clients import targetd_copy as tool
+from conftest import Daemon, DaemonFactory
 from pair_scsi import (
     BLOCK,
     CREATE,
@@ -44,16 +43,6 @@ name = "s0"
 source_lun = 0
 target_lun = 1
 """
-
-
-def tool(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "hostcopy", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    if check:
-        assert proc.returncode == 0, f"{args}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 def status(c: BlockClient, lun: int) -> Status:
