@@ -29,9 +29,8 @@ import struct
 import threading
 from collections.abc import Callable
 from ctypes import CFUNCTYPE, POINTER, byref, c_char_p, c_int, c_size_t, c_uint64, c_void_p
-from typing import Any
 
-from backing.rbd_lib import check, client_address, lib, mon_command
+from backing.rbd_lib import TypedFunctions, check, client_address, lib, mon_command
 
 log = logging.getLogger("targetd.rados")
 
@@ -76,19 +75,12 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
 }
 
 
-class _Rados:
+class _Rados(TypedFunctions):
     """The librados calls this module adds to rbd_lib's, typed (``_rados().rados_read``)."""
 
     def __init__(self) -> None:
         dll = ctypes.CDLL("librados.so.2", use_errno=True)
-        for name, (restype, argtypes) in _SIGNATURES.items():
-            fn = getattr(dll, name)
-            fn.restype = restype
-            fn.argtypes = argtypes
-            setattr(self, name, fn)
-
-    def __getattr__(self, name: str) -> Any:  # the functions are set in __init__
-        raise AttributeError(name)
+        super().__init__(_SIGNATURES, lambda _name: dll)
 
 
 @functools.cache

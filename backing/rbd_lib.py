@@ -16,6 +16,7 @@ import ctypes
 import functools
 import json
 import os
+from collections.abc import Callable
 from ctypes import (
     CFUNCTYPE,
     POINTER,
@@ -149,7 +150,26 @@ class RbdUnavailable(RuntimeError):
     """librados/librbd cannot be loaded (the librbd1 package is not installed)."""
 
 
-class Lib:
+class TypedFunctions:
+    """C functions as typed attributes (``lib.rbd_open``), each found in the library
+    ``library_of(name)`` gives and declared as ``signatures[name]`` (restype, argtypes)."""
+
+    def __init__(
+        self,
+        signatures: dict[str, tuple[object, list[object]]],
+        library_of: Callable[[str], ctypes.CDLL],
+    ) -> None:
+        for name, (restype, argtypes) in signatures.items():
+            fn = getattr(library_of(name), name)
+            fn.restype = restype
+            fn.argtypes = argtypes
+            setattr(self, name, fn)
+
+    def __getattr__(self, name: str) -> Any:  # the functions are set in __init__
+        raise AttributeError(name)
+
+
+class Lib(TypedFunctions):
     """The two shared libraries with typed functions as attributes (``lib.rbd_open``)."""
 
     def __init__(self) -> None:
@@ -158,14 +178,7 @@ class Lib:
             rbd = ctypes.CDLL("librbd.so.1", use_errno=True)
         except OSError as exc:
             raise RbdUnavailable(f"librbd is not installed (Debian: librbd1): {exc}") from exc
-        for name, (restype, argtypes) in _SIGNATURES.items():
-            fn = getattr(rados if name.startswith("rados_") else rbd, name)
-            fn.restype = restype
-            fn.argtypes = argtypes
-            setattr(self, name, fn)
-
-    def __getattr__(self, name: str) -> Any:  # the functions are set in __init__
-        raise AttributeError(name)
+        super().__init__(_SIGNATURES, lambda name: rados if name.startswith("rados_") else rbd)
 
 
 @functools.cache
