@@ -19,7 +19,7 @@ from conftest import DaemonFactory
 from library_targets import library_targets
 from raw_initiator import RawInitiator
 from s3_server import S3Server
-from test_integration_library import move, sense_of, targetctl
+from test_integration_library import move, sense_of
 from test_integration_xcopy import extended_copy, naa_of, read10
 from xcopy_lists import cscd, lid1, seg_b2s, seg_filemarks, seg_s2b
 
@@ -151,16 +151,16 @@ def test_an_s3_tape_writes_spaces_locates_and_reads(
             status, _, sense = read(ini, 10)
             assert status == CHECK_CONDITION and sense[2] & 0x80  # the file mark
         assert back == [(GOOD, r, b"") for f in files for r in f]
-    listing = targetctl(daemon, "list", "--json")
+    listing = daemon.targetctl("library", "list", "--json")
     assert listing.returncode == 0, listing.stderr
     rows = {e["barcode"]: e for e in json.loads(listing.stdout)["elements"] if e["barcode"]}
     used = sum(16 + len(r) for f in files for r in f) + 3 * 16
     assert (rows["S30001L6"]["used"], rows["S30001L6"]["capacity"]) == (used, 1 << 30)
     assert (rows["S30002L6"]["used"], rows["S30002L6"]["capacity"]) == (0, 1 << 30)
-    made = targetctl(daemon, "import", "S30003L6")
+    made = daemon.targetctl("library", "import", "S30003L6")
     assert made.returncode == 0, made.stderr
     assert client.head_object(Bucket=s3_server.bucket, Key=f"{prefix}S30003L6/tape.json")
-    out = targetctl(daemon, "export", "S30003L6", "--json")
+    out = daemon.targetctl("library", "export", "S30003L6", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["image"] == f"s3://{s3_server.bucket}/{prefix}exported/S30003L6/"
 
@@ -312,11 +312,11 @@ def test_records_a_power_cut_took_are_reported_by_targetctl(
         f.write(b"\xa5" * 100)
     daemon.start()
     assert "1 acknowledged record(s) or file mark(s) could not be recovered" in daemon.stderr
-    listing = targetctl(daemon, "list", "--json")
+    listing = daemon.targetctl("library", "list", "--json")
     assert listing.returncode == 0, listing.stderr
     drive = next(e for e in json.loads(listing.stdout)["elements"] if e["address"] == DRIVE0)
     assert (drive["barcode"], drive["lost"]) == ("S30001L6", 1)
-    text = targetctl(daemon, "list")
+    text = daemon.targetctl("library", "list")
     assert "1 record(s) lost in a crash" in text.stdout
     with session(daemon.port) as ini:
         ini.clear_unit_attentions(DRIVE)
@@ -348,7 +348,7 @@ def test_targetctl_export_of_an_s3_cartridge_reports_progress(
     before = objects(f"{prefix}S30001L6/")
     total = sum(before.values())
     assert total > len(records) * CHUNK
-    out = targetctl(daemon, "export", "S30001L6")
+    out = daemon.targetctl("library", "export", "S30001L6")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == (
         f"S30001L6: out of the library, image at s3://{bucket}/{prefix}exported/S30001L6/"
