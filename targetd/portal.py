@@ -134,7 +134,7 @@ class Portal:
             )
         if not method.endswith(QUERY_SUFFIXES):
             raise AdminError(
-                f"{method}: several targets, served by worker processes: name one with --target",
+                "several targets, served by worker processes: name one with --target",
                 "bad_request",
             )
         answers = await asyncio.gather(
@@ -152,9 +152,7 @@ class Portal:
             return found[0]
         if not found:
             raise failed[0]
-        raise AdminError(
-            f"{method}: found in several targets: name one with --target", "bad_request"
-        )
+        raise AdminError("found in several targets: name one with --target", "bad_request")
 
     async def _gather_metrics(self, own: list[Family]) -> list[Family]:
         workers = self.supervisor.workers

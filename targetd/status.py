@@ -29,7 +29,7 @@ def snapshot(server: TargetServer, providers: dict[str, Provider]) -> dict[str, 
         },
         "portals": [
             {
-                "listen": f"{p.listen_host}:{p.listen_port}",
+                "listen": f"{p.listen_host}:{p.listen_port or _picked(server, p.listen_host)}",
                 "advertise": p.advertised,
                 "tpgt": p.tpgt,
             }
@@ -102,6 +102,11 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _picked(server: TargetServer, host: str) -> int:
+    """The port the kernel picked for a portal configured with port 0 (a worker's)."""
+    return next((port for bound, port in server.bound if bound == host), 0)
+
+
 def render(status: dict[str, Any]) -> str:
     d = status["daemon"]
     lines = [f"targetd pid {d['pid']}, up {d['uptime_seconds']:.0f}s, state {d['state_dir']}"]
@@ -113,7 +118,8 @@ def render(status: dict[str, Any]) -> str:
     for w in status.get("workers", []):
         lines.append(
             f"  worker {w['index']} pid {w['pid']} ({w['state']}, {w['restarts']} restarts):"
-            f" ports {','.join(map(str, w['ports'])) or '-'}, targets {', '.join(w['targets'])}"
+            f" ports {','.join(map(str, w['ports'])) or '-'},"
+            f" targets {', '.join(w['targets']) or '- (a spare: a reload may place new ones here)'}"
         )
         if w.get("error") and w["state"] != "serving":  # why it is down, and until when
             retry = w.get("retry_in_seconds")

@@ -87,6 +87,9 @@ def test_each_target_is_served_by_its_own_worker_process(targetd_factory: Daemon
     pids = [w["pid"] for w in workers]
     assert len(set(pids)) == 2 and daemon.proc.pid not in pids
     assert [parent_of(pid) for pid in pids] == [daemon.proc.pid] * 2
+    # A worker asked directly (targetctl --socket) names the port it listens on, not 0.
+    alone = request(daemon.state_dir / "worker0.sock", "status", {})
+    assert alone["portals"][0]["listen"] == f"127.0.0.1:{workers[0]['ports'][0]}"
     # The portal redirects (RFC 7143 0101h) to the address the initiator dialled.
     for name, worker in ((A, workers[0]), (B, workers[1])):
         code, keys = redirect(daemon, name)
@@ -330,7 +333,7 @@ def test_pair_commands_reach_the_worker_of_their_target(targetd_factory: DaemonF
         request(sock, "pair.split", {"name": "p"})
     assert (err.value.code, str(err.value)) == (
         "bad_request",
-        "pair.split: several targets, served by worker processes: name one with --target",
+        "several targets, served by worker processes: name one with --target",
     )
     split = request(sock, "pair.split", {"name": "p", "target": B})
     assert split["source"] == f"{B}/lun0" and split["split_time"] is not None

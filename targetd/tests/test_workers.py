@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -203,3 +204,24 @@ def test_progress_lines_of_a_forwarded_request_pass_through_as_they_come(tmp_pat
             await worker.stop()
 
     asyncio.run(scenario())
+
+
+def test_status_shows_a_spare_worker_and_why_one_is_down() -> None:
+    from targetd.status import render
+
+    spare = Worker(0, [], ports=[4000])
+    down = Worker(1, [B], restarts=3, start_failures=3, waiting="failed")
+    down.error = "exited with status 2 before serving"
+    down.retry_at = time.monotonic() + 4.9
+    text = render(
+        {
+            "daemon": {"pid": 1, "uptime_seconds": 5, "state_dir": "/s"},
+            "portals": [],
+            "workers": [spare.status(), down.status()],
+            "sessions": [],
+            "luns": [],
+        }
+    )
+    assert "  worker 0 pid None (serving, 0 restarts): ports 4000, targets - (a spare" in text
+    assert f"  worker 1 pid None (failed, 3 restarts): ports -, targets {B}\n" in text
+    assert "    down: exited with status 2 before serving; next start in 4.9s\n" in text
