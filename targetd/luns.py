@@ -287,48 +287,47 @@ class Builder:
         path: Path,
         services: Services,
     ) -> LogicalUnit:
-        if lun.kind in ("block", "rbd"):
-            return self._block(target, lun, identity, path, services)
-        if lun.kind == "changer":
-            return MediaChanger(
-                replace(identity, product=lun.product or "VIRTUAL-CHANGER"),
-                self._library(target, lun.lun),
-                services=services,
+        build = _BUILDERS.get(lun.kind)
+        if build is None:
+            raise ConfigError(
+                f"target {target.name} lun {lun.lun}", f"unsupported type {lun.kind!r}"
             )
-        if lun.kind == "tape" and lun.changer is not None:
-            return self._drive(
-                target, lun, replace(identity, product=lun.product or "VIRTUAL-TAPE"), services
-            )
-        if lun.kind == "tape" and lun.store is not None:
+        if lun.kind in _PRODUCT:
+            identity = replace(identity, product=lun.product or _PRODUCT[lun.kind])
+        return build(self, target, lun, identity, path, services)
+
+    def _changer(
+        self, target: TargetConfig, lun: LunConfig, identity: Identity, _path: Path,
+        services: Services,
+    ) -> LogicalUnit:  # fmt: skip
+        return MediaChanger(identity, self._library(target, lun.lun), services=services)
+
+    def _tape(
+        self, target: TargetConfig, lun: LunConfig, identity: Identity, path: Path,
+        services: Services,
+    ) -> LogicalUnit:  # fmt: skip
+        """A library's drive, a cartridge in a bucket, or an image file."""
+        if lun.changer is not None:
+            return self._drive(target, lun, identity, services)
+        if lun.store is not None:
             try:
                 tape = _s3_tape(path, lun.size, lun.store, lun.read_only)
             except (OSError, LibraryError, TapeImageError, ValueError) as err:
                 raise ConfigError(f"target {target.name} lun {lun.lun}", str(err)) from err
-            return TapeDevice(
-                replace(identity, product=lun.product or "VIRTUAL-TAPE"),
-                tape,
-                read_only=lun.read_only,
-                services=services,
-            )
-        if lun.kind == "tape":
-            # The image keeps the capacity it was made with; ``size`` only sizes a new one.
-            return TapeDevice.from_file(
-                replace(identity, product=lun.product or "VIRTUAL-TAPE"),
-                path,
-                lun.size,
-                read_only=lun.read_only,
-                services=services,
-            )
-        if lun.kind == "filesink":
-            # A directory of plain files, one per backup: EXTENDED COPY's file destination.
-            return FileSinkDevice.from_directory(
-                replace(identity, product=lun.product or "FILE-SINK"),
-                path,
-                lun.size,
-                read_only=lun.read_only,
-                services=services,
-            )
-        raise ConfigError(f"target {target.name} lun {lun.lun}", f"unsupported type {lun.kind!r}")
+            return TapeDevice(identity, tape, read_only=lun.read_only, services=services)
+        # The image keeps the capacity it was made with; ``size`` only sizes a new one.
+        return TapeDevice.from_file(
+            identity, path, lun.size, read_only=lun.read_only, services=services
+        )
+
+    def _filesink(
+        self, target: TargetConfig, lun: LunConfig, identity: Identity, path: Path,
+        services: Services,
+    ) -> LogicalUnit:  # fmt: skip
+        # A directory of plain files, one per backup: EXTENDED COPY's file destination.
+        return FileSinkDevice.from_directory(
+            identity, path, lun.size, read_only=lun.read_only, services=services
+        )
 
     def _library(self, target: TargetConfig, changer: int) -> TapeLibrary:
         """The library of ``target``'s changer LUN, made when its first LU is built."""
@@ -448,6 +447,18 @@ def _gate(lu: LogicalUnit, config: Config, name: str) -> LockGate:
     except OSError as exc:
         image.close()
         raise ConfigError(name, f"cannot watch the gateway object: {exc}") from exc
+
+
+# Each kind of LU, built by its Builder method; the product INQUIRY reports unless the
+# configuration names one (a block LU's comes from the block device).
+_BUILDERS: dict[str, Callable[..., LogicalUnit]] = {
+    "block": Builder._block,
+    "rbd": Builder._block,
+    "changer": Builder._changer,
+    "tape": Builder._tape,
+    "filesink": Builder._filesink,
+}
+_PRODUCT = {"changer": "VIRTUAL-CHANGER", "tape": "VIRTUAL-TAPE", "filesink": "FILE-SINK"}
 
 
 def _block_store(
