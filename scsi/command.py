@@ -12,6 +12,8 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from scsi.buffers import Allocator
 
 
@@ -113,6 +115,15 @@ class ScsiCommand:
         return self.cdb[0]
 
 
+class DataHold(Protocol):
+    """Keeps a READ answered with a :class:`FileRange` in its LU's task set until the
+    initiator has the bytes (``scsi.task_set.Hold``)."""
+
+    def release(self) -> None: ...
+
+    def on_wanted(self, nudge: Callable[[], None]) -> None: ...
+
+
 @dataclass(slots=True)
 class ScsiResult:
     """What a command produced.
@@ -127,6 +138,9 @@ class ScsiResult:
     data: bytes | bytearray | memoryview | FileRange | None = None
     sense: bytes | None = None
     data_out_used: int | None = None
+    # Set with a FileRange ``data``: the transport releases it once the initiator has
+    # acknowledged the status (so has every byte of the data), or the connection is gone.
+    hold: DataHold | None = None
 
 
-__all__ = ["FileRange", "Nexus", "ScsiCommand", "ScsiResult", "Status", "TaskAttribute"]
+__all__ = ["DataHold", "FileRange", "Nexus", "ScsiCommand", "ScsiResult", "Status", "TaskAttribute"]

@@ -18,7 +18,7 @@ from typing import Any
 
 from backing.errors import StoreError
 from scsi.alua import AccessGate, PortGroups
-from scsi.command import Nexus, ScsiCommand, ScsiResult, Status
+from scsi.command import FileRange, Nexus, ScsiCommand, ScsiResult, Status
 from scsi.mode import ModePageSet, spc_pages
 from scsi.opcodes import SERVICE_ACTION_OPCODES, OpcodeTable
 from scsi.reservations import ReservationState
@@ -252,6 +252,7 @@ class LogicalUnit:
                 await task_set.enter(cmd.attribute)
             else:
                 task_set.active += 1
+        result: ScsiResult | None = None
         try:
             try:
                 # An empty CDB cannot come over iSCSI (16 bytes at least), but other callers
@@ -276,10 +277,12 @@ class LogicalUnit:
                     return ScsiResult(Status.RESERVATION_CONFLICT)
                 gate = self.access_gate
                 if gate is None:
-                    return await spec.handler(self, cmd)
+                    result = await spec.handler(self, cmd)
+                    return result
                 entered = await gate.enter(cmd.nexus, cdb)
                 try:
-                    return await spec.handler(self, cmd)
+                    result = await spec.handler(self, cmd)
+                    return result
                 except StoreError as exc:
                     if gate.fenced(exc):
                         raise CheckCondition(Reason.LU_NOT_ACCESSIBLE_TRANSITIONING) from exc
@@ -298,7 +301,11 @@ class LogicalUnit:
                 )
         finally:
             if task_set is not None:
-                if task_set.gated or cmd.attribute & BARRIER_BITS:
+                if cmd.file_data_in and result is not None and type(result.data) is FileRange:
+                    # Sent from the file later: the task completes when the initiator has
+                    # the bytes, not now (scsi/task_set.py, Hold).
+                    result.hold = task_set.hold(cmd.attribute)
+                elif task_set.gated or cmd.attribute & BARRIER_BITS:
                     task_set.finished(cmd.attribute)
                 else:
                     task_set.active -= 1

@@ -102,7 +102,11 @@ class RawInitiator:
             Op.LOGOUT_RESPONSE,
             Op.REJECT,
         ) or (op == Op.DATA_IN and bhs[1] & 0x01):
-            self.expstatsn = (struct.unpack_from(">I", bhs, 24)[0] + 1) & 0xFFFFFFFF
+            stat_sn = struct.unpack_from(">I", bhs, 24)[0]
+            # RFC 7143 11.19: a NOP-In with the reserved ITT (a ping) carries the next StatSN
+            # without consuming it.
+            consumed = not (op == Op.NOP_IN and bhs[16:20] == b"\xff\xff\xff\xff")
+            self.expstatsn = (stat_sn + consumed) & 0xFFFFFFFF
         return Response(bhs, data)
 
     def closed_by_target(self, timeout: float = 5.0) -> bool:

@@ -167,3 +167,104 @@ def test_write_sent_during_a_read_of_the_same_blocks(targetd: Daemon) -> None:
             assert block in (old[b : b + BLOCK], expected_new[b : b + BLOCK]), f"block {b}"
         status, got, _ = read_pdus(ini, offset, length)
         assert (status, got) == (0, expected_new)
+
+
+def ordered_write_behind_a_read(
+    ini: RawInitiator, offset: int, length: int, new: bytes
+) -> tuple[int, int]:
+    """Send a READ of ``length`` bytes at ``offset`` and, right behind it, an ORDERED WRITE
+    of ``new`` at ``offset``, reading nothing: (the READ's ITT, the WRITE's ITT)."""
+    ini.send(ini.scsi_header(read16(offset // BLOCK, length // BLOCK), read=length))
+    read_itt = ini.itt
+    ini.send(
+        ini.scsi_header(
+            write16(offset // BLOCK, len(new) // BLOCK),
+            write=len(new),
+            data_len=len(new),
+            attr=2,  # ORDERED
+        ),
+        new,
+    )
+    return read_itt, ini.itt
+
+
+def test_an_ordered_write_does_not_change_an_older_reads_data_still_to_be_sent(
+    targetd: Daemon,
+) -> None:
+    """The READ's data is read from the file when the socket takes it, not when the READ
+    ran: an ORDERED WRITE behind it (SAM-5: it starts only once the READ has completed) must
+    wait until the initiator has the READ's bytes, here long after the target answered it
+    (the initiator reads nothing for a while, so the socket is full). The WRITE still ends
+    GOOD once the initiator has read the READ's data and answered the target's ping."""
+    offset, length = 16 * MiB, 4 * MiB
+    old = pattern(offset, length)
+    new = bytes([0xA5]) * (64 * 1024)
+    write_file(targetd, offset, old)
+    with session(targetd) as ini:
+        status, got, _ = read_pdus(ini, offset, length)  # the pages are cached now
+        assert (status, got) == (0, old)
+        read_itt, write_itt = ordered_write_behind_a_read(ini, offset, length, new)
+        time.sleep(0.5)  # a slow initiator: nothing read
+        data = bytearray()
+        statuses: dict[int, int] = {}
+        while len(statuses) < 2:
+            resp = ini.recv()
+            itt = resp.u32(16)
+            if resp.opcode == Op.DATA_IN:
+                assert itt == read_itt
+                data += resp.data
+                if resp.bhs[1] & 0x01:
+                    statuses[itt] = resp.bhs[3]
+            elif resp.opcode == Op.NOP_IN:
+                assert write_itt not in statuses
+                ini.answer_ping(resp)  # acknowledges the READ's status (ExpStatSN)
+            else:
+                assert resp.opcode == Op.SCSI_RESPONSE, hex(resp.opcode)
+                assert itt == write_itt and read_itt in statuses, "WRITE answered first"
+                statuses[itt] = resp.bhs[3]
+        assert statuses == {read_itt: 0, write_itt: 0}
+        assert bytes(data) == old, "the READ shows the ORDERED WRITE made after it"
+        status, got, _ = read_pdus(ini, offset, length)
+        assert (status, got) == (0, new + old[len(new) :])
+
+
+def test_a_dropped_connection_lets_the_ordered_write_waiting_for_its_read_go(
+    targetd: Daemon,
+) -> None:
+    """An ORDERED WRITE from another session waits for a READ whose data has not left; the
+    READ's connection drops with the data unread: the WRITE then runs."""
+    offset, length = 32 * MiB, 4 * MiB
+    old = pattern(offset, length)
+    new = bytes([0x3C]) * (64 * 1024)
+    write_file(targetd, offset, old)
+    reader = session(targetd)
+    writer = RawInitiator(targetd.port, name="iqn.2026-11.org.targetd.test:writer")
+    try:
+        resp = writer.login(DEFAULT_IQN)
+        assert resp.bhs[36] == 0
+        writer.clear_unit_attentions()
+        status, got, _ = read_pdus(reader, offset, length)
+        assert (status, got) == (0, old)
+        reader.send(reader.scsi_header(read16(offset // BLOCK, length // BLOCK), read=length))
+        time.sleep(0.2)  # the READ has run; its data waits in the full socket
+        writer.send(
+            writer.scsi_header(
+                write16(offset // BLOCK, len(new) // BLOCK),
+                write=len(new),
+                data_len=len(new),
+                attr=2,
+            ),
+            new,
+        )
+        writer.sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            writer.recv()  # waits for the READ
+        reader.close()
+        writer.sock.settimeout(10)
+        resp = writer.recv()
+        assert (resp.opcode, resp.bhs[3]) == (Op.SCSI_RESPONSE, 0)
+        status, got, _ = read_pdus(writer, offset, length)
+        assert (status, got) == (0, new + old[len(new) :])
+    finally:
+        reader.close()
+        writer.close()

@@ -6,18 +6,22 @@ when: a WRITE of the same blocks that ran beside it would show in its data."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from test_sbc_support import NEXUS, make_lu, read10, write10
 
+from backing.sparse_file import SparseFile
 from scsi.block_device import BlockDevice
-from scsi.command import ScsiCommand, ScsiResult, Status, TaskAttribute
+from scsi.command import FileRange, ScsiCommand, ScsiResult, Status, TaskAttribute
+from scsi.logical_unit import Identity
 
 OLD = bytes(512)
 NEW = b"\xab" * 512
 TEST_UNIT_READY = bytes(6)
+MiB = 1 << 20
 
 
 def command(cdb: bytes, attribute: TaskAttribute, data: bytes | None = None) -> ScsiCommand:
@@ -169,3 +173,95 @@ def test_aborting_the_older_task_starts_the_ordered_one(lu: BlockDevice) -> None
         assert_idle(lu)
 
     asyncio.run(main())
+
+
+@pytest.fixture
+def file_lu(tmp_path: Path) -> Iterator[tuple[BlockDevice, bytes]]:
+    """A LU on a plain file with its first MiB cached: a READ of it, when the transport
+    asks, answers with a FileRange (sent later with sendfile)."""
+    store = SparseFile(tmp_path / "f.img", 4 * MiB)
+    old = os.urandom(MiB)
+    os.pwrite(store.fd, old, 0)  # through the page cache: cached
+    device = BlockDevice(Identity("f"), store)
+    yield device, old
+    device.close()
+
+
+def file_read(attribute: TaskAttribute) -> ScsiCommand:
+    return ScsiCommand(
+        cdb=read10(0, 2048), lun=0, nexus=NEXUS, data_in_length=MiB, attribute=attribute,
+        file_data_in=True,
+    )  # fmt: skip
+
+
+def test_a_read_sent_from_the_file_completes_when_its_hold_is_released(
+    file_lu: tuple[BlockDevice, bytes],
+) -> None:
+    """The READ's handler is done, but its bytes leave the file later: the ORDERED WRITE
+    behind it waits until the transport releases the hold (the initiator has the data),
+    and the transport is asked (once) to hurry that as soon as the WRITE waits."""
+    lu, old = file_lu
+
+    async def main() -> None:
+        result = await lu.execute(file_read(TaskAttribute.SIMPLE))
+        assert result.data == FileRange(lu.store, 0, MiB)
+        assert result.hold is not None and lu.task_set.active == 1
+        nudges: list[int] = []
+        result.hold.on_wanted(lambda: nudges.append(1))
+        assert nudges == []  # nobody waits: no ping
+        write = start(lu, command(write10(0, 1), TaskAttribute.ORDERED, NEW))
+        await settle()
+        assert not write.done() and nudges == [1]
+        assert os.pread(lu.store.fd, MiB, 0) == old  # what sendfile would still send
+        result.hold.release()
+        assert (await write).status == Status.GOOD
+        result.hold.release()  # a second release (the connection closing) does nothing
+        assert_idle(lu)
+        simple = await lu.execute(file_read(TaskAttribute.SIMPLE))
+        assert simple.hold is not None  # SIMPLE tasks do not wait for it
+        assert (await lu.execute(command(write10(0, 1), TaskAttribute.SIMPLE, NEW))).status == 0
+        simple.hold.release()
+
+    asyncio.run(main())
+
+
+def test_a_hold_taken_while_a_task_waits_asks_at_once(
+    file_lu: tuple[BlockDevice, bytes],
+) -> None:
+    """An ORDERED READ answered from the file keeps younger SIMPLE tasks back until its
+    hold is released; a hold made while they already wait asks its transport at once."""
+    lu, _ = file_lu
+
+    async def main() -> None:
+        release = slow_reads(lu)
+        first = start(lu, command(read10(4096, 1), TaskAttribute.SIMPLE))
+        await settle()
+        ordered = start(lu, file_read(TaskAttribute.ORDERED))
+        await settle()
+        younger = start(lu, command(TEST_UNIT_READY, TaskAttribute.SIMPLE))
+        await settle()
+        release.set()
+        await first
+        result = await ordered
+        assert result.hold is not None and result.hold.wanted  # the TUR waits for it
+        nudges: list[int] = []
+        result.hold.on_wanted(lambda: nudges.append(1))
+        assert nudges == [1]
+        await settle()
+        assert not younger.done()
+        result.hold.release()
+        assert (await younger).status == Status.GOOD
+        assert lu.task_set.active == 0 and not lu.task_set.gated
+
+    asyncio.run(main())
+
+
+def test_reads_the_transport_sends_as_bytes_take_no_hold(
+    file_lu: tuple[BlockDevice, bytes],
+) -> None:
+    lu, _ = file_lu
+    cmd = file_read(TaskAttribute.SIMPLE)
+    cmd.file_data_in = False
+    result = asyncio.run(lu.execute(cmd))
+    assert isinstance(result.data, bytearray) and result.hold is None
+    assert lu.task_set.active == 0

@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING
 import crc32c
 
 from scsi.buffers import POOL_MIN_SIZE, BufferPool, Leases, MemoryBudget
-from scsi.command import FileRange, Nexus, ScsiCommand, ScsiResult, Status, TaskAttribute
+from scsi.command import (
+    DataHold,
+    FileRange,
+    Nexus,
+    ScsiCommand,
+    ScsiResult,
+    Status,
+    TaskAttribute,
+)
 from scsi.sense import Reason, build_sense
 from scsi.target import decode_lun
 from targetd.iscsi import datapath
@@ -181,6 +189,12 @@ class Connection:
         self.now = now
         self._ping_sent_at: float | None = None
         self._ping_ttt = 0
+        # READs answered from a file (sendfile), oldest first: (the StatSN of the status
+        # that ends them, their hold in the task set). The kernel reads the file's pages as
+        # late as when the initiator's socket takes them, so the task completes only when
+        # the initiator acknowledges that status (ExpStatSN), or the connection is gone.
+        self._holds: deque[tuple[int, DataHold]] = deque()
+        self._pinged_at_sn: int | None = None  # StatSN when we last pinged for them
 
     # -- driver API ----------------------------------------------------------------
     def take_output(self) -> list[Output]:
@@ -221,6 +235,8 @@ class Connection:
             if isinstance(item, IscsiProtocolError):
                 self._protocol_error(item)
                 continue
+            if self._holds:  # every initiator PDU carries ExpStatSN at byte 28
+                self._acknowledged(item.u32(28))
             try:
                 self._dispatch(item)
             except IscsiProtocolError as err:
@@ -283,12 +299,18 @@ class Connection:
         if self.tasks.get(task.itt) is not task or task.aborted:
             if leases is not None:
                 leases.release(reuse=False)
+            if result.hold is not None:
+                result.hold.release()  # nothing of it is sent
             return
         del self.tasks[task.itt]
         if task.windowed:  # as _end, inline: this is the path of every command
             task.windowed = False
             self.session.in_flight -= 1  # type: ignore[union-attr]
         self._respond(task, result)
+        if result.hold is not None:
+            # The status just sent ends the READ: StatSN has moved past it.
+            self._holds.append(((self.stat_sn - 1) & 0xFFFFFFFF, result.hold))
+            result.hold.on_wanted(self._ping_for_holds)
         if leases is not None:
             leases.settle()
             if result.data is not None and leases.held:
@@ -297,6 +319,34 @@ class Connection:
                 leases.release()
         if self._pending_logout is not None:
             self._maybe_finish_logout()
+
+    def _acknowledged(self, exp_stat_sn: int) -> None:
+        """The initiator has every status below ``exp_stat_sn`` (so every byte before them):
+        the READs sent from a file that those end are complete. A value further past what
+        was sent than one (an initiator that counts a ping's StatSN, which the ping does not
+        consume) is not believed."""
+        if not P.serial_le(exp_stat_sn, (self.stat_sn + 1) & 0xFFFFFFFF):
+            return
+        holds = self._holds
+        while holds and P.serial_lt(holds[0][0], exp_stat_sn):
+            holds.popleft()[1].release()
+
+    def _ping_for_holds(self) -> None:
+        """A task waits for our READs sent from a file: ask the initiator for its ExpStatSN
+        now (a NOP-In ping, after their statuses), instead of whenever it next sends
+        something. One ping covers every status sent before it."""
+        if self.phase is not Phase.FULL_FEATURE or not self._holds:
+            return
+        if self._pinged_at_sn == self.stat_sn:
+            return  # already pinged after the last of them
+        self._pinged_at_sn = self.stat_sn
+        self._ping_ttt = self._new_ttt()
+        hdr = P.new_header(Op.NOP_IN, 0x80, lun=bytes(8))
+        put_u32(hdr, 20, self._ping_ttt)
+        # Not armed as a keepalive (``_ping_sent_at``): an initiator slow to read the data
+        # before the ping is alive; it must not be dropped for that.
+        self._send(hdr, advance_statsn=False)
+        self.wake()
 
     def aborts_finished(self, token: int) -> None:
         pending = self._pending_tmf.pop(token, None)
@@ -318,6 +368,9 @@ class Connection:
             leases.release(reuse=False)
         self._sending.clear()
         self._in_transport.clear()
+        holds, self._holds = self._holds, deque()
+        for _, hold in holds:
+            hold.release()  # their bytes will never be read now
         return running
 
     def abort_matching(self, lun: int | None) -> list[TaskHandle]:

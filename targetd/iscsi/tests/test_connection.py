@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import pytest
 
 from scsi.buffers import MemoryBudget
-from scsi.command import ScsiResult, Status
+from scsi.command import FileRange, ScsiResult, Status
 from targetd.iscsi.connection import (
     AbortTasks,
     CloseConnection,
     Connection,
     ExecuteCommand,
+    Output,
     Phase,
     ResetRequested,
     SessionStarted,
@@ -576,3 +578,82 @@ def test_a_write_that_does_not_fit_is_solicited_only_when_buffers_come_back() ->
     (r2t2,) = split_pdus(b"".join(bytes(b) for b in h.conn.take_output()))
     assert r2t2[0] & 0x3F == Op.R2T and u32(r2t2, 16) == second
     assert h.conn.account.used == size
+
+
+class FakeHold:
+    """The task set's hold on a READ answered from a file (scsi/task_set.py)."""
+
+    def __init__(self) -> None:
+        self.released = 0
+        self.nudge: Callable[[], None] | None = None
+
+    def release(self) -> None:
+        self.released += 1
+
+    def on_wanted(self, nudge: Callable[[], None]) -> None:
+        self.nudge = nudge
+
+
+class FakeFile:
+    fd = 99
+
+
+def nop_out(h: Harness, exp_stat_sn: int) -> list[Output]:
+    """A NOP-Out (immediate, no reply wanted) carrying ``exp_stat_sn``."""
+    hdr = new_header(Op.NOP_OUT | 0x40, 0x80, itt=0xFFFFFFFF)
+    put_u32(hdr, 20, 0xFFFFFFFF)
+    put_u32(hdr, 24, h.cmdsn)
+    put_u32(hdr, 28, exp_stat_sn)
+    h.feed(hdr)
+    return h.conn.take_output()
+
+
+def read_from_file(h: Harness, hold: FakeHold) -> int:
+    """A READ answered with a FileRange and ``hold``: the StatSN of its status."""
+    h.command(READ10, read=4096)
+    ev = executed(h)
+    h.conn.scsi_done(ev.task, ScsiResult(data=FileRange(FakeFile(), 0, 4096), hold=hold))
+    status = h.conn.take_output()[0]
+    assert isinstance(status, bytearray) and status[1] & 0x01  # status in the Data-In
+    return u32(bytes(status), 24)
+
+
+def test_a_read_sent_from_a_file_completes_when_the_initiator_acknowledges_its_status() -> None:
+    h = Harness()
+    hold = FakeHold()
+    stat_sn = read_from_file(h, hold)
+    assert hold.nudge is not None
+    nop_out(h, stat_sn)  # not yet: the initiator does not have that status
+    nop_out(h, stat_sn + 7)  # further than anything sent: not believed
+    assert hold.released == 0
+    nop_out(h, stat_sn + 1)
+    assert hold.released == 1
+    nop_out(h, stat_sn + 1)
+    assert hold.released == 1  # released once
+
+
+def test_a_task_waiting_for_a_held_read_makes_the_connection_ask_for_exp_stat_sn() -> None:
+    h = Harness()
+    woken: list[int] = []
+    h.conn.wake = lambda: woken.append(1)
+    first, second = FakeHold(), FakeHold()
+    read_from_file(h, first)
+    stat_sn = read_from_file(h, second)
+    assert first.nudge is not None and second.nudge is not None
+    first.nudge()
+    (ping,) = split_pdus(b"".join(bytes(b) for b in h.conn.take_output()))
+    assert ping[0] & 0x3F == Op.NOP_IN and u32(ping, 16) == 0xFFFFFFFF
+    assert u32(ping, 20) != 0xFFFFFFFF and u32(ping, 24) == stat_sn + 1
+    assert woken == [1]
+    second.nudge()  # the ping already follows both statuses: not another one
+    assert h.conn.take_output() == [] and woken == [1]
+    nop_out(h, stat_sn + 1)  # the initiator's answer to the ping
+    assert (first.released, second.released) == (1, 1)
+
+
+def test_a_closed_connection_releases_its_held_reads() -> None:
+    h = Harness()
+    hold = FakeHold()
+    read_from_file(h, hold)
+    h.conn.closed()
+    assert hold.released == 1
