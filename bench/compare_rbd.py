@@ -130,6 +130,13 @@ class Result:
         costs = [c for r in self.runs if r.who == who and (c := r.cpu_per_kilo_io) is not None]
         return statistics.median(costs) if costs else None
 
+    def spread(self, who: str) -> tuple[list[float], list[float]]:
+        """The figures and the CPU s/kIO of ``who``'s runs that completed."""
+        runs = [r for r in self.runs if r.who == who and r.value is not None]
+        return [r.value for r in runs if r.value is not None], [
+            c for r in runs if (c := r.cpu_per_kilo_io) is not None
+        ]
+
 
 def parse_cases(text: str) -> tuple[Case, ...]:
     names = [n.strip() for n in text.split(",") if n.strip()]
@@ -321,6 +328,28 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def _range(values: list[float], digits: int) -> str:
+    if not values:
+        return "-"
+    return f"{min(values):,.{digits}f}-{max(values):,.{digits}f}"
+
+
+def format_spread(results: list[Result]) -> str:
+    """Each contender's lowest and highest run: how far apart the medians' runs were."""
+    head = (
+        f"{'runs, low-high':<17} {'targetd':>15} {'tgt-rbd':>15} {'native':>15} "
+        f"{'cpu targetd':>13} {'cpu tgt-rbd':>13}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        (t, t_cpu), (g, g_cpu), (n, _) = (r.spread(w) for w in (TARGETD, TGT, NATIVE))
+        lines.append(
+            f"{r.case.name:<17} {_range(t, 0):>15} {_range(g, 0):>15} {_range(n, 0):>15} "
+            f"{_range(t_cpu, 3):>13} {_range(g_cpu, 3):>13}"
+        )
+    return "\n".join(lines)
+
+
 # -- the run -----------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -441,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; targets and cluster stopped", file=sys.stderr)
         return 130
     print(format_table(results))
+    print()
+    print(format_spread(results))
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
         f"{args.ceph_conf or args.objectstore}; targetd cache {args.cache}; "

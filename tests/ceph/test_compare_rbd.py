@@ -52,7 +52,8 @@ def test_compare_rbd_prints_every_row_with_figures_and_ratios(
         "case", "unit", "targetd", "tgt-rbd", "native", "vs", "tgt", "goal", "vs", "native",
         "goal", "cpu", "s/kIO", "targetd", "tgt-rbd", "native",
     ]  # fmt: skip
-    rows = {cells[0]: cells for cells in (line.split() for line in lines[2:])}
+    blank = lines.index("")
+    rows = {cells[0]: cells for cells in (line.split() for line in lines[2:blank])}
     assert list(rows) == [name for name, _ in CASES], done.stdout
     for name, unit in CASES:
         cells = rows[name]
@@ -66,6 +67,19 @@ def test_compare_rbd_prints_every_row_with_figures_and_ratios(
         assert _number(cells[6]) == (1.5 if unit == "MB/s" else 1.0)
         assert cells[8] == ("0.7" if unit == "MB/s" else "-")
         assert all(_number(c) >= 0 for c in cells[9:12]), cells
+
+    # Below: each contender's lowest and highest run (one run each here: low == high).
+    assert lines[blank + 1].split() == [
+        "runs,", "low-high", "targetd", "tgt-rbd", "native", "cpu", "targetd", "cpu", "tgt-rbd",
+    ]  # fmt: skip
+    spread = {cells[0]: cells for cells in (line.split() for line in lines[blank + 3 :])}
+    assert list(spread) == [name for name, _ in CASES], done.stdout
+    for name, _ in CASES:
+        cells = spread[name]
+        assert len(cells) == 6, cells
+        for cell in cells[1:]:
+            low, high = (_number(x) for x in cell.split("-"))
+            assert 0 <= low == high, cells
 
     saved = json.loads(json_path.read_text())
     assert [r["case"]["name"] for r in saved["results"]] == [name for name, _ in CASES]
