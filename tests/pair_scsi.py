@@ -1,5 +1,6 @@
-"""Helpers for the pair integration tests: the vendor pair CDBs and a small block client
-over :class:`RawInitiator` (one session, LUN-addressed reads and writes)."""
+"""Helpers for the pair integration tests: the vendor pair CDBs, READ(16) and WRITE(16), and
+a small block client over :class:`RawInitiator` (one session, LUN-addressed reads and
+writes)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,15 @@ size = "8MiB"
 lun = 2
 size = "4MiB"
 """
+
+
+def read16(lba: int, blocks: int) -> bytes:
+    return bytes([0x88, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + bytes(2)
+
+
+def write16(lba: int, blocks: int, fua: bool = False) -> bytes:
+    flags = 0x08 if fua else 0
+    return bytes([0x8A, flags]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + bytes(2)
 
 
 def pair_out(action: int, lun: int = ADDRESSED, other: int = 0, length: int = 0) -> bytes:
@@ -139,18 +149,14 @@ class BlockClient:
     def write(self, lun: int, offset: int, data: bytes) -> None:
         for pos in range(0, len(data), 256 * 1024):
             piece = data[pos : pos + 256 * 1024]
-            lba = (offset + pos) // BLOCK
-            cdb = bytes([0x8A, 0]) + lba.to_bytes(8, "big")
-            cdb += (len(piece) // BLOCK).to_bytes(4, "big") + bytes(2)
+            cdb = write16((offset + pos) // BLOCK, len(piece) // BLOCK)
             self.ok(cdb, lun=lun, data=piece)
 
     def read(self, lun: int, offset: int, length: int) -> bytes:
         out = bytearray()
         for pos in range(0, length, 1 << 20):
             n = min(1 << 20, length - pos)
-            lba = (offset + pos) // BLOCK
-            cdb = bytes([0x88, 0]) + lba.to_bytes(8, "big") + (n // BLOCK).to_bytes(4, "big")
-            out += self.ok(cdb + bytes(2), lun=lun, read=n)
+            out += self.ok(read16((offset + pos) // BLOCK, n // BLOCK), lun=lun, read=n)
         return bytes(out)
 
     def create(self, source: int, target: int, name: bytes = b"") -> None:

@@ -16,6 +16,7 @@ import time
 
 import pytest
 from conftest import DEFAULT_IQN, Daemon, DaemonFactory
+from pair_scsi import read16, write16
 from raw_initiator import RawInitiator
 
 from targetd.iscsi.pdu import Op
@@ -60,14 +61,6 @@ def session(d: Daemon, name: str) -> RawInitiator:
     assert ini.login(d.iqn).bhs[36] == 0
     ini.clear_unit_attentions()
     return ini
-
-
-def read16(lba: int, blocks: int) -> bytes:
-    return bytes([0x88, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + bytes(2)
-
-
-def write16(lba: int, blocks: int) -> bytes:
-    return bytes([0x8A, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + bytes(2)
 
 
 def small_reads(ini: RawInitiator, count: int = 200) -> list[float]:

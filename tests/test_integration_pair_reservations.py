@@ -9,7 +9,7 @@ import json
 import time
 
 from conftest import Daemon, DaemonFactory
-from pair_scsi import CREATE, RESYNC, SPLIT, BlockClient, pair_config, pair_out
+from pair_scsi import CREATE, RESYNC, SPLIT, BlockClient, pair_config, pair_out, write16
 
 MiB = 1 << 20
 IQN = "iqn.2026-11.org.targetd:pair-pr"
@@ -33,10 +33,6 @@ def reserve(client: BlockClient, lun: int, type_: int) -> None:
     client.ok(cdb, lun=lun, data=params)
     cdb, params = persistent_reserve_out(0x01, KEY, 0, type_)  # RESERVE
     client.ok(cdb, lun=lun, data=params)
-
-
-def write16(lba: int, blocks: int) -> bytes:
-    return bytes([0x8A, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + bytes(2)
 
 
 def two_initiators(factory: DaemonFactory) -> tuple[Daemon, BlockClient, BlockClient]:

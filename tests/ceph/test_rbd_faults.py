@@ -15,7 +15,7 @@ import pytest
 from ceph_fixtures import rbd_lun_toml, target_toml
 from cluster import CephCluster, ClusterError
 from conftest import DaemonFactory
-from pair_scsi import BLOCK, BlockClient
+from pair_scsi import BLOCK, BlockClient, read16, write16
 from raw_initiator import RawInitiator
 
 from scsi.sense import parse_sense
@@ -35,14 +35,6 @@ def bluestore_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ceph
         pytest.fail(f"cannot start the test cluster: {exc}", pytrace=False)
     yield cluster
     cluster.stop()
-
-
-def write16(lba: int, blocks: int) -> bytes:
-    return bytes([0x8A, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + bytes(2)
-
-
-def read16(lba: int, blocks: int) -> bytes:
-    return bytes([0x88, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + bytes(2)
 
 
 def test_osd_down_fails_commands_in_bounded_time_and_service_returns(

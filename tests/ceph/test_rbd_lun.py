@@ -22,7 +22,7 @@ from ceph_fixtures import (
 from clients import run
 from cluster import CephCluster
 from conftest import REPO, DaemonFactory
-from pair_scsi import BLOCK, BlockClient
+from pair_scsi import BLOCK, BlockClient, read16, write16
 
 from backing.rbd_image import RbdImage, RbdSpec
 
@@ -30,19 +30,6 @@ IQN = "iqn.2026-11.org.targetd:rbd"
 MiB = 1 << 20
 MISCOMPARE = 0x0E
 ILLEGAL = 0x05
-
-
-def write16(lba: int, blocks: int, *, fua: bool = False) -> bytes:
-    return (
-        bytes([0x8A, 0x08 if fua else 0])
-        + lba.to_bytes(8, "big")
-        + blocks.to_bytes(4, "big")
-        + bytes(2)
-    )
-
-
-def read16(lba: int, blocks: int) -> bytes:
-    return bytes([0x88, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + bytes(2)
 
 
 def get_lba_status(lba: int, alloc: int = 4096) -> bytes:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import Daemon, DaemonFactory, free_port
 from harness import FaultFS, mounted
-from pair_scsi import BlockClient
+from pair_scsi import BlockClient, read16, write16
 
 MiB = 1 << 20
 BLOCK = 512
@@ -37,19 +37,6 @@ def config(metrics_port: int) -> str:
 def faultfs(tmp_path: Path) -> Iterator[FaultFS]:
     with mounted(tmp_path / "faultfs") as fs:
         yield fs
-
-
-def write16(lba: int, blocks: int, fua: bool = False) -> bytes:
-    return (
-        bytes([0x8A, 0x08 if fua else 0])
-        + lba.to_bytes(8, "big")
-        + blocks.to_bytes(4, "big")
-        + bytes(2)
-    )
-
-
-def read16(lba: int, blocks: int) -> bytes:
-    return bytes([0x88, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + bytes(2)
 
 
 SYNC_CACHE10 = bytes([0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0])

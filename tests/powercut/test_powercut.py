@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 from conftest import Daemon, DaemonFactory
 from harness import FaultFS, mounted
-from pair_scsi import DELETE, RESYNC, SPLIT, BlockClient, pair_out
+from pair_scsi import DELETE, RESYNC, SPLIT, BlockClient, pair_out, write16
 from test_integration_xcopy import naa_of
 from xcopy_lists import cscd, lid4, rcr_cdb, seg_b2s, seg_filemarks, xcopy_cdb
 
@@ -121,11 +121,6 @@ class Killer(threading.Timer):
 
 def kill_later(daemon: Daemon, delay: float) -> Killer:
     return Killer(daemon, delay)
-
-
-def write16(lba: int, blocks: int, fua: bool) -> bytes:
-    flags = 0x08 if fua else 0
-    return bytes([0x8A, flags]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + bytes(2)
 
 
 def cuts(name: str, long: bool) -> int:
