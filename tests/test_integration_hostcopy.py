@@ -261,7 +261,20 @@ def test_the_package_installs_targetd_copy() -> None:
     assert "hostcopy*" in project["tool"]["setuptools"]["packages"]["find"]["include"]
 
 
-SLOW_CONFIG = CONFIG.replace('copy_rate = "64MiB"', 'copy_rate = "2MiB"')
+# The pair's copy of SIZE paced to about 8 s from `create`: the backup below waits for it
+# (policy 2), so the tool is still polling when the test interrupts it, even when starting
+# three Python processes takes seconds on a loaded machine (at 2 MiB/s, 4 s, a backup was
+# seen done before its first poll).
+SLOW_CONFIG = CONFIG.replace('copy_rate = "64MiB"', 'copy_rate = "1MiB"')
+
+
+def wait_for_first_progress_line(proc: subprocess.Popen[str]) -> None:
+    """Waits for the tool's first progress line (after its first RECEIVE COPY STATUS: the
+    list is in and the copy runs)."""
+    assert proc.stderr is not None
+    while not (line := proc.stderr.readline()).startswith("backup: "):
+        assert line, "the tool ended before its copy started"
+    assert "%" in line, f"the copy ended before the tool's first poll: {line!r}"
 
 
 def test_an_interrupted_backup_is_aborted_and_closed_with_a_file_mark(
@@ -274,17 +287,14 @@ def test_an_interrupted_backup_is_aborted_and_closed_with_a_file_mark(
     try:
         image = os.urandom(SIZE)
         client.write(SOURCE, 0, image)
-        # Policy 2 (wait): the backup waits for the paced copy (about 4 s) to finish.
+        # Policy 2 (wait): the backup waits for the paced copy (about 8 s) to finish.
         tool("create", daemon.url(SOURCE), daemon.url(MIRROR), "--name", "db", "--policy", "2")
         tool("split", daemon.url(MIRROR))
         proc = subprocess.Popen(
             [sys.executable, "-m", "hostcopy", "backup", daemon.url(MIRROR), daemon.url(TAPE)],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        assert proc.stderr is not None
-        # The first progress line comes after the first RECEIVE COPY STATUS: the list is in.
-        while not (line := proc.stderr.readline()).startswith("backup: "):
-            assert line, "the tool ended before its copy started"
+        wait_for_first_progress_line(proc)
         time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
@@ -388,9 +398,7 @@ def test_a_daemon_lost_mid_copy_fails_the_backup_within_the_bound(
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        assert proc.stderr is not None
-        while not (line := proc.stderr.readline()).startswith("backup: "):
-            assert line, "the tool ended before its copy started"
+        wait_for_first_progress_line(proc)
         assert daemon.proc is not None
         os.kill(daemon.proc.pid, sig)
         killed = time.monotonic()
