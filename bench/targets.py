@@ -187,9 +187,7 @@ class TgtdTarget(Target):
             (TGTD_SOCKET_DIR / f"socket.{self.control_port}{suffix}").unlink(missing_ok=True)
 
 
-def start_configured(
-    workdir: Path, name: str, config: str, port: int
-) -> subprocess.Popen[bytes]:
+def start_configured(workdir: Path, name: str, config: str, port: int) -> subprocess.Popen[bytes]:
     """A targetd daemon on its own configuration file and state dir in ``workdir``, its log
     in ``NAME.log``; returns once it accepts connections on ``port``."""
     path = workdir / f"{name}.toml"
