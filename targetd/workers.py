@@ -280,10 +280,11 @@ class Supervisor:
         (callable from any thread) is given the worker's progress lines as they come."""
         path = self.config.state_dir / socket_name(worker.index)
         if not worker.ports:
-            why = f" (its last start: {worker.error})" if worker.waiting == "failed" else ""
-            raise AdminError(
-                f"worker {worker.index} is {worker.state}{why}; try again", "unavailable"
-            )
+            if worker.waiting == "failed":
+                why = f"cannot start ({worker.error}); it is tried again"
+            else:
+                why = f"is {worker.state}; try again"
+            raise AdminError(f"worker {worker.index} {why}", "unavailable")
         return await asyncio.to_thread(
             request, path, method, params, timeout=timeout, progress=progress
         )

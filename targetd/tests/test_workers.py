@@ -225,3 +225,20 @@ def test_status_shows_a_spare_worker_and_why_one_is_down() -> None:
     assert "  worker 0 pid None (serving, 0 restarts): ports 4000, targets - (a spare" in text
     assert f"  worker 1 pid None (failed, 3 restarts): ports -, targets {B}\n" in text
     assert "    down: exited with status 2 before serving; next start in 4.9s\n" in text
+
+
+def test_a_request_for_a_worker_that_cannot_start_says_why() -> None:
+    from targetd.admin import AdminError
+    from targetd.workers import Supervisor
+
+    supervisor = Supervisor([], config(2))
+    down = supervisor.workers[1]
+    down.waiting, down.error = "failed", "exited with status 2 before serving"
+    with pytest.raises(AdminError) as err:
+        asyncio.run(supervisor.call(down, "pair.list", {}))
+    assert (err.value.code, str(err.value)) == (
+        "unavailable",
+        "worker 1 cannot start (exited with status 2 before serving); it is tried again",
+    )
+    with pytest.raises(AdminError, match=r"^worker 0 is starting; try again$"):
+        asyncio.run(supervisor.call(supervisor.workers[0], "pair.list", {}))
