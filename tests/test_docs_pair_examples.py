@@ -1,0 +1,86 @@
+"""The ``targetctl pair`` and ``targetctl group`` examples of docs/pairs.md, taken from the page
+and run line by line, exactly as written, by a shell against a daemon this test starts: each
+line must exit 0 (a line that only works in another order, or names a command that does not
+exist, fails here). The pair table's header must be the page's."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO, DaemonFactory
+
+DOC = REPO / "docs" / "pairs.md"
+IQN = "iqn.2026-11.org.targetd:docs"
+# LUN 0 -> 1 is the page's "db"; the group's pairs db-data, db-log and db-tmp are made here.
+GROUP_PAIRS = {"db-data": (2, 3), "db-log": (4, 5), "db-tmp": (6, 7)}
+LUNS = "".join(f'[[target.lun]]\nlun = {lun}\nsize = "4MiB"\n' for lun in range(8))
+CONFIG = f'[pairs]\nchunk_size = "64KiB"\n\n[[target]]\nname = "{IQN}"\n{LUNS}'
+
+
+def sh_block(first_line: str) -> list[str]:
+    """The command lines of the page's ```sh block that starts with ``first_line``."""
+    for block in re.findall(r"```sh\n(.*?)```", DOC.read_text(), re.S):
+        lines = [line for line in block.splitlines() if line.strip()]
+        if lines[0].startswith(first_line):
+            return lines
+    raise AssertionError(f"docs/pairs.md has no sh block starting {first_line!r}")
+
+
+def table_header() -> str:
+    shown = re.search(r"^NAME +SRC .*$", DOC.read_text(), re.M)
+    assert shown, "docs/pairs.md shows no pair table"
+    return shown.group(0)
+
+
+def user_shell(tmp: Path, state_dir: Path) -> tuple[dict[str, str], Path]:
+    """The environment of a user with ``targetctl`` on PATH and the daemon's state dir."""
+    bindir = tmp / "bin"
+    bindir.mkdir()
+    shim = bindir / "targetctl"
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m targetd.ctl "$@"\n')
+    shim.chmod(0o755)
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{bindir}:{env['PATH']}",
+        PYTHONPATH=str(REPO),
+        TARGETD_STATE_DIR=str(state_dir),
+    )
+    return env, tmp
+
+
+def run_lines(lines: list[str], env: dict[str, str], cwd: Path) -> list[str]:
+    outputs = []
+    for line in lines:
+        done = subprocess.run(
+            ["bash", "-c", line], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+        )
+        said = done.stdout + done.stderr
+        assert done.returncode == 0, f"{line!r} exited {done.returncode}:\n{said}"
+        outputs.append(done.stdout)
+    return outputs
+
+
+def test_the_targetctl_pair_and_group_examples_run_as_written(
+    targetd_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    daemon = targetd_factory(CONFIG)
+    env, cwd = user_shell(tmp_path, daemon.state_dir)
+
+    pair_lines = sh_block("targetctl pair create db 0 1")
+    outputs = run_lines(pair_lines, env, cwd)
+    table = outputs[next(i for i, line in enumerate(pair_lines) if "a table" in line)]
+    assert table.splitlines()[0].split() == table_header().split()
+
+    for name, (source, target) in GROUP_PAIRS.items():
+        assert daemon.targetctl("pair", "create", name, str(source), str(target)).returncode == 0
+        done = daemon.targetctl("pair", "wait", name, "--state", "DUPLEX", "--timeout", "30")
+        assert done.returncode == 0, done.stderr
+    run_lines(sh_block("targetctl group create db db-data db-log"), env, cwd)
+    # The last line deleted the group and left its pairs as they were.
+    assert daemon.targetctl("group", "status", "db").returncode != 0
+    for name in GROUP_PAIRS:
+        assert daemon.targetctl_json("pair", "status", name)["group"] is None
