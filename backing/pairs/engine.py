@@ -19,16 +19,25 @@ before the split; so a chunk's split-instant content is the only thing ever copi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from backing.pairs.bitmap import ChunkBitmap
+from backing.pairs.copier import (
+    COPY_SET,
+    SRC_CHANGED,
+    TGT_CHANGED,
+    ChunkCopier,
+    _Pacer,
+    _reason_of,
+    _Ticket,
+)
 from backing.pairs.journal import PairRecord, WriteIntentLog
+from backing.pairs.settings import PairSettings
+from backing.pairs.split_snapshot import SPLIT_SNAPSHOT_PREFIX, SplitSnapshot
 from backing.pairs.states import (
     BackupPolicy,
     ErrorCode,
@@ -38,136 +47,20 @@ from backing.pairs.states import (
     SuspendReason,
     next_phase,
 )
+from backing.pairs.status import PairStatus
 from backing.pairs.volume import PairVolume, Role, VolumeWriteProtected
 
 log = logging.getLogger(__name__)
 
-COPY_SET, SRC_CHANGED, TGT_CHANGED = 0, 1, 2
-# The names of a pair's split-instant snapshots of its source (an RBD image).
-SPLIT_SNAPSHOT_PREFIX = "targetd-split-"
 # The phases the other pairs of a primary must be in for one of them to reverse resync:
 # neither mirroring it (they would not see the restore) nor reflecting a split set from it.
 REVERSE_SIBLING_PHASES = frozenset({Phase.SPLIT, Phase.SUSPENDED})
-FAILED_LOOP_PAUSE = 1.0  # seconds a background loop waits after a failure before it resumes
 
 
-async def _read_chunk(source: Any, offset: int, length: int) -> bytearray | None:
-    """A chunk's bytes, or None where the store has a hole (the copy punches one)."""
-    if not any(e.mapped for e in source.extents(offset, length)):
-        return None
-    buf = bytearray(length)
-    await source.read_into(offset, memoryview(buf))
-    return buf
-
-
-def _reason_of(err: BaseException, os_reason: SuspendReason) -> SuspendReason:
-    """An OSError is a disk's (``os_reason``); anything else is a bug: INTERNAL_ERROR."""
-    return os_reason if isinstance(err, OSError) else SuspendReason.INTERNAL_ERROR
-
-
-KiB = 1 << 10
-MiB = 1 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class PairSettings:
-    """Engine knobs. ``chunk_size``: bytes per bitmap bit (see docs/pairs.md for the
-    measurement); ``copy_workers``: concurrent chunk copies; ``copy_rate``: bytes per
-    second for background copies (0: as fast as the disks go); ``lazy_commit``: seconds
-    between writes of cleared bits; ``clear_delay``: while mirroring, a copied chunk's bit
-    stays set on disk for one to two of these periods, so a new write to it needs no
-    write-intent sync (md's bitmap daemon_sleep, 5 s there too)."""
-
-    chunk_size: int = 256 * KiB
-    copy_workers: int = 2
-    copy_rate: int = 0
-    lazy_commit: float = 1.0
-    clear_delay: float = 5.0
-    # The backup policy of a pair that was given none of its own: per pair name, else all.
-    backup_policy: BackupPolicy = BackupPolicy.REFLECT_FIRST
-    backup_policies: tuple[tuple[str, BackupPolicy], ...] = ()
-    # A split of a source that can snapshot itself (an RBD image) reads the split set from
-    # a snapshot, and host writes to the source skip copy-before-write (docs/rbd.md).
-    snapshot_split: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class PairStatus:
-    name: str
-    source: str
-    target: str
-    phase: Phase
-    reason: SuspendReason
-    size: int
-    chunk_size: int
-    chunks: int
-    dirty_chunks: int  # not yet on the target (after a split: of the split-instant set)
-    changed_chunks: int  # written on either side since the split
-    percent_in_sync: float
-    copy_rate: float  # bytes per second, over the last few seconds
-    copied_bytes: int
-    split_time: float | None
-    backup_policy: BackupPolicy = BackupPolicy.REFLECT_FIRST  # the one a backup follows
-    backup_policy_set: bool = False  # set on the pair (vendor command, targetctl)
-    error: str | None = None  # what made the pair SUSPENDED (with ``reason``), if it failed
-    group: str | None = None  # the consistency group the pair is in, if any
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "source": self.source,
-            "target": self.target,
-            "source_state": self.phase.source.label,
-            "target_state": self.phase.target.label,
-            "reason": self.reason.name,
-            "size": self.size,
-            "chunk_size": self.chunk_size,
-            "chunks": self.chunks,
-            "dirty_chunks": self.dirty_chunks,
-            "changed_chunks": self.changed_chunks,
-            "percent_in_sync": self.percent_in_sync,
-            "copy_rate": self.copy_rate,
-            "copied_bytes": self.copied_bytes,
-            "split_time": self.split_time,
-            "backup_policy": self.backup_policy.label,
-            "backup_policy_set": self.backup_policy_set,
-            "error": self.error,
-            "group": self.group,
-        }
-
-
-class _Ticket:
-    """A copy (or a split-image read) of one chunk in progress."""
-
-    __slots__ = ("done", "from_head", "spoiled")
-
-    def __init__(self, spoiled: bool) -> None:
-        self.spoiled = spoiled
-        self.from_head = False  # reads the source image itself, not its split snapshot
-        self.done = asyncio.Event()
-
-
-class _Pacer:
-    """A token bucket over bytes; rate 0 lets everything through."""
-
-    def __init__(self, rate: int) -> None:
-        self.rate = rate
-        self._allowance = 0.0
-        self._last = time.monotonic()
-
-    async def take(self, nbytes: int) -> None:
-        if self.rate <= 0:
-            return
-        now = time.monotonic()
-        self._allowance = min(self.rate, self._allowance + (now - self._last) * self.rate)
-        self._last = now
-        self._allowance -= nbytes
-        if self._allowance < 0:
-            await asyncio.sleep(-self._allowance / self.rate)
-
-
-class Pair:
-    """A source volume mirrored onto a target volume."""
+class Pair(ChunkCopier, SplitSnapshot):
+    """A source volume mirrored onto a target volume: its life cycle, its operations and
+    the host path (copying: :class:`ChunkCopier`; the split snapshot:
+    :class:`SplitSnapshot`)."""
 
     def __init__(
         self,
@@ -317,30 +210,6 @@ class Pair:
             self._tasks.remove(worker)
             worker.cancel()
         self._work.set()
-
-    async def _guarded(
-        self,
-        body: Callable[[], Awaitable[None]],
-        what: str,
-        os_reason: SuspendReason = SuspendReason.PAIR_FILE_ERROR,
-    ) -> None:
-        """Run a background loop for the pair's life: whatever it raises is logged and
-        the pair goes SUSPENDED with the reason, and the loop runs again (it must be there
-        for a resync). Never a silent stall."""
-        while True:
-            try:
-                await body()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:
-                if self.phase in (Phase.SUSPENDED, Phase.DELETE):
-                    # Already reported: a fault that persists is not logged every second.
-                    log.debug("pair %s: %s failed again: %r", self.name, what, err)
-                else:
-                    log.exception("pair %s: %s failed", self.name, what)
-                    await self._fail(_reason_of(err, os_reason), err)
-                await asyncio.sleep(FAILED_LOOP_PAUSE)  # a fault that repeats cannot spin
 
     async def fail(self, reason: SuspendReason, err: BaseException) -> None:
         """SUSPENDED because of ``err`` (a write of state the pair relies on failed)."""
@@ -740,6 +609,19 @@ class Pair:
                 await settled_from.read_into(at, piece)
             pos += len(piece)
 
+    # -- a primary with several secondaries (backing.pairs.fanout; the copies: ChunkCopier) ---
+    def chunk_range(self, offset: int, length: int) -> range:
+        return self._chunk_range(offset, length)
+
+    def check_source_writable(self) -> None:
+        if self.phase.source_fenced:
+            raise VolumeWriteProtected(self.source.volume_id)
+
+    async def source_write(
+        self, offset: int, length: int, op: Callable[[], Awaitable[None]]
+    ) -> None:
+        await self.host_write(Role.SOURCE, offset, length, op)
+
     # -- for EXTENDED COPY ------------------------------------------------------------------
     async def reflect_range(self, offset: int, length: int) -> None:
         """Copy the split-set chunks of ``[offset, offset+length)`` to the target now,
@@ -761,326 +643,14 @@ class Pair:
         await self._merged_read(offset, memoryview(buf))
         return bytes(buf)
 
-    # -- the split snapshot (a source that can snapshot itself) ---------------------------
-    def _split_source(self) -> Any:
-        """Where the split set's split-instant content is: the snapshot once it is open,
-        else the source image (kept so by copy-before-write)."""
-        return self._frozen if self._frozen is not None else self.source.base
 
-    def _in_background(self, body: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(body)
-        self._snapshot_tasks.add(task)
-        task.add_done_callback(self._snapshot_tasks.discard)
-
-    async def _freeze_source(self, splits: int) -> None:
-        """Snapshot the source for split number ``splits``, once every host write that
-        began before it has finished (the split image holds them, as copies wait for them).
-        Until the snapshot is open, copy-before-write keeps the split set on the image;
-        the snapshot's name is durable before any write relies on it.
-
-        The seam, on the source's store (``RbdImage``): ``freeze(name)`` takes the snapshot
-        and returns a read-only view of it (``read_into``, ``extents``, ``aclose``);
-        ``open_frozen(name)`` opens it again after a restart; ``thaw(view, name)`` closes
-        the view and removes the snapshot."""
-        while any(began < splits for began in self._entered):
-            self._entered_changed.clear()
-            await self._entered_changed.wait()
-        if self._splits != splits or self.phase is not Phase.SPLIT_PENDING:
-            return
-        name = f"{SPLIT_SNAPSHOT_PREFIX}{time.time_ns():x}"
-        base: Any = self.source.base
-        self._taking = name
-        try:
-            frozen = await base.freeze(name)
-        except Exception:
-            log.exception("pair %s: no split snapshot; copy-before-write instead", self.name)
-            return
-        finally:
-            self._taking = None
-        if self._splits != splits or self.phase is not Phase.SPLIT_PENDING:
-            await base.thaw(frozen, name)
-            return
-        self.split_snapshot = name
-        try:
-            await self._write_header()
-        except Exception as err:
-            self.split_snapshot = None
-            await self._fail(SuspendReason.PAIR_FILE_ERROR, err)
-            await base.thaw(frozen, name)
-            return
-        if self.phase is Phase.SPLIT_PENDING and self.split_snapshot == name:
-            self._frozen = frozen
-        log.info("pair %s: split set read from snapshot %s", self.name, name)
-
-    async def _drop_snapshot(self) -> None:
-        """The split set is reflected (or abandoned): remove the snapshot, then forget it."""
-        frozen, self._frozen = self._frozen, None
-        name = self.split_snapshot
-        base: Any = self.source.base
-        if name is None:
-            if frozen is not None:
-                await frozen.aclose()
-            return
-        try:
-            await base.thaw(frozen, name)
-        except Exception:  # named in the header still: removed at the next start
-            log.exception("pair %s: removing snapshot %s failed", self.name, name)
-            return
-        if self.split_snapshot == name and self.phase is not Phase.SPLIT_PENDING:
-            self.split_snapshot = None
-            if self.phase is not Phase.DELETE:
-                await self._write_header()
-
-    async def _remove_stray_snapshots(self) -> None:
-        """Remove the source's split snapshots that the pair file does not name: a kill -9
-        (or a failed header write) between taking one and recording it leaves it behind,
-        and no later split would ever remove it. Those another pair of the same primary
-        names are its own."""
-        base: Any = self.source.base
-        if getattr(base, "snapshot_names", None) is None:
-            return
-        try:
-            names = await base.snapshot_names()
-        except Exception:
-            log.exception("pair %s: listing the source's snapshots failed", self.name)
-            return
-        # Every pair of the source is attached before any starts (PairManager.start).
-        kept = {n for p in self.source.pairs for n in (p.split_snapshot, p._taking)}
-        for name in names:
-            if not name.startswith(SPLIT_SNAPSHOT_PREFIX) or name in kept:
-                continue
-            try:
-                await base.thaw(None, name)
-            except Exception:
-                log.exception("pair %s: removing stray snapshot %s failed", self.name, name)
-            else:
-                log.info("pair %s: removed stray split snapshot %s", self.name, name)
-
-    async def _resume_snapshot(self) -> None:
-        """After a restart: reopen the snapshot of a split still reflecting (host writes
-        may have skipped copy-before-write, so only the snapshot holds the split image),
-        or remove one left by a split that finished."""
-        name = self.split_snapshot
-        assert name is not None
-        base: Any = self.source.base
-        if self.phase is not Phase.SPLIT_PENDING:
-            if getattr(base, "thaw", None) is not None:
-                self._in_background(self._drop_snapshot())
-            return
-        try:
-            self._frozen = await base.open_frozen(name)
-        except Exception as err:
-            await self._fail(SuspendReason.SOURCE_READ_ERROR, err)
-
-    # -- copying --------------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def _hold(self, c: int, *, wait_writers: bool) -> AsyncIterator[_Ticket]:
-        """Be the only copy of chunk ``c``; with ``wait_writers``, also wait until no host
-        write to it is running (after a split, only pre-split writers can be)."""
-        while True:
-            other = self._tickets.get(c)
-            if other is not None:
-                await other.done.wait()
-                continue
-            if wait_writers and self._writers.get(c):
-                wait = self._writer_waits.setdefault(c, asyncio.Event())
-                await wait.wait()
-                continue
-            break
-        ticket = self._tickets[c] = _Ticket(spoiled=bool(self._writers.get(c)))
-        try:
-            yield ticket
-        finally:
-            del self._tickets[c]
-            ticket.done.set()
-            # A worker that found only this chunk (held) went to sleep: whether the copy
-            # cleared it (the set may be empty now: finish) or left it, it looks again.
-            self._work.set()
-
-    async def _copy_chunk(self, c: int) -> None:
-        reverse = self.phase is Phase.REVERSE_COPY
-        split_mode = self.phase is Phase.SPLIT_PENDING or reverse
-        to = self.source if reverse else self.target
-        async with self._hold(c, wait_writers=split_mode) as ticket:
-            if c not in self.copy_set:
-                return
-            offset, length = self._chunk_span(c)
-            # The reason names the volume that failed (reverse: reading the target, writing
-            # the source).
-            read_fault = SuspendReason.SOURCE_READ_ERROR
-            write_fault = SuspendReason.TARGET_WRITE_ERROR
-            if reverse:
-                read_fault, write_fault = write_fault, read_fault
-                source = self.target.base
-            else:
-                source = self._split_source() if split_mode else self.source.base
-            ticket.from_head = source is self.source.base
-            try:
-                data = await _read_chunk(source, offset, length)
-            except Exception as err:
-                await self.copy_failed(c, read_fault, err)
-                raise
-            await self._store(c, ticket, to, data, write_fault)
-
-    def _chunk_span(self, c: int) -> tuple[int, int]:
-        offset = c * self.chunk_size
-        return offset, min(self.chunk_size, self.size - offset)
-
-    async def _store(
-        self,
-        c: int,
-        ticket: _Ticket,
-        to: PairVolume,
-        data: bytearray | None,
-        write_fault: SuspendReason,
-    ) -> None:
-        """Write a copied chunk (None: a hole) to ``to`` and clear its copy-set bit unless
-        a host write spoiled the copy meanwhile."""
-        offset, length = self._chunk_span(c)
-        try:
-            if data is None:
-                await to.base.punch_hole(offset, length)
-            else:
-                await to.base.write(offset, memoryview(data))
-        except Exception as err:
-            await self.copy_failed(c, write_fault, err)
-            raise
-        if not ticket.spoiled:
-            self.journal.clear(COPY_SET, c)
-            self._clears_unsynced = True
-        self.copied_bytes += length
-        self._samples.append((time.monotonic(), length))
-
-    async def copy_failed(self, c: int, side: SuspendReason, err: BaseException) -> None:
-        """Whoever asked for the copy (a worker, a host write's copy-before-write, a
-        backup's reflect-first) gets the error; the pair stops copying either way."""
-        log.error("pair %s: copying chunk %d failed", self.name, c, exc_info=err)
-        reason = side if isinstance(err, OSError) else SuspendReason.INTERNAL_ERROR
-        await self._fail(reason, err)
-
-    # -- a primary with several secondaries (backing.pairs.fanout) --------------------------
-    def chunk_range(self, offset: int, length: int) -> range:
-        return self._chunk_range(offset, length)
-
-    def check_source_writable(self) -> None:
-        if self.phase.source_fenced:
-            raise VolumeWriteProtected(self.source.volume_id)
-
-    async def source_write(
-        self, offset: int, length: int, op: Callable[[], Awaitable[None]]
-    ) -> None:
-        await self.host_write(Role.SOURCE, offset, length, op)
-
-    def cow_pending(self, c: int) -> bool:
-        """A host write to the primary's chunk ``c`` must first copy it to this target."""
-        return self.phase is Phase.SPLIT_PENDING and self._frozen is None and c in self.copy_set
-
-    def hold_chunk(self, c: int) -> contextlib.AbstractAsyncContextManager[_Ticket]:
-        """The chunk's copy ticket, once no host write to it runs (a split-mode copy)."""
-        return self._hold(c, wait_writers=True)
-
-    async def read_split_chunk(self, c: int) -> bytearray | None:
-        """Chunk ``c`` of the primary (None: a hole); a failure suspends the pair."""
-        offset, length = self._chunk_span(c)
-        try:
-            return await _read_chunk(self.source.base, offset, length)
-        except Exception as err:
-            await self.copy_failed(c, SuspendReason.SOURCE_READ_ERROR, err)
-            raise
-
-    async def deliver_chunk(self, c: int, ticket: _Ticket, data: bytearray | None) -> None:
-        """Chunk ``c``'s split-instant content, read once for several pairs of the
-        primary, written to this pair's target (under this pair's ``ticket``)."""
-        ticket.from_head = True
-        await self._store(c, ticket, self.target, data, SuspendReason.TARGET_WRITE_ERROR)
-
-    async def _reflect_chunks(self, chunks: list[int]) -> None:
-        for c in chunks:
-            # A copy spoiled by a concurrent writer (only while mirroring) leaves the bit.
-            while c in self.copy_set and self.phase is Phase.SPLIT_PENDING:
-                await self._copy_chunk(c)
-            if self.phase is not Phase.SPLIT_PENDING:
-                return
-
-    def _next_chunk(self) -> int | None:
-        split_mode = self.phase in (Phase.SPLIT_PENDING, Phase.REVERSE_COPY)
-        for start in (self._cursor, 0):
-            for c in self.copy_set.iter_from(start):
-                if c in self._tickets or (not split_mode and c in self._writers):
-                    continue
-                self._cursor = c + 1
-                return c
-        return None
-
-    async def _worker(self) -> None:
-        while True:
-            # Cleared before looking, so a wake-up during the awaits below is not lost.
-            self._work.clear()
-            if self.phase.mirroring or self.phase in (Phase.SPLIT_PENDING, Phase.REVERSE_COPY):
-                c = self._next_chunk()
-                if c is not None:
-                    await self._pacer.take(self.chunk_size)
-                    job = asyncio.ensure_future(self._copy_chunk(c))
-                    self._jobs.add(job)
-                    job.add_done_callback(self._jobs.discard)
-                    try:
-                        await asyncio.shield(job)
-                    except Exception as err:
-                        # Logged, and the pair SUSPENDED, by _copy_chunk: nothing copies now
-                        # (unless fenced: then it stops soon, and must not spin meanwhile).
-                        log.debug("pair %s: worker idle after %r", self.name, err)
-                        if self.phase is not Phase.SUSPENDED:
-                            await asyncio.sleep(FAILED_LOOP_PAUSE)
-                    continue
-                before = self.phase
-                await self._maybe_finish()
-                if self.phase is not before:  # changed while finishing: look again
-                    continue
-            await self._work.wait()
-
-    async def _maybe_finish(self) -> None:
-        if self.copy_set.count or self._tickets or self._finishing:
-            return
-        phase = self.phase
-        if phase is Phase.SPLIT_PENDING:
-            self._finishing = True
-            try:
-                # SPLIT promises an empty split set on disk: clear bits and target first.
-                await self.journal.commit()
-                if self.phase is phase and not self.copy_set.count:
-                    self._set_phase(next_phase(phase, Event.REFLECTED))
-                    await self._write_header()
-            finally:
-                self._finishing = False
-        elif phase in (Phase.DUPLEX_PENDING, Phase.RESYNC):
-            self._set_phase(next_phase(phase, Event.COPY_DONE))
-            await self._write_header()
-        elif phase is Phase.REVERSE_COPY:
-            self._finishing = True
-            try:  # DUPLEX promises the restored source on disk with an empty copy set
-                self._clears_unsynced = True
-                await self.journal.commit()
-                if self.phase is phase and not self.copy_set.count:
-                    self._set_phase(next_phase(phase, Event.COPY_DONE))
-                    await self._write_header()
-            finally:
-                self._finishing = False
-
-    async def _sync_target_for_clears(self) -> None:
-        """Before cleared bits reach the disk, the target data they vouch for must."""
-        if self._clears_unsynced:
-            self._clears_unsynced = False
-            await self.target.base.flush()
-            if self.phase is Phase.REVERSE_COPY:
-                await self.source.base.flush()  # the reverse copies' destination
-
-    async def _lazy_committer(self) -> None:
-        aged = time.monotonic()
-        while True:
-            await asyncio.sleep(self.settings.lazy_commit)
-            if time.monotonic() - aged >= self.settings.clear_delay:
-                aged = time.monotonic()
-                self.journal.age()
-            if self.journal.pending():
-                # A failure here is the pair file's: _guarded logs it and suspends the pair.
-                await self.journal.commit()
+__all__ = [
+    "COPY_SET",
+    "REVERSE_SIBLING_PHASES",
+    "SPLIT_SNAPSHOT_PREFIX",
+    "SRC_CHANGED",
+    "TGT_CHANGED",
+    "Pair",
+    "PairSettings",
+    "PairStatus",
+]

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from backing.pairs.cluster import VERSION, ClusterPairFile
 from backing.pairs.engine import Pair
 from backing.pairs.states import ErrorCode, PairError, Phase
+from backing.pairs.volume import scope_of
 
 if TYPE_CHECKING:
     from backing.pairs.manager import PairManager
@@ -119,7 +120,6 @@ class SharedPairs:
             log.error("pair record %s: its source is in pair %s", record.path, source.pair.name)
             record.close()
             return None
-        from backing.pairs.manager import scope_of
 
         old = target.pair
         pair = Pair(meta, source, target, record, bitmaps, self.manager.settings)
@@ -173,7 +173,6 @@ class SharedPairs:
                 raise
 
     def _forget(self, pair: Pair) -> None:
-        from backing.pairs.manager import scope_of
 
         pair.file.close()
         pair.source.detach(pair)

@@ -9,7 +9,11 @@ illegal request and raises :class:`PairError` with code ``WRONG_STATE``.
 
 from __future__ import annotations
 
+import re
 from enum import Enum, IntEnum
+
+# Pair and group names (the vendor commands, targetctl and the configuration take these).
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 
 
 class VolumeState(IntEnum):

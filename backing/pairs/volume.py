@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 MAX_SECONDARIES = 3
 
 
+def scope_of(volume_id: str) -> str:
+    """The scope of a volume id ``<scope>/<volume>`` ("" without a slash)."""
+    return volume_id.rpartition("/")[0]
+
+
 class Store(Protocol):
     """The block store a volume wraps (backing.SparseFile; scsi's BlockStore)."""
 

@@ -21,7 +21,7 @@ from backing.pairs import (
     PairVolume,
     Phase,
     SuspendReason,
-    engine,
+    copier,
 )
 from backing.tests.test_pair_engine import CHUNK, SIZE, MemoryStore
 
@@ -125,7 +125,7 @@ def test_a_failing_copy_suspends_the_pair_with_the_reason_and_a_resync_recovers(
 def test_a_failing_bitmap_writer_suspends_a_split_pair(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(engine, "FAILED_LOOP_PAUSE", 0.01)
+    monkeypatch.setattr(copier, "FAILED_LOOP_PAUSE", 0.01)
 
     async def run() -> None:
         service, _, _ = boot(tmp_path)
