@@ -24,18 +24,16 @@ record's own threads, never on the event loop.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import struct
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from backing.pairs.bitmap import PAGE_BYTES, ChunkBitmap
 from backing.pairs.journal import REGIONS
-from backing.threads import outlast
+from backing.pairs.record_io import Lane
 
 MAGIC = b"TDPAIRC1"
 HEADER_BYTES = 4096
@@ -99,8 +97,8 @@ class ClusterPairFile:
         # that wrote it must stop here (``on_taken`` is told, on the event loop).
         self.taken = False
         self.on_taken: Callable[[], None] | None = None
-        self._header_lane: ThreadPoolExecutor | None = None
-        self._pages_lane: ThreadPoolExecutor | None = None
+        self._header_lane = Lane("pair-header")
+        self._pages_lane = Lane("pair-bitmap")
 
     # -- blocking: creation and loading (a worker thread) ---------------------------------
     @classmethod
@@ -182,16 +180,10 @@ class ClusterPairFile:
 
     # -- the pair engine's calls (journal.PairFile's) -------------------------------------
     async def commit_header(self, meta: dict[str, Any]) -> None:
-        if self._header_lane is None:
-            self._header_lane = ThreadPoolExecutor(1, thread_name_prefix="pair-header")
-        loop = asyncio.get_running_loop()
-        await self._told(outlast(loop.run_in_executor(self._header_lane, self.write_header, meta)))
+        await self._told(self._header_lane.run(self.write_header, meta))
 
     async def commit_pages(self, pages: list[tuple[int, int, bytes]]) -> None:
-        if self._pages_lane is None:
-            self._pages_lane = ThreadPoolExecutor(1, thread_name_prefix="pair-bitmap")
-        loop = asyncio.get_running_loop()
-        await self._told(outlast(loop.run_in_executor(self._pages_lane, self.write_pages, pages)))
+        await self._told(self._pages_lane.run(self.write_pages, pages))
 
     async def _told(self, call: Awaitable[None]) -> None:
         try:
@@ -202,14 +194,9 @@ class ClusterPairFile:
             raise
 
     async def discard(self) -> None:
-        if self._header_lane is None:
-            self._header_lane = ThreadPoolExecutor(1, thread_name_prefix="pair-header")
-        loop = asyncio.get_running_loop()
-        await outlast(loop.run_in_executor(self._header_lane, self.remove))
+        await self._header_lane.run(self.remove)
         self._stop_lanes()
 
     def _stop_lanes(self) -> None:
-        for lane in (self._header_lane, self._pages_lane):
-            if lane is not None:
-                lane.shutdown(wait=False)
-        self._header_lane = self._pages_lane = None
+        self._header_lane.shutdown()
+        self._pages_lane.shutdown()

@@ -16,22 +16,16 @@ header sync per member, the split costs one sync whatever the group's size.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
-import struct
-import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from backing.pairs.journal import _fsync_dir
-from backing.threads import outlast
+from backing.pairs.record_io import Lane, decode_slot, encode_slot
 
 MAGIC = b"TDGROUP1"
 SLOT_BYTES = 4096
-_SLOT_HEAD = struct.Struct(">8sQII")
 SUFFIX = ".group"
 
 
@@ -49,14 +43,11 @@ class SplitRecord:
 
 
 def _decode(raw: bytes) -> tuple[int, SplitRecord] | None:
-    if len(raw) < _SLOT_HEAD.size:
+    found = decode_slot(MAGIC, raw)
+    if found is None:
         return None
-    magic, seq, length, crc = _SLOT_HEAD.unpack_from(raw)
-    body = raw[_SLOT_HEAD.size : _SLOT_HEAD.size + length]
-    if magic != MAGIC or len(body) != length or zlib.crc32(body) != crc:
-        return None
+    seq, data = found
     try:
-        data = json.loads(body)
         return seq, SplitRecord(
             str(data["token"]), float(data["split_time"]), tuple(map(str, data["pending"]))
         )
@@ -73,7 +64,7 @@ class GroupLog:
         self.fd = fd
         self.seq = seq
         self.record = record  # the last one written (or read back)
-        self._lane: ThreadPoolExecutor | None = None
+        self._lane = Lane("group-split")
 
     @classmethod
     def open(cls, path: Path) -> GroupLog:
@@ -98,27 +89,19 @@ class GroupLog:
 
     def write(self, record: SplitRecord) -> None:
         """Write the next slot and make it durable (blocking)."""
-        body = json.dumps(record.as_dict(), sort_keys=True).encode()
-        if len(body) > SLOT_BYTES - _SLOT_HEAD.size:
-            raise ValueError("group split record too large")
         seq = self.seq + 1
-        slot = _SLOT_HEAD.pack(MAGIC, seq, len(body), zlib.crc32(body)) + body
-        os.pwrite(self.fd, slot.ljust(SLOT_BYTES, b"\0"), (seq % 2) * SLOT_BYTES)
+        slot = encode_slot(MAGIC, seq, record.as_dict(), SLOT_BYTES, "group split record")
+        os.pwrite(self.fd, slot, (seq % 2) * SLOT_BYTES)
         os.fdatasync(self.fd)
         self.seq = seq
         self.record = record
 
     async def commit(self, record: SplitRecord) -> None:
         """:meth:`write` on the file's own thread."""
-        if self._lane is None:
-            self._lane = ThreadPoolExecutor(1, thread_name_prefix="group-split")
-        loop = asyncio.get_running_loop()
-        await outlast(loop.run_in_executor(self._lane, self.write, record))
+        await self._lane.run(self.write, record)
 
     def close(self) -> None:
-        if self._lane is not None:
-            self._lane.shutdown(wait=False)
-            self._lane = None
+        self._lane.shutdown()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

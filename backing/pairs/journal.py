@@ -25,22 +25,17 @@ a whole volume): a SPLIT waits for one header sync and nothing else.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import struct
-import zlib
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from backing.pairs.bitmap import PAGE_BYTES, ChunkBitmap
-from backing.threads import outlast
+from backing.pairs.record_io import Lane, decode_slot, encode_slot
 
 MAGIC = b"TDPAIR01"
 SLOT_BYTES = 2048
 HEADER_BYTES = 2 * SLOT_BYTES
-_SLOT_HEAD = struct.Struct(">8sQII")
 REGIONS = 3  # copy set, source changed, target changed
 T = TypeVar("T")
 
@@ -82,8 +77,8 @@ class PairFile:
         self.seq = seq
         # Two lanes: a header sync (SPLIT) never waits behind a bitmap sync, or the reverse.
         # Each lane's callers take turns already (the pair's header lock, the log's runner).
-        self._header_lane: ThreadPoolExecutor | None = None
-        self._pages_lane: ThreadPoolExecutor | None = None
+        self._header_lane = Lane("pair-header")
+        self._pages_lane = Lane("pair-bitmap")
 
     @property
     def closed(self) -> bool:
@@ -91,31 +86,20 @@ class PairFile:
 
     async def commit_header(self, meta: dict[str, Any]) -> None:
         """:meth:`write_header` on the header lane."""
-        if self._header_lane is None:
-            self._header_lane = ThreadPoolExecutor(1, thread_name_prefix="pair-header")
-        loop = asyncio.get_running_loop()
-        await outlast(loop.run_in_executor(self._header_lane, self.write_header, meta))
+        await self._header_lane.run(self.write_header, meta)
 
     async def commit_pages(self, pages: list[tuple[int, int, bytes]]) -> None:
         """:meth:`write_pages` on the bitmap lane."""
-        if self._pages_lane is None:
-            self._pages_lane = ThreadPoolExecutor(1, thread_name_prefix="pair-bitmap")
-        loop = asyncio.get_running_loop()
-        await outlast(loop.run_in_executor(self._pages_lane, self.write_pages, pages))
+        await self._pages_lane.run(self.write_pages, pages)
 
     async def discard(self) -> None:
         """:meth:`remove` (unlink, directory sync) on the header lane, then the lanes go."""
-        if self._header_lane is None:
-            self._header_lane = ThreadPoolExecutor(1, thread_name_prefix="pair-header")
-        loop = asyncio.get_running_loop()
-        await outlast(loop.run_in_executor(self._header_lane, self.remove))
+        await self._header_lane.run(self.remove)
         self._stop_lanes()
 
     def _stop_lanes(self) -> None:
-        for lane in (self._header_lane, self._pages_lane):
-            if lane is not None:
-                lane.shutdown(wait=False)
-        self._header_lane = self._pages_lane = None
+        self._header_lane.shutdown()
+        self._pages_lane.shutdown()
 
     @classmethod
     def create(cls, path: Path, meta: dict[str, Any], npages: int) -> PairFile:
@@ -137,7 +121,7 @@ class PairFile:
             best: tuple[int, dict[str, Any]] | None = None
             for slot in range(2):
                 raw = os.pread(fd, SLOT_BYTES, slot * SLOT_BYTES)
-                found = _decode_slot(raw)
+                found = decode_slot(MAGIC, raw)
                 if found is not None and (best is None or found[0] > best[0]):
                     best = found
             if best is None:
@@ -180,11 +164,8 @@ class PairFile:
     def write_header(self, meta: dict[str, Any]) -> None:
         """Write the next header slot and make it durable."""
         self.seq += 1
-        body = json.dumps(meta, sort_keys=True).encode()
-        if len(body) > SLOT_BYTES - _SLOT_HEAD.size:
-            raise ValueError("pair header too large")
-        slot = _SLOT_HEAD.pack(MAGIC, self.seq, len(body), zlib.crc32(body)) + body
-        os.pwrite(self.fd, slot.ljust(SLOT_BYTES, b"\0"), (self.seq % 2) * SLOT_BYTES)
+        slot = encode_slot(MAGIC, self.seq, meta, SLOT_BYTES, "pair header")
+        os.pwrite(self.fd, slot, (self.seq % 2) * SLOT_BYTES)
         os.fdatasync(self.fd)
 
     def write_pages(self, pages: list[tuple[int, int, bytes]]) -> None:
@@ -203,19 +184,6 @@ class PairFile:
         self.close()
         self.path.unlink(missing_ok=True)
         _fsync_dir(self.path.parent)
-
-
-def _decode_slot(raw: bytes) -> tuple[int, dict[str, Any]] | None:
-    if len(raw) < _SLOT_HEAD.size:
-        return None
-    magic, seq, length, crc = _SLOT_HEAD.unpack_from(raw)
-    body = raw[_SLOT_HEAD.size : _SLOT_HEAD.size + length]
-    if magic != MAGIC or len(body) != length or zlib.crc32(body) != crc:
-        return None
-    try:
-        return seq, json.loads(body)
-    except ValueError:
-        return None
 
 
 HOLD_REGION = 0  # the copy set: the one region whose bits the copy workers clear

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,6 +62,34 @@ class MemoryObject:
 
     def close(self) -> None:
         self.closed = True
+
+
+async def _granted(why: str) -> bool:
+    return True
+
+
+def two_gateways(
+    tmp_path: Path, *, locks: bool = False
+) -> tuple[Any, Any, dict[str, MemoryObject]]:
+    """Two gateways' pair services (A, B) on four volumes whose records are the same
+    objects (the cluster); with ``locks``, each gateway gets a volume's lock at once."""
+    from backing.pairs import PairManager, PairService, PairSettings, PairVolume
+    from backing.sparse_file import SparseFile
+
+    objects = {f"t/lun{i}": MemoryObject() for i in range(4)}
+
+    def gateway(name: str) -> PairService:
+        service = PairService(PairManager(tmp_path / name, PairSettings(chunk_size=1 << 16)))
+        for i in range(4):
+            path = tmp_path / f"{name}{i}.img"
+            volume = PairVolume(f"t/lun{i}", SparseFile(path, 1 << 20))
+            volume.record_object = lambda o=objects[volume.volume_id]: o
+            if locks:
+                volume.take_lock = _granted
+            service.register_volume(volume)
+        return service
+
+    return gateway("a"), gateway("b"), objects
 
 
 META = {"name": "p", "source": "t/lun0", "target": "t/lun1", "size": 1 << 30,
@@ -176,22 +205,11 @@ def test_group_membership_reaches_the_other_gateway_through_the_records(
 ) -> None:
     """Two managers (two gateways) on the same records: a group made and changed through
     A is seen by B, whose own groups file never heard of it."""
-    from backing.pairs import UNCHECKED, PairManager, PairService, PairSettings, PairVolume
-    from backing.sparse_file import SparseFile
+    from backing.pairs import UNCHECKED
 
-    objects = {f"t/lun{i}": MemoryObject() for i in range(4)}
-
-    def gateway(name: str) -> PairService:
-        service = PairService(PairManager(tmp_path / name, PairSettings(chunk_size=1 << 16)))
-        for i in range(4):
-            path = tmp_path / f"{name}{i}.img"
-            volume = PairVolume(f"t/lun{i}", SparseFile(path, 1 << 20))
-            volume.record_object = lambda o=objects[volume.volume_id]: o
-            service.register_volume(volume)
-        return service
+    a, b, _ = two_gateways(tmp_path)
 
     async def scenario() -> None:
-        a, b = gateway("a"), gateway("b")
         await a.start()
         await a.create("p", "t/lun0", "t/lun1", access=UNCHECKED)
         await a.create("q", "t/lun2", "t/lun3", access=UNCHECKED)
@@ -218,30 +236,15 @@ def test_a_group_split_cut_short_by_its_gateways_death_is_retried_through_the_ot
     back and splits both at one instant, as a lone daemon's restart would."""
     import time
 
-    from backing.pairs import UNCHECKED, PairManager, PairService, PairSettings, PairVolume
+    from backing.pairs import UNCHECKED
     from backing.pairs.cluster import _decode_header
-    from backing.sparse_file import SparseFile
 
-    objects = {f"t/lun{i}": MemoryObject() for i in range(4)}
-
-    async def grant(why: str) -> bool:
-        return True
-
-    def gateway(name: str) -> PairService:
-        service = PairService(PairManager(tmp_path / name, PairSettings(chunk_size=1 << 16)))
-        for i in range(4):
-            path = tmp_path / f"{name}{i}.img"
-            volume = PairVolume(f"t/lun{i}", SparseFile(path, 1 << 20))
-            volume.record_object = lambda o=objects[volume.volume_id]: o
-            volume.take_lock = grant
-            service.register_volume(volume)
-        return service
+    a, b, objects = two_gateways(tmp_path, locks=True)
 
     def record(target: str) -> dict[str, object]:
         return _decode_header(objects[target].read_at(0, 4096), target)
 
     async def scenario() -> None:
-        a, b = gateway("a"), gateway("b")
         await a.start()
         await a.create("p", "t/lun0", "t/lun1", access=UNCHECKED)
         await a.create("q", "t/lun2", "t/lun3", access=UNCHECKED)
