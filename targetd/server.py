@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, cast
+from typing import Any, cast
 
 from backing.malloc_threshold import fix_mmap_threshold
 from scsi.buffers import BufferPool, MemoryBudget
@@ -236,7 +236,7 @@ class IscsiConnection(asyncio.BufferedProtocol):
             try:
                 while events:
                     for event in events:
-                        self._EVENT_HANDLERS[type(event)](self, event)
+                        _EVENT_HANDLERS[type(event)](self, event)
                     events = conn.take_events()
             finally:
                 self._pumping = outer
@@ -425,13 +425,16 @@ class IscsiConnection(asyncio.BufferedProtocol):
         self._close_requested = True
         self._schedule_flush()
 
-    _EVENT_HANDLERS: ClassVar[dict[type, Callable[[IscsiConnection, Any], None]]] = {
-        ExecuteCommand: _on_execute,
-        AbortTasks: _on_abort,
-        ResetRequested: _on_reset,
-        SessionStarted: _on_session_started,
-        CloseConnection: _on_close,
-    }
+
+# What each event of the sans-I/O connection runs. Built after the class, not in its body, so
+# that mypyc (docs/performance.md, "Compiled hot path") sees plain functions.
+_EVENT_HANDLERS: dict[type, Callable[[IscsiConnection, Any], None]] = {
+    ExecuteCommand: IscsiConnection._on_execute,
+    AbortTasks: IscsiConnection._on_abort,
+    ResetRequested: IscsiConnection._on_reset,
+    SessionStarted: IscsiConnection._on_session_started,
+    CloseConnection: IscsiConnection._on_close,
+}
 
 
 def raise_fd_limit(connections: int) -> None:

@@ -451,7 +451,7 @@ class Connection:
         if self.phase is Phase.LOGIN:
             self._login(pdu)
             return
-        handler = self._HANDLERS.get(pdu.opcode)
+        handler = _HANDLERS.get(pdu.opcode)
         if handler is None:
             raise IscsiProtocolError(
                 f"opcode {pdu.opcode:#x} not valid here",
@@ -1005,16 +1005,19 @@ class Connection:
     def _on_login_in_ffp(self, pdu: Pdu) -> None:
         raise IscsiProtocolError("Login Request in full-feature phase", bhs=pdu.bhs)
 
-    _HANDLERS: dict[int, Callable[[Connection, Pdu], None]] = {
-        Op.NOP_OUT: _on_nop_out,
-        Op.SCSI_COMMAND: _on_scsi_command,
-        Op.TASK_MGMT_REQUEST: _on_task_mgmt,
-        Op.TEXT_REQUEST: _on_text,
-        Op.DATA_OUT: _on_data_out,
-        Op.LOGOUT_REQUEST: _on_logout,
-        Op.SNACK_REQUEST: _on_snack,
-        Op.LOGIN_REQUEST: _on_login_in_ffp,
-    }
+
+# The handler of each opcode in full-feature phase. Built after the class, not in its body, so
+# that mypyc (docs/performance.md, "Compiled hot path") sees plain functions.
+_HANDLERS: dict[int, Callable[[Connection, Pdu], None]] = {
+    Op.NOP_OUT: Connection._on_nop_out,
+    Op.SCSI_COMMAND: Connection._on_scsi_command,
+    Op.TASK_MGMT_REQUEST: Connection._on_task_mgmt,
+    Op.TEXT_REQUEST: Connection._on_text,
+    Op.DATA_OUT: Connection._on_data_out,
+    Op.LOGOUT_REQUEST: Connection._on_logout,
+    Op.SNACK_REQUEST: Connection._on_snack,
+    Op.LOGIN_REQUEST: Connection._on_login_in_ffp,
+}
 
 
 _GOOD_RESPONSE = struct.Struct(">BB14xI").pack_into
