@@ -155,6 +155,7 @@ class Supervisor:
         self.on_change = on_change
         self._stopping = False
         self._runners: list[asyncio.Task[None]] = []
+        self._lifelines: dict[int, tuple[Worker, asyncio.subprocess.Process]] = {}
         # Set once a worker's first start served or failed: the portal serves from then on.
         self._settled: list[asyncio.Event] = [asyncio.Event() for _ in self.workers]
 
@@ -193,6 +194,9 @@ class Supervisor:
             process = worker.process
             if ok and process is not None:
                 await process.wait()
+                for life, (_, which) in list(self._lifelines.items()):
+                    if which is process:  # a child of its own kept the line open
+                        self._drop_lifeline(life)
                 worker.error = f"exited with status {process.returncode}"
             went = worker.ports
             worker.ports = []
@@ -224,13 +228,23 @@ class Supervisor:
         why) if it exits before, or does not serve within READY_TIMEOUT (then killed)."""
         env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_ENV}
         worker.started_at = time.monotonic()
-        worker.process = process = await asyncio.create_subprocess_exec(
-            *worker_argv(self.argv, worker.index, worker.targets),
-            stdin=asyncio.subprocess.PIPE,  # closed when we go: the worker stops too
-            stdout=asyncio.subprocess.PIPE,
-            env=env,
-            start_new_session=True,  # a terminal's Ctrl-C reaches the portal only
-        )
+        # A life line: the worker holds its write end and never writes; it reads EOF here
+        # the moment the worker dies, as its sockets close (its exit is reaped later).
+        life, held = os.pipe()
+        try:
+            worker.process = process = await asyncio.create_subprocess_exec(
+                *worker_argv(self.argv, worker.index, worker.targets),
+                stdin=asyncio.subprocess.PIPE,  # closed when we go: the worker stops too
+                stdout=asyncio.subprocess.PIPE,
+                env=env,
+                start_new_session=True,  # a terminal's Ctrl-C reaches the portal only
+                pass_fds=(held,),
+            )
+        except BaseException:
+            os.close(life)
+            raise
+        finally:
+            os.close(held)
         assert process.stdout is not None
         try:
             line = await asyncio.wait_for(process.stdout.readline(), READY_TIMEOUT)
@@ -249,9 +263,12 @@ class Supervisor:
                 f"did not serve within {READY_TIMEOUT:g} s" if code == -signal.SIGKILL and not line
                 else f"exited with status {code} before serving"
             )  # fmt: skip
+            os.close(life)
             return False
         worker.ports = ports
         worker.error = None
+        self._lifelines[life] = (worker, process)
+        asyncio.get_running_loop().add_reader(life, self._died, life)
         log.info(
             "worker serving",
             extra=logs.fields(
@@ -262,6 +279,26 @@ class Supervisor:
         self._settled[worker.index].set()
         self.on_change()
         return True
+
+    def _died(self, life: int) -> None:
+        """The worker's life line closed: stop routing to it now. Called from the event
+        loop's poll, in the same turn that could accept an initiator its death dropped,
+        before that initiator's login is read, so it is answered 0301h, not sent to the
+        dead port (as it was when routing stopped only once the exit was reaped)."""
+        if os.read(life, 1):
+            return  # not written to; nothing to do but wait for EOF
+        self._drop_lifeline(life)
+
+    def _drop_lifeline(self, life: int) -> None:
+        entry = self._lifelines.pop(life, None)
+        asyncio.get_running_loop().remove_reader(life)
+        os.close(life)
+        if entry is None:
+            return
+        worker, process = entry
+        if worker.process is process and worker.ports:
+            worker.ports = []
+            self.on_change()
 
     def owner(self, target: str) -> Worker | None:
         index = self.placement.get(target)
@@ -335,6 +372,8 @@ class Supervisor:
                     process.kill()
             if late:
                 await asyncio.wait(late)
+        for life in list(self._lifelines):
+            self._drop_lifeline(life)
         for runner in self._runners:
             runner.cancel()
         await asyncio.gather(*self._runners, return_exceptions=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -245,6 +246,35 @@ def test_the_redirect_a_reconnecting_initiator_gets_is_an_rfc_7143_login_respons
     with RawInitiator(worker[1]) as ini:  # and the address given is where B is served
         resp = ini.login(B)
         assert (resp.bhs[36], resp.bhs[37]) == (0, 0) and resp.bhs[14:16] != b"\0\0"
+
+
+def port_gone(port: int) -> None:
+    """Wait until connecting to ``port`` fails, as for an initiator its worker's death
+    dropped (refused, or reset while the dying listener closes)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except ConnectionError:
+            return
+        except TimeoutError:
+            continue
+    pytest.fail(f"port {port} still accepts")
+
+
+def test_an_initiator_a_worker_death_dropped_is_never_sent_to_the_dead_port(
+    targetd_factory: DaemonFactory,
+) -> None:
+    """The initiator sees the worker's sockets close and logs in again at the portal at
+    once; the portal stops routing to that worker as the worker dies, not once its exit is
+    reaped: the login is answered 0301h, not redirected to the port that is gone (it was,
+    in 6 of 10 tries)."""
+    daemon = targetd_factory(CONFIG)
+    for _ in range(4):
+        pid, port = worker_port(daemon, B)
+        os.kill(pid, signal.SIGKILL)
+        port_gone(port)
+        assert redirect(daemon, B) == (0x0301, {})
 
 
 def test_sigterm_stops_every_worker_and_a_killed_portal_leaves_no_orphan(
