@@ -277,21 +277,12 @@ class PairManager(GroupOps):
                 "backup_policy": None if backup_policy is None else int(backup_policy),
             }
             pair_file: PairRecord
-            if source.pairs and (self.shared.is_shared(source) or self.shared.is_shared(target)):
-                raise PairError(
-                    ErrorCode.TOO_MANY_SECONDARIES,
-                    f"{source.volume_id} is in pair {source.pairs[0].name}: a volume two"
-                    " gateways share has one secondary (several: only where one gateway"
-                    " serves it)",
-                )
             if self.shared.is_shared(target):  # two gateways: the record is in the cluster
                 await self.shared.create_here(source, target)
-                for volume in (source, target):  # the other gateway's record, found meanwhile
-                    if volume.pair is not None:
-                        raise PairError(
-                            ErrorCode.VOLUME_IN_PAIR,
-                            f"{volume.volume_id} is in pair {volume.pair.name}",
-                        )
+                # Taking the locks showed the other gateway's records: check again.
+                refusal = _attach_refusal(source, target, creating=True)
+                if refusal is not None:
+                    raise refusal
                 pair_file = await self.shared.new_record(target, meta, npages)
             else:
                 loop = asyncio.get_running_loop()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from backing.pairs.cluster import VERSION, ClusterPairFile
 from backing.pairs.engine import Pair
 from backing.pairs.states import ErrorCode, PairError, Phase
-from backing.pairs.volume import scope_of
+from backing.pairs.volume import MAX_SECONDARIES, Role, scope_of
 
 if TYPE_CHECKING:
     from backing.pairs.manager import PairManager
@@ -116,8 +116,11 @@ class SharedPairs:
             log.error("pair record %s: its volumes are not configured here; ignored", record.path)
             record.close()
             return None
-        if source.pair is not None and source.pair.target is not target:
-            log.error("pair record %s: its source is in pair %s", record.path, source.pair.name)
+        # A primary has up to MAX_SECONDARIES pairs (1:N); a secondary is in no other pair.
+        others = [p for p in source.pairs if p.target is not target]
+        if source.role is Role.TARGET or len(others) >= MAX_SECONDARIES:
+            busy = others[0].name if others else "another pair"
+            log.error("pair record %s: its source is in pair %s", record.path, busy)
             record.close()
             return None
 
@@ -195,56 +198,59 @@ class SharedPairs:
 
     # -- who runs what ------------------------------------------------------------------
     async def run_here(self, source_id: str) -> None:
-        """This gateway holds ``source_id``'s lock: its pairs run here from now on. Each
-        takes its target's lock, claims its record (reading it whole) and resumes."""
+        """This gateway holds ``source_id``'s lock: its pairs (one per secondary, 1:N) run
+        here from now on. Each takes its target's lock, claims its record (reading it
+        whole) and resumes."""
         source = self.manager.volumes.get(source_id)
         if source is None or not self.is_shared(source):
             return
-        if source.pair is not None and source.pair.source is not source:
+        if source.role is Role.TARGET:
             return  # a pair's target (its lock is taken by the run below: no re-entry)
         async with self._lock:
-            if source.pair is None:
+            if len(source.pairs) < MAX_SECONDARIES:  # a secondary the other gateway made
                 await self.scan()
-            pair = source.pair
-            if pair is None or pair.source is not source:
-                return
-            target = pair.target
-            if target.volume_id in self.running:
-                return
-            # The record first: from here on the other gateway's writes of it are refused
-            # (it may be frozen and wake up), and host writes here are tracked in it.
-            try:
-                found = await self._load(target, claim=True)
-            except (OSError, ValueError, KeyError) as err:
-                log.error("pair %s: its record cannot be claimed: %s", pair.name, err)
-                return
-            if found is None:  # deleted meanwhile
-                self._forget(pair)
-                return
-            running = self._install(found, target)
-            if running is None:
-                return
-            if running.phase is Phase.DELETE:  # its gateway died deleting it: finish
-                await self._finish_delete(running)
-                return
-            # Then the target's lock, which the other gateway keeps until it learns that
-            # its pair was taken over: until then the pair is tracked here, not copied
-            # (the refresher asks again).
-            if target.take_lock is not None and not await target.take_lock("pair"):
-                log.warning("pair %s: its target's lock not taken yet", running.name)
-                return
-            self._watch(running)
-            self.running.add(target.volume_id)
-            self.runs += 1
-            await running.start()
-            status = running.status()
-            log.info(
-                "pair %s runs here: %s/%s, %d chunks to copy",
-                running.name,
-                status.phase.source.label,
-                status.phase.target.label,
-                status.dirty_chunks,
-            )
+            for pair in [p for p in source.pairs if p.source is source]:
+                await self._run(pair)
+
+    async def _run(self, pair: Pair) -> None:
+        """One pair of a source whose lock this gateway holds: run here (under _lock)."""
+        target = pair.target
+        if target.volume_id in self.running:
+            return
+        # The record first: from here on the other gateway's writes of it are refused
+        # (it may be frozen and wake up), and host writes here are tracked in it.
+        try:
+            found = await self._load(target, claim=True)
+        except (OSError, ValueError, KeyError) as err:
+            log.error("pair %s: its record cannot be claimed: %s", pair.name, err)
+            return
+        if found is None:  # deleted meanwhile
+            self._forget(pair)
+            return
+        running = self._install(found, target)
+        if running is None:
+            return
+        if running.phase is Phase.DELETE:  # its gateway died deleting it: finish
+            await self._finish_delete(running)
+            return
+        # Then the target's lock, which the other gateway keeps until it learns that
+        # its pair was taken over: until then the pair is tracked here, not copied
+        # (the refresher asks again).
+        if target.take_lock is not None and not await target.take_lock("pair"):
+            log.warning("pair %s: its target's lock not taken yet", running.name)
+            return
+        self._watch(running)
+        self.running.add(target.volume_id)
+        self.runs += 1
+        await running.start()
+        status = running.status()
+        log.info(
+            "pair %s runs here: %s/%s, %d chunks to copy",
+            running.name,
+            status.phase.source.label,
+            status.phase.target.label,
+            status.dirty_chunks,
+        )
 
     def _watch(self, pair: Pair) -> None:
         record = pair.file

@@ -270,3 +270,42 @@ def test_a_group_split_cut_short_by_its_gateways_death_is_retried_through_the_ot
         await b.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_shared_primary_has_three_secondaries_and_the_other_gateway_runs_them_all(
+    tmp_path: Path,
+) -> None:
+    """1:N on volumes two gateways share: three pairs of one primary, each with its record
+    in the cluster; once A is gone, B (taking the primary's lock) claims and runs every
+    one of them, each in its own phase; a fourth is refused."""
+    from backing.pairs import UNCHECKED, PairError
+    from backing.pairs.cluster import _decode_header
+    from backing.pairs.states import ErrorCode
+
+    a, b, objects = two_gateways(tmp_path, locks=True)
+
+    async def scenario() -> None:
+        await a.start()
+        for name, lun in (("s1", 1), ("s2", 2), ("s3", 3)):
+            await a.create(name, "t/lun0", f"t/lun{lun}", access=UNCHECKED)
+        for name in ("s1", "s2", "s3"):
+            await a.wait(Phase.DUPLEX.target, 5, name=name, scope="t")
+        await a.split(access=UNCHECKED, name="s2", scope="t")
+        await a.stop()  # A is gone
+        for lun in (1, 2, 3):
+            meta = _decode_header(objects[f"t/lun{lun}"].read_at(0, 4096), f"t/lun{lun}")
+            assert meta["source"] == "t/lun0"
+        await b.start()
+        assert sorted(s.name for s in b.list_pairs("t")) == ["s1", "s2", "s3"]
+        await b.manager.shared.run_here("t/lun0")
+        assert b.manager.shared.running == {"t/lun1", "t/lun2", "t/lun3"}
+        phases = {s.name: s.phase for s in b.list_pairs("t")}
+        assert phases["s2"] in (Phase.SPLIT_PENDING, Phase.SPLIT)
+        assert phases["s1"] is Phase.DUPLEX and phases["s3"] is Phase.DUPLEX
+        await b.resync(access=UNCHECKED, name="s2", scope="t")
+        with pytest.raises(PairError) as refused:
+            await b.create("s4", "t/lun0", "t/lun3", access=UNCHECKED)
+        assert refused.value.code is ErrorCode.VOLUME_IN_PAIR
+        await b.stop()
+
+    asyncio.run(scenario())

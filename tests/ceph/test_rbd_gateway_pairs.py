@@ -222,3 +222,37 @@ def test_split_snapshot_survives_fencing_of_its_gateway(
     assert "SUSPENDED" not in gw.a.stderr + gw.b.stderr
     assert export_image(ceph_cluster, target, tmp_path / "t") == split_image
     assert export_image(ceph_cluster, source, tmp_path / "s") == bytes(model)
+
+
+def test_a_shared_primary_with_two_secondaries_is_resumed_whole_by_the_survivor(
+    ceph_cluster: CephCluster, new_image: ImageFactory, gateway_pair: PairFactory, tmp_path: Path
+) -> None:
+    """1:N on images both gateways serve: LUN 0 mirrored onto LUN 1 and LUN 2 through A,
+    each pair's record in the cluster; A killed mid creation copy: B takes the primary's
+    lock and runs both pairs (neither is left behind), each finishing its own copy."""
+    source, first, second = new_image("8M"), new_image("8M"), new_image("8M")
+    tables = pairs_table("512KiB", clear_delay_ms=200)
+    gw = gateway_pair(source, more_images=(first, second), takeover_ms=2000, tables=tables)
+    rng = random.Random(6)
+    model = bytearray(SIZE)
+    a = BlockClient(gw.a.port, IQN, luns=(0, 1, 2), name="iqn.2026-11.t:a")
+    fill(a, rng, model, list(range(0, 128, 2)))  # 64 chunks: 8 s per pair at 512 KiB/s
+    retried(lambda: a.create(SOURCE, 1, b"s1"))
+    retried(lambda: a.create(SOURCE, 2, b"s2"))  # refused before: one secondary when shared
+    for lun in (1, 2):
+        st = retried(lambda lun=lun: a.status(lun))
+        assert (st.name, st.target) == (f"s{lun}", "DUPLEX-PENDING"), st
+    fill(a, rng, model, [1, 3, 5, 64, 65])  # each write marked in both pairs' records
+    while retried(lambda: a.status(1)).dirty > 48 or retried(lambda: a.status(2)).dirty > 48:
+        time.sleep(0.05)
+    gw.kill(gw.a)
+    b = BlockClient(gw.b.port, IQN, luns=(0, 1, 2), name="iqn.2026-11.t:b")
+    for lun in (1, 2):
+        deadline = time.monotonic() + 60
+        while (st := retried(lambda lun=lun: b.status(lun))).target != "DUPLEX" or st.dirty:
+            assert time.monotonic() < deadline, f"s{lun} still {st}"
+            time.sleep(0.1)
+    b.close()
+    assert gw.b.stderr.count("runs here") == 2, gw.b.stderr
+    assert export_image(ceph_cluster, first, tmp_path / "1") == bytes(model)
+    assert export_image(ceph_cluster, second, tmp_path / "2") == bytes(model)
