@@ -229,14 +229,20 @@ class Connection:
     def receive(self, items: list[Pdu | IscsiProtocolError]) -> None:
         self.last_heard = self.now
         self._ping_sent_at = None
+        if self._holds:
+            # Every initiator PDU carries ExpStatSN at byte 28; the last one of the batch
+            # knows the most. Releasing before the others are dispatched is safe: the
+            # initiator had the data when it sent it.
+            for item in reversed(items):
+                if not isinstance(item, IscsiProtocolError):
+                    self._acknowledged(item.u32(28))
+                    break
         for item in items:
             if self.phase in (Phase.CLOSED, Phase.LOGGED_OUT):
                 return
             if isinstance(item, IscsiProtocolError):
                 self._protocol_error(item)
                 continue
-            if self._holds:  # every initiator PDU carries ExpStatSN at byte 28
-                self._acknowledged(item.u32(28))
             try:
                 self._dispatch(item)
             except IscsiProtocolError as err:
