@@ -211,11 +211,15 @@ class SparseFile:
     async def write(self, offset: int, data: bytes | memoryview, *, fua: bool = False) -> None:
         """Write ``data`` at ``offset``; with ``fua``, on stable storage before returning."""
         view = data if isinstance(data, memoryview) else memoryview(data)
-        flags = os.RWF_DSYNC if fua else 0
         try:
-            if len(view) <= INLINE_WRITE_MAX and not fua:
-                _pwrite_all(self._fd, view, offset)
+            if not fua and len(view) <= INLINE_WRITE_MAX:
+                # One pwrite, no list and no call of ours: a short write (rare on a regular
+                # file) goes on in _pwrite_all.
+                n = os.pwrite(self._fd, view, offset)
+                if n < len(view):
+                    _pwrite_all(self._fd, view[n:], offset + n)
                 return
+            flags = os.RWF_DSYNC if fua else 0
             await outlast(
                 asyncio.get_running_loop().run_in_executor(
                     None, _pwrite_all, self._fd, view, offset, flags

@@ -123,7 +123,19 @@ class PairVolume:
         return self.base.read_into(offset, buf)
 
     async def write(self, offset: int, data: bytes | memoryview, *, fua: bool = False) -> None:
-        await self._host_write(offset, len(data), lambda: self.base.write(offset, data, fua=fua))
+        if self.pairs:
+            op = lambda: self.base.write(offset, data, fua=fua)  # noqa: E731
+            await self._host_write(offset, len(data), op)
+            return
+        # An unpaired volume (the 4 KiB write's hot path): _host_write's in-flight count
+        # without its frame and closure. A pair attached while this waits finds it in the
+        # count and drains it, as for any host write.
+        began = self._generation
+        self._in_flight[began] = self._in_flight.get(began, 0) + 1
+        try:
+            await self.base.write(offset, data, fua=fua)
+        finally:
+            self._host_write_done(began)
 
     async def punch_hole(self, offset: int, length: int) -> None:
         await self._host_write(offset, length, lambda: self.base.punch_hole(offset, length))
@@ -183,13 +195,16 @@ class PairVolume:
             else:
                 await primary_write(list(pairs), offset, length, op)
         finally:
-            left = self._in_flight[began] - 1
-            if left:
-                self._in_flight[began] = left
-            else:
-                del self._in_flight[began]
-                if self._drained is not None:
-                    self._drained.set()
+            self._host_write_done(began)
+
+    def _host_write_done(self, began: int) -> None:
+        left = self._in_flight[began] - 1
+        if left:
+            self._in_flight[began] = left
+        else:
+            del self._in_flight[began]
+            if self._drained is not None:
+                self._drained.set()
 
     async def drain(self) -> None:
         """Wait until no host write that began before the last attach is still running

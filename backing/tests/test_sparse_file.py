@@ -163,13 +163,21 @@ def test_extents_of_a_sub_range(tmp_path: Path) -> None:
 def test_fua_write_uses_dsync_and_flush_syncs(tmp_path: Path) -> None:
     with SparseFile(tmp_path / "lun.img", MiB) as f:
         real = os.pwritev
+        real_pwrite = os.pwrite
         flags_seen: list[int] = []
 
         def spy(fd, bufs, offset, flags=0):
             flags_seen.append(flags)
             return real(fd, bufs, offset, flags)
 
-        with mock.patch.object(sparse_file.os, "pwritev", spy):
+        def spy_pwrite(fd, data, offset):  # a small write without FUA: plain pwrite
+            flags_seen.append(0)
+            return real_pwrite(fd, data, offset)
+
+        with (
+            mock.patch.object(sparse_file.os, "pwritev", spy),
+            mock.patch.object(sparse_file.os, "pwrite", spy_pwrite),
+        ):
             run(f.write(0, b"f" * 512, fua=True))
             run(f.write(512, b"g" * 512))
         assert flags_seen == [os.RWF_DSYNC, 0]
@@ -177,6 +185,20 @@ def test_fua_write_uses_dsync_and_flush_syncs(tmp_path: Path) -> None:
             run(f.flush())
         sync.assert_called_once_with(f.fd)
         assert read(f, 0, 1024) == b"f" * 512 + b"g" * 512
+
+
+def test_short_inline_write_is_completed(tmp_path: Path) -> None:
+    """A regular file may take less than asked: the rest of a small write still lands."""
+    with SparseFile(tmp_path / "lun.img", MiB) as f:
+        real = os.pwrite
+        data = os.urandom(4096)
+
+        def short(fd, buf, offset):
+            return real(fd, buf[:1000], offset)
+
+        with mock.patch.object(sparse_file.os, "pwrite", short):
+            run(f.write(8192, data))
+        assert read(f, 8192, 4096) == data
 
 
 def test_cancelled_threaded_write_still_finishes_before_the_task_ends(tmp_path: Path) -> None:
