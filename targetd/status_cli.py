@@ -75,6 +75,8 @@ def _reload(args: argparse.Namespace) -> int:
         print(f"applied: {change}")
     for change in result["refused"]:
         print(f"not applied: {change}")
+    if not result["applied"] and not result["refused"]:
+        print("reload: nothing changed")
     return 0
 
 

@@ -215,6 +215,19 @@ def test_sighup_adds_a_lun_and_reports_what_it_cannot_apply(
     assert status["listening"] == [daemon.portal]
 
 
+def test_targetctl_reload_prints_its_outcome_even_when_nothing_changed(
+    targetd_factory: DaemonFactory,
+) -> None:
+    daemon = targetd_factory(LUN_CONFIG)
+    assert daemon.config is not None
+    # The same file: a user who runs `targetctl reload` gets an answer, not silence.
+    same = daemon.targetctl("reload")
+    assert (same.returncode, same.stdout) == (0, "reload: nothing changed\n"), same.stderr
+    daemon.config.write_text(LUN_CONFIG + '[[target.lun]]\nlun = 1\nsize = "8MiB"\n')
+    added = daemon.targetctl("reload")
+    assert (added.returncode, added.stdout) == (0, f"applied: target {IQN}: lun 1 added\n")
+
+
 def reload_with(daemon: Daemon, text: str, marker: str) -> str:
     """Write the new configuration, SIGHUP, and return the log once ``marker`` is in it."""
     assert daemon.config is not None and daemon.proc is not None
