@@ -6,6 +6,7 @@ sent while a READ of the same blocks is in flight."""
 from __future__ import annotations
 
 import os
+import socket
 import struct
 import time
 
@@ -246,7 +247,9 @@ def test_a_dropped_connection_lets_the_ordered_write_waiting_for_its_read_go(
         status, got, _ = read_pdus(reader, offset, length)
         assert (status, got) == (0, old)
         reader.send(reader.scsi_header(read16(offset // BLOCK, length // BLOCK), read=length))
-        time.sleep(0.2)  # the READ has run; its data waits in the full socket
+        # Its first bytes have come: the READ has run; the rest waits in the full socket.
+        assert reader.sock.recv(1, socket.MSG_PEEK)
+        time.sleep(0.2)
         writer.send(
             writer.scsi_header(
                 write16(offset // BLOCK, len(new) // BLOCK),
