@@ -31,8 +31,10 @@ import logging
 import os
 import threading
 from collections import deque
+from collections.abc import Callable
 from ctypes import CFUNCTYPE, byref, c_int, c_uint64, c_void_p
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from backing.errors import MediumReadError, MediumWriteError, SpaceExhausted, StoreError
 from backing.malloc_threshold import LIBRBD_THRESHOLD, fix_mmap_threshold
@@ -51,6 +53,8 @@ from backing.rbd_lib import (
 from backing.sparse_file import Extent
 
 log = logging.getLogger("targetd.rbd")
+
+T = TypeVar("T")
 
 CACHE_MODES = ("none", "writearound", "writeback")
 # Above this size the allocation is read per object from the object map (fast-diff), not
@@ -265,6 +269,33 @@ def _store_error(
     if op == "read":
         return MediumReadError(err, where, op, offset, length)
     return MediumWriteError(err, where, op, offset, length)
+
+
+async def _on_thread(fn: Callable[[], T], undo: Callable[[T], object] | None = None) -> T:
+    """``fn()``, a blocking librbd job, run on a worker thread. A cancel does not stop a
+    thread: cancelled, this still waits for the job to end (and then runs ``undo`` on
+    its result, if it succeeded) before it raises CancelledError, so nothing of the job
+    runs once the caller is told it stopped, and the caller may close the image."""
+    loop = asyncio.get_running_loop()
+    job = loop.run_in_executor(None, fn)
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        await _outlast(job)
+        if undo is not None and job.exception() is None:
+            cleanup = loop.run_in_executor(None, undo, job.result())
+            await _outlast(cleanup)
+            if cleanup.exception() is not None:
+                log.warning("undoing a cancelled librbd job failed: %s", cleanup.exception())
+        raise
+
+
+async def _outlast(job: asyncio.Future[object]) -> None:
+    """Wait for ``job`` to end, however often the waiter is cancelled meanwhile (the
+    caller raises CancelledError afterwards)."""
+    while not job.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({job})
 
 
 def _buffer_address(data: bytes | bytearray | memoryview) -> tuple[int, object]:
@@ -694,8 +725,8 @@ class RbdImage:
         """Take snapshot ``name`` of the image and open it: the image as it is now, read
         only, whatever is written afterwards. librbd holds writes back while it takes it.
 
-        Cancelled (the pair stopping), it still waits for the worker thread, which a cancel
-        does not stop, and removes the snapshot it made: nothing names it yet."""
+        Cancelled (the pair stopping), it still waits for the worker thread and removes
+        the snapshot it made: nothing names it yet."""
         image = self._image
         spec = replace(self.spec, snapshot=name, create_size=None)
 
@@ -704,33 +735,36 @@ class RbdImage:
             try:
                 return RbdImage(spec, read_only=True)
             except BaseException:
-                lib().rbd_snap_remove(image, name.encode())
+                self._remove_snapshot(image, name)
                 raise
 
-        job = asyncio.get_running_loop().run_in_executor(None, take)
-        try:
-            return await asyncio.shield(job)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await self.thaw(await job, name)
-            raise
+        def undo(frozen: RbdImage) -> None:
+            frozen.close()
+            self._remove_snapshot(image, name)
+
+        return await _on_thread(take, undo)
 
     async def open_frozen(self, name: str) -> RbdImage:
-        """Open snapshot ``name``, taken by :meth:`freeze` (after a restart)."""
+        """Open snapshot ``name``, taken by :meth:`freeze` (after a restart). Cancelled,
+        it closes the view it opened before it returns."""
         spec = replace(self.spec, snapshot=name, create_size=None)
-        return await asyncio.get_running_loop().run_in_executor(
-            None, lambda: RbdImage(spec, read_only=True)
-        )
+        return await _on_thread(lambda: RbdImage(spec, read_only=True), RbdImage.close)
 
     async def thaw(self, frozen: RbdImage | None, name: str) -> None:
-        """Close ``frozen`` (if open) and remove snapshot ``name`` (gone already: fine)."""
-        loop = asyncio.get_running_loop()
+        """Close ``frozen`` (if open) and remove snapshot ``name`` (gone already: fine).
+        Cancelled, it returns only once the close or removal under way has ended (the
+        snapshot is then either gone or still there, never half removed as the image
+        closes)."""
         if frozen is not None:
             await frozen.aclose()
         image = self._image
-        ret = await loop.run_in_executor(None, lambda: lib().rbd_snap_remove(image, name.encode()))
+        ret = await _on_thread(lambda: self._remove_snapshot(image, name))
         if ret != -errno.ENOENT:
             check(ret, "rbd_snap_remove")
+
+    def _remove_snapshot(self, image: c_void_p, name: str) -> int:
+        """Remove snapshot ``name`` of ``image`` (blocking: on a worker thread)."""
+        return int(lib().rbd_snap_remove(image, name.encode()))
 
     async def snapshot_names(self) -> list[str]:
         """The names of the image's snapshots."""
@@ -748,7 +782,7 @@ class RbdImage:
             lib().rbd_snap_list_end(table)
             return found
 
-        return await asyncio.get_running_loop().run_in_executor(None, names)
+        return await _on_thread(names)
 
     # -- the exclusive lock (two gateways, one image) ------------------------------------
     async def acquire_lock(self) -> None:
@@ -834,7 +868,7 @@ class RbdImage:
         if self._efd >= 0 and self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self._efd)
         self._loop = None
-        await asyncio.get_running_loop().run_in_executor(None, self.close)
+        await _on_thread(self.close)
 
     def close(self) -> None:
         """Close the image (blocking: librbd flushes and releases its lock)."""

@@ -9,7 +9,9 @@ import asyncio
 import os
 import random
 import signal
+import threading
 import time
+from ctypes import c_void_p
 from pathlib import Path
 
 from ceph_fixtures import (
@@ -261,3 +263,84 @@ def test_a_stray_split_snapshot_is_removed_when_the_pair_starts(
         ceph_cluster.rbd("snap", "create", f"{ceph_cluster.pool}/{src_name}@{name}")
     asyncio.run(run(create=False))
     assert snapshots(ceph_cluster, src_name) == ["kept-by-the-user"]
+
+
+class _SlowRemovalImage(RbdImage):
+    """An image whose snapshot removals take half a second longer (on the worker thread,
+    before librbd's own), and that notes when the last one ended."""
+
+    def __init__(self, spec: RbdSpec) -> None:
+        super().__init__(spec)
+        self.removing = threading.Event()
+        self.removed = threading.Event()
+
+    def _remove_snapshot(self, image: c_void_p, name: str) -> int:
+        self.removing.set()
+        time.sleep(0.5)
+        try:
+            return super()._remove_snapshot(image, name)
+        finally:
+            self.removed.set()
+
+
+def test_a_stop_while_the_snapshot_is_removed_waits_for_the_removal(
+    ceph_cluster: CephCluster, new_image: ImageFactory, tmp_path: Path
+) -> None:
+    """A resync removes the split snapshot in the background; a stop in the middle
+    returns only once the removal has ended (the caller closes the image next: a removal
+    still running on its thread would use a closed image), and the next start forgets
+    the snapshot's name."""
+    src_name, tgt_name = new_image("8M"), new_image("8M")
+    conf = str(ceph_cluster.conf)
+
+    async def scenario() -> tuple[str | None, bool]:
+        src = _SlowRemovalImage(RbdSpec(pool=ceph_cluster.pool, image=src_name, ceph_conf=conf))
+        tgt = RbdImage(RbdSpec(pool=ceph_cluster.pool, image=tgt_name, ceph_conf=conf))
+        manager = PairManager(tmp_path, PairSettings(chunk_size=CHUNK, copy_rate=1))
+        manager.register_volume(PairVolume("b/src", src))
+        manager.register_volume(PairVolume("b/tgt", tgt))
+        removing_at_stop = False
+        try:
+            await manager.volumes["b/src"].write(0, bytes(range(256)) * 4096)
+            await manager.create("p", "b/src", "b/tgt")
+            await manager.split("p")
+            pair = manager.get("p")
+            for _ in range(200):
+                if pair._frozen is not None:
+                    break
+                await asyncio.sleep(0.05)
+            name = pair.split_snapshot
+            await manager.resync("p")
+            await asyncio.to_thread(src.removing.wait, 30)
+        finally:
+            await manager.stop()
+            removing_at_stop = not src.removed.is_set()
+            src.removed.wait(30)  # never close the image under a removal (a crash)
+            src.close()
+            tgt.close()
+        return name, removing_at_stop
+
+    name, removing_at_stop = asyncio.run(scenario())
+    assert name is not None
+    assert not removing_at_stop
+    assert snapshots(ceph_cluster, src_name) == []
+
+    async def restart() -> str | None:
+        src = RbdImage(RbdSpec(pool=ceph_cluster.pool, image=src_name, ceph_conf=conf))
+        tgt = RbdImage(RbdSpec(pool=ceph_cluster.pool, image=tgt_name, ceph_conf=conf))
+        manager = PairManager(tmp_path, PairSettings(chunk_size=CHUNK))
+        manager.register_volume(PairVolume("b/src", src))
+        manager.register_volume(PairVolume("b/tgt", tgt))
+        try:
+            await manager.start()
+            await manager.wait("p", VolumeState.DUPLEX, timeout=120)
+            pair = manager.get("p")
+            await asyncio.gather(*pair._snapshot_tasks)
+            return pair.split_snapshot
+        finally:
+            await manager.stop()
+            src.close()
+            tgt.close()
+
+    assert asyncio.run(restart()) is None
+    assert snapshots(ceph_cluster, src_name) == []
