@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from ctypes import CFUNCTYPE, byref, c_int, c_uint64, c_void_p
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from backing.errors import MediumReadError, MediumWriteError, SpaceExhausted, StoreError
 from backing.malloc_threshold import LIBRBD_THRESHOLD, fix_mmap_threshold
@@ -290,7 +290,7 @@ async def _on_thread(fn: Callable[[], T], undo: Callable[[T], object] | None = N
         raise
 
 
-async def _outlast(job: asyncio.Future[object]) -> None:
+async def _outlast(job: asyncio.Future[Any]) -> None:
     """Wait for ``job`` to end, however often the waiter is cancelled meanwhile (the
     caller raises CancelledError afterwards)."""
     while not job.done():
