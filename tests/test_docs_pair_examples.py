@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 from conftest import REPO, DaemonFactory
+from pair_scsi import BlockClient
 
 DOC = REPO / "docs" / "pairs.md"
 IQN = "iqn.2026-11.org.targetd:docs"
@@ -84,3 +86,25 @@ def test_the_targetctl_pair_and_group_examples_run_as_written(
     assert daemon.targetctl("group", "status", "db").returncode != 0
     for name in GROUP_PAIRS:
         assert daemon.targetctl_json("pair", "status", name)["group"] is None
+
+
+def test_the_pair_in_example_reads_the_whole_status(targetd_factory: DaemonFactory) -> None:
+    """The page's PAIR IN line asks for as many bytes as its CDB allows, and that is all of
+    the status data the table describes (bytes 0-135, the secondaries' LUNs included)."""
+    line = next(
+        line
+        for line in DOC.read_text().splitlines()
+        if line.startswith("sg_raw -r ") and " c5 " in line
+    )
+    words = shlex.split(line)
+    length, cdb = int(words[2]), bytes(int(w, 16) for w in words[4:])
+    assert int.from_bytes(cdb[10:14], "big") == length
+    daemon = targetd_factory(CONFIG)
+    assert daemon.targetctl("pair", "create", "db", "0", "1").returncode == 0
+    client = BlockClient(daemon.port, IQN)
+    try:
+        status = client.ok(cdb, lun=0, read=length)
+    finally:
+        client.close()
+    assert len(status) == length == int.from_bytes(status[0:2], "big") + 2
+    assert (status[128], status[130:136]) == (1, bytes([0, 1, 0xFF, 0xFF, 0xFF, 0xFF]))
