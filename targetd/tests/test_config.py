@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -181,6 +182,30 @@ def test_docs_example_loads(tmp_path: Path) -> None:
     example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
     config = load(tmp_path, example)
     assert config.targets and config.portals
+
+
+def _docs_configurations() -> list[tuple[str, str]]:
+    """(page#n, text) of every ```toml block in docs/ that is a whole configuration."""
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    found = []
+    for page in sorted(docs.glob("*.md")):
+        blocks = re.findall(r"^```toml\n(.*?)^```", page.read_text(), re.S | re.M)
+        for n, block in enumerate(blocks):
+            if re.search(r"^\[\[target\]\]", block, re.M):
+                found.append((f"{page.name}#{n}", block))
+    return found
+
+
+@pytest.mark.parametrize(("where", "text"), _docs_configurations())
+def test_every_whole_configuration_in_the_docs_loads(tmp_path: Path, where: str, text: str) -> None:
+    """A user copies these as they are (docs/rbd.md's RBD LUNs, docs/backup.md's pair, ...)."""
+    config = load(tmp_path, text)
+    assert config.targets, where
+
+
+def test_the_docs_show_whole_configurations() -> None:
+    pages = {where.split("#")[0] for where, _ in _docs_configurations()}
+    assert {"config.md", "rbd.md", "backup.md"} <= pages
 
 
 @pytest.mark.parametrize(
