@@ -23,7 +23,9 @@ from targetd.config import (
     Portal,
     check_images,
     default_config,
+    parse_config_text,
     parse_hostport,
+    read_config,
     resolve_workers,
 )
 from targetd.copy_ops import CopyOperations
@@ -34,7 +36,7 @@ from targetd.operations import Operations
 from targetd.pair_admin import PairAdmin
 from targetd.pairs import pair_settings
 from targetd.server import TargetServer
-from targetd.workers import families_to_json, socket_name, worker_config
+from targetd.workers import families_to_json, socket_name, worker_config, write_snapshot
 
 log = logging.getLogger("targetd")
 
@@ -43,12 +45,13 @@ EXIT_CONFIG = 2
 DRAIN_SECONDS = 10.0
 
 
-def _load(args: argparse.Namespace) -> Config:
+def _load(args: argparse.Namespace, text: bytes | None = None) -> Config:
+    """The configuration: ``--config``'s file, or ``text`` as that file's content."""
     state_dir = Path(args.state_dir) if args.state_dir else None
     if args.config:
-        from targetd.config import load_config
-
-        config = load_config(Path(args.config), state_dir=state_dir)
+        path = Path(args.config)
+        data = read_config(path) if text is None else text
+        config = parse_config_text(data, path, state_dir=state_dir)
     else:
         config = default_config(state_dir or DEFAULT_STATE_DIR)
     if args.listen is not None:
@@ -232,17 +235,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logs.setup(args.log_level, args.log_format, sys.stderr)
     role = None
+    snapshot: Path | None = None
     if args.worker:
         spec = json.loads(args.worker)
         role = WorkerRole(int(spec["index"]), [str(t) for t in spec["targets"]])
+        snapshot = Path(spec["config"])
         logs.PROCESS_FIELDS["worker"] = role.index
         # The portal passes its own arguments on: a worker's are the same plus --worker.
         argv = argv[: argv.index("--worker")]
 
+    # A portal (workers > 1 at its start) keeps what it loaded where its workers read it.
+    portal_state: list[Path] = []
+
     def load() -> Config:
-        config = _load(args)
         if role is not None:
-            return worker_config(config, role.targets)
+            text = read_config(snapshot) if args.config and snapshot is not None else None
+            return worker_config(_load(args, text), role.targets)
+        text = read_config(Path(args.config)) if args.config else None
+        config = _load(args, text)
+        if not portal_state and config.workers > 1:
+            portal_state.append(config.state_dir)  # a reload keeps the state dir
+        if portal_state and text is not None:
+            try:
+                write_snapshot(portal_state[0], text)
+            except OSError as err:
+                why = f"cannot keep the loaded configuration: {err}"
+                raise ConfigError("state_dir", why) from err
         return config
 
     try:

@@ -215,14 +215,24 @@ def check_images(config: Config) -> None:
                 )
 
 
-def load_config(path: Path, *, state_dir: Path | None = None) -> Config:
-    """Read and validate a TOML configuration file; raises :class:`ConfigError`."""
-    path = Path(path)
+def read_config(path: Path) -> bytes:
+    """The text of a configuration file; raises :class:`ConfigError` if it cannot be read."""
     try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
+        return Path(path).read_bytes()
     except OSError as e:
         raise ConfigError("config", f"cannot read {path}: {e.strerror or e}") from e
-    except tomllib.TOMLDecodeError as e:
+
+
+def parse_config_text(data: bytes, path: Path, *, state_dir: Path | None = None) -> Config:
+    """Validate the text of the file ``path`` (relative paths in it are from its folder)."""
+    path = Path(path)
+    try:
+        parsed = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError("config", f"{path} is not valid TOML: {e}") from e
-    return parse_config(data, base_dir=path.parent, state_dir=state_dir)
+    return parse_config(parsed, base_dir=path.parent, state_dir=state_dir)
+
+
+def load_config(path: Path, *, state_dir: Path | None = None) -> Config:
+    """Read and validate a TOML configuration file; raises :class:`ConfigError`."""
+    return parse_config_text(read_config(path), path, state_dir=state_dir)

@@ -56,6 +56,24 @@ def socket_name(index: int) -> str:
     return f"worker{index}.sock"
 
 
+# The configuration in force, as the portal last loaded it (at its start or a reload): a
+# worker reads this, never the user's file, so an edit not yet reloaded reaches no worker,
+# not even one started again after a crash.
+CONFIG_SNAPSHOT = "config.loaded.toml"
+
+
+def write_snapshot(state_dir: Path, text: bytes) -> None:
+    """Replace the snapshot at once: a worker starting meanwhile reads the old or the new."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / CONFIG_SNAPSHOT
+    tmp = path.with_name(f".{CONFIG_SNAPSHOT}.{os.getpid()}.tmp")
+    with tmp.open("wb") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 # -- placement ----------------------------------------------------------------------------
 def place(config: Config, previous: dict[str, int] | None = None) -> dict[str, int]:
     """Target name -> worker index. Targets placed before keep their worker (their
@@ -91,8 +109,8 @@ def worker_config(config: Config, targets: Collection[str]) -> Config:
     )
 
 
-def worker_argv(argv: list[str], index: int, targets: Iterable[str]) -> list[str]:
-    spec = json.dumps({"index": index, "targets": list(targets)})
+def worker_argv(argv: list[str], index: int, targets: Iterable[str], snapshot: Path) -> list[str]:
+    spec = json.dumps({"index": index, "targets": list(targets), "config": str(snapshot)})
     return [sys.executable, "-m", "targetd", *argv, "--worker", spec]
 
 
@@ -147,6 +165,7 @@ class Supervisor:
     ) -> None:
         self.argv = argv
         self.config = config
+        self.snapshot = config.state_dir / CONFIG_SNAPSHOT  # a reload keeps the state dir
         self.placement = place(config)
         self.workers = [
             Worker(i, [n for n, w in self.placement.items() if w == i])
@@ -233,7 +252,7 @@ class Supervisor:
         life, held = os.pipe()
         try:
             worker.process = process = await asyncio.create_subprocess_exec(
-                *worker_argv(self.argv, worker.index, worker.targets),
+                *worker_argv(self.argv, worker.index, worker.targets, self.snapshot),
                 stdin=asyncio.subprocess.PIPE,  # closed when we go: the worker stops too
                 stdout=asyncio.subprocess.PIPE,
                 env=env,

@@ -377,3 +377,51 @@ def test_workers_1_is_one_process(targetd_factory: DaemonFactory) -> None:
     snapshot = status(daemon)
     assert "workers" not in snapshot
     assert redirect(daemon, A)[0] == 0  # logs in right here
+
+
+def login_status(port: int, name: str) -> int:
+    """A login straight to a worker's port, without CHAP: its status (0 or 0201h)."""
+    with RawInitiator(port) as ini:
+        return int.from_bytes(ini.login(name).bhs[36:38], "big")
+
+
+def restarted(daemon: Daemon, name: str, pid: int) -> int:
+    """Kill the worker of ``name`` (``pid``) with SIGKILL; its successor's port."""
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        new_pid, port = worker_port(daemon, name)
+        if new_pid != pid:
+            return port
+        time.sleep(0.1)
+    pytest.fail(f"the worker of {name} was not started again:\n{daemon.stderr}")
+
+
+def test_a_restarted_worker_serves_the_loaded_configuration_not_an_unloaded_edit(
+    targetd_factory: DaemonFactory,
+) -> None:
+    daemon = targetd_factory(CONFIG)
+    assert daemon.config is not None
+    pid_a, _ = worker_port(daemon, A)
+    pid_b, port_b = worker_port(daemon, B)
+    # The file is edited, not reloaded: CHAP on both targets.
+    secret = 'chap = { user = "alice", secret = "a-secret-of-12+" }\n'
+    edit = "".join(t.replace("[[target.lun]]", secret + "[[target.lun]]", 1)
+                   for t in (target(A), target(B)))  # fmt: skip
+    daemon.config.write_text("[server]\nworkers = 2\n" + edit)
+    port_a = restarted(daemon, A, pid_a)
+    # A's new worker serves what the portal loaded (no CHAP), as B's worker does and as
+    # `targetctl status` says; not the edit, which no reload has put in force.
+    assert login_status(port_a, A) == 0
+    assert login_status(port_b, B) == 0
+    # The reload puts the edit in force everywhere, and a worker started after it keeps it.
+    proc = subprocess.run(
+        [sys.executable, "-m", "targetd.ctl", "reload", "--json", "--state-dir",
+         str(daemon.state_dir)],
+        cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert login_status(port_a, A) == 0x0201
+    assert login_status(port_b, B) == 0x0201
+    port_b = restarted(daemon, B, pid_b)
+    assert login_status(port_b, B) == 0x0201
