@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from backing.pairs import PairManager, PairService
-from targetd import chap_env, gc_tuning, logs, pair_config
+from targetd import chap_env, gc_tuning, logs, pair_config, reload
 from targetd.config import (
     DEFAULT_STATE_DIR,
     Config,
@@ -36,7 +36,14 @@ from targetd.operations import Operations
 from targetd.pair_admin import PairAdmin
 from targetd.pairs import pair_settings
 from targetd.server import TargetServer
-from targetd.workers import families_to_json, socket_name, worker_config, write_snapshot
+from targetd.workers import (
+    CONFIG_LOADED,
+    CONFIG_STARTED,
+    families_to_json,
+    socket_name,
+    worker_config,
+    write_snapshot,
+)
 
 log = logging.getLogger("targetd")
 
@@ -72,6 +79,15 @@ def _load(args: argparse.Namespace, text: bytes | None = None) -> Config:
             raise ConfigError("--metrics", f"expected HOST:PORT, got {args.metrics!r}")
         config = replace(config, metrics_listen=parse_hostport(args.metrics, "--metrics"))
     return config
+
+
+def _load_as_portal_did(args: argparse.Namespace, texts: Path | None) -> Config:
+    """A worker's configuration: the text its portal started with, and the one it loaded
+    last applied to it as a reload (the file itself may hold an edit not reloaded)."""
+    if not args.config or texts is None:
+        return _load(args)
+    started = _load(args, read_config(texts / CONFIG_STARTED))
+    return reload.plan(started, _load(args, read_config(texts / CONFIG_LOADED))).config
 
 
 @dataclass
@@ -235,11 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logs.setup(args.log_level, args.log_format, sys.stderr)
     role = None
-    snapshot: Path | None = None
+    texts: Path | None = None  # a worker's: where its portal keeps what it loaded
     if args.worker:
         spec = json.loads(args.worker)
         role = WorkerRole(int(spec["index"]), [str(t) for t in spec["targets"]])
-        snapshot = Path(spec["config"])
+        texts = Path(spec["texts"])
         logs.PROCESS_FIELDS["worker"] = role.index
         # The portal passes its own arguments on: a worker's are the same plus --worker.
         argv = argv[: argv.index("--worker")]
@@ -249,15 +265,17 @@ def main(argv: list[str] | None = None) -> int:
 
     def load() -> Config:
         if role is not None:
-            text = read_config(snapshot) if args.config and snapshot is not None else None
-            return worker_config(_load(args, text), role.targets)
+            return worker_config(_load_as_portal_did(args, texts), role.targets)
         text = read_config(Path(args.config)) if args.config else None
         config = _load(args, text)
-        if not portal_state and config.workers > 1:
+        first = not portal_state and config.workers > 1
+        if first:
             portal_state.append(config.state_dir)  # a reload keeps the state dir
         if portal_state and text is not None:
+            names = (CONFIG_STARTED, CONFIG_LOADED) if first else (CONFIG_LOADED,)
             try:
-                write_snapshot(portal_state[0], text)
+                for name in names:
+                    write_snapshot(portal_state[0] / name, text)
             except OSError as err:
                 why = f"cannot keep the loaded configuration: {err}"
                 raise ConfigError("state_dir", why) from err

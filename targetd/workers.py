@@ -56,17 +56,19 @@ def socket_name(index: int) -> str:
     return f"worker{index}.sock"
 
 
-# The configuration in force, as the portal last loaded it (at its start or a reload): a
-# worker reads this, never the user's file, so an edit not yet reloaded reaches no worker,
-# not even one started again after a crash.
-CONFIG_SNAPSHOT = "config.loaded.toml"
+# The configuration texts the portal loaded, which its workers read, never the user's file,
+# so an edit not yet reloaded reaches no worker, not even one started again after a crash:
+# the text at the portal's start, and the last loaded (at its start or a reload). A worker
+# starts from the first and applies the last as a reload would (targetd.reload), so what
+# only a restart changes (portals, limits) stays as the portal and its siblings run it.
+CONFIG_STARTED = "config.started.toml"
+CONFIG_LOADED = "config.loaded.toml"
 
 
-def write_snapshot(state_dir: Path, text: bytes) -> None:
-    """Replace the snapshot at once: a worker starting meanwhile reads the old or the new."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / CONFIG_SNAPSHOT
-    tmp = path.with_name(f".{CONFIG_SNAPSHOT}.{os.getpid()}.tmp")
+def write_snapshot(path: Path, text: bytes) -> None:
+    """Replace ``path`` at once: a worker starting meanwhile reads the old or the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("wb") as f:
         f.write(text)
         f.flush()
@@ -109,8 +111,9 @@ def worker_config(config: Config, targets: Collection[str]) -> Config:
     )
 
 
-def worker_argv(argv: list[str], index: int, targets: Iterable[str], snapshot: Path) -> list[str]:
-    spec = json.dumps({"index": index, "targets": list(targets), "config": str(snapshot)})
+def worker_argv(argv: list[str], index: int, targets: Iterable[str], texts: Path) -> list[str]:
+    """``texts``: the folder of CONFIG_STARTED and CONFIG_LOADED."""
+    spec = json.dumps({"index": index, "targets": list(targets), "texts": str(texts)})
     return [sys.executable, "-m", "targetd", *argv, "--worker", spec]
 
 
@@ -165,7 +168,7 @@ class Supervisor:
     ) -> None:
         self.argv = argv
         self.config = config
-        self.snapshot = config.state_dir / CONFIG_SNAPSHOT  # a reload keeps the state dir
+        self.texts = config.state_dir  # a reload keeps the state dir
         self.placement = place(config)
         self.workers = [
             Worker(i, [n for n, w in self.placement.items() if w == i])
@@ -252,7 +255,7 @@ class Supervisor:
         life, held = os.pipe()
         try:
             worker.process = process = await asyncio.create_subprocess_exec(
-                *worker_argv(self.argv, worker.index, worker.targets, self.snapshot),
+                *worker_argv(self.argv, worker.index, worker.targets, self.texts),
                 stdin=asyncio.subprocess.PIPE,  # closed when we go: the worker stops too
                 stdout=asyncio.subprocess.PIPE,
                 env=env,

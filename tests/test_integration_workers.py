@@ -404,10 +404,11 @@ def test_a_restarted_worker_serves_the_loaded_configuration_not_an_unloaded_edit
     assert daemon.config is not None
     pid_a, _ = worker_port(daemon, A)
     pid_b, port_b = worker_port(daemon, B)
-    # The file is edited, not reloaded: CHAP on both targets.
+    # The file is edited, not reloaded: CHAP on both targets, and B's LUN grown (which a
+    # reload refuses: a resize needs a restart).
     secret = 'chap = { user = "alice", secret = "a-secret-of-12+" }\n'
     edit = "".join(t.replace("[[target.lun]]", secret + "[[target.lun]]", 1)
-                   for t in (target(A), target(B)))  # fmt: skip
+                   for t in (target(A), target(B).replace("64MiB", "128MiB")))  # fmt: skip
     daemon.config.write_text("[server]\nworkers = 2\n" + edit)
     port_a = restarted(daemon, A, pid_a)
     # A's new worker serves what the portal loaded (no CHAP), as B's worker does and as
@@ -421,7 +422,12 @@ def test_a_restarted_worker_serves_the_loaded_configuration_not_an_unloaded_edit
         cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["refused"] == [f"target {B}: lun 0 changed: needs a restart"]
     assert login_status(port_a, A) == 0x0201
     assert login_status(port_b, B) == 0x0201
+    # A worker started after the reload takes what it applied, CHAP, and keeps what it
+    # refused, the size, as its running sibling and the portal do.
     port_b = restarted(daemon, B, pid_b)
     assert login_status(port_b, B) == 0x0201
+    url = f"iscsi://alice%a-secret-of-12+@{daemon.portal}/{B}/0"
+    assert f"Total size:{64 << 20}\n" in run("iscsi-readcapacity16", url).stdout
