@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from ctypes import CFUNCTYPE, byref, c_int, c_uint64, c_void_p
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from backing.errors import MediumReadError, MediumWriteError, SpaceExhausted, StoreError
 from backing.malloc_threshold import LIBRBD_THRESHOLD, fix_mmap_threshold
@@ -51,6 +51,7 @@ from backing.rbd_lib import (
     mon_command,
 )
 from backing.sparse_file import Extent
+from backing.threads import outlast
 
 log = logging.getLogger("targetd.rbd")
 
@@ -279,23 +280,17 @@ async def _on_thread(fn: Callable[[], T], undo: Callable[[T], object] | None = N
     loop = asyncio.get_running_loop()
     job = loop.run_in_executor(None, fn)
     try:
-        return await asyncio.shield(job)
+        return await outlast(job)
     except asyncio.CancelledError:
-        await _outlast(job)
         if undo is not None and job.exception() is None:
             cleanup = loop.run_in_executor(None, undo, job.result())
-            await _outlast(cleanup)
-            if cleanup.exception() is not None:
-                log.warning("undoing a cancelled librbd job failed: %s", cleanup.exception())
+            try:
+                await outlast(cleanup)
+            except asyncio.CancelledError:
+                pass  # cancelled again: it has ended all the same, and this one raises
+            except Exception as err:
+                log.warning("undoing a cancelled librbd job failed: %s", err)
         raise
-
-
-async def _outlast(job: asyncio.Future[Any]) -> None:
-    """Wait for ``job`` to end, however often the waiter is cancelled meanwhile (the
-    caller raises CancelledError afterwards)."""
-    while not job.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait({job})
 
 
 def _buffer_address(data: bytes | bytearray | memoryview) -> tuple[int, object]:
