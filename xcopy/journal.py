@@ -27,11 +27,10 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from backing.threads import outlast
+from backing.threads import Lane, outlast
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ class CopyJournal:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._lane: ThreadPoolExecutor | None = None
+        self._lane = Lane("copy-journal")
         self._last: asyncio.Future[None] | None = None
 
     def _path(self, initiator: str, list_id: int) -> Path:
@@ -74,19 +73,15 @@ class CopyJournal:
             await outlast(self._last)
 
     def close(self) -> None:
-        if self._lane is not None:
-            self._lane.shutdown(wait=True)
-            self._lane = None
+        self._lane.shutdown(wait=True)
 
     def _post(self, fn: Callable[..., None], *args: Any) -> asyncio.Future[None] | None:
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:
             fn(*args)
             return None
-        if self._lane is None:
-            self._lane = ThreadPoolExecutor(1, thread_name_prefix="copy-journal")
-        future = loop.run_in_executor(self._lane, fn, *args)
+        future = self._lane.submit(fn, *args)
         future.add_done_callback(_log_failure)
         self._last = future
         return future

@@ -39,9 +39,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from backing.threads import Lane
 from scsi.watch_fence import fence_watch, naming
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class SharedCopies:
         except BaseException:
             obj.close()
             raise
-        self._lane = ThreadPoolExecutor(1, thread_name_prefix="copy-records")
+        self._lane = Lane("copy-records")
 
     # -- the gateway running a copy -----------------------------------------------------
     def _answer(self, _notifier: int, payload: bytes) -> bytes:
@@ -222,8 +222,7 @@ class SharedCopies:
                 self.live[key] = record
             else:
                 self.live.pop(key, None)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._lane, self._write, key, record)
+        return await self._lane.run(self._write, key, record)
 
     def _write(self, key: str, record: dict[str, Any] | None) -> bool:
         while True:
@@ -253,7 +252,7 @@ class SharedCopies:
         key = key_of(initiator_port, list_id)
         with self._live_lock:
             self.live.pop(key, None)
-        await asyncio.get_running_loop().run_in_executor(self._lane, self._write, key, None)
+        await self._lane.run(self._write, key, None)
 
     # -- a gateway asked about a copy it does not know ----------------------------------
     async def lookup(self, initiator_port: str, list_id: int) -> dict[str, Any] | None:

@@ -1,10 +1,11 @@
 """What every on-disk (or in-cluster) pair record shares: the lane its blocking writes
 run on, and the checksummed slot its small headers are written in.
 
-A :class:`Lane` is one thread of a record (a pair file has two: header and bitmap pages;
-a group split record one): its writes and syncs run there in order, never on the event
-loop and never queued behind data I/O on the loop's shared executor (chunk copies, a
-target's flush), and a call runs to its end even when its caller is cancelled.
+A :class:`~backing.threads.Lane` is one thread of a record (a pair file has two: header
+and bitmap pages; a group split record one): its writes and syncs run there in order,
+never on the event loop and never queued behind data I/O on the loop's shared executor
+(chunk copies, a target's flush), and a call runs to its end even when its caller is
+cancelled.
 
 A slot is ``magic, seq u64, length u32, crc32 u32, JSON``, padded to a fixed size; two
 of them alternate by sequence number, so a torn write leaves the previous one in force.
@@ -12,37 +13,14 @@ of them alternate by sequence number, so a torn write leaves the previous one in
 
 from __future__ import annotations
 
-import asyncio
 import json
 import struct
 import zlib
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
-from backing.threads import outlast
+from backing.threads import Lane
 
-T = TypeVar("T")
 SLOT_HEAD = struct.Struct(">8sQII")
-
-
-class Lane:
-    """One thread for a record's blocking calls, made on first use."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._pool: ThreadPoolExecutor | None = None
-
-    async def run(self, call: Callable[..., T], *args: Any) -> T:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix=self.name)
-        loop = asyncio.get_running_loop()
-        return await outlast(loop.run_in_executor(self._pool, call, *args))
-
-    def shutdown(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
-            self._pool = None
 
 
 def encode_slot(magic: bytes, seq: int, value: Any, size: int, what: str) -> bytes:

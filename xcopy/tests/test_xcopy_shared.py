@@ -139,3 +139,46 @@ def test_a_copy_whose_gateway_stopped_answering_fails_on_both(tmp_path: Path) ->
         rb.close()
 
     asyncio.run(main())
+
+
+class _GatedObject(MemoryObject):
+    """An object whose writes, once ``armed``, wait for ``gate`` (a slow cluster)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        super().__init__(cluster)
+        self.armed = False
+        self.writing, self.gate = threading.Event(), threading.Event()
+
+    def replace(self, expected: int, version: int, body: bytes) -> bool:
+        if self.armed:
+            self.writing.set()
+            self.gate.wait(10)
+        return super().replace(expected, version, body)
+
+
+def test_a_cancelled_publish_returns_once_its_write_has_landed() -> None:
+    """A copy's record write cannot be stopped half way on its thread: a cancelled
+    publish (the copy aborted) returns only after it, so nothing writes the object once
+    the caller has moved on (to closing it, or to a newer record)."""
+    cluster = Cluster()
+
+    async def scenario() -> bool:
+        obj = _GatedObject(cluster)
+        records = SharedCopies(obj, LOST)
+        obj.armed = True
+        record = {"initiator": NEXUS.initiator_port, "list_id": 7, "state": "running"}
+        task = asyncio.ensure_future(records.publish(record))
+        await asyncio.to_thread(obj.writing.wait, 10)
+        task.cancel()
+        await asyncio.sleep(0.2)
+        returned_under_write = task.done()
+        obj.gate.set()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        records.close()
+        return returned_under_write
+
+    assert asyncio.run(scenario()) is False
+    assert b'"list_id": 7' in cluster.body
