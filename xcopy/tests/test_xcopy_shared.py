@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from helpers_xcopy import NEXUS, cscd, extended_copy, make_target, send
 from xcopy_lists import lid4, rcr_cdb, seg_b2b, seg_b2s
 
@@ -173,10 +174,8 @@ def test_a_cancelled_publish_returns_once_its_write_has_landed() -> None:
         await asyncio.sleep(0.2)
         returned_under_write = task.done()
         obj.gate.set()
-        try:
+        with pytest.raises(asyncio.CancelledError):
             await task
-        except asyncio.CancelledError:
-            pass
         records.close()
         return returned_under_write
 
