@@ -114,6 +114,9 @@ _SEQUENCE_NUMBERS = struct.Struct(">III")
 # A SCSI Command's header fields, in one unpack: opcode byte, flags, LUN, ITT, expected
 # data transfer length, CmdSN.
 _SCSI_COMMAND = struct.Struct(">BB6x8sIII").unpack_from
+# What placing a SCSI Command's immediate data needs: flags, data segment length (high byte,
+# low 16 bits), ITT, expected data transfer length.
+_PLACEMENT_FIELDS = struct.Struct(">xB3xBH8xII").unpack_from
 _BAD_FIELD = RejectReason.INVALID_PDU_FIELD
 _RESETS = (
     TmfFunction.LOGICAL_UNIT_RESET,
@@ -557,12 +560,11 @@ class Connection:
     def _placement(self, bhs: bytes) -> memoryview | None:
         """Where the data segment of the PDU with header ``bhs`` should land."""
         op = bhs[0] & 0x3F
-        dlen = P.data_segment_length(bhs)
         if op == Op.SCSI_COMMAND:
-            edtl = int.from_bytes(bhs[20:24], "big")
-            if not bhs[1] & P.FLAG_WRITE or dlen > edtl or edtl > self._max_command:
+            flags, dlen_high, dlen_low, itt, edtl = _PLACEMENT_FIELDS(bhs)
+            dlen = dlen_high << 16 | dlen_low
+            if not flags & P.FLAG_WRITE or dlen > edtl or edtl > self._max_command:
                 return None
-            itt = int.from_bytes(bhs[16:20], "big")
             if itt in self._write_buffers:
                 self._drop_staged(itt)
             if edtl < POOL_MIN_SIZE:  # small: not counted (the hot path of 4 KiB writes)
@@ -575,6 +577,7 @@ class Connection:
             self._write_buffers[itt] = staged
             return memoryview(staged[0])[:dlen]
         if op == Op.DATA_OUT:
+            dlen = P.data_segment_length(bhs)
             # Only a Data-Out that continues its burst exactly may land in the command's
             # buffer: a stray one must be refused without having overwritten data already
             # received. (A command still in this same batch of PDUs is not known yet: its

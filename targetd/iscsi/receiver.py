@@ -150,7 +150,7 @@ class PduReceiver:
                 # RFC 7143 6.7: a header that fails its digest cannot frame the stream.
                 self._fail(DigestError("header digest mismatch", bhs=bhs, fatal=True))
                 return
-            ahs = bytes(buf[s + BHS_LEN : s + BHS_LEN + ahs_len])
+            ahs = bytes(buf[s + BHS_LEN : s + BHS_LEN + ahs_len]) if ahs_len else b""
             dlen = (bhs[5] << 16) | (bhs[6] << 8) | bhs[7]
             if dlen > self.max_data_length:
                 self._fail(
@@ -161,7 +161,7 @@ class PduReceiver:
                     )
                 )
                 return
-            seg_len = padded(dlen) + (4 if self.data_digest and dlen else 0)
+            seg_len = ((dlen + 3) & ~3) + (4 if self.data_digest and dlen else 0)  # padded()
             dest = self._placement(bhs) if (self._placement and dlen) else None
             if dest is None and dlen >= DIRECT_THRESHOLD and hdr_len + seg_len > len(buf):
                 dest = memoryview(bytearray(dlen))
