@@ -372,19 +372,28 @@ class RbdImage:
     async def reopen(self) -> None:
         """Close the image and open it again as a new client of the cluster (after this
         client was blocklisted: every call of the old one fails with ESHUTDOWN). Requests
-        still in flight on the old image fail first (librbd ends them when it closes)."""
-        loop = asyncio.get_running_loop()
+        still in flight on the old image fail first (librbd ends them when it closes).
+
+        Closing and opening are one job on a worker thread: a cancelled reopen still waits
+        for both, so the image is never left closed (a null image, which any later call,
+        or the next close, would hand librbd) and the old one's requests are always ended."""
         if self._efd >= 0 and self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self._efd)
         self._loop = None
-        await loop.run_in_executor(None, self._teardown)
-        plug, self._plug = self._plug, []
-        for group in [plug, *(group for group, _ in self._pending.values())]:
-            for request in group:
-                request.finish(-errno.ESHUTDOWN)
-        self._pending.clear()
-        self._called_back.clear()
-        await loop.run_in_executor(None, self._open)
+
+        def close_and_open() -> None:
+            self._teardown()
+            self._open()
+
+        try:
+            await _on_thread(close_and_open)
+        finally:
+            plug, self._plug = self._plug, []
+            for group in [plug, *(group for group, _ in self._pending.values())]:
+                for request in group:
+                    request.finish(-errno.ESHUTDOWN)
+            self._pending.clear()
+            self._called_back.clear()
 
     def _open_or_create(self) -> None:
         spec = self.spec
@@ -424,7 +433,7 @@ class RbdImage:
     async def reload_allocation(self) -> None:
         """Read the allocation from the cluster again (after another client wrote)."""
         fresh = Allocation(self.size)
-        await asyncio.get_running_loop().run_in_executor(None, self._read_allocation, fresh)
+        await _on_thread(lambda: self._read_allocation(fresh))
         self.allocation = fresh
 
     # -- completions --------------------------------------------------------------------
@@ -781,20 +790,21 @@ class RbdImage:
 
     # -- the exclusive lock (two gateways, one image) ------------------------------------
     async def acquire_lock(self) -> None:
-        """Take RBD's exclusive lock and keep it (librbd stops handing it over on request)."""
+        """Take RBD's exclusive lock and keep it (librbd stops handing it over on request).
+        Cancelled while librbd takes it, this gives it back before raising: no lock is held
+        that the caller does not know of."""
         image = self._image
-        await asyncio.get_running_loop().run_in_executor(
-            None,
-            lambda: check(
-                lib().rbd_lock_acquire(image, RBD_LOCK_MODE_EXCLUSIVE), "rbd_lock_acquire"
-            ),
-        )
+        await _on_thread(lambda: self._take_lock(image), undo=lambda _: self._release_lock(image))
+
+    def _take_lock(self, image: c_void_p) -> None:
+        check(lib().rbd_lock_acquire(image, RBD_LOCK_MODE_EXCLUSIVE), "rbd_lock_acquire")
+
+    def _release_lock(self, image: c_void_p) -> None:
+        check(lib().rbd_lock_release(image), "rbd_lock_release")
 
     async def release_lock(self) -> None:
         image = self._image
-        await asyncio.get_running_loop().run_in_executor(
-            None, lambda: check(lib().rbd_lock_release(image), "rbd_lock_release")
-        )
+        await _on_thread(lambda: self._release_lock(image))
 
     async def lock_owners(self) -> list[str]:
         """The clients holding the exclusive lock, by address (empty: nobody)."""
@@ -811,18 +821,17 @@ class RbdImage:
             lib().rbd_lock_get_owners_cleanup(table, count.value)
             return found
 
-        return await asyncio.get_running_loop().run_in_executor(None, owners)
+        return await _on_thread(owners)
 
     async def break_lock(self, owner: str) -> None:
         """Take the lock away from ``owner``: the cluster blocklists that client first,
         so nothing it still sends reaches the image."""
         image = self._image
-        await asyncio.get_running_loop().run_in_executor(
-            None,
+        await _on_thread(
             lambda: check(
                 lib().rbd_lock_break(image, RBD_LOCK_MODE_EXCLUSIVE, owner.encode()),
                 "rbd_lock_break",
-            ),
+            )
         )
 
     @property
