@@ -1,7 +1,8 @@
 """A caller cancelled during one of the RBD store's blocking librbd calls (a gateway
 stopping, a takeover timing out) returns only once the call has ended on its worker
 thread, and leaves nothing of it behind: a cancelled lock acquisition gives the lock back
-(docs/rbd.md, "Moving the lock")."""
+(docs/rbd.md, "A cancelled lock call ends first"), and a cancelled reopen leaves the image
+open as the new client."""
 
 from __future__ import annotations
 
@@ -68,3 +69,57 @@ def test_a_cancelled_lock_acquisition_waits_for_librbd_and_gives_the_lock_back(
     assert ended_at_cancel
     assert owners_after == []
     assert owners_then == [other_address]
+
+
+class _SlowOpenImage(RbdImage):
+    """An image whose opens, once ``slow`` is set, take half a second longer (on the worker
+    thread, before librbd's own), and that notes when the last one ended."""
+
+    def __init__(self, spec: RbdSpec) -> None:
+        self.slow = False
+        self.opening = threading.Event()
+        self.opened = threading.Event()
+        super().__init__(spec)
+
+    def _open(self) -> None:
+        if not self.slow:
+            return super()._open()
+        self.opening.set()
+        time.sleep(0.5)
+        try:
+            super()._open()
+        finally:
+            self.opened.set()
+
+
+def test_a_cancelled_reopen_waits_for_librbd_and_leaves_the_image_open(
+    ceph_cluster: CephCluster, new_image: ImageFactory
+) -> None:
+    name = new_image("8M")
+    spec = RbdSpec(pool=ceph_cluster.pool, image=name, ceph_conf=str(ceph_cluster.conf))
+
+    async def scenario() -> tuple[bool, bytes]:
+        image = _SlowOpenImage(spec)
+        try:
+            await image.write(0, b"before" * 512)
+            image.slow = True
+            task = asyncio.create_task(image.reopen())
+            await asyncio.to_thread(image.opening.wait, 30)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            opened_at_cancel = image.opened.is_set()
+            image.opened.wait(30)  # never close the image under an open (a crash)
+            if not opened_at_cancel:
+                return False, b""
+            await image.write(4096, b"after!" * 512)
+            buf = bytearray(2 * 3072 + 1024)
+            await image.read_into(0, memoryview(buf))
+            return True, bytes(buf)
+        finally:
+            image.close()
+
+    opened_at_cancel, data = asyncio.run(scenario())
+    assert opened_at_cancel
+    assert data[:3072] == b"before" * 512
+    assert data[4096 : 4096 + 3072] == b"after!" * 512
