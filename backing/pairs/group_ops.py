@@ -13,6 +13,7 @@ import builtins
 import logging
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
@@ -373,15 +374,7 @@ class GroupOps:
                 await self._roll_back_unanswered(name, pairs)
             glog = await self._group_log(scope, name)
             await self._settled(scope, name)  # the last split's record is written
-            for pair in pairs:
-                try:
-                    next_phase(pair.phase, Event.SPLIT)
-                except PairError as err:
-                    raise PairError(
-                        ErrorCode.WRONG_STATE,
-                        f"group {name!r} not split: pair {pair.name!r}: {err}",
-                        phase=err.phase,
-                    ) from None
+            _every_pair_can(pairs, Event.SPLIT, f"group {name!r} not split")
             when = time.time()
             token = uuid.uuid4().hex
             for pair in pairs:
@@ -459,14 +452,17 @@ class GroupOps:
 
     async def _reverse_resync_group(self, name: str, scope: str) -> builtins.list[Pair]:
         pairs = [await self.shared.here(p) for p in self.group_pairs(name, scope)]
-        for pair in pairs:
-            try:
-                next_phase(pair.phase, Event.REVERSE)
-            except PairError as err:
-                raise PairError(
-                    ErrorCode.WRONG_STATE,
-                    f"group {name!r} not restored: pair {pair.name!r}: {err}",
-                    phase=err.phase,
-                ) from None
+        _every_pair_can(pairs, Event.REVERSE, f"group {name!r} not restored")
         await asyncio.gather(*(pair.reverse_resync() for pair in pairs))
         return pairs
+
+
+def _every_pair_can(pairs: Iterable[Pair], event: Event, refusal: str) -> None:
+    """Checks every member before any changes: a group acts on all its pairs or on none."""
+    for pair in pairs:
+        try:
+            next_phase(pair.phase, event)
+        except PairError as err:
+            raise PairError(
+                ErrorCode.WRONG_STATE, f"{refusal}: pair {pair.name!r}: {err}", phase=err.phase
+            ) from None
