@@ -54,6 +54,10 @@ def rewrite(image: Path, record: int, change: bytes, at: int, *, keep_crc: bool)
     offset, length = records(image)[record]
     with image.open("r+b") as f:
         f.seek(offset + at)
+        # A "change" equal to the bytes already there would leave the tape intact and the
+        # test checking nothing (random data makes that 1 in 256 for a one-byte write).
+        assert f.read(len(change)) != change, "the rewrite changes nothing"
+        f.seek(offset + at)
         f.write(change)
         if keep_crc:
             f.seek(offset)
@@ -115,7 +119,7 @@ def test_a_flipped_byte_on_tape_fails_verify_and_restore(targetd_factory: Daemon
         assert restored[2 * MiB + 77] == image[2 * MiB + 77] ^ 0x10
         assert restored[: 2 * MiB] == image[: 2 * MiB]
         # A flip the record's own CRC catches: a medium error, verify fails all the same.
-        rewrite(tape, 5, b"\xff", 0, keep_crc=False)
+        rewrite(tape, 5, bytes([image[4 * MiB] ^ 0xFF]), 0, keep_crc=False)
         bad = tool("verify", daemon.url(TAPE), check=False)
         assert bad.returncode == 1 and "UNRECOVERED READ ERROR" in bad.stderr
     finally:
