@@ -23,6 +23,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from scsi.command import Status
+from scsi.sense import SenseKey, parse_sense
+
 if TYPE_CHECKING:
     from scsi.command import FileRange
 
@@ -44,18 +47,24 @@ LATENCY_BOUNDS_SECONDS = (
     1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 _BOUNDS_NS = tuple(int(b * 1e9) for b in LATENCY_BOUNDS_SECONDS)
+_CHECK_CONDITION = Status.CHECK_CONDITION
+_UNIT_ATTENTION = SenseKey.UNIT_ATTENTION
 
 
 class LunStats:
     """What one LUN has done since the daemon started, by command kind."""
 
-    __slots__ = ("buckets", "bytes", "errors", "latency_ns", "ops")
+    __slots__ = ("attentions", "buckets", "bytes", "errors", "latency_ns", "ops")
 
     def __init__(self) -> None:
         self.ops = [0, 0, 0]
         self.bytes = [0, 0, 0]
         self.latency_ns = [0, 0, 0]
         self.errors = 0
+        # CHECK CONDITIONs with UNIT ATTENTION: protocol events every initiator expects (the
+        # POWER ON/RESET of its first command, a reservation preempted, capacity changed),
+        # counted apart so an admin does not read them as failures.
+        self.attentions = 0
         # One row per kind; the last bucket is +Inf.
         self.buckets = [[0] * (len(_BOUNDS_NS) + 1) for _ in KIND_NAMES]
 
@@ -66,9 +75,11 @@ class LunStats:
         data_in: bytes | bytearray | memoryview | FileRange | None,
         elapsed_ns: int,
         status: int,
+        sense: bytes | None,
     ) -> None:
         """One completed command. Bytes count the payload of READs (Data-In) and WRITEs
-        (Data-Out) only: INQUIRY pages and mode pages are not traffic."""
+        (Data-Out) only: INQUIRY pages and mode pages are not traffic. A status other than
+        GOOD is an error, unless it is a CHECK CONDITION with UNIT ATTENTION sense."""
         kind = OPCODE_KIND[opcode]
         self.ops[kind] += 1
         if kind == READ:
@@ -79,7 +90,10 @@ class LunStats:
         self.latency_ns[kind] += elapsed_ns
         self.buckets[kind][bisect_left(_BOUNDS_NS, elapsed_ns)] += 1
         if status:
-            self.errors += 1
+            if status == _CHECK_CONDITION and sense and parse_sense(sense)[0] == _UNIT_ATTENTION:
+                self.attentions += 1
+            else:
+                self.errors += 1
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -89,6 +103,7 @@ class LunStats:
             "write_bytes": self.bytes[WRITE],
             "other_ops": self.ops[OTHER],
             "errors": self.errors,
+            "attentions": self.attentions,
         }
 
 
@@ -217,7 +232,15 @@ def lun_families(luns: Iterable[tuple[str, int, LunStats]]) -> list[Family]:
         ),
         "ops": Family("targetd_lun_operations_total", "counter", "SCSI commands completed"),
         "errors": Family(
-            "targetd_lun_errors_total", "counter", "Commands that ended in a status other than GOOD"
+            "targetd_lun_errors_total",
+            "counter",
+            "Commands that ended in a status other than GOOD, unit attentions apart",
+        ),
+        "attentions": Family(
+            "targetd_lun_unit_attentions_total",
+            "counter",
+            "CHECK CONDITIONs reporting a UNIT ATTENTION (first command of a nexus, a reset,"
+            " a reservation or capacity change)",
         ),
         "latency": Family(
             "targetd_lun_latency_seconds", "histogram", "Time from dispatch to completion"
@@ -226,6 +249,7 @@ def lun_families(luns: Iterable[tuple[str, int, LunStats]]) -> list[Family]:
     for target, lun, stats in luns:
         base = {"target": target, "lun": str(lun)}
         fams["errors"].add(stats.errors, base)
+        fams["attentions"].add(stats.attentions, base)
         for kind, name in enumerate(KIND_NAMES):
             labels = {**base, "op": name}
             if kind != OTHER:

@@ -294,7 +294,12 @@ class IscsiConnection(asyncio.BufferedProtocol):
         lun_stats = stats.get(command.lun)
         if lun_stats is not None:
             lun_stats.record(
-                command.cdb[0], command.data_out, result.data, _clock() - started, result.status
+                command.cdb[0],
+                command.data_out,
+                result.data,
+                _clock() - started,
+                result.status,
+                result.sense,
             )
         self._running.pop(event.task, None)
         self.conn.scsi_done(event.task, result)

@@ -187,6 +187,31 @@ def test_metrics_endpoint_reports_the_bytes_a_client_wrote(
     assert sample(text, "targetd_event_loop_lag_seconds_bucket", le="+Inf") == probes
 
 
+def test_the_first_command_unit_attention_is_not_an_error(
+    targetd_factory: DaemonFactory,
+) -> None:
+    """``iscsi-ls -s`` gets the POWER ON/RESET unit attention on its first command to the
+    LUN: status and metrics show it as a unit attention, and errors stay 0 until a command
+    really fails."""
+    port = free_port()
+    daemon = targetd_factory(LUN_CONFIG + f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    run("iscsi-ls", "-s", daemon.url(None))
+    (lun,) = daemon.targetctl_json("status")["luns"]
+    assert (lun["stats"]["errors"], lun["stats"]["attentions"]) == (0, 1)
+    assert "errors 0, unit attentions 1" in daemon.targetctl("status").stdout
+    labels = {"target": IQN, "lun": "0"}
+    text = scrape(port)
+    assert sample(text, "targetd_lun_errors_total", **labels) == 0
+    assert sample(text, "targetd_lun_unit_attentions_total", **labels) == 1
+    with logged_in(daemon) as ini:  # one more unit attention, cleared
+        beyond_the_end = bytes([0x28, 0]) + (1 << 20).to_bytes(4, "big") + bytes([0, 0, 1, 0])
+        assert sense_of(ini.command(beyond_the_end, read=512)) == (2, (0x5, 0x21, 0x00))
+        ini.logout()
+    text = scrape(port)
+    assert sample(text, "targetd_lun_errors_total", **labels) == 1
+    assert sample(text, "targetd_lun_unit_attentions_total", **labels) == 2
+
+
 def test_metrics_are_off_by_default(targetd: Daemon) -> None:
     assert "metrics" not in targetd.stderr.replace("targetd.metrics", "")
 

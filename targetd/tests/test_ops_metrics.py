@@ -8,15 +8,16 @@ import time
 
 import pytest
 
+from scsi.sense import Reason, build_sense
 from targetd.metrics import Family, LoopLag, LunStats, Metrics, lun_families, render
 
 
 def test_counts_payload_of_reads_and_writes_only() -> None:
     stats = LunStats()
-    stats.record(0x2A, memoryview(bytes(8192)), None, 40_000, 0)  # WRITE(10)
-    stats.record(0x88, None, bytes(4096), 10_000, 0)  # READ(16)
-    stats.record(0x12, None, bytes(96), 5_000, 0)  # INQUIRY: not traffic
-    stats.record(0x28, None, None, 2_000_000, 2)  # READ(10) that failed
+    stats.record(0x2A, memoryview(bytes(8192)), None, 40_000, 0, None)  # WRITE(10)
+    stats.record(0x88, None, bytes(4096), 10_000, 0, None)  # READ(16)
+    stats.record(0x12, None, bytes(96), 5_000, 0, None)  # INQUIRY: not traffic
+    stats.record(0x28, None, None, 2_000_000, 2, build_sense(Reason.LBA_OUT_OF_RANGE))
     assert stats.as_dict() == {
         "read_ops": 2,
         "read_bytes": 4096,
@@ -24,13 +25,28 @@ def test_counts_payload_of_reads_and_writes_only() -> None:
         "write_bytes": 8192,
         "other_ops": 1,
         "errors": 1,
+        "attentions": 0,
     }
+
+
+def test_unit_attentions_are_counted_apart_from_errors() -> None:
+    """The POWER ON/RESET a nexus gets on its first command is expected, not a failure."""
+    stats = LunStats()
+    stats.record(0xA0, None, None, 5_000, 2, build_sense(Reason.POWER_ON_RESET))  # REPORT LUNS
+    ua = build_sense(Reason.RESERVATIONS_PREEMPTED, descriptor_format=True)
+    stats.record(0x00, None, None, 5_000, 2, ua)  # TEST UNIT READY
+    stats.record(0x28, None, None, 5_000, 2, build_sense(Reason.UNRECOVERED_READ_ERROR))
+    stats.record(0x2A, None, None, 5_000, 0x18, None)  # RESERVATION CONFLICT
+    assert (stats.errors, stats.attentions) == (2, 2)
+    text = render(lun_families([("iqn.2026-11.org.x:t", 0, stats)]))
+    assert 'targetd_lun_errors_total{target="iqn.2026-11.org.x:t",lun="0"} 2' in text
+    assert 'targetd_lun_unit_attentions_total{target="iqn.2026-11.org.x:t",lun="0"} 2' in text
 
 
 def test_histogram_is_cumulative_with_sum_and_count() -> None:
     stats = LunStats()
     for ns in (10_000, 30_000, 30_000, 20_000_000_000):
-        stats.record(0x28, None, bytes(512), ns, 0)
+        stats.record(0x28, None, bytes(512), ns, 0, None)
     text = render(lun_families([("iqn.2026-11.org.x:t", 3, stats)]))
     lines = {line.rsplit(" ", 1)[0]: line.rsplit(" ", 1)[1] for line in text.splitlines()}
     base = 'target="iqn.2026-11.org.x:t",lun="3",op="read"'
