@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -220,9 +221,16 @@ class BlockDevice(LogicalUnit):
         """
         store = self.store
         if isinstance(store, PairVolume):
-            if store.pairs and (store.role is not Role.SOURCE or store.fenced_by() is not None):
+            volume = store
+            if volume.pairs and (volume.role is not Role.SOURCE or volume.fenced_by() is not None):
                 return None
-            store = store.base
+            base = volume.base
+            if not isinstance(base, SparseFile) or not base.cached(offset, length):
+                return None
+            # The volume learns of the READ until the initiator has its bytes: a pair
+            # attached (a creation copy) or a reverse resync begun meanwhile writes the
+            # range only after that.
+            return FileRange(base, offset, length, partial(volume.sending, offset, length))
         if not isinstance(store, SparseFile) or not store.cached(offset, length):
             return None
         return FileRange(store, offset, length)

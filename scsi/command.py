@@ -7,7 +7,7 @@ Nothing here knows which transport carried the command.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, Protocol
 
@@ -76,6 +76,10 @@ class FileRange:
     file: OpenFile
     offset: int
     length: int
+    # Told the READ's hold once it exists (the LU's dispatch calls it): the store whose file
+    # this is, so that what writes the file behind the host's back waits for the bytes to be
+    # sent (backing.pairs.volume.PairVolume.sending). Slices, the transport's, have none.
+    track: Callable[[DataHold], None] | None = field(default=None, compare=False)
 
     def __len__(self) -> int:
         return self.length
@@ -122,6 +126,10 @@ class DataHold(Protocol):
     def release(self) -> None: ...
 
     def on_wanted(self, nudge: Callable[[], None]) -> None: ...
+
+    def want(self) -> None: ...
+
+    def when_released(self, done: Callable[[], None]) -> None: ...
 
 
 @dataclass(slots=True)

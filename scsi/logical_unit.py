@@ -304,7 +304,9 @@ class LogicalUnit:
                 if cmd.file_data_in and result is not None and type(result.data) is FileRange:
                     # Sent from the file later: the task completes when the initiator has
                     # the bytes, not now (scsi/task_set.py, Hold).
-                    result.hold = task_set.hold(cmd.attribute)
+                    hold = result.hold = task_set.hold(cmd.attribute)
+                    if result.data.track is not None:
+                        result.data.track(hold)
                 elif task_set.gated or cmd.attribute & BARRIER_BITS:
                     task_set.finished(cmd.attribute)
                 else:

@@ -46,13 +46,14 @@ class Hold:
     stays in the task set until :meth:`release` (called once the initiator has the data or
     its connection is gone; later calls do nothing)."""
 
-    __slots__ = ("_attribute", "_nudge", "_task_set", "wanted")
+    __slots__ = ("_attribute", "_done", "_nudge", "_task_set", "wanted")
 
     def __init__(self, task_set: TaskSet, attribute: int) -> None:
         self._task_set: TaskSet | None = task_set
         self._attribute = attribute
         self._nudge: Callable[[], None] | None = None
-        self.wanted = False  # a task waits while this is held
+        self._done: Callable[[], None] | None = None
+        self.wanted = False  # a task (or the store's writer) waits while this is held
 
     def release(self) -> None:
         task_set = self._task_set
@@ -62,6 +63,23 @@ class Hold:
         self._nudge = None
         del task_set._holds[self]
         task_set.finished(self._attribute)
+        done = self._done
+        if done is not None:
+            self._done = None
+            done()
+
+    def when_released(self, done: Callable[[], None]) -> None:
+        """Call ``done`` once, at :meth:`release` (at once if released already)."""
+        if self._task_set is None:
+            done()
+        else:
+            self._done = done
+
+    def want(self) -> None:
+        """Something outside the task set waits for this READ to complete (the pair engine,
+        to write its range of the file): get the initiator's acknowledgement soon."""
+        if self._task_set is not None:
+            self._want()
 
     def on_wanted(self, nudge: Callable[[], None]) -> None:
         """The transport's way of getting the initiator's acknowledgement soon (a ping):

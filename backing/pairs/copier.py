@@ -203,6 +203,9 @@ class ChunkCopier:
         a host write spoiled the copy meanwhile."""
         offset, length = self._chunk_span(c)
         try:
+            # A READ answered before the volume became this pair's target (or before a
+            # reverse resync fenced the source) may still be sent from the file.
+            await to.unsent(offset, length)
             if data is None:
                 await to.base.punch_hole(offset, length)
             else:

@@ -242,6 +242,7 @@ class Pair(ChunkCopier, SplitSnapshot):
         whole first, so source holes need no copying. Redone if a crash interrupts it."""
         await self.source.drain()
         await self.target.drain()
+        await self.target.unsent(0, self.size)  # READs of it answered before the attach
         await self.target.base.punch_hole(0, self.size)
         cs = self.chunk_size
         for extent in self.source.base.extents(0, self.size):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from enum import Enum
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from backing.pairs.fanout import primary_write
@@ -44,6 +45,14 @@ class Store(Protocol):
     async def punch_hole(self, offset: int, length: int) -> None: ...
     async def write_zeroes(self, offset: int, length: int) -> None: ...
     def extents(self, offset: int, length: int) -> list[Extent]: ...
+
+
+class SentRead(Protocol):
+    """A READ answered with a range of a volume's file that the transport sends later
+    (sendfile): it has completed once released (scsi.task_set.Hold)."""
+
+    def want(self) -> None: ...
+    def when_released(self, done: Callable[[], None]) -> None: ...
 
 
 class Role(Enum):
@@ -84,6 +93,12 @@ class PairVolume:
         self._generation = 0
         self._in_flight: dict[int, int] = {}
         self._drained: asyncio.Event | None = None
+        # READs answered with a range of the base's file that the initiator may not have yet:
+        # sendfile reads the pages when the socket takes them, and the socket keeps pointing
+        # at them until the initiator has read them, so a write to the range shows in the
+        # READ. The pair engine writes a range of this volume only once none covers it.
+        self._sends: dict[SentRead, tuple[int, int]] = {}
+        self._sent: asyncio.Event | None = None
 
     @property
     def pair(self) -> Pair | None:
@@ -214,6 +229,38 @@ class PairVolume:
             self._drained = asyncio.Event()
             await self._drained.wait()
         self._drained = None
+
+    # -- READs still being sent from the file ---------------------------------------------
+    def sending(self, offset: int, length: int, read: SentRead) -> None:
+        """``[offset, offset+length)`` of the base's file is being sent for ``read``."""
+        self._sends[read] = (offset, offset + length)
+        read.when_released(partial(self._sent_done, read))
+
+    def _sent_done(self, read: SentRead) -> None:
+        del self._sends[read]
+        if self._sent is not None:
+            self._sent.set()
+            self._sent = None
+
+    async def unsent(self, offset: int, length: int) -> None:
+        """Wait until no READ still being sent from the file overlaps ``[offset,
+        offset+length)``; their initiators are asked to acknowledge them now. The pair
+        engine calls it before it writes the base's file. No new such READ begins then: a
+        volume the engine writes is a pair's target or a source being restored, whose
+        READs are read into buffers."""
+        end = offset + length
+        while True:
+            sends = self._sends
+            if not sends:
+                return
+            overlapping = [read for read, (s, e) in sends.items() if s < end and offset < e]
+            if not overlapping:
+                return
+            for read in overlapping:
+                read.want()
+            if self._sent is None:
+                self._sent = asyncio.Event()
+            await self._sent.wait()
 
     def attach(self, pair: Pair, role: Role) -> None:
         if role is Role.TARGET or self.role is Role.TARGET:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from test_sbc_support import NEXUS, make_lu, read10, write10
 
+from backing.pairs import PairVolume
 from backing.sparse_file import SparseFile
 from scsi.block_device import BlockDevice
 from scsi.command import FileRange, ScsiCommand, ScsiResult, Status, TaskAttribute
@@ -265,3 +266,32 @@ def test_reads_the_transport_sends_as_bytes_take_no_hold(
     result = asyncio.run(lu.execute(cmd))
     assert isinstance(result.data, bytearray) and result.hold is None
     assert lu.task_set.active == 0
+
+
+def test_a_pair_volume_learns_of_its_reads_sent_from_the_file(tmp_path: Path) -> None:
+    """A READ of a pair volume answered with a FileRange is known to the volume until its
+    hold is released: the pair engine's write of the range (``unsent``) waits for it and asks
+    the READ's transport for the acknowledgement, as an ORDERED task would."""
+    store = SparseFile(tmp_path / "v.img", 4 * MiB)
+    os.pwrite(store.fd, os.urandom(MiB), 0)
+    lu = BlockDevice(Identity("v"), PairVolume("v", store))
+
+    async def main() -> None:
+        result = await lu.execute(file_read(TaskAttribute.SIMPLE))
+        assert type(result.data) is FileRange and result.hold is not None
+        nudges: list[int] = []
+        result.hold.on_wanted(lambda: nudges.append(1))
+        volume = lu.store
+        assert isinstance(volume, PairVolume)
+        await asyncio.wait_for(volume.unsent(MiB, MiB), 1)  # not the READ's range
+        engine_write = asyncio.ensure_future(volume.unsent(MiB - 512, 4096))
+        await settle()
+        assert not engine_write.done() and nudges == [1]
+        result.hold.release()
+        await asyncio.wait_for(engine_write, 1)
+        assert_idle(lu)
+
+    try:
+        asyncio.run(main())
+    finally:
+        lu.close()
