@@ -92,6 +92,8 @@ def test_inquiry_is_a_removable_tape(tmp_path: Path) -> None:
     lu = make_tape(tmp_path)
     data = good(run(lu, bytes([0x12, 0, 0, 0, 96, 0]))).data
     assert data is not None and data[0] == 0x01 and data[1] == 0x80
+    # SAM-5, iSCSI, SPC-4, SSC-3 (0400h; 0300h would claim SPC-3, as sg_inq and iscsi-inq show)
+    assert bytes(data[58:66]) == bytes.fromhex("00a0 0960 0460 0400")
 
 
 def test_variable_records_and_filemarks_read_back(tmp_path: Path) -> None:
