@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from backing.pairs import PairManager, PairService
-from targetd import chap_env, gc_tuning, logs, pair_config, reload
+from targetd import chap_env, gc_tuning, logs, pair_config, reload, state_lock
 from targetd.config import (
     DEFAULT_STATE_DIR,
     Config,
@@ -105,7 +106,31 @@ async def serve(
     argv: list[str] | None = None,
     worker: WorkerRole | None = None,
 ) -> int:
-    config.state_dir.mkdir(parents=True, exist_ok=True)
+    """Serve until signalled; the exit status. The state directory is this daemon's alone
+    (a worker shares its portal's, which holds the lock)."""
+    try:
+        if worker is None:
+            lock: state_lock.StateLock | None = state_lock.hold(config.state_dir)
+        else:
+            state_lock.prepare(config.state_dir)
+            lock = None
+    except state_lock.StateDirError as err:
+        print(f"targetd: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return await _serve(config, loader=loader, argv=argv, worker=worker)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+async def _serve(
+    config: Config,
+    *,
+    loader: Callable[[], Config] | None,
+    argv: list[str] | None,
+    worker: WorkerRole | None,
+) -> int:
     if worker is None and config.workers > 1:
         from targetd.portal import serve_portal
 
@@ -163,6 +188,9 @@ async def serve(
             await ops.start(socket_name(worker.index), notify=False)
     except OSError as err:
         log.error("cannot listen: %s", err, extra=logs.fields(error=str(err)))
+        # The log line is for the journal; a person at a terminal gets one line that says
+        # what to do (the log may be going to a file or JSON).
+        print(f"targetd: cannot listen: {_why(err)}{_listen_hint(err)}", file=sys.stderr)
         await ops.shutdown(0)
         close_targets(server.scsi_targets())
         return 1
@@ -184,6 +212,18 @@ async def serve(
     close_targets(server.scsi_targets())
     log.info("stopped")
     return 1 if ops.flush_failures else 0
+
+
+def _why(err: OSError) -> str:
+    return err.strerror or str(err)
+
+
+def _listen_hint(err: OSError) -> str:
+    if err.errno == errno.EADDRINUSE:
+        return " (another target, targetd or tgtd, on that port? --listen HOST:PORT picks another)"
+    if err.errno == errno.EADDRNOTAVAIL:
+        return " (no interface of this host has that address)"
+    return ""
 
 
 def _worker_methods(ops: Operations, worker: WorkerRole) -> None:

@@ -81,3 +81,54 @@ def test_port_in_use_fails_with_a_message(targetd: Daemon, tmp_path: Path) -> No
     proc = serve("--listen", targetd.portal, tmp_path=tmp_path)
     assert proc.returncode != 0
     assert str(targetd.port) in proc.stderr, proc.stderr
+    # One line a person reads, besides the log's event (which may be going to the journal).
+    said = [line for line in proc.stderr.splitlines() if line.startswith("targetd: ")]
+    assert said == [
+        "targetd: cannot listen: error while attempting to bind on address "
+        f"('127.0.0.1', {targetd.port}): address already in use (another target, targetd or "
+        "tgtd, on that port? --listen HOST:PORT picks another)"
+    ], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_second_daemon_on_the_same_state_dir_is_refused(targetd: Daemon) -> None:
+    """Two daemons on one state directory would serve the same LUN files and pair bitmaps,
+    and the second took the first's admin socket away (its stop removed it)."""
+    argv = [sys.executable, "-m", "targetd", "serve", "--state-dir", str(targetd.state_dir)]
+    proc = subprocess.run(
+        [*argv, "--listen", f"127.0.0.1:{free_port()}"],
+        cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=20,
+    )  # fmt: skip
+    assert proc.returncode == EXIT_CONFIG, proc.stderr
+    assert targetd.proc is not None
+    assert proc.stderr == (
+        f"targetd: state directory {targetd.state_dir} is in use by another targetd (pid "
+        f"{targetd.proc.pid}): stop it, or give this one its own --state-dir\n"
+    )
+    # The first daemon still answers on its admin socket.
+    assert targetd.targetctl("status").returncode == 0
+
+
+def test_a_state_dir_that_cannot_be_one_is_a_one_line_message(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("not a directory\n")
+    for state_dir, why in [
+        (a_file, "exists and is not a directory"),
+        (a_file / "below", "Not a directory"),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "targetd", "serve", "--state-dir", str(state_dir)],
+            cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=20,
+        )  # fmt: skip
+        assert proc.returncode == EXIT_CONFIG, proc.stderr
+        assert proc.stderr == f"targetd: state directory {state_dir}: {why}\n"
+
+
+def test_the_lock_goes_with_the_daemon(targetd: Daemon, tmp_path: Path) -> None:
+    """kill -9 leaves no stale lock: the next daemon on the directory starts."""
+    assert targetd.proc is not None
+    targetd.proc.kill()
+    targetd.proc.wait(timeout=10)
+    assert (targetd.state_dir / "targetd.lock").read_text() == f"{targetd.proc.pid}\n"
+    targetd.start()
+    assert targetd.targetctl("status").returncode == 0
