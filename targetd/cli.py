@@ -202,7 +202,7 @@ async def _serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if worker is None:
-        loop.add_signal_handler(signal.SIGHUP, ops.reload)
+        loop.add_signal_handler(signal.SIGHUP, ops.sighup)
     else:
         await _tell_portal(server, stop)
     gc_tuning.tune()  # after start-up: what it built is frozen out of every pass
@@ -229,9 +229,10 @@ def _listen_hint(err: OSError) -> str:
 def _worker_methods(ops: Operations, worker: WorkerRole) -> None:
     """What a portal asks of its worker: reload with these targets, and the metrics."""
 
-    def reload_with(params: dict[str, Any]) -> dict[str, Any]:
+    async def reload_with(params: dict[str, Any]) -> dict[str, Any]:
         worker.targets[:] = [str(t) for t in params.get("targets", worker.targets)]
-        result: dict[str, Any] = dict(ops.reload())
+        # Settled: the declared pairs' outcome reaches the portal's answer and status too.
+        result: dict[str, Any] = dict(await ops.reload_settled())
         result["targets"] = sorted(ops.server.targets)
         return result
 

@@ -20,12 +20,13 @@ from typing import Any
 
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import Reason
-from targetd import logs, reload, sdnotify, status
+from targetd import logs, reload, reload_report, sdnotify, status
 from targetd.admin import SOCKET_NAME, Admin
 from targetd.config import Config, ConfigError
 from targetd.luns import Builder, alua_groups, flush_targets, paired_volume
 from targetd.metrics import Family, Metrics, lun_families
 from targetd.reload import ReloadPlan
+from targetd.reload_report import LastReload
 from targetd.server import IscsiConnection, TargetRuntime, TargetServer
 from xcopy import pacing
 from xcopy.manager import CopyManager
@@ -61,7 +62,8 @@ class Operations:
         self._closing: set[asyncio.Task[None]] = set()  # LUs removed, closed when idle
         self.flush_failures = 0  # LUNs whose flush failed at shutdown (exit status 1)
         self.admin.register("status", lambda params: self.status())
-        self.admin.register("reload", lambda params: self.reload_settled())
+        self.last_reload = LastReload()
+        self.admin.register("reload", lambda params: self.reload_settled(reload_report.TARGETCTL))
         self.metrics.add_collector(self._core_families)
         logs.scrubber.set_secrets(logs.config_secrets(server.config))
         pacing.set_priority(server.config.pairs.backup_priority)  # type: ignore[arg-type]
@@ -120,10 +122,20 @@ class Operations:
 
     # -- admin methods ---------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        return status.snapshot(self.server, self.status_providers)
+        snapshot = status.snapshot(self.server, self.status_providers)
+        snapshot["last_reload"] = self.last_reload.outcome
+        return snapshot
+
+    def sighup(self) -> None:
+        """SIGHUP: :meth:`reload_settled` in the background. Its outcome goes where
+        ``targetctl reload``'s does: the log, and ``targetctl status``."""
+        task = asyncio.ensure_future(self.reload_settled(reload_report.SIGHUP))
+        self._after_reload.add(task)
+        task.add_done_callback(self._after_reload.discard)
 
     def reload(self) -> dict[str, list[str]]:
         """SIGHUP (or ``targetctl reload``): apply what is safe, say what is not."""
+        self._last_reload = []  # a refused reload runs no hook
         if self.loader is None:
             return {"applied": [], "refused": ["no configuration file to reload"]}
         sdnotify.notify("RELOADING=1")
@@ -164,9 +176,11 @@ class Operations:
         sdnotify.notify("READY=1")
         return {"applied": result.applied, "refused": result.refused}
 
-    async def reload_settled(self) -> dict[str, list[str]]:
-        """``targetctl reload``: :meth:`reload`, answered once the reload hooks have run,
-        with what they applied and refused too (the declared pairs and groups)."""
+    async def reload_settled(self, trigger: str | None = None) -> dict[str, list[str]]:
+        """:meth:`reload`, answered once the reload hooks have run, with what they applied
+        and refused too (the declared pairs and groups). With a ``trigger`` (SIGHUP,
+        ``targetctl reload``) the outcome is logged and kept for ``targetctl status``; a
+        worker's reload has none (its portal keeps the whole outcome)."""
         result = self.reload()
         hooks = self._last_reload
         self._last_reload = []
@@ -176,6 +190,8 @@ class Operations:
             elif isinstance(outcome, dict):
                 result["applied"].extend(outcome.get("applied", ()))
                 result["refused"].extend(outcome.get("refused", ()))
+        if trigger is not None:
+            self.last_reload.record(trigger, result)
         return result
 
     def _build(self, plan: ReloadPlan) -> None:

@@ -17,10 +17,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from targetd import logs, reload, sdnotify, status
+from targetd import logs, reload, reload_report, sdnotify, status
 from targetd.admin import SOCKET_NAME, Admin, AdminError, Report
 from targetd.config import Config, ConfigError
 from targetd.metrics import Family, Metrics
+from targetd.reload_report import LastReload
 from targetd.server import TargetServer
 from targetd.workers import Supervisor, merge_families, merge_status, worker_families
 
@@ -38,7 +39,8 @@ class Portal:
         self.supervisor = Supervisor(argv, config, on_change=self._route)
         self.admin = Admin()
         self.admin.register("status", lambda params: self.status())
-        self.admin.register("reload", lambda params: self.reload())
+        self.last_reload = LastReload()
+        self.admin.register("reload", lambda params: self.reload(reload_report.TARGETCTL))
         self.admin.fallback = self.forward
         self.metrics = Metrics()
         self.metrics.gather = self._gather_metrics
@@ -74,18 +76,23 @@ class Portal:
             *(self.supervisor.call(w, "status", {}) for w in workers), return_exceptions=True
         )
         merge_status(snapshot, workers, answers)
+        snapshot["last_reload"] = self.last_reload.outcome
         return snapshot
 
-    async def reload(self) -> dict[str, list[str]]:
-        """Re-read the file; the workers apply their share (one reload at a time)."""
+    async def reload(self, trigger: str) -> dict[str, list[str]]:
+        """Re-read the file; the workers apply their share (one reload at a time). The
+        outcome is logged and kept for ``targetctl status``, whatever the ``trigger``."""
         if self.loader is None:
-            return {"applied": [], "refused": ["no configuration file to reload"]}
-        async with self._reloading:
-            sdnotify.notify("RELOADING=1")
-            try:
-                return await self._reload(self.loader)
-            finally:
-                sdnotify.notify("READY=1")
+            result = {"applied": [], "refused": ["no configuration file to reload"]}
+        else:
+            async with self._reloading:
+                sdnotify.notify("RELOADING=1")
+                try:
+                    result = await self._reload(self.loader)
+                finally:
+                    sdnotify.notify("READY=1")
+        self.last_reload.record(trigger, result)
+        return result
 
     async def _reload(self, loader: Callable[[], Config]) -> dict[str, list[str]]:
         try:
@@ -195,7 +202,7 @@ async def serve_portal(
     reloads: set[asyncio.Task[Any]] = set()
 
     def on_hup() -> None:
-        task = asyncio.ensure_future(portal.reload())
+        task = asyncio.ensure_future(portal.reload(reload_report.SIGHUP))
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 

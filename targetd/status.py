@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from targetd import reload_report
+
 if TYPE_CHECKING:
     from targetd.server import TargetServer
 
@@ -158,4 +160,6 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"{title}: {len(items) if items else 'none'}")
         for item in items:
             lines.append("  " + ", ".join(f"{k}={v}" for k, v in item.items()))
+    if "last_reload" in status:
+        lines += reload_report.render(status["last_reload"])
     return "\n".join(lines) + "\n"

@@ -253,6 +253,47 @@ def test_targetctl_reload_prints_its_outcome_even_when_nothing_changed(
     assert (added.returncode, added.stdout) == (0, f"applied: target {IQN}: lun 1 added\n")
 
 
+def test_sighup_and_targetctl_reload_report_the_declared_pairs_alike(
+    targetd_factory: DaemonFactory,
+) -> None:
+    """Whichever way a reload comes, its whole outcome (the declared pairs created or found
+    not to match too) is logged and shown by ``targetctl status``; ``targetctl reload``
+    also prints it."""
+    four = LUN_CONFIG + lun(1, "64MiB") + lun(2, "64MiB") + lun(3, "64MiB")
+    daemon = targetd_factory(four)
+    assert daemon.config is not None and daemon.proc is not None
+    assert "Last reload: none since the start" in daemon.targetctl("status").stdout
+    created = "pair[0] 'p0': created, LUN 0 -> LUN 1"
+    daemon.config.write_text(four + '[[pair]]\nname = "p0"\nsource_lun = 0\ntarget_lun = 1\n')
+    os.kill(daemon.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while (last := daemon.targetctl_json("status")["last_reload"]) is None:
+        assert time.monotonic() < deadline, daemon.stderr
+        time.sleep(0.1)
+    assert (last["trigger"], last["applied"], last["refused"]) == ("SIGHUP", [created], [])
+    text = daemon.targetctl("status").stdout
+    assert re.search(r"^Last reload: SIGHUP at [-0-9]+ [0-9:]+ UTC: 1 applied, 0 not applied$",
+                     text, re.M), text  # fmt: skip
+    assert f"\n  applied: {created}\n" in text, text
+    assert 'event="reload finished" trigger=SIGHUP applied=1 not_applied=0' in daemon.stderr
+    # The same file declaring p0 on other LUNs: refused alike by both ways.
+    daemon.config.write_text(four + '[[pair]]\nname = "p0"\nsource_lun = 0\ntarget_lun = 2\n')
+    mismatch = "pair[0] 'p0': declared LUN 0 -> LUN 2, but the existing pair is"
+    answer = daemon.targetctl("reload")
+    (line,) = answer.stdout.splitlines()
+    assert line.startswith(f"not applied: {mismatch}"), answer.stdout
+    last = daemon.targetctl_json("status")["last_reload"]
+    assert (last["trigger"], last["applied"]) == ("targetctl reload", [])
+    assert last["refused"] == [line.removeprefix("not applied: ")]
+    os.kill(daemon.proc.pid, signal.SIGHUP)
+    while daemon.targetctl_json("status")["last_reload"]["trigger"] != "SIGHUP":
+        assert time.monotonic() < deadline + 30, daemon.stderr
+        time.sleep(0.1)
+    by_signal = daemon.targetctl_json("status")["last_reload"]
+    assert (by_signal["applied"], by_signal["refused"]) == ([], last["refused"])
+    assert daemon.stderr.count(f'change="{mismatch}') == 2, daemon.stderr
+
+
 def reload_with(daemon: Daemon, text: str, marker: str) -> str:
     """Write the new configuration, SIGHUP, and return the log once ``marker`` is in it."""
     assert daemon.config is not None and daemon.proc is not None

@@ -317,6 +317,25 @@ def test_reload_adds_and_removes_targets_across_workers(targetd_factory: DaemonF
     run("iscsi-inq", f"iscsi://127.0.0.1:{daemon.port}/{C}/0")
 
 
+def test_a_sighup_reports_the_declared_pairs_its_workers_created(
+    targetd_factory: DaemonFactory,
+) -> None:
+    """The portal's reload waits for each worker's declared pairs: their outcome is in
+    ``targetctl status`` after a SIGHUP, as after ``targetctl reload``."""
+    two = target(A) + '[[target.lun]]\nlun = 1\nsize = "64MiB"\n'
+    daemon = targetd_factory("[server]\nworkers = 2\n" + two + target(B))
+    assert daemon.config is not None and daemon.proc is not None
+    pair = f'[[pair]]\nname = "p"\ntarget = "{A}"\nsource_lun = 0\ntarget_lun = 1\n'
+    daemon.config.write_text("[server]\nworkers = 2\n" + two + target(B) + pair)
+    os.kill(daemon.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while (last := status(daemon)["last_reload"]) is None:
+        assert time.monotonic() < deadline, daemon.stderr
+        time.sleep(0.1)
+    assert last["trigger"] == "SIGHUP"
+    assert (last["applied"], last["refused"]) == (["pair[0] 'p': created, LUN 0 -> LUN 1"], [])
+
+
 def test_metrics_gather_every_worker(targetd_factory: DaemonFactory) -> None:
     port = free_port()
     daemon = targetd_factory(CONFIG + f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
