@@ -9,6 +9,11 @@ Sources, for every target whose configuration names no ``chap`` of its own:
 
 ``TARGETD_ALLOW_NO_CHAP=1`` is the explicit opt-out of ``--require-chap``. Secrets never reach
 the command line (``ps`` would show them) nor a log line.
+
+With worker processes the portal alone reads these, once per load (its start, each reload),
+and hands what it found to its workers (:func:`worker_env`, and the ``worker.reload``
+request): a worker started again after a crash uses the credentials its portal and siblings
+serve with, never the secret file as it is now.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ USER, SECRET, FILE, OPT_OUT = (
     "TARGETD_CHAP_FILE",
     "TARGETD_ALLOW_NO_CHAP",
 )
+# Set by a portal in its workers' environment: USER and SECRET (or their absence) are what
+# the portal loaded; no file is read.
+FROM_PORTAL = "TARGETD_CHAP_FROM_PORTAL"
 log = logging.getLogger("targetd")
 DEFAULT_SECRET_FILE = Path("/run/secrets/targetd-chap")
 HOW = (
@@ -37,6 +45,8 @@ HOW = (
 def environment_chap(env: Mapping[str, str]) -> ChapSecret | None:
     """The credentials the environment gives, or None; ConfigError names a bad variable."""
     user, secret = env.get(USER, ""), env.get(SECRET, "")
+    if env.get(FROM_PORTAL) == "1":
+        return ChapSecret(user, secret) if user else None
     if user or secret:
         if not (user and secret):
             raise ConfigError(USER if not user else SECRET, f"{USER} and {SECRET} go together")
@@ -64,13 +74,23 @@ def _checked(user: str, secret: str, key: str) -> ChapSecret:
     return ChapSecret(user, secret)
 
 
+def worker_env(env: Mapping[str, str], chap: ChapSecret | None) -> dict[str, str]:
+    """``env`` for a worker process whose portal loaded ``chap`` from its environment."""
+    out = {k: v for k, v in env.items() if k not in (USER, SECRET, FILE)}
+    out[FROM_PORTAL] = "1"
+    if chap is not None:
+        out[USER], out[SECRET] = chap.user, chap.secret
+    return out
+
+
 def apply(config: Config, env: Mapping[str, str], *, require: bool) -> Config:
-    """``config`` with the environment's CHAP on every target that has none; with
-    ``require``, a target left without CHAP is a ConfigError unless the opt-out is set."""
+    """``config`` with the environment's CHAP on every target that has none (and as its
+    ``env_chap``); with ``require``, a target left without CHAP is a ConfigError unless the
+    opt-out is set."""
     chap = environment_chap(env)
     if chap is not None:
         targets = tuple(t if t.chap else replace(t, chap=chap) for t in config.targets)
-        config = replace(config, targets=targets)
+        config = replace(config, targets=targets, env_chap=chap)
     if require:
         open_targets = [i for i, t in enumerate(config.targets) if t.chap is None]
         if open_targets and env.get(OPT_OUT) != "1":

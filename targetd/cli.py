@@ -10,8 +10,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from backing.pairs import PairManager, PairService
 from targetd import chap_env, gc_tuning, logs, pair_config, reload, state_lock
 from targetd.config import (
     DEFAULT_STATE_DIR,
+    ChapSecret,
     Config,
     ConfigError,
     Portal,
@@ -53,8 +54,11 @@ EXIT_CONFIG = 2
 DRAIN_SECONDS = 10.0
 
 
-def _load(args: argparse.Namespace, text: bytes | None = None) -> Config:
-    """The configuration: ``--config``'s file, or ``text`` as that file's content."""
+def _load(
+    args: argparse.Namespace, text: bytes | None = None, env: Mapping[str, str] = os.environ
+) -> Config:
+    """The configuration: ``--config``'s file, or ``text`` as that file's content, with
+    the CHAP credentials ``env`` gives (targetd.chap_env)."""
     state_dir = Path(args.state_dir) if args.state_dir else None
     if args.config:
         path = Path(args.config)
@@ -69,7 +73,7 @@ def _load(args: argparse.Namespace, text: bytes | None = None) -> Config:
         first = config.portals[0] if config.portals else Portal()
         config = replace(config, portals=(replace(first, listen_host=host, listen_port=port),))
     check_images(config)
-    config = chap_env.apply(config, os.environ, require=getattr(args, "require_chap", False))
+    config = chap_env.apply(config, env, require=getattr(args, "require_chap", False))
     if getattr(args, "workers", None):
         workers = resolve_workers(args.workers, len(config.targets), "--workers")
         if workers > 1 and config.gateway is not None:
@@ -82,13 +86,16 @@ def _load(args: argparse.Namespace, text: bytes | None = None) -> Config:
     return config
 
 
-def _load_as_portal_did(args: argparse.Namespace, texts: Path | None) -> Config:
+def _load_as_portal_did(
+    args: argparse.Namespace, texts: Path | None, env: Mapping[str, str]
+) -> Config:
     """A worker's configuration: the text its portal started with, and the one it loaded
-    last applied to it as a reload (the file itself may hold an edit not reloaded)."""
+    last applied to it as a reload (the file itself may hold an edit not reloaded), with
+    the CHAP credentials the portal's last load found (``env``)."""
     if not args.config or texts is None:
-        return _load(args)
-    started = _load(args, read_config(texts / CONFIG_STARTED))
-    return reload.plan(started, _load(args, read_config(texts / CONFIG_LOADED))).config
+        return _load(args, env=env)
+    started = _load(args, read_config(texts / CONFIG_STARTED), env)
+    return reload.plan(started, _load(args, read_config(texts / CONFIG_LOADED), env)).config
 
 
 @dataclass
@@ -97,6 +104,9 @@ class WorkerRole:
 
     index: int
     targets: list[str]
+    # The environment its configuration loads with: the CHAP credentials in it are the
+    # portal's (targetd.chap_env.worker_env), updated by each ``worker.reload``.
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
 async def serve(
@@ -231,6 +241,10 @@ def _worker_methods(ops: Operations, worker: WorkerRole) -> None:
 
     async def reload_with(params: dict[str, Any]) -> dict[str, Any]:
         worker.targets[:] = [str(t) for t in params.get("targets", worker.targets)]
+        if "chap" in params:  # what the portal's reload read, for every worker alike
+            chap = params["chap"]
+            given = None if chap is None else ChapSecret(str(chap[0]), str(chap[1]))
+            worker.env = chap_env.worker_env(worker.env, given)
         # Settled: the declared pairs' outcome reaches the portal's answer and status too.
         result: dict[str, Any] = dict(await ops.reload_settled())
         result["targets"] = sorted(ops.server.targets)
@@ -306,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def load() -> Config:
         if role is not None:
-            return worker_config(_load_as_portal_did(args, texts), role.targets)
+            return worker_config(_load_as_portal_did(args, texts, role.env), role.targets)
         text = read_config(Path(args.config)) if args.config else None
         config = _load(args, text)
         first = not portal_state and config.workers > 1

@@ -173,7 +173,7 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, state_dir: Path | None
     gateway_table = root.take_raw("gateway")
     metrics_listen = read_metrics(root)
     pairs = read_pairs(root)
-    workers_raw = read_server(root)
+    workers_raw, worker_start_timeout = read_server(root)
     targets = root.take_list("target", lambda v, k: read_target(v, k, state_dir))
     raw_pairs, raw_groups = root.data.pop("pair", []), root.data.pop("group", [])
     root.done()
@@ -189,6 +189,7 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, state_dir: Path | None
         raise ConfigError("server.workers", "worker processes and [gateway] cannot be combined")
     return Config(
         workers=workers,
+        worker_start_timeout=worker_start_timeout,
         portals=portals,
         port_groups=port_groups,
         gateway=gateway,

@@ -98,16 +98,21 @@ def read_gateway(
 
 
 MAX_WORKERS = 256
+# Seconds a worker process may take to open its LUNs and listen before its portal kills it
+# and tries again (an RBD cluster that does not answer can hold a start that long).
+WORKER_START_TIMEOUT = 120
 
 
-def read_server(config: Table) -> object:
-    """``[server]``: ``workers``, a count or "auto" (resolved once the targets are known)."""
+def read_server(config: Table) -> tuple[object, float]:
+    """``[server]``: ``workers``, a count or "auto" (resolved once the targets are known),
+    and ``worker_start_timeout``, the seconds a worker may take to serve."""
     if "server" not in config.data:
-        return 1
+        return 1, WORKER_START_TIMEOUT
     table = Table(config.take_raw("server"), config.key("server"))
     workers = table.take_raw("workers") if "workers" in table.data else 1
+    timeout = table.take_int("worker_start_timeout", WORKER_START_TIMEOUT, 1, 3600)
     table.done()
-    return workers
+    return workers, float(timeout)
 
 
 def resolve_workers(value: object, targets: int, key: str) -> int:

@@ -242,6 +242,12 @@ class Config:
     # Worker processes (docs/workers.md): 1 serves every target in this process; more
     # make this process a portal that redirects each login to the worker owning its target.
     workers: int = 1
+    # Seconds a worker may take to serve before its portal kills it and starts it again.
+    worker_start_timeout: float = 120.0
+    # The CHAP credentials the environment gave at this load (targetd.chap_env), on every
+    # target without its own: a portal hands these to its workers, which never read the
+    # secret file themselves.
+    env_chap: ChapSecret | None = None
 
     def target(self, name: str) -> TargetConfig | None:
         return next((t for t in self.targets if t.name == name), None)

@@ -37,14 +37,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from targetd import logs
+from targetd import chap_env, logs
 from targetd.admin import AdminError, Report, request
 from targetd.config import Config, Portal
 from targetd.metrics import Family
 
 log = logging.getLogger("targetd")
 
-READY_TIMEOUT = 120.0  # seconds a worker may take to open its LUNs and listen
 STOP_TIMEOUT = 30.0  # after SIGTERM, before SIGKILL (a worker drains for up to 10 s)
 RESTART_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)  # backoff of a worker that keeps dying
 STABLE_SECONDS = 30.0  # a worker up this long starts the backoff afresh
@@ -247,8 +246,11 @@ class Supervisor:
 
     async def _spawn(self, worker: Worker) -> bool:
         """Start ``worker``'s process; True once it serves. False (``worker.error`` says
-        why) if it exits before, or does not serve within READY_TIMEOUT (then killed)."""
+        why) if it exits before, or does not serve within ``[server] worker_start_timeout``
+        (then killed)."""
+        ready_timeout = self.config.worker_start_timeout
         env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_ENV}
+        env = chap_env.worker_env(env, self.config.env_chap)  # as loaded, not as the file is
         worker.started_at = time.monotonic()
         # A life line: the worker holds its write end and never writes; it reads EOF here
         # the moment the worker dies, as its sockets close (its exit is reaped later).
@@ -269,7 +271,7 @@ class Supervisor:
             os.close(held)
         assert process.stdout is not None
         try:
-            line = await asyncio.wait_for(process.stdout.readline(), READY_TIMEOUT)
+            line = await asyncio.wait_for(process.stdout.readline(), ready_timeout)
         except TimeoutError:
             process.kill()  # hung in its start (a store that does not answer)
             line = b""
@@ -282,7 +284,7 @@ class Supervisor:
             await process.wait()
             code = process.returncode
             worker.error = (
-                f"did not serve within {READY_TIMEOUT:g} s" if code == -signal.SIGKILL and not line
+                f"did not serve within {ready_timeout:g} s" if code == -signal.SIGKILL and not line
                 else f"exited with status {code} before serving"
             )  # fmt: skip
             os.close(life)
@@ -358,10 +360,13 @@ class Supervisor:
         self.placement = place(config, self.placement)
         for worker in self.workers:
             worker.targets = [n for n, w in self.placement.items() if w == worker.index]
+        chap = config.env_chap  # read once, here: every worker gets the same
+        params: dict[str, Any] = {"chap": None if chap is None else [chap.user, chap.secret]}
         results = await asyncio.gather(
-            *(self.call(w, "worker.reload", {"targets": w.targets}) for w in self.workers),
+            *(self.call(w, "worker.reload", {**params, "targets": w.targets})
+              for w in self.workers),
             return_exceptions=True,
-        )
+        )  # fmt: skip
         applied: list[str] = []
         refused: list[str] = []
         served: list[str] = []

@@ -60,3 +60,20 @@ def test_require_chap_refuses_an_open_target_unless_opted_out(tmp_path: Path, ca
     assert chap_env.USER in info.value.problem and chap_env.OPT_OUT in info.value.problem
     assert chap_env.apply(config, {**empty, chap_env.OPT_OUT: "1"}, require=True) == config
     assert "serving without CHAP" in caplog.text
+
+
+def test_a_worker_takes_what_its_portal_loaded_and_reads_no_file(tmp_path: Path) -> None:
+    secret = tmp_path / "chap"
+    secret.write_text(f"host:{SECRET}\n")
+    portal_env = {chap_env.FILE: str(secret), "PATH": "/bin"}
+    loaded = chap_env.apply(default_config(tmp_path), portal_env, require=True)
+    assert loaded.env_chap == ChapSecret("host", SECRET)
+    worker = chap_env.worker_env(portal_env, loaded.env_chap)
+    assert chap_env.FILE not in worker and worker["PATH"] == "/bin"
+    secret.write_text(f"other:{SECRET}-2\n")  # changed since the portal read it
+    out = chap_env.apply(default_config(tmp_path), {**worker, chap_env.FILE: str(secret)},
+                         require=True)  # fmt: skip
+    assert out.targets[0].chap == ChapSecret("host", SECRET)
+    # The portal found none: neither does the worker, whatever file there is.
+    none = chap_env.worker_env(portal_env, None)
+    assert chap_env.environment_chap({**none, chap_env.FILE: str(secret)}) is None

@@ -1,0 +1,80 @@
+"""Worker processes (docs/workers.md) against what they are given at a (re)start: CHAP
+credentials from the environment's secret file, which the portal reads once per load and
+hands to every worker; and a worker whose start hangs, killed after ``[server]
+worker_start_timeout``."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from clients import run
+from conftest import DaemonFactory
+from test_integration_workers import CONFIG, A, B, redirect, restarted, status, target, worker_port
+
+FIRST, SECOND = "alice:first-secret-1", "alice:second-secret"
+
+
+def chap_login(port: int, name: str, secret: str) -> bool:
+    """Whether libiscsi logs in to LUN 0 of ``name`` straight at a worker's port as alice
+    with ``secret``."""
+    return run("iscsi-inq", f"iscsi://alice%{secret}@127.0.0.1:{port}/{name}/0", check=False
+               ).returncode == 0  # fmt: skip
+
+
+def test_workers_use_the_chap_file_as_the_portal_read_it(
+    targetd_factory: DaemonFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file changes and no reload follows: a worker started again after a crash keeps
+    the secret its portal and siblings serve with (it once read the file itself, and then
+    one target wanted the new secret and the other the old). The reload brings the new
+    one to every worker."""
+    secret_file = tmp_path / "chap"
+    secret_file.write_text(FIRST)
+    monkeypatch.setenv("TARGETD_CHAP_FILE", str(secret_file))
+    daemon = targetd_factory(CONFIG)
+    _, port_a = worker_port(daemon, A)
+    pid_b, _ = worker_port(daemon, B)
+    secret_file.write_text(SECOND)  # not reloaded
+    port_b = restarted(daemon, B, pid_b)
+    for port, name in ((port_a, A), (port_b, B)):
+        assert chap_login(port, name, "first-secret-1"), name
+        assert not chap_login(port, name, "second-secret"), name
+    reloaded = daemon.targetctl_json("reload")
+    assert f"target {A}: CHAP updated" in reloaded["applied"], reloaded
+    for port, name in ((port_a, A), (port_b, B)):
+        assert chap_login(port, name, "second-secret"), name
+        assert not chap_login(port, name, "first-secret-1"), name
+    secret_file.write_text(FIRST)  # again not reloaded: a restart keeps the reloaded one
+    port_b = restarted(daemon, B, worker_port(daemon, B)[0])
+    assert chap_login(port_b, B, "second-secret")
+    assert "second-secret" not in daemon.stderr and "first-secret" not in daemon.stderr
+
+
+def test_a_worker_that_does_not_serve_in_time_is_killed_and_tried_again(
+    targetd_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    """B's read-only LUN is a FIFO with no writer: opening it blocks, so B's worker never
+    serves. After worker_start_timeout (5 s here: a worker's Python start on a loaded machine
+    can take a second or two) the portal kills it, says why, and starts it again; A is
+    served meanwhile and B's logins are answered "service unavailable"."""
+    fifo = tmp_path / "b.img"
+    os.mkfifo(fifo)
+    lun_b = target(B).replace('size = "64MiB"', f'path = "{fifo}"\nread_only = true')
+    started = time.monotonic()
+    daemon = targetd_factory("[server]\nworkers = 2\nworker_start_timeout = 5\n" + target(A)
+                             + lun_b)  # fmt: skip
+    assert time.monotonic() - started < 60  # not the 120 s default
+    worker_port(daemon, A)
+    deadline = time.monotonic() + 60
+    while (worker := status(daemon)["workers"][1])["start_failures"] < 2:
+        assert time.monotonic() < deadline, worker
+        time.sleep(0.2)
+    assert worker["error"] == "did not serve within 5 s" and worker["ports"] == []
+    assert redirect(daemon, B) == (0x0301, {})
+    assert redirect(daemon, A)[0] == 0x0101
+    shown = daemon.targetctl("status").stdout
+    assert "    down: did not serve within 5 s" in shown, shown
+    assert daemon.stop() == 0  # the hung worker does not hold the stop up
