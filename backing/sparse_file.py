@@ -208,17 +208,27 @@ class SparseFile:
             return False
         return bool(stat.nr_cache >= pages)
 
+    def write_now(self, offset: int, data: memoryview) -> bool:
+        """Write ``data`` at ``offset`` at once, without FUA, if it is small enough to write
+        on the event loop (see the table above): True when written, False (nothing done)
+        when it must go through :meth:`write`. No coroutine: the small write's hot path."""
+        if len(data) > INLINE_WRITE_MAX:
+            return False
+        try:
+            # One pwrite: a short write (rare on a regular file) goes on in _pwrite_all.
+            n = os.pwrite(self._fd, data, offset)
+            if n < len(data):
+                _pwrite_all(self._fd, data[n:], offset + n)
+        except OSError as exc:
+            raise classify(exc, str(self.path), "write", offset, len(data)) from exc
+        return True
+
     async def write(self, offset: int, data: bytes | memoryview, *, fua: bool = False) -> None:
         """Write ``data`` at ``offset``; with ``fua``, on stable storage before returning."""
         view = data if isinstance(data, memoryview) else memoryview(data)
+        if not fua and self.write_now(offset, view):
+            return
         try:
-            if not fua and len(view) <= INLINE_WRITE_MAX:
-                # One pwrite, no list and no call of ours: a short write (rare on a regular
-                # file) goes on in _pwrite_all.
-                n = os.pwrite(self._fd, view, offset)
-                if n < len(view):
-                    _pwrite_all(self._fd, view[n:], offset + n)
-                return
             flags = os.RWF_DSYNC if fua else 0
             await outlast(
                 asyncio.get_running_loop().run_in_executor(

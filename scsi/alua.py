@@ -165,6 +165,9 @@ class PortGroups:
             raise ValueError("at least one target port group is required")
         self.groups = groups
         self._by_port = {port: group for group in groups for port in group.ports}
+        # Some group's state refuses some commands (every group active: none does, and the
+        # LU skips the per-command check).
+        self.restricted = any(group.state in ALLOWED for group in groups)
 
     def group_of(self, relative_port: int) -> PortGroup:
         return self._by_port.get(relative_port, self.groups[0])

@@ -20,6 +20,7 @@ from construct import Int8ub, Int16ub, Int32ub, Int64ub, Padding, Struct
 from backing.pairs.states import Phase
 from backing.pairs.volume import PairVolume, Role
 from backing.sparse_file import Extent, SparseFile
+from backing.write_now import write_now_of
 from scsi.command import FileRange
 from scsi.kernel_file import KernelFile
 from scsi.logical_unit import NO_SERVICES, Identity, LogicalUnit, Services
@@ -134,6 +135,7 @@ class BlockDevice(LogicalUnit):
         self._writing: dict[int, tuple[int, int]] = {}
         self._gate_changed: asyncio.Event | None = None
         self._next_key = 0
+        self._store_write_now = write_now_of(store)
 
     @property
     def read_only(self) -> bool:
@@ -171,6 +173,16 @@ class BlockDevice(LogicalUnit):
         )
 
     # -- the write path ----------------------------------------------------------------
+    def write_now(self, offset: int, data: memoryview, fua: bool) -> bool:
+        """A small write made at once, when nothing holds the gate and the store offers
+        one (backing/write_now.py): True when written, False to go through
+        :meth:`write_bytes`. Nothing can start between its start and its end, so it needs
+        no place among the ranges being written."""
+        if fua or self._held or not self.write_cache:
+            return False
+        store_write_now = self._store_write_now
+        return store_write_now is not None and store_write_now(offset, data)
+
     async def write_bytes(self, offset: int, data: memoryview | bytes, fua: bool) -> None:
         """Write through the gate: wait while an atomic command holds the range."""
         end = offset + len(data)

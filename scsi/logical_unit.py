@@ -164,7 +164,14 @@ class LogicalUnit:
 
     def pop_unit_attention(self, nexus: Nexus) -> Reason | None:
         queue = self._unit_attentions.get(nexus)
-        return queue.popleft() if queue else None
+        if not queue:
+            return None
+        reason = queue.popleft()
+        if not queue:
+            # Only nexuses with a unit attention pending keep a queue, so that a LU with
+            # none pending (every command, nearly always) skips the lookup: see _dispatch.
+            del self._unit_attentions[nexus]
+        return reason
 
     # -- what device types add to the SPC pages --------------------------------------
     def vpd_pages(self) -> dict[int, Callable[[], bytes]]:
@@ -266,14 +273,22 @@ class LogicalUnit:
                     raise CheckCondition(Reason.INVALID_OPCODE, FieldPointer(0, bit=7))
                 if len(cdb) < spec.cdb_length:
                     raise CheckCondition(Reason.INVALID_FIELD_IN_CDB, FieldPointer(0))
-                if unit_attentions and not spec.ua_exempt:
+                # Each check below first asks whether there is anything to check at all: a
+                # unit attention pending for any nexus, a port group whose state refuses
+                # commands, a reservation. Nearly always there is not.
+                if unit_attentions and self._unit_attentions and not spec.ua_exempt:
                     ua = self.pop_unit_attention(cmd.nexus)
                     if ua is not None:
                         return self.check_condition(CheckCondition(ua))
-                refusal = self.port_groups.refusal(cmd.nexus.relative_target_port, cdb)
-                if refusal is not None:
-                    raise CheckCondition(refusal)
-                if self.reservation_conflict(cmd, spec.conflict_exempt):
+                port_groups = self.port_groups
+                if port_groups.restricted:
+                    refusal = port_groups.refusal(cmd.nexus.relative_target_port, cdb)
+                    if refusal is not None:
+                        raise CheckCondition(refusal)
+                reservations = self.reservations
+                if (
+                    reservations.legacy is not None or reservations.reservation is not None
+                ) and self.reservation_conflict(cmd, spec.conflict_exempt):
                     return ScsiResult(Status.RESERVATION_CONFLICT)
                 gate = self.access_gate
                 if gate is None:

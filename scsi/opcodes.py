@@ -7,7 +7,7 @@ in the table is reported and a command that is reported is served.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -37,10 +37,10 @@ class CommandSpec:
     usage: bytes
     ua_exempt: bool = False
     conflict_exempt: bool = False
+    cdb_length: int = field(init=False)  # len(usage), read on every command
 
-    @property
-    def cdb_length(self) -> int:
-        return len(self.usage)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cdb_length", len(self.usage))
 
 
 class OpcodeTable:
@@ -49,8 +49,16 @@ class OpcodeTable:
     def __init__(self, name: str, *bases: OpcodeTable) -> None:
         self.name = name
         self._specs: dict[tuple[int, int | None], CommandSpec] = {}
+        # The rows without a service action, by opcode: lookup's one index per command.
+        self._plain: list[CommandSpec | None] = [None] * 256
         for base in bases:
-            self._specs.update(base._specs)
+            self._add(base._specs)
+
+    def _add(self, specs: dict[tuple[int, int | None], CommandSpec]) -> None:
+        self._specs.update(specs)
+        for (opcode, service_action), spec in specs.items():
+            if service_action is None:
+                self._plain[opcode] = spec
 
     def command(
         self,
@@ -68,22 +76,23 @@ class OpcodeTable:
             key = (opcode, service_action)
             if key in self._specs and self._specs[key].handler is not handler:
                 raise ValueError(f"{self.name}: {name} registered twice")
-            self._specs[key] = CommandSpec(
+            spec = CommandSpec(
                 opcode, service_action, name, handler, usage, ua_exempt, conflict_exempt
             )
+            self._add({key: spec})
             return handler
 
         return register
 
     def extend(self, other: OpcodeTable) -> None:
         """Add every row of ``other`` (used to layer SPC under a device type's table)."""
-        self._specs.update(other._specs)
+        self._add(other._specs)
 
     def lookup(self, cdb: bytes) -> CommandSpec | None:
         opcode = cdb[0]
         if opcode in SERVICE_ACTION_OPCODES:
             return self._specs.get((opcode, cdb[1] & 0x1F)) if len(cdb) > 1 else None
-        return self._specs.get((opcode, None))
+        return self._plain[opcode]
 
     def has_opcode(self, opcode: int) -> bool:
         return any(op == opcode for op, _ in self._specs)

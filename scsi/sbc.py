@@ -121,9 +121,11 @@ async def _write(
         return ScsiResult(data_out_used=needed)
     if needed:
         assert data is not None
-        await lu.write_bytes(
-            lba * lu.block_size, data if delivered == needed else data[:needed], fua
-        )
+        offset = lba * lu.block_size
+        if delivered != needed:
+            data = data[:needed]
+        if not lu.write_now(offset, data, fua):  # a small write: no coroutine below this
+            await lu.write_bytes(offset, data, fua)
     return ScsiResult() if delivered == needed else ScsiResult(data_out_used=needed)
 
 

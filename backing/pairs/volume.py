@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from backing.pairs.fanout import primary_write
 from backing.sparse_file import Extent
+from backing.write_now import write_now_of
 
 if TYPE_CHECKING:
     from backing.pairs.engine import Pair
@@ -99,6 +100,7 @@ class PairVolume:
         # READ. The pair engine writes a range of this volume only once none covers it.
         self._sends: dict[SentRead, tuple[int, int]] = {}
         self._sent: asyncio.Event | None = None
+        self._base_write_now = write_now_of(base)
 
     @property
     def pair(self) -> Pair | None:
@@ -136,6 +138,15 @@ class PairVolume:
         if self.role is Role.SOURCE and (fenced := self.fenced_by()) is not None:
             return fenced.read_source(offset, buf)
         return self.base.read_into(offset, buf)
+
+    def write_now(self, offset: int, data: memoryview) -> bool:
+        """The base store's synchronous small write (backing/write_now.py), for a volume in
+        no pair: nothing waits inside it, so no pair can attach while it runs and it needs
+        no place in the in-flight count. False (nothing written) otherwise."""
+        if self.pairs:
+            return False
+        base_write_now = self._base_write_now
+        return base_write_now is not None and base_write_now(offset, data)
 
     async def write(self, offset: int, data: bytes | memoryview, *, fua: bool = False) -> None:
         if self.pairs:

@@ -164,3 +164,16 @@ def test_rsoc_lists_report_target_port_groups() -> None:
     cdb = bytes([0xA3, 0x0C, 0x02, 0xA3, 0x00, 0x0A, 0, 0, 1, 0, 0, 0])
     data = bytes(run(make_lu(), cdb, A).data)
     assert data == bytes([0, 0x03, 0, 12, 0xA3, 0xEA, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 7])
+
+
+def test_a_port_s_state_changed_by_update_is_enforced_on_the_next_command() -> None:
+    # The LU skips the per-command check while every group is active: an update that makes
+    # one restrictive must be seen, and one that makes them all active again too.
+    lu = SpcUnit(Identity("iqn.2024-01.org.example:tgt/lun0"))
+    lu.port_groups = PortGroups([PortGroup(1, ports=(1,)), PortGroup(2, ports=(2,))])
+    assert run(lu, TUR, B).status == Status.GOOD
+    lu.port_groups.update([PortGroup(1, ports=(1,)), PortGroup(2, AccessState.UNAVAILABLE, (2,))])
+    assert sense_of(run(lu, TUR, B)) == (2, 0x04, 0x0C)
+    assert run(lu, TUR, A).status == Status.GOOD
+    lu.port_groups.update([PortGroup(1, ports=(1,)), PortGroup(2, ports=(2,))])
+    assert run(lu, TUR, B).status == Status.GOOD

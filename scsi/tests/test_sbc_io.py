@@ -145,7 +145,15 @@ def test_fua_and_write_cache_off_force_stable_writes(tmp_path: Path) -> None:
         seen.append(fua)
         await real(offset, data, fua=fua)
 
-    with mock.patch.object(lu.store, "write", spy):
+    real_now = lu.write_now
+
+    def spy_now(offset, data, fua):
+        done = real_now(offset, data, fua)
+        if done:  # written at once, without waiting: never a forced write
+            seen.append(False)
+        return done
+
+    with mock.patch.object(lu.store, "write", spy), mock.patch.object(lu, "write_now", spy_now):
         run(lu, write10(0, 1, 0x08), bytes(512))
         run(lu, write10(0, 1), bytes(512))
         lu.write_cache = False
@@ -250,3 +258,22 @@ def test_orwrite(tmp_path: Path) -> None:
     assert run(lu, cdb16(0x8B, 2, 1), b"\xf0" * 256 + b"\x01" * 256).status == Status.GOOD
     assert read_blocks(lu, 2, 1) == b"\xff" * 256 + b"\x0f" * 256
     assert sense_of(run(lu, cdb16(0x8B, lu.num_blocks, 1), bytes(512))) == (0x05, 0x21, 0x00)
+
+
+def test_a_write_is_never_made_at_once_while_an_atomic_command_holds_the_gate(
+    tmp_path: Path,
+) -> None:
+    lu = make_lu(tmp_path)
+    data = memoryview(b"x" * 512)
+
+    async def scenario() -> None:
+        async with lu.exclusive(0, 512):  # what COMPARE AND WRITE holds while it runs
+            assert lu.write_now(4096, data, False) is False
+        assert lu.write_now(4096, data, True) is False  # FUA
+        lu.write_cache = False
+        assert lu.write_now(4096, data, False) is False
+        lu.write_cache = True
+        assert lu.write_now(4096, data, False) is True
+
+    asyncio.run(scenario())
+    assert read_blocks(lu, 8, 1) == b"x" * 512

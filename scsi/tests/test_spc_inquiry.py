@@ -6,7 +6,7 @@ import asyncio
 
 from scsi.command import Nexus, ScsiCommand, ScsiResult, Status
 from scsi.logical_unit import Identity, LogicalUnit
-from scsi.sense import parse_sense
+from scsi.sense import Reason, parse_sense
 from scsi.spc import SPC_TABLE
 from scsi.target import ScsiTarget
 
@@ -120,6 +120,27 @@ def test_unit_attention_then_request_sense() -> None:
     data = bytes(run(lu, bytes([0x03, 1, 0, 0, 252, 0])).data)
     assert data == bytes([0x72, 0, 0, 0, 0, 0, 0, 0])
     assert run(lu, tur).status == Status.GOOD
+
+
+def test_unit_attentions_raised_after_every_queue_emptied_reach_each_nexus_in_order() -> None:
+    # A LU with no unit attention pending skips the per-command lookup; what is queued later
+    # must still arrive, to each nexus it was queued for, once and in order.
+    other = Nexus("iqn.2024-01.org.example:other,i,0x1", NEXUS.target_port, 3)
+    lu = make_lu()
+    tur = bytes(6)
+    for nexus in (NEXUS, other):
+        lu.nexus_established(nexus)
+        assert check(run(lu, tur, nexus))[:3] == (6, 0x29, 0x00)
+        assert run(lu, tur, nexus).status == Status.GOOD
+    lu.raise_unit_attention(Reason.BUS_DEVICE_RESET, except_nexus=other)
+    lu.queue_unit_attention(NEXUS, Reason.MODE_PARAMETERS_CHANGED)
+    assert run(lu, tur, other).status == Status.GOOD
+    assert check(run(lu, tur))[:3] == (6, 0x29, 0x03)
+    assert check(run(lu, tur))[:3] == (6, 0x2A, 0x01)
+    assert run(lu, tur).status == Status.GOOD
+    lu.queue_unit_attention(other, Reason.MODE_PARAMETERS_CHANGED)
+    assert run(lu, tur).status == Status.GOOD
+    assert check(run(lu, tur, other))[:3] == (6, 0x2A, 0x01)
 
 
 def test_report_luns_from_target() -> None:
