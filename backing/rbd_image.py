@@ -3,16 +3,8 @@
 This module knows nothing of SCSI. Offsets and lengths are in bytes. It offers what
 ``SparseFile`` offers (``read_into``, ``write``, ``flush``, ``punch_hole``,
 ``write_zeroes``, ``extents``, ``close``) plus ``compare_and_write``, atomic in the cluster.
-
-How completions reach the loop: each image gets an eventfd through
-``rbd_set_image_notification``. A request is queued with ``rbd_aio_*`` and a completion
-that carries a key and no callback; when librbd finishes one it queues it and signals the
-eventfd, and the loop's reader for that fd collects the finished completions with
-``rbd_poll_io_events`` and resolves their futures. No Python code runs on librbd's
-threads (no GIL handoff per I/O), and no librbd call on the loop waits for the network.
-
-The caller's buffer is handed to librbd as it is (no copy in either direction), so a
-request's waiter never leaves before librbd is done with it, even when cancelled.
+Requests and their completions: ``backing/rbd_requests.py``; the rados clients images
+share: ``backing/rbd_cluster.py``.
 
 Caching (docs/rbd.md): with ``cache = "none"`` (the default) librbd's cache is off and a
 write completes only when the OSDs hold it, so FUA costs nothing extra and SYNCHRONIZE
@@ -24,21 +16,18 @@ write, and SYNCHRONIZE CACHE flushes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import errno
 import logging
 import os
-import threading
-from collections import deque
 from collections.abc import Callable
-from ctypes import CFUNCTYPE, byref, c_int, c_uint64, c_void_p
-from dataclasses import dataclass, replace
+from ctypes import byref, c_int, c_uint64, c_void_p
+from dataclasses import replace
 from typing import TypeVar
 
-from backing.errors import MediumReadError, MediumWriteError, SpaceExhausted, StoreError
-from backing.malloc_threshold import LIBRBD_THRESHOLD, fix_mmap_threshold
+from backing.errors import StoreError
 from backing.rbd_allocation import Allocation
+from backing.rbd_cluster import CACHE_MODES, Cluster, RbdSpec, acquire_cluster, release_cluster
 from backing.rbd_lib import (
     DIFF_CALLBACK,
     EVENT_TYPE_EVENTFD,
@@ -46,230 +35,25 @@ from backing.rbd_lib import (
     RBD_LOCK_MODE_EXCLUSIVE,
     SnapInfo,
     check,
-    client_address,
     lib,
-    mon_command,
 )
+from backing.rbd_requests import ImageRequests, buffer_address
 from backing.sparse_file import Extent
 from backing.threads import outlast
+
+__all__ = ["CACHE_MODES", "WHOLE_OBJECT_ABOVE", "RbdError", "RbdImage", "RbdSpec"]
 
 log = logging.getLogger("targetd.rbd")
 
 T = TypeVar("T")
 
-CACHE_MODES = ("none", "writearound", "writeback")
 # Above this size the allocation is read per object from the object map (fast-diff), not
 # per byte range: exact ranges would mean asking every object, slow for a large image.
 WHOLE_OBJECT_ABOVE = 16 << 30
-_POLL_BATCH = 64
-# Requests in flight per rados client, below the objecter's own throttles
-# (objecter_inflight_ops 1024, objecter_inflight_op_bytes 100 MiB) with room for a request
-# that spans several objects: over those, librbd would block the event loop.
-MAX_IN_FLIGHT_OPS = 256
-MAX_IN_FLIGHT_BYTES = 64 << 20
-WRITEAROUND_INFLIGHT_OPS = 65536
-# Adjacent reads (or writes) asked for in one turn of the loop go to librbd as one vectored
-# request of at most this many pieces and bytes (``RbdImage._unplug``).
-MERGE_MAX_REQUESTS = 64
-MERGE_MAX_BYTES = 1 << 20
-# void (*rbd_callback_t)(rbd_completion_t cb, void *arg)
-_COMPLETION_CALLBACK = CFUNCTYPE(None, c_void_p, c_void_p)
-
-
-@dataclass(frozen=True, slots=True)
-class RbdSpec:
-    """Where an image is and how to reach it (the ``kind = "rbd"`` LUN keys)."""
-
-    pool: str
-    image: str
-    namespace: str = ""
-    ceph_conf: str = "/etc/ceph/ceph.conf"
-    client: str = "client.admin"  # a bare "admin" means client.admin
-    keyring: str = ""  # empty: what ceph.conf says
-    create_size: int | None = None  # create the image with this size if it is absent
-    cache: str = "none"
-    osd_op_timeout: float = 30.0  # seconds before an OSD operation fails (0: never)
-    connect_timeout: float = 30.0  # seconds to reach the monitors at start
-    snapshot: str = ""  # open the image as it is in this snapshot (read-only)
-    # A rados client of its own, not shared with other images: a gateway's image can be
-    # fenced (its client blocklisted) and reopened without touching any other image.
-    private_client: bool = False
-
-    @property
-    def name(self) -> str:
-        ns = f"{self.namespace}/" if self.namespace else ""
-        return f"{self.pool}/{ns}{self.image}"
-
-    @property
-    def client_name(self) -> str:
-        return self.client if "." in self.client else f"client.{self.client}"
-
-
-# -- connections: one rados handle per (conf, client, keyring, options), shared ----------
-class _Cluster:
-    """One rados client and its budget of requests in flight (see ``admit``)."""
-
-    def __init__(self, key: tuple[object, ...], spec: RbdSpec) -> None:
-        self.key = key
-        self.refs = 0
-        self.in_flight_ops = 0
-        self.in_flight_bytes = 0
-        self._waiters: list[asyncio.Future[None]] = []
-        handle = c_void_p()
-        check(
-            lib().rados_create2(byref(handle), b"ceph", spec.client_name.encode(), 0),
-            "rados_create2",
-        )
-        self.handle = handle
-        try:
-            check(
-                lib().rados_conf_read_file(handle, spec.ceph_conf.encode()),
-                f"reading {spec.ceph_conf}",
-            )
-            options = {
-                "client_mount_timeout": f"{spec.connect_timeout:g}",
-                "rados_mon_op_timeout": f"{spec.connect_timeout:g}",
-                "rados_osd_op_timeout": f"{spec.osd_op_timeout:g}",
-                "rbd_cache": "false" if spec.cache == "none" else "true",
-                # Pacific's default policy is writearound: only what was asked, from the
-                # first write on (the initiator sees a volatile cache, WCE = 1).
-                "rbd_cache_policy": "writethrough" if spec.cache == "none" else spec.cache,
-                "rbd_cache_writethrough_until_flush": "false",
-                # A discard must zero exactly what it covers (thin provisioning reports
-                # LBPRZ): librbd would otherwise skip the parts of objects it cannot free.
-                "rbd_skip_partial_discard": "false",
-                # Requests are dispatched in the calling thread (the event loop), about 8 us
-                # each, instead of being handed to librbd's queue thread: the hand-off
-                # halved 4 KiB IOPS here. The objecter's throttles could then block the
-                # caller; ``admit`` keeps every request under them.
-                "rbd_non_blocking_aio": "false",
-                "log_to_stderr": "false",
-                "err_to_stderr": "false",
-            }
-            if spec.cache == "writearound":
-                # Writes complete once sent, so up to rbd_cache_max_dirty (24 MiB) of them
-                # may be in flight beyond ``admit``'s budget: even in 512-byte writes they
-                # must not reach the objecter's op throttle, which would block the loop.
-                options["objecter_inflight_ops"] = str(WRITEAROUND_INFLIGHT_OPS)
-            if spec.keyring:
-                options["keyring"] = spec.keyring
-            for name, value in options.items():
-                check(lib().rados_conf_set(handle, name.encode(), value.encode()), name)
-            check(lib().rados_connect(handle), "connecting to the monitors")
-            self.address = client_address(handle)
-            # librbd allocates a buffer per request: from the heap, not mapped apart each time.
-            fix_mmap_threshold(LIBRBD_THRESHOLD)
-        except BaseException:
-            lib().rados_shutdown(handle)
-            raise
-
-    def mon_command(self, command: dict[str, object]) -> str:
-        """One monitor command (blocking); its status text."""
-        return mon_command(self.handle, command)
-
-    async def admit(self, data_bytes: int) -> None:
-        """Wait until one more request of ``data_bytes`` fits the budget."""
-        while self.in_flight_ops >= MAX_IN_FLIGHT_OPS or (
-            self.in_flight_bytes and self.in_flight_bytes + data_bytes > MAX_IN_FLIGHT_BYTES
-        ):
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-        self.in_flight_ops += 1
-        self.in_flight_bytes += data_bytes
-
-    def release(self, data_bytes: int) -> None:
-        self.in_flight_ops -= 1
-        self.in_flight_bytes -= data_bytes
-        if self._waiters:
-            waiters, self._waiters = self._waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-
-
-_clusters: dict[tuple[object, ...], _Cluster] = {}
-_clusters_lock = threading.Lock()
-
-
-def _acquire_cluster(spec: RbdSpec) -> _Cluster:
-    key: tuple[object, ...] = (
-        spec.ceph_conf,
-        spec.client_name,
-        spec.keyring,
-        spec.cache,
-        spec.osd_op_timeout,
-        spec.connect_timeout,
-    )
-    if spec.private_client:
-        key = (*key, object())  # never found again: a client of its own
-    with _clusters_lock:
-        cluster = _clusters.get(key)
-        if cluster is None:
-            cluster = _clusters[key] = _Cluster(key, spec)
-        cluster.refs += 1
-        return cluster
-
-
-def _release_cluster(cluster: _Cluster) -> None:
-    with _clusters_lock:
-        cluster.refs -= 1
-        if cluster.refs:
-            return
-        del _clusters[cluster.key]
-    lib().rados_shutdown(cluster.handle)
-
-
-class _IoVec(ctypes.Structure):
-    """struct iovec"""
-
-    _fields_ = [("base", c_void_p), ("length", ctypes.c_size_t)]
-
-
-class _Request:
-    """One read, write or other request of the store, waiting for librbd."""
-
-    __slots__ = ("addr", "done", "finished", "keep", "length", "offset", "write")
-
-    def __init__(
-        self,
-        done: asyncio.Future[int],
-        write: bool = False,
-        offset: int = 0,
-        length: int = 0,
-        addr: int = 0,
-        keep: object = None,
-    ) -> None:
-        self.done = done
-        self.write = write
-        self.offset = offset
-        self.length = length
-        self.addr = addr
-        self.keep = keep
-        self.finished = False
-
-    def finish(self, ret: int) -> None:
-        self.finished = True
-        if not self.done.done():
-            self.done.set_result(ret)
 
 
 class RbdError(OSError):
     """An image cannot be reached, opened or created (at start: names the image)."""
-
-
-def _store_error(
-    err: int, where: str, op: str, offset: int | None, length: int | None
-) -> StoreError:
-    if err in (errno.ENOSPC, errno.EDQUOT) and op != "read":
-        return SpaceExhausted(err, where, op, offset, length)
-    if op == "read":
-        return MediumReadError(err, where, op, offset, length)
-    return MediumWriteError(err, where, op, offset, length)
 
 
 async def _on_thread(fn: Callable[[], T], undo: Callable[[T], object] | None = None) -> T:
@@ -293,29 +77,14 @@ async def _on_thread(fn: Callable[[], T], undo: Callable[[T], object] | None = N
         raise
 
 
-def _buffer_address(data: bytes | bytearray | memoryview) -> tuple[int, object]:
-    """The address of ``data``'s bytes and the object that keeps them alive, without a
-    copy where the buffer allows it."""
-    if isinstance(data, bytes):
-        pointer = ctypes.c_char_p(data)
-        return ctypes.cast(pointer, c_void_p).value or 0, (pointer, data)
-    view = data if isinstance(data, memoryview) else memoryview(data)
-    n = view.nbytes
-    try:
-        arr = (ctypes.c_char * n).from_buffer(view)
-    except TypeError:  # read-only, or not contiguous: one copy
-        arr = (ctypes.c_char * n).from_buffer_copy(view)
-    return ctypes.addressof(arr), arr
-
-
-class RbdImage:
+class RbdImage(ImageRequests):
     """An open RBD image of ``size`` bytes, served through librbd's asynchronous calls."""
 
     def __init__(self, spec: RbdSpec, *, read_only: bool = False) -> None:
         self.spec = spec
         self.read_only = read_only
         self.path = f"rbd:{spec.name}"  # how errors name the store
-        self._cluster: _Cluster | None = None
+        self._cluster: Cluster | None = None
         self._ioctx = c_void_p()
         self._image = c_void_p()
         self._efd = -1
@@ -323,22 +92,12 @@ class RbdImage:
         # The allocation this client keeps is exact while it is the image's only writer.
         self.allocation_known = True
         self._open()
-        # Requests librbd holds, by completion: each a group of one or more (merged).
-        self._pending: dict[int, tuple[list[_Request], object]] = {}
-        # Reads and writes asked for in this turn of the loop, not yet given to librbd.
-        self._plug: list[_Request] = []
-        self.merged_requests = 0  # reads and writes that went to librbd merged with others
-        self._polled = (c_void_p * _POLL_BATCH)()
-        # librbd (16.2) leaves compare-and-write out of the eventfd notification: that one
-        # completion calls back on librbd's thread, which queues it here and signals the fd.
-        self._called_back: deque[int] = deque()
-        self._callback = _COMPLETION_CALLBACK(self._completed_on_librbd_thread)
-        self._callback_ptr = ctypes.cast(self._callback, c_void_p)
+        super().__init__()
 
     def _open(self) -> None:
         """Connect (or share a connection), open the image, read its allocation."""
         spec = self.spec
-        self._cluster = _acquire_cluster(spec)
+        self._cluster = acquire_cluster(spec)
         try:
             check(
                 lib().rados_ioctx_create(
@@ -361,7 +120,7 @@ class RbdImage:
                 "rbd_set_image_notification",
             )
             self.allocation = Allocation(self.size)
-            self._read_allocation(self.allocation)
+            self._read_allocation(self._image, self.allocation)
         except OSError as exc:
             self._teardown()
             raise RbdError(exc.errno or errno.EIO, f"rbd image {spec.name}: {exc}") from exc
@@ -415,8 +174,9 @@ class RbdImage:
             raise OSError(errno.ENOENT, "no such image (set create = true and size to make it)")
         check(ret, "opening the image")
 
-    def _read_allocation(self, into: Allocation) -> None:
-        """Fill ``into`` from ``diff_iterate`` (blocking: at open, or in a worker thread)."""
+    def _read_allocation(self, image: c_void_p, into: Allocation) -> None:
+        """Fill ``into`` from ``image``'s ``diff_iterate`` (blocking: at open, or in a
+        worker thread)."""
         whole = bool(self.features & RBD_FEATURE_FAST_DIFF) and self.size > WHOLE_OBJECT_ABOVE
 
         def on_extent(offset: int, length: int, exists: int, _arg: object) -> int:
@@ -426,203 +186,16 @@ class RbdImage:
 
         callback = DIFF_CALLBACK(on_extent)
         check(
-            lib().rbd_diff_iterate2(self._image, None, 0, self.size, 1, int(whole), callback, None),
+            lib().rbd_diff_iterate2(image, None, 0, self.size, 1, int(whole), callback, None),
             "diff_iterate",
         )
 
     async def reload_allocation(self) -> None:
         """Read the allocation from the cluster again (after another client wrote)."""
         fresh = Allocation(self.size)
-        await _on_thread(lambda: self._read_allocation(fresh))
-        self.allocation = fresh
-
-    # -- completions --------------------------------------------------------------------
-    def _attach(self) -> asyncio.AbstractEventLoop:
-        loop = self._loop
-        if loop is not None and loop.is_running():
-            # The loop of the last request, still running: this one's (one loop per
-            # thread). CPython 3.11's get_running_loop() costs a getpid() system call.
-            return loop
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.remove_reader(self._efd)
-            loop.add_reader(self._efd, self._harvest)
-            self._loop = loop
-        return loop
-
-    def _completed_on_librbd_thread(self, comp: int | None, _arg: int | None) -> None:
-        self._called_back.append(comp or 0)
-        os.eventfd_write(self._efd, 1)
-
-    def _harvest(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.eventfd_read(self._efd)
-        while self._called_back:
-            self._finish(self._called_back.popleft())
-        polled = self._polled
-        while True:
-            n = lib().rbd_poll_io_events(self._image, polled, _POLL_BATCH)
-            for i in range(max(n, 0)):
-                self._finish(polled[i])
-            if n < _POLL_BATCH:
-                return
-
-    def _finish(self, comp: int | None) -> None:
-        rbd = lib()
-        ret = rbd.rbd_aio_get_return_value(comp)
-        rbd.rbd_aio_release(comp)
-        entry = self._pending.pop(comp or 0, None)
-        if entry is not None:
-            for request in entry[0]:
-                request.finish(ret)
-
-    async def _admit(
-        self, op: str, offset: int | None, length: int | None, data_bytes: int
-    ) -> _Cluster:
-        """Count one request in the client's budget (waiting while it is full)."""
-        cluster = self._cluster
-        if cluster is None or not self._image:  # closed, or being reopened after a fence
-            raise _store_error(errno.ESHUTDOWN, self.path, op, offset, length)
-        if (
-            cluster.in_flight_ops >= MAX_IN_FLIGHT_OPS
-            or cluster.in_flight_bytes + data_bytes > MAX_IN_FLIGHT_BYTES
-        ):
-            await cluster.admit(data_bytes)
-        else:
-            cluster.in_flight_ops += 1
-            cluster.in_flight_bytes += data_bytes
-        return cluster
-
-    async def _run(
-        self,
-        op: str,
-        offset: int | None,
-        length: int | None,
-        keep: object,
-        submit: object,
-        *,
-        callback: bool = False,
-        data_bytes: int = 0,
-    ) -> int:
-        """Queue one request (``submit(completion) -> int``) and wait for its result.
-        Reads and writes asked for before it go to librbd first (submission order)."""
-        cluster = await self._admit(op, offset, length, data_bytes)
-        try:
-            loop = self._attach()
-            if self._plug:
-                self._unplug()
-            request = _Request(loop.create_future())
-            comp = self._completion([request], keep, callback)
-            if comp is not None:
-                self._submitted(comp, submit(comp))  # type: ignore[operator]
-            return await self._wait(request, op, offset, length)
-        finally:
-            cluster.release(data_bytes)
-
-    async def _io(self, write: bool, offset: int, n: int, addr: int, keep: object) -> None:
-        """A read or write, given to librbd at the end of this turn of the loop with those
-        asked for in the same turn, adjacent ones merged into one request (``_unplug``)."""
-        op = "write" if write else "read"
-        cluster = await self._admit(op, offset, n, n)
-        try:
-            loop = self._attach()
-            request = _Request(loop.create_future(), write, offset, n, addr, keep)
-            if not self._plug:
-                loop.call_soon(self._unplug)
-            self._plug.append(request)
-            await self._wait(request, op, offset, n)
-        finally:
-            cluster.release(n)
-
-    def _unplug(self) -> None:
-        """Give librbd the reads and writes asked for since the last time, in order; a run
-        of adjacent ones of the same kind (a sequential stream: one command per 4 KiB
-        block) goes as one vectored request: one OSD operation, one completion."""
-        plug, self._plug = self._plug, []
-        if not plug:
-            return
         image = self._image
-        rbd = lib()
-        i, count = 0, len(plug)
-        while i < count:
-            first = plug[i]
-            end = first.offset + first.length
-            j = i + 1
-            while (
-                j < count
-                and j - i < MERGE_MAX_REQUESTS
-                and plug[j].write == first.write
-                and plug[j].offset == end
-                and end + plug[j].length - first.offset <= MERGE_MAX_BYTES
-            ):
-                end += plug[j].length
-                j += 1
-            if not image:
-                for request in plug[i:j]:
-                    request.finish(-errno.ESHUTDOWN)
-            elif j == i + 1:
-                comp = self._completion([first], first.keep, False)
-                if comp is not None:
-                    aio = rbd.rbd_aio_write if first.write else rbd.rbd_aio_read
-                    self._submitted(comp, aio(image, first.offset, first.length, first.addr, comp))
-            else:
-                group = plug[i:j]
-                self.merged_requests += len(group)
-                iov = (_IoVec * len(group))()
-                for k, request in enumerate(group):
-                    iov[k].base = request.addr
-                    iov[k].length = request.length
-                comp = self._completion(group, (iov, [r.keep for r in group]), False)
-                if comp is not None:
-                    aiov = rbd.rbd_aio_writev if first.write else rbd.rbd_aio_readv
-                    self._submitted(comp, aiov(image, iov, len(group), first.offset, comp))
-            i = j
-
-    def _completion(self, group: list[_Request], keep: object, callback: bool) -> c_void_p | None:
-        """A librbd completion for ``group`` (None: refused, and the group finished)."""
-        comp = c_void_p()
-        ret = lib().rbd_aio_create_completion(
-            None, self._callback_ptr if callback else None, byref(comp)
-        )
-        if ret < 0:
-            for request in group:
-                request.finish(ret)
-            return None
-        self._pending[comp.value or 0] = (group, keep)
-        return comp
-
-    def _submitted(self, comp: c_void_p, ret: int) -> None:
-        """After the ``rbd_aio_*`` call: one that refused finishes its group now."""
-        if ret < 0:
-            group, _ = self._pending.pop(comp.value or 0)
-            lib().rbd_aio_release(comp)
-            for request in group:
-                request.finish(ret)
-
-    async def _wait(
-        self, request: _Request, op: str, offset: int | None, length: int | None
-    ) -> int:
-        """The result of ``request``. Cancelled, it still waits while librbd holds its
-        buffer and may still change the image, then raises CancelledError. (A plugged
-        request is always given to librbd first: ``_unplug`` was scheduled before any
-        cancellation could wake its waiter.)"""
-        cancelled = False
-        while True:
-            try:
-                ret = await request.done
-                break
-            except asyncio.CancelledError:
-                cancelled = True
-                if request.finished:
-                    ret = 0
-                    break
-                request.done = asyncio.get_running_loop().create_future()
-        if cancelled:
-            raise asyncio.CancelledError
-        if ret < 0:
-            raise _store_error(-ret, self.path, op, offset, length)
-        return ret
+        await _on_thread(lambda: self._read_allocation(image, fresh))
+        self.allocation = fresh
 
     # -- data path ----------------------------------------------------------------------
     async def read_into(self, offset: int, buf: memoryview) -> None:
@@ -630,14 +203,14 @@ class RbdImage:
         n = buf.nbytes
         if not n:
             return
-        addr, keep = _buffer_address(buf)
+        addr, keep = buffer_address(buf)
         await self._io(False, offset, n, addr, keep)
 
     async def write(self, offset: int, data: bytes | memoryview, *, fua: bool = False) -> None:
         """Write ``data`` at ``offset``; with ``fua``, held by the cluster before returning."""
         n = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
         if n:
-            addr, keep = _buffer_address(data)
+            addr, keep = buffer_address(data)
             await self._io(True, offset, n, addr, keep)
             self.allocation.add(offset, offset + n)
         if fua and self.spec.cache != "none":
@@ -688,8 +261,8 @@ class RbdImage:
         boundary raises ``NotImplementedError``, for the caller to compare by other means.
         """
         n = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
-        cmp_addr, cmp_keep = _buffer_address(expected)
-        addr, keep = _buffer_address(data)
+        cmp_addr, cmp_keep = buffer_address(expected)
+        addr, keep = buffer_address(data)
         mismatch = c_uint64(0)
         image = self._image
         try:
@@ -808,12 +381,13 @@ class RbdImage:
 
     async def lock_owners(self) -> list[str]:
         """The clients holding the exclusive lock, by address (empty: nobody)."""
+        image = self._image
 
         def owners() -> list[str]:
             mode = c_int(0)
             table = (ctypes.c_char_p * 4)()
             count = ctypes.c_size_t(4)
-            ret = lib().rbd_lock_get_owners(self._image, byref(mode), table, byref(count))
+            ret = lib().rbd_lock_get_owners(image, byref(mode), table, byref(count))
             if ret == -errno.ENOENT:
                 return []
             check(ret, "rbd_lock_get_owners")
@@ -896,7 +470,7 @@ class RbdImage:
             lib().rados_ioctx_destroy(self._ioctx)
             self._ioctx = c_void_p()
         if self._cluster is not None:
-            _release_cluster(self._cluster)
+            release_cluster(self._cluster)
             self._cluster = None
 
     def __repr__(self) -> str:

@@ -2,14 +2,18 @@
 stopping, a takeover timing out) returns only once the call has ended on its worker
 thread, and leaves nothing of it behind: a cancelled lock acquisition gives the lock back
 (docs/rbd.md, "A cancelled lock call ends first"), and a cancelled reopen leaves the image
-open as the new client."""
+open as the new client. A call on a worker thread asks about the image open when it was
+called."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from ctypes import c_void_p
+from typing import Any
 
 import pytest
 from ceph_fixtures import ImageFactory, ceph_cluster, new_image
@@ -123,3 +127,57 @@ def test_a_cancelled_reopen_waits_for_librbd_and_leaves_the_image_open(
     assert opened_at_cancel
     assert data[:3072] == b"before" * 512
     assert data[4096 : 4096 + 3072] == b"after!" * 512
+
+
+class _HeldExecutor(ThreadPoolExecutor):
+    """An executor whose jobs start only once ``go`` is set (``queued``: one was given)."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.queued = threading.Event()
+        self.go = threading.Event()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.queued.set()
+
+        def held() -> Any:
+            self.go.wait(30)
+            return fn(*args, **kwargs)
+
+        return super().submit(held)
+
+
+def test_lock_owners_asks_about_the_image_open_when_it_was_called(
+    ceph_cluster: CephCluster, new_image: ImageFactory
+) -> None:
+    """Like every call that runs on a worker thread, ``lock_owners`` takes the image handle
+    when it is called: the handle the object holds by the time the thread runs (a reopen
+    may have replaced it) is not the one asked about."""
+    unlocked_spec = RbdSpec(ceph_cluster.pool, new_image("8M"), ceph_conf=str(ceph_cluster.conf))
+    locked_spec = RbdSpec(ceph_cluster.pool, new_image("8M"), ceph_conf=str(ceph_cluster.conf))
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        unlocked, locked = RbdImage(unlocked_spec), RbdImage(locked_spec)
+        try:
+            await locked.acquire_lock()
+            asked = await unlocked.lock_owners()
+            executor = _HeldExecutor()
+            asyncio.get_running_loop().set_default_executor(executor)
+            task = asyncio.create_task(unlocked.lock_owners())
+            while not executor.queued.is_set():  # (to_thread would wait in the held executor)
+                await asyncio.sleep(0.001)
+            own = unlocked._image
+            unlocked._image = locked._image  # what a reopen would do, while the job waits
+            try:
+                executor.go.set()
+                asked_then = await task
+            finally:
+                unlocked._image = own
+            return asked, asked_then
+        finally:
+            unlocked.close()
+            locked.close()
+
+    asked, asked_then = asyncio.run(scenario())
+    assert asked == []
+    assert asked_then == []  # not the other image's owner (the locked one's address)

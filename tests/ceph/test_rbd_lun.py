@@ -251,7 +251,7 @@ def test_requests_beyond_the_in_flight_budget_wait_instead_of_blocking_the_loop(
 ) -> None:
     """librbd dispatches in the caller's thread here, where the objecter's throttle would
     block the event loop; the store keeps requests in flight under its own budget."""
-    from backing import rbd_image
+    from backing import rbd_cluster
 
     spec = RbdSpec(ceph_cluster.pool, new_image("16M"), ceph_conf=str(ceph_cluster.conf))
     data = os.urandom(MiB)
@@ -280,5 +280,5 @@ def test_requests_beyond_the_in_flight_budget_wait_instead_of_blocking_the_loop(
             img.close()
 
     peak_bytes, peak_ops = asyncio.run(scenario())
-    assert peak_bytes == rbd_image.MAX_IN_FLIGHT_BYTES  # the budget filled, and no more
-    assert peak_ops <= rbd_image.MAX_IN_FLIGHT_OPS
+    assert peak_bytes == rbd_cluster.MAX_IN_FLIGHT_BYTES  # the budget filled, and no more
+    assert peak_ops <= rbd_cluster.MAX_IN_FLIGHT_OPS

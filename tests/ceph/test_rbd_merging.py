@@ -10,7 +10,7 @@ import os
 from ceph_fixtures import ImageFactory, ceph_cluster, export_image, new_image
 from cluster import CephCluster
 
-from backing import rbd_image
+from backing import rbd_requests
 from backing.rbd_image import RbdImage, RbdSpec
 
 __all__ = ["ceph_cluster", "new_image"]
@@ -53,7 +53,7 @@ def test_merging_stops_at_its_limits_and_between_reads_and_writes(
     ceph_cluster: CephCluster, new_image: ImageFactory
 ) -> None:
     spec = RbdSpec(ceph_cluster.pool, new_image("8M"), ceph_conf=str(ceph_cluster.conf))
-    big = rbd_image.MERGE_MAX_BYTES // 2
+    big = rbd_requests.MERGE_MAX_BYTES // 2
 
     async def scenario() -> tuple[int, list[int], bytes]:
         img = RbdImage(spec)
@@ -79,7 +79,7 @@ def test_merging_stops_at_its_limits_and_between_reads_and_writes(
                 img.read_into(3 * big + 4 * KiB, memoryview(out)),
             )
             # more adjacent requests than one vectored request takes
-            n = rbd_image.MERGE_MAX_REQUESTS + 1
+            n = rbd_requests.MERGE_MAX_REQUESTS + 1
             await asyncio.gather(*(img.write(4 * MiB + i * 512, b"\x22" * 512) for i in range(n)))
             back = bytearray(3 * big)
             await img.read_into(0, memoryview(back))
@@ -91,6 +91,6 @@ def test_merging_stops_at_its_limits_and_between_reads_and_writes(
     merged, sizes, out = asyncio.run(scenario())
     assert sizes[0:2] == [2, 1]  # two halves merged, the third alone
     assert sizes[2:4] == [1, 1]  # the write and the read, apart
-    assert sizes[4:6] == [rbd_image.MERGE_MAX_REQUESTS, 1]
-    assert merged == 2 + rbd_image.MERGE_MAX_REQUESTS
+    assert sizes[4:6] == [rbd_requests.MERGE_MAX_REQUESTS, 1]
+    assert merged == 2 + rbd_requests.MERGE_MAX_REQUESTS
     assert out == bytes(4 * KiB)
