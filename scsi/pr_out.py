@@ -120,8 +120,11 @@ def _register(lu: LogicalUnit, cmd: ScsiCommand, ignore_existing: bool) -> ScsiR
     return ScsiResult()
 
 
-def _registered(lu: LogicalUnit, cmd: ScsiCommand, params: ProutParameters) -> bool:
-    return lu.reservations.key_of(cmd.nexus) == params.key
+def _registrant(lu: LogicalUnit, cmd: ScsiCommand) -> ProutParameters | None:
+    """The parameter list of a service action only a registrant may send: None (answer
+    RESERVATION CONFLICT) when the I_T nexus is not registered with the key it gives."""
+    params = _parameters(lu, cmd)
+    return params if lu.reservations.key_of(cmd.nexus) == params.key else None
 
 
 @durable
@@ -136,10 +139,10 @@ async def register_and_ignore(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
 
 @durable
 async def reserve(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
-    params, pr_type = _parameters(lu, cmd), _type(cmd)
-    state = lu.reservations
-    if not _registered(lu, cmd, params):
+    params, pr_type = _registrant(lu, cmd), _type(cmd)
+    if params is None:
         return CONFLICT
+    state = lu.reservations
     if state.reservation is None:
         registrant = state.registrant(cmd.nexus)
         assert registrant is not None
@@ -152,10 +155,9 @@ async def reserve(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
 
 @durable
 async def release(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
-    params = _parameters(lu, cmd)
-    state = lu.reservations
-    if not _registered(lu, cmd, params):
+    if _registrant(lu, cmd) is None:
         return CONFLICT
+    state = lu.reservations
     res = state.reservation
     if res is None or not state.is_holder(cmd.nexus):
         return ScsiResult()
@@ -169,10 +171,9 @@ async def release(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
 
 @durable
 async def clear(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
-    params = _parameters(lu, cmd)
-    state = lu.reservations
-    if not _registered(lu, cmd, params):
+    if _registrant(lu, cmd) is None:
         return CONFLICT
+    state = lu.reservations
     state.notify(Reason.RESERVATIONS_PREEMPTED, sender=cmd.nexus)
     state.keys.clear()
     state.release()
@@ -193,10 +194,10 @@ PREEMPT_AND_ABORT = 0x05
 async def preempt(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     """PREEMPT, and PREEMPT AND ABORT: the latter also ends the commands the preempted
     nexuses have on this LU, before it completes (SPC-4 5.13.11.2.6)."""
-    params, pr_type = _parameters(lu, cmd), _type(cmd)
-    state = lu.reservations
-    if not _registered(lu, cmd, params):
+    params, pr_type = _registrant(lu, cmd), _type(cmd)
+    if params is None:
         return CONFLICT
+    state = lu.reservations
     mine = state.registrant(cmd.nexus)
     assert mine is not None
     res = state.reservation

@@ -26,7 +26,7 @@ from backing.pairs.engine import Pair, PairSettings, PairStatus
 from backing.pairs.group_log import GroupLog, SplitRecord
 from backing.pairs.group_ops import GroupOps
 from backing.pairs.journal import REGIONS, PairFile, PairFileError, PairRecord
-from backing.pairs.shared import SharedPairs
+from backing.pairs.shared import SharedPairs, start_pair
 from backing.pairs.states import (
     NAME,
     BackupPolicy,
@@ -166,15 +166,7 @@ class PairManager(GroupOps):
         # Started once every pair is attached: a pair starting knows its primary's others
         # (whose split snapshots are theirs, not strays).
         for pair in to_start:
-            await pair.start()
-            status = pair.status()
-            log.info(
-                "pair %s resumed: %s/%s, %d chunks to copy",
-                pair.name,
-                status.phase.source.label,
-                status.phase.target.label,
-                status.dirty_chunks,
-            )
+            await start_pair(pair, "resumed", log)
         await self._load_groups(resumed)
         await self._write_caught_up()
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from backing.pairs.engine import Pair, PairSettings, PairStatus
@@ -186,15 +186,15 @@ class PairService:
         (one instant for all of them). ``keep_split``: a pair already split (SPLIT-PENDING
         or SPLIT) keeps its split instant and nothing is done (EXTENDED COPY's SPLIT PAIR
         segment)."""
-        pair = await self.manager.shared.here(self.find(name=name, scope=scope, volume=volume))
-        if keep_split and pair.phase in SPLIT_PHASES:
-            return pair.status()
-        if pair.group is not None:
-            await self.split_group(pair.group, scope_of(pair.source.volume_id), access=access)
-            return pair.status()
-        access.check((pair.source.volume_id,), (pair.target.volume_id,))
-        await pair.split()
-        return pair.status()
+        return await self._pair_or_group(
+            lambda p: p.split(),
+            self.split_group,
+            access,
+            name,
+            scope,
+            volume,
+            keep_split=keep_split,
+        )
 
     async def resync(
         self,
@@ -205,13 +205,9 @@ class PairService:
         volume: str | None = None,
     ) -> PairStatus:
         """Resync the pair; a pair in a consistency group resyncs with its whole group."""
-        pair = await self.manager.shared.here(self.find(name=name, scope=scope, volume=volume))
-        if pair.group is not None:
-            await self.resync_group(pair.group, scope_of(pair.source.volume_id), access=access)
-            return pair.status()
-        access.check((pair.source.volume_id,), (pair.target.volume_id,))
-        await pair.resync()
-        return pair.status()
+        return await self._pair_or_group(
+            lambda p: p.resync(), self.resync_group, access, name, scope, volume
+        )
 
     async def reverse_resync(
         self,
@@ -224,25 +220,42 @@ class PairService:
         """Restore the source from the target of a SPLIT pair, copying only the chunks
         either side changed since the split; hosts are fenced from the source until it is
         DUPLEX again. A pair in a group restores with its whole group."""
+        return await self._pair_or_group(
+            lambda p: p.reverse_resync(), self.reverse_resync_group, access, name, scope, volume,
+            reverse=True,
+        )  # fmt: skip
+
+    async def _pair_or_group(
+        self,
+        pair_op: Callable[[Pair], Awaitable[object]],
+        group_op: Callable[..., Awaitable[GroupStatus]],
+        access: Access,
+        name: str | None,
+        scope: str | None,
+        volume: str | None,
+        *,
+        keep_split: bool = False,
+        reverse: bool = False,
+    ) -> PairStatus:
+        """Run ``pair_op`` on the pair found, here on this gateway; a pair in a group has
+        ``group_op`` run on its whole group instead. ``access`` is asked to read the source
+        and write the target (the other way round for a ``reverse`` copy)."""
         pair = await self.manager.shared.here(self.find(name=name, scope=scope, volume=volume))
-        if pair.group is not None:
-            await self.reverse_resync_group(
-                pair.group, scope_of(pair.source.volume_id), access=access
-            )
+        if keep_split and pair.phase in SPLIT_PHASES:
             return pair.status()
-        access.check((pair.target.volume_id,), (pair.source.volume_id,))
-        await pair.reverse_resync()
+        if pair.group is not None:
+            await group_op(pair.group, scope_of(pair.source.volume_id), access=access)
+            return pair.status()
+        source, target = (pair.source.volume_id,), (pair.target.volume_id,)
+        access.check(*((target, source) if reverse else (source, target)))
+        await pair_op(pair)
         return pair.status()
 
     async def reverse_resync_group(
         self, name: str, scope: str | None = None, *, access: Access
     ) -> GroupStatus:
         """Restore every member's source from its target (each must be SPLIT)."""
-        scope = self.manager.group_scope(name, scope)
-        pairs = self.manager.group_pairs(name, scope)
-        access.check([p.target.volume_id for p in pairs], [p.source.volume_id for p in pairs])
-        await self.manager.reverse_resync_group(name, scope)
-        return self.manager.group_status(name, scope)
+        return await self._group(self.manager.reverse_resync_group, name, scope, access, True)
 
     async def delete(
         self,
@@ -329,20 +342,30 @@ class PairService:
         """Split every pair of the group at one instant (docs/pairs.md, "Consistency
         groups"). All or nothing: ``access`` is asked about every member's volumes and
         every member's state is checked before any pair changes."""
-        scope = self.manager.group_scope(name, scope)
-        pairs = self.manager.group_pairs(name, scope)
-        access.check([p.source.volume_id for p in pairs], [p.target.volume_id for p in pairs])
-        await self.manager.split_group(name, scope)
-        return self.manager.group_status(name, scope)
+        return await self._group(self.manager.split_group, name, scope, access)
 
     async def resync_group(
         self, name: str, scope: str | None = None, *, access: Access
     ) -> GroupStatus:
         """Resync every split or SUSPENDED pair of the group (those mirroring stay)."""
+        return await self._group(self.manager.resync_group, name, scope, access)
+
+    async def _group(
+        self,
+        group_op: Callable[[str, str], Awaitable[object]],
+        name: str,
+        scope: str | None,
+        access: Access,
+        reverse: bool = False,
+    ) -> GroupStatus:
+        """``group_op`` on the group, once ``access`` allows reading every member's source
+        and writing its target (the other way round for a ``reverse`` copy)."""
         scope = self.manager.group_scope(name, scope)
         pairs = self.manager.group_pairs(name, scope)
-        access.check([p.source.volume_id for p in pairs], [p.target.volume_id for p in pairs])
-        await self.manager.resync_group(name, scope)
+        sources = [p.source.volume_id for p in pairs]
+        targets = [p.target.volume_id for p in pairs]
+        access.check(*((targets, sources) if reverse else (sources, targets)))
+        await group_op(name, scope)
         return self.manager.group_status(name, scope)
 
     async def set_backup_policy(

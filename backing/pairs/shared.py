@@ -38,6 +38,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+async def start_pair(pair: Pair, how: str, logger: logging.Logger) -> None:
+    """Start ``pair``'s copy and log where it stands (``pair NAME <how>: PHASES, N chunks
+    to copy``): a pair resumed from its file, or taken over from the other gateway."""
+    await pair.start()
+    status = pair.status()
+    logger.info(
+        "pair %s %s: %s/%s, %d chunks to copy",
+        pair.name,
+        how,
+        status.phase.source.label,
+        status.phase.target.label,
+        status.dirty_chunks,
+    )
+
+
 REFRESH = 1.0  # seconds between looks at the records of the pairs shown here
 # Phases with work for the gateway that runs the pair (DELETE: a deletion its gateway's
 # death cut short, finished by the other).
@@ -242,15 +258,7 @@ class SharedPairs:
         self._watch(running)
         self.running.add(target.volume_id)
         self.runs += 1
-        await running.start()
-        status = running.status()
-        log.info(
-            "pair %s runs here: %s/%s, %d chunks to copy",
-            running.name,
-            status.phase.source.label,
-            status.phase.target.label,
-            status.dirty_chunks,
-        )
+        await start_pair(running, "runs here", log)
 
     def _watch(self, pair: Pair) -> None:
         record = pair.file
