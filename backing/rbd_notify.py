@@ -26,6 +26,7 @@ from typing import Any
 
 from backing.rbd_image import RbdImage
 from backing.rbd_lib import WATCH_CALLBACK, WATCH_ERROR_CALLBACK, check, lib
+from backing.threads import outlast
 
 log = logging.getLogger("targetd.rbd")
 
@@ -124,7 +125,9 @@ class GatewayChannel:
                 check(ret, "rados_notify2")
             return decode_notify_reply(raw) if raw else NotifyResult()
 
-        return await asyncio.get_running_loop().run_in_executor(None, send)
+        # A cancel (the gateway stopping) waits for the notify to end: the io context it
+        # uses closes with the image next.
+        return await outlast(asyncio.get_running_loop().run_in_executor(None, send))
 
     # -- librados's threads ------------------------------------------------------------
     def _on_notify(

@@ -33,7 +33,7 @@ from targetd.config import (
 from targetd.copy_ops import CopyOperations
 from targetd.group_admin import GroupAdmin
 from targetd.library_admin import LibraryAdmin
-from targetd.luns import Builder, close_targets
+from targetd.luns import Builder, close_targets, stop_gates
 from targetd.operations import Operations
 from targetd.pair_admin import PairAdmin
 from targetd.pairs import pair_settings
@@ -202,6 +202,7 @@ async def _serve(
         # what to do (the log may be going to a file or JSON).
         print(f"targetd: cannot listen: {_why(err)}{_listen_hint(err)}", file=sys.stderr)
         await ops.shutdown(0)
+        await stop_gates(server.scsi_targets())
         close_targets(server.scsi_targets())
         return 1
     for target in config.targets:
@@ -219,6 +220,7 @@ async def _serve(
     await stop.wait()
     log.info("stopping")
     await ops.shutdown(DRAIN_SECONDS)
+    await stop_gates(server.scsi_targets())  # their librbd calls end before the images close
     close_targets(server.scsi_targets())
     log.info("stopped")
     return 1 if ops.flush_failures else 0

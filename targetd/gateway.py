@@ -263,8 +263,13 @@ class LockGate:
             if self._transition is None:
                 self._transition = self._loop.create_task(self._acquire(deadline))
                 self._transition.add_done_callback(self._transition_done)
+            transition = self._transition
             try:
-                await asyncio.shield(self._transition)
+                await asyncio.shield(transition)
+            except asyncio.CancelledError as exc:
+                if _stopped(transition):  # the gateway stops: not taken
+                    raise CheckCondition(Reason.LU_NOT_ACCESSIBLE_TRANSITIONING) from exc
+                raise
             except (NotAvailable, OSError) as exc:
                 if isinstance(exc, OSError):
                     log.warning("lock not taken", extra=logs.fields(lu=self.name, error=str(exc)))
@@ -307,8 +312,13 @@ class LockGate:
             if self._transition is None:
                 self._transition = self._loop.create_task(self._acquire(deadline, why))
                 self._transition.add_done_callback(self._transition_done)
+            transition = self._transition
             try:
-                await asyncio.shield(self._transition)
+                await asyncio.shield(transition)
+            except asyncio.CancelledError:
+                if _stopped(transition):  # the gateway stops: not taken
+                    return False
+                raise
             except (NotAvailable, OSError):
                 return False
         return True
@@ -554,11 +564,31 @@ class LockGate:
             "client": self.image.address if not self.is_fenced else "",
         }
 
+    async def stop(self) -> None:
+        """Stop this gateway's work on the image before it closes: every task of it (a
+        lock acquisition, a takeover, a release, a watch renewal) ends, each once its
+        librbd or RADOS call on a worker thread has ended (a cancel cannot stop such a
+        call, and one running on against a closed image crashes librbd; a cancelled lock
+        acquisition gives the lock back). So a stop takes at most as long as the call in
+        flight (about a second for a lock break that blocklists the other client; a
+        takeover's notify, up to ``takeover_ms``). Then :meth:`close`."""
+        tasks = list(self._tasks)
+        if self._transition is not None:
+            tasks.append(self._transition)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(self.close)
+
     def close(self) -> None:
         """Give the lock up, then stop watching (blocking; before the image closes): the
         other gateway, asking meanwhile, finds the lock free rather than a silent holder
-        to fence."""
-        for task in list(self._tasks):
+        to fence. Tasks still running are cancelled but not waited for: :meth:`stop`
+        waits for them first."""
+        tasks = list(self._tasks)
+        if self._transition is not None:
+            tasks.append(self._transition)
+        for task in tasks:
             task.cancel()
         if self.holding and not self.is_fenced:
             try:
@@ -567,6 +597,13 @@ class LockGate:
                 log.info("lock not released at close", extra=logs.fields(error=str(exc)))
             self.holding = False
         self.channel.stop()
+
+
+def _stopped(transition: asyncio.Task[None]) -> bool:
+    """Whether a waiter's CancelledError came from ``transition``, cancelled by
+    :meth:`LockGate.stop`, rather than from a cancel of the waiter itself."""
+    me = asyncio.current_task()
+    return transition.cancelled() and (me is None or not me.cancelling())
 
 
 def metric_families(gates: list[LockGate]) -> list[Family]:

@@ -538,6 +538,18 @@ def build_targets(config: Config, pairs: PairService | None = None) -> dict[str,
     return Builder(config, pairs).targets()
 
 
+async def stop_gates(targets: dict[str, ScsiTarget]) -> None:
+    """Stop every gateway LU's lock work (targetd/gateway.py, LockGate.stop): each returns
+    once its librbd calls in flight have ended, so the images may close next."""
+    stops = []
+    for target in targets.values():
+        for lu in target.luns.values():
+            stop = getattr(lu.access_gate, "stop", None)
+            if stop is not None:
+                stops.append(stop())
+    await asyncio.gather(*stops)
+
+
 def close_targets(targets: dict[str, ScsiTarget]) -> None:
     for target in targets.values():
         for lu in target.luns.values():

@@ -279,9 +279,9 @@ class Operations:
             for manager in _copy_managers([*lus, *runtime.scsi.luns.values()]):
                 await manager.stop_touching(lus)
             for lu in lus:
-                gate = getattr(lu.access_gate, "close", None)
+                gate = getattr(lu.access_gate, "stop", None)
                 if gate is not None:  # a gateway's LU: give its lock up, stop watching
-                    gate()
+                    await gate()
                 closer = getattr(lu, "close", None)
                 if closer is not None:
                     closer()

@@ -3,7 +3,8 @@ stopping, a takeover timing out) returns only once the call has ended on its wor
 thread, and leaves nothing of it behind: a cancelled lock acquisition gives the lock back
 (docs/rbd.md, "A cancelled lock call ends first"), and a cancelled reopen leaves the image
 open as the new client. A call on a worker thread asks about the image open when it was
-called."""
+called. A gateway stopped while it takes the lock stops only once that call has ended,
+within a bound of the call's own length."""
 
 from __future__ import annotations
 
@@ -20,22 +21,26 @@ from ceph_fixtures import ImageFactory, ceph_cluster, new_image
 from cluster import CephCluster
 
 from backing.rbd_image import RbdImage, RbdSpec
+from scsi.block_device import BlockDevice
+from scsi.logical_unit import Identity
+from targetd.gateway import Layout, LockGate
 
 __all__ = ["ceph_cluster", "new_image"]
 
 
 class _SlowLockImage(RbdImage):
-    """An image whose lock acquisitions take half a second longer (on the worker thread,
+    """An image whose lock acquisitions take ``delay`` seconds longer (on the worker thread,
     before librbd's own), and that notes when the last one ended."""
 
-    def __init__(self, spec: RbdSpec) -> None:
+    def __init__(self, spec: RbdSpec, delay: float = 0.5) -> None:
         super().__init__(spec)
+        self.delay = delay
         self.taking = threading.Event()
         self.taken = threading.Event()
 
     def _take_lock(self, image: c_void_p) -> None:
         self.taking.set()
-        time.sleep(0.5)
+        time.sleep(self.delay)
         try:
             super()._take_lock(image)
         finally:
@@ -181,3 +186,53 @@ def test_lock_owners_asks_about_the_image_open_when_it_was_called(
     asked, asked_then = asyncio.run(scenario())
     assert asked == []
     assert asked_then == []  # not the other image's owner (the locked one's address)
+
+
+# A stop waits for the lock call in flight (slowed to SLOW_CALL seconds) and no longer: the
+# bound is generous (a loaded machine), but far below what a stop that hung on the call's
+# retries or on a takeover's deadline would take.
+SLOW_CALL = 1.0
+STOP_BOUND = 10.0
+
+
+def test_a_gateway_stopped_while_it_takes_the_lock_ends_after_the_call_within_a_bound(
+    ceph_cluster: CephCluster, new_image: ImageFactory
+) -> None:
+    """A host write (here the pair's ``take``) makes the gateway take the lock; the daemon
+    stops while librbd takes it (slowed on its worker thread). The stop returns once the
+    call has ended (the image may then be closed: no librbd call of the gateway is still
+    running), within STOP_BOUND, with the lock given back."""
+    name = new_image("8M")
+    spec = RbdSpec(pool=ceph_cluster.pool, image=name, ceph_conf=str(ceph_cluster.conf))
+
+    async def scenario() -> tuple[bool, float, list[str], str]:
+        image = _SlowLockImage(spec, SLOW_CALL)
+        gate = LockGate(
+            BlockDevice(Identity("gate-stop"), image),
+            image,
+            Layout(own_group=1, own_ports=(1,), peer_group=2, peer_ports=(2,)),
+            hold_ms=100,
+            takeover_ms=2000,
+            name="gate-stop",
+        )
+        other = RbdImage(spec)
+        try:
+            taking = asyncio.create_task(gate.take("pair"))
+            await asyncio.to_thread(image.taking.wait, 30)
+            began = time.monotonic()
+            await gate.stop()
+            took = time.monotonic() - began
+            ended = image.taken.is_set()
+            image.taken.wait(30)  # never close the image under a lock call (a crash)
+            await asyncio.wait_for(taking, 30)  # ended too (False: not taken)
+            await asyncio.wait_for(other.acquire_lock(), 30)  # free: the stop gave it back
+            return ended, took, await other.lock_owners(), other.address
+        finally:
+            gate.close()
+            image.close()
+            other.close()
+
+    ended, took, owners, other_address = asyncio.run(scenario())
+    assert ended, "the stop returned while librbd was still taking the lock"
+    assert took < STOP_BOUND, f"the stop took {took:.1f} s"
+    assert owners == [other_address]
