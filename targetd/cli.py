@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,9 @@ from targetd.workers import (
     CONFIG_LOADED,
     CONFIG_STARTED,
     families_to_json,
+    read_kept,
     socket_name,
+    target_tables,
     worker_config,
     write_snapshot,
 )
@@ -55,15 +57,19 @@ DRAIN_SECONDS = 10.0
 
 
 def _load(
-    args: argparse.Namespace, text: bytes | None = None, env: Mapping[str, str] = os.environ
+    args: argparse.Namespace,
+    text: bytes | None = None,
+    env: Mapping[str, str] = os.environ,
+    kept: Iterable[dict[str, Any]] = (),
 ) -> Config:
     """The configuration: ``--config``'s file, or ``text`` as that file's content, with
-    the CHAP credentials ``env`` gives (targetd.chap_env)."""
+    the CHAP credentials ``env`` gives (targetd.chap_env) and the ``kept`` target tables
+    (CONFIG_KEPT) after its own."""
     state_dir = Path(args.state_dir) if args.state_dir else None
     if args.config:
         path = Path(args.config)
         data = read_config(path) if text is None else text
-        config = parse_config_text(data, path, state_dir=state_dir)
+        config = parse_config_text(data, path, state_dir=state_dir, extra_targets=kept)
     else:
         config = default_config(state_dir or DEFAULT_STATE_DIR)
     if args.listen is not None:
@@ -87,15 +93,23 @@ def _load(
 
 
 def _load_as_portal_did(
-    args: argparse.Namespace, texts: Path | None, env: Mapping[str, str]
+    args: argparse.Namespace, texts: Path | None, role: WorkerRole, *, starting: bool
 ) -> Config:
     """A worker's configuration: the text its portal started with, and the one it loaded
     last applied to it as a reload (the file itself may hold an edit not reloaded), with
-    the CHAP credentials the portal's last load found (``env``)."""
+    the CHAP credentials the portal's last load found (``role.env``). ``starting``: also
+    the targets of this worker that a reload left out but its predecessor kept serving (a
+    LUN of theirs in a pair), as it did; at a reload the running worker decides that."""
+    env = role.env
     if not args.config or texts is None:
         return _load(args, env=env)
     started = _load(args, read_config(texts / CONFIG_STARTED), env)
-    return reload.plan(started, _load(args, read_config(texts / CONFIG_LOADED), env)).config
+    text = read_config(texts / CONFIG_LOADED)
+    kept: list[dict[str, Any]] = []
+    if starting:
+        listed = target_tables(text)
+        kept = [t for n, t in read_kept(texts).items() if n in role.targets and n not in listed]
+    return reload.plan(started, _load(args, text, env, kept)).config
 
 
 @dataclass
@@ -319,10 +333,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # A portal (workers > 1 at its start) keeps what it loaded where its workers read it.
     portal_state: list[Path] = []
+    loads: list[int] = []  # a worker's loads so far (its first is its start)
 
     def load() -> Config:
         if role is not None:
-            return worker_config(_load_as_portal_did(args, texts, role.env), role.targets)
+            starting = not loads
+            loads.append(1)
+            config = _load_as_portal_did(args, texts, role, starting=starting)
+            return worker_config(config, role.targets)
         text = read_config(Path(args.config)) if args.config else None
         config = _load(args, text)
         first = not portal_state and config.workers > 1

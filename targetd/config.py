@@ -12,6 +12,7 @@ read by :mod:`targetd.config_targets` (portals, port groups, CHAP, limits, targe
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -224,13 +225,24 @@ def read_config(path: Path) -> bytes:
         raise ConfigError("config", f"cannot read {path}: {e.strerror or e}") from e
 
 
-def parse_config_text(data: bytes, path: Path, *, state_dir: Path | None = None) -> Config:
-    """Validate the text of the file ``path`` (relative paths in it are from its folder)."""
+def parse_config_text(
+    data: bytes,
+    path: Path,
+    *,
+    state_dir: Path | None = None,
+    extra_targets: Iterable[dict[str, Any]] = (),
+) -> Config:
+    """Validate the text of the file ``path`` (relative paths in it are from its folder),
+    with ``extra_targets`` (``[[target]]`` tables) after its own targets."""
     path = Path(path)
     try:
         parsed = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError("config", f"{path} is not valid TOML: {e}") from e
+    extra = list(extra_targets)
+    if extra:
+        listed = parsed.get("target", [])
+        parsed["target"] = [*(listed if isinstance(listed, list) else [listed]), *extra]
     return parse_config(parsed, base_dir=path.parent, state_dir=state_dir)
 
 

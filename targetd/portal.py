@@ -11,10 +11,12 @@ endpoint serves every worker's families, each sample labelled ``worker``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from targetd import logs, reload, reload_report, sdnotify, status
@@ -23,7 +25,17 @@ from targetd.config import Config, ConfigError
 from targetd.metrics import Family, Metrics
 from targetd.reload_report import LastReload
 from targetd.server import TargetServer
-from targetd.workers import Supervisor, merge_families, merge_status, worker_families
+from targetd.workers import (
+    CONFIG_KEPT,
+    CONFIG_LOADED,
+    CONFIG_STARTED,
+    Supervisor,
+    merge_families,
+    merge_status,
+    target_tables,
+    worker_families,
+    write_snapshot,
+)
 
 log = logging.getLogger("targetd")
 FORWARD_TIMEOUT = 3600.0  # a forwarded method may copy a cartridge
@@ -47,6 +59,13 @@ class Portal:
         self.metrics.add_collector(lambda: worker_families(self.supervisor.workers))
         self._reloading = asyncio.Lock()
         logs.scrubber.set_secrets(logs.config_secrets(config))
+        # The [[target]] tables of the targets in force, from the texts that gave them: a
+        # target a reload leaves out but a worker keeps (paired) keeps its table here, for
+        # a worker started again to serve it too (CONFIG_KEPT).
+        self.tables: dict[str, dict[str, Any]] = {}
+        started = config.state_dir / CONFIG_STARTED
+        if loader is not None and started.exists():
+            self.tables = target_tables(started.read_bytes())
 
     def _route(self) -> None:
         self.server.moved = self.supervisor.routes(self.server.config.portals)
@@ -110,6 +129,7 @@ class Portal:
                     is None]  # fmt: skip
         self.server.config = replace(plan.config, targets=tuple(targets))
         self.supervisor.config = self.server.config
+        self._keep_tables(old.state_dir, served)
         self._route()
         refused = [*plan.refused, *(r for r in result["refused"] if r not in plan.refused)]
         for change in result["applied"]:
@@ -117,6 +137,21 @@ class Portal:
         for change in refused:
             log.warning("reload not applied", extra=logs.fields(change=change))
         return {"applied": result["applied"], "refused": refused}
+
+    def _keep_tables(self, state_dir: Path, served: set[str]) -> None:
+        """Note the tables of the targets served after a reload, and write those the text
+        just loaded lacks (kept by their workers) where a worker started later finds them."""
+        try:
+            loaded = target_tables((state_dir / CONFIG_LOADED).read_bytes())
+        except (OSError, ValueError) as err:
+            log.warning("kept targets not noted", extra=logs.fields(error=str(err)))
+            return
+        kept = {n: t for n, t in self.tables.items() if n in served and n not in loaded}
+        self.tables = {**loaded, **kept}
+        try:
+            write_snapshot(state_dir / CONFIG_KEPT, json.dumps(kept, default=str).encode())
+        except OSError as err:
+            log.warning("kept targets not noted", extra=logs.fields(error=str(err)))
 
     async def forward(
         self, method: str, params: dict[str, Any], progress: Report | None = None

@@ -32,6 +32,7 @@ import os
 import signal
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -62,6 +63,26 @@ def socket_name(index: int) -> str:
 # only a restart changes (portals, limits) stays as the portal and its siblings run it.
 CONFIG_STARTED = "config.started.toml"
 CONFIG_LOADED = "config.loaded.toml"
+# Targets a reload left out but a worker kept serving (a LUN of theirs is in a pair): their
+# ``[[target]]`` tables as the text that last had them gave them, by name (JSON). A worker
+# started again serves those of its targets too, as its predecessor did.
+CONFIG_KEPT = "config.kept.json"
+
+
+def target_tables(text: bytes) -> dict[str, dict[str, Any]]:
+    """The ``[[target]]`` tables of a configuration text, by name (a text the portal
+    loaded, so valid)."""
+    tables = tomllib.loads(text.decode()).get("target", [])
+    return {str(t.get("name")): t for t in tables if isinstance(t, dict)}
+
+
+def read_kept(texts: Path) -> dict[str, dict[str, Any]]:
+    """CONFIG_KEPT in ``texts`` ({} if there is none)."""
+    try:
+        kept = json.loads((texts / CONFIG_KEPT).read_bytes())
+    except FileNotFoundError:
+        return {}
+    return {str(k): v for k, v in kept.items() if isinstance(v, dict)}
 
 
 def write_snapshot(path: Path, text: bytes) -> None:
@@ -357,7 +378,13 @@ class Supervisor:
 
     async def assign(self, config: Config) -> dict[str, list[str]]:
         """A reload: new targets are placed, and every worker reloads with its share."""
-        self.placement = place(config, self.placement)
+        previous = self.placement
+        self.placement = place(config, previous)
+        for name, index in previous.items():
+            # Left out of the text: its worker decides (it keeps serving a paired one, and
+            # then the target must stay placed there, routed and restarted with it).
+            if index < len(self.workers):
+                self.placement.setdefault(name, index)
         for worker in self.workers:
             worker.targets = [n for n, w in self.placement.items() if w == worker.index]
         chap = config.env_chap  # read once, here: every worker gets the same

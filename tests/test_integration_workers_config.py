@@ -12,7 +12,19 @@ from pathlib import Path
 import pytest
 from clients import run
 from conftest import DaemonFactory
-from test_integration_workers import CONFIG, A, B, redirect, restarted, status, target, worker_port
+from test_integration_workers import (
+    CONFIG,
+    A,
+    B,
+    login_status,
+    redirect,
+    restarted,
+    status,
+    target,
+    worker_port,
+)
+
+from targetd.admin import request
 
 FIRST, SECOND = "alice:first-secret-1", "alice:second-secret"
 
@@ -78,3 +90,33 @@ def test_a_worker_that_does_not_serve_in_time_is_killed_and_tried_again(
     shown = daemon.targetctl("status").stdout
     assert "    down: did not serve within 5 s" in shown, shown
     assert daemon.stop() == 0  # the hung worker does not hold the stop up
+
+
+def test_a_target_kept_for_its_pair_is_served_again_after_its_workers_restart(
+    targetd_factory: DaemonFactory,
+) -> None:
+    """B is removed from the file and reloaded while its LUN is in a pair: its worker keeps
+    serving it (the reload says so). That worker then dies: the one started in its place
+    serves B again, with its pair, as before (it once started from the file's text alone,
+    without B, so B's logins found no target and its pair stopped)."""
+    two_luns = target(B) + '[[target.lun]]\nlun = 1\nsize = "64MiB"\n'
+    daemon = targetd_factory("[server]\nworkers = 2\n" + target(A) + two_luns)
+    assert daemon.config is not None
+    sock = daemon.state_dir / "admin.sock"
+    request(sock, "pair.create", {"name": "p", "target": B, "source_lun": 0, "target_lun": 1})
+    daemon.config.write_text("[server]\nworkers = 2\n" + target(A))
+    reloaded = daemon.targetctl_json("reload")
+    kept = f"target {B} removed: its lun 0 is in pair p (delete the pair first): still served"
+    assert reloaded["refused"] == [kept], reloaded
+    pid_b, _ = worker_port(daemon, B)
+    port_b = restarted(daemon, B, pid_b)
+    assert login_status(port_b, B) == 0
+    assert redirect(daemon, B) == (0x0101, {"TargetAddress": f"127.0.0.1:{port_b},1"})
+    (pair,) = request(sock, "pair.list", {"target": B})
+    assert pair["source"] == f"{B}/lun0"
+    # A reload that still leaves B out keeps it, again; once the pair is gone, it goes.
+    assert daemon.targetctl_json("reload")["refused"] == [kept]
+    request(sock, "pair.delete", {"name": "p", "target": B})
+    reloaded = daemon.targetctl_json("reload")
+    assert f"target {B} removed: its sessions are logged out" in reloaded["applied"], reloaded
+    assert redirect(daemon, B)[0] == 0x0203
