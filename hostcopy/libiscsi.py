@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import socket
 
 from hostcopy.device import DEFAULT_TIMEOUT_S, Result, TransportError
 from hostcopy.sense import fixed
@@ -136,6 +137,33 @@ def _library() -> ctypes.CDLL:
     return lib
 
 
+def connect_failure(portal: str, lun: int, err: str) -> str:
+    """Why ``iscsi_full_connect_sync`` failed, in words a user acts on. libiscsi says
+    "login failed" for a portal nobody listens on (in terms of its reconnect logic) and for a
+    LUN the target does not have (which it learns after the login, from TEST UNIT READY)."""
+    if "LOGICAL_UNIT_NOT_SUPPORTED" in err:
+        return f"logged in, but the target has no LUN {lun} (iscsi-ls -s lists its LUNs)"
+    if "Target not found" in err:
+        return f"the portal {portal} has no such target (iscsi-ls lists its targets): {err}"
+    refused = _tcp_failure(portal)
+    if refused is not None:
+        return f"cannot connect to {portal}: {refused}"
+    return f"login failed: {err}"
+
+
+def _tcp_failure(portal: str) -> str | None:
+    """Why a TCP connection to ``portal`` (HOST[:PORT], [V6]:PORT) fails, or None if it
+    connects."""
+    host, _, port = portal.rpartition(":")
+    if not host or not port.isdigit() or host.endswith(":"):  # no port: HOST or a bare V6
+        host, port = portal, "3260"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+            return None
+    except OSError as err:
+        return err.strerror or str(err)
+
+
 class IscsiDevice:
     """One iSCSI session to one LUN, logged in at construction."""
 
@@ -151,7 +179,7 @@ class IscsiDevice:
             raise TransportError("libiscsi could not create a context")
         parsed = lib.iscsi_parse_full_url(self._ctx, url.encode())
         if not parsed:
-            err = self._error()
+            err = " ".join(self._error().split())  # libiscsi's text spans three lines
             lib.iscsi_destroy_context(self._ctx)
             raise TransportError(f"{url}: {err}")
         try:
@@ -168,7 +196,7 @@ class IscsiDevice:
             if lib.iscsi_full_connect_sync(self._ctx, u.portal, u.lun) != 0:
                 err = self._error()
                 lib.iscsi_destroy_context(self._ctx)
-                raise TransportError(f"{url}: login failed: {err}")
+                raise TransportError(f"{url}: {connect_failure(u.portal.decode(), u.lun, err)}")
         finally:
             lib.iscsi_destroy_url(parsed)
         self._timeout = timeout

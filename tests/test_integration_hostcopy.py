@@ -209,8 +209,22 @@ def test_a_copy_the_target_refuses_exits_1_with_the_sense_in_words(
         # A volume that is not a tape as the destination: the tool says so before sending.
         proc = tool("backup", daemon.url(MIRROR), daemon.url(FRESH), check=False)
         assert proc.returncode == 1 and "is not a tape or file sink" in proc.stderr
-        proc = tool("status", "iscsi://127.0.0.1:1/iqn.x/0", check=False)
-        assert proc.returncode == 1 and "login failed" in proc.stderr
+        # Bad URLs: one line each that says what is wrong, exit status 1.
+        for url, why in [
+            ("iscsi://127.0.0.1:1/iqn.x/0", "cannot connect to 127.0.0.1:1: Connection refused"),
+            (daemon.url(9), "logged in, but the target has no LUN 9 (iscsi-ls -s lists its LUNs)"),
+            (
+                f"iscsi://{daemon.portal}/iqn.2026-11.org.nobody:x/0",
+                f"the portal {daemon.portal} has no such target (iscsi-ls lists its targets): "
+                "Failed to log in to target. Status: Target not found(515)",
+            ),
+        ]:
+            proc = tool("status", url, check=False)
+            assert proc.returncode == 1
+            assert proc.stderr == f"targetd-copy status: {url}: {why}\n"
+        proc = tool("list", "iscsi://garbage", check=False)
+        assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert "iscsi://garbage: Invalid URL iscsi://garbage" in proc.stderr
     finally:
         client.close()
 
