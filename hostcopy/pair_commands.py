@@ -17,6 +17,10 @@ def _print_status(st: c.PairStatus, as_json: bool) -> None:
     if as_json:
         print(json.dumps(asdict(st)))
         return
+    if not st.name and st.source_state == st.target_state == "SIMPLEX":
+        # PAIR IN of a LUN in no pair names it on both sides with zeros: say that plainly.
+        print(f"LUN {st.source_lun}: in no pair (SIMPLEX); targetd-copy create SOURCE MIRROR")
+        return
     split = utc(st.split_ms) if st.split_ms else "-"
     print(
         f"pair {st.name or '-'}: LUN {st.source_lun} {st.source_state} -> LUN {st.target_lun} "

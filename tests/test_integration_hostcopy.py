@@ -209,6 +209,10 @@ def test_a_copy_the_target_refuses_exits_1_with_the_sense_in_words(
         # A volume that is not a tape as the destination: the tool says so before sending.
         proc = tool("backup", daemon.url(MIRROR), daemon.url(FRESH), check=False)
         assert proc.returncode == 1 and "is not a tape or file sink" in proc.stderr
+        # A LUN in no pair: said plainly (PAIR IN answers SIMPLEX/SIMPLEX with zeros).
+        assert tool("status", daemon.url(FRESH)).stdout == (
+            f"LUN {FRESH}: in no pair (SIMPLEX); targetd-copy create SOURCE MIRROR\n"
+        )
         # Bad URLs: one line each that says what is wrong, exit status 1.
         for url, why in [
             ("iscsi://127.0.0.1:1/iqn.x/0", "cannot connect to 127.0.0.1:1: Connection refused"),
