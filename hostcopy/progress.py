@@ -26,10 +26,15 @@ class Progress:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = done / elapsed
         pct = 100 * done / self.total
-        eta = (self.total - done) / rate if rate > 0 else 0.0
+        # Before 1% is done the rate is start-up noise (the first report came with a few
+        # KiB after a few ms: "ETA 22268s"), and with nothing done there is no rate at all.
+        if 100 * done >= self.total and rate > 0:
+            eta = f"{(self.total - done) / rate:.0f}s"
+        else:
+            eta = "-"
         return (
             f"{self.what}: {pct:5.1f}% {done / MiB:.1f}/{self.total / MiB:.1f} MiB "
-            f"{rate / MiB:.1f} MiB/s ETA {eta:.0f}s"
+            f"{rate / MiB:.1f} MiB/s ETA {eta}"
         )
 
     def update(self, done: int) -> None:

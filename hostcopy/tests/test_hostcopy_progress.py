@@ -37,3 +37,15 @@ def test_a_pipe_gets_a_line_every_few_seconds_and_the_ending() -> None:
     assert len(lines) == 2 and "\r" not in out.getvalue()
     assert lines[0].startswith("restore:  10.0% 1.0/10.0 MiB")
     assert lines[1].startswith("restore: stopped, 10.0 MiB in ")
+
+
+def test_no_eta_before_one_percent() -> None:
+    """The first report (a few KiB in a few ms) gave "ETA 22268s", and none "ETA 0s"."""
+    out = io.StringIO()
+    bar = Progress(1024 * MiB, "backup", out, every=0)
+    bar.update(0)
+    bar.update(64 << 10)
+    bar.update(11 * MiB)
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith(" ETA -") and lines[1].endswith(" ETA -"), lines
+    assert lines[2].split(" ETA ")[1].endswith("s"), lines
