@@ -1,13 +1,16 @@
-"""README's "Using it" commands (the libiscsi tools and qemu-img), taken from the page and run
-as written against a daemon serving the default configuration, with only the portal's port
-changed to the test's: each must exit 0 and print what the page says it shows. open-iscsi's
-lines need the kernel initiator (the QEMU guest tier covers it) and are left out."""
+"""README's "Using it" commands (the libiscsi tools, qemu-img, targetd-copy over URLs), taken
+from the page and run as written against a daemon serving the default configuration, with
+only the portal's port changed to the test's: each must exit 0 and print what the page says
+it shows. open-iscsi's lines need the kernel initiator (the QEMU guest tier covers it) and are
+left out."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 from conftest import REPO, Daemon
@@ -61,3 +64,38 @@ def test_the_readme_client_commands_run_as_written(targetd: Daemon, tmp_path: Pa
     )  # fmt: skip
     assert image.returncode == 0, image.stderr
     assert (tmp_path / "back").read_bytes() == b"\x5a" * (1 << 20)
+
+
+def test_the_readme_backup_over_iscsi_urls_runs_as_written(targetd: Daemon, tmp_path: Path) -> None:
+    """README's targetd-copy block for libiscsi URLs, line by line in one shell, against the
+    default configuration (only the port changed): each line exits 0, the backup is sealed
+    and verified, and the pair is gone at the end as the page says."""
+    section = README.read_text().split("The same with no kernel initiator", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block, "README's targetd-copy URL example has no sh block"
+    lines = [line for line in block.group(1).splitlines() if line.strip()]
+    assert lines[0].startswith("D=iscsi://127.0.0.1:3260/")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    shim = bindir / "targetd-copy"
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m hostcopy "$@"\n')
+    shim.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", PYTHONPATH=str(REPO))
+    script = "set -e\n" + "\n".join(
+        f'echo "## {i}" >&2\n{line.replace("127.0.0.1:3260", targetd.portal)}'
+        for i, line in enumerate(lines)
+    )
+    done = subprocess.run(
+        ["bash", "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    out = done.stdout
+    assert re.search(r"^pair vol: LUN 0 DUPLEX -> LUN 1 DUPLEX, 100% in sync", out, re.M), out
+    assert re.search(r"^   0  sealed .* 1073741824  vol ", out, re.M), out
+    assert "verified by the target: 1073741824 bytes read back hash to the SHA-256" in out
+    status = subprocess.run(
+        [sys.executable, "-m", "hostcopy", "status", targetd.url(1)],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert status.stdout == "LUN 1: in no pair (SIMPLEX); targetd-copy create SOURCE MIRROR\n"
