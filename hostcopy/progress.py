@@ -28,10 +28,8 @@ class Progress:
         pct = 100 * done / self.total
         # Before 1% is done the rate is start-up noise (the first report came with a few
         # KiB after a few ms: "ETA 22268s"), and with nothing done there is no rate at all.
-        if 100 * done >= self.total and rate > 0:
-            eta = f"{(self.total - done) / rate:.0f}s"
-        else:
-            eta = "-"
+        known = 100 * done >= self.total and rate > 0
+        eta = f"{(self.total - done) / rate:.0f}s" if known else "-"
         return (
             f"{self.what}: {pct:5.1f}% {done / MiB:.1f}/{self.total / MiB:.1f} MiB "
             f"{rate / MiB:.1f} MiB/s ETA {eta}"
