@@ -182,23 +182,24 @@ class IscsiDevice:
             err = " ".join(self._error().split())  # libiscsi's text spans three lines
             lib.iscsi_destroy_context(self._ctx)
             raise TransportError(f"{url}: {err}")
-        try:
-            u = parsed.contents
-            self.lun = u.lun
-            lib.iscsi_set_targetname(self._ctx, u.target)
-            lib.iscsi_set_session_type(self._ctx, SESSION_NORMAL)
-            lib.iscsi_set_header_digest(self._ctx, HEADER_DIGEST_NONE_CRC32C)
-            # libiscsi's default on a lost connection is to log in again and again, for
-            # ever, inside the sync call: a dead daemon would hang the tool. A backup's
-            # copy does not survive its session anyway, so a lost connection is an error.
-            lib.iscsi_set_noautoreconnect(self._ctx, 1)
-            lib.iscsi_set_timeout(self._ctx, timeout)
-            if lib.iscsi_full_connect_sync(self._ctx, u.portal, u.lun) != 0:
-                err = self._error()
-                lib.iscsi_destroy_context(self._ctx)
-                raise TransportError(f"{url}: {connect_failure(u.portal.decode(), u.lun, err)}")
-        finally:
-            lib.iscsi_destroy_url(parsed)
+        # The URL is allocated from the context: free it before the context (freeing it
+        # after iscsi_destroy_context was a use-after-free that crashed the tool at times).
+        u = parsed.contents
+        self.lun = lun = u.lun
+        portal = u.portal
+        lib.iscsi_set_targetname(self._ctx, u.target)
+        lib.iscsi_destroy_url(parsed)
+        lib.iscsi_set_session_type(self._ctx, SESSION_NORMAL)
+        lib.iscsi_set_header_digest(self._ctx, HEADER_DIGEST_NONE_CRC32C)
+        # libiscsi's default on a lost connection is to log in again and again, for
+        # ever, inside the sync call: a dead daemon would hang the tool. A backup's
+        # copy does not survive its session anyway, so a lost connection is an error.
+        lib.iscsi_set_noautoreconnect(self._ctx, 1)
+        lib.iscsi_set_timeout(self._ctx, timeout)
+        if lib.iscsi_full_connect_sync(self._ctx, portal, lun) != 0:
+            err = self._error()
+            lib.iscsi_destroy_context(self._ctx)
+            raise TransportError(f"{url}: {connect_failure(portal.decode(), lun, err)}")
         self._timeout = timeout
         self._lost_connection = False
 
