@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import signal
 import socket
 
 from hostcopy.device import DEFAULT_TIMEOUT_S, Result, TransportError
@@ -137,6 +138,11 @@ def _library() -> ctypes.CDLL:
     return lib
 
 
+# Ctrl-C: Python's handler makes it an exception, after which the tool goes on to send
+# COPY OPERATION ABORT (see IscsiDevice.execute). SIGTERM's default action ends the process.
+_DEFERRED_SIGNALS = frozenset({signal.SIGINT})
+
+
 def connect_failure(portal: str, lun: int, err: str) -> str:
     """Why ``iscsi_full_connect_sync`` failed, in words a user acts on. libiscsi says
     "login failed" for a portal nobody listens on (in terms of its reconnect logic) and for a
@@ -235,7 +241,16 @@ class IscsiDevice:
         if data_out:
             payload = ctypes.pointer(_IscsiData(len(data_out), data_out))
         try:
-            done = lib.iscsi_scsi_command_sync(self._ctx, self.lun, task, payload)
+            # libiscsi's sync loop gives up on a poll() that a signal interrupts ("Poll
+            # failed") and returns with the task still queued in the context: freeing it
+            # then, and sending the COPY OPERATION ABORT a Ctrl-C sends, corrupted the heap
+            # when the late response arrived. A Ctrl-C waits for the command's
+            # answer (every command answers at once; a hung target: --command-timeout).
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED_SIGNALS)
+            try:
+                done = lib.iscsi_scsi_command_sync(self._ctx, self.lun, task, payload)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
             t = task.contents
             if not done or t.status >= STATUS_CANCELLED:
                 self._lost_connection = True

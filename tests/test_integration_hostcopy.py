@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from pathlib import Path
@@ -435,3 +436,56 @@ def test_a_daemon_lost_mid_copy_fails_the_backup_within_the_bound(
             os.kill(daemon.proc.pid, signal.SIGKILL)  # a stopped daemon would not hear TERM
         if daemon.proc is not None:
             daemon.proc.wait()
+
+
+# Reads LUN 0 over and over while SIGINTs arrive (counted by a handler, so the loop goes on:
+# what matters is where the signal lands, not Python's exception). Before, one landing in
+# libiscsi's poll() made it return "Poll failed" with the command still queued (the tool then
+# freed the task under it); now the command in flight completes and the next one works.
+CTRL_C_LOOP = """
+import signal, sys
+from hostcopy.libiscsi import IscsiDevice
+dev = IscsiDevice(sys.argv[1])
+READ10 = bytes([0x28, 0, 0, 0, 0, 0, 0, 0x08, 0, 0])  # 1 MiB of 512-byte blocks
+seen = []
+signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+print("ready", flush=True)
+while len(seen) < int(sys.argv[2]):
+    result = dev.execute(READ10, read=1 << 20)
+    assert result.status == 0 and len(result.data) == 1 << 20, result
+assert dev.execute(bytes(6)).status == 0  # TEST UNIT READY after them all
+dev.close()
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+print("signals", len(seen), flush=True)
+sys.stdin.read()  # until the test has stopped signalling
+"""
+
+
+def test_ctrl_c_lands_between_commands_never_inside_one(targetd_factory: DaemonFactory) -> None:
+    daemon = targetd_factory(CONFIG)
+    interrupts = 150
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CTRL_C_LOOP, daemon.url(SOURCE), str(interrupts)],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    stop = threading.Event()
+
+    def interrupt() -> None:
+        while not stop.is_set() and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.003)
+
+    sender = threading.Thread(target=interrupt)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        sender.start()
+        said = proc.stdout.readline()
+        stop.set()
+        sender.join()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        stop.set()
+        proc.kill()
+    assert said == f"signals {interrupts}\n", err
+    assert proc.returncode == 0, err
