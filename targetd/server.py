@@ -301,9 +301,12 @@ class IscsiConnection(asyncio.BufferedProtocol):
                 result.status,
                 result.sense,
             )
-        self._running.pop(event.task, None)
+        running = self._running
+        if running:  # empty while commands complete inside eager.start (nearly always)
+            running.pop(event.task, None)
         self.conn.scsi_done(event.task, result)
-        self._schedule_flush()
+        if not self._pumping:  # _pump writes what a command completed inside it
+            self._schedule_flush()
 
     def _schedule_flush(self) -> None:
         """Write once per loop iteration, however many commands completed in it."""

@@ -77,8 +77,22 @@ class Replies(ConnectionState):
             and result.sense is None
             and result.data_out_used in (None, task.edtl)
         ):
-            # The common write: all its data used, nothing to report in residuals.
-            self._send(_good_response(task.itt))
+            # The common write: all its data used, nothing to report in residuals. Its whole
+            # header (with StatSN, ExpCmdSN and MaxCmdSN) in one pack, not through _send.
+            session = self.session
+            if session is None:
+                self._send(_good_response(task.itt))
+                return
+            stat_sn = self.stat_sn
+            self.stat_sn = (stat_sn + 1) & 0xFFFFFFFF
+            hdr = bytearray(P.BHS_LEN)
+            _GOOD_STATUS(
+                hdr, 0, Op.SCSI_RESPONSE, 0x80, task.itt, stat_sn,
+                session.exp_cmdsn & 0xFFFFFFFF, session.max_cmdsn & 0xFFFFFFFF,
+            )  # fmt: skip
+            self._output.append(hdr)
+            if self.header_digest:
+                self._output.append(crc32c.crc32c(hdr).to_bytes(4, "little"))
             return
         if data is not None and task.read and not task.write and len(data) == task.edtl:
             flags = residual = 0  # the common read: what was expected, no residual
@@ -142,6 +156,8 @@ class Replies(ConnectionState):
 
 
 _GOOD_RESPONSE = struct.Struct(">BB14xI").pack_into
+# The same with StatSN, ExpCmdSN and MaxCmdSN (bytes 24-35) as _send stamps them.
+_GOOD_STATUS = struct.Struct(">BB14xI4xIII").pack_into
 
 
 def _good_response(itt: int) -> bytearray:

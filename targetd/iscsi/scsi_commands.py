@@ -124,26 +124,28 @@ class ScsiCommands(Replies):
         immediate = bool(op & 0x40)
         session = self.session
         assert session is not None
-
-        def deliver() -> None:
-            task.delivered = True
-            if task.aborted:  # failed while it waited for its CmdSN
-                return
-            if not immediate:
-                # The window follows the commands in flight: MaxCmdSN moves on as they end.
-                task.windowed = True
-                session.in_flight += 1
-            if self._starved or not self._admit(task):
-                self._starved.append(task)
-                return
-            if task.write:
-                self._solicit(task)
-            self._maybe_start(task)
-
-        if not session.sequence(cmdsn, immediate, deliver):
+        if immediate or session.next_in_order(cmdsn):  # nearly every command: no callback
+            self._deliver(task, immediate)
+        elif not session.sequence(cmdsn, False, lambda: self._deliver(task, False)):
             del self.tasks[itt]
             if task.leases is not None:
                 task.leases.release(reuse=False)
+
+    def _deliver(self, task: Task, immediate: bool) -> None:
+        """CmdSN order has reached ``task``: it goes on when it has the memory it needs."""
+        task.delivered = True
+        if task.aborted:  # failed while it waited for its CmdSN
+            return
+        if not immediate:
+            # The window follows the commands in flight: MaxCmdSN moves on as they end.
+            task.windowed = True
+            self.session.in_flight += 1  # type: ignore[union-attr]
+        if self._starved or not self._admit(task):
+            self._starved.append(task)
+            return
+        if task.write:
+            self._solicit(task)
+        self._maybe_start(task)
 
     def _forget(self, task: Task) -> None:
         """``task`` ends before all its data came: Data-Out still in flight for it is

@@ -65,6 +65,15 @@ class Session:
     def in_window(self, cmdsn: int) -> bool:
         return serial_le(self.exp_cmdsn, cmdsn) and serial_le(cmdsn, self.max_cmdsn)
 
+    def next_in_order(self, cmdsn: int) -> bool:
+        """Whether a non-immediate ``cmdsn`` is delivered now with nothing queued behind it:
+        then ExpCmdSN moves past it and the caller delivers it at once (what :meth:`sequence`
+        does for it, without a callback to build per command)."""
+        if cmdsn == self.exp_cmdsn and not self._waiting:
+            self.exp_cmdsn = (cmdsn + 1) & 0xFFFFFFFF
+            return True
+        return False
+
     def sequence(self, cmdsn: int, immediate: bool, deliver: Callable[[], None]) -> bool:
         """Deliver a command in CmdSN order. False: outside the window, to be dropped.
 

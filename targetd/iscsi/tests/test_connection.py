@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
+import crc32c
 import pytest
 
 from scsi.buffers import MemoryBudget
@@ -657,3 +658,39 @@ def test_a_closed_connection_releases_its_held_reads() -> None:
     read_from_file(h, hold)
     h.conn.closed()
     assert hold.released == 1
+
+
+@pytest.mark.parametrize("digest", [False, True])
+def test_a_write_s_good_status_carries_the_sequence_numbers_every_status_does(
+    digest: bool,
+) -> None:
+    # The common write's status is built in one pack, apart from _send: it must stamp
+    # StatSN, ExpCmdSN and MaxCmdSN as _send does, and get its header digest.
+    h = Harness()
+    h.conn.header_digest = digest  # what the replies carry (the harness sends none)
+    write10 = bytes([0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0])
+    itts = [h.command(write10, write=512, data=b"w" * 512)[0] for _ in range(2)]
+    h.command(READ10, read=512)
+    events = [e for e in h.conn.take_events() if isinstance(e, ExecuteCommand)]
+    session = h.conn.session
+    assert session is not None and len(events) == 3
+    first_sn = h.conn.stat_sn
+    statuses = []
+    results = (ScsiResult(), ScsiResult(), ScsiResult(data=bytes(512)))
+    for event, result in zip(events, results, strict=True):
+        h.conn.scsi_done(event.task, result)
+        out = h.conn.take_output()
+        hdr = bytes(out[0])
+        if digest:
+            assert bytes(out[1]) == crc32c.crc32c(hdr).to_bytes(4, "little")
+        statuses.append(hdr)
+    for i, (itt, hdr) in enumerate(zip(itts, statuses[:2], strict=True)):
+        assert hdr[:4] == bytes([Op.SCSI_RESPONSE, 0x80, 0, 0])  # GOOD, no residual
+        assert hdr[4:16] == bytes(12) and hdr[36:] == bytes(12)  # no data, no residual
+        assert u32(hdr, 16) == itt
+        assert u32(hdr, 24) == first_sn + i
+        # ExpCmdSN and MaxCmdSN as the READ's status (built by _send) has them, with the
+        # window one command wider for each that ended since.
+        assert u32(hdr, 28) == u32(statuses[2], 28) == h.cmdsn
+        assert u32(hdr, 32) == u32(statuses[2], 32) - (2 - i)
+    assert session.max_cmdsn == u32(statuses[2], 32)
