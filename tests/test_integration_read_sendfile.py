@@ -148,26 +148,41 @@ def test_write_sent_during_a_read_of_the_same_blocks(targetd: Daemon) -> None:
         )
         write_itt = ini.itt
         time.sleep(0.2)  # the target runs both before we take any of the READ's bytes
-        data = bytearray()
-        statuses: dict[int, int] = {}
-        while len(statuses) < 2:
-            resp = ini.recv()
-            itt = resp.u32(16)
-            if resp.opcode == Op.DATA_IN:
-                assert itt == read_itt
-                data += resp.data
-                if resp.bhs[1] & 0x01:
-                    statuses[itt] = resp.bhs[3]
-            else:
-                assert resp.opcode == Op.SCSI_RESPONSE, hex(resp.opcode)
-                statuses[itt] = resp.bhs[3]
-        assert statuses == {read_itt: 0, write_itt: 0}
+        data = read_and_write_answered(ini, read_itt, write_itt)
         expected_new = old[: new_at - offset] + new + old[new_at - offset + len(new) :]
         for b in range(0, length, BLOCK):
             block = data[b : b + BLOCK]
             assert block in (old[b : b + BLOCK], expected_new[b : b + BLOCK]), f"block {b}"
         status, got, _ = read_pdus(ini, offset, length)
         assert (status, got) == (0, expected_new)
+
+
+def read_and_write_answered(
+    ini: RawInitiator, read_itt: int, write_itt: int, *, write_after_read: bool = False
+) -> bytes:
+    """Take the READ's Data-In and both commands' status (each GOOD), answering the
+    target's pings (which acknowledge the READ's status: ExpStatSN); return the READ's
+    data. ``write_after_read``: the WRITE must end after the READ."""
+    data = bytearray()
+    statuses: dict[int, int] = {}
+    while len(statuses) < 2:
+        resp = ini.recv()
+        itt = resp.u32(16)
+        if resp.opcode == Op.DATA_IN:
+            assert itt == read_itt
+            data += resp.data
+            if resp.bhs[1] & 0x01:
+                statuses[itt] = resp.bhs[3]
+        elif resp.opcode == Op.NOP_IN:
+            assert write_itt not in statuses or not write_after_read
+            ini.answer_ping(resp)
+        else:
+            assert resp.opcode == Op.SCSI_RESPONSE, hex(resp.opcode)
+            if write_after_read:
+                assert itt == write_itt and read_itt in statuses, "WRITE answered first"
+            statuses[itt] = resp.bhs[3]
+    assert statuses == {read_itt: 0, write_itt: 0}
+    return bytes(data)
 
 
 def ordered_write_behind_a_read(
@@ -206,25 +221,8 @@ def test_an_ordered_write_does_not_change_an_older_reads_data_still_to_be_sent(
         assert (status, got) == (0, old)
         read_itt, write_itt = ordered_write_behind_a_read(ini, offset, length, new)
         time.sleep(0.5)  # a slow initiator: nothing read
-        data = bytearray()
-        statuses: dict[int, int] = {}
-        while len(statuses) < 2:
-            resp = ini.recv()
-            itt = resp.u32(16)
-            if resp.opcode == Op.DATA_IN:
-                assert itt == read_itt
-                data += resp.data
-                if resp.bhs[1] & 0x01:
-                    statuses[itt] = resp.bhs[3]
-            elif resp.opcode == Op.NOP_IN:
-                assert write_itt not in statuses
-                ini.answer_ping(resp)  # acknowledges the READ's status (ExpStatSN)
-            else:
-                assert resp.opcode == Op.SCSI_RESPONSE, hex(resp.opcode)
-                assert itt == write_itt and read_itt in statuses, "WRITE answered first"
-                statuses[itt] = resp.bhs[3]
-        assert statuses == {read_itt: 0, write_itt: 0}
-        assert bytes(data) == old, "the READ shows the ORDERED WRITE made after it"
+        data = read_and_write_answered(ini, read_itt, write_itt, write_after_read=True)
+        assert data == old, "the READ shows the ORDERED WRITE made after it"
         status, got, _ = read_pdus(ini, offset, length)
         assert (status, got) == (0, new + old[len(new) :])
 

@@ -3,19 +3,16 @@ its target, with real clients (libiscsi's tools and QEMU follow the redirect).""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from clients import run
-from conftest import REPO, Daemon, DaemonFactory, free_port
+from conftest import Daemon, DaemonFactory, free_port
 from raw_initiator import RawInitiator, decode_keys
 
 from targetd.admin import AdminError, request
@@ -33,13 +30,7 @@ CONFIG = "[server]\nworkers = 2\n" + target(A) + target(B)
 
 
 def status(daemon: Daemon) -> dict:
-    proc = subprocess.run(
-        [sys.executable, "-m", "targetd.ctl", "status", "--json", "--state-dir",
-         str(daemon.state_dir)],
-        cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return daemon.targetctl_json("status")
 
 
 def parent_of(pid: int) -> int:
@@ -194,10 +185,7 @@ def test_a_worker_that_cannot_start_is_tried_again_and_its_target_is_unavailable
     # B's logins: "service unavailable" (0301h) at once, as long as it fails; A is served.
     assert redirect(daemon, B) == (0x0301, {})
     assert redirect(daemon, A)[0] == 0x0101
-    shown = subprocess.run(
-        [sys.executable, "-m", "targetd.ctl", "status", "--state-dir", str(daemon.state_dir)],
-        cwd=REPO, capture_output=True, text=True, timeout=30, check=True,
-    ).stdout  # fmt: skip
+    shown = daemon.targetctl("status").stdout
     assert "    down: exited with status 2 before serving" in shown, shown
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
@@ -299,13 +287,7 @@ def test_reload_adds_and_removes_targets_across_workers(targetd_factory: DaemonF
     daemon = targetd_factory(CONFIG)
     assert daemon.config is not None
     daemon.config.write_text("[server]\nworkers = 2\n" + target(A) + target(C))
-    proc = subprocess.run(
-        [sys.executable, "-m", "targetd.ctl", "reload", "--json", "--state-dir",
-         str(daemon.state_dir)],
-        cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+    result = daemon.targetctl_json("reload")
     assert f"target {C} added" in result["applied"]
     assert f"target {B} removed: its sessions are logged out" in result["applied"]
     assert result["refused"] == []
@@ -435,13 +417,8 @@ def test_a_restarted_worker_serves_the_loaded_configuration_not_an_unloaded_edit
     assert login_status(port_a, A) == 0
     assert login_status(port_b, B) == 0
     # The reload puts the edit in force everywhere, and a worker started after it keeps it.
-    proc = subprocess.run(
-        [sys.executable, "-m", "targetd.ctl", "reload", "--json", "--state-dir",
-         str(daemon.state_dir)],
-        cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["refused"] == [f"target {B}: lun 0 changed: needs a restart"]
+    refused = daemon.targetctl_json("reload")["refused"]
+    assert refused == [f"target {B}: lun 0 changed: needs a restart"]
     assert login_status(port_a, A) == 0x0201
     assert login_status(port_b, B) == 0x0201
     # A worker started after the reload takes what it applied, CHAP, and keeps what it

@@ -14,11 +14,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from ctypes import c_void_p
+from functools import partial
 from typing import Any
 
 import pytest
 from ceph_fixtures import ImageFactory, ceph_cluster, new_image
 from cluster import CephCluster
+from slow_calls import SlowCall
 
 from backing.rbd_image import RbdImage, RbdSpec
 from scsi.block_device import BlockDevice
@@ -29,22 +31,14 @@ __all__ = ["ceph_cluster", "new_image"]
 
 
 class _SlowLockImage(RbdImage):
-    """An image whose lock acquisitions take ``delay`` seconds longer (on the worker thread,
-    before librbd's own), and that notes when the last one ended."""
+    """An image whose lock acquisitions are a :class:`SlowCall` of ``delay`` seconds."""
 
     def __init__(self, spec: RbdSpec, delay: float = 0.5) -> None:
         super().__init__(spec)
-        self.delay = delay
-        self.taking = threading.Event()
-        self.taken = threading.Event()
+        self.lock_call = SlowCall(delay)
 
     def _take_lock(self, image: c_void_p) -> None:
-        self.taking.set()
-        time.sleep(self.delay)
-        try:
-            super()._take_lock(image)
-        finally:
-            self.taken.set()
+        self.lock_call.run(partial(super()._take_lock, image))
 
 
 def test_a_cancelled_lock_acquisition_waits_for_librbd_and_gives_the_lock_back(
@@ -58,12 +52,12 @@ def test_a_cancelled_lock_acquisition_waits_for_librbd_and_gives_the_lock_back(
         other = RbdImage(spec)
         try:
             task = asyncio.create_task(slow.acquire_lock())
-            await asyncio.to_thread(slow.taking.wait, 30)
+            await asyncio.to_thread(slow.lock_call.started.wait, 30)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            ended_at_cancel = slow.taken.is_set()
-            slow.taken.wait(30)  # never close the image under a lock acquisition (a crash)
+            ended_at_cancel = slow.lock_call.ended.is_set()
+            slow.lock_call.ended.wait(30)  # never close the image under it (a crash)
             owners_after = await slow.lock_owners()
             try:
                 await asyncio.wait_for(other.acquire_lock(), 30)
@@ -81,24 +75,17 @@ def test_a_cancelled_lock_acquisition_waits_for_librbd_and_gives_the_lock_back(
 
 
 class _SlowOpenImage(RbdImage):
-    """An image whose opens, once ``slow`` is set, take half a second longer (on the worker
-    thread, before librbd's own), and that notes when the last one ended."""
+    """An image whose opens, once ``slow`` is set, are a :class:`SlowCall`."""
 
     def __init__(self, spec: RbdSpec) -> None:
         self.slow = False
-        self.opening = threading.Event()
-        self.opened = threading.Event()
+        self.open_call = SlowCall()
         super().__init__(spec)
 
     def _open(self) -> None:
         if not self.slow:
             return super()._open()
-        self.opening.set()
-        time.sleep(0.5)
-        try:
-            super()._open()
-        finally:
-            self.opened.set()
+        self.open_call.run(super()._open)
 
 
 def test_a_cancelled_reopen_waits_for_librbd_and_leaves_the_image_open(
@@ -113,12 +100,12 @@ def test_a_cancelled_reopen_waits_for_librbd_and_leaves_the_image_open(
             await image.write(0, b"before" * 512)
             image.slow = True
             task = asyncio.create_task(image.reopen())
-            await asyncio.to_thread(image.opening.wait, 30)
+            await asyncio.to_thread(image.open_call.started.wait, 30)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            opened_at_cancel = image.opened.is_set()
-            image.opened.wait(30)  # never close the image under an open (a crash)
+            opened_at_cancel = image.open_call.ended.is_set()
+            image.open_call.ended.wait(30)  # never close the image under an open (a crash)
             if not opened_at_cancel:
                 return False, b""
             await image.write(4096, b"after!" * 512)
@@ -218,12 +205,12 @@ def test_a_gateway_stopped_while_it_takes_the_lock_ends_after_the_call_within_a_
         other = RbdImage(spec)
         try:
             taking = asyncio.create_task(gate.take("pair"))
-            await asyncio.to_thread(image.taking.wait, 30)
+            await asyncio.to_thread(image.lock_call.started.wait, 30)
             began = time.monotonic()
             await gate.stop()
             took = time.monotonic() - began
-            ended = image.taken.is_set()
-            image.taken.wait(30)  # never close the image under a lock call (a crash)
+            ended = image.lock_call.ended.is_set()
+            image.lock_call.ended.wait(30)  # never close the image under a lock call (a crash)
             await asyncio.wait_for(taking, 30)  # ended too (False: not taken)
             await asyncio.wait_for(other.acquire_lock(), 30)  # free: the stop gave it back
             return ended, took, await other.lock_owners(), other.address

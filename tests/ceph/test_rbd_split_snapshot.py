@@ -6,12 +6,15 @@ goes once the pair is SPLIT or deleted."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from ctypes import c_void_p
+from functools import partial
 from pathlib import Path
 
 from ceph_fixtures import (
@@ -25,8 +28,9 @@ from ceph_fixtures import (
 from cluster import CephCluster
 from conftest import DaemonFactory
 from pair_scsi import DELETE, SPLIT, BlockClient, pair_out
+from slow_calls import SlowCall
 
-from backing.pairs import PairManager, PairSettings, PairVolume, VolumeState
+from backing.pairs import Pair, PairManager, PairSettings, PairVolume, VolumeState
 from backing.rbd_image import RbdImage, RbdSpec
 
 __all__ = ["ceph_cluster", "new_image"]
@@ -42,35 +46,61 @@ def snapshots(cluster: CephCluster, image: str) -> list[str]:
     return [line.split()[1] for line in out.splitlines()[1:] if line.split()]
 
 
+@contextlib.asynccontextmanager
+async def rbd_pair_manager(
+    cluster: CephCluster,
+    images: tuple[str, str],
+    state: Path,
+    *,
+    copy_rate: int = 0,
+    source: type[RbdImage] = RbdImage,
+    before_close: Callable[[RbdImage], object] = lambda src: None,
+) -> AsyncIterator[tuple[PairManager, RbdImage]]:
+    """A pair manager in ``state`` with the two images as volumes b/src and b/tgt (the
+    source opened as ``source``): (the manager, the source image). At the end the manager
+    stops, ``before_close(source image)`` runs, and both images close."""
+    conf = str(cluster.conf)
+    src = source(RbdSpec(pool=cluster.pool, image=images[0], ceph_conf=conf))
+    tgt = RbdImage(RbdSpec(pool=cluster.pool, image=images[1], ceph_conf=conf))
+    manager = PairManager(state, PairSettings(chunk_size=CHUNK, copy_rate=copy_rate))
+    manager.register_volume(PairVolume("b/src", src))
+    manager.register_volume(PairVolume("b/tgt", tgt))
+    try:
+        yield manager, src
+    finally:
+        await manager.stop()
+        before_close(src)
+        src.close()
+        tgt.close()
+
+
+async def split_from_a_snapshot(manager: PairManager, name: str = "p") -> Pair:
+    """Split the pair and wait until its split snapshot is open."""
+    await manager.split(name)
+    pair = manager.get(name)
+    for _ in range(200):
+        if pair._frozen is not None:
+            break
+        await asyncio.sleep(0.05)
+    return pair
+
+
 def test_split_set_from_a_snapshot_is_exact_across_a_restart(
     ceph_cluster: CephCluster, new_image: ImageFactory, tmp_path: Path
 ) -> None:
     rng = random.Random(7)
-    src_name, tgt_name = new_image("8M"), new_image("8M")
-    conf = str(ceph_cluster.conf)
+    images = new_image("8M"), new_image("8M")
+    src_name, tgt_name = images
     at_split = bytearray(rng.randbytes(SIZE))
     after = bytearray(at_split)
 
-    def volumes() -> tuple[RbdImage, RbdImage, PairVolume, PairVolume]:
-        src = RbdImage(RbdSpec(pool=ceph_cluster.pool, image=src_name, ceph_conf=conf))
-        tgt = RbdImage(RbdSpec(pool=ceph_cluster.pool, image=tgt_name, ceph_conf=conf))
-        return src, tgt, PairVolume("b/src", src), PairVolume("b/tgt", tgt)
-
     async def split_and_write() -> tuple[str, int, bytes]:
-        src, tgt, vsrc, vtgt = volumes()
         # The background copy crawls (1 byte/s): the whole volume stays the split set.
-        manager = PairManager(tmp_path, PairSettings(chunk_size=CHUNK, copy_rate=1))
-        manager.register_volume(vsrc)
-        manager.register_volume(vtgt)
-        try:
+        async with rbd_pair_manager(ceph_cluster, images, tmp_path, copy_rate=1) as (manager, _):
+            vsrc, vtgt = manager.volumes["b/src"], manager.volumes["b/tgt"]
             await vsrc.write(0, at_split)
             await manager.create("p", "b/src", "b/tgt")
-            await manager.split("p")
-            pair = manager.get("p")
-            for _ in range(200):  # until the snapshot is open
-                if pair._frozen is not None:
-                    break
-                await asyncio.sleep(0.05)
+            pair = await split_from_a_snapshot(manager)
             assert pair.split_snapshot is not None and pair._frozen is not None
             for _ in range(40):  # host writes all over the split set
                 off = rng.randrange(SIZE // 512 - 64) * 512
@@ -81,10 +111,6 @@ def test_split_set_from_a_snapshot_is_exact_across_a_restart(
             merged = bytearray(SIZE)
             await vtgt.read_into(0, memoryview(merged))  # the split image, read through
             return pair.split_snapshot, copied, bytes(merged)
-        finally:
-            await manager.stop()
-            src.close()
-            tgt.close()
 
     snap, copied, merged = asyncio.run(split_and_write())
     assert copied == 0
@@ -92,11 +118,7 @@ def test_split_set_from_a_snapshot_is_exact_across_a_restart(
     assert snapshots(ceph_cluster, src_name) == [snap]
 
     async def resume_and_finish() -> None:
-        src, tgt, vsrc, vtgt = volumes()
-        manager = PairManager(tmp_path, PairSettings(chunk_size=CHUNK))
-        manager.register_volume(vsrc)
-        manager.register_volume(vtgt)
-        try:
+        async with rbd_pair_manager(ceph_cluster, images, tmp_path) as (manager, _):
             await manager.start()  # reopens the snapshot named in the pair file
             await manager.wait("p", VolumeState.SPLIT, timeout=120)
             pair = manager.get("p")
@@ -105,10 +127,6 @@ def test_split_set_from_a_snapshot_is_exact_across_a_restart(
                     break
                 await asyncio.sleep(0.05)
             assert pair.split_snapshot is None
-        finally:
-            await manager.stop()
-            src.close()
-            tgt.close()
 
     asyncio.run(resume_and_finish())
     assert export_image(ceph_cluster, tgt_name, tmp_path / "tgt.img") == at_split
@@ -119,34 +137,18 @@ def test_split_set_from_a_snapshot_is_exact_across_a_restart(
 def test_deleting_a_split_pending_pair_removes_its_snapshot(
     ceph_cluster: CephCluster, new_image: ImageFactory, tmp_path: Path
 ) -> None:
-    src_name, tgt_name = new_image("8M"), new_image("8M")
-    conf = str(ceph_cluster.conf)
+    images = new_image("8M"), new_image("8M")
 
     async def scenario() -> str | None:
-        src = RbdImage(RbdSpec(pool=ceph_cluster.pool, image=src_name, ceph_conf=conf))
-        tgt = RbdImage(RbdSpec(pool=ceph_cluster.pool, image=tgt_name, ceph_conf=conf))
-        manager = PairManager(tmp_path, PairSettings(chunk_size=CHUNK, copy_rate=1))
-        manager.register_volume(PairVolume("b/src", src))
-        manager.register_volume(PairVolume("b/tgt", tgt))
-        try:
+        async with rbd_pair_manager(ceph_cluster, images, tmp_path, copy_rate=1) as (manager, _):
             await manager.volumes["b/src"].write(0, bytes(range(256)) * 4096)
             await manager.create("p", "b/src", "b/tgt")
-            await manager.split("p")
-            pair = manager.get("p")
-            for _ in range(200):
-                if pair._frozen is not None:
-                    break
-                await asyncio.sleep(0.05)
-            name = pair.split_snapshot
+            name = (await split_from_a_snapshot(manager)).split_snapshot
             await manager.delete("p")
             return name
-        finally:
-            await manager.stop()
-            src.close()
-            tgt.close()
 
     assert asyncio.run(scenario()) is not None
-    assert snapshots(ceph_cluster, src_name) == []
+    assert snapshots(ceph_cluster, images[0]) == []
 
 
 def test_kill9_while_the_split_set_is_read_from_the_snapshot(
@@ -198,7 +200,9 @@ def test_kill9_while_the_split_set_is_read_from_the_snapshot(
 class _SignalledImage(RbdImage):
     """An image that says when a split snapshot starts being taken (``freezing``)."""
 
-    freezing: asyncio.Event
+    def __init__(self, spec: RbdSpec) -> None:
+        super().__init__(spec)
+        self.freezing = asyncio.Event()
 
     async def freeze(self, name: str) -> RbdImage:
         self.freezing.set()
@@ -208,29 +212,21 @@ class _SignalledImage(RbdImage):
 def test_a_stop_while_the_snapshot_is_taken_leaves_no_snapshot(
     ceph_cluster: CephCluster, new_image: ImageFactory, tmp_path: Path
 ) -> None:
-    src_name, tgt_name = new_image("8M"), new_image("8M")
-    conf = str(ceph_cluster.conf)
+    images = new_image("8M"), new_image("8M")
 
     async def scenario() -> None:
-        src = _SignalledImage(RbdSpec(pool=ceph_cluster.pool, image=src_name, ceph_conf=conf))
-        src.freezing = asyncio.Event()
-        tgt = RbdImage(RbdSpec(pool=ceph_cluster.pool, image=tgt_name, ceph_conf=conf))
-        manager = PairManager(tmp_path, PairSettings(chunk_size=CHUNK, copy_rate=1))
-        manager.register_volume(PairVolume("b/src", src))
-        manager.register_volume(PairVolume("b/tgt", tgt))
-        try:
+        async with rbd_pair_manager(
+            ceph_cluster, images, tmp_path, copy_rate=1, source=_SignalledImage
+        ) as (manager, src):
+            assert isinstance(src, _SignalledImage)
             await manager.volumes["b/src"].write(0, bytes(range(256)) * 4096)
             await manager.create("p", "b/src", "b/tgt")
             await manager.split("p")
             await asyncio.wait_for(src.freezing.wait(), 30)
             # librbd takes a snapshot in 80-100 ms here: the stop lands while it is taken.
-        finally:
-            await manager.stop()
-            src.close()
-            tgt.close()
 
     asyncio.run(scenario())
-    assert snapshots(ceph_cluster, src_name) == []
+    assert snapshots(ceph_cluster, images[0]) == []
 
 
 def test_a_stray_split_snapshot_is_removed_when_the_pair_starts(
@@ -238,25 +234,16 @@ def test_a_stray_split_snapshot_is_removed_when_the_pair_starts(
 ) -> None:
     """What a kill -9 between taking a snapshot and naming it in the pair file leaves: a
     split snapshot that no pair names. The next start removes it, and only it."""
-    src_name, tgt_name = new_image("8M"), new_image("8M")
-    conf = str(ceph_cluster.conf)
+    images = new_image("8M"), new_image("8M")
+    src_name = images[0]
 
     async def run(create: bool) -> None:
-        src = RbdImage(RbdSpec(pool=ceph_cluster.pool, image=src_name, ceph_conf=conf))
-        tgt = RbdImage(RbdSpec(pool=ceph_cluster.pool, image=tgt_name, ceph_conf=conf))
-        manager = PairManager(tmp_path, PairSettings(chunk_size=CHUNK))
-        manager.register_volume(PairVolume("b/src", src))
-        manager.register_volume(PairVolume("b/tgt", tgt))
-        try:
+        async with rbd_pair_manager(ceph_cluster, images, tmp_path) as (manager, _):
             if create:
                 await manager.create("p", "b/src", "b/tgt")
             else:
                 await manager.start()
             await manager.wait("p", VolumeState.DUPLEX, timeout=120)
-        finally:
-            await manager.stop()
-            src.close()
-            tgt.close()
 
     asyncio.run(run(create=True))
     for name in ("targetd-split-17f0e1d2c3b4a596", "kept-by-the-user"):
@@ -266,21 +253,14 @@ def test_a_stray_split_snapshot_is_removed_when_the_pair_starts(
 
 
 class _SlowRemovalImage(RbdImage):
-    """An image whose snapshot removals take half a second longer (on the worker thread,
-    before librbd's own), and that notes when the last one ended."""
+    """An image whose snapshot removals are a :class:`SlowCall`."""
 
     def __init__(self, spec: RbdSpec) -> None:
         super().__init__(spec)
-        self.removing = threading.Event()
-        self.removed = threading.Event()
+        self.removal = SlowCall()
 
     def _remove_snapshot(self, image: c_void_p, name: str) -> int:
-        self.removing.set()
-        time.sleep(0.5)
-        try:
-            return super()._remove_snapshot(image, name)
-        finally:
-            self.removed.set()
+        return self.removal.run(partial(super()._remove_snapshot, image, name))
 
 
 def test_a_stop_while_the_snapshot_is_removed_waits_for_the_removal(
@@ -290,57 +270,38 @@ def test_a_stop_while_the_snapshot_is_removed_waits_for_the_removal(
     returns only once the removal has ended (the caller closes the image next: a removal
     still running on its thread would use a closed image), and the next start forgets
     the snapshot's name."""
-    src_name, tgt_name = new_image("8M"), new_image("8M")
-    conf = str(ceph_cluster.conf)
+    images = new_image("8M"), new_image("8M")
+    removing_at_stop: list[bool] = []
 
-    async def scenario() -> tuple[str | None, bool]:
-        src = _SlowRemovalImage(RbdSpec(pool=ceph_cluster.pool, image=src_name, ceph_conf=conf))
-        tgt = RbdImage(RbdSpec(pool=ceph_cluster.pool, image=tgt_name, ceph_conf=conf))
-        manager = PairManager(tmp_path, PairSettings(chunk_size=CHUNK, copy_rate=1))
-        manager.register_volume(PairVolume("b/src", src))
-        manager.register_volume(PairVolume("b/tgt", tgt))
-        removing_at_stop = False
-        try:
+    def at_stop(src: RbdImage) -> None:
+        assert isinstance(src, _SlowRemovalImage)
+        removing_at_stop.append(not src.removal.ended.is_set())
+        src.removal.ended.wait(30)  # never close the image under a removal (a crash)
+
+    async def scenario() -> str | None:
+        async with rbd_pair_manager(
+            ceph_cluster, images, tmp_path, copy_rate=1, source=_SlowRemovalImage,
+            before_close=at_stop,
+        ) as (manager, src):  # fmt: skip
+            assert isinstance(src, _SlowRemovalImage)
             await manager.volumes["b/src"].write(0, bytes(range(256)) * 4096)
             await manager.create("p", "b/src", "b/tgt")
-            await manager.split("p")
-            pair = manager.get("p")
-            for _ in range(200):
-                if pair._frozen is not None:
-                    break
-                await asyncio.sleep(0.05)
-            name = pair.split_snapshot
+            name = (await split_from_a_snapshot(manager)).split_snapshot
             await manager.resync("p")
-            await asyncio.to_thread(src.removing.wait, 30)
-        finally:
-            await manager.stop()
-            removing_at_stop = not src.removed.is_set()
-            src.removed.wait(30)  # never close the image under a removal (a crash)
-            src.close()
-            tgt.close()
-        return name, removing_at_stop
+            await asyncio.to_thread(src.removal.started.wait, 30)
+        return name
 
-    name, removing_at_stop = asyncio.run(scenario())
-    assert name is not None
-    assert not removing_at_stop
-    assert snapshots(ceph_cluster, src_name) == []
+    assert asyncio.run(scenario()) is not None
+    assert removing_at_stop == [False]
+    assert snapshots(ceph_cluster, images[0]) == []
 
     async def restart() -> str | None:
-        src = RbdImage(RbdSpec(pool=ceph_cluster.pool, image=src_name, ceph_conf=conf))
-        tgt = RbdImage(RbdSpec(pool=ceph_cluster.pool, image=tgt_name, ceph_conf=conf))
-        manager = PairManager(tmp_path, PairSettings(chunk_size=CHUNK))
-        manager.register_volume(PairVolume("b/src", src))
-        manager.register_volume(PairVolume("b/tgt", tgt))
-        try:
+        async with rbd_pair_manager(ceph_cluster, images, tmp_path) as (manager, _):
             await manager.start()
             await manager.wait("p", VolumeState.DUPLEX, timeout=120)
             pair = manager.get("p")
             await asyncio.gather(*pair._snapshot_tasks)
             return pair.split_snapshot
-        finally:
-            await manager.stop()
-            src.close()
-            tgt.close()
 
     assert asyncio.run(restart()) is None
-    assert snapshots(ceph_cluster, src_name) == []
+    assert snapshots(ceph_cluster, images[0]) == []
