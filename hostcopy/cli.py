@@ -254,6 +254,15 @@ def _dry_run(args: argparse.Namespace, lists: list[bytes], first: int, device: s
     print(f"# {len(lists)} EXTENDED COPY(LID4) list(s) with IMMED, to send in turn: each")
     print("# answers at once; repeat the RECEIVE COPY STATUS(LID4) line after it until byte 5")
     print("# of its answer is 01 (completed; 11 or 12: running; 02: failed, sense from byte 32)")
+    if device.startswith("iscsi://"):
+        # sg_raw opens a /dev node (SG_IO); Debian's sg3-utils has no libiscsi URLs. The
+        # lines name the node through $DEV, which the shell refuses to run without.
+        iqn, lun = device.rstrip("/").rsplit("/", 2)[-2:]  # an opened URL: .../IQN/LUN
+        where = f"targetd-copy devices --target {iqn} --lun {lun} --node sg"
+        print("# sg_raw opens /dev/sgN nodes, not iscsi:// URLs: log in with open-iscsi and")
+        print(f"# set DEV to the node of {device} ({where})")
+        print(f"DEV=${{DEV:?set DEV to the /dev/sgN of LUN {lun} of {iqn}: {where}}}")
+        device = '"$DEV"'
     for n, params in enumerate(lists):
         path = os.path.join(directory, f"{args.command}-list-{first + n}.bin")
         with open(path, "wb") as f:

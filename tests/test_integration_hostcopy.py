@@ -247,13 +247,30 @@ def test_dry_run_writes_the_lists_and_the_sg_raw_lines(
         path = tmp_path / "backup-list-40.bin"
         data = path.read_bytes()
         cdb_length = " ".join(f"{b:02x}" for b in len(data).to_bytes(4, "big"))
+        # sg_raw cannot open an iscsi:// URL: the lines name the tape's node as $DEV, and
+        # the script they make stops at once, saying how to find it, while DEV is unset.
         assert (
-            f"sg_raw -s {len(data)} -i {path} {daemon.url(TAPE)} 83 01 00 00 00 00 00 00 00 00 "
+            f'sg_raw -s {len(data)} -i {path} "$DEV" 83 01 00 00 00 00 00 00 00 00 '
             f"{cdb_length} 00 00"
         ) in out
+        assert 'sg_raw -r 1024 "$DEV" 84 05 00 00 00 28 00 00 00 00 00 00 04 00 00 00' in out
+        bindir = tmp_path / "bin"
+        bindir.mkdir()
+        (bindir / "sg_raw").write_text('#!/bin/sh\necho "sg_raw $*"\n')
+        (bindir / "sg_raw").chmod(0o755)
+        env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
+        env.pop("DEV", None)
+        unset = subprocess.run(["bash", "-c", out], env=env, capture_output=True, text=True)
+        assert unset.returncode != 0 and unset.stdout == ""
         assert (
-            f"sg_raw -r 1024 {daemon.url(TAPE)} 84 05 00 00 00 28 00 00 00 00 00 00 04 00 00 00"
-        ) in out
+            f"DEV: set DEV to the /dev/sgN of LUN {TAPE} of {daemon.iqn}: targetd-copy devices "
+            f"--target {daemon.iqn} --lun {TAPE} --node sg"
+        ) in unset.stderr
+        ran = subprocess.run(
+            ["bash", "-c", out], env={**env, "DEV": "/dev/sg9"}, capture_output=True, text=True
+        )
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout.splitlines()[0].startswith(f"sg_raw -s {len(data)} -i {path} /dev/sg9 ")
         decoded = params.decode(params.LID4, data)
         assert decoded.list_id == 40 and decoded.immed
         kinds = [s.type_code for s in decoded.segments]
