@@ -47,7 +47,8 @@ def test_the_readme_client_commands_run_as_written(targetd: Daemon, tmp_path: Pa
         said[" ".join(argv[:3])] = done.stdout
     listing = said[f"iscsi-ls -s iscsi://{targetd.portal}"]
     assert "Target:iqn.2026-11.org.targetd:default" in listing
-    assert re.search(r"Lun:0\s+Type:DIRECT_ACCESS", listing)
+    # The page's comment: 1 GiB shown as 1023M (libiscsi's arithmetic, not the target's).
+    assert re.search(r"Lun:0\s+Type:DIRECT_ACCESS \(Size:1023M\)", listing), listing
     assert re.search(r"Lun:1\s+Type:DIRECT_ACCESS", listing)
     assert re.search(r"Lun:2\s+Type:SEQUENTIAL_ACCESS", listing)
     url = targetd.url(0)
