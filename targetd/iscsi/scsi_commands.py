@@ -85,16 +85,18 @@ class ScsiCommands(Replies):
         cdb = bhs[32:48]
         if pdu.ahs:
             cdb += _extended_cdb(pdu.ahs)
+        # By position (Task's fields: itt, lun, lun_raw, cdb, cmdsn, edtl, read, write,
+        # attribute), as ScsiCommand in _maybe_start.
         task = Task(
-            itt=itt,
-            lun=decode_lun(lun_raw),
-            lun_raw=lun_raw,
-            cdb=cdb,
-            cmdsn=cmdsn,
-            edtl=edtl,
-            read=read,
-            write=write,
-            attribute=_ATTRIBUTES[flags & P.ATTR_MASK],
+            itt,
+            decode_lun(lun_raw),
+            lun_raw,
+            cdb,
+            cmdsn,
+            edtl,
+            read,
+            write,
+            _ATTRIBUTES[flags & P.ATTR_MASK],
         )
         if write and edtl:
             # The unsolicited part: immediate data plus Data-Out with TTT 0xffffffff.
@@ -286,16 +288,19 @@ class ScsiCommands(Replies):
             return
         task.started = True
         data_out = memoryview(task.buffer) if task.buffer is not None else None
+        # By position, in the order of ScsiCommand's fields (cdb, lun, nexus, data_out,
+        # data_in_length, attribute, tag, buffers, file_data_in): on every command, and
+        # CPython 3.11 takes a dataclass's keyword arguments at twice the cost.
         cmd = ScsiCommand(
-            cdb=task.cdb,
-            lun=task.lun,
-            nexus=self.nexus,  # type: ignore[arg-type]
-            data_out=data_out,
-            data_in_length=task.edtl if task.read else 0,
-            attribute=task.attribute,
-            tag=task.itt,
-            buffers=task.leases,
-            file_data_in=task.read and self.sends_files and not self.data_digest,
+            task.cdb,
+            task.lun,
+            self.nexus,  # type: ignore[arg-type]
+            data_out,
+            task.edtl if task.read else 0,
+            task.attribute,
+            task.itt,
+            task.leases,
+            task.read and self.sends_files and not self.data_digest,
         )
         self._events.append(ExecuteCommand(task, cmd))
 

@@ -694,3 +694,20 @@ def test_a_write_s_good_status_carries_the_sequence_numbers_every_status_does(
         assert u32(hdr, 28) == u32(statuses[2], 28) == h.cmdsn
         assert u32(hdr, 32) == u32(statuses[2], 32) - (2 - i)
     assert session.max_cmdsn == u32(statuses[2], 32)
+
+
+def test_the_records_built_by_position_on_every_command_keep_their_field_order() -> None:
+    # _on_scsi_command and _maybe_start build Task and ScsiCommand by position (keyword
+    # arguments cost twice as much): a reordered field would shift every value after it.
+    from dataclasses import fields
+
+    from scsi.command import ScsiCommand
+    from targetd.iscsi.connection_state import Task
+
+    assert [f.name for f in fields(Task)][:9] == [
+        "itt", "lun", "lun_raw", "cdb", "cmdsn", "edtl", "read", "write", "attribute",
+    ]  # fmt: skip
+    assert [f.name for f in fields(ScsiCommand)] == [
+        "cdb", "lun", "nexus", "data_out", "data_in_length", "attribute", "tag", "buffers",
+        "file_data_in",
+    ]  # fmt: skip
