@@ -99,6 +99,8 @@ class ChunkCopier:
     _finishing: bool
     _pacer: _Pacer
     _jobs: set[asyncio.Future[None]]
+    _awaiting_reads: set[asyncio.Task[Any]]
+    _stopping: bool
     _clears_unsynced: bool
     _frozen: Any
 
@@ -205,7 +207,16 @@ class ChunkCopier:
         try:
             # A READ answered before the volume became this pair's target (or before a
             # reverse resync fenced the source) may still be sent from the file.
-            await to.unsent(offset, length)
+            if to.sends_over(offset, length):
+                if self._stopping:
+                    raise asyncio.CancelledError  # given up: the chunk stays to copy
+                me = asyncio.current_task()
+                assert me is not None
+                self._awaiting_reads.add(me)
+                try:
+                    await to.unsent(offset, length)
+                finally:
+                    self._awaiting_reads.discard(me)
             if data is None:
                 await to.base.punch_hole(offset, length)
             else:

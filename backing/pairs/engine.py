@@ -107,6 +107,10 @@ class Pair(ChunkCopier, SplitSnapshot):
         # Chunk copies the workers started: a cancelled worker's copy may be on a thread
         # still, and stop() waits for it (nothing of the pair runs once stop returns).
         self._jobs: set[asyncio.Future[None]] = set()
+        # Copies waiting, before they write, for READs of the range still being sent: no
+        # thread runs for them, so stop() gives them up rather than wait for an initiator.
+        self._awaiting_reads: set[asyncio.Task[Any]] = set()
+        self._stopping = False
         self._header_lock = asyncio.Lock()
         self._cursor = 0
         self._finishing = False
@@ -169,6 +173,7 @@ class Pair(ChunkCopier, SplitSnapshot):
     async def start(self) -> None:
         """Initialise (creation copy set) if needed, then run the copy workers. A failed
         initialisation leaves the pair SUSPENDED (a resync redoes it), never stalled."""
+        self._stopping = False
         if self.initializing:
             try:
                 await self._initialize()
@@ -265,7 +270,11 @@ class Pair(ChunkCopier, SplitSnapshot):
         self._tasks = []
         self._workers = []
         # A copy whose worker was cancelled mid-chunk runs to its end (a read or write on a
-        # thread cannot be stopped half way; it may still suspend the pair, durably).
+        # thread cannot be stopped half way; it may still suspend the pair, durably), but
+        # one that waits for a READ's initiator has written nothing yet: it is given up.
+        self._stopping = True  # (a copy queued behind one of them for its chunk, too)
+        for waiting in list(self._awaiting_reads):
+            waiting.cancel()
         await asyncio.gather(*self._jobs, return_exceptions=True)
         if self._frozen is not None:  # the snapshot stays (named in the header) for a restart
             frozen, self._frozen = self._frozen, None

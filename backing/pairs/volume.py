@@ -253,6 +253,12 @@ class PairVolume:
             self._sent.set()
             self._sent = None
 
+    def sends_over(self, offset: int, length: int) -> bool:
+        """Whether a READ still being sent from the file overlaps ``[offset,
+        offset+length)``."""
+        end = offset + length
+        return any(s < end and offset < e for s, e in self._sends.values())
+
     async def unsent(self, offset: int, length: int) -> None:
         """Wait until no READ still being sent from the file overlaps ``[offset,
         offset+length)``; their initiators are asked to acknowledge them now. The pair

@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
+from pathlib import Path
 
-from backing.pairs import PairVolume
-from backing.tests.test_pair_engine import SIZE, MemoryStore
+from backing.pairs import UNCHECKED, PairService, PairVolume, Phase, VolumeState
+from backing.tests.test_pair_engine import CHUNK, SIZE, MemoryStore, data_of, make
 
 
 class Read:
@@ -56,5 +57,33 @@ def test_unsent_waits_for_the_overlapping_reads_only() -> None:
         assert not waiting.done()
         elsewhere.release()
         await asyncio.wait_for(waiting, 1)
+
+    asyncio.run(main())
+
+
+def test_a_reverse_resync_waits_for_a_read_in_flight_and_a_stop_does_not(tmp_path: Path) -> None:
+    """The restore of a chunk a READ of the source is still being sent from waits for it
+    (the source keeps the bytes the READ ran on); a stop meanwhile does not wait for an
+    initiator that may never answer: the waiting copy is given up (its chunk stays to copy,
+    and the restart copies it)."""
+
+    async def main() -> None:
+        manager, src, _ = make(tmp_path, 1, copy_rate=0)
+        service = PairService(manager)
+        await src.write(0, b"\x11" * SIZE)
+        await service.create("p", "t/lun0", "t/lun1", access=UNCHECKED)
+        await manager.wait("p", VolumeState.DUPLEX, timeout=30)
+        await service.split(name="p", access=UNCHECKED)
+        await manager.wait("p", VolumeState.SPLIT, timeout=30)
+        await src.write(0, b"\x22" * CHUNK)
+        read = Read()
+        src.sending(0, CHUNK, read)  # a READ of the changed chunk, still being sent
+        await service.reverse_resync(name="p", access=UNCHECKED)
+        await asyncio.sleep(0.2)
+        assert data_of(src)[:CHUNK] == b"\x22" * CHUNK  # not restored under the READ
+        assert read.wanted == 1  # its initiator was asked to acknowledge it
+        assert manager.status("p").phase is Phase.REVERSE_COPY
+        await asyncio.wait_for(manager.stop(), 5)
+        assert data_of(src)[:CHUNK] == b"\x22" * CHUNK
 
     asyncio.run(main())
