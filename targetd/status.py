@@ -142,9 +142,15 @@ def render(status: dict[str, Any]) -> str:
     for lun in status["luns"]:
         st = lun["stats"]
         ro = ", read-only" if lun["read_only"] else ""
+        # A tape's records, a sink's files and a changer have no block size of their own
+        # (a tape's is variable until an initiator sets one): only disks show theirs.
+        if lun["type"] in ("block", "rbd"):
+            shape = f" ({lun['block_size']}-byte blocks{ro})"
+        else:
+            shape = f" (capacity{ro})"
         lines.append(
-            f"  {lun['target']} lun {lun['lun']}: {lun['type']} {_size(lun['size'])}"
-            f" ({lun['block_size']}-byte blocks{ro}) {lun['path']}"
+            f"  {lun['target']} lun {lun['lun']}: {lun['type']} {_size(lun['size'])}{shape}"
+            f" {lun['path']}"
         )
         if st:
             lines.append(

@@ -132,3 +132,17 @@ def test_the_lock_goes_with_the_daemon(targetd: Daemon, tmp_path: Path) -> None:
     assert (targetd.state_dir / "targetd.lock").read_text() == f"{targetd.proc.pid}\n"
     targetd.start()
     assert targetd.targetctl("status").returncode == 0
+
+
+def test_status_shows_each_default_lun_as_a_user_reads_it(targetd: Daemon) -> None:
+    """Disks show their block size; the tape shows its capacity (it had '512-byte blocks',
+    a size a variable-block tape does not have)."""
+    done = targetd.targetctl("status")
+    assert done.returncode == 0, done.stderr
+    state = targetd.state_dir.resolve()
+    shown = [line for line in done.stdout.splitlines() if line.startswith(f"  {targetd.iqn} lun")]
+    assert shown == [
+        f"  {targetd.iqn} lun 0: block 1 GiB (512-byte blocks) {state}/lun0.img",
+        f"  {targetd.iqn} lun 1: block 1 GiB (512-byte blocks) {state}/lun1.img",
+        f"  {targetd.iqn} lun 2: tape 8 GiB (capacity) {state}/tape0.img",
+    ]
