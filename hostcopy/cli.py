@@ -98,6 +98,15 @@ def same_target(first: str, second: str) -> None:
                       "a backup or restore copies between LUNs of one target")  # fmt: skip
 
 
+def _require_medium(spec: str, device: Device) -> ops.Info:
+    """A backup's medium is a tape or a file sink (a stream device); a disk named by mistake
+    is said so, before a tape command gets INVALID OPCODE from it."""
+    info = ops.info(device)
+    if info.device_type != c.STREAM:
+        raise Failure(f"{spec} is not a tape or file sink (type {info.device_type:#x})")
+    return info
+
+
 def _volume(spec: str, device: Device, limits: c.CopyLimits, record: int) -> Volume:
     info = ops.info(device)
     if info.device_type != c.BLOCK or info.capacity is None:
@@ -163,9 +172,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         same_target(source, dest)
     with ExitStack() as stack:
         dst = stack.enter_context(opened(dest))
-        d = ops.info(dst)
-        if d.device_type != c.STREAM:
-            raise Failure(f"{dest} is not a tape or file sink (type {d.device_type:#x})")
+        d = _require_medium(dest, dst)
         limits = ops.limits(dst)
         volumes = [
             _volume(spec, stack.enter_context(opened(spec)), limits, args.record_size)
@@ -324,7 +331,7 @@ def _verify_on_target(tape: Device, number: int, label: Label, first: int) -> No
 def cmd_restore(args: argparse.Namespace) -> int:
     same_target(args.backup, args.lun)
     with opened(args.backup) as tape, opened(args.lun) as lun:
-        t, b = ops.info(tape), ops.info(lun)
+        t, b = _require_medium(args.backup, tape), ops.info(lun)
         if b.device_type != c.BLOCK or b.capacity is None:
             raise Failure(f"{args.lun} is not a block device")
         label = _open_backup(tape, args.file)
@@ -389,6 +396,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     with opened(args.backup) as tape:
+        _require_medium(args.backup, tape)
         label = _open_backup(tape, args.file)
         if args.lun is None and not args.host and label.id:
             _verify_on_target(tape, args.file, label, _list_id(args))
@@ -468,6 +476,7 @@ def _first_difference(a: bytes, b: bytes) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     with opened(args.backup) as tape:
+        _require_medium(args.backup, tape)
         ops.rewind(tape)
         found: list[tuple[int, Label | None, EndLabel | None]] = []
         number = 0
@@ -556,7 +565,14 @@ def cmd_devices(args: argparse.Namespace) -> int:
             f"{n.hctl:10}  {n.lun:>3}  {n.kind:5}  {n.sg or '-':10}  {n.block or '-':10}  "
             f"{n.tape or '-':10}  {n.target or '-'}"
         )
-    return EXIT_OK if nodes else EXIT_FAILED
+    if not nodes:
+        which = f" of {args.target}" if args.target else ""
+        lun = f" with LUN {args.lun}" if args.lun is not None else ""
+        print(f"no iSCSI SCSI devices{which}{lun} in /sys: log in with open-iscsi first "
+              "(iscsiadm -m node -T IQN -p HOST:PORT --login), or name LUNs as "
+              "iscsi://HOST:PORT/IQN/LUN", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 # -- entry point ------------------------------------------------------------------------------

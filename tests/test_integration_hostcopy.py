@@ -214,6 +214,20 @@ def test_a_copy_the_target_refuses_exits_1_with_the_sense_in_words(
         assert tool("status", daemon.url(FRESH)).stdout == (
             f"LUN {FRESH}: in no pair (SIMPLEX); targetd-copy create SOURCE MIRROR\n"
         )
+        # A disk named where the backup's medium goes: said before any tape command.
+        for command in (["list"], ["verify"], ["restore", daemon.url(FRESH)]):
+            proc = tool(command[0], daemon.url(SOURCE), *command[1:], check=False)
+            assert proc.returncode == 1
+            assert proc.stderr == (
+                f"targetd-copy {command[0]}: {daemon.url(SOURCE)} is not a tape or file sink "
+                "(type 0x0)\n"
+            )
+        # `devices` with nothing logged in: a reason, not just a header and exit status 1.
+        proc = tool("devices", "--target", "iqn.2026-11.org.nobody:x", check=False)
+        assert proc.returncode == 1
+        assert proc.stderr.startswith(
+            "no iSCSI SCSI devices of iqn.2026-11.org.nobody:x in /sys: log in with open-iscsi"
+        )
         # Bad URLs: one line each that says what is wrong, exit status 1.
         for url, why in [
             ("iscsi://127.0.0.1:1/iqn.x/0", "cannot connect to 127.0.0.1:1: Connection refused"),
