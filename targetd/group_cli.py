@@ -20,9 +20,9 @@ from targetd.pair_cli import (
     TTY_POLL,
     _common,
     _dump,
-    _force,
     _params,
     _scope,
+    add_named_commands,
     render,
 )
 from targetd.status_cli import call
@@ -48,30 +48,19 @@ def add_commands(sub: Any) -> None:
         _scope(p)
         _common(p, _members)
 
-    for action, text in (
-        ("split", "split every pair of the group at one instant (all or nothing)"),
-        ("resync", "resync every split or suspended pair of the group"),
-        ("restore", "reverse resync: restore every source from its target (all SPLIT)"),
-        ("delete", "forget the group; its pairs stay as they are"),
-    ):
-        p = group_sub.add_parser(action, help=text)
-        p.add_argument("name")
-        _scope(p)
-        if action != "delete":
-            _force(p)
-        _common(p, _action)
-
-    p = group_sub.add_parser("status", help="one group and its pairs, or every group")
-    p.add_argument("name", nargs="?")
-    _scope(p)
-    _common(p, _status)
-
-    p = group_sub.add_parser("wait", help="wait until every pair of the group is in STATE")
-    p.add_argument("name")
-    p.add_argument("--state", required=True, help="e.g. DUPLEX, SPLIT")
-    p.add_argument("--timeout", type=float, help="seconds (default: no limit)")
-    _scope(p)
-    _common(p, _wait)
+    add_named_commands(
+        group_sub,
+        {
+            "split": "split every pair of the group at one instant (all or nothing)",
+            "resync": "resync every split or suspended pair of the group",
+            "restore": "reverse resync: restore every source from its target (all SPLIT)",
+            "delete": "forget the group; its pairs stay as they are",
+            "status": "one group and its pairs, or every group",
+            "wait": "wait until every pair of the group is in STATE",
+        },
+        "e.g. DUPLEX, SPLIT",
+        (_action, _status, _wait),
+    )
 
 
 def _summary(g: dict[str, Any]) -> str:

@@ -46,30 +46,47 @@ def add_commands(sub: Any) -> None:
     _scope(p)
     _common(p, _policy)
 
-    for action, text in (
-        ("split", "split at once: the target keeps the image of this instant"),
-        ("resync", "back to DUPLEX, copying only what changed since the split"),
-        ("restore", "reverse resync: restore the source from the target (hosts fenced)"),
-        ("delete", "end the pair (both volumes SIMPLEX; the data stays)"),
-    ):
-        p = pair_sub.add_parser(action, help=text)
+    add_named_commands(
+        pair_sub,
+        {
+            "split": "split at once: the target keeps the image of this instant",
+            "resync": "back to DUPLEX, copying only what changed since the split",
+            "restore": "reverse resync: restore the source from the target (hosts fenced)",
+            "delete": "end the pair (both volumes SIMPLEX; the data stays)",
+            "status": "one pair, or every pair",
+            "wait": "wait until both volumes are in STATE (pairevtwait)",
+        },
+        "e.g. DUPLEX, SPLIT, SIMPLEX",
+        (_action, _status, _wait),
+    )
+
+
+def add_named_commands(
+    sub: Any, helps: dict[str, str], states: str, runs: tuple[Any, Any, Any]
+) -> None:
+    """The subcommands of a pair and of a group alike: split, resync, restore (with
+    --force) and delete of NAME, ``status [NAME]`` and ``wait NAME --state STATE``; ``runs``
+    are their handlers (the actions', status's, wait's)."""
+    action, status, wait = runs
+    for name in ("split", "resync", "restore", "delete"):
+        p = sub.add_parser(name, help=helps[name])
         p.add_argument("name")
         _scope(p)
-        if action != "delete":
+        if name != "delete":
             _force(p)
-        _common(p, _action)
+        _common(p, action)
 
-    p = pair_sub.add_parser("status", help="one pair, or every pair")
+    p = sub.add_parser("status", help=helps["status"])
     p.add_argument("name", nargs="?")
     _scope(p)
-    _common(p, _status)
+    _common(p, status)
 
-    p = pair_sub.add_parser("wait", help="wait until both volumes are in STATE (pairevtwait)")
+    p = sub.add_parser("wait", help=helps["wait"])
     p.add_argument("name")
-    p.add_argument("--state", required=True, help="e.g. DUPLEX, SPLIT, SIMPLEX")
+    p.add_argument("--state", required=True, help=states)
     p.add_argument("--timeout", type=float, help="seconds (default: no limit)")
     _scope(p)
-    _common(p, _wait)
+    _common(p, wait)
 
 
 def _scope(p: argparse.ArgumentParser) -> None:
