@@ -49,12 +49,13 @@ LATENCY_BOUNDS_SECONDS = (
 _BOUNDS_NS = tuple(int(b * 1e9) for b in LATENCY_BOUNDS_SECONDS)
 _CHECK_CONDITION = Status.CHECK_CONDITION
 _UNIT_ATTENTION = SenseKey.UNIT_ATTENTION
+_NO_SENSE = SenseKey.NO_SENSE
 
 
 class LunStats:
     """What one LUN has done since the daemon started, by command kind."""
 
-    __slots__ = ("attentions", "buckets", "bytes", "errors", "latency_ns", "ops")
+    __slots__ = ("attentions", "buckets", "bytes", "errors", "latency_ns", "notices", "ops")
 
     def __init__(self) -> None:
         self.ops = [0, 0, 0]
@@ -65,6 +66,9 @@ class LunStats:
         # POWER ON/RESET of its first command, a reservation preempted, capacity changed),
         # counted apart so an admin does not read them as failures.
         self.attentions = 0
+        # CHECK CONDITIONs with NO SENSE: a tape's file mark, end-of-medium early warning or
+        # short record (ILI), told along with a command that did its work.
+        self.notices = 0
         # One row per kind; the last bucket is +Inf.
         self.buckets = [[0] * (len(_BOUNDS_NS) + 1) for _ in KIND_NAMES]
 
@@ -79,7 +83,8 @@ class LunStats:
     ) -> None:
         """One completed command. Bytes count the payload of READs (Data-In) and WRITEs
         (Data-Out) only: INQUIRY pages and mode pages are not traffic. A status other than
-        GOOD is an error, unless it is a CHECK CONDITION with UNIT ATTENTION sense."""
+        GOOD is an error, unless it is a CHECK CONDITION with UNIT ATTENTION or NO SENSE
+        sense."""
         kind = OPCODE_KIND[opcode]
         self.ops[kind] += 1
         if kind == READ:
@@ -90,8 +95,11 @@ class LunStats:
         self.latency_ns[kind] += elapsed_ns
         self.buckets[kind][bisect_left(_BOUNDS_NS, elapsed_ns)] += 1
         if status:
-            if status == _CHECK_CONDITION and sense and parse_sense(sense)[0] == _UNIT_ATTENTION:
+            key = parse_sense(sense)[0] if status == _CHECK_CONDITION and sense else None
+            if key == _UNIT_ATTENTION:
                 self.attentions += 1
+            elif key == _NO_SENSE:
+                self.notices += 1
             else:
                 self.errors += 1
 
@@ -104,6 +112,7 @@ class LunStats:
             "other_ops": self.ops[OTHER],
             "errors": self.errors,
             "attentions": self.attentions,
+            "notices": self.notices,
         }
 
 
@@ -234,13 +243,19 @@ def lun_families(luns: Iterable[tuple[str, int, LunStats]]) -> list[Family]:
         "errors": Family(
             "targetd_lun_errors_total",
             "counter",
-            "Commands that ended in a status other than GOOD, unit attentions apart",
+            "Commands that ended in a status other than GOOD, unit attentions and notices apart",
         ),
         "attentions": Family(
             "targetd_lun_unit_attentions_total",
             "counter",
             "CHECK CONDITIONs reporting a UNIT ATTENTION (first command of a nexus, a reset,"
             " a reservation or capacity change)",
+        ),
+        "notices": Family(
+            "targetd_lun_notices_total",
+            "counter",
+            "CHECK CONDITIONs with NO SENSE (a tape's file mark, end-of-medium warning or"
+            " short record) told along with a command that did its work",
         ),
         "latency": Family(
             "targetd_lun_latency_seconds", "histogram", "Time from dispatch to completion"
@@ -250,6 +265,7 @@ def lun_families(luns: Iterable[tuple[str, int, LunStats]]) -> list[Family]:
         base = {"target": target, "lun": str(lun)}
         fams["errors"].add(stats.errors, base)
         fams["attentions"].add(stats.attentions, base)
+        fams["notices"].add(stats.notices, base)
         for kind, name in enumerate(KIND_NAMES):
             labels = {**base, "op": name}
             if kind != OTHER:

@@ -157,6 +157,7 @@ def render(status: dict[str, Any]) -> str:
                 f"    read {st['read_ops']} ops {_size(st['read_bytes'])},"
                 f" written {st['write_ops']} ops {_size(st['write_bytes'])}, errors {st['errors']},"
                 f" unit attentions {st['attentions']}"
+                + (f", notices {st['notices']}" if st["notices"] else "")
             )
     sections = [("pairs", "Pairs"), ("copy_operations", "Copy operations")]
     if "gateway" in status:  # one of two gateways (docs/rbd.md)

@@ -66,6 +66,12 @@ def test_tape_lun_round_trip_restart_and_export(
         assert status == CHECK_CONDITION and data == records[1][:100]
         residue = (-5900 & 0xFFFFFFFF).to_bytes(4, "big")
         assert sense[:8] == bytes([0xF0, 0, 0x20]) + residue + b"\x0a"
+        # The short record is told with NO SENSE: a notice, not an error.
+        (tape,) = [lun for lun in daemon.targetctl_json("status")["luns"]
+                   if lun["lun"] == TAPE_LUN]  # fmt: skip
+        stats = tape["stats"]
+        assert (stats["errors"], stats["attentions"], stats["notices"]) == (0, 1, 1), stats
+        assert "errors 0, unit attentions 1, notices 1" in daemon.targetctl("status").stdout
     size = image.stat().st_size
     daemon.stop()
     with image.open("ab") as f:  # a record header that never got its payload

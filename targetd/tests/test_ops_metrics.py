@@ -26,6 +26,7 @@ def test_counts_payload_of_reads_and_writes_only() -> None:
         "other_ops": 1,
         "errors": 1,
         "attentions": 0,
+        "notices": 0,
     }
 
 
@@ -37,10 +38,15 @@ def test_unit_attentions_are_counted_apart_from_errors() -> None:
     stats.record(0x00, None, None, 5_000, 2, ua)  # TEST UNIT READY
     stats.record(0x28, None, None, 5_000, 2, build_sense(Reason.UNRECOVERED_READ_ERROR))
     stats.record(0x2A, None, None, 5_000, 0x18, None)  # RESERVATION CONFLICT
-    assert (stats.errors, stats.attentions) == (2, 2)
+    filemark = build_sense(Reason.FILEMARK_DETECTED, filemark=True)
+    stats.record(0x08, None, b"", 5_000, 2, filemark)  # tape READ(6) ran into a file mark
+    stats.record(0x08, None, b"x", 5_000, 2, build_sense(Reason.NO_SENSE, ili=True))
+    stats.record(0x08, None, b"", 5_000, 2, build_sense(Reason.END_OF_DATA_DETECTED))
+    assert (stats.errors, stats.attentions, stats.notices) == (3, 2, 2)
     text = render(lun_families([("iqn.2026-11.org.x:t", 0, stats)]))
-    assert 'targetd_lun_errors_total{target="iqn.2026-11.org.x:t",lun="0"} 2' in text
+    assert 'targetd_lun_errors_total{target="iqn.2026-11.org.x:t",lun="0"} 3' in text
     assert 'targetd_lun_unit_attentions_total{target="iqn.2026-11.org.x:t",lun="0"} 2' in text
+    assert 'targetd_lun_notices_total{target="iqn.2026-11.org.x:t",lun="0"} 2' in text
 
 
 def test_histogram_is_cumulative_with_sum_and_count() -> None:
