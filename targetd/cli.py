@@ -44,7 +44,6 @@ from targetd.workers import (
     families_to_json,
     read_kept,
     socket_name,
-    target_tables,
     worker_config,
     write_snapshot,
 )
@@ -64,7 +63,7 @@ def _load(
 ) -> Config:
     """The configuration: ``--config``'s file, or ``text`` as that file's content, with
     the CHAP credentials ``env`` gives (targetd.chap_env) and the ``kept`` target tables
-    (CONFIG_KEPT) after its own."""
+    (CONFIG_KEPT) in place of its own of those names."""
     state_dir = Path(args.state_dir) if args.state_dir else None
     if args.config:
         path = Path(args.config)
@@ -98,8 +97,8 @@ def _load_as_portal_did(
     """A worker's configuration: the text its portal started with, and the one it loaded
     last applied to it as a reload (the file itself may hold an edit not reloaded), with
     the CHAP credentials the portal's last load found (``role.env``). ``starting``: also
-    the targets of this worker that a reload left out but its predecessor kept serving (a
-    LUN of theirs in a pair), as it did; at a reload the running worker decides that."""
+    the targets and LUNs of this worker that a reload left out but its predecessor kept
+    serving (in a pair), as it did; at a reload the running worker decides that."""
     env = role.env
     if not args.config or texts is None:
         return _load(args, env=env)
@@ -107,8 +106,7 @@ def _load_as_portal_did(
     text = read_config(texts / CONFIG_LOADED)
     kept: list[dict[str, Any]] = []
     if starting:
-        listed = target_tables(text)
-        kept = [t for n, t in read_kept(texts).items() if n in role.targets and n not in listed]
+        kept = [t for n, t in read_kept(texts).items() if n in role.targets]
     return reload.plan(started, _load(args, text, env, kept)).config
 
 
@@ -264,6 +262,8 @@ def _worker_methods(ops: Operations, worker: WorkerRole) -> None:
         # Settled: the declared pairs' outcome reaches the portal's answer and status too.
         result: dict[str, Any] = dict(await ops.reload_settled())
         result["targets"] = sorted(ops.server.targets)
+        # Per target, the LUNs it serves now (a paired one a reload left out among them).
+        result["luns"] = {n: sorted(t.scsi.luns) for n, t in ops.server.targets.items()}
         return result
 
     ops.admin.register("worker.reload", reload_with)

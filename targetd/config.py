@@ -233,7 +233,8 @@ def parse_config_text(
     extra_targets: Iterable[dict[str, Any]] = (),
 ) -> Config:
     """Validate the text of the file ``path`` (relative paths in it are from its folder),
-    with ``extra_targets`` (``[[target]]`` tables) after its own targets."""
+    with ``extra_targets`` (``[[target]]`` tables) in place of its own targets of the same
+    names, or after them."""
     path = Path(path)
     try:
         parsed = tomllib.loads(data.decode("utf-8"))
@@ -241,8 +242,11 @@ def parse_config_text(
         raise ConfigError("config", f"{path} is not valid TOML: {e}") from e
     extra = list(extra_targets)
     if extra:
+        names = {t.get("name") for t in extra}
         listed = parsed.get("target", [])
-        parsed["target"] = [*(listed if isinstance(listed, list) else [listed]), *extra]
+        listed = listed if isinstance(listed, list) else [listed]
+        own = [t for t in listed if not (isinstance(t, dict) and t.get("name") in names)]
+        parsed["target"] = [*own, *extra]
     return parse_config(parsed, base_dir=path.parent, state_dir=state_dir)
 
 

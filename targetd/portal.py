@@ -146,7 +146,20 @@ class Portal:
         except (OSError, ValueError) as err:
             log.warning("kept targets not noted", extra=logs.fields(error=str(err)))
             return
-        kept = {n: t for n, t in self.tables.items() if n in served and n not in loaded}
+        kept: dict[str, dict[str, Any]] = {}
+        for name in served:
+            table, before = loaded.get(name), self.tables.get(name)
+            if table is None:
+                if before is not None:  # the whole target kept
+                    kept[name] = before
+                continue
+            listed = table.get("lun", [])
+            numbers = {lun.get("lun") for lun in listed if isinstance(lun, dict)}
+            serving = set(self.supervisor.luns.get(name, ()))
+            extra = [lun for lun in (before or {}).get("lun", [])
+                     if isinstance(lun, dict) and lun.get("lun") in serving - numbers]  # fmt: skip
+            if extra:  # LUNs of it kept
+                kept[name] = {**table, "lun": [*listed, *extra]}
         self.tables = {**loaded, **kept}
         try:
             write_snapshot(state_dir / CONFIG_KEPT, json.dumps(kept, default=str).encode())

@@ -63,9 +63,11 @@ def socket_name(index: int) -> str:
 # only a restart changes (portals, limits) stays as the portal and its siblings run it.
 CONFIG_STARTED = "config.started.toml"
 CONFIG_LOADED = "config.loaded.toml"
-# Targets a reload left out but a worker kept serving (a LUN of theirs is in a pair): their
-# ``[[target]]`` tables as the text that last had them gave them, by name (JSON). A worker
-# started again serves those of its targets too, as its predecessor did.
+# Targets and LUNs a reload left out but a worker kept serving (in a pair): the ``[[target]]``
+# tables in force of the targets concerned, by name (JSON): a kept target's as the text that
+# last had it gave it; a target with a kept LUN, its table in the text plus that LUN's table
+# from the text that last had it. A worker started again serves those of its targets from
+# these tables, as its predecessor did.
 CONFIG_KEPT = "config.kept.json"
 
 
@@ -200,6 +202,8 @@ class Supervisor:
         self._lifelines: dict[int, tuple[Worker, asyncio.subprocess.Process]] = {}
         # Set once a worker's first start served or failed: the portal serves from then on.
         self._settled: list[asyncio.Event] = [asyncio.Event() for _ in self.workers]
+        # After a reload: the LUNs each target's worker serves, by target name.
+        self.luns: dict[str, list[int]] = {}
 
     def routes(self, portals: tuple[Portal, ...]) -> dict[Portal, tuple[tuple[str, int], ...]]:
         """Per portal: each configured target and its worker's port there (0 while that
@@ -405,6 +409,8 @@ class Supervisor:
             applied += [a for a in result["applied"] if a not in applied]
             refused += [r for r in result["refused"] if r not in refused]
             served += result["targets"]
+        self.luns = {n: luns for r in results if isinstance(r, dict)
+                     for n, luns in r.get("luns", {}).items()}  # fmt: skip
         # A target a worker kept (a paired LUN) stays placed; one it dropped is gone.
         self.placement = {n: w for n, w in self.placement.items() if n in served}
         for worker in self.workers:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from clients import run
 from conftest import DaemonFactory
+from raw_initiator import RawInitiator
 from test_integration_workers import (
     CONFIG,
     A,
@@ -120,3 +121,38 @@ def test_a_target_kept_for_its_pair_is_served_again_after_its_workers_restart(
     reloaded = daemon.targetctl_json("reload")
     assert f"target {B} removed: its sessions are logged out" in reloaded["applied"], reloaded
     assert redirect(daemon, B)[0] == 0x0203
+
+
+def report_luns(port: int, name: str) -> list[int]:
+    """REPORT LUNS straight at a worker's port."""
+    with RawInitiator(port) as ini:
+        assert ini.login(name).bhs[36:38] == b"\0\0"
+        status, data, _ = ini.command(bytes([0xA0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]), read=256)
+    assert status == 0
+    count = int.from_bytes(data[:4], "big") // 8
+    return [int.from_bytes(data[8 + 8 * i : 10 + 8 * i], "big") & 0x3FFF for i in range(count)]
+
+
+def test_a_lun_kept_for_its_pair_is_served_again_after_its_workers_restart(
+    targetd_factory: DaemonFactory,
+) -> None:
+    """As above for one LUN: B's LUN 1, the pair's target, is removed from the file while
+    paired; B's worker keeps it, and so does the worker started after it dies."""
+    lun1 = '[[target.lun]]\nlun = 1\nsize = "64MiB"\n'
+    daemon = targetd_factory("[server]\nworkers = 2\n" + target(A) + target(B) + lun1)
+    assert daemon.config is not None
+    sock = daemon.state_dir / "admin.sock"
+    request(sock, "pair.create", {"name": "p", "target": B, "source_lun": 0, "target_lun": 1})
+    daemon.config.write_text("[server]\nworkers = 2\n" + target(A) + target(B))
+    reloaded = daemon.targetctl_json("reload")
+    kept = f"target {B}: lun 1 removed: it is in pair p (delete the pair first): still served"
+    assert reloaded["refused"] == [kept], reloaded
+    pid_b, port_b = worker_port(daemon, B)
+    assert report_luns(port_b, B) == [0, 1]
+    port_b = restarted(daemon, B, pid_b)
+    assert report_luns(port_b, B) == [0, 1]
+    (pair,) = request(sock, "pair.list", {"target": B})
+    assert (pair["source"], pair["target"]) == (f"{B}/lun0", f"{B}/lun1")
+    request(sock, "pair.delete", {"name": "p", "target": B})
+    daemon.targetctl_json("reload")
+    assert report_luns(port_b, B) == [0]
