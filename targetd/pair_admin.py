@@ -198,11 +198,26 @@ class PairAdmin:
             raise AdminError(f"several targets ({names}): name one with --target", "bad_request")
         return self.config.targets[0].name
 
+    def _require_volume(self, target: str, lun: int) -> None:
+        """The LUN a pair is asked to have exists and is a block volume: said in the
+        operator's words (the pair service knows only volume ids: "no volume 'T/lun2'")."""
+        config = self.config.target(target)
+        found = None if config is None else next((u for u in config.luns if u.lun == lun), None)
+        if found is None:
+            raise AdminError(f"target {target} has no LUN {lun}", "bad_request")
+        if found.kind not in ("block", "rbd"):
+            raise AdminError(
+                f"LUN {lun} of {target} is a {found.kind}: a pair mirrors block volumes",
+                "bad_request",
+            )
+
     async def create(self, params: Params) -> dict[str, Any]:
         name = _str(params, "name")
         target = self._target(params)
         source_lun, target_lun = _lun(params, "source_lun"), _lun(params, "target_lun")
         policy = _policy(params) if params.get("policy") is not None else None
+        for lun in (source_lun, target_lun):
+            self._require_volume(target, lun)
         access = self._access(params)
         with _refusals():
             status = await self.service.create(

@@ -123,7 +123,10 @@ def test_refusals_exit_1_with_the_reason(targetd_factory: DaemonFactory) -> None
 
     assert "pair.split: no pair named 'nope'" in refused("pair", "split", "nope")
     assert "sizes differ" in refused("pair", "create", "p", "0", "2")
-    assert "no volume" in refused("pair", "create", "p", "0", "7")
+    assert (
+        refused("pair", "create", "p", "0", "7")
+        == f"targetctl: pair.create: target {IQN} has no LUN 7\n"
+    )
     assert "bad pair name" in refused("pair", "create", "a b", "0", "1")
     assert "no target named" in refused("pair", "create", "p", "0", "1", "--target", "iqn.x:y")
     assert daemon.targetctl("pair", "create", "p", "0", "1").returncode == 0
@@ -169,3 +172,12 @@ def test_pair_metrics_follow_the_pair(targetd_factory: DaemonFactory) -> None:
     assert int(sample[f"targetd_pair_backlog_bytes{{{pair}}}"]) == dirty * 65536
     assert sample[f"targetd_pair_changed_chunks{{{pair}}}"] == "0"
     assert "# TYPE targetd_pair_copied_bytes_total counter" in text
+
+
+def test_a_pair_of_a_tape_is_refused_in_words(targetd: Daemon) -> None:
+    """The default configuration's LUN 2 is a tape: said so, not "no volume '.../lun2'"."""
+    done = targetd.targetctl("pair", "create", "db", "0", "2")
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"targetctl: pair.create: LUN 2 of {targetd.iqn} is a tape: a pair mirrors block volumes\n"
+    )
