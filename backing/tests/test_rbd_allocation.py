@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,8 +17,12 @@ ops = st.lists(st.tuples(st.booleans(), st.integers(0, SIZE), st.integers(0, SIZ
 
 
 def model_extents(bits: list[bool], offset: int, length: int) -> list[Extent]:
+    return model_extents_of(bits, offset, length)
+
+
+def model_extents_of(bits: list[bool], offset: int, length: int) -> list[Extent]:
     out: list[Extent] = []
-    end = min(offset + length, SIZE)
+    end = min(offset + length, len(bits))
     for pos in range(offset, end):
         if out and out[-1].mapped == bits[pos]:
             last = out.pop()
@@ -50,3 +55,28 @@ def test_adjacent_writes_merge_into_one_interval() -> None:
     assert alloc.intervals() == [(0, 1 << 20)]
     alloc.remove(4096, 8192)
     assert alloc.intervals() == [(0, 4096), (8192, 1 << 20)]
+
+
+def test_thousands_of_intervals_match_the_model() -> None:
+    """A map of thousands of intervals (an image written at random in 4 KiB): every
+    other unit written, then random writes and discards, against the model."""
+    size = 12_000
+    alloc = Allocation(size)
+    bits = [False] * size
+    for pos in range(0, size, 2):
+        alloc.add(pos, pos + 1)
+        bits[pos] = True
+    assert len(alloc) == size // 2
+    rng = random.Random(12)
+    for _ in range(3_000):
+        start = rng.randrange(size)
+        end = min(size, start + rng.choice((1, 2, 3, 7, 40, 500)))
+        add = rng.random() < 0.5
+        (alloc.add if add else alloc.remove)(start, end)
+        bits[start:end] = [add] * (end - start)
+    assert alloc.extents(0, size) == model_extents_of(bits, 0, size)
+    iv = alloc.intervals()
+    assert all(e1 < s2 for (_, e1), (s2, _) in itertools.pairwise(iv))
+    assert alloc.mapped_bytes() == sum(bits)
+    for offset in (0, 1, 999, 5_001, size - 3):
+        assert alloc.extents(offset, 777) == model_extents_of(bits, offset, 777)
