@@ -122,10 +122,8 @@ def test_targetctl_status_json_against_a_running_daemon(targetd_factory: DaemonF
     sock = daemon.state_dir / "admin.sock"
     assert stat.S_IMODE(sock.stat().st_mode) == 0o600
     with logged_in(daemon) as ini:
-        proc = ctl("status", "--state-dir", str(daemon.state_dir), "--json")
-        assert proc.returncode == 0, proc.stderr
-        status = json.loads(proc.stdout)
-        text = ctl("status", "--state-dir", str(daemon.state_dir))
+        status = daemon.targetctl_json("status")
+        text = daemon.targetctl("status")
         ini.logout()
     assert status["listening"] == [daemon.portal]
     (session,) = status["sessions"]
@@ -234,7 +232,7 @@ def test_sighup_adds_a_lun_and_reports_what_it_cannot_apply(
     assert 'event="reload not applied" change="max_sessions changed: needs a restart"' in log, log
     out = run("iscsi-inq", daemon.url(1)).stdout
     assert "Peripheral Device Type:DIRECT_ACCESS" in out
-    status = json.loads(ctl("status", "--state-dir", str(daemon.state_dir), "--json").stdout)
+    status = daemon.targetctl_json("status")
     assert [(lun["lun"], lun["size"]) for lun in status["luns"]] == [(0, 64 << 20), (1, 8 << 20)]
     # The portal the daemon listens on did not move.
     assert status["listening"] == [daemon.portal]
@@ -341,8 +339,7 @@ def test_a_lun_added_by_sighup_can_be_paired(targetd_factory: DaemonFactory) -> 
     # PAIR OUT CREATE, source LUN 0, target LUN 1 (added by the reload), sent to LUN 0.
     create = bytes([0xC4, 0x01, 0, 0, 0, 1]) + bytes(10)
     assert sense_of(ini.command(create)) == (0, None)
-    state = ctl("pair", "wait", "lun0-lun1", "--state", "DUPLEX", "--timeout", "20",
-                "--state-dir", str(daemon.state_dir))  # fmt: skip
+    state = daemon.targetctl("pair", "wait", "lun0-lun1", "--state", "DUPLEX", "--timeout", "20")
     assert state.returncode == 0, state.stderr
     ini.clear_unit_attentions(1)
     status, data, _ = ini.command(bytes([0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0]), lun=1, read=4096)
@@ -368,13 +365,13 @@ def test_a_lun_removed_by_sighup_is_gone_and_its_sessions_asked_to_log_out(
     status, data, _ = again.command(bytes([0xA0]) + bytes(5) + (64).to_bytes(4, "big") + bytes(2),
                                     read=64)  # fmt: skip
     assert status == 0 and data[:4] == (8).to_bytes(4, "big")  # one LUN left
-    status = json.loads(ctl("status", "--state-dir", str(daemon.state_dir), "--json").stdout)
+    status = daemon.targetctl_json("status")
     assert [entry["lun"] for entry in status["luns"]] == [0]
 
 
 def test_a_paired_lun_is_not_removed_by_sighup(targetd_factory: DaemonFactory) -> None:
     daemon = targetd_factory(target(IQN, 0, 1))
-    created = ctl("pair", "create", "db", "0", "1", "--state-dir", str(daemon.state_dir))
+    created = daemon.targetctl("pair", "create", "db", "0", "1")
     assert created.returncode == 0, created.stderr
     ini = logged_in(daemon)
     ini.clear_unit_attentions(1)
@@ -383,7 +380,7 @@ def test_a_paired_lun_is_not_removed_by_sighup(targetd_factory: DaemonFactory) -
     assert f'event="reload not applied" change="{message}"' in log
     assert sense_of(ini.command(READ10, lun=1, read=512)) == (0, None)
     # Once the pair is deleted, the same reload removes it.
-    assert ctl("pair", "delete", "db", "--state-dir", str(daemon.state_dir)).returncode == 0
+    assert daemon.targetctl("pair", "delete", "db").returncode == 0
     reload_with(daemon, target(IQN, 0), f"target {IQN}: lun 1 removed")
     async_logout_request(ini)
     assert sense_of(ini.command(READ10, lun=1, read=512)) == (0x02, LUN_NOT_SUPPORTED)
