@@ -146,3 +146,29 @@ def test_credentials_in_the_url_log_in_to_a_target_without_chap(
     status, out = inq(d.url(0, user=USER, secret=SECRET))
     assert status == 0, out
     assert "Peripheral Device Type:DIRECT_ACCESS" in out
+
+
+def refusals(daemon: Daemon) -> list[str]:
+    """The reason field of every 'closing connection' line of a refused login."""
+    return [
+        line.split(' reason="', 1)[1].rsplit('"', 1)[0]
+        for line in daemon.stderr.splitlines()
+        if 'reason="login refused' in line
+    ]
+
+
+def test_the_log_says_why_a_login_was_refused(targetd_factory: DaemonFactory) -> None:
+    """The initiator sees only a status; the operator reads who was refused and why (the
+    log said 'login refused' alone for a wrong secret, an unlisted initiator and a typo in
+    the target's name alike)."""
+    daemon = targetd_factory(config(chap=True, acl=True))
+    assert inq(daemon.url(0, user=USER, secret="not-the-secret"), "-i", ALLOWED)[0] != 0
+    assert inq(daemon.url(0, user=USER, secret=SECRET), "-i", OTHER)[0] != 0
+    typo = f"iscsi://{daemon.portal}/{IQN}x/0"
+    assert inq(typo, "-i", ALLOWED)[0] != 0
+    assert refusals(daemon) == [
+        "login refused: AUTHENTICATION_FAILURE: CHAP response for 'alice' does not verify "
+        f"(initiator {ALLOWED}, target {IQN})",
+        f"login refused: AUTHORIZATION_FAILURE: {OTHER} not allowed (target {IQN})",
+        f"login refused: NOT_FOUND: {IQN}x (initiator {ALLOWED})",
+    ]

@@ -341,7 +341,7 @@ def test_chap_is_checked_by_the_worker_after_the_redirect(targetd_factory: Daemo
     assert wrong.returncode != 0
     assert "Authentication failure" in wrong.stdout + wrong.stderr
     # Refused by B's worker, which logged it; the portal only redirected.
-    assert any("worker=1 " in line and 'reason="login refused"' in line
+    assert any("worker=1 " in line and 'reason="login refused: AUTHENTICATION_FAILURE' in line
                for line in daemon.stderr.splitlines()), daemon.stderr  # fmt: skip
 
 

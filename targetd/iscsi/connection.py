@@ -238,7 +238,10 @@ class Connection(TaskManagement, ReadHolds):
             self._output.append(reply)
         if step.close:
             redirected = step.redirected
-            self._close("login refused" if redirected is None else f"redirected to {redirected}")
+            if redirected is None:
+                self._close(f"login refused: {step.refusal}" if step.refusal else "login refused")
+            else:
+                self._close(f"redirected to {redirected}")
             return
         if step.done is not None:
             self._enter_full_feature(step.done)

@@ -87,6 +87,7 @@ class LoginStep:
     done: LoginDone | None = None  # set when replies hold the final response
     close: bool = False  # login failed: send replies, then close the connection
     redirected: str | None = None  # the login was sent to this TargetAddress instead
+    refusal: str = ""  # why a login failed, for the log: status, cause, initiator, target
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +168,7 @@ class LoginMachine:
         self._declared_operational = False
         self._closed = False
         self._done = False
+        self._who: dict[str, str] = {}  # initiator and target, once the login names them
 
     def receive(self, pdu: Pdu) -> LoginStep:
         if self._closed:
@@ -178,7 +180,9 @@ class LoginMachine:
         except LoginRefusedError as exc:
             self._closed = True
             status = (exc.status_class << 8) | exc.status_detail
-            return LoginStep([self._reject(pdu, status)], close=True)
+            return LoginStep(
+                [self._reject(pdu, status)], close=True, refusal=self._why(status, exc)
+            )
         except _Moved as moved:
             # RFC 7143 11.13.5: status 0101h with the TargetAddress to log in at instead;
             # the initiator keeps using this portal for later logins ("temporarily").
@@ -186,6 +190,16 @@ class LoginMachine:
             text = encode_pairs([("TargetAddress", moved.address)])
             reply = self._reject(pdu, LoginStatus.TARGET_MOVED_TEMPORARILY, text)
             return LoginStep([reply], close=True, redirected=moved.address)
+
+    def _why(self, status: int, exc: LoginRefusedError) -> str:
+        """What an operator reads in the log: the status the initiator got, the cause, and
+        who asked for what (the initiator only sees the status)."""
+        try:
+            name = LoginStatus(status).name
+        except ValueError:
+            name = f"{status:04x}"
+        who = [f"{key} {value}" for key, value in self._who.items() if value not in str(exc)]
+        return f"{name}: {exc}" + (f" ({', '.join(who)})" if who else "")
 
     # -- request handling ------------------------------------------------------------
 
@@ -244,6 +258,11 @@ class LoginMachine:
         initiator = keys.get("InitiatorName")
         if not initiator:
             raise refused(LoginStatus.MISSING_PARAMETER, "no InitiatorName")
+        self._who["initiator"] = initiator
+        if session_type == "Discovery":
+            self._who["session"] = "discovery"
+        else:
+            self._who["target"] = keys.get("TargetName", "")
         self._params.session_type = session_type
         if session_type == "Discovery":
             self._secret = self._config.discovery_chap
