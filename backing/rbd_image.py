@@ -91,6 +91,9 @@ class RbdImage(ImageRequests):
         self._loop: asyncio.AbstractEventLoop | None = None
         # The allocation this client keeps is exact while it is the image's only writer.
         self.allocation_known = True
+        # Blocking librbd calls on worker threads still running (``_call``): a reopen waits
+        # for every one of them before it closes the handle they use.
+        self._calls = 0
         self._open()
         super().__init__()
 
@@ -130,12 +133,24 @@ class RbdImage(ImageRequests):
 
     async def reopen(self) -> None:
         """Close the image and open it again as a new client of the cluster (after this
-        client was blocklisted: every call of the old one fails with ESHUTDOWN). Requests
-        still in flight on the old image fail first (librbd ends them when it closes).
+        client was blocklisted: every call of the old one fails with ESHUTDOWN).
+
+        From the moment it is called, new requests and calls fail with ESHUTDOWN; it then
+        waits, with no deadline, for every blocking call still running on the old handle
+        (a call cannot be stopped, and one that ran on after the close would use a closed
+        handle). Requests still in flight on the old image fail first (librbd ends them
+        when it closes). Cancelled while it waits, the image stays open as it was.
 
         Closing and opening are one job on a worker thread: a cancelled reopen still waits
         for both, so the image is never left closed (a null image, which any later call,
         or the next close, would hand librbd) and the old one's requests are always ended."""
+        self._reopening = True
+        try:
+            while self._calls:
+                await asyncio.sleep(0.01)
+        except BaseException:
+            self._reopening = False
+            raise
         if self._efd >= 0 and self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self._efd)
         self._loop = None
@@ -147,12 +162,25 @@ class RbdImage(ImageRequests):
         try:
             await _on_thread(close_and_open)
         finally:
+            self._generation += 1
             plug, self._plug = self._plug, []
             for group in [plug, *(group for group, _ in self._pending.values())]:
                 for request in group:
                     request.finish(-errno.ESHUTDOWN)
             self._pending.clear()
             self._called_back.clear()
+            self._reopening = False
+
+    async def _call(self, fn: Callable[[], T], undo: Callable[[T], object] | None = None) -> T:
+        """``_on_thread(fn, undo)``, counted as a call on the open handle (a reopen waits
+        for it; one asked for while a reopen is under way fails with ESHUTDOWN)."""
+        if self._reopening:
+            raise OSError(errno.ESHUTDOWN, f"{self.path}: being reopened")
+        self._calls += 1
+        try:
+            return await _on_thread(fn, undo)
+        finally:
+            self._calls -= 1
 
     def _open_or_create(self) -> None:
         spec = self.spec
@@ -194,7 +222,7 @@ class RbdImage(ImageRequests):
         """Read the allocation from the cluster again (after another client wrote)."""
         fresh = Allocation(self.size)
         image = self._image
-        await _on_thread(lambda: self._read_allocation(image, fresh))
+        await self._call(lambda: self._read_allocation(image, fresh))
         self.allocation = fresh
 
     # -- data path ----------------------------------------------------------------------
@@ -319,13 +347,13 @@ class RbdImage(ImageRequests):
             frozen.close()
             self._remove_snapshot(image, name)
 
-        return await _on_thread(take, undo)
+        return await self._call(take, undo)
 
     async def open_frozen(self, name: str) -> RbdImage:
         """Open snapshot ``name``, taken by :meth:`freeze` (after a restart). Cancelled,
         it closes the view it opened before it returns."""
         spec = replace(self.spec, snapshot=name, create_size=None)
-        return await _on_thread(lambda: RbdImage(spec, read_only=True), RbdImage.close)
+        return await self._call(lambda: RbdImage(spec, read_only=True), RbdImage.close)
 
     async def thaw(self, frozen: RbdImage | None, name: str) -> None:
         """Close ``frozen`` (if open) and remove snapshot ``name`` (gone already: fine).
@@ -335,7 +363,7 @@ class RbdImage(ImageRequests):
         if frozen is not None:
             await frozen.aclose()
         image = self._image
-        ret = await _on_thread(lambda: self._remove_snapshot(image, name))
+        ret = await self._call(lambda: self._remove_snapshot(image, name))
         if ret != -errno.ENOENT:
             check(ret, "rbd_snap_remove")
 
@@ -359,7 +387,7 @@ class RbdImage(ImageRequests):
             lib().rbd_snap_list_end(table)
             return found
 
-        return await _on_thread(names)
+        return await self._call(names)
 
     # -- the exclusive lock (two gateways, one image) ------------------------------------
     async def acquire_lock(self) -> None:
@@ -367,7 +395,7 @@ class RbdImage(ImageRequests):
         Cancelled while librbd takes it, this gives it back before raising: no lock is held
         that the caller does not know of."""
         image = self._image
-        await _on_thread(lambda: self._take_lock(image), undo=lambda _: self._release_lock(image))
+        await self._call(lambda: self._take_lock(image), undo=lambda _: self._release_lock(image))
 
     def _take_lock(self, image: c_void_p) -> None:
         check(lib().rbd_lock_acquire(image, RBD_LOCK_MODE_EXCLUSIVE), "rbd_lock_acquire")
@@ -377,7 +405,7 @@ class RbdImage(ImageRequests):
 
     async def release_lock(self) -> None:
         image = self._image
-        await _on_thread(lambda: self._release_lock(image))
+        await self._call(lambda: self._release_lock(image))
 
     async def lock_owners(self) -> list[str]:
         """The clients holding the exclusive lock, by address (empty: nobody)."""
@@ -395,13 +423,13 @@ class RbdImage(ImageRequests):
             lib().rbd_lock_get_owners_cleanup(table, count.value)
             return found
 
-        return await _on_thread(owners)
+        return await self._call(owners)
 
     async def break_lock(self, owner: str) -> None:
         """Take the lock away from ``owner``: the cluster blocklists that client first,
         so nothing it still sends reaches the image."""
         image = self._image
-        await _on_thread(
+        await self._call(
             lambda: check(
                 lib().rbd_lock_break(image, RBD_LOCK_MODE_EXCLUSIVE, owner.encode()),
                 "rbd_lock_break",

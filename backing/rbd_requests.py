@@ -117,6 +117,11 @@ class ImageRequests:
         self._called_back: deque[int] = deque()
         self._callback = COMPLETION_CALLBACK(self._completed_on_librbd_thread)
         self._callback_ptr = ctypes.cast(self._callback, c_void_p)
+        # A reopen (after a fence) is under way: nothing new goes to the old handle.
+        self._reopening = False
+        # Counts reopens: a request whose librbd call was bound to the handle of an older
+        # generation (before it waited for the budget) is not given to the new one.
+        self._generation = 0
 
     def _attach(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
@@ -163,7 +168,7 @@ class ImageRequests:
     ) -> Cluster:
         """Count one request in the client's budget (waiting while it is full)."""
         cluster = self._cluster
-        if cluster is None or not self._image:  # closed, or being reopened after a fence
+        if cluster is None or not self._image or self._reopening:  # closed, or being reopened
             raise store_error(errno.ESHUTDOWN, self.path, op, offset, length)
         if (
             cluster.in_flight_ops >= MAX_IN_FLIGHT_OPS
@@ -187,9 +192,14 @@ class ImageRequests:
         data_bytes: int = 0,
     ) -> int:
         """Queue one request (``submit(completion) -> int``) and wait for its result.
-        Reads and writes asked for before it go to librbd first (submission order)."""
+        Reads and writes asked for before it go to librbd first (submission order).
+        ``submit`` holds the handle open when it was made: after a reopen meanwhile (while
+        this waited for the budget) it is not called, and the request fails as fenced."""
+        generation = self._generation
         cluster = await self._admit(op, offset, length, data_bytes)
         try:
+            if self._reopening or self._generation != generation:
+                raise store_error(errno.ESHUTDOWN, self.path, op, offset, length)
             loop = self._attach()
             if self._plug:
                 self._unplug()
@@ -223,7 +233,7 @@ class ImageRequests:
         plug, self._plug = self._plug, []
         if not plug:
             return
-        image = self._image
+        image = self._image if not self._reopening else c_void_p()
         rbd = lib()
         i, count = 0, len(plug)
         while i < count:
