@@ -154,6 +154,8 @@ class Worker:
     error: str | None = None
     retry_at: float | None = None
     start_failures: int = 0  # starts that never served, in all
+    # Which reload's CHAP credentials it has (``Supervisor.chap_generation``).
+    chap_generation: int = 0
 
     @property
     def pid(self) -> int | None:
@@ -204,6 +206,12 @@ class Supervisor:
         self._settled: list[asyncio.Event] = [asyncio.Event() for _ in self.workers]
         # After a reload: the LUNs each target's worker serves, by target name.
         self.luns: dict[str, list[int]] = {}
+        # The CHAP credentials of the last reload (or the start), which every worker serves
+        # with; counted, so a worker started before a reload and admitted after its requests
+        # went out (it was starting: it missed its own) is given them before it is routed.
+        self.chap = config.env_chap
+        self.chap_generation = 0
+        self._reloading = asyncio.Lock()  # a reload's requests, or a worker's catch-up
 
     def routes(self, portals: tuple[Portal, ...]) -> dict[Portal, tuple[tuple[str, int], ...]]:
         """Per portal: each configured target and its worker's port there (0 while that
@@ -275,7 +283,8 @@ class Supervisor:
         (then killed)."""
         ready_timeout = self.config.worker_start_timeout
         env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_ENV}
-        env = chap_env.worker_env(env, self.config.env_chap)  # as loaded, not as the file is
+        env = chap_env.worker_env(env, self.chap)  # as loaded, not as the file is
+        worker.chap_generation = self.chap_generation
         worker.started_at = time.monotonic()
         # A life line: the worker holds its write end and never writes; it reads EOF here
         # the moment the worker dies, as its sockets close (its exit is reaped later).
@@ -314,6 +323,14 @@ class Supervisor:
             )  # fmt: skip
             os.close(life)
             return False
+        try:
+            await self.catch_up(worker)
+        except (OSError, AdminError) as err:
+            process.kill()  # it would serve with the credentials of before a reload
+            await process.wait()
+            worker.error = f"missed a reload and could not be given it: {err}"
+            os.close(life)
+            return False
         worker.ports = ports
         worker.error = None
         self._lifelines[life] = (worker, process)
@@ -328,6 +345,22 @@ class Supervisor:
         self._settled[worker.index].set()
         self.on_change()
         return True
+
+    async def catch_up(self, worker: Worker) -> None:
+        """Before a started ``worker`` is routed: if a reload changed the credentials since
+        it was started (its own request went out while it was starting, and failed), send
+        it that reload now, with the credentials and targets in force."""
+        async with self._reloading:
+            generation = self.chap_generation
+            if worker.chap_generation == generation:
+                return
+            chap = self.chap
+            params = {"chap": None if chap is None else [chap.user, chap.secret],
+                      "targets": worker.targets}  # fmt: skip
+            path = self.config.state_dir / socket_name(worker.index)
+            await asyncio.to_thread(request, path, "worker.reload", params, timeout=30.0)
+            worker.chap_generation = generation
+            log.info("worker given the reload it missed", extra=logs.fields(worker=worker.index))
 
     def _died(self, life: int) -> None:
         """The worker's life line closed: stop routing to it now. Called from the event
@@ -393,11 +426,19 @@ class Supervisor:
             worker.targets = [n for n, w in self.placement.items() if w == worker.index]
         chap = config.env_chap  # read once, here: every worker gets the same
         params: dict[str, Any] = {"chap": None if chap is None else [chap.user, chap.secret]}
-        results = await asyncio.gather(
-            *(self.call(w, "worker.reload", {**params, "targets": w.targets})
-              for w in self.workers),
-            return_exceptions=True,
-        )  # fmt: skip
+        async with self._reloading:
+            # From here a worker started gets these credentials, and one started before
+            # but admitted after these requests is given them then (``catch_up``).
+            self.chap = chap
+            self.chap_generation += 1
+            results = await asyncio.gather(
+                *(self.call(w, "worker.reload", {**params, "targets": w.targets})
+                  for w in self.workers),
+                return_exceptions=True,
+            )  # fmt: skip
+            for worker, result in zip(self.workers, results, strict=True):
+                if not isinstance(result, BaseException) and worker.ports:
+                    worker.chap_generation = self.chap_generation
         applied: list[str] = []
         refused: list[str] = []
         served: list[str] = []

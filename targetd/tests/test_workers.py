@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +243,49 @@ def test_a_request_for_a_worker_that_cannot_start_says_why() -> None:
     )
     with pytest.raises(AdminError, match=r"^worker 0 is starting; try again$"):
         asyncio.run(supervisor.call(supervisor.workers[0], "pair.list", {}))
+
+
+def test_a_worker_started_before_a_reload_and_admitted_after_it_gets_its_credentials(
+    tmp_path: Path,
+) -> None:
+    """A worker is starting (spawned with the credentials of before) when a reload sends
+    its requests: its own fails ("starting"). Before it is routed it is sent that reload,
+    with the new credentials and its targets; a worker already up to date is sent nothing."""
+    from targetd.admin import Admin
+    from targetd.config_model import ChapSecret
+    from targetd.workers import Supervisor, socket_name
+
+    before = ChapSecret("alice", "first-secret-1")
+    after = ChapSecret("alice", "second-secret")
+    base = replace(config(2), state_dir=tmp_path)
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[str], list[dict[str, Any]]]:
+        supervisor = Supervisor([], replace(base, env_chap=before))
+        serving, starting = supervisor.workers
+        serving.ports = [4000]  # up: its reload request reaches it
+        received: list[list[dict[str, Any]]] = [[], []]
+        admins = []
+        for worker in supervisor.workers:
+            admin = Admin()
+
+            def reload_with(params: dict[str, Any], got: list[Any] = received[worker.index]):
+                got.append(params)
+                return {"applied": [], "refused": [], "targets": params["targets"], "luns": {}}
+
+            admin.register("worker.reload", reload_with)
+            await admin.start(tmp_path / socket_name(worker.index))
+            admins.append(admin)
+        try:
+            result = await supervisor.assign(replace(base, env_chap=after))
+            missed = list(received[1])
+            await supervisor.catch_up(starting)  # its ready line came: before it is routed
+            await supervisor.catch_up(serving)  # reached by the reload: nothing more
+            return missed + received[1], result["refused"], received[0]
+        finally:
+            for admin in admins:
+                await admin.stop()
+
+    to_starting, refused, to_serving = asyncio.run(scenario())
+    assert refused == ["worker 1: worker 1 is starting; try again"]
+    assert to_starting == [{"chap": ["alice", "second-secret"], "targets": [B]}]
+    assert to_serving == [{"chap": ["alice", "second-secret"], "targets": [A]}]
