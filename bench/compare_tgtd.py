@@ -5,10 +5,12 @@ Both targets run at once on their own loopback ports. For every repeat, each cas
 target and then the other, the order flipping each repeat, so that noise from a shared machine
 falls on both alike. The table shows medians, the targetd/tgtd ratio with the goal the team must
 reach, and each target's CPU use during the case (share of a core, and CPU-seconds per 1,000
-requests). ``--noisy`` measures both with a CPU hog pinned to one core. See bench/README.md.
+requests). ``--noisy`` measures both with a CPU hog pinned to one core. ``--targetd-tree
+NAME=PATH`` and ``--targetd-rev NAME=REV`` run several targetd code versions instead, each as
+its own contender, against tgtd and against the first of them. See bench/README.md.
 
     python3 bench/compare_tgtd.py [--quick] [--repeat N] [--cases a,b] [--size 1G] [--noisy]
-                                  [--json F]
+                                  [--json F] [--targetd-rev base=main --targetd-tree new=.]
 """
 
 from __future__ import annotations
@@ -20,14 +22,17 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+import trees as code_trees
 from clients import CASES, Budget, ClientError, prefill, run_case, select_cases
 from cpu import tree_cpu_seconds, tree_wait_seconds
 from noise import Neighbour
 from report import BASELINE, CANDIDATE, CaseResult, Run, format_table, save_json
 from targets import GiB, Target, TargetdTarget, TargetError, TgtdTarget
+from trees import Tree, TreeError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -44,6 +49,16 @@ def parse_size(text: str) -> int:
     if size < (1 << 20) or size % (1 << 20):
         raise argparse.ArgumentTypeError("size must be a whole number of MiB, at least 1M")
     return size
+
+
+def _tree_spec(kind: str) -> Callable[[str], tuple[str, str, str]]:
+    def parse(text: str) -> tuple[str, str, str]:
+        try:
+            return (kind, *code_trees.parse_spec(text))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,8 +80,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also save every run and the medians here")
     parser.add_argument(
         "--targets",
-        default=f"{BASELINE},{CANDIDATE}",
-        help="which targets to run (default both; one alone is for trying the harness)",
+        help=f"which targets to run (default all: {BASELINE},{CANDIDATE}, or {BASELINE} and"
+        " the trees' names); one alone is for trying the harness",
+    )
+    # Both append to one list, so the contenders keep the command line's order.
+    parser.add_argument(
+        "--targetd-tree",
+        dest="tree_specs",
+        action="append",
+        type=_tree_spec("tree"),
+        default=[],
+        metavar="NAME=PATH",
+        help="a targetd checkout (or git worktree) to run as contender NAME, from its own"
+        " code; repeatable, instead of this tree's targetd",
+    )
+    parser.add_argument(
+        "--targetd-rev",
+        dest="tree_specs",
+        action="append",
+        type=_tree_spec("rev"),
+        metavar="NAME=REV",
+        help="a git revision of this repository, checked out into a temporary worktree for"
+        " the run (removed after), as contender NAME; repeatable. The first tree or rev"
+        " given is the one the others are compared with",
     )
     parser.add_argument("--no-prefill", action="store_true", help="read cases may read holes")
     parser.add_argument(
@@ -90,16 +126,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.cases = select_cases(args.cases)
     except ValueError as exc:
         parser.error(str(exc))
-    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    if not args.targets or set(args.targets) - {BASELINE, CANDIDATE}:
-        parser.error(f"--targets takes {BASELINE} and/or {CANDIDATE}")
+    names = [name for _, name, _ in args.tree_specs]
+    if len(set(names)) != len(names):
+        parser.error(f"each --targetd-tree/--targetd-rev needs its own name: {', '.join(names)}")
+    known = [BASELINE, *names] if names else [BASELINE, CANDIDATE]
+    chosen = args.targets or ",".join(known)
+    args.targets = [t.strip() for t in chosen.split(",") if t.strip()]
+    if not args.targets or set(args.targets) - set(known):
+        parser.error(f"--targets takes some of {', '.join(known)}")
+    args.tree_specs = [spec for spec in args.tree_specs if spec[1] in args.targets]
     return args
 
 
-def start_target(name: str, workdir: Path, spread: int = 1) -> Target:
-    """``spread``: as many targets as the cases spread their sessions over."""
+def start_target(
+    name: str, workdir: Path, spread: int = 1, trees: dict[str, Tree] | None = None
+) -> Target:
+    """``spread``: as many targets as the cases spread their sessions over. A name in
+    ``trees`` is a targetd started from that tree's code, in a directory of its own."""
     if name == BASELINE:
         return TgtdTarget.start(workdir, GiB, targets=spread)
+    if trees:
+        sub = workdir / f"contender-{name}"
+        sub.mkdir()
+        return TargetdTarget.start(sub, trees[name].path, targets=spread, name=name)
     return TargetdTarget.start(workdir, REPO_ROOT, targets=spread)
 
 
@@ -135,7 +184,11 @@ def measure(case_result: CaseResult, target: Target, repeat: int, region: int, b
 
 
 def run_benchmark(
-    args: argparse.Namespace, workdir: Path, pids: dict[str, int], settings: dict[str, object]
+    args: argparse.Namespace,
+    workdir: Path,
+    pids: dict[str, int],
+    settings: dict[str, object],
+    trees: dict[str, Tree] | None = None,
 ) -> list[CaseResult]:
     """Every case on every target; ``pids`` learns each server's PID and ``settings`` the
     neighbour's (both kept in the JSON)."""
@@ -144,7 +197,8 @@ def run_benchmark(
     try:
         for name in args.targets:
             print(f"starting {name} ...", file=sys.stderr, flush=True)
-            targets.append(start_target(name, workdir, max(c.spread for c in args.cases)))
+            spread = max(c.spread for c in args.cases)
+            targets.append(start_target(name, workdir, spread, trees))
             pids[name] = targets[-1].pid
         if not args.no_prefill and any(not c.write for c in args.cases):
             for target in targets:
@@ -157,7 +211,9 @@ def run_benchmark(
                 settings["neighbour_pid"] = hog.pid
                 print(f"noisy neighbour: a CPU hog on core {args.noisy_core}", file=sys.stderr)
             for repeat in range(args.repeat):
-                order = targets if repeat % 2 == 0 else targets[::-1]
+                # Each contender goes first in turn (with two: the order flips each repeat).
+                shift = repeat % len(targets)
+                order = targets[shift:] + targets[:shift]
                 for result in results:
                     for target in order:
                         measure(result, target, repeat, args.size, budget)
@@ -165,6 +221,25 @@ def run_benchmark(
     finally:
         for target in targets:
             target.stop()
+
+
+def run_with_trees(
+    args: argparse.Namespace, workdir: Path, pids: dict[str, int], settings: dict[str, object]
+) -> list[CaseResult]:
+    """``run_benchmark``, with the --targetd-tree/--targetd-rev trees made ready first (each
+    checked to import its own targetd) and the revisions' worktrees removed afterwards."""
+    if not args.tree_specs:
+        return run_benchmark(args, workdir, pids, settings)
+    trees = code_trees.resolve(args.tree_specs, REPO_ROOT, workdir)
+    try:
+        settings["targetd_trees"] = [tree.describe() for tree in trees]
+        for tree in trees:
+            where = f"{tree.rev} = {tree.commit[:12]}" if tree.rev and tree.commit else tree.path
+            print(f"tree {tree.name}: {where} ({tree.module_file})", file=sys.stderr)
+        return run_benchmark(args, workdir, pids, settings, {t.name: t for t in trees})
+    finally:
+        for tree in trees:
+            code_trees.remove(tree, REPO_ROOT)
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -187,9 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "load_average_before": os.getloadavg(),
     }
+    tree_names = [name for _, name, _ in args.tree_specs] or None
     try:
         with tempfile.TemporaryDirectory(prefix="targetd-bench-") as tmp:
-            results = run_benchmark(args, Path(tmp), pids, settings)
+            results = run_with_trees(args, Path(tmp), pids, settings)
+    except TreeError as exc:
+        print(f"error: a targetd tree: {exc}", file=sys.stderr)
+        return 2
     except TargetError as exc:
         print(f"error: a target failed to start: {exc}", file=sys.stderr)
         return 2
@@ -197,12 +276,12 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; targets stopped", file=sys.stderr)
         return 130
     settings["load_average_after"] = os.getloadavg()
-    print(format_table(results, args.noisy))
+    print(format_table(results, args.noisy, tree_names))
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     mode = f"noisy neighbour on core {args.noisy_core}" if args.noisy else "no added load"
     print(f"{mode}; load average {load}; {args.repeat} repeat(s)", file=sys.stderr)
     if args.json:
-        save_json(args.json, results, settings, args.noisy)
+        save_json(args.json, results, settings, args.noisy, tree_names)
     failed = any(r.value is None for result in results for r in result.runs)
     return 1 if failed else 0
 

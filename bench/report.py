@@ -84,27 +84,34 @@ class CaseResult:
     def errors(self, target: str) -> list[str]:
         return [r.error for r in self.runs if r.target == target and r.error]
 
-    def ratio(self) -> float | None:
-        base, cand = self.median(BASELINE), self.median(CANDIDATE)
-        if base is None or cand is None or base == 0:
+    def ratio(self, target: str = CANDIDATE, base: str = BASELINE) -> float | None:
+        reference, value = self.median(base), self.median(target)
+        if reference is None or value is None or reference == 0:
             return None
-        return cand / base
+        return value / reference
 
-    def paired_ratios(self) -> list[float]:
-        """targetd/tgtd per repeat: the two runs of a repeat were back to back, so a burst of
+    def paired_ratios(self, target: str = CANDIDATE, base: str = BASELINE) -> list[float]:
+        """target/base per repeat: the runs of a repeat were back to back, so a burst of
         load from elsewhere on the machine tends to hit both; their spread shows the noise."""
         by_repeat: dict[int, dict[str, float]] = {}
         for r in self.runs:
             if r.value is not None:
                 by_repeat.setdefault(r.repeat, {})[r.target] = r.value
         return [
-            pair[CANDIDATE] / pair[BASELINE]
+            pair[target] / pair[base]
             for pair in by_repeat.values()
-            if pair.get(BASELINE) and CANDIDATE in pair
+            if pair.get(base) and target in pair
         ]
 
-    def verdict(self, noisy: bool = False) -> str:
-        ratio = self.ratio()
+    def cost_ratio(self, target: str, base: str) -> float | None:
+        """target's CPU-seconds per 1,000 requests over base's (medians): below 1 is cheaper."""
+        reference, value = self.cpu_per_kilo_io_median(base), self.cpu_per_kilo_io_median(target)
+        if reference is None or value is None or reference == 0:
+            return None
+        return value / reference
+
+    def verdict(self, noisy: bool = False, target: str = CANDIDATE) -> str:
+        ratio = self.ratio(target)
         if ratio is None:
             return "n/a"
         goal = self.case.goal(noisy)
@@ -193,11 +200,23 @@ def table_rows(results: list[CaseResult], noisy: bool = False) -> list[tuple[str
     return rows
 
 
-def format_table(results: list[CaseResult], noisy: bool = False) -> str:
-    rows = [HEADERS, *table_rows(results, noisy)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADERS))]
+def format_table(
+    results: list[CaseResult], noisy: bool = False, trees: list[str] | None = None
+) -> str:
+    """The table: one row per case, tgtd and targetd side by side; or with ``trees`` (targetd
+    code versions, the first the reference) one row per case and contender."""
+    if trees:
+        headers = tree_headers(trees[0])
+        rows = [headers, *tree_table_rows(results, trees, noisy)]
+        left = {0, 1, 2, 9}
+        contenders = (BASELINE, *trees)
+    else:
+        headers = HEADERS
+        rows = [HEADERS, *table_rows(results, noisy)]
+        left = {0, 1, 7}
+        contenders = (BASELINE, CANDIDATE)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
     # Names left-aligned, numbers right-aligned, as a reader scans them.
-    left = {0, 1, 7}
 
     def line(row: tuple[str, ...]) -> str:
         cells = (
@@ -207,17 +226,106 @@ def format_table(results: list[CaseResult], noisy: bool = False) -> str:
         return " | ".join(cells).rstrip()
 
     rule = "-+-".join("-" * w for w in widths)
-    lines = [line(HEADERS), rule, *(line(r) for r in rows[1:])]
+    lines = [line(headers), rule, *(line(r) for r in rows[1:])]
     for result in results:
-        for target in (BASELINE, CANDIDATE):
+        for target in contenders:
             for error in dict.fromkeys(result.errors(target)):
                 lines.append(f"  {result.case.name} on {target}: {error}")
     return "\n".join(lines)
 
 
+def tree_headers(first: str) -> tuple[str, ...]:
+    return (
+        "case",
+        "unit",
+        "target",
+        "median",
+        f"vs {BASELINE}",
+        f"range vs {BASELINE}",
+        f"vs {first}",
+        f"range vs {first}",
+        "goal",
+        "verdict",
+        "CPU",
+        "CPU s/kIO",
+        f"CPU s/kIO vs {first}",
+        "wait",
+    )
+
+
+def tree_table_rows(
+    results: list[CaseResult], trees: list[str], noisy: bool = False
+) -> list[tuple[str, ...]]:
+    """A row per case and contender: tgtd first, then each targetd tree with its ratio to
+    tgtd (and the goal's verdict) and to the first tree, per-repeat ranges beside each."""
+    first = trees[0]
+    rows = []
+    for result in results:
+        cut = _ceil2 if result.case.lower_is_better else _floor2
+
+        def shown(ratio: float | None) -> str:
+            return "-" if ratio is None else f"{cut(ratio):.2f}x"  # noqa: B023 (used at once)
+
+        for target in (BASELINE, *trees):
+            peer = target != BASELINE
+            other = peer and target != first
+            cost = result.cost_ratio(target, first) if other else None
+            rows.append(
+                (
+                    result.case.name,
+                    result.case.unit,
+                    target,
+                    _number(result, target),
+                    shown(result.ratio(target)) if peer else "-",
+                    _range(result.paired_ratios(target)) if peer else "-",
+                    shown(result.ratio(target, first)) if other else "-",
+                    _range(result.paired_ratios(target, first)) if other else "-",
+                    _goal(result.case, noisy) if peer else "-",
+                    result.verdict(noisy, target) if peer else "-",
+                    _percent(result.cpu_median(target)),
+                    _cost(result.cpu_per_kilo_io_median(target)),
+                    "-" if cost is None else f"{_ceil2(cost):.2f}x",
+                    _percent(result.wait_median(target)),
+                )
+            )
+    return rows
+
+
+def _comparisons(result: CaseResult, noisy: bool, trees: list[str] | None) -> dict[str, object]:
+    """targetd against tgtd; with ``trees``, each tree against tgtd and against the first."""
+    if not trees:
+        return {
+            "ratio": result.ratio(),
+            "paired_ratios": result.paired_ratios(),
+            "verdict": result.verdict(noisy),
+        }
+    return {
+        f"vs_{BASELINE}": {
+            t: {
+                "ratio": result.ratio(t),
+                "paired_ratios": result.paired_ratios(t),
+                "verdict": result.verdict(noisy, t),
+            }
+            for t in trees
+        },
+        "vs_first": {
+            t: {
+                "ratio": result.ratio(t, trees[0]),
+                "paired_ratios": result.paired_ratios(t, trees[0]),
+                "cpu_per_1000_io_ratio": result.cost_ratio(t, trees[0]),
+            }
+            for t in trees[1:]
+        },
+    }
+
+
 def to_json(
-    results: list[CaseResult], settings: dict[str, object], noisy: bool = False
+    results: list[CaseResult],
+    settings: dict[str, object],
+    noisy: bool = False,
+    trees: list[str] | None = None,
 ) -> dict[str, object]:
+    names = (BASELINE, *trees) if trees else (BASELINE, CANDIDATE)
     return {
         "settings": settings,
         "cases": [
@@ -226,15 +334,13 @@ def to_json(
                 "unit": result.case.unit,
                 "goal": result.case.goal(noisy),
                 "lower_is_better": result.case.lower_is_better,
-                "median": {t: result.median(t) for t in (BASELINE, CANDIDATE)},
-                "cpu_percent_median": {t: result.cpu_median(t) for t in (BASELINE, CANDIDATE)},
-                "wait_percent_median": {t: result.wait_median(t) for t in (BASELINE, CANDIDATE)},
+                "median": {t: result.median(t) for t in names},
+                "cpu_percent_median": {t: result.cpu_median(t) for t in names},
+                "wait_percent_median": {t: result.wait_median(t) for t in names},
                 "cpu_seconds_per_1000_io_median": {
-                    t: result.cpu_per_kilo_io_median(t) for t in (BASELINE, CANDIDATE)
+                    t: result.cpu_per_kilo_io_median(t) for t in names
                 },
-                "ratio": result.ratio(),
-                "paired_ratios": result.paired_ratios(),
-                "verdict": result.verdict(noisy),
+                **_comparisons(result, noisy, trees),
                 "runs": [
                     asdict(r)
                     | {
@@ -251,6 +357,10 @@ def to_json(
 
 
 def save_json(
-    path: Path, results: list[CaseResult], settings: dict[str, object], noisy: bool = False
+    path: Path,
+    results: list[CaseResult],
+    settings: dict[str, object],
+    noisy: bool = False,
+    trees: list[str] | None = None,
 ) -> None:
-    path.write_text(json.dumps(to_json(results, settings, noisy), indent=2) + "\n")
+    path.write_text(json.dumps(to_json(results, settings, noisy, trees), indent=2) + "\n")

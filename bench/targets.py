@@ -235,9 +235,11 @@ class TargetdTarget(Target):
         targets: int = 1,
         workers: int = 1,
         lun_size: int = GiB,
+        name: str = "targetd",
     ) -> TargetdTarget:
         """The default configuration; or ``targets`` targets of one LUN each, served by
-        ``workers`` worker processes (docs/workers.md)."""
+        ``workers`` worker processes (docs/workers.md). The code is ``repo_root``'s: it is
+        the daemon's working directory and first on its ``PYTHONPATH``."""
         port = free_port()
         state_dir = workdir / "targetd-state"
         state_dir.mkdir()
@@ -248,7 +250,9 @@ class TargetdTarget(Target):
             p for p in (str(repo_root), env.get("PYTHONPATH", "")) if p
         )
         argv = [python, "-m", "targetd", "serve", "--listen", f"{LOOPBACK}:{port}"]
-        argv += ["--state-dir", str(state_dir), "--workers", str(workers)]
+        argv += ["--state-dir", str(state_dir)]
+        if workers != 1:  # one is the default; and code older than --workers starts too
+            argv += ["--workers", str(workers)]
         if targets > 1:
             config = workdir / "targetd.toml"
             config.write_text("".join(
@@ -267,7 +271,7 @@ class TargetdTarget(Target):
                 stderr=subprocess.STDOUT,
             )
         luns = tuple((iqn, 0) for iqn in iqns)
-        target = cls("targetd", TARGETD_IQN, 0, port, proc, log_path, luns)
+        target = cls(name, TARGETD_IQN, 0, port, proc, log_path, luns)
         try:
             wait_for_port(port, proc, timeout=60)
             check_login(target.portal)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from bench_runs import BENCH, run_bench, running
+from bench_runs import BENCH, REPO, run_bench, running
 
 SCRIPT = "compare_tgtd.py"
 CASES = (
@@ -136,3 +137,117 @@ def test_scaling_prints_a_row_per_core_count() -> None:
     assert sorted((int(r[0]), r[2]) for r in rows) == sorted(
         (k, t) for k in range(1, cores + 1) for t in ("targetd", "tgtd")
     )
+
+
+def _head() -> str | None:
+    """This checkout's HEAD; None outside a git checkout (or without git)."""
+    if shutil.which("git") is None:
+        return None
+    done = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _tree_rows(stdout: str) -> tuple[list[str], dict[tuple[str, str], dict[str, str]]]:
+    lines = stdout.splitlines()
+    header = [cell.strip() for cell in lines[0].split("|")]
+    rows = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) == len(header):
+            rows[(cells[0], cells[2])] = dict(zip(header, cells, strict=True))
+    return header, rows
+
+
+@pytest.mark.timeout(200)
+def test_two_targetd_trees_run_side_by_side(tmp_path: Path) -> None:
+    """This checkout's HEAD (checked out by the bench into a temporary worktree) against the
+    working tree, with tgtd: three contenders, each from its own code, each in the table."""
+    head = _head()
+    if head is None:
+        pytest.skip("not a git checkout")
+    json_path = tmp_path / "bench.json"
+    cases = ("qd1-read-4K-p50", "qemu-seq-read-4K")
+    argv = ["--quick", "--size", "16M", "--cases", ",".join(cases), "--json", str(json_path)]
+    argv += ["--targetd-rev", "head=HEAD", "--targetd-tree", f"work={REPO}"]
+    done = run_bench(SCRIPT, *argv, timeout=180)
+    header, rows = _tree_rows(done.stdout)
+    assert header[:4] == ["case", "unit", "target", "median"]
+    assert {"vs tgtd", "vs head", "range vs head", "verdict", "CPU s/kIO"} <= set(header)
+    assert {"CPU s/kIO vs head", "wait"} <= set(header)
+    assert set(rows) == {(case, t) for case in cases for t in ("tgtd", "head", "work")}
+    for case in cases:
+        for target in ("tgtd", "head", "work"):
+            row = rows[(case, target)]
+            float(row["median"].replace(",", ""))  # measured, not FAIL or "-"
+            float(row["CPU s/kIO"])  # each contender's own process's CPU
+        assert rows[(case, "tgtd")]["vs tgtd"] == "-"
+        assert rows[(case, "head")]["vs tgtd"].endswith("x")
+        assert rows[(case, "head")]["verdict"] in {"PASS", "MISS"}
+        assert rows[(case, "head")]["vs head"] == "-"  # the reference itself
+        assert rows[(case, "work")]["vs tgtd"].endswith("x")
+        assert rows[(case, "work")]["vs head"].endswith("x")
+        assert rows[(case, "work")]["CPU s/kIO vs head"].endswith("x")
+
+    saved = json.loads(json_path.read_text())
+    trees = {t["name"]: t for t in saved["settings"]["targetd_trees"]}
+    # Each daemon imported its own tree's targetd, the revision's from its own worktree.
+    assert trees["head"]["commit"] == head and trees["head"]["rev"] == "HEAD"
+    rev_tree = Path(trees["head"]["path"])
+    assert trees["head"]["module_file"] == str(rev_tree / "targetd" / "__init__.py")
+    assert REPO not in rev_tree.parents and rev_tree != REPO
+    assert trees["work"]["module_file"] == str(REPO / "targetd" / "__init__.py")
+    for case in saved["cases"]:
+        assert {run["target"] for run in case["runs"]} == {"tgtd", "head", "work"}
+        assert set(case["vs_tgtd"]) == {"head", "work"} and set(case["vs_first"]) == {"work"}
+    # Three servers, each stopped; the worktree the bench made is gone, from git's list too.
+    pids = saved["settings"]["server_pids"]
+    assert set(pids) == {"tgtd", "head", "work"} and len(set(pids.values())) == 3
+    assert [pid for pid in pids.values() if running(pid)] == []
+    assert not rev_tree.exists()
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "list", "--porcelain"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert str(rev_tree) not in listed
+
+
+def test_tree_table_ratios_against_tgtd_and_the_first_tree() -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        from clients import CASES as BENCH_CASES
+        from report import CaseResult, Run, format_table
+    finally:
+        sys.path.remove(str(BENCH))
+    by_name = {c.name: c for c in BENCH_CASES}
+    iops = CaseResult(by_name["qemu-seq-read-4K"])
+    latency = CaseResult(by_name["qd1-read-4K-p50"])
+    # Two repeats; value, CPU seconds, wall seconds, requests.
+    for repeat, (tgtd, a, b) in enumerate(((1000, 1500, 1800), (1000, 1300, 1300))):
+        for name, value in (("tgtd", tgtd), ("a", a), ("b", b)):
+            iops.runs.append(Run(name, repeat, value, value / 1000, 1.0, None, 1000))
+    for repeat, (tgtd, a, b) in enumerate(((100, 100, 99), (100, 100, 102))):
+        for name, value in (("tgtd", tgtd), ("a", a), ("b", b)):
+            latency.runs.append(Run(name, repeat, value, 0.1, 1.0, None, 200))
+    lines = format_table([iops, latency], trees=["a", "b"]).splitlines()
+    header = [c.strip() for c in lines[0].split("|")]
+    rows = {
+        (cells[0], cells[2]): dict(zip(header, cells, strict=True))
+        for cells in ([c.strip() for c in line.split("|")] for line in lines[2:])
+    }
+    a_row = rows[("qemu-seq-read-4K", "a")]
+    b_row = rows[("qemu-seq-read-4K", "b")]
+    a_cells = (a_row["median"], a_row["vs tgtd"], a_row["range vs tgtd"])
+    assert a_cells == ("1,400", "1.40x", "1.30-1.50")
+    assert (a_row["verdict"], a_row["vs a"]) == ("PASS", "-")
+    # b against a: medians 1550 / 1400; per repeat 1.2 and 1.0; CPU per request the same ratio.
+    assert (b_row["vs tgtd"], b_row["vs a"], b_row["range vs a"]) == ("1.55x", "1.10x", "1.00-1.20")
+    assert b_row["CPU s/kIO vs a"] == "1.11x"
+    # Latency (lower is better): b's median 100.5 against 100 is 1.005, rounded up, a MISS.
+    lat_b = rows[("qd1-read-4K-p50", "b")]
+    assert (lat_b["vs tgtd"], lat_b["vs a"], lat_b["verdict"]) == ("1.01x", "1.01x", "MISS")
+    assert rows[("qd1-read-4K-p50", "a")]["verdict"] == "PASS"
+    assert rows[("qd1-read-4K-p50", "tgtd")]["verdict"] == "-"
