@@ -65,19 +65,28 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+# The daemon's words for a reload that read no configuration at all (operations.py).
+_WHOLE_REFUSALS = ("bad configuration: ", "no configuration file")
+
+
 def _reload(args: argparse.Namespace) -> int:
+    """Exit 1 when the file was refused whole (it does not parse or cannot be read), so a
+    script's `targetctl reload && ...` stops there; a change refused on its own (a LUN
+    that needs a restart) is reported and the rest applied, exit 0."""
     result = call(args, "reload")
+    refused_whole = any(r.startswith(_WHOLE_REFUSALS) for r in result["refused"])
+    status = 1 if refused_whole else 0
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")
-        return 0
+        return status
     for change in result["applied"]:
         print(f"applied: {change}")
     for change in result["refused"]:
         print(f"not applied: {change}")
     if not result["applied"] and not result["refused"]:
         print("reload: nothing changed")
-    return 0
+    return status
 
 
 def add_commands(sub: Any) -> None:

@@ -249,6 +249,14 @@ def test_targetctl_reload_prints_its_outcome_even_when_nothing_changed(
     daemon.config.write_text(LUN_CONFIG + '[[target.lun]]\nlun = 1\nsize = "8MiB"\n')
     added = daemon.targetctl("reload")
     assert (added.returncode, added.stdout) == (0, f"applied: target {IQN}: lun 1 added\n")
+    # A file that does not parse is refused whole: exit 1, so `reload && ...` stops (it
+    # exited 0 with "not applied: bad configuration"); the daemon keeps what it runs.
+    daemon.config.write_text(LUN_CONFIG + "garbage [\n")
+    for json_too in ((), ("--json",)):
+        broken = daemon.targetctl("reload", *json_too)
+        assert broken.returncode == 1, (broken.stdout, broken.stderr)
+        assert "bad configuration: config: " in broken.stdout
+    assert daemon.targetctl("status").returncode == 0
 
 
 def test_sighup_and_targetctl_reload_report_the_declared_pairs_alike(
