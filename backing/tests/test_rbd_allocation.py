@@ -5,10 +5,11 @@ from __future__ import annotations
 import itertools
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backing.rbd_allocation import Allocation
+from backing.rbd_allocation import SORTED_ABOVE, Allocation
 from backing.sparse_file import Extent
 
 SIZE = 64
@@ -32,10 +33,15 @@ def model_extents_of(bits: list[bool], offset: int, length: int) -> list[Extent]
     return out
 
 
+@pytest.mark.parametrize("sorted_above", [SORTED_ABOVE, 3, 0])
 @settings(max_examples=300, deadline=None)
 @given(ops, st.integers(0, SIZE - 1), st.integers(1, SIZE))
-def test_matches_the_model(changes: list[tuple[bool, int, int]], offset: int, length: int) -> None:
-    alloc = Allocation(SIZE)
+def test_matches_the_model(
+    sorted_above: int, changes: list[tuple[bool, int, int]], offset: int, length: int
+) -> None:
+    """Plain lists, lists that turn into the sorted container on the way, and the sorted
+    container from the first interval on, against the model."""
+    alloc = Allocation(SIZE, sorted_above=sorted_above)
     bits = [False] * SIZE
     for add, a, b in changes:
         start, end = min(a, b), max(a, b)
@@ -57,11 +63,13 @@ def test_adjacent_writes_merge_into_one_interval() -> None:
     assert alloc.intervals() == [(0, 4096), (8192, 1 << 20)]
 
 
-def test_thousands_of_intervals_match_the_model() -> None:
-    """A map of thousands of intervals (an image written at random in 4 KiB): every
-    other unit written, then random writes and discards, against the model."""
+@pytest.mark.parametrize("sorted_above", [SORTED_ABOVE, 1_000])
+def test_thousands_of_intervals_match_the_model(sorted_above: int) -> None:
+    """A map of thousands of intervals (an image written at random in 4 KiB), in plain
+    lists and past the sorted container's chunk size: every other unit written, then
+    random writes and discards, against the model."""
     size = 12_000
-    alloc = Allocation(size)
+    alloc = Allocation(size, sorted_above=sorted_above)
     bits = [False] * size
     for pos in range(0, size, 2):
         alloc.add(pos, pos + 1)
