@@ -182,6 +182,8 @@ class Stages:
         self.wrap(Connection, "data_received", "receive and parse")
         self.wrap(eager, "start", "execute (all)")
         self.wrap(sparse_file, "_pwrite_all", "backing I/O")
+        # A small write's one pwrite (SparseFile.write_now is bound before this installs).
+        self.wrap(sparse_file.os, "pwrite", "backing I/O")
         self.wrap(sparse_file.SparseFile, "_read_nowait", "backing I/O")
         self.wrap(sparse_file, "_pread_all", "backing I/O")
         self.wrap(Connection, "scsi_done", "reply build")
