@@ -177,6 +177,20 @@ class SparseFile:
         except OSError as exc:
             raise classify(exc, str(self.path), "read", offset, len(buf)) from exc
 
+    def read_now(self, offset: int, buf: memoryview) -> bool:
+        """Fill ``buf`` at once if the page cache holds all of it (or the file system's
+        reads never wait): True when filled, False to await :meth:`read_into`. No
+        coroutine: the small cached read's hot path."""
+        try:
+            if self._read_mode == _NOWAIT:
+                return self._read_nowait(offset, buf) == len(buf)
+            if self._read_mode == _INLINE:
+                _pread_all(self._fd, buf, offset)
+                return True
+        except OSError as exc:
+            raise classify(exc, str(self.path), "read", offset, len(buf)) from exc
+        return False
+
     def _read_nowait(self, offset: int, buf: memoryview) -> int:
         """Bytes read from the page cache without blocking (0 on a miss)."""
         try:

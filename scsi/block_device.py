@@ -20,7 +20,7 @@ from construct import Int8ub, Int16ub, Int32ub, Int64ub, Padding, Struct
 from backing.pairs.states import Phase
 from backing.pairs.volume import PairVolume, Role
 from backing.sparse_file import Extent, SparseFile
-from backing.write_now import write_now_of
+from backing.write_now import read_now_of, write_now_of
 from scsi.command import FileRange
 from scsi.kernel_file import KernelFile
 from scsi.logical_unit import NO_SERVICES, Identity, LogicalUnit, Services
@@ -136,6 +136,8 @@ class BlockDevice(LogicalUnit):
         self._gate_changed: asyncio.Event | None = None
         self._next_key = 0
         self._store_write_now = write_now_of(store)
+        # The store's synchronous cached read, if it has one (None: await read_into).
+        self.read_now = read_now_of(store)
 
     @property
     def read_only(self) -> bool:

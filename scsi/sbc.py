@@ -69,7 +69,10 @@ async def _read(
     pool = cmd.buffers
     # read_into fills every byte (holes read as zeros), so a recycled buffer is safe.
     buf = pool.take(blocks * size) if pool is not None else bytearray(blocks * size)
-    await lu.store.read_into(lba * size, memoryview(buf))
+    view = memoryview(buf)
+    read_now = lu.read_now
+    if read_now is None or not read_now(lba * size, view):  # a cached read: no coroutine
+        await lu.store.read_into(lba * size, view)
     return ScsiResult(data=buf)
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from backing.pairs.fanout import primary_write
 from backing.sparse_file import Extent
-from backing.write_now import write_now_of
+from backing.write_now import read_now_of, write_now_of
 
 if TYPE_CHECKING:
     from backing.pairs.engine import Pair
@@ -101,6 +101,7 @@ class PairVolume:
         self._sends: dict[SentRead, tuple[int, int]] = {}
         self._sent: asyncio.Event | None = None
         self._base_write_now = write_now_of(base)
+        self._base_read_now = read_now_of(base)
 
     @property
     def pair(self) -> Pair | None:
@@ -147,6 +148,15 @@ class PairVolume:
             return False
         base_write_now = self._base_write_now
         return base_write_now is not None and base_write_now(offset, data)
+
+    def read_now(self, offset: int, buf: memoryview) -> bool:
+        """The base store's synchronous read (backing/write_now.py), for a volume in no
+        pair (a pair's volume is read through it: merged, or restored). False (``buf`` to
+        be filled by :meth:`read_into`) otherwise."""
+        if self.pairs:
+            return False
+        base_read_now = self._base_read_now
+        return base_read_now is not None and base_read_now(offset, buf)
 
     async def write(self, offset: int, data: bytes | memoryview, *, fua: bool = False) -> None:
         if self.pairs:

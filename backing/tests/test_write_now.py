@@ -9,7 +9,7 @@ from typing import Any
 
 from backing.pairs import PairVolume, Role
 from backing.sparse_file import INLINE_WRITE_MAX, SparseFile
-from backing.write_now import write_now_of
+from backing.write_now import read_now_of, write_now_of
 
 SIZE = 4 << 20
 
@@ -61,3 +61,31 @@ def test_a_volume_in_a_pair_never_writes_at_once(tmp_path: Path) -> None:
     assert volume.write_now(0, data) is True
     assert on_disk(base.path, 0, 4096) == b"p" * 4096
     assert volume.write_now(0, memoryview(b"q" * (INLINE_WRITE_MAX + 512))) is False
+
+
+def test_a_cached_read_is_filled_at_once(tmp_path: Path) -> None:
+    store = SparseFile(tmp_path / "a.img", SIZE)
+    store.write_now(4096, memoryview(b"r" * 4096))
+    buf = bytearray(8192)
+    assert store.read_now(0, memoryview(buf)) is True  # written just now: in the page cache
+    assert buf == bytes(4096) + b"r" * 4096
+
+
+class _OwnRead(SparseFile):
+    async def read_into(self, offset: int, buf: memoryview) -> None:
+        await super().read_into(offset, buf)
+
+
+def test_reads_of_a_store_that_overrides_read_into_or_of_a_paired_volume_wait(
+    tmp_path: Path,
+) -> None:
+    assert read_now_of(SparseFile(tmp_path / "a.img", SIZE)) is not None
+    assert read_now_of(_OwnRead(tmp_path / "b.img", SIZE)) is None
+    volume = PairVolume("t/lun0", SparseFile(tmp_path / "v.img", SIZE))
+    buf = memoryview(bytearray(512))
+    assert volume.read_now(0, buf) is True
+    pair: Any = SimpleNamespace(name="p")
+    for role in (Role.SOURCE, Role.TARGET):  # read through the pair: merged or restored
+        volume.attach(pair, role)
+        assert volume.read_now(0, buf) is False
+        volume.detach()

@@ -277,3 +277,18 @@ def test_a_write_is_never_made_at_once_while_an_atomic_command_holds_the_gate(
 
     asyncio.run(scenario())
     assert read_blocks(lu, 8, 1) == b"x" * 512
+
+
+def test_a_read_not_filled_at_once_is_read_whole_by_read_into(tmp_path: Path) -> None:
+    # read_now may fill part of the buffer before it declines (RWF_NOWAIT reads what the
+    # page cache has): the READ must still return every byte, from read_into.
+    lu = make_lu(tmp_path)
+    data = os.urandom(4096)
+    run(lu, write10(0, 8), data)
+
+    def partial(offset: int, buf: memoryview) -> bool:
+        buf[:512] = b"\xee" * 512  # a stale half-read
+        return False
+
+    lu.read_now = partial
+    assert read_blocks(lu, 0, 8) == data

@@ -46,6 +46,7 @@ def slow_reads(lu: BlockDevice) -> asyncio.Event:
         await read_into(offset, buf)
 
     lu.store.read_into = held  # type: ignore[method-assign]
+    lu.read_now = None  # no READ filled at once from the page cache: each one waits here
     return release
 
 
