@@ -6,9 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 
 from hostcopy import commands as c
+from hostcopy import ops
 from hostcopy.device import Device, run
 from hostcopy.runtime import EXIT_OK, Failure, opened, utc
 
@@ -34,6 +37,17 @@ def _print_status(st: c.PairStatus, as_json: bool) -> None:
             else ""
         )
     )
+
+
+@contextmanager
+def _volume(spec: str) -> Iterator[Device]:
+    """The device a pair command goes to: a block volume. A tape or file sink named by
+    mistake is said so (the target answers PAIR OUT/IN there with INVALID OPCODE)."""
+    with opened(spec) as dev:
+        kind = ops.info(dev).device_type
+        if kind != c.BLOCK:
+            raise Failure(f"{spec} is not a block volume (type {kind:#x}): pairs are of disks")
+        yield dev
 
 
 def _status(device: Device, lun: int = c.ADDRESSED_LUN) -> c.PairStatus:
@@ -71,7 +85,7 @@ def cmd_pair(args: argparse.Namespace) -> int:
     if getattr(args, "reverse", False):
         action, label = c.PAIR_REVERSE_RESYNC, "REVERSE RESYNC"
     lun = _pair_lun(args)
-    with opened(args.device) as dev:
+    with _volume(args.device) as dev:
         run(dev, f"PAIR OUT {label}", c.pair_out(action, lun))
         st = _status(dev, lun)
         if args.wait:
@@ -97,7 +111,7 @@ def lun_of(spec: str) -> int:
 def cmd_create(args: argparse.Namespace) -> int:
     name = args.name.encode()
     target = lun_of(args.target)
-    with opened(args.source) as dev:
+    with _volume(args.source) as dev:
         cdb = bytearray(c.pair_out(c.PAIR_CREATE))
         cdb[4:6] = target.to_bytes(2, "big")
         cdb[6] = args.policy
@@ -115,7 +129,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    with opened(args.device) as dev:
+    with _volume(args.device) as dev:
         run(dev, "PAIR OUT DELETE", c.pair_out(c.PAIR_DELETE, _pair_lun(args)))
     return EXIT_OK
 
@@ -123,7 +137,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_join(args: argparse.Namespace) -> int:
     group = args.group.encode()
     lun = _pair_lun(args)
-    with opened(args.device) as dev:
+    with _volume(args.device) as dev:
         run(dev, "PAIR OUT GROUP JOIN", c.pair_out_named(c.PAIR_GROUP_JOIN, group, lun),
             data_out=group)  # fmt: skip
         _print_status(_status(dev, lun), args.json)
@@ -132,14 +146,14 @@ def cmd_join(args: argparse.Namespace) -> int:
 
 def cmd_leave(args: argparse.Namespace) -> int:
     lun = _pair_lun(args)
-    with opened(args.device) as dev:
+    with _volume(args.device) as dev:
         run(dev, "PAIR OUT GROUP LEAVE", c.pair_out(c.PAIR_GROUP_LEAVE, lun))
         _print_status(_status(dev, lun), args.json)
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with opened(args.device) as dev:
+    with _volume(args.device) as dev:
         _print_status(_status(dev, _pair_lun(args)), args.json)
     return EXIT_OK
 

@@ -222,6 +222,14 @@ def test_a_copy_the_target_refuses_exits_1_with_the_sense_in_words(
                 f"targetd-copy {command[0]}: {daemon.url(SOURCE)} is not a tape or file sink "
                 "(type 0x0)\n"
             )
+        # A pair command sent to the tape: said before the target's INVALID OPCODE.
+        for command in ("split", "status"):
+            proc = tool(command, daemon.url(TAPE), check=False)
+            assert proc.returncode == 1
+            assert proc.stderr == (
+                f"targetd-copy {command}: {daemon.url(TAPE)} is not a block volume (type 0x1): "
+                "pairs are of disks\n"
+            )
         # `devices` with nothing logged in: a reason, not just a header and exit status 1.
         proc = tool("devices", "--target", "iqn.2026-11.org.nobody:x", check=False)
         assert proc.returncode == 1
