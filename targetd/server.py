@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import resource
 import socket
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -33,6 +35,7 @@ from targetd.iscsi.connection import (
     CloseConnection,
     Connection,
     ExecuteCommand,
+    Phase,
     ResetRequested,
     SessionStarted,
     TaskHandle,
@@ -50,6 +53,11 @@ WRITE_BUFFER_HIGH = 16 << 20
 # At shutdown: the time initiators are given to log out, and how long we wait for them.
 LOGOUT_WITHIN = 2
 LOGOUT_WAIT = 2.0
+# A connection we close is reset if it has not ended this long after: its output still
+# unsent (an initiator that does not read), or, while READs sent from a file are
+# unacknowledged, the initiator not closing its end (docs/pairs.md, "A connection the
+# target closes"). TARGETD_CLOSE_WAIT (seconds) changes it, for tests.
+CLOSE_WAIT = float(os.environ.get("TARGETD_CLOSE_WAIT", "30"))
 NO_LUNS = ScsiTarget({})  # what a session whose access was revoked sees
 
 
@@ -126,6 +134,8 @@ class IscsiConnection(asyncio.BufferedProtocol):
         # Reading paused because our replies pile up unsent (see _pump).
         self._backpressure = False
         self._waiters: set[asyncio.Future[None]] = set()
+        # Our end is shut for writing, the socket kept until the initiator closes its end.
+        self._half_closed = False
 
     # -- asyncio protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -244,6 +254,10 @@ class IscsiConnection(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        if self._half_closed:  # nothing more can be written
+            if not conn.holding:  # acknowledged meanwhile
+                transport.close()
+            return
         output = self._output
         if out:
             if conn.file_output or output.queued:
@@ -261,7 +275,35 @@ class IscsiConnection(asyncio.BufferedProtocol):
             self._backpressure = True
             transport.pause_reading()
         if self._close_requested and not output.queued:
-            transport.close()
+            if self.conn.holding and transport.can_write_eof():
+                self._half_close(transport)
+            else:
+                transport.close()
+
+    def _half_close(self, transport: asyncio.Transport) -> None:
+        """Close while READs sent from a file are unacknowledged: their bytes and statuses
+        may still wait in the sockets, referencing the file's pages, and the initiator reads
+        them after our close as before it. So the holds (and the pair engine behind them)
+        stay until it has closed its end too (eof_received), or acknowledged them, or
+        CLOSE_WAIT has passed since the close; meanwhile its PDUs are read for their
+        ExpStatSN only."""
+        self._half_closed = True
+        self.conn.phase = Phase.CLOSED  # no command runs any more, no reply is made
+        transport.write_eof()  # a FIN after the bytes queued, as close() would send
+        self._backpressure = False
+        transport.resume_reading()  # stopped by a shutdown, or our replies piling up
+
+    def _abort_unclosed(self) -> None:
+        transport = self.transport
+        if transport is None or self not in self.server.connections:
+            return  # ended
+        log.info("resetting connection", extra=self.context(reason="not ended in time"))
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # A reset, not a FIN: what our socket still holds (the rest of a READ, its
+            # status) is dropped, not sent, so the initiator never takes it for complete.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
 
     def _on_execute(self, event: ExecuteCommand) -> None:
         runtime = self.runtime
@@ -430,7 +472,10 @@ class IscsiConnection(asyncio.BufferedProtocol):
     def close(self) -> None:
         """Close once the output already produced has been written (see ``_pump``)."""
         self._closing = True
-        self._close_requested = True
+        if not self._close_requested:
+            self._close_requested = True
+            loop = self._loop or asyncio.get_running_loop()
+            loop.call_later(CLOSE_WAIT, self._abort_unclosed)
         self._schedule_flush()
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import socket
 import time
 
+import pytest
 from conftest import DaemonFactory
 from pair_scsi import BLOCK, CREATE, SPLIT, BlockClient, pair_config, pair_out, read16
 from raw_initiator import RawInitiator
 
-from targetd.iscsi.pdu import Op
+from targetd.iscsi.pdu import BHS_LEN, Op, new_header, padded, put_u32
 
 MiB = 1 << 20
 SIZE = 8 * MiB
@@ -122,4 +123,127 @@ def test_a_read_in_flight_of_a_new_target_is_not_torn_by_the_creation_copy(
         reader.close()
     client.wait("DUPLEX")
     assert client.read(1, 0, SIZE) == fill(0x33)
+    client.close()
+
+
+def cold_reset(client: BlockClient) -> None:
+    """TARGET COLD RESET from ``client``'s session: answered, then the target closes every
+    connection to it (RFC 7143 11.5.1), the slow reader's among them."""
+    ini = client.ini
+    tmf = new_header(Op.TASK_MGMT_REQUEST | 0x40, 0x80 | 7, itt=ini.next_itt())
+    put_u32(tmf, 20, 0xFFFFFFFF)
+    put_u32(tmf, 24, ini.cmdsn)
+    put_u32(tmf, 28, ini.expstatsn)
+    ini.send(tmf)
+    resp = ini.recv()
+    assert (resp.opcode, resp.bhs[2]) == (Op.TASK_MGMT_RESPONSE, 0), resp.bhs.hex()
+    assert ini.closed_by_target()
+
+
+def read_to_eof(ini: RawInitiator) -> bytes:
+    """What the socket gives until its end (a FIN, or a reset)."""
+    ini.sock.settimeout(10)
+    stream = bytearray()
+    try:
+        while chunk := ini.sock.recv(1 << 20):
+            stream += chunk
+    except ConnectionResetError:
+        pass
+    return bytes(stream)
+
+
+def parse_read(stream: bytes) -> tuple[bytes, int | None]:
+    """The READ's data and its status (None if it never came) in what the socket gave."""
+    data = bytearray()
+    pos = 0
+    while len(stream) - pos >= BHS_LEN:
+        bhs = stream[pos : pos + BHS_LEN]
+        dlen = int.from_bytes(bhs[5:8], "big")
+        end = pos + BHS_LEN + padded(dlen)
+        if end > len(stream):
+            break
+        op = bhs[0] & 0x3F
+        if op == Op.DATA_IN:
+            data += stream[pos + BHS_LEN : pos + BHS_LEN + dlen]
+            if bhs[1] & 0x01:
+                return bytes(data), bhs[3]
+        elif op == Op.SCSI_RESPONSE:
+            return bytes(data), bhs[3]
+        pos = end
+    return bytes(data), None
+
+
+def test_a_read_in_flight_on_a_connection_the_target_closes_is_not_torn(
+    targetd_factory: DaemonFactory,
+) -> None:
+    """The target closes the reader's connection (another host's TARGET COLD RESET) while
+    the READ's bytes still wait in the sockets: the initiator still reads them, status and
+    all, after the close, so the reverse resync must wait until it has closed its end."""
+    daemon = targetd_factory(pair_config(IQN, "1GiB"))
+    client = BlockClient(daemon.port, IQN)
+    client.write(0, 0, fill(0x11))
+    client.create(0, 1, b"db")
+    client.wait("DUPLEX")
+    client.ok(pair_out(SPLIT))
+    client.wait("SPLIT")
+    client.write(0, 0, fill(0x22))
+    assert client.read(0, 0, READ_LENGTH) == fill(0x22)[:READ_LENGTH]
+    reader = slow_read(daemon.port, 0)
+    try:
+        cold_reset(client)
+        client.close()
+        client = BlockClient(daemon.port, IQN, name="iqn.2026-11.org.targetd.test:restorer")
+        begin(client, pair_out(REVERSE))
+        # Enough for the daemon to hand the rest of the READ to its socket (and close it);
+        # most of the READ still waits in the two sockets' buffers, referencing the file.
+        head = reader.recv_exact(512 * 1024)
+        time.sleep(1.0)  # time enough to restore every chunk, were nothing waiting
+        stream = head + read_to_eof(reader)
+    finally:
+        reader.close()
+    finish(client)
+    data, status = parse_read(stream)
+    assert status == 0, f"the READ's status did not arrive ({len(data)} bytes of data did)"
+    assert data == fill(0x22)[:READ_LENGTH], (
+        f"the READ shows {len(data) - data.count(0x22)} bytes the reverse resync wrote"
+        " after the target closed its connection"
+    )
+    client.wait("DUPLEX")
+    assert client.read(0, 0, SIZE) == fill(0x11)
+    client.close()
+
+
+def test_an_initiator_that_keeps_a_closed_connection_unread_is_reset_after_a_bound(
+    targetd_factory: DaemonFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The target closes the reader's connection, and the reader neither reads nor closes
+    its end: the reverse resync waits, but only CLOSE_WAIT (2 s here); then the
+    connection is reset, and what the reader finds in its socket never ends with the READ's
+    status, so it cannot take the restored bytes for the READ's."""
+    monkeypatch.setenv("TARGETD_CLOSE_WAIT", "2")
+    daemon = targetd_factory(pair_config(IQN, "1GiB"))
+    client = BlockClient(daemon.port, IQN)
+    client.write(0, 0, fill(0x11))
+    client.create(0, 1, b"db")
+    client.wait("DUPLEX")
+    client.ok(pair_out(SPLIT))
+    client.wait("SPLIT")
+    client.write(0, 0, fill(0x22))
+    assert client.read(0, 0, READ_LENGTH) == fill(0x22)[:READ_LENGTH]
+    reader = slow_read(daemon.port, 0)
+    try:
+        cold_reset(client)
+        client.close()
+        client = BlockClient(daemon.port, IQN, name="iqn.2026-11.org.targetd.test:restorer")
+        client.ok(pair_out(REVERSE))
+        head = reader.recv_exact(512 * 1024)  # the daemon hands the rest to its socket
+        time.sleep(1.0)
+        assert client.status().source == "REVERSE-COPY"  # waits for the reader
+        client.wait("DUPLEX", timeout=10)
+        stream = head + read_to_eof(reader)
+    finally:
+        reader.close()
+    _, status = parse_read(stream)
+    assert status is None, "the READ's status arrived after the restore"
+    assert client.read(0, 0, SIZE) == fill(0x11)
     client.close()

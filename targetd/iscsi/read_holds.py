@@ -10,6 +10,11 @@ from targetd.iscsi.replies import Replies
 
 
 class ReadHolds(Replies):
+    @property
+    def holding(self) -> bool:
+        """READs sent from a file still wait for the initiator's acknowledgement."""
+        return bool(self._holds)
+
     def _acknowledged(self, exp_stat_sn: int) -> None:
         """The initiator has every status below ``exp_stat_sn`` (so every byte before them):
         the READs sent from a file that those end are complete. A value further past what
