@@ -17,6 +17,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from backing.pairs.bitmap import ChunkBitmap
@@ -92,6 +93,7 @@ class ChunkCopier:
     copied_bytes: int
     _samples: deque[tuple[float, int]]
     _tickets: dict[int, _Ticket]
+    _claimed: set[int]
     _writers: dict[int, int]
     _writer_waits: dict[int, asyncio.Event]
     _work: asyncio.Event
@@ -273,7 +275,11 @@ class ChunkCopier:
         split_mode = self.phase in (Phase.SPLIT_PENDING, Phase.REVERSE_COPY)
         for start in (self._cursor, 0):
             for c in self.copy_set.iter_from(start):
-                if c in self._tickets or (not split_mode and c in self._writers):
+                if (
+                    c in self._tickets
+                    or c in self._claimed
+                    or (not split_mode and c in self._writers)
+                ):
                     continue
                 self._cursor = c + 1
                 return c
@@ -286,11 +292,18 @@ class ChunkCopier:
             if self.phase.mirroring or self.phase in (Phase.SPLIT_PENDING, Phase.REVERSE_COPY):
                 c = self._next_chunk()
                 if c is not None:
-                    await self._pacer.take(self.chunk_size)
-                    job = asyncio.ensure_future(self._copy_chunk(c))
-                    self._jobs.add(job)
-                    job.add_done_callback(self._jobs.discard)
+                    # Claimed from the choice on, not from when the copy takes its ticket
+                    # (a turn of the loop later, or after the pacer's sleep): another worker
+                    # woken meanwhile picks another chunk rather than a second copy of this
+                    # one waiting for the first. Host writes' copies still take the ticket.
+                    self._claimed.add(c)
+                    job = None
                     try:
+                        await self._pacer.take(self.chunk_size)
+                        job = asyncio.ensure_future(self._copy_chunk(c))
+                        self._jobs.add(job)
+                        job.add_done_callback(self._jobs.discard)
+                        job.add_done_callback(partial(self._unclaim, c))
                         await asyncio.shield(job)
                     except Exception as err:
                         # Logged, and the pair SUSPENDED, by _copy_chunk: nothing copies now
@@ -298,12 +311,21 @@ class ChunkCopier:
                         log.debug("pair %s: worker idle after %r", self.name, err)
                         if self.phase is not Phase.SUSPENDED:
                             await asyncio.sleep(FAILED_LOOP_PAUSE)
+                    finally:
+                        if job is None:  # stopped in the pacer: never copied
+                            self._unclaim(c)
                     continue
                 before = self.phase
                 await self._maybe_finish()
                 if self.phase is not before:  # changed while finishing: look again
                     continue
             await self._work.wait()
+
+    def _unclaim(self, c: int, _job: object = None) -> None:
+        """A worker's copy of chunk ``c`` ended: any worker may take the chunk again (a
+        spoiled copy left its bit), so they look again."""
+        self._claimed.discard(c)
+        self._work.set()
 
     async def _maybe_finish(self) -> None:
         if self.copy_set.count or self._tickets or self._finishing:

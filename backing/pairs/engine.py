@@ -100,6 +100,9 @@ class Pair(ChunkCopier, SplitSnapshot):
         self._writers: dict[int, int] = {}
         self._writer_waits: dict[int, asyncio.Event] = {}
         self._tickets: dict[int, _Ticket] = {}
+        # Chunks a copy worker chose and has not finished with (its ticket comes once its
+        # copy runs): another worker picks another chunk.
+        self._claimed: set[int] = set()
         self._work = asyncio.Event()
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []

@@ -315,3 +315,39 @@ def test_a_split_whose_last_chunk_a_host_write_copies_still_ends_split(tmp_path:
         await manager.stop()
 
     asyncio.run(go())
+
+
+def test_two_copy_workers_never_take_the_same_chunk(tmp_path: Path) -> None:
+    """A resync wakes both copy workers at once with one chunk to copy: one copies it, and
+    the other does not start a second copy of it that waits for the first (it finds
+    nothing else and sleeps). The copy is exact."""
+
+    async def go() -> tuple[int, int]:
+        manager = PairManager(tmp_path, PairSettings(chunk_size=CHUNK, copy_workers=2))
+        src = PairVolume("t/lun0", MemoryStore(SIZE, random.Random(1)))
+        store = GatedStore(SIZE, random.Random(2))
+        tgt = PairVolume("t/lun1", store)
+        manager.register_volume(src)
+        manager.register_volume(tgt)
+        await manager.create("p", "t/lun0", "t/lun1")
+        await manager.wait("p", VolumeState.DUPLEX, timeout=5)
+        await manager.split("p")
+        await manager.wait("p", VolumeState.SPLIT, timeout=5)
+        await src.write(5 * CHUNK, b"\x07" * CHUNK)  # the one chunk the resync copies
+        pair = manager.get("p")
+        store.gate.clear()
+        await manager.resync("p")
+        while store.waiting < 1:  # a worker's copy of chunk 5 holds at the gate
+            await asyncio.sleep(0)
+        for _ in range(20):  # the other worker has had every chance to start one too
+            await asyncio.sleep(0)
+        copies = len(pair._jobs)
+        store.gate.set()
+        await manager.wait("p", VolumeState.DUPLEX, timeout=5)
+        equal = data_of(tgt) == data_of(src)
+        await manager.stop()
+        return copies, int(equal)
+
+    copies, equal = asyncio.run(go())
+    assert copies == 1
+    assert equal
