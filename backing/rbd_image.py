@@ -171,6 +171,11 @@ class RbdImage(ImageRequests):
             self._called_back.clear()
             self._reopening = False
 
+    async def run_blocking(self, fn: Callable[[], T]) -> T:
+        """``fn()``, a blocking call on this image's client or io context (a watch's
+        notify), on a worker thread, counted as :meth:`_call` counts librbd's."""
+        return await self._call(fn)
+
     async def _call(self, fn: Callable[[], T], undo: Callable[[T], object] | None = None) -> T:
         """``_on_thread(fn, undo)``, counted as a call on the open handle (a reopen waits
         for it; one asked for while a reopen is under way fails with ESHUTDOWN)."""

@@ -26,7 +26,6 @@ from typing import Any
 
 from backing.rbd_image import RbdImage
 from backing.rbd_lib import WATCH_CALLBACK, WATCH_ERROR_CALLBACK, check, lib
-from backing.threads import outlast
 
 log = logging.getLogger("targetd.rbd")
 
@@ -126,8 +125,9 @@ class GatewayChannel:
             return decode_notify_reply(raw) if raw else NotifyResult()
 
         # A cancel (the gateway stopping) waits for the notify to end: the io context it
-        # uses closes with the image next.
-        return await outlast(asyncio.get_running_loop().run_in_executor(None, send))
+        # uses closes with the image next. Counted as a call on the image: a reopen (after
+        # a fence) waits for it before it destroys that io context.
+        return await self.image.run_blocking(send)
 
     # -- librados's threads ------------------------------------------------------------
     def _on_notify(
