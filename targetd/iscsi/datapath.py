@@ -72,7 +72,7 @@ def residual(
 
 
 def single_data_in(
-    length: int, *, lun: bytes, itt: int, flags: int = 0x80, status: int = 0, residual: int = 0
+    length: int, lun: bytes, itt: int, flags: int = 0x80, status: int = 0, residual: int = 0
 ) -> bytearray:
     """The header of a Data-In that carries a whole read (DataSN 0, offset 0) in one pack:
     what :func:`data_in_pdus` yields for data within one segment and one burst, for the

@@ -117,17 +117,13 @@ class Replies(ConnectionState):
             if n <= self.max_send_data and n <= self.max_burst:
                 if collapse:
                     flags |= 0x80 | P.DATAIN_STATUS
+                    # By position (length, lun, itt, flags, status, residual): per read.
                     hdr = datapath.single_data_in(
-                        n,
-                        lun=task.lun_raw,
-                        itt=task.itt,
-                        flags=flags,
-                        status=result.status,
-                        residual=residual,
+                        n, task.lun_raw, task.itt, flags, result.status, residual
                     )
                     self._send(hdr, view)
                     return
-                hdr = datapath.single_data_in(n, lun=task.lun_raw, itt=task.itt)
+                hdr = datapath.single_data_in(n, task.lun_raw, task.itt)
                 self._send(hdr, view, stamp_statsn=False)
             else:
                 pdus = datapath.data_in_pdus(
