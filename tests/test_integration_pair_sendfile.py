@@ -42,6 +42,20 @@ def slow_read(port: int, lun: int) -> RawInitiator:
     return ini
 
 
+def split_then_read_the_source(port: int) -> tuple[BlockClient, RawInitiator]:
+    """LUN 0 (0x11) paired with LUN 1 and split, then changed to 0x22 (cached pages) and
+    read by a slow reader whose READ waits in the sockets."""
+    client = BlockClient(port, IQN)
+    client.write(0, 0, fill(0x11))
+    client.create(0, 1, b"db")
+    client.wait("DUPLEX")
+    client.ok(pair_out(SPLIT))
+    client.wait("SPLIT")
+    client.write(0, 0, fill(0x22))  # the source changes after the split (cached pages)
+    assert client.read(0, 0, READ_LENGTH) == fill(0x22)[:READ_LENGTH]
+    return client, slow_read(port, 0)
+
+
 def take_read(ini: RawInitiator) -> bytes:
     """The READ's data and GOOD status, then a NOP-Out whose ExpStatSN acknowledges it."""
     data = bytearray()
@@ -75,15 +89,7 @@ def test_a_read_in_flight_is_not_torn_by_a_reverse_resync(
     targetd_factory: DaemonFactory,
 ) -> None:
     daemon = targetd_factory(pair_config(IQN, "1GiB"))
-    client = BlockClient(daemon.port, IQN)
-    client.write(0, 0, fill(0x11))
-    client.create(0, 1, b"db")
-    client.wait("DUPLEX")
-    client.ok(pair_out(SPLIT))
-    client.wait("SPLIT")
-    client.write(0, 0, fill(0x22))  # the source changes after the split (cached pages)
-    assert client.read(0, 0, READ_LENGTH) == fill(0x22)[:READ_LENGTH]
-    reader = slow_read(daemon.port, 0)
+    client, reader = split_then_read_the_source(daemon.port)
     try:
         begin(client, pair_out(REVERSE))  # restores the split image (0x11) onto the source
         time.sleep(1.0)  # time enough to restore every chunk, were nothing waiting
@@ -180,15 +186,7 @@ def test_a_read_in_flight_on_a_connection_the_target_closes_is_not_torn(
     the READ's bytes still wait in the sockets: the initiator still reads them, status and
     all, after the close, so the reverse resync must wait until it has closed its end."""
     daemon = targetd_factory(pair_config(IQN, "1GiB"))
-    client = BlockClient(daemon.port, IQN)
-    client.write(0, 0, fill(0x11))
-    client.create(0, 1, b"db")
-    client.wait("DUPLEX")
-    client.ok(pair_out(SPLIT))
-    client.wait("SPLIT")
-    client.write(0, 0, fill(0x22))
-    assert client.read(0, 0, READ_LENGTH) == fill(0x22)[:READ_LENGTH]
-    reader = slow_read(daemon.port, 0)
+    client, reader = split_then_read_the_source(daemon.port)
     try:
         cold_reset(client)
         client.close()
@@ -222,15 +220,7 @@ def test_an_initiator_that_keeps_a_closed_connection_unread_is_reset_after_a_bou
     status, so it cannot take the restored bytes for the READ's."""
     monkeypatch.setenv("TARGETD_CLOSE_WAIT", "2")
     daemon = targetd_factory(pair_config(IQN, "1GiB"))
-    client = BlockClient(daemon.port, IQN)
-    client.write(0, 0, fill(0x11))
-    client.create(0, 1, b"db")
-    client.wait("DUPLEX")
-    client.ok(pair_out(SPLIT))
-    client.wait("SPLIT")
-    client.write(0, 0, fill(0x22))
-    assert client.read(0, 0, READ_LENGTH) == fill(0x22)[:READ_LENGTH]
-    reader = slow_read(daemon.port, 0)
+    client, reader = split_then_read_the_source(daemon.port)
     try:
         cold_reset(client)
         client.close()
