@@ -42,14 +42,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from clients import (
-    MB,
-    SCATTER_STRIDE_BLOCKS,
-    ClientError,
-    MiB,
-    parse_qemu_seconds,
-    qemu_bench_argv,
-)
 from cpu import tree_cpu_seconds
 from targets import (
     LOOPBACK,
@@ -61,6 +53,14 @@ from targets import (
     check_login,
     free_port,
     wait_for_port,
+)
+from workloads import (
+    MB,
+    SCATTER_STRIDE_BLOCKS,
+    ClientError,
+    MiB,
+    parse_qemu_seconds,
+    qemu_bench_argv,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -27,12 +27,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import trees as code_trees
-from clients import CASES, Budget, ClientError, prefill, run_case, select_cases
 from cpu import tree_cpu_seconds, tree_wait_seconds
 from noise import Neighbour
 from report import BASELINE, CANDIDATE, CaseResult, Run, format_table, save_json
 from targets import GiB, Target, TargetdTarget, TargetError, TgtdTarget
 from trees import Tree, TreeError
+from workloads import CASES, Budget, ClientError, prefill, run_case, select_cases
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}

@@ -8,7 +8,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from clients import Case
+from workloads import Case
 
 BASELINE = "tgtd"
 CANDIDATE = "targetd"

@@ -24,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from clients import Budget, ClientError, prefill, run_case, select_cases
 from cpu import tree_cpu_seconds
 from targets import GiB, Target, TargetdTarget, TargetError, TgtdTarget
+from workloads import Budget, ClientError, prefill, run_case, select_cases
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CASES = "agg8-rand-read-4K,agg8-rand-write-4K,perf-rand-read-4K,qemu-seq-write-4K"

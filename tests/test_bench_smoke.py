@@ -216,19 +216,12 @@ def test_two_targetd_trees_run_side_by_side(tmp_path: Path) -> None:
 
 
 def test_tree_table_ratios_against_tgtd_and_the_first_tree() -> None:
-    # bench/clients.py and tests/clients.py share a module name, and whichever was imported
-    # first in this pytest process sits in sys.modules: put bench's in for this import only.
-    clash = ("clients", "report")
-    saved = {name: sys.modules.pop(name) for name in clash if name in sys.modules}
     sys.path.insert(0, str(BENCH))
     try:
-        from clients import CASES as BENCH_CASES
         from report import CaseResult, Run, format_table
+        from workloads import CASES as BENCH_CASES
     finally:
         sys.path.remove(str(BENCH))
-        for name in clash:
-            sys.modules.pop(name, None)
-        sys.modules.update(saved)
     by_name = {c.name: c for c in BENCH_CASES}
     iops = CaseResult(by_name["qemu-seq-read-4K"])
     latency = CaseResult(by_name["qd1-read-4K-p50"])
