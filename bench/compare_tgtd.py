@@ -230,6 +230,8 @@ def run_with_trees(
     checked to import its own targetd) and the revisions' worktrees removed afterwards."""
     if not args.tree_specs:
         return run_benchmark(args, workdir, pids, settings)
+    for stale in code_trees.remove_stale(REPO_ROOT):
+        print(f"removed {stale}: a worktree left by a bench run that was killed", file=sys.stderr)
     trees = code_trees.resolve(args.tree_specs, REPO_ROOT, workdir)
     try:
         settings["targetd_trees"] = [tree.describe() for tree in trees]

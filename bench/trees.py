@@ -107,12 +107,36 @@ def from_path(name: str, path: str) -> Tree:
     return tree
 
 
+# Each worktree the bench makes is locked with this reason, naming the process that made it
+# (pid and start time, so a reused pid is not taken for it). A run killed with SIGKILL never
+# reaches its ``remove``; the next run finds the lock of a process that is gone and removes
+# that worktree (``remove_stale``). The lock also keeps ``git worktree prune`` off it while it
+# runs, and ``git worktree list`` shows a user whose it is.
+LOCK_REASON = "targetd bench run: pid {pid} started {start}"
+_LOCK = re.compile(r"targetd bench run: pid (\d+) started (\d+)")
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()[19]
+
+
+def lock_reason(pid: int | None = None) -> str:
+    pid = os.getpid() if pid is None else pid
+    return LOCK_REASON.format(pid=pid, start=_start_time(pid))
+
+
 def from_rev(name: str, rev: str, repo: Path, workdir: Path) -> Tree:
     """``rev`` of ``repo`` checked out (detached) into ``workdir/tree-NAME``; ``remove`` takes
     the worktree away again."""
     commit = _git(repo, "rev-parse", "--verify", f"{rev}^{{commit}}").stdout.strip()
     path = workdir / f"tree-{name}"
-    _git(repo, "worktree", "add", "--detach", "--quiet", str(path), commit)
+    lock = ("--lock", "--reason", lock_reason())
+    _git(repo, "worktree", "add", "--detach", "--quiet", *lock, str(path), commit)
     tree = Tree(name, path, rev=rev, commit=commit, dirty=False, made_worktree=True)
     if not (path / "targetd" / "__main__.py").is_file():
         remove(tree, repo)
@@ -120,12 +144,33 @@ def from_rev(name: str, rev: str, repo: Path, workdir: Path) -> Tree:
     return tree
 
 
+def _remove_worktree(repo: Path, path: Path) -> None:
+    _git(repo, "worktree", "unlock", str(path), check=False)
+    _git(repo, "worktree", "remove", "--force", str(path), check=False)
+    _git(repo, "worktree", "prune", check=False)  # its entry, if its directory was gone
+
+
 def remove(tree: Tree, repo: Path) -> None:
     """Remove a worktree this module made (a checkout given by path is never touched)."""
     if tree.made_worktree:
-        _git(repo, "worktree", "remove", "--force", str(tree.path), check=False)
-        _git(repo, "worktree", "prune", check=False)
+        _remove_worktree(repo, tree.path)
         tree.made_worktree = False
+
+
+def remove_stale(repo: Path) -> list[Path]:
+    """Remove the worktrees of ``repo`` that a bench run made and left behind: those locked
+    with ``LOCK_REASON`` by a process that no longer runs. Any other worktree, and those of a
+    bench run still going, are left alone. Returns the paths removed."""
+    listed = _git(repo, "worktree", "list", "--porcelain", check=False).stdout
+    stale: list[Path] = []
+    for block in listed.split("\n\n"):
+        fields = dict(line.partition(" ")[::2] for line in block.splitlines())
+        lock = _LOCK.fullmatch(fields.get("locked", ""))
+        if "worktree" in fields and lock and _start_time(int(lock[1])) != lock[2]:
+            stale.append(Path(fields["worktree"]))
+    for path in stale:
+        _remove_worktree(repo, path)
+    return stale
 
 
 def resolve(
