@@ -23,10 +23,12 @@ import os
 from collections.abc import Callable
 from ctypes import byref, c_int, c_uint64, c_void_p
 from dataclasses import replace
+from functools import partial
 from typing import TypeVar
 
 from backing.errors import StoreError
 from backing.rbd_allocation import Allocation
+from backing.rbd_calls import ThreadCalls
 from backing.rbd_cluster import CACHE_MODES, Cluster, RbdSpec, acquire_cluster, release_cluster
 from backing.rbd_lib import (
     DIFF_CALLBACK,
@@ -50,6 +52,13 @@ T = TypeVar("T")
 # Above this size the allocation is read per object from the object map (fast-diff), not
 # per byte range: exact ranges would mean asking every object, slow for a large image.
 WHOLE_OBJECT_ABOVE = 16 << 30
+# How long a close waits for librbd calls still running on worker threads (a snapshot, a
+# lock call, an allocation read: each bounded by the OSD op timeout, 30 s by default)
+# before it leaves the image to close when the last of them ends, and says so.
+CLOSE_WAIT = 60.0
+# How long one reopen after a fence waits for the old client's calls before it gives up
+# (the gateway answers NOT READY meanwhile, says which calls hang, and tries again).
+REOPEN_WAIT = 10.0
 
 
 class RbdError(OSError):
@@ -91,9 +100,16 @@ class RbdImage(ImageRequests):
         self._loop: asyncio.AbstractEventLoop | None = None
         # The allocation this client keeps is exact while it is the image's only writer.
         self.allocation_known = True
-        # Blocking librbd calls on worker threads still running (``_call``): a reopen waits
-        # for every one of them before it closes the handle they use.
+        # Blocking librbd calls on worker threads still running (``_call``), counted on the
+        # event loop, from the call until its undo (if any) has ended: a reopen or an
+        # ``aclose`` waits for every one of them before it closes the handle they use.
         self._calls = 0
+        # The same calls counted on their threads: ``close`` (from any thread) waits for
+        # them, and one that starts after the handle it was bound to closed never runs.
+        self._threads = ThreadCalls(self.path)
+        self._closing = False  # closed or closing: no new call
+        self.close_wait = CLOSE_WAIT
+        self.reopen_wait = REOPEN_WAIT
         self._open()
         super().__init__()
 
@@ -136,18 +152,24 @@ class RbdImage(ImageRequests):
         client was blocklisted: every call of the old one fails with ESHUTDOWN).
 
         From the moment it is called, new requests and calls fail with ESHUTDOWN; it then
-        waits, with no deadline, for every blocking call still running on the old handle
-        (a call cannot be stopped, and one that ran on after the close would use a closed
-        handle). Requests still in flight on the old image fail first (librbd ends them
-        when it closes). Cancelled while it waits, the image stays open as it was.
+        waits for every blocking call still running on the old handle (a call cannot be
+        stopped, and one that ran on after the close would use a closed handle), for up to
+        ``reopen_wait`` seconds: past that it raises ETIMEDOUT naming the calls still
+        running, and the image stays open as it was (the caller tries again later).
+        Requests still in flight on the old image fail first (librbd ends them when it
+        closes). Cancelled while it waits, the image stays open as it was.
 
         Closing and opening are one job on a worker thread: a cancelled reopen still waits
         for both, so the image is never left closed (a null image, which any later call,
         or the next close, would hand librbd) and the old one's requests are always ended."""
         self._reopening = True
         try:
-            while self._calls:
-                await asyncio.sleep(0.01)
+            if not await self._calls_end(self.reopen_wait):
+                raise OSError(
+                    errno.ETIMEDOUT,
+                    f"{self.path}: not reopened: librbd calls on the old client still running"
+                    f" after {self.reopen_wait:g} s ({self._threads.describe() or 'ending'})",
+                )
         except BaseException:
             self._reopening = False
             raise
@@ -156,6 +178,8 @@ class RbdImage(ImageRequests):
         self._loop = None
 
         def close_and_open() -> None:
+            if not self._threads.retire(self.reopen_wait):  # every call came through _call
+                raise OSError(errno.ETIMEDOUT, f"{self.path}: not reopened: calls running")
             self._teardown()
             self._open()
 
@@ -171,19 +195,37 @@ class RbdImage(ImageRequests):
             self._called_back.clear()
             self._reopening = False
 
-    async def run_blocking(self, fn: Callable[[], T]) -> T:
+    async def _calls_end(self, wait: float) -> bool:
+        """Wait up to ``wait`` seconds for every :meth:`_call` to end (False: some still
+        run)."""
+        deadline = asyncio.get_running_loop().time() + wait
+        while self._calls:
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def run_blocking(self, fn: Callable[[], T], what: str = "a notify") -> T:
         """``fn()``, a blocking call on this image's client or io context (a watch's
         notify), on a worker thread, counted as :meth:`_call` counts librbd's."""
-        return await self._call(fn)
+        return await self._call(fn, what=what)
 
-    async def _call(self, fn: Callable[[], T], undo: Callable[[T], object] | None = None) -> T:
-        """``_on_thread(fn, undo)``, counted as a call on the open handle (a reopen waits
-        for it; one asked for while a reopen is under way fails with ESHUTDOWN)."""
+    async def _call(
+        self, fn: Callable[[], T], undo: Callable[[T], object] | None = None, *, what: str
+    ) -> T:
+        """``_on_thread(fn, undo)``, counted as a call on the open handle (a reopen or a
+        close waits for it; one asked for while either is under way fails with ESHUTDOWN).
+        ``what`` names it in the log of a close that waits for it too long."""
         if self._reopening:
             raise OSError(errno.ESHUTDOWN, f"{self.path}: being reopened")
+        if self._closing:
+            raise OSError(errno.ESHUTDOWN, f"{self.path}: closed")
+        threads = self._threads
         self._calls += 1
         try:
-            return await _on_thread(fn, undo)
+            return await _on_thread(
+                threads.bind(fn, what), None if undo is None else threads.bind_undo(undo, what)
+            )
         finally:
             self._calls -= 1
 
@@ -227,7 +269,7 @@ class RbdImage(ImageRequests):
         """Read the allocation from the cluster again (after another client wrote)."""
         fresh = Allocation(self.size)
         image = self._image
-        await self._call(lambda: self._read_allocation(image, fresh))
+        await self._call(lambda: self._read_allocation(image, fresh), what="diff_iterate")
         self.allocation = fresh
 
     # -- data path ----------------------------------------------------------------------
@@ -352,13 +394,15 @@ class RbdImage(ImageRequests):
             frozen.close()
             self._remove_snapshot(image, name)
 
-        return await self._call(take, undo)
+        return await self._call(take, undo, what="rbd_snap_create")
 
     async def open_frozen(self, name: str) -> RbdImage:
         """Open snapshot ``name``, taken by :meth:`freeze` (after a restart). Cancelled,
         it closes the view it opened before it returns."""
         spec = replace(self.spec, snapshot=name, create_size=None)
-        return await self._call(lambda: RbdImage(spec, read_only=True), RbdImage.close)
+        return await self._call(
+            lambda: RbdImage(spec, read_only=True), RbdImage.close, what="opening a snapshot"
+        )
 
     async def thaw(self, frozen: RbdImage | None, name: str) -> None:
         """Close ``frozen`` (if open) and remove snapshot ``name`` (gone already: fine).
@@ -368,7 +412,7 @@ class RbdImage(ImageRequests):
         if frozen is not None:
             await frozen.aclose()
         image = self._image
-        ret = await self._call(lambda: self._remove_snapshot(image, name))
+        ret = await self._call(lambda: self._remove_snapshot(image, name), what="rbd_snap_remove")
         if ret != -errno.ENOENT:
             check(ret, "rbd_snap_remove")
 
@@ -392,7 +436,7 @@ class RbdImage(ImageRequests):
             lib().rbd_snap_list_end(table)
             return found
 
-        return await self._call(names)
+        return await self._call(names, what="rbd_snap_list")
 
     # -- the exclusive lock (two gateways, one image) ------------------------------------
     async def acquire_lock(self) -> None:
@@ -400,7 +444,11 @@ class RbdImage(ImageRequests):
         Cancelled while librbd takes it, this gives it back before raising: no lock is held
         that the caller does not know of."""
         image = self._image
-        await self._call(lambda: self._take_lock(image), undo=lambda _: self._release_lock(image))
+        await self._call(
+            lambda: self._take_lock(image),
+            undo=lambda _: self._release_lock(image),
+            what="rbd_lock_acquire",
+        )
 
     def _take_lock(self, image: c_void_p) -> None:
         check(lib().rbd_lock_acquire(image, RBD_LOCK_MODE_EXCLUSIVE), "rbd_lock_acquire")
@@ -410,7 +458,7 @@ class RbdImage(ImageRequests):
 
     async def release_lock(self) -> None:
         image = self._image
-        await self._call(lambda: self._release_lock(image))
+        await self._call(lambda: self._release_lock(image), what="rbd_lock_release")
 
     async def lock_owners(self) -> list[str]:
         """The clients holding the exclusive lock, by address (empty: nobody)."""
@@ -428,7 +476,7 @@ class RbdImage(ImageRequests):
             lib().rbd_lock_get_owners_cleanup(table, count.value)
             return found
 
-        return await self._call(owners)
+        return await self._call(owners, what="rbd_lock_get_owners")
 
     async def break_lock(self, owner: str) -> None:
         """Take the lock away from ``owner``: the cluster blocklists that client first,
@@ -438,7 +486,8 @@ class RbdImage(ImageRequests):
             lambda: check(
                 lib().rbd_lock_break(image, RBD_LOCK_MODE_EXCLUSIVE, owner.encode()),
                 "rbd_lock_break",
-            )
+            ),
+            what="rbd_lock_break",
         )
 
     @property
@@ -474,19 +523,37 @@ class RbdImage(ImageRequests):
 
     # -- life cycle ---------------------------------------------------------------------
     async def aclose(self) -> None:
-        """:meth:`close` from the event loop: its reader leaves the loop here, and the
-        blocking close runs in a worker thread."""
+        """:meth:`close` from the event loop: its reader leaves the loop here, it waits
+        for the blocking calls of :meth:`_call` still running (an undo after a cancel
+        included), and the blocking close runs in a worker thread."""
         if self._efd >= 0 and self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self._efd)
         self._loop = None
-        await _on_thread(self.close)
+        self._closing = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.close_wait
+        await self._calls_end(self.close_wait)
+        await _on_thread(partial(self.close, max(0.0, deadline - loop.time())))
 
-    def close(self) -> None:
-        """Close the image (blocking: librbd flushes and releases its lock)."""
+    def close(self, wait: float | None = None) -> None:
+        """Close the image (blocking: librbd flushes and releases its lock), once every
+        blocking librbd call still running on a worker thread has ended: one cannot be
+        stopped, and closing under it would hand librbd a freed image. A call that runs
+        on for longer than ``wait`` seconds (``close_wait`` by default) is logged, and the
+        image then closes when the last call ends, on that call's thread."""
+        self._closing = True
         if self._pending or self._plug:
             in_flight = len(self._plug) + sum(len(g) for g, _ in self._pending.values())
             log.warning("%s: closing with %d requests in flight", self.path, in_flight)
-        self._teardown()
+        wait = self.close_wait if wait is None else wait
+        if not self._threads.retire_when_idle(wait, self._teardown):
+            log.error(
+                "%s: librbd calls still running %g s after the close (%s): the image "
+                "closes when they end",
+                self.path,
+                wait,
+                self._threads.describe() or "ending",
+            )
 
     def _teardown(self) -> None:
         if self._efd >= 0:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import time
 from ctypes import c_void_p
 from functools import partial
 
+import pytest
 from ceph_fixtures import ImageFactory, ceph_cluster, new_image
 from cluster import CephCluster
 from slow_calls import SlowCall
@@ -22,6 +24,7 @@ from scsi.command import Nexus
 from scsi.logical_unit import Identity
 from scsi.sense import CheckCondition, Reason
 from targetd.gateway import BROADCAST_TIMEOUT, Layout, LockGate
+from targetd.logs import FIELDS
 
 __all__ = ["ceph_cluster", "new_image"]
 
@@ -96,3 +99,67 @@ def test_a_fenced_gateway_reopens_only_after_the_old_handles_calls_end(
     assert reason is Reason.LU_NOT_ACCESSIBLE_TRANSITIONING
     assert answered < 1.0, f"a host command waited {answered:.1f} s"
     assert not taken  # the fence ended the acquisition: not taken on the old client
+
+
+# The reopen gives up after REOPEN_WAIT and tries again a second later: a call hanging this
+# long (counted from the fence) makes it give up at least twice.
+REOPEN_WAIT = 0.5
+HUNG_CALL = SLOW_CALL + 3.0
+
+
+def test_a_reopen_that_waits_on_a_hung_call_gives_up_says_why_and_retries(
+    ceph_cluster: CephCluster, new_image: ImageFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lock call from before the fence hangs: each reopen waits for it for
+    ``reopen_wait`` seconds only, then the log says which call keeps the old client open
+    and the gateway tries again; meanwhile the host's commands get NOT READY, 04h/0Ah. Once
+    the call ends, the next try reopens (never under the call) and the gateway rejoins."""
+    name = new_image("8M")
+    spec = RbdSpec(pool=ceph_cluster.pool, image=name, ceph_conf=str(ceph_cluster.conf))
+
+    async def scenario() -> tuple[bool, list[Reason | None], bool, bool]:
+        image = _WatchedImage(spec)
+        image.lock_call.delay = HUNG_CALL
+        image.reopen_wait = REOPEN_WAIT
+        gate = LockGate(
+            BlockDevice(Identity("gate-hung"), image),
+            image,
+            Layout(own_group=1, own_ports=(1,), peer_group=2, peer_ports=(2,)),
+            hold_ms=100,
+            takeover_ms=TAKEOVER_MS,
+            name="gate-hung",
+        )
+        try:
+            taking = asyncio.create_task(gate.take("pair"))
+            await asyncio.to_thread(image.lock_call.started.wait, 30)
+            gate.fenced(MediumWriteError(errno.ESHUTDOWN, image.path, "write", 0, 512))
+            reasons: list[Reason | None] = []
+            while not image.lock_call.ended.is_set():  # the host retries meanwhile
+                try:
+                    await asyncio.wait_for(gate.enter(Nexus("i", "t"), WRITE_10), 5)
+                    reasons.append(None)
+                except CheckCondition as cc:
+                    reasons.append(cc.reason)
+                await asyncio.sleep(0.25)
+            deadline = time.monotonic() + 30
+            while gate.is_fenced and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.wait_for(taking, 30)
+            return image.closed_under_a_call, reasons, gate.is_fenced, bool(image._image)
+        finally:
+            await gate.stop()
+            image.close()
+
+    with caplog.at_level(logging.WARNING, logger="targetd.gateway"):
+        under, reasons, fenced_at_end, open_at_end = asyncio.run(scenario())
+    assert not under, "the image was reopened while a librbd call on the old handle ran"
+    assert reasons and set(reasons) == {Reason.LU_NOT_ACCESSIBLE_TRANSITIONING}, reasons
+    assert not fenced_at_end, "the gateway did not rejoin once the hung call ended"
+    assert open_at_end
+    gave_up = [
+        str(r.__dict__.get(FIELDS, {}).get("error"))
+        for r in caplog.records
+        if r.getMessage() == "reopen failed"
+    ]
+    assert len(gave_up) >= 2, gave_up
+    assert all("still running" in e and "rbd_lock_acquire" in e for e in gave_up), gave_up
