@@ -525,9 +525,11 @@ class LockGate:
         while self.in_flight:  # a blocklisted client's requests fail at once
             await asyncio.sleep(0.01)
         # Nothing else may be using the image or its io context when they are replaced.
-        # Past this bound the reopen goes ahead, but the image's reopen itself waits, with
-        # no deadline, for every librbd call still running on the old handle and refuses
-        # new ones (ESHUTDOWN) meanwhile: nothing of the old handle is touched after it.
+        # Past this bound the reopen goes ahead, but the image's reopen itself waits for
+        # every librbd call still running on the old handle and refuses new ones
+        # (ESHUTDOWN) meanwhile: nothing of the old handle is touched after it. Each try
+        # waits ``reopen_wait`` (10 s) at most, then fails naming the calls that hang, and
+        # the LU stays fenced (NOT READY, transitioning) until a later try reopens.
         busy = {t for t in self._tasks if t is not asyncio.current_task()}
         if self._transition is not None:
             busy.add(self._transition)
