@@ -33,6 +33,12 @@ def _peer(value: object, key: str) -> PeerPortal:
     return PeerPortal(address.strip(), tpgt, port_group)
 
 
+# LUNs a gateway may serve beside its RBD LUNs, as its own: backup targets (tapes, a
+# library, file sinks) that the other gateway does not export. They get an identity of
+# this gateway's (targetd/luns.py), so a host never takes them for one LU on two paths.
+GATEWAY_LOCAL_KINDS = frozenset({"tape", "changer", "filesink"})
+
+
 def read_gateway(
     value: object,
     portals: tuple[Portal, ...],
@@ -84,8 +90,13 @@ def read_gateway(
         for n, lun in enumerate(target.luns):
             key = f"target[{t}].lun[{n}]"
             if lun.rbd is None:
+                if lun.kind in GATEWAY_LOCAL_KINDS:
+                    continue  # this gateway's own, not shared (docs/rbd.md)
                 raise ConfigError(
-                    f"{key}.kind", f"a gateway serves rbd LUNs only (lun {lun.lun} is {lun.kind})"
+                    f"{key}.kind",
+                    f"a disk on a gateway is kind = \"rbd\" (lun {lun.lun} is {lun.kind}): "
+                    "both gateways must serve the same data; only tape, changer and filesink "
+                    "LUNs may be one gateway's own",
                 )
             if lun.rbd.cache != "none":
                 raise ConfigError(

@@ -153,12 +153,18 @@ class Builder:
         path = lun.path if lun.path.is_absolute() else config.state_dir / lun.path
         path.parent.mkdir(parents=True, exist_ok=True)
         # The designator follows the LU's name, not its file: moving the state dir keeps it.
-        identity = Identity(
-            device_id=f"{target.name}/lun{lun.lun}", product=lun.product or "VIRTUAL-DISK"
-        )
+        device_id = f"{target.name}/lun{lun.lun}"
+        local = config.gateway is not None and lun.kind != "rbd"
+        if local:
+            # A gateway's own LU (a tape, a file sink): the other gateway may serve another
+            # device at the same LUN, and a host must not take the two for one LU on two
+            # paths (dm-multipath groups paths by the NAA designator).
+            device_id += f"@port-group-{config.portals[0].port_group}"
+        identity = Identity(device_id=device_id, product=lun.product or "VIRTUAL-DISK")
         lu = self._build(target, lun, identity, path, self._services(target.name))
+        # A gateway's own LU reports the static groups: this gateway's, active/optimized.
         lu.port_groups = self.port_groups
-        if config.gateway is not None:
+        if config.gateway is not None and not local:
             gate = _gate(lu, config, f"{target.name}/lun{lun.lun}")
             self.gates.append(gate)
             self._share_pairs(lu, lun, gate)

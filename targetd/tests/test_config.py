@@ -556,6 +556,15 @@ def test_gateway_table_and_the_peer_portals_sendtargets_advertises(tmp_path: Pat
 PEER = '[[gateway.peer]]\nportal = "127.0.0.2:3260"\ntpgt = 2\nport_group = 2\n'
 
 
+def test_a_gateway_serves_tapes_and_file_sinks_of_its_own_beside_rbd_luns(tmp_path: Path) -> None:
+    own = (
+        '[[target.lun]]\nlun = 1\nkind = "tape"\npath = "t.img"\nsize = "64MiB"\n'
+        '[[target.lun]]\nlun = 2\nkind = "filesink"\npath = "sink"\ncapacity = "64MiB"\n'
+    )
+    config = load(tmp_path, GATEWAY + RBD_TARGET + own)
+    assert [lun.kind for lun in config.targets[0].luns] == ["rbd", "tape", "filesink"]
+
+
 @pytest.mark.parametrize(
     ("text", "key", "problem"),
     [
@@ -570,7 +579,7 @@ PEER = '[[gateway.peer]]\nportal = "127.0.0.2:3260"\ntpgt = 2\nport_group = 2\n'
          "port_group = 3\n" + RBD_TARGET, "gateway.peer[1].port_group", "two gateways"),
         ('[[port_group]]\nid = 2\nstate = "standby"\n[gateway]\n' + PEER + RBD_TARGET,
          "port_group[0].state", "follow the image's lock"),
-        ("[gateway]\n" + PEER + TARGET, "target[0].lun[0].kind", "rbd LUNs only"),
+        ("[gateway]\n" + PEER + TARGET, "target[0].lun[0].kind", 'a disk on a gateway is kind'),
         ("[gateway]\n" + PEER + RBD_TARGET + 'cache = "writeback"\n', "target[0].lun[0].cache",
          'cache = "none"'),
         ("[gateway]\n" + PEER + RBD_TARGET + 'cache = "writearound"\n',

@@ -112,9 +112,11 @@ PairFactory = Callable[..., GatewayPair]
 @pytest.fixture
 def gateway_pair(ceph_cluster: CephCluster, tmp_path: Path) -> Iterator[PairFactory]:
     """``gateway_pair(image, *, hold_ms=1000, takeover_ms=3000, unit_attention=True,
-    more_images=(), metrics=False, start=True, tables="")``: LUN 0 is ``image``, LUN 1,
-    2... ``more_images``; with ``metrics``, each serves Prometheus metrics
-    (``metrics_ports``); ``tables``: more TOML tables for both (``[pairs]``)."""
+    more_images=(), metrics=False, start=True, tables="", own_luns={})``: LUN 0 is ``image``,
+    LUN 1, 2... ``more_images``; with ``metrics``, each serves Prometheus metrics
+    (``metrics_ports``); ``tables``: more TOML tables for both (``[pairs]``); ``own_luns``:
+    ``"a"``/``"b"`` -> ``[[target.lun]]`` tables of that gateway alone (a tape, a file sink).
+    """
     made: list[GatewayPair] = []
 
     def make(
@@ -127,6 +129,7 @@ def gateway_pair(ceph_cluster: CephCluster, tmp_path: Path) -> Iterator[PairFact
         metrics: bool = False,
         start: bool = True,
         tables: str = "",
+        own_luns: dict[str, str] | None = None,
     ) -> GatewayPair:
         n = len(made)
         port_a, port_b = free_port(), free_port()
@@ -145,7 +148,7 @@ def gateway_pair(ceph_cluster: CephCluster, tmp_path: Path) -> Iterator[PairFact
                     extra_luns="".join(
                         rbd_lun_toml(ceph_cluster, extra, lun=n)
                         for n, extra in enumerate(more_images, start=1)
-                    ),
+                    ) + (own_luns or {}).get(name, ""),
                     metrics_port=metrics_ports.get(name, 0), tables=tables,
                 )
             )  # fmt: skip

@@ -215,8 +215,8 @@ MiB = 1 << 20
 
 
 def backup_through(ini: RawInitiator, list_id: int, segments: int) -> None:
-    """An IMMED LID4 copy of LUN 0's first ``segments`` x 8 MiB to LUN 1 (a gateway serves
-    RBD LUNs only: a backup's destination is another image), sent to LUN 0."""
+    """An IMMED LID4 copy of LUN 0's first ``segments`` x 8 MiB to LUN 1, another image
+    (test_rbd_gateway_backup.py backs up to a gateway's own tape), sent to LUN 0."""
     src, dst = naa_of(ini, 0), naa_of(ini, 1)
     b2b = b"".join(seg_b2b(0, 1, 16384, n * 16384, n * 16384) for n in range(segments))
     cscds = cscd(src, 0x00, block_length=BLOCK) + cscd(dst, 0x00)
