@@ -375,17 +375,24 @@ class ClusterPrStore:
                   "RESET or a restart of this gateway ends it)", self.obj.name)  # fmt: skip
 
     def close(self) -> None:
+        # A lost nexus's RESERVE(6) being forgotten (at stop, its connection just closed):
+        # cancelled, its record write may still land, on its thread, and its notification
+        # never go. The record is then told once more below.
+        forgetting = bool(self._tasks)
         for task in self._tasks:
             task.cancel()
         if self._rewatch is not None:
             self._rewatch.cancel()
         try:  # a RESERVE(6) through this gateway ends with its nexuses (blocking: at stop)
-            self._drop_own_legacy()
+            self._drop_own_legacy(forgetting)
         except (OSError, ValueError) as err:
             log.warning("%s: RESERVE(6) of this gateway not cleared: %s", self.obj.name, err)
         self.obj.close()
 
-    def _drop_own_legacy(self) -> None:
+    def _drop_own_legacy(self, tell: bool = False) -> None:
+        """Remove a RESERVE(6) held through this gateway's ports from the record and tell
+        the others; with ``tell``, tell them the record even when there is none (a change
+        of this gateway's may have been written and not told)."""
         if not self.ports:
             return
         for _ in range(PROUT_ATTEMPTS):
@@ -393,6 +400,8 @@ class ClusterPrStore:
             record = parse(body)
             legacy = None if record is None else record.get("legacy")
             if record is None or legacy is None or legacy["relative_target_port"] not in self.ports:
+                if tell and record is not None:
+                    self.obj.notify(body, PROBE_TIMEOUT)
                 return
             new = dict(record, legacy=None, change={}, seq=seq + 1)
             if self.obj.replace(seq, seq + 1, dump(new)):

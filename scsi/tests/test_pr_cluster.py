@@ -12,6 +12,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
+
 from scsi.command import Nexus, ScsiCommand, ScsiResult, Status
 from scsi.logical_unit import Identity
 from scsi.pr_cluster import ClusterPrStore, parse, record_of
@@ -396,6 +398,41 @@ def test_a_gateway_stopping_ends_the_reserve_6_held_through_it() -> None:
         assert (await cmd(a, HA, RESERVE6)).status == Status.GOOD
         # SIGTERM: the store closes (blocking, at stop; B's loop runs meanwhile).
         await asyncio.to_thread(a.reservations.store.close)  # type: ignore[union-attr]
+        await asyncio.sleep(0.05)  # B applies the notification on its loop
+        assert b.reservations.legacy is None
+        assert (await cmd(b, SB, WRITE)).status == Status.GOOD
+
+    asyncio.run(scenario())
+
+
+def test_a_gateway_stopping_while_it_forgets_a_lost_nexus_s_reserve_6_tells_the_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At SIGTERM the holder's connection closes first: the lost nexus's RESERVE(6) is
+    being removed from the record in the background when the store closes. Cancelled with
+    its record write landed and its notification not sent, B enforced the RESERVE(6) on
+    until some PROUT through B read the record (seen in the Ceph tier: a write through B
+    after A's stop met RESERVATION CONFLICT)."""
+    monkeypatch.setattr("scsi.pr_cluster.PROBE_TIMEOUT", 0.2)  # B answers on this loop
+    cluster = Cluster()
+
+    async def scenario() -> None:
+        a, b = gateway(cluster, HA, ports=A_PORTS), gateway(cluster, SB, ports=B_PORTS)
+        assert (await cmd(a, HA, RESERVE6)).status == Status.GOOD
+        obj = store_of(a).obj
+        write = obj.replace
+
+        def slow_write(expected: int, version: int, body: bytes) -> bool:
+            kept = write(expected, version, body)  # landed; its caller is cancelled now
+            time.sleep(0.2)
+            return kept
+
+        obj.replace = slow_write  # type: ignore[method-assign]
+        a.nexus_lost(HA)  # the connection closed: the RESERVE(6) is being forgotten
+        await asyncio.sleep(0.1)
+        assert parse(cluster.body)["legacy"] is None  # type: ignore[index]
+        assert b.reservations.legacy == HA  # not told yet
+        store_of(a).close()  # the daemon closes its LUs on its loop
         await asyncio.sleep(0.05)  # B applies the notification on its loop
         assert b.reservations.legacy is None
         assert (await cmd(b, SB, WRITE)).status == Status.GOOD
