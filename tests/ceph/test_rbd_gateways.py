@@ -93,6 +93,15 @@ def block(tag: int) -> bytes:
     return hashlib.sha256(str(tag).encode()).digest() * (BLOCK // 32)
 
 
+def told_of_the_change(ini: RawInitiator, within: float = 5.0) -> bool:
+    """The nexus's next commands: GOOD until the other gateway's news of a lock move
+    arrives (it is told in the background), then ASYMMETRIC ACCESS STATE CHANGED."""
+    deadline = time.monotonic() + within
+    while (got := answer(ini, bytes(6))) == (0, None) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return got == STATE_CHANGED
+
+
 def test_both_paths_serve_the_image_and_rtpg_follows_the_lock(
     ceph_cluster: CephCluster, new_image: ImageFactory, gateway_pair: PairFactory, tmp_path: Path
 ) -> None:
@@ -104,11 +113,14 @@ def test_both_paths_serve_the_image_and_rtpg_follows_the_lock(
     assert answer(a, write10(0, 1), data=block(1)) == (0, None)  # A takes the lock
     assert answer(a, RTPG, read=256) == STATE_CHANGED
     assert states(a) == {1: AO, 2: ANO}
+    # B's nexus is owed it too, by default (SPC-4: every I_T nexus after an implicit change).
+    assert told_of_the_change(b)
     assert read_ok(b, 0, 1) == block(1)  # B reads the cluster, no lock needed
     assert states(b) == {1: AO, 2: ANO}  # told by A's "acquired"
     # A write through B once A has been idle for its hold time (1 s): A gives the lock up.
     time.sleep(1.1)
     assert answer(b, write10(1, 1), data=block(2)) == (0, None)
+    assert told_of_the_change(a)
     assert states(b) == {1: ANO, 2: AO}
     assert states(a) == {1: ANO, 2: AO}
     assert read_ok(a, 0, 2) == block(1) + block(2)

@@ -204,6 +204,29 @@ def test_aptpl_survives_a_restart_of_both_gateways_and_without_it_only_of_one(
     other.close()
 
 
+def test_aptpl_survives_a_power_loss_of_both_gateways(gateways: tuple[Gateway, Gateway]) -> None:
+    """A power loss is kill -9 of both (nothing is given up, the dead watches stay in the
+    cluster): with APTPL the registrations and the reservation are there after it."""
+    a, b = gateways
+    holder = login(a, HOLDER)
+    assert prout(holder, REGISTER, 0, K_HOLDER, aptpl=True) == (GOOD, None)
+    assert prout(holder, RESERVE, K_HOLDER, type_=WERO) == (GOOD, None)
+    holder.close()
+    for gateway in (a, b):
+        os.kill(gateway.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+        gateway.proc.wait()  # type: ignore[union-attr]
+    b.start()
+    a.start()
+    other = login(b, OTHER)
+    assert read_keys(other)[1] == [K_HOLDER]
+    assert read_reservation(other) == (K_HOLDER, WERO)
+    assert other.command(WRITE10, data=bytes(512))[0] == RESERVATION_CONFLICT
+    holder = login(a, HOLDER)
+    assert holder.command(WRITE10, data=bytes(512))[0] == GOOD  # the registrant, through A
+    for ini in (holder, other):
+        ini.close()
+
+
 def test_all_tg_pt_and_spec_i_pt_registrations_hold_through_the_other_gateway(
     gateways: tuple[Gateway, Gateway],
 ) -> None:
