@@ -85,20 +85,29 @@ def finish(client: BlockClient) -> None:
     assert (resp.opcode, resp.bhs[3]) == (Op.SCSI_RESPONSE, 0), resp.bhs.hex()
 
 
+def read_survives(
+    client: BlockClient, reader: RawInitiator, byte: int, what: str, cdb: bytes, data: bytes = b""
+) -> None:
+    """Start the pair operation ``cdb`` while ``reader``'s READ waits, give it time to write
+    every chunk (were nothing waiting), then take the READ: it carries ``byte``, what the
+    volume held when it ran, not what ``what`` wrote after."""
+    begin(client, cdb, data)
+    time.sleep(1.0)
+    got = take_read(reader)
+    finish(client)
+    assert got == fill(byte)[:READ_LENGTH], (
+        f"the READ shows {len(got) - got.count(byte)} bytes the {what} wrote after it ran"
+    )
+
+
 def test_a_read_in_flight_is_not_torn_by_a_reverse_resync(
     targetd_factory: DaemonFactory,
 ) -> None:
     daemon = targetd_factory(pair_config(IQN, "1GiB"))
     client, reader = split_then_read_the_source(daemon.port)
     try:
-        begin(client, pair_out(REVERSE))  # restores the split image (0x11) onto the source
-        time.sleep(1.0)  # time enough to restore every chunk, were nothing waiting
-        got = take_read(reader)
-        finish(client)
-        assert got == fill(0x22)[:READ_LENGTH], (
-            f"the READ shows {len(got) - got.count(0x22)} bytes the reverse resync wrote"
-            " after it ran"
-        )
+        # Restores the split image (0x11) onto the source.
+        read_survives(client, reader, 0x22, "reverse resync", pair_out(REVERSE))
     finally:
         reader.close()
     client.wait("DUPLEX")
@@ -117,14 +126,7 @@ def test_a_read_in_flight_of_a_new_target_is_not_torn_by_the_creation_copy(
     reader = slow_read(daemon.port, 1)
     try:
         # Punches LUN 1 whole, then copies LUN 0 onto it.
-        begin(client, pair_out(CREATE, 0, 1, 2), b"db")
-        time.sleep(1.0)
-        got = take_read(reader)
-        finish(client)
-        assert got == fill(0x44)[:READ_LENGTH], (
-            f"the READ shows {len(got) - got.count(0x44)} bytes the creation copy wrote"
-            " after it ran"
-        )
+        read_survives(client, reader, 0x44, "creation copy", pair_out(CREATE, 0, 1, 2), b"db")
     finally:
         reader.close()
     client.wait("DUPLEX")
@@ -132,9 +134,10 @@ def test_a_read_in_flight_of_a_new_target_is_not_torn_by_the_creation_copy(
     client.close()
 
 
-def cold_reset(client: BlockClient) -> None:
+def cold_reset(client: BlockClient, port: int) -> BlockClient:
     """TARGET COLD RESET from ``client``'s session: answered, then the target closes every
-    connection to it (RFC 7143 11.5.1), the slow reader's among them."""
+    connection to it (RFC 7143 11.5.1), the slow reader's among them. The restorer's new
+    session, logged in after it."""
     ini = client.ini
     tmf = new_header(Op.TASK_MGMT_REQUEST | 0x40, 0x80 | 7, itt=ini.next_itt())
     put_u32(tmf, 20, 0xFFFFFFFF)
@@ -144,6 +147,8 @@ def cold_reset(client: BlockClient) -> None:
     resp = ini.recv()
     assert (resp.opcode, resp.bhs[2]) == (Op.TASK_MGMT_RESPONSE, 0), resp.bhs.hex()
     assert ini.closed_by_target()
+    client.close()
+    return BlockClient(port, IQN, name="iqn.2026-11.org.targetd.test:restorer")
 
 
 def read_to_eof(ini: RawInitiator) -> bytes:
@@ -188,9 +193,7 @@ def test_a_read_in_flight_on_a_connection_the_target_closes_is_not_torn(
     daemon = targetd_factory(pair_config(IQN, "1GiB"))
     client, reader = split_then_read_the_source(daemon.port)
     try:
-        cold_reset(client)
-        client.close()
-        client = BlockClient(daemon.port, IQN, name="iqn.2026-11.org.targetd.test:restorer")
+        client = cold_reset(client, daemon.port)
         begin(client, pair_out(REVERSE))
         # Enough for the daemon to hand the rest of the READ to its socket (and close it);
         # most of the READ still waits in the two sockets' buffers, referencing the file.
@@ -222,9 +225,7 @@ def test_an_initiator_that_keeps_a_closed_connection_unread_is_reset_after_a_bou
     daemon = targetd_factory(pair_config(IQN, "1GiB"))
     client, reader = split_then_read_the_source(daemon.port)
     try:
-        cold_reset(client)
-        client.close()
-        client = BlockClient(daemon.port, IQN, name="iqn.2026-11.org.targetd.test:restorer")
+        client = cold_reset(client, daemon.port)
         client.ok(pair_out(REVERSE))
         head = reader.recv_exact(512 * 1024)  # the daemon hands the rest to its socket
         time.sleep(1.0)
