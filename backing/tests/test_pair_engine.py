@@ -40,6 +40,12 @@ class MemoryStore:
         # While set and not yet released, writes wait: a test holds the background copy.
         self.gate: asyncio.Event | None = None
 
+    @classmethod
+    def holding(cls, data: bytes, rng: random.Random) -> MemoryStore:
+        store = cls(len(data), rng)
+        store.data[:] = data
+        return store
+
     async def _yield(self) -> None:
         for _ in range(self.rng.randrange(3)):
             await asyncio.sleep(0)
@@ -286,20 +292,29 @@ class GatedStore(MemoryStore):
         self.data[offset : offset + len(data)] = bytes(data)
 
 
+async def gated_duplex(
+    tmp_path: Path, copy_workers: int
+) -> tuple[PairManager, PairVolume, PairVolume, GatedStore]:
+    """Pair "p" of t/lun0 onto t/lun1, DUPLEX; the target's writes wait while its store's
+    gate is closed."""
+    manager = PairManager(tmp_path, PairSettings(chunk_size=CHUNK, copy_workers=copy_workers))
+    src = PairVolume("t/lun0", MemoryStore(SIZE, random.Random(1)))
+    store = GatedStore(SIZE, random.Random(2))
+    tgt = PairVolume("t/lun1", store)
+    manager.register_volume(src)
+    manager.register_volume(tgt)
+    await manager.create("p", "t/lun0", "t/lun1")
+    await manager.wait("p", VolumeState.DUPLEX, timeout=5)
+    return manager, src, tgt, store
+
+
 def test_a_split_whose_last_chunk_a_host_write_copies_still_ends_split(tmp_path: Path) -> None:
     """The copy worker looks for work while a host write's copy-before-write holds the
     last chunk of the split set; once that copy clears it, the worker must look again
     (before, it slept until some other event and the pair stayed SPLIT-PENDING)."""
 
     async def go() -> None:
-        manager = PairManager(tmp_path, PairSettings(chunk_size=CHUNK, copy_workers=1))
-        src = PairVolume("t/lun0", MemoryStore(SIZE, random.Random(1)))
-        store = GatedStore(SIZE, random.Random(2))
-        tgt = PairVolume("t/lun1", store)
-        manager.register_volume(src)
-        manager.register_volume(tgt)
-        await manager.create("p", "t/lun0", "t/lun1")
-        await manager.wait("p", VolumeState.DUPLEX, timeout=5)
+        manager, src, tgt, store = await gated_duplex(tmp_path, copy_workers=1)
         store.gate.clear()
         await src.write(0, b"\x01" * (2 * CHUNK))  # chunks 0 and 1 to copy
         await manager.split("p")
@@ -323,14 +338,7 @@ def test_two_copy_workers_never_take_the_same_chunk(tmp_path: Path) -> None:
     nothing else and sleeps). The copy is exact."""
 
     async def go() -> tuple[int, int]:
-        manager = PairManager(tmp_path, PairSettings(chunk_size=CHUNK, copy_workers=2))
-        src = PairVolume("t/lun0", MemoryStore(SIZE, random.Random(1)))
-        store = GatedStore(SIZE, random.Random(2))
-        tgt = PairVolume("t/lun1", store)
-        manager.register_volume(src)
-        manager.register_volume(tgt)
-        await manager.create("p", "t/lun0", "t/lun1")
-        await manager.wait("p", VolumeState.DUPLEX, timeout=5)
+        manager, src, tgt, store = await gated_duplex(tmp_path, copy_workers=2)
         await manager.split("p")
         await manager.wait("p", VolumeState.SPLIT, timeout=5)
         await src.write(5 * CHUNK, b"\x07" * CHUNK)  # the one chunk the resync copies

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from group_model import BLOCK, History, Write, check
+from test_pair_engine import MemoryStore
 
 from backing.pairs import (
     UNCHECKED,
@@ -29,7 +30,7 @@ from backing.pairs import (
     Phase,
     SuspendReason,
 )
-from backing.sparse_file import Extent, SparseFile
+from backing.sparse_file import SparseFile
 
 KiB = 1 << 10
 SIZE = 1 << 20
@@ -38,48 +39,9 @@ LUNS = 3
 SESSIONS = 3
 
 
-class MemoryStore:
-    """A store whose I/O yields to the loop mid-way (a write lands in two halves)."""
-
-    def __init__(self, data: bytes, rng: random.Random) -> None:
-        self.size = len(data)
-        self.data = bytearray(data)
-        self.rng = rng
-
-    async def _yield(self) -> None:
-        for _ in range(self.rng.randrange(3)):
-            await asyncio.sleep(0)
-
-    async def read_into(self, offset: int, buf: memoryview) -> None:
-        half = len(buf) // 2
-        buf[:half] = self.data[offset : offset + half]
-        await self._yield()
-        buf[half:] = self.data[offset + half : offset + len(buf)]
-
-    async def write(self, offset: int, data: bytes | memoryview, *, fua: bool = False) -> None:
-        data = bytes(data)
-        half = len(data) // 2
-        await self._yield()
-        self.data[offset : offset + half] = data[:half]
-        await self._yield()
-        self.data[offset + half : offset + len(data)] = data[half:]
-
-    async def flush(self) -> None:
-        return None
-
-    async def punch_hole(self, offset: int, length: int) -> None:
-        await self.write(offset, bytes(length))
-
-    async def write_zeroes(self, offset: int, length: int) -> None:
-        await self.write(offset, bytes(length))
-
-    def extents(self, offset: int, length: int) -> list[Extent]:
-        return [Extent(offset, length, any(self.data[offset : offset + length]))]
-
-
 def volumes(rng: random.Random, initial: list[bytes]) -> tuple[list[PairVolume], list[PairVolume]]:
-    sources = [PairVolume(f"t/lun{i}", MemoryStore(initial[i], rng)) for i in range(LUNS)]
-    targets = [PairVolume(f"t/lun{LUNS + i}", MemoryStore(bytes(SIZE), rng)) for i in range(LUNS)]
+    sources = [PairVolume(f"t/lun{i}", MemoryStore.holding(initial[i], rng)) for i in range(LUNS)]
+    targets = [PairVolume(f"t/lun{LUNS + i}", MemoryStore(SIZE, rng)) for i in range(LUNS)]
     return sources, targets
 
 
