@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from backing.durable import sync_directory
+
 _NAME = re.compile(r"file-(\d{4,})\.bin")
 
 
@@ -200,11 +202,7 @@ class FileSink:
         """A new file's name is durable once its directory is synced (its data is not
         enough)."""
         if self._new_names:
-            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            sync_directory(self.directory)
             self._new_names = False
 
     # -- reading and positioning --------------------------------------------------------------

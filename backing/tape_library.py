@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from backing.durable import replace_file, sync_directory
 from backing.tape_image import HEADER, HEADER_SIZE, MAGIC, TapeImage, create
 from backing.tape_s3 import S3Tape
 
@@ -77,7 +78,7 @@ class TapeDirectory:
         if path.exists():
             raise LibraryError(f"cartridge {barcode} exists")
         create(path, capacity or self.capacity)
-        _sync_dir(self.path)
+        sync_directory(self.path)
 
     def open(self, barcode: str, *, read_only: bool = False) -> Tape:
         """The cartridge's image, opened (a torn tail is cut back, as for any tape)."""
@@ -96,7 +97,7 @@ class TapeDirectory:
             raise LibraryError(f"{target} exists")
         size = self.image_path(barcode).stat().st_size
         os.rename(self.image_path(barcode), target)
-        _sync_dir(self.path)
+        sync_directory(self.path)
         if progress is not None:
             progress(size, size)
         return target
@@ -116,18 +117,5 @@ class TapeDirectory:
 
     def save_inventory(self, inventory: dict[str, Any]) -> None:
         path = self.path / INVENTORY
-        temporary = path.with_suffix(".json.tmp")
-        with open(temporary, "w") as f:
-            json.dump(inventory, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-        _sync_dir(self.path)
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        text = json.dumps(inventory, indent=1, sort_keys=True)
+        replace_file(path, text.encode(), mode=0o666, tmp=path.with_suffix(".json.tmp"))

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backing.durable import replace_file, sync_directory
 from scsi.command import Nexus
 from scsi.sense import CheckCondition, Reason
 
@@ -135,15 +136,6 @@ class PrFile:
                 self.path.unlink()
             except FileNotFoundError:
                 return
+            sync_directory(self.path.parent)
         else:
-            tmp = self.path.with_suffix(".tmp")
-            with open(tmp, "w") as f:
-                json.dump(record, f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            replace_file(self.path, json.dumps(record, sort_keys=True).encode(), mode=0o666)

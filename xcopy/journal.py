@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from backing.durable import replace_file, sync_directory
 from backing.threads import Lane, outlast
 
 log = logging.getLogger(__name__)
@@ -87,27 +88,12 @@ class CopyJournal:
         return future
 
     def _write(self, path: Path, text: str) -> None:
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, text.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        self._sync_directory()
+        replace_file(path, text.encode(), mode=0o600)
 
     def _unlink(self, path: Path) -> None:
         path.with_suffix(".progress").unlink(missing_ok=True)
         path.unlink(missing_ok=True)
-        self._sync_directory()
-
-    def _sync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        sync_directory(self.directory)
 
     def load(self) -> list[dict[str, Any]]:
         records = []

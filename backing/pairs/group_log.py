@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backing.pairs.journal import _fsync_dir
+from backing.durable import sync_directory
 from backing.pairs.record_io import Lane, decode_slot, encode_slot
 
 MAGIC = b"TDGROUP1"
@@ -84,7 +84,7 @@ class GroupLog:
             if found is not None and (best is None or found[0] > best[0]):
                 best = found
         if created:
-            _fsync_dir(path.parent)
+            sync_directory(path.parent)
         return cls(path, fd, 0, None) if best is None else cls(path, fd, best[0], best[1])
 
     def write(self, record: SplitRecord) -> None:
@@ -109,7 +109,7 @@ class GroupLog:
     def remove(self) -> None:
         self.close()
         self.path.unlink(missing_ok=True)
-        _fsync_dir(self.path.parent)
+        sync_directory(self.path.parent)
 
 
 __all__ = ["SUFFIX", "GroupLog", "SplitRecord"]

@@ -16,12 +16,11 @@ resync). See docs/pairs.md, "Consistency groups".
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backing.pairs.journal import _fsync_dir
+from backing.durable import replace_file, sync_directory
 
 GROUPS_FILE = "groups.json"
 VERSION = 1
@@ -83,18 +82,10 @@ def save(path: Path, groups: dict[str, list[str]]) -> None:
             path.unlink()
         except FileNotFoundError:
             return
-        _fsync_dir(path.parent)
+        sync_directory(path.parent)
         return
-    tmp = path.with_suffix(".tmp")
     body = json.dumps({"version": VERSION, "groups": groups}, indent=1, sort_keys=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, body.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    replace_file(path, body.encode(), mode=0o600)
 
 
 __all__ = ["GROUPS_FILE", "GroupStatus", "load", "save"]

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from backing.durable import sync_directory
 from backing.pairs.bitmap import PAGE_BYTES, ChunkBitmap
 from backing.pairs.record_io import Lane, decode_slot, encode_slot
 
@@ -56,14 +57,6 @@ class PairRecord(Protocol):
 
 class PairFileError(Exception):
     """The pair file is unreadable (no valid header slot)."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class PairFile:
@@ -110,7 +103,7 @@ class PairFile:
         pf = cls(path, fd, npages, 0)
         pf.write_header(meta)
         os.rename(tmp, path)
-        _fsync_dir(path.parent)
+        sync_directory(path.parent)
         return pf
 
     @classmethod
@@ -183,7 +176,7 @@ class PairFile:
     def remove(self) -> None:
         self.close()
         self.path.unlink(missing_ok=True)
-        _fsync_dir(self.path.parent)
+        sync_directory(self.path.parent)
 
 
 HOLD_REGION = 0  # the copy set: the one region whose bits the copy workers clear
