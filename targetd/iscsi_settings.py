@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from targetd.config import ChapSecret, Config, Portal, TargetConfig
 from targetd.iscsi.settings import PortalSettings, Secret, Settings, TargetSettings
 
@@ -29,6 +31,12 @@ def target_settings(target: TargetConfig) -> TargetSettings:
     )
 
 
+# The keepalive (docs/iscsi.md): a ping after this many seconds of silence, and the time
+# to answer it. TARGETD_NOP_INTERVAL and TARGETD_NOP_TIMEOUT change them, for tests.
+NOP_INTERVAL = float(os.environ.get("TARGETD_NOP_INTERVAL", "30"))
+NOP_TIMEOUT = float(os.environ.get("TARGETD_NOP_TIMEOUT", "30"))
+
+
 def build(config: Config) -> Settings:
     return Settings(
         targets=tuple(target_settings(t) for t in config.targets),
@@ -46,4 +54,6 @@ def build(config: Config) -> Settings:
         first_burst_length=config.first_burst_length,
         max_outstanding_r2t=config.max_outstanding_r2t,
         max_connections_per_session=config.max_connections_per_session,
+        nop_interval=NOP_INTERVAL,
+        nop_timeout=NOP_TIMEOUT,
     )

@@ -6,11 +6,14 @@ until the initiator has acknowledged the READ (docs/pairs.md, "READs still being
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import time
+from collections.abc import Callable
 
 import pytest
-from conftest import DaemonFactory
+from conftest import Daemon, DaemonFactory
 from pair_scsi import BLOCK, CREATE, SPLIT, BlockClient, pair_config, pair_out, read16
 from raw_initiator import RawInitiator
 
@@ -236,5 +239,103 @@ def test_an_initiator_that_keeps_a_closed_connection_unread_is_reset_after_a_bou
         reader.close()
     _, status = parse_read(stream)
     assert status is None, "the READ's status arrived after the restore"
+    assert client.read(0, 0, SIZE) == fill(0x11)
+    client.close()
+
+
+# -- the other closes the target makes ------------------------------------------------------
+# Far longer than any step below: a restore that ends during these tests was released by
+# the initiator's close, not by the bound.
+LONG_CLOSE_WAIT = "120"
+RAW_NAME = "iqn.2026-11.org.targetd.test:raw"  # BlockClient's initiator name
+
+
+def busy(client: BlockClient, seconds: float) -> None:
+    """Let ``seconds`` pass with ``client``'s session talking (a short keepalive never
+    drops it)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        client.status()
+        time.sleep(0.2)
+
+
+def wait_for_log(daemon: Daemon, client: BlockClient, marker: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while marker not in daemon.stderr:
+        assert time.monotonic() < deadline, f"no {marker!r} in the log:\n{daemon.stderr}"
+        busy(client, 0.2)
+
+
+def reinstate(daemon: Daemon, client: BlockClient, reader: RawInitiator) -> RawInitiator:
+    """A new login with the reader's initiator name and ISID: the target ends the reader's
+    session and closes its connection (RFC 7143 6.3.5)."""
+    again = RawInitiator(daemon.port, name=reader.name)
+    assert again.login(IQN).bhs[36] == 0
+    wait_for_log(daemon, client, "reinstating session")
+    return again
+
+
+def revoke(daemon: Daemon, client: BlockClient, reader: RawInitiator) -> None:
+    """A reload takes the reader's initiator out of the target's ACL: its session is asked
+    to log out, and closed when it has not (LOGOUT_WITHIN + LOGOUT_WAIT later)."""
+    assert daemon.config is not None and daemon.proc is not None
+    acl = f'name = "{IQN}"\nallowed_initiators = ["{RAW_NAME}"]\n'
+    daemon.config.write_text(pair_config(IQN, "1GiB").replace(f'name = "{IQN}"\n', acl))
+    os.kill(daemon.proc.pid, signal.SIGHUP)
+    wait_for_log(daemon, client, "access revoked")
+    wait_for_log(daemon, client, "revoked, no logout")
+
+
+def keepalive(daemon: Daemon, client: BlockClient, reader: RawInitiator) -> None:
+    """The reader answers nothing, so not the keepalive's NOP-In either (2 s of silence,
+    then 2 s to answer, here): the target closes its connection."""
+    wait_for_log(daemon, client, "initiator did not answer NOP-In")
+
+
+@pytest.mark.parametrize("close", [reinstate, revoke, keepalive])
+def test_a_read_on_a_connection_the_target_closes_holds_until_the_initiator_closes(
+    targetd_factory: DaemonFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    close: Callable[[Daemon, BlockClient, RawInitiator], object],
+) -> None:
+    """As for the cold reset above, for the target's other closes (docs/pairs.md, "A
+    connection the target closes"): a session reinstatement, a reload that revokes the
+    session's access, a keepalive timeout. The reverse resync that follows waits while the
+    reader has not closed its end (even once it has read everything), the READ arrives
+    whole with its GOOD status and none of the restored bytes, and the restore ends as
+    soon as the reader closes, long before CLOSE_WAIT."""
+    monkeypatch.setenv("TARGETD_CLOSE_WAIT", LONG_CLOSE_WAIT)
+    if close is keepalive:
+        monkeypatch.setenv("TARGETD_NOP_INTERVAL", "2")
+        monkeypatch.setenv("TARGETD_NOP_TIMEOUT", "2")
+    daemon = targetd_factory(pair_config(IQN, "1GiB"))
+    client, reader = split_then_read_the_source(daemon.port)
+    other = None
+    try:
+        other = close(daemon, client, reader)
+        client.ok(pair_out(REVERSE))  # restores the split image (0x11) onto the source
+        # Enough for the daemon to hand the rest of the READ to its socket (and shut it);
+        # most of the READ still waits in the two sockets' buffers, referencing the file.
+        head = reader.recv_exact(512 * 1024)
+        busy(client, 1.0)  # time enough to restore every chunk, were nothing waiting
+        waiting = [client.status().source]
+        stream = head + read_to_eof(reader)  # every byte, the status, the target's FIN
+        busy(client, 0.5)
+        waiting.append(client.status().source)  # the initiator has not closed its end
+    finally:
+        reader.close()
+        if isinstance(other, RawInitiator):
+            other.close()
+    began = time.monotonic()
+    client.wait("DUPLEX", timeout=20)
+    released_in = time.monotonic() - began
+    data, status = parse_read(stream)
+    assert status == 0, f"the READ's status did not arrive ({len(data)} bytes of data did)"
+    assert data == fill(0x22)[:READ_LENGTH], (
+        f"the READ shows {len(data) - data.count(0x22)} bytes the reverse resync wrote"
+        " after the target closed its connection"
+    )
+    assert waiting == ["REVERSE-COPY", "REVERSE-COPY"], waiting
+    assert released_in < 15, f"the restore ended {released_in:.1f} s after the reader closed"
     assert client.read(0, 0, SIZE) == fill(0x11)
     client.close()

@@ -162,7 +162,11 @@ class Connection(TaskManagement, ReadHolds):
         """The SCSI layer finished the command ``handle``: send its data and status."""
         task: Task = handle  # type: ignore[assignment]
         leases = task.leases
-        if self.tasks.get(task.itt) is not task or task.aborted:
+        if self.tasks.get(task.itt) is not task or task.aborted or self.phase is Phase.CLOSED:
+            # Aborted, or ended after the target closed the connection (its sending side
+            # is shut, or is about to be): no reply goes out, the initiator retries the
+            # command elsewhere, and a READ's hold would only keep the LU's task set and the
+            # pair engine waiting for an acknowledgement that cannot come.
             if leases is not None:
                 leases.release(reuse=False)
             if result.hold is not None:

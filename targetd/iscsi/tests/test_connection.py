@@ -660,6 +660,27 @@ def test_a_closed_connection_releases_its_held_reads() -> None:
     assert hold.released == 1
 
 
+def test_a_read_that_ends_after_the_target_closed_the_connection_is_not_held() -> None:
+    """The target closes a connection (a cold reset, a session reinstatement, a keepalive
+    timeout) while one READ's bytes may still wait in the sockets and another READ still
+    runs: the second ends with nothing sent (its sending side is shut), so it releases its
+    hold at once; only the first waits for the initiator's acknowledgement, which then
+    leaves the connection holding nothing (the driver closes it)."""
+    h = Harness()
+    sent, late = FakeHold(), FakeHold()
+    stat_sn = read_from_file(h, sent)
+    h.command(READ10, read=4096)
+    running = executed(h)
+    h.conn.phase = Phase.CLOSED  # what the driver's half-close does
+    h.conn.scsi_done(running.task, ScsiResult(data=FileRange(FakeFile(), 0, 4096), hold=late))
+    assert h.conn.take_output() == []
+    assert (sent.released, late.released) == (0, 1)
+    assert h.conn.holding
+    nop_out(h, stat_sn + 1)  # the initiator read the first READ after the close
+    assert sent.released == 1
+    assert not h.conn.holding
+
+
 @pytest.mark.parametrize("digest", [False, True])
 def test_a_write_s_good_status_carries_the_sequence_numbers_every_status_does(
     digest: bool,
