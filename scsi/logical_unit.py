@@ -296,6 +296,14 @@ class LogicalUnit:
                     return result
                 entered = await gate.enter(cmd.nexus, cdb)
                 try:
+                    # A write may have waited there for the other gateway to give the image's
+                    # lock up (up to its hold time): a reservation taken or a registration
+                    # preempted meanwhile, through either gateway, shuts it out all the same,
+                    # or a fenced host's late write would land after its fencing.
+                    if (
+                        reservations.legacy is not None or reservations.reservation is not None
+                    ) and self.reservation_conflict(cmd, spec.conflict_exempt):
+                        return ScsiResult(Status.RESERVATION_CONFLICT)
                     result = await spec.handler(self, cmd)
                     return result
                 except StoreError as exc:

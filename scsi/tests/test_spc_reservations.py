@@ -280,3 +280,56 @@ def test_reserve6_against_persistent_reservation() -> None:
     assert status(run(lu, B, bytes([0x16, 0, 0, 0, 0, 0]))) == Status.RESERVATION_CONFLICT
     assert status(run(lu, A, bytes([0x16, 0, 0, 0, 0, 0]))) == Status.GOOD
     assert lu.reservations.legacy is None
+
+
+class HeldLock:
+    """A gateway's image lock the other gateway still holds (targetd/gateway.py): a write
+    waits in ``enter`` until the holder lets it go."""
+
+    def __init__(self) -> None:
+        self.free = asyncio.Event()
+
+    async def enter(self, nexus: Nexus, cdb: bytes) -> bool:
+        if cdb[0] == 0x2A:
+            await self.free.wait()
+        return True
+
+    def leave(self, entered: bool) -> None:
+        pass
+
+    def fenced(self, error: Exception) -> bool:
+        return False
+
+
+def test_a_write_that_waited_for_the_lock_meets_a_reservation_taken_meanwhile() -> None:
+    """B's write passed the reservation check and waits for the image's lock; A reserves
+    meanwhile (WRITE EXCLUSIVE, B not registered). Once the lock comes, B's write must not
+    run: it would land after the reservation that shuts B out was granted."""
+
+    async def scenario() -> tuple[ScsiResult, ScsiResult]:
+        lu = make_lu()
+        lock = lu.access_gate = HeldLock()  # type: ignore[assignment]
+
+        def command(nexus: Nexus, cdb: bytes, data: bytes | None = None) -> asyncio.Task:
+            out = memoryview(data) if data is not None else None
+            return asyncio.ensure_future(lu.execute(ScsiCommand(cdb, 0, nexus, data_out=out)))
+
+        write = command(B, WRITE)
+        await asyncio.sleep(0.01)
+        params = bytes(8) + (0xA).to_bytes(8, "big") + bytes(8)
+        assert (
+            await command(A, bytes([0x5F, REGISTER, 0, 0, 0, 0, 0, 0, 24, 0]), params)
+        ).status == Status.GOOD
+        params = (0xA).to_bytes(8, "big") + bytes(16)
+        assert (
+            await command(
+                A, bytes([0x5F, RESERVE, PrType.WRITE_EXCLUSIVE, 0, 0, 0, 0, 0, 24, 0]), params
+            )
+        ).status == Status.GOOD
+        assert not write.done()
+        lock.free.set()
+        return await write, await command(A, WRITE)
+
+    late, holder = asyncio.run(scenario())
+    assert late.status == Status.RESERVATION_CONFLICT
+    assert holder.status == Status.GOOD

@@ -17,7 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ceph_fixtures import ImageFactory, ceph_cluster, new_image, rbd_lun_toml, target_toml
+from ceph_fixtures import (
+    ImageFactory,
+    ceph_cluster,
+    export_image,
+    new_image,
+    rbd_lun_toml,
+    target_toml,
+)
 from cluster import CephCluster
 from conftest import DaemonFactory
 from gateways import IQN, PairFactory, gateway_pair
@@ -33,7 +40,7 @@ STRANGER = "iqn.2026-11.org.test:stranger"
 ISID = "400000001234"  # raw_initiator's
 GOOD, CHECK_CONDITION, RESERVATION_CONFLICT = 0x00, 0x02, 0x18
 WE, EA, WERO = 0x1, 0x3, 0x5
-REGISTER, RESERVE, RELEASE, PREEMPT = 0x00, 0x01, 0x02, 0x04
+REGISTER, RESERVE, RELEASE, PREEMPT, PREEMPT_AND_ABORT = 0x00, 0x01, 0x02, 0x04, 0x05
 K_HOLDER, K_OTHER = 0xAAAA_0000_0000_0001, 0xBBBB_0000_0000_0002
 WRITE10 = bytes([0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0])
 READ10 = bytes([0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0])
@@ -366,3 +373,53 @@ def test_a_prout_after_a_takeover_waits_for_no_dead_gateways_watch(
             ini.close()
     finally:
         ceph_cluster.ceph("tell", "osd.*", "config", "set", "osd_client_watch_timeout", "5")
+
+
+@pytest.mark.parametrize("action", [PREEMPT, PREEMPT_AND_ABORT], ids=["preempt", "preempt-abort"])
+def test_a_fenced_hosts_write_waiting_for_the_lock_never_lands(
+    ceph_cluster: CephCluster,
+    gateway_pair: PairFactory,
+    new_image: ImageFactory,
+    tmp_path: Path,
+    action: int,
+) -> None:
+    """What fence_mpath (Pacemaker) and a failover cluster's arbitration rely on. The
+    victim's write through A waits for the image's lock, which B keeps for its hold time
+    after the fencer's write; meanwhile the fencer preempts the victim's registration
+    through B. Once A gets the lock, the write must not run: PREEMPT answers it RESERVATION
+    CONFLICT, PREEMPT AND ABORT aborts it (no answer; REGISTRATIONS PREEMPTED next). It
+    used to run once the lock came, landing the fenced host's data after its fencing."""
+    image = new_image("16M")
+    pair = gateway_pair(image, hold_ms=2000, takeover_ms=3000, unit_attention=False)
+    victim, fencer = login(pair.a, HOLDER), login(pair.b, OTHER)
+    assert prout(victim, REGISTER, 0, K_HOLDER) == (GOOD, None)
+    assert prout(fencer, REGISTER, 0, K_OTHER) == (GOOD, None)
+    assert prout(fencer, RESERVE, K_OTHER, type_=WERO) == (GOOD, None)
+    assert fencer.command(WRITE10, data=bytes(512))[0] == GOOD  # B holds the lock now
+    late = bytes([0x5A]) * 512
+    write = bytes([0x2A, 0, 0, 0, 0, 8, 0, 0, 1, 0])  # LBA 8
+    header = victim.scsi_header(write, write=512, data_len=512)
+    victim.send(header, late)  # A asks B for the lock: B keeps it for its hold time
+    time.sleep(0.3)
+    assert prout(fencer, action, K_OTHER, K_HOLDER, type_=WERO) == (GOOD, None)
+    tur = victim.scsi_header(bytes(6))
+    write_itt, tur_itt = bytes(header[16:20]), bytes(tur[16:20])
+    victim.send(tur)
+    answers = {}
+    # The TUR is answered at once, the write (if at all) once A has the lock.
+    wanted = {tur_itt, write_itt} if action == PREEMPT else {tur_itt}
+    while not wanted <= answers.keys():
+        resp = victim.recv()
+        sense = resp.data[2 : 2 + int.from_bytes(resp.data[:2], "big")] if resp.data else b""
+        answers[bytes(resp.bhs[16:20])] = (resp.bhs[3], parse_sense(sense) if sense else None)
+    if action == PREEMPT:
+        assert answers[write_itt] == (RESERVATION_CONFLICT, None), answers
+    else:
+        assert write_itt not in answers, answers  # aborted: never answered
+    assert answers[tur_itt] == (CHECK_CONDITION, (6, 0x2A, 0x05))  # REGISTRATIONS PREEMPTED
+    time.sleep(2.5)  # past B's hold time: nothing is left to land
+    assert victim.command(write, data=late)[0] == RESERVATION_CONFLICT
+    assert fencer.command(bytes([0x28, 0, 0, 0, 0, 8, 0, 0, 1, 0]), read=512)[1] == bytes(512)
+    assert export_image(ceph_cluster, image, tmp_path / "export")[8 * 512 : 9 * 512] == bytes(512)
+    victim.close()
+    fencer.close()
