@@ -26,6 +26,7 @@ from typing import Protocol
 
 from backing.pairs.states import ErrorCode, PairError
 from backing.sparse_file import Extent
+from backing.threads import outlast
 from scsi.block_device import ALLOCATION_UNIT, BlockDevice
 from scsi.command import Nexus, Status
 from scsi.kernel_file import KernelFile
@@ -393,7 +394,9 @@ async def _kernel_block_copy(
                 pace.mark = time.monotonic()
                 source.copy_to(file, pos, at, n, step=SLICE, between=pace)
 
-            await loop.run_in_executor(pool, blocking)
+            # Cancelled (an abort), it still waits for the thread: the LU's write gate
+            # must not open for a host write the copy can still land on top of.
+            await outlast(loop.run_in_executor(pool, blocking))
 
         access.may_read(step.source.lu if step.source else None, run.nexus)
         access.may_write(dst, run.nexus)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from backing.threads import outlast
 from scsi.file_sink import FileSinkDevice
 from scsi.kernel_file import KernelFile
 from scsi.logical_unit import LogicalUnit
@@ -60,7 +61,11 @@ class StreamMedium(Protocol):
 
 
 async def _on_copy_thread(fn: Callable[[], None]) -> None:
-    await asyncio.get_running_loop().run_in_executor(copy_executor(), fn)
+    """``fn()`` on a copy thread. A copy cancelled meanwhile (COPY OPERATION ABORT, its
+    session gone) waits for the call to end before it lets go of the medium lock: the
+    thread cannot be stopped, and a file mark or record the host writes next must land
+    after it, not under it (the tape image's index then named one offset twice)."""
+    await outlast(asyncio.get_running_loop().run_in_executor(copy_executor(), fn))
 
 
 class TapeMedium:
