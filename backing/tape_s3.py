@@ -188,16 +188,9 @@ class S3Tape(RecordIndex):
 
     def _add_segment(self, number: int, lengths: array) -> None:
         segment = _Segment(number, len(self._lengths), self._end, 0)
-        offset = self._end
-        first = len(self._lengths)
-        for i, n in enumerate(lengths):
-            self._offsets.append(offset)
-            if n < 0:
-                self._filemarks.append(first + i)
-            offset += ENTRY_SIZE + max(n, 0)
-        self._lengths.extend(lengths)
-        segment.size = offset - self._end
-        self._end = offset
+        start = self._end
+        self._index_entries(lengths)
+        segment.size = self._end - start
         self._segments.append(segment)
         self._firsts.append(segment.first)
 
@@ -424,6 +417,18 @@ class S3Tape(RecordIndex):
             self._append([FILEMARK_ENTRY * room], array("q", [-1]) * room)
         return room
 
+    def _index_entries(self, lengths: array) -> None:
+        """Entries of these lengths (a file mark: negative) at end of data, in the index."""
+        first = len(self._lengths)
+        offset = self._end
+        for i, n in enumerate(lengths):
+            self._offsets.append(offset)
+            if n < 0:
+                self._filemarks.append(first + i)
+            offset += ENTRY_SIZE + max(n, 0)
+        self._lengths.extend(lengths)
+        self._end = offset
+
     def _append(self, parts: list[bytes | bytearray | memoryview], lengths: array) -> None:
         """Entries at end of data: into the spool, then their lengths into the journal
         (an entry the journal lists is whole in the spool), then up when a part is full."""
@@ -436,15 +441,7 @@ class S3Tape(RecordIndex):
             self._spool.write(part, len(self._buffer))
             self._buffer += part
         self._spool.journal(lengths)
-        first = len(self._lengths)
-        offset = self._end
-        for i, n in enumerate(lengths):
-            self._offsets.append(offset)
-            if n < 0:
-                self._filemarks.append(first + i)
-            offset += ENTRY_SIZE + max(n, 0)
-        self._lengths.extend(lengths)
-        self._end = offset
+        self._index_entries(lengths)
         self._open.size = self._end - self._open.start
         number = len(self._parts) + 1 + (self._inflight is not None)
         if len(self._buffer) >= part_target(number, self.first_part):
