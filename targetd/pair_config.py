@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Container, Sequence
 
 from backing.pairs import MAX_SECONDARIES, UNCHECKED, BackupPolicy, PairError, PairService
 from targetd import logs
@@ -238,23 +238,30 @@ async def apply(
             continue
         report(logging.INFO, f"{where}: created with pairs {', '.join(g.pairs)}")
     if previous is not None:
-        now_pairs = {(p.target, p.name) for p in config.declared_pairs}
-        for p in previous.declared_pairs:
-            if (p.target, p.name) not in now_pairs and (p.target, p.name) in manager.pairs:
-                report(
-                    logging.WARNING,
-                    f"pair {p.name!r} is no longer declared: left as it is"
-                    " (targetctl pair delete ends it)",
-                )
-        now_groups = {(g.target, g.name) for g in config.declared_groups}
-        for g in previous.declared_groups:
-            if (g.target, g.name) not in now_groups and (g.target, g.name) in manager.groups:
-                report(
-                    logging.WARNING,
-                    f"group {g.name!r} is no longer declared: left as it is"
-                    " (targetctl group delete ends it)",
-                )
+        _undeclared(report, "pair", previous.declared_pairs, config.declared_pairs, manager.pairs)
+        _undeclared(
+            report, "group", previous.declared_groups, config.declared_groups, manager.groups
+        )
     return messages
+
+
+def _undeclared(
+    report: Callable[[int, str], None],
+    kind: str,
+    before: Sequence[PairDecl | GroupDecl],
+    now: Sequence[PairDecl | GroupDecl],
+    existing: Container[tuple[str, str]],
+) -> None:
+    """A pair or group the file declared before this reload and no longer does is left as
+    it is (the configuration only creates); say so."""
+    kept = {(d.target, d.name) for d in now}
+    for d in before:
+        if (d.target, d.name) not in kept and (d.target, d.name) in existing:
+            report(
+                logging.WARNING,
+                f"{kind} {d.name!r} is no longer declared: left as it is"
+                f" (targetctl {kind} delete ends it)",
+            )
 
 
 async def _reload_policy(
