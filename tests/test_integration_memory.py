@@ -13,6 +13,7 @@ from __future__ import annotations
 import socket
 import statistics
 import time
+from collections.abc import Callable
 
 import pytest
 from conftest import DEFAULT_IQN, Daemon, DaemonFactory
@@ -85,43 +86,45 @@ def daemon(targetd_factory: DaemonFactory) -> Daemon:
     return targetd_factory(CONFIG)
 
 
-def test_writes_announced_and_never_sent_hold_one_sessions_buffers(daemon: Daemon) -> None:
+def attacked(daemon: Daemon, label: str, burst: Callable[[RawInitiator], bytes]) -> None:
+    """A good session's 4 KiB reads before and while an attacker's ``burst`` of commands is
+    in the daemon: the reads all succeed, and the daemon grows by at most one session's
+    buffers and the shared pool."""
     good = session(daemon, "good")
     report("before", small_reads(good))
     before = settle(daemon, 0.3)
     attacker = session(daemon, "attacker")
-    # 240 WRITE(16) of 64 MiB each (10x the reported attack), not one byte of data.
-    burst = b"".join(
-        bytes(attacker.scsi_header(write16(0, 64 * MiB // 512), write=64 * MiB)) for _ in range(240)
-    )
-    attacker.sock.sendall(burst)
+    attacker.sock.sendall(burst(attacker))
     during = small_reads(good)
     peak = settle(daemon)
-    report("during 240 x 64 MiB writes without data", during)
+    report(f"during {label}", during)
     print(f"RSS {before / MiB:.0f} MiB before, {peak / MiB:.0f} MiB during")
     assert peak < before + SESSION + POOL + SLACK
     attacker.close()
     good.close()
+
+
+def test_writes_announced_and_never_sent_hold_one_sessions_buffers(daemon: Daemon) -> None:
+    def burst(attacker: RawInitiator) -> bytes:
+        # 240 WRITE(16) of 64 MiB each (10x the reported attack), not one byte of data.
+        return b"".join(
+            bytes(attacker.scsi_header(write16(0, 64 * MiB // 512), write=64 * MiB))
+            for _ in range(240)
+        )
+
+    attacked(daemon, "240 x 64 MiB writes without data", burst)
 
 
 def test_reads_never_read_hold_one_sessions_buffers(daemon: Daemon) -> None:
-    good = session(daemon, "good")
-    report("before", small_reads(good))
-    before = settle(daemon, 0.3)
-    attacker = session(daemon, "attacker")
-    attacker.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    # 1920 READ(16) of 8 MiB each (10x the reported attack) in one burst; never read.
-    burst = b"".join(
-        bytes(attacker.scsi_header(read16(0, 8 * MiB // 512), read=8 * MiB)) for _ in range(1920)
-    )
-    attacker.sock.sendall(burst)
-    during = small_reads(good)
-    peak = settle(daemon)
-    report("during 1920 x 8 MiB reads never read", during)
-    print(f"RSS {before / MiB:.0f} MiB before, {peak / MiB:.0f} MiB during")
-    assert peak < before + SESSION + POOL + SLACK
-    attacker.close()
-    good.close()
+    def burst(attacker: RawInitiator) -> bytes:
+        attacker.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        # 1920 READ(16) of 8 MiB each (10x the reported attack) in one burst; never read.
+        return b"".join(
+            bytes(attacker.scsi_header(read16(0, 8 * MiB // 512), read=8 * MiB))
+            for _ in range(1920)
+        )
+
+    attacked(daemon, "1920 x 8 MiB reads never read", burst)
 
 
 def test_144_idle_connections_after_1mib_reads_keep_little(daemon: Daemon) -> None:
