@@ -105,6 +105,12 @@ class Daemon:
                 proc.wait()
         return proc.returncode
 
+    def kill(self) -> None:
+        """SIGKILL (a crash: none of the daemon's shutdown runs), and reap it."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
     def restart(self) -> Daemon:
         self.stop()
         return self.start()

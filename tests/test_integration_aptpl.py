@@ -5,9 +5,6 @@ forgets them; REGISTER AND MOVE; PREEMPT AND ABORT ends the preempted initiator'
 
 from __future__ import annotations
 
-import os
-import signal
-
 from conftest import Daemon, DaemonFactory
 from raw_initiator import RawInitiator
 
@@ -64,9 +61,7 @@ def test_aptpl_reservation_survives_restart_and_kill_9(targetd_factory: DaemonFa
     assert prout(holder, 0x00, 0, KEY, aptpl=True) == GOOD  # REGISTER, APTPL
     assert prout(holder, 0x01, KEY, 0, WRITE_EXCLUSIVE) == GOOD  # RESERVE
     # kill -9 right after the acknowledgement: nothing later had a chance to write it.
-    assert daemon.proc is not None
-    os.kill(daemon.proc.pid, signal.SIGKILL)
-    daemon.proc.wait()
+    daemon.kill()
     daemon.start()
     assert "persistent reservations restored" in daemon.stderr
     assert_reserved_by_holder(daemon)

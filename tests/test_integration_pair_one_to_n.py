@@ -7,9 +7,7 @@ split and the others mirroring."""
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import time
 
 from clients import targetd_copy as tool
@@ -155,9 +153,7 @@ def test_kill9_keeps_each_pair_of_a_primary(targetd_factory: DaemonFactory) -> N
     c.ok(pair_out(SPLIT, S1))
     c.write(PRIMARY, 0, b"\x02" * MiB)
     c.close()
-    assert daemon.proc is not None
-    os.kill(daemon.proc.pid, signal.SIGKILL)
-    daemon.proc.wait()
+    daemon.kill()
     daemon.start()
     c = BlockClient(daemon.port, IQN, tuple(range(5)))
     assert status(c, S1).source == "SPLIT"

@@ -3,9 +3,7 @@ their documented refusals, and kill -9 at every copying phase."""
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 
 import pytest
 from conftest import Daemon, DaemonFactory
@@ -41,12 +39,6 @@ def random_writes(
         data = rng.randbytes(blocks * BLOCK)
         client.write(lun, lba * BLOCK, data)
         model[lba * BLOCK : (lba + blocks) * BLOCK] = data
-
-
-def kill9(daemon: Daemon) -> None:
-    assert daemon.proc is not None
-    os.kill(daemon.proc.pid, signal.SIGKILL)
-    daemon.proc.wait()
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -139,7 +131,7 @@ def test_kill9_during_creation_copy_resumes(targetd_factory: DaemonFactory) -> N
     random_writes(c, 0, model, rng, 10)
     assert c.status().source == "DUPLEX-PENDING"
     c.close()
-    kill9(daemon)
+    daemon.kill()
     daemon.start()
     c = BlockClient(daemon.port, IQN)
     assert c.status().source in ("DUPLEX-PENDING", "DUPLEX")
@@ -164,7 +156,7 @@ def test_kill9_during_split_pending_keeps_the_split_image(targetd_factory: Daemo
     random_writes(c, 0, model, rng, 30)  # copy-before-write for many of these
     assert c.status().target == "SPLIT-PENDING"
     c.close()
-    kill9(daemon)
+    daemon.kill()
     daemon.start()
     c = BlockClient(daemon.port, IQN)
     assert c.read(1, 0, SIZE) == image
@@ -190,7 +182,7 @@ def test_kill9_during_resync_converges(targetd_factory: DaemonFactory) -> None:
     random_writes(c, 0, model, rng, 10)
     assert c.status().source == "RESYNC"
     c.close()
-    kill9(daemon)
+    daemon.kill()
     daemon.start()
     c = BlockClient(daemon.port, IQN)
     assert c.status().source in ("RESYNC", "DUPLEX")

@@ -11,7 +11,6 @@ import itertools
 import json
 import os
 import random
-import signal
 import struct
 import threading
 
@@ -194,9 +193,7 @@ def test_kill_9_mid_write_keeps_every_acknowledged_record(
         # Killed mid-stream, with several parts in the bucket and records in the spool.
         while len(acked) < 80 and thread.is_alive():
             thread.join(0.01)
-        assert daemon.proc is not None
-        os.kill(daemon.proc.pid, signal.SIGKILL)
-        daemon.proc.wait()
+        daemon.kill()
         thread.join(30)
     finally:
         stop.set()
@@ -302,9 +299,7 @@ def test_records_a_power_cut_took_are_reported_by_targetctl(
         load(ini)
         for r in records:
             assert write(ini, r) == GOOD
-        assert daemon.proc is not None
-        os.kill(daemon.proc.pid, signal.SIGKILL)
-        daemon.proc.wait()
+        daemon.kill()
     # What a power cut does to an unsynced spool: the last record's bytes garbled.
     spool = daemon.state_dir / "vtl" / "spool" / "S30001L6.spool.0"
     with open(spool, "r+b") as f:

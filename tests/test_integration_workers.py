@@ -274,9 +274,7 @@ def test_sigterm_stops_every_worker_and_a_killed_portal_leaves_no_orphan(
     assert not any(alive(pid) for pid in pids)
     daemon.start()
     pids = [w["pid"] for w in status(daemon)["workers"]]
-    assert daemon.proc is not None
-    os.kill(daemon.proc.pid, signal.SIGKILL)
-    daemon.proc.wait()
+    daemon.kill()
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and any(alive(pid) for pid in pids):
         time.sleep(0.1)
