@@ -17,7 +17,13 @@ machine falls on all alike. Printed: medians, targetd/tgt-rbd and targetd/native
 with their goals, and each target's CPU-seconds per 1,000 requests (for ``rbd bench``, its
 own CPU, the cost of librbd itself).
 
+All three run with the same librbd cache mode (``--cache``, default ``none``: a write is
+acknowledged once the OSDs have committed it), named in the line above the table: the
+same promise to the writer on every side. ``--peers-cache default`` leaves tgtd and
+``rbd bench`` on librbd's own defaults instead (``writearound``), as they ship.
+
     python3 bench/compare_rbd.py [--quick] [--repeat N] [--size 256M] [--objectstore memstore]
+                                 [--cache none|writearound|writeback] [--peers-cache default]
                                  [--cases randread-4K-qd32,...] [--requests 4K,1M]
                                  [--ceph-conf F [--image NAME]] [--json F]
 
@@ -167,6 +173,54 @@ def parse_size(text: str) -> int:
 
 
 # -- the three ---------------------------------------------------------------------------
+def peers_cache_options(mode: str) -> str:
+    """The ``[client]`` section that gives tgtd and ``rbd bench`` librbd cache ``mode``
+    (``"default"``: none, librbd's own defaults).
+
+    librbd's defaults are ``rbd_cache = true`` with ``rbd_cache_policy = writearound`` and
+    ``rbd_cache_writethrough_until_flush = true``: a client writes through (each write
+    waits for the OSDs) until it sees its first flush. The ``rbd`` tool turns that last one
+    off for itself; tgtd does not (bs_rbd sets no option) and leaves writethrough on its
+    first SYNCHRONIZE CACHE (qemu-img sends one when it closes). targetd turns it off.
+    So it is off here too: every contender runs ``mode`` from its first write."""
+    if mode == "default":
+        return ""
+    if mode == "none":
+        return "\n[client]\nrbd_cache = false\n"
+    return (
+        "\n[client]\nrbd_cache = true\n"
+        f"rbd_cache_policy = {mode}\nrbd_cache_writethrough_until_flush = false\n"
+    )
+
+
+_CACHE_KEYS = ("rbd_cache", "rbd_cache_policy", "rbd_cache_writethrough_until_flush")
+
+
+def librbd_cache_of(conf: Path, pid: int) -> dict[str, str] | None:
+    """The cache settings librbd in process ``pid`` (client.admin) runs with, from its admin
+    socket; None when ``conf`` names no admin socket (a cluster given with --ceph-conf)."""
+    found = re.search(r"^\s*admin[_ ]socket\s*=\s*(\S+)", conf.read_text(), re.MULTILINE)
+    if found is None:
+        return None
+    sock = found.group(1).replace("$cluster", "ceph").replace("$name", "client.admin")
+    sock = sock.replace("$pid", str(pid))
+    seen: dict[str, str] = {}
+    for key in _CACHE_KEYS:
+        done = subprocess.run(["ceph", "--admin-daemon", sock, "config", "get", key],
+                              capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+        if done.returncode != 0:
+            return None
+        seen[key] = json.loads(done.stdout)[key]
+    return seen
+
+
+def cache_line(args: argparse.Namespace) -> str:
+    """The line above the table: which librbd cache mode each contender ran."""
+    peers = "librbd's default (writearound)" if args.peers_cache == "default" else args.cache
+    alike = "like for like" if args.peers_cache != "default" else "NOT like for like"
+    return f"librbd cache: targetd {args.cache}; tgt-rbd and native {peers} ({alike})"
+
+
 class Cluster:
     """A cluster the benchmark did not start: ``conf`` and ``rbd()`` as ``CephCluster``'s."""
 
@@ -361,13 +415,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--cache",
         choices=("none", "writearound", "writeback"),
         default="none",
-        help="targetd's librbd cache (docs/rbd.md); tgtd and rbd bench keep librbd's defaults",
+        help="librbd's cache mode for all three (docs/rbd.md, 'Performance'; default none)",
     )
     parser.add_argument(
         "--peers-cache",
-        choices=("default", "none"),
-        default="default",
-        help="tgtd's and rbd bench's librbd cache: librbd's defaults, or off (like targetd's)",
+        choices=("same", "default"),
+        default="same",
+        help="tgtd's and rbd bench's librbd cache: the same as targetd's (default), or "
+        "librbd's own defaults (writearound), an unlike comparison",
     )
     parser.add_argument(
         "--cases", type=parse_cases, default=CASES, help="comma-separated cases (default: all)"
@@ -417,11 +472,10 @@ def _run_on(
     cluster.rbd("bench", "--io-type", "write", "--io-size", "1M", "--io-threads", "16",
                 "--io-total", str(args.size), "--io-pattern", "seq", f"{POOL}/{image}",
                 timeout=timeout)  # fmt: skip
-    # tgtd and rbd bench read the cluster's ceph.conf: librbd's defaults, or no cache.
-    peers_conf = cluster.conf
-    if args.peers_cache == "none":
-        peers_conf = workdir / "peers.conf"
-        peers_conf.write_text(cluster.conf.read_text() + "\n[client]\nrbd_cache = false\n")
+    # tgtd and rbd bench read their librbd cache mode from this ceph.conf.
+    peers_conf = workdir / "peers.conf"
+    mode = args.cache if args.peers_cache == "same" else "default"
+    peers_conf.write_text(cluster.conf.read_text() + peers_cache_options(mode))
     targets: list[Target] = []
     try:
         targets.append(start_targetd(workdir, cluster, image, args.cache))
@@ -432,6 +486,9 @@ def _run_on(
             argv = qemu_bench_argv(target, args.size, write=False, size=MiB, depth=16,
                                    count=args.size // MiB)  # fmt: skip
             subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+        # What tgtd's librbd was really given (the like-for-like claim of the table).
+        args.tgt_rbd_librbd = librbd_cache_of(cluster.conf, targets[1].pid)
+        print(f"tgt-rbd's librbd: {args.tgt_rbd_librbd}", file=sys.stderr, flush=True)
         results = [Result(case) for case in args.cases]
         contenders: list[str] = [TARGETD, TGT, NATIVE]
         for repeat in range(args.repeat):
@@ -469,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; targets and cluster stopped", file=sys.stderr)
         return 130
+    print(cache_line(args))
     print(format_table(results))
     print()
     print(format_spread(results))
@@ -482,7 +540,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(
             {"settings": {"objectstore": args.objectstore, "size": args.size,
-                          "repeat": args.repeat, "quick": args.quick},
+                          "repeat": args.repeat, "quick": args.quick, "cache": args.cache,
+                          "peers_cache": args.peers_cache,
+                          "tgt_rbd_librbd": getattr(args, "tgt_rbd_librbd", None)},
              "results": [{"case": asdict(r.case), "runs": [asdict(x) for x in r.runs],
                           "median": {w: r.median(w) for w in (TARGETD, TGT, NATIVE)}}
                          for r in results]}, indent=2))  # fmt: skip

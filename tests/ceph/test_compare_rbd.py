@@ -48,6 +48,11 @@ def test_compare_rbd_prints_every_row_with_figures_and_ratios(
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
 
     lines = done.stdout.splitlines()
+    # The line above the table names the one cache mode all three ran with.
+    assert lines[0] == (
+        "librbd cache: targetd writearound; tgt-rbd and native writearound (like for like)"
+    )
+    lines = lines[1:]
     assert lines[0].split() == [
         "case", "unit", "targetd", "tgt-rbd", "native", "vs", "tgt", "goal", "vs", "native",
         "goal", "cpu", "s/kIO", "targetd", "tgt-rbd", "native",
@@ -82,6 +87,13 @@ def test_compare_rbd_prints_every_row_with_figures_and_ratios(
             assert 0 <= low == high, cells
 
     saved = json.loads(json_path.read_text())
+    assert (saved["settings"]["cache"], saved["settings"]["peers_cache"]) == ("writearound", "same")
+    # tgtd's librbd, asked through its admin socket, ran that mode from its first write.
+    assert saved["settings"]["tgt_rbd_librbd"] == {
+        "rbd_cache": "true",
+        "rbd_cache_policy": "writearound",
+        "rbd_cache_writethrough_until_flush": "false",
+    }
     assert [r["case"]["name"] for r in saved["results"]] == [name for name, _ in CASES]
     for result in saved["results"]:
         assert sorted(run["who"] for run in result["runs"]) == ["native", "targetd", "tgt-rbd"]
