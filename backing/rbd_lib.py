@@ -54,6 +54,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "rados_create2": (c_int, [POINTER(c_void_p), c_char_p, c_char_p, c_uint64]),
     "rados_conf_read_file": (c_int, [c_void_p, c_char_p]),
     "rados_conf_set": (c_int, [c_void_p, c_char_p, c_char_p]),
+    "rados_conf_get": (c_int, [c_void_p, c_char_p, c_char_p, c_size_t]),
     "rados_connect": (c_int, [c_void_p]),
     "rados_shutdown": (None, [c_void_p]),
     "rados_ioctx_create": (c_int, [c_void_p, c_char_p, POINTER(c_void_p)]),
