@@ -15,7 +15,8 @@ import pytest
 from ceph_fixtures import ImageFactory, ceph_cluster, new_image, rbd_lun_toml, target_toml
 from cluster import CephCluster
 from cu_runner import list_tests, run_suite, to_markdown
-from cu_targets import TARGETD_IQN, TargetdTarget
+from cu_targets import TARGETD_IQN, Target, TargetdTarget
+from gateways import IQN, ConfigDaemon, PairFactory, gateway_pair
 from raw_initiator import RawInitiator
 from test_conformance import compare, load_expected
 
@@ -49,11 +50,11 @@ WITNESS = "iqn.2026-11.org.targetd.test:aptpl-witness"
 WITNESS_KEY = 0x5EED_0000_0000_0001
 
 
-def _witness(port: int, register: bool) -> list[int]:
+def _witness(port: int, register: bool, iqn: str = TARGETD_IQN) -> list[int]:
     """The keys registered (read by a third initiator), after it registered its own with
     APTPL if ``register``."""
     ini = RawInitiator(port, name=WITNESS)
-    assert ini.login(TARGETD_IQN).bhs[36:38] == b"\0\0"
+    assert ini.login(iqn).bhs[36:38] == b"\0\0"
     ini.clear_unit_attentions()
     if register:
         params = bytes(8) + WITNESS_KEY.to_bytes(8, "big") + bytes([0, 0, 0, 0, 1, 0, 0, 0])
@@ -88,3 +89,50 @@ def test_persistent_reservation_suites_on_an_rbd_lun_across_a_restart_with_aptpl
                 assert _witness(target.port, register=True) == [WITNESS_KEY]
                 target.restart()
                 assert _witness(target.port, register=False) == [WITNESS_KEY]
+
+
+class GatewayTarget(Target):
+    """One gateway of a pair (tests/ceph/gateways.py), as the conformance runner's target."""
+
+    def __init__(self, gateway: ConfigDaemon) -> None:
+        self.gateway = gateway
+        self.name = "targetd gateway"
+        self.url = gateway.url(0)
+        self.log_path = gateway.log
+
+    def start(self) -> None:
+        self.gateway.start()
+
+    def stop(self) -> None:
+        self.gateway.stop()
+
+    def alive(self) -> bool:
+        proc = self.gateway.proc
+        return proc is not None and proc.poll() is None
+
+
+def test_persistent_reservation_suites_through_two_gateways_across_a_power_cycle(
+    new_image: ImageFactory, gateway_pair: PairFactory, tmp_path: Path
+) -> None:
+    """The same suites against two gateways on one image: run through A, an APTPL
+    registration made through A, both gateways stopped and started (the LU's power cycle),
+    then the suites run through B: every test passes both times and the registration is
+    seen through B. (unit_attention = false: the suites do not retry the unit attention the
+    first write's lock move raises.)"""
+    fail, skip = load_expected()
+    names = [n for n in list_tests() if n.split(".")[0] in PR_SUITES]
+    pair = gateway_pair(new_image("64M"), unit_attention=False)
+    for run, gateway in (("before", pair.a), ("after", pair.b)):
+        report = run_suite(GatewayTarget(gateway), tests=names, log=tmp_path / f"cu-{run}.log")
+        c = report.counts()
+        print(f"through {run} the power cycle: {c['PASS']} passed of {c['total']}")
+        problems = compare(report, fail, skip)
+        assert not problems, "\n".join(problems)
+        assert c["PASS"] == len(names)
+        if run == "before":
+            assert _witness(pair.a.port, register=True, iqn=IQN) == [WITNESS_KEY]
+            for daemon in (pair.a, pair.b):
+                daemon.stop()
+            for daemon in (pair.b, pair.a):
+                daemon.start()
+            assert _witness(pair.b.port, register=False, iqn=IQN) == [WITNESS_KEY]
