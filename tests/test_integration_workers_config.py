@@ -1,17 +1,19 @@
 """Worker processes (docs/workers.md) against what they are given at a (re)start: CHAP
 credentials from the environment's secret file, which the portal reads once per load and
 hands to every worker; and a worker whose start hangs, killed after ``[server]
-worker_start_timeout``."""
+worker_start_timeout``; a worker started before a reload and serving only after it, given
+that reload before it serves."""
 
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
 import pytest
 from clients import run
-from conftest import DaemonFactory
+from conftest import Daemon, DaemonFactory
 from raw_initiator import RawInitiator
 from test_integration_workers import (
     CONFIG,
@@ -156,3 +158,71 @@ def test_a_lun_kept_for_its_pair_is_served_again_after_its_workers_restart(
     request(sock, "pair.delete", {"name": "p", "target": B})
     daemon.targetctl_json("reload")
     assert report_luns(port_b, B) == [0]
+
+
+def children(pid: int) -> set[int]:
+    """The processes ``pid`` has started (from any of its threads), as /proc lists them."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found.update(int(c) for c in (task / "children").read_text().split())
+        except FileNotFoundError:
+            continue  # a thread that ended meanwhile
+    return found
+
+
+def hold_starting(daemon: Daemon, name: str, index: int) -> int:
+    """Kill the worker of ``name`` and stop (SIGSTOP) its successor before it serves; its
+    pid. Stopped too early (before the portal's spawn of it has returned, which waits for
+    the child to get past its fork), the portal would stall: then it is let go a moment and
+    stopped again. A worker's Python start takes far longer than that."""
+    assert daemon.proc is not None
+    pid, _ = worker_port(daemon, name)
+    before = children(daemon.proc.pid)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while not (new := children(daemon.proc.pid) - before - {pid}):
+        assert time.monotonic() < deadline, f"{name}'s worker was not started again"
+        time.sleep(0.002)
+    (successor,) = new
+    sock = daemon.state_dir / "admin.sock"
+    while True:
+        os.kill(successor, signal.SIGSTOP)
+        try:
+            state = request(sock, "status", {}, timeout=1.0)["workers"][index]["state"]
+        except (OSError, TimeoutError):
+            state = "portal stalled"
+        if state != "portal stalled":
+            assert state != "serving", state
+            return successor
+        assert time.monotonic() < deadline, "the portal stalls while the worker is stopped"
+        os.kill(successor, signal.SIGCONT)
+        time.sleep(0.01)
+
+
+def test_a_worker_starting_during_a_reload_is_given_it_before_it_serves(
+    targetd_factory: DaemonFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B's worker is killed, and its successor is held (SIGSTOP) before it serves: it was
+    spawned with the credentials of before the reload that now changes them, and that
+    reload's request to it is refused (*starting*). Let go, it is sent the reload it missed
+    before any login is routed to it, so it serves with the new secret as its sibling does
+    (docs/workers.md)."""
+    secret_file = tmp_path / "chap"
+    secret_file.write_text(FIRST)
+    monkeypatch.setenv("TARGETD_CHAP_FILE", str(secret_file))
+    daemon = targetd_factory(CONFIG)
+    _, port_a = worker_port(daemon, A)
+    successor = hold_starting(daemon, B, 1)
+    try:
+        secret_file.write_text(SECOND)
+        reloaded = daemon.targetctl_json("reload")
+        assert "worker 1: worker 1 is starting; try again" in reloaded["refused"], reloaded
+    finally:
+        os.kill(successor, signal.SIGCONT)
+    pid, port_b = worker_port(daemon, B)
+    assert pid == successor
+    for port, name in ((port_a, A), (port_b, B)):
+        assert chap_login(port, name, "second-secret"), name
+        assert not chap_login(port, name, "first-secret-1"), name
+    assert "worker given the reload it missed" in daemon.stderr
