@@ -129,8 +129,21 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
+    lun = _pair_lun(args)
     with _volume(args.device) as dev:
-        run(dev, "PAIR OUT DELETE", c.pair_out(c.PAIR_DELETE, _pair_lun(args)))
+        st = _status(dev, lun)  # what is deleted, said once it is
+        run(dev, "PAIR OUT DELETE", c.pair_out(c.PAIR_DELETE, lun))
+    if args.json:
+        print(json.dumps({"deleted": st.name, "source_lun": st.source_lun,
+                          "target_lun": st.target_lun, "group": st.group}))  # fmt: skip
+        return EXIT_OK
+    # No data moves: a mirror deleted before it was whole keeps a partial copy.
+    whole = st.target_state in ("DUPLEX", "SPLIT")
+    held = "each keeps its data" if whole else (
+        f"LUN {st.target_lun} was {st.target_state}: it holds a partial copy")  # fmt: skip
+    print(f"pair {st.name or '-'} deleted: LUN {st.source_lun} and LUN {st.target_lun} are "
+          f"in no pair (SIMPLEX); {held}"
+          + (f"; it left group {st.group}" if st.group else ""))  # fmt: skip
     return EXIT_OK
 
 
@@ -207,7 +220,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
             help="the secondary (target volume) of the pair meant, when DEVICE is a primary"
             " with several (up to 3); naming the secondary as DEVICE does the same",
         )  # fmt: skip
-    for q in (st, cr, jo, le, *[sub.choices[n] for n in ("split", "resync")]):
+    for q in (st, cr, de, jo, le, *[sub.choices[n] for n in ("split", "resync")]):
         q.add_argument("--json", action="store_true")
 
 

@@ -104,3 +104,14 @@ def test_targetd_copy_makes_and_leaves_groups(targetd_factory: DaemonFactory) ->
     assert st[0]["split_ms"] == st[1]["split_ms"] != 0
     out = tool("leave", url(3), "--json").stdout
     assert json.loads(out)["group"] == ""
+    # delete says what it deleted (it printed nothing); the pair in the group leaves it.
+    out = tool("delete", url(1)).stdout
+    assert out == (
+        "pair data deleted: LUN 0 and LUN 1 are in no pair (SIMPLEX); each keeps its data; "
+        "it left group db\n"
+    )
+    assert tool("status", url(1)).stdout.startswith("LUN 1: in no pair (SIMPLEX)")
+    out = tool("delete", url(3), "--json").stdout
+    assert json.loads(out) == {"deleted": "log", "source_lun": 2, "target_lun": 3, "group": ""}
+    refused = tool("delete", url(3), check=False)
+    assert refused.returncode == 1 and "(05/80/01)" in refused.stderr, refused.stderr
