@@ -516,6 +516,10 @@ def cmd_list(args: argparse.Namespace) -> int:
                 f"{n:>4}  {state:12}  {lb.created:24}  {lb.length:>12}  "
                 f"{lb.pair or '-':12}  {lb.split_time or '-':24}  {sha:16}  {lb.source}"
             )
+            # The rest of the head label, under its row: the table stays one screen wide.
+            print(f"{'':6}group {lb.group or '-'}, backup policy {lb.policy or '-'}, "
+                  f"{lb.block_size}-byte blocks in {lb.record}-byte records, "
+                  f"from {lb.device or '-'}")  # fmt: skip
     for state, words in LIST_LEGEND.items():
         if state in states:
             print(f"{state}: {words}")

@@ -85,9 +85,14 @@ def test_backup_list_verify_restore_through_iscsi_urls(targetd_factory: DaemonFa
         assert "backup: done, 8.0 MiB" in out.stderr
 
         listing = tool("list", daemon.url(TAPE)).stdout.splitlines()
-        assert len(listing) == 3, listing
+        assert len(listing) == 4, listing
         assert listing[1].split()[:5] == ["0", "sealed", listing[1].split()[2], str(SIZE), "db"]
-        assert listing[2].startswith("sealed: ") and "the data was not read" in listing[2]
+        # The rest of the head label under its row: every field the label carries is shown.
+        assert listing[2] == (
+            "      group -, backup policy reflect-first, 512-byte blocks in 32768-byte "
+            f"records, from {daemon.url(MIRROR)}"
+        )
+        assert listing[3].startswith("sealed: ") and "the data was not read" in listing[3]
         digest = hashlib.sha256(image).hexdigest()
         assert listing[1].split()[6] == digest[:16]
 
@@ -136,7 +141,7 @@ def test_a_file_sink_holds_one_file_per_backup(targetd_factory: DaemonFactory) -
         tool("backup", daemon.url(MIRROR), daemon.url(SINK))
         tool("backup", daemon.url(MIRROR), daemon.url(SINK))
         lines = tool("list", daemon.url(SINK)).stdout.splitlines()
-        assert [line.split()[:2] for line in lines[1:3]] == [["0", "sealed"], ["1", "sealed"]]
+        assert [line.split()[:2] for line in lines[1:5:2]] == [["0", "sealed"], ["1", "sealed"]]
         sink = daemon.state_dir / "sink"
         files = sorted(p.name for p in sink.iterdir())
         assert files == ["file-0000.bin", "file-0001.bin"]
@@ -174,8 +179,8 @@ def test_a_file_sink_holds_one_file_per_backup(targetd_factory: DaemonFactory) -
         # list reads labels only: a flipped data byte still shows as sealed, and the
         # legend under the table says the data was not read.
         listed = tool("list", daemon.url(SINK)).stdout.splitlines()
-        assert listed[2].split()[:2] == ["1", "sealed"]
-        assert "the data was not read" in listed[3]
+        assert listed[3].split()[:2] == ["1", "sealed"]
+        assert "the data was not read" in listed[5]
         # An end label that lies about the count it covers is caught from the labels.
         lying = json.loads(end[20:].rstrip(b"\0"))
         lying["bytes"] = SIZE - 512
