@@ -28,7 +28,7 @@ from scsi.command import Nexus, ScsiResult, Status
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import Reason, build_sense
 from scsi.target import ScsiTarget
-from targetd import eager, iscsi_settings
+from targetd import eager, fast_read, iscsi_settings
 from targetd.config import Config, Portal
 from targetd.iscsi.connection import (
     AbortTasks,
@@ -49,7 +49,7 @@ log = logging.getLogger("targetd")
 _clock = time.perf_counter_ns
 
 TICK_SECONDS = 1.0
-WRITE_BUFFER_HIGH = 16 << 20
+WRITE_BUFFER_HIGH = fast_read.WRITE_BUFFER_HIGH
 # At shutdown: the time initiators are given to log out, and how long we wait for them.
 LOGOUT_WITHIN = 2
 LOGOUT_WAIT = 2.0
@@ -136,6 +136,10 @@ class IscsiConnection(asyncio.BufferedProtocol):
         self._waiters: set[asyncio.Future[None]] = set()
         # Our end is shut for writing, the socket kept until the initiator closes its end.
         self._half_closed = False
+        # A small plain READ served in one call (targetd.fast_read), and what it knows of
+        # each LU it has seen.
+        self._fast = fast_read.SERVE
+        self._fast_plans: dict[LogicalUnit, fast_read.Plan] = {}
 
     # -- asyncio protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -165,6 +169,9 @@ class IscsiConnection(asyncio.BufferedProtocol):
         return self.conn.receiver.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
+        fast = self._fast
+        if fast is not None and fast(self, nbytes):
+            return
         self.conn.now = self.server.now
         self.conn.data_received(nbytes)
         self._pump()

@@ -1,0 +1,235 @@
+"""A small READ served in one call: the common QD1 command without the layers it crosses.
+
+At queue depth 1 nothing batches, and a 4 KiB READ crosses about sixty Python calls between
+the socket and its Data-In (receiver, CmdSN window, task, event, eager start, SCSI target,
+LU checks, opcode table, CDB decode, store, metrics, reply): about 30 us with the caches
+cold, against 5 us of C in tgtd (docs/performance.md, "QD1: one call per small READ").
+:func:`serve` does what that path does for the one case that needs none of its generality,
+reading the live state of every object the path would consult and giving up (returning
+False, having changed nothing) whenever any of them would make the answer differ:
+
+- the PDU: exactly one SCSI Command in the receive buffer, no AHS, no data segment, no
+  digests, not immediate, a READ(10) or READ(16) with no protection field, SIMPLE or
+  untagged (not ORDERED or HEAD OF QUEUE), of a length equal to the expected data transfer
+  length, under the pool's and sendfile's thresholds and within one Data-In segment;
+- the connection: in full-feature phase, in a normal session, nothing queued to send or
+  hold, no command waiting for memory or CmdSN order, the ITT free, the CmdSN next in order,
+  no logout or close pending, access not revoked;
+- the LU: a plain ``BlockDevice`` whose READ rows are SBC's, over a ``SparseFile`` (alone or
+  in an unpaired ``PairVolume``), no task-set gate, no unit attention pending for anyone, no
+  ALUA restriction, no reservation, no shared-LU gate, the range within the medium and the
+  transfer limit;
+- the read: the whole range from the page cache (``RWF_NOWAIT``, or a memory file system).
+
+Then it makes the same changes (receiver consumed, CmdSN and StatSN advanced, the command
+counted in the LUN's metrics and the activity counter) and writes the same bytes: one
+Data-In with the status, as :meth:`Replies._respond` collapses a GOOD READ. Anything else
+takes the full path, which answers it as before. ``TARGETD_FAST_READ=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from typing import TYPE_CHECKING, Any
+
+from backing import sparse_file
+from backing.pairs import PairVolume
+from backing.sparse_file import SparseFile
+from scsi import sbc
+from scsi.activity import COMMANDS
+from scsi.block_device import BlockDevice
+from scsi.buffers import POOL_MIN_SIZE
+from targetd.iscsi.connection import Phase
+from targetd.iscsi.receiver import _State
+
+if TYPE_CHECKING:
+    from targetd.server import IscsiConnection
+
+# The shell's output bound (targetd.server.WRITE_BUFFER_HIGH, which imports this module).
+WRITE_BUFFER_HIGH = 16 << 20
+
+
+_HEADER = _State.HEADER
+_FULL_FEATURE = Phase.FULL_FEATURE
+_NOWAIT = sparse_file._NOWAIT
+_INLINE = sparse_file._INLINE
+_RWF_NOWAIT = os.RWF_NOWAIT
+_preadv = os.preadv
+_clock = time.perf_counter_ns
+# The largest READ served here: below the pool's lent buffers and sendfile's threshold.
+MAX_LENGTH = min(POOL_MIN_SIZE, sbc.FILE_DATA_IN_MIN) - 1
+# Opcode, flags, TotalAHSLength and DataSegmentLength (one word), LUN, ITT, expected data
+# transfer length, CmdSN, ExpStatSN, then the CDB's opcode.
+_COMMAND = struct.Struct(">BBxxI8sIIIIB").unpack_from
+_READ10 = struct.Struct(">BIxH").unpack_from  # at CDB byte 1: flags, LBA, blocks
+_READ16 = struct.Struct(">BQI").unpack_from
+# A Data-In that carries the whole read and its GOOD status (what datapath.single_data_in
+# builds, then Replies._send stamps): opcode, flags F|S, length, LUN, ITT, TTT, StatSN,
+# ExpCmdSN, MaxCmdSN.
+_DATA_IN = struct.Struct(">BBxxI8sIIIII12x").pack_into
+_DATA_IN_OPCODE = 0x25
+_SCSI_COMMAND = 0x01
+_BHS = 48
+
+# Per LU (held weakly by the LU's identity): (the store whose file READ reads, the plain
+# file, the volume or None), or None when the LU is not a plain block LU over a file.
+Plan = tuple[Any, SparseFile, PairVolume | None] | None
+
+
+def plan_for(lu: object) -> Plan:
+    """What :func:`serve` may rely on for ``lu`` for as long as ``lu.store`` is the same
+    object: its type, its READ rows and its store's shape."""
+    if type(lu) is not BlockDevice:
+        return None
+    for opcode, handler in ((0x28, sbc.read10), (0x88, sbc.read16)):
+        spec = lu.table.lookup(bytes([opcode]))
+        if spec is None or spec.handler is not handler or spec.ua_exempt:
+            return None
+    store = lu.store
+    if type(store) is PairVolume:
+        base = store.base
+        if type(base) is not SparseFile or lu.read_now != store.read_now:
+            return None
+        if store._base_read_now != base.read_now:
+            return None
+        return (store, base, store)
+    if type(store) is SparseFile and lu.read_now == store.read_now:
+        return (store, store, None)
+    return None
+
+
+def serve(shell: IscsiConnection, nbytes: int) -> bool:
+    """Serve the READ that ``nbytes`` just completed in the receive buffer, if it is the
+    plain case (see the module's docstring); False, with nothing changed, otherwise."""
+    conn = shell.conn
+    rx = conn.receiver
+    if rx._state is not _HEADER:
+        return False
+    start = rx._start
+    end = rx._end + nbytes
+    if end - start != _BHS or rx.header_digest or conn.data_digest:
+        return False
+    buf = rx._buf
+    op, flags, lengths, lun_raw, itt, edtl, cmdsn, _, cdb0 = _COMMAND(buf, start)
+    if op != _SCSI_COMMAND or lengths or flags & 0x60 != 0x40 or (flags & 0x06) == 0x02:
+        return False
+    if cdb0 == 0x88:
+        cdb_flags, lba, blocks = _READ16(buf, start + 33)
+    elif cdb0 == 0x28:
+        cdb_flags, lba, blocks = _READ10(buf, start + 33)
+    else:
+        return False
+    if cdb_flags & 0xE0 or not blocks or edtl > MAX_LENGTH:
+        return False
+    if (
+        conn.phase is not _FULL_FEATURE
+        or conn._holds
+        or conn._events
+        or conn._output
+        or conn._room
+        or conn._starved
+        or conn._sending
+        or conn._in_transport
+        or conn.file_output
+        or conn._pending_logout is not None
+        or conn.nexus is None
+        or edtl > conn.max_send_data
+        or edtl > conn.max_burst
+        or itt in conn.tasks
+    ):
+        return False
+    session = conn.session
+    if session is None or cmdsn != session.exp_cmdsn or session._waiting:
+        return False
+    runtime = shell.runtime
+    if (
+        runtime is None
+        or shell.revoked is not None
+        or shell._close_requested
+        or shell._half_closed
+        or shell._pumping
+        or shell._output.queued
+    ):
+        return False
+    transport = shell.transport
+    if transport is None or transport.is_closing():
+        return False
+    method = lun_raw[0] >> 6
+    lun = ((lun_raw[0] & 0x3F) << 8) | lun_raw[1] if method < 2 else 0xFFFF
+    # A BlockDevice once its plan says so (Any: no cast call on the hot path).
+    lu: Any = runtime.scsi.luns.get(lun)
+    if lu is None:
+        return False
+    plans = shell._fast_plans
+    try:
+        plan = plans[lu]
+    except KeyError:
+        plan = plans[lu] = plan_for(lu)
+    if plan is None:
+        return False
+    store, file, volume = plan
+    if lu.store is not store:
+        del plans[lu]
+        return False
+    reservations = lu.reservations
+    if (
+        lu.task_set.gated
+        or lu._unit_attentions
+        or lu.port_groups.restricted
+        or reservations.legacy is not None
+        or reservations.reservation is not None
+        or lu.access_gate is not None
+        or (volume is not None and volume.pairs)
+        or blocks > lu.max_transfer_blocks
+        or lba + blocks > lu.num_blocks
+        or blocks * lu.block_size != edtl
+    ):
+        return False
+    started = _clock()
+    data = bytearray(edtl)
+    mode = file._read_mode
+    if mode is _NOWAIT:
+        flags_io = _RWF_NOWAIT
+    elif mode is _INLINE:
+        flags_io = 0
+    else:
+        return False
+    try:
+        if _preadv(file._fd, [data], lba * lu.block_size, flags_io) != edtl:
+            return False
+    except OSError:
+        return False  # a miss, or an error: the full path reads again and answers it
+    # Committed: what the full path changes, in its order.
+    rx._start = rx._end = end
+    rx._header_only = False
+    now = conn.now = shell.server.now
+    conn.last_heard = now
+    conn._ping_sent_at = None
+    if conn._failed_itts:
+        conn._failed_itts.pop(itt, None)
+    exp_cmdsn = session.exp_cmdsn = (cmdsn + 1) & 0xFFFFFFFF
+    COMMANDS.started += 1
+    lun_stats = runtime.stats.get(lun)
+    if lun_stats is not None:
+        lun_stats.record(cdb0, None, data, _clock() - started, 0, None)
+    stat_sn = conn.stat_sn
+    conn.stat_sn = (stat_sn + 1) & 0xFFFFFFFF
+    hdr = bytearray(_BHS)
+    _DATA_IN(
+        hdr, 0, _DATA_IN_OPCODE, 0x81, edtl, lun_raw, itt, 0xFFFFFFFF,
+        stat_sn, exp_cmdsn, session.max_cmdsn,
+    )  # fmt: skip
+    transport.writelines([hdr, data])
+    # What _pump does after its write, for what this wrote (nothing was queued or lent).
+    if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH and not shell._backpressure:
+        shell._backpressure = True
+        transport.pause_reading()
+    return True
+
+
+# TARGETD_FAST_READ=0: every READ takes the full path (to compare the two, or to rule this
+# out).
+SERVE: Any = None if os.environ.get("TARGETD_FAST_READ", "1") == "0" else serve
+
