@@ -110,6 +110,14 @@ def test_both_paths_serve_the_image_and_rtpg_follows_the_lock(
     a, b = login(pair.a.port, "a"), login(pair.b.port, "b")
     # Nobody holds the lock yet: both groups non-optimized through both paths.
     assert states(a) == states(b) == {1: ANO, 2: ANO}
+    # Each path names its own port and group: INQUIRY's TPGS, VPD 83h's designators.
+    for ini, port in ((a, 1), (b, 2)):
+        status, data, _ = ini.command(bytes([0x12, 0, 0, 0, 96, 0]), read=96)
+        assert status == 0 and data[5] & 0x30 == 0x10  # TPGS 01b: implicit ALUA
+        status, page, _ = ini.command(bytes([0x12, 1, 0x83, 0, 255, 0]), read=255)
+        assert status == 0
+        assert bytes([0x51, 0x94, 0, 4, 0, 0, 0, port]) in page  # relative target port
+        assert bytes([0x51, 0x95, 0, 4, 0, 0, 0, port]) in page  # target port group
     assert answer(a, write10(0, 1), data=block(1)) == (0, None)  # A takes the lock
     assert answer(a, RTPG, read=256) == STATE_CHANGED
     assert states(a) == {1: AO, 2: ANO}
