@@ -1,7 +1,8 @@
 """Large READs sent straight from the LU's file (sendfile, targetd/socket_output.py) against a
 real daemon: the bytes, the Data-In PDUs that carry them (split by the initiator's
 MaxRecvDataSegmentLength, with and without digests), the end of the LU, holes, and a WRITE
-sent while a READ of the same blocks is in flight."""
+sent while a READ of the same blocks is in flight; a READ that ends on a connection the
+target has closed holds nothing."""
 
 from __future__ import annotations
 
@@ -269,3 +270,116 @@ def test_a_dropped_connection_lets_the_ordered_write_waiting_for_its_read_go(
     finally:
         reader.close()
         writer.close()
+
+
+def read_to_eof(ini: RawInitiator) -> bytes:
+    """What the socket gives until the target's FIN."""
+    ini.sock.settimeout(10)
+    stream = bytearray()
+    while chunk := ini.sock.recv(1 << 20):
+        stream += chunk
+    return bytes(stream)
+
+
+def status_sn_of(stream: bytes, itt: int) -> int:
+    """The StatSN of the status (in a Data-In or a SCSI Response) of task ``itt``."""
+    pos = 0
+    while len(stream) - pos >= 48:
+        bhs = stream[pos : pos + 48]
+        op, dlen = bhs[0] & 0x3F, int.from_bytes(bhs[5:8], "big")
+        done = op == Op.SCSI_RESPONSE or (op == Op.DATA_IN and bhs[1] & 0x01)
+        if done and struct.unpack_from(">I", bhs, 16)[0] == itt:
+            return int(struct.unpack_from(">I", bhs, 24)[0])
+        pos += 48 + dlen + (-dlen & 3)
+    raise AssertionError(f"no status of task {itt:#x} in {len(stream)} bytes")
+
+
+def acknowledge(ini: RawInitiator, exp_stat_sn: int) -> None:
+    """A NOP-Out that wants no answer, carrying ``exp_stat_sn``."""
+    hdr = bytearray(48)
+    hdr[0], hdr[1] = Op.NOP_OUT | 0x40, 0x80
+    struct.pack_into(">IIII", hdr, 16, 0xFFFFFFFF, 0xFFFFFFFF, ini.cmdsn, exp_stat_sn)
+    ini.send(hdr)
+
+
+def ordered_write(ini: RawInitiator, offset: int, data: bytes) -> int:
+    hdr = ini.scsi_header(
+        write16(offset // BLOCK, len(data) // BLOCK), write=len(data), data_len=len(data), attr=2
+    )
+    ini.send(hdr, data)
+    return ini.itt
+
+
+def good_status_of(ini: RawInitiator, itt: int, timeout: float) -> None:
+    ini.sock.settimeout(timeout)
+    while True:
+        resp = ini.recv()
+        if resp.opcode == Op.NOP_IN:
+            continue  # a ping for a READ of another session: not this one's to answer
+        assert (resp.opcode, resp.u32(16), resp.bhs[3]) == (Op.SCSI_RESPONSE, itt, 0)
+        return
+
+
+def take_read(ini: RawInitiator) -> None:
+    """The data and status of the READ in flight (answering no ping), then its
+    acknowledgement: a NOP-Out carrying the ExpStatSN past its status."""
+    ini.sock.settimeout(10)
+    while True:
+        resp = ini.recv()
+        if resp.opcode == Op.SCSI_RESPONSE or (resp.opcode == Op.DATA_IN and resp.bhs[1] & 1):
+            assert resp.bhs[3] == 0
+            break
+    acknowledge(ini, ini.expstatsn)
+
+
+def test_a_read_that_ends_on_a_connection_the_target_closed_holds_nothing(
+    targetd: Daemon,
+) -> None:
+    """The target closes a connection (a session reinstatement) that keeps one READ held
+    (of LUN 1, unacknowledged) while another READ (of LUN 0) still waits in LUN 0's task
+    set, behind an ORDERED WRITE that waits for a third session's READ. That session
+    acknowledges its READ: the WRITE runs, and the READ behind it ends on the closed
+    connection, where its reply cannot be sent any more. It must not hold LUN 0's task
+    set: the ORDERED WRITE behind it runs at once (before, it waited for the initiator to
+    close its end, or for CLOSE_WAIT, 30 s)."""
+    offset, length = 48 * MiB, 4 * MiB
+    old = pattern(offset, length)
+    write_file(targetd, offset, old)
+    fd = os.open(str(targetd.state_dir / "lun1.img"), os.O_WRONLY)
+    try:
+        os.pwrite(fd, old, offset)
+    finally:
+        os.close(fd)
+    reader = session(targetd)
+    third = RawInitiator(targetd.port, name="iqn.2026-11.org.targetd.test:third")
+    writer = RawInitiator(targetd.port, name="iqn.2026-11.org.targetd.test:writer")
+    again = None
+    try:
+        for ini in (third, writer):
+            assert ini.login(DEFAULT_IQN).bhs[36] == 0
+            ini.clear_unit_attentions()
+        reader.clear_unit_attentions(1)
+        behind = offset + 2 * MiB  # blocks the WRITEs leave alone (their pages stay cached)
+        assert read_pdus(reader, offset, length)[:2] == (0, old)  # cached now
+        reader.send(reader.scsi_header(read16(offset // BLOCK, length // BLOCK), lun=1,
+                                       read=length))  # fmt: skip
+        assert reader.sock.recv(1, socket.MSG_PEEK)  # it ran; the rest waits in the socket
+        third.send(third.scsi_header(read16(offset // BLOCK, length // BLOCK), read=length))
+        assert third.sock.recv(1, socket.MSG_PEEK)
+        first = ordered_write(writer, offset, bytes([0x3C]) * (64 * 1024))
+        time.sleep(0.2)  # it waits for the third session's READ
+        reader.send(reader.scsi_header(read16(behind // BLOCK, MiB // BLOCK), read=MiB))
+        time.sleep(0.2)  # it waits behind the ORDERED WRITE
+        second = ordered_write(writer, offset, bytes([0xC3]) * (64 * 1024))
+        again = RawInitiator(targetd.port, name=reader.name)  # the reader's name and ISID
+        assert again.login(DEFAULT_IQN).bhs[36] == 0  # its connection is closed
+        read_to_eof(reader)  # the LUN 1 READ and its status, then the FIN: not acknowledged
+        take_read(third)
+        good_status_of(writer, first, 10)
+        good_status_of(writer, second, 10)  # the READ between them ended, sending nothing
+    finally:
+        reader.close()
+        third.close()
+        writer.close()
+        if again is not None:
+            again.close()
