@@ -8,6 +8,7 @@ threads, so live descendants are counted too.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -43,15 +44,20 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of ``pid`` plus every live descendant."""
+def _tree_sum(pid: int, measure: Callable[[int], float]) -> float:
+    """``measure`` of ``pid`` plus that of every live descendant."""
     total = 0.0
     pending = [pid]
     while pending:
         current = pending.pop()
-        total += process_cpu_seconds(current)
+        total += measure(current)
         pending += _children(current)
     return total
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` plus every live descendant."""
+    return _tree_sum(pid, process_cpu_seconds)
 
 
 def _threads_wait_seconds(pid: int) -> float:
@@ -72,10 +78,4 @@ def _threads_wait_seconds(pid: int) -> float:
 def tree_wait_seconds(pid: int) -> float:
     """Run-queue wait of ``pid`` and every live descendant, all threads: the time the target
     could have worked and the scheduler gave the CPU to someone else."""
-    total = 0.0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        total += _threads_wait_seconds(current)
-        pending += _children(current)
-    return total
+    return _tree_sum(pid, _threads_wait_seconds)
