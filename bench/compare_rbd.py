@@ -55,10 +55,8 @@ from targets import (
     TargetError,
     TgtdTarget,
     _free_control_port,
-    _with_log,
-    check_login,
     free_port,
-    wait_for_port,
+    ready,
 )
 from workloads import (
     MB,
@@ -260,14 +258,7 @@ def start_targetd(
     with log_path.open("wb") as log:
         proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT)  # fmt: skip
-    target = Target(TARGETD, IQN, 0, port, proc, log_path)
-    try:
-        wait_for_port(port, proc, timeout=60)
-        check_login(target.portal)
-    except BaseException as exc:
-        target.stop()
-        raise _with_log(exc, target) from exc
-    return target
+    return ready(Target(TARGETD, IQN, 0, port, proc, log_path), timeout=60)
 
 
 def start_tgt_rbd(workdir: Path, image: str, conf: Path) -> Target:
@@ -282,19 +273,16 @@ def start_tgt_rbd(workdir: Path, image: str, conf: Path) -> Target:
     iqn = "iqn.2026-11.org.targetd.bench:tgt-rbd"
     target = TgtdTarget(TGT, iqn, 1, port, proc, log_path, luns=((iqn, 1),),
                         control_port=control_port)  # fmt: skip
-    try:
-        wait_for_port(port, proc, timeout=15)
+
+    def configure() -> None:
         target._admin("--op new --mode target --tid 1 -T", target.iqn)
         target._admin(
             f"--op new --mode logicalunit --tid 1 --lun 1 --bstype rbd --bsopts conf={conf}"
             " -b", f"{POOL}/{image}",
         )  # fmt: skip
         target._admin("--op bind --mode target --tid 1 -I ALL")
-        check_login(target.portal)
-    except BaseException as exc:
-        target.stop()
-        raise _with_log(exc, target) from exc
-    return target
+
+    return ready(target, timeout=15, configure=configure)
 
 
 _RBD_BENCH = re.compile(r"elapsed:\s*([0-9.]+)\s+ops:\s*(\d+)\s+ops/sec:\s*([0-9.]+)")

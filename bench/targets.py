@@ -14,8 +14,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 LOOPBACK = "127.0.0.1"
 GiB = 1 << 30
@@ -146,17 +148,14 @@ class TgtdTarget(Target):
             )
         luns = tuple((iqn, 1) for iqn in iqns)
         target = cls("tgtd", TGTD_IQN, 1, port, proc, log_path, luns, control_port)
-        try:
-            wait_for_port(port, proc, timeout=15)
+
+        def configure() -> None:
             for tid, (iqn, lun_file) in enumerate(zip(iqns, files, strict=True), start=1):
                 target._admin(f"--op new --mode target --tid {tid} -T", iqn)
                 target._admin(f"--op new --mode logicalunit --tid {tid} --lun 1 -b", str(lun_file))
                 target._admin(f"--op bind --mode target --tid {tid} -I ALL")
-            check_login(target.portal)
-        except BaseException as exc:
-            target.stop()
-            raise _with_log(exc, target) from exc
-        return target
+
+        return ready(target, timeout=15, configure=configure)
 
     def _admin(self, options: str, value: str | None = None) -> None:
         """tgtadm on our control port: ``options`` split on spaces, then ``value`` whole."""
@@ -200,6 +199,23 @@ def start_configured(workdir: Path, name: str, config: str, port: int) -> subpro
                                 stderr=subprocess.STDOUT)  # fmt: skip
     wait_for_port(port, proc, timeout=60)
     return proc
+
+
+T = TypeVar("T", bound=Target)
+
+
+def ready(target: T, timeout: float, configure: Callable[[], None] | None = None) -> T:
+    """``target`` once it listens (within ``timeout`` s), is configured and accepts a login;
+    if it does not, it is stopped and the error carries the end of its log."""
+    try:
+        wait_for_port(target.port, target.proc, timeout=timeout)
+        if configure is not None:
+            configure()
+        check_login(target.portal)
+    except BaseException as exc:
+        target.stop()
+        raise _with_log(exc, target) from exc
+    return target
 
 
 def _with_log(exc: BaseException, target: Target) -> BaseException:
@@ -272,10 +288,4 @@ class TargetdTarget(Target):
             )
         luns = tuple((iqn, 0) for iqn in iqns)
         target = cls(name, TARGETD_IQN, 0, port, proc, log_path, luns)
-        try:
-            wait_for_port(port, proc, timeout=60)
-            check_login(target.portal)
-        except BaseException as exc:
-            target.stop()
-            raise _with_log(exc, target) from exc
-        return target
+        return ready(target, timeout=60)
