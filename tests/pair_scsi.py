@@ -4,6 +4,7 @@ writes)."""
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 
@@ -151,6 +152,16 @@ class BlockClient:
             piece = data[pos : pos + 256 * 1024]
             cdb = write16((offset + pos) // BLOCK, len(piece) // BLOCK)
             self.ok(cdb, lun=lun, data=piece)
+
+    def random_writes(self, lun: int, model: bytearray, rng: random.Random, count: int) -> None:
+        """``count`` writes of 1 to 128 blocks at random places of ``lun``, each made to
+        ``model`` too (what the LUN should hold, as long as the LUN)."""
+        for _ in range(count):
+            blocks = rng.randrange(1, 129)
+            lba = rng.randrange(len(model) // BLOCK - blocks)
+            data = rng.randbytes(blocks * BLOCK)
+            self.write(lun, lba * BLOCK, data)
+            model[lba * BLOCK : (lba + blocks) * BLOCK] = data
 
     def read(self, lun: int, offset: int, length: int) -> bytes:
         out = bytearray()

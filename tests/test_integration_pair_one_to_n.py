@@ -13,7 +13,6 @@ import time
 from clients import targetd_copy as tool
 from conftest import Daemon, DaemonFactory
 from pair_scsi import (
-    BLOCK,
     CREATE,
     SPLIT,
     BlockClient,
@@ -103,23 +102,15 @@ def test_one_split_leaves_the_others_mirroring(targetd_factory: DaemonFactory) -
     rng = random.Random(3)
     model = bytearray(c.read(PRIMARY, 0, SIZE))
 
-    def writes(n: int) -> None:
-        for _ in range(n):
-            blocks = rng.randrange(1, 129)
-            lba = rng.randrange(SIZE // BLOCK - blocks)
-            data = rng.randbytes(blocks * BLOCK)
-            c.write(PRIMARY, lba * BLOCK, data)
-            model[lba * BLOCK : (lba + blocks) * BLOCK] = data
-
-    writes(20)
+    c.random_writes(PRIMARY, model, rng, 20)
     image1 = bytes(model)
     c.ok(pair_out(SPLIT, S1))  # s1 by its secondary's LUN, sent to the primary
-    writes(20)
+    c.random_writes(PRIMARY, model, rng, 20)
     image2 = bytes(model)
     # s2 by targetd-copy naming the primary and, with --secondary, the pair meant.
     out = tool("split", daemon.url(PRIMARY), "--secondary", daemon.url(S2), "--wait").stdout
     assert "pair s2:" in out and "SPLIT" in out, out
-    writes(20)
+    c.random_writes(PRIMARY, model, rng, 20)
     assert c.read(S1, 0, SIZE) == image1
     assert c.read(S2, 0, SIZE) == image2
     converged(c, S0)

@@ -9,7 +9,6 @@ import pytest
 from conftest import Daemon, DaemonFactory
 from pair_scsi import (
     ADDRESSED,
-    BLOCK,
     CREATE,
     DELETE,
     RESYNC,
@@ -30,38 +29,27 @@ def start(factory: DaemonFactory, rate: str = "1MiB") -> Daemon:
     return factory(pair_config(IQN, rate))
 
 
-def random_writes(
-    client: BlockClient, lun: int, model: bytearray, rng: random.Random, count: int
-) -> None:
-    for _ in range(count):
-        blocks = rng.randrange(1, 129)
-        lba = rng.randrange(SIZE // BLOCK - blocks)
-        data = rng.randbytes(blocks * BLOCK)
-        client.write(lun, lba * BLOCK, data)
-        model[lba * BLOCK : (lba + blocks) * BLOCK] = data
-
-
 @pytest.mark.parametrize("seed", [1, 2])
 def test_split_image_and_resync_follow_the_model(targetd_factory: DaemonFactory, seed: int) -> None:
     rng = random.Random(seed)
     daemon = start(targetd_factory)
     client = BlockClient(daemon.port, IQN)
     model = bytearray(SIZE)
-    random_writes(client, 0, model, rng, 20)
+    client.random_writes(0, model, rng, 20)
     client.create(0, 1, b"db")
     st = client.status(0)
     assert (st.source, st.target, st.name) == ("DUPLEX-PENDING", "DUPLEX-PENDING", "db")
     assert (st.source_lun, st.target_lun, st.chunk_size, st.chunks) == (0, 1, 65536, 128)
-    random_writes(client, 0, model, rng, 20)
+    client.random_writes(0, model, rng, 20)
     image = bytes(model)
     client.ok(pair_out(SPLIT, 1))  # by the target's LUN, sent to LUN 0
     st = client.status(1, via=1)
     assert (st.source, st.target) == ("SPLIT", "SPLIT-PENDING") and st.dirty > 0
     assert st.split_ms > 0
     # At once: writes to the source; the target is a writable point-in-time copy.
-    random_writes(client, 0, model, rng, 20)
+    client.random_writes(0, model, rng, 20)
     target_model = bytearray(image)
-    random_writes(client, 1, target_model, rng, 5)
+    client.random_writes(1, target_model, rng, 5)
     assert client.read(1, 0, SIZE) == target_model  # merged with the pending chunks
     client.wait("SPLIT")
     assert client.read(1, 0, SIZE) == target_model
@@ -128,7 +116,7 @@ def test_kill9_during_creation_copy_resumes(targetd_factory: DaemonFactory) -> N
     model = bytearray(rng.randbytes(SIZE))
     c.write(0, 0, bytes(model))
     c.create(0, 1)
-    random_writes(c, 0, model, rng, 10)
+    c.random_writes(0, model, rng, 10)
     assert c.status().source == "DUPLEX-PENDING"
     c.close()
     daemon.kill()
@@ -136,7 +124,7 @@ def test_kill9_during_creation_copy_resumes(targetd_factory: DaemonFactory) -> N
     c = BlockClient(daemon.port, IQN)
     assert c.status().source in ("DUPLEX-PENDING", "DUPLEX")
     assert c.read(0, 0, SIZE) == model  # no acknowledged write lost
-    random_writes(c, 0, model, rng, 10)
+    c.random_writes(0, model, rng, 10)
     c.wait("DUPLEX", timeout=30)
     assert c.read(1, 0, SIZE) == model
     c.close()
@@ -147,13 +135,13 @@ def test_kill9_during_split_pending_keeps_the_split_image(targetd_factory: Daemo
     daemon = start(targetd_factory, "1MiB")
     c = BlockClient(daemon.port, IQN)
     model = bytearray(SIZE)
-    random_writes(c, 0, model, rng, 10)
+    c.random_writes(0, model, rng, 10)
     c.create(0, 1)
     c.write(0, 0, rng.randbytes(4 * MiB))
     model[: 4 * MiB] = c.read(0, 0, 4 * MiB)
     image = bytes(model)
     c.ok(pair_out(SPLIT))
-    random_writes(c, 0, model, rng, 30)  # copy-before-write for many of these
+    c.random_writes(0, model, rng, 30)  # copy-before-write for many of these
     assert c.status().target == "SPLIT-PENDING"
     c.close()
     daemon.kill()
@@ -179,7 +167,7 @@ def test_kill9_during_resync_converges(targetd_factory: DaemonFactory) -> None:
     model[: 6 * MiB] = c.read(0, 0, 6 * MiB)
     c.write(1, 7 * MiB, b"\x55" * MiB)  # the target's own change is undone by resync
     c.ok(pair_out(RESYNC))
-    random_writes(c, 0, model, rng, 10)
+    c.random_writes(0, model, rng, 10)
     assert c.status().source == "RESYNC"
     c.close()
     daemon.kill()

@@ -49,15 +49,6 @@ def config(cluster: CephCluster, image_a: str, image_b: str) -> str:
     )
 
 
-def random_writes(client: BlockClient, lun: int, model: bytearray, rng: random.Random) -> None:
-    for _ in range(15):
-        blocks = rng.randrange(1, 129)
-        lba = rng.randrange(SIZE // BLOCK - blocks)
-        data = rng.randbytes(blocks * BLOCK)
-        client.write(lun, lba * BLOCK, data)
-        model[lba * BLOCK : (lba + blocks) * BLOCK] = data
-
-
 @pytest.mark.parametrize(
     ("source", "target"),
     [(RBD_A, RBD_B), (RBD_A, FILE), (FILE, RBD_B)],
@@ -76,12 +67,12 @@ def test_split_image_is_exact_and_resync_catches_up(
     daemon = targetd_factory(config(ceph_cluster, image_a, image_b))
     client = BlockClient(daemon.port, IQN, luns=(RBD_A, RBD_B, FILE))
     model = bytearray(SIZE)
-    random_writes(client, source, model, rng)
+    client.random_writes(source, model, rng, 15)
     client.create(source, target, b"vol")
-    random_writes(client, source, model, rng)  # while the initial copy runs
+    client.random_writes(source, model, rng, 15)  # while the initial copy runs
     split_image = bytes(model)
     client.ok(pair_out(SPLIT, target), lun=source)
-    random_writes(client, source, model, rng)  # after the split: not in the target
+    client.random_writes(source, model, rng, 15)  # after the split: not in the target
     client.wait("SPLIT", timeout=60, lun=source)
     assert client.read(target, 0, SIZE) == split_image
     assert client.read(source, 0, SIZE) == model
