@@ -66,14 +66,19 @@ def read_tape(client: BlockClient, records: int, size: int) -> bytes:
     return out
 
 
+def designators(client: BlockClient) -> dict[str, bytes]:
+    """What the docs' lists call NAA0, NAA1 and NAAT: the LUs' designators (VPD page 83h)."""
+    return {
+        f"NAA{tag}": lu_designator(client.ok(inquiry(0x83, 255), lun=lun, read=255)).value
+        for tag, lun in (("0", 0), ("1", 1), ("T", TAPE))
+    }
+
+
 def test_the_lid1_and_lid4_examples_run_as_written(targetd_factory: DaemonFactory) -> None:
     daemon = targetd_factory(CONFIG)
     client = BlockClient(daemon.port, daemon.iqn, (0, 1, TAPE))
     try:
-        naa = {
-            f"NAA{tag}": lu_designator(client.ok(inquiry(0x83, 255), lun=lun, read=255)).value
-            for tag, lun in (("0", 0), ("1", 1), ("T", TAPE))
-        }
+        naa = designators(client)
         image = os.urandom(MiB)
         client.write(0, 0, image)
         backup, lid4 = hex_blocks()
@@ -152,10 +157,7 @@ def test_every_policy_example_backs_up_the_split_image(targetd_factory: DaemonFa
     daemon = targetd_factory(CONFIG)
     client = BlockClient(daemon.port, daemon.iqn, (0, 1, TAPE))
     try:
-        naa = {
-            f"NAA{tag}": lu_designator(client.ok(inquiry(0x83, 255), lun=lun, read=255)).value
-            for tag, lun in (("0", 0), ("1", 1), ("T", TAPE))
-        }
+        naa = designators(client)
         backup, lid4 = hex_blocks()
         files = {
             # "backup.bin is the list above with CSCD 0 naming LUN 1"
