@@ -390,18 +390,22 @@ def test_a_fenced_hosts_write_waiting_for_the_lock_never_lands(
     CONFLICT, PREEMPT AND ABORT aborts it (no answer; REGISTRATIONS PREEMPTED next). It
     used to run once the lock came, landing the fenced host's data after its fencing."""
     image = new_image("16M")
-    pair = gateway_pair(image, hold_ms=2000, takeover_ms=3000, unit_attention=False)
+    # B keeps the lock 4 s after its last write, and A's write waits for it (up to
+    # takeover_ms + 1 s): time enough for the PREEMPT on a loaded machine.
+    pair = gateway_pair(image, hold_ms=4000, takeover_ms=6000, unit_attention=False)
     victim, fencer = login(pair.a, HOLDER), login(pair.b, OTHER)
     assert prout(victim, REGISTER, 0, K_HOLDER) == (GOOD, None)
     assert prout(fencer, REGISTER, 0, K_OTHER) == (GOOD, None)
     assert prout(fencer, RESERVE, K_OTHER, type_=WERO) == (GOOD, None)
     assert fencer.command(WRITE10, data=bytes(512))[0] == GOOD  # B holds the lock now
+    held = time.monotonic()
     late = bytes([0x5A]) * 512
     write = bytes([0x2A, 0, 0, 0, 0, 8, 0, 0, 1, 0])  # LBA 8
     header = victim.scsi_header(write, write=512, data_len=512)
     victim.send(header, late)  # A asks B for the lock: B keeps it for its hold time
     time.sleep(0.3)
     assert prout(fencer, action, K_OTHER, K_HOLDER, type_=WERO) == (GOOD, None)
+    assert time.monotonic() - held < 4.0, "the PREEMPT came after B gave the lock up"
     tur = victim.scsi_header(bytes(6))
     write_itt, tur_itt = bytes(header[16:20]), bytes(tur[16:20])
     victim.send(tur)
@@ -417,7 +421,7 @@ def test_a_fenced_hosts_write_waiting_for_the_lock_never_lands(
     else:
         assert write_itt not in answers, answers  # aborted: never answered
     assert answers[tur_itt] == (CHECK_CONDITION, (6, 0x2A, 0x05))  # REGISTRATIONS PREEMPTED
-    time.sleep(2.5)  # past B's hold time: nothing is left to land
+    time.sleep(max(0.0, held + 5.0 - time.monotonic()))  # past B's hold: A has the lock
     assert victim.command(write, data=late)[0] == RESERVATION_CONFLICT
     assert fencer.command(bytes([0x28, 0, 0, 0, 0, 8, 0, 0, 1, 0]), read=512)[1] == bytes(512)
     assert export_image(ceph_cluster, image, tmp_path / "export")[8 * 512 : 9 * 512] == bytes(512)
