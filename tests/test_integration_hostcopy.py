@@ -54,8 +54,12 @@ size = "4MiB"
 [[target.lun]]
 lun = 5
 size = "8MiB"
+[[target.lun]]
+lun = 6
+size = "8MiB"
+block_size = 4096
 """
-SOURCE, MIRROR, TAPE, SINK, SMALL, FRESH = 0, 1, 2, 3, 4, 5
+SOURCE, MIRROR, TAPE, SINK, SMALL, FRESH, WIDE = 0, 1, 2, 3, 4, 5, 6
 
 
 def start(factory: DaemonFactory) -> tuple[Daemon, BlockClient]:
@@ -113,6 +117,13 @@ def test_backup_list_verify_restore_through_iscsi_urls(targetd_factory: DaemonFa
         assert small.returncode == 1
         assert f"holds {4 * MiB} bytes, the backup {SIZE}: restore refused" in small.stderr
         assert client.read(SMALL, 0, 65536) == bytes(65536)  # nothing written
+        # The same size in 4096-byte blocks: refused, even forced, before anything is sent.
+        for extra in ([], ["--force"]):
+            wide = tool("restore", daemon.url(TAPE), daemon.url(WIDE), *extra, check=False)
+            assert (wide.returncode, wide.stderr) == (1, (
+                f"targetd-copy restore: {daemon.url(WIDE)} has 4096-byte blocks, the backup "
+                "512-byte ones: restore refused\n"
+            )), wide.stderr  # fmt: skip
         # --force restores the records that fit.
         tool("restore", daemon.url(TAPE), daemon.url(SMALL), "--force")
         assert client.read(SMALL, 0, 4 * MiB) == image[: 4 * MiB]
