@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Protocol
 
 from construct import Int8ub, Int16ub, Int32ub, Int64ub, Padding, Struct
 
+from backing.block_store import BlockStore
 from backing.pairs.states import Phase
 from backing.pairs.volume import PairVolume, Role
-from backing.sparse_file import Extent, SparseFile
+from backing.sparse_file import SparseFile
 from backing.write_now import read_now_of, write_now_of
 from scsi.command import FileRange
 from scsi.kernel_file import KernelFile
@@ -41,19 +41,6 @@ MAX_COMPARE_AND_WRITE_BLOCKS = 255
 ALLOCATION_UNIT = 4096
 
 BLOCK_SIZES = (512, 1024, 2048, 4096)
-
-
-class BlockStore(Protocol):
-    """What a block LU needs from its storage (backing.SparseFile, or a pair's wrapper)."""
-
-    size: int
-
-    async def read_into(self, offset: int, buf: memoryview) -> None: ...
-    async def write(self, offset: int, data: bytes | memoryview, *, fua: bool = False) -> None: ...
-    async def flush(self) -> None: ...
-    async def punch_hole(self, offset: int, length: int) -> None: ...
-    async def write_zeroes(self, offset: int, length: int) -> None: ...
-    def extents(self, offset: int, length: int) -> list[Extent]: ...
 
 
 _BlockLimits = Struct(

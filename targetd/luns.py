@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import xcopy
+from backing.block_store import BlockStore
 from backing.pairs import PairService, PairVolume
 from backing.s3_client import S3Location
 from backing.sparse_file import SparseFile
@@ -19,7 +20,7 @@ from backing.tape_library import LibraryError, TapeDirectory
 from backing.tape_s3 import S3Tape
 from backing.tape_s3_store import S3TapeStore
 from scsi.alua import STATE_NAMES, PortGroup, PortGroups
-from scsi.block_device import BlockDevice, BlockStore
+from scsi.block_device import BlockDevice
 from scsi.changer_device import MediaChanger, TapeLibrary
 from scsi.file_sink import FileSinkDevice
 from scsi.logical_unit import Identity, LogicalUnit, Services

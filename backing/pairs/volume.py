@@ -19,6 +19,7 @@ from enum import Enum
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
+from backing.block_store import BlockStore
 from backing.pairs.fanout import primary_write
 from backing.sparse_file import Extent
 from backing.write_now import read_now_of, write_now_of
@@ -33,19 +34,6 @@ MAX_SECONDARIES = 3
 def scope_of(volume_id: str) -> str:
     """The scope of a volume id ``<scope>/<volume>`` ("" without a slash)."""
     return volume_id.rpartition("/")[0]
-
-
-class Store(Protocol):
-    """The block store a volume wraps (backing.SparseFile; scsi's BlockStore)."""
-
-    size: int
-
-    async def read_into(self, offset: int, buf: memoryview) -> None: ...
-    async def write(self, offset: int, data: bytes | memoryview, *, fua: bool = False) -> None: ...
-    async def flush(self) -> None: ...
-    async def punch_hole(self, offset: int, length: int) -> None: ...
-    async def write_zeroes(self, offset: int, length: int) -> None: ...
-    def extents(self, offset: int, length: int) -> list[Extent]: ...
 
 
 class SentRead(Protocol):
@@ -67,9 +55,9 @@ class VolumeWriteProtected(Exception):
 
 
 class PairVolume:
-    """A :class:`Store` that routes host I/O through the pair it belongs to, if any."""
+    """A :class:`BlockStore` that routes host I/O through the pair it belongs to, if any."""
 
-    def __init__(self, volume_id: str, base: Store, *, read_only: bool = False) -> None:
+    def __init__(self, volume_id: str, base: BlockStore, *, read_only: bool = False) -> None:
         self.volume_id = volume_id
         self.base = base
         self.size = base.size

@@ -1,0 +1,19 @@
+"""What a block store offers: a block LU serves hosts from one, and a pair volume wraps one
+and is one (backing.SparseFile, an RBD image, backing.pairs.PairVolume)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from backing.sparse_file import Extent
+
+
+class BlockStore(Protocol):
+    size: int
+
+    async def read_into(self, offset: int, buf: memoryview) -> None: ...
+    async def write(self, offset: int, data: bytes | memoryview, *, fua: bool = False) -> None: ...
+    async def flush(self) -> None: ...
+    async def punch_hole(self, offset: int, length: int) -> None: ...
+    async def write_zeroes(self, offset: int, length: int) -> None: ...
+    def extents(self, offset: int, length: int) -> list[Extent]: ...
