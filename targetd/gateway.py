@@ -180,6 +180,8 @@ class LockGate:
         self.holding = False
         self.peer_holds = False
         self.is_fenced = False
+        # While fenced: why this gateway is not back yet (``targetctl status``).
+        self.recovery = ""
         self.last_io = float("-inf")
         self.in_flight = 0
         self._drained = asyncio.Event()  # set whenever nothing is in flight
@@ -505,6 +507,7 @@ class LockGate:
             return
         log.warning("fenced", extra=logs.fields(lu=self.name, reason=why))
         self.is_fenced = True
+        self.recovery = f"fenced ({why}): reopening the image"
         self.holding = False
         self.peer_holds = True
         self._update()
@@ -544,12 +547,14 @@ class LockGate:
                     break
                 except OSError as exc:
                     log.warning("reopen failed", extra=logs.fields(lu=self.name, error=str(exc)))
+                    self.recovery = f"reopen failed, tried again every second: {exc}"
                     await asyncio.sleep(1.0)
         try:  # the old client is shut down: its entry only piles up in the osdmap
             await loop.run_in_executor(None, self.image.unblocklist, old)
         except OSError as exc:
             log.info("blocklist entry kept", extra=logs.fields(addr=old, error=str(exc)))
         self.is_fenced = False
+        self.recovery = ""
         log.info("rejoined", extra=logs.fields(lu=self.name, client=self.image.address))
         await self._learn_owner()
         self._update()
@@ -562,6 +567,7 @@ class LockGate:
             "lu": self.name,
             "holder": self.holding,
             "fenced": self.is_fenced,
+            "recovery": self.recovery,
             "own_group": f"{self.layout.own_group} {_STATE_NAMES[own]}",
             "peer_group": f"{self.layout.peer_group} {_STATE_NAMES[peer]}",
             "lock_taken": self.acquisitions,

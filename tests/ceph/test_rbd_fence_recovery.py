@@ -117,7 +117,7 @@ def test_a_reopen_that_waits_on_a_hung_call_gives_up_says_why_and_retries(
     name = new_image("8M")
     spec = RbdSpec(pool=ceph_cluster.pool, image=name, ceph_conf=str(ceph_cluster.conf))
 
-    async def scenario() -> tuple[bool, list[Reason | None], bool, bool]:
+    async def scenario() -> tuple[bool, list[Reason | None], set[str], bool, bool]:
         image = _WatchedImage(spec)
         image.lock_call.delay = HUNG_CALL
         image.reopen_wait = REOPEN_WAIT
@@ -134,7 +134,9 @@ def test_a_reopen_that_waits_on_a_hung_call_gives_up_says_why_and_retries(
             await asyncio.to_thread(image.lock_call.started.wait, 30)
             gate.fenced(MediumWriteError(errno.ESHUTDOWN, image.path, "write", 0, 512))
             reasons: list[Reason | None] = []
+            shown: set[str] = set()  # what targetctl status says meanwhile
             while not image.lock_call.ended.is_set():  # the host retries meanwhile
+                shown.add(str(gate.status()["recovery"]))
                 try:
                     await asyncio.wait_for(gate.enter(Nexus("i", "t"), WRITE_10), 5)
                     reasons.append(None)
@@ -145,17 +147,29 @@ def test_a_reopen_that_waits_on_a_hung_call_gives_up_says_why_and_retries(
             while gate.is_fenced and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             await asyncio.wait_for(taking, 30)
-            return image.closed_under_a_call, reasons, gate.is_fenced, bool(image._image)
+            shown_after = str(gate.status()["recovery"])
+            return (
+                image.closed_under_a_call,
+                reasons,
+                shown | {shown_after},
+                gate.is_fenced,
+                bool(image._image),
+            )
         finally:
             await gate.stop()
             image.close()
 
     with caplog.at_level(logging.WARNING, logger="targetd.gateway"):
-        under, reasons, fenced_at_end, open_at_end = asyncio.run(scenario())
+        under, reasons, shown, fenced_at_end, open_at_end = asyncio.run(scenario())
     assert not under, "the image was reopened while a librbd call on the old handle ran"
     assert reasons and set(reasons) == {Reason.LU_NOT_ACCESSIBLE_TRANSITIONING}, reasons
     assert not fenced_at_end, "the gateway did not rejoin once the hung call ended"
     assert open_at_end
+    assert any(
+        s.startswith("reopen failed, tried again every second:") and "rbd_lock_acquire" in s
+        for s in shown
+    ), shown
+    assert "" in shown  # once rejoined
     gave_up = [
         str(r.__dict__.get(FIELDS, {}).get("error"))
         for r in caplog.records
