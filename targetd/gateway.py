@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from backing.errors import StoreError
 from backing.rbd_image import RbdImage
 from backing.rbd_notify import GatewayChannel, Message, Reply
+from backing.threads import outlast
 from scsi.alua import STATE_NAMES, AccessState, PortGroup, PortGroups, needs_ownership
 from scsi.command import Nexus
 from scsi.logical_unit import LogicalUnit
@@ -490,9 +491,9 @@ class LockGate:
         async with self._channel_lock:
             if self.is_fenced:  # the recovery watches again
                 return
-            await loop.run_in_executor(None, self.channel.stop)
+            await outlast(loop.run_in_executor(None, self.channel.stop))
             try:
-                await loop.run_in_executor(None, self.channel.start, loop)
+                await outlast(loop.run_in_executor(None, self.channel.start, loop))
             except OSError as exc:
                 if exc.errno in FENCED_ERRNOS:
                     self._fence("the cluster blocklisted this gateway")
@@ -539,18 +540,18 @@ class LockGate:
         if busy:
             await asyncio.wait(busy, timeout=self.takeover + BROADCAST_TIMEOUT + 1.0)
         async with self._channel_lock:
-            await loop.run_in_executor(None, self.channel.stop)
+            await outlast(loop.run_in_executor(None, self.channel.stop))
             while True:
                 try:
                     await self.image.reopen()
-                    await loop.run_in_executor(None, self.channel.start, loop)
+                    await outlast(loop.run_in_executor(None, self.channel.start, loop))
                     break
                 except OSError as exc:
                     log.warning("reopen failed", extra=logs.fields(lu=self.name, error=str(exc)))
                     self.recovery = f"reopen failed, tried again every second: {exc}"
                     await asyncio.sleep(1.0)
         try:  # the old client is shut down: its entry only piles up in the osdmap
-            await loop.run_in_executor(None, self.image.unblocklist, old)
+            await outlast(loop.run_in_executor(None, self.image.unblocklist, old))
         except OSError as exc:
             log.info("blocklist entry kept", extra=logs.fields(addr=old, error=str(exc)))
         self.is_fenced = False

@@ -223,3 +223,51 @@ def test_a_gateway_stopped_while_it_takes_the_lock_ends_after_the_call_within_a_
     assert ended, "the stop returned while librbd was still taking the lock"
     assert took < STOP_BOUND, f"the stop took {took:.1f} s"
     assert owners == [other_address]
+
+
+def test_a_gateway_stopped_while_it_watches_again_ends_after_the_watch_call(
+    ceph_cluster: CephCluster, new_image: ImageFactory
+) -> None:
+    """The gateway's watch of its message object is lost and it watches again (a blocking
+    RADOS call, slowed on its worker thread); the daemon stops meanwhile. The stop returns
+    only once that call has ended: the watch it makes is then stopped with the gateway, and
+    never runs on against the io context the image's close destroys next."""
+    name = new_image("8M")
+    spec = RbdSpec(pool=ceph_cluster.pool, image=name, ceph_conf=str(ceph_cluster.conf))
+
+    async def scenario() -> tuple[bool, float]:
+        image = RbdImage(spec)
+        gate = LockGate(
+            BlockDevice(Identity("gate-rewatch"), image),
+            image,
+            Layout(own_group=1, own_ports=(1,), peer_group=2, peer_ports=(2,)),
+            hold_ms=100,
+            takeover_ms=2000,
+            name="gate-rewatch",
+        )
+        call = SlowCall(SLOW_CALL)
+        stopped = False
+        start = gate.channel.start
+
+        def slow_start(loop: asyncio.AbstractEventLoop) -> None:
+            # After the stop has returned the real call would watch on a closed client.
+            call.run(lambda: None if stopped else start(loop))
+
+        gate.channel.start = slow_start  # type: ignore[method-assign]
+        try:
+            gate._on_watch_error(-107)  # ENOTCONN: the OSD dropped the watch
+            await asyncio.to_thread(call.started.wait, 30)
+            began = time.monotonic()
+            await gate.stop()
+            took = time.monotonic() - began
+            ended = call.ended.is_set()
+            stopped = True
+            call.ended.wait(30)
+            return ended, took
+        finally:
+            gate.close()
+            image.close()
+
+    ended, took = asyncio.run(scenario())
+    assert ended, "the stop returned while the gateway was still watching again"
+    assert took < STOP_BOUND, f"the stop took {took:.1f} s"
