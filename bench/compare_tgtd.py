@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     tree_names = [name for _, name, _ in args.tree_specs] or None
     try:
-        with tempfile.TemporaryDirectory(prefix="targetd-bench-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=code_trees.WORKDIR_PREFIX) as tmp:
             results = run_with_trees(args, Path(tmp), pids, settings)
     except TreeError as exc:
         print(f"error: a targetd tree: {exc}", file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -113,6 +114,9 @@ def from_path(name: str, path: str) -> Tree:
 # that worktree (``remove_stale``). The lock also keeps ``git worktree prune`` off it while it
 # runs, and ``git worktree list`` shows a user whose it is.
 LOCK_REASON = "targetd bench run: pid {pid} started {start}"
+# The temporary directory of a run (the worktrees, the contenders' state and LUN files): a
+# killed run's is removed with its worktrees.
+WORKDIR_PREFIX = "targetd-bench-"
 _LOCK = re.compile(r"targetd bench run: pid (\d+) started (\d+)")
 
 
@@ -159,8 +163,9 @@ def remove(tree: Tree, repo: Path) -> None:
 
 def remove_stale(repo: Path) -> list[Path]:
     """Remove the worktrees of ``repo`` that a bench run made and left behind: those locked
-    with ``LOCK_REASON`` by a process that no longer runs. Any other worktree, and those of a
-    bench run still going, are left alone. Returns the paths removed."""
+    with ``LOCK_REASON`` by a process that no longer runs, and the run's temporary directory
+    they are in (named ``WORKDIR_PREFIX...``). Any other worktree, and those of a bench run
+    still going, are left alone. Returns the worktrees removed."""
     listed = _git(repo, "worktree", "list", "--porcelain", check=False).stdout
     stale: list[Path] = []
     for block in listed.split("\n\n"):
@@ -170,6 +175,9 @@ def remove_stale(repo: Path) -> list[Path]:
             stale.append(Path(fields["worktree"]))
     for path in stale:
         _remove_worktree(repo, path)
+    for workdir in {path.parent for path in stale}:
+        if workdir.name.startswith(WORKDIR_PREFIX):
+            shutil.rmtree(workdir, ignore_errors=True)
     return stale
 
 

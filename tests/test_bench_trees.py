@@ -48,7 +48,7 @@ def _repo(tmp_path: Path) -> Path:
 
 def test_a_killed_runs_worktree_is_removed_by_the_next_and_no_other(tmp_path: Path) -> None:
     repo = _repo(tmp_path)
-    killed_dir, live_dir = tmp_path / "killed", tmp_path / "live"
+    killed_dir, live_dir = tmp_path / f"{trees.WORKDIR_PREFIX}killed", tmp_path / "live"
     killed_dir.mkdir()
     live_dir.mkdir()
     # A bench process makes its worktree and is killed before its cleanup runs.
@@ -73,8 +73,9 @@ def test_a_killed_runs_worktree_is_removed_by_the_next_and_no_other(tmp_path: Pa
     assert before[killed].startswith(f"locked targetd bench run: pid {child.pid} started ")
     assert set(before) == {killed, live.path.resolve(), users.resolve(), locked.resolve()}
 
+    (killed_dir / "contender-base").mkdir()  # the run's own files go with it
     assert trees.remove_stale(repo) == [killed]
-    assert not killed.exists()
+    assert not killed_dir.exists()
     assert set(_worktrees(repo)) == {live.path.resolve(), users.resolve(), locked.resolve()}
     assert trees.remove_stale(repo) == []
 
@@ -99,3 +100,4 @@ def test_a_stale_worktree_whose_directory_is_gone_leaves_gits_list(tmp_path: Pat
 
     assert trees.remove_stale(repo) == [path]
     assert _worktrees(repo) == {}
+    assert workdir.is_dir()  # not named as the bench names its own: not the bench's to remove
