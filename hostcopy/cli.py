@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from contextlib import ExitStack
 from dataclasses import asdict
@@ -249,6 +250,8 @@ def _send_all(device: Device, lists: list[bytes], first: int, total: int, what: 
     except KeyboardInterrupt:
         # An IMMED copy goes on without us: stop it rather than leave it running.
         bar.finish(ok=False)
+        print(f"interrupted: stopping the {what} (Ctrl-C again is ignored until it has "
+              "stopped)", file=sys.stderr)  # fmt: skip
         ops.abort(device, list_id)
         print(f"interrupted: {what} list {list_id} aborted (COPY OPERATION ABORT)", file=sys.stderr)
         raise
@@ -669,6 +672,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     runtime.command_timeout = args.command_timeout
+    signal.signal(signal.SIGINT, runtime.first_interrupt_only)
     try:
         return COMMANDS[args.command](args)
     except (Failure, ops.CopyFailed, ScsiError, TransportError, ValueError) as e:

@@ -395,6 +395,38 @@ def test_an_interrupted_backup_is_aborted_and_closed_with_a_file_mark(
         client.close()
 
 
+def test_ctrl_c_pressed_again_does_not_cut_the_abort_short(
+    targetd_factory: DaemonFactory,
+) -> None:
+    """Ctrl-C pressed several times in a row (as people do): the first stops the backup;
+    the ones after it are ignored while the tool aborts the copy and closes the partial
+    backup, so the file mark never lands in a copy still running."""
+    daemon = targetd_factory(SLOW_CONFIG)
+    client = BlockClient(daemon.port, daemon.iqn, (SOURCE, MIRROR))
+    try:
+        client.write(SOURCE, 0, os.urandom(SIZE))
+        tool("create", daemon.url(SOURCE), daemon.url(MIRROR), "--name", "db", "--policy", "2")
+        tool("split", daemon.url(MIRROR))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hostcopy", "backup", daemon.url(MIRROR), daemon.url(TAPE)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        wait_for_first_progress_line(proc)
+        for _ in range(20):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.002)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert "aborted (COPY OPERATION ABORT)" in err and "closed with a file mark" in err, err
+        assert "Traceback" not in err, err
+        client.wait("SPLIT", lun=MIRROR)
+        tool("backup", daemon.url(MIRROR), daemon.url(TAPE))
+        listing = json.loads(tool("list", daemon.url(TAPE), "--json").stdout)
+        assert [(e["file"], e["state"]) for e in listing] == [(0, "partial"), (1, "sealed")]
+    finally:
+        client.close()
+
+
 def test_devices_of_two_targets_are_refused_before_anything_is_sent(
     targetd_factory: DaemonFactory,
 ) -> None:
