@@ -99,6 +99,11 @@ class Cluster:
                 # hung far past osd_op_timeout instead of failing. Set here, so a ceph.conf
                 # cannot turn it off (docs/rbd.md, "Performance").
                 "rbd_disable_zero_copy_writes": "true",
+                # librbd's "simple" scheduler holds a write back while another write to the
+                # same object is in flight, to merge adjacent ones: the store already merges
+                # the adjacent requests of a loop turn, and random 4 KiB writes at QD32 cost
+                # 0.86x the CPU at 1.13x the IOPS without it (docs/rbd.md, "Performance").
+                "rbd_io_scheduler": "none",
                 "log_to_stderr": "false",
                 "err_to_stderr": "false",
             }
