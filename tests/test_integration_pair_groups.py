@@ -183,9 +183,10 @@ def test_reload_adds_declared_pairs_and_reports_mismatches(
         time.sleep(0.05)
     assert "pair[3] 'p3': created, LUN 6 -> LUN 7" in daemon.stderr, daemon.stderr
     assert daemon.targetctl_json("pair", "status", "p3")["target_lun"] == 7
-    # p3 is taken out of the file, and p0 is declared onto other LUNs: both reported,
-    # nothing changed.
+    # p3 and the group are taken out of the file, and p0 is declared onto other LUNs: all
+    # reported, nothing changed.
     text = config("0", luns=8).replace("target_lun = 3", "target_lun = 7")
+    text = text.replace('[[group]]\nname = "db"\npairs = ["p0", "p1", "p2"]\n', "")
     daemon.config.write_text(text)
     os.kill(daemon.proc.pid, signal.SIGHUP)  # type: ignore[union-attr]
     deadline = time.monotonic() + 30
@@ -193,6 +194,7 @@ def test_reload_adds_declared_pairs_and_reports_mismatches(
         time.sleep(0.05)
     log = daemon.stderr
     assert "pair 'p3' is no longer declared: left as it is" in log, log
+    assert "group 'db' is no longer declared: left as it is" in log, log
     assert "pair[0] 'p0': declared LUN 0 -> LUN 7, but the existing pair is" in log, log
     assert daemon.targetctl_json("pair", "status", "p0")["target_lun"] == 3
     assert daemon.targetctl_json("pair", "status", "p3")["target_lun"] == 7
