@@ -202,6 +202,16 @@ def test_reload_adds_declared_pairs_and_reports_mismatches(
     daemon.restart()
     group = daemon.targetctl_json("group", "status", "db")
     assert group["pairs"] == ["p0", "p1", "p2"]
+    # At start, a declared group whose members differ from the existing one's: reported,
+    # left as it is.
+    daemon.stop()
+    daemon.config.write_text(config("0", luns=8).replace('"p1", "p2"]', '"p1"]'))
+    daemon.start()
+    assert (
+        "group[0] 'db': declared with pairs p0, p1, but the existing group has p0, p1, p2; "
+        "left as it is (targetctl group add/remove changes it)"
+    ) in daemon.stderr, daemon.stderr
+    assert daemon.targetctl_json("group", "status", "db")["pairs"] == ["p0", "p1", "p2"]
 
 
 def test_a_reload_resumes_the_pair_file_of_luns_it_adds(targetd_factory: DaemonFactory) -> None:
