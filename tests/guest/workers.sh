@@ -18,6 +18,18 @@ wait_for 15 sh -c '[ "$(ls -d /sys/class/scsi_device/*/device/block 2>/dev/null 
     fail "expected two disks: $(ls /sys/class/scsi_device)"
 run iscsiadm -m session -P 1
 
+# Each disk's first block, read from the LUN (not the page cache): "disk 1" and "disk 2".
+read_back() {
+    echo 3 >/proc/sys/vm/drop_caches
+    seen=""
+    for dev in /sys/class/scsi_device/*/device/block/*; do
+        disk=/dev/${dev##*/}
+        seen="$seen $(dd if="$disk" bs=512 count=1 iflag=direct 2>/dev/null | head -c 6)"
+    done
+    echo "read back$1:$seen"
+    expect "$seen" "disk 1" "disk 2"
+}
+
 step "each disk keeps its own data"
 n=0
 for dev in /sys/class/scsi_device/*/device/block/*; do
@@ -26,14 +38,7 @@ for dev in /sys/class/scsi_device/*/device/block/*; do
     printf 'disk %s\n' "$n" | dd of="$disk" bs=512 count=1 conv=sync oflag=direct 2>/dev/null ||
         fail "write to $disk failed"
 done
-echo 3 >/proc/sys/vm/drop_caches
-seen=""
-for dev in /sys/class/scsi_device/*/device/block/*; do
-    disk=/dev/${dev##*/}
-    seen="$seen $(dd if="$disk" bs=512 count=1 iflag=direct 2>/dev/null | head -c 6)"
-done
-echo "read back:$seen"
-expect "$seen" "disk 1" "disk 2"
+read_back ""
 
 step "a killed worker: the initiator logs in again through the portal"
 # Quick NOP-Outs, so the lost connection is noticed in seconds; then the host kills the
@@ -51,14 +56,7 @@ expect "$out" "successful"
 wait_for 15 sh -c '[ "$(ls -d /sys/class/scsi_device/*/device/block 2>/dev/null | wc -l)" -eq 2 ]' ||
     fail "expected two disks again: $(ls /sys/class/scsi_device)"
 host kill-second-worker
-echo 3 >/proc/sys/vm/drop_caches
-seen=""
-for dev in /sys/class/scsi_device/*/device/block/*; do
-    disk=/dev/${dev##*/}
-    seen="$seen $(dd if="$disk" bs=512 count=1 iflag=direct 2>/dev/null | head -c 6)"
-done
-echo "read back after the kill:$seen"
-expect "$seen" "disk 1" "disk 2"
+read_back " after the kill"
 run iscsiadm -m session -P 1
 
 step "logout"
