@@ -162,11 +162,15 @@ class Connection(TaskManagement, ReadHolds):
         """The SCSI layer finished the command ``handle``: send its data and status."""
         task: Task = handle  # type: ignore[assignment]
         leases = task.leases
-        if self.tasks.get(task.itt) is not task or task.aborted or self.phase is Phase.CLOSED:
-            # Aborted, or ended after the target closed the connection (its sending side
-            # is shut, or is about to be): no reply goes out, the initiator retries the
-            # command elsewhere, and a READ's hold would only keep the LU's task set and the
-            # pair engine waiting for an acknowledgement that cannot come.
+        if (
+            self.tasks.get(task.itt) is not task
+            or task.aborted
+            or (result.hold is not None and self.phase is Phase.CLOSED)
+        ):
+            # Aborted; or a READ sent from a file that ended after the target closed the
+            # connection (its sending side is shut, or is about to be): it gets no reply,
+            # the initiator retries it, and its hold would only keep the LU's task set and
+            # the pair engine waiting for an acknowledgement that cannot come.
             if leases is not None:
                 leases.release(reuse=False)
             if result.hold is not None:
