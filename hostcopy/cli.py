@@ -214,28 +214,44 @@ def _close_partial(dst: Device) -> None:
     """A backup that stopped after writing something (its label at least) is closed with
     a file mark, so the next backup starts a tape file of its own instead of running on
     into this one. It has no end label (the target writes that last): `list` shows it as
-    partial and `verify` fails on it."""
+    partial and `verify` fails on it. A tape that already ends with a file mark (the copy
+    stopped before it wrote anything, or after its own file mark: an abort that came as it
+    ended) gets none: it would only make an empty tape file."""
     try:
-        ops.write_filemark(dst)
+        if ops.can_space(dst):
+            ops.to_end_of_data(dst)
+            closed = ops.close_open_file(dst)
+        else:  # a file sink: the mark ends its current file
+            ops.write_filemark(dst)
+            closed = True
     except (ScsiError, TransportError) as e:
         print(f"could not close the partial backup with a file mark: {e}", file=sys.stderr)
-    else:
+        return
+    if closed:
         print("the partial backup was closed with a file mark: do not restore it",
               file=sys.stderr)  # fmt: skip
+    else:
+        print("the tape ends with a file mark already: nothing to close (`list` says "
+              "whether the backup is sealed or partial)", file=sys.stderr)  # fmt: skip
 
 
 def _send_all(device: Device, lists: list[bytes], first: int, total: int, what: str) -> None:
+    """Sends the lists in turn, with the progress bar. Returns once the last one has
+    completed, even when Ctrl-C came after it had (nothing then to abort or close);
+    raises KeyboardInterrupt once an interrupted copy is stopped."""
     bar = Progress(total, what)
     done_before = 0
     list_id = first
+    seen = ops.ListRun()
     try:
         for n, params in enumerate(lists):
             list_id = first + n
+            seen = ops.ListRun()
 
             def progress(done: int, before: int = done_before) -> None:
                 bar.update(before + done)
 
-            status = ops.send_list(device, params, list_id, progress)
+            status = ops.send_list(device, params, list_id, progress, seen)
             done_before += status.transferred
             bar.update(min(done_before, total))
     except ops.CopyFailed as e:
@@ -249,11 +265,23 @@ def _send_all(device: Device, lists: list[bytes], first: int, total: int, what: 
         raise
     except KeyboardInterrupt:
         # An IMMED copy goes on without us: stop it rather than leave it running.
+        below_bar = "\n" if bar.tty else ""
+        print(f"{below_bar}interrupted: stopping the {what} (Ctrl-C again is ignored until "
+              "it has stopped)", file=sys.stderr)  # fmt: skip
+        aborting = seen.accepted and seen.final is None
+        ended = ops.stop(device, list_id, seen)
+        if ended is not None and ended.state == 0x01 and list_id == first + len(lists) - 1:
+            # The last list had completed: the work is whole, and a file mark written now
+            # would only make an empty tape file after it.
+            print(f"interrupted after the last list had completed: the {what} is whole",
+                  file=sys.stderr)  # fmt: skip
+            bar.update(total)
+            bar.finish()
+            return
         bar.finish(ok=False)
-        print(f"interrupted: stopping the {what} (Ctrl-C again is ignored until it has "
-              "stopped)", file=sys.stderr)  # fmt: skip
-        ops.abort(device, list_id)
-        print(f"interrupted: {what} list {list_id} aborted (COPY OPERATION ABORT)", file=sys.stderr)
+        if aborting:
+            print(f"interrupted: {what} list {list_id} aborted (COPY OPERATION ABORT)",
+                  file=sys.stderr)  # fmt: skip
         raise
     bar.finish()
 

@@ -87,20 +87,48 @@ def abort(device: Device, list_id: int) -> None:
     execute(device, c.copy_operation_abort(list_id))
 
 
+def stop(device: Device, list_id: int, seen: ListRun) -> c.CopyStatus | None:
+    """A list cut short by Ctrl-C: aborted if the target took it and it may still run;
+    how it ended (None: not sent, or no longer known to the target)."""
+    if not seen.accepted or seen.final is not None:
+        return seen.final
+    abort(device, list_id)
+    try:
+        status = copy_status(device, list_id)
+    except ScsiError:
+        return None
+    return None if status.running else status
+
+
+@dataclass(slots=True)
+class ListRun:
+    """How far one list got, as the tool saw it: what is left to do when a Ctrl-C cuts
+    :func:`send_list` short (a list the target took may have ended meanwhile)."""
+
+    accepted: bool = False  # the target took the EXTENDED COPY
+    final: c.CopyStatus | None = None  # its last status, once it was no longer running
+
+
 def send_list(
     device: Device,
     params: bytes,
     list_id: int,
     on_progress: Callable[[int], None] = lambda _done: None,
+    seen: ListRun | None = None,
 ) -> c.CopyStatus:
-    """EXTENDED COPY(LID4) with IMMED, then RECEIVE COPY STATUS until it ends."""
+    """EXTENDED COPY(LID4) with IMMED, then RECEIVE COPY STATUS until it ends; ``seen``
+    follows it."""
+    seen = seen if seen is not None else ListRun()
     result = execute(device, c.extended_copy_lid4(len(params)), data_out=params)
     if result.status != GOOD:
         raise CopyFailed(
             f"EXTENDED COPY refused: {_words(result)}", refused=True, sense=result.sense or b""
         )
+    seen.accepted = True
     while True:
         status = copy_status(device, list_id)
+        if not status.running:
+            seen.final = status
         on_progress(status.transferred)
         if not status.running:
             break

@@ -427,6 +427,90 @@ def test_ctrl_c_pressed_again_does_not_cut_the_abort_short(
         client.close()
 
 
+# targetd-copy with Ctrl-C landing at a chosen moment: "after-last-poll", once the last
+# RECEIVE COPY STATUS said COMPLETED; "before-first-poll", once the EXTENDED COPY was taken,
+# and the copy has ended before the tool polls it.
+CTRL_C_AT = """
+import sys, time
+from hostcopy import cli, ops
+real_send, real_status = ops.send_list, ops.copy_status
+calls = []
+def send_list(*args, **kwargs):
+    status = real_send(*args, **kwargs)
+    raise KeyboardInterrupt
+def copy_status(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 1:
+        time.sleep(3)  # an 8 MiB copy ends meanwhile
+        raise KeyboardInterrupt
+    return real_status(*args, **kwargs)
+if sys.argv[1] == "after-last-poll":
+    ops.send_list = send_list
+else:
+    ops.copy_status = copy_status
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("moment", ["after-last-poll", "before-first-poll"])
+def test_ctrl_c_after_the_copy_completed_leaves_the_backup_whole(
+    targetd_factory: DaemonFactory, moment: str
+) -> None:
+    """A Ctrl-C that lands once the backup's last list has completed: the backup is
+    sealed, so the tool says so and exits 0, with no file mark after it (before, it wrote
+    one, leaving an empty tape file behind a backup it called partial: 'do not restore
+    it')."""
+    daemon, client = start(targetd_factory)
+    try:
+        image = split_pair(daemon, client)
+        proc = subprocess.run(
+            [sys.executable, "-c", CTRL_C_AT, moment, "backup", daemon.url(MIRROR),
+             daemon.url(TAPE)],
+            cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        whole = "interrupted after the last list had completed: the backup is whole"
+        assert whole in proc.stderr
+        assert "backup: done, 8.0 MiB" in proc.stderr
+        assert "file mark" not in proc.stderr and "aborted" not in proc.stderr
+        listing = json.loads(tool("list", daemon.url(TAPE), "--json").stdout)
+        assert [(e["file"], e.get("state"), e.get("sha256")) for e in listing] == [
+            (0, "sealed", hashlib.sha256(image).hexdigest())
+        ]
+    finally:
+        client.close()
+
+
+CLOSE_PARTIAL = """
+import sys
+from hostcopy import cli, runtime
+with runtime.opened(sys.argv[1]) as tape:
+    cli._close_partial(tape)
+"""
+
+
+def test_an_interrupted_backup_is_closed_only_if_the_tape_ends_inside_it(
+    targetd_factory: DaemonFactory,
+) -> None:
+    """What the tool does after an interrupted copy, on a tape that already ends with a
+    file mark (the target reported the copy aborted as it wrote its own file mark, or
+    before it wrote anything): no file mark more, which would be an empty tape file."""
+    daemon, client = start(targetd_factory)
+    try:
+        split_pair(daemon, client)
+        tool("backup", daemon.url(MIRROR), daemon.url(TAPE))
+        proc = subprocess.run(
+            [sys.executable, "-c", CLOSE_PARTIAL, daemon.url(TAPE)],
+            cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert "the tape ends with a file mark already: nothing to close" in proc.stderr
+        listing = json.loads(tool("list", daemon.url(TAPE), "--json").stdout)
+        assert [(e["file"], e.get("state")) for e in listing] == [(0, "sealed")]
+    finally:
+        client.close()
+
+
 def test_devices_of_two_targets_are_refused_before_anything_is_sent(
     targetd_factory: DaemonFactory,
 ) -> None:
