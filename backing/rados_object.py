@@ -337,11 +337,12 @@ class RadosObject:
 
     def watch(
         self,
-        on_notify: Callable[[int, bytes], bytes],
+        on_notify: Callable[[int, bytes], bytes | None],
         on_error: Callable[[int], None],
     ) -> None:
         """Call ``on_notify(notifier_id, payload) -> reply`` on a librados thread for every
-        notification (its reply acknowledges it), ``on_error(errno)`` if the watch is lost."""
+        notification (its reply acknowledges it; None leaves it unacknowledged, and the
+        notifier counts this watch silent), ``on_error(errno)`` if the watch is lost."""
 
         def notified(_arg: object, notify_id: int, handle: int, notifier: int,
                      data: int | None, length: int) -> None:  # fmt: skip
@@ -351,6 +352,8 @@ class RadosObject:
             except Exception:  # never let an exception unwind into librados
                 log.exception("%s: notification handler failed", self.name)
                 reply = b""
+            if reply is None:
+                return
             _rados().rados_notify_ack(self._ioctx, self.oid, notify_id, handle, reply, len(reply))
 
         def failed(_arg: object, _cookie: int, err: int) -> None:

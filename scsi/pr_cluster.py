@@ -29,6 +29,13 @@ kill -9 knows its dead predecessor's watch, which the OSDs keep for up to
 RESERVE(6) held through this gateway's own ports is cleared when it starts: those I_T
 nexuses are gone.
 
+A gateway that does not acknowledge a change within ``NOTIFY_TIMEOUT`` (frozen, or its
+watch dropped) is fenced before the change is answered: its client of this object is
+blocklisted and, if another client holds the image's lock, that lock is broken (the
+cluster blocklists the holder), so nothing it had queued runs on its old copy after the
+answer (:meth:`ClusterPrStore._fence_unconfirmed`); a gateway re-reads the record before
+its first write with the lock just taken (:meth:`ClusterPrStore.reread`).
+
 A dead gateway's watch would hold every notification up for ``NOTIFY_TIMEOUT`` until the
 OSDs expire it: the gateway that takes its image lock over (which fences it) blocklists its
 client of this object too, if that watch is silent (:meth:`ClusterPrStore.fence_peer`, the
@@ -46,6 +53,7 @@ import errno
 import json
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from scsi.command import Nexus, ScsiResult
@@ -56,7 +64,7 @@ from scsi.sense import CheckCondition, Reason
 from scsi.watch_fence import PROBE, fence_watch, naming
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from scsi.logical_unit import LogicalUnit
 
@@ -65,6 +73,8 @@ log = logging.getLogger("targetd.reservations")
 FORMAT = "targetd-persistent-reservations"
 # How long a writer waits for the other gateways to apply a change before it answers.
 NOTIFY_TIMEOUT = 5.0
+# How often a gateway not watching just now is told a change again, within NOTIFY_TIMEOUT.
+REASK = 0.05
 # How long a starting gateway waits for others to answer "are you serving this LU?".
 PROBE_TIMEOUT = 2.0
 # How often a lost nexus's RESERVE(6) is tried to be removed from an unreachable record.
@@ -83,7 +93,7 @@ class VersionedObject(Protocol):
     def notify(self, payload: bytes, timeout: float) -> tuple[int, int]: ...
     def probe(self, payload: bytes, timeout: float) -> tuple[list[int], list[int]]: ...
     def watch(
-        self, on_notify: Callable[[int, bytes], bytes], on_error: Callable[[int], None]
+        self, on_notify: Callable[[int, bytes], bytes | None], on_error: Callable[[int], None]
     ) -> None: ...
     def unwatch(self) -> None: ...
     def close(self) -> None: ...
@@ -185,6 +195,9 @@ class ClusterPrStore:
         self.gateways: dict[str, int] = {}  # gateway (its ports) -> its watch's client id
         self.addresses: dict[str, str] = {}  # gateway (its ports) -> that client's address
         self.peers_fenced = 0  # dead peers' watches this gateway blocklisted (tests, logs)
+        # Clients of other gateways this one blocklisted for a change they did not confirm:
+        # not waited for again (a gateway that rejoins names a new client in the record).
+        self.fenced_addresses: set[str] = set()
         self.seq = 0  # the newest record this gateway has loaded (reads and notifications)
         # The record a PROUT's decision rests on: its compare-and-swap expects exactly this
         # one, whatever a notification applied meanwhile.
@@ -195,6 +208,9 @@ class ClusterPrStore:
         self.lu: LogicalUnit | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._rewatch: asyncio.Task[None] | None = None
+        # Fences the image's lock holder, if it is another gateway, when a gateway left a
+        # change unconfirmed (targetd/gateway.py, ``LockGate.fence_silent_holder``).
+        self.on_silent: Callable[[], Awaitable[None]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- at start (blocking, like opening the image) ---------------------------------
@@ -320,14 +336,77 @@ class ClusterPrStore:
         # (A notification of a still newer record may have been applied meanwhile.)
         self.seq, self.base = max(self.seq, seq), seq
         try:
-            _, timeouts = await asyncio.to_thread(self.obj.notify, body, NOTIFY_TIMEOUT)
+            unconfirmed = await self._tell(body)
         except OSError as err:  # kept all the same: the others read it before deciding
             log.warning("%s: other gateways not told of a change: %s", self.obj.name, err)
-        else:
-            if timeouts:
-                log.warning("%s: %d gateway(s) did not confirm a change in %gs",
-                            self.obj.name, timeouts, NOTIFY_TIMEOUT)  # fmt: skip
+            return True
+        if unconfirmed:
+            log.warning("%s: gateway(s) %s did not confirm a change in %gs: fencing them",
+                        self.obj.name, ", ".join(unconfirmed), NOTIFY_TIMEOUT)  # fmt: skip
+            try:
+                await self._fence_unconfirmed(unconfirmed)
+            except OSError as err:
+                # The change is written, but a gateway that may still serve the old state
+                # is not fenced: the command must not be answered GOOD.
+                self.stale = True
+                log.error("%s: a gateway that did not confirm a change is not fenced: %s",
+                          self.obj.name, err)  # fmt: skip
+                raise unreachable(err) from None
         return True
+
+    async def _tell(self, body: bytes) -> dict[str, str]:
+        """Notify the watchers of the new record; the gateways the record names (other
+        than this one, and than those this gateway fenced before) whose client did not
+        acknowledge it within ``NOTIFY_TIMEOUT``, by gateway key -> client address.
+
+        The record is the list of gateways, not the notification's own count of silent
+        watchers: a frozen gateway's watch may have been dropped by the OSDs before or
+        during the notification, and is then counted neither acknowledged nor silent. One
+        that is not watching just now (a live gateway watching again after a late ping)
+        is told again every ``REASK`` seconds within the same time."""
+        expected = {
+            key: client
+            for key, client in self.gateways.items()
+            if key != self.me and self.addresses.get(key) not in self.fenced_addresses
+        }
+        deadline = time.monotonic() + NOTIFY_TIMEOUT
+        while True:
+            left = max(deadline - time.monotonic(), 0.001)
+            acked, silent = await asyncio.to_thread(self.obj.probe, body, left)
+            expected = {k: c for k, c in expected.items() if c not in acked}
+            if not expected:
+                return {}
+            if any(c in silent for c in expected.values()) or time.monotonic() >= deadline:
+                return {key: self.addresses.get(key, "") for key in expected}
+            await asyncio.sleep(min(REASK, max(deadline - time.monotonic(), 0.0)))
+
+    async def _fence_unconfirmed(self, unconfirmed: dict[str, str]) -> None:
+        """Gateways ``unconfirmed`` did not apply a change in time: one frozen (SIGSTOP, a
+        paused VM, a partition) with a preempted host's command queued would serve it on
+        its old copy when it runs again, after the change was answered. Blocklist the
+        client the record names for it, so it cannot read the record again without
+        rejoining as a new client (it re-reads the record before its first write after it
+        takes the image's lock), and have the image's lock broken if someone other than
+        this gateway holds it (``on_silent``: its queued writes then fail)."""
+        for key, address in unconfirmed.items():
+            if address:
+                await asyncio.to_thread(self.obj.blocklist, address)
+                self.fenced_addresses.add(address)
+                self.peers_fenced += 1
+                log.warning("%s: gateway %s did not confirm a change: its client %s "
+                            "blocklisted", self.obj.name, key, address)  # fmt: skip
+        if self.on_silent is not None:
+            await self.on_silent()
+
+    async def reread(self) -> None:
+        """Load the latest record before this gateway writes again (it just took the
+        image's lock): a change it missed while frozen must not let a write through on the
+        old copy. CheckCondition if the record cannot be read (this client fenced: it
+        rejoins meanwhile)."""
+        lu = self.lu
+        assert lu is not None
+        async with lu.reservations.lock:
+            await self.refresh(lu)
 
     async def fence_peer(self, peer: str) -> None:
         """The gateway ``peer`` (its ports) is fenced: the other gateway broke its image
@@ -343,6 +422,8 @@ class ClusterPrStore:
             log.warning("%s: the fenced gateway's watch not blocklisted: %s", self.obj.name, err)
             return
         self.peers_fenced += int(fenced)
+        if fenced and self.addresses.get(peer):  # not waited for by this gateway's changes
+            self.fenced_addresses.add(self.addresses[peer])
 
     def forget(self, holder: Nexus) -> None:
         """``holder``'s RESERVE(6) ended here (its nexus is gone, or a reset): remove it
@@ -390,26 +471,38 @@ class ClusterPrStore:
         self.obj.close()
 
     def _drop_own_legacy(self, tell: bool = False) -> None:
-        """Remove a RESERVE(6) held through this gateway's ports from the record and tell
-        the others; with ``tell``, tell them the record even when there is none (a change
-        of this gateway's may have been written and not told)."""
+        """Remove a RESERVE(6) held through this gateway's ports, and this gateway's
+        client, from the record and tell the others (a gateway stopped cleanly is not
+        waited for, nor fenced, by their next change); with ``tell``, tell them the record
+        even when there is nothing to remove (a change of this gateway's may have been
+        written and not told)."""
         if not self.ports:
             return
         for _ in range(PROUT_ATTEMPTS):
             seq, body = self.obj.read()
             record = parse(body)
-            legacy = None if record is None else record.get("legacy")
-            if record is None or legacy is None or legacy["relative_target_port"] not in self.ports:
-                if tell and record is not None:
+            if record is None:
+                return
+            new = dict(record)
+            legacy = record.get("legacy")
+            if legacy is not None and legacy["relative_target_port"] in self.ports:
+                new["legacy"] = None
+            if (record.get("gateways") or {}).get(self.me) == self.obj.instance_id:
+                new["gateways"] = {k: v for k, v in record["gateways"].items() if k != self.me}
+                new["addresses"] = {
+                    k: v for k, v in (record.get("addresses") or {}).items() if k != self.me
+                }
+            if new == record:
+                if tell:
                     self.obj.notify(body, PROBE_TIMEOUT)
                 return
-            new = dict(record, legacy=None, change={}, seq=seq + 1)
+            new.update(change={}, seq=seq + 1)
             if self.obj.replace(seq, seq + 1, dump(new)):
                 self.obj.notify(dump(new), PROBE_TIMEOUT)
                 return
 
     # -- notifications (on a librados thread) --------------------------------------------
-    def _notified(self, notifier: int, payload: bytes) -> bytes:
+    def _notified(self, notifier: int, payload: bytes) -> bytes | None:
         if notifier == self.obj.instance_id or payload == PROBE or self.loop is None:
             return b""
         applied = threading.Event()
@@ -417,8 +510,10 @@ class ClusterPrStore:
             self.loop.call_soon_threadsafe(self._start_apply, payload, applied)
         except RuntimeError:  # the loop has closed: the daemon is stopping
             return b""
-        applied.wait(NOTIFY_TIMEOUT)
-        return b""
+        # Not applied in time (this gateway's loop stalled): no acknowledgement, so the
+        # writer counts this gateway silent and fences it rather than trusting a copy that
+        # may still be the old one.
+        return b"" if applied.wait(NOTIFY_TIMEOUT) else None
 
     def _start_apply(self, payload: bytes, applied: threading.Event) -> None:
         task = asyncio.ensure_future(self._apply(payload))

@@ -207,6 +207,9 @@ class LockGate:
         # After this gateway broke the other's lock (the cluster blocklisted its image
         # client): fence the other's watches of the shared objects of every LU (luns.py).
         self.on_peer_fenced: Callable[[], Awaitable[None]] | None = None
+        # Before this gateway admits a write with the lock just taken: re-read the LU's
+        # reservations (a change it missed while frozen must not let a write through).
+        self.after_acquire: Callable[[], Awaitable[None]] | None = None
         self.groups = PortGroups(self._groups())
         image.allocation_known = False  # until this gateway holds the lock
         lu.port_groups = self.groups
@@ -322,7 +325,7 @@ class LockGate:
                 if _stopped(transition):  # the gateway stops: not taken
                     return False
                 raise
-            except (NotAvailable, OSError):
+            except (NotAvailable, OSError, CheckCondition):
                 return False
         return True
 
@@ -395,12 +398,57 @@ class LockGate:
                 continue
             await self._wait(float(answer.get("wait", MIN_WAIT)), deadline)
 
+    async def fence_silent_holder(self) -> None:
+        """The other gateway left a reservation change unconfirmed (scsi/pr_cluster.py),
+        and the change is not answered before it is fenced: if it holds the image's lock,
+        break it, as a takeover does (the cluster blocklists its image client first), so
+        that no write it had queued reaches the image. One that does not hold the lock must
+        take it to write, and re-reads the reservations first (:meth:`_became_holder`)."""
+        for _ in range(3):
+            owners = await self.image.lock_owners()
+            if not owners or owners[0] == self.image.address:
+                return
+            holder = owners[0]
+            log.warning(
+                "gateway silent on a reservation change: breaking its lock (the cluster "
+                "blocklists it)",
+                extra=logs.fields(lu=self.name, holder=holder),
+            )
+            try:
+                await self.image.break_lock(holder)
+            except OSError as exc:
+                if exc.errno in FENCED_ERRNOS:
+                    self._fence("breaking the lock failed: blocklisted")
+                    raise
+                if exc.errno not in (errno.ENOENT, errno.EBUSY, errno.EAGAIN):
+                    raise
+                continue  # it moved meanwhile: look again
+            self.breaks += 1
+            self.peer_holds = False
+            self._update()
+            if self.on_peer_fenced is not None:  # its other clients' watches too
+                self._spawn(self.on_peer_fenced())
+            return
+        raise OSError(errno.EAGAIN, "the image's lock kept moving while fencing its holder")
+
     async def _wait(self, seconds: float, deadline: float) -> None:
         if self.clock() + seconds > deadline:
             raise NotAvailable
         await asyncio.sleep(seconds)
 
     async def _became_holder(self) -> None:
+        # The reservations first: this gateway may have missed a change while it was
+        # frozen, and a write admitted on the old copy would land after the change was
+        # answered. Not holding until then: a failed read leaves the lock to a later try.
+        if self.after_acquire is not None:
+            try:
+                await self.after_acquire()
+            except CheckCondition:
+                # Not left holding a lock this gateway does not use: the other would ask
+                # for it in vain until its own commands give up.
+                with contextlib.suppress(OSError):
+                    await self.image.release_lock()
+                raise
         # The other gateway wrote: what this one knows of the allocation is stale.
         await self.image.reload_allocation()
         self.holding = True

@@ -186,6 +186,9 @@ class Builder:
 
                 self.peer_fences.append((lu, fence_peer))
                 gate.on_peer_fenced = self.peer_fenced
+                # A change the other gateway did not confirm is answered once it is fenced.
+                shared.on_silent = gate.fence_silent_holder
+                gate.after_acquire = shared.reread
         else:
             # APTPL on LUNs whose data is local: the reservations' file sits in the state
             # dir beside them.

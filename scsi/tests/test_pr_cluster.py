@@ -508,3 +508,53 @@ def test_a_blocklisted_gateway_that_lives_rejoins_as_a_new_client() -> None:
         assert sorted(keys_of(b)) == [0xA, 0xB]
 
     asyncio.run(scenario())
+
+
+def test_a_change_the_other_gateway_does_not_confirm_is_answered_once_it_is_fenced() -> None:
+    """B frozen (its watch silent): a PREEMPT through A blocklists B's client of the
+    record and has the image's lock holder fenced (``on_silent``) before it is answered;
+    if that fencing fails, the PREEMPT is not answered GOOD. A gateway stopped cleanly
+    leaves the record and is not fenced by the next change."""
+    cluster = Cluster()
+
+    async def scenario() -> None:
+        a = gateway(cluster, HA, ports=frozenset({1}))
+        b = gateway(cluster, OB, ports=frozenset({2}))
+        fenced_holders: list[str] = []
+
+        async def fence_holder() -> None:
+            fenced_holders.append("b")
+
+        store_of(a).on_silent = fence_holder
+        assert (await prout(b, OB, REGISTER, sa_key=0xB)).status == Status.GOOD
+        assert (await prout(a, HA, REGISTER, sa_key=0xA)).status == Status.GOOD
+        assert fenced_holders == [] and cluster.blocklist == set()
+        frozen = store_of(b).obj
+        cluster.dead.add(frozen.instance_id)
+        assert (await prout(a, HA, PREEMPT, key=0xA, sa_key=0xB, pr_type=WE)).status == 0
+        assert cluster.blocklist == {frozen.address}
+        assert fenced_holders == ["b"]
+        # Fenced once: the next change does not wait for (nor fence) it again.
+        assert (await prout(a, HA, REGISTER, key=0xA, sa_key=0xA1)).status == Status.GOOD
+        assert fenced_holders == ["b"]
+
+        # A gateway whose holder cannot be fenced: the change is kept, not answered GOOD.
+        c = gateway(cluster, OB, ports=frozenset({2}))  # B restarted, a new client
+
+        async def unreachable() -> None:
+            raise OSError(errno.ETIMEDOUT, "timed out")
+
+        store_of(a).on_silent = unreachable
+        cluster.dead.add(store_of(c).obj.instance_id)
+        result = await prout(a, HA, REGISTER, key=0xA1, sa_key=0xA2)
+        assert sense(result) == (4, 0x08, 0x01)  # LOGICAL UNIT COMMUNICATION TIME-OUT
+
+        # Stopped cleanly (SIGTERM): no longer in the record, not fenced.
+        d = gateway(cluster, OB, ports=frozenset({2}))
+        store_of(a).on_silent = fence_holder
+        await asyncio.to_thread(store_of(d).close)
+        blocklist = set(cluster.blocklist)
+        assert (await prout(a, HA, REGISTER, key=0xA2, sa_key=0xA3)).status == Status.GOOD
+        assert cluster.blocklist == blocklist and fenced_holders == ["b"]
+
+    asyncio.run(scenario())

@@ -427,3 +427,62 @@ def test_a_fenced_hosts_write_waiting_for_the_lock_never_lands(
     assert export_image(ceph_cluster, image, tmp_path / "export")[8 * 512 : 9 * 512] == bytes(512)
     victim.close()
     fencer.close()
+
+
+def test_a_preempt_is_answered_only_once_a_frozen_gateway_can_serve_nothing_more(
+    ceph_cluster: CephCluster, gateway_pair: PairFactory, new_image: ImageFactory, tmp_path: Path
+) -> None:
+    """What fence_mpath (Pacemaker) and a failover cluster's arbitration rely on: once a
+    PREEMPT is answered, the preempted host can never write again. B holds the image's
+    lock and is frozen (SIGSTOP) with the victim's write queued in its socket; the fencer
+    preempts the victim through A. B cannot confirm the change, so A fences it (breaks its
+    lock: the cluster blocklists it) before it answers, within the notification's 5 s and a
+    blocklisting. B woken must not write a byte of the queued write. It used to: A answered
+    after 5 s without fencing B, and B served the write on its old reservation copy."""
+    image = new_image("16M")
+    # No lock takeover could fence B here: A never asks for the lock, and would wait 60 s.
+    pair = gateway_pair(image, hold_ms=60000, takeover_ms=60000, unit_attention=False)
+    victim, fencer = login(pair.b, HOLDER), login(pair.a, OTHER)
+    assert prout(victim, REGISTER, 0, K_HOLDER) == (GOOD, None)
+    assert prout(fencer, REGISTER, 0, K_OTHER) == (GOOD, None)
+    assert prout(victim, RESERVE, K_HOLDER, type_=WE) == (GOOD, None)
+    first = bytes([0x11]) * 512
+    assert victim.command(WRITE10, data=first)[0] == GOOD  # B holds the lock now
+    assert pair.b.proc is not None
+    os.kill(pair.b.proc.pid, signal.SIGSTOP)
+    try:
+        late = bytes([0x5A]) * 512
+        write = bytes([0x2A, 0, 0, 0, 0, 8, 0, 0, 1, 0])  # LBA 8
+        victim.send(victim.scsi_header(write, write=512, data_len=512), late)
+        started = time.monotonic()
+        assert prout(fencer, PREEMPT, K_OTHER, K_HOLDER, type_=WE) == (GOOD, None)
+        took = time.monotonic() - started
+    finally:
+        os.kill(pair.b.proc.pid, signal.SIGCONT)
+    assert took < 12.0, f"the PREEMPT took {took:.1f}s"
+    # The queued write: refused on the new copy, or failing in librbd (B's client is
+    # blocklisted, ESHUTDOWN: NOT READY, transitioning); never GOOD.
+    resp = victim.recv()
+    sense = resp.data[2 : 2 + int.from_bytes(resp.data[:2], "big")] if resp.data else b""
+    refused = {(RESERVATION_CONFLICT, None), (CHECK_CONDITION, (2, 0x04, 0x0A))}
+    assert (resp.bhs[3], parse_sense(sense) if sense else None) in refused
+    # Whatever the victim sends through B from now on is refused too, and once B has
+    # rejoined as new clients (image and reservation object) it answers RESERVATION
+    # CONFLICT from the record it re-read.
+    deadline = time.monotonic() + 30
+    while True:
+        status, _, sense = victim.command(write, data=late)
+        assert status != GOOD
+        if status == RESERVATION_CONFLICT:
+            break
+        assert time.monotonic() < deadline, parse_sense(sense)
+        time.sleep(0.5)
+    assert export_image(ceph_cluster, image, tmp_path / "export")[: 9 * 512] == (
+        first + bytes(7 * 512) + bytes(512)
+    )
+    fencer.clear_unit_attentions()
+    assert fencer.command(bytes([0x28, 0, 0, 0, 0, 8, 0, 0, 1, 0]), read=512)[1] == bytes(512)
+    assert "did not confirm a change" in pair.a.stderr
+    assert "gateway silent on a reservation change: breaking its lock" in pair.a.stderr
+    victim.close()
+    fencer.close()
