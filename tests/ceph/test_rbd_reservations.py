@@ -486,3 +486,54 @@ def test_a_preempt_is_answered_only_once_a_frozen_gateway_can_serve_nothing_more
     assert "gateway silent on a reservation change: breaking its lock" in pair.a.stderr
     victim.close()
     fencer.close()
+
+
+def test_a_frozen_gateway_without_the_lock_rereads_the_reservations_when_it_takes_it(
+    ceph_cluster: CephCluster, gateway_pair: PairFactory, new_image: ImageFactory, tmp_path: Path
+) -> None:
+    """As above, but A holds the image's lock: B, frozen with the victim's write queued,
+    has its client of the reservation object blocklisted before the PREEMPT is answered
+    (the OSDs dropped its watch during the notification, which then counted it neither
+    acknowledged nor silent: the record names it, and that is what counts; before, the
+    PREEMPT was answered with no notice of B at all) and there is no lock to break. Woken,
+    B must take the lock for the write, and re-reads the reservations first: it fails to
+    (blocklisted: LOGICAL UNIT COMMUNICATION FAILURE) or finds the victim preempted; the
+    write never lands. (Here B also applies the notification it had queued before it gets
+    the lock, so the old code refused the write too: the re-read is what holds when a
+    frozen gateway never received the notification.)"""
+    image = new_image("16M")
+    # The lock follows the writes (hold 0): A gives it up to B at once when asked.
+    pair = gateway_pair(image, hold_ms=0, takeover_ms=60000, unit_attention=False)
+    victim, fencer = login(pair.b, HOLDER), login(pair.a, OTHER)
+    assert prout(victim, REGISTER, 0, K_HOLDER) == (GOOD, None)
+    assert prout(fencer, REGISTER, 0, K_OTHER) == (GOOD, None)
+    assert prout(victim, RESERVE, K_HOLDER, type_=WERO) == (GOOD, None)
+    assert fencer.command(WRITE10, data=bytes(512))[0] == GOOD  # A holds the lock now
+    assert pair.b.proc is not None
+    os.kill(pair.b.proc.pid, signal.SIGSTOP)
+    try:
+        late = bytes([0x5A]) * 512
+        write = bytes([0x2A, 0, 0, 0, 0, 8, 0, 0, 1, 0])  # LBA 8
+        victim.send(victim.scsi_header(write, write=512, data_len=512), late)
+        started = time.monotonic()
+        assert prout(fencer, PREEMPT, K_OTHER, K_HOLDER, type_=WERO) == (GOOD, None)
+        took = time.monotonic() - started
+    finally:
+        os.kill(pair.b.proc.pid, signal.SIGCONT)
+    assert took < 12.0, f"the PREEMPT took {took:.1f}s"
+    resp = victim.recv()
+    sense = resp.data[2 : 2 + int.from_bytes(resp.data[:2], "big")] if resp.data else b""
+    refused = {(RESERVATION_CONFLICT, None), (CHECK_CONDITION, (4, 0x08, 0x00))}
+    assert (resp.bhs[3], parse_sense(sense) if sense else None) in refused
+    deadline = time.monotonic() + 30
+    while True:
+        status, _, sense = victim.command(write, data=late)
+        assert status != GOOD
+        if status == RESERVATION_CONFLICT:
+            break
+        assert time.monotonic() < deadline, parse_sense(sense)
+        time.sleep(0.5)
+    assert export_image(ceph_cluster, image, tmp_path / "export")[8 * 512 : 9 * 512] == bytes(512)
+    assert "did not confirm a change" in pair.a.stderr
+    victim.close()
+    fencer.close()
