@@ -601,9 +601,15 @@ class TargetServer:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(TICK_SECONDS)
-            self.now = time.monotonic()
+            now = time.monotonic()
+            # How much later than asked this tick runs: time the loop did not run, the
+            # host too loaded to schedule it. The connections' timers do not count it.
+            stall = now - self.now - TICK_SECONDS
+            self.now = now
             for c in list(self.connections):
-                c.conn.tick(self.now)
+                if stall > 0:
+                    c.conn.stalled(stall, now)
+                c.conn.tick(now)
                 c._pump()
 
     def _reinstate(self, old: Session) -> None:

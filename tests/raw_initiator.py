@@ -153,6 +153,13 @@ class RawInitiator:
         return resp
 
     def login_pdu(self, keys: dict[str, str], *, flags: int, tsih: int = 0) -> Response:
+        self.send_login_pdu(keys, flags=flags, tsih=tsih)
+        resp = self.recv()
+        self.negotiated.update(decode_keys(resp.data))
+        return resp
+
+    def send_login_pdu(self, keys: dict[str, str], *, flags: int, tsih: int = 0) -> None:
+        """A Login Request, its response not read (``recv`` it)."""
         data = encode_keys(keys)
         hdr = new_header(Op.LOGIN_REQUEST | 0x40, flags, itt=self.next_itt(), data_length=len(data))
         hdr[8:14] = ISID
@@ -160,9 +167,6 @@ class RawInitiator:
         put_u32(hdr, 24, self.cmdsn)
         put_u32(hdr, 28, self.expstatsn)
         self.send(hdr, data)
-        resp = self.recv()
-        self.negotiated.update(decode_keys(resp.data))
-        return resp
 
     # -- full feature ----------------------------------------------------------------
     def scsi_header(

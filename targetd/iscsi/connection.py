@@ -116,6 +116,16 @@ class Connection(TaskManagement, ReadHolds):
             items = [err]
         self.receive(items)
 
+    def stalled(self, seconds: float, now: float) -> None:
+        """The driver could not run for ``seconds`` (a host with more runnable processes
+        than cores): what arrived meanwhile is still unread, or was stamped with the
+        clock of before the stall. That time is not the initiator's silence, so the
+        timers below skip it (never past ``now``)."""
+        self.opened_at = min(self.opened_at + seconds, now)
+        self.last_heard = min(self.last_heard + seconds, now)
+        if self._ping_sent_at is not None:
+            self._ping_sent_at = min(self._ping_sent_at + seconds, now)
+
     def tick(self, now: float) -> None:
         """Keepalive: ping a silent initiator; drop one that does not answer, and a
         connection that has not finished logging in within ``login_timeout``, or has sent
