@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ceph_fixtures import ImageFactory, ceph_cluster, export_image, new_image
 from cluster import CephCluster
-from gateways import IQN, PairFactory, gateway_pair
+from gateways import IQN, GatewayPair, PairFactory, gateway_pair
 from raw_initiator import RawInitiator
 from test_integration_xcopy import GOOD, copy_status_lid4, extended_copy, naa_of, session
 from xcopy_lists import cscd, lid1, lid4, rcr_cdb, seg_b2b, xcopy_cdb
@@ -505,28 +505,55 @@ def test_sigstopped_holder_is_fenced_and_never_writes_again(
     pair.wait_log(pair.a, f"targetd.copies.{image}: watching again")
 
 
+def gateway_report(pair: GatewayPair, lines: int = 40) -> str:
+    """For a failure's message: each gateway's lock moves, broken locks and fences, and
+    the last lines of its log besides logins and closed connections (when the lock moved,
+    errors), read while the gateways still run."""
+    out = []
+    for name, gateway in zip("ab", pair.gateways, strict=True):
+        log = gateway.stderr
+        kept = [
+            line
+            for line in log.splitlines()
+            if "event=login " not in line and 'event="connection closed"' not in line
+        ]
+        out.append(
+            f"--- gateway {name}: {pair.lock_moves(gateway)} lock moves, "
+            f"{log.count('breaking its lock')} locks broken, {log.count('fenced')} fenced; "
+            f"the last {min(lines, len(kept))} lines of its log:"
+        )
+        out += kept[-lines:]
+    return "\n".join(out)
+
+
 def test_libiscsi_multipath_suite_over_two_gateways(
     new_image: ImageFactory, gateway_pair: PairFactory, tmp_path: Path
 ) -> None:
     """libiscsi's MultipathIO suite with one path through each gateway: writes through one
     read through the other, LU reset seen on both, COMPARE AND WRITE alternating between
     them (hold_ms = 0: the lock follows every write, as the suite alternates on purpose;
-    unit_attention = false: the suite does not retry one)."""
-    pair = gateway_pair(new_image("16M"), hold_ms=0, unit_attention=False)
+    unit_attention = false: the suite does not retry one).
+
+    Nor does it retry NOT READY, transitioning: what a command gets when the lock has not
+    come within takeover_ms + 1 s. CompareAndWriteAsync queues 1,000 COMPARE AND WRITEs on
+    each path, each path's waiting for the other's to drain; on a loaded host a move took
+    over 4 s and 256 of them were answered so (no lock broken). takeover_ms = 30000 gives
+    the moves the time; no gateway dies here, so it delays no takeover."""
+    pair = gateway_pair(new_image("16M"), hold_ms=0, takeover_ms=30000, unit_attention=False)
     run = subprocess.run(
         ["iscsi-test-cu", "--dataloss", "--test=ALL.MultipathIO",
          "-i", "iqn.2026-11.org.targetd.test:mpio", pair.url(pair.a), pair.url(pair.b)],
         capture_output=True, text=True, errors="replace", timeout=300, check=False,
     )  # fmt: skip
-    out = run.stdout + run.stderr
+    out = f"{run.stdout}{run.stderr}\n{gateway_report(pair)}"
     assert "found matching LU device identifier for all (2) paths" in out, out
     for name in ("Simple", "Reset", "CompareAndWrite", "CompareAndWriteAsync"):
         assert f"Test: {name} ...passed" in out, out
     assert run.returncode == 0, out
     # Both gateways lived throughout: neither may have been taken for dead.
     for gateway in pair.gateways:
-        assert "breaking its lock" not in gateway.stderr, gateway.stderr
-        assert "fenced" not in gateway.stderr, gateway.stderr
+        assert "breaking its lock" not in gateway.stderr, gateway_report(pair)
+        assert "fenced" not in gateway.stderr, gateway_report(pair)
 
 
 def test_failover_bench_runs_on_the_shared_cluster(ceph_cluster: CephCluster) -> None:
