@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,15 +134,40 @@ class Daemon:
 
 DaemonFactory = Callable[..., Daemon]
 
+# The daemons a test started, for its failure report (pytest_runtest_makereport).
+DAEMONS = pytest.StashKey[list[list[Daemon]]]()
+LOG_TAIL = 40
+
+
+def report_daemons(node: pytest.Item, daemons: list[Daemon]) -> None:
+    """Show the end of the logs of the daemons in ``daemons`` (a fixture's list, filled as
+    it starts them) if the test ``node`` fails: a failure seen once on a loaded machine is
+    diagnosed from them, or not at all."""
+    node.stash.setdefault(DAEMONS, []).append(daemons)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item,
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed and report.when == "call":
+        for daemon in (d for daemons in item.stash.get(DAEMONS, []) for d in daemons):
+            lines = daemon.stderr.splitlines()[-LOG_TAIL:]
+            title = f"{daemon.log.name} (port {daemon.port}), its last {len(lines)} lines"
+            report.sections.append((title, "\n".join(lines)))
+    return report
+
 
 @pytest.fixture
-def targetd_factory(tmp_path: Path) -> Iterator[DaemonFactory]:
+def targetd_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[DaemonFactory]:
     """``factory(config_toml=None, *, state_dir=None, start=True) -> Daemon``.
 
     With ``config_toml`` (the text of a TOML file) the daemon runs that configuration and
     ``.iqn`` is its first target's name; without, it serves the default configuration.
     """
     daemons: list[Daemon] = []
+    report_daemons(request.node, daemons)
 
     def factory(
         config_toml: str | None = None, *, state_dir: Path | None = None, start: bool = True

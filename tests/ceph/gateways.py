@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from ceph_fixtures import rbd_lun_toml
 from cluster import CephCluster
-from conftest import Daemon, free_port
+from conftest import Daemon, free_port, report_daemons
 
 IQN = "iqn.2026-11.org.targetd:gateways"
 
@@ -110,7 +110,9 @@ PairFactory = Callable[..., GatewayPair]
 
 
 @pytest.fixture
-def gateway_pair(ceph_cluster: CephCluster, tmp_path: Path) -> Iterator[PairFactory]:
+def gateway_pair(
+    ceph_cluster: CephCluster, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[PairFactory]:
     """``gateway_pair(image, *, hold_ms=1000, takeover_ms=3000, unit_attention=True,
     more_images=(), metrics=False, start=True, tables="", own_luns={})``: LUN 0 is ``image``,
     LUN 1, 2... ``more_images``; with ``metrics``, each serves Prometheus metrics
@@ -118,6 +120,8 @@ def gateway_pair(ceph_cluster: CephCluster, tmp_path: Path) -> Iterator[PairFact
     ``"a"``/``"b"`` -> ``[[target.lun]]`` tables of that gateway alone (a tape, a file sink).
     """
     made: list[GatewayPair] = []
+    started: list[Daemon] = []  # both gateways of every pair: their logs end a failure's report
+    report_daemons(request.node, started)
 
     def make(
         image: str,
@@ -158,6 +162,7 @@ def gateway_pair(ceph_cluster: CephCluster, tmp_path: Path) -> Iterator[PairFact
             daemons.append(ConfigDaemon(port, state, config, IQN, log))
         pair = GatewayPair(ceph_cluster, image, daemons[0], daemons[1], daemons, metrics_ports)
         made.append(pair)
+        started.extend(daemons)
         if start:
             for daemon in daemons:
                 daemon.start()

@@ -1,0 +1,46 @@
+"""A failing integration test's report ends with the last lines of the logs of the daemons
+it started (tests/conftest.py, ``pytest_runtest_makereport``): a failure seen once on a
+loaded machine is diagnosed from them, or not at all."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+INNER = """
+from conftest import Daemon
+
+
+def test_fails(targetd: Daemon) -> None:
+    assert targetd.targetctl("status").returncode == 0
+    assert False, "failing on purpose"
+
+
+def test_passes(targetd: Daemon) -> None:
+    assert targetd.targetctl("status").returncode == 0
+"""
+
+
+def test_a_failed_test_reports_its_daemons_log_and_a_passed_one_does_not(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "test_inner.py").write_text(INNER)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider", "-rA",
+         "--basetemp", str(tmp_path / "base"), "--rootdir", str(tmp_path),
+         str(tmp_path / "test_inner.py")],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": f"{REPO / 'tests'}:{REPO}"},
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    out = run.stdout + run.stderr
+    assert run.returncode == 1, out
+    assert "1 failed, 1 passed" in out, out
+    failures = out.split("= FAILURES =", 1)[1].split("= PASSES =", 1)[0]
+    assert "test_fails" in failures and "test_passes" not in failures, out
+    section = failures.split("targetd0.log (port ", 1)[1]
+    assert "event=serving" in section, out
+    assert out.count("targetd0.log (port ") == 1, out  # not for the test that passed
