@@ -27,7 +27,7 @@ from ceph_fixtures import (
 )
 from cluster import CephCluster
 from conftest import DaemonFactory
-from gateways import IQN, PairFactory, gateway_pair
+from gateways import IQN, GatewayPair, PairFactory, gateway_pair
 from gateways import ConfigDaemon as Gateway
 from raw_initiator import RawInitiator
 
@@ -429,6 +429,43 @@ def test_a_fenced_hosts_write_waiting_for_the_lock_never_lands(
     fencer.close()
 
 
+LBA8_WRITE = bytes([0x2A, 0, 0, 0, 0, 8, 0, 0, 1, 0])
+LATE = bytes([0x5A]) * 512
+
+
+def _preempt_while_b_is_frozen(
+    pair: GatewayPair, victim: RawInitiator, fencer: RawInitiator, type_: int
+) -> tuple[float, int, tuple[int, int, int] | None]:
+    """Freeze gateway B (SIGSTOP) with the victim's WRITE of LBA 8 queued in its socket,
+    preempt the victim through A, wake B: how long the PREEMPT took (it must be GOOD), and
+    the queued write's status and sense."""
+    assert pair.b.proc is not None
+    os.kill(pair.b.proc.pid, signal.SIGSTOP)
+    try:
+        victim.send(victim.scsi_header(LBA8_WRITE, write=512, data_len=512), LATE)
+        started = time.monotonic()
+        assert prout(fencer, PREEMPT, K_OTHER, K_HOLDER, type_=type_) == (GOOD, None)
+        took = time.monotonic() - started
+    finally:
+        os.kill(pair.b.proc.pid, signal.SIGCONT)
+    resp = victim.recv()
+    sense = resp.data[2 : 2 + int.from_bytes(resp.data[:2], "big")] if resp.data else b""
+    return took, resp.bhs[3], parse_sense(sense) if sense else None
+
+
+def _refused_until_conflict(victim: RawInitiator) -> None:
+    """Whatever the victim sends through B is refused, never GOOD, until B, rejoined with
+    the record re-read, answers RESERVATION CONFLICT (within 30 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        status, _, sense = victim.command(LBA8_WRITE, data=LATE)
+        assert status != GOOD
+        if status == RESERVATION_CONFLICT:
+            return
+        assert time.monotonic() < deadline, parse_sense(sense)
+        time.sleep(0.5)
+
+
 def test_a_preempt_is_answered_only_once_a_frozen_gateway_can_serve_nothing_more(
     ceph_cluster: CephCluster, gateway_pair: PairFactory, new_image: ImageFactory, tmp_path: Path
 ) -> None:
@@ -448,35 +485,16 @@ def test_a_preempt_is_answered_only_once_a_frozen_gateway_can_serve_nothing_more
     assert prout(victim, RESERVE, K_HOLDER, type_=WE) == (GOOD, None)
     first = bytes([0x11]) * 512
     assert victim.command(WRITE10, data=first)[0] == GOOD  # B holds the lock now
-    assert pair.b.proc is not None
-    os.kill(pair.b.proc.pid, signal.SIGSTOP)
-    try:
-        late = bytes([0x5A]) * 512
-        write = bytes([0x2A, 0, 0, 0, 0, 8, 0, 0, 1, 0])  # LBA 8
-        victim.send(victim.scsi_header(write, write=512, data_len=512), late)
-        started = time.monotonic()
-        assert prout(fencer, PREEMPT, K_OTHER, K_HOLDER, type_=WE) == (GOOD, None)
-        took = time.monotonic() - started
-    finally:
-        os.kill(pair.b.proc.pid, signal.SIGCONT)
+    took, status, sense = _preempt_while_b_is_frozen(pair, victim, fencer, WE)
     assert took < 12.0, f"the PREEMPT took {took:.1f}s"
     # The queued write: refused on the new copy, or failing in librbd (B's client is
     # blocklisted, ESHUTDOWN: NOT READY, transitioning); never GOOD.
-    resp = victim.recv()
-    sense = resp.data[2 : 2 + int.from_bytes(resp.data[:2], "big")] if resp.data else b""
     refused = {(RESERVATION_CONFLICT, None), (CHECK_CONDITION, (2, 0x04, 0x0A))}
-    assert (resp.bhs[3], parse_sense(sense) if sense else None) in refused
+    assert (status, sense) in refused
     # Whatever the victim sends through B from now on is refused too, and once B has
     # rejoined as new clients (image and reservation object) it answers RESERVATION
     # CONFLICT from the record it re-read.
-    deadline = time.monotonic() + 30
-    while True:
-        status, _, sense = victim.command(write, data=late)
-        assert status != GOOD
-        if status == RESERVATION_CONFLICT:
-            break
-        assert time.monotonic() < deadline, parse_sense(sense)
-        time.sleep(0.5)
+    _refused_until_conflict(victim)
     assert export_image(ceph_cluster, image, tmp_path / "export")[: 9 * 512] == (
         first + bytes(7 * 512) + bytes(512)
     )
@@ -509,30 +527,11 @@ def test_a_frozen_gateway_without_the_lock_rereads_the_reservations_when_it_take
     assert prout(fencer, REGISTER, 0, K_OTHER) == (GOOD, None)
     assert prout(victim, RESERVE, K_HOLDER, type_=WERO) == (GOOD, None)
     assert fencer.command(WRITE10, data=bytes(512))[0] == GOOD  # A holds the lock now
-    assert pair.b.proc is not None
-    os.kill(pair.b.proc.pid, signal.SIGSTOP)
-    try:
-        late = bytes([0x5A]) * 512
-        write = bytes([0x2A, 0, 0, 0, 0, 8, 0, 0, 1, 0])  # LBA 8
-        victim.send(victim.scsi_header(write, write=512, data_len=512), late)
-        started = time.monotonic()
-        assert prout(fencer, PREEMPT, K_OTHER, K_HOLDER, type_=WERO) == (GOOD, None)
-        took = time.monotonic() - started
-    finally:
-        os.kill(pair.b.proc.pid, signal.SIGCONT)
+    took, status, sense = _preempt_while_b_is_frozen(pair, victim, fencer, WERO)
     assert took < 12.0, f"the PREEMPT took {took:.1f}s"
-    resp = victim.recv()
-    sense = resp.data[2 : 2 + int.from_bytes(resp.data[:2], "big")] if resp.data else b""
     refused = {(RESERVATION_CONFLICT, None), (CHECK_CONDITION, (4, 0x08, 0x00))}
-    assert (resp.bhs[3], parse_sense(sense) if sense else None) in refused
-    deadline = time.monotonic() + 30
-    while True:
-        status, _, sense = victim.command(write, data=late)
-        assert status != GOOD
-        if status == RESERVATION_CONFLICT:
-            break
-        assert time.monotonic() < deadline, parse_sense(sense)
-        time.sleep(0.5)
+    assert (status, sense) in refused
+    _refused_until_conflict(victim)
     assert export_image(ceph_cluster, image, tmp_path / "export")[8 * 512 : 9 * 512] == bytes(512)
     assert "did not confirm a change" in pair.a.stderr
     victim.close()
