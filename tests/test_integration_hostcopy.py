@@ -351,6 +351,29 @@ def wait_for_first_progress_line(proc: subprocess.Popen[str]) -> None:
     assert "%" in line, f"the copy ended before the tool's first poll: {line!r}"
 
 
+def start_a_paced_backup(
+    daemon: Daemon, client: BlockClient, image: bytes, *options: str
+) -> subprocess.Popen[str]:
+    """``image`` written to the source, a pair made (its copy paced by SLOW_CONFIG, policy 2:
+    the backup waits for it) and split, and `targetd-copy backup` of the mirror to the tape
+    started with ``options``: returned once it polls (its first progress line read)."""
+    client.write(SOURCE, 0, image)
+    tool("create", daemon.url(SOURCE), daemon.url(MIRROR), "--name", "db", "--policy", "2")
+    tool("split", daemon.url(MIRROR))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hostcopy", "backup", daemon.url(MIRROR), daemon.url(TAPE),
+         *options],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for_first_progress_line(proc)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc
+
+
 def test_an_interrupted_backup_is_aborted_and_closed_with_a_file_mark(
     targetd_factory: DaemonFactory,
 ) -> None:
@@ -360,15 +383,8 @@ def test_an_interrupted_backup_is_aborted_and_closed_with_a_file_mark(
     client = BlockClient(daemon.port, daemon.iqn, (SOURCE, MIRROR))
     try:
         image = os.urandom(SIZE)
-        client.write(SOURCE, 0, image)
-        # Policy 2 (wait): the backup waits for the paced copy (about 8 s) to finish.
-        tool("create", daemon.url(SOURCE), daemon.url(MIRROR), "--name", "db", "--policy", "2")
-        tool("split", daemon.url(MIRROR))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hostcopy", "backup", daemon.url(MIRROR), daemon.url(TAPE)],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        wait_for_first_progress_line(proc)
+        # The backup waits for the paced copy (about 8 s) to finish.
+        proc = start_a_paced_backup(daemon, client, image)
         time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
@@ -404,14 +420,7 @@ def test_ctrl_c_pressed_again_does_not_cut_the_abort_short(
     daemon = targetd_factory(SLOW_CONFIG)
     client = BlockClient(daemon.port, daemon.iqn, (SOURCE, MIRROR))
     try:
-        client.write(SOURCE, 0, os.urandom(SIZE))
-        tool("create", daemon.url(SOURCE), daemon.url(MIRROR), "--name", "db", "--policy", "2")
-        tool("split", daemon.url(MIRROR))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hostcopy", "backup", daemon.url(MIRROR), daemon.url(TAPE)],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        wait_for_first_progress_line(proc)
+        proc = start_a_paced_backup(daemon, client, os.urandom(SIZE))
         for _ in range(20):
             proc.send_signal(signal.SIGINT)
             time.sleep(0.002)
@@ -577,18 +586,12 @@ def test_a_daemon_lost_mid_copy_fails_the_backup_within_the_bound(
     daemon = targetd_factory(SLOW_CONFIG)
     client = BlockClient(daemon.port, daemon.iqn, (SOURCE, MIRROR))
     try:
-        client.write(SOURCE, 0, os.urandom(SIZE))
-        tool("create", daemon.url(SOURCE), daemon.url(MIRROR), "--name", "db", "--policy", "2")
-        tool("split", daemon.url(MIRROR))
+        proc = start_a_paced_backup(
+            daemon, client, os.urandom(SIZE), "--command-timeout", str(COMMAND_TIMEOUT)
+        )
     finally:
         client.close()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hostcopy", "backup", daemon.url(MIRROR), daemon.url(TAPE),
-         "--command-timeout", str(COMMAND_TIMEOUT)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
     try:
-        wait_for_first_progress_line(proc)
         assert daemon.proc is not None
         os.kill(daemon.proc.pid, sig)
         killed = time.monotonic()
