@@ -568,3 +568,28 @@ def test_failover_bench_runs_on_the_shared_cluster(ceph_cluster: CephCluster) ->
     assert run.returncode == 0, run.stdout + run.stderr
     assert "kill -9 -> write on peer" in run.stdout
     assert "vs ceph-iscsi" in run.stdout
+
+
+def test_synchronize_cache_through_either_gateway_and_a_clean_stop_of_the_other(
+    new_image: ImageFactory, gateway_pair: PairFactory
+) -> None:
+    """SYNCHRONIZE CACHE is not a write: it is served through the path that does not hold
+    the image's lock too (dm-multipath sends its flushes down any path), and answers GOOD
+    there (with librbd's cache off every acknowledged write is in the cluster already).
+    The gateway that does not hold the lock stops cleanly (exit status 0): its flush at
+    shutdown has nothing to flush either."""
+    pair = gateway_pair(new_image("16M"), hold_ms=60000)
+    a, b = login(pair.a.port, "a"), login(pair.b.port, "b")
+    write_ok(a, 0, block(1))  # A holds the lock now
+    assert told_of_the_change(b)  # B's nexus: the states changed (A optimized now)
+    a.clear_unit_attentions()
+    sync10 = bytes([0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+    sync16 = bytes([0x91]) + bytes(15)
+    for cdb in (sync10, sync16):
+        assert answer(b, cdb) == (0, None)
+        assert answer(a, cdb) == (0, None)
+    assert read_ok(b, 0, 1) == block(1)
+    assert pair.lock_moves(pair.b) == 0  # B never took the lock for it
+    a.close()
+    b.close()
+    assert pair.b.stop() == 0, pair.b.stderr[-2000:]
