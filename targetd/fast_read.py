@@ -43,13 +43,10 @@ from scsi.block_device import BlockDevice
 from scsi.buffers import POOL_MIN_SIZE
 from targetd.iscsi.connection import Phase
 from targetd.iscsi.receiver import _State
+from targetd.shell_limits import WRITE_BUFFER_HIGH
 
 if TYPE_CHECKING:
     from targetd.server import IscsiConnection
-
-# The shell's output bound (targetd.server.WRITE_BUFFER_HIGH, which imports this module).
-WRITE_BUFFER_HIGH = 16 << 20
-
 
 _HEADER = _State.HEADER
 _FULL_FEATURE = Phase.FULL_FEATURE
@@ -232,4 +229,3 @@ def serve(shell: IscsiConnection, nbytes: int) -> bool:
 # TARGETD_FAST_READ=0: every READ takes the full path (to compare the two, or to rule this
 # out).
 SERVE: Any = None if os.environ.get("TARGETD_FAST_READ", "1") == "0" else serve
-

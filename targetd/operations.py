@@ -246,8 +246,7 @@ class Operations:
             self._close_later(runtime, list(runtime.scsi.luns.values()))
         for name, number in plan.removed_luns:
             runtime = server.targets[name]
-            lu = runtime.scsi.luns.pop(number)
-            runtime.stats.pop(number, None)
+            lu = runtime.remove_lun(number)
             self.builder.forget_lun(name, number, lu)
             for other in runtime.scsi.luns.values():
                 other.raise_unit_attention(Reason.REPORTED_LUNS_DATA_CHANGED)

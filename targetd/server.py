@@ -43,13 +43,13 @@ from targetd.iscsi.connection import (
 from targetd.iscsi.session import Session, SessionTable
 from targetd.logs import fields
 from targetd.metrics import LunStats
+from targetd.shell_limits import WRITE_BUFFER_HIGH
 from targetd.socket_output import SocketOutput
 
 log = logging.getLogger("targetd")
 _clock = time.perf_counter_ns
 
 TICK_SECONDS = 1.0
-WRITE_BUFFER_HIGH = fast_read.WRITE_BUFFER_HIGH
 # At shutdown: the time initiators are given to log out, and how long we wait for them.
 LOGOUT_WITHIN = 2
 LOGOUT_WAIT = 2.0
@@ -99,6 +99,16 @@ class TargetRuntime:
         for c in self.connections:
             if c.conn.nexus is not None:
                 lu.nexus_established(c.conn.nexus)
+
+    def remove_lun(self, number: int) -> LogicalUnit:
+        """A LUN removed while sessions run (SIGHUP): it leaves the target, its counters
+        and what each connection's fast READ keeps of it (a removed LU, its file and its
+        volume must not live on as long as a connection that once read it)."""
+        lu = self.scsi.luns.pop(number)
+        self.stats.pop(number, None)
+        for c in self.connections:
+            c.forget(lu)
+        return lu
 
 
 class IscsiConnection(asyncio.BufferedProtocol):
@@ -448,6 +458,10 @@ class IscsiConnection(asyncio.BufferedProtocol):
             log.info("closing connection", extra=self.context(reason=event.reason))
         self.close()
 
+    def forget(self, lu: LogicalUnit) -> None:
+        """``lu`` is gone (a reload removed it): keep nothing of it."""
+        self._fast_plans.pop(lu, None)
+
     def ask_to_log_out(self) -> None:
         """Async Message "target requests logout" (a reload changed what this session
         sees); the session keeps working until the initiator logs out."""
@@ -462,6 +476,7 @@ class IscsiConnection(asyncio.BufferedProtocol):
         if self.revoked is not None:
             return
         self.revoked = reason
+        self._fast_plans.clear()  # never served again: the LUs may go with their target
         log.info("access revoked", extra=self.context(reason=reason))
         self.ask_to_log_out()
         asyncio.get_running_loop().call_later(LOGOUT_WITHIN + LOGOUT_WAIT, self._drop_revoked)

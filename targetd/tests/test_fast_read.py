@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from targetd import fast_read
 from targetd.config import Portal, default_config
 from targetd.iscsi.pdu import Op, new_header, put_u32
 from targetd.luns import build_targets, close_targets
+from targetd.operations import Operations
 from targetd.pairs import pair_settings
 from targetd.server import IscsiConnection, TargetServer
 
@@ -254,18 +256,32 @@ class Pair:
             await side.stop()
 
 
-def run(test: Callable[[Pair], Any], tmp: Path, serve: Callable[..., bool],
-        digests: bool = False) -> None:  # fmt: skip
-    async def main() -> None:
-        pair = Pair(tmp, serve)
-        await pair.start(digests)
-        try:
-            await test(pair)
-        finally:
-            await pair.stop()
+def side_by_side(
+    digests: bool = False,
+) -> Callable[[Callable[[Pair], Awaitable[None]]], Callable[[Path, Any], None]]:
+    """A test of the full path and the fast READ fed alike: ``body`` gets the started
+    :class:`Pair` (for each fast READ of ``SERVES``), and the pair is checked and stopped
+    after it."""
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main())
+    def wrap(body: Callable[[Pair], Awaitable[None]]) -> Callable[[Path, Any], None]:
+        @pytest.mark.parametrize("serve", SERVES)
+        def test(tmp_path: Path, serve: Any) -> None:
+            async def main() -> None:
+                pair = Pair(tmp_path, serve)
+                await pair.start(digests)
+                try:
+                    await body(pair)
+                finally:
+                    await pair.stop()
+
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(main())
+
+        test.__name__ = test.__qualname__ = body.__name__
+        test.__doc__ = body.__doc__
+        return test
+
+    return wrap
 
 
 def status_of(reply: bytes) -> tuple[int, int]:
@@ -273,140 +289,159 @@ def status_of(reply: bytes) -> tuple[int, int]:
     return reply[0] & 0x3F, reply[3]
 
 
-@pytest.mark.parametrize("serve", SERVES)
-def test_plain_reads_are_served_and_answer_alike(tmp_path: Path, serve: Any) -> None:
-    async def test(p: Pair) -> None:
-        # A keepalive ping outstanding: hearing from the initiator ends it.
-        for side in (p.full, p.fast):
-            side.shell.conn._ping_sent_at = 1.0
-        for cdb, edtl in (
-            (read16(0, 8), 4096),
-            (read10(8, 8), 4096),
-            (read16(3, 1), 512),
-            (read10(16, 16), 8192),
-            (read16(1, 127), 127 * 512),
-        ):
-            reply, served = await p.read(cdb, edtl=edtl)
-            assert served, cdb.hex()
-            assert status_of(reply) == (Op.DATA_IN, 0) and reply[1] == 0x81
-            assert len(reply) == 48 + edtl
-        # Untagged and ACA commands run as SIMPLE ones do.
-        for attribute in (0, ACA):
-            reply, served = await p.read(read16(0, 8), flags=FINAL | READ | attribute)
-            assert served
-        # ITTs reused after completion, a CmdSN wrapping past 2**32: still the plain case.
-        p.itt = 100
-        reply, served = await p.read(read16(0, 8))
-        assert served
-
-    run(test, tmp_path, serve)
+async def served(p: Pair, cdb: bytes = read16(0, 8), **kw: Any) -> bytes:
+    """A READ both sides answer alike, the fast side with the fast READ; the answer."""
+    reply, fast = await p.read(cdb, **kw)
+    assert fast, (cdb.hex(), kw)
+    return reply
 
 
-@pytest.mark.parametrize("serve", SERVES)
-def test_what_the_full_path_answers_otherwise_is_not_served(tmp_path: Path, serve: Any) -> None:
-    async def test(p: Pair) -> None:
-
-        async def full_way(**kw: Any) -> bytes:
-            reply, served = await p.read(**kw)
-            assert not served, kw
-            return reply
-
-        # Residuals: the expected length is not the CDB's.
-        await full_way(cdb=read16(0, 8), edtl=2048)
-        await full_way(cdb=read16(0, 8), edtl=8192)
-        # Out of range, a zero length, protection asked, beyond the transfer limit.
-        await full_way(cdb=read16((1 << 30) // 512 - 4, 8))
-        await full_way(cdb=read16(0, 0), edtl=0)
-        await full_way(cdb=read16(0, 8, flags=0x20))
-        await full_way(cdb=read10(0, 8, flags=0x40))
-        await full_way(cdb=read16(0, 0xFFFFFFF0), edtl=4096)
-        # Ordered and head-of-queue: the task set orders them.
-        await full_way(cdb=read16(0, 8), flags=FINAL | READ | ORDERED)
-        await full_way(cdb=read16(0, 8), flags=FINAL | READ | HEAD_OF_QUEUE)
-        # Immediate delivery, a write flag, no read flag.
-        await full_way(cdb=read16(0, 8), opcode=Op.SCSI_COMMAND | 0x40)
-        p.cmdsn -= 1  # an immediate command takes no CmdSN
-        await full_way(cdb=read16(0, 8), flags=FINAL | READ | WRITE | SIMPLE)
-        await full_way(cdb=read16(0, 8), flags=FINAL | SIMPLE)
-        # Another opcode (READ(12), READ(6), INQUIRY), a LUN that is not a block LU or none.
-        await full_way(cdb=bytes([0xA8, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0]))
-        await full_way(cdb=bytes([0x08, 0, 0, 0, 8, 0]))
-        await full_way(cdb=bytes([0x12, 0, 0, 0, 36, 0]), edtl=36)
-        await full_way(cdb=read16(0, 8), lun=2)
-        await full_way(cdb=read16(0, 8), lun=7)
-        # Large enough for the pool's buffers or sendfile.
-        await full_way(cdb=read16(0, 128), edtl=65536)
-        # Two commands in one socket read: the batch path.
-        both = command(p.itt, p.cmdsn, read16(0, 8), edtl=4096) + command(
-            p.itt + 1, p.cmdsn + 1, read16(8, 8), edtl=4096
-        )
-        reply, served = await p.send(both, step=False)
-        assert not served and len(reply) == 2 * (48 + 4096)
-        p.itt, p.cmdsn = p.itt + 2, p.cmdsn + 2
-        # A CmdSN ahead of the window's start waits for the one before it.
-        reply, served = await p.send(
-            command(p.itt, p.cmdsn + 1, read16(0, 8), edtl=4096), step=False
-        )
-        assert not served and reply == b""
-        reply, served = await p.send(command(p.itt + 1, p.cmdsn, read16(0, 8), edtl=4096),
-                                     step=False)  # fmt: skip
-        assert not served and len(reply) == 2 * (48 + 4096)
-        p.itt, p.cmdsn = p.itt + 2, p.cmdsn + 2
-        # And the plain case again, served.
-        reply, served = await p.read(read16(0, 8))
-        assert served
-
-    run(test, tmp_path, serve)
+async def full_way(p: Pair, cdb: bytes = read16(0, 8), **kw: Any) -> bytes:
+    """A command both sides answer alike, through the full path; the answer."""
+    reply, fast = await p.read(cdb, **kw)
+    assert not fast, (cdb.hex(), kw)
+    return reply
 
 
-@pytest.mark.parametrize("serve", SERVES)
-def test_lu_state_sends_reads_the_full_way(tmp_path: Path, serve: Any) -> None:
-    async def test(p: Pair) -> None:
-        lus = [side.shell.runtime.scsi.luns[0] for side in (p.full, p.fast)]  # type: ignore[union-attr]
-        # A RESERVE(6) held by this nexus: the READ is allowed, by the full path.
-        reply, served = await p.read(bytes([0x16, 0, 0, 0, 0, 0]), edtl=0)
-        assert not served and status_of(reply) == (Op.SCSI_RESPONSE, 0)
-        reply, served = await p.read(read16(0, 8))
-        assert not served and status_of(reply) == (Op.DATA_IN, 0)
-        reply, served = await p.read(bytes([0x17, 0, 0, 0, 0, 0]), edtl=0)  # RELEASE(6)
-        reply, served = await p.read(read16(0, 8))
-        assert served
-        # A unit attention pending (a mode page changed by another nexus, say).
-        for lu in lus:
-            lu.raise_unit_attention(Reason.MODE_PARAMETERS_CHANGED)
-        reply, served = await p.read(read16(0, 8))
-        assert not served and status_of(reply) == (Op.SCSI_RESPONSE, 0x02)
-        # The task set gated (something waits in it).
-        for lu in lus:
-            lu.task_set.gated = True
-        reply, served = await p.read(read16(0, 8))
-        assert not served and status_of(reply) == (Op.DATA_IN, 0)
-        for lu in lus:
-            lu.task_set.gated = False
-        # An ITT whose write failed before its data was in: its Data-Out is dropped quietly
-        # until the ITT is used again, as by this READ.
-        for side in (p.full, p.fast):
-            side.shell.conn._failed_itts.update({p.itt: None, p.itt + 1000: None})
-        reply, served = await p.read(read16(0, 8))
-        assert served
-        assert list(p.fast.shell.conn._failed_itts) == [p.itt - 1 + 1000]
-        # The page cache does not hold the range: the full path reads it on a worker.
-        for lu in lus:
-            fd = lu.store.base._fd
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        reply, served = await p.read(read16(0, 8))
-        assert not served and status_of(reply) == (Op.DATA_IN, 0)
-        reply, served = await p.read(read16(0, 8))
-        assert served
-
-    run(test, tmp_path, serve)
+@side_by_side()
+async def test_plain_reads_are_served_and_answer_alike(p: Pair) -> None:
+    # A keepalive ping outstanding: hearing from the initiator ends it.
+    for side in (p.full, p.fast):
+        side.shell.conn._ping_sent_at = 1.0
+    for cdb, edtl in (
+        (read16(0, 8), 4096),
+        (read10(8, 8), 4096),
+        (read16(3, 1), 512),
+        (read10(16, 16), 8192),
+        (read16(1, 127), 127 * 512),
+    ):
+        reply = await served(p, cdb, edtl=edtl)
+        assert status_of(reply) == (Op.DATA_IN, 0) and reply[1] == 0x81
+        assert len(reply) == 48 + edtl
+    # Untagged and ACA commands run as SIMPLE ones do.
+    for attribute in (0, ACA):
+        await served(p, flags=FINAL | READ | attribute)
+    # ITTs reused after completion, a CmdSN wrapping past 2**32: still the plain case.
+    p.itt = 100
+    await served(p)
 
 
-@pytest.mark.parametrize("serve", SERVES)
-def test_digests_send_reads_the_full_way(tmp_path: Path, serve: Any) -> None:
-    async def test(p: Pair) -> None:
-        reply, served = await p.read(read16(0, 8))
-        assert not served and reply[0] & 0x3F == Op.DATA_IN
+@side_by_side()
+async def test_what_the_full_path_answers_otherwise_is_not_served(p: Pair) -> None:
+    # Residuals: the expected length is not the CDB's.
+    await full_way(p, edtl=2048)
+    await full_way(p, edtl=8192)
+    # Out of range, a zero length, protection asked, beyond the transfer limit.
+    await full_way(p, read16((1 << 30) // 512 - 4, 8))
+    await full_way(p, read16(0, 0), edtl=0)
+    await full_way(p, read16(0, 8, flags=0x20))
+    await full_way(p, read10(0, 8, flags=0x40))
+    await full_way(p, read16(0, 0xFFFFFFF0), edtl=4096)
+    # Ordered and head-of-queue: the task set orders them.
+    await full_way(p, flags=FINAL | READ | ORDERED)
+    await full_way(p, flags=FINAL | READ | HEAD_OF_QUEUE)
+    # Immediate delivery, a write flag, no read flag.
+    await full_way(p, opcode=Op.SCSI_COMMAND | 0x40)
+    p.cmdsn -= 1  # an immediate command takes no CmdSN
+    await full_way(p, flags=FINAL | READ | WRITE | SIMPLE)
+    await full_way(p, flags=FINAL | SIMPLE)
+    # Another opcode (READ(12), READ(6), INQUIRY), a LUN that is not a block LU or none.
+    await full_way(p, bytes([0xA8, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0]))
+    await full_way(p, bytes([0x08, 0, 0, 0, 8, 0]))
+    await full_way(p, bytes([0x12, 0, 0, 0, 36, 0]), edtl=36)
+    await full_way(p, lun=2)
+    await full_way(p, lun=7)
+    # Large enough for the pool's buffers or sendfile.
+    await full_way(p, read16(0, 128), edtl=65536)
+    # Two commands in one socket read: the batch path.
+    both = command(p.itt, p.cmdsn, read16(0, 8), edtl=4096) + command(
+        p.itt + 1, p.cmdsn + 1, read16(8, 8), edtl=4096
+    )
+    reply, fast = await p.send(both, step=False)
+    assert not fast and len(reply) == 2 * (48 + 4096)
+    p.itt, p.cmdsn = p.itt + 2, p.cmdsn + 2
+    # A CmdSN ahead of the window's start waits for the one before it.
+    reply, fast = await p.send(command(p.itt, p.cmdsn + 1, read16(0, 8), edtl=4096), step=False)
+    assert not fast and reply == b""
+    reply, fast = await p.send(command(p.itt + 1, p.cmdsn, read16(0, 8), edtl=4096), step=False)
+    assert not fast and len(reply) == 2 * (48 + 4096)
+    p.itt, p.cmdsn = p.itt + 2, p.cmdsn + 2
+    # And the plain case again, served.
+    await served(p)
 
-    run(test, tmp_path, serve, digests=True)
+
+@side_by_side()
+async def test_lu_state_sends_reads_the_full_way(p: Pair) -> None:
+    lus = [side.shell.runtime.scsi.luns[0] for side in (p.full, p.fast)]  # type: ignore[union-attr]
+    # A RESERVE(6) held by this nexus: the READ is allowed, by the full path.
+    reply = await full_way(p, bytes([0x16, 0, 0, 0, 0, 0]), edtl=0)
+    assert status_of(reply) == (Op.SCSI_RESPONSE, 0)
+    assert status_of(await full_way(p)) == (Op.DATA_IN, 0)
+    await full_way(p, bytes([0x17, 0, 0, 0, 0, 0]), edtl=0)  # RELEASE(6)
+    await served(p)
+    # A unit attention pending (a mode page changed by another nexus, say).
+    for lu in lus:
+        lu.raise_unit_attention(Reason.MODE_PARAMETERS_CHANGED)
+    assert status_of(await full_way(p)) == (Op.SCSI_RESPONSE, 0x02)
+    # The task set gated (something waits in it).
+    for lu in lus:
+        lu.task_set.gated = True
+    assert status_of(await full_way(p)) == (Op.DATA_IN, 0)
+    for lu in lus:
+        lu.task_set.gated = False
+    # An ITT whose write failed before its data was in: its Data-Out is dropped quietly
+    # until the ITT is used again, as by this READ.
+    for side in (p.full, p.fast):
+        side.shell.conn._failed_itts.update({p.itt: None, p.itt + 1000: None})
+    await served(p)
+    assert list(p.fast.shell.conn._failed_itts) == [p.itt - 1 + 1000]
+    # The page cache does not hold the range: the full path reads it on a worker.
+    for lu in lus:
+        fd = lu.store.base._fd
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    assert status_of(await full_way(p)) == (Op.DATA_IN, 0)
+    await served(p)
+
+
+@side_by_side(digests=True)
+async def test_digests_send_reads_the_full_way(p: Pair) -> None:
+    assert (await full_way(p))[0] & 0x3F == Op.DATA_IN
+
+
+def test_a_lun_removed_by_a_reload_is_not_kept_by_the_connection(tmp_path: Path) -> None:
+    """The fast READ remembers a plan per LU it served; a LUN or target that a reload
+    removes must not stay referenced by a connection that served it (the LU, its file, its
+    volume)."""
+
+    async def main() -> None:
+        side = Side(tmp_path, fast_read.serve)
+        await side.start(digests=False)
+        try:
+            await side.feed(command(100, 1, read16(0, 8), edtl=4096, lun=1))  # POWER ON UA
+            await side.feed(command(101, 2, read16(0, 8), edtl=4096, lun=1))
+            assert side.served == 1
+            lu = side.shell.runtime.scsi.luns[1]  # type: ignore[union-attr]
+            assert lu in side.shell._fast_plans
+            target = side.config.targets[0]
+            without = replace(target, luns=tuple(n for n in target.luns if n.lun != 1))
+            new = replace(side.config, targets=(without,))
+            ops = Operations(side.server, loader=lambda: new)
+            applied = ops.reload()["applied"]
+            assert applied == [
+                f"target {target.name}: lun 1 removed: its sessions are asked to log out"
+            ]
+            assert lu not in side.shell._fast_plans
+            # A target removed: its sessions lose their access, and whatever they knew.
+            for itt in range(102, 105):  # POWER ON, then REPORTED LUNS DATA HAS CHANGED
+                await side.feed(command(itt, itt - 99, read16(0, 8), edtl=4096))
+            assert side.served == 2 and side.shell._fast_plans
+            removed = replace(side.config, targets=())
+            ops.loader = lambda: removed
+            assert ops.reload()["applied"][0].startswith(f"target {target.name} removed")
+            assert not side.shell._fast_plans
+        finally:
+            await side.stop()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
