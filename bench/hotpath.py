@@ -14,7 +14,9 @@ than an end-to-end benchmark: the tool for keeping or dropping a hot-path change
     python3 bench/hotpath.py [--commands 200000] [--batch 32] [--stages] [--profile FILE]
 
 ``--stages`` times each stage with wrappers (adding ~1 us per command, shown apart);
-``--profile FILE`` writes a cProfile of the run.
+``--profile FILE`` writes a cProfile of the run. The cyclic garbage collector is set as the
+daemon sets it once started (``targetd.gc_tuning``): with Python's default thresholds an
+allocating change would show collector passes that the daemon does not make.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import random
 import statistics
 import struct
@@ -39,7 +42,7 @@ import uvloop  # noqa: E402
 
 from backing import sparse_file  # noqa: E402
 from backing.pairs import PairManager  # noqa: E402
-from targetd import eager  # noqa: E402
+from targetd import eager, gc_tuning  # noqa: E402
 from targetd.config import Portal, default_config  # noqa: E402
 from targetd.iscsi.connection import Connection  # noqa: E402
 from targetd.iscsi.pdu import Op, new_header, put_u32  # noqa: E402
@@ -206,6 +209,8 @@ async def run(args: argparse.Namespace, state_dir: Path) -> dict[str, float]:
     targets = build_targets(config, pairs)
     await pairs.start()
     server = TargetServer(config, targets)
+    # As the daemon does once started, before its first connection (targetd.cli).
+    gc_tuning.tune()
     protocol = IscsiConnection(server, config.portals[0] if config.portals else Portal())
     transport = CountingTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
@@ -227,6 +232,7 @@ async def run(args: argparse.Namespace, state_dir: Path) -> dict[str, float]:
         batches = [batch(write, 0, 0, picks[i : i + size]) for i in range(0, len(picks), size)]
         rounds = max(1, args.commands // size)
         timings: list[float] = []
+        gc_passes: list[float] = []
         stages = Stages() if args.stages else None
         profiler = cProfile.Profile() if args.profile else None
         for repeat in range(args.repeat + 1):  # the first round warms up
@@ -234,6 +240,7 @@ async def run(args: argparse.Namespace, state_dir: Path) -> dict[str, float]:
                 stages.install()
             if profiler is not None and repeat == args.repeat:
                 profiler.enable()
+            passes = sum(g["collections"] for g in gc.get_stats())
             started = time.process_time()
             for r in range(rounds):
                 raw = bytearray(batches[r % len(batches)])
@@ -247,6 +254,7 @@ async def run(args: argparse.Namespace, state_dir: Path) -> dict[str, float]:
                 feed(protocol, bytes(raw))
                 await asyncio.sleep(0)  # the loop runs the flush, as after a socket read
             elapsed = time.process_time() - started
+            passes = sum(g["collections"] for g in gc.get_stats()) - passes
             if profiler is not None and repeat == args.repeat:
                 profiler.disable()
                 profiler.dump_stats(f"{args.profile}.{phase}")
@@ -257,8 +265,11 @@ async def run(args: argparse.Namespace, state_dir: Path) -> dict[str, float]:
                 results[f"{phase} total, timed"] = 1e6 * elapsed / (rounds * size)
             elif repeat:
                 timings.append(1e6 * elapsed / (rounds * size))
+                gc_passes.append(1000 * passes / (rounds * size))
         results[f"{phase} total"] = statistics.median(timings)
+        results[f"{phase} gc passes per 1,000 commands"] = statistics.median(gc_passes)
     results["bytes written per command"] = transport.bytes / (cmdsn - 1)
+    results["gc young-generation threshold"] = gc.get_threshold()[0]
     await pairs.stop()
     close_targets(targets)
     return results

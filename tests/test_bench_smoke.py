@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from bench_runs import BENCH, REPO, run_bench, running
 
+from targetd import gc_tuning
+
 SCRIPT = "compare_tgtd.py"
 CASES = (
     "qemu-seq-write-1M",
@@ -126,6 +128,9 @@ def test_hotpath_runs_reads_and_writes_that_succeed() -> None:
     # 48 + 4096 bytes (the login reply adds a fraction of a byte): a CHECK CONDITION or a
     # split would change the mean.
     assert float(rows["bytes written per command"]) == pytest.approx(2096.0, abs=1.0)
+    # The collector set as the daemon sets it, not Python's default (700).
+    assert float(rows["gc young-generation threshold"]) == gc_tuning.THRESHOLDS[0]
+    assert float(rows["write gc passes per 1,000 commands"]) >= 0
 
 
 @pytest.mark.timeout(200)
