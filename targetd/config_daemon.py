@@ -94,7 +94,7 @@ def read_gateway(
                     continue  # this gateway's own, not shared (docs/rbd.md)
                 raise ConfigError(
                     f"{key}.kind",
-                    f"a disk on a gateway is kind = \"rbd\" (lun {lun.lun} is {lun.kind}): "
+                    f'a disk on a gateway is kind = "rbd" (lun {lun.lun} is {lun.kind}): '
                     "both gateways must serve the same data; only tape, changer and filesink "
                     "LUNs may be one gateway's own",
                 )
