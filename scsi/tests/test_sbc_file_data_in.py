@@ -5,7 +5,11 @@ file or a pair's source outside a reverse resync, never from a pair's target."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import mmap
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,6 +24,15 @@ from scsi.command import FileRange, ScsiCommand, ScsiResult, Status
 from scsi.logical_unit import Identity
 
 MiB = 1 << 20
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [
+    ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long,
+]  # fmt: skip
+_libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 def read(lu: BlockDevice, lba: int, blocks: int, *, file_data_in: bool = True) -> ScsiResult:
@@ -49,12 +62,32 @@ def test_a_cached_large_read_is_a_range_of_the_file(tmp_path: Path) -> None:
     assert bytes(asked_not.data) == os.pread(store.fd, MiB, 0)
 
 
+@contextmanager
+def pinned(store: SparseFile, length: int) -> Iterator[None]:
+    """The file's first ``length`` bytes in the page cache and kept there (mlock(2) of a
+    shared mapping of them): on a machine short of memory the kernel may otherwise evict
+    them between the test making them cached and the READ looking."""
+    addr = _libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, store.fd, 0)
+    assert addr != _MAP_FAILED, os.strerror(ctypes.get_errno())
+    try:
+        assert _libc.mlock(addr, length) == 0, os.strerror(ctypes.get_errno())
+        yield
+    finally:
+        _libc.munmap(addr, length)  # unlocks too
+
+
 def test_uncached_pages_are_read_into_a_buffer(tmp_path: Path) -> None:
-    store = SparseFile(tmp_path / "hole.img", 4 * MiB)  # a hole never read: nothing cached
-    lu = BlockDevice(Identity("h"), store)
+    store = SparseFile(tmp_path / "u.img", 4 * MiB)
+    data = os.urandom(MiB)
+    os.pwrite(store.fd, data, 0)
+    os.fsync(store.fd)  # clean pages, which DONTNEED drops
+    os.posix_fadvise(store.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    assert not store.cached(0, MiB)  # nobody else reads this file: they stay out
+    lu = BlockDevice(Identity("u"), store)
     first = read(lu, 0, 2048)
-    assert isinstance(first.data, bytearray) and first.data == bytes(MiB)
-    assert read(lu, 0, 2048).data == FileRange(store, 0, MiB)  # that read cached them
+    assert isinstance(first.data, bytearray) and first.data == data
+    with pinned(store, MiB):
+        assert read(lu, 0, 2048).data == FileRange(store, 0, MiB)
 
 
 @pytest.mark.parametrize(
