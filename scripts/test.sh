@@ -29,7 +29,8 @@ $PY -m mypy || types=$?
 echo "== pytest" >&2
 # A later -m on the command line replaces this default selection.
 status=0
-$PY -m pytest -m "not slow" "$@" || status=$?
+# The 40 slowest tests end the log: where CI time goes, read from any run.
+$PY -m pytest -m "not slow" --durations=40 "$@" || status=$?
 if ((status == 5)); then
     # Exit code 5 is "no tests collected": a suite that runs nothing must not pass.
     echo "test.sh: pytest collected no tests" >&2
