@@ -19,6 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+# The Ceph tier's cluster and images (tests/ceph/ceph_fixtures.py), offered to its test
+# modules from here rather than imported into each.
+from ceph_fixtures import ceph_cluster as ceph_cluster
+from ceph_fixtures import new_image as new_image
 from s3_server import ENV as S3_ENV
 from s3_server import S3Server
 

@@ -1,9 +1,10 @@
 """Fixtures of the Ceph tier: one real cluster for the whole run, images, RBD LUN configs.
 
 The cluster (tests/ceph/cluster.py: one monitor, one memstore OSD on loopback) is started
-once, on the first test that asks for it, and stopped by PID when the session ends. Test
-modules import the fixtures they use from here; the cluster is shared through a module
-global, so two modules importing the fixture still get one cluster.
+once, on the first test that asks for it, and stopped by PID when the session ends.
+tests/conftest.py offers ``ceph_cluster`` and ``new_image`` to every test module; the
+cluster is also kept in a module global, so a module that imports the fixture itself
+still gets the same cluster.
 
 A missing Ceph package is a failure that says how to install it, never a skip.
 """

@@ -13,10 +13,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from ceph_fixtures import ceph_cluster
 from cluster import CephCluster
-
-__all__ = ["ceph_cluster"]
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "compare_rbd.py"

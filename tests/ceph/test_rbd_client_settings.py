@@ -13,13 +13,11 @@ import asyncio
 import ctypes
 from pathlib import Path
 
-from ceph_fixtures import ImageFactory, ceph_cluster, new_image
+from ceph_fixtures import ImageFactory
 from cluster import CephCluster
 
 from backing.rbd_image import RbdImage, RbdSpec
 from backing.rbd_lib import lib
-
-__all__ = ["ceph_cluster", "new_image"]
 
 
 def test_writes_are_copied_and_unscheduled_whatever_ceph_conf_says(

@@ -15,14 +15,12 @@ from ctypes import c_void_p
 from functools import partial
 
 import pytest
-from ceph_fixtures import ImageFactory, ceph_cluster, new_image
+from ceph_fixtures import ImageFactory
 from cluster import CephCluster
 from slow_calls import SlowCall
 
 from backing.rbd_allocation import Allocation
 from backing.rbd_image import RbdImage, RbdSpec
-
-__all__ = ["ceph_cluster", "new_image"]
 
 
 class _SlowCallsImage(RbdImage):
@@ -71,10 +69,7 @@ def test_aclose_waits_for_an_allocation_read_on_its_worker_thread(
             await image.write(0, b"x" * 4096)
             image.slow = True
             reading = asyncio.create_task(image.reload_allocation())
-            await asyncio.to_thread(image.call.started.wait, 30)
-            await image.aclose()
-            ended_at_close = image.call.ended.is_set()
-            image.call.ended.wait(30)
+            ended_at_close = await image.call.interrupt(image.aclose)
             await asyncio.wait_for(reading, 30)
             return ended_at_close, image.closed_under_a_call, bool(image._image)
         finally:

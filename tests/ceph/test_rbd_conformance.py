@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ceph_fixtures import ImageFactory, ceph_cluster, new_image, rbd_lun_toml, target_toml
+from ceph_fixtures import ImageFactory, rbd_lun_toml, target_toml
 from cluster import CephCluster
 from cu_runner import list_tests, run_suite, to_markdown
 from cu_targets import TARGETD_IQN, Target, TargetdTarget

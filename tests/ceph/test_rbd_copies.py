@@ -8,14 +8,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from ceph_fixtures import (
-    ImageFactory,
-    ceph_cluster,
-    export_image,
-    new_image,
-    rbd_lun_toml,
-    target_toml,
-)
+from ceph_fixtures import ImageFactory, export_image, rbd_lun_toml, target_toml
 from cluster import CephCluster
 from conftest import DaemonFactory
 from pair_scsi import DELETE, RESYNC, SPLIT, BlockClient, pair_out

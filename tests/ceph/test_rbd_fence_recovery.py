@@ -9,24 +9,22 @@ import asyncio
 import errno
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from ctypes import c_void_p
 from functools import partial
 
 import pytest
-from ceph_fixtures import ImageFactory, ceph_cluster, new_image
+from ceph_fixtures import ImageFactory
 from cluster import CephCluster
-from slow_calls import SlowCall
+from slow_calls import SlowCall, lock_gate
 
 from backing.errors import MediumWriteError
 from backing.rbd_image import RbdImage, RbdSpec
-from scsi.block_device import BlockDevice
 from scsi.command import Nexus
-from scsi.logical_unit import Identity
 from scsi.sense import CheckCondition, Reason
-from targetd.gateway import BROADCAST_TIMEOUT, Layout, LockGate
+from targetd.gateway import BROADCAST_TIMEOUT, LockGate
 from targetd.logs import FIELDS
-
-__all__ = ["ceph_cluster", "new_image"]
 
 TAKEOVER_MS = 200
 # Longer than the recovery ever waited for the gateway's tasks (takeover + broadcast + 1 s).
@@ -57,26 +55,38 @@ class _WatchedImage(RbdImage):
 WRITE_10 = bytes([0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0])
 
 
+@asynccontextmanager
+async def fenced_while_taking(
+    cluster: CephCluster, image_name: str, name: str, *, call: float, reopen_wait: float | None
+) -> AsyncIterator[tuple[_WatchedImage, LockGate, asyncio.Task[bool]]]:
+    """A gateway's lock gate whose lock acquisition (a slow call of ``call`` seconds) is
+    under way when the gateway learns it is fenced; the gate, the image and the task taking
+    the lock are yielded, and the gate stopped and the image closed after."""
+    spec = RbdSpec(pool=cluster.pool, image=image_name, ceph_conf=str(cluster.conf))
+    image = _WatchedImage(spec)
+    image.lock_call.delay = call
+    if reopen_wait is not None:
+        image.reopen_wait = reopen_wait
+    gate = lock_gate(image, name, takeover_ms=TAKEOVER_MS)
+    try:
+        taking = asyncio.create_task(gate.take("pair"))
+        await asyncio.to_thread(image.lock_call.started.wait, 30)
+        gate.fenced(MediumWriteError(errno.ESHUTDOWN, image.path, "write", 0, 512))
+        yield image, gate, taking
+    finally:
+        await gate.stop()
+        image.close()
+
+
 def test_a_fenced_gateway_reopens_only_after_the_old_handles_calls_end(
     ceph_cluster: CephCluster, new_image: ImageFactory
 ) -> None:
     name = new_image("8M")
-    spec = RbdSpec(pool=ceph_cluster.pool, image=name, ceph_conf=str(ceph_cluster.conf))
 
     async def scenario() -> tuple[bool, float, Reason | None, bool, bool]:
-        image = _WatchedImage(spec)
-        gate = LockGate(
-            BlockDevice(Identity("gate-fence"), image),
-            image,
-            Layout(own_group=1, own_ports=(1,), peer_group=2, peer_ports=(2,)),
-            hold_ms=100,
-            takeover_ms=TAKEOVER_MS,
-            name="gate-fence",
-        )
-        try:
-            taking = asyncio.create_task(gate.take("pair"))
-            await asyncio.to_thread(image.lock_call.started.wait, 30)
-            gate.fenced(MediumWriteError(errno.ESHUTDOWN, image.path, "write", 0, 512))
+        async with fenced_while_taking(
+            ceph_cluster, name, "gate-fence", call=SLOW_CALL, reopen_wait=None
+        ) as (image, gate, taking):
             began = time.monotonic()
             reason = None
             try:
@@ -89,9 +99,6 @@ def test_a_fenced_gateway_reopens_only_after_the_old_handles_calls_end(
             call_ended = image.lock_call.ended.wait(0)
             taken = await asyncio.wait_for(taking, 30)
             return image.closed_under_a_call, answered, reason, call_ended, taken
-        finally:
-            await gate.stop()
-            image.close()
 
     under, answered, reason, call_ended, taken = asyncio.run(scenario())
     assert not under, "the image was reopened while a librbd call on the old handle ran"
@@ -115,24 +122,11 @@ def test_a_reopen_that_waits_on_a_hung_call_gives_up_says_why_and_retries(
     and the gateway tries again; meanwhile the host's commands get NOT READY, 04h/0Ah. Once
     the call ends, the next try reopens (never under the call) and the gateway rejoins."""
     name = new_image("8M")
-    spec = RbdSpec(pool=ceph_cluster.pool, image=name, ceph_conf=str(ceph_cluster.conf))
 
     async def scenario() -> tuple[bool, list[Reason | None], set[str], bool, bool]:
-        image = _WatchedImage(spec)
-        image.lock_call.delay = HUNG_CALL
-        image.reopen_wait = REOPEN_WAIT
-        gate = LockGate(
-            BlockDevice(Identity("gate-hung"), image),
-            image,
-            Layout(own_group=1, own_ports=(1,), peer_group=2, peer_ports=(2,)),
-            hold_ms=100,
-            takeover_ms=TAKEOVER_MS,
-            name="gate-hung",
-        )
-        try:
-            taking = asyncio.create_task(gate.take("pair"))
-            await asyncio.to_thread(image.lock_call.started.wait, 30)
-            gate.fenced(MediumWriteError(errno.ESHUTDOWN, image.path, "write", 0, 512))
+        async with fenced_while_taking(
+            ceph_cluster, name, "gate-hung", call=HUNG_CALL, reopen_wait=REOPEN_WAIT
+        ) as (image, gate, taking):
             reasons: list[Reason | None] = []
             shown: set[str] = set()  # what targetctl status says meanwhile
             while not image.lock_call.ended.is_set():  # the host retries meanwhile
@@ -155,9 +149,6 @@ def test_a_reopen_that_waits_on_a_hung_call_gives_up_says_why_and_retries(
                 gate.is_fenced,
                 bool(image._image),
             )
-        finally:
-            await gate.stop()
-            image.close()
 
     with caplog.at_level(logging.WARNING, logger="targetd.gateway"):
         under, reasons, shown, fenced_at_end, open_at_end = asyncio.run(scenario())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from ceph_fixtures import ImageFactory, ceph_cluster, new_image
+from ceph_fixtures import ImageFactory
 from cluster import CephCluster
 from gateways import IQN, PairFactory, gateway_pair
 from test_integration_xcopy import GOOD, copy_status_lid4, naa_of, session
@@ -16,7 +16,7 @@ from xcopy_lists import cscd, lid4, seg_b2s, xcopy_cdb
 
 from scsi.sense import parse_sense
 
-__all__ = ["ceph_cluster", "gateway_pair", "new_image"]
+__all__ = ["gateway_pair"]
 
 MiB = 1 << 20
 TAPE = 1

@@ -12,12 +12,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-from ceph_fixtures import ImageFactory, ceph_cluster, export_image, new_image
+from ceph_fixtures import ImageFactory, export_image
 from cluster import CephCluster
 from gateways import IQN, GatewayPair, PairFactory, gateway_pair
 from pair_scsi import RESYNC, SPLIT, BlockClient, Status, pair_in, pair_out
 
-__all__ = ["ceph_cluster", "gateway_pair", "new_image"]
+__all__ = ["gateway_pair"]
 
 MiB = 1 << 20
 SIZE = 8 * MiB

@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from ceph_fixtures import ImageFactory, ceph_cluster, export_image, new_image
+from ceph_fixtures import ImageFactory, export_image
 from cluster import CephCluster
 from gateways import IQN, GatewayPair, PairFactory, gateway_pair
 from raw_initiator import RawInitiator

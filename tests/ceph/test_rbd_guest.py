@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ceph_fixtures import ImageFactory, ceph_cluster, new_image, rbd_lun_toml, target_toml
+from ceph_fixtures import ImageFactory, rbd_lun_toml, target_toml
 from cluster import CephCluster
 from conftest import DaemonFactory
 

@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from ceph_fixtures import ImageFactory, ceph_cluster, export_image, new_image
+from ceph_fixtures import ImageFactory, export_image
 from cluster import CephCluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "guest"))

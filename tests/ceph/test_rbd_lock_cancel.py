@@ -18,16 +18,11 @@ from functools import partial
 from typing import Any
 
 import pytest
-from ceph_fixtures import ImageFactory, ceph_cluster, new_image
+from ceph_fixtures import ImageFactory
 from cluster import CephCluster
-from slow_calls import SlowCall
+from slow_calls import SlowCall, cancel, lock_gate
 
 from backing.rbd_image import RbdImage, RbdSpec
-from scsi.block_device import BlockDevice
-from scsi.logical_unit import Identity
-from targetd.gateway import Layout, LockGate
-
-__all__ = ["ceph_cluster", "new_image"]
 
 
 class _SlowLockImage(RbdImage):
@@ -52,12 +47,7 @@ def test_a_cancelled_lock_acquisition_waits_for_librbd_and_gives_the_lock_back(
         other = RbdImage(spec)
         try:
             task = asyncio.create_task(slow.acquire_lock())
-            await asyncio.to_thread(slow.lock_call.started.wait, 30)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            ended_at_cancel = slow.lock_call.ended.is_set()
-            slow.lock_call.ended.wait(30)  # never close the image under it (a crash)
+            ended_at_cancel = await slow.lock_call.interrupt(partial(cancel, task))
             owners_after = await slow.lock_owners()
             try:
                 await asyncio.wait_for(other.acquire_lock(), 30)
@@ -100,12 +90,7 @@ def test_a_cancelled_reopen_waits_for_librbd_and_leaves_the_image_open(
             await image.write(0, b"before" * 512)
             image.slow = True
             task = asyncio.create_task(image.reopen())
-            await asyncio.to_thread(image.open_call.started.wait, 30)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            opened_at_cancel = image.open_call.ended.is_set()
-            image.open_call.ended.wait(30)  # never close the image under an open (a crash)
+            opened_at_cancel = await image.open_call.interrupt(partial(cancel, task))
             if not opened_at_cancel:
                 return False, b""
             await image.write(4096, b"after!" * 512)
@@ -194,14 +179,7 @@ def test_a_gateway_stopped_while_it_takes_the_lock_ends_after_the_call_within_a_
 
     async def scenario() -> tuple[bool, float, list[str], str]:
         image = _SlowLockImage(spec, SLOW_CALL)
-        gate = LockGate(
-            BlockDevice(Identity("gate-stop"), image),
-            image,
-            Layout(own_group=1, own_ports=(1,), peer_group=2, peer_ports=(2,)),
-            hold_ms=100,
-            takeover_ms=2000,
-            name="gate-stop",
-        )
+        gate = lock_gate(image, "gate-stop", takeover_ms=2000)
         other = RbdImage(spec)
         try:
             taking = asyncio.create_task(gate.take("pair"))
@@ -237,14 +215,7 @@ def test_a_gateway_stopped_while_it_watches_again_ends_after_the_watch_call(
 
     async def scenario() -> tuple[bool, float]:
         image = RbdImage(spec)
-        gate = LockGate(
-            BlockDevice(Identity("gate-rewatch"), image),
-            image,
-            Layout(own_group=1, own_ports=(1,), peer_group=2, peer_ports=(2,)),
-            hold_ms=100,
-            takeover_ms=2000,
-            name="gate-rewatch",
-        )
+        gate = lock_gate(image, "gate-rewatch", takeover_ms=2000)
         call = SlowCall(SLOW_CALL)
         stopped = False
         start = gate.channel.start

@@ -11,14 +11,7 @@ import sys
 from pathlib import Path
 
 from caw_counter import read_counter
-from ceph_fixtures import (
-    ImageFactory,
-    ceph_cluster,
-    export_image,
-    new_image,
-    rbd_lun_toml,
-    target_toml,
-)
+from ceph_fixtures import ImageFactory, export_image, rbd_lun_toml, target_toml
 from clients import run
 from cluster import CephCluster
 from conftest import REPO, DaemonFactory

@@ -7,13 +7,11 @@ from __future__ import annotations
 import asyncio
 import os
 
-from ceph_fixtures import ImageFactory, ceph_cluster, export_image, new_image
+from ceph_fixtures import ImageFactory, export_image
 from cluster import CephCluster
 
 from backing import rbd_requests
 from backing.rbd_image import RbdImage, RbdSpec
-
-__all__ = ["ceph_cluster", "new_image"]
 
 KiB, MiB = 1 << 10, 1 << 20
 

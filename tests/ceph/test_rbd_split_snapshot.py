@@ -17,14 +17,7 @@ from ctypes import c_void_p
 from functools import partial
 from pathlib import Path
 
-from ceph_fixtures import (
-    ImageFactory,
-    ceph_cluster,
-    export_image,
-    new_image,
-    rbd_lun_toml,
-    target_toml,
-)
+from ceph_fixtures import ImageFactory, export_image, rbd_lun_toml, target_toml
 from cluster import CephCluster
 from conftest import DaemonFactory
 from pair_scsi import DELETE, SPLIT, BlockClient, pair_out
@@ -32,8 +25,6 @@ from slow_calls import SlowCall
 
 from backing.pairs import Pair, PairManager, PairSettings, PairVolume, VolumeState
 from backing.rbd_image import RbdImage, RbdSpec
-
-__all__ = ["ceph_cluster", "new_image"]
 
 IQN = "iqn.2026-11.org.targetd:rbd"
 MiB = 1 << 20
