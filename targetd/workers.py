@@ -42,6 +42,7 @@ from targetd import chap_env, logs
 from targetd.admin import AdminError, Report, request
 from targetd.config import Config, Portal
 from targetd.metrics import Family
+from targetd.spawn import Child, spawn
 
 log = logging.getLogger("targetd")
 
@@ -144,7 +145,7 @@ def worker_argv(argv: list[str], index: int, targets: Iterable[str], texts: Path
 class Worker:
     index: int
     targets: list[str]
-    process: asyncio.subprocess.Process | None = None
+    process: Child | None = None
     ports: list[int] = field(default_factory=list)  # per portal, in config order; [] = down
     restarts: int = 0
     started_at: float = 0.0
@@ -201,7 +202,7 @@ class Supervisor:
         self.on_change = on_change
         self._stopping = False
         self._runners: list[asyncio.Task[None]] = []
-        self._lifelines: dict[int, tuple[Worker, asyncio.subprocess.Process]] = {}
+        self._lifelines: dict[int, tuple[Worker, Child]] = {}
         # Set once a worker's first start served or failed: the portal serves from then on.
         self._settled: list[asyncio.Event] = [asyncio.Event() for _ in self.workers]
         # After a reload: the LUNs each target's worker serves, by target name.
@@ -290,10 +291,11 @@ class Supervisor:
         # the moment the worker dies, as its sockets close (its exit is reaped later).
         life, held = os.pipe()
         try:
-            worker.process = process = await asyncio.create_subprocess_exec(
-                *worker_argv(self.argv, worker.index, worker.targets, self.texts),
-                stdin=asyncio.subprocess.PIPE,  # closed when we go: the worker stops too
-                stdout=asyncio.subprocess.PIPE,
+            # From a thread (targetd/spawn.py): a fork on the loop's thread stalled
+            # every session and login of the portal. Its stdin is a pipe held open: when
+            # we go it closes, and the worker stops too.
+            worker.process = process = await spawn(
+                worker_argv(self.argv, worker.index, worker.targets, self.texts),
                 env=env,
                 start_new_session=True,  # a terminal's Ctrl-C reaches the portal only
                 pass_fds=(held,),
