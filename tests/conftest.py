@@ -108,6 +108,7 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
+                KILLED_AT_STOP.append(self.log)
         return proc.returncode
 
     def kill(self) -> None:
@@ -138,6 +139,22 @@ class Daemon:
 
 
 DaemonFactory = Callable[..., Daemon]
+
+# The daemons that did not stop within STOP_TIMEOUT of SIGTERM (their logs): each cost the
+# run that long, and may be a stop that hangs. Listed at the end of the run.
+KILLED_AT_STOP: list[Path] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if KILLED_AT_STOP:
+        terminalreporter.section("daemons killed at stop")
+        terminalreporter.write_line(
+            f"{len(KILLED_AT_STOP)} daemon(s) did not stop within {STOP_TIMEOUT:g} s of SIGTERM "
+            "and were killed (each cost that long); their logs:"
+        )
+        for log in KILLED_AT_STOP:
+            terminalreporter.write_line(f"  {log}")
+
 
 # The daemons a test started, for its failure report (pytest_runtest_makereport).
 DAEMONS = pytest.StashKey[list[list[Daemon]]]()
