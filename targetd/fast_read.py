@@ -97,6 +97,65 @@ def plan_for(lu: object) -> Plan:
     return None
 
 
+def quiet(shell: IscsiConnection, conn: Any) -> bool:
+    """Whether nothing on ``shell``'s connection, its session or its transport stands
+    between a command taken in CmdSN order now and its answer written now: full-feature
+    phase, no output queued or held, nothing waiting for memory or for CmdSN order, no
+    logout or close pending, access not revoked, not inside the shell's own ``_pump``.
+    When True, ``conn.session``, ``shell.runtime`` and ``shell.transport`` are set."""
+    if (
+        conn.phase is not _FULL_FEATURE
+        or conn._holds
+        or conn._events
+        or conn._output
+        or conn._room
+        or conn._starved
+        or conn._sending
+        or conn._in_transport
+        or conn.file_output
+        or conn._pending_logout is not None
+        or conn.nexus is None
+    ):
+        return False
+    session = conn.session
+    if session is None or session._waiting:
+        return False
+    if (
+        shell.runtime is None
+        or shell.revoked is not None
+        or shell._close_requested
+        or shell._half_closed
+        or shell._pumping
+        or shell._output.queued
+    ):
+        return False
+    transport = shell.transport
+    return transport is not None and not transport.is_closing()
+
+
+def lu_quiet(lu: Any, volume: PairVolume | None) -> bool:
+    """Whether nothing about the LU could change a command's answer or order: no task-set
+    gate (ORDERED, HEAD OF QUEUE), no unit attention pending for any nexus, no ALUA state
+    that refuses anything, no reservation of either kind, no shared-LU gate, its volume (if
+    any) in no pair."""
+    reservations = lu.reservations
+    return not (
+        lu.task_set.gated
+        or lu._unit_attentions
+        or lu.port_groups.restricted
+        or reservations.legacy is not None
+        or reservations.reservation is not None
+        or lu.access_gate is not None
+        or (volume is not None and volume.pairs)
+    )
+
+
+def lun_number(lun_raw: bytes) -> int:
+    """scsi.target.decode_lun, inline."""
+    method = lun_raw[0] >> 6
+    return ((lun_raw[0] & 0x3F) << 8) | lun_raw[1] if method < 2 else 0xFFFF
+
+
 def serve(shell: IscsiConnection, nbytes: int) -> bool:
     """Serve the READ that ``nbytes`` just completed in the receive buffer, if it is the
     plain case (see the module's docstring); False, with nothing changed, otherwise."""
@@ -121,40 +180,18 @@ def serve(shell: IscsiConnection, nbytes: int) -> bool:
     if cdb_flags & 0xE0 or not blocks or edtl > MAX_LENGTH:
         return False
     if (
-        conn.phase is not _FULL_FEATURE
-        or conn._holds
-        or conn._events
-        or conn._output
-        or conn._room
-        or conn._starved
-        or conn._sending
-        or conn._in_transport
-        or conn.file_output
-        or conn._pending_logout is not None
-        or conn.nexus is None
-        or edtl > conn.max_send_data
+        edtl > conn.max_send_data
         or edtl > conn.max_burst
         or itt in conn.tasks
+        or not quiet(shell, conn)
     ):
         return False
-    session = conn.session
-    if session is None or cmdsn != session.exp_cmdsn or session._waiting:
+    session: Any = conn.session  # set: quiet() said so
+    if cmdsn != session.exp_cmdsn:
         return False
-    runtime = shell.runtime
-    if (
-        runtime is None
-        or shell.revoked is not None
-        or shell._close_requested
-        or shell._half_closed
-        or shell._pumping
-        or shell._output.queued
-    ):
-        return False
-    transport = shell.transport
-    if transport is None or transport.is_closing():
-        return False
-    method = lun_raw[0] >> 6
-    lun = ((lun_raw[0] & 0x3F) << 8) | lun_raw[1] if method < 2 else 0xFFFF
+    runtime: Any = shell.runtime
+    transport: Any = shell.transport
+    lun = lun_number(lun_raw)
     # A BlockDevice once its plan says so (Any: no cast call on the hot path).
     lu: Any = runtime.scsi.luns.get(lun)
     if lu is None:
@@ -170,15 +207,8 @@ def serve(shell: IscsiConnection, nbytes: int) -> bool:
     if lu.store is not store:
         del plans[lu]
         return False
-    reservations = lu.reservations
     if (
-        lu.task_set.gated
-        or lu._unit_attentions
-        or lu.port_groups.restricted
-        or reservations.legacy is not None
-        or reservations.reservation is not None
-        or lu.access_gate is not None
-        or (volume is not None and volume.pairs)
+        not lu_quiet(lu, volume)
         or blocks > lu.max_transfer_blocks
         or lba + blocks > lu.num_blocks
         or blocks * lu.block_size != edtl

@@ -28,7 +28,7 @@ from scsi.command import Nexus, ScsiResult, Status
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import Reason, build_sense
 from scsi.target import ScsiTarget
-from targetd import eager, fast_read, iscsi_settings
+from targetd import eager, fast_read, fast_write, iscsi_settings
 from targetd.config import Config, Portal
 from targetd.iscsi.connection import (
     AbortTasks,
@@ -150,6 +150,9 @@ class IscsiConnection(asyncio.BufferedProtocol):
         # each LU it has seen.
         self._fast = fast_read.SERVE
         self._fast_plans: dict[LogicalUnit, fast_read.Plan] = {}
+        # Runs of small plain WRITEs served as they are parsed (targetd.fast_write).
+        self._fast_write = fast_write.SERVE
+        self._fast_write_plans: dict[LogicalUnit, fast_write.Plan] = {}
 
     # -- asyncio protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -182,6 +185,11 @@ class IscsiConnection(asyncio.BufferedProtocol):
         fast = self._fast
         if fast is not None and fast(self, nbytes):
             return
+        fast_write = self._fast_write
+        if fast_write is not None:
+            nbytes = fast_write(self, nbytes)  # what it did not serve, or -1
+            if nbytes < 0:
+                return
         self.conn.now = self.server.now
         self.conn.data_received(nbytes)
         self._pump()
