@@ -115,10 +115,19 @@ class Run:
     cpu_seconds: float
     ops: int
     error: str | None = None
+    # The iSCSI client's own CPU (qemu-img's rusage): on a host where the client, the
+    # gateway and the OSD share the cores, it is part of what a request costs.
+    client_cpu_seconds: float | None = None
 
     @property
     def cpu_per_kilo_io(self) -> float | None:
         return None if self.value is None or not self.ops else 1000 * self.cpu_seconds / self.ops
+
+    @property
+    def client_cpu_per_kilo_io(self) -> float | None:
+        if self.value is None or not self.ops or self.client_cpu_seconds is None:
+            return None
+        return 1000 * self.client_cpu_seconds / self.ops
 
 
 @dataclass
@@ -132,6 +141,12 @@ class Result:
 
     def cpu(self, who: str) -> float | None:
         costs = [c for r in self.runs if r.who == who and (c := r.cpu_per_kilo_io) is not None]
+        return statistics.median(costs) if costs else None
+
+    def client_cpu(self, who: str) -> float | None:
+        costs = [
+            c for r in self.runs if r.who == who and (c := r.client_cpu_per_kilo_io) is not None
+        ]
         return statistics.median(costs) if costs else None
 
     def spread(self, who: str) -> tuple[list[float], list[float]]:
@@ -327,6 +342,7 @@ def run_iscsi(target: Target, case: Case, region: int, count: int, timeout: floa
         # targetd, which a random stream never gives it.
         argv[2:2] = ["-S", str(SCATTER_STRIDE_BLOCKS * case.block_size)]
     cpu_before = tree_cpu_seconds(target.pid)
+    client_before = _children_cpu_seconds()
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
         output = done.stdout + done.stderr
@@ -336,7 +352,14 @@ def run_iscsi(target: Target, case: Case, region: int, count: int, timeout: floa
     except (ClientError, subprocess.TimeoutExpired) as exc:
         return Run(target.name, None, tree_cpu_seconds(target.pid) - cpu_before, 0, str(exc))
     cpu = tree_cpu_seconds(target.pid) - cpu_before
-    return Run(target.name, _value(case, count, seconds), cpu, count)
+    client = _children_cpu_seconds() - client_before
+    return Run(target.name, _value(case, count, seconds), cpu, count, client_cpu_seconds=client)
+
+
+def _children_cpu_seconds() -> float:
+    """User and system CPU of the children this process has waited for (the clients)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 def _value(case: Case, ops: int, seconds: float) -> float:
@@ -388,6 +411,20 @@ def format_spread(results: list[Result]) -> str:
         lines.append(
             f"{r.case.name:<17} {_range(t, 0):>15} {_range(g, 0):>15} {_range(n, 0):>15} "
             f"{_range(t_cpu, 3):>13} {_range(g_cpu, 3):>13}"
+        )
+    return "\n".join(lines)
+
+
+def format_client_cpu(results: list[Result]) -> str:
+    """The client's CPU per 1,000 requests against each gateway (medians): the client,
+    the gateways and the OSD share this host's cores, so the same client costing more
+    against one gateway (smaller PDUs, more round trips) slows that gateway's runs too."""
+    head = f"{'client cpu s/kIO':<17} {'targetd':>10} {'tgt-rbd':>10}"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        lines.append(
+            f"{r.case.name:<17} {_fmt(r.client_cpu(TARGETD), 4):>10} "
+            f"{_fmt(r.client_cpu(TGT), 4):>10}"
         )
     return "\n".join(lines)
 
@@ -518,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(results))
     print()
     print(format_spread(results))
+    print()
+    print(format_client_cpu(results))
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
         f"{args.ceph_conf or args.objectstore}; targetd cache {args.cache}; "

@@ -74,7 +74,10 @@ def test_compare_rbd_prints_every_row_with_figures_and_ratios(
     assert lines[blank + 1].split() == [
         "runs,", "low-high", "targetd", "tgt-rbd", "native", "cpu", "targetd", "cpu", "tgt-rbd",
     ]  # fmt: skip
-    spread = {cells[0]: cells for cells in (line.split() for line in lines[blank + 3 :])}
+    second_blank = lines.index("", blank + 1)
+    spread = {
+        cells[0]: cells for cells in (line.split() for line in lines[blank + 3 : second_blank])
+    }
     assert list(spread) == [name for name, _ in CASES], done.stdout
     for name, _ in CASES:
         cells = spread[name]
@@ -82,6 +85,15 @@ def test_compare_rbd_prints_every_row_with_figures_and_ratios(
         for cell in cells[1:]:
             low, high = (_number(x) for x in cell.split("-"))
             assert 0 <= low == high, cells
+
+    # Last: the client's (qemu-img's) own CPU per 1,000 requests against each gateway.
+    assert lines[second_blank + 1].split() == ["client", "cpu", "s/kIO", "targetd", "tgt-rbd"]
+    client = {cells[0]: cells for cells in (line.split() for line in lines[second_blank + 3 :])}
+    assert list(client) == [name for name, _ in CASES], done.stdout
+    for name, _ in CASES:
+        cells = client[name]
+        assert len(cells) == 3, cells
+        assert all(_number(c) > 0 for c in cells[1:]), cells
 
     saved = json.loads(json_path.read_text())
     assert (saved["settings"]["cache"], saved["settings"]["peers_cache"]) == ("writearound", "same")
@@ -95,5 +107,8 @@ def test_compare_rbd_prints_every_row_with_figures_and_ratios(
     for result in saved["results"]:
         assert sorted(run["who"] for run in result["runs"]) == ["native", "targetd", "tgt-rbd"]
         assert all(run["error"] is None and run["ops"] > 0 for run in result["runs"]), result
+        # The client's CPU is counted for the two iSCSI gateways (rbd bench has none).
+        clients = {run["who"]: run["client_cpu_seconds"] for run in result["runs"]}
+        assert clients["native"] is None and clients["targetd"] > 0 and clients["tgt-rbd"] > 0
     # The image the script made in the shared cluster is gone again.
     assert image not in ceph_cluster.rbd("ls", ceph_cluster.pool).split()
