@@ -11,6 +11,9 @@ from pathlib import Path
 
 from conftest import REPO
 
+# What conftest.py imports from: the tests' helpers, the Ceph tier's fixtures, the repo.
+PYTHONPATH = ":".join(str(p) for p in (REPO / "tests", REPO / "tests" / "ceph", REPO))
+
 INNER = """
 from conftest import Daemon
 
@@ -33,7 +36,7 @@ def test_a_failed_test_reports_its_daemons_log_and_a_passed_one_does_not(
         [sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider", "-rA",
          "--basetemp", str(tmp_path / "base"), "--rootdir", str(tmp_path),
          str(tmp_path / "test_inner.py")],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": f"{REPO / 'tests'}:{REPO}"},
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": PYTHONPATH},
         capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip
     out = run.stdout + run.stderr
