@@ -34,7 +34,12 @@ from targetd.operations import Operations
 from targetd.pairs import pair_settings
 from targetd.server import IscsiConnection, TargetServer
 
-SERVES = [pytest.param(fast_read.serve, id="python")]
+# The fast READ as the shell calls it, and its loop over several PDUs fed every case alone
+# too: each condition is checked in both.
+SERVES = [
+    pytest.param(fast_read.serve, id="serve"),
+    pytest.param(fast_read.serve_several, id="serve_several"),
+]
 FINAL, READ, WRITE = 0x80, 0x40, 0x20
 SIMPLE, ORDERED, HEAD_OF_QUEUE, ACA = 1, 2, 3, 4
 
@@ -233,7 +238,8 @@ class Pair:
             await side.feed(raw)
             started.append(COMMANDS.started - count)
         for _ in range(200):  # a read sent to a worker thread answers later
-            if self.full.transport.out and self.fast.transport.out:
+            sides = (self.full, self.fast)
+            if all(s.transport.out and not s.shell._running for s in sides):
                 break
             await asyncio.sleep(0.005)
         full, fast = self.full.transport.take(), self.fast.transport.take()
@@ -353,13 +359,9 @@ async def test_what_the_full_path_answers_otherwise_is_not_served(p: Pair) -> No
     await full_way(p, lun=7)
     # Large enough for the pool's buffers or sendfile.
     await full_way(p, read16(0, 128), edtl=65536)
-    # Two commands in one socket read: the batch path.
-    both = command(p.itt, p.cmdsn, read16(0, 8), edtl=4096) + command(
-        p.itt + 1, p.cmdsn + 1, read16(8, 8), edtl=4096
-    )
-    reply, fast = await p.send(both, step=False)
-    assert not fast and len(reply) == 2 * (48 + 4096)
-    p.itt, p.cmdsn = p.itt + 2, p.cmdsn + 2
+    # Two commands in one socket read, one of them not a READ: both the full way.
+    reply = await batch(p, [read16(0, 8), bytes([0x12, 0, 0, 0, 36, 0])], served=False)
+    assert len(reply) == 48 + 4096 + 48 + 36
     # A CmdSN ahead of the window's start waits for the one before it.
     reply, fast = await p.send(command(p.itt, p.cmdsn + 1, read16(0, 8), edtl=4096), step=False)
     assert not fast and reply == b""
@@ -368,6 +370,137 @@ async def test_what_the_full_path_answers_otherwise_is_not_served(p: Pair) -> No
     p.itt, p.cmdsn = p.itt + 2, p.cmdsn + 2
     # And the plain case again, served.
     await served(p)
+
+
+def replies(raw: bytes) -> list[bytes]:
+    """The PDUs of an answer of Data-In and SCSI Response PDUs (no digests)."""
+    out = []
+    while raw:
+        length = 48 + -(-int.from_bytes(raw[5:8], "big") // 4) * 4
+        out.append(raw[:length])
+        raw = raw[length:]
+    return out
+
+
+async def batch(p: Pair, cdbs: list[bytes], *, served: bool, **kw: Any) -> bytes:
+    """``cdbs`` as consecutive commands (ITT and CmdSN one more each) in one socket read,
+    READs of the length their CDB asks; the answer, served by the fast READ or not."""
+    raw = b""
+    for i, cdb in enumerate(cdbs):
+        blocks = {0x88: cdb[10:14], 0x28: cdb[7:9]}.get(cdb[0], b"\x00")
+        edtl = kw.pop("edtl", None) or int.from_bytes(blocks, "big") * 512 or 36
+        raw += command(p.itt + i, (p.cmdsn + i) & 0xFFFFFFFF, cdb, edtl=edtl, **kw)
+    before = p.fast.served
+    reply, _ = await p.send(raw, step=False)
+    # Served: by one call, the whole socket read at once.
+    assert p.fast.served - before == (1 if served else 0), [cdb.hex() for cdb in cdbs]
+    p.itt, p.cmdsn = p.itt + len(cdbs), (p.cmdsn + len(cdbs)) & 0xFFFFFFFF
+    return reply
+
+
+@side_by_side()
+async def test_reads_of_one_socket_read_are_served_together_and_answer_alike(p: Pair) -> None:
+    """Several plain READs in one socket read: all served, each answer stamped as the full
+    path stamps it (StatSN one more each; MaxCmdSN a slot wider each, as every command of
+    the batch was counted in flight before the first answer)."""
+    await served(p)  # after the start's 64 KiB WRITE the receiver asks for one header
+    for count in (2, 3, 32):
+        reply = await batch(p, [read16(8 * i, 8) for i in range(count)], served=True)
+        pdus = replies(reply)
+        assert [len(pdu) for pdu in pdus] == [48 + 4096] * count
+        stat_sns = [int.from_bytes(pdu[24:28], "big") for pdu in pdus]
+        max_cmdsns = [int.from_bytes(pdu[32:36], "big") for pdu in pdus]
+        assert stat_sns == list(range(stat_sns[0], stat_sns[0] + count))
+        assert max_cmdsns == list(range(max_cmdsns[0], max_cmdsns[0] + count))
+    # READ(10) and READ(16), two LUNs, one length and another.
+    await full_way(p, lun=1)  # its POWER ON unit attention
+    raw = b"".join(
+        command(p.itt + i, p.cmdsn + i, cdb, edtl=edtl, lun=lun)
+        for i, (cdb, edtl, lun) in enumerate(
+            ((read10(0, 8), 4096, 0), (read16(16, 1), 512, 1), (read16(8, 16), 8192, 0))
+        )
+    )
+    before = p.fast.served
+    reply, _ = await p.send(raw, step=False)
+    assert p.fast.served == before + 1 and len(reply) == 3 * 48 + 4096 + 512 + 8192
+    p.itt, p.cmdsn = p.itt + 3, p.cmdsn + 3
+    # A WRITE waiting for the rest of its data holds a slot of the window meanwhile.
+    await p.send(command(p.itt, p.cmdsn, write16(0, 16), edtl=8192, data=bytes(4096),
+                         flags=WRITE | SIMPLE))  # fmt: skip
+    assert p.fast.shell.conn.session.in_flight == 1  # type: ignore[union-attr]
+    await batch(p, [read16(0, 8), read16(8, 8)], served=True)
+    # A batch of more commands than the window has room for: answered all the same.
+    await batch(p, [read16(i % 64, 1) for i in range(200)], served=True)
+    # CmdSNs wrapping past 2**32 inside a batch.
+    p.cmdsn = 0xFFFFFFFF
+    for side in (p.full, p.fast):
+        side.shell.conn.session.exp_cmdsn = p.cmdsn  # type: ignore[union-attr]
+    await batch(p, [read16(0, 8), read16(8, 8), read16(16, 8)], served=True)
+
+
+@side_by_side()
+async def test_a_batch_that_is_not_all_plain_goes_the_full_way(p: Pair) -> None:
+    await served(p)  # after the start's 64 KiB WRITE the receiver asks for one header
+    # The same ITT twice: the second is refused as in use, by the full path.
+    raw = command(p.itt, p.cmdsn, read16(0, 8), edtl=4096) + command(
+        p.itt, p.cmdsn + 1, read16(8, 8), edtl=4096
+    )
+    reply, fast = await p.send(raw, step=False)
+    assert not fast and [pdu[0] & 0x3F for pdu in replies(reply)] == [Op.REJECT, Op.DATA_IN]
+    p.itt += 2
+    p.cmdsn = p.fast.shell.conn.session.exp_cmdsn  # type: ignore[union-attr]
+    # A CmdSN missing inside the batch: the one after the gap waits for it.
+    raw = command(p.itt, p.cmdsn, read16(0, 8), edtl=4096) + command(
+        p.itt + 1, p.cmdsn + 2, read16(8, 8), edtl=4096
+    )
+    reply, fast = await p.send(raw, step=False)
+    assert not fast and len(replies(reply)) == 1
+    reply, fast = await p.send(command(p.itt + 2, p.cmdsn + 1, read16(0, 8), edtl=4096),
+                               step=False)  # fmt: skip
+    assert not fast and len(replies(reply)) == 2
+    p.itt, p.cmdsn = p.itt + 3, p.cmdsn + 3
+    # One READ the full path has to answer otherwise (out of range, ORDERED, a tape LUN).
+    await batch(p, [read16(0, 8), read16((1 << 30) // 512 - 4, 8)], served=False)
+    await batch(p, [read16(0, 8), read16(8, 8)], served=False, flags=FINAL | READ | ORDERED)
+    raw = command(p.itt, p.cmdsn, read16(0, 8), edtl=4096) + command(
+        p.itt + 1, p.cmdsn + 1, read16(0, 8), edtl=4096, lun=2
+    )
+    reply, fast = await p.send(raw, step=False)
+    assert not fast
+    p.itt, p.cmdsn = p.itt + 2, p.cmdsn + 2
+    # A WRITE behind a READ.
+    raw = command(p.itt, p.cmdsn, read16(0, 8), edtl=4096) + command(
+        p.itt + 1, p.cmdsn + 1, write16(0, 8), edtl=4096, data=bytes(4096),
+        flags=FINAL | WRITE | SIMPLE,
+    )  # fmt: skip
+    reply, fast = await p.send(raw, step=False)
+    assert not fast and len(replies(reply)) == 2
+    p.itt, p.cmdsn = p.itt + 2, p.cmdsn + 2
+    # The second range not in the page cache (LUN 0's written blocks; LUN 1's are holes,
+    # read without the disk): neither is served here, both are answered.
+    await full_way(p, lun=1)  # LUN 1's POWER ON unit attention
+    for side in (p.full, p.fast):
+        fd = side.shell.runtime.scsi.luns[0].store.base._fd  # type: ignore[union-attr]
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    raw = command(p.itt, p.cmdsn, read16(0, 8), edtl=4096, lun=1) + command(
+        p.itt + 1, p.cmdsn + 1, read16(0, 8), edtl=4096
+    )
+    reply, fast = await p.send(raw, step=False)
+    assert not fast and [len(pdu) for pdu in replies(reply)] == [48 + 4096] * 2
+    p.itt, p.cmdsn = p.itt + 2, p.cmdsn + 2
+    # A PDU cut by the socket read: the whole one the full way; the one it completes later
+    # is served.
+    raw = command(p.itt, p.cmdsn, read16(0, 8), edtl=4096) + command(
+        p.itt + 1, p.cmdsn + 1, read16(8, 8), edtl=4096
+    )
+    reply, fast = await p.send(raw[:60], step=False)
+    assert not fast and len(replies(reply)) == 1
+    reply, fast = await p.send(raw[60:], step=False)
+    assert fast and len(replies(reply)) == 1
+    p.itt, p.cmdsn = p.itt + 2, p.cmdsn + 2
+    # And a plain batch again, served.
+    await batch(p, [read16(0, 8), read16(8, 8)], served=True)
 
 
 @side_by_side()
