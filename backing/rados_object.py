@@ -17,6 +17,11 @@ Every call that waits on the cluster blocks: the caller runs it in a worker thre
 event loop never calls these). The object has its own rados client, with its own
 operation timeouts, so a call against an unreachable cluster ends with ETIMEDOUT after
 ``timeout`` seconds instead of hanging, without touching the data path's settings.
+
+A close waits for the calls still running on other threads (:meth:`RadosObject.close`):
+the client shut down under one of them made it wait forever, or crashed the daemon (a
+gateway rejoining after a fence closed its old client while a write's re-read of the
+reservations still ran on it). From the close on, a new call is refused with ESHUTDOWN.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ import struct
 import threading
 from collections.abc import Callable
 from ctypes import CFUNCTYPE, POINTER, byref, c_char_p, c_int, c_size_t, c_uint64, c_void_p
+from typing import ParamSpec, TypeVar
 
+from backing.rbd_calls import ThreadCalls
 from backing.rbd_lib import TypedFunctions, check, client_address, lib, mon_command
 
 log = logging.getLogger("targetd.rados")
@@ -38,6 +45,12 @@ VERSION_XATTR = b"targetd.version"
 CMPXATTR_OP_EQ = 1  # librados.h LIBRADOS_CMPXATTR_OP_EQ
 CREATE_EXCLUSIVE = 1
 MAX_BODY = 1 << 20
+# A close waits this long beyond the client's operation timeout for the calls in flight
+# (each is bounded by that timeout, a notification by its own, at most this much more).
+CLOSE_MARGIN = 10.0
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 # void (*rados_watchcb2_t)(void *arg, uint64_t notify_id, uint64_t handle,
 #                          uint64_t notifier_id, void *data, size_t data_len)
@@ -132,6 +145,25 @@ def notify_payloads(reply: bytes) -> list[bytes]:
     return payloads
 
 
+def _counted(what: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """A blocking call of :class:`RadosObject` counted while it runs (a close waits for
+    it), and refused with ESHUTDOWN once the object is closed."""
+
+    def wrap(method: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(method)
+        def run(*args: P.args, **kwargs: P.kwargs) -> T:
+            self = args[0]
+            assert isinstance(self, RadosObject)
+            if self._closing:  # not even while the close waits for the calls in flight
+                raise OSError(errno.ESHUTDOWN, f"{self.name}: closed before {what} ran")
+            with self._calls.counting(0, what):  # a closed object's handle is 1
+                return method(*args, **kwargs)
+
+        return run
+
+    return wrap
+
+
 class RadosObject:
     """``oid`` in ``pool`` (and ``namespace``), reached as ``client`` through ``ceph_conf``."""
 
@@ -153,6 +185,8 @@ class RadosObject:
         self._ioctx = c_void_p()
         self._cookie: int | None = None
         self._callbacks: tuple[object, object] | None = None
+        self._calls = ThreadCalls(self.name)
+        self._closing = False
         rados = lib()
         check(rados.rados_create2(byref(self._handle), b"ceph", client.encode(), 0), "rados")
         try:
@@ -176,12 +210,13 @@ class RadosObject:
             if namespace:
                 rados.rados_ioctx_set_namespace(self._ioctx, namespace.encode())
         except BaseException:
-            self.close()
+            self._shut_down()
             raise
         self.instance_id = int(_rados().rados_get_instance_id(self._handle))
         self.address = client_address(self._handle)  # as the blocklist names this client
 
     # -- blocking calls (worker threads) ------------------------------------------------
+    @_counted("rados_read")
     def read(self) -> tuple[int, bytes]:
         """(version, body); (0, b"") while the object does not exist."""
         buf = ctypes.create_string_buffer(32)
@@ -194,6 +229,7 @@ class RadosObject:
         got = check(_rados().rados_read(self._ioctx, self.oid, body, MAX_BODY, 0), self.name)
         return version, body.raw[:got]
 
+    @_counted("rados_write_op_operate")
     def replace(self, expected: int, version: int, body: bytes) -> bool:
         """Write ``body`` as ``version`` if the object is still at ``expected`` (0: absent):
         False if another writer came first, OSError if the cluster said no."""
@@ -216,6 +252,7 @@ class RadosObject:
         return True
 
     # -- a record in pieces (a pair's header and bitmap pages, backing/pairs/cluster.py) --
+    @_counted("rados_getxattr")
     def xattr(self, name: bytes) -> bytes | None:
         """The value of xattr ``name``; None while it (or the object) does not exist."""
         buf = ctypes.create_string_buffer(256)
@@ -225,6 +262,7 @@ class RadosObject:
         check(n, f"reading {self.name}")
         return buf.raw[:n]
 
+    @_counted("rados_stat")
     def size(self) -> int | None:
         """The object's size in bytes; None while it does not exist."""
         size = c_uint64()
@@ -234,12 +272,14 @@ class RadosObject:
         check(ret, f"stat {self.name}")
         return size.value
 
+    @_counted("rados_read")
     def read_at(self, offset: int, length: int) -> bytes:
         """``length`` bytes from ``offset`` (fewer past the end)."""
         buf = ctypes.create_string_buffer(length)
         got = check(_rados().rados_read(self._ioctx, self.oid, buf, length, offset), self.name)
         return buf.raw[:got]
 
+    @_counted("rados_write_op_operate")
     def write_guarded(
         self,
         guard: tuple[bytes, bytes] | None,
@@ -272,6 +312,7 @@ class RadosObject:
         check(ret, f"writing {self.name}")
         return True
 
+    @_counted("rados_write_op_operate")
     def remove_guarded(self, guard: tuple[bytes, bytes]) -> bool:
         """Remove the object if xattr ``guard[0]`` equals ``guard[1]``; False otherwise
         (True if it is gone already)."""
@@ -290,6 +331,7 @@ class RadosObject:
         check(ret, f"removing {self.name}")
         return True
 
+    @_counted("rados_write_op_operate")
     def remove(self) -> None:
         op = _rados().rados_create_write_op()
         try:
@@ -313,6 +355,7 @@ class RadosObject:
         """Tell every watcher, as :meth:`notify`; the replies of those that answered in time."""
         return notify_payloads(self._notify(payload, timeout))
 
+    @_counted("rados_notify2")
     def _notify(self, payload: bytes, timeout: float) -> bytes:
         reply = c_void_p()
         length = c_size_t()
@@ -335,6 +378,7 @@ class RadosObject:
         check(ret, f"notifying the watchers of {self.name}")
         return data
 
+    @_counted("rados_watch2")
     def watch(
         self,
         on_notify: Callable[[int, bytes], bytes | None],
@@ -371,6 +415,7 @@ class RadosObject:
         self._callbacks = callbacks  # kept alive while librados may call them
         self._cookie = cookie.value
 
+    @_counted("rados_blocklist_add")
     def blocklist(self, address: str) -> None:
         """Blocklist the client at ``address`` in the cluster (for the OSDs' default time):
         its watches end at once, a notification no longer waits for them, and nothing it
@@ -378,22 +423,52 @@ class RadosObject:
         check(_rados().rados_blocklist_add(self._handle, address.encode(), 0),
               f"blocklisting {address}")  # fmt: skip
 
+    @_counted("osd blocklist rm")
     def unblocklist(self, address: str) -> None:
         """Remove ``address`` (an old client of this process, shut down) from the blocklist."""
         mon_command(self._handle, {"prefix": "osd blocklist", "blocklistop": "rm",
                                    "addr": address})  # fmt: skip
 
+    @_counted("rados_unwatch2")
     def unwatch(self) -> None:
+        self._unwatch()
+
+    def _unwatch(self) -> None:
         if self._cookie is not None:
             _rados().rados_unwatch2(self._ioctx, self._cookie)
             _rados().rados_watch_flush(self._handle)
             self._cookie = None
 
-    def close(self) -> None:
-        """Stop watching and disconnect (blocking)."""
+    def close(self, wait: float | None = None) -> None:
+        """Stop watching and disconnect (blocking), once no call runs on the object any
+        more; calls from now on are refused with ESHUTDOWN. Calls still running after
+        ``wait`` seconds (by default the operation timeout and ``CLOSE_MARGIN``: each is
+        bounded by it) are logged, and the last of them closes the client as it ends
+        (:attr:`closed` says whether it has)."""
+        with _close_lock:
+            if self._closing:  # closed, or closing on another thread
+                return
+            self._closing = True
+        wait = self.timeout + CLOSE_MARGIN if wait is None else wait
+        if not self._calls.retire_when_idle(wait, self._shut_down):
+            log.warning("%s: rados calls still running %g s after the close (%s): the "
+                        "client closes when they end", self.name, wait,
+                        self._calls.describe())  # fmt: skip
+
+    @property
+    def running(self) -> str:
+        """The calls running on the object, by name (empty if none)."""
+        return self._calls.describe()
+
+    @property
+    def closed(self) -> bool:
+        """The client is shut down (not merely closing, waiting for a call)."""
+        return not self._handle
+
+    def _shut_down(self) -> None:
         with _close_lock:
             if self._ioctx:
-                self.unwatch()
+                self._unwatch()
                 lib().rados_ioctx_destroy(self._ioctx)
                 self._ioctx = c_void_p()
             if self._handle:

@@ -9,11 +9,12 @@ retired (closed, or replaced by a reopen).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -58,6 +59,16 @@ class ThreadCalls:
                 self._leave(what)
 
         return run
+
+    @contextlib.contextmanager
+    def counting(self, handle: int, what: str) -> Iterator[None]:
+        """Count the call ``what``, made on this thread, while it runs: ESHUTDOWN without
+        running if ``handle`` is retired already."""
+        self._enter(handle, what)
+        try:
+            yield
+        finally:
+            self._leave(what)
 
     def _enter(self, handle: int, what: str) -> None:
         with self._idle:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import faulthandler
 import json
 import logging
 import os
@@ -321,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     logs.setup(args.log_level, args.log_format, sys.stderr)
+    # A crash in a C library (librbd, librados) kills the process with no log line: its
+    # sockets close and the initiators see only that. The stacks go to the log instead.
+    faulthandler.enable(sys.stderr)
     role = None
     texts: Path | None = None  # a worker's: where its portal keeps what it loaded
     if args.worker:

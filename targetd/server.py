@@ -407,6 +407,7 @@ class IscsiConnection(asyncio.BufferedProtocol):
                 self.conn.aborts_finished(event.token)
                 self._pump()
                 for c in victims:
+                    log.info("closing connection", extra=c.context(reason="target cold reset"))
                     c.close()
 
             self._after(handles, respond_then_drop)
@@ -455,6 +456,10 @@ class IscsiConnection(asyncio.BufferedProtocol):
         if target is not None and self.conn.nexus is not None:
             runtime = self.server.targets.get(target.name)
             if runtime is None:  # a portal's target, moved to a worker as we logged in
+                log.info(
+                    "closing connection",
+                    extra=self.context(reason="target moved to a worker during login"),
+                )
                 self.close()
                 return
             self.runtime = runtime

@@ -171,6 +171,15 @@ def report_daemons(node: pytest.Item, daemons: list[Daemon]) -> None:
     node.stash.setdefault(DAEMONS, []).append(daemons)
 
 
+def _signal_name(code: int) -> str:
+    if code >= 0:
+        return ""
+    try:
+        return f" ({signal.Signals(-code).name})"
+    except ValueError:
+        return ""
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item,
@@ -180,6 +189,9 @@ def pytest_runtest_makereport(
         for daemon in (d for daemons in item.stash.get(DAEMONS, []) for d in daemons):
             lines = daemon.stderr.splitlines()[-LOG_TAIL:]
             title = f"{daemon.log.name} (port {daemon.port}), its last {len(lines)} lines"
+            code = daemon.proc.poll() if daemon.proc is not None else None
+            if code is not None:  # it died during the test: a crash closes its sockets silently
+                title += f"; it exited with status {code}{_signal_name(code)}"
             report.sections.append((title, "\n".join(lines)))
     return report
 

@@ -47,3 +47,40 @@ def test_a_failed_test_reports_its_daemons_log_and_a_passed_one_does_not(
     section = failures.split("targetd0.log (port ", 1)[1]
     assert "event=serving" in section, out
     assert out.count("targetd0.log (port ") == 1, out  # not for the test that passed
+
+
+CRASHING = """
+import os
+import signal
+
+from conftest import Daemon
+
+
+def test_its_daemon_crashes(targetd: Daemon) -> None:
+    os.kill(targetd.proc.pid, signal.SIGSEGV)
+    targetd.proc.wait()
+    assert False, "failing on purpose"
+"""
+
+
+def test_a_daemon_that_crashed_is_reported_with_its_signal_and_its_stacks(
+    tmp_path: Path,
+) -> None:
+    """A daemon killed by a fault in a C library (librados) leaves no log line of its own:
+    its initiators saw their connections closed, and nothing said why. The daemon's log
+    ends with its threads' stacks (faulthandler) and the report says how it ended."""
+    (tmp_path / "test_inner.py").write_text(CRASHING)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider",
+         "--basetemp", str(tmp_path / "base"), "--rootdir", str(tmp_path),
+         str(tmp_path / "test_inner.py")],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": PYTHONPATH},
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    out = run.stdout + run.stderr
+    assert run.returncode == 1, out
+    assert "targetd0.log (port " in out, out
+    section = out.split("targetd0.log (port ", 1)[1]
+    assert "lines; it exited with status -11 (SIGSEGV)" in section, out
+    assert "Fatal Python error: Segmentation fault" in section, out
+    assert "in main" in section, out  # the main thread's stack
