@@ -203,9 +203,7 @@ def serve(shell: IscsiConnection, nbytes: int) -> int:
             break
         if lun_raw != lun_raw_seen:
             lun = lun_number(lun_raw)
-            lu = luns.get(lun)
-            if lu is None:
-                break
+            lu = luns.get(lun)  # None (no such LUN) has no plan
             try:
                 plan = plans[lu]
             except KeyError:

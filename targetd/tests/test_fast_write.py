@@ -19,6 +19,8 @@ from typing import Any
 
 import uvloop
 
+from backing.sparse_file import SparseFile
+from backing.write_now import write_now_of
 from scsi.sense import Reason
 from targetd import fast_write
 from targetd.iscsi.pdu import Op, new_header, put_u32
@@ -163,9 +165,9 @@ def test_plain_writes_are_served_and_answer_alike(tmp_path: Path) -> None:
         assert good(reply, 30) and p.fast.served == 8 + 30
         # Two whole writes and part of a third: the third is the full path's to finish.
         raw = p.batch([write16(0, 8), write16(8, 8), write16(16, 8)])
-        reply, _ = await p.send(raw[: 2 * 4144 + 100], step=False)
+        reply, _ = await p.send(raw[: 2 * 4144 + 1000], step=False)
         assert good(reply, 2) and p.fast.served == 40
-        reply, _ = await p.send(raw[2 * 4144 + 100 :], step=False)
+        reply, _ = await p.send(raw[2 * 4144 + 1000 :], step=False)
         assert good(reply) and p.fast.served == 40
         # A write whose rest is received out of line (the staging buffer is not where its
         # bytes land): the full path's, whatever the staging buffer holds past its end.
@@ -309,6 +311,14 @@ def test_connection_state_sends_writes_the_full_way(tmp_path: Path) -> None:
         p.cmdsn -= 1
         for conn in conns:
             conn.first_burst = 262144
+        # A command larger than the connection takes: refused by the full path.
+        limit = conns[0]._max_command
+        for conn in conns:
+            conn._max_command = 2048
+        reply, served = await p.write(write16(0, 8), 4096)
+        assert not served and status_of(reply) == (Op.SCSI_RESPONSE, 0x02)
+        for conn in conns:
+            conn._max_command = limit
         # A write's data staged for an ITT (half received): everything waits its turn.
         for conn in conns:
             conn._write_buffers[9999] = (bytearray(512), None)
@@ -390,6 +400,23 @@ def test_lu_state_sends_writes_the_full_way(tmp_path: Path) -> None:
                 os.close(lu.store.base._fd)
                 lu.store.base._fd = fd
         assert not served and status_of(reply) == (Op.SCSI_RESPONSE, 0x02)
+        # The LU's store replaced (a new file): what was known of the old one is not used.
+        kept = [(lu.store, lu._store_write_now) for lu in lus]
+        for lu in lus:
+            new = SparseFile(lu.store.base.path.with_suffix(".new"), lu.store.size)
+            lu.store = new
+            lu._store_write_now = write_now_of(new)
+        reply, served = await p.write(write16(0, 8), 4096)
+        assert not served and good(reply)
+        reply, served = await p.write(write16(8, 8), 4096)
+        assert served == 1
+        full, fast = (os.pread(lu.store._fd, 8192, 0) for lu in lus)
+        assert full == fast
+        for lu, (store, store_write_now) in zip(lus, kept, strict=True):
+            lu.store.close()
+            lu.store, lu._store_write_now = store, store_write_now
+        reply, served = await p.write(write16(0, 8), 4096)  # the plan made again
+        assert not served and good(reply)
         # All clear: served again.
         reply, served = await p.write(write16(0, 8), 4096)
         assert served == 1
