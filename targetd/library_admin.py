@@ -21,13 +21,15 @@ locked door, an unknown cartridge ...), ``bad_request``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from backing.tape_library import LibraryError
-from scsi.changer_device import MediaChanger
 from scsi.logical_unit import LogicalUnit
 from targetd.admin import Admin, AdminError, Report
+
+if TYPE_CHECKING:
+    from scsi.changer_device import MediaChanger
 
 Params = dict[str, Any]
 LunMaps = Callable[[], Mapping[str, Mapping[int, LogicalUnit]]]
@@ -45,11 +47,16 @@ class LibraryAdmin:
 
     def _changer(self, params: Params) -> tuple[str, int, MediaChanger]:
         target, lun = params.get("target"), params.get("lun")
-        found = [
+        # The tape modules load with the first changer LUN built (targetd.luns): not loaded,
+        # there is none.
+        changers = sys.modules.get("scsi.changer_device")
+        found = [] if changers is None else [
             (name, number, lu)
             for name, luns in self.lun_maps().items()
             for number, lu in luns.items()
-            if isinstance(lu, MediaChanger) and target in (None, name) and lun in (None, number)
+            if isinstance(lu, changers.MediaChanger)
+            and target in (None, name)
+            and lun in (None, number)
         ]
         if not found:
             raise AdminError("no such tape library (a LUN of kind changer)", "no-library")
@@ -70,6 +77,8 @@ class LibraryAdmin:
 
     async def import_cartridge(self, params: Params) -> dict[str, Any]:
         _, _, changer = self._changer(params)
+        from backing.tape_library import LibraryError  # loaded with the changer
+
         barcode = self._barcode(params)
         try:
             element = await changer.import_cartridge(barcode, create=params.get("create", True))
@@ -79,6 +88,8 @@ class LibraryAdmin:
 
     async def export_cartridge(self, params: Params, report: Report) -> dict[str, Any]:
         _, _, changer = self._changer(params)
+        from backing.tape_library import LibraryError  # loaded with the changer
+
         barcode = self._barcode(params)
         try:
             image = await changer.export_cartridge(barcode, progress=report)
@@ -88,6 +99,8 @@ class LibraryAdmin:
 
     async def tag_cartridge(self, params: Params) -> dict[str, Any]:
         _, _, changer = self._changer(params)
+        from backing.tape_library import LibraryError  # loaded with the changer
+
         barcode = self._barcode(params)
         alternate = params.get("alternate")
         if alternate is not None and not isinstance(alternate, str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -13,21 +14,13 @@ from typing import TYPE_CHECKING
 import xcopy
 from backing.block_store import BlockStore
 from backing.pairs import PairService, PairVolume
-from backing.s3_client import S3Location
 from backing.sparse_file import SparseFile
-from backing.tape_image import TapeImageError
-from backing.tape_library import LibraryError, TapeDirectory
-from backing.tape_s3 import S3Tape
-from backing.tape_s3_store import S3TapeStore
 from scsi.alua import STATE_NAMES, PortGroup, PortGroups
 from scsi.block_device import BlockDevice
-from scsi.changer_device import MediaChanger, TapeLibrary
-from scsi.file_sink import FileSinkDevice
 from scsi.logical_unit import Identity, LogicalUnit, Services
 from scsi.pr_cluster import ClusterPrStore, gateway_key
 from scsi.pr_file import PrFile
 from scsi.sense import Reason, build_sense
-from scsi.tape_device import TapeDevice
 from scsi.target import ScsiTarget
 from targetd import logs
 from targetd.config import Config, ConfigError, LunConfig, TapeStoreConfig, TargetConfig
@@ -37,6 +30,10 @@ from xcopy.shared import SharedCopies
 
 if TYPE_CHECKING:
     from backing.rados_object import RadosObject
+    from backing.tape_library import TapeDirectory
+    from backing.tape_s3 import S3Tape
+    from scsi.changer_device import TapeLibrary
+    from scsi.tape_device import TapeDevice
     from targetd.config import RbdConfig
     from targetd.gateway import LockGate
 
@@ -310,6 +307,8 @@ class Builder:
         self, target: TargetConfig, lun: LunConfig, identity: Identity, _path: Path,
         services: Services,
     ) -> LogicalUnit:  # fmt: skip
+        from scsi.changer_device import MediaChanger
+
         return MediaChanger(identity, self._library(target, lun.lun), services=services)
 
     def _tape(
@@ -317,6 +316,12 @@ class Builder:
         services: Services,
     ) -> LogicalUnit:  # fmt: skip
         """A library's drive, a cartridge in a bucket, or an image file."""
+        # Tape modules load with the first tape LUN: most configurations have none, and
+        # every daemon start would pay for their import (docs/performance.md).
+        from backing.tape_image import TapeImageError
+        from backing.tape_library import LibraryError
+        from scsi.tape_device import TapeDevice
+
         if lun.changer is not None:
             return self._drive(target, lun, identity, services)
         if lun.store is not None:
@@ -335,12 +340,17 @@ class Builder:
         services: Services,
     ) -> LogicalUnit:  # fmt: skip
         # A directory of plain files, one per backup: EXTENDED COPY's file destination.
+        from scsi.file_sink import FileSinkDevice
+
         return FileSinkDevice.from_directory(
             identity, path, lun.size, read_only=lun.read_only, services=services
         )
 
     def _library(self, target: TargetConfig, changer: int) -> TapeLibrary:
         """The library of ``target``'s changer LUN, made when its first LU is built."""
+        from backing.tape_library import LibraryError
+        from scsi.changer_device import TapeLibrary
+
         library = self.libraries.get((target.name, changer))
         if library is not None:
             return library
@@ -365,6 +375,9 @@ class Builder:
         self, target: TargetConfig, lun: LunConfig, identity: Identity, services: Services
     ) -> TapeDevice:
         """A library drive: empty until the changer (or the inventory) puts a cartridge in."""
+        from backing.tape_library import LibraryError
+        from scsi.tape_device import TapeDevice
+
         assert lun.changer is not None
         library = self._library(target, lun.changer)
         drives = [n.lun for n in target.luns if n.changer == lun.changer]
@@ -426,7 +439,9 @@ class Builder:
     def forget_lun(self, target: str, lun: int, lu: LogicalUnit) -> None:
         """A LUN removed by a reload: it leaves its target's pair view and the service.
         Raises PairError (VOLUME_IN_PAIR) while it is in a pair; nothing changes then."""
-        if isinstance(lu, MediaChanger):
+        # Not loaded: no changer was ever built here (the tape modules load lazily).
+        changers = sys.modules.get("scsi.changer_device")
+        if changers is not None and isinstance(lu, changers.MediaChanger):
             self.libraries.pop((target, lun), None)
         self.gates = [gate for gate in self.gates if gate.lu is not lu]
         self.peer_fences = [(other, fence) for other, fence in self.peer_fences if other is not lu]
@@ -519,6 +534,10 @@ def paired_volume(lu: LogicalUnit) -> str | None:
 def _tape_store(path: Path, capacity: int, store: TapeStoreConfig | None) -> TapeDirectory:
     """Where a library's cartridges live: image files in ``path``, or objects in a bucket
     (``path`` then keeps the inventory and the spool of the tapes being written)."""
+    from backing.s3_client import S3Location
+    from backing.tape_library import TapeDirectory
+    from backing.tape_s3_store import S3TapeStore
+
     if store is None:
         return TapeDirectory(path, capacity)
     _need_boto3()
@@ -529,12 +548,17 @@ def _need_boto3() -> None:
     """S3 stores need boto3, an optional dependency: a configuration that names one on a
     host without it is refused with the way to get it, not a traceback."""
     if importlib.util.find_spec("boto3") is None:
+        from backing.tape_library import LibraryError
+
         raise LibraryError("an S3 store needs boto3: pip install 'targetd[s3]'")
 
 
 def _s3_tape(path: Path, capacity: int, store: TapeStoreConfig, read_only: bool) -> S3Tape:
     """A tape LUN's one tape in a bucket: ``s3://bucket/prefix/NAME`` is the cartridge
     NAME of a store at ``s3://bucket/prefix``, made blank when it does not exist."""
+    from backing.s3_client import S3Location
+    from backing.tape_s3_store import S3TapeStore
+
     _need_boto3()
     prefix, _, name = store.url.rstrip("/").rpartition("/")
     location = S3Location.parse(prefix, store.endpoint, store.region)

@@ -11,12 +11,12 @@ page they read; the protocol identifier nibble is ignored (sg_xcopy clears it).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from scsi.block_device import BlockDevice
 from scsi.command import Nexus
 from scsi.logical_unit import LogicalUnit
-from scsi.tape_device import TapeDevice
 from scsi.vpd import ASSOC_LU, device_identification
 from xcopy.params import THIS_LU, Cscd
 
@@ -67,7 +67,9 @@ def find_lu(cscd: Cscd, luns: dict[int, LogicalUnit], nexus: Nexus) -> LogicalUn
 def device_type_of(lu: LogicalUnit) -> int | None:
     if isinstance(lu, BlockDevice):
         return BLOCK
-    if isinstance(lu, TapeDevice):
+    # Not loaded: no tape LU exists (targetd.luns imports tape modules with the first one).
+    tapes = sys.modules.get("scsi.tape_device")
+    if tapes is not None and isinstance(lu, tapes.TapeDevice):
         return STREAM
     return getattr(lu, "device_type", None)
 

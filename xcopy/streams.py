@@ -13,18 +13,21 @@ never land between a copy's.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from backing.threads import outlast
-from scsi.file_sink import FileSinkDevice
 from scsi.kernel_file import KernelFile
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import CheckCondition, Reason
-from scsi.tape_device import TapeDevice
 from xcopy.digests import Observer
 from xcopy.pacing import SLICE, GiveWay, copy_executor
+
+if TYPE_CHECKING:
+    from scsi.file_sink import FileSinkDevice
+    from scsi.tape_device import TapeDevice
 
 
 class StreamMedium(Protocol):
@@ -175,8 +178,11 @@ def _joined(
 
 
 def medium_of(lu: LogicalUnit) -> StreamMedium:
-    if isinstance(lu, TapeDevice):
+    # A module not loaded has no LU (targetd.luns imports them with the first such LU).
+    tapes = sys.modules.get("scsi.tape_device")
+    if tapes is not None and isinstance(lu, tapes.TapeDevice):
         return TapeMedium(lu)
-    if isinstance(lu, FileSinkDevice):
+    sinks = sys.modules.get("scsi.file_sink")
+    if sinks is not None and isinstance(lu, sinks.FileSinkDevice):
         return SinkMedium(lu)
     raise CheckCondition(Reason.INCORRECT_COPY_TARGET_DEVICE_TYPE)

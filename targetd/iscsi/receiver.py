@@ -16,8 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import Enum, auto
 
-import crc32c
-
+from targetd.iscsi.crc import crc32c
 from targetd.iscsi.pdu import BHS_LEN, Pdu, RejectReason, padded
 
 STAGING_SIZE = 1 << 18

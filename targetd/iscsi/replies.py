@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import struct
 
-import crc32c
-
 from scsi.command import FileRange, ScsiResult, Status
 from targetd.iscsi import datapath
 from targetd.iscsi import pdu as P
 from targetd.iscsi.connection_state import ConnectionState, Output, Task
+from targetd.iscsi.crc import crc32c
 from targetd.iscsi.pdu import Op, RejectReason, put_u32
 
 _SEQUENCE_NUMBERS = struct.Struct(">III")
