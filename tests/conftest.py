@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -91,6 +92,7 @@ class Daemon:
                 )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    STARTS.append(time.monotonic() - (deadline - START_TIMEOUT))
                     return self
             except OSError:
                 time.sleep(START_POLL)
@@ -146,9 +148,18 @@ DaemonFactory = Callable[..., Daemon]
 # The daemons that did not stop within STOP_TIMEOUT of SIGTERM (their logs): each cost the
 # run that long, and may be a stop that hangs. Listed at the end of the run.
 KILLED_AT_STOP: list[Path] = []
+# Seconds from exec to listening of each daemon Daemon.start started: how many starts a run
+# pays for and what they cost (docs/performance.md, bench/start_time.py).
+STARTS: list[float] = []
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if STARTS:
+        terminalreporter.section("daemon starts")
+        terminalreporter.write_line(
+            f"{len(STARTS)} daemon starts, {sum(STARTS):.1f} s from exec to listening, "
+            f"median {statistics.median(STARTS) * 1000:.0f} ms"
+        )
     if KILLED_AT_STOP:
         terminalreporter.section("daemons killed at stop")
         terminalreporter.write_line(
