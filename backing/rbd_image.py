@@ -530,13 +530,19 @@ class RbdImage(ImageRequests):
         return bool(owner.value)
 
     # -- life cycle ---------------------------------------------------------------------
+    def leave_loop(self) -> None:
+        """On the event loop, before a :meth:`close` on a worker thread: the completion
+        reader leaves the loop (a loop's readers are not to be touched from another
+        thread)."""
+        if self._efd >= 0 and self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._efd)
+        self._loop = None
+
     async def aclose(self) -> None:
         """:meth:`close` from the event loop: its reader leaves the loop here, it waits
         for the blocking calls of :meth:`_call` still running (an undo after a cancel
         included), and the blocking close runs in a worker thread."""
-        if self._efd >= 0 and self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(self._efd)
-        self._loop = None
+        self.leave_loop()
         self._closing = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.close_wait

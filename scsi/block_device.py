@@ -425,6 +425,13 @@ class BlockDevice(LogicalUnit):
     def long_block_descriptor(self) -> bytes:
         return self.num_blocks.to_bytes(8, "big") + bytes(4) + self.block_size.to_bytes(4, "big")
 
+    def leave_loop(self) -> None:
+        """On the event loop, before :meth:`close` runs on a worker thread (a daemon's
+        stop): what the store has bound to the loop leaves it."""
+        leave = getattr(self.store, "leave_loop", None)
+        if leave is not None:
+            leave()
+
     def close(self) -> None:
         close = getattr(self.store, "close", None)
         if close is not None:

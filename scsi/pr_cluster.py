@@ -49,6 +49,7 @@ The object is anything with :class:`VersionedObject`'s blocking calls (backing's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -97,6 +98,21 @@ class VersionedObject(Protocol):
     ) -> None: ...
     def unwatch(self) -> None: ...
     def close(self) -> None: ...
+
+
+def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` from its loop's thread or from another (a close at stop runs on a
+    worker thread: a task is cancelled on its own loop)."""
+    try:
+        here = asyncio.get_running_loop()
+    except RuntimeError:
+        here = None
+    loop = task.get_loop()
+    if here is loop:
+        task.cancel()
+    elif not loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # closed meanwhile
+            loop.call_soon_threadsafe(task.cancel)
 
 
 def gateway_key(ports: frozenset[int] | tuple[int, ...]) -> str:
@@ -460,10 +476,8 @@ class ClusterPrStore:
         # cancelled, its record write may still land, on its thread, and its notification
         # never go. The record is then told once more below.
         forgetting = bool(self._tasks)
-        for task in self._tasks:
-            task.cancel()
-        if self._rewatch is not None:
-            self._rewatch.cancel()
+        for task in [*self._tasks, *([self._rewatch] if self._rewatch is not None else [])]:
+            _cancel(task)
         try:  # a RESERVE(6) through this gateway ends with its nexuses (blocking: at stop)
             self._drop_own_legacy(forgetting)
         except (OSError, ValueError) as err:

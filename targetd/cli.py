@@ -39,6 +39,8 @@ from targetd.operations import Operations
 from targetd.pair_admin import PairAdmin
 from targetd.pairs import pair_settings
 from targetd.server import TargetServer
+from targetd.stopping import STOP_SECONDS, Stopping
+from targetd.stopping import close_targets as close_luns
 from targetd.workers import (
     CONFIG_LOADED,
     CONFIG_STARTED,
@@ -232,11 +234,22 @@ async def _serve(
     gc_tuning.tune()  # after start-up: what it built is frozen out of every pass
     await stop.wait()
     log.info("stopping")
-    await ops.shutdown(DRAIN_SECONDS)
-    await stop_gates(server.scsi_targets())  # their librbd calls end before the images close
-    close_targets(server.scsi_targets())
+    # Bounded, whatever a cluster does (targetd/stopping.py): past STOP_SECONDS what is
+    # still running is logged and abandoned.
+    stopping = Stopping()
+    if not await stopping.run(_stop(ops, server, stopping), STOP_SECONDS):
+        stopping.abandon(STOP_SECONDS, 1)
     log.info("stopped")
     return 1 if ops.flush_failures else 0
+
+
+async def _stop(ops: Operations, server: TargetServer, stopping: Stopping) -> None:
+    await ops.shutdown(DRAIN_SECONDS, stopping)
+    stopping.stage = "stopping the gateways' lock work"
+    # Their librbd calls end before the images close.
+    await stop_gates(server.scsi_targets(), stopping.pending)
+    stopping.stage = "closing LUNs"
+    await close_luns(server.scsi_targets(), stopping)
 
 
 def _why(err: OSError) -> str:

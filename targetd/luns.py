@@ -572,15 +572,27 @@ def build_targets(config: Config, pairs: PairService | None = None) -> dict[str,
     return Builder(config, pairs).targets()
 
 
-async def stop_gates(targets: dict[str, ScsiTarget]) -> None:
+async def stop_gates(
+    targets: dict[str, ScsiTarget], pending: dict[str, str] | None = None
+) -> None:
     """Stop every gateway LU's lock work (targetd/gateway.py, LockGate.stop): each returns
-    once its librbd calls in flight have ended, so the images may close next."""
+    once its librbd calls in flight have ended, so the images may close next. ``pending``
+    names the LUs still stopping (targetd/stopping.py)."""
+    pending = {} if pending is None else pending
+
+    async def one(name: str, stop: Callable[[], Awaitable[None]]) -> None:
+        pending[name] = "lock release"
+        try:
+            await stop()
+        finally:
+            del pending[name]
+
     stops = []
-    for target in targets.values():
-        for lu in target.luns.values():
+    for t, target in targets.items():
+        for n, lu in target.luns.items():
             stop = getattr(lu.access_gate, "stop", None)
             if stop is not None:
-                stops.append(stop())
+                stops.append(one(f"{t}/lun{n}", stop))
     await asyncio.gather(*stops)
 
 
@@ -595,24 +607,35 @@ def close_targets(targets: dict[str, ScsiTarget]) -> None:
                 close()
 
 
-async def flush_targets(targets: dict[str, ScsiTarget]) -> int:
-    """fdatasync every LUN's backing store (SIGTERM, before the state is persisted). A LUN
-    whose flush fails is logged and the others are still flushed; returns how many failed."""
-    failed = 0
-    for target in targets.values():
-        for lu in target.luns.values():
-            flush = getattr(lu, "flush", None) or getattr(getattr(lu, "store", None), "flush", None)
-            if flush is None:
-                continue
-            try:
-                await flush()
-            except OSError as err:
-                failed += 1
-                log.error(
-                    "flush failed at shutdown",
-                    extra=logs.fields(lu=lu.identity.device_id, error=str(err)),
-                )
-    return failed
+async def flush_targets(
+    targets: dict[str, ScsiTarget], pending: dict[str, str] | None = None
+) -> int:
+    """fdatasync every LUN's backing store (SIGTERM, before the state is persisted), side
+    by side (an RBD LUN's flush may wait for an unreachable cluster). A LUN whose flush
+    fails is logged and the others are still flushed; returns how many failed. ``pending``
+    names the LUNs still flushing (targetd/stopping.py)."""
+    pending = {} if pending is None else pending
+
+    async def one(name: str, lu: LogicalUnit) -> int:
+        flush = getattr(lu, "flush", None) or getattr(getattr(lu, "store", None), "flush", None)
+        if flush is None:
+            return 0
+        pending[name] = "flush"
+        try:
+            await flush()
+        except OSError as err:
+            log.error(
+                "flush failed at shutdown",
+                extra=logs.fields(lu=lu.identity.device_id, error=str(err)),
+            )
+            return 1
+        finally:
+            del pending[name]
+        return 0
+
+    failed = await asyncio.gather(*(one(f"{t}/lun{n}", lu) for t, target in targets.items()
+                                    for n, lu in target.luns.items()))  # fmt: skip
+    return sum(failed)
 
 
 def backup_policy_lookup(config: Config) -> PolicyLookup:

@@ -28,6 +28,7 @@ from targetd.metrics import Family, Metrics, lun_families
 from targetd.reload import ReloadPlan
 from targetd.reload_report import LastReload
 from targetd.server import IscsiConnection, TargetRuntime, TargetServer
+from targetd.stopping import Stopping
 from xcopy import pacing
 from xcopy.manager import CopyManager
 
@@ -101,13 +102,17 @@ class Operations:
             sdnotify.notify("WATCHDOG=1")
             await asyncio.sleep(interval)
 
-    async def shutdown(self, grace: float) -> None:
-        """SIGTERM: drain, flush every LUN, run the shutdown hooks, close the endpoints."""
+    async def shutdown(self, grace: float, stopping: Stopping | None = None) -> None:
+        """SIGTERM: drain, flush every LUN, run the shutdown hooks, close the endpoints.
+        ``stopping`` follows the stages (targetd/stopping.py)."""
+        stopping = Stopping() if stopping is None else stopping
         sdnotify.notify("STOPPING=1\nSTATUS=draining")
         drained = await self.server.stop(grace)
         log.info("drained", extra=logs.fields(abandoned_commands=drained))
         # A LUN that cannot be flushed is logged; the pairs' state is still written below.
-        self.flush_failures = await flush_targets(self.server.scsi_targets())
+        stopping.stage = "flushing"
+        self.flush_failures = await flush_targets(self.server.scsi_targets(), stopping.pending)
+        stopping.stage = "shutdown hooks (pair state)"
         for hook in self._shutdown_hooks:
             try:
                 result = hook()

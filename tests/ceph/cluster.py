@@ -258,6 +258,13 @@ objecter_tick_interval = 1
             proc.kill()
             proc.wait()
 
+    def kill_mon(self) -> None:
+        """SIGKILL the monitor (with the OSD: the cluster gone), for fault tests."""
+        proc = self.procs.get("mon.a")
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
     def restart_osd(self) -> None:
         self.kill_osd()
         self._spawn("osd.0", ["ceph-osd", "-c", str(self.conf), "-i", "0", "-f"])
