@@ -6,6 +6,7 @@ run in any order. Teardown stops the daemon by PID: SIGTERM first, SIGKILL if it
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import signal
@@ -238,6 +239,20 @@ def targetd_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
     yield factory
     for daemon in daemons:
         daemon.stop()
+
+
+# The packages every daemon and tool the tests start imports afresh.
+PACKAGES = ("targetd", "scsi", "backing", "xcopy", "hostcopy")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bytecode() -> None:
+    """The repository's modules compiled once for the session. With PYTHONDONTWRITEBYTECODE
+    set (as in some CI and sandbox environments) no process writes a .pyc, so every daemon
+    start compiled about 140 modules from source: half its CPU, a few hundred times a run
+    (docs/performance.md, start time). An up-to-date .pyc is left as it is."""
+    for package in PACKAGES:
+        assert compileall.compile_dir(REPO / package, quiet=1), f"{package} does not compile"
 
 
 @pytest.fixture(scope="session")
