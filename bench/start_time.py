@@ -6,7 +6,9 @@ serve`` (cwd = the tree, so ``import targetd`` resolves to that tree) and polls 
 every 2 ms; when it accepts, the daemon's CPU so far (the sum of its threads'
 ``/proc/PID/task/*/schedstat`` run time) and the wall time since exec are taken, then it is
 stopped with SIGTERM. Trees take turns start by start (interleaved, so load changes hit both
-alike); medians, and the ratio to the first tree.
+alike); medians, and the ratio to the first tree. A tree runs from its .pyc files when it has
+them: with PYTHONDONTWRITEBYTECODE set a tree never compiled (``python3 -m compileall``, as
+tests/conftest.py does) compiles every module at every start, about half a start's CPU.
 
     python3 bench/start_time.py main=/work/main new=.          # 20 starts each
     python3 bench/start_time.py new=. --starts 40
