@@ -574,6 +574,7 @@ class RbdImage(ImageRequests):
             loop = getattr(self, "_loop", None)
             if loop is not None and not loop.is_closed():
                 loop.remove_reader(self._efd)
+        self._stop_submitter()
         if self._image:
             lib().rbd_close(self._image)
             self._image = c_void_p()

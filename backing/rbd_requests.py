@@ -20,7 +20,10 @@ import contextlib
 import ctypes
 import errno
 import os
+import queue
+import threading
 from collections import deque
+from collections.abc import Callable
 from ctypes import CFUNCTYPE, byref, c_void_p
 
 from backing.errors import MediumReadError, MediumWriteError, SpaceExhausted, StoreError
@@ -32,6 +35,56 @@ POLL_BATCH = 64
 # request of at most this many pieces and bytes (``ImageRequests._unplug``).
 MERGE_MAX_REQUESTS = 64
 MERGE_MAX_BYTES = 1 << 20
+# A write at least this large is given to librbd by the image's submit thread, not the loop:
+# ``rbd_aio_write`` copies the data and wakes librbd's messenger, and on a busy host the
+# caller is then often switched out inside the call (docs/rbd.md, "Where the rbd_aio_write
+# call's time goes"). Smaller requests would pay the hand-off more than they save.
+SUBMIT_THREAD_MIN_BYTES = 256 << 10
+
+
+class Submitter:
+    """One thread that makes librbd calls in the order they were queued. The loop queues
+    a call here when it is a large write or when the queue still holds one (so nothing made
+    on the loop passes a call queued before it); a refused call is handed back to the loop."""
+
+    def __init__(self, refused: Callable[[c_void_p, int], None]) -> None:
+        self._refused = refused
+        self._queue: queue.SimpleQueue[
+            tuple[Callable[..., int], tuple[object, ...], c_void_p] | None
+        ] = queue.SimpleQueue()
+        self.queued = 0  # written by the loop only
+        self.done = 0  # written by the thread only, after the call returned
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name="rbd-submit", daemon=True)
+        self._thread.start()
+
+    def busy(self) -> bool:
+        return self.queued != self.done
+
+    def put(self, loop: asyncio.AbstractEventLoop, fn: Callable[..., int],
+            args: tuple[object, ...], comp: c_void_p) -> None:  # fmt: skip
+        self._loop = loop
+        self.queued += 1
+        self._queue.put((fn, args, comp))
+
+    def stop(self) -> None:
+        """Make every queued call, then end the thread (blocking, briefly: no call queued
+        here waits for the network)."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            fn, args, comp = item
+            try:
+                ret = fn(*args)
+            except Exception:  # a call ctypes refused: failed like one librbd refused
+                ret = -errno.EINVAL
+            if ret < 0 and self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._refused, comp, ret)
+            self.done += 1
+
+
 # void (*rbd_callback_t)(rbd_completion_t cb, void *arg)
 COMPLETION_CALLBACK = CFUNCTYPE(None, c_void_p, c_void_p)
 
@@ -122,6 +175,28 @@ class ImageRequests:
         # Counts reopens: a request whose librbd call was bound to the handle of an older
         # generation (before it waited for the budget) is not given to the new one.
         self._generation = 0
+        self._submitter: Submitter | None = None
+
+    def _give(
+        self, fn: Callable[..., int], args: tuple[object, ...], comp: c_void_p, large: bool
+    ) -> None:
+        """Make the librbd call ``fn(*args)`` for ``comp``: on the submit thread when it is
+        a large write or when calls queued there are not all made yet, else here."""
+        submitter = self._submitter
+        if large and submitter is None:
+            submitter = self._submitter = Submitter(self._submitted)
+        if submitter is not None and (large or submitter.busy()):
+            submitter.put(self._loop or asyncio.get_running_loop(), fn, args, comp)
+        else:
+            self._submitted(comp, fn(*args))
+
+    def _stop_submitter(self) -> None:
+        """Before the image closes: every queued call made, the thread ended."""
+        # (getattr: a store whose open failed is torn down before this was set.)
+        submitter = getattr(self, "_submitter", None)
+        self._submitter = None
+        if submitter is not None:
+            submitter.stop()
 
     def _attach(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
@@ -206,7 +281,7 @@ class ImageRequests:
             request = Request(loop.create_future())
             comp = self._completion([request], keep, callback)
             if comp is not None:
-                self._submitted(comp, submit(comp))  # type: ignore[operator]
+                self._give(submit, (comp,), comp, False)  # type: ignore[arg-type]
             return await self._wait(request, op, offset, length)
         finally:
             cluster.release(data_bytes)
@@ -256,7 +331,9 @@ class ImageRequests:
                 comp = self._completion([first], first.keep, False)
                 if comp is not None:
                     aio = rbd.rbd_aio_write if first.write else rbd.rbd_aio_read
-                    self._submitted(comp, aio(image, first.offset, first.length, first.addr, comp))
+                    large = first.write and first.length >= SUBMIT_THREAD_MIN_BYTES
+                    args = (image, first.offset, first.length, first.addr, comp)
+                    self._give(aio, args, comp, large)
             else:
                 group = plug[i:j]
                 self.merged_requests += len(group)
@@ -267,7 +344,9 @@ class ImageRequests:
                 comp = self._completion(group, (iov, [r.keep for r in group]), False)
                 if comp is not None:
                     aiov = rbd.rbd_aio_writev if first.write else rbd.rbd_aio_readv
-                    self._submitted(comp, aiov(image, iov, len(group), first.offset, comp))
+                    large = first.write and end - first.offset >= SUBMIT_THREAD_MIN_BYTES
+                    vargs = (image, iov, len(group), first.offset, comp)
+                    self._give(aiov, vargs, comp, large)
             i = j
 
     def _completion(self, group: list[Request], keep: object, callback: bool) -> c_void_p | None:
@@ -286,9 +365,10 @@ class ImageRequests:
     def _submitted(self, comp: c_void_p, ret: int) -> None:
         """After the ``rbd_aio_*`` call: one that refused finishes its group now."""
         if ret < 0:
-            group, _ = self._pending.pop(comp.value or 0)
+            # (Refused on the submit thread after a reopen ended its requests: gone.)
+            entry = self._pending.pop(comp.value or 0, None)
             lib().rbd_aio_release(comp)
-            for request in group:
+            for request in entry[0] if entry is not None else ():
                 request.finish(ret)
 
     async def _wait(self, request: Request, op: str, offset: int | None, length: int | None) -> int:
