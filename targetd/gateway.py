@@ -191,6 +191,8 @@ class LockGate:
         self.acquisitions = 0  # lock moves to this gateway (metrics, tests)
         self.breaks = 0  # takeovers from a silent holder
         self._transition: asyncio.Task[None] | None = None
+        self._transition_what = ""  # "acquire" or "release" (logs)
+        self._transition_since = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         # One change of the watch or the image at a time (they share the io context).
         self._channel_lock = asyncio.Lock()
@@ -267,11 +269,10 @@ class LockGate:
             if self.is_fenced:
                 raise CheckCondition(Reason.LU_NOT_ACCESSIBLE_TRANSITIONING)
             if self._transition is None:
-                self._transition = self._loop.create_task(self._acquire(deadline))
-                self._transition.add_done_callback(self._transition_done)
+                self._start(self._acquire(deadline), "acquire")
             transition = self._transition
             try:
-                await asyncio.shield(transition)
+                await self._await_transition(transition, deadline)
             except asyncio.CancelledError as exc:
                 if _stopped(transition):  # the gateway stops: not taken
                     raise CheckCondition(Reason.LU_NOT_ACCESSIBLE_TRANSITIONING) from exc
@@ -316,11 +317,10 @@ class LockGate:
             if self.is_fenced or self.clock() > deadline:
                 return False
             if self._transition is None:
-                self._transition = self._loop.create_task(self._acquire(deadline, why))
-                self._transition.add_done_callback(self._transition_done)
+                self._start(self._acquire(deadline, why), "acquire")
             transition = self._transition
             try:
-                await asyncio.shield(transition)
+                await self._await_transition(transition, deadline)
             except asyncio.CancelledError:
                 if _stopped(transition):  # the gateway stops: not taken
                     return False
@@ -328,6 +328,37 @@ class LockGate:
             except (NotAvailable, OSError, CheckCondition):
                 return False
         return True
+
+    async def _await_transition(self, transition: asyncio.Task[None], deadline: float) -> None:
+        """Wait for ``transition`` (taking or giving up the lock) until ``deadline`` at most:
+        NotAvailable past it. A librbd or RADOS call of the transition that never returns
+        must not leave the command waiting forever; the transition runs on, and later
+        commands wait for it (each as long) while it does."""
+        remaining = deadline - self.clock()
+        try:
+            await asyncio.wait_for(asyncio.shield(transition), max(remaining, 0.0))
+        except TimeoutError:
+            if transition.done():  # ended just as the wait did: its outcome counts
+                transition.result()
+                return
+            log.warning(
+                "command waited for the lock past takeover_ms + 1 s: answered transitioning",
+                extra=logs.fields(
+                    lu=self.name,
+                    transition=self._transition_what,
+                    running=round(self.clock() - self._transition_since, 3),
+                ),
+            )
+            raise NotAvailable from None
+
+    def _start(self, coro: Awaitable[None], what: str) -> asyncio.Task[None]:
+        """Make ``coro`` the LU's one transition (``what``: "acquire" or "release")."""
+        task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
+        task.add_done_callback(self._transition_done)
+        self._transition = task
+        self._transition_what = what
+        self._transition_since = self.clock()
+        return task
 
     def _transition_done(self, task: asyncio.Task[None]) -> None:
         if self._transition is task:
@@ -368,6 +399,11 @@ class LockGate:
                 self.takeover,
             )
             answer = next((r for r in result.replies if r.get("addr") == holder), None)
+            log.debug(
+                "lock requested",
+                extra=logs.fields(lu=self.name, holder=holder, answer=answer,
+                                  took=round(self.clock() - asked_at, 3)),
+            )  # fmt: skip
             if answer is None and not self.silence.unanswered(holder, asked_at, self.clock()):
                 await self._wait(REASK, deadline)  # not watching just now: ask again
                 continue
@@ -480,6 +516,12 @@ class LockGate:
         op = message.get("op")
         me = self.image.address
         if op == "request":
+            log.debug(
+                "lock request received",
+                extra=logs.fields(lu=self.name, holding=self.holding, transition=(
+                    self._transition_what if self._transition is not None else ""),
+                    in_flight=self.in_flight),
+            )  # fmt: skip
             if not self.holding or self._transition is not None or self.is_fenced:
                 reply({"addr": me, "answer": "busy", "wait": MIN_WAIT})
                 return
@@ -493,8 +535,7 @@ class LockGate:
             # Answered now, not once released: the answer is the asker's liveness signal,
             # and draining and librbd's release can take longer than takeover_ms on a
             # loaded host. A live holder must never look silent and be fenced.
-            self._transition = self._loop.create_task(self._release())
-            self._transition.add_done_callback(self._transition_done)
+            self._start(self._release(), "release")
             reply({"addr": me, "answer": "releasing"})
             return
         if op == "acquired" and not self.holding:

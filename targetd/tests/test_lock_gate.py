@@ -1,0 +1,120 @@
+"""LockGate's commands never wait forever for the image's lock (targetd/gateway.py): a
+transition (taking or giving up the lock) whose librbd call never returns leaves a waiting
+write answered NOT READY, transitioning after takeover_ms + 1 s. Fakes stand in for librbd
+and the message object here; the real ones are exercised in tests/ceph/."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from scsi.command import Nexus
+from scsi.sense import CheckCondition, Reason
+from targetd import gateway
+from targetd.gateway import Layout, LockGate
+
+WRITE_10 = bytes([0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0])
+ME, PEER = "10.0.0.1:0/1", "10.0.0.2:0/2"
+
+
+class FakeChannel:
+    def __init__(self, image: object, on_message: Any, on_error: Any) -> None:
+        self.on_message = on_message
+
+    def start(self, loop: object) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    async def notify(self, message: dict[str, object], timeout: float) -> Any:
+        raise AssertionError("not asked in these tests")
+
+
+class FakeImage:
+    """Holds the lock; ``release_lock`` never returns while ``stuck`` (a librbd call
+    that hangs)."""
+
+    def __init__(self) -> None:
+        self.address = ME
+        self.allocation_known = False
+        self.owners = [ME]
+        self.stuck = True
+
+    async def lock_owners(self) -> list[str]:
+        return list(self.owners)
+
+    async def release_lock(self) -> None:
+        while self.stuck:
+            await asyncio.sleep(0.01)
+        self.owners = []
+
+    def release_lock_now(self) -> None:
+        self.owners = []
+
+    async def reload_allocation(self) -> None:
+        pass
+
+
+class FakeLU:
+    def __init__(self) -> None:
+        self.port_groups: object = None
+        self.access_gate: object = None
+        self.after_reset: object = None
+        self.attentions: list[Reason] = []
+
+    def raise_unit_attention(self, reason: Reason) -> None:
+        self.attentions.append(reason)
+
+
+async def holding_gate(monkeypatch: pytest.MonkeyPatch, takeover_ms: int) -> LockGate:
+    monkeypatch.setattr(gateway, "GatewayChannel", FakeChannel)
+    gate = LockGate(
+        FakeLU(),  # type: ignore[arg-type]
+        FakeImage(),  # type: ignore[arg-type]
+        Layout(own_group=1, own_ports=(1,), peer_group=2, peer_ports=(2,)),
+        hold_ms=0,
+        takeover_ms=takeover_ms,
+        name="lu0",
+    )
+    await asyncio.sleep(0.01)  # it learns that it holds the lock
+    assert gate.holding
+    return gate
+
+
+def test_a_write_waiting_for_a_release_that_hangs_gets_transitioning_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def run() -> None:
+        gate = await holding_gate(monkeypatch, takeover_ms=200)
+        answers: list[dict[str, object]] = []
+        # The other gateway asks: the holder answers "releasing" and starts giving it up.
+        gate._on_message({"op": "request", "from": PEER}, answers.append)
+        assert answers == [{"addr": ME, "answer": "releasing"}]
+        started = time.monotonic()
+        with pytest.raises(CheckCondition) as caught:
+            await asyncio.wait_for(gate.enter(Nexus("iqn.test,i,0x1"), WRITE_10), 5.0)
+        waited = time.monotonic() - started
+        assert caught.value.reason is Reason.LU_NOT_ACCESSIBLE_TRANSITIONING
+        assert 1.1 <= waited < 2.0  # takeover_ms + 1 s
+        assert gate.in_flight == 0
+        gate.image.stuck = False  # type: ignore[attr-defined]
+        await asyncio.sleep(0.05)
+        assert not gate.holding and gate._transition is None
+        await gate.stop()
+
+    asyncio.run(run())
+
+
+def test_take_gives_up_on_a_release_that_hangs(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def run() -> None:
+        gate = await holding_gate(monkeypatch, takeover_ms=100)
+        gate._on_message({"op": "request", "from": PEER}, lambda _answer: None)
+        assert await asyncio.wait_for(gate.take("pair"), 5.0) is False
+        gate.image.stuck = False  # type: ignore[attr-defined]
+        await gate.stop()
+
+    asyncio.run(run())
