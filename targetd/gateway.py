@@ -268,9 +268,9 @@ class LockGate:
         while not (self.holding and self._transition is None):
             if self.is_fenced:
                 raise CheckCondition(Reason.LU_NOT_ACCESSIBLE_TRANSITIONING)
-            if self._transition is None:
-                self._start(self._acquire(deadline), "acquire")
             transition = self._transition
+            if transition is None:
+                transition = self._start(self._acquire(deadline), "acquire")
             try:
                 await self._await_transition(transition, deadline)
             except asyncio.CancelledError as exc:
@@ -316,9 +316,9 @@ class LockGate:
         while not (self.holding and self._transition is None):
             if self.is_fenced or self.clock() > deadline:
                 return False
-            if self._transition is None:
-                self._start(self._acquire(deadline, why), "acquire")
             transition = self._transition
+            if transition is None:
+                transition = self._start(self._acquire(deadline, why), "acquire")
             try:
                 await self._await_transition(transition, deadline)
             except asyncio.CancelledError:
