@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger("targetd.threads")
 
 
 async def outlast(future: asyncio.Future[T]) -> T:
@@ -25,6 +28,10 @@ async def outlast(future: asyncio.Future[T]) -> T:
         except asyncio.CancelledError:
             cancelled = True
     if cancelled:
+        # Its failure is nobody's now: logged here once, or asyncio would log it as
+        # "Future exception was never retrieved" whenever the future is collected.
+        if not future.cancelled() and (error := future.exception()) is not None:
+            log.warning("call failed after its caller was cancelled: %s", error)
         raise asyncio.CancelledError
     return future.result()
 

@@ -194,6 +194,7 @@ class LockGate:
         self._transition_what = ""  # "acquire" or "release" (logs)
         self._transition_since = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False  # from :meth:`stop` on: no watch is renewed
         # One change of the watch or the image at a time (they share the io context).
         self._channel_lock = asyncio.Lock()
         # Volume pairs (backing/pairs/shared.py): ``on_acquired`` runs the image's pairs
@@ -570,7 +571,7 @@ class LockGate:
 
     # -- fencing -----------------------------------------------------------------------
     def _on_watch_error(self, err: int) -> None:
-        if not self.is_fenced:
+        if not self.is_fenced and not self._stopping:
             self._spawn(self._rewatch(err))
 
     async def _rewatch(self, err: int) -> None:
@@ -578,7 +579,7 @@ class LockGate:
         log.warning("gateway watch lost", extra=logs.fields(lu=self.name, error=err))
         retry = False
         async with self._channel_lock:
-            if self.is_fenced:  # the recovery watches again
+            if self.is_fenced or self._stopping:  # the recovery watches again; or no more
                 return
             await outlast(loop.run_in_executor(None, self.channel.stop))
             try:
@@ -587,8 +588,9 @@ class LockGate:
                 if exc.errno in FENCED_ERRNOS:
                     self._fence("the cluster blocklisted this gateway")
                 else:
+                    log.debug("gateway watch not renewed: %s", exc)
                     retry = True
-        if retry:
+        if retry and not self._stopping:
             await asyncio.sleep(1.0)
             self._on_watch_error(-errno.ENOTCONN)
 
@@ -672,7 +674,9 @@ class LockGate:
         call, and one running on against a closed image crashes librbd; a cancelled lock
         acquisition gives the lock back). So a stop takes at most as long as the call in
         flight (about a second for a lock break that blocklists the other client; a
-        takeover's notify, up to ``takeover_ms``). Then :meth:`close`."""
+        takeover's notify, up to ``takeover_ms``). A watch renewal is not tried again from
+        here on. Then :meth:`close`."""
+        self._stopping = True
         tasks = list(self._tasks)
         if self._transition is not None:
             tasks.append(self._transition)
@@ -691,6 +695,7 @@ class LockGate:
             tasks.append(self._transition)
         for task in tasks:
             task.cancel()
+        self._stopping = True
         if self.holding and not self.is_fenced:
             try:
                 self.image.release_lock_now()
