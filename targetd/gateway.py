@@ -193,6 +193,8 @@ class LockGate:
         self._transition: asyncio.Task[None] | None = None
         self._transition_what = ""  # "acquire" or "release" (logs)
         self._transition_since = 0.0
+        self._last_end = self.clock()  # when a command last left (stall warnings)
+        self._stall_warned = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False  # from :meth:`stop` on: no watch is renewed
         # One change of the watch or the image at a time (they share the io context).
@@ -222,6 +224,8 @@ class LockGate:
         self._loop = asyncio.get_running_loop()
         self.channel.start(self._loop)
         self._spawn(self._learn_owner())
+        # Not one of ``_tasks``: a recovery waits for those to end, and this never does.
+        self._watchdog = self._loop.create_task(self._watch_stalls())
 
     # -- ALUA ------------------------------------------------------------------------
     def _groups(self) -> list[PortGroup]:
@@ -295,7 +299,7 @@ class LockGate:
     def leave(self, entered: bool) -> None:
         if entered:
             self.in_flight -= 1
-            self.last_io = self.clock()
+            self.last_io = self._last_end = self.clock()
             if not self.in_flight:
                 self._drained.set()
 
@@ -360,6 +364,38 @@ class LockGate:
         self._transition_what = what
         self._transition_since = self.clock()
         return task
+
+    async def _watch_stalls(self) -> None:
+        """Warn (once per stall) when commands admitted here have not ended for
+        ``takeover_ms`` + 1 s, none of them, or a transition of the lock has run that long:
+        what a hung librbd call looks like from here, named in the log rather than left to
+        an initiator's timeout."""
+        bound = self.takeover + 1.0
+        while True:
+            await asyncio.sleep(min(1.0, bound / 2))
+            now = self.clock()
+            transition = self._transition
+            stalled = bool(self.in_flight) and now - self._last_end >= bound
+            stuck = transition is not None and now - self._transition_since >= bound
+            if not (stalled or stuck):
+                self._stall_warned = False
+                continue
+            if self._stall_warned:
+                continue
+            self._stall_warned = True
+            log.warning(
+                "commands or lock transition stalled",
+                extra=logs.fields(
+                    lu=self.name,
+                    in_flight=self.in_flight,
+                    since_a_command_ended=round(now - self._last_end, 3),
+                    holding=self.holding,
+                    transition=self._transition_what if transition is not None else "",
+                    transition_running=(
+                        round(now - self._transition_since, 3) if transition is not None else 0
+                    ),
+                ),
+            )
 
     def _transition_done(self, task: asyncio.Task[None]) -> None:
         if self._transition is task:
@@ -677,7 +713,7 @@ class LockGate:
         takeover's notify, up to ``takeover_ms``). A watch renewal is not tried again from
         here on. Then :meth:`close`."""
         self._stopping = True
-        tasks = list(self._tasks)
+        tasks = [*self._tasks, self._watchdog]
         if self._transition is not None:
             tasks.append(self._transition)
         for task in tasks:
@@ -690,7 +726,7 @@ class LockGate:
         other gateway, asking meanwhile, finds the lock free rather than a silent holder
         to fence. Tasks still running are cancelled but not waited for: :meth:`stop`
         waits for them first."""
-        tasks = list(self._tasks)
+        tasks = [*self._tasks, self._watchdog]
         if self._transition is not None:
             tasks.append(self._transition)
         for task in tasks:

@@ -13,7 +13,7 @@ import pytest
 
 from scsi.command import Nexus
 from scsi.sense import CheckCondition, Reason
-from targetd import gateway
+from targetd import gateway, logs
 from targetd.gateway import Layout, LockGate
 
 WRITE_10 = bytes([0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0])
@@ -118,3 +118,29 @@ def test_take_gives_up_on_a_release_that_hangs(monkeypatch: pytest.MonkeyPatch) 
         await gate.stop()
 
     asyncio.run(run())
+
+
+def test_a_command_that_never_ends_is_named_in_the_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write admitted with the lock held whose librbd call never completes: the gateway
+    says so after takeover_ms + 1 s, once, rather than leaving only an initiator's timeout."""
+
+    async def run() -> None:
+        gate = await holding_gate(monkeypatch, takeover_ms=100)
+        assert await gate.enter(Nexus("iqn.test,i,0x1"), WRITE_10)
+        await asyncio.sleep(0.8)
+        assert "commands or lock transition stalled" not in caplog.text
+        await asyncio.sleep(1.5)
+        stalls = [
+            r for r in caplog.records if r.getMessage() == "commands or lock transition stalled"
+        ]
+        assert len(stalls) == 1
+        assert stalls[0].__dict__[logs.FIELDS]["in_flight"] == 1
+        assert stalls[0].__dict__[logs.FIELDS]["transition"] == ""
+        gate.leave(True)
+        gate.image.stuck = False  # type: ignore[attr-defined]
+        await gate.stop()
+
+    with caplog.at_level("WARNING", logger="targetd.gateway"):
+        asyncio.run(run())
