@@ -506,6 +506,11 @@ class LockGate:
 
     async def _wait(self, seconds: float, deadline: float) -> None:
         if self.clock() + seconds > deadline:
+            # Once per transition, not per command: the commands waiting for it all end.
+            log.info(
+                "lock not had in time: the commands waiting for it answered transitioning",
+                extra=logs.fields(lu=self.name, waiting=self.takeover + 1.0),
+            )
             raise NotAvailable
         await asyncio.sleep(seconds)
 
