@@ -168,6 +168,45 @@ def lun_number(lun_raw: bytes) -> int:
     return ((lun_raw[0] & 0x3F) << 8) | lun_raw[1] if method < 2 else 0xFFFF
 
 
+def _readable(
+    plans: dict[Any, Plan], lu: Any, lba: int, blocks: int, edtl: int
+) -> tuple[SparseFile, int] | None:
+    """The LU's half of the plain case for one READ (its plan, nothing about the LU in the
+    way, the range): the file to read and the ``preadv2`` flags, or None."""
+    try:
+        plan = plans[lu]
+    except KeyError:
+        plan = plans[lu] = plan_for(lu)
+    if plan is None:
+        return None
+    store, file, volume = plan
+    if lu.store is not store:
+        del plans[lu]
+        return None
+    if (
+        not lu_quiet(lu, volume)
+        or blocks > lu.max_transfer_blocks
+        or lba + blocks > lu.num_blocks
+        or blocks * lu.block_size != edtl
+    ):
+        return None
+    mode = file._read_mode
+    if mode is _NOWAIT:
+        return file, _RWF_NOWAIT
+    if mode is _INLINE:
+        return file, 0
+    return None
+
+
+def send(shell: IscsiConnection, transport: Any, out: list[Any]) -> None:
+    """Write a fast path's replies, then what _pump does after its write (nothing was
+    queued or lent): stop reading from a client that does not take its answers."""
+    transport.writelines(out)
+    if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH and not shell._backpressure:
+        shell._backpressure = True
+        transport.pause_reading()
+
+
 def serve(shell: IscsiConnection, nbytes: int) -> bool:
     """Serve the READ that ``nbytes`` just completed in the receive buffer, if it is the
     plain case (see the module's docstring); False, with nothing changed, otherwise. More
@@ -212,33 +251,12 @@ def serve(shell: IscsiConnection, nbytes: int) -> bool:
     lu: Any = runtime.scsi.luns.get(lun)
     if lu is None:
         return False
-    plans = shell._fast_plans
-    try:
-        plan = plans[lu]
-    except KeyError:
-        plan = plans[lu] = plan_for(lu)
-    if plan is None:
+    readable = _readable(shell._fast_plans, lu, lba, blocks, edtl)
+    if readable is None:
         return False
-    store, file, volume = plan
-    if lu.store is not store:
-        del plans[lu]
-        return False
-    if (
-        not lu_quiet(lu, volume)
-        or blocks > lu.max_transfer_blocks
-        or lba + blocks > lu.num_blocks
-        or blocks * lu.block_size != edtl
-    ):
-        return False
+    file, flags_io = readable
     started = _clock()
     data = bytearray(edtl)
-    mode = file._read_mode
-    if mode is _NOWAIT:
-        flags_io = _RWF_NOWAIT
-    elif mode is _INLINE:
-        flags_io = 0
-    else:
-        return False
     try:
         if _preadv(file._fd, [data], lba * lu.block_size, flags_io) != edtl:
             return False
@@ -264,11 +282,7 @@ def serve(shell: IscsiConnection, nbytes: int) -> bool:
         hdr, 0, _DATA_IN_OPCODE, 0x81, edtl, lun_raw, itt, 0xFFFFFFFF,
         stat_sn, exp_cmdsn, session.max_cmdsn,
     )  # fmt: skip
-    transport.writelines([hdr, data])
-    # What _pump does after its write, for what this wrote (nothing was queued or lent).
-    if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH and not shell._backpressure:
-        shell._backpressure = True
-        transport.pause_reading()
+    send(shell, transport, [hdr, data])
     return True
 
 
@@ -319,30 +333,10 @@ def serve_several(shell: IscsiConnection, nbytes: int) -> bool:
         lu: Any = luns.get(lun)
         if lu is None:
             return False
-        try:
-            plan = plans[lu]
-        except KeyError:
-            plan = plans[lu] = plan_for(lu)
-        if plan is None:
+        readable = _readable(plans, lu, lba, blocks, edtl)
+        if readable is None:
             return False
-        store, file, volume = plan
-        if lu.store is not store:
-            del plans[lu]
-            return False
-        if (
-            not lu_quiet(lu, volume)
-            or blocks > lu.max_transfer_blocks
-            or lba + blocks > lu.num_blocks
-            or blocks * lu.block_size != edtl
-        ):
-            return False
-        mode = file._read_mode
-        if mode is _NOWAIT:
-            flags_io = _RWF_NOWAIT
-        elif mode is _INLINE:
-            flags_io = 0
-        else:
-            return False
+        file, flags_io = readable
         started = _clock()
         data = bytearray(edtl)
         try:
@@ -385,12 +379,7 @@ def serve_several(shell: IscsiConnection, nbytes: int) -> bool:
         stat_sn = (stat_sn + 1) & 0xFFFFFFFF
         out += (hdr, data)
     conn.stat_sn = stat_sn
-    transport: Any = shell.transport
-    transport.writelines(out)
-    # What _pump does after its write, for what this wrote (nothing was queued or lent).
-    if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH and not shell._backpressure:
-        shell._backpressure = True
-        transport.pause_reading()
+    send(shell, shell.transport, out)
     return True
 
 

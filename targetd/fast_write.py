@@ -59,11 +59,11 @@ from targetd.fast_read import (
     _READ10,
     _READ16,
     _SCSI_COMMAND,
-    WRITE_BUFFER_HIGH,
     _clock,
     lu_quiet,
     lun_number,
     quiet,
+    send,
 )
 from targetd.iscsi.pdu import Op
 from targetd.iscsi.receiver import DIRECT_THRESHOLD
@@ -289,12 +289,7 @@ def serve(shell: IscsiConnection, nbytes: int) -> int:
         stat_sn = (stat_sn + 1) & 0xFFFFFFFF
         replies.append(hdr)
     conn.stat_sn = stat_sn
-    transport: Any = shell.transport
-    transport.writelines(replies)
-    # What _pump does after its write, for what this wrote (nothing was queued or lent).
-    if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH and not shell._backpressure:
-        shell._backpressure = True
-        transport.pause_reading()
+    send(shell, shell.transport, replies)
     return left
 
 
