@@ -440,7 +440,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--cache",
         choices=("none", "writearound", "writeback"),
         default="none",
-        help="librbd's cache mode for all three (docs/rbd.md, 'Performance'; default none)",
+        help="librbd's cache mode for all three (docs/rbd-performance.md; default none)",
     )
     parser.add_argument(
         "--peers-cache",

@@ -3,7 +3,7 @@
 librbd copies every write's data (``rbd_disable_zero_copy_writes = true``, set by the
 daemon even when ceph.conf says otherwise). Without the copy librbd completes a write
 only once the messenger has let go of its buffer, and a write to a dead OSD then waits
-far past ``osd_op_timeout`` (docs/rbd.md, "Performance"; test_rbd_faults.py checks the
+far past ``osd_op_timeout`` (docs/rbd-performance.md; test_rbd_faults.py checks the
 bounded failure). And librbd's I/O scheduler is off (``rbd_io_scheduler = none``): it held
 a write back while another one to the same object was in flight."""
 
