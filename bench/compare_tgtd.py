@@ -155,8 +155,8 @@ def start_target(
 def measure(case_result: CaseResult, target: Target, repeat: int, region: int, budget: Budget):
     """One run of one case on one target, with the target's CPU use over the client's run."""
     if not target.alive():
-        error = f"target exited ({target.proc.returncode}); log: {target.log_tail(5)}"
-        case_result.runs.append(Run(target.name, repeat, None, 0.0, 0.0, error))
+        died = f"target exited ({target.proc.returncode}); log: {target.log_tail(5)}"
+        case_result.runs.append(Run(target.name, repeat, None, 0.0, 0.0, died))
         return
     cpu_before = tree_cpu_seconds(target.pid)
     wait_before = tree_wait_seconds(target.pid)

@@ -37,7 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 # tests/ first: its conftest (the Daemon fixture class) is the one the guest harness imports.
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "guest"), str(REPO)]
 
-from conftest import Daemon, free_port  # noqa: E402
+# mypy resolves ``conftest`` to the repository root's; at run time tests/ comes first.
+from conftest import Daemon, free_port  # type: ignore[attr-defined]  # noqa: E402
 from guest_vm import guest_config, run_guest  # noqa: E402
 
 from targetd.config import parse_size  # noqa: E402

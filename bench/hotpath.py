@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import uvloop  # noqa: E402
 
 from backing import sparse_file  # noqa: E402
-from backing.pairs import PairManager  # noqa: E402
+from backing.pairs import PairManager, PairService  # noqa: E402
 from targetd import eager, fast_write, gc_tuning  # noqa: E402
 from targetd.config import Portal, default_config  # noqa: E402
 from targetd.iscsi.connection import Connection  # noqa: E402
@@ -218,7 +218,7 @@ class Stages:
 
 async def run(args: argparse.Namespace, state_dir: Path) -> dict[str, float]:
     config = default_config(state_dir)
-    pairs = PairManager(config.state_dir, pair_settings(config))
+    pairs = PairService(PairManager(config.state_dir, pair_settings(config)))
     targets = build_targets(config, pairs)
     await pairs.start()
     server = TargetServer(config, targets)

@@ -26,6 +26,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 from latency import pct, timed_writes
@@ -82,9 +83,11 @@ async def one_round(cluster: CephCluster, tmp: Path, size: int, n: int, seed: in
                 opened.append(time.perf_counter() - started)
 
             watcher = asyncio.ensure_future(watch(t, pair, opened))
-            out[kind] = await timed_writes(
-                lambda off, volume=vsrc: volume.write(off, block), offsets(part)
-            )
+
+            def write_source(off: int, volume: PairVolume = vsrc) -> Awaitable[object]:
+                return volume.write(off, block)
+
+            out[kind] = await timed_writes(write_source, offsets(part))
             if snapshot:
                 await asyncio.wait_for(watcher, 60)
                 out["snapshot: open after"] = opened

@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -17,7 +18,7 @@ from cluster import CephCluster  # noqa: E402
 from latency import pct  # noqa: E402
 
 # (cluster, scratch directory, round number) -> samples in seconds by case name
-Round = Callable[[CephCluster, Path, int], Awaitable[dict[str, list[float]]]]
+Round = Callable[[CephCluster, Path, int], Coroutine[Any, Any, dict[str, list[float]]]]
 
 
 def arguments(doc: str, size_mib: int) -> argparse.ArgumentParser:

@@ -174,7 +174,7 @@ HEADERS = (
 
 
 def table_rows(results: list[CaseResult], noisy: bool = False) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for result in results:
         unit = result.case.unit
         ratio = result.ratio()
@@ -259,7 +259,7 @@ def tree_table_rows(
     """A row per case and contender: tgtd first, then each targetd tree with its ratio to
     tgtd (and the goal's verdict) and to the first tree, per-repeat ranges beside each."""
     first = trees[0]
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for result in results:
         cut = _ceil2 if result.case.lower_is_better else _floor2
 

@@ -32,6 +32,7 @@ raw S3 upload.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import socket
@@ -248,9 +249,9 @@ def run(ini: RawInitiator, server: S3Server, size: int, repeats: int) -> Results
         order = list(STORES) if r % 2 == 0 else list(reversed(STORES))
         results["raw"]["s3"].append(raw_upload(server, size, r))
         for store in order:
-            results["backup"][store].append(timed(lambda s=store: backup(s)))
-            results["restore"][store].append(timed(lambda s=store: restore(s)))
-            results["host"][store].append(timed(lambda s=store: host(s)))
+            results["backup"][store].append(timed(functools.partial(backup, store)))
+            results["restore"][store].append(timed(functools.partial(restore, store)))
+            results["host"][store].append(timed(functools.partial(host, store)))
             changer, drive = STORES[store]
             move(ini, changer, DRIVE0, SLOT0)  # the backup cartridge out, a blank one in
             start = time.perf_counter()
