@@ -26,6 +26,12 @@ same promise to the writer on every side. ``--peers-cache default`` leaves tgtd 
                                  [--cache none|writearound|writeback] [--peers-cache default]
                                  [--cases randread-4K-qd32,...] [--requests 4K,1M]
                                  [--ceph-conf F [--image NAME]] [--json F]
+                                 [--targetd-rev main=main --targetd-tree work=PATH ...]
+
+``--targetd-tree NAME=PATH`` and ``--targetd-rev NAME=REV`` (bench/trees.py, as in
+compare_tgtd.py) run several targetd code versions instead of this tree's, each a
+contender of its own on the same image, taking turns with tgt-rbd and native: one table
+per tree, then each tree against the first (medians, CPU, repeats won).
 
 ``--ceph-conf`` uses a running cluster instead of starting one (the test of this script
 runs it against the Ceph tier's cluster); the image is made there and removed afterwards.
@@ -44,10 +50,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import trees as code_trees
 from cpu import tree_cpu_seconds
 from targets import (
     LOOPBACK,
@@ -58,6 +65,7 @@ from targets import (
     free_port,
     ready,
 )
+from trees import Tree, TreeError
 from workloads import (
     MB,
     SCATTER_STRIDE_BLOCKS,
@@ -259,8 +267,19 @@ def cluster_for(args: argparse.Namespace, workdir: Path) -> Iterator[CephCluster
 
 
 def start_targetd(
-    workdir: Path, cluster: CephCluster | Cluster, image: str, cache: str = "none"
+    workdir: Path,
+    cluster: CephCluster | Cluster,
+    image: str,
+    cache: str = "none",
+    tree: Tree | None = None,
 ) -> Target:
+    """This tree's targetd, or ``tree``'s (its own code, in a directory of its own, named
+    for it in the tables)."""
+    name, code, env = TARGETD, REPO_ROOT, None
+    if tree is not None:
+        name, code, env = tree.name, tree.path, code_trees.code_env(tree.path)
+        workdir = workdir / f"contender-{tree.name}"
+        workdir.mkdir()
     port = free_port()
     config = workdir / "targetd.toml"
     config.write_text(
@@ -271,9 +290,9 @@ def start_targetd(
     argv = [sys.executable, "-m", "targetd", "serve", "--listen", f"{LOOPBACK}:{port}"]
     argv += ["--config", str(config), "--state-dir", str(workdir / "targetd-state")]
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log,
+        proc = subprocess.Popen(argv, cwd=code, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT)  # fmt: skip
-    return ready(Target(TARGETD, IQN, 0, port, proc, log_path), timeout=60)
+    return ready(Target(name, IQN, 0, port, proc, log_path), timeout=60)
 
 
 def start_tgt_rbd(workdir: Path, image: str, conf: Path) -> Target:
@@ -372,15 +391,16 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def format_table(results: list[Result]) -> str:
+def format_table(results: list[Result], mine: str = TARGETD) -> str:
+    """``mine``: the targetd contender (a tree's name with --targetd-tree/--targetd-rev)."""
     head = (
-        f"{'case':<17} {'unit':<5} {'targetd':>10} {'tgt-rbd':>10} {'native':>10} "
+        f"{'case':<17} {'unit':<5} {mine:>10} {'tgt-rbd':>10} {'native':>10} "
         f"{'vs tgt':>7} {'goal':>5} {'vs native':>9} {'goal':>5} "
-        f"{'cpu s/kIO targetd':>18} {'tgt-rbd':>8} {'native':>8}"
+        f"{'cpu s/kIO ' + mine:>18} {'tgt-rbd':>8} {'native':>8}"
     )
     lines = [head, "-" * len(head)]
     for r in results:
-        t, g, n = r.median(TARGETD), r.median(TGT), r.median(NATIVE)
+        t, g, n = r.median(mine), r.median(TGT), r.median(NATIVE)
         vs_tgt = t / g if t and g else None
         vs_native = t / n if t and n else None
         goal_native = r.case.goal_vs_native
@@ -388,7 +408,7 @@ def format_table(results: list[Result]) -> str:
             f"{r.case.name:<17} {r.case.unit:<5} {_fmt(t):>10} {_fmt(g):>10} {_fmt(n):>10} "
             f"{_fmt(vs_tgt, 2):>7} {r.case.goal_vs_tgt:>5.1f} {_fmt(vs_native, 2):>9} "
             f"{'-' if goal_native is None else f'{goal_native:.1f}':>5} "
-            f"{_fmt(r.cpu(TARGETD), 4):>18} {_fmt(r.cpu(TGT), 4):>8} {_fmt(r.cpu(NATIVE), 4):>8}"
+            f"{_fmt(r.cpu(mine), 4):>18} {_fmt(r.cpu(TGT), 4):>8} {_fmt(r.cpu(NATIVE), 4):>8}"
         )
     return "\n".join(lines)
 
@@ -399,15 +419,15 @@ def _range(values: list[float], digits: int) -> str:
     return f"{min(values):,.{digits}f}-{max(values):,.{digits}f}"
 
 
-def format_spread(results: list[Result]) -> str:
+def format_spread(results: list[Result], mine: str = TARGETD) -> str:
     """Each contender's lowest and highest run: how far apart the medians' runs were."""
     head = (
-        f"{'runs, low-high':<17} {'targetd':>15} {'tgt-rbd':>15} {'native':>15} "
-        f"{'cpu targetd':>13} {'cpu tgt-rbd':>13}"
+        f"{'runs, low-high':<17} {mine:>15} {'tgt-rbd':>15} {'native':>15} "
+        f"{'cpu ' + mine:>13} {'cpu tgt-rbd':>13}"
     )
     lines = [head, "-" * len(head)]
     for r in results:
-        (t, t_cpu), (g, g_cpu), (n, _) = (r.spread(w) for w in (TARGETD, TGT, NATIVE))
+        (t, t_cpu), (g, g_cpu), (n, _) = (r.spread(w) for w in (mine, TGT, NATIVE))
         lines.append(
             f"{r.case.name:<17} {_range(t, 0):>15} {_range(g, 0):>15} {_range(n, 0):>15} "
             f"{_range(t_cpu, 3):>13} {_range(g_cpu, 3):>13}"
@@ -415,21 +435,71 @@ def format_spread(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def format_client_cpu(results: list[Result]) -> str:
+def format_client_cpu(results: list[Result], mine: str = TARGETD) -> str:
     """The client's CPU per 1,000 requests against each gateway (medians): the client,
     the gateways and the OSD share this host's cores, so the same client costing more
     against one gateway (smaller PDUs, more round trips) slows that gateway's runs too."""
-    head = f"{'client cpu s/kIO':<17} {'targetd':>10} {'tgt-rbd':>10}"
+    head = f"{'client cpu s/kIO':<17} {mine:>10} {'tgt-rbd':>10}"
     lines = [head, "-" * len(head)]
     for r in results:
         lines.append(
-            f"{r.case.name:<17} {_fmt(r.client_cpu(TARGETD), 4):>10} "
+            f"{r.case.name:<17} {_fmt(r.client_cpu(mine), 4):>10} "
             f"{_fmt(r.client_cpu(TGT), 4):>10}"
         )
     return "\n".join(lines)
 
 
+def repeats_won(result: Result, mine: str, first: str) -> tuple[int, int]:
+    """Of the repeats where both ran, how many ``mine`` did better than ``first`` in."""
+    a = [r.value for r in result.runs if r.who == mine]
+    b = [r.value for r in result.runs if r.who == first]
+    pairs = [(x, y) for x, y in zip(a, b, strict=False) if x is not None and y is not None]
+    return sum(x > y for x, y in pairs), len(pairs)
+
+
+def format_trees(results: list[Result], names: list[str]) -> str:
+    """Each targetd tree against the first one named: medians, ratio, CPU, repeats won."""
+    first = names[0]
+    head = (
+        f"{'trees vs ' + first:<17} {'tree':<12} {'median':>10} {'vs ' + first:>9} "
+        f"{'cpu s/kIO':>10} {'cpu vs ' + first:>11} {'won':>7} {'low-high':>15}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        base, base_cpu = r.median(first), r.cpu(first)
+        for name in names:
+            value, cpu = r.median(name), r.cpu(name)
+            ratio = cpu_ratio = won = "-"
+            if name != first:
+                if value and base:
+                    ratio = f"{value / base:.2f}x"
+                if cpu and base_cpu:
+                    cpu_ratio = f"{cpu / base_cpu:.2f}x"
+                wins, of = repeats_won(r, name, first)
+                won = f"{wins}/{of}"
+            lines.append(
+                f"{r.case.name:<17} {name:<12} {_fmt(value):>10} {ratio:>9} "
+                f"{_fmt(cpu, 4):>10} {cpu_ratio:>11} {won:>7} {_range(r.spread(name)[0], 0):>15}"
+            )
+    return "\n".join(lines)
+
+
 # -- the run -----------------------------------------------------------------------------
+def _tree_spec(kind: str) -> Callable[[str], tuple[str, str, str]]:
+    def parse(text: str) -> tuple[str, str, str]:
+        try:
+            return (kind, *code_trees.parse_spec(text))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def targetd_names(args: argparse.Namespace) -> list[str]:
+    """The targetd contenders: the trees' names, or this tree's targetd."""
+    return [tree.name for tree in args.trees] or [TARGETD]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs: a smoke test")
@@ -463,7 +533,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--image", default=IMAGE, help="the image's name in pool rbd")
     parser.add_argument("--json", type=Path, help="also save every run and the medians here")
+    # Both append to one list, so the contenders keep the command line's order.
+    parser.add_argument(
+        "--targetd-tree",
+        dest="tree_specs",
+        action="append",
+        type=_tree_spec("tree"),
+        default=[],
+        metavar="NAME=PATH",
+        help="a targetd checkout (or git worktree) to run as contender NAME, from its own"
+        " code; repeatable, instead of this tree's targetd",
+    )
+    parser.add_argument(
+        "--targetd-rev",
+        dest="tree_specs",
+        action="append",
+        type=_tree_spec("rev"),
+        metavar="NAME=REV",
+        help="a git revision of this repository, checked out into a temporary worktree for"
+        " the run (removed after), as contender NAME; repeatable. The first tree or rev"
+        " given is the one the others are compared with",
+    )
     args = parser.parse_args(argv)
+    names = [name for _, name, _ in args.tree_specs]
+    if {TGT, NATIVE} & set(names):
+        parser.error(f"{TGT} and {NATIVE} are the peers' names; choose another")
+    args.trees = []  # the resolved trees (run_with_trees)
     args.repeat = args.repeat or (1 if args.quick else 3)
     args.size = args.size or ((32 if args.quick else 256) * MiB)
     args.requests = args.requests or ((2000, 64) if args.quick else (30_000, 768))
@@ -503,8 +598,10 @@ def _run_on(
     peers_conf.write_text(cluster.conf.read_text() + peers_cache_options(mode))
     targets: list[Target] = []
     try:
-        targets.append(start_targetd(workdir, cluster, image, args.cache))
-        targets.append(start_tgt_rbd(workdir, image, peers_conf))
+        for tree in args.trees or [None]:
+            targets.append(start_targetd(workdir, cluster, image, args.cache, tree))
+        tgt = start_tgt_rbd(workdir, image, peers_conf)
+        targets.append(tgt)
         # A first pass over the image through each gateway (connections, the lock, the
         # OSD's caches) is not measured.
         for target in targets:
@@ -512,10 +609,10 @@ def _run_on(
                                    count=args.size // MiB)  # fmt: skip
             subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
         # What tgtd's librbd was really given (the like-for-like claim of the table).
-        args.tgt_rbd_librbd = librbd_cache_of(cluster.conf, targets[1].pid)
+        args.tgt_rbd_librbd = librbd_cache_of(cluster.conf, tgt.pid)
         print(f"tgt-rbd's librbd: {args.tgt_rbd_librbd}", file=sys.stderr, flush=True)
         results = [Result(case) for case in args.cases]
-        contenders: list[str] = [TARGETD, TGT, NATIVE]
+        contenders: list[str] = [*targetd_names(args), TGT, NATIVE]
         for repeat in range(args.repeat):
             shift = repeat % len(contenders)
             order = contenders[shift:] + contenders[:shift]
@@ -531,7 +628,7 @@ def _run_on(
                     shown = "FAIL " + (one.error or "") if one.value is None else (
                         f"{one.value:,.1f} {result.case.unit}"
                     )  # fmt: skip
-                    print(f"  [{repeat + 1}] {result.case.name:<17} {who:<8} {shown}",
+                    print(f"  [{repeat + 1}] {result.case.name:<17} {who:<12} {shown}",
                           file=sys.stderr, flush=True)  # fmt: skip
         return results
     finally:
@@ -539,12 +636,33 @@ def _run_on(
             target.stop()
 
 
+def run_with_trees(args: argparse.Namespace, workdir: Path) -> list[Result]:
+    """``run``, with the --targetd-tree/--targetd-rev trees made ready first (each checked
+    to import its own targetd) and the revisions' worktrees removed afterwards."""
+    if not args.tree_specs:
+        return run(args, workdir)
+    for stale in code_trees.remove_stale(REPO_ROOT):
+        print(f"removed {stale}: a worktree left by a bench run that was killed", file=sys.stderr)
+    args.trees = code_trees.resolve(args.tree_specs, REPO_ROOT, workdir)
+    try:
+        for tree in args.trees:
+            where = f"{tree.rev} = {tree.commit[:12]}" if tree.rev and tree.commit else tree.path
+            print(f"tree {tree.name}: {where} ({tree.module_file})", file=sys.stderr)
+        return run(args, workdir)
+    finally:
+        for tree in args.trees:
+            code_trees.remove(tree, REPO_ROOT)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        with tempfile.TemporaryDirectory(prefix="targetd-bench-rbd-") as tmp:
-            results = run(args, Path(tmp))
+        with tempfile.TemporaryDirectory(prefix=code_trees.WORKDIR_PREFIX) as tmp:
+            results = run_with_trees(args, Path(tmp))
+    except TreeError as exc:
+        print(f"error: a targetd tree: {exc}", file=sys.stderr)
+        return 2
     except (TargetError, ClusterError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -552,11 +670,18 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; targets and cluster stopped", file=sys.stderr)
         return 130
     print(cache_line(args))
-    print(format_table(results))
-    print()
-    print(format_spread(results))
-    print()
-    print(format_client_cpu(results))
+    names = targetd_names(args)
+    for mine in names:
+        if len(names) > 1:
+            print(f"\n== targetd tree {mine} ==")
+        print(format_table(results, mine))
+        print()
+        print(format_spread(results, mine))
+        print()
+        print(format_client_cpu(results, mine))
+    if len(names) > 1:
+        print()
+        print(format_trees(results, names))
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
         f"{args.ceph_conf or args.objectstore}; targetd cache {args.cache}; "
@@ -569,9 +694,12 @@ def main(argv: list[str] | None = None) -> int:
             {"settings": {"objectstore": args.objectstore, "size": args.size,
                           "repeat": args.repeat, "quick": args.quick, "cache": args.cache,
                           "peers_cache": args.peers_cache,
-                          "tgt_rbd_librbd": getattr(args, "tgt_rbd_librbd", None)},
+                          "tgt_rbd_librbd": getattr(args, "tgt_rbd_librbd", None),
+                          "targetd_trees": [t.describe() for t in args.trees],
+                          "load_average_after": os.getloadavg()},
              "results": [{"case": asdict(r.case), "runs": [asdict(x) for x in r.runs],
-                          "median": {w: r.median(w) for w in (TARGETD, TGT, NATIVE)}}
+                          "median": {w: r.median(w) for w in (*names, TGT, NATIVE)},
+                          "cpu_per_kilo_io": {w: r.cpu(w) for w in (*names, TGT, NATIVE)}}
                          for r in results]}, indent=2))  # fmt: skip
     return 0
 

@@ -112,3 +112,70 @@ def test_compare_rbd_prints_every_row_with_figures_and_ratios(
         assert clients["native"] is None and clients["targetd"] > 0 and clients["tgt-rbd"] > 0
     # The image the script made in the shared cluster is gone again.
     assert image not in ceph_cluster.rbd("ls", ceph_cluster.pool).split()
+
+
+def _head() -> str:
+    done = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip()
+
+
+def test_compare_rbd_runs_two_targetd_trees_side_by_side(
+    ceph_cluster: CephCluster, tmp_path: Path
+) -> None:
+    """HEAD (checked out by the bench into a temporary worktree) against this working tree,
+    on one image with tgt-rbd and native: each from its own code, each with its own table,
+    then the second against the first."""
+    head = _head()
+    image = f"bench-{uuid.uuid4().hex[:8]}"
+    json_path = tmp_path / "bench.json"
+    argv = [sys.executable, str(SCRIPT), "--ceph-conf", str(ceph_cluster.conf)]
+    argv += ["--image", image, "--size", "16M", "--requests", "200,8", "--repeat", "2"]
+    argv += ["--cases", "write-1M-qd16,read-4K-qd32", "--json", str(json_path)]
+    argv += ["--targetd-rev", "head=HEAD", "--targetd-tree", f"work={REPO}"]
+    done = subprocess.run(
+        argv, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+
+    lines = done.stdout.splitlines()
+    for name in ("head", "work"):
+        at = lines.index(f"== targetd tree {name} ==")
+        assert lines[at + 1].split()[:5] == ["case", "unit", name, "tgt-rbd", "native"]
+        rows = {cells[0]: cells for cells in (line.split() for line in lines[at + 3 : at + 5])}
+        assert list(rows) == ["write-1M-qd16", "read-4K-qd32"], done.stdout
+        for cells in rows.values():
+            assert len(cells) == 12 and min(_number(c) for c in cells[2:5]) > 0, cells
+    at = next(i for i, line in enumerate(lines) if line.startswith("trees vs head"))
+    assert lines[at].split() == [
+        "trees", "vs", "head", "tree", "median", "vs", "head", "cpu", "s/kIO", "cpu", "vs",
+        "head", "won", "low-high",
+    ]  # fmt: skip
+    rows = {(c[0], c[1]): c for c in (line.split() for line in lines[at + 2 :])}
+    cases = ("write-1M-qd16", "read-4K-qd32")
+    assert set(rows) == {(case, t) for case in cases for t in ("head", "work")}
+    for case in cases:
+        assert rows[(case, "head")][3] == "-" and rows[(case, "head")][6] == "-"
+        work = rows[(case, "work")]
+        ratio = _number(work[2]) / _number(rows[(case, "head")][2])
+        assert abs(_number(work[3].rstrip("x")) - ratio) <= 0.01 + 0.001 * ratio, work
+        assert work[5].endswith("x")
+        wins, of = (int(x) for x in work[6].split("/"))
+        assert of == 2 and 0 <= wins <= 2, work
+
+    saved = json.loads(json_path.read_text())
+    trees = {t["name"]: t for t in saved["settings"]["targetd_trees"]}
+    # Each daemon imported its own tree's targetd, the revision's from its own worktree.
+    assert trees["head"]["commit"] == head and trees["head"]["rev"] == "HEAD"
+    rev_tree = Path(trees["head"]["path"])
+    assert trees["head"]["module_file"] == str(rev_tree / "targetd" / "__init__.py")
+    assert trees["work"]["module_file"] == str(REPO / "targetd" / "__init__.py")
+    for result in saved["results"]:
+        assert sorted(run["who"] for run in result["runs"]) == [
+            "head", "head", "native", "native", "tgt-rbd", "tgt-rbd", "work", "work",
+        ]  # fmt: skip
+        assert all(run["error"] is None and run["ops"] > 0 for run in result["runs"]), result
+    # The worktree the bench made is gone, and so is the image.
+    assert not rev_tree.exists()
+    assert image not in ceph_cluster.rbd("ls", ceph_cluster.pool).split()
