@@ -45,6 +45,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def log_level() -> list[str]:
+    """``--log-level`` for the daemons from TARGETD_TEST_LOG_LEVEL (DEBUG to chase a failure
+    seen once under load; the log stays under the test's tmp_path, see --basetemp)."""
+    level = os.environ.get("TARGETD_TEST_LOG_LEVEL", "")
+    return ["--log-level", level] if level else []
+
+
 class Daemon:
     """A running ``targetd serve``; ``url(lun)`` gives the libiscsi URL of one of its LUNs."""
 
@@ -72,7 +79,7 @@ class Daemon:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def command(self) -> list[str]:
-        argv = [sys.executable, "-m", "targetd", "serve", "--listen", self.portal]
+        argv = [sys.executable, "-m", "targetd", "serve", *log_level(), "--listen", self.portal]
         argv += ["--state-dir", str(self.state_dir)]
         if self.config is not None:
             argv += ["--config", str(self.config)]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from ceph_fixtures import rbd_lun_toml
 from cluster import CephCluster
-from conftest import Daemon, free_port, report_daemons
+from conftest import Daemon, free_port, log_level, report_daemons
 
 IQN = "iqn.2026-11.org.targetd:gateways"
 
@@ -28,7 +28,7 @@ class ConfigDaemon(Daemon):
     """Listens where its configuration says (the fixture's --listen would replace it)."""
 
     def command(self) -> list[str]:
-        return [*super().command()[:4], "--state-dir", str(self.state_dir),
+        return [*super().command()[: 4 + len(log_level())], "--state-dir", str(self.state_dir),
                 "--config", str(self.config)]  # fmt: skip
 
 
