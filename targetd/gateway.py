@@ -134,6 +134,18 @@ class NotAvailable(Exception):
     """The lock could not be had in time: the command is answered transitioning."""
 
 
+class Kept(NotAvailable):
+    """The holder keeps the lock for a pair running there: the pair asking gives up; a
+    write that waited for the same try asks again for itself."""
+
+
+# After a try to take the lock failed (an error, or a holder keeping it for its pair) while
+# commands still wait: the pause before the next try, doubled after each failure up to
+# RETRY_MAX, so that waiting commands never spin on the cluster.
+RETRY_FIRST = 0.05
+RETRY_MAX = 0.5
+
+
 @dataclass(frozen=True, slots=True)
 class Layout:
     """The two groups' ids and relative target ports, from the configuration."""
@@ -193,6 +205,11 @@ class LockGate:
         self._transition: asyncio.Task[None] | None = None
         self._transition_what = ""  # "acquire" or "release" (logs)
         self._transition_since = 0.0
+        # The latest bound of the commands waiting for the running try to take the lock: a
+        # command that comes later while it runs lengthens it to its own.
+        self._transition_deadline = float("inf")
+        self._retry_at = float("-inf")  # no try to take the lock before (after a failure)
+        self._retry_pause = 0.0
         self._last_end = self.clock()  # when a command last left (stall warnings)
         self._stall_warned = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -269,25 +286,10 @@ class LockGate:
         # the command is refused (transitioning) for the initiator to retry.
         if not self.holding and self.before_acquire is not None:
             await self.before_acquire()
-        deadline = self.clock() + self.takeover + 1.0
-        while not (self.holding and self._transition is None):
-            if self.is_fenced:
-                raise CheckCondition(Reason.LU_NOT_ACCESSIBLE_TRANSITIONING)
-            transition = self._transition
-            if transition is None:
-                transition = self._start(self._acquire(deadline), "acquire")
-            try:
-                await self._await_transition(transition, deadline)
-            except asyncio.CancelledError as exc:
-                if _stopped(transition):  # the gateway stops: not taken
-                    raise CheckCondition(Reason.LU_NOT_ACCESSIBLE_TRANSITIONING) from exc
-                raise
-            except (NotAvailable, OSError) as exc:
-                if isinstance(exc, OSError):
-                    log.warning("lock not taken", extra=logs.fields(lu=self.name, error=str(exc)))
-                raise CheckCondition(Reason.LU_NOT_ACCESSIBLE_TRANSITIONING) from exc
-            if self.clock() > deadline and not self.holding:
-                raise CheckCondition(Reason.LU_NOT_ACCESSIBLE_TRANSITIONING)
+        try:
+            await self._hold(self.clock() + self.takeover + 1.0)
+        except NotAvailable as exc:
+            raise CheckCondition(Reason.LU_NOT_ACCESSIBLE_TRANSITIONING) from exc
         self._admit()
         self.last_io = self.clock()
         return True
@@ -317,22 +319,37 @@ class LockGate:
     async def take(self, why: str) -> bool:
         """Take the lock here as a write would, with no command (a pair that runs where the
         lock is: ``why`` goes to the holder); whether this gateway holds it now."""
-        deadline = self.clock() + self.takeover + 1.0
+        try:
+            await self._hold(self.clock() + self.takeover + 1.0, why)
+        except (NotAvailable, CheckCondition):
+            return False
+        return True
+
+    async def _hold(self, deadline: float, why: str = "") -> None:
+        """Until this gateway holds the lock with no transition running; NotAvailable once
+        ``deadline`` (this waiter's own) has passed, or when fenced. The waiters share one
+        try to take the lock at a time, which runs until the latest of their deadlines; one
+        that ends without the lock before this waiter's deadline (an error, a holder keeping
+        it for its pair) is followed by another, after a pause (:meth:`_acquire`)."""
         while not (self.holding and self._transition is None):
-            if self.is_fenced or self.clock() > deadline:
-                return False
+            if self.is_fenced or self.clock() >= deadline:
+                raise NotAvailable
             transition = self._transition
             if transition is None:
-                transition = self._start(self._acquire(deadline, why), "acquire")
+                transition = self._start(self._acquire(why), "acquire", deadline)
+            elif self._transition_what == "acquire":
+                self._transition_deadline = max(self._transition_deadline, deadline)
             try:
                 await self._await_transition(transition, deadline)
             except asyncio.CancelledError:
                 if _stopped(transition):  # the gateway stops: not taken
-                    return False
+                    raise NotAvailable from None
                 raise
-            except (NotAvailable, OSError, CheckCondition):
-                return False
-        return True
+            except Kept:
+                if why == "pair":
+                    raise
+            except OSError:
+                pass  # logged once by the try (:meth:`_transition_done`); next try
 
     async def _await_transition(self, transition: asyncio.Task[None], deadline: float) -> None:
         """Wait for ``transition`` (taking or giving up the lock) until ``deadline`` at most:
@@ -346,7 +363,11 @@ class LockGate:
             if transition.done():  # ended just as the wait did: its outcome counts
                 transition.result()
                 return
-            log.warning(
+            # A try to take the lock that later commands wait for too runs on past this
+            # one's bound; one that has run that long itself is what a hung call looks like.
+            stuck = self.clock() - self._transition_since >= self.takeover + 1.0
+            log.log(
+                logging.WARNING if stuck else logging.DEBUG,
                 "command waited for the lock past takeover_ms + 1 s: answered transitioning",
                 extra=logs.fields(
                     lu=self.name,
@@ -356,13 +377,17 @@ class LockGate:
             )
             raise NotAvailable from None
 
-    def _start(self, coro: Awaitable[None], what: str) -> asyncio.Task[None]:
-        """Make ``coro`` the LU's one transition (``what``: "acquire" or "release")."""
+    def _start(
+        self, coro: Awaitable[None], what: str, deadline: float = float("inf")
+    ) -> asyncio.Task[None]:
+        """Make ``coro`` the LU's one transition (``what``: "acquire", until ``deadline``
+        at most, or "release")."""
         task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
         task.add_done_callback(self._transition_done)
         self._transition = task
         self._transition_what = what
         self._transition_since = self.clock()
+        self._transition_deadline = deadline
         return task
 
     async def _watch_stalls(self) -> None:
@@ -398,19 +423,33 @@ class LockGate:
             )
 
     def _transition_done(self, task: asyncio.Task[None]) -> None:
+        what = ""
         if self._transition is task:
-            self._transition = None
-        if not task.cancelled():
-            task.exception()  # retrieved: the waiters saw it
+            what, self._transition = self._transition_what, None
+        if task.cancelled() or what != "acquire":
+            if not task.cancelled():
+                task.exception()  # retrieved: the waiters saw it
+            return
+        error = task.exception()
+        if error is None or (isinstance(error, NotAvailable) and not isinstance(error, Kept)):
+            self._retry_pause = 0.0  # taken, or not in time: no waiter asks again at once
+            return
+        if isinstance(error, OSError):
+            log.warning("lock not taken", extra=logs.fields(lu=self.name, error=str(error)))
+        self._retry_pause = min(max(2 * self._retry_pause, RETRY_FIRST), RETRY_MAX)
+        self._retry_at = self.clock() + self._retry_pause
 
     # -- taking the lock ---------------------------------------------------------------
-    async def _acquire(self, deadline: float, why: str = "") -> None:
+    async def _acquire(self, why: str = "") -> None:
         image = self.image
+        pause = self._retry_at - self.clock()
+        if pause > 0:  # the last try failed at once: not another straight away
+            await self._wait(pause)
         while True:
             owners = await image.lock_owners()
             if not owners and self.clock() - self._yielded < YIELD_GRACE:
                 # Just given to the asker, which is taking it: ask it back once it has.
-                await self._wait(0.01, deadline)
+                await self._wait(0.01)
                 continue
             if not owners:
                 try:
@@ -421,7 +460,7 @@ class LockGate:
                         raise NotAvailable from exc
                     if exc.errno not in (errno.EROFS, errno.EBUSY, errno.EAGAIN):
                         raise
-                    await self._wait(0.01, deadline)  # the peer took it first
+                    await self._wait(0.01)  # the peer took it first
                     continue
                 await self._became_holder()
                 return
@@ -442,7 +481,7 @@ class LockGate:
                                   took=round(self.clock() - asked_at, 3)),
             )  # fmt: skip
             if answer is None and not self.silence.unanswered(holder, asked_at, self.clock()):
-                await self._wait(REASK, deadline)  # not watching just now: ask again
+                await self._wait(REASK)  # not watching just now: ask again
                 continue
             if answer is None:
                 self.silence.answered()
@@ -463,13 +502,13 @@ class LockGate:
                 continue
             self.silence.answered()
             if why == "pair" and answer.get("keeps"):  # alive and running the pair: no more
-                raise NotAvailable
+                raise Kept
             if answer.get("answer") == "released":
                 continue
             if answer.get("answer") == "releasing":  # the lock is free once it drained
-                await self._wait(MIN_WAIT, deadline)
+                await self._wait(MIN_WAIT)
                 continue
-            await self._wait(float(answer.get("wait", MIN_WAIT)), deadline)
+            await self._wait(float(answer.get("wait", MIN_WAIT)))
 
     async def fence_silent_holder(self) -> None:
         """The other gateway left a reservation change unconfirmed (scsi/pr_cluster.py),
@@ -504,8 +543,8 @@ class LockGate:
             return
         raise OSError(errno.EAGAIN, "the image's lock kept moving while fencing its holder")
 
-    async def _wait(self, seconds: float, deadline: float) -> None:
-        if self.clock() + seconds > deadline:
+    async def _wait(self, seconds: float) -> None:
+        if self.clock() + seconds > self._transition_deadline:
             # Once per transition, not per command: the commands waiting for it all end.
             log.info(
                 "lock not had in time: the commands waiting for it answered transitioning",

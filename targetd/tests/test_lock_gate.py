@@ -6,11 +6,13 @@ and the message object here; the real ones are exercised in tests/ceph/."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 from typing import Any
 
 import pytest
 
+from backing.rbd_notify import NotifyResult
 from scsi.command import Nexus
 from scsi.sense import CheckCondition, Reason
 from targetd import gateway, logs
@@ -144,3 +146,129 @@ def test_a_command_that_never_ends_is_named_in_the_log(
 
     with caplog.at_level("WARNING", logger="targetd.gateway"):
         asyncio.run(run())
+
+
+class PeerHolds:
+    """The other gateway holds the lock and answers "busy, ask again in 50 ms" until
+    ``free`` (then it lets go); ``acquire_lock`` fails with ``error`` when one is set.
+    Counts the tries to take the lock and the most of them ever running at once."""
+
+    def __init__(self, error: OSError | None = None) -> None:
+        self.address = ME
+        self.allocation_known = False
+        self.owners = [PEER]
+        self.free = False
+        self.error = error
+        self.tries = 0
+        self.running = 0
+        self.most_running = 0
+
+    async def lock_owners(self) -> list[str]:
+        if self.free and self.owners == [PEER]:
+            self.owners = []
+        return list(self.owners)
+
+    async def acquire_lock(self) -> None:
+        self.tries += 1
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await asyncio.sleep(0.001)
+            if self.error is not None:
+                raise self.error
+            self.owners = [ME]
+        finally:
+            self.running -= 1
+
+    async def release_lock(self) -> None:
+        self.owners = []
+
+    def release_lock_now(self) -> None:
+        self.owners = []
+
+    async def reload_allocation(self) -> None:
+        pass
+
+
+class BusyPeer(FakeChannel):
+    async def notify(self, message: dict[str, object], timeout: float) -> Any:
+        await asyncio.sleep(0.002)
+        return NotifyResult(replies=[{"addr": PEER, "answer": "busy", "wait": 0.05}])
+
+
+async def waiting_gate(monkeypatch: pytest.MonkeyPatch, image: PeerHolds) -> LockGate:
+    monkeypatch.setattr(gateway, "GatewayChannel", BusyPeer)
+    gate = LockGate(
+        FakeLU(),  # type: ignore[arg-type]
+        image,  # type: ignore[arg-type]
+        Layout(own_group=1, own_ports=(1,), peer_group=2, peer_ports=(2,)),
+        hold_ms=0,
+        takeover_ms=200,
+        name="lu0",
+    )
+    await asyncio.sleep(0.01)  # it learns that the other gateway holds the lock
+    assert gate.peer_holds and not gate.holding
+    return gate
+
+
+async def timed_enter(gate: LockGate, started: float) -> tuple[object, float]:
+    """What ``enter`` of a WRITE gave (True, or the reason it was refused) and when."""
+    try:
+        result: object = await asyncio.wait_for(gate.enter(Nexus("iqn.test,i,0x1"), WRITE_10), 5)
+    except CheckCondition as exc:
+        result = exc.reason
+    return result, time.monotonic() - started
+
+
+def test_a_later_write_waits_its_own_time_for_the_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two writes wait for the lock the other gateway holds, the second arriving 0.6 s
+    after the first: the first is answered transitioning at takeover_ms + 1 s (1.2 s); the
+    second waits on (its own bound is 1.8 s) and is admitted when the lock comes at 1.4 s.
+    One try at a time asks the holder, never one per waiting command."""
+
+    async def run() -> None:
+        image = PeerHolds()
+        gate = await waiting_gate(monkeypatch, image)
+        started = time.monotonic()
+        first = asyncio.create_task(timed_enter(gate, started))
+        await asyncio.sleep(0.6)
+        second = asyncio.create_task(timed_enter(gate, started))
+        await asyncio.sleep(0.8)
+        image.free = True  # at 1.4 s
+        (reason, first_at), (admitted, second_at) = await first, await second
+        assert reason is Reason.LU_NOT_ACCESSIBLE_TRANSITIONING
+        assert 1.15 <= first_at < 1.4
+        assert admitted is True
+        assert 1.4 <= second_at < 1.75
+        assert gate.holding and image.tries == 1 and image.most_running == 1
+        gate.leave(True)
+        await gate.stop()
+
+    asyncio.run(run())
+
+
+def test_failed_tries_to_take_the_lock_are_paced_not_spun(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Taking a free lock fails at once (EIO) for as long as two writes wait: each is
+    answered transitioning at its own bound, not at the first failure, and the tries in
+    between pause, one at a time (a few over 1.8 s, not thousands)."""
+
+    async def run() -> None:
+        image = PeerHolds(OSError(errno.EIO, "Input/output error"))
+        gate = await waiting_gate(monkeypatch, image)
+        image.free = True
+        started = time.monotonic()
+        first = asyncio.create_task(timed_enter(gate, started))
+        await asyncio.sleep(0.6)
+        second = asyncio.create_task(timed_enter(gate, started))
+        (reason1, first_at), (reason2, second_at) = await first, await second
+        assert reason1 is reason2 is Reason.LU_NOT_ACCESSIBLE_TRANSITIONING
+        assert 1.15 <= first_at < 1.5
+        assert 1.75 <= second_at < 2.1
+        assert 3 <= image.tries <= 12
+        assert image.most_running == 1
+        assert gate.in_flight == 0 and not gate.holding
+        await gate.stop()
+
+    asyncio.run(run())
