@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from backing.pairs import PairManager, PairService
-from targetd import chap_env, gc_tuning, logs, pair_config, reload, state_lock
+from targetd import chap_env, gc_tuning, logs, pair_config, reload, stack_dump, state_lock
 from targetd.config import (
     DEFAULT_STATE_DIR,
     ChapSecret,
@@ -227,6 +227,7 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    stack_dump.install(sys.stderr, loop)
     if worker is None:
         loop.add_signal_handler(signal.SIGHUP, ops.sighup)
     else:

@@ -14,12 +14,13 @@ import asyncio
 import json
 import logging
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from targetd import logs, reload, reload_report, sdnotify, status
+from targetd import logs, reload, reload_report, sdnotify, stack_dump, status
 from targetd.admin import SOCKET_NAME, Admin, AdminError, Report
 from targetd.config import Config, ConfigError
 from targetd.metrics import Family, Metrics
@@ -247,6 +248,7 @@ async def serve_portal(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    stack_dump.install(sys.stderr, loop)
     reloads: set[asyncio.Task[Any]] = set()
 
     def on_hup() -> None:

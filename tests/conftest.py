@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +181,18 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 # The daemons a test started, for its failure report (pytest_runtest_makereport).
 DAEMONS = pytest.StashKey[list[list[Daemon]]]()
 LOG_TAIL = 40
+
+
+def dump_stacks(daemons: Iterable[Daemon]) -> None:
+    """Have each daemon still running log its threads' stacks and its asyncio tasks grouped
+    by where they wait (SIGUSR1, SIGUSR2: targetd/stack_dump.py): a test that found it hung
+    calls this before its report, which then names what it waits for."""
+    running = [d.proc for d in daemons if d.proc is not None and d.proc.poll() is None]
+    for proc in running:
+        os.kill(proc.pid, signal.SIGUSR1)
+        os.kill(proc.pid, signal.SIGUSR2)
+    if running:
+        time.sleep(1.0)
 
 
 def report_daemons(node: pytest.Item, daemons: list[Daemon]) -> None:

@@ -5,11 +5,12 @@ loaded machine is diagnosed from them, or not at all."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from conftest import REPO, Daemon, dump_stacks
 
 # What conftest.py imports from: the tests' helpers, the Ceph tier's fixtures, the repo.
 PYTHONPATH = ":".join(str(p) for p in (REPO / "tests", REPO / "tests" / "ceph", REPO))
@@ -84,3 +85,15 @@ def test_a_daemon_that_crashed_is_reported_with_its_signal_and_its_stacks(
     assert "lines; it exited with status -11 (SIGSEGV)" in section, out
     assert "Fatal Python error: Segmentation fault" in section, out
     assert "in main" in section, out  # the main thread's stack
+
+
+def test_a_hung_daemon_can_be_asked_for_its_stacks(targetd: Daemon) -> None:
+    """``dump_stacks`` (what a test that found a daemon hung calls before its report): the
+    daemon's log gets every thread's stack (SIGUSR1, faulthandler) and its asyncio tasks
+    grouped by where they wait (SIGUSR2), and the daemon serves on."""
+    dump_stacks([targetd])
+    log = targetd.stderr
+    assert "Current thread" in log  # faulthandler's header of the thread it interrupted
+    assert "asyncio tasks" in log
+    assert re.search(r"event=tasks count=\d+ one=\S+ stack=", log), log[-3000:]
+    assert targetd.targetctl("status").returncode == 0

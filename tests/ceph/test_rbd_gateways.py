@@ -17,8 +17,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from ceph_fixtures import ImageFactory, export_image
 from cluster import CephCluster
+from conftest import dump_stacks
 from gateways import IQN, GatewayPair, PairFactory, gateway_pair
 from raw_initiator import RawInitiator
 from test_integration_xcopy import GOOD, copy_status_lid4, extended_copy, naa_of, session
@@ -548,11 +550,20 @@ def test_libiscsi_multipath_suite_over_two_gateways(
     over 4 s and 256 of them were answered so (no lock broken). takeover_ms = 30000 gives
     the moves the time; no gateway dies here, so it delays no takeover."""
     pair = gateway_pair(new_image("16M"), hold_ms=0, takeover_ms=30000, unit_attention=False)
-    run = subprocess.run(
-        ["iscsi-test-cu", "--dataloss", "--test=ALL.MultipathIO",
-         "-i", "iqn.2026-11.org.targetd.test:mpio", pair.url(pair.a), pair.url(pair.b)],
-        capture_output=True, text=True, errors="replace", timeout=300, check=False,
-    )  # fmt: skip
+    try:
+        run = subprocess.run(
+            ["iscsi-test-cu", "--dataloss", "--test=ALL.MultipathIO",
+             "-i", "iqn.2026-11.org.targetd.test:mpio", pair.url(pair.a), pair.url(pair.b)],
+            capture_output=True, text=True, errors="replace", timeout=300, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        # Seen once under load: what the gateways wait for, from their own stacks.
+        dump_stacks(pair.gateways)
+        done = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout
+        pytest.fail(
+            f"iscsi-test-cu hung for 300 s; its output so far:\n{done}\n"
+            f"{gateway_report(pair, lines=200)}"
+        )
     out = f"{run.stdout}{run.stderr}\n{gateway_report(pair)}"
     assert "found matching LU device identifier for all (2) paths" in out, out
     for name in ("Simple", "Reset", "CompareAndWrite", "CompareAndWriteAsync"):
