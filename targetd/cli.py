@@ -240,15 +240,17 @@ async def _serve(
     stopping = Stopping()
     if not await stopping.run(_stop(ops, server, stopping), STOP_SECONDS):
         stopping.abandon(STOP_SECONDS, 1)
+    status = 1 if ops.flush_failures else 0
+    stopping.exit_if_left(status)  # an LU left to its cluster: librbd may still run
     log.info("stopped")
-    return 1 if ops.flush_failures else 0
+    return status
 
 
 async def _stop(ops: Operations, server: TargetServer, stopping: Stopping) -> None:
     await ops.shutdown(DRAIN_SECONDS, stopping)
     stopping.stage = "stopping the gateways' lock work"
     # Their librbd calls end before the images close.
-    await stop_gates(server.scsi_targets(), stopping.pending)
+    await stop_gates(server.scsi_targets(), stopping)
     stopping.stage = "closing LUNs"
     await close_luns(server.scsi_targets(), stopping)
 

@@ -25,6 +25,7 @@ from scsi.target import ScsiTarget
 from targetd import logs
 from targetd.config import Config, ConfigError, LunConfig, TapeStoreConfig, TargetConfig
 from targetd.pairs import TargetPairs, volume_id
+from targetd.stopping import Stopping, at_risk
 from xcopy import Policy, PolicyLookup
 from xcopy.shared import SharedCopies
 
@@ -572,27 +573,22 @@ def build_targets(config: Config, pairs: PairService | None = None) -> dict[str,
     return Builder(config, pairs).targets()
 
 
-async def stop_gates(
-    targets: dict[str, ScsiTarget], pending: dict[str, str] | None = None
-) -> None:
+async def stop_gates(targets: dict[str, ScsiTarget], stopping: Stopping | None = None) -> None:
     """Stop every gateway LU's lock work (targetd/gateway.py, LockGate.stop): each returns
-    once its librbd calls in flight have ended, so the images may close next. ``pending``
-    names the LUs still stopping (targetd/stopping.py)."""
-    pending = {} if pending is None else pending
+    once its librbd calls in flight have ended, so the images may close next. ``stopping``
+    names the LUs still stopping and bounds the wait for those with nothing acknowledged
+    depending on it (targetd/stopping.py)."""
+    stopping = Stopping() if stopping is None else stopping
 
-    async def one(name: str, stop: Callable[[], Awaitable[None]]) -> None:
-        pending[name] = "lock release"
-        try:
-            await stop()
-        finally:
-            del pending[name]
+    async def one(name: str, lu: LogicalUnit, stop: Callable[[], Awaitable[None]]) -> None:
+        await stopping.step(name, lu, "lock release", stop())
 
     stops = []
     for t, target in targets.items():
         for n, lu in target.luns.items():
             stop = getattr(lu.access_gate, "stop", None)
             if stop is not None:
-                stops.append(one(f"{t}/lun{n}", stop))
+                stops.append(one(f"{t}/lun{n}", lu, stop))
     await asyncio.gather(*stops)
 
 
@@ -607,30 +603,26 @@ def close_targets(targets: dict[str, ScsiTarget]) -> None:
                 close()
 
 
-async def flush_targets(
-    targets: dict[str, ScsiTarget], pending: dict[str, str] | None = None
-) -> int:
+async def flush_targets(targets: dict[str, ScsiTarget], stopping: Stopping | None = None) -> int:
     """fdatasync every LUN's backing store (SIGTERM, before the state is persisted), side
     by side (an RBD LUN's flush may wait for an unreachable cluster). A LUN whose flush
-    fails is logged and the others are still flushed; returns how many failed. ``pending``
-    names the LUNs still flushing (targetd/stopping.py)."""
-    pending = {} if pending is None else pending
+    fails is logged and the others are still flushed; returns how many failed. ``stopping``
+    names the LUNs still flushing and bounds the wait for those with nothing acknowledged
+    depending on it (targetd/stopping.py)."""
+    stopping = Stopping() if stopping is None else stopping
 
     async def one(name: str, lu: LogicalUnit) -> int:
         flush = getattr(lu, "flush", None) or getattr(getattr(lu, "store", None), "flush", None)
         if flush is None:
             return 0
-        pending[name] = "flush"
         try:
-            await flush()
+            await stopping.step(name, lu, "flush", flush())
         except OSError as err:
-            log.error(
-                "flush failed at shutdown",
-                extra=logs.fields(lu=lu.identity.device_id, error=str(err)),
-            )
+            risk = at_risk(lu)
+            log.error("flush failed at shutdown", extra=logs.fields(
+                lu=lu.identity.device_id, error=str(err),
+                **({} if risk is None else {"at_risk": risk})))  # fmt: skip
             return 1
-        finally:
-            del pending[name]
         return 0
 
     failed = await asyncio.gather(*(one(f"{t}/lun{n}", lu) for t, target in targets.items()

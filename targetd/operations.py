@@ -111,7 +111,7 @@ class Operations:
         log.info("drained", extra=logs.fields(abandoned_commands=drained))
         # A LUN that cannot be flushed is logged; the pairs' state is still written below.
         stopping.stage = "flushing"
-        self.flush_failures = await flush_targets(self.server.scsi_targets(), stopping.pending)
+        self.flush_failures = await flush_targets(self.server.scsi_targets(), stopping)
         stopping.stage = "shutdown hooks (pair state)"
         for hook in self._shutdown_hooks:
             try:

@@ -11,6 +11,17 @@ waiting for it. Nothing acknowledged is lost by that: with ``cache = "none"`` a 
 acknowledged once it is in the cluster, and with a cache a FUA write or one before a
 SYNCHRONIZE CACHE is flushed before its answer; only what a volatile cache held unflushed,
 which the cluster cannot take now anyway, is not written.
+
+An LU whose acknowledged writes are all in the cluster already (``cache = "none"``: librbd
+completes a write only once the OSDs hold it) has nothing acknowledged that depends on its
+flush, its lock release or its image's close: the stop waits for each of those steps
+``CLUSTER_SECONDS`` at most (they take milliseconds with the cluster there). Past that the
+LU is left: one log line names it with the steps not done and what is at risk (nothing),
+its later steps are not tried (each would wait out the same timeouts), and the process
+exits once the rest has ended, without waiting for librbd. An LU with a librbd cache
+(``writeback``, ``writearound``) has acknowledged writes that only its flush puts in the
+cluster: its steps are waited for up to ``STOP_SECONDS``, and if they fail or do not end,
+the log says which writes are at risk and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from scsi.target import ScsiTarget
 from targetd import logs
@@ -30,6 +41,35 @@ log = logging.getLogger("targetd")
 
 # From SIGTERM to exit at most (the drain takes up to 2 + 10 + 10 s of it).
 STOP_SECONDS = float(os.environ.get("TARGETD_STOP_SECONDS", "40"))
+# How long one cluster step of an LU with nothing acknowledged depending on it (cache =
+# "none") is waited for before the LU is left (module docstring).
+CLUSTER_SECONDS = float(os.environ.get("TARGETD_STOP_CLUSTER_SECONDS", "5"))
+
+# An LU's cluster steps at a stop, in order.
+STEPS = ("flush", "lock release", "close")
+AT_RISK = ("writes acknowledged from librbd's cache (cache {cache}) and not flushed since"
+           " the last SYNCHRONIZE CACHE or FUA write")  # fmt: skip
+NOTHING_AT_RISK = "nothing (cache none: the cluster holds every acknowledged write)"
+
+T = TypeVar("T")
+
+
+def cluster_cache(lu: Any) -> str | None:
+    """The librbd cache mode of an LU in a Ceph cluster (a pair's volume: of its image);
+    None for a local LU."""
+    store = getattr(lu, "store", None)
+    spec = getattr(getattr(store, "base", store), "spec", None)
+    cache = getattr(spec, "cache", None)
+    return cache if isinstance(cache, str) else None
+
+
+def at_risk(lu: Any) -> str | None:
+    """What an LU in a Ceph cluster loses if its cluster steps are not done (None: a
+    local LU)."""
+    cache = cluster_cache(lu)
+    if cache is None:
+        return None
+    return NOTHING_AT_RISK if cache == "none" else AT_RISK.format(cache=cache)
 
 
 class Stopping:
@@ -39,6 +79,46 @@ class Stopping:
         self.stage = "draining"
         self.pending: dict[str, str] = {}  # LU -> what it still does ("close", "flush")
         self.started = time.monotonic()
+        # LUs left to their cluster (:meth:`step`) -> the step that did not end.
+        self.left: dict[str, str] = {}
+        self.at_risk: dict[str, str] = {}  # LU -> what it loses if the stop is abandoned
+
+    async def step(self, name: str, lu: Any, what: str, work: Awaitable[T]) -> bool:
+        """Run ``what`` (one of :data:`STEPS`) of the LU ``name``; False if the LU was left
+        (before or now) and ``work`` is not waited for. Its exception is raised."""
+        if name in self.left:
+            if asyncio.iscoroutine(work):
+                work.close()
+            return False
+        self.pending[name] = what
+        risk = at_risk(lu)
+        if risk is not None:
+            self.at_risk[name] = risk
+        try:
+            if cluster_cache(lu) != "none":  # a local LU, or acknowledged writes in a cache
+                await work
+                return True
+            task = asyncio.ensure_future(work)
+            done, _ = await asyncio.wait([task], timeout=CLUSTER_SECONDS)
+            if task in done:
+                task.result()
+                return True
+            task.add_done_callback(_after_leaving)
+            self.leave(name, lu, what)
+            return False
+        finally:
+            self.pending.pop(name, None)
+
+    def leave(self, name: str, lu: Any, what: str) -> None:
+        """Leave the LU ``name`` to its cluster from the step ``what`` on, and say so."""
+        self.left[name] = what
+        steps = STEPS[STEPS.index(what) :]
+        if getattr(getattr(lu, "access_gate", None), "stop", None) is None:
+            steps = tuple(s for s in steps if s != "lock release")
+        log.warning("cluster work not done at stop", extra=logs.fields(
+            lu=name, not_done=", ".join(steps),
+            reason=f"the {what} did not end in {CLUSTER_SECONDS:g} s",
+            at_risk=at_risk(lu) or "nothing"))  # fmt: skip
 
     def describe(self) -> str:
         waits = ", ".join(f"{what} of {lu}" for lu, what in sorted(self.pending.items()))
@@ -59,12 +139,34 @@ class Stopping:
         """Log what the stop still waits for and end the process at once: a librbd or
         librados call that does not return cannot be stopped, and the interpreter's exit
         would wait for its thread."""
+        risks = "; ".join(f"{lu}: {self.at_risk.get(lu, 'nothing')}" for lu in sorted(self.pending))
         log.error("stop abandoned", extra=logs.fields(after_seconds=seconds,
-                                                      waiting_for=self.describe()))  # fmt: skip
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        sys.stderr.flush()
-        os._exit(status)
+                  waiting_for=self.describe(), at_risk=risks or "nothing"))  # fmt: skip
+        _exit(status)
+
+    def exit_if_left(self, status: int) -> None:
+        """With an LU left to its cluster, end the process at once (``status``): its
+        librbd calls may still be running, and the interpreter's exit would wait for
+        them."""
+        if not self.left:
+            return
+        log.info("stopped", extra=logs.fields(
+            left_to_the_cluster=", ".join(sorted(self.left)),
+            after_seconds=round(time.monotonic() - self.started, 1)))  # fmt: skip
+        _exit(status)
+
+
+def _exit(status: int) -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def _after_leaving(task: asyncio.Future[Any]) -> None:
+    """A step of a left LU that ends after all: its failure is expected, not news."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("a left LU's step failed", extra=logs.fields(error=str(task.exception())))
 
 
 def lu_name(target: str, lun: int) -> str:
@@ -77,17 +179,20 @@ async def close_targets(targets: dict[str, ScsiTarget], stopping: Stopping) -> N
     once what they bound to the event loop has left it; local LUs on the loop, as before."""
 
     async def close(name: str, lu: Any) -> None:
-        stopping.pending[name] = "close"
+        if name in stopping.left:  # its close would wait out the timeouts its steps did
+            return
         try:
-            if hasattr(getattr(lu, "store", None), "leave_loop"):  # in a cluster: librbd
+            if cluster_cache(lu) is not None:  # in a cluster (a pair's volume too): librbd
                 lu.leave_loop()
-                await asyncio.to_thread(_close_one, lu)
+                await stopping.step(name, lu, "close", asyncio.to_thread(_close_one, lu))
             else:  # a local LU's close is quick, and some of them use the loop
-                _close_one(lu)
+                stopping.pending[name] = "close"
+                try:
+                    _close_one(lu)
+                finally:
+                    del stopping.pending[name]
         except Exception:
             log.exception("close failed at shutdown", extra=logs.fields(lu=name))
-        finally:
-            del stopping.pending[name]
 
     await asyncio.gather(*(close(lu_name(t, n), lu) for t, target in targets.items()
                            for n, lu in target.luns.items()))  # fmt: skip

@@ -379,11 +379,14 @@ class SharedPairs:
         self._task = None
 
     async def close(self) -> None:
-        """Disconnect the record objects (after the pairs stopped)."""
+        """Disconnect the record objects (after the pairs stopped: what they had to write
+        is written). A read still running (a refresh's, cancelled) is not waited for: it
+        has nothing to write, and with the cluster out of reach it runs until its timeout;
+        the object's client shuts down as it ends (backing/rados_object.py)."""
         objects, self._objects = list(self._objects.values()), {}
         loop = asyncio.get_running_loop()
         for obj in objects:
-            await loop.run_in_executor(None, obj.close)
+            await loop.run_in_executor(None, obj.close, 0.0)
 
     async def _refresh(self) -> None:
         while True:

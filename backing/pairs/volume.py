@@ -202,6 +202,13 @@ class PairVolume:
         if close is not None:
             close()
 
+    def leave_loop(self) -> None:
+        """Before :meth:`close` runs on a worker thread: what the base (an RBD image) has
+        bound to the event loop leaves it."""
+        leave = getattr(self.base, "leave_loop", None)
+        if leave is not None:
+            leave()
+
     # -- attaching ----------------------------------------------------------------------
     async def _host_write(
         self, offset: int, length: int, op: Callable[[], Awaitable[None]]

@@ -60,7 +60,7 @@ class MemoryObject:
         self.body, self.xattrs = None, {}
         return True
 
-    def close(self) -> None:
+    def close(self, wait: float | None = None) -> None:
         self.closed = True
 
 

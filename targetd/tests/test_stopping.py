@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from types import SimpleNamespace
 
-from targetd.stopping import Stopping
+import pytest
+
+from targetd import logs
+from targetd import stopping as stopping_module
+from targetd.stopping import Stopping, at_risk
 
 
 def test_a_stop_within_its_bound_ends_and_one_past_it_names_what_it_waits_for() -> None:
@@ -31,3 +37,67 @@ def test_the_bound_counts_from_the_stop_not_from_each_stage() -> None:
         return await stopping.run(asyncio.sleep(0.5), 10.2)
 
     assert asyncio.run(run()) is False
+
+
+def rbd_lu(cache: str, gateway: bool = True) -> SimpleNamespace:
+    """An LU as the stop sees it: its store's cache mode, its gateway's stop."""
+    gate = SimpleNamespace(stop=lambda: None) if gateway else SimpleNamespace()
+    return SimpleNamespace(store=SimpleNamespace(spec=SimpleNamespace(cache=cache)),
+                           access_gate=gate)  # fmt: skip
+
+
+def test_a_cache_none_lus_step_is_given_up_and_its_later_steps_are_not_tried(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(stopping_module, "CLUSTER_SECONDS", 0.05)
+    tried: list[str] = []
+
+    async def hangs() -> None:
+        tried.append("flush")
+        await asyncio.sleep(10)
+
+    async def later() -> None:
+        tried.append("lock release")
+
+    async def run() -> tuple[bool, bool, dict[str, str], dict[str, str]]:
+        stopping = Stopping()
+        lu = rbd_lu("none")
+        first = await stopping.step("iqn.x:t/lun0", lu, "flush", hangs())
+        second = await stopping.step("iqn.x:t/lun0", lu, "lock release", later())
+        return first, second, stopping.left, stopping.pending
+
+    with caplog.at_level(logging.WARNING, logger="targetd"):
+        assert asyncio.run(run()) == (False, False, {"iqn.x:t/lun0": "flush"}, {})
+    assert tried == ["flush"]
+    [record] = [r for r in caplog.records if r.getMessage() == "cluster work not done at stop"]
+    fields = getattr(record, logs.FIELDS)
+    assert fields["not_done"] == "flush, lock release, close"
+    assert fields["at_risk"] == stopping_module.NOTHING_AT_RISK
+
+
+def test_a_write_back_lus_flush_is_waited_for_past_the_cluster_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(stopping_module, "CLUSTER_SECONDS", 0.05)
+
+    async def run() -> tuple[list[bool], dict[str, str]]:
+        stopping = Stopping()
+        lus = {"wb": rbd_lu("writeback"), "wa": rbd_lu("writearound"),
+               "file": SimpleNamespace(store=object())}  # fmt: skip
+        ended = [await stopping.step(n, lu, "flush", asyncio.sleep(0.2)) for n, lu in lus.items()]
+        return ended, stopping.left
+
+    assert asyncio.run(run()) == ([True, True, True], {})
+
+
+def test_what_is_at_risk_follows_the_cache_mode() -> None:
+    assert at_risk(rbd_lu("none")) == stopping_module.NOTHING_AT_RISK
+    assert at_risk(rbd_lu("writeback")) == (
+        "writes acknowledged from librbd's cache (cache writeback) and not flushed since the"
+        " last SYNCHRONIZE CACHE or FUA write"
+    )
+    assert at_risk(SimpleNamespace(store=object())) is None
+    # A pair's volume: its base image's mode.
+    paired = SimpleNamespace(store=SimpleNamespace(base=SimpleNamespace(spec=SimpleNamespace(
+        cache="writearound"))))  # fmt: skip
+    assert at_risk(paired) is not None and "cache writearound" in at_risk(paired)  # type: ignore[operator]
