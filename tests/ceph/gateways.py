@@ -116,7 +116,8 @@ def gateway_pair(
     """``gateway_pair(image, *, hold_ms=1000, takeover_ms=3000, unit_attention=True,
     more_images=(), metrics=False, start=True, tables="", own_luns={})``: LUN 0 is ``image``,
     LUN 1, 2... ``more_images``; with ``metrics``, each serves Prometheus metrics
-    (``metrics_ports``); ``tables``: more TOML tables for both (``[pairs]``); ``own_luns``:
+    (``metrics_ports``); ``tables``: more TOML tables for both (``[pairs]``), or ``"a"``/``"b"``
+    -> that gateway's (a survivor that copies faster than the gateway it outlives); ``own_luns``:
     ``"a"``/``"b"`` -> ``[[target.lun]]`` tables of that gateway alone (a tape, a file sink).
     """
     made: list[GatewayPair] = []
@@ -132,7 +133,7 @@ def gateway_pair(
         more_images: tuple[str, ...] = (),
         metrics: bool = False,
         start: bool = True,
-        tables: str = "",
+        tables: str | dict[str, str] = "",
         own_luns: dict[str, str] | None = None,
     ) -> GatewayPair:
         n = len(made)
@@ -153,7 +154,8 @@ def gateway_pair(
                         rbd_lun_toml(ceph_cluster, extra, lun=n)
                         for n, extra in enumerate(more_images, start=1)
                     ) + (own_luns or {}).get(name, ""),
-                    metrics_port=metrics_ports.get(name, 0), tables=tables,
+                    metrics_port=metrics_ports.get(name, 0),
+                    tables=tables if isinstance(tables, str) else tables.get(name, ""),
                 )
             )  # fmt: skip
             state = tmp_path / f"gw{n}{name}-state"
