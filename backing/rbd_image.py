@@ -520,6 +520,19 @@ class RbdImage(ImageRequests):
         assert self._cluster is not None
         self._cluster.mon_command({"prefix": "osd blocklist", "blocklistop": "rm", "addr": address})
 
+    @property
+    def instance_id(self) -> int:
+        """This client's id in the cluster (as a notify's acknowledgements name it)."""
+        assert self._cluster is not None
+        return int(lib().rados_get_instance_id(self._cluster.handle))
+
+    def blocklist(self, address: str) -> None:
+        """Blocklist the client at ``address`` (another gateway's, proved dead; blocking):
+        the OSDs drop its watches, so no notification waits for them any more."""
+        assert self._cluster is not None
+        check(lib().rados_blocklist_add(self._cluster.handle, address.encode(), 0),
+              f"blocklisting {address}")  # fmt: skip
+
     def release_lock_now(self) -> None:
         """``release_lock``, blocking (at shutdown)."""
         check(lib().rbd_lock_release(self._image), "rbd_lock_release")

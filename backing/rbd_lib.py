@@ -62,6 +62,10 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "rados_ioctx_destroy": (None, [c_void_p]),
     "rados_getaddrs": (c_int, [c_void_p, POINTER(c_char_p)]),
     "rados_write_full": (c_int, [c_void_p, c_char_p, c_char_p, c_size_t]),
+    "rados_get_instance_id": (c_uint64, [c_void_p]),
+    "rados_getxattr": (c_int, [c_void_p, c_char_p, c_char_p, c_char_p, c_size_t]),
+    "rados_setxattr": (c_int, [c_void_p, c_char_p, c_char_p, c_char_p, c_size_t]),
+    "rados_blocklist_add": (c_int, [c_void_p, c_char_p, c_uint32]),
     "rados_watch3": (
         c_int,
         [

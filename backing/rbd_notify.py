@@ -10,12 +10,21 @@ watch (``osd_client_watch_timeout``, 30 s by default).
 Messages and replies are small JSON objects. librados calls the watch callback on its own
 thread; the message is handed to the event loop, which answers it (``reply``) when it has
 decided, from the loop. Nothing here knows what the messages mean (targetd/gateway.py).
+
+Each gateway names its client of the image in the object, in an xattr of its own
+(``targetd.gateway.<port group>``: its client id and address), written once per client (not
+at each renewal of its watch). That client's watch of the image header lives on after a
+kill -9 until the OSDs expire it (``osd_client_watch_timeout``), and librbd's notifications
+of the image (the lock's release at close, 5 s each) wait for it until then: once a
+takeover proved the other gateway dead, its client of every image is blocklisted, if silent
+(``ChannelFence``, scsi/watch_fence.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import json
 import logging
 import struct
@@ -24,6 +33,7 @@ from ctypes import byref, c_size_t, c_uint64, c_void_p
 from dataclasses import dataclass, field
 from typing import Any
 
+from backing.rados_object import notify_watchers
 from backing.rbd_image import RbdImage
 from backing.rbd_lib import WATCH_CALLBACK, WATCH_ERROR_CALLBACK, check, lib
 
@@ -34,6 +44,8 @@ Reply = Callable[[Message], None]
 # (message, reply): the receiver must call reply exactly once.
 OnMessage = Callable[[Message, Reply], None]
 OnError = Callable[[int], None]
+
+XATTR_PREFIX = b"targetd.gateway."
 
 
 @dataclass
@@ -71,11 +83,15 @@ def decode_notify_reply(raw: bytes) -> NotifyResult:
 class GatewayChannel:
     """One gateway's end of an image's message object."""
 
-    def __init__(self, image: RbdImage, on_message: OnMessage, on_error: OnError) -> None:
+    def __init__(
+        self, image: RbdImage, on_message: OnMessage, on_error: OnError, me: str = ""
+    ) -> None:
         self.image = image
         self.on_message = on_message
         self.on_error = on_error
+        self.me = me  # this gateway's name in the object (its port group)
         self.oid = b""
+        self._announced = ""  # the client address last named in the object
         self._cookie = c_uint64(0)
         self._ioctx = c_void_p()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -83,19 +99,66 @@ class GatewayChannel:
         self._error_cb = WATCH_ERROR_CALLBACK(self._on_watch_error)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Create the object if needed and watch it (blocking)."""
+        """Name this gateway's client in the object (creating it) if not done yet, and
+        watch it (blocking). A renewal of the watch writes nothing: with the cluster out of
+        reach, each write waited out ``osd_op_timeout`` before the watch was even tried."""
         self._loop = loop
         self._ioctx = self.image.ioctx
         self.oid = f"targetd.gateway.{self.image.image_id}".encode()
-        # A notify needs the object to exist; an empty write_full creates it, harmlessly
-        # again when another gateway already did.
-        check(lib().rados_write_full(self._ioctx, self.oid, b"", 0), "creating the gateway object")
-        check(
+        address = self.image.address
+        if self._announced != address:
+            self._announce(address)
+        ret = self._watch()
+        if ret == -errno.ENOENT:  # removed meanwhile: a notify needs it to exist
+            self._announce(address)
+            ret = self._watch()
+        check(ret, "watching the gateway object")
+
+    def _watch(self) -> int:
+        return int(
             lib().rados_watch3(
                 self._ioctx, self.oid, byref(self._cookie), self._watch_cb, self._error_cb, 0, None
-            ),
-            "watching the gateway object",
+            )
         )
+
+    def _announce(self, address: str) -> None:
+        """Name this gateway's client (id and address) in its xattr of the object; setting
+        it creates the object if needed."""
+        record = json.dumps({"client": self.image.instance_id, "address": address}).encode()
+        check(
+            lib().rados_setxattr(
+                self._ioctx, self.oid, XATTR_PREFIX + self.me.encode(), record, len(record)
+            ),
+            "naming this gateway in the gateway object",
+        )
+        self._announced = address
+
+    def named(self, gateway: str) -> dict[str, Any] | None:
+        """The client the object names for ``gateway`` (blocking); None if it names none."""
+        buf = ctypes.create_string_buffer(512)
+        ret = lib().rados_getxattr(self._ioctx, self.oid, XATTR_PREFIX + gateway.encode(),
+                                   buf, len(buf))  # fmt: skip
+        if ret in (-errno.ENODATA, -errno.ENOENT):
+            return None
+        check(ret, "reading the gateway object")
+        record = json.loads(buf.raw[:ret])
+        return record if isinstance(record, dict) else None
+
+    def probe(self, payload: bytes, timeout: float) -> tuple[list[int], list[int]]:
+        """Notify every watcher (blocking); the client ids of those that answered and of
+        those silent for ``timeout`` seconds."""
+        reply = c_void_p()
+        length = c_size_t()
+        ret = lib().rados_notify2(self._ioctx, self.oid, payload, len(payload),
+                                  int(timeout * 1000), byref(reply), byref(length))  # fmt: skip
+        try:
+            raw = ctypes.string_at(reply, length.value) if reply else b""
+        finally:
+            if reply:
+                lib().rados_buffer_free(reply)
+        if ret < 0 and not raw:
+            check(ret, "probing the gateway object's watchers")
+        return notify_watchers(raw)
 
     def stop(self) -> None:
         """Stop watching (blocking); a fenced client's unwatch fails, which is fine."""
@@ -182,3 +245,26 @@ class GatewayChannel:
             return
         data = json.dumps(answer).encode() if answer else b""
         lib().rados_notify_ack(self._ioctx, self.oid, notify_id, cookie, data, len(data))
+
+
+class ChannelFence:
+    """A gateway object as scsi/watch_fence.py fences it: the other gateway's client of
+    the image, as the object names it, blocklisted if its watch is silent."""
+
+    def __init__(self, channel: GatewayChannel, peer: str) -> None:
+        self.channel = channel
+        self.peer = peer
+        self.name = channel.oid.decode()
+        self.instance_id = channel.image.instance_id
+
+    def read(self) -> tuple[int, bytes]:
+        named = self.channel.named(self.peer) or {}
+        record = {"gateways": {self.peer: named.get("client")},
+                  "addresses": {self.peer: named.get("address")}}  # fmt: skip
+        return 0, json.dumps(record).encode()
+
+    def probe(self, payload: bytes, timeout: float) -> tuple[list[int], list[int]]:
+        return self.channel.probe(payload, timeout)
+
+    def blocklist(self, address: str) -> None:
+        self.channel.image.blocklist(address)

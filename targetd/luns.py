@@ -205,8 +205,11 @@ class Builder:
         watches of every LU's shared objects are fenced, not that LU's only: a copy's records
         live in the object of each LU it names, and a question through an LU whose lock
         nobody took over would otherwise wait for the dead watch until the OSDs expire it.
-        Each fencing still probes first and leaves a watch that answers alone."""
-        await asyncio.gather(*(fence() for _, fence in self.peer_fences))
+        Its image clients of every LU are fenced alike (LockGate.fence_peer): their
+        watches of the image headers held this gateway's close for 10 s an image. Each
+        fencing still probes first and leaves a watch that answers alone."""
+        await asyncio.gather(*(fence() for _, fence in self.peer_fences),
+                             *(gate.fence_peer() for gate in self.gates))  # fmt: skip
 
     def _share_pairs(self, lu: LogicalUnit, lun: LunConfig, gate: LockGate) -> None:
         """Two gateways: a pair of this LU's image keeps its record in the cluster and

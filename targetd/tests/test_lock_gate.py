@@ -23,7 +23,7 @@ ME, PEER = "10.0.0.1:0/1", "10.0.0.2:0/2"
 
 
 class FakeChannel:
-    def __init__(self, image: object, on_message: Any, on_error: Any) -> None:
+    def __init__(self, image: object, on_message: Any, on_error: Any, me: str = "") -> None:
         self.on_message = on_message
 
     def start(self, loop: object) -> None:
