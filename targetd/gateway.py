@@ -692,6 +692,8 @@ class LockGate:
                 else:
                     log.debug("gateway watch not renewed: %s", exc)
                     retry = True
+            else:
+                log.info("gateway watching again", extra=logs.fields(lu=self.name))
         if retry and not self._stopping:
             await asyncio.sleep(1.0)
             self._on_watch_error(-errno.ENOTCONN)

@@ -15,6 +15,7 @@ This module runs its own clusters: it kills their monitor and OSD."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -172,3 +173,45 @@ def test_a_write_back_lu_whose_cluster_is_gone_waits_for_its_flush_and_names_wha
         ' and not flushed since the last SYNCHRONIZE CACHE or FUA write"' in line
     ), line
     host.close()
+
+
+def gateway_object(cluster: CephCluster, image: str, *args: str) -> str:
+    """``rados ARGS`` on the image's gateway object."""
+    info = json.loads(cluster.rbd("info", "--format", "json", f"{cluster.pool}/{image}"))
+    return cluster._run("rados", "-c", str(cluster.conf), "-p", cluster.pool, args[0],
+                        f"targetd.gateway.{info['id']}", *args[1:])  # fmt: skip
+
+
+def test_a_renewal_of_the_gateway_watch_writes_nothing(
+    doomed_cluster: CephCluster, pair: tuple[ConfigDaemon, ConfigDaemon], tmp_path: Path
+) -> None:
+    """A gateway whose watch of the gateway object was lost watches it again without
+    writing the object first (it rewrote it, empty, at every try: with the cluster out of
+    reach, each write waited out osd_op_timeout before the watch was even tried, and a stop
+    waited for that renewal). Bytes put in the object are still there after the renewals."""
+    a, b = pair
+    marker = tmp_path / "marker"
+    marker.write_bytes(b"still here")
+    gateway_object(doomed_cluster, "img", "append", str(marker))
+    # The OSD frozen past osd_client_watch_timeout (5 s here): it expires the watches as
+    # it wakes, and each gateway learns so at its next ping (unless the OSD handled the
+    # pings queued meanwhile first: then freeze it again).
+    osd = doomed_cluster.procs["osd.0"]
+    renewed = 'event="gateway watching again"'
+    for _ in range(4):
+        if all(renewed in gateway.stderr for gateway in (a, b)):
+            break
+        os.kill(osd.pid, signal.SIGSTOP)
+        try:
+            time.sleep(7)
+        finally:
+            os.kill(osd.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while not all(renewed in g.stderr for g in (a, b)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    for gateway in (a, b):
+        assert renewed in gateway.stderr, gateway.stderr
+        assert 'event="gateway watch lost"' in gateway.stderr
+    got = tmp_path / "got"
+    gateway_object(doomed_cluster, "img", "get", str(got))
+    assert got.read_bytes() == b"still here"
