@@ -309,12 +309,6 @@ def test_a_backup_cut_by_a_failover_reads_as_failed_through_the_other_gateway(
     assert copied == export_image(ceph_cluster, source, tmp_path / "source")[:reported]
 
 
-# DEAD_WATCH_STOP: in the two tests below A's dead watch of the image header outlives the
-# test (osd_client_watch_timeout 30 s), and B's stop would wait in rbd_close for it to ack
-# the lock's release (client_notify_timeout, 10 s) until the fixture's SIGKILL, 10 s later:
-# their B is killed at once instead; a clean stop is not what they test.
-
-
 def test_copy_results_after_a_takeover_wait_for_no_dead_gateways_watch(
     ceph_cluster: CephCluster, new_image: ImageFactory, gateway_pair: PairFactory
 ) -> None:
@@ -355,7 +349,6 @@ def test_copy_results_after_a_takeover_wait_for_no_dead_gateways_watch(
         # Before: 3 s (ASK_TIMEOUT), the dead watch living 30 s.
         assert took < 1.5, f"RECEIVE COPY RESULTS through B took {took:.1f}s"
         assert "its gateway does not answer" in pair.b.stderr
-        pair.kill(pair.b)  # see DEAD_WATCH_STOP
     finally:
         ceph_cluster.ceph("tell", "osd.*", "config", "set", "osd_client_watch_timeout", "5")
 
@@ -392,7 +385,6 @@ def test_a_takeover_fences_the_dead_gateways_watches_of_every_lu(
         assert took < 1.5, f"PROUT through B on LUN 1 took {took:.1f}s"
         pair.wait_log(pair.b, f"targetd.pr.{second}: the fenced gateway 1")
         pair.wait_log(pair.b, f"targetd.copies.{second}: the fenced gateway 1")
-        pair.kill(pair.b)  # see DEAD_WATCH_STOP
     finally:
         ceph_cluster.ceph("tell", "osd.*", "config", "set", "osd_client_watch_timeout", "5")
 
