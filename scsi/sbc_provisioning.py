@@ -60,9 +60,24 @@ async def unmap(lu: BlockDevice, cmd: ScsiCommand) -> ScsiResult:
     assert cmd.data_out is not None
     ranges = _unmap_ranges(lu, cmd.data_out[:length])
     size = lu.block_size
-    for lba, blocks in ranges:
+    for lba, blocks in merged_ranges(ranges):
         await lu.deallocate(lba * size, blocks * size, punch=True)
     return good(delivered, length)
+
+
+def merged_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``(lba, blocks)`` ranges sorted, with adjacent and overlapping ones joined: the same
+    blocks, deallocated in as few calls as they allow. A list of one-block descriptors
+    (libiscsi's Unmap.Simple sends up to 256) is one hole punched, or on an RBD LU one
+    discard sent to the cluster, not one per descriptor."""
+    out: list[tuple[int, int]] = []
+    for lba, blocks in sorted(ranges):
+        if out and lba <= out[-1][0] + out[-1][1]:
+            start, length = out[-1]
+            out[-1] = (start, max(length, lba + blocks - start))
+        else:
+            out.append((lba, blocks))
+    return out
 
 
 def _unmap_ranges(lu: BlockDevice, params: memoryview) -> list[tuple[int, int]]:
