@@ -50,6 +50,7 @@ STEPS = ("flush", "lock release", "close")
 AT_RISK = ("writes acknowledged from librbd's cache (cache {cache}) and not flushed since"
            " the last SYNCHRONIZE CACHE or FUA write")  # fmt: skip
 NOTHING_AT_RISK = "nothing (cache none: the cluster holds every acknowledged write)"
+FLUSHED = "nothing (its cache was flushed at the stop, after the last write)"
 
 T = TypeVar("T")
 
@@ -93,10 +94,12 @@ class Stopping:
         self.pending[name] = what
         risk = at_risk(lu)
         if risk is not None:
-            self.at_risk[name] = risk
+            self.at_risk.setdefault(name, risk)
         try:
             if cluster_cache(lu) != "none":  # a local LU, or acknowledged writes in a cache
                 await work
+                if what == "flush" and risk is not None:  # the drain ended every write
+                    self.at_risk[name] = FLUSHED
                 return True
             task = asyncio.ensure_future(work)
             done, _ = await asyncio.wait([task], timeout=CLUSTER_SECONDS)

@@ -101,3 +101,15 @@ def test_what_is_at_risk_follows_the_cache_mode() -> None:
     paired = SimpleNamespace(store=SimpleNamespace(base=SimpleNamespace(spec=SimpleNamespace(
         cache="writearound"))))  # fmt: skip
     assert at_risk(paired) is not None and "cache writearound" in at_risk(paired)  # type: ignore[operator]
+
+
+def test_a_write_back_lu_flushed_at_the_stop_has_nothing_at_risk_when_its_close_hangs() -> None:
+    async def run() -> tuple[bool, str]:
+        stopping = Stopping()
+        lu = rbd_lu("writeback")
+        await stopping.step("wb", lu, "flush", asyncio.sleep(0))
+        closing = asyncio.ensure_future(stopping.step("wb", lu, "close", asyncio.sleep(10)))
+        ended = await stopping.run(closing, 0.2)
+        return ended, stopping.at_risk["wb"]
+
+    assert asyncio.run(run()) == (False, stopping_module.FLUSHED)
