@@ -155,6 +155,18 @@ class SparseFile:
             raise
         self._read_mode = _NOWAIT
 
+    def grow(self, size: int) -> None:
+        """Make the file ``size`` bytes (larger than now): the new range is a hole, so
+        growing costs no space. A read-only file must already be that long (someone else
+        grew it); one longer than ``size`` is left as it is, as at start."""
+        if size <= self.size:
+            raise ValueError(f"{self.path}: {size} bytes is not larger than {self.size}")
+        if os.fstat(self._fd).st_size < size:
+            if self.read_only:
+                raise ValueError(f"{self.path} is read-only and shorter than {size} bytes")
+            os.ftruncate(self._fd, size)
+        self.size = size
+
     @property
     def fd(self) -> int:
         return self._fd

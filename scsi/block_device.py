@@ -27,6 +27,7 @@ from scsi.logical_unit import NO_SERVICES, Identity, LogicalUnit, Services
 from scsi.mode import ModePage
 from scsi.pair_commands import PairControl  # also registers PAIR IN/OUT in SBC_TABLE
 from scsi.sbc import SBC_TABLE
+from scsi.sense import Reason
 
 MiB = 1 << 20
 # Block Limits, in bytes so both block sizes get the same byte limits.
@@ -125,6 +126,29 @@ class BlockDevice(LogicalUnit):
         self._store_write_now = write_now_of(store)
         # The store's synchronous cached read, if it has one (None: await read_into).
         self.read_now = read_now_of(store)
+
+    def grow(self, size: int) -> None:
+        """Grow the LU to ``size`` bytes while hosts use it (a reload with a larger
+        ``size``). Commands already running checked their range against the old end and
+        stay inside it; later ones may reach the new end. Every nexus learns of it from
+        CAPACITY DATA HAS CHANGED (SPC-4 6.6: a change to READ CAPACITY's data). Only
+        growing: a LU that shrinks under a host loses what lay past its new end, so that is
+        refused (ValueError), as is a store that cannot grow."""
+        now = self.num_blocks * self.block_size
+        if size % self.block_size:
+            raise ValueError(f"{size} bytes is not a multiple of the block size")
+        if size < now:
+            raise ValueError(
+                f"it would shrink from {now} to {size} bytes, losing the data past the new end"
+            )
+        if size == now:
+            return
+        grow = getattr(self.store, "grow", None)
+        if grow is None:
+            raise ValueError("its store cannot grow")
+        grow(size)
+        self.num_blocks = size // self.block_size
+        self.raise_unit_attention(Reason.CAPACITY_DATA_CHANGED)
 
     @property
     def read_only(self) -> bool:

@@ -16,13 +16,14 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import Reason
 from targetd import logs, reload, reload_report, sdnotify, status
 from targetd.admin import SOCKET_NAME, Admin
-from targetd.config import Config, ConfigError
+from targetd.config import Config, ConfigError, LunConfig
 from targetd.luns import Builder, alua_groups, flush_targets, paired_volume
 from targetd.metrics import Family, Metrics, lun_families
 from targetd.reload import ReloadPlan
@@ -161,6 +162,7 @@ class Operations:
             log.error("reload failed", extra=logs.fields(error=str(err)))
             sdnotify.notify("READY=1")
             return {"applied": [], "refused": [f"cannot build new LUNs: {err}"]}
+        self._grow(result)
         previous = self.server.config
         self.server.config = result.config
         # The copy threads persist: each copy job from now on runs at the new priority.
@@ -218,6 +220,29 @@ class Operations:
             runtime.add_lun(lun.lun, lu)
             for other in runtime.scsi.luns.values():
                 other.raise_unit_attention(Reason.REPORTED_LUNS_DATA_CHANGED)
+
+    def _grow(self, plan: ReloadPlan) -> None:
+        """Grow the LUs whose ``size`` grew (each nexus is told: CAPACITY DATA HAS
+        CHANGED). One that cannot grow keeps its running size, in the configuration too,
+        so the next reload tries again."""
+        for name, lun in plan.grown:
+            runtime = self.server.targets.get(name)
+            lu = None if runtime is None else runtime.scsi.luns.get(lun.lun)
+            if lu is None:  # a worker that does not serve this target
+                continue
+            where = f"target {name}: lun {lun.lun}"
+            try:
+                lu.grow(lun.size)  # type: ignore[attr-defined]
+            except (OSError, ValueError) as err:
+                plan.applied = [a for a in plan.applied if not a.startswith(f"{where} grown ")]
+                plan.refused.append(f"{where}: not grown: {err}")
+                running = self.server.config.target(name)
+                old = None if running is None else next(
+                    (n for n in running.luns if n.lun == lun.lun), None
+                )  # fmt: skip
+                if old is not None:
+                    plan.config = _with_lun(plan.config, name, old)
+                    self.builder.config = plan.config
 
     def _apply_alua(self, config: Config) -> None:
         """New port group states: every nexus of every LU learns of the change (SPC-4
@@ -338,3 +363,13 @@ def _abort_copies(runtime: TargetRuntime, connection: IscsiConnection) -> None:
     if nexus is not None:
         for manager in _copy_managers(runtime.scsi.luns.values()):
             manager.abort_from(nexus.initiator_port)
+
+
+def _with_lun(config: Config, target: str, lun: LunConfig) -> Config:
+    """``config`` with ``target``'s LUN of that number replaced by ``lun``."""
+    targets = tuple(
+        t if t.name != target
+        else replace(t, luns=tuple(lun if n.lun == lun.lun else n for n in t.luns))
+        for t in config.targets
+    )  # fmt: skip
+    return replace(config, targets=targets)

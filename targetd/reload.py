@@ -5,10 +5,11 @@ are in a pair) it returns the configuration to run from now on, the targets and 
 build and to remove, the targets whose ACL changed, and what it applied and refused, in
 words for the log. Applied: ACLs, CHAP secrets, aliases, ALUA port group states, new
 targets and LUNs, and removed
-targets and LUNs (their sessions are asked to log out; docs/operations.md). A LUN in a
-pair is not removed, nor the target that holds it: the pair must be deleted first.
-Anything that would change storage or a portal under a live session (resizing, moving a
-LUN's file, portals, state_dir, limits) is refused and keeps its running value.
+targets and LUNs (their sessions are asked to log out; docs/operations.md), and a block
+LUN's larger ``size`` (it grows online). A LUN in a pair is not removed nor grown, nor the
+target that holds it removed: the pair must be deleted first. Anything else that would
+change storage or a portal under a live session (shrinking, moving a LUN's file, portals,
+state_dir, limits) is refused and keeps its running value.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class ReloadPlan:
     removed_targets: list[str] = field(default_factory=list)
     removed_luns: list[tuple[str, int]] = field(default_factory=list)
     acl_changed: list[str] = field(default_factory=list)  # targets whose ACL changed
+    grown: list[tuple[str, LunConfig]] = field(default_factory=list)  # a larger size
     applied: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
 
@@ -132,6 +134,44 @@ def _shown(value: object) -> str:
     return str(value)
 
 
+def _resized(
+    name: str, running: LunConfig, lun: LunConfig, result: ReloadPlan, paired: PairedLun
+) -> LunConfig:
+    """The LUN to run when its configuration changed: with a larger ``size`` and nothing
+    else changed, a block LUN grows online (the hosts are told, docs/operations.md); any
+    other change keeps the running LUN until a restart."""
+    where = f"target {name}: lun {lun.lun}"
+    if replace(running, size=lun.size) != lun:
+        result.refused.append(f"{where} changed: needs a restart")
+        return running
+    before, after = running.size, lun.size
+    if running.kind != "block":
+        why = {
+            "rbd": "an RBD LUN's size is its image's (grow the image with rbd resize and"
+            " restart; see docs/rbd.md)",
+            "tape": "a tape's capacity is the one its image was made with",
+        }.get(running.kind, "needs a restart")
+        result.refused.append(f"{where}: size changed: {why}; still {before} bytes")
+        return running
+    if after < before:
+        result.refused.append(
+            f"{where}: size {after} bytes is smaller than the running {before}: a LUN only"
+            f" grows (shrinking would lose the data past the new end under the hosts);"
+            f" still {before} bytes"
+        )
+        return running
+    pair = paired(name, lun.lun)
+    if pair is not None:
+        result.refused.append(
+            f"{where}: size changed: it is in pair {pair}, whose volumes keep equal sizes"
+            f" (delete the pair, grow both LUNs, create it again); still {before} bytes"
+        )
+        return running
+    result.grown.append((name, lun))
+    result.applied.append(f"{where} grown from {before} to {after} bytes")
+    return lun
+
+
 def _merge_target(
     old: TargetConfig, new: TargetConfig, result: ReloadPlan, paired: PairedLun
 ) -> TargetConfig:
@@ -153,8 +193,7 @@ def _merge_target(
             result.applied.append(f"target {name}: lun {number} added")
             luns.append(lun)
         elif running != lun:
-            result.refused.append(f"target {name}: lun {number} changed: needs a restart")
-            luns.append(running)
+            luns.append(_resized(name, running, lun, result, paired))
         else:
             luns.append(running)
     for number, lun in old_luns.items():

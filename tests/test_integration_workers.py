@@ -403,11 +403,11 @@ def test_a_restarted_worker_serves_the_loaded_configuration_not_an_unloaded_edit
     assert daemon.config is not None
     pid_a, _ = worker_port(daemon, A)
     pid_b, port_b = worker_port(daemon, B)
-    # The file is edited, not reloaded: CHAP on both targets, and B's LUN grown (which a
-    # reload refuses: a resize needs a restart).
+    # The file is edited, not reloaded: CHAP on both targets, and B's LUN shrunk (which a
+    # reload refuses: it would lose data under the hosts).
     secret = 'chap = { user = "alice", secret = "a-secret-of-12+" }\n'
     edit = "".join(t.replace("[[target.lun]]", secret + "[[target.lun]]", 1)
-                   for t in (target(A), target(B).replace("64MiB", "128MiB")))  # fmt: skip
+                   for t in (target(A), target(B).replace("64MiB", "32MiB")))  # fmt: skip
     daemon.config.write_text("[server]\nworkers = 2\n" + edit)
     port_a = restarted(daemon, A, pid_a)
     # A's new worker serves what the portal loaded (no CHAP), as B's worker does and as
@@ -416,7 +416,11 @@ def test_a_restarted_worker_serves_the_loaded_configuration_not_an_unloaded_edit
     assert login_status(port_b, B) == 0
     # The reload puts the edit in force everywhere, and a worker started after it keeps it.
     refused = daemon.targetctl_json("reload")["refused"]
-    assert refused == [f"target {B}: lun 0 changed: needs a restart"]
+    assert refused == [
+        f"target {B}: lun 0: size 33554432 bytes is smaller than the running 67108864: a LUN"
+        " only grows (shrinking would lose the data past the new end under the hosts);"
+        " still 67108864 bytes"
+    ]
     assert login_status(port_a, A) == 0x0201
     assert login_status(port_b, B) == 0x0201
     # A worker started after the reload takes what it applied, CHAP, and keeps what it

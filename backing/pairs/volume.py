@@ -197,6 +197,19 @@ class PairVolume:
     def extents(self, offset: int, length: int) -> list[Extent]:
         return self.base.extents(offset, length)
 
+    def grow(self, size: int) -> None:
+        """Grow the base to ``size`` bytes. Refused while the volume is in a pair: a pair's
+        volumes keep the size recorded at its creation (its bitmap covers that many chunks,
+        and a resync copies that many bytes), so one grown alone would break the pair."""
+        if self.pairs:
+            names = ", ".join(p.name for p in self.pairs)
+            raise ValueError(f"it is in pair {names}: the volumes of a pair keep equal sizes")
+        grow = getattr(self.base, "grow", None)
+        if grow is None:
+            raise ValueError("its store cannot grow")
+        grow(size)
+        self.size = self.base.size
+
     def close(self) -> None:
         close = getattr(self.base, "close", None)
         if close is not None:

@@ -50,7 +50,7 @@ def test_acl_chap_and_additions_apply() -> None:
 
 def test_unsafe_changes_keep_running_values() -> None:
     old = config(target(A, 0, 1), target(B, 0))
-    resized = replace(old.targets[0].luns[0], size=2 << 30)
+    resized = replace(old.targets[0].luns[0], path=Path("/s/moved"))
     new = config(
         replace(old.targets[0], luns=(resized,)),
         portals=(Portal("127.0.0.1", 3261),),
@@ -72,6 +72,42 @@ def test_unsafe_changes_keep_running_values() -> None:
     assert result.config.portals == old.portals
     assert result.config.max_sessions == old.max_sessions
     assert result.config.targets == (replace(old.targets[0], luns=old.targets[0].luns[:1]),)
+
+
+def test_a_larger_size_grows_a_block_lun_and_nothing_else_does() -> None:
+    old = config(target(A, 0, 1, 2, 3), target(B, 0, 1))
+    luns = old.targets[0].luns
+    tape = LunConfig(4, kind="tape", path=Path("/s/4"), size=8 << 30)
+    old = config(replace(old.targets[0], luns=(*luns, tape)), old.targets[1])
+    grown = replace(luns[0], size=2 << 30)
+    shrunk = replace(luns[1], size=512 << 20)
+    grown_and_moved = replace(luns[2], size=2 << 30, path=Path("/s/moved"))
+    paired = replace(luns[3], size=2 << 30)
+    new = config(
+        replace(
+            old.targets[0],
+            luns=(grown, shrunk, grown_and_moved, paired, replace(tape, size=16 << 30)),
+        ),
+        replace(old.targets[1], luns=(replace(old.targets[1].luns[0], size=3 << 30),)),
+    )
+    result = plan(old, new, lambda t, lun: "db" if (t, lun) == (A, 3) else None)
+    assert result.applied == [
+        f"target {A}: lun 0 grown from 1073741824 to 2147483648 bytes",
+        f"target {B}: lun 0 grown from 1073741824 to 3221225472 bytes",
+        f"target {B}: lun 1 removed: its sessions are asked to log out",
+    ]
+    assert result.refused == [
+        f"target {A}: lun 1: size 536870912 bytes is smaller than the running 1073741824: a"
+        " LUN only grows (shrinking would lose the data past the new end under the hosts);"
+        " still 1073741824 bytes",
+        f"target {A}: lun 2 changed: needs a restart",
+        f"target {A}: lun 3: size changed: it is in pair db, whose volumes keep equal sizes"
+        " (delete the pair, grow both LUNs, create it again); still 1073741824 bytes",
+        f"target {A}: lun 4: size changed: a tape's capacity is the one its image was made"
+        " with; still 8589934592 bytes",
+    ]
+    assert result.grown == [(A, grown), (B, new.targets[1].luns[0])]
+    assert result.config.targets[0].luns == (grown, luns[1], luns[2], luns[3], tape)
 
 
 def test_a_paired_lun_and_its_target_stay() -> None:
