@@ -202,6 +202,10 @@ class Allocation:
     def __len__(self) -> int:
         return len(self._map)
 
+    def grow(self, size: int) -> None:
+        """The image grew to ``size`` bytes: the new range holds no data yet."""
+        self.size = self._map.size = size
+
     def intervals(self) -> list[tuple[int, int]]:
         return self._map.intervals()
 

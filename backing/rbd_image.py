@@ -265,6 +265,26 @@ class RbdImage(ImageRequests):
             "diff_iterate",
         )
 
+    async def read_size(self) -> int:
+        """The image's size as the cluster has it now: another client (``rbd resize``) may
+        have changed it since the open (librbd refreshes the header when told it changed)."""
+        image = self._image
+
+        def get() -> int:
+            size = c_uint64()
+            check(lib().rbd_get_size(image, byref(size)), "rbd_get_size")
+            return size.value
+
+        return await self._call(get, what="rbd_get_size")
+
+    def grow(self, size: int) -> None:
+        """Serve ``size`` bytes: the image has grown to at least that (:meth:`read_size`).
+        The daemon never resizes an image itself (docs/rbd.md, "Creating images")."""
+        if size <= self.size:
+            raise ValueError(f"{self.path}: {size} bytes is not larger than {self.size}")
+        self.size = size
+        self.allocation.grow(size)
+
     async def reload_allocation(self) -> None:
         """Read the allocation from the cluster again (after another client wrote)."""
         fresh = Allocation(self.size)

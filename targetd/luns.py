@@ -31,6 +31,7 @@ from xcopy.shared import SharedCopies
 
 if TYPE_CHECKING:
     from backing.rados_object import RadosObject
+    from backing.rbd_image import RbdImage
     from backing.tape_library import TapeDirectory
     from backing.tape_s3 import S3Tape
     from scsi.changer_device import TapeLibrary
@@ -524,6 +525,16 @@ def _block_store(
             f"target {target.name} lun {lun.lun}", f"rbd image {spec.name} is smaller than a block"
         )
     return image
+
+
+def rbd_image_of(lu: LogicalUnit) -> RbdImage | None:
+    """The RBD image a LU serves (through its pair volume or not), if any."""
+    rbd = sys.modules.get("backing.rbd_image")  # not loaded: no LUN is on Ceph
+    if rbd is None:
+        return None
+    store = getattr(lu, "store", None)
+    image = getattr(store, "base", store)
+    return image if isinstance(image, rbd.RbdImage) else None
 
 
 def paired_volume(lu: LogicalUnit) -> str | None:

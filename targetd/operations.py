@@ -17,14 +17,15 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from scsi.block_device import BlockDevice
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import Reason
 from targetd import logs, reload, reload_report, sdnotify, status
 from targetd.admin import SOCKET_NAME, Admin
 from targetd.config import Config, ConfigError, LunConfig
-from targetd.luns import Builder, alua_groups, flush_targets, paired_volume
+from targetd.luns import Builder, alua_groups, flush_targets, paired_volume, rbd_image_of
 from targetd.metrics import Family, Metrics, lun_families
 from targetd.reload import ReloadPlan
 from targetd.reload_report import LastReload
@@ -32,6 +33,9 @@ from targetd.server import IscsiConnection, TargetRuntime, TargetServer
 from targetd.stopping import Stopping
 from xcopy import pacing
 from xcopy.manager import CopyManager
+
+if TYPE_CHECKING:
+    from backing.rbd_image import RbdImage
 
 log = logging.getLogger("targetd")
 ShutdownHook = Callable[[], Any | Awaitable[Any]]
@@ -173,6 +177,17 @@ class Operations:
             self._after_reload.add(task)
             self._last_reload.append(task)
             task.add_done_callback(self._after_reload.discard)
+        images = [
+            (f"target {name}: lun {number}", lu, image)
+            for name, runtime in self.server.targets.items()
+            for number, lu in runtime.scsi.luns.items()
+            if isinstance(lu, BlockDevice) and (image := rbd_image_of(lu)) is not None
+        ]
+        if images:
+            follow = asyncio.ensure_future(self._follow_images(images))
+            self._after_reload.add(follow)
+            self._last_reload.append(follow)
+            follow.add_done_callback(self._after_reload.discard)
         self._apply_alua(result.config)
         self._remove(result)
         self._enforce_acls(result)
@@ -243,6 +258,41 @@ class Operations:
                 if old is not None:
                     plan.config = _with_lun(plan.config, name, old)
                     self.builder.config = plan.config
+
+    async def _follow_images(
+        self, images: list[tuple[str, BlockDevice, RbdImage]]
+    ) -> dict[str, list[str]]:
+        """RBD LUNs whose image grew since it was opened (``rbd resize``): each grows to the
+        image's size, its nexuses told as for a file LUN (docs/rbd.md, "Growing an RBD
+        LUN"). The daemon never resizes an image itself."""
+        applied: list[str] = []
+        refused: list[str] = []
+        for where, lu, image in images:
+            try:
+                size = await image.read_size()
+            except OSError as err:
+                refused.append(f"{where}: the size of its image not read: {err}")
+                continue
+            size -= size % lu.block_size
+            before = lu.num_blocks * lu.block_size
+            if size < before:
+                refused.append(
+                    f"{where}: its image shrank to {size} bytes: still {before} bytes"
+                    " (the hosts' data past the image's end is gone)"
+                )
+            elif size > before:
+                try:
+                    lu.grow(size)
+                except ValueError as err:
+                    refused.append(f"{where}: its image grew to {size} bytes: not grown: {err};"
+                                   f" still {before} bytes")  # fmt: skip
+                else:
+                    applied.append(f"{where} grown from {before} to {size} bytes (its image grew)")
+        for change in applied:
+            log.info("reload applied", extra=logs.fields(change=change))
+        for change in refused:
+            log.warning("reload not applied", extra=logs.fields(change=change))
+        return {"applied": applied, "refused": refused}
 
     def _apply_alua(self, config: Config) -> None:
         """New port group states: every nexus of every LU learns of the change (SPC-4

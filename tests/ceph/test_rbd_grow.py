@@ -1,0 +1,89 @@
+"""Growing an RBD LUN online (docs/rbd.md, "Growing an RBD LUN"): the image is grown with
+Ceph's own ``rbd resize``, and a reload of each gateway that serves it grows the LUN to the
+image's size and tells that gateway's hosts (CAPACITY DATA HAS CHANGED), on a real
+one-OSD cluster. A shrunk image is reported, not followed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ceph_fixtures import ImageFactory, export_image, rbd_lun_toml, target_toml
+from cluster import CephCluster
+from conftest import DaemonFactory
+from gateways import IQN as GATEWAY_IQN
+from gateways import PairFactory, gateway_pair
+from pair_scsi import BlockClient, read16, write16
+
+IQN = "iqn.2026-11.org.targetd:rbd"
+MiB = 1 << 20
+TUR = bytes(6)
+READ_CAPACITY_16 = bytes([0x9E, 0x10]) + bytes(8) + (32).to_bytes(4, "big") + bytes(2)
+CAPACITY_DATA_HAS_CHANGED = (0x6, 0x2A, 0x09)
+LBA_OUT_OF_RANGE = (0x5, 0x21, 0x00)
+
+
+def last_lba(client: BlockClient) -> int:
+    return int.from_bytes(client.ok(READ_CAPACITY_16, read=32)[:8], "big")
+
+
+def test_an_image_grown_by_rbd_resize_grows_the_lun_at_the_reload(
+    ceph_cluster: CephCluster,
+    new_image: ImageFactory,
+    targetd_factory: DaemonFactory,
+    tmp_path: Path,
+) -> None:
+    image = new_image("16M")
+    daemon = targetd_factory(target_toml(rbd_lun_toml(ceph_cluster, image)))
+    client = BlockClient(daemon.port, IQN, luns=(0,))
+    old_end = 16 * MiB // 512
+    data = bytes(range(256)) * 16  # 8 blocks
+    status, _, sense = client.run(write16(old_end, 8), data=data)
+    assert (status, sense) == (2, LBA_OUT_OF_RANGE)
+
+    ceph_cluster.rbd("resize", "--size", "48M", f"{ceph_cluster.pool}/{image}")
+    # Until the reload the LUN keeps the size it opened the image with.
+    assert last_lba(client) == old_end - 1
+    outcome = daemon.targetctl_json("reload")
+    assert outcome == {
+        "applied": [f"target {IQN}: lun 0 grown from 16777216 to 50331648 bytes (its image grew)"],
+        "refused": [],
+    }
+    status, _, sense = client.run(TUR)
+    assert (status, sense) == (2, CAPACITY_DATA_HAS_CHANGED)
+    assert client.run(TUR)[0] == 0  # once
+    assert last_lba(client) == 48 * MiB // 512 - 1
+    client.ok(write16(old_end, 8), data=data)
+    assert client.ok(read16(old_end, 8), read=len(data)) == data
+    client.close()
+    exported = export_image(ceph_cluster, image, tmp_path / "image.raw")
+    assert exported[old_end * 512 : old_end * 512 + len(data)] == data
+    # A reload with nothing grown since says nothing of it.
+    assert daemon.targetctl_json("reload") == {"applied": [], "refused": []}
+
+    # Shrunk behind the daemon's back: reported, not followed (the hosts would lose data).
+    ceph_cluster.rbd("resize", "--allow-shrink", "--size", "32M", f"{ceph_cluster.pool}/{image}")
+    assert daemon.targetctl_json("reload")["refused"] == [
+        f"target {IQN}: lun 0: its image shrank to 33554432 bytes: still 50331648 bytes"
+        " (the hosts' data past the image's end is gone)"
+    ]
+
+
+def test_each_gateway_grows_the_lun_at_its_own_reload(
+    new_image: ImageFactory, gateway_pair: PairFactory
+) -> None:
+    image = new_image("16M")
+    pair = gateway_pair(image)
+    clients = [BlockClient(g.port, GATEWAY_IQN, luns=(0,)) for g in pair.gateways]
+    pair.cluster.rbd("resize", "--size", "32M", f"{pair.cluster.pool}/{image}")
+    grown = f"target {GATEWAY_IQN}: lun 0 grown from 16777216 to 33554432 bytes (its image grew)"
+    assert pair.a.targetctl_json("reload")["applied"] == [grown]
+    assert clients[0].run(TUR)[2] == CAPACITY_DATA_HAS_CHANGED
+    assert last_lba(clients[0]) == 32 * MiB // 512 - 1
+    # Gateway B has not reloaded: it still serves the size it opened the image with.
+    assert clients[1].run(TUR)[0] == 0
+    assert last_lba(clients[1]) == 16 * MiB // 512 - 1
+    assert pair.b.targetctl_json("reload")["applied"] == [grown]
+    assert clients[1].run(TUR)[2] == CAPACITY_DATA_HAS_CHANGED
+    assert last_lba(clients[1]) == 32 * MiB // 512 - 1
+    for client in clients:
+        client.close()
