@@ -25,7 +25,7 @@ from scsi.target import ScsiTarget
 from targetd import logs
 from targetd.config import Config, ConfigError, LunConfig, TapeStoreConfig, TargetConfig
 from targetd.pairs import TargetPairs, volume_id
-from targetd.stopping import Stopping, at_risk
+from targetd.stopping import NOTHING_AT_RISK, Stopping, at_risk
 from xcopy import Policy, PolicyLookup
 from xcopy.shared import SharedCopies
 
@@ -620,7 +620,8 @@ def close_targets(targets: dict[str, ScsiTarget]) -> None:
 async def flush_targets(targets: dict[str, ScsiTarget], stopping: Stopping | None = None) -> int:
     """fdatasync every LUN's backing store (SIGTERM, before the state is persisted), side
     by side (an RBD LUN's flush may wait for an unreachable cluster). A LUN whose flush
-    fails is logged and the others are still flushed; returns how many failed. ``stopping``
+    fails is logged and the others are still flushed; returns how many failed (an RBD LUN
+    with cache none does not count: nothing acknowledged depended on it). ``stopping``
     names the LUNs still flushing and bounds the wait for those with nothing acknowledged
     depending on it (targetd/stopping.py)."""
     stopping = Stopping() if stopping is None else stopping
@@ -636,7 +637,9 @@ async def flush_targets(targets: dict[str, ScsiTarget], stopping: Stopping | Non
             log.error("flush failed at shutdown", extra=logs.fields(
                 lu=lu.identity.device_id, error=str(err),
                 **({} if risk is None else {"at_risk": risk})))  # fmt: skip
-            return 1
+            # With cache none (a fenced gateway's ESHUTDOWN, say) nothing acknowledged
+            # depended on it: not a failure of the stop.
+            return 0 if risk == NOTHING_AT_RISK else 1
         return 0
 
     failed = await asyncio.gather(*(one(f"{t}/lun{n}", lu) for t, target in targets.items()

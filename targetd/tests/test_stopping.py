@@ -10,6 +10,7 @@ import pytest
 
 from targetd import logs
 from targetd import stopping as stopping_module
+from targetd.luns import flush_targets
 from targetd.stopping import Stopping, at_risk
 
 
@@ -113,3 +114,22 @@ def test_a_write_back_lu_flushed_at_the_stop_has_nothing_at_risk_when_its_close_
         return ended, stopping.at_risk["wb"]
 
     assert asyncio.run(run()) == (False, stopping_module.FLUSHED)
+
+
+def test_a_failed_flush_fails_the_stop_only_where_acknowledged_writes_depended_on_it() -> None:
+    async def refused() -> None:
+        raise OSError(108, "flush of rbd:rbd/img failed: ESHUTDOWN")
+
+    def lu(cache: str | None) -> SimpleNamespace:
+        store = SimpleNamespace(spec=SimpleNamespace(cache=cache)) if cache else object()
+        return SimpleNamespace(store=store, flush=refused,
+                               identity=SimpleNamespace(device_id=f"iqn.x:t/{cache}"))  # fmt: skip
+
+    def failures(*caches: str | None) -> int:
+        target = SimpleNamespace(luns={n: lu(c) for n, c in enumerate(caches)})
+        return asyncio.run(flush_targets({"iqn.x:t": target}))  # type: ignore[dict-item]
+
+    assert failures("none") == 0
+    assert failures("writeback") == 1
+    assert failures(None) == 1  # a file LUN
+    assert failures("none", "writearound", None) == 2
