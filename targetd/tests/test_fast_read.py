@@ -237,7 +237,9 @@ class Pair:
             count = COMMANDS.started
             await side.feed(raw)
             started.append(COMMANDS.started - count)
-        for _ in range(200):  # a read sent to a worker thread answers later
+        # A read sent to a worker thread answers later: up to 10 s, for a host so busy
+        # that the thread waits for a core (the loop ends as soon as both have answered).
+        for _ in range(2000):
             sides = (self.full, self.fast)
             if all(s.transport.out and not s.shell._running for s in sides):
                 break
