@@ -78,7 +78,7 @@ def start_for_guest(factory: Callable[..., Daemon], targets_toml: str = DEFAULT_
 def guest_image() -> tuple[Path, Path]:
     """(kernel, initramfs), built once per test run; build-image.sh keeps its own cache
     across runs. Asked once per run, not per boot: even a cache hit costs build-image.sh
-    2-6 s (apt-cache and dpkg-query for its stamp), and a run boots the guest 17 times."""
+    2-6 s (apt-cache and dpkg-query for its stamp), and a run boots the guest 16-17 times."""
     if shutil.which("qemu-system-x86_64") is None:
         pytest.fail("qemu-system-x86_64 is missing: run scripts/install-test-deps.sh")
     started = time.monotonic()
