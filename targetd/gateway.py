@@ -33,6 +33,7 @@ import contextlib
 import errno
 import json
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from scsi.command import Nexus
 from scsi.logical_unit import LogicalUnit
 from scsi.sense import CheckCondition, Reason
 from scsi.watch_fence import fence_watch
-from targetd import logs
+from targetd import logs, stack_dump
 from targetd.config import Config
 from targetd.metrics import Family
 
@@ -203,6 +204,9 @@ class LockGate:
         self._drained.set()
         self._yielded = float("-inf")  # when this gateway last gave the lock up on request
         self.acquisitions = 0  # lock moves to this gateway (metrics, tests)
+        # Commands that needed the lock admitted since this gateway last took it (logs: a
+        # lock given up with none admitted moved for nothing).
+        self.admitted_holding = 0
         self.breaks = 0  # takeovers from a silent holder
         self._transition: asyncio.Task[None] | None = None
         self._transition_what = ""  # "acquire" or "release" (logs)
@@ -294,6 +298,7 @@ class LockGate:
         except NotAvailable as exc:
             raise CheckCondition(Reason.LU_NOT_ACCESSIBLE_TRANSITIONING) from exc
         self._admit()
+        self.admitted_holding += 1
         self.last_io = self.clock()
         return True
 
@@ -424,6 +429,9 @@ class LockGate:
                     ),
                 ),
             )
+            # Which call hangs: a worker thread's stack names the librbd or RADOS call, the
+            # tasks where each command or transition waits.
+            stack_dump.dump(sys.stderr)
 
     def _transition_done(self, task: asyncio.Task[None]) -> None:
         what = ""
@@ -594,6 +602,7 @@ class LockGate:
         self.peer_holds = False
         self.last_io = self.clock()
         self.acquisitions += 1
+        self.admitted_holding = 0
         log.info("lock taken", extra=logs.fields(lu=self.name, moves=self.acquisitions))
         self._update()
         self._spawn(self._broadcast({"op": "acquired"}))
@@ -623,7 +632,7 @@ class LockGate:
                 "lock request received",
                 extra=logs.fields(lu=self.name, holding=self.holding, transition=(
                     self._transition_what if self._transition is not None else ""),
-                    in_flight=self.in_flight),
+                    in_flight=self.in_flight, admitted=self.admitted_holding),
             )  # fmt: skip
             if not self.holding or self._transition is not None or self.is_fenced:
                 reply({"addr": me, "answer": "busy", "wait": MIN_WAIT})
@@ -668,7 +677,7 @@ class LockGate:
         self.holding = False
         self.peer_holds = True
         self._yielded = self.clock()
-        log.info("lock given up", extra=logs.fields(lu=self.name))
+        log.info("lock given up", extra=logs.fields(lu=self.name, admitted=self.admitted_holding))
         self._update()
 
     # -- fencing -----------------------------------------------------------------------

@@ -32,6 +32,13 @@ def install(stream: TextIO, loop: asyncio.AbstractEventLoop) -> None:
     loop.add_signal_handler(TASKS, log_tasks)
 
 
+def dump(stream: TextIO) -> None:
+    """Both, now: what a daemon that finds itself stalled writes (targetd/gateway.py)."""
+    stream.flush()
+    faulthandler.dump_traceback(file=stream, all_threads=True)
+    log_tasks()
+
+
 def log_tasks() -> None:
     """One line per distinct stack, with how many tasks wait there (a thousand commands
     queued behind one lock are one line) and the name of one of them."""

@@ -123,10 +123,13 @@ def test_take_gives_up_on_a_release_that_hangs(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_a_command_that_never_ends_is_named_in_the_log(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     """A write admitted with the lock held whose librbd call never completes: the gateway
-    says so after takeover_ms + 1 s, once, rather than leaving only an initiator's timeout."""
+    says so after takeover_ms + 1 s, once, rather than leaving only an initiator's timeout,
+    with every thread's stack and its tasks (where the hung call is)."""
 
     async def run() -> None:
         gate = await holding_gate(monkeypatch, takeover_ms=100)
@@ -140,11 +143,13 @@ def test_a_command_that_never_ends_is_named_in_the_log(
         assert len(stalls) == 1
         assert stalls[0].__dict__[logs.FIELDS]["in_flight"] == 1
         assert stalls[0].__dict__[logs.FIELDS]["transition"] == ""
+        assert len([r for r in caplog.records if r.getMessage() == "asyncio tasks"]) == 1
+        assert "_watch_stalls" in capfd.readouterr().err  # the thread dump: this one's stack
         gate.leave(True)
         gate.image.stuck = False  # type: ignore[attr-defined]
         await gate.stop()
 
-    with caplog.at_level("WARNING", logger="targetd.gateway"):
+    with caplog.at_level("WARNING"):
         asyncio.run(run())
 
 
