@@ -211,9 +211,10 @@ class LockGate:
         self._transition: asyncio.Task[None] | None = None
         self._transition_what = ""  # "acquire" or "release" (logs)
         self._transition_since = 0.0
-        # The latest bound of the commands waiting for the running try to take the lock: a
-        # command that comes later while it runs lengthens it to its own.
-        self._transition_deadline = float("inf")
+        # The latest bound of the commands that wait for the lock: a try to take it runs
+        # until then at most. Each command lengthens it to its own as it starts waiting,
+        # so that a try, whoever started it, is never given up before a waiter's bound.
+        self._waiting_until = float("-inf")
         self._retry_at = float("-inf")  # no try to take the lock before (after a failure)
         self._retry_pause = 0.0
         self._last_end = self.clock()  # when a command last left (stall warnings)
@@ -339,14 +340,13 @@ class LockGate:
         try to take the lock at a time, which runs until the latest of their deadlines; one
         that ends without the lock before this waiter's deadline (an error, a holder keeping
         it for its pair) is followed by another, after a pause (:meth:`_acquire`)."""
+        self._waiting_until = max(self._waiting_until, deadline)
         while not (self.holding and self._transition is None):
             if self.is_fenced or self.clock() >= deadline:
                 raise NotAvailable
             transition = self._transition
             if transition is None:
-                transition = self._start(self._acquire(why), "acquire", deadline)
-            elif self._transition_what == "acquire":
-                self._transition_deadline = max(self._transition_deadline, deadline)
+                transition = self._start(self._acquire(why), "acquire")
             try:
                 await self._await_transition(transition, deadline)
             except asyncio.CancelledError:
@@ -385,17 +385,13 @@ class LockGate:
             )
             raise NotAvailable from None
 
-    def _start(
-        self, coro: Awaitable[None], what: str, deadline: float = float("inf")
-    ) -> asyncio.Task[None]:
-        """Make ``coro`` the LU's one transition (``what``: "acquire", until ``deadline``
-        at most, or "release")."""
+    def _start(self, coro: Awaitable[None], what: str) -> asyncio.Task[None]:
+        """Make ``coro`` the LU's one transition (``what``: "acquire" or "release")."""
         task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
         task.add_done_callback(self._transition_done)
         self._transition = task
         self._transition_what = what
         self._transition_since = self.clock()
-        self._transition_deadline = deadline
         return task
 
     async def _watch_stalls(self) -> None:
@@ -574,7 +570,7 @@ class LockGate:
         raise OSError(errno.EAGAIN, "the image's lock kept moving while fencing its holder")
 
     async def _wait(self, seconds: float) -> None:
-        if self.clock() + seconds > self._transition_deadline:
+        if self.clock() + seconds > self._waiting_until:
             # Once per transition, not per command: the commands waiting for it all end.
             log.info(
                 "lock not had in time: the commands waiting for it answered transitioning",

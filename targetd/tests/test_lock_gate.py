@@ -156,7 +156,7 @@ def test_a_command_that_never_ends_is_named_in_the_log(
 class PeerHolds:
     """The other gateway holds the lock and answers "busy, ask again in 50 ms" until
     ``free`` (then it lets go); ``acquire_lock`` fails with ``error`` when one is set.
-    Counts the tries to take the lock and the most of them ever running at once."""
+    Notes when each try to take the lock began and the most of them ever running at once."""
 
     def __init__(self, error: OSError | None = None) -> None:
         self.address = ME
@@ -164,7 +164,7 @@ class PeerHolds:
         self.owners = [PEER]
         self.free = False
         self.error = error
-        self.tries = 0
+        self.tries: list[float] = []
         self.running = 0
         self.most_running = 0
 
@@ -174,7 +174,7 @@ class PeerHolds:
         return list(self.owners)
 
     async def acquire_lock(self) -> None:
-        self.tries += 1
+        self.tries.append(time.monotonic())
         self.running += 1
         self.most_running = max(self.most_running, self.running)
         try:
@@ -201,6 +201,11 @@ class BusyPeer(FakeChannel):
         return NotifyResult(replies=[{"addr": PEER, "answer": "busy", "wait": 0.05}])
 
 
+# A waiting command's bound: takeover_ms + 1 s.
+TAKEOVER_MS = 500
+BOUND = TAKEOVER_MS / 1000 + 1.0
+
+
 async def waiting_gate(monkeypatch: pytest.MonkeyPatch, image: PeerHolds) -> LockGate:
     monkeypatch.setattr(gateway, "GatewayChannel", BusyPeer)
     gate = LockGate(
@@ -208,7 +213,7 @@ async def waiting_gate(monkeypatch: pytest.MonkeyPatch, image: PeerHolds) -> Loc
         image,  # type: ignore[arg-type]
         Layout(own_group=1, own_ports=(1,), peer_group=2, peer_ports=(2,)),
         hold_ms=0,
-        takeover_ms=200,
+        takeover_ms=TAKEOVER_MS,
         name="lu0",
     )
     await asyncio.sleep(0.01)  # it learns that the other gateway holds the lock
@@ -227,9 +232,9 @@ async def timed_enter(gate: LockGate, started: float) -> tuple[object, float]:
 
 def test_a_later_write_waits_its_own_time_for_the_lock(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two writes wait for the lock the other gateway holds, the second arriving 0.6 s
-    after the first: the first is answered transitioning at takeover_ms + 1 s (1.2 s); the
-    second waits on (its own bound is 1.8 s) and is admitted when the lock comes at 1.4 s.
-    One try at a time asks the holder, never one per waiting command."""
+    after the first: the first is answered transitioning at its bound (1.5 s); the second
+    waits on (its own bound is 2.1 s) and is admitted when the lock comes, at 1.8 s. One
+    try at a time asks the holder, never one per waiting command."""
 
     async def run() -> None:
         image = PeerHolds()
@@ -238,14 +243,15 @@ def test_a_later_write_waits_its_own_time_for_the_lock(monkeypatch: pytest.Monke
         first = asyncio.create_task(timed_enter(gate, started))
         await asyncio.sleep(0.6)
         second = asyncio.create_task(timed_enter(gate, started))
-        await asyncio.sleep(0.8)
-        image.free = True  # at 1.4 s
+        await asyncio.sleep(1.2)
+        image.free = True
+        freed_at = time.monotonic() - started
         (reason, first_at), (admitted, second_at) = await first, await second
         assert reason is Reason.LU_NOT_ACCESSIBLE_TRANSITIONING
-        assert 1.15 <= first_at < 1.4
+        assert BOUND - 0.05 <= first_at < freed_at
         assert admitted is True
-        assert 1.4 <= second_at < 1.75
-        assert gate.holding and image.tries == 1 and image.most_running == 1
+        assert freed_at <= second_at < 0.6 + BOUND
+        assert gate.holding and len(image.tries) == 1 and image.most_running == 1
         gate.leave(True)
         await gate.stop()
 
@@ -255,9 +261,10 @@ def test_a_later_write_waits_its_own_time_for_the_lock(monkeypatch: pytest.Monke
 def test_failed_tries_to_take_the_lock_are_paced_not_spun(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Taking a free lock fails at once (EIO) for as long as two writes wait: each is
-    answered transitioning at its own bound, not at the first failure, and the tries in
-    between pause, one at a time (a few over 1.8 s, not thousands)."""
+    """Taking a free lock fails at once (EIO) for as long as two writes wait, the second
+    arriving 0.6 s after the first: each is answered transitioning by its own bound, not at
+    the first failure, tries go on for the second past the first's bound, and the tries
+    pause between them, one at a time (50 ms doubling to 0.5 s: a handful, not thousands)."""
 
     async def run() -> None:
         image = PeerHolds(OSError(errno.EIO, "Input/output error"))
@@ -269,9 +276,12 @@ def test_failed_tries_to_take_the_lock_are_paced_not_spun(
         second = asyncio.create_task(timed_enter(gate, started))
         (reason1, first_at), (reason2, second_at) = await first, await second
         assert reason1 is reason2 is Reason.LU_NOT_ACCESSIBLE_TRANSITIONING
-        assert 1.15 <= first_at < 1.5
-        assert 1.75 <= second_at < 2.1
-        assert 3 <= image.tries <= 12
+        tries = [t - started for t in image.tries]
+        assert BOUND - 0.05 <= first_at <= BOUND + 0.1
+        assert [t for t in tries if t > first_at]  # the second's tries went on
+        # (answered once the pause before the next try would outlast its bound)
+        assert max(tries) <= second_at <= 0.6 + BOUND + 0.1
+        assert 4 <= len(tries) <= 12
         assert image.most_running == 1
         assert gate.in_flight == 0 and not gate.holding
         await gate.stop()
