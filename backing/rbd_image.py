@@ -16,6 +16,7 @@ write, and SYNCHRONIZE CACHE flushes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import logging
@@ -35,6 +36,7 @@ from backing.rbd_lib import (
     EVENT_TYPE_EVENTFD,
     RBD_FEATURE_FAST_DIFF,
     RBD_LOCK_MODE_EXCLUSIVE,
+    UPDATE_CALLBACK,
     SnapInfo,
     check,
     lib,
@@ -110,6 +112,16 @@ class RbdImage(ImageRequests):
         self._closing = False  # closed or closing: no new call
         self.close_wait = CLOSE_WAIT
         self.reopen_wait = REOPEN_WAIT
+        # librbd calls this on its own thread when the image's header changed (another
+        # client resized it...): with a loop and a handler (``follow_size``), the size is
+        # read again there, and a larger one handed to the handler.
+        self._header_watch = c_uint64()
+        self._watching = False
+        self._on_update = UPDATE_CALLBACK(self._header_updated)  # kept alive with the image
+        self._size_loop: asyncio.AbstractEventLoop | None = None
+        self._on_grown: Callable[[int], None] | None = None
+        self._size_check: asyncio.Future[None] | None = None
+        self._check_again = False
         self._open()
         super().__init__()
 
@@ -140,6 +152,12 @@ class RbdImage(ImageRequests):
             )
             self.allocation = Allocation(self.size)
             self._read_allocation(self._image, self.allocation)
+            ret = lib().rbd_update_watch(
+                self._image, byref(self._header_watch), self._on_update, None
+            )
+            self._watching = ret == 0
+            if ret < 0:  # the LUN still serves; only a reload then sees it grown
+                log.warning("%s: its header is not watched: %s", self.path, os.strerror(-ret))
         except OSError as exc:
             self._teardown()
             raise RbdError(exc.errno or errno.EIO, f"rbd image {spec.name}: {exc}") from exc
@@ -284,6 +302,47 @@ class RbdImage(ImageRequests):
             raise ValueError(f"{self.path}: {size} bytes is not larger than {self.size}")
         self.size = size
         self.allocation.grow(size)
+
+    def follow_size(self, on_grown: Callable[[int], None]) -> None:
+        """From now on, on the event loop this is called on: ``on_grown(size)`` whenever the
+        image is found larger than :attr:`size` after another client changed its header
+        (``rbd resize``, or another gateway): docs/rbd.md, "Growing an RBD LUN"."""
+        self._size_loop = asyncio.get_running_loop()
+        self._on_grown = on_grown
+
+    def _header_updated(self, _arg: object) -> None:
+        """librbd's thread: the header changed. Only a hand-over to the loop happens here."""
+        loop = self._size_loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._check_size)
+
+    def _check_size(self) -> None:
+        if self._closing:
+            return
+        if self._size_check is not None and not self._size_check.done():
+            self._check_again = True  # read again once the read under way ends
+            return
+        self._size_check = asyncio.ensure_future(self._follow_size())
+
+    async def _follow_size(self) -> None:
+        while True:
+            self._check_again = False
+            try:
+                size = await self.read_size()
+            except OSError as err:
+                if not self._closing:
+                    log.warning("%s: its size not read after a change: %s", self.path, err)
+                return
+            if size > self.size and self._on_grown is not None:
+                self._on_grown(size)
+            elif size < self.size:
+                log.warning(
+                    "%s: shrunk to %d bytes by another client: still served as %d bytes",
+                    self.path, size, self.size,
+                )  # fmt: skip
+            if not self._check_again:
+                return
 
     async def reload_allocation(self) -> None:
         """Read the allocation from the cluster again (after another client wrote)."""
@@ -608,6 +667,9 @@ class RbdImage(ImageRequests):
             if loop is not None and not loop.is_closed():
                 loop.remove_reader(self._efd)
         self._stop_submitter()
+        if self._watching:
+            lib().rbd_update_unwatch(self._image, self._header_watch.value)
+            self._watching = False
         if self._image:
             lib().rbd_close(self._image)
             self._image = c_void_p()

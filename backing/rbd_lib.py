@@ -46,6 +46,8 @@ DIFF_CALLBACK = CFUNCTYPE(c_int, c_uint64, c_size_t, c_int, c_void_p)
 # void (*rados_watchcb2_t)(void *arg, uint64_t notify_id, uint64_t handle,
 #                          uint64_t notifier_id, void *data, size_t data_len)
 WATCH_CALLBACK = CFUNCTYPE(None, c_void_p, c_uint64, c_uint64, c_uint64, c_void_p, c_size_t)
+# void (*rbd_update_callback_t)(void *arg): the image's header changed (a resize...)
+UPDATE_CALLBACK = CFUNCTYPE(None, c_void_p)
 # void (*rados_watcherrcb_t)(void *pre, uint64_t cookie, int err)
 WATCH_ERROR_CALLBACK = CFUNCTYPE(None, c_void_p, c_uint64, c_int)
 
@@ -104,6 +106,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "rbd_open": (c_int, [c_void_p, c_char_p, POINTER(c_void_p), c_char_p]),
     "rbd_close": (c_int, [c_void_p]),
     "rbd_get_size": (c_int, [c_void_p, POINTER(c_uint64)]),
+    "rbd_update_watch": (c_int, [c_void_p, POINTER(c_uint64), UPDATE_CALLBACK, c_void_p]),
+    "rbd_update_unwatch": (c_int, [c_void_p, c_uint64]),
     "rbd_get_features": (c_int, [c_void_p, POINTER(c_uint64)]),
     "rbd_diff_iterate2": (
         c_int,
@@ -227,6 +231,7 @@ __all__ = [
     "EVENT_TYPE_EVENTFD",
     "RBD_FEATURE_FAST_DIFF",
     "RBD_LOCK_MODE_EXCLUSIVE",
+    "UPDATE_CALLBACK",
     "WATCH_CALLBACK",
     "WATCH_ERROR_CALLBACK",
     "Lib",

@@ -409,13 +409,15 @@ class Builder:
         store = _block_store(target, lun, path, private_client=self.config.gateway is not None)
         control = self._control(target.name)
         if control is None or self.pairs is None:
-            return BlockDevice(
+            plain = BlockDevice(
                 identity,
                 store,
                 block_size=lun.block_size,
                 read_only=lun.read_only,
                 services=services,
             )
+            _follow_image(plain, f"target {target.name}: lun {lun.lun}")
+            return plain
         # Every block LUN can join a pair: its store goes through a PairVolume.
         volume = PairVolume(volume_id(target.name, lun.lun), store, read_only=lun.read_only)
         lu = BlockDevice(
@@ -433,6 +435,7 @@ class Builder:
         volume.on_change = follow_pair
         self.pairs.register_volume(volume)
         control.luns.add(lun.lun)
+        _follow_image(lu, f"target {target.name}: lun {lun.lun}")
         return lu
 
     def target(self, target: TargetConfig) -> ScsiTarget:
@@ -525,6 +528,30 @@ def _block_store(
             f"target {target.name} lun {lun.lun}", f"rbd image {spec.name} is smaller than a block"
         )
     return image
+
+
+def _follow_image(lu: BlockDevice, where: str) -> None:
+    """An RBD LU grows when its image does (``rbd resize``, docs/rbd.md, "Growing an RBD
+    LUN"): librbd tells of the header's change, and every nexus is told in turn."""
+    image = rbd_image_of(lu)
+    if image is None:
+        return
+
+    def grown(size: int) -> None:
+        size -= size % lu.block_size
+        before = lu.num_blocks * lu.block_size
+        if size <= before:
+            return
+        try:
+            lu.grow(size)
+        except ValueError as err:
+            log.warning("lun not grown with its image", extra=logs.fields(
+                lun=where, image_size=size, error=str(err)))  # fmt: skip
+        else:
+            log.info("lun grown with its image", extra=logs.fields(
+                lun=where, before=before, after=size))  # fmt: skip
+
+    image.follow_size(grown)
 
 
 def rbd_image_of(lu: LogicalUnit) -> RbdImage | None:

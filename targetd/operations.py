@@ -262,9 +262,10 @@ class Operations:
     async def _follow_images(
         self, images: list[tuple[str, BlockDevice, RbdImage]]
     ) -> dict[str, list[str]]:
-        """RBD LUNs whose image grew since it was opened (``rbd resize``): each grows to the
-        image's size, its nexuses told as for a file LUN (docs/rbd.md, "Growing an RBD
-        LUN"). The daemon never resizes an image itself."""
+        """RBD LUNs whose image grew (``rbd resize``) and that librbd's header watch did not
+        grow already (targetd.luns): each grows to the image's size, its nexuses told as for
+        a file LUN (docs/rbd.md, "Growing an RBD LUN"). An image shrunk is reported. The
+        daemon never resizes an image itself."""
         applied: list[str] = []
         refused: list[str] = []
         for where, lu, image in images:

@@ -147,8 +147,8 @@ def _resized(
     before, after = running.size, lun.size
     if running.kind != "block":
         why = {
-            "rbd": "an RBD LUN's size is its image's (grow the image with rbd resize, and"
-            " a reload grows the LUN to it; docs/rbd.md)",
+            "rbd": "an RBD LUN's size is its image's (grow the image with rbd resize: the"
+            " LUN grows with it; docs/rbd.md)",
             "tape": "a tape's capacity is the one its image was made with",
         }.get(running.kind, "needs a restart")
         result.refused.append(f"{where}: size changed: {why}; still {before} bytes")

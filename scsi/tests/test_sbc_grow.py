@@ -120,3 +120,34 @@ def test_a_volume_in_a_pair_is_not_grown(tmp_path: Path) -> None:
     volume.pairs.clear()
     lu.grow(8 * MiB)
     assert (lu.num_blocks, volume.size, base.size) == (8 * MiB // 512, 8 * MiB, 8 * MiB)
+
+
+def test_a_write_in_flight_during_the_grow_completes(tmp_path: Path) -> None:
+    """A 4 MiB write (run on a worker thread: past the inline size) is under way when the
+    LU grows; it completes GOOD with its data, and the grow is seen by the next command."""
+    lu = make_lu(tmp_path, 512, 8 * MiB)
+    data = os.urandom(4 * MiB)
+
+    async def main() -> tuple[Status, Status]:
+        cmd = ScsiCommand(
+            cdb=struct.pack(">BBIBHB", 0x2A, 0, 0, 0, len(data) // 512, 0),
+            lun=0,
+            nexus=NEXUS,
+            data_out=memoryview(bytearray(data)),
+        )
+        write = asyncio.ensure_future(lu.execute(cmd))
+        await asyncio.sleep(0)  # the write runs to its first wait: on the thread
+        running = not write.done()
+        lu.grow(16 * MiB)
+        result = await write
+        assert running, "the write ended before the grow: nothing was in flight"
+        after = await lu.execute(
+            ScsiCommand(cdb=write10(16 * MiB // 512 - 1, 1), lun=0, nexus=NEXUS,
+                        data_out=memoryview(bytearray(512)))
+        )  # fmt: skip
+        return result.status, after.status
+
+    assert asyncio.run(main()) == (Status.GOOD, Status.GOOD)
+    assert bytes(run(lu, read10(0, 8)).data) == data[:4096]
+    with (tmp_path / "lun-512.img").open("rb") as f:
+        assert f.read(len(data)) == data
