@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
+import sys
 
 COMMAND_MODULES = (
     "targetd.status_cli",
@@ -58,7 +61,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{option} does not apply to this command")
         if getattr(args, dest) in (None, False):
             setattr(args, dest, given)
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except BrokenPipeError:
+        # The reader went away (`targetctl tape export IMG --file 0 -o - | head`): stop
+        # quietly with the status a shell gives a command SIGPIPE ended, as cat's, and point
+        # stdout at /dev/null so the interpreter's flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from backing import tape_image
 from conftest import REPO, DaemonFactory
 from raw_initiator import RawInitiator
 
@@ -115,3 +116,22 @@ def test_targetctl_tape_new_refuses_to_overwrite(tmp_path: Path) -> None:
     listing = targetctl("list", str(image))
     assert listing.returncode == 0
     assert "0 files, 0 records, 0 bytes; 0 of 1048576 bytes used (0.0%)" in listing.stdout
+
+
+def test_tape_export_to_a_pipe_its_reader_closed_ends_quietly(tmp_path: Path) -> None:
+    """`targetctl tape export IMG --file 0 -o - | head -c 100`: the reader closes the pipe
+    after 100 bytes; targetctl ends with SIGPIPE's shell status and no traceback."""
+    image = tmp_path / "t.img"
+    tape_image.create(image, 64 << 20)
+    with tape_image.TapeImage(image) as tape:
+        for _ in range(64):
+            tape.append_record(b"\x5a" * (256 << 10))
+        tape.append_filemarks(1)
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c",
+         f'"{sys.executable}" -m targetd.ctl tape export "{image}" --file 0 -o - | head -c 100'],
+        cwd=REPO, capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert done.stdout == b"\x5a" * 100
+    assert done.returncode == 141, done.stderr
+    assert b"Traceback" not in done.stderr, done.stderr
