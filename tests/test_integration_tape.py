@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from backing import tape_image
 from conftest import REPO, DaemonFactory
 from raw_initiator import RawInitiator
+
+from backing import tape_image
 
 TAPE_LUN = 2
 CHECK_CONDITION = 0x02
