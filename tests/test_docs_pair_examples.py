@@ -5,6 +5,7 @@ exist, fails here). The pair table's header must be the page's."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -76,6 +77,11 @@ def test_the_targetctl_pair_and_group_examples_run_as_written(
     outputs = run_lines(pair_lines, env, cwd)
     table = outputs[next(i for i, line in enumerate(pair_lines) if "a table" in line)]
     assert table.splitlines()[0].split() == table_header().split()
+    # `status db --json`: the keys of the page's pair status object, no more, no fewer.
+    shown = re.search(r"```json\n(\{\"name\": \"db\".*?)```", DOC.read_text(), re.S)
+    assert shown, "docs/pairs.md shows no pair status object"
+    said = outputs[next(i for i, line in enumerate(pair_lines) if "--json" in line)]
+    assert sorted(json.loads(said)) == sorted(json.loads(shown.group(1)))
 
     for name, (source, target) in GROUP_PAIRS.items():
         assert daemon.targetctl("pair", "create", name, str(source), str(target)).returncode == 0
