@@ -185,3 +185,22 @@ def test_the_alua_example_serves_one_active_and_one_standby_port(
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_the_pages_bad_configuration_message(tmp_path: Path) -> None:
+    """config.md's sample message, from its full example with the size it names mistyped."""
+    page = (DOCS / "config.md").read_text()
+    shown = re.search(r"^targetd: bad configuration: .*$", page, re.M)
+    assert shown, "docs/config.md shows no configuration error"
+    text = fenced("config.md", "toml", "## Full example")
+    copy = 'path = "database/copy.img"\nsize = "100GiB"'
+    assert text.count(copy) == 1
+    config = tmp_path / "targetd.toml"
+    config.write_text(text.replace(copy, 'path = "database/copy.img"\nsize = "1GB"'))
+    done = subprocess.run(
+        [sys.executable, "-m", "targetd", "serve", "--config", str(config),
+         "--state-dir", str(tmp_path / "state")],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == shown.group(0)
