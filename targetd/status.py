@@ -80,12 +80,17 @@ def luns(server: TargetServer) -> list[dict[str, Any]]:
         runtime = server.targets.get(target.name)
         for lun in target.luns:
             stats = runtime.stats.get(lun.lun) if runtime is not None else None
+            lu = runtime.scsi.luns.get(lun.lun) if runtime is not None else None
+            # What the LU serves: an RBD LUN's is its image's (grown with it), not the
+            # configuration's ``size``, which only sizes a new image.
+            blocks = getattr(lu, "num_blocks", None)  # a block LU's
+            size = lun.size if blocks is None else blocks * lun.block_size
             out.append(
                 {
                     "target": target.name,
                     "lun": lun.lun,
                     "type": lun.kind,
-                    "size": lun.size,
+                    "size": size,
                     "block_size": lun.block_size,
                     "path": str(lun.path),
                     "read_only": lun.read_only,

@@ -83,6 +83,7 @@ def test_a_larger_size_grows_the_lun_and_every_host_is_told_once(
     assert sense_of(hosts[0].command(write10(old_end, 8), data=data)) == (0, None)
     status, back, _ = hosts[1].command(read10(old_end, 8), read=len(data))
     assert (status, back) == (0, data)
+    assert daemon.targetctl_json("status")["luns"][0]["size"] == 24 * MiB
     # A client that logs in now (libiscsi's) sees the new size.
     out = run("iscsi-readcapacity16", daemon.url(0)).stdout
     assert f"Total size:{24 * MiB}" in out, out

@@ -60,6 +60,7 @@ def test_an_image_grown_by_rbd_resize_grows_the_lun_at_once(
     told_within(client, 10.0)
     assert last_lba(client) == 48 * MiB // 512 - 1
     assert 'event="lun grown with its image"' in daemon.stderr
+    assert daemon.targetctl_json("status")["luns"][0]["size"] == 48 * MiB
     # No reload was needed, and one now finds nothing to grow.
     assert daemon.targetctl_json("reload") == {"applied": [], "refused": []}
     client.ok(write16(old_end, 8), data=data)
