@@ -175,3 +175,30 @@ def worker_port(daemon: Daemon) -> tuple[int, int]:
                 return w["pid"], w["ports"][0]
         time.sleep(0.1)
     raise AssertionError(f"no worker serves {IQN}:\n{daemon.stderr}")
+
+
+def test_a_read_only_lun_grows_once_its_file_has(targetd_factory: DaemonFactory) -> None:
+    """The daemon does not write a read-only LUN's file: a larger size is refused until
+    the file's owner has grown it, and the next reload (the same file) then grows the LUN."""
+    daemon = targetd_factory(config("8MiB"))
+    image = daemon.state_dir / IQN.replace(":", "_") / "lun0.img"
+    daemon.stop()
+    assert daemon.config is not None
+    daemon.config.write_text(config("8MiB") + "read_only = true\n")
+    daemon.start()
+    host = logged_in(daemon, "iqn.2026-11.org.targetd.test:host")
+    outcome = reload(daemon, config("16MiB") + "read_only = true\n")
+    assert outcome["applied"] == []
+    assert outcome["refused"] == [
+        f"target {IQN}: lun 0: not grown: {image} is read-only and shorter than 16777216 bytes"
+    ]
+    assert sense_of(host.command(TUR)) == (0, None)
+    assert last_lba(host) == 8 * MiB // 512 - 1
+    os.truncate(image, 16 * MiB)  # grown by its owner
+    outcome = reload(daemon, config("16MiB") + "read_only = true\n")
+    assert outcome == {
+        "applied": [f"target {IQN}: lun 0 grown from 8388608 to 16777216 bytes"],
+        "refused": [],
+    }
+    assert sense_of(host.command(TUR)) == (2, CAPACITY_DATA_HAS_CHANGED)
+    assert last_lba(host) == 16 * MiB // 512 - 1
