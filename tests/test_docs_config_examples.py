@@ -204,3 +204,20 @@ def test_the_pages_bad_configuration_message(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip() == shown.group(0)
+
+
+def test_growing_a_lun_says_what_operations_md_shows(targetd_factory: DaemonFactory) -> None:
+    """operations.md's "Growing a LUN" outcome, on config.md's db target (LUN 0 of 10 GiB)
+    given 20 GiB and reloaded."""
+    shown = re.search(r"^ *\$ targetctl reload\n *(applied: .*)$", (DOCS / "operations.md")
+                      .read_text(), re.M)  # fmt: skip
+    assert shown, "docs/operations.md shows no growth"
+    text = fenced("config.md", "toml", "## `[pairs]`")
+    ten = 'lun = 0\nsize = "10GiB"'
+    assert text.count(ten) == 1
+    daemon = targetd_factory(text)
+    assert daemon.config is not None
+    daemon.config.write_text(text.replace(ten, 'lun = 0\nsize = "20GiB"'))
+    done = daemon.targetctl("reload")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == shown.group(1)
