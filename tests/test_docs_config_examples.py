@@ -38,16 +38,22 @@ def test_the_full_example_serves_and_its_chap_urls_log_in(
     targetd_factory: DaemonFactory,
 ) -> None:
     daemon = targetd_factory(fenced("config.md", "toml", "## Full example"))
-    lines = [
-        line
-        for line in fenced("config.md", "sh", "With libiscsi clients").splitlines()
-        if line.startswith("iscsi-inq")
-    ]
+    block = fenced("config.md", "sh", "With libiscsi clients").splitlines()
+    lines = [line for line in block if line.startswith("iscsi-inq")]
     assert len(lines) == 2, lines  # one-way CHAP, then mutual CHAP
     for line in lines:
         done = run(line, daemon.portal)
         assert done.returncode == 0, f"{line}: {done.stderr}"
         assert "Peripheral Device Type:DIRECT_ACCESS" in done.stdout
+    (discover,) = [line for line in block if line.startswith("iscsi-ls")]
+    listing = run(discover, daemon.portal)
+    assert listing.returncode == 0, listing.stderr
+    assert [line.split()[0] for line in listing.stdout.splitlines()] == [
+        "Target:iqn.2026-11.org.example:backup", "Target:iqn.2026-11.org.example:database",
+    ]  # fmt: skip
+    alone = run(discover.replace("-i iqn.1994-05.com.redhat:db-host-1 ", ""), daemon.portal)
+    assert alone.stdout.split()[0] == "Target:iqn.2026-11.org.example:backup"
+    assert len(alone.stdout.splitlines()) == 1, alone.stdout
     # Without -i, libiscsi's own name is not in allowed_initiators: the page's log line.
     refused = run(lines[0].replace("-i iqn.1994-05.com.redhat:db-host-1 ", ""), daemon.portal)
     assert refused.returncode != 0
