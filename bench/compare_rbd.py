@@ -50,7 +50,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -485,16 +485,6 @@ def format_trees(results: list[Result], names: list[str]) -> str:
 
 
 # -- the run -----------------------------------------------------------------------------
-def _tree_spec(kind: str) -> Callable[[str], tuple[str, str, str]]:
-    def parse(text: str) -> tuple[str, str, str]:
-        try:
-            return (kind, *code_trees.parse_spec(text))
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
-
-
 def targetd_names(args: argparse.Namespace) -> list[str]:
     """The targetd contenders: the trees' names, or this tree's targetd."""
     return [tree.name for tree in args.trees] or [TARGETD]
@@ -533,27 +523,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--image", default=IMAGE, help="the image's name in pool rbd")
     parser.add_argument("--json", type=Path, help="also save every run and the medians here")
-    # Both append to one list, so the contenders keep the command line's order.
-    parser.add_argument(
-        "--targetd-tree",
-        dest="tree_specs",
-        action="append",
-        type=_tree_spec("tree"),
-        default=[],
-        metavar="NAME=PATH",
-        help="a targetd checkout (or git worktree) to run as contender NAME, from its own"
-        " code; repeatable, instead of this tree's targetd",
-    )
-    parser.add_argument(
-        "--targetd-rev",
-        dest="tree_specs",
-        action="append",
-        type=_tree_spec("rev"),
-        metavar="NAME=REV",
-        help="a git revision of this repository, checked out into a temporary worktree for"
-        " the run (removed after), as contender NAME; repeatable. The first tree or rev"
-        " given is the one the others are compared with",
-    )
+    code_trees.add_arguments(parser)
     args = parser.parse_args(argv)
     names = [name for _, name, _ in args.tree_specs]
     if {TGT, NATIVE} & set(names):

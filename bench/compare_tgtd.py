@@ -22,7 +22,6 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -51,16 +50,6 @@ def parse_size(text: str) -> int:
     return size
 
 
-def _tree_spec(kind: str) -> Callable[[str], tuple[str, str, str]]:
-    def parse(text: str) -> tuple[str, str, str]:
-        try:
-            return (kind, *code_trees.parse_spec(text))
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -83,27 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"which targets to run (default all: {BASELINE},{CANDIDATE}, or {BASELINE} and"
         " the trees' names); one alone is for trying the harness",
     )
-    # Both append to one list, so the contenders keep the command line's order.
-    parser.add_argument(
-        "--targetd-tree",
-        dest="tree_specs",
-        action="append",
-        type=_tree_spec("tree"),
-        default=[],
-        metavar="NAME=PATH",
-        help="a targetd checkout (or git worktree) to run as contender NAME, from its own"
-        " code; repeatable, instead of this tree's targetd",
-    )
-    parser.add_argument(
-        "--targetd-rev",
-        dest="tree_specs",
-        action="append",
-        type=_tree_spec("rev"),
-        metavar="NAME=REV",
-        help="a git revision of this repository, checked out into a temporary worktree for"
-        " the run (removed after), as contender NAME; repeatable. The first tree or rev"
-        " given is the one the others are compared with",
-    )
+    code_trees.add_arguments(parser)
     parser.add_argument("--no-prefill", action="store_true", help="read cases may read holes")
     parser.add_argument(
         "--noisy",

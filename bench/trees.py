@@ -9,11 +9,13 @@ version with itself.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +58,42 @@ def parse_spec(text: str) -> tuple[str, str]:
     if name in RESERVED:
         raise ValueError(f"{name!r} is the peer's name; choose another")
     return name, value
+
+
+def _spec(kind: str) -> Callable[[str], tuple[str, str, str]]:
+    def parse(text: str) -> tuple[str, str, str]:
+        try:
+            return (kind, *parse_spec(text))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--targetd-tree NAME=PATH`` and ``--targetd-rev NAME=REV``: both append
+    ``(kind, name, where)`` to ``args.tree_specs``, so the contenders keep the command
+    line's order."""
+    parser.add_argument(
+        "--targetd-tree",
+        dest="tree_specs",
+        action="append",
+        type=_spec("tree"),
+        default=[],
+        metavar="NAME=PATH",
+        help="a targetd checkout (or git worktree) to run as contender NAME, from its own"
+        " code; repeatable, instead of this tree's targetd",
+    )
+    parser.add_argument(
+        "--targetd-rev",
+        dest="tree_specs",
+        action="append",
+        type=_spec("rev"),
+        metavar="NAME=REV",
+        help="a git revision of this repository, checked out into a temporary worktree for"
+        " the run (removed after), as contender NAME; repeatable. The first tree or rev"
+        " given is the one the others are compared with",
+    )
 
 
 def code_env(tree: Path) -> dict[str, str]:
