@@ -5,6 +5,8 @@ page's, character for character."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 
 from conftest import REPO, DaemonFactory
 from raw_initiator import RawInitiator
+from s3_server import S3Server
 
 DOC = REPO / "docs" / "tape.md"
 TAPE_LUN = 2  # the default configuration's 8 GiB tape, var/targetd/tape0.img
@@ -59,3 +62,41 @@ def test_the_targetctl_tape_block_runs_as_written(
     assert said[1].splitlines() == listing
     assert (tmp_path / "file1.bin").read_bytes() == b"r" * int(sizes[1][2])
     assert (daemon.state_dir / "tape1.img").stat().st_size == 64
+
+
+def s3_snippet(after: str, s3: S3Server, prefix: str) -> str:
+    """A tape.md S3 configuration with the test server's endpoint, bucket and a prefix of
+    its own (the server is shared by the session) for the page's."""
+    text = DOC.read_text().split(after, 1)[1]
+    block = re.search(r"```toml\n(.*?)```", text, re.S)
+    assert block, f"docs/tape.md has no configuration after {after!r}"
+    assert "s3://backups/site-a" in block.group(1)
+    return (
+        block.group(1)
+        .replace("s3://backups/site-a", f"s3://{s3.bucket}/{prefix}")
+        .replace("http://127.0.0.1:8333", s3.endpoint)
+    )
+
+
+def test_the_s3_examples_make_their_cartridges_in_the_bucket(
+    targetd_factory: DaemonFactory, s3_server: S3Server
+) -> None:
+    prefix = f"docs{os.getpid()}"
+    library = targetd_factory(s3_snippet("## Tapes in an S3 bucket", s3_server, prefix))
+    listing = library.targetctl("library", "list").stdout
+    assert re.search(r"^  0x400  storage +TD0001L6 +0 of 429496729600 bytes", listing, re.M)
+    assert library.targetctl("library", "import", "TD0042L6").returncode == 0
+    exported = library.targetctl("library", "export", "TD0042L6", "--json")
+    assert exported.returncode == 0, exported.stderr
+    # operations.md's progress example ends with this result, for the page's bucket.
+    image = json.loads(exported.stdout)["image"]
+    assert image == f"s3://{s3_server.bucket}/{prefix}/exported/TD0042L6/"
+    library.stop()
+    tape = targetd_factory(s3_snippet("**A tape LUN of its own**", s3_server, prefix))
+    done = subprocess.run(["iscsi-ls", "-s", f"iscsi://{tape.portal}"], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert re.search(r"Lun:2\s+Type:SEQUENTIAL_ACCESS", done.stdout), done.stdout
+    listed = s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix=f"{prefix}/")
+    keys = sorted(o["Key"] for o in listed["Contents"])
+    assert keys == [f"{prefix}/{name}/tape.json" for name in
+                    ("TD0001L6", "TD0002L6", "exported/TD0042L6", "nightly")], keys  # fmt: skip
