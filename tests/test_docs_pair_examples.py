@@ -1,4 +1,5 @@
-"""The ``targetctl pair`` and ``targetctl group`` examples of docs/pairs.md, taken from the page
+"""The ``targetctl pair`` and ``targetctl group`` examples of docs/pairs.md (and its PAIR OUT
+sg_raw lines, sent as the CDBs they spell), taken from the page
 and run line by line, exactly as written, by a shell against a daemon this test starts: each
 line must exit 0 (a line that only works in another order, or names a command that does not
 exist, fails here). The pair table's header must be the page's."""
@@ -12,6 +13,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from conftest import REPO, DaemonFactory
 from pair_scsi import BlockClient
@@ -114,3 +116,80 @@ def test_the_pair_in_example_reads_the_whole_status(targetd_factory: DaemonFacto
         client.close()
     assert len(status) == length == int.from_bytes(status[0:2], "big") + 2
     assert (status[128], status[130:136]) == (1, bytes([0, 1, 0xFF, 0xFF, 0xFF, 0xFF]))
+
+
+def pair_out_lines() -> dict[str, tuple[int, bytes, bytes]]:
+    """The page's PAIR OUT sg_raw lines by their comment: (LUN, CDB, data out). /dev/sdb is
+    LUN 0, /dev/sdc another LUN (2 here); ``printf X > FILE && sg_raw -s N -i FILE`` sends X."""
+    lines = sh_block("# create: source LUN 0")
+    found: dict[str, tuple[int, bytes, bytes]] = {}
+    comment = ""
+    for line in lines:
+        if line.startswith("#"):
+            comment, n = line[2:], 0
+            continue
+        data = b""
+        if line.startswith("printf "):
+            printed, line = line.split(" && ", 1)
+            data = shlex.split(printed)[1].encode()
+        words = shlex.split(line)[1:]
+        if words[0] == "-s":
+            assert int(words[1]) == len(data), line
+            words = words[4:]
+        lun = {"/dev/sdb": 0, "/dev/sdc": 2}[words[0]]
+        n += 1
+        found[f"{comment} #{n}"] = (lun, bytes(int(w, 16) for w in words[1:]), data)
+    return found
+
+
+def test_the_pair_out_examples_do_what_their_comments_say(
+    targetd_factory: DaemonFactory,
+) -> None:
+    """Each PAIR OUT line of the page, sent in an order where each one's comment holds, is
+    answered GOOD and leaves what the comment says."""
+    lines = pair_out_lines()
+    assert len(lines) == 12, list(lines)
+    daemon = targetd_factory(CONFIG)
+    client = BlockClient(daemon.port, IQN, (0, 1, 2))
+
+    def send(start: str, n: int = 1) -> None:
+        (key,) = [k for k in lines if k.startswith(start) and k.endswith(f" #{n}")]
+        lun, cdb, data = lines[key]
+        client.ok(cdb, lun=lun, data=data)
+
+    def state(name: str) -> dict[str, Any]:
+        return dict(daemon.targetctl_json("pair", "status", name))
+
+    def wait(name: str, reached: str) -> None:
+        done = daemon.targetctl("pair", "wait", name, "--state", reached, "--timeout", "30")
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    try:
+        send("create: source LUN 0, target LUN 1")
+        wait("db", "DUPLEX")
+        send("the pair /dev/sdb is in joins group")
+        assert state("db")["group"] == "db"
+        send("the pair /dev/sdb is in joins group", 2)
+        assert state("db")["group"] is None
+        send("SET BACKUP POLICY")
+        assert (state("db")["backup_policy"], state("db")["backup_policy_set"]) == ("wait", True)
+        send("SET BACKUP POLICY", 2)
+        assert state("db")["backup_policy_set"] is False
+        send("split / resync / delete")
+        wait("db", "SPLIT")
+        send("split / resync / delete", 2)
+        wait("db", "DUPLEX")
+        send("split the pair LUN 1 is in")
+        wait("db", "SPLIT")
+        send("reverse resync")
+        wait("db", "DUPLEX")
+        send("split / resync / delete", 3)
+        assert daemon.targetctl_json("pair", "status") == []
+        send("create, default name")
+        assert (state("lun0-lun1")["source_lun"], state("lun0-lun1")["target_lun"]) == (0, 1)
+        send("split / resync / delete", 3)
+        send("create LUN 0 -> LUN 1 with backup policy 03h")
+        (made,) = daemon.targetctl_json("pair", "status")
+        assert (made["backup_policy"], made["backup_policy_set"]) == ("merge", True)
+    finally:
+        client.close()
