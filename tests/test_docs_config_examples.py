@@ -166,7 +166,9 @@ def test_the_alua_example_serves_one_active_and_one_standby_port(
     leave one): media access works through group 1 and is NOT READY through group 2, whose
     login libiscsi's iscsi-inq cannot even finish, as the page says."""
     text = fenced("alua.md", "toml", "# ")
-    active, standby = free_port(), free_port()
+    active = standby = free_port()
+    while standby == active:
+        standby = free_port()
     text = text.replace("192.0.2.10:3260", f"127.0.0.1:{active}")
     text = text.replace("198.51.100.10:3260", f"127.0.0.1:{standby}")
     daemon = targetd_factory(None, start=False)
