@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the guest tier's Linux image: a Debian cloud kernel and an initramfs holding busybox,
-# dash, open-iscsi, sg3_utils, mt-st, mtx, e2fsprogs and Bacula's btape and mtx-changer, copied
+# dash, open-iscsi, sg3_utils, mt-st, mtx, e2fsprogs (mke2fs, e2fsck, resize2fs...) and Bacula's btape and mtx-changer, copied
 # from the host's installed packages (scripts/install-test-deps.sh installs them) together
 # with the shared libraries they load; and targetd-copy (hostcopy/) with Debian's python3 and
 # the part of its standard library the tool loads.
@@ -25,7 +25,7 @@ MODULES=(scsi_transport_iscsi libiscsi libiscsi_tcp iscsi_tcp sd_mod sg st virti
 MODULES+=(dm-mod dm-multipath dm-service-time)
 # Real tools that must win over busybox applets of the same name.
 TOOLS=(/sbin/iscsid /sbin/iscsiadm /sbin/iscsistart /bin/mt-st /sbin/mke2fs /sbin/e2fsck
-    /sbin/tune2fs /sbin/dumpe2fs /usr/sbin/mtx /usr/sbin/tapeinfo /usr/sbin/btape)
+    /sbin/resize2fs /sbin/tune2fs /sbin/dumpe2fs /usr/sbin/mtx /usr/sbin/tapeinfo /usr/sbin/btape)
 # multipath-tools and dmsetup, and the plugins multipath.conf names (path checker tur,
 # prioritizer alua) from /lib/multipath, where libmultipath loads them.
 # multipath-tools only sees paths udev has initialized, and waits for udev to confirm each
