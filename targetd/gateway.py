@@ -64,6 +64,10 @@ YIELD_GRACE = 0.5
 # Errors of a client the cluster blocklisted (EBLOCKLISTED is ESHUTDOWN), or whose watch
 # it dropped for that reason.
 FENCED_ERRNOS = frozenset({errno.ESHUTDOWN})
+# A gateway that has just taken the lock while commands waited for it says "busy" to the
+# other's request until one of them is admitted, for this long at most (they wake in a few
+# loop turns: only a stalled event loop makes them slower, and it must not keep the lock).
+FIRST_ADMIT_BOUND = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +211,8 @@ class LockGate:
         # Commands that needed the lock admitted since this gateway last took it (logs: a
         # lock given up with none admitted moved for nothing).
         self.admitted_holding = 0
+        self._waiters = 0  # commands (and pair takes) waiting in :meth:`_hold` now
+        self._taken_at = float("-inf")  # when this gateway last took the lock (its try ended)
         self.breaks = 0  # takeovers from a silent holder
         self._transition: asyncio.Task[None] | None = None
         self._transition_what = ""  # "acquire" or "release" (logs)
@@ -341,23 +347,27 @@ class LockGate:
         that ends without the lock before this waiter's deadline (an error, a holder keeping
         it for its pair) is followed by another, after a pause (:meth:`_acquire`)."""
         self._waiting_until = max(self._waiting_until, deadline)
-        while not (self.holding and self._transition is None):
-            if self.is_fenced or self.clock() >= deadline:
-                raise NotAvailable
-            transition = self._transition
-            if transition is None:
-                transition = self._start(self._acquire(why), "acquire")
-            try:
-                await self._await_transition(transition, deadline)
-            except asyncio.CancelledError:
-                if _stopped(transition):  # the gateway stops: not taken
-                    raise NotAvailable from None
-                raise
-            except Kept:
-                if why == "pair":
+        self._waiters += 1
+        try:
+            while not (self.holding and self._transition is None):
+                if self.is_fenced or self.clock() >= deadline:
+                    raise NotAvailable
+                transition = self._transition
+                if transition is None:
+                    transition = self._start(self._acquire(why), "acquire")
+                try:
+                    await self._await_transition(transition, deadline)
+                except asyncio.CancelledError:
+                    if _stopped(transition):  # the gateway stops: not taken
+                        raise NotAvailable from None
                     raise
-            except OSError:
-                pass  # logged once by the try (:meth:`_transition_done`); next try
+                except Kept:
+                    if why == "pair":
+                        raise
+                except OSError:
+                    pass  # logged once by the try (:meth:`_transition_done`); next try
+        finally:
+            self._waiters -= 1
 
     async def _await_transition(self, transition: asyncio.Task[None], deadline: float) -> None:
         """Wait for ``transition`` (taking or giving up the lock) until ``deadline`` at most:
@@ -607,6 +617,19 @@ class LockGate:
                 await self.on_acquired()
             except Exception:
                 log.exception("pairs not run here", extra=logs.fields(lu=self.name))
+        self._taken_at = self.clock()
+
+    def _first_admit_pending(self) -> bool:
+        """Whether the lock, just taken, has commands waiting for it of which none has been
+        admitted yet: they wake a few loop turns after the try that took it ended, and a
+        request answered in between would give the lock up for nothing (and under load, ping
+        -pong it with neither side writing). Bounded by FIRST_ADMIT_BOUND, so that a waiter
+        that does not get to run cannot make this gateway keep the lock."""
+        return (
+            self._waiters > 0
+            and self.admitted_holding == 0
+            and self.clock() - self._taken_at < FIRST_ADMIT_BOUND
+        )
 
     async def _broadcast(self, message: Message) -> None:
         try:
@@ -628,9 +651,15 @@ class LockGate:
                 "lock request received",
                 extra=logs.fields(lu=self.name, holding=self.holding, transition=(
                     self._transition_what if self._transition is not None else ""),
-                    in_flight=self.in_flight, admitted=self.admitted_holding),
+                    in_flight=self.in_flight, admitted=self.admitted_holding,
+                    waiting=self._waiters),
             )  # fmt: skip
-            if not self.holding or self._transition is not None or self.is_fenced:
+            if (
+                not self.holding
+                or self._transition is not None
+                or self.is_fenced
+                or self._first_admit_pending()
+            ):
                 reply({"addr": me, "answer": "busy", "wait": MIN_WAIT})
                 return
             if self.keeps is not None and self.keeps(str(message.get("for", ""))):

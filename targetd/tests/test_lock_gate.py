@@ -287,3 +287,85 @@ def test_failed_tries_to_take_the_lock_are_paced_not_spun(
         await gate.stop()
 
     asyncio.run(run())
+
+
+REQUEST = {"op": "request", "from": PEER}
+
+
+async def taken_with_a_write_waiting(
+    monkeypatch: pytest.MonkeyPatch, when_taken: Any
+) -> tuple[LockGate, asyncio.Task[tuple[object, float]]]:
+    """A write waits while this gateway takes the free lock; ``when_taken(gate)`` runs just
+    after the try that took it ended, before the write has woken (the moment a request
+    from the other gateway can land in)."""
+    image = PeerHolds()
+    gate = await waiting_gate(monkeypatch, image)
+    image.free = True
+    write = asyncio.create_task(timed_enter(gate, time.monotonic()))
+    for _ in range(10):  # the write starts a try and waits for it
+        await asyncio.sleep(0)
+        if gate._transition is not None:
+            break
+    transition = gate._transition
+    assert transition is not None
+    # Runs after the gate's own done callback, before the write's task is woken.
+    transition.add_done_callback(lambda _task: when_taken(gate))
+    return gate, write
+
+
+def test_a_lock_just_taken_is_not_given_up_before_a_waiting_write_is_admitted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With hold_ms = 0 the other gateway's request arrives after the try that took the lock
+    ended but before the write waiting for it woke: the holder answers "busy" (it gave the
+    lock up with admitted=0 before, a move for nothing), then, the write admitted, the next
+    request is answered "releasing" as hold_ms = 0 says."""
+    answers: list[dict[str, object]] = []
+    seen: list[tuple[bool, int]] = []
+
+    def ask(gate: LockGate) -> None:
+        seen.append((gate.holding, gate.admitted_holding))
+        gate._on_message(REQUEST, answers.append)
+
+    async def run() -> None:
+        gate, write = await taken_with_a_write_waiting(monkeypatch, ask)
+        admitted, _at = await write
+        assert seen == [(True, 0)]  # asked with the lock taken and the write not admitted
+        assert answers == [{"addr": ME, "answer": "busy", "wait": gateway.MIN_WAIT}]
+        assert admitted is True
+        assert gate.holding and gate.acquisitions == 1 and gate.admitted_holding == 1
+        assert gate._transition is None  # not given up under the admitted write
+        gate._on_message(REQUEST, answers.append)
+        assert answers[1] == {"addr": ME, "answer": "releasing"}
+        gate.leave(True)
+        await gate.stop()
+
+    asyncio.run(run())
+
+
+def test_a_waiter_that_does_not_run_cannot_keep_the_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The holder says "busy" for a waiting write only for FIRST_ADMIT_BOUND: a write that
+    has not run by then (here the event loop stalls longer, so it cannot) does not make the
+    holder refuse the other gateway on and on; the request after the bound is answered
+    "releasing"."""
+    answers: list[dict[str, object]] = []
+
+    def ask_stall_ask(gate: LockGate) -> None:
+        gate._on_message(REQUEST, answers.append)
+        time.sleep(gateway.FIRST_ADMIT_BOUND + 0.05)  # the loop stalls: the write cannot run
+        gate._on_message(REQUEST, answers.append)
+
+    async def run() -> None:
+        gate, write = await taken_with_a_write_waiting(monkeypatch, ask_stall_ask)
+        await asyncio.wait_for(write, 5)  # admitted after the lock came back, or refused
+        assert answers == [
+            {"addr": ME, "answer": "busy", "wait": gateway.MIN_WAIT},
+            {"addr": ME, "answer": "releasing"},
+        ]
+        if gate.in_flight:
+            gate.leave(True)
+        await gate.stop()
+
+    asyncio.run(run())
