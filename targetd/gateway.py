@@ -11,6 +11,8 @@ that does not hold it asks the holder over the image's message object
 - the holder gives the lock up when it has seen no I/O for ``hold_ms`` (and nothing is in
   flight), and otherwise answers "busy, ask again in N ms", so a path that flaps between
   gateways moves the lock at most once per hold time, not on every command;
+- a holder that has just taken the lock for waiting commands answers "busy" until one of
+  them is admitted (0.2 s at most), or the lock could move back before any of them ran;
 - a holder that does not answer within ``takeover_ms`` is dead or frozen: the asker breaks
   its lock (``rbd_lock_break`` blocklists it in the cluster first) and takes it;
 - when the lock is not had in time the command gets NOT READY, ASYMMETRIC ACCESS STATE
