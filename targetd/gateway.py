@@ -656,18 +656,15 @@ class LockGate:
                     in_flight=self.in_flight, admitted=self.admitted_holding,
                     waiting=self._waiters),
             )  # fmt: skip
-            if (
-                not self.holding
-                or self._transition is not None
-                or self.is_fenced
-                or self._first_admit_pending()
-            ):
+            if not self.holding or self._transition is not None or self.is_fenced:
                 reply({"addr": me, "answer": "busy", "wait": MIN_WAIT})
                 return
             if self.keeps is not None and self.keeps(str(message.get("for", ""))):
                 reply({"addr": me, "answer": "busy", "wait": PAIR_WAIT, "keeps": True})
                 return
             wait = self.policy.answer(self.clock(), self.last_io, self.in_flight)
+            if not wait and self._first_admit_pending():
+                wait = MIN_WAIT  # as while transitioning: its waiters are about to run
             if wait:
                 reply({"addr": me, "answer": "busy", "wait": wait})
                 return
