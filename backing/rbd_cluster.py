@@ -14,6 +14,7 @@ import threading
 from ctypes import byref, c_void_p
 from dataclasses import dataclass
 
+from backing import rbd_previous
 from backing.malloc_threshold import LIBRBD_THRESHOLD, fix_mmap_threshold
 from backing.rbd_lib import check, client_address, lib, mon_command
 
@@ -118,6 +119,7 @@ class Cluster:
                 check(lib().rados_conf_set(handle, name.encode(), value.encode()), name)
             check(lib().rados_connect(handle), "connecting to the monitors")
             self.address = client_address(handle)
+            rbd_previous.record(self.address)  # before it opens an image (a kill -9 later)
             # librbd allocates a buffer per request: from the heap, not mapped apart each time.
             fix_mmap_threshold(LIBRBD_THRESHOLD)
         except BaseException:

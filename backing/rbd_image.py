@@ -27,6 +27,7 @@ from dataclasses import replace
 from functools import partial
 from typing import TypeVar
 
+from backing import rbd_previous
 from backing.errors import StoreError
 from backing.rbd_allocation import Allocation
 from backing.rbd_calls import ThreadCalls
@@ -139,6 +140,9 @@ class RbdImage(ImageRequests):
             if spec.namespace:
                 lib().rados_ioctx_set_namespace(self._ioctx, spec.namespace.encode())
             self._open_or_create()
+            if not spec.snapshot:  # the previous run's dead watch goes now, not in 30 s
+                rbd_previous.fence(self._cluster.handle, self._image, self.path,
+                                   self._cluster.address)  # fmt: skip
             size = c_uint64()
             check(lib().rbd_get_size(self._image, byref(size)), "rbd_get_size")
             features = c_uint64()

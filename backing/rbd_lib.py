@@ -127,6 +127,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "rbd_lock_get_owners_cleanup": (None, [POINTER(c_char_p), c_size_t]),
     "rbd_lock_break": (c_int, [c_void_p, c_int, c_char_p]),
     "rbd_get_id": (c_int, [c_void_p, c_char_p, c_size_t]),
+    "rbd_watchers_list": (c_int, [c_void_p, c_void_p, POINTER(c_size_t)]),
+    "rbd_watchers_list_cleanup": (None, [c_void_p, c_size_t]),
     # librbd: completions delivered through an eventfd
     "rbd_set_image_notification": (c_int, [c_void_p, c_int, c_int]),
     "rbd_poll_io_events": (c_int, [c_void_p, POINTER(c_void_p), c_int]),

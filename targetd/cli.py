@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from backing import rbd_previous
 from backing.pairs import PairManager, PairService
 from targetd import chap_env, gc_tuning, logs, pair_config, reload, stack_dump, state_lock
 from targetd.config import (
@@ -142,9 +143,14 @@ async def serve(
     except state_lock.StateDirError as err:
         print(f"targetd: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    if lock is not None and config.workers <= 1:
+        # One process holding the flock: the previous run's clients are dead (their
+        # watches are fenced as the images open), this run's are recorded.
+        rbd_previous.take_over(config.state_dir)
     try:
         return await _serve(config, loader=loader, argv=argv, worker=worker)
     finally:
+        rbd_previous.stop_recording()
         if lock is not None:
             lock.release()
 

@@ -92,5 +92,5 @@ def test_acknowledged_fua_and_flushed_writes_survive_kill9(
             durable[slot] = got
         if round_ + 1 < ROUNDS:
             # For the next round only: after the last one a restart would just be stopped
-            # again, its close waiting out the killed daemon's watch (3-4 s a case).
+            # again (it fences the killed run's watch at once: docs/rbd.md, "Locking").
             daemon.start()
