@@ -36,6 +36,7 @@ from collections.abc import Callable
 from ctypes import CFUNCTYPE, POINTER, byref, c_char_p, c_int, c_size_t, c_uint64, c_void_p
 from typing import ParamSpec, TypeVar
 
+from backing import rbd_previous
 from backing.rbd_calls import ThreadCalls
 from backing.rbd_lib import TypedFunctions, check, client_address, lib, mon_command
 
@@ -214,6 +215,7 @@ class RadosObject:
             raise
         self.instance_id = int(_rados().rados_get_instance_id(self._handle))
         self.address = client_address(self._handle)  # as the blocklist names this client
+        rbd_previous.record(self.address)  # before it watches (a kill -9 later)
 
     # -- blocking calls (worker threads) ------------------------------------------------
     @_counted("rados_read")

@@ -98,6 +98,12 @@ def record(address: str) -> None:
         log.warning("%s: client %s not recorded (%s)", path, address, err)
 
 
+def is_previous(address: str) -> bool:
+    """Whether ``address`` is a client of the previous run, proved dead."""
+    with _lock:
+        return address in _previous
+
+
 def fence(cluster_handle: c_void_p, image: c_void_p, name: str, own: str) -> list[str]:
     """Blocklist every watcher of ``image``'s header at an address the previous run
     recorded (blocking: at the open); the addresses fenced. A failure is logged: the image
@@ -138,4 +144,4 @@ def _watcher_addresses(image: c_void_p) -> list[str]:
     return found
 
 
-__all__ = ["FILE_NAME", "fence", "record", "stop_recording", "take_over"]
+__all__ = ["FILE_NAME", "fence", "is_previous", "record", "stop_recording", "take_over"]

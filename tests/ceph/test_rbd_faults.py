@@ -75,6 +75,9 @@ def test_osd_down_fails_commands_in_bounded_time_and_service_returns(
     assert client.ok(read16(8, 8), read=4096) == b"\x66" * 4096
     client.close()
     assert daemon.proc is not None and daemon.proc.poll() is None
+    # Its stop (teardown) takes 5 s: the close's notification waits for librbd's own watch
+    # from before the outage, which the restarted OSD brought back (docs/rbd.md, "When the
+    # cluster cannot be reached").
 
 
 SLOTS = 32

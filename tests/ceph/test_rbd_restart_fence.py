@@ -5,7 +5,9 @@ The killed run's watch on the image header stays until the OSDs expire it (5 s o
 cluster, 30 s by default); meanwhile the restarted daemon's first write waited for the dead
 client's lock, and each of librbd's notifications (the lock's release at the stop) for the
 silent watch. A restarted daemon blocklists the watcher at the address its previous run
-recorded in its state directory, so the watch is gone by the time it serves.
+recorded in its state directory, so the watch is gone by the time it serves; the same for
+its client of the LU's reservations object (each change, and the stop, notified its
+watchers: 2 s more for the silent one).
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ def watchers(cluster: CephCluster, image: str) -> list[str]:
             for part in line.split() if part.startswith("watcher=")]  # fmt: skip
 
 
+def object_watchers(cluster: CephCluster, oid: str) -> list[str]:
+    """The addresses watching a RADOS object (``rados listwatchers``)."""
+    out = cluster._run("rados", "-c", str(cluster.conf), "-p", cluster.pool, "listwatchers", oid)
+    return [part.split("=", 1)[1] for line in out.splitlines()
+            for part in line.split() if part.startswith("watcher=")]  # fmt: skip
+
+
 def blocklist(cluster: CephCluster) -> str:
     return cluster.ceph("osd", "blocklist", "ls")
 
@@ -42,14 +51,18 @@ def test_a_restart_after_kill9_fences_the_killed_runs_watch_at_once(
     client.ok(write16(0, 8), data=b"\x11" * 4096)  # takes the image's exclusive lock
     client.close()
     [killed] = watchers(ceph_cluster, image)
-    assert (daemon.state_dir / "rbd-clients").read_text().splitlines()[1:] == [killed]
+    [killed_pr] = object_watchers(ceph_cluster, f"targetd.pr.{image}")  # its reservations
+    assert (daemon.state_dir / "rbd-clients").read_text().splitlines()[1:] == [
+        killed, killed_pr]
     assert daemon.proc is not None
     os.kill(daemon.proc.pid, signal.SIGKILL)
     daemon.proc.wait()
     daemon.start()  # well within the 5 s the OSDs keep the killed run's watch
     now = watchers(ceph_cluster, image)
     assert killed not in now and len(now) == 1, (killed, now)
-    assert killed in blocklist(ceph_cluster)
+    now_pr = object_watchers(ceph_cluster, f"targetd.pr.{image}")
+    assert killed_pr not in now_pr and len(now_pr) == 1, (killed_pr, now_pr)
+    assert killed in blocklist(ceph_cluster) and killed_pr in blocklist(ceph_cluster)
     assert f"blocklisted this daemon's previous run's client {killed}" in daemon.stderr
     started = time.monotonic()
     client = BlockClient(daemon.port, IQN, luns=(0,))
