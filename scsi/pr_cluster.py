@@ -57,13 +57,12 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from backing import rbd_previous
 from scsi.command import Nexus, ScsiResult
 from scsi.pr_file import decode_into, encode, nexus_record
 from scsi.pr_keep import PROUT_ATTEMPTS, keep
 from scsi.reservations import Owed
 from scsi.sense import CheckCondition, Reason
-from scsi.watch_fence import PROBE, fence_watch, naming
+from scsi.watch_fence import PROBE, fence_previous_run, fence_watch, naming
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -239,7 +238,8 @@ class ClusterPrStore:
             self.loop = asyncio.get_running_loop()
         except RuntimeError:
             self.loop = None
-        self._fence_previous_run()
+        # This gateway's killed run's watch would hold the probe below: fenced if proved dead.
+        fence_previous_run(self.obj, self.me, self.obj.address, parse)
         for _ in range(PROUT_ATTEMPTS):
             seq, body = self.obj.read()
             record = parse(body) or json.loads(record_of(lu, seq, [], []))
@@ -259,26 +259,6 @@ class ClusterPrStore:
         self._load(record)
         self.obj.watch(self._notified, self._lost)
         return bool(record["registrations"] or record["reservation"])
-
-    def _fence_previous_run(self) -> None:
-        """Blocklist this gateway's previous run's client of the object if it is proved dead
-        (backing/rbd_previous.py: recorded by the run whose state directory this daemon now
-        holds): its watch, left by a kill -9, would hold the start's probe and every
-        notification after it until the OSDs expire it."""
-        if not self.me:
-            return
-        _, body = self.obj.read()
-        address = ((parse(body) or {}).get("addresses") or {}).get(self.me)
-        if not address or address == self.obj.address or not rbd_previous.is_previous(address):
-            return
-        try:
-            self.obj.blocklist(address)
-        except OSError as err:
-            log.warning("%s: the previous run's client %s not blocklisted (%s): its watch is"
-                        " waited for", self.obj.name, address, err)  # fmt: skip
-            return
-        log.info("%s: blocklisted this daemon's previous run's client %s (killed: its watch"
-                 " held the object)", self.obj.name, address)  # fmt: skip
 
     def _started(self, record: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
         """The record as this gateway starting leaves it (None: as it is): its previous

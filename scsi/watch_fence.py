@@ -16,6 +16,8 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from backing import rbd_previous
+
 log = logging.getLogger(__name__)
 
 # The payload a gateway sends to learn which watches answer; every watcher acks it.
@@ -66,3 +68,28 @@ def fence_watch(
     log.warning("%s: the fenced gateway %s's watch blocklisted (client %s, %s)",
                 obj.name, peer, client, address)  # fmt: skip
     return True
+
+
+def fence_previous_run(
+    obj: FenceableObject, me: str, own: str, parse: Callable[[bytes], dict[str, Any] | None]
+) -> str | None:
+    """Blocklist the client the object's record names for this gateway ``me`` if it is this
+    daemon's previous run's, proved dead (backing/rbd_previous.py); its address if it was
+    (blocking: at the start, before this client watches). A watch left by a kill -9 holds
+    every notification to the object (the start's probe included) until the OSDs expire it.
+    ``own`` is this run's client's address."""
+    if not me:
+        return None
+    _, body = obj.read()
+    address = ((parse(body) or {}).get("addresses") or {}).get(me)
+    if not address or address == own or not rbd_previous.is_previous(address):
+        return None
+    try:
+        obj.blocklist(address)
+    except OSError as err:
+        log.warning("%s: the previous run's client %s not blocklisted (%s): its watch is"
+                    " waited for", obj.name, address, err)  # fmt: skip
+        return None
+    log.info("%s: blocklisted this daemon's previous run's client %s (killed: its watch"
+             " held the object)", obj.name, address)  # fmt: skip
+    return address

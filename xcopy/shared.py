@@ -42,7 +42,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from backing.threads import Lane
-from scsi.watch_fence import fence_watch, naming
+from scsi.watch_fence import fence_previous_run, fence_watch, naming
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,9 @@ class SharedCopies:
         try:
             if obj.read()[0] == 0:  # a watch needs the object; a lost race made it too
                 obj.replace(0, 1, json.dumps({"format": FORMAT, "copies": {}}).encode())
+            # This gateway's killed run's watch would hold every question: fenced if proved
+            # dead (docs/rbd.md, "Locking").
+            fence_previous_run(obj, me, obj.address, _load)
             obj.watch(self._answer, self._lost_watch)
             self._name_client()
         except BaseException:

@@ -19,9 +19,11 @@ import time
 from ceph_fixtures import ImageFactory, rbd_lun_toml, target_toml
 from cluster import CephCluster
 from conftest import DaemonFactory
+from gateways import PairFactory, gateway_pair
 from pair_scsi import BlockClient, read16, write16
 
 IQN = "iqn.2026-11.org.targetd:rbd"
+__all__ = ["gateway_pair"]  # a fixture
 
 
 def watchers(cluster: CephCluster, image: str) -> list[str]:
@@ -97,3 +99,38 @@ def test_another_live_client_of_the_image_is_never_fenced(
     client = BlockClient(other.port, IQN, luns=(0,))  # the live one still writes
     client.ok(write16(0, 8), data=b"\x33" * 4096)
     client.close()
+
+
+def test_a_gateway_restarted_after_kill9_fences_its_killed_runs_watches_only(
+    ceph_cluster: CephCluster, new_image: ImageFactory, gateway_pair: PairFactory
+) -> None:
+    """Gateway A killed with kill -9 and restarted at once: its killed run's watches of the
+    image, the reservations and the copy records are gone as it serves again (each record
+    names its client under its ports, and its state directory names it as its own); gateway
+    B's are all still there."""
+    image = new_image("8M")
+    pair = gateway_pair(image)
+    objects = [f"targetd.pr.{image}", f"targetd.copies.{image}"]
+
+    def clients(gateway: object) -> set[str]:
+        state = gateway.state_dir  # type: ignore[attr-defined]
+        return set((state / "rbd-clients").read_text().splitlines()[1:])
+
+    def all_watchers() -> dict[str, list[str]]:
+        found = {oid: object_watchers(ceph_cluster, oid) for oid in objects}
+        return {**found, "header": watchers(ceph_cluster, image)}
+
+    a_clients, b_clients = clients(pair.a), clients(pair.b)
+    before = all_watchers()
+    killed = {where: [w for w in found if w in a_clients] for where, found in before.items()}
+    live = {where: [w for w in found if w in b_clients] for where, found in before.items()}
+    assert all(len(w) == 1 for w in [*killed.values(), *live.values()]), (killed, live)
+    pair.kill(pair.a)
+    pair.a.start()
+    after = all_watchers()
+    for where, found in after.items():
+        assert killed[where][0] not in found, (where, killed[where], found)
+        assert live[where][0] in found, (where, live[where], found)
+        assert len(found) == 2, (where, found)
+    listed = blocklist(ceph_cluster)
+    assert all(w[0] not in listed for w in live.values())
