@@ -123,7 +123,8 @@ class SharedCopies:
                 obj.replace(0, 1, json.dumps({"format": FORMAT, "copies": {}}).encode())
             # This gateway's killed run's watch would hold every question: fenced if proved
             # dead (docs/rbd.md, "Locking").
-            fence_previous_run(obj, me, obj.address, _load)
+            if me:  # a gateway's (only a gateway names its client in the object)
+                fence_previous_run(obj, me, obj.address, _load)
             obj.watch(self._answer, self._lost_watch)
             self._name_client()
         except BaseException:
