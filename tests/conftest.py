@@ -38,6 +38,17 @@ STOP_TIMEOUT = 10.0
 START_POLL = 0.02
 
 
+def hostcopy_env(tmp_path: Path) -> dict[str, str]:
+    """An environment whose PATH has a ``targetd-copy`` running this checkout's hostcopy, as
+    the docs' shell examples call it."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    shim = bindir / "targetd-copy"
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m hostcopy "$@"\n')
+    shim.chmod(0o755)
+    return dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", PYTHONPATH=str(REPO))
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now (the daemon binds it a moment later)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

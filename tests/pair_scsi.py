@@ -14,6 +14,11 @@ from scsi.sense import parse_sense
 
 BLOCK = 512
 ADDRESSED = 0xFFFF
+# CDBs and sense (key, ASC, ASCQ) the capacity tests share.
+TUR = bytes(6)
+READ_CAPACITY_16 = bytes([0x9E, 0x10]) + bytes(8) + (32).to_bytes(4, "big") + bytes(2)
+CAPACITY_DATA_HAS_CHANGED = (0x6, 0x2A, 0x09)
+LBA_OUT_OF_RANGE = (0x5, 0x21, 0x00)
 CREATE, SPLIT, RESYNC, DELETE = 0x01, 0x02, 0x03, 0x04
 STATES = {
     0: "SIMPLEX",

@@ -9,10 +9,9 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
-from conftest import REPO, DaemonFactory
+from conftest import REPO, DaemonFactory, hostcopy_env
 
 DOC = REPO / "docs" / "backup.md"
 VOLUME = 8 << 20
@@ -56,12 +55,7 @@ def test_the_backup_walkthrough_runs_over_iscsi_urls(
         (tmp_path / f"in{lun}").write_bytes(content)
         qemu_img("convert", "-n", "-f", "raw", "-O", "raw", str(tmp_path / f"in{lun}"),
                  daemon.url(lun))  # fmt: skip
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    shim = bindir / "targetd-copy"
-    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m hostcopy "$@"\n')
-    shim.chmod(0o755)
-    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", PYTHONPATH=str(REPO))
+    env = hostcopy_env(tmp_path)
     env.update({name: daemon.url(lun) for name, lun in DEVICES.items()})
     script = "set -e\n" + "\n".join(lines)
     done = subprocess.run(

@@ -6,14 +6,13 @@ left out."""
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, Daemon
+from conftest import REPO, Daemon, hostcopy_env
 
 README = REPO / "README.md"
 KERNEL_INITIATOR = "iscsiadm"
@@ -76,12 +75,7 @@ def test_the_readme_backup_over_iscsi_urls_runs_as_written(targetd: Daemon, tmp_
     assert block, "README's targetd-copy URL example has no sh block"
     lines = [line for line in block.group(1).splitlines() if line.strip()]
     assert lines[0].startswith("D=iscsi://127.0.0.1:3260/")
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    shim = bindir / "targetd-copy"
-    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m hostcopy "$@"\n')
-    shim.chmod(0o755)
-    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", PYTHONPATH=str(REPO))
+    env = hostcopy_env(tmp_path)
     script = "set -e\n" + "\n".join(
         f'echo "## {i}" >&2\n{line.replace("127.0.0.1:3260", targetd.portal)}'
         for i, line in enumerate(lines)

@@ -12,14 +12,11 @@ import time
 
 from clients import run
 from conftest import Daemon, DaemonFactory
+from pair_scsi import CAPACITY_DATA_HAS_CHANGED, LBA_OUT_OF_RANGE, READ_CAPACITY_16, TUR
 from raw_initiator import RawInitiator
 
 IQN = "iqn.2026-11.org.targetd.test:grow"
 MiB = 1 << 20
-TUR = bytes(6)
-READ_CAPACITY_16 = bytes([0x9E, 0x10]) + bytes(8) + (32).to_bytes(4, "big") + bytes(2)
-CAPACITY_DATA_HAS_CHANGED = (0x6, 0x2A, 0x09)
-LBA_OUT_OF_RANGE = (0x5, 0x21, 0x00)
 
 
 def config(*sizes: str) -> str:

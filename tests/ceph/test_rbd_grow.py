@@ -14,14 +14,18 @@ from cluster import CephCluster
 from conftest import DaemonFactory
 from gateways import IQN as GATEWAY_IQN
 from gateways import PairFactory, gateway_pair
-from pair_scsi import BlockClient, read16, write16
+from pair_scsi import (
+    CAPACITY_DATA_HAS_CHANGED,
+    LBA_OUT_OF_RANGE,
+    READ_CAPACITY_16,
+    TUR,
+    BlockClient,
+    read16,
+    write16,
+)
 
 IQN = "iqn.2026-11.org.targetd:rbd"
 MiB = 1 << 20
-TUR = bytes(6)
-READ_CAPACITY_16 = bytes([0x9E, 0x10]) + bytes(8) + (32).to_bytes(4, "big") + bytes(2)
-CAPACITY_DATA_HAS_CHANGED = (0x6, 0x2A, 0x09)
-LBA_OUT_OF_RANGE = (0x5, 0x21, 0x00)
 
 
 def last_lba(client: BlockClient) -> int:
